@@ -1,0 +1,134 @@
+# adaptree — plain Makefile. `make` builds build/adaptree; `make run` and `make test` pull in
+# everything they need (Debian packages, the Python test venv, the default model).
+
+CC      ?= cc
+CLANG   ?= clang
+PYTHON  ?= python3
+BUILD   ?= build
+VENV    ?= .venv
+MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+WERROR  := $(if $(CI),-Werror,)
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wstrict-prototypes \
+           -Wmissing-prototypes -Wformat=2 -ffp-contract=off -pthread $(WERROR)
+CPPFLAGS += -I. -I/usr/include/cjson
+LDLIBS  += -lopenblas -lmicrohttpd -lcjson -luv -lm -lpthread
+
+CORE_SRC     := $(sort $(wildcard core/*.c))
+ADAPTERS_SRC := $(sort $(wildcard adapters/*.c))
+SERVER_SRC   := $(sort $(filter-out server/main.c,$(wildcard server/*.c)))
+LIB_SRC      := $(CORE_SRC) $(ADAPTERS_SRC) $(SERVER_SRC)
+TEST_SRC     := tests/runner.c $(sort $(wildcard tests/unit/*/*.c tests/golden/*.c))
+FUZZ_SRC     := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+
+LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
+TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
+DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d
+
+.PHONY: all test unit run bench asan tsan fuzz format lint clean deps venv model help
+
+all: $(BUILD)/adaptree
+
+help:
+	@echo "make            build build/adaptree"
+	@echo "make run        fetch what is missing, then serve the default model"
+	@echo "make test       fetch what is missing, build, run every test"
+	@echo "make bench      measure throughput against this machine's own limits"
+	@echo "make asan|tsan  tests under sanitizers;  make fuzz  bounded fuzzing"
+	@echo "make lint       clang-tidy + module-direction check;  make format"
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libadaptree.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/adaptree: $(BUILD)/obj/server/main.o $(BUILD)/libadaptree.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/test_unit: $(TEST_OBJ) $(BUILD)/libadaptree.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/bench_core: $(BUILD)/obj/tests/bench/bench_core.o $(BUILD)/libadaptree.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+
+# Probe for the OpenBLAS re-exec test (its own main).
+$(BUILD)/blas_probe: $(BUILD)/obj/tests/tools/blas_probe.o $(BUILD)/libadaptree.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+
+-include $(DEPS)
+
+# --- setup -----------------------------------------------------------------------------------
+
+deps:
+	@tools/deps.sh
+
+$(VENV)/.ok: tools/requirements-test.txt
+	@tools/venv.sh $(VENV) tools/requirements-test.txt
+	@touch $@
+
+venv: $(VENV)/.ok
+
+model: $(MODEL)
+
+$(MODEL):
+	@tools/fetch_model.sh $@
+
+# --- use -------------------------------------------------------------------------------------
+
+run: deps model all
+	$(BUILD)/adaptree generate -m $(MODEL) --chat -n 64 --temperature 0 \
+	    -p "What is the capital of France? Answer in one sentence."
+
+# Unit + golden tests (C), then end-to-end tests when there are any.
+test: deps model
+	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(BUILD)/blas_probe
+	@ADAPTREE_BUILD=$(BUILD) tools/run_tests.sh $(BUILD)
+
+unit: $(BUILD)/test_unit $(BUILD)/blas_probe
+	ADAPTREE_BUILD=$(BUILD) $(BUILD)/test_unit $(T)
+
+bench: deps model
+	@$(MAKE) --no-print-directory $(BUILD)/bench_core
+	$(BUILD)/bench_core -m $(MODEL)
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(CLANG) \
+	    CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	    LDFLAGS="-fsanitize=address,undefined" build/asan/adaptree build/asan/test_unit \
+	    build/asan/blas_probe
+	ADAPTREE_BUILD=build/asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    tools/run_tests.sh build/asan
+
+tsan:
+	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(CLANG) \
+	    CFLAGS="-O1 -g -fsanitize=thread" LDFLAGS="-fsanitize=thread" \
+	    build/tsan/adaptree build/tsan/test_unit build/tsan/blas_probe
+	ADAPTREE_BUILD=build/tsan tools/run_tests.sh build/tsan
+
+FUZZ_TIME ?= 30
+FUZZ_CFLAGS = -O1 -g -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -I.
+fuzz: $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+	@for f in $^; do n=$$(basename $$f); mkdir -p tests/fuzz/corpus/$$n $(BUILD)/fuzz/new/$$n; \
+	    echo "== $$n ($(FUZZ_TIME)s)"; \
+	    $$f -max_total_time=$(FUZZ_TIME) -max_len=65536 -print_final_stats=1 $(BUILD)/fuzz/new/$$n \
+	        tests/fuzz/corpus/$$n 2>&1 | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|Done' \
+	        || exit 1; done
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(ADAPTERS_SRC)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_CFLAGS) -I/usr/include/cjson $< $(CORE_SRC) $(ADAPTERS_SRC) -o $@ \
+	    -lopenblas -lcjson -luv -lm -lpthread
+
+format:
+	clang-format -i $(LIB_SRC) server/main.c $(wildcard */*.h tests/*.c tests/*.h tests/*/*.c tests/*/*/*.c)
+
+lint:
+	@tools/check_layers.sh
+	clang-tidy --quiet $(LIB_SRC) server/main.c -- $(CPPFLAGS) -std=c11 -D_GNU_SOURCE
+
+clean:
+	rm -rf $(BUILD)

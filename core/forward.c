@@ -1,0 +1,511 @@
+/* The batched Llama forward pass (DESIGN.md §3, FORMATS.md §8).
+ *
+ * A step takes rows, not sequences: every linear layer is one sgemm over all rows (the shared
+ * base matmul), followed by the LoRA groups of the plan, each a gather / shrink / scale /
+ * expand / scatter-add over the rows that use that adapter. Attention runs per row against its
+ * sequence's KV cache. All math is f32 and follows Hugging Face's order of operations so that the
+ * logits match transformers to ~1e-5.
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kv_internal.h"
+#include "model.h"
+#include "quant.h"
+
+#define MAX_LORA_RANK 4096
+
+struct core_ctx {
+    const core_model *m;
+    int cap_rows;
+    float *x;     /* (rows, n_embd) residual stream */
+    float *xn;    /* (rows, max(n_embd, q_dim)) normed input of a linear */
+    float *q;     /* (rows, q_dim) */
+    float *k;     /* (rows, kv_dim) */
+    float *v;     /* (rows, kv_dim) */
+    float *att;   /* (rows, q_dim) */
+    float *gate;  /* (rows, n_ff) */
+    float *up;    /* (rows, n_ff) */
+    float *tmp;   /* (rows, n_embd) */
+    float *inv_freq; /* (head_dim / 2) */
+    float *scores;   /* (cap_ctx) */
+    size_t cap_ctx;
+    int *slot_n;     /* (n_slots) positions filled, simulated during validation */
+    size_t cap_slots;
+    /* LoRA scratch */
+    int *grp_order;  /* (n_groups) group indices sorted by (layer, module) */
+    int *grp_start;  /* (n_layer * CORE_MOD_COUNT + 1) */
+    size_t cap_order, cap_start;
+    float *lx;       /* (rows, max_in) gathered inputs */
+    float *lt;       /* (rows, max_rank) shrink result */
+    float *ly;       /* (rows, max_out) expand result */
+    float *la;       /* (max_rank, max_in) A converted to f32 */
+    float *lb;       /* (max_out, max_rank) B converted to f32 */
+    size_t cap_lx, cap_lt, cap_ly, cap_la, cap_lb;
+};
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Grows *p to at least n elements of size sz; 0 or -ENOMEM. */
+static int grow(void *pp, size_t *cap, size_t n, size_t sz)
+{
+    void **p = pp;
+    if (n <= *cap)
+        return 0;
+    void *q = realloc(*p, n * sz);
+    if (!q)
+        return -ENOMEM;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+core_ctx *core_ctx_new(const core_model *m)
+{
+    core_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->m = m;
+    int half = m->cfg.head_dim / 2;
+    c->inv_freq = malloc((size_t)half * sizeof(float));
+    if (!c->inv_freq) {
+        free(c);
+        return NULL;
+    }
+    /* As transformers: inv_freq = 1 / base^(2j/d), all in f32. */
+    for (int j = 0; j < half; j++) {
+        float e = (float)(2 * j) / (float)m->cfg.head_dim;
+        c->inv_freq[j] = 1.0f / powf(m->cfg.rope_theta, e);
+    }
+    return c;
+}
+
+static void free_rows(core_ctx *c)
+{
+    float **bufs[] = {&c->x, &c->xn, &c->q, &c->k, &c->v, &c->att, &c->gate, &c->up, &c->tmp};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        free(*bufs[i]);
+        *bufs[i] = NULL;
+    }
+    c->cap_rows = 0;
+}
+
+void core_ctx_free(core_ctx *c)
+{
+    if (!c)
+        return;
+    free_rows(c);
+    free(c->inv_freq);
+    free(c->scores);
+    free(c->slot_n);
+    free(c->grp_order);
+    free(c->grp_start);
+    free(c->lx);
+    free(c->lt);
+    free(c->ly);
+    free(c->la);
+    free(c->lb);
+    free(c);
+}
+
+static int ensure_rows(core_ctx *c, int n)
+{
+    if (n <= c->cap_rows)
+        return 0;
+    const core_config *cfg = &c->m->cfg;
+    size_t q_dim = (size_t)cfg->n_head * cfg->head_dim;
+    size_t kv_dim = (size_t)cfg->n_head_kv * cfg->head_dim;
+    size_t e = (size_t)cfg->n_embd, w = e > q_dim ? e : q_dim;
+    free_rows(c);
+    c->x = malloc(n * e * sizeof(float));
+    c->xn = malloc(n * w * sizeof(float));
+    c->q = malloc(n * q_dim * sizeof(float));
+    c->k = malloc(n * kv_dim * sizeof(float));
+    c->v = malloc(n * kv_dim * sizeof(float));
+    c->att = malloc(n * q_dim * sizeof(float));
+    c->gate = malloc(n * (size_t)cfg->n_ff * sizeof(float));
+    c->up = malloc(n * (size_t)cfg->n_ff * sizeof(float));
+    c->tmp = malloc(n * e * sizeof(float));
+    if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->gate || !c->up || !c->tmp) {
+        free_rows(c);
+        return -ENOMEM;
+    }
+    c->cap_rows = n;
+    return 0;
+}
+
+/* ---- plan ------------------------------------------------------------------------------------ */
+
+/* Checks every group of the plan against the model and the batch, and indexes the groups by
+ * (layer, module) with a counting sort. */
+static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char *err,
+                      size_t errlen)
+{
+    const core_config *cfg = &c->m->cfg;
+    int n_keys = cfg->n_layer * CORE_MOD_COUNT;
+    if (grow(&c->grp_start, &c->cap_start, (size_t)n_keys + 1, sizeof(int)))
+        return -ENOMEM;
+    memset(c->grp_start, 0, ((size_t)n_keys + 1) * sizeof(int));
+    if (!plan || plan->n_groups == 0)
+        return 0;
+    if (plan->n_groups < 0 || !plan->groups) {
+        seterr(err, errlen, "lora plan: bad group count %d", plan->n_groups);
+        return -EINVAL;
+    }
+    if (grow(&c->grp_order, &c->cap_order, (size_t)plan->n_groups, sizeof(int)))
+        return -ENOMEM;
+    for (int i = 0; i < plan->n_groups; i++) {
+        const core_lora_group *g = &plan->groups[i];
+        if (g->layer < 0 || g->layer >= cfg->n_layer || g->module < 0 ||
+            g->module >= CORE_MOD_COUNT) {
+            seterr(err, errlen, "lora plan: group %d names layer %d module %d", i, g->layer,
+                   g->module);
+            return -EINVAL;
+        }
+        if (g->rank <= 0 || g->rank > MAX_LORA_RANK || !g->A || !g->B ||
+            (g->dtype != CORE_TYPE_F32 && g->dtype != CORE_TYPE_F16 &&
+             g->dtype != CORE_TYPE_BF16)) {
+            seterr(err, errlen, "lora plan: group %d has rank %d, dtype %u or no weights", i,
+                   g->rank, g->dtype);
+            return -EINVAL;
+        }
+        if (g->n_rows < 0 || g->n_rows > n_rows || (g->n_rows && (!g->rows || !g->scales))) {
+            seterr(err, errlen, "lora plan: group %d has %d rows for a batch of %d", i, g->n_rows,
+                   n_rows);
+            return -EINVAL;
+        }
+        for (int r = 0; r < g->n_rows; r++) {
+            if (g->rows[r] < 0 || g->rows[r] >= n_rows || !isfinite(g->scales[r])) {
+                seterr(err, errlen, "lora plan: group %d row %d (index %d, scale %g) is invalid",
+                       i, r, g->rows[r], (double)g->scales[r]);
+                return -EINVAL;
+            }
+        }
+        c->grp_start[g->layer * CORE_MOD_COUNT + g->module + 1]++;
+    }
+    for (int k = 0; k < n_keys; k++)
+        c->grp_start[k + 1] += c->grp_start[k];
+    /* Stable placement, so groups apply in plan order within a (layer, module). */
+    int *fill = malloc((size_t)n_keys * sizeof(int));
+    if (!fill)
+        return -ENOMEM;
+    memcpy(fill, c->grp_start, (size_t)n_keys * sizeof(int));
+    for (int i = 0; i < plan->n_groups; i++) {
+        const core_lora_group *g = &plan->groups[i];
+        c->grp_order[fill[g->layer * CORE_MOD_COUNT + g->module]++] = i;
+    }
+    free(fill);
+    return 0;
+}
+
+/* Converts n half-precision values to f32. */
+static void to_f32(uint32_t dtype, const void *src, float *dst, size_t n)
+{
+    const uint16_t *h = src;
+    if (dtype == CORE_TYPE_F16) {
+        for (size_t i = 0; i < n; i++)
+            dst[i] = core_fp16_to_fp32(h[i]);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            dst[i] = core_bf16_to_fp32(h[i]);
+    }
+}
+
+/* Y[rows] += scale * B · (A · X[rows]) for one group. X is (n, in), Y is (n, out). */
+static int lora_apply(core_ctx *c, const core_lora_group *g, const float *X, int in, float *Y,
+                      int out)
+{
+    int n = g->n_rows, r = g->rank;
+    if (n == 0)
+        return 0;
+    if (grow(&c->lx, &c->cap_lx, (size_t)n * in, sizeof(float)) ||
+        grow(&c->lt, &c->cap_lt, (size_t)n * r, sizeof(float)) ||
+        grow(&c->ly, &c->cap_ly, (size_t)n * out, sizeof(float)))
+        return -ENOMEM;
+    const float *A = g->A, *B = g->B;
+    if (g->dtype != CORE_TYPE_F32) {
+        if (grow(&c->la, &c->cap_la, (size_t)r * in, sizeof(float)) ||
+            grow(&c->lb, &c->cap_lb, (size_t)out * r, sizeof(float)))
+            return -ENOMEM;
+        to_f32(g->dtype, g->A, c->la, (size_t)r * in);
+        to_f32(g->dtype, g->B, c->lb, (size_t)out * r);
+        A = c->la;
+        B = c->lb;
+    }
+    for (int i = 0; i < n; i++)
+        memcpy(c->lx + (size_t)i * in, X + (size_t)g->rows[i] * in, (size_t)in * sizeof(float));
+    /* T = Xg · Aᵀ   (n, r) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, in, 1.0f, c->lx, in, A, in, 0.0f,
+                c->lt, r);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < r; j++)
+            c->lt[(size_t)i * r + j] *= g->scales[i];
+    /* Yd = T · Bᵀ   (n, out) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, 1.0f, c->lt, r, B, r, 0.0f,
+                c->ly, out);
+    for (int i = 0; i < n; i++) {
+        float *y = Y + (size_t)g->rows[i] * out;
+        const float *d = c->ly + (size_t)i * out;
+        for (int j = 0; j < out; j++)
+            y[j] += d[j];
+    }
+    return 0;
+}
+
+/* Y = X · Wᵀ plus the plan's LoRA groups for (layer, mod). X (n, in), W (out, in), Y (n, out). */
+static int linear(core_ctx *c, const core_lora_plan *plan, int layer, core_module mod,
+                  const float *X, int n, float *Y)
+{
+    const core_config *cfg = &c->m->cfg;
+    int in = core_module_in(cfg, mod), out = core_module_out(cfg, mod);
+    const float *W = c->m->layers[layer].w[mod];
+    if (n == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, in, X, 1, 0.0f, Y, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, X, in, W, in, 0.0f,
+                    Y, out);
+    if (!plan || plan->n_groups == 0)
+        return 0;
+    int key = layer * CORE_MOD_COUNT + mod;
+    for (int i = c->grp_start[key]; i < c->grp_start[key + 1]; i++) {
+        int rc = lora_apply(c, &plan->groups[c->grp_order[i]], X, in, Y, out);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- elementwise pieces ---------------------------------------------------------------------- */
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0.0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++)
+        out[i] = w[i] * (x[i] * inv);
+}
+
+/* Rotates adjacent pairs (2j, 2j+1) of each head by pos * inv_freq[j] (GGUF row layout). */
+static void rope(float *v, int n_heads, int head_dim, int pos, const float *inv_freq)
+{
+    int half = head_dim / 2;
+    for (int j = 0; j < half; j++) {
+        float ang = (float)pos * inv_freq[j];
+        float cs = cosf(ang), sn = sinf(ang);
+        for (int h = 0; h < n_heads; h++) {
+            float *p = v + h * head_dim + 2 * j;
+            float a = p[0], b = p[1];
+            p[0] = a * cs - b * sn;
+            p[1] = b * cs + a * sn;
+        }
+    }
+}
+
+/* Causal attention of one row (position pos) over positions 0..pos of its slot's cache. */
+static void attend(core_ctx *c, const core_kv_slot *s, int layer, int kv_dim, const float *q,
+                   int pos, float *out)
+{
+    const core_config *cfg = &c->m->cfg;
+    int hd = cfg->head_dim, group = cfg->n_head / cfg->n_head_kv;
+    float scale = 1.0f / sqrtf((float)hd);
+    const float *K = s->k + (size_t)layer * s->cap * kv_dim;
+    const float *V = s->v + (size_t)layer * s->cap * kv_dim;
+    float *sc = c->scores;
+    for (int h = 0; h < cfg->n_head; h++) {
+        const float *qh = q + h * hd;
+        int off = (h / group) * hd;
+        float mx = -INFINITY;
+        for (int t = 0; t <= pos; t++) {
+            const float *kt = K + (size_t)t * kv_dim + off;
+            float d = 0.0f;
+            for (int i = 0; i < hd; i++)
+                d += qh[i] * kt[i];
+            sc[t] = d * scale;
+            if (sc[t] > mx)
+                mx = sc[t];
+        }
+        double sum = 0.0;
+        for (int t = 0; t <= pos; t++) {
+            sc[t] = expf(sc[t] - mx);
+            sum += sc[t];
+        }
+        float inv = (float)(1.0 / sum);
+        float *oh = out + h * hd;
+        memset(oh, 0, (size_t)hd * sizeof(float));
+        for (int t = 0; t <= pos; t++) {
+            const float *vt = V + (size_t)t * kv_dim + off;
+            float p = sc[t] * inv;
+            for (int i = 0; i < hd; i++)
+                oh[i] += p * vt[i];
+        }
+    }
+}
+
+/* ---- the step -------------------------------------------------------------------------------- */
+
+/* Checks tokens, slots and positions, simulating how each slot fills up over the batch, and
+ * reserves cache room. */
+static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err, size_t errlen)
+{
+    const core_config *cfg = &c->m->cfg;
+    if (grow(&c->slot_n, &c->cap_slots, (size_t)kv->n_slots, sizeof(int)))
+        return -ENOMEM;
+    for (int s = 0; s < kv->n_slots; s++)
+        c->slot_n[s] = kv->slots[s].n;
+    int max_pos = 0;
+    for (int i = 0; i < b->n_rows; i++) {
+        int tok = b->tokens[i], slot = b->slot[i], pos = b->pos[i];
+        if (tok < 0 || tok >= cfg->n_vocab) {
+            seterr(err, errlen, "row %d: token id %d out of range [0, %d)", i, tok, cfg->n_vocab);
+            return -EINVAL;
+        }
+        if (slot < 0 || slot >= kv->n_slots) {
+            seterr(err, errlen, "row %d: kv slot %d out of range [0, %d)", i, slot, kv->n_slots);
+            return -EINVAL;
+        }
+        if (pos < 0 || pos >= kv->n_ctx) {
+            seterr(err, errlen, "row %d: position %d outside the context of %d", i, pos,
+                   kv->n_ctx);
+            return -ERANGE;
+        }
+        if (pos > c->slot_n[slot]) {
+            seterr(err, errlen, "row %d: position %d skips ahead of slot %d's %d filled positions",
+                   i, pos, slot, c->slot_n[slot]);
+            return -EINVAL;
+        }
+        c->slot_n[slot] = pos + 1;
+        if (pos > max_pos)
+            max_pos = pos;
+        int rc = core__kv_reserve(kv, slot, pos + 1);
+        if (rc) {
+            seterr(err, errlen, "row %d: cannot grow kv slot %d to %d positions", i, slot,
+                   pos + 1);
+            return rc;
+        }
+    }
+    if (grow(&c->scores, &c->cap_ctx, (size_t)max_pos + 1, sizeof(float)))
+        return -ENOMEM;
+    return 0;
+}
+
+static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b,
+                         const core_lora_plan *plan, int l)
+{
+    const core_config *cfg = &c->m->cfg;
+    const core_layer *L = &c->m->layers[l];
+    int n = b->n_rows, e = cfg->n_embd, hd = cfg->head_dim;
+    int q_dim = cfg->n_head * hd, kv_dim = cfg->n_head_kv * hd, ff = cfg->n_ff;
+    int rc;
+
+    for (int i = 0; i < n; i++)
+        rmsnorm(c->xn + (size_t)i * e, c->x + (size_t)i * e, L->attn_norm, e, cfg->rms_eps);
+    if ((rc = linear(c, plan, l, CORE_MOD_Q, c->xn, n, c->q)) ||
+        (rc = linear(c, plan, l, CORE_MOD_K, c->xn, n, c->k)) ||
+        (rc = linear(c, plan, l, CORE_MOD_V, c->xn, n, c->v)))
+        return rc;
+    for (int i = 0; i < n; i++) {
+        float *qi = c->q + (size_t)i * q_dim, *ki = c->k + (size_t)i * kv_dim;
+        rope(qi, cfg->n_head, hd, b->pos[i], c->inv_freq);
+        rope(ki, cfg->n_head_kv, hd, b->pos[i], c->inv_freq);
+        core_kv_slot *s = &kv->slots[b->slot[i]];
+        size_t at = ((size_t)l * s->cap + b->pos[i]) * kv_dim;
+        memcpy(s->k + at, ki, (size_t)kv_dim * sizeof(float));
+        memcpy(s->v + at, c->v + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
+    }
+    for (int i = 0; i < n; i++)
+        attend(c, &kv->slots[b->slot[i]], l, kv_dim, c->q + (size_t)i * q_dim, b->pos[i],
+               c->att + (size_t)i * q_dim);
+    if ((rc = linear(c, plan, l, CORE_MOD_O, c->att, n, c->tmp)))
+        return rc;
+    for (size_t i = 0; i < (size_t)n * e; i++)
+        c->x[i] += c->tmp[i];
+
+    for (int i = 0; i < n; i++)
+        rmsnorm(c->xn + (size_t)i * e, c->x + (size_t)i * e, L->ffn_norm, e, cfg->rms_eps);
+    if ((rc = linear(c, plan, l, CORE_MOD_GATE, c->xn, n, c->gate)) ||
+        (rc = linear(c, plan, l, CORE_MOD_UP, c->xn, n, c->up)))
+        return rc;
+    for (size_t i = 0; i < (size_t)n * ff; i++) {
+        float g = c->gate[i];
+        c->gate[i] = g / (1.0f + expf(-g)) * c->up[i];
+    }
+    if ((rc = linear(c, plan, l, CORE_MOD_DOWN, c->gate, n, c->tmp)))
+        return rc;
+    for (size_t i = 0; i < (size_t)n * e; i++)
+        c->x[i] += c->tmp[i];
+    return 0;
+}
+
+int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_plan *plan,
+                 float *logits, char *err, size_t errlen)
+{
+    const core_model *m = c->m;
+    const core_config *cfg = &m->cfg;
+    int n = b->n_rows, e = cfg->n_embd;
+    if (n <= 0)
+        return 0;
+    if (!b->tokens || !b->pos || !b->slot) {
+        seterr(err, errlen, "batch without tokens, positions or slots");
+        return -EINVAL;
+    }
+    if (kv->n_layer != cfg->n_layer || kv->kv_dim != cfg->n_head_kv * cfg->head_dim) {
+        seterr(err, errlen, "kv cache was made for another model");
+        return -EINVAL;
+    }
+    int rc = ensure_rows(c, n);
+    if (rc == 0)
+        rc = check_batch(c, kv, b, err, errlen);
+    if (rc == 0)
+        rc = index_plan(c, plan, n, err, errlen);
+    if (rc) {
+        if (rc == -ENOMEM)
+            seterr(err, errlen, "out of memory for a batch of %d rows", n);
+        return rc;
+    }
+
+    for (int i = 0; i < n; i++)
+        memcpy(c->x + (size_t)i * e, m->tok_embd + (size_t)b->tokens[i] * e,
+               (size_t)e * sizeof(float));
+    for (int l = 0; l < cfg->n_layer; l++) {
+        if ((rc = layer_forward(c, kv, b, plan, l))) {
+            seterr(err, errlen, "out of memory in layer %d", l);
+            return rc;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        kv->slots[b->slot[i]].n = b->pos[i] + 1;
+
+    int n_out = 0;
+    for (int i = 0; i < n; i++) {
+        if (!b->want_logits || b->want_logits[i]) {
+            rmsnorm(c->xn + (size_t)n_out * e, c->x + (size_t)i * e, m->output_norm, e,
+                    cfg->rms_eps);
+            n_out++;
+        }
+    }
+    if (n_out == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, cfg->n_vocab, e, 1.0f, m->output, e, c->xn, 1,
+                    0.0f, logits, 1);
+    else if (n_out > 1)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n_out, cfg->n_vocab, e, 1.0f, c->xn,
+                    e, m->output, e, 0.0f, logits, cfg->n_vocab);
+    return 0;
+}

@@ -1,0 +1,309 @@
+/* Model loading: Llama hyperparameters from GGUF metadata, tensor shape checks, and
+ * dequantization of every weight into one f32 slab (pointers into it, llm.c style). */
+#include "model.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+
+static const char *const module_names[CORE_MOD_COUNT] = {"q",    "k",  "v",   "o",
+                                                         "gate", "up", "down"};
+static const char *const module_gguf[CORE_MOD_COUNT] = {
+    "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+
+const char *core_module_name(core_module mod)
+{
+    return (unsigned)mod < CORE_MOD_COUNT ? module_names[mod] : "?";
+}
+
+const char *core_module_gguf_name(core_module mod)
+{
+    return (unsigned)mod < CORE_MOD_COUNT ? module_gguf[mod] : "?";
+}
+
+int core_module_in(const core_config *c, core_module mod)
+{
+    switch (mod) {
+    case CORE_MOD_O:
+        return c->n_head * c->head_dim;
+    case CORE_MOD_DOWN:
+        return c->n_ff;
+    default:
+        return c->n_embd;
+    }
+}
+
+int core_module_out(const core_config *c, core_module mod)
+{
+    switch (mod) {
+    case CORE_MOD_Q:
+        return c->n_head * c->head_dim;
+    case CORE_MOD_K:
+    case CORE_MOD_V:
+        return c->n_head_kv * c->head_dim;
+    case CORE_MOD_GATE:
+    case CORE_MOD_UP:
+        return c->n_ff;
+    default:
+        return c->n_embd;
+    }
+}
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Reads "<arch>.<suffix>" as a positive int no larger than max. */
+static int get_dim(const core_gguf *g, const char *arch, const char *suffix, int *out, bool need,
+                   int max, char *err, size_t errlen)
+{
+    char key[128];
+    uint32_t v;
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int rc = core_gguf_get_u32(g, key, &v);
+    if (rc == -ENOENT && !need)
+        return 0;
+    if (rc == -ENOENT) {
+        seterr(err, errlen, "missing metadata key '%s'", key);
+        return -EINVAL;
+    }
+    if (rc < 0 || v == 0 || v > (uint32_t)max) {
+        seterr(err, errlen, "metadata key '%s' must be an integer in 1..%d", key, max);
+        return -EINVAL;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int get_float(const core_gguf *g, const char *arch, const char *suffix, float *out,
+                     char *err, size_t errlen)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int rc = core_gguf_get_f32(g, key, out);
+    if (rc == -ENOENT)
+        return 0;
+    if (rc < 0 || !isfinite(*out) || *out <= 0) {
+        seterr(err, errlen, "metadata key '%s' must be a positive float", key);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t errlen)
+{
+    memset(c, 0, sizeof *c);
+    if (core_gguf_get_str(g, "general.architecture", c->arch, sizeof c->arch) < 0) {
+        seterr(err, errlen, "missing or invalid general.architecture");
+        return -EINVAL;
+    }
+    if (strcmp(c->arch, "llama") != 0) {
+        seterr(err, errlen, "architecture '%s' is not supported (only 'llama')", c->arch);
+        return -EINVAL;
+    }
+    const char *a = c->arch;
+    if (get_dim(g, a, "block_count", &c->n_layer, true, 1024, err, errlen) ||
+        get_dim(g, a, "embedding_length", &c->n_embd, true, 65536, err, errlen) ||
+        get_dim(g, a, "feed_forward_length", &c->n_ff, true, 1 << 20, err, errlen) ||
+        get_dim(g, a, "attention.head_count", &c->n_head, true, 1024, err, errlen))
+        return -EINVAL;
+    c->n_head_kv = c->n_head;
+    c->n_ctx_train = 2048;
+    c->rope_theta = 10000.0f;
+    c->rms_eps = 1e-5f;
+    if (c->n_embd % c->n_head) {
+        seterr(err, errlen, "embedding_length %d is not a multiple of head_count %d", c->n_embd,
+               c->n_head);
+        return -EINVAL;
+    }
+    c->head_dim = c->n_embd / c->n_head;
+    int vlen = 0;
+    if (get_dim(g, a, "attention.head_count_kv", &c->n_head_kv, false, 1024, err, errlen) ||
+        get_dim(g, a, "context_length", &c->n_ctx_train, false, 1 << 24, err, errlen) ||
+        get_dim(g, a, "attention.key_length", &c->head_dim, false, 4096, err, errlen) ||
+        get_dim(g, a, "attention.value_length", &vlen, false, 4096, err, errlen) ||
+        get_float(g, a, "rope.freq_base", &c->rope_theta, err, errlen) ||
+        get_float(g, a, "attention.layer_norm_rms_epsilon", &c->rms_eps, err, errlen))
+        return -EINVAL;
+    c->rope_dim = c->head_dim;
+    if (get_dim(g, a, "rope.dimension_count", &c->rope_dim, false, 4096, err, errlen))
+        return -EINVAL;
+    if (vlen && vlen != c->head_dim) {
+        seterr(err, errlen, "key_length %d != value_length %d is not supported", c->head_dim,
+               vlen);
+        return -EINVAL;
+    }
+    if (c->n_head % c->n_head_kv) {
+        seterr(err, errlen, "head_count %d is not a multiple of head_count_kv %d", c->n_head,
+               c->n_head_kv);
+        return -EINVAL;
+    }
+    if (c->rope_dim != c->head_dim || c->head_dim % 2) {
+        seterr(err, errlen, "partial rotary embeddings (rope.dimension_count %d, head dim %d) are "
+               "not supported", c->rope_dim, c->head_dim);
+        return -EINVAL;
+    }
+    char key[128], scaling[32];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    if (core_gguf_get_str(g, key, scaling, sizeof scaling) == 0 && strcmp(scaling, "none") != 0) {
+        seterr(err, errlen, "rope scaling '%s' is not supported", scaling);
+        return -EINVAL;
+    }
+    const core_gguf_tensor *emb = core_gguf_find_tensor(g, "token_embd.weight");
+    if (!emb || emb->n_dims != 2 || emb->ne[0] != (uint64_t)c->n_embd || emb->ne[1] > (1u << 24)) {
+        seterr(err, errlen, "tensor token_embd.weight is missing or not (%d, n_vocab)", c->n_embd);
+        return -EINVAL;
+    }
+    c->n_vocab = (int)emb->ne[1];
+    uint32_t nv;
+    if (core_gguf_get_u32(g, "llama.vocab_size", &nv) == 0 && nv != (uint32_t)c->n_vocab) {
+        seterr(err, errlen, "llama.vocab_size %u != token_embd rows %d", nv, c->n_vocab);
+        return -EINVAL;
+    }
+    c->tied_output = core_gguf_find_tensor(g, "output.weight") == NULL;
+    return 0;
+}
+
+/* Checks one tensor's presence and shape (ne0 = cols, ne1 = rows; rows 0 for a vector) and
+ * that its type can be dequantized. */
+static const core_gguf_tensor *want_tensor(const core_gguf *g, const char *name, int cols,
+                                           int rows, char *err, size_t errlen)
+{
+    const core_gguf_tensor *t = core_gguf_find_tensor(g, name);
+    if (!t) {
+        seterr(err, errlen, "tensor '%s' is missing", name);
+        return NULL;
+    }
+    bool ok = rows ? (t->n_dims == 2 && t->ne[0] == (uint64_t)cols && t->ne[1] == (uint64_t)rows)
+                   : (t->n_dims == 1 && t->ne[0] == (uint64_t)cols);
+    if (!ok) {
+        seterr(err, errlen,
+               "tensor '%s' has shape [%llu, %llu], expected [%d, %d] (ne0 = input features)",
+               name, (unsigned long long)t->ne[0],
+               (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), cols, rows ? rows : 1);
+        return NULL;
+    }
+    if (!core_type_can_dequant(t->type)) {
+        seterr(err, errlen, "tensor '%s' has type %s, which adaptree cannot dequantize", name,
+               core_type_name(t->type));
+        return NULL;
+    }
+    return t;
+}
+
+static int load_tensor(const core_gguf *g, const char *name, int cols, int rows, float *dst,
+                       char *err, size_t errlen)
+{
+    const core_gguf_tensor *t = want_tensor(g, name, cols, rows, err, errlen);
+    if (!t)
+        return -EINVAL;
+    int64_t n = (int64_t)cols * (rows ? rows : 1);
+    if (core_dequant_row(t->type, t->data, dst, n) < 0) {
+        seterr(err, errlen, "tensor '%s': cannot dequantize %s", name, core_type_name(t->type));
+        return -EINVAL;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(dst[i])) {
+            seterr(err, errlen, "tensor '%s' holds a non-finite value at element %lld", name,
+                   (long long)i);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+void core_model_free(core_model *m)
+{
+    if (!m)
+        return;
+    free(m->slab);
+    free(m->layers);
+    core_gguf_close(m->gguf);
+    free(m);
+}
+
+core_model *core_model_load(const char *path, char *err, size_t errlen)
+{
+    core_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        seterr(err, errlen, "out of memory");
+        return NULL;
+    }
+    m->gguf = core_gguf_open(path, err, errlen);
+    if (!m->gguf)
+        goto fail;
+    core_config *c = &m->cfg;
+    if (core_config_from_gguf(m->gguf, c, err, errlen) < 0)
+        goto fail;
+
+    size_t per_layer = 2 * (size_t)c->n_embd;
+    for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
+        per_layer += (size_t)core_module_in(c, mod) * core_module_out(c, mod);
+    size_t emb = (size_t)c->n_vocab * c->n_embd;
+    m->slab_floats = emb * (c->tied_output ? 1 : 2) + c->n_embd + per_layer * c->n_layer;
+    m->slab = malloc(m->slab_floats * sizeof(float));
+    m->layers = calloc(c->n_layer, sizeof *m->layers);
+    if (!m->slab || !m->layers) {
+        seterr(err, errlen, "out of memory allocating %zu MB of weights",
+               m->slab_floats * sizeof(float) >> 20);
+        goto fail;
+    }
+
+    float *p = m->slab;
+    m->tok_embd = p;
+    p += emb;
+    if (load_tensor(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, m->tok_embd, err,
+                    errlen))
+        goto fail;
+    m->output = m->tok_embd;
+    if (!c->tied_output) {
+        m->output = p;
+        p += emb;
+        if (load_tensor(m->gguf, "output.weight", c->n_embd, c->n_vocab, m->output, err, errlen))
+            goto fail;
+    }
+    m->output_norm = p;
+    p += c->n_embd;
+    if (load_tensor(m->gguf, "output_norm.weight", c->n_embd, 0, m->output_norm, err, errlen))
+        goto fail;
+    for (int l = 0; l < c->n_layer; l++) {
+        core_layer *L = &m->layers[l];
+        char name[96];
+        L->attn_norm = p;
+        p += c->n_embd;
+        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
+        if (load_tensor(m->gguf, name, c->n_embd, 0, L->attn_norm, err, errlen))
+            goto fail;
+        L->ffn_norm = p;
+        p += c->n_embd;
+        snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
+        if (load_tensor(m->gguf, name, c->n_embd, 0, L->ffn_norm, err, errlen))
+            goto fail;
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            int in = core_module_in(c, mod), out = core_module_out(c, mod);
+            L->w[mod] = p;
+            p += (size_t)in * out;
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, module_gguf[mod]);
+            if (load_tensor(m->gguf, name, in, out, L->w[mod], err, errlen))
+                goto fail;
+        }
+    }
+    return m;
+fail:
+    core_model_free(m);
+    return NULL;
+}

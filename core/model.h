@@ -1,0 +1,150 @@
+/* Llama-family model: hyperparameters from GGUF metadata, f32 weights in one slab, per-sequence
+ * KV caches, and the batched forward pass with an optional LoRA plan (DESIGN.md §3).
+ *
+ * Weights keep the GGUF row layout: attn_q/attn_k rows are in llama.cpp's permuted order, so
+ * RoPE rotates adjacent pairs (2j, 2j+1) (FORMATS.md §2.6). Adapters trained on Hugging Face
+ * weights must have their q/k lora_B rows permuted the same way before they reach core_forward.
+ *
+ * Nothing here is thread-safe on its own: a core_model is immutable after load and may be shared,
+ * but a core_ctx and a core_kv belong to one thread at a time (the engine thread).
+ */
+#ifndef ADAPTREE_CORE_MODEL_H
+#define ADAPTREE_CORE_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gguf.h"
+
+typedef struct core_config {
+    char arch[32];
+    int n_layer;
+    int n_embd;
+    int n_head;
+    int n_head_kv;
+    int head_dim;
+    int n_ff;
+    int n_vocab;
+    int n_ctx_train;
+    int rope_dim; /* rotated dims per head (== head_dim for Llama) */
+    float rope_theta;
+    float rms_eps;
+    bool tied_output; /* no output.weight: the head is token_embd */
+} core_config;
+
+/* The seven linear modules of a layer, in the order adapters and plans use. */
+typedef enum core_module {
+    CORE_MOD_Q,
+    CORE_MOD_K,
+    CORE_MOD_V,
+    CORE_MOD_O,
+    CORE_MOD_GATE,
+    CORE_MOD_UP,
+    CORE_MOD_DOWN,
+    CORE_MOD_COUNT
+} core_module;
+
+typedef struct core_layer {
+    float *attn_norm; /* (n_embd) */
+    float *w[CORE_MOD_COUNT];
+    /* w[Q]    (n_head * head_dim, n_embd)
+     * w[K],V  (n_head_kv * head_dim, n_embd)
+     * w[O]    (n_embd, n_head * head_dim)
+     * w[GATE], w[UP] (n_ff, n_embd)
+     * w[DOWN] (n_embd, n_ff) */
+    float *ffn_norm; /* (n_embd) */
+} core_layer;
+
+typedef struct core_model {
+    core_config cfg;
+    core_gguf *gguf;    /* owned; kept open for the tokenizer, inspect and merge */
+    float *slab;        /* every weight, one allocation */
+    size_t slab_floats;
+    float *tok_embd;    /* (n_vocab, n_embd) */
+    float *output;      /* (n_vocab, n_embd); == tok_embd when tied */
+    float *output_norm; /* (n_embd) */
+    core_layer *layers; /* (n_layer) */
+} core_model;
+
+/* Loads a Llama-architecture GGUF: reads and checks the hyperparameters and every tensor shape,
+ * then dequantizes all weights to f32. Returns a new model (free with core_model_free) or NULL
+ * with a message in err naming what is wrong. */
+core_model *core_model_load(const char *path, char *err, size_t errlen);
+void core_model_free(core_model *m);
+
+/* Reads the hyperparameters of a GGUF without loading weights (used by inspect and adapter
+ * validation). Returns 0 or -EINVAL with a message. */
+int core_config_from_gguf(const core_gguf *g, core_config *cfg, char *err, size_t errlen);
+
+/* Input and output width of a module's weight. */
+int core_module_in(const core_config *c, core_module mod);
+int core_module_out(const core_config *c, core_module mod);
+/* "q", "k", "v", "o", "gate", "up", "down" and the GGUF tensor suffix ("attn_q", ...). */
+const char *core_module_name(core_module mod);
+const char *core_module_gguf_name(core_module mod);
+
+/* ---- KV cache ------------------------------------------------------------------------------ */
+
+/* A pool of n_slots sequence caches, each holding up to n_ctx positions. Memory for a slot grows
+ * on demand; core_kv_clear releases it. */
+typedef struct core_kv core_kv;
+
+core_kv *core_kv_new(const core_config *cfg, int n_slots, int n_ctx, char *err, size_t errlen);
+void core_kv_free(core_kv *kv);
+int core_kv_n_slots(const core_kv *kv);
+int core_kv_n_ctx(const core_kv *kv);
+/* Forgets the slot's contents (positions restart at 0) and frees its memory. */
+void core_kv_clear(core_kv *kv, int slot);
+/* Bytes currently allocated by all slots. */
+size_t core_kv_bytes(const core_kv *kv);
+
+/* ---- LoRA plan (DESIGN.md §3) --------------------------------------------------------------- */
+
+/* One adapter's low-rank update for one (layer, module), applied to some rows of the batch:
+ * Y[rows[i]] += scales[i] * B · (A · X[rows[i]]). A and B are borrowed for the call. */
+typedef struct core_lora_group {
+    int layer;
+    int module;          /* core_module */
+    uint32_t dtype;      /* CORE_TYPE_F32, CORE_TYPE_F16 or CORE_TYPE_BF16 (A and B alike) */
+    const void *A;       /* (rank, in) */
+    const void *B;       /* (out, rank) */
+    int rank;
+    int n_rows;
+    const int32_t *rows; /* (n_rows) batch row indices */
+    const float *scales; /* (n_rows) */
+} core_lora_group;
+
+/* All groups of one step, in any order. */
+typedef struct core_lora_plan {
+    int n_groups;
+    const core_lora_group *groups;
+} core_lora_plan;
+
+/* ---- forward -------------------------------------------------------------------------------- */
+
+/* One step's rows. Rows of one sequence appear in increasing position order; position p of a
+ * slot may be computed only once positions 0..p-1 are in its cache (from earlier steps or earlier
+ * rows of this batch). */
+typedef struct core_batch {
+    int n_rows;
+    const int32_t *tokens;      /* (n_rows) */
+    const int32_t *pos;         /* (n_rows) */
+    const int32_t *slot;        /* (n_rows) KV slot */
+    const uint8_t *want_logits; /* (n_rows) 1 = produce logits for this row; NULL = every row */
+} core_batch;
+
+/* Scratch for the forward pass; grows to the largest batch seen. */
+typedef struct core_ctx core_ctx;
+
+core_ctx *core_ctx_new(const core_model *m);
+void core_ctx_free(core_ctx *c);
+
+/* Runs the batch through the model, writing each row's K and V into its slot, and stores the
+ * logits of the rows that want them, in row order, into logits (n_out, n_vocab). plan may be
+ * NULL. Returns 0, or a negative errno with a message (bad token id, position past the slot's
+ * capacity, a malformed plan). */
+int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_plan *plan,
+                 float *logits, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,41 @@
+/* adaptree: one binary, several subcommands (DESIGN.md §1). main() makes sure OpenBLAS runs its
+ * real kernels (re-executing itself if needed) and dispatches. */
+#include <stdio.h>
+#include <string.h>
+
+#include "core/blas.h"
+#include "server/cli.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: adaptree COMMAND [options]\n"
+            "\n"
+            "commands:\n"
+            "  generate  -m MODEL -p PROMPT [-n N] [--chat] [--temperature T] [--top-p P]\n"
+            "            [--seed S] ...        run one prompt and stream the text\n"
+            "  inspect   MODEL.gguf            print metadata, tensor types and the BLAS core\n"
+            "\n"
+            "'adaptree COMMAND --help' lists a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    char msg[256] = "";
+    int rc = core_blas_ensure_kernel(argc, argv, msg, sizeof msg);
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    /* Say what happened to the BLAS core only when something did (or failed). */
+    if (rc <= 0 && msg[0])
+        fprintf(stderr, "%s\n", msg);
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "generate"))
+        return srv_cli_generate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "inspect"))
+        return srv_cli_inspect(argc - 1, argv + 1);
+    fprintf(stderr, "adaptree: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,93 @@
+/* libFuzzer target for the GGUF reader: opens the input from memory and, when it parses, reads
+ * back every metadata value through the getters, prints the file, and dequantizes the first
+ * row of every tensor whose type core/quant.c converts. Any failure must come with a message,
+ * and every tensor must lie inside the input; both are checked with __builtin_trap. */
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/gguf.h"
+#include "core/quant.h"
+
+#define MAX_ROW (1 << 16)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static float row[MAX_ROW];
+static volatile uint64_t sink;
+
+/* Every getter on one key; results go to sink so nothing is optimized out. */
+static void touch_kv(const core_gguf *g, const core_gguf_kv *kv)
+{
+    char key[256], s[64];
+    uint32_t u32;
+    uint64_t u64, n;
+    int32_t i32;
+    float f;
+    bool b;
+    core_gguf_str sv, *sa;
+    int32_t *ia;
+    if (kv->key.len >= sizeof key || memchr(kv->key.ptr, 0, kv->key.len))
+        return; /* not addressable by a C-string lookup */
+    memcpy(key, kv->key.ptr, kv->key.len);
+    key[kv->key.len] = '\0';
+    if (core_gguf_find(g, key) != kv)
+        __builtin_trap();
+    sink += (uint64_t)core_gguf_get_u32(g, key, &u32) + (uint64_t)core_gguf_get_u64(g, key, &u64) +
+            (uint64_t)core_gguf_get_i32(g, key, &i32) + (uint64_t)core_gguf_get_f32(g, key, &f) +
+            (uint64_t)core_gguf_get_bool(g, key, &b) +
+            (uint64_t)core_gguf_get_str(g, key, s, sizeof s);
+    if (core_gguf_get_strv(g, key, &sv) == 0 && sv.len)
+        sink += (uint8_t)sv.ptr[sv.len - 1];
+    if (core_gguf_get_str_array(g, key, &sa, &n) == 0) {
+        for (uint64_t i = 0; i < n; i++)
+            if (sa[i].len)
+                sink += (uint8_t)sa[i].ptr[sa[i].len - 1];
+        free(sa);
+    }
+    if (core_gguf_get_i32_array(g, key, &ia, &n) == 0) {
+        for (uint64_t i = 0; i < n; i++)
+            sink += (uint32_t)ia[i];
+        free(ia);
+    }
+}
+
+static void touch_tensor(const core_gguf *g, const core_gguf_tensor *t)
+{
+    const uint8_t *p = t->data;
+    if (p < g->base || t->size > g->size || p + t->size > g->base + g->size)
+        __builtin_trap();
+    if (!core_type_can_dequant(t->type) || t->ne[0] > MAX_ROW)
+        return;
+    if (core_dequant_row(t->type, t->data, row, (int64_t)t->ne[0]) != 0)
+        __builtin_trap();
+    for (uint64_t i = 0; i < t->ne[0]; i++) {
+        uint32_t u;
+        memcpy(&u, &row[i], 4);
+        sink += u;
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static FILE *devnull;
+    char err[512] = "";
+    if (!devnull)
+        devnull = fopen("/dev/null", "w");
+    core_gguf *g = core_gguf_open_memory(data, size, err, sizeof err);
+    if (!g) {
+        if (err[0] == '\0')
+            __builtin_trap();
+        return 0;
+    }
+    for (uint64_t i = 0; i < g->n_kv; i++)
+        touch_kv(g, &g->kv[i]);
+    for (uint64_t i = 0; i < g->n_tensors; i++)
+        touch_tensor(g, &g->tensors[i]);
+    if (devnull)
+        core_gguf_print(g, devnull, size < 4096);
+    core_gguf_close(g);
+    return 0;
+}

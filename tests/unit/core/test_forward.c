@@ -1,0 +1,379 @@
+/* Forward-pass tests on a small random Llama: the LoRA plan against a naive dense merge
+ * (W + s·B·A), mixed adapters and ranks in one batch, stacking, and bad batches and plans. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/model.h"
+#include "core/quant.h"
+#include "tests/test.h"
+
+static uint64_t rng_state;
+
+static float frand(void)
+{
+    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((rng_state >> 40) / (double)(1ULL << 24)) * 2.0f - 1.0f;
+}
+
+/* A tiny random model: 2 layers, GQA 4 heads over 2 KV heads, vocab 97. */
+static core_model *tiny_model(uint64_t seed)
+{
+    core_model *m = calloc(1, sizeof *m);
+    core_config *c = &m->cfg;
+    strcpy(c->arch, "llama");
+    c->n_layer = 2;
+    c->n_embd = 64;
+    c->n_head = 4;
+    c->n_head_kv = 2;
+    c->head_dim = 16;
+    c->rope_dim = 16;
+    c->n_ff = 96;
+    c->n_vocab = 97;
+    c->n_ctx_train = 128;
+    c->rope_theta = 10000.0f;
+    c->rms_eps = 1e-5f;
+    c->tied_output = true;
+    size_t per_layer = 2 * (size_t)c->n_embd;
+    for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
+        per_layer += (size_t)core_module_in(c, mod) * core_module_out(c, mod);
+    m->slab_floats = (size_t)c->n_vocab * c->n_embd + c->n_embd + per_layer * c->n_layer;
+    m->slab = malloc(m->slab_floats * sizeof(float));
+    m->layers = calloc(c->n_layer, sizeof *m->layers);
+    rng_state = seed;
+    float *p = m->slab;
+    m->tok_embd = m->output = p;
+    for (int i = 0; i < c->n_vocab * c->n_embd; i++)
+        *p++ = frand();
+    m->output_norm = p;
+    for (int i = 0; i < c->n_embd; i++)
+        *p++ = 1.0f + 0.1f * frand();
+    for (int l = 0; l < c->n_layer; l++) {
+        m->layers[l].attn_norm = p;
+        for (int i = 0; i < c->n_embd; i++)
+            *p++ = 1.0f + 0.1f * frand();
+        m->layers[l].ffn_norm = p;
+        for (int i = 0; i < c->n_embd; i++)
+            *p++ = 1.0f + 0.1f * frand();
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            int in = core_module_in(c, mod), out = core_module_out(c, mod);
+            m->layers[l].w[mod] = p;
+            for (int i = 0; i < in * out; i++)
+                *p++ = frand() * 0.3f;
+        }
+    }
+    return m;
+}
+
+static core_model *clone_model(const core_model *src)
+{
+    core_model *m = calloc(1, sizeof *m);
+    *m = *src;
+    m->gguf = NULL;
+    m->slab = malloc(src->slab_floats * sizeof(float));
+    memcpy(m->slab, src->slab, src->slab_floats * sizeof(float));
+    m->layers = calloc(src->cfg.n_layer, sizeof *m->layers);
+    ptrdiff_t d = m->slab - src->slab;
+    m->tok_embd = src->tok_embd + d;
+    m->output = src->output + d;
+    m->output_norm = src->output_norm + d;
+    for (int l = 0; l < src->cfg.n_layer; l++) {
+        m->layers[l].attn_norm = src->layers[l].attn_norm + d;
+        m->layers[l].ffn_norm = src->layers[l].ffn_norm + d;
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
+            m->layers[l].w[mod] = src->layers[l].w[mod] + d;
+    }
+    return m;
+}
+
+/* A random adapter: per (layer, module) A (rank, in) and B (out, rank) in the given dtype, plus
+ * the same values in f32 for the dense reference. */
+typedef struct test_adapter {
+    uint32_t dtype;
+    int rank;
+    unsigned modules; /* bit mask of core_module */
+    void *A[2][CORE_MOD_COUNT], *B[2][CORE_MOD_COUNT];
+    float *A32[2][CORE_MOD_COUNT], *B32[2][CORE_MOD_COUNT];
+} test_adapter;
+
+static void store(uint32_t dtype, void *dst, float *dst32, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = frand() * 0.5f;
+        if (dtype == CORE_TYPE_F32) {
+            ((float *)dst)[i] = v;
+            dst32[i] = v;
+        } else if (dtype == CORE_TYPE_F16) {
+            ((uint16_t *)dst)[i] = core_fp32_to_fp16(v);
+            dst32[i] = core_fp16_to_fp32(((uint16_t *)dst)[i]);
+        } else {
+            ((uint16_t *)dst)[i] = core_fp32_to_bf16(v);
+            dst32[i] = core_bf16_to_fp32(((uint16_t *)dst)[i]);
+        }
+    }
+}
+
+static void make_adapter(test_adapter *a, const core_config *c, uint32_t dtype, int rank,
+                         unsigned modules)
+{
+    memset(a, 0, sizeof *a);
+    a->dtype = dtype;
+    a->rank = rank;
+    a->modules = modules;
+    size_t es = dtype == CORE_TYPE_F32 ? 4 : 2;
+    for (int l = 0; l < c->n_layer; l++) {
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            if (!(modules & (1u << mod)))
+                continue;
+            size_t na = (size_t)rank * core_module_in(c, mod);
+            size_t nb = (size_t)core_module_out(c, mod) * rank;
+            a->A[l][mod] = malloc(na * es);
+            a->B[l][mod] = malloc(nb * es);
+            a->A32[l][mod] = malloc(na * 4);
+            a->B32[l][mod] = malloc(nb * 4);
+            store(dtype, a->A[l][mod], a->A32[l][mod], na);
+            store(dtype, a->B[l][mod], a->B32[l][mod], nb);
+        }
+    }
+}
+
+static void free_adapter(test_adapter *a)
+{
+    for (int l = 0; l < 2; l++)
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            free(a->A[l][mod]);
+            free(a->B[l][mod]);
+            free(a->A32[l][mod]);
+            free(a->B32[l][mod]);
+        }
+}
+
+/* W += s · B·A, the dense reference. */
+static void merge(core_model *m, const test_adapter *a, float s)
+{
+    const core_config *c = &m->cfg;
+    for (int l = 0; l < c->n_layer; l++)
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            if (!(a->modules & (1u << mod)))
+                continue;
+            int in = core_module_in(c, mod), out = core_module_out(c, mod);
+            float *W = m->layers[l].w[mod];
+            for (int o = 0; o < out; o++)
+                for (int i = 0; i < in; i++) {
+                    double d = 0;
+                    for (int r = 0; r < a->rank; r++)
+                        d += (double)a->B32[l][mod][o * a->rank + r] *
+                             a->A32[l][mod][r * in + i];
+                    W[o * in + i] += (float)(s * d);
+                }
+        }
+}
+
+#define N_SEQ 3
+#define N_TOK 6
+
+/* Runs one sequence alone through a model (no plan) and returns all positions' logits. */
+static float *run_alone(const core_model *m, const int32_t *toks, int n)
+{
+    char err[256];
+    core_ctx *c = core_ctx_new(m);
+    core_kv *kv = core_kv_new(&m->cfg, 1, 64, err, sizeof err);
+    int32_t pos[N_TOK], slot[N_TOK] = {0};
+    for (int i = 0; i < n; i++)
+        pos[i] = i;
+    core_batch b = {.n_rows = n, .tokens = toks, .pos = pos, .slot = slot};
+    float *logits = malloc((size_t)n * m->cfg.n_vocab * sizeof(float));
+    int rc = core_forward(c, kv, &b, NULL, logits, err, sizeof err);
+    if (rc) {
+        printf("    forward failed: %s\n", err);
+        free(logits);
+        logits = NULL;
+    }
+    core_kv_free(kv);
+    core_ctx_free(c);
+    return logits;
+}
+
+TEST(forward_lora_plan_matches_dense_merge)
+{
+    core_model *m = tiny_model(42);
+    const core_config *cfg = &m->cfg;
+    test_adapter a1, a2, a3;
+    make_adapter(&a1, cfg, CORE_TYPE_F32, 4, (1u << CORE_MOD_Q) | (1u << CORE_MOD_V));
+    make_adapter(&a2, cfg, CORE_TYPE_F16, 8, 0x7f);
+    make_adapter(&a3, cfg, CORE_TYPE_BF16, 2, (1u << CORE_MOD_GATE) | (1u << CORE_MOD_DOWN));
+    /* seq 0: base; seq 1: a1·0.7 stacked with a2·0.25; seq 2: a3·(−1.3) */
+    const float s1 = 0.7f, s2 = 0.25f, s3 = -1.3f;
+    int32_t toks[N_SEQ][N_TOK];
+    for (int s = 0; s < N_SEQ; s++)
+        for (int i = 0; i < N_TOK; i++)
+            toks[s][i] = (s * 31 + i * 17 + 5) % cfg->n_vocab;
+
+    /* Batch: the three sequences interleaved, so rows of one adapter are not contiguous. */
+    int n = N_SEQ * N_TOK;
+    int32_t tokens[N_SEQ * N_TOK], pos[N_SEQ * N_TOK], slot[N_SEQ * N_TOK];
+    for (int i = 0; i < N_TOK; i++)
+        for (int s = 0; s < N_SEQ; s++) {
+            int r = i * N_SEQ + s;
+            tokens[r] = toks[s][i];
+            pos[r] = i;
+            slot[r] = s;
+        }
+    int32_t rows1[N_TOK], rows3[N_TOK];
+    float sc1[N_TOK], sc2[N_TOK], sc3[N_TOK];
+    for (int i = 0; i < N_TOK; i++) {
+        rows1[i] = i * N_SEQ + 1;
+        rows3[i] = i * N_SEQ + 2;
+        sc1[i] = s1;
+        sc2[i] = s2;
+        sc3[i] = s3;
+    }
+    core_lora_group groups[2 * CORE_MOD_COUNT * 3];
+    int ng = 0;
+    const test_adapter *ads[3] = {&a1, &a2, &a3};
+    const float *scs[3] = {sc1, sc2, sc3};
+    const int32_t *rws[3] = {rows1, rows1, rows3};
+    for (int k = 0; k < 3; k++)
+        for (int l = 0; l < cfg->n_layer; l++)
+            for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+                if (!(ads[k]->modules & (1u << mod)))
+                    continue;
+                groups[ng++] = (core_lora_group){.layer = l,
+                                                 .module = mod,
+                                                 .dtype = ads[k]->dtype,
+                                                 .A = ads[k]->A[l][mod],
+                                                 .B = ads[k]->B[l][mod],
+                                                 .rank = ads[k]->rank,
+                                                 .n_rows = N_TOK,
+                                                 .rows = rws[k],
+                                                 .scales = scs[k]};
+            }
+    core_lora_plan plan = {.n_groups = ng, .groups = groups};
+    char err[256];
+    core_ctx *c = core_ctx_new(m);
+    core_kv *kv = core_kv_new(cfg, N_SEQ, 64, err, sizeof err);
+    float *logits = malloc((size_t)n * cfg->n_vocab * sizeof(float));
+    core_batch b = {.n_rows = n, .tokens = tokens, .pos = pos, .slot = slot};
+    int rc = core_forward(c, kv, &b, &plan, logits, err, sizeof err);
+    CHECK_MSG(rc == 0, "forward: %s", err);
+
+    core_model *ref[N_SEQ] = {clone_model(m), clone_model(m), clone_model(m)};
+    merge(ref[1], &a1, s1);
+    merge(ref[1], &a2, s2);
+    merge(ref[2], &a3, s3);
+    double worst = 0, moved = 0;
+    float *base = run_alone(m, toks[1], N_TOK);
+    for (int s = 0; s < N_SEQ; s++) {
+        float *want = run_alone(ref[s], toks[s], N_TOK);
+        CHECK(want != NULL);
+        for (int i = 0; i < N_TOK; i++)
+            for (int v = 0; v < cfg->n_vocab; v++) {
+                double d = fabs(logits[(size_t)(i * N_SEQ + s) * cfg->n_vocab + v] -
+                                want[(size_t)i * cfg->n_vocab + v]);
+                if (d > worst)
+                    worst = d;
+                if (s == 1) {
+                    double mv = fabs(want[(size_t)i * cfg->n_vocab + v] -
+                                     base[(size_t)i * cfg->n_vocab + v]);
+                    if (mv > moved)
+                        moved = mv;
+                }
+            }
+        free(want);
+    }
+    printf("    lora plan vs dense merge: max |diff| = %.3g (tol 1e-4); adapters move logits "
+           "by up to %.3g\n",
+           worst, moved);
+    CHECK_MSG(worst <= 1e-4, "max diff %g", worst);
+    CHECK_MSG(moved > 0.1, "the adapters barely change the output (%g): test is too weak", moved);
+    free(base);
+    for (int s = 0; s < N_SEQ; s++)
+        core_model_free(ref[s]);
+    free(logits);
+    core_kv_free(kv);
+    core_ctx_free(c);
+    free_adapter(&a1);
+    free_adapter(&a2);
+    free_adapter(&a3);
+    core_model_free(m);
+}
+
+/* Prefill in one batch, then decode one row at a time, equals the whole sequence at once. */
+TEST(forward_incremental_decode_matches_prefill)
+{
+    core_model *m = tiny_model(7);
+    int32_t toks[N_TOK] = {3, 14, 15, 92, 65, 35};
+    float *all = run_alone(m, toks, N_TOK);
+    CHECK(all != NULL);
+    char err[256];
+    core_ctx *c = core_ctx_new(m);
+    core_kv *kv = core_kv_new(&m->cfg, 2, 64, err, sizeof err);
+    float *lg = malloc((size_t)m->cfg.n_vocab * sizeof(float));
+    double worst = 0;
+    for (int i = 0; i < N_TOK; i++) {
+        int32_t pos = i, slot = 1;
+        core_batch b = {.n_rows = 1, .tokens = &toks[i], .pos = &pos, .slot = &slot};
+        CHECK(core_forward(c, kv, &b, NULL, lg, err, sizeof err) == 0);
+        for (int v = 0; v < m->cfg.n_vocab; v++) {
+            double d = fabs(lg[v] - all[(size_t)i * m->cfg.n_vocab + v]);
+            worst = d > worst ? d : worst;
+        }
+    }
+    printf("    incremental vs one-shot: max |diff| = %.3g (tol 1e-4)\n", worst);
+    CHECK(worst <= 1e-4);
+    free(lg);
+    free(all);
+    core_kv_free(kv);
+    core_ctx_free(c);
+    core_model_free(m);
+}
+
+TEST(forward_rejects_bad_batches_and_plans)
+{
+    core_model *m = tiny_model(9);
+    char err[256];
+    core_ctx *c = core_ctx_new(m);
+    core_kv *kv = core_kv_new(&m->cfg, 2, 8, err, sizeof err);
+    float lg[97 * 2];
+    int32_t tok = 5, pos = 0, slot = 0;
+    core_batch b = {.n_rows = 1, .tokens = &tok, .pos = &pos, .slot = &slot};
+
+    tok = 97;
+    CHECK_EQ_INT(core_forward(c, kv, &b, NULL, lg, err, sizeof err), -EINVAL);
+    CHECK(strstr(err, "token id 97") != NULL);
+    tok = 5;
+    pos = 3; /* skips positions 0..2 */
+    CHECK_EQ_INT(core_forward(c, kv, &b, NULL, lg, err, sizeof err), -EINVAL);
+    CHECK(strstr(err, "skips ahead") != NULL);
+    pos = 8; /* past n_ctx */
+    CHECK_EQ_INT(core_forward(c, kv, &b, NULL, lg, err, sizeof err), -ERANGE);
+    pos = 0;
+    slot = 2;
+    CHECK_EQ_INT(core_forward(c, kv, &b, NULL, lg, err, sizeof err), -EINVAL);
+    slot = 0;
+
+    float A[4 * 64] = {0}, B[64 * 4] = {0}, scale = 1.0f;
+    int32_t row = 1; /* batch has one row */
+    core_lora_group g = {.layer = 0, .module = CORE_MOD_Q, .dtype = CORE_TYPE_F32, .A = A,
+                         .B = B, .rank = 4, .n_rows = 1, .rows = &row, .scales = &scale};
+    core_lora_plan plan = {.n_groups = 1, .groups = &g};
+    CHECK_EQ_INT(core_forward(c, kv, &b, &plan, lg, err, sizeof err), -EINVAL);
+    CHECK(strstr(err, "row") != NULL);
+    row = 0;
+    g.layer = 2;
+    CHECK_EQ_INT(core_forward(c, kv, &b, &plan, lg, err, sizeof err), -EINVAL);
+    g.layer = 0;
+    scale = NAN;
+    CHECK_EQ_INT(core_forward(c, kv, &b, &plan, lg, err, sizeof err), -EINVAL);
+    scale = 1.0f;
+    g.dtype = CORE_TYPE_Q4_0;
+    CHECK_EQ_INT(core_forward(c, kv, &b, &plan, lg, err, sizeof err), -EINVAL);
+    g.dtype = CORE_TYPE_F32;
+    /* A valid zero adapter leaves the logits alone, and the cache keeps working after errors. */
+    CHECK_EQ_INT(core_forward(c, kv, &b, &plan, lg, err, sizeof err), 0);
+    pos = 1;
+    CHECK_EQ_INT(core_forward(c, kv, &b, NULL, lg, err, sizeof err), 0);
+    core_kv_free(kv);
+    core_ctx_free(c);
+    core_model_free(m);
+}
