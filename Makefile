@@ -9,9 +9,10 @@ VENV    ?= .venv
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 WERROR  := $(if $(CI),-Werror,)
-CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wstrict-prototypes \
-           -Wmissing-prototypes -Wformat=2 -ffp-contract=off -pthread $(WERROR)
+OPT     ?= -O2 -g
+SAN     ?=
+CFLAGS  := $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wstrict-prototypes \
+           -Wmissing-prototypes -Wformat=2 -ffp-contract=off -pthread $(WERROR) $(EXTRA_CFLAGS)
 CPPFLAGS += -I. -I/usr/include/cjson
 LDLIBS  += -lopenblas -lmicrohttpd -lcjson -luv -lm -lpthread
 
@@ -96,16 +97,16 @@ bench: deps model
 	$(BUILD)/bench_core -m $(MODEL)
 
 asan:
-	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(CLANG) \
-	    CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(CLANG) OPT="-O1 -g -fno-omit-frame-pointer" \
+	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" build/asan/adaptree build/asan/test_unit \
 	    build/asan/blas_probe
 	ADAPTREE_BUILD=build/asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    tools/run_tests.sh build/asan
 
 tsan:
-	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(CLANG) \
-	    CFLAGS="-O1 -g -fsanitize=thread" LDFLAGS="-fsanitize=thread" \
+	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(CLANG) OPT="-O1 -g" SAN="-fsanitize=thread" \
+	    LDFLAGS="-fsanitize=thread" \
 	    build/tsan/adaptree build/tsan/test_unit build/tsan/blas_probe
 	ADAPTREE_BUILD=build/tsan tools/run_tests.sh build/tsan
 
@@ -114,9 +115,12 @@ FUZZ_CFLAGS = -O1 -g -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE 
 fuzz: $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 	@for f in $^; do n=$$(basename $$f); mkdir -p tests/fuzz/corpus/$$n $(BUILD)/fuzz/new/$$n; \
 	    echo "== $$n ($(FUZZ_TIME)s)"; \
-	    $$f -max_total_time=$(FUZZ_TIME) -max_len=65536 -print_final_stats=1 $(BUILD)/fuzz/new/$$n \
-	        tests/fuzz/corpus/$$n 2>&1 | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|Done' \
-	        || exit 1; done
+	    $$f -max_total_time=$(FUZZ_TIME) -max_len=65536 -print_final_stats=1 \
+	        -artifact_prefix=$(BUILD)/fuzz/$$n- $(BUILD)/fuzz/new/$$n tests/fuzz/corpus/$$n \
+	        > $(BUILD)/fuzz/$$n.log 2>&1; rc=$$?; \
+	    grep -E 'stat::number_of_executed_units|Done' $(BUILD)/fuzz/$$n.log; \
+	    if [ $$rc -ne 0 ]; then tail -n 40 $(BUILD)/fuzz/$$n.log; \
+	        echo "fuzz: $$n failed; the input is in $(BUILD)/fuzz/$$n-*"; exit 1; fi; done
 
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(ADAPTERS_SRC)
 	@mkdir -p $(dir $@)

@@ -41,9 +41,15 @@ const char *core_blas_corename(void)
     return name ? name : "Unknown";
 }
 
-int core_blas_threads(void) { return openblas_get_num_threads(); }
+int core_blas_threads(void)
+{
+    return openblas_get_num_threads();
+}
 
-void core_blas_set_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n); }
+void core_blas_set_threads(int n)
+{
+    openblas_set_num_threads(n < 1 ? 1 : n);
+}
 
 void core_blas_cpu_features(int *has_avx512, int *has_avx2)
 {
@@ -58,12 +64,13 @@ void core_blas_cpu_features(int *has_avx512, int *has_avx2)
         *has_avx2 = avx2 != 0;
 }
 
-/* OpenBLAS's x86 cores written for CPUs without AVX2 (driver/others/dynamic.c, corename[]),
- * plus the names it reports when it knows nothing. Each is where its CPU table lands a CPU it
- * does not recognise: unknown Intel and other vendors -> Prescott, unknown AMD families ->
- * Barcelona, recognised CPUs whose AVX the library thinks is off -> Sandybridge or Nehalem;
- * non-DYNAMIC_OLDER builds also report Penryn, Dunnington, Opteron and Bobcat as Core2 and Atom,
- * Nano as Nehalem. */
+/* OpenBLAS's x86 cores written for CPUs without AVX2 (corename[] in driver/others/dynamic.c),
+ * plus the names it reports when it knows nothing. On a CPU with AVX2+FMA any of them is a
+ * misdetection, since the CPU it was written for cannot execute AVX2. The ones the library's
+ * table actually falls back to: unknown Intel and other vendors -> Prescott, unknown AMD
+ * families -> Barcelona, known CPUs whose AVX state it misreads -> Sandybridge or Nehalem; and
+ * builds without DYNAMIC_OLDER report Penryn, Dunnington, Opteron and Bobcat as "Core2", Atom
+ * and Nano as "Nehalem". */
 static const char *const generic_cores[] = {
     "Unknown", "Generic",   "Katmai",       "Coppermine",  "Northwood",  "Prescott",
     "Banias",  "Atom",      "Core2",        "Penryn",      "Dunnington", "Nehalem",
@@ -92,12 +99,6 @@ int core_blas_ensure_kernel(int argc, char **argv, char *msg, size_t msglen)
                 forced ? forced : "(unset)", prev, core_blas_corename());
         return 0;
     }
-    if (argc < 1 || !argv || !argv[0]) {
-        set_msg(msg, msglen, "openblas: core %s; cannot re-exec without argv",
-                core_blas_corename());
-        return -EINVAL;
-    }
-
     const char *pretend = getenv("ADAPTREE_BLAS_PRETEND_CORE");
     char core[64];
     snprintf(core, sizeof(core), "%s", pretend && *pretend ? pretend : core_blas_corename());
@@ -115,12 +116,17 @@ int core_blas_ensure_kernel(int argc, char **argv, char *msg, size_t msglen)
             set_msg(msg, msglen, "openblas: core %s (ok)", core);
         return 1;
     }
+    if (argc < 1 || !argv || !argv[0]) {
+        set_msg(msg, msglen, "openblas: core %s is a generic fallback; cannot re-exec without argv",
+                core);
+        return -EINVAL;
+    }
 
     int err = 0;
     if (setenv("OPENBLAS_CORETYPE", pick, 1) != 0 || setenv("ADAPTREE_BLAS_REEXEC", core, 1) != 0)
         err = errno;
     if (!err) {
-        fflush(NULL); /* buffered output would otherwise be lost, or printed twice */
+        fflush(NULL); /* exec discards whatever stdio still buffers */
         execv("/proc/self/exe", argv);
         int err_self = errno;
         execvp(argv[0], argv);

@@ -52,7 +52,8 @@ const char *core_blas_pick_coretype(const char *corename, int has_avx512, int ha
  *   fail, the two variables are removed again, msg says why, and -errno is returned: the caller
  *   logs it and carries on with the slow core.
  * - No change needed: returns 1, msg like "openblas: core Zen (ok)".
- * argv must be main's argv (argv[argc] == NULL); -EINVAL when argc < 1 or argv is NULL. */
+ * argv must be main's argv (argv[argc] == NULL); a needed re-exec without one (argc < 1 or
+ * argv NULL) returns -EINVAL. */
 int core_blas_ensure_kernel(int argc, char **argv, char *msg, size_t msglen);
 
 /* Measures sgemm on n x n x n matrices (row-major, C = A B), reps timed calls after one warm-up,

@@ -128,9 +128,15 @@ static bool is_name_start(char c)
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
 }
 
-static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
 
-static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
 
 static int push_tok(tmpl *t, int kind, const char *p, size_t n)
 {
@@ -166,11 +172,29 @@ static int lex_string(tmpl *t, size_t *pos)
         if (++i >= t->len)
             return fail(t, start, "unterminated string literal");
         switch (t->src[i]) {
-        case 'n': out[k++] = '\n'; break;
-        case 't': out[k++] = '\t'; break;
-        case 'r': out[k++] = '\r'; break;
-        case '\\': case '\'': case '"': out[k++] = t->src[i]; break;
-        case 'x': case 'u': case 'U': case 'N': case '0': case 'a': case 'b': case 'f': case 'v':
+        case 'n':
+            out[k++] = '\n';
+            break;
+        case 't':
+            out[k++] = '\t';
+            break;
+        case 'r':
+            out[k++] = '\r';
+            break;
+        case '\\':
+        case '\'':
+        case '"':
+            out[k++] = t->src[i];
+            break;
+        case 'x':
+        case 'u':
+        case 'U':
+        case 'N':
+        case '0':
+        case 'a':
+        case 'b':
+        case 'f':
+        case 'v':
             return fail(t, i - 1, "unsupported escape in a string literal");
         default: /* Python keeps unknown escapes as they are */
             out[k++] = '\\';
@@ -179,7 +203,8 @@ static int lex_string(tmpl *t, size_t *pos)
     }
     t->arena_used += k;
     *pos = i + 1;
-    return push_tok(t, TK_STR, out, k);
+    /* out points into t->arena, which analyse()'s caller frees; the analyzer loses track. */
+    return push_tok(t, TK_STR, out, k); // NOLINT(clang-analyzer-unix.Malloc)
 }
 
 /* Lexes the tag body from *pos up to its closing delimiter close ("}}" or "%}"), setting
@@ -287,7 +312,7 @@ static int run_expr(tmpl *t, size_t off)
         if (b == a + 1 && t->toks[a].kind == TK_STR) {
             rc = sig_text(t, t->toks[a].p, t->toks[a].n, off);
         } else {
-            const char *ph = !t->loop_var[0]        ? "\x03"
+            const char *ph = !t->loop_var[0]       ? "\x03"
                              : !strcmp(c, role)    ? "\x01"
                              : !strcmp(c, content) ? "\x02"
                                                    : "\x03";
@@ -302,7 +327,10 @@ static int run_expr(tmpl *t, size_t off)
     return 0;
 }
 
-static const frame *top(const tmpl *t) { return t->depth ? &t->stack[t->depth - 1] : NULL; }
+static const frame *top(const tmpl *t)
+{
+    return t->depth ? &t->stack[t->depth - 1] : NULL;
+}
 
 static bool is_cond(const frame *f, int branch, const char *cond)
 {
@@ -339,8 +367,7 @@ static int end_run(tmpl *t)
         return 0;
     }
     if (!strcmp(s, GEN_SIG)) {
-        if (t->depth != 1 || !is_cond(f, 0, "add_generation_prompt") || !t->loop_done ||
-            t->n_gens)
+        if (t->depth != 1 || !is_cond(f, 0, "add_generation_prompt") || !t->loop_done || t->n_gens)
             return fail(t, t->run_off, "generation prompt not under `if add_generation_prompt`");
         t->n_gens++;
         return 0;
@@ -380,8 +407,10 @@ static int stmt(tmpl *t, size_t off)
         if (tok_is(k, TK_NAME, "if")) {
             nf->kind = F_IF;
             canon(t, 1, t->n_toks, nf->cond, sizeof nf->cond);
-        } else if (t->n_toks == 4 && k[1].kind == TK_NAME && tok_is(&k[2], TK_NAME, "in") &&
-                   tok_is(&k[3], TK_NAME, "messages") && k[1].n < sizeof t->loop_var) {
+        } else if (t->depth == 1 && t->n_toks == 4 && k[1].kind == TK_NAME &&
+                   tok_is(&k[2], TK_NAME, "in") && tok_is(&k[3], TK_NAME, "messages") &&
+                   k[1].n < sizeof t->loop_var) {
+            /* only at the top level: a loop under a condition might not run */
             if (t->loop_seen)
                 return fail(t, off, "a second loop over messages");
             nf->kind = F_FOR_MSG;
@@ -405,7 +434,11 @@ static int stmt(tmpl *t, size_t off)
         }
         t->depth--;
     } else if (tok_is(k, TK_NAME, "set") && t->n_toks >= 3 && tok_is(&k[2], TK_OP, "=")) {
-        /* an assignment renders nothing; output that uses the variable is refused */
+        /* renders nothing, and output that uses the variable is refused, unless it rebinds a
+         * name the recognised output relies on */
+        if (tok_is(&k[1], TK_NAME, "messages") ||
+            (t->loop_var[0] && tok_is(&k[1], TK_NAME, t->loop_var)))
+            return fail(t, off, "assignment to %.*s", (int)k[1].n, k[1].p);
     } else {
         return fail(t, off, "unsupported statement {%% %.*s %%}", (int)k->n, k->p);
     }
@@ -416,8 +449,7 @@ static int stmt(tmpl *t, size_t off)
 
 /* Raw text between tags, trimmed like Jinja with trim_blocks and lstrip_blocks. prev/next are
  * the neighbouring tags' kinds ('{', '%', '#', or 0 at the template's ends). */
-static int raw_text(tmpl *t, size_t a, size_t b, int prev, bool prev_trim, int next,
-                    bool next_trim)
+static int raw_text(tmpl *t, size_t a, size_t b, int prev, bool prev_trim, int next, bool next_trim)
 {
     if (prev_trim) {
         while (a < b && is_space(t->src[a]))
@@ -500,8 +532,7 @@ static int analyse(tmpl *t)
             k--;
         head[k] = '\0';
         snprintf(t->err, t->errlen,
-                 "chat template not supported: not a ChatML template (first 60 chars: %s)",
-                 head);
+                 "chat template not supported: not a ChatML template (first 60 chars: %s)", head);
         return -ENOTSUP;
     }
     /* decoded literals and the system text both fit in twice the template */
@@ -512,8 +543,8 @@ static int analyse(tmpl *t)
     if (rc == 0)
         rc = end_run(t);
     if (rc == 0 && t->depth)
-        rc = fail(t, t->len, "unclosed {%% %s %%}", t->stack[t->depth - 1].kind == F_IF ? "if"
-                                                                                        : "for");
+        rc = fail(t, t->len, "unclosed {%% %s %%}",
+                  t->stack[t->depth - 1].kind == F_IF ? "if" : "for");
     if (rc == 0 && (!t->n_turns || !t->n_gens))
         rc = fail(t, 0, "%s",
                   !t->n_turns ? "no '<|im_start|>' + role + '\\n' + content + '<|im_end|>\\n' "
@@ -544,8 +575,8 @@ int core_chat_render_template(const char *tmpl_text, const core_chat_msg *msgs, 
             }
         total += strlen(msgs[i].role) + strlen(msgs[i].content) + 32;
     }
-    tmpl t = {.src = tmpl_text, .len = tmpl_text ? strlen(tmpl_text) : 0, .err = err,
-              .errlen = errlen};
+    tmpl t = {
+        .src = tmpl_text, .len = tmpl_text ? strlen(tmpl_text) : 0, .err = err, .errlen = errlen};
     int rc = analyse(&t);
     if (rc == 0) {
         bool first_is_sys = n > 0 && !strcmp(msgs[0].role, "system");
@@ -555,13 +586,14 @@ int core_chat_render_template(const char *tmpl_text, const core_chat_msg *msgs, 
             rc = -ENOMEM;
         } else {
             size_t k = 0;
+            s[0] = 0;
             if (with_sys)
                 k += (size_t)sprintf(s + k, SYS_HEAD "%.*s" SYS_TAIL, (int)t.sys_n, t.sys);
             for (size_t i = 0; i < n; i++)
                 k += (size_t)sprintf(s + k, "<|im_start|>%s\n%s<|im_end|>\n", msgs[i].role,
                                      msgs[i].content);
             if (add_generation_prompt)
-                k += (size_t)sprintf(s + k, GEN_SIG);
+                memcpy(s + k, GEN_SIG, sizeof GEN_SIG);
             *out = s;
         }
     }

@@ -9,7 +9,6 @@
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +16,7 @@
 #include "kv_internal.h"
 #include "model.h"
 #include "quant.h"
+#include "error.h"
 
 #define MAX_LORA_RANK 4096
 
@@ -48,19 +48,6 @@ struct core_ctx {
     float *lb;       /* (max_out, max_rank) B converted to f32 */
     size_t cap_lx, cap_lt, cap_ly, cap_la, cap_lb;
 };
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Grows *p to at least n elements of size sz; 0 or -ENOMEM. */
 static int grow(void *pp, size_t *cap, size_t n, size_t sz)
@@ -165,7 +152,7 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
     if (!plan || plan->n_groups == 0)
         return 0;
     if (plan->n_groups < 0 || !plan->groups) {
-        seterr(err, errlen, "lora plan: bad group count %d", plan->n_groups);
+        core__seterr(err, errlen, "lora plan: bad group count %d", plan->n_groups);
         return -EINVAL;
     }
     if (grow(&c->grp_order, &c->cap_order, (size_t)plan->n_groups, sizeof(int)))
@@ -174,25 +161,25 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
         const core_lora_group *g = &plan->groups[i];
         if (g->layer < 0 || g->layer >= cfg->n_layer || g->module < 0 ||
             g->module >= CORE_MOD_COUNT) {
-            seterr(err, errlen, "lora plan: group %d names layer %d module %d", i, g->layer,
+            core__seterr(err, errlen, "lora plan: group %d names layer %d module %d", i, g->layer,
                    g->module);
             return -EINVAL;
         }
         if (g->rank <= 0 || g->rank > MAX_LORA_RANK || !g->A || !g->B ||
             (g->dtype != CORE_TYPE_F32 && g->dtype != CORE_TYPE_F16 &&
              g->dtype != CORE_TYPE_BF16)) {
-            seterr(err, errlen, "lora plan: group %d has rank %d, dtype %u or no weights", i,
+            core__seterr(err, errlen, "lora plan: group %d has rank %d, dtype %u or no weights", i,
                    g->rank, g->dtype);
             return -EINVAL;
         }
         if (g->n_rows < 0 || g->n_rows > n_rows || (g->n_rows && (!g->rows || !g->scales))) {
-            seterr(err, errlen, "lora plan: group %d has %d rows for a batch of %d", i, g->n_rows,
+            core__seterr(err, errlen, "lora plan: group %d has %d rows for a batch of %d", i, g->n_rows,
                    n_rows);
             return -EINVAL;
         }
         for (int r = 0; r < g->n_rows; r++) {
             if (g->rows[r] < 0 || g->rows[r] >= n_rows || !isfinite(g->scales[r])) {
-                seterr(err, errlen, "lora plan: group %d row %d (index %d, scale %g) is invalid",
+                core__seterr(err, errlen, "lora plan: group %d row %d (index %d, scale %g) is invalid",
                        i, r, g->rows[r], (double)g->scales[r]);
                 return -EINVAL;
             }
@@ -374,20 +361,20 @@ static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err,
     for (int i = 0; i < b->n_rows; i++) {
         int tok = b->tokens[i], slot = b->slot[i], pos = b->pos[i];
         if (tok < 0 || tok >= cfg->n_vocab) {
-            seterr(err, errlen, "row %d: token id %d out of range [0, %d)", i, tok, cfg->n_vocab);
+            core__seterr(err, errlen, "row %d: token id %d out of range [0, %d)", i, tok, cfg->n_vocab);
             return -EINVAL;
         }
         if (slot < 0 || slot >= kv->n_slots) {
-            seterr(err, errlen, "row %d: kv slot %d out of range [0, %d)", i, slot, kv->n_slots);
+            core__seterr(err, errlen, "row %d: kv slot %d out of range [0, %d)", i, slot, kv->n_slots);
             return -EINVAL;
         }
         if (pos < 0 || pos >= kv->n_ctx) {
-            seterr(err, errlen, "row %d: position %d outside the context of %d", i, pos,
+            core__seterr(err, errlen, "row %d: position %d outside the context of %d", i, pos,
                    kv->n_ctx);
             return -ERANGE;
         }
         if (pos > c->slot_n[slot]) {
-            seterr(err, errlen, "row %d: position %d skips ahead of slot %d's %d filled positions",
+            core__seterr(err, errlen, "row %d: position %d skips ahead of slot %d's %d filled positions",
                    i, pos, slot, c->slot_n[slot]);
             return -EINVAL;
         }
@@ -396,7 +383,7 @@ static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err,
             max_pos = pos;
         int rc = core__kv_reserve(kv, slot, pos + 1);
         if (rc) {
-            seterr(err, errlen, "row %d: cannot grow kv slot %d to %d positions", i, slot,
+            core__seterr(err, errlen, "row %d: cannot grow kv slot %d to %d positions", i, slot,
                    pos + 1);
             return rc;
         }
@@ -463,11 +450,11 @@ int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_
     if (n <= 0)
         return 0;
     if (!b->tokens || !b->pos || !b->slot) {
-        seterr(err, errlen, "batch without tokens, positions or slots");
+        core__seterr(err, errlen, "batch without tokens, positions or slots");
         return -EINVAL;
     }
     if (kv->n_layer != cfg->n_layer || kv->kv_dim != cfg->n_head_kv * cfg->head_dim) {
-        seterr(err, errlen, "kv cache was made for another model");
+        core__seterr(err, errlen, "kv cache was made for another model");
         return -EINVAL;
     }
     int rc = ensure_rows(c, n);
@@ -477,7 +464,7 @@ int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_
         rc = index_plan(c, plan, n, err, errlen);
     if (rc) {
         if (rc == -ENOMEM)
-            seterr(err, errlen, "out of memory for a batch of %d rows", n);
+            core__seterr(err, errlen, "out of memory for a batch of %d rows", n);
         return rc;
     }
 
@@ -486,7 +473,7 @@ int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_
                (size_t)e * sizeof(float));
     for (int l = 0; l < cfg->n_layer; l++) {
         if ((rc = layer_forward(c, kv, b, plan, l))) {
-            seterr(err, errlen, "out of memory in layer %d", l);
+            core__seterr(err, errlen, "out of memory in layer %d", l);
             return rc;
         }
     }

@@ -14,7 +14,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -22,6 +21,7 @@
 #include <unistd.h>
 
 #include "core/quant.h"
+#include "core/error.h"
 
 #define GGUF_MAGIC "GGUF"
 #define GGUF_DEFAULT_ALIGNMENT 32
@@ -90,18 +90,6 @@ uint64_t core_gguf_tensor_nelements(const core_gguf_tensor *t)
     return n;
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Copies an untrusted name into buf for a message: at most 64 bytes, non-printables as '?'. */
 static const char *printable(char *buf, size_t cap, const char *p, uint64_t len)
 {
@@ -123,7 +111,7 @@ static int need(cursor *c, uint64_t n, const char *field)
 {
     if (n <= c->size - c->pos)
         return 0;
-    set_err(c->err, c->errlen,
+    core__seterr(c->err, c->errlen,
             "truncated file: %s %s needs %" PRIu64 " bytes at offset %zu, file has %zu", c->what,
             field, n, c->pos, c->size);
     return -EINVAL;
@@ -245,7 +233,7 @@ static int walk_array(cursor *c, uint32_t etype, uint64_t n, int depth)
 {
     char field[64];
     if (etype >= CORE_GGUF_VTYPE_COUNT) {
-        set_err(c->err, c->errlen, "%s: array has unknown element type %" PRIu32, c->what, etype);
+        core__seterr(c->err, c->errlen, "%s: array has unknown element type %" PRIu32, c->what, etype);
         return -EINVAL;
     }
     if (etype == CORE_GGUF_STRING) {
@@ -264,13 +252,14 @@ static int walk_array(cursor *c, uint32_t etype, uint64_t n, int depth)
             }
             core_gguf_str s; /* the slow path only to word the error */
             snprintf(field, sizeof field, "string element %" PRIu64, i);
-            return read_str(c, &s, field) == 0 ? -EINVAL : -EINVAL;
+            (void)read_str(c, &s, field); /* fails, leaving its message in c->err */
+            return -EINVAL;
         }
         return 0;
     }
     if (etype == CORE_GGUF_ARRAY) {
         if (depth >= GGUF_MAX_ARRAY_DEPTH) {
-            set_err(c->err, c->errlen, "%s: arrays nested deeper than %d levels", c->what,
+            core__seterr(c->err, c->errlen, "%s: arrays nested deeper than %d levels", c->what,
                     GGUF_MAX_ARRAY_DEPTH);
             return -EINVAL;
         }
@@ -294,7 +283,7 @@ static int walk_array(cursor *c, uint32_t etype, uint64_t n, int depth)
     if (etype == CORE_GGUF_BOOL) {
         for (uint64_t i = 0; i < n; i++) {
             if (c->base[c->pos + i] > 1) {
-                set_err(c->err, c->errlen, "%s: bool element %" PRIu64 " has value %u (not 0/1)",
+                core__seterr(c->err, c->errlen, "%s: bool element %" PRIu64 " has value %u (not 0/1)",
                         c->what, i, c->base[c->pos + i]);
                 return -EINVAL;
             }
@@ -322,7 +311,7 @@ static int read_scalar(cursor *c, uint32_t t, core_gguf_kv *kv)
         kv->v.u = u8;
         break;
     case CORE_GGUF_INT8:
-        kv->v.i = (int8_t)u8;
+        kv->v.i = u8 >= 0x80 ? (int64_t)u8 - 0x100 : (int64_t)u8;
         break;
     case CORE_GGUF_UINT16:
         kv->v.u = u16;
@@ -353,7 +342,7 @@ static int read_scalar(cursor *c, uint32_t t, core_gguf_kv *kv)
         break;
     case CORE_GGUF_BOOL:
         if (u8 > 1) {
-            set_err(c->err, c->errlen, "%s: bool value %u is not 0 or 1", c->what, u8);
+            core__seterr(c->err, c->errlen, "%s: bool value %u is not 0 or 1", c->what, u8);
             return -EINVAL;
         }
         kv->v.b = u8 != 0;
@@ -371,7 +360,7 @@ static int parse_kv(cursor *c, uint64_t i, core_gguf_kv *kv)
     if (read_str(c, &kv->key, "name") != 0)
         return -EINVAL;
     if (kv->key.len == 0 || kv->key.len > GGUF_MAX_KEY_LEN) {
-        set_err(c->err, c->errlen, "%s: name length %" PRIu64 " is not in 1..%d", c->what,
+        core__seterr(c->err, c->errlen, "%s: name length %" PRIu64 " is not in 1..%d", c->what,
                 kv->key.len, GGUF_MAX_KEY_LEN);
         return -EINVAL;
     }
@@ -395,7 +384,7 @@ static int parse_kv(cursor *c, uint64_t i, core_gguf_kv *kv)
     }
     default:
         if (kv->type >= CORE_GGUF_VTYPE_COUNT) {
-            set_err(c->err, c->errlen, "%s: unknown value type %" PRIu32, c->what, kv->type);
+            core__seterr(c->err, c->errlen, "%s: unknown value type %" PRIu32, c->what, kv->type);
             return -EINVAL;
         }
         return read_scalar(c, kv->type, kv);
@@ -430,7 +419,7 @@ static int parse_metadata(cursor *c, core_gguf *g, uint64_t n_kv)
     uint64_t cap = 0;
     for (uint64_t i = 0; i < n_kv; i++) {
         if (grow((void **)&g->kv, &cap, i, sizeof *g->kv) != 0) {
-            set_err(c->err, c->errlen, "out of memory reading metadata");
+            core__seterr(c->err, c->errlen, "out of memory reading metadata");
             return -ENOMEM;
         }
         memset(&g->kv[i], 0, sizeof g->kv[i]);
@@ -447,17 +436,17 @@ static int parse_alignment(gguf_impl *impl, char *err, size_t errlen)
     core_gguf *g = &impl->g;
     int64_t i = index_find(&impl->kv_ix, "general.alignment");
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
-    if (i < 0)
+    if (i < 0 || !g->kv)
         return 0;
     bool neg;
     uint64_t a;
     if (kv_int(&g->kv[i], &neg, &a) != 0) {
-        set_err(err, errlen, "general.alignment has type %s, expected an integer (uint32)",
+        core__seterr(err, errlen, "general.alignment has type %s, expected an integer (uint32)",
                 core_gguf_vtype_name(g->kv[i].type));
         return -EINVAL;
     }
     if (neg || a == 0 || (a & (a - 1)) != 0 || a > (1u << 30)) {
-        set_err(err, errlen, "general.alignment is %s%" PRIu64 ", must be a power of two",
+        core__seterr(err, errlen, "general.alignment is %s%" PRIu64 ", must be a power of two",
                 neg ? "-" : "", a);
         return -EINVAL;
     }
@@ -475,7 +464,7 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
     if (read_str(c, &t->name, "name") != 0)
         return -EINVAL;
     if (t->name.len == 0 || t->name.len > GGUF_MAX_NAME_LEN) {
-        set_err(c->err, c->errlen, "%s: name length %" PRIu64 " is not in 1..%d", c->what,
+        core__seterr(c->err, c->errlen, "%s: name length %" PRIu64 " is not in 1..%d", c->what,
                 t->name.len, GGUF_MAX_NAME_LEN);
         return -EINVAL;
     }
@@ -484,7 +473,7 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
     if (read_u32(c, &t->n_dims, "n_dims") != 0)
         return -EINVAL;
     if (t->n_dims < 1 || t->n_dims > CORE_GGUF_MAX_DIMS) {
-        set_err(c->err, c->errlen, "%s: n_dims is %" PRIu32 ", must be 1..%d", c->what, t->n_dims,
+        core__seterr(c->err, c->errlen, "%s: n_dims is %" PRIu32 ", must be 1..%d", c->what, t->n_dims,
                 CORE_GGUF_MAX_DIMS);
         return -EINVAL;
     }
@@ -494,7 +483,7 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
         if (d < t->n_dims && read_u64(c, &t->ne[d], "dims") != 0)
             return -EINVAL;
         if (t->ne[d] == 0 || t->ne[d] > (uint64_t)INT64_MAX / nel) {
-            set_err(c->err, c->errlen,
+            core__seterr(c->err, c->errlen,
                     "%s: dimension %" PRIu32 " is %" PRIu64
                     " (must be >= 1 and the element count must fit in int64)",
                     c->what, d, t->ne[d]);
@@ -506,11 +495,11 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
         return -EINVAL;
     size_t be = core_type_block_elems(t->type);
     if (be == 0) {
-        set_err(c->err, c->errlen, "%s: unsupported tensor type %" PRIu32, c->what, t->type);
+        core__seterr(c->err, c->errlen, "%s: unsupported tensor type %" PRIu32, c->what, t->type);
         return -EINVAL;
     }
     if (t->ne[0] % be != 0) {
-        set_err(c->err, c->errlen,
+        core__seterr(c->err, c->errlen,
                 "%s: ne[0] = %" PRIu64 " is not a multiple of the %s block size %zu", c->what,
                 t->ne[0], core_type_name(t->type), be);
         return -EINVAL;
@@ -519,7 +508,7 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
     for (int d = 1; d < CORE_GGUF_MAX_DIMS && size != 0; d++)
         size = size > UINT64_MAX / t->ne[d] ? 0 : size * t->ne[d];
     if (size == 0) {
-        set_err(c->err, c->errlen, "%s: byte size overflows", c->what);
+        core__seterr(c->err, c->errlen, "%s: byte size overflows", c->what);
         return -EINVAL;
     }
     t->size = size;
@@ -530,7 +519,7 @@ static int parse_tensor_infos(cursor *c, core_gguf *g, uint64_t n_tensors)
 {
     uint64_t cap = 0;
     if (n_tensors > (c->size - c->pos) / GGUF_MIN_TINFO_BYTES) {
-        set_err(c->err, c->errlen,
+        core__seterr(c->err, c->errlen,
                 "truncated or corrupt file: %" PRIu64 " tensor infos need at least %" PRIu64
                 " bytes, but only %zu bytes follow the metadata",
                 n_tensors, n_tensors * GGUF_MIN_TINFO_BYTES, c->size - c->pos);
@@ -538,7 +527,7 @@ static int parse_tensor_infos(cursor *c, core_gguf *g, uint64_t n_tensors)
     }
     for (uint64_t i = 0; i < n_tensors; i++) {
         if (grow((void **)&g->tensors, &cap, i, sizeof *g->tensors) != 0) {
-            set_err(c->err, c->errlen, "out of memory reading tensor infos");
+            core__seterr(c->err, c->errlen, "out of memory reading tensor infos");
             return -ENOMEM;
         }
         memset(&g->tensors[i], 0, sizeof g->tensors[i]);
@@ -556,7 +545,7 @@ static int place_tensors(core_gguf *g, size_t info_end, char *err, size_t errlen
     uint64_t start = info_end + (a - info_end % a) % a;
     if (start > g->size) {
         if (g->n_tensors > 0) {
-            set_err(err, errlen, "truncated file: data section starts at %" PRIu64 ", file has %zu",
+            core__seterr(err, errlen, "truncated file: data section starts at %" PRIu64 ", file has %zu",
                     start, g->size);
             return -EINVAL;
         }
@@ -569,13 +558,13 @@ static int place_tensors(core_gguf *g, size_t info_end, char *err, size_t errlen
         char name[80];
         printable(name, sizeof name, t->name.ptr, t->name.len);
         if (t->offset % a != 0) {
-            set_err(err, errlen,
+            core__seterr(err, errlen,
                     "tensor '%s': offset %" PRIu64 " is not a multiple of the alignment %" PRIu64,
                     name, t->offset, a);
             return -EINVAL;
         }
         if (t->offset > avail || t->size > avail - t->offset) {
-            set_err(err, errlen,
+            core__seterr(err, errlen,
                     "tensor '%s': data [offset %" PRIu64 ", size %" PRIu64
                     "] extends past end of file (size %zu, data section at %" PRIu64 ")",
                     name, t->offset, t->size, g->size, start);
@@ -592,32 +581,32 @@ static int parse_header(cursor *c, core_gguf *g, uint64_t *n_tensors, uint64_t *
 {
     char magic[4];
     snprintf(c->what, sizeof c->what, "GGUF");
-    if (need(c, GGUF_HEADER_BYTES, "header") != 0)
+    if (need(c, GGUF_HEADER_BYTES, "header") != 0 || read_bytes(c, magic, 4, "magic") != 0)
         return -EINVAL;
-    read_bytes(c, magic, 4, "magic");
     if (memcmp(magic, GGUF_MAGIC, 4) != 0) {
         char shown[8];
-        set_err(c->err, c->errlen, "not a GGUF file: magic is '%s' (%02x %02x %02x %02x)",
+        core__seterr(c->err, c->errlen, "not a GGUF file: magic is '%s' (%02x %02x %02x %02x)",
                 printable(shown, sizeof shown, magic, 4), (uint8_t)magic[0], (uint8_t)magic[1],
                 (uint8_t)magic[2], (uint8_t)magic[3]);
         return -EINVAL;
     }
-    read_u32(c, &g->version, "version");
-    read_u64(c, n_tensors, "tensor count");
-    read_u64(c, n_kv, "metadata key count");
+    /* Cannot fail after the need() above, but say so to the reader and the analyzer. */
+    if (read_u32(c, &g->version, "version") != 0 || read_u64(c, n_tensors, "tensor count") != 0 ||
+        read_u64(c, n_kv, "metadata key count") != 0)
+        return -EINVAL;
     if (g->version == 1) {
-        set_err(c->err, c->errlen,
+        core__seterr(c->err, c->errlen,
                 "GGUF version 1 is not supported (it used 32-bit counts); re-convert the model "
                 "with a current llama.cpp");
         return -EINVAL;
     }
     if (g->version != 2 && g->version != 3) {
-        set_err(c->err, c->errlen, "unsupported GGUF version %" PRIu32 "%s (expected 2 or 3)",
+        core__seterr(c->err, c->errlen, "unsupported GGUF version %" PRIu32 "%s (expected 2 or 3)",
                 g->version, (g->version & 0xffff) == 0 ? ", a big-endian file?" : "");
         return -EINVAL;
     }
     if (*n_kv > GGUF_MAX_ENTRIES || *n_tensors > GGUF_MAX_ENTRIES) {
-        set_err(c->err, c->errlen,
+        core__seterr(c->err, c->errlen,
                 "corrupt header: implausible counts (%" PRIu64 " metadata keys, %" PRIu64
                 " tensors; at most %u each)",
                 *n_kv, *n_tensors, GGUF_MAX_ENTRIES);
@@ -626,7 +615,7 @@ static int parse_header(cursor *c, core_gguf *g, uint64_t *n_tensors, uint64_t *
     /* Both counts are below 2^28, so the minimum size cannot overflow. */
     uint64_t min = *n_kv * GGUF_MIN_KV_BYTES + *n_tensors * GGUF_MIN_TINFO_BYTES;
     if (min > c->size - c->pos) {
-        set_err(c->err, c->errlen,
+        core__seterr(c->err, c->errlen,
                 "truncated or corrupt file: the header claims %" PRIu64
                 " metadata keys and %" PRIu64 " tensors, which need at least %" PRIu64
                 " bytes, but only %zu bytes follow it",
@@ -648,11 +637,11 @@ static int parse(gguf_impl *impl, char *err, size_t errlen)
         return -EINVAL;
     if (index_build(&impl->kv_ix, g->kv, sizeof *g->kv, offsetof(core_gguf_kv, key), g->n_kv,
                     &dup) != 0) {
-        set_err(err, errlen, "out of memory indexing metadata");
+        core__seterr(err, errlen, "out of memory indexing metadata");
         return -ENOMEM;
     }
     if (dup >= 0) {
-        set_err(err, errlen, "duplicate metadata key '%s' (key %" PRId64 ")",
+        core__seterr(err, errlen, "duplicate metadata key '%s' (key %" PRId64 ")",
                 printable(name, sizeof name, g->kv[dup].key.ptr, g->kv[dup].key.len), dup);
         return -EINVAL;
     }
@@ -660,11 +649,11 @@ static int parse(gguf_impl *impl, char *err, size_t errlen)
         return -EINVAL;
     if (index_build(&impl->tensor_ix, g->tensors, sizeof *g->tensors,
                     offsetof(core_gguf_tensor, name), g->n_tensors, &dup) != 0) {
-        set_err(err, errlen, "out of memory indexing tensors");
+        core__seterr(err, errlen, "out of memory indexing tensors");
         return -ENOMEM;
     }
     if (dup >= 0) {
-        set_err(err, errlen, "duplicate tensor name '%s' (tensor %" PRId64 ")",
+        core__seterr(err, errlen, "duplicate tensor name '%s' (tensor %" PRId64 ")",
                 printable(name, sizeof name, g->tensors[dup].name.ptr, g->tensors[dup].name.len),
                 dup);
         return -EINVAL;
@@ -676,7 +665,7 @@ static core_gguf *open_base(const uint8_t *base, size_t size, bool mapped, char 
 {
     gguf_impl *impl = calloc(1, sizeof *impl);
     if (!impl) {
-        set_err(err, errlen, "out of memory");
+        core__seterr(err, errlen, "out of memory");
         if (mapped)
             munmap((void *)base, size);
         return NULL;
@@ -701,17 +690,17 @@ core_gguf *core_gguf_open(const char *path, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        core__seterr(err, errlen, "%s: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        set_err(err, errlen, "%s: not a regular file", path);
+        core__seterr(err, errlen, "%s: not a regular file", path);
         close(fd);
         return NULL;
     }
     if (st.st_size < GGUF_HEADER_BYTES) {
-        set_err(err, errlen, "%s: truncated file: %lld bytes, a GGUF header needs %d", path,
+        core__seterr(err, errlen, "%s: truncated file: %lld bytes, a GGUF header needs %d", path,
                 (long long)st.st_size, GGUF_HEADER_BYTES);
         close(fd);
         return NULL;
@@ -720,7 +709,7 @@ core_gguf *core_gguf_open(const char *path, char *err, size_t errlen)
     void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (p == MAP_FAILED) {
-        set_err(err, errlen, "%s: mmap: %s", path, strerror(errno));
+        core__seterr(err, errlen, "%s: mmap: %s", path, strerror(errno));
         return NULL;
     }
     return open_base(p, size, true, err, errlen);
@@ -887,9 +876,8 @@ int core_gguf_get_i32_array(const core_gguf *g, const char *key, int32_t **out, 
         cursor c = {.base = p, .size = vtype_size[et]};
         bool neg;
         uint64_t m;
-        read_scalar(&c, et, &e);
-        kv_int(&e, &neg, &m);
-        if (neg ? m > (uint64_t)INT32_MAX + 1 : m > INT32_MAX) {
+        if (read_scalar(&c, et, &e) != 0 || kv_int(&e, &neg, &m) != 0 ||
+            (neg ? m > (uint64_t)INT32_MAX + 1 : m > INT32_MAX)) {
             free(v);
             return -EINVAL;
         }
@@ -947,26 +935,30 @@ static void print_scalar(FILE *out, const core_gguf_kv *kv)
         fprintf(out, "%s%" PRIu64, neg ? "-" : "", mag);
 }
 
-/* Prints the value of type t at the cursor (validated at open) and moves past it; a nested
- * array shows only its type and length. */
-static void print_value(FILE *out, cursor *c, uint32_t t, bool full)
+/* Prints the value of type t at the cursor and moves past it; a nested array shows only its
+ * type and length. The value was validated at open, so the reads cannot fail; -EINVAL if one
+ * does anyway, rather than printing uninitialised values. */
+static int print_value(FILE *out, cursor *c, uint32_t t, bool full)
 {
     if (t == CORE_GGUF_STRING) {
         core_gguf_str s;
-        read_str(c, &s, "value");
+        if (read_str(c, &s, "value") != 0)
+            return -EINVAL;
         print_str(out, s, full);
     } else if (t == CORE_GGUF_ARRAY) {
         uint32_t et;
         uint64_t n;
-        read_u32(c, &et, "array");
-        read_u64(c, &n, "array");
+        if (read_u32(c, &et, "array") != 0 || read_u64(c, &n, "array") != 0)
+            return -EINVAL;
         fprintf(out, "array[%s, %" PRIu64 "]", core_gguf_vtype_name(et), n);
-        walk_array(c, et, n, 2);
+        return walk_array(c, et, n, 2);
     } else {
         core_gguf_kv v = {.type = t};
-        read_scalar(c, t, &v);
+        if (read_scalar(c, t, &v) != 0)
+            return -EINVAL;
         print_scalar(out, &v);
     }
+    return 0;
 }
 
 static void print_kv(FILE *out, const core_gguf *g, const core_gguf_kv *kv, bool full)
@@ -986,7 +978,8 @@ static void print_kv(FILE *out, const core_gguf *g, const core_gguf_kv *kv, bool
         for (uint64_t i = 0; i < shown; i++) {
             if (i)
                 fputs(", ", out);
-            print_value(out, &c, kv->v.arr.type, full);
+            if (print_value(out, &c, kv->v.arr.type, full) != 0)
+                break;
         }
         fputs(shown < n ? ", ...]" : "]", out);
     }

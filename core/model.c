@@ -4,12 +4,12 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "quant.h"
+#include "error.h"
 
 static const char *const module_names[CORE_MOD_COUNT] = {"q",    "k",  "v",   "o",
                                                          "gate", "up", "down"};
@@ -54,19 +54,6 @@ int core_module_out(const core_config *c, core_module mod)
     }
 }
 
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void seterr(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Reads "<arch>.<suffix>" as a positive int no larger than max. */
 static int get_dim(const core_gguf *g, const char *arch, const char *suffix, int *out, bool need,
                    int max, char *err, size_t errlen)
@@ -78,11 +65,11 @@ static int get_dim(const core_gguf *g, const char *arch, const char *suffix, int
     if (rc == -ENOENT && !need)
         return 0;
     if (rc == -ENOENT) {
-        seterr(err, errlen, "missing metadata key '%s'", key);
+        core__seterr(err, errlen, "missing metadata key '%s'", key);
         return -EINVAL;
     }
     if (rc < 0 || v == 0 || v > (uint32_t)max) {
-        seterr(err, errlen, "metadata key '%s' must be an integer in 1..%d", key, max);
+        core__seterr(err, errlen, "metadata key '%s' must be an integer in 1..%d", key, max);
         return -EINVAL;
     }
     *out = (int)v;
@@ -98,7 +85,7 @@ static int get_float(const core_gguf *g, const char *arch, const char *suffix, f
     if (rc == -ENOENT)
         return 0;
     if (rc < 0 || !isfinite(*out) || *out <= 0) {
-        seterr(err, errlen, "metadata key '%s' must be a positive float", key);
+        core__seterr(err, errlen, "metadata key '%s' must be a positive float", key);
         return -EINVAL;
     }
     return 0;
@@ -108,11 +95,11 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
 {
     memset(c, 0, sizeof *c);
     if (core_gguf_get_str(g, "general.architecture", c->arch, sizeof c->arch) < 0) {
-        seterr(err, errlen, "missing or invalid general.architecture");
+        core__seterr(err, errlen, "missing or invalid general.architecture");
         return -EINVAL;
     }
     if (strcmp(c->arch, "llama") != 0) {
-        seterr(err, errlen, "architecture '%s' is not supported (only 'llama')", c->arch);
+        core__seterr(err, errlen, "architecture '%s' is not supported (only 'llama')", c->arch);
         return -EINVAL;
     }
     const char *a = c->arch;
@@ -126,7 +113,7 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
     c->rope_theta = 10000.0f;
     c->rms_eps = 1e-5f;
     if (c->n_embd % c->n_head) {
-        seterr(err, errlen, "embedding_length %d is not a multiple of head_count %d", c->n_embd,
+        core__seterr(err, errlen, "embedding_length %d is not a multiple of head_count %d", c->n_embd,
                c->n_head);
         return -EINVAL;
     }
@@ -143,35 +130,35 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
     if (get_dim(g, a, "rope.dimension_count", &c->rope_dim, false, 4096, err, errlen))
         return -EINVAL;
     if (vlen && vlen != c->head_dim) {
-        seterr(err, errlen, "key_length %d != value_length %d is not supported", c->head_dim,
+        core__seterr(err, errlen, "key_length %d != value_length %d is not supported", c->head_dim,
                vlen);
         return -EINVAL;
     }
     if (c->n_head % c->n_head_kv) {
-        seterr(err, errlen, "head_count %d is not a multiple of head_count_kv %d", c->n_head,
+        core__seterr(err, errlen, "head_count %d is not a multiple of head_count_kv %d", c->n_head,
                c->n_head_kv);
         return -EINVAL;
     }
     if (c->rope_dim != c->head_dim || c->head_dim % 2) {
-        seterr(err, errlen, "partial rotary embeddings (rope.dimension_count %d, head dim %d) are "
+        core__seterr(err, errlen, "partial rotary embeddings (rope.dimension_count %d, head dim %d) are "
                "not supported", c->rope_dim, c->head_dim);
         return -EINVAL;
     }
     char key[128], scaling[32];
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);
     if (core_gguf_get_str(g, key, scaling, sizeof scaling) == 0 && strcmp(scaling, "none") != 0) {
-        seterr(err, errlen, "rope scaling '%s' is not supported", scaling);
+        core__seterr(err, errlen, "rope scaling '%s' is not supported", scaling);
         return -EINVAL;
     }
     const core_gguf_tensor *emb = core_gguf_find_tensor(g, "token_embd.weight");
     if (!emb || emb->n_dims != 2 || emb->ne[0] != (uint64_t)c->n_embd || emb->ne[1] > (1u << 24)) {
-        seterr(err, errlen, "tensor token_embd.weight is missing or not (%d, n_vocab)", c->n_embd);
+        core__seterr(err, errlen, "tensor token_embd.weight is missing or not (%d, n_vocab)", c->n_embd);
         return -EINVAL;
     }
     c->n_vocab = (int)emb->ne[1];
     uint32_t nv;
     if (core_gguf_get_u32(g, "llama.vocab_size", &nv) == 0 && nv != (uint32_t)c->n_vocab) {
-        seterr(err, errlen, "llama.vocab_size %u != token_embd rows %d", nv, c->n_vocab);
+        core__seterr(err, errlen, "llama.vocab_size %u != token_embd rows %d", nv, c->n_vocab);
         return -EINVAL;
     }
     c->tied_output = core_gguf_find_tensor(g, "output.weight") == NULL;
@@ -185,20 +172,20 @@ static const core_gguf_tensor *want_tensor(const core_gguf *g, const char *name,
 {
     const core_gguf_tensor *t = core_gguf_find_tensor(g, name);
     if (!t) {
-        seterr(err, errlen, "tensor '%s' is missing", name);
+        core__seterr(err, errlen, "tensor '%s' is missing", name);
         return NULL;
     }
     bool ok = rows ? (t->n_dims == 2 && t->ne[0] == (uint64_t)cols && t->ne[1] == (uint64_t)rows)
                    : (t->n_dims == 1 && t->ne[0] == (uint64_t)cols);
     if (!ok) {
-        seterr(err, errlen,
+        core__seterr(err, errlen,
                "tensor '%s' has shape [%llu, %llu], expected [%d, %d] (ne0 = input features)",
                name, (unsigned long long)t->ne[0],
                (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), cols, rows ? rows : 1);
         return NULL;
     }
     if (!core_type_can_dequant(t->type)) {
-        seterr(err, errlen, "tensor '%s' has type %s, which adaptree cannot dequantize", name,
+        core__seterr(err, errlen, "tensor '%s' has type %s, which adaptree cannot dequantize", name,
                core_type_name(t->type));
         return NULL;
     }
@@ -213,12 +200,12 @@ static int load_tensor(const core_gguf *g, const char *name, int cols, int rows,
         return -EINVAL;
     int64_t n = (int64_t)cols * (rows ? rows : 1);
     if (core_dequant_row(t->type, t->data, dst, n) < 0) {
-        seterr(err, errlen, "tensor '%s': cannot dequantize %s", name, core_type_name(t->type));
+        core__seterr(err, errlen, "tensor '%s': cannot dequantize %s", name, core_type_name(t->type));
         return -EINVAL;
     }
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(dst[i])) {
-            seterr(err, errlen, "tensor '%s' holds a non-finite value at element %lld", name,
+            core__seterr(err, errlen, "tensor '%s' holds a non-finite value at element %lld", name,
                    (long long)i);
             return -EINVAL;
         }
@@ -240,7 +227,7 @@ core_model *core_model_load(const char *path, char *err, size_t errlen)
 {
     core_model *m = calloc(1, sizeof *m);
     if (!m) {
-        seterr(err, errlen, "out of memory");
+        core__seterr(err, errlen, "out of memory");
         return NULL;
     }
     m->gguf = core_gguf_open(path, err, errlen);
@@ -258,7 +245,7 @@ core_model *core_model_load(const char *path, char *err, size_t errlen)
     m->slab = malloc(m->slab_floats * sizeof(float));
     m->layers = calloc(c->n_layer, sizeof *m->layers);
     if (!m->slab || !m->layers) {
-        seterr(err, errlen, "out of memory allocating %zu MB of weights",
+        core__seterr(err, errlen, "out of memory allocating %zu MB of weights",
                m->slab_floats * sizeof(float) >> 20);
         goto fail;
     }

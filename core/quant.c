@@ -163,7 +163,10 @@ uint16_t core_fp32_to_fp16(float f)
     return (uint16_t)(sign | shift_rne(mant, 126 - e));
 }
 
-float core_bf16_to_fp32(uint16_t h) { return bits_to_f32((uint32_t)h << 16); }
+float core_bf16_to_fp32(uint16_t h)
+{
+    return bits_to_f32((uint32_t)h << 16);
+}
 
 uint16_t core_fp32_to_bf16(float f)
 {

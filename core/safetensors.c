@@ -21,6 +21,7 @@
  */
 #include "core/safetensors.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -33,6 +34,7 @@
 #include <unistd.h>
 
 #include "core/quant.h"
+#include "core/error.h"
 
 #define ST_LEN_BYTES 8 /* the little-endian header length in front of the header */
 #define NAME_SHOWN 64  /* bytes of an untrusted name quoted in a message */
@@ -79,18 +81,6 @@ static const struct {
     {"C64", 64, CORE_ST_OTHER},        {"F6_E2M3", 6, CORE_ST_OTHER},
     {"F6_E3M2", 6, CORE_ST_OTHER},     {"F4", 4, CORE_ST_OTHER},
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Copies a decoded name into buf (at least NAME_SHOWN + 4 bytes) for a message: control
  * characters become '?', and a long name is cut at a character boundary and ends in "...". */
@@ -172,36 +162,41 @@ static const char *found(parser *ps)
     return ps->tok;
 }
 
-/* A syntax error at the cursor: "<ctx>: <message> (header byte <pos>)". */
-static int fail(parser *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(parser *ps, const char *fmt, ...)
+/* Sets a syntax error at the cursor: "<ctx>: <message> (header byte <pos>)". */
+static void fail_msg(parser *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail_msg(parser *ps, const char *fmt, ...)
 {
     char msg[256];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    set_err(ps->err, ps->errlen, "%s%s%s (header byte %zu)", ps->ctx, ps->ctx[0] ? ": " : "",
-            msg, ps->pos);
-    return -EINVAL;
+    core__seterr(ps->err, ps->errlen, "%s%s%s (header byte %zu)", ps->ctx, ps->ctx[0] ? ": " : "", msg,
+            ps->pos);
 }
 
-/* A semantic error about the current entry: "<ctx>: <message>". */
-static int fail_entry(parser *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail_entry(parser *ps, const char *fmt, ...)
+/* Sets a semantic error about the current entry: "<ctx>: <message>". */
+static void fail_entry_msg(parser *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail_entry_msg(parser *ps, const char *fmt, ...)
 {
     char msg[384];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    set_err(ps->err, ps->errlen, "%s: %s", ps->ctx, msg);
-    return -EINVAL;
+    core__seterr(ps->err, ps->errlen, "%s: %s", ps->ctx, msg);
 }
+
+/* `return fail(ps, fmt, ...);` sets the message and returns -EINVAL. These are macros so that
+ * the -EINVAL is visible at each call site: the static analyzer does not inline variadic
+ * functions, and would otherwise assume an error path can return 0 with its out-parameters
+ * unset. */
+#define fail(ps, ...) (fail_msg((ps), __VA_ARGS__), -EINVAL)
+#define fail_entry(ps, ...) (fail_entry_msg((ps), __VA_ARGS__), -EINVAL)
 
 static int fail_nomem(parser *ps)
 {
-    set_err(ps->err, ps->errlen, "out of memory parsing the safetensors header");
+    core__seterr(ps->err, ps->errlen, "out of memory parsing the safetensors header");
     return -ENOMEM;
 }
 
@@ -475,6 +470,7 @@ static int parse_dtype(parser *ps, core_st_tensor *t)
 static int check_tensor(parser *ps, core_st_tensor *t, uint64_t begin, uint64_t end)
 {
     uint32_t elem_bytes = dtype_bytes(t->dtype_name);
+    assert(elem_bytes > 0); /* parse_dtype admits only whole-byte dtypes of the table */
     char shape[CORE_ST_MAX_DIMS * 22 + 4];
     shape_str(shape, sizeof shape, t->shape, t->n_dims);
     if (end < begin)
@@ -575,7 +571,9 @@ static int parse_tensor(parser *ps, core_st_tensor *t)
     }
     if (seen != 7)
         return fail_entry(ps, "entry lacks \"%s\" (a tensor needs dtype, shape and data_offsets)",
-                          !(seen & 1) ? "dtype" : !(seen & 2) ? "shape" : "data_offsets");
+                          !(seen & 1)   ? "dtype"
+                          : !(seen & 2) ? "shape"
+                                        : "data_offsets");
     t->offset = offs[0];
     t->nbytes = offs[1];
     return 0;
@@ -694,8 +692,7 @@ static int parse_header(parser *ps)
     ps->ctx[0] = '\0';
     skip_ws(ps);
     if (ps->pos != ps->n)
-        return fail(ps, "%s after the header object (only whitespace may follow it)",
-                    found(ps));
+        return fail(ps, "%s after the header object (only whitespace may follow it)", found(ps));
     return 0;
 }
 
@@ -729,19 +726,21 @@ static int check_names(st_impl *impl, char *err, size_t errlen)
     core_st *st = &impl->st;
     char shown[NAME_SHOWN + 4];
     size_t n = st->n_tensors;
-    impl->by_name = malloc((n ? n : 1) * sizeof *impl->by_name);
+    /* by_name and v in check_layout hold pointers into st->tensors, not copies: the element
+     * type is spelled out so that reads plainly. */
+    impl->by_name = malloc((n ? n : 1) * sizeof(const core_st_tensor *));
     char **keys = malloc((st->n_meta ? st->n_meta : 1) * sizeof *keys);
     if (!impl->by_name || !keys) {
         free(keys);
-        set_err(err, errlen, "out of memory indexing tensor names");
+        core__seterr(err, errlen, "out of memory indexing tensor names");
         return -ENOMEM;
     }
     for (size_t i = 0; i < n; i++)
         impl->by_name[i] = &st->tensors[i];
-    qsort(impl->by_name, n, sizeof *impl->by_name, cmp_name);
+    qsort(impl->by_name, n, sizeof(const core_st_tensor *), cmp_name);
     for (size_t i = 1; i < n; i++) {
         if (strcmp(impl->by_name[i - 1]->name, impl->by_name[i]->name) == 0) {
-            set_err(err, errlen, "tensor name '%s' appears twice in the header",
+            core__seterr(err, errlen, "tensor name '%s' appears twice in the header",
                     printable(shown, impl->by_name[i]->name));
             free(keys);
             return -EINVAL;
@@ -752,7 +751,7 @@ static int check_names(st_impl *impl, char *err, size_t errlen)
     qsort(keys, st->n_meta, sizeof *keys, cmp_str);
     for (size_t i = 1; i < st->n_meta; i++) {
         if (strcmp(keys[i - 1], keys[i]) == 0) {
-            set_err(err, errlen, "__metadata__: key \"%s\" appears twice",
+            core__seterr(err, errlen, "__metadata__: key \"%s\" appears twice",
                     printable(shown, keys[i]));
             free(keys);
             return -EINVAL;
@@ -768,43 +767,43 @@ static int check_layout(const core_st *st, uint64_t body_len, char *err, size_t 
 {
     char a[NAME_SHOWN + 4], b[NAME_SHOWN + 4];
     size_t n = st->n_tensors;
-    const core_st_tensor **v = malloc((n ? n : 1) * sizeof *v);
+    const core_st_tensor **v = malloc((n ? n : 1) * sizeof(const core_st_tensor *));
     if (!v) {
-        set_err(err, errlen, "out of memory checking the tensor layout");
+        core__seterr(err, errlen, "out of memory checking the tensor layout");
         return -ENOMEM;
     }
     for (size_t i = 0; i < n; i++)
         v[i] = &st->tensors[i];
-    qsort(v, n, sizeof *v, cmp_offset);
+    qsort(v, n, sizeof(const core_st_tensor *), cmp_offset);
     uint64_t at = 0;
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         const core_st_tensor *t = v[i], *prev = i ? v[i - 1] : NULL;
         uint64_t end = t->offset + t->nbytes;
         if (t->offset > at && !prev)
-            set_err(err, errlen,
+            core__seterr(err, errlen,
                     "hole in the data: bytes [0, %" PRIu64 ") belong to no tensor (the first, "
                     "'%s', starts at %" PRIu64 ")",
                     t->offset, printable(a, t->name), t->offset);
         else if (t->offset > at)
-            set_err(err, errlen,
+            core__seterr(err, errlen,
                     "hole in the data: bytes [%" PRIu64 ", %" PRIu64 ") between tensor '%s' "
                     "and tensor '%s' belong to no tensor",
                     at, t->offset, printable(a, prev->name), printable(b, t->name));
         else if (t->offset < at)
-            set_err(err, errlen,
+            core__seterr(err, errlen,
                     "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor '%s' "
                     "[%" PRIu64 ", %" PRIu64 "]",
-                    printable(a, t->name), t->offset, end, printable(b, prev->name),
-                    prev->offset, prev->offset + prev->nbytes);
+                    printable(a, t->name), t->offset, end, printable(b, prev->name), prev->offset,
+                    prev->offset + prev->nbytes);
         rc = t->offset == at ? 0 : -EINVAL;
         at = end;
     }
     free(v);
     if (rc == 0 && at != body_len) {
-        set_err(err, errlen,
-                "data has %" PRIu64 " bytes but the tensors cover only %" PRIu64
-                " (bytes [%" PRIu64 ", %" PRIu64 ") belong to no tensor)",
+        core__seterr(err, errlen,
+                "data has %" PRIu64 " bytes but the tensors cover only %" PRIu64 " (bytes [%" PRIu64
+                ", %" PRIu64 ") belong to no tensor)",
                 body_len, at, at, body_len);
         rc = -EINVAL;
     }
@@ -815,7 +814,7 @@ static int parse(st_impl *impl, char *err, size_t errlen)
 {
     core_st *st = &impl->st;
     if (st->size < ST_LEN_BYTES) {
-        set_err(err, errlen, "truncated file: %zu bytes, the header length alone needs %d",
+        core__seterr(err, errlen, "truncated file: %zu bytes, the header length alone needs %d",
                 st->size, ST_LEN_BYTES);
         return -EINVAL;
     }
@@ -823,12 +822,12 @@ static int parse(st_impl *impl, char *err, size_t errlen)
     for (int i = 0; i < ST_LEN_BYTES; i++)
         n |= (uint64_t)st->base[i] << (8 * i);
     if (n > CORE_ST_MAX_HEADER) {
-        set_err(err, errlen, "header length %" PRIu64 " exceeds the limit of %u bytes", n,
+        core__seterr(err, errlen, "header length %" PRIu64 " exceeds the limit of %u bytes", n,
                 CORE_ST_MAX_HEADER);
         return -EINVAL;
     }
     if (n > st->size - ST_LEN_BYTES) {
-        set_err(err, errlen,
+        core__seterr(err, errlen,
                 "header length %" PRIu64 " runs past the end of the file (%zu bytes follow "
                 "the length field)",
                 n, st->size - ST_LEN_BYTES);
@@ -837,13 +836,13 @@ static int parse(st_impl *impl, char *err, size_t errlen)
     const uint8_t *hdr = st->base + ST_LEN_BYTES;
     size_t bad = utf8_valid_prefix(hdr, (size_t)n);
     if (bad < n) {
-        set_err(err, errlen, "header is not valid UTF-8 at header byte %zu (byte 0x%02x)", bad,
+        core__seterr(err, errlen, "header is not valid UTF-8 at header byte %zu (byte 0x%02x)", bad,
                 hdr[bad]);
         return -EINVAL;
     }
     impl->arena = malloc((size_t)n + 1);
     if (!impl->arena) {
-        set_err(err, errlen, "out of memory for a %" PRIu64 "-byte header", n);
+        core__seterr(err, errlen, "out of memory for a %" PRIu64 "-byte header", n);
         return -ENOMEM;
     }
     parser ps = {
@@ -872,12 +871,11 @@ static int parse(st_impl *impl, char *err, size_t errlen)
 
 /* --- open, close, lookups ------------------------------------------------------------------- */
 
-static core_st *open_base(const uint8_t *base, size_t size, bool mapped, char *err,
-                          size_t errlen)
+static core_st *open_base(const uint8_t *base, size_t size, bool mapped, char *err, size_t errlen)
 {
     st_impl *impl = calloc(1, sizeof *impl);
     if (!impl) {
-        set_err(err, errlen, "out of memory");
+        core__seterr(err, errlen, "out of memory");
         if (mapped)
             munmap((void *)base, size);
         return NULL;
@@ -902,17 +900,17 @@ core_st *core_st_open(const char *path, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        core__seterr(err, errlen, "%s: %s", path, strerror(errno));
         return NULL;
     }
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        set_err(err, errlen, "%s: not a regular file", path);
+        core__seterr(err, errlen, "%s: not a regular file", path);
         close(fd);
         return NULL;
     }
     if (sb.st_size < ST_LEN_BYTES) {
-        set_err(err, errlen, "%s: truncated file: %lld bytes, the header length alone needs %d",
+        core__seterr(err, errlen, "%s: truncated file: %lld bytes, the header length alone needs %d",
                 path, (long long)sb.st_size, ST_LEN_BYTES);
         close(fd);
         return NULL;
@@ -921,13 +919,13 @@ core_st *core_st_open(const char *path, char *err, size_t errlen)
     void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (p == MAP_FAILED) {
-        set_err(err, errlen, "%s: mmap: %s", path, strerror(errno));
+        core__seterr(err, errlen, "%s: mmap: %s", path, strerror(errno));
         return NULL;
     }
     char msg[512] = "";
     core_st *st = open_base(p, size, true, msg, sizeof msg);
     if (!st)
-        set_err(err, errlen, "%s: %s", path, msg);
+        core__seterr(err, errlen, "%s: %s", path, msg);
     return st;
 }
 

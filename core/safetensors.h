@@ -6,8 +6,11 @@
  * data_offsets pair, and the layout of the body (tensors cover it exactly, without holes or
  * overlaps). A corrupt or truncated file yields a message naming what is wrong and where,
  * never a crash. Tensor data points into the mapping; names and metadata are decoded copies
- * owned by the core_st object. Nothing here is thread-affine: distinct objects may be used
- * from distinct threads, and a finished object may be read from several threads at once.
+ * owned by the core_st object. Stricter than the reference implementation where the C API
+ * needs it or the format gives no use: unknown keys in a tensor entry, more than 8 dimensions,
+ * sub-byte dtypes (F4, F6_*), duplicate names or keys, and escaped NUL characters in strings
+ * are rejected. Nothing here is thread-affine: distinct objects may be used from distinct
+ * threads, and a finished object may be read from several threads at once.
  */
 #ifndef ADAPTREE_CORE_SAFETENSORS_H
 #define ADAPTREE_CORE_SAFETENSORS_H
@@ -25,10 +28,10 @@
 #define CORE_ST_MAX_HEADER 100000000u
 
 typedef struct core_st_tensor {
-    char *name;          /* decoded UTF-8, NUL-terminated, no embedded NUL */
-    uint32_t dtype;      /* CORE_TYPE_F32/F16/BF16 (core/quant.h) or CORE_ST_OTHER */
-    char dtype_name[16]; /* the dtype string as written: "F32", "BF16", "I64", ... */
-    int n_dims;          /* 0 for a scalar */
+    char *name;                       /* decoded UTF-8, NUL-terminated, no embedded NUL */
+    uint32_t dtype;                   /* CORE_TYPE_F32/F16/BF16 (core/quant.h) or CORE_ST_OTHER */
+    char dtype_name[16];              /* the dtype string as written: "F32", "BF16", "I64", ... */
+    int n_dims;                       /* 0 for a scalar */
     uint64_t shape[CORE_ST_MAX_DIMS]; /* row-major, shape[0] slowest; unused dims are 0 */
     uint64_t nbytes;                  /* END - BEGIN == numel * element size; may be 0 */
     const void *data;                 /* in the mapping; not aligned; never NULL */

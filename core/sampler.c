@@ -5,14 +5,15 @@
  * caller's row is never written), the probabilities, a list of kept tokens and a byte map used
  * while applying the penalty. A call streams over the vocabulary a few times in vectorizable
  * loops and never sorts all of it: top-k up to HEAP_MAX_K uses a k-entry heap, larger k a
- * radix select; top-p gathers the tokens above a probability threshold that already hold top_p
- * of the mass (at most 1/threshold of them) and sorts only those.
+ * radix select; top-p gathers the tokens above a probability threshold when those already hold
+ * top_p of the mass (at most 1/threshold of them), a histogram of their mass by probability
+ * bucket places the cut, and only the tokens of the bucket it falls in get sorted.
  */
 #include "core/sampler.h"
+#include "error.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,22 +48,12 @@ struct core_sampler {
     double bucket_mass[N_BUCKETS];
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* NaN and +inf mean something upstream overflowed; such a token must not win, so it is -inf.
  * One comparison, false for both, so loops over it vectorize. */
-static inline float clean(float x) { return x < INFINITY ? x : -INFINITY; }
+static inline float clean(float x)
+{
+    return x < INFINITY ? x : -INFINITY;
+}
 
 /* exp(x) for x <= 0, within 1 ulp of expf, and exactly 0 below about -87.7 and for -inf:
  * Cephes' expf polynomial after a Cody-Waite reduction. No calls and no float compare, so loops
@@ -104,7 +95,10 @@ static uint64_t splitmix64(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static inline uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -120,7 +114,10 @@ static uint64_t rng_next(uint64_t *s)
 }
 
 /* Uniform in [0, 1) with 53 random bits. */
-static double rng_uniform(uint64_t *s) { return (double)(rng_next(s) >> 11) * 0x1.0p-53; }
+static double rng_uniform(uint64_t *s)
+{
+    return (double)(rng_next(s) >> 11) * 0x1.0p-53;
+}
 
 /* --- parameters and lifetime ----------------------------------------------------------------- */
 
@@ -138,33 +135,33 @@ void core_sampler_params_default(core_sampler_params *p)
 static int params_check(const core_sampler_params *p, int32_t n_vocab, char *err, size_t errlen)
 {
     if (n_vocab <= 0) {
-        set_err(err, errlen, "n_vocab must be > 0 (got %d)", (int)n_vocab);
+        core__seterr(err, errlen, "n_vocab must be > 0 (got %d)", (int)n_vocab);
         return -EINVAL;
     }
     if (!isfinite(p->temperature) || p->temperature < 0) {
-        set_err(err, errlen, "temperature must be finite and >= 0, 0 = greedy (got %g)",
+        core__seterr(err, errlen, "temperature must be finite and >= 0, 0 = greedy (got %g)",
                 (double)p->temperature);
         return -EINVAL;
     }
     if (p->top_k < 0) {
-        set_err(err, errlen, "top_k must be >= 0, 0 = off (got %d)", p->top_k);
+        core__seterr(err, errlen, "top_k must be >= 0, 0 = off (got %d)", p->top_k);
         return -EINVAL;
     }
     if (!(p->top_p > 0 && p->top_p <= 1)) {
-        set_err(err, errlen, "top_p must be in (0, 1], 1 = off (got %g)", (double)p->top_p);
+        core__seterr(err, errlen, "top_p must be in (0, 1], 1 = off (got %g)", (double)p->top_p);
         return -EINVAL;
     }
     if (!(p->min_p >= 0 && p->min_p <= 1)) {
-        set_err(err, errlen, "min_p must be in [0, 1], 0 = off (got %g)", (double)p->min_p);
+        core__seterr(err, errlen, "min_p must be in [0, 1], 0 = off (got %g)", (double)p->min_p);
         return -EINVAL;
     }
     if (!isfinite(p->repeat_penalty) || !(p->repeat_penalty > 0)) {
-        set_err(err, errlen, "repeat_penalty must be finite and > 0, 1 = off (got %g)",
+        core__seterr(err, errlen, "repeat_penalty must be finite and > 0, 1 = off (got %g)",
                 (double)p->repeat_penalty);
         return -EINVAL;
     }
     if (p->repeat_last_n < 0) {
-        set_err(err, errlen, "repeat_last_n must be >= 0, 0 = whole history (got %d)",
+        core__seterr(err, errlen, "repeat_last_n must be >= 0, 0 = whole history (got %d)",
                 p->repeat_last_n);
         return -EINVAL;
     }
@@ -187,12 +184,12 @@ core_sampler *core_sampler_new(const core_sampler_params *p, int32_t n_vocab, ch
     size_t per_token = sizeof(struct cand) + 2 * sizeof(float) + 1;
     size_t fixed = sizeof(core_sampler) + n_blocks * sizeof(float) + HEAP_MAX_K * sizeof(int32_t);
     if (n > (SIZE_MAX - fixed) / per_token) {
-        set_err(err, errlen, "n_vocab %d is too large", (int)n_vocab);
+        core__seterr(err, errlen, "n_vocab %d is too large", (int)n_vocab);
         return NULL;
     }
     core_sampler *s = calloc(1, fixed + n * per_token);
     if (!s) {
-        set_err(err, errlen, "out of memory for a sampler over %d tokens", (int)n_vocab);
+        core__seterr(err, errlen, "out of memory for a sampler over %d tokens", (int)n_vocab);
         return NULL;
     }
     s->p = *p;
@@ -207,7 +204,10 @@ core_sampler *core_sampler_new(const core_sampler_params *p, int32_t n_vocab, ch
     return s;
 }
 
-void core_sampler_free(core_sampler *s) { free(s); }
+void core_sampler_free(core_sampler *s)
+{
+    free(s);
+}
 
 void core_sampler_reset(core_sampler *s, uint64_t seed)
 {
@@ -531,11 +531,13 @@ static int32_t nucleus_from_vocab(core_sampler *s, double total)
 
 /* --- sampling -------------------------------------------------------------------------------- */
 
-static void apply_penalty(core_sampler *s, const int32_t *history, size_t n_history)
+/* Applies the repetition penalty to s->work; returns how many tokens it changed. */
+static int32_t apply_penalty(core_sampler *s, const int32_t *history, size_t n_history)
 {
     float pen = s->p.repeat_penalty;
+    int32_t changed = 0;
     if (pen == 1.0f || !history || n_history == 0)
-        return;
+        return 0;
     size_t last = (size_t)s->p.repeat_last_n;
     size_t start = (last > 0 && n_history > last) ? n_history - last : 0;
     for (size_t i = start; i < n_history; i++) {
@@ -545,24 +547,34 @@ static void apply_penalty(core_sampler *s, const int32_t *history, size_t n_hist
         s->seen[t] = 1;
         float x = s->work[t];
         s->work[t] = x > 0 ? x / pen : x * pen;
+        changed++;
     }
     for (size_t i = start; i < n_history; i++) {
         int32_t t = history[i];
         if (t >= 0 && t < s->n_vocab)
             s->seen[t] = 0;
     }
+    return changed;
 }
 
-static int32_t sample_greedy(core_sampler *s, const float *logits, float *logprob_out)
+/* Argmax of the penalized logits, ties to the lowest id; the logprob is that of the input row
+ * (when no penalty applied, the work row is the cleaned input and its max is already known). */
+static int32_t sample_greedy(core_sampler *s, const float *logits, int penalized,
+                             float *logprob_out)
 {
     float mx = max_of(s->work, s->n_vocab);
     int32_t best = -1;
     if (mx != -INFINITY)
         for (best = 0; s->work[best] != mx; best++)
             ;
-    if (logprob_out)
-        *logprob_out =
-            best < 0 ? -INFINITY : (float)((double)logits[best] - log_sum_exp(logits, s->n_vocab));
+    if (!logprob_out)
+        return best;
+    if (best < 0)
+        *logprob_out = -INFINITY;
+    else if (!penalized) /* work is the cleaned input and best its max */
+        *logprob_out = (float)-log(sum_exp(s->work, s->n_vocab, mx));
+    else
+        *logprob_out = (float)((double)logits[best] - log_sum_exp(logits, s->n_vocab));
     return best;
 }
 
@@ -694,11 +706,11 @@ int32_t core_sampler_sample(core_sampler *s, const float *logits, const int32_t 
 {
     int32_t n = s->n_vocab;
     clean_copy(s->work, logits, n);
-    apply_penalty(s, history, n_history);
+    int32_t penalized = apply_penalty(s, history, n_history);
 
     int32_t pick;
     if (s->p.temperature == 0)
-        return sample_greedy(s, logits, logprob_out);
+        return sample_greedy(s, logits, penalized > 0, logprob_out);
     float inv_t = 1.0f / s->p.temperature;
     if (s->p.top_k > 0 && s->p.top_k <= HEAP_MAX_K && s->p.top_k < n)
         pick = sample_small_top_k(s, inv_t, logprob_out);

@@ -2,8 +2,10 @@
  * special-token matching, encoding and UTF-8-safe streaming decoding.
  *
  * Design. Everything is resolved to token ids at load time so encoding never touches strings:
- * each of the 256 bytes has its byte-level token (byte_tok), and the merges become a hash table
- * from an (left id, right id) pair to (rank, merged id). Encoding a piece starts from one
+ * each of the 256 bytes has its byte-level token (byte_tok; -1 for the few a vocabulary may
+ * lack, and such bytes are dropped like HF does), and the merges become a hash table from an
+ * (left id, right id) pair to (rank, merged id). Text is first cut at special tokens (when
+ * asked), then into pieces by the pre-tokenizer (unicode.c). Encoding a piece starts from one
  * symbol per byte and repeatedly applies the lowest-ranked adjacent merge (ties: leftmost),
  * using a binary heap of candidate merges that are checked for staleness when popped, so a
  * piece of n bytes costs O(n log n). Decoding uses the bytes of every token, precomputed into
@@ -13,12 +15,12 @@
 #include "tokenizer.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "unicode.h"
+#include "error.h"
 
 /* A merge rule keyed by its pair of token ids. key == 0 marks an empty slot, which is safe
  * because id pairs are stored + 1. */
@@ -48,19 +50,6 @@ struct core_tokenizer {
     int n_eog;
     char *chat_template; /* NULL if the GGUF has none */
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* --- byte-level mapping ------------------------------------------------------------------ */
 
@@ -184,7 +173,7 @@ static int load_merges(core_tokenizer *t, const vocab_map *vm, const core_gguf_s
                        char *err, size_t errlen)
 {
     if (n > (uint64_t)INT32_MAX) {
-        set_err(err, errlen, "tokenizer.ggml.merges has %llu entries (too many)",
+        core__seterr(err, errlen, "tokenizer.ggml.merges has %llu entries (too many)",
                 (unsigned long long)n);
         return -EINVAL;
     }
@@ -207,7 +196,7 @@ static int load_merges(core_tokenizer *t, const vocab_map *vm, const core_gguf_s
         size_t len = m[r].len;
         const char *sp = len > 1 ? memchr(s + 1, ' ', len - 1) : NULL;
         if (!sp) {
-            set_err(err, errlen, "tokenizer.ggml.merges[%llu] \"%.*s\" is not \"LEFT RIGHT\"",
+            core__seterr(err, errlen, "tokenizer.ggml.merges[%llu] \"%.*s\" is not \"LEFT RIGHT\"",
                     (unsigned long long)r, (int)(len > 60 ? 60 : len), s);
             rc = -EINVAL;
             break;
@@ -218,7 +207,7 @@ static int load_merges(core_tokenizer *t, const vocab_map *vm, const core_gguf_s
         int32_t a = vocab_map_find(vm, s, ln), b = vocab_map_find(vm, sp + 1, rn);
         int32_t c = vocab_map_find(vm, cat, ln + rn);
         if (a < 0 || b < 0 || c < 0) {
-            set_err(err, errlen,
+            core__seterr(err, errlen,
                     "tokenizer.ggml.merges[%llu] \"%.*s\" names a token that is not in "
                     "tokenizer.ggml.tokens",
                     (unsigned long long)r, (int)(len > 60 ? 60 : len), s);
@@ -254,18 +243,19 @@ static int hexval(uint8_t c)
 }
 
 /* Copies the token strings and types, and precomputes every token's decoded bytes. */
-static int load_vocab(core_tokenizer *t, const core_gguf_str *toks, const int32_t *types,
-                      char *err, size_t errlen)
+static int load_vocab(core_tokenizer *t, const core_gguf_str *toks, const int32_t *types, char *err,
+                      size_t errlen)
 {
     size_t n = (size_t)t->n_vocab, total = 0;
     for (size_t i = 0; i < n; i++) {
         total += toks[i].len + 1;
-        if (total > UINT32_MAX) {
-            set_err(err, errlen, "tokenizer.ggml.tokens is too large");
+        if (toks[i].len > (1u << 20) || total > UINT32_MAX) {
+            core__seterr(err, errlen, "tokenizer.ggml.tokens is too large (token %zu: %llu bytes)", i,
+                    (unsigned long long)toks[i].len);
             return -EINVAL;
         }
         if (types[i] < CORE_TOKEN_NORMAL || types[i] > CORE_TOKEN_BYTE) {
-            set_err(err, errlen, "tokenizer.ggml.token_type[%zu] = %d is not a token type", i,
+            core__seterr(err, errlen, "tokenizer.ggml.token_type[%zu] = %d is not a token type", i,
                     (int)types[i]);
             return -EINVAL;
         }
@@ -371,7 +361,7 @@ static int load_id(const core_gguf *g, const char *key, int32_t n_vocab, int32_t
         return 0;
     }
     if (rc < 0 || *out < 0 || *out >= n_vocab) {
-        set_err(err, errlen, "%s is not a token id below %d", key, (int)n_vocab);
+        core__seterr(err, errlen, "%s is not a token id below %d", key, (int)n_vocab);
         return -EINVAL;
     }
     return 0;
@@ -387,8 +377,8 @@ static void add_eog(core_tokenizer *t, int32_t id)
 }
 
 /* Everything that needs the string -> id map: byte tokens, merges, end-of-generation set. */
-static int resolve_ids(core_tokenizer *t, const core_gguf_str *merges, uint64_t n_merges,
-                       char *err, size_t errlen)
+static int resolve_ids(core_tokenizer *t, const core_gguf_str *merges, uint64_t n_merges, char *err,
+                       size_t errlen)
 {
     vocab_map vm;
     int rc = vocab_map_build(&vm, t);
@@ -402,7 +392,7 @@ static int resolve_ids(core_tokenizer *t, const core_gguf_str *merges, uint64_t 
         n_bytes += t->byte_tok[b] >= 0;
     }
     if (n_bytes < 128) { /* SmolLM2's lacks 21 (never-used control and lead bytes) */
-        set_err(err, errlen,
+        core__seterr(err, errlen,
                 "tokenizer.ggml.tokens has only %d of the 256 byte-level tokens (not a "
                 "byte-level BPE vocabulary?)",
                 n_bytes);
@@ -410,8 +400,7 @@ static int resolve_ids(core_tokenizer *t, const core_gguf_str *merges, uint64_t 
     }
     if (rc == 0)
         rc = load_merges(t, &vm, merges, n_merges, err, errlen);
-    static const char *const eog_text[] = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>",
-                                           "<|end|>"};
+    static const char *const eog_text[] = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>"};
     add_eog(t, t->eos);
     for (size_t i = 0; i < sizeof eog_text / sizeof eog_text[0] && rc == 0; i++) {
         int32_t id = vocab_map_find(&vm, eog_text[i], strlen(eog_text[i]));
@@ -426,7 +415,7 @@ static int load_config(core_tokenizer *t, const core_gguf *g, char *err, size_t 
 {
     core_gguf_str s = {NULL, 0};
     if (core_gguf_get_strv(g, "tokenizer.ggml.model", &s) < 0 || !core_gguf_str_eq(s, "gpt2")) {
-        set_err(err, errlen,
+        core__seterr(err, errlen,
                 "tokenizer.ggml.model \"%.*s\" is not supported (only \"gpt2\", byte-level BPE)",
                 s.ptr ? (int)(s.len > 40 ? 40 : s.len) : 0, s.ptr ? s.ptr : "");
         return -ENOTSUP;
@@ -437,7 +426,7 @@ static int load_config(core_tokenizer *t, const core_gguf *g, char *err, size_t 
     } else if (s.ptr && core_gguf_str_eq(s, "gpt2")) {
         t->pre = CORE__PRETOK_GPT2;
     } else {
-        set_err(err, errlen,
+        core__seterr(err, errlen,
                 "tokenizer.ggml.pre \"%.*s\" is not supported (supported: \"smollm\", \"gpt2\")",
                 s.ptr ? (int)(s.len > 40 ? 40 : s.len) : 0, s.ptr ? s.ptr : "");
         return -ENOTSUP;
@@ -450,7 +439,7 @@ static int load_config(core_tokenizer *t, const core_gguf *g, char *err, size_t 
     t->add_bos = false;
     if (core_gguf_find(g, "tokenizer.ggml.add_bos_token") &&
         core_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos) < 0) {
-        set_err(err, errlen, "tokenizer.ggml.add_bos_token is not a bool");
+        core__seterr(err, errlen, "tokenizer.ggml.add_bos_token is not a bool");
         return -EINVAL;
     }
     if (core_gguf_get_strv(g, "tokenizer.chat_template", &s) == 0) {
@@ -472,27 +461,26 @@ core_tokenizer *core_tokenizer_new(const core_gguf *g, char *err, size_t errlen)
         err[0] = '\0';
     core_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {
-        set_err(err, errlen, "out of memory");
+        core__seterr(err, errlen, "out of memory");
         return NULL;
     }
     int rc = core_gguf_get_str_array(g, "tokenizer.ggml.tokens", &toks, &n_toks);
     if (rc < 0 || n_toks == 0 || n_toks >= (uint64_t)INT32_MAX) {
-        set_err(err, errlen, "tokenizer.ggml.tokens is %s",
+        core__seterr(err, errlen, "tokenizer.ggml.tokens is %s",
                 rc == -ENOENT ? "absent" : "not a non-empty array of strings");
         goto fail;
     }
     t->n_vocab = (int32_t)n_toks;
     rc = core_gguf_get_i32_array(g, "tokenizer.ggml.token_type", &types, &n_types);
     if (rc < 0 || n_types != n_toks) {
-        set_err(err, errlen, "tokenizer.ggml.token_type is %s (tokens: %llu)",
-                rc == -ENOENT ? "absent"
-                              : "not an integer array with one entry per token",
+        core__seterr(err, errlen, "tokenizer.ggml.token_type is %s (tokens: %llu)",
+                rc == -ENOENT ? "absent" : "not an integer array with one entry per token",
                 (unsigned long long)n_toks);
         goto fail;
     }
     rc = core_gguf_get_str_array(g, "tokenizer.ggml.merges", &merges, &n_merges);
     if (rc < 0) {
-        set_err(err, errlen, "tokenizer.ggml.merges is %s",
+        core__seterr(err, errlen, "tokenizer.ggml.merges is %s",
                 rc == -ENOENT ? "absent" : "not an array of strings");
         goto fail;
     }
@@ -505,7 +493,7 @@ core_tokenizer *core_tokenizer_new(const core_gguf *g, char *err, size_t errlen)
     return t;
 fail:
     if (err && errlen && !err[0])
-        set_err(err, errlen, "out of memory");
+        core__seterr(err, errlen, "out of memory");
     free(toks);
     free(types);
     free(merges);
@@ -528,10 +516,22 @@ void core_tokenizer_free(core_tokenizer *t)
     free(t);
 }
 
-int32_t core_tokenizer_n_vocab(const core_tokenizer *t) { return t->n_vocab; }
-int32_t core_tokenizer_bos(const core_tokenizer *t) { return t->bos; }
-int32_t core_tokenizer_eos(const core_tokenizer *t) { return t->eos; }
-bool core_tokenizer_add_bos(const core_tokenizer *t) { return t->add_bos; }
+int32_t core_tokenizer_n_vocab(const core_tokenizer *t)
+{
+    return t->n_vocab;
+}
+int32_t core_tokenizer_bos(const core_tokenizer *t)
+{
+    return t->bos;
+}
+int32_t core_tokenizer_eos(const core_tokenizer *t)
+{
+    return t->eos;
+}
+bool core_tokenizer_add_bos(const core_tokenizer *t)
+{
+    return t->add_bos;
+}
 
 bool core_tokenizer_is_eog(const core_tokenizer *t, int32_t id)
 {
@@ -573,7 +573,7 @@ typedef struct bpe_cand {
 /* Per-call working memory, grown to the longest piece. */
 typedef struct bpe_work {
     size_t cap;
-    int32_t *id;   /* (cap) token of the symbol starting at byte i */
+    int32_t *id;           /* (cap) token of the symbol starting at byte i */
     uint32_t *prev, *next; /* (cap) neighbours' starts; next == n past the end */
     bpe_cand *heap;        /* (3 * cap) */
     size_t n_heap;
@@ -656,8 +656,8 @@ static void try_cand(const core_tokenizer *t, bpe_work *w, uint32_t pos, uint32_
 }
 
 /* BPE-encodes one piece, appending its ids to out. */
-static int bpe_piece(const core_tokenizer *t, bpe_work *w, const uint8_t *s, size_t n,
-                     int32_t *out, size_t *n_out)
+static int bpe_piece(const core_tokenizer *t, bpe_work *w, const uint8_t *s, size_t n, int32_t *out,
+                     size_t *n_out)
 {
     if (n == 1) {
         if (t->byte_tok[s[0]] >= 0)
@@ -716,8 +716,8 @@ static int32_t match_special(const core_tokenizer *t, const char *s, size_t n)
 }
 
 /* Pre-tokenizes and BPE-encodes text that holds no special token. */
-static int encode_plain(const core_tokenizer *t, bpe_work *w, const char *s, size_t n,
-                        int32_t *out, size_t *n_out)
+static int encode_plain(const core_tokenizer *t, bpe_work *w, const char *s, size_t n, int32_t *out,
+                        size_t *n_out)
 {
     size_t pos = 0;
     while (pos < n) {
@@ -775,8 +775,7 @@ static bool is_hidden(const core_tokenizer *t, int32_t id)
 }
 
 /* The bytes token id stands for in output text (points into the tokenizer). */
-static const uint8_t *token_bytes(const core_tokenizer *t, int32_t id, bool show_special,
-                                  size_t *n)
+static const uint8_t *token_bytes(const core_tokenizer *t, int32_t id, bool show_special, size_t *n)
 {
     if (is_hidden(t, id)) {
         size_t len;

@@ -45,8 +45,9 @@ int core_tokenizer_token_type(const core_tokenizer *t, int32_t id);
 
 /* Encodes len bytes of text (need not be valid UTF-8: invalid bytes are encoded as their byte
  * tokens; a byte whose byte-level token is missing from the vocabulary is dropped, as HF
- * tokenizers does: SmolLM2's lacks 21, e.g. 0x04, 0xC0, 0xF1, 0xFF). With parse_special, the text of CONTROL and USER_DEFINED tokens (e.g.
- * "<|im_end|>") is matched and becomes that token; without, it is tokenized as plain text.
+ * tokenizers does: SmolLM2's lacks 21, e.g. 0x04, 0xC0, 0xF1, 0xFF). With parse_special, the
+ * text of CONTROL and USER_DEFINED tokens (e.g. "<|im_end|>") is matched (longest match first)
+ * and becomes that token; without, it is tokenized as plain text.
  * Does not add BOS. On success returns 0 and sets *out (malloc'd, caller frees) and *n. */
 int core_tokenize(const core_tokenizer *t, const char *text, size_t len, bool parse_special,
                   int32_t **out, size_t *n);

@@ -231,11 +231,12 @@ static int generate(core_model *m, const core_tokenizer *tok, const gen_opts *o)
     kv = core_kv_new(&m->cfg, 1, (int)n_ctx, err, sizeof err);
     logits = malloc((size_t)m->cfg.n_vocab * sizeof(float));
     int32_t *hist = realloc(ids, (size_t)n_ctx * sizeof(int32_t));
+    if (hist)
+        ids = hist;
     if (!ctx || !kv || !logits || !hist) {
         fprintf(stderr, "generate: out of memory\n");
         goto out;
     }
-    ids = hist;
 
     double t0 = now_s();
     if (prefill(ctx, kv, ids, n_prompt, logits) < 0)

@@ -57,8 +57,17 @@ static void touch_kv(const core_gguf *g, const core_gguf_kv *kv)
 static void touch_tensor(const core_gguf *g, const core_gguf_tensor *t)
 {
     const uint8_t *p = t->data;
+    char name[128];
     if (p < g->base || t->size > g->size || p + t->size > g->base + g->size)
         __builtin_trap();
+    if (core_gguf_tensor_nelements(t) == 0)
+        __builtin_trap();
+    if (t->name.len < sizeof name && !memchr(t->name.ptr, 0, t->name.len)) {
+        memcpy(name, t->name.ptr, t->name.len);
+        name[t->name.len] = '\0';
+        if (core_gguf_find_tensor(g, name) != t || !core_gguf_str_eq(t->name, name))
+            __builtin_trap();
+    }
     if (!core_type_can_dequant(t->type) || t->ne[0] > MAX_ROW)
         return;
     if (core_dequant_row(t->type, t->data, row, (int64_t)t->ne[0]) != 0)

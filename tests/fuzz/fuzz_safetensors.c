@@ -39,15 +39,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         covered += t->nbytes;
         uint64_t n = core_st_numel(t);
-        bool convertible = t->dtype == CORE_TYPE_F32 || t->dtype == CORE_TYPE_F16 ||
-                           t->dtype == CORE_TYPE_BF16;
+        bool convertible =
+            t->dtype == CORE_TYPE_F32 || t->dtype == CORE_TYPE_F16 || t->dtype == CORE_TYPE_BF16;
         if (convertible && n <= (1u << 16) && core_st_to_f32(t, buf) != 0)
             abort();
         if (!convertible && core_st_to_f32(t, buf) != -EINVAL)
             abort();
     }
-    if (st->n_tensors && covered + (uint64_t)((const uint8_t *)st->tensors[0].data -
-                                              st->tensors[0].offset - data) != size)
+    if (st->n_tensors &&
+        covered + (uint64_t)((const uint8_t *)st->tensors[0].data - st->tensors[0].offset - data) !=
+            size)
         abort();
     for (size_t i = 0; i < st->n_meta; i++)
         if (!core_st_meta(st, st->meta_keys[i]))

@@ -28,8 +28,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argv;
     const char *path = getenv("ADAPTREE_MODEL");
     char err[256] = "";
-    core_gguf *g = core_gguf_open(path ? path : "models/SmolLM2-135M-Instruct.Q4_1.gguf", err,
-                                  sizeof err);
+    core_gguf *g =
+        core_gguf_open(path ? path : "models/SmolLM2-135M-Instruct.Q4_1.gguf", err, sizeof err);
     if (g)
         tok = core_tokenizer_new(g, err, sizeof err);
     core_gguf_close(g);
@@ -62,8 +62,8 @@ static bool valid_utf8(const uint8_t *s, size_t n)
 }
 
 /* Decodes ids whole; aborts unless the bytes equal the input (when they must). */
-static void check_decode(const int32_t *ids, size_t n, bool show, const uint8_t *data,
-                         size_t size, bool must_equal)
+static void check_decode(const int32_t *ids, size_t n, bool show, const uint8_t *data, size_t size,
+                         bool must_equal)
 {
     uint8_t *buf = malloc(size + 64);
     size_t k = 0;
@@ -84,8 +84,8 @@ static void check_decode(const int32_t *ids, size_t n, bool show, const uint8_t 
 
 /* Streams ids through core_detok; the output must be valid UTF-8, and the input itself when
  * that is valid UTF-8 and nothing was dropped or hidden. */
-static void check_stream(const int32_t *ids, size_t n, bool show, const uint8_t *data,
-                         size_t size, bool must_equal)
+static void check_stream(const int32_t *ids, size_t n, bool show, const uint8_t *data, size_t size,
+                         bool must_equal)
 {
     size_t cap = 3 * size + 64, k = 0;
     char *out = malloc(cap);

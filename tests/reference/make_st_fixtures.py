@@ -15,13 +15,17 @@ Sidecar tests/golden/fixtures/st/expected.txt, tab-separated, strings as hex of 
 bytes (a readable form may follow as a last, ignored field):
 
     file    FILE  N_TENSORS  N_META
-    tensor  FILE  NAME_HEX  DTYPE  SHAPE(d0,d1,.. or -)  NUMEL  NBYTES  FNV1A64_OF_DATA  SUM  WSUM  FIRST  LAST
+    tensor  FILE  NAME_HEX  DTYPE  SHAPE  NUMEL  NBYTES  FNV1A64  SUM  WSUM  FIRST  LAST
     meta    FILE  KEY_HEX  VALUE_HEX
     bad     FILE  (the reference's error message)
 
+SHAPE is "d0,d1,..." ("-" for a scalar); FNV1A64 is the 64-bit FNV-1a hash of the tensor's bytes.
 SUM and WSUM are float64 sums, left to right, of the values as f32 (x_i) and of (i + 1) * x_i;
 FIRST and LAST are the f32 bit patterns (hex) of the first and last element. These four are
 "-" for dtypes core does not convert and for empty tensors.
+
+The writer keeps "__metadata__" in a hash map, so the order of the three keys in
+mixed.safetensors (and hence its bytes) changes from run to run; nothing depends on it.
 
 Run:  python3 -m venv /tmp/venv-st && /tmp/venv-st/bin/pip install safetensors numpy ml_dtypes
       /tmp/venv-st/bin/python tests/reference/make_st_fixtures.py
@@ -152,8 +156,9 @@ def tensor_line(fname, name, arr, dtype_name):
 
 def main():
     os.makedirs(os.path.join(OUT, "bad"), exist_ok=True)
-    lines = [f"# made by tests/reference/make_st_fixtures.py: safetensors {version('safetensors')}, "
-             f"numpy {version('numpy')}, ml_dtypes {version('ml_dtypes')}"]
+    lines = ["# made by tests/reference/make_st_fixtures.py: "
+             f"safetensors {version('safetensors')}, numpy {version('numpy')}, "
+             f"ml_dtypes {version('ml_dtypes')}"]
     valid = None
     for fname, (tensors, meta) in good_files().items():
         data = save(tensors, metadata=meta)

@@ -119,10 +119,13 @@ static int run_probe(const char *env_assign, struct probe_result *r)
     while (fgets(line, sizeof(line), f)) {
         line[strcspn(line, "\n")] = '\0';
         printf("    | %s\n", line);
-        if (sscanf(line, "core=%63s reexec=%63s rc=%d", r->core, r->reexec, &r->rc) == 3)
+        const char *rc = strstr(line, " rc=");
+        if (rc && sscanf(line, "core=%63s reexec=%63s", r->core, r->reexec) == 2) {
+            r->rc = (int)strtol(rc + 4, NULL, 10);
             r->lines++;
-        else if (strncmp(line, "msg=", 4) == 0)
+        } else if (strncmp(line, "msg=", 4) == 0) {
             snprintf(r->msg, sizeof(r->msg), "%s", line + 4);
+        }
     }
     int status = pclose(f);
     if (status != 0) {

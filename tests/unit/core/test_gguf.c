@@ -115,9 +115,18 @@ static void put(gbuf *b, const void *d, size_t n)
     b->n += n;
 }
 
-static void put_u8(gbuf *b, uint8_t v) { put(b, &v, 1); }
-static void put_u32(gbuf *b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(gbuf *b, uint64_t v) { put(b, &v, 8); }
+static void put_u8(gbuf *b, uint8_t v)
+{
+    put(b, &v, 1);
+}
+static void put_u32(gbuf *b, uint32_t v)
+{
+    put(b, &v, 4);
+}
+static void put_u64(gbuf *b, uint64_t v)
+{
+    put(b, &v, 8);
+}
 
 static void put_str(gbuf *b, const char *s)
 {
@@ -669,9 +678,18 @@ static void put_nested(gbuf *b, int depth)
     put_u32(b, CORE_GGUF_UINT8), put_u64(b, 1), put_u8(b, 7);
 }
 
-static void kv_nest4(gbuf *b) { put_nested(b, 4); }
-static void kv_nest5(gbuf *b) { put_nested(b, 5); }
-static void kv_bad_bool(gbuf *b) { put_key(b, "b", CORE_GGUF_BOOL), put_u8(b, 2); }
+static void kv_nest4(gbuf *b)
+{
+    put_nested(b, 4);
+}
+static void kv_nest5(gbuf *b)
+{
+    put_nested(b, 5);
+}
+static void kv_bad_bool(gbuf *b)
+{
+    put_key(b, "b", CORE_GGUF_BOOL), put_u8(b, 2);
+}
 static void kv_bad_bool_arr(gbuf *b)
 {
     put_key(b, "b", CORE_GGUF_ARRAY), put_u32(b, CORE_GGUF_BOOL), put_u64(b, 3);

@@ -160,7 +160,8 @@ static int check_tensor_line(const core_st *st, char **f, char *why, size_t cap)
                                                      : CORE_ST_OTHER;
     if (strcmp(t->dtype_name, f[3]) != 0 || t->dtype != want_type ||
         strcmp(shape[0] ? shape : "-", f[4]) != 0 || core_st_numel(t) != strtoull(f[5], 0, 10) ||
-        t->nbytes != strtoull(f[6], 0, 10) || fnv1a64(t->data, t->nbytes) != strtoull(f[7], 0, 16)) {
+        t->nbytes != strtoull(f[6], 0, 10) ||
+        fnv1a64(t->data, t->nbytes) != strtoull(f[7], 0, 16)) {
         snprintf(why, cap,
                  "%s: got %s/%u [%s] numel %" PRIu64 " nbytes %" PRIu64 " fnv %016" PRIx64
                  ", want %s [%s] numel %s nbytes %s fnv %s",
@@ -184,12 +185,12 @@ static int check_tensor_line(const core_st *st, char **f, char *why, size_t cap)
         w += (double)(i + 1) * v[i];
     }
     double ws = strtod(f[8], 0), ww = strtod(f[9], 0);
-    ok = rc == 0 && fabs(s - ws) <= 1e-12 * (1 + fabs(ws)) && fabs(w - ww) <= 1e-12 * (1 + fabs(ww)) &&
-         f32_bits(v[0]) == strtoul(f[10], 0, 16) && f32_bits(v[n - 1]) == strtoul(f[11], 0, 16);
+    ok = rc == 0 && fabs(s - ws) <= 1e-12 * (1 + fabs(ws)) &&
+         fabs(w - ww) <= 1e-12 * (1 + fabs(ww)) && f32_bits(v[0]) == strtoul(f[10], 0, 16) &&
+         f32_bits(v[n - 1]) == strtoul(f[11], 0, 16);
     if (!ok)
-        snprintf(why, cap,
-                 "%s: rc %d sum %.17g wsum %.17g first %08x last %08x, want %s %s %s %s", f[12],
-                 rc, s, w, f32_bits(v[0]), f32_bits(v[n - 1]), f[8], f[9], f[10], f[11]);
+        snprintf(why, cap, "%s: rc %d sum %.17g wsum %.17g first %08x last %08x, want %s %s %s %s",
+                 f[12], rc, s, w, f32_bits(v[0]), f32_bits(v[n - 1]), f[8], f[9], f[10], f[11]);
     free(v);
 out:
     free(name);
@@ -327,7 +328,8 @@ TEST(st_escapes_and_whitespace)
     core_st *st = open_json(json, 9, &buf, err, sizeof err);
     CHECK_MSG(st, "err: %s", err);
     int ok = st->n_tensors == 3 && st->n_meta == 2;
-    const core_st_tensor *a = core_st_find(st, "a\xc3\xa9\xf0\x9f\x98\x80\n\t\"\\/\b\f\r\xe2\x82\xac");
+    const core_st_tensor *a =
+        core_st_find(st, "a\xc3\xa9\xf0\x9f\x98\x80\n\t\"\\/\b\f\r\xe2\x82\xac");
     const core_st_tensor *e = core_st_find(st, "\xc3\xa9\xc3\xa9");
     const core_st_tensor *empty = core_st_find(st, "");
     ok = ok && a && e && empty && a == &st->tensors[0] && e == &st->tensors[1];
@@ -420,8 +422,7 @@ TEST(st_to_f32_unaligned)
     CHECK_EQ_INT(rb, 0);
     CHECK_EQ_INT(ri, -EINVAL);
     CHECK_EQ_INT(rn, -EINVAL);
-    CHECK(f32_bits(a[0]) == f32_bits(1.5f) && f32_bits(a[1]) == 0x80000000u &&
-          a[2] == 3.0e38f);
+    CHECK(f32_bits(a[0]) == f32_bits(1.5f) && f32_bits(a[1]) == 0x80000000u && a[2] == 3.0e38f);
     CHECK(h[0] == 1.0f && h[1] == -2.0f && h[2] == 0x1p-24f);
     CHECK(b[0] == 1.0f && b[1] == 3.140625f && isinf(b[2]) && b[2] < 0);
 }
@@ -444,7 +445,7 @@ TEST(st_eight_dims)
 
 /* --- malformed input ------------------------------------------------------------------------ */
 
-#define T1(dt, shape, offs)                                                                    \
+#define T1(dt, shape, offs)                                                                        \
     "{\"a\":{\"dtype\":\"" dt "\",\"shape\":" shape ",\"data_offsets\":" offs "}}"
 
 static const struct {
@@ -463,7 +464,8 @@ static const struct {
     {"{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},}", 4,
      "expected a tensor name"},
     {"{\"a\" {}}", 0, "expected ':' after the name, found '{' (header byte 5)"},
-    {"{\"a\":x}", 0, "tensor 'a': expected '{' opening the tensor entry, found 'x' (header byte 5)"},
+    {"{\"a\":x}", 0,
+     "tensor 'a': expected '{' opening the tensor entry, found 'x' (header byte 5)"},
     {"{\"a\":1}", 0, "expected '{' opening the tensor entry, found '1'"},
     {"{\"a\":true}", 0, "expected '{' opening the tensor entry"},
     {"{\"a\":[]}", 0, "expected '{' opening the tensor entry"},
@@ -583,8 +585,8 @@ TEST(st_malformed_headers)
 {
     char why[1024];
     for (size_t i = 0; i < sizeof bad_json / sizeof bad_json[0]; i++) {
-        int ok = expect_json_fail(bad_json[i].json, bad_json[i].body, bad_json[i].want, why,
-                                  sizeof why);
+        int ok =
+            expect_json_fail(bad_json[i].json, bad_json[i].body, bad_json[i].want, why, sizeof why);
         CHECK_MSG(ok, "case %zu (%s): %s", i, bad_json[i].json, why);
     }
 }
@@ -595,8 +597,8 @@ TEST(st_nul_in_header)
     char why[1024];
     size_t len;
     uint8_t *b = mk_file("{}\0", 3, 0, UINT64_MAX, &len);
-    int ok = expect_fail(b, len, "byte 0x00 after the header object (only whitespace", why,
-                         sizeof why);
+    int ok =
+        expect_fail(b, len, "byte 0x00 after the header object (only whitespace", why, sizeof why);
     free(b);
     CHECK_MSG(ok, "%s", why);
 }
@@ -707,8 +709,8 @@ TEST(st_byte_flips)
     size_t len;
     uint8_t *buf = read_file(FIXDIR "mixed.safetensors", &len);
     CHECK(buf && len > 8);
-    static const uint8_t vals[] = {0x00, ' ', '"', '\\', '{', '}', '[', ']', ',', ':',
-                                   '0',  '9', 'u', 'e', 0x7f, 0x80, 0xc3, 0xff};
+    static const uint8_t vals[] = {0x00, ' ', '"', '\\', '{', '}',  '[',  ']',  ',',
+                                   ':',  '0', '9', 'u',  'e', 0x7f, 0x80, 0xc3, 0xff};
     size_t hl = (size_t)buf[0] | (size_t)buf[1] << 8, n_ok = 0, n_fail = 0;
     char err[512];
     int ok = 1;

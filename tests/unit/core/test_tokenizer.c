@@ -57,12 +57,12 @@ static int ids_match(const core_tokenizer *t, const char *s, size_t len, bool sp
     return ok;
 }
 
-#define CHECK_IDS(t, s, special, ...)                                                          \
-    do {                                                                                       \
-        static const int32_t want_[] = {__VA_ARGS__};                                          \
-        if (!ids_match(t, s, strlen(s), special, want_, sizeof want_ / sizeof want_[0],         \
-                       __FILE__, __LINE__))                                                    \
-            goto out;                                                                          \
+#define CHECK_IDS(t, s, special, ...)                                                              \
+    do {                                                                                           \
+        static const int32_t want_[] = {__VA_ARGS__};                                              \
+        if (!ids_match(t, s, strlen(s), special, want_, sizeof want_ / sizeof want_[0], __FILE__,  \
+                       __LINE__))                                                                  \
+            goto out;                                                                              \
     } while (0)
 
 /* Concatenated bytes of ids (malloc'd, NUL-terminated). */
@@ -101,8 +101,8 @@ static int roundtrip(const core_tokenizer *t, const char *s, size_t len, bool sp
     char *d = decode_all(t, ids, n, special, &dn);
     int ok = d && dn == len && memcmp(d, s, len) == 0;
     if (!ok)
-        test_fail(file, line, "round trip (special=%d): \"%.*s\" -> \"%s\"", special, (int)len,
-                  s, d ? d : "(null)");
+        test_fail(file, line, "round trip (special=%d): \"%.*s\" -> \"%s\"", special, (int)len, s,
+                  d ? d : "(null)");
     free(d);
     /* the streaming decoder gives the same text when s is valid UTF-8 */
     size_t cap = 4 * len + 64, k = 0;
@@ -135,10 +135,10 @@ static int roundtrip(const core_tokenizer *t, const char *s, size_t len, bool sp
     return ok;
 }
 
-#define CHECK_RT(t, s, len, special)                                                           \
-    do {                                                                                       \
-        if (!roundtrip(t, s, len, special, __FILE__, __LINE__))                                \
-            goto out;                                                                          \
+#define CHECK_RT(t, s, len, special)                                                               \
+    do {                                                                                           \
+        if (!roundtrip(t, s, len, special, __FILE__, __LINE__))                                    \
+            goto out;                                                                              \
     } while (0)
 
 /* --- the real SmolLM2 vocabulary ----------------------------------------------------------- */
@@ -156,16 +156,15 @@ TEST(tok_smoke_vectors)
     CHECK_IDS(t, "Hello world! 123", false, 19556, 905, 17, 216, 33, 34, 35);
     CHECK_IDS(t, "  multiple   spaces", false, 216, 2701, 256, 5600);
     CHECK_IDS(t, "Café déjà vu.", false, 51, 1939, 2756, 32564, 90, 16739, 386, 101, 30);
-    CHECK_IDS(t, "You are a helpful AI assistant named SmolLM, trained by Hugging Face", true,
-              2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407,
-              19712, 8182);
+    CHECK_IDS(t, "You are a helpful AI assistant named SmolLM, trained by Hugging Face", true, 2683,
+              359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712, 8182);
     /* more HF-derived vectors: contractions (lowercase only), whitespace runs, CJK, emoji */
-    CHECK_IDS(t, "I'm sure they'RE fine, isn't it?", false, 57, 5248, 2090, 502, 23, 3256,
-              4979, 28, 3247, 982, 357, 47);
+    CHECK_IDS(t, "I'm sure they'RE fine, isn't it?", false, 57, 5248, 2090, 502, 23, 3256, 4979, 28,
+              3247, 982, 357, 47);
     CHECK_IDS(t, "x \n y\n\n\tz  ", false, 104, 3717, 329, 1116, 197, 106, 256);
-    CHECK_IDS(t, "日本語のテキスト 😀👍🏽", false, 23274, 115, 40993, 179, 120, 248, 26453, 11100,
-              224, 10391, 251, 10391, 134, 11100, 226, 40303, 218, 10813, 235, 231, 10813, 233,
-              138);
+    CHECK_IDS(t, "日本語のテキスト 😀👍🏽", false, 23274, 115, 40993, 179, 120, 248,
+              26453, 11100, 224, 10391, 251, 10391, 134, 11100, 226, 40303, 218, 10813, 235, 231,
+              10813, 233, 138);
     CHECK_IDS(t, "", true, );
 out:
     core_tokenizer_free(t);
@@ -200,8 +199,8 @@ TEST(tok_special_tokens)
     core_tokenizer *t = load_model_tok();
     CHECK(t);
     CHECK_IDS(t, "<|im_start|>user\nHi<|im_end|>\n", true, 1, 4093, 198, 26843, 2, 198);
-    CHECK_IDS(t, "<|im_start|>user\nHi<|im_end|>\n", false, 44, 108, 306, 79, 3738, 108, 46,
-              4093, 198, 26843, 44, 108, 306, 79, 486, 108, 46, 198);
+    CHECK_IDS(t, "<|im_start|>user\nHi<|im_end|>\n", false, 44, 108, 306, 79, 3738, 108, 46, 4093,
+              198, 26843, 44, 108, 306, 79, 486, 108, 46, 198);
     CHECK_IDS(t, "a<|im_end|>b<reponame>c<|endoftext|>", true, 81, 2, 82, 4, 83, 0);
     CHECK_IDS(t, "<|im_start<|im_end|>|>", true, 44, 108, 306, 79, 3738, 2, 108, 46);
     const char *s = "x<|im_end|><file_sep><|endoftext|>y";
@@ -259,7 +258,10 @@ TEST(tok_missing_bytes_dropped)
     CHECK(t);
     CHECK_IDS(t, "!\x04!", false, 10095); /* "!!" */
     CHECK_IDS(t, "!!", false, 10095);
-    CHECK_IDS(t, "a\x04" "b", false, 81, 82);
+    CHECK_IDS(t,
+              "a\x04"
+              "b",
+              false, 81, 82);
     int32_t *ids;
     size_t n;
     CHECK(core_tokenize(t, "\x04\xff\xc0", 3, false, &ids, &n) == 0);
@@ -397,7 +399,7 @@ TEST(tok_unicode_classes)
     CHECK_EQ_INT(core__unicode_class('!'), CORE__UCAT_OTHER);
     CHECK_EQ_INT(core__unicode_class(0x00A0), CORE__UCAT_SPACE);
     CHECK_EQ_INT(core__unicode_class(0x3000), CORE__UCAT_SPACE);
-    CHECK_EQ_INT(core__unicode_class(0x200B), CORE__UCAT_OTHER); /* ZWSP is not White_Space */
+    CHECK_EQ_INT(core__unicode_class(0x200B), CORE__UCAT_OTHER);  /* ZWSP is not White_Space */
     CHECK_EQ_INT(core__unicode_class(0x4E2D), CORE__UCAT_LETTER); /* CJK range */
     CHECK_EQ_INT(core__unicode_class(0xAC00), CORE__UCAT_LETTER); /* Hangul range */
     CHECK_EQ_INT(core__unicode_class(0x2160), CORE__UCAT_NUMBER); /* Nl */
@@ -434,7 +436,10 @@ static void gb_put(gbuf *b, const void *d, size_t n)
     b->n += n;
 }
 
-static void gb_u32(gbuf *b, uint32_t v) { gb_put(b, &v, 4); }
+static void gb_u32(gbuf *b, uint32_t v)
+{
+    gb_put(b, &v, 4);
+}
 
 static void gb_str(gbuf *b, const char *s)
 {
@@ -627,24 +632,23 @@ static const char smollm2_tmpl[] =
     "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|im_start|>assistant\n' }}{% endif %}";
 
-#define SMOL_SYS                                                                               \
-    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "     \
+#define SMOL_SYS                                                                                   \
+    "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "         \
     "Face<|im_end|>\n"
 
-static int render_is(const char *tmpl, const core_chat_msg *m, size_t n, bool gen,
-                     const char *want, const char *file, int line)
+static int render_is(const char *tmpl, const core_chat_msg *m, size_t n, bool gen, const char *want,
+                     const char *file, int line)
 {
     char err[256] = "", *out = NULL;
     int rc = core_chat_render_template(tmpl, m, n, gen, &out, err, sizeof err);
     int ok = rc == 0 && !strcmp(out, want);
     if (!ok)
-        test_fail(file, line, "render rc %d (%s): \"%s\" != \"%s\"", rc, err, out ? out : "",
-                  want);
+        test_fail(file, line, "render rc %d (%s): \"%s\" != \"%s\"", rc, err, out ? out : "", want);
     free(out);
     return ok;
 }
 
-#define CHECK_RENDER(tmpl, m, n, gen, want)                                                    \
+#define CHECK_RENDER(tmpl, m, n, gen, want)                                                        \
     CHECK(render_is(tmpl, m, n, gen, want, __FILE__, __LINE__))
 
 static int render_fails(const char *tmpl, int want_rc, const char *want_err, const char *file,
@@ -661,17 +665,15 @@ static int render_fails(const char *tmpl, int want_rc, const char *want_err, con
     return ok;
 }
 
-#define CHECK_RENDER_FAILS(tmpl, rc, msg)                                                      \
-    CHECK(render_fails(tmpl, rc, msg, __FILE__, __LINE__))
+#define CHECK_RENDER_FAILS(tmpl, rc, msg) CHECK(render_fails(tmpl, rc, msg, __FILE__, __LINE__))
 
 TEST(tok_chat_real_template)
 {
     TEST_NEED_MODEL();
     core_tokenizer *t = load_model_tok();
     CHECK(t);
-    const core_chat_msg conv[] = {{"user", "Hi"},
-                                  {"assistant", "Hello! How can I help?"},
-                                  {"user", "What is 2+2?"}};
+    const core_chat_msg conv[] = {
+        {"user", "Hi"}, {"assistant", "Hello! How can I help?"}, {"user", "What is 2+2?"}};
     char err[256] = "", *out = NULL;
     CHECK_EQ_INT(core_chat_render(t, conv, 3, true, &out, err, sizeof err), 0);
     CHECK_EQ_STR(out, SMOL_SYS "<|im_start|>user\nHi<|im_end|>\n"
@@ -740,8 +742,7 @@ TEST(tok_chat_render)
                  "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ<|im_end|>\n");
     const core_chat_msg bad_role[] = {{"us\ner", "x"}};
     char err[256], *out = NULL;
-    CHECK_EQ_INT(core_chat_render_template(smollm2_tmpl, bad_role, 1, true, &out, err,
-                                           sizeof err),
+    CHECK_EQ_INT(core_chat_render_template(smollm2_tmpl, bad_role, 1, true, &out, err, sizeof err),
                  -EINVAL);
     CHECK(strstr(err, "control character"));
 }
@@ -783,4 +784,21 @@ TEST(tok_chat_unsupported)
     CHECK_RENDER_FAILS("{% macro x() %}<|im_start|><|im_end|>{% endmacro %}", -ENOTSUP,
                        "unsupported statement {% macro %}");
     CHECK_RENDER_FAILS("<|im_start|><|im_end|>{{ 'abc }}", -ENOTSUP, "unterminated string");
+}
+
+TEST(tok_chat_unsupported_structure)
+{
+    /* the message loop must run unconditionally, and its variable must not be rebound */
+    CHECK_RENDER_FAILS("{% if false %}{% for message in messages %}{{'<|im_start|>' + "
+                       "message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+                       "{% endfor %}{% endif %}{% if add_generation_prompt %}"
+                       "{{ '<|im_start|>assistant\n' }}{% endif %}",
+                       -ENOTSUP, "output that is not a ChatML turn at offset 43");
+    CHECK_RENDER_FAILS("{% for message in messages %}{% set message = messages[0] %}"
+                       "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                       "'<|im_end|>' + '\n'}}{% endfor %}",
+                       -ENOTSUP, "assignment to message");
+    CHECK_RENDER_FAILS("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+                       "message['content'] + '<|im_end|>' + '\n'}}\n{% endfor %}",
+                       -ENOTSUP, "not a ChatML turn"); /* the raw "\n" is output too */
 }
