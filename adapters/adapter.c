@@ -1,0 +1,150 @@
+/* The adapter object: allocation, reference counting, the row copy with the q/k permutation and
+ * the finite-value check shared by both loaders, and format dispatch. */
+#include "adapters/adapter.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/quant.h"
+
+adapter *adapter__new(int n_layer, uint32_t dtype, size_t slab_bytes)
+{
+    adapter *a = calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    a->mods = calloc((size_t)n_layer * CORE_MOD_COUNT, sizeof *a->mods);
+    a->slab = malloc(slab_bytes ? slab_bytes : 1);
+    if (!a->mods || !a->slab) {
+        free(a->mods);
+        free(a->slab);
+        free(a);
+        return NULL;
+    }
+    a->n_layer = n_layer;
+    a->dtype = dtype;
+    a->bytes = slab_bytes;
+    atomic_init(&a->refs, 1);
+    return a;
+}
+
+adapter *adapter_ref(adapter *a)
+{
+    if (a)
+        atomic_fetch_add_explicit(&a->refs, 1, memory_order_relaxed);
+    return a;
+}
+
+void adapter_unref(adapter *a)
+{
+    if (!a || atomic_fetch_sub_explicit(&a->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    free(a->mods);
+    free(a->slab);
+    free(a);
+}
+
+static bool finite_elem(uint32_t dtype, const unsigned char *p)
+{
+    if (dtype == CORE_TYPE_F32) {
+        float f;
+        memcpy(&f, p, 4);
+        return isfinite(f);
+    }
+    uint16_t h;
+    memcpy(&h, p, 2);
+    if (dtype == CORE_TYPE_F16)
+        return (h & 0x7c00) != 0x7c00;
+    return (h & 0x7f80) != 0x7f80; /* bf16 */
+}
+
+int adapter__copy_rows(uint32_t dtype, const void *src, void *dst, size_t rows, size_t row_len,
+                       int perm_heads, int head_dim)
+{
+    size_t es = dtype == CORE_TYPE_F32 ? 4 : 2;
+    size_t row_bytes = row_len * es;
+    const unsigned char *s = src;
+    unsigned char *d = dst;
+    for (size_t r = 0; r < rows; r++) {
+        size_t from = r;
+        if (perm_heads > 0) {
+            /* GGUF row h*d + 2j + s holds Hugging Face row h*d + s*half + j. */
+            size_t h = r / (size_t)head_dim, k = r % (size_t)head_dim;
+            size_t half = (size_t)head_dim / 2;
+            from = h * head_dim + (k % 2) * half + k / 2;
+        }
+        const unsigned char *row = s + from * row_bytes;
+        for (size_t i = 0; i < row_len; i++)
+            if (!finite_elem(dtype, row + i * es))
+                return -EINVAL;
+        memcpy(d + r * row_bytes, row, row_bytes);
+    }
+    return 0;
+}
+
+uint64_t adapter__hash(uint64_t h, const void *buf, size_t n)
+{
+    const unsigned char *p = buf;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+const char *adapter_targets_str(unsigned targets, char *buf, size_t cap)
+{
+    size_t k = 0;
+    if (cap)
+        buf[0] = 0;
+    for (int m = 0; m < CORE_MOD_COUNT; m++) {
+        if (!(targets & (1u << m)))
+            continue;
+        int w = snprintf(buf + k, cap > k ? cap - k : 0, "%s%s", k ? "," : "",
+                         core_module_name((core_module)m));
+        if (w > 0)
+            k += (size_t)w;
+    }
+    return buf;
+}
+
+static bool has_suffix(const char *s, const char *suf)
+{
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && !strcmp(s + n - m, suf);
+}
+
+adapter *adapter_load(const char *path, const core_config *cfg, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (S_ISREG(st.st_mode)) {
+        if (has_suffix(path, ".gguf"))
+            return adapter_load_gguf(path, cfg, err, errlen);
+        snprintf(err, errlen, "%s: not an adapter (expected a .gguf file or a directory)", path);
+        return NULL;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a file or directory", path);
+        return NULL;
+    }
+    char p[4096];
+    snprintf(p, sizeof p, "%s/adapter_config.json", path);
+    if (access(p, F_OK) == 0)
+        return adapter_load_peft(path, cfg, err, errlen);
+    snprintf(p, sizeof p, "%s/adapter.gguf", path);
+    if (access(p, F_OK) == 0)
+        return adapter_load_gguf(p, cfg, err, errlen);
+    snprintf(err, errlen,
+             "%s: no adapter here (expected adapter_config.json + adapter_model.safetensors, or "
+             "adapter.gguf)",
+             path);
+    return NULL;
+}

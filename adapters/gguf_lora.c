@@ -1,0 +1,201 @@
+/* GGUF-LoRA adapters as llama.cpp's convert_lora_to_gguf.py writes them: general.type "adapter",
+ * adapter.type "lora", adapter.lora.alpha, and per targeted weight "<base tensor>.lora_a" (ne
+ * [in, r]) and "<base tensor>.lora_b" (ne [r, out]). Their q/k lora_b rows are already in the
+ * GGUF order. Scale per module: alpha / r, or 1 when alpha is 0 (llama.cpp's rule). */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adapters/adapter.h"
+#include "core/gguf.h"
+#include "core/quant.h"
+
+/* Splits "blk.L.<module>.weight.lora_a" into layer, module and which (0 = a, 1 = b). */
+static int parse_name(const core_gguf_str *s, int n_layer, int *layer, int *mod, int *which)
+{
+    char name[160];
+    if (s->len >= sizeof name)
+        return -1;
+    memcpy(name, s->ptr, s->len);
+    name[s->len] = 0;
+    char *end;
+    if (strncmp(name, "blk.", 4))
+        return -1;
+    long l = strtol(name + 4, &end, 10);
+    if (end == name + 4 || *end != '.' || l < 0 || l >= n_layer)
+        return -1;
+    for (int m = 0; m < CORE_MOD_COUNT; m++) {
+        const char *g = core_module_gguf_name((core_module)m);
+        size_t n = strlen(g);
+        if (strncmp(end + 1, g, n))
+            continue;
+        const char *rest = end + 1 + n;
+        if (strcmp(rest, ".weight.lora_a") && strcmp(rest, ".weight.lora_b"))
+            return -1;
+        *layer = (int)l;
+        *mod = m;
+        *which = rest[13] == 'b';
+        return 0;
+    }
+    return -1;
+}
+
+static int check_header(const core_gguf *g, const core_config *cfg, float *alpha, char *err,
+                        size_t errlen)
+{
+    char s[64];
+    if (core_gguf_get_str(g, "general.type", s, sizeof s) || strcmp(s, "adapter")) {
+        snprintf(err, errlen, "general.type: expected \"adapter\" (is this a model, not a LoRA?)");
+        return -EINVAL;
+    }
+    if (core_gguf_get_str(g, "adapter.type", s, sizeof s) || strcmp(s, "lora")) {
+        snprintf(err, errlen, "adapter.type: only \"lora\" is supported");
+        return -EINVAL;
+    }
+    if (core_gguf_get_str(g, "general.architecture", s, sizeof s) || strcmp(s, cfg->arch)) {
+        snprintf(err, errlen, "general.architecture: adapter is for '%s', the base is '%s'", s,
+                 cfg->arch);
+        return -EINVAL;
+    }
+    if (core_gguf_find(g, "adapter.alora.invocation_tokens")) {
+        snprintf(err, errlen, "adapter.alora.invocation_tokens: aLoRA adapters are not supported");
+        return -EINVAL;
+    }
+    *alpha = 0;
+    int rc = core_gguf_get_f32(g, "adapter.lora.alpha", alpha);
+    if ((rc && rc != -ENOENT) || !isfinite(*alpha)) {
+        snprintf(err, errlen, "adapter.lora.alpha: expected a finite number");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, size_t errlen)
+{
+    char gerr[512];
+    core_gguf *g = core_gguf_open(file, gerr, sizeof gerr);
+    if (!g) {
+        snprintf(err, errlen, "%s: %s", file, gerr);
+        return NULL;
+    }
+    adapter *a = NULL;
+    float alpha, *tmp = NULL;
+    const core_gguf_tensor **ab = calloc((size_t)cfg->n_layer * CORE_MOD_COUNT * 2, sizeof *ab);
+    if (!ab) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    if (check_header(g, cfg, &alpha, err, errlen))
+        goto out;
+    const uint32_t none = UINT32_MAX;
+    uint32_t dtype = none;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const core_gguf_tensor *t = &g->tensors[i];
+        int l, m, w;
+        if (parse_name(&t->name, cfg->n_layer, &l, &m, &w)) {
+            snprintf(err, errlen,
+                     "tensor '%.*s' is not the lora_a/lora_b of a Llama linear weight (embedding "
+                     "and output-head LoRA are not supported; %d layers)",
+                     (int)(t->name.len < 120 ? t->name.len : 120), t->name.ptr, cfg->n_layer);
+            goto out;
+        }
+        if (t->type != CORE_TYPE_F32 && t->type != CORE_TYPE_F16 && t->type != CORE_TYPE_BF16) {
+            snprintf(err, errlen, "tensor '%.*s': type %s is not supported (f32, f16, bf16); "
+                     "convert with --outtype f16", (int)t->name.len, t->name.ptr,
+                     core_type_name(t->type));
+            goto out;
+        }
+        dtype = dtype == none || dtype == t->type ? t->type : CORE_TYPE_F32;
+        const core_gguf_tensor **slot = &ab[(l * CORE_MOD_COUNT + m) * 2 + w];
+        if (*slot) {
+            snprintf(err, errlen, "tensor '%.*s' appears twice", (int)t->name.len, t->name.ptr);
+            goto out;
+        }
+        *slot = t;
+    }
+    /* Shapes: lora_a ne [in, r], lora_b ne [r, out], both present. */
+    size_t total = 0;
+    for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++) {
+        const core_gguf_tensor *A = ab[2 * k], *B = ab[2 * k + 1];
+        if (!A && !B)
+            continue;
+        int m = k % CORE_MOD_COUNT, l = k / CORE_MOD_COUNT;
+        uint64_t in = (uint64_t)core_module_in(cfg, m), out = (uint64_t)core_module_out(cfg, m);
+        if (!A || !B) {
+            snprintf(err, errlen, "blk.%d.%s: lora_%c is missing", l, core_module_gguf_name(m),
+                     A ? 'b' : 'a');
+            goto out;
+        }
+        if (A->n_dims != 2 || B->n_dims != 2 || A->ne[0] != in || B->ne[1] != out ||
+            A->ne[1] != B->ne[0] || A->ne[1] < 1 || A->ne[1] > 4096) {
+            snprintf(err, errlen,
+                     "blk.%d.%s: lora_a ne [%llu, %llu] and lora_b ne [%llu, %llu] do not fit the "
+                     "base weight (%llu -> %llu); is this adapter for another base model?",
+                     l, core_module_gguf_name(m), (unsigned long long)A->ne[0],
+                     (unsigned long long)A->ne[1], (unsigned long long)B->ne[0],
+                     (unsigned long long)B->ne[1], (unsigned long long)in,
+                     (unsigned long long)out);
+            goto out;
+        }
+        total += (size_t)A->ne[1] * (in + out) * (dtype == CORE_TYPE_F32 ? 4 : 2);
+    }
+    if (!total) {
+        snprintf(err, errlen, "%s holds no LoRA tensors", file);
+        goto out;
+    }
+    a = adapter__new(cfg->n_layer, dtype, total);
+    if (!a) {
+        snprintf(err, errlen, "out of memory for %zu bytes of adapter weights", total);
+        goto out;
+    }
+    a->format = ADAPTER_GGUF;
+    a->alpha = alpha;
+    unsigned char *at = a->slab;
+    for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++) {
+        if (!ab[2 * k])
+            continue;
+        adapter_mod *am = &a->mods[k];
+        am->rank = (int)ab[2 * k]->ne[1];
+        am->scale = alpha != 0 ? alpha / (float)am->rank : 1.0f;
+        a->r = am->rank > a->r ? am->rank : a->r;
+        for (int w = 0; w < 2; w++) {
+            const core_gguf_tensor *t = ab[2 * k + w];
+            size_t rows = (size_t)t->ne[1], cols = (size_t)t->ne[0];
+            const void *src = t->data;
+            if (t->type != dtype) {
+                free(tmp);
+                tmp = malloc(rows * cols * sizeof(float));
+                if (!tmp || core_dequant_row(t->type, t->data, tmp, (int64_t)(rows * cols))) {
+                    snprintf(err, errlen, "out of memory");
+                    goto fail;
+                }
+                src = tmp;
+            }
+            if (adapter__copy_rows(dtype, src, at, rows, cols, 0, 0)) {
+                snprintf(err, errlen, "tensor '%.*s' holds NaN or infinite values",
+                         (int)t->name.len, t->name.ptr);
+                goto fail;
+            }
+            if (w == 0)
+                am->A = at;
+            else
+                am->B = at;
+            at += rows * cols * (dtype == CORE_TYPE_F32 ? 4 : 2);
+        }
+        a->targets |= 1u << (k % CORE_MOD_COUNT);
+        a->n_mods++;
+    }
+    a->hash = adapter__hash(ADAPTER_HASH_INIT, g->base, g->size);
+    core_gguf_get_str(g, "general.name", a->base_model, sizeof a->base_model);
+    goto out;
+fail:
+    adapter_unref(a);
+    a = NULL;
+out:
+    free(tmp);
+    free(ab);
+    core_gguf_close(g);
+    return a;
+}

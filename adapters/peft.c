@@ -1,0 +1,595 @@
+/* PEFT LoRA adapters: adapter_config.json (cJSON) + adapter_model.safetensors.
+ *
+ * The config decides which (layer, module) pairs are targeted (target_modules as a list, a regex
+ * string or "all-linear", exclude_modules, layers_to_transform) and their rank and alpha
+ * (r/lora_alpha, rank_pattern/alpha_pattern, use_rslora). The weights file must hold exactly an
+ * A and a B of the right shapes for each targeted pair. Options that change the math and are not
+ * implemented (DoRA, lora bias, modules_to_save, embedding or head LoRA, ...) are refused with the
+ * field's name; nothing is silently ignored. Pattern matching follows PEFT 0.21: list entries
+ * match the module name exactly or as a dotted suffix, a string is a regex that must match the
+ * whole name, and pattern keys K match names of the form (.*\.)?K.
+ */
+#include <cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "adapters/adapter.h"
+#include "core/quant.h"
+#include "core/safetensors.h"
+
+#define CONFIG_MAX_BYTES (1 << 20)
+#define MAX_RANK 4096
+
+static const char *const hf_names[CORE_MOD_COUNT] = {"q_proj",    "k_proj",  "v_proj",
+                                                      "o_proj",    "gate_proj", "up_proj",
+                                                      "down_proj"};
+
+static const char *hf_block(int mod) { return mod <= CORE_MOD_O ? "self_attn" : "mlp"; }
+
+/* The parsed parts of adapter_config.json that matter at inference. */
+typedef struct peft_cfg {
+    int r;
+    double alpha;
+    bool rslora;
+    const cJSON *targets;  /* NULL, array of strings, or string */
+    const cJSON *excludes; /* NULL, array of strings, or string */
+    const cJSON *layers;   /* NULL, number or array of numbers */
+    const cJSON *rank_pattern;
+    const cJSON *alpha_pattern;
+} peft_cfg;
+
+static bool is_null(const cJSON *j) { return !j || cJSON_IsNull(j); }
+
+/* Reads a whole small file into a NUL-terminated buffer. */
+static char *read_small(const char *path, size_t cap, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = malloc(cap + 1);
+    size_t n = buf ? fread(buf, 1, cap + 1, f) : 0;
+    fclose(f);
+    if (!buf || n > cap) {
+        snprintf(err, errlen, "%s: %s", path, buf ? "larger than 1 MiB" : "out of memory");
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+/* Refuses options that change the math and that adaptree does not implement. */
+static int check_unsupported(const cJSON *j, char *err, size_t errlen)
+{
+    const cJSON *v;
+    if ((v = cJSON_GetObjectItem(j, "peft_type")) && !is_null(v) &&
+        !(cJSON_IsString(v) && !strcmp(v->valuestring, "LORA"))) {
+        snprintf(err, errlen, "peft_type: only \"LORA\" adapters are supported");
+        return -EINVAL;
+    }
+    static const char *const must_be_false[] = {"use_dora", "lora_bias", "use_qalora"};
+    for (size_t i = 0; i < sizeof must_be_false / sizeof *must_be_false; i++)
+        if (cJSON_IsTrue(cJSON_GetObjectItem(j, must_be_false[i]))) {
+            snprintf(err, errlen, "%s: true is not supported", must_be_false[i]);
+            return -EINVAL;
+        }
+    static const char *const must_be_empty[] = {
+        "modules_to_save",  "layer_replication",       "trainable_token_indices",
+        "target_parameters", "alora_invocation_tokens", "megatron_config"};
+    for (size_t i = 0; i < sizeof must_be_empty / sizeof *must_be_empty; i++) {
+        v = cJSON_GetObjectItem(j, must_be_empty[i]);
+        if (!is_null(v) && !((cJSON_IsArray(v) || cJSON_IsObject(v)) && !v->child)) {
+            snprintf(err, errlen, "%s: not supported (it must be null or empty)", must_be_empty[i]);
+            return -EINVAL;
+        }
+    }
+    v = cJSON_GetObjectItem(j, "bias");
+    if (!is_null(v) && !(cJSON_IsString(v) && !strcmp(v->valuestring, "none"))) {
+        snprintf(err, errlen, "bias: only \"none\" is supported");
+        return -EINVAL;
+    }
+    v = cJSON_GetObjectItem(j, "init_lora_weights");
+    if (cJSON_IsString(v)) {
+        static const char *const base_changing[] = {"pissa", "olora", "corda", "loftq", "eva"};
+        for (size_t i = 0; i < sizeof base_changing / sizeof *base_changing; i++)
+            if (!strncasecmp(v->valuestring, base_changing[i], strlen(base_changing[i]))) {
+                snprintf(err, errlen,
+                         "init_lora_weights: \"%s\" adapters expect a modified base model; convert "
+                         "them to a plain LoRA first",
+                         v->valuestring);
+                return -EINVAL;
+            }
+    }
+    return 0;
+}
+
+static int want_string_list(const cJSON *v, const char *field, bool allow_string, char *err,
+                            size_t errlen)
+{
+    if (is_null(v) || (allow_string && cJSON_IsString(v)))
+        return 0;
+    if (cJSON_IsArray(v)) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, v)
+        {
+            if (!cJSON_IsString(it)) {
+                snprintf(err, errlen, "%s: every entry must be a string", field);
+                return -EINVAL;
+            }
+        }
+        return 0;
+    }
+    snprintf(err, errlen, "%s: expected %s", field,
+             allow_string ? "a list of strings or a string" : "a list of strings");
+    return -EINVAL;
+}
+
+static int want_pattern(const cJSON *v, const char *field, char *err, size_t errlen)
+{
+    if (is_null(v))
+        return 0;
+    if (!cJSON_IsObject(v)) {
+        snprintf(err, errlen, "%s: expected an object", field);
+        return -EINVAL;
+    }
+    const cJSON *it;
+    cJSON_ArrayForEach(it, v)
+    {
+        if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble)) {
+            snprintf(err, errlen, "%s: value of '%s' must be a number", field, it->string);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int parse_config(const cJSON *j, peft_cfg *c, char *err, size_t errlen)
+{
+    memset(c, 0, sizeof *c);
+    if (!cJSON_IsObject(j)) {
+        snprintf(err, errlen, "adapter_config.json: not a JSON object");
+        return -EINVAL;
+    }
+    if (check_unsupported(j, err, errlen))
+        return -EINVAL;
+    const cJSON *v = cJSON_GetObjectItem(j, "r");
+    c->r = 8;
+    if (!is_null(v)) {
+        if (!cJSON_IsNumber(v) || v->valuedouble < 1 || v->valuedouble > MAX_RANK ||
+            v->valuedouble != (int)v->valuedouble) {
+            snprintf(err, errlen, "r: expected an integer in 1..%d", MAX_RANK);
+            return -EINVAL;
+        }
+        c->r = (int)v->valuedouble;
+    }
+    c->alpha = 8;
+    v = cJSON_GetObjectItem(j, "lora_alpha");
+    if (!is_null(v)) {
+        if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) {
+            snprintf(err, errlen, "lora_alpha: expected a number");
+            return -EINVAL;
+        }
+        c->alpha = v->valuedouble;
+    }
+    v = cJSON_GetObjectItem(j, "use_rslora");
+    if (!is_null(v) && !cJSON_IsBool(v)) {
+        snprintf(err, errlen, "use_rslora: expected true or false");
+        return -EINVAL;
+    }
+    c->rslora = cJSON_IsTrue(v);
+    c->targets = cJSON_GetObjectItem(j, "target_modules");
+    c->excludes = cJSON_GetObjectItem(j, "exclude_modules");
+    if (want_string_list(c->targets, "target_modules", true, err, errlen) ||
+        want_string_list(c->excludes, "exclude_modules", true, err, errlen))
+        return -EINVAL;
+    c->layers = cJSON_GetObjectItem(j, "layers_to_transform");
+    if (!is_null(c->layers) && !cJSON_IsNumber(c->layers) && !cJSON_IsArray(c->layers)) {
+        snprintf(err, errlen, "layers_to_transform: expected an integer or a list of integers");
+        return -EINVAL;
+    }
+    const cJSON *lp = cJSON_GetObjectItem(j, "layers_pattern");
+    if (!is_null(lp) && !(cJSON_IsString(lp) && !strcmp(lp->valuestring, "layers")) &&
+        !(cJSON_IsArray(lp) && (!lp->child || (cJSON_IsString(lp->child) &&
+                                               !strcmp(lp->child->valuestring, "layers") &&
+                                               !lp->child->next)))) {
+        snprintf(err, errlen, "layers_pattern: only \"layers\" exists in Llama models");
+        return -EINVAL;
+    }
+    c->rank_pattern = cJSON_GetObjectItem(j, "rank_pattern");
+    c->alpha_pattern = cJSON_GetObjectItem(j, "alpha_pattern");
+    if (want_pattern(c->rank_pattern, "rank_pattern", err, errlen) ||
+        want_pattern(c->alpha_pattern, "alpha_pattern", err, errlen))
+        return -EINVAL;
+    return 0;
+}
+
+/* Python re.fullmatch(pattern, name) for the patterns POSIX ERE can express. Returns 1 match,
+ * 0 no match, -1 when the pattern does not compile. */
+static int regex_full(const char *pattern, const char *prefix, const char *name)
+{
+    size_t n = strlen(pattern) + strlen(prefix) + 8;
+    char *anchored = malloc(n);
+    if (!anchored)
+        return -1;
+    snprintf(anchored, n, "^%s(%s)$", prefix, pattern);
+    regex_t re;
+    int rc = regcomp(&re, anchored, REG_EXTENDED | REG_NOSUB);
+    free(anchored);
+    if (rc != 0)
+        return -1;
+    rc = regexec(&re, name, 0, NULL, 0) == 0;
+    regfree(&re);
+    return rc;
+}
+
+/* Does a target_modules/exclude_modules value select the module name? -1 on a bad regex. */
+static int selects(const cJSON *spec, const char *name)
+{
+    if (is_null(spec))
+        return 0;
+    if (cJSON_IsString(spec)) {
+        if (!strcasecmp(spec->valuestring, "all-linear"))
+            return strstr(name, "lm_head") == NULL && strstr(name, "embed_tokens") == NULL;
+        return regex_full(spec->valuestring, "", name);
+    }
+    size_t n = strlen(name);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, spec)
+    {
+        size_t m = strlen(it->valuestring);
+        if (!strcmp(name, it->valuestring) ||
+            (n > m && name[n - m - 1] == '.' && !strcmp(name + n - m, it->valuestring)))
+            return 1;
+    }
+    return 0;
+}
+
+static bool layer_selected(const cJSON *layers, int l)
+{
+    if (is_null(layers))
+        return true;
+    if (cJSON_IsNumber(layers))
+        return (int)layers->valuedouble == l;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, layers)
+    {
+        if (cJSON_IsNumber(it) && (int)it->valuedouble == l)
+            return true;
+    }
+    return false;
+}
+
+/* rank_pattern / alpha_pattern: the first key K (in file order) with name ~ (.*\.)?K wins.
+ * Returns 1 and sets *out on a match, 0 without, -1 on a key that does not compile. */
+static int pattern_value(const cJSON *pat, const char *name, double *out, const char **bad)
+{
+    if (is_null(pat))
+        return 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, pat)
+    {
+        int m = regex_full(it->string, "(.*\\.)?", name);
+        if (m < 0) {
+            *bad = it->string;
+            return -1;
+        }
+        if (m) {
+            *out = it->valuedouble;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Refuses targets adaptree cannot apply: the embedding and the output head. */
+static int check_head_targets(const peft_cfg *c, char *err, size_t errlen)
+{
+    static const char *const heads[] = {"lm_head", "model.embed_tokens"};
+    for (size_t i = 0; i < 2; i++) {
+        int s = selects(c->targets, heads[i]);
+        if (s < 0) {
+            snprintf(err, errlen,
+                     "target_modules: regex \"%s\" uses syntax adaptree cannot compile (POSIX "
+                     "extended regular expressions only)",
+                     c->targets->valuestring);
+            return -EINVAL;
+        }
+        if (s && !(cJSON_IsString(c->targets) &&
+                   !strcasecmp(c->targets->valuestring, "all-linear"))) {
+            snprintf(err, errlen,
+                     "target_modules: LoRA on '%s' (embedding / output head) is not supported",
+                     heads[i]);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* Parses a safetensors key of a Llama LoRA weight: base_model.model.model.layers.L.<block>.<m>.
+ * lora_{A,B}[.<adapter name>].weight. Returns 0 with layer, module and which (0 = A, 1 = B). */
+static int parse_key(const char *key, int n_layer, int *layer, int *mod, int *which)
+{
+    const char *pre = "base_model.model.model.layers.";
+    size_t np = strlen(pre);
+    if (strncmp(key, pre, np))
+        return -1;
+    const char *p = key + np;
+    char *end;
+    long l = strtol(p, &end, 10);
+    if (end == p || *end != '.' || l < 0 || l >= n_layer)
+        return -1;
+    p = end + 1;
+    for (int m = 0; m < CORE_MOD_COUNT; m++) {
+        char want[64];
+        int w = snprintf(want, sizeof want, "%s.%s.lora_", hf_block(m), hf_names[m]);
+        if (strncmp(p, want, (size_t)w))
+            continue;
+        const char *q = p + w;
+        if (*q != 'A' && *q != 'B')
+            return -1;
+        *which = *q == 'B';
+        q++;
+        const char *dot = strchr(q + 1, '.');
+        /* ".weight", or ".<adapter>.weight" with a name without dots */
+        if (strcmp(q, ".weight") && !(q[0] == '.' && dot && !strcmp(dot, ".weight")))
+            return -1;
+        *layer = (int)l;
+        *mod = m;
+        return 0;
+    }
+    return -1;
+}
+
+typedef struct peft_plan {
+    const core_st_tensor *ab[2]; /* A, B */
+    int rank;
+    double alpha;
+    bool targeted;
+} peft_plan;
+
+/* Decides the targeted pairs and their rank/alpha from the config, then matches every tensor of
+ * the weights file to exactly one of them and checks its shape. */
+static int plan_modules(const peft_cfg *c, const core_st *st, const core_config *cfg,
+                        peft_plan *plan, char *err, size_t errlen)
+{
+    const cJSON *targets = c->targets;
+    cJSON *dflt = NULL;
+    if (is_null(targets)) /* PEFT's default for Llama */
+        targets = dflt = cJSON_CreateStringArray((const char *[]){"q_proj", "v_proj"}, 2);
+    int rc = 0;
+    for (int l = 0; l < cfg->n_layer && !rc; l++) {
+        for (int m = 0; m < CORE_MOD_COUNT && !rc; m++) {
+            char name[128];
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s", l, hf_block(m), hf_names[m]);
+            peft_plan *p = &plan[l * CORE_MOD_COUNT + m];
+            int t = selects(targets, name), x = selects(c->excludes, name);
+            if (t < 0 || x < 0) {
+                snprintf(err, errlen, "%s: regex uses syntax adaptree cannot compile (POSIX "
+                         "extended regular expressions only)",
+                         t < 0 ? "target_modules" : "exclude_modules");
+                rc = -EINVAL;
+                break;
+            }
+            p->targeted = t && !x && layer_selected(c->layers, l);
+            double r = c->r, a = c->alpha;
+            const char *bad = NULL;
+            if (pattern_value(c->rank_pattern, name, &r, &bad) < 0 ||
+                pattern_value(c->alpha_pattern, name, &a, &bad) < 0) {
+                snprintf(err, errlen, "rank_pattern/alpha_pattern: key \"%s\" is not a regex "
+                         "adaptree can compile", bad);
+                rc = -EINVAL;
+                break;
+            }
+            if (r < 1 || r > MAX_RANK || r != (int)r) {
+                snprintf(err, errlen, "rank_pattern: rank %g for %s is not an integer in 1..%d",
+                         r, name, MAX_RANK);
+                rc = -EINVAL;
+                break;
+            }
+            p->rank = (int)r;
+            p->alpha = a;
+        }
+    }
+    cJSON_Delete(dflt);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < st->n_tensors; i++) {
+        const core_st_tensor *t = &st->tensors[i];
+        int l, m, which;
+        if (parse_key(t->name, cfg->n_layer, &l, &m, &which)) {
+            snprintf(err, errlen,
+                     "adapter_model.safetensors: tensor '%s' is not a LoRA A/B weight of a Llama "
+                     "linear layer (DoRA, lora bias, embedding or head LoRA and modules_to_save "
+                     "are not supported; %d layers)",
+                     t->name, cfg->n_layer);
+            return -EINVAL;
+        }
+        peft_plan *p = &plan[l * CORE_MOD_COUNT + m];
+        if (!p->targeted) {
+            snprintf(err, errlen,
+                     "tensor '%s': layer %d %s is not targeted by adapter_config.json "
+                     "(target_modules / exclude_modules / layers_to_transform)",
+                     t->name, l, hf_names[m]);
+            return -EINVAL;
+        }
+        if (p->ab[which]) {
+            snprintf(err, errlen, "tensor '%s': layer %d %s has two lora_%c weights", t->name, l,
+                     hf_names[m], which ? 'B' : 'A');
+            return -EINVAL;
+        }
+        if (t->dtype != CORE_TYPE_F32 && t->dtype != CORE_TYPE_F16 &&
+            t->dtype != CORE_TYPE_BF16) {
+            snprintf(err, errlen, "tensor '%s': dtype %s is not supported (F32, F16, BF16)",
+                     t->name, t->dtype_name);
+            return -EINVAL;
+        }
+        uint64_t in = (uint64_t)core_module_in(cfg, m), out = (uint64_t)core_module_out(cfg, m);
+        uint64_t want0 = which ? out : (uint64_t)p->rank, want1 = which ? (uint64_t)p->rank : in;
+        if (t->n_dims != 2 || t->shape[0] != want0 || t->shape[1] != want1) {
+            snprintf(err, errlen,
+                     "tensor '%s': shape [%llu, %llu], expected [%llu, %llu] (rank %d from "
+                     "adapter_config.json; the base %s of layer %d is %llu -> %llu); is this "
+                     "adapter for another base model?",
+                     t->name, (unsigned long long)t->shape[0],
+                     (unsigned long long)(t->n_dims > 1 ? t->shape[1] : 0),
+                     (unsigned long long)want0, (unsigned long long)want1, p->rank, hf_names[m], l,
+                     (unsigned long long)in, (unsigned long long)out);
+            return -EINVAL;
+        }
+        p->ab[which] = t;
+    }
+    for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++) {
+        peft_plan *p = &plan[k];
+        if (p->targeted && (!p->ab[0] || !p->ab[1])) {
+            snprintf(err, errlen,
+                     "adapter_config.json targets layer %d %s but adapter_model.safetensors has "
+                     "no lora_%c weight for it",
+                     k / CORE_MOD_COUNT, hf_names[k % CORE_MOD_COUNT], p->ab[0] ? 'B' : 'A');
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* Copies the planned weights into a new adapter (one dtype for all; mixed files become f32). */
+static adapter *build(const peft_cfg *c, const peft_plan *plan, const core_config *cfg,
+                      char *err, size_t errlen)
+{
+    const uint32_t none = UINT32_MAX;
+    uint32_t dtype = none;
+    for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++)
+        for (int w = 0; w < 2 && plan[k].ab[0]; w++) {
+            uint32_t d = plan[k].ab[w]->dtype;
+            dtype = dtype == none || dtype == d ? d : CORE_TYPE_F32;
+        }
+    if (dtype == none) {
+        snprintf(err, errlen, "adapter_model.safetensors holds no LoRA weights");
+        return NULL;
+    }
+    size_t es = dtype == CORE_TYPE_F32 ? 4 : 2, total = 0;
+    for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++)
+        if (plan[k].ab[0])
+            total += (size_t)plan[k].rank *
+                     (core_module_in(cfg, k % CORE_MOD_COUNT) +
+                      core_module_out(cfg, k % CORE_MOD_COUNT)) * es;
+    adapter *a = adapter__new(cfg->n_layer, dtype, total);
+    if (!a) {
+        snprintf(err, errlen, "out of memory for %zu bytes of adapter weights", total);
+        return NULL;
+    }
+    a->format = ADAPTER_PEFT;
+    a->r = c->r;
+    a->alpha = (float)c->alpha;
+    a->rslora = c->rslora;
+    unsigned char *at = a->slab;
+    float *tmp = NULL;
+    for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++) {
+        const peft_plan *p = &plan[k];
+        if (!p->ab[0])
+            continue;
+        int m = k % CORE_MOD_COUNT, r = p->rank;
+        adapter_mod *am = &a->mods[k];
+        am->rank = r;
+        am->scale = (float)(p->alpha / (c->rslora ? sqrt((double)r) : (double)r));
+        for (int w = 0; w < 2; w++) {
+            const core_st_tensor *t = p->ab[w];
+            size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
+            const void *src = t->data;
+            if (t->dtype != dtype) { /* mixed dtypes: widen this tensor to f32 */
+                free(tmp);
+                tmp = malloc(rows * cols * sizeof(float));
+                if (!tmp || core_st_to_f32(t, tmp)) {
+                    snprintf(err, errlen, "tensor '%s': cannot convert to f32", t->name);
+                    goto fail;
+                }
+                src = tmp;
+            }
+            /* q and k lora_B rows move to the GGUF row order. */
+            int heads = 0;
+            if (w == 1 && m == CORE_MOD_Q)
+                heads = cfg->n_head;
+            else if (w == 1 && m == CORE_MOD_K)
+                heads = cfg->n_head_kv;
+            if (adapter__copy_rows(dtype, src, at, rows, cols, heads, cfg->head_dim)) {
+                snprintf(err, errlen, "tensor '%s' holds NaN or infinite values", t->name);
+                goto fail;
+            }
+            if (w == 0)
+                am->A = at;
+            else
+                am->B = at;
+            at += rows * cols * es;
+        }
+        a->targets |= 1u << m;
+        a->n_mods++;
+    }
+    free(tmp);
+    return a;
+fail:
+    free(tmp);
+    adapter_unref(a);
+    return NULL;
+}
+
+adapter *adapter_load_peft(const char *dir, const core_config *cfg, char *err, size_t errlen)
+{
+    char path[4096];
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    char *text = read_small(path, CONFIG_MAX_BYTES, &len, err, errlen);
+    if (!text)
+        return NULL;
+    adapter *a = NULL;
+    core_st *st = NULL;
+    peft_plan *plan = NULL;
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    peft_cfg c;
+    if (!j) {
+        snprintf(err, errlen, "adapter_config.json: invalid JSON near byte %td",
+                 cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - text : (ptrdiff_t)0);
+        goto out;
+    }
+    if (parse_config(j, &c, err, errlen) || check_head_targets(&c, err, errlen))
+        goto out;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    char st_err[512];
+    st = core_st_open(path, st_err, sizeof st_err);
+    if (!st) {
+        snprintf(path, sizeof path, "%s/adapter_model.bin", dir);
+        if (access(path, F_OK) == 0)
+            snprintf(err, errlen, "adapter_model.bin (pickle) is not supported; save the adapter "
+                     "with safe_serialization=True");
+        else
+            snprintf(err, errlen, "adapter_model.safetensors: %s", st_err);
+        goto out;
+    }
+    plan = calloc((size_t)cfg->n_layer * CORE_MOD_COUNT, sizeof *plan);
+    if (!plan) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    if (plan_modules(&c, st, cfg, plan, err, errlen))
+        goto out;
+    a = build(&c, plan, cfg, err, errlen);
+    if (a) {
+        a->hash = adapter__hash(adapter__hash(ADAPTER_HASH_INIT, text, len), st->base, st->size);
+        const cJSON *b = cJSON_GetObjectItem(j, "base_model_name_or_path");
+        if (cJSON_IsString(b))
+            snprintf(a->base_model, sizeof a->base_model, "%s", b->valuestring);
+    }
+out:
+    free(plan);
+    core_st_close(st);
+    cJSON_Delete(j);
+    free(text);
+    return a;
+}

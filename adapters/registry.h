@@ -1,0 +1,138 @@
+/* The adapter registry: a directory tree of adapters (DESIGN.md §4) and their residency.
+ *
+ * Every directory under the root that holds an adapter is a node; its id is its path relative to
+ * the root ("fr", "fr/legal", "fr/legal/alice"). Directories without one are namespaces. A
+ * selection resolves to (node, weight) items: "select" applies the whole chain root -> node of
+ * nodes that have adapters, each at weight 1; an explicit list applies exactly the listed nodes.
+ *
+ * Threads. The registry is tied to one libuv loop (the engine's). adapter_registry_acquire runs
+ * on that loop's thread; loads run on the loop's thread pool and are published back on the loop
+ * thread; file-system events and the rescan timer run there too. Every other function may be
+ * called from any thread (one mutex guards the tree).
+ *
+ * Versions and lifetimes. A node's resident version is an adapter with one reference held by the
+ * registry; each acquired adapter_set holds its own references. When the files change, the new
+ * version is loaded in the background and replaces the old one only if it loads and validates;
+ * requests in flight keep the old one until they free their set. A failed load leaves the node
+ * with its previous good version (if any) and the reason. Resident versions are evicted least
+ * recently used when their bytes exceed the cache budget, unless pinned or in use.
+ */
+#ifndef ADAPTREE_ADAPTERS_REGISTRY_H
+#define ADAPTREE_ADAPTERS_REGISTRY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "adapters/compose.h"
+#include "core/model.h"
+
+#define ADAPTER_ID_MAX 255   /* bytes */
+#define ADAPTER_SEG_MAX 64   /* bytes per segment */
+#define ADAPTER_DEPTH_MAX 8  /* segments */
+#define ADAPTER_SEL_MAX 16   /* items in one selection */
+#define ADAPTER_NODES_MAX 4096
+
+typedef struct adapter_registry adapter_registry;
+
+typedef struct adapter_registry_opts {
+    const char *root;
+    const core_config *cfg; /* the base every adapter is validated against; borrowed */
+    size_t cache_bytes;     /* budget for resident adapters; 0 = unlimited */
+    uv_loop_t *loop;        /* borrowed; must outlive the registry */
+    int rescan_ms;          /* periodic rescan as a fallback to fs events; 0 = 2000; < 0 off */
+    bool watch;             /* watch directories with uv_fs_event */
+    /* Called on the loop thread whenever a load finished (ok or not). */
+    void (*on_loaded)(void *ud, const char *id, bool ok);
+    void *ud;
+} adapter_registry_opts;
+
+/* Scans the root and starts watching it. Returns NULL with a message in err when the root is
+ * not a readable directory. Loop thread. */
+adapter_registry *adapter_registry_new(const adapter_registry_opts *o, char *err, size_t errlen);
+/* Stops watching and frees every resident version (adapters still referenced by sets live on
+ * until those sets are freed). Runs the loop until its handles have closed. Loop thread. */
+void adapter_registry_free(adapter_registry *r);
+
+/* Checks an id's syntax: segments of [A-Za-z0-9._-], no "." or ".." segments, bounded depth and
+ * length. 0 or -EINVAL with a message. */
+int adapter_id_check(const char *id, char *err, size_t errlen);
+
+typedef struct adapter_sel_item {
+    char id[ADAPTER_ID_MAX + 1];
+    float weight;
+} adapter_sel_item;
+
+typedef struct adapter_selection {
+    int n;
+    adapter_sel_item items[ADAPTER_SEL_MAX];
+} adapter_selection;
+
+/* Resolves "select" (a node or namespace id: its chain; may be NULL) plus an explicit list of
+ * (id, weight) into items. -EINVAL for a malformed id or weight (400), -ENOENT for an unknown
+ * one (404), -E2BIG past ADAPTER_SEL_MAX items; the message names the id. */
+int adapter_registry_resolve(adapter_registry *r, const char *select, const adapter_sel_item *list,
+                             int n_list, adapter_selection *out, char *err, size_t errlen);
+
+/* Turns a resolved selection into a set of resident adapters (*out, with references). Returns
+ * 0 when all are resident, -EAGAIN when some are loading (they were started; on_loaded fires when
+ * each finishes, then call again), -ENOENT when a node disappeared, -EIO when a node failed to
+ * load and has no good version (message in err). Loop thread. */
+int adapter_registry_acquire(adapter_registry *r, const adapter_selection *sel, adapter_set **out,
+                             char *err, size_t errlen);
+
+/* Convenience for command-line tools that own the loop: acquires, running the loop until the
+ * loads finish. */
+int adapter_registry_acquire_wait(adapter_registry *r, const adapter_selection *sel,
+                                  adapter_set **out, char *err, size_t errlen);
+
+/* Admin: load (or reload) a node now; unload its resident version; pin/unpin it (a pinned node is
+ * never evicted and is loaded if needed). Any thread. -ENOENT unknown id, -EINVAL a namespace. */
+int adapter_registry_load(adapter_registry *r, const char *id, char *err, size_t errlen);
+int adapter_registry_unload(adapter_registry *r, const char *id, char *err, size_t errlen);
+int adapter_registry_pin(adapter_registry *r, const char *id, bool pin, char *err, size_t errlen);
+
+/* Rescans the tree now (loop thread); returns the number of nodes. */
+int adapter_registry_rescan(adapter_registry *r);
+
+typedef enum adapter_state {
+    ADAPTER_NAMESPACE = 0, /* a directory without an adapter */
+    ADAPTER_UNLOADED,
+    ADAPTER_LOADING,
+    ADAPTER_READY,
+    ADAPTER_FAILED
+} adapter_state;
+
+const char *adapter_state_name(adapter_state s);
+
+typedef struct adapter_node_info {
+    char id[ADAPTER_ID_MAX + 1];
+    char parent[ADAPTER_ID_MAX + 1]; /* the parent directory's id, "" at the top */
+    adapter_state state;
+    char error[256];     /* the last failed load's reason, "" if none */
+    bool pinned;
+    bool reloading;      /* a new version is loading while the old one serves */
+    int format;          /* adapter_format of the resident version, 0 if none */
+    int r;
+    float alpha;
+    bool rslora;
+    unsigned targets;
+    size_t bytes;        /* resident bytes, 0 if not resident */
+    int in_use;          /* references held by requests */
+    uint64_t version;    /* content hash of the resident version */
+    uint64_t loads, load_failures, evictions, hits;
+} adapter_node_info;
+
+/* Copies the tree (sorted by id) into *out (malloc'd, caller frees). Any thread. */
+int adapter_registry_list(adapter_registry *r, adapter_node_info **out, size_t *n);
+
+typedef struct adapter_registry_stats {
+    size_t resident_bytes, cache_bytes;
+    int nodes, resident, loading;
+    uint64_t loads, load_failures, evictions, hits, misses;
+} adapter_registry_stats;
+
+void adapter_registry_stats_get(adapter_registry *r, adapter_registry_stats *out);
+
+#endif

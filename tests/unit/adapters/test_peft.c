@@ -1,0 +1,274 @@
+/* PEFT and GGUF-LoRA loading on synthetic adapters: config semantics (ranks, alphas, patterns,
+ * targets, layers), the q/k row permutation, and refusals with messages naming the problem. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "adapter_testutil.h"
+#include "adapters/adapter.h"
+#include "core/quant.h"
+#include "tests/test.h"
+
+#define BIT(l, m) (1ull << ((l) * CORE_MOD_COUNT + (m)))
+#define QV (BIT(0, CORE_MOD_Q) | BIT(0, CORE_MOD_V) | BIT(1, CORE_MOD_Q) | BIT(1, CORE_MOD_V))
+
+static const char *cfg_qv =
+    "{\"peft_type\":\"LORA\",\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"],"
+    "\"bias\":\"none\",\"use_rslora\":false,\"fan_in_fan_out\":false,\"use_dora\":false,"
+    "\"modules_to_save\":null,\"layers_to_transform\":null,\"rank_pattern\":{},"
+    "\"alpha_pattern\":{}}";
+
+/* Loads dir and expects failure whose message contains want. */
+static int expect_refusal(const char *dir, const core_config *cfg, const char *want)
+{
+    char err[512] = "";
+    adapter *a = adapter_load(dir, cfg, err, sizeof err);
+    if (a) {
+        adapter_unref(a);
+        printf("    expected a refusal mentioning '%s', but it loaded\n", want);
+        return 0;
+    }
+    if (!strstr(err, want)) {
+        printf("    refusal '%s' does not mention '%s'\n", err, want);
+        return 0;
+    }
+    return 1;
+}
+
+TEST(peft_loads_qv_and_permutes_q_rows)
+{
+    core_config cfg = tu_config();
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/qv", tu_tmpdir());
+    CHECK(tu_write_peft(dir, cfg_qv, &cfg, QV, 4, "F32", 1) == 0);
+    char err[512];
+    adapter *a = adapter_load(dir, &cfg, err, sizeof err);
+    CHECK_MSG(a, "load: %s", err);
+    CHECK_EQ_INT(a->format, ADAPTER_PEFT);
+    CHECK_EQ_INT(a->dtype, CORE_TYPE_F32);
+    CHECK_EQ_INT(a->n_mods, 4);
+    CHECK_EQ_INT(a->targets, (1u << CORE_MOD_Q) | (1u << CORE_MOD_V));
+    const adapter_mod *q = adapter_mod_at(a, 1, CORE_MOD_Q), *v = adapter_mod_at(a, 1, CORE_MOD_V);
+    CHECK_EQ_INT(q->rank, 4);
+    CHECK_NEAR(q->scale, 2.0, 0);
+    CHECK(adapter_mod_at(a, 0, CORE_MOD_K)->rank == 0);
+    /* Compare with the file's own values: GGUF row h*64 + 2j + s must hold HF row
+     * h*64 + s*32 + j; v is not permuted. */
+    char p[256];
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+    const float *B = q->B;
+    float src[576 * 4];
+    CHECK(tu_read_st_tensor(p, "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight",
+                              src, 576 * 4) == 0);
+    for (int h = 0; h < 9; h++)
+        for (int k = 0; k < 64; k++) {
+            int from = h * 64 + (k % 2) * 32 + k / 2;
+            CHECK_MSG(!memcmp(B + (h * 64 + k) * 4, src + from * 4, 4 * sizeof(float)),
+                      "q lora_B GGUF row %d should be HF row %d", h * 64 + k, from);
+        }
+    float vsrc[192 * 4];
+    CHECK(tu_read_st_tensor(p, "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight",
+                              vsrc, 192 * 4) == 0);
+    CHECK(!memcmp(v->B, vsrc, sizeof vsrc));
+    adapter_unref(a);
+    tu_rmrf(dir);
+}
+
+TEST(peft_scaling_rslora_and_patterns)
+{
+    core_config cfg = tu_config();
+    char dir[128];
+    const char *tmp = tu_tmpdir();
+    snprintf(dir, sizeof dir, "%s/pat", tmp);
+    const char *c = "{\"r\":8,\"lora_alpha\":16,\"use_rslora\":true,"
+                    "\"target_modules\":[\"q_proj\",\"k_proj\",\"o_proj\",\"down_proj\"],"
+                    "\"rank_pattern\":{\"k_proj\":2,\"down_proj\":6},"
+                    "\"alpha_pattern\":{\"o_proj\":32},\"layers_to_transform\":[1]}";
+    /* Layer 1 only; ranks q 8, k 2, o 8, down 6 — written per module below. */
+    CHECK(tu_mkdirs(dir) == 0);
+    char p[256];
+    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+    FILE *f = fopen(p, "w");
+    fputs(c, f);
+    fclose(f);
+    tu_tensor t[8];
+    memset(t, 0, sizeof t);
+    int mods[4] = {CORE_MOD_Q, CORE_MOD_K, CORE_MOD_O, CORE_MOD_DOWN}, ranks[4] = {8, 2, 8, 6};
+    for (int i = 0; i < 4; i++) {
+        const char *blk = mods[i] <= CORE_MOD_O ? "self_attn" : "mlp";
+        snprintf(t[2 * i].name, sizeof t[0].name,
+                 "base_model.model.model.layers.1.%s.%s.lora_A.weight", blk, tu_hf_name(mods[i]));
+        snprintf(t[2 * i + 1].name, sizeof t[0].name,
+                 "base_model.model.model.layers.1.%s.%s.lora_B.weight", blk, tu_hf_name(mods[i]));
+        t[2 * i].dtype = t[2 * i + 1].dtype = "BF16";
+        t[2 * i].rows = ranks[i];
+        t[2 * i].cols = core_module_in(&cfg, mods[i]);
+        t[2 * i + 1].rows = core_module_out(&cfg, mods[i]);
+        t[2 * i + 1].cols = ranks[i];
+    }
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+    CHECK(tu_write_safetensors(p, t, 8) == 0);
+    char err[512];
+    adapter *a = adapter_load(dir, &cfg, err, sizeof err);
+    CHECK_MSG(a, "load: %s", err);
+    CHECK_EQ_INT(a->dtype, CORE_TYPE_BF16);
+    CHECK_EQ_INT(a->n_mods, 4);
+    CHECK_NEAR(adapter_mod_at(a, 1, CORE_MOD_Q)->scale, 16 / sqrt(8), 1e-6);
+    CHECK_EQ_INT(adapter_mod_at(a, 1, CORE_MOD_K)->rank, 2);
+    CHECK_NEAR(adapter_mod_at(a, 1, CORE_MOD_K)->scale, 16 / sqrt(2), 1e-6);
+    CHECK_NEAR(adapter_mod_at(a, 1, CORE_MOD_O)->scale, 32 / sqrt(8), 1e-6);
+    CHECK_EQ_INT(adapter_mod_at(a, 1, CORE_MOD_DOWN)->rank, 6);
+    CHECK(adapter_mod_at(a, 0, CORE_MOD_Q)->rank == 0);
+    adapter_unref(a);
+    tu_rmrf(tmp);
+}
+
+TEST(peft_target_forms)
+{
+    core_config cfg = tu_config();
+    const char *tmp = tu_tmpdir();
+    char dir[128], err[512];
+    uint64_t all = 0;
+    for (int l = 0; l < 2; l++)
+        for (int m = 0; m < CORE_MOD_COUNT; m++)
+            all |= BIT(l, m);
+    snprintf(dir, sizeof dir, "%s/all", tmp);
+    CHECK(tu_write_peft(dir, "{\"r\":2,\"lora_alpha\":2,\"target_modules\":\"all-linear\"}", &cfg,
+                        all, 2, "F16", 3) == 0);
+    adapter *a = adapter_load(dir, &cfg, err, sizeof err);
+    CHECK_MSG(a, "all-linear: %s", err);
+    CHECK_EQ_INT(a->n_mods, 14);
+    adapter_unref(a);
+
+    uint64_t gu = BIT(0, CORE_MOD_GATE) | BIT(0, CORE_MOD_UP) | BIT(1, CORE_MOD_GATE) |
+                  BIT(1, CORE_MOD_UP);
+    snprintf(dir, sizeof dir, "%s/regex", tmp);
+    CHECK(tu_write_peft(dir, "{\"r\":2,\"lora_alpha\":4,\"target_modules\":\".*\\\\.(gate|up)_proj\"}",
+                        &cfg, gu, 2, "F32", 4) == 0);
+    a = adapter_load(dir, &cfg, err, sizeof err);
+    CHECK_MSG(a, "regex: %s", err);
+    CHECK_EQ_INT(a->n_mods, 4);
+    CHECK_EQ_INT(a->targets, (1u << CORE_MOD_GATE) | (1u << CORE_MOD_UP));
+    adapter_unref(a);
+
+    /* Default targets (null) are q_proj and v_proj, as PEFT's Llama default. */
+    snprintf(dir, sizeof dir, "%s/dflt", tmp);
+    CHECK(tu_write_peft(dir, "{\"r\":4,\"lora_alpha\":4,\"target_modules\":null}", &cfg, QV, 4,
+                        "F32", 5) == 0);
+    a = adapter_load(dir, &cfg, err, sizeof err);
+    CHECK_MSG(a, "default targets: %s", err);
+    adapter_unref(a);
+    tu_rmrf(tmp);
+}
+
+TEST(peft_refusals_name_the_problem)
+{
+    core_config cfg = tu_config();
+    const char *tmp = tu_tmpdir();
+    char dir[160];
+    static const struct {
+        const char *cfg;
+        const char *want;
+    } bad[] = {
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"],\"use_dora\":true}",
+         "use_dora"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"],\"modules_to_save\":"
+         "[\"lm_head\"]}",
+         "modules_to_save"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"],\"bias\":\"all\"}",
+         "bias"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\",\"lm_head\"]}",
+         "lm_head"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"],\"lora_bias\":true}",
+         "lora_bias"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"],"
+         "\"init_lora_weights\":\"pissa\"}",
+         "init_lora_weights"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"],\"peft_type\":"
+         "\"IA3\"}",
+         "peft_type"},
+        {"{\"r\":-4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"]}", "r:"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\"]}", "not targeted"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\",\"k_proj\"]}",
+         "no lora_A"},
+        {"{\"r\":8,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"]}", "rank 8"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"(?i)q_proj\"}", "regex"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"]", "invalid JSON"},
+        {"[1,2]", "not a JSON object"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(dir, sizeof dir, "%s/bad%zu", tmp, i);
+        CHECK(tu_write_peft(dir, bad[i].cfg, &cfg, QV, 4, "F32", 9) == 0);
+        CHECK_MSG(expect_refusal(dir, &cfg, bad[i].want), "case %zu", i);
+    }
+    tu_rmrf(tmp);
+}
+
+TEST(peft_refuses_bad_weights)
+{
+    core_config cfg = tu_config();
+    const char *tmp = tu_tmpdir();
+    char dir[160], p[256];
+    /* Another base: layers beyond the base's count, and a different hidden size. */
+    core_config big = cfg;
+    big.n_layer = 4;
+    snprintf(dir, sizeof dir, "%s/deeper", tmp);
+    CHECK(tu_write_peft(dir, cfg_qv, &big, BIT(3, CORE_MOD_Q) | BIT(3, CORE_MOD_V), 4, "F32",
+                        1) == 0);
+    CHECK(expect_refusal(dir, &cfg, "not a LoRA A/B weight"));
+    core_config wide = cfg;
+    wide.n_embd = 960;
+    wide.n_head = 15;
+    wide.n_head_kv = 5;
+    snprintf(dir, sizeof dir, "%s/wide", tmp);
+    CHECK(tu_write_peft(dir, cfg_qv, &wide, QV, 4, "F32", 1) == 0);
+    CHECK(expect_refusal(dir, &cfg, "another base model"));
+    /* NaN weights. */
+    snprintf(dir, sizeof dir, "%s/nan", tmp);
+    CHECK(tu_write_peft(dir, cfg_qv, &cfg, QV, 4, "F32", 1) == 0);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+    float nan_vals[576 * 4];
+    for (int i = 0; i < 576 * 4; i++)
+        nan_vals[i] = i == 77 ? NAN : 0.01f;
+    tu_tensor t[8];
+    memset(t, 0, sizeof t);
+    int n = 0;
+    for (int l = 0; l < 2; l++)
+        for (int m = 0; m <= CORE_MOD_V; m += 2) {
+            for (int w = 0; w < 2; w++) {
+                snprintf(t[n].name, sizeof t[n].name,
+                         "base_model.model.model.layers.%d.self_attn.%s.lora_%c.weight", l,
+                         tu_hf_name(m), w ? 'B' : 'A');
+                t[n].dtype = "F32";
+                t[n].rows = w ? core_module_out(&cfg, m) : 4;
+                t[n].cols = w ? 4 : 576;
+                t[n].values = nan_vals;
+                n++;
+            }
+        }
+    CHECK(tu_write_safetensors(p, t, n) == 0);
+    CHECK(expect_refusal(dir, &cfg, "NaN"));
+    /* A truncated weights file, and a pickle-only adapter. */
+    snprintf(dir, sizeof dir, "%s/trunc", tmp);
+    CHECK(tu_write_peft(dir, cfg_qv, &cfg, QV, 4, "F32", 1) == 0);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+    CHECK(truncate(p, 4000) == 0);
+    CHECK(expect_refusal(dir, &cfg, "adapter_model.safetensors"));
+    CHECK(unlink(p) == 0);
+    snprintf(p, sizeof p, "%s/adapter_model.bin", dir);
+    FILE *f = fopen(p, "w");
+    fputs("pickle", f);
+    fclose(f);
+    CHECK(expect_refusal(dir, &cfg, "safe_serialization"));
+    /* Not an adapter at all. */
+    CHECK(expect_refusal(tmp, &cfg, "no adapter here"));
+    tu_rmrf(tmp);
+}
+
+TEST(gguf_lora_refuses_a_model_file)
+{
+    TEST_NEED_MODEL();
+    core_config cfg = tu_config();
+    CHECK(expect_refusal(test_model_path(), &cfg, "general.type"));
+}
