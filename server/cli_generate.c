@@ -9,8 +9,10 @@
 
 #include "core/model.h"
 #include "core/sampler.h"
+#include "adapters/compose.h"
 #include "core/tokenizer.h"
 #include "server/cli.h"
+#include "server/cli_select.h"
 
 #define PREFILL_CHUNK 256
 
@@ -22,7 +24,17 @@ typedef struct gen_opts {
     int chat;
     int show_special;
     core_sampler_params sp;
+    srv_cli_sel sel;
 } gen_opts;
+
+/* The model, its cache and the adapters applied to every row. */
+typedef struct gen_run {
+    core_model *m;
+    core_ctx *ctx;
+    core_kv *kv;
+    adapter_plan *plan;
+    const adapter_set *set; /* NULL: base model only */
+} gen_run;
 
 static void gen_usage(FILE *out)
 {
@@ -39,7 +51,10 @@ static void gen_usage(FILE *out)
             "      --min-p P           drop tokens below P x the best one (default 0.05)\n"
             "      --repeat-penalty R  penalise recent tokens (default 1.0 = off)\n"
             "      --seed S            random seed (default 0); same seed, same text\n"
-            "      --special           print control tokens such as <|im_end|>\n");
+            "      --special           print control tokens such as <|im_end|>\n"
+            "      --registry DIR      adapter registry (default registry/)\n"
+            "      --select ID         apply the tree chain of node ID (e.g. fr/legal/alice)\n"
+            "      --adapter ID[:S]    apply exactly node ID at scale S (default 1); repeatable\n");
 }
 
 int srv_parse_int(const char *s, long min, long max, long *out)
@@ -121,9 +136,13 @@ static int parse_opts(int argc, char **argv, gen_opts *o)
         } else if (!strcmp(a, "--seed")) {
             bad = srv_parse_int(v, 0, __LONG_MAX__, &n);
             o->sp.seed = (uint64_t)n;
-        } else {
+        } else if ((bad = srv_cli_sel_arg(&o->sel, a, v)) == 0) {
             fprintf(stderr, "generate: unknown option '%s'\n", a);
             gen_usage(stderr);
+            return 2;
+        } else if (bad == 1) {
+            bad = 0;
+        } else {
             return 2;
         }
         if (bad) {
@@ -178,10 +197,28 @@ static int prompt_tokens(const core_tokenizer *tok, const gen_opts *o, int32_t *
     return 0;
 }
 
-/* Runs the prompt in chunks; the last chunk's last row gives the logits. */
-static int prefill(core_ctx *ctx, core_kv *kv, const int32_t *ids, size_t n, float *logits)
+/* One forward step of rows of slot 0, with the selected adapters on every row. */
+static int step(gen_run *g, const core_batch *b, float *logits)
 {
     char err[256];
+    const core_lora_plan *plan = NULL;
+    const adapter_set *sets[PREFILL_CHUNK];
+    for (int i = 0; i < b->n_rows; i++)
+        sets[i] = g->set;
+    if (g->set && adapter_plan_build(g->plan, g->m->cfg.n_layer, b->n_rows, sets, &plan)) {
+        fprintf(stderr, "generate: out of memory\n");
+        return -1;
+    }
+    if (core_forward(g->ctx, g->kv, b, plan, logits, err, sizeof err) < 0) {
+        fprintf(stderr, "generate: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Runs the prompt in chunks; the last chunk's last row gives the logits. */
+static int prefill(gen_run *g, const int32_t *ids, size_t n, float *logits)
+{
     int32_t pos[PREFILL_CHUNK], slot[PREFILL_CHUNK] = {0};
     uint8_t want[PREFILL_CHUNK];
     for (size_t at = 0; at < n; at += PREFILL_CHUNK) {
@@ -192,24 +229,27 @@ static int prefill(core_ctx *ctx, core_kv *kv, const int32_t *ids, size_t n, flo
         }
         core_batch b = {.n_rows = m, .tokens = ids + at, .pos = pos, .slot = slot,
                         .want_logits = want};
-        if (core_forward(ctx, kv, &b, NULL, logits, err, sizeof err) < 0) {
-            fprintf(stderr, "generate: %s\n", err);
+        if (step(g, &b, logits) < 0)
             return -1;
-        }
     }
     return 0;
 }
 
-static int generate(core_model *m, const core_tokenizer *tok, const gen_opts *o)
+static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o)
 {
     int status = 1;
     char err[256];
     int32_t *ids = NULL;
     size_t n_prompt = 0;
     core_sampler *smp = NULL;
-    core_ctx *ctx = NULL;
-    core_kv *kv = NULL;
     float *logits = NULL;
+    gen_run g = {.m = m};
+    if (srv_cli_sel_wanted(&o->sel)) {
+        if (srv_cli_sel_open(&o->sel, &m->cfg, "generate") < 0)
+            goto out;
+        srv_cli_sel_describe(&o->sel, "generate");
+        g.set = o->sel.set;
+    }
     if (prompt_tokens(tok, o, &ids, &n_prompt) < 0)
         goto out;
     if (n_prompt == 0) {
@@ -227,19 +267,20 @@ static int generate(core_model *m, const core_tokenizer *tok, const gen_opts *o)
         fprintf(stderr, "generate: %s\n", err);
         goto out;
     }
-    ctx = core_ctx_new(m);
-    kv = core_kv_new(&m->cfg, 1, (int)n_ctx, err, sizeof err);
+    g.ctx = core_ctx_new(m);
+    g.kv = core_kv_new(&m->cfg, 1, (int)n_ctx, err, sizeof err);
+    g.plan = adapter_plan_new();
     logits = malloc((size_t)m->cfg.n_vocab * sizeof(float));
     int32_t *hist = realloc(ids, (size_t)n_ctx * sizeof(int32_t));
     if (hist)
         ids = hist;
-    if (!ctx || !kv || !logits || !hist) {
+    if (!g.ctx || !g.kv || !g.plan || !logits || !hist) {
         fprintf(stderr, "generate: out of memory\n");
         goto out;
     }
 
     double t0 = now_s();
-    if (prefill(ctx, kv, ids, n_prompt, logits) < 0)
+    if (prefill(&g, ids, n_prompt, logits) < 0)
         goto out;
     double t1 = now_s();
     core_detok dt;
@@ -263,10 +304,8 @@ static int generate(core_model *m, const core_tokenizer *tok, const gen_opts *o)
         }
         int32_t pos = (int32_t)n - 1, slot = 0;
         core_batch b = {.n_rows = 1, .tokens = &id, .pos = &pos, .slot = &slot};
-        if (core_forward(ctx, kv, &b, NULL, logits, err, sizeof err) < 0) {
-            fprintf(stderr, "\ngenerate: %s\n", err);
+        if (step(&g, &b, logits) < 0)
             goto out;
-        }
     }
     if (core_detok_flush(&dt, text, sizeof text) > 0)
         fputs(text, stdout);
@@ -280,9 +319,11 @@ static int generate(core_model *m, const core_tokenizer *tok, const gen_opts *o)
 out:
     free(ids);
     free(logits);
-    core_kv_free(kv);
-    core_ctx_free(ctx);
+    adapter_plan_free(g.plan);
+    core_kv_free(g.kv);
+    core_ctx_free(g.ctx);
     core_sampler_free(smp);
+    srv_cli_sel_close(&o->sel);
     return status;
 }
 
