@@ -80,6 +80,11 @@ adapter *adapter__new(int n_layer, uint32_t dtype, size_t slab_bytes);
  * Hugging Face order to the GGUF q/k order for heads of head_dim rows. Returns 0 or -EINVAL. */
 int adapter__copy_rows(uint32_t dtype, const void *src, void *dst, size_t rows, size_t row_len,
                        int perm_heads, int head_dim);
+/* Parses and checks an adapter_config.json text and works out its targets, without weights: 0,
+ * or -EINVAL with a message. (For the fuzzer; the targeted modules then have no weights, so a
+ * valid config with targets still fails with "no lora_A weight".) */
+int adapter__peft_config_check(const char *json, size_t len, const core_config *cfg, char *err,
+                               size_t errlen);
 /* FNV-1a 64 over a buffer, chained through h (start with ADAPTER_HASH_INIT). */
 #define ADAPTER_HASH_INIT 0xcbf29ce484222325ULL
 uint64_t adapter__hash(uint64_t h, const void *buf, size_t n);

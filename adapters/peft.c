@@ -212,45 +212,69 @@ static int parse_config(const cJSON *j, peft_cfg *c, char *err, size_t errlen)
     return 0;
 }
 
-/* Python re.fullmatch(pattern, name) for the patterns POSIX ERE can express. Returns 1 match,
- * 0 no match, -1 when the pattern does not compile. */
-static int regex_full(const char *pattern, const char *prefix, const char *name)
+/* Compiles "^prefix(pattern)$" as POSIX ERE: Python's re.fullmatch for the patterns ERE can
+ * express. 0, or -1 when it does not compile (Python-only syntax such as (?i) or \\d). */
+static int compile_full(regex_t *re, const char *prefix, const char *pattern)
 {
     size_t n = strlen(pattern) + strlen(prefix) + 8;
     char *anchored = malloc(n);
     if (!anchored)
         return -1;
     snprintf(anchored, n, "^%s(%s)$", prefix, pattern);
-    regex_t re;
-    int rc = regcomp(&re, anchored, REG_EXTENDED | REG_NOSUB);
+    int rc = regcomp(re, anchored, REG_EXTENDED | REG_NOSUB);
     free(anchored);
-    if (rc != 0)
-        return -1;
-    rc = regexec(&re, name, 0, NULL, 0) == 0;
-    regfree(&re);
-    return rc;
+    return rc ? -1 : 0;
 }
 
-/* Does a target_modules/exclude_modules value select the module name? -1 on a bad regex. */
-static int selects(const cJSON *spec, const char *name)
+/* A target_modules / exclude_modules value, ready to match module names. */
+typedef struct selector {
+    const cJSON *spec; /* NULL, list of names, or string */
+    bool all_linear;
+    bool has_re;
+    regex_t re;
+} selector;
+
+static int selector_init(selector *s, const cJSON *spec)
 {
-    if (is_null(spec))
+    memset(s, 0, sizeof *s);
+    s->spec = is_null(spec) ? NULL : spec;
+    if (!s->spec || !cJSON_IsString(spec))
         return 0;
-    if (cJSON_IsString(spec)) {
-        if (!strcasecmp(spec->valuestring, "all-linear"))
-            return strstr(name, "lm_head") == NULL && strstr(name, "embed_tokens") == NULL;
-        return regex_full(spec->valuestring, "", name);
+    if (!strcasecmp(spec->valuestring, "all-linear")) {
+        s->all_linear = true;
+        return 0;
     }
+    if (compile_full(&s->re, "", spec->valuestring))
+        return -1;
+    s->has_re = true;
+    return 0;
+}
+
+static void selector_deinit(selector *s)
+{
+    if (s->has_re)
+        regfree(&s->re);
+}
+
+/* Does the selector pick the module name? */
+static bool selects(const selector *s, const char *name)
+{
+    if (!s->spec)
+        return false;
+    if (s->all_linear)
+        return strstr(name, "lm_head") == NULL && strstr(name, "embed_tokens") == NULL;
+    if (s->has_re)
+        return regexec(&s->re, name, 0, NULL, 0) == 0;
     size_t n = strlen(name);
     const cJSON *it;
-    cJSON_ArrayForEach(it, spec)
+    cJSON_ArrayForEach(it, s->spec)
     {
         size_t m = strlen(it->valuestring);
         if (!strcmp(name, it->valuestring) ||
             (n > m && name[n - m - 1] == '.' && !strcmp(name + n - m, it->valuestring)))
-            return 1;
+            return true;
     }
-    return 0;
+    return false;
 }
 
 static bool layer_selected(const cJSON *layers, int l)
@@ -268,50 +292,75 @@ static bool layer_selected(const cJSON *layers, int l)
     return false;
 }
 
-/* rank_pattern / alpha_pattern: the first key K (in file order) with name ~ (.*\.)?K wins.
- * Returns 1 and sets *out on a match, 0 without, -1 on a key that does not compile. */
-static int pattern_value(const cJSON *pat, const char *name, double *out, const char **bad)
+/* rank_pattern / alpha_pattern compiled: key K matches names of the form (.*\.)?K; the first key
+ * in file order wins. */
+typedef struct pattern {
+    int n;
+    regex_t *re;
+    double *value;
+} pattern;
+
+static int pattern_init(pattern *p, const cJSON *spec, const char **bad)
 {
-    if (is_null(pat))
+    memset(p, 0, sizeof *p);
+    int n = is_null(spec) ? 0 : cJSON_GetArraySize(spec);
+    if (!n)
         return 0;
+    p->re = calloc((size_t)n, sizeof *p->re);
+    p->value = calloc((size_t)n, sizeof *p->value);
+    if (!p->re || !p->value)
+        return -1;
     const cJSON *it;
-    cJSON_ArrayForEach(it, pat)
+    cJSON_ArrayForEach(it, spec)
     {
-        int m = regex_full(it->string, "(.*\\.)?", name);
-        if (m < 0) {
+        if (compile_full(&p->re[p->n], "(.*\\.)?", it->string)) {
             *bad = it->string;
             return -1;
         }
-        if (m) {
-            *out = it->valuedouble;
-            return 1;
-        }
+        p->value[p->n++] = it->valuedouble;
     }
     return 0;
+}
+
+static void pattern_deinit(pattern *p)
+{
+    for (int i = 0; i < p->n; i++)
+        regfree(&p->re[i]);
+    free(p->re);
+    free(p->value);
+}
+
+static double pattern_value(const pattern *p, const char *name, double dflt)
+{
+    for (int i = 0; i < p->n; i++)
+        if (regexec(&p->re[i], name, 0, NULL, 0) == 0)
+            return p->value[i];
+    return dflt;
 }
 
 /* Refuses targets adaptree cannot apply: the embedding and the output head. */
 static int check_head_targets(const peft_cfg *c, char *err, size_t errlen)
 {
+    selector t;
+    if (selector_init(&t, c->targets)) {
+        snprintf(err, errlen,
+                 "target_modules: regex \"%s\" uses syntax adaptree cannot compile (POSIX "
+                 "extended regular expressions only)",
+                 c->targets->valuestring);
+        return -EINVAL;
+    }
     static const char *const heads[] = {"lm_head", "model.embed_tokens"};
-    for (size_t i = 0; i < 2; i++) {
-        int s = selects(c->targets, heads[i]);
-        if (s < 0) {
-            snprintf(err, errlen,
-                     "target_modules: regex \"%s\" uses syntax adaptree cannot compile (POSIX "
-                     "extended regular expressions only)",
-                     c->targets->valuestring);
-            return -EINVAL;
-        }
-        if (s && !(cJSON_IsString(c->targets) &&
-                   !strcasecmp(c->targets->valuestring, "all-linear"))) {
+    int rc = 0;
+    for (size_t i = 0; i < 2 && !rc; i++) {
+        if (selects(&t, heads[i]) && !t.all_linear) {
             snprintf(err, errlen,
                      "target_modules: LoRA on '%s' (embedding / output head) is not supported",
                      heads[i]);
-            return -EINVAL;
+            rc = -EINVAL;
         }
     }
-    return 0;
+    selector_deinit(&t);
+    return rc;
 }
 
 /* Parses a safetensors key of a Llama LoRA weight: base_model.model.model.layers.L.<block>.<m>.
@@ -365,30 +414,32 @@ static int plan_modules(const peft_cfg *c, const core_st *st, const core_config 
     cJSON *dflt = NULL;
     if (is_null(targets)) /* PEFT's default for Llama */
         targets = dflt = cJSON_CreateStringArray((const char *[]){"q_proj", "v_proj"}, 2);
+    selector tsel, xsel;
+    pattern rp, ap;
+    const char *bad = NULL;
     int rc = 0;
+    memset(&rp, 0, sizeof rp);
+    memset(&ap, 0, sizeof ap);
+    bool t_ok = selector_init(&tsel, targets) == 0, x_ok = selector_init(&xsel, c->excludes) == 0;
+    if (!t_ok || !x_ok) {
+        snprintf(err, errlen,
+                 "%s: regex uses syntax adaptree cannot compile (POSIX extended regular "
+                 "expressions only)",
+                 !t_ok ? "target_modules" : "exclude_modules");
+        rc = -EINVAL;
+    } else if (pattern_init(&rp, c->rank_pattern, &bad) || pattern_init(&ap, c->alpha_pattern, &bad)) {
+        snprintf(err, errlen, "rank_pattern/alpha_pattern: key \"%s\" is not a regex adaptree "
+                 "can compile", bad ? bad : "?");
+        rc = -EINVAL;
+    }
     for (int l = 0; l < cfg->n_layer && !rc; l++) {
         for (int m = 0; m < CORE_MOD_COUNT && !rc; m++) {
             char name[128];
             snprintf(name, sizeof name, "model.layers.%d.%s.%s", l, hf_block(m), hf_names[m]);
             peft_plan *p = &plan[l * CORE_MOD_COUNT + m];
-            int t = selects(targets, name), x = selects(c->excludes, name);
-            if (t < 0 || x < 0) {
-                snprintf(err, errlen, "%s: regex uses syntax adaptree cannot compile (POSIX "
-                         "extended regular expressions only)",
-                         t < 0 ? "target_modules" : "exclude_modules");
-                rc = -EINVAL;
-                break;
-            }
-            p->targeted = t && !x && layer_selected(c->layers, l);
-            double r = c->r, a = c->alpha;
-            const char *bad = NULL;
-            if (pattern_value(c->rank_pattern, name, &r, &bad) < 0 ||
-                pattern_value(c->alpha_pattern, name, &a, &bad) < 0) {
-                snprintf(err, errlen, "rank_pattern/alpha_pattern: key \"%s\" is not a regex "
-                         "adaptree can compile", bad);
-                rc = -EINVAL;
-                break;
-            }
+            p->targeted =
+                selects(&tsel, name) && !selects(&xsel, name) && layer_selected(c->layers, l);
+            double r = pattern_value(&rp, name, c->r);
             if (r < 1 || r > MAX_RANK || r != (int)r) {
                 snprintf(err, errlen, "rank_pattern: rank %g for %s is not an integer in 1..%d",
                          r, name, MAX_RANK);
@@ -396,9 +447,15 @@ static int plan_modules(const peft_cfg *c, const core_st *st, const core_config 
                 break;
             }
             p->rank = (int)r;
-            p->alpha = a;
+            p->alpha = pattern_value(&ap, name, c->alpha);
         }
     }
+    if (t_ok)
+        selector_deinit(&tsel);
+    if (x_ok)
+        selector_deinit(&xsel);
+    pattern_deinit(&rp);
+    pattern_deinit(&ap);
     cJSON_Delete(dflt);
     if (rc)
         return rc;
@@ -538,6 +595,29 @@ fail:
     free(tmp);
     adapter_unref(a);
     return NULL;
+}
+
+int adapter__peft_config_check(const char *json, size_t len, const core_config *cfg, char *err,
+                                size_t errlen)
+{
+    cJSON *j = cJSON_ParseWithLength(json, len);
+    if (!j) {
+        snprintf(err, errlen, "adapter_config.json: invalid JSON");
+        return -EINVAL;
+    }
+    peft_cfg c;
+    core_st none = {0};
+    peft_plan *plan = calloc((size_t)cfg->n_layer * CORE_MOD_COUNT, sizeof *plan);
+    int rc = -ENOMEM;
+    if (plan) {
+        rc = parse_config(j, &c, err, errlen) || check_head_targets(&c, err, errlen) ||
+                     plan_modules(&c, &none, cfg, plan, err, errlen)
+                 ? -EINVAL
+                 : 0;
+    }
+    free(plan);
+    cJSON_Delete(j);
+    return rc;
 }
 
 adapter *adapter_load_peft(const char *dir, const core_config *cfg, char *err, size_t errlen)

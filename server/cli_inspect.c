@@ -1,12 +1,18 @@
 /* `adaptree inspect`: what a GGUF holds (metadata, tensor types), the model configuration
  * adaptree derives from it, and the OpenBLAS core in use. Exit status 1 when it cannot be
  * loaded as a model. */
+#include <cJSON.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "adapters/adapter.h"
 #include "core/blas.h"
 #include "core/gguf.h"
 #include "core/model.h"
+#include "core/quant.h"
 #include "core/tokenizer.h"
 #include "server/cli.h"
 
@@ -21,16 +27,142 @@ static void print_config(const core_config *c)
            c->tied_output ? "tied to token_embd" : "output.weight");
 }
 
+/* Prints the fields of adapter_config.json that decide the math, as written. */
+static void print_peft_config(const char *dir)
+{
+    char p[4096];
+    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+    FILE *f = fopen(p, "rb");
+    if (!f)
+        return;
+    char *buf = malloc(1 << 20);
+    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+    fclose(f);
+    if (!buf)
+        return;
+    buf[n] = 0;
+    cJSON *j = cJSON_Parse(buf);
+    free(buf);
+    if (!j)
+        return;
+    static const char *const keys[] = {
+        "peft_type",     "base_model_name_or_path", "r",           "lora_alpha",
+        "use_rslora",    "target_modules",          "exclude_modules", "layers_to_transform",
+        "rank_pattern",  "alpha_pattern",           "bias",        "use_dora",
+        "modules_to_save", "fan_in_fan_out"};
+    printf("adapter_config.json:\n");
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
+        cJSON *v = cJSON_GetObjectItem(j, keys[i]);
+        if (!v)
+            continue;
+        char *t = cJSON_PrintUnformatted(v);
+        printf("  %-24s %.200s\n", keys[i], t ? t : "?");
+        free(t);
+    }
+    cJSON_Delete(j);
+}
+
+/* Per module: which layers it targets and with which rank and scale. */
+static void print_adapter(const adapter *a)
+{
+    char t[64];
+    printf("adapter: %s, %s weights, %zu bytes, content hash %016llx\n",
+           a->format == ADAPTER_PEFT ? "PEFT" : "GGUF-LoRA",
+           core_type_name(a->dtype), a->bytes,
+           (unsigned long long)a->hash);
+    printf("  rank %d, alpha %g%s, targets %s, %d (layer, module) pairs\n", a->r,
+           (double)a->alpha, a->rslora ? " (rsLoRA: scale alpha/sqrt(r))" : "",
+           adapter_targets_str(a->targets, t, sizeof t), a->n_mods);
+    for (int m = 0; m < CORE_MOD_COUNT; m++) {
+        int n = 0, first = -1, last = -1, rmin = 1 << 30, rmax = 0;
+        float smin = INFINITY, smax = -INFINITY;
+        for (int l = 0; l < a->n_layer; l++) {
+            const adapter_mod *am = adapter_mod_at(a, l, m);
+            if (!am->rank)
+                continue;
+            n++;
+            first = first < 0 ? l : first;
+            last = l;
+            rmin = am->rank < rmin ? am->rank : rmin;
+            rmax = am->rank > rmax ? am->rank : rmax;
+            smin = am->scale < smin ? am->scale : smin;
+            smax = am->scale > smax ? am->scale : smax;
+        }
+        if (!n)
+            continue;
+        printf("  %-5s %2d layers (%d..%d), rank %d", core_module_name(m), n, first, last, rmin);
+        if (rmax != rmin)
+            printf("..%d", rmax);
+        printf(", scale %g", (double)smin);
+        if (smax != smin)
+            printf("..%g", (double)smax);
+        printf("\n");
+    }
+}
+
+/* inspect on an adapter: its config, then validation against the base model. */
+static int inspect_adapter(const char *path, const char *model)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        print_peft_config(path);
+    char err[512];
+    core_gguf *g = core_gguf_open(model, err, sizeof err);
+    if (!g) {
+        fprintf(stderr, "inspect: base model %s: %s\n", model, err);
+        return 1;
+    }
+    core_config cfg;
+    int rc = core_config_from_gguf(g, &cfg, err, sizeof err);
+    core_gguf_close(g);
+    if (rc) {
+        fprintf(stderr, "inspect: base model %s: %s\n", model, err);
+        return 1;
+    }
+    adapter *a = adapter_load(path, &cfg, err, sizeof err);
+    if (!a) {
+        printf("validation against %s: FAILED: %s\n", model, err);
+        return 1;
+    }
+    print_adapter(a);
+    printf("validation against %s: ok\n", model);
+    adapter_unref(a);
+    return 0;
+}
+
+/* A directory, or a GGUF whose general.type is "adapter". */
+static bool is_adapter(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return true;
+    char err[64], type[32] = "";
+    core_gguf *g = core_gguf_open(path, err, sizeof err);
+    if (g)
+        core_gguf_get_str(g, "general.type", type, sizeof type);
+    core_gguf_close(g);
+    return !strcmp(type, "adapter");
+}
+
 int srv_cli_inspect(int argc, char **argv)
 {
-    const char *path = NULL;
+    const char *path = NULL, *model = SRV_DEFAULT_MODEL;
     bool full = false;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--full")) {
+        if (!strcmp(argv[i], "--model") || !strcmp(argv[i], "-m")) {
+            if (++i == argc) {
+                fprintf(stderr, "inspect: %s needs a value\n", argv[i - 1]);
+                return 2;
+            }
+            model = argv[i];
+        } else if (!strcmp(argv[i], "--full")) {
             full = true;
         } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             printf("usage: adaptree inspect [--full] MODEL.gguf\n"
-                   "  prints metadata, tensor types, the derived model config and the BLAS core\n"
+                   "       adaptree inspect ADAPTER_DIR_OR_FILE [--model MODEL]\n"
+                   "  a model: metadata, tensor types, the derived config and the BLAS core\n"
+                   "  an adapter: its config, targets, ranks, bytes, and whether it is valid\n"
+                   "  for MODEL (default " SRV_DEFAULT_MODEL "); exit status 1 when not\n"
                    "  --full  print long strings and arrays in full\n");
             return 0;
         } else if (argv[i][0] == '-') {
@@ -41,9 +173,11 @@ int srv_cli_inspect(int argc, char **argv)
         }
     }
     if (!path) {
-        fprintf(stderr, "usage: adaptree inspect [--full] MODEL.gguf\n");
+        fprintf(stderr, "usage: adaptree inspect [--full] MODEL.gguf | ADAPTER [--model MODEL]\n");
         return 2;
     }
+    if (is_adapter(path))
+        return inspect_adapter(path, model);
     char err[512];
     core_gguf *g = core_gguf_open(path, err, sizeof err);
     if (!g) {
