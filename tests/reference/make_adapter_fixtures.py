@@ -381,9 +381,24 @@ def convert_and_check_gguf(llama_dir, reader, tmp, run_llama_cpp, peft_qv_logits
     if run_llama_cpp:
         try:
             import llama_cpp
+            # control: the same adapter with the q lora_b rows NOT permuted (i.e. PEFT order), written with gguf-py
+            ctrl = tmp / "qv_r4_unpermuted_q.gguf"
+            wr = gguf.GGUFWriter(str(ctrl), "llama")
+            wr.add_type("adapter")
+            wr.add_string("adapter.type", "lora")
+            wr.add_float32("adapter.lora.alpha", 8.0)
+            for t in r.tensors:
+                a = np.array(t.data)
+                if t.name.endswith("attn_q.weight.lora_b"):
+                    a = a.reshape(9, 32, 2, a.shape[1]).transpose(0, 2, 1, 3).reshape(a.shape)  # inverse of §2.6
+                wr.add_tensor(t.name, np.ascontiguousarray(a))
+            wr.write_header_to_file()
+            wr.write_kv_data_to_file()
+            wr.write_tensors_to_file()
+            wr.close()
             n = len(french_ids)
             res = {}
-            for label, lora in (("base", None), ("qv_r4.gguf", str(out))):
+            for label, lora in (("base", None), ("qv_r4.gguf", str(out)), ("control", str(ctrl))):
                 kw = dict(model_path=str(MODEL_PATH), n_ctx=64, n_batch=64, logits_all=True, n_threads=2,
                           verbose=False, seed=0)
                 if lora:
@@ -392,19 +407,23 @@ def convert_and_check_gguf(llama_dir, reader, tmp, run_llama_cpp, peft_qv_logits
                 llm.eval(french_ids)
                 res[label] = torch.from_numpy(np.array(llm.scores[:n], dtype=np.float32))
                 del llm
-            d_base = (res["base"] - base_logits_french).abs().max()
-            d_lora = (res["qv_r4.gguf"] - peft_qv_logits).abs().max()
-            delta_lc = res["qv_r4.gguf"] - res["base"]
             delta_pf = peft_qv_logits - base_logits_french
+
+            def corr(x):
+                return float(f"{float(torch.corrcoef(torch.stack([x.flatten(), delta_pf.flatten()]))[0, 1]):.4f}")
+
             agree = int((res["qv_r4.gguf"].argmax(-1) == peft_qv_logits.argmax(-1)).sum())
             info["llama_cpp_run"] = {
-                "what": "llama-cpp-python 0.3.36 Llama(lora_path=qv_r4.gguf) on prompt 'french', all positions, vs PEFT "
-                        "fp32. llama.cpp quantizes activations (Q8_1 for Q4_1 weights) so only loose agreement is expected.",
-                "base_max_abs_diff_vs_transformers": fmax(d_base),
-                "lora_max_abs_diff_vs_peft": fmax(d_lora),
-                "adapter_delta_max_abs_diff (llama.cpp delta vs PEFT delta)": fmax((delta_lc - delta_pf).abs().max()),
+                "what": "llama-cpp-python 0.3.36 Llama(lora_path=qv_r4.gguf) on prompt 'french', all 21 positions, vs "
+                        "PEFT fp32. llama.cpp quantizes activations (Q8_1 for Q4_1 weights), so its base logits already "
+                        "differ from transformers by ~1: informational only, not a precision reference.",
+                "base_max_abs_diff_vs_transformers": fmax((res["base"] - base_logits_french).abs().max()),
+                "lora_max_abs_diff_vs_peft": fmax((res["qv_r4.gguf"] - peft_qv_logits).abs().max()),
                 "adapter_delta_max_abs (PEFT)": fmax(delta_pf.abs().max()),
-                "argmax_agreement_positions": f"{agree}/{n}",
+                "correlation of adapter deltas (llama.cpp lora-base vs PEFT lora-base)":
+                    corr(res["qv_r4.gguf"] - res["base"]),
+                "same, control GGUF with q lora_b left in PEFT row order": corr(res["control"] - res["base"]),
+                "argmax_agreement_positions (lora vs PEFT)": f"{agree}/{n}",
             }
         except Exception as e:  # informational only
             info["llama_cpp_run"] = {"error": f"{type(e).__name__}: {e}"}
@@ -538,6 +557,15 @@ def main():
               f"{files['adapter_model.safetensors']['bytes']} B")
 
     qv_config_full = json.loads((ADIR / "qv_r4" / "adapter_config.json").read_text())
+    pat_cfg = json.loads((ADIR / "patterns" / "adapter_config.json").read_text())
+    assert list(SPEC["patterns"]["cfg"]["rank_pattern"]) == ["k_proj", "down_proj"]
+    assert list(pat_cfg["rank_pattern"]) == ["down_proj", "k_proj"], pat_cfg["rank_pattern"]
+    assert list(qv_config_full) == sorted(qv_config_full)
+    surprises.append("adapter_config.json is written with json.dumps(indent=2, sort_keys=True), so every dict is "
+                     "sorted, including rank_pattern/alpha_pattern: patterns' rank_pattern given as {'k_proj': 2, "
+                     "'down_proj': 6} is saved as {'down_proj': 6, 'k_proj': 2}. PEFT's 'first matching key in dict "
+                     "order' therefore means first in the file's order once the config is loaded back (lists such as "
+                     "target_modules keep their set-iteration order).")
 
     # ---------------------------------------------------------------- "all-linear" behaviour (not saved)
     all_linear = {}
@@ -629,6 +657,27 @@ def main():
     # b2: PEFT's own multi-adapter stacking: every active adapter adds s_i * B_i A_i x (reference)
     pm.base_model.set_adapter(CHAIN)
     lg_chain = logits_of(pm, PROMPTS["french"]["ids"])[0]
+    # b1': an order whose first adapter's layers_to_transform leaves no hole succeeds -- and silently drops modules
+    order2 = ["tree_fr_legal", "tree_fr", "tree_fr_legal_alice"]
+    try:
+        pm.add_weighted_adapter(order2, [1.0, 1.0, 1.0], "chain_cat_legal_first", combination_type="cat")
+        pm.set_adapter("chain_cat_legal_first")
+        lg2 = logits_of(pm, PROMPTS["french"]["ids"])[0]
+        inj = sorted({int(re.match(r"model\.layers\.(\d+)\.", n).group(1)) for n, layer in lora_layers(pm)
+                      if "chain_cat_legal_first" in layer.lora_A})
+        combo["chain_cat_legal_first"] = {
+            "call": "add_weighted_adapter(['tree_fr_legal','tree_fr','tree_fr_legal_alice'], [1,1,1], combination_type='cat')",
+            "result": "succeeded", "new_layers_to_transform (copied from tree_fr_legal)":
+                layers_compact(list(pm.peft_config["chain_cat_legal_first"].layers_to_transform)),
+            "layers_injected": layers_compact(inj),
+            "max_abs_logit_diff_vs_reference": fmax((lg2 - lg_chain).abs().max()),
+            "meaning": "silently wrong: tree_fr's q/v in layers 0-9 and alice's q/k/v in layers 0-9 are dropped"}
+        pm.delete_adapter("chain_cat_legal_first")
+    except ValueError as e:
+        combo["chain_cat_legal_first"] = {"result": f"ValueError: {e}"}
+        if "chain_cat_legal_first" in pm.peft_config:
+            pm.delete_adapter("chain_cat_legal_first")
+    pm.base_model.set_adapter(CHAIN)
     # b3: cat made possible with a zero-weight filler adapter that covers every (layer, module) of the union
     pm.add_adapter("filler", LoraConfig(r=1, lora_alpha=1, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                                              "gate_proj"], init_lora_weights=False))
@@ -657,11 +706,14 @@ def main():
            {"cat_max_abs_diff": combo["chain"]["cat_with_zero_weight_filler"]["max_abs_logit_diff_vs_reference"]})
     surprises.append(
         "add_weighted_adapter(['tree_fr','tree_fr_legal','tree_fr_legal_alice'], [1,1,1], combination_type='cat') "
-        f"fails in PEFT 0.21.2: {combo['chain_literal_cat']}. The new adapter's config is a copy of the FIRST "
+        f"fails in PEFT 0.21.2: {combo['chain_literal_cat'].rstrip('.')}. The new adapter's config is a copy of the FIRST "
         "adapter's config (r = lora_alpha = Σr, patterns cleared, target_modules = union of the suffix sets, but "
         "layers_to_transform copied from adapters[0]); it is injected into every (layer, module) that config "
         "matches, and a matched module that none of the source adapters has (e.g. o_proj in layers 0-9: only "
-        "tree_fr_legal has o_proj, in layers 10-29) raises. Any order fails for this chain. The reference uses "
+        "tree_fr_legal has o_proj, in layers 10-29) raises. Worse, an order whose first adapter leaves no such hole "
+        "succeeds and is SILENTLY WRONG: with tree_fr_legal first the merged adapter inherits layers_to_transform "
+        "10-29 and drops every layer-0..9 contribution of tree_fr and alice (combination_checks.chain_cat_legal_first). "
+        "The reference uses "
         "PEFT's multi-adapter stacking (all three active); cat was made to run by prepending a zero-weight filler "
         "adapter covering every module of the union, and agrees.")
 
@@ -692,7 +744,7 @@ def main():
             continue
         s_new = layer.scaling["wlist_cat"]
         new_scalings.add(s_new)
-        got = s_new * (layer.lora_B["wlist_cat"].weight.double() @ layer.lora_A["wlist_cat"].weight.double())
+        got = s_new * (layer.lora_B["wlist_cat"].weight.detach().double() @ layer.lora_A["wlist_cat"].weight.detach().double())
         want = 0
         for a, w in zip(wl, ww):
             if mname in disk[a]:
@@ -744,7 +796,8 @@ def main():
     rs_ratio = None
     for mname, layer in lora_layers(pm):
         if "rs_single" in layer.lora_A:
-            got = layer.scaling["rs_single"] * (layer.lora_B["rs_single"].weight.double() @ layer.lora_A["rs_single"].weight.double())
+            got = layer.scaling["rs_single"] * (layer.lora_B["rs_single"].weight.detach().double()
+                                                @ layer.lora_A["rs_single"].weight.detach().double())
             ab = disk["all_rslora_r8"][mname]
             want = ab["scaling"] * (ab["B"].double() @ ab["A"].double())
             rs_ratio = float((got.norm() / want.norm()))
@@ -937,7 +990,7 @@ def write_notes(fx):
     for k, v in fx["all_linear"].items():
         w(f"- {k}: {v}")
     w("")
-    w("## Combinations (PEFT add_weighted_adapter) — surprises\n")
+    w("## PEFT 0.21.2 surprises (config writing, all-linear, add_weighted_adapter)\n")
     for n in fx["notes"][6:]:
         w(f"- {n}")
     w("")
@@ -958,7 +1011,10 @@ def write_notes(fx):
         w("```json")
         w(json.dumps(g["base_config_json"], indent=1))
         w("```\n")
-        w(f"File: {g['file']['bytes']} B, sha256 {g['file']['sha256']}. Tensor types: {g['tensor_types']}.\n")
+        w(f"File: {g['file']['bytes']} B, sha256 {g['file']['sha256']}. Tensor types: {g['tensor_types']}. "
+          "(`--outtype f16` is lossless here: every stored bf16 value is 0 or has |x| >= 2^-17, hence exactly "
+          "representable in f16.) The file sits at the adapters root as a plain file, not as a registry node "
+          "(a node would be a directory holding `adapter.gguf`); copy it into such a directory for registry tests.\n")
         w("Metadata:\n")
         w("```json")
         w(json.dumps({k: v for k, v in g["metadata"].items()}, indent=1))
