@@ -53,7 +53,8 @@ $(BUILD)/adaptree: $(BUILD)/obj/server/main.o $(BUILD)/libadaptree.a
 $(BUILD)/test_unit: $(TEST_OBJ) $(BUILD)/libadaptree.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/bench_core: $(BUILD)/obj/tests/bench/bench_core.o $(BUILD)/libadaptree.a
+$(BUILD)/bench_core: $(BUILD)/obj/tests/bench/bench_core.o \
+    $(BUILD)/obj/tests/unit/adapters/adapter_testutil.o $(BUILD)/libadaptree.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
 # Probe for the OpenBLAS re-exec test (its own main).

@@ -14,11 +14,15 @@
 #include <string.h>
 
 #include "kv_internal.h"
+#include "lora.h"
 #include "model.h"
 #include "quant.h"
 #include "error.h"
 
-#define MAX_LORA_RANK 4096
+#define MAX_LORA_RANK CORE_LORA_MAX_RANK
+/* Groups with at least this many rows use sgemm on converted weights; smaller ones the
+ * dedicated kernels (lora.c), which read A and B once without converting them whole. */
+#define LORA_SGEMM_ROWS 16
 
 struct core_ctx {
     const core_model *m;
@@ -201,19 +205,6 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
     return 0;
 }
 
-/* Converts n half-precision values to f32. */
-static void to_f32(uint32_t dtype, const void *src, float *dst, size_t n)
-{
-    const uint16_t *h = src;
-    if (dtype == CORE_TYPE_F16) {
-        for (size_t i = 0; i < n; i++)
-            dst[i] = core_fp16_to_fp32(h[i]);
-    } else {
-        for (size_t i = 0; i < n; i++)
-            dst[i] = core_bf16_to_fp32(h[i]);
-    }
-}
-
 /* Y[rows] += scale * B · (A · X[rows]) for one group. X is (n, in), Y is (n, out). */
 static int lora_apply(core_ctx *c, const core_lora_group *g, const float *X, int in, float *Y,
                       int out)
@@ -221,6 +212,12 @@ static int lora_apply(core_ctx *c, const core_lora_group *g, const float *X, int
     int n = g->n_rows, r = g->rank;
     if (n == 0)
         return 0;
+    if (n < LORA_SGEMM_ROWS) {
+        if (grow(&c->lx, &c->cap_lx, core__lora_scratch_floats(r, in), sizeof(float)))
+            return -ENOMEM;
+        core__lora_group(g->dtype, g->A, g->B, r, in, out, n, g->rows, g->scales, X, Y, c->lx);
+        return 0;
+    }
     if (grow(&c->lx, &c->cap_lx, (size_t)n * in, sizeof(float)) ||
         grow(&c->lt, &c->cap_lt, (size_t)n * r, sizeof(float)) ||
         grow(&c->ly, &c->cap_ly, (size_t)n * out, sizeof(float)))
@@ -230,8 +227,8 @@ static int lora_apply(core_ctx *c, const core_lora_group *g, const float *X, int
         if (grow(&c->la, &c->cap_la, (size_t)r * in, sizeof(float)) ||
             grow(&c->lb, &c->cap_lb, (size_t)out * r, sizeof(float)))
             return -ENOMEM;
-        to_f32(g->dtype, g->A, c->la, (size_t)r * in);
-        to_f32(g->dtype, g->B, c->lb, (size_t)out * r);
+        core__lora_cvt(g->dtype, g->A, c->la, (size_t)r * in);
+        core__lora_cvt(g->dtype, g->B, c->lb, (size_t)out * r);
         A = c->la;
         B = c->lb;
     }

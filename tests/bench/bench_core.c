@@ -7,8 +7,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "adapters/compose.h"
 #include "core/blas.h"
 #include "core/model.h"
+#include "tests/unit/adapters/adapter_testutil.h"
 
 static double now_s(void)
 {
@@ -122,6 +124,125 @@ static int run(bench *b, int n_seq, int plen, int steps, double *t_prefill, doub
     return rc;
 }
 
+/* Decode steps of n_seq rows (one per sequence, after a short prefill) with the given per-row
+ * sets; returns seconds per step. */
+static double lora_step(bench *b, int n_seq, const adapter_set *const *sets, int steps)
+{
+    char err[256];
+    int plen = 16;
+    int32_t tok[64], pos[64], slot[64];
+    adapter_plan *p = adapter_plan_new();
+    const core_lora_plan *plan = NULL;
+    for (int s = 0; s < n_seq; s++)
+        core_kv_clear(b->kv, s);
+    for (int i = 0; i < plen; i++) { /* prefill, one position of every sequence per call */
+        for (int s = 0; s < n_seq; s++) {
+            tok[s] = 100 + (s * 7 + i * 13) % 20000;
+            pos[s] = i;
+            slot[s] = s;
+        }
+        core_batch pb = {.n_rows = n_seq, .tokens = tok, .pos = pos, .slot = slot};
+        adapter_plan_build(p, b->m->cfg.n_layer, n_seq, sets, &plan);
+        core_forward(b->ctx, b->kv, &pb, sets ? plan : NULL, b->logits, err, sizeof err);
+    }
+    double best = 1e9;
+    for (int st = 0; st < steps; st++) {
+        for (int s = 0; s < n_seq; s++) {
+            tok[s] = 100 + (st * 31 + s) % 20000;
+            pos[s] = plen + st;
+        }
+        core_batch db = {.n_rows = n_seq, .tokens = tok, .pos = pos, .slot = slot};
+        double t = now_s();
+        adapter_plan_build(p, b->m->cfg.n_layer, n_seq, sets, &plan);
+        if (core_forward(b->ctx, b->kv, &db, sets ? plan : NULL, b->logits, err, sizeof err)) {
+            fprintf(stderr, "bench: %s\n", err);
+            break;
+        }
+        double dt = now_s() - t;
+        best = dt < best ? dt : best;
+    }
+    adapter_plan_free(p);
+    return best;
+}
+
+/* Writes a rank-r adapter over every layer of the masked modules, f16. */
+static int write_adapter(const char *dir, const core_config *c, int r, unsigned modules,
+                         uint32_t seed)
+{
+    char cfg[256], targets[128] = "";
+    static const char *const names[] = {"q_proj", "k_proj", "v_proj", "o_proj",
+                                        "gate_proj", "up_proj", "down_proj"};
+    for (int m = 0; m < CORE_MOD_COUNT; m++)
+        if (modules & (1u << m))
+            snprintf(targets + strlen(targets), sizeof targets - strlen(targets), "%s\"%s\"",
+                     targets[0] ? "," : "", names[m]);
+    snprintf(cfg, sizeof cfg, "{\"r\":%d,\"lora_alpha\":%d,\"target_modules\":[%s]}", r,
+             2 * r, targets);
+    return tu_write_peft_layers(dir, cfg, c, modules, r, "F16", seed);
+}
+
+/* The LoRA numbers of DESIGN.md §6: load time, resident bytes, and the decode-step cost of
+ * 1, 8 and 32 distinct adapters over 32 rows against base-only rows. */
+static void bench_lora(bench *b)
+{
+    const core_config *c = &b->m->cfg;
+    char err[512], dir[256];
+    const char *tmp = tu_tmpdir();
+    struct {
+        const char *what;
+        int r;
+        unsigned mods;
+        double target;
+    } kinds[] = {{"rank-8 q,v", 8, (1u << CORE_MOD_Q) | (1u << CORE_MOD_V), 10},
+                 {"rank-16 all-linear", 16, 0x7f, 25}};
+    int n_rows = 32, steps = 8;
+    double base = lora_step(b, n_rows, NULL, steps);
+    printf("\nLoRA (f16 adapters, %d rows per decode step; base-only step %.1f ms)\n", n_rows,
+           base * 1e3);
+    for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
+        adapter *ads[32];
+        double load = 1e9;
+        for (int i = 0; i < 32; i++) {
+            snprintf(dir, sizeof dir, "%s/a%zu_%d", tmp, k, i);
+            if (write_adapter(dir, c, kinds[k].r, kinds[k].mods, (uint32_t)(i + 1))) {
+                printf("bench: cannot write %s\n", dir);
+                return;
+            }
+            double t = now_s();
+            ads[i] = adapter_load(dir, c, err, sizeof err);
+            double dt = now_s() - t;
+            load = dt < load ? dt : load;
+            if (!ads[i]) {
+                printf("bench: %s\n", err);
+                return;
+            }
+        }
+        printf("  %-20s load %.1f ms, %.2f MB resident per adapter\n", kinds[k].what, load * 1e3,
+               ads[0]->bytes / 1e6);
+        int distinct[] = {1, 8, 32};
+        for (size_t d = 0; d < 3; d++) {
+            adapter_set *sets[32];
+            const adapter_set *rows[32];
+            for (int i = 0; i < 32; i++) {
+                adapter_set_item it = {ads[i % distinct[d]], 1.0f};
+                sets[i] = adapter_set_new(&it, 1);
+                rows[i] = sets[i];
+            }
+            double t = lora_step(b, n_rows, rows, steps);
+            double extra_mb = distinct[d] * ads[0]->bytes / 1e6;
+            printf("    %2d distinct: step %.1f ms, +%.1f%% over base (target <= %.0f%% at 32), "
+                   "adapter bytes read %.1f MB (%.1f GB/s over the extra time)\n",
+                   distinct[d], t * 1e3, 100 * (t - base) / base, kinds[k].target, extra_mb,
+                   t > base ? extra_mb / 1e3 / (t - base) : 0.0);
+            for (int i = 0; i < 32; i++)
+                adapter_set_free(sets[i]);
+        }
+        for (int i = 0; i < 32; i++)
+            adapter_unref(ads[i]);
+    }
+    tu_rmrf(tmp);
+}
+
 int main(int argc, char **argv)
 {
     char msg[256] = "";
@@ -173,6 +294,7 @@ int main(int argc, char **argv)
         snprintf(what, sizeof what, "batched decode, batch %d", batches[i]);
         report(&b, what, (double)batches[i] * steps, td, batches[i], steps);
     }
+    bench_lora(&b);
     free(b.logits);
     core_kv_free(b.kv);
     core_ctx_free(b.ctx);

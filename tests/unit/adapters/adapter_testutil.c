@@ -107,8 +107,10 @@ const char *tu_tmpdir(void)
     return mkdtemp(buf);
 }
 
-int tu_write_peft(const char *dir, const char *config_json, const core_config *cfg,
-                  uint64_t mask, int r, const char *dtype, uint32_t seed)
+/* Writes a PEFT directory whose targeted (layer, module) pairs are those want() accepts. */
+static int write_peft(const char *dir, const char *config_json, const core_config *cfg,
+                      int (*want)(const void *ctx, int layer, int mod), const void *ctx, int r,
+                      const char *dtype, uint32_t seed)
 {
     if (tu_mkdirs(dir))
         return -1;
@@ -119,22 +121,22 @@ int tu_write_peft(const char *dir, const char *config_json, const core_config *c
         return -1;
     fputs(config_json, f);
     fclose(f);
-    tu_tensor *t = calloc(2 * 64, sizeof *t);
-    float *vals = NULL;
+    int cap = 2 * cfg->n_layer * CORE_MOD_COUNT;
+    tu_tensor *t = calloc((size_t)cap, sizeof *t);
     int n = 0;
     size_t n_vals = 0;
     for (int l = 0; l < cfg->n_layer; l++)
         for (int m = 0; m < CORE_MOD_COUNT; m++)
-            if (mask >> (l * CORE_MOD_COUNT + m) & 1)
+            if (want(ctx, l, m))
                 n_vals += (size_t)r * (core_module_in(cfg, m) + core_module_out(cfg, m));
-    vals = malloc(n_vals * sizeof(float) + 1);
+    float *vals = malloc(n_vals * sizeof(float) + 1);
     uint32_t s = seed;
     for (size_t i = 0; i < n_vals; i++)
         vals[i] = tu_rand(&s) * 0.2f;
     float *v = vals;
     for (int l = 0; l < cfg->n_layer; l++) {
         for (int m = 0; m < CORE_MOD_COUNT; m++) {
-            if (!(mask >> (l * CORE_MOD_COUNT + m) & 1))
+            if (!want(ctx, l, m))
                 continue;
             const char *blk = m <= CORE_MOD_O ? "self_attn" : "mlp";
             tu_tensor *a = &t[n++], *b = &t[n++];
@@ -158,6 +160,29 @@ int tu_write_peft(const char *dir, const char *config_json, const core_config *c
     free(vals);
     free(t);
     return rc;
+}
+
+static int want_bit(const void *ctx, int l, int m)
+{
+    return (int)(*(const uint64_t *)ctx >> (l * CORE_MOD_COUNT + m) & 1);
+}
+
+static int want_module(const void *ctx, int l, int m)
+{
+    (void)l;
+    return (int)(*(const unsigned *)ctx >> m & 1);
+}
+
+int tu_write_peft(const char *dir, const char *config_json, const core_config *cfg,
+                  uint64_t mask, int r, const char *dtype, uint32_t seed)
+{
+    return write_peft(dir, config_json, cfg, want_bit, &mask, r, dtype, seed);
+}
+
+int tu_write_peft_layers(const char *dir, const char *config_json, const core_config *cfg,
+                         unsigned modules, int r, const char *dtype, uint32_t seed)
+{
+    return write_peft(dir, config_json, cfg, want_module, &modules, r, dtype, seed);
 }
 
 int tu_read_st_tensor(const char *path, const char *name, float *out, size_t n)

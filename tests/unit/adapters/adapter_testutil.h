@@ -27,6 +27,10 @@ int tu_write_safetensors(const char *path, const tu_tensor *t, int n);
 int tu_write_peft(const char *dir, const char *config_json, const core_config *cfg,
                   uint64_t mask, int r, const char *dtype, uint32_t seed);
 
+/* The same for every layer of the modules in the bit mask (bit = core_module). */
+int tu_write_peft_layers(const char *dir, const char *config_json, const core_config *cfg,
+                         unsigned modules, int r, const char *dtype, uint32_t seed);
+
 /* The HF module name of a core module ("q_proj", ...) and its block ("self_attn"/"mlp"). */
 const char *tu_hf_name(int mod);
 
