@@ -590,7 +590,7 @@ static int parse_header(cursor *c, core_gguf *g, uint64_t *n_tensors, uint64_t *
                 (uint8_t)magic[2], (uint8_t)magic[3]);
         return -EINVAL;
     }
-    /* Cannot fail after the need() above, but say so to the reader and the analyzer. */
+    /* Cannot fail after the need() above; checked so no path reads an unset count. */
     if (read_u32(c, &g->version, "version") != 0 || read_u64(c, n_tensors, "tensor count") != 0 ||
         read_u64(c, n_kv, "metadata key count") != 0)
         return -EINVAL;
