@@ -21,7 +21,7 @@ static int parse_name(const core_gguf_str *s, int n_layer, int *layer, int *mod,
     memcpy(name, s->ptr, s->len);
     name[s->len] = 0;
     char *end;
-    if (strncmp(name, "blk.", 4))
+    if (strncmp(name, "blk.", 4) != 0)
         return -1;
     long l = strtol(name + 4, &end, 10);
     if (end == name + 4 || *end != '.' || l < 0 || l >= n_layer)
@@ -29,10 +29,10 @@ static int parse_name(const core_gguf_str *s, int n_layer, int *layer, int *mod,
     for (int m = 0; m < CORE_MOD_COUNT; m++) {
         const char *g = core_module_gguf_name((core_module)m);
         size_t n = strlen(g);
-        if (strncmp(end + 1, g, n))
+        if (strncmp(end + 1, g, n) != 0)
             continue;
         const char *rest = end + 1 + n;
-        if (strcmp(rest, ".weight.lora_a") && strcmp(rest, ".weight.lora_b"))
+        if (strcmp(rest, ".weight.lora_a") != 0 && strcmp(rest, ".weight.lora_b") != 0)
             return -1;
         *layer = (int)l;
         *mod = m;
@@ -46,15 +46,15 @@ static int check_header(const core_gguf *g, const core_config *cfg, float *alpha
                         size_t errlen)
 {
     char s[64];
-    if (core_gguf_get_str(g, "general.type", s, sizeof s) || strcmp(s, "adapter")) {
+    if (core_gguf_get_str(g, "general.type", s, sizeof s) || strcmp(s, "adapter") != 0) {
         snprintf(err, errlen, "general.type: expected \"adapter\" (is this a model, not a LoRA?)");
         return -EINVAL;
     }
-    if (core_gguf_get_str(g, "adapter.type", s, sizeof s) || strcmp(s, "lora")) {
+    if (core_gguf_get_str(g, "adapter.type", s, sizeof s) || strcmp(s, "lora") != 0) {
         snprintf(err, errlen, "adapter.type: only \"lora\" is supported");
         return -EINVAL;
     }
-    if (core_gguf_get_str(g, "general.architecture", s, sizeof s) || strcmp(s, cfg->arch)) {
+    if (core_gguf_get_str(g, "general.architecture", s, sizeof s) || strcmp(s, cfg->arch) != 0) {
         snprintf(err, errlen, "general.architecture: adapter is for '%s', the base is '%s'", s,
                  cfg->arch);
         return -EINVAL;
@@ -82,7 +82,8 @@ adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, 
     }
     adapter *a = NULL;
     float alpha, *tmp = NULL;
-    const core_gguf_tensor **ab = calloc((size_t)cfg->n_layer * CORE_MOD_COUNT * 2, sizeof *ab);
+    const core_gguf_tensor **ab =
+        calloc((size_t)cfg->n_layer * CORE_MOD_COUNT * 2, sizeof(const core_gguf_tensor *));
     if (!ab) {
         snprintf(err, errlen, "out of memory");
         goto out;

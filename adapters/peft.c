@@ -369,7 +369,7 @@ static int parse_key(const char *key, int n_layer, int *layer, int *mod, int *wh
 {
     const char *pre = "base_model.model.model.layers.";
     size_t np = strlen(pre);
-    if (strncmp(key, pre, np))
+    if (strncmp(key, pre, np) != 0)
         return -1;
     const char *p = key + np;
     char *end;
@@ -380,7 +380,7 @@ static int parse_key(const char *key, int n_layer, int *layer, int *mod, int *wh
     for (int m = 0; m < CORE_MOD_COUNT; m++) {
         char want[64];
         int w = snprintf(want, sizeof want, "%s.%s.lora_", hf_block(m), hf_names[m]);
-        if (strncmp(p, want, (size_t)w))
+        if (strncmp(p, want, (size_t)w) != 0)
             continue;
         const char *q = p + w;
         if (*q != 'A' && *q != 'B')
@@ -389,7 +389,7 @@ static int parse_key(const char *key, int n_layer, int *layer, int *mod, int *wh
         q++;
         const char *dot = strchr(q + 1, '.');
         /* ".weight", or ".<adapter>.weight" with a name without dots */
-        if (strcmp(q, ".weight") && !(q[0] == '.' && dot && !strcmp(dot, ".weight")))
+        if (strcmp(q, ".weight") != 0 && !(q[0] == '.' && dot && !strcmp(dot, ".weight")))
             return -1;
         *layer = (int)l;
         *mod = m;

@@ -146,7 +146,7 @@ static bool confined(const adapter_registry *r, const char *p, char *out)
     if (!realpath(p, real))
         return false;
     size_t n = strlen(r->root);
-    if (strncmp(real, r->root, n) || (real[n] != '/' && real[n] != 0))
+    if (strncmp(real, r->root, n) != 0 || (real[n] != '/' && real[n] != 0))
         return false;
     if (out)
         memcpy(out, real, strlen(real) + 1);
@@ -403,9 +403,10 @@ static void start_load(adapter_registry *r, reg_node *n)
 
 static void merge_scan(adapter_registry *r, scan_list *l)
 {
-    qsort(l->v, (size_t)l->n, sizeof *l->v, cmp_entry);
+    if (l->n > 1)
+        qsort(l->v, (size_t)l->n, sizeof *l->v, cmp_entry);
     pthread_mutex_lock(&r->mu);
-    reg_node **keep = calloc((size_t)l->n + 1, sizeof *keep);
+    reg_node **keep = calloc((size_t)l->n + 1, sizeof(reg_node *));
     int n_keep = 0;
     if (!keep) {
         pthread_mutex_unlock(&r->mu);
@@ -448,7 +449,8 @@ static void merge_scan(adapter_registry *r, scan_list *l)
     free(r->nodes);
     r->nodes = keep;
     r->n_nodes = n_keep;
-    qsort(r->nodes, (size_t)r->n_nodes, sizeof *r->nodes, cmp_node);
+    if (r->n_nodes > 1)
+        qsort(r->nodes, (size_t)r->n_nodes, sizeof(reg_node *), cmp_node);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -480,7 +482,7 @@ static void update_watches(adapter_registry *r, const scan_list *l)
         w->seen = false;
     for (int i = 0; i < l->n_dirs; i++) {
         reg_watch *w = r->watches;
-        while (w && strcmp(w->dir, l->dirs[i]))
+        while (w && strcmp(w->dir, l->dirs[i]) != 0)
             w = w->next;
         if (w) {
             w->seen = true;

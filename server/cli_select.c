@@ -18,7 +18,7 @@ int srv_cli_sel_arg(srv_cli_sel *s, const char *flag, const char *value)
         s->select = value;
         return 1;
     }
-    if (strcmp(flag, "--adapter"))
+    if (strcmp(flag, "--adapter") != 0)
         return 0;
     if (s->n_items >= ADAPTER_SEL_MAX) {
         fprintf(stderr, "at most %d --adapter options\n", ADAPTER_SEL_MAX);
