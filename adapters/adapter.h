@@ -31,18 +31,18 @@ typedef enum adapter_format { ADAPTER_PEFT = 1, ADAPTER_GGUF = 2 } adapter_forma
 
 typedef struct adapter {
     adapter_format format;
-    uint32_t dtype;   /* CORE_TYPE_F32, CORE_TYPE_F16 or CORE_TYPE_BF16 */
+    uint32_t dtype; /* CORE_TYPE_F32, CORE_TYPE_F16 or CORE_TYPE_BF16 */
     int n_layer;
     adapter_mod *mods; /* (n_layer * CORE_MOD_COUNT), index layer * CORE_MOD_COUNT + module */
     void *slab;        /* every A and B */
     size_t bytes;      /* weight bytes (the slab) */
     uint64_t hash;     /* content hash of the files it was loaded from */
     /* summary for listings */
-    int r;             /* the config's default rank (max rank for GGUF) */
-    float alpha;       /* the config's default alpha */
+    int r;       /* the config's default rank (max rank for GGUF) */
+    float alpha; /* the config's default alpha */
     bool rslora;
-    unsigned targets;  /* bit per core_module targeted in at least one layer */
-    int n_mods;        /* (layer, module) pairs targeted */
+    unsigned targets;     /* bit per core_module targeted in at least one layer */
+    int n_mods;           /* (layer, module) pairs targeted */
     char base_model[128]; /* base_model_name_or_path / general.name, informational */
     atomic_int refs;
 } adapter;

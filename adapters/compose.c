@@ -58,7 +58,10 @@ struct adapter_plan {
     size_t cap_scales;
 };
 
-adapter_plan *adapter_plan_new(void) { return calloc(1, sizeof(adapter_plan)); }
+adapter_plan *adapter_plan_new(void)
+{
+    return calloc(1, sizeof(adapter_plan));
+}
 
 void adapter_plan_free(adapter_plan *p)
 {

@@ -103,9 +103,10 @@ adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, 
             goto out;
         }
         if (t->type != CORE_TYPE_F32 && t->type != CORE_TYPE_F16 && t->type != CORE_TYPE_BF16) {
-            snprintf(err, errlen, "tensor '%.*s': type %s is not supported (f32, f16, bf16); "
-                     "convert with --outtype f16", (int)t->name.len, t->name.ptr,
-                     core_type_name(t->type));
+            snprintf(err, errlen,
+                     "tensor '%.*s': type %s is not supported (f32, f16, bf16); "
+                     "convert with --outtype f16",
+                     (int)t->name.len, t->name.ptr, core_type_name(t->type));
             goto out;
         }
         dtype = dtype == none || dtype == t->type ? t->type : CORE_TYPE_F32;
@@ -136,8 +137,7 @@ adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, 
                      "base weight (%llu -> %llu); is this adapter for another base model?",
                      l, core_module_gguf_name(m), (unsigned long long)A->ne[0],
                      (unsigned long long)A->ne[1], (unsigned long long)B->ne[0],
-                     (unsigned long long)B->ne[1], (unsigned long long)in,
-                     (unsigned long long)out);
+                     (unsigned long long)B->ne[1], (unsigned long long)in, (unsigned long long)out);
             goto out;
         }
         total += (size_t)A->ne[1] * (in + out) * (dtype == CORE_TYPE_F32 ? 4 : 2);

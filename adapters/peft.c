@@ -26,11 +26,13 @@
 #define CONFIG_MAX_BYTES (1 << 20)
 #define MAX_RANK 4096
 
-static const char *const hf_names[CORE_MOD_COUNT] = {"q_proj",    "k_proj",  "v_proj",
-                                                      "o_proj",    "gate_proj", "up_proj",
-                                                      "down_proj"};
+static const char *const hf_names[CORE_MOD_COUNT] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                     "gate_proj", "up_proj", "down_proj"};
 
-static const char *hf_block(int mod) { return mod <= CORE_MOD_O ? "self_attn" : "mlp"; }
+static const char *hf_block(int mod)
+{
+    return mod <= CORE_MOD_O ? "self_attn" : "mlp";
+}
 
 /* The parsed parts of adapter_config.json that matter at inference. */
 typedef struct peft_cfg {
@@ -44,7 +46,10 @@ typedef struct peft_cfg {
     const cJSON *alpha_pattern;
 } peft_cfg;
 
-static bool is_null(const cJSON *j) { return !j || cJSON_IsNull(j); }
+static bool is_null(const cJSON *j)
+{
+    return !j || cJSON_IsNull(j);
+}
 
 /* Reads a whole small file into a NUL-terminated buffer. */
 static char *read_small(const char *path, size_t cap, size_t *len, char *err, size_t errlen)
@@ -82,9 +87,9 @@ static int check_unsupported(const cJSON *j, char *err, size_t errlen)
             snprintf(err, errlen, "%s: true is not supported", must_be_false[i]);
             return -EINVAL;
         }
-    static const char *const must_be_empty[] = {
-        "modules_to_save",  "layer_replication",       "trainable_token_indices",
-        "target_parameters", "alora_invocation_tokens", "megatron_config"};
+    static const char *const must_be_empty[] = {"modules_to_save",         "layer_replication",
+                                                "trainable_token_indices", "target_parameters",
+                                                "alora_invocation_tokens", "megatron_config"};
     for (size_t i = 0; i < sizeof must_be_empty / sizeof *must_be_empty; i++) {
         v = cJSON_GetObjectItem(j, must_be_empty[i]);
         if (!is_null(v) && !((cJSON_IsArray(v) || cJSON_IsObject(v)) && !v->child)) {
@@ -198,9 +203,9 @@ static int parse_config(const cJSON *j, peft_cfg *c, char *err, size_t errlen)
     }
     const cJSON *lp = cJSON_GetObjectItem(j, "layers_pattern");
     if (!is_null(lp) && !(cJSON_IsString(lp) && !strcmp(lp->valuestring, "layers")) &&
-        !(cJSON_IsArray(lp) && (!lp->child || (cJSON_IsString(lp->child) &&
-                                               !strcmp(lp->child->valuestring, "layers") &&
-                                               !lp->child->next)))) {
+        !(cJSON_IsArray(lp) &&
+          (!lp->child || (cJSON_IsString(lp->child) && !strcmp(lp->child->valuestring, "layers") &&
+                          !lp->child->next)))) {
         snprintf(err, errlen, "layers_pattern: only \"layers\" exists in Llama models");
         return -EINVAL;
     }
@@ -427,9 +432,12 @@ static int plan_modules(const peft_cfg *c, const core_st *st, const core_config 
                  "expressions only)",
                  !t_ok ? "target_modules" : "exclude_modules");
         rc = -EINVAL;
-    } else if (pattern_init(&rp, c->rank_pattern, &bad) || pattern_init(&ap, c->alpha_pattern, &bad)) {
-        snprintf(err, errlen, "rank_pattern/alpha_pattern: key \"%s\" is not a regex adaptree "
-                 "can compile", bad ? bad : "?");
+    } else if (pattern_init(&rp, c->rank_pattern, &bad) ||
+               pattern_init(&ap, c->alpha_pattern, &bad)) {
+        snprintf(err, errlen,
+                 "rank_pattern/alpha_pattern: key \"%s\" is not a regex adaptree "
+                 "can compile",
+                 bad ? bad : "?");
         rc = -EINVAL;
     }
     for (int l = 0; l < cfg->n_layer && !rc; l++) {
@@ -441,8 +449,8 @@ static int plan_modules(const peft_cfg *c, const core_st *st, const core_config 
                 selects(&tsel, name) && !selects(&xsel, name) && layer_selected(c->layers, l);
             double r = pattern_value(&rp, name, c->r);
             if (r < 1 || r > MAX_RANK || r != (int)r) {
-                snprintf(err, errlen, "rank_pattern: rank %g for %s is not an integer in 1..%d",
-                         r, name, MAX_RANK);
+                snprintf(err, errlen, "rank_pattern: rank %g for %s is not an integer in 1..%d", r,
+                         name, MAX_RANK);
                 rc = -EINVAL;
                 break;
             }
@@ -483,8 +491,7 @@ static int plan_modules(const peft_cfg *c, const core_st *st, const core_config 
                      hf_names[m], which ? 'B' : 'A');
             return -EINVAL;
         }
-        if (t->dtype != CORE_TYPE_F32 && t->dtype != CORE_TYPE_F16 &&
-            t->dtype != CORE_TYPE_BF16) {
+        if (t->dtype != CORE_TYPE_F32 && t->dtype != CORE_TYPE_F16 && t->dtype != CORE_TYPE_BF16) {
             snprintf(err, errlen, "tensor '%s': dtype %s is not supported (F32, F16, BF16)",
                      t->name, t->dtype_name);
             return -EINVAL;
@@ -518,8 +525,8 @@ static int plan_modules(const peft_cfg *c, const core_st *st, const core_config 
 }
 
 /* Copies the planned weights into a new adapter (one dtype for all; mixed files become f32). */
-static adapter *build(const peft_cfg *c, const peft_plan *plan, const core_config *cfg,
-                      char *err, size_t errlen)
+static adapter *build(const peft_cfg *c, const peft_plan *plan, const core_config *cfg, char *err,
+                      size_t errlen)
 {
     const uint32_t none = UINT32_MAX;
     uint32_t dtype = none;
@@ -537,7 +544,8 @@ static adapter *build(const peft_cfg *c, const peft_plan *plan, const core_confi
         if (plan[k].ab[0])
             total += (size_t)plan[k].rank *
                      (core_module_in(cfg, k % CORE_MOD_COUNT) +
-                      core_module_out(cfg, k % CORE_MOD_COUNT)) * es;
+                      core_module_out(cfg, k % CORE_MOD_COUNT)) *
+                     es;
     adapter *a = adapter__new(cfg->n_layer, dtype, total);
     if (!a) {
         snprintf(err, errlen, "out of memory for %zu bytes of adapter weights", total);
@@ -598,7 +606,7 @@ fail:
 }
 
 int adapter__peft_config_check(const char *json, size_t len, const core_config *cfg, char *err,
-                                size_t errlen)
+                               size_t errlen)
 {
     cJSON *j = cJSON_ParseWithLength(json, len);
     if (!j) {
@@ -646,7 +654,8 @@ adapter *adapter_load_peft(const char *dir, const core_config *cfg, char *err, s
     if (!st) {
         snprintf(path, sizeof path, "%s/adapter_model.bin", dir);
         if (access(path, F_OK) == 0)
-            snprintf(err, errlen, "adapter_model.bin (pickle) is not supported; save the adapter "
+            snprintf(err, errlen,
+                     "adapter_model.bin (pickle) is not supported; save the adapter "
                      "with safe_serialization=True");
         else
             snprintf(err, errlen, "adapter_model.safetensors: %s", st_err);

@@ -92,12 +92,13 @@ const char *adapter_state_name(adapter_state s)
     return (unsigned)s < sizeof names / sizeof *names ? names[s] : "?";
 }
 
-/* ---- ids and paths ---------------------------------------------------------------------------- */
+/* ---- ids and paths ----------------------------------------------------------------------------
+ */
 
 static bool seg_char(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '.' || c == '_' || c == '-';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
 }
 
 int adapter_id_check(const char *id, char *err, size_t errlen)
@@ -159,13 +160,14 @@ static bool file_sig(const adapter_registry *r, const char *path, uint64_t *sig)
     struct stat st;
     if (!confined(r, path, NULL) || stat(path, &st) || !S_ISREG(st.st_mode))
         return false;
-    int64_t parts[6] = {st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_ctim.tv_sec,
-                        st.st_ctim.tv_nsec, st.st_size, (int64_t)st.st_ino};
+    int64_t parts[6] = {st.st_mtim.tv_sec,  st.st_mtim.tv_nsec, st.st_ctim.tv_sec,
+                        st.st_ctim.tv_nsec, st.st_size,         (int64_t)st.st_ino};
     *sig = adapter__hash(*sig, parts, sizeof parts);
     return true;
 }
 
-/* ---- scanning ----------------------------------------------------------------------------------- */
+/* ---- scanning -----------------------------------------------------------------------------------
+ */
 
 static int scan_push(scan_list *l, const char *id, const char *path, bool has, uint64_t sig)
 {
@@ -285,7 +287,8 @@ static reg_node *find(const adapter_registry *r, const char *id)
     return NULL;
 }
 
-/* ---- residency ---------------------------------------------------------------------------------- */
+/* ---- residency ----------------------------------------------------------------------------------
+ */
 
 static void drop_current(adapter_registry *r, reg_node *n)
 {
@@ -399,7 +402,8 @@ static void start_load(adapter_registry *r, reg_node *n)
     r->jobs++;
 }
 
-/* ---- merge a scan into the tree --------------------------------------------------------------- */
+/* ---- merge a scan into the tree ---------------------------------------------------------------
+ */
 
 static void merge_scan(adapter_registry *r, scan_list *l)
 {
@@ -454,7 +458,8 @@ static void merge_scan(adapter_registry *r, scan_list *l)
     pthread_mutex_unlock(&r->mu);
 }
 
-/* ---- watching ----------------------------------------------------------------------------------- */
+/* ---- watching -----------------------------------------------------------------------------------
+ */
 
 static void on_handle_closed(uv_handle_t *h)
 {
@@ -464,7 +469,10 @@ static void on_handle_closed(uv_handle_t *h)
         free(h); /* a reg_watch: h is its first member */
 }
 
-static void on_debounce(uv_timer_t *t) { adapter_registry_rescan(t->data); }
+static void on_debounce(uv_timer_t *t)
+{
+    adapter_registry_rescan(t->data);
+}
 
 static void on_fs_event(uv_fs_event_t *h, const char *name, int events, int status)
 {
@@ -525,7 +533,10 @@ int adapter_registry_rescan(adapter_registry *r)
     return r->n_nodes;
 }
 
-static void on_rescan_timer(uv_timer_t *t) { adapter_registry_rescan(t->data); }
+static void on_rescan_timer(uv_timer_t *t)
+{
+    adapter_registry_rescan(t->data);
+}
 
 /* Starts loads asked for from other threads. */
 static void on_kick(uv_async_t *a)
@@ -538,7 +549,8 @@ static void on_kick(uv_async_t *a)
     pthread_mutex_unlock(&r->mu);
 }
 
-/* ---- lifecycle ---------------------------------------------------------------------------------- */
+/* ---- lifecycle ----------------------------------------------------------------------------------
+ */
 
 adapter_registry *adapter_registry_new(const adapter_registry_opts *o, char *err, size_t errlen)
 {
@@ -593,7 +605,8 @@ void adapter_registry_free(adapter_registry *r)
     free(r);
 }
 
-/* ---- selection and acquisition ------------------------------------------------------------------ */
+/* ---- selection and acquisition ------------------------------------------------------------------
+ */
 
 static int add_item(adapter_selection *out, const char *id, float w, char *err, size_t errlen)
 {
@@ -645,7 +658,8 @@ int adapter_registry_resolve(adapter_registry *r, const char *select, const adap
     for (int i = 0; i < n_list && !rc; i++) {
         const reg_node *n = find(r, list[i].id);
         if (!n || !n->has_adapter) {
-            snprintf(err, errlen, n ? "'%s' is a namespace, not an adapter" : "unknown adapter '%s'",
+            snprintf(err, errlen,
+                     n ? "'%s' is a namespace, not an adapter" : "unknown adapter '%s'",
                      list[i].id);
             rc = -ENOENT;
         } else {
@@ -710,7 +724,8 @@ int adapter_registry_acquire_wait(adapter_registry *r, const adapter_selection *
     return rc;
 }
 
-/* ---- admin -------------------------------------------------------------------------------------- */
+/* ---- admin --------------------------------------------------------------------------------------
+ */
 
 static reg_node *admin_node(adapter_registry *r, const char *id, char *err, size_t errlen, int *rc)
 {
@@ -773,7 +788,8 @@ int adapter_registry_pin(adapter_registry *r, const char *id, bool pin, char *er
     return rc;
 }
 
-/* ---- listing ------------------------------------------------------------------------------------ */
+/* ---- listing ------------------------------------------------------------------------------------
+ */
 
 int adapter_registry_list(adapter_registry *r, adapter_node_info **out, size_t *n_out)
 {

@@ -28,10 +28,10 @@
 #include "adapters/compose.h"
 #include "core/model.h"
 
-#define ADAPTER_ID_MAX 255   /* bytes */
-#define ADAPTER_SEG_MAX 64   /* bytes per segment */
-#define ADAPTER_DEPTH_MAX 8  /* segments */
-#define ADAPTER_SEL_MAX 16   /* items in one selection */
+#define ADAPTER_ID_MAX 255  /* bytes */
+#define ADAPTER_SEG_MAX 64  /* bytes per segment */
+#define ADAPTER_DEPTH_MAX 8 /* segments */
+#define ADAPTER_SEL_MAX 16  /* items in one selection */
 #define ADAPTER_NODES_MAX 4096
 
 typedef struct adapter_registry adapter_registry;
@@ -110,17 +110,17 @@ typedef struct adapter_node_info {
     char id[ADAPTER_ID_MAX + 1];
     char parent[ADAPTER_ID_MAX + 1]; /* the parent directory's id, "" at the top */
     adapter_state state;
-    char error[256];     /* the last failed load's reason, "" if none */
+    char error[256]; /* the last failed load's reason, "" if none */
     bool pinned;
-    bool reloading;      /* a new version is loading while the old one serves */
-    int format;          /* adapter_format of the resident version, 0 if none */
+    bool reloading; /* a new version is loading while the old one serves */
+    int format;     /* adapter_format of the resident version, 0 if none */
     int r;
     float alpha;
     bool rslora;
     unsigned targets;
-    size_t bytes;        /* resident bytes, 0 if not resident */
-    int in_use;          /* references held by requests */
-    uint64_t version;    /* content hash of the resident version */
+    size_t bytes;     /* resident bytes, 0 if not resident */
+    int in_use;       /* references held by requests */
+    uint64_t version; /* content hash of the resident version */
     uint64_t loads, load_failures, evictions, hits;
 } adapter_node_info;
 

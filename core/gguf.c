@@ -20,8 +20,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/quant.h"
 #include "core/error.h"
+#include "core/quant.h"
 
 #define GGUF_MAGIC "GGUF"
 #define GGUF_DEFAULT_ALIGNMENT 32
@@ -112,8 +112,8 @@ static int need(cursor *c, uint64_t n, const char *field)
     if (n <= c->size - c->pos)
         return 0;
     core__seterr(c->err, c->errlen,
-            "truncated file: %s %s needs %" PRIu64 " bytes at offset %zu, file has %zu", c->what,
-            field, n, c->pos, c->size);
+                 "truncated file: %s %s needs %" PRIu64 " bytes at offset %zu, file has %zu",
+                 c->what, field, n, c->pos, c->size);
     return -EINVAL;
 }
 
@@ -233,7 +233,8 @@ static int walk_array(cursor *c, uint32_t etype, uint64_t n, int depth)
 {
     char field[64];
     if (etype >= CORE_GGUF_VTYPE_COUNT) {
-        core__seterr(c->err, c->errlen, "%s: array has unknown element type %" PRIu32, c->what, etype);
+        core__seterr(c->err, c->errlen, "%s: array has unknown element type %" PRIu32, c->what,
+                     etype);
         return -EINVAL;
     }
     if (etype == CORE_GGUF_STRING) {
@@ -260,7 +261,7 @@ static int walk_array(cursor *c, uint32_t etype, uint64_t n, int depth)
     if (etype == CORE_GGUF_ARRAY) {
         if (depth >= GGUF_MAX_ARRAY_DEPTH) {
             core__seterr(c->err, c->errlen, "%s: arrays nested deeper than %d levels", c->what,
-                    GGUF_MAX_ARRAY_DEPTH);
+                         GGUF_MAX_ARRAY_DEPTH);
             return -EINVAL;
         }
         if (n > (c->size - c->pos) / 12)
@@ -283,8 +284,9 @@ static int walk_array(cursor *c, uint32_t etype, uint64_t n, int depth)
     if (etype == CORE_GGUF_BOOL) {
         for (uint64_t i = 0; i < n; i++) {
             if (c->base[c->pos + i] > 1) {
-                core__seterr(c->err, c->errlen, "%s: bool element %" PRIu64 " has value %u (not 0/1)",
-                        c->what, i, c->base[c->pos + i]);
+                core__seterr(c->err, c->errlen,
+                             "%s: bool element %" PRIu64 " has value %u (not 0/1)", c->what, i,
+                             c->base[c->pos + i]);
                 return -EINVAL;
             }
         }
@@ -361,7 +363,7 @@ static int parse_kv(cursor *c, uint64_t i, core_gguf_kv *kv)
         return -EINVAL;
     if (kv->key.len == 0 || kv->key.len > GGUF_MAX_KEY_LEN) {
         core__seterr(c->err, c->errlen, "%s: name length %" PRIu64 " is not in 1..%d", c->what,
-                kv->key.len, GGUF_MAX_KEY_LEN);
+                     kv->key.len, GGUF_MAX_KEY_LEN);
         return -EINVAL;
     }
     snprintf(c->what, sizeof c->what, "metadata key %" PRIu64 " ('%s')", i,
@@ -442,12 +444,12 @@ static int parse_alignment(gguf_impl *impl, char *err, size_t errlen)
     uint64_t a;
     if (kv_int(&g->kv[i], &neg, &a) != 0) {
         core__seterr(err, errlen, "general.alignment has type %s, expected an integer (uint32)",
-                core_gguf_vtype_name(g->kv[i].type));
+                     core_gguf_vtype_name(g->kv[i].type));
         return -EINVAL;
     }
     if (neg || a == 0 || (a & (a - 1)) != 0 || a > (1u << 30)) {
         core__seterr(err, errlen, "general.alignment is %s%" PRIu64 ", must be a power of two",
-                neg ? "-" : "", a);
+                     neg ? "-" : "", a);
         return -EINVAL;
     }
     g->alignment = a;
@@ -465,7 +467,7 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
         return -EINVAL;
     if (t->name.len == 0 || t->name.len > GGUF_MAX_NAME_LEN) {
         core__seterr(c->err, c->errlen, "%s: name length %" PRIu64 " is not in 1..%d", c->what,
-                t->name.len, GGUF_MAX_NAME_LEN);
+                     t->name.len, GGUF_MAX_NAME_LEN);
         return -EINVAL;
     }
     snprintf(c->what, sizeof c->what, "tensor '%s'",
@@ -473,8 +475,8 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
     if (read_u32(c, &t->n_dims, "n_dims") != 0)
         return -EINVAL;
     if (t->n_dims < 1 || t->n_dims > CORE_GGUF_MAX_DIMS) {
-        core__seterr(c->err, c->errlen, "%s: n_dims is %" PRIu32 ", must be 1..%d", c->what, t->n_dims,
-                CORE_GGUF_MAX_DIMS);
+        core__seterr(c->err, c->errlen, "%s: n_dims is %" PRIu32 ", must be 1..%d", c->what,
+                     t->n_dims, CORE_GGUF_MAX_DIMS);
         return -EINVAL;
     }
     uint64_t nel = 1;
@@ -484,9 +486,9 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
             return -EINVAL;
         if (t->ne[d] == 0 || t->ne[d] > (uint64_t)INT64_MAX / nel) {
             core__seterr(c->err, c->errlen,
-                    "%s: dimension %" PRIu32 " is %" PRIu64
-                    " (must be >= 1 and the element count must fit in int64)",
-                    c->what, d, t->ne[d]);
+                         "%s: dimension %" PRIu32 " is %" PRIu64
+                         " (must be >= 1 and the element count must fit in int64)",
+                         c->what, d, t->ne[d]);
             return -EINVAL;
         }
         nel *= t->ne[d];
@@ -500,8 +502,8 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
     }
     if (t->ne[0] % be != 0) {
         core__seterr(c->err, c->errlen,
-                "%s: ne[0] = %" PRIu64 " is not a multiple of the %s block size %zu", c->what,
-                t->ne[0], core_type_name(t->type), be);
+                     "%s: ne[0] = %" PRIu64 " is not a multiple of the %s block size %zu", c->what,
+                     t->ne[0], core_type_name(t->type), be);
         return -EINVAL;
     }
     uint64_t size = core_type_row_bytes(t->type, t->ne[0]);
@@ -520,9 +522,9 @@ static int parse_tensor_infos(cursor *c, core_gguf *g, uint64_t n_tensors)
     uint64_t cap = 0;
     if (n_tensors > (c->size - c->pos) / GGUF_MIN_TINFO_BYTES) {
         core__seterr(c->err, c->errlen,
-                "truncated or corrupt file: %" PRIu64 " tensor infos need at least %" PRIu64
-                " bytes, but only %zu bytes follow the metadata",
-                n_tensors, n_tensors * GGUF_MIN_TINFO_BYTES, c->size - c->pos);
+                     "truncated or corrupt file: %" PRIu64 " tensor infos need at least %" PRIu64
+                     " bytes, but only %zu bytes follow the metadata",
+                     n_tensors, n_tensors * GGUF_MIN_TINFO_BYTES, c->size - c->pos);
         return -EINVAL;
     }
     for (uint64_t i = 0; i < n_tensors; i++) {
@@ -545,8 +547,9 @@ static int place_tensors(core_gguf *g, size_t info_end, char *err, size_t errlen
     uint64_t start = info_end + (a - info_end % a) % a;
     if (start > g->size) {
         if (g->n_tensors > 0) {
-            core__seterr(err, errlen, "truncated file: data section starts at %" PRIu64 ", file has %zu",
-                    start, g->size);
+            core__seterr(err, errlen,
+                         "truncated file: data section starts at %" PRIu64 ", file has %zu", start,
+                         g->size);
             return -EINVAL;
         }
         start = g->size;
@@ -559,15 +562,16 @@ static int place_tensors(core_gguf *g, size_t info_end, char *err, size_t errlen
         printable(name, sizeof name, t->name.ptr, t->name.len);
         if (t->offset % a != 0) {
             core__seterr(err, errlen,
-                    "tensor '%s': offset %" PRIu64 " is not a multiple of the alignment %" PRIu64,
-                    name, t->offset, a);
+                         "tensor '%s': offset %" PRIu64
+                         " is not a multiple of the alignment %" PRIu64,
+                         name, t->offset, a);
             return -EINVAL;
         }
         if (t->offset > avail || t->size > avail - t->offset) {
             core__seterr(err, errlen,
-                    "tensor '%s': data [offset %" PRIu64 ", size %" PRIu64
-                    "] extends past end of file (size %zu, data section at %" PRIu64 ")",
-                    name, t->offset, t->size, g->size, start);
+                         "tensor '%s': data [offset %" PRIu64 ", size %" PRIu64
+                         "] extends past end of file (size %zu, data section at %" PRIu64 ")",
+                         name, t->offset, t->size, g->size, start);
             return -EINVAL;
         }
         t->data = g->base + start + t->offset;
@@ -586,8 +590,8 @@ static int parse_header(cursor *c, core_gguf *g, uint64_t *n_tensors, uint64_t *
     if (memcmp(magic, GGUF_MAGIC, 4) != 0) {
         char shown[8];
         core__seterr(c->err, c->errlen, "not a GGUF file: magic is '%s' (%02x %02x %02x %02x)",
-                printable(shown, sizeof shown, magic, 4), (uint8_t)magic[0], (uint8_t)magic[1],
-                (uint8_t)magic[2], (uint8_t)magic[3]);
+                     printable(shown, sizeof shown, magic, 4), (uint8_t)magic[0], (uint8_t)magic[1],
+                     (uint8_t)magic[2], (uint8_t)magic[3]);
         return -EINVAL;
     }
     /* Cannot fail after the need() above; checked so no path reads an unset count. */
@@ -595,31 +599,32 @@ static int parse_header(cursor *c, core_gguf *g, uint64_t *n_tensors, uint64_t *
         read_u64(c, n_kv, "metadata key count") != 0)
         return -EINVAL;
     if (g->version == 1) {
-        core__seterr(c->err, c->errlen,
-                "GGUF version 1 is not supported (it used 32-bit counts); re-convert the model "
-                "with a current llama.cpp");
+        core__seterr(
+            c->err, c->errlen,
+            "GGUF version 1 is not supported (it used 32-bit counts); re-convert the model "
+            "with a current llama.cpp");
         return -EINVAL;
     }
     if (g->version != 2 && g->version != 3) {
         core__seterr(c->err, c->errlen, "unsupported GGUF version %" PRIu32 "%s (expected 2 or 3)",
-                g->version, (g->version & 0xffff) == 0 ? ", a big-endian file?" : "");
+                     g->version, (g->version & 0xffff) == 0 ? ", a big-endian file?" : "");
         return -EINVAL;
     }
     if (*n_kv > GGUF_MAX_ENTRIES || *n_tensors > GGUF_MAX_ENTRIES) {
         core__seterr(c->err, c->errlen,
-                "corrupt header: implausible counts (%" PRIu64 " metadata keys, %" PRIu64
-                " tensors; at most %u each)",
-                *n_kv, *n_tensors, GGUF_MAX_ENTRIES);
+                     "corrupt header: implausible counts (%" PRIu64 " metadata keys, %" PRIu64
+                     " tensors; at most %u each)",
+                     *n_kv, *n_tensors, GGUF_MAX_ENTRIES);
         return -EINVAL;
     }
     /* Both counts are below 2^28, so the minimum size cannot overflow. */
     uint64_t min = *n_kv * GGUF_MIN_KV_BYTES + *n_tensors * GGUF_MIN_TINFO_BYTES;
     if (min > c->size - c->pos) {
         core__seterr(c->err, c->errlen,
-                "truncated or corrupt file: the header claims %" PRIu64
-                " metadata keys and %" PRIu64 " tensors, which need at least %" PRIu64
-                " bytes, but only %zu bytes follow it",
-                *n_kv, *n_tensors, min, c->size - c->pos);
+                     "truncated or corrupt file: the header claims %" PRIu64
+                     " metadata keys and %" PRIu64 " tensors, which need at least %" PRIu64
+                     " bytes, but only %zu bytes follow it",
+                     *n_kv, *n_tensors, min, c->size - c->pos);
         return -EINVAL;
     }
     return 0;
@@ -642,7 +647,7 @@ static int parse(gguf_impl *impl, char *err, size_t errlen)
     }
     if (dup >= 0) {
         core__seterr(err, errlen, "duplicate metadata key '%s' (key %" PRId64 ")",
-                printable(name, sizeof name, g->kv[dup].key.ptr, g->kv[dup].key.len), dup);
+                     printable(name, sizeof name, g->kv[dup].key.ptr, g->kv[dup].key.len), dup);
         return -EINVAL;
     }
     if (parse_alignment(impl, err, errlen) != 0 || parse_tensor_infos(&c, g, n_tensors) != 0)
@@ -653,9 +658,9 @@ static int parse(gguf_impl *impl, char *err, size_t errlen)
         return -ENOMEM;
     }
     if (dup >= 0) {
-        core__seterr(err, errlen, "duplicate tensor name '%s' (tensor %" PRId64 ")",
-                printable(name, sizeof name, g->tensors[dup].name.ptr, g->tensors[dup].name.len),
-                dup);
+        core__seterr(
+            err, errlen, "duplicate tensor name '%s' (tensor %" PRId64 ")",
+            printable(name, sizeof name, g->tensors[dup].name.ptr, g->tensors[dup].name.len), dup);
         return -EINVAL;
     }
     return place_tensors(g, c.pos, err, errlen);
@@ -701,7 +706,7 @@ core_gguf *core_gguf_open(const char *path, char *err, size_t errlen)
     }
     if (st.st_size < GGUF_HEADER_BYTES) {
         core__seterr(err, errlen, "%s: truncated file: %lld bytes, a GGUF header needs %d", path,
-                (long long)st.st_size, GGUF_HEADER_BYTES);
+                     (long long)st.st_size, GGUF_HEADER_BYTES);
         close(fd);
         return NULL;
     }

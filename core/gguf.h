@@ -108,8 +108,7 @@ int core_gguf_get_strv(const core_gguf *g, const char *key, core_gguf_str *out);
 
 /* An array of strings as views: *out is a new malloc'd array of n views (caller frees it;
  * the views point into the mapping). -EINVAL if the key is not an array of strings. */
-int core_gguf_get_str_array(const core_gguf *g, const char *key, core_gguf_str **out,
-                            uint64_t *n);
+int core_gguf_get_str_array(const core_gguf *g, const char *key, core_gguf_str **out, uint64_t *n);
 /* An array of integers converted to int32 (each element must fit): *out malloc'd, caller
  * frees. */
 int core_gguf_get_i32_array(const core_gguf *g, const char *key, int32_t **out, uint64_t *n);

@@ -41,8 +41,14 @@ void core_kv_free(core_kv *kv)
     free(kv);
 }
 
-int core_kv_n_slots(const core_kv *kv) { return kv->n_slots; }
-int core_kv_n_ctx(const core_kv *kv) { return kv->n_ctx; }
+int core_kv_n_slots(const core_kv *kv)
+{
+    return kv->n_slots;
+}
+int core_kv_n_ctx(const core_kv *kv)
+{
+    return kv->n_ctx;
+}
 
 void core_kv_clear(core_kv *kv, int slot)
 {
@@ -55,7 +61,10 @@ void core_kv_clear(core_kv *kv, int slot)
     memset(s, 0, sizeof *s);
 }
 
-size_t core_kv_bytes(const core_kv *kv) { return kv->bytes; }
+size_t core_kv_bytes(const core_kv *kv)
+{
+    return kv->bytes;
+}
 
 /* Grows a slot to hold at least n positions, keeping what it holds. */
 int core__kv_reserve(core_kv *kv, int slot, int n)

@@ -3,21 +3,22 @@
 #include "lora.h"
 
 #include <cpuid.h>
-#include <stdbool.h>
 #include <immintrin.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "quant.h"
 
-#define ROWS 8  /* rows per pass over A and B */
-#define OCH 64  /* outputs per converted (transposed) block of B */
+#define ROWS 8 /* rows per pass over A and B */
+#define OCH 64 /* outputs per converted (transposed) block of B */
 
 size_t core__lora_scratch_floats(int rank, int in)
 {
     return (size_t)ROWS * rank + (size_t)in + (size_t)rank * OCH + (size_t)rank;
 }
 
-/* ---- portable ---------------------------------------------------------------------------------- */
+/* ---- portable ----------------------------------------------------------------------------------
+ */
 
 static void cvt_generic(uint32_t dtype, const void *src, float *dst, int n)
 {
@@ -96,12 +97,14 @@ AVX2 static void axpy_avx2(float t, const float *x, float *y, int n)
     __m256 tv = _mm256_set1_ps(t);
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(tv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+        _mm256_storeu_ps(y + i,
+                         _mm256_fmadd_ps(tv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
     for (; i < n; i++)
         y[i] += t * x[i];
 }
 
-/* ---- dispatch --------------------------------------------------------------------------------- */
+/* ---- dispatch ---------------------------------------------------------------------------------
+ */
 
 typedef struct lora_ops {
     void (*cvt)(uint32_t, const void *, float *, int);
@@ -112,7 +115,10 @@ typedef struct lora_ops {
 static const lora_ops generic_ops = {cvt_generic, dot_generic, axpy_generic};
 static const lora_ops *chosen;
 
-void core__lora_force_generic(int on) { chosen = on ? &generic_ops : NULL; }
+void core__lora_force_generic(int on)
+{
+    chosen = on ? &generic_ops : NULL;
+}
 
 static const lora_ops *ops(void)
 {
@@ -145,10 +151,10 @@ void core__lora_group(uint32_t dtype, const void *A, const void *B, int rank, in
     const lora_ops *o = ops();
     size_t es = dtype == CORE_TYPE_F32 ? 4 : 2;
     const char *a = A, *b = B;
-    float *T = scratch;                       /* (ROWS, rank) */
-    float *arow = T + (size_t)ROWS * rank;    /* (in) one row of A in f32 */
-    float *bt = arow + in;                    /* (rank, OCH) a block of B, transposed */
-    float *brow = bt + (size_t)rank * OCH;    /* (rank) one row of B in f32 */
+    float *T = scratch;                    /* (ROWS, rank) */
+    float *arow = T + (size_t)ROWS * rank; /* (in) one row of A in f32 */
+    float *bt = arow + in;                 /* (rank, OCH) a block of B, transposed */
+    float *brow = bt + (size_t)rank * OCH; /* (rank) one row of B in f32 */
     for (int r0 = 0; r0 < n_rows; r0 += ROWS) {
         int nr = n_rows - r0 < ROWS ? n_rows - r0 : ROWS;
         /* t = A · x for each row of the pass */

@@ -33,8 +33,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/quant.h"
 #include "core/error.h"
+#include "core/quant.h"
 
 #define ST_LEN_BYTES 8 /* the little-endian header length in front of the header */
 #define NAME_SHOWN 64  /* bytes of an untrusted name quoted in a message */
@@ -171,8 +171,8 @@ static void fail_msg(parser *ps, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    core__seterr(ps->err, ps->errlen, "%s%s%s (header byte %zu)", ps->ctx, ps->ctx[0] ? ": " : "", msg,
-            ps->pos);
+    core__seterr(ps->err, ps->errlen, "%s%s%s (header byte %zu)", ps->ctx, ps->ctx[0] ? ": " : "",
+                 msg, ps->pos);
 }
 
 /* Sets a semantic error about the current entry: "<ctx>: <message>". */
@@ -741,7 +741,7 @@ static int check_names(st_impl *impl, char *err, size_t errlen)
     for (size_t i = 1; i < n; i++) {
         if (strcmp(impl->by_name[i - 1]->name, impl->by_name[i]->name) == 0) {
             core__seterr(err, errlen, "tensor name '%s' appears twice in the header",
-                    printable(shown, impl->by_name[i]->name));
+                         printable(shown, impl->by_name[i]->name));
             free(keys);
             return -EINVAL;
         }
@@ -752,7 +752,7 @@ static int check_names(st_impl *impl, char *err, size_t errlen)
     for (size_t i = 1; i < st->n_meta; i++) {
         if (strcmp(keys[i - 1], keys[i]) == 0) {
             core__seterr(err, errlen, "__metadata__: key \"%s\" appears twice",
-                    printable(shown, keys[i]));
+                         printable(shown, keys[i]));
             free(keys);
             return -EINVAL;
         }
@@ -782,29 +782,29 @@ static int check_layout(const core_st *st, uint64_t body_len, char *err, size_t 
         uint64_t end = t->offset + t->nbytes;
         if (t->offset > at && !prev)
             core__seterr(err, errlen,
-                    "hole in the data: bytes [0, %" PRIu64 ") belong to no tensor (the first, "
-                    "'%s', starts at %" PRIu64 ")",
-                    t->offset, printable(a, t->name), t->offset);
+                         "hole in the data: bytes [0, %" PRIu64 ") belong to no tensor (the first, "
+                         "'%s', starts at %" PRIu64 ")",
+                         t->offset, printable(a, t->name), t->offset);
         else if (t->offset > at)
             core__seterr(err, errlen,
-                    "hole in the data: bytes [%" PRIu64 ", %" PRIu64 ") between tensor '%s' "
-                    "and tensor '%s' belong to no tensor",
-                    at, t->offset, printable(a, prev->name), printable(b, t->name));
+                         "hole in the data: bytes [%" PRIu64 ", %" PRIu64 ") between tensor '%s' "
+                         "and tensor '%s' belong to no tensor",
+                         at, t->offset, printable(a, prev->name), printable(b, t->name));
         else if (t->offset < at)
             core__seterr(err, errlen,
-                    "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor '%s' "
-                    "[%" PRIu64 ", %" PRIu64 "]",
-                    printable(a, t->name), t->offset, end, printable(b, prev->name), prev->offset,
-                    prev->offset + prev->nbytes);
+                         "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor '%s' "
+                         "[%" PRIu64 ", %" PRIu64 "]",
+                         printable(a, t->name), t->offset, end, printable(b, prev->name),
+                         prev->offset, prev->offset + prev->nbytes);
         rc = t->offset == at ? 0 : -EINVAL;
         at = end;
     }
     free(v);
     if (rc == 0 && at != body_len) {
         core__seterr(err, errlen,
-                "data has %" PRIu64 " bytes but the tensors cover only %" PRIu64 " (bytes [%" PRIu64
-                ", %" PRIu64 ") belong to no tensor)",
-                body_len, at, at, body_len);
+                     "data has %" PRIu64 " bytes but the tensors cover only %" PRIu64
+                     " (bytes [%" PRIu64 ", %" PRIu64 ") belong to no tensor)",
+                     body_len, at, at, body_len);
         rc = -EINVAL;
     }
     return rc;
@@ -815,7 +815,7 @@ static int parse(st_impl *impl, char *err, size_t errlen)
     core_st *st = &impl->st;
     if (st->size < ST_LEN_BYTES) {
         core__seterr(err, errlen, "truncated file: %zu bytes, the header length alone needs %d",
-                st->size, ST_LEN_BYTES);
+                     st->size, ST_LEN_BYTES);
         return -EINVAL;
     }
     uint64_t n = 0;
@@ -823,21 +823,21 @@ static int parse(st_impl *impl, char *err, size_t errlen)
         n |= (uint64_t)st->base[i] << (8 * i);
     if (n > CORE_ST_MAX_HEADER) {
         core__seterr(err, errlen, "header length %" PRIu64 " exceeds the limit of %u bytes", n,
-                CORE_ST_MAX_HEADER);
+                     CORE_ST_MAX_HEADER);
         return -EINVAL;
     }
     if (n > st->size - ST_LEN_BYTES) {
         core__seterr(err, errlen,
-                "header length %" PRIu64 " runs past the end of the file (%zu bytes follow "
-                "the length field)",
-                n, st->size - ST_LEN_BYTES);
+                     "header length %" PRIu64 " runs past the end of the file (%zu bytes follow "
+                     "the length field)",
+                     n, st->size - ST_LEN_BYTES);
         return -EINVAL;
     }
     const uint8_t *hdr = st->base + ST_LEN_BYTES;
     size_t bad = utf8_valid_prefix(hdr, (size_t)n);
     if (bad < n) {
         core__seterr(err, errlen, "header is not valid UTF-8 at header byte %zu (byte 0x%02x)", bad,
-                hdr[bad]);
+                     hdr[bad]);
         return -EINVAL;
     }
     impl->arena = malloc((size_t)n + 1);
@@ -910,8 +910,9 @@ core_st *core_st_open(const char *path, char *err, size_t errlen)
         return NULL;
     }
     if (sb.st_size < ST_LEN_BYTES) {
-        core__seterr(err, errlen, "%s: truncated file: %lld bytes, the header length alone needs %d",
-                path, (long long)sb.st_size, ST_LEN_BYTES);
+        core__seterr(err, errlen,
+                     "%s: truncated file: %lld bytes, the header length alone needs %d", path,
+                     (long long)sb.st_size, ST_LEN_BYTES);
         close(fd);
         return NULL;
     }

@@ -140,7 +140,7 @@ static int params_check(const core_sampler_params *p, int32_t n_vocab, char *err
     }
     if (!isfinite(p->temperature) || p->temperature < 0) {
         core__seterr(err, errlen, "temperature must be finite and >= 0, 0 = greedy (got %g)",
-                (double)p->temperature);
+                     (double)p->temperature);
         return -EINVAL;
     }
     if (p->top_k < 0) {
@@ -157,12 +157,12 @@ static int params_check(const core_sampler_params *p, int32_t n_vocab, char *err
     }
     if (!isfinite(p->repeat_penalty) || !(p->repeat_penalty > 0)) {
         core__seterr(err, errlen, "repeat_penalty must be finite and > 0, 1 = off (got %g)",
-                (double)p->repeat_penalty);
+                     (double)p->repeat_penalty);
         return -EINVAL;
     }
     if (p->repeat_last_n < 0) {
         core__seterr(err, errlen, "repeat_last_n must be >= 0, 0 = whole history (got %d)",
-                p->repeat_last_n);
+                     p->repeat_last_n);
         return -EINVAL;
     }
     return 0;

@@ -7,9 +7,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "adapters/compose.h"
 #include "core/model.h"
 #include "core/sampler.h"
-#include "adapters/compose.h"
 #include "core/tokenizer.h"
 #include "server/cli.h"
 #include "server/cli_select.h"
@@ -227,8 +227,8 @@ static int prefill(gen_run *g, const int32_t *ids, size_t n, float *logits)
             pos[i] = (int32_t)(at + i);
             want[i] = at + i == n - 1;
         }
-        core_batch b = {.n_rows = m, .tokens = ids + at, .pos = pos, .slot = slot,
-                        .want_logits = want};
+        core_batch b = {
+            .n_rows = m, .tokens = ids + at, .pos = pos, .slot = slot, .want_logits = want};
         if (step(g, &b, logits) < 0)
             return -1;
     }
@@ -311,7 +311,8 @@ static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o)
         fputs(text, stdout);
     fputc('\n', stdout);
     double t2 = now_s();
-    fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tok/s); generation: %ld tokens in %.3f s "
+    fprintf(stderr,
+            "prompt: %zu tokens in %.3f s (%.1f tok/s); generation: %ld tokens in %.3f s "
             "(%.1f tok/s)\n",
             n_prompt, t1 - t0, (double)n_prompt / (t1 - t0), produced, t2 - t1,
             produced > 0 ? (double)produced / (t2 - t1) : 0.0);

@@ -45,11 +45,20 @@ static void print_peft_config(const char *dir)
     free(buf);
     if (!j)
         return;
-    static const char *const keys[] = {
-        "peft_type",     "base_model_name_or_path", "r",           "lora_alpha",
-        "use_rslora",    "target_modules",          "exclude_modules", "layers_to_transform",
-        "rank_pattern",  "alpha_pattern",           "bias",        "use_dora",
-        "modules_to_save", "fan_in_fan_out"};
+    static const char *const keys[] = {"peft_type",
+                                       "base_model_name_or_path",
+                                       "r",
+                                       "lora_alpha",
+                                       "use_rslora",
+                                       "target_modules",
+                                       "exclude_modules",
+                                       "layers_to_transform",
+                                       "rank_pattern",
+                                       "alpha_pattern",
+                                       "bias",
+                                       "use_dora",
+                                       "modules_to_save",
+                                       "fan_in_fan_out"};
     printf("adapter_config.json:\n");
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
         cJSON *v = cJSON_GetObjectItem(j, keys[i]);
@@ -67,11 +76,10 @@ static void print_adapter(const adapter *a)
 {
     char t[64];
     printf("adapter: %s, %s weights, %zu bytes, content hash %016llx\n",
-           a->format == ADAPTER_PEFT ? "PEFT" : "GGUF-LoRA",
-           core_type_name(a->dtype), a->bytes,
+           a->format == ADAPTER_PEFT ? "PEFT" : "GGUF-LoRA", core_type_name(a->dtype), a->bytes,
            (unsigned long long)a->hash);
-    printf("  rank %d, alpha %g%s, targets %s, %d (layer, module) pairs\n", a->r,
-           (double)a->alpha, a->rslora ? " (rsLoRA: scale alpha/sqrt(r))" : "",
+    printf("  rank %d, alpha %g%s, targets %s, %d (layer, module) pairs\n", a->r, (double)a->alpha,
+           a->rslora ? " (rsLoRA: scale alpha/sqrt(r))" : "",
            adapter_targets_str(a->targets, t, sizeof t), a->n_mods);
     for (int m = 0; m < CORE_MOD_COUNT; m++) {
         int n = 0, first = -1, last = -1, rmin = 1 << 30, rmax = 0;

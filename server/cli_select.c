@@ -39,7 +39,10 @@ int srv_cli_sel_arg(srv_cli_sel *s, const char *flag, const char *value)
     return 1;
 }
 
-int srv_cli_sel_wanted(const srv_cli_sel *s) { return s->select || s->n_items; }
+int srv_cli_sel_wanted(const srv_cli_sel *s)
+{
+    return s->select || s->n_items;
+}
 
 int srv_cli_sel_open(srv_cli_sel *s, const core_config *cfg, const char *cmd)
 {
@@ -86,8 +89,7 @@ void srv_cli_sel_describe(const srv_cli_sel *s, const char *cmd)
         char t[64];
         fprintf(stderr, "%s: adapter %s: weight %g, rank %d, alpha %g%s, targets %s, %zu bytes\n",
                 cmd, s->resolved.items[i].id, (double)s->set->items[i].weight, a->r,
-                (double)a->alpha,
-                a->rslora ? " (rsLoRA)" : "", adapter_targets_str(a->targets, t, sizeof t),
-                a->bytes);
+                (double)a->alpha, a->rslora ? " (rsLoRA)" : "",
+                adapter_targets_str(a->targets, t, sizeof t), a->bytes);
     }
 }

@@ -44,7 +44,10 @@ const char *test_model_path(void)
     return p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 }
 
-int test_have_model(void) { return access(test_model_path(), R_OK) == 0; }
+int test_have_model(void)
+{
+    return access(test_model_path(), R_OK) == 0;
+}
 
 int main(int argc, char **argv)
 {

@@ -17,63 +17,65 @@ const char *test_model_path(void);
 /* Nonzero when the default model file is present (tests that need it call TEST_NEED_MODEL). */
 int test_have_model(void);
 
-#define TEST(name)                                                                             \
-    static void name(void);                                                                    \
-    __attribute__((constructor)) static void name##_reg(void) { test_register(#name, name); } \
+#define TEST(name)                                                                                 \
+    static void name(void);                                                                        \
+    __attribute__((constructor)) static void name##_reg(void)                                      \
+    {                                                                                              \
+        test_register(#name, name);                                                                \
+    }                                                                                              \
     static void name(void)
 
-#define CHECK(cond)                                                                            \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            test_fail(__FILE__, __LINE__, "CHECK(%s)", #cond);                                 \
-            return;                                                                            \
-        }                                                                                      \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            test_fail(__FILE__, __LINE__, "CHECK(%s)", #cond);                                     \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_MSG(cond, ...)                                                                   \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            test_fail(__FILE__, __LINE__, __VA_ARGS__);                                        \
-            return;                                                                            \
-        }                                                                                      \
+#define CHECK_MSG(cond, ...)                                                                       \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            test_fail(__FILE__, __LINE__, __VA_ARGS__);                                            \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_EQ_INT(a, b)                                                                     \
-    do {                                                                                       \
-        long long a_ = (long long)(a), b_ = (long long)(b);                                    \
-        if (a_ != b_) {                                                                        \
-            test_fail(__FILE__, __LINE__, "%s == %s: %lld != %lld", #a, #b, a_, b_);           \
-            return;                                                                            \
-        }                                                                                      \
+#define CHECK_EQ_INT(a, b)                                                                         \
+    do {                                                                                           \
+        long long a_ = (long long)(a), b_ = (long long)(b);                                        \
+        if (a_ != b_) {                                                                            \
+            test_fail(__FILE__, __LINE__, "%s == %s: %lld != %lld", #a, #b, a_, b_);               \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_EQ_STR(a, b)                                                                     \
-    do {                                                                                       \
-        const char *a_ = (a), *b_ = (b);                                                       \
-        if (!a_ || !b_ || strcmp(a_, b_) != 0) {                                               \
-            test_fail(__FILE__, __LINE__, "%s == %s: \"%s\" != \"%s\"", #a, #b,                \
-                      a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                 \
-            return;                                                                            \
-        }                                                                                      \
+#define CHECK_EQ_STR(a, b)                                                                         \
+    do {                                                                                           \
+        const char *a_ = (a), *b_ = (b);                                                           \
+        if (!a_ || !b_ || strcmp(a_, b_) != 0) {                                                   \
+            test_fail(__FILE__, __LINE__, "%s == %s: \"%s\" != \"%s\"", #a, #b,                    \
+                      a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                     \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
-#define CHECK_NEAR(a, b, tol)                                                                  \
-    do {                                                                                       \
-        double a_ = (double)(a), b_ = (double)(b);                                             \
-        if (!(fabs(a_ - b_) <= (tol))) {                                                       \
-            test_fail(__FILE__, __LINE__, "%s ~ %s: %.9g vs %.9g (tol %g)", #a, #b, a_, b_,    \
-                      (double)(tol));                                                          \
-            return;                                                                            \
-        }                                                                                      \
+#define CHECK_NEAR(a, b, tol)                                                                      \
+    do {                                                                                           \
+        double a_ = (double)(a), b_ = (double)(b);                                                 \
+        if (!(fabs(a_ - b_) <= (tol))) {                                                           \
+            test_fail(__FILE__, __LINE__, "%s ~ %s: %.9g vs %.9g (tol %g)", #a, #b, a_, b_,        \
+                      (double)(tol));                                                              \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
-#define TEST_NEED_MODEL()                                                                      \
-    do {                                                                                       \
-        if (!test_have_model()) {                                                              \
-            test_fail(__FILE__, __LINE__, "model %s missing (run make model)",                 \
-                      test_model_path());                                                      \
-            return;                                                                            \
-        }                                                                                      \
+#define TEST_NEED_MODEL()                                                                          \
+    do {                                                                                           \
+        if (!test_have_model()) {                                                                  \
+            test_fail(__FILE__, __LINE__, "model %s missing (run make model)", test_model_path()); \
+            return;                                                                                \
+        }                                                                                          \
     } while (0)
 
 #endif

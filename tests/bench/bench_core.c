@@ -170,14 +170,14 @@ static int write_adapter(const char *dir, const core_config *c, int r, unsigned 
                          uint32_t seed)
 {
     char cfg[256], targets[128] = "";
-    static const char *const names[] = {"q_proj", "k_proj", "v_proj", "o_proj",
+    static const char *const names[] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                         "gate_proj", "up_proj", "down_proj"};
     for (int m = 0; m < CORE_MOD_COUNT; m++)
         if (modules & (1u << m))
             snprintf(targets + strlen(targets), sizeof targets - strlen(targets), "%s\"%s\"",
                      targets[0] ? "," : "", names[m]);
-    snprintf(cfg, sizeof cfg, "{\"r\":%d,\"lora_alpha\":%d,\"target_modules\":[%s]}", r,
-             2 * r, targets);
+    snprintf(cfg, sizeof cfg, "{\"r\":%d,\"lora_alpha\":%d,\"target_modules\":[%s]}", r, 2 * r,
+             targets);
     return tu_write_peft_layers(dir, cfg, c, modules, r, "F16", seed);
 }
 

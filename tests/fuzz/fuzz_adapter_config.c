@@ -10,8 +10,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    core_config cfg = {.n_layer = 30, .n_embd = 576, .n_head = 9, .n_head_kv = 3, .head_dim = 64,
-                       .n_ff = 1536, .n_vocab = 49152, .rope_dim = 64};
+    core_config cfg = {.n_layer = 30,
+                       .n_embd = 576,
+                       .n_head = 9,
+                       .n_head_kv = 3,
+                       .head_dim = 64,
+                       .n_ff = 1536,
+                       .n_vocab = 49152,
+                       .rope_dim = 64};
     strcpy(cfg.arch, "llama");
     char err[512] = "";
     int rc = adapter__peft_config_check((const char *)data, size, &cfg, err, sizeof err);

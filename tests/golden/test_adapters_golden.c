@@ -45,8 +45,8 @@ static int golden_open(golden *g, core_model *m)
     if (!g->j)
         return -1;
     uv_loop_init(&g->loop);
-    adapter_registry_opts o = {.root = FIX "adapters", .cfg = &m->cfg, .loop = &g->loop,
-                               .rescan_ms = -1};
+    adapter_registry_opts o = {
+        .root = FIX "adapters", .cfg = &m->cfg, .loop = &g->loop, .rescan_ms = -1};
     g->reg = adapter_registry_new(&o, err, sizeof err);
     if (!g->reg)
         printf("    registry: %s\n", err);
@@ -68,8 +68,7 @@ static adapter_set *case_set(golden *g, const cJSON *list)
     const cJSON *it;
     cJSON_ArrayForEach(it, list)
     {
-        snprintf(items[n].id, sizeof items[n].id, "%s",
-                 cJSON_GetObjectItem(it, "id")->valuestring);
+        snprintf(items[n].id, sizeof items[n].id, "%s", cJSON_GetObjectItem(it, "id")->valuestring);
         items[n].weight = (float)cJSON_GetObjectItem(it, "scale")->valuedouble;
         n++;
     }
@@ -116,8 +115,7 @@ static float *run_batch(core_model *m, int n_seq, const int32_t *const *ids, int
         out = NULL;
     }
     for (int r = 0; out && r < rows; r++)
-        memcpy(out + ((size_t)slot[r] * n + pos[r]) * nv, lg + (size_t)r * nv,
-               sizeof(float) * nv);
+        memcpy(out + ((size_t)slot[r] * n + pos[r]) * nv, lg + (size_t)r * nv, sizeof(float) * nv);
     free(lg);
     adapter_plan_free(p);
     core_kv_free(kv);
@@ -197,9 +195,8 @@ TEST(golden_adapters_match_peft)
         CHECK(lg != NULL);
         double d = top20_diff(lg, nv, cJSON_GetObjectItem(c, "top20"));
         const cJSON *file = cJSON_GetObjectItem(c, "last_logits_file");
-        double df = cJSON_IsString(file) ? full_diff(lg + (size_t)(n - 1) * nv, nv,
-                                                     file->valuestring)
-                                         : 0;
+        double df =
+            cJSON_IsString(file) ? full_diff(lg + (size_t)(n - 1) * nv, nv, file->valuestring) : 0;
         printf("    %-40s top-20 max |diff| %.3g%s", name, d, cJSON_IsString(file) ? "," : "\n");
         if (cJSON_IsString(file))
             printf(" all logits at the last position %.3g\n", df);
@@ -224,8 +221,8 @@ TEST(golden_adapters_mixed_batch_matches_peft)
     golden g;
     CHECK(golden_open(&g, m) == 0);
     const cJSON *c, *mixed = NULL;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItem(g.j, "cases")) if (cJSON_GetObjectItem(c, "sequences"))
-        mixed = c;
+    cJSON_ArrayForEach(
+        c, cJSON_GetObjectItem(g.j, "cases")) if (cJSON_GetObjectItem(c, "sequences")) mixed = c;
     CHECK(mixed != NULL);
     int32_t ids[3][16];
     const int32_t *pids[3];
@@ -282,8 +279,10 @@ TEST(golden_gguf_lora_matches_peft)
     adapter_set *set = adapter_set_new(&it, 1);
     adapter_unref(a);
     const cJSON *c, *want = NULL;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItem(g.j, "cases")) if (
-        !strcmp(cJSON_GetObjectItem(c, "name")->valuestring, "single_qv_r4")) want = c;
+    cJSON_ArrayForEach(
+        c,
+        cJSON_GetObjectItem(g.j, "cases")) if (!strcmp(cJSON_GetObjectItem(c, "name")->valuestring,
+                                                       "single_qv_r4")) want = c;
     CHECK(want != NULL);
     int32_t ids[64];
     int n = ids_of(cJSON_GetObjectItem(want, "ids"), ids, 64);

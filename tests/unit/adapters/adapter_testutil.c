@@ -12,16 +12,28 @@
 #include "core/quant.h"
 #include "core/safetensors.h"
 
-static const char *const hf_names[CORE_MOD_COUNT] = {"q_proj", "k_proj", "v_proj", "o_proj",
-                                                      "gate_proj", "up_proj", "down_proj"};
+static const char *const hf_names[CORE_MOD_COUNT] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                     "gate_proj", "up_proj", "down_proj"};
 
-const char *tu_hf_name(int mod) { return hf_names[mod]; }
+const char *tu_hf_name(int mod)
+{
+    return hf_names[mod];
+}
 
 core_config tu_config(void)
 {
-    core_config c = {.n_layer = 2, .n_embd = 576, .n_head = 9, .n_head_kv = 3, .head_dim = 64,
-                     .n_ff = 1536, .n_vocab = 49152, .n_ctx_train = 8192, .rope_dim = 64,
-                     .rope_theta = 100000.0f, .rms_eps = 1e-5f, .tied_output = true};
+    core_config c = {.n_layer = 2,
+                     .n_embd = 576,
+                     .n_head = 9,
+                     .n_head_kv = 3,
+                     .head_dim = 64,
+                     .n_ff = 1536,
+                     .n_vocab = 49152,
+                     .n_ctx_train = 8192,
+                     .rope_dim = 64,
+                     .rope_theta = 100000.0f,
+                     .rms_eps = 1e-5f,
+                     .tied_output = true};
     strcpy(c.arch, "llama");
     return c;
 }
@@ -40,9 +52,10 @@ int tu_write_safetensors(const char *path, const tu_tensor *t, int n)
     for (int i = 0; i < n; i++) {
         size_t es = strcmp(t[i].dtype, "F32") ? 2 : 4;
         size_t bytes = (size_t)t[i].rows * t[i].cols * es;
-        len += (size_t)snprintf(hdr + len, cap - len,
-                                ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%d,%d],\"data_offsets\":[%zu,%zu]}",
-                                t[i].name, t[i].dtype, t[i].rows, t[i].cols, off, off + bytes);
+        len += (size_t)snprintf(
+            hdr + len, cap - len,
+            ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%d,%d],\"data_offsets\":[%zu,%zu]}", t[i].name,
+            t[i].dtype, t[i].rows, t[i].cols, off, off + bytes);
         off += bytes;
     }
     len += (size_t)snprintf(hdr + len, cap - len, "}");
@@ -64,7 +77,8 @@ int tu_write_safetensors(const char *path, const tu_tensor *t, int n)
             if (!strcmp(t[i].dtype, "F32")) {
                 fwrite(&v, 4, 1, f);
             } else {
-                uint16_t h = strcmp(t[i].dtype, "F16") ? core_fp32_to_bf16(v) : core_fp32_to_fp16(v);
+                uint16_t h =
+                    strcmp(t[i].dtype, "F16") ? core_fp32_to_bf16(v) : core_fp32_to_fp16(v);
                 fwrite(&h, 2, 1, f);
             }
         }
@@ -173,8 +187,8 @@ static int want_module(const void *ctx, int l, int m)
     return (int)(*(const unsigned *)ctx >> m & 1);
 }
 
-int tu_write_peft(const char *dir, const char *config_json, const core_config *cfg,
-                  uint64_t mask, int r, const char *dtype, uint32_t seed)
+int tu_write_peft(const char *dir, const char *config_json, const core_config *cfg, uint64_t mask,
+                  int r, const char *dtype, uint32_t seed)
 {
     return write_peft(dir, config_json, cfg, want_bit, &mask, r, dtype, seed);
 }

@@ -24,8 +24,8 @@ int tu_write_safetensors(const char *path, const tu_tensor *t, int n);
 /* Writes dir/adapter_config.json (text as given) and dir/adapter_model.safetensors with A/B
  * tensors for the (layer, module) pairs in mask (bit layer*7+module), rank r, dtype. Creates dir.
  * seed varies the values. Returns 0 or -1. */
-int tu_write_peft(const char *dir, const char *config_json, const core_config *cfg,
-                  uint64_t mask, int r, const char *dtype, uint32_t seed);
+int tu_write_peft(const char *dir, const char *config_json, const core_config *cfg, uint64_t mask,
+                  int r, const char *dtype, uint32_t seed);
 
 /* The same for every layer of the modules in the bit mask (bit = core_module). */
 int tu_write_peft_layers(const char *dir, const char *config_json, const core_config *cfg,

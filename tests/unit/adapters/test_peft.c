@@ -10,7 +10,7 @@
 #include "core/quant.h"
 #include "tests/test.h"
 
-#define BIT(l, m) (1ull << ((l) * CORE_MOD_COUNT + (m)))
+#define BIT(l, m) (1ull << ((l)*CORE_MOD_COUNT + (m)))
 #define QV (BIT(0, CORE_MOD_Q) | BIT(0, CORE_MOD_V) | BIT(1, CORE_MOD_Q) | BIT(1, CORE_MOD_V))
 
 static const char *cfg_qv =
@@ -60,7 +60,7 @@ TEST(peft_loads_qv_and_permutes_q_rows)
     const float *B = q->B;
     float src[576 * 4];
     CHECK(tu_read_st_tensor(p, "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight",
-                              src, 576 * 4) == 0);
+                            src, 576 * 4) == 0);
     for (int h = 0; h < 9; h++)
         for (int k = 0; k < 64; k++) {
             int from = h * 64 + (k % 2) * 32 + k / 2;
@@ -69,7 +69,7 @@ TEST(peft_loads_qv_and_permutes_q_rows)
         }
     float vsrc[192 * 4];
     CHECK(tu_read_st_tensor(p, "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight",
-                              vsrc, 192 * 4) == 0);
+                            vsrc, 192 * 4) == 0);
     CHECK(!memcmp(v->B, vsrc, sizeof vsrc));
     adapter_unref(a);
     tu_rmrf(dir);
@@ -141,10 +141,11 @@ TEST(peft_target_forms)
     CHECK_EQ_INT(a->n_mods, 14);
     adapter_unref(a);
 
-    uint64_t gu = BIT(0, CORE_MOD_GATE) | BIT(0, CORE_MOD_UP) | BIT(1, CORE_MOD_GATE) |
-                  BIT(1, CORE_MOD_UP);
+    uint64_t gu =
+        BIT(0, CORE_MOD_GATE) | BIT(0, CORE_MOD_UP) | BIT(1, CORE_MOD_GATE) | BIT(1, CORE_MOD_UP);
     snprintf(dir, sizeof dir, "%s/regex", tmp);
-    CHECK(tu_write_peft(dir, "{\"r\":2,\"lora_alpha\":4,\"target_modules\":\".*\\\\.(gate|up)_proj\"}",
+    CHECK(tu_write_peft(dir,
+                        "{\"r\":2,\"lora_alpha\":4,\"target_modules\":\".*\\\\.(gate|up)_proj\"}",
                         &cfg, gu, 2, "F32", 4) == 0);
     a = adapter_load(dir, &cfg, err, sizeof err);
     CHECK_MSG(a, "regex: %s", err);
@@ -214,8 +215,8 @@ TEST(peft_refuses_bad_weights)
     core_config big = cfg;
     big.n_layer = 4;
     snprintf(dir, sizeof dir, "%s/deeper", tmp);
-    CHECK(tu_write_peft(dir, cfg_qv, &big, BIT(3, CORE_MOD_Q) | BIT(3, CORE_MOD_V), 4, "F32",
-                        1) == 0);
+    CHECK(tu_write_peft(dir, cfg_qv, &big, BIT(3, CORE_MOD_Q) | BIT(3, CORE_MOD_V), 4, "F32", 1) ==
+          0);
     CHECK(expect_refusal(dir, &cfg, "not a LoRA A/B weight"));
     core_config wide = cfg;
     wide.n_embd = 960;

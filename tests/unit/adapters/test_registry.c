@@ -11,9 +11,10 @@
 #include "adapters/registry.h"
 #include "tests/test.h"
 
-#define BIT(l, m) (1ull << ((l) * CORE_MOD_COUNT + (m)))
+#define BIT(l, m) (1ull << ((l)*CORE_MOD_COUNT + (m)))
 
-static const char *cfg_json = "{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"]}";
+static const char *cfg_json =
+    "{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"]}";
 static const uint64_t qv_mask =
     BIT(0, CORE_MOD_Q) | BIT(0, CORE_MOD_V) | BIT(1, CORE_MOD_Q) | BIT(1, CORE_MOD_V);
 
@@ -54,8 +55,12 @@ static int setup(fixture *f, size_t cache_bytes)
     if (symlink("fr", p))
         return -1;
     uv_loop_init(&f->loop);
-    adapter_registry_opts o = {.root = f->root, .cfg = &f->cfg, .cache_bytes = cache_bytes,
-                               .loop = &f->loop, .rescan_ms = -1, .watch = false};
+    adapter_registry_opts o = {.root = f->root,
+                               .cfg = &f->cfg,
+                               .cache_bytes = cache_bytes,
+                               .loop = &f->loop,
+                               .rescan_ms = -1,
+                               .watch = false};
     char err[256];
     f->reg = adapter_registry_new(&o, err, sizeof err);
     if (!f->reg)
@@ -100,9 +105,9 @@ TEST(registry_ids_chains_and_confinement)
     /* The alias symlink stays inside the root; the evil one leaves it and is not a node. */
     CHECK_EQ_INT(adapter_registry_resolve(f.reg, "fr_alias", NULL, 0, &sel, err, sizeof err), 0);
     CHECK_EQ_INT(adapter_registry_resolve(f.reg, "evil", NULL, 0, &sel, err, sizeof err), -ENOENT);
-    static const char *const hostile[] = {"../etc",  "/etc/passwd", "fr/../de", "fr//de",
-                                          "fr/./de", "",            "a b",      "fr/",
-                                          ".",       "x\ny",        "%2e%2e"};
+    static const char *const hostile[] = {"../etc", "/etc/passwd", "fr/../de", "fr//de", "fr/./de",
+                                          "",       "a b",         "fr/",      ".",      "x\ny",
+                                          "%2e%2e"};
     for (size_t i = 0; i < sizeof hostile / sizeof *hostile; i++) {
         int rc = adapter_registry_resolve(f.reg, hostile[i], NULL, 0, &sel, err, sizeof err);
         CHECK_MSG(rc == -EINVAL || rc == -ENOENT, "id '%s' gave %d", hostile[i], rc);
@@ -256,7 +261,10 @@ static void count_loaded(void *ud, const char *id, bool ok)
     n_loaded += ok;
 }
 
-static void stop_loop(uv_timer_t *t) { uv_stop(t->loop); }
+static void stop_loop(uv_timer_t *t)
+{
+    uv_stop(t->loop);
+}
 
 /* A file copied into the tree is found by the fs watcher, without an explicit rescan. */
 TEST(registry_watcher_sees_new_adapters)
@@ -268,8 +276,12 @@ TEST(registry_watcher_sees_new_adapters)
     CHECK(put(&f, "fr", 1) == 0);
     uv_loop_init(&f.loop);
     n_loaded = 0;
-    adapter_registry_opts o = {.root = f.root, .cfg = &f.cfg, .loop = &f.loop, .rescan_ms = -1,
-                               .watch = true, .on_loaded = count_loaded};
+    adapter_registry_opts o = {.root = f.root,
+                               .cfg = &f.cfg,
+                               .loop = &f.loop,
+                               .rescan_ms = -1,
+                               .watch = true,
+                               .on_loaded = count_loaded};
     char err[256];
     f.reg = adapter_registry_new(&o, err, sizeof err);
     CHECK(f.reg != NULL);

@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/model.h"
 #include "core/lora.h"
+#include "core/model.h"
 #include "core/quant.h"
 #include "tests/test.h"
 
@@ -163,15 +163,15 @@ static void merge(core_model *m, const test_adapter *a, float s)
                 for (int i = 0; i < in; i++) {
                     double d = 0;
                     for (int r = 0; r < a->rank; r++)
-                        d += (double)a->B32[l][mod][o * a->rank + r] *
-                             a->A32[l][mod][r * in + i];
+                        d += (double)a->B32[l][mod][o * a->rank + r] * a->A32[l][mod][r * in + i];
                     W[o * in + i] += (float)(s * d);
                 }
         }
 }
 
 #define N_SEQ 3
-#define N_TOK 20 /* > 16 rows per adapter group: the sgemm path; one position per step: the kernels */
+#define N_TOK                                                                                      \
+    20 /* > 16 rows per adapter group: the sgemm path; one position per step: the kernels */
 
 /* Runs one sequence alone through a model (no plan) and returns all positions' logits. */
 static float *run_alone(const core_model *m, const int32_t *toks, int n)
@@ -275,7 +275,9 @@ static void lora_plan_vs_dense(void)
                                                      : &sc_one[2];
         }
         core_lora_plan sp = {.n_groups = ng, .groups = sg};
-        core_batch sb = {.n_rows = N_SEQ, .tokens = tokens + i * N_SEQ, .pos = pos + i * N_SEQ,
+        core_batch sb = {.n_rows = N_SEQ,
+                         .tokens = tokens + i * N_SEQ,
+                         .pos = pos + i * N_SEQ,
                          .slot = slot + i * N_SEQ};
         rc = core_forward(c, kv, &sb, &sp, stepped + (size_t)i * N_SEQ * cfg->n_vocab, err,
                           sizeof err);
@@ -324,7 +326,10 @@ static void lora_plan_vs_dense(void)
     core_model_free(m);
 }
 
-TEST(forward_lora_plan_matches_dense_merge) { lora_plan_vs_dense(); }
+TEST(forward_lora_plan_matches_dense_merge)
+{
+    lora_plan_vs_dense();
+}
 
 /* The same with the portable kernels, which an AVX2 machine would otherwise never run. */
 TEST(forward_lora_plan_portable_kernels)
@@ -390,8 +395,15 @@ TEST(forward_rejects_bad_batches_and_plans)
 
     float A[4 * 64] = {0}, B[64 * 4] = {0}, scale = 1.0f;
     int32_t row = 1; /* batch has one row */
-    core_lora_group g = {.layer = 0, .module = CORE_MOD_Q, .dtype = CORE_TYPE_F32, .A = A,
-                         .B = B, .rank = 4, .n_rows = 1, .rows = &row, .scales = &scale};
+    core_lora_group g = {.layer = 0,
+                         .module = CORE_MOD_Q,
+                         .dtype = CORE_TYPE_F32,
+                         .A = A,
+                         .B = B,
+                         .rank = 4,
+                         .n_rows = 1,
+                         .rows = &row,
+                         .scales = &scale};
     core_lora_plan plan = {.n_groups = 1, .groups = &g};
     CHECK_EQ_INT(core_forward(c, kv, &b, &plan, lg, err, sizeof err), -EINVAL);
     CHECK(strstr(err, "row") != NULL);

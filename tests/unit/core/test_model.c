@@ -103,8 +103,8 @@ static int run_seqs(core_model *m, const int32_t *const *prompts, const int *len
             core_batch d = {.n_rows = n, .tokens = tok, .pos = pos, .slot = slot};
             rc = core_forward(c, kv, &d, NULL, lg, err, sizeof err);
             for (int r = 0; r < n && !rc; r++)
-                memcpy(out + ((size_t)slot[r] * (N_DEC + 1) + st + 1) * nv,
-                       lg + (size_t)r * nv, sizeof(float) * nv);
+                memcpy(out + ((size_t)slot[r] * (N_DEC + 1) + st + 1) * nv, lg + (size_t)r * nv,
+                       sizeof(float) * nv);
         }
     }
     if (rc)
