@@ -245,8 +245,10 @@ static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o)
     float *logits = NULL;
     gen_run g = {.m = m};
     if (srv_cli_sel_wanted(&o->sel)) {
-        if (srv_cli_sel_open(&o->sel, &m->cfg, "generate") < 0)
+        if (srv_cli_sel_open(&o->sel, &m->cfg, err, sizeof err) < 0) {
+            fprintf(stderr, "generate: %s\n", err);
             goto out;
+        }
         srv_cli_sel_describe(&o->sel, "generate");
         g.set = o->sel.set;
     }

@@ -44,27 +44,24 @@ int srv_cli_sel_wanted(const srv_cli_sel *s)
     return s->select || s->n_items;
 }
 
-int srv_cli_sel_open(srv_cli_sel *s, const core_config *cfg, const char *cmd)
+int srv_cli_sel_open(srv_cli_sel *s, const core_config *cfg, char *err, size_t errlen)
 {
-    char err[512];
     if (!s->registry)
         s->registry = "registry";
     if (uv_loop_init(&s->loop)) {
-        fprintf(stderr, "%s: cannot start an event loop\n", cmd);
+        snprintf(err, errlen, "cannot start an event loop");
         return -1;
     }
     adapter_registry_opts o = {
         .root = s->registry, .cfg = cfg, .loop = &s->loop, .rescan_ms = -1, .watch = false};
-    s->reg = adapter_registry_new(&o, err, sizeof err);
+    s->reg = adapter_registry_new(&o, err, errlen);
     if (!s->reg) {
-        fprintf(stderr, "%s: %s\n", cmd, err);
         uv_loop_close(&s->loop);
         return -1;
     }
     if (adapter_registry_resolve(s->reg, s->select, s->items, s->n_items, &s->resolved, err,
-                                 sizeof err) ||
-        adapter_registry_acquire_wait(s->reg, &s->resolved, &s->set, err, sizeof err)) {
-        fprintf(stderr, "%s: %s\n", cmd, err);
+                                 errlen) ||
+        adapter_registry_acquire_wait(s->reg, &s->resolved, &s->set, err, errlen)) {
         srv_cli_sel_close(s);
         return -1;
     }

@@ -27,8 +27,8 @@ int srv_cli_sel_arg(srv_cli_sel *s, const char *flag, const char *value);
 int srv_cli_sel_wanted(const srv_cli_sel *s);
 
 /* Opens the registry, resolves the selection and loads it (waiting). Returns 0 with s->set, or
- * -1 after printing the reason prefixed by cmd. */
-int srv_cli_sel_open(srv_cli_sel *s, const core_config *cfg, const char *cmd);
+ * -1 with the reason in err. */
+int srv_cli_sel_open(srv_cli_sel *s, const core_config *cfg, char *err, size_t errlen);
 void srv_cli_sel_close(srv_cli_sel *s);
 
 /* Prints what the selection applies, one line per adapter, to stderr. */

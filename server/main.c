@@ -15,6 +15,8 @@ static void usage(FILE *out)
             "  generate  -m MODEL -p PROMPT [-n N] [--chat] [--temperature T] [--top-p P]\n"
             "            [--seed S] ...        run one prompt and stream the text\n"
             "  inspect   MODEL.gguf            print metadata, tensor types and the BLAS core\n"
+            "  merge     -m MODEL --registry DIR (--select ID | --adapter ID[:S]...) -o OUT.gguf\n"
+            "            [--outtype f32|f16]   write a GGUF with the adapters merged in\n"
             "\n"
             "'adaptree COMMAND --help' lists a command's options.\n");
 }
@@ -35,6 +37,8 @@ int main(int argc, char **argv)
         return srv_cli_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect"))
         return srv_cli_inspect(argc - 1, argv + 1);
+    if (!strcmp(cmd, "merge"))
+        return srv_cli_merge(argc - 1, argv + 1);
     fprintf(stderr, "adaptree: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;
