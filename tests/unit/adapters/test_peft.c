@@ -39,8 +39,9 @@ static int expect_refusal(const char *dir, const core_config *cfg, const char *w
 TEST(peft_loads_qv_and_permutes_q_rows)
 {
     core_config cfg = tu_config();
-    char dir[128];
-    snprintf(dir, sizeof dir, "%s/qv", tu_tmpdir());
+    char dir[128], tmp[64];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir());
+    snprintf(dir, sizeof dir, "%s/qv", tmp);
     CHECK(tu_write_peft(dir, cfg_qv, &cfg, QV, 4, "F32", 1) == 0);
     char err[512];
     adapter *a = adapter_load(dir, &cfg, err, sizeof err);
@@ -72,7 +73,7 @@ TEST(peft_loads_qv_and_permutes_q_rows)
                             vsrc, 192 * 4) == 0);
     CHECK(!memcmp(v->B, vsrc, sizeof vsrc));
     adapter_unref(a);
-    tu_rmrf(dir);
+    tu_rmrf(tmp);
 }
 
 TEST(peft_scaling_rslora_and_patterns)

@@ -20,6 +20,7 @@ static const uint64_t qv_mask =
 
 typedef struct fixture {
     char root[128];
+    char outside[128]; /* holds the target of a symlink that leaves the root */
     core_config cfg;
     uv_loop_t loop;
     adapter_registry *reg;
@@ -41,8 +42,9 @@ static int setup(fixture *f, size_t cache_bytes)
         put(f, "de/medical", 4))
         return -1;
     /* A symlink inside the root (allowed) and one leaving it (ignored). */
-    char p[512], outside[128];
-    snprintf(outside, sizeof outside, "%s", tu_tmpdir());
+    char p[512];
+    const char *outside = f->outside;
+    snprintf(f->outside, sizeof f->outside, "%s", tu_tmpdir());
     snprintf(p, sizeof p, "%s/evil", outside);
     if (tu_write_peft(p, cfg_json, &f->cfg, qv_mask, 4, "F16", 5))
         return -1;
@@ -73,6 +75,8 @@ static void teardown(fixture *f)
     adapter_registry_free(f->reg);
     uv_loop_close(&f->loop);
     tu_rmrf(f->root);
+    if (f->outside[0])
+        tu_rmrf(f->outside);
 }
 
 static int acquire(fixture *f, const char *select, adapter_set **set, char *err, size_t errlen)
