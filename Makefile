@@ -123,10 +123,13 @@ fuzz: $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 	    if [ $$rc -ne 0 ]; then tail -n 40 $(BUILD)/fuzz/$$n.log; \
 	        echo "fuzz: $$n failed; the input is in $(BUILD)/fuzz/$$n-*"; exit 1; fi; done
 
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(ADAPTERS_SRC)
+# server/ sources a fuzz target may use (no HTTP, no main).
+FUZZ_SERVER_SRC := server/request.c server/json_check.c
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(ADAPTERS_SRC) $(FUZZ_SERVER_SRC)
 	@mkdir -p $(dir $@)
-	$(CLANG) $(FUZZ_CFLAGS) -I/usr/include/cjson $< $(CORE_SRC) $(ADAPTERS_SRC) -o $@ \
-	    -lopenblas -lcjson -luv -lm -lpthread
+	$(CLANG) $(FUZZ_CFLAGS) -I/usr/include/cjson $< $(CORE_SRC) $(ADAPTERS_SRC) $(FUZZ_SERVER_SRC) \
+	    -o $@ -lopenblas -lcjson -luv -lm -lpthread
 
 format:
 	clang-format -i $(LIB_SRC) server/main.c $(wildcard */*.h tests/*.c tests/*.h tests/*/*.c tests/*/*/*.c)
