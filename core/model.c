@@ -1,5 +1,7 @@
 /* Model loading: Llama hyperparameters from GGUF metadata, tensor shape checks, and
- * dequantization of every weight into one f32 slab (pointers into it, llm.c style). */
+ * dequantization of every weight into one f32 slab (pointers into it, llm.c style). The linear
+ * weights and the head also keep pointers to their quantized data in the mapping, which decode
+ * steps of few rows read instead (qmatmul.h). */
 #include "model.h"
 
 #include <errno.h>
@@ -8,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qmatmul.h"
 #include "quant.h"
 #include "error.h"
 
@@ -213,6 +216,15 @@ static int load_tensor(const core_gguf *g, const char *name, int cols, int rows,
     return 0;
 }
 
+/* The tensor's data in the mapping when core__qmatmul can read its type, else NULL. Called after
+ * load_tensor has checked the shape. */
+static const void *quantized(const core_gguf *g, const char *name, uint32_t *type)
+{
+    const core_gguf_tensor *t = core_gguf_find_tensor(g, name);
+    *type = t ? t->type : 0;
+    return t && core__qmatmul_supports(t->type) ? t->data : NULL;
+}
+
 void core_model_free(core_model *m)
 {
     if (!m)
@@ -257,11 +269,13 @@ core_model *core_model_load(const char *path, char *err, size_t errlen)
                     errlen))
         goto fail;
     m->output = m->tok_embd;
+    m->output_q = quantized(m->gguf, "token_embd.weight", &m->output_qtype);
     if (!c->tied_output) {
         m->output = p;
         p += emb;
         if (load_tensor(m->gguf, "output.weight", c->n_embd, c->n_vocab, m->output, err, errlen))
             goto fail;
+        m->output_q = quantized(m->gguf, "output.weight", &m->output_qtype);
     }
     m->output_norm = p;
     p += c->n_embd;
@@ -287,6 +301,7 @@ core_model *core_model_load(const char *path, char *err, size_t errlen)
             snprintf(name, sizeof name, "blk.%d.%s.weight", l, module_gguf[mod]);
             if (load_tensor(m->gguf, name, in, out, L->w[mod], err, errlen))
                 goto fail;
+            L->q[mod] = quantized(m->gguf, name, &L->qtype[mod]);
         }
     }
     return m;

@@ -53,6 +53,12 @@ typedef struct core_layer {
      * w[O]    (n_embd, n_head * head_dim)
      * w[GATE], w[UP] (n_ff, n_embd)
      * w[DOWN] (n_embd, n_ff) */
+    /* The same weights as the GGUF stores them, read directly by decode steps of few rows
+     * (qmatmul.h): q[mod] points into the mapping of core_model.gguf, qtype[mod] is its ggml type.
+     * NULL when core__qmatmul cannot read the type. Whoever changes w[mod] must set q[mod] to
+     * NULL, or core_forward keeps using the original weights for small batches. */
+    const void *q[CORE_MOD_COUNT];
+    uint32_t qtype[CORE_MOD_COUNT];
     float *ffn_norm; /* (n_embd) */
 } core_layer;
 
@@ -63,6 +69,9 @@ typedef struct core_model {
     size_t slab_floats;
     float *tok_embd;    /* (n_vocab, n_embd) */
     float *output;      /* (n_vocab, n_embd); == tok_embd when tied */
+    /* output (tok_embd when tied) as the GGUF stores it, like core_layer.q; or NULL */
+    const void *output_q;
+    uint32_t output_qtype;
     float *output_norm; /* (n_embd) */
     core_layer *layers; /* (n_layer) */
 } core_model;
