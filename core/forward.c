@@ -29,7 +29,7 @@
  * larger ones use sgemm on the f32 slab, which is compute-bound there and uses every core.
  * Measured on 2 Zen 3 cores (OpenBLAS 0.3.21): decode at 1-12 rows is 1.7-3.6x faster this way;
  * OpenBLAS catches up at 15 rows and wins from 16, where its kernel takes 16 rows per pass. */
-#define QMATMUL_ROWS 12
+#define QMATMUL_ROWS CORE_QMATMUL_ROWS
 
 struct core_ctx {
     const core_model *m;

@@ -66,7 +66,8 @@ typedef struct bench {
     core_kv *kv;
     float *logits;
     double flops_per_row; /* linear layers + head, per token */
-    double weight_bytes;  /* f32 weights read per step */
+    double weight_bytes;  /* f32 weights read per step (more than CORE_QMATMUL_ROWS rows) */
+    double qweight_bytes; /* stored (quantized) weights read per step (small steps) */
     double peak, bw;
 } bench;
 
@@ -74,7 +75,8 @@ static void report(const bench *b, const char *what, double toks, double secs, d
                    double steps)
 {
     double gflops = b->flops_per_row * toks / secs / 1e9;
-    double gbs = b->weight_bytes * steps / secs / 1e9;
+    double bytes = rows_per_step <= CORE_QMATMUL_ROWS ? b->qweight_bytes : b->weight_bytes;
+    double gbs = bytes * steps / secs / 1e9;
     printf("%-28s %9.1f tok/s   %7.1f GFLOP/s (%3.0f%% of peak)   %6.1f GB/s (%3.0f%% of bw)"
            "   [%.0f rows/step]\n",
            what, toks / secs, gflops, 100 * gflops / b->peak, gbs, 100 * gbs / b->bw,
@@ -271,11 +273,16 @@ int main(int argc, char **argv)
     b.m = m;
     b.flops_per_row = 2.0 * (lin * c->n_layer + (double)c->n_vocab * c->n_embd);
     b.weight_bytes = 4.0 * (lin * c->n_layer + (double)c->n_vocab * c->n_embd);
+    for (uint64_t i = 0; i < m->gguf->n_tensors; i++)
+        if (m->gguf->tensors[i].n_dims == 2) /* every matrix: the linear layers and the head */
+            b.qweight_bytes += (double)m->gguf->tensors[i].size;
     b.ctx = core_ctx_new(m);
     b.kv = core_kv_new(c, 64, 1024, err, sizeof err);
     b.logits = malloc(sizeof(float) * (size_t)c->n_vocab * 64);
-    printf("model: %s, %.1f M linear params, f32 weights %.0f MB read per step\n\n", path,
-           (lin * c->n_layer + (double)c->n_vocab * c->n_embd) / 1e6, b.weight_bytes / 1e6);
+    printf("model: %s, %.1f M linear params; a step reads %.0f MB of stored weights (up to %d "
+           "rows) or %.0f MB of f32 weights\n\n",
+           path, (lin * c->n_layer + (double)c->n_vocab * c->n_embd) / 1e6, b.qweight_bytes / 1e6,
+           CORE_QMATMUL_ROWS, b.weight_bytes / 1e6);
 
     double tp, td;
     int plen = 128, steps = 32;
