@@ -20,7 +20,7 @@ CORE_SRC     := $(sort $(wildcard core/*.c))
 ADAPTERS_SRC := $(sort $(wildcard adapters/*.c))
 SERVER_SRC   := $(sort $(filter-out server/main.c,$(wildcard server/*.c)))
 LIB_SRC      := $(CORE_SRC) $(ADAPTERS_SRC) $(SERVER_SRC)
-TEST_SRC     := tests/runner.c $(sort $(wildcard tests/unit/*/*.c tests/golden/*.c))
+TEST_SRC     := tests/runner.c tests/shared_model.c $(sort $(wildcard tests/unit/*/*.c tests/golden/*.c))
 FUZZ_SRC     := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/obj/%.o)

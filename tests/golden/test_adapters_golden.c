@@ -9,26 +9,13 @@
 
 #include "adapters/registry.h"
 #include "core/model.h"
+#include "tests/shared_model.h"
 #include "tests/test.h"
 
 #define FIX "tests/golden/fixtures/"
 #define TOL 1e-3
 
 char *test_read_file(const char *path, size_t *len);
-
-static core_model *model(void)
-{
-    static core_model *m;
-    static int tried;
-    if (!tried) {
-        char err[512];
-        tried = 1;
-        m = core_model_load(test_model_path(), err, sizeof err);
-        if (!m)
-            printf("    load failed: %s\n", err);
-    }
-    return m;
-}
 
 typedef struct golden {
     cJSON *j;
@@ -172,7 +159,7 @@ static double full_diff(const float *row, int nv, const char *file)
 TEST(golden_adapters_match_peft)
 {
     TEST_NEED_MODEL();
-    core_model *m = model();
+    core_model *m = test_shared_model();
     CHECK(m != NULL);
     golden g;
     CHECK(golden_open(&g, m) == 0);
@@ -216,7 +203,7 @@ TEST(golden_adapters_match_peft)
 TEST(golden_adapters_mixed_batch_matches_peft)
 {
     TEST_NEED_MODEL();
-    core_model *m = model();
+    core_model *m = test_shared_model();
     CHECK(m != NULL);
     golden g;
     CHECK(golden_open(&g, m) == 0);
@@ -266,7 +253,7 @@ TEST(golden_adapters_mixed_batch_matches_peft)
 TEST(golden_gguf_lora_matches_peft)
 {
     TEST_NEED_MODEL();
-    core_model *m = model();
+    core_model *m = test_shared_model();
     CHECK(m != NULL);
     golden g;
     CHECK(golden_open(&g, m) == 0);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/model.h"
+#include "tests/shared_model.h"
 #include "tests/test.h"
 
 #define FIXTURES "tests/golden/fixtures/"
@@ -41,20 +42,6 @@ static cJSON *load_json(const char *path)
     cJSON *j = s ? cJSON_Parse(s) : NULL;
     free(s);
     return j;
-}
-
-static core_model *golden_model(void)
-{
-    static core_model *m;
-    static int tried;
-    if (!tried) {
-        char err[512];
-        tried = 1;
-        m = core_model_load(test_model_path(), err, sizeof err);
-        if (!m)
-            printf("    load failed: %s\n", err);
-    }
-    return m;
 }
 
 static int ids_from_json(const cJSON *arr, int32_t *out, int cap)
@@ -94,7 +81,7 @@ static float *all_logits(core_model *m, const int32_t *ids, int n)
 TEST(golden_logits_match_transformers)
 {
     TEST_NEED_MODEL();
-    core_model *m = golden_model();
+    core_model *m = test_shared_model();
     CHECK(m != NULL);
     cJSON *j = load_json(FIXTURES "core_logits.json");
     CHECK_MSG(j != NULL, "cannot read " FIXTURES "core_logits.json");
@@ -169,7 +156,7 @@ TEST(golden_logits_match_transformers)
 TEST(golden_greedy_continuations_match_transformers)
 {
     TEST_NEED_MODEL();
-    core_model *m = golden_model();
+    core_model *m = test_shared_model();
     CHECK(m != NULL);
     cJSON *j = load_json(FIXTURES "core_logits.json");
     CHECK(j != NULL);

@@ -5,27 +5,13 @@
 #include <string.h>
 
 #include "core/model.h"
+#include "tests/shared_model.h"
 #include "tests/test.h"
-
-/* The model is loaded once for all tests in this file. */
-static core_model *real_model(void)
-{
-    static core_model *m;
-    static int tried;
-    if (!tried) {
-        char err[512];
-        tried = 1;
-        m = core_model_load(test_model_path(), err, sizeof err);
-        if (!m)
-            printf("    load failed: %s\n", err);
-    }
-    return m;
-}
 
 TEST(model_real_config)
 {
     TEST_NEED_MODEL();
-    core_model *m = real_model();
+    core_model *m = test_shared_model();
     CHECK(m != NULL);
     const core_config *c = &m->cfg;
     CHECK_EQ_STR(c->arch, "llama");
@@ -118,7 +104,7 @@ static int run_seqs(core_model *m, const int32_t *const *prompts, const int *len
 TEST(model_batch_invariance)
 {
     TEST_NEED_MODEL();
-    core_model *m = real_model();
+    core_model *m = test_shared_model();
     CHECK(m != NULL);
     static const int32_t p0[] = {504, 3575, 282, 4649, 314};
     static const int32_t p1[] = {19556, 28, 392, 416, 722, 253, 1345, 281, 3303, 30, 216, 33};

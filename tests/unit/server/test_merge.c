@@ -27,6 +27,7 @@
 #include "core/quant.h"
 #include "server/cli.h"
 #include "server/cli_select.h"
+#include "tests/shared_model.h"
 #include "tests/test.h"
 
 #define FIX "tests/golden/fixtures/adapters"
@@ -37,20 +38,6 @@
 /* "The capital of France is Paris" + "Le chat est assis sur" (adapters.json prompts). */
 static const int32_t prompt[N_PROMPT] = {504,  3575,  282,  4649, 314, 7042,
                                          7026, 11743, 1264, 757,  271, 838};
-
-static core_model *base_model(void)
-{
-    static core_model *m;
-    static int tried;
-    if (!tried) {
-        char err[512];
-        tried = 1;
-        m = core_model_load(test_model_path(), err, sizeof err);
-        if (!m)
-            printf("    load failed: %s\n", err);
-    }
-    return m;
-}
 
 static int file_exists(const char *path)
 {
@@ -333,7 +320,7 @@ typedef struct merge_case {
 static void run_case(const merge_case *mc)
 {
     TEST_NEED_MODEL();
-    core_model *m = base_model();
+    core_model *m = test_shared_model();
     CHECK(m);
     const char *dir = tu_tmpdir();
     CHECK(dir);

@@ -1,0 +1,20 @@
+/* One load of the default model shared by the tests that read it. */
+#include "tests/shared_model.h"
+
+#include <stdio.h>
+
+#include "tests/test.h"
+
+core_model *test_shared_model(void)
+{
+    static core_model *m;
+    static int tried;
+    if (!tried) {
+        char err[512];
+        tried = 1;
+        m = core_model_load(test_model_path(), err, sizeof err);
+        if (!m)
+            printf("    load failed: %s\n", err);
+    }
+    return m;
+}
