@@ -34,6 +34,7 @@ typedef struct reg_node {
     bool failed;
     char error[256];
     bool pinned;
+    bool kept; /* seen by the current scan merge */
     uint64_t last_used;
     uint64_t loads, load_failures, evictions, hits;
 } reg_node;
@@ -416,6 +417,8 @@ static void merge_scan(adapter_registry *r, scan_list *l)
         pthread_mutex_unlock(&r->mu);
         return;
     }
+    for (int i = 0; i < r->n_nodes; i++)
+        r->nodes[i]->kept = false;
     for (int i = 0; i < l->n; i++) {
         const scan_entry *e = &l->v[i];
         reg_node *n = find(r, e->id);
@@ -437,15 +440,13 @@ static void merge_scan(adapter_registry *r, scan_list *l)
             n->failed = false;
             start_load(r, n); /* a new version; the old one serves until it is ready */
         }
+        n->kept = true;
         keep[n_keep++] = n;
     }
     /* Nodes gone from disk: drop their versions; sets in flight keep their references. */
     for (int i = 0; i < r->n_nodes; i++) {
         reg_node *n = r->nodes[i];
-        bool kept = false;
-        for (int k = 0; k < n_keep && !kept; k++)
-            kept = keep[k] == n;
-        if (!kept) {
+        if (!n->kept) {
             drop_current(r, n);
             free(n);
         }

@@ -14,12 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "error.h"
 #include "kv_internal.h"
 #include "lora.h"
 #include "model.h"
 #include "qmatmul.h"
 #include "quant.h"
-#include "error.h"
 
 #define MAX_LORA_RANK CORE_LORA_MAX_RANK
 /* Groups with at least this many rows use sgemm on converted weights; smaller ones the
@@ -34,29 +34,30 @@
 struct core_ctx {
     const core_model *m;
     int cap_rows;
-    float *x;     /* (rows, n_embd) residual stream */
-    float *xn;    /* (rows, max(n_embd, q_dim)) normed input of a linear */
-    float *q;     /* (rows, q_dim) */
-    float *k;     /* (rows, kv_dim) */
-    float *v;     /* (rows, kv_dim) */
-    float *att;   /* (rows, q_dim) */
-    float *gate;  /* (rows, n_ff) */
-    float *up;    /* (rows, n_ff) */
-    float *tmp;   /* (rows, n_embd) */
+    float *x;        /* (rows, n_embd) residual stream */
+    float *xn;       /* (rows, max(n_embd, q_dim)) normed input of a linear */
+    float *q;        /* (rows, q_dim) */
+    float *k;        /* (rows, kv_dim) */
+    float *v;        /* (rows, kv_dim) */
+    float *att;      /* (rows, q_dim) */
+    float *gate;     /* (rows, n_ff) */
+    float *up;       /* (rows, n_ff) */
+    float *tmp;      /* (rows, n_embd) */
     float *inv_freq; /* (head_dim / 2) */
     float *scores;   /* (cap_ctx) */
     size_t cap_ctx;
-    int *slot_n;     /* (n_slots) positions filled, simulated during validation */
+    int *slot_n; /* (n_slots) positions filled, simulated during validation */
     size_t cap_slots;
     /* LoRA scratch */
-    int *grp_order;  /* (n_groups) group indices sorted by (layer, module) */
-    int *grp_start;  /* (n_layer * CORE_MOD_COUNT + 1) */
-    size_t cap_order, cap_start;
-    float *lx;       /* (rows, max_in) gathered inputs */
-    float *lt;       /* (rows, max_rank) shrink result */
-    float *ly;       /* (rows, max_out) expand result */
-    float *la;       /* (max_rank, max_in) A converted to f32 */
-    float *lb;       /* (max_out, max_rank) B converted to f32 */
+    int *grp_order; /* (n_groups) group indices sorted by (layer, module) */
+    int *grp_start; /* (n_layer * CORE_MOD_COUNT + 1) */
+    int *grp_fill;  /* (n_layer * CORE_MOD_COUNT) placement cursors of the counting sort */
+    size_t cap_order, cap_start, cap_fill;
+    float *lx; /* (rows, max_in) gathered inputs */
+    float *lt; /* (rows, max_rank) shrink result */
+    float *ly; /* (rows, max_out) expand result */
+    float *la; /* (max_rank, max_in) A converted to f32 */
+    float *lb; /* (max_out, max_rank) B converted to f32 */
     size_t cap_lx, cap_lt, cap_ly, cap_la, cap_lb;
 };
 
@@ -114,6 +115,7 @@ void core_ctx_free(core_ctx *c)
     free(c->slot_n);
     free(c->grp_order);
     free(c->grp_start);
+    free(c->grp_fill);
     free(c->lx);
     free(c->lt);
     free(c->ly);
@@ -152,8 +154,7 @@ static int ensure_rows(core_ctx *c, int n)
 
 /* Checks every group of the plan against the model and the batch, and indexes the groups by
  * (layer, module) with a counting sort. */
-static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char *err,
-                      size_t errlen)
+static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char *err, size_t errlen)
 {
     const core_config *cfg = &c->m->cfg;
     int n_keys = cfg->n_layer * CORE_MOD_COUNT;
@@ -173,25 +174,26 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
         if (g->layer < 0 || g->layer >= cfg->n_layer || g->module < 0 ||
             g->module >= CORE_MOD_COUNT) {
             core__seterr(err, errlen, "lora plan: group %d names layer %d module %d", i, g->layer,
-                   g->module);
+                         g->module);
             return -EINVAL;
         }
         if (g->rank <= 0 || g->rank > MAX_LORA_RANK || !g->A || !g->B ||
             (g->dtype != CORE_TYPE_F32 && g->dtype != CORE_TYPE_F16 &&
              g->dtype != CORE_TYPE_BF16)) {
             core__seterr(err, errlen, "lora plan: group %d has rank %d, dtype %u or no weights", i,
-                   g->rank, g->dtype);
+                         g->rank, g->dtype);
             return -EINVAL;
         }
         if (g->n_rows < 0 || g->n_rows > n_rows || (g->n_rows && (!g->rows || !g->scales))) {
-            core__seterr(err, errlen, "lora plan: group %d has %d rows for a batch of %d", i, g->n_rows,
-                   n_rows);
+            core__seterr(err, errlen, "lora plan: group %d has %d rows for a batch of %d", i,
+                         g->n_rows, n_rows);
             return -EINVAL;
         }
         for (int r = 0; r < g->n_rows; r++) {
             if (g->rows[r] < 0 || g->rows[r] >= n_rows || !isfinite(g->scales[r])) {
-                core__seterr(err, errlen, "lora plan: group %d row %d (index %d, scale %g) is invalid",
-                       i, r, g->rows[r], (double)g->scales[r]);
+                core__seterr(err, errlen,
+                             "lora plan: group %d row %d (index %d, scale %g) is invalid", i, r,
+                             g->rows[r], (double)g->scales[r]);
                 return -EINVAL;
             }
         }
@@ -200,15 +202,14 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
     for (int k = 0; k < n_keys; k++)
         c->grp_start[k + 1] += c->grp_start[k];
     /* Stable placement, so groups apply in plan order within a (layer, module). */
-    int *fill = malloc((size_t)n_keys * sizeof(int));
-    if (!fill)
+    if (grow(&c->grp_fill, &c->cap_fill, (size_t)n_keys, sizeof(int)))
         return -ENOMEM;
+    int *fill = c->grp_fill;
     memcpy(fill, c->grp_start, (size_t)n_keys * sizeof(int));
     for (int i = 0; i < plan->n_groups; i++) {
         const core_lora_group *g = &plan->groups[i];
         c->grp_order[fill[g->layer * CORE_MOD_COUNT + g->module]++] = i;
     }
-    free(fill);
     return 0;
 }
 
@@ -375,21 +376,24 @@ static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err,
     for (int i = 0; i < b->n_rows; i++) {
         int tok = b->tokens[i], slot = b->slot[i], pos = b->pos[i];
         if (tok < 0 || tok >= cfg->n_vocab) {
-            core__seterr(err, errlen, "row %d: token id %d out of range [0, %d)", i, tok, cfg->n_vocab);
+            core__seterr(err, errlen, "row %d: token id %d out of range [0, %d)", i, tok,
+                         cfg->n_vocab);
             return -EINVAL;
         }
         if (slot < 0 || slot >= kv->n_slots) {
-            core__seterr(err, errlen, "row %d: kv slot %d out of range [0, %d)", i, slot, kv->n_slots);
+            core__seterr(err, errlen, "row %d: kv slot %d out of range [0, %d)", i, slot,
+                         kv->n_slots);
             return -EINVAL;
         }
         if (pos < 0 || pos >= kv->n_ctx) {
             core__seterr(err, errlen, "row %d: position %d outside the context of %d", i, pos,
-                   kv->n_ctx);
+                         kv->n_ctx);
             return -ERANGE;
         }
         if (pos > c->slot_n[slot]) {
-            core__seterr(err, errlen, "row %d: position %d skips ahead of slot %d's %d filled positions",
-                   i, pos, slot, c->slot_n[slot]);
+            core__seterr(err, errlen,
+                         "row %d: position %d skips ahead of slot %d's %d filled positions", i, pos,
+                         slot, c->slot_n[slot]);
             return -EINVAL;
         }
         c->slot_n[slot] = pos + 1;
@@ -398,7 +402,7 @@ static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err,
         int rc = core__kv_reserve(kv, slot, pos + 1);
         if (rc) {
             core__seterr(err, errlen, "row %d: cannot grow kv slot %d to %d positions", i, slot,
-                   pos + 1);
+                         pos + 1);
             return rc;
         }
     }
@@ -407,8 +411,8 @@ static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err,
     return 0;
 }
 
-static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b,
-                         const core_lora_plan *plan, int l)
+static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_plan *plan,
+                         int l)
 {
     const core_config *cfg = &c->m->cfg;
     const core_layer *L = &c->m->layers[l];
