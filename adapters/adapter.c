@@ -63,7 +63,7 @@ static bool finite_elem(uint32_t dtype, const unsigned char *p)
 }
 
 int adapter__copy_rows(uint32_t dtype, const void *src, void *dst, size_t rows, size_t row_len,
-                       int perm_heads, int head_dim)
+                       int perm_heads, int head_dim, bool transpose)
 {
     size_t es = dtype == CORE_TYPE_F32 ? 4 : 2;
     size_t row_bytes = row_len * es;
@@ -81,7 +81,12 @@ int adapter__copy_rows(uint32_t dtype, const void *src, void *dst, size_t rows, 
         for (size_t i = 0; i < row_len; i++)
             if (!finite_elem(dtype, row + i * es))
                 return -EINVAL;
-        memcpy(d + r * row_bytes, row, row_bytes);
+        if (!transpose) {
+            memcpy(d + r * row_bytes, row, row_bytes);
+            continue;
+        }
+        for (size_t i = 0; i < row_len; i++) /* element (r, i) goes to (i, r) */
+            memcpy(d + (i * rows + r) * es, row + i * es, es);
     }
     return 0;
 }

@@ -1,7 +1,7 @@
 /* One LoRA adapter, loaded from a PEFT directory or a GGUF-LoRA file and validated against a
  * base model, in the form the forward pass reads (DESIGN.md §3):
  *
- *   for every (layer, module) it targets: A (rank, in), B (out, rank) and a scale
+ *   for every (layer, module) it targets: A (rank, in), Bt = Bᵀ (rank, out) and a scale
  *   (lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA, after rank_pattern/alpha_pattern).
  *
  * All weights live in one slab in the dtype the file stored (f32, f16 or bf16), q/k lora_B rows
@@ -24,7 +24,7 @@ typedef struct adapter_mod {
     int rank;
     float scale;   /* alpha / rank (or alpha / sqrt(rank)); the user weight multiplies it */
     const void *A; /* (rank, in) */
-    const void *B; /* (out, rank) */
+    const void *Bt; /* (rank, out): lora_B transposed, so the decode kernels stream it */
 } adapter_mod;
 
 typedef enum adapter_format { ADAPTER_PEFT = 1, ADAPTER_GGUF = 2 } adapter_format;
@@ -34,7 +34,7 @@ typedef struct adapter {
     uint32_t dtype; /* CORE_TYPE_F32, CORE_TYPE_F16 or CORE_TYPE_BF16 */
     int n_layer;
     adapter_mod *mods; /* (n_layer * CORE_MOD_COUNT), index layer * CORE_MOD_COUNT + module */
-    void *slab;        /* every A and B */
+    void *slab;        /* every A and Bt */
     size_t bytes;      /* weight bytes (the slab) */
     uint64_t hash;     /* content hash of the files it was loaded from */
     /* summary for listings */
@@ -75,11 +75,12 @@ const char *adapter_targets_str(unsigned targets, char *buf, size_t cap);
 
 /* Allocates an adapter with room for slab_bytes of weights and n_layer * CORE_MOD_COUNT entries. */
 adapter *adapter__new(int n_layer, uint32_t dtype, size_t slab_bytes);
-/* Copies count elements of a tensor (src in dtype, possibly unaligned) into dst, in the same
- * dtype, rejecting NaN/Inf. When perm_heads > 0 the rows (each row_len elements) are moved from
- * Hugging Face order to the GGUF q/k order for heads of head_dim rows. Returns 0 or -EINVAL. */
+/* Copies a (rows, row_len) tensor (src in dtype, possibly unaligned) into dst, in the same
+ * dtype, rejecting NaN/Inf. When perm_heads > 0 the rows are moved from Hugging Face order to the
+ * GGUF q/k order for heads of head_dim rows. With transpose, dst is (row_len, rows): the
+ * (permuted) tensor transposed. Returns 0 or -EINVAL. */
 int adapter__copy_rows(uint32_t dtype, const void *src, void *dst, size_t rows, size_t row_len,
-                       int perm_heads, int head_dim);
+                       int perm_heads, int head_dim, bool transpose);
 /* Parses and checks an adapter_config.json text and works out its targets, without weights: 0,
  * or -EINVAL with a message. (For the fuzzer; the targeted modules then have no weights, so a
  * valid config with targets still fails with "no lora_A weight".) */

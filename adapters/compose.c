@@ -164,7 +164,7 @@ int adapter_plan_build(adapter_plan *p, int n_layer, int n_rows, const adapter_s
                                                    .module = m,
                                                    .dtype = a->dtype,
                                                    .A = am->A,
-                                                   .B = am->B,
+                                                   .Bt = am->Bt,
                                                    .rank = am->rank,
                                                    .n_rows = pu->n_rows,
                                                    .rows = p->rows + pu->first,

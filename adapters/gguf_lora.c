@@ -174,7 +174,7 @@ adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, 
                 }
                 src = tmp;
             }
-            if (adapter__copy_rows(dtype, src, at, rows, cols, 0, 0)) {
+            if (adapter__copy_rows(dtype, src, at, rows, cols, 0, 0, w == 1)) {
                 snprintf(err, errlen, "tensor '%.*s' holds NaN or infinite values",
                          (int)t->name.len, t->name.ptr);
                 goto fail;
@@ -182,7 +182,7 @@ adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, 
             if (w == 0)
                 am->A = at;
             else
-                am->B = at;
+                am->Bt = at;
             at += rows * cols * (dtype == CORE_TYPE_F32 ? 4 : 2);
         }
         a->targets |= 1u << (k % CORE_MOD_COUNT);

@@ -33,7 +33,7 @@ static const float *as_f32(uint32_t dtype, const void *src, float *dst, size_t n
     return dst;
 }
 
-/* W (out, in) += weight · scale · B (out, r) · A (r, in), in place in m, for every (layer,
+/* W (out, in) += weight · scale · Btᵀ (out, r) · A (r, in), in place in m, for every (layer,
  * module) every adapter of the set targets; marks them in touched (n_layer * CORE_MOD_COUNT).
  * Returns 0, -ENOMEM, or -ERANGE when a merged weight is not finite. */
 static int merge_weights(core_model *m, const adapter_set *set, unsigned char *touched, char *err,
@@ -64,9 +64,10 @@ static int merge_weights(core_model *m, const adapter_set *set, unsigned char *t
                     continue;
                 int in = core_module_in(c, mod), out = core_module_out(c, mod), r = am->rank;
                 const float *A = as_f32(a->dtype, am->A, scratch, (size_t)r * in);
-                const float *B = as_f32(a->dtype, am->B, scratch + (size_t)r * in, (size_t)out * r);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, out, in, r,
-                            set->items[k].weight * am->scale, B, r, A, in, 1.0f,
+                const float *Bt =
+                    as_f32(a->dtype, am->Bt, scratch + (size_t)r * in, (size_t)out * r);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, r,
+                            set->items[k].weight * am->scale, Bt, out, A, in, 1.0f,
                             m->layers[l].w[mod], in);
                 touched[l * CORE_MOD_COUNT + mod] = 1;
             }

@@ -584,14 +584,14 @@ static adapter *build(const peft_cfg *c, const peft_plan *plan, const core_confi
                 heads = cfg->n_head;
             else if (w == 1 && m == CORE_MOD_K)
                 heads = cfg->n_head_kv;
-            if (adapter__copy_rows(dtype, src, at, rows, cols, heads, cfg->head_dim)) {
+            if (adapter__copy_rows(dtype, src, at, rows, cols, heads, cfg->head_dim, w == 1)) {
                 snprintf(err, errlen, "tensor '%s' holds NaN or infinite values", t->name);
                 goto fail;
             }
             if (w == 0)
                 am->A = at;
             else
-                am->B = at;
+                am->Bt = at;
             at += rows * cols * es;
         }
         a->targets |= 1u << m;

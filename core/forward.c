@@ -23,7 +23,7 @@
 
 #define MAX_LORA_RANK CORE_LORA_MAX_RANK
 /* Groups with at least this many rows use sgemm on converted weights; smaller ones the
- * dedicated kernels (lora.c), which read A and B once without converting them whole. */
+ * dedicated kernels (lora.c), which read A and Bt once without converting them whole. */
 #define LORA_SGEMM_ROWS 16
 /* Matmuls of at most this many rows read the quantized weights (core__qmatmul, one thread);
  * larger ones use sgemm on the f32 slab, which is compute-bound there and uses every core.
@@ -57,7 +57,7 @@ struct core_ctx {
     float *lt; /* (rows, max_rank) shrink result */
     float *ly; /* (rows, max_out) expand result */
     float *la; /* (max_rank, max_in) A converted to f32 */
-    float *lb; /* (max_out, max_rank) B converted to f32 */
+    float *lb; /* (max_rank, max_out) Bt converted to f32 */
     size_t cap_lx, cap_lt, cap_ly, cap_la, cap_lb;
 };
 
@@ -177,7 +177,7 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
                          g->module);
             return -EINVAL;
         }
-        if (g->rank <= 0 || g->rank > MAX_LORA_RANK || !g->A || !g->B ||
+        if (g->rank <= 0 || g->rank > MAX_LORA_RANK || !g->A || !g->Bt ||
             (g->dtype != CORE_TYPE_F32 && g->dtype != CORE_TYPE_F16 &&
              g->dtype != CORE_TYPE_BF16)) {
             core__seterr(err, errlen, "lora plan: group %d has rank %d, dtype %u or no weights", i,
@@ -213,7 +213,7 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
     return 0;
 }
 
-/* Y[rows] += scale * B · (A · X[rows]) for one group. X is (n, in), Y is (n, out). */
+/* Y[rows] += scale * Btᵀ · (A · X[rows]) for one group. X is (n, in), Y is (n, out). */
 static int lora_apply(core_ctx *c, const core_lora_group *g, const float *X, int in, float *Y,
                       int out)
 {
@@ -221,24 +221,24 @@ static int lora_apply(core_ctx *c, const core_lora_group *g, const float *X, int
     if (n == 0)
         return 0;
     if (n < LORA_SGEMM_ROWS) {
-        if (grow(&c->lx, &c->cap_lx, core__lora_scratch_floats(r, in), sizeof(float)))
+        if (grow(&c->lx, &c->cap_lx, core__lora_scratch_floats(r, out), sizeof(float)))
             return -ENOMEM;
-        core__lora_group(g->dtype, g->A, g->B, r, in, out, n, g->rows, g->scales, X, Y, c->lx);
+        core__lora_group(g->dtype, g->A, g->Bt, r, in, out, n, g->rows, g->scales, X, Y, c->lx);
         return 0;
     }
     if (grow(&c->lx, &c->cap_lx, (size_t)n * in, sizeof(float)) ||
         grow(&c->lt, &c->cap_lt, (size_t)n * r, sizeof(float)) ||
         grow(&c->ly, &c->cap_ly, (size_t)n * out, sizeof(float)))
         return -ENOMEM;
-    const float *A = g->A, *B = g->B;
+    const float *A = g->A, *Bt = g->Bt;
     if (g->dtype != CORE_TYPE_F32) {
         if (grow(&c->la, &c->cap_la, (size_t)r * in, sizeof(float)) ||
             grow(&c->lb, &c->cap_lb, (size_t)out * r, sizeof(float)))
             return -ENOMEM;
         core__lora_cvt(g->dtype, g->A, c->la, (size_t)r * in);
-        core__lora_cvt(g->dtype, g->B, c->lb, (size_t)out * r);
+        core__lora_cvt(g->dtype, g->Bt, c->lb, (size_t)out * r);
         A = c->la;
-        B = c->lb;
+        Bt = c->lb;
     }
     for (int i = 0; i < n; i++)
         memcpy(c->lx + (size_t)i * in, X + (size_t)g->rows[i] * in, (size_t)in * sizeof(float));
@@ -248,9 +248,9 @@ static int lora_apply(core_ctx *c, const core_lora_group *g, const float *X, int
     for (int i = 0; i < n; i++)
         for (int j = 0; j < r; j++)
             c->lt[(size_t)i * r + j] *= g->scales[i];
-    /* Yd = T · Bᵀ   (n, out) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, r, 1.0f, c->lt, r, B, r, 0.0f,
-                c->ly, out);
+    /* Yd = T · Bt   (n, out) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, r, 1.0f, c->lt, r, Bt, out,
+                0.0f, c->ly, out);
     for (int i = 0; i < n; i++) {
         float *y = Y + (size_t)g->rows[i] * out;
         const float *d = c->ly + (size_t)i * out;

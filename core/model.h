@@ -111,13 +111,14 @@ size_t core_kv_bytes(const core_kv *kv);
 /* ---- LoRA plan (DESIGN.md §3) --------------------------------------------------------------- */
 
 /* One adapter's low-rank update for one (layer, module), applied to some rows of the batch:
- * Y[rows[i]] += scales[i] * B · (A · X[rows[i]]). A and B are borrowed for the call. */
+ * Y[rows[i]] += scales[i] * B · (A · X[rows[i]]), with B given transposed (Bt = Bᵀ, so both
+ * weights are read row by row). A and Bt are borrowed for the call. */
 typedef struct core_lora_group {
     int layer;
     int module;          /* core_module */
-    uint32_t dtype;      /* CORE_TYPE_F32, CORE_TYPE_F16 or CORE_TYPE_BF16 (A and B alike) */
+    uint32_t dtype;      /* CORE_TYPE_F32, CORE_TYPE_F16 or CORE_TYPE_BF16 (A and Bt alike) */
     const void *A;       /* (rank, in) */
-    const void *B;       /* (out, rank) */
+    const void *Bt;      /* (rank, out): B transposed */
     int rank;
     int n_rows;
     const int32_t *rows; /* (n_rows) batch row indices */

@@ -250,9 +250,23 @@ int main(int argc, char **argv)
     char msg[256] = "";
     core_blas_ensure_kernel(argc, argv, msg, sizeof msg);
     const char *path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    for (int i = 1; i + 1 < argc; i++)
-        if (!strcmp(argv[i], "-m"))
+    int only_sgemm = 0, only_lora = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-m") && i + 1 < argc)
             path = argv[++i];
+        else if (!strcmp(argv[i], "--sgemm-only"))
+            only_sgemm = 1; /* for tools/bench_server.sh: one line, "sgemm_gflops X" */
+        else if (!strcmp(argv[i], "--lora-only"))
+            only_lora = 1;
+        else {
+            fprintf(stderr, "usage: bench_core [-m MODEL] [--sgemm-only | --lora-only]\n");
+            return 2;
+        }
+    }
+    if (only_sgemm) {
+        printf("sgemm_gflops %.1f\n", sgemm_peak());
+        return 0;
+    }
     printf("openblas core: %s, %d threads%s%s\n", core_blas_corename(), core_blas_threads(),
            msg[0] ? " — " : "", msg);
     bench b = {0};
@@ -286,6 +300,8 @@ int main(int argc, char **argv)
 
     double tp, td;
     int plen = 128, steps = 32;
+    if (only_lora)
+        goto lora;
     if (run(&b, 1, plen, steps, &tp, &td))
         return 1;
     /* Prefill computes the head for one row only. */
@@ -301,6 +317,7 @@ int main(int argc, char **argv)
         snprintf(what, sizeof what, "batched decode, batch %d", batches[i]);
         report(&b, what, (double)batches[i] * steps, td, batches[i], steps);
     }
+lora:
     bench_lora(&b);
     free(b.logits);
     core_kv_free(b.kv);

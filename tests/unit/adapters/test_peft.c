@@ -58,20 +58,25 @@ TEST(peft_loads_qv_and_permutes_q_rows)
      * h*64 + s*32 + j; v is not permuted. */
     char p[256];
     snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
-    const float *B = q->B;
+    const float *Bt = q->Bt; /* (4, 576) */
     float src[576 * 4];
     CHECK(tu_read_st_tensor(p, "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight",
                             src, 576 * 4) == 0);
     for (int h = 0; h < 9; h++)
         for (int k = 0; k < 64; k++) {
             int from = h * 64 + (k % 2) * 32 + k / 2;
-            CHECK_MSG(!memcmp(B + (h * 64 + k) * 4, src + from * 4, 4 * sizeof(float)),
-                      "q lora_B GGUF row %d should be HF row %d", h * 64 + k, from);
+            for (int j = 0; j < 4; j++)
+                CHECK_MSG(Bt[j * 576 + h * 64 + k] == src[from * 4 + j],
+                          "q lora_B GGUF row %d should be HF row %d (column %d)", h * 64 + k, from,
+                          j);
         }
     float vsrc[192 * 4];
     CHECK(tu_read_st_tensor(p, "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight",
                             vsrc, 192 * 4) == 0);
-    CHECK(!memcmp(v->B, vsrc, sizeof vsrc));
+    const float *vbt = v->Bt; /* (4, 192): the file's (192, 4) transposed */
+    for (int o = 0; o < 192; o++)
+        for (int j = 0; j < 4; j++)
+            CHECK_MSG(vbt[j * 192 + o] == vsrc[o * 4 + j], "v lora_B (%d, %d)", o, j);
     adapter_unref(a);
     tu_rmrf(tmp);
 }

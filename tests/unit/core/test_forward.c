@@ -87,14 +87,14 @@ static core_model *clone_model(const core_model *src)
     return m;
 }
 
-/* A random adapter: per (layer, module) A (rank, in) and B (out, rank) in the given dtype, plus
+/* A random adapter: per (layer, module) A (rank, in) and Bt (rank, out) in the given dtype, plus
  * the same values in f32 for the dense reference. */
 typedef struct test_adapter {
     uint32_t dtype;
     int rank;
     unsigned modules; /* bit mask of core_module */
-    void *A[2][CORE_MOD_COUNT], *B[2][CORE_MOD_COUNT];
-    float *A32[2][CORE_MOD_COUNT], *B32[2][CORE_MOD_COUNT];
+    void *A[2][CORE_MOD_COUNT], *Bt[2][CORE_MOD_COUNT];
+    float *A32[2][CORE_MOD_COUNT], *Bt32[2][CORE_MOD_COUNT];
 } test_adapter;
 
 static void store(uint32_t dtype, void *dst, float *dst32, size_t n)
@@ -129,11 +129,11 @@ static void make_adapter(test_adapter *a, const core_config *c, uint32_t dtype, 
             size_t na = (size_t)rank * core_module_in(c, mod);
             size_t nb = (size_t)core_module_out(c, mod) * rank;
             a->A[l][mod] = malloc(na * es);
-            a->B[l][mod] = malloc(nb * es);
+            a->Bt[l][mod] = malloc(nb * es);
             a->A32[l][mod] = malloc(na * 4);
-            a->B32[l][mod] = malloc(nb * 4);
+            a->Bt32[l][mod] = malloc(nb * 4);
             store(dtype, a->A[l][mod], a->A32[l][mod], na);
-            store(dtype, a->B[l][mod], a->B32[l][mod], nb);
+            store(dtype, a->Bt[l][mod], a->Bt32[l][mod], nb);
         }
     }
 }
@@ -143,9 +143,9 @@ static void free_adapter(test_adapter *a)
     for (int l = 0; l < 2; l++)
         for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
             free(a->A[l][mod]);
-            free(a->B[l][mod]);
+            free(a->Bt[l][mod]);
             free(a->A32[l][mod]);
-            free(a->B32[l][mod]);
+            free(a->Bt32[l][mod]);
         }
 }
 
@@ -163,7 +163,7 @@ static void merge(core_model *m, const test_adapter *a, float s)
                 for (int i = 0; i < in; i++) {
                     double d = 0;
                     for (int r = 0; r < a->rank; r++)
-                        d += (double)a->B32[l][mod][o * a->rank + r] * a->A32[l][mod][r * in + i];
+                        d += (double)a->Bt32[l][mod][r * out + o] * a->A32[l][mod][r * in + i];
                     W[o * in + i] += (float)(s * d);
                 }
         }
@@ -243,7 +243,7 @@ static void lora_plan_vs_dense(void)
                                                  .module = mod,
                                                  .dtype = ads[k]->dtype,
                                                  .A = ads[k]->A[l][mod],
-                                                 .B = ads[k]->B[l][mod],
+                                                 .Bt = ads[k]->Bt[l][mod],
                                                  .rank = ads[k]->rank,
                                                  .n_rows = N_TOK,
                                                  .rows = rws[k],
@@ -393,13 +393,13 @@ TEST(forward_rejects_bad_batches_and_plans)
     CHECK_EQ_INT(core_forward(c, kv, &b, NULL, lg, err, sizeof err), -EINVAL);
     slot = 0;
 
-    float A[4 * 64] = {0}, B[64 * 4] = {0}, scale = 1.0f;
+    float A[4 * 64] = {0}, Bt[4 * 64] = {0}, scale = 1.0f;
     int32_t row = 1; /* batch has one row */
     core_lora_group g = {.layer = 0,
                          .module = CORE_MOD_Q,
                          .dtype = CORE_TYPE_F32,
                          .A = A,
-                         .B = B,
+                         .Bt = Bt,
                          .rank = 4,
                          .n_rows = 1,
                          .rows = &row,

@@ -155,7 +155,7 @@ typedef struct check {
     char why[512];
 } check;
 
-/* Reference W + Σ weight·scale·B·A for one row o of (layer, module), in double, into ref (in),
+/* Reference W + Σ weight·scale·B·A (B = Btᵀ) for one row o of (layer, module), in double, into ref (in),
  * and the sum of the magnitudes of its terms into mag (in), which bounds f32 rounding. */
 static void reference_row(const core_model *m, const adapter_set *set, int l, int mod, int o,
                           double *ref, double *mag)
@@ -171,7 +171,7 @@ static void reference_row(const core_model *m, const adapter_set *set, int l, in
         const adapter_mod *am = adapter_mod_at(a, l, mod);
         double c = (double)set->items[k].weight * am->scale;
         for (int r = 0; r < am->rank; r++) {
-            double bo = c * elem(a->dtype, am->B, (size_t)o * am->rank + r);
+            double bo = c * elem(a->dtype, am->Bt, (size_t)r * core_module_out(&m->cfg, mod) + o);
             for (int i = 0; i < in; i++) {
                 double t = bo * elem(a->dtype, am->A, (size_t)r * in + i);
                 ref[i] += t;
