@@ -109,7 +109,7 @@ tsan:
 	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(CLANG) OPT="-O1 -g" SAN="-fsanitize=thread" \
 	    LDFLAGS="-fsanitize=thread" \
 	    build/tsan/adaptree build/tsan/test_unit build/tsan/blas_probe
-	ADAPTREE_BUILD=build/tsan tools/run_tests.sh build/tsan
+	ADAPTREE_BUILD=build/tsan TSAN_OPTIONS=suppressions=$(CURDIR)/tools/tsan.supp tools/run_tests.sh build/tsan
 
 FUZZ_TIME ?= 30
 FUZZ_CFLAGS = -O1 -g -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -I.

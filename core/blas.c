@@ -6,6 +6,7 @@
  * stops a second re-exec, so a library that ignores the variable cannot make the process loop).
  */
 #include "core/blas.h"
+#include "core/pool.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -49,6 +50,7 @@ int core_blas_threads(void)
 void core_blas_set_threads(int n)
 {
     openblas_set_num_threads(n < 1 ? 1 : n);
+    core__pool_set_threads(n);
 }
 
 void core_blas_cpu_features(int *has_avx512, int *has_avx2)

@@ -18,7 +18,8 @@
  * belongs to OpenBLAS and lives as long as the process. */
 const char *core_blas_corename(void);
 
-/* OpenBLAS's thread count, and setting it (n >= 1; applies to the calls that follow). */
+/* OpenBLAS's thread count, and setting it (n >= 1; applies to the calls that follow). The
+ * setting also sizes the pool that runs core's own kernels (pool.h). */
 int core_blas_threads(void);
 void core_blas_set_threads(int n);
 

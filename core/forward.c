@@ -10,6 +10,7 @@
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include "kv_internal.h"
 #include "lora.h"
 #include "model.h"
+#include "pool.h"
 #include "qmatmul.h"
 #include "quant.h"
 
@@ -59,6 +61,11 @@ struct core_ctx {
     float *la; /* (max_rank, max_in) A converted to f32 */
     float *lb; /* (max_rank, max_out) Bt converted to f32 */
     size_t cap_lx, cap_lt, cap_ly, cap_la, cap_lb;
+    /* small groups, per pool task: kernel scratch and the task's share of a group's rows */
+    float *ls[CORE_POOL_MAX];
+    int32_t *lrows[CORE_POOL_MAX];
+    float *lscales[CORE_POOL_MAX];
+    size_t cap_ls[CORE_POOL_MAX], cap_lrows[CORE_POOL_MAX], cap_lscales[CORE_POOL_MAX];
 };
 
 /* Grows *p to at least n elements of size sz; 0 or -ENOMEM. */
@@ -121,6 +128,11 @@ void core_ctx_free(core_ctx *c)
     free(c->ly);
     free(c->la);
     free(c->lb);
+    for (int t = 0; t < CORE_POOL_MAX; t++) {
+        free(c->ls[t]);
+        free(c->lrows[t]);
+        free(c->lscales[t]);
+    }
     free(c);
 }
 
@@ -214,18 +226,71 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
 }
 
 /* Y[rows] += scale * Btᵀ · (A · X[rows]) for one group. X is (n, in), Y is (n, out). */
-static int lora_apply(core_ctx *c, const core_lora_group *g, const float *X, int in, float *Y,
+/* The small groups of one (layer, module), split over the pool by batch row: task t applies, in
+ * plan order, every small group to its rows r with r % n_tasks == t. A row's updates are thus
+ * computed by the same kernel calls in the same order whatever the split, and no two tasks
+ * write the same row of Y. */
+typedef struct lora_job {
+    core_ctx *c;
+    const core_lora_plan *plan;
+    int key, in, out, n_tasks;
+    const float *X;
+    float *Y;
+} lora_job;
+
+static void lora_small_task(void *arg, int t)
+{
+    lora_job *j = arg;
+    core_ctx *c = j->c;
+    for (int i = c->grp_start[j->key]; i < c->grp_start[j->key + 1]; i++) {
+        const core_lora_group *g = &j->plan->groups[c->grp_order[i]];
+        if (g->n_rows == 0 || g->n_rows >= LORA_SGEMM_ROWS)
+            continue;
+        int m = 0;
+        for (int r = 0; r < g->n_rows; r++)
+            if (g->rows[r] % j->n_tasks == t) {
+                c->lrows[t][m] = g->rows[r];
+                c->lscales[t][m++] = g->scales[r];
+            }
+        if (m)
+            core__lora_group(g->dtype, g->A, g->Bt, g->rank, j->in, j->out, m, c->lrows[t],
+                             c->lscales[t], j->X, j->Y, c->ls[t]);
+    }
+}
+
+static int lora_small(core_ctx *c, const core_lora_plan *plan, int key, const float *X, int in,
+                      float *Y, int out)
+{
+    int n_tasks = core__pool_threads(), any = 0;
+    size_t scratch = 0, rows = 0;
+    for (int i = c->grp_start[key]; i < c->grp_start[key + 1]; i++) {
+        const core_lora_group *g = &plan->groups[c->grp_order[i]];
+        if (g->n_rows == 0 || g->n_rows >= LORA_SGEMM_ROWS)
+            continue;
+        size_t need = core__lora_scratch_floats(g->rank, out);
+        scratch = need > scratch ? need : scratch;
+        rows = (size_t)g->n_rows > rows ? (size_t)g->n_rows : rows;
+        any = 1;
+    }
+    if (!any)
+        return 0;
+    for (int t = 0; t < n_tasks; t++)
+        if (grow(&c->ls[t], &c->cap_ls[t], scratch, sizeof(float)) ||
+            grow(&c->lrows[t], &c->cap_lrows[t], rows, sizeof(int32_t)) ||
+            grow(&c->lscales[t], &c->cap_lscales[t], rows, sizeof(float)))
+            return -ENOMEM;
+    lora_job j = {
+        .c = c, .plan = plan, .key = key, .in = in, .out = out, .n_tasks = n_tasks, .X = X, .Y = Y};
+    core__pool_run(n_tasks, lora_small_task, &j);
+    return 0;
+}
+
+static int lora_large(core_ctx *c, const core_lora_group *g, const float *X, int in, float *Y,
                       int out)
 {
     int n = g->n_rows, r = g->rank;
     if (n == 0)
         return 0;
-    if (n < LORA_SGEMM_ROWS) {
-        if (grow(&c->lx, &c->cap_lx, core__lora_scratch_floats(r, out), sizeof(float)))
-            return -ENOMEM;
-        core__lora_group(g->dtype, g->A, g->Bt, r, in, out, n, g->rows, g->scales, X, Y, c->lx);
-        return 0;
-    }
     if (grow(&c->lx, &c->cap_lx, (size_t)n * in, sizeof(float)) ||
         grow(&c->lt, &c->cap_lt, (size_t)n * r, sizeof(float)) ||
         grow(&c->ly, &c->cap_ly, (size_t)n * out, sizeof(float)))
@@ -249,8 +314,8 @@ static int lora_apply(core_ctx *c, const core_lora_group *g, const float *X, int
         for (int j = 0; j < r; j++)
             c->lt[(size_t)i * r + j] *= g->scales[i];
     /* Yd = T · Bt   (n, out) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, r, 1.0f, c->lt, r, Bt, out,
-                0.0f, c->ly, out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, r, 1.0f, c->lt, r, Bt, out, 0.0f,
+                c->ly, out);
     for (int i = 0; i < n; i++) {
         float *y = Y + (size_t)g->rows[i] * out;
         const float *d = c->ly + (size_t)i * out;
@@ -260,13 +325,48 @@ static int lora_apply(core_ctx *c, const core_lora_group *g, const float *X, int
     return 0;
 }
 
+/* One quantized product split over the pool by output rows; every output is computed by the
+ * same code whatever the split, so the result does not depend on the thread count. */
+typedef struct qmm_job {
+    const void *Wq;
+    uint32_t qtype;
+    int in, out, n, per;
+    const float *X;
+    float *Y;
+    _Atomic int failed;
+} qmm_job;
+
+static void qmm_task(void *arg, int t)
+{
+    qmm_job *j = arg;
+    int o0 = t * j->per, o1 = o0 + j->per < j->out ? o0 + j->per : j->out;
+    if (o0 < o1 && core__qmatmul_part(j->qtype, j->Wq, j->in, j->out, o0, o1, j->X, j->n, j->Y))
+        atomic_store_explicit(&j->failed, 1, memory_order_relaxed);
+}
+
+static int qmatmul_rows(void)
+{
+    static int rows;
+    if (!rows) {
+        const char *e = getenv("ADAPTREE_QMATMUL_ROWS");
+        rows = e && atoi(e) > 0 ? atoi(e) : QMATMUL_ROWS;
+    }
+    return rows;
+}
+
 /* Y = X · Wᵀ. X (n, in), W (out, in) in f32, Wq the same weights as the GGUF stores them (type
  * qtype) or NULL, Y (n, out). */
 static void matmul(const float *W, const void *Wq, uint32_t qtype, int in, int out, const float *X,
                    int n, float *Y)
 {
-    if (Wq && n <= QMATMUL_ROWS && core__qmatmul(qtype, Wq, in, out, X, n, Y) == 0)
-        return;
+    if (Wq && n <= qmatmul_rows() && core__qmatmul_supports(qtype)) {
+        int tasks = 2 * core__pool_threads();
+        qmm_job j = {.Wq = Wq, .qtype = qtype, .in = in, .out = out, .n = n, .X = X, .Y = Y};
+        j.per = ((out + tasks - 1) / tasks + 15) & ~15;
+        core__pool_run((out + j.per - 1) / j.per, qmm_task, &j);
+        if (!atomic_load_explicit(&j.failed, memory_order_relaxed))
+            return;
+    }
     if (n == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, in, X, 1, 0.0f, Y, 1);
     else
@@ -284,13 +384,15 @@ static int linear(core_ctx *c, const core_lora_plan *plan, int layer, core_modul
     matmul(L->w[mod], L->q[mod], L->qtype[mod], in, out, X, n, Y);
     if (!plan || plan->n_groups == 0)
         return 0;
+    /* small groups on the pool first, then the large ones (sgemm, its own threads) in plan order */
     int key = layer * CORE_MOD_COUNT + mod;
-    for (int i = c->grp_start[key]; i < c->grp_start[key + 1]; i++) {
-        int rc = lora_apply(c, &plan->groups[c->grp_order[i]], X, in, Y, out);
-        if (rc)
-            return rc;
+    int rc = lora_small(c, plan, key, X, in, Y, out);
+    for (int i = c->grp_start[key]; !rc && i < c->grp_start[key + 1]; i++) {
+        const core_lora_group *g = &plan->groups[c->grp_order[i]];
+        if (g->n_rows >= LORA_SGEMM_ROWS)
+            rc = lora_large(c, g, X, in, Y, out);
     }
-    return 0;
+    return rc;
 }
 
 /* ---- elementwise pieces ---------------------------------------------------------------------- */

@@ -544,7 +544,7 @@ AVX2 static void dots_avx2(const float *const *w, int kc, const float *X, int ld
 /* Up to eight rows of X against every row of W straight from the blocks, without the buffer;
  * the same bits as dequant_avx2 + dots_avx2. -ENOTSUP for other types or more rows. */
 AVX2 static int gemv_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
-                          const float *X, int n, float *Y)
+                          const float *X, int n, float *Y, int ldy)
 {
     if (n > 8)
         return -ENOTSUP;
@@ -553,19 +553,19 @@ AVX2 static int gemv_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, int
         x[j] = X + (size_t)(j < n ? j : n - 1) * in;
     switch (type) {
     case CORE_TYPE_Q4_0:
-        gemv_q4_0(W, row_bytes, in / 32, out, x, n, Y, out);
+        gemv_q4_0(W, row_bytes, in / 32, out, x, n, Y, ldy);
         return 0;
     case CORE_TYPE_Q4_1:
-        gemv_q4_1(W, row_bytes, in / 32, out, x, n, Y, out);
+        gemv_q4_1(W, row_bytes, in / 32, out, x, n, Y, ldy);
         return 0;
     case CORE_TYPE_Q5_0:
-        gemv_q5_0(W, row_bytes, in / 32, out, x, n, Y, out);
+        gemv_q5_0(W, row_bytes, in / 32, out, x, n, Y, ldy);
         return 0;
     case CORE_TYPE_Q5_1:
-        gemv_q5_1(W, row_bytes, in / 32, out, x, n, Y, out);
+        gemv_q5_1(W, row_bytes, in / 32, out, x, n, Y, ldy);
         return 0;
     case CORE_TYPE_Q8_0:
-        gemv_q8_0(W, row_bytes, in / 32, out, x, n, Y, out);
+        gemv_q8_0(W, row_bytes, in / 32, out, x, n, Y, ldy);
         return 0;
     default:
         return -ENOTSUP;
@@ -583,7 +583,7 @@ typedef struct qmm_ops {
                  bool first, bool last, float *Y, int ldy, int nr);
     /* Y = X · Wᵀ for a few rows of X without the buffer, or -ENOTSUP; NULL when there is none. */
     int (*gemv)(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out, const float *X,
-                int n, float *Y);
+                int n, float *Y, int ldy);
 } qmm_ops;
 
 /* Which kernels core__qmatmul runs; decided on first use, atomically so that any thread may be
@@ -618,29 +618,39 @@ static const qmm_ops *ops(void)
 
 int core__qmatmul(uint32_t type, const void *W, int in, int out, const float *X, int n, float *Y)
 {
+    return core__qmatmul_part(type, W, in, out, 0, out, X, n, Y);
+}
+
+int core__qmatmul_part(uint32_t type, const void *W, int in, int out, int o_begin, int o_end,
+                       const float *X, int n, float *Y)
+{
     if (!core__qmatmul_supports(type))
         return -ENOTSUP;
     size_t be = core_type_block_elems(type), bb = core_type_block_bytes(type);
-    if (in <= 0 || out < 0 || n < 0 || (size_t)in % be)
+    if (in <= 0 || out < 0 || n < 0 || (size_t)in % be || o_begin < 0 || o_begin > o_end ||
+        o_end > out)
         return -EINVAL;
     const qmm_ops *o = ops();
     if (!o)
         return -ENOTSUP;
     size_t row_bytes = (size_t)in / be * bb;
-    const uint8_t *wb = W;
+    const uint8_t *wb = (const uint8_t *)W + (size_t)o_begin * row_bytes;
+    int ldy = out;
+    Y += o_begin;
+    out = o_end - o_begin;
     _Alignas(64) float xs[XS]; /* (n, in) X, aligned */
     if ((uintptr_t)X % 32 && (size_t)n * in <= XS) {
         memcpy(xs, X, (size_t)n * in * sizeof(float));
         X = xs;
     }
-    if (o->gemv && o->gemv(type, wb, row_bytes, in, out, X, n, Y) == 0)
+    if (o->gemv && o->gemv(type, wb, row_bytes, in, out, X, n, Y, ldy) == 0)
         return 0;
     _Alignas(32) float buf[WR * LDB];    /* (WR, LDB) rebuilt weights */
     _Alignas(32) float acc[XR * WR * 8]; /* running sums between chunks, (XR, WR) vectors */
     for (int n0 = 0; n0 < n; n0 += XR) {
         int nx = n - n0 < XR ? n - n0 : XR;
         const float *Xp = X + (size_t)n0 * in;
-        float *Yp = Y + (size_t)n0 * out;
+        float *Yp = Y + (size_t)n0 * ldy;
         for (int o0 = 0; o0 < out; o0 += WR) {
             int nr = out - o0 < WR ? out - o0 : WR;
             for (int k0 = 0; k0 < in; k0 += KC) {
@@ -654,7 +664,7 @@ int core__qmatmul(uint32_t type, const void *W, int in, int out, const float *X,
                                    buf + r * LDB, kc);
                     }
                 }
-                o->dots(rows, kc, Xp + k0, in, nx, acc, k0 == 0, k0 + kc == in, Yp + o0, out, nr);
+                o->dots(rows, kc, Xp + k0, in, nx, acc, k0 == 0, k0 + kc == in, Yp + o0, ldy, nr);
             }
         }
     }

@@ -30,6 +30,12 @@ int core__qmatmul_supports(uint32_t type);
  * weights there): the caller then uses its f32 path. */
 int core__qmatmul(uint32_t type, const void *W, int in, int out, const float *X, int n, float *Y);
 
+/* The same for outputs o_begin..o_end-1 only: columns [o_begin, o_end) of Y (n, out) are written,
+ * the rest untouched, each with exactly the bits core__qmatmul gives it. For splitting one
+ * product over threads. */
+int core__qmatmul_part(uint32_t type, const void *W, int in, int out, int o_begin, int o_end,
+                       const float *X, int n, float *Y);
+
 /* Tests: 1 runs the portable kernels (whatever the CPU), 0 returns to detecting the CPU. */
 void core__qmatmul_force_generic(int on);
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/blas.h"
 #include "core/model.h"
 #include "tests/shared_model.h"
 #include "tests/test.h"
@@ -129,4 +130,40 @@ TEST(model_batch_invariance)
     free(alone);
     free(batch);
     CHECK(worst <= 1e-4);
+}
+
+/* One decode-sized batch (rows of four sequences at different positions) on 1 and on 2 threads:
+ * core's own kernels split their work by output rows, so the logits must be the same bits. */
+TEST(model_threads_do_not_change_results)
+{
+    TEST_NEED_MODEL();
+    core_model *m = test_shared_model();
+    CHECK(m != NULL);
+    char err[256];
+    int32_t tok[10], pos[10], slot[10];
+    for (int i = 0; i < 10; i++) {
+        tok[i] = 200 + 37 * i;
+        slot[i] = i % 4;
+        pos[i] = i / 4;
+    }
+    core_batch b = {.n_rows = 10, .tokens = tok, .pos = pos, .slot = slot};
+    size_t nl = (size_t)10 * m->cfg.n_vocab;
+    float *lg[2] = {malloc(nl * sizeof(float)), malloc(nl * sizeof(float))};
+    int before = core_blas_threads();
+    for (int t = 0; t < 2; t++) {
+        core_blas_set_threads(t + 1);
+        core_ctx *c = core_ctx_new(m);
+        core_kv *kv = core_kv_new(&m->cfg, 4, 16, err, sizeof err);
+        CHECK(c && kv && core_forward(c, kv, &b, NULL, lg[t], err, sizeof err) == 0);
+        core_kv_free(kv);
+        core_ctx_free(c);
+    }
+    core_blas_set_threads(before);
+    size_t differ = 0;
+    for (size_t i = 0; i < nl; i++)
+        differ += memcmp(&lg[0][i], &lg[1][i], sizeof(float)) != 0;
+    printf("    10-row step on 1 vs 2 threads: %zu of %zu logits differ (want 0)\n", differ, nl);
+    CHECK(differ == 0);
+    free(lg[0]);
+    free(lg[1]);
 }
