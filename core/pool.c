@@ -6,15 +6,28 @@
 
 #include <immintrin.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <unistd.h>
 
 #include "blas.h"
 
-/* Spins of a worker between runs before it sleeps: a forward pass calls the pool a few hundred
- * times per step, microseconds apart; a sleeping worker costs a futex wake-up (10-50 us). */
-#define SPIN 20000
+/* How long a thread waits actively before it sleeps: a forward pass calls the pool a few hundred
+ * times per step, microseconds apart, and a sleeping worker costs a futex wake-up (10-50 us).
+ * The first PAUSES rounds only pause; the rest yield the core, so that OpenBLAS's own threads
+ * (which share the cores in steps that use sgemm) are not held up by a waiting worker. */
+#define PAUSES 256
+#define SPIN 4096
+
+/* One round of active waiting. */
+static void relax(int round)
+{
+    if (round < PAUSES)
+        _mm_pause();
+    else
+        sched_yield();
+}
 
 typedef struct pool {
     pthread_mutex_t mu;
@@ -53,7 +66,7 @@ static void *worker(void *unused)
     for (;;) {
         for (int spins = 0;
              atomic_load_explicit(&P.gen, memory_order_relaxed) == seen && spins < SPIN; spins++)
-            _mm_pause();
+            relax(spins);
         pthread_mutex_lock(&P.mu);
         while (atomic_load_explicit(&P.gen, memory_order_relaxed) == seen) {
             P.sleeping++;
@@ -144,7 +157,7 @@ void core__pool_run(int n_tasks, void (*fn)(void *arg, int task), void *arg)
     pthread_mutex_unlock(&P.mu);
     for (int spins = 0; atomic_load_explicit(&P.active, memory_order_acquire) > 0 && spins < SPIN;
          spins++)
-        _mm_pause();
+        relax(spins);
     pthread_mutex_lock(&P.mu);
     while (atomic_load_explicit(&P.active, memory_order_acquire) > 0)
         pthread_cond_wait(&P.done, &P.mu);
