@@ -22,6 +22,7 @@
 #include "pool.h"
 #include "qmatmul.h"
 #include "quant.h"
+#include "vmath.h"
 
 #define MAX_LORA_RANK CORE_LORA_MAX_RANK
 /* Groups with at least this many rows use sgemm on converted weights; smaller ones the
@@ -36,18 +37,18 @@
 struct core_ctx {
     const core_model *m;
     int cap_rows;
-    float *x;        /* (rows, n_embd) residual stream */
-    float *xn;       /* (rows, max(n_embd, q_dim)) normed input of a linear */
-    float *q;        /* (rows, q_dim) */
-    float *k;        /* (rows, kv_dim) */
-    float *v;        /* (rows, kv_dim) */
-    float *att;      /* (rows, q_dim) */
-    float *gate;     /* (rows, n_ff) */
-    float *up;       /* (rows, n_ff) */
-    float *tmp;      /* (rows, n_embd) */
-    float *inv_freq; /* (head_dim / 2) */
-    float *scores;   /* (cap_ctx) */
-    size_t cap_ctx;
+    float *x;                     /* (rows, n_embd) residual stream */
+    float *xn;                    /* (rows, max(n_embd, q_dim)) normed input of a linear */
+    float *q;                     /* (rows, q_dim) */
+    float *k;                     /* (rows, kv_dim) */
+    float *v;                     /* (rows, kv_dim) */
+    float *att;                   /* (rows, q_dim) */
+    float *gate;                  /* (rows, n_ff) */
+    float *up;                    /* (rows, n_ff) */
+    float *tmp;                   /* (rows, n_embd) */
+    float *inv_freq;              /* (head_dim / 2) */
+    float *scores[CORE_POOL_MAX]; /* (cap_ctx) attention scratch per pool task */
+    size_t cap_scores[CORE_POOL_MAX];
     int *slot_n; /* (n_slots) positions filled, simulated during validation */
     size_t cap_slots;
     /* LoRA scratch */
@@ -118,7 +119,8 @@ void core_ctx_free(core_ctx *c)
         return;
     free_rows(c);
     free(c->inv_freq);
-    free(c->scores);
+    for (int t = 0; t < CORE_POOL_MAX; t++)
+        free(c->scores[t]);
     free(c->slot_n);
     free(c->grp_order);
     free(c->grp_start);
@@ -423,44 +425,45 @@ static void rope(float *v, int n_heads, int head_dim, int pos, const float *inv_
     }
 }
 
-/* Causal attention of one row (position pos) over positions 0..pos of its slot's cache. */
-static void attend(core_ctx *c, const core_kv_slot *s, int layer, int kv_dim, const float *q,
-                   int pos, float *out)
+/* Attention for the batch's rows, split over the pool by row (task t takes rows t, t + T, ...):
+ * each row attends over positions 0..pos of its own slot, which every row of this step has
+ * already written. */
+typedef struct attn_job {
+    core_ctx *c;
+    const core_kv *kv;
+    const core_batch *b;
+    int layer, n_tasks;
+} attn_job;
+
+static void attn_task(void *arg, int t)
 {
+    attn_job *j = arg;
+    core_ctx *c = j->c;
     const core_config *cfg = &c->m->cfg;
-    int hd = cfg->head_dim, group = cfg->n_head / cfg->n_head_kv;
-    float scale = 1.0f / sqrtf((float)hd);
-    const float *K = s->k + (size_t)layer * s->cap * kv_dim;
-    const float *V = s->v + (size_t)layer * s->cap * kv_dim;
-    float *sc = c->scores;
-    for (int h = 0; h < cfg->n_head; h++) {
-        const float *qh = q + h * hd;
-        int off = (h / group) * hd;
-        float mx = -INFINITY;
-        for (int t = 0; t <= pos; t++) {
-            const float *kt = K + (size_t)t * kv_dim + off;
-            float d = 0.0f;
-            for (int i = 0; i < hd; i++)
-                d += qh[i] * kt[i];
-            sc[t] = d * scale;
-            if (sc[t] > mx)
-                mx = sc[t];
-        }
-        double sum = 0.0;
-        for (int t = 0; t <= pos; t++) {
-            sc[t] = expf(sc[t] - mx);
-            sum += sc[t];
-        }
-        float inv = (float)(1.0 / sum);
-        float *oh = out + h * hd;
-        memset(oh, 0, (size_t)hd * sizeof(float));
-        for (int t = 0; t <= pos; t++) {
-            const float *vt = V + (size_t)t * kv_dim + off;
-            float p = sc[t] * inv;
-            for (int i = 0; i < hd; i++)
-                oh[i] += p * vt[i];
-        }
+    int hd = cfg->head_dim, q_dim = cfg->n_head * hd, kv_dim = cfg->n_head_kv * hd;
+    for (int i = t; i < j->b->n_rows; i += j->n_tasks) {
+        const core_kv_slot *s = &j->kv->slots[j->b->slot[i]];
+        size_t at = (size_t)j->layer * s->cap * kv_dim;
+        core__attend_row(c->q + (size_t)i * q_dim, s->k + at, s->v + at, cfg->n_head,
+                         cfg->n_head_kv, hd, j->b->pos[i], c->scores[t],
+                         c->att + (size_t)i * q_dim);
     }
+}
+
+/* SwiGLU over rows, split over the pool in row ranges. */
+typedef struct swiglu_job {
+    float *gate;
+    const float *up;
+    int n, ff, per;
+} swiglu_job;
+
+static void swiglu_task(void *arg, int t)
+{
+    swiglu_job *j = arg;
+    int r0 = t * j->per, r1 = r0 + j->per < j->n ? r0 + j->per : j->n;
+    if (r0 < r1)
+        core__swiglu(j->gate + (size_t)r0 * j->ff, j->up + (size_t)r0 * j->ff,
+                     (long)(r1 - r0) * j->ff);
 }
 
 /* ---- the step -------------------------------------------------------------------------------- */
@@ -508,8 +511,9 @@ static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err,
             return rc;
         }
     }
-    if (grow(&c->scores, &c->cap_ctx, (size_t)max_pos + 1, sizeof(float)))
-        return -ENOMEM;
+    for (int t = 0; t < core__pool_threads(); t++)
+        if (grow(&c->scores[t], &c->cap_scores[t], (size_t)max_pos + 1, sizeof(float)))
+            return -ENOMEM;
     return 0;
 }
 
@@ -537,9 +541,8 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
         memcpy(s->k + at, ki, (size_t)kv_dim * sizeof(float));
         memcpy(s->v + at, c->v + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
     }
-    for (int i = 0; i < n; i++)
-        attend(c, &kv->slots[b->slot[i]], l, kv_dim, c->q + (size_t)i * q_dim, b->pos[i],
-               c->att + (size_t)i * q_dim);
+    attn_job aj = {.c = c, .kv = kv, .b = b, .layer = l, .n_tasks = core__pool_threads()};
+    core__pool_run(n < aj.n_tasks ? n : aj.n_tasks, attn_task, &aj);
     if ((rc = linear(c, plan, l, CORE_MOD_O, c->att, n, c->tmp)))
         return rc;
     for (size_t i = 0; i < (size_t)n * e; i++)
@@ -550,10 +553,10 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
     if ((rc = linear(c, plan, l, CORE_MOD_GATE, c->xn, n, c->gate)) ||
         (rc = linear(c, plan, l, CORE_MOD_UP, c->xn, n, c->up)))
         return rc;
-    for (size_t i = 0; i < (size_t)n * ff; i++) {
-        float g = c->gate[i];
-        c->gate[i] = g / (1.0f + expf(-g)) * c->up[i];
-    }
+    int tasks = n >= 4 ? core__pool_threads() : 1;
+    swiglu_job sj = {
+        .gate = c->gate, .up = c->up, .n = n, .ff = ff, .per = (n + tasks - 1) / tasks};
+    core__pool_run(tasks, swiglu_task, &sj);
     if ((rc = linear(c, plan, l, CORE_MOD_DOWN, c->gate, n, c->tmp)))
         return rc;
     for (size_t i = 0; i < (size_t)n * e; i++)

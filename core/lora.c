@@ -6,6 +6,7 @@
 
 #include <cpuid.h>
 #include <immintrin.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -248,27 +249,28 @@ typedef struct lora_ops {
 } lora_ops;
 
 static const lora_ops generic_ops = {cvt_generic, shrink_generic, expand_generic};
-static const lora_ops *chosen;
+static const lora_ops *_Atomic chosen; /* any thread (the pool's too) may decide first */
 
 void core__lora_force_generic(int on)
 {
-    chosen = on ? &generic_ops : NULL;
+    atomic_store_explicit(&chosen, on ? &generic_ops : NULL, memory_order_relaxed);
 }
 
 static const lora_ops *ops(void)
 {
     static const lora_ops avx2 = {cvt_avx2, shrink_avx2, expand_avx2};
-    if (!chosen) {
+    const lora_ops *o = atomic_load_explicit(&chosen, memory_order_relaxed);
+    if (!o) {
         /* avx2/fma through the compiler (it also checks the OS saves YMM state); F16C is CPUID
          * leaf 1 ECX bit 29, which not every compiler's __builtin_cpu_supports knows. */
         unsigned a, b, c, d;
         __builtin_cpu_init();
         bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
-        chosen = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c
-                     ? &avx2
-                     : &generic_ops;
+        o = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c ? &avx2
+                                                                                    : &generic_ops;
+        atomic_store_explicit(&chosen, o, memory_order_relaxed);
     }
-    return chosen;
+    return o;
 }
 
 void core__lora_cvt(uint32_t dtype, const void *src, float *dst, size_t n)

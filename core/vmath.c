@@ -1,0 +1,231 @@
+/* Vectorised attention, exp and SwiGLU for the forward pass (vmath.h): AVX2/FMA kernels chosen
+ * at run time, portable versions beside them. */
+#include "vmath.h"
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <string.h>
+
+/* ---- portable ------------------------------------------------------------------------------ */
+
+static void vexp_generic(const float *x, float *y, int n)
+{
+    for (int i = 0; i < n; i++)
+        y[i] = expf(x[i]);
+}
+
+static void swiglu_generic(float *gate, const float *up, long n)
+{
+    for (long i = 0; i < n; i++) {
+        float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+static void attend_generic(const float *q, const float *K, const float *V, int n_head, int n_kv,
+                           int hd, int pos, float *sc, float *out)
+{
+    int kv_dim = n_kv * hd, group = n_head / n_kv;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int h = 0; h < n_head; h++) {
+        const float *qh = q + h * hd;
+        int off = (h / group) * hd;
+        float mx = -INFINITY;
+        for (int t = 0; t <= pos; t++) {
+            const float *kt = K + (size_t)t * kv_dim + off;
+            float d = 0.0f;
+            for (int i = 0; i < hd; i++)
+                d += qh[i] * kt[i];
+            sc[t] = d * scale;
+            mx = sc[t] > mx ? sc[t] : mx;
+        }
+        double sum = 0.0;
+        for (int t = 0; t <= pos; t++) {
+            sc[t] = expf(sc[t] - mx);
+            sum += sc[t];
+        }
+        float inv = (float)(1.0 / sum);
+        float *oh = out + h * hd;
+        memset(oh, 0, (size_t)hd * sizeof(float));
+        for (int t = 0; t <= pos; t++) {
+            const float *vt = V + (size_t)t * kv_dim + off;
+            float p = sc[t] * inv;
+            for (int i = 0; i < hd; i++)
+                oh[i] += p * vt[i];
+        }
+    }
+}
+
+/* ---- AVX2 + FMA ------------------------------------------------------------------------------ */
+
+#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
+
+/* exp(x) for 8 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-7 polynomial (Cephes
+ * expf's coefficients), scaled by 2^n through the exponent bits. Inputs below the smallest normal
+ * result give 0 (expf would give a subnormal), above 88.37 give about 2.4e38. */
+AVX2_INLINE __m256 exp8(__m256 x)
+{
+    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365478515625f);
+    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
+    __m256 n = _mm256_floor_ps(
+        _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(under, y);
+}
+
+AVX2_INLINE float hsum8(__m256 s)
+{
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
+AVX2 static void vexp_avx2(const float *x, float *y, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, exp8(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        float tx[8] = {0}, ty[8];
+        memcpy(tx, x + i, (size_t)(n - i) * sizeof(float));
+        _mm256_storeu_ps(ty, exp8(_mm256_loadu_ps(tx)));
+        memcpy(y + i, ty, (size_t)(n - i) * sizeof(float));
+    }
+}
+
+AVX2 static void swiglu_avx2(float *gate, const float *up, long n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 e = exp8(_mm256_sub_ps(zero, g));
+        __m256 s = _mm256_div_ps(g, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(gate + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
+    }
+    if (i < n) {
+        float tg[8] = {0}, tu[8] = {0};
+        memcpy(tg, gate + i, (size_t)(n - i) * sizeof(float));
+        memcpy(tu, up + i, (size_t)(n - i) * sizeof(float));
+        swiglu_avx2(tg, tu, 8);
+        memcpy(gate + i, tg, (size_t)(n - i) * sizeof(float));
+    }
+}
+
+/* hd a multiple of 8, at most 256. Scores one key at a time (the head's query in registers is
+ * reloaded from L1), exp over the whole row of scores, then the weighted sum of values with
+ * hd / 8 independent accumulators. */
+AVX2 static void attend_avx2(const float *q, const float *K, const float *V, int n_head, int n_kv,
+                             int hd, int pos, float *sc, float *out)
+{
+    int kv_dim = n_kv * hd, group = n_head / n_kv, nv = hd / 8;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int h = 0; h < n_head; h++) {
+        const float *qh = q + h * hd;
+        int off = (h / group) * hd;
+        __m256 mxv = _mm256_set1_ps(-INFINITY);
+        for (int t = 0; t <= pos; t++) {
+            const float *kt = K + (size_t)t * kv_dim + off;
+            __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(); /* even, odd chunks */
+            for (int v = 0; v < nv; v++) {
+                __m256 d = _mm256_mul_ps(_mm256_loadu_ps(qh + 8 * v), _mm256_loadu_ps(kt + 8 * v));
+                if (v & 1)
+                    s1 = _mm256_add_ps(s1, d);
+                else
+                    s0 = _mm256_add_ps(s0, d);
+            }
+            sc[t] = hsum8(_mm256_add_ps(s0, s1)) * scale;
+            mxv = _mm256_max_ps(mxv, _mm256_set1_ps(sc[t]));
+        }
+        __m256 mx = mxv;
+        int t = 0;
+        __m256 sumv = _mm256_setzero_ps();
+        for (; t + 8 <= pos + 1; t += 8) {
+            __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sc + t), mx));
+            _mm256_storeu_ps(sc + t, e);
+            sumv = _mm256_add_ps(sumv, e);
+        }
+        float sum = hsum8(sumv);
+        float mxs = _mm256_cvtss_f32(mx);
+        for (; t <= pos; t++) {
+            float e[8] = {sc[t] - mxs};
+            _mm256_storeu_ps(e, exp8(_mm256_loadu_ps(e)));
+            sc[t] = e[0];
+            sum += e[0];
+        }
+        __m256 inv = _mm256_set1_ps(1.0f / sum);
+        __m256 acc[32];
+        for (int v = 0; v < nv; v++)
+            acc[v] = _mm256_setzero_ps();
+        for (t = 0; t <= pos; t++) {
+            const float *vt = V + (size_t)t * kv_dim + off;
+            __m256 p = _mm256_mul_ps(_mm256_set1_ps(sc[t]), inv);
+            for (int v = 0; v < nv; v++)
+                acc[v] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vt + 8 * v), acc[v]);
+        }
+        for (int v = 0; v < nv; v++)
+            _mm256_storeu_ps(out + h * hd + 8 * v, acc[v]);
+    }
+}
+
+/* ---- dispatch -------------------------------------------------------------------------------- */
+
+static _Atomic int mode; /* 0 undecided, 1 AVX2, 2 portable; any thread may decide first */
+
+void core__vmath_force_generic(int on)
+{
+    atomic_store_explicit(&mode, on ? 2 : 0, memory_order_relaxed);
+}
+
+static bool use_avx2(void)
+{
+    int m = atomic_load_explicit(&mode, memory_order_relaxed);
+    if (!m) {
+        __builtin_cpu_init();
+        m = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 2;
+        atomic_store_explicit(&mode, m, memory_order_relaxed);
+    }
+    return m == 1;
+}
+
+void core__attend_row(const float *q, const float *K, const float *V, int n_head, int n_kv, int hd,
+                      int pos, float *scores, float *out)
+{
+    if (use_avx2() && hd % 8 == 0 && hd <= 256)
+        attend_avx2(q, K, V, n_head, n_kv, hd, pos, scores, out);
+    else
+        attend_generic(q, K, V, n_head, n_kv, hd, pos, scores, out);
+}
+
+void core__swiglu(float *gate, const float *up, long n)
+{
+    if (use_avx2())
+        swiglu_avx2(gate, up, n);
+    else
+        swiglu_generic(gate, up, n);
+}
+
+void core__vexp(const float *x, float *y, int n)
+{
+    if (use_avx2())
+        vexp_avx2(x, y, n);
+    else
+        vexp_generic(x, y, n);
+}

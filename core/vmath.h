@@ -1,0 +1,27 @@
+/* Vectorised pieces of the forward pass (core-internal): causal attention of one row over its
+ * cache, exp, and the SwiGLU activation. AVX2/FMA is chosen at run time; the portable versions
+ * are the reference and run where AVX2 is missing (and in tests).
+ *
+ * Every function works on one row's data only, so a row's result never depends on the other
+ * rows of the batch or on which thread computed it. Pure functions; any thread.
+ */
+#ifndef ADAPTREE_CORE_VMATH_H
+#define ADAPTREE_CORE_VMATH_H
+
+/* Attention of one query row at position pos over positions 0..pos of one layer's cache.
+ * q (n_head * hd), K and V (pos + 1, kv_dim) with kv_dim = n_kv * hd (head h reads kv head
+ * h / (n_head / n_kv)), out (n_head * hd); scores is scratch of pos + 1 floats. softmax(q·k /
+ * sqrt(hd)) · V per head. */
+void core__attend_row(const float *q, const float *K, const float *V, int n_head, int n_kv, int hd,
+                      int pos, float *scores, float *out);
+
+/* gate[i] = silu(gate[i]) * up[i] for i < n. */
+void core__swiglu(float *gate, const float *up, long n);
+
+/* y[i] = exp(x[i]) for i < n (y may be x). Within 2 ulp of expf; exp(-inf) = 0. */
+void core__vexp(const float *x, float *y, int n);
+
+/* Tests: 1 forces the portable versions, 0 returns to detecting the CPU. */
+void core__vmath_force_generic(int on);
+
+#endif
