@@ -350,8 +350,9 @@ static int qmatmul_rows(void)
 {
     static int rows;
     if (!rows) {
-        const char *e = getenv("ADAPTREE_QMATMUL_ROWS");
-        rows = e && atoi(e) > 0 ? atoi(e) : QMATMUL_ROWS;
+        const char *e = getenv("ADAPTREE_QMATMUL_ROWS"); /* for tuning on another machine */
+        long v = e ? strtol(e, NULL, 10) : 0;
+        rows = v > 0 && v <= 4096 ? (int)v : QMATMUL_ROWS;
     }
     return rows;
 }
