@@ -1,0 +1,739 @@
+/* The engine (server/engine.h): its lifecycle, the engine thread and its libuv loop, the inbox,
+ * the job objects and the statistics. The scheduler proper (admission, batches, sampling, text)
+ * is scheduler.c.
+ *
+ * Design. Everything that computes lives on one thread, the engine thread, which runs a libuv
+ * loop of its own. The registry is created, used (acquire) and freed on that thread, because its
+ * loads are published through that loop. Other threads reach the engine in exactly two ways:
+ * srv_engine_submit pushes a job onto the inbox under the engine mutex and wakes the loop with
+ * uv_async_send; srv_job_cancel sets the job's atomic flag and wakes the loop the same way. Each
+ * turn the thread runs the loop (without waiting while sequences are running, so loads and file
+ * events are served between steps), takes the inbox, sweeps cancelled jobs, admits, and runs one
+ * step. The wake handle is sent to only under a lock that also tells the sender the engine is
+ * still there (srv_engine.mu with `stopping` for submit, srv_job.mu with `engine` for cancel),
+ * and it is closed only after every job has been detached, so no send can reach a closed handle.
+ */
+#include "server/engine.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/blas.h"
+#include "server/engine_internal.h"
+
+void srv_engine_opts_default(srv_engine_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->max_batch_tokens = 512;
+    o->max_seqs = 32;
+    o->queue_limit = 256;
+    o->prefill_chunk = 256;
+    o->watch = true;
+    o->verbose = 1;
+}
+
+const char *srv_finish_name(srv_finish f)
+{
+    switch (f) {
+    case SRV_FINISH_STOP:
+        return "stop";
+    case SRV_FINISH_LENGTH:
+        return "length";
+    case SRV_FINISH_ERROR:
+        return "error";
+    case SRV_FINISH_CANCELLED:
+        return "cancelled";
+    default:
+        return NULL;
+    }
+}
+
+double srv__now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- jobs ----------------------------------------------------------------------------------- */
+
+static void job_free(srv_job *j)
+{
+    for (int i = 0; i < j->n_stop; i++)
+        free(j->stop[i]);
+    free(j->prompt);
+    free(j->text);
+    free(j->tokens);
+    pthread_mutex_destroy(&j->notify_mu);
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+}
+
+/* Checks what srv_job_new can check without the engine (the context length and the vocabulary
+ * are checked at submit time, on the engine thread). */
+static int job_params_check(const srv_job_params *p, char *err, size_t errlen)
+{
+    char serr[128];
+    if (!p->prompt || p->n_prompt < 1) {
+        set_err(err, errlen, "the prompt is empty");
+        return -EINVAL;
+    }
+    if (p->max_tokens < 0) {
+        set_err(err, errlen, "max_tokens must be >= 0, got %d", p->max_tokens);
+        return -EINVAL;
+    }
+    if (p->n_stop < 0 || p->n_stop > SRV_JOB_STOP_MAX) {
+        set_err(err, errlen, "at most %d stop strings", SRV_JOB_STOP_MAX);
+        return -EINVAL;
+    }
+    for (int i = 0; i < p->n_stop; i++)
+        if (!p->stop[i] || !p->stop[i][0]) {
+            set_err(err, errlen, "stop strings must not be empty");
+            return -EINVAL;
+        }
+    if (p->logprobs < -1 || p->logprobs > SRV_JOB_TOP_MAX) {
+        set_err(err, errlen, "logprobs must be in [0, %d], got %d", SRV_JOB_TOP_MAX, p->logprobs);
+        return -EINVAL;
+    }
+    if (p->sel.n < 0 || p->sel.n > ADAPTER_SEL_MAX) {
+        set_err(err, errlen, "at most %d adapters", ADAPTER_SEL_MAX);
+        return -EINVAL;
+    }
+    if (p->client && strlen(p->client) > SRV_CLIENT_MAX) {
+        set_err(err, errlen, "client key longer than %d bytes", SRV_CLIENT_MAX);
+        return -EINVAL;
+    }
+    /* The sampler checks its own parameters; a one-token vocabulary is enough for that. */
+    core_sampler *s = core_sampler_new(&p->sampling, 1, serr, sizeof serr);
+    if (!s) {
+        set_err(err, errlen, "%s", serr);
+        return -EINVAL;
+    }
+    core_sampler_free(s);
+    return 0;
+}
+
+srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud, char *err,
+                     size_t errlen)
+{
+    if (!p) {
+        set_err(err, errlen, "no parameters");
+        return NULL;
+    }
+    if (job_params_check(p, err, errlen) < 0)
+        return NULL;
+    srv_job *j = calloc(1, sizeof *j);
+    if (!j)
+        goto nomem;
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_mutex_init(&j->notify_mu, NULL);
+    atomic_init(&j->refs, 1);
+    atomic_init(&j->cancel, false);
+    j->prompt = malloc((size_t)p->n_prompt * sizeof(int32_t));
+    j->text = malloc(64);
+    if (!j->prompt || !j->text)
+        goto fail;
+    memcpy(j->prompt, p->prompt, (size_t)p->n_prompt * sizeof(int32_t));
+    j->n_prompt = p->n_prompt;
+    j->text[0] = 0;
+    j->text_cap = 64;
+    j->sel = p->sel;
+    snprintf(j->label, sizeof j->label, "%s", p->label ? p->label : "base");
+    snprintf(j->client, sizeof j->client, "%s", p->client ? p->client : "");
+    j->max_tokens = p->max_tokens;
+    j->sampling = p->sampling;
+    j->sampling.seed = p->seed;
+    for (int i = 0; i < p->n_stop; i++) {
+        j->stop[i] = strdup(p->stop[i]);
+        if (!j->stop[i])
+            goto fail;
+        j->stop_len[i] = strlen(p->stop[i]);
+        j->n_stop++;
+    }
+    j->logprobs = p->logprobs;
+    j->notify = notify;
+    j->ud = ud;
+    j->st.prompt_tokens = p->n_prompt;
+    j->st.first_token_ms = -1;
+    j->st.total_ms = -1;
+    return j;
+fail:
+    job_free(j);
+nomem:
+    set_err(err, errlen, "out of memory");
+    return NULL;
+}
+
+void srv_job_ref(srv_job *j)
+{
+    atomic_fetch_add_explicit(&j->refs, 1, memory_order_relaxed);
+}
+
+void srv_job_unref(srv_job *j)
+{
+    if (j && atomic_fetch_sub_explicit(&j->refs, 1, memory_order_acq_rel) == 1)
+        job_free(j);
+}
+
+void srv_job_cancel(srv_job *j)
+{
+    if (!j)
+        return;
+    atomic_store(&j->cancel, true);
+    pthread_mutex_lock(&j->mu);
+    if (j->engine) {
+        atomic_store(&j->engine->cancel_pending, true);
+        uv_async_send(&j->engine->wake);
+    }
+    pthread_mutex_unlock(&j->mu);
+}
+
+void srv_job_status_get(srv_job *j, srv_job_status *out)
+{
+    pthread_mutex_lock(&j->mu);
+    *out = j->st;
+    pthread_mutex_unlock(&j->mu);
+}
+
+size_t srv_job_text(srv_job *j, size_t from, char *buf, size_t cap)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&j->mu);
+    if (from < j->st.text_len) {
+        n = j->st.text_len - from;
+        if (n > cap)
+            n = cap;
+        memcpy(buf, j->text + from, n);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return n;
+}
+
+int srv_job_tokens(srv_job *j, int from, srv_job_token *out, int cap)
+{
+    int n = 0;
+    pthread_mutex_lock(&j->mu);
+    if (from >= 0 && from < j->st.n_tokens && cap > 0) {
+        n = j->st.n_tokens - from;
+        if (n > cap)
+            n = cap;
+        memcpy(out, j->tokens + from, (size_t)n * sizeof *out);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return n;
+}
+
+void srv__job_finish(srv_engine *e, srv_job *j, srv_finish f, int http_status, const char *type,
+                     const char *msg)
+{
+    double now = srv__now();
+    pthread_mutex_lock(&j->mu);
+    j->st.finish = f;
+    if (f == SRV_FINISH_ERROR) {
+        j->st.http_status = http_status;
+        j->st.error_type = type;
+        snprintf(j->st.error, sizeof j->st.error, "%s", msg ? msg : "");
+    }
+    j->st.completion_tokens = j->st.n_tokens;
+    j->st.total_ms = (now - j->t_submit) * 1e3;
+    j->engine = NULL;
+    pthread_mutex_unlock(&j->mu);
+    j->done = true;
+
+    pthread_mutex_lock(&e->mu);
+    if (j->in_queue)
+        e->queued--;
+    j->in_queue = false;
+    e->active--;
+    if (f == SRV_FINISH_ERROR) {
+        e->stats.jobs_failed++;
+        j->lstat->failures++;
+    } else if (f == SRV_FINISH_CANCELLED) {
+        e->stats.jobs_cancelled++;
+    } else {
+        e->stats.jobs_finished++;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (e->verbose >= 2 || (e->verbose >= 1 && f == SRV_FINISH_ERROR))
+        fprintf(stderr, "engine: job %s (%s) ended %s%s%s\n", j->label,
+                j->client[0] ? j->client : "-", srv_finish_name(f),
+                f == SRV_FINISH_ERROR ? ": " : "", f == SRV_FINISH_ERROR && msg ? msg : "");
+}
+
+void srv__job_notify(srv_job *j)
+{
+    pthread_mutex_lock(&j->notify_mu);
+    if (j->notify)
+        j->notify(j->ud);
+    pthread_mutex_unlock(&j->notify_mu);
+    if (j->done)
+        srv_job_unref(j);
+}
+
+void srv_job_detach_notify(srv_job *j)
+{
+    if (!j)
+        return;
+    pthread_mutex_lock(&j->notify_mu);
+    j->notify = NULL;
+    j->ud = NULL;
+    pthread_mutex_unlock(&j->notify_mu);
+}
+
+/* ---- submission ----------------------------------------------------------------------------- */
+
+static int cmp_label(const void *key, const void *elem)
+{
+    return strcmp(key, (*(srv_label_stats *const *)elem)->label);
+}
+
+/* The counters of label, created on first use. NULL only without memory. e->mu held. */
+static srv_label_stats *label_get(srv_engine *e, const char *label)
+{
+    if (e->n_labels >= SRV__LABELS_MAX)
+        label = "other";
+    size_t lo = 0, hi = e->n_labels;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = cmp_label(label, &e->labels[mid]);
+        if (c == 0)
+            return e->labels[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    srv_label_stats **v = realloc(e->labels, (e->n_labels + 1) * sizeof(srv_label_stats *));
+    if (!v)
+        return NULL;
+    e->labels = v;
+    srv_label_stats *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    snprintf(s->label, sizeof s->label, "%s", label);
+    memmove(v + lo + 1, v + lo, (e->n_labels - lo) * sizeof(srv_label_stats *));
+    v[lo] = s;
+    e->n_labels++;
+    return s;
+}
+
+int srv_engine_submit(srv_engine *e, srv_job *j)
+{
+    int rc = 0;
+    pthread_mutex_lock(&j->mu);
+    bool again = j->submitted;
+    j->submitted = true;
+    pthread_mutex_unlock(&j->mu);
+    if (again)
+        return -EINVAL;
+    pthread_mutex_lock(&e->mu);
+    srv_label_stats *ls = NULL;
+    if (e->draining || e->stopping)
+        rc = -ESHUTDOWN;
+    else if (e->queued >= e->queue_limit)
+        rc = -EAGAIN;
+    else if (!(ls = label_get(e, j->label)))
+        rc = -ENOMEM;
+    if (rc) {
+        e->stats.jobs_rejected++;
+        pthread_mutex_unlock(&e->mu);
+        pthread_mutex_lock(&j->mu);
+        j->submitted = false;
+        pthread_mutex_unlock(&j->mu);
+        return rc;
+    }
+    srv_job_ref(j); /* the engine's reference */
+    j->t_submit = srv__now();
+    j->lstat = ls;
+    ls->requests++;
+    j->in_queue = true;
+    j->next = NULL;
+    if (e->inbox_tail)
+        e->inbox_tail->next = j;
+    else
+        e->inbox_head = j;
+    e->inbox_tail = j;
+    e->queued++;
+    e->active++;
+    e->stats.jobs_submitted++;
+    pthread_mutex_lock(&j->mu);
+    j->engine = e;
+    pthread_mutex_unlock(&j->mu);
+    uv_async_send(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+    return 0;
+}
+
+/* Moves new jobs into the scheduler, ending at once those that cannot or need not run. */
+static void intake(srv_engine *e, srv_job *list)
+{
+    char msg[160];
+    while (list) {
+        srv_job *j = list;
+        list = j->next;
+        j->next = NULL;
+        bool bad_id = false;
+        for (int i = 0; i < j->n_prompt; i++)
+            bad_id |= j->prompt[i] < 0 || j->prompt[i] >= e->n_vocab;
+        if (atomic_load(&j->cancel)) {
+            srv__job_finish(e, j, SRV_FINISH_CANCELLED, 0, NULL, NULL);
+        } else if (j->n_prompt >= e->n_ctx) {
+            snprintf(msg, sizeof msg, "the prompt has %d tokens; the context holds %d", j->n_prompt,
+                     e->n_ctx);
+            srv__job_finish(e, j, SRV_FINISH_ERROR, 400, "invalid_request_error", msg);
+        } else if (bad_id) {
+            snprintf(msg, sizeof msg, "the prompt has a token id outside [0, %d)", e->n_vocab);
+            srv__job_finish(e, j, SRV_FINISH_ERROR, 400, "invalid_request_error", msg);
+        } else if (j->max_tokens == 0) {
+            srv__job_finish(e, j, SRV_FINISH_LENGTH, 0, NULL, NULL);
+        } else {
+            srv__sched_enqueue(e, j);
+            continue;
+        }
+        srv__job_notify(j);
+    }
+}
+
+/* ---- the engine thread ---------------------------------------------------------------------- */
+
+static void on_wake(uv_async_t *h)
+{
+    (void)h; /* the loop below looks at the inbox and the flags after every turn */
+}
+
+static void on_loaded(void *ud, const char *id, bool ok)
+{
+    srv_engine *e = ud;
+    e->loads_changed = true;
+    if (e->verbose >= 2)
+        fprintf(stderr, "engine: adapter %s %s\n", id, ok ? "loaded" : "failed to load");
+}
+
+/* Publishes the gauges of srv_engine_stats. */
+static void update_gauges(srv_engine *e)
+{
+    int waiting, loading;
+    srv__sched_counts(e, &waiting, &loading);
+    size_t kvb = core_kv_bytes(e->kv);
+    pthread_mutex_lock(&e->mu);
+    e->stats.running = e->n_running;
+    e->stats.waiting = e->queued;
+    e->stats.loading = loading;
+    e->stats.kv_bytes = kvb;
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* One turn: new jobs, cancellations, admission, one step, admission again for the slots the
+ * step freed; then the loop, which waits only when nothing is running. */
+static void engine_run(srv_engine *e)
+{
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        bool stop = e->stopping;
+        srv_job *list = NULL;
+        if (!stop) {
+            list = e->inbox_head;
+            e->inbox_head = e->inbox_tail = NULL;
+        }
+        pthread_mutex_unlock(&e->mu);
+        if (stop)
+            break;
+        intake(e, list);
+        if (atomic_exchange(&e->cancel_pending, false))
+            srv__sched_sweep_cancelled(e);
+        srv__sched_admit(e);
+        if (e->n_running > 0) {
+            srv__sched_step(e);
+            srv__sched_admit(e);
+        }
+        update_gauges(e);
+        uv_run(&e->loop, e->n_running > 0 ? UV_RUN_NOWAIT : UV_RUN_ONCE);
+    }
+}
+
+/* Cancels everything left, frees the registry and closes the loop. */
+static void engine_shutdown(srv_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    srv_job *list = e->inbox_head;
+    e->inbox_head = e->inbox_tail = NULL;
+    pthread_mutex_unlock(&e->mu);
+    while (list) {
+        srv_job *j = list;
+        list = j->next;
+        srv__job_finish(e, j, SRV_FINISH_CANCELLED, 0, NULL, NULL);
+        srv__job_notify(j);
+    }
+    srv__sched_cancel_all(e);
+    update_gauges(e);
+    adapter_registry_free(e->reg);
+    e->reg = NULL;
+    uv_close((uv_handle_t *)&e->wake, NULL);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&e->loop);
+}
+
+static void *engine_main(void *arg)
+{
+    srv_engine *e = arg;
+    int rc = uv_loop_init(&e->loop);
+    if (rc) {
+        snprintf(e->ready_err, sizeof e->ready_err, "event loop: %s", uv_strerror(rc));
+        goto fail;
+    }
+    uv_async_init(&e->loop, &e->wake, on_wake);
+    if (e->registry_dir) {
+        adapter_registry_opts ro = {.root = e->registry_dir,
+                                    .cfg = &e->model->cfg,
+                                    .cache_bytes = e->cache_bytes,
+                                    .loop = &e->loop,
+                                    .rescan_ms = e->watch ? 0 : -1,
+                                    .watch = e->watch,
+                                    .on_loaded = on_loaded,
+                                    .ud = e};
+        e->reg = adapter_registry_new(&ro, e->ready_err, sizeof e->ready_err);
+        if (!e->reg) {
+            rc = -EINVAL;
+            uv_close((uv_handle_t *)&e->wake, NULL);
+            uv_run(&e->loop, UV_RUN_DEFAULT);
+            uv_loop_close(&e->loop);
+            goto fail;
+        }
+    }
+    e->ready_rc = 0;
+    sem_post(&e->ready);
+    engine_run(e);
+    engine_shutdown(e);
+    return NULL;
+fail:
+    e->ready_rc = rc ? rc : -EINVAL;
+    sem_post(&e->ready);
+    return NULL;
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------ */
+
+/* The model's id: the file name without ".gguf" and without a quantization tag
+ * ("SmolLM2-135M-Instruct" for SmolLM2-135M-Instruct.Q4_1.gguf), else general.name. */
+static void model_id_init(srv_engine *e, const char *path)
+{
+    const char *base = path ? strrchr(path, '/') : NULL;
+    base = base ? base + 1 : path;
+    size_t n = base ? strlen(base) : 0;
+    if (n > 5 && !strcmp(base + n - 5, ".gguf"))
+        n -= 5;
+    /* A last ".Q4_1", "-q8_0", ".F16", ".BF16" segment names the quantization, not the model. */
+    for (size_t i = n; i > 0; i--) {
+        if (base[i - 1] != '.' && base[i - 1] != '-')
+            continue;
+        const char *t = base + i;
+        if (t[0] == 'b' || t[0] == 'B')
+            t++;
+        if (strchr("QqFf", t[0]) && t[1] >= '0' && t[1] <= '9' && i > 1)
+            n = i - 1;
+        break;
+    }
+    if (n == 0 &&
+        core_gguf_get_str(e->model->gguf, "general.name", e->model_id, sizeof e->model_id) == 0 &&
+        e->model_id[0])
+        return;
+    if (n == 0) {
+        base = "model";
+        n = 5;
+    }
+    if (n >= sizeof e->model_id)
+        n = sizeof e->model_id - 1;
+    memcpy(e->model_id, base, n);
+    e->model_id[n] = 0;
+}
+
+static void opts_apply(srv_engine *e, const srv_engine_opts *o)
+{
+    const core_config *c = &e->model->cfg;
+    int train = c->n_ctx_train > 0 ? c->n_ctx_train : 2048;
+    e->n_ctx = o->n_ctx > 0 ? o->n_ctx : (train < 2048 ? train : 2048);
+    e->max_seqs = o->max_seqs > 0 ? o->max_seqs : 32;
+    e->max_batch = o->max_batch_tokens > 0 ? o->max_batch_tokens : 512;
+    e->prefill_chunk = o->prefill_chunk > 0 ? o->prefill_chunk : 256;
+    e->queue_limit = o->queue_limit > 0 ? o->queue_limit : 256;
+    e->verbose = o->verbose;
+    e->watch = o->watch;
+    e->cache_bytes = o->cache_bytes;
+}
+
+srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
+{
+    if (!o || (!o->model && (!o->model_path || !o->model_path[0]))) {
+        set_err(err, errlen, "no model given");
+        return NULL;
+    }
+    srv_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        set_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&e->mu, NULL);
+    sem_init(&e->ready, 0, 0);
+    atomic_init(&e->cancel_pending, false);
+    if (o->registry_dir && o->registry_dir[0] && !(e->registry_dir = strdup(o->registry_dir))) {
+        set_err(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (o->model) {
+        e->model = o->model;
+    } else {
+        char merr[256];
+        e->own_model = core_model_load(o->model_path, merr, sizeof merr);
+        if (!e->own_model) {
+            set_err(err, errlen, "cannot load %s: %s", o->model_path, merr);
+            goto fail;
+        }
+        e->model = e->own_model;
+    }
+    e->tok = core_tokenizer_new(e->model->gguf, err, errlen);
+    if (!e->tok)
+        goto fail;
+    e->n_vocab = e->model->cfg.n_vocab;
+    model_id_init(e, o->model_path);
+    opts_apply(e, o);
+    if (o->n_threads > 0)
+        core_blas_set_threads(o->n_threads);
+    if (srv__sched_init(e, err, errlen) < 0)
+        goto fail;
+    if (pthread_create(&e->thread, NULL, engine_main, e)) {
+        set_err(err, errlen, "cannot start the engine thread");
+        goto fail_sched;
+    }
+    sem_wait(&e->ready);
+    if (e->ready_rc) {
+        pthread_join(e->thread, NULL);
+        set_err(err, errlen, "%s", e->ready_err);
+        goto fail_sched;
+    }
+    if (e->verbose >= 1) {
+        adapter_registry_stats rs = {0};
+        if (e->reg)
+            adapter_registry_stats_get(e->reg, &rs);
+        fprintf(stderr,
+                "engine: model %s (%d layers, vocab %d), %d slots x %d positions, batch %d rows, "
+                "prefill chunk %d, queue %d, registry %s (%d nodes%s)\n",
+                e->model_id, e->model->cfg.n_layer, e->n_vocab, e->max_seqs, e->n_ctx, e->max_batch,
+                e->prefill_chunk, e->queue_limit, e->registry_dir ? e->registry_dir : "none",
+                rs.nodes, e->reg && e->watch ? ", watched" : "");
+    }
+    return e;
+fail_sched:
+    srv__sched_deinit(e);
+fail:
+    core_tokenizer_free(e->tok);
+    core_model_free(e->own_model);
+    free(e->registry_dir);
+    sem_destroy(&e->ready);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+    return NULL;
+}
+
+void srv_engine_drain(srv_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    e->draining = true;
+    pthread_mutex_unlock(&e->mu);
+}
+
+bool srv_engine_idle(srv_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    bool idle = e->active == 0;
+    pthread_mutex_unlock(&e->mu);
+    return idle;
+}
+
+void srv_engine_free(srv_engine *e)
+{
+    if (!e)
+        return;
+    pthread_mutex_lock(&e->mu);
+    e->stopping = true;
+    uv_async_send(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+    pthread_join(e->thread, NULL);
+    srv__sched_deinit(e);
+    for (size_t i = 0; i < e->n_labels; i++)
+        free(e->labels[i]);
+    free(e->labels);
+    core_tokenizer_free(e->tok);
+    core_model_free(e->own_model);
+    free(e->registry_dir);
+    sem_destroy(&e->ready);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+}
+
+const core_tokenizer *srv_engine_tokenizer(const srv_engine *e)
+{
+    return e->tok;
+}
+
+const core_config *srv_engine_config(const srv_engine *e)
+{
+    return &e->model->cfg;
+}
+
+const char *srv_engine_model_id(const srv_engine *e)
+{
+    return e->model_id;
+}
+
+int srv_engine_n_ctx(const srv_engine *e)
+{
+    return e->n_ctx;
+}
+
+adapter_registry *srv_engine_registry(srv_engine *e)
+{
+    return e->reg;
+}
+
+void srv_engine_stats_get(srv_engine *e, srv_engine_stats *out)
+{
+    pthread_mutex_lock(&e->mu);
+    *out = e->stats;
+    pthread_mutex_unlock(&e->mu);
+}
+
+int srv_engine_label_stats(srv_engine *e, srv_label_stats **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    pthread_mutex_lock(&e->mu);
+    size_t k = e->n_labels;
+    srv_label_stats *v = k ? malloc(k * sizeof *v) : NULL;
+    if (k && !v) {
+        pthread_mutex_unlock(&e->mu);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < k; i++)
+        v[i] = *e->labels[i];
+    pthread_mutex_unlock(&e->mu);
+    *out = v;
+    *n = k;
+    return 0;
+}

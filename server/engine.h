@@ -1,0 +1,214 @@
+/* The engine (DESIGN.md §2): one thread running a libuv loop that owns the scheduler, every
+ * sequence and its KV slot, and the registry's residency. HTTP threads turn a request into a
+ * job (tokenized prompt, resolved adapter selection, sampling), submit it, and read its output
+ * as the engine produces it; nothing else crosses between them.
+ *
+ * Each iteration the engine
+ *   1. takes new jobs from its inbox (a locked queue woken with uv_async_send) and cancelled
+ *      ones out of the batch (their sequence and slot are freed at once);
+ *   2. admits waiting jobs into free slots, fairly: round-robin over clients, and within a
+ *      client over adapter selections, FIFO within one (client, selection). A job whose adapters
+ *      are not resident asks the registry to load them (adapter_registry_acquire -> -EAGAIN) and
+ *      stays waiting without holding a slot or blocking the jobs behind it;
+ *   3. builds one batch: one decode row for every running sequence that has its prompt in the
+ *      cache, then prompt chunks of prefilling sequences (oldest first) until max_batch_tokens
+ *      rows; every row carries its sequence's lora set, so rows of different adapters share the
+ *      step (adapter_plan_build, one core_forward);
+ *   4. samples each decode row (and the last prompt row), runs stop checks (EOG token, stop
+ *      strings, max_tokens, end of context), appends the released text and tokens to the job and
+ *      calls the job's notify callback.
+ *
+ * Threads and ownership. A job is reference-counted: the submitter holds one reference, the
+ * engine takes its own on submit and drops it when the job is done. Every srv_job_* reader may
+ * run on any thread at any time (one mutex per job). notify runs on the engine thread, outside
+ * the job's lock, and must not block (it resumes a suspended connection).
+ */
+#ifndef ADAPTREE_SERVER_ENGINE_H
+#define ADAPTREE_SERVER_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "adapters/registry.h"
+#include "core/model.h"
+#include "core/sampler.h"
+#include "core/tokenizer.h"
+
+typedef struct srv_engine srv_engine;
+typedef struct srv_job srv_job;
+
+/* ---- the engine ----------------------------------------------------------------------------- */
+
+typedef struct srv_engine_opts {
+    const char *model_path;   /* GGUF base model (required) */
+    const char *registry_dir; /* adapter registry root; NULL or "" = base model only */
+    int n_threads;            /* OpenBLAS threads; 0 = leave OpenBLAS's default (all cores) */
+    int max_batch_tokens;     /* rows per forward step, decode + prompt chunks; 0 = 512 */
+    int max_seqs;             /* running sequences (= KV slots); 0 = 32 */
+    int n_ctx;                /* positions per sequence; 0 = min(model's trained context, 2048) */
+    size_t cache_bytes;       /* adapter residency budget; 0 = unlimited */
+    int queue_limit;          /* jobs waiting to be admitted, beyond the running ones; 0 = 256 */
+    int prefill_chunk;        /* most prompt rows of one sequence per step; 0 = 256 */
+    bool watch;               /* watch the registry for changes (default on in `serve`) */
+    int verbose;              /* 0 quiet, 1 info (default), 2 debug: one line per step */
+    const core_model *model;  /* optional: an already loaded base to borrow instead of loading
+                                 model_path (tests, tools); must outlive the engine. model_path
+                                 then only names it (srv_engine_model_id) and may be NULL */
+} srv_engine_opts;
+
+/* Zeroes *o, then: max_batch_tokens 512, max_seqs 32, queue_limit 256, prefill_chunk 256,
+ * watch on, verbose 1. */
+void srv_engine_opts_default(srv_engine_opts *o);
+
+/* Loads the model, tokenizer and registry and starts the engine thread. NULL with a message on
+ * failure (missing model, bad registry root, no memory). */
+srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen);
+
+/* Stops admitting new jobs (submit returns -ESHUTDOWN) and lets running and waiting ones finish.
+ * Returns at once; any thread. */
+void srv_engine_drain(srv_engine *e);
+/* True when no job is waiting or running. Any thread. */
+bool srv_engine_idle(srv_engine *e);
+/* Cancels whatever is left, stops the thread and frees everything. The caller must have dropped
+ * its own job references or keep them valid: jobs outlive the engine until unreferenced. */
+void srv_engine_free(srv_engine *e);
+
+/* Read-only facts, valid for the engine's lifetime; any thread. */
+const core_tokenizer *srv_engine_tokenizer(const srv_engine *e);
+const core_config *srv_engine_config(const srv_engine *e);
+/* "SmolLM2-135M-Instruct": the model file's name without ".gguf" and a quantization tag
+ * (".Q4_1", "-q8_0", ".F16"); general.name when no path was given. */
+const char *srv_engine_model_id(const srv_engine *e);
+int srv_engine_n_ctx(const srv_engine *e); /* positions per sequence */
+/* The registry, or NULL when serving the base model only. Its any-thread functions (resolve,
+ * list, stats, load, unload, pin) may be called from HTTP threads. */
+adapter_registry *srv_engine_registry(srv_engine *e);
+
+typedef struct srv_engine_stats {
+    /* submitted: accepted by submit; finished: ended "stop" or "length"; failed: "error";
+       cancelled: "cancelled"; rejected: refused by submit (-EAGAIN, -ESHUTDOWN) */
+    uint64_t jobs_submitted, jobs_finished, jobs_failed, jobs_cancelled, jobs_rejected;
+    uint64_t prompt_tokens;    /* prompt rows computed */
+    uint64_t generated_tokens; /* tokens sampled */
+    uint64_t steps;            /* forward calls */
+    uint64_t rows;             /* rows over all steps (rows / steps = mean batch) */
+    uint64_t step_hist[8];     /* steps with rows in (0,1], (1,2], (2,4], ..., (32,64], >64 */
+    double step_seconds;       /* time inside core_forward + sampling */
+    int running;               /* jobs holding a slot */
+    int waiting;               /* jobs queued (inbox included), also those waiting for a load */
+    int loading;               /* of those, jobs waiting for an adapter load */
+    size_t kv_bytes;
+} srv_engine_stats;
+
+void srv_engine_stats_get(srv_engine *e, srv_engine_stats *out);
+
+/* Per-selection counters, keyed by the job's adapter label (srv_job_params.label): requests,
+ * tokens. Copied into *out (malloc'd, caller frees), sorted by label. Any thread. */
+typedef struct srv_label_stats {
+    char label[ADAPTER_ID_MAX + 1];
+    uint64_t requests, prompt_tokens, generated_tokens, failures;
+} srv_label_stats;
+
+int srv_engine_label_stats(srv_engine *e, srv_label_stats **out, size_t *n);
+
+/* ---- jobs ----------------------------------------------------------------------------------- */
+
+typedef enum srv_finish {
+    SRV_FINISH_NONE = 0, /* still running */
+    SRV_FINISH_STOP,     /* an end-of-generation token or a stop string */
+    SRV_FINISH_LENGTH,   /* max_tokens or the end of the context */
+    SRV_FINISH_ERROR,    /* see srv_job_status.error / .http_status */
+    SRV_FINISH_CANCELLED /* srv_job_cancel or engine shutdown */
+} srv_finish;
+
+/* "stop", "length", "error", "cancelled" or NULL for NONE. */
+const char *srv_finish_name(srv_finish f);
+
+#define SRV_JOB_STOP_MAX 4
+#define SRV_JOB_TOP_MAX 20
+#define SRV_CLIENT_MAX 64
+
+typedef struct srv_job_params {
+    const int32_t *prompt; /* (n_prompt) token ids, copied by srv_job_new */
+    int n_prompt;          /* 1 .. n_ctx - 1 (the HTTP layer refuses longer prompts) */
+    adapter_selection sel; /* resolved (adapter_registry_resolve); n = 0: base only */
+    const char *label;     /* metrics label for the selection, copied ("base", "fr/legal",
+                              "fr:0.5+de:0.5"); NULL = "base" */
+    const char *client;    /* fairness key, copied, <= SRV_CLIENT_MAX bytes ("user" field,
+                              else the key or peer address); NULL = "" */
+    int max_tokens;        /* >= 0; generation also stops at the end of the context */
+    core_sampler_params sampling;
+    uint64_t seed;
+    const char *stop[SRV_JOB_STOP_MAX]; /* copied; text never contains a stop string: generation
+                                           ends before it (finish "stop") */
+    int n_stop;
+    int logprobs; /* -1 none; k in 0..SRV_JOB_TOP_MAX: record each token's logprob (log-softmax
+                     of the raw logits) and the k most likely alternatives */
+} srv_job_params;
+
+/* One generated token as recorded for logprobs. */
+typedef struct srv_job_token {
+    int32_t id;
+    float logprob;
+    int n_top;
+    int32_t top_ids[SRV_JOB_TOP_MAX];
+    float top_logprobs[SRV_JOB_TOP_MAX];
+    size_t text_end; /* job text length once this token's bytes were released (stop-string
+                        hold-back and incomplete UTF-8 can delay them) */
+} srv_job_token;
+
+/* Makes a job with one reference. notify(ud) runs on the engine thread whenever the job's output
+ * or status changed (new text or tokens, done); it may be NULL. NULL on bad params or no memory,
+ * with a message.
+ *
+ * The status changes first, then notify runs: a reader on another thread may see the job done
+ * before its last notify. So ud must stay valid until srv_job_detach_notify has returned (or
+ * until the engine is freed). */
+srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud, char *err,
+                     size_t errlen);
+/* Stops the job's notify calls: when this returns, no notify of j is running and none will
+ * follow, so ud may be freed. Any thread except from inside that notify; idempotent. */
+void srv_job_detach_notify(srv_job *j);
+void srv_job_ref(srv_job *j);
+void srv_job_unref(srv_job *j); /* frees at zero; NULL ignored */
+
+/* Hands the job to the engine. 0; -EAGAIN when the queue is full (HTTP 429 with Retry-After);
+ * -ESHUTDOWN when draining (503); -EINVAL when the job was submitted before. On failure the job
+ * is untouched (the caller still owns it). Any thread.
+ *
+ * Checked by the engine once it takes the job, which then ends at once: a prompt of n_ctx tokens
+ * or more, or a token id outside the vocabulary (ERROR 400); max_tokens 0 (LENGTH, no tokens,
+ * the prompt still counted in prompt_tokens, adapters untouched); an adapter that is unknown
+ * (ERROR 404) or failed to load (ERROR 503, "adapter 'X' failed to load: ..."). */
+int srv_engine_submit(srv_engine *e, srv_job *j);
+
+/* Asks the engine to stop the job (client gone). Its sequence is freed at the next step; the job
+ * ends with SRV_FINISH_CANCELLED unless it had already finished. Any thread, idempotent. */
+void srv_job_cancel(srv_job *j);
+
+typedef struct srv_job_status {
+    srv_finish finish;      /* NONE while running */
+    int http_status;        /* for ERROR: 400, 404, 500, 503 */
+    char error[256];        /* for ERROR: the message */
+    const char *error_type; /* for ERROR: "invalid_request_error", "not_found_error",
+                               "server_error", ... (static string) */
+    int prompt_tokens;
+    int completion_tokens;
+    size_t text_len;       /* bytes of text released so far (valid UTF-8 at every length) */
+    int n_tokens;          /* tokens recorded so far (== completion_tokens). A token is recorded
+                              once its bytes are released; at the end every sampled token is,
+                              including those of a cut stop string, but never the end-of-
+                              generation token */
+    double queue_ms;       /* submit -> admitted (slot taken) */
+    double first_token_ms; /* submit -> first token sampled; < 0 until then */
+    double total_ms;       /* submit -> done; < 0 until then */
+} srv_job_status;
+
+void srv_job_status_get(srv_job *j, srv_job_status *out);
+/* Copies up to cap bytes of the released text starting at byte from; returns the count. */
+size_t srv_job_text(srv_job *j, size_t from, char *buf, size_t cap);
+/* Copies up to cap recorded tokens starting at index from; returns the count. */
+int srv_job_tokens(srv_job *j, int from, srv_job_token *out, int cap);
+
+#endif
