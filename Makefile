@@ -82,8 +82,7 @@ $(MODEL):
 # --- use -------------------------------------------------------------------------------------
 
 run: deps model all
-	$(BUILD)/adaptree generate -m $(MODEL) --chat -n 64 --temperature 0 \
-	    -p "What is the capital of France? Answer in one sentence."
+	$(BUILD)/adaptree serve -m $(MODEL)
 
 # Unit + golden tests (C), then end-to-end tests when there are any.
 test: deps model

@@ -8,6 +8,8 @@
 #define SRV_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 int srv_cli_generate(int argc, char **argv);
+/* `adaptree serve`: the HTTP server, until SIGINT or SIGTERM (then 0 after a graceful drain). */
+int srv_cli_serve(int argc, char **argv);
 int srv_cli_inspect(int argc, char **argv);
 int srv_cli_merge(int argc, char **argv);
 

@@ -12,6 +12,9 @@ static void usage(FILE *out)
             "usage: adaptree COMMAND [options]\n"
             "\n"
             "commands:\n"
+            "  serve     [--host H] [--port P] [-m MODEL] [--registry DIR] ...\n"
+            "                                  the OpenAI-compatible HTTP server (default\n"
+            "                                  127.0.0.1:8080, the default model, registry/)\n"
             "  generate  -m MODEL -p PROMPT [-n N] [--chat] [--temperature T] [--top-p P]\n"
             "            [--seed S] ...        run one prompt and stream the text\n"
             "  inspect   MODEL.gguf            print metadata, tensor types and the BLAS core\n"
@@ -33,6 +36,8 @@ int main(int argc, char **argv)
     if (rc <= 0 && msg[0])
         fprintf(stderr, "%s\n", msg);
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "serve"))
+        return srv_cli_serve(argc - 1, argv + 1);
     if (!strcmp(cmd, "generate"))
         return srv_cli_generate(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect"))

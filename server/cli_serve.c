@@ -1,0 +1,391 @@
+/* `adaptree serve`: flags, then the engine and the HTTP transport, then the main thread waits
+ * for a signal and drains.
+ *
+ * Signals. SIGINT and SIGTERM are blocked before any thread of ours starts, so every thread
+ * inherits the mask and only the main thread sees them, through a signalfd. Threads that a
+ * library started before main() (OpenBLAS starts its pool in a constructor) did not inherit the
+ * mask, so a handler is installed as well: if the kernel hands the signal to one of those, the
+ * handler writes its number into a pipe the main thread also polls. SIGPIPE is ignored (a client
+ * that closes mid-answer must not kill the server).
+ *
+ * Shutdown. The first signal drains: the engine stops admitting (new generation requests get
+ * 503, /health says "draining"), in-flight requests finish and are answered, for at most
+ * DRAIN_SECONDS (a second signal cuts the wait short). Then waiting requests are woken and
+ * answered 503, libmicrohttpd stops, the engine is freed, and the process exits 0.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "server/auth.h"
+#include "server/cli.h"
+#include "server/cli_serve.h"
+#include "server/engine.h"
+#include "server/http.h"
+#include "server/log.h"
+#include "server/routes.h"
+
+#define DRAIN_SECONDS 30
+#define SWEEP_MS 250
+
+static void serve_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: adaptree serve [options]\n"
+            "  -m, --model PATH          GGUF base model (default " SRV_DEFAULT_MODEL ")\n"
+            "      --registry DIR        adapter registry root (default " SRV_DEFAULT_REGISTRY
+            "; skipped\n"
+            "                            with a warning when the default is missing)\n"
+            "      --no-registry         serve the base model only\n"
+            "      --no-watch            do not watch the registry for changes\n"
+            "      --host HOST           address to listen on (default 127.0.0.1)\n"
+            "      --port PORT           port (default 8080; 0 = any free port)\n"
+            "      --threads N           OpenBLAS threads (default 0 = all cores)\n"
+            "      --http-threads N      HTTP polling threads (default 2)\n"
+            "      --max-batch-tokens N  rows per forward step (default 512)\n"
+            "      --max-seqs N          sequences running at once (default 32)\n"
+            "      --ctx N               context per sequence (default: the model's, at most "
+            "2048)\n"
+            "      --adapter-cache-mb N  memory for resident adapters (default 0 = unlimited)\n"
+            "      --queue-limit N       requests waiting beyond the running ones (default "
+            "256);\n"
+            "                            more get 429\n"
+            "      --api-key KEY         require 'Authorization: Bearer KEY' on every route but\n"
+            "                            /health (default $ADAPTREE_API_KEY, else none)\n"
+            "      --admin-key KEY       require this key on /v1/adapters* (default\n"
+            "                            $ADAPTREE_ADMIN_KEY, else the api key)\n"
+            "      --log-level LEVEL     error, warn, info or debug (default info)\n"
+            "      --max-body-kb N       largest request body in KiB (default 1024); more gets "
+            "413\n"
+            "      --idle-timeout S      close connections idle for S seconds (default 60; 0 = "
+            "never)\n"
+            "SIGINT or SIGTERM drains: running requests finish (at most %d s), then it exits 0.\n",
+            DRAIN_SECONDS);
+}
+
+static const struct {
+    const char *flag;
+    long min, max;
+    size_t off;
+} int_flags[] = {
+    {"--port", 0, 65535, offsetof(srv_serve_opts, port)},
+    {"--threads", 0, 1024, offsetof(srv_serve_opts, threads)},
+    {"--http-threads", 1, 64, offsetof(srv_serve_opts, http_threads)},
+    {"--max-batch-tokens", 1, 1 << 16, offsetof(srv_serve_opts, max_batch_tokens)},
+    {"--max-seqs", 1, 4096, offsetof(srv_serve_opts, max_seqs)},
+    {"--ctx", 0, 1 << 20, offsetof(srv_serve_opts, n_ctx)},
+    {"--adapter-cache-mb", 0, 1L << 30, offsetof(srv_serve_opts, adapter_cache_mb)},
+    {"--queue-limit", 1, 1 << 20, offsetof(srv_serve_opts, queue_limit)},
+    {"--max-body-kb", 1, 1 << 20, offsetof(srv_serve_opts, max_body_kb)},
+    {"--idle-timeout", 0, 86400, offsetof(srv_serve_opts, idle_timeout)},
+};
+
+static void defaults(srv_serve_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->host = "127.0.0.1";
+    o->port = 8080;
+    o->model = SRV_DEFAULT_MODEL;
+    o->registry = SRV_DEFAULT_REGISTRY;
+    o->http_threads = 2;
+    o->max_batch_tokens = 512;
+    o->max_seqs = 32;
+    o->queue_limit = 256;
+    o->log_level = SRV_LOG_INFO;
+    o->max_body_kb = 1024;
+    o->idle_timeout = 60;
+    o->watch = true;
+}
+
+/* A flag with a value: 1 taken, 0 not one of these, -1 bad value (message in err). */
+static int value_flag(srv_serve_opts *o, const char *a, const char *v, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < sizeof int_flags / sizeof *int_flags; i++) {
+        if (strcmp(a, int_flags[i].flag) != 0)
+            continue;
+        long *dst = (long *)(void *)((char *)o + int_flags[i].off);
+        if (srv_parse_int(v, int_flags[i].min, int_flags[i].max, dst) < 0) {
+            snprintf(err, errlen, "bad value '%s' for %s: expected an integer in [%ld, %ld]", v, a,
+                     int_flags[i].min, int_flags[i].max);
+            return -1;
+        }
+        return 1;
+    }
+    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
+        o->model = v;
+    } else if (!strcmp(a, "--registry")) {
+        o->registry = v;
+        o->registry_given = true;
+    } else if (!strcmp(a, "--host")) {
+        o->host = v;
+    } else if (!strcmp(a, "--api-key")) {
+        o->api_key = v;
+    } else if (!strcmp(a, "--admin-key")) {
+        o->admin_key = v;
+    } else if (!strcmp(a, "--log-level")) {
+        o->log_level = srv_log_parse(v);
+        if (o->log_level < 0) {
+            snprintf(err, errlen,
+                     "bad value '%s' for --log-level: expected error, warn, info or "
+                     "debug",
+                     v);
+            return -1;
+        }
+    } else {
+        return 0;
+    }
+    if (!v[0]) {
+        snprintf(err, errlen, "%s needs a non-empty value", a);
+        return -1;
+    }
+    return 1;
+}
+
+int srv_serve_parse(int argc, char **argv, srv_serve_opts *o, char *err, size_t errlen)
+{
+    defaults(o);
+    bool no_registry = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            serve_usage(stdout);
+            return 1;
+        }
+        if (!strcmp(a, "--no-registry")) {
+            no_registry = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-watch")) {
+            o->watch = false;
+            continue;
+        }
+        /* --flag=value as well as --flag value */
+        char name[64];
+        const char *v = NULL, *eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
+        if (eq && (size_t)(eq - a) < sizeof name) {
+            memcpy(name, a, (size_t)(eq - a));
+            name[eq - a] = 0;
+            a = name;
+            v = eq + 1;
+        } else if (i + 1 < argc) {
+            v = argv[i + 1];
+        }
+        int rc = v ? value_flag(o, a, v, err, errlen) : 0;
+        if (rc < 0)
+            return 2;
+        if (rc == 0) {
+            if (!v && value_flag(o, a, "", err, errlen) != 0)
+                snprintf(err, errlen, "%s needs a value", a);
+            else
+                snprintf(err, errlen, "unknown option '%s' (see adaptree serve --help)", argv[i]);
+            return 2;
+        }
+        if (!eq)
+            i++;
+    }
+    if (no_registry && o->registry_given) {
+        snprintf(err, errlen, "--registry and --no-registry contradict each other");
+        return 2;
+    }
+    if (no_registry)
+        o->registry = NULL;
+    const char *env = getenv("ADAPTREE_API_KEY");
+    if (!o->api_key && env && env[0])
+        o->api_key = env;
+    env = getenv("ADAPTREE_ADMIN_KEY");
+    if (!o->admin_key && env && env[0])
+        o->admin_key = env;
+    return 0;
+}
+
+/* ---- signals -------------------------------------------------------------------------------- */
+
+static int sig_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char c = (unsigned char)sig;
+    if (write(sig_pipe[1], &c, 1) < 0) {
+        /* the pipe is full: a signal is already waiting to be read */
+    }
+    errno = saved;
+}
+
+/* Blocks SIGINT/SIGTERM for the threads to come and opens the signalfd; -1 on failure. */
+static int signals_setup(int *sfd)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
+        return -1;
+    if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+        return -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    *sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+    return *sfd < 0 ? -1 : 0;
+}
+
+/* Waits up to ms for a signal; its number, or 0 on time-out. */
+static int signal_wait(int sfd, int ms)
+{
+    struct pollfd p[2] = {{.fd = sfd, .events = POLLIN}, {.fd = sig_pipe[0], .events = POLLIN}};
+    if (poll(p, 2, ms) <= 0)
+        return 0;
+    if (p[0].revents & POLLIN) {
+        struct signalfd_siginfo si;
+        if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si)
+            return (int)si.ssi_signo;
+    }
+    if (p[1].revents & POLLIN) {
+        unsigned char c;
+        if (read(sig_pipe[0], &c, 1) == 1)
+            return c;
+    }
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* ---- the command ---------------------------------------------------------------------------- */
+
+static srv_engine *start_engine(const srv_serve_opts *o)
+{
+    srv_engine_opts eo;
+    srv_engine_opts_default(&eo);
+    eo.model_path = o->model;
+    eo.registry_dir = o->registry;
+    struct stat st;
+    if (o->registry && !o->registry_given && stat(o->registry, &st) != 0) {
+        srv_log(SRV_LOG_WARN, "no registry at %s; serving the base model only", o->registry);
+        eo.registry_dir = NULL;
+    }
+    eo.n_threads = (int)o->threads;
+    eo.max_batch_tokens = (int)o->max_batch_tokens;
+    eo.max_seqs = (int)o->max_seqs;
+    eo.n_ctx = (int)o->n_ctx;
+    eo.cache_bytes = (size_t)o->adapter_cache_mb << 20;
+    eo.queue_limit = (int)o->queue_limit;
+    eo.watch = o->watch;
+    eo.verbose = o->log_level >= SRV_LOG_DEBUG ? 2 : o->log_level >= SRV_LOG_INFO ? 1 : 0;
+    char err[512];
+    srv_engine *e = srv_engine_new(&eo, err, sizeof err);
+    if (!e)
+        fprintf(stderr, "serve: %s\n", err);
+    return e;
+}
+
+/* Drains (see the top of the file) once the first signal has come. */
+static void drain(srv_app *app, srv_engine *e, srv_http *http, int sfd)
+{
+    srv_log(SRV_LOG_INFO, "draining: %d request(s) in progress; at most %d s",
+            srv_http_active(http), DRAIN_SECONDS);
+    atomic_store(&app->draining, true);
+    srv_engine_drain(e);
+    double t0 = now_s();
+    while (srv_http_active(http) > 0 && now_s() - t0 < DRAIN_SECONDS) {
+        if (signal_wait(sfd, SWEEP_MS)) {
+            srv_log(SRV_LOG_WARN, "second signal: stopping now");
+            break;
+        }
+        srv_http_sweep(http);
+    }
+    srv_http_stop_waiting(http);
+    for (int i = 0; i < 100 && srv_http_active(http) > 0; i++)
+        usleep(10 * 1000);
+    if (srv_http_active(http) > 0)
+        srv_log(SRV_LOG_WARN, "closing %d unfinished request(s)", srv_http_active(http));
+}
+
+int srv_cli_serve(int argc, char **argv)
+{
+    srv_serve_opts o;
+    char err[512];
+    int rc = srv_serve_parse(argc, argv, &o, err, sizeof err);
+    if (rc) {
+        if (rc == 2)
+            fprintf(stderr, "serve: %s\n", err);
+        return rc == 1 ? 0 : 2;
+    }
+    srv_log_threshold = (srv_log_level)o.log_level;
+    srv_auth auth;
+    if (srv_auth_init(&auth, o.api_key, o.admin_key, err, sizeof err) < 0) {
+        fprintf(stderr, "serve: %s\n", err);
+        return 2;
+    }
+    int sfd = -1;
+    if (signals_setup(&sfd) < 0) {
+        fprintf(stderr, "serve: cannot set up signal handling: %s\n", strerror(errno));
+        return 1;
+    }
+    int status = 1;
+    srv_app app;
+    srv_http *http = NULL;
+    srv_engine *e = start_engine(&o);
+    if (!e)
+        goto out;
+    srv_app_init(&app, e, &auth, (size_t)o.max_body_kb << 10);
+    srv_http_handler h;
+    srv_routes_handler(&app, &h);
+    unsigned conns = (unsigned)(o.max_seqs + o.queue_limit + 64);
+    srv_http_opts ho = {.host = o.host,
+                        .port = (int)o.port,
+                        .threads = (int)o.http_threads,
+                        .conn_limit = conns < 512 ? 512 : conns,
+                        .idle_timeout_s = (unsigned)o.idle_timeout};
+    http = srv_http_new(&ho, &h, err, sizeof err);
+    if (!http) {
+        fprintf(stderr, "serve: %s\n", err);
+        srv_app_deinit(&app);
+        goto out;
+    }
+    adapter_registry *reg = srv_engine_registry(e);
+    adapter_registry_stats rs = {0};
+    if (reg)
+        adapter_registry_stats_get(reg, &rs);
+    bool v6 = strchr(o.host, ':') != NULL;
+    fprintf(stderr, "adaptree: serving %s (%d registry nodes) on http://%s%s%s:%d\n",
+            srv_engine_model_id(e), rs.nodes, v6 ? "[" : "", o.host, v6 ? "]" : "",
+            srv_http_port(http));
+    int sig;
+    while (!(sig = signal_wait(sfd, SWEEP_MS)))
+        srv_http_sweep(http);
+    srv_log(SRV_LOG_INFO, "%s received", strsignal(sig));
+    drain(&app, e, http, sfd);
+    srv_http_free(http);
+    srv_engine_free(e);
+    e = NULL;
+    srv_app_deinit(&app);
+    memset(&auth, 0, sizeof auth);
+    srv_log(SRV_LOG_INFO, "stopped");
+    status = 0;
+out:
+    srv_engine_free(e);
+    close(sfd);
+    close(sig_pipe[0]);
+    close(sig_pipe[1]);
+    return status;
+}

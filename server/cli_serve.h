@@ -1,0 +1,36 @@
+/* `adaptree serve` options: what the flags and the environment say, parsed without side
+ * effects so that the parsing can be tested. */
+#ifndef ADAPTREE_SERVER_CLI_SERVE_H
+#define ADAPTREE_SERVER_CLI_SERVE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define SRV_DEFAULT_REGISTRY "registry/"
+
+typedef struct srv_serve_opts {
+    const char *host;      /* "127.0.0.1" */
+    long port;             /* 8080 */
+    const char *model;     /* SRV_DEFAULT_MODEL */
+    const char *registry;  /* SRV_DEFAULT_REGISTRY; NULL with --no-registry */
+    bool registry_given;   /* --registry was on the command line (a missing one is an error) */
+    long threads;          /* OpenBLAS threads, 0 = OpenBLAS's default */
+    long http_threads;     /* libmicrohttpd polling threads, 2 */
+    long max_batch_tokens; /* 512 */
+    long max_seqs;         /* 32 */
+    long n_ctx;            /* 0 = the model's, at most 2048 */
+    long adapter_cache_mb; /* 0 = unlimited */
+    long queue_limit;      /* 256 */
+    const char *api_key;   /* --api-key, else $ADAPTREE_API_KEY; NULL = none */
+    const char *admin_key; /* --admin-key, else $ADAPTREE_ADMIN_KEY; NULL = none */
+    int log_level;         /* srv_log_level, info */
+    long max_body_kb;      /* 1024 */
+    long idle_timeout;     /* seconds, 60 */
+    bool watch;            /* watch the registry (--no-watch turns it off) */
+} srv_serve_opts;
+
+/* Parses argv (argv[0] = "serve"); keys missing from the flags come from getenv. Returns 0, 1
+ * for --help (usage printed to stdout), or 2 with a message in err. Main thread. */
+int srv_serve_parse(int argc, char **argv, srv_serve_opts *o, char *err, size_t errlen);
+
+#endif

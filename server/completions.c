@@ -1,0 +1,462 @@
+/* POST /v1/completions and /v1/chat/completions: from an OpenAI request body to an engine job,
+ * and from the job's output to the OpenAI answer, whole or streamed.
+ *
+ * The first call (body complete) does everything that can fail on the HTTP thread: parse and
+ * validate the body, resolve the adapter selection, render the chat template, tokenize, check
+ * the prompt against the context, then submit. It then waits. A whole answer waits for the job
+ * to finish; a stream waits only for the first output (or an early failure, which still gets its
+ * own HTTP status), then streams chunks as the job notifies.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "core/tokenizer.h"
+#include "server/log.h"
+#include "server/response.h"
+#include "server/routes_internal.h"
+
+static uint64_t random_u64(void)
+{
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v) {
+        struct timespec t;
+        clock_gettime(CLOCK_REALTIME, &t);
+        v = ((uint64_t)t.tv_nsec * 0x9E3779B97F4A7C15ull) ^ (uint64_t)t.tv_sec;
+    }
+    return v;
+}
+
+static uint64_t fnv1a(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+    return h;
+}
+
+static int piece(void *ud, int32_t id, char *buf, size_t cap)
+{
+    return core_token_to_bytes(ud, id, true, buf, cap);
+}
+
+static srv_resp resp_of(srv_app *a, const srv_call *c)
+{
+    srv_resp r = {.kind = c->kind,
+                  .id = c->id,
+                  .created = c->created,
+                  .model = c->model,
+                  .logprobs = c->logprobs,
+                  .include_usage = c->include_usage,
+                  .piece = piece,
+                  .piece_ud = (void *)srv_engine_tokenizer(a->engine)};
+    return r;
+}
+
+static const char *param_of(const srv_call *c)
+{
+    return c->kind == SRV_REQ_CHAT ? "messages" : "prompt";
+}
+
+/* The scheduler's fairness key: the "user" field, else (a hash of) the key, else the peer. */
+static void client_key(srv_http_req *req, const srv_request *rq, char *out, size_t cap)
+{
+    char key[SRV_KEY_MAX + 2];
+    if (rq->user && rq->user[0]) {
+        if (strlen(rq->user) + 5 < cap)
+            snprintf(out, cap, "user:%s", rq->user);
+        else
+            snprintf(out, cap, "user#%016llx", (unsigned long long)fnv1a(rq->user));
+    } else if (srv_auth_bearer(srv_http_header(req, "Authorization"), key, sizeof key) == 0) {
+        snprintf(out, cap, "key#%016llx", (unsigned long long)fnv1a(key));
+        memset(key, 0, sizeof key);
+    } else {
+        snprintf(out, cap, "ip:%s", srv_http_peer(req));
+    }
+}
+
+/* Resolves "model" and "adapters" into sel and its metrics label. 0, or -1 after answering. */
+static int select_adapters(srv_app *a, srv_http_req *req, const srv_request *rq,
+                           adapter_selection *sel, char *label, size_t labcap)
+{
+    const char *m = rq->model;
+    const char *select = m && strcmp(m, a->model_id) != 0 && strcmp(m, "base") != 0 ? m : NULL;
+    memset(sel, 0, sizeof *sel);
+    srv_selection_label(select, rq->adapters, rq->n_adapters, label, labcap);
+    if (!select && rq->n_adapters == 0)
+        return 0;
+    adapter_registry *reg = srv_engine_registry(a->engine);
+    if (!reg) {
+        srv_http_reply_error(req, 404, "invalid_request_error", "model_not_found",
+                             select ? "model" : "adapters",
+                             "the model '%s' does not exist: this server has no adapter registry "
+                             "and serves only '%s'",
+                             select ? select : rq->adapters[0].id, a->model_id);
+        return -1;
+    }
+    char err[300];
+    int rc =
+        adapter_registry_resolve(reg, select, rq->adapters, rq->n_adapters, sel, err, sizeof err);
+    if (rc == 0)
+        return 0;
+    /* The message names the id; which field it came from is the one that holds it. */
+    const char *param = "adapters";
+    if (select && strstr(err, select))
+        param = "model";
+    if (rc == -ENOENT)
+        srv_http_reply_error(req, 404, "invalid_request_error", "model_not_found", param,
+                             "the model does not exist: %s", err);
+    else
+        srv_http_reply_error(req, 400, "invalid_request_error", NULL, param, "%s", err);
+    return -1;
+}
+
+/* The text a token-id prompt stands for (what echo returns). */
+static char *ids_text(const core_tokenizer *tok, const int32_t *ids, size_t n, size_t *len)
+{
+    srv_buf b;
+    srv_buf_init(&b);
+    char small[256];
+    for (size_t i = 0; i < n; i++) {
+        int k = core_token_to_bytes(tok, ids[i], true, small, sizeof small);
+        if (k > 0 && (size_t)k <= sizeof small)
+            srv_buf_put(&b, small, (size_t)k);
+    }
+    srv_buf_putc(&b, 0);
+    char *t = srv_buf_take(&b, len);
+    if (t)
+        (*len)--;
+    return t;
+}
+
+/* The prompt as token ids (*ids malloc'd), as `adaptree generate` makes them: the chat template
+ * rendered for chat, special tokens recognised in the text, BOS when the model wants one. Sets
+ * c->echo for completions with echo. 0, or -1 after answering. */
+static int prompt_ids(srv_app *a, srv_http_req *req, srv_call *c, const srv_request *rq,
+                      int32_t **ids, size_t *n)
+{
+    const core_tokenizer *tok = srv_engine_tokenizer(a->engine);
+    char err[256];
+    *ids = NULL;
+    *n = 0;
+    if (rq->kind == SRV_REQ_COMPLETION && rq->prompt_ids) {
+        *ids = malloc(rq->n_prompt_ids * sizeof **ids);
+        if (*ids) {
+            memcpy(*ids, rq->prompt_ids, rq->n_prompt_ids * sizeof **ids);
+            *n = rq->n_prompt_ids;
+        }
+        if (*ids && rq->echo)
+            c->echo = ids_text(tok, rq->prompt_ids, rq->n_prompt_ids, &c->echo_len);
+        if (!*ids || (rq->echo && !c->echo))
+            goto nomem;
+        return 0;
+    }
+    char *text = NULL;
+    const char *p = rq->prompt;
+    if (rq->kind == SRV_REQ_CHAT) {
+        int rc = core_chat_render(tok, rq->messages, rq->n_messages, true, &text, err, sizeof err);
+        if (rc < 0) {
+            srv_http_reply_error(req, rc == -ENOMEM ? 503 : 400,
+                                 rc == -ENOMEM ? "server_error" : "invalid_request_error", NULL,
+                                 "messages", "cannot render the chat template: %s", err);
+            return -1;
+        }
+        p = text;
+    } else if (rq->echo) {
+        c->echo = strdup(rq->prompt);
+        c->echo_len = rq->prompt_len;
+        if (!c->echo)
+            goto nomem;
+    }
+    bool bos = core_tokenizer_add_bos(tok) && core_tokenizer_bos(tok) >= 0;
+    int32_t *t = NULL;
+    size_t k = 0;
+    int rc = core_tokenize(tok, p, strlen(p), true, &t, &k);
+    free(text);
+    if (rc < 0)
+        goto nomem;
+    if (bos) {
+        int32_t *v = realloc(t, (k + 1) * sizeof *v);
+        if (!v) {
+            free(t);
+            goto nomem;
+        }
+        memmove(v + 1, v, k * sizeof *v);
+        v[0] = core_tokenizer_bos(tok);
+        t = v;
+        k++;
+    }
+    *ids = t;
+    *n = k;
+    return 0;
+nomem:
+    free(*ids);
+    *ids = NULL;
+    srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
+    return -1;
+}
+
+/* Checks the prompt length and max_tokens against the context; the tokens to generate at most,
+ * or -1 after answering. */
+static int check_context(srv_app *a, srv_http_req *req, const srv_call *c, const srv_request *rq,
+                         size_t n_prompt)
+{
+    if (n_prompt == 0) {
+        srv_http_reply_error(req, 400, "invalid_request_error", NULL, param_of(c),
+                             "the prompt is empty");
+        return -1;
+    }
+    if (n_prompt >= (size_t)a->n_ctx) {
+        srv_http_reply_error(
+            req, 400, "invalid_request_error", "context_length_exceeded", param_of(c),
+            "prompt is %zu tokens, the context is %d: shorten the prompt", n_prompt, a->n_ctx);
+        return -1;
+    }
+    int room = a->n_ctx - (int)n_prompt;
+    if (rq->max_tokens_set && rq->max_tokens > room) {
+        srv_http_reply_error(req, 400, "invalid_request_error", "context_length_exceeded",
+                             "max_tokens",
+                             "prompt is %zu tokens and max_tokens is %d: together they are more "
+                             "than the context of %d tokens",
+                             n_prompt, rq->max_tokens, a->n_ctx);
+        return -1;
+    }
+    return rq->max_tokens < room ? rq->max_tokens : room;
+}
+
+/* Makes the job and hands it to the engine. 0, or -1 after answering. */
+static int submit(srv_app *a, srv_http_req *req, srv_call *c, const srv_request *rq,
+                  const int32_t *ids, size_t n, int max_tokens, const adapter_selection *sel,
+                  const char *label)
+{
+    char client[SRV_CLIENT_MAX + 1], err[256];
+    client_key(req, rq, client, sizeof client);
+    uint64_t seed = rq->seed_set ? rq->sampling.seed : random_u64();
+    srv_job_params p = {.prompt = ids,
+                        .n_prompt = (int)n,
+                        .sel = *sel,
+                        .label = label,
+                        .client = client,
+                        .max_tokens = max_tokens,
+                        .sampling = rq->sampling,
+                        .seed = seed,
+                        .n_stop = rq->n_stop,
+                        .logprobs = rq->logprobs};
+    p.sampling.seed = seed;
+    for (int i = 0; i < rq->n_stop && i < SRV_JOB_STOP_MAX; i++)
+        p.stop[i] = rq->stop[i];
+    srv_job *job =
+        srv_job_new(&p, srv_http_job_notify, srv_http_notify_token(req), err, sizeof err);
+    if (!job) {
+        srv_http_reply_error(req, 400, "invalid_request_error", NULL, NULL, "%s", err);
+        return -1;
+    }
+    srv_http_attach_job(req, job, c->stream);
+    int rc = srv_engine_submit(a->engine, job);
+    if (rc < 0) {
+        srv_http_attach_job(req, NULL, false);
+        srv_job_unref(job);
+        if (rc == -EAGAIN)
+            srv_http_reply_error(req, 429, "rate_limit_error", "queue_full", NULL,
+                                 "the server's queue is full; retry in a moment");
+        else if (rc == -ESHUTDOWN)
+            srv_http_reply_error(req, 503, "server_error", "shutting_down", NULL,
+                                 "the server is shutting down");
+        else
+            srv_http_reply_error(req, 503, "server_error", NULL, NULL,
+                                 "the engine refused the request (%d)", rc);
+        return -1;
+    }
+    c->job = job;
+    return 0;
+}
+
+/* First call: parse, select, tokenize, submit. */
+static void start(srv_app *a, srv_http_req *req, srv_call *c)
+{
+    size_t len;
+    const char *body = srv_http_body(req, &len);
+    srv_request rq;
+    char err[256], param[SRV_PARAM_MAX];
+    int rc = srv_request_parse(c->kind, body, len, &a->limits, &rq, err, sizeof err, param,
+                               sizeof param);
+    if (rc) {
+        bool oom = rc == -ENOMEM;
+        srv_http_reply_error(req, oom ? 503 : 400, oom ? "server_error" : "invalid_request_error",
+                             NULL, param, "%s", err);
+        return;
+    }
+    c->stream = rq.stream;
+    c->include_usage = rq.stream_include_usage;
+    c->logprobs = rq.logprobs;
+    c->created = (long long)time(NULL);
+    snprintf(c->model, sizeof c->model, "%s", rq.model ? rq.model : a->model_id);
+    uint64_t r1 = random_u64(), r2 = random_u64();
+    snprintf(c->id, sizeof c->id, "%s%016llx%08llx",
+             c->kind == SRV_REQ_CHAT ? "chatcmpl-" : "cmpl-", (unsigned long long)r1,
+             (unsigned long long)(r2 & 0xffffffffu));
+
+    adapter_selection sel;
+    char label[ADAPTER_ID_MAX + 1];
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int max_tokens;
+    if (select_adapters(a, req, &rq, &sel, label, sizeof label) == 0 &&
+        prompt_ids(a, req, c, &rq, &ids, &n) == 0 &&
+        (max_tokens = check_context(a, req, c, &rq, n)) >= 0 &&
+        submit(a, req, c, &rq, ids, n, max_tokens, &sel, label) == 0)
+        srv_http_wait(req);
+    free(ids);
+    srv_request_deinit(&rq);
+}
+
+static const char *error_code(const srv_job_status *st)
+{
+    return st->http_status == 404 ? "model_not_found" : NULL;
+}
+
+/* The whole answer of a finished job. */
+static void answer_full(srv_app *a, srv_http_req *req, srv_call *c, const srv_job_status *st)
+{
+    size_t len = st->text_len;
+    char *text = malloc(len + 1);
+    int n = c->logprobs >= 0 ? st->n_tokens : 0;
+    srv_job_token *toks = n > 0 ? malloc((size_t)n * sizeof *toks) : NULL;
+    if (!text || (n > 0 && !toks)) {
+        free(text);
+        free(toks);
+        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
+    len = srv_job_text(c->job, 0, text, len);
+    if (n > 0)
+        n = srv_job_tokens(c->job, 0, toks, n);
+    srv_resp r = resp_of(a, c);
+    srv_resp_usage u = {st->prompt_tokens, st->completion_tokens};
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_resp_full(&b, &r, c->echo, c->echo_len, text, len, toks, n, srv_finish_name(st->finish),
+                  &u);
+    srv_http_reply_json(req, 200, &b, NULL);
+    srv_buf_deinit(&b);
+    free(text);
+    free(toks);
+}
+
+void srv__gen_request(srv_app *a, srv_http_req *req, srv_call *c)
+{
+    if (!c->job) {
+        start(a, req, c);
+        return;
+    }
+    srv_job_status st;
+    srv_job_status_get(c->job, &st);
+    bool output = st.text_len > 0 || st.n_tokens > 0;
+    if (st.finish == SRV_FINISH_ERROR && !(c->stream && output)) {
+        int status = st.http_status >= 400 && st.http_status <= 599 ? st.http_status : 500;
+        srv_http_reply_error(req, status, st.error_type ? st.error_type : "server_error",
+                             error_code(&st), NULL, "%s", st.error);
+    } else if (st.finish == SRV_FINISH_CANCELLED && !(c->stream && output)) {
+        srv_http_reply_error(req, 503, "server_error", "cancelled", NULL,
+                             "the request was cancelled (the server is shutting down)");
+    } else if (c->stream && (output || st.finish != SRV_FINISH_NONE)) {
+        srv_http_reply_stream(req);
+    } else if (!c->stream && st.finish != SRV_FINISH_NONE) {
+        answer_full(a, req, c, &st);
+    } else {
+        srv_http_wait(req);
+    }
+}
+
+/* Appends a chunk with the text released since the last one and its tokens. */
+static int stream_text(srv_app *a, srv_call *c, const srv_job_status *st, srv_buf *out,
+                       const char *finish)
+{
+    const srv_resp r = resp_of(a, c);
+    size_t n = st->text_len - c->sent_text;
+    int nt = c->logprobs >= 0 ? st->n_tokens - c->sent_toks : 0;
+    char *text = malloc(n + 1);
+    srv_job_token *toks = nt > 0 ? malloc((size_t)nt * sizeof *toks) : NULL;
+    if (!text || (nt > 0 && !toks)) {
+        free(text);
+        free(toks);
+        return -1;
+    }
+    n = srv_job_text(c->job, c->sent_text, text, n);
+    if (nt > 0)
+        nt = srv_job_tokens(c->job, c->sent_toks, toks, nt);
+    int k = 0;
+    while (k < nt && toks[k].text_end <= c->sent_text + n)
+        k++;
+    srv_resp_chunk(out, &r, false, text, n, toks, k, c->echo_len, c->prev_end, finish);
+    c->sent_text += n;
+    c->sent_toks += k;
+    if (k > 0)
+        c->prev_end = toks[k - 1].text_end;
+    free(text);
+    free(toks);
+    return 0;
+}
+
+int srv__gen_stream(srv_app *a, srv_http_req *req, srv_call *c, srv_buf *out)
+{
+    (void)req;
+    srv_job_status st;
+    srv_job_status_get(c->job, &st);
+    const srv_resp r = resp_of(a, c);
+    if (!c->sent_first) {
+        c->sent_first = true;
+        if (c->kind == SRV_REQ_CHAT)
+            srv_resp_chunk(out, &r, true, "", 0, NULL, 0, 0, 0, NULL);
+        else if (c->echo_len)
+            srv_resp_chunk(out, &r, false, c->echo, c->echo_len, NULL, 0, 0, 0, NULL);
+    }
+    bool more_text = st.text_len > c->sent_text;
+    if (more_text && stream_text(a, c, &st, out, NULL) < 0)
+        return -1;
+    switch (st.finish) {
+    case SRV_FINISH_NONE:
+        return 1;
+    case SRV_FINISH_ERROR:
+        srv_resp_error_event(out, st.error, st.error_type ? st.error_type : "server_error",
+                             error_code(&st));
+        srv_resp_done(out);
+        return 0;
+    case SRV_FINISH_CANCELLED:
+        return -1;
+    default:
+        break;
+    }
+    /* The last chunk carries finish_reason, and the tokens not sent yet (an end-of-generation
+     * token has no text of its own). */
+    if (stream_text(a, c, &st, out, srv_finish_name(st.finish)) < 0)
+        return -1;
+    if (c->include_usage) {
+        srv_resp_usage u = {st.prompt_tokens, st.completion_tokens};
+        srv_resp_usage_chunk(out, &r, &u);
+    }
+    srv_resp_done(out);
+    return 0;
+}
+
+void srv__gen_done(srv_app *a, srv_http_req *req, srv_call *c)
+{
+    if (c->job) {
+        srv_job_status st;
+        srv_job_status_get(c->job, &st);
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        double now = (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+        srv_metrics_generation(&a->metrics, st.first_token_ms >= 0 ? st.first_token_ms / 1e3 : -1.0,
+                               now - srv_http_start(req));
+        srv_job_unref(c->job);
+        c->job = NULL;
+    }
+    free(c->echo);
+    c->echo = NULL;
+}

@@ -1,0 +1,752 @@
+/* The HTTP transport on libmicrohttpd 0.9.75 (server/http.h): requests, bodies, answers,
+ * suspension while the engine works, and server-sent event streams.
+ *
+ * Waiting. A request that has nothing to answer yet is suspended (MHD_suspend_connection) from
+ * the access handler, or, in the middle of a stream, from the content reader, which then
+ * returns 0. The header of 0.9.75 names exactly these two callbacks as the places where
+ * suspending is safe, and a reader may return 0 only together with a suspension: the connection
+ * then sits in the BODY_UNREADY state outside the poll set, and on resume libmicrohttpd calls
+ * the reader again (connection.c, MHD_connection_handle_idle). Nothing ever sleeps on an MHD
+ * thread.
+ *
+ * Waking. The engine calls srv_http_job_notify on its own thread. Resuming a connection that
+ * is not suspended is undefined, and a notify can race with the request deciding to suspend, so
+ * both sides take the lock of the request's slot: the request checks for news and suspends
+ * under it, notify resumes under it if (and only if) the request is suspended, and otherwise
+ * leaves a "woken" mark that the request sees before it would suspend. Lock order: the job's
+ * notify lock (the engine holds it around notify), then the slot lock, then libmicrohttpd's own
+ * locks (suspend/resume) or the job's state lock (srv_job_status_get); never the other way.
+ *
+ * Lifetimes. The job's notify argument is the request's slot, which lives as long as the
+ * transport, never the request: a request reaches its slot only while it is alive, and when it
+ * ends it detaches the job's notify (srv_job_detach_notify) before the slot can serve another. The
+ * request itself is reference-counted: libmicrohttpd's request (dropped in the completion callback)
+ * and a stream response (dropped when libmicrohttpd frees it) each hold one.
+ *
+ * Disconnects. libmicrohttpd does not watch suspended connections, so srv_http_sweep (main
+ * thread, a few times a second) peeks at the socket of every suspended request that has a job;
+ * a peer that closed gets its job cancelled, whose notify then resumes the request, which ends.
+ * A streaming client that leaves while its stream is running is seen by libmicrohttpd's send.
+ *
+ * Shutdown. libmicrohttpd must not be stopped with suspended connections, so
+ * srv_http_stop_waiting first forbids waiting (a flag read under the slot locks) and resumes
+ * every suspended request; those answer 503 or cut their stream.
+ */
+#include "server/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "server/log.h"
+#include "server/response.h"
+
+#define STREAM_BLOCK (16 * 1024)
+
+typedef struct slot {
+    pthread_mutex_t mu;
+    srv_http *h;
+    srv_http_req *req; /* NULL when free */
+} slot;
+
+struct srv_http {
+    struct MHD_Daemon *d;
+    srv_http_handler h;
+    srv_http_opts o;
+    int port;
+    slot *slots; /* (n_slots) */
+    unsigned n_slots;
+    pthread_mutex_t free_mu;
+    unsigned *free_idx; /* (n_slots) stack of free slot indices */
+    unsigned n_free;
+    atomic_int active;
+    atomic_bool stopping;
+};
+
+struct srv_http_req {
+    srv_http *h;
+    struct MHD_Connection *conn;
+    slot *slot;
+    atomic_int refs;
+    const char *method, *url; /* libmicrohttpd's, valid for the request */
+    char peer[INET6_ADDRSTRLEN];
+    int fd;
+    double t0;
+    /* body */
+    char *body;
+    size_t len, cap, limit;
+    unsigned long long seen;
+    bool too_large, body_done;
+    /* answer */
+    int status;
+    bool replied, queue_failed, want_wait;
+    /* under the slot lock */
+    bool suspended, woken, wake_always;
+    bool peer_gone; /* the sweep saw the client close its socket */
+    srv_job *job;
+    /* stream */
+    srv_buf out;
+    size_t out_off;
+    bool stream_end;
+    void *state;
+};
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static void req_unref(srv_http_req *r)
+{
+    if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
+        return;
+    free(r->body);
+    srv_buf_deinit(&r->out);
+    free(r);
+}
+
+/* ---- slots ---------------------------------------------------------------------------------- */
+
+static slot *slot_take(srv_http *h, srv_http_req *r)
+{
+    pthread_mutex_lock(&h->free_mu);
+    slot *s = h->n_free ? &h->slots[h->free_idx[--h->n_free]] : NULL;
+    pthread_mutex_unlock(&h->free_mu);
+    if (s) {
+        pthread_mutex_lock(&s->mu);
+        s->req = r;
+        pthread_mutex_unlock(&s->mu);
+    }
+    return s;
+}
+
+static void slot_give(srv_http *h, slot *s)
+{
+    pthread_mutex_lock(&h->free_mu);
+    h->free_idx[h->n_free++] = (unsigned)(s - h->slots);
+    pthread_mutex_unlock(&h->free_mu);
+}
+
+/* ---- answers -------------------------------------------------------------------------------- */
+
+static void queue(srv_http_req *r, int status, struct MHD_Response *resp,
+                  const char *const *headers)
+{
+    if (!resp) {
+        r->queue_failed = true;
+        return;
+    }
+    for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2)
+        MHD_add_response_header(resp, headers[i], headers[i + 1]);
+    if (MHD_queue_response(r->conn, (unsigned)status, resp) != MHD_YES) {
+        srv_log(SRV_LOG_ERROR, "%s %s: libmicrohttpd refused the response", r->method, r->url);
+        r->queue_failed = true;
+    }
+    MHD_destroy_response(resp);
+    r->status = status;
+}
+
+void srv_http_reply(srv_http_req *r, int status, const char *content_type, const char *body,
+                    size_t len, const char *const *headers)
+{
+    if (r->replied)
+        return;
+    r->replied = true;
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (resp && content_type)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    queue(r, status, resp, headers);
+}
+
+void srv_http_reply_json(srv_http_req *r, int status, srv_buf *b, const char *const *headers)
+{
+    if (r->replied)
+        return;
+    size_t len = 0;
+    char *body = srv_buf_ok(b) ? srv_buf_take(b, &len) : NULL;
+    if (!body) {
+        srv_buf_reset(b);
+        static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":"
+                                  "\"server_error\",\"param\":null,\"code\":null}}";
+        srv_http_reply(r, 503, "application/json", oom, sizeof oom - 1, NULL);
+        return;
+    }
+    r->replied = true;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!resp)
+        free(body);
+    else
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    queue(r, status, resp, headers);
+}
+
+void srv_http_reply_error(srv_http_req *r, int status, const char *type, const char *code,
+                          const char *param, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_resp_error(&b, msg, type, code, param);
+    const char *h401[] = {"WWW-Authenticate", "Bearer", NULL};
+    const char *h429[] = {"Retry-After", "1", NULL};
+    const char *const *hdr = status == 401 ? h401 : status == 429 ? h429 : NULL;
+    srv_http_reply_json(r, status, &b, hdr);
+    srv_buf_deinit(&b);
+}
+
+int srv_http_status(const srv_http_req *r)
+{
+    return r->replied ? r->status : 0;
+}
+
+/* Content reader of a streamed answer: hands out what on_stream produced; when there is
+ * nothing, suspends the connection and returns 0 (see the top of the file). */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    srv_http_req *r = cls;
+    srv_http *h = r->h;
+    for (;;) {
+        if (r->out_off < r->out.len) {
+            size_t n = r->out.len - r->out_off < max ? r->out.len - r->out_off : max;
+            memcpy(buf, r->out.data + r->out_off, n);
+            r->out_off += n;
+            return (ssize_t)n;
+        }
+        srv_buf_reset(&r->out);
+        r->out_off = 0;
+        if (r->stream_end)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        int rc = h->h.on_stream(h->h.ud, r, &r->out);
+        if (rc < 0 || !srv_buf_ok(&r->out))
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (rc == 0)
+            r->stream_end = true;
+        if (r->out.len || r->stream_end)
+            continue;
+        pthread_mutex_lock(&r->slot->mu);
+        if (atomic_load(&h->stopping)) {
+            pthread_mutex_unlock(&r->slot->mu);
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        if (r->woken) {
+            r->woken = false;
+            pthread_mutex_unlock(&r->slot->mu);
+            continue;
+        }
+        r->suspended = true;
+        MHD_suspend_connection(r->conn);
+        pthread_mutex_unlock(&r->slot->mu);
+        return 0;
+    }
+}
+
+static void stream_free(void *cls)
+{
+    req_unref(cls);
+}
+
+void srv_http_reply_stream(srv_http_req *r)
+{
+    if (r->replied)
+        return;
+    r->replied = true;
+    atomic_fetch_add(&r->refs, 1);
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK,
+                                                                  stream_read, r, stream_free);
+    if (!resp) {
+        /* libmicrohttpd's request still holds its reference: this one is never the last. */
+        atomic_fetch_sub(&r->refs, 1);
+        r->queue_failed = true;
+        return;
+    }
+    static const char *const hdr[] = {MHD_HTTP_HEADER_CONTENT_TYPE,
+                                      "text/event-stream",
+                                      MHD_HTTP_HEADER_CACHE_CONTROL,
+                                      "no-cache",
+                                      "X-Accel-Buffering",
+                                      "no",
+                                      NULL};
+    queue(r, 200, resp, hdr);
+}
+
+/* ---- jobs and waiting ----------------------------------------------------------------------- */
+
+void srv_http_attach_job(srv_http_req *r, srv_job *job, bool wake_always)
+{
+    if (job)
+        srv_job_ref(job);
+    pthread_mutex_lock(&r->slot->mu);
+    srv_job *old = r->job;
+    r->job = job;
+    r->wake_always = wake_always;
+    r->woken = false;
+    pthread_mutex_unlock(&r->slot->mu);
+    srv_job_unref(old);
+}
+
+void *srv_http_notify_token(const srv_http_req *r)
+{
+    return r->slot;
+}
+
+void srv_http_job_notify(void *token)
+{
+    slot *s = token;
+    pthread_mutex_lock(&s->mu);
+    srv_http_req *r = s->req;
+    bool wake = r && r->job;
+    if (wake && !r->wake_always) {
+        srv_job_status st;
+        srv_job_status_get(r->job, &st);
+        wake = st.finish != SRV_FINISH_NONE;
+    }
+    if (wake) {
+        if (r->suspended) {
+            r->suspended = false;
+            MHD_resume_connection(r->conn);
+        } else {
+            r->woken = true;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void srv_http_wait(srv_http_req *r)
+{
+    r->want_wait = true;
+}
+
+/* Runs on_request until it answers or waits; a wait suspends the connection unless a notify
+ * came in meanwhile (then on_request runs again) or the server is stopping (503). */
+static void run_request(srv_http *h, srv_http_req *r)
+{
+    for (;;) {
+        r->want_wait = false;
+        h->h.on_request(h->h.ud, r);
+        if (r->replied)
+            return;
+        if (!r->want_wait) {
+            srv_http_reply_error(r, 500, "server_error", NULL, NULL,
+                                 "internal error: the route gave no answer");
+            return;
+        }
+        pthread_mutex_lock(&r->slot->mu);
+        if (atomic_load(&h->stopping)) {
+            pthread_mutex_unlock(&r->slot->mu);
+            srv_http_reply_error(r, 503, "server_error", "shutting_down", NULL,
+                                 "the server is shutting down");
+            return;
+        }
+        if (r->woken) {
+            r->woken = false;
+            pthread_mutex_unlock(&r->slot->mu);
+            continue;
+        }
+        r->suspended = true;
+        MHD_suspend_connection(r->conn);
+        pthread_mutex_unlock(&r->slot->mu);
+        return;
+    }
+}
+
+/* ---- libmicrohttpd callbacks ---------------------------------------------------------------- */
+
+static srv_http_req *req_new(srv_http *h, struct MHD_Connection *conn, const char *url,
+                             const char *method)
+{
+    srv_http_req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->h = h;
+    r->conn = conn;
+    r->url = url;
+    r->method = method;
+    r->fd = -1;
+    r->t0 = now_s();
+    atomic_init(&r->refs, 1);
+    r->slot = slot_take(h, r);
+    if (!r->slot) {
+        free(r);
+        return NULL;
+    }
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci)
+        r->fd = ci->connect_fd;
+    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, r->peer,
+                      sizeof r->peer);
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr,
+                      r->peer, sizeof r->peer);
+    }
+    atomic_fetch_add(&h->active, 1);
+    return r;
+}
+
+/* A body byte count from Content-Length, or -1 when absent or not a plain number. */
+static long long content_length(struct MHD_Connection *conn)
+{
+    const char *v =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (!v || !*v)
+        return -1;
+    char *end;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    return errno || *end || n < 0 ? -1 : n;
+}
+
+static void reply_too_large(srv_http_req *r)
+{
+    srv_http_reply_error(r, 413, "invalid_request_error", "request_too_large", NULL,
+                         "the request body is larger than this server's limit of %zu bytes "
+                         "(--max-body-kb)",
+                         r->limit);
+}
+
+/* Buffers a piece of the body; past the limit, drops what it had and only counts. false when
+ * the client keeps sending far past the limit (the connection is then cut). */
+static bool take_body(srv_http_req *r, const char *data, size_t n)
+{
+    r->seen += n;
+    if (r->too_large || r->seen > r->limit) {
+        r->too_large = true;
+        free(r->body);
+        r->body = NULL;
+        r->len = r->cap = 0;
+        return r->seen <= r->h->o.hard_body_limit;
+    }
+    if (r->len + n + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap : 4096;
+        while (cap < r->len + n + 1)
+            cap *= 2;
+        char *b = realloc(r->body, cap);
+        if (!b)
+            return false;
+        r->body = b;
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    r->body[r->len] = 0;
+    return true;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version, const char *upload,
+                                 size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    srv_http *h = cls;
+    srv_http_req *r = *con_cls;
+    if (!r) {
+        r = req_new(h, conn, url, method);
+        if (!r) {
+            srv_log(SRV_LOG_WARN, "%s %s: no request slot left; closing", method, url);
+            return MHD_NO;
+        }
+        *con_cls = r;
+        r->limit = h->h.on_headers(h->h.ud, r);
+        if (!r->replied && content_length(conn) > (long long)r->limit)
+            reply_too_large(r);
+        return r->queue_failed ? MHD_NO : MHD_YES;
+    }
+    if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        return r->replied || take_body(r, upload, n) ? MHD_YES : MHD_NO;
+    }
+    if (r->replied)
+        return MHD_YES;
+    if (!r->body_done) {
+        r->body_done = true;
+        if (r->too_large) {
+            reply_too_large(r);
+            return r->queue_failed ? MHD_NO : MHD_YES;
+        }
+    }
+    /* Nobody is left to answer: close (the job was cancelled by the sweep). */
+    pthread_mutex_lock(&r->slot->mu);
+    bool gone = r->peer_gone;
+    pthread_mutex_unlock(&r->slot->mu);
+    if (gone)
+        return MHD_NO;
+    run_request(h, r);
+    return r->queue_failed ? MHD_NO : MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    srv_http *h = cls;
+    srv_http_req *r = *con_cls;
+    if (!r)
+        return;
+    *con_cls = NULL;
+    slot *s = r->slot;
+    pthread_mutex_lock(&s->mu);
+    s->req = NULL;
+    srv_job *job = r->job;
+    r->job = NULL;
+    r->suspended = false;
+    pthread_mutex_unlock(&s->mu);
+    /* No notify of this job may wake the slot's next request; a job still running has nobody
+     * left to read it (cancel is idempotent when it has finished). */
+    if (job) {
+        srv_job_detach_notify(job);
+        srv_job_cancel(job);
+    }
+    srv_job_unref(job);
+    slot_give(h, s);
+    int status = r->replied ? r->status : 0;
+    bool complete = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
+    h->h.on_done(h->h.ud, r, status, complete);
+    srv_log(SRV_LOG_INFO, "%s %s %d%s %.1f ms", r->method, r->url, status,
+            complete ? "" : " (not completed)", (now_s() - r->t0) * 1e3);
+    atomic_fetch_sub(&h->active, 1);
+    req_unref(r);
+}
+
+__attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    if (srv_log_threshold < SRV_LOG_DEBUG)
+        return;
+    char line[512];
+    vsnprintf(line, sizeof line, fmt, ap);
+    size_t n = strlen(line);
+    while (n && line[n - 1] == '\n')
+        line[--n] = 0;
+    srv_log(SRV_LOG_DEBUG, "libmicrohttpd: %s", line);
+}
+
+/* ---- the daemon ----------------------------------------------------------------------------- */
+
+static int resolve(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len,
+                   char *err, size_t errlen)
+{
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    int rc = getaddrinfo(host, ps, &hints, &res);
+    if (rc || !res) {
+        snprintf(err, errlen, "cannot resolve host '%s': %s", host, gai_strerror(rc));
+        return -EINVAL;
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    freeaddrinfo(res);
+    return 0;
+}
+
+srv_http *srv_http_new(const srv_http_opts *o, const srv_http_handler *hd, char *err, size_t errlen)
+{
+    srv_http *h = calloc(1, sizeof *h);
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    h->h = *hd;
+    h->o = *o;
+    if (!h->o.threads)
+        h->o.threads = 2;
+    if (!h->o.conn_limit)
+        h->o.conn_limit = 512;
+    if (!h->o.hard_body_limit)
+        h->o.hard_body_limit = (size_t)64 << 20;
+    pthread_mutex_init(&h->free_mu, NULL);
+    /* One request per connection at a time, plus connections the pool is still closing. */
+    h->n_slots = h->o.conn_limit + (unsigned)h->o.threads * 4;
+    h->slots = calloc(h->n_slots, sizeof *h->slots);
+    h->free_idx = calloc(h->n_slots, sizeof *h->free_idx);
+    if (!h->slots || !h->free_idx) {
+        snprintf(err, errlen, "out of memory");
+        free(h->slots);
+        free(h->free_idx);
+        pthread_mutex_destroy(&h->free_mu);
+        free(h);
+        return NULL;
+    }
+    for (unsigned i = 0; i < h->n_slots; i++) {
+        pthread_mutex_init(&h->slots[i].mu, NULL);
+        h->slots[i].h = h;
+        h->free_idx[i] = h->n_slots - 1 - i;
+    }
+    h->n_free = h->n_slots;
+
+    struct sockaddr_storage ss;
+    socklen_t sl = 0;
+    if (resolve(o->host ? o->host : "127.0.0.1", o->port, &ss, &sl, err, errlen) < 0) {
+        h->d = NULL;
+        srv_http_free(h);
+        return NULL;
+    }
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    errno = 0;
+    h->d = MHD_start_daemon(
+        flags, (uint16_t)o->port, NULL, NULL, on_access, h, MHD_OPTION_SOCK_ADDR,
+        (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)h->o.threads,
+        MHD_OPTION_CONNECTION_LIMIT, h->o.conn_limit, MHD_OPTION_CONNECTION_TIMEOUT,
+        h->o.idle_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+    if (!h->d) {
+        int e = errno;
+        snprintf(err, errlen, "cannot listen on %s port %d%s%s", o->host ? o->host : "127.0.0.1",
+                 o->port, e ? ": " : "", e ? strerror(e) : "");
+        srv_http_free(h);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : o->port;
+    return h;
+}
+
+int srv_http_port(const srv_http *s)
+{
+    return s->port;
+}
+
+int srv_http_active(srv_http *s)
+{
+    return atomic_load(&s->active);
+}
+
+/* True when the peer has closed (or reset) the connection: a read would return end of file or
+ * an error. Bytes waiting (a pipelined request) mean it is still there. */
+static bool socket_closed(int fd)
+{
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0)
+        return false;
+    if (n == 0)
+        return true;
+    return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
+void srv_http_sweep(srv_http *s)
+{
+    for (unsigned i = 0; i < s->n_slots; i++) {
+        slot *sl = &s->slots[i];
+        srv_job *job = NULL;
+        char what[128];
+        pthread_mutex_lock(&sl->mu);
+        srv_http_req *r = sl->req;
+        /* A suspended connection's socket stays open until it is resumed, so peeking is safe. */
+        if (r && r->suspended && r->job && !r->peer_gone && r->fd >= 0 && socket_closed(r->fd)) {
+            r->peer_gone = true;
+            job = r->job;
+            srv_job_ref(job);
+            snprintf(what, sizeof what, "%s %s", r->method, r->url);
+        }
+        pthread_mutex_unlock(&sl->mu);
+        /* Outside the slot lock: cancelling may notify, and notify takes that lock. */
+        if (job) {
+            srv_log(SRV_LOG_INFO, "%s: the client went away; cancelling its job", what);
+            srv_job_cancel(job);
+            srv_job_unref(job);
+        }
+    }
+}
+
+void srv_http_stop_waiting(srv_http *s)
+{
+    atomic_store(&s->stopping, true);
+    for (unsigned i = 0; i < s->n_slots; i++) {
+        slot *sl = &s->slots[i];
+        pthread_mutex_lock(&sl->mu);
+        srv_http_req *r = sl->req;
+        if (r && r->suspended) {
+            r->suspended = false;
+            MHD_resume_connection(r->conn);
+        }
+        pthread_mutex_unlock(&sl->mu);
+    }
+}
+
+void srv_http_free(srv_http *s)
+{
+    if (!s)
+        return;
+    if (s->d) {
+        srv_http_stop_waiting(s);
+        MHD_stop_daemon(s->d);
+    }
+    for (unsigned i = 0; i < s->n_slots; i++)
+        pthread_mutex_destroy(&s->slots[i].mu);
+    pthread_mutex_destroy(&s->free_mu);
+    free(s->slots);
+    free(s->free_idx);
+    free(s);
+}
+
+/* ---- request accessors ---------------------------------------------------------------------- */
+
+const char *srv_http_method(const srv_http_req *r)
+{
+    return r->method;
+}
+
+const char *srv_http_url(const srv_http_req *r)
+{
+    return r->url;
+}
+
+const char *srv_http_header(srv_http_req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *srv_http_peer(const srv_http_req *r)
+{
+    return r->peer;
+}
+
+const char *srv_http_body(const srv_http_req *r, size_t *len)
+{
+    if (len)
+        *len = r->body ? r->len : 0;
+    return r->body ? r->body : "";
+}
+
+double srv_http_start(const srv_http_req *r)
+{
+    return r->t0;
+}
+
+void *srv_http_state(const srv_http_req *r)
+{
+    return r->state;
+}
+
+void srv_http_set_state(srv_http_req *r, void *state)
+{
+    r->state = state;
+}

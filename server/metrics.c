@@ -1,0 +1,270 @@
+/* Prometheus metrics: the HTTP layer's counters and the text exposition (server/metrics.h). */
+#include "server/metrics.h"
+
+#include <string.h>
+
+static const char *const route_names[SRV_ROUTE_COUNT] = {
+    [SRV_ROUTE_COMPLETIONS] = "/v1/completions",
+    [SRV_ROUTE_CHAT] = "/v1/chat/completions",
+    [SRV_ROUTE_MODELS] = "/v1/models",
+    [SRV_ROUTE_ADAPTERS] = "/v1/adapters",
+    [SRV_ROUTE_ADAPTERS_LOAD] = "/v1/adapters/load",
+    [SRV_ROUTE_ADAPTERS_UNLOAD] = "/v1/adapters/unload",
+    [SRV_ROUTE_ADAPTERS_PIN] = "/v1/adapters/pin",
+    [SRV_ROUTE_HEALTH] = "/health",
+    [SRV_ROUTE_METRICS] = "/metrics",
+    [SRV_ROUTE_OTHER] = "other",
+};
+
+const char *srv_route_name(srv_route_id r)
+{
+    return (unsigned)r < SRV_ROUTE_COUNT ? route_names[r] : "other";
+}
+
+static const double ttft_bounds[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+static const double duration_bounds[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+
+void srv_hist_init(srv_hist *h, const double *bounds, int n)
+{
+    memset(h, 0, sizeof *h);
+    if (n > SRV_HIST_MAX)
+        n = SRV_HIST_MAX;
+    h->n_bounds = n;
+    memcpy(h->bounds, bounds, (size_t)n * sizeof *bounds);
+}
+
+void srv_hist_observe(srv_hist *h, double v)
+{
+    int i = 0;
+    while (i < h->n_bounds && v > h->bounds[i])
+        i++;
+    h->counts[i]++;
+    h->sum += v;
+    h->count++;
+}
+
+void srv_metrics_init(srv_metrics *m)
+{
+    memset(m, 0, sizeof *m);
+    pthread_mutex_init(&m->mu, NULL);
+    srv_hist_init(&m->d.ttft, ttft_bounds, (int)(sizeof ttft_bounds / sizeof *ttft_bounds));
+    srv_hist_init(&m->d.duration, duration_bounds,
+                  (int)(sizeof duration_bounds / sizeof *duration_bounds));
+}
+
+void srv_metrics_deinit(srv_metrics *m)
+{
+    if (m)
+        pthread_mutex_destroy(&m->mu);
+}
+
+void srv_metrics_request(srv_metrics *m, srv_route_id route, int status)
+{
+    if ((unsigned)route >= SRV_ROUTE_COUNT || status < SRV_STATUS_MIN ||
+        status >= SRV_STATUS_MIN + SRV_STATUS_N)
+        return;
+    pthread_mutex_lock(&m->mu);
+    m->d.requests[route][status - SRV_STATUS_MIN]++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void srv_metrics_generation(srv_metrics *m, double ttft_s, double duration_s)
+{
+    pthread_mutex_lock(&m->mu);
+    if (ttft_s >= 0)
+        srv_hist_observe(&m->d.ttft, ttft_s);
+    srv_hist_observe(&m->d.duration, duration_s);
+    pthread_mutex_unlock(&m->mu);
+}
+
+void srv_metrics_snapshot(srv_metrics *m, srv_metrics_data *out)
+{
+    pthread_mutex_lock(&m->mu);
+    *out = m->d;
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* ---- rendering ------------------------------------------------------------------------------ */
+
+void srv_prom_escape(srv_buf *b, const char *s)
+{
+    size_t run = 0, i = 0;
+    for (; s[i]; i++) {
+        const char *e = s[i] == '\\' ? "\\\\" : s[i] == '"' ? "\\\"" : s[i] == '\n' ? "\\n" : NULL;
+        if (!e)
+            continue;
+        srv_buf_put(b, s + run, i - run);
+        srv_buf_puts(b, e);
+        run = i + 1;
+    }
+    srv_buf_put(b, s + run, i - run);
+}
+
+static void family(srv_buf *b, const char *name, const char *type, const char *help)
+{
+    srv_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void sample_u64(srv_buf *b, const char *name, uint64_t v)
+{
+    srv_buf_printf(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+static void labeled_u64(srv_buf *b, const char *name, const char *label, const char *value,
+                        uint64_t v)
+{
+    srv_buf_printf(b, "%s{%s=\"", name, label);
+    srv_prom_escape(b, value);
+    srv_buf_printf(b, "\"} %llu\n", (unsigned long long)v);
+}
+
+static void histogram(srv_buf *b, const char *name, const char *help, const srv_hist *h)
+{
+    family(b, name, "histogram", help);
+    uint64_t cum = 0;
+    for (int i = 0; i < h->n_bounds; i++) {
+        cum += h->counts[i];
+        srv_buf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, h->bounds[i],
+                       (unsigned long long)cum);
+    }
+    cum += h->counts[h->n_bounds];
+    srv_buf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    srv_buf_printf(b, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name,
+                   (unsigned long long)h->count);
+}
+
+static void render_requests(srv_buf *b, const srv_metrics_data *d)
+{
+    family(b, "adaptree_requests_total", "counter", "HTTP requests answered, by route and status.");
+    for (int r = 0; r < SRV_ROUTE_COUNT; r++)
+        for (int s = 0; s < SRV_STATUS_N; s++)
+            if (d->requests[r][s]) {
+                srv_buf_puts(b, "adaptree_requests_total{route=\"");
+                srv_prom_escape(b, srv_route_name((srv_route_id)r));
+                srv_buf_printf(b, "\",status=\"%d\"} %llu\n", s + SRV_STATUS_MIN,
+                               (unsigned long long)d->requests[r][s]);
+            }
+}
+
+/* The engine's step histogram: step_hist[i] counts steps with rows in (2^(i-1), 2^i], the last
+ * slot those above 128. */
+static void render_batch_rows(srv_buf *b, const srv_engine_stats *e)
+{
+    family(b, "adaptree_batch_rows", "histogram", "Rows (tokens) per forward step.");
+    uint64_t cum = 0;
+    for (int i = 0; i < 8; i++) {
+        cum += e->step_hist[i];
+        if (i < 7)
+            srv_buf_printf(b, "adaptree_batch_rows_bucket{le=\"%d\"} %llu\n", 1 << i,
+                           (unsigned long long)cum);
+    }
+    srv_buf_printf(b, "adaptree_batch_rows_bucket{le=\"+Inf\"} %llu\n", (unsigned long long)cum);
+    srv_buf_printf(b, "adaptree_batch_rows_sum %llu\nadaptree_batch_rows_count %llu\n",
+                   (unsigned long long)e->rows, (unsigned long long)e->steps);
+}
+
+static void render_engine(srv_buf *b, const srv_engine_stats *e)
+{
+    family(b, "adaptree_prompt_tokens_total", "counter", "Prompt tokens computed.");
+    sample_u64(b, "adaptree_prompt_tokens_total", e->prompt_tokens);
+    family(b, "adaptree_generated_tokens_total", "counter", "Tokens generated.");
+    sample_u64(b, "adaptree_generated_tokens_total", e->generated_tokens);
+    family(b, "adaptree_steps_total", "counter", "Forward steps.");
+    sample_u64(b, "adaptree_steps_total", e->steps);
+    family(b, "adaptree_step_seconds_total", "counter",
+           "Time spent in forward steps and sampling.");
+    srv_buf_printf(b, "adaptree_step_seconds_total %.9g\n", e->step_seconds);
+    render_batch_rows(b, e);
+    family(b, "adaptree_jobs_total", "counter", "Generation jobs by how they ended.");
+    srv_buf_printf(b,
+                   "adaptree_jobs_total{result=\"finished\"} %llu\n"
+                   "adaptree_jobs_total{result=\"failed\"} %llu\n"
+                   "adaptree_jobs_total{result=\"cancelled\"} %llu\n",
+                   (unsigned long long)e->jobs_finished, (unsigned long long)e->jobs_failed,
+                   (unsigned long long)e->jobs_cancelled);
+    family(b, "adaptree_running", "gauge", "Requests holding a sequence slot.");
+    srv_buf_printf(b, "adaptree_running %d\n", e->running);
+    family(b, "adaptree_waiting", "gauge", "Requests queued, including those waiting for a load.");
+    srv_buf_printf(b, "adaptree_waiting %d\n", e->waiting);
+    family(b, "adaptree_loading", "gauge", "Queued requests waiting for an adapter load.");
+    srv_buf_printf(b, "adaptree_loading %d\n", e->loading);
+    family(b, "adaptree_queue_rejected_total", "counter",
+           "Requests refused because the queue was full (HTTP 429).");
+    sample_u64(b, "adaptree_queue_rejected_total", e->jobs_rejected);
+    family(b, "adaptree_kv_bytes", "gauge", "Bytes of KV cache allocated.");
+    sample_u64(b, "adaptree_kv_bytes", e->kv_bytes);
+}
+
+static void render_labels(srv_buf *b, const srv_label_stats *l, size_t n)
+{
+    family(b, "adaptree_adapter_requests_total", "counter",
+           "Generation requests by adapter selection (\"base\" for none).");
+    for (size_t i = 0; i < n; i++)
+        labeled_u64(b, "adaptree_adapter_requests_total", "adapter", l[i].label, l[i].requests);
+    family(b, "adaptree_adapter_prompt_tokens_total", "counter",
+           "Prompt tokens by adapter selection.");
+    for (size_t i = 0; i < n; i++)
+        labeled_u64(b, "adaptree_adapter_prompt_tokens_total", "adapter", l[i].label,
+                    l[i].prompt_tokens);
+    family(b, "adaptree_adapter_generated_tokens_total", "counter",
+           "Tokens generated by adapter selection.");
+    for (size_t i = 0; i < n; i++)
+        labeled_u64(b, "adaptree_adapter_generated_tokens_total", "adapter", l[i].label,
+                    l[i].generated_tokens);
+}
+
+static void render_nodes(srv_buf *b, const adapter_node_info *nodes, size_t n)
+{
+    static const struct {
+        const char *name, *type, *help;
+        size_t off;
+    } fams[] = {
+        {"adaptree_adapter_loads_total", "counter", "Adapter versions loaded, by registry node.",
+         offsetof(adapter_node_info, loads)},
+        {"adaptree_adapter_load_failures_total", "counter", "Adapter loads that failed.",
+         offsetof(adapter_node_info, load_failures)},
+        {"adaptree_adapter_evictions_total", "counter", "Adapter versions evicted from memory.",
+         offsetof(adapter_node_info, evictions)},
+        {"adaptree_adapter_hits_total", "counter", "Acquisitions that found the adapter resident.",
+         offsetof(adapter_node_info, hits)},
+    };
+    for (size_t f = 0; f < sizeof fams / sizeof *fams; f++) {
+        family(b, fams[f].name, fams[f].type, fams[f].help);
+        for (size_t i = 0; i < n; i++) {
+            if (nodes[i].state == ADAPTER_NAMESPACE)
+                continue;
+            uint64_t v;
+            memcpy(&v, (const char *)&nodes[i] + fams[f].off, sizeof v);
+            labeled_u64(b, fams[f].name, "adapter", nodes[i].id, v);
+        }
+    }
+    family(b, "adaptree_adapter_resident_bytes", "gauge", "Bytes of the resident version.");
+    for (size_t i = 0; i < n; i++)
+        if (nodes[i].state != ADAPTER_NAMESPACE)
+            labeled_u64(b, "adaptree_adapter_resident_bytes", "adapter", nodes[i].id,
+                        nodes[i].bytes);
+}
+
+void srv_metrics_render(srv_buf *b, const srv_metrics_view *v)
+{
+    if (v->http) {
+        render_requests(b, v->http);
+        histogram(b, "adaptree_time_to_first_token_seconds",
+                  "Time from submission to the first generated token.", &v->http->ttft);
+        histogram(b, "adaptree_request_duration_seconds",
+                  "Time from a generation request's arrival to its end.", &v->http->duration);
+    }
+    if (v->engine)
+        render_engine(b, v->engine);
+    render_labels(b, v->labels, v->labels ? v->n_labels : 0);
+    render_nodes(b, v->nodes, v->nodes ? v->n_nodes : 0);
+    const adapter_registry_stats *r = v->registry;
+    family(b, "adaptree_adapter_cache_bytes", "gauge", "Bytes of resident adapters.");
+    sample_u64(b, "adaptree_adapter_cache_bytes", r ? r->resident_bytes : 0);
+    family(b, "adaptree_adapter_cache_budget_bytes", "gauge",
+           "Budget for resident adapters (--adapter-cache-mb; 0 = unlimited).");
+    sample_u64(b, "adaptree_adapter_cache_budget_bytes", r ? r->cache_bytes : 0);
+    family(b, "adaptree_adapter_cache_misses_total", "counter",
+           "Acquisitions that had to load an adapter.");
+    sample_u64(b, "adaptree_adapter_cache_misses_total", r ? r->misses : 0);
+}

@@ -1,0 +1,542 @@
+/* The routes (server/routes.h): matching, keys, and the small routes that answer at once —
+ * models, the adapter registry and its admin actions, health and metrics. The generation routes
+ * are in server/completions.c.
+ */
+#include "server/routes.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "adapters/adapter.h"
+#include "core/model.h"
+#include "server/json_check.h"
+#include "server/log.h"
+#include "server/response.h"
+#include "server/routes_internal.h"
+
+/* ---- matching ------------------------------------------------------------------------------- */
+
+static const struct {
+    const char *path;
+    const char *method;
+    srv_route_id id;
+} route_table[] = {
+    {"/v1/completions", "POST", SRV_ROUTE_COMPLETIONS},
+    {"/v1/chat/completions", "POST", SRV_ROUTE_CHAT},
+    {"/v1/models", "GET", SRV_ROUTE_MODELS},
+    {"/v1/adapters", "GET", SRV_ROUTE_ADAPTERS},
+    {"/v1/adapters/load", "POST", SRV_ROUTE_ADAPTERS_LOAD},
+    {"/v1/adapters/unload", "POST", SRV_ROUTE_ADAPTERS_UNLOAD},
+    {"/v1/adapters/pin", "POST", SRV_ROUTE_ADAPTERS_PIN},
+    {"/health", "GET", SRV_ROUTE_HEALTH},
+    {"/metrics", "GET", SRV_ROUTE_METRICS},
+};
+
+srv_route_id srv_route_match(const char *method, const char *url, bool *method_ok,
+                             const char **allow)
+{
+    for (size_t i = 0; i < sizeof route_table / sizeof *route_table; i++) {
+        const char *p = route_table[i].path;
+        size_t n = strlen(p);
+        bool hit = !strcmp(url, p);
+        /* /v1/models/ID: ids contain '/' (fr/legal), so everything after the prefix is the id. */
+        if (!hit && route_table[i].id == SRV_ROUTE_MODELS)
+            hit = !strncmp(url, p, n) && url[n] == '/' && url[n + 1];
+        if (!hit)
+            continue;
+        *method_ok = !strcmp(method, route_table[i].method) ||
+                     (!strcmp(method, "HEAD") && !strcmp(route_table[i].method, "GET"));
+        if (allow)
+            *allow = route_table[i].method;
+        return route_table[i].id;
+    }
+    *method_ok = false;
+    if (allow)
+        *allow = NULL;
+    return SRV_ROUTE_OTHER;
+}
+
+void srv_selection_label(const char *model, const adapter_sel_item *items, int n, char *out,
+                         size_t cap)
+{
+    if (!model && n <= 0) {
+        snprintf(out, cap, "base");
+        return;
+    }
+    size_t k = 0;
+    out[0] = 0;
+    if (model) {
+        int w = snprintf(out, cap, "%s", model);
+        k = w > 0 ? (size_t)w : 0;
+    }
+    for (int i = 0; i < n && k < cap; i++) {
+        int w = snprintf(out + k, cap - k, "%s%s:%g", k ? "+" : "", items[i].id,
+                         (double)items[i].weight);
+        k += w > 0 ? (size_t)w : 0;
+    }
+}
+
+/* ---- small routes --------------------------------------------------------------------------- */
+
+static void targets_json(srv_buf *b, unsigned targets)
+{
+    srv_buf_putc(b, '[');
+    int k = 0;
+    for (int m = 0; m < CORE_MOD_COUNT; m++)
+        if (targets & (1u << m)) {
+            if (k++)
+                srv_buf_putc(b, ',');
+            srv_buf_json_cstr(b, core_module_name((core_module)m));
+        }
+    srv_buf_putc(b, ']');
+}
+
+static void model_entry(srv_buf *b, const srv_app *a, const adapter_node_info *n)
+{
+    srv_buf_puts(b, "{\"id\":");
+    srv_buf_json_cstr(b, n->id);
+    srv_buf_printf(
+        b,
+        ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"adaptree\",\"parent\":", a->started);
+    srv_buf_json_cstr(b, n->parent[0] ? n->parent : NULL);
+    srv_buf_printf(b, ",\"rank\":%d,\"alpha\":", n->r);
+    srv_buf_json_float(b, n->alpha);
+    srv_buf_puts(b, ",\"targets\":");
+    targets_json(b, n->targets);
+    srv_buf_puts(b, ",\"state\":");
+    srv_buf_json_cstr(b, adapter_state_name(n->state));
+    srv_buf_printf(b, ",\"bytes\":%zu}", n->bytes);
+}
+
+static void base_entry(srv_buf *b, const srv_app *a)
+{
+    srv_buf_puts(b, "{\"id\":");
+    srv_buf_json_cstr(b, a->model_id);
+    srv_buf_printf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"adaptree\"}",
+                   a->started);
+}
+
+/* The registry's nodes (*n of them, caller frees), or NULL with *n = 0 without a registry. -1
+ * after answering when listing failed. */
+static int list_nodes(srv_app *a, srv_http_req *req, adapter_node_info **nodes, size_t *n)
+{
+    *nodes = NULL;
+    *n = 0;
+    adapter_registry *reg = srv_engine_registry(a->engine);
+    if (reg && adapter_registry_list(reg, nodes, n) < 0) {
+        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* GET /v1/models and /v1/models/ID. */
+static void route_models(srv_app *a, srv_http_req *req)
+{
+    const char *url = srv_http_url(req);
+    const char *one = strlen(url) > strlen("/v1/models/") ? url + strlen("/v1/models/") : NULL;
+    adapter_node_info *nodes;
+    size_t n;
+    if (list_nodes(a, req, &nodes, &n) < 0)
+        return;
+    srv_buf b;
+    srv_buf_init(&b);
+    if (one) {
+        if (!strcmp(one, a->model_id) || !strcmp(one, "base"))
+            base_entry(&b, a);
+        for (size_t i = 0; i < n && !b.len; i++)
+            if (!strcmp(nodes[i].id, one))
+                model_entry(&b, a, &nodes[i]);
+        if (b.len)
+            srv_http_reply_json(req, 200, &b, NULL);
+        else
+            srv_http_reply_error(req, 404, "invalid_request_error", "model_not_found", "model",
+                                 "the model '%s' does not exist", one);
+    } else {
+        srv_buf_puts(&b, "{\"object\":\"list\",\"data\":[");
+        base_entry(&b, a);
+        for (size_t i = 0; i < n; i++) {
+            srv_buf_putc(&b, ',');
+            model_entry(&b, a, &nodes[i]);
+        }
+        srv_buf_puts(&b, "]}");
+        srv_http_reply_json(req, 200, &b, NULL);
+    }
+    srv_buf_deinit(&b);
+    free(nodes);
+}
+
+static void node_json(srv_buf *b, const adapter_node_info *n)
+{
+    srv_buf_puts(b, "{\"id\":");
+    srv_buf_json_cstr(b, n->id);
+    srv_buf_puts(b, ",\"parent\":");
+    srv_buf_json_cstr(b, n->parent[0] ? n->parent : NULL);
+    srv_buf_puts(b, ",\"state\":");
+    srv_buf_json_cstr(b, adapter_state_name(n->state));
+    srv_buf_puts(b, ",\"error\":");
+    srv_buf_json_cstr(b, n->error[0] ? n->error : NULL);
+    srv_buf_printf(b, ",\"pinned\":%s,\"reloading\":%s,\"format\":", n->pinned ? "true" : "false",
+                   n->reloading ? "true" : "false");
+    srv_buf_json_cstr(b, n->format == ADAPTER_PEFT   ? "peft"
+                         : n->format == ADAPTER_GGUF ? "gguf"
+                                                     : NULL);
+    srv_buf_printf(b, ",\"rank\":%d,\"alpha\":", n->r);
+    srv_buf_json_float(b, n->alpha);
+    srv_buf_printf(b, ",\"rslora\":%s,\"targets\":", n->rslora ? "true" : "false");
+    targets_json(b, n->targets);
+    srv_buf_printf(b,
+                   ",\"bytes\":%zu,\"in_use\":%d,\"version\":\"%016llx\",\"loads\":%llu,"
+                   "\"load_failures\":%llu,\"evictions\":%llu,\"hits\":%llu}",
+                   n->bytes, n->in_use, (unsigned long long)n->version,
+                   (unsigned long long)n->loads, (unsigned long long)n->load_failures,
+                   (unsigned long long)n->evictions, (unsigned long long)n->hits);
+}
+
+/* GET /v1/adapters: the tree and the registry's counters. */
+static void route_adapters(srv_app *a, srv_http_req *req)
+{
+    adapter_node_info *nodes;
+    size_t n;
+    if (list_nodes(a, req, &nodes, &n) < 0)
+        return;
+    adapter_registry *reg = srv_engine_registry(a->engine);
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_buf_puts(&b, "{\"object\":\"list\",\"data\":[");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            srv_buf_putc(&b, ',');
+        node_json(&b, &nodes[i]);
+    }
+    srv_buf_puts(&b, "],\"registry\":");
+    if (reg) {
+        adapter_registry_stats s;
+        adapter_registry_stats_get(reg, &s);
+        srv_buf_printf(&b,
+                       "{\"resident_bytes\":%zu,\"cache_bytes\":%zu,\"nodes\":%d,\"resident\":%d,"
+                       "\"loading\":%d,\"loads\":%llu,\"load_failures\":%llu,\"evictions\":%llu,"
+                       "\"hits\":%llu,\"misses\":%llu}",
+                       s.resident_bytes, s.cache_bytes, s.nodes, s.resident, s.loading,
+                       (unsigned long long)s.loads, (unsigned long long)s.load_failures,
+                       (unsigned long long)s.evictions, (unsigned long long)s.hits,
+                       (unsigned long long)s.misses);
+    } else {
+        srv_buf_puts(&b, "null");
+    }
+    srv_buf_putc(&b, '}');
+    srv_http_reply_json(req, 200, &b, NULL);
+    srv_buf_deinit(&b);
+    free(nodes);
+}
+
+/* Reads an admin body {"id": string, "pin": bool}: 0, or -1 after answering. *pin is 1/0 when
+ * "pin" was given, else -1; pin_required: the pin route, which needs it. */
+static int admin_body(srv_http_req *req, bool pin_required, char *id, size_t idcap, int *pin)
+{
+    size_t len;
+    const char *body = srv_http_body(req, &len);
+    char msg[160];
+    size_t n = 0;
+    char *copy = len ? malloc(len + 1) : NULL;
+    if (len && !copy) {
+        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
+        return -1;
+    }
+    int rc = len ? srv_json_check(body, len, copy, &n, msg, sizeof msg) : -EINVAL;
+    if (!len)
+        snprintf(msg, sizeof msg, "empty body; expected a JSON object such as {\"id\": \"fr\"}");
+    cJSON *root = rc ? NULL : cJSON_ParseWithLengthOpts(copy, n, NULL, 0);
+    free(copy);
+    const cJSON *jid = cJSON_GetObjectItemCaseSensitive(root, "id");
+    const cJSON *jpin = cJSON_GetObjectItemCaseSensitive(root, "pin");
+    const char *bad = NULL, *param = NULL;
+    size_t idlen = cJSON_IsString(jid) ? strlen(jid->valuestring) : 0;
+    if (rc) {
+        bad = msg;
+    } else if (!cJSON_IsObject(root)) {
+        bad = "expected a JSON object such as {\"id\": \"fr\"}";
+    } else if (!cJSON_IsString(jid) || idlen == 0) {
+        bad = "id: expected a non-empty string";
+        param = "id";
+    } else if (idlen >= idcap || srv_utf8_check(jid->valuestring, idlen) != idlen) {
+        bad = "id: not a valid adapter id";
+        param = "id";
+    } else if ((jpin && !cJSON_IsBool(jpin)) || (pin_required && !jpin)) {
+        bad = pin_required ? "pin: expected true or false" : "pin: expected a boolean";
+        param = "pin";
+    }
+    if (bad) {
+        srv_http_reply_error(req, 400, "invalid_request_error", NULL, param, "%s", bad);
+        cJSON_Delete(root);
+        return -1;
+    }
+    snprintf(id, idcap, "%s", jid->valuestring);
+    *pin = cJSON_IsTrue(jpin) ? 1 : cJSON_IsFalse(jpin) ? 0 : -1;
+    cJSON_Delete(root);
+    return 0;
+}
+
+/* POST /v1/adapters/{load,unload,pin}: acts, then answers with the node. */
+static void route_admin(srv_app *a, srv_http_req *req, srv_route_id route)
+{
+    char id[ADAPTER_ID_MAX + 1], err[300] = "";
+    int pin = -1;
+    adapter_registry *reg = srv_engine_registry(a->engine);
+    if (admin_body(req, route == SRV_ROUTE_ADAPTERS_PIN, id, sizeof id, &pin) < 0)
+        return;
+    if (!reg) {
+        srv_http_reply_error(req, 404, "invalid_request_error", "model_not_found", "id",
+                             "this server has no adapter registry");
+        return;
+    }
+    int rc;
+    if (route == SRV_ROUTE_ADAPTERS_LOAD) {
+        rc = adapter_registry_load(reg, id, err, sizeof err);
+        if (rc == 0 && pin == 1)
+            rc = adapter_registry_pin(reg, id, true, err, sizeof err);
+    } else if (route == SRV_ROUTE_ADAPTERS_UNLOAD) {
+        rc = adapter_registry_unload(reg, id, err, sizeof err);
+    } else {
+        rc = adapter_registry_pin(reg, id, pin == 1, err, sizeof err);
+    }
+    if (rc == -ENOENT) {
+        srv_http_reply_error(req, 404, "invalid_request_error", "model_not_found", "id", "%s",
+                             err[0] ? err : "unknown adapter");
+        return;
+    }
+    if (rc < 0) {
+        srv_http_reply_error(req,
+                             rc == -EINVAL  ? 400
+                             : rc == -EBUSY ? 409
+                                            : 500,
+                             rc == -EINVAL || rc == -EBUSY ? "invalid_request_error"
+                                                           : "server_error",
+                             NULL, "id", "%s", err[0] ? err : strerror(-rc));
+        return;
+    }
+    srv_log(SRV_LOG_INFO, "adapter %s: %s%s", id, srv_route_name(route) + strlen("/v1/adapters/"),
+            pin == 1   ? " (pin)"
+            : pin == 0 ? " (unpin)"
+                       : "");
+    adapter_node_info *nodes;
+    size_t n;
+    if (list_nodes(a, req, &nodes, &n) < 0)
+        return;
+    srv_buf b;
+    srv_buf_init(&b);
+    for (size_t i = 0; i < n && !b.len; i++)
+        if (!strcmp(nodes[i].id, id))
+            node_json(&b, &nodes[i]);
+    if (!b.len) {
+        srv_buf_puts(&b, "{\"id\":");
+        srv_buf_json_cstr(&b, id);
+        srv_buf_putc(&b, '}');
+    }
+    srv_http_reply_json(req, 200, &b, NULL);
+    srv_buf_deinit(&b);
+    free(nodes);
+}
+
+/* GET /health: 200 while serving, 503 while draining. */
+static void route_health(srv_app *a, srv_http_req *req)
+{
+    srv_buf b;
+    srv_buf_init(&b);
+    if (atomic_load(&a->draining)) {
+        srv_buf_puts(&b, "{\"status\":\"draining\"}");
+        srv_http_reply_json(req, 503, &b, NULL);
+    } else {
+        srv_engine_stats s;
+        srv_engine_stats_get(a->engine, &s);
+        srv_buf_puts(&b, "{\"status\":\"ok\",\"model\":");
+        srv_buf_json_cstr(&b, a->model_id);
+        srv_buf_printf(&b, ",\"running\":%d,\"waiting\":%d}", s.running, s.waiting);
+        srv_http_reply_json(req, 200, &b, NULL);
+    }
+    srv_buf_deinit(&b);
+}
+
+/* GET /metrics: copies every counter, then renders the copies. */
+static void route_metrics(srv_app *a, srv_http_req *req)
+{
+    srv_metrics_data *http = malloc(sizeof *http);
+    srv_engine_stats es;
+    srv_label_stats *labels = NULL;
+    size_t n_labels = 0;
+    adapter_node_info *nodes = NULL;
+    size_t n_nodes = 0;
+    adapter_registry_stats rs;
+    adapter_registry *reg = srv_engine_registry(a->engine);
+    if (!http || srv_engine_label_stats(a->engine, &labels, &n_labels) < 0 ||
+        (reg && adapter_registry_list(reg, &nodes, &n_nodes) < 0)) {
+        free(http);
+        free(labels);
+        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
+    srv_metrics_snapshot(&a->metrics, http);
+    srv_engine_stats_get(a->engine, &es);
+    if (reg)
+        adapter_registry_stats_get(reg, &rs);
+    srv_metrics_view v = {.http = http,
+                          .engine = &es,
+                          .labels = labels,
+                          .n_labels = n_labels,
+                          .nodes = nodes,
+                          .n_nodes = n_nodes,
+                          .registry = reg ? &rs : NULL};
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_metrics_render(&b, &v);
+    if (srv_buf_ok(&b))
+        srv_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8", b.data, b.len, NULL);
+    else
+        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
+    srv_buf_deinit(&b);
+    free(http);
+    free(labels);
+    free(nodes);
+}
+
+/* ---- the handler ---------------------------------------------------------------------------- */
+
+static bool is_admin(srv_route_id r)
+{
+    return r == SRV_ROUTE_ADAPTERS || r == SRV_ROUTE_ADAPTERS_LOAD ||
+           r == SRV_ROUTE_ADAPTERS_UNLOAD || r == SRV_ROUTE_ADAPTERS_PIN;
+}
+
+static size_t on_headers(void *ud, srv_http_req *req)
+{
+    srv_app *a = ud;
+    srv_call *c = calloc(1, sizeof *c);
+    if (!c) {
+        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
+        return 0;
+    }
+    srv_http_set_state(req, c);
+    bool method_ok;
+    const char *allow;
+    const char *method = srv_http_method(req), *url = srv_http_url(req);
+    c->route = srv_route_match(method, url, &method_ok, &allow);
+    if (c->route == SRV_ROUTE_OTHER) {
+        srv_http_reply_error(req, 404, "invalid_request_error", "not_found", NULL,
+                             "Invalid URL (%s %s)", method, url);
+        return 0;
+    }
+    if (!method_ok) {
+        const char *h[] = {"Allow", allow, NULL};
+        srv_buf b;
+        srv_buf_init(&b);
+        char msg[300];
+        snprintf(msg, sizeof msg, "%s %s: this route takes %s", method, url, allow);
+        srv_resp_error(&b, msg, "invalid_request_error", "method_not_allowed", NULL);
+        srv_http_reply_json(req, 405, &b, h);
+        srv_buf_deinit(&b);
+        return 0;
+    }
+    char msg[200];
+    if (c->route != SRV_ROUTE_HEALTH &&
+        srv_auth_check(&a->auth, srv_http_header(req, "Authorization"), is_admin(c->route), msg,
+                       sizeof msg)) {
+        srv_http_reply_error(req, 401, "invalid_request_error", "invalid_api_key", NULL, "%s", msg);
+        return 0;
+    }
+    if ((c->route == SRV_ROUTE_COMPLETIONS || c->route == SRV_ROUTE_CHAT) &&
+        atomic_load(&a->draining)) {
+        srv_http_reply_error(req, 503, "server_error", "shutting_down", NULL,
+                             "the server is shutting down");
+        return 0;
+    }
+    c->kind = c->route == SRV_ROUTE_CHAT ? SRV_REQ_CHAT : SRV_REQ_COMPLETION;
+    return a->max_body;
+}
+
+static void on_request(void *ud, srv_http_req *req)
+{
+    srv_app *a = ud;
+    srv_call *c = srv_http_state(req);
+    switch (c->route) {
+    case SRV_ROUTE_COMPLETIONS:
+    case SRV_ROUTE_CHAT:
+        srv__gen_request(a, req, c);
+        break;
+    case SRV_ROUTE_MODELS:
+        route_models(a, req);
+        break;
+    case SRV_ROUTE_ADAPTERS:
+        route_adapters(a, req);
+        break;
+    case SRV_ROUTE_ADAPTERS_LOAD:
+    case SRV_ROUTE_ADAPTERS_UNLOAD:
+    case SRV_ROUTE_ADAPTERS_PIN:
+        route_admin(a, req, c->route);
+        break;
+    case SRV_ROUTE_HEALTH:
+        route_health(a, req);
+        break;
+    case SRV_ROUTE_METRICS:
+        route_metrics(a, req);
+        break;
+    default:
+        srv_http_reply_error(req, 404, "invalid_request_error", "not_found", NULL, "not found");
+    }
+}
+
+static int on_stream(void *ud, srv_http_req *req, srv_buf *out)
+{
+    srv_call *c = srv_http_state(req);
+    return c && c->job ? srv__gen_stream(ud, req, c, out) : -1;
+}
+
+static void on_done(void *ud, srv_http_req *req, int status, bool complete)
+{
+    srv_app *a = ud;
+    srv_call *c = srv_http_state(req);
+    srv_route_id route = c ? c->route : SRV_ROUTE_OTHER;
+    /* An answer that never reached the client counts as 499 (client closed), as nginx does. */
+    srv_metrics_request(&a->metrics, route, status && (complete || status != 200) ? status : 499);
+    if (c) {
+        srv__gen_done(a, req, c);
+        free(c);
+        srv_http_set_state(req, NULL);
+    }
+}
+
+void srv_routes_handler(srv_app *a, srv_http_handler *h)
+{
+    h->ud = a;
+    h->on_headers = on_headers;
+    h->on_request = on_request;
+    h->on_stream = on_stream;
+    h->on_done = on_done;
+}
+
+void srv_app_init(srv_app *a, srv_engine *e, const srv_auth *auth, size_t max_body)
+{
+    memset(a, 0, sizeof *a);
+    a->engine = e;
+    a->model_id = srv_engine_model_id(e);
+    a->n_ctx = srv_engine_n_ctx(e);
+    a->auth = *auth;
+    srv_metrics_init(&a->metrics);
+    srv_request_limits_default(&a->limits);
+    a->limits.max_prompt_bytes = max_body;
+    a->limits.n_vocab = core_tokenizer_n_vocab(srv_engine_tokenizer(e));
+    a->max_body = max_body;
+    a->started = (long long)time(NULL);
+    atomic_init(&a->draining, false);
+}
+
+void srv_app_deinit(srv_app *a)
+{
+    if (!a)
+        return;
+    srv_metrics_deinit(&a->metrics);
+    memset(&a->auth, 0, sizeof a->auth);
+}

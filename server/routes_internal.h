@@ -1,0 +1,39 @@
+/* Shared between server/routes.c (dispatch and the small routes) and server/completions.c (the
+ * generation routes); nothing else includes it. */
+#ifndef ADAPTREE_SERVER_ROUTES_INTERNAL_H
+#define ADAPTREE_SERVER_ROUTES_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "server/routes.h"
+
+/* One request's state, from its headers to its end (srv_http_state). */
+typedef struct srv_call {
+    srv_route_id route;
+    /* generation routes */
+    srv_request_kind kind;
+    srv_job *job; /* our reference; NULL until submitted */
+    bool stream, include_usage;
+    int logprobs;
+    char id[40]; /* "cmpl-…" / "chatcmpl-…" */
+    char model[SRV_MODEL_BYTES_MAX + 1];
+    long long created;
+    char *echo; /* completions with echo: the prompt text (echo_len bytes) */
+    size_t echo_len;
+    /* streaming progress */
+    bool sent_first;
+    size_t sent_text; /* text bytes sent */
+    int sent_toks;    /* tokens sent with logprobs */
+    size_t prev_end;  /* text_end of the last token sent */
+} srv_call;
+
+/* POST /v1/completions and /v1/chat/completions: the first call parses, tokenizes and submits,
+ * later calls (after a wait) answer. */
+void srv__gen_request(srv_app *a, srv_http_req *req, srv_call *c);
+/* The next bytes of a streamed generation (srv_http_handler.on_stream). */
+int srv__gen_stream(srv_app *a, srv_http_req *req, srv_call *c, srv_buf *out);
+/* Frees what a generation attached to c, counting it in the metrics. */
+void srv__gen_done(srv_app *a, srv_http_req *req, srv_call *c);
+
+#endif

@@ -1,0 +1,119 @@
+/* Tests for `adaptree serve` flag parsing (server/cli_serve.c): defaults, every flag, both
+ * spellings of a value, the environment's keys, and the refusals. */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/cli.h"
+#include "server/cli_serve.h"
+#include "server/log.h"
+#include "tests/test.h"
+
+static int parse(srv_serve_opts *o, char *err, ...)
+{
+    char *argv[40] = {"serve"};
+    int argc = 1;
+    va_list ap;
+    va_start(ap, err);
+    for (char *a; argc < 39 && (a = va_arg(ap, char *));)
+        argv[argc++] = a;
+    va_end(ap);
+    return srv_serve_parse(argc, argv, o, err, 256);
+}
+
+TEST(serve_flags_defaults)
+{
+    unsetenv("ADAPTREE_API_KEY");
+    unsetenv("ADAPTREE_ADMIN_KEY");
+    srv_serve_opts o;
+    char err[256];
+    CHECK_EQ_INT(parse(&o, err, NULL), 0);
+    CHECK_EQ_STR(o.host, "127.0.0.1");
+    CHECK_EQ_INT(o.port, 8080);
+    CHECK_EQ_STR(o.model, SRV_DEFAULT_MODEL);
+    CHECK_EQ_STR(o.registry, "registry/");
+    CHECK(!o.registry_given);
+    CHECK_EQ_INT(o.max_body_kb, 1024);
+    CHECK_EQ_INT(o.idle_timeout, 60);
+    CHECK_EQ_INT(o.max_seqs, 32);
+    CHECK_EQ_INT(o.queue_limit, 256);
+    CHECK_EQ_INT(o.log_level, SRV_LOG_INFO);
+    CHECK(o.api_key == NULL && o.admin_key == NULL);
+    CHECK(o.watch);
+}
+
+TEST(serve_flags_all)
+{
+    unsetenv("ADAPTREE_API_KEY");
+    srv_serve_opts o;
+    char err[256];
+    int rc = parse(&o, err, "--host", "0.0.0.0", "--port=9000", "-m", "m.gguf", "--registry", "/r",
+                   "--threads", "2", "--max-batch-tokens", "64", "--max-seqs", "4", "--ctx", "512",
+                   "--adapter-cache-mb", "100", "--queue-limit", "8", "--api-key", "k1",
+                   "--admin-key=k2", "--log-level", "debug", "--max-body-kb", "16",
+                   "--idle-timeout", "5", "--http-threads", "3", "--no-watch", NULL);
+    CHECK_MSG(rc == 0, "rc %d: %s", rc, err);
+    CHECK_EQ_STR(o.host, "0.0.0.0");
+    CHECK_EQ_INT(o.port, 9000);
+    CHECK_EQ_STR(o.model, "m.gguf");
+    CHECK_EQ_STR(o.registry, "/r");
+    CHECK(o.registry_given);
+    CHECK_EQ_INT(o.threads, 2);
+    CHECK_EQ_INT(o.max_batch_tokens, 64);
+    CHECK_EQ_INT(o.max_seqs, 4);
+    CHECK_EQ_INT(o.n_ctx, 512);
+    CHECK_EQ_INT(o.adapter_cache_mb, 100);
+    CHECK_EQ_INT(o.queue_limit, 8);
+    CHECK_EQ_STR(o.api_key, "k1");
+    CHECK_EQ_STR(o.admin_key, "k2");
+    CHECK_EQ_INT(o.log_level, SRV_LOG_DEBUG);
+    CHECK_EQ_INT(o.max_body_kb, 16);
+    CHECK_EQ_INT(o.idle_timeout, 5);
+    CHECK_EQ_INT(o.http_threads, 3);
+    CHECK(!o.watch);
+    CHECK_EQ_INT(parse(&o, err, "--no-registry", NULL), 0);
+    CHECK(o.registry == NULL);
+}
+
+TEST(serve_flags_env_keys)
+{
+    setenv("ADAPTREE_API_KEY", "envkey", 1);
+    setenv("ADAPTREE_ADMIN_KEY", "envadm", 1);
+    srv_serve_opts o;
+    char err[256];
+    CHECK_EQ_INT(parse(&o, err, NULL), 0);
+    CHECK_EQ_STR(o.api_key, "envkey");
+    CHECK_EQ_STR(o.admin_key, "envadm");
+    CHECK_EQ_INT(parse(&o, err, "--api-key", "flag", NULL), 0);
+    CHECK_EQ_STR(o.api_key, "flag");
+    unsetenv("ADAPTREE_API_KEY");
+    unsetenv("ADAPTREE_ADMIN_KEY");
+}
+
+TEST(serve_flags_refused)
+{
+    static const struct {
+        const char *a, *b, *msg;
+    } cases[] = {
+        {"--port", "70000", "bad value '70000' for --port"},
+        {"--port", "80x", "bad value '80x' for --port"},
+        {"--max-seqs", "0", "bad value '0' for --max-seqs"},
+        {"--max-body-kb", "-1", "bad value '-1' for --max-body-kb"},
+        {"--log-level", "loud", "bad value 'loud' for --log-level"},
+        {"--frobnicate", NULL, "unknown option '--frobnicate'"},
+        {"--port", NULL, "--port needs a value"},
+        {"--model", "", "--model needs a non-empty value"},
+        {"--registry", "r", NULL}, /* with --no-registry below */
+    };
+    srv_serve_opts o;
+    char err[256];
+    for (size_t i = 0; i + 1 < sizeof cases / sizeof *cases; i++) {
+        err[0] = 0;
+        int rc = parse(&o, err, cases[i].a, cases[i].b, NULL);
+        CHECK_MSG(rc == 2, "case %zu: rc %d", i, rc);
+        CHECK_MSG(strstr(err, cases[i].msg) != NULL, "case %zu: '%s' lacks '%s'", i, err,
+                  cases[i].msg);
+    }
+    CHECK_EQ_INT(parse(&o, err, "--registry", "r", "--no-registry", NULL), 2);
+    CHECK_MSG(strstr(err, "contradict") != NULL, "%s", err);
+}

@@ -1,0 +1,191 @@
+/* Tests for server/metrics.c: label escaping, histogram buckets, and the rendered exposition
+ * (HELP and TYPE before each family, cumulative buckets, per-adapter series). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/metrics.h"
+#include "tests/test.h"
+
+TEST(metrics_label_escape)
+{
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_prom_escape(&b, "plain/id:0.5+x");
+    srv_buf_putc(&b, '|');
+    srv_prom_escape(&b, "a\\b\"c\nd");
+    CHECK_EQ_STR(b.data, "plain/id:0.5+x|a\\\\b\\\"c\\nd");
+    srv_buf_deinit(&b);
+}
+
+TEST(metrics_histogram_buckets)
+{
+    static const double bounds[] = {0.1, 1, 10};
+    srv_hist h;
+    srv_hist_init(&h, bounds, 3);
+    srv_hist_observe(&h, 0.1); /* on the bound: le="0.1" */
+    srv_hist_observe(&h, 0.5);
+    srv_hist_observe(&h, 100);
+    CHECK_EQ_INT(h.counts[0], 1);
+    CHECK_EQ_INT(h.counts[1], 1);
+    CHECK_EQ_INT(h.counts[2], 0);
+    CHECK_EQ_INT(h.counts[3], 1);
+    CHECK_EQ_INT(h.count, 3);
+    CHECK_NEAR(h.sum, 100.6, 1e-9);
+}
+
+/* Every line is a comment or "name{labels} value", and every sample's family was declared
+ * with HELP and TYPE before it. */
+static int well_formed(const char *text, char *why, size_t cap)
+{
+    char declared[64][80];
+    int n_decl = 0;
+    const char *p = text;
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        if (!nl) {
+            snprintf(why, cap, "no final newline");
+            return 0;
+        }
+        char line[512];
+        size_t n = (size_t)(nl - p) < sizeof line - 1 ? (size_t)(nl - p) : sizeof line - 1;
+        memcpy(line, p, n);
+        line[n] = 0;
+        p = nl + 1;
+        if (!strncmp(line, "# HELP ", 7))
+            continue;
+        if (!strncmp(line, "# TYPE ", 7)) {
+            if (n_decl < 64)
+                sscanf(line + 7, "%79s", declared[n_decl++]);
+            continue;
+        }
+        char name[80];
+        if (sscanf(line, "%79[a-zA-Z0-9_:]", name) != 1) {
+            snprintf(why, cap, "bad line: %s", line);
+            return 0;
+        }
+        int ok = 0;
+        for (int i = 0; i < n_decl && !ok; i++) {
+            size_t k = strlen(declared[i]);
+            ok = !strncmp(name, declared[i], k) &&
+                 (!name[k] || !strcmp(name + k, "_bucket") || !strcmp(name + k, "_sum") ||
+                  !strcmp(name + k, "_count"));
+        }
+        if (!ok) {
+            snprintf(why, cap, "sample before its TYPE: %s", line);
+            return 0;
+        }
+        const char *sp = strrchr(line, ' ');
+        char *end;
+        if (!sp || (strtod(sp + 1, &end), *end)) {
+            snprintf(why, cap, "bad value: %s", line);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+TEST(metrics_render)
+{
+    srv_metrics m;
+    srv_metrics_init(&m);
+    srv_metrics_request(&m, SRV_ROUTE_COMPLETIONS, 200);
+    srv_metrics_request(&m, SRV_ROUTE_COMPLETIONS, 200);
+    srv_metrics_request(&m, SRV_ROUTE_CHAT, 429);
+    srv_metrics_request(&m, SRV_ROUTE_OTHER, 404);
+    srv_metrics_request(&m, SRV_ROUTE_OTHER, 99); /* ignored */
+    srv_metrics_generation(&m, 0.02, 0.3);
+    srv_metrics_generation(&m, -1, 0.04); /* no first token */
+    srv_metrics_data *d = malloc(sizeof *d);
+    srv_metrics_snapshot(&m, d);
+    srv_engine_stats es = {.prompt_tokens = 40,
+                           .generated_tokens = 9,
+                           .steps = 10,
+                           .rows = 49,
+                           .running = 1,
+                           .waiting = 2,
+                           .jobs_rejected = 3,
+                           .kv_bytes = 4096};
+    es.step_hist[0] = 8; /* 1 row */
+    es.step_hist[5] = 1; /* (16, 32] */
+    es.step_hist[7] = 1; /* > 64 */
+    srv_label_stats ls[2] = {{.label = "base", .requests = 2, .generated_tokens = 7},
+                             {.label = "fr\"x", .requests = 1, .generated_tokens = 2}};
+    adapter_node_info nodes[2];
+    memset(nodes, 0, sizeof nodes);
+    snprintf(nodes[0].id, sizeof nodes[0].id, "fr");
+    nodes[0].state = ADAPTER_READY;
+    nodes[0].loads = 2;
+    nodes[0].hits = 5;
+    nodes[0].evictions = 1;
+    nodes[0].bytes = 1000;
+    snprintf(nodes[1].id, sizeof nodes[1].id, "ns");
+    nodes[1].state = ADAPTER_NAMESPACE;
+    adapter_registry_stats rs = {.resident_bytes = 1000, .cache_bytes = 1 << 20, .misses = 2};
+    srv_metrics_view v = {.http = d,
+                          .engine = &es,
+                          .labels = ls,
+                          .n_labels = 2,
+                          .nodes = nodes,
+                          .n_nodes = 2,
+                          .registry = &rs};
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_metrics_render(&b, &v);
+    CHECK(srv_buf_ok(&b));
+    char why[600];
+    CHECK_MSG(well_formed(b.data, why, sizeof why), "%s", why);
+    static const char *const want[] = {
+        "adaptree_requests_total{route=\"/v1/completions\",status=\"200\"} 2\n",
+        "adaptree_requests_total{route=\"/v1/chat/completions\",status=\"429\"} 1\n",
+        "adaptree_requests_total{route=\"other\",status=\"404\"} 1\n",
+        "adaptree_time_to_first_token_seconds_bucket{le=\"0.025\"} 1\n",
+        "adaptree_time_to_first_token_seconds_count 1\n",
+        "adaptree_request_duration_seconds_bucket{le=\"0.05\"} 1\n",
+        "adaptree_request_duration_seconds_bucket{le=\"0.5\"} 2\n",
+        "adaptree_request_duration_seconds_count 2\n",
+        "adaptree_prompt_tokens_total 40\n",
+        "adaptree_generated_tokens_total 9\n",
+        "adaptree_steps_total 10\n",
+        "adaptree_batch_rows_bucket{le=\"1\"} 8\n",
+        "adaptree_batch_rows_bucket{le=\"16\"} 8\n",
+        "adaptree_batch_rows_bucket{le=\"32\"} 9\n",
+        "adaptree_batch_rows_bucket{le=\"64\"} 9\n",
+        "adaptree_batch_rows_bucket{le=\"+Inf\"} 10\n",
+        "adaptree_batch_rows_sum 49\nadaptree_batch_rows_count 10\n",
+        "# TYPE adaptree_batch_rows histogram\n",
+        "adaptree_running 1\n",
+        "adaptree_waiting 2\n",
+        "adaptree_queue_rejected_total 3\n",
+        "adaptree_kv_bytes 4096\n",
+        "adaptree_adapter_requests_total{adapter=\"base\"} 2\n",
+        "adaptree_adapter_requests_total{adapter=\"fr\\\"x\"} 1\n",
+        "adaptree_adapter_generated_tokens_total{adapter=\"base\"} 7\n",
+        "adaptree_adapter_loads_total{adapter=\"fr\"} 2\n",
+        "adaptree_adapter_evictions_total{adapter=\"fr\"} 1\n",
+        "adaptree_adapter_hits_total{adapter=\"fr\"} 5\n",
+        "adaptree_adapter_resident_bytes{adapter=\"fr\"} 1000\n",
+        "adaptree_adapter_cache_bytes 1000\n",
+        "adaptree_adapter_cache_budget_bytes 1048576\n",
+        "# HELP adaptree_requests_total ",
+        "# TYPE adaptree_requests_total counter\n",
+        "# TYPE adaptree_running gauge\n",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        CHECK_MSG(strstr(b.data, want[i]) != NULL, "missing: %s", want[i]);
+    CHECK_MSG(strstr(b.data, "adapter=\"ns\"") == NULL, "a namespace has adapter series");
+    CHECK_MSG(strstr(b.data, "status=\"99\"") == NULL, "status 99 counted");
+    srv_buf_deinit(&b);
+    free(d);
+    srv_metrics_deinit(&m);
+}
+
+/* Without a registry or engine, the fixed families still render, as zeros. */
+TEST(metrics_render_minimal)
+{
+    srv_metrics_view v = {0};
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_metrics_render(&b, &v);
+    CHECK_MSG(strstr(b.data, "adaptree_adapter_cache_bytes 0\n") != NULL, "%s", b.data);
+    srv_buf_deinit(&b);
+}
