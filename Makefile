@@ -27,7 +27,7 @@ LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d
 
-.PHONY: all test unit run bench asan tsan fuzz format lint clean deps venv model help
+.PHONY: all test unit run bench asan tsan fuzz format lint clean deps venv model help docker-check
 
 all: $(BUILD)/adaptree
 
@@ -38,6 +38,7 @@ help:
 	@echo "make bench      measure throughput against this machine's own limits"
 	@echo "make asan|tsan  tests under sanitizers;  make fuzz  bounded fuzzing"
 	@echo "make lint       clang-tidy + module-direction check;  make format"
+	@echo "make docker-check  build the Dockerfile in debootstrapped roots, check the image (root)"
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -129,6 +130,12 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(ADAPTERS_SRC) $(FUZZ_SERVER_SRC)
 	@mkdir -p $(dir $@)
 	$(CLANG) $(FUZZ_CFLAGS) -I/usr/include/cjson $< $(CORE_SRC) $(ADAPTERS_SRC) $(FUZZ_SERVER_SRC) \
 	    -o $@ -lopenblas -lcjson -luv -lm -lpthread
+
+# Replays the Dockerfile in debootstrapped Debian 12 roots and checks the image (as root; no
+# Docker engine needed). Not part of `make test`. DOCKER_CHECK_ARGS="--ref HEAD" checks the
+# committed tree, "--fresh" debootstraps the cached base again, "-v" shows every RUN's output.
+docker-check:
+	@tools/docker_check.sh $(DOCKER_CHECK_ARGS)
 
 format:
 	clang-format -i $(LIB_SRC) server/main.c $(wildcard */*.h tests/*.c tests/*.h tests/*/*.c tests/*/*/*.c)
