@@ -16,13 +16,26 @@ adapter_set *adapter_set_new(const adapter_set_item *items, int n)
         free(s);
         return NULL;
     }
-    s->n = n;
-    uint64_t key = ADAPTER_HASH_INIT;
+    /* The same adapter twice (a chain plus one of its own nodes, or a list naming a node twice)
+     * is one item with the weights summed: W x + (w1 + w2) s B A x is what both terms add up
+     * to, and the plan then holds every row at most once per group. */
+    int m = 0;
     for (int i = 0; i < n; i++) {
-        s->items[i].a = adapter_ref(items[i].a);
-        s->items[i].weight = items[i].weight;
-        key = adapter__hash(key, &items[i].a->hash, sizeof items[i].a->hash);
-        key = adapter__hash(key, &items[i].weight, sizeof items[i].weight);
+        int k = 0;
+        while (k < m && s->items[k].a != items[i].a)
+            k++;
+        if (k < m) {
+            s->items[k].weight += items[i].weight;
+            continue;
+        }
+        s->items[m].a = adapter_ref(items[i].a);
+        s->items[m++].weight = items[i].weight;
+    }
+    s->n = m;
+    uint64_t key = ADAPTER_HASH_INIT;
+    for (int i = 0; i < m; i++) {
+        key = adapter__hash(key, &s->items[i].a->hash, sizeof s->items[i].a->hash);
+        key = adapter__hash(key, &s->items[i].weight, sizeof s->items[i].weight);
     }
     s->key = key;
     return s;

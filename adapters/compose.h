@@ -25,7 +25,8 @@ typedef struct adapter_set {
     uint64_t key; /* hash of the items' content hashes and weights: equal sets, equal keys */
 } adapter_set;
 
-/* Makes a set of n items, taking a new reference on each adapter. Returns NULL on no memory. */
+/* Makes a set of n items, taking a new reference on each adapter; items naming the same adapter
+ * become one item whose weight is their sum. Returns NULL on no memory. */
 adapter_set *adapter_set_new(const adapter_set_item *items, int n);
 /* Drops the set's references and frees it; NULL is ignored. */
 void adapter_set_free(adapter_set *s);
