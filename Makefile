@@ -27,7 +27,8 @@ LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d
 
-.PHONY: all test unit run bench asan tsan fuzz format lint clean deps venv model help docker-check
+.PHONY: all test unit run bench bench-server asan tsan fuzz format lint clean deps venv model help \
+        docker-check
 
 all: $(BUILD)/adaptree
 
@@ -36,6 +37,7 @@ help:
 	@echo "make run        fetch what is missing, then serve the default model"
 	@echo "make test       fetch what is missing, build, run every test"
 	@echo "make bench      measure throughput against this machine's own limits"
+	@echo "make bench-server  server throughput: 32 streams over many different adapters"
 	@echo "make asan|tsan  tests under sanitizers;  make fuzz  bounded fuzzing"
 	@echo "make lint       clang-tidy + module-direction check;  make format"
 	@echo "make docker-check  build the Dockerfile in debootstrapped roots, check the image (root)"
@@ -85,8 +87,8 @@ $(MODEL):
 run: deps model all
 	$(BUILD)/adaptree serve -m $(MODEL)
 
-# Unit + golden tests (C), then end-to-end tests when there are any.
-test: deps model
+# Unit + golden tests (C), then the end-to-end suites (tests/e2e, a real server; need .venv).
+test: deps model venv
 	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(BUILD)/blas_probe
 	@ADAPTREE_BUILD=$(BUILD) tools/run_tests.sh $(BUILD)
 
@@ -97,7 +99,13 @@ bench: deps model
 	@$(MAKE) --no-print-directory $(BUILD)/bench_core
 	$(BUILD)/bench_core -m $(MODEL)
 
-asan:
+# The server under 32 concurrent streams: no adapter, one adapter, 32 different rank-8 q,v and
+# rank-16 all-linear adapters, 32 different three-level chains, and the same requests one by one.
+bench-server: deps model venv
+	@$(MAKE) --no-print-directory all $(BUILD)/bench_core
+	BUILD=$(BUILD) MODEL=$(MODEL) tools/bench_server.sh
+
+asan: deps model venv
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(CLANG) OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" build/asan/adaptree build/asan/test_unit \
@@ -105,7 +113,7 @@ asan:
 	ADAPTREE_BUILD=build/asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    tools/run_tests.sh build/asan
 
-tsan:
+tsan: deps model venv
 	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(CLANG) OPT="-O1 -g" SAN="-fsanitize=thread" \
 	    LDFLAGS="-fsanitize=thread" \
 	    build/tsan/adaptree build/tsan/test_unit build/tsan/blas_probe

@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""`make bench-server`: the server's aggregate decode throughput with many different adapters
+in one batch, next to the same load without adapters and to this machine's compute ceiling.
+
+It writes a temporary registry (tools/make_bench_registry.py: 32 rank-8 q,v adapters, 32 rank-16
+all-linear ones, 32 three-level chains, all F16), starts `$BUILD/adaptree serve` on a free
+127.0.0.1 port, pre-loads and pins every adapter a scenario uses and warms it up, then measures
+each scenario with clients/load.py (32 concurrent greedy streams, fixed prompt and max_tokens):
+
+    no adapter | all on one adapter | 32 different rank-8 q,v | 32 different rank-16 all-linear |
+    32 different three-level chains | the no-adapter requests one at a time (sequential)
+
+and prints a table (aggregate tok/s, ratio to no-adapter, TTFT and inter-token p50/p99), the
+concurrency speed-up, and the compute ceiling ratio: 32-stream no-adapter tok/s over
+sgemm GFLOP/s / (2 x non-embedding parameters) tokens/s, with the sgemm peak measured by
+`$BUILD/bench_core --sgemm-only`. Targets are printed as PASS/MISS; the exit status is 0 unless
+something failed to run (a MISS is a measurement, not an error).
+
+usage: tools/bench_server.py [--build build] [-m MODEL] [-c 32] [-n 64] [--rounds 2] [--json F]
+"""
+
+import argparse
+import ctypes
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import make_bench_registry as mbr  # noqa: E402
+
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def die_with_parent():
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+
+
+def http(url, body=None, timeout=600):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
+                                 method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def sgemm_peak(build, model):
+    """GFLOP/s from bench_core --sgemm-only (or the 'machine:' line of a full run)."""
+    exe = os.path.join(build, "bench_core")
+    if not os.access(exe, os.X_OK):
+        return None, f"{exe} missing (make BUILD={build} {exe})"
+    p = subprocess.run([exe, "-m", model, "--sgemm-only"], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    for line in p.stdout.splitlines():
+        if line.startswith("sgemm_gflops"):
+            return float(line.split()[1]), "bench_core --sgemm-only"
+    # Older bench_core without the flag: read its first lines and stop it.
+    q = subprocess.Popen([exe, "-m", model], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                         preexec_fn=die_with_parent)
+    try:
+        for line in q.stdout:
+            if line.startswith("machine: sgemm peak"):
+                return float(line.split()[3]), "bench_core (machine line)"
+    finally:
+        q.kill()
+        q.wait()
+    return None, "bench_core printed no sgemm peak"
+
+
+class Server:
+    def __init__(self, build, model, registry, args):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.logf = tempfile.NamedTemporaryFile(prefix="adaptree-bench-", suffix=".log",
+                                                delete=False)
+        cmd = [os.path.join(build, "adaptree"), "serve", "--host", "127.0.0.1", "--port",
+               str(self.port), "-m", model, "--registry", registry] + args
+        log("$ " + " ".join(cmd))
+        self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=ROOT,
+                                     preexec_fn=die_with_parent)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n" + self.tail())
+            try:
+                if http(self.url + "/health", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server not healthy after 120 s:\n" + self.tail())
+
+    def tail(self, n=30):
+        try:
+            with open(self.logf.name, "rb") as f:
+                return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        os.unlink(self.logf.name)
+
+
+def find_node(obj, node_id):
+    if isinstance(obj, dict):
+        if obj.get("id") == node_id:
+            return obj
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for v in obj:
+            f = find_node(v, node_id)
+            if f is not None:
+                return f
+    return None
+
+
+def preload(srv, ids, timeout=600):
+    """POST /v1/adapters/load with pin for every node, then waits until /v1/adapters shows each
+    one ready. Returns the seconds it took."""
+    t0 = time.time()
+    bad = []
+    for i in ids:
+        st, body = http(srv.url + "/v1/adapters/load", {"id": i, "pin": True})
+        if st != 200:
+            bad.append(f"{i}: {st} {body[:200]!r}")
+    if bad:
+        log(f"bench: pre-load refused for {len(bad)} nodes, first: {bad[0]} (the warm-up pass "
+            "loads them instead)")
+    pending = [i for i in ids if not any(b.startswith(i + ":") for b in bad)]
+    while pending and time.time() - t0 < timeout:
+        st, body = http(srv.url + "/v1/adapters")
+        if st != 200:
+            log(f"bench: GET /v1/adapters: {st}; not waiting for the loads")
+            break
+        tree = json.loads(body)
+        states = {i: (find_node(tree, i) or {}).get("state") for i in pending}
+        failed = [i for i, s in states.items() if s == "failed"]
+        if failed:
+            raise RuntimeError(f"adapters failed to load: {failed[:5]}")
+        pending = [i for i, s in states.items() if s != "ready"]
+        if pending:
+            time.sleep(0.1)
+    if pending:
+        log(f"bench: {len(pending)} nodes still not ready, e.g. {pending[:3]}")
+    return time.time() - t0
+
+
+def proc_cpu_s(pid):
+    """User + system CPU seconds of a process so far (from /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def children_cpu_s():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def load_py(srv, a, label, concurrency, requests, extra):
+    """Runs clients/load.py --json; adds the server's and the client's CPU use (cores) over the
+    run, since both share this machine's cores."""
+    srv0, cli0, t0 = proc_cpu_s(srv.proc.pid), children_cpu_s(), time.time()
+    cmd = [sys.executable, os.path.join(ROOT, "clients", "load.py"), "--url", srv.url, "-c",
+           str(concurrency), "-r", str(requests), "-n", str(a.max_tokens), "-p", PROMPT,
+           "--temperature", "0", "--json", "--label", label] + extra
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    wall = time.time() - t0
+    try:
+        d = json.loads(p.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise RuntimeError(f"load.py failed ({p.returncode}): {p.stdout[-500:]} {p.stderr[-1500:]}")
+    srv1 = proc_cpu_s(srv.proc.pid)
+    d["server_cores"] = (srv1 - srv0) / wall if srv0 is not None and srv1 is not None else None
+    d["client_cores"] = (children_cpu_s() - cli0) / wall
+    if d["errors"]:
+        log(f"bench: {label}: {d['errors']} errors, e.g. {d['error_samples'][:2]}")
+    return d
+
+
+def fmt(x, spec=".1f"):
+    return "-" if x is None else format(x, spec)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--build", default=os.environ.get("BUILD", "build"))
+    p.add_argument("-m", "--model", default=os.environ.get(
+        "MODEL", os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")))
+    p.add_argument("-c", "--concurrency", type=int, default=32)
+    p.add_argument("-n", "--max-tokens", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=2, help="requests per stream per scenario")
+    p.add_argument("--threads", type=int, default=0, help="--threads for the server (0: default)")
+    p.add_argument("--keep-registry", help="write the registry here and keep it")
+    p.add_argument("--json", help="also write the results to this file")
+    a = p.parse_args(argv)
+    build = a.build if os.path.isabs(a.build) else os.path.join(ROOT, a.build)
+    n = a.concurrency
+
+    load_before = os.getloadavg()[0]
+    peak, peak_src = sgemm_peak(build, a.model)
+    n_params = mbr.n_params_nonembedding(a.model)
+    tmp = tempfile.mkdtemp(prefix="adaptree-bench-")
+    reg = a.keep_registry or os.path.join(tmp, "reg")
+    srv = None
+    try:
+        t0 = time.time()
+        mbr.main(["-o", reg, "-m", a.model, "-n", str(n)])
+        log(f"bench: registry written in {time.time() - t0:.1f} s")
+        args = ["--max-seqs", str(max(n, 32)), "--adapter-cache-mb", "8192",
+                "--queue-limit", str(4 * n), "--log-level", "warn"]
+        if a.threads:
+            args += ["--threads", str(a.threads)]
+        srv = Server(build, a.model, reg, args)
+        groups = mbr.groups(n)
+        chains = [g[0] for g in groups["chain"] if g[0].count("/") == 2]
+        scenarios = [
+            ("no adapter", [], []),
+            ("all on one adapter (rank-16 all-linear)", ["all16/a00"],
+             ["--model", "all16/a00"]),
+            (f"{n} different rank-8 q,v", [g[0] for g in groups["qv8"]],
+             ["--model", "qv8/a{i:02d}", "--n-models", str(n)]),
+            (f"{n} different rank-16 all-linear", [g[0] for g in groups["all16"]],
+             ["--model", "all16/a{i:02d}", "--n-models", str(n)]),
+            (f"{n} different three-level chains", [g[0] for g in groups["chain"]],
+             ["--model", "l{i:02d}/d{i:02d}/u{i:02d}", "--n-models", str(n)]),
+        ]
+        assert len(chains) == n
+        results = []
+        # A first pass without adapters warms the server (allocations, BLAS threads, KV).
+        load_py(srv, a, "warm-up", n, n, ["--warmup"])
+        for label, ids, extra in scenarios:
+            if ids:
+                dt = preload(srv, ids)
+                log(f"bench: {label}: pre-loaded and pinned {len(ids)} nodes in {dt:.1f} s")
+            load_py(srv, a, label + " (warm-up)", n, n, extra + ["--warmup"])
+            log(f"bench: measuring {label} ...")
+            results.append(load_py(srv, a, label, n, n * a.rounds, extra))
+        log("bench: measuring the sequential baseline ...")
+        seq = load_py(srv, a, f"{n} no-adapter requests one at a time", 1, n, [])
+    finally:
+        if srv:
+            srv.stop()
+        if not a.keep_registry:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    base = results[0]["tok_per_s"] or float("nan")
+    rows = results + [seq]
+    print()
+    print(f"adaptree serve, {n} concurrent greedy streams, max_tokens {a.max_tokens}, "
+          f"prompt {PROMPT!r}")
+    print(f"machine: {os.cpu_count()} cores, load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after (other work on the machine skews every number below)")
+    print(f"{'scenario':44} {'tok/s':>8} {'ratio':>6} {'TTFT p50':>9} {'p99':>8} "
+          f"{'ITL p50':>8} {'p99':>8} {'tokens':>7} {'err':>4} {'srv CPU':>7} {'cli CPU':>7}")
+    for r in rows:
+        print(f"{r['label']:44} {r['tok_per_s']:8.1f} {r['tok_per_s'] / base:6.3f} "
+              f"{fmt(r['ttft_ms_p50']):>9} {fmt(r['ttft_ms_p99']):>8} "
+              f"{fmt(r['itl_ms_p50']):>8} {fmt(r['itl_ms_p99']):>8} "
+              f"{r['generated_tokens']:7d} {r['errors']:4d} {fmt(r['server_cores'], '.2f'):>7} "
+              f"{fmt(r['client_cores'], '.2f'):>7}")
+    print(f"(latencies in ms; ratio = tok/s over the no-adapter row; CPU in cores used during the "
+          f"run, of {os.cpu_count()}: the client shares the machine)")
+    speedup = base / seq["tok_per_s"] if seq["tok_per_s"] else None
+    print(f"concurrency speed-up ({n} streams / one at a time, no adapter): {fmt(speedup, '.2f')}x")
+    ceiling = peak * 1e9 / (2.0 * n_params) if peak else None
+    frac = base / ceiling if ceiling else None
+    if peak:
+        print(f"compute ceiling: sgemm {peak:.1f} GFLOP/s ({peak_src}) / (2 x {n_params / 1e6:.1f} M "
+              f"non-embedding params) = {ceiling:.0f} tok/s; no-adapter reaches "
+              f"{100 * frac:.1f}%")
+    else:
+        print(f"compute ceiling: unknown ({peak_src})")
+    r8, r16 = results[2]["tok_per_s"] / base, results[3]["tok_per_s"] / base
+    targets = [("rank-8 q,v >= 0.9x no-adapter", r8 >= 0.9, f"{r8:.3f}x"),
+               ("rank-16 all-linear >= 0.7x no-adapter", r16 >= 0.7, f"{r16:.3f}x"),
+               ("concurrency speed-up >= 6x", speedup is not None and speedup >= 6,
+                f"{fmt(speedup, '.2f')}x"),
+               ("no-adapter >= 50% of the compute ceiling", frac is not None and frac >= 0.5,
+                f"{fmt(None if frac is None else 100 * frac)}%")]
+    for what, ok, val in targets:
+        print(f"{'PASS' if ok else 'MISS'}  {what}: {val}")
+    errors = sum(r["errors"] for r in rows)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"results": rows, "sgemm_gflops": peak, "n_params_nonembedding": n_params,
+                       "ceiling_tok_per_s": ceiling, "speedup": speedup,
+                       "targets": [{"what": w, "pass": ok, "value": v} for w, ok, v in targets]},
+                      f, indent=2)
+    if errors:
+        print(f"bench: {errors} requests failed (see above)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
