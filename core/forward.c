@@ -28,10 +28,8 @@
 /* Groups with at least this many rows use sgemm on converted weights; smaller ones the
  * dedicated kernels (lora.c), which read A and Bt once without converting them whole. */
 #define LORA_SGEMM_ROWS 16
-/* Matmuls of at most this many rows read the quantized weights (core__qmatmul, one thread);
- * larger ones use sgemm on the f32 slab, which is compute-bound there and uses every core.
- * Measured on 2 Zen 3 cores (OpenBLAS 0.3.21): decode at 1-12 rows is 1.7-3.6x faster this way;
- * OpenBLAS catches up at 15 rows and wins from 16, where its kernel takes 16 rows per pass. */
+/* Matmuls of at most this many rows read the quantized weights (core__qmatmul on the pool);
+ * larger ones use sgemm on the f32 slab (see CORE_QMATMUL_ROWS for the measurements). */
 #define QMATMUL_ROWS CORE_QMATMUL_ROWS
 
 struct core_ctx {
