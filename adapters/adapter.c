@@ -1,8 +1,17 @@
 /* The adapter object: allocation, reference counting, the row copy with the q/k permutation and
- * the finite-value check shared by both loaders, and format dispatch. */
+ * the finite-value check shared by both loaders, reading adapter files, and format dispatch for
+ * loads and probes.
+ *
+ * Adapter files are read into memory with pread, never mapped: a user may overwrite one in place
+ * (cp truncates, then writes) while it is loaded or probed, and touching a mapped page past the
+ * new end of the file raises SIGBUS, which would kill the server. A read instead sees the file
+ * end early (or go on past the size it had), and the load fails with "file changed while
+ * reading, will retry": the registry keeps the previous version and loads again on the change
+ * event or rescan that the rewrite causes. */
 #include "adapters/adapter.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,6 +110,160 @@ uint64_t adapter__hash(uint64_t h, const void *buf, size_t n)
     return h;
 }
 
+/* ---- reading files ------------------------------------------------------------------------ */
+
+#define CHANGED "file changed while reading, will retry"
+
+/* Opens a regular file of at most ADAPTER_FILE_MAX bytes into *fd with its *st: 0, or a
+ * negative errno with a message. O_NONBLOCK only so that a FIFO in the tree cannot block the
+ * open; regular files ignore it. */
+static int open_stat(const char *path, int *fd, struct stat *st, char *err, size_t errlen)
+{
+    memset(st, 0, sizeof *st);
+    *fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (*fd < 0) {
+        int e = errno;
+        e = e > 0 ? e : EIO;
+        snprintf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    int rc = 0;
+    if (fstat(*fd, st) != 0 || !S_ISREG(st->st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", path);
+        rc = -EINVAL;
+    } else if ((uint64_t)st->st_size > ADAPTER_FILE_MAX) {
+        snprintf(err, errlen, "%s: %lld bytes; adapter files over %llu GiB are refused", path,
+                 (long long)st->st_size, (unsigned long long)(ADAPTER_FILE_MAX >> 30));
+        rc = -EFBIG;
+    }
+    if (rc) {
+        close(*fd);
+        *fd = -1;
+    }
+    return rc;
+}
+
+int adapter__file_open(const char *path, uint64_t *size, char *err, size_t errlen)
+{
+    struct stat st;
+    int fd;
+    int rc = open_stat(path, &fd, &st, err, errlen);
+    if (rc)
+        return rc;
+    *size = (uint64_t)st.st_size;
+    return fd;
+}
+
+int adapter__file_read(int fd, const char *path, void *buf, size_t n, uint64_t off, char *err,
+                       size_t errlen)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t k = pread(fd, p, n, (off_t)off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0) {
+            int e = errno;
+            e = e > 0 ? e : EIO;
+            snprintf(err, errlen, "%s: %s", path, strerror(e));
+            return -e;
+        }
+        if (k == 0) {
+            snprintf(err, errlen, "%s: " CHANGED " (it now ends at byte %llu)", path,
+                     (unsigned long long)off);
+            return -EAGAIN;
+        }
+        p += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return 0;
+}
+
+int adapter__read_fd(int fd, const char *path, uint64_t size, void **out, size_t *len, char *err,
+                     size_t errlen)
+{
+    *out = NULL;
+    *len = 0;
+    if (size > ADAPTER_FILE_MAX || size >= SIZE_MAX) {
+        snprintf(err, errlen, "%s: %llu bytes; adapter files over %llu GiB are refused", path,
+                 (unsigned long long)size, (unsigned long long)(ADAPTER_FILE_MAX >> 30));
+        return -EFBIG;
+    }
+    void *buf = malloc(size ? (size_t)size : 1);
+    if (!buf) {
+        snprintf(err, errlen, "%s: out of memory for %llu bytes", path, (unsigned long long)size);
+        return -ENOMEM;
+    }
+    int rc = adapter__file_read(fd, path, buf, (size_t)size, 0, err, errlen);
+    /* A file that goes on past its size was rewritten meanwhile: what was read may mix both. */
+    unsigned char extra;
+    ssize_t k = 0;
+    while (rc == 0 && (k = pread(fd, &extra, 1, (off_t)size)) < 0 && errno == EINTR)
+        ;
+    if (rc == 0 && k != 0) {
+        if (k > 0)
+            snprintf(err, errlen, "%s: " CHANGED " (it grew past the %llu bytes it had)", path,
+                     (unsigned long long)size);
+        else
+            snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        rc = k > 0 ? -EAGAIN : -EIO;
+    }
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    *out = buf;
+    *len = (size_t)size;
+    return 0;
+}
+
+static bool same_time(struct timespec a, struct timespec b)
+{
+    return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+}
+
+int adapter__read_file(const char *path, void **out, size_t *len, char *err, size_t errlen)
+{
+    struct stat before, after;
+    *out = NULL;
+    *len = 0;
+    int fd;
+    int rc = open_stat(path, &fd, &before, err, errlen);
+    if (rc)
+        return rc;
+    rc = adapter__read_fd(fd, path, (uint64_t)before.st_size, out, len, err, errlen);
+    /* Rewritten to the same size while read: the size checks cannot see it, the times can. */
+    if (rc == 0 &&
+        (fstat(fd, &after) != 0 || after.st_size != before.st_size ||
+         !same_time(after.st_mtim, before.st_mtim) || !same_time(after.st_ctim, before.st_ctim))) {
+        snprintf(err, errlen, "%s: " CHANGED " (it was modified meanwhile)", path);
+        free(*out);
+        *out = NULL;
+        *len = 0;
+        rc = -EAGAIN;
+    }
+    close(fd);
+    return rc;
+}
+
+int adapter__read_more(int fd, const char *path, unsigned char **buf, size_t *have, size_t want,
+                       char *err, size_t errlen)
+{
+    if (want <= *have)
+        return 0;
+    unsigned char *p = realloc(*buf, want);
+    if (!p) {
+        snprintf(err, errlen, "%s: out of memory for %zu bytes", path, want);
+        return -ENOMEM;
+    }
+    *buf = p;
+    int rc = adapter__file_read(fd, path, p + *have, want - *have, *have, err, errlen);
+    if (rc == 0)
+        *have = want;
+    return rc;
+}
+
 const char *adapter_targets_str(unsigned targets, char *buf, size_t cap)
 {
     size_t k = 0;
@@ -123,33 +286,66 @@ static bool has_suffix(const char *s, const char *suf)
     return n >= m && !strcmp(s + n - m, suf);
 }
 
-adapter *adapter_load(const char *path, const core_config *cfg, char *err, size_t errlen)
+/* Finds the adapter at path: ADAPTER_PEFT with its directory in file, ADAPTER_GGUF with the
+ * .gguf file's path in file, or 0 with a message in err. */
+static adapter_format locate(const char *path, char *file, size_t cap, char *err, size_t errlen)
 {
     struct stat st;
     if (stat(path, &st) != 0) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        return NULL;
+        return 0;
     }
     if (S_ISREG(st.st_mode)) {
-        if (has_suffix(path, ".gguf"))
-            return adapter_load_gguf(path, cfg, err, errlen);
+        if (has_suffix(path, ".gguf")) {
+            snprintf(file, cap, "%s", path);
+            return ADAPTER_GGUF;
+        }
         snprintf(err, errlen, "%s: not an adapter (expected a .gguf file or a directory)", path);
-        return NULL;
+        return 0;
     }
     if (!S_ISDIR(st.st_mode)) {
         snprintf(err, errlen, "%s: not a file or directory", path);
-        return NULL;
+        return 0;
     }
-    char p[4096];
-    snprintf(p, sizeof p, "%s/adapter_config.json", path);
-    if (access(p, F_OK) == 0)
-        return adapter_load_peft(path, cfg, err, errlen);
-    snprintf(p, sizeof p, "%s/adapter.gguf", path);
-    if (access(p, F_OK) == 0)
-        return adapter_load_gguf(p, cfg, err, errlen);
+    snprintf(file, cap, "%s/adapter_config.json", path);
+    if (access(file, F_OK) == 0) {
+        snprintf(file, cap, "%s", path);
+        return ADAPTER_PEFT;
+    }
+    snprintf(file, cap, "%s/adapter.gguf", path);
+    if (access(file, F_OK) == 0)
+        return ADAPTER_GGUF;
     snprintf(err, errlen,
              "%s: no adapter here (expected adapter_config.json + adapter_model.safetensors, or "
              "adapter.gguf)",
              path);
-    return NULL;
+    return 0;
+}
+
+adapter *adapter_load(const char *path, const core_config *cfg, char *err, size_t errlen)
+{
+    char file[4096];
+    switch (locate(path, file, sizeof file, err, errlen)) {
+    case ADAPTER_PEFT:
+        return adapter_load_peft(file, cfg, err, errlen);
+    case ADAPTER_GGUF:
+        return adapter_load_gguf(file, cfg, err, errlen);
+    default:
+        return NULL;
+    }
+}
+
+int adapter_probe(const char *path, const core_config *cfg, adapter_probe_info *out, char *err,
+                  size_t errlen)
+{
+    char file[4096];
+    memset(out, 0, sizeof *out);
+    switch (locate(path, file, sizeof file, err, errlen)) {
+    case ADAPTER_PEFT:
+        return adapter__probe_peft(file, cfg, out, err, errlen);
+    case ADAPTER_GGUF:
+        return adapter__probe_gguf(file, cfg, out, err, errlen);
+    default:
+        return -ENOENT;
+    }
 }

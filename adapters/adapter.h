@@ -22,8 +22,8 @@
 /* The low-rank update of one (layer, module); rank 0 = not targeted. */
 typedef struct adapter_mod {
     int rank;
-    float scale;   /* alpha / rank (or alpha / sqrt(rank)); the user weight multiplies it */
-    const void *A; /* (rank, in) */
+    float scale;    /* alpha / rank (or alpha / sqrt(rank)); the user weight multiplies it */
+    const void *A;  /* (rank, in) */
     const void *Bt; /* (rank, out): lora_B transposed, so the decode kernels stream it */
 } adapter_mod;
 
@@ -50,13 +50,37 @@ typedef struct adapter {
 /* Loads an adapter: a directory holding adapter_config.json + adapter_model.safetensors (PEFT),
  * a directory holding adapter.gguf, or a .gguf file. Everything is validated against cfg
  * (architecture, layer count, every shape, supported options, finite values) before the weights
- * are copied. Returns a new adapter with one reference, or NULL with a message in err that names
- * the offending field, tensor or value. Any thread. */
+ * are copied. The files are read into memory (never mapped), so one overwritten while it is read
+ * fails the load ("file changed while reading, will retry") instead of crashing the process;
+ * files over ADAPTER_FILE_MAX are refused. Returns a new adapter with one reference, or NULL with
+ * a message in err that names the offending field, tensor or value. Any thread. */
 adapter *adapter_load(const char *path, const core_config *cfg, char *err, size_t errlen);
 
 /* The two loaders behind adapter_load. */
 adapter *adapter_load_peft(const char *dir, const core_config *cfg, char *err, size_t errlen);
 adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, size_t errlen);
+
+/* What an adapter's files say it is, worked out without loading its weights (adapter_probe). */
+typedef struct adapter_probe_info {
+    adapter_format format;
+    uint32_t dtype; /* the slab's: CORE_TYPE_F32, CORE_TYPE_F16 or CORE_TYPE_BF16 */
+    int r;          /* as adapter.r */
+    float alpha;    /* as adapter.alpha */
+    bool rslora;
+    unsigned targets; /* as adapter.targets */
+    int n_mods;
+    size_t bytes; /* the slab a load allocates: adapter.bytes once loaded */
+} adapter_probe_info;
+
+/* Describes the adapter at path (the forms adapter_load takes) from its config and the headers
+ * of its weight files, checked as adapter_load checks them except for the weight values: every
+ * adapter that adapter_load accepts is described, with the r, alpha, rslora, targets, n_mods,
+ * dtype and bytes the loaded adapter will have. Only the weight files' headers are read (with
+ * pread, never mapped); nothing of the weights' size is allocated. Returns 0, or a negative errno
+ * with a message in err and *out zeroed (the load would fail too, unless the files change).
+ * Any thread. */
+int adapter_probe(const char *path, const core_config *cfg, adapter_probe_info *out, char *err,
+                  size_t errlen);
 
 adapter *adapter_ref(adapter *a);
 /* Drops a reference; frees the adapter when it was the last. NULL is ignored. */
@@ -86,6 +110,34 @@ int adapter__copy_rows(uint32_t dtype, const void *src, void *dst, size_t rows, 
  * valid config with targets still fails with "no lora_A weight".) */
 int adapter__peft_config_check(const char *json, size_t len, const core_config *cfg, char *err,
                                size_t errlen);
+/* The two probes behind adapter_probe (a PEFT directory, a GGUF-LoRA file). */
+int adapter__probe_peft(const char *dir, const core_config *cfg, adapter_probe_info *out, char *err,
+                        size_t errlen);
+int adapter__probe_gguf(const char *file, const core_config *cfg, adapter_probe_info *out,
+                        char *err, size_t errlen);
+/* Adapter files: read with pread, never mapped (see adapter.c). Larger files are refused. */
+#define ADAPTER_FILE_MAX (4ull << 30)
+/* Opens a regular file of at most ADAPTER_FILE_MAX bytes for reading: the descriptor (the caller
+ * closes it) with its size in *size, or a negative errno with a message in err. */
+int adapter__file_open(const char *path, uint64_t *size, char *err, size_t errlen);
+/* Reads bytes [off, off + n) of fd into buf: 0, -EAGAIN with "file changed while reading, will
+ * retry" when the file ends first, or another negative errno; messages name path. */
+int adapter__file_read(int fd, const char *path, void *buf, size_t n, uint64_t off, char *err,
+                       size_t errlen);
+/* Grows *buf (malloc'd, or NULL) to want bytes and reads bytes [*have, want) of fd into it;
+ * *have = want on success. 0 or a negative errno as adapter__file_read. */
+int adapter__read_more(int fd, const char *path, unsigned char **buf, size_t *have, size_t want,
+                       char *err, size_t errlen);
+/* Reads the whole file at path into *out (malloc'd; the caller frees it), *len bytes: 0, or a
+ * negative errno with a message: -EAGAIN "file changed while reading, will retry" when the file
+ * ends early, goes on past its size or is modified while it is read; -EFBIG over
+ * ADAPTER_FILE_MAX. */
+int adapter__read_file(const char *path, void **out, size_t *len, char *err, size_t errlen);
+/* The read behind adapter__read_file over an open descriptor of a file that had size bytes when
+ * it was stat'ed: the file must hold exactly that many (tests give a wrong size to play a file
+ * that changed between the stat and the read). */
+int adapter__read_fd(int fd, const char *path, uint64_t size, void **out, size_t *len, char *err,
+                     size_t errlen);
 /* FNV-1a 64 over a buffer, chained through h (start with ADAPTER_HASH_INIT). */
 #define ADAPTER_HASH_INIT 0xcbf29ce484222325ULL
 uint64_t adapter__hash(uint64_t h, const void *buf, size_t n);

@@ -1,16 +1,22 @@
 /* GGUF-LoRA adapters as llama.cpp's convert_lora_to_gguf.py writes them: general.type "adapter",
  * adapter.type "lora", adapter.lora.alpha, and per targeted weight "<base tensor>.lora_a" (ne
  * [in, r]) and "<base tensor>.lora_b" (ne [r, out]). Their q/k lora_b rows are already in the
- * GGUF order. Scale per module: alpha / r, or 1 when alpha is 0 (llama.cpp's rule). */
+ * GGUF order. Scale per module: alpha / r, or 1 when alpha is 0 (llama.cpp's rule). A load and a
+ * probe share the header and shape checks (plan_tensors); only the load reads the weights. A load
+ * reads the file whole into memory, a probe only as much of it as the header and tensor infos
+ * take (adapter.c says why files are never mapped). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "adapters/adapter.h"
 #include "core/gguf.h"
 #include "core/quant.h"
+
+#define HEADER_FIRST_READ (1 << 20) /* a probe's first read; most headers fit */
 
 /* Splits "blk.L.<module>.weight.lora_a" into layer, module and which (0 = a, 1 = b). */
 static int parse_name(const core_gguf_str *s, int n_layer, int *layer, int *mod, int *which)
@@ -72,24 +78,29 @@ static int check_header(const core_gguf *g, const core_config *cfg, float *alpha
     return 0;
 }
 
-adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, size_t errlen)
+/* The planned load of an open file: its lora_a/lora_b pairs checked against the base, without
+ * touching the weights. */
+typedef struct gguf_plan {
+    const core_gguf_tensor **ab; /* (n_layer * CORE_MOD_COUNT * 2): [2k] lora_a, [2k + 1] lora_b */
+    float alpha;
+    uint32_t dtype; /* of the slab: the file's, or f32 for mixed files */
+    size_t bytes;   /* of the slab */
+} gguf_plan;
+
+/* Fills *p from g (p->ab allocated here; the caller frees it): 0, or -EINVAL/-ENOMEM with a
+ * message naming the tensor or key. */
+static int plan_tensors(const core_gguf *g, const char *file, const core_config *cfg, gguf_plan *p,
+                        char *err, size_t errlen)
 {
-    char gerr[512];
-    core_gguf *g = core_gguf_open(file, gerr, sizeof gerr);
-    if (!g) {
-        snprintf(err, errlen, "%s: %s", file, gerr);
-        return NULL;
-    }
-    adapter *a = NULL;
-    float alpha, *tmp = NULL;
-    const core_gguf_tensor **ab =
-        calloc((size_t)cfg->n_layer * CORE_MOD_COUNT * 2, sizeof(const core_gguf_tensor *));
-    if (!ab) {
+    memset(p, 0, sizeof *p);
+    p->ab = calloc((size_t)cfg->n_layer * CORE_MOD_COUNT * 2, sizeof(const core_gguf_tensor *));
+    if (!p->ab) {
         snprintf(err, errlen, "out of memory");
-        goto out;
+        return -ENOMEM;
     }
-    if (check_header(g, cfg, &alpha, err, errlen))
-        goto out;
+    if (check_header(g, cfg, &p->alpha, err, errlen))
+        return -EINVAL;
+    const core_gguf_tensor **ab = p->ab;
     const uint32_t none = UINT32_MAX;
     uint32_t dtype = none;
     for (uint64_t i = 0; i < g->n_tensors; i++) {
@@ -100,20 +111,20 @@ adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, 
                      "tensor '%.*s' is not the lora_a/lora_b of a Llama linear weight (embedding "
                      "and output-head LoRA are not supported; %d layers)",
                      (int)(t->name.len < 120 ? t->name.len : 120), t->name.ptr, cfg->n_layer);
-            goto out;
+            return -EINVAL;
         }
         if (t->type != CORE_TYPE_F32 && t->type != CORE_TYPE_F16 && t->type != CORE_TYPE_BF16) {
             snprintf(err, errlen,
                      "tensor '%.*s': type %s is not supported (f32, f16, bf16); "
                      "convert with --outtype f16",
                      (int)t->name.len, t->name.ptr, core_type_name(t->type));
-            goto out;
+            return -EINVAL;
         }
         dtype = dtype == none || dtype == t->type ? t->type : CORE_TYPE_F32;
         const core_gguf_tensor **slot = &ab[(l * CORE_MOD_COUNT + m) * 2 + w];
         if (*slot) {
             snprintf(err, errlen, "tensor '%.*s' appears twice", (int)t->name.len, t->name.ptr);
-            goto out;
+            return -EINVAL;
         }
         *slot = t;
     }
@@ -128,7 +139,7 @@ adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, 
         if (!A || !B) {
             snprintf(err, errlen, "blk.%d.%s: lora_%c is missing", l, core_module_gguf_name(m),
                      A ? 'b' : 'a');
-            goto out;
+            return -EINVAL;
         }
         if (A->n_dims != 2 || B->n_dims != 2 || A->ne[0] != in || B->ne[1] != out ||
             A->ne[1] != B->ne[0] || A->ne[1] < 1 || A->ne[1] > 4096) {
@@ -138,34 +149,57 @@ adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, 
                      l, core_module_gguf_name(m), (unsigned long long)A->ne[0],
                      (unsigned long long)A->ne[1], (unsigned long long)B->ne[0],
                      (unsigned long long)B->ne[1], (unsigned long long)in, (unsigned long long)out);
-            goto out;
+            return -EINVAL;
         }
         total += (size_t)A->ne[1] * (in + out) * (dtype == CORE_TYPE_F32 ? 4 : 2);
     }
     if (!total) {
         snprintf(err, errlen, "%s holds no LoRA tensors", file);
-        goto out;
+        return -EINVAL;
     }
-    a = adapter__new(cfg->n_layer, dtype, total);
+    p->dtype = dtype;
+    p->bytes = total;
+    return 0;
+}
+
+adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, size_t errlen)
+{
+    char gerr[512];
+    void *buf;
+    size_t len;
+    if (adapter__read_file(file, &buf, &len, err, errlen))
+        return NULL;
+    core_gguf *g = core_gguf_open_memory(buf, len, gerr, sizeof gerr);
+    if (!g) {
+        snprintf(err, errlen, "%s: %s", file, gerr);
+        free(buf);
+        return NULL;
+    }
+    adapter *a = NULL;
+    float *tmp = NULL;
+    gguf_plan p;
+    if (plan_tensors(g, file, cfg, &p, err, errlen))
+        goto out;
+    a = adapter__new(cfg->n_layer, p.dtype, p.bytes);
     if (!a) {
-        snprintf(err, errlen, "out of memory for %zu bytes of adapter weights", total);
+        snprintf(err, errlen, "out of memory for %zu bytes of adapter weights", p.bytes);
         goto out;
     }
     a->format = ADAPTER_GGUF;
-    a->alpha = alpha;
+    a->alpha = p.alpha;
     unsigned char *at = a->slab;
     for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++) {
-        if (!ab[2 * k])
+        if (!p.ab[2 * k])
             continue;
         adapter_mod *am = &a->mods[k];
-        am->rank = (int)ab[2 * k]->ne[1];
-        am->scale = alpha != 0 ? alpha / (float)am->rank : 1.0f;
+        am->rank = (int)p.ab[2 * k]->ne[1];
+        am->scale = p.alpha != 0 ? p.alpha / (float)am->rank : 1.0f;
         a->r = am->rank > a->r ? am->rank : a->r;
         for (int w = 0; w < 2; w++) {
-            const core_gguf_tensor *t = ab[2 * k + w];
+            const core_gguf_tensor *t = p.ab[2 * k + w];
             size_t rows = (size_t)t->ne[1], cols = (size_t)t->ne[0];
             const void *src = t->data;
-            if (t->type != dtype) {
+            if (t->type != p.dtype) {
                 free(tmp);
                 tmp = malloc(rows * cols * sizeof(float));
                 if (!tmp || core_dequant_row(t->type, t->data, tmp, (int64_t)(rows * cols))) {
@@ -174,7 +208,7 @@ adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, 
                 }
                 src = tmp;
             }
-            if (adapter__copy_rows(dtype, src, at, rows, cols, 0, 0, w == 1)) {
+            if (adapter__copy_rows(p.dtype, src, at, rows, cols, 0, 0, w == 1)) {
                 snprintf(err, errlen, "tensor '%.*s' holds NaN or infinite values",
                          (int)t->name.len, t->name.ptr);
                 goto fail;
@@ -183,7 +217,7 @@ adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, 
                 am->A = at;
             else
                 am->Bt = at;
-            at += rows * cols * (dtype == CORE_TYPE_F32 ? 4 : 2);
+            at += rows * cols * (p.dtype == CORE_TYPE_F32 ? 4 : 2);
         }
         a->targets |= 1u << (k % CORE_MOD_COUNT);
         a->n_mods++;
@@ -196,7 +230,70 @@ fail:
     a = NULL;
 out:
     free(tmp);
-    free(ab);
+    free(p.ab);
     core_gguf_close(g);
+    free(buf); /* after g, which borrows it */
     return a;
+}
+
+/* Opens the header of the GGUF file at path from as many of its leading bytes as it takes, read
+ * into *buf (the caller frees it after closing the result). 0, or a negative errno with a
+ * message (-EAGAIN when the file changed while it was read). */
+static int open_header(const char *path, core_gguf **g, unsigned char **buf, char *err,
+                       size_t errlen)
+{
+    char msg[512];
+    uint64_t size, need = 0;
+    size_t have = 0;
+    *g = NULL;
+    *buf = NULL;
+    int fd = adapter__file_open(path, &size, err, errlen);
+    if (fd < 0)
+        return fd;
+    size_t want = size < HEADER_FIRST_READ ? (size_t)size : HEADER_FIRST_READ;
+    int rc;
+    while ((rc = adapter__read_more(fd, path, buf, &have, want, err, errlen)) == 0) {
+        *g = core_gguf_open_header(*buf, have, size, &need, msg, sizeof msg);
+        if (*g || need <= have) /* opened, or refused */
+            break;
+        want = need > 2 * (uint64_t)have ? (size_t)need : 2 * have;
+        want = want < size ? want : (size_t)size;
+    }
+    close(fd);
+    if (rc == 0 && !*g) {
+        snprintf(err, errlen, "%s: %s", path, msg);
+        rc = -EINVAL;
+    }
+    return rc;
+}
+
+int adapter__probe_gguf(const char *file, const core_config *cfg, adapter_probe_info *out,
+                        char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    core_gguf *g;
+    unsigned char *buf;
+    int rc = open_header(file, &g, &buf, err, errlen);
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    gguf_plan p;
+    rc = plan_tensors(g, file, cfg, &p, err, errlen);
+    if (!rc) {
+        *out = (adapter_probe_info){
+            .format = ADAPTER_GGUF, .dtype = p.dtype, .alpha = p.alpha, .bytes = p.bytes};
+        for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++) {
+            if (!p.ab[2 * k])
+                continue;
+            int rank = (int)p.ab[2 * k]->ne[1];
+            out->r = rank > out->r ? rank : out->r;
+            out->targets |= 1u << (k % CORE_MOD_COUNT);
+            out->n_mods++;
+        }
+    }
+    free(p.ab);
+    core_gguf_close(g);
+    free(buf);
+    return rc;
 }

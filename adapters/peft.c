@@ -7,7 +7,10 @@
  * implemented (DoRA, lora bias, modules_to_save, embedding or head LoRA, ...) are refused with the
  * field's name; nothing is silently ignored. Pattern matching follows PEFT 0.21: list entries
  * match the module name exactly or as a dotted suffix, a string is a regex that must match the
- * whole name, and pattern keys K match names of the form (.*\.)?K.
+ * whole name, and pattern keys K match names of the form (.*\.)?K. A probe runs the same checks
+ * on the config and the safetensors header, then stops before the weights are copied. A load
+ * reads the weights file whole into memory, a probe only its header (adapter.c says why files
+ * are never mapped).
  */
 #include <cJSON.h>
 #include <errno.h>
@@ -25,6 +28,7 @@
 
 #define CONFIG_MAX_BYTES (1 << 20)
 #define MAX_RANK 4096
+#define HEADER_FIRST_READ (64 << 10) /* a probe's first read; most headers fit */
 
 static const char *const hf_names[CORE_MOD_COUNT] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                      "gate_proj", "up_proj", "down_proj"};
@@ -524,28 +528,43 @@ static int plan_modules(const peft_cfg *c, const core_st *st, const core_config 
     return 0;
 }
 
-/* Copies the planned weights into a new adapter (one dtype for all; mixed files become f32). */
-static adapter *build(const peft_cfg *c, const peft_plan *plan, const core_config *cfg, char *err,
-                      size_t errlen)
+/* The slab a load of the plan allocates: its dtype (one for all; mixed files become f32) and
+ * *bytes. 0, or -EINVAL when the plan holds no pair. */
+static int plan_slab(const peft_plan *plan, const core_config *cfg, uint32_t *dtype, size_t *bytes,
+                     char *err, size_t errlen)
 {
     const uint32_t none = UINT32_MAX;
-    uint32_t dtype = none;
+    uint32_t dt = none;
     for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++)
         for (int w = 0; w < 2 && plan[k].ab[0]; w++) {
             uint32_t d = plan[k].ab[w]->dtype;
-            dtype = dtype == none || dtype == d ? d : CORE_TYPE_F32;
+            dt = dt == none || dt == d ? d : CORE_TYPE_F32;
         }
-    if (dtype == none) {
+    if (dt == none) {
         snprintf(err, errlen, "adapter_model.safetensors holds no LoRA weights");
-        return NULL;
+        return -EINVAL;
     }
-    size_t es = dtype == CORE_TYPE_F32 ? 4 : 2, total = 0;
+    size_t es = dt == CORE_TYPE_F32 ? 4 : 2, total = 0;
     for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++)
         if (plan[k].ab[0])
             total += (size_t)plan[k].rank *
                      (core_module_in(cfg, k % CORE_MOD_COUNT) +
                       core_module_out(cfg, k % CORE_MOD_COUNT)) *
                      es;
+    *dtype = dt;
+    *bytes = total;
+    return 0;
+}
+
+/* Copies the planned weights into a new adapter. */
+static adapter *build(const peft_cfg *c, const peft_plan *plan, const core_config *cfg, char *err,
+                      size_t errlen)
+{
+    uint32_t dtype;
+    size_t total;
+    if (plan_slab(plan, cfg, &dtype, &total, err, errlen))
+        return NULL;
+    size_t es = dtype == CORE_TYPE_F32 ? 4 : 2;
     adapter *a = adapter__new(cfg->n_layer, dtype, total);
     if (!a) {
         snprintf(err, errlen, "out of memory for %zu bytes of adapter weights", total);
@@ -628,57 +647,150 @@ int adapter__peft_config_check(const char *json, size_t len, const core_config *
     return rc;
 }
 
-adapter *adapter_load_peft(const char *dir, const core_config *cfg, char *err, size_t errlen)
+/* What a load and a probe share: the config read, parsed and checked, the weights file read
+ * (whole for a load, its header for a probe) and every tensor matched to a planned (layer,
+ * module). */
+typedef struct peft_src {
+    char *text; /* adapter_config.json (len bytes) */
+    size_t len;
+    cJSON *j;
+    peft_cfg c;    /* points into j */
+    void *weights; /* the bytes st was opened over: the file, or its first bytes for a probe */
+    core_st *st;
+    peft_plan *plan; /* (n_layer * CORE_MOD_COUNT) */
+} peft_src;
+
+static void peft_close(peft_src *s)
+{
+    free(s->plan);
+    core_st_close(s->st);
+    free(s->weights); /* after st, which borrows it */
+    cJSON_Delete(s->j);
+    free(s->text);
+}
+
+/* Reads the safetensors file at path into *buf and opens it: whole, or (header_only) as many
+ * leading bytes as its header takes, and the file size. 0, or a negative errno with a message
+ * (naming path when reading failed, "adapter_model.safetensors" when the contents are bad). */
+static int open_weights(const char *path, bool header_only, core_st **st, void **buf, char *err,
+                        size_t errlen)
+{
+    char msg[512];
+    size_t have = 0;
+    *st = NULL;
+    *buf = NULL;
+    if (!header_only) {
+        int rc = adapter__read_file(path, buf, &have, err, errlen);
+        if (rc)
+            return rc;
+        *st = core_st_open_memory(*buf, have, msg, sizeof msg);
+        if (!*st)
+            snprintf(err, errlen, "adapter_model.safetensors: %s", msg);
+        return *st ? 0 : -EINVAL;
+    }
+    uint64_t size, need = 0;
+    int fd = adapter__file_open(path, &size, err, errlen);
+    if (fd < 0)
+        return fd;
+    unsigned char *p = NULL;
+    size_t want = size < HEADER_FIRST_READ ? (size_t)size : HEADER_FIRST_READ;
+    int rc;
+    while ((rc = adapter__read_more(fd, path, &p, &have, want, err, errlen)) == 0) {
+        *st = core_st_open_header(p, have, size, &need, msg, sizeof msg);
+        if (*st || need <= have) /* opened, or refused */
+            break;
+        want = need > 2 * (uint64_t)have ? (size_t)need : 2 * have;
+        want = want < size ? want : (size_t)size;
+    }
+    close(fd);
+    *buf = p;
+    if (rc == 0 && !*st) {
+        snprintf(err, errlen, "adapter_model.safetensors: %s", msg);
+        rc = -EINVAL;
+    }
+    return rc;
+}
+
+/* Fills *s from dir, the weights file whole or (header_only) its header: 0, or
+ * -EINVAL/-ENOMEM/-errno with a message (s is then closed): -EAGAIN when the weights file changed
+ * while it was read. */
+static int peft_open(peft_src *s, const char *dir, const core_config *cfg, bool header_only,
+                     char *err, size_t errlen)
 {
     char path[4096];
-    size_t len = 0;
+    memset(s, 0, sizeof *s);
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    char *text = read_small(path, CONFIG_MAX_BYTES, &len, err, errlen);
-    if (!text)
-        return NULL;
-    adapter *a = NULL;
-    core_st *st = NULL;
-    peft_plan *plan = NULL;
-    cJSON *j = cJSON_ParseWithLength(text, len);
-    peft_cfg c;
-    if (!j) {
+    s->text = read_small(path, CONFIG_MAX_BYTES, &s->len, err, errlen);
+    if (!s->text)
+        return -EIO;
+    s->j = cJSON_ParseWithLength(s->text, s->len);
+    if (!s->j) {
         snprintf(err, errlen, "adapter_config.json: invalid JSON near byte %td",
-                 cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - text : (ptrdiff_t)0);
-        goto out;
+                 cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - s->text : (ptrdiff_t)0);
+        goto fail;
     }
-    if (parse_config(j, &c, err, errlen) || check_head_targets(&c, err, errlen))
-        goto out;
+    if (parse_config(s->j, &s->c, err, errlen) || check_head_targets(&s->c, err, errlen))
+        goto fail;
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    char st_err[512];
-    st = core_st_open(path, st_err, sizeof st_err);
-    if (!st) {
+    int rc = open_weights(path, header_only, &s->st, &s->weights, err, errlen);
+    if (rc) {
         snprintf(path, sizeof path, "%s/adapter_model.bin", dir);
-        if (access(path, F_OK) == 0)
+        if (rc == -ENOENT && access(path, F_OK) == 0)
             snprintf(err, errlen,
                      "adapter_model.bin (pickle) is not supported; save the adapter "
                      "with safe_serialization=True");
-        else
-            snprintf(err, errlen, "adapter_model.safetensors: %s", st_err);
-        goto out;
+        peft_close(s);
+        return rc;
     }
-    plan = calloc((size_t)cfg->n_layer * CORE_MOD_COUNT, sizeof *plan);
-    if (!plan) {
+    s->plan = calloc((size_t)cfg->n_layer * CORE_MOD_COUNT, sizeof *s->plan);
+    if (!s->plan) {
         snprintf(err, errlen, "out of memory");
-        goto out;
+        peft_close(s);
+        return -ENOMEM;
     }
-    if (plan_modules(&c, st, cfg, plan, err, errlen))
-        goto out;
-    a = build(&c, plan, cfg, err, errlen);
+    if (plan_modules(&s->c, s->st, cfg, s->plan, err, errlen))
+        goto fail;
+    return 0;
+fail:
+    peft_close(s);
+    return -EINVAL;
+}
+
+adapter *adapter_load_peft(const char *dir, const core_config *cfg, char *err, size_t errlen)
+{
+    peft_src s;
+    if (peft_open(&s, dir, cfg, false, err, errlen))
+        return NULL;
+    adapter *a = build(&s.c, s.plan, cfg, err, errlen);
     if (a) {
-        a->hash = adapter__hash(adapter__hash(ADAPTER_HASH_INIT, text, len), st->base, st->size);
-        const cJSON *b = cJSON_GetObjectItem(j, "base_model_name_or_path");
+        a->hash =
+            adapter__hash(adapter__hash(ADAPTER_HASH_INIT, s.text, s.len), s.st->base, s.st->size);
+        const cJSON *b = cJSON_GetObjectItem(s.j, "base_model_name_or_path");
         if (cJSON_IsString(b))
             snprintf(a->base_model, sizeof a->base_model, "%s", b->valuestring);
     }
-out:
-    free(plan);
-    core_st_close(st);
-    cJSON_Delete(j);
-    free(text);
+    peft_close(&s);
     return a;
+}
+
+int adapter__probe_peft(const char *dir, const core_config *cfg, adapter_probe_info *out, char *err,
+                        size_t errlen)
+{
+    peft_src s;
+    memset(out, 0, sizeof *out);
+    int rc = peft_open(&s, dir, cfg, true, err, errlen);
+    if (rc)
+        return rc;
+    adapter_probe_info p = {
+        .format = ADAPTER_PEFT, .r = s.c.r, .alpha = (float)s.c.alpha, .rslora = s.c.rslora};
+    rc = plan_slab(s.plan, cfg, &p.dtype, &p.bytes, err, errlen);
+    for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT && !rc; k++)
+        if (s.plan[k].ab[0]) {
+            p.targets |= 1u << (k % CORE_MOD_COUNT);
+            p.n_mods++;
+        }
+    if (!rc)
+        *out = p;
+    peft_close(&s);
+    return rc;
 }

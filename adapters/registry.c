@@ -7,6 +7,13 @@
  * carry the node's id and path, never a node pointer: when a load finishes the node is looked up
  * again, so a node deleted meanwhile simply drops the result. The mutex guards the nodes and the
  * counters; it is never held across a load or a callback into the server.
+ *
+ * Descriptions. Every adapter node whose description (adapter_probe) is missing or was made for
+ * another signature is probed on the pool, like a load but at most PROBES_MAX at a time so that
+ * a tree copied in at once does not queue thousands of probes ahead of the loads requests wait
+ * for. A result is kept only if the node still has the signature the probe was started for;
+ * otherwise the node is probed again. The periodic rescan finds unchanged signatures and probes
+ * nothing.
  */
 #include "adapters/registry.h"
 
@@ -21,6 +28,7 @@
 #include <sys/stat.h>
 
 #define DEBOUNCE_MS 100
+#define PROBES_MAX 2 /* probes in flight at once */
 
 typedef struct reg_node {
     char id[ADAPTER_ID_MAX + 1];
@@ -35,6 +43,11 @@ typedef struct reg_node {
     char error[256];
     bool pinned;
     bool kept; /* seen by the current scan merge */
+    /* what the files with signature desc_sig say (format 0: they cannot be described) */
+    adapter_probe_info desc;
+    uint64_t desc_sig;
+    bool has_desc;
+    const void *probe; /* the probe job in flight for this node, NULL if none */
     uint64_t last_used;
     uint64_t loads, load_failures, evictions, hits;
 } reg_node;
@@ -59,7 +72,10 @@ struct adapter_registry {
     uv_async_t kick;
     uv_timer_t rescan_timer, debounce;
     reg_watch *watches;
-    int jobs;         /* loads in flight */
+    int jobs;         /* loads and probes in flight */
+    int probes;       /* probes in flight */
+    int probe_from;   /* where the search for the next node to probe starts */
+    bool closing;     /* adapter_registry_free has begun: start no probe */
     int open_handles; /* handles not yet closed */
 };
 
@@ -71,6 +87,16 @@ typedef struct load_job {
     adapter *result;
     char err[256];
 } load_job;
+
+typedef struct probe_job {
+    uv_work_t req;
+    adapter_registry *r;
+    char id[ADAPTER_ID_MAX + 1];
+    char path[PATH_MAX];
+    uint64_t sig; /* the node's signature when the probe started */
+    int rc;
+    adapter_probe_info info;
+} probe_job;
 
 /* A scanned entry before the merge. */
 typedef struct scan_entry {
@@ -403,6 +429,74 @@ static void start_load(adapter_registry *r, reg_node *n)
     r->jobs++;
 }
 
+/* ---- descriptions -------------------------------------------------------------------------------
+ */
+
+static bool described(const reg_node *n)
+{
+    return n->has_desc && n->desc_sig == n->sig;
+}
+
+static void probe_work(uv_work_t *req)
+{
+    probe_job *j = req->data;
+    char real[PATH_MAX], err[256];
+    j->rc = confined(j->r, j->path, real)
+                ? adapter_probe(real, &j->r->cfg, &j->info, err, sizeof err)
+                : -EACCES;
+}
+
+static void probe_more(adapter_registry *r);
+
+static void probe_done(uv_work_t *req, int status)
+{
+    probe_job *j = req->data;
+    adapter_registry *r = j->r;
+    pthread_mutex_lock(&r->mu);
+    r->probes--;
+    reg_node *n = find(r, j->id);
+    if (n && n->probe == j) {
+        n->probe = NULL;
+        if (status == 0 && n->has_adapter && n->sig == j->sig) {
+            n->desc = j->rc ? (adapter_probe_info){0} : j->info;
+            n->desc_sig = j->sig;
+            n->has_desc = true;
+        }
+    }
+    probe_more(r);
+    pthread_mutex_unlock(&r->mu);
+    r->jobs--;
+    free(j);
+}
+
+/* Starts probes of nodes that are not described for their current files, up to PROBES_MAX in
+ * flight, resuming the search where the last one left off. Lock held, loop thread. */
+static void probe_more(adapter_registry *r)
+{
+    for (int k = 0; k < r->n_nodes && r->probes < PROBES_MAX && !r->closing; k++) {
+        int i = (r->probe_from + k) % r->n_nodes;
+        reg_node *n = r->nodes[i];
+        if (!n->has_adapter || n->probe || described(n))
+            continue;
+        probe_job *j = calloc(1, sizeof *j);
+        if (!j)
+            return; /* the next scan tries again */
+        j->r = r;
+        j->req.data = j;
+        j->sig = n->sig;
+        snprintf(j->id, sizeof j->id, "%s", n->id);
+        snprintf(j->path, sizeof j->path, "%s", n->path);
+        if (uv_queue_work(r->o.loop, &j->req, probe_work, probe_done)) {
+            free(j);
+            return;
+        }
+        n->probe = j;
+        r->probes++;
+        r->jobs++;
+        r->probe_from = i + 1;
+    }
+}
+
 /* ---- merge a scan into the tree ---------------------------------------------------------------
  */
 
@@ -456,6 +550,7 @@ static void merge_scan(adapter_registry *r, scan_list *l)
     r->n_nodes = n_keep;
     if (r->n_nodes > 1)
         qsort(r->nodes, (size_t)r->n_nodes, sizeof(reg_node *), cmp_node);
+    probe_more(r);
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -587,6 +682,7 @@ void adapter_registry_free(adapter_registry *r)
 {
     if (!r)
         return;
+    r->closing = true;
     uv_close((uv_handle_t *)&r->kick, on_handle_closed);
     uv_close((uv_handle_t *)&r->rescan_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->debounce, on_handle_closed);
@@ -807,12 +903,13 @@ int adapter_registry_list(adapter_registry *r, adapter_node_info **out, size_t *
         const char *slash = strrchr(n->id, '/');
         if (slash)
             snprintf(o->parent, sizeof o->parent, "%.*s", (int)(slash - n->id), n->id);
+        bool loading = n->loading || n->want_load;
         o->state = !n->has_adapter ? ADAPTER_NAMESPACE
                    : n->current    ? ADAPTER_READY
-                   : n->loading    ? ADAPTER_LOADING
+                   : loading       ? ADAPTER_LOADING
                    : n->failed     ? ADAPTER_FAILED
                                    : ADAPTER_UNLOADED;
-        o->reloading = n->current && n->loading;
+        o->reloading = n->current && loading;
         snprintf(o->error, sizeof o->error, "%s", n->error);
         o->pinned = n->pinned;
         if (n->current) {
@@ -822,9 +919,18 @@ int adapter_registry_list(adapter_registry *r, adapter_node_info **out, size_t *
             o->alpha = a->alpha;
             o->rslora = a->rslora;
             o->targets = a->targets;
+            o->weight_bytes = a->bytes;
             o->bytes = a->bytes;
             o->in_use = atomic_load(&n->current->refs) - 1;
             o->version = a->hash;
+        } else if (n->has_adapter && described(n) && n->desc.format) {
+            const adapter_probe_info *d = &n->desc;
+            o->format = d->format;
+            o->r = d->r;
+            o->alpha = d->alpha;
+            o->rslora = d->rslora;
+            o->targets = d->targets;
+            o->weight_bytes = d->bytes;
         }
         o->loads = n->loads;
         o->load_failures = n->load_failures;
@@ -848,7 +954,8 @@ void adapter_registry_stats_get(adapter_registry *r, adapter_registry_stats *s)
         const reg_node *n = r->nodes[i];
         s->nodes += n->has_adapter;
         s->resident += n->current != NULL;
-        s->loading += n->loading;
+        s->loading += n->has_adapter && (n->loading || n->want_load);
+        s->probing += n->has_adapter && !described(n);
         s->loads += n->loads;
         s->load_failures += n->load_failures;
         s->evictions += n->evictions;

@@ -16,6 +16,10 @@
  * requests in flight keep the old one until they free their set. A failed load leaves the node
  * with its previous good version (if any) and the reason. Resident versions are evicted least
  * recently used when their bytes exceed the cache budget, unless pinned or in use.
+ *
+ * Descriptions. A node is described from its files (adapter_probe: the config and the weight
+ * files' headers, no weights) in the background when it appears and whenever its files change,
+ * so that listings show what an adapter is before it is loaded.
  */
 #ifndef ADAPTREE_ADAPTERS_REGISTRY_H
 #define ADAPTREE_ADAPTERS_REGISTRY_H
@@ -112,15 +116,20 @@ typedef struct adapter_node_info {
     adapter_state state;
     char error[256]; /* the last failed load's reason, "" if none */
     bool pinned;
-    bool reloading; /* a new version is loading while the old one serves */
-    int format;     /* adapter_format of the resident version, 0 if none */
+    bool reloading; /* a new version is loading (or asked for) while the old one serves */
+    /* What the adapter is: the resident version's values, else what its files say (described in
+     * the background when the node appears or its files change). format 0 = not known: not
+     * described yet, or the files cannot be described (a load would fail and say why); the
+     * fields up to weight_bytes are then 0. */
+    int format; /* adapter_format */
     int r;
     float alpha;
     bool rslora;
     unsigned targets;
-    size_t bytes;     /* resident bytes, 0 if not resident */
-    int in_use;       /* references held by requests */
-    uint64_t version; /* content hash of the resident version */
+    size_t weight_bytes; /* the weights' bytes once resident (= bytes when resident) */
+    size_t bytes;        /* resident bytes, 0 if not resident */
+    int in_use;          /* references held by requests */
+    uint64_t version;    /* content hash of the resident version */
     uint64_t loads, load_failures, evictions, hits;
 } adapter_node_info;
 
@@ -129,7 +138,9 @@ int adapter_registry_list(adapter_registry *r, adapter_node_info **out, size_t *
 
 typedef struct adapter_registry_stats {
     size_t resident_bytes, cache_bytes;
-    int nodes, resident, loading;
+    int nodes, resident;
+    int loading; /* nodes whose load is running or asked for */
+    int probing; /* adapter nodes not yet described for their current files */
     uint64_t loads, load_failures, evictions, hits, misses;
 } adapter_registry_stats;
 

@@ -5,6 +5,9 @@
  * each length, count and offset against the bytes that remain before reading; counts are
  * first checked for plausibility against the file size, and the entry arrays grow as entries
  * are actually parsed, so a garbage count cannot make us allocate much more than the file.
+ * The cursor knows the file's size apart from the bytes at hand: a header-only open
+ * (core_gguf_open_header) parses a prefix, checks counts and tensor extents against the file
+ * size, and when a read runs past the prefix but not past the file, says how far to read.
  * Strings, arrays and tensor data are never copied: they point into the mapping. Names are
  * indexed in two small open-addressing hash tables (keys, tensors), which also detect
  * duplicates in linear time.
@@ -50,10 +53,13 @@ typedef struct gguf_impl {
     name_index tensor_ix;
 } gguf_impl;
 
-/* Parse cursor. what names the item being parsed, for error messages. */
+/* Parse cursor over the first size bytes of a file of file_size bytes (size < file_size only
+ * for core_gguf_open_header). what names the item being parsed, for error messages. */
 typedef struct cursor {
     const uint8_t *base;
     size_t size;
+    uint64_t file_size;
+    uint64_t need; /* set when a read went past size but not past file_size */
     size_t pos;
     char *err;
     size_t errlen;
@@ -106,14 +112,22 @@ static const char *printable(char *buf, size_t cap, const char *p, uint64_t len)
 
 /* --- cursor --------------------------------------------------------------------------------- */
 
-/* Fails unless n more bytes are available; field says what they were for. */
+/* Fails unless n more bytes are available; field says what they were for. When they are in
+ * the file but past the bytes at hand, c->need says how far to read. */
 static int need(cursor *c, uint64_t n, const char *field)
 {
     if (n <= c->size - c->pos)
         return 0;
+    if (n <= c->file_size - c->pos) {
+        c->need = c->pos + n;
+        core__seterr(c->err, c->errlen,
+                     "%s %s needs %" PRIu64 " bytes at offset %zu, %zu bytes were read", c->what,
+                     field, n, c->pos, c->size);
+        return -EINVAL;
+    }
     core__seterr(c->err, c->errlen,
-                 "truncated file: %s %s needs %" PRIu64 " bytes at offset %zu, file has %zu",
-                 c->what, field, n, c->pos, c->size);
+                 "truncated file: %s %s needs %" PRIu64 " bytes at offset %zu, file has %" PRIu64,
+                 c->what, field, n, c->pos, c->file_size);
     return -EINVAL;
 }
 
@@ -520,11 +534,11 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
 static int parse_tensor_infos(cursor *c, core_gguf *g, uint64_t n_tensors)
 {
     uint64_t cap = 0;
-    if (n_tensors > (c->size - c->pos) / GGUF_MIN_TINFO_BYTES) {
+    if (n_tensors > (c->file_size - c->pos) / GGUF_MIN_TINFO_BYTES) {
         core__seterr(c->err, c->errlen,
                      "truncated or corrupt file: %" PRIu64 " tensor infos need at least %" PRIu64
-                     " bytes, but only %zu bytes follow the metadata",
-                     n_tensors, n_tensors * GGUF_MIN_TINFO_BYTES, c->size - c->pos);
+                     " bytes, but only %" PRIu64 " bytes follow the metadata",
+                     n_tensors, n_tensors * GGUF_MIN_TINFO_BYTES, c->file_size - c->pos);
         return -EINVAL;
     }
     for (uint64_t i = 0; i < n_tensors; i++) {
@@ -540,22 +554,24 @@ static int parse_tensor_infos(cursor *c, core_gguf *g, uint64_t n_tensors)
     return 0;
 }
 
-/* Places the data section and checks each tensor's alignment and extent against the file. */
-static int place_tensors(core_gguf *g, size_t info_end, char *err, size_t errlen)
+/* Places the data section and checks each tensor's alignment and extent against the file of
+ * file_size bytes; with_data points the tensors at their data in g->base. */
+static int place_tensors(core_gguf *g, size_t info_end, uint64_t file_size, bool with_data,
+                         char *err, size_t errlen)
 {
     uint64_t a = g->alignment;
     uint64_t start = info_end + (a - info_end % a) % a;
-    if (start > g->size) {
+    if (start > file_size) {
         if (g->n_tensors > 0) {
             core__seterr(err, errlen,
-                         "truncated file: data section starts at %" PRIu64 ", file has %zu", start,
-                         g->size);
+                         "truncated file: data section starts at %" PRIu64 ", file has %" PRIu64,
+                         start, file_size);
             return -EINVAL;
         }
-        start = g->size;
+        start = file_size;
     }
     g->data_offset = start;
-    uint64_t avail = g->size - start;
+    uint64_t avail = file_size - start;
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         core_gguf_tensor *t = &g->tensors[i];
         char name[80];
@@ -570,11 +586,12 @@ static int place_tensors(core_gguf *g, size_t info_end, char *err, size_t errlen
         if (t->offset > avail || t->size > avail - t->offset) {
             core__seterr(err, errlen,
                          "tensor '%s': data [offset %" PRIu64 ", size %" PRIu64
-                         "] extends past end of file (size %zu, data section at %" PRIu64 ")",
-                         name, t->offset, t->size, g->size, start);
+                         "] extends past end of file (size %" PRIu64 ", data section at %" PRIu64
+                         ")",
+                         name, t->offset, t->size, file_size, start);
             return -EINVAL;
         }
-        t->data = g->base + start + t->offset;
+        t->data = with_data ? g->base + start + t->offset : NULL;
     }
     return 0;
 }
@@ -619,54 +636,71 @@ static int parse_header(cursor *c, core_gguf *g, uint64_t *n_tensors, uint64_t *
     }
     /* Both counts are below 2^28, so the minimum size cannot overflow. */
     uint64_t min = *n_kv * GGUF_MIN_KV_BYTES + *n_tensors * GGUF_MIN_TINFO_BYTES;
-    if (min > c->size - c->pos) {
+    if (min > c->file_size - c->pos) {
         core__seterr(c->err, c->errlen,
                      "truncated or corrupt file: the header claims %" PRIu64
                      " metadata keys and %" PRIu64 " tensors, which need at least %" PRIu64
-                     " bytes, but only %zu bytes follow it",
-                     *n_kv, *n_tensors, min, c->size - c->pos);
+                     " bytes, but only %" PRIu64 " bytes follow it",
+                     *n_kv, *n_tensors, min, c->file_size - c->pos);
         return -EINVAL;
     }
     return 0;
 }
 
-/* Parses and validates the whole file already set in impl->g.base/size. */
-static int parse(gguf_impl *impl, char *err, size_t errlen)
+/* The header, metadata and tensor infos at the cursor, with both name indexes built. */
+static int parse_tables(gguf_impl *impl, cursor *c)
 {
     core_gguf *g = &impl->g;
-    cursor c = {.base = g->base, .size = g->size, .err = err, .errlen = errlen};
     uint64_t n_tensors, n_kv;
     int64_t dup;
     char name[80];
-    if (parse_header(&c, g, &n_tensors, &n_kv) != 0 || parse_metadata(&c, g, n_kv) != 0)
+    if (parse_header(c, g, &n_tensors, &n_kv) != 0 || parse_metadata(c, g, n_kv) != 0)
         return -EINVAL;
     if (index_build(&impl->kv_ix, g->kv, sizeof *g->kv, offsetof(core_gguf_kv, key), g->n_kv,
                     &dup) != 0) {
-        core__seterr(err, errlen, "out of memory indexing metadata");
+        core__seterr(c->err, c->errlen, "out of memory indexing metadata");
         return -ENOMEM;
     }
     if (dup >= 0) {
-        core__seterr(err, errlen, "duplicate metadata key '%s' (key %" PRId64 ")",
+        core__seterr(c->err, c->errlen, "duplicate metadata key '%s' (key %" PRId64 ")",
                      printable(name, sizeof name, g->kv[dup].key.ptr, g->kv[dup].key.len), dup);
         return -EINVAL;
     }
-    if (parse_alignment(impl, err, errlen) != 0 || parse_tensor_infos(&c, g, n_tensors) != 0)
+    if (parse_alignment(impl, c->err, c->errlen) != 0 || parse_tensor_infos(c, g, n_tensors) != 0)
         return -EINVAL;
     if (index_build(&impl->tensor_ix, g->tensors, sizeof *g->tensors,
                     offsetof(core_gguf_tensor, name), g->n_tensors, &dup) != 0) {
-        core__seterr(err, errlen, "out of memory indexing tensors");
+        core__seterr(c->err, c->errlen, "out of memory indexing tensors");
         return -ENOMEM;
     }
     if (dup >= 0) {
         core__seterr(
-            err, errlen, "duplicate tensor name '%s' (tensor %" PRId64 ")",
+            c->err, c->errlen, "duplicate tensor name '%s' (tensor %" PRId64 ")",
             printable(name, sizeof name, g->tensors[dup].name.ptr, g->tensors[dup].name.len), dup);
         return -EINVAL;
     }
-    return place_tensors(g, c.pos, err, errlen);
+    return 0;
 }
 
-static core_gguf *open_base(const uint8_t *base, size_t size, bool mapped, char *err, size_t errlen)
+/* Parses and validates the file of file_size bytes whose first g->size bytes are at g->base:
+ * all of it, or (header_only) at least its header, metadata and tensor infos, when the tensors
+ * get no data and a prefix too short sets *need to how far the parse needs to read. */
+static int parse(gguf_impl *impl, uint64_t file_size, bool header_only, uint64_t *need, char *err,
+                 size_t errlen)
+{
+    core_gguf *g = &impl->g;
+    cursor c = {
+        .base = g->base, .size = g->size, .file_size = file_size, .err = err, .errlen = errlen};
+    int rc = parse_tables(impl, &c);
+    *need = c.need;
+    if (rc != 0)
+        return rc;
+    return place_tensors(g, c.pos, file_size, !header_only, err, errlen);
+}
+
+/* Opens size bytes at base, the first of a file of file_size bytes (see parse). */
+static core_gguf *open_base(const uint8_t *base, size_t size, uint64_t file_size, bool mapped,
+                            bool header_only, uint64_t *need, char *err, size_t errlen)
 {
     gguf_impl *impl = calloc(1, sizeof *impl);
     if (!impl) {
@@ -678,7 +712,7 @@ static core_gguf *open_base(const uint8_t *base, size_t size, bool mapped, char 
     impl->g.base = base;
     impl->g.size = size;
     impl->g.mapped = mapped;
-    if (parse(impl, err, errlen) != 0) {
+    if (parse(impl, file_size, header_only, need, err, errlen) != 0) {
         core_gguf_close(&impl->g);
         return NULL;
     }
@@ -688,7 +722,22 @@ static core_gguf *open_base(const uint8_t *base, size_t size, bool mapped, char 
 core_gguf *core_gguf_open_memory(const void *buf, size_t len, char *err, size_t errlen)
 {
     static const uint8_t empty[1];
-    return open_base(buf ? buf : empty, buf ? len : 0, false, err, errlen);
+    uint64_t need;
+    len = buf ? len : 0;
+    return open_base(buf ? buf : empty, len, len, false, false, &need, err, errlen);
+}
+
+core_gguf *core_gguf_open_header(const void *buf, size_t len, uint64_t file_size, uint64_t *need,
+                                 char *err, size_t errlen)
+{
+    static const uint8_t empty[1];
+    uint64_t ignored;
+    need = need ? need : &ignored;
+    len = buf ? len : 0;
+    if (len > file_size)
+        len = (size_t)file_size;
+    *need = 0;
+    return open_base(buf ? buf : empty, len, file_size, false, true, need, err, errlen);
 }
 
 core_gguf *core_gguf_open(const char *path, char *err, size_t errlen)
@@ -717,7 +766,8 @@ core_gguf *core_gguf_open(const char *path, char *err, size_t errlen)
         core__seterr(err, errlen, "%s: mmap: %s", path, strerror(errno));
         return NULL;
     }
-    return open_base(p, size, true, err, errlen);
+    uint64_t need;
+    return open_base(p, size, size, true, false, &need, err, errlen);
 }
 
 void core_gguf_close(core_gguf *g)

@@ -3,7 +3,8 @@
  * The file is mmapped read-only (or a caller buffer is borrowed) and every count, length,
  * offset and size is checked against the mapping before it is used, so a truncated or corrupt
  * file yields an error message naming the problem, never a crash. Strings and tensor data
- * point into the mapping; they live as long as the core_gguf object.
+ * point into the mapping; they live as long as the core_gguf object. core_gguf_open_header
+ * reads all but the tensor data from a prefix of the file.
  */
 #ifndef ADAPTREE_CORE_GGUF_H
 #define ADAPTREE_CORE_GGUF_H
@@ -64,7 +65,7 @@ typedef struct core_gguf_tensor {
     uint32_t type;                   /* ggml type id, see quant.h */
     uint64_t offset;                 /* relative to the data section */
     uint64_t size;                   /* bytes */
-    const void *data;                /* in the mapping */
+    const void *data;                /* in the mapping; NULL after core_gguf_open_header */
 } core_gguf_tensor;
 
 typedef struct core_gguf {
@@ -75,7 +76,7 @@ typedef struct core_gguf {
     core_gguf_tensor *tensors; /* (n_tensors) */
     uint64_t alignment;
     uint64_t data_offset; /* start of the data section in the file */
-    const uint8_t *base;  /* the whole file */
+    const uint8_t *base;  /* the whole file (core_gguf_open_header: the bytes it was given) */
     size_t size;
     bool mapped; /* base is our mmap (unmapped on close) */
 } core_gguf;
@@ -84,8 +85,19 @@ typedef struct core_gguf {
  * core_gguf_close), or NULL with a message in err. */
 core_gguf *core_gguf_open(const char *path, char *err, size_t errlen);
 
-/* Same over a caller buffer, which must outlive the returned object (used by the fuzzer). */
+/* Same over a caller buffer, which must outlive the returned object and stay unchanged. */
 core_gguf *core_gguf_open_memory(const void *buf, size_t len, char *err, size_t errlen);
+
+/* Validates a GGUF file of file_size bytes from its first len bytes (buf, borrowed as by
+ * core_gguf_open_memory), without its tensor data: the header, metadata and tensor infos, and
+ * every tensor's alignment and extent against file_size, exactly as core_gguf_open_memory checks
+ * the whole file, so the one accepts what the other accepts. Every tensor's data is NULL. For
+ * reading the header of a file that may change meanwhile, progressively: returns a new object
+ * (free with core_gguf_close), or NULL with a message in err; then *need (need may be NULL) is
+ * how many leading bytes the parse needs at least when it ran past len (need > len; read more
+ * and call again), and 0 when the file itself is refused. */
+core_gguf *core_gguf_open_header(const void *buf, size_t len, uint64_t file_size, uint64_t *need,
+                                 char *err, size_t errlen);
 
 void core_gguf_close(core_gguf *g);
 

@@ -17,7 +17,8 @@
  * arena as large as the header, which always suffices: a decoded string plus its NUL is never
  * longer than its quoted form. Tensors go into one growing array; a sorted array of pointers
  * finds duplicate names in O(n log n) and serves lookups, and a sort by offset checks that the
- * tensors tile the body exactly.
+ * tensors tile the body exactly. Every check runs against the file's size, not the bytes at hand,
+ * so a header-only open (core_st_open_header) checks the same things from the header alone.
  */
 #include "core/safetensors.h"
 
@@ -55,8 +56,8 @@ typedef struct parser {
     char *arena;
     size_t arena_used;
     st_impl *impl;
-    const uint8_t *body;
-    size_t body_len;
+    const uint8_t *body; /* NULL when only the header was read */
+    uint64_t body_len;
     char *err;
     size_t errlen;
     char ctx[NAME_SHOWN + 32];
@@ -493,11 +494,11 @@ static int check_tensor(parser *ps, core_st_tensor *t, uint64_t begin, uint64_t 
     if (end > ps->body_len)
         return fail_entry(ps,
                           "data_offsets [%" PRIu64 ", %" PRIu64 "] run past the end of the "
-                          "data (%zu bytes after the header)",
+                          "data (%" PRIu64 " bytes after the header)",
                           begin, end, ps->body_len);
     t->nbytes = nbytes;
     t->offset = begin;
-    t->data = ps->body + begin;
+    t->data = ps->body ? ps->body + begin : NULL;
     return 0;
 }
 
@@ -810,12 +811,23 @@ static int check_layout(const core_st *st, uint64_t body_len, char *err, size_t 
     return rc;
 }
 
-static int parse(st_impl *impl, char *err, size_t errlen)
+/* Parses the file of file_size bytes whose first st->size bytes are at st->base: all of it,
+ * or (header_only) at least the length and the header, when the tensors get no data and a
+ * prefix too short for the header sets *need to the length it takes. */
+static int parse(st_impl *impl, uint64_t file_size, bool header_only, uint64_t *need, char *err,
+                 size_t errlen)
 {
     core_st *st = &impl->st;
+    if (file_size < ST_LEN_BYTES) {
+        core__seterr(err, errlen,
+                     "truncated file: %" PRIu64 " bytes, the header length alone needs %d",
+                     file_size, ST_LEN_BYTES);
+        return -EINVAL;
+    }
     if (st->size < ST_LEN_BYTES) {
-        core__seterr(err, errlen, "truncated file: %zu bytes, the header length alone needs %d",
-                     st->size, ST_LEN_BYTES);
+        *need = ST_LEN_BYTES;
+        core__seterr(err, errlen, "the header length needs %d bytes, %zu were read", ST_LEN_BYTES,
+                     st->size);
         return -EINVAL;
     }
     uint64_t n = 0;
@@ -826,11 +838,17 @@ static int parse(st_impl *impl, char *err, size_t errlen)
                      CORE_ST_MAX_HEADER);
         return -EINVAL;
     }
-    if (n > st->size - ST_LEN_BYTES) {
+    if (n > file_size - ST_LEN_BYTES) {
         core__seterr(err, errlen,
-                     "header length %" PRIu64 " runs past the end of the file (%zu bytes follow "
-                     "the length field)",
-                     n, st->size - ST_LEN_BYTES);
+                     "header length %" PRIu64 " runs past the end of the file (%" PRIu64
+                     " bytes follow the length field)",
+                     n, file_size - ST_LEN_BYTES);
+        return -EINVAL;
+    }
+    if (n > st->size - ST_LEN_BYTES) {
+        *need = ST_LEN_BYTES + n;
+        core__seterr(err, errlen, "the header ends at byte %" PRIu64 ", %zu bytes were read",
+                     ST_LEN_BYTES + n, st->size);
         return -EINVAL;
     }
     const uint8_t *hdr = st->base + ST_LEN_BYTES;
@@ -850,8 +868,8 @@ static int parse(st_impl *impl, char *err, size_t errlen)
         .n = (size_t)n,
         .arena = impl->arena,
         .impl = impl,
-        .body = hdr + n,
-        .body_len = st->size - ST_LEN_BYTES - (size_t)n,
+        .body = header_only ? NULL : hdr + n,
+        .body_len = file_size - ST_LEN_BYTES - n,
         .err = err,
         .errlen = errlen,
     };
@@ -871,7 +889,9 @@ static int parse(st_impl *impl, char *err, size_t errlen)
 
 /* --- open, close, lookups ------------------------------------------------------------------- */
 
-static core_st *open_base(const uint8_t *base, size_t size, bool mapped, char *err, size_t errlen)
+/* Opens size bytes at base, the first of a file of file_size bytes (see parse). */
+static core_st *open_base(const uint8_t *base, size_t size, uint64_t file_size, bool mapped,
+                          bool header_only, uint64_t *need, char *err, size_t errlen)
 {
     st_impl *impl = calloc(1, sizeof *impl);
     if (!impl) {
@@ -883,7 +903,7 @@ static core_st *open_base(const uint8_t *base, size_t size, bool mapped, char *e
     impl->st.base = base;
     impl->st.size = size;
     impl->st.mapped = mapped;
-    if (parse(impl, err, errlen) != 0) {
+    if (parse(impl, file_size, header_only, need, err, errlen) != 0) {
         core_st_close(&impl->st);
         return NULL;
     }
@@ -893,7 +913,22 @@ static core_st *open_base(const uint8_t *base, size_t size, bool mapped, char *e
 core_st *core_st_open_memory(const void *buf, size_t len, char *err, size_t errlen)
 {
     static const uint8_t empty[1];
-    return open_base(buf ? buf : empty, buf ? len : 0, false, err, errlen);
+    uint64_t need;
+    len = buf ? len : 0;
+    return open_base(buf ? buf : empty, len, len, false, false, &need, err, errlen);
+}
+
+core_st *core_st_open_header(const void *buf, size_t len, uint64_t file_size, uint64_t *need,
+                             char *err, size_t errlen)
+{
+    static const uint8_t empty[1];
+    uint64_t ignored;
+    need = need ? need : &ignored;
+    len = buf ? len : 0;
+    if (len > file_size)
+        len = (size_t)file_size;
+    *need = 0;
+    return open_base(buf ? buf : empty, len, file_size, false, true, need, err, errlen);
 }
 
 core_st *core_st_open(const char *path, char *err, size_t errlen)
@@ -924,7 +959,8 @@ core_st *core_st_open(const char *path, char *err, size_t errlen)
         return NULL;
     }
     char msg[512] = "";
-    core_st *st = open_base(p, size, true, msg, sizeof msg);
+    uint64_t need;
+    core_st *st = open_base(p, size, size, true, false, &need, msg, sizeof msg);
     if (!st)
         core__seterr(err, errlen, "%s: %s", path, msg);
     return st;
@@ -984,7 +1020,7 @@ uint64_t core_st_numel(const core_st_tensor *t)
 
 int core_st_to_f32(const core_st_tensor *t, float *dst)
 {
-    if (!t)
+    if (!t || !t->data)
         return -EINVAL;
     const uint8_t *src = t->data;
     uint64_t n = core_st_numel(t);

@@ -1,7 +1,9 @@
 /* libFuzzer target for the GGUF reader: opens the input from memory and, when it parses, reads
  * back every metadata value through the getters, prints the file, and dequantizes the first
  * row of every tensor whose type core/quant.c converts. Any failure must come with a message,
- * and every tensor must lie inside the input; both are checked with __builtin_trap. */
+ * and every tensor must lie inside the input; both are checked with __builtin_trap. The input is
+ * also opened header-only (core_gguf_open_header) from growing prefixes, as an adapter probe
+ * reads a file, which must agree with the whole-file open in verdict, message and tables. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -79,6 +81,56 @@ static void touch_tensor(const core_gguf *g, const core_gguf_tensor *t)
     }
 }
 
+static bool same_str(core_gguf_str a, core_gguf_str b)
+{
+    return a.len == b.len && memcmp(a.ptr, b.ptr, a.len) == 0;
+}
+
+/* Opens the input header-only from exact-size heap copies of growing prefixes (so that ASan
+ * sees any read past one), starting at a size taken from the input, and checks it against the
+ * whole-file result g (or its message werr). */
+static void check_header_only(const uint8_t *data, size_t size, const core_gguf *g,
+                              const char *werr)
+{
+    char err[512] = "";
+    size_t have = size ? 1 + data[size - 1] % 64 : 0;
+    have = have < size ? have : size;
+    uint8_t *copy = NULL;
+    core_gguf *h;
+    for (;;) {
+        uint64_t need = 0;
+        free(copy);
+        copy = malloc(have ? have : 1);
+        if (have)
+            memcpy(copy, data, have);
+        h = core_gguf_open_header(copy, have, size, &need, err, sizeof err);
+        if (h || need == 0)
+            break;
+        if (need <= have || need > size)
+            __builtin_trap();
+        have = need > 2 * have ? (size_t)need : 2 * have;
+        have = have < size ? have : size;
+    }
+    if (!g != !h || (!h && strcmp(err, werr) != 0))
+        __builtin_trap();
+    if (h) {
+        if (h->n_kv != g->n_kv || h->n_tensors != g->n_tensors || h->alignment != g->alignment ||
+            h->data_offset != g->data_offset)
+            __builtin_trap();
+        for (uint64_t i = 0; i < g->n_kv; i++)
+            if (!same_str(h->kv[i].key, g->kv[i].key) || h->kv[i].type != g->kv[i].type)
+                __builtin_trap();
+        for (uint64_t i = 0; i < g->n_tensors; i++) {
+            const core_gguf_tensor *a = &g->tensors[i], *b = &h->tensors[i];
+            if (!same_str(a->name, b->name) || a->type != b->type || a->offset != b->offset ||
+                a->size != b->size || memcmp(a->ne, b->ne, sizeof a->ne) != 0 || b->data)
+                __builtin_trap();
+        }
+    }
+    core_gguf_close(h);
+    free(copy);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static FILE *devnull;
@@ -86,6 +138,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!devnull)
         devnull = fopen("/dev/null", "w");
     core_gguf *g = core_gguf_open_memory(data, size, err, sizeof err);
+    check_header_only(data, size, g, err);
     if (!g) {
         if (err[0] == '\0')
             __builtin_trap();

@@ -1,5 +1,7 @@
 /* PEFT and GGUF-LoRA loading on synthetic adapters: config semantics (ranks, alphas, patterns,
- * targets, layers), the q/k row permutation, and refusals with messages naming the problem. */
+ * targets, layers), the q/k row permutation, and refusals with messages naming the problem. Every
+ * load here is checked against adapter_probe: what loads is described with the loaded values, and
+ * what is refused for anything but its weight values is refused by the probe too. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +21,33 @@ static const char *cfg_qv =
     "\"modules_to_save\":null,\"layers_to_transform\":null,\"rank_pattern\":{},"
     "\"alpha_pattern\":{}}";
 
-/* Loads dir and expects failure whose message contains want. */
+/* adapter_load, then adapter_probe on the same path: the probe must describe what loaded with
+ * the loaded adapter's values. NULL with the reason in err when either does not hold. */
+static adapter *load_probed(const char *path, const core_config *cfg, char *err, size_t errlen)
+{
+    adapter *a = adapter_load(path, cfg, err, errlen);
+    if (!a)
+        return NULL;
+    adapter_probe_info p;
+    char perr[512] = "";
+    int rc = adapter_probe(path, cfg, &p, perr, sizeof perr);
+    if (rc == 0 && p.format == a->format && p.dtype == a->dtype && p.r == a->r &&
+        p.alpha == a->alpha && p.rslora == a->rslora && p.targets == a->targets &&
+        p.n_mods == a->n_mods && p.bytes == a->bytes)
+        return a;
+    snprintf(err, errlen,
+             "probe (rc %d '%s') format %d dtype %u r %d alpha %g rslora %d targets %#x n_mods %d "
+             "bytes %zu; loaded format %d dtype %u r %d alpha %g rslora %d targets %#x n_mods %d "
+             "bytes %zu",
+             rc, perr, p.format, p.dtype, p.r, (double)p.alpha, p.rslora, p.targets, p.n_mods,
+             p.bytes, a->format, a->dtype, a->r, (double)a->alpha, a->rslora, a->targets, a->n_mods,
+             a->bytes);
+    adapter_unref(a);
+    return NULL;
+}
+
+/* Loads dir and expects failure whose message contains want; the probe refuses it too unless
+ * only the weight values are wrong (want "NaN"), which a probe never reads. */
 static int expect_refusal(const char *dir, const core_config *cfg, const char *want)
 {
     char err[512] = "";
@@ -33,6 +61,18 @@ static int expect_refusal(const char *dir, const core_config *cfg, const char *w
         printf("    refusal '%s' does not mention '%s'\n", err, want);
         return 0;
     }
+    adapter_probe_info p;
+    char perr[512] = "";
+    int rc = adapter_probe(dir, cfg, &p, perr, sizeof perr);
+    if (strcmp(want, "NaN") != 0 && (rc == 0 || p.format != 0 || p.bytes != 0)) {
+        printf("    the load refuses '%s' (%s) but the probe gave %d (format %d)\n", dir, err, rc,
+               p.format);
+        return 0;
+    }
+    if (!strcmp(want, "NaN") && rc != 0) {
+        printf("    the probe of '%s' reads weight values: %s\n", dir, perr);
+        return 0;
+    }
     return 1;
 }
 
@@ -44,7 +84,7 @@ TEST(peft_loads_qv_and_permutes_q_rows)
     snprintf(dir, sizeof dir, "%s/qv", tmp);
     CHECK(tu_write_peft(dir, cfg_qv, &cfg, QV, 4, "F32", 1) == 0);
     char err[512];
-    adapter *a = adapter_load(dir, &cfg, err, sizeof err);
+    adapter *a = load_probed(dir, &cfg, err, sizeof err);
     CHECK_MSG(a, "load: %s", err);
     CHECK_EQ_INT(a->format, ADAPTER_PEFT);
     CHECK_EQ_INT(a->dtype, CORE_TYPE_F32);
@@ -116,7 +156,7 @@ TEST(peft_scaling_rslora_and_patterns)
     snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
     CHECK(tu_write_safetensors(p, t, 8) == 0);
     char err[512];
-    adapter *a = adapter_load(dir, &cfg, err, sizeof err);
+    adapter *a = load_probed(dir, &cfg, err, sizeof err);
     CHECK_MSG(a, "load: %s", err);
     CHECK_EQ_INT(a->dtype, CORE_TYPE_BF16);
     CHECK_EQ_INT(a->n_mods, 4);
@@ -142,7 +182,7 @@ TEST(peft_target_forms)
     snprintf(dir, sizeof dir, "%s/all", tmp);
     CHECK(tu_write_peft(dir, "{\"r\":2,\"lora_alpha\":2,\"target_modules\":\"all-linear\"}", &cfg,
                         all, 2, "F16", 3) == 0);
-    adapter *a = adapter_load(dir, &cfg, err, sizeof err);
+    adapter *a = load_probed(dir, &cfg, err, sizeof err);
     CHECK_MSG(a, "all-linear: %s", err);
     CHECK_EQ_INT(a->n_mods, 14);
     adapter_unref(a);
@@ -153,7 +193,7 @@ TEST(peft_target_forms)
     CHECK(tu_write_peft(dir,
                         "{\"r\":2,\"lora_alpha\":4,\"target_modules\":\".*\\\\.(gate|up)_proj\"}",
                         &cfg, gu, 2, "F32", 4) == 0);
-    a = adapter_load(dir, &cfg, err, sizeof err);
+    a = load_probed(dir, &cfg, err, sizeof err);
     CHECK_MSG(a, "regex: %s", err);
     CHECK_EQ_INT(a->n_mods, 4);
     CHECK_EQ_INT(a->targets, (1u << CORE_MOD_GATE) | (1u << CORE_MOD_UP));
@@ -163,7 +203,7 @@ TEST(peft_target_forms)
     snprintf(dir, sizeof dir, "%s/dflt", tmp);
     CHECK(tu_write_peft(dir, "{\"r\":4,\"lora_alpha\":4,\"target_modules\":null}", &cfg, QV, 4,
                         "F32", 5) == 0);
-    a = adapter_load(dir, &cfg, err, sizeof err);
+    a = load_probed(dir, &cfg, err, sizeof err);
     CHECK_MSG(a, "default targets: %s", err);
     adapter_unref(a);
     tu_rmrf(tmp);
@@ -278,4 +318,95 @@ TEST(gguf_lora_refuses_a_model_file)
     TEST_NEED_MODEL();
     core_config cfg = tu_config();
     CHECK(expect_refusal(test_model_path(), &cfg, "general.type"));
+}
+
+/* Mixed dtypes widen the slab to f32, and the probe counts it that way; a GGUF-LoRA file is
+ * described from its header (rank = lora_a ne[1], the largest over the file). */
+TEST(probe_matches_the_load)
+{
+    core_config cfg = tu_config();
+    const char *tmp = tu_tmpdir();
+    char dir[160], p[256], err[512];
+    snprintf(dir, sizeof dir, "%s/mixed", tmp);
+    CHECK(tu_mkdirs(dir) == 0);
+    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+    FILE *f = fopen(p, "w");
+    CHECK(f != NULL);
+    fputs("{\"r\":3,\"lora_alpha\":5,\"target_modules\":[\"up_proj\"],\"layers_to_transform\":0}",
+          f);
+    fclose(f);
+    tu_tensor t[2];
+    memset(t, 0, sizeof t);
+    snprintf(t[0].name, sizeof t[0].name,
+             "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight");
+    snprintf(t[1].name, sizeof t[1].name,
+             "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight");
+    t[0].dtype = "F16";
+    t[1].dtype = "BF16";
+    t[0].rows = t[1].cols = 3;
+    t[0].cols = core_module_in(&cfg, CORE_MOD_UP);
+    t[1].rows = core_module_out(&cfg, CORE_MOD_UP);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+    CHECK(tu_write_safetensors(p, t, 2) == 0);
+    adapter *a = load_probed(dir, &cfg, err, sizeof err);
+    CHECK_MSG(a, "mixed: %s", err);
+    CHECK_EQ_INT(a->dtype, CORE_TYPE_F32);
+    CHECK_EQ_INT(a->bytes, 3 * (576 + 1536) * 4);
+    adapter_unref(a);
+
+    /* Not an adapter: refused, nothing described. */
+    adapter_probe_info info;
+    CHECK(adapter_probe(tmp, &cfg, &info, err, sizeof err) < 0);
+    CHECK_EQ_INT(info.format, 0);
+    CHECK_MSG(strstr(err, "no adapter here"), "%s", err);
+    tu_rmrf(tmp);
+
+    core_config smol = tu_config();
+    smol.n_layer = 30; /* SmolLM2-135M, which the fixture was converted for */
+    a = load_probed("tests/golden/fixtures/adapters/qv_r4.gguf", &smol, err, sizeof err);
+    CHECK_MSG(a, "qv_r4.gguf: %s", err);
+    CHECK_EQ_INT(a->format, ADAPTER_GGUF);
+    CHECK_EQ_INT(a->r, 4);
+    CHECK_EQ_INT(a->bytes, 30 * 4 * ((576 + 576) + (576 + 192)) * 2);
+    adapter_unref(a);
+    /* The same file for a 2-layer base: both refuse it. */
+    CHECK(expect_refusal("tests/golden/fixtures/adapters/qv_r4.gguf", &cfg, "2 layers"));
+}
+
+/* A safetensors header longer than a probe's first read (64 KiB; here 100 kB of the whitespace
+ * JSON allows after the header object) takes a second read, and the probe still describes what
+ * loads. */
+TEST(probe_reads_a_long_header)
+{
+    const char *tmp = tu_tmpdir(), *fix = "tests/golden/fixtures/adapters/qv_r4";
+    char p[256], err[512] = "";
+    snprintf(p, sizeof p, "cp %s/adapter_config.json %s/", fix, tmp);
+    CHECK(system(p) == 0);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", fix);
+    FILE *f = fopen(p, "rb");
+    CHECK(f);
+    unsigned char *in = malloc(1 << 20);
+    size_t len = fread(in, 1, 1 << 20, f);
+    fclose(f);
+    uint64_t hl;
+    memcpy(&hl, in, 8);
+    const size_t pad = 100000;
+    uint64_t nl = hl + pad;
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", tmp);
+    f = fopen(p, "wb");
+    int ok = f && len < (1 << 20) && hl < len && fwrite(&nl, 8, 1, f) == 1 &&
+             fwrite(in + 8, 1, (size_t)hl, f) == hl;
+    for (size_t i = 0; ok && i < pad; i++)
+        ok = fputc(' ', f) == ' ';
+    ok = ok && fwrite(in + 8 + hl, 1, len - 8 - (size_t)hl, f) == len - 8 - hl;
+    ok = f && fclose(f) == 0 && ok;
+    free(in);
+    CHECK(ok);
+    core_config smol = tu_config();
+    smol.n_layer = 30;
+    adapter *a = load_probed(tmp, &smol, err, sizeof err);
+    CHECK_MSG(a, "%s", err);
+    CHECK_EQ_INT(a->bytes, 30 * 4 * ((576 + 576) + (576 + 192)) * 2);
+    adapter_unref(a);
+    tu_rmrf(tmp);
 }

@@ -2,8 +2,12 @@
  * symlinks that leave the root), loads on the libuv pool, versions on change, a failed reload
  * keeping the good version, deletion while in use, LRU eviction and pinning. */
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -305,5 +309,364 @@ TEST(registry_watcher_sees_new_adapters)
     CHECK(adapter_registry_acquire_wait(f.reg, &sel, &s, err, sizeof err) == 0);
     CHECK_EQ_INT(n_loaded, 1);
     adapter_set_free(s);
+    teardown(&f);
+}
+
+/* Runs the loop until every adapter node is described for its current files. */
+static int wait_described(fixture *f)
+{
+    adapter_registry_stats st;
+    for (int i = 0; i < 1000; i++) {
+        adapter_registry_stats_get(f->reg, &st);
+        if (st.probing == 0)
+            return 0;
+        uv_run(&f->loop, UV_RUN_ONCE);
+    }
+    printf("    %d nodes still not described\n", st.probing);
+    return -1;
+}
+
+/* The listing entry of id (copied into *out); 0, or -1 when there is none. */
+static int node_info(fixture *f, const char *id, adapter_node_info *out)
+{
+    adapter_node_info *info;
+    size_t n;
+    int rc = -1;
+    if (adapter_registry_list(f->reg, &info, &n))
+        return -1;
+    for (size_t i = 0; i < n && rc; i++)
+        if (!strcmp(info[i].id, id)) {
+            *out = info[i];
+            rc = 0;
+        }
+    free(info);
+    return rc;
+}
+
+static int write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fputs(text, f);
+    return fclose(f);
+}
+
+/* Unloaded nodes are described from their files: format, rank, alpha, rsLoRA, targets and the
+ * bytes their weights will take, which equal the loaded version's; files that cannot be
+ * described give unknown values and the load still says why. */
+TEST(registry_describes_unloaded_nodes)
+{
+    fixture f;
+    CHECK(setup(&f, 0) == 0);
+    char dir[512], err[256];
+    snprintf(dir, sizeof dir, "%s/rs", f.root);
+    CHECK(tu_write_peft_layers(dir,
+                               "{\"r\":8,\"lora_alpha\":16,\"use_rslora\":true,"
+                               "\"target_modules\":[\"k_proj\",\"gate_proj\",\"down_proj\"],"
+                               "\"rank_pattern\":{\"down_proj\":8}}",
+                               &f.cfg,
+                               (1u << CORE_MOD_K) | (1u << CORE_MOD_GATE) | (1u << CORE_MOD_DOWN),
+                               8, "BF16", 6) == 0);
+    snprintf(dir, sizeof dir, "%s/broken", f.root);
+    CHECK(put(&f, "broken", 7) == 0);
+    snprintf(dir, sizeof dir, "%s/broken/adapter_config.json", f.root);
+    CHECK(write_file(dir, "{\"r\":4,\"lora_alpha\":") == 0);
+    snprintf(dir, sizeof dir, "%s/wrong_rank", f.root);
+    CHECK(tu_write_peft(dir,
+                        "{\"r\":8,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"]}",
+                        &f.cfg, qv_mask, 4, "F16", 8) == 0);
+    adapter_registry_rescan(f.reg);
+    CHECK(wait_described(&f) == 0);
+
+    adapter_node_info n;
+    CHECK(node_info(&f, "fr", &n) == 0);
+    CHECK_EQ_INT(n.state, ADAPTER_UNLOADED);
+    CHECK_EQ_INT(n.format, ADAPTER_PEFT);
+    CHECK_EQ_INT(n.r, 4);
+    CHECK_NEAR(n.alpha, 8, 0);
+    CHECK(!n.rslora);
+    CHECK_EQ_INT(n.targets, (1u << CORE_MOD_Q) | (1u << CORE_MOD_V));
+    CHECK_EQ_INT(n.weight_bytes, 30720); /* 2 layers x 4 x ((576 + 576) + (576 + 192)) x 2 */
+    CHECK_EQ_INT(n.bytes, 0);
+    CHECK(node_info(&f, "rs", &n) == 0);
+    CHECK_EQ_INT(n.format, ADAPTER_PEFT);
+    CHECK_EQ_INT(n.r, 8);
+    CHECK_NEAR(n.alpha, 16, 0);
+    CHECK(n.rslora);
+    CHECK_EQ_INT(n.targets, (1u << CORE_MOD_K) | (1u << CORE_MOD_GATE) | (1u << CORE_MOD_DOWN));
+    size_t rs_expected = n.weight_bytes;
+    CHECK_EQ_INT(rs_expected, 2 * 8 * ((576 + 192) + (576 + 1536) + (1536 + 576)) * 2);
+    CHECK(node_info(&f, "fr/legal", &n) == 0); /* a namespace */
+    CHECK_EQ_INT(n.format, 0);
+    CHECK_EQ_INT(n.weight_bytes, 0);
+    static const char *const unknown[] = {"broken", "wrong_rank"};
+    for (int i = 0; i < 2; i++) {
+        CHECK(node_info(&f, unknown[i], &n) == 0);
+        CHECK_MSG(n.state == ADAPTER_UNLOADED && n.format == 0 && n.r == 0 && n.alpha == 0 &&
+                      n.targets == 0 && n.weight_bytes == 0 && !n.error[0],
+                  "%s: state %d format %d r %d alpha %g targets %#x weight_bytes %zu error '%s'",
+                  unknown[i], n.state, n.format, n.r, (double)n.alpha, n.targets, n.weight_bytes,
+                  n.error);
+    }
+
+    /* Loaded, the listing shows the loaded version, whose bytes are what was expected. */
+    adapter_set *s = NULL;
+    CHECK_MSG(acquire(&f, "rs", &s, err, sizeof err) == 0, "%s", err);
+    CHECK_EQ_INT(s->items[0].a->bytes, rs_expected);
+    CHECK(node_info(&f, "rs", &n) == 0);
+    CHECK_EQ_INT(n.state, ADAPTER_READY);
+    CHECK_EQ_INT(n.bytes, rs_expected);
+    CHECK_EQ_INT(n.weight_bytes, rs_expected);
+    adapter_set_free(s);
+    CHECK(acquire(&f, "de", &s, err, sizeof err) == 0);
+    CHECK_EQ_INT(s->items[0].a->bytes, 30720);
+    adapter_set_free(s);
+    CHECK_EQ_INT(acquire(&f, "broken", &s, err, sizeof err), -EIO);
+    CHECK_MSG(strstr(err, "invalid JSON"), "%s", err);
+    CHECK(node_info(&f, "broken", &n) == 0);
+    CHECK_EQ_INT(n.state, ADAPTER_FAILED);
+    CHECK_EQ_INT(n.format, 0);
+    CHECK_EQ_INT(acquire(&f, "wrong_rank", &s, err, sizeof err), -EIO);
+    CHECK_MSG(strstr(err, "rank 8"), "%s", err);
+
+    /* An unchanged tree is not probed again; a changed node is, and then describes its new
+     * files (fixed broken: known values; fr replaced by rank 8: new values). */
+    adapter_registry_rescan(f.reg);
+    adapter_registry_stats st;
+    adapter_registry_stats_get(f.reg, &st);
+    CHECK_EQ_INT(st.probing, 0);
+    CHECK(put(&f, "broken", 7) == 0);
+    snprintf(dir, sizeof dir, "%s/fr", f.root);
+    CHECK(tu_write_peft(dir,
+                        "{\"r\":8,\"lora_alpha\":4,\"target_modules\":[\"q_proj\",\"v_proj\"]}",
+                        &f.cfg, qv_mask, 8, "F32", 9) == 0);
+    adapter_registry_rescan(f.reg);
+    adapter_registry_stats_get(f.reg, &st);
+    CHECK_EQ_INT(st.probing, 3);         /* broken, fr and fr_alias (its symlink) */
+    CHECK(node_info(&f, "fr", &n) == 0); /* new files, not described yet: unknown */
+    CHECK_EQ_INT(n.format, 0);
+    CHECK(wait_described(&f) == 0);
+    CHECK(node_info(&f, "broken", &n) == 0);
+    CHECK_EQ_INT(n.format, ADAPTER_PEFT);
+    CHECK_EQ_INT(n.weight_bytes, 30720);
+    CHECK(node_info(&f, "fr", &n) == 0);
+    CHECK_EQ_INT(n.r, 8);
+    CHECK_NEAR(n.alpha, 4, 0);
+    CHECK_EQ_INT(n.weight_bytes, 4 * 30720); /* twice the rank, twice the element size */
+    teardown(&f);
+}
+
+/* A GGUF-LoRA node (llama.cpp's converter output for SmolLM2-135M) is described from its header:
+ * alpha from adapter.lora.alpha, rank from lora_a, targets from the tensor names. */
+TEST(registry_describes_gguf_lora_nodes)
+{
+    fixture f;
+    memset(&f, 0, sizeof f);
+    snprintf(f.root, sizeof f.root, "%s", tu_tmpdir());
+    f.cfg = tu_config();
+    f.cfg.n_layer = 30;
+    char p[512];
+    snprintf(p, sizeof p, "%s/qv", f.root);
+    CHECK(tu_mkdirs(p) == 0);
+    snprintf(p, sizeof p, "cp tests/golden/fixtures/adapters/qv_r4.gguf %s/qv/adapter.gguf",
+             f.root);
+    CHECK(system(p) == 0);
+    snprintf(p, sizeof p, "%s/cut", f.root);
+    CHECK(tu_mkdirs(p) == 0);
+    snprintf(p, sizeof p,
+             "head -c 3000 tests/golden/fixtures/adapters/qv_r4.gguf > %s/cut/adapter.gguf",
+             f.root);
+    CHECK(system(p) == 0);
+    uv_loop_init(&f.loop);
+    adapter_registry_opts o = {.root = f.root, .cfg = &f.cfg, .loop = &f.loop, .rescan_ms = -1};
+    char err[256];
+    f.reg = adapter_registry_new(&o, err, sizeof err);
+    CHECK_MSG(f.reg, "%s", err);
+    CHECK(wait_described(&f) == 0);
+    adapter_node_info n;
+    CHECK(node_info(&f, "qv", &n) == 0);
+    CHECK_EQ_INT(n.state, ADAPTER_UNLOADED);
+    CHECK_EQ_INT(n.format, ADAPTER_GGUF);
+    CHECK_EQ_INT(n.r, 4);
+    CHECK_NEAR(n.alpha, 8, 0);
+    CHECK_EQ_INT(n.targets, (1u << CORE_MOD_Q) | (1u << CORE_MOD_V));
+    CHECK_EQ_INT(n.weight_bytes, 460800);
+    CHECK(node_info(&f, "cut", &n) == 0);
+    CHECK_EQ_INT(n.format, 0);
+    CHECK_EQ_INT(n.weight_bytes, 0);
+    adapter_set *s = NULL;
+    CHECK_MSG(acquire(&f, "qv", &s, err, sizeof err) == 0, "%s", err);
+    CHECK_EQ_INT(s->items[0].a->bytes, 460800);
+    adapter_set_free(s);
+    CHECK(node_info(&f, "qv", &n) == 0);
+    CHECK_EQ_INT(n.bytes, 460800);
+    teardown(&f);
+}
+
+/* An admin load shows "loading" at once (the loop starts it later), then "ready". */
+TEST(registry_admin_load_is_loading_at_once)
+{
+    fixture f;
+    CHECK(setup(&f, 0) == 0);
+    char err[256];
+    CHECK(adapter_registry_load(f.reg, "de", err, sizeof err) == 0);
+    adapter_node_info n;
+    CHECK(node_info(&f, "de", &n) == 0);
+    CHECK_EQ_STR(adapter_state_name(n.state), "loading");
+    adapter_registry_stats st;
+    adapter_registry_stats_get(f.reg, &st);
+    CHECK_EQ_INT(st.loading, 1);
+    for (int i = 0; i < 200 && n.state == ADAPTER_LOADING; i++) {
+        uv_run(&f.loop, UV_RUN_ONCE);
+        CHECK(node_info(&f, "de", &n) == 0);
+    }
+    CHECK_EQ_STR(adapter_state_name(n.state), "ready");
+    /* Asked again while resident: the old version serves, reloading. */
+    CHECK(adapter_registry_load(f.reg, "de", err, sizeof err) == 0);
+    CHECK(node_info(&f, "de", &n) == 0);
+    CHECK_EQ_STR(adapter_state_name(n.state), "ready");
+    CHECK(n.reloading);
+    CHECK(adapter_registry_unload(f.reg, "de", err, sizeof err) == 0);
+    CHECK(node_info(&f, "de", &n) == 0);
+    CHECK_EQ_STR(adapter_state_name(n.state), "unloaded");
+    teardown(&f);
+}
+
+/* Overwrites a file in place again and again, as cp does (truncate, then write in chunks),
+ * alternating two contents, until stop; the last write leaves v[0] whole. */
+typedef struct rewriter {
+    char path[600];
+    unsigned char *v[2];
+    size_t n[2];
+    atomic_bool stop;
+    int rounds;
+} rewriter;
+
+static void *rewrite_loop(void *arg)
+{
+    rewriter *w = arg;
+    for (int k = 1; !atomic_load(&w->stop) || k % 2 == 0; k++) {
+        int i = k % 2, fd = open(w->path, O_WRONLY | O_TRUNC);
+        if (fd < 0)
+            break;
+        for (size_t at = 0; at < w->n[i];) {
+            size_t chunk = w->n[i] - at < (64 << 10) ? w->n[i] - at : (64 << 10);
+            ssize_t m = write(fd, w->v[i] + at, chunk);
+            if (m <= 0)
+                break;
+            at += (size_t)m;
+        }
+        close(fd);
+        w->rounds++;
+        usleep(1000); /* a moment with whole files, so that some loads succeed */
+    }
+    return NULL;
+}
+
+static unsigned char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *p = malloc(n > 0 ? (size_t)n : 1);
+    if (p && n > 0 && fread(p, 1, (size_t)n, f) != (size_t)n) {
+        free(p);
+        p = NULL;
+    }
+    fclose(f);
+    *len = p ? (size_t)n : 0;
+    return p;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* An adapter overwritten in place while the registry loads and probes it over and over on the
+ * pool (about a second): the process survives (with mapped files, a page past the new end of
+ * the file raised SIGBUS), each load either gives a good version or fails with a message, and
+ * once the writes stop the node loads the final files. */
+TEST(registry_survives_files_overwritten_while_loading)
+{
+    fixture f;
+    memset(&f, 0, sizeof f);
+    snprintf(f.root, sizeof f.root, "%s", tu_tmpdir());
+    snprintf(f.outside, sizeof f.outside, "%s", tu_tmpdir());
+    f.cfg = tu_config();
+    /* Two versions of a 5 MB adapter (every module, rank 64, f32). */
+    static const char *cfg_all = "{\"r\":64,\"lora_alpha\":64,\"target_modules\":\"all-linear\"}";
+    rewriter *w = calloc(1, sizeof *w);
+    char dir[512], p[600];
+    for (int i = 0; i < 2; i++) {
+        snprintf(dir, sizeof dir, "%s/v%d", f.outside, i);
+        CHECK(tu_write_peft_layers(dir, cfg_all, &f.cfg, (1u << CORE_MOD_COUNT) - 1, 64, "F32",
+                                   10 + (uint32_t)i) == 0);
+        snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+        w->v[i] = slurp(p, &w->n[i]);
+        CHECK(w->v[i] && w->n[i] > (4u << 20));
+    }
+    snprintf(dir, sizeof dir, "%s/fr", f.root);
+    CHECK(tu_write_peft_layers(dir, cfg_all, &f.cfg, (1u << CORE_MOD_COUNT) - 1, 64, "F32", 10) ==
+          0);
+    snprintf(w->path, sizeof w->path, "%s/adapter_model.safetensors", dir);
+    uv_loop_init(&f.loop);
+    adapter_registry_opts o = {.root = f.root, .cfg = &f.cfg, .loop = &f.loop, .rescan_ms = -1};
+    char err[256];
+    f.reg = adapter_registry_new(&o, err, sizeof err);
+    CHECK_MSG(f.reg, "%s", err);
+
+    pthread_t th;
+    atomic_init(&w->stop, false);
+    CHECK(pthread_create(&th, NULL, rewrite_loop, w) == 0);
+    int loads = 0, changed = 0, other = 0;
+    char other_err[256] = "";
+    adapter_node_info n;
+    for (double t0 = now_s(); now_s() - t0 < 1.0 && loads < 2000; loads++) {
+        adapter_registry_rescan(f.reg); /* new signatures: probes, and a reload if resident */
+        if (adapter_registry_load(f.reg, "fr", err, sizeof err))
+            break;
+        do {
+            uv_run(&f.loop, UV_RUN_ONCE);
+        } while (node_info(&f, "fr", &n) == 0 && (n.state == ADAPTER_LOADING || n.reloading));
+        if (!n.error[0])
+            continue;
+        if (strstr(n.error, "file changed while reading, will retry"))
+            changed++;
+        else
+            snprintf(other_err, sizeof other_err, "%s", n.error), other++;
+    }
+    atomic_store(&w->stop, true);
+    pthread_join(th, NULL);
+    printf("    %d rewrites, %d loads: %d failed as changed while reading, %d otherwise (%s)\n",
+           w->rounds, loads, changed, other, other ? other_err : "-");
+
+    /* The writes are over: the node loads the final files (v[0]), as a fresh load does. */
+    adapter_registry_rescan(f.reg);
+    CHECK(adapter_registry_load(f.reg, "fr", err, sizeof err) == 0);
+    do {
+        uv_run(&f.loop, UV_RUN_ONCE);
+    } while (node_info(&f, "fr", &n) == 0 && (n.state == ADAPTER_LOADING || n.reloading));
+    CHECK(wait_described(&f) == 0);
+    CHECK(node_info(&f, "fr", &n) == 0);
+    adapter *a = adapter_load(dir, &f.cfg, err, sizeof err);
+    CHECK_MSG(a, "%s", err);
+    uint64_t want = a->hash;
+    size_t bytes = a->bytes;
+    adapter_unref(a);
+    CHECK_MSG(n.state == ADAPTER_READY && !n.error[0] && n.version == want &&
+                  n.weight_bytes == bytes && n.format == ADAPTER_PEFT,
+              "state %s error '%s' version %016llx (want %016llx)", adapter_state_name(n.state),
+              n.error, (unsigned long long)n.version, (unsigned long long)want);
+    CHECK(w->rounds > 2 && loads > 2);
+    free(w->v[0]);
+    free(w->v[1]);
+    free(w);
     teardown(&f);
 }

@@ -785,3 +785,143 @@ TEST(gguf_small_file_bad_tensors)
     free(copy);
     CHECK(ok);
 }
+
+/* --- header-only opens --------------------------------------------------------------------- */
+
+/* Opens the file buf[0..len) with core_gguf_open_header as a probe reads it: first bytes, then
+ * what *need says or twice as many, whichever is more, each time from an exact-size heap copy of
+ * the prefix (ASan catches a read past it). The object, or NULL with err; *copy holds the last
+ * prefix (free it after closing), *reads counts the attempts. */
+static core_gguf *open_header_progressive(const uint8_t *buf, size_t len, size_t first,
+                                          uint8_t **copy, int *reads, char *err, size_t errlen)
+{
+    size_t have = first < len ? first : len;
+    *copy = NULL;
+    for (*reads = 1;; (*reads)++) {
+        free(*copy);
+        *copy = malloc(have ? have : 1);
+        if (have)
+            memcpy(*copy, buf, have);
+        uint64_t need = 0;
+        core_gguf *g = core_gguf_open_header(*copy, have, len, &need, err, errlen);
+        if (g || need == 0)
+            return g;
+        if (need <= have || need > len) {
+            snprintf(err, errlen, "need %llu after %zu of %zu bytes", (unsigned long long)need,
+                     have, len);
+            return NULL;
+        }
+        have = need > 2 * have ? (size_t)need : 2 * have;
+        have = have < len ? have : len;
+    }
+}
+
+static int same_str(core_gguf_str a, core_gguf_str b)
+{
+    return a.len == b.len && memcmp(a.ptr, b.ptr, a.len) == 0;
+}
+
+/* The header-only open of buf[0..len) (first bytes first) agrees with core_gguf_open_memory on
+ * an exact-size copy: both fail with the same message, or both open with the same metadata and
+ * tensor table, the header-only one without data. 0 with why on mismatch; *reads as above. */
+static int header_agrees(const uint8_t *buf, size_t len, size_t first, int *reads, char *why,
+                         size_t cap)
+{
+    char e1[512] = "", e2[512] = "";
+    uint8_t *whole = malloc(len ? len : 1), *prefix;
+    if (len)
+        memcpy(whole, buf, len);
+    core_gguf *w = core_gguf_open_memory(whole, len, e1, sizeof e1);
+    core_gguf *h = open_header_progressive(buf, len, first, &prefix, reads, e2, sizeof e2);
+    int ok = !w == !h;
+    if (!w || !h) {
+        ok = ok && !strcmp(e1, e2);
+        snprintf(why, cap, "len %zu: whole \"%s\", header-only \"%s\"", len, w ? "opens" : e1,
+                 h ? "opens" : e2);
+        goto out;
+    }
+    snprintf(why, cap, "len %zu: tables differ", len);
+    ok = w->version == h->version && w->alignment == h->alignment &&
+         w->data_offset == h->data_offset && w->n_kv == h->n_kv && w->n_tensors == h->n_tensors;
+    for (uint64_t i = 0; ok && i < w->n_kv; i++) {
+        const core_gguf_kv *a = &w->kv[i], *b = &h->kv[i];
+        ok = same_str(a->key, b->key) && a->type == b->type;
+        if (ok && a->type == CORE_GGUF_STRING)
+            ok = same_str(a->v.s, b->v.s);
+        else if (ok && a->type == CORE_GGUF_ARRAY)
+            ok = a->v.arr.type == b->v.arr.type && a->v.arr.n == b->v.arr.n &&
+                 a->v.arr.bytes == b->v.arr.bytes &&
+                 !memcmp(a->v.arr.data, b->v.arr.data, a->v.arr.bytes);
+        else if (ok)
+            ok = a->v.u == b->v.u; /* every scalar's 8 bytes, as both read them */
+    }
+    for (uint64_t i = 0; ok && i < w->n_tensors; i++) {
+        const core_gguf_tensor *a = &w->tensors[i], *b = &h->tensors[i];
+        ok = same_str(a->name, b->name) && a->n_dims == b->n_dims && a->type == b->type &&
+             !memcmp(a->ne, b->ne, sizeof a->ne) && a->offset == b->offset && a->size == b->size &&
+             a->data && !b->data;
+    }
+out:
+    core_gguf_close(w);
+    core_gguf_close(h);
+    free(whole);
+    free(prefix);
+    return ok;
+}
+
+/* A header-only open accepts exactly what a whole-file open accepts, and says why in the same
+ * words: the small file and the GGUF-LoRA fixture, read from any first size, and every
+ * truncation of the small file. A prefix too short says how far to read. */
+TEST(gguf_header_only_matches_whole_file)
+{
+    gbuf b = {0};
+    build_small(&b);
+    char why[1200];
+    int reads;
+    static const size_t firsts[] = {0, 1, 24, 40, 100, 1 << 20};
+    for (size_t i = 0; i < sizeof firsts / sizeof firsts[0]; i++)
+        CHECK_MSG(header_agrees(b.p, b.n, firsts[i], &reads, why, sizeof why), "first %zu: %s",
+                  firsts[i], why);
+    int n_ok = 0;
+    for (size_t cut = 0; cut <= b.n; cut++) {
+        int ok = header_agrees(b.p, cut, 16, &reads, why, sizeof why);
+        if (!ok)
+            free(b.p);
+        CHECK_MSG(ok, "%s", why);
+        n_ok++;
+    }
+    uint64_t need = 0;
+    char err[512] = "";
+    core_gguf *g = core_gguf_open_header(b.p, 30, b.n, &need, err, sizeof err);
+    size_t n = b.n;
+    free(b.p);
+    CHECK(!g);
+    CHECK_MSG(need > 30 && need <= n && strstr(err, "were read"), "need %llu: %s",
+              (unsigned long long)need, err);
+
+    FILE *f = fopen("tests/golden/fixtures/adapters/qv_r4.gguf", "rb");
+    CHECK(f);
+    uint8_t *lora = malloc(1 << 20);
+    size_t len = fread(lora, 1, 1 << 20, f);
+    fclose(f);
+    int ok = header_agrees(lora, len, 64, &reads, why, sizeof why) && reads > 2 &&
+             header_agrees(lora, len, 1 << 20, &reads, why, sizeof why) && reads == 1 &&
+             header_agrees(lora, len - 1, 4096, &reads, why, sizeof why);
+    free(lora);
+    CHECK_MSG(ok, "qv_r4.gguf (%zu bytes, %d reads): %s", len, reads, why);
+    printf("    %d truncations agree\n", n_ok);
+}
+
+/* The model's header (1.7 MB of tokenizer metadata) takes a second read after the first MiB. */
+TEST(gguf_header_only_real_model)
+{
+    TEST_NEED_MODEL();
+    const uint8_t *m = model_bytes();
+    CHECK(m);
+    char why[1200];
+    int reads;
+    CHECK_MSG(header_agrees(m, model_len, 1 << 20, &reads, why, sizeof why), "%s", why);
+    CHECK_EQ_INT(reads, 2);
+    CHECK_MSG(header_agrees(m, model_len - 1, 1 << 20, &reads, why, sizeof why), "%s", why);
+    CHECK_MSG(header_agrees(m, 1785664 - 1, 1 << 20, &reads, why, sizeof why), "%s", why);
+}

@@ -4,6 +4,7 @@
  * rejected here too; hand-built headers exercise the JSON parser (escapes, whitespace, every
  * kind of malformed input) and every layout rule; truncations and byte flips never crash.
  * Inputs are opened from exact-size heap copies, so ASan catches any read past the end. */
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
@@ -745,4 +746,103 @@ TEST(st_byte_flips)
     free(buf);
     CHECK_MSG(ok, "a mutated file opened with tensors outside it, or failed without a message");
     CHECK_MSG(n_fail > n_ok && n_ok > 0, "%zu opened, %zu failed", n_ok, n_fail);
+}
+
+/* --- header-only opens ---------------------------------------------------------------------- */
+
+/* core_st_open_header over an exact-size copy of the first min(hdr, len) bytes of buf[0..len),
+ * as a probe reads them, against core_st_open_memory over an exact-size copy of all of it: both
+ * fail with the same message, or both open with the same table and metadata, the header-only one
+ * without data. hdr is how many bytes the reader gets (8 + the header length when it is known).
+ * 0 with why on mismatch. */
+static int header_agrees(const uint8_t *buf, size_t len, size_t hdr, char *why, size_t cap)
+{
+    char e1[512] = "", e2[512] = "";
+    size_t have = hdr < len ? hdr : len;
+    uint8_t *whole = malloc(len ? len : 1), *prefix = malloc(have ? have : 1);
+    if (len)
+        memcpy(whole, buf, len);
+    if (have)
+        memcpy(prefix, buf, have);
+    uint64_t need = 1;
+    core_st *w = core_st_open_memory(whole, len, e1, sizeof e1);
+    core_st *h = core_st_open_header(prefix, have, len, &need, e2, sizeof e2);
+    int ok = !w == !h && need == 0;
+    snprintf(why, cap, "len %zu, %zu read: whole \"%s\", header-only \"%s\" (need %llu)", len, have,
+             w ? "opens" : e1, h ? "opens" : e2, (unsigned long long)need);
+    if (!w || !h) {
+        ok = ok && !strcmp(e1, e2);
+        goto out;
+    }
+    ok = ok && w->n_tensors == h->n_tensors && w->n_meta == h->n_meta;
+    for (size_t i = 0; ok && i < w->n_tensors; i++) {
+        const core_st_tensor *a = &w->tensors[i], *b = &h->tensors[i];
+        float f;
+        ok = !strcmp(a->name, b->name) && a->dtype == b->dtype &&
+             !strcmp(a->dtype_name, b->dtype_name) && a->n_dims == b->n_dims &&
+             !memcmp(a->shape, b->shape, sizeof a->shape) && a->nbytes == b->nbytes &&
+             a->offset == b->offset && a->data && !b->data && core_st_find(h, b->name) == b &&
+             core_st_to_f32(b, &f) == -EINVAL;
+    }
+    for (size_t i = 0; ok && i < w->n_meta; i++)
+        ok = !strcmp(w->meta_keys[i], h->meta_keys[i]) && !strcmp(w->meta_vals[i], h->meta_vals[i]);
+out:
+    core_st_close(w);
+    core_st_close(h);
+    free(whole);
+    free(prefix);
+    return ok;
+}
+
+/* A header-only open accepts exactly what a whole-file open accepts, in the same words, for the
+ * reference fixtures, every truncation of them, and the reference's bad files; a prefix too short
+ * for the header says how long the header is. */
+TEST(st_header_only_matches_whole_file)
+{
+    static const char *const files[] = {"peft.safetensors", "mixed.safetensors",
+                                        "scalar_zero.safetensors", "f32.safetensors"};
+    char why[1400], path[512];
+    int n = 0;
+    for (size_t f = 0; f < sizeof files / sizeof *files; f++) {
+        size_t len;
+        snprintf(path, sizeof path, FIXDIR "%s", files[f]);
+        uint8_t *buf = read_file(path, &len);
+        CHECK_MSG(buf && len > 8, "cannot read %s", path);
+        size_t hdr = 8 + ((size_t)buf[0] | (size_t)buf[1] << 8 | (size_t)buf[2] << 16);
+        uint64_t need = 0;
+        char err[512] = "";
+        core_st *st = core_st_open_header(buf, 5, len, &need, err, sizeof err);
+        int ok = !st && need == 8;
+        st = ok ? core_st_open_header(buf, hdr - 1, len, &need, err, sizeof err) : st;
+        ok = ok && !st && need == hdr && strstr(err, "were read");
+        for (size_t cut = 0; ok && cut <= len; cut++, n++)
+            ok = header_agrees(buf, cut, hdr, why, sizeof why) &&
+                 header_agrees(buf, cut, cut, why, sizeof why);
+        free(buf);
+        core_st_close(st);
+        CHECK_MSG(ok, "%s: need %llu, err \"%s\"; %s", path, (unsigned long long)need, err, why);
+    }
+    DIR *d = opendir(FIXDIR "bad");
+    CHECK(d);
+    int n_bad = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (!strstr(e->d_name, ".safetensors"))
+            continue;
+        size_t len;
+        snprintf(path, sizeof path, FIXDIR "bad/%s", e->d_name);
+        uint8_t *buf = read_file(path, &len);
+        uint64_t hl = 0;
+        for (int i = 0; buf && i < 8 && i < (int)len; i++)
+            hl |= (uint64_t)buf[i] << (8 * i);
+        size_t hdr = hl < len ? 8 + (size_t)hl : len;
+        int ok = buf && header_agrees(buf, len, hdr, why, sizeof why);
+        free(buf);
+        n_bad++;
+        if (!ok)
+            closedir(d);
+        CHECK_MSG(ok, "%s: %s", path, why);
+    }
+    closedir(d);
+    CHECK(n_bad > 10);
+    printf("    %d truncations and %d bad files agree\n", n, n_bad);
 }

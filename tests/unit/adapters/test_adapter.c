@@ -1,0 +1,155 @@
+/* Reading adapter files (adapters/adapter.c): a file that changes size between its stat and its
+ * read, or while it is read, is refused with "file changed while reading, will retry"; files
+ * over 4 GiB are refused before anything is allocated; and a load's content hash covers the
+ * same bytes as it did when files were mapped (the config text, then the weights file). */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "adapter_testutil.h"
+#include "adapters/adapter.h"
+#include "tests/test.h"
+
+#define CHANGED "file changed while reading, will retry"
+
+/* Writes n bytes of a pattern to path; 0 or -1. */
+static int write_pattern(const char *path, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        fputc((int)(i * 31 % 251), f);
+    return fclose(f) ? -1 : 0;
+}
+
+/* The whole file at path in a new buffer (*len bytes), or NULL. */
+static unsigned char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *p = malloc(n > 0 ? (size_t)n : 1);
+    if (p && n > 0 && fread(p, 1, (size_t)n, f) != (size_t)n) {
+        free(p);
+        p = NULL;
+    }
+    fclose(f);
+    *len = p ? (size_t)n : 0;
+    return p;
+}
+
+/* A file whose size is not the one stat gave (it was truncated or grew in between) is refused
+ * with the retry message, and nothing is returned; the right size reads every byte. */
+TEST(adapter_read_refuses_a_file_that_changed)
+{
+    const char *tmp = tu_tmpdir();
+    char path[256], err[512] = "";
+    snprintf(path, sizeof path, "%s/w.safetensors", tmp);
+    CHECK(write_pattern(path, 1000) == 0);
+    int fd = open(path, O_RDONLY);
+    CHECK(fd >= 0);
+    void *buf = (void *)1;
+    size_t len = 7;
+    /* Truncated after the stat: the read ends early. */
+    int rc = adapter__read_fd(fd, path, 2000, &buf, &len, err, sizeof err);
+    CHECK_MSG(rc == -EAGAIN && strstr(err, CHANGED) && strstr(err, path), "rc %d: %s", rc, err);
+    CHECK(buf == NULL && len == 0);
+    /* Grown after the stat: more follows the size it had. */
+    err[0] = 0;
+    rc = adapter__read_fd(fd, path, 999, &buf, &len, err, sizeof err);
+    CHECK_MSG(rc == -EAGAIN && strstr(err, CHANGED) && strstr(err, "grew"), "rc %d: %s", rc, err);
+    CHECK(buf == NULL && len == 0);
+    rc = adapter__read_fd(fd, path, 1000, &buf, &len, err, sizeof err);
+    CHECK_MSG(rc == 0 && len == 1000, "rc %d len %zu: %s", rc, len, err);
+    int same = 1;
+    for (size_t i = 0; i < len; i++)
+        same &= ((unsigned char *)buf)[i] == (unsigned char)(i * 31 % 251);
+    free(buf);
+    CHECK(same);
+    /* A header read past the end. */
+    unsigned char head[64];
+    err[0] = 0;
+    CHECK_EQ_INT(adapter__file_read(fd, path, head, 64, 980, err, sizeof err), -EAGAIN);
+    CHECK_MSG(strstr(err, CHANGED), "%s", err);
+    CHECK_EQ_INT(adapter__file_read(fd, path, head, 20, 980, err, sizeof err), 0);
+    close(fd);
+    /* The whole-file read of an unchanged file. */
+    CHECK_EQ_INT(adapter__read_file(path, &buf, &len, err, sizeof err), 0);
+    CHECK_EQ_INT(len, 1000);
+    free(buf);
+    /* Not there, not a file. */
+    CHECK_EQ_INT(adapter__read_file(tmp, &buf, &len, err, sizeof err), -EINVAL);
+    CHECK_MSG(strstr(err, "not a regular file"), "%s", err);
+    snprintf(path, sizeof path, "%s/none", tmp);
+    CHECK_EQ_INT(adapter__read_file(path, &buf, &len, err, sizeof err), -ENOENT);
+    tu_rmrf(tmp);
+}
+
+/* Over 4 GiB (a sparse file: nothing is written or allocated) is refused with the limit named. */
+TEST(adapter_read_refuses_files_over_4_gib)
+{
+    const char *tmp = tu_tmpdir();
+    char path[256], err[512] = "";
+    snprintf(path, sizeof path, "%s/huge.gguf", tmp);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    CHECK(fd >= 0);
+    int rc = ftruncate(fd, (off_t)ADAPTER_FILE_MAX + 1);
+    close(fd);
+    CHECK(rc == 0);
+    void *buf = NULL;
+    size_t len = 0;
+    CHECK_EQ_INT(adapter__read_file(path, &buf, &len, err, sizeof err), -EFBIG);
+    CHECK_MSG(strstr(err, "over 4 GiB"), "%s", err);
+    CHECK(buf == NULL);
+    uint64_t size;
+    CHECK_EQ_INT(adapter__file_open(path, &size, err, sizeof err), -EFBIG);
+    core_config cfg = tu_config();
+    adapter *a = adapter_load(path, &cfg, err, sizeof err);
+    CHECK(!a);
+    CHECK_MSG(strstr(err, "over 4 GiB"), "%s", err);
+    adapter_probe_info info;
+    CHECK(adapter_probe(path, &cfg, &info, err, sizeof err) < 0);
+    CHECK_MSG(strstr(err, "over 4 GiB"), "%s", err);
+    tu_rmrf(tmp);
+}
+
+/* The version hash of a load is FNV-1a over the same bytes as before files were read instead of
+ * mapped: adapter_config.json then adapter_model.safetensors (PEFT), the .gguf file (GGUF). */
+TEST(adapter_hash_covers_the_file_bytes)
+{
+    core_config cfg = tu_config();
+    char err[512] = "", p[256];
+    const char *dir = "tests/golden/fixtures/adapters/qv_r4";
+    core_config smol = cfg;
+    smol.n_layer = 30;
+    adapter *a = adapter_load(dir, &smol, err, sizeof err);
+    CHECK_MSG(a, "%s", err);
+    size_t n1, n2;
+    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+    unsigned char *c = slurp(p, &n1);
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+    unsigned char *w = slurp(p, &n2);
+    uint64_t want = c && w ? adapter__hash(adapter__hash(ADAPTER_HASH_INIT, c, n1), w, n2) : 0;
+    uint64_t got = a->hash;
+    free(c);
+    free(w);
+    adapter_unref(a);
+    CHECK_MSG(got == want, "PEFT hash %016llx, want %016llx", (unsigned long long)got,
+              (unsigned long long)want);
+    const char *gguf = "tests/golden/fixtures/adapters/qv_r4.gguf";
+    a = adapter_load(gguf, &smol, err, sizeof err);
+    CHECK_MSG(a, "%s", err);
+    unsigned char *g = slurp(gguf, &n1);
+    want = g ? adapter__hash(ADAPTER_HASH_INIT, g, n1) : 0;
+    got = a->hash;
+    free(g);
+    adapter_unref(a);
+    CHECK_MSG(got == want, "GGUF hash %016llx, want %016llx", (unsigned long long)got,
+              (unsigned long long)want);
+}
