@@ -132,7 +132,7 @@ fuzz: $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 	        echo "fuzz: $$n failed; the input is in $(BUILD)/fuzz/$$n-*"; exit 1; fi; done
 
 # server/ sources a fuzz target may use (no HTTP, no main).
-FUZZ_SERVER_SRC := server/request.c server/json_check.c
+FUZZ_SERVER_SRC := server/request.c server/json_check.c server/admin_body.c server/auth.c server/strbuf.c
 
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(ADAPTERS_SRC) $(FUZZ_SERVER_SRC)
 	@mkdir -p $(dir $@)

@@ -4,7 +4,6 @@
  */
 #include "server/routes.h"
 
-#include <cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +12,7 @@
 
 #include "adapters/adapter.h"
 #include "core/model.h"
-#include "server/json_check.h"
+#include "server/admin_body.h"
 #include "server/log.h"
 #include "server/response.h"
 #include "server/routes_internal.h"
@@ -95,6 +94,21 @@ static void targets_json(srv_buf *b, unsigned targets)
     srv_buf_putc(b, ']');
 }
 
+void srv_node_desc_json(srv_buf *b, const adapter_node_info *n)
+{
+    if (n->format != ADAPTER_PEFT && n->format != ADAPTER_GGUF) {
+        srv_buf_puts(b, ",\"format\":null,\"rank\":null,\"alpha\":null,\"rslora\":null,"
+                        "\"targets\":null,\"weight_bytes\":null");
+        return;
+    }
+    srv_buf_printf(b, ",\"format\":\"%s\",\"rank\":%d,\"alpha\":",
+                   n->format == ADAPTER_PEFT ? "peft" : "gguf", n->r);
+    srv_buf_json_float(b, n->alpha);
+    srv_buf_printf(b, ",\"rslora\":%s,\"targets\":", n->rslora ? "true" : "false");
+    targets_json(b, n->targets);
+    srv_buf_printf(b, ",\"weight_bytes\":%zu", n->weight_bytes);
+}
+
 static void model_entry(srv_buf *b, const srv_app *a, const adapter_node_info *n)
 {
     srv_buf_puts(b, "{\"id\":");
@@ -103,10 +117,7 @@ static void model_entry(srv_buf *b, const srv_app *a, const adapter_node_info *n
         b,
         ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"adaptree\",\"parent\":", a->started);
     srv_buf_json_cstr(b, n->parent[0] ? n->parent : NULL);
-    srv_buf_printf(b, ",\"rank\":%d,\"alpha\":", n->r);
-    srv_buf_json_float(b, n->alpha);
-    srv_buf_puts(b, ",\"targets\":");
-    targets_json(b, n->targets);
+    srv_node_desc_json(b, n);
     srv_buf_puts(b, ",\"state\":");
     srv_buf_json_cstr(b, adapter_state_name(n->state));
     srv_buf_printf(b, ",\"bytes\":%zu}", n->bytes);
@@ -180,15 +191,9 @@ static void node_json(srv_buf *b, const adapter_node_info *n)
     srv_buf_json_cstr(b, adapter_state_name(n->state));
     srv_buf_puts(b, ",\"error\":");
     srv_buf_json_cstr(b, n->error[0] ? n->error : NULL);
-    srv_buf_printf(b, ",\"pinned\":%s,\"reloading\":%s,\"format\":", n->pinned ? "true" : "false",
+    srv_buf_printf(b, ",\"pinned\":%s,\"reloading\":%s", n->pinned ? "true" : "false",
                    n->reloading ? "true" : "false");
-    srv_buf_json_cstr(b, n->format == ADAPTER_PEFT   ? "peft"
-                         : n->format == ADAPTER_GGUF ? "gguf"
-                                                     : NULL);
-    srv_buf_printf(b, ",\"rank\":%d,\"alpha\":", n->r);
-    srv_buf_json_float(b, n->alpha);
-    srv_buf_printf(b, ",\"rslora\":%s,\"targets\":", n->rslora ? "true" : "false");
-    targets_json(b, n->targets);
+    srv_node_desc_json(b, n);
     srv_buf_printf(b,
                    ",\"bytes\":%zu,\"in_use\":%d,\"version\":\"%016llx\",\"loads\":%llu,"
                    "\"load_failures\":%llu,\"evictions\":%llu,\"hits\":%llu}",
@@ -234,50 +239,23 @@ static void route_adapters(srv_app *a, srv_http_req *req)
     free(nodes);
 }
 
-/* Reads an admin body {"id": string, "pin": bool}: 0, or -1 after answering. *pin is 1/0 when
- * "pin" was given, else -1; pin_required: the pin route, which needs it. */
+/* Reads an admin body (server/admin_body.h): 0, or -1 after answering. */
 static int admin_body(srv_http_req *req, bool pin_required, char *id, size_t idcap, int *pin)
 {
     size_t len;
     const char *body = srv_http_body(req, &len);
-    char msg[160];
-    size_t n = 0;
-    char *copy = len ? malloc(len + 1) : NULL;
-    if (len && !copy) {
-        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
+    char err[160], param[SRV_PARAM_MAX];
+    int rc = srv_admin_body_parse(body, len, pin_required, id, idcap, pin, err, sizeof err, param,
+                                  sizeof param);
+    if (rc == -ENOMEM) {
+        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "%s", err);
         return -1;
     }
-    int rc = len ? srv_json_check(body, len, copy, &n, msg, sizeof msg) : -EINVAL;
-    if (!len)
-        snprintf(msg, sizeof msg, "empty body; expected a JSON object such as {\"id\": \"fr\"}");
-    cJSON *root = rc ? NULL : cJSON_ParseWithLengthOpts(copy, n, NULL, 0);
-    free(copy);
-    const cJSON *jid = cJSON_GetObjectItemCaseSensitive(root, "id");
-    const cJSON *jpin = cJSON_GetObjectItemCaseSensitive(root, "pin");
-    const char *bad = NULL, *param = NULL;
-    size_t idlen = cJSON_IsString(jid) ? strlen(jid->valuestring) : 0;
-    if (rc) {
-        bad = msg;
-    } else if (!cJSON_IsObject(root)) {
-        bad = "expected a JSON object such as {\"id\": \"fr\"}";
-    } else if (!cJSON_IsString(jid) || idlen == 0) {
-        bad = "id: expected a non-empty string";
-        param = "id";
-    } else if (idlen >= idcap || srv_utf8_check(jid->valuestring, idlen) != idlen) {
-        bad = "id: not a valid adapter id";
-        param = "id";
-    } else if ((jpin && !cJSON_IsBool(jpin)) || (pin_required && !jpin)) {
-        bad = pin_required ? "pin: expected true or false" : "pin: expected a boolean";
-        param = "pin";
-    }
-    if (bad) {
-        srv_http_reply_error(req, 400, "invalid_request_error", NULL, param, "%s", bad);
-        cJSON_Delete(root);
+    if (rc < 0) {
+        srv_http_reply_error(req, 400, "invalid_request_error", NULL, param[0] ? param : NULL, "%s",
+                             err);
         return -1;
     }
-    snprintf(id, idcap, "%s", jid->valuestring);
-    *pin = cJSON_IsTrue(jpin) ? 1 : cJSON_IsFalse(jpin) ? 0 : -1;
-    cJSON_Delete(root);
     return 0;
 }
 

@@ -50,4 +50,9 @@ srv_route_id srv_route_match(const char *method, const char *url, bool *method_o
 void srv_selection_label(const char *model, const adapter_sel_item *items, int n, char *out,
                          size_t cap);
 
+/* Appends what a registry node is, as the members ,"format","rank","alpha","rslora","targets",
+ * "weight_bytes" of its /v1/models and /v1/adapters objects: null each when the registry does not
+ * know (a namespace, a node not described yet, or files that cannot be described). Pure. */
+void srv_node_desc_json(srv_buf *b, const adapter_node_info *n);
+
 #endif

@@ -102,6 +102,17 @@ def models_lists_base_and_every_node():
     for field in ("rank", "alpha", "targets", "state", "bytes"):
         check(field in by["fr/manpages/alice"], f"/v1/models node has no {field!r}: "
               f"{by['fr/manpages/alice']}")
+
+    # Every node is described from its files, loaded or not (in the background: wait for it).
+    def described():
+        got = {m["id"]: m for m in S.req("GET", "/v1/models", key=KEY).json()["data"]}
+        return got if all(got[n].get("rank") is not None for n in NODES) else None
+    by = e2e.wait_until(described, 10, "every node to be described in /v1/models")
+    a = by["fr/manpages/alice"]
+    eq((a["format"], a["rank"], a["alpha"], a["rslora"], sorted(a["targets"]), a["weight_bytes"]),
+       ("peft", 8, 16, False, ["k", "o", "q", "v"], 30 * 8 * (2 * 1152 + 2 * 768) * 2),
+       f"fr/manpages/alice described ({a['state']})")
+    check(a["state"] != "unloaded" or a["bytes"] == 0, f"unloaded with resident bytes: {a}")
     check(all(m.get("object") == "model" for m in d["data"]), "every entry is object 'model'")
     check(BASE_ID in ids, f"base model id {BASE_ID!r} not in /v1/models: {ids}")
     r = cmpl({"model": BASE_ID, "prompt": "x", "max_tokens": 1})
@@ -289,6 +300,7 @@ def node_state(node_id):
 def admin_load_pin_unload():
     r = S.post("/v1/adapters/load", {"id": "de/witze", "pin": True}, key=ADMIN)
     eq(r.status, 200, f"load de/witze: {r}")
+    check(r.json().get("state") in ("loading", "ready"), f"the load's answer: {r.json()}")
     n = e2e.wait_until(lambda: (lambda x: x if x.get("state") in ("ready", "loaded") else None)(
         node_state("de/witze")), 20, "de/witze ready")
     eq(n.get("pinned"), True, f"de/witze pinned: {n}")

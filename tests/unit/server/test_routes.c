@@ -1,6 +1,11 @@
-/* Tests for the pure parts of server/routes.c: route matching and selection labels. */
+/* Tests for the pure parts of server/routes.c: route matching, selection labels, node
+ * descriptions, and the admin routes' bodies (server/admin_body.c). */
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
+#include "server/admin_body.h"
+#include "server/json_check.h"
 #include "server/routes.h"
 #include "tests/test.h"
 
@@ -58,4 +63,183 @@ TEST(routes_selection_label)
     }
     srv_selection_label(NULL, many, ADAPTER_SEL_MAX, out, sizeof out);
     CHECK_EQ_INT(strlen(out), ADAPTER_ID_MAX);
+}
+
+/* One admin body parsed as routes.c does (id buffer ADAPTER_ID_MAX + 1); pin starts at 7 and id
+ * at "-" so that a refusal can be seen to leave them alone. */
+typedef struct admin_case {
+    int rc, pin;
+    char id[ADAPTER_ID_MAX + 1], err[160], param[SRV_PARAM_MAX];
+} admin_case;
+
+static admin_case admin_parse(const char *body, bool pin_required)
+{
+    admin_case c = {.pin = 7, .id = "-"};
+    c.rc = srv_admin_body_parse(body, strlen(body), pin_required, c.id, sizeof c.id, &c.pin, c.err,
+                                sizeof c.err, c.param, sizeof c.param);
+    return c;
+}
+
+TEST(routes_admin_body_valid)
+{
+    admin_case c = admin_parse("{\"id\": \"fr\"}", false);
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_STR(c.id, "fr");
+    CHECK_EQ_INT(c.pin, -1);
+    CHECK_EQ_STR(c.param, "");
+    c = admin_parse(" {\"pin\":true,\"id\":\"fr/legal/alice\",\"other\":[1,{}]} ", false);
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_STR(c.id, "fr/legal/alice");
+    CHECK_EQ_INT(c.pin, 1);
+    c = admin_parse("{\"id\": \"fr\", \"pin\": false}", true);
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_INT(c.pin, 0);
+    /* Escapes are decoded, keys included; the first of duplicate keys wins, as in cJSON. */
+    c = admin_parse("{\"\\u0069d\": \"caf\\u00e9\", \"id\": \"other\"}", false);
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_STR(c.id, "caf\xc3\xa9");
+    /* Not NUL-terminated: only len bytes are read. */
+    const char body[] = "{\"id\":\"de\"}garbage";
+    c.rc = srv_admin_body_parse(body, strlen("{\"id\":\"de\"}"), false, c.id, sizeof c.id, &c.pin,
+                                c.err, sizeof c.err, c.param, sizeof c.param);
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_STR(c.id, "de");
+}
+
+TEST(routes_admin_body_refused)
+{
+    static const struct {
+        const char *body;
+        bool pin_required;
+        int rc;
+        const char *param, *err;
+    } cases[] = {
+        {"", false, -EINVAL, "", "empty body; expected a JSON object such as {\"id\": \"fr\"}"},
+        {"{\"id\": \"fr\"", false, -EINVAL, "",
+         "invalid JSON: the body ends at byte 11 where ',' or '}' was expected"},
+        {"{\"id\": 01}", false, -EINVAL, "", "invalid JSON at byte 7: number with a leading zero"},
+        {"[\"id\", \"fr\"]", false, -EINVAL, "", "expected a JSON object such as {\"id\": \"fr\"}"},
+        {"\"fr\"", false, -EINVAL, "", "expected a JSON object such as {\"id\": \"fr\"}"},
+        {"{}", false, -EINVAL, "id", "id: expected a non-empty string"},
+        {"{\"pin\": true}", true, -EINVAL, "id", "id: expected a non-empty string"},
+        {"{\"id\": \"\"}", false, -EINVAL, "id", "id: expected a non-empty string"},
+        {"{\"id\": 42}", false, -EINVAL, "id", "id: expected a non-empty string"},
+        {"{\"id\": [\"fr\"]}", false, -EINVAL, "id", "id: expected a non-empty string"},
+        {"{\"id\": null}", false, -EINVAL, "id", "id: expected a non-empty string"},
+        {"{\"ID\": \"fr\"}", false, -EINVAL, "id", "id: expected a non-empty string"},
+        /* A NUL the client escaped, and bytes that are not UTF-8. */
+        {"{\"id\": \"fr\\u0000x\"}", false, -EINVAL, "id", "id: not a valid adapter id"},
+        {"{\"id\": \"\\u0000\"}", false, -EINVAL, "id", "id: not a valid adapter id"},
+        {"{\"id\": \"fr\xff\"}", false, -EINVAL, "id", "id: not a valid adapter id"},
+        {"{\"id\": \"\xc0\xaf\"}", false, -EINVAL, "id", "id: not a valid adapter id"},
+        {"{\"id\": \"fr\", \"pin\": \"yes\"}", false, -EINVAL, "pin", "pin: expected a boolean"},
+        {"{\"id\": \"fr\", \"pin\": 1}", true, -EINVAL, "pin", "pin: expected true or false"},
+        {"{\"id\": \"fr\", \"pin\": null}", false, -EINVAL, "pin", "pin: expected a boolean"},
+        {"{\"id\": \"fr\"}", true, -EINVAL, "pin", "pin: expected true or false"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        admin_case c = admin_parse(cases[i].body, cases[i].pin_required);
+        CHECK_MSG(c.rc == cases[i].rc && !strcmp(c.param, cases[i].param) &&
+                      !strcmp(c.err, cases[i].err),
+                  "case %zu: rc %d param \"%s\" err \"%s\"; want %d \"%s\" \"%s\"", i, c.rc,
+                  c.param, c.err, cases[i].rc, cases[i].param, cases[i].err);
+        CHECK_EQ_INT(c.pin, 7);
+        CHECK_EQ_STR(c.id, "-");
+    }
+    /* Nested too deep: -E2BIG, still a 400 for the whole body. */
+    char deep[2 * (SRV_JSON_DEPTH_MAX + 1) + 1];
+    memset(deep, '[', SRV_JSON_DEPTH_MAX + 1);
+    memset(deep + SRV_JSON_DEPTH_MAX + 1, ']', SRV_JSON_DEPTH_MAX + 1);
+    deep[sizeof deep - 1] = 0;
+    admin_case c = admin_parse(deep, false);
+    CHECK_EQ_INT(c.rc, -E2BIG);
+    CHECK_EQ_STR(c.param, "");
+}
+
+/* What an id names, and whether it is a well-formed adapter id at all, is the registry's to say
+ * (adapter_id_check): the body parser passes hostile ids through, and routes.c answers the
+ * registry's -EINVAL with 400. */
+TEST(routes_admin_body_ids_for_the_registry)
+{
+    static const char *const ids[] = {"../x",     "fr/../../etc/passwd", "/abs", "a//b", ".", "a b",
+                                      "fr\\legal"};
+    static const char *const bodies[] = {
+        "{\"id\": \"../x\"}",       "{\"id\": \"fr/../../etc/passwd\"}",
+        "{\"id\": \"/abs\"}",       "{\"id\": \"a//b\"}",
+        "{\"id\": \".\"}",          "{\"id\": \"a b\"}",
+        "{\"id\": \"fr\\\\legal\"}"};
+    for (size_t i = 0; i < sizeof ids / sizeof *ids; i++) {
+        admin_case c = admin_parse(bodies[i], false);
+        CHECK_MSG(c.rc == 0 && !strcmp(c.id, ids[i]), "case %zu: rc %d id \"%s\"", i, c.rc, c.id);
+        CHECK_EQ_INT(adapter_id_check(c.id, NULL, 0), -EINVAL);
+    }
+    /* The longest id that fits the buffer routes.c uses, and one byte more. */
+    char body[ADAPTER_ID_MAX + 32], id[ADAPTER_ID_MAX + 2];
+    memset(id, 'a', ADAPTER_ID_MAX);
+    id[ADAPTER_ID_MAX] = 0;
+    snprintf(body, sizeof body, "{\"id\":\"%s\"}", id);
+    admin_case c = admin_parse(body, false);
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_INT(strlen(c.id), ADAPTER_ID_MAX);
+    snprintf(body, sizeof body, "{\"id\":\"%sa\"}", id);
+    c = admin_parse(body, false);
+    CHECK_EQ_INT(c.rc, -EINVAL);
+    CHECK_EQ_STR(c.err, "id: not a valid adapter id");
+}
+
+/* Cut message buffers and zero-sized ones are written within their size. */
+TEST(routes_admin_body_small_buffers)
+{
+    char id[3] = "--", err[8], param[2];
+    int pin = 7;
+    const char *b = "{\"id\": \"fr\", \"pin\": 3}";
+    CHECK_EQ_INT(srv_admin_body_parse(b, strlen(b), false, id, sizeof id, &pin, err, sizeof err,
+                                      param, sizeof param),
+                 -EINVAL);
+    CHECK_EQ_STR(err, "pin: ex");
+    CHECK_EQ_STR(param, "p");
+    CHECK_EQ_INT(srv_admin_body_parse(b, strlen(b), false, id, sizeof id, &pin, NULL, 0, NULL, 0),
+                 -EINVAL);
+    b = "{\"id\": \"fr\"}";
+    CHECK_EQ_INT(srv_admin_body_parse(b, strlen(b), false, id, sizeof id, &pin, NULL, 0, NULL, 0),
+                 0);
+    CHECK_EQ_STR(id, "fr");
+    CHECK_EQ_INT(pin, -1);
+    b = "{\"id\": \"fre\"}";
+    CHECK_EQ_INT(srv_admin_body_parse(b, strlen(b), false, id, sizeof id, &pin, err, sizeof err,
+                                      param, sizeof param),
+                 -EINVAL);
+    CHECK_EQ_STR(param, "i");
+    CHECK_EQ_STR(id, "fr");
+}
+
+/* What a node is, as /v1/models and /v1/adapters show it: the registry's values, or null for
+ * each when it does not know them (a namespace, or files not described). */
+TEST(routes_node_description)
+{
+    adapter_node_info n;
+    memset(&n, 0, sizeof n);
+    n.format = ADAPTER_GGUF;
+    n.r = 4;
+    n.alpha = 8;
+    n.targets = (1u << CORE_MOD_Q) | (1u << CORE_MOD_V);
+    n.weight_bytes = 460800;
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_node_desc_json(&b, &n);
+    CHECK_EQ_STR(b.data, ",\"format\":\"gguf\",\"rank\":4,\"alpha\":8,\"rslora\":false,"
+                         "\"targets\":[\"q\",\"v\"],\"weight_bytes\":460800");
+    srv_buf_deinit(&b);
+    n.format = ADAPTER_PEFT;
+    n.rslora = true;
+    n.alpha = 0.5f;
+    srv_node_desc_json(&b, &n);
+    CHECK_EQ_STR(b.data, ",\"format\":\"peft\",\"rank\":4,\"alpha\":0.5,\"rslora\":true,"
+                         "\"targets\":[\"q\",\"v\"],\"weight_bytes\":460800");
+    srv_buf_deinit(&b);
+    n.format = 0;
+    srv_node_desc_json(&b, &n);
+    CHECK_EQ_STR(b.data, ",\"format\":null,\"rank\":null,\"alpha\":null,\"rslora\":null,"
+                         "\"targets\":null,\"weight_bytes\":null");
+    srv_buf_deinit(&b);
 }
