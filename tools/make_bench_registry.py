@@ -104,6 +104,14 @@ def n_params_nonembedding(path):
     return total
 
 
+def n_params_head(path):
+    """Parameters of the output head: output.weight, or the tied token embedding."""
+    _, tensors = gguf_info(path)
+    shapes = dict(tensors)
+    shape = shapes.get("output.weight", shapes.get("token_embd.weight"))
+    return int(np.prod(shape))
+
+
 def module_shape(d, mod):
     """(in, out) of a linear module."""
     q = d["n_head"] * d["head_dim"]
