@@ -24,6 +24,7 @@
 #define WR 4    /* weight rows rebuilt and used together */
 #define KC 1024 /* elements of a row per chunk; a multiple of every block size (256 at most) */
 #define XR 32   /* rows of X per pass over the weights */
+#define OC 64   /* weight rows per block when the fused kernels take more than eight rows of X */
 /* Rows of X that are not 32-byte aligned are copied to an aligned buffer of this many floats
  * when they fit: half of the 32-byte loads from a 16-byte aligned row straddle two cache lines,
  * which costs up to a fifth of the time of eight rows. */
@@ -645,6 +646,16 @@ int core__qmatmul_part(uint32_t type, const void *W, int in, int out, int o_begi
     }
     if (o->gemv && o->gemv(type, wb, row_bytes, in, out, X, n, Y, ldy) == 0)
         return 0;
+    /* More rows, a type the fused kernels take: eight rows of X at a time against OC weight rows,
+     * which stay in L1/L2 while every group of eight uses them (same bits as any other path). */
+    if (o->gemv && n > 8 && o->gemv(type, wb, row_bytes, in, 0, X, 8, Y, ldy) == 0) {
+        for (int o0 = 0; o0 < out; o0 += OC)
+            for (int r0 = 0; r0 < n; r0 += 8)
+                o->gemv(type, wb + (size_t)o0 * row_bytes, row_bytes, in,
+                        out - o0 < OC ? out - o0 : OC, X + (size_t)r0 * in,
+                        n - r0 < 8 ? n - r0 : 8, Y + (size_t)r0 * ldy + o0, ldy);
+        return 0;
+    }
     _Alignas(32) float buf[WR * LDB];    /* (WR, LDB) rebuilt weights */
     _Alignas(32) float acc[XR * WR * 8]; /* running sums between chunks, (XR, WR) vectors */
     for (int n0 = 0; n0 < n; n0 += XR) {
