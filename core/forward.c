@@ -28,6 +28,8 @@
 /* Groups with at least this many rows use sgemm on converted weights; smaller ones the
  * dedicated kernels (lora.c), which read A and Bt once without converting them whole. */
 #define LORA_SGEMM_ROWS 16
+/* Bytes of the next group's A and of its Bt prefetched while a group computes. */
+#define LORA_PREFETCH 4096
 /* Matmuls of at most this many rows read the quantized weights (core__qmatmul on the pool);
  * larger ones use sgemm on the f32 slab (see CORE_QMATMUL_ROWS for the measurements). */
 #define QMATMUL_ROWS CORE_QMATMUL_ROWS
@@ -238,10 +240,24 @@ typedef struct lora_job {
     float *Y;
 } lora_job;
 
+/* Touches the first bytes of a group's A and Bt, so that the next adapter's weights are on
+ * their way from memory while this one computes (each group is a new stream, which the hardware
+ * prefetchers pick up only after a few misses). */
+static void lora_prefetch(const core_lora_group *g, int in, int out)
+{
+    size_t es = g->dtype == CORE_TYPE_F32 ? 4 : 2;
+    size_t a = (size_t)g->rank * in * es, b = (size_t)g->rank * out * es;
+    for (size_t off = 0; off < a && off < LORA_PREFETCH; off += 64)
+        __builtin_prefetch((const char *)g->A + off);
+    for (size_t off = 0; off < b && off < LORA_PREFETCH; off += 64)
+        __builtin_prefetch((const char *)g->Bt + off);
+}
+
 static void lora_small_task(void *arg, int t)
 {
     lora_job *j = arg;
     core_ctx *c = j->c;
+    const core_lora_group *next = NULL;
     for (int i = c->grp_start[j->key]; i < c->grp_start[j->key + 1]; i++) {
         const core_lora_group *g = &j->plan->groups[c->grp_order[i]];
         if (g->n_rows == 0 || g->n_rows >= LORA_SGEMM_ROWS)
@@ -252,9 +268,22 @@ static void lora_small_task(void *arg, int t)
                 c->lrows[t][m] = g->rows[r];
                 c->lscales[t][m++] = g->scales[r];
             }
-        if (m)
-            core__lora_group(g->dtype, g->A, g->Bt, g->rank, j->in, j->out, m, c->lrows[t],
-                             c->lscales[t], j->X, j->Y, c->ls[t]);
+        if (!m)
+            continue;
+        /* the next group this task will run */
+        next = NULL;
+        for (int k = i + 1; k < c->grp_start[j->key + 1] && !next; k++) {
+            const core_lora_group *h = &j->plan->groups[c->grp_order[k]];
+            if (h->n_rows == 0 || h->n_rows >= LORA_SGEMM_ROWS)
+                continue;
+            for (int r = 0; r < h->n_rows && !next; r++)
+                if (h->rows[r] % j->n_tasks == t)
+                    next = h;
+        }
+        if (next)
+            lora_prefetch(next, j->in, j->out);
+        core__lora_group(g->dtype, g->A, g->Bt, g->rank, j->in, j->out, m, c->lrows[t],
+                         c->lscales[t], j->X, j->Y, c->ls[t]);
     }
 }
 
