@@ -227,17 +227,19 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
     return 0;
 }
 
-/* Y[rows] += scale * Btᵀ · (A · X[rows]) for one group. X is (n, in), Y is (n, out). */
 /* The small groups of one (layer, module), split over the pool by batch row: task t applies, in
  * plan order, every small group to its rows r with r % n_tasks == t. A row's updates are thus
  * computed by the same kernel calls in the same order whatever the split, and no two tasks
  * write the same row of Y. */
+#define LORA_MODS 3 /* modules that share an input and go through the pool together (q, k, v) */
+
 typedef struct lora_job {
     core_ctx *c;
     const core_lora_plan *plan;
-    int key, in, out, n_tasks;
+    int n_mods, in, n_tasks;
+    int key[LORA_MODS], out[LORA_MODS];
     const float *X;
-    float *Y;
+    float *Y[LORA_MODS];
 } lora_job;
 
 /* Touches the first bytes of a group's A and Bt, so that the next adapter's weights are on
@@ -253,12 +255,11 @@ static void lora_prefetch(const core_lora_group *g, int in, int out)
         __builtin_prefetch((const char *)g->Bt + off);
 }
 
-static void lora_small_task(void *arg, int t)
+/* One module's small groups, task t's rows. */
+static void lora_small_mod(lora_job *j, int t, int key, int out, float *Y)
 {
-    lora_job *j = arg;
     core_ctx *c = j->c;
-    const core_lora_group *next = NULL;
-    for (int i = c->grp_start[j->key]; i < c->grp_start[j->key + 1]; i++) {
+    for (int i = c->grp_start[key]; i < c->grp_start[key + 1]; i++) {
         const core_lora_group *g = &j->plan->groups[c->grp_order[i]];
         if (g->n_rows == 0 || g->n_rows >= LORA_SGEMM_ROWS)
             continue;
@@ -270,9 +271,8 @@ static void lora_small_task(void *arg, int t)
             }
         if (!m)
             continue;
-        /* the next group this task will run */
-        next = NULL;
-        for (int k = i + 1; k < c->grp_start[j->key + 1] && !next; k++) {
+        const core_lora_group *next = NULL; /* the next group this task will run */
+        for (int k = i + 1; k < c->grp_start[key + 1] && !next; k++) {
             const core_lora_group *h = &j->plan->groups[c->grp_order[k]];
             if (h->n_rows == 0 || h->n_rows >= LORA_SGEMM_ROWS)
                 continue;
@@ -281,26 +281,34 @@ static void lora_small_task(void *arg, int t)
                     next = h;
         }
         if (next)
-            lora_prefetch(next, j->in, j->out);
-        core__lora_group(g->dtype, g->A, g->Bt, g->rank, j->in, j->out, m, c->lrows[t],
-                         c->lscales[t], j->X, j->Y, c->ls[t]);
+            lora_prefetch(next, j->in, out);
+        core__lora_group(g->dtype, g->A, g->Bt, g->rank, j->in, out, m, c->lrows[t], c->lscales[t],
+                         j->X, Y, c->ls[t]);
     }
 }
 
-static int lora_small(core_ctx *c, const core_lora_plan *plan, int key, const float *X, int in,
-                      float *Y, int out)
+static void lora_small_task(void *arg, int t)
+{
+    lora_job *j = arg;
+    for (int k = 0; k < j->n_mods; k++)
+        lora_small_mod(j, t, j->key[k], j->out[k], j->Y[k]);
+}
+
+/* The small groups of the modules in j (which share the input X), in one pool run. */
+static int lora_small(core_ctx *c, lora_job *j)
 {
     int n_tasks = core__pool_threads(), any = 0;
     size_t scratch = 0, rows = 0;
-    for (int i = c->grp_start[key]; i < c->grp_start[key + 1]; i++) {
-        const core_lora_group *g = &plan->groups[c->grp_order[i]];
-        if (g->n_rows == 0 || g->n_rows >= LORA_SGEMM_ROWS)
-            continue;
-        size_t need = core__lora_scratch_floats(g->rank, out);
-        scratch = need > scratch ? need : scratch;
-        rows = (size_t)g->n_rows > rows ? (size_t)g->n_rows : rows;
-        any = 1;
-    }
+    for (int k = 0; k < j->n_mods; k++)
+        for (int i = c->grp_start[j->key[k]]; i < c->grp_start[j->key[k] + 1]; i++) {
+            const core_lora_group *g = &j->plan->groups[c->grp_order[i]];
+            if (g->n_rows == 0 || g->n_rows >= LORA_SGEMM_ROWS)
+                continue;
+            size_t need = core__lora_scratch_floats(g->rank, j->out[k]);
+            scratch = need > scratch ? need : scratch;
+            rows = (size_t)g->n_rows > rows ? (size_t)g->n_rows : rows;
+            any = 1;
+        }
     if (!any)
         return 0;
     for (int t = 0; t < n_tasks; t++)
@@ -308,12 +316,14 @@ static int lora_small(core_ctx *c, const core_lora_plan *plan, int key, const fl
             grow(&c->lrows[t], &c->cap_lrows[t], rows, sizeof(int32_t)) ||
             grow(&c->lscales[t], &c->cap_lscales[t], rows, sizeof(float)))
             return -ENOMEM;
-    lora_job j = {
-        .c = c, .plan = plan, .key = key, .in = in, .out = out, .n_tasks = n_tasks, .X = X, .Y = Y};
-    core__pool_run(n_tasks, lora_small_task, &j);
+    j->c = c;
+    j->n_tasks = n_tasks;
+    core__pool_run(n_tasks, lora_small_task, j);
     return 0;
 }
 
+/* Y[rows] += scale * Btᵀ · (A · X[rows]) for one large group, with sgemm on converted weights.
+ * X is (n, in), Y is (n, out). */
 static int lora_large(core_ctx *c, const core_lora_group *g, const float *X, int in, float *Y,
                       int out)
 {
@@ -404,25 +414,39 @@ static void matmul(const float *W, const void *Wq, uint32_t qtype, int in, int o
                     Y, out);
 }
 
-/* Y = X · Wᵀ plus the plan's LoRA groups for (layer, mod). X (n, in), W (out, in), Y (n, out). */
-static int linear(core_ctx *c, const core_lora_plan *plan, int layer, core_module mod,
-                  const float *X, int n, float *Y)
+/* Y[k] = X · W[k]ᵀ plus the plan's LoRA groups, for n_mods modules of one layer that share the
+ * input X (n, in): q, k, v, or gate, up, or one alone. Their small LoRA groups go through the
+ * pool in one run; each module's large groups then follow in plan order. */
+static int linear_n(core_ctx *c, const core_lora_plan *plan, int layer, const core_module *mods,
+                    int n_mods, const float *X, int n, float *const *Y)
 {
     const core_config *cfg = &c->m->cfg;
     const core_layer *L = &c->m->layers[layer];
-    int in = core_module_in(cfg, mod), out = core_module_out(cfg, mod);
-    matmul(L->w[mod], L->q[mod], L->qtype[mod], in, out, X, n, Y);
+    int in = core_module_in(cfg, mods[0]);
+    lora_job j = {.plan = plan, .n_mods = n_mods, .in = in, .X = X};
+    for (int k = 0; k < n_mods; k++) {
+        int out = core_module_out(cfg, mods[k]);
+        matmul(L->w[mods[k]], L->q[mods[k]], L->qtype[mods[k]], in, out, X, n, Y[k]);
+        j.key[k] = layer * CORE_MOD_COUNT + mods[k];
+        j.out[k] = out;
+        j.Y[k] = Y[k];
+    }
     if (!plan || plan->n_groups == 0)
         return 0;
-    /* small groups on the pool first, then the large ones (sgemm, its own threads) in plan order */
-    int key = layer * CORE_MOD_COUNT + mod;
-    int rc = lora_small(c, plan, key, X, in, Y, out);
-    for (int i = c->grp_start[key]; !rc && i < c->grp_start[key + 1]; i++) {
-        const core_lora_group *g = &plan->groups[c->grp_order[i]];
-        if (g->n_rows >= LORA_SGEMM_ROWS)
-            rc = lora_large(c, g, X, in, Y, out);
-    }
+    int rc = lora_small(c, &j);
+    for (int k = 0; k < n_mods && !rc; k++)
+        for (int i = c->grp_start[j.key[k]]; !rc && i < c->grp_start[j.key[k] + 1]; i++) {
+            const core_lora_group *g = &plan->groups[c->grp_order[i]];
+            if (g->n_rows >= LORA_SGEMM_ROWS)
+                rc = lora_large(c, g, X, in, Y[k], j.out[k]);
+        }
     return rc;
+}
+
+static int linear(core_ctx *c, const core_lora_plan *plan, int layer, core_module mod,
+                  const float *X, int n, float *Y)
+{
+    return linear_n(c, plan, layer, &mod, 1, X, n, &Y);
 }
 
 /* ---- elementwise pieces ---------------------------------------------------------------------- */
@@ -556,9 +580,9 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
 
     for (int i = 0; i < n; i++)
         rmsnorm(c->xn + (size_t)i * e, c->x + (size_t)i * e, L->attn_norm, e, cfg->rms_eps);
-    if ((rc = linear(c, plan, l, CORE_MOD_Q, c->xn, n, c->q)) ||
-        (rc = linear(c, plan, l, CORE_MOD_K, c->xn, n, c->k)) ||
-        (rc = linear(c, plan, l, CORE_MOD_V, c->xn, n, c->v)))
+    static const core_module qkv[3] = {CORE_MOD_Q, CORE_MOD_K, CORE_MOD_V};
+    float *qkv_out[3] = {c->q, c->k, c->v};
+    if ((rc = linear_n(c, plan, l, qkv, 3, c->xn, n, qkv_out)))
         return rc;
     for (int i = 0; i < n; i++) {
         float *qi = c->q + (size_t)i * q_dim, *ki = c->k + (size_t)i * kv_dim;
@@ -578,8 +602,9 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
 
     for (int i = 0; i < n; i++)
         rmsnorm(c->xn + (size_t)i * e, c->x + (size_t)i * e, L->ffn_norm, e, cfg->rms_eps);
-    if ((rc = linear(c, plan, l, CORE_MOD_GATE, c->xn, n, c->gate)) ||
-        (rc = linear(c, plan, l, CORE_MOD_UP, c->xn, n, c->up)))
+    static const core_module gate_up[2] = {CORE_MOD_GATE, CORE_MOD_UP};
+    float *gu_out[2] = {c->gate, c->up};
+    if ((rc = linear_n(c, plan, l, gate_up, 2, c->xn, n, gu_out)))
         return rc;
     int tasks = n >= 4 ? core__pool_threads() : 1;
     swiglu_job sj = {
