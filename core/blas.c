@@ -9,6 +9,7 @@
 #include "core/pool.h"
 
 #include <cblas.h>
+#include <cpuid.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -64,6 +65,14 @@ void core_blas_cpu_features(int *has_avx512, int *has_avx2)
         *has_avx512 = avx512 != 0;
     if (has_avx2)
         *has_avx2 = avx2 != 0;
+}
+
+int core__cpu_avx2_f16c(void)
+{
+    int avx2;
+    unsigned a, b, c, d;
+    core_blas_cpu_features(NULL, &avx2);
+    return avx2 && __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
 }
 
 /* OpenBLAS's x86 cores written for CPUs without AVX2 (corename[] in driver/others/dynamic.c),

@@ -4,12 +4,12 @@
  * many distinct adapters bandwidth-bound rather than instruction-bound. */
 #include "lora.h"
 
-#include <cpuid.h>
 #include <immintrin.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
 
+#include "blas.h"
 #include "quant.h"
 
 #define ROWS 8          /* batch rows per pass over Bt */
@@ -261,13 +261,7 @@ static const lora_ops *ops(void)
     static const lora_ops avx2 = {cvt_avx2, shrink_avx2, expand_avx2};
     const lora_ops *o = atomic_load_explicit(&chosen, memory_order_relaxed);
     if (!o) {
-        /* avx2/fma through the compiler (it also checks the OS saves YMM state); F16C is CPUID
-         * leaf 1 ECX bit 29, which not every compiler's __builtin_cpu_supports knows. */
-        unsigned a, b, c, d;
-        __builtin_cpu_init();
-        bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
-        o = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c ? &avx2
-                                                                                    : &generic_ops;
+        o = core__cpu_avx2_f16c() ? &avx2 : &generic_ops;
         atomic_store_explicit(&chosen, o, memory_order_relaxed);
     }
     return o;

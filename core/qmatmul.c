@@ -11,7 +11,6 @@
  */
 #include "qmatmul.h"
 
-#include <cpuid.h>
 #include <errno.h>
 #include <immintrin.h>
 #include <stdatomic.h>
@@ -19,6 +18,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "blas.h"
 #include "quant.h"
 
 #define WR 4    /* weight rows rebuilt and used together */
@@ -606,12 +606,7 @@ static const qmm_ops *ops(void)
     static const qmm_ops portable = {dequant_generic, dots_generic, NULL};
     int k = atomic_load_explicit(&kernels, memory_order_relaxed);
     if (k == KERNELS_UNDECIDED) {
-        /* As lora.c: F16C is CPUID leaf 1 ECX bit 29, unknown to some __builtin_cpu_supports. */
-        unsigned a, b, c, d;
-        __builtin_cpu_init();
-        bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
-        k = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c ? KERNELS_AVX2
-                                                                                    : KERNELS_NONE;
+        k = core__cpu_avx2_f16c() ? KERNELS_AVX2 : KERNELS_NONE;
         atomic_store_explicit(&kernels, k, memory_order_relaxed);
     }
     return k == KERNELS_AVX2 ? &avx2 : k == KERNELS_PORTABLE ? &portable : NULL;
@@ -652,8 +647,8 @@ int core__qmatmul_part(uint32_t type, const void *W, int in, int out, int o_begi
         for (int o0 = 0; o0 < out; o0 += OC)
             for (int r0 = 0; r0 < n; r0 += 8)
                 o->gemv(type, wb + (size_t)o0 * row_bytes, row_bytes, in,
-                        out - o0 < OC ? out - o0 : OC, X + (size_t)r0 * in,
-                        n - r0 < 8 ? n - r0 : 8, Y + (size_t)r0 * ldy + o0, ldy);
+                        out - o0 < OC ? out - o0 : OC, X + (size_t)r0 * in, n - r0 < 8 ? n - r0 : 8,
+                        Y + (size_t)r0 * ldy + o0, ldy);
         return 0;
     }
     _Alignas(32) float buf[WR * LDB];    /* (WR, LDB) rebuilt weights */
