@@ -75,32 +75,52 @@ def queue_full_429():
 
 @suite.test
 def queue_full_429_has_retry_after():
-    """Both slots busy with streams, one request waiting: the next one gets 429."""
-    hold = threading.Event()
+    """Both slots busy with streams, one request waiting: the next one gets 429. The streams
+    ask for far more tokens than the test needs and hang up once it is done, so their length
+    does not depend on how fast the machine is."""
+    release = threading.Event()
+    ended = threading.Event()
     started = [threading.Event(), threading.Event()]
 
+    class HangUp(Exception):
+        pass
+
+    def on_event(k, ev):
+        started[k].set()
+        if release.is_set():
+            raise HangUp()
+
     def long_stream(k):
-        e2e.stream(FULL.port, "/v1/completions", dict(BODY, max_tokens=48, stream=True),
-                   on_event=lambda i, ev: started[k].set(), timeout=60)
-        hold.set()
+        try:
+            e2e.stream(FULL.port, "/v1/completions", dict(BODY, max_tokens=1500, stream=True),
+                       on_event=lambda i, ev: on_event(k, ev), timeout=60)
+        except (HangUp, OSError):
+            pass
+        if not release.is_set():
+            ended.set()
 
     ts = [threading.Thread(target=long_stream, args=(k,), daemon=True) for k in range(2)]
     for t in ts:
         t.start()
         time.sleep(0.1)
-    for ev in started:
-        check(ev.wait(60 * e2e.SLOW), "the two streams never started")
-    t2 = threading.Thread(target=lambda: FULL.post("/v1/completions", BODY, timeout=60),
-                          daemon=True)
-    t2.start()   # waits in the queue (limit 1)
-    time.sleep(0.3)
-    if hold.is_set():
-        raise e2e.Fail("a stream ended before the queue filled; cannot test")
-    r = FULL.post("/v1/completions", BODY)
-    check_error(r, 429, what="a request with both slots running and one waiting")
-    check("retry-after" in r.headers, f"429 without Retry-After: {r.headers}")
-    ra = r.headers["retry-after"]
-    check(ra.strip().isdigit(), f"Retry-After {ra!r} is not a number of seconds")
+    try:
+        for ev in started:
+            check(ev.wait(60 * e2e.SLOW), "the two streams never started")
+        t2 = threading.Thread(target=lambda: FULL.post("/v1/completions", BODY, timeout=60),
+                              daemon=True)
+        t2.start()   # waits in the queue (limit 1)
+        e2e.wait_until(lambda: b'"waiting":1' in
+                       FULL.req("GET", "/health").data.replace(b" ", b""),
+                       10, "the third request to wait in the queue")
+        if ended.is_set():
+            raise e2e.Fail("a 1500-token stream ended before the queue filled; cannot test")
+        r = FULL.post("/v1/completions", BODY)
+        check_error(r, 429, what="a request with both slots running and one waiting")
+        check("retry-after" in r.headers, f"429 without Retry-After: {r.headers}")
+        ra = r.headers["retry-after"]
+        check(ra.strip().isdigit(), f"Retry-After {ra!r} is not a number of seconds")
+    finally:
+        release.set()   # the streams hang up at their next event: the queued request runs
     for t in ts + [t2]:
         t.join(120 * e2e.SLOW)
 
