@@ -30,10 +30,6 @@
 #define LORA_SGEMM_ROWS 16
 /* Bytes of the next group's A and of its Bt prefetched while a group computes. */
 #define LORA_PREFETCH 4096
-/* Matmuls of at most this many rows read the quantized weights (core__qmatmul on the pool);
- * larger ones use sgemm on the f32 slab (see CORE_QMATMUL_ROWS for the measurements). */
-#define QMATMUL_ROWS CORE_QMATMUL_ROWS
-
 struct core_ctx {
     const core_model *m;
     int cap_rows;
@@ -383,15 +379,18 @@ static void qmm_task(void *arg, int t)
         atomic_store_explicit(&j->failed, 1, memory_order_relaxed);
 }
 
+/* Matmuls of at most this many rows read the quantized weights (core__qmatmul on the pool);
+ * larger ones use sgemm on the f32 slab (see CORE_QMATMUL_ROWS for the measurements). Read once:
+ * the kernels and the environment do not change while the process runs. */
 static int qmatmul_rows(void)
 {
-    static int rows;
-    if (!rows) {
-        const char *e = getenv("ADAPTREE_QMATMUL_ROWS"); /* for tuning on another machine */
-        long v = e ? strtol(e, NULL, 10) : 0;
-        rows = v > 0 && v <= 4096 ? (int)v : QMATMUL_ROWS;
+    static _Atomic int rows = -1;
+    int r = atomic_load_explicit(&rows, memory_order_relaxed);
+    if (r < 0) {
+        r = core__qmatmul_max_rows();
+        atomic_store_explicit(&rows, r, memory_order_relaxed);
     }
-    return rows;
+    return r;
 }
 
 /* Y = X · Wᵀ. X (n, in), W (out, in) in f32, Wq the same weights as the GGUF stores them (type

@@ -10,12 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "error.h"
 #include "qmatmul.h"
 #include "quant.h"
-#include "error.h"
 
-static const char *const module_names[CORE_MOD_COUNT] = {"q",    "k",  "v",   "o",
-                                                         "gate", "up", "down"};
+static const char *const module_names[CORE_MOD_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
 static const char *const module_gguf[CORE_MOD_COUNT] = {
     "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
 
@@ -116,8 +115,8 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
     c->rope_theta = 10000.0f;
     c->rms_eps = 1e-5f;
     if (c->n_embd % c->n_head) {
-        core__seterr(err, errlen, "embedding_length %d is not a multiple of head_count %d", c->n_embd,
-               c->n_head);
+        core__seterr(err, errlen, "embedding_length %d is not a multiple of head_count %d",
+                     c->n_embd, c->n_head);
         return -EINVAL;
     }
     c->head_dim = c->n_embd / c->n_head;
@@ -134,17 +133,19 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
         return -EINVAL;
     if (vlen && vlen != c->head_dim) {
         core__seterr(err, errlen, "key_length %d != value_length %d is not supported", c->head_dim,
-               vlen);
+                     vlen);
         return -EINVAL;
     }
     if (c->n_head % c->n_head_kv) {
         core__seterr(err, errlen, "head_count %d is not a multiple of head_count_kv %d", c->n_head,
-               c->n_head_kv);
+                     c->n_head_kv);
         return -EINVAL;
     }
     if (c->rope_dim != c->head_dim || c->head_dim % 2) {
-        core__seterr(err, errlen, "partial rotary embeddings (rope.dimension_count %d, head dim %d) are "
-               "not supported", c->rope_dim, c->head_dim);
+        core__seterr(err, errlen,
+                     "partial rotary embeddings (rope.dimension_count %d, head dim %d) are "
+                     "not supported",
+                     c->rope_dim, c->head_dim);
         return -EINVAL;
     }
     char key[128], scaling[32];
@@ -155,7 +156,8 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
     }
     const core_gguf_tensor *emb = core_gguf_find_tensor(g, "token_embd.weight");
     if (!emb || emb->n_dims != 2 || emb->ne[0] != (uint64_t)c->n_embd || emb->ne[1] > (1u << 24)) {
-        core__seterr(err, errlen, "tensor token_embd.weight is missing or not (%d, n_vocab)", c->n_embd);
+        core__seterr(err, errlen, "tensor token_embd.weight is missing or not (%d, n_vocab)",
+                     c->n_embd);
         return -EINVAL;
     }
     c->n_vocab = (int)emb->ne[1];
@@ -170,8 +172,8 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
 
 /* Checks one tensor's presence and shape (ne0 = cols, ne1 = rows; rows 0 for a vector) and
  * that its type can be dequantized. */
-static const core_gguf_tensor *want_tensor(const core_gguf *g, const char *name, int cols,
-                                           int rows, char *err, size_t errlen)
+static const core_gguf_tensor *want_tensor(const core_gguf *g, const char *name, int cols, int rows,
+                                           char *err, size_t errlen)
 {
     const core_gguf_tensor *t = core_gguf_find_tensor(g, name);
     if (!t) {
@@ -182,14 +184,14 @@ static const core_gguf_tensor *want_tensor(const core_gguf *g, const char *name,
                    : (t->n_dims == 1 && t->ne[0] == (uint64_t)cols);
     if (!ok) {
         core__seterr(err, errlen,
-               "tensor '%s' has shape [%llu, %llu], expected [%d, %d] (ne0 = input features)",
-               name, (unsigned long long)t->ne[0],
-               (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), cols, rows ? rows : 1);
+                     "tensor '%s' has shape [%llu, %llu], expected [%d, %d] (ne0 = input features)",
+                     name, (unsigned long long)t->ne[0],
+                     (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), cols, rows ? rows : 1);
         return NULL;
     }
     if (!core_type_can_dequant(t->type)) {
         core__seterr(err, errlen, "tensor '%s' has type %s, which adaptree cannot dequantize", name,
-               core_type_name(t->type));
+                     core_type_name(t->type));
         return NULL;
     }
     return t;
@@ -203,13 +205,14 @@ static int load_tensor(const core_gguf *g, const char *name, int cols, int rows,
         return -EINVAL;
     int64_t n = (int64_t)cols * (rows ? rows : 1);
     if (core_dequant_row(t->type, t->data, dst, n) < 0) {
-        core__seterr(err, errlen, "tensor '%s': cannot dequantize %s", name, core_type_name(t->type));
+        core__seterr(err, errlen, "tensor '%s': cannot dequantize %s", name,
+                     core_type_name(t->type));
         return -EINVAL;
     }
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(dst[i])) {
             core__seterr(err, errlen, "tensor '%s' holds a non-finite value at element %lld", name,
-                   (long long)i);
+                         (long long)i);
             return -EINVAL;
         }
     }
@@ -258,15 +261,14 @@ core_model *core_model_load(const char *path, char *err, size_t errlen)
     m->layers = calloc(c->n_layer, sizeof *m->layers);
     if (!m->slab || !m->layers) {
         core__seterr(err, errlen, "out of memory allocating %zu MB of weights",
-               m->slab_floats * sizeof(float) >> 20);
+                     m->slab_floats * sizeof(float) >> 20);
         goto fail;
     }
 
     float *p = m->slab;
     m->tok_embd = p;
     p += emb;
-    if (load_tensor(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, m->tok_embd, err,
-                    errlen))
+    if (load_tensor(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, m->tok_embd, err, errlen))
         goto fail;
     m->output = m->tok_embd;
     m->output_q = quantized(m->gguf, "token_embd.weight", &m->output_qtype);

@@ -64,11 +64,11 @@ typedef struct core_layer {
 
 typedef struct core_model {
     core_config cfg;
-    core_gguf *gguf;    /* owned; kept open for the tokenizer, inspect and merge */
-    float *slab;        /* every weight, one allocation */
+    core_gguf *gguf; /* owned; kept open for the tokenizer, inspect and merge */
+    float *slab;     /* every weight, one allocation */
     size_t slab_floats;
-    float *tok_embd;    /* (n_vocab, n_embd) */
-    float *output;      /* (n_vocab, n_embd); == tok_embd when tied */
+    float *tok_embd; /* (n_vocab, n_embd) */
+    float *output;   /* (n_vocab, n_embd); == tok_embd when tied */
     /* output (tok_embd when tied) as the GGUF stores it, like core_layer.q; or NULL */
     const void *output_q;
     uint32_t output_qtype;
@@ -115,10 +115,10 @@ size_t core_kv_bytes(const core_kv *kv);
  * weights are read row by row). A and Bt are borrowed for the call. */
 typedef struct core_lora_group {
     int layer;
-    int module;          /* core_module */
-    uint32_t dtype;      /* CORE_TYPE_F32, CORE_TYPE_F16 or CORE_TYPE_BF16 (A and Bt alike) */
-    const void *A;       /* (rank, in) */
-    const void *Bt;      /* (rank, out): B transposed */
+    int module;     /* core_module */
+    uint32_t dtype; /* CORE_TYPE_F32, CORE_TYPE_F16 or CORE_TYPE_BF16 (A and Bt alike) */
+    const void *A;  /* (rank, in) */
+    const void *Bt; /* (rank, out): B transposed */
     int rank;
     int n_rows;
     const int32_t *rows; /* (n_rows) batch row indices */
@@ -144,11 +144,14 @@ typedef struct core_batch {
     const uint8_t *want_logits; /* (n_rows) 1 = produce logits for this row; NULL = every row */
 } core_batch;
 
-/* Steps of at most this many rows read the weights in their stored (quantized) type; larger
- * ones use OpenBLAS sgemm on the f32 copies. Measured on one core of a Zen 4 EPYC (CPU time per
- * decode step, qmatmul vs sgemm): 76 vs 115 ms at 16 rows, 134 vs 158 at 32, equal at 48, sgemm
- * ahead by 6% at 64; on two cores qmatmul splits its weights between the threads while sgemm's
- * packing is bandwidth-bound, so the crossover only moves up. */
+/* With the AVX2 kernels, steps of at most this many rows read the weights in their stored
+ * (quantized) type; larger ones use OpenBLAS sgemm on the f32 copies. Measured on one core of a
+ * Zen 4 EPYC (CPU time per decode step, qmatmul vs sgemm): 76 vs 115 ms at 16 rows, 134 vs 158
+ * at 32, equal at 48, sgemm ahead by 6% at 64; on two cores qmatmul splits its weights between
+ * the threads while sgemm's packing is bandwidth-bound, so the crossover only moves up. With the
+ * AVX-512 kernels every step reads the quantized weights: on a Zen 5 EPYC (2 threads) a 64-row
+ * decode step took 64-69 ms against 71 (SkylakeX sgemm) and 105 (Haswell), a 256-row prefill
+ * 221 ms against 239 and 322. core__qmatmul_max_rows() gives the limit in force. */
 #define CORE_QMATMUL_ROWS 48
 
 /* Scratch for the forward pass; grows to the largest batch seen. */

@@ -10,8 +10,8 @@
  * summation order of the dot products differs from sgemm. A row of Y is computed in the same
  * order whatever n is and whatever the other rows of X hold.
  *
- * AVX2/FMA/F16C kernels are chosen at run time; portable ones exist for tests. Pure functions,
- * no state beyond the one-time CPU check: any thread may call them.
+ * AVX-512 or AVX2/FMA/F16C kernels are chosen at run time; portable ones exist for tests. Pure
+ * functions, no state beyond the one-time CPU check: any thread may call them.
  */
 #ifndef ADAPTREE_CORE_QMATMUL_H
 #define ADAPTREE_CORE_QMATMUL_H
@@ -36,7 +36,23 @@ int core__qmatmul(uint32_t type, const void *W, int in, int out, const float *X,
 int core__qmatmul_part(uint32_t type, const void *W, int in, int out, int o_begin, int o_end,
                        const float *X, int n, float *Y);
 
+/* The kernel families; CORE_QMM_AUTO picks the best the CPU has (AVX-512 F/BW/DQ/VL, else
+ * AVX2/FMA/F16C, else none; ADAPTREE_QMATMUL=avx2 in the environment stops at AVX2). The AVX2
+ * and AVX-512 kernels give the same bits. */
+enum { CORE_QMM_AUTO, CORE_QMM_PORTABLE, CORE_QMM_AVX2, CORE_QMM_AVX512 };
+
+/* Tests and benches: run this family from now on. -ENOTSUP when the CPU lacks it. */
+int core__qmatmul_force(int which);
+
 /* Tests: 1 runs the portable kernels (whatever the CPU), 0 returns to detecting the CPU. */
 void core__qmatmul_force_generic(int on);
+
+/* The most rows a step may have and still go through core__qmatmul rather than sgemm on f32
+ * weights: ADAPTREE_QMATMUL_ROWS from the environment (1..1000000) if set, else unlimited
+ * (INT_MAX) on the AVX-512 kernels, CORE_QMATMUL_ROWS on the AVX2 ones, 0 without kernels. */
+int core__qmatmul_max_rows(void);
+
+/* The family in use, for logs and benches: "AVX-512", "AVX2", "portable" or "none (...)". */
+const char *core__qmatmul_kernels(void);
 
 #endif

@@ -10,6 +10,7 @@
 #include "adapters/compose.h"
 #include "core/blas.h"
 #include "core/model.h"
+#include "core/qmatmul.h"
 #include "tests/unit/adapters/adapter_testutil.h"
 
 static double now_s(void)
@@ -66,7 +67,7 @@ typedef struct bench {
     core_kv *kv;
     float *logits;
     double flops_per_row; /* linear layers + head, per token */
-    double weight_bytes;  /* f32 weights read per step (more than CORE_QMATMUL_ROWS rows) */
+    double weight_bytes;  /* f32 weights read per step (more than core__qmatmul_max_rows()) */
     double qweight_bytes; /* stored (quantized) weights read per step (small steps) */
     double peak, bw;
 } bench;
@@ -75,7 +76,7 @@ static void report(const bench *b, const char *what, double toks, double secs, d
                    double steps)
 {
     double gflops = b->flops_per_row * toks / secs / 1e9;
-    double bytes = rows_per_step <= CORE_QMATMUL_ROWS ? b->qweight_bytes : b->weight_bytes;
+    double bytes = rows_per_step <= core__qmatmul_max_rows() ? b->qweight_bytes : b->weight_bytes;
     double gbs = bytes * steps / secs / 1e9;
     printf("%-28s %9.1f tok/s   %7.1f GFLOP/s (%3.0f%% of peak)   %6.1f GB/s (%3.0f%% of bw)"
            "   [%.0f rows/step]\n",
@@ -314,10 +315,14 @@ int main(int argc, char **argv)
     b.ctx = core_ctx_new(m);
     b.kv = core_kv_new(c, 64, 1024, err, sizeof err);
     b.logits = malloc(sizeof(float) * (size_t)c->n_vocab * 64);
-    printf("model: %s, %.1f M linear params; a step reads %.0f MB of stored weights (up to %d "
-           "rows) or %.0f MB of f32 weights\n\n",
+    int qrows = core__qmatmul_max_rows();
+    char rows[32] = "any number of";
+    if (qrows < 1000000)
+        snprintf(rows, sizeof rows, "up to %d", qrows);
+    printf("model: %s, %.1f M linear params; a step reads %.0f MB of stored weights (%s rows, "
+           "%s kernels) or %.0f MB of f32 weights\n\n",
            path, (lin * c->n_layer + (double)c->n_vocab * c->n_embd) / 1e6, b.qweight_bytes / 1e6,
-           CORE_QMATMUL_ROWS, b.weight_bytes / 1e6);
+           rows, core__qmatmul_kernels(), b.weight_bytes / 1e6);
 
     double tp, td;
     int plen = 128, steps = 32;

@@ -1,6 +1,7 @@
 /* Tests for core/qmatmul.c: for every type it takes, random blocks against dequantize-then-
- * multiply in double, on both the AVX2 and the portable kernels; the rebuilt weights bit for bit
- * against core_dequant_row; a row's result independent of the other rows of X. */
+ * multiply in double, on the AVX-512, AVX2 and portable kernels (the first two bit for bit alike);
+ * the rebuilt weights bit for bit against core_dequant_row; a row's result independent of the other
+ * rows of X. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -245,7 +246,58 @@ TEST(qmatmul_matches_reference)
         printf("    no AVX2/FMA/F16C: core__qmatmul leaves every type to the f32 path\n");
         return;
     }
+    if (core__qmatmul_force(CORE_QMM_AVX512) == 0)
+        run_all("AVX-512");
+    else
+        printf("    no AVX-512 F/BW/DQ/VL here: its kernels are not tested\n");
+    CHECK_EQ_INT(core__qmatmul_force(CORE_QMM_AVX2), 0);
     run_all("AVX2");
+    core__qmatmul_force(CORE_QMM_AUTO);
+}
+
+/* The AVX-512 kernels keep the AVX2 kernels' chains: the same bits for every type, shape and
+ * number of rows, so that a result does not depend on which of the two a machine runs. */
+TEST(qmatmul_avx512_gives_the_avx2_bits)
+{
+    if (core__qmatmul_force(CORE_QMM_AVX512) != 0) {
+        printf("    no AVX-512 F/BW/DQ/VL here: nothing to compare\n");
+        return;
+    }
+    static const int ns[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 48};
+    int compared = 0;
+    for (size_t t = 0; t < sizeof all_types / sizeof all_types[0]; t++) {
+        uint32_t type = all_types[t];
+        rng = 99 + t;
+        int n_shapes;
+        const shape *sh = shapes_of(type, &n_shapes);
+        for (int s = 0; s < n_shapes; s++) {
+            int in = sh[s].in, out = sh[s].out, nmax = 48;
+            size_t rb;
+            uint8_t *w = rand_weights(type, in, out, &rb);
+            float *x = malloc(sizeof(float) * (size_t)in * nmax);
+            float *ya = malloc(sizeof(float) * (size_t)out * nmax);
+            float *yb = malloc(sizeof(float) * (size_t)out * nmax);
+            for (int i = 0; i < in * nmax; i++)
+                x[i] = frand();
+            for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+                int n = ns[k];
+                core__qmatmul_force(CORE_QMM_AVX512);
+                CHECK_EQ_INT(core__qmatmul(type, w, in, out, x, n, ya), 0);
+                core__qmatmul_force(CORE_QMM_AVX2);
+                CHECK_EQ_INT(core__qmatmul(type, w, in, out, x, n, yb), 0);
+                CHECK_MSG(memcmp(ya, yb, sizeof(float) * (size_t)out * n) == 0,
+                          "%s in %d out %d n %d: AVX-512 and AVX2 results differ",
+                          core_type_name(type), in, out, n);
+                compared++;
+            }
+            free(w);
+            free(x);
+            free(ya);
+            free(yb);
+        }
+    }
+    core__qmatmul_force(CORE_QMM_AUTO);
+    printf("    %d products bit-identical on both kernel families\n", compared);
 }
 
 /* The portable kernels, which an AVX2 machine would otherwise never run. */

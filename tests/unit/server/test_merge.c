@@ -20,7 +20,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "tests/unit/adapters/adapter_testutil.h"
 #include "adapters/compose.h"
 #include "core/gguf.h"
 #include "core/model.h"
@@ -29,6 +28,7 @@
 #include "server/cli_select.h"
 #include "tests/shared_model.h"
 #include "tests/test.h"
+#include "tests/unit/adapters/adapter_testutil.h"
 
 #define FIX "tests/golden/fixtures/adapters"
 #define N_PROMPT 12
@@ -155,8 +155,8 @@ typedef struct check {
     char why[512];
 } check;
 
-/* Reference W + Σ weight·scale·B·A (B = Btᵀ) for one row o of (layer, module), in double, into ref (in),
- * and the sum of the magnitudes of its terms into mag (in), which bounds f32 rounding. */
+/* Reference W + Σ weight·scale·B·A (B = Btᵀ) for one row o of (layer, module), in double, into ref
+ * (in), and the sum of the magnitudes of its terms into mag (in), which bounds f32 rounding. */
 static void reference_row(const core_model *m, const adapter_set *set, int l, int mod, int o,
                           double *ref, double *mag)
 {
@@ -454,18 +454,18 @@ TEST(merge_refuses_bad_requests)
     char out[256], why[700] = "";
     snprintf(out, sizeof out, "%s/merged.gguf", dir);
     const char *model = test_model_path();
-    int ok = refused("tree/fr/nobody", NULL, model, out, -EINVAL, "unknown adapter", why,
-                     sizeof why) &&
-             refused(NULL, "no_such_adapter:2", model, out, -EINVAL, "unknown adapter", why,
-                     sizeof why) &&
-             refused("tree", NULL, model, out, -EINVAL, "applies no adapter", why, sizeof why) &&
-             refused(NULL, NULL, model, out, -EINVAL, "no adapter selected", why, sizeof why) &&
-             refused(NULL, "qv_r4", model, "/nonexistent-adaptree-dir/m.gguf", -ENOENT,
-                     "cannot create /nonexistent-adaptree-dir/m.gguf.tmp", why, sizeof why) &&
-             refused(NULL, "qv_r4", model, model, -EINVAL, "is the base model itself", why,
-                     sizeof why) &&
-             refused(NULL, "qv_r4", "/nonexistent-model.gguf", out, -EINVAL, "cannot load", why,
-                     sizeof why);
+    int ok =
+        refused("tree/fr/nobody", NULL, model, out, -EINVAL, "unknown adapter", why, sizeof why) &&
+        refused(NULL, "no_such_adapter:2", model, out, -EINVAL, "unknown adapter", why,
+                sizeof why) &&
+        refused("tree", NULL, model, out, -EINVAL, "applies no adapter", why, sizeof why) &&
+        refused(NULL, NULL, model, out, -EINVAL, "no adapter selected", why, sizeof why) &&
+        refused(NULL, "qv_r4", model, "/nonexistent-adaptree-dir/m.gguf", -ENOENT,
+                "cannot create /nonexistent-adaptree-dir/m.gguf.tmp", why, sizeof why) &&
+        refused(NULL, "qv_r4", model, model, -EINVAL, "is the base model itself", why,
+                sizeof why) &&
+        refused(NULL, "qv_r4", "/nonexistent-model.gguf", out, -EINVAL, "cannot load", why,
+                sizeof why);
     tu_rmrf(dir);
     CHECK_MSG(ok, "%s", why);
     CHECK(file_exists(model));
