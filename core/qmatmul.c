@@ -664,7 +664,8 @@ AVX512_INLINE static __m512 f16_x2(const uint8_t *a, const uint8_t *b)
     uint16_t ha, hb;
     memcpy(&ha, a, sizeof ha);
     memcpy(&hb, b, sizeof hb);
-    __m128 v = _mm_cvtph_ps(_mm_cvtsi32_si128((int)ha | (int)hb << 16)); /* fa, fb */
+    __m128 v =
+        _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)ha | (uint32_t)hb << 16))); /* fa, fb */
     return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
                                  _mm512_castps128_ps512(v));
 }
