@@ -824,7 +824,8 @@ AVX512_INLINE static void fused_x2(void (*block)(const uint8_t *, const uint8_t 
     }
 }
 
-/* gemv_<type>_x2: packs n rows of X (n <= 16) into xp and runs fused_x2 with the tile for n
+/* gemv_<type>_x2: packs n rows of X (n <= 16) into xp (-n: xp already holds them, packed
+ * for the same n) and runs fused_x2 with the tile for n
  * (pairs of weight rows, rows of X): (4, 1) for one row, which needs no packing; (3, 4) up to
  * four; (3, 8) up to eight; (2, 16) up to sixteen, 32 accumulators, the weights then read from
  * L1 by the FMAs. Measured on a Zen 5 core, Q4_1 576 x 1536 from L2, GFLOP/s: 55 at one row (it
@@ -835,16 +836,21 @@ AVX512_INLINE static void fused_x2(void (*block)(const uint8_t *, const uint8_t 
                                         const float *X, int ldx, int n, float *xp, float *Y,       \
                                         int ldy)                                                   \
     {                                                                                              \
+        bool packed = n < 0;                                                                       \
+        n = packed ? -n : n;                                                                       \
         if (n == 1) {                                                                              \
             fused_x2(block_##type##_x2, (bytes), W, row_bytes, nb, out, X, n, Y, ldy, 4, 1);       \
         } else if (n <= 4) {                                                                       \
-            pack_x(X, ldx, n, nb, xp, 4);                                                          \
+            if (!packed)                                                                           \
+                pack_x(X, ldx, n, nb, xp, 4);                                                      \
             fused_x2(block_##type##_x2, (bytes), W, row_bytes, nb, out, xp, n, Y, ldy, 3, 4);      \
         } else if (n <= 8) {                                                                       \
-            pack_x(X, ldx, n, nb, xp, 8);                                                          \
+            if (!packed)                                                                           \
+                pack_x(X, ldx, n, nb, xp, 8);                                                      \
             fused_x2(block_##type##_x2, (bytes), W, row_bytes, nb, out, xp, n, Y, ldy, 3, 8);      \
         } else {                                                                                   \
-            pack_x(X, ldx, n, nb, xp, 16);                                                         \
+            if (!packed)                                                                           \
+                pack_x(X, ldx, n, nb, xp, 16);                                                     \
             fused_x2(block_##type##_x2, (bytes), W, row_bytes, nb, out, xp, n, Y, ldy, 2, 16);     \
         }                                                                                          \
     }
@@ -855,13 +861,18 @@ LEGACY_KERNELS_X2(q5_0, 22)
 LEGACY_KERNELS_X2(q5_1, 24)
 LEGACY_KERNELS_X2(q8_0, 34)
 
-/* Packed rows of X the AVX-512 kernels keep on the stack: sixteen rows of up to 2048 elements
- * (128 KiB). Longer rows go to the AVX2 kernels, which give the same bits. */
+/* Packed rows of X the AVX-512 kernels keep on the stack (128 KiB): up to three groups of
+ * sixteen rows of the small models' 576 elements, one of 2048. More goes to the heap (or, if
+ * that fails, to the AVX2 kernels, which give the same bits). */
 #define XP (16 * 2048)
+/* Bytes of weight rows run against every group of X before the next rows: they stay in L2
+ * (1 MiB per core on Zen 4/5, 2 MiB on recent Intel) instead of coming from L3 or memory once
+ * per group. */
+#define WBLOCK (512 * 1024)
 
-/* Y = X · Wᵀ for any n, sixteen rows of X at a time, each group packed once and run against
- * every weight row (the weights come from L2 again for the next group); rows too long to pack
- * go to gemv_avx2. -ENOTSUP for other types. */
+/* Y = X · Wᵀ for any n: X is packed once, sixteen rows per group, then each block of WBLOCK
+ * bytes of weight rows runs against every group (when the weights are one block, each group is
+ * packed just before its run, into one group's buffer). -ENOTSUP for other types. */
 AVX512 static int gemv_avx512(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
                               const float *X, int n, float *Y, int ldy)
 {
@@ -885,12 +896,40 @@ AVX512 static int gemv_avx512(uint32_t type, const uint8_t *W, size_t row_bytes,
     default:
         return -ENOTSUP;
     }
-    if (in > XP / 16)
-        return gemv_avx2(type, W, row_bytes, in, out, X, n, Y, ldy);
-    _Alignas(64) float xp[XP];
-    for (int r0 = 0; r0 < n; r0 += 16)
-        k(W, row_bytes, in / 32, out, X + (size_t)r0 * in, in, n - r0 < 16 ? n - r0 : 16, xp,
-          Y + (size_t)r0 * ldy, ldy);
+    int groups = (n + 15) / 16;
+    size_t per = (size_t)in * 16; /* floats of one packed group */
+    /* whole tiles of weight rows (every tile height divides 12) */
+    int rows = (int)(WBLOCK / row_bytes) / 12 * 12;
+    if (rows < 12)
+        rows = 12;
+    /* one block of weights: each group is packed just before its run, into the same buffer */
+    bool one_block = out <= rows;
+    size_t need = one_block ? per : per * groups;
+    _Alignas(64) float stack[XP];
+    float *xp = stack;
+    if (need > XP && n > 1) {
+        /* a large model's rows or a long prefill: the product costs milliseconds, the
+         * allocation microseconds */
+        xp = aligned_alloc(64, need * sizeof(float));
+        if (!xp)
+            return gemv_avx2(type, W, row_bytes, in, out, X, n, Y, ldy);
+    }
+    if (n == 1) { /* one row needs no packing */
+        k(W, row_bytes, in / 32, out, X, in, 1, xp, Y, ldy);
+    } else {
+        for (int o0 = 0; o0 < out; o0 += rows) {
+            int no = out - o0 < rows ? out - o0 : rows;
+            for (int g = 0; g < groups; g++) {
+                int r0 = 16 * g, nx = n - r0 < 16 ? n - r0 : 16;
+                /* packed by the first block's run (-nx: already packed) */
+                k(W + (size_t)o0 * row_bytes, row_bytes, in / 32, no, X + (size_t)r0 * in, in,
+                  o0 == 0 ? nx : -nx, one_block ? xp : xp + per * g, Y + (size_t)r0 * ldy + o0,
+                  ldy);
+            }
+        }
+    }
+    if (xp != stack)
+        free(xp);
     return 0;
 }
 
