@@ -296,6 +296,34 @@ TEST(qmatmul_avx512_gives_the_avx2_bits)
             free(yb);
         }
     }
+    /* Weights past one L2 block (WBLOCK, 512 KiB: 1452 rows of Q4_1 576) run block by block
+     * against groups of X packed once; still the AVX2 bits. */
+    {
+        int in = 576, out = 1501, nmax = 48;
+        size_t rb;
+        rng = 7;
+        uint8_t *w = rand_weights(CORE_TYPE_Q4_1, in, out, &rb);
+        float *x = malloc(sizeof(float) * (size_t)in * nmax);
+        float *ya = malloc(sizeof(float) * (size_t)out * nmax);
+        float *yb = malloc(sizeof(float) * (size_t)out * nmax);
+        for (int i = 0; i < in * nmax; i++)
+            x[i] = frand();
+        for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+            int n = ns[k];
+            core__qmatmul_force(CORE_QMM_AVX512);
+            CHECK_EQ_INT(core__qmatmul(CORE_TYPE_Q4_1, w, in, out, x, n, ya), 0);
+            core__qmatmul_force(CORE_QMM_AVX2);
+            CHECK_EQ_INT(core__qmatmul(CORE_TYPE_Q4_1, w, in, out, x, n, yb), 0);
+            CHECK_MSG(memcmp(ya, yb, sizeof(float) * (size_t)out * n) == 0,
+                      "q4_1 in %d out %d n %d (two weight blocks): AVX-512 and AVX2 differ", in,
+                      out, n);
+            compared++;
+        }
+        free(w);
+        free(x);
+        free(ya);
+        free(yb);
+    }
     core__qmatmul_force(CORE_QMM_AUTO);
     printf("    %d products bit-identical on both kernel families\n", compared);
 }
