@@ -9,6 +9,7 @@
  */
 #include <cblas.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -391,6 +392,25 @@ static int qmatmul_rows(void)
         atomic_store_explicit(&rows, r, memory_order_relaxed);
     }
     return r;
+}
+
+const char *core_matmul_kernels(void)
+{
+    static char desc[96];
+    static _Atomic int done;
+    if (!atomic_load_explicit(&done, memory_order_acquire)) {
+        int rows = qmatmul_rows();
+        if (rows == 0)
+            snprintf(desc, sizeof desc, "OpenBLAS sgemm on f32 weights (no AVX2/FMA/F16C)");
+        else if (rows == INT_MAX)
+            snprintf(desc, sizeof desc, "%s quantized matmul at any batch size",
+                     core__qmatmul_kernels());
+        else
+            snprintf(desc, sizeof desc, "%s quantized matmul up to %d rows, OpenBLAS sgemm above",
+                     core__qmatmul_kernels(), rows);
+        atomic_store_explicit(&done, 1, memory_order_release);
+    }
+    return desc;
 }
 
 /* Y = X · Wᵀ. X (n, in), W (out, in) in f32, Wq the same weights as the GGUF stores them (type

@@ -212,6 +212,7 @@ int srv_cli_inspect(int argc, char **argv)
         status = 1;
     }
     printf("openblas: core %s, %d threads\n", core_blas_corename(), core_blas_threads());
+    printf("linear layers: %s\n", core_matmul_kernels());
     core_gguf_close(g);
     return status;
 }

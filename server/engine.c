@@ -633,10 +633,11 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
             adapter_registry_stats_get(e->reg, &rs);
         fprintf(stderr,
                 "engine: model %s (%d layers, vocab %d), %d slots x %d positions, batch %d rows, "
-                "prefill chunk %d, queue %d, registry %s (%d nodes%s)\n",
+                "prefill chunk %d, queue %d, registry %s (%d nodes%s)\n"
+                "engine: linear layers on %s\n",
                 e->model_id, e->model->cfg.n_layer, e->n_vocab, e->max_seqs, e->n_ctx, e->max_batch,
                 e->prefill_chunk, e->queue_limit, e->registry_dir ? e->registry_dir : "none",
-                rs.nodes, e->reg && e->watch ? ", watched" : "");
+                rs.nodes, e->reg && e->watch ? ", watched" : "", core_matmul_kernels());
     }
     return e;
 fail_sched:
