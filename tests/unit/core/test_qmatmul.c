@@ -255,6 +255,36 @@ TEST(qmatmul_matches_reference)
     core__qmatmul_force(CORE_QMM_AUTO);
 }
 
+/* Random weights of the type (in, out) against up to 48 rows of X on the AVX-512 and AVX2
+ * kernels: the same bits for every n tried. Adds the number of products compared to *compared. */
+static void compare_families(uint32_t type, int in, int out, const char *what, int *compared)
+{
+    static const int ns[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 48};
+    int nmax = 48;
+    size_t rb;
+    uint8_t *w = rand_weights(type, in, out, &rb);
+    float *x = malloc(sizeof(float) * (size_t)in * nmax);
+    float *ya = malloc(sizeof(float) * (size_t)out * nmax);
+    float *yb = malloc(sizeof(float) * (size_t)out * nmax);
+    for (int i = 0; i < in * nmax; i++)
+        x[i] = frand();
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        int n = ns[k];
+        core__qmatmul_force(CORE_QMM_AVX512);
+        CHECK_EQ_INT(core__qmatmul(type, w, in, out, x, n, ya), 0);
+        core__qmatmul_force(CORE_QMM_AVX2);
+        CHECK_EQ_INT(core__qmatmul(type, w, in, out, x, n, yb), 0);
+        CHECK_MSG(memcmp(ya, yb, sizeof(float) * (size_t)out * n) == 0,
+                  "%s in %d out %d n %d%s: AVX-512 and AVX2 results differ", core_type_name(type),
+                  in, out, n, what);
+        (*compared)++;
+    }
+    free(w);
+    free(x);
+    free(ya);
+    free(yb);
+}
+
 /* The AVX-512 kernels keep the AVX2 kernels' chains: the same bits for every type, shape and
  * number of rows, so that a result does not depend on which of the two a machine runs. */
 TEST(qmatmul_avx512_gives_the_avx2_bits)
@@ -263,67 +293,18 @@ TEST(qmatmul_avx512_gives_the_avx2_bits)
         printf("    no AVX-512 F/BW/DQ/VL here: nothing to compare\n");
         return;
     }
-    static const int ns[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 48};
     int compared = 0;
     for (size_t t = 0; t < sizeof all_types / sizeof all_types[0]; t++) {
-        uint32_t type = all_types[t];
         rng = 99 + t;
         int n_shapes;
-        const shape *sh = shapes_of(type, &n_shapes);
-        for (int s = 0; s < n_shapes; s++) {
-            int in = sh[s].in, out = sh[s].out, nmax = 48;
-            size_t rb;
-            uint8_t *w = rand_weights(type, in, out, &rb);
-            float *x = malloc(sizeof(float) * (size_t)in * nmax);
-            float *ya = malloc(sizeof(float) * (size_t)out * nmax);
-            float *yb = malloc(sizeof(float) * (size_t)out * nmax);
-            for (int i = 0; i < in * nmax; i++)
-                x[i] = frand();
-            for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
-                int n = ns[k];
-                core__qmatmul_force(CORE_QMM_AVX512);
-                CHECK_EQ_INT(core__qmatmul(type, w, in, out, x, n, ya), 0);
-                core__qmatmul_force(CORE_QMM_AVX2);
-                CHECK_EQ_INT(core__qmatmul(type, w, in, out, x, n, yb), 0);
-                CHECK_MSG(memcmp(ya, yb, sizeof(float) * (size_t)out * n) == 0,
-                          "%s in %d out %d n %d: AVX-512 and AVX2 results differ",
-                          core_type_name(type), in, out, n);
-                compared++;
-            }
-            free(w);
-            free(x);
-            free(ya);
-            free(yb);
-        }
+        const shape *sh = shapes_of(all_types[t], &n_shapes);
+        for (int s = 0; s < n_shapes; s++)
+            compare_families(all_types[t], sh[s].in, sh[s].out, "", &compared);
     }
     /* Weights past one L2 block (WBLOCK, 512 KiB: 1452 rows of Q4_1 576) run block by block
-     * against groups of X packed once; still the AVX2 bits. */
-    {
-        int in = 576, out = 1501, nmax = 48;
-        size_t rb;
-        rng = 7;
-        uint8_t *w = rand_weights(CORE_TYPE_Q4_1, in, out, &rb);
-        float *x = malloc(sizeof(float) * (size_t)in * nmax);
-        float *ya = malloc(sizeof(float) * (size_t)out * nmax);
-        float *yb = malloc(sizeof(float) * (size_t)out * nmax);
-        for (int i = 0; i < in * nmax; i++)
-            x[i] = frand();
-        for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
-            int n = ns[k];
-            core__qmatmul_force(CORE_QMM_AVX512);
-            CHECK_EQ_INT(core__qmatmul(CORE_TYPE_Q4_1, w, in, out, x, n, ya), 0);
-            core__qmatmul_force(CORE_QMM_AVX2);
-            CHECK_EQ_INT(core__qmatmul(CORE_TYPE_Q4_1, w, in, out, x, n, yb), 0);
-            CHECK_MSG(memcmp(ya, yb, sizeof(float) * (size_t)out * n) == 0,
-                      "q4_1 in %d out %d n %d (two weight blocks): AVX-512 and AVX2 differ", in,
-                      out, n);
-            compared++;
-        }
-        free(w);
-        free(x);
-        free(ya);
-        free(yb);
-    }
+     * against groups of X packed once. */
+    rng = 7;
+    compare_families(CORE_TYPE_Q4_1, 576, 1501, " (two weight blocks)", &compared);
     core__qmatmul_force(CORE_QMM_AUTO);
     printf("    %d products bit-identical on both kernel families\n", compared);
 }
