@@ -394,23 +394,17 @@ static int qmatmul_rows(void)
     return r;
 }
 
-const char *core_matmul_kernels(void)
+const char *core_matmul_kernels(char *buf, size_t len)
 {
-    static char desc[96];
-    static _Atomic int done;
-    if (!atomic_load_explicit(&done, memory_order_acquire)) {
-        int rows = qmatmul_rows();
-        if (rows == 0)
-            snprintf(desc, sizeof desc, "OpenBLAS sgemm on f32 weights (no AVX2/FMA/F16C)");
-        else if (rows == INT_MAX)
-            snprintf(desc, sizeof desc, "%s quantized matmul at any batch size",
-                     core__qmatmul_kernels());
-        else
-            snprintf(desc, sizeof desc, "%s quantized matmul up to %d rows, OpenBLAS sgemm above",
-                     core__qmatmul_kernels(), rows);
-        atomic_store_explicit(&done, 1, memory_order_release);
-    }
-    return desc;
+    int rows = qmatmul_rows();
+    if (rows == 0)
+        snprintf(buf, len, "OpenBLAS sgemm on f32 weights (no AVX2/FMA/F16C)");
+    else if (rows == INT_MAX)
+        snprintf(buf, len, "%s quantized matmul at any batch size", core__qmatmul_kernels());
+    else
+        snprintf(buf, len, "%s quantized matmul up to %d rows, OpenBLAS sgemm above",
+                 core__qmatmul_kernels(), rows);
+    return buf;
 }
 
 /* Y = X · Wᵀ. X (n, in), W (out, in) in f32, Wq the same weights as the GGUF stores them (type

@@ -154,9 +154,9 @@ typedef struct core_batch {
  * 221 ms against 239 and 322. core__qmatmul_max_rows() gives the limit in force. */
 #define CORE_QMATMUL_ROWS 48
 
-/* The kernels the linear layers run on, for logs: e.g. "AVX-512 quantized matmul at any batch
- * size", "AVX2 quantized matmul up to 48 rows, OpenBLAS sgemm above". */
-const char *core_matmul_kernels(void);
+/* The kernels the linear layers run on, for logs, written to buf (e.g. "AVX-512 quantized matmul
+ * at any batch size", "AVX2 quantized matmul up to 48 rows, OpenBLAS sgemm above"); returns buf. */
+const char *core_matmul_kernels(char *buf, size_t len);
 
 /* Scratch for the forward pass; grows to the largest batch seen. */
 typedef struct core_ctx core_ctx;

@@ -545,6 +545,13 @@ AVX2 static void dots_avx2(const float *const *w, int kc, const float *X, int ld
     }
 }
 
+/* 1 for the types the fused kernels rebuild in registers (the legacy 32-element blocks). */
+static bool fused_type(uint32_t type)
+{
+    return type == CORE_TYPE_Q4_0 || type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q5_0 ||
+           type == CORE_TYPE_Q5_1 || type == CORE_TYPE_Q8_0;
+}
+
 /* Up to eight rows of X against every row of W straight from the blocks, without the buffer;
  * the same bits as dequant_avx2 + dots_avx2. -ENOTSUP for other types. */
 AVX2 static int gemv8_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
@@ -581,7 +588,7 @@ AVX2 static int gemv_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, int
 {
     if (n <= 8)
         return gemv8_avx2(type, W, row_bytes, in, out, X, n, Y, ldy);
-    if (gemv8_avx2(type, W, row_bytes, in, 0, X, 8, Y, ldy) != 0)
+    if (!fused_type(type))
         return -ENOTSUP;
     for (int o0 = 0; o0 < out; o0 += OC)
         for (int r0 = 0; r0 < n; r0 += 8)

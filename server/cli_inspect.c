@@ -212,7 +212,8 @@ int srv_cli_inspect(int argc, char **argv)
         status = 1;
     }
     printf("openblas: core %s, %d threads\n", core_blas_corename(), core_blas_threads());
-    printf("linear layers: %s\n", core_matmul_kernels());
+    char kernels[128];
+    printf("linear layers: %s\n", core_matmul_kernels(kernels, sizeof kernels));
     core_gguf_close(g);
     return status;
 }

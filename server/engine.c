@@ -629,6 +629,7 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
     }
     if (e->verbose >= 1) {
         adapter_registry_stats rs = {0};
+        char kernels[128];
         if (e->reg)
             adapter_registry_stats_get(e->reg, &rs);
         fprintf(stderr,
@@ -637,7 +638,8 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
                 "engine: linear layers on %s\n",
                 e->model_id, e->model->cfg.n_layer, e->n_vocab, e->max_seqs, e->n_ctx, e->max_batch,
                 e->prefill_chunk, e->queue_limit, e->registry_dir ? e->registry_dir : "none",
-                rs.nodes, e->reg && e->watch ? ", watched" : "", core_matmul_kernels());
+                rs.nodes, e->reg && e->watch ? ", watched" : "",
+                core_matmul_kernels(kernels, sizeof kernels));
     }
     return e;
 fail_sched:

@@ -2,6 +2,7 @@
  * memory read bandwidth first, then single-stream prefill and decode and batched decode, and
  * prints for each the achieved GFLOP/s and GB/s and their ratio to the measured limits. */
 #include <cblas.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -317,7 +318,7 @@ int main(int argc, char **argv)
     b.logits = malloc(sizeof(float) * (size_t)c->n_vocab * 64);
     int qrows = core__qmatmul_max_rows();
     char rows[32] = "any number of";
-    if (qrows < 1000000)
+    if (qrows != INT_MAX)
         snprintf(rows, sizeof rows, "up to %d", qrows);
     printf("model: %s, %.1f M linear params; a step reads %.0f MB of stored weights (%s rows, "
            "%s kernels) or %.0f MB of f32 weights\n\n",
