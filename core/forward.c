@@ -22,13 +22,11 @@
 #include "model.h"
 #include "pool.h"
 #include "qmatmul.h"
+#include "qmatmul_q8.h"
 #include "quant.h"
 #include "vmath.h"
 
 #define MAX_LORA_RANK CORE_LORA_MAX_RANK
-/* Groups with at least this many rows use sgemm on converted weights; smaller ones the
- * dedicated kernels (lora.c), which read A and Bt once without converting them whole. */
-#define LORA_SGEMM_ROWS 16
 /* Bytes of the next group's A and of its Bt prefetched while a group computes. */
 #define LORA_PREFETCH 4096
 struct core_ctx {
@@ -53,17 +51,13 @@ struct core_ctx {
     int *grp_start; /* (n_layer * CORE_MOD_COUNT + 1) */
     int *grp_fill;  /* (n_layer * CORE_MOD_COUNT) placement cursors of the counting sort */
     size_t cap_order, cap_start, cap_fill;
-    float *lx; /* (rows, max_in) gathered inputs */
-    float *lt; /* (rows, max_rank) shrink result */
-    float *ly; /* (rows, max_out) expand result */
-    float *la; /* (max_rank, max_in) A converted to f32 */
-    float *lb; /* (max_rank, max_out) Bt converted to f32 */
-    size_t cap_lx, cap_lt, cap_ly, cap_la, cap_lb;
-    /* small groups, per pool task: kernel scratch and the task's share of a group's rows */
+    /* LoRA groups, per pool task: kernel scratch and the task's share of a group's rows */
     float *ls[CORE_POOL_MAX];
     int32_t *lrows[CORE_POOL_MAX];
     float *lscales[CORE_POOL_MAX];
     size_t cap_ls[CORE_POOL_MAX], cap_lrows[CORE_POOL_MAX], cap_lscales[CORE_POOL_MAX];
+    uint8_t *xq; /* (rows, core__q8x_row_bytes(max_in)) X quantized for the int8 kernels */
+    size_t cap_xq;
 };
 
 /* Grows *p to at least n elements of size sz; 0 or -ENOMEM. */
@@ -122,11 +116,7 @@ void core_ctx_free(core_ctx *c)
     free(c->grp_order);
     free(c->grp_start);
     free(c->grp_fill);
-    free(c->lx);
-    free(c->lt);
-    free(c->ly);
-    free(c->la);
-    free(c->lb);
+    free(c->xq);
     for (int t = 0; t < CORE_POOL_MAX; t++) {
         free(c->ls[t]);
         free(c->lrows[t]);
@@ -224,10 +214,14 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
     return 0;
 }
 
-/* The small groups of one (layer, module), split over the pool by batch row: task t applies, in
- * plan order, every small group to its rows r with r % n_tasks == t. A row's updates are thus
- * computed by the same kernel calls in the same order whatever the split, and no two tasks
- * write the same row of Y. */
+/* The groups of one (layer, module), split over the pool by batch row: task t applies, in plan
+ * order, every group to its rows r with r % n_tasks == t. A row's updates are thus computed by
+ * the same kernel calls in the same order whatever the split and however many rows a group has,
+ * and no two tasks write the same row of Y. Every group goes through lora.c's kernels, whatever
+ * its size: sgemm on converted weights for groups of 16 rows and more gave results that depend
+ * on the number of rows (batch invariance broke at near-ties) and was no faster (2026-12-02:
+ * a 299-token prefill on a three-adapter chain 578 -> 721 tok/s best of 4, 32 rows on one rank-16
+ * all-linear adapter +26% -> +6% over base, bench_core). */
 #define LORA_MODS 3 /* modules that share an input and go through the pool together (q, k, v) */
 
 typedef struct lora_job {
@@ -252,13 +246,13 @@ static void lora_prefetch(const core_lora_group *g, int in, int out)
         __builtin_prefetch((const char *)g->Bt + off);
 }
 
-/* One module's small groups, task t's rows. */
-static void lora_small_mod(lora_job *j, int t, int key, int out, float *Y)
+/* One module's groups, task t's rows. */
+static void lora_groups_mod(lora_job *j, int t, int key, int out, float *Y)
 {
     core_ctx *c = j->c;
     for (int i = c->grp_start[key]; i < c->grp_start[key + 1]; i++) {
         const core_lora_group *g = &j->plan->groups[c->grp_order[i]];
-        if (g->n_rows == 0 || g->n_rows >= LORA_SGEMM_ROWS)
+        if (g->n_rows == 0)
             continue;
         int m = 0;
         for (int r = 0; r < g->n_rows; r++)
@@ -271,7 +265,7 @@ static void lora_small_mod(lora_job *j, int t, int key, int out, float *Y)
         const core_lora_group *next = NULL; /* the next group this task will run */
         for (int k = i + 1; k < c->grp_start[key + 1] && !next; k++) {
             const core_lora_group *h = &j->plan->groups[c->grp_order[k]];
-            if (h->n_rows == 0 || h->n_rows >= LORA_SGEMM_ROWS)
+            if (h->n_rows == 0)
                 continue;
             for (int r = 0; r < h->n_rows && !next; r++)
                 if (h->rows[r] % j->n_tasks == t)
@@ -284,22 +278,22 @@ static void lora_small_mod(lora_job *j, int t, int key, int out, float *Y)
     }
 }
 
-static void lora_small_task(void *arg, int t)
+static void lora_groups_task(void *arg, int t)
 {
     lora_job *j = arg;
     for (int k = 0; k < j->n_mods; k++)
-        lora_small_mod(j, t, j->key[k], j->out[k], j->Y[k]);
+        lora_groups_mod(j, t, j->key[k], j->out[k], j->Y[k]);
 }
 
-/* The small groups of the modules in j (which share the input X), in one pool run. */
-static int lora_small(core_ctx *c, lora_job *j)
+/* The groups of the modules in j (which share the input X), in one pool run. */
+static int lora_groups(core_ctx *c, lora_job *j)
 {
     int n_tasks = core__pool_threads(), any = 0;
     size_t scratch = 0, rows = 0;
     for (int k = 0; k < j->n_mods; k++)
         for (int i = c->grp_start[j->key[k]]; i < c->grp_start[j->key[k] + 1]; i++) {
             const core_lora_group *g = &j->plan->groups[c->grp_order[i]];
-            if (g->n_rows == 0 || g->n_rows >= LORA_SGEMM_ROWS)
+            if (g->n_rows == 0)
                 continue;
             size_t need = core__lora_scratch_floats(g->rank, j->out[k]);
             scratch = need > scratch ? need : scratch;
@@ -315,49 +309,7 @@ static int lora_small(core_ctx *c, lora_job *j)
             return -ENOMEM;
     j->c = c;
     j->n_tasks = n_tasks;
-    core__pool_run(n_tasks, lora_small_task, j);
-    return 0;
-}
-
-/* Y[rows] += scale * Btᵀ · (A · X[rows]) for one large group, with sgemm on converted weights.
- * X is (n, in), Y is (n, out). */
-static int lora_large(core_ctx *c, const core_lora_group *g, const float *X, int in, float *Y,
-                      int out)
-{
-    int n = g->n_rows, r = g->rank;
-    if (n == 0)
-        return 0;
-    if (grow(&c->lx, &c->cap_lx, (size_t)n * in, sizeof(float)) ||
-        grow(&c->lt, &c->cap_lt, (size_t)n * r, sizeof(float)) ||
-        grow(&c->ly, &c->cap_ly, (size_t)n * out, sizeof(float)))
-        return -ENOMEM;
-    const float *A = g->A, *Bt = g->Bt;
-    if (g->dtype != CORE_TYPE_F32) {
-        if (grow(&c->la, &c->cap_la, (size_t)r * in, sizeof(float)) ||
-            grow(&c->lb, &c->cap_lb, (size_t)out * r, sizeof(float)))
-            return -ENOMEM;
-        core__lora_cvt(g->dtype, g->A, c->la, (size_t)r * in);
-        core__lora_cvt(g->dtype, g->Bt, c->lb, (size_t)out * r);
-        A = c->la;
-        Bt = c->lb;
-    }
-    for (int i = 0; i < n; i++)
-        memcpy(c->lx + (size_t)i * in, X + (size_t)g->rows[i] * in, (size_t)in * sizeof(float));
-    /* T = Xg · Aᵀ   (n, r) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, r, in, 1.0f, c->lx, in, A, in, 0.0f,
-                c->lt, r);
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < r; j++)
-            c->lt[(size_t)i * r + j] *= g->scales[i];
-    /* Yd = T · Bt   (n, out) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, r, 1.0f, c->lt, r, Bt, out, 0.0f,
-                c->ly, out);
-    for (int i = 0; i < n; i++) {
-        float *y = Y + (size_t)g->rows[i] * out;
-        const float *d = c->ly + (size_t)i * out;
-        for (int j = 0; j < out; j++)
-            y[j] += d[j];
-    }
+    core__pool_run(n_tasks, lora_groups_task, j);
     return 0;
 }
 
@@ -427,9 +379,44 @@ static void matmul(const float *W, const void *Wq, uint32_t qtype, int in, int o
                     Y, out);
 }
 
+/* The int8 product of one quantized X with repacked weights, split over the pool by groups of 16
+ * outputs; like qmm_job, the split does not change any result. */
+typedef struct q8_job {
+    const core_q8w *w;
+    const uint8_t *Xq;
+    int out, n, per;
+    float *Y;
+} q8_job;
+
+static void q8_task(void *arg, int t)
+{
+    q8_job *j = arg;
+    int o0 = t * j->per, o1 = o0 + j->per < j->out ? o0 + j->per : j->out;
+    if (o0 < o1)
+        core__q8_matmul_part(j->w, j->Xq, j->n, o0, o1, j->Y, j->out);
+}
+
+/* Quantizes X (n, in) into c->xq for the int8 kernels; 0 or -ENOMEM. */
+static int quantize_x(core_ctx *c, const float *X, int in, int n)
+{
+    size_t rb = core__q8x_row_bytes(in);
+    if (grow(&c->xq, &c->cap_xq, rb * (size_t)n, 1))
+        return -ENOMEM;
+    core__q8x_quantize(X, in, n, c->xq);
+    return 0;
+}
+
+static void matmul_q8(const core_ctx *c, const core_q8w *w, int out, int n, float *Y)
+{
+    int tasks = 2 * core__pool_threads();
+    q8_job j = {.w = w, .Xq = c->xq, .out = out, .n = n, .Y = Y};
+    j.per = ((out + tasks - 1) / tasks + 15) & ~15;
+    core__pool_run((out + j.per - 1) / j.per, q8_task, &j);
+}
+
 /* Y[k] = X · W[k]ᵀ plus the plan's LoRA groups, for n_mods modules of one layer that share the
- * input X (n, in): q, k, v, or gate, up, or one alone. Their small LoRA groups go through the
- * pool in one run; each module's large groups then follow in plan order. */
+ * input X (n, in): q, k, v, or gate, up, or one alone. Their LoRA groups go through the pool in
+ * one run. */
 static int linear_n(core_ctx *c, const core_lora_plan *plan, int layer, const core_module *mods,
                     int n_mods, const float *X, int n, float *const *Y)
 {
@@ -437,23 +424,22 @@ static int linear_n(core_ctx *c, const core_lora_plan *plan, int layer, const co
     const core_layer *L = &c->m->layers[layer];
     int in = core_module_in(cfg, mods[0]);
     lora_job j = {.plan = plan, .n_mods = n_mods, .in = in, .X = X};
+    bool quantized = false; /* X in c->xq, once for all modules that have int8 weights */
     for (int k = 0; k < n_mods; k++) {
         int out = core_module_out(cfg, mods[k]);
-        matmul(L->w[mods[k]], L->q[mods[k]], L->qtype[mods[k]], in, out, X, n, Y[k]);
+        if (L->q8[mods[k]] && (quantized || quantize_x(c, X, in, n) == 0)) {
+            quantized = true;
+            matmul_q8(c, L->q8[mods[k]], out, n, Y[k]);
+        } else {
+            matmul(L->w[mods[k]], L->q[mods[k]], L->qtype[mods[k]], in, out, X, n, Y[k]);
+        }
         j.key[k] = layer * CORE_MOD_COUNT + mods[k];
         j.out[k] = out;
         j.Y[k] = Y[k];
     }
     if (!plan || plan->n_groups == 0)
         return 0;
-    int rc = lora_small(c, &j);
-    for (int k = 0; k < n_mods && !rc; k++)
-        for (int i = c->grp_start[j.key[k]]; !rc && i < c->grp_start[j.key[k] + 1]; i++) {
-            const core_lora_group *g = &plan->groups[c->grp_order[i]];
-            if (g->n_rows >= LORA_SGEMM_ROWS)
-                rc = lora_large(c, g, X, in, Y[k], j.out[k]);
-        }
-    return rc;
+    return lora_groups(c, &j);
 }
 
 static int linear(core_ctx *c, const core_lora_plan *plan, int layer, core_module mod,
@@ -677,7 +663,9 @@ int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_
             n_out++;
         }
     }
-    if (n_out > 0)
+    if (n_out > 0 && m->output_q8 && quantize_x(c, c->xn, e, n_out) == 0)
+        matmul_q8(c, m->output_q8, cfg->n_vocab, n_out, logits);
+    else if (n_out > 0)
         matmul(m->output, m->output_q, m->output_qtype, e, cfg->n_vocab, c->xn, n_out, logits);
     return 0;
 }

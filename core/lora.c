@@ -267,14 +267,6 @@ static const lora_ops *ops(void)
     return o;
 }
 
-void core__lora_cvt(uint32_t dtype, const void *src, float *dst, size_t n)
-{
-    const lora_ops *o = ops();
-    size_t es = dtype == CORE_TYPE_F32 ? 4 : 2, chunk = 1 << 20;
-    for (size_t i = 0; i < n; i += chunk)
-        o->cvt(dtype, (const char *)src + i * es, dst + i, (int)(n - i < chunk ? n - i : chunk));
-}
-
 void core__lora_group(uint32_t dtype, const void *A, const void *Bt, int rank, int in, int out,
                       int n_rows, const int32_t *rows, const float *scales, const float *X,
                       float *Y, float *scratch)

@@ -33,7 +33,4 @@ size_t core__lora_scratch_floats(int rank, int out);
 /* Tests: 1 forces the portable kernels, 0 returns to detecting the CPU. */
 void core__lora_force_generic(int on);
 
-/* Converts n f32/f16/bf16 values to f32 (vectorized when the CPU allows). */
-void core__lora_cvt(uint32_t dtype, const void *src, float *dst, size_t n);
-
 #endif

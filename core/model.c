@@ -12,6 +12,7 @@
 
 #include "error.h"
 #include "qmatmul.h"
+#include "qmatmul_q8.h"
 #include "quant.h"
 
 static const char *const module_names[CORE_MOD_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
@@ -228,10 +229,52 @@ static const void *quantized(const core_gguf *g, const char *name, uint32_t *typ
     return t && core__qmatmul_supports(t->type) ? t->data : NULL;
 }
 
+int core_model_set_int8(core_model *m, int on, char *err, size_t errlen)
+{
+    const core_config *c = &m->cfg;
+    for (int l = 0; l < c->n_layer; l++)
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            core__q8w_free(m->layers[l].q8[mod]);
+            m->layers[l].q8[mod] = NULL;
+        }
+    core__q8w_free(m->output_q8);
+    m->output_q8 = NULL;
+    if (!on)
+        return 0;
+    if (!core__q8_available()) {
+        core__seterr(err, errlen, "int8 activations need AVX-512 VNNI, which this CPU lacks");
+        return -ENOTSUP;
+    }
+    int packed = 0;
+    for (int l = 0; l < c->n_layer; l++)
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            core_layer *L = &m->layers[l];
+            int in = core_module_in(c, (core_module)mod),
+                out = core_module_out(c, (core_module)mod);
+            if (!L->q[mod] || !core__q8w_supports(L->qtype[mod], in, out))
+                continue;
+            if (!(L->q8[mod] = core__q8w_pack(L->qtype[mod], L->q[mod], in, out)))
+                goto oom;
+            packed++;
+        }
+    if (m->output_q && core__q8w_supports(m->output_qtype, c->n_embd, c->n_vocab)) {
+        if (!(m->output_q8 = core__q8w_pack(m->output_qtype, m->output_q, c->n_embd, c->n_vocab)))
+            goto oom;
+        packed++;
+    }
+    return packed;
+oom:
+    core_model_set_int8(m, 0, NULL, 0);
+    core__seterr(err, errlen, "out of memory repacking the weights for int8");
+    return -ENOMEM;
+}
+
 void core_model_free(core_model *m)
 {
     if (!m)
         return;
+    if (m->layers)
+        core_model_set_int8(m, 0, NULL, 0);
     free(m->slab);
     free(m->layers);
     core_gguf_close(m->gguf);

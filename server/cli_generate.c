@@ -23,6 +23,7 @@ typedef struct gen_opts {
     long n_ctx;
     int chat;
     int show_special;
+    int int8;
     core_sampler_params sp;
     srv_cli_sel sel;
 } gen_opts;
@@ -45,6 +46,7 @@ static void gen_usage(FILE *out)
             "  -n, --n-predict N       tokens to generate (default 128)\n"
             "  -c, --ctx N             context length (default: the model's, at most 4096)\n"
             "      --chat              render the prompt as one user turn with the chat template\n"
+            "      --int8              int8 activations (AVX-512 VNNI), as `serve --int8`\n"
             "      --temperature T     0 = greedy (default 0.8)\n"
             "      --top-k K           keep the K most likely tokens (default 40; 0 = off)\n"
             "      --top-p P           nucleus sampling (default 0.95; 1 = off)\n"
@@ -104,6 +106,9 @@ static int parse_opts(int argc, char **argv, gen_opts *o)
             continue;
         } else if (!strcmp(a, "--special")) {
             o->show_special = 1;
+            continue;
+        } else if (!strcmp(a, "--int8")) {
+            o->int8 = 1;
             continue;
         }
         if (!v) {
@@ -340,6 +345,11 @@ int srv_cli_generate(int argc, char **argv)
     core_model *m = core_model_load(o.model, err, sizeof err);
     if (!m) {
         fprintf(stderr, "generate: cannot load %s: %s\n", o.model, err);
+        return 1;
+    }
+    if (o.int8 && core_model_set_int8(m, 1, err, sizeof err) < 0) {
+        fprintf(stderr, "generate: --int8: %s\n", err);
+        core_model_free(m);
         return 1;
     }
     core_tokenizer *tok = core_tokenizer_new(m->gguf, err, sizeof err);

@@ -27,6 +27,7 @@ typedef struct srv_serve_opts {
     long max_body_kb;      /* 1024 */
     long idle_timeout;     /* seconds, 60 */
     bool watch;            /* watch the registry (--no-watch turns it off) */
+    bool int8;             /* --int8: int8 activations */
 } srv_serve_opts;
 
 /* Parses argv (argv[0] = "serve"); keys missing from the flags come from getenv. Returns 0, 1

@@ -607,6 +607,16 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
         }
         e->model = e->own_model;
     }
+    if (o->int8) {
+        char merr[256];
+        int rc = e->own_model ? core_model_set_int8(e->own_model, 1, merr, sizeof merr) : -EINVAL;
+        if (rc < 0) {
+            set_err(err, errlen, "--int8: %s",
+                    e->own_model ? merr : "needs a model the engine loads itself");
+            goto fail;
+        }
+        e->int8_weights = rc;
+    }
     e->tok = core_tokenizer_new(e->model->gguf, err, errlen);
     if (!e->tok)
         goto fail;
@@ -635,10 +645,13 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
         fprintf(stderr,
                 "engine: model %s (%d layers, vocab %d), %d slots x %d positions, batch %d rows, "
                 "prefill chunk %d, queue %d, registry %s (%d nodes%s)\n"
-                "engine: linear layers on %s\n",
+                "engine: linear layers on %s%s\n",
                 e->model_id, e->model->cfg.n_layer, e->n_vocab, e->max_seqs, e->n_ctx, e->max_batch,
                 e->prefill_chunk, e->queue_limit, e->registry_dir ? e->registry_dir : "none",
                 rs.nodes, e->reg && e->watch ? ", watched" : "",
+                e->int8_weights ? "int8 activations (AVX-512 VNNI) where the weights are "
+                                  "Q4_1/Q8_0, else "
+                                : "",
                 core_matmul_kernels(kernels, sizeof kernels));
     }
     return e;

@@ -51,6 +51,7 @@ typedef struct srv_engine_opts {
     int queue_limit;          /* jobs waiting to be admitted, beyond the running ones; 0 = 256 */
     int prefill_chunk;        /* most prompt rows of one sequence per step; 0 = 256 */
     bool watch;               /* watch the registry for changes (default on in `serve`) */
+    bool int8;                /* int8 activations (core_model_set_int8); needs model_path */
     int verbose;              /* 0 quiet, 1 info (default), 2 debug: one line per step */
     const core_model *model;  /* optional: an already loaded base to borrow instead of loading
                                  model_path (tests, tools); must outlive the engine. model_path
@@ -95,9 +96,13 @@ typedef struct srv_engine_stats {
     uint64_t rows;             /* rows over all steps (rows / steps = mean batch) */
     uint64_t step_hist[8];     /* steps with rows in (0,1], (1,2], (2,4], ..., (32,64], >64 */
     double step_seconds;       /* time inside core_forward + sampling */
-    int running;               /* jobs holding a slot */
-    int waiting;               /* jobs queued (inbox included), also those waiting for a load */
-    int loading;               /* of those, jobs waiting for an adapter load */
+    /* Steps with no prompt rows (every row a decode row), their rows and time: the decode
+       step's own speed, rows / seconds, whatever prefill and HTTP cost around it */
+    uint64_t decode_steps, decode_rows;
+    double decode_seconds;
+    int running; /* jobs holding a slot */
+    int waiting; /* jobs queued (inbox included), also those waiting for a load */
+    int loading; /* of those, jobs waiting for an adapter load */
     size_t kv_bytes;
 } srv_engine_stats;
 

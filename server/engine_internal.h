@@ -116,6 +116,7 @@ struct srv_engine {
     size_t cache_bytes;
     char *registry_dir;
     core_model *own_model; /* loaded by the engine, or NULL when borrowed */
+    int int8_weights;      /* weights repacked for int8 activations (srv_engine_opts.int8) */
     const core_model *model;
     core_tokenizer *tok;
     int32_t n_vocab;

@@ -174,6 +174,14 @@ static void render_engine(srv_buf *b, const srv_engine_stats *e)
     family(b, "adaptree_step_seconds_total", "counter",
            "Time spent in forward steps and sampling.");
     srv_buf_printf(b, "adaptree_step_seconds_total %.9g\n", e->step_seconds);
+    family(b, "adaptree_decode_steps_total", "counter",
+           "Forward steps with decode rows only (no prompt rows).");
+    sample_u64(b, "adaptree_decode_steps_total", e->decode_steps);
+    family(b, "adaptree_decode_rows_total", "counter", "Rows of the decode-only steps.");
+    sample_u64(b, "adaptree_decode_rows_total", e->decode_rows);
+    family(b, "adaptree_decode_step_seconds_total", "counter",
+           "Time spent in decode-only steps and their sampling.");
+    srv_buf_printf(b, "adaptree_decode_step_seconds_total %.9g\n", e->decode_seconds);
     render_batch_rows(b, e);
     family(b, "adaptree_jobs_total", "counter", "Generation jobs by how they ended.");
     srv_buf_printf(b,

@@ -788,6 +788,11 @@ static void step_done(srv_engine *e, int n_parts, int n_rows, int n_dec, bool ok
     st->rows += (uint64_t)n_rows;
     st->step_hist[hist_bin(n_rows)]++;
     st->step_seconds += dt;
+    if (ok && prompt_rows == 0) {
+        st->decode_steps++;
+        st->decode_rows += (uint64_t)n_rows;
+        st->decode_seconds += dt;
+    }
     st->prompt_tokens += (uint64_t)prompt_rows;
     st->generated_tokens += (uint64_t)sampled;
     pthread_mutex_unlock(&e->mu);

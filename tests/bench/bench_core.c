@@ -12,6 +12,7 @@
 #include "core/blas.h"
 #include "core/model.h"
 #include "core/qmatmul.h"
+#include "core/qmatmul_q8.h"
 #include "tests/unit/adapters/adapter_testutil.h"
 
 static double now_s(void)
@@ -79,7 +80,7 @@ static void report(const bench *b, const char *what, double toks, double secs, d
     double gflops = b->flops_per_row * toks / secs / 1e9;
     double bytes = rows_per_step <= core__qmatmul_max_rows() ? b->qweight_bytes : b->weight_bytes;
     double gbs = bytes * steps / secs / 1e9;
-    printf("%-28s %9.1f tok/s   %7.1f GFLOP/s (%3.0f%% of peak)   %6.1f GB/s (%3.0f%% of bw)"
+    printf("%-35s %9.1f tok/s   %7.1f GFLOP/s (%3.0f%% of peak)   %6.1f GB/s (%3.0f%% of bw)"
            "   [%.0f rows/step]\n",
            what, toks / secs, gflops, 100 * gflops / b->peak, gbs, 100 * gbs / b->bw,
            rows_per_step);
@@ -268,6 +269,36 @@ static void bench_lora(bench *b)
     tu_rmrf(tmp);
 }
 
+/* Prefill of one 128-token prompt and batched decode at 1, 8, 32 and 64 rows; what is appended
+ * to every label. */
+static int bench_forward(bench *b, const char *what_suffix)
+{
+    const core_config *c = &b->m->cfg;
+    double lin = 0;
+    for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
+        lin += (double)core_module_in(c, mod) * core_module_out(c, mod);
+    double tp, td;
+    int plen = 128, steps = 32;
+    char what[80];
+    if (run(b, 1, plen, steps, &tp, &td))
+        return 1;
+    /* Prefill computes the head for one row only. */
+    double pf = (lin * c->n_layer * 2.0 * plen + 2.0 * c->n_vocab * c->n_embd) / tp / 1e9;
+    snprintf(what, sizeof what, "prefill, 1 x 128 tokens%s", what_suffix);
+    printf("%-35s %9.1f tok/s   %7.1f GFLOP/s (%3.0f%% of peak)\n", what, plen / tp, pf,
+           100 * pf / b->peak);
+    snprintf(what, sizeof what, "decode, 1 stream%s", what_suffix);
+    report(b, what, steps, td, 1, steps);
+    int batches[] = {1, 8, 32, 64};
+    for (size_t i = 0; i < sizeof batches / sizeof batches[0]; i++) {
+        if (run(b, batches[i], 32, steps, &tp, &td))
+            return 1;
+        snprintf(what, sizeof what, "batched decode, batch %d%s", batches[i], what_suffix);
+        report(b, what, (double)batches[i] * steps, td, batches[i], steps);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     char msg[256] = "";
@@ -325,26 +356,20 @@ int main(int argc, char **argv)
            path, (lin * c->n_layer + (double)c->n_vocab * c->n_embd) / 1e6, b.qweight_bytes / 1e6,
            rows, core__qmatmul_kernels(), b.weight_bytes / 1e6);
 
-    double tp, td;
-    int plen = 128, steps = 32;
-    if (only_lora)
-        goto lora;
-    if (run(&b, 1, plen, steps, &tp, &td))
+    if (!only_lora && bench_forward(&b, ""))
         return 1;
-    /* Prefill computes the head for one row only. */
-    double pf = (lin * c->n_layer * 2.0 * plen + 2.0 * c->n_vocab * c->n_embd) / tp / 1e9;
-    printf("%-28s %9.1f tok/s   %7.1f GFLOP/s (%3.0f%% of peak)\n", "prefill, 1 x 128 tokens",
-           plen / tp, pf, 100 * pf / b.peak);
-    report(&b, "decode, 1 stream", steps, td, 1, steps);
-    int batches[] = {1, 8, 32, 64};
-    for (size_t i = 0; i < sizeof batches / sizeof batches[0]; i++) {
-        char what[64];
-        if (run(&b, batches[i], 32, steps, &tp, &td))
+    if (!only_lora && core__q8_available()) {
+        int packed = core_model_set_int8(m, 1, err, sizeof err);
+        printf("\nint8 activations (serve --int8; %d weights repacked for AVX-512 VNNI):\n",
+               packed);
+        if (packed < 0)
+            printf("bench: %s\n", err);
+        else if (bench_forward(&b, " (int8)"))
             return 1;
-        snprintf(what, sizeof what, "batched decode, batch %d", batches[i]);
-        report(&b, what, (double)batches[i] * steps, td, batches[i], steps);
+        core_model_set_int8(m, 0, NULL, 0);
+    } else if (!only_lora) {
+        printf("\nint8 activations: no AVX-512 VNNI on this CPU\n");
     }
-lora:
     bench_lora(&b);
     free(b.logits);
     core_kv_free(b.kv);

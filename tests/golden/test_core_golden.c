@@ -2,6 +2,7 @@
  * position (top-20 there, all 49152 at the last position) within 1e-3 max-abs, and identical
  * 32-token greedy continuations. Fixtures: tests/reference/make_core_fixtures.py. */
 #include <cJSON.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,29 +79,42 @@ static float *all_logits(core_model *m, const int32_t *ids, int n)
     return lg;
 }
 
-TEST(golden_logits_match_transformers)
+/* What one pass over the logits fixture measured. */
+typedef struct logit_stats {
+    int n_prompts, n_full, argmax_same, positions;
+    double worst_top, worst_full;
+} logit_stats;
+
+/* Runs every fixture prompt through m and compares with transformers' logits: the top-20 at every
+ * position, all of them at the last position where the fixture has them. 0, or -1 when a fixture
+ * or a forward pass failed (printed). No CHECKs, so that a caller can restore the model first. */
+static int compare_logits(core_model *m, const char *what, logit_stats *st)
 {
-    TEST_NEED_MODEL();
-    core_model *m = test_shared_model();
-    CHECK(m != NULL);
+    memset(st, 0, sizeof *st);
     cJSON *j = load_json(FIXTURES "core_logits.json");
-    CHECK_MSG(j != NULL, "cannot read " FIXTURES "core_logits.json");
-    int nv = m->cfg.n_vocab, n_prompts = 0, n_full = 0, argmax_same = 0, positions = 0;
-    double worst_top = 0, worst_full = 0;
+    if (!j) {
+        printf("    cannot read " FIXTURES "core_logits.json\n");
+        return -1;
+    }
+    int nv = m->cfg.n_vocab, rc = 0;
     const cJSON *p;
     cJSON_ArrayForEach(p, cJSON_GetObjectItem(j, "prompts"))
     {
         int32_t ids[512];
         const char *name = cJSON_GetObjectItem(p, "name")->valuestring;
         int n = ids_from_json(cJSON_GetObjectItem(p, "ids"), ids, 512);
-        CHECK(n > 0 && n <= 512);
-        float *lg = all_logits(m, ids, n);
-        CHECK(lg != NULL);
+        float *lg = n > 0 && n <= 512 ? all_logits(m, ids, n) : NULL;
+        if (!lg) {
+            rc = -1;
+            break;
+        }
         double worst = 0;
         int t = 0;
         const cJSON *top;
         cJSON_ArrayForEach(top, cJSON_GetObjectItem(p, "top20"))
         {
+            if (t >= n)
+                break;
             const float *row = lg + (size_t)t * nv;
             int best = 0;
             for (int v = 1; v < nv; v++)
@@ -114,43 +128,99 @@ TEST(golden_logits_match_transformers)
                 double d = fabs(row[id] - want);
                 worst = d > worst ? d : worst;
                 if (k++ == 0 && id == best)
-                    argmax_same++;
+                    st->argmax_same++;
             }
-            positions++;
+            st->positions++;
             t++;
         }
-        CHECK_EQ_INT(t, n);
+        if (t != n) {
+            printf("    %s: %d positions in the fixture, %d tokens\n", name, t, n);
+            rc = -1;
+        }
         const cJSON *file = cJSON_GetObjectItem(p, "last_logits_file");
         if (cJSON_IsString(file)) {
             char path[256];
             size_t len = 0;
             snprintf(path, sizeof path, FIXTURES "%s", file->valuestring);
             float *ref = (float *)test_read_file(path, &len);
-            CHECK_MSG(ref && len == sizeof(float) * nv, "bad fixture %s", path);
-            double wf = 0;
-            for (int v = 0; v < nv; v++) {
-                double d = fabs(lg[(size_t)(n - 1) * nv + v] - ref[v]);
-                wf = d > wf ? d : wf;
+            if (!ref || len != sizeof(float) * nv) {
+                printf("    bad fixture %s\n", path);
+                rc = -1;
+            } else {
+                double wf = 0;
+                for (int v = 0; v < nv; v++) {
+                    double d = fabs(lg[(size_t)(n - 1) * nv + v] - ref[v]);
+                    wf = d > wf ? d : wf;
+                }
+                printf("    %-10s %3d tokens%s: all %d logits at the last position max |diff| "
+                       "%.3g\n",
+                       name, n, what, nv, wf);
+                st->worst_full = wf > st->worst_full ? wf : st->worst_full;
+                st->n_full++;
             }
-            printf("    %-10s %3d tokens: all %d logits at the last position max |diff| %.3g\n",
-                   name, n, nv, wf);
-            worst_full = wf > worst_full ? wf : worst_full;
-            n_full++;
             free(ref);
         }
-        printf("    %-10s %3d tokens: top-20 at every position max |diff| %.3g\n", name, n, worst);
-        worst_top = worst > worst_top ? worst : worst_top;
-        n_prompts++;
+        printf("    %-10s %3d tokens%s: top-20 at every position max |diff| %.3g\n", name, n, what,
+               worst);
+        st->worst_top = worst > st->worst_top ? worst : st->worst_top;
+        st->n_prompts++;
         free(lg);
     }
     cJSON_Delete(j);
+    return rc;
+}
+
+TEST(golden_logits_match_transformers)
+{
+    TEST_NEED_MODEL();
+    core_model *m = test_shared_model();
+    CHECK(m != NULL);
+    logit_stats st;
+    CHECK(compare_logits(m, "", &st) == 0);
     printf("    %d prompts, %d positions: top-20 max |diff| %.3g, full-vocab max |diff| %.3g "
            "(tol %g); argmax equal at %d/%d positions\n",
-           n_prompts, positions, worst_top, worst_full, LOGIT_TOL, argmax_same, positions);
-    CHECK(n_prompts >= 4 && n_full >= 3);
-    CHECK(worst_top <= LOGIT_TOL);
-    CHECK(worst_full <= LOGIT_TOL);
-    CHECK_EQ_INT(argmax_same, positions);
+           st.n_prompts, st.positions, st.worst_top, st.worst_full, LOGIT_TOL, st.argmax_same,
+           st.positions);
+    CHECK(st.n_prompts >= 4 && st.n_full >= 3);
+    CHECK(st.worst_top <= LOGIT_TOL);
+    CHECK(st.worst_full <= LOGIT_TOL);
+    CHECK_EQ_INT(st.argmax_same, st.positions);
+}
+
+/* int8 activations (serve --int8) round every linear layer's input to 8 bits per block of 32, as
+ * llama.cpp does. That is far from the f32 contract: measured here (2026-12-02) top-20 max |diff|
+ * 1.87, full-vocab 1.02, mean |diff| ~0.15 over logits spanning ~40, argmax equal at 135/140
+ * positions (the others are near-ties). No single module dominates the error (each one alone
+ * moves the logits by 0.2-0.9): it is the rounding of SmolLM2's outlier-heavy activations. The
+ * tolerances hold that with a margin; a wrong scale or block order gives errors of 10 and more.
+ * The kernels' own arithmetic is checked exactly in test_qmatmul_q8.c. */
+#define INT8_LOGIT_TOL 2.5
+#define INT8_ARGMAX_MIN 0.95
+
+TEST(golden_logits_int8_close_to_transformers)
+{
+    TEST_NEED_MODEL();
+    core_model *m = test_shared_model();
+    CHECK(m != NULL);
+    char err[256];
+    int packed = core_model_set_int8(m, 1, err, sizeof err);
+    if (packed == -ENOTSUP) {
+        printf("    %s: not tested here\n", err);
+        return;
+    }
+    CHECK_MSG(packed > 0, "core_model_set_int8: %s", err);
+    logit_stats st;
+    int rc = compare_logits(m, " (int8)", &st);
+    core_model_set_int8(m, 0, NULL, 0);
+    CHECK(rc == 0);
+    printf("    int8: %d prompts, %d positions: top-20 max |diff| %.3g, full-vocab max |diff| %.3g "
+           "(tol %g); argmax equal at %d/%d positions (at least %.0f%%)\n",
+           st.n_prompts, st.positions, st.worst_top, st.worst_full, INT8_LOGIT_TOL, st.argmax_same,
+           st.positions, 100 * INT8_ARGMAX_MIN);
+    CHECK(st.n_prompts >= 4 && st.n_full >= 3);
+    CHECK(st.worst_top <= INT8_LOGIT_TOL);
+    CHECK(st.worst_full <= INT8_LOGIT_TOL);
+    CHECK(st.argmax_same >= INT8_ARGMAX_MIN * st.positions);
 }
 
 TEST(golden_greedy_continuations_match_transformers)

@@ -7,6 +7,7 @@
 #include "core/lora.h"
 #include "core/model.h"
 #include "core/quant.h"
+#include "tests/shared_model.h"
 #include "tests/test.h"
 
 static uint64_t rng_state;
@@ -255,11 +256,11 @@ static void lora_plan_vs_dense(void)
     core_kv *kv = core_kv_new(cfg, N_SEQ, 64, err, sizeof err);
     float *logits = malloc((size_t)n * cfg->n_vocab * sizeof(float));
     float *stepped = malloc((size_t)n * cfg->n_vocab * sizeof(float));
-    /* All rows in one batch: 20-row groups, the sgemm path. */
+    /* All rows in one batch: 20-row groups. */
     core_batch b = {.n_rows = n, .tokens = tokens, .pos = pos, .slot = slot};
     int rc = core_forward(c, kv, &b, &plan, logits, err, sizeof err);
     CHECK_MSG(rc == 0, "forward: %s", err);
-    /* One position of every sequence per step: 1-row groups, the small-group kernels. */
+    /* One position of every sequence per step: 1-row groups. */
     for (int s = 0; s < N_SEQ; s++)
         core_kv_clear(kv, s);
     for (int i = 0; i < N_TOK; i++) {
@@ -308,8 +309,8 @@ static void lora_plan_vs_dense(void)
             }
         free(want);
     }
-    printf("    lora plan vs dense merge: max |diff| = %.3g with 20-row groups (sgemm), %.3g with "
-           "1-row groups (kernels) (tol 1e-4); adapters move logits by up to %.3g\n",
+    printf("    lora plan vs dense merge: max |diff| = %.3g with 20-row groups, %.3g with "
+           "1-row groups (tol 1e-4); adapters move logits by up to %.3g\n",
            worst, worst_k, moved);
     CHECK_MSG(worst <= 1e-4 && worst_k <= 1e-4, "max diff %g / %g", worst, worst_k);
     free(stepped);
@@ -424,4 +425,86 @@ TEST(forward_rejects_bad_batches_and_plans)
     core_kv_free(kv);
     core_ctx_free(c);
     core_model_free(m);
+}
+
+/* A row's logits are the same bits whatever else is in its step, also when its adapter's group
+ * has many rows: the real model (whose base matmuls are bit-exact at any batch size on AVX-512,
+ * up to 48 rows on AVX2), one f16 rank-8 all-linear adapter, rows 0..2 alone and then in a step
+ * of 24 rows that all use the adapter. Groups of 16 rows and more once went through sgemm, whose
+ * bits depend on the number of rows: that flipped greedy near-ties between batched and alone. */
+static void lora_group_size_invariant(void)
+{
+    core_model *m = test_shared_model();
+    CHECK(m != NULL);
+    const core_config *cfg = &m->cfg;
+    enum { RANK = 8, ROWS = 24, FEW = 3 };
+    int n_groups = cfg->n_layer * CORE_MOD_COUNT;
+    core_lora_group *groups = calloc((size_t)n_groups, sizeof *groups);
+    void **mem = calloc((size_t)n_groups * 2, sizeof *mem);
+    int32_t rows[ROWS], tokens[ROWS], pos[ROWS] = {0}, slot[ROWS];
+    float scales[ROWS];
+    rng_state = 3;
+    for (int i = 0; i < ROWS; i++) {
+        rows[i] = slot[i] = i;
+        tokens[i] = (i * 977 + 13) % cfg->n_vocab;
+        scales[i] = 0.5f;
+    }
+    for (int l = 0, g = 0; l < cfg->n_layer; l++)
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++, g++) {
+            size_t na = (size_t)RANK * core_module_in(cfg, mod);
+            size_t nb = (size_t)RANK * core_module_out(cfg, mod);
+            uint16_t *A = malloc(na * 2), *Bt = malloc(nb * 2);
+            for (size_t k = 0; k < na; k++)
+                A[k] = core_fp32_to_fp16(frand() * 0.05f);
+            for (size_t k = 0; k < nb; k++)
+                Bt[k] = core_fp32_to_fp16(frand() * 0.05f);
+            mem[2 * g] = A;
+            mem[2 * g + 1] = Bt;
+            groups[g] = (core_lora_group){.layer = l,
+                                          .module = mod,
+                                          .dtype = CORE_TYPE_F16,
+                                          .A = A,
+                                          .Bt = Bt,
+                                          .rank = RANK,
+                                          .rows = rows,
+                                          .scales = scales};
+        }
+    char err[256];
+    core_ctx *c = core_ctx_new(m);
+    core_kv *kv = core_kv_new(cfg, ROWS, 8, err, sizeof err);
+    float *few = malloc(sizeof(float) * FEW * (size_t)cfg->n_vocab);
+    float *all = malloc(sizeof(float) * ROWS * (size_t)cfg->n_vocab);
+    core_lora_plan plan = {.n_groups = n_groups, .groups = groups};
+    int sizes[2] = {FEW, ROWS};
+    float *outs[2] = {few, all};
+    for (int k = 0; k < 2; k++) {
+        for (int g = 0; g < n_groups; g++)
+            groups[g].n_rows = sizes[k];
+        for (int s = 0; s < ROWS; s++)
+            core_kv_clear(kv, s);
+        core_batch b = {.n_rows = sizes[k], .tokens = tokens, .pos = pos, .slot = slot};
+        int rc = core_forward(c, kv, &b, &plan, outs[k], err, sizeof err);
+        CHECK_MSG(rc == 0, "forward: %s", err);
+    }
+    double worst = 0;
+    for (size_t i = 0; i < FEW * (size_t)cfg->n_vocab; i++)
+        worst = fmax(worst, fabs(few[i] - all[i]));
+    printf("    rows 0..2 alone vs in a %d-row step, every group %d rows: max |diff| %.3g "
+           "(want 0: the same bits)\n",
+           ROWS, ROWS, worst);
+    CHECK(memcmp(few, all, sizeof(float) * FEW * (size_t)cfg->n_vocab) == 0);
+    free(few);
+    free(all);
+    core_kv_free(kv);
+    core_ctx_free(c);
+    for (int g = 0; g < 2 * n_groups; g++)
+        free(mem[g]);
+    free(mem);
+    free(groups);
+}
+
+TEST(forward_lora_group_size_does_not_change_a_row)
+{
+    TEST_NEED_MODEL();
+    lora_group_size_invariant();
 }
