@@ -101,9 +101,10 @@ bench: deps model
 
 # The server under 32 concurrent streams: no adapter, one adapter, 32 different rank-8 q,v and
 # rank-16 all-linear adapters, 32 different three-level chains, and the same requests one by one.
+# BENCH_ARGS=--int8 measures serve --int8.
 bench-server: deps model venv
 	@$(MAKE) --no-print-directory all $(BUILD)/bench_core
-	BUILD=$(BUILD) MODEL=$(MODEL) tools/bench_server.sh
+	BUILD=$(BUILD) MODEL=$(MODEL) tools/bench_server.sh $(BENCH_ARGS)
 
 asan: deps model venv
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(CLANG) OPT="-O1 -g -fno-omit-frame-pointer" \

@@ -20,7 +20,11 @@ the sgemm peak the best of `$BUILD/bench_core --sgemm-only` runs before and afte
 when OPENBLAS_CORETYPE is set, with OpenBLAS's own choice of kernel too). Targets are printed as PASS/MISS; the exit status is 0 unless
 something failed to run (a MISS is a measurement, not an error).
 
-usage: tools/bench_server.py [--build build] [-m MODEL] [-c 32] [-n 64] [--rounds 2] [--json F]
+With --int8 the server runs with int8 activations (serve --int8); the ceiling is still the f32
+sgemm one, so its ratio there says how far int8 gets past what f32 arithmetic could reach.
+
+usage: tools/bench_server.py [--build build] [-m MODEL] [-c 32] [-n 64] [--rounds 3] [--int8]
+                             [--json F]
 """
 
 import argparse
@@ -272,6 +276,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3,
                    help="times each scenario is measured (one request per stream each time)")
     p.add_argument("--threads", type=int, default=0, help="--threads for the server (0: default)")
+    p.add_argument("--int8", action="store_true",
+                   help="serve --int8 (int8 activations; the ceiling stays the f32 sgemm one)")
     p.add_argument("--keep-registry", help="write the registry here and keep it")
     p.add_argument("--json", help="also write the results to this file")
     a = p.parse_args(argv)
@@ -294,6 +300,8 @@ def main(argv=None):
                 "--queue-limit", str(4 * n), "--log-level", "warn"]
         if a.threads:
             args += ["--threads", str(a.threads)]
+        if a.int8:
+            args += ["--int8"]
         srv = Server(build, a.model, reg, args)
         groups = mbr.groups(n)
         chains = [g[0] for g in groups["chain"] if g[0].count("/") == 2]
@@ -348,8 +356,8 @@ def main(argv=None):
     base = results[0]["tok_per_s"] or float("nan")
     rows = results + [seq]
     print()
-    print(f"adaptree serve, {n} concurrent greedy streams, max_tokens {a.max_tokens}, "
-          f"prompt {PROMPT!r}")
+    print(f"adaptree serve{' --int8' if a.int8 else ''}, {n} concurrent greedy streams, "
+          f"max_tokens {a.max_tokens}, prompt {PROMPT!r}")
     print(f"machine: {os.cpu_count()} cores, load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after (other work on the machine skews every number below)")
     print(f"{'scenario':44} {'tok/s':>8} {'ratio':>6} {'TTFT p50':>9} {'p99':>8} "
