@@ -185,13 +185,177 @@ AVX2 static void attend_avx2(const float *q, const float *K, const float *V, int
     }
 }
 
+/* ---- AVX-512 -----------------------------------------------------------------------------------
+ */
+
+#define AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma")))
+#define AVX512_INLINE                                                                              \
+    __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"), always_inline)) static inline
+
+/* exp8's arithmetic on 16 lanes. */
+AVX512_INLINE __m512 exp16(__m512 x)
+{
+    const __m512 hi = _mm512_set1_ps(88.3762626647949f), lo = _mm512_set1_ps(-87.3365478515625f);
+    __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+    x = _mm512_max_ps(_mm512_min_ps(x, hi), lo);
+    __m512 n = _mm512_roundscale_ps(
+        _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
+        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e =
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_maskz_mul_ps((__mmask16)~under, p, _mm512_castsi512_ps(e));
+}
+
+/* The 16 lane sums of a[0..15], as one vector (lane j = sum of a[j]): pairwise transposing adds,
+ * 45 instructions instead of 16 horizontal sums. */
+AVX512_INLINE __m512 hsum16x16(const __m512 *a)
+{
+    __m512 b[8], c[4];
+    for (int i = 0; i < 8; i++)
+        b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
+                             _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 4; i++) {
+        __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
+        c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    }
+    /* c[i]'s 128-bit chunk k: the chunk-k sums of a[4i..4i+3] */
+    __m512 e01 = _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88),
+                               _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+    __m512 e23 = _mm512_add_ps(_mm512_shuffle_f32x4(c[2], c[3], 0x88),
+                               _mm512_shuffle_f32x4(c[2], c[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(e01, e23, 0x88),
+                         _mm512_shuffle_f32x4(e01, e23, 0xDD));
+}
+
+/* Scores of one head against keys t0..t0+nk-1 (nk <= 16; lanes past nk are garbage): NZ
+ * 16-float chunks per key. */
+AVX512_INLINE __m512 score16(const __m512 *qv, int NZ, const float *K, int kv_dim, int t0, int nk)
+{
+    __m512 acc[16];
+    for (int j = 0; j < 16; j++) {
+        const float *kt = K + (size_t)(j < nk ? t0 + j : t0) * kv_dim;
+        __m512 s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kt));
+        for (int v = 1; v < NZ; v++)
+            s = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(kt + 16 * v), s);
+        acc[j] = s;
+    }
+    return hsum16x16(acc);
+}
+
+/* One head: scores sixteen keys at a time, softmax, then the weighted sum of values with two
+ * sets of accumulators (even and odd keys). NZ = hd / 16 chunks, at most 8. */
+AVX512_INLINE void attend_head16(const float *qh, const float *K, const float *V, int kv_dim,
+                                 int NZ, int pos, float scale, float *sc, float *oh)
+{
+    __m512 qv[8];
+    for (int v = 0; v < NZ; v++)
+        qv[v] = _mm512_mul_ps(_mm512_loadu_ps(qh + 16 * v), _mm512_set1_ps(scale));
+    int T = pos + 1;
+    __m512 mxv = _mm512_set1_ps(-INFINITY);
+    for (int t0 = 0; t0 < T; t0 += 16) {
+        int nk = T - t0 < 16 ? T - t0 : 16;
+        __mmask16 m = (__mmask16)(nk == 16 ? 0xFFFF : (1u << nk) - 1);
+        __m512 s = score16(qv, NZ, K, kv_dim, t0, nk);
+        _mm512_mask_storeu_ps(sc + t0, m, s);
+        mxv = _mm512_mask_max_ps(mxv, m, mxv, s);
+    }
+    __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(mxv));
+    __m512 sumv = _mm512_setzero_ps();
+    for (int t0 = 0; t0 < T; t0 += 16) {
+        int nk = T - t0 < 16 ? T - t0 : 16;
+        __mmask16 m = (__mmask16)(nk == 16 ? 0xFFFF : (1u << nk) - 1);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + t0), mx));
+        e = _mm512_maskz_mov_ps(m, e);
+        _mm512_mask_storeu_ps(sc + t0, m, e);
+        sumv = _mm512_add_ps(sumv, e);
+    }
+    float inv = 1.0f / _mm512_reduce_add_ps(sumv);
+    __m512 a0[8], a1[8];
+    for (int v = 0; v < NZ; v++)
+        a0[v] = a1[v] = _mm512_setzero_ps();
+    int t = 0;
+    for (; t + 2 <= T; t += 2) {
+        const float *v0 = V + (size_t)t * kv_dim, *v1 = v0 + kv_dim;
+        __m512 p0 = _mm512_set1_ps(sc[t] * inv), p1 = _mm512_set1_ps(sc[t + 1] * inv);
+        for (int v = 0; v < NZ; v++) {
+            a0[v] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * v), a0[v]);
+            a1[v] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * v), a1[v]);
+        }
+    }
+    if (t < T) {
+        const float *v0 = V + (size_t)t * kv_dim;
+        __m512 p0 = _mm512_set1_ps(sc[t] * inv);
+        for (int v = 0; v < NZ; v++)
+            a0[v] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * v), a0[v]);
+    }
+    for (int v = 0; v < NZ; v++)
+        _mm512_storeu_ps(oh + 16 * v, _mm512_add_ps(a0[v], a1[v]));
+}
+
+#define ATTEND16(NZ)                                                                               \
+    AVX512 static void attend16_##NZ(const float *q, const float *K, const float *V, int n_head,   \
+                                     int n_kv, int pos, float *sc, float *out)                     \
+    {                                                                                              \
+        int hd = 16 * (NZ), kv_dim = n_kv * hd, group = n_head / n_kv;                             \
+        float scale = 1.0f / sqrtf((float)hd);                                                     \
+        for (int h = 0; h < n_head; h++) {                                                         \
+            int off = (h / group) * hd;                                                            \
+            attend_head16(q + h * hd, K + off, V + off, kv_dim, NZ, pos, scale, sc, out + h * hd); \
+        }                                                                                          \
+    }
+ATTEND16(1)
+ATTEND16(2)
+ATTEND16(3)
+ATTEND16(4)
+ATTEND16(5)
+ATTEND16(6)
+ATTEND16(7)
+ATTEND16(8)
+
+typedef void (*attend16_fn)(const float *, const float *, const float *, int, int, int, float *,
+                            float *);
+static const attend16_fn attend16[9] = {NULL,       attend16_1, attend16_2, attend16_3, attend16_4,
+                                        attend16_5, attend16_6, attend16_7, attend16_8};
+
 /* ---- dispatch -------------------------------------------------------------------------------- */
 
-static _Atomic int mode; /* 0 undecided, 1 AVX2, 2 portable; any thread may decide first */
+static _Atomic int mode; /* 0 undecided, 1 AVX2, 2 portable, 3 AVX-512; any thread may decide */
+
+static bool cpu_avx512(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma");
+}
 
 void core__vmath_force_generic(int on)
 {
     atomic_store_explicit(&mode, on ? 2 : 0, memory_order_relaxed);
+}
+
+int core__vmath_force(int which)
+{
+    if (which == CORE_VMATH_AVX512 && !cpu_avx512())
+        return -1;
+    if (which == CORE_VMATH_AVX2 &&
+        !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+        return -1;
+    static const int to_mode[] = {0, 2, 1, 3}; /* AUTO, PORTABLE, AVX2, AVX512 */
+    if (which < CORE_VMATH_AUTO || which > CORE_VMATH_AVX512)
+        return -1;
+    atomic_store_explicit(&mode, to_mode[which], memory_order_relaxed);
+    return 0;
 }
 
 static bool use_avx2(void)
@@ -200,15 +364,24 @@ static bool use_avx2(void)
     if (!m) {
         __builtin_cpu_init();
         m = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 2;
+        if (m == 1 && cpu_avx512())
+            m = 3;
         atomic_store_explicit(&mode, m, memory_order_relaxed);
     }
-    return m == 1;
+    return m == 1 || m == 3;
+}
+
+static bool use_avx512(void)
+{
+    return use_avx2() && atomic_load_explicit(&mode, memory_order_relaxed) == 3;
 }
 
 void core__attend_row(const float *q, const float *K, const float *V, int n_head, int n_kv, int hd,
                       int pos, float *scores, float *out)
 {
-    if (use_avx2() && hd % 8 == 0 && hd <= 256)
+    if (use_avx512() && hd % 16 == 0 && hd <= 128)
+        attend16[hd / 16](q, K, V, n_head, n_kv, pos, scores, out);
+    else if (use_avx2() && hd % 8 == 0 && hd <= 256)
         attend_avx2(q, K, V, n_head, n_kv, hd, pos, scores, out);
     else
         attend_generic(q, K, V, n_head, n_kv, hd, pos, scores, out);

@@ -1,6 +1,6 @@
 /* Vectorised pieces of the forward pass (core-internal): causal attention of one row over its
- * cache, exp, and the SwiGLU activation. AVX2/FMA is chosen at run time; the portable versions
- * are the reference and run where AVX2 is missing (and in tests).
+ * cache, exp, and the SwiGLU activation. AVX-512 (attention) and AVX2/FMA are chosen at run time;
+ * the portable versions are the reference and run where AVX2 is missing (and in tests).
  *
  * Every function works on one row's data only, so a row's result never depends on the other
  * rows of the batch or on which thread computed it. Pure functions; any thread.
@@ -23,5 +23,11 @@ void core__vexp(const float *x, float *y, int n);
 
 /* Tests: 1 forces the portable versions, 0 returns to detecting the CPU. */
 void core__vmath_force_generic(int on);
+
+/* Tests: run this family from now on (CORE_VMATH_AUTO detects the CPU again); -1 when the CPU
+ * lacks it. Only attention has AVX-512 code (hd a multiple of 16, at most 128); the rest runs
+ * AVX2 under CORE_VMATH_AVX512. */
+enum { CORE_VMATH_AUTO, CORE_VMATH_PORTABLE, CORE_VMATH_AVX2, CORE_VMATH_AVX512 };
+int core__vmath_force(int which);
 
 #endif

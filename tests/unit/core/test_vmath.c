@@ -99,11 +99,11 @@ static double attend_case(int hd, int pos)
 
 static void attend_all(const char *which)
 {
-    static const int hds[] = {64, 8, 12, 128};
-    static const int poss[] = {0, 1, 7, 8, 100, 777};
+    static const int hds[] = {64, 8, 12, 128, 16, 48};
+    static const int poss[] = {0, 1, 7, 8, 14, 15, 16, 31, 100, 777};
     double worst = 0;
-    for (size_t a = 0; a < 4; a++)
-        for (size_t b = 0; b < 6; b++) {
+    for (size_t a = 0; a < sizeof hds / sizeof hds[0]; a++)
+        for (size_t b = 0; b < sizeof poss / sizeof poss[0]; b++) {
             double e = attend_case(hds[a], poss[b]);
             CHECK_MSG(e < 2e-6, "%s attention hd %d pos %d: max abs error %.3g", which, hds[a],
                       poss[b], e);
@@ -114,7 +114,12 @@ static void attend_all(const char *which)
 
 TEST(vmath_attention_matches_double)
 {
-    attend_all("vectorised");
+    if (core__vmath_force(CORE_VMATH_AVX512) == 0)
+        attend_all("AVX-512");
+    else
+        printf("    no AVX-512 F/DQ/VL here: its attention is not tested\n");
+    if (core__vmath_force(CORE_VMATH_AVX2) == 0)
+        attend_all("AVX2");
     core__vmath_force_generic(1);
     attend_all("portable");
     core__vmath_force_generic(0);

@@ -32,7 +32,11 @@
 
 #define FIX "tests/golden/fixtures/adapters"
 #define N_PROMPT 12
-#define TOL_F32 1e-4
+/* Merged f32 weights (sgemm) against the quantized base plus unmerged LoRA: the same sums in
+ * other orders, through 30 layers. Measured 5.5e-5 (chain) and 5.2e-5 / 1.01e-4 (regex_gate_up
+ * at -1, whose logits move by 15) with the AVX2 / AVX-512 attention: the rounding is amplified
+ * where the adapters push the logits far, so the bound is twice the larger. */
+#define TOL_F32 2e-4
 #define TOL_F16 1e-1
 
 /* "The capital of France is Paris" + "Le chat est assis sur" (adapters.json prompts). */
