@@ -228,6 +228,10 @@ int adapter_merge_export(core_model *m, const adapter_set *set, const char *cons
         snprintf(err, errlen, "unknown output type %d", outtype);
         return -EINVAL;
     }
+    /* the weights as f32 (the loader leaves those the kernels read quantized in the mapping) */
+    int rc0 = core_model_dequantize(m, err, errlen);
+    if (rc0 < 0)
+        return rc0;
     unsigned char *touched = calloc((size_t)m->cfg.n_layer * CORE_MOD_COUNT, 1);
     if (!touched) {
         snprintf(err, errlen, "out of memory");

@@ -372,6 +372,11 @@ static void matmul(const float *W, const void *Wq, uint32_t qtype, int in, int o
         if (!atomic_load_explicit(&j.failed, memory_order_relaxed))
             return;
     }
+    if (!W) { /* cannot happen: a matrix stays quantized only where qmatmul reads it at any n */
+        for (size_t i = 0; i < (size_t)n * out; i++)
+            Y[i] = NAN;
+        return;
+    }
     if (n == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, in, X, 1, 0.0f, Y, 1);
     else
@@ -643,9 +648,15 @@ int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_
         return rc;
     }
 
-    for (int i = 0; i < n; i++)
-        memcpy(c->x + (size_t)i * e, m->tok_embd + (size_t)b->tokens[i] * e,
-               (size_t)e * sizeof(float));
+    size_t emb_rb = core_type_row_bytes(m->tok_embd_qtype, (uint64_t)e);
+    for (int i = 0; i < n; i++) {
+        float *x = c->x + (size_t)i * e;
+        if (m->tok_embd)
+            memcpy(x, m->tok_embd + (size_t)b->tokens[i] * e, (size_t)e * sizeof(float));
+        else /* the same bits as the slab would hold */
+            core_dequant_row(m->tok_embd_qtype,
+                             (const uint8_t *)m->tok_embd_q + (size_t)b->tokens[i] * emb_rb, x, e);
+    }
     for (int l = 0; l < cfg->n_layer; l++) {
         if ((rc = layer_forward(c, kv, b, plan, l))) {
             core__seterr(err, errlen, "out of memory in layer %d", l);

@@ -5,7 +5,9 @@
 #include "model.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -281,6 +283,153 @@ void core_model_free(core_model *m)
     free(m);
 }
 
+/* 1 when core_forward never needs this tensor as f32: core__qmatmul reads its type at every
+ * batch size (AVX-512 kernels; ADAPTREE_QMATMUL_ROWS or AVX2 put a limit on that). */
+static bool stays_quantized(const core_gguf *g, const char *name, bool all)
+{
+    const core_gguf_tensor *t = core_gguf_find_tensor(g, name);
+    return !all && t && core__qmatmul_supports(t->type) && core__qmatmul_max_rows() == INT_MAX;
+}
+
+/* Checks a tensor that stays quantized as load_tensor would (shape, type, every value finite),
+ * a row at a time through scratch (cols floats), keeping nothing. */
+static int check_tensor(const core_gguf *g, const char *name, int cols, int rows, float *scratch,
+                        char *err, size_t errlen)
+{
+    const core_gguf_tensor *t = want_tensor(g, name, cols, rows, err, errlen);
+    if (!t)
+        return -EINVAL;
+    size_t rb = core_type_row_bytes(t->type, (uint64_t)cols);
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *src = (const uint8_t *)t->data + (size_t)r * rb;
+        if (core_dequant_row(t->type, src, scratch, cols) < 0) {
+            core__seterr(err, errlen, "tensor '%s': cannot dequantize %s", name,
+                         core_type_name(t->type));
+            return -EINVAL;
+        }
+        for (int i = 0; i < cols; i++)
+            if (!isfinite(scratch[i])) {
+                core__seterr(err, errlen, "tensor '%s' holds a non-finite value at element %lld",
+                             name, (long long)r * cols + i);
+                return -EINVAL;
+            }
+    }
+    return 0;
+}
+
+/* One matrix: into the slab at *p (advanced) as f32, or checked and left quantized (*dst NULL).
+ * With p NULL only counts the floats it would take into *floats. */
+static int load_matrix(const core_gguf *g, const char *name, int cols, int rows, bool all,
+                       float **p, size_t *floats, float **dst, float *scratch, char *err,
+                       size_t errlen)
+{
+    bool quantized_only = stays_quantized(g, name, all);
+    if (!p) {
+        *floats += quantized_only ? 0 : (size_t)cols * rows;
+        return 0;
+    }
+    if (quantized_only) {
+        *dst = NULL;
+        return check_tensor(g, name, cols, rows, scratch, err, errlen);
+    }
+    *dst = *p;
+    *p += (size_t)cols * rows;
+    return load_tensor(g, name, cols, rows, *dst, err, errlen);
+}
+
+/* Loads (p != NULL) or sizes (p NULL, the floats added to *floats) every weight: the norms always
+ * as f32, the matrices as f32 unless they stay quantized (all = false). */
+static int load_weights(core_model *m, bool all, float *p, size_t *floats, char *err, size_t errlen)
+{
+    const core_config *c = &m->cfg;
+    float *scratch = malloc(sizeof(float) * (size_t)(c->n_embd > c->n_ff ? c->n_embd : c->n_ff));
+    float **pp = p ? &p : NULL;
+    int rc = scratch ? 0 : -ENOMEM;
+    if (rc)
+        core__seterr(err, errlen, "out of memory");
+    if (!rc)
+        rc = load_matrix(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, all, pp, floats,
+                         &m->tok_embd, scratch, err, errlen);
+    if (p) {
+        m->tok_embd_q = quantized(m->gguf, "token_embd.weight", &m->tok_embd_qtype);
+        m->output = m->tok_embd;
+        m->output_q = m->tok_embd_q;
+        m->output_qtype = m->tok_embd_qtype;
+    }
+    if (!rc && !c->tied_output) {
+        rc = load_matrix(m->gguf, "output.weight", c->n_embd, c->n_vocab, all, pp, floats,
+                         &m->output, scratch, err, errlen);
+        if (p)
+            m->output_q = quantized(m->gguf, "output.weight", &m->output_qtype);
+    }
+    if (!rc && p) {
+        m->output_norm = *pp;
+        *pp += c->n_embd;
+        rc = load_tensor(m->gguf, "output_norm.weight", c->n_embd, 0, m->output_norm, err, errlen);
+    } else if (!rc) {
+        *floats += (size_t)c->n_embd;
+    }
+    for (int l = 0; !rc && l < c->n_layer; l++) {
+        core_layer *L = &m->layers[l];
+        char name[96];
+        if (p) {
+            L->attn_norm = *pp;
+            *pp += c->n_embd;
+            snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
+            if ((rc = load_tensor(m->gguf, name, c->n_embd, 0, L->attn_norm, err, errlen)))
+                break;
+            L->ffn_norm = *pp;
+            *pp += c->n_embd;
+            snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
+            if ((rc = load_tensor(m->gguf, name, c->n_embd, 0, L->ffn_norm, err, errlen)))
+                break;
+        } else {
+            *floats += 2 * (size_t)c->n_embd;
+        }
+        for (int mod = 0; !rc && mod < CORE_MOD_COUNT; mod++) {
+            int in = core_module_in(c, mod), out = core_module_out(c, mod);
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, module_gguf[mod]);
+            rc = load_matrix(m->gguf, name, in, out, all, pp, floats, &L->w[mod], scratch, err,
+                             errlen);
+            if (p)
+                L->q[mod] = quantized(m->gguf, name, &L->qtype[mod]);
+        }
+    }
+    free(scratch);
+    return rc;
+}
+
+/* Sizes, allocates and fills a slab for load_weights; the old slab is freed only on success. */
+static int fill_slab(core_model *m, bool all, char *err, size_t errlen)
+{
+    size_t floats = 0;
+    load_weights(m, all, NULL, &floats, err, errlen);
+    float *slab = malloc((floats ? floats : 1) * sizeof(float)); /* the norms: never 0 */
+    if (!slab) {
+        core__seterr(err, errlen, "out of memory allocating %zu MB of weights",
+                     floats * sizeof(float) >> 20);
+        return -ENOMEM;
+    }
+    int rc = load_weights(m, all, slab, &floats, err, errlen);
+    if (rc) {
+        free(slab);
+        return rc;
+    }
+    free(m->slab);
+    m->slab = slab;
+    m->slab_floats = floats;
+    m->all_f32 = m->tok_embd && m->output;
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
+            m->all_f32 = m->all_f32 && m->layers[l].w[mod];
+    return 0;
+}
+
+int core_model_dequantize(core_model *m, char *err, size_t errlen)
+{
+    return m->all_f32 ? 0 : fill_slab(m, true, err, errlen);
+}
+
 core_model *core_model_load(const char *path, char *err, size_t errlen)
 {
     core_model *m = calloc(1, sizeof *m);
@@ -294,61 +443,13 @@ core_model *core_model_load(const char *path, char *err, size_t errlen)
     core_config *c = &m->cfg;
     if (core_config_from_gguf(m->gguf, c, err, errlen) < 0)
         goto fail;
-
-    size_t per_layer = 2 * (size_t)c->n_embd;
-    for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
-        per_layer += (size_t)core_module_in(c, mod) * core_module_out(c, mod);
-    size_t emb = (size_t)c->n_vocab * c->n_embd;
-    m->slab_floats = emb * (c->tied_output ? 1 : 2) + c->n_embd + per_layer * c->n_layer;
-    m->slab = malloc(m->slab_floats * sizeof(float));
     m->layers = calloc(c->n_layer, sizeof *m->layers);
-    if (!m->slab || !m->layers) {
-        core__seterr(err, errlen, "out of memory allocating %zu MB of weights",
-                     m->slab_floats * sizeof(float) >> 20);
+    if (!m->layers) {
+        core__seterr(err, errlen, "out of memory");
         goto fail;
     }
-
-    float *p = m->slab;
-    m->tok_embd = p;
-    p += emb;
-    if (load_tensor(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, m->tok_embd, err, errlen))
+    if (fill_slab(m, false, err, errlen))
         goto fail;
-    m->output = m->tok_embd;
-    m->output_q = quantized(m->gguf, "token_embd.weight", &m->output_qtype);
-    if (!c->tied_output) {
-        m->output = p;
-        p += emb;
-        if (load_tensor(m->gguf, "output.weight", c->n_embd, c->n_vocab, m->output, err, errlen))
-            goto fail;
-        m->output_q = quantized(m->gguf, "output.weight", &m->output_qtype);
-    }
-    m->output_norm = p;
-    p += c->n_embd;
-    if (load_tensor(m->gguf, "output_norm.weight", c->n_embd, 0, m->output_norm, err, errlen))
-        goto fail;
-    for (int l = 0; l < c->n_layer; l++) {
-        core_layer *L = &m->layers[l];
-        char name[96];
-        L->attn_norm = p;
-        p += c->n_embd;
-        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
-        if (load_tensor(m->gguf, name, c->n_embd, 0, L->attn_norm, err, errlen))
-            goto fail;
-        L->ffn_norm = p;
-        p += c->n_embd;
-        snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
-        if (load_tensor(m->gguf, name, c->n_embd, 0, L->ffn_norm, err, errlen))
-            goto fail;
-        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
-            int in = core_module_in(c, mod), out = core_module_out(c, mod);
-            L->w[mod] = p;
-            p += (size_t)in * out;
-            snprintf(name, sizeof name, "blk.%d.%s.weight", l, module_gguf[mod]);
-            if (load_tensor(m->gguf, name, in, out, L->w[mod], err, errlen))
-                goto fail;
-            L->q[mod] = quantized(m->gguf, name, &L->qtype[mod]);
-        }
-    }
     return m;
 fail:
     core_model_free(m);

@@ -59,6 +59,7 @@ typedef struct core_layer {
      * NULL, or core_forward keeps using the original weights for small batches. */
     const void *q[CORE_MOD_COUNT];
     uint32_t qtype[CORE_MOD_COUNT];
+    /* w[mod] is NULL while the matrix stays quantized (core_model.slab). */
     /* Owned repacked copies for the int8 kernels (qmatmul_q8.h), NULL unless core_model_set_int8
      * made them; when set, core_forward uses them at every batch size. */
     struct core_q8w *q8[CORE_MOD_COUNT];
@@ -68,10 +69,18 @@ typedef struct core_layer {
 typedef struct core_model {
     core_config cfg;
     core_gguf *gguf; /* owned; kept open for the tokenizer, inspect and merge */
-    float *slab;     /* every weight, one allocation */
+    /* The f32 weights, one allocation: the norms always, and every matrix that core_forward may
+     * need in f32. A matrix that core__qmatmul reads at every batch size (the AVX-512 kernels and
+     * a type they take) stays in the mapping only: its w[mod] / tok_embd / output is NULL until
+     * core_model_dequantize. That saves 540 MB for the default model. */
+    float *slab;
     size_t slab_floats;
-    float *tok_embd; /* (n_vocab, n_embd) */
-    float *output;   /* (n_vocab, n_embd); == tok_embd when tied */
+    bool all_f32;    /* every matrix is in the slab */
+    float *tok_embd; /* (n_vocab, n_embd), or NULL (see slab) */
+    float *output;   /* (n_vocab, n_embd); == tok_embd when tied; or NULL */
+    /* token_embd as the GGUF stores it (rows dequantized one at a time when tok_embd is NULL) */
+    const void *tok_embd_q;
+    uint32_t tok_embd_qtype;
     /* output (tok_embd when tied) as the GGUF stores it, like core_layer.q; or NULL */
     const void *output_q;
     uint32_t output_qtype;
@@ -80,10 +89,16 @@ typedef struct core_model {
     core_layer *layers;         /* (n_layer) */
 } core_model;
 
-/* Loads a Llama-architecture GGUF: reads and checks the hyperparameters and every tensor shape,
- * then dequantizes all weights to f32. Returns a new model (free with core_model_free) or NULL
- * with a message in err naming what is wrong. */
+/* Loads a Llama-architecture GGUF: reads and checks the hyperparameters, every tensor shape and
+ * every weight (dequantized and checked finite), and keeps as f32 those that core_forward needs
+ * in f32 (see core_model.slab). Returns a new model (free with core_model_free) or NULL with a
+ * message in err naming what is wrong. */
 core_model *core_model_load(const char *path, char *err, size_t errlen);
+
+/* Makes every weight available as f32 (w[mod], tok_embd, output non-NULL), for code that reads or
+ * changes them (merge, tests). 0, or -ENOMEM with a message (the model is unchanged then). Not
+ * while a core_forward runs on the model. */
+int core_model_dequantize(core_model *m, char *err, size_t errlen);
 void core_model_free(core_model *m);
 
 /* on: repacks every Q4_1 and Q8_0 linear weight (and the output head) for the int8-activation

@@ -1,13 +1,17 @@
 /* Tests on the real default model: loading, config, and batch invariance (a sequence's logits
  * do not depend on what else is in the batch, DESIGN.md §6: ≤ 1e-4). */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/blas.h"
+#include "core/gguf.h"
 #include "core/model.h"
+#include "core/quant.h"
 #include "tests/shared_model.h"
 #include "tests/test.h"
+#include "tests/unit/adapters/adapter_testutil.h"
 
 TEST(model_real_config)
 {
@@ -166,4 +170,89 @@ TEST(model_threads_do_not_change_results)
     CHECK(differ == 0);
     free(lg[0]);
     free(lg[1]);
+}
+
+/* Where core's kernels read a matrix at every batch size (AVX-512), the loader leaves it in the
+ * mapping: the slab holds only the norms. core_model_dequantize then fills in every matrix as
+ * f32 (each equal to dequantizing the tensor), and the logits keep the same bits (forward reads
+ * the quantized weights either way; the embedding rows, dequantized on demand before, come from
+ * the slab after). */
+TEST(model_lazy_f32_weights)
+{
+    TEST_NEED_MODEL();
+    char err[256];
+    core_model *m = core_model_load(test_model_path(), err, sizeof err);
+    CHECK_MSG(m != NULL, "%s", err);
+    const core_config *c = &m->cfg;
+    size_t norms = (size_t)(2 * c->n_layer + 1) * c->n_embd;
+    printf("    f32 slab after load: %.1f MB (%s)\n", m->slab_floats * 4.0 / 1e6,
+           m->all_f32 ? "every matrix" : "norms only; the matrices stay quantized");
+    int32_t tok[3] = {1, 4093, 49151}, pos[3] = {0, 1, 2}, slot[3] = {0};
+    core_batch b = {.n_rows = 3, .tokens = tok, .pos = pos, .slot = slot};
+    float *before = malloc(sizeof(float) * 3 * (size_t)c->n_vocab);
+    float *after = malloc(sizeof(float) * 3 * (size_t)c->n_vocab);
+    float *row = malloc(sizeof(float) * (size_t)c->n_ff);
+    for (int k = 0; k < 2; k++) {
+        core_ctx *ctx = core_ctx_new(m);
+        core_kv *kv = core_kv_new(c, 1, 8, err, sizeof err);
+        CHECK(core_forward(ctx, kv, &b, NULL, k ? after : before, err, sizeof err) == 0);
+        core_kv_free(kv);
+        core_ctx_free(ctx);
+        if (k == 0) {
+            if (!m->all_f32) {
+                CHECK_EQ_INT((long long)m->slab_floats, (long long)norms);
+                CHECK(m->tok_embd == NULL && m->layers[3].w[CORE_MOD_GATE] == NULL);
+            }
+            CHECK(core_model_dequantize(m, err, sizeof err) == 0);
+            CHECK(m->all_f32 && m->tok_embd && m->output == m->tok_embd);
+        }
+    }
+    CHECK_MSG(memcmp(before, after, sizeof(float) * 3 * (size_t)c->n_vocab) == 0,
+              "logits changed once the weights were dequantized");
+    /* a few rows of the f32 weights against the tensor itself */
+    const core_gguf_tensor *t = core_gguf_find_tensor(m->gguf, "blk.3.ffn_gate.weight");
+    CHECK(t != NULL);
+    size_t rb = core_type_row_bytes(t->type, (uint64_t)c->n_embd);
+    for (int r = 0; r < c->n_ff; r += 511) {
+        core_dequant_row(t->type, (const uint8_t *)t->data + (size_t)r * rb, row, c->n_embd);
+        CHECK(memcmp(row, m->layers[3].w[CORE_MOD_GATE] + (size_t)r * c->n_embd,
+                     sizeof(float) * (size_t)c->n_embd) == 0);
+    }
+    free(before);
+    free(after);
+    free(row);
+    core_model_free(m);
+}
+
+/* A weight that dequantizes to NaN is refused at load, also in a matrix that stays quantized. */
+TEST(model_rejects_non_finite_weights)
+{
+    TEST_NEED_MODEL();
+    char err[512] = "", path[256];
+    core_gguf *g = core_gguf_open(test_model_path(), err, sizeof err);
+    CHECK(g != NULL);
+    const core_gguf_tensor *t = core_gguf_find_tensor(g, "blk.5.ffn_up.weight");
+    CHECK(t != NULL && t->type == CORE_TYPE_Q4_1);
+    /* block 7 of the tensor: its scale d (f16) becomes NaN */
+    uint64_t at = g->data_offset + t->offset + 7 * 20;
+    core_gguf_close(g);
+    const char *dir = tu_tmpdir();
+    CHECK(dir != NULL);
+    snprintf(path, sizeof path, "%s/nan.gguf", dir);
+    FILE *in = fopen(test_model_path(), "rb"), *out = fopen(path, "wb");
+    CHECK(in && out);
+    char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        fwrite(buf, 1, n, out);
+    fclose(in);
+    uint8_t nan16[2] = {0x00, 0x7e};
+    fseek(out, (long)at, SEEK_SET);
+    fwrite(nan16, 1, 2, out);
+    fclose(out);
+    core_model *m = core_model_load(path, err, sizeof err);
+    printf("    %s\n", err);
+    CHECK(m == NULL);
+    CHECK_MSG(strstr(err, "blk.5.ffn_up.weight") && strstr(err, "non-finite"), "%s", err);
+    tu_rmrf(dir);
 }

@@ -326,9 +326,11 @@ static void run_case(const merge_case *mc)
     TEST_NEED_MODEL();
     core_model *m = test_shared_model();
     CHECK(m);
+    char out[256], err[512] = "", why[512] = "";
+    /* the reference reads the base's f32 weights (forward keeps using the quantized ones) */
+    CHECK_MSG(core_model_dequantize(m, err, sizeof err) == 0, "%s", err);
     const char *dir = tu_tmpdir();
     CHECK(dir);
-    char out[256], err[512] = "", why[512] = "";
     snprintf(out, sizeof out, "%s/merged.gguf", dir);
     int f16 = mc->outtype == SRV_MERGE_F16;
 
