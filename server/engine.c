@@ -616,6 +616,9 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
             goto fail;
         }
         e->int8_weights = rc;
+        if (rc == 0)
+            fprintf(stderr, "engine: --int8: the model has no Q4_1 or Q8_0 weights; every layer "
+                            "keeps f32 activations\n");
     }
     e->tok = core_tokenizer_new(e->model->gguf, err, errlen);
     if (!e->tok)
