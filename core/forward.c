@@ -500,7 +500,8 @@ static void attn_task(void *arg, int t)
     for (int i = t; i < j->b->n_rows; i += j->n_tasks) {
         const core_kv_slot *s = &j->kv->slots[j->b->slot[i]];
         size_t at = (size_t)j->layer * s->cap * kv_dim;
-        core__attend_row(c->q + (size_t)i * q_dim, s->k + at, s->v + at, cfg->n_head,
+        core__attend_row(c->q + (size_t)i * q_dim, (const char *)s->k + at * j->kv->es,
+                         (const char *)s->v + at * j->kv->es, j->kv->f16, cfg->n_head,
                          cfg->n_head_kv, hd, j->b->pos[i], c->scores[t],
                          c->att + (size_t)i * q_dim);
     }
@@ -594,8 +595,14 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
         rope(ki, cfg->n_head_kv, hd, b->pos[i], c->inv_freq);
         core_kv_slot *s = &kv->slots[b->slot[i]];
         size_t at = ((size_t)l * s->cap + b->pos[i]) * kv_dim;
-        memcpy(s->k + at, ki, (size_t)kv_dim * sizeof(float));
-        memcpy(s->v + at, c->v + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
+        const float *vi = c->v + (size_t)i * kv_dim;
+        if (kv->f16) {
+            core__to_f16(ki, (uint16_t *)s->k + at, kv_dim);
+            core__to_f16(vi, (uint16_t *)s->v + at, kv_dim);
+        } else {
+            memcpy((float *)s->k + at, ki, (size_t)kv_dim * sizeof(float));
+            memcpy((float *)s->v + at, vi, (size_t)kv_dim * sizeof(float));
+        }
     }
     attn_job aj = {.c = c, .kv = kv, .b = b, .layer = l, .n_tasks = core__pool_threads()};
     core__pool_run(n < aj.n_tasks ? n : aj.n_tasks, attn_task, &aj);

@@ -1,5 +1,5 @@
-/* Per-sequence KV caches: a pool of slots, each a pair of (n_layer, cap, kv_dim) f32 arrays that
- * grow geometrically up to n_ctx positions and are released when the sequence ends. */
+/* Per-sequence KV caches: a pool of slots, each a pair of (n_layer, cap, kv_dim) f32 (or f16)
+ * arrays that grow geometrically up to n_ctx positions and are released when the sequence ends. */
 #include "kv_internal.h"
 
 #include <errno.h>
@@ -28,6 +28,7 @@ core_kv *core_kv_new(const core_config *cfg, int n_slots, int n_ctx, char *err, 
     kv->n_ctx = n_ctx;
     kv->n_layer = cfg->n_layer;
     kv->kv_dim = cfg->n_head_kv * cfg->head_dim;
+    kv->es = sizeof(float);
     return kv;
 }
 
@@ -39,6 +40,21 @@ void core_kv_free(core_kv *kv)
         core_kv_clear(kv, s);
     free(kv->slots);
     free(kv);
+}
+
+int core_kv_set_f16(core_kv *kv, int on)
+{
+    for (int s = 0; s < kv->n_slots; s++)
+        if (kv->slots[s].cap)
+            return -EBUSY;
+    kv->f16 = on != 0;
+    kv->es = on ? sizeof(uint16_t) : sizeof(float);
+    return 0;
+}
+
+int core_kv_is_f16(const core_kv *kv)
+{
+    return kv->f16;
 }
 
 int core_kv_n_slots(const core_kv *kv)
@@ -55,7 +71,7 @@ void core_kv_clear(core_kv *kv, int slot)
     if (slot < 0 || slot >= kv->n_slots)
         return;
     core_kv_slot *s = &kv->slots[slot];
-    kv->bytes -= (size_t)s->cap * kv->n_layer * kv->kv_dim * 2 * sizeof(float);
+    kv->bytes -= (size_t)s->cap * kv->n_layer * kv->kv_dim * 2 * kv->es;
     free(s->k);
     free(s->v);
     memset(s, 0, sizeof *s);
@@ -81,21 +97,21 @@ int core__kv_reserve(core_kv *kv, int slot, int n)
         cap = kv->n_ctx;
     size_t per = (size_t)kv->kv_dim;
     size_t total = (size_t)kv->n_layer * cap * per;
-    float *k = malloc(total * sizeof(float));
-    float *v = malloc(total * sizeof(float));
+    char *k = malloc(total * kv->es);
+    char *v = malloc(total * kv->es);
     if (!k || !v) {
         free(k);
         free(v);
         return -ENOMEM;
     }
     for (int l = 0; l < kv->n_layer && s->cap; l++) {
-        size_t old = (size_t)l * s->cap * per, now = (size_t)l * cap * per;
-        memcpy(k + now, s->k + old, (size_t)s->n * per * sizeof(float));
-        memcpy(v + now, s->v + old, (size_t)s->n * per * sizeof(float));
+        size_t old = (size_t)l * s->cap * per * kv->es, now = (size_t)l * cap * per * kv->es;
+        memcpy(k + now, (const char *)s->k + old, (size_t)s->n * per * kv->es);
+        memcpy(v + now, (const char *)s->v + old, (size_t)s->n * per * kv->es);
     }
     free(s->k);
     free(s->v);
-    kv->bytes += (size_t)(cap - s->cap) * kv->n_layer * per * 2 * sizeof(float);
+    kv->bytes += (size_t)(cap - s->cap) * kv->n_layer * per * 2 * kv->es;
     s->k = k;
     s->v = v;
     s->cap = cap;

@@ -5,10 +5,10 @@
 #include "model.h"
 
 typedef struct core_kv_slot {
-    int cap;  /* positions allocated */
-    int n;    /* positions filled: 0..n-1 are valid */
-    float *k; /* (n_layer, cap, kv_dim) */
-    float *v; /* (n_layer, cap, kv_dim) */
+    int cap; /* positions allocated */
+    int n;   /* positions filled: 0..n-1 are valid */
+    void *k; /* (n_layer, cap, kv_dim) of f32, or f16 (uint16_t) when the cache is f16 */
+    void *v; /* (n_layer, cap, kv_dim) */
 } core_kv_slot;
 
 struct core_kv {
@@ -16,6 +16,8 @@ struct core_kv {
     int n_ctx;
     int n_layer;
     int kv_dim;
+    int f16;   /* K and V stored as f16 (core_kv_set_f16) */
+    size_t es; /* bytes per element: 4, or 2 when f16 */
     size_t bytes;
     core_kv_slot *slots; /* (n_slots) */
 };

@@ -134,6 +134,11 @@ int core_kv_n_ctx(const core_kv *kv);
 void core_kv_clear(core_kv *kv, int slot);
 /* Bytes currently allocated by all slots. */
 size_t core_kv_bytes(const core_kv *kv);
+/* on: K and V are stored as f16 from now on (half the memory and half the bytes attention reads
+ * per position; logits move by about 1e-3..1e-2 against f32, see the golden test). Only while
+ * every slot is empty: 0, or -EBUSY. */
+int core_kv_set_f16(core_kv *kv, int on);
+int core_kv_is_f16(const core_kv *kv);
 
 /* ---- LoRA plan (DESIGN.md §3) --------------------------------------------------------------- */
 

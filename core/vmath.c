@@ -2,11 +2,14 @@
  * at run time, portable versions beside them. */
 #include "vmath.h"
 
+#include "quant.h"
+
 #include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <string.h>
 
 /* ---- portable ------------------------------------------------------------------------------ */
@@ -25,20 +28,27 @@ static void swiglu_generic(float *gate, const float *up, long n)
     }
 }
 
-static void attend_generic(const float *q, const float *K, const float *V, int n_head, int n_kv,
-                           int hd, int pos, float *sc, float *out)
+/* Element i of a K or V row stored as f32 or f16. */
+static inline float kv_at(const void *row, int i, int f16)
+{
+    return f16 ? core_fp16_to_fp32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
+}
+
+static void attend_generic(const float *q, const void *K, const void *V, int f16, int n_head,
+                           int n_kv, int hd, int pos, float *sc, float *out)
 {
     int kv_dim = n_kv * hd, group = n_head / n_kv;
+    size_t es = f16 ? 2 : 4;
     float scale = 1.0f / sqrtf((float)hd);
     for (int h = 0; h < n_head; h++) {
         const float *qh = q + h * hd;
         int off = (h / group) * hd;
         float mx = -INFINITY;
         for (int t = 0; t <= pos; t++) {
-            const float *kt = K + (size_t)t * kv_dim + off;
+            const char *kt = (const char *)K + ((size_t)t * kv_dim + off) * es;
             float d = 0.0f;
             for (int i = 0; i < hd; i++)
-                d += qh[i] * kt[i];
+                d += qh[i] * kv_at(kt, i, f16);
             sc[t] = d * scale;
             mx = sc[t] > mx ? sc[t] : mx;
         }
@@ -51,18 +61,18 @@ static void attend_generic(const float *q, const float *K, const float *V, int n
         float *oh = out + h * hd;
         memset(oh, 0, (size_t)hd * sizeof(float));
         for (int t = 0; t <= pos; t++) {
-            const float *vt = V + (size_t)t * kv_dim + off;
+            const char *vt = (const char *)V + ((size_t)t * kv_dim + off) * es;
             float p = sc[t] * inv;
             for (int i = 0; i < hd; i++)
-                oh[i] += p * vt[i];
+                oh[i] += p * kv_at(vt, i, f16);
         }
     }
 }
 
 /* ---- AVX2 + FMA ------------------------------------------------------------------------------ */
 
-#define AVX2 __attribute__((target("avx2,fma")))
-#define AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
 /* exp(x) for 8 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-7 polynomial (Cephes
  * expf's coefficients), scaled by 2^n through the exponent bits. Inputs below the smallest normal
@@ -129,11 +139,19 @@ AVX2 static void swiglu_avx2(float *gate, const float *up, long n)
     }
 }
 
+/* Eight floats of a K or V array (f32 or f16) from element i. */
+AVX2_INLINE __m256 load8(const void *base, size_t i, int f16)
+{
+    if (f16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + i)));
+    return _mm256_loadu_ps((const float *)base + i);
+}
+
 /* hd a multiple of 8, at most 256. Scores one key at a time (the head's query in registers is
  * reloaded from L1), exp over the whole row of scores, then the weighted sum of values with
  * hd / 8 independent accumulators. */
-AVX2 static void attend_avx2(const float *q, const float *K, const float *V, int n_head, int n_kv,
-                             int hd, int pos, float *sc, float *out)
+AVX2_INLINE void attend_avx2_t(const float *q, const void *K, const void *V, int f16, int n_head,
+                               int n_kv, int hd, int pos, float *sc, float *out)
 {
     int kv_dim = n_kv * hd, group = n_head / n_kv, nv = hd / 8;
     float scale = 1.0f / sqrtf((float)hd);
@@ -142,10 +160,10 @@ AVX2 static void attend_avx2(const float *q, const float *K, const float *V, int
         int off = (h / group) * hd;
         __m256 mxv = _mm256_set1_ps(-INFINITY);
         for (int t = 0; t <= pos; t++) {
-            const float *kt = K + (size_t)t * kv_dim + off;
+            size_t kt = (size_t)t * kv_dim + off;
             __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(); /* even, odd chunks */
             for (int v = 0; v < nv; v++) {
-                __m256 d = _mm256_mul_ps(_mm256_loadu_ps(qh + 8 * v), _mm256_loadu_ps(kt + 8 * v));
+                __m256 d = _mm256_mul_ps(_mm256_loadu_ps(qh + 8 * v), load8(K, kt + 8 * v, f16));
                 if (v & 1)
                     s1 = _mm256_add_ps(s1, d);
                 else
@@ -175,22 +193,34 @@ AVX2 static void attend_avx2(const float *q, const float *K, const float *V, int
         for (int v = 0; v < nv; v++)
             acc[v] = _mm256_setzero_ps();
         for (t = 0; t <= pos; t++) {
-            const float *vt = V + (size_t)t * kv_dim + off;
+            size_t vt = (size_t)t * kv_dim + off;
             __m256 p = _mm256_mul_ps(_mm256_set1_ps(sc[t]), inv);
             for (int v = 0; v < nv; v++)
-                acc[v] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vt + 8 * v), acc[v]);
+                acc[v] = _mm256_fmadd_ps(p, load8(V, vt + 8 * v, f16), acc[v]);
         }
         for (int v = 0; v < nv; v++)
             _mm256_storeu_ps(out + h * hd + 8 * v, acc[v]);
     }
 }
 
+AVX2 static void attend_avx2_f32(const float *q, const void *K, const void *V, int n_head, int n_kv,
+                                 int hd, int pos, float *sc, float *out)
+{
+    attend_avx2_t(q, K, V, 0, n_head, n_kv, hd, pos, sc, out);
+}
+
+AVX2 static void attend_avx2_f16(const float *q, const void *K, const void *V, int n_head, int n_kv,
+                                 int hd, int pos, float *sc, float *out)
+{
+    attend_avx2_t(q, K, V, 1, n_head, n_kv, hd, pos, sc, out);
+}
+
 /* ---- AVX-512 -----------------------------------------------------------------------------------
  */
 
-#define AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma")))
+#define AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma,f16c")))
 #define AVX512_INLINE                                                                              \
-    __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"), always_inline)) static inline
+    __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma,f16c"), always_inline)) static inline
 
 /* exp8's arithmetic on 16 lanes. */
 AVX512_INLINE __m512 exp16(__m512 x)
@@ -237,16 +267,25 @@ AVX512_INLINE __m512 hsum16x16(const __m512 *a)
                          _mm512_shuffle_f32x4(e01, e23, 0xDD));
 }
 
+/* Sixteen floats of a K or V array (f32 or f16) from element i. */
+AVX512_INLINE __m512 load16(const void *base, size_t i, int f16)
+{
+    if (f16)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)));
+    return _mm512_loadu_ps((const float *)base + i);
+}
+
 /* Scores of one head against keys t0..t0+nk-1 (nk <= 16; lanes past nk are garbage): NZ
  * 16-float chunks per key. */
-AVX512_INLINE __m512 score16(const __m512 *qv, int NZ, const float *K, int kv_dim, int t0, int nk)
+AVX512_INLINE __m512 score16(const __m512 *qv, int NZ, const void *K, int f16, int kv_dim, int t0,
+                             int nk)
 {
     __m512 acc[16];
     for (int j = 0; j < 16; j++) {
-        const float *kt = K + (size_t)(j < nk ? t0 + j : t0) * kv_dim;
-        __m512 s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kt));
+        size_t kt = (size_t)(j < nk ? t0 + j : t0) * kv_dim;
+        __m512 s = _mm512_mul_ps(qv[0], load16(K, kt, f16));
         for (int v = 1; v < NZ; v++)
-            s = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(kt + 16 * v), s);
+            s = _mm512_fmadd_ps(qv[v], load16(K, kt + 16 * v, f16), s);
         acc[j] = s;
     }
     return hsum16x16(acc);
@@ -254,7 +293,7 @@ AVX512_INLINE __m512 score16(const __m512 *qv, int NZ, const float *K, int kv_di
 
 /* One head: scores sixteen keys at a time, softmax, then the weighted sum of values with two
  * sets of accumulators (even and odd keys). NZ = hd / 16 chunks, at most 8. */
-AVX512_INLINE void attend_head16(const float *qh, const float *K, const float *V, int kv_dim,
+AVX512_INLINE void attend_head16(const float *qh, const void *K, const void *V, int f16, int kv_dim,
                                  int NZ, int pos, float scale, float *sc, float *oh)
 {
     __m512 qv[8];
@@ -265,7 +304,7 @@ AVX512_INLINE void attend_head16(const float *qh, const float *K, const float *V
     for (int t0 = 0; t0 < T; t0 += 16) {
         int nk = T - t0 < 16 ? T - t0 : 16;
         __mmask16 m = (__mmask16)(nk == 16 ? 0xFFFF : (1u << nk) - 1);
-        __m512 s = score16(qv, NZ, K, kv_dim, t0, nk);
+        __m512 s = score16(qv, NZ, K, f16, kv_dim, t0, nk);
         _mm512_mask_storeu_ps(sc + t0, m, s);
         mxv = _mm512_mask_max_ps(mxv, m, mxv, s);
     }
@@ -285,47 +324,53 @@ AVX512_INLINE void attend_head16(const float *qh, const float *K, const float *V
         a0[v] = a1[v] = _mm512_setzero_ps();
     int t = 0;
     for (; t + 2 <= T; t += 2) {
-        const float *v0 = V + (size_t)t * kv_dim, *v1 = v0 + kv_dim;
+        size_t v0 = (size_t)t * kv_dim, v1 = v0 + kv_dim;
         __m512 p0 = _mm512_set1_ps(sc[t] * inv), p1 = _mm512_set1_ps(sc[t + 1] * inv);
         for (int v = 0; v < NZ; v++) {
-            a0[v] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * v), a0[v]);
-            a1[v] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * v), a1[v]);
+            a0[v] = _mm512_fmadd_ps(p0, load16(V, v0 + 16 * v, f16), a0[v]);
+            a1[v] = _mm512_fmadd_ps(p1, load16(V, v1 + 16 * v, f16), a1[v]);
         }
     }
     if (t < T) {
-        const float *v0 = V + (size_t)t * kv_dim;
+        size_t v0 = (size_t)t * kv_dim;
         __m512 p0 = _mm512_set1_ps(sc[t] * inv);
         for (int v = 0; v < NZ; v++)
-            a0[v] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * v), a0[v]);
+            a0[v] = _mm512_fmadd_ps(p0, load16(V, v0 + 16 * v, f16), a0[v]);
     }
     for (int v = 0; v < NZ; v++)
         _mm512_storeu_ps(oh + 16 * v, _mm512_add_ps(a0[v], a1[v]));
 }
 
-#define ATTEND16(NZ)                                                                               \
-    AVX512 static void attend16_##NZ(const float *q, const float *K, const float *V, int n_head,   \
-                                     int n_kv, int pos, float *sc, float *out)                     \
+#define ATTEND16(NZ, F16)                                                                          \
+    AVX512 static void attend16_##NZ##_##F16(const float *q, const void *K, const void *V,         \
+                                             int n_head, int n_kv, int pos, float *sc, float *out) \
     {                                                                                              \
         int hd = 16 * (NZ), kv_dim = n_kv * hd, group = n_head / n_kv;                             \
         float scale = 1.0f / sqrtf((float)hd);                                                     \
+        size_t es = (F16) ? 2 : 4;                                                                 \
         for (int h = 0; h < n_head; h++) {                                                         \
-            int off = (h / group) * hd;                                                            \
-            attend_head16(q + h * hd, K + off, V + off, kv_dim, NZ, pos, scale, sc, out + h * hd); \
+            size_t off = (size_t)(h / group) * hd * es;                                            \
+            attend_head16(q + h * hd, (const char *)K + off, (const char *)V + off, F16, kv_dim,   \
+                          NZ, pos, scale, sc, out + h * hd);                                       \
         }                                                                                          \
     }
-ATTEND16(1)
-ATTEND16(2)
-ATTEND16(3)
-ATTEND16(4)
-ATTEND16(5)
-ATTEND16(6)
-ATTEND16(7)
-ATTEND16(8)
+#define ATTEND16_BOTH(NZ) ATTEND16(NZ, 0) ATTEND16(NZ, 1)
+ATTEND16_BOTH(1)
+ATTEND16_BOTH(2)
+ATTEND16_BOTH(3)
+ATTEND16_BOTH(4)
+ATTEND16_BOTH(5)
+ATTEND16_BOTH(6)
+ATTEND16_BOTH(7)
+ATTEND16_BOTH(8)
 
-typedef void (*attend16_fn)(const float *, const float *, const float *, int, int, int, float *,
+typedef void (*attend16_fn)(const float *, const void *, const void *, int, int, int, float *,
                             float *);
-static const attend16_fn attend16[9] = {NULL,       attend16_1, attend16_2, attend16_3, attend16_4,
-                                        attend16_5, attend16_6, attend16_7, attend16_8};
+static const attend16_fn attend16[2][9] = {
+    {NULL, attend16_1_0, attend16_2_0, attend16_3_0, attend16_4_0, attend16_5_0, attend16_6_0,
+     attend16_7_0, attend16_8_0},
+    {NULL, attend16_1_1, attend16_2_1, attend16_3_1, attend16_4_1, attend16_5_1, attend16_6_1,
+     attend16_7_1, attend16_8_1}};
 
 /* ---- dispatch -------------------------------------------------------------------------------- */
 
@@ -376,15 +421,37 @@ static bool use_avx512(void)
     return use_avx2() && atomic_load_explicit(&mode, memory_order_relaxed) == 3;
 }
 
-void core__attend_row(const float *q, const float *K, const float *V, int n_head, int n_kv, int hd,
-                      int pos, float *scores, float *out)
+void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, int n_head,
+                      int n_kv, int hd, int pos, float *scores, float *out)
 {
+    int f16 = kv_f16 != 0;
     if (use_avx512() && hd % 16 == 0 && hd <= 128)
-        attend16[hd / 16](q, K, V, n_head, n_kv, pos, scores, out);
+        attend16[f16][hd / 16](q, K, V, n_head, n_kv, pos, scores, out);
     else if (use_avx2() && hd % 8 == 0 && hd <= 256)
-        attend_avx2(q, K, V, n_head, n_kv, hd, pos, scores, out);
+        (f16 ? attend_avx2_f16 : attend_avx2_f32)(q, K, V, n_head, n_kv, hd, pos, scores, out);
     else
-        attend_generic(q, K, V, n_head, n_kv, hd, pos, scores, out);
+        attend_generic(q, K, V, f16, n_head, n_kv, hd, pos, scores, out);
+}
+
+/* n floats to f16, round to nearest even (F16C, or core_fp32_to_fp16: the same bits). */
+AVX2 static void to_f16_avx2(const float *x, uint16_t *y, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        y[i] = core_fp32_to_fp16(x[i]);
+}
+
+void core__to_f16(const float *x, uint16_t *y, int n)
+{
+    if (use_avx2()) {
+        to_f16_avx2(x, y, n);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        y[i] = core_fp32_to_fp16(x[i]);
 }
 
 void core__swiglu(float *gate, const float *up, long n)

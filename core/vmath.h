@@ -8,12 +8,17 @@
 #ifndef ADAPTREE_CORE_VMATH_H
 #define ADAPTREE_CORE_VMATH_H
 
+#include <stdint.h>
+
 /* Attention of one query row at position pos over positions 0..pos of one layer's cache.
- * q (n_head * hd), K and V (pos + 1, kv_dim) with kv_dim = n_kv * hd (head h reads kv head
- * h / (n_head / n_kv)), out (n_head * hd); scores is scratch of pos + 1 floats. softmax(q·k /
- * sqrt(hd)) · V per head. */
-void core__attend_row(const float *q, const float *K, const float *V, int n_head, int n_kv, int hd,
-                      int pos, float *scores, float *out);
+ * q (n_head * hd), K and V (pos + 1, kv_dim) f32, or f16 (uint16_t) when kv_f16, with kv_dim =
+ * n_kv * hd (head h reads kv head h / (n_head / n_kv)), out (n_head * hd); scores is scratch of
+ * pos + 1 floats. softmax(q·k / sqrt(hd)) · V per head. */
+void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, int n_head,
+                      int n_kv, int hd, int pos, float *scores, float *out);
+
+/* y[i] = x[i] as f16 (round to nearest even), i < n. */
+void core__to_f16(const float *x, uint16_t *y, int n);
 
 /* gate[i] = silu(gate[i]) * up[i] for i < n. */
 void core__swiglu(float *gate, const float *up, long n);

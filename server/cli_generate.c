@@ -24,6 +24,7 @@ typedef struct gen_opts {
     int chat;
     int show_special;
     int int8;
+    int kv_f16;
     core_sampler_params sp;
     srv_cli_sel sel;
 } gen_opts;
@@ -47,6 +48,7 @@ static void gen_usage(FILE *out)
             "  -c, --ctx N             context length (default: the model's, at most 4096)\n"
             "      --chat              render the prompt as one user turn with the chat template\n"
             "      --int8              int8 activations (AVX-512 VNNI), as `serve --int8`\n"
+            "      --kv-f16            f16 KV cache, as `serve --kv-f16`\n"
             "      --temperature T     0 = greedy (default 0.8)\n"
             "      --top-k K           keep the K most likely tokens (default 40; 0 = off)\n"
             "      --top-p P           nucleus sampling (default 0.95; 1 = off)\n"
@@ -109,6 +111,9 @@ static int parse_opts(int argc, char **argv, gen_opts *o)
             continue;
         } else if (!strcmp(a, "--int8")) {
             o->int8 = 1;
+            continue;
+        } else if (!strcmp(a, "--kv-f16")) {
+            o->kv_f16 = 1;
             continue;
         }
         if (!v) {
@@ -276,6 +281,8 @@ static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o)
     }
     g.ctx = core_ctx_new(m);
     g.kv = core_kv_new(&m->cfg, 1, (int)n_ctx, err, sizeof err);
+    if (g.kv && o->kv_f16)
+        core_kv_set_f16(g.kv, 1);
     g.plan = adapter_plan_new();
     logits = malloc((size_t)m->cfg.n_vocab * sizeof(float));
     int32_t *hist = realloc(ids, (size_t)n_ctx * sizeof(int32_t));

@@ -50,6 +50,8 @@ static void serve_usage(FILE *out)
             "      --int8                int8 activations for Q4_1/Q8_0 weights, as llama.cpp\n"
             "                            (AVX-512 VNNI): faster, logits further from the f32\n"
             "                            reference (README, 'int8 activations')\n"
+            "      --kv-f16              cache K and V as f16: half the KV memory, faster long\n"
+            "                            contexts, logits slightly further from the reference\n"
             "      --host HOST           address to listen on (default 127.0.0.1)\n"
             "      --port PORT           port (default 8080; 0 = any free port)\n"
             "      --threads N           OpenBLAS threads (default 0 = all cores)\n"
@@ -175,6 +177,10 @@ int srv_serve_parse(int argc, char **argv, srv_serve_opts *o, char *err, size_t 
             o->int8 = true;
             continue;
         }
+        if (!strcmp(a, "--kv-f16")) {
+            o->kv_f16 = true;
+            continue;
+        }
         /* --flag=value as well as --flag value */
         char name[64];
         const char *v = NULL, *eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
@@ -298,6 +304,7 @@ static srv_engine *start_engine(const srv_serve_opts *o)
     eo.queue_limit = (int)o->queue_limit;
     eo.watch = o->watch;
     eo.int8 = o->int8;
+    eo.kv_f16 = o->kv_f16;
     eo.verbose = o->log_level >= SRV_LOG_DEBUG ? 2 : o->log_level >= SRV_LOG_INFO ? 1 : 0;
     char err[512];
     srv_engine *e = srv_engine_new(&eo, err, sizeof err);

@@ -28,6 +28,7 @@ typedef struct srv_serve_opts {
     long idle_timeout;     /* seconds, 60 */
     bool watch;            /* watch the registry (--no-watch turns it off) */
     bool int8;             /* --int8: int8 activations */
+    bool kv_f16;           /* --kv-f16: f16 KV cache */
 } srv_serve_opts;
 
 /* Parses argv (argv[0] = "serve"); keys missing from the flags come from getenv. Returns 0, 1

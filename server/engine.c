@@ -576,6 +576,7 @@ static void opts_apply(srv_engine *e, const srv_engine_opts *o)
     e->verbose = o->verbose;
     e->watch = o->watch;
     e->cache_bytes = o->cache_bytes;
+    e->kv_f16 = o->kv_f16;
 }
 
 srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
@@ -648,14 +649,14 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
         fprintf(stderr,
                 "engine: model %s (%d layers, vocab %d), %d slots x %d positions, batch %d rows, "
                 "prefill chunk %d, queue %d, registry %s (%d nodes%s)\n"
-                "engine: linear layers on %s%s\n",
+                "engine: linear layers on %s%s; KV cache %s\n",
                 e->model_id, e->model->cfg.n_layer, e->n_vocab, e->max_seqs, e->n_ctx, e->max_batch,
                 e->prefill_chunk, e->queue_limit, e->registry_dir ? e->registry_dir : "none",
                 rs.nodes, e->reg && e->watch ? ", watched" : "",
                 e->int8_weights ? "int8 activations (AVX-512 VNNI) where the weights are "
                                   "Q4_1/Q8_0, else "
                                 : "",
-                core_matmul_kernels(kernels, sizeof kernels));
+                core_matmul_kernels(kernels, sizeof kernels), e->kv_f16 ? "f16" : "f32");
     }
     return e;
 fail_sched:

@@ -52,6 +52,7 @@ typedef struct srv_engine_opts {
     int prefill_chunk;        /* most prompt rows of one sequence per step; 0 = 256 */
     bool watch;               /* watch the registry for changes (default on in `serve`) */
     bool int8;                /* int8 activations (core_model_set_int8); needs model_path */
+    bool kv_f16;              /* K and V cached as f16 (core_kv_set_f16) */
     int verbose;              /* 0 quiet, 1 info (default), 2 debug: one line per step */
     const core_model *model;  /* optional: an already loaded base to borrow instead of loading
                                  model_path (tests, tools); must outlive the engine. model_path

@@ -117,6 +117,7 @@ struct srv_engine {
     char *registry_dir;
     core_model *own_model; /* loaded by the engine, or NULL when borrowed */
     int int8_weights;      /* weights repacked for int8 activations (srv_engine_opts.int8) */
+    bool kv_f16;           /* srv_engine_opts.kv_f16 */
     const core_model *model;
     core_tokenizer *tok;
     int32_t n_vocab;

@@ -53,6 +53,8 @@ int srv__sched_init(srv_engine *e, char *err, size_t errlen)
     e->kv = core_kv_new(&e->model->cfg, e->max_seqs, e->n_ctx, err, errlen);
     if (!e->kv)
         return -ENOMEM;
+    if (e->kv_f16)
+        core_kv_set_f16(e->kv, 1); /* every slot is empty: cannot fail */
     size_t nb = (size_t)e->max_batch, ns = (size_t)e->max_seqs;
     e->max_out = e->max_seqs < e->max_batch ? e->max_seqs : e->max_batch;
     e->ctx = core_ctx_new(e->model);

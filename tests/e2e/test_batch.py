@@ -188,13 +188,12 @@ def same_node_twice_in_a_selection():
 
 @suite.test
 def int8_server_batch_invariant():
-    """serve --int8 (int8 activations, AVX-512 VNNI): every case answers 200, the texts differ
-    from the f32 server's at most where int8 rounding flips a near-tie, and concurrent requests
-    return exactly what each returns alone. Without VNNI the server must refuse --int8 with a
-    clear message at start-up."""
+    """serve --int8 --kv-f16 (int8 activations on AVX-512 VNNI, K and V cached as f16): every
+    case answers 200 and concurrent requests return exactly what each returns alone. Without
+    VNNI the server must refuse --int8 with a clear message at start-up."""
     global S
     f32 = S
-    srv = suite.server(["--int8"], registry=f32.registry, name="int8")
+    srv = suite.server(["--int8", "--kv-f16"], registry=f32.registry, name="int8")
     try:
         srv.start()
     except e2e.Fail as e:
@@ -202,7 +201,8 @@ def int8_server_batch_invariant():
               f"feature: {e}")
         print("    no AVX-512 VNNI here: the server refused --int8 as it should")
         return
-    check("int8 activations" in srv.log(), "the log does not say int8 is on:\n" + srv.log_tail())
+    check("int8 activations" in srv.log() and "KV cache f16" in srv.log(),
+          "the log does not say int8 and the f16 KV cache are on:\n" + srv.log_tail())
     S = srv
     try:
         alone = {c[0]: send(c) for c in CASES}
@@ -210,10 +210,11 @@ def int8_server_batch_invariant():
         got = concurrent(cases)
         bad = [f"{c[0]}: alone {alone[c[0]]!r}, batched {g!r}"
                for c, g in zip(cases, got) if g != alone[c[0]]]
-        check(not bad, f"{len(bad)} differ when batched under --int8:\n    " + "\n    ".join(bad))
+        check(not bad, f"{len(bad)} differ when batched under --int8 --kv-f16:\n    "
+              + "\n    ".join(bad))
         same = sum(alone[c[0]] == ALONE[c[0]] for c in CASES) if ALONE else None
-        print(f"    --int8: {len(cases)} batched = alone; {same}/{len(CASES)} texts equal to the "
-              f"f32 server's over {N_TOKENS} tokens")
+        print(f"    --int8 --kv-f16: {len(cases)} batched = alone; {same}/{len(CASES)} texts equal "
+              f"to the f32 server's over {N_TOKENS} tokens")
     finally:
         S = f32
         srv.stop()

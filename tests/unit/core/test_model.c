@@ -1,6 +1,7 @@
 /* Tests on the real default model: loading, config, and batch invariance (a sequence's logits
  * do not depend on what else is in the batch, DESIGN.md §6: ≤ 1e-4). */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -255,4 +256,42 @@ TEST(model_rejects_non_finite_weights)
     CHECK(m == NULL);
     CHECK_MSG(strstr(err, "blk.5.ffn_up.weight") && strstr(err, "non-finite"), "%s", err);
     tu_rmrf(dir);
+}
+
+/* An f16 KV cache takes half the bytes of an f32 one, gives logits close to it, and can be
+ * switched only while every slot is empty. */
+TEST(model_kv_f16)
+{
+    TEST_NEED_MODEL();
+    core_model *m = test_shared_model();
+    CHECK(m != NULL);
+    const core_config *c = &m->cfg;
+    char err[256];
+    int32_t tok[4] = {1, 504, 3000, 42}, pos[4] = {0, 1, 2, 3}, slot[4] = {0};
+    core_batch b = {.n_rows = 4, .tokens = tok, .pos = pos, .slot = slot};
+    float *lg[2];
+    size_t bytes[2];
+    for (int f16 = 0; f16 < 2; f16++) {
+        core_ctx *ctx = core_ctx_new(m);
+        core_kv *kv = core_kv_new(c, 2, 64, err, sizeof err);
+        CHECK_EQ_INT(core_kv_set_f16(kv, f16), 0);
+        CHECK_EQ_INT(core_kv_is_f16(kv), f16);
+        lg[f16] = malloc(sizeof(float) * 4 * (size_t)c->n_vocab);
+        CHECK(core_forward(ctx, kv, &b, NULL, lg[f16], err, sizeof err) == 0);
+        bytes[f16] = core_kv_bytes(kv);
+        CHECK_EQ_INT(core_kv_set_f16(kv, !f16), -EBUSY);
+        core_kv_clear(kv, 0);
+        CHECK_EQ_INT(core_kv_set_f16(kv, !f16), 0);
+        core_kv_free(kv);
+        core_ctx_free(ctx);
+    }
+    double worst = 0;
+    for (size_t i = 0; i < 4 * (size_t)c->n_vocab; i++)
+        worst = fmax(worst, fabs(lg[0][i] - lg[1][i]));
+    printf("    KV bytes %zu (f32) vs %zu (f16); logits max |f16 - f32| %.3g (tol 0.05)\n",
+           bytes[0], bytes[1], worst);
+    CHECK(bytes[1] * 2 == bytes[0]);
+    CHECK(worst > 0 && worst <= 0.05);
+    free(lg[0]);
+    free(lg[1]);
 }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "core/quant.h"
 #include "core/vmath.h"
 #include "tests/test.h"
 
@@ -53,8 +54,9 @@ TEST(vmath_exp_and_swiglu_match_libm)
     CHECK(sw < 1e-6);
 }
 
-/* Attention of one row with n_head 9 over n_kv 3 heads (SmolLM2's grouping). */
-static double attend_case(int hd, int pos)
+/* Attention of one row with n_head 9 over n_kv 3 heads (SmolLM2's grouping); with f16, K and V
+ * are handed over as f16 and the reference uses their f16 values. */
+static double attend_case(int hd, int pos, int f16)
 {
     int n_head = 9, n_kv = 3, kv_dim = n_kv * hd, group = n_head / n_kv;
     float *q = malloc(sizeof(float) * n_head * hd), *K = malloc(sizeof(float) * (pos + 1) * kv_dim);
@@ -63,11 +65,24 @@ static double attend_case(int hd, int pos)
     double *p = malloc(sizeof(double) * (pos + 1));
     for (int i = 0; i < n_head * hd; i++)
         q[i] = frand() * 2;
+    uint16_t *K16 = malloc(sizeof(uint16_t) * (pos + 1) * kv_dim);
+    uint16_t *V16 = malloc(sizeof(uint16_t) * (pos + 1) * kv_dim);
     for (int i = 0; i < (pos + 1) * kv_dim; i++) {
         K[i] = frand() * 2;
         V[i] = frand();
+        if (f16) {
+            K16[i] = core_fp32_to_fp16(K[i]);
+            V16[i] = core_fp32_to_fp16(V[i]);
+            K[i] = core_fp16_to_fp32(K16[i]);
+            V[i] = core_fp16_to_fp32(V16[i]);
+        }
     }
-    core__attend_row(q, K, V, n_head, n_kv, hd, pos, sc, out);
+    if (f16)
+        core__attend_row(q, K16, V16, 1, n_head, n_kv, hd, pos, sc, out);
+    else
+        core__attend_row(q, K, V, 0, n_head, n_kv, hd, pos, sc, out);
+    free(K16);
+    free(V16);
     double worst = 0;
     for (int h = 0; h < n_head; h++) {
         int off = (h / group) * hd;
@@ -101,15 +116,17 @@ static void attend_all(const char *which)
 {
     static const int hds[] = {64, 8, 12, 128, 16, 48};
     static const int poss[] = {0, 1, 7, 8, 14, 15, 16, 31, 100, 777};
-    double worst = 0;
-    for (size_t a = 0; a < sizeof hds / sizeof hds[0]; a++)
-        for (size_t b = 0; b < sizeof poss / sizeof poss[0]; b++) {
-            double e = attend_case(hds[a], poss[b]);
-            CHECK_MSG(e < 2e-6, "%s attention hd %d pos %d: max abs error %.3g", which, hds[a],
-                      poss[b], e);
-            worst = fmax(worst, e);
-        }
-    printf("    %s attention: max abs error %.3g vs double (tol 2e-6)\n", which, worst);
+    double worst[2] = {0, 0};
+    for (int f16 = 0; f16 < 2; f16++)
+        for (size_t a = 0; a < sizeof hds / sizeof hds[0]; a++)
+            for (size_t b = 0; b < sizeof poss / sizeof poss[0]; b++) {
+                double e = attend_case(hds[a], poss[b], f16);
+                CHECK_MSG(e < 2e-6, "%s attention (%s KV) hd %d pos %d: max abs error %.3g", which,
+                          f16 ? "f16" : "f32", hds[a], poss[b], e);
+                worst[f16] = fmax(worst[f16], e);
+            }
+    printf("    %s attention: max abs error %.3g (f32 KV), %.3g (f16 KV) vs double (tol 2e-6)\n",
+           which, worst[0], worst[1]);
 }
 
 TEST(vmath_attention_matches_double)
