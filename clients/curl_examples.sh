@@ -58,6 +58,12 @@ with_key "$KEY" check "GET /v1/models" 200 '"data"' "$URL/v1/models"
 with_key "$KEY" check "POST /v1/completions (base)" 200 '"choices"' -H "$J" "$URL/v1/completions" \
     -d '{"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}'
 
+# Scoring a text: echo + logprobs gives each prompt token's logprob (the first is null);
+# max_tokens 0 generates nothing.
+with_key "$KEY" check "POST /v1/completions (score the prompt)" 200 '"token_logprobs":\[null,' \
+    -H "$J" "$URL/v1/completions" \
+    -d '{"prompt": "The capital of France is", "max_tokens": 0, "echo": true, "logprobs": 1}'
+
 # One node: its whole tree chain is applied (fr + fr/manpages + fr/manpages/alice).
 with_key "$KEY" check "POST /v1/completions (chain $CHAIN)" 200 '"text"' -H "$J" \
     "$URL/v1/completions" \

@@ -30,9 +30,14 @@ int srv_admin_body_parse(const char *body, size_t len, bool pin_required, char *
     int rc = len ? srv_json_check(body, len, copy, &n, msg, sizeof msg) : -EINVAL;
     if (!len)
         snprintf(msg, sizeof msg, "empty body; expected a JSON object such as {\"id\": \"fr\"}");
-    /* After the check cJSON fails only for lack of memory; that, too, ends as "not an object". */
+    /* After the check cJSON fails only for lack of memory: that is -ENOMEM (a 503), not the
+     * client's fault. */
     cJSON *root = rc ? NULL : cJSON_ParseWithLengthOpts(copy, n, NULL, 0);
     free(copy);
+    if (!rc && !root) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
     const cJSON *jid = cJSON_GetObjectItemCaseSensitive(root, "id");
     const cJSON *jpin = cJSON_GetObjectItemCaseSensitive(root, "pin");
     const char *bad = NULL, *field = "";

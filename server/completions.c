@@ -246,7 +246,9 @@ static int submit(srv_app *a, srv_http_req *req, srv_call *c, const srv_request 
                         .sampling = rq->sampling,
                         .seed = seed,
                         .n_stop = rq->n_stop,
-                        .logprobs = rq->logprobs};
+                        .logprobs = rq->logprobs,
+                        .prompt_logprobs =
+                            c->kind == SRV_REQ_COMPLETION && rq->echo && rq->logprobs >= 0};
     p.sampling.seed = seed;
     for (int i = 0; i < rq->n_stop && i < SRV_JOB_STOP_MAX; i++)
         p.stop[i] = rq->stop[i];
@@ -320,6 +322,35 @@ static const char *error_code(const srv_job_status *st)
     return st->http_status == 404 ? "model_not_found" : NULL;
 }
 
+/* Completions with echo and logprobs: the prompt's recorded tokens (*n of them), each text_end
+ * the end of its text within the echo; NULL with *n = 0 for other requests, *n = -1 without
+ * memory. */
+static srv_job_token *prompt_tokens(srv_app *a, srv_call *c, int n_prompt, int *n)
+{
+    *n = 0;
+    if (c->kind != SRV_REQ_COMPLETION || !c->echo || c->logprobs < 0 || n_prompt <= 0)
+        return NULL;
+    srv_job_token *t = malloc((size_t)n_prompt * sizeof *t);
+    if (!t) {
+        *n = -1;
+        return NULL;
+    }
+    int k = srv_job_prompt_tokens(c->job, t, n_prompt);
+    core_detok dt;
+    core_detok_init(&dt, srv_engine_tokenizer(a->engine), true);
+    char buf[512];
+    size_t end = 0;
+    for (int i = 0; i < k; i++) {
+        int m = core_detok_push(&dt, t[i].id, buf, sizeof buf);
+        end += m > 0 ? (size_t)m : 0;
+        t[i].text_end = end < c->echo_len ? end : c->echo_len;
+    }
+    if (k > 0)
+        t[k - 1].text_end = c->echo_len; /* bytes the decoder still held belong to the last */
+    *n = k;
+    return t;
+}
+
 /* The whole answer of a finished job. */
 static void answer_full(srv_app *a, srv_http_req *req, srv_call *c, const srv_job_status *st)
 {
@@ -336,7 +367,17 @@ static void answer_full(srv_app *a, srv_http_req *req, srv_call *c, const srv_jo
     len = srv_job_text(c->job, 0, text, len);
     if (n > 0)
         n = srv_job_tokens(c->job, 0, toks, n);
+    int np;
+    srv_job_token *ptoks = prompt_tokens(a, c, st->prompt_tokens, &np);
+    if (np < 0) {
+        free(text);
+        free(toks);
+        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
+        return;
+    }
     srv_resp r = resp_of(a, c);
+    r.prompt_toks = ptoks;
+    r.n_prompt_toks = np;
     srv_resp_usage u = {st->prompt_tokens, st->completion_tokens};
     srv_buf b;
     srv_buf_init(&b);
@@ -346,6 +387,7 @@ static void answer_full(srv_app *a, srv_http_req *req, srv_call *c, const srv_jo
     srv_buf_deinit(&b);
     free(text);
     free(toks);
+    free(ptoks);
 }
 
 void srv__gen_request(srv_app *a, srv_http_req *req, srv_call *c)
@@ -413,8 +455,18 @@ int srv__gen_stream(srv_app *a, srv_http_req *req, srv_call *c, srv_buf *out)
         c->sent_first = true;
         if (c->kind == SRV_REQ_CHAT)
             srv_resp_chunk(out, &r, true, "", 0, NULL, 0, 0, 0, NULL);
-        else if (c->echo_len)
-            srv_resp_chunk(out, &r, false, c->echo, c->echo_len, NULL, 0, 0, 0, NULL);
+        else if (c->echo_len) {
+            /* the prompt has run by now (the first output follows it): its logprobs go with it */
+            int np;
+            srv_job_token *ptoks = prompt_tokens(a, c, st.prompt_tokens, &np);
+            if (np < 0)
+                return -1;
+            srv_resp er = r;
+            er.prompt_toks = ptoks;
+            er.n_prompt_toks = np;
+            srv_resp_chunk(out, &er, false, c->echo, c->echo_len, NULL, 0, 0, 0, NULL);
+            free(ptoks);
+        }
     }
     bool more_text = st.text_len > c->sent_text;
     if (more_text && stream_text(a, c, &st, out, NULL) < 0)

@@ -81,6 +81,7 @@ static void job_free(srv_job *j)
     free(j->prompt);
     free(j->text);
     free(j->tokens);
+    free(j->ptokens);
     pthread_mutex_destroy(&j->notify_mu);
     pthread_mutex_destroy(&j->mu);
     free(j);
@@ -168,6 +169,9 @@ srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud
         j->n_stop++;
     }
     j->logprobs = p->logprobs;
+    j->prompt_logprobs = p->prompt_logprobs && p->logprobs >= 0;
+    if (j->prompt_logprobs && !(j->ptokens = calloc((size_t)p->n_prompt, sizeof *j->ptokens)))
+        goto fail;
     j->notify = notify;
     j->ud = ud;
     j->st.prompt_tokens = p->n_prompt;
@@ -238,6 +242,16 @@ int srv_job_tokens(srv_job *j, int from, srv_job_token *out, int cap)
     }
     pthread_mutex_unlock(&j->mu);
     return n;
+}
+
+int srv_job_prompt_tokens(srv_job *j, srv_job_token *out, int cap)
+{
+    pthread_mutex_lock(&j->mu);
+    int n = j->n_ptokens < cap ? j->n_ptokens : cap;
+    if (n > 0)
+        memcpy(out, j->ptokens, (size_t)n * sizeof *out);
+    pthread_mutex_unlock(&j->mu);
+    return n > 0 ? n : 0;
 }
 
 void srv__job_finish(srv_engine *e, srv_job *j, srv_finish f, int http_status, const char *type,
@@ -401,7 +415,7 @@ static void intake(srv_engine *e, srv_job *list)
         } else if (bad_id) {
             snprintf(msg, sizeof msg, "the prompt has a token id outside [0, %d)", e->n_vocab);
             srv__job_finish(e, j, SRV_FINISH_ERROR, 400, "invalid_request_error", msg);
-        } else if (j->max_tokens == 0) {
+        } else if (j->max_tokens == 0 && !j->prompt_logprobs) {
             srv__job_finish(e, j, SRV_FINISH_LENGTH, 0, NULL, NULL);
         } else {
             srv__sched_enqueue(e, j);

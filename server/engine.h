@@ -151,6 +151,9 @@ typedef struct srv_job_params {
     int n_stop;
     int logprobs; /* -1 none; k in 0..SRV_JOB_TOP_MAX: record each token's logprob (log-softmax
                      of the raw logits) and the k most likely alternatives */
+    bool prompt_logprobs; /* with logprobs >= 0: also record every prompt token's logprob given
+                             the tokens before it (completions' echo); the first has none (NaN).
+                             max_tokens 0 then still runs the prompt */
 } srv_job_params;
 
 /* One generated token as recorded for logprobs. */
@@ -216,5 +219,9 @@ void srv_job_status_get(srv_job *j, srv_job_status *out);
 size_t srv_job_text(srv_job *j, size_t from, char *buf, size_t cap);
 /* Copies up to cap recorded tokens starting at index from; returns the count. */
 int srv_job_tokens(srv_job *j, int from, srv_job_token *out, int cap);
+/* With prompt_logprobs: copies up to cap recorded prompt tokens (index i = prompt token i; text_end
+ * unset); returns the count, n_prompt once the prompt has run (always before the first generated
+ * token or the end of the job). */
+int srv_job_prompt_tokens(srv_job *j, srv_job_token *out, int cap);
 
 #endif

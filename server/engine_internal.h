@@ -43,6 +43,7 @@ struct srv_job {
     size_t stop_len[SRV_JOB_STOP_MAX];
     int n_stop;
     int logprobs;
+    bool prompt_logprobs;
     void (*notify)(void *ud); /* notify_mu; NULL once detached */
     void *ud;
 
@@ -54,6 +55,8 @@ struct srv_job {
     size_t text_cap;
     srv_job_token *tokens; /* (st.n_tokens) */
     int tokens_cap;
+    srv_job_token *ptokens; /* (n_prompt) with prompt_logprobs: the prompt's tokens, n_ptokens */
+    int n_ptokens;          /* recorded, in order */
 
     /* engine bookkeeping: written under srv_engine.mu at submit, then engine thread only */
     double t_submit;        /* monotonic seconds */
@@ -106,6 +109,7 @@ typedef struct srv__part {
     int n;        /* rows */
     bool want;    /* the last row needs logits */
     bool prefill; /* prompt rows (else one decode row) */
+    bool all;     /* every row needs logits (the job records prompt logprobs) */
     uint64_t key; /* set key, for ordering rows by lora set */
 } srv__part;
 

@@ -2,6 +2,7 @@
  * in the order OpenAI sends them. */
 #include "server/response.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,32 +109,42 @@ static void usage_json(srv_buf *b, const srv_resp_usage *u)
                    u->prompt_tokens, u->completion_tokens, u->prompt_tokens + u->completion_tokens);
 }
 
-/* Legacy completions logprobs: {"tokens","token_logprobs","top_logprobs","text_offset"}. */
+/* Legacy completions logprobs: {"tokens","token_logprobs","top_logprobs","text_offset"}, for
+ * r->prompt_toks (offsets within the echo) then toks (offsets after echo_len bytes). */
 static void completion_logprobs(srv_buf *b, const srv_resp *r, const srv_job_token *toks, int n,
                                 size_t echo_len, size_t prev_end)
 {
+    int np = r->prompt_toks ? r->n_prompt_toks : 0, all = np + n;
+#define TOK(i) ((i) < np ? &r->prompt_toks[(i)] : &toks[(i)-np])
     srv_buf_puts(b, "{\"tokens\":[");
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < all; i++) {
         if (i)
             srv_buf_putc(b, ',');
-        token_json(b, r, toks[i].id);
+        token_json(b, r, TOK(i)->id);
     }
     srv_buf_puts(b, "],\"token_logprobs\":[");
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < all; i++) {
         if (i)
             srv_buf_putc(b, ',');
-        srv_buf_json_float(b, toks[i].logprob);
+        srv_buf_json_float(b, TOK(i)->logprob);
     }
     srv_buf_puts(b, "],\"top_logprobs\":[");
-    for (int i = 0; i < n; i++) {
-        srv_buf_puts(b, i ? ",{" : "{");
+    for (int i = 0; i < all; i++) {
+        const srv_job_token *t = TOK(i);
+        if (i)
+            srv_buf_putc(b, ',');
+        if (i < np && isnan(t->logprob)) { /* the prompt's first token: nothing before it */
+            srv_buf_puts(b, "null");
+            continue;
+        }
+        srv_buf_putc(b, '{');
         /* Two ids can share a text (a byte token and a merged one); a JSON object keeps one
          * key, the most likely. */
         srv_buf keys[SRV_JOB_TOP_MAX];
-        int nk = toks[i].n_top < SRV_JOB_TOP_MAX ? toks[i].n_top : SRV_JOB_TOP_MAX, shown = 0;
+        int nk = t->n_top < SRV_JOB_TOP_MAX ? t->n_top : SRV_JOB_TOP_MAX, shown = 0;
         for (int k = 0; k < nk; k++) {
             srv_buf_init(&keys[k]);
-            token_json(&keys[k], r, toks[i].top_ids[k]);
+            token_json(&keys[k], r, t->top_ids[k]);
             bool dup = !srv_buf_ok(&keys[k]);
             for (int j = 0; j < k && !dup; j++)
                 dup =
@@ -144,18 +155,23 @@ static void completion_logprobs(srv_buf *b, const srv_resp *r, const srv_job_tok
                 srv_buf_putc(b, ',');
             srv_buf_put(b, keys[k].data, keys[k].len);
             srv_buf_putc(b, ':');
-            srv_buf_json_float(b, toks[i].top_logprobs[k]);
+            srv_buf_json_float(b, t->top_logprobs[k]);
         }
         for (int k = 0; k < nk; k++)
             srv_buf_deinit(&keys[k]);
         srv_buf_putc(b, '}');
     }
     srv_buf_puts(b, "],\"text_offset\":[");
-    for (int i = 0; i < n; i++) {
-        size_t start = i ? toks[i - 1].text_end : prev_end;
-        srv_buf_printf(b, "%s%zu", i ? "," : "", echo_len + start);
+    for (int i = 0; i < all; i++) {
+        size_t start;
+        if (i < np)
+            start = i ? r->prompt_toks[i - 1].text_end : 0;
+        else
+            start = echo_len + (i > np ? toks[i - np - 1].text_end : prev_end);
+        srv_buf_printf(b, "%s%zu", i ? "," : "", start);
     }
     srv_buf_puts(b, "]}");
+#undef TOK
 }
 
 /* Chat logprobs: {"content":[{"token","logprob","bytes","top_logprobs":[...]}],"refusal":null}. */
@@ -255,7 +271,7 @@ void srv_resp_chunk(srv_buf *b, const srv_resp *r, bool first, const char *text,
         srv_buf_puts(b, "\"text\":");
         srv_buf_json_str(b, text, len);
         srv_buf_puts(b, ",\"logprobs\":");
-        if (r->logprobs >= 0 && n_toks > 0)
+        if (r->logprobs >= 0 && (n_toks > 0 || (r->prompt_toks && r->n_prompt_toks > 0)))
             completion_logprobs(b, r, toks, n_toks, echo_len, prev_end);
         else
             srv_buf_puts(b, "null");

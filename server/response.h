@@ -33,6 +33,11 @@ typedef struct srv_resp {
     bool include_usage;      /* streaming: "usage": null in every chunk (OpenAI does so) */
     srv_resp_piece_fn piece; /* token text for logprobs; required when logprobs >= 0 */
     void *piece_ud;
+    /* Completions with echo and logprobs: the prompt's tokens, reported before the generated
+     * ones (the first with null logprob and top_logprobs), text_end = the end of each token's
+     * text within the echoed prompt. NULL / 0: none. */
+    const srv_job_token *prompt_toks;
+    int n_prompt_toks;
 } srv_resp;
 
 typedef struct srv_resp_usage {
@@ -44,10 +49,10 @@ void srv_resp_error(srv_buf *b, const char *message, const char *type, const cha
                     const char *param);
 
 /* The whole non-streaming body. For completions, echo (echo_len bytes, may be NULL) is the
- * prompt text put before the completion; its logprobs are not reported, but text_offset counts
- * it. toks (n_toks) are the job's recorded tokens: with logprobs, those whose text_end <= len are
- * reported (the tokens of a stop string, which is not part of the text, are not). finish is
- * "stop" or "length". */
+ * prompt text put before the completion; its tokens' logprobs are reported when r->prompt_toks
+ * holds them, and text_offset counts it. toks (n_toks) are the job's recorded tokens: with
+ * logprobs, those whose text_end <= len are reported (the tokens of a stop string, which is not
+ * part of the text, are not). finish is "stop" or "length". */
 void srv_resp_full(srv_buf *b, const srv_resp *r, const char *echo, size_t echo_len,
                    const char *text, size_t len, const srv_job_token *toks, int n_toks,
                    const char *finish, const srv_resp_usage *u);

@@ -48,6 +48,10 @@ static size_t detok_cap(const core_tokenizer *t, int32_t n_vocab)
     return 3 * ((size_t)longest + 4) + 1;
 }
 
+/* Logits rows a step may hold beyond one per part: prompt rows of jobs that record prompt
+ * logprobs (echo). Their prefill goes at most this many rows per step beyond the first. */
+#define PROMPT_LOGIT_ROWS 32
+
 int srv__sched_init(srv_engine *e, char *err, size_t errlen)
 {
     e->kv = core_kv_new(&e->model->cfg, e->max_seqs, e->n_ctx, err, errlen);
@@ -60,7 +64,8 @@ int srv__sched_init(srv_engine *e, char *err, size_t errlen)
     e->ctx = core_ctx_new(e->model);
     e->plan = adapter_plan_new();
     e->seqs = calloc(ns, sizeof *e->seqs);
-    e->logits = malloc((size_t)e->max_out * (size_t)e->n_vocab * sizeof(float));
+    e->logits =
+        malloc((size_t)(e->max_out + PROMPT_LOGIT_ROWS) * (size_t)e->n_vocab * sizeof(float));
     e->b_tok = malloc(nb * sizeof(int32_t));
     e->b_pos = malloc(nb * sizeof(int32_t));
     e->b_slot = malloc(nb * sizeof(int32_t));
@@ -628,6 +633,25 @@ nomem:
 }
 
 /* Samples the next token of s from its logits row and applies the stop rules. */
+/* Records, from the logits of prompt position pos, the logprob of prompt token pos + 1 (when
+ * there is one); at pos 0 also the first token, which has none. */
+static void prompt_logprob(srv_engine *e, srv_job *j, int pos, const float *lg)
+{
+    srv_job_token t = {.id = j->prompt[0], .logprob = NAN};
+    pthread_mutex_lock(&j->mu);
+    if (pos == 0 && j->n_ptokens == 0)
+        j->ptokens[j->n_ptokens++] = t;
+    pthread_mutex_unlock(&j->mu);
+    if (pos + 1 >= j->n_prompt)
+        return;
+    t.id = j->prompt[pos + 1];
+    token_logprobs(e, j, lg, &t);
+    pthread_mutex_lock(&j->mu);
+    if (j->n_ptokens == pos + 1)
+        j->ptokens[j->n_ptokens++] = t;
+    pthread_mutex_unlock(&j->mu);
+}
+
 static void seq_sample(srv_engine *e, srv__seq *s, const float *lg)
 {
     srv_job *j = s->job;
@@ -718,7 +742,7 @@ static int plan_parts(srv_engine *e, int *n_dec)
     if (full)
         e->decode_rr = (last + 1) % e->max_seqs;
     *n_dec = n;
-    int np = 0;
+    int np = 0, extra = PROMPT_LOGIT_ROWS;
     for (int i = 0; i < e->max_seqs; i++)
         if (e->seqs[i].job && e->seqs[i].n_past < e->seqs[i].job->n_prompt)
             e->pre[np++] = &e->seqs[i];
@@ -728,8 +752,13 @@ static int plan_parts(srv_engine *e, int *n_dec)
         int left = s->job->n_prompt - s->n_past;
         int m = left < e->prefill_chunk ? left : e->prefill_chunk;
         m = m < budget ? m : budget;
-        e->parts[n++] =
-            (srv__part){.s = s, .j = s->job, .n = m, .want = m == left, .prefill = true};
+        bool all = s->job->prompt_logprobs;
+        if (all) {
+            m = m < 1 + extra ? m : 1 + extra;
+            extra -= m - 1;
+        }
+        e->parts[n++] = (srv__part){
+            .s = s, .j = s->job, .n = m, .want = m == left, .prefill = true, .all = all};
         budget -= m;
     }
     for (int i = 0; i < n; i++)
@@ -752,7 +781,7 @@ static int fill_rows(srv_engine *e, int n_parts, bool *any_set)
             e->b_tok[r] = s->hist[pos];
             e->b_pos[r] = pos;
             e->b_slot[r] = s->slot;
-            e->b_want[r] = pt->want && k == pt->n - 1;
+            e->b_want[r] = pt->all || (pt->want && k == pt->n - 1);
             e->b_sets[r] = s->set;
         }
     }
@@ -839,9 +868,19 @@ void srv__sched_step(srv_engine *e)
             e->changed[e->n_changed++] = pt->j;
             continue;
         }
+        if (pt->all) /* a logits row for every prompt row but the part's last, if it samples */
+            for (int k = 0; k < pt->n - (pt->want ? 1 : 0); k++)
+                prompt_logprob(e, pt->j, s->n_past + k,
+                               e->logits + (size_t)out++ * (size_t)e->n_vocab);
         s->n_past += pt->n;
         if (pt->want) {
-            seq_sample(e, s, e->logits + (size_t)out++ * (size_t)e->n_vocab);
+            const float *lg = e->logits + (size_t)out++ * (size_t)e->n_vocab;
+            if (pt->all)
+                prompt_logprob(e, pt->j, s->n_past - 1, lg);
+            if (pt->j->max_tokens == 0) /* echo with logprobs: the prompt's scores only */
+                seq_close(e, s, SRV_FINISH_LENGTH);
+            else
+                seq_sample(e, s, lg);
             e->changed[e->n_changed++] = pt->j;
         }
     }

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import types
 
 import e2e
@@ -215,6 +216,79 @@ def seed_stop_echo_logprobs():
     eq(len(lp.get("token_logprobs") or []), n, "logprobs.token_logprobs length")
     check(all(x <= 1e-6 for x in lp["token_logprobs"]), f"logprobs > 0: {lp['token_logprobs']}")
     eq(len(lp.get("top_logprobs") or []), n, "logprobs.top_logprobs length")
+
+
+@suite.test
+def echo_logprobs_score_the_prompt():
+    """echo + logprobs reports the prompt's tokens too (the first with null), as OpenAI's legacy
+    completions do and lm-evaluation-harness relies on (max_tokens 0: scoring only). A prompt
+    token's logprob equals the one the model gives the same token when it generates it."""
+    prompt = "The capital of France is"
+    r = cmpl({"prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 2})
+    eq(r.status, 200, f"scoring request: {r}")
+    ch = r.json()["choices"][0]
+    lp, n = ch["logprobs"], r.json()["usage"]["prompt_tokens"]
+    eq(ch["text"], prompt, "echo text")
+    eq(len(lp["tokens"]), n, f"one entry per prompt token: {lp}")
+    eq("".join(lp["tokens"]), prompt, "the tokens spell the prompt")
+    check(lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None,
+          f"the first token has no logprob: {lp['token_logprobs'][:2]} {lp['top_logprobs'][:2]}")
+    check(all(x is not None and x <= 1e-6 for x in lp["token_logprobs"][1:]),
+          f"prompt logprobs: {lp['token_logprobs']}")
+    check(all(len(t) <= 2 for t in lp["top_logprobs"][1:]), f"top_logprobs: {lp['top_logprobs']}")
+    offs = [sum(len(t.encode()) for t in lp["tokens"][:i]) for i in range(n)]
+    eq(lp["text_offset"], offs, "text_offset of the prompt tokens")
+    # the greedy continuation's first token, scored as part of a token-id prompt
+    g = cmpl({"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 1,
+              "echo": True})
+    eq(g.status, 200, f"greedy with echo: {g}")
+    glp = g.json()["choices"][0]["logprobs"]
+    eq(len(glp["tokens"]), n + 1, "echo + one generated token")
+    eq(glp["text_offset"][n], len(prompt.encode()), "the generated token starts after the echo")
+    gen_tok, gen_lp = glp["tokens"][n], glp["token_logprobs"][n]
+    sc = cmpl({"prompt": prompt + gen_tok, "max_tokens": 0, "echo": True, "logprobs": 1})
+    slp = sc.json()["choices"][0]["logprobs"]
+    eq(slp["tokens"][-1], gen_tok, "the prompt plus the generated token tokenizes alike")
+    check(abs(slp["token_logprobs"][-1] - gen_lp) <= 1e-3,
+          f"{gen_tok!r}: scored {slp['token_logprobs'][-1]} vs generated {gen_lp}")
+    ids = cmpl({"prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 0})
+    eq(ids.status, 200, "logprobs 0")
+    eq(ids.json()["choices"][0]["logprobs"]["top_logprobs"][1], {}, "logprobs 0: no alternatives")
+    # streaming: the echo chunk carries the prompt's logprobs
+    st, events, raw = e2e.stream(S.port, "/v1/completions",
+                                 {"prompt": prompt, "max_tokens": 2, "echo": True, "logprobs": 1,
+                                  "temperature": 0, "stream": True}, key=KEY)
+    eq(st, 200, f"stream: {raw[:300]!r}")
+    first = events[0]["choices"][0]
+    eq(first["text"], prompt, "first chunk: the echo")
+    eq(first["logprobs"]["tokens"], lp["tokens"], "first chunk: the prompt's tokens")
+    d = max(abs(a - b) for a, b in zip(first["logprobs"]["token_logprobs"][1:],
+                                       lp["token_logprobs"][1:]))
+    check(d <= 1e-4, f"streamed prompt logprobs differ by {d:.3g}")
+    # a prompt longer than a step's spare logits rows (32), alone and next to three others
+    long_prompt = "Debian is a free operating system. " * 12
+    body = {"prompt": long_prompt, "max_tokens": 0, "echo": True, "logprobs": 1}
+    alone = cmpl(body).json()["choices"][0]["logprobs"]["token_logprobs"]
+    check(len(alone) > 64 and alone[0] is None, f"long prompt: {len(alone)} entries")
+    res = [None] * 4
+
+    def run(i):
+        b = body if i == 0 else {"prompt": long_prompt[i:], "max_tokens": 8, "echo": True,
+                                 "logprobs": 1, "temperature": 0}
+        res[i] = cmpl(b)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120 * e2e.SLOW)
+    check(all(x is not None and x.status == 200 for x in res), f"concurrent scoring: {res}")
+    together = res[0].json()["choices"][0]["logprobs"]["token_logprobs"]
+    eq(len(together), len(alone), "long prompt entries, batched")
+    d = max(abs(a - b) for a, b in zip(alone[1:], together[1:]))
+    check(d <= 1e-4, f"long prompt logprobs batched vs alone differ by {d:.3g}")
+    print(f"    {n} prompt tokens scored; {gen_tok!r} generated at {gen_lp:.6f}, scored at "
+          f"{slp['token_logprobs'][-1]:.6f}")
 
 
 @suite.test

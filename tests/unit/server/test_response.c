@@ -2,6 +2,7 @@
  * output with a made-up vocabulary, SSE framing with awkward text, and error objects. Every body
  * is also checked to be valid JSON with cJSON. */
 #include <cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,6 +100,37 @@ TEST(response_completion_echo_logprobs)
                  "\"text_offset\":[14,20,21]},\"finish_reason\":\"stop\"}],\"usage\":"
                  "{\"prompt_tokens\":3,\"completion_tokens\":3,\"total_tokens\":6}}");
     CHECK(valid_json(b.data, b.len));
+    srv_buf_deinit(&b);
+}
+
+/* echo with the prompt's own logprobs: the prompt tokens first (the first with null), their
+ * offsets within the echo, then the generated ones after it; the same in a stream's echo chunk. */
+TEST(response_completion_prompt_logprobs)
+{
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_resp r = resp(SRV_REQ_COMPLETION, 1);
+    /* prompt " Lyon" "." (6 bytes), then " Paris" */
+    srv_job_token p[2] = {{.id = 6, .logprob = NAN, .text_end = 5}, tok(1, -3.0f, 6, 2, -0.5f)};
+    srv_job_token t[1] = {tok(0, -0.25f, 6, 6, -2.0f)};
+    r.prompt_toks = p;
+    r.n_prompt_toks = 2;
+    srv_resp_usage u = {2, 1};
+    srv_resp_full(&b, &r, " Lyon.", 6, " Paris", 6, t, 1, "length", &u);
+    CHECK_EQ_STR(b.data, "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,"
+                         "\"model\":\"base\",\"choices\":[{\"index\":0,\"text\":\" Lyon. Paris\","
+                         "\"logprobs\":{\"tokens\":[\" Lyon\",\".\",\" Paris\"],"
+                         "\"token_logprobs\":[null,-3,-0.25],\"top_logprobs\":[null,{\".\":-3,"
+                         "\"\\n\":-0.5},{\" Paris\":-0.25,\" Lyon\":-2}],"
+                         "\"text_offset\":[0,5,6]},\"finish_reason\":\"length\"}],\"usage\":"
+                         "{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3}}");
+    CHECK(valid_json(b.data, b.len));
+    srv_buf_reset(&b);
+    srv_resp_chunk(&b, &r, false, " Lyon.", 6, NULL, 0, 0, 0, NULL);
+    CHECK(
+        strstr(b.data, "\"logprobs\":{\"tokens\":[\" Lyon\",\".\"],\"token_logprobs\":[null,-3]") !=
+        NULL);
+    CHECK(strstr(b.data, "\"text_offset\":[0,5]") != NULL);
     srv_buf_deinit(&b);
 }
 
