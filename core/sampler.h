@@ -63,4 +63,8 @@ int32_t core_sampler_sample(core_sampler *s, const float *logits, const int32_t 
  * n_vocab <= 0 or k < 0. */
 int core_logits_top_k(const float *logits, int32_t n_vocab, int k, int32_t *ids, float *logprobs);
 
+/* log(Σ exp(logits)) over a row, NaN and +inf treated as -inf; -inf when no logit is finite. What
+ * every logprob above is taken against: logprob(id) = logits[id] - this. Pure, thread-safe. */
+double core_logits_log_sum_exp(const float *logits, int32_t n_vocab);
+
 #endif

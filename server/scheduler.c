@@ -583,21 +583,6 @@ static size_t holdback(const srv_job *j, const char *p, size_t n)
 }
 
 /* log Σ exp(x) over the finite entries (NaN and +inf count as -inf, as the sampler does). */
-static double log_sum_exp(const float *x, int n)
-{
-    float mx = -INFINITY;
-    for (int i = 0; i < n; i++)
-        if (x[i] > mx && x[i] < INFINITY)
-            mx = x[i];
-    if (mx == -INFINITY)
-        return -INFINITY;
-    double sum = 0;
-    for (int i = 0; i < n; i++)
-        if (x[i] < INFINITY && x[i] > -INFINITY)
-            sum += exp((double)x[i] - (double)mx);
-    return (double)mx + log(sum);
-}
-
 /* The token's logprob (log-softmax of the raw logits) and its top alternatives. */
 static void token_logprobs(const srv_engine *e, const srv_job *j, const float *lg, srv_job_token *t)
 {
@@ -610,7 +595,7 @@ static void token_logprobs(const srv_engine *e, const srv_job *j, const float *l
             t->logprob = t->top_logprobs[i];
             return;
         }
-    t->logprob = (float)((double)lg[t->id] - log_sum_exp(lg, e->n_vocab));
+    t->logprob = (float)((double)lg[t->id] - core_logits_log_sum_exp(lg, e->n_vocab));
 }
 
 /* The end of the stream (EOG, max_tokens, end of context): flushes the decoder, still honours a

@@ -569,3 +569,22 @@ TEST(sampler_logprobs_match_naive)
     CHECK_EQ_INT(core_logits_top_k(x, 0, 1, ids, lps), -EINVAL);
     CHECK_EQ_INT(core_logits_top_k(x, 3, 10, ids, NULL), 3);
 }
+
+/* The log-sum-exp every logprob is taken against, over a vocabulary-sized row: within 1e-6 of
+ * double (it once summed its lanes in float and drifted by 1e-5), so that a token's logprob
+ * does not depend on whether it was among the top-k. */
+TEST(sampler_log_sum_exp_full_vocab)
+{
+    enum { N = 49152 };
+    static float x[N];
+    fill_logits(x, N, 5);
+    for (int i = 0; i < N; i++)
+        x[i] = x[i] * 4 - 2;
+    double want = naive_lse(x, N, 1.0), got = core_logits_log_sum_exp(x, N);
+    printf("    log-sum-exp over %d logits: %.9f vs %.9f in double\n", N, got, want);
+    CHECK_NEAR(got, want, 1e-6);
+    int32_t ids[2];
+    float lps[2];
+    CHECK_EQ_INT(core_logits_top_k(x, N, 2, ids, lps), 2);
+    CHECK_NEAR(lps[1], (float)((double)x[ids[1]] - got), 0);
+}
