@@ -40,6 +40,7 @@ TEST(serve_flags_defaults)
     CHECK_EQ_INT(o.log_level, SRV_LOG_INFO);
     CHECK(o.api_key == NULL && o.admin_key == NULL);
     CHECK(o.watch);
+    CHECK(!o.int8 && !o.kv_f16);
 }
 
 TEST(serve_flags_all)
@@ -51,7 +52,8 @@ TEST(serve_flags_all)
                    "--threads", "2", "--max-batch-tokens", "64", "--max-seqs", "4", "--ctx", "512",
                    "--adapter-cache-mb", "100", "--queue-limit", "8", "--api-key", "k1",
                    "--admin-key=k2", "--log-level", "debug", "--max-body-kb", "16",
-                   "--idle-timeout", "5", "--http-threads", "3", "--no-watch", NULL);
+                   "--idle-timeout", "5", "--http-threads", "3", "--no-watch", "--int8",
+                   "--kv-f16", NULL);
     CHECK_MSG(rc == 0, "rc %d: %s", rc, err);
     CHECK_EQ_STR(o.host, "0.0.0.0");
     CHECK_EQ_INT(o.port, 9000);
@@ -71,6 +73,7 @@ TEST(serve_flags_all)
     CHECK_EQ_INT(o.idle_timeout, 5);
     CHECK_EQ_INT(o.http_threads, 3);
     CHECK(!o.watch);
+    CHECK(o.int8 && o.kv_f16);
     CHECK_EQ_INT(parse(&o, err, "--no-registry", NULL), 0);
     CHECK(o.registry == NULL);
 }
