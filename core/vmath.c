@@ -215,6 +215,12 @@ AVX2 static void attend_avx2_f16(const float *q, const void *K, const void *V, i
     attend_avx2_t(q, K, V, 1, n_head, n_kv, hd, pos, sc, out);
 }
 
+#if defined(__clang__)
+#define UNROLL16 _Pragma("clang loop unroll(full)")
+#else
+#define UNROLL16 _Pragma("GCC unroll 16")
+#endif
+
 /* ---- AVX-512 -----------------------------------------------------------------------------------
  */
 
@@ -250,9 +256,11 @@ AVX512_INLINE __m512 exp16(__m512 x)
 AVX512_INLINE __m512 hsum16x16(const __m512 *a)
 {
     __m512 b[8], c[4];
+    UNROLL16
     for (int i = 0; i < 8; i++)
         b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]),
                              _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    UNROLL16
     for (int i = 0; i < 4; i++) {
         __m512d x = _mm512_castps_pd(b[2 * i]), y = _mm512_castps_pd(b[2 * i + 1]);
         c[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
@@ -281,9 +289,11 @@ AVX512_INLINE __m512 score16(const __m512 *qv, int NZ, const void *K, int f16, i
                              int nk)
 {
     __m512 acc[16];
+    UNROLL16
     for (int j = 0; j < 16; j++) {
         size_t kt = (size_t)(j < nk ? t0 + j : t0) * kv_dim;
         __m512 s = _mm512_mul_ps(qv[0], load16(K, kt, f16));
+        UNROLL16
         for (int v = 1; v < NZ; v++)
             s = _mm512_fmadd_ps(qv[v], load16(K, kt + 16 * v, f16), s);
         acc[j] = s;
@@ -297,6 +307,7 @@ AVX512_INLINE void attend_head16(const float *qh, const void *K, const void *V, 
                                  int NZ, int pos, float scale, float *sc, float *oh)
 {
     __m512 qv[8];
+    UNROLL16
     for (int v = 0; v < NZ; v++)
         qv[v] = _mm512_mul_ps(_mm512_loadu_ps(qh + 16 * v), _mm512_set1_ps(scale));
     int T = pos + 1;
@@ -320,12 +331,14 @@ AVX512_INLINE void attend_head16(const float *qh, const void *K, const void *V, 
     }
     float inv = 1.0f / _mm512_reduce_add_ps(sumv);
     __m512 a0[8], a1[8];
+    UNROLL16
     for (int v = 0; v < NZ; v++)
         a0[v] = a1[v] = _mm512_setzero_ps();
     int t = 0;
     for (; t + 2 <= T; t += 2) {
         size_t v0 = (size_t)t * kv_dim, v1 = v0 + kv_dim;
         __m512 p0 = _mm512_set1_ps(sc[t] * inv), p1 = _mm512_set1_ps(sc[t + 1] * inv);
+        UNROLL16
         for (int v = 0; v < NZ; v++) {
             a0[v] = _mm512_fmadd_ps(p0, load16(V, v0 + 16 * v, f16), a0[v]);
             a1[v] = _mm512_fmadd_ps(p1, load16(V, v1 + 16 * v, f16), a1[v]);
@@ -334,9 +347,11 @@ AVX512_INLINE void attend_head16(const float *qh, const void *K, const void *V, 
     if (t < T) {
         size_t v0 = (size_t)t * kv_dim;
         __m512 p0 = _mm512_set1_ps(sc[t] * inv);
+        UNROLL16
         for (int v = 0; v < NZ; v++)
             a0[v] = _mm512_fmadd_ps(p0, load16(V, v0 + 16 * v, f16), a0[v]);
     }
+    UNROLL16
     for (int v = 0; v < NZ; v++)
         _mm512_storeu_ps(oh + 16 * v, _mm512_add_ps(a0[v], a1[v]));
 }
