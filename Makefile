@@ -101,7 +101,7 @@ bench: deps model
 
 # The server under 32 concurrent streams: no adapter, one adapter, 32 different rank-8 q,v and
 # rank-16 all-linear adapters, 32 different three-level chains, and the same requests one by one.
-# BENCH_ARGS=--int8 measures serve --int8.
+# BENCH_ARGS=--int8 (and/or --kv-f16) measures serve with those flags.
 bench-server: deps model venv
 	@$(MAKE) --no-print-directory all $(BUILD)/bench_core
 	BUILD=$(BUILD) MODEL=$(MODEL) tools/bench_server.sh $(BENCH_ARGS)

@@ -24,7 +24,7 @@ With --int8 the server runs with int8 activations (serve --int8); the ceiling is
 sgemm one, so its ratio there says how far int8 gets past what f32 arithmetic could reach.
 
 usage: tools/bench_server.py [--build build] [-m MODEL] [-c 32] [-n 64] [--rounds 3] [--int8]
-                             [--json F]
+                             [--kv-f16] [--json F]
 """
 
 import argparse
@@ -278,6 +278,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="--threads for the server (0: default)")
     p.add_argument("--int8", action="store_true",
                    help="serve --int8 (int8 activations; the ceiling stays the f32 sgemm one)")
+    p.add_argument("--kv-f16", action="store_true", help="serve --kv-f16 (f16 KV cache)")
     p.add_argument("--keep-registry", help="write the registry here and keep it")
     p.add_argument("--json", help="also write the results to this file")
     a = p.parse_args(argv)
@@ -302,6 +303,8 @@ def main(argv=None):
             args += ["--threads", str(a.threads)]
         if a.int8:
             args += ["--int8"]
+        if a.kv_f16:
+            args += ["--kv-f16"]
         srv = Server(build, a.model, reg, args)
         groups = mbr.groups(n)
         chains = [g[0] for g in groups["chain"] if g[0].count("/") == 2]
@@ -356,7 +359,8 @@ def main(argv=None):
     base = results[0]["tok_per_s"] or float("nan")
     rows = results + [seq]
     print()
-    print(f"adaptree serve{' --int8' if a.int8 else ''}, {n} concurrent greedy streams, "
+    print(f"adaptree serve{' --int8' if a.int8 else ''}{' --kv-f16' if a.kv_f16 else ''}, "
+          f"{n} concurrent greedy streams, "
           f"max_tokens {a.max_tokens}, prompt {PROMPT!r}")
     print(f"machine: {os.cpu_count()} cores, load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after (other work on the machine skews every number below)")
