@@ -42,7 +42,7 @@ struct core_ctx {
     float *up;                    /* (rows, n_ff) */
     float *tmp;                   /* (rows, n_embd) */
     float *inv_freq;              /* (head_dim / 2) */
-    float *scores[CORE_POOL_MAX]; /* (cap_ctx) attention scratch per pool task */
+    float *scores[CORE_POOL_MAX]; /* (cap_ctx * group) attention scratch per pool task */
     size_t cap_scores[CORE_POOL_MAX];
     int *slot_n; /* (n_slots) positions filled, simulated during validation */
     size_t cap_slots;
@@ -569,7 +569,8 @@ static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err,
         }
     }
     for (int t = 0; t < core__pool_threads(); t++)
-        if (grow(&c->scores[t], &c->cap_scores[t], (size_t)max_pos + 1, sizeof(float)))
+        if (grow(&c->scores[t], &c->cap_scores[t],
+                 ((size_t)max_pos + 1) * (size_t)(cfg->n_head / cfg->n_head_kv), sizeof(float)))
             return -ENOMEM;
     return 0;
 }

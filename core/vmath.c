@@ -356,6 +356,87 @@ AVX512_INLINE void attend_head16(const float *qh, const void *K, const void *V, 
         _mm512_storeu_ps(oh + 16 * v, _mm512_add_ps(a0[v], a1[v]));
 }
 
+/* The G query heads that share one KV head, 64 keys at a time: every head scores (and later
+ * weighs) a tile of keys while it is in L1, instead of each head streaming the whole cache from
+ * L2 or memory. sc holds G rows of pos + 1 scores. */
+#define TILE 64
+AVX512_INLINE void attend_group16(const float *qg, const void *K, const void *V, int f16,
+                                  int kv_dim, int NZ, int G, int pos, float scale, float *sc,
+                                  float *og)
+{
+    int T = pos + 1, hd = 16 * NZ;
+    float mx[8], inv[8];
+    for (int h = 0; h < G; h++)
+        mx[h] = -INFINITY;
+    for (int t0 = 0; t0 < T; t0 += TILE) {
+        int t1 = t0 + TILE < T ? t0 + TILE : T;
+        for (int h = 0; h < G; h++) {
+            __m512 qv[8];
+            UNROLL16
+            for (int v = 0; v < NZ; v++)
+                qv[v] = _mm512_mul_ps(_mm512_loadu_ps(qg + h * hd + 16 * v), _mm512_set1_ps(scale));
+            __m512 mxv = _mm512_set1_ps(mx[h]);
+            for (int b = t0; b < t1; b += 16) {
+                int nk = t1 - b < 16 ? t1 - b : 16;
+                __mmask16 m = (__mmask16)(nk == 16 ? 0xFFFF : (1u << nk) - 1);
+                __m512 s = score16(qv, NZ, K, f16, kv_dim, b, nk);
+                _mm512_mask_storeu_ps(sc + (size_t)h * T + b, m, s);
+                mxv = _mm512_mask_max_ps(mxv, m, mxv, s);
+            }
+            mx[h] = _mm512_reduce_max_ps(mxv);
+        }
+    }
+    for (int h = 0; h < G; h++) {
+        float *sh = sc + (size_t)h * T;
+        __m512 mxh = _mm512_set1_ps(mx[h]), sumv = _mm512_setzero_ps();
+        for (int t0 = 0; t0 < T; t0 += 16) {
+            int nk = T - t0 < 16 ? T - t0 : 16;
+            __mmask16 m = (__mmask16)(nk == 16 ? 0xFFFF : (1u << nk) - 1);
+            __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sh + t0), mxh));
+            e = _mm512_maskz_mov_ps(m, e);
+            _mm512_mask_storeu_ps(sh + t0, m, e);
+            sumv = _mm512_add_ps(sumv, e);
+        }
+        inv[h] = 1.0f / _mm512_reduce_add_ps(sumv);
+        memset(og + h * hd, 0, sizeof(float) * (size_t)hd);
+    }
+    for (int t0 = 0; t0 < T; t0 += TILE) {
+        int t1 = t0 + TILE < T ? t0 + TILE : T;
+        for (int h = 0; h < G; h++) {
+            const float *sh = sc + (size_t)h * T;
+            float *oh = og + h * hd;
+            __m512 a0[8], a1[8];
+            UNROLL16
+            for (int v = 0; v < NZ; v++) {
+                a0[v] = _mm512_loadu_ps(oh + 16 * v);
+                a1[v] = _mm512_setzero_ps();
+            }
+            int t = t0;
+            for (; t + 2 <= t1; t += 2) {
+                size_t v0 = (size_t)t * kv_dim, v1 = v0 + kv_dim;
+                __m512 p0 = _mm512_set1_ps(sh[t] * inv[h]), p1 = _mm512_set1_ps(sh[t + 1] * inv[h]);
+                UNROLL16
+                for (int v = 0; v < NZ; v++) {
+                    a0[v] = _mm512_fmadd_ps(p0, load16(V, v0 + 16 * v, f16), a0[v]);
+                    a1[v] = _mm512_fmadd_ps(p1, load16(V, v1 + 16 * v, f16), a1[v]);
+                }
+            }
+            if (t < t1) {
+                size_t v0 = (size_t)t * kv_dim;
+                __m512 p0 = _mm512_set1_ps(sh[t] * inv[h]);
+                UNROLL16
+                for (int v = 0; v < NZ; v++)
+                    a0[v] = _mm512_fmadd_ps(p0, load16(V, v0 + 16 * v, f16), a0[v]);
+            }
+            UNROLL16
+            for (int v = 0; v < NZ; v++)
+                _mm512_storeu_ps(oh + 16 * v, _mm512_add_ps(a0[v], a1[v]));
+        }
+    }
+}
+
+/* Heads one KV group at a time (attend_group16) when a group has at most 8 heads, else one by
+ * one. */
 #define ATTEND16(NZ, F16)                                                                          \
     AVX512 static void attend16_##NZ##_##F16(const float *q, const void *K, const void *V,         \
                                              int n_head, int n_kv, int pos, float *sc, float *out) \
@@ -363,6 +444,14 @@ AVX512_INLINE void attend_head16(const float *qh, const void *K, const void *V, 
         int hd = 16 * (NZ), kv_dim = n_kv * hd, group = n_head / n_kv;                             \
         float scale = 1.0f / sqrtf((float)hd);                                                     \
         size_t es = (F16) ? 2 : 4;                                                                 \
+        if (group <= 8) {                                                                          \
+            for (int g = 0; g < n_kv; g++) {                                                       \
+                size_t off = (size_t)g * hd * es;                                                  \
+                attend_group16(q + g * group * hd, (const char *)K + off, (const char *)V + off,   \
+                               F16, kv_dim, NZ, group, pos, scale, sc, out + g * group * hd);      \
+            }                                                                                      \
+            return;                                                                                \
+        }                                                                                          \
         for (int h = 0; h < n_head; h++) {                                                         \
             size_t off = (size_t)(h / group) * hd * es;                                            \
             attend_head16(q + h * hd, (const char *)K + off, (const char *)V + off, F16, kv_dim,   \

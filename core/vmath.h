@@ -13,7 +13,7 @@
 /* Attention of one query row at position pos over positions 0..pos of one layer's cache.
  * q (n_head * hd), K and V (pos + 1, kv_dim) f32, or f16 (uint16_t) when kv_f16, with kv_dim =
  * n_kv * hd (head h reads kv head h / (n_head / n_kv)), out (n_head * hd); scores is scratch of
- * pos + 1 floats. softmax(q·k / sqrt(hd)) · V per head. */
+ * (pos + 1) * (n_head / n_kv) floats. softmax(q·k / sqrt(hd)) · V per head. */
 void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, int n_head,
                       int n_kv, int hd, int pos, float *scores, float *out);
 

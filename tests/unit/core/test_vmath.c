@@ -56,11 +56,14 @@ TEST(vmath_exp_and_swiglu_match_libm)
 
 /* Attention of one row with n_head 9 over n_kv 3 heads (SmolLM2's grouping); with f16, K and V
  * are handed over as f16 and the reference uses their f16 values. */
+static int case_n_kv = 3; /* 1: one KV head for all nine (a group above the grouped kernel's 8) */
+
 static double attend_case(int hd, int pos, int f16)
 {
-    int n_head = 9, n_kv = 3, kv_dim = n_kv * hd, group = n_head / n_kv;
+    int n_head = 9, n_kv = case_n_kv, kv_dim = n_kv * hd, group = n_head / n_kv;
     float *q = malloc(sizeof(float) * n_head * hd), *K = malloc(sizeof(float) * (pos + 1) * kv_dim);
-    float *V = malloc(sizeof(float) * (pos + 1) * kv_dim), *sc = malloc(sizeof(float) * (pos + 1));
+    float *V = malloc(sizeof(float) * (pos + 1) * kv_dim),
+          *sc = malloc(sizeof(float) * (pos + 1) * group);
     float *out = malloc(sizeof(float) * n_head * hd);
     double *p = malloc(sizeof(double) * (pos + 1));
     for (int i = 0; i < n_head * hd; i++)
@@ -125,6 +128,13 @@ static void attend_all(const char *which)
                           f16 ? "f16" : "f32", hds[a], poss[b], e);
                 worst[f16] = fmax(worst[f16], e);
             }
+    case_n_kv = 1;
+    for (int f16 = 0; f16 < 2; f16++) {
+        double e = attend_case(64, 100, f16);
+        CHECK_MSG(e < 2e-6, "%s attention, 9 heads on one KV head: max abs error %.3g", which, e);
+        worst[f16] = fmax(worst[f16], e);
+    }
+    case_n_kv = 3;
     printf("    %s attention: max abs error %.3g (f32 KV), %.3g (f16 KV) vs double (tol 2e-6)\n",
            which, worst[0], worst[1]);
 }
