@@ -11,6 +11,7 @@
  */
 #include "core/sampler.h"
 #include "error.h"
+#include "pool.h"
 
 #include <errno.h>
 #include <math.h>
@@ -737,4 +738,15 @@ int core_logits_top_k(const float *logits, int32_t n_vocab, int k, int32_t *ids,
             logprobs[i] = (float)((double)logits[ids[i]] - lse);
     }
     return m;
+}
+
+static void sample_task(void *arg, int t)
+{
+    core_sample_req *r = (core_sample_req *)arg + t;
+    r->id = core_sampler_sample(r->s, r->logits, r->history, r->n_history, NULL);
+}
+
+void core_sampler_sample_many(core_sample_req *reqs, int n)
+{
+    core__pool_run(n, sample_task, reqs);
 }

@@ -56,6 +56,20 @@ void core_sampler_reset(core_sampler *s, uint64_t seed);
 int32_t core_sampler_sample(core_sampler *s, const float *logits, const int32_t *history,
                             size_t n_history, float *logprob_out);
 
+/* One row of core_sampler_sample_many: its own sampler (never shared between rows of one call),
+ * logits and history; id receives what core_sampler_sample returns. */
+typedef struct core_sample_req {
+    core_sampler *s;
+    const float *logits;
+    const int32_t *history;
+    size_t n_history;
+    int32_t id;
+} core_sample_req;
+
+/* core_sampler_sample for every request, split over core's thread pool: the same ids as one call
+ * after another (each sampler's state and random stream are its own). */
+void core_sampler_sample_many(core_sample_req *reqs, int n);
+
 /* The k most likely tokens of a logits row and their log-softmax values (over the whole row),
  * sorted by decreasing logit, ties to the lowest id. NaN and +inf logits are treated as -inf and
  * never returned. ids must hold k entries; logprobs may be NULL. Pure, thread-safe.

@@ -72,12 +72,15 @@ int srv__sched_init(srv_engine *e, char *err, size_t errlen)
     e->b_want = malloc(nb);
     e->b_sets = malloc(nb * sizeof(const adapter_set *));
     e->parts = malloc(ns * sizeof *e->parts);
+    e->sreq = malloc(ns * sizeof *e->sreq);
+    e->part_req = malloc(ns * sizeof *e->part_req);
     e->pre = malloc(ns * sizeof(srv__seq *));
     e->changed = malloc(ns * sizeof(srv_job *));
     e->dbuf_cap = detok_cap(e->tok, e->n_vocab);
     e->dbuf = malloc(e->dbuf_cap);
     bool ok = e->ctx && e->plan && e->seqs && e->logits && e->b_tok && e->b_pos && e->b_slot &&
-              e->b_want && e->b_sets && e->parts && e->pre && e->changed && e->dbuf;
+              e->b_want && e->b_sets && e->parts && e->sreq && e->part_req && e->pre &&
+              e->changed && e->dbuf;
     for (int i = 0; ok && i < e->max_seqs; i++) {
         e->seqs[i].slot = i;
         e->seqs[i].hist = malloc((size_t)e->n_ctx * sizeof(int32_t));
@@ -115,6 +118,8 @@ void srv__sched_deinit(srv_engine *e)
     free(e->b_want);
     free(e->b_sets);
     free(e->parts);
+    free(e->sreq);
+    free(e->part_req);
     free(e->pre);
     free(e->changed);
     free(e->dbuf);
@@ -123,6 +128,8 @@ void srv__sched_deinit(srv_engine *e)
     e->b_want = NULL;
     e->b_sets = NULL;
     e->parts = NULL;
+    e->sreq = NULL;
+    e->part_req = NULL;
     e->pre = NULL;
     e->changed = NULL;
     e->dbuf = NULL;
@@ -637,10 +644,11 @@ static void prompt_logprob(srv_engine *e, srv_job *j, int pos, const float *lg)
     pthread_mutex_unlock(&j->mu);
 }
 
-static void seq_sample(srv_engine *e, srv__seq *s, const float *lg)
+/* The rest of a step for a sequence whose next token id was sampled (from lg) in the step's
+ * core_sampler_sample_many. */
+static void seq_sample(srv_engine *e, srv__seq *s, const float *lg, int32_t id)
 {
     srv_job *j = s->job;
-    int32_t id = core_sampler_sample(s->smp, lg, s->hist, (size_t)s->n_hist, NULL);
     if (s->n_hist == j->n_prompt) {
         double now = srv__now();
         pthread_mutex_lock(&j->mu);
@@ -842,6 +850,25 @@ void srv__sched_step(srv_engine *e)
     if (rc == 0)
         rc = core_forward(e->ctx, e->kv, &b, plan, e->logits, err, sizeof err);
     e->n_changed = 0;
+    /* Every sampling sequence's next token, on the pool (each has its own sampler): with many
+     * rows, sampling one after another would leave the other cores idle for a millisecond and
+     * more per step. The loop below then works with the ids. */
+    int n_req = 0;
+    for (int p = 0, row = 0; p < n_parts && rc == 0; p++) {
+        srv__part *pt = &e->parts[p];
+        row += pt->all ? pt->n : pt->want ? 1 : 0;
+        e->part_req[p] = -1;
+        if (!pt->want || pt->j->max_tokens == 0)
+            continue;
+        srv__seq *s = pt->s;
+        e->part_req[p] = n_req;
+        e->sreq[n_req++] = (core_sample_req){.s = s->smp,
+                                             .logits = e->logits + (size_t)(row - 1) * e->n_vocab,
+                                             .history = s->hist,
+                                             .n_history = (size_t)s->n_hist};
+    }
+    if (n_req)
+        core_sampler_sample_many(e->sreq, n_req);
     int out = 0;
     for (int p = 0; p < n_parts; p++) {
         srv__part *pt = &e->parts[p];
@@ -865,7 +892,7 @@ void srv__sched_step(srv_engine *e)
             if (pt->j->max_tokens == 0) /* echo with logprobs: the prompt's scores only */
                 seq_close(e, s, SRV_FINISH_LENGTH);
             else
-                seq_sample(e, s, lg);
+                seq_sample(e, s, lg, e->sreq[e->part_req[p]].id);
             e->changed[e->n_changed++] = pt->j;
         }
     }

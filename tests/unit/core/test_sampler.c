@@ -588,3 +588,36 @@ TEST(sampler_log_sum_exp_full_vocab)
     CHECK_EQ_INT(core_logits_top_k(x, N, 2, ids, lps), 2);
     CHECK_NEAR(lps[1], (float)((double)x[ids[1]] - got), 0);
 }
+
+/* core_sampler_sample_many (the server's per-step sampling, on core's pool) gives every row the
+ * id that core_sampler_sample gives it alone, over a few steps of each sampler's random stream. */
+TEST(sampler_sample_many_equals_one_by_one)
+{
+    enum { N = 5000, ROWS = 12, STEPS = 4 };
+    static float x[ROWS][N];
+    core_sampler *a[ROWS], *b[ROWS];
+    for (int r = 0; r < ROWS; r++) {
+        fill_logits(x[r], N, 100 + r);
+        float t = r % 3 == 0 ? 0.0f : 0.8f;
+        a[r] = make(t, r % 2 ? 40 : 0, 0.95f, 0.05f, 1.1f, (uint64_t)r, N);
+        b[r] = make(t, r % 2 ? 40 : 0, 0.95f, 0.05f, 1.1f, (uint64_t)r, N);
+        CHECK(a[r] && b[r]);
+    }
+    int32_t hist[ROWS][STEPS + 1] = {{0}};
+    core_sample_req req[ROWS];
+    for (int st = 0; st < STEPS; st++) {
+        for (int r = 0; r < ROWS; r++)
+            req[r] = (core_sample_req){
+                .s = a[r], .logits = x[r], .history = hist[r], .n_history = (size_t)st};
+        core_sampler_sample_many(req, ROWS);
+        for (int r = 0; r < ROWS; r++) {
+            int32_t want = core_sampler_sample(b[r], x[r], hist[r], (size_t)st, NULL);
+            CHECK_MSG(req[r].id == want, "step %d row %d: %d vs %d", st, r, req[r].id, want);
+            hist[r][st] = want;
+        }
+    }
+    for (int r = 0; r < ROWS; r++) {
+        core_sampler_free(a[r]);
+        core_sampler_free(b[r]);
+    }
+}
