@@ -41,6 +41,7 @@ struct core_ctx {
     float *gate;                  /* (rows, n_ff) */
     float *up;                    /* (rows, n_ff) */
     float *tmp;                   /* (rows, n_embd) */
+    float *rope_cs;               /* (rows, head_dim) cos, sin of each row's angles, per step */
     float *inv_freq;              /* (head_dim / 2) */
     float *scores[CORE_POOL_MAX]; /* (cap_ctx * group) attention scratch per pool task */
     size_t cap_scores[CORE_POOL_MAX];
@@ -96,7 +97,8 @@ core_ctx *core_ctx_new(const core_model *m)
 
 static void free_rows(core_ctx *c)
 {
-    float **bufs[] = {&c->x, &c->xn, &c->q, &c->k, &c->v, &c->att, &c->gate, &c->up, &c->tmp};
+    float **bufs[] = {&c->x,   &c->xn,   &c->q,  &c->k,   &c->v,
+                      &c->att, &c->gate, &c->up, &c->tmp, &c->rope_cs};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         free(*bufs[i]);
         *bufs[i] = NULL;
@@ -143,7 +145,9 @@ static int ensure_rows(core_ctx *c, int n)
     c->gate = malloc(n * (size_t)cfg->n_ff * sizeof(float));
     c->up = malloc(n * (size_t)cfg->n_ff * sizeof(float));
     c->tmp = malloc(n * e * sizeof(float));
-    if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->gate || !c->up || !c->tmp) {
+    c->rope_cs = malloc(n * (size_t)cfg->head_dim * sizeof(float));
+    if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->gate || !c->up || !c->tmp ||
+        !c->rope_cs) {
         free_rows(c);
         return -ENOMEM;
     }
@@ -474,13 +478,24 @@ static void rmsnorm(float *out, const float *x, const float *w, int n, float eps
         out[i] = w[i] * (x[i] * inv);
 }
 
-/* Rotates adjacent pairs (2j, 2j+1) of each head by pos * inv_freq[j] (GGUF row layout). */
-static void rope(float *v, int n_heads, int head_dim, int pos, const float *inv_freq)
+/* cs[2j], cs[2j + 1] = cos, sin of pos * inv_freq[j]: once per row and step, for every layer and
+ * for both q and k. */
+static void rope_angles(float *cs, int head_dim, int pos, const float *inv_freq)
+{
+    for (int j = 0; j < head_dim / 2; j++) {
+        float ang = (float)pos * inv_freq[j];
+        cs[2 * j] = cosf(ang);
+        cs[2 * j + 1] = sinf(ang);
+    }
+}
+
+/* Rotates adjacent pairs (2j, 2j+1) of each head by the angles of rope_angles (GGUF row
+ * layout). */
+static void rope(float *v, int n_heads, int head_dim, const float *csv)
 {
     int half = head_dim / 2;
     for (int j = 0; j < half; j++) {
-        float ang = (float)pos * inv_freq[j];
-        float cs = cosf(ang), sn = sinf(ang);
+        float cs = csv[2 * j], sn = csv[2 * j + 1];
         for (int h = 0; h < n_heads; h++) {
             float *p = v + h * head_dim + 2 * j;
             float a = p[0], b = p[1];
@@ -601,8 +616,8 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
         return rc;
     for (int i = 0; i < n; i++) {
         float *qi = c->q + (size_t)i * q_dim, *ki = c->k + (size_t)i * kv_dim;
-        rope(qi, cfg->n_head, hd, b->pos[i], c->inv_freq);
-        rope(ki, cfg->n_head_kv, hd, b->pos[i], c->inv_freq);
+        rope(qi, cfg->n_head, hd, c->rope_cs + (size_t)i * hd);
+        rope(ki, cfg->n_head_kv, hd, c->rope_cs + (size_t)i * hd);
         core_kv_slot *s = &kv->slots[b->slot[i]];
         size_t at = ((size_t)l * s->cap + b->pos[i]) * kv_dim;
         const float *vi = c->v + (size_t)i * kv_dim;
@@ -674,6 +689,8 @@ int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_
             core_dequant_row(m->tok_embd_qtype,
                              (const uint8_t *)m->tok_embd_q + (size_t)b->tokens[i] * emb_rb, x, e);
     }
+    for (int i = 0; i < n; i++)
+        rope_angles(c->rope_cs + (size_t)i * cfg->head_dim, cfg->head_dim, b->pos[i], c->inv_freq);
     for (int l = 0; l < cfg->n_layer; l++) {
         if ((rc = layer_forward(c, kv, b, plan, l))) {
             core__seterr(err, errlen, "out of memory in layer %d", l);
