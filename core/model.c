@@ -317,18 +317,35 @@ static int check_tensor(const core_gguf *g, const char *name, int cols, int rows
     return 0;
 }
 
-/* One matrix: into the slab at *p (advanced) as f32, or checked and left quantized (*dst NULL).
- * With p NULL only counts the floats it would take into *floats. */
-static int load_matrix(const core_gguf *g, const char *name, int cols, int rows, bool all,
-                       float **p, size_t *floats, float **dst, float *scratch, char *err,
-                       size_t errlen)
+/* "blk.L.attn_q.weight" and the like. */
+static void matrix_name(char *buf, size_t len, int layer, int mod)
 {
-    bool quantized_only = stays_quantized(g, name, all);
-    if (!p) {
-        *floats += quantized_only ? 0 : (size_t)cols * rows;
-        return 0;
-    }
-    if (quantized_only) {
+    snprintf(buf, len, "blk.%d.%s.weight", layer, module_gguf[mod]);
+}
+
+/* Floats of the slab: the norms, and every matrix that does not stay quantized. */
+static size_t slab_floats(const core_model *m, bool all)
+{
+    const core_config *c = &m->cfg;
+    size_t n = (size_t)(2 * c->n_layer + 1) * c->n_embd, emb = (size_t)c->n_vocab * c->n_embd;
+    char name[96];
+    n += stays_quantized(m->gguf, "token_embd.weight", all) ? 0 : emb;
+    if (!c->tied_output)
+        n += stays_quantized(m->gguf, "output.weight", all) ? 0 : emb;
+    for (int l = 0; l < c->n_layer; l++)
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            matrix_name(name, sizeof name, l, mod);
+            if (!stays_quantized(m->gguf, name, all))
+                n += (size_t)core_module_in(c, mod) * core_module_out(c, mod);
+        }
+    return n;
+}
+
+/* One matrix: into the slab at *p (advanced) as f32, or checked and left quantized (*dst NULL). */
+static int load_matrix(const core_gguf *g, const char *name, int cols, int rows, bool all,
+                       float **p, float **dst, float *scratch, char *err, size_t errlen)
+{
+    if (stays_quantized(g, name, all)) {
         *dst = NULL;
         return check_tensor(g, name, cols, rows, scratch, err, errlen);
     }
@@ -337,91 +354,91 @@ static int load_matrix(const core_gguf *g, const char *name, int cols, int rows,
     return load_tensor(g, name, cols, rows, *dst, err, errlen);
 }
 
-/* Loads (p != NULL) or sizes (p NULL, the floats added to *floats) every weight: the norms always
- * as f32, the matrices as f32 unless they stay quantized (all = false). */
-static int load_weights(core_model *m, bool all, float *p, size_t *floats, char *err, size_t errlen)
+/* A norm vector into the slab at *p (advanced). */
+static int load_norm(const core_gguf *g, const char *name, int n, float **p, float **dst, char *err,
+                     size_t errlen)
+{
+    *dst = *p;
+    *p += n;
+    return load_tensor(g, name, n, 0, *dst, err, errlen);
+}
+
+/* Fills m's weight pointers from the slab p (slab_floats(m, all) floats): the norms always as
+ * f32, the matrices as f32 unless they stay quantized (all = false). */
+static int load_weights(core_model *m, bool all, float *p, char *err, size_t errlen)
 {
     const core_config *c = &m->cfg;
     float *scratch = malloc(sizeof(float) * (size_t)(c->n_embd > c->n_ff ? c->n_embd : c->n_ff));
-    float **pp = p ? &p : NULL;
-    int rc = scratch ? 0 : -ENOMEM;
-    if (rc)
+    if (!scratch) {
         core__seterr(err, errlen, "out of memory");
-    if (!rc)
-        rc = load_matrix(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, all, pp, floats,
-                         &m->tok_embd, scratch, err, errlen);
-    if (p) {
-        m->tok_embd_q = quantized(m->gguf, "token_embd.weight", &m->tok_embd_qtype);
-        m->output = m->tok_embd;
-        m->output_q = m->tok_embd_q;
-        m->output_qtype = m->tok_embd_qtype;
+        return -ENOMEM;
     }
+    int rc = load_matrix(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, all, &p, &m->tok_embd,
+                         scratch, err, errlen);
+    m->tok_embd_q = quantized(m->gguf, "token_embd.weight", &m->tok_embd_qtype);
+    m->output = m->tok_embd;
+    m->output_q = m->tok_embd_q;
+    m->output_qtype = m->tok_embd_qtype;
     if (!rc && !c->tied_output) {
-        rc = load_matrix(m->gguf, "output.weight", c->n_embd, c->n_vocab, all, pp, floats,
-                         &m->output, scratch, err, errlen);
-        if (p)
-            m->output_q = quantized(m->gguf, "output.weight", &m->output_qtype);
+        rc = load_matrix(m->gguf, "output.weight", c->n_embd, c->n_vocab, all, &p, &m->output,
+                         scratch, err, errlen);
+        m->output_q = quantized(m->gguf, "output.weight", &m->output_qtype);
     }
-    if (!rc && p) {
-        m->output_norm = *pp;
-        *pp += c->n_embd;
-        rc = load_tensor(m->gguf, "output_norm.weight", c->n_embd, 0, m->output_norm, err, errlen);
-    } else if (!rc) {
-        *floats += (size_t)c->n_embd;
-    }
+    if (!rc)
+        rc = load_norm(m->gguf, "output_norm.weight", c->n_embd, &p, &m->output_norm, err, errlen);
     for (int l = 0; !rc && l < c->n_layer; l++) {
         core_layer *L = &m->layers[l];
         char name[96];
-        if (p) {
-            L->attn_norm = *pp;
-            *pp += c->n_embd;
-            snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
-            if ((rc = load_tensor(m->gguf, name, c->n_embd, 0, L->attn_norm, err, errlen)))
-                break;
-            L->ffn_norm = *pp;
-            *pp += c->n_embd;
-            snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
-            if ((rc = load_tensor(m->gguf, name, c->n_embd, 0, L->ffn_norm, err, errlen)))
-                break;
-        } else {
-            *floats += 2 * (size_t)c->n_embd;
-        }
+        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
+        rc = load_norm(m->gguf, name, c->n_embd, &p, &L->attn_norm, err, errlen);
+        snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
+        if (!rc)
+            rc = load_norm(m->gguf, name, c->n_embd, &p, &L->ffn_norm, err, errlen);
         for (int mod = 0; !rc && mod < CORE_MOD_COUNT; mod++) {
             int in = core_module_in(c, mod), out = core_module_out(c, mod);
-            snprintf(name, sizeof name, "blk.%d.%s.weight", l, module_gguf[mod]);
-            rc = load_matrix(m->gguf, name, in, out, all, pp, floats, &L->w[mod], scratch, err,
-                             errlen);
-            if (p)
-                L->q[mod] = quantized(m->gguf, name, &L->qtype[mod]);
+            matrix_name(name, sizeof name, l, mod);
+            rc = load_matrix(m->gguf, name, in, out, all, &p, &L->w[mod], scratch, err, errlen);
+            L->q[mod] = quantized(m->gguf, name, &L->qtype[mod]);
         }
     }
     free(scratch);
     return rc;
 }
 
-/* Sizes, allocates and fills a slab for load_weights; the old slab is freed only on success. */
+/* A new slab for load_weights. The weights are loaded into a copy of m (and of its layers), which
+ * replaces m's only when everything loaded: on failure m is left as it was. */
 static int fill_slab(core_model *m, bool all, char *err, size_t errlen)
 {
-    size_t floats = 0;
-    load_weights(m, all, NULL, &floats, err, errlen);
-    float *slab = malloc((floats ? floats : 1) * sizeof(float)); /* the norms: never 0 */
-    if (!slab) {
+    size_t floats = slab_floats(m, all);
+    float *slab = malloc(floats * sizeof(float)); /* the norms: never 0 */
+    core_layer *layers = malloc((size_t)m->cfg.n_layer * sizeof *layers);
+    if (!slab || !layers) {
+        free(slab);
+        free(layers);
         core__seterr(err, errlen, "out of memory allocating %zu MB of weights",
                      floats * sizeof(float) >> 20);
         return -ENOMEM;
     }
-    int rc = load_weights(m, all, slab, &floats, err, errlen);
+    memcpy(layers, m->layers, (size_t)m->cfg.n_layer * sizeof *layers);
+    core_model next = *m;
+    next.layers = layers;
+    int rc = load_weights(&next, all, slab, err, errlen);
     if (rc) {
         free(slab);
+        free(layers);
         return rc;
     }
     free(m->slab);
-    m->slab = slab;
-    m->slab_floats = floats;
-    m->all_f32 = m->tok_embd && m->output;
-    for (int l = 0; l < m->cfg.n_layer; l++)
+    memcpy(m->layers, layers, (size_t)m->cfg.n_layer * sizeof *layers);
+    free(layers);
+    next.layers = m->layers;
+    next.slab = slab;
+    next.slab_floats = floats;
+    next.all_f32 = next.tok_embd && next.output;
+    for (int l = 0; l < next.cfg.n_layer; l++)
         for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
-            m->all_f32 = m->all_f32 && m->layers[l].w[mod];
+            next.all_f32 = next.all_f32 && next.layers[l].w[mod];
+    *m = next;
     return 0;
 }
 
