@@ -75,6 +75,13 @@ int core__cpu_avx2_f16c(void)
     return avx2 && __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
 }
 
+int core__cpu_avx512(void)
+{
+    int avx512;
+    core_blas_cpu_features(&avx512, NULL);
+    return avx512 && core__cpu_avx2_f16c();
+}
+
 /* OpenBLAS's x86 cores written for CPUs without AVX2 (corename[] in driver/others/dynamic.c),
  * plus the names it reports when it knows nothing. On a CPU with AVX2+FMA any of them is a
  * misdetection, since the CPU it was written for cannot execute AVX2. The ones the library's

@@ -959,17 +959,10 @@ typedef struct qmm_ops {
  * first. */
 static _Atomic int kernels; /* CORE_QMM_*, CORE_QMM_AUTO while undecided; -1 for none */
 
-static int cpu_avx512(void)
-{
-    int avx512;
-    core_blas_cpu_features(&avx512, NULL);
-    return avx512 && core__cpu_avx2_f16c();
-}
-
 int core__qmatmul_force(int which)
 {
     if ((which == CORE_QMM_AVX2 && !core__cpu_avx2_f16c()) ||
-        (which == CORE_QMM_AVX512 && !cpu_avx512()))
+        (which == CORE_QMM_AVX512 && !core__cpu_avx512()))
         return -ENOTSUP;
     if (which < CORE_QMM_AUTO || which > CORE_QMM_AVX512)
         return -EINVAL;
@@ -993,7 +986,7 @@ static int decide(void)
         return -1;
     if (env && strcmp(env, "avx2") == 0)
         return CORE_QMM_AVX2;
-    return cpu_avx512() ? CORE_QMM_AVX512 : CORE_QMM_AVX2;
+    return core__cpu_avx512() ? CORE_QMM_AVX512 : CORE_QMM_AVX2;
 }
 
 static const qmm_ops *ops(void)

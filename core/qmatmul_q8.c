@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "model.h"
 #include "quant.h"
 
@@ -200,10 +201,7 @@ static int cpu_vnni(void)
     static _Atomic int have = -1;
     int h = atomic_load_explicit(&have, memory_order_relaxed);
     if (h < 0) {
-        __builtin_cpu_init();
-        h = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma");
+        h = core__cpu_avx512() && __builtin_cpu_supports("avx512vnni");
         atomic_store_explicit(&have, h, memory_order_relaxed);
     }
     return h;
