@@ -2,6 +2,7 @@
  * at run time, portable versions beside them. */
 #include "vmath.h"
 
+#include "blas.h"
 #include "quant.h"
 
 #include <cpuid.h>
@@ -275,6 +276,12 @@ AVX512_INLINE __m512 hsum16x16(const __m512 *a)
                          _mm512_shuffle_f32x4(e01, e23, 0xDD));
 }
 
+/* The first n of 16 lanes (n <= 16). */
+AVX512_INLINE __mmask16 first_lanes(int n)
+{
+    return (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
+}
+
 /* Sixteen floats of a K or V array (f32 or f16) from element i. */
 AVX512_INLINE __m512 load16(const void *base, size_t i, int f16)
 {
@@ -301,61 +308,6 @@ AVX512_INLINE __m512 score16(const __m512 *qv, int NZ, const void *K, int f16, i
     return hsum16x16(acc);
 }
 
-/* One head: scores sixteen keys at a time, softmax, then the weighted sum of values with two
- * sets of accumulators (even and odd keys). NZ = hd / 16 chunks, at most 8. */
-AVX512_INLINE void attend_head16(const float *qh, const void *K, const void *V, int f16, int kv_dim,
-                                 int NZ, int pos, float scale, float *sc, float *oh)
-{
-    __m512 qv[8];
-    UNROLL16
-    for (int v = 0; v < NZ; v++)
-        qv[v] = _mm512_mul_ps(_mm512_loadu_ps(qh + 16 * v), _mm512_set1_ps(scale));
-    int T = pos + 1;
-    __m512 mxv = _mm512_set1_ps(-INFINITY);
-    for (int t0 = 0; t0 < T; t0 += 16) {
-        int nk = T - t0 < 16 ? T - t0 : 16;
-        __mmask16 m = (__mmask16)(nk == 16 ? 0xFFFF : (1u << nk) - 1);
-        __m512 s = score16(qv, NZ, K, f16, kv_dim, t0, nk);
-        _mm512_mask_storeu_ps(sc + t0, m, s);
-        mxv = _mm512_mask_max_ps(mxv, m, mxv, s);
-    }
-    __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(mxv));
-    __m512 sumv = _mm512_setzero_ps();
-    for (int t0 = 0; t0 < T; t0 += 16) {
-        int nk = T - t0 < 16 ? T - t0 : 16;
-        __mmask16 m = (__mmask16)(nk == 16 ? 0xFFFF : (1u << nk) - 1);
-        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + t0), mx));
-        e = _mm512_maskz_mov_ps(m, e);
-        _mm512_mask_storeu_ps(sc + t0, m, e);
-        sumv = _mm512_add_ps(sumv, e);
-    }
-    float inv = 1.0f / _mm512_reduce_add_ps(sumv);
-    __m512 a0[8], a1[8];
-    UNROLL16
-    for (int v = 0; v < NZ; v++)
-        a0[v] = a1[v] = _mm512_setzero_ps();
-    int t = 0;
-    for (; t + 2 <= T; t += 2) {
-        size_t v0 = (size_t)t * kv_dim, v1 = v0 + kv_dim;
-        __m512 p0 = _mm512_set1_ps(sc[t] * inv), p1 = _mm512_set1_ps(sc[t + 1] * inv);
-        UNROLL16
-        for (int v = 0; v < NZ; v++) {
-            a0[v] = _mm512_fmadd_ps(p0, load16(V, v0 + 16 * v, f16), a0[v]);
-            a1[v] = _mm512_fmadd_ps(p1, load16(V, v1 + 16 * v, f16), a1[v]);
-        }
-    }
-    if (t < T) {
-        size_t v0 = (size_t)t * kv_dim;
-        __m512 p0 = _mm512_set1_ps(sc[t] * inv);
-        UNROLL16
-        for (int v = 0; v < NZ; v++)
-            a0[v] = _mm512_fmadd_ps(p0, load16(V, v0 + 16 * v, f16), a0[v]);
-    }
-    UNROLL16
-    for (int v = 0; v < NZ; v++)
-        _mm512_storeu_ps(oh + 16 * v, _mm512_add_ps(a0[v], a1[v]));
-}
-
 /* The G query heads that share one KV head, 64 keys at a time: every head scores (and later
  * weighs) a tile of keys while it is in L1, instead of each head streaming the whole cache from
  * L2 or memory. sc holds G rows of pos + 1 scores. */
@@ -378,7 +330,7 @@ AVX512_INLINE void attend_group16(const float *qg, const void *K, const void *V,
             __m512 mxv = _mm512_set1_ps(mx[h]);
             for (int b = t0; b < t1; b += 16) {
                 int nk = t1 - b < 16 ? t1 - b : 16;
-                __mmask16 m = (__mmask16)(nk == 16 ? 0xFFFF : (1u << nk) - 1);
+                __mmask16 m = first_lanes(nk);
                 __m512 s = score16(qv, NZ, K, f16, kv_dim, b, nk);
                 _mm512_mask_storeu_ps(sc + (size_t)h * T + b, m, s);
                 mxv = _mm512_mask_max_ps(mxv, m, mxv, s);
@@ -390,8 +342,7 @@ AVX512_INLINE void attend_group16(const float *qg, const void *K, const void *V,
         float *sh = sc + (size_t)h * T;
         __m512 mxh = _mm512_set1_ps(mx[h]), sumv = _mm512_setzero_ps();
         for (int t0 = 0; t0 < T; t0 += 16) {
-            int nk = T - t0 < 16 ? T - t0 : 16;
-            __mmask16 m = (__mmask16)(nk == 16 ? 0xFFFF : (1u << nk) - 1);
+            __mmask16 m = first_lanes(T - t0);
             __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sh + t0), mxh));
             e = _mm512_maskz_mov_ps(m, e);
             _mm512_mask_storeu_ps(sh + t0, m, e);
@@ -435,8 +386,7 @@ AVX512_INLINE void attend_group16(const float *qg, const void *K, const void *V,
     }
 }
 
-/* Heads one KV group at a time (attend_group16) when a group has at most 8 heads, else one by
- * one. */
+/* Heads one KV group at a time (attend_group16), at most 8 heads of a group together. */
 #define ATTEND16(NZ, F16)                                                                          \
     AVX512 static void attend16_##NZ##_##F16(const float *q, const void *K, const void *V,         \
                                              int n_head, int n_kv, int pos, float *sc, float *out) \
@@ -444,18 +394,12 @@ AVX512_INLINE void attend_group16(const float *qg, const void *K, const void *V,
         int hd = 16 * (NZ), kv_dim = n_kv * hd, group = n_head / n_kv;                             \
         float scale = 1.0f / sqrtf((float)hd);                                                     \
         size_t es = (F16) ? 2 : 4;                                                                 \
-        if (group <= 8) {                                                                          \
-            for (int g = 0; g < n_kv; g++) {                                                       \
-                size_t off = (size_t)g * hd * es;                                                  \
-                attend_group16(q + g * group * hd, (const char *)K + off, (const char *)V + off,   \
-                               F16, kv_dim, NZ, group, pos, scale, sc, out + g * group * hd);      \
-            }                                                                                      \
-            return;                                                                                \
-        }                                                                                          \
-        for (int h = 0; h < n_head; h++) {                                                         \
-            size_t off = (size_t)(h / group) * hd * es;                                            \
-            attend_head16(q + h * hd, (const char *)K + off, (const char *)V + off, F16, kv_dim,   \
-                          NZ, pos, scale, sc, out + h * hd);                                       \
+        for (int h = 0; h < n_head;) {                                                             \
+            int g = h / group, G = (g + 1) * group - h < 8 ? (g + 1) * group - h : 8;              \
+            size_t off = (size_t)g * hd * es;                                                      \
+            attend_group16(q + h * hd, (const char *)K + off, (const char *)V + off, F16, kv_dim,  \
+                           NZ, G, pos, scale, sc, out + h * hd);                                   \
+            h += G;                                                                                \
         }                                                                                          \
     }
 #define ATTEND16_BOTH(NZ) ATTEND16(NZ, 0) ATTEND16(NZ, 1)
@@ -480,14 +424,6 @@ static const attend16_fn attend16[2][9] = {
 
 static _Atomic int mode; /* 0 undecided, 1 AVX2, 2 portable, 3 AVX-512; any thread may decide */
 
-static bool cpu_avx512(void)
-{
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma");
-}
-
 void core__vmath_force_generic(int on)
 {
     atomic_store_explicit(&mode, on ? 2 : 0, memory_order_relaxed);
@@ -495,7 +431,7 @@ void core__vmath_force_generic(int on)
 
 int core__vmath_force(int which)
 {
-    if (which == CORE_VMATH_AVX512 && !cpu_avx512())
+    if (which == CORE_VMATH_AVX512 && !core__cpu_avx512())
         return -1;
     if (which == CORE_VMATH_AVX2 &&
         !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
@@ -513,7 +449,7 @@ static bool use_avx2(void)
     if (!m) {
         __builtin_cpu_init();
         m = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 2;
-        if (m == 1 && cpu_avx512())
+        if (m == 1 && core__cpu_avx512())
             m = 3;
         atomic_store_explicit(&mode, m, memory_order_relaxed);
     }
