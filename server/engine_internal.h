@@ -165,7 +165,6 @@ struct srv_engine {
     const adapter_set **b_sets;      /* (max_batch) */
     srv__part *parts;                /* (max_seqs) */
     core_sample_req *sreq;           /* (max_seqs) the step's sampling, on core's pool */
-    int *part_req;                   /* (max_seqs) each part's index in sreq, or -1 */
     srv__seq **pre;                  /* (max_seqs) prefilling sequences, oldest first */
     char *dbuf;                      /* (dbuf_cap) scratch for one token's decoded bytes */
     size_t dbuf_cap;

@@ -73,14 +73,12 @@ int srv__sched_init(srv_engine *e, char *err, size_t errlen)
     e->b_sets = malloc(nb * sizeof(const adapter_set *));
     e->parts = malloc(ns * sizeof *e->parts);
     e->sreq = malloc(ns * sizeof *e->sreq);
-    e->part_req = malloc(ns * sizeof *e->part_req);
     e->pre = malloc(ns * sizeof(srv__seq *));
     e->changed = malloc(ns * sizeof(srv_job *));
     e->dbuf_cap = detok_cap(e->tok, e->n_vocab);
     e->dbuf = malloc(e->dbuf_cap);
     bool ok = e->ctx && e->plan && e->seqs && e->logits && e->b_tok && e->b_pos && e->b_slot &&
-              e->b_want && e->b_sets && e->parts && e->sreq && e->part_req && e->pre &&
-              e->changed && e->dbuf;
+              e->b_want && e->b_sets && e->parts && e->sreq && e->pre && e->changed && e->dbuf;
     for (int i = 0; ok && i < e->max_seqs; i++) {
         e->seqs[i].slot = i;
         e->seqs[i].hist = malloc((size_t)e->n_ctx * sizeof(int32_t));
@@ -119,7 +117,6 @@ void srv__sched_deinit(srv_engine *e)
     free(e->b_sets);
     free(e->parts);
     free(e->sreq);
-    free(e->part_req);
     free(e->pre);
     free(e->changed);
     free(e->dbuf);
@@ -129,7 +126,6 @@ void srv__sched_deinit(srv_engine *e)
     e->b_sets = NULL;
     e->parts = NULL;
     e->sreq = NULL;
-    e->part_req = NULL;
     e->pre = NULL;
     e->changed = NULL;
     e->dbuf = NULL;
@@ -629,17 +625,16 @@ nomem:
  * there is one); at pos 0 also the first token, which has none. */
 static void prompt_logprob(srv_engine *e, srv_job *j, int pos, const float *lg)
 {
-    srv_job_token t = {.id = j->prompt[0], .logprob = NAN};
+    srv_job_token first = {.id = j->prompt[0], .logprob = NAN}, t = {0};
+    bool next = pos + 1 < j->n_prompt;
+    if (next) {
+        t.id = j->prompt[pos + 1];
+        token_logprobs(e, j, lg, &t);
+    }
     pthread_mutex_lock(&j->mu);
     if (pos == 0 && j->n_ptokens == 0)
-        j->ptokens[j->n_ptokens++] = t;
-    pthread_mutex_unlock(&j->mu);
-    if (pos + 1 >= j->n_prompt)
-        return;
-    t.id = j->prompt[pos + 1];
-    token_logprobs(e, j, lg, &t);
-    pthread_mutex_lock(&j->mu);
-    if (j->n_ptokens == pos + 1)
+        j->ptokens[j->n_ptokens++] = first;
+    if (next && j->n_ptokens == pos + 1)
         j->ptokens[j->n_ptokens++] = t;
     pthread_mutex_unlock(&j->mu);
 }
@@ -857,11 +852,9 @@ void srv__sched_step(srv_engine *e)
     for (int p = 0, row = 0; p < n_parts && rc == 0; p++) {
         srv__part *pt = &e->parts[p];
         row += pt->all ? pt->n : pt->want ? 1 : 0;
-        e->part_req[p] = -1;
         if (!pt->want || pt->j->max_tokens == 0)
             continue;
         srv__seq *s = pt->s;
-        e->part_req[p] = n_req;
         e->sreq[n_req++] = (core_sample_req){.s = s->smp,
                                              .logits = e->logits + (size_t)(row - 1) * e->n_vocab,
                                              .history = s->hist,
@@ -869,7 +862,7 @@ void srv__sched_step(srv_engine *e)
     }
     if (n_req)
         core_sampler_sample_many(e->sreq, n_req);
-    int out = 0;
+    int out = 0, req = 0; /* the parts that sample take sreq's entries in order */
     for (int p = 0; p < n_parts; p++) {
         srv__part *pt = &e->parts[p];
         srv__seq *s = pt->s;
@@ -892,7 +885,7 @@ void srv__sched_step(srv_engine *e)
             if (pt->j->max_tokens == 0) /* echo with logprobs: the prompt's scores only */
                 seq_close(e, s, SRV_FINISH_LENGTH);
             else
-                seq_sample(e, s, lg, e->sreq[e->part_req[p]].id);
+                seq_sample(e, s, lg, e->sreq[req++].id);
             e->changed[e->n_changed++] = pt->j;
         }
     }
