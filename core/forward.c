@@ -317,13 +317,16 @@ static int lora_groups(core_ctx *c, lora_job *j)
     return 0;
 }
 
-/* Pool tasks for a product with out output rows: two per thread, so that a thread that finishes
- * early takes another; more for very tall products (the output head), whose last task would
- * otherwise keep one core busy for a millisecond while the other waits. */
-static int matmul_tasks(int out)
+/* How a product with out output rows is split over the pool: *per rows per task (a multiple of
+ * 16); returns the number of tasks. Two per thread, so that a thread that finishes early takes
+ * another; more for very tall products (the output head), whose last task would otherwise keep
+ * one core busy for a millisecond while the other waits. */
+static int split_outputs(int out, int *per)
 {
     int threads = core__pool_threads(), tasks = out / 2048;
-    return tasks < 2 * threads ? 2 * threads : tasks > 8 * threads ? 8 * threads : tasks;
+    tasks = tasks < 2 * threads ? 2 * threads : tasks > 8 * threads ? 8 * threads : tasks;
+    *per = ((out + tasks - 1) / tasks + 15) & ~15;
+    return (out + *per - 1) / *per;
 }
 
 /* One quantized product split over the pool by output rows; every output is computed by the
@@ -378,10 +381,8 @@ static void matmul(const float *W, const void *Wq, uint32_t qtype, int in, int o
                    int n, float *Y)
 {
     if (Wq && n <= qmatmul_rows() && core__qmatmul_supports(qtype)) {
-        int tasks = matmul_tasks(out);
         qmm_job j = {.Wq = Wq, .qtype = qtype, .in = in, .out = out, .n = n, .X = X, .Y = Y};
-        j.per = ((out + tasks - 1) / tasks + 15) & ~15;
-        core__pool_run((out + j.per - 1) / j.per, qmm_task, &j);
+        core__pool_run(split_outputs(out, &j.per), qmm_task, &j);
         if (!atomic_load_explicit(&j.failed, memory_order_relaxed))
             return;
     }
@@ -426,10 +427,8 @@ static int quantize_x(core_ctx *c, const float *X, int in, int n)
 
 static void matmul_q8(const core_ctx *c, const core_q8w *w, int out, int n, float *Y)
 {
-    int tasks = matmul_tasks(out);
     q8_job j = {.w = w, .Xq = c->xq, .out = out, .n = n, .Y = Y};
-    j.per = ((out + tasks - 1) / tasks + 15) & ~15;
-    core__pool_run((out + j.per - 1) / j.per, q8_task, &j);
+    core__pool_run(split_outputs(out, &j.per), q8_task, &j);
 }
 
 /* Y[k] = X · W[k]ᵀ plus the plan's LoRA groups, for n_mods modules of one layer that share the
