@@ -103,7 +103,7 @@ void core_model_free(core_model *m);
 
 /* on: repacks every Q4_1 and Q8_0 linear weight (and the output head) for the int8-activation
  * kernels (qmatmul_q8.h), which core_forward then uses: llama.cpp's CPU numerics, about 3.5x
- * faster matmuls on AVX-512 VNNI, logits within ~1e-2 rather than 1e-3 of the f32 reference.
+ * faster matmuls on AVX-512 VNNI, logits up to ~2 away from the f32 reference (golden test).
  * off: frees them, back to f32 activations. Returns the number of weights repacked (0 when the
  * model has none of those types), -ENOTSUP without AVX-512 VNNI or -ENOMEM, with a message.
  * Not while a core_forward runs on the model. */
@@ -135,7 +135,7 @@ void core_kv_clear(core_kv *kv, int slot);
 /* Bytes currently allocated by all slots. */
 size_t core_kv_bytes(const core_kv *kv);
 /* on: K and V are stored as f16 from now on (half the memory and half the bytes attention reads
- * per position; logits move by about 1e-3..1e-2 against f32, see the golden test). Only while
+ * per position; logits move by up to ~0.02 against f32, see the golden test). Only while
  * every slot is empty: 0, or -EBUSY. */
 int core_kv_set_f16(core_kv *kv, int on);
 int core_kv_is_f16(const core_kv *kv);
