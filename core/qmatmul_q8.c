@@ -105,20 +105,51 @@ size_t core__q8x_row_bytes(int in)
     return (b + 63) & ~(size_t)63;
 }
 
-/* The parts of a quantized row. */
+/* The parts of a quantized row: in int8 values, then per block d (f32), s (f32) and Σq (int32),
+ * at these byte offsets. */
+static inline size_t xq_off_d(int in)
+{
+    return (size_t)in;
+}
+
+static inline size_t xq_off_s(int in)
+{
+    return (size_t)in + sizeof(float) * (size_t)(in / QK);
+}
+
+static inline size_t xq_off_sum(int in)
+{
+    return (size_t)in + 2 * sizeof(float) * (size_t)(in / QK);
+}
+
 static inline const float *xq_d(const uint8_t *row, int in)
 {
-    return (const float *)(row + in);
+    return (const float *)(row + xq_off_d(in));
 }
 
 static inline const float *xq_s(const uint8_t *row, int in)
 {
-    return (const float *)(row + in) + in / QK;
+    return (const float *)(row + xq_off_s(in));
 }
 
 static inline const int32_t *xq_sum(const uint8_t *row, int in)
 {
-    return (const int32_t *)((const float *)(row + in) + 2 * (in / QK));
+    return (const int32_t *)(row + xq_off_sum(in));
+}
+
+/* The same parts, for writing. */
+typedef struct xq_parts {
+    int8_t *q;
+    float *d, *s;
+    int32_t *sum;
+} xq_parts;
+
+static inline xq_parts xq_write(uint8_t *row, int in)
+{
+    return (xq_parts){.q = (int8_t *)row,
+                      .d = (float *)(row + xq_off_d(in)),
+                      .s = (float *)(row + xq_off_s(in)),
+                      .sum = (int32_t *)(row + xq_off_sum(in))};
 }
 
 /* ---- quantizing X ------------------------------------------------------------------------ */
@@ -160,10 +191,10 @@ static void quantize_block(const float *x, int8_t *q, float *d, float *s, int32_
 VNNI static void quantize_row_vnni(const float *x, int in, uint8_t *row)
 {
     int nb = in / QK;
-    int8_t *q = (int8_t *)row;
-    float *d = (float *)(row + in);
-    float *s = d + nb;
-    int32_t *sum = (int32_t *)(s + nb);
+    xq_parts o = xq_write(row, in);
+    int8_t *q = o.q;
+    float *d = o.d, *s = o.s;
+    int32_t *sum = o.sum;
     const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     for (int b = 0; b < nb; b++) {
         const float *xb = x + (size_t)b * QK;
@@ -233,10 +264,9 @@ void core__q8x_quantize(const float *X, int in, int n, uint8_t *dst)
             quantize_row_vnni(x, in, row);
             continue;
         }
-        float *d = (float *)(row + in);
+        xq_parts o = xq_write(row, in);
         for (int b = 0; b < nb; b++)
-            quantize_block(x + (size_t)b * QK, (int8_t *)row + (size_t)b * QK, d + b, d + nb + b,
-                           (int32_t *)(d + 2 * nb) + b);
+            quantize_block(x + (size_t)b * QK, o.q + (size_t)b * QK, o.d + b, o.s + b, o.sum + b);
     }
 }
 
