@@ -103,6 +103,7 @@ class Server:
         self.proc = None
         self.log_path = None
         self.exit_code = None
+        self.ready = False  # answered /health once; a server refused at start-up never is
 
     def start(self, timeout=60):
         self.port = free_port()
@@ -127,6 +128,7 @@ class Server:
             try:
                 r = request(self.port, "GET", "/health", timeout=2)
                 if r.status == 200:
+                    self.ready = True
                     return self
             except OSError:
                 pass
@@ -417,7 +419,7 @@ class Suite:
     def check_shutdown(self, s):
         """SIGTERM exits 0 with no sanitizer report: a test of its own."""
         t0 = time.time()
-        if s.proc is None:
+        if s.proc is None or not s.ready:  # a failed start is the failure of the test that made it
             return
         if s.proc.poll() is not None and s.exit_code is None:
             s.exit_code = s.proc.returncode
