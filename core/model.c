@@ -244,7 +244,9 @@ int core_model_set_int8(core_model *m, int on, char *err, size_t errlen)
     if (!on)
         return 0;
     if (!core__q8_available()) {
-        core__seterr(err, errlen, "int8 activations need AVX-512 VNNI, which this CPU lacks");
+        core__seterr(err, errlen,
+                     "int8 activations need AVX2 with FMA and F16C, or AVX-512 VNNI; this CPU "
+                     "has neither");
         return -ENOTSUP;
     }
     int packed = 0;
@@ -269,6 +271,11 @@ oom:
     core_model_set_int8(m, 0, NULL, 0);
     core__seterr(err, errlen, "out of memory repacking the weights for int8");
     return -ENOMEM;
+}
+
+const char *core_int8_kernels(void)
+{
+    return core__q8_available() ? core__q8_kernels() : NULL;
 }
 
 void core_model_free(core_model *m)

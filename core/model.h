@@ -103,11 +103,15 @@ void core_model_free(core_model *m);
 
 /* on: repacks every Q4_1 and Q8_0 linear weight (and the output head) for the int8-activation
  * kernels (qmatmul_q8.h), which core_forward then uses: llama.cpp's CPU numerics, about 3.5x
- * faster matmuls on AVX-512 VNNI, logits up to ~2 away from the f32 reference (golden test).
- * off: frees them, back to f32 activations. Returns the number of weights repacked (0 when the
- * model has none of those types), -ENOTSUP without AVX-512 VNNI or -ENOMEM, with a message.
- * Not while a core_forward runs on the model. */
+ * faster matmuls on AVX-512 VNNI and 2.4x on AVX2 (Zen 3), logits up to ~2 away from the f32
+ * reference (golden test). off: frees them, back to f32 activations. Returns the number of
+ * weights repacked (0 when the model has none of those types), -ENOTSUP on a CPU with neither
+ * AVX2 (with FMA and F16C) nor AVX-512 VNNI, or -ENOMEM, with a message. Not while a core_forward
+ * runs on the model. */
 int core_model_set_int8(core_model *m, int on, char *err, size_t errlen);
+
+/* The int8 kernels this CPU runs ("AVX-512 VNNI" or "AVX2"), for logs; NULL when it has none. */
+const char *core_int8_kernels(void);
 
 /* Reads the hyperparameters of a GGUF without loading weights (used by inspect and adapter
  * validation). Returns 0 or -EINVAL with a message. */

@@ -225,32 +225,104 @@ VNNI static void quantize_row_vnni(const float *x, int in, uint8_t *row)
     }
 }
 
-static _Atomic int force_portable;
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
-static int cpu_vnni(void)
+AVX2 static void quantize_row_avx2(const float *x, int in, uint8_t *row)
+{
+    int nb = in / QK;
+    xq_parts o = xq_write(row, in);
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i lim = _mm256_set1_epi32(127), nlim = _mm256_set1_epi32(-127);
+    /* packs_epi32 then packs_epi16 interleave 4-value pieces of the four vectors by lane */
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int b = 0; b < nb; b++) {
+        const float *xb = x + (size_t)b * QK;
+        __m256 v[4];
+        __m256 a = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(xb + 8 * k);
+            a = _mm256_max_ps(a, _mm256_and_ps(v[k], absmask));
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(v[k], v[k], _CMP_UNORD_Q));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        if (_mm256_movemask_ps(bad) || !isfinite(amax)) {
+            quantize_block(xb, o.q + (size_t)b * QK, o.d + b, o.s + b, o.sum + b);
+            continue;
+        }
+        float dd = amax / 127.0f;
+        float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+        __m256 vid = _mm256_set1_ps(id);
+        __m256i i[4];
+        for (int k = 0; k < 4; k++) {
+            i[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], vid));
+            i[k] = _mm256_max_epi32(_mm256_min_epi32(i[k], lim), nlim);
+        }
+        __m256i t = _mm256_add_epi32(_mm256_add_epi32(i[0], i[1]), _mm256_add_epi32(i[2], i[3]));
+        __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4e));
+        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xb1));
+        int32_t tot = _mm_cvtsi128_si32(t4);
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        _mm256_storeu_si256((__m256i *)(o.q + (size_t)b * QK), _mm256_permutevar8x32_epi32(p, perm));
+        o.d[b] = dd;
+        o.s[b] = dd * (float)tot;
+        o.sum[b] = tot;
+    }
+}
+
+static _Atomic int forced = -1; /* a CORE_Q8_* level, or -1: detect */
+
+static int cpu_level(void)
 {
     static _Atomic int have = -1;
     int h = atomic_load_explicit(&have, memory_order_relaxed);
     if (h < 0) {
-        h = core__cpu_avx512() && __builtin_cpu_supports("avx512vnni");
+        if (core__cpu_avx512() && __builtin_cpu_supports("avx512vnni"))
+            h = CORE_Q8_VNNI;
+        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            h = CORE_Q8_AVX2; /* F16C predates AVX2 on every x86 CPU; clang cannot test it */
+        else
+            h = CORE_Q8_NONE;
         atomic_store_explicit(&have, h, memory_order_relaxed);
     }
     return h;
 }
 
-static int use_vnni(void)
+int core__q8_level(void)
 {
-    return !atomic_load_explicit(&force_portable, memory_order_relaxed) && cpu_vnni();
+    int f = atomic_load_explicit(&forced, memory_order_relaxed);
+    return f >= 0 ? f : cpu_level();
 }
 
 int core__q8_available(void)
 {
-    return atomic_load_explicit(&force_portable, memory_order_relaxed) || cpu_vnni();
+    return core__q8_level() != CORE_Q8_NONE;
 }
 
-void core__q8_force_portable(int on)
+int core__q8_force(int level)
 {
-    atomic_store_explicit(&force_portable, on != 0, memory_order_relaxed);
+    if (level > CORE_Q8_PORTABLE && level > cpu_level())
+        return -ENOTSUP;
+    atomic_store_explicit(&forced, level, memory_order_relaxed);
+    return 0;
+}
+
+const char *core__q8_kernels(void)
+{
+    switch (core__q8_level()) {
+    case CORE_Q8_VNNI:
+        return "AVX-512 VNNI";
+    case CORE_Q8_AVX2:
+        return "AVX2";
+    case CORE_Q8_PORTABLE:
+        return "portable";
+    default:
+        return "none";
+    }
 }
 
 void core__q8x_quantize(const float *X, int in, int n, uint8_t *dst)
@@ -260,8 +332,13 @@ void core__q8x_quantize(const float *X, int in, int n, uint8_t *dst)
     for (int i = 0; i < n; i++) {
         const float *x = X + (size_t)i * (size_t)in;
         uint8_t *row = dst + (size_t)i * rb;
-        if (use_vnni()) {
+        int level = core__q8_level();
+        if (level == CORE_Q8_VNNI) {
             quantize_row_vnni(x, in, row);
+            continue;
+        }
+        if (level == CORE_Q8_AVX2) {
+            quantize_row_avx2(x, in, row);
             continue;
         }
         xq_parts o = xq_write(row, in);
@@ -447,15 +524,167 @@ static void part_vnni(const core_q8w *w, const uint8_t *Xq, int n, int g0, int g
     }
 }
 
+/* ---- AVX2 ------------------------------------------------------------------------------- */
+
+/* The same repacked weights, each 64-byte vector taken as two halves of 8 rows. There is no
+ * 4-byte dot product into int32 before VNNI: VPMADDUBSW multiplies unsigned by signed bytes and
+ * adds pairs into int16, VPMADDWD by ones adds pairs of those into int32. Both are exact here:
+ *   Q4_1: a pair is at most 2·15·127 = 3810, so the 8 pairs of a block (4 vectors, low and high
+ *         nibbles) sum to at most 30480 in int16 before one VPMADDWD;
+ *   Q8_0: the stored q + 128 would overflow a pair, so the signed q (stored ^ 0x80) lends its sign
+ *         to x: |q|·(±x), a pair at most 2·128·127 = 32512, into int32 at once.
+ * The integer sums equal the portable ones, and the f32 steps are the same: the same bits. */
+
+#define XR2 4 /* rows of X per pass (registers: 4 accumulators, 4 sums, weights) */
+
+/* Keeps v in a register as it is: integer adds may be reordered, and GCC, left to it, gathers
+ * all of a block's products first and spills them to the stack. */
+#define PIN(v) __asm__("" : "+x"(v))
+
+AVX2_INLINE __m256i bcast4_256(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* Half h (outputs 8h..8h+7) of one group against R rows of X. */
+AVX2_INLINE void tile2_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
+                            float *const *yr, int h)
+{
+    __m256 acc[XR2];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        acc[r] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *u = wg + (size_t)b * UNIT_Q4_1;
+        __m256i s16[XR2];
+        UNROLL
+        for (int r = 0; r < R; r++)
+            s16[r] = _mm256_setzero_si256();
+        UNROLL
+        for (int g = 0; g < 4; g++) {
+            __m256i nib = _mm256_load_si256((const __m256i *)(u + 64 * g + 32 * h));
+            __m256i lo = _mm256_and_si256(nib, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(nib, 4), m4);
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                const int8_t *xb = (const int8_t *)xr[r] + (size_t)b * QK;
+                s16[r] = _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(lo, bcast4_256(xb + 4 * g)));
+                PIN(s16[r]);
+                s16[r] =
+                    _mm256_add_epi16(s16[r], _mm256_maddubs_epi16(hi, bcast4_256(xb + 16 + 4 * g)));
+                PIN(s16[r]);
+            }
+        }
+        __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(u + 256 + 16 * h)));
+        __m256 mw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(u + 288 + 16 * h)));
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m256i isum = _mm256_madd_epi16(s16[r], ones);
+            __m256 t = _mm256_mul_ps(dw, _mm256_set1_ps(xq_d(xr[r], in)[b]));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), t, acc[r]);
+            acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xq_s(xr[r], in)[b]), acc[r]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        _mm256_storeu_ps(yr[r] + 8 * h, acc[r]);
+}
+
+AVX2_INLINE void tile2_q8_0(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
+                            float *const *yr, int h)
+{
+    __m256 acc[XR2];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        acc[r] = _mm256_setzero_ps();
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *u = wg + (size_t)b * UNIT_Q8_0;
+        __m256i s32[XR2];
+        UNROLL
+        for (int r = 0; r < R; r++)
+            s32[r] = _mm256_setzero_si256();
+        UNROLL
+        for (int g = 0; g < 8; g++) {
+            __m256i q = _mm256_xor_si256(
+                _mm256_load_si256((const __m256i *)(u + 64 * g + 32 * h)), flip);
+            __m256i aq = _mm256_abs_epi8(q);
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                __m256i sx = _mm256_sign_epi8(
+                    bcast4_256((const int8_t *)xr[r] + (size_t)b * QK + 4 * g), q);
+                s32[r] = _mm256_add_epi32(s32[r],
+                                          _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sx), ones));
+                PIN(s32[r]);
+            }
+        }
+        __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(u + 512 + 16 * h)));
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m256 t = _mm256_mul_ps(dw, _mm256_set1_ps(xq_d(xr[r], in)[b]));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[r]), t, acc[r]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        _mm256_storeu_ps(yr[r] + 8 * h, acc[r]);
+}
+
+#define TILE2_FN(R)                                                                                \
+    AVX2 static void tile2_##R(const core_q8w *w, const uint8_t *wg, const uint8_t *const *xr,     \
+                               float *const *yr)                                                   \
+    {                                                                                              \
+        for (int h = 0; h < 2; h++) {                                                              \
+            if (w->type == CORE_TYPE_Q4_1)                                                         \
+                tile2_q4_1(wg, w->nb, w->in, xr, R, yr, h);                                        \
+            else                                                                                   \
+                tile2_q8_0(wg, w->nb, w->in, xr, R, yr, h);                                        \
+        }                                                                                          \
+    }
+TILE2_FN(1)
+TILE2_FN(2)
+TILE2_FN(3)
+TILE2_FN(4)
+
+static const tile_fn tiles2[XR2 + 1] = {NULL, tile2_1, tile2_2, tile2_3, tile2_4};
+
+static void part_avx2(const core_q8w *w, const uint8_t *Xq, int n, int g0, int g1, float *Y,
+                      int ldy)
+{
+    size_t rb = core__q8x_row_bytes(w->in);
+    for (int grp = g0; grp < g1; grp++) {
+        const uint8_t *wg = w->data + (size_t)grp * (size_t)w->nb * w->unit;
+        for (int i0 = 0; i0 < n; i0 += XR2) {
+            int R = n - i0 < XR2 ? n - i0 : XR2;
+            const uint8_t *xr[XR2];
+            float *yr[XR2];
+            for (int r = 0; r < R; r++) {
+                xr[r] = Xq + (size_t)(i0 + r) * rb;
+                yr[r] = Y + (size_t)(i0 + r) * (size_t)ldy + (size_t)grp * GROUP;
+            }
+            tiles2[R](w, wg, xr, yr);
+        }
+    }
+}
+
 int core__q8_matmul_part(const core_q8w *w, const uint8_t *Xq, int n, int o_begin, int o_end,
                          float *Y, int ldy)
 {
     if (!w || n < 0 || o_begin < 0 || o_end > w->out || o_begin > o_end || o_begin % GROUP ||
         o_end % GROUP || ldy < w->out)
         return -EINVAL;
-    if (use_vnni())
+    switch (core__q8_level()) {
+    case CORE_Q8_VNNI:
         part_vnni(w, Xq, n, o_begin / GROUP, o_end / GROUP, Y, ldy);
-    else
+        break;
+    case CORE_Q8_AVX2:
+        part_avx2(w, Xq, n, o_begin / GROUP, o_end / GROUP, Y, ldy);
+        break;
+    default:
         part_portable(w, Xq, n, o_begin / GROUP, o_end / GROUP, Y, ldy);
+    }
     return 0;
 }

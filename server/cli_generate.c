@@ -47,7 +47,7 @@ static void gen_usage(FILE *out)
             "  -n, --n-predict N       tokens to generate (default 128)\n"
             "  -c, --ctx N             context length (default: the model's, at most 4096)\n"
             "      --chat              render the prompt as one user turn with the chat template\n"
-            "      --int8              int8 activations (AVX-512 VNNI), as `serve --int8`\n"
+            "      --int8              int8 activations (AVX2/VNNI), as `serve --int8`\n"
             "      --kv-f16            f16 KV cache, as `serve --kv-f16`\n"
             "      --temperature T     0 = greedy (default 0.8)\n"
             "      --top-k K           keep the K most likely tokens (default 40; 0 = off)\n"

@@ -427,15 +427,15 @@ int main(int argc, char **argv)
         return 1;
     if (!only_lora && core__q8_available()) {
         int packed = core_model_set_int8(m, 1, err, sizeof err);
-        printf("\nint8 activations (serve --int8; %d weights repacked for AVX-512 VNNI):\n",
-               packed);
+        printf("\nint8 activations (serve --int8; %d weights repacked for the %s kernels):\n",
+               packed, core__q8_kernels());
         if (packed < 0)
             printf("bench: %s\n", err);
         else if (bench_forward(&b, " (int8)"))
             return 1;
         core_model_set_int8(m, 0, NULL, 0);
     } else if (!only_lora) {
-        printf("\nint8 activations: no AVX-512 VNNI on this CPU\n");
+        printf("\nint8 activations: neither AVX2 nor AVX-512 VNNI on this CPU\n");
     }
     bench_lora(&b);
     free(b.logits);

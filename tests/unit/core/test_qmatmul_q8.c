@@ -1,6 +1,6 @@
 /* Tests for core/qmatmul_q8.c (int8 activations): the quantizer's vector and scalar paths give
- * the same bytes; the VNNI kernels give the portable kernels' bits for every shape, row count and
- * thread split; each result lies within the error bound that rounding X to 8 bits allows, against
+ * the same bytes; the AVX2 and VNNI kernels (those this CPU runs) give the portable kernels' bits
+ * for every shape, row count and thread split; each result lies within the error bound that rounding X to 8 bits allows, against
  * dequantize-then-multiply in double. */
 #include <errno.h>
 #include <math.h>
@@ -75,13 +75,21 @@ TEST(q8_quantize_vector_gives_scalar_bytes)
     uint8_t *a = aligned_alloc(64, rb * (size_t)n), *b = aligned_alloc(64, rb * (size_t)n);
     memset(a, 0, rb * (size_t)n);
     memset(b, 0, rb * (size_t)n);
-    core__q8_force_portable(1);
+    CHECK_EQ_INT(core__q8_force(CORE_Q8_PORTABLE), 0);
     core__q8x_quantize(x, in, n, a);
-    core__q8_force_portable(0);
-    if (!core__q8_available())
-        printf("    no AVX-512 VNNI here: only the scalar quantizer runs\n");
-    core__q8x_quantize(x, in, n, b);
-    CHECK_MSG(memcmp(a, b, rb * (size_t)n) == 0, "vector and scalar quantizers differ");
+    int vectors = 0;
+    for (int level = CORE_Q8_AVX2; level <= CORE_Q8_VNNI; level++) {
+        if (core__q8_force(level))
+            continue;
+        memset(b, 0, rb * (size_t)n);
+        core__q8x_quantize(x, in, n, b);
+        CHECK_MSG(memcmp(a, b, rb * (size_t)n) == 0, "%s and scalar quantizers differ",
+                  core__q8_kernels());
+        vectors++;
+    }
+    core__q8_force(-1);
+    if (!vectors)
+        printf("    neither AVX2 nor AVX-512 VNNI here: only the scalar quantizer runs\n");
     /* each value within half a step of x; NaN/inf blocks have a NaN scale */
     int nb = in / 32;
     for (int r = 0; r < n; r++) {
@@ -111,7 +119,7 @@ typedef struct shape {
 
 static const shape shapes[] = {{32, 16}, {96, 48}, {576, 64}, {1536, 32}, {576, 208}};
 
-/* VNNI vs portable for one type and shape, every n in ns, whole and split over output groups;
+/* The CPU's kernels (AVX2, VNNI) vs portable for one type and shape, every n in ns, whole and split over output groups;
  * and each result within the bound of 8-bit activations against double. */
 static void check_shape(uint32_t type, int in, int out, int *compared, double *worst_ratio)
 {
@@ -132,17 +140,22 @@ static void check_shape(uint32_t type, int in, int out, int *compared, double *w
         core_dequant_row(type, w + (size_t)o * wrb, wf + (size_t)o * in, in);
     for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
         int n = ns[k];
-        core__q8_force_portable(1);
+        CHECK_EQ_INT(core__q8_force(CORE_Q8_PORTABLE), 0);
         CHECK_EQ_INT(core__q8_matmul_part(p, xq, n, 0, out, ya, out), 0);
-        core__q8_force_portable(0);
-        /* in two parts, as two threads would */
-        int mid = (out / 32) * 16;
-        CHECK_EQ_INT(core__q8_matmul_part(p, xq, n, 0, mid, yb, out), 0);
-        CHECK_EQ_INT(core__q8_matmul_part(p, xq, n, mid, out, yb, out), 0);
-        CHECK_MSG(memcmp(ya, yb, sizeof(float) * (size_t)out * n) == 0,
-                  "%s in %d out %d n %d: VNNI and portable results differ", core_type_name(type),
-                  in, out, n);
-        (*compared)++;
+        for (int level = CORE_Q8_AVX2; level <= CORE_Q8_VNNI; level++) {
+            if (core__q8_force(level))
+                continue;
+            /* in two parts, as two threads would */
+            int mid = (out / 32) * 16;
+            memset(yb, 0, sizeof(float) * (size_t)out * n);
+            CHECK_EQ_INT(core__q8_matmul_part(p, xq, n, 0, mid, yb, out), 0);
+            CHECK_EQ_INT(core__q8_matmul_part(p, xq, n, mid, out, yb, out), 0);
+            CHECK_MSG(memcmp(ya, yb, sizeof(float) * (size_t)out * n) == 0,
+                      "%s in %d out %d n %d: %s and portable results differ",
+                      core_type_name(type), in, out, n, core__q8_kernels());
+            (*compared)++;
+        }
+        core__q8_force(-1);
     }
     /* |Σ w (x - x̂)| <= Σ_blocks d_b / 2 · Σ|w| over the block, plus f32 rounding */
     const float *dq = NULL;
@@ -177,10 +190,10 @@ static void check_shape(uint32_t type, int in, int out, int *compared, double *w
     free(wf);
 }
 
-TEST(q8_matmul_vnni_gives_portable_bits_within_bound)
+TEST(q8_matmul_avx2_and_vnni_give_portable_bits_within_bound)
 {
     if (!core__q8_available())
-        printf("    no AVX-512 VNNI here: the portable kernels are compared with themselves\n");
+        printf("    neither AVX2 nor AVX-512 VNNI here: only the portable kernels run\n");
     int compared = 0;
     double worst = 0;
     const uint32_t types[] = {CORE_TYPE_Q4_1, CORE_TYPE_Q8_0};
@@ -189,8 +202,8 @@ TEST(q8_matmul_vnni_gives_portable_bits_within_bound)
             rng = 100 * (uint64_t)t + s;
             check_shape(types[t], shapes[s].in, shapes[s].out, &compared, &worst);
         }
-    printf("    %d products bit-identical VNNI vs portable; worst error %.2f of the 8-bit bound\n",
-           compared, worst);
+    printf("    %d products bit-identical to portable (%s); worst error %.2f of the 8-bit bound\n",
+           compared, core__q8_level() == CORE_Q8_VNNI ? "AVX2 and AVX-512 VNNI" : "AVX2", worst);
 }
 
 /* A row's results do not depend on the other rows (batch invariance). */
