@@ -216,6 +216,179 @@ AVX2 static void attend_avx2_f16(const float *q, const void *K, const void *V, i
     attend_avx2_t(q, K, V, 1, n_head, n_kv, hd, pos, sc, out);
 }
 
+/* ---- AVX2, grouped (hd a multiple of 8, at most 128) --------------------------------------- */
+
+#if defined(__clang__)
+#define UNROLL8 _Pragma("clang loop unroll(full)")
+#else
+#define UNROLL8 _Pragma("GCC unroll 16")
+#endif
+
+/* The 8 lane sums of a[0..7], as one vector (lane j = sum of a[j]). */
+AVX2_INLINE __m256 hsum8x8(const __m256 *a)
+{
+    __m256 c0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    __m256 c1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+    /* c0's 128-bit halves: the low-half and high-half sums of a[0..3]; c1 of a[4..7] */
+    return _mm256_add_ps(_mm256_permute2f128_ps(c0, c1, 0x20), _mm256_permute2f128_ps(c0, c1, 0x31));
+}
+
+/* All ones in the first n of 8 lanes (n <= 8). */
+AVX2_INLINE __m256i first8(int n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* Scores of the (scaled) query qs against keys t0..t0+nk-1 (nk <= 8; lanes past nk are garbage):
+ * NZ 8-float chunks per key, the query chunk shared by the eight keys' chains. */
+AVX2_INLINE __m256 score8(const float *qs, int NZ, const void *K, int f16, int kv_dim, int t0,
+                          int nk)
+{
+    __m256 acc[8];
+    size_t kt[8];
+    UNROLL8
+    for (int j = 0; j < 8; j++) {
+        kt[j] = (size_t)(j < nk ? t0 + j : t0) * kv_dim;
+        acc[j] = _mm256_mul_ps(_mm256_loadu_ps(qs), load8(K, kt[j], f16));
+    }
+    UNROLL8
+    for (int v = 1; v < NZ; v++) {
+        __m256 qv = _mm256_loadu_ps(qs + 8 * v);
+        UNROLL8
+        for (int j = 0; j < 8; j++)
+            acc[j] = _mm256_fmadd_ps(qv, load8(K, kt[j] + 8 * v, f16), acc[j]);
+    }
+    return hsum8x8(acc);
+}
+
+/* attend_group16's plan on 8 lanes: the G (<= 8) query heads sharing one KV head score, then
+ * weigh, each 64-key tile while it is in L1. sc holds G rows of pos + 1 scores. */
+#define TILE8 64
+AVX2_INLINE void attend_group8(const float *qg, const void *K, const void *V, int f16, int kv_dim,
+                               int NZ, int G, int pos, float scale, float *sc, float *og)
+{
+    int T = pos + 1, hd = 8 * NZ;
+    float mx[8], inv[8], qs[8 * 128];
+    for (int h = 0; h < G; h++) {
+        mx[h] = -INFINITY;
+        for (int i = 0; i < hd; i++)
+            qs[h * hd + i] = qg[h * hd + i] * scale;
+    }
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    for (int t0 = 0; t0 < T; t0 += TILE8) {
+        int t1 = t0 + TILE8 < T ? t0 + TILE8 : T;
+        for (int h = 0; h < G; h++) {
+            __m256 mxv = _mm256_set1_ps(mx[h]);
+            for (int b = t0; b < t1; b += 8) {
+                int nk = t1 - b < 8 ? t1 - b : 8;
+                __m256 s = score8(qs + h * hd, NZ, K, f16, kv_dim, b, nk);
+                if (nk == 8) {
+                    _mm256_storeu_ps(sc + (size_t)h * T + b, s);
+                } else {
+                    __m256i m = first8(nk);
+                    _mm256_maskstore_ps(sc + (size_t)h * T + b, m, s);
+                    s = _mm256_blendv_ps(ninf, s, _mm256_castsi256_ps(m));
+                }
+                mxv = _mm256_max_ps(mxv, s);
+            }
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mxv), _mm256_extractf128_ps(mxv, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            mx[h] = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        }
+    }
+    for (int h = 0; h < G; h++) {
+        float *sh = sc + (size_t)h * T;
+        __m256 mxh = _mm256_set1_ps(mx[h]), sumv = _mm256_setzero_ps();
+        int t = 0;
+        for (; t + 8 <= T; t += 8) {
+            __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(sh + t), mxh));
+            _mm256_storeu_ps(sh + t, e);
+            sumv = _mm256_add_ps(sumv, e);
+        }
+        if (t < T) {
+            __m256i m = first8(T - t);
+            __m256 e = exp8(_mm256_sub_ps(_mm256_maskload_ps(sh + t, m), mxh));
+            e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
+            _mm256_maskstore_ps(sh + t, m, e);
+            sumv = _mm256_add_ps(sumv, e);
+        }
+        inv[h] = 1.0f / hsum8(sumv);
+        memset(og + h * hd, 0, sizeof(float) * (size_t)hd);
+    }
+    for (int t0 = 0; t0 < T; t0 += TILE8) {
+        int t1 = t0 + TILE8 < T ? t0 + TILE8 : T;
+        for (int h = 0; h < G; h++) {
+            const float *sh = sc + (size_t)h * T;
+            float *oh = og + h * hd;
+            /* eight chunks (64 floats) of the head at a time: eight accumulators in registers */
+            UNROLL8
+            for (int v0 = 0; v0 < NZ; v0 += 8) {
+                __m256 a[8];
+                UNROLL8
+                for (int v = 0; v < 8; v++)
+                    if (v0 + v < NZ)
+                        a[v] = _mm256_loadu_ps(oh + 8 * (v0 + v));
+                for (int t = t0; t < t1; t++) {
+                    size_t vt = (size_t)t * kv_dim + 8 * (size_t)v0;
+                    __m256 p = _mm256_set1_ps(sh[t] * inv[h]);
+                    UNROLL8
+                    for (int v = 0; v < 8; v++)
+                        if (v0 + v < NZ)
+                            a[v] = _mm256_fmadd_ps(p, load8(V, vt + 8 * v, f16), a[v]);
+                }
+                UNROLL8
+                for (int v = 0; v < 8; v++)
+                    if (v0 + v < NZ)
+                        _mm256_storeu_ps(oh + 8 * (v0 + v), a[v]);
+            }
+        }
+    }
+}
+
+/* Heads one KV group at a time (attend_group8), at most 8 heads of a group together. */
+#define ATTEND8(NZ, F16)                                                                           \
+    AVX2 static void attend8_##NZ##_##F16(const float *q, const void *K, const void *V,            \
+                                          int n_head, int n_kv, int pos, float *sc, float *out)    \
+    {                                                                                              \
+        int hd = 8 * (NZ), kv_dim = n_kv * hd, group = n_head / n_kv;                              \
+        float scale = 1.0f / sqrtf((float)hd);                                                     \
+        size_t es = (F16) ? 2 : 4;                                                                 \
+        for (int h = 0; h < n_head;) {                                                             \
+            int g = h / group, G = (g + 1) * group - h < 8 ? (g + 1) * group - h : 8;              \
+            size_t off = (size_t)g * hd * es;                                                      \
+            attend_group8(q + h * hd, (const char *)K + off, (const char *)V + off, F16, kv_dim,   \
+                          NZ, G, pos, scale, sc, out + h * hd);                                    \
+            h += G;                                                                                \
+        }                                                                                          \
+    }
+#define ATTEND8_BOTH(NZ) ATTEND8(NZ, 0) ATTEND8(NZ, 1)
+ATTEND8_BOTH(1)
+ATTEND8_BOTH(2)
+ATTEND8_BOTH(3)
+ATTEND8_BOTH(4)
+ATTEND8_BOTH(5)
+ATTEND8_BOTH(6)
+ATTEND8_BOTH(7)
+ATTEND8_BOTH(8)
+ATTEND8_BOTH(9)
+ATTEND8_BOTH(10)
+ATTEND8_BOTH(11)
+ATTEND8_BOTH(12)
+ATTEND8_BOTH(13)
+ATTEND8_BOTH(14)
+ATTEND8_BOTH(15)
+ATTEND8_BOTH(16)
+
+typedef void (*attend_fn)(const float *, const void *, const void *, int, int, int, float *,
+                          float *);
+static const attend_fn attend8[2][17] = {
+    {NULL, attend8_1_0, attend8_2_0, attend8_3_0, attend8_4_0, attend8_5_0, attend8_6_0,
+     attend8_7_0, attend8_8_0, attend8_9_0, attend8_10_0, attend8_11_0, attend8_12_0, attend8_13_0,
+     attend8_14_0, attend8_15_0, attend8_16_0},
+    {NULL, attend8_1_1, attend8_2_1, attend8_3_1, attend8_4_1, attend8_5_1, attend8_6_1,
+     attend8_7_1, attend8_8_1, attend8_9_1, attend8_10_1, attend8_11_1, attend8_12_1, attend8_13_1,
+     attend8_14_1, attend8_15_1, attend8_16_1}};
+
 #if defined(__clang__)
 #define UNROLL16 _Pragma("clang loop unroll(full)")
 #else
@@ -412,9 +585,7 @@ ATTEND16_BOTH(6)
 ATTEND16_BOTH(7)
 ATTEND16_BOTH(8)
 
-typedef void (*attend16_fn)(const float *, const void *, const void *, int, int, int, float *,
-                            float *);
-static const attend16_fn attend16[2][9] = {
+static const attend_fn attend16[2][9] = {
     {NULL, attend16_1_0, attend16_2_0, attend16_3_0, attend16_4_0, attend16_5_0, attend16_6_0,
      attend16_7_0, attend16_8_0},
     {NULL, attend16_1_1, attend16_2_1, attend16_3_1, attend16_4_1, attend16_5_1, attend16_6_1,
@@ -467,6 +638,8 @@ void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, 
     int f16 = kv_f16 != 0;
     if (use_avx512() && hd % 16 == 0 && hd <= 128)
         attend16[f16][hd / 16](q, K, V, n_head, n_kv, pos, scores, out);
+    else if (use_avx2() && hd % 8 == 0 && hd <= 128)
+        attend8[f16][hd / 8](q, K, V, n_head, n_kv, pos, scores, out);
     else if (use_avx2() && hd % 8 == 0 && hd <= 256)
         (f16 ? attend_avx2_f16 : attend_avx2_f32)(q, K, V, n_head, n_kv, hd, pos, scores, out);
     else
