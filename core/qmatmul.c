@@ -259,15 +259,16 @@ AVX2_INLINE static __m128 hsum4(__m256 s0, __m256 s1, __m256 s2, __m256 s3)
 
 /* Y = X · Wᵀ for NX rows of X straight from the blocks, NW weight rows at a time: every block
  * is rebuilt once, in registers, and used for all NX rows, each (weight row, X row) pair its own
- * chain, NW * NX = 8 chains in flight or, for one row of X, four. x[j] is row j of X; the
- * caller repeats the last row to fill NX and ignores those sums. Y[j * ldy + o] for j < nx. */
+ * chain, NW * NX = 8 chains in flight (an FMA's latency times the two FMA pipes). x[j] is row j
+ * of X; the caller repeats the last row to fill NX and ignores those sums. Y[j * ldy + o] for
+ * j < nx. */
 AVX2_INLINE static void fused(void (*block)(const uint8_t *, __m256 *), size_t bytes,
                               const uint8_t *W, size_t row_bytes, int nb, int out,
                               const float *const *x, int nx, float *Y, int ldy, const int NW,
                               const int NX)
 {
     for (int o = 0; o < out; o += NW) {
-        const uint8_t *b[4]; /* rows past the end repeat the last row; their sums are dropped */
+        const uint8_t *b[8]; /* rows past the end repeat the last row; their sums are dropped */
         UNROLL
         for (int r = 0; r < NW; r++)
             b[r] = W + (size_t)(o + r < out ? o + r : out - 1) * row_bytes;
@@ -295,9 +296,14 @@ AVX2_INLINE static void fused(void (*block)(const uint8_t *, __m256 *), size_t b
         }
         int nr = out - o < NW ? out - o : NW;
         float t[4];
-        if (NX == 1) { /* lanes: the NW weight rows */
-            _mm_storeu_ps(t, hsum4(acc[0], acc[1 % NW], acc[2 % NW], acc[3 % NW]));
-            memcpy(Y + o, t, (size_t)nr * sizeof(float));
+        if (NX == 1) { /* lanes: four of the NW weight rows */
+            UNROLL
+            for (int r0 = 0; r0 < NW; r0 += 4) {
+                _mm_storeu_ps(t, hsum4(acc[r0], acc[(r0 + 1) % NW], acc[(r0 + 2) % NW],
+                                       acc[(r0 + 3) % NW]));
+                if (nr > r0)
+                    memcpy(Y + o + r0, t, (size_t)(nr - r0 < 4 ? nr - r0 : 4) * sizeof(float));
+            }
             continue;
         }
         UNROLL
@@ -314,8 +320,8 @@ AVX2_INLINE static void fused(void (*block)(const uint8_t *, __m256 *), size_t b
 }
 
 /* For each legacy type: dq_<type> rebuilds nb blocks into y, and gemv_<type> runs fused() with
- * the tile for n rows of X (n <= 8): four weight rows for one or two rows of X, two for three or
- * four, one for five to eight. */
+ * the tile for n rows of X (n <= 8): eight weight rows for one row of X, four for two, two for
+ * three or four, one for five to eight. */
 #define LEGACY_KERNELS(type, bytes)                                                                \
     AVX2 static void dq_##type(const uint8_t *b, float *y, int nb)                                 \
     {                                                                                              \
@@ -332,7 +338,7 @@ AVX2_INLINE static void fused(void (*block)(const uint8_t *, __m256 *), size_t b
                                  const float *const *x, int n, float *Y, int ldy)                  \
     {                                                                                              \
         if (n == 1)                                                                                \
-            fused(block_##type, (bytes), W, row_bytes, nb, out, x, n, Y, ldy, 4, 1);               \
+            fused(block_##type, (bytes), W, row_bytes, nb, out, x, n, Y, ldy, 8, 1);               \
         else if (n == 2)                                                                           \
             fused(block_##type, (bytes), W, row_bytes, nb, out, x, n, Y, ldy, 4, 2);               \
         else if (n <= 4)                                                                           \
