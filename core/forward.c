@@ -380,7 +380,7 @@ const char *core_matmul_kernels(char *buf, size_t len)
 static void matmul(const float *W, const void *Wq, uint32_t qtype, int in, int out, const float *X,
                    int n, float *Y)
 {
-    if (Wq && n <= qmatmul_rows() && core__qmatmul_supports(qtype)) {
+    if (Wq && (n <= qmatmul_rows() || !W) && core__qmatmul_supports(qtype)) {
         qmm_job j = {.Wq = Wq, .qtype = qtype, .in = in, .out = out, .n = n, .X = X, .Y = Y};
         core__pool_run(split_outputs(out, &j.per), qmm_task, &j);
         if (!atomic_load_explicit(&j.failed, memory_order_relaxed))

@@ -231,18 +231,37 @@ static const void *quantized(const core_gguf *g, const char *name, uint32_t *typ
     return t && core__qmatmul_supports(t->type) ? t->data : NULL;
 }
 
-int core_model_set_int8(core_model *m, int on, char *err, size_t errlen)
+static void free_q8(core_model *m)
 {
-    const core_config *c = &m->cfg;
-    for (int l = 0; l < c->n_layer; l++)
+    for (int l = 0; l < m->cfg.n_layer; l++)
         for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
             core__q8w_free(m->layers[l].q8[mod]);
             m->layers[l].q8[mod] = NULL;
         }
     core__q8w_free(m->output_q8);
     m->output_q8 = NULL;
-    if (!on)
+}
+
+static int fill_slab(core_model *m, core_slab_mode mode, char *err, size_t errlen);
+
+int core_model_set_int8(core_model *m, int on, char *err, size_t errlen)
+{
+    const core_config *c = &m->cfg;
+    if (!on) {
+        /* the f32 copies the int8 slab left out come back first: nothing changes on failure */
+        if (m->slab_mode == CORE_SLAB_INT8 && fill_slab(m, CORE_SLAB_LAZY, err, errlen))
+            return -ENOMEM;
+        free_q8(m);
         return 0;
+    }
+    if (m->slab_mode == CORE_SLAB_INT8) { /* on already, without the f32 copies to go back to */
+        int packed = m->output_q8 != NULL;
+        for (int l = 0; l < c->n_layer; l++)
+            for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
+                packed += m->layers[l].q8[mod] != NULL;
+        return packed;
+    }
+    free_q8(m);
     if (!core__q8_available()) {
         core__seterr(err, errlen,
                      "int8 activations need AVX2 with FMA and F16C, or AVX-512 VNNI; this CPU "
@@ -266,9 +285,14 @@ int core_model_set_int8(core_model *m, int on, char *err, size_t errlen)
             goto oom;
         packed++;
     }
+    /* The packed matrices' f32 copies are no longer read (AVX2 CPUs kept them for steps above
+     * CORE_QMATMUL_ROWS rows): 538 MB for the default model. Kept if the smaller slab cannot be
+     * allocated, which changes nothing but memory. */
+    if (m->slab_mode == CORE_SLAB_LAZY)
+        fill_slab(m, CORE_SLAB_INT8, NULL, 0);
     return packed;
 oom:
-    core_model_set_int8(m, 0, NULL, 0);
+    free_q8(m);
     core__seterr(err, errlen, "out of memory repacking the weights for int8");
     return -ENOMEM;
 }
@@ -283,7 +307,7 @@ void core_model_free(core_model *m)
     if (!m)
         return;
     if (m->layers)
-        core_model_set_int8(m, 0, NULL, 0);
+        free_q8(m);
     free(m->slab);
     free(m->layers);
     core_gguf_close(m->gguf);
@@ -291,11 +315,16 @@ void core_model_free(core_model *m)
 }
 
 /* 1 when core_forward never needs this tensor as f32: core__qmatmul reads its type at every
- * batch size (AVX-512 kernels; ADAPTREE_QMATMUL_ROWS or AVX2 put a limit on that). */
-static bool stays_quantized(const core_gguf *g, const char *name, bool all)
+ * batch size (AVX-512 kernels; ADAPTREE_QMATMUL_ROWS or AVX2 put a limit on that), or (CORE_SLAB_INT8)
+ * core_model_set_int8 repacked it, as it does every such matrix the int8 kernels take. */
+static bool stays_quantized(const core_gguf *g, const char *name, int cols, int rows,
+                            core_slab_mode mode)
 {
     const core_gguf_tensor *t = core_gguf_find_tensor(g, name);
-    return !all && t && core__qmatmul_supports(t->type) && core__qmatmul_max_rows() == INT_MAX;
+    if (mode == CORE_SLAB_ALL || !t || !core__qmatmul_supports(t->type))
+        return false;
+    return core__qmatmul_max_rows() == INT_MAX ||
+           (mode == CORE_SLAB_INT8 && core__q8w_supports(t->type, cols, rows));
 }
 
 /* Checks a tensor that stays quantized as load_tensor would (shape, type, every value finite),
@@ -331,28 +360,29 @@ static void matrix_name(char *buf, size_t len, int layer, int mod)
 }
 
 /* Floats of the slab: the norms, and every matrix that does not stay quantized. */
-static size_t slab_floats(const core_model *m, bool all)
+static size_t slab_floats(const core_model *m, core_slab_mode mode)
 {
     const core_config *c = &m->cfg;
     size_t n = (size_t)(2 * c->n_layer + 1) * c->n_embd, emb = (size_t)c->n_vocab * c->n_embd;
     char name[96];
-    n += stays_quantized(m->gguf, "token_embd.weight", all) ? 0 : emb;
+    n += stays_quantized(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, mode) ? 0 : emb;
     if (!c->tied_output)
-        n += stays_quantized(m->gguf, "output.weight", all) ? 0 : emb;
+        n += stays_quantized(m->gguf, "output.weight", c->n_embd, c->n_vocab, mode) ? 0 : emb;
     for (int l = 0; l < c->n_layer; l++)
         for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            int in = core_module_in(c, mod), out = core_module_out(c, mod);
             matrix_name(name, sizeof name, l, mod);
-            if (!stays_quantized(m->gguf, name, all))
-                n += (size_t)core_module_in(c, mod) * core_module_out(c, mod);
+            if (!stays_quantized(m->gguf, name, in, out, mode))
+                n += (size_t)in * out;
         }
     return n;
 }
 
 /* One matrix: into the slab at *p (advanced) as f32, or checked and left quantized (*dst NULL). */
-static int load_matrix(const core_gguf *g, const char *name, int cols, int rows, bool all,
+static int load_matrix(const core_gguf *g, const char *name, int cols, int rows, core_slab_mode mode,
                        float **p, float **dst, float *scratch, char *err, size_t errlen)
 {
-    if (stays_quantized(g, name, all)) {
+    if (stays_quantized(g, name, cols, rows, mode)) {
         *dst = NULL;
         return check_tensor(g, name, cols, rows, scratch, err, errlen);
     }
@@ -370,9 +400,9 @@ static int load_norm(const core_gguf *g, const char *name, int n, float **p, flo
     return load_tensor(g, name, n, 0, *dst, err, errlen);
 }
 
-/* Fills m's weight pointers from the slab p (slab_floats(m, all) floats): the norms always as
- * f32, the matrices as f32 unless they stay quantized (all = false). */
-static int load_weights(core_model *m, bool all, float *p, char *err, size_t errlen)
+/* Fills m's weight pointers from the slab p (slab_floats(m, mode) floats): the norms always as
+ * f32, the matrices as f32 unless they stay quantized (see stays_quantized). */
+static int load_weights(core_model *m, core_slab_mode mode, float *p, char *err, size_t errlen)
 {
     const core_config *c = &m->cfg;
     float *scratch = malloc(sizeof(float) * (size_t)(c->n_embd > c->n_ff ? c->n_embd : c->n_ff));
@@ -380,14 +410,14 @@ static int load_weights(core_model *m, bool all, float *p, char *err, size_t err
         core__seterr(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    int rc = load_matrix(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, all, &p, &m->tok_embd,
+    int rc = load_matrix(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, mode, &p, &m->tok_embd,
                          scratch, err, errlen);
     m->tok_embd_q = quantized(m->gguf, "token_embd.weight", &m->tok_embd_qtype);
     m->output = m->tok_embd;
     m->output_q = m->tok_embd_q;
     m->output_qtype = m->tok_embd_qtype;
     if (!rc && !c->tied_output) {
-        rc = load_matrix(m->gguf, "output.weight", c->n_embd, c->n_vocab, all, &p, &m->output,
+        rc = load_matrix(m->gguf, "output.weight", c->n_embd, c->n_vocab, mode, &p, &m->output,
                          scratch, err, errlen);
         m->output_q = quantized(m->gguf, "output.weight", &m->output_qtype);
     }
@@ -404,7 +434,7 @@ static int load_weights(core_model *m, bool all, float *p, char *err, size_t err
         for (int mod = 0; !rc && mod < CORE_MOD_COUNT; mod++) {
             int in = core_module_in(c, mod), out = core_module_out(c, mod);
             matrix_name(name, sizeof name, l, mod);
-            rc = load_matrix(m->gguf, name, in, out, all, &p, &L->w[mod], scratch, err, errlen);
+            rc = load_matrix(m->gguf, name, in, out, mode, &p, &L->w[mod], scratch, err, errlen);
             L->q[mod] = quantized(m->gguf, name, &L->qtype[mod]);
         }
     }
@@ -414,9 +444,9 @@ static int load_weights(core_model *m, bool all, float *p, char *err, size_t err
 
 /* A new slab for load_weights. The weights are loaded into a copy of m (and of its layers), which
  * replaces m's only when everything loaded: on failure m is left as it was. */
-static int fill_slab(core_model *m, bool all, char *err, size_t errlen)
+static int fill_slab(core_model *m, core_slab_mode mode, char *err, size_t errlen)
 {
-    size_t floats = slab_floats(m, all);
+    size_t floats = slab_floats(m, mode);
     float *slab = malloc(floats * sizeof(float)); /* the norms: never 0 */
     core_layer *layers = malloc((size_t)m->cfg.n_layer * sizeof *layers);
     if (!slab || !layers) {
@@ -429,7 +459,7 @@ static int fill_slab(core_model *m, bool all, char *err, size_t errlen)
     memcpy(layers, m->layers, (size_t)m->cfg.n_layer * sizeof *layers);
     core_model next = *m;
     next.layers = layers;
-    int rc = load_weights(&next, all, slab, err, errlen);
+    int rc = load_weights(&next, mode, slab, err, errlen);
     if (rc) {
         free(slab);
         free(layers);
@@ -441,6 +471,7 @@ static int fill_slab(core_model *m, bool all, char *err, size_t errlen)
     next.layers = m->layers;
     next.slab = slab;
     next.slab_floats = floats;
+    next.slab_mode = mode;
     next.all_f32 = next.tok_embd && next.output;
     for (int l = 0; l < next.cfg.n_layer; l++)
         for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
@@ -451,7 +482,7 @@ static int fill_slab(core_model *m, bool all, char *err, size_t errlen)
 
 int core_model_dequantize(core_model *m, char *err, size_t errlen)
 {
-    return m->all_f32 ? 0 : fill_slab(m, true, err, errlen);
+    return m->all_f32 ? 0 : fill_slab(m, CORE_SLAB_ALL, err, errlen);
 }
 
 core_model *core_model_load(const char *path, char *err, size_t errlen)
@@ -472,7 +503,7 @@ core_model *core_model_load(const char *path, char *err, size_t errlen)
         core__seterr(err, errlen, "out of memory");
         goto fail;
     }
-    if (fill_slab(m, false, err, errlen))
+    if (fill_slab(m, CORE_SLAB_LAZY, err, errlen))
         goto fail;
     return m;
 fail:

@@ -66,15 +66,22 @@ typedef struct core_layer {
     float *ffn_norm; /* (n_embd) */
 } core_layer;
 
+/* What the slab holds besides the norms: the matrices core_forward may read as f32 (LAZY, after
+ * load), every matrix (ALL, after core_model_dequantize), or those minus the ones repacked for the
+ * int8 kernels (INT8, after core_model_set_int8). */
+typedef enum { CORE_SLAB_LAZY, CORE_SLAB_ALL, CORE_SLAB_INT8 } core_slab_mode;
+
 typedef struct core_model {
     core_config cfg;
     core_gguf *gguf; /* owned; kept open for the tokenizer, inspect and merge */
     /* The f32 weights, one allocation: the norms always, and every matrix that core_forward may
      * need in f32. A matrix that core__qmatmul reads at every batch size (the AVX-512 kernels and
      * a type they take) stays in the mapping only: its w[mod] / tok_embd / output is NULL until
-     * core_model_dequantize. That saves 540 MB for the default model. */
+     * core_model_dequantize. That saves 540 MB for the default model. With int8 on, the matrices
+     * repacked for it are left out as well, whatever the CPU (CORE_SLAB_INT8). */
     float *slab;
     size_t slab_floats;
+    core_slab_mode slab_mode;
     bool all_f32;    /* every matrix is in the slab */
     float *tok_embd; /* (n_vocab, n_embd), or NULL (see slab) */
     float *output;   /* (n_vocab, n_embd); == tok_embd when tied; or NULL */

@@ -225,6 +225,67 @@ TEST(model_lazy_f32_weights)
     core_model_free(m);
 }
 
+/* One step of rows tokens of one sequence (rows <= 64), all logits. */
+static void forward_rows(core_model *m, float *logits, int rows)
+{
+    char err[256];
+    int32_t tok[64], pos[64], slot[64] = {0};
+    for (int i = 0; i < rows; i++) {
+        tok[i] = (int32_t)((1 + 4093 * i) % m->cfg.n_vocab);
+        pos[i] = i;
+    }
+    core_batch b = {.n_rows = rows, .tokens = tok, .pos = pos, .slot = slot};
+    core_ctx *ctx = core_ctx_new(m);
+    core_kv *kv = core_kv_new(&m->cfg, 1, 64, err, sizeof err);
+    CHECK_MSG(core_forward(ctx, kv, &b, NULL, logits, err, sizeof err) == 0, "%s", err);
+    core_kv_free(kv);
+    core_ctx_free(ctx);
+}
+
+/* With int8 on, the f32 copies of the repacked matrices are dropped, whatever the CPU (AVX2 CPUs
+ * kept them for large steps); int8 logits keep their bits, also for a step of more rows than
+ * core__qmatmul_max_rows(); turning int8 off brings the f32 copies back and the f32 logits with
+ * them, bit for bit. */
+TEST(model_int8_drops_f32_copies)
+{
+    TEST_NEED_MODEL();
+    char err[256];
+    core_model *m = core_model_load(test_model_path(), err, sizeof err);
+    CHECK_MSG(m != NULL, "%s", err);
+    if (!core_int8_kernels()) {
+        printf("    no int8 kernels on this CPU: nothing to drop\n");
+        core_model_free(m);
+        return;
+    }
+    const core_config *c = &m->cfg;
+    size_t norms = (size_t)(2 * c->n_layer + 1) * c->n_embd, nl = (size_t)c->n_vocab;
+    enum { ROWS = 56 }; /* one step above CORE_QMATMUL_ROWS: AVX2's sgemm path in f32 */
+    float *f32a = malloc(sizeof(float) * nl * ROWS), *f32b = malloc(sizeof(float) * nl * ROWS);
+    float *q8a = malloc(sizeof(float) * nl * ROWS), *q8b = malloc(sizeof(float) * nl * ROWS);
+    forward_rows(m, f32a, ROWS);
+    size_t lazy = m->slab_floats;
+    CHECK(core_model_set_int8(m, 1, err, sizeof err) > 0);
+    printf("    f32 slab: %.1f MB after load, %.1f MB with int8 on\n", lazy * 4.0 / 1e6,
+           m->slab_floats * 4.0 / 1e6);
+    CHECK_EQ_INT((long long)m->slab_floats, (long long)norms);
+    CHECK(m->tok_embd == NULL && m->output == NULL && m->layers[5].w[CORE_MOD_DOWN] == NULL);
+    forward_rows(m, q8a, ROWS);
+    CHECK(core_model_set_int8(m, 1, err, sizeof err) > 0); /* again: a no-op */
+    forward_rows(m, q8b, ROWS);
+    CHECK_MSG(memcmp(q8a, q8b, sizeof(float) * nl * ROWS) == 0, "int8 logits changed");
+    CHECK(memcmp(q8a, f32a, sizeof(float) * nl * ROWS) != 0);
+    CHECK_EQ_INT(core_model_set_int8(m, 0, err, sizeof err), 0);
+    CHECK_EQ_INT((long long)m->slab_floats, (long long)lazy);
+    forward_rows(m, f32b, ROWS);
+    CHECK_MSG(memcmp(f32a, f32b, sizeof(float) * nl * ROWS) == 0,
+              "f32 logits changed after int8 on and off");
+    free(f32a);
+    free(f32b);
+    free(q8a);
+    free(q8b);
+    core_model_free(m);
+}
+
 /* A weight that dequantizes to NaN is refused at load, also in a matrix that stays quantized. */
 TEST(model_rejects_non_finite_weights)
 {
