@@ -505,21 +505,22 @@ typedef void (*tile_fn)(const core_q8w *, const uint8_t *, const uint8_t *const 
 static const tile_fn tiles[XR + 1] = {NULL,   tile_1, tile_2, tile_3, tile_4,
                                       tile_5, tile_6, tile_7, tile_8};
 
-static void part_vnni(const core_q8w *w, const uint8_t *Xq, int n, int g0, int g1, float *Y,
-                      int ldy)
+/* Groups g0..g1-1 of W against all n rows of Xq, xr rows at a time through tiles[1..xr]. */
+static void part_tiled(const core_q8w *w, const uint8_t *Xq, int n, int g0, int g1, float *Y,
+                       int ldy, int xr, const tile_fn *tl)
 {
     size_t rb = core__q8x_row_bytes(w->in);
     for (int grp = g0; grp < g1; grp++) {
         const uint8_t *wg = w->data + (size_t)grp * (size_t)w->nb * w->unit;
-        for (int i0 = 0; i0 < n; i0 += XR) {
-            int R = n - i0 < XR ? n - i0 : XR;
-            const uint8_t *xr[XR];
+        for (int i0 = 0; i0 < n; i0 += xr) {
+            int R = n - i0 < xr ? n - i0 : xr;
+            const uint8_t *xrow[XR];
             float *yr[XR];
             for (int r = 0; r < R; r++) {
-                xr[r] = Xq + (size_t)(i0 + r) * rb;
+                xrow[r] = Xq + (size_t)(i0 + r) * rb;
                 yr[r] = Y + (size_t)(i0 + r) * (size_t)ldy + (size_t)grp * GROUP;
             }
-            tiles[R](w, wg, xr, yr);
+            tl[R](w, wg, xrow, yr);
         }
     }
 }
@@ -651,25 +652,6 @@ TILE2_FN(4)
 
 static const tile_fn tiles2[XR2 + 1] = {NULL, tile2_1, tile2_2, tile2_3, tile2_4};
 
-static void part_avx2(const core_q8w *w, const uint8_t *Xq, int n, int g0, int g1, float *Y,
-                      int ldy)
-{
-    size_t rb = core__q8x_row_bytes(w->in);
-    for (int grp = g0; grp < g1; grp++) {
-        const uint8_t *wg = w->data + (size_t)grp * (size_t)w->nb * w->unit;
-        for (int i0 = 0; i0 < n; i0 += XR2) {
-            int R = n - i0 < XR2 ? n - i0 : XR2;
-            const uint8_t *xr[XR2];
-            float *yr[XR2];
-            for (int r = 0; r < R; r++) {
-                xr[r] = Xq + (size_t)(i0 + r) * rb;
-                yr[r] = Y + (size_t)(i0 + r) * (size_t)ldy + (size_t)grp * GROUP;
-            }
-            tiles2[R](w, wg, xr, yr);
-        }
-    }
-}
-
 int core__q8_matmul_part(const core_q8w *w, const uint8_t *Xq, int n, int o_begin, int o_end,
                          float *Y, int ldy)
 {
@@ -678,10 +660,10 @@ int core__q8_matmul_part(const core_q8w *w, const uint8_t *Xq, int n, int o_begi
         return -EINVAL;
     switch (core__q8_level()) {
     case CORE_Q8_VNNI:
-        part_vnni(w, Xq, n, o_begin / GROUP, o_end / GROUP, Y, ldy);
+        part_tiled(w, Xq, n, o_begin / GROUP, o_end / GROUP, Y, ldy, XR, tiles);
         break;
     case CORE_Q8_AVX2:
-        part_avx2(w, Xq, n, o_begin / GROUP, o_end / GROUP, Y, ldy);
+        part_tiled(w, Xq, n, o_begin / GROUP, o_end / GROUP, Y, ldy, XR2, tiles2);
         break;
     default:
         part_portable(w, Xq, n, o_begin / GROUP, o_end / GROUP, Y, ldy);

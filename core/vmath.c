@@ -345,22 +345,24 @@ AVX2_INLINE void attend_group8(const float *qg, const void *K, const void *V, in
     }
 }
 
-/* Heads one KV group at a time (attend_group8), at most 8 heads of a group together. */
-#define ATTEND8(NZ, F16)                                                                           \
-    AVX2 static void attend8_##NZ##_##F16(const float *q, const void *K, const void *V,            \
-                                          int n_head, int n_kv, int pos, float *sc, float *out)    \
+/* Heads one KV group at a time (GROUP_FN: attend_group8 or attend_group16), at most 8 heads of a
+ * group together; hd = LANES * NZ. */
+#define ATTEND_GROUPED(NAME, TARGET, LANES, GROUP_FN, NZ, F16)                                     \
+    TARGET static void NAME(const float *q, const void *K, const void *V, int n_head, int n_kv,    \
+                            int pos, float *sc, float *out)                                        \
     {                                                                                              \
-        int hd = 8 * (NZ), kv_dim = n_kv * hd, group = n_head / n_kv;                              \
+        int hd = (LANES) * (NZ), kv_dim = n_kv * hd, group = n_head / n_kv;                        \
         float scale = 1.0f / sqrtf((float)hd);                                                     \
         size_t es = (F16) ? 2 : 4;                                                                 \
         for (int h = 0; h < n_head;) {                                                             \
             int g = h / group, G = (g + 1) * group - h < 8 ? (g + 1) * group - h : 8;              \
             size_t off = (size_t)g * hd * es;                                                      \
-            attend_group8(q + h * hd, (const char *)K + off, (const char *)V + off, F16, kv_dim,   \
-                          NZ, G, pos, scale, sc, out + h * hd);                                    \
+            GROUP_FN(q + h * hd, (const char *)K + off, (const char *)V + off, F16, kv_dim, NZ, G, \
+                     pos, scale, sc, out + h * hd);                                                \
             h += G;                                                                                \
         }                                                                                          \
     }
+#define ATTEND8(NZ, F16) ATTEND_GROUPED(attend8_##NZ##_##F16, AVX2, 8, attend_group8, NZ, F16)
 #define ATTEND8_BOTH(NZ) ATTEND8(NZ, 0) ATTEND8(NZ, 1)
 ATTEND8_BOTH(1)
 ATTEND8_BOTH(2)
@@ -559,22 +561,8 @@ AVX512_INLINE void attend_group16(const float *qg, const void *K, const void *V,
     }
 }
 
-/* Heads one KV group at a time (attend_group16), at most 8 heads of a group together. */
 #define ATTEND16(NZ, F16)                                                                          \
-    AVX512 static void attend16_##NZ##_##F16(const float *q, const void *K, const void *V,         \
-                                             int n_head, int n_kv, int pos, float *sc, float *out) \
-    {                                                                                              \
-        int hd = 16 * (NZ), kv_dim = n_kv * hd, group = n_head / n_kv;                             \
-        float scale = 1.0f / sqrtf((float)hd);                                                     \
-        size_t es = (F16) ? 2 : 4;                                                                 \
-        for (int h = 0; h < n_head;) {                                                             \
-            int g = h / group, G = (g + 1) * group - h < 8 ? (g + 1) * group - h : 8;              \
-            size_t off = (size_t)g * hd * es;                                                      \
-            attend_group16(q + h * hd, (const char *)K + off, (const char *)V + off, F16, kv_dim,  \
-                           NZ, G, pos, scale, sc, out + h * hd);                                   \
-            h += G;                                                                                \
-        }                                                                                          \
-    }
+    ATTEND_GROUPED(attend16_##NZ##_##F16, AVX512, 16, attend_group16, NZ, F16)
 #define ATTEND16_BOTH(NZ) ATTEND16(NZ, 0) ATTEND16(NZ, 1)
 ATTEND16_BOTH(1)
 ATTEND16_BOTH(2)
