@@ -243,13 +243,24 @@ static void free_q8(core_model *m)
 }
 
 static int fill_slab(core_model *m, core_slab_mode mode, char *err, size_t errlen);
+static size_t slab_floats(const core_model *m, core_slab_mode mode);
+
+/* The slab of mode: refilled only when it holds other matrices (on AVX-512 CPUs the lazy and
+ * int8 slabs are both the norms alone). */
+static int set_slab(core_model *m, core_slab_mode mode, char *err, size_t errlen)
+{
+    if (slab_floats(m, mode) != m->slab_floats)
+        return fill_slab(m, mode, err, errlen);
+    m->slab_mode = mode;
+    return 0;
+}
 
 int core_model_set_int8(core_model *m, int on, char *err, size_t errlen)
 {
     const core_config *c = &m->cfg;
     if (!on) {
         /* the f32 copies the int8 slab left out come back first: nothing changes on failure */
-        if (m->slab_mode == CORE_SLAB_INT8 && fill_slab(m, CORE_SLAB_LAZY, err, errlen))
+        if (m->slab_mode == CORE_SLAB_INT8 && set_slab(m, CORE_SLAB_LAZY, err, errlen))
             return -ENOMEM;
         free_q8(m);
         return 0;
@@ -289,7 +300,7 @@ int core_model_set_int8(core_model *m, int on, char *err, size_t errlen)
      * CORE_QMATMUL_ROWS rows): 538 MB for the default model. Kept if the smaller slab cannot be
      * allocated, which changes nothing but memory. */
     if (m->slab_mode == CORE_SLAB_LAZY)
-        fill_slab(m, CORE_SLAB_INT8, NULL, 0);
+        set_slab(m, CORE_SLAB_INT8, NULL, 0);
     return packed;
 oom:
     free_q8(m);
