@@ -1,5 +1,5 @@
-/* Matrix products with int8 activations: repacking, quantizing X, portable and AVX-512 VNNI
- * kernels (qmatmul_q8.h).
+/* Matrix products with int8 activations: repacking, quantizing X, portable, AVX2 and AVX-512
+ * VNNI kernels (qmatmul_q8.h).
  *
  * Repacked weights: sixteen output rows (a group) at a time, block by block (32 inputs), each
  * block a unit of UNIT bytes, 64-byte aligned:
