@@ -266,8 +266,10 @@ AVX2 static void quantize_row_avx2(const float *x, int in, uint8_t *row)
         t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4e));
         t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xb1));
         int32_t tot = _mm_cvtsi128_si32(t4);
-        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
-        _mm256_storeu_si256((__m256i *)(o.q + (size_t)b * QK), _mm256_permutevar8x32_epi32(p, perm));
+        __m256i p =
+            _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+        _mm256_storeu_si256((__m256i *)(o.q + (size_t)b * QK),
+                            _mm256_permutevar8x32_epi32(p, perm));
         o.d[b] = dd;
         o.s[b] = dd * (float)tot;
         o.sum[b] = tot;
@@ -283,8 +285,8 @@ static int cpu_level(void)
     if (h < 0) {
         if (core__cpu_avx512() && __builtin_cpu_supports("avx512vnni"))
             h = CORE_Q8_VNNI;
-        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            h = CORE_Q8_AVX2; /* F16C predates AVX2 on every x86 CPU; clang cannot test it */
+        else if (core__cpu_avx2_f16c())
+            h = CORE_Q8_AVX2;
         else
             h = CORE_Q8_NONE;
         atomic_store_explicit(&have, h, memory_order_relaxed);
@@ -329,10 +331,10 @@ void core__q8x_quantize(const float *X, int in, int n, uint8_t *dst)
 {
     size_t rb = core__q8x_row_bytes(in);
     int nb = in / QK;
+    int level = core__q8_level();
     for (int i = 0; i < n; i++) {
         const float *x = X + (size_t)i * (size_t)in;
         uint8_t *row = dst + (size_t)i * rb;
-        int level = core__q8_level();
         if (level == CORE_Q8_VNNI) {
             quantize_row_vnni(x, in, row);
             continue;
@@ -610,15 +612,15 @@ AVX2_INLINE void tile2_q8_0(const uint8_t *wg, int nb, int in, const uint8_t *co
             s32[r] = _mm256_setzero_si256();
         UNROLL
         for (int g = 0; g < 8; g++) {
-            __m256i q = _mm256_xor_si256(
-                _mm256_load_si256((const __m256i *)(u + 64 * g + 32 * h)), flip);
+            __m256i q =
+                _mm256_xor_si256(_mm256_load_si256((const __m256i *)(u + 64 * g + 32 * h)), flip);
             __m256i aq = _mm256_abs_epi8(q);
             UNROLL
             for (int r = 0; r < R; r++) {
-                __m256i sx = _mm256_sign_epi8(
-                    bcast4_256((const int8_t *)xr[r] + (size_t)b * QK + 4 * g), q);
-                s32[r] = _mm256_add_epi32(s32[r],
-                                          _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sx), ones));
+                __m256i sx =
+                    _mm256_sign_epi8(bcast4_256((const int8_t *)xr[r] + (size_t)b * QK + 4 * g), q);
+                s32[r] =
+                    _mm256_add_epi32(s32[r], _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sx), ones));
                 PIN(s32[r]);
             }
         }
