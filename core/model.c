@@ -326,8 +326,9 @@ void core_model_free(core_model *m)
 }
 
 /* 1 when core_forward never needs this tensor as f32: core__qmatmul reads its type at every
- * batch size (AVX-512 kernels; ADAPTREE_QMATMUL_ROWS or AVX2 put a limit on that), or (CORE_SLAB_INT8)
- * core_model_set_int8 repacked it, as it does every such matrix the int8 kernels take. */
+ * batch size (AVX-512 kernels; ADAPTREE_QMATMUL_ROWS or AVX2 put a limit on that), or
+ * (CORE_SLAB_INT8) core_model_set_int8 repacked it, as it does every such matrix the int8 kernels
+ * take. */
 static bool stays_quantized(const core_gguf *g, const char *name, int cols, int rows,
                             core_slab_mode mode)
 {
@@ -390,8 +391,9 @@ static size_t slab_floats(const core_model *m, core_slab_mode mode)
 }
 
 /* One matrix: into the slab at *p (advanced) as f32, or checked and left quantized (*dst NULL). */
-static int load_matrix(const core_gguf *g, const char *name, int cols, int rows, core_slab_mode mode,
-                       float **p, float **dst, float *scratch, char *err, size_t errlen)
+static int load_matrix(const core_gguf *g, const char *name, int cols, int rows,
+                       core_slab_mode mode, float **p, float **dst, float *scratch, char *err,
+                       size_t errlen)
 {
     if (stays_quantized(g, name, cols, rows, mode)) {
         *dst = NULL;
@@ -421,8 +423,8 @@ static int load_weights(core_model *m, core_slab_mode mode, float *p, char *err,
         core__seterr(err, errlen, "out of memory");
         return -ENOMEM;
     }
-    int rc = load_matrix(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, mode, &p, &m->tok_embd,
-                         scratch, err, errlen);
+    int rc = load_matrix(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, mode, &p,
+                         &m->tok_embd, scratch, err, errlen);
     m->tok_embd_q = quantized(m->gguf, "token_embd.weight", &m->tok_embd_qtype);
     m->output = m->tok_embd;
     m->output_q = m->tok_embd_q;

@@ -299,8 +299,8 @@ AVX2_INLINE static void fused(void (*block)(const uint8_t *, __m256 *), size_t b
         if (NX == 1) { /* lanes: four of the NW weight rows */
             UNROLL
             for (int r0 = 0; r0 < NW; r0 += 4) {
-                _mm_storeu_ps(t, hsum4(acc[r0], acc[(r0 + 1) % NW], acc[(r0 + 2) % NW],
-                                       acc[(r0 + 3) % NW]));
+                _mm_storeu_ps(
+                    t, hsum4(acc[r0], acc[(r0 + 1) % NW], acc[(r0 + 2) % NW], acc[(r0 + 3) % NW]));
                 if (nr > r0)
                     memcpy(Y + o + r0, t, (size_t)(nr - r0 < 4 ? nr - r0 : 4) * sizeof(float));
             }

@@ -230,7 +230,8 @@ AVX2_INLINE __m256 hsum8x8(const __m256 *a)
     __m256 c0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
     __m256 c1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
     /* c0's 128-bit halves: the low-half and high-half sums of a[0..3]; c1 of a[4..7] */
-    return _mm256_add_ps(_mm256_permute2f128_ps(c0, c1, 0x20), _mm256_permute2f128_ps(c0, c1, 0x31));
+    return _mm256_add_ps(_mm256_permute2f128_ps(c0, c1, 0x20),
+                         _mm256_permute2f128_ps(c0, c1, 0x31));
 }
 
 /* All ones in the first n of 8 lanes (n <= 8). */
@@ -561,8 +562,7 @@ AVX512_INLINE void attend_group16(const float *qg, const void *K, const void *V,
     }
 }
 
-#define ATTEND16(NZ, F16)                                                                          \
-    ATTEND_GROUPED(attend16_##NZ##_##F16, AVX512, 16, attend_group16, NZ, F16)
+#define ATTEND16(NZ, F16) ATTEND_GROUPED(attend16_##NZ##_##F16, AVX512, 16, attend_group16, NZ, F16)
 #define ATTEND16_BOTH(NZ) ATTEND16(NZ, 0) ATTEND16(NZ, 1)
 ATTEND16_BOTH(1)
 ATTEND16_BOTH(2)

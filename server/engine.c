@@ -661,16 +661,17 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
         if (e->reg)
             adapter_registry_stats_get(e->reg, &rs);
         if (e->int8_weights)
-            snprintf(int8, sizeof int8, "int8 activations (%s) where the weights are Q4_1/Q8_0, "
-                     "else ", core_int8_kernels());
+            snprintf(int8, sizeof int8,
+                     "int8 activations (%s) where the weights are Q4_1/Q8_0, else ",
+                     core_int8_kernels());
         fprintf(stderr,
                 "engine: model %s (%d layers, vocab %d), %d slots x %d positions, batch %d rows, "
                 "prefill chunk %d, queue %d, registry %s (%d nodes%s)\n"
                 "engine: linear layers on %s%s; KV cache %s\n",
                 e->model_id, e->model->cfg.n_layer, e->n_vocab, e->max_seqs, e->n_ctx, e->max_batch,
                 e->prefill_chunk, e->queue_limit, e->registry_dir ? e->registry_dir : "none",
-                rs.nodes, e->reg && e->watch ? ", watched" : "",
-                int8, core_matmul_kernels(kernels, sizeof kernels), e->kv_f16 ? "f16" : "f32");
+                rs.nodes, e->reg && e->watch ? ", watched" : "", int8,
+                core_matmul_kernels(kernels, sizeof kernels), e->kv_f16 ? "f16" : "f32");
     }
     return e;
 fail_sched:

@@ -1,7 +1,7 @@
 /* Tests for core/qmatmul_q8.c (int8 activations): the quantizer's vector and scalar paths give
  * the same bytes; the AVX2 and VNNI kernels (those this CPU runs) give the portable kernels' bits
- * for every shape, row count and thread split; each result lies within the error bound that rounding X to 8 bits allows, against
- * dequantize-then-multiply in double. */
+ * for every shape, row count and thread split; each result lies within the error bound that
+ * rounding X to 8 bits allows, against dequantize-then-multiply in double. */
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
@@ -119,8 +119,8 @@ typedef struct shape {
 
 static const shape shapes[] = {{32, 16}, {96, 48}, {576, 64}, {1536, 32}, {576, 208}};
 
-/* The CPU's kernels (AVX2, VNNI) vs portable for one type and shape, every n in ns, whole and split over output groups;
- * and each result within the bound of 8-bit activations against double. */
+/* The CPU's kernels (AVX2, VNNI) vs portable for one type and shape, every n in ns, whole and split
+ * over output groups; and each result within the bound of 8-bit activations against double. */
 static void check_shape(uint32_t type, int in, int out, int *compared, double *worst_ratio)
 {
     static const int ns[] = {1, 2, 3, 7, 8, 9, 16, 17, 32};
@@ -151,8 +151,8 @@ static void check_shape(uint32_t type, int in, int out, int *compared, double *w
             CHECK_EQ_INT(core__q8_matmul_part(p, xq, n, 0, mid, yb, out), 0);
             CHECK_EQ_INT(core__q8_matmul_part(p, xq, n, mid, out, yb, out), 0);
             CHECK_MSG(memcmp(ya, yb, sizeof(float) * (size_t)out * n) == 0,
-                      "%s in %d out %d n %d: %s and portable results differ",
-                      core_type_name(type), in, out, n, core__q8_kernels());
+                      "%s in %d out %d n %d: %s and portable results differ", core_type_name(type),
+                      in, out, n, core__q8_kernels());
             (*compared)++;
         }
         core__q8_force(-1);
