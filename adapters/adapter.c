@@ -7,17 +7,35 @@
  * new end of the file raises SIGBUS, which would kill the server. A read instead sees the file
  * end early (or go on past the size it had), and the load fails with "file changed while
  * reading, will retry": the registry keeps the previous version and loads again on the change
- * event or rescan that the rewrite causes. */
+ * event or rescan that the rewrite causes.
+ *
+ * Confinement. Every adapter file goes through one open (open_at_root). From the command line
+ * (no root) it opens the path given, wherever symlinks lead. For the registry (a root) a file is
+ * opened only when its realpath lies beneath the root; the resolved path is opened refusing any
+ * symlink (a component swapped for one since the realpath), and the descriptor is checked through
+ * /proc/self/fd: that check looks at what was actually opened, so no swap can escape, and it
+ * fails closed (without /proc every confined open is refused). Resolving with realpath keeps the
+ * registry's rule for directories, symlinks with an absolute target inside the root included,
+ * which openat2's RESOLVE_BENEATH alone would refuse. A hard link inside the root is the file
+ * itself and is read. Loaders name files by the path they were given, relative to the root for
+ * the registry, so messages that reach API clients never hold the server's own paths. */
 #include "adapters/adapter.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+#if defined(__has_include)
+#if __has_include(<linux/openat2.h>)
+#include <linux/openat2.h>
+#endif
+#endif
 
 #include "core/quant.h"
 
@@ -110,22 +128,142 @@ uint64_t adapter__hash(uint64_t h, const void *buf, size_t n)
     return h;
 }
 
+/* ---- confinement ------------------------------------------------------------------------- */
+
+#define OPEN_FLAGS (O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+
+/* real (an absolute path without symlinks) is root or lies beneath it. */
+static bool beneath(const char *root, const char *real)
+{
+    size_t n = strlen(root);
+    while (n > 0 && root[n - 1] == '/')
+        n--;
+    return strncmp(real, root, n) == 0 && (real[n] == '/' || real[n] == 0);
+}
+
+int adapter__resolve_beneath(const char *root, const char *path, char *real)
+{
+    char tmp[PATH_MAX];
+    if (!realpath(path, tmp)) {
+        int e = errno;
+        return e > 0 ? -e : -EIO;
+    }
+    if (!beneath(root, tmp))
+        return -EXDEV;
+    memcpy(real, tmp, strlen(tmp) + 1);
+    return 0;
+}
+
+int adapter__fd_beneath(int fd, const char *root, const char *name, char *err, size_t errlen)
+{
+    char link[64], real[PATH_MAX + 1];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, real, sizeof real);
+    if (n < 0 || (size_t)n >= sizeof real) {
+        snprintf(err, errlen, "%s: cannot tell where the opened file lies (%s), refused", name,
+                 n < 0 ? strerror(errno) : "path too long");
+        return -EACCES;
+    }
+    real[n] = 0;
+    if (!beneath(root, real)) {
+        snprintf(err, errlen, "%s: " ADAPTER__ESCAPES, name);
+        return -EXDEV;
+    }
+    return 0;
+}
+
+/* Writes root/path (path alone without a root) into out: 0, or -ENAMETOOLONG with a message
+ * naming path. */
+static int at_root(const char *root, const char *path, char *out, size_t cap, char *err,
+                   size_t errlen)
+{
+    int w = root ? snprintf(out, cap, "%s/%s", root, path) : snprintf(out, cap, "%s", path);
+    if (w < 0 || (size_t)w >= cap) {
+        snprintf(err, errlen, "%s: path too long", path);
+        return -ENAMETOOLONG;
+    }
+    return 0;
+}
+
+/* Is path there: 0, -EXDEV when it leads out of root, another negative errno when it is not
+ * there (beneath root when set, else as given). */
+static int find_file(const char *root, const char *path)
+{
+    char full[PATH_MAX], real[PATH_MAX];
+    if (at_root(root, path, full, sizeof full, NULL, 0))
+        return -ENAMETOOLONG;
+    if (root)
+        return adapter__resolve_beneath(root, full, real);
+    return access(full, F_OK) == 0 ? 0 : -ENOENT;
+}
+
+bool adapter__file_exists(const char *root, const char *path)
+{
+    return find_file(root, path) == 0;
+}
+
+/* Opens real (realpath's output: no symlinks) for reading, refusing a symlink met on the way
+ * (ELOOP): with openat2's RESOLVE_NO_SYMLINKS where the kernel has it, so that a component
+ * swapped for a symlink since the realpath is refused before anything it points to is opened;
+ * else with O_NOFOLLOW, which covers the last component only (the descriptor check after it
+ * covers the rest). */
+static int open_no_symlinks(const char *real)
+{
+#if defined(SYS_openat2) && defined(RESOLVE_NO_SYMLINKS)
+    struct open_how how = {.flags = OPEN_FLAGS | O_NOFOLLOW, .resolve = RESOLVE_NO_SYMLINKS};
+    long fd = syscall(SYS_openat2, AT_FDCWD, real, &how, sizeof how);
+    if (fd >= 0 || (errno != ENOSYS && errno != EPERM)) /* EPERM: a seccomp filter */
+        return (int)fd;
+#endif
+    return open(real, OPEN_FLAGS | O_NOFOLLOW);
+}
+
+/* Opens path for reading: as given without a root, else root/path only if it resolves beneath
+ * root, without following a symlink swapped in since (open_no_symlinks), and then the descriptor
+ * is checked for where the file it opened actually lies: that last check alone makes the open
+ * race-free. The descriptor, or a negative errno with a message naming path. */
+static int open_at_root(const char *root, const char *path, char *err, size_t errlen)
+{
+    char full[PATH_MAX], real[PATH_MAX];
+    int rc = at_root(root, path, full, sizeof full, err, errlen);
+    if (rc)
+        return rc;
+    if (root && (rc = adapter__resolve_beneath(root, full, real)) != 0) {
+        if (rc == -EXDEV)
+            snprintf(err, errlen, "%s: " ADAPTER__ESCAPES, path);
+        else
+            snprintf(err, errlen, "%s: %s", path, strerror(-rc));
+        return rc;
+    }
+    int fd = root ? open_no_symlinks(real) : open(full, OPEN_FLAGS);
+    if (fd < 0) {
+        int e = errno > 0 ? errno : EIO;
+        snprintf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    if (root && (rc = adapter__fd_beneath(fd, root, path, err, errlen)) != 0) {
+        close(fd);
+        return rc;
+    }
+    return fd;
+}
+
 /* ---- reading files ------------------------------------------------------------------------ */
 
 #define CHANGED "file changed while reading, will retry"
 
-/* Opens a regular file of at most ADAPTER_FILE_MAX bytes into *fd with its *st: 0, or a
- * negative errno with a message. O_NONBLOCK only so that a FIFO in the tree cannot block the
- * open; regular files ignore it. */
-static int open_stat(const char *path, int *fd, struct stat *st, char *err, size_t errlen)
+/* Opens a regular file of at most ADAPTER_FILE_MAX bytes (open_at_root) into *fd with its *st:
+ * 0, or a negative errno with a message. O_NONBLOCK only so that a FIFO in the tree cannot block
+ * the open; regular files ignore it. */
+static int open_stat(const char *root, const char *path, int *fd, struct stat *st, char *err,
+                     size_t errlen)
 {
     memset(st, 0, sizeof *st);
-    *fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    *fd = open_at_root(root, path, err, errlen);
     if (*fd < 0) {
-        int e = errno;
-        e = e > 0 ? e : EIO;
-        snprintf(err, errlen, "%s: %s", path, strerror(e));
-        return -e;
+        int e = *fd;
+        *fd = -1;
+        return e;
     }
     int rc = 0;
     if (fstat(*fd, st) != 0 || !S_ISREG(st->st_mode)) {
@@ -143,11 +281,11 @@ static int open_stat(const char *path, int *fd, struct stat *st, char *err, size
     return rc;
 }
 
-int adapter__file_open(const char *path, uint64_t *size, char *err, size_t errlen)
+int adapter__file_open(const char *root, const char *path, uint64_t *size, char *err, size_t errlen)
 {
     struct stat st;
     int fd;
-    int rc = open_stat(path, &fd, &st, err, errlen);
+    int rc = open_stat(root, path, &fd, &st, err, errlen);
     if (rc)
         return rc;
     *size = (uint64_t)st.st_size;
@@ -223,13 +361,14 @@ static bool same_time(struct timespec a, struct timespec b)
     return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
 }
 
-int adapter__read_file(const char *path, void **out, size_t *len, char *err, size_t errlen)
+int adapter__read_file(const char *root, const char *path, void **out, size_t *len, char *err,
+                       size_t errlen)
 {
     struct stat before, after;
     *out = NULL;
     *len = 0;
     int fd;
-    int rc = open_stat(path, &fd, &before, err, errlen);
+    int rc = open_stat(root, path, &fd, &before, err, errlen);
     if (rc)
         return rc;
     rc = adapter__read_fd(fd, path, (uint64_t)before.st_size, out, len, err, errlen);
@@ -286,13 +425,23 @@ static bool has_suffix(const char *s, const char *suf)
     return n >= m && !strcmp(s + n - m, suf);
 }
 
-/* Finds the adapter at path: ADAPTER_PEFT with its directory in file, ADAPTER_GGUF with the
- * .gguf file's path in file, or 0 with a message in err. */
-static adapter_format locate(const char *path, char *file, size_t cap, char *err, size_t errlen)
+/* Finds the adapter at path (beneath root when root is set, see open_at_root): ADAPTER_PEFT with
+ * its directory in file, ADAPTER_GGUF with the .gguf file's path in file, or 0 with a message in
+ * err. file is relative to root as path is; messages name path, never root. */
+static adapter_format locate(const char *root, const char *path, char *file, size_t cap, char *err,
+                             size_t errlen)
 {
+    char full[PATH_MAX], real[PATH_MAX];
     struct stat st;
-    if (stat(path, &st) != 0) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+    if (at_root(root, path, full, sizeof full, err, errlen))
+        return 0;
+    int rc = root ? adapter__resolve_beneath(root, full, real) : 0;
+    if (rc == -EXDEV) {
+        snprintf(err, errlen, "%s: " ADAPTER__ESCAPES, path);
+        return 0;
+    }
+    if (rc || stat(root ? real : full, &st) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(rc ? -rc : errno));
         return 0;
     }
     if (S_ISREG(st.st_mode)) {
@@ -307,45 +456,109 @@ static adapter_format locate(const char *path, char *file, size_t cap, char *err
         snprintf(err, errlen, "%s: not a file or directory", path);
         return 0;
     }
-    snprintf(file, cap, "%s/adapter_config.json", path);
-    if (access(file, F_OK) == 0) {
-        snprintf(file, cap, "%s", path);
-        return ADAPTER_PEFT;
+    /* As the registry's scan decides: a config leading out of the root does not count. */
+    static const char *const names[2] = {"adapter_config.json", "adapter.gguf"};
+    int escapes = -1;
+    for (int k = 0; k < 2; k++) {
+        snprintf(file, cap, "%s/%s", path, names[k]);
+        int found = find_file(root, file);
+        if (found == 0) {
+            if (k == 0)
+                snprintf(file, cap, "%s", path);
+            return k == 0 ? ADAPTER_PEFT : ADAPTER_GGUF;
+        }
+        escapes = escapes < 0 && found == -EXDEV ? k : escapes;
     }
-    snprintf(file, cap, "%s/adapter.gguf", path);
-    if (access(file, F_OK) == 0)
-        return ADAPTER_GGUF;
-    snprintf(err, errlen,
-             "%s: no adapter here (expected adapter_config.json + adapter_model.safetensors, or "
-             "adapter.gguf)",
-             path);
+    if (escapes >= 0)
+        snprintf(err, errlen, "%s/%s: " ADAPTER__ESCAPES, path, names[escapes]);
+    else
+        snprintf(err, errlen,
+                 "%s: no adapter here (expected adapter_config.json + adapter_model.safetensors, "
+                 "or adapter.gguf)",
+                 path);
     return 0;
 }
 
-adapter *adapter_load(const char *path, const core_config *cfg, char *err, size_t errlen)
+/* adapter_load and adapter_load_beneath: root is NULL or a real path. */
+static adapter *load_at(const char *root, const char *path, const core_config *cfg, char *err,
+                        size_t errlen)
 {
-    char file[4096];
-    switch (locate(path, file, sizeof file, err, errlen)) {
+    char file[PATH_MAX];
+    switch (locate(root, path, file, sizeof file, err, errlen)) {
     case ADAPTER_PEFT:
-        return adapter_load_peft(file, cfg, err, errlen);
+        return adapter__load_peft(root, file, cfg, err, errlen);
     case ADAPTER_GGUF:
-        return adapter_load_gguf(file, cfg, err, errlen);
+        return adapter__load_gguf(root, file, cfg, err, errlen);
     default:
         return NULL;
     }
 }
 
-int adapter_probe(const char *path, const core_config *cfg, adapter_probe_info *out, char *err,
-                  size_t errlen)
+/* adapter_probe and adapter_probe_beneath: root is NULL or a real path. */
+static int probe_at(const char *root, const char *path, const core_config *cfg,
+                    adapter_probe_info *out, char *err, size_t errlen)
 {
-    char file[4096];
+    char file[PATH_MAX];
     memset(out, 0, sizeof *out);
-    switch (locate(path, file, sizeof file, err, errlen)) {
+    switch (locate(root, path, file, sizeof file, err, errlen)) {
     case ADAPTER_PEFT:
-        return adapter__probe_peft(file, cfg, out, err, errlen);
+        return adapter__probe_peft(root, file, cfg, out, err, errlen);
     case ADAPTER_GGUF:
-        return adapter__probe_gguf(file, cfg, out, err, errlen);
+        return adapter__probe_gguf(root, file, cfg, out, err, errlen);
     default:
         return -ENOENT;
     }
+}
+
+/* The real path of a registry root into real; rel "" means the root itself. 0, or a negative
+ * errno with a message that does not name the root (messages reach API clients). */
+static int real_root(const char *root, const char **rel, char *real, char *err, size_t errlen)
+{
+    if (!realpath(root, real)) {
+        int e = errno > 0 ? errno : EIO;
+        snprintf(err, errlen, "the registry root: %s", strerror(e));
+        return -e;
+    }
+    if (!**rel)
+        *rel = ".";
+    return 0;
+}
+
+adapter *adapter_load(const char *path, const core_config *cfg, char *err, size_t errlen)
+{
+    return load_at(NULL, path, cfg, err, errlen);
+}
+
+adapter *adapter_load_beneath(const char *root, const char *rel, const core_config *cfg, char *err,
+                              size_t errlen)
+{
+    char real[PATH_MAX];
+    if (real_root(root, &rel, real, err, errlen))
+        return NULL;
+    return load_at(real, rel, cfg, err, errlen);
+}
+
+adapter *adapter_load_peft(const char *dir, const core_config *cfg, char *err, size_t errlen)
+{
+    return adapter__load_peft(NULL, dir, cfg, err, errlen);
+}
+
+adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, size_t errlen)
+{
+    return adapter__load_gguf(NULL, file, cfg, err, errlen);
+}
+
+int adapter_probe(const char *path, const core_config *cfg, adapter_probe_info *out, char *err,
+                  size_t errlen)
+{
+    return probe_at(NULL, path, cfg, out, err, errlen);
+}
+
+int adapter_probe_beneath(const char *root, const char *rel, const core_config *cfg,
+                          adapter_probe_info *out, char *err, size_t errlen)
+{
+    char real[PATH_MAX];
+    memset(out, 0, sizeof *out);
+    int rc = real_root(root, &rel, real, err, errlen);
+    return rc ? rc : probe_at(real, rel, cfg, out, err, errlen);
 }

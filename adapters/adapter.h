@@ -56,7 +56,20 @@ typedef struct adapter {
  * a message in err that names the offending field, tensor or value. Any thread. */
 adapter *adapter_load(const char *path, const core_config *cfg, char *err, size_t errlen);
 
-/* The two loaders behind adapter_load. */
+/* adapter_load confined to a directory tree, for the registry: rel names the adapter relative to
+ * root (a node id such as "fr/legal"). Every file the load reads must resolve, symlinks followed,
+ * beneath root's real path, both when it is looked up and in the descriptor actually opened, so a
+ * file swapped for a symlink meanwhile cannot lead out either; a file that leaves the root is
+ * refused unread ("fr/adapter_model.safetensors: symlink leaves the registry root", -EXDEV
+ * inside). Messages name files relative to root ("fr/adapter_model.safetensors: not a regular
+ * file"), never by an absolute path, so they may be shown to API clients. Files are opened
+ * without blocking (a FIFO is refused, not waited on). root and rel are borrowed for the call;
+ * rel "" is the root itself. Verifying a descriptor reads /proc/self/fd (Linux): without it every
+ * load is refused. Returns as adapter_load. Any thread. */
+adapter *adapter_load_beneath(const char *root, const char *rel, const core_config *cfg, char *err,
+                              size_t errlen);
+
+/* The two loaders behind adapter_load (unconfined, messages name the path given). */
 adapter *adapter_load_peft(const char *dir, const core_config *cfg, char *err, size_t errlen);
 adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, size_t errlen);
 
@@ -81,6 +94,10 @@ typedef struct adapter_probe_info {
  * Any thread. */
 int adapter_probe(const char *path, const core_config *cfg, adapter_probe_info *out, char *err,
                   size_t errlen);
+/* adapter_probe confined to root as adapter_load_beneath is (the same rules, messages and
+ * lifetimes). Any thread. */
+int adapter_probe_beneath(const char *root, const char *rel, const core_config *cfg,
+                          adapter_probe_info *out, char *err, size_t errlen);
 
 adapter *adapter_ref(adapter *a);
 /* Drops a reference; frees the adapter when it was the last. NULL is ignored. */
@@ -110,16 +127,41 @@ int adapter__copy_rows(uint32_t dtype, const void *src, void *dst, size_t rows, 
  * valid config with targets still fails with "no lora_A weight".) */
 int adapter__peft_config_check(const char *json, size_t len, const core_config *cfg, char *err,
                                size_t errlen);
-/* The two probes behind adapter_probe (a PEFT directory, a GGUF-LoRA file). */
-int adapter__probe_peft(const char *dir, const core_config *cfg, adapter_probe_info *out, char *err,
-                        size_t errlen);
-int adapter__probe_gguf(const char *file, const core_config *cfg, adapter_probe_info *out,
-                        char *err, size_t errlen);
+
+/* The internals below that take a root open files the same way: root NULL opens path as given
+ * (the command line), else root is a real path (realpath's form), path is relative to it and a
+ * file is opened only beneath it (adapter.c, "Confinement"). Messages name path, never root. */
+
+/* The loaders and probes behind adapter_load/adapter_probe and their _beneath forms (a PEFT
+ * directory, a GGUF-LoRA file). */
+adapter *adapter__load_peft(const char *root, const char *dir, const core_config *cfg, char *err,
+                            size_t errlen);
+adapter *adapter__load_gguf(const char *root, const char *file, const core_config *cfg, char *err,
+                            size_t errlen);
+int adapter__probe_peft(const char *root, const char *dir, const core_config *cfg,
+                        adapter_probe_info *out, char *err, size_t errlen);
+int adapter__probe_gguf(const char *root, const char *file, const core_config *cfg,
+                        adapter_probe_info *out, char *err, size_t errlen);
+/* How messages say that a file leads out of the root ("fr/adapter.gguf: " ADAPTER__ESCAPES). */
+#define ADAPTER__ESCAPES "symlink leaves the registry root"
+/* Resolves path (absolute, or relative to the working directory) with realpath into real
+ * (PATH_MAX bytes): 0 when it is root or lies beneath it (root a real path), -EXDEV when it
+ * leads out, another negative errno (-ENOENT: missing or a dangling symlink) from realpath. The
+ * one rule for directories and files, at listing and at open. real is written only on 0. */
+int adapter__resolve_beneath(const char *root, const char *path, char *real);
+/* Checks where the file open as fd actually lies (/proc/self/fd): 0 beneath root, -EXDEV
+ * outside it ("name: symlink leaves the registry root"), -EACCES when that cannot be read (fails
+ * closed). What makes a confined open race-free. */
+int adapter__fd_beneath(int fd, const char *root, const char *name, char *err, size_t errlen);
+/* Does path exist (beneath root, when set: a symlink leading out does not count)? */
+bool adapter__file_exists(const char *root, const char *path);
 /* Adapter files: read with pread, never mapped (see adapter.c). Larger files are refused. */
 #define ADAPTER_FILE_MAX (4ull << 30)
-/* Opens a regular file of at most ADAPTER_FILE_MAX bytes for reading: the descriptor (the caller
- * closes it) with its size in *size, or a negative errno with a message in err. */
-int adapter__file_open(const char *path, uint64_t *size, char *err, size_t errlen);
+/* Opens a regular file of at most ADAPTER_FILE_MAX bytes for reading, without blocking (a FIFO is
+ * refused): the descriptor (the caller closes it) with its size in *size, or a negative errno
+ * with a message in err. */
+int adapter__file_open(const char *root, const char *path, uint64_t *size, char *err,
+                       size_t errlen);
 /* Reads bytes [off, off + n) of fd into buf: 0, -EAGAIN with "file changed while reading, will
  * retry" when the file ends first, or another negative errno; messages name path. */
 int adapter__file_read(int fd, const char *path, void *buf, size_t n, uint64_t off, char *err,
@@ -132,7 +174,8 @@ int adapter__read_more(int fd, const char *path, unsigned char **buf, size_t *ha
  * negative errno with a message: -EAGAIN "file changed while reading, will retry" when the file
  * ends early, goes on past its size or is modified while it is read; -EFBIG over
  * ADAPTER_FILE_MAX. */
-int adapter__read_file(const char *path, void **out, size_t *len, char *err, size_t errlen);
+int adapter__read_file(const char *root, const char *path, void **out, size_t *len, char *err,
+                       size_t errlen);
 /* The read behind adapter__read_file over an open descriptor of a file that had size bytes when
  * it was stat'ed: the file must hold exactly that many (tests give a wrong size to play a file
  * that changed between the stat and the read). */

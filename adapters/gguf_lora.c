@@ -162,12 +162,13 @@ static int plan_tensors(const core_gguf *g, const char *file, const core_config 
     return 0;
 }
 
-adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, size_t errlen)
+adapter *adapter__load_gguf(const char *root, const char *file, const core_config *cfg, char *err,
+                            size_t errlen)
 {
     char gerr[512];
     void *buf;
     size_t len;
-    if (adapter__read_file(file, &buf, &len, err, errlen))
+    if (adapter__read_file(root, file, &buf, &len, err, errlen))
         return NULL;
     core_gguf *g = core_gguf_open_memory(buf, len, gerr, sizeof gerr);
     if (!g) {
@@ -236,18 +237,18 @@ out:
     return a;
 }
 
-/* Opens the header of the GGUF file at path from as many of its leading bytes as it takes, read
- * into *buf (the caller frees it after closing the result). 0, or a negative errno with a
- * message (-EAGAIN when the file changed while it was read). */
-static int open_header(const char *path, core_gguf **g, unsigned char **buf, char *err,
-                       size_t errlen)
+/* Opens the header of the GGUF file at path (beneath root when set) from as many of its leading
+ * bytes as it takes, read into *buf (the caller frees it after closing the result). 0, or a
+ * negative errno with a message (-EAGAIN when the file changed while it was read). */
+static int open_header(const char *root, const char *path, core_gguf **g, unsigned char **buf,
+                       char *err, size_t errlen)
 {
     char msg[512];
     uint64_t size, need = 0;
     size_t have = 0;
     *g = NULL;
     *buf = NULL;
-    int fd = adapter__file_open(path, &size, err, errlen);
+    int fd = adapter__file_open(root, path, &size, err, errlen);
     if (fd < 0)
         return fd;
     size_t want = size < HEADER_FIRST_READ ? (size_t)size : HEADER_FIRST_READ;
@@ -267,13 +268,13 @@ static int open_header(const char *path, core_gguf **g, unsigned char **buf, cha
     return rc;
 }
 
-int adapter__probe_gguf(const char *file, const core_config *cfg, adapter_probe_info *out,
-                        char *err, size_t errlen)
+int adapter__probe_gguf(const char *root, const char *file, const core_config *cfg,
+                        adapter_probe_info *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     core_gguf *g;
     unsigned char *buf;
-    int rc = open_header(file, &g, &buf, err, errlen);
+    int rc = open_header(root, file, &g, &buf, err, errlen);
     if (rc) {
         free(buf);
         return rc;

@@ -10,7 +10,7 @@
  * whole name, and pattern keys K match names of the form (.*\.)?K. A probe runs the same checks
  * on the config and the safetensors header, then stops before the weights are copied. A load
  * reads the weights file whole into memory, a probe only its header (adapter.c says why files
- * are never mapped).
+ * are never mapped, and how a registry load keeps every file it opens beneath the root).
  */
 #include <cJSON.h>
 #include <errno.h>
@@ -55,25 +55,36 @@ static bool is_null(const cJSON *j)
     return !j || cJSON_IsNull(j);
 }
 
-/* Reads a whole small file into a NUL-terminated buffer. */
-static char *read_small(const char *path, size_t cap, size_t *len, char *err, size_t errlen)
+/* Reads the whole file at path (beneath root when set), of at most cap bytes, into *out
+ * (malloc'd, NUL-terminated), *len bytes: 0, or a negative errno with a message naming path. */
+static int read_small(const char *root, const char *path, size_t cap, char **out, size_t *len,
+                      char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        return NULL;
+    uint64_t size;
+    *out = NULL;
+    int fd = adapter__file_open(root, path, &size, err, errlen);
+    if (fd < 0)
+        return fd;
+    char *buf = NULL;
+    int rc = 0;
+    if (size > cap) {
+        snprintf(err, errlen, "%s: larger than 1 MiB", path);
+        rc = -EFBIG;
+    } else if (!(buf = malloc((size_t)size + 1))) {
+        snprintf(err, errlen, "%s: out of memory", path);
+        rc = -ENOMEM;
+    } else {
+        rc = adapter__file_read(fd, path, buf, (size_t)size, 0, err, errlen);
     }
-    char *buf = malloc(cap + 1);
-    size_t n = buf ? fread(buf, 1, cap + 1, f) : 0;
-    fclose(f);
-    if (!buf || n > cap) {
-        snprintf(err, errlen, "%s: %s", path, buf ? "larger than 1 MiB" : "out of memory");
+    close(fd);
+    if (rc) {
         free(buf);
-        return NULL;
+        return rc;
     }
-    buf[n] = 0;
-    *len = n;
-    return buf;
+    buf[size] = 0;
+    *out = buf;
+    *len = (size_t)size;
+    return 0;
 }
 
 /* Refuses options that change the math and that adaptree does not implement. */
@@ -669,27 +680,27 @@ static void peft_close(peft_src *s)
     free(s->text);
 }
 
-/* Reads the safetensors file at path into *buf and opens it: whole, or (header_only) as many
- * leading bytes as its header takes, and the file size. 0, or a negative errno with a message
- * (naming path when reading failed, "adapter_model.safetensors" when the contents are bad). */
-static int open_weights(const char *path, bool header_only, core_st **st, void **buf, char *err,
-                        size_t errlen)
+/* Reads the safetensors file at path (beneath root when set) into *buf and opens it: whole, or
+ * (header_only) as many leading bytes as its header takes, and the file size. 0, or a negative
+ * errno with a message naming path. */
+static int open_weights(const char *root, const char *path, bool header_only, core_st **st,
+                        void **buf, char *err, size_t errlen)
 {
     char msg[512];
     size_t have = 0;
     *st = NULL;
     *buf = NULL;
     if (!header_only) {
-        int rc = adapter__read_file(path, buf, &have, err, errlen);
+        int rc = adapter__read_file(root, path, buf, &have, err, errlen);
         if (rc)
             return rc;
         *st = core_st_open_memory(*buf, have, msg, sizeof msg);
         if (!*st)
-            snprintf(err, errlen, "adapter_model.safetensors: %s", msg);
+            snprintf(err, errlen, "%s: %s", path, msg);
         return *st ? 0 : -EINVAL;
     }
     uint64_t size, need = 0;
-    int fd = adapter__file_open(path, &size, err, errlen);
+    int fd = adapter__file_open(root, path, &size, err, errlen);
     if (fd < 0)
         return fd;
     unsigned char *p = NULL;
@@ -705,24 +716,24 @@ static int open_weights(const char *path, bool header_only, core_st **st, void *
     close(fd);
     *buf = p;
     if (rc == 0 && !*st) {
-        snprintf(err, errlen, "adapter_model.safetensors: %s", msg);
+        snprintf(err, errlen, "%s: %s", path, msg);
         rc = -EINVAL;
     }
     return rc;
 }
 
-/* Fills *s from dir, the weights file whole or (header_only) its header: 0, or
- * -EINVAL/-ENOMEM/-errno with a message (s is then closed): -EAGAIN when the weights file changed
+/* Fills *s from dir (beneath root when set), the weights file whole or (header_only) its header:
+ * 0, or -EINVAL/-ENOMEM/-errno with a message (s is then closed): -EAGAIN when a file changed
  * while it was read. */
-static int peft_open(peft_src *s, const char *dir, const core_config *cfg, bool header_only,
-                     char *err, size_t errlen)
+static int peft_open(peft_src *s, const char *root, const char *dir, const core_config *cfg,
+                     bool header_only, char *err, size_t errlen)
 {
     char path[4096];
     memset(s, 0, sizeof *s);
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
-    s->text = read_small(path, CONFIG_MAX_BYTES, &s->len, err, errlen);
-    if (!s->text)
-        return -EIO;
+    int rc = read_small(root, path, CONFIG_MAX_BYTES, &s->text, &s->len, err, errlen);
+    if (rc)
+        return rc;
     s->j = cJSON_ParseWithLength(s->text, s->len);
     if (!s->j) {
         snprintf(err, errlen, "adapter_config.json: invalid JSON near byte %td",
@@ -732,10 +743,10 @@ static int peft_open(peft_src *s, const char *dir, const core_config *cfg, bool 
     if (parse_config(s->j, &s->c, err, errlen) || check_head_targets(&s->c, err, errlen))
         goto fail;
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    int rc = open_weights(path, header_only, &s->st, &s->weights, err, errlen);
+    rc = open_weights(root, path, header_only, &s->st, &s->weights, err, errlen);
     if (rc) {
         snprintf(path, sizeof path, "%s/adapter_model.bin", dir);
-        if (rc == -ENOENT && access(path, F_OK) == 0)
+        if (rc == -ENOENT && adapter__file_exists(root, path))
             snprintf(err, errlen,
                      "adapter_model.bin (pickle) is not supported; save the adapter "
                      "with safe_serialization=True");
@@ -756,10 +767,11 @@ fail:
     return -EINVAL;
 }
 
-adapter *adapter_load_peft(const char *dir, const core_config *cfg, char *err, size_t errlen)
+adapter *adapter__load_peft(const char *root, const char *dir, const core_config *cfg, char *err,
+                            size_t errlen)
 {
     peft_src s;
-    if (peft_open(&s, dir, cfg, false, err, errlen))
+    if (peft_open(&s, root, dir, cfg, false, err, errlen))
         return NULL;
     adapter *a = build(&s.c, s.plan, cfg, err, errlen);
     if (a) {
@@ -773,12 +785,12 @@ adapter *adapter_load_peft(const char *dir, const core_config *cfg, char *err, s
     return a;
 }
 
-int adapter__probe_peft(const char *dir, const core_config *cfg, adapter_probe_info *out, char *err,
-                        size_t errlen)
+int adapter__probe_peft(const char *root, const char *dir, const core_config *cfg,
+                        adapter_probe_info *out, char *err, size_t errlen)
 {
     peft_src s;
     memset(out, 0, sizeof *out);
-    int rc = peft_open(&s, dir, cfg, true, err, errlen);
+    int rc = peft_open(&s, root, dir, cfg, true, err, errlen);
     if (rc)
         return rc;
     adapter_probe_info p = {

@@ -14,6 +14,16 @@
  * for. A result is kept only if the node still has the signature the probe was started for;
  * otherwise the node is probed again. The periodic rescan finds unchanged signatures and probes
  * nothing.
+ *
+ * Confinement. Ids are paths beneath the root, and a symlink, to a directory or to a file, is
+ * followed only when its real target stays inside the root. The scan applies the rule to what it
+ * lists: a directory leading out is skipped, a directory whose adapter_config.json leads out is a
+ * namespace, and a node whose weight file (adapter_model.safetensors, adapter.gguf) leads out is
+ * listed as failed with the reason, and no load starts for it until a rescan finds other files.
+ * Loads and probes apply the rule again at every open (adapter_load_beneath), on the descriptor
+ * actually opened, so a file swapped for a symlink after the scan cannot lead out either. Their
+ * messages, kept as the node's error and shown to clients, name files relative to the root; the
+ * server learns the absolute directory from on_loaded, for its log.
  */
 #include "adapters/registry.h"
 
@@ -29,6 +39,16 @@
 
 #define DEBOUNCE_MS 100
 #define PROBES_MAX 2 /* probes in flight at once */
+
+/* An adapter_registry_load_then waiting for its load, and then its result. */
+typedef struct reg_waiter {
+    adapter_load_cb cb;
+    void *ud;
+    uint64_t gen; /* the load (reg_node.gen) that answers it; 0 until the loop thread decides */
+    adapter_load_result res;
+    char err[256];
+    struct reg_waiter *next;
+} reg_waiter;
 
 typedef struct reg_node {
     char id[ADAPTER_ID_MAX + 1];
@@ -50,6 +70,9 @@ typedef struct reg_node {
     const void *probe; /* the probe job in flight for this node, NULL if none */
     uint64_t last_used;
     uint64_t loads, load_failures, evictions, hits;
+    uint64_t gen;     /* loads started */
+    uint64_t cur_sig; /* the signature of the files current was loaded from */
+    reg_waiter *waiters;
 } reg_node;
 
 typedef struct reg_watch {
@@ -72,11 +95,12 @@ struct adapter_registry {
     uv_async_t kick;
     uv_timer_t rescan_timer, debounce;
     reg_watch *watches;
-    int jobs;         /* loads and probes in flight */
-    int probes;       /* probes in flight */
-    int probe_from;   /* where the search for the next node to probe starts */
-    bool closing;     /* adapter_registry_free has begun: start no probe */
-    int open_handles; /* handles not yet closed */
+    int jobs;             /* loads and probes in flight */
+    int probes;           /* probes in flight */
+    int probe_from;       /* where the search for the next node to probe starts */
+    bool closing;         /* adapter_registry_free has begun: start no probe */
+    int open_handles;     /* handles not yet closed */
+    reg_waiter *answered; /* waiters with their result, to call outside the lock (flush_answers) */
 };
 
 typedef struct load_job {
@@ -84,6 +108,8 @@ typedef struct load_job {
     adapter_registry *r;
     char id[ADAPTER_ID_MAX + 1];
     char path[PATH_MAX];
+    uint64_t gen; /* the node's load number */
+    uint64_t sig; /* the node's files' signature when the load started */
     adapter *result;
     char err[256];
 } load_job;
@@ -92,7 +118,6 @@ typedef struct probe_job {
     uv_work_t req;
     adapter_registry *r;
     char id[ADAPTER_ID_MAX + 1];
-    char path[PATH_MAX];
     uint64_t sig; /* the node's signature when the probe started */
     int rc;
     adapter_probe_info info;
@@ -104,6 +129,7 @@ typedef struct scan_entry {
     char path[PATH_MAX];
     bool has_adapter;
     uint64_t sig;
+    char bad[256]; /* why its files cannot be loaded (one leads out of the root), "" if none */
 } scan_entry;
 
 typedef struct scan_list {
@@ -167,36 +193,31 @@ int adapter_id_check(const char *id, char *err, size_t errlen)
     return 0;
 }
 
-/* realpath(p) lies inside the root (or is the root). Writes the real path into out. */
-static bool confined(const adapter_registry *r, const char *p, char *out)
+/* Folds a file's identity and times into a signature: 1, or 0 when it is missing or not a
+ * regular file, or -1 when it leads out of the root (a mark is folded in instead, so that the
+ * signature changes when that is fixed). */
+static int file_sig(const adapter_registry *r, const char *path, uint64_t *sig)
 {
     char real[PATH_MAX];
-    if (!realpath(p, real))
-        return false;
-    size_t n = strlen(r->root);
-    if (strncmp(real, r->root, n) != 0 || (real[n] != '/' && real[n] != 0))
-        return false;
-    if (out)
-        memcpy(out, real, strlen(real) + 1);
-    return true;
-}
-
-/* Folds a file's identity and times into a signature; false when it is missing or escapes. */
-static bool file_sig(const adapter_registry *r, const char *path, uint64_t *sig)
-{
     struct stat st;
-    if (!confined(r, path, NULL) || stat(path, &st) || !S_ISREG(st.st_mode))
-        return false;
+    int rc = adapter__resolve_beneath(r->root, path, real);
+    if (rc == -EXDEV) {
+        *sig = adapter__hash(*sig, "leaves the root", 15);
+        return -1;
+    }
+    if (rc || stat(real, &st) || !S_ISREG(st.st_mode))
+        return 0;
     int64_t parts[6] = {st.st_mtim.tv_sec,  st.st_mtim.tv_nsec, st.st_ctim.tv_sec,
                         st.st_ctim.tv_nsec, st.st_size,         (int64_t)st.st_ino};
     *sig = adapter__hash(*sig, parts, sizeof parts);
-    return true;
+    return 1;
 }
 
 /* ---- scanning -----------------------------------------------------------------------------------
  */
 
-static int scan_push(scan_list *l, const char *id, const char *path, bool has, uint64_t sig)
+static int scan_push(scan_list *l, const char *id, const char *path, bool has, uint64_t sig,
+                     const char *bad)
 {
     if (l->n == l->cap) {
         int cap = l->cap ? l->cap * 2 : 32;
@@ -211,6 +232,7 @@ static int scan_push(scan_list *l, const char *id, const char *path, bool has, u
     snprintf(e->path, sizeof e->path, "%s", path);
     e->has_adapter = has;
     e->sig = sig;
+    snprintf(e->bad, sizeof e->bad, "%s", bad);
     return 0;
 }
 
@@ -236,22 +258,35 @@ static void scan_free(scan_list *l)
     free(l->v);
 }
 
-/* Is dir an adapter directory? Sets its signature from its adapter files. */
-static bool adapter_files(const adapter_registry *r, const char *dir, uint64_t *sig)
+/* Is dir (node id) an adapter directory? Sets its signature from its adapter files, and bad to
+ * why it cannot be loaded when its weight file leads out of the root ("" otherwise). A config
+ * file that leads out does not count: the directory is then a namespace (or a GGUF node). */
+static bool adapter_files(const adapter_registry *r, const char *dir, const char *id, uint64_t *sig,
+                          char *bad, size_t cap)
 {
     char p[PATH_MAX + 64];
+    const char *weights = "adapter_model.safetensors";
+    int rc;
     *sig = ADAPTER_HASH_INIT;
+    bad[0] = 0;
     snprintf(p, sizeof p, "%s/adapter_config.json", dir);
-    if (file_sig(r, p, sig)) {
-        snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
-        if (!file_sig(r, p, sig)) { /* weights missing: still a node, its load says why */
+    if (file_sig(r, p, sig) > 0) {
+        snprintf(p, sizeof p, "%s/%s", dir, weights);
+        rc = file_sig(r, p, sig);
+        if (rc == 0) { /* weights missing: still a node, its load says why */
             snprintf(p, sizeof p, "%s/adapter_model.bin", dir);
-            file_sig(r, p, sig);
+            file_sig(r, p, sig); /* only looked for, never read: no reason to refuse */
         }
-        return true;
+    } else {
+        weights = "adapter.gguf";
+        snprintf(p, sizeof p, "%s/%s", dir, weights);
+        rc = file_sig(r, p, sig);
+        if (rc == 0)
+            return false;
     }
-    snprintf(p, sizeof p, "%s/adapter.gguf", dir);
-    return file_sig(r, p, sig);
+    if (rc < 0) /* the message a load would give (the id cut to fit the node's error) */
+        snprintf(bad, cap, "%.180s/%s: " ADAPTER__ESCAPES, id, weights);
+    return true;
 }
 
 static int scan_walk(const adapter_registry *r, scan_list *l, const char *dir, const char *id,
@@ -276,11 +311,13 @@ static int scan_walk(const adapter_registry *r, scan_list *l, const char *dir, c
             continue;
         struct stat st;
         /* A symlink is followed only when its target stays inside the root. */
-        if (!confined(r, path, real) || stat(real, &st) || !S_ISDIR(st.st_mode))
+        if (adapter__resolve_beneath(r->root, path, real) || stat(real, &st) ||
+            !S_ISDIR(st.st_mode))
             continue;
         uint64_t sig;
-        bool has = adapter_files(r, real, &sig);
-        rc = scan_push(l, sub_id, real, has, has ? sig : 0);
+        char bad[256];
+        bool has = adapter_files(r, real, sub_id, &sig, bad, sizeof bad);
+        rc = scan_push(l, sub_id, real, has, has ? sig : 0, bad);
         if (!rc && depth + 1 < ADAPTER_DEPTH_MAX)
             rc = scan_walk(r, l, real, sub_id, depth + 1);
     }
@@ -349,15 +386,74 @@ static void evict(adapter_registry *r, const reg_node *keep)
     }
 }
 
+/* ---- waiting for loads ---------------------------------------------------------------------- */
+
+typedef enum which_waiters {
+    PENDING, /* not yet given a load: the ones a load that starts now (or "unchanged") answers */
+    UP_TO,   /* given a load numbered gen or earlier */
+    EVERY    /* all of them (the node is gone, the registry closes) */
+} which_waiters;
+
+/* Moves the waiters of n that which (and gen) select onto r->answered, with the result; the
+ * callbacks run later, outside the lock (flush_answers). Lock held. */
+static void answer(adapter_registry *r, reg_node *n, which_waiters which, uint64_t gen, int rc,
+                   bool unchanged, uint64_t version, const char *err)
+{
+    for (reg_waiter **pw = &n->waiters; *pw;) {
+        reg_waiter *w = *pw;
+        bool due = which == EVERY || (which == PENDING && w->gen == 0) ||
+                   (which == UP_TO && w->gen != 0 && w->gen <= gen);
+        if (!due) {
+            pw = &w->next;
+            continue;
+        }
+        *pw = w->next;
+        w->res = (adapter_load_result){.rc = rc, .unchanged = unchanged, .version = version};
+        snprintf(w->err, sizeof w->err, "%s", err ? err : "");
+        w->next = r->answered;
+        r->answered = w;
+    }
+}
+
+/* Gives the waiters of n that have no load yet the load numbered gen. Lock held. */
+static void assign(reg_node *n, uint64_t gen)
+{
+    for (reg_waiter *w = n->waiters; w; w = w->next)
+        if (w->gen == 0)
+            w->gen = gen;
+}
+
+/* Calls the callbacks of the answered waiters and frees them. Loop thread, lock not held. */
+static void flush_answers(adapter_registry *r)
+{
+    pthread_mutex_lock(&r->mu);
+    reg_waiter *w = r->answered;
+    r->answered = NULL;
+    pthread_mutex_unlock(&r->mu);
+    while (w) {
+        reg_waiter *next = w->next;
+        w->res.err = w->res.rc ? w->err : NULL;
+        w->cb(w->ud, &w->res);
+        free(w);
+        w = next;
+    }
+}
+
+/* The signature of n's files now; *ok false when they are missing or lead out of the root. */
+static uint64_t sig_now(const adapter_registry *r, const reg_node *n, bool *ok)
+{
+    uint64_t sig;
+    char bad[256];
+    *ok = adapter_files(r, n->path, n->id, &sig, bad, sizeof bad) && !bad[0];
+    return sig;
+}
+
+/* Loads the node by its id beneath the root: the files are looked up and confined anew, so
+ * whatever changed since the scan cannot lead out of the root. */
 static void load_work(uv_work_t *req)
 {
     load_job *j = req->data;
-    char real[PATH_MAX];
-    if (!confined(j->r, j->path, real)) {
-        snprintf(j->err, sizeof j->err, "adapter path leaves the registry root");
-        return;
-    }
-    j->result = adapter_load(real, &j->r->cfg, j->err, sizeof j->err);
+    j->result = adapter_load_beneath(j->r->root, j->id, &j->r->cfg, j->err, sizeof j->err);
 }
 
 static void start_load(adapter_registry *r, reg_node *n);
@@ -374,19 +470,27 @@ static void load_done(uv_work_t *req, int status)
     if (n && n->has_adapter) {
         n->loading = false;
         if (j->result) {
-            drop_current(r, n);
-            n->current = j->result;
-            j->result = NULL;
-            r->resident_bytes += n->current->bytes;
+            /* The same content as the resident version: keep that one (its requests, its
+             * identity); the copy just read is dropped below. */
+            bool same = n->current && n->current->hash == j->result->hash;
+            if (!same) {
+                drop_current(r, n);
+                n->current = j->result;
+                j->result = NULL;
+                r->resident_bytes += n->current->bytes;
+                n->loads++;
+            }
+            n->cur_sig = j->sig;
             n->failed = false;
             n->error[0] = 0;
-            n->loads++;
             n->last_used = ++r->tick;
             ok = true;
+            answer(r, n, UP_TO, j->gen, 0, same, n->current->hash, NULL);
         } else {
             n->failed = true;
             snprintf(n->error, sizeof n->error, "%s", j->err);
             n->load_failures++;
+            answer(r, n, UP_TO, j->gen, -EIO, false, 0, j->err);
         }
         if (n->reload) {
             n->reload = false;
@@ -394,10 +498,11 @@ static void load_done(uv_work_t *req, int status)
         }
     }
     pthread_mutex_unlock(&r->mu);
-    adapter_unref(j->result); /* the node vanished meanwhile */
+    adapter_unref(j->result); /* the node vanished meanwhile, or the content was the same */
+    flush_answers(r);
     r->jobs--;
     if (r->o.on_loaded)
-        r->o.on_loaded(r->o.ud, j->id, ok);
+        r->o.on_loaded(r->o.ud, j->id, ok, ok ? "" : j->err, j->path);
     free(j);
 }
 
@@ -407,24 +512,32 @@ static void start_load(adapter_registry *r, reg_node *n)
     n->want_load = false;
     if (n->loading) {
         n->reload = true;
+        assign(n, n->gen + 1); /* the reload, which starts when this load ends */
         return;
     }
     load_job *j = calloc(1, sizeof *j);
     if (!j) {
         n->failed = true;
         snprintf(n->error, sizeof n->error, "out of memory");
+        answer(r, n, EVERY, 0, -ENOMEM, false, 0, n->error);
         return;
     }
     j->r = r;
     j->req.data = j;
     snprintf(j->id, sizeof j->id, "%s", n->id);
     snprintf(j->path, sizeof j->path, "%s", n->path);
+    bool ok;
+    j->sig = sig_now(r, n, &ok);
+    j->gen = n->gen + 1;
     if (uv_queue_work(r->o.loop, &j->req, load_work, load_done)) {
         free(j);
         n->failed = true;
         snprintf(n->error, sizeof n->error, "cannot queue the load");
+        answer(r, n, EVERY, 0, -EAGAIN, false, 0, n->error);
         return;
     }
+    n->gen = j->gen;
+    assign(n, n->gen);
     n->loading = true;
     r->jobs++;
 }
@@ -440,10 +553,8 @@ static bool described(const reg_node *n)
 static void probe_work(uv_work_t *req)
 {
     probe_job *j = req->data;
-    char real[PATH_MAX], err[256];
-    j->rc = confined(j->r, j->path, real)
-                ? adapter_probe(real, &j->r->cfg, &j->info, err, sizeof err)
-                : -EACCES;
+    char err[256];
+    j->rc = adapter_probe_beneath(j->r->root, j->id, &j->r->cfg, &j->info, err, sizeof err);
 }
 
 static void probe_more(adapter_registry *r);
@@ -485,7 +596,6 @@ static void probe_more(adapter_registry *r)
         j->req.data = j;
         j->sig = n->sig;
         snprintf(j->id, sizeof j->id, "%s", n->id);
-        snprintf(j->path, sizeof j->path, "%s", n->path);
         if (uv_queue_work(r->o.loop, &j->req, probe_work, probe_done)) {
             free(j);
             return;
@@ -530,6 +640,12 @@ static void merge_scan(adapter_registry *r, scan_list *l)
             drop_current(r, n);
             n->failed = false;
             n->error[0] = 0;
+            answer(r, n, EVERY, 0, -ENOENT, false, 0, "the node no longer holds an adapter");
+        } else if (e->bad[0]) {
+            /* Refused without reading anything; a resident version, loaded from good files,
+             * serves on, as after any broken replacement. */
+            n->failed = true;
+            snprintf(n->error, sizeof n->error, "%s", e->bad);
         } else if (changed && (n->current || n->loading || n->pinned || n->failed)) {
             n->failed = false;
             start_load(r, n); /* a new version; the old one serves until it is ready */
@@ -542,6 +658,7 @@ static void merge_scan(adapter_registry *r, scan_list *l)
         reg_node *n = r->nodes[i];
         if (!n->kept) {
             drop_current(r, n);
+            answer(r, n, EVERY, 0, -ENOENT, false, 0, "the node no longer exists");
             free(n);
         }
     }
@@ -626,6 +743,7 @@ int adapter_registry_rescan(adapter_registry *r)
     if (r->o.watch)
         update_watches(r, &l);
     scan_free(&l);
+    flush_answers(r);
     return r->n_nodes;
 }
 
@@ -634,15 +752,28 @@ static void on_rescan_timer(uv_timer_t *t)
     adapter_registry_rescan(t->data);
 }
 
-/* Starts loads asked for from other threads. */
+/* Starts loads asked for from other threads; a node resident from files that have not changed
+ * since is not read again ("unchanged"). */
 static void on_kick(uv_async_t *a)
 {
     adapter_registry *r = a->data;
     pthread_mutex_lock(&r->mu);
-    for (int i = 0; i < r->n_nodes; i++)
-        if (r->nodes[i]->want_load)
-            start_load(r, r->nodes[i]);
+    for (int i = 0; i < r->n_nodes; i++) {
+        reg_node *n = r->nodes[i];
+        if (!n->want_load)
+            continue;
+        bool ok;
+        if (n->current && !n->loading && sig_now(r, n, &ok) == n->cur_sig && ok) {
+            n->want_load = false;
+            n->failed = false;
+            n->error[0] = 0;
+            answer(r, n, PENDING, 0, 0, true, n->current->hash, NULL);
+        } else {
+            start_load(r, n);
+        }
+    }
     pthread_mutex_unlock(&r->mu);
+    flush_answers(r);
 }
 
 /* ---- lifecycle ----------------------------------------------------------------------------------
@@ -693,6 +824,11 @@ void adapter_registry_free(adapter_registry *r)
     r->watches = NULL;
     while (r->jobs > 0 || r->open_handles > 0)
         uv_run(r->o.loop, UV_RUN_ONCE);
+    pthread_mutex_lock(&r->mu);
+    for (int i = 0; i < r->n_nodes; i++)
+        answer(r, r->nodes[i], EVERY, 0, -ECANCELED, false, 0, "the registry is shutting down");
+    pthread_mutex_unlock(&r->mu);
+    flush_answers(r);
     for (int i = 0; i < r->n_nodes; i++) {
         drop_current(r, r->nodes[i]);
         free(r->nodes[i]);
@@ -841,16 +977,45 @@ static reg_node *admin_node(adapter_registry *r, const char *id, char *err, size
 
 int adapter_registry_load(adapter_registry *r, const char *id, char *err, size_t errlen)
 {
+    return adapter_registry_load_then(r, id, false, NULL, NULL, err, errlen);
+}
+
+int adapter_registry_load_then(adapter_registry *r, const char *id, bool pin, adapter_load_cb cb,
+                               void *ud, char *err, size_t errlen)
+{
+    reg_waiter *w = cb ? calloc(1, sizeof *w) : NULL;
+    if (cb && !w) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
     int rc;
     pthread_mutex_lock(&r->mu);
     reg_node *n = admin_node(r, id, err, errlen, &rc);
     if (n) {
         n->failed = false;
         n->want_load = true;
+        n->pinned |= pin;
+        if (w) {
+            w->cb = cb;
+            w->ud = ud;
+            w->next = n->waiters;
+            n->waiters = w;
+            w = NULL;
+        }
     }
     pthread_mutex_unlock(&r->mu);
+    free(w);
     if (n)
         uv_async_send(&r->kick);
+    return rc;
+}
+
+int adapter_registry_check(adapter_registry *r, const char *id, char *err, size_t errlen)
+{
+    int rc;
+    pthread_mutex_lock(&r->mu);
+    admin_node(r, id, err, errlen, &rc);
+    pthread_mutex_unlock(&r->mu);
     return rc;
 }
 

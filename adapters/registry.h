@@ -20,6 +20,13 @@
  * Descriptions. A node is described from its files (adapter_probe: the config and the weight
  * files' headers, no weights) in the background when it appears and whenever its files change,
  * so that listings show what an adapter is before it is loaded.
+ *
+ * Confinement. A symlink, to a directory or to a file, is followed only when its real target
+ * stays inside the root: when the tree is listed (a node whose weight file leads out is listed
+ * failed, with the reason) and again at every open of a load or probe (adapter_load_beneath),
+ * so a file swapped for a symlink after a listing cannot be read either. Node errors, which
+ * clients see, name files relative to the root ("fr/adapter_model.safetensors: not a regular
+ * file"); on_loaded also gives the absolute directory, for the server's log.
  */
 #ifndef ADAPTREE_ADAPTERS_REGISTRY_H
 #define ADAPTREE_ADAPTERS_REGISTRY_H
@@ -47,8 +54,11 @@ typedef struct adapter_registry_opts {
     uv_loop_t *loop;        /* borrowed; must outlive the registry */
     int rescan_ms;          /* periodic rescan as a fallback to fs events; 0 = 2000; < 0 off */
     bool watch;             /* watch directories with uv_fs_event */
-    /* Called on the loop thread whenever a load finished (ok or not). */
-    void (*on_loaded)(void *ud, const char *id, bool ok);
+    /* Called on the loop thread whenever a load finished (ok or not). err is why it failed ("" when
+     * ok), the message the node's error keeps, which names files relative to the root; abs_dir is
+     * the node directory's real path as the last scan saw it, for the server's log only (never
+     * for clients). Both are valid during the call only. */
+    void (*on_loaded)(void *ud, const char *id, bool ok, const char *err, const char *abs_dir);
     void *ud;
 } adapter_registry_opts;
 
@@ -92,8 +102,36 @@ int adapter_registry_acquire_wait(adapter_registry *r, const adapter_selection *
                                   adapter_set **out, char *err, size_t errlen);
 
 /* Admin: load (or reload) a node now; unload its resident version; pin/unpin it (a pinned node is
- * never evicted and is loaded if needed). Any thread. -ENOENT unknown id, -EINVAL a namespace. */
+ * never evicted and is loaded if needed). Any thread. -ENOENT unknown id, -EINVAL a namespace.
+ *
+ * A load of a node that is resident from files that have not changed since (same signature:
+ * times, size, inode) reads nothing; a load whose files hash to the resident version's content
+ * hash keeps that version (no new version, requests in flight undisturbed). Either way the load
+ * reports "unchanged". */
 int adapter_registry_load(adapter_registry *r, const char *id, char *err, size_t errlen);
+
+/* What a load asked for with adapter_registry_load_then came to. */
+typedef struct adapter_load_result {
+    int rc;           /* 0: the node is resident from its files as they were when the load was
+                         asked for (or later); -ENOENT the node is gone; -ECANCELED the registry
+                         is closing; any other negative: the files do not load (err says why;
+                         a previous good version, if any, keeps serving) */
+    bool unchanged;   /* rc 0 and nothing was reloaded (see adapter_registry_load) */
+    uint64_t version; /* rc 0: the resident version's content hash */
+    const char *err;  /* rc < 0: why, files named relative to the root; valid during the call */
+} adapter_load_result;
+
+typedef void (*adapter_load_cb)(void *ud, const adapter_load_result *res);
+
+/* adapter_registry_load (and pin, with pin), then cb(ud, result) on the loop thread once a load
+ * started at or after this call has finished (or the files were found unchanged). Returns 0, and
+ * cb is then called exactly once (at the latest when the registry is freed); or -ENOENT / -EINVAL
+ * as adapter_registry_load, and cb is never called. Any thread. */
+int adapter_registry_load_then(adapter_registry *r, const char *id, bool pin, adapter_load_cb cb,
+                               void *ud, char *err, size_t errlen);
+/* The refusals of adapter_registry_load, without loading: 0 when id names an adapter node, else
+ * -EINVAL (malformed id, a namespace) or -ENOENT with a message. Any thread. */
+int adapter_registry_check(adapter_registry *r, const char *id, char *err, size_t errlen);
 int adapter_registry_unload(adapter_registry *r, const char *id, char *err, size_t errlen);
 int adapter_registry_pin(adapter_registry *r, const char *id, bool pin, char *err, size_t errlen);
 
@@ -114,7 +152,8 @@ typedef struct adapter_node_info {
     char id[ADAPTER_ID_MAX + 1];
     char parent[ADAPTER_ID_MAX + 1]; /* the parent directory's id, "" at the top */
     adapter_state state;
-    char error[256]; /* the last failed load's reason, "" if none */
+    char error[256]; /* the last failed load's reason (files named relative to the root), or why
+                        its files cannot be loaded; "" if none */
     bool pinned;
     bool reloading; /* a new version is loading (or asked for) while the old one serves */
     /* What the adapter is: the resident version's values, else what its files say (described in

@@ -186,10 +186,14 @@ class Client:
     def adapters(self):
         return self.request("GET", "/v1/adapters", admin=True)
 
-    def load(self, adapter_id, pin=None):
+    def load(self, adapter_id, pin=None, wait=True):
+        """Loads a node and answers once it is loaded (or why it is not); wait=False answers
+        202 at once."""
         body = {"id": adapter_id}
         if pin is not None:
             body["pin"] = bool(pin)
+        if not wait:
+            body["wait"] = False
         return self.request("POST", "/v1/adapters/load", body, admin=True)
 
     def unload(self, adapter_id):

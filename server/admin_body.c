@@ -12,7 +12,8 @@
 #include "server/json_check.h"
 
 int srv_admin_body_parse(const char *body, size_t len, bool pin_required, char *id, size_t idcap,
-                         int *pin, char *err, size_t errlen, char *param, size_t paramlen)
+                         int *pin, int *wait, char *err, size_t errlen, char *param,
+                         size_t paramlen)
 {
     if (paramlen)
         param[0] = 0;
@@ -40,6 +41,7 @@ int srv_admin_body_parse(const char *body, size_t len, bool pin_required, char *
     }
     const cJSON *jid = cJSON_GetObjectItemCaseSensitive(root, "id");
     const cJSON *jpin = cJSON_GetObjectItemCaseSensitive(root, "pin");
+    const cJSON *jwait = cJSON_GetObjectItemCaseSensitive(root, "wait");
     const char *bad = NULL, *field = "";
     size_t idlen = cJSON_IsString(jid) ? strlen(jid->valuestring) : 0;
     if (rc) {
@@ -57,6 +59,9 @@ int srv_admin_body_parse(const char *body, size_t len, bool pin_required, char *
     } else if ((jpin && !cJSON_IsBool(jpin)) || (pin_required && !jpin)) {
         bad = pin_required ? "pin: expected true or false" : "pin: expected a boolean";
         field = "pin";
+    } else if (jwait && !cJSON_IsBool(jwait)) {
+        bad = "wait: expected a boolean";
+        field = "wait";
     }
     if (bad) {
         snprintf(err, errlen, "%s", bad);
@@ -66,6 +71,7 @@ int srv_admin_body_parse(const char *body, size_t len, bool pin_required, char *
     }
     memcpy(id, jid->valuestring, idlen + 1);
     *pin = cJSON_IsTrue(jpin) ? 1 : cJSON_IsFalse(jpin) ? 0 : -1;
+    *wait = cJSON_IsTrue(jwait) ? 1 : cJSON_IsFalse(jwait) ? 0 : -1;
     cJSON_Delete(root);
     return 0;
 }

@@ -10,8 +10,11 @@
  *
  * Shutdown. The first signal drains: the engine stops admitting (new generation requests get
  * 503, /health says "draining"), in-flight requests finish and are answered, for at most
- * DRAIN_SECONDS (a second signal cuts the wait short). Then waiting requests are woken and
- * answered 503, libmicrohttpd stops, the engine is freed, and the process exits 0.
+ * --drain-timeout seconds (a second signal cuts the wait short). Requests still running then are
+ * not dropped silently: the engine ends their jobs with an error (srv_engine_abort), which the
+ * routes answer as a 503 or, mid-stream, as an error event and [DONE]; other waiting requests are
+ * woken and answered 503. Then libmicrohttpd stops, the engine is freed, and the process exits 0,
+ * or SRV_EXIT_CUT when requests were cut, so that a supervisor can tell.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -34,8 +38,8 @@
 #include "server/log.h"
 #include "server/routes.h"
 
-#define DRAIN_SECONDS 30
 #define SWEEP_MS 250
+#define SRV_EXIT_CUT 3 /* exit status when the drain cut requests */
 
 static void serve_usage(FILE *out)
 {
@@ -73,8 +77,21 @@ static void serve_usage(FILE *out)
             "413\n"
             "      --idle-timeout S      close connections idle for S seconds (default 60; 0 = "
             "never)\n"
-            "SIGINT or SIGTERM drains: running requests finish (at most %d s), then it exits 0.\n",
-            DRAIN_SECONDS);
+            "      --max-connections N   connections for requests (default 1024); past it the one\n"
+            "                            that has waited longest for a request head is closed,\n"
+            "                            then N/16 (>= 8) more serve /health and keyed requests\n"
+            "      --max-connections-per-ip N  connections from one address (default half of\n"
+            "                            --max-connections; 0 = no cap)\n"
+            "      --header-timeout S    a request head must arrive within S seconds, however\n"
+            "                            slowly its bytes come (default 10; 0 = no limit)\n"
+            "      --body-timeout S      a body must arrive within S seconds of its head (default\n"
+            "                            30; 0 = no limit); later gets 408\n"
+            "      --drain-timeout S     on SIGINT/SIGTERM, wait at most S seconds for running\n"
+            "                            requests (default 30)\n"
+            "SIGINT or SIGTERM drains: running requests finish, then it exits 0; requests still\n"
+            "running after --drain-timeout (or at a second signal) end with an error (a 503, or\n"
+            "an error event and [DONE] in a stream) and it exits %d.\n",
+            SRV_EXIT_CUT);
 }
 
 static const struct {
@@ -92,6 +109,11 @@ static const struct {
     {"--queue-limit", 1, 1 << 20, offsetof(srv_serve_opts, queue_limit)},
     {"--max-body-kb", 1, 1 << 20, offsetof(srv_serve_opts, max_body_kb)},
     {"--idle-timeout", 0, 86400, offsetof(srv_serve_opts, idle_timeout)},
+    {"--max-connections", 1, 1 << 16, offsetof(srv_serve_opts, max_conns)},
+    {"--max-connections-per-ip", 0, 1 << 16, offsetof(srv_serve_opts, per_ip_conns)},
+    {"--header-timeout", 0, 86400, offsetof(srv_serve_opts, header_timeout)},
+    {"--body-timeout", 0, 86400, offsetof(srv_serve_opts, body_timeout)},
+    {"--drain-timeout", 0, 86400, offsetof(srv_serve_opts, drain_timeout)},
 };
 
 static void defaults(srv_serve_opts *o)
@@ -108,6 +130,11 @@ static void defaults(srv_serve_opts *o)
     o->log_level = SRV_LOG_INFO;
     o->max_body_kb = 1024;
     o->idle_timeout = 60;
+    o->max_conns = 1024;
+    o->per_ip_conns = -1; /* half of max_conns unless given */
+    o->header_timeout = 10;
+    o->body_timeout = 30;
+    o->drain_timeout = 30;
     o->watch = true;
 }
 
@@ -211,6 +238,8 @@ int srv_serve_parse(int argc, char **argv, srv_serve_opts *o, char *err, size_t 
     }
     if (no_registry)
         o->registry = NULL;
+    if (o->per_ip_conns < 0)
+        o->per_ip_conns = o->max_conns / 2 > 0 ? o->max_conns / 2 : 1;
     const char *env = getenv("ADAPTREE_API_KEY");
     if (!o->api_key && env && env[0])
         o->api_key = env;
@@ -313,26 +342,85 @@ static srv_engine *start_engine(const srv_serve_opts *o)
     return e;
 }
 
-/* Drains (see the top of the file) once the first signal has come. */
-static void drain(srv_app *app, srv_engine *e, srv_http *http, int sfd)
+/* Raises the soft descriptor limit to what the connection caps need (Debian's default soft limit
+ * is 1024, below the default caps); when the hard limit is lower, shrinks the caps to fit and
+ * says so. */
+static void fit_fd_limit(srv_http_opts *ho)
 {
-    srv_log(SRV_LOG_INFO, "draining: %d request(s) in progress; at most %d s",
-            srv_http_active(http), DRAIN_SECONDS);
+    const rlim_t spare = 256; /* model, adapters being read, the registry's watches, pipes */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t need = srv_http_fd_need(ho) + spare;
+    if (rl.rlim_cur >= need)
+        return;
+    rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= need ? need : rl.rlim_max;
+    rl.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0 && getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur >= need)
+        return;
+    unsigned before = ho->max_conns;
+    while (ho->max_conns > 16 && srv_http_fd_need(ho) + spare > rl.rlim_cur) {
+        ho->max_conns = ho->max_conns * 7 / 8;
+        ho->reserve_conns = 0; /* back to its default share */
+    }
+    if (ho->per_ip_conns > ho->max_conns)
+        ho->per_ip_conns = ho->max_conns;
+    srv_log(SRV_LOG_WARN,
+            "the descriptor limit (ulimit -n) is %llu: --max-connections lowered from %u to %u",
+            (unsigned long long)rl.rlim_cur, before, ho->max_conns);
+}
+
+/* Waits up to ms for the HTTP requests in progress to end, sweeping; false if some are left. */
+static bool wait_requests(srv_http *http, int ms)
+{
+    double t0 = now_s();
+    while (srv_http_active(http) > 0 && (now_s() - t0) * 1e3 < ms) {
+        usleep(20 * 1000);
+        srv_http_sweep(http);
+    }
+    return srv_http_active(http) == 0;
+}
+
+/* Drains (see the top of the file) once the first signal has come. Returns the number of
+ * requests that were still running when the drain ran out of time (or a second signal came),
+ * each of which got an error answer. */
+static int drain(srv_app *app, srv_engine *e, srv_http *http, int sfd, long seconds)
+{
+    srv_log(SRV_LOG_INFO, "draining: %d request(s) in progress; at most %ld s",
+            srv_http_active(http), seconds);
     atomic_store(&app->draining, true);
     srv_engine_drain(e);
     double t0 = now_s();
-    while (srv_http_active(http) > 0 && now_s() - t0 < DRAIN_SECONDS) {
+    while (srv_http_active(http) > 0 && now_s() - t0 < (double)seconds) {
         if (signal_wait(sfd, SWEEP_MS)) {
             srv_log(SRV_LOG_WARN, "second signal: stopping now");
             break;
         }
         srv_http_sweep(http);
     }
+    int cut = srv_http_active(http);
+    if (cut > 0) {
+        /* Every job ends with an error the routes turn into a 503 or, in a stream, an error
+         * event and [DONE]; then the requests that wait for anything else are woken (503). */
+        srv_log(SRV_LOG_WARN,
+                "the drain ran out of time: ending %d unfinished request(s) with an "
+                "error",
+                cut);
+        char why[160];
+        snprintf(why, sizeof why,
+                 "the server is shutting down and this request did not finish within the drain "
+                 "time (--drain-timeout %ld s)",
+                 seconds);
+        srv_engine_abort(e, why);
+        wait_requests(http, 2000);
+    }
     srv_http_stop_waiting(http);
-    for (int i = 0; i < 100 && srv_http_active(http) > 0; i++)
-        usleep(10 * 1000);
-    if (srv_http_active(http) > 0)
-        srv_log(SRV_LOG_WARN, "closing %d unfinished request(s)", srv_http_active(http));
+    if (!wait_requests(http, 1000))
+        srv_log(SRV_LOG_WARN, "closing %d request(s) that did not take their answer",
+                srv_http_active(http));
+    return cut;
 }
 
 int srv_cli_serve(int argc, char **argv)
@@ -365,18 +453,22 @@ int srv_cli_serve(int argc, char **argv)
     srv_app_init(&app, e, &auth, (size_t)o.max_body_kb << 10);
     srv_http_handler h;
     srv_routes_handler(&app, &h);
-    unsigned conns = (unsigned)(o.max_seqs + o.queue_limit + 64);
     srv_http_opts ho = {.host = o.host,
                         .port = (int)o.port,
                         .threads = (int)o.http_threads,
-                        .conn_limit = conns < 512 ? 512 : conns,
+                        .max_conns = (unsigned)o.max_conns,
+                        .per_ip_conns = (unsigned)o.per_ip_conns,
+                        .header_timeout_s = (double)o.header_timeout,
+                        .body_timeout_s = (double)o.body_timeout,
                         .idle_timeout_s = (unsigned)o.idle_timeout};
+    fit_fd_limit(&ho);
     http = srv_http_new(&ho, &h, err, sizeof err);
     if (!http) {
         fprintf(stderr, "serve: %s\n", err);
         srv_app_deinit(&app);
         goto out;
     }
+    atomic_store(&app.http, http);
     adapter_registry *reg = srv_engine_registry(e);
     adapter_registry_stats rs = {0};
     if (reg)
@@ -389,14 +481,20 @@ int srv_cli_serve(int argc, char **argv)
     while (!(sig = signal_wait(sfd, SWEEP_MS)))
         srv_http_sweep(http);
     srv_log(SRV_LOG_INFO, "%s received", strsignal(sig));
-    drain(&app, e, http, sfd);
+    int cut = drain(&app, e, http, sfd, o.drain_timeout);
     srv_http_free(http);
     srv_engine_free(e);
     e = NULL;
     srv_app_deinit(&app);
     memset(&auth, 0, sizeof auth);
-    srv_log(SRV_LOG_INFO, "stopped");
-    status = 0;
+    if (cut > 0) {
+        srv_log(SRV_LOG_WARN, "stopped; %d request(s) were cut by the drain time-out (exit %d)",
+                cut, SRV_EXIT_CUT);
+        status = SRV_EXIT_CUT;
+    } else {
+        srv_log(SRV_LOG_INFO, "stopped");
+        status = 0;
+    }
 out:
     srv_engine_free(e);
     close(sfd);

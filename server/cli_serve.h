@@ -26,6 +26,11 @@ typedef struct srv_serve_opts {
     int log_level;         /* srv_log_level, info */
     long max_body_kb;      /* 1024 */
     long idle_timeout;     /* seconds, 60 */
+    long max_conns;        /* --max-connections, 1024 */
+    long per_ip_conns;     /* --max-connections-per-ip, half of max_conns; 0 = no cap */
+    long header_timeout;   /* seconds to receive a request head, 10; 0 = no limit */
+    long body_timeout;     /* seconds to receive a body after its head, 30; 0 = no limit */
+    long drain_timeout;    /* seconds a drain waits for running requests, 30 */
     bool watch;            /* watch the registry (--no-watch turns it off) */
     bool int8;             /* --int8: int8 activations */
     bool kv_f16;           /* --kv-f16: f16 KV cache */

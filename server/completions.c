@@ -319,7 +319,7 @@ static void start(srv_app *a, srv_http_req *req, srv_call *c)
 
 static const char *error_code(const srv_job_status *st)
 {
-    return st->http_status == 404 ? "model_not_found" : NULL;
+    return st->error_code ? st->error_code : st->http_status == 404 ? "model_not_found" : NULL;
 }
 
 /* Completions with echo and logprobs: the prompt's recorded tokens (*n of them), each text_end

@@ -185,6 +185,39 @@ nomem:
     return NULL;
 }
 
+srv_job *srv_job_new_load(const char *id, bool pin, void (*notify)(void *ud), void *ud, char *err,
+                          size_t errlen)
+{
+    if (!id || !id[0] || strlen(id) > ADAPTER_ID_MAX) {
+        set_err(err, errlen, "adapter id must be 1..%d bytes", ADAPTER_ID_MAX);
+        return NULL;
+    }
+    srv_job *j = calloc(1, sizeof *j);
+    char *text = malloc(1);
+    if (!j || !text) {
+        free(j);
+        free(text);
+        set_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_mutex_init(&j->notify_mu, NULL);
+    atomic_init(&j->refs, 1);
+    atomic_init(&j->cancel, false);
+    j->kind = SRV__JOB_LOAD;
+    snprintf(j->load_id, sizeof j->load_id, "%s", id);
+    j->load_pin = pin;
+    j->text = text;
+    j->text[0] = 0;
+    j->text_cap = 1;
+    snprintf(j->label, sizeof j->label, "%s", id);
+    j->notify = notify;
+    j->ud = ud;
+    j->st.first_token_ms = -1;
+    j->st.total_ms = -1;
+    return j;
+}
+
 void srv_job_ref(srv_job *j)
 {
     atomic_fetch_add_explicit(&j->refs, 1, memory_order_relaxed);
@@ -275,6 +308,11 @@ void srv__job_finish(srv_engine *e, srv_job *j, srv_finish f, int http_status, c
     if (j->in_queue)
         e->queued--;
     j->in_queue = false;
+    if (j->kind == SRV__JOB_LOAD) {
+        e->loads--;
+        pthread_mutex_unlock(&e->mu);
+        return;
+    }
     e->active--;
     if (f == SRV_FINISH_ERROR) {
         e->stats.jobs_failed++;
@@ -289,6 +327,13 @@ void srv__job_finish(srv_engine *e, srv_job *j, srv_finish f, int http_status, c
         fprintf(stderr, "engine: job %s (%s) ended %s%s%s\n", j->label,
                 j->client[0] ? j->client : "-", srv_finish_name(f),
                 f == SRV_FINISH_ERROR ? ": " : "", f == SRV_FINISH_ERROR && msg ? msg : "");
+}
+
+void srv__job_set_code(srv_job *j, const char *code)
+{
+    pthread_mutex_lock(&j->mu);
+    j->st.error_code = code;
+    pthread_mutex_unlock(&j->mu);
 }
 
 void srv__job_notify(srv_job *j)
@@ -359,14 +404,16 @@ int srv_engine_submit(srv_engine *e, srv_job *j)
         return -EINVAL;
     pthread_mutex_lock(&e->mu);
     srv_label_stats *ls = NULL;
+    bool load = j->kind == SRV__JOB_LOAD;
     if (e->draining || e->stopping)
         rc = -ESHUTDOWN;
-    else if (e->queued >= e->queue_limit)
-        rc = -EAGAIN;
-    else if (!(ls = label_get(e, j->label)))
+    else if (!load && e->active >= e->max_seqs + e->queue_limit)
+        rc = -EAGAIN; /* every slot taken and queue_limit jobs waiting (also those not yet
+                         moved from the inbox into free slots: they are not waiting) */
+    else if (!load && !(ls = label_get(e, j->label)))
         rc = -ENOMEM;
     if (rc) {
-        e->stats.jobs_rejected++;
+        e->stats.jobs_rejected += !load;
         pthread_mutex_unlock(&e->mu);
         pthread_mutex_lock(&j->mu);
         j->submitted = false;
@@ -376,23 +423,75 @@ int srv_engine_submit(srv_engine *e, srv_job *j)
     srv_job_ref(j); /* the engine's reference */
     j->t_submit = srv__now();
     j->lstat = ls;
-    ls->requests++;
-    j->in_queue = true;
     j->next = NULL;
     if (e->inbox_tail)
         e->inbox_tail->next = j;
     else
         e->inbox_head = j;
     e->inbox_tail = j;
-    e->queued++;
-    e->active++;
-    e->stats.jobs_submitted++;
+    if (load) {
+        e->loads++;
+    } else {
+        ls->requests++;
+        j->in_queue = true;
+        e->queued++;
+        e->active++;
+        e->stats.jobs_submitted++;
+    }
     pthread_mutex_lock(&j->mu);
     j->engine = e;
     pthread_mutex_unlock(&j->mu);
     uv_async_send(&e->wake);
     pthread_mutex_unlock(&e->mu);
     return 0;
+}
+
+/* The registry finished the load an admin load job asked for: the job ends with its result. */
+static void on_admin_loaded(void *ud, const adapter_load_result *res)
+{
+    srv_job *j = ud;
+    pthread_mutex_lock(&j->mu);
+    srv_engine *e = j->engine;
+    pthread_mutex_unlock(&j->mu);
+    char msg[sizeof j->st.error];
+    if (res->rc == 0) {
+        pthread_mutex_lock(&j->mu); /* before the finish, as the error code below */
+        j->st.version = res->version;
+        j->st.unchanged = res->unchanged;
+        pthread_mutex_unlock(&j->mu);
+        srv__job_finish(e, j, SRV_FINISH_STOP, 0, NULL, NULL);
+    } else {
+        int status = res->rc == -ENOENT      ? 404
+                     : res->rc == -ENOMEM    ? 503
+                     : res->rc == -ECANCELED ? 503
+                                             : 422;
+        snprintf(msg, sizeof msg, "adapter '%.64s' failed to load: %.150s", j->load_id,
+                 res->err ? res->err : "unknown error");
+        srv__job_set_code(j, status == 404   ? "model_not_found"
+                             : status == 422 ? "adapter_load_failed"
+                                             : NULL);
+        srv__job_finish(e, j, SRV_FINISH_ERROR, status,
+                        status == 422 || status == 404 ? "invalid_request_error" : "server_error",
+                        msg);
+    }
+    srv__job_notify(j);
+}
+
+/* Hands an admin load job to the registry; it ends in on_admin_loaded. */
+static void start_admin_load(srv_engine *e, srv_job *j)
+{
+    char err[256];
+    int rc = e->reg ? adapter_registry_load_then(e->reg, j->load_id, j->load_pin, on_admin_loaded,
+                                                 j, err, sizeof err)
+                    : -ENOENT;
+    if (rc == 0)
+        return;
+    if (!e->reg)
+        snprintf(err, sizeof err, "this server has no adapter registry");
+    srv__job_set_code(j, rc == -ENOENT ? "model_not_found" : NULL);
+    srv__job_finish(e, j, SRV_FINISH_ERROR, rc == -ENOENT ? 404 : 400, "invalid_request_error",
+                    err);
+    srv__job_notify(j);
 }
 
 /* Moves new jobs into the scheduler, ending at once those that cannot or need not run. */
@@ -403,6 +502,10 @@ static void intake(srv_engine *e, srv_job *list)
         srv_job *j = list;
         list = j->next;
         j->next = NULL;
+        if (j->kind == SRV__JOB_LOAD) {
+            start_admin_load(e, j);
+            continue;
+        }
         bool bad_id = false;
         for (int i = 0; i < j->n_prompt; i++)
             bad_id |= j->prompt[i] < 0 || j->prompt[i] >= e->n_vocab;
@@ -425,6 +528,20 @@ static void intake(srv_engine *e, srv_job *list)
     }
 }
 
+/* srv_engine_abort's work: every job waiting or running ends with its error. */
+static void fail_all(srv_engine *e)
+{
+    char msg[sizeof e->abort_msg];
+    pthread_mutex_lock(&e->mu);
+    snprintf(msg, sizeof msg, "%s", e->abort_msg);
+    uint64_t failed = e->stats.jobs_failed;
+    pthread_mutex_unlock(&e->mu);
+    srv__sched_fail_all(e, 503, "server_error", "shutting_down", msg);
+    pthread_mutex_lock(&e->mu);
+    e->stats.jobs_aborted += e->stats.jobs_failed - failed;
+    pthread_mutex_unlock(&e->mu);
+}
+
 /* ---- the engine thread ---------------------------------------------------------------------- */
 
 static void on_wake(uv_async_t *h)
@@ -432,12 +549,16 @@ static void on_wake(uv_async_t *h)
     (void)h; /* the loop below looks at the inbox and the flags after every turn */
 }
 
-static void on_loaded(void *ud, const char *id, bool ok)
+/* A load finished. Clients see a failure's message with file names relative to the registry;
+ * the log also gets the directory's absolute path, for the operator. */
+static void on_loaded(void *ud, const char *id, bool ok, const char *err, const char *abs_dir)
 {
     srv_engine *e = ud;
     e->loads_changed = true;
-    if (e->verbose >= 2)
-        fprintf(stderr, "engine: adapter %s %s\n", id, ok ? "loaded" : "failed to load");
+    if (!ok && e->verbose >= 1)
+        fprintf(stderr, "engine: adapter %s failed to load from %s: %s\n", id, abs_dir, err);
+    else if (e->verbose >= 2)
+        fprintf(stderr, "engine: adapter %s loaded from %s\n", id, abs_dir);
 }
 
 /* Publishes the gauges of srv_engine_stats. */
@@ -460,7 +581,7 @@ static void engine_run(srv_engine *e)
 {
     for (;;) {
         pthread_mutex_lock(&e->mu);
-        bool stop = e->stopping;
+        bool stop = e->stopping, failing = e->aborting;
         srv_job *list = NULL;
         if (!stop) {
             list = e->inbox_head;
@@ -470,6 +591,8 @@ static void engine_run(srv_engine *e)
         if (stop)
             break;
         intake(e, list);
+        if (failing)
+            fail_all(e);
         if (atomic_exchange(&e->cancel_pending, false))
             srv__sched_sweep_cancelled(e);
         srv__sched_admit(e);
@@ -693,10 +816,19 @@ void srv_engine_drain(srv_engine *e)
     pthread_mutex_unlock(&e->mu);
 }
 
+void srv_engine_abort(srv_engine *e, const char *why)
+{
+    pthread_mutex_lock(&e->mu);
+    e->aborting = true;
+    snprintf(e->abort_msg, sizeof e->abort_msg, "%s", why);
+    uv_async_send(&e->wake);
+    pthread_mutex_unlock(&e->mu);
+}
+
 bool srv_engine_idle(srv_engine *e)
 {
     pthread_mutex_lock(&e->mu);
-    bool idle = e->active == 0;
+    bool idle = e->active == 0 && e->loads == 0;
     pthread_mutex_unlock(&e->mu);
     return idle;
 }

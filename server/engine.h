@@ -72,6 +72,11 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen);
 void srv_engine_drain(srv_engine *e);
 /* True when no job is waiting or running. Any thread. */
 bool srv_engine_idle(srv_engine *e);
+/* Ends every job still queued or running (also those submitted later) with ERROR 503, code
+ * "shutting_down" and message why: what a drain that ran out of time does, so that every
+ * request gets an answer (a streamed one an error event and [DONE]) instead of a cut
+ * connection. Returns at once; the engine thread does it at its next turn. Any thread. */
+void srv_engine_abort(srv_engine *e, const char *why);
 /* Cancels whatever is left, stops the thread and frees everything. The caller must have dropped
  * its own job references or keep them valid: jobs outlive the engine until unreferenced. */
 void srv_engine_free(srv_engine *e);
@@ -91,6 +96,7 @@ typedef struct srv_engine_stats {
     /* submitted: accepted by submit; finished: ended "stop" or "length"; failed: "error";
        cancelled: "cancelled"; rejected: refused by submit (-EAGAIN, -ESHUTDOWN) */
     uint64_t jobs_submitted, jobs_finished, jobs_failed, jobs_cancelled, jobs_rejected;
+    uint64_t jobs_aborted;     /* of the failed ones, those srv_engine_abort ended */
     uint64_t prompt_tokens;    /* prompt rows computed */
     uint64_t generated_tokens; /* tokens sampled */
     uint64_t steps;            /* forward calls */
@@ -176,13 +182,22 @@ typedef struct srv_job_token {
  * until the engine is freed). */
 srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud, char *err,
                      size_t errlen);
+/* Makes a job that loads registry node id (and pins it, with pin) instead of generating: it is
+ * submitted and waited for like any job, never counts against the queue limit, and ends once
+ * the registry has loaded the node's files as they are when the engine takes the job: STOP with
+ * version and unchanged set (a node already resident from files whose signature and content have
+ * not changed is not reloaded), or ERROR with the load's status and message (404 the node is
+ * gone, 422 its files do not load, 503 no memory). notify and ud as for srv_job_new. */
+srv_job *srv_job_new_load(const char *id, bool pin, void (*notify)(void *ud), void *ud, char *err,
+                          size_t errlen);
 /* Stops the job's notify calls: when this returns, no notify of j is running and none will
  * follow, so ud may be freed. Any thread except from inside that notify; idempotent. */
 void srv_job_detach_notify(srv_job *j);
 void srv_job_ref(srv_job *j);
 void srv_job_unref(srv_job *j); /* frees at zero; NULL ignored */
 
-/* Hands the job to the engine. 0; -EAGAIN when the queue is full (HTTP 429 with Retry-After);
+/* Hands the job to the engine. 0; -EAGAIN when max_seqs jobs run and queue_limit wait (HTTP 429
+ * with Retry-After; a job submitted while a slot is free never counts as waiting);
  * -ESHUTDOWN when draining (503); -EINVAL when the job was submitted before. On failure the job
  * is untouched (the caller still owns it). Any thread.
  *
@@ -202,6 +217,8 @@ typedef struct srv_job_status {
     char error[256];        /* for ERROR: the message */
     const char *error_type; /* for ERROR: "invalid_request_error", "not_found_error",
                                "server_error", ... (static string) */
+    const char *error_code; /* for ERROR: OpenAI's "code" when there is one ("shutting_down"),
+                               else NULL (static string) */
     int prompt_tokens;
     int completion_tokens;
     size_t text_len;       /* bytes of text released so far (valid UTF-8 at every length) */
@@ -209,6 +226,10 @@ typedef struct srv_job_status {
                               once its bytes are released; at the end every sampled token is,
                               including those of a cut stop string, but never the end-of-
                               generation token */
+    uint64_t version;      /* load jobs (srv_job_new_load) that ended STOP: the node's resident
+                              version (content hash) */
+    bool unchanged;        /* ... and it was already resident from the same files: nothing was
+                              reloaded */
     double queue_ms;       /* submit -> admitted (slot taken) */
     double first_token_ms; /* submit -> first token sampled; < 0 until then */
     double total_ms;       /* submit -> done; < 0 until then */

@@ -25,7 +25,11 @@
 
 #define SRV__LABELS_MAX 1024 /* distinct metric labels; later ones count under "other" */
 
+/* What a job does: generate, or (srv_job_new_load) load an adapter for an admin request. */
+typedef enum srv__job_kind { SRV__JOB_GENERATE = 0, SRV__JOB_LOAD } srv__job_kind;
+
 struct srv_job {
+    srv__job_kind kind;
     atomic_int refs;
     atomic_bool cancel; /* srv_job_cancel was called */
     pthread_mutex_t mu;
@@ -46,6 +50,9 @@ struct srv_job {
     bool prompt_logprobs;
     void (*notify)(void *ud); /* notify_mu; NULL once detached */
     void *ud;
+    /* SRV__JOB_LOAD: the node and whether to pin it */
+    char load_id[ADAPTER_ID_MAX + 1];
+    bool load_pin;
 
     /* output and ownership, mu */
     srv_engine *engine; /* set by submit, NULL again once the job is done */
@@ -138,8 +145,11 @@ struct srv_engine {
     pthread_mutex_t mu;
     srv_job *inbox_head, *inbox_tail;
     int queued; /* submitted, neither admitted nor ended */
-    int active; /* submitted, not ended */
+    int active; /* submitted, not ended (generation jobs) */
+    int loads;  /* load jobs submitted, not ended */
     bool draining, stopping;
+    bool aborting;       /* srv_engine_abort was called: fail every job at the next turn */
+    char abort_msg[200]; /* its message */
     srv_engine_stats stats;
     srv_label_stats **labels; /* (n_labels) sorted by label; entries never move */
     size_t n_labels;
@@ -182,6 +192,9 @@ void srv__job_finish(srv_engine *e, srv_job *j, srv_finish f, int http_status, c
 /* Calls the job's notify and, when it is finished, drops the engine's reference. Engine
  * thread, no lock held. */
 void srv__job_notify(srv_job *j);
+/* Sets a job's error code (srv_job_status.error_code; a static string) for the ERROR it is about
+ * to end with: call it before srv__job_finish, whose finish another thread may read at once. */
+void srv__job_set_code(srv_job *j, const char *code);
 
 /* scheduler.c, engine thread */
 int srv__sched_init(srv_engine *e, char *err, size_t errlen);
@@ -191,6 +204,9 @@ void srv__sched_sweep_cancelled(srv_engine *e);
 void srv__sched_admit(srv_engine *e);
 void srv__sched_step(srv_engine *e);
 void srv__sched_cancel_all(srv_engine *e);
+/* Ends every job waiting or running with ERROR http_status / type / code / msg. */
+void srv__sched_fail_all(srv_engine *e, int http_status, const char *type, const char *code,
+                         const char *msg);
 /* Jobs waiting in the groups, and those of them waiting for a load. */
 void srv__sched_counts(const srv_engine *e, int *waiting, int *loading);
 

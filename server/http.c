@@ -45,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -71,6 +72,10 @@ struct srv_http {
     unsigned n_free;
     atomic_int active;
     atomic_bool stopping;
+    srv_conns *conns;
+    unsigned mhd_limit; /* libmicrohttpd's own connection limit, above ours (srv_http_fd_need) */
+    srv_conns_stats logged; /* counters at the last "connections closed" log line */
+    double logged_at;
 };
 
 struct srv_http_req {
@@ -81,6 +86,8 @@ struct srv_http_req {
     const char *method, *url; /* libmicrohttpd's, valid for the request */
     char peer[INET6_ADDRSTRLEN];
     int fd;
+    srv_conn *conn_rec; /* the connection's entry in the table (lives longer than r) */
+    bool reserve;
     double t0;
     /* body */
     char *body;
@@ -369,8 +376,8 @@ static void run_request(srv_http *h, srv_http_req *r)
 
 /* ---- libmicrohttpd callbacks ---------------------------------------------------------------- */
 
-static srv_http_req *req_new(srv_http *h, struct MHD_Connection *conn, const char *url,
-                             const char *method)
+static srv_http_req *req_new(srv_http *h, struct MHD_Connection *conn, srv_conn *rec,
+                             const char *url, const char *method)
 {
     srv_http_req *r = calloc(1, sizeof *r);
     if (!r)
@@ -381,6 +388,8 @@ static srv_http_req *req_new(srv_http *h, struct MHD_Connection *conn, const cha
     r->method = method;
     r->fd = -1;
     r->t0 = now_s();
+    r->conn_rec = rec;
+    r->reserve = srv_conns_is_reserve(h->conns, rec);
     atomic_init(&r->refs, 1);
     r->slot = slot_take(h, r);
     if (!r->slot) {
@@ -454,6 +463,77 @@ static bool take_body(srv_http_req *r, const char *data, size_t n)
     return true;
 }
 
+/* Counts the headers that say how long a body is (RFC 9112 §6). */
+typedef struct framing {
+    int n_length, n_encoding;
+    bool chunked; /* the (single) Transfer-Encoding is exactly "chunked" */
+} framing;
+
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      const char *value)
+{
+    (void)kind;
+    framing *f = cls;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        f->n_length++;
+    } else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        f->n_encoding++;
+        f->chunked = value && !strcasecmp(value, "chunked");
+    }
+    return MHD_YES;
+}
+
+/* A request whose framing a proxy in front could read differently (request smuggling) gets a
+ * 400 and its connection is closed (an answer queued before the body makes libmicrohttpd
+ * discard the rest): more than one Content-Length, both Content-Length and Transfer-Encoding,
+ * or a Transfer-Encoding other than a single "chunked". true when it answered. */
+static bool refuse_bad_framing(srv_http_req *r)
+{
+    framing f = {0};
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, framing_header, &f);
+    const char *why = f.n_length > 1               ? "more than one Content-Length header"
+                      : f.n_length && f.n_encoding ? "both Content-Length and Transfer-Encoding"
+                      : f.n_encoding > 1           ? "more than one Transfer-Encoding header"
+                      : f.n_encoding && !f.chunked ? "a Transfer-Encoding other than chunked"
+                                                   : NULL;
+    if (!why)
+        return false;
+    srv_http_reply_error(r, 400, "invalid_request_error", "bad_framing", NULL,
+                         "the request's length is ambiguous: %s (RFC 9112 §6)", why);
+    return true;
+}
+
+/* The connection table's record of conn (set when it opened), NULL if none. */
+static srv_conn *conn_record(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* The first call for a request: its head is complete. */
+static enum MHD_Result on_head(srv_http *h, struct MHD_Connection *conn, const char *url,
+                               const char *method, void **con_cls)
+{
+    srv_conn *rec = conn_record(conn);
+    if (srv_conns_is_closing(h->conns, rec))
+        return MHD_NO; /* refused or timed out: answered already */
+    srv_conns_head(h->conns, rec, now_s());
+    srv_http_req *r = req_new(h, conn, rec, url, method);
+    if (!r) {
+        srv_log(SRV_LOG_WARN, "%s %s: no request slot left; closing", method, url);
+        return MHD_NO;
+    }
+    *con_cls = r;
+    if (!refuse_bad_framing(r))
+        r->limit = h->h.on_headers(h->h.ud, r);
+    if (!r->replied && content_length(conn) > (long long)r->limit)
+        reply_too_large(r);
+    if (r->replied)
+        srv_conns_busy(h->conns, rec);
+    return r->queue_failed ? MHD_NO : MHD_YES;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url,
                                  const char *method, const char *version, const char *upload,
                                  size_t *upload_size, void **con_cls)
@@ -461,18 +541,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     (void)version;
     srv_http *h = cls;
     srv_http_req *r = *con_cls;
-    if (!r) {
-        r = req_new(h, conn, url, method);
-        if (!r) {
-            srv_log(SRV_LOG_WARN, "%s %s: no request slot left; closing", method, url);
-            return MHD_NO;
-        }
-        *con_cls = r;
-        r->limit = h->h.on_headers(h->h.ud, r);
-        if (!r->replied && content_length(conn) > (long long)r->limit)
-            reply_too_large(r);
-        return r->queue_failed ? MHD_NO : MHD_YES;
-    }
+    if (!r)
+        return on_head(h, conn, url, method, con_cls);
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
@@ -482,6 +552,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
         return MHD_YES;
     if (!r->body_done) {
         r->body_done = true;
+        srv_conns_busy(h->conns, r->conn_rec);
         if (r->too_large) {
             reply_too_large(r);
             return r->queue_failed ? MHD_NO : MHD_YES;
@@ -523,6 +594,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     slot_give(h, s);
     int status = r->replied ? r->status : 0;
     bool complete = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
+    srv_conns_idle(h->conns, r->conn_rec, now_s());
     h->h.on_done(h->h.ud, r, status, complete);
     srv_log(SRV_LOG_INFO, "%s %s %d%s %.1f ms", r->method, r->url, status,
             complete ? "" : " (not completed)", (now_s() - r->t0) * 1e3);
@@ -543,7 +615,50 @@ __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char 
     srv_log(SRV_LOG_DEBUG, "libmicrohttpd: %s", line);
 }
 
+/* A connection opened or closed: the connection table admits (or refuses) it and forgets it. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    srv_http *h = cls;
+    if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+        srv_conns_close(h->conns, *socket_context);
+        *socket_context = NULL;
+        return;
+    }
+    const union MHD_ConnectionInfo *fd =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *ad =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!fd)
+        return;
+    srv_conn_admit how;
+    *socket_context =
+        srv_conns_open(h->conns, fd->connect_fd, ad ? ad->client_addr : NULL, now_s(), &how);
+    if (how != SRV_CONN_ADMITTED && srv_log_threshold >= SRV_LOG_DEBUG)
+        srv_log(SRV_LOG_DEBUG, "connection %s",
+                how == SRV_CONN_RESERVE ? "admitted through the reserve" : "refused: at the limit");
+}
+
 /* ---- the daemon ----------------------------------------------------------------------------- */
+
+/* Defaults of the connection options, in place. */
+static void conn_defaults(srv_http_opts *o)
+{
+    if (!o->max_conns)
+        o->max_conns = 1024;
+    if (!o->reserve_conns)
+        o->reserve_conns = o->max_conns / 16 > 8 ? o->max_conns / 16 : 8;
+}
+
+unsigned srv_http_fd_need(const srv_http_opts *o)
+{
+    srv_http_opts d = *o;
+    conn_defaults(&d);
+    /* Room above our own caps for connections being closed (evicted, refused, timed out), which
+     * hold their descriptor until libmicrohttpd's thread gets to them. */
+    unsigned ours = d.max_conns + d.reserve_conns;
+    return ours + ours / 4 + 64;
+}
 
 static int resolve(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len,
                    char *err, size_t errlen)
@@ -575,17 +690,24 @@ srv_http *srv_http_new(const srv_http_opts *o, const srv_http_handler *hd, char 
     h->o = *o;
     if (!h->o.threads)
         h->o.threads = 2;
-    if (!h->o.conn_limit)
-        h->o.conn_limit = 512;
+    conn_defaults(&h->o);
+    h->mhd_limit = srv_http_fd_need(&h->o);
     if (!h->o.hard_body_limit)
         h->o.hard_body_limit = (size_t)64 << 20;
     pthread_mutex_init(&h->free_mu, NULL);
     /* One request per connection at a time, plus connections the pool is still closing. */
-    h->n_slots = h->o.conn_limit + (unsigned)h->o.threads * 4;
+    h->n_slots = h->mhd_limit + (unsigned)h->o.threads * 4;
     h->slots = calloc(h->n_slots, sizeof *h->slots);
     h->free_idx = calloc(h->n_slots, sizeof *h->free_idx);
-    if (!h->slots || !h->free_idx) {
+    srv_conns_opts co = {.max = h->o.max_conns,
+                         .reserve = h->o.reserve_conns,
+                         .per_ip = h->o.per_ip_conns,
+                         .header_timeout = h->o.header_timeout_s,
+                         .body_timeout = h->o.body_timeout_s};
+    h->conns = srv_conns_new(&co);
+    if (!h->slots || !h->free_idx || !h->conns) {
         snprintf(err, errlen, "out of memory");
+        srv_conns_free(h->conns);
         free(h->slots);
         free(h->free_idx);
         pthread_mutex_destroy(&h->free_mu);
@@ -613,9 +735,10 @@ srv_http *srv_http_new(const srv_http_opts *o, const srv_http_handler *hd, char 
     h->d = MHD_start_daemon(
         flags, (uint16_t)o->port, NULL, NULL, on_access, h, MHD_OPTION_SOCK_ADDR,
         (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)h->o.threads,
-        MHD_OPTION_CONNECTION_LIMIT, h->o.conn_limit, MHD_OPTION_CONNECTION_TIMEOUT,
+        MHD_OPTION_CONNECTION_LIMIT, h->mhd_limit, MHD_OPTION_CONNECTION_TIMEOUT,
         h->o.idle_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_END);
     if (!h->d) {
         int e = errno;
         snprintf(err, errlen, "cannot listen on %s port %d%s%s", o->host ? o->host : "127.0.0.1",
@@ -638,6 +761,34 @@ int srv_http_active(srv_http *s)
     return atomic_load(&s->active);
 }
 
+void srv_http_conn_stats(srv_http *s, srv_conns_stats *out)
+{
+    srv_conns_stats_get(s->conns, out);
+}
+
+/* At most every LOG_EVERY_S, one line on the connections the table closed or refused since the
+ * last line: a flood shows in the log without a line per connection. */
+#define LOG_EVERY_S 10.0
+static void log_conn_closes(srv_http *s, double now)
+{
+    if (now - s->logged_at < LOG_EVERY_S)
+        return;
+    srv_conns_stats st;
+    srv_conns_stats_get(s->conns, &st);
+    const srv_conns_stats *o = &s->logged;
+    unsigned long long ev = st.evicted - o->evicted, ref = st.refused - o->refused,
+                       ht = st.header_timeouts - o->header_timeouts,
+                       bt = st.body_timeouts - o->body_timeouts;
+    if (ev || ref || ht || bt)
+        srv_log(SRV_LOG_WARN,
+                "connections: %u open (%u waiting for a request head, %u reserve); closed since "
+                "the last report: %llu past --header-timeout, %llu past --body-timeout, %llu "
+                "evicted to make room, %llu refused at the limit",
+                st.open, st.waiting_head, st.reserve, ht, bt, ev, ref);
+    s->logged = st;
+    s->logged_at = now;
+}
+
 /* True when the peer has closed (or reset) the connection: a read would return end of file or
  * an error. Bytes waiting (a pipelined request) mean it is still there. */
 static bool socket_closed(int fd)
@@ -653,6 +804,9 @@ static bool socket_closed(int fd)
 
 void srv_http_sweep(srv_http *s)
 {
+    double now = now_s();
+    srv_conns_sweep(s->conns, now);
+    log_conn_closes(s, now);
     for (unsigned i = 0; i < s->n_slots; i++) {
         slot *sl = &s->slots[i];
         srv_job *job = NULL;
@@ -702,6 +856,7 @@ void srv_http_free(srv_http *s)
     for (unsigned i = 0; i < s->n_slots; i++)
         pthread_mutex_destroy(&s->slots[i].mu);
     pthread_mutex_destroy(&s->free_mu);
+    srv_conns_free(s->conns);
     free(s->slots);
     free(s->free_idx);
     free(s);
@@ -727,6 +882,11 @@ const char *srv_http_header(srv_http_req *r, const char *name)
 const char *srv_http_peer(const srv_http_req *r)
 {
     return r->peer;
+}
+
+bool srv_http_reserved(const srv_http_req *r)
+{
+    return r->reserve;
 }
 
 const char *srv_http_body(const srv_http_req *r, size_t *len)

@@ -23,6 +23,7 @@
 #include <stddef.h>
 
 #include "server/engine.h"
+#include "server/http_conns.h"
 #include "server/strbuf.h"
 
 typedef struct srv_http srv_http;
@@ -49,11 +50,21 @@ typedef struct srv_http_opts {
     const char *host;        /* numeric address or name to bind; "127.0.0.1" */
     int port;                /* 0 = any free port (see srv_http_port) */
     int threads;             /* polling threads; 0 = 2 */
-    unsigned conn_limit;     /* open connections at most; 0 = 512 */
+    unsigned max_conns;      /* connections for ordinary requests; 0 = 1024 */
+    unsigned reserve_conns;  /* more for /health and keyed requests (srv_http_reserved); 0 =
+                                max_conns / 16, at least 8 */
+    unsigned per_ip_conns;   /* connections from one address; 0 = no cap */
+    double header_timeout_s; /* a request head must be complete this long after the server
+                                starts waiting for it, whatever trickles in; 0 = no limit */
+    double body_timeout_s;   /* a body must be complete this long after its head; 0 = none */
     unsigned idle_timeout_s; /* a connection idle this long is closed; 0 = never */
     size_t hard_body_limit;  /* a chunked body past its cap is discarded up to this many bytes,
                                 then the connection is cut; 0 = 64 MiB */
 } srv_http_opts;
+
+/* The descriptors a server with these options may hold open for connections (what the process's
+ * descriptor limit must leave room for). */
+unsigned srv_http_fd_need(const srv_http_opts *o);
 
 /* Binds and starts serving with handler h (copied). NULL with a message when the address cannot
  * be bound or resolved. Main thread. */
@@ -67,6 +78,8 @@ int srv_http_port(const srv_http *s);
 void srv_http_sweep(srv_http *s);
 /* Requests in progress (from their headers to their end). Any thread. */
 int srv_http_active(srv_http *s);
+/* The connection table's counters (server/http_conns.h). Any thread. */
+void srv_http_conn_stats(srv_http *s, srv_conns_stats *out);
 /* Shutdown, part 1: from now on no request waits any more; every waiting one is woken and
  * answered 503 (or its stream cut). Main thread. */
 void srv_http_stop_waiting(srv_http *s);
@@ -82,6 +95,10 @@ const char *srv_http_url(const srv_http_req *r);
 const char *srv_http_header(srv_http_req *r, const char *name);
 /* The peer's address as text ("127.0.0.1"), "" if unknown. */
 const char *srv_http_peer(const srv_http_req *r);
+/* True when the request's connection came in through the reserve (every ordinary connection
+ * was busy): the handler serves it only if it is a health check or carries a valid key, and
+ * answers 503 otherwise (server/http_conns.h). */
+bool srv_http_reserved(const srv_http_req *r);
 /* The body (NUL-terminated copy) and its length; "" before on_request. */
 const char *srv_http_body(const srv_http_req *r, size_t *len);
 /* Seconds on a monotonic clock when the headers arrived. */

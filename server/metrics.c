@@ -203,6 +203,29 @@ static void render_engine(srv_buf *b, const srv_engine_stats *e)
     sample_u64(b, "adaptree_kv_bytes", e->kv_bytes);
 }
 
+static void render_conns(srv_buf *b, const srv_conns_stats *c)
+{
+    family(b, "adaptree_connections", "gauge", "Open client connections.");
+    srv_buf_printf(b, "adaptree_connections %u\n", c->open);
+    family(b, "adaptree_connections_waiting_head", "gauge",
+           "Open connections waiting for a request head (new or kept alive).");
+    srv_buf_printf(b, "adaptree_connections_waiting_head %u\n", c->waiting_head);
+    family(b, "adaptree_connections_reserve", "gauge",
+           "Open connections admitted through the reserve (every ordinary one was busy).");
+    srv_buf_printf(b, "adaptree_connections_reserve %u\n", c->reserve);
+    family(b, "adaptree_connections_accepted_total", "counter", "Connections accepted.");
+    sample_u64(b, "adaptree_connections_accepted_total", c->accepted);
+    family(b, "adaptree_connections_closed_total", "counter",
+           "Connections the server closed before their client did, by reason.");
+    srv_buf_printf(b,
+                   "adaptree_connections_closed_total{reason=\"header_timeout\"} %llu\n"
+                   "adaptree_connections_closed_total{reason=\"body_timeout\"} %llu\n"
+                   "adaptree_connections_closed_total{reason=\"evicted\"} %llu\n"
+                   "adaptree_connections_closed_total{reason=\"refused\"} %llu\n",
+                   (unsigned long long)c->header_timeouts, (unsigned long long)c->body_timeouts,
+                   (unsigned long long)c->evicted, (unsigned long long)c->refused);
+}
+
 static void render_labels(srv_buf *b, const srv_label_stats *l, size_t n)
 {
     family(b, "adaptree_adapter_requests_total", "counter",
@@ -264,6 +287,8 @@ void srv_metrics_render(srv_buf *b, const srv_metrics_view *v)
     }
     if (v->engine)
         render_engine(b, v->engine);
+    if (v->conns)
+        render_conns(b, v->conns);
     render_labels(b, v->labels, v->labels ? v->n_labels : 0);
     render_nodes(b, v->nodes, v->nodes ? v->n_nodes : 0);
     const adapter_registry_stats *r = v->registry;

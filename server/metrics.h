@@ -17,6 +17,7 @@
 
 #include "adapters/registry.h"
 #include "server/engine.h"
+#include "server/http_conns.h"
 #include "server/strbuf.h"
 
 /* Routes as metrics label them; unknown paths count as "other" so the label stays bounded. */
@@ -85,6 +86,7 @@ typedef struct srv_metrics_view {
     const adapter_node_info *nodes;
     size_t n_nodes;
     const adapter_registry_stats *registry;
+    const srv_conns_stats *conns; /* the transport's connection table, NULL if none */
 } srv_metrics_view;
 
 /* Appends the exposition: # HELP and # TYPE before every family, label values escaped. */

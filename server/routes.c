@@ -240,13 +240,14 @@ static void route_adapters(srv_app *a, srv_http_req *req)
 }
 
 /* Reads an admin body (server/admin_body.h): 0, or -1 after answering. */
-static int admin_body(srv_http_req *req, bool pin_required, char *id, size_t idcap, int *pin)
+static int admin_body(srv_http_req *req, bool pin_required, char *id, size_t idcap, int *pin,
+                      int *wait)
 {
     size_t len;
     const char *body = srv_http_body(req, &len);
     char err[160], param[SRV_PARAM_MAX];
-    int rc = srv_admin_body_parse(body, len, pin_required, id, idcap, pin, err, sizeof err, param,
-                                  sizeof param);
+    int rc = srv_admin_body_parse(body, len, pin_required, id, idcap, pin, wait, err, sizeof err,
+                                  param, sizeof param);
     if (rc == -ENOMEM) {
         srv_http_reply_error(req, 503, "server_error", NULL, NULL, "%s", err);
         return -1;
@@ -259,48 +260,10 @@ static int admin_body(srv_http_req *req, bool pin_required, char *id, size_t idc
     return 0;
 }
 
-/* POST /v1/adapters/{load,unload,pin}: acts, then answers with the node. */
-static void route_admin(srv_app *a, srv_http_req *req, srv_route_id route)
+/* Answers with node id as GET /v1/adapters shows it (status 200 or 202); extra: more members
+ * ("\"unchanged\":true") or NULL. */
+static void reply_node(srv_app *a, srv_http_req *req, const char *id, int status, const char *extra)
 {
-    char id[ADAPTER_ID_MAX + 1], err[300] = "";
-    int pin = -1;
-    adapter_registry *reg = srv_engine_registry(a->engine);
-    if (admin_body(req, route == SRV_ROUTE_ADAPTERS_PIN, id, sizeof id, &pin) < 0)
-        return;
-    if (!reg) {
-        srv_http_reply_error(req, 404, "invalid_request_error", "model_not_found", "id",
-                             "this server has no adapter registry");
-        return;
-    }
-    int rc;
-    if (route == SRV_ROUTE_ADAPTERS_LOAD) {
-        rc = adapter_registry_load(reg, id, err, sizeof err);
-        if (rc == 0 && pin == 1)
-            rc = adapter_registry_pin(reg, id, true, err, sizeof err);
-    } else if (route == SRV_ROUTE_ADAPTERS_UNLOAD) {
-        rc = adapter_registry_unload(reg, id, err, sizeof err);
-    } else {
-        rc = adapter_registry_pin(reg, id, pin == 1, err, sizeof err);
-    }
-    if (rc == -ENOENT) {
-        srv_http_reply_error(req, 404, "invalid_request_error", "model_not_found", "id", "%s",
-                             err[0] ? err : "unknown adapter");
-        return;
-    }
-    if (rc < 0) {
-        srv_http_reply_error(req,
-                             rc == -EINVAL  ? 400
-                             : rc == -EBUSY ? 409
-                                            : 500,
-                             rc == -EINVAL || rc == -EBUSY ? "invalid_request_error"
-                                                           : "server_error",
-                             NULL, "id", "%s", err[0] ? err : strerror(-rc));
-        return;
-    }
-    srv_log(SRV_LOG_INFO, "adapter %s: %s%s", id, srv_route_name(route) + strlen("/v1/adapters/"),
-            pin == 1   ? " (pin)"
-            : pin == 0 ? " (unpin)"
-                       : "");
     adapter_node_info *nodes;
     size_t n;
     if (list_nodes(a, req, &nodes, &n) < 0)
@@ -315,9 +278,115 @@ static void route_admin(srv_app *a, srv_http_req *req, srv_route_id route)
         srv_buf_json_cstr(&b, id);
         srv_buf_putc(&b, '}');
     }
-    srv_http_reply_json(req, 200, &b, NULL);
+    if (extra) {
+        b.len--; /* the closing brace */
+        srv_buf_printf(&b, ",%s}", extra);
+    }
+    srv_http_reply_json(req, status, &b, NULL);
     srv_buf_deinit(&b);
     free(nodes);
+}
+
+/* Answers a registry refusal (unknown id, a namespace, bad id). */
+static void reply_admin_error(srv_http_req *req, int rc, const char *err)
+{
+    if (rc == -ENOENT) {
+        srv_http_reply_error(req, 404, "invalid_request_error", "model_not_found", "id", "%s",
+                             err[0] ? err : "unknown adapter");
+        return;
+    }
+    srv_http_reply_error(req,
+                         rc == -EINVAL  ? 400
+                         : rc == -EBUSY ? 409
+                                        : 500,
+                         rc == -EINVAL || rc == -EBUSY ? "invalid_request_error" : "server_error",
+                         NULL, "id", "%s", err[0] ? err : strerror(-rc));
+}
+
+/* POST /v1/adapters/load, waiting (the default): the load runs as an engine job (so the
+ * connection waits like a generation does, and a client that leaves stops nothing), which ends
+ * once the registry has loaded the node's files as they are now, or found them unchanged. */
+static void admin_load_wait(srv_app *a, srv_http_req *req, srv_call *c, const char *id, int pin)
+{
+    char err[300] = "";
+    if (!c->job) {
+        c->job = srv_job_new_load(id, pin == 1, srv_http_job_notify, srv_http_notify_token(req),
+                                  err, sizeof err);
+        if (!c->job) {
+            srv_http_reply_error(req, 503, "server_error", NULL, NULL, "%s", err);
+            return;
+        }
+        int rc = srv_engine_submit(a->engine, c->job);
+        if (rc < 0) {
+            srv_http_reply_error(
+                req, 503, "server_error", rc == -ESHUTDOWN ? "shutting_down" : NULL, NULL, "%s",
+                rc == -ESHUTDOWN ? "the server is shutting down" : "cannot queue the load");
+            return;
+        }
+        srv_http_attach_job(req, c->job, false);
+    }
+    srv_job_status st;
+    srv_job_status_get(c->job, &st);
+    if (st.finish == SRV_FINISH_NONE) {
+        srv_http_wait(req);
+    } else if (st.finish == SRV_FINISH_ERROR) {
+        int status = st.http_status >= 400 && st.http_status <= 599 ? st.http_status : 500;
+        srv_http_reply_error(req, status, st.error_type ? st.error_type : "server_error",
+                             st.error_code, "id", "%s", st.error);
+    } else if (st.finish == SRV_FINISH_CANCELLED) {
+        srv_http_reply_error(req, 503, "server_error", "shutting_down", NULL,
+                             "the load was cancelled (the server is shutting down)");
+    } else {
+        srv_log(SRV_LOG_INFO, "adapter %s: %s%s", id,
+                st.unchanged ? "load: unchanged, not reloaded" : "load: loaded",
+                pin == 1 ? " (pin)" : "");
+        reply_node(a, req, id, 200, st.unchanged ? "\"unchanged\":true" : "\"unchanged\":false");
+    }
+}
+
+/* POST /v1/adapters/{load,unload,pin}: acts, then answers with the node. A load waits for its
+ * result unless the body says "wait": false (then 202 at once). */
+static void route_admin(srv_app *a, srv_http_req *req, srv_call *c)
+{
+    char id[ADAPTER_ID_MAX + 1], err[300] = "";
+    int pin = -1, wait = -1;
+    adapter_registry *reg = srv_engine_registry(a->engine);
+    if (admin_body(req, c->route == SRV_ROUTE_ADAPTERS_PIN, id, sizeof id, &pin, &wait) < 0)
+        return;
+    if (!reg) {
+        srv_http_reply_error(req, 404, "invalid_request_error", "model_not_found", "id",
+                             "this server has no adapter registry");
+        return;
+    }
+    if (c->route == SRV_ROUTE_ADAPTERS_LOAD && wait != 0) {
+        /* Refusals the registry can tell at once (unknown id, a namespace) before queueing. */
+        int rc = c->job ? 0 : adapter_registry_check(reg, id, err, sizeof err);
+        if (rc < 0)
+            reply_admin_error(req, rc, err);
+        else
+            admin_load_wait(a, req, c, id, pin);
+        return;
+    }
+    int rc;
+    if (c->route == SRV_ROUTE_ADAPTERS_LOAD) {
+        rc = adapter_registry_load(reg, id, err, sizeof err);
+        if (rc == 0 && pin == 1)
+            rc = adapter_registry_pin(reg, id, true, err, sizeof err);
+    } else if (c->route == SRV_ROUTE_ADAPTERS_UNLOAD) {
+        rc = adapter_registry_unload(reg, id, err, sizeof err);
+    } else {
+        rc = adapter_registry_pin(reg, id, pin == 1, err, sizeof err);
+    }
+    if (rc < 0) {
+        reply_admin_error(req, rc, err);
+        return;
+    }
+    srv_log(SRV_LOG_INFO, "adapter %s: %s%s", id,
+            srv_route_name(c->route) + strlen("/v1/adapters/"),
+            pin == 1   ? " (pin)"
+            : pin == 0 ? " (unpin)"
+                       : "");
+    reply_node(a, req, id, c->route == SRV_ROUTE_ADAPTERS_LOAD ? 202 : 200, NULL);
 }
 
 /* GET /health: 200 while serving, 503 while draining. */
@@ -361,7 +430,12 @@ static void route_metrics(srv_app *a, srv_http_req *req)
     srv_engine_stats_get(a->engine, &es);
     if (reg)
         adapter_registry_stats_get(reg, &rs);
+    srv_conns_stats cs;
+    srv_http *transport = atomic_load(&a->http);
+    if (transport)
+        srv_http_conn_stats(transport, &cs);
     srv_metrics_view v = {.http = http,
+                          .conns = transport ? &cs : NULL,
                           .engine = &es,
                           .labels = labels,
                           .n_labels = n_labels,
@@ -425,6 +499,15 @@ static size_t on_headers(void *ud, srv_http_req *req)
         srv_http_reply_error(req, 401, "invalid_request_error", "invalid_api_key", NULL, "%s", msg);
         return 0;
     }
+    /* A reserve connection serves health checks and requests that proved a key (they got past
+     * the check above because the route needs one), nothing anonymous. */
+    bool keyed = a->auth.api_len || (is_admin(c->route) && a->auth.admin_len);
+    if (srv_http_reserved(req) && c->route != SRV_ROUTE_HEALTH && !keyed) {
+        srv_http_reply_error(req, 503, "server_error", "too_many_connections", NULL,
+                             "too many connections: every connection is busy; this one only "
+                             "serves /health and requests with a valid key");
+        return 0;
+    }
     if ((c->route == SRV_ROUTE_COMPLETIONS || c->route == SRV_ROUTE_CHAT) &&
         atomic_load(&a->draining)) {
         srv_http_reply_error(req, 503, "server_error", "shutting_down", NULL,
@@ -453,7 +536,7 @@ static void on_request(void *ud, srv_http_req *req)
     case SRV_ROUTE_ADAPTERS_LOAD:
     case SRV_ROUTE_ADAPTERS_UNLOAD:
     case SRV_ROUTE_ADAPTERS_PIN:
-        route_admin(a, req, c->route);
+        route_admin(a, req, c);
         break;
     case SRV_ROUTE_HEALTH:
         route_health(a, req);
@@ -480,7 +563,12 @@ static void on_done(void *ud, srv_http_req *req, int status, bool complete)
     /* An answer that never reached the client counts as 499 (client closed), as nginx does. */
     srv_metrics_request(&a->metrics, route, status && (complete || status != 200) ? status : 499);
     if (c) {
-        srv__gen_done(a, req, c);
+        if (c->route == SRV_ROUTE_COMPLETIONS || c->route == SRV_ROUTE_CHAT) {
+            srv__gen_done(a, req, c);
+        } else {
+            srv_job_unref(c->job); /* an admin load's */
+            c->job = NULL;
+        }
         free(c);
         srv_http_set_state(req, NULL);
     }

@@ -26,9 +26,11 @@ typedef struct srv_app {
     srv_auth auth;
     srv_metrics metrics;
     srv_request_limits limits;
-    size_t max_body;      /* request body bytes accepted */
-    long long started;    /* Unix seconds: "created" of the models */
-    atomic_bool draining; /* shutting down: generation routes answer 503 */
+    size_t max_body;          /* request body bytes accepted */
+    long long started;        /* Unix seconds: "created" of the models */
+    atomic_bool draining;     /* shutting down: generation routes answer 503 */
+    _Atomic(srv_http *) http; /* the transport once it runs (its connection counters); set
+                                 while the HTTP threads may read it */
 } srv_app;
 
 /* Sets up an app for engine e with keys auth (copied) and a body limit. Main thread. */

@@ -456,9 +456,28 @@ void srv__sched_admit(srv_engine *e)
         ;
 }
 
-/* Ends the waiting jobs of group gi of client ci for which drop(j) holds; returns true when the
- * group (and maybe its client) was removed. */
-static bool group_filter(srv_engine *e, int ci, int gi, bool everything)
+/* How cancel_where ends the jobs it takes: cancelled (NULL), or failed with an error. */
+typedef struct end_how {
+    int http_status;
+    const char *type, *code, *msg;
+} end_how;
+
+/* Ends j as how says (cancelled when how is NULL). Engine thread; j's sequence, if any, is gone. */
+static void end_job(srv_engine *e, srv_job *j, srv__seq *s, const end_how *how)
+{
+    srv_finish f = how ? SRV_FINISH_ERROR : SRV_FINISH_CANCELLED;
+    if (how) /* before the finish, which a reader on another thread may see at once */
+        srv__job_set_code(j, how->code);
+    if (s)
+        seq_end(e, s, f, how ? how->http_status : 0, how ? how->type : NULL, how ? how->msg : NULL);
+    else
+        srv__job_finish(e, j, f, how ? how->http_status : 0, how ? how->type : NULL,
+                        how ? how->msg : NULL);
+}
+
+/* Ends the waiting jobs of group gi of client ci (every one, or the cancelled ones), as how
+ * says; returns true when the group (and maybe its client) was removed. */
+static bool group_filter(srv_engine *e, int ci, int gi, bool everything, const end_how *how)
 {
     srv__group *g = &e->clients[ci].groups[gi];
     srv_job **pp = &g->head, *prev = NULL;
@@ -468,7 +487,7 @@ static bool group_filter(srv_engine *e, int ci, int gi, bool everything)
             *pp = j->next;
             j->next = NULL;
             g->n--;
-            srv__job_finish(e, j, SRV_FINISH_CANCELLED, 0, NULL, NULL);
+            end_job(e, j, NULL, how);
             srv__job_notify(j);
         } else {
             prev = j;
@@ -482,20 +501,20 @@ static bool group_filter(srv_engine *e, int ci, int gi, bool everything)
     return true;
 }
 
-static void cancel_where(srv_engine *e, bool everything)
+static void cancel_where(srv_engine *e, bool everything, const end_how *how)
 {
     for (int i = 0; i < e->max_seqs; i++) {
         srv__seq *s = &e->seqs[i];
         if (s->job && (everything || atomic_load(&s->job->cancel))) {
             srv_job *j = s->job;
-            seq_end(e, s, SRV_FINISH_CANCELLED, 0, NULL, NULL);
+            end_job(e, j, s, how);
             srv__job_notify(j);
         }
     }
     for (int ci = 0; ci < e->n_clients;) {
         int before = e->n_clients;
         for (int gi = 0; gi < e->clients[ci].n_groups;) {
-            if (!group_filter(e, ci, gi, everything))
+            if (!group_filter(e, ci, gi, everything, how))
                 gi++;
             else if (e->n_clients < before)
                 break;
@@ -507,12 +526,19 @@ static void cancel_where(srv_engine *e, bool everything)
 
 void srv__sched_sweep_cancelled(srv_engine *e)
 {
-    cancel_where(e, false);
+    cancel_where(e, false, NULL);
 }
 
 void srv__sched_cancel_all(srv_engine *e)
 {
-    cancel_where(e, true);
+    cancel_where(e, true, NULL);
+}
+
+void srv__sched_fail_all(srv_engine *e, int http_status, const char *type, const char *code,
+                         const char *msg)
+{
+    end_how how = {http_status, type, code, msg};
+    cancel_where(e, true, &how);
 }
 
 /* ---- text ----------------------------------------------------------------------------------- */

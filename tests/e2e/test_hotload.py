@@ -7,6 +7,10 @@ background traffic runs the whole time:
   - a replacement that fails to load keeps the good version serving and reports the reason;
   - a deleted adapter fails cleanly (404/503 JSON), its request in flight finishes, and the
     server keeps serving;
+  - POST /v1/adapters/load waits for its result (422 with the reason when the files do not
+    load) and skips files whose bytes did not change;
+  - weight files that lead out of the registry (symlinks, also swapped in after listing) are
+    never read, and a FIFO fails at once; no answer names a server path;
   - the background traffic never saw an error."""
 
 import os
@@ -281,6 +285,139 @@ def unload_while_in_use():
     eq(unloaded, [200, 200, 200], "unload answers")
     eq(e2e.stream_text(events), want, "the stream finishes unchanged")
     eq(greedy("fr/manpages/alice", prompt="grep :", n=16), want, "after the unload")
+
+
+def listed(node_id):
+    return e2e.wait_until(lambda: node(node_id), 20, f"{node_id} to be listed")
+
+
+def no_server_paths(text, what):
+    """API output never names a server path: not the registry's, not the temp dir's."""
+    for p in {REG, os.path.realpath(REG), suite.tmp, os.path.realpath(suite.tmp)}:
+        check(p not in text, f"{what} names a server path ({p}): {text[:400]}")
+
+
+@suite.test
+def admin_load_waits_for_its_result_and_skips_unchanged_files():
+    """POST /v1/adapters/load answers when the load is done: 200 with the version, then
+    "unchanged" (and the same version) while the files hold the same bytes, even rewritten; a new
+    version when they change; 422 with the reason, in relative names, when they no longer load
+    (the good version serves on); "wait": false answers 202 at once."""
+    move_in(os.path.join(e2e.FIXTURES, "qv_r4"), "adm")
+    listed("adm")
+    r = S.post("/v1/adapters/load", {"id": "adm"})
+    eq(r.status, 200, f"load adm: {r}")
+    d = r.json()
+    eq((d.get("state"), d.get("unchanged")), ("ready", False), f"first load: {d}")
+    v1 = d.get("version")
+    loads = node("adm")["loads"]
+    r = S.post("/v1/adapters/load", {"id": "adm"})
+    eq((r.status, r.json().get("unchanged"), r.json().get("version")), (200, True, v1),
+       f"a second load of the same files: {r}")
+    eq(node("adm")["loads"], loads, "loads counted after an unchanged load")
+    weights = os.path.join(REG, "adm", "adapter_model.safetensors")
+    replace_file(os.path.join(e2e.FIXTURES, "qv_r4", "adapter_model.safetensors"), weights)
+    r = S.post("/v1/adapters/load", {"id": "adm"})
+    eq((r.status, r.json().get("unchanged"), r.json().get("version")), (200, True, v1),
+       f"a load after the same bytes were written again: {r}")
+    want = greedy("fx/all_rslora_r8")
+    replace_file(os.path.join(e2e.FIXTURES, "all_rslora_r8", "adapter_config.json"),
+                 os.path.join(REG, "adm", "adapter_config.json"))
+    replace_file(os.path.join(e2e.FIXTURES, "all_rslora_r8", "adapter_model.safetensors"),
+                 weights)
+    r = S.post("/v1/adapters/load", {"id": "adm"})
+    eq((r.status, r.json().get("unchanged")), (200, False), f"a load of new files: {r}")
+    v2 = r.json().get("version")
+    check(v2 != v1, f"the version did not change with the files ({v1})")
+    eq(greedy("adm"), want, "adm serves the new files")
+    bad = os.path.join(STAGE, "adm-garbage.safetensors")
+    with open(bad, "wb") as f:
+        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": broken} " + os.urandom(512))
+    replace_file(bad, weights)
+    r = S.post("/v1/adapters/load", {"id": "adm"})
+    e = check_error(r, 422, "adapter_load_failed", "a load of a corrupt file")
+    check("adm/adapter_model.safetensors" in e["message"], f"message: {e['message']!r}")
+    no_server_paths(r.data.decode(), "the failed load's answer")
+    n = node("adm")
+    eq((n.get("state"), n.get("version")), ("ready", v2), f"the good version serves on: {n}")
+    eq(greedy("adm"), want, "adm after the failed load")
+    r = S.post("/v1/adapters/load", {"id": "adm", "wait": False})
+    eq(r.status, 202, f"load with wait false: {r}")
+    check_error(S.post("/v1/adapters/load", {"id": "adm", "wait": 1}), 400, what="wait: 1")
+    check_error(S.post("/v1/adapters/load", {"id": "no/such"}), 404, "model_not_found",
+                "load of an unknown id")
+
+
+@suite.test
+def weight_file_symlinked_out_of_the_registry_is_never_served():
+    """A node whose config is inside the root and whose weights are a symlink to a file outside
+    is listed as failed and never loaded; so is one whose weights are swapped for such a symlink
+    after it was listed and loaded (its good version serves on); answers never name a path."""
+    outside = os.path.join(suite.tmp, "outside")
+    os.makedirs(outside)
+    shutil.copyfile(os.path.join(e2e.FIXTURES, "qv_r4", "adapter_model.safetensors"),
+                    os.path.join(outside, "adapter_model.safetensors"))
+    d = os.path.join(STAGE, "escw")
+    os.makedirs(d)
+    shutil.copyfile(os.path.join(e2e.FIXTURES, "qv_r4", "adapter_config.json"),
+                    os.path.join(d, "adapter_config.json"))
+    os.symlink(os.path.join(outside, "adapter_model.safetensors"),
+               os.path.join(d, "adapter_model.safetensors"))
+    os.rename(d, os.path.join(REG, "escw"))
+    n = e2e.wait_until(lambda: (node("escw") or {}).get("state") == "failed" and node("escw"),
+                       20, "escw listed as failed")
+    check("leaves the registry root" in (n.get("error") or ""), f"escw's error: {n}")
+    r = S.post("/v1/completions", {"model": "escw", "prompt": "x", "max_tokens": 1})
+    e = check_error(r, 503, what="a request on escw")
+    check("escw/adapter_model.safetensors" in e["message"], f"message: {e['message']!r}")
+    no_server_paths(r.data.decode(), "the refusal")
+    r = S.post("/v1/adapters/load", {"id": "escw"})
+    check_error(r, 422, "adapter_load_failed", "loading escw")
+    no_server_paths(r.data.decode(), "the refused load")
+    eq(node("escw").get("loads"), 0, "escw loads")
+    # Swapped in after listing and loading.
+    move_in(os.path.join(e2e.FIXTURES, "qv_r4"), "swapw")
+    listed("swapw")
+    r = S.post("/v1/adapters/load", {"id": "swapw"})
+    eq(r.status, 200, f"load swapw: {r}")
+    v = r.json()["version"]
+    good = greedy("swapw")
+    link = os.path.join(STAGE, "swapw-link")
+    os.symlink(os.path.join(outside, "adapter_model.safetensors"), link)
+    os.rename(link, os.path.join(REG, "swapw", "adapter_model.safetensors"))
+    r = S.post("/v1/adapters/load", {"id": "swapw"})
+    check_error(r, 422, "adapter_load_failed", "loading swapw once its weights leave the root")
+    no_server_paths(r.data.decode(), "the refused reload")
+    n = node("swapw")
+    eq((n.get("state"), n.get("version")), ("ready", v), f"swapw's good version: {n}")
+    eq(greedy("swapw"), good, "swapw serves its good version")
+    no_server_paths(S.req("GET", "/v1/adapters").data.decode(), "GET /v1/adapters")
+    no_server_paths(S.req("GET", "/v1/models").data.decode(), "GET /v1/models")
+
+
+@suite.test
+def a_fifo_weight_file_fails_with_a_relative_name():
+    """A FIFO where the weights should be: the load fails at once (nothing blocks) and every API
+    answer names the file relative to the registry; the server log has the absolute path."""
+    d = os.path.join(STAGE, "fifo")
+    os.makedirs(d)
+    shutil.copyfile(os.path.join(e2e.FIXTURES, "qv_r4", "adapter_config.json"),
+                    os.path.join(d, "adapter_config.json"))
+    os.mkfifo(os.path.join(d, "adapter_model.safetensors"))
+    os.rename(d, os.path.join(REG, "fifo"))
+    listed("fifo")
+    r = S.post("/v1/adapters/load", {"id": "fifo"}, timeout=20)
+    e = check_error(r, 422, "adapter_load_failed", "loading a FIFO")
+    check("fifo/adapter_model.safetensors" in e["message"] and "not a regular file" in e["message"],
+          f"message: {e['message']!r}")
+    no_server_paths(r.data.decode(), "the FIFO's load")
+    r = S.post("/v1/completions", {"model": "fifo", "prompt": "x", "max_tokens": 1}, timeout=20)
+    check_error(r, 503, what="a request on the FIFO node")
+    no_server_paths(r.data.decode(), "the FIFO node's refusal")
+    no_server_paths(S.req("GET", "/v1/adapters").data.decode(), "GET /v1/adapters")
+    real = os.path.join(os.path.realpath(REG), "fifo")
+    check(f"adapter fifo failed to load from {real}:" in S.log(),
+          f"the log does not name {real}:\n{S.log_tail(10)}")
 
 
 @suite.test

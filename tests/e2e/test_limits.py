@@ -1,7 +1,8 @@
 """End-to-end limits and shutdown: 429 (+ Retry-After, JSON) when a tiny --max-seqs and
 --queue-limit 1 are full; a request queued behind the only slot (--max-seqs 1) is served when
 the slot frees; SIGTERM with requests in flight (one streaming, one not) finishes them with the
-text they would have had, refuses new work meanwhile, and exits 0."""
+text they would have had, refuses new work meanwhile, and exits 0; requests still running at
+--drain-timeout get an error (an error event and [DONE] in a stream) and the exit code is 3."""
 
 import sys
 import threading
@@ -15,10 +16,12 @@ FULL = None
 ONE = None
 TERM = None
 SMALL = None
+CUT = None
+FOUR = None
 
 
 def setup():
-    global FULL, ONE, TERM, SMALL
+    global FULL, ONE, TERM, SMALL, CUT, FOUR
     # Each registry adapter is ~1.9-2.5 MB: a 4 MB budget holds one chain member or two nodes.
     SMALL = suite.server(["--adapter-cache-mb", "4"], registry=e2e.make_registry(suite.tmp),
                          name="server-cache4mb")
@@ -29,6 +32,10 @@ def setup():
     ONE.start()
     TERM = suite.server(name="server-sigterm")
     TERM.start()
+    CUT = suite.server(["--drain-timeout", "2"], name="server-drain2s")
+    CUT.start()
+    FOUR = suite.server(["--max-seqs", "4", "--queue-limit", "4"], name="server-seqs4-q4")
+    FOUR.start()
 
 
 BODY = {"prompt": "Count from 1 to 1000: 1, 2, 3, 4, 5,", "max_tokens": 24, "temperature": 0}
@@ -126,6 +133,35 @@ def queue_full_429_has_retry_after():
 
 
 @suite.test
+def admission_holds_max_seqs_plus_queue_limit_exactly():
+    """--max-seqs 4 --queue-limit 4 and a burst of 12 requests that each run for seconds: 4 run,
+    4 wait, and exactly 4 get 429 (the engine used to count requests not yet moved into a free
+    slot as waiting, and admitted 5)."""
+    body = {"prompt": "Count from 1 to 1000: 1, 2, 3,", "max_tokens": 120, "temperature": 0}
+    go = threading.Event()
+    res = [None] * 12
+
+    def run(i):
+        go.wait(10)
+        try:
+            res[i] = FOUR.post("/v1/completions", body, timeout=120).status
+        except OSError as e:
+            res[i] = repr(e)
+
+    ts = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(res))]
+    for t in ts:
+        t.start()
+    go.set()
+    for t in ts:
+        t.join(180 * e2e.SLOW)
+    counts = {s: res.count(s) for s in set(res)}
+    print(f"    12 requests at once: {counts}")
+    eq(counts, {200: 8, 429: 4}, "answers to a burst of 12 with 4 slots and a queue of 4")
+    m = e2e.metrics(FOUR)
+    eq(e2e.metric_sum(m, lambda n: n == "adaptree_queue_rejected_total"), 4, "rejected counter")
+
+
+@suite.test
 def request_queued_behind_the_only_slot_is_served():
     """--max-seqs 1: a request that arrives while the slot is busy runs when it frees."""
     first = threading.Event()
@@ -183,6 +219,44 @@ def sigterm_finishes_requests_in_flight_then_exits_0():
     TERM.exit_code = TERM.proc.returncode
     eq(TERM.exit_code, 0, "exit code after SIGTERM")
     eq(TERM.sanitizer_report(), None, "sanitizer report")
+
+
+@suite.test
+def requests_cut_by_the_drain_timeout_get_an_error_and_exit_is_3():
+    """--drain-timeout 2, a stream and a plain request that each need far longer: at SIGTERM +
+    2 s the stream ends with an error event (code shutting_down) and [DONE], the plain request
+    gets a 503 with the same code, and the server exits 3 (not 0: requests were cut)."""
+    body = {"prompt": "Count from 1 to 1000: 1, 2, 3,", "max_tokens": 1900, "temperature": 0}
+    first = threading.Event()
+    st = e2e.Background(e2e.stream, CUT.port, "/v1/completions", dict(body, stream=True),
+                        on_event=lambda i, ev: first.set(), timeout=60)
+    nt = e2e.Background(CUT.post, "/v1/completions", body, timeout=60)
+    check(first.wait(60 * e2e.SLOW), "the stream never started")
+    e2e.wait_until(lambda: e2e.running_gauge(e2e.metrics(CUT)) == 2, 20,
+                   "both requests running", interval=0.02)
+    t0 = time.time()
+    CUT.proc.send_signal(15)
+    status, events, raw = st.result()
+    dt = time.time() - t0
+    eq(status, 200, f"the stream ({raw[:200]!r})")
+    eq(events[-1], "[DONE]", "the cut stream ends with [DONE]")
+    err = events[-2] if len(events) >= 2 else None
+    check(isinstance(err, dict) and isinstance(err.get("error"), dict),
+          f"the event before [DONE] is not an error object: {err!r}")
+    eq(err["error"].get("code"), "shutting_down", "the cut stream's error code")
+    check("--drain-timeout" in err["error"].get("message", ""), f"message: {err['error']!r}")
+    check(len(e2e.stream_text(events)) > 0, "the stream had sent text before it was cut")
+    print(f"    stream cut {dt:.2f} s after SIGTERM (--drain-timeout 2): {err['error']['message']!r}")
+    check(1.5 <= dt <= 10 * e2e.SLOW, f"the stream was cut {dt:.2f} s after SIGTERM")
+    r = nt.result()
+    check_error(r, 503, "shutting_down", "a plain request cut by the drain time-out")
+    try:
+        CUT.proc.wait(30 * e2e.SLOW)
+    except Exception:
+        raise e2e.Fail("server still running 30 s after SIGTERM")
+    CUT.exit_code = CUT.proc.returncode
+    eq(CUT.exit_code, 3, "exit code after a drain that cut requests")
+    eq(CUT.sanitizer_report(), None, "sanitizer report")
 
 
 @suite.test

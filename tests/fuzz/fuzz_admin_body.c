@@ -4,12 +4,12 @@
  * past it is an ASan report.
  *
  * Aborts when a code is not a documented one (-ENOMEM cannot happen here); a refusal has no
- * message, a message that is not printable ASCII, a param other than "", "id" and "pin", or
- * touched id or *pin; an accepted body gives an id that is empty, too long or not UTF-8, or a
- * pin out of {-1, 0, 1}. The result is also derived again, independently, from cJSON on the raw
- * input once srv_json_check has passed it (a body that is strict JSON parses the same either
- * way), and the calls must agree with each other: the pin route accepts exactly the load
- * bodies that give a pin, and a smaller id buffer refuses exactly the ids that do not fit. */
+ * message, a message that is not printable ASCII, a param other than "", "id", "pin" and
+ * "wait", or touched id, *pin or *wait; an accepted body gives an id that is empty, too long or
+ * not UTF-8, or a pin or wait out of {-1, 0, 1}. The result is also derived again, independently,
+ * from cJSON on the raw input once srv_json_check has passed it (a body that is strict JSON parses
+ * the same either way), and the calls must agree with each other: the pin route accepts exactly the
+ * load bodies that give a pin, and a smaller id buffer refuses exactly the ids that do not fit. */
 #include <cJSON.h>
 #include <errno.h>
 #include <stdbool.h>
@@ -26,10 +26,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define SENTINEL 0xA5
 #define PIN_UNSET 7
-#define PARAMLEN 4 /* "pin" and its NUL: the longest param fills it exactly */
+#define PARAMLEN 5 /* "wait" and its NUL: the longest param fills it exactly */
 
 typedef struct result {
-    int rc, pin;
+    int rc, pin, wait;
     char id[ADAPTER_ID_MAX + 1];
     char err[160];
     char param[16];
@@ -85,24 +85,27 @@ static void run(const uint8_t *data, size_t size, bool pin_required, size_t idca
         abort();
     memset(id, SENTINEL, idcap ? idcap : 1);
     memset(err, 0, errlen ? errlen : 1);
-    int pin = PIN_UNSET;
-    int rc = srv_admin_body_parse((const char *)data, size, pin_required, id, idcap, &pin, err,
-                                  errlen, param, PARAMLEN);
+    int pin = PIN_UNSET, wait = PIN_UNSET;
+    int rc = srv_admin_body_parse((const char *)data, size, pin_required, id, idcap, &pin, &wait,
+                                  err, errlen, param, PARAMLEN);
     if (rc != 0 && rc != -EINVAL && rc != -E2BIG)
         abort();
     if (errlen && !memchr(err, 0, errlen))
         abort();
     out->rc = rc;
     out->pin = pin;
+    out->wait = wait;
     out->id[0] = 0;
     snprintf(out->err, sizeof out->err, "%s", errlen ? err : "");
     if (!memchr(param, 0, PARAMLEN))
         abort();
     snprintf(out->param, sizeof out->param, "%s", param);
     if (rc) {
-        if (pin != PIN_UNSET || (errlen > 1 && !err[0]) || !printable_ascii(out->err))
+        if (pin != PIN_UNSET || wait != PIN_UNSET || (errlen > 1 && !err[0]) ||
+            !printable_ascii(out->err))
             abort();
-        if (strcmp(param, "") != 0 && strcmp(param, "id") != 0 && strcmp(param, "pin") != 0)
+        if (strcmp(param, "") != 0 && strcmp(param, "id") != 0 && strcmp(param, "pin") != 0 &&
+            strcmp(param, "wait") != 0)
             abort();
         if (rc == -E2BIG && param[0])
             abort();
@@ -113,7 +116,7 @@ static void run(const uint8_t *data, size_t size, bool pin_required, size_t idca
         size_t n = strnlen(id, idcap);
         if (n == 0 || n >= idcap || !utf8_ok((const unsigned char *)id, n) || param[0])
             abort();
-        if (pin < -1 || pin > 1 || (pin_required && pin == -1))
+        if (pin < -1 || pin > 1 || (pin_required && pin == -1) || wait < -1 || wait > 1)
             abort();
         memcpy(out->id, id, n + 1);
     }
@@ -158,6 +161,7 @@ static void check_against_cjson(const uint8_t *data, size_t size, const result *
         abort();
     const cJSON *jid = cJSON_GetObjectItemCaseSensitive(root, "id");
     const cJSON *jpin = cJSON_GetObjectItemCaseSensitive(root, "pin");
+    const cJSON *jwait = cJSON_GetObjectItemCaseSensitive(root, "wait");
     const char *want_param = NULL; /* NULL: accepted */
     if (!cJSON_IsObject(root))
         want_param = "";
@@ -167,11 +171,15 @@ static void check_against_cjson(const uint8_t *data, size_t size, const result *
         want_param = "id";
     else if (jpin && !cJSON_IsBool(jpin))
         want_param = "pin";
+    else if (jwait && !cJSON_IsBool(jwait))
+        want_param = "wait";
     if (want_param ? load->rc != -EINVAL || strcmp(load->param, want_param) != 0 : load->rc != 0)
         abort();
     if (!want_param) {
         int want_pin = cJSON_IsTrue(jpin) ? 1 : cJSON_IsFalse(jpin) ? 0 : -1;
-        if (strcmp(load->id, jid->valuestring) != 0 || load->pin != want_pin)
+        int want_wait = cJSON_IsTrue(jwait) ? 1 : cJSON_IsFalse(jwait) ? 0 : -1;
+        if (strcmp(load->id, jid->valuestring) != 0 || load->pin != want_pin ||
+            load->wait != want_wait)
             abort();
     }
     cJSON_Delete(root);
@@ -192,22 +200,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* The pin route: the same as load/unload, and refused when there is no pin. */
     if (load.rc == 0) {
         bool ok = load.pin != -1;
-        if (ok ? pin.rc != 0 || strcmp(pin.id, load.id) != 0 || pin.pin != load.pin
+        if (ok ? pin.rc != 0 || strcmp(pin.id, load.id) != 0 || pin.pin != load.pin ||
+                     pin.wait != load.wait
                : pin.rc != -EINVAL || strcmp(pin.param, "pin") != 0)
             abort();
-    } else if (pin.rc != load.rc || strcmp(pin.param, load.param) != 0) {
+    } else if (pin.rc != load.rc || (strcmp(pin.param, load.param) != 0 &&
+                                     !(!strcmp(load.param, "wait") && !strcmp(pin.param, "pin")))) {
+        /* The pin is checked before "wait": a body without a pin is refused for that first. */
         abort();
     }
     /* A small id buffer: the ids that fit, and a refusal naming "id" for the others. */
     if (load.rc == 0) {
         bool fits = strlen(load.id) < smallcap;
-        if (fits ? small.rc != 0 || strcmp(small.id, load.id) != 0 || small.pin != load.pin
+        if (fits ? small.rc != 0 || strcmp(small.id, load.id) != 0 || small.pin != load.pin ||
+                       small.wait != load.wait
                  : small.rc != -EINVAL || strcmp(small.param, "id") != 0)
             abort();
     } else if (small.rc != load.rc ||
                (strcmp(small.param, load.param) != 0 &&
-                !(!strcmp(load.param, "pin") && !strcmp(small.param, "id")))) {
-        /* The id is checked before the pin: one that does not fit is refused first. */
+                !((!strcmp(load.param, "pin") || !strcmp(load.param, "wait")) &&
+                  !strcmp(small.param, "id")))) {
+        /* The id is checked before the pin and "wait": one that does not fit is refused first. */
         abort();
     }
     /* A cut message is a prefix of the whole one. */

@@ -1,11 +1,17 @@
 /* Reading adapter files (adapters/adapter.c): a file that changes size between its stat and its
  * read, or while it is read, is refused with "file changed while reading, will retry"; files
- * over 4 GiB are refused before anything is allocated; and a load's content hash covers the
- * same bytes as it did when files were mapped (the config text, then the weights file). */
+ * over 4 GiB are refused before anything is allocated; a FIFO is refused without blocking, with
+ * messages naming the path given (command line) or the path beneath the root (registry); and a
+ * load's content hash covers the same bytes as it did when files were mapped (the config text,
+ * then the weights file). */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "adapter_testutil.h"
@@ -80,14 +86,14 @@ TEST(adapter_read_refuses_a_file_that_changed)
     CHECK_EQ_INT(adapter__file_read(fd, path, head, 20, 980, err, sizeof err), 0);
     close(fd);
     /* The whole-file read of an unchanged file. */
-    CHECK_EQ_INT(adapter__read_file(path, &buf, &len, err, sizeof err), 0);
+    CHECK_EQ_INT(adapter__read_file(NULL, path, &buf, &len, err, sizeof err), 0);
     CHECK_EQ_INT(len, 1000);
     free(buf);
     /* Not there, not a file. */
-    CHECK_EQ_INT(adapter__read_file(tmp, &buf, &len, err, sizeof err), -EINVAL);
+    CHECK_EQ_INT(adapter__read_file(NULL, tmp, &buf, &len, err, sizeof err), -EINVAL);
     CHECK_MSG(strstr(err, "not a regular file"), "%s", err);
     snprintf(path, sizeof path, "%s/none", tmp);
-    CHECK_EQ_INT(adapter__read_file(path, &buf, &len, err, sizeof err), -ENOENT);
+    CHECK_EQ_INT(adapter__read_file(NULL, path, &buf, &len, err, sizeof err), -ENOENT);
     tu_rmrf(tmp);
 }
 
@@ -104,11 +110,11 @@ TEST(adapter_read_refuses_files_over_4_gib)
     CHECK(rc == 0);
     void *buf = NULL;
     size_t len = 0;
-    CHECK_EQ_INT(adapter__read_file(path, &buf, &len, err, sizeof err), -EFBIG);
+    CHECK_EQ_INT(adapter__read_file(NULL, path, &buf, &len, err, sizeof err), -EFBIG);
     CHECK_MSG(strstr(err, "over 4 GiB"), "%s", err);
     CHECK(buf == NULL);
     uint64_t size;
-    CHECK_EQ_INT(adapter__file_open(path, &size, err, sizeof err), -EFBIG);
+    CHECK_EQ_INT(adapter__file_open(NULL, path, &size, err, sizeof err), -EFBIG);
     core_config cfg = tu_config();
     adapter *a = adapter_load(path, &cfg, err, sizeof err);
     CHECK(!a);
@@ -152,4 +158,77 @@ TEST(adapter_hash_covers_the_file_bytes)
     adapter_unref(a);
     CHECK_MSG(got == want, "GGUF hash %016llx, want %016llx", (unsigned long long)got,
               (unsigned long long)want);
+}
+
+/* A load in a thread, so that a test can tell when it blocks. */
+typedef struct load_call {
+    char root[128], path[256];
+    core_config cfg;
+    char err[512];
+    adapter *a;
+    atomic_bool done;
+} load_call;
+
+static void *run_load(void *arg)
+{
+    load_call *c = arg;
+    c->a = c->root[0] ? adapter_load_beneath(c->root, c->path, &c->cfg, c->err, sizeof c->err)
+                      : adapter_load(c->path, &c->cfg, c->err, sizeof c->err);
+    atomic_store(&c->done, true);
+    return NULL;
+}
+
+/* Loads path (beneath root unless it is NULL) in a thread, waiting at most 5 s: 0 when the load
+ * returned (its result in *c), -1 when it blocked (then fifo is opened for writing, which lets
+ * a reader blocked on it go, and the thread is joined). */
+static int load_bounded(load_call *c, const char *root, const char *path, const char *fifo)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->root, sizeof c->root, "%s", root ? root : "");
+    snprintf(c->path, sizeof c->path, "%s", path);
+    c->cfg = tu_config();
+    atomic_init(&c->done, false);
+    pthread_t th;
+    if (pthread_create(&th, NULL, run_load, c))
+        return -1;
+    for (int i = 0; i < 500 && !atomic_load(&c->done); i++)
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    bool blocked = !atomic_load(&c->done);
+    if (blocked) {
+        int w = open(fifo, O_WRONLY | O_NONBLOCK);
+        if (w >= 0)
+            close(w);
+    }
+    pthread_join(th, NULL);
+    adapter_unref(c->a);
+    c->a = NULL;
+    return blocked ? -1 : 0;
+}
+
+/* A FIFO as the config or the weights file is refused at once, and the message names the file
+ * by the path given on the command line, or by its path beneath the root for a confined load. */
+TEST(adapter_load_refuses_fifos_without_blocking)
+{
+    const char *tmp = tu_tmpdir();
+    char dir[256], fifo[300];
+    core_config cfg = tu_config();
+    static const char *const files[] = {"adapter_config.json", "adapter_model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(dir, sizeof dir, "%s/n%d", tmp, i);
+        CHECK(tu_write_peft(dir, "{\"r\":4,\"target_modules\":[\"q_proj\"]}", &cfg, 1, 4, "F16",
+                            1) == 0);
+        snprintf(fifo, sizeof fifo, "%s/%s", dir, files[i]);
+        CHECK(unlink(fifo) == 0 && mkfifo(fifo, 0600) == 0);
+        load_call c;
+        char want[400];
+        snprintf(want, sizeof want, "%s: not a regular file", fifo);
+        CHECK_MSG(load_bounded(&c, NULL, dir, fifo) == 0, "%s: the load blocked", fifo);
+        CHECK_MSG(strstr(c.err, want), "'%s', want '%s'", c.err, want);
+        snprintf(dir, sizeof dir, "n%d", i);
+        snprintf(want, sizeof want, "n%d/%s: not a regular file", i, files[i]);
+        CHECK_MSG(load_bounded(&c, tmp, dir, fifo) == 0, "%s beneath the root: the load blocked",
+                  fifo);
+        CHECK_MSG(!strcmp(c.err, want), "beneath the root: '%s', want '%s'", c.err, want);
+    }
+    tu_rmrf(tmp);
 }

@@ -1,12 +1,17 @@
 /* The registry on a real directory tree: ids and chains, root confinement (.., absolute paths,
- * symlinks that leave the root), loads on the libuv pool, versions on change, a failed reload
- * keeping the good version, deletion while in use, LRU eviction and pinning. */
+ * directory and file symlinks that leave the root, at listing and at open, and the check of what
+ * a confined open actually opened), loads on the libuv pool, versions on change, a failed reload
+ * keeping the good version, deletion while in use, LRU eviction and pinning, and errors that name
+ * files relative to the root. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -37,6 +42,12 @@ static int put(fixture *f, const char *id, uint32_t seed)
     return tu_write_peft(dir, cfg_json, &f->cfg, qv_mask, 4, "F16", seed);
 }
 
+typedef void (*on_loaded_fn)(void *ud, const char *id, bool ok, const char *err,
+                             const char *abs_dir);
+static int open_registry(fixture *f, size_t cache_bytes, on_loaded_fn on_loaded);
+
+/* The tree of most tests: fr, fr/legal (a namespace), fr/legal/alice, de, de/medical, fr_alias
+ * (a symlink to fr) and evil (a symlink to a directory outside the root). */
 static int setup(fixture *f, size_t cache_bytes)
 {
     memset(f, 0, sizeof *f);
@@ -60,13 +71,20 @@ static int setup(fixture *f, size_t cache_bytes)
     snprintf(p, sizeof p, "%s/fr_alias", f->root);
     if (symlink("fr", p))
         return -1;
+    return open_registry(f, cache_bytes, NULL);
+}
+
+/* Opens the registry over f->root (no watcher, no periodic rescan); 0 or -1. */
+static int open_registry(fixture *f, size_t cache_bytes, on_loaded_fn on_loaded)
+{
     uv_loop_init(&f->loop);
     adapter_registry_opts o = {.root = f->root,
                                .cfg = &f->cfg,
                                .cache_bytes = cache_bytes,
                                .loop = &f->loop,
                                .rescan_ms = -1,
-                               .watch = false};
+                               .watch = false,
+                               .on_loaded = on_loaded};
     char err[256];
     f->reg = adapter_registry_new(&o, err, sizeof err);
     if (!f->reg)
@@ -261,12 +279,17 @@ TEST(registry_lru_eviction_and_pinning)
     teardown(&f);
 }
 
+/* What on_loaded said last. */
 static int n_loaded;
-static void count_loaded(void *ud, const char *id, bool ok)
+static char loaded_err[256], loaded_dir[PATH_MAX];
+
+static void count_loaded(void *ud, const char *id, bool ok, const char *err, const char *abs_dir)
 {
     (void)ud;
     (void)id;
     n_loaded += ok;
+    snprintf(loaded_err, sizeof loaded_err, "%s", err);
+    snprintf(loaded_dir, sizeof loaded_dir, "%s", abs_dir);
 }
 
 static void stop_loop(uv_timer_t *t)
@@ -533,6 +556,122 @@ TEST(registry_admin_load_is_loading_at_once)
     teardown(&f);
 }
 
+static unsigned char *slurp(const char *path, size_t *len);
+
+/* What adapter_registry_load_then reported, and how many times. */
+typedef struct load_answer {
+    int calls, rc;
+    bool unchanged;
+    uint64_t version;
+    char err[256];
+} load_answer;
+
+static void on_load_answer(void *ud, const adapter_load_result *res)
+{
+    load_answer *a = ud;
+    a->calls++;
+    a->rc = res->rc;
+    a->unchanged = res->unchanged;
+    a->version = res->version;
+    snprintf(a->err, sizeof a->err, "%s", res->err ? res->err : "");
+}
+
+/* Asks for a load of id and runs the loop until it is answered; the answer's rc, or -1000 when
+ * the call refused or no answer came. */
+static int load_and_wait(fixture *f, const char *id, bool pin, load_answer *a)
+{
+    char err[256];
+    memset(a, 0, sizeof *a);
+    if (adapter_registry_load_then(f->reg, id, pin, on_load_answer, a, err, sizeof err) != 0)
+        return -1000;
+    for (int i = 0; i < 500 && a->calls == 0; i++)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    return a->calls == 1 ? a->rc : -1000;
+}
+
+/* An admin load waits for its result: the version loaded; "unchanged" without reading anything
+ * when the files have not changed; "unchanged" and the same version when they were rewritten with
+ * the same bytes; a new version when the bytes changed; the failure (relative names) when they
+ * no longer load, the old version serving on; refusals without a callback; and a load still
+ * waiting when the registry is freed gets -ECANCELED. */
+TEST(registry_load_then_answers_and_skips_unchanged_files)
+{
+    fixture f;
+    CHECK(setup(&f, 0) == 0);
+    load_answer a;
+    char err[256], path[512];
+    CHECK_EQ_INT(load_and_wait(&f, "de", false, &a), 0);
+    CHECK(!a.unchanged && a.version != 0);
+    uint64_t v1 = a.version;
+    adapter_node_info n;
+    CHECK(node_info(&f, "de", &n) == 0);
+    CHECK_EQ_STR(adapter_state_name(n.state), "ready");
+    CHECK_EQ_INT(n.loads, 1);
+    CHECK(n.version == v1);
+    /* Same files: answered at once, nothing read. */
+    CHECK_EQ_INT(load_and_wait(&f, "de", true, &a), 0);
+    CHECK(a.unchanged && a.version == v1);
+    CHECK(node_info(&f, "de", &n) == 0);
+    CHECK_EQ_INT(n.loads, 1);
+    CHECK(n.pinned);
+    /* The same bytes written again (new times, maybe a new inode): read, found the same, kept. */
+    snprintf(path, sizeof path, "%s/de/adapter_model.safetensors", f.root);
+    size_t len;
+    unsigned char *bytes = slurp(path, &len);
+    CHECK(bytes);
+    usleep(20000);
+    FILE *fp = fopen(path, "wb");
+    CHECK(fp && fwrite(bytes, 1, len, fp) == len);
+    fclose(fp);
+    free(bytes);
+    CHECK_EQ_INT(load_and_wait(&f, "de", false, &a), 0);
+    CHECK_MSG(a.unchanged && a.version == v1, "rewritten with the same bytes: unchanged %d",
+              a.unchanged);
+    CHECK(node_info(&f, "de", &n) == 0);
+    CHECK_EQ_INT(n.loads, 1);
+    /* Other bytes: a new version. */
+    CHECK(put(&f, "de", 33) == 0);
+    CHECK_EQ_INT(load_and_wait(&f, "de", false, &a), 0);
+    CHECK(!a.unchanged && a.version != v1);
+    uint64_t v2 = a.version;
+    CHECK(node_info(&f, "de", &n) == 0);
+    CHECK_EQ_INT(n.loads, 2);
+    /* Broken bytes: the failure, relative names only; the good version serves on. */
+    fp = fopen(path, "wb");
+    CHECK(fp && fwrite("garbage", 1, 7, fp) == 7);
+    fclose(fp);
+    int rc = load_and_wait(&f, "de", false, &a);
+    CHECK_MSG(rc < 0 && rc != -1000, "rc %d", rc);
+    CHECK_MSG(strstr(a.err, "de/adapter_model.safetensors") && !strstr(a.err, f.root), "error: %s",
+              a.err);
+    CHECK(node_info(&f, "de", &n) == 0);
+    CHECK_EQ_STR(adapter_state_name(n.state), "ready");
+    CHECK(n.version == v2);
+    /* Refused at once, the callback never called. */
+    memset(&a, 0, sizeof a);
+    CHECK_EQ_INT(
+        adapter_registry_load_then(f.reg, "nope", false, on_load_answer, &a, err, sizeof err),
+        -ENOENT);
+    CHECK_EQ_INT(
+        adapter_registry_load_then(f.reg, "fr/legal", false, on_load_answer, &a, err, sizeof err),
+        -EINVAL);
+    CHECK_EQ_INT(adapter_registry_check(f.reg, "../x", err, sizeof err), -EINVAL);
+    CHECK_EQ_INT(adapter_registry_check(f.reg, "fr", err, sizeof err), 0);
+    for (int i = 0; i < 20; i++)
+        uv_run(&f.loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(a.calls, 0);
+    /* Asked for, and the registry freed before the loop ran: answered, cancelled. */
+    CHECK_EQ_INT(
+        adapter_registry_load_then(f.reg, "fr", false, on_load_answer, &a, err, sizeof err), 0);
+    adapter_registry_free(f.reg);
+    f.reg = NULL;
+    CHECK_EQ_INT(a.calls, 1);
+    CHECK_MSG(a.rc == -ECANCELED || a.rc == 0, "rc %d", a.rc);
+    uv_loop_close(&f.loop);
+    tu_rmrf(f.root);
+    tu_rmrf(f.outside);
+}
+
 /* Overwrites a file in place again and again, as cp does (truncate, then write in chunks),
  * alternating two contents, until stop; the last write leaves v[0] whole. */
 typedef struct rewriter {
@@ -668,5 +807,424 @@ TEST(registry_survives_files_overwritten_while_loading)
     free(w->v[0]);
     free(w->v[1]);
     free(w);
+    teardown(&f);
+}
+
+/* ---- confinement of the files a node reads, and what its errors name ------------------------- */
+
+/* An inotify descriptor watching path for opens and reads (the test fails if it cannot). */
+static int watch_reads(const char *path)
+{
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd >= 0 && inotify_add_watch(fd, path, IN_OPEN | IN_ACCESS) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* The opens and reads seen on a watch_reads descriptor since the last call. */
+static int reads_seen(int fd)
+{
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    int n = 0;
+    ssize_t k;
+    while ((k = read(fd, buf, sizeof buf)) > 0)
+        for (char *p = buf; p < buf + k; p += sizeof(struct inotify_event))
+            n++, p += ((struct inotify_event *)p)->len;
+    return n;
+}
+
+/* Runs the loop until id is neither loading nor being described (a guard timer wakes the loop
+ * every 50 ms, so a job that blocks shows as a timeout after about 10 s). 0 with its listing in
+ * *n, or -1. */
+static int settle(fixture *f, const char *id, adapter_node_info *n)
+{
+    uv_timer_t guard;
+    uv_timer_init(&f->loop, &guard);
+    int rc = -1;
+    for (int i = 0; i < 200; i++) {
+        adapter_registry_stats st;
+        adapter_registry_stats_get(f->reg, &st);
+        if (node_info(f, id, n))
+            break;
+        if (n->state != ADAPTER_LOADING && !n->reloading && st.probing == 0) {
+            rc = 0;
+            break;
+        }
+        uv_timer_start(&guard, stop_loop, 50, 0);
+        uv_run(&f->loop, UV_RUN_ONCE);
+    }
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* the guard lives on this stack: let it close */
+    return rc;
+}
+
+/* Replaces path by a symlink to target. */
+static int make_symlink(const char *target, const char *path)
+{
+    return unlink(path) == 0 || errno == ENOENT ? symlink(target, path) : -1;
+}
+
+/* A PEFT node whose weight file is a symlink to a good adapter's weights outside the root is
+ * listed as failed with the reason and is never loaded nor described: the outside file is not
+ * even opened. Replacing the symlink by a real file clears it through the usual rescan. */
+TEST(registry_weight_symlink_leaving_the_root_is_failed_unread)
+{
+    fixture f;
+    CHECK(setup(&f, 0) == 0);
+    char p[512], target[512], err[512];
+    snprintf(p, sizeof p, "%s/w", f.outside);
+    CHECK(tu_write_peft(p, cfg_json, &f.cfg, qv_mask, 4, "F16", 12) == 0);
+    snprintf(target, sizeof target, "%s/w/adapter_model.safetensors", f.outside);
+    CHECK(put(&f, "ext", 11) == 0);
+    snprintf(p, sizeof p, "%s/ext/adapter_model.safetensors", f.root);
+    CHECK(make_symlink(target, p) == 0);
+    int ino = watch_reads(target);
+    CHECK(ino >= 0);
+    adapter_registry_rescan(f.reg);
+    adapter_node_info n;
+    CHECK(settle(&f, "ext", &n) == 0);
+    CHECK_MSG(
+        n.state == ADAPTER_FAILED &&
+            !strcmp(n.error, "ext/adapter_model.safetensors: symlink leaves the registry root"),
+        "state %s, error '%s'", adapter_state_name(n.state), n.error);
+    CHECK_EQ_INT(n.format, 0); /* not described from the outside file either */
+    adapter_set *s = NULL;
+    int rc = acquire(&f, "ext", &s, err, sizeof err);
+    CHECK_MSG(rc == -EIO && strstr(err, "ext/adapter_model.safetensors: symlink leaves"),
+              "acquire: %d '%s'", rc, err);
+    /* Rescans and an explicit load change nothing. */
+    adapter_registry_rescan(f.reg);
+    CHECK(adapter_registry_load(f.reg, "ext", err, sizeof err) == 0);
+    CHECK(settle(&f, "ext", &n) == 0);
+    CHECK_MSG(n.state == ADAPTER_FAILED && strstr(n.error, "symlink leaves the registry root"),
+              "after a load: state %s, error '%s'", adapter_state_name(n.state), n.error);
+    int seen = reads_seen(ino);
+    close(ino);
+    CHECK_MSG(seen == 0, "the file outside the root was opened or read %d times", seen);
+
+    /* Fixed: a real file in place of the symlink loads. */
+    CHECK(unlink(p) == 0);
+    CHECK(put(&f, "ext", 11) == 0);
+    adapter_registry_rescan(f.reg);
+    CHECK(settle(&f, "ext", &n) == 0);
+    CHECK_MSG(n.state == ADAPTER_READY && !n.error[0] && n.format == ADAPTER_PEFT,
+              "after the fix: state %s, error '%s'", adapter_state_name(n.state), n.error);
+    CHECK_MSG(acquire(&f, "ext", &s, err, sizeof err) == 0, "%s", err);
+    adapter_set_free(s);
+    teardown(&f);
+}
+
+/* A directory whose adapter_config.json leads out of the root is not an adapter; a node whose
+ * config is swapped for such a symlink after the listing is refused at load, unread. */
+TEST(registry_config_symlink_leaving_the_root_is_not_read)
+{
+    fixture f;
+    CHECK(setup(&f, 0) == 0);
+    char p[512], target[512], err[512];
+    snprintf(p, sizeof p, "%s/w", f.outside); /* rank 4 and alpha 16: tells it apart if loaded */
+    CHECK(tu_write_peft(p, "{\"r\":4,\"lora_alpha\":16,\"target_modules\":[\"q_proj\",\"v_proj\"]}",
+                        &f.cfg, qv_mask, 4, "F16", 12) == 0);
+    snprintf(target, sizeof target, "%s/w/adapter_config.json", f.outside);
+    CHECK(put(&f, "cfgout", 11) == 0);
+    snprintf(p, sizeof p, "%s/cfgout/adapter_config.json", f.root);
+    CHECK(make_symlink(target, p) == 0);
+    CHECK(wait_described(&f) == 0);
+    int ino = watch_reads(target);
+    CHECK(ino >= 0);
+    adapter_registry_rescan(f.reg);
+    adapter_node_info n;
+    CHECK(settle(&f, "cfgout", &n) == 0);
+    CHECK_MSG(n.state == ADAPTER_NAMESPACE, "cfgout: state %s", adapter_state_name(n.state));
+
+    /* fr listed and described, then its config swapped: the load refuses it. */
+    CHECK(node_info(&f, "fr", &n) == 0 && n.format == ADAPTER_PEFT);
+    snprintf(p, sizeof p, "%s/fr/adapter_config.json", f.root);
+    CHECK(make_symlink(target, p) == 0);
+    adapter_set *s = NULL;
+    int rc = acquire(&f, "fr", &s, err, sizeof err);
+    if (rc == 0) {
+        float alpha = s->items[0].a->alpha;
+        adapter_set_free(s);
+        CHECK_MSG(rc != 0, "loaded the config outside the root (alpha %g)", (double)alpha);
+    }
+    CHECK_MSG(rc == -EIO && strstr(err, "fr/adapter_config.json: symlink leaves the registry root"),
+              "acquire: %d '%s'", rc, err);
+    int seen = reads_seen(ino);
+    close(ino);
+    CHECK_MSG(seen == 0, "the config outside the root was opened or read %d times", seen);
+    teardown(&f);
+}
+
+/* The weight file of a listed node swapped for a symlink leaving the root before it loads: the
+ * load refuses it unread. For a resident node the reload fails the same way and the version
+ * loaded from the good files serves on. */
+TEST(registry_weight_swapped_for_a_symlink_after_listing_is_refused)
+{
+    fixture f;
+    CHECK(setup(&f, 0) == 0);
+    char p[512], target[512], err[512];
+    snprintf(p, sizeof p, "%s/w", f.outside);
+    CHECK(tu_write_peft(p, cfg_json, &f.cfg, qv_mask, 4, "F16", 12) == 0);
+    snprintf(target, sizeof target, "%s/w/adapter_model.safetensors", f.outside);
+    CHECK(wait_described(&f) == 0);
+    adapter_set *s = NULL, *old = NULL;
+    CHECK_MSG(acquire(&f, "de", &old, err, sizeof err) == 0, "%s", err);
+    uint64_t v1 = old->items[0].a->hash;
+    int ino = watch_reads(target);
+    CHECK(ino >= 0);
+
+    adapter_node_info n;
+    CHECK(node_info(&f, "fr", &n) == 0);
+    CHECK_MSG(n.state == ADAPTER_UNLOADED && n.format == ADAPTER_PEFT, "fr: state %s format %d",
+              adapter_state_name(n.state), n.format);
+    snprintf(p, sizeof p, "%s/fr/adapter_model.safetensors", f.root);
+    CHECK(make_symlink(target, p) == 0);
+    int rc = acquire(&f, "fr", &s, err, sizeof err);
+    if (rc == 0)
+        adapter_set_free(s);
+    CHECK_MSG(rc == -EIO &&
+                  strstr(err, "fr/adapter_model.safetensors: symlink leaves the registry root"),
+              "acquire: %d '%s'", rc, err);
+
+    snprintf(p, sizeof p, "%s/de/adapter_model.safetensors", f.root);
+    CHECK(make_symlink(target, p) == 0);
+    CHECK(adapter_registry_load(f.reg, "de", err, sizeof err) == 0);
+    CHECK(settle(&f, "de", &n) == 0);
+    CHECK_MSG(n.state == ADAPTER_READY && n.version == v1 &&
+                  strstr(n.error, "de/adapter_model.safetensors: symlink leaves"),
+              "de: state %s version %016llx (had %016llx) error '%s'", adapter_state_name(n.state),
+              (unsigned long long)n.version, (unsigned long long)v1, n.error);
+    adapter_set_free(old);
+    int seen = reads_seen(ino);
+    close(ino);
+    CHECK_MSG(seen == 0, "the file outside the root was opened or read %d times", seen);
+    teardown(&f);
+}
+
+/* Symlinks to files elsewhere inside the root are followed, with relative and absolute targets,
+ * as symlinked directories are. */
+TEST(registry_file_symlinks_inside_the_root_load)
+{
+    fixture f;
+    CHECK(setup(&f, 0) == 0);
+    char p[512], target[512], err[512];
+    snprintf(p, sizeof p, "%s/shared", f.root); /* a node too: it holds an adapter */
+    CHECK(tu_write_peft(p, cfg_json, &f.cfg, qv_mask, 4, "F16", 12) == 0);
+    CHECK(put(&f, "rel", 13) == 0 && put(&f, "abs", 14) == 0);
+    snprintf(p, sizeof p, "%s/rel/adapter_model.safetensors", f.root);
+    CHECK(make_symlink("../shared/adapter_model.safetensors", p) == 0);
+    snprintf(p, sizeof p, "%s/abs/adapter_model.safetensors", f.root);
+    snprintf(target, sizeof target, "%s/shared/adapter_model.safetensors", f.root);
+    CHECK(make_symlink(target, p) == 0);
+    snprintf(p, sizeof p, "%s/abs/adapter_config.json", f.root);
+    snprintf(target, sizeof target, "%s/shared/adapter_config.json", f.root);
+    CHECK(make_symlink(target, p) == 0);
+    adapter_registry_rescan(f.reg);
+    CHECK(wait_described(&f) == 0);
+    adapter_set *s = NULL;
+    CHECK_MSG(acquire(&f, "shared", &s, err, sizeof err) == 0, "%s", err);
+    uint64_t want = s->items[0].a->hash;
+    adapter_set_free(s);
+    static const char *const ids[] = {"rel", "abs"};
+    for (int i = 0; i < 2; i++) {
+        adapter_node_info n;
+        CHECK(node_info(&f, ids[i], &n) == 0);
+        CHECK_MSG(n.format == ADAPTER_PEFT && n.weight_bytes == 30720 && !n.error[0],
+                  "%s: format %d weight_bytes %zu error '%s'", ids[i], n.format, n.weight_bytes,
+                  n.error);
+        CHECK_MSG(acquire(&f, ids[i], &s, err, sizeof err) == 0, "%s: %s", ids[i], err);
+        CHECK_EQ_INT(s->items[0].a->n_mods, 4);
+        uint64_t got = s->items[0].a->hash;
+        adapter_set_free(s);
+        /* shared's weights (the node's own, written by put, were replaced by the symlink) */
+        CHECK_MSG(got == want, "%s: version %016llx, shared's %016llx", ids[i],
+                  (unsigned long long)got, (unsigned long long)want);
+    }
+    teardown(&f);
+}
+
+/* The check that makes a confined open race-free looks at what was opened: a descriptor of a
+ * file outside the root is refused whatever path led to it (here, opened inside and then moved
+ * out, as a swap after the path checks would leave it), as is one of a sibling directory whose
+ * name starts with the root's, or of a pipe. Confined opens refuse the same files by path. */
+TEST(registry_open_checks_where_the_descriptor_lies)
+{
+    char root[PATH_MAX], out[PATH_MAX], p[PATH_MAX + 64], q[PATH_MAX + 64], err[512];
+    CHECK(realpath(tu_tmpdir(), root) != NULL);
+    CHECK(realpath(tu_tmpdir(), out) != NULL);
+    snprintf(p, sizeof p, "%s/a", root);
+    CHECK(write_file(p, "inside") == 0);
+    int fd = open(p, O_RDONLY);
+    CHECK(fd >= 0);
+    CHECK_EQ_INT(adapter__fd_beneath(fd, root, "a", err, sizeof err), 0);
+    snprintf(q, sizeof q, "%s/a", out);
+    CHECK(rename(p, q) == 0);
+    int rc = adapter__fd_beneath(fd, root, "a", err, sizeof err);
+    close(fd);
+    CHECK_MSG(rc == -EXDEV && !strcmp(err, "a: symlink leaves the registry root"), "%d '%s'", rc,
+              err);
+    char sibling[PATH_MAX + 8];
+    snprintf(sibling, sizeof sibling, "%s2", root); /* /tmp/x2 is not beneath /tmp/x */
+    CHECK(tu_mkdirs(sibling) == 0);
+    snprintf(q, sizeof q, "%s/b", sibling);
+    CHECK(write_file(q, "sibling") == 0);
+    fd = open(q, O_RDONLY);
+    CHECK(fd >= 0);
+    rc = adapter__fd_beneath(fd, root, "b", err, sizeof err);
+    close(fd);
+    tu_rmrf(sibling);
+    CHECK_EQ_INT(rc, -EXDEV);
+    int pipe_fd[2];
+    CHECK(pipe(pipe_fd) == 0);
+    rc = adapter__fd_beneath(pipe_fd[0], root, "p", err, sizeof err);
+    close(pipe_fd[0]);
+    close(pipe_fd[1]);
+    CHECK_EQ_INT(rc, -EXDEV);
+
+    /* By path: the file moved out, reached through a symlink or "..", is refused unopened. */
+    snprintf(p, sizeof p, "%s/b", root);
+    CHECK(write_file(p, "inside") == 0);
+    snprintf(p, sizeof p, "%s/link", root);
+    snprintf(q, sizeof q, "%s/a", out);
+    CHECK(symlink(q, p) == 0);
+    uint64_t size;
+    fd = adapter__file_open(root, "b", &size, err, sizeof err);
+    CHECK_MSG(fd >= 0 && size == 6, "b: %d '%s'", fd, err);
+    close(fd);
+    CHECK_EQ_INT(adapter__file_open(root, "link", &size, err, sizeof err), -EXDEV);
+    CHECK_MSG(!strcmp(err, "link: symlink leaves the registry root"), "'%s'", err);
+    snprintf(q, sizeof q, "../%s/a", strrchr(out, '/') + 1);
+    CHECK_EQ_INT(adapter__file_open(root, q, &size, err, sizeof err), -EXDEV);
+    /* Without a root (the command line), the same symlink is followed. */
+    fd = adapter__file_open(NULL, p, &size, err, sizeof err);
+    CHECK_MSG(fd >= 0 && size == 6, "%s: %d '%s'", p, fd, err);
+    close(fd);
+    tu_rmrf(root);
+    tu_rmrf(out);
+}
+
+/* The same rules for GGUF-LoRA nodes (adapter.gguf): leading out of the root it is listed failed
+ * and never opened, swapped in after the listing it is refused, inside the root (relative or
+ * absolute target) it loads. */
+TEST(registry_gguf_symlinks_are_confined)
+{
+    fixture f;
+    memset(&f, 0, sizeof f);
+    snprintf(f.root, sizeof f.root, "%s", tu_tmpdir());
+    snprintf(f.outside, sizeof f.outside, "%s", tu_tmpdir());
+    f.cfg = tu_config();
+    f.cfg.n_layer = 30;
+    const char *fix = "tests/golden/fixtures/adapters/qv_r4.gguf";
+    char p[1024], target[512], err[512];
+    static const char *const dirs[] = {"shared", "out", "in_rel", "in_abs", "swap"};
+    for (int i = 0; i < 5; i++) {
+        snprintf(p, sizeof p, "%s/%s", f.root, dirs[i]);
+        CHECK(tu_mkdirs(p) == 0);
+    }
+    snprintf(p, sizeof p, "cp %s %s/shared/adapter.gguf && cp %s %s/swap/adapter.gguf && cp %s %s/",
+             fix, f.root, fix, f.root, fix, f.outside);
+    CHECK(system(p) == 0);
+    snprintf(target, sizeof target, "%s/qv_r4.gguf", f.outside);
+    snprintf(p, sizeof p, "%s/out/adapter.gguf", f.root);
+    CHECK(make_symlink(target, p) == 0);
+    snprintf(p, sizeof p, "%s/in_rel/adapter.gguf", f.root);
+    CHECK(make_symlink("../shared/adapter.gguf", p) == 0);
+    snprintf(p, sizeof p, "%s/in_abs/adapter.gguf", f.root);
+    char abs[600];
+    snprintf(abs, sizeof abs, "%s/shared/adapter.gguf", f.root);
+    CHECK(make_symlink(abs, p) == 0);
+    int ino = watch_reads(target);
+    CHECK(ino >= 0);
+    CHECK(open_registry(&f, 0, NULL) == 0);
+    CHECK(wait_described(&f) == 0);
+    adapter_node_info n;
+    CHECK(settle(&f, "out", &n) == 0);
+    CHECK_MSG(n.state == ADAPTER_FAILED &&
+                  !strcmp(n.error, "out/adapter.gguf: symlink leaves the registry root"),
+              "out: state %s, error '%s'", adapter_state_name(n.state), n.error);
+    adapter_set *s = NULL;
+    int rc = acquire(&f, "out", &s, err, sizeof err);
+    CHECK_MSG(rc == -EIO && strstr(err, "symlink leaves"), "out: %d '%s'", rc, err);
+    static const char *const inside[] = {"in_rel", "in_abs"};
+    for (int i = 0; i < 2; i++) {
+        CHECK(node_info(&f, inside[i], &n) == 0);
+        CHECK_MSG(n.format == ADAPTER_GGUF && n.weight_bytes == 460800, "%s: format %d", inside[i],
+                  n.format);
+        CHECK_MSG(acquire(&f, inside[i], &s, err, sizeof err) == 0, "%s: %s", inside[i], err);
+        CHECK_EQ_INT(s->items[0].a->bytes, 460800);
+        adapter_set_free(s);
+    }
+    CHECK(node_info(&f, "swap", &n) == 0 && n.format == ADAPTER_GGUF);
+    snprintf(p, sizeof p, "%s/swap/adapter.gguf", f.root);
+    CHECK(make_symlink(target, p) == 0);
+    rc = acquire(&f, "swap", &s, err, sizeof err);
+    if (rc == 0)
+        adapter_set_free(s);
+    CHECK_MSG(rc == -EIO && strstr(err, "swap/adapter.gguf: symlink leaves the registry root"),
+              "swap: %d '%s'", rc, err);
+    int seen = reads_seen(ino);
+    close(ino);
+    CHECK_MSG(seen == 0, "the file outside the root was opened or read %d times", seen);
+    teardown(&f);
+}
+
+/* Failed loads name files relative to the root, in the node's error and the acquire message
+ * (both reach clients), never by an absolute path; on_loaded gives the absolute directory for
+ * the log. A FIFO as a weight file or config is refused without blocking the loader. */
+TEST(registry_errors_name_files_relative_to_the_root)
+{
+    fixture f;
+    memset(&f, 0, sizeof f);
+    snprintf(f.root, sizeof f.root, "%s", tu_tmpdir());
+    f.cfg = tu_config();
+    char p[512], real_root[PATH_MAX], err[512];
+    CHECK(realpath(f.root, real_root) != NULL);
+    CHECK(put(&f, "fifo", 1) == 0 && put(&f, "fr/cut", 2) == 0 && put(&f, "cfgfifo", 3) == 0);
+    snprintf(p, sizeof p, "%s/fifo/adapter_model.safetensors", f.root);
+    CHECK(unlink(p) == 0 && mkfifo(p, 0600) == 0);
+    snprintf(p, sizeof p, "%s/fr/cut/adapter_model.safetensors", f.root);
+    CHECK(truncate(p, 100) == 0);
+    CHECK(open_registry(&f, 0, count_loaded) == 0);
+    CHECK(wait_described(&f) == 0);
+    /* A config that turns into a FIFO after the listing (as a FIFO it would not be listed). */
+    snprintf(p, sizeof p, "%s/cfgfifo/adapter_config.json", f.root);
+    CHECK(unlink(p) == 0 && mkfifo(p, 0600) == 0);
+    static const struct {
+        const char *id, *want;
+    } cases[] = {{"fifo", "fifo/adapter_model.safetensors: not a regular file"},
+                 {"fr/cut", "fr/cut/adapter_model.safetensors: "},
+                 {"cfgfifo", "cfgfifo/adapter_config.json: not a regular file"}};
+    for (int i = 0; i < 3; i++) {
+        const char *id = cases[i].id;
+        adapter_selection sel = {1, {{"", 1.0f}}};
+        snprintf(sel.items[0].id, sizeof sel.items[0].id, "%s", id);
+        adapter_set *s = NULL;
+        loaded_err[0] = loaded_dir[0] = 0;
+        CHECK_EQ_INT(adapter_registry_acquire(f.reg, &sel, &s, err, sizeof err), -EAGAIN);
+        adapter_node_info n;
+        if (settle(&f, id, &n)) {
+            snprintf(p, sizeof p, "%s/%s/adapter_%s", f.root, id,
+                     i == 2 ? "config.json" : "model.safetensors");
+            int w = open(p, O_WRONLY | O_NONBLOCK); /* let a blocked reader go */
+            if (w >= 0)
+                close(w);
+            CHECK(settle(&f, id, &n) == 0);
+            CHECK_MSG(false, "%s: the load blocked on a FIFO", id);
+        }
+        int rc = adapter_registry_acquire(f.reg, &sel, &s, err, sizeof err);
+        CHECK_MSG(rc == -EIO && strstr(err, cases[i].want) && !strstr(err, real_root) &&
+                      !strstr(err, "/tmp/"),
+                  "%s: acquire %d '%s'", id, rc, err);
+        CHECK_MSG(n.state == ADAPTER_FAILED && strstr(n.error, cases[i].want) &&
+                      !strstr(n.error, "/tmp/"),
+                  "%s: state %s, error '%s'", id, adapter_state_name(n.state), n.error);
+        char dir[PATH_MAX + 300];
+        snprintf(dir, sizeof dir, "%s/%s", real_root, id);
+        CHECK_MSG(!strcmp(loaded_err, n.error) && !strcmp(loaded_dir, dir),
+                  "%s: on_loaded said '%s' from '%s' (want '%s' from '%s')", id, loaded_err,
+                  loaded_dir, n.error, dir);
+    }
     teardown(&f);
 }

@@ -11,11 +11,11 @@
 
 static int parse(srv_serve_opts *o, char *err, ...)
 {
-    char *argv[40] = {"serve"};
+    char *argv[64] = {"serve"};
     int argc = 1;
     va_list ap;
     va_start(ap, err);
-    for (char *a; argc < 39 && (a = va_arg(ap, char *));)
+    for (char *a; argc < 63 && (a = va_arg(ap, char *));)
         argv[argc++] = a;
     va_end(ap);
     return srv_serve_parse(argc, argv, o, err, 256);
@@ -41,6 +41,15 @@ TEST(serve_flags_defaults)
     CHECK(o.api_key == NULL && o.admin_key == NULL);
     CHECK(o.watch);
     CHECK(!o.int8 && !o.kv_f16);
+    CHECK_EQ_INT(o.max_conns, 1024);
+    CHECK_EQ_INT(o.per_ip_conns, 512); /* half of --max-connections */
+    CHECK_EQ_INT(o.header_timeout, 10);
+    CHECK_EQ_INT(o.body_timeout, 30);
+    CHECK_EQ_INT(o.drain_timeout, 30);
+    CHECK_EQ_INT(parse(&o, err, "--max-connections", "100", NULL), 0);
+    CHECK_EQ_INT(o.per_ip_conns, 50);
+    CHECK_EQ_INT(parse(&o, err, "--max-connections", "1", NULL), 0);
+    CHECK_EQ_INT(o.per_ip_conns, 1);
 }
 
 TEST(serve_flags_all)
@@ -52,8 +61,9 @@ TEST(serve_flags_all)
                    "--threads", "2", "--max-batch-tokens", "64", "--max-seqs", "4", "--ctx", "512",
                    "--adapter-cache-mb", "100", "--queue-limit", "8", "--api-key", "k1",
                    "--admin-key=k2", "--log-level", "debug", "--max-body-kb", "16",
-                   "--idle-timeout", "5", "--http-threads", "3", "--no-watch", "--int8",
-                   "--kv-f16", NULL);
+                   "--idle-timeout", "5", "--http-threads", "3", "--no-watch", "--int8", "--kv-f16",
+                   "--max-connections", "64", "--max-connections-per-ip=0", "--header-timeout", "3",
+                   "--body-timeout", "4", "--drain-timeout", "0", NULL);
     CHECK_MSG(rc == 0, "rc %d: %s", rc, err);
     CHECK_EQ_STR(o.host, "0.0.0.0");
     CHECK_EQ_INT(o.port, 9000);
@@ -74,6 +84,11 @@ TEST(serve_flags_all)
     CHECK_EQ_INT(o.http_threads, 3);
     CHECK(!o.watch);
     CHECK(o.int8 && o.kv_f16);
+    CHECK_EQ_INT(o.max_conns, 64);
+    CHECK_EQ_INT(o.per_ip_conns, 0);
+    CHECK_EQ_INT(o.header_timeout, 3);
+    CHECK_EQ_INT(o.body_timeout, 4);
+    CHECK_EQ_INT(o.drain_timeout, 0);
     CHECK_EQ_INT(parse(&o, err, "--no-registry", NULL), 0);
     CHECK(o.registry == NULL);
 }

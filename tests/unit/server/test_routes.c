@@ -68,15 +68,15 @@ TEST(routes_selection_label)
 /* One admin body parsed as routes.c does (id buffer ADAPTER_ID_MAX + 1); pin starts at 7 and id
  * at "-" so that a refusal can be seen to leave them alone. */
 typedef struct admin_case {
-    int rc, pin;
+    int rc, pin, wait;
     char id[ADAPTER_ID_MAX + 1], err[160], param[SRV_PARAM_MAX];
 } admin_case;
 
 static admin_case admin_parse(const char *body, bool pin_required)
 {
-    admin_case c = {.pin = 7, .id = "-"};
-    c.rc = srv_admin_body_parse(body, strlen(body), pin_required, c.id, sizeof c.id, &c.pin, c.err,
-                                sizeof c.err, c.param, sizeof c.param);
+    admin_case c = {.pin = 7, .wait = 7, .id = "-"};
+    c.rc = srv_admin_body_parse(body, strlen(body), pin_required, c.id, sizeof c.id, &c.pin,
+                                &c.wait, c.err, sizeof c.err, c.param, sizeof c.param);
     return c;
 }
 
@@ -86,7 +86,15 @@ TEST(routes_admin_body_valid)
     CHECK_EQ_INT(c.rc, 0);
     CHECK_EQ_STR(c.id, "fr");
     CHECK_EQ_INT(c.pin, -1);
+    CHECK_EQ_INT(c.wait, -1);
     CHECK_EQ_STR(c.param, "");
+    c = admin_parse("{\"id\": \"fr\", \"wait\": false}", false);
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_INT(c.wait, 0);
+    c = admin_parse("{\"id\": \"fr\", \"wait\": true, \"pin\": true}", true);
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_INT(c.wait, 1);
+    CHECK_EQ_INT(c.pin, 1);
     c = admin_parse(" {\"pin\":true,\"id\":\"fr/legal/alice\",\"other\":[1,{}]} ", false);
     CHECK_EQ_INT(c.rc, 0);
     CHECK_EQ_STR(c.id, "fr/legal/alice");
@@ -101,7 +109,7 @@ TEST(routes_admin_body_valid)
     /* Not NUL-terminated: only len bytes are read. */
     const char body[] = "{\"id\":\"de\"}garbage";
     c.rc = srv_admin_body_parse(body, strlen("{\"id\":\"de\"}"), false, c.id, sizeof c.id, &c.pin,
-                                c.err, sizeof c.err, c.param, sizeof c.param);
+                                &c.wait, c.err, sizeof c.err, c.param, sizeof c.param);
     CHECK_EQ_INT(c.rc, 0);
     CHECK_EQ_STR(c.id, "de");
 }
@@ -136,6 +144,8 @@ TEST(routes_admin_body_refused)
         {"{\"id\": \"fr\", \"pin\": 1}", true, -EINVAL, "pin", "pin: expected true or false"},
         {"{\"id\": \"fr\", \"pin\": null}", false, -EINVAL, "pin", "pin: expected a boolean"},
         {"{\"id\": \"fr\"}", true, -EINVAL, "pin", "pin: expected true or false"},
+        {"{\"id\": \"fr\", \"wait\": 0}", false, -EINVAL, "wait", "wait: expected a boolean"},
+        {"{\"id\": \"fr\", \"wait\": \"no\"}", true, -EINVAL, "pin", "pin: expected true or false"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         admin_case c = admin_parse(cases[i].body, cases[i].pin_required);
@@ -144,6 +154,7 @@ TEST(routes_admin_body_refused)
                   "case %zu: rc %d param \"%s\" err \"%s\"; want %d \"%s\" \"%s\"", i, c.rc,
                   c.param, c.err, cases[i].rc, cases[i].param, cases[i].err);
         CHECK_EQ_INT(c.pin, 7);
+        CHECK_EQ_INT(c.wait, 7);
         CHECK_EQ_STR(c.id, "-");
     }
     /* Nested too deep: -E2BIG, still a 400 for the whole body. */
@@ -191,23 +202,24 @@ TEST(routes_admin_body_ids_for_the_registry)
 TEST(routes_admin_body_small_buffers)
 {
     char id[3] = "--", err[8], param[2];
-    int pin = 7;
+    int pin = 7, wait = 7;
     const char *b = "{\"id\": \"fr\", \"pin\": 3}";
-    CHECK_EQ_INT(srv_admin_body_parse(b, strlen(b), false, id, sizeof id, &pin, err, sizeof err,
-                                      param, sizeof param),
+    CHECK_EQ_INT(srv_admin_body_parse(b, strlen(b), false, id, sizeof id, &pin, &wait, err,
+                                      sizeof err, param, sizeof param),
                  -EINVAL);
     CHECK_EQ_STR(err, "pin: ex");
     CHECK_EQ_STR(param, "p");
-    CHECK_EQ_INT(srv_admin_body_parse(b, strlen(b), false, id, sizeof id, &pin, NULL, 0, NULL, 0),
-                 -EINVAL);
+    CHECK_EQ_INT(
+        srv_admin_body_parse(b, strlen(b), false, id, sizeof id, &pin, &wait, NULL, 0, NULL, 0),
+        -EINVAL);
     b = "{\"id\": \"fr\"}";
-    CHECK_EQ_INT(srv_admin_body_parse(b, strlen(b), false, id, sizeof id, &pin, NULL, 0, NULL, 0),
-                 0);
+    CHECK_EQ_INT(
+        srv_admin_body_parse(b, strlen(b), false, id, sizeof id, &pin, &wait, NULL, 0, NULL, 0), 0);
     CHECK_EQ_STR(id, "fr");
     CHECK_EQ_INT(pin, -1);
     b = "{\"id\": \"fre\"}";
-    CHECK_EQ_INT(srv_admin_body_parse(b, strlen(b), false, id, sizeof id, &pin, err, sizeof err,
-                                      param, sizeof param),
+    CHECK_EQ_INT(srv_admin_body_parse(b, strlen(b), false, id, sizeof id, &pin, &wait, err,
+                                      sizeof err, param, sizeof param),
                  -EINVAL);
     CHECK_EQ_STR(param, "i");
     CHECK_EQ_STR(id, "fr");
