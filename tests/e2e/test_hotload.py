@@ -326,9 +326,11 @@ def admin_load_waits_for_its_result_and_skips_unchanged_files():
     replace_file(os.path.join(e2e.FIXTURES, "all_rslora_r8", "adapter_model.safetensors"),
                  weights)
     r = S.post("/v1/adapters/load", {"id": "adm"})
-    eq((r.status, r.json().get("unchanged")), (200, False), f"a load of new files: {r}")
+    eq(r.status, 200, f"a load of new files: {r}")
     v2 = r.json().get("version")
-    check(v2 != v1, f"the version did not change with the files ({v1})")
+    # The watcher may have loaded the new files first; then this load finds them resident
+    # ("unchanged"), but the version is the new one either way.
+    check(v2 != v1, f"the version did not change with the files ({v1}): {r}")
     eq(greedy("adm"), want, "adm serves the new files")
     bad = os.path.join(STAGE, "adm-garbage.safetensors")
     with open(bad, "wb") as f:
