@@ -232,10 +232,81 @@ static int parse_config(const cJSON *j, peft_cfg *c, char *err, size_t errlen)
     return 0;
 }
 
-/* Compiles "^prefix(pattern)$" as POSIX ERE: Python's re.fullmatch for the patterns ERE can
- * express. 0, or -1 when it does not compile (Python-only syntax such as (?i) or \\d). */
-static int compile_full(regex_t *re, const char *prefix, const char *pattern)
+#define PATTERN_KEYS_MAX 1024 /* keys of rank_pattern / alpha_pattern */
+#define REGEX_MAX_BYTES 256
+#define REGEX_MAX_DEPTH 8   /* nested groups */
+#define REGEX_MAX_BOUND 32  /* n in {n} / {m,n} */
+#define REGEX_MAX_BOUNDED 2 /* {..} repetitions in one pattern */
+
+/* Refuses the patterns whose compilation could take unbounded memory or time: glibc's regcomp
+ * copies a repeated subexpression for every repetition (a+ becomes aa*, a{n} n copies), so a
+ * repetition of a repetition (a++++, which is no valid ERE but glibc takes it) or large nested
+ * bounds multiply, and a back-reference makes matching exponential. Real PEFT patterns
+ * (".*\\.(q_proj|v_proj)") are far inside these limits. NULL when fine, else why not. */
+static const char *regex_too_costly(const char *p)
 {
+    if (strlen(p) > REGEX_MAX_BYTES)
+        return "longer than 256 bytes";
+    int depth = 0, bounded = 0;
+    bool after_atom = false, after_rep = false;
+    for (const char *c = p; *c; c++) {
+        bool rep = false;
+        if (*c == '\\') {
+            if (c[1] >= '1' && c[1] <= '9')
+                return "back-references are not supported";
+            if (c[1])
+                c++;
+        } else if (*c == '[') { /* a bracket expression is one atom; ']' first is literal */
+            const char *e = c + 1 + (c[1] == '^');
+            e += *e == ']';
+            while (*e && *e != ']')
+                e++;
+            if (!*e)
+                break; /* regcomp refuses it */
+            c = e;
+        } else if (*c == '(') {
+            if (++depth > REGEX_MAX_DEPTH)
+                return "groups nested deeper than 8";
+            after_atom = after_rep = false;
+            continue;
+        } else if (*c == ')') {
+            depth -= depth > 0;
+        } else if (*c == '*' || *c == '+' || *c == '?' || *c == '{') {
+            if (after_rep)
+                return "a repetition of a repetition (such as a++ or a*?) is not supported";
+            rep = after_atom;
+            if (*c == '{') {
+                char *end;
+                long lo = strtol(c + 1, &end, 10), hi = lo;
+                if (*end == ',')
+                    hi = end[1] == '}' ? 0 : strtol(end + 1, &end, 10);
+                else
+                    end--;
+                if (lo > REGEX_MAX_BOUND || hi > REGEX_MAX_BOUND || ++bounded > REGEX_MAX_BOUNDED)
+                    return "bounded repetitions are limited to two of at most {32}";
+                while (*c && *c != '}')
+                    c++;
+                if (!*c)
+                    break;
+            }
+        } else if (*c == '|') {
+            after_atom = after_rep = false;
+            continue;
+        }
+        after_rep = rep;
+        after_atom = !rep || after_atom;
+    }
+    return NULL;
+}
+
+/* Compiles "^prefix(pattern)$" as POSIX ERE: Python's re.fullmatch for the patterns ERE can
+ * express. 0, or -1 with the reason in *why when it does not compile (Python-only syntax such as
+ * (?i) or \\d) or would cost too much (regex_too_costly). */
+static int compile_full(regex_t *re, const char *prefix, const char *pattern, const char **why)
+{
+    if ((*why = regex_too_costly(pattern)))
+        return -1;
+    *why = "syntax adaptree cannot compile (POSIX extended regular expressions only)";
     size_t n = strlen(pattern) + strlen(prefix) + 8;
     char *anchored = malloc(n);
     if (!anchored)
@@ -254,7 +325,7 @@ typedef struct selector {
     regex_t re;
 } selector;
 
-static int selector_init(selector *s, const cJSON *spec)
+static int selector_init(selector *s, const cJSON *spec, const char **why)
 {
     memset(s, 0, sizeof *s);
     s->spec = is_null(spec) ? NULL : spec;
@@ -264,7 +335,7 @@ static int selector_init(selector *s, const cJSON *spec)
         s->all_linear = true;
         return 0;
     }
-    if (compile_full(&s->re, "", spec->valuestring))
+    if (compile_full(&s->re, "", spec->valuestring, why))
         return -1;
     s->has_re = true;
     return 0;
@@ -320,12 +391,17 @@ typedef struct pattern {
     double *value;
 } pattern;
 
-static int pattern_init(pattern *p, const cJSON *spec, const char **bad)
+static int pattern_init(pattern *p, const cJSON *spec, const char **bad, const char **why)
 {
     memset(p, 0, sizeof *p);
     int n = is_null(spec) ? 0 : cJSON_GetArraySize(spec);
     if (!n)
         return 0;
+    if (n > PATTERN_KEYS_MAX) {
+        *bad = spec->child->string;
+        *why = "more than 1024 keys";
+        return -1;
+    }
     p->re = calloc((size_t)n, sizeof *p->re);
     p->value = calloc((size_t)n, sizeof *p->value);
     if (!p->re || !p->value)
@@ -333,7 +409,7 @@ static int pattern_init(pattern *p, const cJSON *spec, const char **bad)
     const cJSON *it;
     cJSON_ArrayForEach(it, spec)
     {
-        if (compile_full(&p->re[p->n], "(.*\\.)?", it->string)) {
+        if (compile_full(&p->re[p->n], "(.*\\.)?", it->string, why)) {
             *bad = it->string;
             return -1;
         }
@@ -362,11 +438,9 @@ static double pattern_value(const pattern *p, const char *name, double dflt)
 static int check_head_targets(const peft_cfg *c, char *err, size_t errlen)
 {
     selector t;
-    if (selector_init(&t, c->targets)) {
-        snprintf(err, errlen,
-                 "target_modules: regex \"%s\" uses syntax adaptree cannot compile (POSIX "
-                 "extended regular expressions only)",
-                 c->targets->valuestring);
+    const char *why = NULL;
+    if (selector_init(&t, c->targets, &why)) {
+        snprintf(err, errlen, "target_modules: regex \"%.80s\": %s", c->targets->valuestring, why);
         return -EINVAL;
     }
     static const char *const heads[] = {"lm_head", "model.embed_tokens"};
@@ -436,23 +510,20 @@ static int plan_modules(const peft_cfg *c, const core_st *st, const core_config 
         targets = dflt = cJSON_CreateStringArray((const char *[]){"q_proj", "v_proj"}, 2);
     selector tsel, xsel;
     pattern rp, ap;
-    const char *bad = NULL;
+    const char *bad = NULL, *why_t = NULL, *why_x = NULL, *why = NULL;
     int rc = 0;
     memset(&rp, 0, sizeof rp);
     memset(&ap, 0, sizeof ap);
-    bool t_ok = selector_init(&tsel, targets) == 0, x_ok = selector_init(&xsel, c->excludes) == 0;
+    bool t_ok = selector_init(&tsel, targets, &why_t) == 0;
+    bool x_ok = selector_init(&xsel, c->excludes, &why_x) == 0;
     if (!t_ok || !x_ok) {
-        snprintf(err, errlen,
-                 "%s: regex uses syntax adaptree cannot compile (POSIX extended regular "
-                 "expressions only)",
-                 !t_ok ? "target_modules" : "exclude_modules");
+        snprintf(err, errlen, "%s: regex: %s", !t_ok ? "target_modules" : "exclude_modules",
+                 !t_ok ? why_t : why_x);
         rc = -EINVAL;
-    } else if (pattern_init(&rp, c->rank_pattern, &bad) ||
-               pattern_init(&ap, c->alpha_pattern, &bad)) {
-        snprintf(err, errlen,
-                 "rank_pattern/alpha_pattern: key \"%s\" is not a regex adaptree "
-                 "can compile",
-                 bad ? bad : "?");
+    } else if (pattern_init(&rp, c->rank_pattern, &bad, &why) ||
+               pattern_init(&ap, c->alpha_pattern, &bad, &why)) {
+        snprintf(err, errlen, "rank_pattern/alpha_pattern: key \"%.80s\": %s", bad ? bad : "?",
+                 why ? why : "out of memory");
         rc = -EINVAL;
     }
     for (int l = 0; l < cfg->n_layer && !rc; l++) {

@@ -241,6 +241,20 @@ TEST(peft_refusals_name_the_problem)
          "no lora_A"},
         {"{\"r\":8,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"]}", "rank 8"},
         {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"(?i)q_proj\"}", "regex"},
+        /* Patterns whose compilation would take unbounded memory (found by fuzz_adapter_config:
+         * glibc's regcomp took over 2 GB for "all-++++...linear") or matching exponential time. */
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"q-++++++++++++++++++++++++++\"}",
+         "a repetition of a repetition"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\".*(q|v)_proj*?\"}",
+         "a repetition of a repetition"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"(((q){2}){2}){40}_proj\"}",
+         "bounded repetitions"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"(q)\\\\1_proj\"}", "back-references"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"((((((((((q))))))))))_proj\"}",
+         "nested deeper"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"],"
+         "\"rank_pattern\":{\"q_proj++\":2}}",
+         "rank_pattern/alpha_pattern: key \"q_proj++\": a repetition of a repetition"},
         {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"]", "invalid JSON"},
         {"[1,2]", "not a JSON object"},
     };
