@@ -21,11 +21,13 @@ ADAPTERS_SRC := $(sort $(wildcard adapters/*.c))
 SERVER_SRC   := $(sort $(filter-out server/main.c,$(wildcard server/*.c)))
 LIB_SRC      := $(CORE_SRC) $(ADAPTERS_SRC) $(SERVER_SRC)
 TEST_SRC     := tests/runner.c tests/shared_model.c $(sort $(wildcard tests/unit/*/*.c tests/golden/*.c))
+PROBE_SRC    := $(wildcard tests/tools/*.c)
 FUZZ_SRC     := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
-DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d
+DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d \
+           $(PROBE_SRC:%.c=$(BUILD)/obj/%.d)
 
 .PHONY: all test unit run bench bench-server asan tsan fuzz format lint clean deps venv model help \
         docker-check
@@ -64,6 +66,12 @@ $(BUILD)/bench_core: $(BUILD)/obj/tests/bench/bench_core.o \
 $(BUILD)/blas_probe: $(BUILD)/obj/tests/tools/blas_probe.o $(BUILD)/libadaptree.a
 	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
+# Probe for the runner's own test: the runner over tests that crash, hang and exit.
+$(BUILD)/runner_probe: $(BUILD)/obj/tests/runner.o $(BUILD)/obj/tests/tools/runner_probe.o
+	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS)
+
+PROBES = $(BUILD)/blas_probe $(BUILD)/runner_probe
+
 -include $(DEPS)
 
 # --- setup -----------------------------------------------------------------------------------
@@ -89,10 +97,10 @@ run: deps model all
 
 # Unit + golden tests (C), then the end-to-end suites (tests/e2e, a real server; need .venv).
 test: deps model venv
-	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(BUILD)/blas_probe
+	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(PROBES)
 	@ADAPTREE_BUILD=$(BUILD) tools/run_tests.sh $(BUILD)
 
-unit: $(BUILD)/test_unit $(BUILD)/blas_probe
+unit: $(BUILD)/test_unit $(PROBES)
 	ADAPTREE_BUILD=$(BUILD) $(BUILD)/test_unit $(T)
 
 bench: deps model
@@ -110,20 +118,22 @@ asan: deps model venv
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(CLANG) OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" build/asan/adaptree build/asan/test_unit \
-	    build/asan/blas_probe
+	    build/asan/blas_probe build/asan/runner_probe
 	ADAPTREE_BUILD=build/asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    tools/run_tests.sh build/asan
 
 tsan: deps model venv
 	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(CLANG) OPT="-O1 -g" SAN="-fsanitize=thread" \
 	    LDFLAGS="-fsanitize=thread" \
-	    build/tsan/adaptree build/tsan/test_unit build/tsan/blas_probe
+	    build/tsan/adaptree build/tsan/test_unit build/tsan/blas_probe build/tsan/runner_probe
 	ADAPTREE_BUILD=build/tsan TSAN_OPTIONS=suppressions=$(CURDIR)/tools/tsan.supp tools/run_tests.sh build/tsan
 
 FUZZ_TIME ?= 30
-FUZZ_CFLAGS = -O1 -g -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -I.
-fuzz: $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
-	@for f in $^; do n=$$(basename $$f); mkdir -p tests/fuzz/corpus/$$n $(BUILD)/fuzz/new/$$n; \
+FUZZ_CFLAGS = -O1 -g -std=c11 -D_GNU_SOURCE -Wno-pass-failed -I. -I/usr/include/cjson
+fuzz: deps
+	@$(MAKE) --no-print-directory $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+	@for f in $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%); do n=$$(basename $$f); \
+	    mkdir -p tests/fuzz/corpus/$$n $(BUILD)/fuzz/new/$$n; \
 	    echo "== $$n ($(FUZZ_TIME)s)"; \
 	    $$f -max_total_time=$(FUZZ_TIME) -max_len=65536 -print_final_stats=1 \
 	        -artifact_prefix=$(BUILD)/fuzz/$$n- $(BUILD)/fuzz/new/$$n tests/fuzz/corpus/$$n \
@@ -135,10 +145,26 @@ fuzz: $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 # server/ sources a fuzz target may use (no HTTP, no main).
 FUZZ_SERVER_SRC := server/request.c server/json_check.c server/admin_body.c server/auth.c server/strbuf.c
 
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(ADAPTERS_SRC) $(FUZZ_SERVER_SRC)
+# The sources every target may call are compiled once, instrumented for coverage and the
+# sanitizers, into one archive; each target links its own file against it.
+FUZZ_LIB_SRC := $(CORE_SRC) $(ADAPTERS_SRC) $(FUZZ_SERVER_SRC)
+FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(BUILD)/fuzzobj/%.o)
+
+$(BUILD)/fuzzobj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CLANG) $(FUZZ_CFLAGS) -I/usr/include/cjson $< $(CORE_SRC) $(ADAPTERS_SRC) $(FUZZ_SERVER_SRC) \
+	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -MMD -MP -c $< -o $@
+
+$(BUILD)/fuzz/libfuzzdeps.a: $(FUZZ_LIB_OBJ)
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(BUILD)/fuzz/libfuzzdeps.a
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined $< $(BUILD)/fuzz/libfuzzdeps.a \
 	    -o $@ -lopenblas -lcjson -luv -lm -lpthread
+
+-include $(FUZZ_LIB_OBJ:.o=.d)
 
 # Replays the Dockerfile in debootstrapped Debian 12 roots and checks the image (as root; no
 # Docker engine needed). Not part of `make test`. DOCKER_CHECK_ARGS="--ref HEAD" checks the
@@ -146,11 +172,15 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(CORE_SRC) $(ADAPTERS_SRC) $(FUZZ_SERVER_SRC)
 docker-check:
 	@tools/docker_check.sh $(DOCKER_CHECK_ARGS)
 
-format:
-	clang-format -i $(LIB_SRC) server/main.c $(wildcard */*.h tests/*.c tests/*.h tests/*/*.c tests/*/*/*.c)
+FORMAT_SRC = $(LIB_SRC) server/main.c $(wildcard */*.h tests/*.c tests/*.h tests/*/*.c tests/*/*/*.c)
 
-lint:
+format:
+	clang-format -i $(FORMAT_SRC)
+
+# The module-direction check, every C file clang-format clean, clang-tidy.
+lint: deps
 	@tools/check_layers.sh
+	@clang-format --dry-run -Werror $(FORMAT_SRC) && echo "lint: clang-format clean"
 	clang-tidy --quiet $(LIB_SRC) server/main.c -- $(CPPFLAGS) -std=c11 -D_GNU_SOURCE
 
 clean:

@@ -1,6 +1,7 @@
 /* Minimal test harness shared by every C test: TEST() registers a function at load time, the
- * runner (tests/runner.c) runs them all or those whose name contains a filter, and prints one
- * line per failure with both sides, then "N passed, N failed". */
+ * runner (tests/runner.c) runs them all or those whose name contains a filter (each source file's
+ * tests in a child process of their own, so a crash or a hang is reported by name), and prints
+ * one line per failure with both sides, then "N passed, N failed, N skipped". */
 #ifndef ADAPTREE_TEST_H
 #define ADAPTREE_TEST_H
 
@@ -9,9 +10,12 @@
 #include <string.h>
 
 typedef void (*test_fn)(void);
-void test_register(const char *name, test_fn fn);
+void test_register(const char *name, const char *file, test_fn fn);
 void test_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Marks the running test skipped (this machine cannot run it: a CPU feature it tests is missing),
+ * with the reason; a failure already recorded stands. Use TEST_SKIP, which also returns. */
+void test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Path of a file under the project root (tests run from it): returns its argument. */
 const char *test_model_path(void);
 /* Nonzero when the default model file is present (tests that need it call TEST_NEED_MODEL). */
@@ -21,7 +25,7 @@ int test_have_model(void);
     static void name(void);                                                                        \
     __attribute__((constructor)) static void name##_reg(void)                                      \
     {                                                                                              \
-        test_register(#name, name);                                                                \
+        test_register(#name, __FILE__, name);                                                      \
     }                                                                                              \
     static void name(void)
 
@@ -68,6 +72,12 @@ int test_have_model(void);
                       (double)(tol));                                                              \
             return;                                                                                \
         }                                                                                          \
+    } while (0)
+
+#define TEST_SKIP(...)                                                                             \
+    do {                                                                                           \
+        test_skip(__VA_ARGS__);                                                                    \
+        return;                                                                                    \
     } while (0)
 
 #define TEST_NEED_MODEL()                                                                          \

@@ -1,6 +1,7 @@
 """The end-to-end harness: starts a real `$BUILD/adaptree serve` on a free 127.0.0.1 port, talks
 to it with plain http.client (so every byte sent is under the test's control), and runs a list of
-test functions with a tiny runner whose last line is "N passed, N failed" (tools/run_tests.sh).
+test functions with a tiny runner whose last line is "N passed, N failed, N skipped"
+(tools/run_tests.sh).
 
 Every suite is bounded: each HTTP call has a timeout, the whole suite has an alarm, and the
 server is always stopped (try/finally, plus PR_SET_PDEATHSIG so it dies with the runner even if
@@ -43,6 +44,10 @@ sys.path.insert(0, CLIENTS)
 
 class Fail(AssertionError):
     pass
+
+
+class Skip(Exception):
+    """Raised by a test that cannot run on this machine (a CPU feature it needs is missing)."""
 
 
 def check(cond, msg):
@@ -377,7 +382,7 @@ class Background:
 
 class Suite:
     """Tests run in order; a failing test prints why and the run goes on. The last line is
-    "N passed, N failed". budget: seconds for the whole suite (times SLOW)."""
+    "N passed, N failed, N skipped". budget: seconds for the whole suite (times SLOW)."""
 
     def __init__(self, name, budget=120):
         self.name = name
@@ -385,6 +390,7 @@ class Suite:
         self.tests = []
         self.passed = 0
         self.failed = 0
+        self.skipped = 0
         self.servers = []
         self.tmp = tempfile.mkdtemp(prefix=f"adaptree-e2e-{name}-")
 
@@ -410,6 +416,9 @@ class Suite:
         try:
             fn()
             self.record(fn.__name__, True, t=time.time() - t0)
+        except Skip as e:
+            self.skipped += 1
+            print(f"skip {self.name}: {fn.__name__}: {e}", flush=True)
         except Fail as e:
             self.record(fn.__name__, False, str(e))
         except Exception as e:  # a test that crashes is a failed test, with its traceback
@@ -474,5 +483,5 @@ class Suite:
                 s.cleanup()
             shutil.rmtree(self.tmp, ignore_errors=True)
         print(f"{self.name}: {time.time() - t0:.1f} s")
-        print(f"{self.passed} passed, {self.failed} failed", flush=True)
+        print(f"{self.passed} passed, {self.failed} failed, {self.skipped} skipped", flush=True)
         return 0 if self.failed == 0 else 1
