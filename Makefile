@@ -16,11 +16,12 @@ CFLAGS  := $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wstrict-
 CPPFLAGS += -I. -I/usr/include/cjson
 LDLIBS  += -lopenblas -lmicrohttpd -lcjson -luv -lm -lpthread
 
-CORE_SRC     := $(sort $(wildcard core/*.c))
+CORE_SRC     := $(sort $(wildcard core/*.c core/*/*.c))
 ADAPTERS_SRC := $(sort $(wildcard adapters/*.c))
 SERVER_SRC   := $(sort $(filter-out server/main.c,$(wildcard server/*.c)))
 LIB_SRC      := $(CORE_SRC) $(ADAPTERS_SRC) $(SERVER_SRC)
-TEST_SRC     := tests/runner.c tests/shared_model.c $(sort $(wildcard tests/unit/*/*.c tests/golden/*.c))
+TEST_SRC     := tests/runner.c tests/shared_model.c \
+                $(sort $(wildcard tests/unit/*/*.c tests/unit/*/*/*.c tests/golden/*.c))
 PROBE_SRC    := $(wildcard tests/tools/*.c)
 FUZZ_SRC     := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 
@@ -172,7 +173,8 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(BUILD)/fuzz/libfuzzdeps.a
 docker-check:
 	@tools/docker_check.sh $(DOCKER_CHECK_ARGS)
 
-FORMAT_SRC = $(LIB_SRC) server/main.c $(wildcard */*.h tests/*.c tests/*.h tests/*/*.c tests/*/*/*.c)
+FORMAT_SRC = $(LIB_SRC) server/main.c $(wildcard */*.h */*/*.h tests/*.c tests/*.h tests/*/*.c \
+             tests/*/*/*.c tests/*/*/*/*.c)
 
 format:
 	clang-format -i $(FORMAT_SRC)

@@ -37,7 +37,7 @@
 #endif
 #endif
 
-#include "core/quant.h"
+#include "core/format/types.h"
 
 adapter *adapter__new(int n_layer, uint32_t dtype, size_t slab_bytes)
 {

@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/model.h"
+#include "core/model/model.h"
 
 /* The low-rank update of one (layer, module); rank 0 = not targeted. */
 typedef struct adapter_mod {

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 #include "adapters/adapter.h"
-#include "core/model.h"
+#include "core/model/model.h"
 
 typedef struct adapter_set_item {
     adapter *a;   /* a reference held by the set */

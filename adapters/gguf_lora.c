@@ -13,8 +13,8 @@
 #include <unistd.h>
 
 #include "adapters/adapter.h"
-#include "core/gguf.h"
-#include "core/quant.h"
+#include "core/format/gguf.h"
+#include "core/kernels/dequant.h"
 
 #define HEADER_FIRST_READ (1 << 20) /* a probe's first read; most headers fit */
 

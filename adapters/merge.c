@@ -17,8 +17,8 @@
 #include <string.h>
 
 #include "adapters/registry.h"
-#include "core/gguf_write.h"
-#include "core/quant.h"
+#include "core/format/gguf_write.h"
+#include "core/format/types.h"
 
 #define F16_MAX 65504.0f
 

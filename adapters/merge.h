@@ -5,7 +5,7 @@
 #include <stdint.h>
 
 #include "adapters/compose.h"
-#include "core/model.h"
+#include "core/model/model.h"
 
 enum adapter_merge_type { ADAPTER_MERGE_F32 = 0, ADAPTER_MERGE_F16 = 1 };
 

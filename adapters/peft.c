@@ -23,8 +23,8 @@
 #include <unistd.h>
 
 #include "adapters/adapter.h"
-#include "core/quant.h"
-#include "core/safetensors.h"
+#include "core/format/safetensors.h"
+#include "core/format/types.h"
 
 #define CONFIG_MAX_BYTES (1 << 20)
 #define MAX_RANK 4096

@@ -37,7 +37,7 @@
 #include <uv.h>
 
 #include "adapters/compose.h"
-#include "core/model.h"
+#include "core/model/model.h"
 
 #define ADAPTER_ID_MAX 255  /* bytes */
 #define ADAPTER_SEG_MAX 64  /* bytes per segment */

@@ -1,5 +1,5 @@
 /* The one formatter behind every core/ error message. */
-#include "error.h"
+#include "core/error_internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -8,9 +8,9 @@
 #include <time.h>
 
 #include "adapters/compose.h"
-#include "core/model.h"
-#include "core/sampler.h"
-#include "core/tokenizer.h"
+#include "core/model/model.h"
+#include "core/model/sampler.h"
+#include "core/text/tokenizer.h"
 #include "server/cli.h"
 #include "server/cli_select.h"
 

@@ -9,11 +9,11 @@
 #include <sys/stat.h>
 
 #include "adapters/adapter.h"
-#include "core/blas.h"
-#include "core/gguf.h"
-#include "core/model.h"
-#include "core/quant.h"
-#include "core/tokenizer.h"
+#include "core/format/gguf.h"
+#include "core/format/types.h"
+#include "core/kernels/blas.h"
+#include "core/model/model.h"
+#include "core/text/tokenizer.h"
 #include "server/cli.h"
 
 static void print_config(const core_config *c)

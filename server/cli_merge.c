@@ -8,7 +8,7 @@
 #include <time.h>
 
 #include "adapters/merge.h"
-#include "core/model.h"
+#include "core/model/model.h"
 #include "server/cli.h"
 #include "server/cli_select.h"
 

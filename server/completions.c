@@ -16,7 +16,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "core/tokenizer.h"
+#include "core/text/tokenizer.h"
 #include "server/log.h"
 #include "server/response.h"
 #include "server/routes_internal.h"

@@ -22,7 +22,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "core/blas.h"
+#include "core/kernels/blas.h"
 #include "server/engine_internal.h"
 
 void srv_engine_opts_default(srv_engine_opts *o)

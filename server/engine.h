@@ -31,9 +31,9 @@
 #include <stdint.h>
 
 #include "adapters/registry.h"
-#include "core/model.h"
-#include "core/sampler.h"
-#include "core/tokenizer.h"
+#include "core/model/model.h"
+#include "core/model/sampler.h"
+#include "core/text/tokenizer.h"
 
 typedef struct srv_engine srv_engine;
 typedef struct srv_job srv_job;

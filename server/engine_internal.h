@@ -18,9 +18,9 @@
 
 #include "adapters/compose.h"
 #include "adapters/registry.h"
-#include "core/model.h"
-#include "core/sampler.h"
-#include "core/tokenizer.h"
+#include "core/model/model.h"
+#include "core/model/sampler.h"
+#include "core/text/tokenizer.h"
 #include "server/engine.h"
 
 #define SRV__LABELS_MAX 1024 /* distinct metric labels; later ones count under "other" */

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/blas.h"
+#include "core/kernels/blas.h"
 #include "server/cli.h"
 
 static void usage(FILE *out)

@@ -22,8 +22,8 @@
 #include <stdint.h>
 
 #include "adapters/registry.h"
-#include "core/sampler.h"
-#include "core/tokenizer.h"
+#include "core/model/sampler.h"
+#include "core/text/tokenizer.h"
 
 typedef enum srv_request_kind {
     SRV_REQ_COMPLETION = 1, /* POST /v1/completions */

@@ -11,7 +11,7 @@
 #include <time.h>
 
 #include "adapters/adapter.h"
-#include "core/model.h"
+#include "core/model/model.h"
 #include "server/admin_body.h"
 #include "server/log.h"
 #include "server/response.h"

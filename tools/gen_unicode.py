@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates core/unicode_tables.c: the code-point classes the pre-tokenizer needs.
+"""Generates core/text/unicode_tables.c: the code-point classes the pre-tokenizer needs.
 
 Writes sorted, merged [lo, hi] ranges tagged letter (L*), number (Nd, Nl, No) or space
 (White_Space), plus a flat table for U+0000..U+00FF. Everything else is "other". The output
@@ -15,9 +15,9 @@ tokenizers (the reference) matches \\p{L} and \\p{N} with the Oniguruma it bundl
 Unicode 16.0; with 15.0 tables 5,004 code points added in 15.1/16.0 split differently:
 
     pip install unicodedata2==16.0.0
-    tools/gen_unicode.py --unicodedata2 > core/unicode_tables.c
+    tools/gen_unicode.py --unicodedata2 > core/text/unicode_tables.c
 
-usage: tools/gen_unicode.py [--unicodedata2] [UNICODE_DIR] > core/unicode_tables.c
+usage: tools/gen_unicode.py [--unicodedata2] [UNICODE_DIR] > core/text/unicode_tables.c
 """
 import os
 import sys

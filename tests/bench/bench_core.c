@@ -9,12 +9,11 @@
 #include <time.h>
 
 #include "adapters/compose.h"
-#include "core/blas.h"
-#include "core/kv_internal.h"
-#include "core/model.h"
-#include "core/qmatmul.h"
-#include "core/qmatmul_q8.h"
-#include "core/quant.h"
+#include "core/format/types.h"
+#include "core/kernels/blas.h"
+#include "core/kernels/qmatmul_internal.h"
+#include "core/kernels/qmatmul_q8_internal.h"
+#include "core/model/model.h"
 #include "tests/unit/adapters/adapter_testutil.h"
 
 static double now_s(void)
@@ -287,26 +286,11 @@ static int bench_long_context(bench *b, const char *what_suffix)
             fprintf(stderr, "bench: %s\n", err);
             return 1;
         }
-        uint32_t x = 12345;
         for (int s = 0; s < ROWS; s++) {
-            if (core__kv_reserve(kv, s, POS + STEPS)) {
+            if (core_kv_fill_random(kv, s, POS, 12345u + (uint32_t)s)) {
                 fprintf(stderr, "bench: out of memory for the KV cache\n");
                 return 1;
             }
-            core_kv_slot *sl = &kv->slots[s];
-            size_t n = (size_t)c->n_layer * sl->cap * kv_dim;
-            for (size_t i = 0; i < n; i++) {
-                x = x * 1664525u + 1013904223u;
-                float v = (float)((int32_t)x >> 8) / (float)(1 << 23);
-                if (f16) {
-                    ((uint16_t *)sl->k)[i] = core_fp32_to_fp16(v);
-                    ((uint16_t *)sl->v)[i] = core_fp32_to_fp16(v * 0.5f);
-                } else {
-                    ((float *)sl->k)[i] = v;
-                    ((float *)sl->v)[i] = v * 0.5f;
-                }
-            }
-            sl->n = POS;
         }
         double best = 1e9;
         for (int st = 0; st < STEPS; st++) {

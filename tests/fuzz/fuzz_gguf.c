@@ -1,17 +1,18 @@
 /* libFuzzer target for the GGUF reader: opens the input from memory and, when it parses, reads
  * back every metadata value through the getters, prints the file, and dequantizes the first
- * row of every tensor whose type core/quant.c converts. Any failure must come with a message,
- * and every tensor must lie inside the input; both are checked with __builtin_trap. The input is
- * also opened header-only (core_gguf_open_header) from growing prefixes, as an adapter probe
- * reads a file, which must agree with the whole-file open in verdict, message and tables. */
+ * row of every tensor whose type core/format/types.c and core/kernels/dequant.c converts. Any
+ * failure must come with a message, and every tensor must lie inside the input; both are checked
+ * with __builtin_trap. The input is also opened header-only (core_gguf_open_header) from growing
+ * prefixes, as an adapter probe reads a file, which must agree with the whole-file open in verdict,
+ * message and tables. */
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/gguf.h"
-#include "core/quant.h"
+#include "core/format/gguf.h"
+#include "core/kernels/dequant.h"
 
 #define MAX_ROW (1 << 16)
 

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "adapters/registry.h"
-#include "core/sampler.h"
+#include "core/model/sampler.h"
 #include "server/request.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

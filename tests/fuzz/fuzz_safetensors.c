@@ -1,12 +1,13 @@
-/* libFuzzer target for core/safetensors.c: any input either fails with a message or opens,
+/* libFuzzer target for core/format/safetensors.c: any input either fails with a message or opens,
  * and then every F32/F16/BF16 tensor of up to 1 << 16 elements converts to f32, every tensor
  * lies inside the input, and lookups find every name and metadata key. The input is also opened
  * header-only (core_st_open_header) from growing prefixes, as an adapter probe reads a file,
  * which must agree with the whole-file open in verdict, message and table.
  *
  *   clang -O1 -g -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -I. \
- *       tests/fuzz/fuzz_safetensors.c core/safetensors.c core/quant.c -lm -o /tmp/fuzz_st
- *   /tmp/fuzz_st -max_len=65536 tests/fuzz/corpus/fuzz_safetensors
+ *       tests/fuzz/fuzz_safetensors.c core/format/safetensors.c core/format/types.c and
+ * core/kernels/dequant.c -lm -o /tmp/fuzz_st /tmp/fuzz_st -max_len=65536
+ * tests/fuzz/corpus/fuzz_safetensors
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -15,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/quant.h"
-#include "core/safetensors.h"
+#include "core/format/safetensors.h"
+#include "core/format/types.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -12,9 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/gguf.h"
-#include "core/tokenizer.h"
-#include "core/unicode.h"
+#include "core/format/gguf.h"
+#include "core/text/tokenizer.h"
+#include "core/text/unicode_internal.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -3,7 +3,7 @@
 
 Valid files come from gguf-py's GGUFWriter (llama.cpp's own writer), so the fuzzer starts from
 real layouts: every metadata value type, nested arrays, a custom alignment, and tensors of every
-type core/quant.c dequantizes plus a few it only sizes. Broken files are copies with one field
+type core/format/types.c and core/kernels/dequant.c dequantizes plus a few it only sizes. Broken files are copies with one field
 changed. The first 4 KB of the real model is added when models/ has it. Total stays < 200 KB.
 
 Run:  /tmp/venv-quant/bin/python tests/fuzz/make_corpus_gguf.py   (gguf + numpy in the venv)

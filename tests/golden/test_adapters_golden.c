@@ -8,7 +8,7 @@
 #include <uv.h>
 
 #include "adapters/registry.h"
-#include "core/model.h"
+#include "core/model/model.h"
 #include "tests/shared_model.h"
 #include "tests/test.h"
 

@@ -7,8 +7,8 @@
 #include <uv.h>
 
 #include "adapters/registry.h"
-#include "core/model.h"
-#include "core/tokenizer.h"
+#include "core/model/model.h"
+#include "core/text/tokenizer.h"
 #include "tests/test.h"
 
 static const char *const french =

@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/gguf.h"
-#include "core/tokenizer.h"
+#include "core/format/gguf.h"
+#include "core/text/tokenizer.h"
 #include "tests/test.h"
 
 #define FIXTURE "tests/golden/fixtures/core_tokens.json"

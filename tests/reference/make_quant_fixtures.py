@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference dequantization vectors for tests/unit/core/test_quant.c.
+"""Reference dequantization vectors for tests/unit/core/kernels/test_dequant.c.
 
 For each tensor type the C code dequantizes (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 Q4_K, Q6_K) this makes a few blocks of random bytes whose f16 scale fields are overwritten with

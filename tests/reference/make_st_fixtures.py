@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference safetensors files for tests/unit/core/test_safetensors.c.
+"""Reference safetensors files for tests/unit/core/format/test_safetensors.c.
 
 Good files are written by the `safetensors` package itself (the Hugging Face reference
 implementation, Rust underneath) from numpy arrays, bfloat16 via ml_dtypes. They cover F32, F16

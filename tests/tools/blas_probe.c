@@ -1,10 +1,10 @@
-/* Probe for tests/unit/core/test_blas.c: runs core_blas_ensure_kernel as adaptree's main() does,
- * then prints what OpenBLAS ended up with, so the test can see a real re-exec from outside.
+/* Probe for tests/unit/core/kernels/test_blas.c: runs core_blas_ensure_kernel as adaptree's main()
+ * does, then prints what OpenBLAS ended up with, so the test can see a real re-exec from outside.
  * Output: "core=<core> reexec=<ADAPTREE_BLAS_REEXEC or -> rc=<result>" and "msg=<message>". */
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "core/blas.h"
+#include "core/kernels/blas.h"
 
 int main(int argc, char **argv)
 {

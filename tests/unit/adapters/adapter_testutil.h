@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "core/model.h"
+#include "core/model/model.h"
 
 /* SmolLM2's shapes with 2 layers (no weights needed to validate adapters). */
 core_config tu_config(void);

@@ -9,7 +9,7 @@
 
 #include "adapter_testutil.h"
 #include "adapters/adapter.h"
-#include "core/quant.h"
+#include "core/format/types.h"
 #include "tests/test.h"
 
 #define BIT(l, m) (1ull << ((l)*CORE_MOD_COUNT + (m)))

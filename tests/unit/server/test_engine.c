@@ -15,9 +15,9 @@
 
 #include "adapters/compose.h"
 #include "adapters/registry.h"
-#include "core/model.h"
-#include "core/sampler.h"
-#include "core/tokenizer.h"
+#include "core/model/model.h"
+#include "core/model/sampler.h"
+#include "core/text/tokenizer.h"
 #include "server/cli_select.h"
 #include "server/engine.h"
 #include "tests/shared_model.h"

@@ -21,9 +21,9 @@
 #include <sys/stat.h>
 
 #include "adapters/compose.h"
-#include "core/gguf.h"
-#include "core/model.h"
-#include "core/quant.h"
+#include "core/format/gguf.h"
+#include "core/format/types.h"
+#include "core/model/model.h"
 #include "server/cli.h"
 #include "server/cli_select.h"
 #include "tests/shared_model.h"

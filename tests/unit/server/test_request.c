@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/sampler.h"
+#include "core/model/sampler.h"
 #include "server/request.h"
 #include "tests/test.h"
 

@@ -1,0 +1,38 @@
+/* Vectorised pieces of the forward pass (core-internal): causal attention of one row over its
+ * cache, exp, and the SwiGLU activation. AVX-512 (attention) and AVX2/FMA are chosen at run time;
+ * the portable versions are the reference and run where AVX2 is missing (and in tests).
+ *
+ * Every function works on one row's data only, so a row's result never depends on the other
+ * rows of the batch or on which thread computed it. Pure functions; any thread.
+ */
+#ifndef ADAPTREE_CORE_KERNELS_ATTENTION_INTERNAL_H
+#define ADAPTREE_CORE_KERNELS_ATTENTION_INTERNAL_H
+
+#include <stdint.h>
+
+/* Attention of one query row at position pos over positions 0..pos of one layer's cache.
+ * q (n_head * hd), K and V (pos + 1, kv_dim) f32, or f16 (uint16_t) when kv_f16, with kv_dim =
+ * n_kv * hd (head h reads kv head h / (n_head / n_kv)), out (n_head * hd); scores is scratch of
+ * (pos + 1) * (n_head / n_kv) floats. softmax(q·k / sqrt(hd)) · V per head. */
+void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, int n_head,
+                      int n_kv, int hd, int pos, float *scores, float *out);
+
+/* y[i] = x[i] as f16 (round to nearest even), i < n. */
+void core__to_f16(const float *x, uint16_t *y, int n);
+
+/* gate[i] = silu(gate[i]) * up[i] for i < n. */
+void core__swiglu(float *gate, const float *up, long n);
+
+/* y[i] = exp(x[i]) for i < n (y may be x). Within 2 ulp of expf; exp(-inf) = 0. */
+void core__vexp(const float *x, float *y, int n);
+
+/* Tests: 1 forces the portable versions, 0 returns to detecting the CPU. */
+void core__vmath_force_generic(int on);
+
+/* Tests: run this family from now on (CORE_VMATH_AUTO detects the CPU again); -1 when the CPU
+ * lacks it. Only attention has AVX-512 code (hd a multiple of 16, at most 128); the rest runs
+ * AVX2 under CORE_VMATH_AVX512. */
+enum { CORE_VMATH_AUTO, CORE_VMATH_PORTABLE, CORE_VMATH_AVX2, CORE_VMATH_AVX512 };
+int core__vmath_force(int which);
+
+#endif

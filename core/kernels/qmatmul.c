@@ -1,0 +1,1094 @@
+/* Y = X · Wᵀ straight from quantized weight rows, for decode steps of a few rows (qmatmul.h).
+ *
+ * Up to eight rows of X (the legacy 32-element formats): each block is rebuilt once, in
+ * registers, and used at once for every row of X, a few weight rows in lockstep so that enough
+ * independent FMA chains are in flight. Other formats and more rows: WR weight rows at a time
+ * are rebuilt, KC elements per chunk, into a buffer that stays in L1, then dotted with every row
+ * of X. Every dot product is the same single chain of FMAs over k = 0, 8, 16, ... and the same
+ * lane sum, so all paths give the same bits and a row's result does not depend on n or on the
+ * other rows. AVX2/FMA/F16C is chosen at run time; the portable kernels rebuild through
+ * core_dequant_row itself and are there for tests.
+ */
+#include "core/kernels/qmatmul_internal.h"
+
+#include <errno.h>
+#include <immintrin.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/kernels/blas.h"
+#include "core/kernels/dequant.h"
+#include "core/model/model.h"
+
+#define WR 4    /* weight rows rebuilt and used together */
+#define KC 1024 /* elements of a row per chunk; a multiple of every block size (256 at most) */
+#define XR 32   /* rows of X per pass over the weights */
+#define OC 64   /* weight rows per block when the fused kernels take more than eight rows of X */
+/* Rows of X that are not 32-byte aligned are copied to an aligned buffer of this many floats
+ * when they fit: half of the 32-byte loads from a 16-byte aligned row straddle two cache lines,
+ * which costs up to a fifth of the time of eight rows. */
+#define XS (8 * 1536)
+/* Floats between rebuilt rows in the buffer: not a multiple of 4 KiB, so that loads of one row do
+ * not falsely depend on stores to another at the same page offset (4K aliasing). */
+#define LDB (KC + 16)
+
+int core__qmatmul_supports(uint32_t type)
+{
+    switch (type) {
+    case CORE_TYPE_F32:
+    case CORE_TYPE_F16:
+    case CORE_TYPE_BF16:
+    case CORE_TYPE_Q4_0:
+    case CORE_TYPE_Q4_1:
+    case CORE_TYPE_Q5_0:
+    case CORE_TYPE_Q5_1:
+    case CORE_TYPE_Q8_0:
+    case CORE_TYPE_Q4_K:
+    case CORE_TYPE_Q6_K:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* ---- portable ----------------------------------------------------------------------------- */
+
+static void dequant_generic(uint32_t type, const uint8_t *src, float *dst, int n)
+{
+    core_dequant_row(type, src, dst, n);
+}
+
+/* Eight interleaved partial sums, added pairwise at the end. */
+static float dot_generic(const float *w, const float *x, int n)
+{
+    float s[8] = {0};
+    int k = 0;
+    for (; k + 8 <= n; k += 8)
+        for (int j = 0; j < 8; j++)
+            s[j] += w[k + j] * x[k + j];
+    for (; k < n; k++)
+        s[k & 7] += w[k] * x[k];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+/* For i < nx, r < nr: the running dot of X row i (stride ldx) with w[r] over this chunk of kc
+ * elements, kept in acc (XR, WR) between chunks and written to Y[i * ldy + r] after the last. */
+static void dots_generic(const float *const *w, int kc, const float *X, int ldx, int nx, void *accp,
+                         bool first, bool last, float *Y, int ldy, int nr)
+{
+    float(*acc)[WR] = accp;
+    for (int i = 0; i < nx; i++) {
+        const float *x = X + (size_t)i * ldx;
+        for (int r = 0; r < nr; r++) {
+            float s = dot_generic(w[r], x, kc);
+            if (!first)
+                s = acc[i][r] + s;
+            if (last)
+                Y[(size_t)i * ldy + r] = s;
+            else
+                acc[i][r] = s;
+        }
+    }
+}
+
+/* ---- AVX2 + FMA + F16C: rebuilding weights --------------------------------------------------- */
+
+/* A legacy block (32 elements) is rebuilt into four vectors, its quarters: elements 8j..8j+7 in
+ * w[j]. Bytes are widened to 32 bits with in-lane shuffles of the 16 bytes held in both halves of
+ * a register; vpmovsxbd crosses lanes and is much slower on some cores (Zen 3). */
+
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) inline
+/* Loops over registers (at most 32 iterations, constant once inlined) must be unrolled, or
+ * the vectors they index live in memory. */
+#ifdef __clang__
+#define UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define UNROLL _Pragma("GCC unroll 32")
+#endif
+
+AVX2_INLINE static float f16_avx2(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, sizeof h);
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+
+/* The 16 bytes at p in both 128-bit halves. */
+AVX2_INLINE static __m256i bcast16(const uint8_t *p)
+{
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+}
+
+/* Bytes 0..7 (*e0) and 8..15 (*e1) of v (the same 16 bytes in both halves), zero-extended. */
+AVX2_INLINE static void widen_u8(__m256i v, __m256i *e0, __m256i *e1)
+{
+    const __m256i s0 = _mm256_setr_epi8(0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1, -1, 3, -1, -1, -1,
+                                        4, -1, -1, -1, 5, -1, -1, -1, 6, -1, -1, -1, 7, -1, -1, -1);
+    const __m256i s1 = _mm256_add_epi32(s0, _mm256_set1_epi32(8));
+    *e0 = _mm256_shuffle_epi8(v, s0);
+    *e1 = _mm256_shuffle_epi8(v, s1);
+}
+
+/* As widen_u8 for signed bytes: each lands in the top byte of its lane, then shifts down. */
+AVX2_INLINE static void widen_i8(__m256i v, __m256i *e0, __m256i *e1)
+{
+    const __m256i s0 = _mm256_setr_epi8(-1, -1, -1, 0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1, -1, 3,
+                                        -1, -1, -1, 4, -1, -1, -1, 5, -1, -1, -1, 6, -1, -1, -1, 7);
+    const __m256i s1 = _mm256_add_epi32(s0, _mm256_set1_epi32(8 << 24));
+    *e0 = _mm256_srai_epi32(_mm256_shuffle_epi8(v, s0), 24);
+    *e1 = _mm256_srai_epi32(_mm256_shuffle_epi8(v, s1), 24);
+}
+
+/* The 32 nibbles of a legacy block as 32-bit integers, in element order: low nibbles are
+ * elements 0..15, high nibbles 16..31. */
+AVX2_INLINE static void nibbles(const uint8_t *qs, __m256i q[4])
+{
+    const __m256i m4 = _mm256_set1_epi32(0x0f);
+    __m256i e0, e1;
+    widen_u8(bcast16(qs), &e0, &e1);
+    q[0] = _mm256_and_si256(e0, m4);
+    q[1] = _mm256_and_si256(e1, m4);
+    q[2] = _mm256_srli_epi32(e0, 4);
+    q[3] = _mm256_srli_epi32(e1, 4);
+}
+
+/* The fifth bit of elements 8j..8j+7 (bits 8j.. of the little-endian qh at p), at bit 4. */
+AVX2_INLINE static __m256i q5_high(uint32_t qh, int j)
+{
+    const __m256i sh = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)(qh >> 8 * j)), sh);
+    return _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(1)), 4);
+}
+
+/* (float)q * d, and (float)q * d + m: the multiply, then the add, as core_dequant_row. The
+ * loops over the four quarters below are written out: compilers keep arrays of vectors in
+ * memory unless they unroll them. */
+AVX2_INLINE static __m256 scale(__m256i q, __m256 d)
+{
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+}
+
+AVX2_INLINE static __m256 scale_add(__m256i q, __m256 d, __m256 m)
+{
+    return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), d), m);
+}
+
+/* Q4_0: d, qs[16]; (q - 8) * d. */
+AVX2_INLINE static void block_q4_0(const uint8_t *b, __m256 w[4])
+{
+    __m256i q[4];
+    nibbles(b + 2, q);
+    const __m256i k8 = _mm256_set1_epi32(8);
+    __m256 d = _mm256_set1_ps(f16_avx2(b));
+    w[0] = scale(_mm256_sub_epi32(q[0], k8), d);
+    w[1] = scale(_mm256_sub_epi32(q[1], k8), d);
+    w[2] = scale(_mm256_sub_epi32(q[2], k8), d);
+    w[3] = scale(_mm256_sub_epi32(q[3], k8), d);
+}
+
+/* Q4_1: d, m, qs[16]; q * d + m. */
+AVX2_INLINE static void block_q4_1(const uint8_t *b, __m256 w[4])
+{
+    uint32_t dm32;
+    memcpy(&dm32, b, sizeof dm32);
+    __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm32)); /* d, m */
+    __m256 d = _mm256_broadcastss_ps(dm), m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+    __m256i q[4];
+    nibbles(b + 4, q);
+    w[0] = scale_add(q[0], d, m);
+    w[1] = scale_add(q[1], d, m);
+    w[2] = scale_add(q[2], d, m);
+    w[3] = scale_add(q[3], d, m);
+}
+
+/* Q5_0: d, qh, qs[16]; ((q | h << 4) - 16) * d. */
+AVX2_INLINE static void block_q5_0(const uint8_t *b, __m256 w[4])
+{
+    uint32_t qh;
+    memcpy(&qh, b + 2, sizeof qh);
+    __m256i q[4];
+    nibbles(b + 6, q);
+    const __m256i k16 = _mm256_set1_epi32(16);
+    __m256 d = _mm256_set1_ps(f16_avx2(b));
+    w[0] = scale(_mm256_sub_epi32(_mm256_or_si256(q[0], q5_high(qh, 0)), k16), d);
+    w[1] = scale(_mm256_sub_epi32(_mm256_or_si256(q[1], q5_high(qh, 1)), k16), d);
+    w[2] = scale(_mm256_sub_epi32(_mm256_or_si256(q[2], q5_high(qh, 2)), k16), d);
+    w[3] = scale(_mm256_sub_epi32(_mm256_or_si256(q[3], q5_high(qh, 3)), k16), d);
+}
+
+/* Q5_1: d, m, qh, qs[16]; (q | h << 4) * d + m. */
+AVX2_INLINE static void block_q5_1(const uint8_t *b, __m256 w[4])
+{
+    uint32_t qh;
+    memcpy(&qh, b + 4, sizeof qh);
+    __m256i q[4];
+    nibbles(b + 8, q);
+    __m256 d = _mm256_set1_ps(f16_avx2(b)), m = _mm256_set1_ps(f16_avx2(b + 2));
+    w[0] = scale_add(_mm256_or_si256(q[0], q5_high(qh, 0)), d, m);
+    w[1] = scale_add(_mm256_or_si256(q[1], q5_high(qh, 1)), d, m);
+    w[2] = scale_add(_mm256_or_si256(q[2], q5_high(qh, 2)), d, m);
+    w[3] = scale_add(_mm256_or_si256(q[3], q5_high(qh, 3)), d, m);
+}
+
+/* Q8_0: d, qs[32] int8; q * d. */
+AVX2_INLINE static void block_q8_0(const uint8_t *b, __m256 w[4])
+{
+    __m256i q0, q1, q2, q3;
+    widen_i8(bcast16(b + 2), &q0, &q1);
+    widen_i8(bcast16(b + 18), &q2, &q3);
+    __m256 d = _mm256_set1_ps(f16_avx2(b));
+    w[0] = scale(q0, d);
+    w[1] = scale(q1, d);
+    w[2] = scale(q2, d);
+    w[3] = scale(q3, d);
+}
+
+/* A dot product is one chain of FMAs over k = 0, 8, 16, ... (lane l holds the elements
+ * k % 8 == l), then the lanes summed as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)).
+ * hsum4 does that for four dots at once; every kernel uses it, so they all give the same bits. */
+AVX2_INLINE static __m128 hsum4(__m256 s0, __m256 s1, __m256 s2, __m256 s3)
+{
+    __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* Y = X · Wᵀ for NX rows of X straight from the blocks, NW weight rows at a time: every block
+ * is rebuilt once, in registers, and used for all NX rows, each (weight row, X row) pair its own
+ * chain, NW * NX = 8 chains in flight (an FMA's latency times the two FMA pipes). x[j] is row j
+ * of X; the caller repeats the last row to fill NX and ignores those sums. Y[j * ldy + o] for
+ * j < nx. */
+AVX2_INLINE static void fused(void (*block)(const uint8_t *, __m256 *), size_t bytes,
+                              const uint8_t *W, size_t row_bytes, int nb, int out,
+                              const float *const *x, int nx, float *Y, int ldy, const int NW,
+                              const int NX)
+{
+    for (int o = 0; o < out; o += NW) {
+        const uint8_t *b[8]; /* rows past the end repeat the last row; their sums are dropped */
+        UNROLL
+        for (int r = 0; r < NW; r++)
+            b[r] = W + (size_t)(o + r < out ? o + r : out - 1) * row_bytes;
+        __m256 acc[8]; /* acc[r * NX + j] */
+        UNROLL
+        for (int t = 0; t < NW * NX; t++)
+            acc[t] = _mm256_setzero_ps();
+        for (int i = 0; i < nb; i++) {
+            size_t at = (size_t)i * bytes;
+            UNROLL
+            for (int r = 0; r < NW; r++) {
+                /* the same place in the next group of rows: several rows read in lockstep are
+                 * interleaved streams, which the hardware prefetchers follow poorly */
+                _mm_prefetch((const char *)(b[r] + at + NW * row_bytes), _MM_HINT_T0);
+                __m256 w[4];
+                block(b[r] + at, w);
+                UNROLL
+                for (int q = 0; q < 4; q++) {
+                    UNROLL
+                    for (int j = 0; j < NX; j++)
+                        acc[r * NX + j] = _mm256_fmadd_ps(
+                            w[q], _mm256_loadu_ps(x[j] + 32 * i + 8 * q), acc[r * NX + j]);
+                }
+            }
+        }
+        int nr = out - o < NW ? out - o : NW;
+        float t[4];
+        if (NX == 1) { /* lanes: four of the NW weight rows */
+            UNROLL
+            for (int r0 = 0; r0 < NW; r0 += 4) {
+                _mm_storeu_ps(
+                    t, hsum4(acc[r0], acc[(r0 + 1) % NW], acc[(r0 + 2) % NW], acc[(r0 + 3) % NW]));
+                if (nr > r0)
+                    memcpy(Y + o + r0, t, (size_t)(nr - r0 < 4 ? nr - r0 : 4) * sizeof(float));
+            }
+            continue;
+        }
+        UNROLL
+        for (int r = 0; r < NW; r++) {
+            UNROLL
+            for (int j = 0; j < NX; j += 4) { /* lanes: four rows of X */
+                const __m256 *a = acc + r * NX + j;
+                _mm_storeu_ps(t, hsum4(a[0], a[1 % NX], a[2 % NX], a[3 % NX]));
+                for (int k = 0; k < 4 && j + k < nx && r < nr; k++)
+                    Y[(size_t)(j + k) * ldy + o + r] = t[k];
+            }
+        }
+    }
+}
+
+/* For each legacy type: dq_<type> rebuilds nb blocks into y, and gemv_<type> runs fused() with
+ * the tile for n rows of X (n <= 8): eight weight rows for one row of X, four for two, two for
+ * three or four, one for five to eight. */
+#define LEGACY_KERNELS(type, bytes)                                                                \
+    AVX2 static void dq_##type(const uint8_t *b, float *y, int nb)                                 \
+    {                                                                                              \
+        for (int i = 0; i < nb; i++, b += (bytes), y += 32) {                                      \
+            __m256 w[4];                                                                           \
+            block_##type(b, w);                                                                    \
+            _mm256_storeu_ps(y, w[0]);                                                             \
+            _mm256_storeu_ps(y + 8, w[1]);                                                         \
+            _mm256_storeu_ps(y + 16, w[2]);                                                        \
+            _mm256_storeu_ps(y + 24, w[3]);                                                        \
+        }                                                                                          \
+    }                                                                                              \
+    AVX2 static void gemv_##type(const uint8_t *W, size_t row_bytes, int nb, int out,              \
+                                 const float *const *x, int n, float *Y, int ldy)                  \
+    {                                                                                              \
+        if (n == 1)                                                                                \
+            fused(block_##type, (bytes), W, row_bytes, nb, out, x, n, Y, ldy, 8, 1);               \
+        else if (n == 2)                                                                           \
+            fused(block_##type, (bytes), W, row_bytes, nb, out, x, n, Y, ldy, 4, 2);               \
+        else if (n <= 4)                                                                           \
+            fused(block_##type, (bytes), W, row_bytes, nb, out, x, n, Y, ldy, 2, 4);               \
+        else                                                                                       \
+            fused(block_##type, (bytes), W, row_bytes, nb, out, x, n, Y, ldy, 1, 8);               \
+    }
+
+LEGACY_KERNELS(q4_0, 18)
+LEGACY_KERNELS(q4_1, 20)
+LEGACY_KERNELS(q5_0, 22)
+LEGACY_KERNELS(q5_1, 24)
+LEGACY_KERNELS(q8_0, 34)
+
+/* The 6-bit scale and min of Q4_K sub-block j (as quant.c). */
+static void q4k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn)
+{
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4));
+        *mn = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
+/* y[0..32) = d * (float)q - m for the nibbles q[0..4) (Q4_K's order: multiply, then subtract). */
+AVX2_INLINE static void put_q4k(float *y, const __m256i q[4], float d, float m)
+{
+    __m256 dv = _mm256_set1_ps(d), mv = _mm256_set1_ps(m);
+    for (int j = 0; j < 4; j++)
+        _mm256_storeu_ps(y + 8 * j, _mm256_sub_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(q[j])), mv));
+}
+
+/* Q4_K: d, dmin, scales[12], qs[128]; each 32 bytes of qs hold sub-block 2c in their low nibbles
+ * and 2c + 1 in their high nibbles. */
+AVX2 static void dq_q4_k(const uint8_t *b, float *y, int nb)
+{
+    const __m256i m4 = _mm256_set1_epi32(0x0f);
+    for (int i = 0; i < nb; i++, b += 144) {
+        float d = f16_avx2(b), dmin = f16_avx2(b + 2);
+        const uint8_t *scales = b + 4, *qs = b + 16;
+        for (int c = 0; c < 4; c++, qs += 32, y += 64) {
+            uint8_t sc1, mn1, sc2, mn2;
+            q4k_scale_min(2 * c, scales, &sc1, &mn1);
+            q4k_scale_min(2 * c + 1, scales, &sc2, &mn2);
+            __m256i lo[4], hi[4];
+            widen_u8(bcast16(qs), &lo[0], &lo[1]);
+            widen_u8(bcast16(qs + 16), &lo[2], &lo[3]);
+            for (int j = 0; j < 4; j++) {
+                hi[j] = _mm256_srli_epi32(lo[j], 4);
+                lo[j] = _mm256_and_si256(lo[j], m4);
+            }
+            put_q4k(y, lo, d * (float)sc1, dmin * (float)mn1);
+            put_q4k(y + 32, hi, d * (float)sc2, dmin * (float)mn2);
+        }
+    }
+}
+
+/* y[0..16) = (d * sc) * q for the 16 signed bytes in both halves of v (Q6_K's order). */
+AVX2_INLINE static void put_q6k(float *y, __m256i v, float d, int8_t sc)
+{
+    __m256 s = _mm256_set1_ps(d * (float)sc);
+    __m256i e0, e1;
+    widen_i8(v, &e0, &e1);
+    _mm256_storeu_ps(y, _mm256_mul_ps(s, _mm256_cvtepi32_ps(e0)));
+    _mm256_storeu_ps(y + 8, _mm256_mul_ps(s, _mm256_cvtepi32_ps(e1)));
+}
+
+/* Q6_K: ql[128], qh[64], scales[16] int8, d last; two halves of 128 outputs. Output l of a
+ * quarter c (32 outputs) combines 4 bits of ql with 2 bits of qh and has scale sc[2c + l / 16]. */
+AVX2 static void dq_q6_k(const uint8_t *b, float *y, int nb)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0f), m3 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
+    for (int i = 0; i < nb; i++, b += 210) {
+        float d = f16_avx2(b + 208);
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8, y += 128) {
+            for (int l = 0; l < 32; l += 16) { /* outputs l..l+15 of each quarter */
+                __m128i l0 = _mm_loadu_si128((const __m128i *)(ql + l));
+                __m128i l1 = _mm_loadu_si128((const __m128i *)(ql + 32 + l));
+                __m128i hb = _mm_loadu_si128((const __m128i *)(qh + l));
+                __m128i q[4] = {
+                    _mm_or_si128(_mm_and_si128(l0, m4), _mm_slli_epi16(_mm_and_si128(hb, m3), 4)),
+                    _mm_or_si128(_mm_and_si128(l1, m4),
+                                 _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(hb, 2), m3), 4)),
+                    _mm_or_si128(_mm_and_si128(_mm_srli_epi16(l0, 4), m4),
+                                 _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(hb, 4), m3), 4)),
+                    _mm_or_si128(_mm_and_si128(_mm_srli_epi16(l1, 4), m4),
+                                 _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(hb, 6), m3), 4))};
+                for (int c = 0; c < 4; c++)
+                    put_q6k(y + 32 * c + l, _mm256_broadcastsi128_si256(_mm_sub_epi8(q[c], k32)), d,
+                            sc[2 * c + l / 16]);
+            }
+        }
+    }
+}
+
+AVX2 static void dequant_avx2(uint32_t type, const uint8_t *src, float *dst, int n)
+{
+    int i = 0;
+    switch (type) {
+    case CORE_TYPE_F16:
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i,
+                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
+        break;
+    case CORE_TYPE_BF16:
+        for (; i + 8 <= n; i += 8) {
+            __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + 2 * i)));
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+        }
+        break;
+    case CORE_TYPE_Q4_0:
+        dq_q4_0(src, dst, n / 32);
+        return;
+    case CORE_TYPE_Q4_1:
+        dq_q4_1(src, dst, n / 32);
+        return;
+    case CORE_TYPE_Q5_0:
+        dq_q5_0(src, dst, n / 32);
+        return;
+    case CORE_TYPE_Q5_1:
+        dq_q5_1(src, dst, n / 32);
+        return;
+    case CORE_TYPE_Q8_0:
+        dq_q8_0(src, dst, n / 32);
+        return;
+    case CORE_TYPE_Q4_K:
+        dq_q4_k(src, dst, n / 256);
+        return;
+    case CORE_TYPE_Q6_K:
+        dq_q6_k(src, dst, n / 256);
+        return;
+    default: /* F32 */
+        break;
+    }
+    if (i < n)
+        core_dequant_row(type, src + (size_t)i * core_type_block_bytes(type), dst + i, n - i);
+}
+
+/* ---- AVX2 + FMA + F16C: dot products --------------------------------------------------------- */
+
+/* One 8-element step of dots_avx2 at k: weights w0..w3 against rows x0 and x1 of X. The masked
+ * loads of the last partial step read 0 past the end, on both sides. */
+#define DOT_STEP(LW, LX)                                                                           \
+    do {                                                                                           \
+        __m256 v0 = LX(x0 + k), v1 = LX(x1 + k), wk;                                               \
+        wk = LW(w0 + k);                                                                           \
+        a0 = _mm256_fmadd_ps(wk, v0, a0);                                                          \
+        b0 = _mm256_fmadd_ps(wk, v1, b0);                                                          \
+        wk = LW(w1 + k);                                                                           \
+        a1 = _mm256_fmadd_ps(wk, v0, a1);                                                          \
+        b1 = _mm256_fmadd_ps(wk, v1, b1);                                                          \
+        wk = LW(w2 + k);                                                                           \
+        a2 = _mm256_fmadd_ps(wk, v0, a2);                                                          \
+        b2 = _mm256_fmadd_ps(wk, v1, b2);                                                          \
+        wk = LW(w3 + k);                                                                           \
+        a3 = _mm256_fmadd_ps(wk, v0, a3);                                                          \
+        b3 = _mm256_fmadd_ps(wk, v1, b3);                                                          \
+    } while (0)
+#define LOAD_W(p) _mm256_load_ps(p)
+#define LOAD_X(p) _mm256_loadu_ps(p)
+#define MASK_W(p) _mm256_maskload_ps((p), tail)
+#define MASK_X(p) _mm256_maskload_ps((p), tail)
+
+/* As dots_generic, with acc (XR, WR) vectors: rows of X two at a time against the WR = 4
+ * rebuilt weight rows, eight chains, each x and w loaded once for two FMAs. */
+AVX2 static void dots_avx2(const float *const *w, int kc, const float *X, int ldx, int nx,
+                           void *accp, bool first, bool last, float *Y, int ldy, int nr)
+{
+    __m256(*acc)[WR] = accp;
+    const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+    int k8 = kc & ~7;
+    int32_t lanes[8];
+    for (int l = 0; l < 8; l++)
+        lanes[l] = l < kc - k8 ? -1 : 0;
+    __m256i tail = _mm256_loadu_si256((const __m256i *)lanes);
+    for (int i = 0; i < nx; i += 2) {
+        bool pair = i + 1 < nx; /* an odd last row runs alone, its twin's FMAs repeat it */
+        const float *x0 = X + (size_t)i * ldx, *x1 = pair ? x0 + ldx : x0;
+        __m256 a0, a1, a2, a3, b0, b1, b2, b3;
+        if (first) {
+            a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = _mm256_setzero_ps();
+        } else {
+            a0 = acc[i][0], a1 = acc[i][1], a2 = acc[i][2], a3 = acc[i][3];
+            b0 = b1 = b2 = b3 = a0;
+            if (pair)
+                b0 = acc[i + 1][0], b1 = acc[i + 1][1], b2 = acc[i + 1][2], b3 = acc[i + 1][3];
+        }
+        int k = 0;
+        for (; k < k8; k += 8)
+            DOT_STEP(LOAD_W, LOAD_X);
+        if (k < kc)
+            DOT_STEP(MASK_W, MASK_X);
+        if (!last) {
+            acc[i][0] = a0, acc[i][1] = a1, acc[i][2] = a2, acc[i][3] = a3;
+            if (pair)
+                acc[i + 1][0] = b0, acc[i + 1][1] = b1, acc[i + 1][2] = b2, acc[i + 1][3] = b3;
+            continue;
+        }
+        float t[4];
+        _mm_storeu_ps(t, hsum4(a0, a1, a2, a3));
+        memcpy(Y + (size_t)i * ldy, t, (size_t)nr * sizeof(float));
+        if (pair) {
+            _mm_storeu_ps(t, hsum4(b0, b1, b2, b3));
+            memcpy(Y + (size_t)(i + 1) * ldy, t, (size_t)nr * sizeof(float));
+        }
+    }
+}
+
+/* 1 for the types the fused kernels rebuild in registers (the legacy 32-element blocks). */
+static bool fused_type(uint32_t type)
+{
+    return type == CORE_TYPE_Q4_0 || type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q5_0 ||
+           type == CORE_TYPE_Q5_1 || type == CORE_TYPE_Q8_0;
+}
+
+/* Up to eight rows of X against every row of W straight from the blocks, without the buffer;
+ * the same bits as dequant_avx2 + dots_avx2. -ENOTSUP for other types. */
+AVX2 static int gemv8_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
+                           const float *X, int n, float *Y, int ldy)
+{
+    const float *x[8];
+    for (int j = 0; j < 8; j++)
+        x[j] = X + (size_t)(j < n ? j : n - 1) * in;
+    switch (type) {
+    case CORE_TYPE_Q4_0:
+        gemv_q4_0(W, row_bytes, in / 32, out, x, n, Y, ldy);
+        return 0;
+    case CORE_TYPE_Q4_1:
+        gemv_q4_1(W, row_bytes, in / 32, out, x, n, Y, ldy);
+        return 0;
+    case CORE_TYPE_Q5_0:
+        gemv_q5_0(W, row_bytes, in / 32, out, x, n, Y, ldy);
+        return 0;
+    case CORE_TYPE_Q5_1:
+        gemv_q5_1(W, row_bytes, in / 32, out, x, n, Y, ldy);
+        return 0;
+    case CORE_TYPE_Q8_0:
+        gemv_q8_0(W, row_bytes, in / 32, out, x, n, Y, ldy);
+        return 0;
+    default:
+        return -ENOTSUP;
+    }
+}
+
+/* gemv8_avx2 for any n: more than eight rows go eight at a time against OC weight rows, which
+ * stay in L1/L2 while every group of eight uses them (the same bits as any other path). */
+AVX2 static int gemv_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
+                          const float *X, int n, float *Y, int ldy)
+{
+    if (n <= 8)
+        return gemv8_avx2(type, W, row_bytes, in, out, X, n, Y, ldy);
+    if (!fused_type(type))
+        return -ENOTSUP;
+    for (int o0 = 0; o0 < out; o0 += OC)
+        for (int r0 = 0; r0 < n; r0 += 8)
+            gemv8_avx2(type, W + (size_t)o0 * row_bytes, row_bytes, in,
+                       out - o0 < OC ? out - o0 : OC, X + (size_t)r0 * in, n - r0 < 8 ? n - r0 : 8,
+                       Y + (size_t)r0 * ldy + o0, ldy);
+    return 0;
+}
+
+/* ---- AVX-512: two weight rows per register ------------------------------------------------ */
+
+/* The same chains as the AVX2 kernels, twice as many per instruction: a 512-bit register holds
+ * one 8-lane chain of weight row r in its low half and one of row r + 1 in its high half, and each
+ * step's eight elements of a row of X are broadcast to both halves. Every lane still accumulates
+ * the elements k % 8 == l of one (weight row, X row) pair over k = 0, 8, 16, ..., and the halves
+ * are summed with hsum4, so the bits are those of the AVX2 kernels. Rebuilding a block costs the
+ * same instructions for two rows as AVX2's for one, and each X load feeds two FMAs per row pair:
+ * on cores with full-width 512-bit units (Zen 5, Intel server cores) about twice the FMAs per
+ * cycle. */
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")))
+#define AVX512_INLINE                                                                              \
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c"),                     \
+                   always_inline)) inline
+
+/* The 16 bytes at a in 128-bit lanes 0 and 1, those at b in lanes 2 and 3. */
+AVX512_INLINE static __m512i bcast16x2(const uint8_t *a, const uint8_t *b)
+{
+    __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)a));
+    return _mm512_mask_broadcast_i32x4(v, 0xff00, _mm_loadu_si128((const __m128i *)b));
+}
+
+/* widen_u8 on each 256-bit half. */
+AVX512_INLINE static void widen_u8x2(__m512i v, __m512i *e0, __m512i *e1)
+{
+    const __m512i s0 = _mm512_broadcast_i64x4(
+        _mm256_setr_epi8(0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1, -1, 3, -1, -1, -1, 4, -1, -1, -1,
+                         5, -1, -1, -1, 6, -1, -1, -1, 7, -1, -1, -1));
+    const __m512i s1 = _mm512_add_epi32(s0, _mm512_set1_epi32(8));
+    *e0 = _mm512_shuffle_epi8(v, s0);
+    *e1 = _mm512_shuffle_epi8(v, s1);
+}
+
+/* widen_i8 on each 256-bit half. */
+AVX512_INLINE static void widen_i8x2(__m512i v, __m512i *e0, __m512i *e1)
+{
+    const __m512i s0 = _mm512_broadcast_i64x4(
+        _mm256_setr_epi8(-1, -1, -1, 0, -1, -1, -1, 1, -1, -1, -1, 2, -1, -1, -1, 3, -1, -1, -1, 4,
+                         -1, -1, -1, 5, -1, -1, -1, 6, -1, -1, -1, 7));
+    const __m512i s1 = _mm512_add_epi32(s0, _mm512_set1_epi32(8 << 24));
+    *e0 = _mm512_srai_epi32(_mm512_shuffle_epi8(v, s0), 24);
+    *e1 = _mm512_srai_epi32(_mm512_shuffle_epi8(v, s1), 24);
+}
+
+/* nibbles() of the blocks' quants at a (low half) and b (high half). */
+AVX512_INLINE static void nibbles_x2(const uint8_t *a, const uint8_t *b, __m512i q[4])
+{
+    const __m512i m4 = _mm512_set1_epi32(0x0f);
+    __m512i e0, e1;
+    widen_u8x2(bcast16x2(a, b), &e0, &e1);
+    q[0] = _mm512_and_si512(e0, m4);
+    q[1] = _mm512_and_si512(e1, m4);
+    q[2] = _mm512_srli_epi32(e0, 4);
+    q[3] = _mm512_srli_epi32(e1, 4);
+}
+
+/* q5_high() for each half: qa's bits in the low half, qb's in the high. */
+AVX512_INLINE static __m512i q5_high_x2(uint32_t qa, uint32_t qb, int j)
+{
+    const __m512i sh = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
+    __m512i v = _mm512_inserti64x4(_mm512_set1_epi32((int)(qa >> 8 * j)),
+                                   _mm256_set1_epi32((int)(qb >> 8 * j)), 1);
+    v = _mm512_srlv_epi32(v, sh);
+    return _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(1)), 4);
+}
+
+/* The f16 at a in the low half, the one at b in the high half, as floats. */
+AVX512_INLINE static __m512 f16_x2(const uint8_t *a, const uint8_t *b)
+{
+    uint16_t ha, hb;
+    memcpy(&ha, a, sizeof ha);
+    memcpy(&hb, b, sizeof hb);
+    __m128 v =
+        _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)ha | (uint32_t)hb << 16))); /* fa, fb */
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                 _mm512_castps128_ps512(v));
+}
+
+AVX512_INLINE static __m512 scale_x2(__m512i q, __m512 d)
+{
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(q), d);
+}
+
+AVX512_INLINE static __m512 scale_add_x2(__m512i q, __m512 d, __m512 m)
+{
+    return _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), d), m);
+}
+
+/* block_<type>_x2(a, b, w): block_<type> of the block at a in the low halves of w[0..4), of the
+ * one at b in the high halves. */
+AVX512_INLINE static void block_q4_0_x2(const uint8_t *a, const uint8_t *b, __m512 w[4])
+{
+    __m512i q[4];
+    nibbles_x2(a + 2, b + 2, q);
+    const __m512i k8 = _mm512_set1_epi32(8);
+    __m512 d = f16_x2(a, b);
+    UNROLL
+    for (int j = 0; j < 4; j++)
+        w[j] = scale_x2(_mm512_sub_epi32(q[j], k8), d);
+}
+
+AVX512_INLINE static void block_q4_1_x2(const uint8_t *a, const uint8_t *b, __m512 w[4])
+{
+    uint32_t da, db;
+    memcpy(&da, a, sizeof da);
+    memcpy(&db, b, sizeof db);
+    __m128 dm = _mm_cvtph_ps(_mm_unpacklo_epi32(_mm_cvtsi32_si128((int)da),
+                                                _mm_cvtsi32_si128((int)db))); /* da ma db mb */
+    __m512 v = _mm512_castps128_ps512(dm);
+    __m512 d =
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2), v);
+    __m512 m =
+        _mm512_permutexvar_ps(_mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3), v);
+    __m512i q[4];
+    nibbles_x2(a + 4, b + 4, q);
+    UNROLL
+    for (int j = 0; j < 4; j++)
+        w[j] = scale_add_x2(q[j], d, m);
+}
+
+AVX512_INLINE static void block_q5_0_x2(const uint8_t *a, const uint8_t *b, __m512 w[4])
+{
+    uint32_t qa, qb;
+    memcpy(&qa, a + 2, sizeof qa);
+    memcpy(&qb, b + 2, sizeof qb);
+    __m512i q[4];
+    nibbles_x2(a + 6, b + 6, q);
+    const __m512i k16 = _mm512_set1_epi32(16);
+    __m512 d = f16_x2(a, b);
+    UNROLL
+    for (int j = 0; j < 4; j++)
+        w[j] = scale_x2(_mm512_sub_epi32(_mm512_or_si512(q[j], q5_high_x2(qa, qb, j)), k16), d);
+}
+
+AVX512_INLINE static void block_q5_1_x2(const uint8_t *a, const uint8_t *b, __m512 w[4])
+{
+    uint32_t qa, qb;
+    memcpy(&qa, a + 4, sizeof qa);
+    memcpy(&qb, b + 4, sizeof qb);
+    __m512i q[4];
+    nibbles_x2(a + 8, b + 8, q);
+    __m512 d = f16_x2(a, b), m = f16_x2(a + 2, b + 2);
+    UNROLL
+    for (int j = 0; j < 4; j++)
+        w[j] = scale_add_x2(_mm512_or_si512(q[j], q5_high_x2(qa, qb, j)), d, m);
+}
+
+AVX512_INLINE static void block_q8_0_x2(const uint8_t *a, const uint8_t *b, __m512 w[4])
+{
+    __m512i q0, q1, q2, q3;
+    widen_i8x2(bcast16x2(a + 2, b + 2), &q0, &q1);
+    widen_i8x2(bcast16x2(a + 18, b + 18), &q2, &q3);
+    __m512 d = f16_x2(a, b);
+    w[0] = scale_x2(q0, d);
+    w[1] = scale_x2(q1, d);
+    w[2] = scale_x2(q2, d);
+    w[3] = scale_x2(q3, d);
+}
+
+/* X rows packed for fused_x2: for block i, quarter q and row j of the NX rows, the eight floats
+ * X[j][32i + 8q .. 32i + 8q + 7] at xp + ((i * 4 + q) * NX + j) * 8, so that every broadcast is
+ * one base register plus a constant (sixteen row pointers would not fit in the integer
+ * registers). Rows nx..NX-1 repeat the last row. */
+AVX512_INLINE static void pack_x(const float *X, int ldx, int nx, int nb, float *xp, const int NX)
+{
+    for (int i = 0; i < nb; i++)
+        for (int q = 0; q < 4; q++)
+            UNROLL
+    for (int j = 0; j < NX; j++)
+        _mm256_store_ps(xp + ((size_t)(i * 4 + q) * NX + j) * 8,
+                        _mm256_loadu_ps(X + (size_t)(j < nx ? j : nx - 1) * ldx + 32 * i + 8 * q));
+}
+
+/* As fused(), with NP pairs of weight rows (2 * NP rows) against NX packed rows of X: NP * NX
+ * registers of two chains each. */
+AVX512_INLINE static void fused_x2(void (*block)(const uint8_t *, const uint8_t *, __m512 *),
+                                   size_t bytes, const uint8_t *W, size_t row_bytes, int nb,
+                                   int out, const float *xp, int nx, float *Y, int ldy,
+                                   const int NP, const int NX)
+{
+    for (int o = 0; o < out; o += 2 * NP) {
+        const uint8_t *b[8]; /* rows past the end repeat the last row; their sums are dropped */
+        UNROLL
+        for (int r = 0; r < 2 * NP; r++)
+            b[r] = W + (size_t)(o + r < out ? o + r : out - 1) * row_bytes;
+        __m512 acc[32]; /* acc[p * NX + j] */
+        UNROLL
+        for (int t = 0; t < NP * NX; t++)
+            acc[t] = _mm512_setzero_ps();
+        const float *xi = xp;
+        for (int i = 0; i < nb; i++, xi += 32 * NX) {
+            size_t at = (size_t)i * bytes;
+            __m512 w[4][4]; /* w[p][quarter] */
+            UNROLL
+            for (int p = 0; p < NP; p++) {
+                _mm_prefetch((const char *)(b[2 * p] + at + 2 * NP * row_bytes), _MM_HINT_T0);
+                _mm_prefetch((const char *)(b[2 * p + 1] + at + 2 * NP * row_bytes), _MM_HINT_T0);
+                block(b[2 * p] + at, b[2 * p + 1] + at, w[p]);
+            }
+            UNROLL
+            for (int q = 0; q < 4; q++) {
+                UNROLL
+                for (int j = 0; j < NX; j++) {
+                    __m512 xv = _mm512_broadcast_f32x8(_mm256_load_ps(xi + (q * NX + j) * 8));
+                    UNROLL
+                    for (int p = 0; p < NP; p++)
+                        acc[p * NX + j] = _mm512_fmadd_ps(w[p][q], xv, acc[p * NX + j]);
+                }
+            }
+        }
+        int nr = out - o < 2 * NP ? out - o : 2 * NP;
+        float t[4];
+        UNROLL
+        for (int r = 0; r < 2 * NP; r++) {
+            if (r >= nr)
+                break;
+            UNROLL
+            for (int j = 0; j < NX; j += 4) { /* lanes: four rows of X */
+                const __m512 *a = acc + (r / 2) * NX + j;
+                __m256 h[4];
+                UNROLL
+                for (int k = 0; k < 4; k++)
+                    h[k] = r % 2 ? _mm512_extractf32x8_ps(a[k % NX], 1)
+                                 : _mm512_castps512_ps256(a[k % NX]);
+                _mm_storeu_ps(t, hsum4(h[0], h[1], h[2], h[3]));
+                for (int k = 0; k < 4 && j + k < nx; k++)
+                    Y[(size_t)(j + k) * ldy + o + r] = t[k];
+            }
+        }
+    }
+}
+
+/* gemv_<type>_x2: packs n rows of X (n <= 16) into xp (-n: xp already holds them, packed
+ * for the same n) and runs fused_x2 with the tile for n
+ * (pairs of weight rows, rows of X): (4, 1) for one row, which needs no packing; (3, 4) up to
+ * four; (3, 8) up to eight; (2, 16) up to sixteen, 32 accumulators, the weights then read from
+ * L1 by the FMAs. Measured on a Zen 5 core, Q4_1 576 x 1536 from L2, GFLOP/s: 55 at one row (it
+ * is bound by the weights), 131 at four, 170 at eight, 175-180 at 16 and 32 (AVX2: 32, 79, 94,
+ * 93); the FMA peak is about 258. NP <= 4 and NP * NX <= 32 (b[] and acc[] in fused_x2). */
+#define LEGACY_KERNELS_X2(type, bytes)                                                             \
+    AVX512 static void gemv_##type##_x2(const uint8_t *W, size_t row_bytes, int nb, int out,       \
+                                        const float *X, int ldx, int n, float *xp, float *Y,       \
+                                        int ldy)                                                   \
+    {                                                                                              \
+        bool packed = n < 0;                                                                       \
+        n = packed ? -n : n;                                                                       \
+        if (n == 1) {                                                                              \
+            fused_x2(block_##type##_x2, (bytes), W, row_bytes, nb, out, X, n, Y, ldy, 4, 1);       \
+        } else if (n <= 4) {                                                                       \
+            if (!packed)                                                                           \
+                pack_x(X, ldx, n, nb, xp, 4);                                                      \
+            fused_x2(block_##type##_x2, (bytes), W, row_bytes, nb, out, xp, n, Y, ldy, 3, 4);      \
+        } else if (n <= 8) {                                                                       \
+            if (!packed)                                                                           \
+                pack_x(X, ldx, n, nb, xp, 8);                                                      \
+            fused_x2(block_##type##_x2, (bytes), W, row_bytes, nb, out, xp, n, Y, ldy, 3, 8);      \
+        } else {                                                                                   \
+            if (!packed)                                                                           \
+                pack_x(X, ldx, n, nb, xp, 16);                                                     \
+            fused_x2(block_##type##_x2, (bytes), W, row_bytes, nb, out, xp, n, Y, ldy, 2, 16);     \
+        }                                                                                          \
+    }
+
+LEGACY_KERNELS_X2(q4_0, 18)
+LEGACY_KERNELS_X2(q4_1, 20)
+LEGACY_KERNELS_X2(q5_0, 22)
+LEGACY_KERNELS_X2(q5_1, 24)
+LEGACY_KERNELS_X2(q8_0, 34)
+
+/* Packed rows of X the AVX-512 kernels keep on the stack (128 KiB): up to three groups of
+ * sixteen rows of the small models' 576 elements, one of 2048. More goes to the heap (or, if
+ * that fails, to the AVX2 kernels, which give the same bits). */
+#define XP (16 * 2048)
+/* Bytes of weight rows run against every group of X before the next rows: they stay in L2
+ * (1 MiB per core on Zen 4/5, 2 MiB on recent Intel) instead of coming from L3 or memory once
+ * per group. */
+#define WBLOCK (512 * 1024)
+
+/* Y = X · Wᵀ for any n: X is packed once, sixteen rows per group, then each block of WBLOCK
+ * bytes of weight rows runs against every group (when the weights are one block, each group is
+ * packed just before its run, into one group's buffer). -ENOTSUP for other types. */
+AVX512 static int gemv_avx512(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
+                              const float *X, int n, float *Y, int ldy)
+{
+    void (*k)(const uint8_t *, size_t, int, int, const float *, int, int, float *, float *, int);
+    switch (type) {
+    case CORE_TYPE_Q4_0:
+        k = gemv_q4_0_x2;
+        break;
+    case CORE_TYPE_Q4_1:
+        k = gemv_q4_1_x2;
+        break;
+    case CORE_TYPE_Q5_0:
+        k = gemv_q5_0_x2;
+        break;
+    case CORE_TYPE_Q5_1:
+        k = gemv_q5_1_x2;
+        break;
+    case CORE_TYPE_Q8_0:
+        k = gemv_q8_0_x2;
+        break;
+    default:
+        return -ENOTSUP;
+    }
+    int groups = (n + 15) / 16;
+    size_t per = (size_t)in * 16; /* floats of one packed group */
+    /* whole tiles of weight rows (every tile height divides 12) */
+    int rows = (int)(WBLOCK / row_bytes) / 12 * 12;
+    if (rows < 12)
+        rows = 12;
+    /* one block of weights: each group is packed just before its run, into the same buffer */
+    bool one_block = out <= rows;
+    size_t need = one_block ? per : per * groups;
+    _Alignas(64) float stack[XP];
+    float *xp = stack;
+    if (need > XP && n > 1) {
+        /* a large model's rows or a long prefill: the product costs milliseconds, the
+         * allocation microseconds */
+        xp = aligned_alloc(64, need * sizeof(float));
+        if (!xp)
+            return gemv_avx2(type, W, row_bytes, in, out, X, n, Y, ldy);
+    }
+    if (n == 1) { /* one row needs no packing */
+        k(W, row_bytes, in / 32, out, X, in, 1, xp, Y, ldy);
+    } else {
+        for (int o0 = 0; o0 < out; o0 += rows) {
+            int no = out - o0 < rows ? out - o0 : rows;
+            for (int g = 0; g < groups; g++) {
+                int r0 = 16 * g, nx = n - r0 < 16 ? n - r0 : 16;
+                /* packed by the first block's run (-nx: already packed) */
+                k(W + (size_t)o0 * row_bytes, row_bytes, in / 32, no, X + (size_t)r0 * in, in,
+                  o0 == 0 ? nx : -nx, one_block ? xp : xp + per * g, Y + (size_t)r0 * ldy + o0,
+                  ldy);
+            }
+        }
+    }
+    if (xp != stack)
+        free(xp);
+    return 0;
+}
+
+/* ---- dispatch ------------------------------------------------------------------------------ */
+
+typedef struct qmm_ops {
+    /* Rebuilds n elements (whole blocks) of a weight row, starting at src, into dst. */
+    void (*dequant)(uint32_t type, const uint8_t *src, float *dst, int n);
+    /* For i < nx, r < nr: the running dot of X row i (stride ldx) with w[r] over this chunk of
+     * kc elements, kept in acc between chunks and written to Y[i * ldy + r] after the last. */
+    void (*dots)(const float *const *w, int kc, const float *X, int ldx, int nx, void *acc,
+                 bool first, bool last, float *Y, int ldy, int nr);
+    /* Y = X · Wᵀ straight from the blocks without the buffer, or -ENOTSUP for a type the fused
+     * kernels do not take; NULL when there are none. */
+    int (*gemv)(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out, const float *X,
+                int n, float *Y, int ldy);
+} qmm_ops;
+
+/* Which kernels core__qmatmul runs; decided on first use, atomically so that any thread may be
+ * first. */
+static _Atomic int kernels; /* CORE_QMM_*, CORE_QMM_AUTO while undecided; -1 for none */
+
+int core__qmatmul_force(int which)
+{
+    if ((which == CORE_QMM_AVX2 && !core__cpu_avx2_f16c()) ||
+        (which == CORE_QMM_AVX512 && !core__cpu_avx512()))
+        return -ENOTSUP;
+    if (which < CORE_QMM_AUTO || which > CORE_QMM_AVX512)
+        return -EINVAL;
+    atomic_store_explicit(&kernels, which, memory_order_relaxed);
+    return 0;
+}
+
+void core__qmatmul_force_generic(int on)
+{
+    core__qmatmul_force(on ? CORE_QMM_PORTABLE : CORE_QMM_AUTO);
+}
+
+/* AVX-512 when the CPU has F/BW/DQ/VL (and the AVX2 set), AVX2 when it has AVX2/FMA/F16C, else
+ * none: the portable kernels run at a third of OpenBLAS's sgemv on f32 weights, so the caller
+ * had better use that. ADAPTREE_QMATMUL=avx2 keeps a machine with AVX-512 on the AVX2 kernels
+ * (same bits, for comparisons). */
+static int decide(void)
+{
+    const char *env = getenv("ADAPTREE_QMATMUL");
+    if (!core__cpu_avx2_f16c())
+        return -1;
+    if (env && strcmp(env, "avx2") == 0)
+        return CORE_QMM_AVX2;
+    return core__cpu_avx512() ? CORE_QMM_AVX512 : CORE_QMM_AVX2;
+}
+
+static const qmm_ops *ops(void)
+{
+    static const qmm_ops avx512 = {dequant_avx2, dots_avx2, gemv_avx512};
+    static const qmm_ops avx2 = {dequant_avx2, dots_avx2, gemv_avx2};
+    static const qmm_ops portable = {dequant_generic, dots_generic, NULL};
+    int k = atomic_load_explicit(&kernels, memory_order_relaxed);
+    if (k == CORE_QMM_AUTO) {
+        k = decide();
+        atomic_store_explicit(&kernels, k, memory_order_relaxed);
+    }
+    switch (k) {
+    case CORE_QMM_AVX512:
+        return &avx512;
+    case CORE_QMM_AVX2:
+        return &avx2;
+    case CORE_QMM_PORTABLE:
+        return &portable;
+    default:
+        return NULL;
+    }
+}
+
+int core__qmatmul_max_rows(void)
+{
+    const char *e = getenv("ADAPTREE_QMATMUL_ROWS"); /* for tuning on another machine */
+    long v = e ? strtol(e, NULL, 10) : 0;
+    if (v > 0 && v <= 1000000)
+        return (int)v;
+    if (!ops())
+        return 0;
+    int k = atomic_load_explicit(&kernels, memory_order_relaxed);
+    return k == CORE_QMM_AVX512 ? INT_MAX : CORE_QMATMUL_ROWS;
+}
+
+const char *core__qmatmul_kernels(void)
+{
+    const qmm_ops *o = ops();
+    int k = atomic_load_explicit(&kernels, memory_order_relaxed);
+    if (!o)
+        return "none (f32 weights through OpenBLAS)";
+    return k == CORE_QMM_AVX512 ? "AVX-512" : k == CORE_QMM_AVX2 ? "AVX2" : "portable";
+}
+
+int core__qmatmul(uint32_t type, const void *W, int in, int out, const float *X, int n, float *Y)
+{
+    return core__qmatmul_part(type, W, in, out, 0, out, X, n, Y);
+}
+
+int core__qmatmul_part(uint32_t type, const void *W, int in, int out, int o_begin, int o_end,
+                       const float *X, int n, float *Y)
+{
+    if (!core__qmatmul_supports(type))
+        return -ENOTSUP;
+    size_t be = core_type_block_elems(type), bb = core_type_block_bytes(type);
+    if (in <= 0 || out < 0 || n < 0 || (size_t)in % be || o_begin < 0 || o_begin > o_end ||
+        o_end > out)
+        return -EINVAL;
+    const qmm_ops *o = ops();
+    if (!o)
+        return -ENOTSUP;
+    size_t row_bytes = (size_t)in / be * bb;
+    const uint8_t *wb = (const uint8_t *)W + (size_t)o_begin * row_bytes;
+    int ldy = out;
+    Y += o_begin;
+    out = o_end - o_begin;
+    _Alignas(64) float xs[XS]; /* (n, in) X, aligned */
+    if ((uintptr_t)X % 32 && (size_t)n * in <= XS) {
+        memcpy(xs, X, (size_t)n * in * sizeof(float));
+        X = xs;
+    }
+    if (o->gemv && o->gemv(type, wb, row_bytes, in, out, X, n, Y, ldy) == 0)
+        return 0;
+    _Alignas(32) float buf[WR * LDB];    /* (WR, LDB) rebuilt weights */
+    _Alignas(32) float acc[XR * WR * 8]; /* running sums between chunks, (XR, WR) vectors */
+    for (int n0 = 0; n0 < n; n0 += XR) {
+        int nx = n - n0 < XR ? n - n0 : XR;
+        const float *Xp = X + (size_t)n0 * in;
+        float *Yp = Y + (size_t)n0 * ldy;
+        for (int o0 = 0; o0 < out; o0 += WR) {
+            int nr = out - o0 < WR ? out - o0 : WR;
+            for (int k0 = 0; k0 < in; k0 += KC) {
+                int kc = in - k0 < KC ? in - k0 : KC;
+                const float *rows[WR];
+                for (int r = 0; r < WR; r++) {
+                    rows[r] = buf; /* rows past the end reuse row 0; their sums are dropped */
+                    if (r < nr) {
+                        rows[r] = buf + r * LDB;
+                        o->dequant(type, wb + (size_t)(o0 + r) * row_bytes + k0 / be * bb,
+                                   buf + r * LDB, kc);
+                    }
+                }
+                o->dots(rows, kc, Xp + k0, in, nx, acc, k0 == 0, k0 + kc == in, Yp + o0, ldy, nr);
+            }
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,715 @@
+/* The batched Llama forward pass (DESIGN.md §3, FORMATS.md §8).
+ *
+ * A step takes rows, not sequences: every linear layer is one sgemm over all rows (the shared
+ * base matmul), followed by the LoRA groups of the plan, each a gather / shrink / scale /
+ * expand / scatter-add over the rows that use that adapter. A step of few rows is bound by
+ * reading the weights, so it reads the GGUF's quantized rows instead of the f32 slab (qmatmul.h).
+ * Attention runs per row against its sequence's KV cache. All math is f32 and follows Hugging
+ * Face's order of operations so that the logits match transformers to ~1e-5.
+ */
+#include <cblas.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "core/kernels/attention_internal.h"
+#include "core/kernels/dequant.h"
+#include "core/kernels/lora_internal.h"
+#include "core/kernels/pool_internal.h"
+#include "core/kernels/qmatmul_internal.h"
+#include "core/kernels/qmatmul_q8_internal.h"
+#include "core/model/kv_internal.h"
+#include "core/model/model.h"
+
+#define MAX_LORA_RANK CORE_LORA_MAX_RANK
+/* Bytes of the next group's A and of its Bt prefetched while a group computes. */
+#define LORA_PREFETCH 4096
+struct core_ctx {
+    const core_model *m;
+    int cap_rows;
+    float *x;                     /* (rows, n_embd) residual stream */
+    float *xn;                    /* (rows, max(n_embd, q_dim)) normed input of a linear */
+    float *q;                     /* (rows, q_dim) */
+    float *k;                     /* (rows, kv_dim) */
+    float *v;                     /* (rows, kv_dim) */
+    float *att;                   /* (rows, q_dim) */
+    float *gate;                  /* (rows, n_ff) */
+    float *up;                    /* (rows, n_ff) */
+    float *tmp;                   /* (rows, n_embd) */
+    float *rope_cs;               /* (rows, head_dim) cos, sin of each row's angles, per step */
+    float *inv_freq;              /* (head_dim / 2) */
+    float *scores[CORE_POOL_MAX]; /* (cap_ctx * group) attention scratch per pool task */
+    size_t cap_scores[CORE_POOL_MAX];
+    int *slot_n; /* (n_slots) positions filled, simulated during validation */
+    size_t cap_slots;
+    /* LoRA scratch */
+    int *grp_order; /* (n_groups) group indices sorted by (layer, module) */
+    int *grp_start; /* (n_layer * CORE_MOD_COUNT + 1) */
+    int *grp_fill;  /* (n_layer * CORE_MOD_COUNT) placement cursors of the counting sort */
+    size_t cap_order, cap_start, cap_fill;
+    /* LoRA groups, per pool task: kernel scratch and the task's share of a group's rows */
+    float *ls[CORE_POOL_MAX];
+    int32_t *lrows[CORE_POOL_MAX];
+    float *lscales[CORE_POOL_MAX];
+    size_t cap_ls[CORE_POOL_MAX], cap_lrows[CORE_POOL_MAX], cap_lscales[CORE_POOL_MAX];
+    uint8_t *xq; /* (rows, core__q8x_row_bytes(max_in)) X quantized for the int8 kernels */
+    size_t cap_xq;
+};
+
+/* Grows *p to at least n elements of size sz; 0 or -ENOMEM. */
+static int grow(void *pp, size_t *cap, size_t n, size_t sz)
+{
+    void **p = pp;
+    if (n <= *cap)
+        return 0;
+    void *q = realloc(*p, n * sz);
+    if (!q)
+        return -ENOMEM;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+core_ctx *core_ctx_new(const core_model *m)
+{
+    core_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->m = m;
+    int half = m->cfg.head_dim / 2;
+    c->inv_freq = malloc((size_t)half * sizeof(float));
+    if (!c->inv_freq) {
+        free(c);
+        return NULL;
+    }
+    /* As transformers: inv_freq = 1 / base^(2j/d), all in f32. */
+    for (int j = 0; j < half; j++) {
+        float e = (float)(2 * j) / (float)m->cfg.head_dim;
+        c->inv_freq[j] = 1.0f / powf(m->cfg.rope_theta, e);
+    }
+    return c;
+}
+
+static void free_rows(core_ctx *c)
+{
+    float **bufs[] = {&c->x,   &c->xn,   &c->q,  &c->k,   &c->v,
+                      &c->att, &c->gate, &c->up, &c->tmp, &c->rope_cs};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        free(*bufs[i]);
+        *bufs[i] = NULL;
+    }
+    c->cap_rows = 0;
+}
+
+void core_ctx_free(core_ctx *c)
+{
+    if (!c)
+        return;
+    free_rows(c);
+    free(c->inv_freq);
+    for (int t = 0; t < CORE_POOL_MAX; t++)
+        free(c->scores[t]);
+    free(c->slot_n);
+    free(c->grp_order);
+    free(c->grp_start);
+    free(c->grp_fill);
+    free(c->xq);
+    for (int t = 0; t < CORE_POOL_MAX; t++) {
+        free(c->ls[t]);
+        free(c->lrows[t]);
+        free(c->lscales[t]);
+    }
+    free(c);
+}
+
+static int ensure_rows(core_ctx *c, int n)
+{
+    if (n <= c->cap_rows)
+        return 0;
+    const core_config *cfg = &c->m->cfg;
+    size_t q_dim = (size_t)cfg->n_head * cfg->head_dim;
+    size_t kv_dim = (size_t)cfg->n_head_kv * cfg->head_dim;
+    size_t e = (size_t)cfg->n_embd, w = e > q_dim ? e : q_dim;
+    free_rows(c);
+    c->x = malloc(n * e * sizeof(float));
+    c->xn = malloc(n * w * sizeof(float));
+    c->q = malloc(n * q_dim * sizeof(float));
+    c->k = malloc(n * kv_dim * sizeof(float));
+    c->v = malloc(n * kv_dim * sizeof(float));
+    c->att = malloc(n * q_dim * sizeof(float));
+    c->gate = malloc(n * (size_t)cfg->n_ff * sizeof(float));
+    c->up = malloc(n * (size_t)cfg->n_ff * sizeof(float));
+    c->tmp = malloc(n * e * sizeof(float));
+    c->rope_cs = malloc(n * (size_t)cfg->head_dim * sizeof(float));
+    if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->gate || !c->up || !c->tmp ||
+        !c->rope_cs) {
+        free_rows(c);
+        return -ENOMEM;
+    }
+    c->cap_rows = n;
+    return 0;
+}
+
+/* ---- plan ------------------------------------------------------------------------------------ */
+
+/* Checks every group of the plan against the model and the batch, and indexes the groups by
+ * (layer, module) with a counting sort. */
+static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char *err, size_t errlen)
+{
+    const core_config *cfg = &c->m->cfg;
+    int n_keys = cfg->n_layer * CORE_MOD_COUNT;
+    if (grow(&c->grp_start, &c->cap_start, (size_t)n_keys + 1, sizeof(int)))
+        return -ENOMEM;
+    memset(c->grp_start, 0, ((size_t)n_keys + 1) * sizeof(int));
+    if (!plan || plan->n_groups == 0)
+        return 0;
+    if (plan->n_groups < 0 || !plan->groups) {
+        core__seterr(err, errlen, "lora plan: bad group count %d", plan->n_groups);
+        return -EINVAL;
+    }
+    if (grow(&c->grp_order, &c->cap_order, (size_t)plan->n_groups, sizeof(int)))
+        return -ENOMEM;
+    for (int i = 0; i < plan->n_groups; i++) {
+        const core_lora_group *g = &plan->groups[i];
+        if (g->layer < 0 || g->layer >= cfg->n_layer || g->module < 0 ||
+            g->module >= CORE_MOD_COUNT) {
+            core__seterr(err, errlen, "lora plan: group %d names layer %d module %d", i, g->layer,
+                         g->module);
+            return -EINVAL;
+        }
+        if (g->rank <= 0 || g->rank > MAX_LORA_RANK || !g->A || !g->Bt ||
+            (g->dtype != CORE_TYPE_F32 && g->dtype != CORE_TYPE_F16 &&
+             g->dtype != CORE_TYPE_BF16)) {
+            core__seterr(err, errlen, "lora plan: group %d has rank %d, dtype %u or no weights", i,
+                         g->rank, g->dtype);
+            return -EINVAL;
+        }
+        if (g->n_rows < 0 || g->n_rows > n_rows || (g->n_rows && (!g->rows || !g->scales))) {
+            core__seterr(err, errlen, "lora plan: group %d has %d rows for a batch of %d", i,
+                         g->n_rows, n_rows);
+            return -EINVAL;
+        }
+        for (int r = 0; r < g->n_rows; r++) {
+            if (g->rows[r] < 0 || g->rows[r] >= n_rows || !isfinite(g->scales[r])) {
+                core__seterr(err, errlen,
+                             "lora plan: group %d row %d (index %d, scale %g) is invalid", i, r,
+                             g->rows[r], (double)g->scales[r]);
+                return -EINVAL;
+            }
+        }
+        c->grp_start[g->layer * CORE_MOD_COUNT + g->module + 1]++;
+    }
+    for (int k = 0; k < n_keys; k++)
+        c->grp_start[k + 1] += c->grp_start[k];
+    /* Stable placement, so groups apply in plan order within a (layer, module). */
+    if (grow(&c->grp_fill, &c->cap_fill, (size_t)n_keys, sizeof(int)))
+        return -ENOMEM;
+    int *fill = c->grp_fill;
+    memcpy(fill, c->grp_start, (size_t)n_keys * sizeof(int));
+    for (int i = 0; i < plan->n_groups; i++) {
+        const core_lora_group *g = &plan->groups[i];
+        c->grp_order[fill[g->layer * CORE_MOD_COUNT + g->module]++] = i;
+    }
+    return 0;
+}
+
+/* The groups of one (layer, module), split over the pool by batch row: task t applies, in plan
+ * order, every group to its rows r with r % n_tasks == t. A row's updates are thus computed by
+ * the same kernel calls in the same order whatever the split and however many rows a group has,
+ * and no two tasks write the same row of Y. Every group goes through lora.c's kernels, whatever
+ * its size: sgemm on converted weights for groups of 16 rows and more gave results that depend
+ * on the number of rows (batch invariance broke at near-ties) and was no faster (2026-12-02:
+ * a 299-token prefill on a three-adapter chain 578 -> 721 tok/s best of 4, 32 rows on one rank-16
+ * all-linear adapter +26% -> +6% over base, bench_core). */
+#define LORA_MODS 3 /* modules that share an input and go through the pool together (q, k, v) */
+
+typedef struct lora_job {
+    core_ctx *c;
+    const core_lora_plan *plan;
+    int n_mods, in, n_tasks;
+    int key[LORA_MODS], out[LORA_MODS];
+    const float *X;
+    float *Y[LORA_MODS];
+} lora_job;
+
+/* Touches the first bytes of a group's A and Bt, so that the next adapter's weights are on
+ * their way from memory while this one computes (each group is a new stream, which the hardware
+ * prefetchers pick up only after a few misses). */
+static void lora_prefetch(const core_lora_group *g, int in, int out)
+{
+    size_t es = g->dtype == CORE_TYPE_F32 ? 4 : 2;
+    size_t a = (size_t)g->rank * in * es, b = (size_t)g->rank * out * es;
+    for (size_t off = 0; off < a && off < LORA_PREFETCH; off += 64)
+        __builtin_prefetch((const char *)g->A + off);
+    for (size_t off = 0; off < b && off < LORA_PREFETCH; off += 64)
+        __builtin_prefetch((const char *)g->Bt + off);
+}
+
+/* One module's groups, task t's rows. */
+static void lora_groups_mod(lora_job *j, int t, int key, int out, float *Y)
+{
+    core_ctx *c = j->c;
+    for (int i = c->grp_start[key]; i < c->grp_start[key + 1]; i++) {
+        const core_lora_group *g = &j->plan->groups[c->grp_order[i]];
+        if (g->n_rows == 0)
+            continue;
+        int m = 0;
+        for (int r = 0; r < g->n_rows; r++)
+            if (g->rows[r] % j->n_tasks == t) {
+                c->lrows[t][m] = g->rows[r];
+                c->lscales[t][m++] = g->scales[r];
+            }
+        if (!m)
+            continue;
+        const core_lora_group *next = NULL; /* the next group this task will run */
+        for (int k = i + 1; k < c->grp_start[key + 1] && !next; k++) {
+            const core_lora_group *h = &j->plan->groups[c->grp_order[k]];
+            if (h->n_rows == 0)
+                continue;
+            for (int r = 0; r < h->n_rows && !next; r++)
+                if (h->rows[r] % j->n_tasks == t)
+                    next = h;
+        }
+        if (next)
+            lora_prefetch(next, j->in, out);
+        core__lora_group(g->dtype, g->A, g->Bt, g->rank, j->in, out, m, c->lrows[t], c->lscales[t],
+                         j->X, Y, c->ls[t]);
+    }
+}
+
+static void lora_groups_task(void *arg, int t)
+{
+    lora_job *j = arg;
+    for (int k = 0; k < j->n_mods; k++)
+        lora_groups_mod(j, t, j->key[k], j->out[k], j->Y[k]);
+}
+
+/* The groups of the modules in j (which share the input X), in one pool run. */
+static int lora_groups(core_ctx *c, lora_job *j)
+{
+    int n_tasks = core__pool_threads(), any = 0;
+    size_t scratch = 0, rows = 0;
+    for (int k = 0; k < j->n_mods; k++)
+        for (int i = c->grp_start[j->key[k]]; i < c->grp_start[j->key[k] + 1]; i++) {
+            const core_lora_group *g = &j->plan->groups[c->grp_order[i]];
+            if (g->n_rows == 0)
+                continue;
+            size_t need = core__lora_scratch_floats(g->rank, j->out[k]);
+            scratch = need > scratch ? need : scratch;
+            rows = (size_t)g->n_rows > rows ? (size_t)g->n_rows : rows;
+            any = 1;
+        }
+    if (!any)
+        return 0;
+    for (int t = 0; t < n_tasks; t++)
+        if (grow(&c->ls[t], &c->cap_ls[t], scratch, sizeof(float)) ||
+            grow(&c->lrows[t], &c->cap_lrows[t], rows, sizeof(int32_t)) ||
+            grow(&c->lscales[t], &c->cap_lscales[t], rows, sizeof(float)))
+            return -ENOMEM;
+    j->c = c;
+    j->n_tasks = n_tasks;
+    core__pool_run(n_tasks, lora_groups_task, j);
+    return 0;
+}
+
+/* How a product with out output rows is split over the pool: *per rows per task (a multiple of
+ * 16); returns the number of tasks. Two per thread, so that a thread that finishes early takes
+ * another; more for very tall products (the output head), whose last task would otherwise keep
+ * one core busy for a millisecond while the other waits. */
+static int split_outputs(int out, int *per)
+{
+    int threads = core__pool_threads(), tasks = out / 2048;
+    tasks = tasks < 2 * threads ? 2 * threads : tasks > 8 * threads ? 8 * threads : tasks;
+    *per = ((out + tasks - 1) / tasks + 15) & ~15;
+    return (out + *per - 1) / *per;
+}
+
+/* One quantized product split over the pool by output rows; every output is computed by the
+ * same code whatever the split, so the result does not depend on the thread count. */
+typedef struct qmm_job {
+    const void *Wq;
+    uint32_t qtype;
+    int in, out, n, per;
+    const float *X;
+    float *Y;
+    _Atomic int failed;
+} qmm_job;
+
+static void qmm_task(void *arg, int t)
+{
+    qmm_job *j = arg;
+    int o0 = t * j->per, o1 = o0 + j->per < j->out ? o0 + j->per : j->out;
+    if (o0 < o1 && core__qmatmul_part(j->qtype, j->Wq, j->in, j->out, o0, o1, j->X, j->n, j->Y))
+        atomic_store_explicit(&j->failed, 1, memory_order_relaxed);
+}
+
+/* Matmuls of at most this many rows read the quantized weights (core__qmatmul on the pool);
+ * larger ones use sgemm on the f32 slab (see CORE_QMATMUL_ROWS for the measurements). Read once:
+ * the kernels and the environment do not change while the process runs. */
+static int qmatmul_rows(void)
+{
+    static _Atomic int rows = -1;
+    int r = atomic_load_explicit(&rows, memory_order_relaxed);
+    if (r < 0) {
+        r = core__qmatmul_max_rows();
+        atomic_store_explicit(&rows, r, memory_order_relaxed);
+    }
+    return r;
+}
+
+const char *core_matmul_kernels(char *buf, size_t len)
+{
+    int rows = qmatmul_rows();
+    if (rows == 0)
+        snprintf(buf, len, "OpenBLAS sgemm on f32 weights (no AVX2/FMA/F16C)");
+    else if (rows == INT_MAX)
+        snprintf(buf, len, "%s quantized matmul at any batch size", core__qmatmul_kernels());
+    else
+        snprintf(buf, len, "%s quantized matmul up to %d rows, OpenBLAS sgemm above",
+                 core__qmatmul_kernels(), rows);
+    return buf;
+}
+
+/* Y = X · Wᵀ. X (n, in), W (out, in) in f32, Wq the same weights as the GGUF stores them (type
+ * qtype) or NULL, Y (n, out). */
+static void matmul(const float *W, const void *Wq, uint32_t qtype, int in, int out, const float *X,
+                   int n, float *Y)
+{
+    if (Wq && (n <= qmatmul_rows() || !W) && core__qmatmul_supports(qtype)) {
+        qmm_job j = {.Wq = Wq, .qtype = qtype, .in = in, .out = out, .n = n, .X = X, .Y = Y};
+        core__pool_run(split_outputs(out, &j.per), qmm_task, &j);
+        if (!atomic_load_explicit(&j.failed, memory_order_relaxed))
+            return;
+    }
+    if (!W) { /* cannot happen: a matrix stays quantized only where qmatmul reads it at any n */
+        for (size_t i = 0; i < (size_t)n * out; i++)
+            Y[i] = NAN;
+        return;
+    }
+    if (n == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, in, X, 1, 0.0f, Y, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, X, in, W, in, 0.0f,
+                    Y, out);
+}
+
+/* The int8 product of one quantized X with repacked weights, split over the pool by groups of 16
+ * outputs; like qmm_job, the split does not change any result. */
+typedef struct q8_job {
+    const core_q8w *w;
+    const uint8_t *Xq;
+    int out, n, per;
+    float *Y;
+} q8_job;
+
+static void q8_task(void *arg, int t)
+{
+    q8_job *j = arg;
+    int o0 = t * j->per, o1 = o0 + j->per < j->out ? o0 + j->per : j->out;
+    if (o0 < o1)
+        core__q8_matmul_part(j->w, j->Xq, j->n, o0, o1, j->Y, j->out);
+}
+
+/* Quantizes X (n, in) into c->xq for the int8 kernels; 0 or -ENOMEM. */
+static int quantize_x(core_ctx *c, const float *X, int in, int n)
+{
+    size_t rb = core__q8x_row_bytes(in);
+    if (grow(&c->xq, &c->cap_xq, rb * (size_t)n, 1))
+        return -ENOMEM;
+    core__q8x_quantize(X, in, n, c->xq);
+    return 0;
+}
+
+static void matmul_q8(const core_ctx *c, const core_q8w *w, int out, int n, float *Y)
+{
+    q8_job j = {.w = w, .Xq = c->xq, .out = out, .n = n, .Y = Y};
+    core__pool_run(split_outputs(out, &j.per), q8_task, &j);
+}
+
+/* Y[k] = X · W[k]ᵀ plus the plan's LoRA groups, for n_mods modules of one layer that share the
+ * input X (n, in): q, k, v, or gate, up, or one alone. Their LoRA groups go through the pool in
+ * one run. */
+static int linear_n(core_ctx *c, const core_lora_plan *plan, int layer, const core_module *mods,
+                    int n_mods, const float *X, int n, float *const *Y)
+{
+    const core_config *cfg = &c->m->cfg;
+    const core_layer *L = &c->m->layers[layer];
+    int in = core_module_in(cfg, mods[0]);
+    lora_job j = {.plan = plan, .n_mods = n_mods, .in = in, .X = X};
+    bool quantized = false; /* X in c->xq, once for all modules that have int8 weights */
+    for (int k = 0; k < n_mods; k++) {
+        int out = core_module_out(cfg, mods[k]);
+        if (L->q8[mods[k]] && (quantized || quantize_x(c, X, in, n) == 0)) {
+            quantized = true;
+            matmul_q8(c, L->q8[mods[k]], out, n, Y[k]);
+        } else {
+            matmul(L->w[mods[k]], L->q[mods[k]], L->qtype[mods[k]], in, out, X, n, Y[k]);
+        }
+        j.key[k] = layer * CORE_MOD_COUNT + mods[k];
+        j.out[k] = out;
+        j.Y[k] = Y[k];
+    }
+    if (!plan || plan->n_groups == 0)
+        return 0;
+    return lora_groups(c, &j);
+}
+
+static int linear(core_ctx *c, const core_lora_plan *plan, int layer, core_module mod,
+                  const float *X, int n, float *Y)
+{
+    return linear_n(c, plan, layer, &mod, 1, X, n, &Y);
+}
+
+/* ---- elementwise pieces ---------------------------------------------------------------------- */
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0.0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float inv = 1.0f / sqrtf((float)(ss / n) + eps);
+    for (int i = 0; i < n; i++)
+        out[i] = w[i] * (x[i] * inv);
+}
+
+/* cs[2j], cs[2j + 1] = cos, sin of pos * inv_freq[j]: once per row and step, for every layer and
+ * for both q and k. */
+static void rope_angles(float *cs, int head_dim, int pos, const float *inv_freq)
+{
+    for (int j = 0; j < head_dim / 2; j++) {
+        float ang = (float)pos * inv_freq[j];
+        cs[2 * j] = cosf(ang);
+        cs[2 * j + 1] = sinf(ang);
+    }
+}
+
+/* Rotates adjacent pairs (2j, 2j+1) of each head by the angles of rope_angles (GGUF row
+ * layout). */
+static void rope(float *v, int n_heads, int head_dim, const float *csv)
+{
+    int half = head_dim / 2;
+    for (int j = 0; j < half; j++) {
+        float cs = csv[2 * j], sn = csv[2 * j + 1];
+        for (int h = 0; h < n_heads; h++) {
+            float *p = v + h * head_dim + 2 * j;
+            float a = p[0], b = p[1];
+            p[0] = a * cs - b * sn;
+            p[1] = b * cs + a * sn;
+        }
+    }
+}
+
+/* Attention for the batch's rows, split over the pool by row (task t takes rows t, t + T, ...):
+ * each row attends over positions 0..pos of its own slot, which every row of this step has
+ * already written. */
+typedef struct attn_job {
+    core_ctx *c;
+    const core_kv *kv;
+    const core_batch *b;
+    int layer, n_tasks;
+} attn_job;
+
+static void attn_task(void *arg, int t)
+{
+    attn_job *j = arg;
+    core_ctx *c = j->c;
+    const core_config *cfg = &c->m->cfg;
+    int hd = cfg->head_dim, q_dim = cfg->n_head * hd, kv_dim = cfg->n_head_kv * hd;
+    for (int i = t; i < j->b->n_rows; i += j->n_tasks) {
+        const core_kv_slot *s = &j->kv->slots[j->b->slot[i]];
+        size_t at = (size_t)j->layer * s->cap * kv_dim;
+        core__attend_row(c->q + (size_t)i * q_dim, (const char *)s->k + at * j->kv->es,
+                         (const char *)s->v + at * j->kv->es, j->kv->f16, cfg->n_head,
+                         cfg->n_head_kv, hd, j->b->pos[i], c->scores[t],
+                         c->att + (size_t)i * q_dim);
+    }
+}
+
+/* SwiGLU over rows, split over the pool in row ranges. */
+typedef struct swiglu_job {
+    float *gate;
+    const float *up;
+    int n, ff, per;
+} swiglu_job;
+
+static void swiglu_task(void *arg, int t)
+{
+    swiglu_job *j = arg;
+    int r0 = t * j->per, r1 = r0 + j->per < j->n ? r0 + j->per : j->n;
+    if (r0 < r1)
+        core__swiglu(j->gate + (size_t)r0 * j->ff, j->up + (size_t)r0 * j->ff,
+                     (long)(r1 - r0) * j->ff);
+}
+
+/* ---- the step -------------------------------------------------------------------------------- */
+
+/* Checks tokens, slots and positions, simulating how each slot fills up over the batch, and
+ * reserves cache room. */
+static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err, size_t errlen)
+{
+    const core_config *cfg = &c->m->cfg;
+    if (grow(&c->slot_n, &c->cap_slots, (size_t)kv->n_slots, sizeof(int)))
+        return -ENOMEM;
+    for (int s = 0; s < kv->n_slots; s++)
+        c->slot_n[s] = kv->slots[s].n;
+    int max_pos = 0;
+    for (int i = 0; i < b->n_rows; i++) {
+        int tok = b->tokens[i], slot = b->slot[i], pos = b->pos[i];
+        if (tok < 0 || tok >= cfg->n_vocab) {
+            core__seterr(err, errlen, "row %d: token id %d out of range [0, %d)", i, tok,
+                         cfg->n_vocab);
+            return -EINVAL;
+        }
+        if (slot < 0 || slot >= kv->n_slots) {
+            core__seterr(err, errlen, "row %d: kv slot %d out of range [0, %d)", i, slot,
+                         kv->n_slots);
+            return -EINVAL;
+        }
+        if (pos < 0 || pos >= kv->n_ctx) {
+            core__seterr(err, errlen, "row %d: position %d outside the context of %d", i, pos,
+                         kv->n_ctx);
+            return -ERANGE;
+        }
+        if (pos > c->slot_n[slot]) {
+            core__seterr(err, errlen,
+                         "row %d: position %d skips ahead of slot %d's %d filled positions", i, pos,
+                         slot, c->slot_n[slot]);
+            return -EINVAL;
+        }
+        c->slot_n[slot] = pos + 1;
+        if (pos > max_pos)
+            max_pos = pos;
+        int rc = core__kv_reserve(kv, slot, pos + 1);
+        if (rc) {
+            core__seterr(err, errlen, "row %d: cannot grow kv slot %d to %d positions", i, slot,
+                         pos + 1);
+            return rc;
+        }
+    }
+    for (int t = 0; t < core__pool_threads(); t++)
+        if (grow(&c->scores[t], &c->cap_scores[t],
+                 ((size_t)max_pos + 1) * (size_t)(cfg->n_head / cfg->n_head_kv), sizeof(float)))
+            return -ENOMEM;
+    return 0;
+}
+
+static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_plan *plan,
+                         int l)
+{
+    const core_config *cfg = &c->m->cfg;
+    const core_layer *L = &c->m->layers[l];
+    int n = b->n_rows, e = cfg->n_embd, hd = cfg->head_dim;
+    int q_dim = cfg->n_head * hd, kv_dim = cfg->n_head_kv * hd, ff = cfg->n_ff;
+    int rc;
+
+    for (int i = 0; i < n; i++)
+        rmsnorm(c->xn + (size_t)i * e, c->x + (size_t)i * e, L->attn_norm, e, cfg->rms_eps);
+    static const core_module qkv[3] = {CORE_MOD_Q, CORE_MOD_K, CORE_MOD_V};
+    float *qkv_out[3] = {c->q, c->k, c->v};
+    if ((rc = linear_n(c, plan, l, qkv, 3, c->xn, n, qkv_out)))
+        return rc;
+    for (int i = 0; i < n; i++) {
+        float *qi = c->q + (size_t)i * q_dim, *ki = c->k + (size_t)i * kv_dim;
+        rope(qi, cfg->n_head, hd, c->rope_cs + (size_t)i * hd);
+        rope(ki, cfg->n_head_kv, hd, c->rope_cs + (size_t)i * hd);
+        core_kv_slot *s = &kv->slots[b->slot[i]];
+        size_t at = ((size_t)l * s->cap + b->pos[i]) * kv_dim;
+        const float *vi = c->v + (size_t)i * kv_dim;
+        if (kv->f16) {
+            core__to_f16(ki, (uint16_t *)s->k + at, kv_dim);
+            core__to_f16(vi, (uint16_t *)s->v + at, kv_dim);
+        } else {
+            memcpy((float *)s->k + at, ki, (size_t)kv_dim * sizeof(float));
+            memcpy((float *)s->v + at, vi, (size_t)kv_dim * sizeof(float));
+        }
+    }
+    attn_job aj = {.c = c, .kv = kv, .b = b, .layer = l, .n_tasks = core__pool_threads()};
+    core__pool_run(n < aj.n_tasks ? n : aj.n_tasks, attn_task, &aj);
+    if ((rc = linear(c, plan, l, CORE_MOD_O, c->att, n, c->tmp)))
+        return rc;
+    for (size_t i = 0; i < (size_t)n * e; i++)
+        c->x[i] += c->tmp[i];
+
+    for (int i = 0; i < n; i++)
+        rmsnorm(c->xn + (size_t)i * e, c->x + (size_t)i * e, L->ffn_norm, e, cfg->rms_eps);
+    static const core_module gate_up[2] = {CORE_MOD_GATE, CORE_MOD_UP};
+    float *gu_out[2] = {c->gate, c->up};
+    if ((rc = linear_n(c, plan, l, gate_up, 2, c->xn, n, gu_out)))
+        return rc;
+    int tasks = n >= 4 ? core__pool_threads() : 1;
+    swiglu_job sj = {
+        .gate = c->gate, .up = c->up, .n = n, .ff = ff, .per = (n + tasks - 1) / tasks};
+    core__pool_run(tasks, swiglu_task, &sj);
+    if ((rc = linear(c, plan, l, CORE_MOD_DOWN, c->gate, n, c->tmp)))
+        return rc;
+    for (size_t i = 0; i < (size_t)n * e; i++)
+        c->x[i] += c->tmp[i];
+    return 0;
+}
+
+int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_plan *plan,
+                 float *logits, char *err, size_t errlen)
+{
+    const core_model *m = c->m;
+    const core_config *cfg = &m->cfg;
+    int n = b->n_rows, e = cfg->n_embd;
+    if (n <= 0)
+        return 0;
+    if (!b->tokens || !b->pos || !b->slot) {
+        core__seterr(err, errlen, "batch without tokens, positions or slots");
+        return -EINVAL;
+    }
+    if (kv->n_layer != cfg->n_layer || kv->kv_dim != cfg->n_head_kv * cfg->head_dim) {
+        core__seterr(err, errlen, "kv cache was made for another model");
+        return -EINVAL;
+    }
+    int rc = ensure_rows(c, n);
+    if (rc == 0)
+        rc = check_batch(c, kv, b, err, errlen);
+    if (rc == 0)
+        rc = index_plan(c, plan, n, err, errlen);
+    if (rc) {
+        if (rc == -ENOMEM)
+            core__seterr(err, errlen, "out of memory for a batch of %d rows", n);
+        return rc;
+    }
+
+    size_t emb_rb = core_type_row_bytes(m->tok_embd_qtype, (uint64_t)e);
+    for (int i = 0; i < n; i++) {
+        float *x = c->x + (size_t)i * e;
+        if (m->tok_embd)
+            memcpy(x, m->tok_embd + (size_t)b->tokens[i] * e, (size_t)e * sizeof(float));
+        else /* the same bits as the slab would hold */
+            core_dequant_row(m->tok_embd_qtype,
+                             (const uint8_t *)m->tok_embd_q + (size_t)b->tokens[i] * emb_rb, x, e);
+    }
+    for (int i = 0; i < n; i++)
+        rope_angles(c->rope_cs + (size_t)i * cfg->head_dim, cfg->head_dim, b->pos[i], c->inv_freq);
+    for (int l = 0; l < cfg->n_layer; l++) {
+        if ((rc = layer_forward(c, kv, b, plan, l))) {
+            core__seterr(err, errlen, "out of memory in layer %d", l);
+            return rc;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        kv->slots[b->slot[i]].n = b->pos[i] + 1;
+
+    int n_out = 0;
+    for (int i = 0; i < n; i++) {
+        if (!b->want_logits || b->want_logits[i]) {
+            rmsnorm(c->xn + (size_t)n_out * e, c->x + (size_t)i * e, m->output_norm, e,
+                    cfg->rms_eps);
+            n_out++;
+        }
+    }
+    if (n_out > 0 && m->output_q8 && quantize_x(c, c->xn, e, n_out) == 0)
+        matmul_q8(c, m->output_q8, cfg->n_vocab, n_out, logits);
+    else if (n_out > 0)
+        matmul(m->output, m->output_q, m->output_qtype, e, cfg->n_vocab, c->xn, n_out, logits);
+    return 0;
+}

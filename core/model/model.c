@@ -1,0 +1,525 @@
+/* Model loading: Llama hyperparameters from GGUF metadata, tensor shape checks, and
+ * dequantization of every weight into one f32 slab (pointers into it, llm.c style). The linear
+ * weights and the head also keep pointers to their quantized data in the mapping, which decode
+ * steps of few rows read instead (qmatmul.h). */
+#include "core/model/model.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "core/kernels/dequant.h"
+#include "core/kernels/qmatmul_internal.h"
+#include "core/kernels/qmatmul_q8_internal.h"
+
+static const char *const module_names[CORE_MOD_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+static const char *const module_gguf[CORE_MOD_COUNT] = {
+    "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+
+const char *core_module_name(core_module mod)
+{
+    return (unsigned)mod < CORE_MOD_COUNT ? module_names[mod] : "?";
+}
+
+const char *core_module_gguf_name(core_module mod)
+{
+    return (unsigned)mod < CORE_MOD_COUNT ? module_gguf[mod] : "?";
+}
+
+int core_module_in(const core_config *c, core_module mod)
+{
+    switch (mod) {
+    case CORE_MOD_O:
+        return c->n_head * c->head_dim;
+    case CORE_MOD_DOWN:
+        return c->n_ff;
+    default:
+        return c->n_embd;
+    }
+}
+
+int core_module_out(const core_config *c, core_module mod)
+{
+    switch (mod) {
+    case CORE_MOD_Q:
+        return c->n_head * c->head_dim;
+    case CORE_MOD_K:
+    case CORE_MOD_V:
+        return c->n_head_kv * c->head_dim;
+    case CORE_MOD_GATE:
+    case CORE_MOD_UP:
+        return c->n_ff;
+    default:
+        return c->n_embd;
+    }
+}
+
+/* Reads "<arch>.<suffix>" as a positive int no larger than max. */
+static int get_dim(const core_gguf *g, const char *arch, const char *suffix, int *out, bool need,
+                   int max, char *err, size_t errlen)
+{
+    char key[128];
+    uint32_t v;
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int rc = core_gguf_get_u32(g, key, &v);
+    if (rc == -ENOENT && !need)
+        return 0;
+    if (rc == -ENOENT) {
+        core__seterr(err, errlen, "missing metadata key '%s'", key);
+        return -EINVAL;
+    }
+    if (rc < 0 || v == 0 || v > (uint32_t)max) {
+        core__seterr(err, errlen, "metadata key '%s' must be an integer in 1..%d", key, max);
+        return -EINVAL;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int get_float(const core_gguf *g, const char *arch, const char *suffix, float *out,
+                     char *err, size_t errlen)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int rc = core_gguf_get_f32(g, key, out);
+    if (rc == -ENOENT)
+        return 0;
+    if (rc < 0 || !isfinite(*out) || *out <= 0) {
+        core__seterr(err, errlen, "metadata key '%s' must be a positive float", key);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t errlen)
+{
+    memset(c, 0, sizeof *c);
+    if (core_gguf_get_str(g, "general.architecture", c->arch, sizeof c->arch) < 0) {
+        core__seterr(err, errlen, "missing or invalid general.architecture");
+        return -EINVAL;
+    }
+    if (strcmp(c->arch, "llama") != 0) {
+        core__seterr(err, errlen, "architecture '%s' is not supported (only 'llama')", c->arch);
+        return -EINVAL;
+    }
+    const char *a = c->arch;
+    if (get_dim(g, a, "block_count", &c->n_layer, true, 1024, err, errlen) ||
+        get_dim(g, a, "embedding_length", &c->n_embd, true, 65536, err, errlen) ||
+        get_dim(g, a, "feed_forward_length", &c->n_ff, true, 1 << 20, err, errlen) ||
+        get_dim(g, a, "attention.head_count", &c->n_head, true, 1024, err, errlen))
+        return -EINVAL;
+    c->n_head_kv = c->n_head;
+    c->n_ctx_train = 2048;
+    c->rope_theta = 10000.0f;
+    c->rms_eps = 1e-5f;
+    if (c->n_embd % c->n_head) {
+        core__seterr(err, errlen, "embedding_length %d is not a multiple of head_count %d",
+                     c->n_embd, c->n_head);
+        return -EINVAL;
+    }
+    c->head_dim = c->n_embd / c->n_head;
+    int vlen = 0;
+    if (get_dim(g, a, "attention.head_count_kv", &c->n_head_kv, false, 1024, err, errlen) ||
+        get_dim(g, a, "context_length", &c->n_ctx_train, false, 1 << 24, err, errlen) ||
+        get_dim(g, a, "attention.key_length", &c->head_dim, false, 4096, err, errlen) ||
+        get_dim(g, a, "attention.value_length", &vlen, false, 4096, err, errlen) ||
+        get_float(g, a, "rope.freq_base", &c->rope_theta, err, errlen) ||
+        get_float(g, a, "attention.layer_norm_rms_epsilon", &c->rms_eps, err, errlen))
+        return -EINVAL;
+    c->rope_dim = c->head_dim;
+    if (get_dim(g, a, "rope.dimension_count", &c->rope_dim, false, 4096, err, errlen))
+        return -EINVAL;
+    if (vlen && vlen != c->head_dim) {
+        core__seterr(err, errlen, "key_length %d != value_length %d is not supported", c->head_dim,
+                     vlen);
+        return -EINVAL;
+    }
+    if (c->n_head % c->n_head_kv) {
+        core__seterr(err, errlen, "head_count %d is not a multiple of head_count_kv %d", c->n_head,
+                     c->n_head_kv);
+        return -EINVAL;
+    }
+    if (c->rope_dim != c->head_dim || c->head_dim % 2) {
+        core__seterr(err, errlen,
+                     "partial rotary embeddings (rope.dimension_count %d, head dim %d) are "
+                     "not supported",
+                     c->rope_dim, c->head_dim);
+        return -EINVAL;
+    }
+    char key[128], scaling[32];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    if (core_gguf_get_str(g, key, scaling, sizeof scaling) == 0 && strcmp(scaling, "none") != 0) {
+        core__seterr(err, errlen, "rope scaling '%s' is not supported", scaling);
+        return -EINVAL;
+    }
+    const core_gguf_tensor *emb = core_gguf_find_tensor(g, "token_embd.weight");
+    if (!emb || emb->n_dims != 2 || emb->ne[0] != (uint64_t)c->n_embd || emb->ne[1] > (1u << 24)) {
+        core__seterr(err, errlen, "tensor token_embd.weight is missing or not (%d, n_vocab)",
+                     c->n_embd);
+        return -EINVAL;
+    }
+    c->n_vocab = (int)emb->ne[1];
+    uint32_t nv;
+    if (core_gguf_get_u32(g, "llama.vocab_size", &nv) == 0 && nv != (uint32_t)c->n_vocab) {
+        core__seterr(err, errlen, "llama.vocab_size %u != token_embd rows %d", nv, c->n_vocab);
+        return -EINVAL;
+    }
+    c->tied_output = core_gguf_find_tensor(g, "output.weight") == NULL;
+    return 0;
+}
+
+/* Checks one tensor's presence and shape (ne0 = cols, ne1 = rows; rows 0 for a vector) and
+ * that its type can be dequantized. */
+static const core_gguf_tensor *want_tensor(const core_gguf *g, const char *name, int cols, int rows,
+                                           char *err, size_t errlen)
+{
+    const core_gguf_tensor *t = core_gguf_find_tensor(g, name);
+    if (!t) {
+        core__seterr(err, errlen, "tensor '%s' is missing", name);
+        return NULL;
+    }
+    bool ok = rows ? (t->n_dims == 2 && t->ne[0] == (uint64_t)cols && t->ne[1] == (uint64_t)rows)
+                   : (t->n_dims == 1 && t->ne[0] == (uint64_t)cols);
+    if (!ok) {
+        core__seterr(err, errlen,
+                     "tensor '%s' has shape [%llu, %llu], expected [%d, %d] (ne0 = input features)",
+                     name, (unsigned long long)t->ne[0],
+                     (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), cols, rows ? rows : 1);
+        return NULL;
+    }
+    if (!core_type_can_dequant(t->type)) {
+        core__seterr(err, errlen, "tensor '%s' has type %s, which adaptree cannot dequantize", name,
+                     core_type_name(t->type));
+        return NULL;
+    }
+    return t;
+}
+
+static int load_tensor(const core_gguf *g, const char *name, int cols, int rows, float *dst,
+                       char *err, size_t errlen)
+{
+    const core_gguf_tensor *t = want_tensor(g, name, cols, rows, err, errlen);
+    if (!t)
+        return -EINVAL;
+    int64_t n = (int64_t)cols * (rows ? rows : 1);
+    if (core_dequant_row(t->type, t->data, dst, n) < 0) {
+        core__seterr(err, errlen, "tensor '%s': cannot dequantize %s", name,
+                     core_type_name(t->type));
+        return -EINVAL;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(dst[i])) {
+            core__seterr(err, errlen, "tensor '%s' holds a non-finite value at element %lld", name,
+                         (long long)i);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* The tensor's data in the mapping when core__qmatmul can read its type, else NULL. Called after
+ * load_tensor has checked the shape. */
+static const void *quantized(const core_gguf *g, const char *name, uint32_t *type)
+{
+    const core_gguf_tensor *t = core_gguf_find_tensor(g, name);
+    *type = t ? t->type : 0;
+    return t && core__qmatmul_supports(t->type) ? t->data : NULL;
+}
+
+static void free_q8(core_model *m)
+{
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            core__q8w_free(m->layers[l].q8[mod]);
+            m->layers[l].q8[mod] = NULL;
+        }
+    core__q8w_free(m->output_q8);
+    m->output_q8 = NULL;
+}
+
+static int fill_slab(core_model *m, core_slab_mode mode, char *err, size_t errlen);
+static size_t slab_floats(const core_model *m, core_slab_mode mode);
+
+/* The slab of mode: refilled only when it holds other matrices (on AVX-512 CPUs the lazy and
+ * int8 slabs are both the norms alone). */
+static int set_slab(core_model *m, core_slab_mode mode, char *err, size_t errlen)
+{
+    if (slab_floats(m, mode) != m->slab_floats)
+        return fill_slab(m, mode, err, errlen);
+    m->slab_mode = mode;
+    return 0;
+}
+
+int core_model_set_int8(core_model *m, int on, char *err, size_t errlen)
+{
+    const core_config *c = &m->cfg;
+    if (!on) {
+        /* the f32 copies the int8 slab left out come back first: nothing changes on failure */
+        if (m->slab_mode == CORE_SLAB_INT8 && set_slab(m, CORE_SLAB_LAZY, err, errlen))
+            return -ENOMEM;
+        free_q8(m);
+        return 0;
+    }
+    if (m->slab_mode == CORE_SLAB_INT8) { /* on already, without the f32 copies to go back to */
+        int packed = m->output_q8 != NULL;
+        for (int l = 0; l < c->n_layer; l++)
+            for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
+                packed += m->layers[l].q8[mod] != NULL;
+        return packed;
+    }
+    free_q8(m);
+    if (!core__q8_available()) {
+        core__seterr(err, errlen,
+                     "int8 activations need AVX2 with FMA and F16C, or AVX-512 VNNI; this CPU "
+                     "has neither");
+        return -ENOTSUP;
+    }
+    int packed = 0;
+    for (int l = 0; l < c->n_layer; l++)
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            core_layer *L = &m->layers[l];
+            int in = core_module_in(c, (core_module)mod),
+                out = core_module_out(c, (core_module)mod);
+            if (!L->q[mod] || !core__q8w_supports(L->qtype[mod], in, out))
+                continue;
+            if (!(L->q8[mod] = core__q8w_pack(L->qtype[mod], L->q[mod], in, out)))
+                goto oom;
+            packed++;
+        }
+    if (m->output_q && core__q8w_supports(m->output_qtype, c->n_embd, c->n_vocab)) {
+        if (!(m->output_q8 = core__q8w_pack(m->output_qtype, m->output_q, c->n_embd, c->n_vocab)))
+            goto oom;
+        packed++;
+    }
+    /* The packed matrices' f32 copies are no longer read (AVX2 CPUs kept them for steps above
+     * CORE_QMATMUL_ROWS rows): 538 MB for the default model. Kept if the smaller slab cannot be
+     * allocated, which changes nothing but memory. */
+    if (m->slab_mode == CORE_SLAB_LAZY)
+        set_slab(m, CORE_SLAB_INT8, NULL, 0);
+    return packed;
+oom:
+    free_q8(m);
+    core__seterr(err, errlen, "out of memory repacking the weights for int8");
+    return -ENOMEM;
+}
+
+const char *core_int8_kernels(void)
+{
+    return core__q8_available() ? core__q8_kernels() : NULL;
+}
+
+void core_model_free(core_model *m)
+{
+    if (!m)
+        return;
+    if (m->layers)
+        free_q8(m);
+    free(m->slab);
+    free(m->layers);
+    core_gguf_close(m->gguf);
+    free(m);
+}
+
+/* 1 when core_forward never needs this tensor as f32: core__qmatmul reads its type at every
+ * batch size (AVX-512 kernels; ADAPTREE_QMATMUL_ROWS or AVX2 put a limit on that), or
+ * (CORE_SLAB_INT8) core_model_set_int8 repacked it, as it does every such matrix the int8 kernels
+ * take. */
+static bool stays_quantized(const core_gguf *g, const char *name, int cols, int rows,
+                            core_slab_mode mode)
+{
+    const core_gguf_tensor *t = core_gguf_find_tensor(g, name);
+    if (mode == CORE_SLAB_ALL || !t || !core__qmatmul_supports(t->type))
+        return false;
+    return core__qmatmul_max_rows() == INT_MAX ||
+           (mode == CORE_SLAB_INT8 && core__q8w_supports(t->type, cols, rows));
+}
+
+/* Checks a tensor that stays quantized as load_tensor would (shape, type, every value finite),
+ * a row at a time through scratch (cols floats), keeping nothing. */
+static int check_tensor(const core_gguf *g, const char *name, int cols, int rows, float *scratch,
+                        char *err, size_t errlen)
+{
+    const core_gguf_tensor *t = want_tensor(g, name, cols, rows, err, errlen);
+    if (!t)
+        return -EINVAL;
+    size_t rb = core_type_row_bytes(t->type, (uint64_t)cols);
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *src = (const uint8_t *)t->data + (size_t)r * rb;
+        if (core_dequant_row(t->type, src, scratch, cols) < 0) {
+            core__seterr(err, errlen, "tensor '%s': cannot dequantize %s", name,
+                         core_type_name(t->type));
+            return -EINVAL;
+        }
+        for (int i = 0; i < cols; i++)
+            if (!isfinite(scratch[i])) {
+                core__seterr(err, errlen, "tensor '%s' holds a non-finite value at element %lld",
+                             name, (long long)r * cols + i);
+                return -EINVAL;
+            }
+    }
+    return 0;
+}
+
+/* "blk.L.attn_q.weight" and the like. */
+static void matrix_name(char *buf, size_t len, int layer, int mod)
+{
+    snprintf(buf, len, "blk.%d.%s.weight", layer, module_gguf[mod]);
+}
+
+/* Floats of the slab: the norms, and every matrix that does not stay quantized. */
+static size_t slab_floats(const core_model *m, core_slab_mode mode)
+{
+    const core_config *c = &m->cfg;
+    size_t n = (size_t)(2 * c->n_layer + 1) * c->n_embd, emb = (size_t)c->n_vocab * c->n_embd;
+    char name[96];
+    n += stays_quantized(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, mode) ? 0 : emb;
+    if (!c->tied_output)
+        n += stays_quantized(m->gguf, "output.weight", c->n_embd, c->n_vocab, mode) ? 0 : emb;
+    for (int l = 0; l < c->n_layer; l++)
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            int in = core_module_in(c, mod), out = core_module_out(c, mod);
+            matrix_name(name, sizeof name, l, mod);
+            if (!stays_quantized(m->gguf, name, in, out, mode))
+                n += (size_t)in * out;
+        }
+    return n;
+}
+
+/* One matrix: into the slab at *p (advanced) as f32, or checked and left quantized (*dst NULL). */
+static int load_matrix(const core_gguf *g, const char *name, int cols, int rows,
+                       core_slab_mode mode, float **p, float **dst, float *scratch, char *err,
+                       size_t errlen)
+{
+    if (stays_quantized(g, name, cols, rows, mode)) {
+        *dst = NULL;
+        return check_tensor(g, name, cols, rows, scratch, err, errlen);
+    }
+    *dst = *p;
+    *p += (size_t)cols * rows;
+    return load_tensor(g, name, cols, rows, *dst, err, errlen);
+}
+
+/* A norm vector into the slab at *p (advanced). */
+static int load_norm(const core_gguf *g, const char *name, int n, float **p, float **dst, char *err,
+                     size_t errlen)
+{
+    *dst = *p;
+    *p += n;
+    return load_tensor(g, name, n, 0, *dst, err, errlen);
+}
+
+/* Fills m's weight pointers from the slab p (slab_floats(m, mode) floats): the norms always as
+ * f32, the matrices as f32 unless they stay quantized (see stays_quantized). */
+static int load_weights(core_model *m, core_slab_mode mode, float *p, char *err, size_t errlen)
+{
+    const core_config *c = &m->cfg;
+    float *scratch = malloc(sizeof(float) * (size_t)(c->n_embd > c->n_ff ? c->n_embd : c->n_ff));
+    if (!scratch) {
+        core__seterr(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    int rc = load_matrix(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, mode, &p,
+                         &m->tok_embd, scratch, err, errlen);
+    m->tok_embd_q = quantized(m->gguf, "token_embd.weight", &m->tok_embd_qtype);
+    m->output = m->tok_embd;
+    m->output_q = m->tok_embd_q;
+    m->output_qtype = m->tok_embd_qtype;
+    if (!rc && !c->tied_output) {
+        rc = load_matrix(m->gguf, "output.weight", c->n_embd, c->n_vocab, mode, &p, &m->output,
+                         scratch, err, errlen);
+        m->output_q = quantized(m->gguf, "output.weight", &m->output_qtype);
+    }
+    if (!rc)
+        rc = load_norm(m->gguf, "output_norm.weight", c->n_embd, &p, &m->output_norm, err, errlen);
+    for (int l = 0; !rc && l < c->n_layer; l++) {
+        core_layer *L = &m->layers[l];
+        char name[96];
+        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
+        rc = load_norm(m->gguf, name, c->n_embd, &p, &L->attn_norm, err, errlen);
+        snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
+        if (!rc)
+            rc = load_norm(m->gguf, name, c->n_embd, &p, &L->ffn_norm, err, errlen);
+        for (int mod = 0; !rc && mod < CORE_MOD_COUNT; mod++) {
+            int in = core_module_in(c, mod), out = core_module_out(c, mod);
+            matrix_name(name, sizeof name, l, mod);
+            rc = load_matrix(m->gguf, name, in, out, mode, &p, &L->w[mod], scratch, err, errlen);
+            L->q[mod] = quantized(m->gguf, name, &L->qtype[mod]);
+        }
+    }
+    free(scratch);
+    return rc;
+}
+
+/* A new slab for load_weights. The weights are loaded into a copy of m (and of its layers), which
+ * replaces m's only when everything loaded: on failure m is left as it was. */
+static int fill_slab(core_model *m, core_slab_mode mode, char *err, size_t errlen)
+{
+    size_t floats = slab_floats(m, mode);
+    float *slab = malloc(floats * sizeof(float)); /* the norms: never 0 */
+    core_layer *layers = malloc((size_t)m->cfg.n_layer * sizeof *layers);
+    if (!slab || !layers) {
+        free(slab);
+        free(layers);
+        core__seterr(err, errlen, "out of memory allocating %zu MB of weights",
+                     floats * sizeof(float) >> 20);
+        return -ENOMEM;
+    }
+    memcpy(layers, m->layers, (size_t)m->cfg.n_layer * sizeof *layers);
+    core_model next = *m;
+    next.layers = layers;
+    int rc = load_weights(&next, mode, slab, err, errlen);
+    if (rc) {
+        free(slab);
+        free(layers);
+        return rc;
+    }
+    free(m->slab);
+    memcpy(m->layers, layers, (size_t)m->cfg.n_layer * sizeof *layers);
+    free(layers);
+    next.layers = m->layers;
+    next.slab = slab;
+    next.slab_floats = floats;
+    next.slab_mode = mode;
+    next.all_f32 = next.tok_embd && next.output;
+    for (int l = 0; l < next.cfg.n_layer; l++)
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
+            next.all_f32 = next.all_f32 && next.layers[l].w[mod];
+    *m = next;
+    return 0;
+}
+
+int core_model_dequantize(core_model *m, char *err, size_t errlen)
+{
+    return m->all_f32 ? 0 : fill_slab(m, CORE_SLAB_ALL, err, errlen);
+}
+
+core_model *core_model_load(const char *path, char *err, size_t errlen)
+{
+    core_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        core__seterr(err, errlen, "out of memory");
+        return NULL;
+    }
+    m->gguf = core_gguf_open(path, err, errlen);
+    if (!m->gguf)
+        goto fail;
+    core_config *c = &m->cfg;
+    if (core_config_from_gguf(m->gguf, c, err, errlen) < 0)
+        goto fail;
+    m->layers = calloc(c->n_layer, sizeof *m->layers);
+    if (!m->layers) {
+        core__seterr(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (fill_slab(m, CORE_SLAB_LAZY, err, errlen))
+        goto fail;
+    return m;
+fail:
+    core_model_free(m);
+    return NULL;
+}

@@ -1,0 +1,221 @@
+/* Llama-family model: hyperparameters from GGUF metadata, f32 weights in one slab, per-sequence
+ * KV caches, and the batched forward pass with an optional LoRA plan (DESIGN.md §3).
+ *
+ * Weights keep the GGUF row layout: attn_q/attn_k rows are in llama.cpp's permuted order, so
+ * RoPE rotates adjacent pairs (2j, 2j+1) (FORMATS.md §2.6). Adapters trained on Hugging Face
+ * weights must have their q/k lora_B rows permuted the same way before they reach core_forward.
+ *
+ * Nothing here is thread-safe on its own: a core_model is immutable after load and may be shared,
+ * but a core_ctx and a core_kv belong to one thread at a time (the engine thread).
+ */
+#ifndef ADAPTREE_CORE_MODEL_MODEL_H
+#define ADAPTREE_CORE_MODEL_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/format/gguf.h"
+
+typedef struct core_config {
+    char arch[32];
+    int n_layer;
+    int n_embd;
+    int n_head;
+    int n_head_kv;
+    int head_dim;
+    int n_ff;
+    int n_vocab;
+    int n_ctx_train;
+    int rope_dim; /* rotated dims per head (== head_dim for Llama) */
+    float rope_theta;
+    float rms_eps;
+    bool tied_output; /* no output.weight: the head is token_embd */
+} core_config;
+
+/* The seven linear modules of a layer, in the order adapters and plans use. */
+typedef enum core_module {
+    CORE_MOD_Q,
+    CORE_MOD_K,
+    CORE_MOD_V,
+    CORE_MOD_O,
+    CORE_MOD_GATE,
+    CORE_MOD_UP,
+    CORE_MOD_DOWN,
+    CORE_MOD_COUNT
+} core_module;
+
+typedef struct core_layer {
+    float *attn_norm; /* (n_embd) */
+    float *w[CORE_MOD_COUNT];
+    /* w[Q]    (n_head * head_dim, n_embd)
+     * w[K],V  (n_head_kv * head_dim, n_embd)
+     * w[O]    (n_embd, n_head * head_dim)
+     * w[GATE], w[UP] (n_ff, n_embd)
+     * w[DOWN] (n_embd, n_ff) */
+    /* The same weights as the GGUF stores them, read directly by decode steps of few rows
+     * (qmatmul.h): q[mod] points into the mapping of core_model.gguf, qtype[mod] is its ggml type.
+     * NULL when core__qmatmul cannot read the type. Whoever changes w[mod] must set q[mod] to
+     * NULL, or core_forward keeps using the original weights for small batches. */
+    const void *q[CORE_MOD_COUNT];
+    uint32_t qtype[CORE_MOD_COUNT];
+    /* w[mod] is NULL while the matrix stays quantized (core_model.slab). */
+    /* Owned repacked copies for the int8 kernels (qmatmul_q8.h), NULL unless core_model_set_int8
+     * made them; when set, core_forward uses them at every batch size. */
+    struct core_q8w *q8[CORE_MOD_COUNT];
+    float *ffn_norm; /* (n_embd) */
+} core_layer;
+
+/* What the slab holds besides the norms: the matrices core_forward may read as f32 (LAZY, after
+ * load), every matrix (ALL, after core_model_dequantize), or those minus the ones repacked for the
+ * int8 kernels (INT8, after core_model_set_int8). */
+typedef enum { CORE_SLAB_LAZY, CORE_SLAB_ALL, CORE_SLAB_INT8 } core_slab_mode;
+
+typedef struct core_model {
+    core_config cfg;
+    core_gguf *gguf; /* owned; kept open for the tokenizer, inspect and merge */
+    /* The f32 weights, one allocation: the norms always, and every matrix that core_forward may
+     * need in f32. A matrix that core__qmatmul reads at every batch size (the AVX-512 kernels and
+     * a type they take) stays in the mapping only: its w[mod] / tok_embd / output is NULL until
+     * core_model_dequantize. That saves 540 MB for the default model. With int8 on, the matrices
+     * repacked for it are left out as well, whatever the CPU (CORE_SLAB_INT8). */
+    float *slab;
+    size_t slab_floats;
+    core_slab_mode slab_mode;
+    bool all_f32;    /* every matrix is in the slab */
+    float *tok_embd; /* (n_vocab, n_embd), or NULL (see slab) */
+    float *output;   /* (n_vocab, n_embd); == tok_embd when tied; or NULL */
+    /* token_embd as the GGUF stores it (rows dequantized one at a time when tok_embd is NULL) */
+    const void *tok_embd_q;
+    uint32_t tok_embd_qtype;
+    /* output (tok_embd when tied) as the GGUF stores it, like core_layer.q; or NULL */
+    const void *output_q;
+    uint32_t output_qtype;
+    struct core_q8w *output_q8; /* like core_layer.q8 */
+    float *output_norm;         /* (n_embd) */
+    core_layer *layers;         /* (n_layer) */
+} core_model;
+
+/* Loads a Llama-architecture GGUF: reads and checks the hyperparameters, every tensor shape and
+ * every weight (dequantized and checked finite), and keeps as f32 those that core_forward needs
+ * in f32 (see core_model.slab). Returns a new model (free with core_model_free) or NULL with a
+ * message in err naming what is wrong. */
+core_model *core_model_load(const char *path, char *err, size_t errlen);
+
+/* Makes every weight available as f32 (w[mod], tok_embd, output non-NULL), for code that reads or
+ * changes them (merge, tests). 0, or -ENOMEM with a message (the model is unchanged then). Not
+ * while a core_forward runs on the model. */
+int core_model_dequantize(core_model *m, char *err, size_t errlen);
+void core_model_free(core_model *m);
+
+/* on: repacks every Q4_1 and Q8_0 linear weight (and the output head) for the int8-activation
+ * kernels (qmatmul_q8.h), which core_forward then uses: llama.cpp's CPU numerics, about 3.5x
+ * faster matmuls on AVX-512 VNNI and 3x on AVX2 (Zen 3), logits up to ~2 away from the f32
+ * reference (golden test). off: frees them, back to f32 activations. Returns the number of
+ * weights repacked (0 when the model has none of those types), -ENOTSUP on a CPU with neither
+ * AVX2 (with FMA and F16C) nor AVX-512 VNNI, or -ENOMEM, with a message. Not while a core_forward
+ * runs on the model. */
+int core_model_set_int8(core_model *m, int on, char *err, size_t errlen);
+
+/* The int8 kernels this CPU runs ("AVX-512 VNNI" or "AVX2"), for logs; NULL when it has none. */
+const char *core_int8_kernels(void);
+
+/* Reads the hyperparameters of a GGUF without loading weights (used by inspect and adapter
+ * validation). Returns 0 or -EINVAL with a message. */
+int core_config_from_gguf(const core_gguf *g, core_config *cfg, char *err, size_t errlen);
+
+/* Input and output width of a module's weight. */
+int core_module_in(const core_config *c, core_module mod);
+int core_module_out(const core_config *c, core_module mod);
+/* "q", "k", "v", "o", "gate", "up", "down" and the GGUF tensor suffix ("attn_q", ...). */
+const char *core_module_name(core_module mod);
+const char *core_module_gguf_name(core_module mod);
+
+/* ---- KV cache ------------------------------------------------------------------------------ */
+
+/* A pool of n_slots sequence caches, each holding up to n_ctx positions. Memory for a slot grows
+ * on demand; core_kv_clear releases it. */
+typedef struct core_kv core_kv;
+
+core_kv *core_kv_new(const core_config *cfg, int n_slots, int n_ctx, char *err, size_t errlen);
+void core_kv_free(core_kv *kv);
+int core_kv_n_slots(const core_kv *kv);
+int core_kv_n_ctx(const core_kv *kv);
+/* Forgets the slot's contents (positions restart at 0) and frees its memory. */
+void core_kv_clear(core_kv *kv, int slot);
+/* Bytes currently allocated by all slots. */
+size_t core_kv_bytes(const core_kv *kv);
+/* on: K and V are stored as f16 from now on (half the memory and half the bytes attention reads
+ * per position; logits move by up to ~0.02 against f32, see the golden test). Only while
+ * every slot is empty: 0, or -EBUSY. */
+int core_kv_set_f16(core_kv *kv, int on);
+int core_kv_is_f16(const core_kv *kv);
+/* Fills positions 0..n-1 of a slot with pseudo-random K and V (values in [-1, 1), V half of K;
+ * the same seed gives the same cache), as if a prompt of n tokens had run: for benchmarks of long
+ * contexts, which then need not prefill. 0, -EINVAL, -ERANGE past the context, -ENOMEM. */
+int core_kv_fill_random(core_kv *kv, int slot, int n, uint32_t seed);
+
+/* ---- LoRA plan (DESIGN.md §3) --------------------------------------------------------------- */
+
+/* One adapter's low-rank update for one (layer, module), applied to some rows of the batch:
+ * Y[rows[i]] += scales[i] * B · (A · X[rows[i]]), with B given transposed (Bt = Bᵀ, so both
+ * weights are read row by row). A and Bt are borrowed for the call. */
+typedef struct core_lora_group {
+    int layer;
+    int module;     /* core_module */
+    uint32_t dtype; /* CORE_TYPE_F32, CORE_TYPE_F16 or CORE_TYPE_BF16 (A and Bt alike) */
+    const void *A;  /* (rank, in) */
+    const void *Bt; /* (rank, out): B transposed */
+    int rank;
+    int n_rows;
+    const int32_t *rows; /* (n_rows) batch row indices */
+    const float *scales; /* (n_rows) */
+} core_lora_group;
+
+/* All groups of one step, in any order. */
+typedef struct core_lora_plan {
+    int n_groups;
+    const core_lora_group *groups;
+} core_lora_plan;
+
+/* ---- forward -------------------------------------------------------------------------------- */
+
+/* One step's rows. Rows of one sequence appear in increasing position order; position p of a
+ * slot may be computed only once positions 0..p-1 are in its cache (from earlier steps or earlier
+ * rows of this batch). */
+typedef struct core_batch {
+    int n_rows;
+    const int32_t *tokens;      /* (n_rows) */
+    const int32_t *pos;         /* (n_rows) */
+    const int32_t *slot;        /* (n_rows) KV slot */
+    const uint8_t *want_logits; /* (n_rows) 1 = produce logits for this row; NULL = every row */
+} core_batch;
+
+/* With the AVX2 kernels, steps of at most this many rows read the weights in their stored
+ * (quantized) type; larger ones use OpenBLAS sgemm on the f32 copies. Measured on one core of a
+ * Zen 4 EPYC (CPU time per decode step, qmatmul vs sgemm): 76 vs 115 ms at 16 rows, 134 vs 158
+ * at 32, equal at 48, sgemm ahead by 6% at 64; on two cores qmatmul splits its weights between
+ * the threads while sgemm's packing is bandwidth-bound, so the crossover only moves up. With the
+ * AVX-512 kernels every step reads the quantized weights: on a Zen 5 EPYC (2 threads) a 64-row
+ * decode step took 64-69 ms against 71 (SkylakeX sgemm) and 105 (Haswell), a 256-row prefill
+ * 221 ms against 239 and 322. core__qmatmul_max_rows() gives the limit in force. */
+#define CORE_QMATMUL_ROWS 48
+
+/* The kernels the linear layers run on, for logs, written to buf (e.g. "AVX-512 quantized matmul
+ * at any batch size", "AVX2 quantized matmul up to 48 rows, OpenBLAS sgemm above"); returns buf. */
+const char *core_matmul_kernels(char *buf, size_t len);
+
+/* Scratch for the forward pass; grows to the largest batch seen. */
+typedef struct core_ctx core_ctx;
+
+core_ctx *core_ctx_new(const core_model *m);
+void core_ctx_free(core_ctx *c);
+
+/* Runs the batch through the model, writing each row's K and V into its slot, and stores the
+ * logits of the rows that want them, in row order, into logits (n_out, n_vocab). plan may be
+ * NULL. Returns 0, or a negative errno with a message (bad token id, position past the slot's
+ * capacity, a malformed plan). */
+int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_plan *plan,
+                 float *logits, char *err, size_t errlen);
+
+#endif

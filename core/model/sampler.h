@@ -1,0 +1,84 @@
+/* Token sampling from one row of logits: repetition penalty, greedy or temperature sampling with
+ * top-k / top-p / min-p, and a seeded RNG so a seed reproduces a completion.
+ *
+ * A core_sampler belongs to one sequence (one request); it is not thread-safe, but different
+ * samplers may be used from different threads at once.
+ */
+#ifndef ADAPTREE_CORE_MODEL_SAMPLER_H
+#define ADAPTREE_CORE_MODEL_SAMPLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct core_sampler_params {
+    float temperature;    /* 0 = greedy (argmax, ties to the lowest id) */
+    int top_k;            /* keep the k most likely tokens; 0 = off */
+    float top_p;          /* nucleus: smallest set with cumulative probability >= top_p; 1 = off */
+    float min_p;          /* drop tokens with p < min_p * p_max; 0 = off */
+    float repeat_penalty; /* 1 = off; > 1 discourages tokens seen in the recent history */
+    int repeat_last_n;    /* how many recent history tokens the penalty looks at; 0 = all given */
+    uint64_t seed;        /* RNG seed; the same seed gives the same tokens */
+} core_sampler_params;
+
+typedef struct core_sampler core_sampler;
+
+/* Fills *p with the defaults: temperature 1, top_k 0, top_p 1, min_p 0, repeat_penalty 1,
+ * repeat_last_n 64, seed 0 (plain sampling from the model's distribution). */
+void core_sampler_params_default(core_sampler_params *p);
+
+/* Checks the parameters (temperature finite and >= 0, top_k >= 0, top_p in (0, 1], min_p in
+ * [0, 1], repeat_penalty finite and > 0, repeat_last_n >= 0) and n_vocab > 0, then creates a
+ * sampler with its RNG seeded from p->seed. p may be NULL for the defaults; it is copied.
+ * Returns a sampler the caller owns (free with core_sampler_free), or NULL with a message in err
+ * (err may be NULL; errlen bytes including the NUL). */
+core_sampler *core_sampler_new(const core_sampler_params *p, int32_t n_vocab, char *err,
+                               size_t errlen);
+
+/* Frees a sampler; NULL is allowed. */
+void core_sampler_free(core_sampler *s);
+
+/* Reseeds the RNG: the tokens drawn afterwards are those of a new sampler with this seed. */
+void core_sampler_reset(core_sampler *s, uint64_t seed);
+
+/* Picks the next token from logits (n_vocab floats, not modified; only read during the call).
+ *
+ * Order: repetition penalty (each distinct token among the last repeat_last_n entries of
+ * history: logit > 0 ? logit / penalty : logit * penalty; ids outside [0, n_vocab) are ignored),
+ * then greedy argmax when temperature is 0, otherwise top-k, temperature, softmax, top-p, min-p,
+ * renormalization and one draw from the RNG. NaN and +inf logits are numerical faults upstream
+ * and are treated as -inf. history may be NULL when n_history is 0.
+ *
+ * Returns the token id, or -1 when every logit is -inf or NaN (the caller reports the error).
+ * When logprob_out is not NULL it receives the log-probability of the chosen token under the
+ * final distribution (after penalty, temperature and filters, renormalized); for greedy it is
+ * the log-softmax of the input logits (no penalty) — what the model itself assigned; -inf when
+ * -1 is returned. */
+int32_t core_sampler_sample(core_sampler *s, const float *logits, const int32_t *history,
+                            size_t n_history, float *logprob_out);
+
+/* One row of core_sampler_sample_many: its own sampler (never shared between rows of one call),
+ * logits and history; id receives what core_sampler_sample returns. */
+typedef struct core_sample_req {
+    core_sampler *s;
+    const float *logits;
+    const int32_t *history;
+    size_t n_history;
+    int32_t id;
+} core_sample_req;
+
+/* core_sampler_sample for every request, split over core's thread pool: the same ids as one call
+ * after another (each sampler's state and random stream are its own). */
+void core_sampler_sample_many(core_sample_req *reqs, int n);
+
+/* The k most likely tokens of a logits row and their log-softmax values (over the whole row),
+ * sorted by decreasing logit, ties to the lowest id. NaN and +inf logits are treated as -inf and
+ * never returned. ids must hold k entries; logprobs may be NULL. Pure, thread-safe.
+ * Returns how many were written (less than k when fewer logits are finite), or -EINVAL for
+ * n_vocab <= 0 or k < 0. */
+int core_logits_top_k(const float *logits, int32_t n_vocab, int k, int32_t *ids, float *logprobs);
+
+/* log(Σ exp(logits)) over a row, NaN and +inf treated as -inf; -inf when no logit is finite. What
+ * every logprob above is taken against: logprob(id) = logits[id] - this. Pure, thread-safe. */
+double core_logits_log_sum_exp(const float *logits, int32_t n_vocab);
+
+#endif

@@ -1,0 +1,881 @@
+/* Byte-level BPE tokenizer (GPT-2 style) built from GGUF metadata: vocabulary, merges,
+ * special-token matching, encoding and UTF-8-safe streaming decoding.
+ *
+ * Design. Everything is resolved to token ids at load time so encoding never touches strings:
+ * each of the 256 bytes has its byte-level token (byte_tok; -1 for the few a vocabulary may
+ * lack, and such bytes are dropped like HF does), and the merges become a hash table from an
+ * (left id, right id) pair to (rank, merged id). Text is first cut at special tokens (when
+ * asked), then into pieces by the pre-tokenizer (unicode.c). Encoding a piece starts from one
+ * symbol per byte and repeatedly applies the lowest-ranked adjacent merge (ties: leftmost),
+ * using a binary heap of candidate merges that are checked for staleness when popped, so a
+ * piece of n bytes costs O(n log n). Decoding uses the bytes of every token, precomputed into
+ * one slab. The object is immutable after core_tokenizer_new, so any number of threads may
+ * share it; each call allocates its own scratch.
+ */
+#include "core/text/tokenizer.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error_internal.h"
+#include "core/text/unicode_internal.h"
+
+/* A merge rule keyed by its pair of token ids. key == 0 marks an empty slot, which is safe
+ * because id pairs are stored + 1. */
+typedef struct merge_slot {
+    uint64_t key;
+    int32_t rank;
+    int32_t id;
+} merge_slot;
+
+struct core_tokenizer {
+    int32_t n_vocab;
+    enum core__pretok pre;
+    int32_t bos, eos; /* -1 if none */
+    bool add_bos;
+    uint8_t *types;     /* (n_vocab) enum core_token_type */
+    uint32_t *str_off;  /* (n_vocab + 1) offsets into strs */
+    char *strs;         /* raw token strings, each NUL-terminated */
+    uint32_t *byte_off; /* (n_vocab + 1) offsets into bytes */
+    uint8_t *bytes;     /* decoded bytes of every token */
+    int32_t byte_tok[256];
+    merge_slot *merges; /* (merge_mask + 1) open addressing */
+    size_t merge_mask;
+    int32_t *special; /* (n_special) CONTROL/USER_DEFINED ids, longest text first */
+    size_t n_special;
+    uint8_t special_first[32]; /* bitmap: bytes that start some special token */
+    int32_t eog[8];
+    int n_eog;
+    char *chat_template; /* NULL if the GGUF has none */
+};
+
+/* --- byte-level mapping ------------------------------------------------------------------ */
+
+/* GPT-2 bytes_to_unicode: printable bytes stand for themselves, the other 68 bytes map in
+ * increasing order to U+0100, U+0101, ... */
+static uint32_t byte_to_cp(uint8_t b)
+{
+    if ((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE)
+        return b;
+    uint32_t k = 0;
+    for (int x = 0; x < b; x++)
+        if (!((x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE))
+            k++;
+    return 0x100 + k;
+}
+
+/* Inverse of byte_to_cp: the byte, or -1 if cp stands for no byte. */
+static int cp_to_byte(const int16_t *inv, uint32_t cp)
+{
+    return cp < 0x144 ? inv[cp] : -1;
+}
+
+/* --- load-time string -> id table ---------------------------------------------------------- */
+
+typedef struct vocab_map {
+    const core_tokenizer *t;
+    int32_t *slots; /* (mask + 1) id, or -1 */
+    size_t mask;
+} vocab_map;
+
+static uint64_t hash_bytes(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) {
+        h ^= (uint8_t)s[i];
+        h *= 1099511628211ull;
+    }
+    return h ^ (h >> 29);
+}
+
+static const char *tok_str(const core_tokenizer *t, int32_t id, size_t *n)
+{
+    *n = t->str_off[id + 1] - t->str_off[id] - 1;
+    return t->strs + t->str_off[id];
+}
+
+/* Builds the map over all tokens; the lowest id wins for duplicate strings. */
+static int vocab_map_build(vocab_map *m, const core_tokenizer *t)
+{
+    size_t cap = 64;
+    while (cap < (size_t)t->n_vocab * 2)
+        cap *= 2;
+    m->t = t;
+    m->mask = cap - 1;
+    m->slots = malloc(cap * sizeof *m->slots);
+    if (!m->slots)
+        return -ENOMEM;
+    memset(m->slots, 0xff, cap * sizeof *m->slots);
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        size_t n;
+        const char *s = tok_str(t, id, &n);
+        size_t i = hash_bytes(s, n) & m->mask;
+        for (;; i = (i + 1) & m->mask) {
+            int32_t o = m->slots[i];
+            if (o < 0) {
+                m->slots[i] = id;
+                break;
+            }
+            size_t on;
+            const char *os = tok_str(t, o, &on);
+            if (on == n && memcmp(os, s, n) == 0)
+                break;
+        }
+    }
+    return 0;
+}
+
+static int32_t vocab_map_find(const vocab_map *m, const char *s, size_t n)
+{
+    for (size_t i = hash_bytes(s, n) & m->mask;; i = (i + 1) & m->mask) {
+        int32_t o = m->slots[i];
+        if (o < 0)
+            return -1;
+        size_t on;
+        const char *os = tok_str(m->t, o, &on);
+        if (on == n && memcmp(os, s, n) == 0)
+            return o;
+    }
+}
+
+/* --- merges ------------------------------------------------------------------------------ */
+
+static uint64_t pair_key(int32_t a, int32_t b)
+{
+    return ((uint64_t)(uint32_t)(a + 1) << 32) | (uint32_t)(b + 1);
+}
+
+static size_t pair_hash(uint64_t k)
+{
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdull;
+    k ^= k >> 33;
+    return (size_t)k;
+}
+
+static const merge_slot *merge_find(const core_tokenizer *t, int32_t a, int32_t b)
+{
+    uint64_t key = pair_key(a, b);
+    for (size_t i = pair_hash(key) & t->merge_mask;; i = (i + 1) & t->merge_mask) {
+        const merge_slot *s = &t->merges[i];
+        if (s->key == key)
+            return s;
+        if (s->key == 0)
+            return NULL;
+    }
+}
+
+/* Resolves "LEFT RIGHT" strings (split at the first space after the first byte, as llama.cpp
+ * does) to ids. The earliest of duplicate rules wins. */
+static int load_merges(core_tokenizer *t, const vocab_map *vm, const core_gguf_str *m, uint64_t n,
+                       char *err, size_t errlen)
+{
+    if (n > (uint64_t)INT32_MAX) {
+        core__seterr(err, errlen, "tokenizer.ggml.merges has %llu entries (too many)",
+                     (unsigned long long)n);
+        return -EINVAL;
+    }
+    size_t cap = 64, maxlen = 0;
+    while (cap < n * 2)
+        cap *= 2;
+    t->merges = calloc(cap, sizeof *t->merges);
+    t->merge_mask = cap - 1;
+    for (uint64_t i = 0; i < n; i++)
+        if (m[i].len > maxlen)
+            maxlen = m[i].len;
+    char *cat = malloc(maxlen + 1);
+    if (!t->merges || !cat) {
+        free(cat);
+        return -ENOMEM;
+    }
+    int rc = 0;
+    for (uint64_t r = 0; r < n && rc == 0; r++) {
+        const char *s = m[r].ptr;
+        size_t len = m[r].len;
+        const char *sp = len > 1 ? memchr(s + 1, ' ', len - 1) : NULL;
+        if (!sp) {
+            core__seterr(err, errlen, "tokenizer.ggml.merges[%llu] \"%.*s\" is not \"LEFT RIGHT\"",
+                         (unsigned long long)r, (int)(len > 60 ? 60 : len), s);
+            rc = -EINVAL;
+            break;
+        }
+        size_t ln = (size_t)(sp - s), rn = len - ln - 1;
+        memcpy(cat, s, ln);
+        memcpy(cat + ln, sp + 1, rn);
+        int32_t a = vocab_map_find(vm, s, ln), b = vocab_map_find(vm, sp + 1, rn);
+        int32_t c = vocab_map_find(vm, cat, ln + rn);
+        if (a < 0 || b < 0 || c < 0) {
+            core__seterr(err, errlen,
+                         "tokenizer.ggml.merges[%llu] \"%.*s\" names a token that is not in "
+                         "tokenizer.ggml.tokens",
+                         (unsigned long long)r, (int)(len > 60 ? 60 : len), s);
+            rc = -EINVAL;
+            break;
+        }
+        uint64_t key = pair_key(a, b);
+        for (size_t i = pair_hash(key) & t->merge_mask;; i = (i + 1) & t->merge_mask) {
+            merge_slot *slot = &t->merges[i];
+            if (slot->key == key)
+                break;
+            if (slot->key == 0) {
+                *slot = (merge_slot){key, (int32_t)r, c};
+                break;
+            }
+        }
+    }
+    free(cat);
+    return rc;
+}
+
+/* --- vocabulary ---------------------------------------------------------------------------- */
+
+static int hexval(uint8_t c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Copies the token strings and types, and precomputes every token's decoded bytes. */
+static int load_vocab(core_tokenizer *t, const core_gguf_str *toks, const int32_t *types, char *err,
+                      size_t errlen)
+{
+    size_t n = (size_t)t->n_vocab, total = 0;
+    for (size_t i = 0; i < n; i++) {
+        total += toks[i].len + 1;
+        if (toks[i].len > (1u << 20) || total > UINT32_MAX) {
+            core__seterr(err, errlen, "tokenizer.ggml.tokens is too large (token %zu: %llu bytes)",
+                         i, (unsigned long long)toks[i].len);
+            return -EINVAL;
+        }
+        if (types[i] < CORE_TOKEN_NORMAL || types[i] > CORE_TOKEN_BYTE) {
+            core__seterr(err, errlen, "tokenizer.ggml.token_type[%zu] = %d is not a token type", i,
+                         (int)types[i]);
+            return -EINVAL;
+        }
+    }
+    t->types = malloc(n);
+    t->str_off = malloc((n + 1) * sizeof *t->str_off);
+    t->byte_off = malloc((n + 1) * sizeof *t->byte_off);
+    t->strs = malloc(total ? total : 1);
+    t->bytes = malloc(total ? total : 1); /* decoding never makes a token longer */
+    if (!t->types || !t->str_off || !t->byte_off || !t->strs || !t->bytes)
+        return -ENOMEM;
+
+    int16_t inv[0x144];
+    for (int i = 0; i < 0x144; i++)
+        inv[i] = -1;
+    for (int b = 0; b < 256; b++)
+        inv[byte_to_cp((uint8_t)b)] = (int16_t)b;
+
+    uint32_t so = 0, bo = 0;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *s = (const uint8_t *)toks[i].ptr;
+        size_t len = toks[i].len;
+        t->types[i] = (uint8_t)types[i];
+        t->str_off[i] = so;
+        memcpy(t->strs + so, s, len);
+        t->strs[so + len] = '\0';
+        so += (uint32_t)len + 1;
+
+        t->byte_off[i] = bo;
+        uint8_t *out = t->bytes + bo;
+        size_t k = 0;
+        int hi = len == 6 ? hexval(s[3]) : -1, lo = len == 6 ? hexval(s[4]) : -1;
+        if (types[i] == CORE_TOKEN_BYTE && hi >= 0 && lo >= 0 && memcmp(s, "<0x", 3) == 0 &&
+            s[5] == '>') {
+            out[k++] = (uint8_t)(hi << 4 | lo);
+        } else if (types[i] == CORE_TOKEN_NORMAL || types[i] == CORE_TOKEN_UNKNOWN ||
+                   types[i] == CORE_TOKEN_UNUSED || types[i] == CORE_TOKEN_BYTE) {
+            /* Byte-level decode; a token with a code point outside the byte alphabet is taken
+             * as raw text, like HF's ByteLevel decoder. */
+            size_t p = 0;
+            while (p < len) {
+                uint32_t cp;
+                int l = core__utf8_check(s + p, len - p, &cp);
+                int b = l > 0 ? cp_to_byte(inv, cp) : -1;
+                if (b < 0)
+                    break;
+                out[k++] = (uint8_t)b;
+                p += (size_t)l;
+            }
+            if (p < len)
+                k = 0;
+        }
+        if (k == 0) {
+            memcpy(out, s, len);
+            k = len;
+        }
+        bo += (uint32_t)k;
+    }
+    t->str_off[n] = so;
+    t->byte_off[n] = bo;
+    return 0;
+}
+
+/* CONTROL and USER_DEFINED tokens, longest first (then lowest id), for parse_special. */
+static int load_specials(core_tokenizer *t)
+{
+    size_t cnt = 0;
+    for (int32_t i = 0; i < t->n_vocab; i++)
+        if ((t->types[i] == CORE_TOKEN_CONTROL || t->types[i] == CORE_TOKEN_USER_DEFINED) &&
+            t->str_off[i + 1] - t->str_off[i] > 1)
+            cnt++;
+    t->special = malloc((cnt ? cnt : 1) * sizeof *t->special);
+    if (!t->special)
+        return -ENOMEM;
+    for (int32_t i = 0; i < t->n_vocab; i++) {
+        size_t len = t->str_off[i + 1] - t->str_off[i] - 1;
+        if ((t->types[i] != CORE_TOKEN_CONTROL && t->types[i] != CORE_TOKEN_USER_DEFINED) ||
+            len == 0)
+            continue;
+        /* insertion sort by decreasing length; equal lengths keep increasing id */
+        size_t j = t->n_special++;
+        while (j > 0) {
+            int32_t o = t->special[j - 1];
+            if (t->str_off[o + 1] - t->str_off[o] - 1 >= len)
+                break;
+            t->special[j] = o;
+            j--;
+        }
+        t->special[j] = i;
+        uint8_t b0 = (uint8_t)t->strs[t->str_off[i]];
+        t->special_first[b0 >> 3] |= (uint8_t)(1u << (b0 & 7));
+    }
+    return 0;
+}
+
+/* Reads a token id key (any integer type); absent -> -1. */
+static int load_id(const core_gguf *g, const char *key, int32_t n_vocab, int32_t *out, char *err,
+                   size_t errlen)
+{
+    int rc = core_gguf_get_i32(g, key, out);
+    if (rc == -ENOENT) {
+        *out = -1;
+        return 0;
+    }
+    if (rc < 0 || *out < 0 || *out >= n_vocab) {
+        core__seterr(err, errlen, "%s is not a token id below %d", key, (int)n_vocab);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void add_eog(core_tokenizer *t, int32_t id)
+{
+    for (int i = 0; i < t->n_eog; i++)
+        if (t->eog[i] == id)
+            return;
+    if (id >= 0 && t->n_eog < (int)(sizeof t->eog / sizeof t->eog[0]))
+        t->eog[t->n_eog++] = id;
+}
+
+/* Everything that needs the string -> id map: byte tokens, merges, end-of-generation set. */
+static int resolve_ids(core_tokenizer *t, const core_gguf_str *merges, uint64_t n_merges, char *err,
+                       size_t errlen)
+{
+    vocab_map vm;
+    int rc = vocab_map_build(&vm, t);
+    if (rc < 0)
+        return rc;
+    int n_bytes = 0;
+    for (int b = 0; b < 256; b++) {
+        uint8_t u[4];
+        int l = core__utf8_encode(byte_to_cp((uint8_t)b), u);
+        t->byte_tok[b] = vocab_map_find(&vm, (const char *)u, (size_t)l);
+        n_bytes += t->byte_tok[b] >= 0;
+    }
+    if (n_bytes < 128) { /* SmolLM2's lacks 21 (never-used control and lead bytes) */
+        core__seterr(err, errlen,
+                     "tokenizer.ggml.tokens has only %d of the 256 byte-level tokens (not a "
+                     "byte-level BPE vocabulary?)",
+                     n_bytes);
+        rc = -EINVAL;
+    }
+    if (rc == 0)
+        rc = load_merges(t, &vm, merges, n_merges, err, errlen);
+    static const char *const eog_text[] = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>"};
+    add_eog(t, t->eos);
+    for (size_t i = 0; i < sizeof eog_text / sizeof eog_text[0] && rc == 0; i++) {
+        int32_t id = vocab_map_find(&vm, eog_text[i], strlen(eog_text[i]));
+        if (id >= 0 && t->types[id] == CORE_TOKEN_CONTROL)
+            add_eog(t, id);
+    }
+    free(vm.slots);
+    return rc;
+}
+
+static int load_config(core_tokenizer *t, const core_gguf *g, char *err, size_t errlen)
+{
+    core_gguf_str s = {NULL, 0};
+    if (core_gguf_get_strv(g, "tokenizer.ggml.model", &s) < 0 || !core_gguf_str_eq(s, "gpt2")) {
+        core__seterr(
+            err, errlen,
+            "tokenizer.ggml.model \"%.*s\" is not supported (only \"gpt2\", byte-level BPE)",
+            s.ptr ? (int)(s.len > 40 ? 40 : s.len) : 0, s.ptr ? s.ptr : "");
+        return -ENOTSUP;
+    }
+    s = (core_gguf_str){NULL, 0};
+    if (core_gguf_get_strv(g, "tokenizer.ggml.pre", &s) == 0 && core_gguf_str_eq(s, "smollm")) {
+        t->pre = CORE__PRETOK_SMOLLM;
+    } else if (s.ptr && core_gguf_str_eq(s, "gpt2")) {
+        t->pre = CORE__PRETOK_GPT2;
+    } else {
+        core__seterr(
+            err, errlen,
+            "tokenizer.ggml.pre \"%.*s\" is not supported (supported: \"smollm\", \"gpt2\")",
+            s.ptr ? (int)(s.len > 40 ? 40 : s.len) : 0, s.ptr ? s.ptr : "");
+        return -ENOTSUP;
+    }
+    int rc = load_id(g, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos, err, errlen);
+    if (rc == 0)
+        rc = load_id(g, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->eos, err, errlen);
+    if (rc < 0)
+        return rc;
+    t->add_bos = false;
+    if (core_gguf_find(g, "tokenizer.ggml.add_bos_token") &&
+        core_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos) < 0) {
+        core__seterr(err, errlen, "tokenizer.ggml.add_bos_token is not a bool");
+        return -EINVAL;
+    }
+    if (core_gguf_get_strv(g, "tokenizer.chat_template", &s) == 0) {
+        t->chat_template = malloc(s.len + 1);
+        if (!t->chat_template)
+            return -ENOMEM;
+        memcpy(t->chat_template, s.ptr, s.len);
+        t->chat_template[s.len] = '\0';
+    }
+    return 0;
+}
+
+core_tokenizer *core_tokenizer_new(const core_gguf *g, char *err, size_t errlen)
+{
+    core_gguf_str *toks = NULL, *merges = NULL;
+    int32_t *types = NULL;
+    uint64_t n_toks = 0, n_types = 0, n_merges = 0;
+    if (err && errlen)
+        err[0] = '\0';
+    core_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) {
+        core__seterr(err, errlen, "out of memory");
+        return NULL;
+    }
+    int rc = core_gguf_get_str_array(g, "tokenizer.ggml.tokens", &toks, &n_toks);
+    if (rc < 0 || n_toks == 0 || n_toks >= (uint64_t)INT32_MAX) {
+        core__seterr(err, errlen, "tokenizer.ggml.tokens is %s",
+                     rc == -ENOENT ? "absent" : "not a non-empty array of strings");
+        goto fail;
+    }
+    t->n_vocab = (int32_t)n_toks;
+    rc = core_gguf_get_i32_array(g, "tokenizer.ggml.token_type", &types, &n_types);
+    if (rc < 0 || n_types != n_toks) {
+        core__seterr(err, errlen, "tokenizer.ggml.token_type is %s (tokens: %llu)",
+                     rc == -ENOENT ? "absent" : "not an integer array with one entry per token",
+                     (unsigned long long)n_toks);
+        goto fail;
+    }
+    rc = core_gguf_get_str_array(g, "tokenizer.ggml.merges", &merges, &n_merges);
+    if (rc < 0) {
+        core__seterr(err, errlen, "tokenizer.ggml.merges is %s",
+                     rc == -ENOENT ? "absent" : "not an array of strings");
+        goto fail;
+    }
+    if (load_config(t, g, err, errlen) < 0 || load_vocab(t, toks, types, err, errlen) < 0 ||
+        load_specials(t) < 0 || resolve_ids(t, merges, n_merges, err, errlen) < 0)
+        goto fail;
+    free(toks);
+    free(types);
+    free(merges);
+    return t;
+fail:
+    if (err && errlen && !err[0])
+        core__seterr(err, errlen, "out of memory");
+    free(toks);
+    free(types);
+    free(merges);
+    core_tokenizer_free(t);
+    return NULL;
+}
+
+void core_tokenizer_free(core_tokenizer *t)
+{
+    if (!t)
+        return;
+    free(t->types);
+    free(t->str_off);
+    free(t->strs);
+    free(t->byte_off);
+    free(t->bytes);
+    free(t->merges);
+    free(t->special);
+    free(t->chat_template);
+    free(t);
+}
+
+int32_t core_tokenizer_n_vocab(const core_tokenizer *t)
+{
+    return t->n_vocab;
+}
+int32_t core_tokenizer_bos(const core_tokenizer *t)
+{
+    return t->bos;
+}
+int32_t core_tokenizer_eos(const core_tokenizer *t)
+{
+    return t->eos;
+}
+bool core_tokenizer_add_bos(const core_tokenizer *t)
+{
+    return t->add_bos;
+}
+
+bool core_tokenizer_is_eog(const core_tokenizer *t, int32_t id)
+{
+    for (int i = 0; i < t->n_eog; i++)
+        if (t->eog[i] == id)
+            return true;
+    return false;
+}
+
+const char *core_tokenizer_token_str(const core_tokenizer *t, int32_t id)
+{
+    if (id < 0 || id >= t->n_vocab)
+        return NULL;
+    return t->strs + t->str_off[id];
+}
+
+int core_tokenizer_token_type(const core_tokenizer *t, int32_t id)
+{
+    if (id < 0 || id >= t->n_vocab)
+        return -EINVAL;
+    return t->types[id];
+}
+
+int core_chat_render(const core_tokenizer *t, const core_chat_msg *msgs, size_t n,
+                     bool add_generation_prompt, char **out, char *err, size_t errlen)
+{
+    return core_chat_render_template(t->chat_template, msgs, n, add_generation_prompt, out, err,
+                                     errlen);
+}
+
+/* --- encoding -------------------------------------------------------------------------- */
+
+/* A candidate merge of the symbols starting at pos and mid (the right one ending at end). */
+typedef struct bpe_cand {
+    int32_t rank;
+    uint32_t pos, mid, end;
+} bpe_cand;
+
+/* Per-call working memory, grown to the longest piece. */
+typedef struct bpe_work {
+    size_t cap;
+    int32_t *id;           /* (cap) token of the symbol starting at byte i */
+    uint32_t *prev, *next; /* (cap) neighbours' starts; next == n past the end */
+    bpe_cand *heap;        /* (3 * cap) */
+    size_t n_heap;
+} bpe_work;
+
+static bool cand_less(const bpe_cand *a, const bpe_cand *b)
+{
+    return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
+}
+
+static void heap_push(bpe_work *w, bpe_cand c)
+{
+    size_t i = w->n_heap++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!cand_less(&c, &w->heap[p]))
+            break;
+        w->heap[i] = w->heap[p];
+        i = p;
+    }
+    w->heap[i] = c;
+}
+
+static bpe_cand heap_pop(bpe_work *w)
+{
+    bpe_cand top = w->heap[0], last = w->heap[--w->n_heap];
+    size_t i = 0, n = w->n_heap;
+    for (;;) {
+        size_t l = 2 * i + 1, m = i;
+        const bpe_cand *best = &last;
+        if (l < n && cand_less(&w->heap[l], best)) {
+            m = l;
+            best = &w->heap[l];
+        }
+        if (l + 1 < n && cand_less(&w->heap[l + 1], best))
+            m = l + 1;
+        if (m == i)
+            break;
+        w->heap[i] = w->heap[m];
+        i = m;
+    }
+    if (n)
+        w->heap[i] = last;
+    return top;
+}
+
+static int work_reserve(bpe_work *w, size_t n)
+{
+    if (n <= w->cap)
+        return 0;
+    size_t cap = w->cap ? w->cap : 64;
+    while (cap < n)
+        cap *= 2;
+    free(w->id);
+    free(w->prev);
+    free(w->next);
+    free(w->heap);
+    w->id = malloc(cap * sizeof *w->id);
+    w->prev = malloc(cap * sizeof *w->prev);
+    w->next = malloc(cap * sizeof *w->next);
+    w->heap = malloc(3 * cap * sizeof *w->heap);
+    w->cap = w->id && w->prev && w->next && w->heap ? cap : 0;
+    return w->cap ? 0 : -ENOMEM;
+}
+
+static void work_free(bpe_work *w)
+{
+    free(w->id);
+    free(w->prev);
+    free(w->next);
+    free(w->heap);
+}
+
+/* Queues the merge of the adjacent symbols at pos and mid, if there is a rule for them. */
+static void try_cand(const core_tokenizer *t, bpe_work *w, uint32_t pos, uint32_t mid)
+{
+    const merge_slot *m = merge_find(t, w->id[pos], w->id[mid]);
+    if (m)
+        heap_push(w, (bpe_cand){m->rank, pos, mid, w->next[mid]});
+}
+
+/* BPE-encodes one piece, appending its ids to out. */
+static int bpe_piece(const core_tokenizer *t, bpe_work *w, const uint8_t *s, size_t n, int32_t *out,
+                     size_t *n_out)
+{
+    if (n == 1) {
+        if (t->byte_tok[s[0]] >= 0)
+            out[(*n_out)++] = t->byte_tok[s[0]];
+        return 0;
+    }
+    if (n > UINT32_MAX / 2 || work_reserve(w, n) < 0)
+        return -ENOMEM;
+    /* A byte without a token is dropped before merging, so its neighbours become adjacent
+     * (HF's BPE without an unk token does the same). */
+    uint32_t un = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (t->byte_tok[s[i]] < 0)
+            continue;
+        w->id[un] = t->byte_tok[s[i]];
+        w->prev[un] = un - 1; /* wraps for 0; never read there */
+        w->next[un] = un + 1;
+        un++;
+    }
+    w->n_heap = 0;
+    for (uint32_t i = 0; i + 1 < un; i++)
+        try_cand(t, w, i, i + 1);
+    while (w->n_heap) {
+        bpe_cand c = heap_pop(w);
+        /* stale unless both symbols still span exactly what they did when queued */
+        if (w->id[c.pos] < 0 || w->next[c.pos] != c.mid || w->next[c.mid] != c.end)
+            continue;
+        w->id[c.pos] = merge_find(t, w->id[c.pos], w->id[c.mid])->id;
+        w->id[c.mid] = -1;
+        w->next[c.pos] = c.end;
+        if (c.end < un)
+            w->prev[c.end] = c.pos;
+        if (c.pos > 0)
+            try_cand(t, w, w->prev[c.pos], c.pos);
+        if (c.end < un)
+            try_cand(t, w, c.pos, c.end);
+    }
+    for (uint32_t i = 0; i < un; i = w->next[i])
+        out[(*n_out)++] = w->id[i];
+    return 0;
+}
+
+/* The special token whose text starts at s (the longest), or -1. */
+static int32_t match_special(const core_tokenizer *t, const char *s, size_t n)
+{
+    uint8_t b0 = (uint8_t)s[0];
+    if (!(t->special_first[b0 >> 3] & (1u << (b0 & 7))))
+        return -1;
+    for (size_t i = 0; i < t->n_special; i++) {
+        int32_t id = t->special[i];
+        size_t len = t->str_off[id + 1] - t->str_off[id] - 1;
+        if (len <= n && memcmp(t->strs + t->str_off[id], s, len) == 0)
+            return id;
+    }
+    return -1;
+}
+
+/* Pre-tokenizes and BPE-encodes text that holds no special token. */
+static int encode_plain(const core_tokenizer *t, bpe_work *w, const char *s, size_t n, int32_t *out,
+                        size_t *n_out)
+{
+    size_t pos = 0;
+    while (pos < n) {
+        size_t end = core__pretok_next(s, n, pos, t->pre);
+        int rc = bpe_piece(t, w, (const uint8_t *)s + pos, end - pos, out, n_out);
+        if (rc < 0)
+            return rc;
+        pos = end;
+    }
+    return 0;
+}
+
+int core_tokenize(const core_tokenizer *t, const char *text, size_t len, bool parse_special,
+                  int32_t **out, size_t *n)
+{
+    /* every token covers at least one byte, so len ids always suffice */
+    if (len > SIZE_MAX / sizeof(int32_t))
+        return -ENOMEM;
+    int32_t *ids = malloc((len ? len : 1) * sizeof *ids);
+    if (!ids)
+        return -ENOMEM;
+    bpe_work w = {0};
+    size_t n_ids = 0, start = 0;
+    int rc = 0;
+    if (parse_special && t->n_special) {
+        for (size_t i = 0; i < len && rc == 0; i++) {
+            int32_t id = match_special(t, text + i, len - i);
+            if (id < 0)
+                continue;
+            rc = encode_plain(t, &w, text + start, i - start, ids, &n_ids);
+            ids[n_ids++] = id;
+            i += t->str_off[id + 1] - t->str_off[id] - 2;
+            start = i + 1;
+        }
+    }
+    if (rc == 0)
+        rc = encode_plain(t, &w, text + start, len - start, ids, &n_ids);
+    work_free(&w);
+    if (rc < 0) {
+        free(ids);
+        return rc;
+    }
+    *out = ids;
+    *n = n_ids;
+    return 0;
+}
+
+/* --- decoding -------------------------------------------------------------------------- */
+
+/* Hidden unless show_special: control tokens and the like, which carry no text. */
+static bool is_hidden(const core_tokenizer *t, int32_t id)
+{
+    uint8_t ty = t->types[id];
+    return ty == CORE_TOKEN_CONTROL || ty == CORE_TOKEN_UNKNOWN || ty == CORE_TOKEN_UNUSED;
+}
+
+/* The bytes token id stands for in output text (points into the tokenizer). */
+static const uint8_t *token_bytes(const core_tokenizer *t, int32_t id, bool show_special, size_t *n)
+{
+    if (is_hidden(t, id)) {
+        size_t len;
+        const char *s = tok_str(t, id, &len);
+        *n = show_special ? len : 0;
+        return (const uint8_t *)s;
+    }
+    *n = t->byte_off[id + 1] - t->byte_off[id];
+    return t->bytes + t->byte_off[id];
+}
+
+int core_token_to_bytes(const core_tokenizer *t, int32_t id, bool show_special, char *buf,
+                        size_t cap)
+{
+    if (id < 0 || id >= t->n_vocab)
+        return -EINVAL;
+    size_t n;
+    const uint8_t *b = token_bytes(t, id, show_special, &n);
+    if (cap)
+        memcpy(buf, b, n < cap ? n : cap);
+    return (int)n;
+}
+
+void core_detok_init(core_detok *d, const core_tokenizer *t, bool show_special)
+{
+    d->tok = t;
+    d->show_special = show_special;
+    d->n_pending = 0;
+}
+
+/* Appends bytes to the pending UTF-8 assembly, writing complete characters (or U+FFFD for each
+ * maximal ill-formed subpart) to out when out is not NULL. Returns the number of bytes
+ * produced; leaves at most 3 bytes (a valid incomplete prefix) pending. */
+static size_t detok_feed(uint8_t *pending, int *n_pending, const uint8_t *b, size_t n, char *out)
+{
+    static const uint8_t fffd[3] = {0xEF, 0xBF, 0xBD};
+    size_t k = 0, i = 0;
+    int np = *n_pending;
+    while (i < n || np > 0) {
+        while (np < 4 && i < n)
+            pending[np++] = b[i++];
+        uint32_t cp;
+        int r = core__utf8_check(pending, (size_t)np, &cp);
+        int used;
+        if (r == 0) {
+            if (i == n)
+                break; /* wait for more bytes */
+            continue;
+        } else if (r > 0) {
+            if (out)
+                memcpy(out + k, pending, (size_t)r);
+            k += (size_t)r;
+            used = r;
+        } else {
+            if (out)
+                memcpy(out + k, fffd, 3);
+            k += 3;
+            used = -r;
+        }
+        memmove(pending, pending + used, (size_t)(np - used));
+        np -= used;
+    }
+    *n_pending = np;
+    return k;
+}
+
+int core_detok_push(core_detok *d, int32_t id, char *out, size_t cap)
+{
+    if (!d->tok || id < 0 || id >= d->tok->n_vocab || d->n_pending < 0 || d->n_pending > 3)
+        return -EINVAL;
+    size_t n;
+    const uint8_t *b = token_bytes(d->tok, id, d->show_special, &n);
+    /* measure first on a copy, so a full buffer leaves the decoder unchanged */
+    uint8_t pend[8];
+    int np = d->n_pending;
+    memcpy(pend, d->pending, sizeof pend);
+    size_t need = detok_feed(pend, &np, b, n, NULL);
+    if (need >= cap || need > INT32_MAX)
+        return -ENOSPC;
+    size_t k = detok_feed(d->pending, &d->n_pending, b, n, out);
+    out[k] = '\0';
+    return (int)k;
+}
+
+int core_detok_flush(core_detok *d, char *out, size_t cap)
+{
+    if (d->n_pending < 0 || d->n_pending > 3)
+        return -EINVAL;
+    size_t k = 0;
+    if (d->n_pending > 0) {
+        if (cap < 4)
+            return -ENOSPC;
+        memcpy(out, "\xEF\xBF\xBD", 3);
+        k = 3;
+    } else if (cap < 1) {
+        return -ENOSPC;
+    }
+    d->n_pending = 0;
+    out[k] = '\0';
+    return (int)k;
+}

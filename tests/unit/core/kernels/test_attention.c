@@ -1,0 +1,153 @@
+/* Tests for core/kernels/attention.c: the AVX2 exp, SwiGLU and attention against the portable
+ * versions (which use libm's expf) and against a double-precision attention, over sizes that are
+ * and are not multiples of 8. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/format/types.h"
+#include "core/kernels/attention_internal.h"
+#include "tests/test.h"
+
+static uint64_t rng = 11;
+
+static float frand(void)
+{
+    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((uint32_t)(rng >> 40) / (double)(1u << 24)) * 2.0f - 1.0f;
+}
+
+TEST(vmath_exp_and_swiglu_match_libm)
+{
+    enum { N = 1003 };
+    float x[N], y[N], g[N], up[N], g2[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = frand() * 87.0f; /* most of expf's normal range, both signs */
+        g[i] = g2[i] = frand() * 20.0f;
+        up[i] = frand();
+    }
+    x[0] = -INFINITY;
+    x[1] = -100.0f;
+    x[2] = 0.0f;
+    core__vexp(x, y, N);
+    double worst = 0;
+    for (int i = 1; i < N; i++) {
+        double ref = exp((double)x[i]);
+        if (ref < 1.2e-38) /* below the normal range the kernel flushes to 0 */
+            CHECK(y[i] >= 0 && y[i] < 1.2e-38f);
+        else
+            worst = fmax(worst, fabs(y[i] - ref) / ref);
+    }
+    CHECK(y[0] == 0.0f);
+    CHECK(y[2] == 1.0f);
+    core__swiglu(g, up, N);
+    core__vmath_force_generic(1);
+    core__swiglu(g2, up, N);
+    core__vmath_force_generic(0);
+    double sw = 0;
+    for (int i = 0; i < N; i++)
+        sw = fmax(sw, fabs(g[i] - g2[i]) / (fabs(g2[i]) + 1e-30));
+    printf("    exp: max rel error %.3g vs double (tol 3e-7); swiglu: %.3g vs libm (tol 1e-6)\n",
+           worst, sw);
+    CHECK(worst < 3e-7);
+    CHECK(sw < 1e-6);
+}
+
+/* Attention of one row with n_head 9 over n_kv 3 heads (SmolLM2's grouping); with f16, K and V
+ * are handed over as f16 and the reference uses their f16 values. */
+static int case_n_kv = 3; /* 1: one KV head for all nine (a group above the grouped kernel's 8) */
+
+static double attend_case(int hd, int pos, int f16)
+{
+    int n_head = 9, n_kv = case_n_kv, kv_dim = n_kv * hd, group = n_head / n_kv;
+    float *q = malloc(sizeof(float) * n_head * hd), *K = malloc(sizeof(float) * (pos + 1) * kv_dim);
+    float *V = malloc(sizeof(float) * (pos + 1) * kv_dim),
+          *sc = malloc(sizeof(float) * (pos + 1) * group);
+    float *out = malloc(sizeof(float) * n_head * hd);
+    double *p = malloc(sizeof(double) * (pos + 1));
+    for (int i = 0; i < n_head * hd; i++)
+        q[i] = frand() * 2;
+    uint16_t *K16 = malloc(sizeof(uint16_t) * (pos + 1) * kv_dim);
+    uint16_t *V16 = malloc(sizeof(uint16_t) * (pos + 1) * kv_dim);
+    for (int i = 0; i < (pos + 1) * kv_dim; i++) {
+        K[i] = frand() * 2;
+        V[i] = frand();
+        if (f16) {
+            K16[i] = core_fp32_to_fp16(K[i]);
+            V16[i] = core_fp32_to_fp16(V[i]);
+            K[i] = core_fp16_to_fp32(K16[i]);
+            V[i] = core_fp16_to_fp32(V16[i]);
+        }
+    }
+    if (f16)
+        core__attend_row(q, K16, V16, 1, n_head, n_kv, hd, pos, sc, out);
+    else
+        core__attend_row(q, K, V, 0, n_head, n_kv, hd, pos, sc, out);
+    free(K16);
+    free(V16);
+    double worst = 0;
+    for (int h = 0; h < n_head; h++) {
+        int off = (h / group) * hd;
+        double mx = -INFINITY, sum = 0;
+        for (int t = 0; t <= pos; t++) {
+            double d = 0;
+            for (int i = 0; i < hd; i++)
+                d += (double)q[h * hd + i] * K[(size_t)t * kv_dim + off + i];
+            p[t] = d / sqrt((double)hd);
+            mx = fmax(mx, p[t]);
+        }
+        for (int t = 0; t <= pos; t++)
+            sum += p[t] = exp(p[t] - mx);
+        for (int i = 0; i < hd; i++) {
+            double o = 0;
+            for (int t = 0; t <= pos; t++)
+                o += p[t] / sum * V[(size_t)t * kv_dim + off + i];
+            worst = fmax(worst, fabs(out[h * hd + i] - o));
+        }
+    }
+    free(q);
+    free(K);
+    free(V);
+    free(sc);
+    free(out);
+    free(p);
+    return worst;
+}
+
+static void attend_all(const char *which)
+{
+    static const int hds[] = {64, 8, 12, 128, 16, 48};
+    static const int poss[] = {0, 1, 7, 8, 14, 15, 16, 31, 100, 777};
+    double worst[2] = {0, 0};
+    for (int f16 = 0; f16 < 2; f16++)
+        for (size_t a = 0; a < sizeof hds / sizeof hds[0]; a++)
+            for (size_t b = 0; b < sizeof poss / sizeof poss[0]; b++) {
+                double e = attend_case(hds[a], poss[b], f16);
+                CHECK_MSG(e < 2e-6, "%s attention (%s KV) hd %d pos %d: max abs error %.3g", which,
+                          f16 ? "f16" : "f32", hds[a], poss[b], e);
+                worst[f16] = fmax(worst[f16], e);
+            }
+    case_n_kv = 1;
+    for (int f16 = 0; f16 < 2; f16++) {
+        double e = attend_case(64, 100, f16);
+        CHECK_MSG(e < 2e-6, "%s attention, 9 heads on one KV head: max abs error %.3g", which, e);
+        worst[f16] = fmax(worst[f16], e);
+    }
+    case_n_kv = 3;
+    printf("    %s attention: max abs error %.3g (f32 KV), %.3g (f16 KV) vs double (tol 2e-6)\n",
+           which, worst[0], worst[1]);
+}
+
+TEST(vmath_attention_matches_double)
+{
+    if (core__vmath_force(CORE_VMATH_AVX512) == 0)
+        attend_all("AVX-512");
+    else
+        printf("    no AVX-512 F/DQ/VL here: its attention is not tested\n");
+    if (core__vmath_force(CORE_VMATH_AVX2) == 0)
+        attend_all("AVX2");
+    core__vmath_force_generic(1);
+    attend_all("portable");
+    core__vmath_force_generic(0);
+}
