@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "core/text/tokenizer.h"
+#include "server/http_errors.h"
 #include "server/log.h"
 #include "server/response.h"
 #include "server/routes_internal.h"
@@ -252,29 +253,21 @@ static int submit(srv_app *a, srv_http_req *req, srv_call *c, const srv_request 
     p.sampling.seed = seed;
     for (int i = 0; i < rq->n_stop && i < SRV_JOB_STOP_MAX; i++)
         p.stop[i] = rq->stop[i];
-    srv_job *job =
-        srv_job_new(&p, srv_http_job_notify, srv_http_notify_token(req), err, sizeof err);
-    if (!job) {
-        srv_http_reply_error(req, 400, "invalid_request_error", NULL, NULL, "%s", err);
+    c->job = srv_job_new(&p, srv__call_notify, c, err, sizeof err);
+    if (!c->job) {
+        srv_reply_err(req, SRV_ERR_BAD_INPUT, NULL, "%s", err);
         return -1;
     }
-    srv_http_attach_job(req, job, c->stream);
-    int rc = srv_engine_submit(a->engine, job);
+    int rc = srv_engine_submit(a->engine, c->job);
     if (rc < 0) {
-        srv_http_attach_job(req, NULL, false);
-        srv_job_unref(job);
-        if (rc == -EAGAIN)
-            srv_http_reply_error(req, 429, "rate_limit_error", "queue_full", NULL,
-                                 "the server's queue is full; retry in a moment");
-        else if (rc == -ESHUTDOWN)
-            srv_http_reply_error(req, 503, "server_error", "shutting_down", NULL,
-                                 "the server is shutting down");
-        else
-            srv_http_reply_error(req, 503, "server_error", NULL, NULL,
-                                 "the engine refused the request (%d)", rc);
+        srv_job_unref(c->job);
+        c->job = NULL;
+        srv_reply_err(req, srv_err_of_submit(rc), NULL, "%s",
+                      rc == -EAGAIN      ? "the server's queue is full; retry in a moment"
+                      : rc == -ESHUTDOWN ? "the server is shutting down"
+                                         : "the engine refused the request");
         return -1;
     }
-    c->job = job;
     return 0;
 }
 
@@ -315,11 +308,6 @@ static void start(srv_app *a, srv_http_req *req, srv_call *c)
         srv_http_wait(req);
     free(ids);
     srv_request_deinit(&rq);
-}
-
-static const char *error_code(const srv_job_status *st)
-{
-    return st->error_code ? st->error_code : st->http_status == 404 ? "model_not_found" : NULL;
 }
 
 /* Completions with echo and logprobs: the prompt's recorded tokens (*n of them), each text_end
@@ -400,9 +388,7 @@ void srv__gen_request(srv_app *a, srv_http_req *req, srv_call *c)
     srv_job_status_get(c->job, &st);
     bool output = st.text_len > 0 || st.n_tokens > 0;
     if (st.finish == SRV_FINISH_ERROR && !(c->stream && output)) {
-        int status = st.http_status >= 400 && st.http_status <= 599 ? st.http_status : 500;
-        srv_http_reply_error(req, status, st.error_type ? st.error_type : "server_error",
-                             error_code(&st), NULL, "%s", st.error);
+        srv_reply_err(req, st.err, NULL, "%s", st.error);
     } else if (st.finish == SRV_FINISH_CANCELLED && !(c->stream && output)) {
         srv_http_reply_error(req, 503, "server_error", "cancelled", NULL,
                              "the request was cancelled (the server is shutting down)");
@@ -475,8 +461,7 @@ int srv__gen_stream(srv_app *a, srv_http_req *req, srv_call *c, srv_buf *out)
     case SRV_FINISH_NONE:
         return 1;
     case SRV_FINISH_ERROR:
-        srv_resp_error_event(out, st.error, st.error_type ? st.error_type : "server_error",
-                             error_code(&st));
+        srv_event_err(out, st.err, st.error);
         srv_resp_done(out);
         return 0;
     case SRV_FINISH_CANCELLED:

@@ -36,6 +36,13 @@ void srv_engine_opts_default(srv_engine_opts *o)
     o->verbose = 1;
 }
 
+const char *srv_err_name(srv_err e)
+{
+    static const char *const names[] = {"none",        "bad_input",     "not_found", "unloadable",
+                                        "unavailable", "shutting_down", "busy",      "internal"};
+    return (unsigned)e < sizeof names / sizeof *names ? names[e] : "?";
+}
+
 const char *srv_finish_name(srv_finish f)
 {
     switch (f) {
@@ -287,15 +294,13 @@ int srv_job_prompt_tokens(srv_job *j, srv_job_token *out, int cap)
     return n > 0 ? n : 0;
 }
 
-void srv__job_finish(srv_engine *e, srv_job *j, srv_finish f, int http_status, const char *type,
-                     const char *msg)
+void srv__job_finish(srv_engine *e, srv_job *j, srv_finish f, srv_err err, const char *msg)
 {
     double now = srv__now();
     pthread_mutex_lock(&j->mu);
     j->st.finish = f;
     if (f == SRV_FINISH_ERROR) {
-        j->st.http_status = http_status;
-        j->st.error_type = type;
+        j->st.err = err;
         snprintf(j->st.error, sizeof j->st.error, "%s", msg ? msg : "");
     }
     j->st.completion_tokens = j->st.n_tokens;
@@ -327,13 +332,6 @@ void srv__job_finish(srv_engine *e, srv_job *j, srv_finish f, int http_status, c
         fprintf(stderr, "engine: job %s (%s) ended %s%s%s\n", j->label,
                 j->client[0] ? j->client : "-", srv_finish_name(f),
                 f == SRV_FINISH_ERROR ? ": " : "", f == SRV_FINISH_ERROR && msg ? msg : "");
-}
-
-void srv__job_set_code(srv_job *j, const char *code)
-{
-    pthread_mutex_lock(&j->mu);
-    j->st.error_code = code;
-    pthread_mutex_unlock(&j->mu);
 }
 
 void srv__job_notify(srv_job *j)
@@ -455,24 +453,19 @@ static void on_admin_loaded(void *ud, const adapter_load_result *res)
     pthread_mutex_unlock(&j->mu);
     char msg[sizeof j->st.error];
     if (res->rc == 0) {
-        pthread_mutex_lock(&j->mu); /* before the finish, as the error code below */
+        pthread_mutex_lock(&j->mu); /* before the finish, which another thread may read at once */
         j->st.version = res->version;
         j->st.unchanged = res->unchanged;
         pthread_mutex_unlock(&j->mu);
-        srv__job_finish(e, j, SRV_FINISH_STOP, 0, NULL, NULL);
+        srv__job_finish(e, j, SRV_FINISH_STOP, SRV_ERR_NONE, NULL);
     } else {
-        int status = res->rc == -ENOENT      ? 404
-                     : res->rc == -ENOMEM    ? 503
-                     : res->rc == -ECANCELED ? 503
-                                             : 422;
+        srv_err err = res->rc == -ENOENT      ? SRV_ERR_NOT_FOUND
+                      : res->rc == -ECANCELED ? SRV_ERR_SHUTTING_DOWN
+                      : res->rc == -ENOMEM    ? SRV_ERR_UNAVAILABLE
+                                              : SRV_ERR_UNLOADABLE;
         snprintf(msg, sizeof msg, "adapter '%.64s' failed to load: %.150s", j->load_id,
                  res->err ? res->err : "unknown error");
-        srv__job_set_code(j, status == 404   ? "model_not_found"
-                             : status == 422 ? "adapter_load_failed"
-                                             : NULL);
-        srv__job_finish(e, j, SRV_FINISH_ERROR, status,
-                        status == 422 || status == 404 ? "invalid_request_error" : "server_error",
-                        msg);
+        srv__job_finish(e, j, SRV_FINISH_ERROR, err, msg);
     }
     srv__job_notify(j);
 }
@@ -488,8 +481,7 @@ static void start_admin_load(srv_engine *e, srv_job *j)
         return;
     if (!e->reg)
         snprintf(err, sizeof err, "this server has no adapter registry");
-    srv__job_set_code(j, rc == -ENOENT ? "model_not_found" : NULL);
-    srv__job_finish(e, j, SRV_FINISH_ERROR, rc == -ENOENT ? 404 : 400, "invalid_request_error",
+    srv__job_finish(e, j, SRV_FINISH_ERROR, rc == -ENOENT ? SRV_ERR_NOT_FOUND : SRV_ERR_BAD_INPUT,
                     err);
     srv__job_notify(j);
 }
@@ -510,16 +502,16 @@ static void intake(srv_engine *e, srv_job *list)
         for (int i = 0; i < j->n_prompt; i++)
             bad_id |= j->prompt[i] < 0 || j->prompt[i] >= e->n_vocab;
         if (atomic_load(&j->cancel)) {
-            srv__job_finish(e, j, SRV_FINISH_CANCELLED, 0, NULL, NULL);
+            srv__job_finish(e, j, SRV_FINISH_CANCELLED, SRV_ERR_NONE, NULL);
         } else if (j->n_prompt >= e->n_ctx) {
             snprintf(msg, sizeof msg, "the prompt has %d tokens; the context holds %d", j->n_prompt,
                      e->n_ctx);
-            srv__job_finish(e, j, SRV_FINISH_ERROR, 400, "invalid_request_error", msg);
+            srv__job_finish(e, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, msg);
         } else if (bad_id) {
             snprintf(msg, sizeof msg, "the prompt has a token id outside [0, %d)", e->n_vocab);
-            srv__job_finish(e, j, SRV_FINISH_ERROR, 400, "invalid_request_error", msg);
+            srv__job_finish(e, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, msg);
         } else if (j->max_tokens == 0 && !j->prompt_logprobs) {
-            srv__job_finish(e, j, SRV_FINISH_LENGTH, 0, NULL, NULL);
+            srv__job_finish(e, j, SRV_FINISH_LENGTH, SRV_ERR_NONE, NULL);
         } else {
             srv__sched_enqueue(e, j);
             continue;
@@ -536,7 +528,7 @@ static void fail_all(srv_engine *e)
     snprintf(msg, sizeof msg, "%s", e->abort_msg);
     uint64_t failed = e->stats.jobs_failed;
     pthread_mutex_unlock(&e->mu);
-    srv__sched_fail_all(e, 503, "server_error", "shutting_down", msg);
+    srv__sched_fail_all(e, SRV_ERR_SHUTTING_DOWN, msg);
     pthread_mutex_lock(&e->mu);
     e->stats.jobs_aborted += e->stats.jobs_failed - failed;
     pthread_mutex_unlock(&e->mu);
@@ -615,7 +607,7 @@ static void engine_shutdown(srv_engine *e)
     while (list) {
         srv_job *j = list;
         list = j->next;
-        srv__job_finish(e, j, SRV_FINISH_CANCELLED, 0, NULL, NULL);
+        srv__job_finish(e, j, SRV_FINISH_CANCELLED, SRV_ERR_NONE, NULL);
         srv__job_notify(j);
     }
     srv__sched_cancel_all(e);

@@ -72,8 +72,8 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen);
 void srv_engine_drain(srv_engine *e);
 /* True when no job is waiting or running. Any thread. */
 bool srv_engine_idle(srv_engine *e);
-/* Ends every job still queued or running (also those submitted later) with ERROR 503, code
- * "shutting_down" and message why: what a drain that ran out of time does, so that every
+/* Ends every job still queued or running (also those submitted later) with ERROR
+ * SHUTTING_DOWN and message why: what a drain that ran out of time does, so that every
  * request gets an answer (a streamed one an error event and [DONE]) instead of a cut
  * connection. Returns at once; the engine thread does it at its next turn. Any thread. */
 void srv_engine_abort(srv_engine *e, const char *why);
@@ -130,9 +130,28 @@ typedef enum srv_finish {
     SRV_FINISH_NONE = 0, /* still running */
     SRV_FINISH_STOP,     /* an end-of-generation token or a stop string */
     SRV_FINISH_LENGTH,   /* max_tokens or the end of the context */
-    SRV_FINISH_ERROR,    /* see srv_job_status.error / .http_status */
+    SRV_FINISH_ERROR,    /* see srv_job_status.err / .error */
     SRV_FINISH_CANCELLED /* srv_job_cancel or engine shutdown */
 } srv_finish;
+
+/* What went wrong with a job, in the engine's words; server/http_errors.c is the one place
+ * that says how each looks on the wire (status, OpenAI type and code). */
+typedef enum srv_err {
+    SRV_ERR_NONE = 0,
+    SRV_ERR_BAD_INPUT,     /* it cannot run as asked (a token id outside the vocabulary, a
+                              prompt that fills the context, bad sampling parameters) */
+    SRV_ERR_NOT_FOUND,     /* an adapter it names does not exist (any more) */
+    SRV_ERR_UNLOADABLE,    /* an adapter's files do not load (an admin load) */
+    SRV_ERR_UNAVAILABLE,   /* it cannot run now: an adapter failed to load and has no good
+                              version, memory ran out */
+    SRV_ERR_SHUTTING_DOWN, /* the server stopped before it finished */
+    SRV_ERR_BUSY,          /* max_seqs jobs run and queue_limit wait (srv_engine_submit's
+                              -EAGAIN) */
+    SRV_ERR_INTERNAL       /* a defect: the model gave no valid logits, ... */
+} srv_err;
+
+/* "bad_input", "not_found", ... for logs and tests. */
+const char *srv_err_name(srv_err e);
 
 /* "stop", "length", "error", "cancelled" or NULL for NONE. */
 const char *srv_finish_name(srv_finish f);
@@ -186,8 +205,9 @@ srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud
  * submitted and waited for like any job, never counts against the queue limit, and ends once
  * the registry has loaded the node's files as they are when the engine takes the job: STOP with
  * version and unchanged set (a node already resident from files whose signature and content have
- * not changed is not reloaded), or ERROR with the load's status and message (404 the node is
- * gone, 422 its files do not load, 503 no memory). notify and ud as for srv_job_new. */
+ * not changed is not reloaded), or ERROR with the load's message (NOT_FOUND the node is gone,
+ * UNLOADABLE its files do not load, SHUTTING_DOWN the registry closed first). notify and ud as
+ * for srv_job_new. */
 srv_job *srv_job_new_load(const char *id, bool pin, void (*notify)(void *ud), void *ud, char *err,
                           size_t errlen);
 /* Stops the job's notify calls: when this returns, no notify of j is running and none will
@@ -196,15 +216,16 @@ void srv_job_detach_notify(srv_job *j);
 void srv_job_ref(srv_job *j);
 void srv_job_unref(srv_job *j); /* frees at zero; NULL ignored */
 
-/* Hands the job to the engine. 0; -EAGAIN when max_seqs jobs run and queue_limit wait (HTTP 429
- * with Retry-After; a job submitted while a slot is free never counts as waiting);
- * -ESHUTDOWN when draining (503); -EINVAL when the job was submitted before. On failure the job
+/* Hands the job to the engine. 0; -EAGAIN when max_seqs jobs run and queue_limit wait (a job
+ * submitted while a slot is free never counts as waiting); -ESHUTDOWN when draining; -EINVAL
+ * when the job was submitted before. On failure the job
  * is untouched (the caller still owns it). Any thread.
  *
  * Checked by the engine once it takes the job, which then ends at once: a prompt of n_ctx tokens
- * or more, or a token id outside the vocabulary (ERROR 400); max_tokens 0 (LENGTH, no tokens,
- * the prompt still counted in prompt_tokens, adapters untouched); an adapter that is unknown
- * (ERROR 404) or failed to load (ERROR 503, "adapter 'X' failed to load: ..."). */
+ * or more, or a token id outside the vocabulary (ERROR BAD_INPUT); max_tokens 0 (LENGTH, no
+ * tokens, the prompt still counted in prompt_tokens, adapters untouched); an adapter that is
+ * unknown (ERROR NOT_FOUND) or failed to load (ERROR UNAVAILABLE, "adapter 'X' failed to load:
+ * ..."). */
 int srv_engine_submit(srv_engine *e, srv_job *j);
 
 /* Asks the engine to stop the job (client gone). Its sequence is freed at the next step; the job
@@ -212,13 +233,9 @@ int srv_engine_submit(srv_engine *e, srv_job *j);
 void srv_job_cancel(srv_job *j);
 
 typedef struct srv_job_status {
-    srv_finish finish;      /* NONE while running */
-    int http_status;        /* for ERROR: 400, 404, 500, 503 */
-    char error[256];        /* for ERROR: the message */
-    const char *error_type; /* for ERROR: "invalid_request_error", "not_found_error",
-                               "server_error", ... (static string) */
-    const char *error_code; /* for ERROR: OpenAI's "code" when there is one ("shutting_down"),
-                               else NULL (static string) */
+    srv_finish finish; /* NONE while running */
+    srv_err err;       /* for ERROR: what kind of error */
+    char error[256];   /* for ERROR: the message */
     int prompt_tokens;
     int completion_tokens;
     size_t text_len;       /* bytes of text released so far (valid UTF-8 at every length) */

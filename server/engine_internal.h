@@ -184,17 +184,13 @@ struct srv_engine {
 
 double srv__now(void);
 
-/* Ends a job: sets its finish (and, for ERROR, http status, type and message), detaches it from
- * the engine, counts it. Does not notify or drop the engine's reference: see srv__job_done.
+/* Ends a job: sets its finish (and, for ERROR, its kind and message), detaches it from the
+ * engine, counts it. Does not notify or drop the engine's reference: see srv__job_done.
  * Engine thread. */
-void srv__job_finish(srv_engine *e, srv_job *j, srv_finish f, int http_status, const char *type,
-                     const char *msg);
+void srv__job_finish(srv_engine *e, srv_job *j, srv_finish f, srv_err err, const char *msg);
 /* Calls the job's notify and, when it is finished, drops the engine's reference. Engine
  * thread, no lock held. */
 void srv__job_notify(srv_job *j);
-/* Sets a job's error code (srv_job_status.error_code; a static string) for the ERROR it is about
- * to end with: call it before srv__job_finish, whose finish another thread may read at once. */
-void srv__job_set_code(srv_job *j, const char *code);
 
 /* scheduler.c, engine thread */
 int srv__sched_init(srv_engine *e, char *err, size_t errlen);
@@ -204,9 +200,8 @@ void srv__sched_sweep_cancelled(srv_engine *e);
 void srv__sched_admit(srv_engine *e);
 void srv__sched_step(srv_engine *e);
 void srv__sched_cancel_all(srv_engine *e);
-/* Ends every job waiting or running with ERROR http_status / type / code / msg. */
-void srv__sched_fail_all(srv_engine *e, int http_status, const char *type, const char *code,
-                         const char *msg);
+/* Ends every job waiting or running with ERROR err and msg. */
+void srv__sched_fail_all(srv_engine *e, srv_err err, const char *msg);
 /* Jobs waiting in the groups, and those of them waiting for a load. */
 void srv__sched_counts(const srv_engine *e, int *waiting, int *loading);
 

@@ -9,24 +9,26 @@
  * the reader again (connection.c, MHD_connection_handle_idle). Nothing ever sleeps on an MHD
  * thread.
  *
- * Waking. The engine calls srv_http_job_notify on its own thread. Resuming a connection that
- * is not suspended is undefined, and a notify can race with the request deciding to suspend, so
- * both sides take the lock of the request's slot: the request checks for news and suspends
- * under it, notify resumes under it if (and only if) the request is suspended, and otherwise
- * leaves a "woken" mark that the request sees before it would suspend. Lock order: the job's
- * notify lock (the engine holds it around notify), then the slot lock, then libmicrohttpd's own
- * locks (suspend/resume) or the job's state lock (srv_job_status_get); never the other way.
+ * Waking. srv_http_wake runs on any thread (the engine's, through the handler's job notify).
+ * Resuming a connection that is not suspended is undefined, and a wake can race with the request
+ * deciding to suspend, so both sides take the lock of the request's slot: the request checks for
+ * news and suspends under it, a wake resumes under it if (and only if) the request is suspended,
+ * and otherwise leaves a "woken" mark that the request sees before it would suspend. Lock order:
+ * whatever the waker holds (the engine holds a job's notify lock around notify), then the slot
+ * lock, then libmicrohttpd's own locks (suspend/resume) or a handler's state lock taken in
+ * on_gone; never the other way.
  *
- * Lifetimes. The job's notify argument is the request's slot, which lives as long as the
- * transport, never the request: a request reaches its slot only while it is alive, and when it
- * ends it detaches the job's notify (srv_job_detach_notify) before the slot can serve another. The
- * request itself is reference-counted: libmicrohttpd's request (dropped in the completion callback)
- * and a stream response (dropped when libmicrohttpd frees it) each hold one.
+ * Lifetimes. A wake token is the request's slot, which lives as long as the transport, never the
+ * request: a request reaches its slot only while it is alive, and its handler lets go of the
+ * token (detaches its job's notify) in on_done, before the slot can serve another. The request
+ * itself is reference-counted: libmicrohttpd's request (dropped in the completion callback) and a
+ * stream response (dropped when libmicrohttpd frees it) each hold one.
  *
  * Disconnects. libmicrohttpd does not watch suspended connections, so srv_http_sweep (main
- * thread, a few times a second) peeks at the socket of every suspended request that has a job;
- * a peer that closed gets its job cancelled, whose notify then resumes the request, which ends.
- * A streaming client that leaves while its stream is running is seen by libmicrohttpd's send.
+ * thread, a few times a second) peeks at the socket of every suspended request; for a peer that
+ * closed it calls the handler's on_gone, which stops the work (cancels the job), whose end then
+ * wakes the request, which ends. A streaming client that leaves while its stream is running is
+ * seen by libmicrohttpd's send.
  *
  * Shutdown. libmicrohttpd must not be stopped with suspended connections, so
  * srv_http_stop_waiting first forbids waiting (a flag read under the slot locks) and resumes
@@ -98,9 +100,8 @@ struct srv_http_req {
     int status;
     bool replied, queue_failed, want_wait;
     /* under the slot lock */
-    bool suspended, woken, wake_always;
+    bool suspended, woken;
     bool peer_gone; /* the sweep saw the client close its socket */
-    srv_job *job;
     /* stream */
     srv_buf out;
     size_t out_off;
@@ -294,44 +295,23 @@ void srv_http_reply_stream(srv_http_req *r)
     queue(r, 200, resp, hdr);
 }
 
-/* ---- jobs and waiting ----------------------------------------------------------------------- */
+/* ---- waiting -------------------------------------------------------------------------------- */
 
-void srv_http_attach_job(srv_http_req *r, srv_job *job, bool wake_always)
-{
-    if (job)
-        srv_job_ref(job);
-    pthread_mutex_lock(&r->slot->mu);
-    srv_job *old = r->job;
-    r->job = job;
-    r->wake_always = wake_always;
-    r->woken = false;
-    pthread_mutex_unlock(&r->slot->mu);
-    srv_job_unref(old);
-}
-
-void *srv_http_notify_token(const srv_http_req *r)
+void *srv_http_wake_token(const srv_http_req *r)
 {
     return r->slot;
 }
 
-void srv_http_job_notify(void *token)
+void srv_http_wake(void *token)
 {
     slot *s = token;
     pthread_mutex_lock(&s->mu);
     srv_http_req *r = s->req;
-    bool wake = r && r->job;
-    if (wake && !r->wake_always) {
-        srv_job_status st;
-        srv_job_status_get(r->job, &st);
-        wake = st.finish != SRV_FINISH_NONE;
-    }
-    if (wake) {
-        if (r->suspended) {
-            r->suspended = false;
-            MHD_resume_connection(r->conn);
-        } else {
-            r->woken = true;
-        }
+    if (r && r->suspended) {
+        r->suspended = false;
+        MHD_resume_connection(r->conn);
+    } else if (r) {
+        r->woken = true;
     }
     pthread_mutex_unlock(&s->mu);
 }
@@ -558,7 +538,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
             return r->queue_failed ? MHD_NO : MHD_YES;
         }
     }
-    /* Nobody is left to answer: close (the job was cancelled by the sweep). */
+    /* Nobody is left to answer: close (the sweep had the work stopped). */
     pthread_mutex_lock(&r->slot->mu);
     bool gone = r->peer_gone;
     pthread_mutex_unlock(&r->slot->mu);
@@ -580,22 +560,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     slot *s = r->slot;
     pthread_mutex_lock(&s->mu);
     s->req = NULL;
-    srv_job *job = r->job;
-    r->job = NULL;
     r->suspended = false;
     pthread_mutex_unlock(&s->mu);
-    /* No notify of this job may wake the slot's next request; a job still running has nobody
-     * left to read it (cancel is idempotent when it has finished). */
-    if (job) {
-        srv_job_detach_notify(job);
-        srv_job_cancel(job);
-    }
-    srv_job_unref(job);
-    slot_give(h, s);
     int status = r->replied ? r->status : 0;
     bool complete = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
     srv_conns_idle(h->conns, r->conn_rec, now_s());
+    /* The handler lets go of the wake token here, so the slot serves nobody else before. */
     h->h.on_done(h->h.ud, r, status, complete);
+    slot_give(h, s);
     srv_log(SRV_LOG_INFO, "%s %s %d%s %.1f ms", r->method, r->url, status,
             complete ? "" : " (not completed)", (now_s() - r->t0) * 1e3);
     atomic_fetch_sub(&h->active, 1);
@@ -809,24 +781,20 @@ void srv_http_sweep(srv_http *s)
     log_conn_closes(s, now);
     for (unsigned i = 0; i < s->n_slots; i++) {
         slot *sl = &s->slots[i];
-        srv_job *job = NULL;
-        char what[128];
+        char what[128] = "";
         pthread_mutex_lock(&sl->mu);
         srv_http_req *r = sl->req;
-        /* A suspended connection's socket stays open until it is resumed, so peeking is safe. */
-        if (r && r->suspended && r->job && !r->peer_gone && r->fd >= 0 && socket_closed(r->fd)) {
+        /* A suspended connection's socket stays open until it is resumed, so peeking is safe;
+         * the request cannot end while its slot is locked, so on_gone sees it whole. */
+        if (r && r->suspended && !r->peer_gone && r->fd >= 0 && socket_closed(r->fd)) {
             r->peer_gone = true;
-            job = r->job;
-            srv_job_ref(job);
             snprintf(what, sizeof what, "%s %s", r->method, r->url);
+            if (s->h.on_gone)
+                s->h.on_gone(s->h.ud, r);
         }
         pthread_mutex_unlock(&sl->mu);
-        /* Outside the slot lock: cancelling may notify, and notify takes that lock. */
-        if (job) {
-            srv_log(SRV_LOG_INFO, "%s: the client went away; cancelling its job", what);
-            srv_job_cancel(job);
-            srv_job_unref(job);
-        }
+        if (what[0])
+            srv_log(SRV_LOG_INFO, "%s: the client went away; stopping its work", what);
     }
 }
 

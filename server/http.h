@@ -6,15 +6,18 @@
  * headers are in (it may answer at once, or says how many body bytes it accepts), on_request
  * once the body is complete (it answers, or asks to wait with srv_http_wait), and on_done when
  * the request is over, answered or not. A request that waits is suspended, never blocked: its
- * connection leaves libmicrohttpd's poll set until srv_http_job_notify (the engine's job notify
- * callback) resumes it, and on_request runs again. A streamed answer (srv_http_reply_stream)
- * pulls its bytes from on_stream, suspending the connection whenever there is nothing to send.
+ * connection leaves libmicrohttpd's poll set until somebody calls srv_http_wake with the
+ * request's token (srv_http_wake_token), and on_request runs again. A streamed answer
+ * (srv_http_reply_stream) pulls its bytes from on_stream, suspending the connection whenever
+ * there is nothing to send. What a request waits for (a generation job, a load) is the
+ * handler's business: the transport knows a token to wake by and tells the handler, through
+ * on_gone, when a waiting client has left.
  *
  * Threads. libmicrohttpd runs a small pool of polling threads; every handler callback runs on
- * the thread that owns the request's connection, one at a time per request. srv_http_job_notify
- * runs on the engine thread, srv_http_sweep on the main thread; both reach a request only
- * through a slot table (below), under the slot's lock, so a request that has ended is never
- * touched.
+ * the thread that owns the request's connection, one at a time per request, but on_gone, which
+ * runs on the main thread (srv_http_sweep). srv_http_wake may be called from any thread; like
+ * the sweep it reaches a request only through a slot table (below), under the slot's lock, so a
+ * request that has ended is never touched.
  */
 #ifndef ADAPTREE_SERVER_HTTP_H
 #define ADAPTREE_SERVER_HTTP_H
@@ -22,7 +25,6 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "server/engine.h"
 #include "server/http_conns.h"
 #include "server/strbuf.h"
 
@@ -40,9 +42,14 @@ typedef struct srv_http_handler {
     /* Appends the next bytes of a streamed answer to out (nothing = nothing yet). Returns 1
      * while more will come, 0 when out holds the last bytes, < 0 to cut the connection. */
     int (*on_stream)(void *ud, srv_http_req *req, srv_buf *out);
+    /* The client closed its connection while the request waited: stop what it waits for (the
+     * request then ends without an answer once woken). Main thread, under the request's lock:
+     * must not block, nor call srv_http functions on req. May be NULL. */
+    void (*on_gone)(void *ud, srv_http_req *req);
     /* The request is over. status: the status answered, 0 if none was (the client went away or
      * the server stopped first); complete: the whole answer was sent. Frees what the handler
-     * attached to the request. */
+     * attached to the request; once it returns, a srv_http_wake with the request's token is
+     * ignored (so whatever holds the token must have let go of it by then). */
     void (*on_done)(void *ud, srv_http_req *req, int status, bool complete);
 } srv_http_handler;
 
@@ -73,8 +80,9 @@ srv_http *srv_http_new(const srv_http_opts *o, const srv_http_handler *h, char *
 int srv_http_port(const srv_http *s);
 
 /* Looks at every waiting request whose client might have gone (suspended connections are not
- * polled by libmicrohttpd): a peer that closed its socket gets its job cancelled, which ends
- * the wait. Call every few hundred milliseconds. Main thread. */
+ * polled by libmicrohttpd): for a peer that closed its socket the handler's on_gone stops the
+ * work, which ends the wait. Also closes connections past their deadlines (http_conns.h). Call
+ * every few hundred milliseconds. Main thread. */
 void srv_http_sweep(srv_http *s);
 /* Requests in progress (from their headers to their end). Any thread. */
 int srv_http_active(srv_http *s);
@@ -122,18 +130,16 @@ void srv_http_reply_stream(srv_http_req *r);
 /* The status answered, 0 before an answer. */
 int srv_http_status(const srv_http_req *r);
 
-/* Ties job to the request (a reference is taken; NULL unties): the job's notify wakes the
- * request (every notify when wake_always, else only when the job has finished), a client that
- * disconnects cancels it, and the end of the request cancels it if still running and drops the
- * reference. Handler threads. */
-void srv_http_attach_job(srv_http_req *r, srv_job *job, bool wake_always);
-/* The notify callback to give srv_job_new, and its argument for request r: r's slot in the
- * transport's table, not r itself, so a notify racing with r's end finds the slot empty. The
- * transport detaches the notify of the attached job when r ends. */
-void srv_http_job_notify(void *token);
-void *srv_http_notify_token(const srv_http_req *r);
-/* From on_request: nothing to answer yet; suspend until the attached job notifies, then call
- * on_request again. During shutdown the transport answers 503 instead. */
+/* The token that srv_http_wake takes to wake request r: r's slot in the transport's table, not r
+ * itself, so a wake racing with r's end finds the slot empty (or serving another request, if the
+ * token was kept past on_done: do not). */
+void *srv_http_wake_token(const srv_http_req *r);
+/* Wakes the request the token names: if it waits (srv_http_wait, or a stream with nothing to
+ * send) on_request (on_stream) runs again; if not, its next wait returns at once. Any thread;
+ * the caller may hold its own locks (the slot lock comes after them), never the slot's. */
+void srv_http_wake(void *token);
+/* From on_request: nothing to answer yet; suspend until srv_http_wake, then call on_request
+ * again. During shutdown the transport answers 503 instead. */
 void srv_http_wait(srv_http_req *r);
 
 #endif

@@ -4,15 +4,9 @@
 #include <string.h>
 
 static const char *const route_names[SRV_ROUTE_COUNT] = {
-    [SRV_ROUTE_COMPLETIONS] = "/v1/completions",
-    [SRV_ROUTE_CHAT] = "/v1/chat/completions",
-    [SRV_ROUTE_MODELS] = "/v1/models",
-    [SRV_ROUTE_ADAPTERS] = "/v1/adapters",
-    [SRV_ROUTE_ADAPTERS_LOAD] = "/v1/adapters/load",
-    [SRV_ROUTE_ADAPTERS_UNLOAD] = "/v1/adapters/unload",
-    [SRV_ROUTE_ADAPTERS_PIN] = "/v1/adapters/pin",
-    [SRV_ROUTE_HEALTH] = "/health",
-    [SRV_ROUTE_METRICS] = "/metrics",
+#define ROUTE(id, method, path, flags, handler) [SRV_ROUTE_##id] = (path),
+#include "server/routes.def"
+#undef ROUTE
     [SRV_ROUTE_OTHER] = "other",
 };
 

@@ -20,17 +20,12 @@
 #include "server/http_conns.h"
 #include "server/strbuf.h"
 
-/* Routes as metrics label them; unknown paths count as "other" so the label stays bounded. */
+/* The routes (server/routes.def), as metrics label them; unknown paths count as "other" so the
+ * label stays bounded. */
 typedef enum srv_route_id {
-    SRV_ROUTE_COMPLETIONS = 0,
-    SRV_ROUTE_CHAT,
-    SRV_ROUTE_MODELS,
-    SRV_ROUTE_ADAPTERS,
-    SRV_ROUTE_ADAPTERS_LOAD,
-    SRV_ROUTE_ADAPTERS_UNLOAD,
-    SRV_ROUTE_ADAPTERS_PIN,
-    SRV_ROUTE_HEALTH,
-    SRV_ROUTE_METRICS,
+#define ROUTE(id, method, path, flags, handler) SRV_ROUTE_##id,
+#include "server/routes.def"
+#undef ROUTE
     SRV_ROUTE_OTHER,
     SRV_ROUTE_COUNT
 } srv_route_id;

@@ -13,45 +13,53 @@
 #include "adapters/adapter.h"
 #include "core/model/model.h"
 #include "server/admin_body.h"
+#include "server/http_errors.h"
 #include "server/log.h"
 #include "server/response.h"
 #include "server/routes_internal.h"
 
-/* ---- matching ------------------------------------------------------------------------------- */
+/* ---- the table ------------------------------------------------------------------------------ */
 
-static const struct {
-    const char *path;
-    const char *method;
-    srv_route_id id;
-} route_table[] = {
-    {"/v1/completions", "POST", SRV_ROUTE_COMPLETIONS},
-    {"/v1/chat/completions", "POST", SRV_ROUTE_CHAT},
-    {"/v1/models", "GET", SRV_ROUTE_MODELS},
-    {"/v1/adapters", "GET", SRV_ROUTE_ADAPTERS},
-    {"/v1/adapters/load", "POST", SRV_ROUTE_ADAPTERS_LOAD},
-    {"/v1/adapters/unload", "POST", SRV_ROUTE_ADAPTERS_UNLOAD},
-    {"/v1/adapters/pin", "POST", SRV_ROUTE_ADAPTERS_PIN},
-    {"/health", "GET", SRV_ROUTE_HEALTH},
-    {"/metrics", "GET", SRV_ROUTE_METRICS},
+/* Route flags (server/routes.def). */
+enum {
+    R_OPEN = 1u << 0,
+    R_ADMIN = 1u << 1,
+    R_GEN = 1u << 2,
+    R_CHAT = 1u << 3,
+    R_DRAIN_REFUSED = 1u << 4,
+    R_ID_SUFFIX = 1u << 5,
+};
+
+typedef void route_fn(srv_app *a, srv_http_req *req, srv_call *c);
+static route_fn route_models, route_adapters, route_admin, route_health, route_metrics;
+
+static const struct route {
+    const char *method, *path;
+    unsigned flags;
+    route_fn *handler;
+} routes[SRV_ROUTE_COUNT] = {
+#define ROUTE(id, method, path, flags, handler)                                                    \
+    [SRV_ROUTE_##id] = {(method), (path), (flags), (handler)},
+#include "server/routes.def"
+#undef ROUTE
 };
 
 srv_route_id srv_route_match(const char *method, const char *url, bool *method_ok,
                              const char **allow)
 {
-    for (size_t i = 0; i < sizeof route_table / sizeof *route_table; i++) {
-        const char *p = route_table[i].path;
+    for (int i = 0; i < SRV_ROUTE_OTHER; i++) {
+        const char *p = routes[i].path;
         size_t n = strlen(p);
         bool hit = !strcmp(url, p);
-        /* /v1/models/ID: ids contain '/' (fr/legal), so everything after the prefix is the id. */
-        if (!hit && route_table[i].id == SRV_ROUTE_MODELS)
+        if (!hit && (routes[i].flags & R_ID_SUFFIX))
             hit = !strncmp(url, p, n) && url[n] == '/' && url[n + 1];
         if (!hit)
             continue;
-        *method_ok = !strcmp(method, route_table[i].method) ||
-                     (!strcmp(method, "HEAD") && !strcmp(route_table[i].method, "GET"));
+        *method_ok = !strcmp(method, routes[i].method) ||
+                     (!strcmp(method, "HEAD") && !strcmp(routes[i].method, "GET"));
         if (allow)
-            *allow = route_table[i].method;
-        return route_table[i].id;
+            *allow = routes[i].method;
+        return (srv_route_id)i;
     }
     *method_ok = false;
     if (allow)
@@ -146,8 +154,9 @@ static int list_nodes(srv_app *a, srv_http_req *req, adapter_node_info **nodes, 
 }
 
 /* GET /v1/models and /v1/models/ID. */
-static void route_models(srv_app *a, srv_http_req *req)
+static void route_models(srv_app *a, srv_http_req *req, srv_call *c)
 {
+    (void)c;
     const char *url = srv_http_url(req);
     const char *one = strlen(url) > strlen("/v1/models/") ? url + strlen("/v1/models/") : NULL;
     adapter_node_info *nodes;
@@ -203,8 +212,9 @@ static void node_json(srv_buf *b, const adapter_node_info *n)
 }
 
 /* GET /v1/adapters: the tree and the registry's counters. */
-static void route_adapters(srv_app *a, srv_http_req *req)
+static void route_adapters(srv_app *a, srv_http_req *req, srv_call *c)
 {
+    (void)c;
     adapter_node_info *nodes;
     size_t n;
     if (list_nodes(a, req, &nodes, &n) < 0)
@@ -310,29 +320,27 @@ static void admin_load_wait(srv_app *a, srv_http_req *req, srv_call *c, const ch
 {
     char err[300] = "";
     if (!c->job) {
-        c->job = srv_job_new_load(id, pin == 1, srv_http_job_notify, srv_http_notify_token(req),
-                                  err, sizeof err);
+        c->job = srv_job_new_load(id, pin == 1, srv__call_notify, c, err, sizeof err);
         if (!c->job) {
-            srv_http_reply_error(req, 503, "server_error", NULL, NULL, "%s", err);
+            srv_reply_err(req, SRV_ERR_UNAVAILABLE, NULL, "%s", err);
             return;
         }
         int rc = srv_engine_submit(a->engine, c->job);
         if (rc < 0) {
-            srv_http_reply_error(
-                req, 503, "server_error", rc == -ESHUTDOWN ? "shutting_down" : NULL, NULL, "%s",
-                rc == -ESHUTDOWN ? "the server is shutting down" : "cannot queue the load");
+            srv_job_unref(c->job);
+            c->job = NULL;
+            srv_reply_err(req, srv_err_of_submit(rc), NULL, "%s",
+                          rc == -ESHUTDOWN ? "the server is shutting down"
+                                           : "cannot queue the load");
             return;
         }
-        srv_http_attach_job(req, c->job, false);
     }
     srv_job_status st;
     srv_job_status_get(c->job, &st);
     if (st.finish == SRV_FINISH_NONE) {
         srv_http_wait(req);
     } else if (st.finish == SRV_FINISH_ERROR) {
-        int status = st.http_status >= 400 && st.http_status <= 599 ? st.http_status : 500;
-        srv_http_reply_error(req, status, st.error_type ? st.error_type : "server_error",
-                             st.error_code, "id", "%s", st.error);
+        srv_reply_err(req, st.err, "id", "%s", st.error);
     } else if (st.finish == SRV_FINISH_CANCELLED) {
         srv_http_reply_error(req, 503, "server_error", "shutting_down", NULL,
                              "the load was cancelled (the server is shutting down)");
@@ -390,8 +398,9 @@ static void route_admin(srv_app *a, srv_http_req *req, srv_call *c)
 }
 
 /* GET /health: 200 while serving, 503 while draining. */
-static void route_health(srv_app *a, srv_http_req *req)
+static void route_health(srv_app *a, srv_http_req *req, srv_call *c)
 {
+    (void)c;
     srv_buf b;
     srv_buf_init(&b);
     if (atomic_load(&a->draining)) {
@@ -409,8 +418,9 @@ static void route_health(srv_app *a, srv_http_req *req)
 }
 
 /* GET /metrics: copies every counter, then renders the copies. */
-static void route_metrics(srv_app *a, srv_http_req *req)
+static void route_metrics(srv_app *a, srv_http_req *req, srv_call *c)
 {
+    (void)c;
     srv_metrics_data *http = malloc(sizeof *http);
     srv_engine_stats es;
     srv_label_stats *labels = NULL;
@@ -457,12 +467,6 @@ static void route_metrics(srv_app *a, srv_http_req *req)
 
 /* ---- the handler ---------------------------------------------------------------------------- */
 
-static bool is_admin(srv_route_id r)
-{
-    return r == SRV_ROUTE_ADAPTERS || r == SRV_ROUTE_ADAPTERS_LOAD ||
-           r == SRV_ROUTE_ADAPTERS_UNLOAD || r == SRV_ROUTE_ADAPTERS_PIN;
-}
-
 static size_t on_headers(void *ud, srv_http_req *req)
 {
     srv_app *a = ud;
@@ -472,6 +476,7 @@ static size_t on_headers(void *ud, srv_http_req *req)
         return 0;
     }
     srv_http_set_state(req, c);
+    c->wake = srv_http_wake_token(req);
     bool method_ok;
     const char *allow;
     const char *method = srv_http_method(req), *url = srv_http_url(req);
@@ -493,77 +498,79 @@ static size_t on_headers(void *ud, srv_http_req *req)
         return 0;
     }
     char msg[200];
-    if (c->route != SRV_ROUTE_HEALTH &&
-        srv_auth_check(&a->auth, srv_http_header(req, "Authorization"), is_admin(c->route), msg,
-                       sizeof msg)) {
+    unsigned flags = routes[c->route].flags;
+    if (!(flags & R_OPEN) && srv_auth_check(&a->auth, srv_http_header(req, "Authorization"),
+                                            flags & R_ADMIN, msg, sizeof msg)) {
         srv_http_reply_error(req, 401, "invalid_request_error", "invalid_api_key", NULL, "%s", msg);
         return 0;
     }
     /* A reserve connection serves health checks and requests that proved a key (they got past
      * the check above because the route needs one), nothing anonymous. */
-    bool keyed = a->auth.api_len || (is_admin(c->route) && a->auth.admin_len);
-    if (srv_http_reserved(req) && c->route != SRV_ROUTE_HEALTH && !keyed) {
+    bool keyed = a->auth.api_len || ((flags & R_ADMIN) && a->auth.admin_len);
+    if (srv_http_reserved(req) && !(flags & R_OPEN) && !keyed) {
         srv_http_reply_error(req, 503, "server_error", "too_many_connections", NULL,
                              "too many connections: every connection is busy; this one only "
                              "serves /health and requests with a valid key");
         return 0;
     }
-    if ((c->route == SRV_ROUTE_COMPLETIONS || c->route == SRV_ROUTE_CHAT) &&
-        atomic_load(&a->draining)) {
+    if ((flags & R_DRAIN_REFUSED) && atomic_load(&a->draining)) {
         srv_http_reply_error(req, 503, "server_error", "shutting_down", NULL,
                              "the server is shutting down");
         return 0;
     }
-    c->kind = c->route == SRV_ROUTE_CHAT ? SRV_REQ_CHAT : SRV_REQ_COMPLETION;
+    c->kind = (flags & R_CHAT) ? SRV_REQ_CHAT : SRV_REQ_COMPLETION;
     return a->max_body;
 }
 
 static void on_request(void *ud, srv_http_req *req)
 {
-    srv_app *a = ud;
     srv_call *c = srv_http_state(req);
-    switch (c->route) {
-    case SRV_ROUTE_COMPLETIONS:
-    case SRV_ROUTE_CHAT:
-        srv__gen_request(a, req, c);
-        break;
-    case SRV_ROUTE_MODELS:
-        route_models(a, req);
-        break;
-    case SRV_ROUTE_ADAPTERS:
-        route_adapters(a, req);
-        break;
-    case SRV_ROUTE_ADAPTERS_LOAD:
-    case SRV_ROUTE_ADAPTERS_UNLOAD:
-    case SRV_ROUTE_ADAPTERS_PIN:
-        route_admin(a, req, c);
-        break;
-    case SRV_ROUTE_HEALTH:
-        route_health(a, req);
-        break;
-    case SRV_ROUTE_METRICS:
-        route_metrics(a, req);
-        break;
-    default:
-        srv_http_reply_error(req, 404, "invalid_request_error", "not_found", NULL, "not found");
-    }
+    routes[c->route].handler(ud, req, c);
 }
 
 static int on_stream(void *ud, srv_http_req *req, srv_buf *out)
 {
     srv_call *c = srv_http_state(req);
-    return c && c->job ? srv__gen_stream(ud, req, c, out) : -1;
+    return c && c->job && (routes[c->route].flags & R_GEN) ? srv__gen_stream(ud, req, c, out) : -1;
+}
+
+void srv__call_notify(void *ud)
+{
+    srv_call *c = ud;
+    if (!c->stream) {
+        srv_job_status st;
+        srv_job_status_get(c->job, &st);
+        if (st.finish == SRV_FINISH_NONE)
+            return;
+    }
+    srv_http_wake(c->wake);
+}
+
+/* The client left while its request waited: stop the job (under the request's lock; cancelling
+ * neither blocks nor notifies from here). */
+static void on_gone(void *ud, srv_http_req *req)
+{
+    (void)ud;
+    srv_call *c = srv_http_state(req);
+    if (c && c->job)
+        srv_job_cancel(c->job);
 }
 
 static void on_done(void *ud, srv_http_req *req, int status, bool complete)
 {
     srv_app *a = ud;
     srv_call *c = srv_http_state(req);
+    /* No notify of the job may wake the slot's next request, and a job still running has nobody
+     * left to read it (cancelling a finished job does nothing). */
+    if (c && c->job) {
+        srv_job_detach_notify(c->job);
+        srv_job_cancel(c->job);
+    }
     srv_route_id route = c ? c->route : SRV_ROUTE_OTHER;
     /* An answer that never reached the client counts as 499 (client closed), as nginx does. */
     srv_metrics_request(&a->metrics, route, status && (complete || status != 200) ? status : 499);
     if (c) {
-        if (c->route == SRV_ROUTE_COMPLETIONS || c->route == SRV_ROUTE_CHAT) {
+        if (routes[c->route].flags & R_GEN) {
             srv__gen_done(a, req, c);
         } else {
             srv_job_unref(c->job); /* an admin load's */
@@ -580,6 +587,7 @@ void srv_routes_handler(srv_app *a, srv_http_handler *h)
     h->on_headers = on_headers;
     h->on_request = on_request;
     h->on_stream = on_stream;
+    h->on_gone = on_gone;
     h->on_done = on_done;
 }
 

@@ -11,9 +11,11 @@
 /* One request's state, from its headers to its end (srv_http_state). */
 typedef struct srv_call {
     srv_route_id route;
+    void *wake;   /* the request's wake token (srv_http_wake_token) */
+    srv_job *job; /* our reference: the generation or admin load the request waits for; NULL
+                     until made. Its notify (srv__call_notify) has c as argument */
     /* generation routes */
     srv_request_kind kind;
-    srv_job *job; /* our reference; NULL until submitted */
     bool stream, include_usage;
     int logprobs;
     char id[40]; /* "cmpl-…" / "chatcmpl-…" */
@@ -27,6 +29,10 @@ typedef struct srv_call {
     int sent_toks;    /* tokens sent with logprobs */
     size_t prev_end;  /* text_end of the last token sent */
 } srv_call;
+
+/* The notify of c's job (engine thread): wakes the request, on every change when it streams,
+ * else once the job has ended. */
+void srv__call_notify(void *ud);
 
 /* POST /v1/completions and /v1/chat/completions: the first call parses, tokenizes and submits,
  * later calls (after a wait) answer. */

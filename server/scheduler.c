@@ -28,10 +28,6 @@
 
 #include "server/engine_internal.h"
 
-#define T_INVALID "invalid_request_error"
-#define T_NOT_FOUND "not_found_error"
-#define T_SERVER "server_error"
-
 /* ---- setup ---------------------------------------------------------------------------------- */
 
 /* The largest output of one core_detok_push: the longest token plus up to three held bytes,
@@ -216,7 +212,7 @@ void srv__sched_enqueue(srv_engine *e, srv_job *j)
     if (!g) {
         if (c && c->n_groups == 0)
             group_drop(e, (int)(c - e->clients), 0);
-        srv__job_finish(e, j, SRV_FINISH_ERROR, 500, T_SERVER, "out of memory");
+        srv__job_finish(e, j, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
         srv__job_notify(j);
         return;
     }
@@ -271,16 +267,17 @@ static int job_start(srv_engine *e, srv_job *j, srv__seq *s)
         if (rc == -EAGAIN)
             return rc;
         if (rc) {
-            int http = rc == -ENOENT ? 404 : rc == -EIO ? 503 : 500;
-            srv__job_finish(e, j, SRV_FINISH_ERROR, http, rc == -ENOENT ? T_NOT_FOUND : T_SERVER,
-                            err);
+            srv_err kind = rc == -ENOENT                 ? SRV_ERR_NOT_FOUND
+                           : rc == -EIO || rc == -ENOMEM ? SRV_ERR_UNAVAILABLE
+                                                         : SRV_ERR_INTERNAL;
+            srv__job_finish(e, j, SRV_FINISH_ERROR, kind, err);
             return rc;
         }
     }
     core_sampler *smp = core_sampler_new(&j->sampling, e->n_vocab, err, sizeof err);
     if (!smp) {
         adapter_set_free(set);
-        srv__job_finish(e, j, SRV_FINISH_ERROR, 400, T_INVALID, err);
+        srv__job_finish(e, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, err);
         return -EINVAL;
     }
     s->job = j;
@@ -375,21 +372,19 @@ static int release(srv__seq *s, size_t n, bool at_end)
 }
 
 /* Ends the sequence's job and frees its slot, sampler and adapters. Not notified here. */
-static void seq_end(srv_engine *e, srv__seq *s, srv_finish f, int http_status, const char *type,
-                    const char *msg)
+static void seq_end(srv_engine *e, srv__seq *s, srv_finish f, srv_err err, const char *msg)
 {
     srv_job *j = s->job;
     if (f == SRV_FINISH_STOP || f == SRV_FINISH_LENGTH) {
         pthread_mutex_lock(&j->mu);
         if (publish_tokens(j, s, true) < 0) {
             f = SRV_FINISH_ERROR;
-            http_status = 500;
-            type = T_SERVER;
+            err = SRV_ERR_UNAVAILABLE;
             msg = "out of memory";
         }
         pthread_mutex_unlock(&j->mu);
     }
-    srv__job_finish(e, j, f, http_status, type, msg);
+    srv__job_finish(e, j, f, err, msg);
     adapter_set_free(s->set);
     core_sampler_free(s->smp);
     core_kv_clear(e->kv, s->slot);
@@ -458,21 +453,19 @@ void srv__sched_admit(srv_engine *e)
 
 /* How cancel_where ends the jobs it takes: cancelled (NULL), or failed with an error. */
 typedef struct end_how {
-    int http_status;
-    const char *type, *code, *msg;
+    srv_err err;
+    const char *msg;
 } end_how;
 
 /* Ends j as how says (cancelled when how is NULL). Engine thread; j's sequence, if any, is gone. */
 static void end_job(srv_engine *e, srv_job *j, srv__seq *s, const end_how *how)
 {
     srv_finish f = how ? SRV_FINISH_ERROR : SRV_FINISH_CANCELLED;
-    if (how) /* before the finish, which a reader on another thread may see at once */
-        srv__job_set_code(j, how->code);
+    srv_err err = how ? how->err : SRV_ERR_NONE;
     if (s)
-        seq_end(e, s, f, how ? how->http_status : 0, how ? how->type : NULL, how ? how->msg : NULL);
+        seq_end(e, s, f, err, how ? how->msg : NULL);
     else
-        srv__job_finish(e, j, f, how ? how->http_status : 0, how ? how->type : NULL,
-                        how ? how->msg : NULL);
+        srv__job_finish(e, j, f, err, how ? how->msg : NULL);
 }
 
 /* Ends the waiting jobs of group gi of client ci (every one, or the cancelled ones), as how
@@ -534,10 +527,9 @@ void srv__sched_cancel_all(srv_engine *e)
     cancel_where(e, true, NULL);
 }
 
-void srv__sched_fail_all(srv_engine *e, int http_status, const char *type, const char *code,
-                         const char *msg)
+void srv__sched_fail_all(srv_engine *e, srv_err err, const char *msg)
 {
-    end_how how = {http_status, type, code, msg};
+    end_how how = {err, msg};
     cancel_where(e, true, &how);
 }
 
@@ -640,10 +632,10 @@ static void seq_close(srv_engine *e, srv__seq *s, srv_finish f)
         f = SRV_FINISH_STOP;
     if (release(s, at, true) < 0)
         goto nomem;
-    seq_end(e, s, f, 0, NULL, NULL);
+    seq_end(e, s, f, SRV_ERR_NONE, NULL);
     return;
 nomem:
-    seq_end(e, s, SRV_FINISH_ERROR, 500, T_SERVER, "out of memory");
+    seq_end(e, s, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
 }
 
 /* Samples the next token of s from its logits row and applies the stop rules. */
@@ -677,7 +669,7 @@ static void seq_sample(srv_engine *e, srv__seq *s, const float *lg, int32_t id)
         pthread_mutex_unlock(&j->mu);
     }
     if (id < 0) {
-        seq_end(e, s, SRV_FINISH_ERROR, 500, T_SERVER, "the model produced no valid logits");
+        seq_end(e, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, "the model produced no valid logits");
         return;
     }
     if (core_tokenizer_is_eog(e->tok, id)) {
@@ -693,7 +685,7 @@ static void seq_sample(srv_engine *e, srv__seq *s, const float *lg, int32_t id)
         goto nomem;
     int n = core_detok_push(&s->dt, id, e->dbuf, e->dbuf_cap);
     if (n < 0) {
-        seq_end(e, s, SRV_FINISH_ERROR, 500, T_SERVER, "cannot decode a sampled token");
+        seq_end(e, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, "cannot decode a sampled token");
         return;
     }
     if (pend_add(s, e->dbuf, (size_t)n) < 0)
@@ -704,7 +696,7 @@ static void seq_sample(srv_engine *e, srv__seq *s, const float *lg, int32_t id)
     if (find_stop(j, s->pend, s->n_pend, &at)) {
         if (release(s, at, true) < 0)
             goto nomem;
-        seq_end(e, s, SRV_FINISH_STOP, 0, NULL, NULL);
+        seq_end(e, s, SRV_FINISH_STOP, SRV_ERR_NONE, NULL);
         return;
     }
     if (s->n_gen >= j->max_tokens || s->n_hist >= e->n_ctx) {
@@ -715,7 +707,7 @@ static void seq_sample(srv_engine *e, srv__seq *s, const float *lg, int32_t id)
         goto nomem;
     return;
 nomem:
-    seq_end(e, s, SRV_FINISH_ERROR, 500, T_SERVER, "out of memory");
+    seq_end(e, s, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
 }
 
 /* ---- the step ------------------------------------------------------------------------------- */
@@ -895,7 +887,7 @@ void srv__sched_step(srv_engine *e)
         if (rc < 0) {
             char msg[300];
             snprintf(msg, sizeof msg, "forward pass failed: %s", err);
-            seq_end(e, s, SRV_FINISH_ERROR, 500, T_SERVER, msg);
+            seq_end(e, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, msg);
             e->changed[e->n_changed++] = pt->j;
             continue;
         }

@@ -550,7 +550,7 @@ TEST(engine_max_tokens)
     CHECK(j);
     CHECK_EQ_INT(srv_engine_submit(e, j), 0);
     CHECK_EQ_INT(wait_done(j, &st), SRV_FINISH_ERROR);
-    CHECK_EQ_INT(st.http_status, 400);
+    CHECK_EQ_STR(srv_err_name(st.err), "bad_input"); /* a 400 on the wire (test_http_errors) */
     srv_job_unref(j);
     /* Bad parameters never make a job. */
     p.n_prompt = 0;
@@ -859,7 +859,7 @@ TEST(engine_adapter_errors)
     CHECK_EQ_INT(srv_engine_submit(e, r.j), 0);
     srv_job_status st;
     CHECK_EQ_INT(wait_done(r.j, &st), SRV_FINISH_ERROR);
-    CHECK_EQ_INT(st.http_status, 503);
+    CHECK_EQ_STR(srv_err_name(st.err), "unavailable"); /* a 503 */
     CHECK_MSG(strstr(st.error, "adapter 'broken' failed to load: "), "message: %s", st.error);
     CHECK_EQ_INT(st.completion_tokens, 0);
     job_drop(&r);
@@ -876,8 +876,7 @@ TEST(engine_adapter_errors)
     CHECK(j);
     CHECK_EQ_INT(srv_engine_submit(e, j), 0);
     CHECK_EQ_INT(wait_done(j, &st), SRV_FINISH_ERROR);
-    CHECK_EQ_INT(st.http_status, 404);
-    CHECK_EQ_STR(st.error_type, "not_found_error");
+    CHECK_EQ_STR(srv_err_name(st.err), "not_found"); /* a 404, model_not_found */
     srv_job_unref(j);
     /* A base job still runs. */
     sp.item = NULL;
@@ -895,7 +894,7 @@ TEST(engine_adapter_errors)
     CHECK(j);
     CHECK_EQ_INT(srv_engine_submit(e, j), 0);
     CHECK_EQ_INT(wait_done(j, &st), SRV_FINISH_ERROR);
-    CHECK_EQ_INT(st.http_status, 404);
+    CHECK_EQ_STR(srv_err_name(st.err), "not_found");
     srv_job_unref(j);
     srv_engine_free(e);
     tu_rmrf(root);
