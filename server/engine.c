@@ -294,7 +294,7 @@ int srv_job_prompt_tokens(srv_job *j, srv_job_token *out, int cap)
     return n > 0 ? n : 0;
 }
 
-void srv__job_finish(srv_engine *e, srv_job *j, srv_finish f, srv_err err, const char *msg)
+void srv__job_finish(srv__shared *sh, srv_job *j, srv_finish f, srv_err err, const char *msg)
 {
     double now = srv__now();
     pthread_mutex_lock(&j->mu);
@@ -309,26 +309,26 @@ void srv__job_finish(srv_engine *e, srv_job *j, srv_finish f, srv_err err, const
     pthread_mutex_unlock(&j->mu);
     j->done = true;
 
-    pthread_mutex_lock(&e->mu);
+    pthread_mutex_lock(&sh->mu);
     if (j->in_queue)
-        e->queued--;
+        sh->queued--;
     j->in_queue = false;
     if (j->kind == SRV__JOB_LOAD) {
-        e->loads--;
-        pthread_mutex_unlock(&e->mu);
+        sh->loads--;
+        pthread_mutex_unlock(&sh->mu);
         return;
     }
-    e->active--;
+    sh->active--;
     if (f == SRV_FINISH_ERROR) {
-        e->stats.jobs_failed++;
+        sh->stats.jobs_failed++;
         j->lstat->failures++;
     } else if (f == SRV_FINISH_CANCELLED) {
-        e->stats.jobs_cancelled++;
+        sh->stats.jobs_cancelled++;
     } else {
-        e->stats.jobs_finished++;
+        sh->stats.jobs_finished++;
     }
-    pthread_mutex_unlock(&e->mu);
-    if (e->verbose >= 2 || (e->verbose >= 1 && f == SRV_FINISH_ERROR))
+    pthread_mutex_unlock(&sh->mu);
+    if (sh->verbose >= 2 || (sh->verbose >= 1 && f == SRV_FINISH_ERROR))
         fprintf(stderr, "engine: job %s (%s) ended %s%s%s\n", j->label,
                 j->client[0] ? j->client : "-", srv_finish_name(f),
                 f == SRV_FINISH_ERROR ? ": " : "", f == SRV_FINISH_ERROR && msg ? msg : "");
@@ -361,33 +361,33 @@ static int cmp_label(const void *key, const void *elem)
     return strcmp(key, (*(srv_label_stats *const *)elem)->label);
 }
 
-/* The counters of label, created on first use. NULL only without memory. e->mu held. */
+/* The counters of label, created on first use. NULL only without memory. e->sh.mu held. */
 static srv_label_stats *label_get(srv_engine *e, const char *label)
 {
-    if (e->n_labels >= SRV__LABELS_MAX)
+    if (e->sh.n_labels >= SRV__LABELS_MAX)
         label = "other";
-    size_t lo = 0, hi = e->n_labels;
+    size_t lo = 0, hi = e->sh.n_labels;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        int c = cmp_label(label, &e->labels[mid]);
+        int c = cmp_label(label, &e->sh.labels[mid]);
         if (c == 0)
-            return e->labels[mid];
+            return e->sh.labels[mid];
         if (c < 0)
             hi = mid;
         else
             lo = mid + 1;
     }
-    srv_label_stats **v = realloc(e->labels, (e->n_labels + 1) * sizeof(srv_label_stats *));
+    srv_label_stats **v = realloc(e->sh.labels, (e->sh.n_labels + 1) * sizeof(srv_label_stats *));
     if (!v)
         return NULL;
-    e->labels = v;
+    e->sh.labels = v;
     srv_label_stats *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     snprintf(s->label, sizeof s->label, "%s", label);
-    memmove(v + lo + 1, v + lo, (e->n_labels - lo) * sizeof(srv_label_stats *));
+    memmove(v + lo + 1, v + lo, (e->sh.n_labels - lo) * sizeof(srv_label_stats *));
     v[lo] = s;
-    e->n_labels++;
+    e->sh.n_labels++;
     return s;
 }
 
@@ -400,19 +400,19 @@ int srv_engine_submit(srv_engine *e, srv_job *j)
     pthread_mutex_unlock(&j->mu);
     if (again)
         return -EINVAL;
-    pthread_mutex_lock(&e->mu);
+    pthread_mutex_lock(&e->sh.mu);
     srv_label_stats *ls = NULL;
     bool load = j->kind == SRV__JOB_LOAD;
-    if (e->draining || e->stopping)
+    if (e->sh.draining || e->sh.stopping)
         rc = -ESHUTDOWN;
-    else if (!load && e->active >= e->max_seqs + e->queue_limit)
+    else if (!load && e->sh.active >= e->max_seqs + e->queue_limit)
         rc = -EAGAIN; /* every slot taken and queue_limit jobs waiting (also those not yet
                          moved from the inbox into free slots: they are not waiting) */
     else if (!load && !(ls = label_get(e, j->label)))
         rc = -ENOMEM;
     if (rc) {
-        e->stats.jobs_rejected += !load;
-        pthread_mutex_unlock(&e->mu);
+        e->sh.stats.jobs_rejected += !load;
+        pthread_mutex_unlock(&e->sh.mu);
         pthread_mutex_lock(&j->mu);
         j->submitted = false;
         pthread_mutex_unlock(&j->mu);
@@ -422,25 +422,25 @@ int srv_engine_submit(srv_engine *e, srv_job *j)
     j->t_submit = srv__now();
     j->lstat = ls;
     j->next = NULL;
-    if (e->inbox_tail)
-        e->inbox_tail->next = j;
+    if (e->sh.inbox_tail)
+        e->sh.inbox_tail->next = j;
     else
-        e->inbox_head = j;
-    e->inbox_tail = j;
+        e->sh.inbox_head = j;
+    e->sh.inbox_tail = j;
     if (load) {
-        e->loads++;
+        e->sh.loads++;
     } else {
         ls->requests++;
         j->in_queue = true;
-        e->queued++;
-        e->active++;
-        e->stats.jobs_submitted++;
+        e->sh.queued++;
+        e->sh.active++;
+        e->sh.stats.jobs_submitted++;
     }
     pthread_mutex_lock(&j->mu);
     j->engine = e;
     pthread_mutex_unlock(&j->mu);
     uv_async_send(&e->wake);
-    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_unlock(&e->sh.mu);
     return 0;
 }
 
@@ -457,7 +457,7 @@ static void on_admin_loaded(void *ud, const adapter_load_result *res)
         j->st.version = res->version;
         j->st.unchanged = res->unchanged;
         pthread_mutex_unlock(&j->mu);
-        srv__job_finish(e, j, SRV_FINISH_STOP, SRV_ERR_NONE, NULL);
+        srv__job_finish(&e->sh, j, SRV_FINISH_STOP, SRV_ERR_NONE, NULL);
     } else {
         srv_err err = res->rc == -ENOENT      ? SRV_ERR_NOT_FOUND
                       : res->rc == -ECANCELED ? SRV_ERR_SHUTTING_DOWN
@@ -465,7 +465,7 @@ static void on_admin_loaded(void *ud, const adapter_load_result *res)
                                               : SRV_ERR_UNLOADABLE;
         snprintf(msg, sizeof msg, "adapter '%.64s' failed to load: %.150s", j->load_id,
                  res->err ? res->err : "unknown error");
-        srv__job_finish(e, j, SRV_FINISH_ERROR, err, msg);
+        srv__job_finish(&e->sh, j, SRV_FINISH_ERROR, err, msg);
     }
     srv__job_notify(j);
 }
@@ -481,8 +481,8 @@ static void start_admin_load(srv_engine *e, srv_job *j)
         return;
     if (!e->reg)
         snprintf(err, sizeof err, "this server has no adapter registry");
-    srv__job_finish(e, j, SRV_FINISH_ERROR, rc == -ENOENT ? SRV_ERR_NOT_FOUND : SRV_ERR_BAD_INPUT,
-                    err);
+    srv__job_finish(&e->sh, j, SRV_FINISH_ERROR,
+                    rc == -ENOENT ? SRV_ERR_NOT_FOUND : SRV_ERR_BAD_INPUT, err);
     srv__job_notify(j);
 }
 
@@ -502,18 +502,18 @@ static void intake(srv_engine *e, srv_job *list)
         for (int i = 0; i < j->n_prompt; i++)
             bad_id |= j->prompt[i] < 0 || j->prompt[i] >= e->n_vocab;
         if (atomic_load(&j->cancel)) {
-            srv__job_finish(e, j, SRV_FINISH_CANCELLED, SRV_ERR_NONE, NULL);
+            srv__job_finish(&e->sh, j, SRV_FINISH_CANCELLED, SRV_ERR_NONE, NULL);
         } else if (j->n_prompt >= e->n_ctx) {
             snprintf(msg, sizeof msg, "the prompt has %d tokens; the context holds %d", j->n_prompt,
                      e->n_ctx);
-            srv__job_finish(e, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, msg);
+            srv__job_finish(&e->sh, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, msg);
         } else if (bad_id) {
             snprintf(msg, sizeof msg, "the prompt has a token id outside [0, %d)", e->n_vocab);
-            srv__job_finish(e, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, msg);
+            srv__job_finish(&e->sh, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, msg);
         } else if (j->max_tokens == 0 && !j->prompt_logprobs) {
-            srv__job_finish(e, j, SRV_FINISH_LENGTH, SRV_ERR_NONE, NULL);
+            srv__job_finish(&e->sh, j, SRV_FINISH_LENGTH, SRV_ERR_NONE, NULL);
         } else {
-            srv__sched_enqueue(e, j);
+            srv__sched_enqueue(&e->sched, j);
             continue;
         }
         srv__job_notify(j);
@@ -523,15 +523,15 @@ static void intake(srv_engine *e, srv_job *list)
 /* srv_engine_abort's work: every job waiting or running ends with its error. */
 static void fail_all(srv_engine *e)
 {
-    char msg[sizeof e->abort_msg];
-    pthread_mutex_lock(&e->mu);
-    snprintf(msg, sizeof msg, "%s", e->abort_msg);
-    uint64_t failed = e->stats.jobs_failed;
-    pthread_mutex_unlock(&e->mu);
-    srv__sched_fail_all(e, SRV_ERR_SHUTTING_DOWN, msg);
-    pthread_mutex_lock(&e->mu);
-    e->stats.jobs_aborted += e->stats.jobs_failed - failed;
-    pthread_mutex_unlock(&e->mu);
+    char msg[sizeof e->sh.abort_msg];
+    pthread_mutex_lock(&e->sh.mu);
+    snprintf(msg, sizeof msg, "%s", e->sh.abort_msg);
+    uint64_t failed = e->sh.stats.jobs_failed;
+    pthread_mutex_unlock(&e->sh.mu);
+    srv__sched_fail_all(&e->sched, SRV_ERR_SHUTTING_DOWN, msg);
+    pthread_mutex_lock(&e->sh.mu);
+    e->sh.stats.jobs_aborted += e->sh.stats.jobs_failed - failed;
+    pthread_mutex_unlock(&e->sh.mu);
 }
 
 /* ---- the engine thread ---------------------------------------------------------------------- */
@@ -546,7 +546,7 @@ static void on_wake(uv_async_t *h)
 static void on_loaded(void *ud, const char *id, bool ok, const char *err, const char *abs_dir)
 {
     srv_engine *e = ud;
-    e->loads_changed = true;
+    e->sched.loads_changed = true;
     if (!ok && e->verbose >= 1)
         fprintf(stderr, "engine: adapter %s failed to load from %s: %s\n", id, abs_dir, err);
     else if (e->verbose >= 2)
@@ -557,14 +557,14 @@ static void on_loaded(void *ud, const char *id, bool ok, const char *err, const 
 static void update_gauges(srv_engine *e)
 {
     int waiting, loading;
-    srv__sched_counts(e, &waiting, &loading);
-    size_t kvb = core_kv_bytes(e->kv);
-    pthread_mutex_lock(&e->mu);
-    e->stats.running = e->n_running;
-    e->stats.waiting = e->queued;
-    e->stats.loading = loading;
-    e->stats.kv_bytes = kvb;
-    pthread_mutex_unlock(&e->mu);
+    srv__sched_counts(&e->sched, &waiting, &loading);
+    size_t kvb = core_kv_bytes(e->sched.kv);
+    pthread_mutex_lock(&e->sh.mu);
+    e->sh.stats.running = e->sched.n_running;
+    e->sh.stats.waiting = e->sh.queued;
+    e->sh.stats.loading = loading;
+    e->sh.stats.kv_bytes = kvb;
+    pthread_mutex_unlock(&e->sh.mu);
 }
 
 /* One turn: new jobs, cancellations, admission, one step, admission again for the slots the
@@ -572,48 +572,49 @@ static void update_gauges(srv_engine *e)
 static void engine_run(srv_engine *e)
 {
     for (;;) {
-        pthread_mutex_lock(&e->mu);
-        bool stop = e->stopping, failing = e->aborting;
+        pthread_mutex_lock(&e->sh.mu);
+        bool stop = e->sh.stopping, failing = e->sh.aborting;
         srv_job *list = NULL;
         if (!stop) {
-            list = e->inbox_head;
-            e->inbox_head = e->inbox_tail = NULL;
+            list = e->sh.inbox_head;
+            e->sh.inbox_head = e->sh.inbox_tail = NULL;
         }
-        pthread_mutex_unlock(&e->mu);
+        pthread_mutex_unlock(&e->sh.mu);
         if (stop)
             break;
         intake(e, list);
         if (failing)
             fail_all(e);
         if (atomic_exchange(&e->cancel_pending, false))
-            srv__sched_sweep_cancelled(e);
-        srv__sched_admit(e);
-        if (e->n_running > 0) {
-            srv__sched_step(e);
-            srv__sched_admit(e);
+            srv__sched_sweep_cancelled(&e->sched);
+        srv__sched_admit(&e->sched);
+        if (e->sched.n_running > 0) {
+            srv__sched_step(&e->sched);
+            srv__sched_admit(&e->sched);
         }
         update_gauges(e);
-        uv_run(&e->loop, e->n_running > 0 ? UV_RUN_NOWAIT : UV_RUN_ONCE);
+        uv_run(&e->loop, e->sched.n_running > 0 ? UV_RUN_NOWAIT : UV_RUN_ONCE);
     }
 }
 
 /* Cancels everything left, frees the registry and closes the loop. */
 static void engine_shutdown(srv_engine *e)
 {
-    pthread_mutex_lock(&e->mu);
-    srv_job *list = e->inbox_head;
-    e->inbox_head = e->inbox_tail = NULL;
-    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_lock(&e->sh.mu);
+    srv_job *list = e->sh.inbox_head;
+    e->sh.inbox_head = e->sh.inbox_tail = NULL;
+    pthread_mutex_unlock(&e->sh.mu);
     while (list) {
         srv_job *j = list;
         list = j->next;
-        srv__job_finish(e, j, SRV_FINISH_CANCELLED, SRV_ERR_NONE, NULL);
+        srv__job_finish(&e->sh, j, SRV_FINISH_CANCELLED, SRV_ERR_NONE, NULL);
         srv__job_notify(j);
     }
-    srv__sched_cancel_all(e);
+    srv__sched_cancel_all(&e->sched);
     update_gauges(e);
     adapter_registry_free(e->reg);
     e->reg = NULL;
+    e->sched.reg = NULL;
     uv_close((uv_handle_t *)&e->wake, NULL);
     uv_run(&e->loop, UV_RUN_DEFAULT);
     uv_loop_close(&e->loop);
@@ -646,6 +647,7 @@ static void *engine_main(void *arg)
             goto fail;
         }
     }
+    e->sched.reg = e->reg;
     e->ready_rc = 0;
     sem_post(&e->ready);
     engine_run(e);
@@ -719,7 +721,7 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
         set_err(err, errlen, "out of memory");
         return NULL;
     }
-    pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->sh.mu, NULL);
     sem_init(&e->ready, 0, 0);
     atomic_init(&e->cancel_pending, false);
     if (o->registry_dir && o->registry_dir[0] && !(e->registry_dir = strdup(o->registry_dir))) {
@@ -758,7 +760,17 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
     opts_apply(e, o);
     if (o->n_threads > 0)
         core_blas_set_threads(o->n_threads);
-    if (srv__sched_init(e, err, errlen) < 0)
+    e->sh.verbose = e->verbose;
+    srv__sched_cfg sc = {.model = e->model,
+                         .tok = e->tok,
+                         .n_ctx = e->n_ctx,
+                         .max_seqs = e->max_seqs,
+                         .max_batch = e->max_batch,
+                         .prefill_chunk = e->prefill_chunk,
+                         .verbose = e->verbose,
+                         .kv_f16 = e->kv_f16,
+                         .sh = &e->sh};
+    if (srv__sched_init(&e->sched, &sc, err, errlen) < 0)
         goto fail;
     if (pthread_create(&e->thread, NULL, engine_main, e)) {
         set_err(err, errlen, "cannot start the engine thread");
@@ -790,38 +802,38 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
     }
     return e;
 fail_sched:
-    srv__sched_deinit(e);
+    srv__sched_deinit(&e->sched);
 fail:
     core_tokenizer_free(e->tok);
     core_model_free(e->own_model);
     free(e->registry_dir);
     sem_destroy(&e->ready);
-    pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->sh.mu);
     free(e);
     return NULL;
 }
 
 void srv_engine_drain(srv_engine *e)
 {
-    pthread_mutex_lock(&e->mu);
-    e->draining = true;
-    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_lock(&e->sh.mu);
+    e->sh.draining = true;
+    pthread_mutex_unlock(&e->sh.mu);
 }
 
 void srv_engine_abort(srv_engine *e, const char *why)
 {
-    pthread_mutex_lock(&e->mu);
-    e->aborting = true;
-    snprintf(e->abort_msg, sizeof e->abort_msg, "%s", why);
+    pthread_mutex_lock(&e->sh.mu);
+    e->sh.aborting = true;
+    snprintf(e->sh.abort_msg, sizeof e->sh.abort_msg, "%s", why);
     uv_async_send(&e->wake);
-    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_unlock(&e->sh.mu);
 }
 
 bool srv_engine_idle(srv_engine *e)
 {
-    pthread_mutex_lock(&e->mu);
-    bool idle = e->active == 0 && e->loads == 0;
-    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_lock(&e->sh.mu);
+    bool idle = e->sh.active == 0 && e->sh.loads == 0;
+    pthread_mutex_unlock(&e->sh.mu);
     return idle;
 }
 
@@ -829,20 +841,20 @@ void srv_engine_free(srv_engine *e)
 {
     if (!e)
         return;
-    pthread_mutex_lock(&e->mu);
-    e->stopping = true;
+    pthread_mutex_lock(&e->sh.mu);
+    e->sh.stopping = true;
     uv_async_send(&e->wake);
-    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_unlock(&e->sh.mu);
     pthread_join(e->thread, NULL);
-    srv__sched_deinit(e);
-    for (size_t i = 0; i < e->n_labels; i++)
-        free(e->labels[i]);
-    free(e->labels);
+    srv__sched_deinit(&e->sched);
+    for (size_t i = 0; i < e->sh.n_labels; i++)
+        free(e->sh.labels[i]);
+    free(e->sh.labels);
     core_tokenizer_free(e->tok);
     core_model_free(e->own_model);
     free(e->registry_dir);
     sem_destroy(&e->ready);
-    pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->sh.mu);
     free(e);
 }
 
@@ -873,25 +885,25 @@ adapter_registry *srv_engine_registry(srv_engine *e)
 
 void srv_engine_stats_get(srv_engine *e, srv_engine_stats *out)
 {
-    pthread_mutex_lock(&e->mu);
-    *out = e->stats;
-    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_lock(&e->sh.mu);
+    *out = e->sh.stats;
+    pthread_mutex_unlock(&e->sh.mu);
 }
 
 int srv_engine_label_stats(srv_engine *e, srv_label_stats **out, size_t *n)
 {
     *out = NULL;
     *n = 0;
-    pthread_mutex_lock(&e->mu);
-    size_t k = e->n_labels;
+    pthread_mutex_lock(&e->sh.mu);
+    size_t k = e->sh.n_labels;
     srv_label_stats *v = k ? malloc(k * sizeof *v) : NULL;
     if (k && !v) {
-        pthread_mutex_unlock(&e->mu);
+        pthread_mutex_unlock(&e->sh.mu);
         return -ENOMEM;
     }
     for (size_t i = 0; i < k; i++)
-        v[i] = *e->labels[i];
-    pthread_mutex_unlock(&e->mu);
+        v[i] = *e->sh.labels[i];
+    pthread_mutex_unlock(&e->sh.mu);
     *out = v;
     *n = k;
     return 0;

@@ -1,5 +1,5 @@
-/* The engine's scheduler (engine.h, steps 2-4): waiting queues and fair admission, the continuous
- * batch of decode rows and prompt chunks, sampling, stop rules and the release of text to jobs.
+/* The engine's scheduler (server/scheduler.h): waiting queues and fair admission, the continuous
+ * batch of decode rows and prompt chunks, sampling, stop rules and the hand-over of text to jobs.
  * Everything here runs on the engine thread.
  *
  * Admission. Waiting jobs sit in groups, one per (client, adapter selection), FIFO inside a
@@ -13,12 +13,9 @@
  * rows, oldest admission first, up to max_batch rows. The rows are ordered by lora set so that a
  * set's rows are contiguous; all sets share one core_forward call.
  *
- * Text. Sampled tokens go through the streaming decoder, so only whole UTF-8 characters come
- * out; decoded bytes then wait in a hold-back buffer while they could still be the start of a
- * stop string. Only bytes that can no longer belong to one are released to the job, so released
- * text never contains a stop string and every released length ends on a character boundary (a
- * stop string starts with a lead byte). A token is handed to the job once all its bytes are
- * released; its text_end is where they end.
+ * Text. Each sequence's sampled tokens go through its srv_text (server/text_release.h), which
+ * says how many decoded bytes may be released and whether a stop string ended the text; the
+ * released bytes and the tokens they complete are appended to the job under its lock.
  */
 #include <errno.h>
 #include <math.h>
@@ -26,111 +23,106 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "server/engine_internal.h"
+#include "server/scheduler.h"
 
 /* ---- setup ---------------------------------------------------------------------------------- */
-
-/* The largest output of one core_detok_push: the longest token plus up to three held bytes,
- * each byte possibly replaced by U+FFFD (3 bytes), and the NUL. */
-static size_t detok_cap(const core_tokenizer *t, int32_t n_vocab)
-{
-    int longest = 0;
-    char c;
-    for (int32_t id = 0; id < n_vocab; id++) {
-        int n = core_token_to_bytes(t, id, false, &c, 0);
-        if (n > longest)
-            longest = n;
-    }
-    return 3 * ((size_t)longest + 4) + 1;
-}
 
 /* Logits rows a step may hold beyond one per part: prompt rows of jobs that record prompt
  * logprobs (echo). Their prefill goes at most this many rows per step beyond the first. */
 #define PROMPT_LOGIT_ROWS 32
 
-int srv__sched_init(srv_engine *e, char *err, size_t errlen)
+int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t errlen)
 {
-    e->kv = core_kv_new(&e->model->cfg, e->max_seqs, e->n_ctx, err, errlen);
-    if (!e->kv)
+    memset(sc, 0, sizeof *sc);
+    sc->model = cfg->model;
+    sc->tok = cfg->tok;
+    sc->n_vocab = core_tokenizer_n_vocab(cfg->tok);
+    sc->n_ctx = cfg->n_ctx;
+    sc->max_seqs = cfg->max_seqs;
+    sc->max_batch = cfg->max_batch;
+    sc->prefill_chunk = cfg->prefill_chunk;
+    sc->verbose = cfg->verbose;
+    sc->reg = cfg->reg;
+    sc->sh = cfg->sh;
+    sc->kv = core_kv_new(&sc->model->cfg, sc->max_seqs, sc->n_ctx, err, errlen);
+    if (!sc->kv)
         return -ENOMEM;
-    if (e->kv_f16)
-        core_kv_set_f16(e->kv, 1); /* every slot is empty: cannot fail */
-    size_t nb = (size_t)e->max_batch, ns = (size_t)e->max_seqs;
-    e->max_out = e->max_seqs < e->max_batch ? e->max_seqs : e->max_batch;
-    e->ctx = core_ctx_new(e->model);
-    e->plan = adapter_plan_new();
-    e->seqs = calloc(ns, sizeof *e->seqs);
-    e->logits =
-        malloc((size_t)(e->max_out + PROMPT_LOGIT_ROWS) * (size_t)e->n_vocab * sizeof(float));
-    e->b_tok = malloc(nb * sizeof(int32_t));
-    e->b_pos = malloc(nb * sizeof(int32_t));
-    e->b_slot = malloc(nb * sizeof(int32_t));
-    e->b_want = malloc(nb);
-    e->b_sets = malloc(nb * sizeof(const adapter_set *));
-    e->parts = malloc(ns * sizeof *e->parts);
-    e->sreq = malloc(ns * sizeof *e->sreq);
-    e->pre = malloc(ns * sizeof(srv__seq *));
-    e->changed = malloc(ns * sizeof(srv_job *));
-    e->dbuf_cap = detok_cap(e->tok, e->n_vocab);
-    e->dbuf = malloc(e->dbuf_cap);
-    bool ok = e->ctx && e->plan && e->seqs && e->logits && e->b_tok && e->b_pos && e->b_slot &&
-              e->b_want && e->b_sets && e->parts && e->sreq && e->pre && e->changed && e->dbuf;
-    for (int i = 0; ok && i < e->max_seqs; i++) {
-        e->seqs[i].slot = i;
-        e->seqs[i].hist = malloc((size_t)e->n_ctx * sizeof(int32_t));
-        ok = e->seqs[i].hist != NULL;
+    if (cfg->kv_f16)
+        core_kv_set_f16(sc->kv, 1); /* every slot is empty: cannot fail */
+    size_t nb = (size_t)sc->max_batch, ns = (size_t)sc->max_seqs;
+    sc->max_out = sc->max_seqs < sc->max_batch ? sc->max_seqs : sc->max_batch;
+    sc->ctx = core_ctx_new(sc->model);
+    sc->plan = adapter_plan_new();
+    sc->seqs = calloc(ns, sizeof *sc->seqs);
+    sc->logits =
+        malloc((size_t)(sc->max_out + PROMPT_LOGIT_ROWS) * (size_t)sc->n_vocab * sizeof(float));
+    sc->b_tok = malloc(nb * sizeof(int32_t));
+    sc->b_pos = malloc(nb * sizeof(int32_t));
+    sc->b_slot = malloc(nb * sizeof(int32_t));
+    sc->b_want = malloc(nb);
+    sc->b_sets = malloc(nb * sizeof(const adapter_set *));
+    sc->parts = malloc(ns * sizeof *sc->parts);
+    sc->sreq = malloc(ns * sizeof *sc->sreq);
+    sc->pre = malloc(ns * sizeof(srv__seq *));
+    sc->changed = malloc(ns * sizeof(srv_job *));
+    sc->text_scratch = srv_text_scratch_cap(sc->tok);
+    bool ok = sc->ctx && sc->plan && sc->seqs && sc->logits && sc->b_tok && sc->b_pos &&
+              sc->b_slot && sc->b_want && sc->b_sets && sc->parts && sc->sreq && sc->pre &&
+              sc->changed;
+    for (int i = 0; ok && i < sc->max_seqs; i++) {
+        sc->seqs[i].slot = i;
+        sc->seqs[i].hist = malloc((size_t)sc->n_ctx * sizeof(int32_t));
+        ok = sc->seqs[i].hist != NULL &&
+             srv_text_init(&sc->seqs[i].text, sc->tok, NULL, NULL, 0, sc->text_scratch) == 0;
     }
     if (!ok) {
         snprintf(err, errlen, "out of memory");
-        srv__sched_deinit(e);
+        srv__sched_deinit(sc);
         return -ENOMEM;
     }
     return 0;
 }
 
-void srv__sched_deinit(srv_engine *e)
+void srv__sched_deinit(srv__sched *sc)
 {
-    for (int i = 0; e->seqs && i < e->max_seqs; i++) {
-        srv__seq *s = &e->seqs[i];
+    for (int i = 0; sc->seqs && i < sc->max_seqs; i++) {
+        srv__seq *s = &sc->seqs[i];
         adapter_set_free(s->set);
         core_sampler_free(s->smp);
         free(s->hist);
-        free(s->pend);
-        free(s->ptok);
+        srv_text_deinit(&s->text);
     }
-    free(e->seqs);
-    e->seqs = NULL;
-    for (int i = 0; i < e->n_clients; i++)
-        free(e->clients[i].groups);
-    free(e->clients);
-    e->clients = NULL;
-    e->n_clients = 0;
-    free(e->logits);
-    free(e->b_tok);
-    free(e->b_pos);
-    free(e->b_slot);
-    free(e->b_want);
-    free(e->b_sets);
-    free(e->parts);
-    free(e->sreq);
-    free(e->pre);
-    free(e->changed);
-    free(e->dbuf);
-    e->logits = NULL;
-    e->b_tok = e->b_pos = e->b_slot = NULL;
-    e->b_want = NULL;
-    e->b_sets = NULL;
-    e->parts = NULL;
-    e->sreq = NULL;
-    e->pre = NULL;
-    e->changed = NULL;
-    e->dbuf = NULL;
-    adapter_plan_free(e->plan);
-    core_ctx_free(e->ctx);
-    core_kv_free(e->kv);
-    e->plan = NULL;
-    e->ctx = NULL;
-    e->kv = NULL;
+    free(sc->seqs);
+    sc->seqs = NULL;
+    for (int i = 0; i < sc->n_clients; i++)
+        free(sc->clients[i].groups);
+    free(sc->clients);
+    sc->clients = NULL;
+    sc->n_clients = 0;
+    free(sc->logits);
+    free(sc->b_tok);
+    free(sc->b_pos);
+    free(sc->b_slot);
+    free(sc->b_want);
+    free(sc->b_sets);
+    free(sc->parts);
+    free(sc->sreq);
+    free(sc->pre);
+    free(sc->changed);
+    sc->logits = NULL;
+    sc->b_tok = sc->b_pos = sc->b_slot = NULL;
+    sc->b_want = NULL;
+    sc->b_sets = NULL;
+    sc->parts = NULL;
+    sc->sreq = NULL;
+    sc->pre = NULL;
+    sc->changed = NULL;
+    adapter_plan_free(sc->plan);
+    core_ctx_free(sc->ctx);
+    core_kv_free(sc->kv);
+    sc->plan = NULL;
+    sc->ctx = NULL;
+    sc->kv = NULL;
 }
 
 /* ---- waiting queues ------------------------------------------------------------------------- */
@@ -145,20 +137,20 @@ static bool sel_equal(const adapter_selection *a, const adapter_selection *b)
     return true;
 }
 
-static srv__client *client_get(srv_engine *e, const char *name)
+static srv__client *client_get(srv__sched *sc, const char *name)
 {
-    for (int i = 0; i < e->n_clients; i++)
-        if (!strcmp(e->clients[i].name, name))
-            return &e->clients[i];
-    if (e->n_clients == e->cap_clients) {
-        int cap = e->cap_clients ? 2 * e->cap_clients : 8;
-        srv__client *v = realloc(e->clients, (size_t)cap * sizeof *v);
+    for (int i = 0; i < sc->n_clients; i++)
+        if (!strcmp(sc->clients[i].name, name))
+            return &sc->clients[i];
+    if (sc->n_clients == sc->cap_clients) {
+        int cap = sc->cap_clients ? 2 * sc->cap_clients : 8;
+        srv__client *v = realloc(sc->clients, (size_t)cap * sizeof *v);
         if (!v)
             return NULL;
-        e->clients = v;
-        e->cap_clients = cap;
+        sc->clients = v;
+        sc->cap_clients = cap;
     }
-    srv__client *c = &e->clients[e->n_clients++];
+    srv__client *c = &sc->clients[sc->n_clients++];
     memset(c, 0, sizeof *c);
     snprintf(c->name, sizeof c->name, "%s", name);
     return c;
@@ -184,9 +176,9 @@ static srv__group *group_get(srv__client *c, const adapter_selection *sel)
 
 /* Removes the empty group gi of client ci, and the client when it has no group left, keeping
  * both round-robin cursors on the element that was due next. */
-static void group_drop(srv_engine *e, int ci, int gi)
+static void group_drop(srv__sched *sc, int ci, int gi)
 {
-    srv__client *c = &e->clients[ci];
+    srv__client *c = &sc->clients[ci];
     memmove(&c->groups[gi], &c->groups[gi + 1], (size_t)(c->n_groups - gi - 1) * sizeof *c->groups);
     c->n_groups--;
     if (gi < c->rr)
@@ -196,23 +188,23 @@ static void group_drop(srv_engine *e, int ci, int gi)
     if (c->n_groups > 0)
         return;
     free(c->groups);
-    memmove(&e->clients[ci], &e->clients[ci + 1],
-            (size_t)(e->n_clients - ci - 1) * sizeof *e->clients);
-    e->n_clients--;
-    if (ci < e->client_rr)
-        e->client_rr--;
-    if (e->client_rr >= e->n_clients)
-        e->client_rr = 0;
+    memmove(&sc->clients[ci], &sc->clients[ci + 1],
+            (size_t)(sc->n_clients - ci - 1) * sizeof *sc->clients);
+    sc->n_clients--;
+    if (ci < sc->client_rr)
+        sc->client_rr--;
+    if (sc->client_rr >= sc->n_clients)
+        sc->client_rr = 0;
 }
 
-void srv__sched_enqueue(srv_engine *e, srv_job *j)
+void srv__sched_enqueue(srv__sched *sc, srv_job *j)
 {
-    srv__client *c = client_get(e, j->client);
+    srv__client *c = client_get(sc, j->client);
     srv__group *g = c ? group_get(c, &j->sel) : NULL;
     if (!g) {
         if (c && c->n_groups == 0)
-            group_drop(e, (int)(c - e->clients), 0);
-        srv__job_finish(e, j, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
+            group_drop(sc, (int)(c - sc->clients), 0);
+        srv__job_finish(sc->sh, j, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
         srv__job_notify(j);
         return;
     }
@@ -236,12 +228,12 @@ static srv_job *group_pop(srv__group *g)
     return j;
 }
 
-void srv__sched_counts(const srv_engine *e, int *waiting, int *loading)
+void srv__sched_counts(const srv__sched *sc, int *waiting, int *loading)
 {
     *waiting = *loading = 0;
-    for (int i = 0; i < e->n_clients; i++)
-        for (int k = 0; k < e->clients[i].n_groups; k++) {
-            const srv__group *g = &e->clients[i].groups[k];
+    for (int i = 0; i < sc->n_clients; i++)
+        for (int k = 0; k < sc->clients[i].n_groups; k++) {
+            const srv__group *g = &sc->clients[i].groups[k];
             *waiting += g->n;
             if (g->loading)
                 *loading += g->n;
@@ -253,14 +245,14 @@ void srv__sched_counts(const srv_engine *e, int *waiting, int *loading)
 /* Gives job j the free sequence s: acquires its adapters and makes its sampler. 0 when it runs,
  * -EAGAIN when an adapter is loading (nothing changed), another negative errno when the job
  * ended with an error (the caller notifies). */
-static int job_start(srv_engine *e, srv_job *j, srv__seq *s)
+static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
 {
     char err[ADAPTER_ID_MAX + 128] = "";
     adapter_set *set = NULL;
     if (j->sel.n > 0) {
         int rc = -ENOENT;
-        if (e->reg)
-            rc = adapter_registry_acquire(e->reg, &j->sel, &set, err, sizeof err);
+        if (sc->reg)
+            rc = adapter_registry_acquire(sc->reg, &j->sel, &set, err, sizeof err);
         else
             snprintf(err, sizeof err, "unknown adapter '%s': the server has no adapter registry",
                      j->sel.items[0].id);
@@ -270,14 +262,14 @@ static int job_start(srv_engine *e, srv_job *j, srv__seq *s)
             srv_err kind = rc == -ENOENT                 ? SRV_ERR_NOT_FOUND
                            : rc == -EIO || rc == -ENOMEM ? SRV_ERR_UNAVAILABLE
                                                          : SRV_ERR_INTERNAL;
-            srv__job_finish(e, j, SRV_FINISH_ERROR, kind, err);
+            srv__job_finish(sc->sh, j, SRV_FINISH_ERROR, kind, err);
             return rc;
         }
     }
-    core_sampler *smp = core_sampler_new(&j->sampling, e->n_vocab, err, sizeof err);
+    core_sampler *smp = core_sampler_new(&j->sampling, sc->n_vocab, err, sizeof err);
     if (!smp) {
         adapter_set_free(set);
-        srv__job_finish(e, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, err);
+        srv__job_finish(sc->sh, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, err);
         return -EINVAL;
     }
     s->job = j;
@@ -287,32 +279,27 @@ static int job_start(srv_engine *e, srv_job *j, srv__seq *s)
     s->n_hist = j->n_prompt;
     s->n_past = 0;
     s->n_gen = 0;
-    core_detok_init(&s->dt, e->tok, false);
-    s->detok_total = 0;
-    s->n_pend = 0;
-    s->n_ptok = 0;
-    s->order = e->n_admitted++;
+    srv_text_reset(&s->text, sc->tok, (const char *const *)j->stop, j->stop_len, j->n_stop);
+    s->order = sc->n_admitted++;
     j->seq = s;
-    e->n_running++;
+    sc->n_running++;
     double now = srv__now();
     pthread_mutex_lock(&j->mu);
     j->st.queue_ms = (now - j->t_submit) * 1e3;
     pthread_mutex_unlock(&j->mu);
-    pthread_mutex_lock(&e->mu);
-    e->queued--;
+    pthread_mutex_lock(&sc->sh->mu);
+    sc->sh->queued--;
     j->in_queue = false;
-    pthread_mutex_unlock(&e->mu);
+    pthread_mutex_unlock(&sc->sh->mu);
     return 0;
 }
 
-/* Hands the job the pending tokens whose bytes are all released (every one when all is set, with
- * text_end clipped to the final text). j->mu held. 0 or -ENOMEM. */
-static int publish_tokens(srv_job *j, srv__seq *s, bool all)
+/* Hands the job the recorded tokens whose bytes are all released (every one when all is set,
+ * with text_end clipped to the final text). j->mu held. 0 or -ENOMEM. */
+static int publish_tokens(srv_job *j, srv_text *t, bool all)
 {
     size_t len = j->st.text_len;
-    int k = 0;
-    while (k < s->n_ptok && (all || s->ptok[k].text_end <= len))
-        k++;
+    int k = srv_text_tokens_done(t, len, all);
     if (k == 0)
         return 0;
     if (j->st.n_tokens + k > j->tokens_cap) {
@@ -326,13 +313,12 @@ static int publish_tokens(srv_job *j, srv__seq *s, bool all)
         j->tokens_cap = cap;
     }
     for (int i = 0; i < k; i++) {
-        srv_job_token t = s->ptok[i];
-        if (t.text_end > len)
-            t.text_end = len;
-        j->tokens[j->st.n_tokens++] = t;
+        srv_job_token tk = t->tok[i];
+        if (tk.text_end > len)
+            tk.text_end = len;
+        j->tokens[j->st.n_tokens++] = tk;
     }
-    memmove(s->ptok, s->ptok + k, (size_t)(s->n_ptok - k) * sizeof *s->ptok);
-    s->n_ptok -= k;
+    srv_text_drop_tokens(t, k);
     j->st.completion_tokens = j->st.n_tokens;
     return 0;
 }
@@ -357,80 +343,77 @@ static int release(srv__seq *s, size_t n, bool at_end)
         }
     }
     if (rc == 0 && n > 0) {
-        memcpy(j->text + j->st.text_len, s->pend, n);
+        memcpy(j->text + j->st.text_len, srv_text_held(&s->text), n);
         j->st.text_len += n;
         j->text[j->st.text_len] = 0;
     }
     if (rc == 0)
-        rc = publish_tokens(j, s, at_end);
+        rc = publish_tokens(j, &s->text, at_end);
     pthread_mutex_unlock(&j->mu);
-    if (rc == 0 && n > 0) {
-        memmove(s->pend, s->pend + n, s->n_pend - n);
-        s->n_pend -= n;
-    }
+    if (rc == 0 && n > 0)
+        srv_text_consume(&s->text, n);
     return rc;
 }
 
 /* Ends the sequence's job and frees its slot, sampler and adapters. Not notified here. */
-static void seq_end(srv_engine *e, srv__seq *s, srv_finish f, srv_err err, const char *msg)
+static void seq_end(srv__sched *sc, srv__seq *s, srv_finish f, srv_err err, const char *msg)
 {
     srv_job *j = s->job;
     if (f == SRV_FINISH_STOP || f == SRV_FINISH_LENGTH) {
         pthread_mutex_lock(&j->mu);
-        if (publish_tokens(j, s, true) < 0) {
+        if (publish_tokens(j, &s->text, true) < 0) {
             f = SRV_FINISH_ERROR;
             err = SRV_ERR_UNAVAILABLE;
             msg = "out of memory";
         }
         pthread_mutex_unlock(&j->mu);
     }
-    srv__job_finish(e, j, f, err, msg);
+    srv__job_finish(sc->sh, j, f, err, msg);
     adapter_set_free(s->set);
     core_sampler_free(s->smp);
-    core_kv_clear(e->kv, s->slot);
+    core_kv_clear(sc->kv, s->slot);
     s->set = NULL;
     s->smp = NULL;
     s->job = NULL;
-    s->n_pend = 0;
-    s->n_ptok = 0;
+    srv_text_reset(&s->text, sc->tok, NULL, NULL, 0);
     j->seq = NULL;
-    e->n_running--;
+    sc->n_running--;
 }
 
 /* ---- admission and cancellation ------------------------------------------------------------- */
 
-static srv__seq *free_seq(srv_engine *e)
+static srv__seq *free_seq(srv__sched *sc)
 {
-    for (int i = 0; i < e->max_seqs; i++)
-        if (!e->seqs[i].job)
-            return &e->seqs[i];
+    for (int i = 0; i < sc->max_seqs; i++)
+        if (!sc->seqs[i].job)
+            return &sc->seqs[i];
     return NULL;
 }
 
 /* Starts the next admissible job in round-robin order; false when there is none (or no slot). */
-static bool admit_one(srv_engine *e)
+static bool admit_one(srv__sched *sc)
 {
-    srv__seq *s = free_seq(e);
+    srv__seq *s = free_seq(sc);
     if (!s)
         return false;
-    for (int k = 0; k < e->n_clients; k++) {
-        int ci = (e->client_rr + k) % e->n_clients;
-        srv__client *c = &e->clients[ci];
+    for (int k = 0; k < sc->n_clients; k++) {
+        int ci = (sc->client_rr + k) % sc->n_clients;
+        srv__client *c = &sc->clients[ci];
         for (int t = 0; t < c->n_groups; t++) {
             int gi = (c->rr + t) % c->n_groups;
             srv__group *g = &c->groups[gi];
             if (g->loading)
                 continue;
-            int rc = job_start(e, g->head, s);
+            int rc = job_start(sc, g->head, s);
             if (rc == -EAGAIN) {
                 g->loading = true;
                 continue;
             }
             srv_job *j = group_pop(g);
             c->rr = (gi + 1) % c->n_groups;
-            e->client_rr = (ci + 1) % e->n_clients;
+            sc->client_rr = (ci + 1) % sc->n_clients;
             if (g->n == 0)
-                group_drop(e, ci, gi);
+                group_drop(sc, ci, gi);
             if (rc < 0)
                 srv__job_notify(j);
             return true;
@@ -439,15 +422,15 @@ static bool admit_one(srv_engine *e)
     return false;
 }
 
-void srv__sched_admit(srv_engine *e)
+void srv__sched_admit(srv__sched *sc)
 {
-    if (e->loads_changed) {
-        e->loads_changed = false;
-        for (int i = 0; i < e->n_clients; i++)
-            for (int k = 0; k < e->clients[i].n_groups; k++)
-                e->clients[i].groups[k].loading = false;
+    if (sc->loads_changed) {
+        sc->loads_changed = false;
+        for (int i = 0; i < sc->n_clients; i++)
+            for (int k = 0; k < sc->clients[i].n_groups; k++)
+                sc->clients[i].groups[k].loading = false;
     }
-    while (e->n_clients > 0 && admit_one(e))
+    while (sc->n_clients > 0 && admit_one(sc))
         ;
 }
 
@@ -458,21 +441,21 @@ typedef struct end_how {
 } end_how;
 
 /* Ends j as how says (cancelled when how is NULL). Engine thread; j's sequence, if any, is gone. */
-static void end_job(srv_engine *e, srv_job *j, srv__seq *s, const end_how *how)
+static void end_job(srv__sched *sc, srv_job *j, srv__seq *s, const end_how *how)
 {
     srv_finish f = how ? SRV_FINISH_ERROR : SRV_FINISH_CANCELLED;
     srv_err err = how ? how->err : SRV_ERR_NONE;
     if (s)
-        seq_end(e, s, f, err, how ? how->msg : NULL);
+        seq_end(sc, s, f, err, how ? how->msg : NULL);
     else
-        srv__job_finish(e, j, f, err, how ? how->msg : NULL);
+        srv__job_finish(sc->sh, j, f, err, how ? how->msg : NULL);
 }
 
 /* Ends the waiting jobs of group gi of client ci (every one, or the cancelled ones), as how
  * says; returns true when the group (and maybe its client) was removed. */
-static bool group_filter(srv_engine *e, int ci, int gi, bool everything, const end_how *how)
+static bool group_filter(srv__sched *sc, int ci, int gi, bool everything, const end_how *how)
 {
-    srv__group *g = &e->clients[ci].groups[gi];
+    srv__group *g = &sc->clients[ci].groups[gi];
     srv_job **pp = &g->head, *prev = NULL;
     while (*pp) {
         srv_job *j = *pp;
@@ -480,7 +463,7 @@ static bool group_filter(srv_engine *e, int ci, int gi, bool everything, const e
             *pp = j->next;
             j->next = NULL;
             g->n--;
-            end_job(e, j, NULL, how);
+            end_job(sc, j, NULL, how);
             srv__job_notify(j);
         } else {
             prev = j;
@@ -490,125 +473,58 @@ static bool group_filter(srv_engine *e, int ci, int gi, bool everything, const e
     g->tail = prev;
     if (g->n > 0)
         return false;
-    group_drop(e, ci, gi);
+    group_drop(sc, ci, gi);
     return true;
 }
 
-static void cancel_where(srv_engine *e, bool everything, const end_how *how)
+static void cancel_where(srv__sched *sc, bool everything, const end_how *how)
 {
-    for (int i = 0; i < e->max_seqs; i++) {
-        srv__seq *s = &e->seqs[i];
+    for (int i = 0; i < sc->max_seqs; i++) {
+        srv__seq *s = &sc->seqs[i];
         if (s->job && (everything || atomic_load(&s->job->cancel))) {
             srv_job *j = s->job;
-            end_job(e, j, s, how);
+            end_job(sc, j, s, how);
             srv__job_notify(j);
         }
     }
-    for (int ci = 0; ci < e->n_clients;) {
-        int before = e->n_clients;
-        for (int gi = 0; gi < e->clients[ci].n_groups;) {
-            if (!group_filter(e, ci, gi, everything, how))
+    for (int ci = 0; ci < sc->n_clients;) {
+        int before = sc->n_clients;
+        for (int gi = 0; gi < sc->clients[ci].n_groups;) {
+            if (!group_filter(sc, ci, gi, everything, how))
                 gi++;
-            else if (e->n_clients < before)
+            else if (sc->n_clients < before)
                 break;
         }
-        if (e->n_clients == before)
+        if (sc->n_clients == before)
             ci++;
     }
 }
 
-void srv__sched_sweep_cancelled(srv_engine *e)
+void srv__sched_sweep_cancelled(srv__sched *sc)
 {
-    cancel_where(e, false, NULL);
+    cancel_where(sc, false, NULL);
 }
 
-void srv__sched_cancel_all(srv_engine *e)
+void srv__sched_cancel_all(srv__sched *sc)
 {
-    cancel_where(e, true, NULL);
+    cancel_where(sc, true, NULL);
 }
 
-void srv__sched_fail_all(srv_engine *e, srv_err err, const char *msg)
+void srv__sched_fail_all(srv__sched *sc, srv_err err, const char *msg)
 {
     end_how how = {err, msg};
-    cancel_where(e, true, &how);
+    cancel_where(sc, true, &how);
 }
 
 /* ---- text ----------------------------------------------------------------------------------- */
 
-static int pend_add(srv__seq *s, const char *b, size_t n)
-{
-    if (s->n_pend + n > s->cap_pend) {
-        size_t cap = s->cap_pend ? 2 * s->cap_pend : 256;
-        while (cap < s->n_pend + n)
-            cap *= 2;
-        char *v = realloc(s->pend, cap);
-        if (!v)
-            return -ENOMEM;
-        s->pend = v;
-        s->cap_pend = cap;
-    }
-    memcpy(s->pend + s->n_pend, b, n);
-    s->n_pend += n;
-    s->detok_total += n;
-    return 0;
-}
-
-static int ptok_push(srv__seq *s, const srv_job_token *t)
-{
-    if (s->n_ptok == s->cap_ptok) {
-        int cap = s->cap_ptok ? 2 * s->cap_ptok : 16;
-        srv_job_token *v = realloc(s->ptok, (size_t)cap * sizeof *v);
-        if (!v)
-            return -ENOMEM;
-        s->ptok = v;
-        s->cap_ptok = cap;
-    }
-    s->ptok[s->n_ptok++] = *t;
-    return 0;
-}
-
-/* Tokens whose bytes the decoder was still holding end where the output now ends. */
-static void close_open_tokens(srv__seq *s)
-{
-    for (int i = s->n_ptok - 1; i >= 0 && s->ptok[i].text_end == SIZE_MAX; i--)
-        s->ptok[i].text_end = s->detok_total;
-}
-
-/* The earliest stop string in p[0..n) (*at = its offset). */
-static bool find_stop(const srv_job *j, const char *p, size_t n, size_t *at)
-{
-    bool found = false;
-    for (int i = 0; i < j->n_stop; i++) {
-        const char *hit = memmem(p, n, j->stop[i], j->stop_len[i]);
-        if (hit && (!found || (size_t)(hit - p) < *at)) {
-            *at = (size_t)(hit - p);
-            found = true;
-        }
-    }
-    return found;
-}
-
-/* The longest tail of p[0..n) that is a proper prefix of a stop string. */
-static size_t holdback(const srv_job *j, const char *p, size_t n)
-{
-    size_t keep = 0;
-    for (int i = 0; i < j->n_stop; i++) {
-        size_t m = j->stop_len[i] - 1 < n ? j->stop_len[i] - 1 : n;
-        for (size_t k = m; k > keep; k--)
-            if (!memcmp(p + n - k, j->stop[i], k)) {
-                keep = k;
-                break;
-            }
-    }
-    return keep;
-}
-
 /* log Σ exp(x) over the finite entries (NaN and +inf count as -inf, as the sampler does). */
 /* The token's logprob (log-softmax of the raw logits) and its top alternatives. */
-static void token_logprobs(const srv_engine *e, const srv_job *j, const float *lg, srv_job_token *t)
+static void token_logprobs(const srv__sched *sc, const srv_job *j, const float *lg,
+                           srv_job_token *t)
 {
     int m = j->logprobs > 0
-                ? core_logits_top_k(lg, e->n_vocab, j->logprobs, t->top_ids, t->top_logprobs)
+                ? core_logits_top_k(lg, sc->n_vocab, j->logprobs, t->top_ids, t->top_logprobs)
                 : 0;
     t->n_top = m > 0 ? m : 0;
     for (int i = 0; i < t->n_top; i++)
@@ -616,38 +532,33 @@ static void token_logprobs(const srv_engine *e, const srv_job *j, const float *l
             t->logprob = t->top_logprobs[i];
             return;
         }
-    t->logprob = (float)((double)lg[t->id] - core_logits_log_sum_exp(lg, e->n_vocab));
+    t->logprob = (float)((double)lg[t->id] - core_logits_log_sum_exp(lg, sc->n_vocab));
 }
 
 /* The end of the stream (EOG, max_tokens, end of context): flushes the decoder, still honours a
  * stop string completed by the flush, releases the rest and ends the job. */
-static void seq_close(srv_engine *e, srv__seq *s, srv_finish f)
+static void seq_close(srv__sched *sc, srv__seq *s, srv_finish f)
 {
-    int n = core_detok_flush(&s->dt, e->dbuf, e->dbuf_cap);
-    if (n > 0 && pend_add(s, e->dbuf, (size_t)n) < 0)
-        goto nomem;
-    close_open_tokens(s);
-    size_t at = s->n_pend;
-    if (find_stop(s->job, s->pend, s->n_pend, &at))
+    int rc = srv_text_end(&s->text);
+    if (rc == SRV_TEXT_STOP)
         f = SRV_FINISH_STOP;
-    if (release(s, at, true) < 0)
-        goto nomem;
-    seq_end(e, s, f, SRV_ERR_NONE, NULL);
-    return;
-nomem:
-    seq_end(e, s, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
+    if (rc < 0 || release(s, srv_text_ready(&s->text, true), true) < 0) {
+        seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
+        return;
+    }
+    seq_end(sc, s, f, SRV_ERR_NONE, NULL);
 }
 
 /* Samples the next token of s from its logits row and applies the stop rules. */
 /* Records, from the logits of prompt position pos, the logprob of prompt token pos + 1 (when
  * there is one); at pos 0 also the first token, which has none. */
-static void prompt_logprob(srv_engine *e, srv_job *j, int pos, const float *lg)
+static void prompt_logprob(srv__sched *sc, srv_job *j, int pos, const float *lg)
 {
     srv_job_token first = {.id = j->prompt[0], .logprob = NAN}, t = {0};
     bool next = pos + 1 < j->n_prompt;
     if (next) {
         t.id = j->prompt[pos + 1];
-        token_logprobs(e, j, lg, &t);
+        token_logprobs(sc, j, lg, &t);
     }
     pthread_mutex_lock(&j->mu);
     if (pos == 0 && j->n_ptokens == 0)
@@ -659,7 +570,7 @@ static void prompt_logprob(srv_engine *e, srv_job *j, int pos, const float *lg)
 
 /* The rest of a step for a sequence whose next token id was sampled (from lg) in the step's
  * core_sampler_sample_many. */
-static void seq_sample(srv_engine *e, srv__seq *s, const float *lg, int32_t id)
+static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
 {
     srv_job *j = s->job;
     if (s->n_hist == j->n_prompt) {
@@ -669,45 +580,40 @@ static void seq_sample(srv_engine *e, srv__seq *s, const float *lg, int32_t id)
         pthread_mutex_unlock(&j->mu);
     }
     if (id < 0) {
-        seq_end(e, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, "the model produced no valid logits");
+        seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, "the model produced no valid logits");
         return;
     }
-    if (core_tokenizer_is_eog(e->tok, id)) {
-        seq_close(e, s, SRV_FINISH_STOP);
+    if (core_tokenizer_is_eog(sc->tok, id)) {
+        seq_close(sc, s, SRV_FINISH_STOP);
         return;
     }
     srv_job_token t = {.id = id, .text_end = SIZE_MAX};
     if (j->logprobs >= 0)
-        token_logprobs(e, j, lg, &t);
+        token_logprobs(sc, j, lg, &t);
     s->hist[s->n_hist++] = id;
     s->n_gen++;
-    if (ptok_push(s, &t) < 0)
-        goto nomem;
-    int n = core_detok_push(&s->dt, id, e->dbuf, e->dbuf_cap);
-    if (n < 0) {
-        seq_end(e, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, "cannot decode a sampled token");
+    int rc = srv_text_push(&s->text, &t);
+    if (rc == -EINVAL) {
+        seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, "cannot decode a sampled token");
         return;
     }
-    if (pend_add(s, e->dbuf, (size_t)n) < 0)
+    if (rc < 0)
         goto nomem;
-    if (s->dt.n_pending == 0)
-        close_open_tokens(s);
-    size_t at;
-    if (find_stop(j, s->pend, s->n_pend, &at)) {
-        if (release(s, at, true) < 0)
+    if (rc == SRV_TEXT_STOP) {
+        if (release(s, srv_text_ready(&s->text, true), true) < 0)
             goto nomem;
-        seq_end(e, s, SRV_FINISH_STOP, SRV_ERR_NONE, NULL);
+        seq_end(sc, s, SRV_FINISH_STOP, SRV_ERR_NONE, NULL);
         return;
     }
-    if (s->n_gen >= j->max_tokens || s->n_hist >= e->n_ctx) {
-        seq_close(e, s, SRV_FINISH_LENGTH);
+    if (s->n_gen >= j->max_tokens || s->n_hist >= sc->n_ctx) {
+        seq_close(sc, s, SRV_FINISH_LENGTH);
         return;
     }
-    if (release(s, s->n_pend - holdback(j, s->pend, s->n_pend), false) < 0)
+    if (release(s, srv_text_ready(&s->text, false), false) < 0)
         goto nomem;
     return;
 nomem:
-    seq_end(e, s, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
+    seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
 }
 
 /* ---- the step ------------------------------------------------------------------------------- */
@@ -728,67 +634,67 @@ static int cmp_part(const void *a, const void *b)
 
 /* Chooses this step's share of every sequence: decode rows first, then prompt chunks, oldest
  * first, within max_batch rows. Returns the number of parts; *n_dec of them are decode rows. */
-static int plan_parts(srv_engine *e, int *n_dec)
+static int plan_parts(srv__sched *sc, int *n_dec)
 {
-    int budget = e->max_batch, n = 0, last = -1;
+    int budget = sc->max_batch, n = 0, last = -1;
     bool full = false;
-    for (int k = 0; k < e->max_seqs; k++) {
-        int i = (e->decode_rr + k) % e->max_seqs;
-        srv__seq *s = &e->seqs[i];
+    for (int k = 0; k < sc->max_seqs; k++) {
+        int i = (sc->decode_rr + k) % sc->max_seqs;
+        srv__seq *s = &sc->seqs[i];
         if (!s->job || s->n_past < s->job->n_prompt)
             continue;
         if (budget == 0) {
             full = true;
             break;
         }
-        e->parts[n++] = (srv__part){.s = s, .j = s->job, .n = 1, .want = true};
+        sc->parts[n++] = (srv__part){.s = s, .j = s->job, .n = 1, .want = true};
         budget--;
         last = i;
     }
     if (full)
-        e->decode_rr = (last + 1) % e->max_seqs;
+        sc->decode_rr = (last + 1) % sc->max_seqs;
     *n_dec = n;
     int np = 0, extra = PROMPT_LOGIT_ROWS;
-    for (int i = 0; i < e->max_seqs; i++)
-        if (e->seqs[i].job && e->seqs[i].n_past < e->seqs[i].job->n_prompt)
-            e->pre[np++] = &e->seqs[i];
-    qsort(e->pre, (size_t)np, sizeof(srv__seq *), cmp_order);
+    for (int i = 0; i < sc->max_seqs; i++)
+        if (sc->seqs[i].job && sc->seqs[i].n_past < sc->seqs[i].job->n_prompt)
+            sc->pre[np++] = &sc->seqs[i];
+    qsort(sc->pre, (size_t)np, sizeof(srv__seq *), cmp_order);
     for (int i = 0; i < np && budget > 0; i++) {
-        srv__seq *s = e->pre[i];
+        srv__seq *s = sc->pre[i];
         int left = s->job->n_prompt - s->n_past;
-        int m = left < e->prefill_chunk ? left : e->prefill_chunk;
+        int m = left < sc->prefill_chunk ? left : sc->prefill_chunk;
         m = m < budget ? m : budget;
         bool all = s->job->prompt_logprobs;
         if (all) {
             m = m < 1 + extra ? m : 1 + extra;
             extra -= m - 1;
         }
-        e->parts[n++] = (srv__part){
+        sc->parts[n++] = (srv__part){
             .s = s, .j = s->job, .n = m, .want = m == left, .prefill = true, .all = all};
         budget -= m;
     }
     for (int i = 0; i < n; i++)
-        e->parts[i].key = e->parts[i].s->set ? e->parts[i].s->set->key : 0;
-    qsort(e->parts, (size_t)n, sizeof *e->parts, cmp_part);
+        sc->parts[i].key = sc->parts[i].s->set ? sc->parts[i].s->set->key : 0;
+    qsort(sc->parts, (size_t)n, sizeof *sc->parts, cmp_part);
     return n;
 }
 
 /* Lays the parts out as rows; returns the row count, *any_set when some row has adapters. */
-static int fill_rows(srv_engine *e, int n_parts, bool *any_set)
+static int fill_rows(srv__sched *sc, int n_parts, bool *any_set)
 {
     int r = 0;
     *any_set = false;
     for (int p = 0; p < n_parts; p++) {
-        const srv__part *pt = &e->parts[p];
+        const srv__part *pt = &sc->parts[p];
         const srv__seq *s = pt->s;
         *any_set |= s->set != NULL;
         for (int k = 0; k < pt->n; k++, r++) {
             int pos = s->n_past + k;
-            e->b_tok[r] = s->hist[pos];
-            e->b_pos[r] = pos;
-            e->b_slot[r] = s->slot;
-            e->b_want[r] = pt->all || (pt->want && k == pt->n - 1);
-            e->b_sets[r] = s->set;
+            sc->b_tok[r] = s->hist[pos];
+            sc->b_pos[r] = pos;
+            sc->b_slot[r] = s->slot;
+            sc->b_want[r] = pt->all || (pt->want && k == pt->n - 1);
+            sc->b_sets[r] = s->set;
         }
     }
     return r;
@@ -804,13 +710,13 @@ static int hist_bin(int rows)
 
 /* Counts the step (its tokens only when the forward pass worked) and calls every changed job's
  * notify. */
-static void step_done(srv_engine *e, int n_parts, int n_rows, int n_dec, bool ok, double t0)
+static void step_done(srv__sched *sc, int n_parts, int n_rows, int n_dec, bool ok, double t0)
 {
     double dt = srv__now() - t0;
     int prompt_rows = 0, sampled = 0;
-    pthread_mutex_lock(&e->mu);
+    pthread_mutex_lock(&sc->sh->mu);
     for (int p = 0; ok && p < n_parts; p++) {
-        const srv__part *pt = &e->parts[p];
+        const srv__part *pt = &sc->parts[p];
         if (pt->prefill) {
             prompt_rows += pt->n;
             pt->j->lstat->prompt_tokens += (uint64_t)pt->n;
@@ -820,7 +726,7 @@ static void step_done(srv_engine *e, int n_parts, int n_rows, int n_dec, bool ok
             pt->j->lstat->generated_tokens++;
         }
     }
-    srv_engine_stats *st = &e->stats;
+    srv_engine_stats *st = &sc->sh->stats;
     st->steps++;
     st->rows += (uint64_t)n_rows;
     st->step_hist[hist_bin(n_rows)]++;
@@ -832,80 +738,81 @@ static void step_done(srv_engine *e, int n_parts, int n_rows, int n_dec, bool ok
     }
     st->prompt_tokens += (uint64_t)prompt_rows;
     st->generated_tokens += (uint64_t)sampled;
-    pthread_mutex_unlock(&e->mu);
-    if (e->verbose >= 2)
+    pthread_mutex_unlock(&sc->sh->mu);
+    if (sc->verbose >= 2)
         fprintf(stderr, "engine: step %llu: %d rows (%d decode, %d prefill), %d running, %.1f ms\n",
-                (unsigned long long)st->steps, n_rows, n_dec, prompt_rows, e->n_running, dt * 1e3);
-    for (int i = 0; i < e->n_changed; i++)
-        srv__job_notify(e->changed[i]);
-    e->n_changed = 0;
+                (unsigned long long)st->steps, n_rows, n_dec, prompt_rows, sc->n_running, dt * 1e3);
+    for (int i = 0; i < sc->n_changed; i++)
+        srv__job_notify(sc->changed[i]);
+    sc->n_changed = 0;
 }
 
-void srv__sched_step(srv_engine *e)
+void srv__sched_step(srv__sched *sc)
 {
     double t0 = srv__now();
     int n_dec = 0;
-    int n_parts = plan_parts(e, &n_dec);
+    int n_parts = plan_parts(sc, &n_dec);
     if (n_parts == 0)
         return;
     bool any_set;
-    int n_rows = fill_rows(e, n_parts, &any_set);
+    int n_rows = fill_rows(sc, n_parts, &any_set);
     core_batch b = {.n_rows = n_rows,
-                    .tokens = e->b_tok,
-                    .pos = e->b_pos,
-                    .slot = e->b_slot,
-                    .want_logits = e->b_want};
+                    .tokens = sc->b_tok,
+                    .pos = sc->b_pos,
+                    .slot = sc->b_slot,
+                    .want_logits = sc->b_want};
     const core_lora_plan *plan = NULL;
     char err[256] = "out of memory";
     int rc = 0;
     if (any_set)
-        rc = adapter_plan_build(e->plan, e->model->cfg.n_layer, n_rows, e->b_sets, &plan);
+        rc = adapter_plan_build(sc->plan, sc->model->cfg.n_layer, n_rows, sc->b_sets, &plan);
     if (rc == 0)
-        rc = core_forward(e->ctx, e->kv, &b, plan, e->logits, err, sizeof err);
-    e->n_changed = 0;
+        rc = core_forward(sc->ctx, sc->kv, &b, plan, sc->logits, err, sizeof err);
+    sc->n_changed = 0;
     /* Every sampling sequence's next token, on the pool (each has its own sampler): with many
      * rows, sampling one after another would leave the other cores idle for a millisecond and
      * more per step. The loop below then works with the ids. */
     int n_req = 0;
     for (int p = 0, row = 0; p < n_parts && rc == 0; p++) {
-        srv__part *pt = &e->parts[p];
+        srv__part *pt = &sc->parts[p];
         row += pt->all ? pt->n : pt->want ? 1 : 0;
         if (!pt->want || pt->j->max_tokens == 0)
             continue;
         srv__seq *s = pt->s;
-        e->sreq[n_req++] = (core_sample_req){.s = s->smp,
-                                             .logits = e->logits + (size_t)(row - 1) * e->n_vocab,
-                                             .history = s->hist,
-                                             .n_history = (size_t)s->n_hist};
+        sc->sreq[n_req++] =
+            (core_sample_req){.s = s->smp,
+                              .logits = sc->logits + (size_t)(row - 1) * sc->n_vocab,
+                              .history = s->hist,
+                              .n_history = (size_t)s->n_hist};
     }
     if (n_req)
-        core_sampler_sample_many(e->sreq, n_req);
+        core_sampler_sample_many(sc->sreq, n_req);
     int out = 0, req = 0; /* the parts that sample take sreq's entries in order */
     for (int p = 0; p < n_parts; p++) {
-        srv__part *pt = &e->parts[p];
+        srv__part *pt = &sc->parts[p];
         srv__seq *s = pt->s;
         if (rc < 0) {
             char msg[300];
             snprintf(msg, sizeof msg, "forward pass failed: %s", err);
-            seq_end(e, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, msg);
-            e->changed[e->n_changed++] = pt->j;
+            seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, msg);
+            sc->changed[sc->n_changed++] = pt->j;
             continue;
         }
         if (pt->all) /* a logits row for every prompt row but the part's last, if it samples */
             for (int k = 0; k < pt->n - (pt->want ? 1 : 0); k++)
-                prompt_logprob(e, pt->j, s->n_past + k,
-                               e->logits + (size_t)out++ * (size_t)e->n_vocab);
+                prompt_logprob(sc, pt->j, s->n_past + k,
+                               sc->logits + (size_t)out++ * (size_t)sc->n_vocab);
         s->n_past += pt->n;
         if (pt->want) {
-            const float *lg = e->logits + (size_t)out++ * (size_t)e->n_vocab;
+            const float *lg = sc->logits + (size_t)out++ * (size_t)sc->n_vocab;
             if (pt->all)
-                prompt_logprob(e, pt->j, s->n_past - 1, lg);
+                prompt_logprob(sc, pt->j, s->n_past - 1, lg);
             if (pt->j->max_tokens == 0) /* echo with logprobs: the prompt's scores only */
-                seq_close(e, s, SRV_FINISH_LENGTH);
+                seq_close(sc, s, SRV_FINISH_LENGTH);
             else
-                seq_sample(e, s, lg, e->sreq[req++].id);
-            e->changed[e->n_changed++] = pt->j;
+                seq_sample(sc, s, lg, sc->sreq[req++].id);
+            sc->changed[sc->n_changed++] = pt->j;
         }
     }
-    step_done(e, n_parts, n_rows, n_dec, rc == 0, t0);
+    step_done(sc, n_parts, n_rows, n_dec, rc == 0, t0);
 }
