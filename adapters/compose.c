@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adapters/adapter_internal.h"
+
 adapter_set *adapter_set_new(const adapter_set_item *items, int n)
 {
     adapter_set *s = calloc(1, sizeof *s);

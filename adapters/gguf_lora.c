@@ -1,10 +1,11 @@
-/* GGUF-LoRA adapters as llama.cpp's convert_lora_to_gguf.py writes them: general.type "adapter",
- * adapter.type "lora", adapter.lora.alpha, and per targeted weight "<base tensor>.lora_a" (ne
- * [in, r]) and "<base tensor>.lora_b" (ne [r, out]). Their q/k lora_b rows are already in the
- * GGUF order. Scale per module: alpha / r, or 1 when alpha is 0 (llama.cpp's rule). A load and a
- * probe share the header and shape checks (plan_tensors); only the load reads the weights. A load
- * reads the file whole into memory, a probe only as much of it as the header and tensor infos
- * take (adapter.c says why files are never mapped). */
+/* GGUF-LoRA adapters as llama.cpp's convert_lora_to_gguf.py writes them, exported as the loader
+ * row adapter__loader_gguf: a .gguf file, or a directory holding adapter.gguf. general.type
+ * "adapter", adapter.type "lora", adapter.lora.alpha, and per targeted weight
+ * "<base tensor>.lora_a" (ne [in, r]) and "<base tensor>.lora_b" (ne [r, out]). Their q/k lora_b
+ * rows are already in the GGUF order. Scale per module: alpha / r, or 1 when alpha is 0
+ * (llama.cpp's rule). A load and a probe share the header and shape checks (plan_tensors); only
+ * the load reads the weights. A load reads the file whole into memory, a probe only as much of it
+ * as the header and tensor infos take (adapter_io.c says why files are never mapped). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "adapters/adapter.h"
+#include "adapters/adapter_internal.h"
 #include "core/format/gguf.h"
 #include "core/kernels/dequant.h"
 
@@ -48,6 +49,8 @@ static int parse_name(const core_gguf_str *s, int n_layer, int *layer, int *mod,
     return -1;
 }
 
+/* Checks the adapter's keys (general.type, adapter.type, the architecture, no aLoRA) and reads
+ * adapter.lora.alpha into *alpha (0 when absent): 0, or -EINVAL with a message. */
 static int check_header(const core_gguf *g, const core_config *cfg, float *alpha, char *err,
                         size_t errlen)
 {
@@ -162,8 +165,10 @@ static int plan_tensors(const core_gguf *g, const char *file, const core_config 
     return 0;
 }
 
-adapter *adapter__load_gguf(const char *root, const char *file, const core_config *cfg, char *err,
-                            size_t errlen)
+/* The row's load: the GGUF-LoRA file (beneath root when set), checked against cfg and copied
+ * into a new adapter with one reference, or NULL with a message. */
+static adapter *load_gguf(const char *root, const char *file, const core_config *cfg, char *err,
+                          size_t errlen)
 {
     char gerr[512];
     void *buf;
@@ -268,8 +273,10 @@ static int open_header(const char *root, const char *path, core_gguf **g, unsign
     return rc;
 }
 
-int adapter__probe_gguf(const char *root, const char *file, const core_config *cfg,
-                        adapter_probe_info *out, char *err, size_t errlen)
+/* The row's probe: describes the GGUF-LoRA file from its header and tensor infos, with every
+ * check of load_gguf but the weight values. 0, or a negative errno with a message. */
+static int probe_gguf(const char *root, const char *file, const core_config *cfg,
+                      adapter_probe_info *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
     core_gguf *g;
@@ -298,3 +305,21 @@ int adapter__probe_gguf(const char *root, const char *file, const core_config *c
     free(buf);
     return rc;
 }
+
+adapter *adapter_load_gguf(const char *file, const core_config *cfg, char *err, size_t errlen)
+{
+    return load_gguf(NULL, file, cfg, err, errlen);
+}
+
+/* In a directory the adapter is adapter.gguf, which is its weight file too: leading out of the
+ * registry root, it makes a failed node rather than no node. */
+const adapter__loader adapter__loader_gguf = {
+    .name = "GGUF-LoRA",
+    .format = ADAPTER_GGUF,
+    .marker = "adapter.gguf",
+    .weights = "adapter.gguf",
+    .suffix = ".gguf",
+    .loads_dir = false,
+    .load = load_gguf,
+    .probe = probe_gguf,
+};

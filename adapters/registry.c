@@ -17,9 +17,10 @@
  *
  * Confinement. Ids are paths beneath the root, and a symlink, to a directory or to a file, is
  * followed only when its real target stays inside the root. The scan applies the rule to what it
- * lists: a directory leading out is skipped, a directory whose adapter_config.json leads out is a
- * namespace, and a node whose weight file (adapter_model.safetensors, adapter.gguf) leads out is
- * listed as failed with the reason, and no load starts for it until a rescan finds other files.
+ * lists, with the file names the loader table gives (adapter_files): a directory leading out is
+ * skipped, a directory whose config (adapter_config.json) leads out is a namespace, and a node
+ * whose weight file (adapter_model.safetensors, adapter.gguf) leads out is listed as failed with
+ * the reason, and no load starts for it until a rescan finds other files.
  * Loads and probes apply the rule again at every open (adapter_load_beneath), on the descriptor
  * actually opened, so a file swapped for a symlink after the scan cannot lead out either. Their
  * messages, kept as the node's error and shown to clients, name files relative to the root; the
@@ -36,6 +37,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include "adapters/adapter_internal.h"
 
 #define DEBOUNCE_MS 100
 #define PROBES_MAX 2 /* probes in flight at once */
@@ -258,35 +261,40 @@ static void scan_free(scan_list *l)
     free(l->v);
 }
 
-/* Is dir (node id) an adapter directory? Sets its signature from its adapter files, and bad to
- * why it cannot be loaded when its weight file leads out of the root ("" otherwise). A config
- * file that leads out does not count: the directory is then a namespace (or a GGUF node). */
+/* Is dir (node id) an adapter directory? Asks the loader table, row by row in its order (as a
+ * load's detection does), and sets the signature from the files of every row it looks at, and
+ * bad to why the node cannot be loaded when its weight file leads out of the root ("" otherwise).
+ * A marker that is not the weight file (PEFT's adapter_config.json) counts only when it is a
+ * regular file beneath the root: one that leads out makes the directory no adapter of that format
+ * (a namespace, unless a later row claims it). A weight file that is its own marker
+ * (adapter.gguf) leading out makes a node, listed as failed. */
 static bool adapter_files(const adapter_registry *r, const char *dir, const char *id, uint64_t *sig,
                           char *bad, size_t cap)
 {
     char p[PATH_MAX + 64];
-    const char *weights = "adapter_model.safetensors";
-    int rc;
     *sig = ADAPTER_HASH_INIT;
     bad[0] = 0;
-    snprintf(p, sizeof p, "%s/adapter_config.json", dir);
-    if (file_sig(r, p, sig) > 0) {
-        snprintf(p, sizeof p, "%s/%s", dir, weights);
-        rc = file_sig(r, p, sig);
-        if (rc == 0) { /* weights missing: still a node, its load says why */
-            snprintf(p, sizeof p, "%s/adapter_model.bin", dir);
+    for (const adapter__loader *const *l = adapter__loaders; *l; l++) {
+        const adapter__loader *f = *l;
+        bool separate_marker = strcmp(f->marker, f->weights) != 0;
+        if (separate_marker) {
+            snprintf(p, sizeof p, "%s/%s", dir, f->marker);
+            if (file_sig(r, p, sig) <= 0)
+                continue;
+        }
+        snprintf(p, sizeof p, "%s/%s", dir, f->weights);
+        int rc = file_sig(r, p, sig);
+        if (rc == 0 && !separate_marker)
+            continue;
+        if (rc == 0 && f->weights_alt) { /* weights missing: still a node, its load says why */
+            snprintf(p, sizeof p, "%s/%s", dir, f->weights_alt);
             file_sig(r, p, sig); /* only looked for, never read: no reason to refuse */
         }
-    } else {
-        weights = "adapter.gguf";
-        snprintf(p, sizeof p, "%s/%s", dir, weights);
-        rc = file_sig(r, p, sig);
-        if (rc == 0)
-            return false;
+        if (rc < 0) /* the message a load would give (the id cut to fit the node's error) */
+            snprintf(bad, cap, "%.180s/%s: " ADAPTER__ESCAPES, id, f->weights);
+        return true;
     }
-    if (rc < 0) /* the message a load would give (the id cut to fit the node's error) */
-        snprintf(bad, cap, "%.180s/%s: " ADAPTER__ESCAPES, id, weights);
-    return true;
+    return false;
 }
 
 static int scan_walk(const adapter_registry *r, scan_list *l, const char *dir, const char *id,

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "adapters/adapter.h"
+#include "adapters/adapter_internal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,4 +1,4 @@
-/* Reading adapter files (adapters/adapter.c): a file that changes size between its stat and its
+/* Reading adapter files (adapters/adapter_io.c): a file that changes size between its stat and its
  * read, or while it is read, is refused with "file changed while reading, will retry"; files
  * over 4 GiB are refused before anything is allocated; a FIFO is refused without blocking, with
  * messages naming the path given (command line) or the path beneath the root (registry); and a
@@ -16,6 +16,7 @@
 
 #include "adapter_testutil.h"
 #include "adapters/adapter.h"
+#include "adapters/adapter_internal.h"
 #include "tests/test.h"
 
 #define CHANGED "file changed while reading, will retry"

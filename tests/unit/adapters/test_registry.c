@@ -17,6 +17,7 @@
 #include <uv.h>
 
 #include "adapter_testutil.h"
+#include "adapters/adapter_internal.h"
 #include "adapters/registry.h"
 #include "tests/test.h"
 

@@ -1,0 +1,51 @@
+/* What peft.c and peft_config.c share (adapters/ only): the parts of adapter_config.json that
+ * matter at inference, and the plan of a load, which the config starts (which (layer, module)
+ * pairs, their rank and alpha) and the weights file completes (the A and B of each pair).
+ */
+#ifndef ADAPTREE_ADAPTERS_PEFT_INTERNAL_H
+#define ADAPTREE_ADAPTERS_PEFT_INTERNAL_H
+
+#include <cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "core/format/safetensors.h"
+#include "core/model/model.h"
+
+/* The parsed parts of adapter_config.json that matter at inference; the pointers borrow the
+ * parsed document, which must outlive it. */
+typedef struct adapter__peft_cfg {
+    int r;
+    double alpha;
+    bool rslora;
+    const cJSON *targets;  /* NULL, array of strings, or string */
+    const cJSON *excludes; /* NULL, array of strings, or string */
+    const cJSON *layers;   /* NULL, number or array of numbers */
+    const cJSON *rank_pattern;
+    const cJSON *alpha_pattern;
+} adapter__peft_cfg;
+
+/* One (layer, module) of a planned load. */
+typedef struct adapter__peft_plan {
+    const core_st_tensor *ab[2]; /* A, B: matched from the weights file (peft.c) */
+    int rank;                    /* from the config (r, rank_pattern) */
+    double alpha;                /* from the config (lora_alpha, alpha_pattern) */
+    bool targeted;
+} adapter__peft_plan;
+
+/* The Hugging Face name of a core_module ("q_proj") and of the block holding it ("self_attn" or
+ * "mlp"), as module names and safetensors keys spell them. */
+const char *adapter__peft_module_name(int mod);
+const char *adapter__peft_module_block(int mod);
+
+/* Reads the parsed adapter_config.json j into *c (borrowing j) and refuses what adaptree does not
+ * implement, naming the field: 0, or -EINVAL with a message. */
+int adapter__peft_config_parse(const cJSON *j, adapter__peft_cfg *c, char *err, size_t errlen);
+
+/* Decides from c which (layer, module) pairs are targeted and their rank and alpha:
+ * plan[layer * CORE_MOD_COUNT + module] for every layer of cfg (ab is left alone). 0, or -EINVAL
+ * with a message (a regex that cannot be compiled, a rank out of range). */
+int adapter__peft_plan_targets(const adapter__peft_cfg *c, const core_config *cfg,
+                               adapter__peft_plan *plan, char *err, size_t errlen);
+
+#endif
