@@ -3,7 +3,7 @@
 #include "core/kernels/attention_internal.h"
 
 #include "core/format/types.h"
-#include "core/kernels/blas.h"
+#include "core/kernels/cpu_internal.h"
 
 #include <cpuid.h>
 #include <immintrin.h>
@@ -581,43 +581,16 @@ static const attend_fn attend16[2][9] = {
 
 /* ---- dispatch -------------------------------------------------------------------------------- */
 
-static _Atomic int mode; /* 0 undecided, 1 AVX2, 2 portable, 3 AVX-512; any thread may decide */
-
-void core__vmath_force_generic(int on)
-{
-    atomic_store_explicit(&mode, on ? 2 : 0, memory_order_relaxed);
-}
-
-int core__vmath_force(int which)
-{
-    if (which == CORE_VMATH_AVX512 && !core__cpu_avx512())
-        return -1;
-    if (which == CORE_VMATH_AVX2 &&
-        !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
-        return -1;
-    static const int to_mode[] = {0, 2, 1, 3}; /* AUTO, PORTABLE, AVX2, AVX512 */
-    if (which < CORE_VMATH_AUTO || which > CORE_VMATH_AVX512)
-        return -1;
-    atomic_store_explicit(&mode, to_mode[which], memory_order_relaxed);
-    return 0;
-}
-
+/* The level (core/kernels/cpu_internal.h) picks the family: AVX-512, AVX2, or the portable
+ * code both below AVX2 and when forced. */
 static bool use_avx2(void)
 {
-    int m = atomic_load_explicit(&mode, memory_order_relaxed);
-    if (!m) {
-        __builtin_cpu_init();
-        m = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 2;
-        if (m == 1 && core__cpu_avx512())
-            m = 3;
-        atomic_store_explicit(&mode, m, memory_order_relaxed);
-    }
-    return m == 1 || m == 3;
+    return core__cpu_level() >= CORE_CPU_AVX2;
 }
 
 static bool use_avx512(void)
 {
-    return use_avx2() && atomic_load_explicit(&mode, memory_order_relaxed) == 3;
+    return core__cpu_level() >= CORE_CPU_AVX512;
 }
 
 void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, int n_head,

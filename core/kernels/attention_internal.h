@@ -26,13 +26,7 @@ void core__swiglu(float *gate, const float *up, long n);
 /* y[i] = exp(x[i]) for i < n (y may be x). Within 2 ulp of expf; exp(-inf) = 0. */
 void core__vexp(const float *x, float *y, int n);
 
-/* Tests: 1 forces the portable versions, 0 returns to detecting the CPU. */
-void core__vmath_force_generic(int on);
-
-/* Tests: run this family from now on (CORE_VMATH_AUTO detects the CPU again); -1 when the CPU
- * lacks it. Only attention has AVX-512 code (hd a multiple of 16, at most 128); the rest runs
- * AVX2 under CORE_VMATH_AVX512. */
-enum { CORE_VMATH_AUTO, CORE_VMATH_PORTABLE, CORE_VMATH_AVX2, CORE_VMATH_AVX512 };
-int core__vmath_force(int which);
+/* The kernels follow core__cpu_level (cpu_internal.h): only attention has AVX-512 code (hd a
+ * multiple of 16, at most 128); the rest runs AVX2 from that level up, portable below it. */
 
 #endif

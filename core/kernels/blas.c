@@ -6,10 +6,10 @@
  * stops a second re-exec, so a library that ignores the variable cannot make the process loop).
  */
 #include "core/kernels/blas.h"
+#include "core/kernels/cpu_internal.h"
 #include "core/kernels/pool_internal.h"
 
 #include <cblas.h>
-#include <cpuid.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -65,21 +65,6 @@ void core_blas_cpu_features(int *has_avx512, int *has_avx2)
         *has_avx512 = avx512 != 0;
     if (has_avx2)
         *has_avx2 = avx2 != 0;
-}
-
-int core__cpu_avx2_f16c(void)
-{
-    int avx2;
-    unsigned a, b, c, d;
-    core_blas_cpu_features(NULL, &avx2);
-    return avx2 && __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
-}
-
-int core__cpu_avx512(void)
-{
-    int avx512;
-    core_blas_cpu_features(&avx512, NULL);
-    return avx512 && core__cpu_avx2_f16c();
 }
 
 /* OpenBLAS's x86 cores written for CPUs without AVX2 (corename[] in driver/others/dynamic.c),

@@ -28,16 +28,6 @@ void core_blas_set_threads(int n);
  * Haswell kernels). Either pointer may be NULL. */
 void core_blas_cpu_features(int *has_avx512, int *has_avx2);
 
-/* Core-internal: 1 when core's own AVX2 kernels (lora.c, qmatmul.c) can run: AVX2 and FMA (as
- * core_blas_cpu_features' has_avx2) plus F16C, which is CPUID leaf 1 ECX bit 29 since not every
- * compiler's __builtin_cpu_supports knows it. */
-int core__cpu_avx2_f16c(void);
-
-/* Core-internal: 1 when core's own AVX-512 kernels (qmatmul.c, qmatmul_q8.c, vmath.c) can run:
- * AVX-512 F/BW/DQ/VL (core_blas_cpu_features' has_avx512) and everything core__cpu_avx2_f16c
- * asks for. */
-int core__cpu_avx512(void);
-
 /* The decision, pure: the OPENBLAS_CORETYPE to re-exec with, or NULL to leave things alone.
  * "SkylakeX" with AVX-512, else "Haswell" with AVX2+FMA, but only when corename is a generic
  * fallback and the user has not set OPENBLAS_CORETYPE (user_set != 0). A core counts as a

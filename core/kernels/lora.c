@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "core/format/types.h"
-#include "core/kernels/blas.h"
+#include "core/kernels/cpu_internal.h"
 
 #define ROWS 8          /* batch rows per pass over Bt */
 #define BT_WHOLE 65536  /* a Bt of at most this many elements is converted in one piece */
@@ -249,22 +249,12 @@ typedef struct lora_ops {
 } lora_ops;
 
 static const lora_ops generic_ops = {cvt_generic, shrink_generic, expand_generic};
-static const lora_ops *_Atomic chosen; /* any thread (the pool's too) may decide first */
 
-void core__lora_force_generic(int on)
-{
-    atomic_store_explicit(&chosen, on ? &generic_ops : NULL, memory_order_relaxed);
-}
-
+/* AVX2 from that level up (core/kernels/cpu_internal.h), the portable kernels below it. */
 static const lora_ops *ops(void)
 {
     static const lora_ops avx2 = {cvt_avx2, shrink_avx2, expand_avx2};
-    const lora_ops *o = atomic_load_explicit(&chosen, memory_order_relaxed);
-    if (!o) {
-        o = core__cpu_avx2_f16c() ? &avx2 : &generic_ops;
-        atomic_store_explicit(&chosen, o, memory_order_relaxed);
-    }
-    return o;
+    return core__cpu_level() >= CORE_CPU_AVX2 ? &avx2 : &generic_ops;
 }
 
 void core__lora_group(uint32_t dtype, const void *A, const void *Bt, int rank, int in, int out,

@@ -30,7 +30,6 @@ void core__lora_group(uint32_t dtype, const void *A, const void *Bt, int rank, i
 
 size_t core__lora_scratch_floats(int rank, int out);
 
-/* Tests: 1 forces the portable kernels, 0 returns to detecting the CPU. */
-void core__lora_force_generic(int on);
+/* The kernels follow core__cpu_level (cpu_internal.h): AVX2 from that level up, portable below. */
 
 #endif

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/kernels/blas.h"
+#include "core/kernels/cpu_internal.h"
 #include "core/kernels/dequant.h"
 #include "core/model/model.h"
 
@@ -961,60 +961,19 @@ typedef struct qmm_ops {
                 int n, float *Y, int ldy);
 } qmm_ops;
 
-/* Which kernels core__qmatmul runs; decided on first use, atomically so that any thread may be
- * first. */
-static _Atomic int kernels; /* CORE_QMM_*, CORE_QMM_AUTO while undecided; -1 for none */
-
-int core__qmatmul_force(int which)
-{
-    if ((which == CORE_QMM_AVX2 && !core__cpu_avx2_f16c()) ||
-        (which == CORE_QMM_AVX512 && !core__cpu_avx512()))
-        return -ENOTSUP;
-    if (which < CORE_QMM_AUTO || which > CORE_QMM_AVX512)
-        return -EINVAL;
-    atomic_store_explicit(&kernels, which, memory_order_relaxed);
-    return 0;
-}
-
-void core__qmatmul_force_generic(int on)
-{
-    core__qmatmul_force(on ? CORE_QMM_PORTABLE : CORE_QMM_AUTO);
-}
-
-/* AVX-512 when the CPU has F/BW/DQ/VL (and the AVX2 set), AVX2 when it has AVX2/FMA/F16C, else
- * none: the portable kernels run at a third of OpenBLAS's sgemv on f32 weights, so the caller
- * had better use that. ADAPTREE_QMATMUL=avx2 keeps a machine with AVX-512 on the AVX2 kernels
- * (same bits, for comparisons). */
-static int decide(void)
-{
-    const char *env = getenv("ADAPTREE_QMATMUL");
-    if (!core__cpu_avx2_f16c())
-        return -1;
-    if (env && strcmp(env, "avx2") == 0)
-        return CORE_QMM_AVX2;
-    return core__cpu_avx512() ? CORE_QMM_AVX512 : CORE_QMM_AVX2;
-}
-
+/* The kernels of the level (core/kernels/cpu_internal.h): AVX-512 from that level up, AVX2, the
+ * portable ones only when forced; none below AVX2, where the portable kernels would run at a third
+ * of OpenBLAS's sgemv on f32 weights, so the caller had better use that. */
 static const qmm_ops *ops(void)
 {
     static const qmm_ops avx512 = {dequant_avx2, dots_avx2, gemv_avx512};
     static const qmm_ops avx2 = {dequant_avx2, dots_avx2, gemv_avx2};
     static const qmm_ops portable = {dequant_generic, dots_generic, NULL};
-    int k = atomic_load_explicit(&kernels, memory_order_relaxed);
-    if (k == CORE_QMM_AUTO) {
-        k = decide();
-        atomic_store_explicit(&kernels, k, memory_order_relaxed);
-    }
-    switch (k) {
-    case CORE_QMM_AVX512:
-        return &avx512;
-    case CORE_QMM_AVX2:
-        return &avx2;
-    case CORE_QMM_PORTABLE:
-        return &portable;
-    default:
-        return NULL;
-    }
+    core_cpu_level l = core__cpu_level();
+    return l >= CORE_CPU_AVX512     ? &avx512
+           : l == CORE_CPU_AVX2     ? &avx2
+           : l == CORE_CPU_PORTABLE ? &portable
+                                    : NULL;
 }
 
 int core__qmatmul_max_rows(void)
@@ -1025,17 +984,15 @@ int core__qmatmul_max_rows(void)
         return (int)v;
     if (!ops())
         return 0;
-    int k = atomic_load_explicit(&kernels, memory_order_relaxed);
-    return k == CORE_QMM_AVX512 ? INT_MAX : CORE_QMATMUL_ROWS;
+    return core__cpu_level() >= CORE_CPU_AVX512 ? INT_MAX : CORE_QMATMUL_ROWS;
 }
 
 const char *core__qmatmul_kernels(void)
 {
-    const qmm_ops *o = ops();
-    int k = atomic_load_explicit(&kernels, memory_order_relaxed);
-    if (!o)
+    if (!ops())
         return "none (f32 weights through OpenBLAS)";
-    return k == CORE_QMM_AVX512 ? "AVX-512" : k == CORE_QMM_AVX2 ? "AVX2" : "portable";
+    core_cpu_level l = core__cpu_level();
+    return l >= CORE_CPU_AVX512 ? "AVX-512" : l == CORE_CPU_AVX2 ? "AVX2" : "portable";
 }
 
 int core__qmatmul(uint32_t type, const void *W, int in, int out, const float *X, int n, float *Y)

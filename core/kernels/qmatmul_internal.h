@@ -36,16 +36,9 @@ int core__qmatmul(uint32_t type, const void *W, int in, int out, const float *X,
 int core__qmatmul_part(uint32_t type, const void *W, int in, int out, int o_begin, int o_end,
                        const float *X, int n, float *Y);
 
-/* The kernel families; CORE_QMM_AUTO picks the best the CPU has (AVX-512 F/BW/DQ/VL, else
- * AVX2/FMA/F16C, else none; ADAPTREE_QMATMUL=avx2 in the environment stops at AVX2). The AVX2
- * and AVX-512 kernels give the same bits. */
-enum { CORE_QMM_AUTO, CORE_QMM_PORTABLE, CORE_QMM_AVX2, CORE_QMM_AVX512 };
-
-/* Tests and benches: run this family from now on. -ENOTSUP when the CPU lacks it. */
-int core__qmatmul_force(int which);
-
-/* Tests: 1 runs the portable kernels (whatever the CPU), 0 returns to detecting the CPU. */
-void core__qmatmul_force_generic(int on);
+/* The kernels follow core__cpu_level (cpu_internal.h): AVX-512 from that level up, AVX2, the
+ * portable ones when forced, none below AVX2 (core__qmatmul says -ENOTSUP). The AVX2 and AVX-512
+ * kernels give the same bits. */
 
 /* The most rows a step may have and still go through core__qmatmul rather than sgemm on f32
  * weights: ADAPTREE_QMATMUL_ROWS from the environment (1..1000000) if set, else unlimited

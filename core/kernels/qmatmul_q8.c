@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "core/format/types.h"
-#include "core/kernels/blas.h"
+#include "core/kernels/cpu_internal.h"
 #include "core/model/model.h"
 
 #define QK 32
@@ -276,41 +276,21 @@ AVX2 static void quantize_row_avx2(const float *x, int in, uint8_t *row)
     }
 }
 
-static _Atomic int forced = -1; /* a CORE_Q8_* level, or -1: detect */
-
-static int cpu_level(void)
-{
-    static _Atomic int have = -1;
-    int h = atomic_load_explicit(&have, memory_order_relaxed);
-    if (h < 0) {
-        if (core__cpu_avx512() && __builtin_cpu_supports("avx512vnni"))
-            h = CORE_Q8_VNNI;
-        else if (core__cpu_avx2_f16c())
-            h = CORE_Q8_AVX2;
-        else
-            h = CORE_Q8_NONE;
-        atomic_store_explicit(&have, h, memory_order_relaxed);
-    }
-    return h;
-}
-
+/* The family of the level (core/kernels/cpu_internal.h): VNNI, AVX2 (also on AVX-512 CPUs
+ * without VNNI), portable only when forced, none below AVX2. */
 int core__q8_level(void)
 {
-    int f = atomic_load_explicit(&forced, memory_order_relaxed);
-    return f >= 0 ? f : cpu_level();
+    static const int of[] = {[CORE_CPU_NONE] = CORE_Q8_NONE,
+                             [CORE_CPU_PORTABLE] = CORE_Q8_PORTABLE,
+                             [CORE_CPU_AVX2] = CORE_Q8_AVX2,
+                             [CORE_CPU_AVX512] = CORE_Q8_AVX2,
+                             [CORE_CPU_VNNI] = CORE_Q8_VNNI};
+    return of[core__cpu_level()];
 }
 
 int core__q8_available(void)
 {
     return core__q8_level() != CORE_Q8_NONE;
-}
-
-int core__q8_force(int level)
-{
-    if (level > CORE_Q8_PORTABLE && level > cpu_level())
-        return -ENOTSUP;
-    atomic_store_explicit(&forced, level, memory_order_relaxed);
-    return 0;
 }
 
 const char *core__q8_kernels(void)

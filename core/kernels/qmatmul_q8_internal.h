@@ -50,8 +50,9 @@ void core__q8x_quantize(const float *X, int in, int n, uint8_t *dst);
 int core__q8_matmul_part(const core_q8w *w, const uint8_t *Xq, int n, int o_begin, int o_end,
                          float *Y, int ldy);
 
-/* Which kernels run: none (the CPU has neither AVX2+FMA+F16C nor AVX-512 VNNI, and int8 is
- * refused), the portable ones (tests only), AVX2, or AVX-512 VNNI. All give the same bits. */
+/* Which kernels run, following core__cpu_level (cpu_internal.h): none (below AVX2: int8 is
+ * refused), the portable ones (forced, for tests), AVX2 (also on AVX-512 without VNNI), or
+ * AVX-512 VNNI. All give the same bits. */
 enum { CORE_Q8_NONE = 0, CORE_Q8_PORTABLE = 1, CORE_Q8_AVX2 = 2, CORE_Q8_VNNI = 3 };
 int core__q8_level(void);
 
@@ -60,9 +61,5 @@ int core__q8_available(void);
 
 /* Their name, for logs and benches: "AVX-512 VNNI", "AVX2", "portable" or "none". */
 const char *core__q8_kernels(void);
-
-/* Tests: runs the kernels of this level (at most the CPU's) until called again; -1 returns to
- * detecting the CPU. Returns 0, or -ENOTSUP when the CPU cannot run them. */
-int core__q8_force(int level);
 
 #endif

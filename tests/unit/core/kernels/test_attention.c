@@ -8,6 +8,7 @@
 
 #include "core/format/types.h"
 #include "core/kernels/attention_internal.h"
+#include "core/kernels/cpu_internal.h"
 #include "tests/test.h"
 
 static uint64_t rng = 11;
@@ -42,9 +43,9 @@ TEST(vmath_exp_and_swiglu_match_libm)
     CHECK(y[0] == 0.0f);
     CHECK(y[2] == 1.0f);
     core__swiglu(g, up, N);
-    core__vmath_force_generic(1);
+    core__cpu_force(CORE_CPU_PORTABLE);
     core__swiglu(g2, up, N);
-    core__vmath_force_generic(0);
+    core__cpu_force(-1);
     double sw = 0;
     for (int i = 0; i < N; i++)
         sw = fmax(sw, fabs(g[i] - g2[i]) / (fabs(g2[i]) + 1e-30));
@@ -141,13 +142,13 @@ static void attend_all(const char *which)
 
 TEST(vmath_attention_matches_double)
 {
-    if (core__vmath_force(CORE_VMATH_AVX512) == 0)
+    if (core__cpu_force(CORE_CPU_AVX512) == 0)
         attend_all("AVX-512");
     else
         printf("    no AVX-512 F/DQ/VL here: its attention is not tested\n");
-    if (core__vmath_force(CORE_VMATH_AVX2) == 0)
+    if (core__cpu_force(CORE_CPU_AVX2) == 0)
         attend_all("AVX2");
-    core__vmath_force_generic(1);
+    core__cpu_force(CORE_CPU_PORTABLE);
     attend_all("portable");
-    core__vmath_force_generic(0);
+    core__cpu_force(-1);
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core/format/types.h"
+#include "core/kernels/cpu_internal.h"
 #include "core/kernels/lora_internal.h"
 #include "tests/test.h"
 
@@ -148,7 +149,7 @@ TEST(lora_kernels_match_reference_and_are_row_invariant)
 
 TEST(lora_portable_kernels_match_reference_and_are_row_invariant)
 {
-    core__lora_force_generic(1);
+    core__cpu_force(CORE_CPU_PORTABLE);
     all_cases();
-    core__lora_force_generic(0);
+    core__cpu_force(-1);
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/kernels/cpu_internal.h"
 #include "core/kernels/dequant.h"
 #include "core/kernels/qmatmul_internal.h"
 #include "tests/test.h"
@@ -244,13 +245,13 @@ TEST(qmatmul_matches_reference)
     float x[1] = {1}, w[1] = {1}, y[1];
     if (core__qmatmul(CORE_TYPE_F32, w, 1, 1, x, 1, y) == -ENOTSUP)
         TEST_SKIP("no AVX2/FMA/F16C: core__qmatmul leaves every type to the f32 path");
-    if (core__qmatmul_force(CORE_QMM_AVX512) == 0)
+    if (core__cpu_force(CORE_CPU_AVX512) == 0)
         run_all("AVX-512");
     else
         printf("    no AVX-512 F/BW/DQ/VL here: its kernels are not tested\n");
-    CHECK_EQ_INT(core__qmatmul_force(CORE_QMM_AVX2), 0);
+    CHECK_EQ_INT(core__cpu_force(CORE_CPU_AVX2), 0);
     run_all("AVX2");
-    core__qmatmul_force(CORE_QMM_AUTO);
+    core__cpu_force(-1);
 }
 
 /* Random weights of the type (in, out) against up to 48 rows of X on the AVX-512 and AVX2
@@ -268,9 +269,9 @@ static void compare_families(uint32_t type, int in, int out, const char *what, i
         x[i] = frand();
     for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
         int n = ns[k];
-        core__qmatmul_force(CORE_QMM_AVX512);
+        core__cpu_force(CORE_CPU_AVX512);
         CHECK_EQ_INT(core__qmatmul(type, w, in, out, x, n, ya), 0);
-        core__qmatmul_force(CORE_QMM_AVX2);
+        core__cpu_force(CORE_CPU_AVX2);
         CHECK_EQ_INT(core__qmatmul(type, w, in, out, x, n, yb), 0);
         CHECK_MSG(memcmp(ya, yb, sizeof(float) * (size_t)out * n) == 0,
                   "%s in %d out %d n %d%s: AVX-512 and AVX2 results differ", core_type_name(type),
@@ -287,7 +288,7 @@ static void compare_families(uint32_t type, int in, int out, const char *what, i
  * number of rows, so that a result does not depend on which of the two a machine runs. */
 TEST(qmatmul_avx512_gives_the_avx2_bits)
 {
-    if (core__qmatmul_force(CORE_QMM_AVX512) != 0)
+    if (core__cpu_force(CORE_CPU_AVX512) != 0)
         TEST_SKIP("no AVX-512 F/BW/DQ/VL here: nothing to compare");
     int compared = 0;
     for (size_t t = 0; t < sizeof all_types / sizeof all_types[0]; t++) {
@@ -301,16 +302,16 @@ TEST(qmatmul_avx512_gives_the_avx2_bits)
      * against groups of X packed once. */
     rng = 7;
     compare_families(CORE_TYPE_Q4_1, 576, 1501, " (two weight blocks)", &compared);
-    core__qmatmul_force(CORE_QMM_AUTO);
+    core__cpu_force(-1);
     printf("    %d products bit-identical on both kernel families\n", compared);
 }
 
 /* The portable kernels, which an AVX2 machine would otherwise never run. */
 TEST(qmatmul_portable_kernels)
 {
-    core__qmatmul_force_generic(1);
+    core__cpu_force(CORE_CPU_PORTABLE);
     run_all("portable");
-    core__qmatmul_force_generic(0);
+    core__cpu_force(-1);
 }
 
 static void rejects(void)
@@ -330,7 +331,7 @@ static void rejects(void)
 /* Under the portable kernels, so that the answers are the same on every CPU. */
 TEST(qmatmul_rejects_what_it_cannot_do)
 {
-    core__qmatmul_force_generic(1);
+    core__cpu_force(CORE_CPU_PORTABLE);
     rejects();
-    core__qmatmul_force_generic(0);
+    core__cpu_force(-1);
 }

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/kernels/cpu_internal.h"
 #include "core/kernels/dequant.h"
 #include "core/kernels/qmatmul_q8_internal.h"
 #include "tests/test.h"
@@ -75,11 +76,12 @@ TEST(q8_quantize_vector_gives_scalar_bytes)
     uint8_t *a = aligned_alloc(64, rb * (size_t)n), *b = aligned_alloc(64, rb * (size_t)n);
     memset(a, 0, rb * (size_t)n);
     memset(b, 0, rb * (size_t)n);
-    CHECK_EQ_INT(core__q8_force(CORE_Q8_PORTABLE), 0);
+    CHECK_EQ_INT(core__cpu_force(CORE_CPU_PORTABLE), 0);
     core__q8x_quantize(x, in, n, a);
     int vectors = 0;
-    for (int level = CORE_Q8_AVX2; level <= CORE_Q8_VNNI; level++) {
-        if (core__q8_force(level))
+    for (int level = CORE_CPU_AVX2; level <= CORE_CPU_VNNI;
+         level += CORE_CPU_VNNI - CORE_CPU_AVX2) {
+        if (core__cpu_force(level))
             continue;
         memset(b, 0, rb * (size_t)n);
         core__q8x_quantize(x, in, n, b);
@@ -87,7 +89,7 @@ TEST(q8_quantize_vector_gives_scalar_bytes)
                   core__q8_kernels());
         vectors++;
     }
-    core__q8_force(-1);
+    core__cpu_force(-1);
     if (!vectors)
         printf("    neither AVX2 nor AVX-512 VNNI here: only the scalar quantizer runs\n");
     /* each value within half a step of x; NaN/inf blocks have a NaN scale */
@@ -140,10 +142,11 @@ static void check_shape(uint32_t type, int in, int out, int *compared, double *w
         core_dequant_row(type, w + (size_t)o * wrb, wf + (size_t)o * in, in);
     for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
         int n = ns[k];
-        CHECK_EQ_INT(core__q8_force(CORE_Q8_PORTABLE), 0);
+        CHECK_EQ_INT(core__cpu_force(CORE_CPU_PORTABLE), 0);
         CHECK_EQ_INT(core__q8_matmul_part(p, xq, n, 0, out, ya, out), 0);
-        for (int level = CORE_Q8_AVX2; level <= CORE_Q8_VNNI; level++) {
-            if (core__q8_force(level))
+        for (int level = CORE_CPU_AVX2; level <= CORE_CPU_VNNI;
+             level += CORE_CPU_VNNI - CORE_CPU_AVX2) {
+            if (core__cpu_force(level))
                 continue;
             /* in two parts, as two threads would */
             int mid = (out / 32) * 16;
@@ -155,7 +158,7 @@ static void check_shape(uint32_t type, int in, int out, int *compared, double *w
                       in, out, n, core__q8_kernels());
             (*compared)++;
         }
-        core__q8_force(-1);
+        core__cpu_force(-1);
     }
     /* |Σ w (x - x̂)| <= Σ_blocks d_b / 2 · Σ|w| over the block, plus f32 rounding */
     const float *dq = NULL;
