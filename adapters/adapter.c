@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "adapters/adapter_internal.h"
+#include "core/base.h"
 #include "core/format/types.h"
 
 adapter *adapter__new(int n_layer, uint32_t dtype, size_t slab_bytes)
@@ -96,16 +97,6 @@ int adapter__copy_rows(uint32_t dtype, const void *src, void *dst, size_t rows, 
             memcpy(d + (i * rows + r) * es, row + i * es, es);
     }
     return 0;
-}
-
-uint64_t adapter__hash(uint64_t h, const void *buf, size_t n)
-{
-    const unsigned char *p = buf;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 0x100000001b3ULL;
-    }
-    return h;
 }
 
 const char *adapter_targets_str(unsigned targets, char *buf, size_t cap)

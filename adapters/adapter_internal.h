@@ -90,9 +90,6 @@ adapter *adapter__new(int n_layer, uint32_t dtype, size_t slab_bytes);
  * (permuted) tensor transposed. Returns 0 or -EINVAL. */
 int adapter__copy_rows(uint32_t dtype, const void *src, void *dst, size_t rows, size_t row_len,
                        int perm_heads, int head_dim, bool transpose);
-/* FNV-1a 64 over a buffer, chained through h (start with ADAPTER_HASH_INIT). */
-#define ADAPTER_HASH_INIT 0xcbf29ce484222325ULL
-uint64_t adapter__hash(uint64_t h, const void *buf, size_t n);
 
 /* ---- adapter files (adapter_io.c) ---------------------------------------------------------- */
 

@@ -1,6 +1,7 @@
 /* Lora sets and the plan builder: rows grouped by distinct adapter, one core_lora_group per
  * (adapter, layer, module). */
 #include "adapters/compose.h"
+#include "core/base.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -34,10 +35,10 @@ adapter_set *adapter_set_new(const adapter_set_item *items, int n)
         s->items[m++].weight = items[i].weight;
     }
     s->n = m;
-    uint64_t key = ADAPTER_HASH_INIT;
+    uint64_t key = CORE_HASH_INIT;
     for (int i = 0; i < m; i++) {
-        key = adapter__hash(key, &s->items[i].a->hash, sizeof s->items[i].a->hash);
-        key = adapter__hash(key, &s->items[i].weight, sizeof s->items[i].weight);
+        key = core_hash64(key, &s->items[i].a->hash, sizeof s->items[i].a->hash);
+        key = core_hash64(key, &s->items[i].weight, sizeof s->items[i].weight);
     }
     s->key = key;
     return s;
@@ -90,29 +91,13 @@ void adapter_plan_free(adapter_plan *p)
     free(p);
 }
 
-static int grow(void *pp, size_t *cap, size_t n, size_t sz)
-{
-    void **p = pp;
-    if (n <= *cap)
-        return 0;
-    size_t c = *cap ? *cap : 16;
-    while (c < n)
-        c *= 2;
-    void *q = realloc(*p, c * sz);
-    if (!q)
-        return -ENOMEM;
-    *p = q;
-    *cap = c;
-    return 0;
-}
-
 /* Finds or adds the use of adapter a. */
 static int use_index(adapter_plan *p, int *n_uses, const adapter *a)
 {
     for (int u = 0; u < *n_uses; u++)
         if (p->uses[u].a == a)
             return u;
-    if (grow(&p->uses, &p->cap_uses, (size_t)*n_uses + 1, sizeof *p->uses))
+    if (core_grow(&p->uses, &p->cap_uses, (size_t)*n_uses + 1, sizeof *p->uses))
         return -ENOMEM;
     p->uses[*n_uses] = (plan_use){.a = a};
     return (*n_uses)++;
@@ -136,8 +121,8 @@ int adapter_plan_build(adapter_plan *p, int n_layer, int n_rows, const adapter_s
     }
     /* Pass 2: rows and weights per use, contiguous. A row listing the same adapter twice gets
      * two entries, which add up, as the math wants. */
-    if (grow(&p->rows, &p->cap_rows, n_pairs, sizeof *p->rows) ||
-        grow(&p->weights, &p->cap_weights, n_pairs, sizeof *p->weights))
+    if (core_grow(&p->rows, &p->cap_rows, n_pairs, sizeof *p->rows) ||
+        core_grow(&p->weights, &p->cap_weights, n_pairs, sizeof *p->weights))
         return -ENOMEM;
     size_t n_groups = 0, n_scales = 0;
     int at = 0;
@@ -158,8 +143,8 @@ int adapter_plan_build(adapter_plan *p, int n_layer, int n_rows, const adapter_s
     }
     for (int u = 0; u < n_uses; u++)
         n_scales += (size_t)p->uses[u].a->n_mods * p->uses[u].n_rows;
-    if (grow(&p->groups, &p->cap_groups, n_groups, sizeof *p->groups) ||
-        grow(&p->scales, &p->cap_scales, n_scales, sizeof *p->scales))
+    if (core_grow(&p->groups, &p->cap_groups, n_groups, sizeof *p->groups) ||
+        core_grow(&p->scales, &p->cap_scales, n_scales, sizeof *p->scales))
         return -ENOMEM;
     /* Pass 3: one group per (use, layer, module). */
     size_t g = 0, sc = 0;

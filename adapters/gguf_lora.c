@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "adapters/adapter_internal.h"
+#include "core/base.h"
 #include "core/format/gguf.h"
 #include "core/kernels/dequant.h"
 
@@ -228,7 +229,7 @@ static adapter *load_gguf(const char *root, const char *file, const core_config 
         a->targets |= 1u << (k % CORE_MOD_COUNT);
         a->n_mods++;
     }
-    a->hash = adapter__hash(ADAPTER_HASH_INIT, g->base, g->size);
+    a->hash = core_hash64(CORE_HASH_INIT, g->base, g->size);
     core_gguf_get_str(g, "general.name", a->base_model, sizeof a->base_model);
     goto out;
 fail:

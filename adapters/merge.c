@@ -68,7 +68,7 @@ static int merge_weights(core_model *m, const adapter_set *set, unsigned char *t
                     as_f32(a->dtype, am->Bt, scratch + (size_t)r * in, (size_t)out * r);
                 cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, r,
                             set->items[k].weight * am->scale, Bt, out, A, in, 1.0f,
-                            m->layers[l].w[mod], in);
+                            m->layers[l].w[mod].f32, in);
                 touched[l * CORE_MOD_COUNT + mod] = 1;
             }
         }
@@ -78,7 +78,7 @@ static int merge_weights(core_model *m, const adapter_set *set, unsigned char *t
         int l = i / CORE_MOD_COUNT, mod = i % CORE_MOD_COUNT;
         size_t n = (size_t)core_module_in(c, mod) * (size_t)core_module_out(c, mod);
         for (size_t j = 0; touched[i] && j < n; j++) {
-            if (!isfinite(m->layers[l].w[mod][j])) {
+            if (!isfinite(m->layers[l].w[mod].f32[j])) {
                 snprintf(err, errlen,
                          "merged blk.%d.%s.weight is not finite at element %zu "
                          "(adapter weights too large?)",
@@ -177,7 +177,7 @@ static int write_merged(const core_model *m, const adapter_set *set, const char 
             continue;
         snprintf(name, sizeof name, "blk.%d.%s.weight", l, core_module_gguf_name(mod));
         const core_gguf_tensor *t = core_gguf_find_tensor(g, name); /* checked by the load */
-        merged[t - g->tensors] = m->layers[l].w[mod];
+        merged[t - g->tensors] = m->layers[l].w[mod].f32;
         n_half += core_gguf_tensor_nelements(t);
         rep->n_merged++;
     }

@@ -19,6 +19,7 @@
 
 #include "adapters/adapter_internal.h"
 #include "adapters/peft_internal.h"
+#include "core/base.h"
 #include "core/format/safetensors.h"
 #include "core/format/types.h"
 
@@ -403,8 +404,7 @@ static adapter *load_peft(const char *root, const char *dir, const core_config *
         return NULL;
     adapter *a = build(&s.c, s.plan, cfg, err, errlen);
     if (a) {
-        a->hash =
-            adapter__hash(adapter__hash(ADAPTER_HASH_INIT, s.text, s.len), s.st->base, s.st->size);
+        a->hash = core_hash64(core_hash64(CORE_HASH_INIT, s.text, s.len), s.st->base, s.st->size);
         const cJSON *b = cJSON_GetObjectItem(s.j, "base_model_name_or_path");
         if (cJSON_IsString(b))
             snprintf(a->base_model, sizeof a->base_model, "%s", b->valuestring);

@@ -27,6 +27,7 @@
  * server learns the absolute directory from on_loaded, for its log.
  */
 #include "adapters/registry.h"
+#include "core/base.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -205,14 +206,14 @@ static int file_sig(const adapter_registry *r, const char *path, uint64_t *sig)
     struct stat st;
     int rc = adapter__resolve_beneath(r->root, path, real);
     if (rc == -EXDEV) {
-        *sig = adapter__hash(*sig, "leaves the root", 15);
+        *sig = core_hash64(*sig, "leaves the root", 15);
         return -1;
     }
     if (rc || stat(real, &st) || !S_ISREG(st.st_mode))
         return 0;
     int64_t parts[6] = {st.st_mtim.tv_sec,  st.st_mtim.tv_nsec, st.st_ctim.tv_sec,
                         st.st_ctim.tv_nsec, st.st_size,         (int64_t)st.st_ino};
-    *sig = adapter__hash(*sig, parts, sizeof parts);
+    *sig = core_hash64(*sig, parts, sizeof parts);
     return 1;
 }
 
@@ -272,7 +273,7 @@ static bool adapter_files(const adapter_registry *r, const char *dir, const char
                           char *bad, size_t cap)
 {
     char p[PATH_MAX + 64];
-    *sig = ADAPTER_HASH_INIT;
+    *sig = CORE_HASH_INIT;
     bad[0] = 0;
     for (const adapter__loader *const *l = adapter__loaders; *l; l++) {
         const adapter__loader *f = *l;

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "adapters/compose.h"
+#include "core/base.h"
 #include "core/model/model.h"
 #include "core/model/sampler.h"
 #include "core/text/tokenizer.h"
@@ -169,13 +170,6 @@ static int parse_opts(int argc, char **argv, gen_opts *o)
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 /* Tokenizes the prompt, rendering the chat template first with --chat. */
 static int prompt_tokens(const core_tokenizer *tok, const gen_opts *o, int32_t **ids, size_t *n)
 {
@@ -293,10 +287,10 @@ static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o)
         goto out;
     }
 
-    double t0 = now_s();
+    double t0 = core_now();
     if (prefill(&g, ids, n_prompt, logits) < 0)
         goto out;
-    double t1 = now_s();
+    double t1 = core_now();
     core_detok dt;
     core_detok_init(&dt, tok, o->show_special);
     char text[512];
@@ -324,7 +318,7 @@ static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o)
     if (core_detok_flush(&dt, text, sizeof text) > 0)
         fputs(text, stdout);
     fputc('\n', stdout);
-    double t2 = now_s();
+    double t2 = core_now();
     fprintf(stderr,
             "prompt: %zu tokens in %.3f s (%.1f tok/s); generation: %ld tokens in %.3f s "
             "(%.1f tok/s)\n",

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "adapters/merge.h"
+#include "core/base.h"
 #include "core/model/model.h"
 #include "server/cli.h"
 #include "server/cli_select.h"
@@ -32,13 +33,6 @@ static void merge_usage(FILE *out)
             "      --adapter ID[:S]    merge exactly node ID at scale S (default 1); repeatable\n");
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 /* True when both paths name the same existing file. */
 static int same_file(const char *a, const char *b)
 {
@@ -54,7 +48,7 @@ int srv_merge(const char *model_path, struct srv_cli_sel *sel, const char *out, 
     adapter_merge_report rep = {0};
     core_model *m = NULL;
     int rc = -EINVAL;
-    double t0 = now_s();
+    double t0 = core_now();
     if (outtype != SRV_MERGE_F32 && outtype != SRV_MERGE_F16) {
         snprintf(err, errlen, "unknown output type %d", outtype);
         goto out;
@@ -82,16 +76,16 @@ int srv_merge(const char *model_path, struct srv_cli_sel *sel, const char *out, 
     const char *names[ADAPTER_SEL_MAX];
     for (int i = 0; i < sel->set->n; i++)
         names[i] = sel->resolved.items[i].id;
-    double t1 = now_s();
+    double t1 = core_now();
     rc = adapter_merge_export(m, sel->set, names, out, outtype, &rep, err, errlen);
     if (rc)
         goto out;
     fprintf(stderr,
             "merge: %d adapter(s), %d weights merged (%s) in %.2f s; wrote %s: %d tensors, %d as "
             "%s and %d as stored, %.1f MB, %.2f s in all\n",
-            sel->set->n, rep.n_merged, rep.modules, now_s() - t1, out, rep.n_tensors, rep.n_merged,
-            outtype == SRV_MERGE_F16 ? "f16" : "f32", rep.n_tensors - rep.n_merged,
-            (double)rep.bytes / 1e6, now_s() - t0);
+            sel->set->n, rep.n_merged, rep.modules, core_now() - t1, out, rep.n_tensors,
+            rep.n_merged, outtype == SRV_MERGE_F16 ? "f16" : "f32", rep.n_tensors - rep.n_merged,
+            (double)rep.bytes / 1e6, core_now() - t0);
 out:
     srv_cli_sel_close(sel);
     core_model_free(m);

@@ -30,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/base.h"
 #include "server/auth.h"
 #include "server/cli.h"
 #include "server/cli_serve.h"
@@ -305,13 +306,6 @@ static int signal_wait(int sfd, int ms)
     return 0;
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 /* ---- the command ---------------------------------------------------------------------------- */
 
 static srv_engine *start_engine(const srv_serve_opts *o)
@@ -375,8 +369,8 @@ static void fit_fd_limit(srv_http_opts *ho)
 /* Waits up to ms for the HTTP requests in progress to end, sweeping; false if some are left. */
 static bool wait_requests(srv_http *http, int ms)
 {
-    double t0 = now_s();
-    while (srv_http_active(http) > 0 && (now_s() - t0) * 1e3 < ms) {
+    double t0 = core_now();
+    while (srv_http_active(http) > 0 && (core_now() - t0) * 1e3 < ms) {
         usleep(20 * 1000);
         srv_http_sweep(http);
     }
@@ -392,8 +386,8 @@ static int drain(srv_app *app, srv_engine *e, srv_http *http, int sfd, long seco
             srv_http_active(http), seconds);
     atomic_store(&app->draining, true);
     srv_engine_drain(e);
-    double t0 = now_s();
-    while (srv_http_active(http) > 0 && now_s() - t0 < (double)seconds) {
+    double t0 = core_now();
+    while (srv_http_active(http) > 0 && core_now() - t0 < (double)seconds) {
         if (signal_wait(sfd, SWEEP_MS)) {
             srv_log(SRV_LOG_WARN, "second signal: stopping now");
             break;

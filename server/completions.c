@@ -16,6 +16,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "core/base.h"
 #include "core/text/tokenizer.h"
 #include "server/http_errors.h"
 #include "server/log.h"
@@ -31,14 +32,6 @@ static uint64_t random_u64(void)
         v = ((uint64_t)t.tv_nsec * 0x9E3779B97F4A7C15ull) ^ (uint64_t)t.tv_sec;
     }
     return v;
-}
-
-static uint64_t fnv1a(const char *s)
-{
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-    return h;
 }
 
 static int piece(void *ud, int32_t id, char *buf, size_t cap)
@@ -72,9 +65,11 @@ static void client_key(srv_http_req *req, const srv_request *rq, char *out, size
         if (strlen(rq->user) + 5 < cap)
             snprintf(out, cap, "user:%s", rq->user);
         else
-            snprintf(out, cap, "user#%016llx", (unsigned long long)fnv1a(rq->user));
+            snprintf(out, cap, "user#%016llx",
+                     (unsigned long long)core_hash64(CORE_HASH_INIT, rq->user, strlen(rq->user)));
     } else if (srv_auth_bearer(srv_http_header(req, "Authorization"), key, sizeof key) == 0) {
-        snprintf(out, cap, "key#%016llx", (unsigned long long)fnv1a(key));
+        snprintf(out, cap, "key#%016llx",
+                 (unsigned long long)core_hash64(CORE_HASH_INIT, key, strlen(key)));
         memset(key, 0, sizeof key);
     } else {
         snprintf(out, cap, "ip:%s", srv_http_peer(req));

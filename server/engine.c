@@ -14,6 +14,7 @@
  * and it is closed only after every job has been detached, so no send can reach a closed handle.
  */
 #include "server/engine.h"
+#include "core/base.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -59,26 +60,6 @@ const char *srv_finish_name(srv_finish f)
     }
 }
 
-double srv__now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- jobs ----------------------------------------------------------------------------------- */
 
 static void job_free(srv_job *j)
@@ -100,38 +81,38 @@ static int job_params_check(const srv_job_params *p, char *err, size_t errlen)
 {
     char serr[128];
     if (!p->prompt || p->n_prompt < 1) {
-        set_err(err, errlen, "the prompt is empty");
+        core_errf(err, errlen, "the prompt is empty");
         return -EINVAL;
     }
     if (p->max_tokens < 0) {
-        set_err(err, errlen, "max_tokens must be >= 0, got %d", p->max_tokens);
+        core_errf(err, errlen, "max_tokens must be >= 0, got %d", p->max_tokens);
         return -EINVAL;
     }
     if (p->n_stop < 0 || p->n_stop > SRV_JOB_STOP_MAX) {
-        set_err(err, errlen, "at most %d stop strings", SRV_JOB_STOP_MAX);
+        core_errf(err, errlen, "at most %d stop strings", SRV_JOB_STOP_MAX);
         return -EINVAL;
     }
     for (int i = 0; i < p->n_stop; i++)
         if (!p->stop[i] || !p->stop[i][0]) {
-            set_err(err, errlen, "stop strings must not be empty");
+            core_errf(err, errlen, "stop strings must not be empty");
             return -EINVAL;
         }
     if (p->logprobs < -1 || p->logprobs > SRV_JOB_TOP_MAX) {
-        set_err(err, errlen, "logprobs must be in [0, %d], got %d", SRV_JOB_TOP_MAX, p->logprobs);
+        core_errf(err, errlen, "logprobs must be in [0, %d], got %d", SRV_JOB_TOP_MAX, p->logprobs);
         return -EINVAL;
     }
     if (p->sel.n < 0 || p->sel.n > ADAPTER_SEL_MAX) {
-        set_err(err, errlen, "at most %d adapters", ADAPTER_SEL_MAX);
+        core_errf(err, errlen, "at most %d adapters", ADAPTER_SEL_MAX);
         return -EINVAL;
     }
     if (p->client && strlen(p->client) > SRV_CLIENT_MAX) {
-        set_err(err, errlen, "client key longer than %d bytes", SRV_CLIENT_MAX);
+        core_errf(err, errlen, "client key longer than %d bytes", SRV_CLIENT_MAX);
         return -EINVAL;
     }
     /* The sampler checks its own parameters; a one-token vocabulary is enough for that. */
     core_sampler *s = core_sampler_new(&p->sampling, 1, serr, sizeof serr);
     if (!s) {
-        set_err(err, errlen, "%s", serr);
+        core_errf(err, errlen, "%s", serr);
         return -EINVAL;
     }
     core_sampler_free(s);
@@ -142,7 +123,7 @@ srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud
                      size_t errlen)
 {
     if (!p) {
-        set_err(err, errlen, "no parameters");
+        core_errf(err, errlen, "no parameters");
         return NULL;
     }
     if (job_params_check(p, err, errlen) < 0)
@@ -188,7 +169,7 @@ srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud
 fail:
     job_free(j);
 nomem:
-    set_err(err, errlen, "out of memory");
+    core_errf(err, errlen, "out of memory");
     return NULL;
 }
 
@@ -196,7 +177,7 @@ srv_job *srv_job_new_load(const char *id, bool pin, void (*notify)(void *ud), vo
                           size_t errlen)
 {
     if (!id || !id[0] || strlen(id) > ADAPTER_ID_MAX) {
-        set_err(err, errlen, "adapter id must be 1..%d bytes", ADAPTER_ID_MAX);
+        core_errf(err, errlen, "adapter id must be 1..%d bytes", ADAPTER_ID_MAX);
         return NULL;
     }
     srv_job *j = calloc(1, sizeof *j);
@@ -204,7 +185,7 @@ srv_job *srv_job_new_load(const char *id, bool pin, void (*notify)(void *ud), vo
     if (!j || !text) {
         free(j);
         free(text);
-        set_err(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&j->mu, NULL);
@@ -296,7 +277,7 @@ int srv_job_prompt_tokens(srv_job *j, srv_job_token *out, int cap)
 
 void srv__job_finish(srv__shared *sh, srv_job *j, srv_finish f, srv_err err, const char *msg)
 {
-    double now = srv__now();
+    double now = core_now();
     pthread_mutex_lock(&j->mu);
     j->st.finish = f;
     if (f == SRV_FINISH_ERROR) {
@@ -419,7 +400,7 @@ int srv_engine_submit(srv_engine *e, srv_job *j)
         return rc;
     }
     srv_job_ref(j); /* the engine's reference */
-    j->t_submit = srv__now();
+    j->t_submit = core_now();
     j->lstat = ls;
     j->next = NULL;
     if (e->sh.inbox_tail)
@@ -713,19 +694,19 @@ static void opts_apply(srv_engine *e, const srv_engine_opts *o)
 srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
 {
     if (!o || (!o->model && (!o->model_path || !o->model_path[0]))) {
-        set_err(err, errlen, "no model given");
+        core_errf(err, errlen, "no model given");
         return NULL;
     }
     srv_engine *e = calloc(1, sizeof *e);
     if (!e) {
-        set_err(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&e->sh.mu, NULL);
     sem_init(&e->ready, 0, 0);
     atomic_init(&e->cancel_pending, false);
     if (o->registry_dir && o->registry_dir[0] && !(e->registry_dir = strdup(o->registry_dir))) {
-        set_err(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         goto fail;
     }
     if (o->model) {
@@ -734,7 +715,7 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
         char merr[256];
         e->own_model = core_model_load(o->model_path, merr, sizeof merr);
         if (!e->own_model) {
-            set_err(err, errlen, "cannot load %s: %s", o->model_path, merr);
+            core_errf(err, errlen, "cannot load %s: %s", o->model_path, merr);
             goto fail;
         }
         e->model = e->own_model;
@@ -743,8 +724,8 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
         char merr[256];
         int rc = e->own_model ? core_model_set_int8(e->own_model, 1, merr, sizeof merr) : -EINVAL;
         if (rc < 0) {
-            set_err(err, errlen, "--int8: %s",
-                    e->own_model ? merr : "needs a model the engine loads itself");
+            core_errf(err, errlen, "--int8: %s",
+                      e->own_model ? merr : "needs a model the engine loads itself");
             goto fail;
         }
         e->int8_weights = rc;
@@ -773,13 +754,13 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
     if (srv__sched_init(&e->sched, &sc, err, errlen) < 0)
         goto fail;
     if (pthread_create(&e->thread, NULL, engine_main, e)) {
-        set_err(err, errlen, "cannot start the engine thread");
+        core_errf(err, errlen, "cannot start the engine thread");
         goto fail_sched;
     }
     sem_wait(&e->ready);
     if (e->ready_rc) {
         pthread_join(e->thread, NULL);
-        set_err(err, errlen, "%s", e->ready_err);
+        core_errf(err, errlen, "%s", e->ready_err);
         goto fail_sched;
     }
     if (e->verbose >= 1) {

@@ -35,6 +35,7 @@
  * every suspended request; those answer 503 or cut their stream.
  */
 #include "server/http.h"
+#include "core/base.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -108,13 +109,6 @@ struct srv_http_req {
     bool stream_end;
     void *state;
 };
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static void req_unref(srv_http_req *r)
 {
@@ -367,7 +361,7 @@ static srv_http_req *req_new(srv_http *h, struct MHD_Connection *conn, srv_conn 
     r->url = url;
     r->method = method;
     r->fd = -1;
-    r->t0 = now_s();
+    r->t0 = core_now();
     r->conn_rec = rec;
     r->reserve = srv_conns_is_reserve(h->conns, rec);
     atomic_init(&r->refs, 1);
@@ -498,7 +492,7 @@ static enum MHD_Result on_head(srv_http *h, struct MHD_Connection *conn, const c
     srv_conn *rec = conn_record(conn);
     if (srv_conns_is_closing(h->conns, rec))
         return MHD_NO; /* refused or timed out: answered already */
-    srv_conns_head(h->conns, rec, now_s());
+    srv_conns_head(h->conns, rec, core_now());
     srv_http_req *r = req_new(h, conn, rec, url, method);
     if (!r) {
         srv_log(SRV_LOG_WARN, "%s %s: no request slot left; closing", method, url);
@@ -564,12 +558,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     pthread_mutex_unlock(&s->mu);
     int status = r->replied ? r->status : 0;
     bool complete = toe == MHD_REQUEST_TERMINATED_COMPLETED_OK;
-    srv_conns_idle(h->conns, r->conn_rec, now_s());
+    srv_conns_idle(h->conns, r->conn_rec, core_now());
     /* The handler lets go of the wake token here, so the slot serves nobody else before. */
     h->h.on_done(h->h.ud, r, status, complete);
     slot_give(h, s);
     srv_log(SRV_LOG_INFO, "%s %s %d%s %.1f ms", r->method, r->url, status,
-            complete ? "" : " (not completed)", (now_s() - r->t0) * 1e3);
+            complete ? "" : " (not completed)", (core_now() - r->t0) * 1e3);
     atomic_fetch_sub(&h->active, 1);
     req_unref(r);
 }
@@ -605,7 +599,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         return;
     srv_conn_admit how;
     *socket_context =
-        srv_conns_open(h->conns, fd->connect_fd, ad ? ad->client_addr : NULL, now_s(), &how);
+        srv_conns_open(h->conns, fd->connect_fd, ad ? ad->client_addr : NULL, core_now(), &how);
     if (how != SRV_CONN_ADMITTED && srv_log_threshold >= SRV_LOG_DEBUG)
         srv_log(SRV_LOG_DEBUG, "connection %s",
                 how == SRV_CONN_RESERVE ? "admitted through the reserve" : "refused: at the limit");
@@ -776,7 +770,7 @@ static bool socket_closed(int fd)
 
 void srv_http_sweep(srv_http *s)
 {
-    double now = now_s();
+    double now = core_now();
     srv_conns_sweep(s->conns, now);
     log_conn_closes(s, now);
     for (unsigned i = 0; i < s->n_slots; i++) {

@@ -90,8 +90,6 @@ typedef struct srv__shared {
     size_t n_labels;
 } srv__shared;
 
-double srv__now(void);
-
 /* Ends a job: sets its finish (and, for ERROR, its kind and message), detaches it from the
  * engine, counts it in sh. Does not notify or drop the engine's reference: see srv__job_notify.
  * Engine thread. */

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/base.h"
 #include "server/scheduler.h"
 
 /* ---- setup ---------------------------------------------------------------------------------- */
@@ -283,7 +284,7 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
     s->order = sc->n_admitted++;
     j->seq = s;
     sc->n_running++;
-    double now = srv__now();
+    double now = core_now();
     pthread_mutex_lock(&j->mu);
     j->st.queue_ms = (now - j->t_submit) * 1e3;
     pthread_mutex_unlock(&j->mu);
@@ -574,7 +575,7 @@ static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
 {
     srv_job *j = s->job;
     if (s->n_hist == j->n_prompt) {
-        double now = srv__now();
+        double now = core_now();
         pthread_mutex_lock(&j->mu);
         j->st.first_token_ms = (now - j->t_submit) * 1e3;
         pthread_mutex_unlock(&j->mu);
@@ -712,7 +713,7 @@ static int hist_bin(int rows)
  * notify. */
 static void step_done(srv__sched *sc, int n_parts, int n_rows, int n_dec, bool ok, double t0)
 {
-    double dt = srv__now() - t0;
+    double dt = core_now() - t0;
     int prompt_rows = 0, sampled = 0;
     pthread_mutex_lock(&sc->sh->mu);
     for (int p = 0; ok && p < n_parts; p++) {
@@ -749,7 +750,7 @@ static void step_done(srv__sched *sc, int n_parts, int n_rows, int n_dec, bool o
 
 void srv__sched_step(srv__sched *sc)
 {
-    double t0 = srv__now();
+    double t0 = core_now();
     int n_dec = 0;
     int n_parts = plan_parts(sc, &n_dec);
     if (n_parts == 0)

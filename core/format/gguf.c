@@ -23,7 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/error_internal.h"
+#include "core/base.h"
 #include "core/format/types.h"
 
 #define GGUF_MAGIC "GGUF"
@@ -120,14 +120,14 @@ static int need(cursor *c, uint64_t n, const char *field)
         return 0;
     if (n <= c->file_size - c->pos) {
         c->need = c->pos + n;
-        core__seterr(c->err, c->errlen,
-                     "%s %s needs %" PRIu64 " bytes at offset %zu, %zu bytes were read", c->what,
-                     field, n, c->pos, c->size);
+        core_errf(c->err, c->errlen,
+                  "%s %s needs %" PRIu64 " bytes at offset %zu, %zu bytes were read", c->what,
+                  field, n, c->pos, c->size);
         return -EINVAL;
     }
-    core__seterr(c->err, c->errlen,
-                 "truncated file: %s %s needs %" PRIu64 " bytes at offset %zu, file has %" PRIu64,
-                 c->what, field, n, c->pos, c->file_size);
+    core_errf(c->err, c->errlen,
+              "truncated file: %s %s needs %" PRIu64 " bytes at offset %zu, file has %" PRIu64,
+              c->what, field, n, c->pos, c->file_size);
     return -EINVAL;
 }
 
@@ -165,12 +165,7 @@ static int read_str(cursor *c, core_gguf_str *s, const char *field)
 
 static uint64_t hash_name(const char *p, uint64_t n)
 {
-    uint64_t h = 1469598103934665603u; /* FNV-1a */
-    for (uint64_t i = 0; i < n; i++) {
-        h ^= (uint8_t)p[i];
-        h *= 1099511628211u;
-    }
-    return h;
+    return core_hash64(CORE_HASH_INIT, p, (size_t)n);
 }
 
 static const core_gguf_str *index_name(const name_index *ix, uint32_t i)
@@ -225,20 +220,6 @@ static int64_t index_find(const name_index *ix, const char *name)
     return -1;
 }
 
-/* Grows *arr (of elem-byte items) so that it can hold one more than *n. */
-static int grow(void **arr, uint64_t *cap, uint64_t n, size_t elem)
-{
-    if (n < *cap)
-        return 0;
-    uint64_t ncap = *cap ? *cap * 2 : 64;
-    void *p = realloc(*arr, ncap * elem);
-    if (!p)
-        return -ENOMEM;
-    *arr = p;
-    *cap = ncap;
-    return 0;
-}
-
 /* --- metadata ------------------------------------------------------------------------------- */
 
 /* Validates n elements of type etype at the cursor and moves past them. depth is the nesting
@@ -247,8 +228,7 @@ static int walk_array(cursor *c, uint32_t etype, uint64_t n, int depth)
 {
     char field[64];
     if (etype >= CORE_GGUF_VTYPE_COUNT) {
-        core__seterr(c->err, c->errlen, "%s: array has unknown element type %" PRIu32, c->what,
-                     etype);
+        core_errf(c->err, c->errlen, "%s: array has unknown element type %" PRIu32, c->what, etype);
         return -EINVAL;
     }
     if (etype == CORE_GGUF_STRING) {
@@ -274,8 +254,8 @@ static int walk_array(cursor *c, uint32_t etype, uint64_t n, int depth)
     }
     if (etype == CORE_GGUF_ARRAY) {
         if (depth >= GGUF_MAX_ARRAY_DEPTH) {
-            core__seterr(c->err, c->errlen, "%s: arrays nested deeper than %d levels", c->what,
-                         GGUF_MAX_ARRAY_DEPTH);
+            core_errf(c->err, c->errlen, "%s: arrays nested deeper than %d levels", c->what,
+                      GGUF_MAX_ARRAY_DEPTH);
             return -EINVAL;
         }
         if (n > (c->size - c->pos) / 12)
@@ -298,9 +278,8 @@ static int walk_array(cursor *c, uint32_t etype, uint64_t n, int depth)
     if (etype == CORE_GGUF_BOOL) {
         for (uint64_t i = 0; i < n; i++) {
             if (c->base[c->pos + i] > 1) {
-                core__seterr(c->err, c->errlen,
-                             "%s: bool element %" PRIu64 " has value %u (not 0/1)", c->what, i,
-                             c->base[c->pos + i]);
+                core_errf(c->err, c->errlen, "%s: bool element %" PRIu64 " has value %u (not 0/1)",
+                          c->what, i, c->base[c->pos + i]);
                 return -EINVAL;
             }
         }
@@ -358,7 +337,7 @@ static int read_scalar(cursor *c, uint32_t t, core_gguf_kv *kv)
         break;
     case CORE_GGUF_BOOL:
         if (u8 > 1) {
-            core__seterr(c->err, c->errlen, "%s: bool value %u is not 0 or 1", c->what, u8);
+            core_errf(c->err, c->errlen, "%s: bool value %u is not 0 or 1", c->what, u8);
             return -EINVAL;
         }
         kv->v.b = u8 != 0;
@@ -376,8 +355,8 @@ static int parse_kv(cursor *c, uint64_t i, core_gguf_kv *kv)
     if (read_str(c, &kv->key, "name") != 0)
         return -EINVAL;
     if (kv->key.len == 0 || kv->key.len > GGUF_MAX_KEY_LEN) {
-        core__seterr(c->err, c->errlen, "%s: name length %" PRIu64 " is not in 1..%d", c->what,
-                     kv->key.len, GGUF_MAX_KEY_LEN);
+        core_errf(c->err, c->errlen, "%s: name length %" PRIu64 " is not in 1..%d", c->what,
+                  kv->key.len, GGUF_MAX_KEY_LEN);
         return -EINVAL;
     }
     snprintf(c->what, sizeof c->what, "metadata key %" PRIu64 " ('%s')", i,
@@ -400,7 +379,7 @@ static int parse_kv(cursor *c, uint64_t i, core_gguf_kv *kv)
     }
     default:
         if (kv->type >= CORE_GGUF_VTYPE_COUNT) {
-            core__seterr(c->err, c->errlen, "%s: unknown value type %" PRIu32, c->what, kv->type);
+            core_errf(c->err, c->errlen, "%s: unknown value type %" PRIu32, c->what, kv->type);
             return -EINVAL;
         }
         return read_scalar(c, kv->type, kv);
@@ -432,10 +411,10 @@ static int kv_int(const core_gguf_kv *kv, bool *neg, uint64_t *mag)
 
 static int parse_metadata(cursor *c, core_gguf *g, uint64_t n_kv)
 {
-    uint64_t cap = 0;
+    size_t cap = 0;
     for (uint64_t i = 0; i < n_kv; i++) {
-        if (grow((void **)&g->kv, &cap, i, sizeof *g->kv) != 0) {
-            core__seterr(c->err, c->errlen, "out of memory reading metadata");
+        if (core_grow(&g->kv, &cap, i + 1, sizeof *g->kv) != 0) {
+            core_errf(c->err, c->errlen, "out of memory reading metadata");
             return -ENOMEM;
         }
         memset(&g->kv[i], 0, sizeof g->kv[i]);
@@ -457,13 +436,13 @@ static int parse_alignment(gguf_impl *impl, char *err, size_t errlen)
     bool neg;
     uint64_t a;
     if (kv_int(&g->kv[i], &neg, &a) != 0) {
-        core__seterr(err, errlen, "general.alignment has type %s, expected an integer (uint32)",
-                     core_gguf_vtype_name(g->kv[i].type));
+        core_errf(err, errlen, "general.alignment has type %s, expected an integer (uint32)",
+                  core_gguf_vtype_name(g->kv[i].type));
         return -EINVAL;
     }
     if (neg || a == 0 || (a & (a - 1)) != 0 || a > (1u << 30)) {
-        core__seterr(err, errlen, "general.alignment is %s%" PRIu64 ", must be a power of two",
-                     neg ? "-" : "", a);
+        core_errf(err, errlen, "general.alignment is %s%" PRIu64 ", must be a power of two",
+                  neg ? "-" : "", a);
         return -EINVAL;
     }
     g->alignment = a;
@@ -480,8 +459,8 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
     if (read_str(c, &t->name, "name") != 0)
         return -EINVAL;
     if (t->name.len == 0 || t->name.len > GGUF_MAX_NAME_LEN) {
-        core__seterr(c->err, c->errlen, "%s: name length %" PRIu64 " is not in 1..%d", c->what,
-                     t->name.len, GGUF_MAX_NAME_LEN);
+        core_errf(c->err, c->errlen, "%s: name length %" PRIu64 " is not in 1..%d", c->what,
+                  t->name.len, GGUF_MAX_NAME_LEN);
         return -EINVAL;
     }
     snprintf(c->what, sizeof c->what, "tensor '%s'",
@@ -489,8 +468,8 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
     if (read_u32(c, &t->n_dims, "n_dims") != 0)
         return -EINVAL;
     if (t->n_dims < 1 || t->n_dims > CORE_GGUF_MAX_DIMS) {
-        core__seterr(c->err, c->errlen, "%s: n_dims is %" PRIu32 ", must be 1..%d", c->what,
-                     t->n_dims, CORE_GGUF_MAX_DIMS);
+        core_errf(c->err, c->errlen, "%s: n_dims is %" PRIu32 ", must be 1..%d", c->what, t->n_dims,
+                  CORE_GGUF_MAX_DIMS);
         return -EINVAL;
     }
     uint64_t nel = 1;
@@ -499,10 +478,10 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
         if (d < t->n_dims && read_u64(c, &t->ne[d], "dims") != 0)
             return -EINVAL;
         if (t->ne[d] == 0 || t->ne[d] > (uint64_t)INT64_MAX / nel) {
-            core__seterr(c->err, c->errlen,
-                         "%s: dimension %" PRIu32 " is %" PRIu64
-                         " (must be >= 1 and the element count must fit in int64)",
-                         c->what, d, t->ne[d]);
+            core_errf(c->err, c->errlen,
+                      "%s: dimension %" PRIu32 " is %" PRIu64
+                      " (must be >= 1 and the element count must fit in int64)",
+                      c->what, d, t->ne[d]);
             return -EINVAL;
         }
         nel *= t->ne[d];
@@ -511,20 +490,20 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
         return -EINVAL;
     size_t be = core_type_block_elems(t->type);
     if (be == 0) {
-        core__seterr(c->err, c->errlen, "%s: unsupported tensor type %" PRIu32, c->what, t->type);
+        core_errf(c->err, c->errlen, "%s: unsupported tensor type %" PRIu32, c->what, t->type);
         return -EINVAL;
     }
     if (t->ne[0] % be != 0) {
-        core__seterr(c->err, c->errlen,
-                     "%s: ne[0] = %" PRIu64 " is not a multiple of the %s block size %zu", c->what,
-                     t->ne[0], core_type_name(t->type), be);
+        core_errf(c->err, c->errlen,
+                  "%s: ne[0] = %" PRIu64 " is not a multiple of the %s block size %zu", c->what,
+                  t->ne[0], core_type_name(t->type), be);
         return -EINVAL;
     }
     uint64_t size = core_type_row_bytes(t->type, t->ne[0]);
     for (int d = 1; d < CORE_GGUF_MAX_DIMS && size != 0; d++)
         size = size > UINT64_MAX / t->ne[d] ? 0 : size * t->ne[d];
     if (size == 0) {
-        core__seterr(c->err, c->errlen, "%s: byte size overflows", c->what);
+        core_errf(c->err, c->errlen, "%s: byte size overflows", c->what);
         return -EINVAL;
     }
     t->size = size;
@@ -533,17 +512,17 @@ static int parse_tensor_info(cursor *c, uint64_t i, core_gguf_tensor *t)
 
 static int parse_tensor_infos(cursor *c, core_gguf *g, uint64_t n_tensors)
 {
-    uint64_t cap = 0;
+    size_t cap = 0;
     if (n_tensors > (c->file_size - c->pos) / GGUF_MIN_TINFO_BYTES) {
-        core__seterr(c->err, c->errlen,
-                     "truncated or corrupt file: %" PRIu64 " tensor infos need at least %" PRIu64
-                     " bytes, but only %" PRIu64 " bytes follow the metadata",
-                     n_tensors, n_tensors * GGUF_MIN_TINFO_BYTES, c->file_size - c->pos);
+        core_errf(c->err, c->errlen,
+                  "truncated or corrupt file: %" PRIu64 " tensor infos need at least %" PRIu64
+                  " bytes, but only %" PRIu64 " bytes follow the metadata",
+                  n_tensors, n_tensors * GGUF_MIN_TINFO_BYTES, c->file_size - c->pos);
         return -EINVAL;
     }
     for (uint64_t i = 0; i < n_tensors; i++) {
-        if (grow((void **)&g->tensors, &cap, i, sizeof *g->tensors) != 0) {
-            core__seterr(c->err, c->errlen, "out of memory reading tensor infos");
+        if (core_grow(&g->tensors, &cap, i + 1, sizeof *g->tensors) != 0) {
+            core_errf(c->err, c->errlen, "out of memory reading tensor infos");
             return -ENOMEM;
         }
         memset(&g->tensors[i], 0, sizeof g->tensors[i]);
@@ -563,9 +542,9 @@ static int place_tensors(core_gguf *g, size_t info_end, uint64_t file_size, bool
     uint64_t start = info_end + (a - info_end % a) % a;
     if (start > file_size) {
         if (g->n_tensors > 0) {
-            core__seterr(err, errlen,
-                         "truncated file: data section starts at %" PRIu64 ", file has %" PRIu64,
-                         start, file_size);
+            core_errf(err, errlen,
+                      "truncated file: data section starts at %" PRIu64 ", file has %" PRIu64,
+                      start, file_size);
             return -EINVAL;
         }
         start = file_size;
@@ -577,18 +556,16 @@ static int place_tensors(core_gguf *g, size_t info_end, uint64_t file_size, bool
         char name[80];
         printable(name, sizeof name, t->name.ptr, t->name.len);
         if (t->offset % a != 0) {
-            core__seterr(err, errlen,
-                         "tensor '%s': offset %" PRIu64
-                         " is not a multiple of the alignment %" PRIu64,
-                         name, t->offset, a);
+            core_errf(err, errlen,
+                      "tensor '%s': offset %" PRIu64 " is not a multiple of the alignment %" PRIu64,
+                      name, t->offset, a);
             return -EINVAL;
         }
         if (t->offset > avail || t->size > avail - t->offset) {
-            core__seterr(err, errlen,
-                         "tensor '%s': data [offset %" PRIu64 ", size %" PRIu64
-                         "] extends past end of file (size %" PRIu64 ", data section at %" PRIu64
-                         ")",
-                         name, t->offset, t->size, file_size, start);
+            core_errf(err, errlen,
+                      "tensor '%s': data [offset %" PRIu64 ", size %" PRIu64
+                      "] extends past end of file (size %" PRIu64 ", data section at %" PRIu64 ")",
+                      name, t->offset, t->size, file_size, start);
             return -EINVAL;
         }
         t->data = with_data ? g->base + start + t->offset : NULL;
@@ -606,9 +583,9 @@ static int parse_header(cursor *c, core_gguf *g, uint64_t *n_tensors, uint64_t *
         return -EINVAL;
     if (memcmp(magic, GGUF_MAGIC, 4) != 0) {
         char shown[8];
-        core__seterr(c->err, c->errlen, "not a GGUF file: magic is '%s' (%02x %02x %02x %02x)",
-                     printable(shown, sizeof shown, magic, 4), (uint8_t)magic[0], (uint8_t)magic[1],
-                     (uint8_t)magic[2], (uint8_t)magic[3]);
+        core_errf(c->err, c->errlen, "not a GGUF file: magic is '%s' (%02x %02x %02x %02x)",
+                  printable(shown, sizeof shown, magic, 4), (uint8_t)magic[0], (uint8_t)magic[1],
+                  (uint8_t)magic[2], (uint8_t)magic[3]);
         return -EINVAL;
     }
     /* Cannot fail after the need() above; checked so no path reads an unset count. */
@@ -616,32 +593,31 @@ static int parse_header(cursor *c, core_gguf *g, uint64_t *n_tensors, uint64_t *
         read_u64(c, n_kv, "metadata key count") != 0)
         return -EINVAL;
     if (g->version == 1) {
-        core__seterr(
-            c->err, c->errlen,
-            "GGUF version 1 is not supported (it used 32-bit counts); re-convert the model "
-            "with a current llama.cpp");
+        core_errf(c->err, c->errlen,
+                  "GGUF version 1 is not supported (it used 32-bit counts); re-convert the model "
+                  "with a current llama.cpp");
         return -EINVAL;
     }
     if (g->version != 2 && g->version != 3) {
-        core__seterr(c->err, c->errlen, "unsupported GGUF version %" PRIu32 "%s (expected 2 or 3)",
-                     g->version, (g->version & 0xffff) == 0 ? ", a big-endian file?" : "");
+        core_errf(c->err, c->errlen, "unsupported GGUF version %" PRIu32 "%s (expected 2 or 3)",
+                  g->version, (g->version & 0xffff) == 0 ? ", a big-endian file?" : "");
         return -EINVAL;
     }
     if (*n_kv > GGUF_MAX_ENTRIES || *n_tensors > GGUF_MAX_ENTRIES) {
-        core__seterr(c->err, c->errlen,
-                     "corrupt header: implausible counts (%" PRIu64 " metadata keys, %" PRIu64
-                     " tensors; at most %u each)",
-                     *n_kv, *n_tensors, GGUF_MAX_ENTRIES);
+        core_errf(c->err, c->errlen,
+                  "corrupt header: implausible counts (%" PRIu64 " metadata keys, %" PRIu64
+                  " tensors; at most %u each)",
+                  *n_kv, *n_tensors, GGUF_MAX_ENTRIES);
         return -EINVAL;
     }
     /* Both counts are below 2^28, so the minimum size cannot overflow. */
     uint64_t min = *n_kv * GGUF_MIN_KV_BYTES + *n_tensors * GGUF_MIN_TINFO_BYTES;
     if (min > c->file_size - c->pos) {
-        core__seterr(c->err, c->errlen,
-                     "truncated or corrupt file: the header claims %" PRIu64
-                     " metadata keys and %" PRIu64 " tensors, which need at least %" PRIu64
-                     " bytes, but only %" PRIu64 " bytes follow it",
-                     *n_kv, *n_tensors, min, c->file_size - c->pos);
+        core_errf(c->err, c->errlen,
+                  "truncated or corrupt file: the header claims %" PRIu64
+                  " metadata keys and %" PRIu64 " tensors, which need at least %" PRIu64
+                  " bytes, but only %" PRIu64 " bytes follow it",
+                  *n_kv, *n_tensors, min, c->file_size - c->pos);
         return -EINVAL;
     }
     return 0;
@@ -658,25 +634,25 @@ static int parse_tables(gguf_impl *impl, cursor *c)
         return -EINVAL;
     if (index_build(&impl->kv_ix, g->kv, sizeof *g->kv, offsetof(core_gguf_kv, key), g->n_kv,
                     &dup) != 0) {
-        core__seterr(c->err, c->errlen, "out of memory indexing metadata");
+        core_errf(c->err, c->errlen, "out of memory indexing metadata");
         return -ENOMEM;
     }
     if (dup >= 0) {
-        core__seterr(c->err, c->errlen, "duplicate metadata key '%s' (key %" PRId64 ")",
-                     printable(name, sizeof name, g->kv[dup].key.ptr, g->kv[dup].key.len), dup);
+        core_errf(c->err, c->errlen, "duplicate metadata key '%s' (key %" PRId64 ")",
+                  printable(name, sizeof name, g->kv[dup].key.ptr, g->kv[dup].key.len), dup);
         return -EINVAL;
     }
     if (parse_alignment(impl, c->err, c->errlen) != 0 || parse_tensor_infos(c, g, n_tensors) != 0)
         return -EINVAL;
     if (index_build(&impl->tensor_ix, g->tensors, sizeof *g->tensors,
                     offsetof(core_gguf_tensor, name), g->n_tensors, &dup) != 0) {
-        core__seterr(c->err, c->errlen, "out of memory indexing tensors");
+        core_errf(c->err, c->errlen, "out of memory indexing tensors");
         return -ENOMEM;
     }
     if (dup >= 0) {
-        core__seterr(
-            c->err, c->errlen, "duplicate tensor name '%s' (tensor %" PRId64 ")",
-            printable(name, sizeof name, g->tensors[dup].name.ptr, g->tensors[dup].name.len), dup);
+        core_errf(c->err, c->errlen, "duplicate tensor name '%s' (tensor %" PRId64 ")",
+                  printable(name, sizeof name, g->tensors[dup].name.ptr, g->tensors[dup].name.len),
+                  dup);
         return -EINVAL;
     }
     return 0;
@@ -704,7 +680,7 @@ static core_gguf *open_base(const uint8_t *base, size_t size, uint64_t file_size
 {
     gguf_impl *impl = calloc(1, sizeof *impl);
     if (!impl) {
-        core__seterr(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         if (mapped)
             munmap((void *)base, size);
         return NULL;
@@ -744,18 +720,18 @@ core_gguf *core_gguf_open(const char *path, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        core__seterr(err, errlen, "%s: %s", path, strerror(errno));
+        core_errf(err, errlen, "%s: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        core__seterr(err, errlen, "%s: not a regular file", path);
+        core_errf(err, errlen, "%s: not a regular file", path);
         close(fd);
         return NULL;
     }
     if (st.st_size < GGUF_HEADER_BYTES) {
-        core__seterr(err, errlen, "%s: truncated file: %lld bytes, a GGUF header needs %d", path,
-                     (long long)st.st_size, GGUF_HEADER_BYTES);
+        core_errf(err, errlen, "%s: truncated file: %lld bytes, a GGUF header needs %d", path,
+                  (long long)st.st_size, GGUF_HEADER_BYTES);
         close(fd);
         return NULL;
     }
@@ -763,7 +739,7 @@ core_gguf *core_gguf_open(const char *path, char *err, size_t errlen)
     void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (p == MAP_FAILED) {
-        core__seterr(err, errlen, "%s: mmap: %s", path, strerror(errno));
+        core_errf(err, errlen, "%s: mmap: %s", path, strerror(errno));
         return NULL;
     }
     uint64_t need;

@@ -16,7 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/error_internal.h"
+#include "core/base.h"
 #include "core/format/types.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "GGUF is written little-endian");
@@ -67,19 +67,6 @@ static uint64_t align_up(uint64_t x, uint64_t a)
     return x + (a - x % a) % a;
 }
 
-static int grow(void **arr, size_t *cap, size_t n, size_t elem)
-{
-    if (n < *cap)
-        return 0;
-    size_t ncap = *cap ? *cap * 2 : 32;
-    void *p = realloc(*arr, ncap * elem);
-    if (!p)
-        return -ENOMEM;
-    *arr = p;
-    *cap = ncap;
-    return 0;
-}
-
 core_gguf_writer *core_gguf_writer_new(void)
 {
     core_gguf_writer *w = calloc(1, sizeof *w);
@@ -112,11 +99,11 @@ static int check_elems(const uint8_t *p, uint64_t len, uint64_t *pos, uint32_t e
                        int depth, char *err, size_t errlen)
 {
     if (etype >= CORE_GGUF_VTYPE_COUNT) {
-        core__seterr(err, errlen, "array element type %" PRIu32 " is unknown", etype);
+        core_errf(err, errlen, "array element type %" PRIu32 " is unknown", etype);
         return -EINVAL;
     }
     if (etype == CORE_GGUF_ARRAY && depth >= GGUF_MAX_ARRAY_DEPTH) {
-        core__seterr(err, errlen, "arrays nested deeper than %d levels", GGUF_MAX_ARRAY_DEPTH);
+        core_errf(err, errlen, "arrays nested deeper than %d levels", GGUF_MAX_ARRAY_DEPTH);
         return -EINVAL;
     }
     if (etype != CORE_GGUF_STRING && etype != CORE_GGUF_ARRAY) {
@@ -125,8 +112,8 @@ static int check_elems(const uint8_t *p, uint64_t len, uint64_t *pos, uint32_t e
             goto truncated;
         for (uint64_t j = 0; etype == CORE_GGUF_BOOL && j < n; j++) {
             if (p[*pos + j] > 1) {
-                core__seterr(err, errlen, "bool array element %" PRIu64 " is %u, not 0 or 1", j,
-                             p[*pos + j]);
+                core_errf(err, errlen, "bool array element %" PRIu64 " is %u, not 0 or 1", j,
+                          p[*pos + j]);
                 return -EINVAL;
             }
         }
@@ -155,8 +142,8 @@ static int check_elems(const uint8_t *p, uint64_t len, uint64_t *pos, uint32_t e
     }
     return 0;
 truncated:
-    core__seterr(err, errlen, "array encoding is truncated at byte %" PRIu64 " of %" PRIu64, *pos,
-                 len);
+    core_errf(err, errlen, "array encoding is truncated at byte %" PRIu64 " of %" PRIu64, *pos,
+              len);
     return -EINVAL;
 }
 
@@ -200,7 +187,7 @@ static int encode_scalar(const core_gguf_kv *kv, uint8_t out[8], char *err, size
         break;
     }
     if (!ok) {
-        core__seterr(err, errlen, "value does not fit a %s", core_gguf_vtype_name(kv->type));
+        core_errf(err, errlen, "value does not fit a %s", core_gguf_vtype_name(kv->type));
         return -EINVAL;
     }
     /* Two's complement little-endian: the low bytes of either member are the encoding. */
@@ -219,13 +206,13 @@ static int check_alignment(const core_gguf_kv *kv, uint64_t *out, char *err, siz
     bool is_signed = kv->type == CORE_GGUF_INT8 || kv->type == CORE_GGUF_INT16 ||
                      kv->type == CORE_GGUF_INT32 || kv->type == CORE_GGUF_INT64;
     if (!is_int) {
-        core__seterr(err, errlen, "general.alignment must be an integer (uint32), not %s",
-                     core_gguf_vtype_name(kv->type));
+        core_errf(err, errlen, "general.alignment must be an integer (uint32), not %s",
+                  core_gguf_vtype_name(kv->type));
         return -EINVAL;
     }
     uint64_t a = is_signed ? (kv->v.i < 0 ? 0 : (uint64_t)kv->v.i) : kv->v.u;
     if (a == 0 || (a & (a - 1)) != 0 || a > GGUF_MAX_ALIGNMENT) {
-        core__seterr(err, errlen, "general.alignment must be a power of two up to 2^30");
+        core_errf(err, errlen, "general.alignment must be a power of two up to 2^30");
         return -EINVAL;
     }
     *out = a;
@@ -250,7 +237,7 @@ static int encode_value(const core_gguf_kv *kv, uint8_t **val, uint64_t *val_len
     uint8_t hb[12];
     if (kv->type == CORE_GGUF_STRING) {
         if (kv->v.s.len && !kv->v.s.ptr) {
-            core__seterr(err, errlen, "string value without data");
+            core_errf(err, errlen, "string value without data");
             return -EINVAL;
         }
         memcpy(hb, &kv->v.s.len, 8);
@@ -264,10 +251,9 @@ static int encode_value(const core_gguf_kv *kv, uint8_t **val, uint64_t *val_len
                         errlen) != 0)
             return -EINVAL;
         if (pos != kv->v.arr.bytes) {
-            core__seterr(err, errlen,
-                         "array of %" PRIu64 " %s has %" PRIu64
-                         " bytes, its elements take %" PRIu64,
-                         kv->v.arr.n, core_gguf_vtype_name(kv->v.arr.type), kv->v.arr.bytes, pos);
+            core_errf(err, errlen,
+                      "array of %" PRIu64 " %s has %" PRIu64 " bytes, its elements take %" PRIu64,
+                      kv->v.arr.n, core_gguf_vtype_name(kv->v.arr.type), kv->v.arr.bytes, pos);
             return -EINVAL;
         }
         memcpy(hb, &kv->v.arr.type, 4);
@@ -281,16 +267,16 @@ static int encode_value(const core_gguf_kv *kv, uint8_t **val, uint64_t *val_len
         head = vtype_size[kv->type];
         memcpy(hb, scalar, head);
     } else {
-        core__seterr(err, errlen, "unknown value type %" PRIu32, kv->type);
+        core_errf(err, errlen, "unknown value type %" PRIu32, kv->type);
         return -EINVAL;
     }
     if (body_len > SIZE_MAX - head) {
-        core__seterr(err, errlen, "value too large");
+        core_errf(err, errlen, "value too large");
         return -ENOMEM;
     }
     *val = malloc((size_t)(head + body_len) + 1);
     if (!*val) {
-        core__seterr(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     memcpy(*val, hb, head);
@@ -305,8 +291,8 @@ int core_gguf_writer_set_kv(core_gguf_writer *w, const core_gguf_kv *kv, char *e
     char ebuf[200] = "";
     uint64_t klen = kv->key.len, align = 0;
     if (klen == 0 || klen > GGUF_MAX_KEY_LEN || !kv->key.ptr) {
-        core__seterr(err, errlen, "metadata key length %" PRIu64 " is not in 1..%d", klen,
-                     GGUF_MAX_KEY_LEN);
+        core_errf(err, errlen, "metadata key length %" PRIu64 " is not in 1..%d", klen,
+                  GGUF_MAX_KEY_LEN);
         return -EINVAL;
     }
     bool is_align = core_gguf_str_eq(kv->key, "general.alignment");
@@ -316,16 +302,16 @@ int core_gguf_writer_set_kv(core_gguf_writer *w, const core_gguf_kv *kv, char *e
     if (rc == 0)
         rc = encode_value(kv, &val, &val_len, ebuf, sizeof ebuf);
     if (rc != 0) {
-        core__seterr(err, errlen, "metadata key '%.*s': %s", (int)(klen < 80 ? klen : 80),
-                     kv->key.ptr, ebuf);
+        core_errf(err, errlen, "metadata key '%.*s': %s", (int)(klen < 80 ? klen : 80), kv->key.ptr,
+                  ebuf);
         return rc;
     }
     uint8_t *mem = malloc((size_t)(klen + val_len) + 1);
     int64_t at = find_key(w, kv->key.ptr, klen);
-    if (!mem || (at < 0 && grow((void **)&w->kv, &w->cap_kv, w->n_kv, sizeof *w->kv) != 0)) {
+    if (!mem || (at < 0 && core_grow(&w->kv, &w->cap_kv, w->n_kv + 1, sizeof *w->kv) != 0)) {
         free(mem);
         free(val);
-        core__seterr(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     memcpy(mem, kv->key.ptr, klen);
@@ -374,7 +360,7 @@ int core_gguf_writer_set_str_array(core_gguf_writer *w, const char *key, const c
         bytes += 8 + strlen(v[i]);
     uint8_t *enc = malloc(bytes + 1), *p = enc;
     if (!enc) {
-        core__seterr(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     for (size_t i = 0; i < n; i++) {
@@ -401,23 +387,23 @@ int core_gguf_writer_add_tensor(core_gguf_writer *w, const char *name, uint32_t 
 {
     size_t len = name ? strlen(name) : 0;
     if (len == 0 || len > GGUF_MAX_NAME_LEN) {
-        core__seterr(err, errlen, "tensor name length %zu is not in 1..%d", len, GGUF_MAX_NAME_LEN);
+        core_errf(err, errlen, "tensor name length %zu is not in 1..%d", len, GGUF_MAX_NAME_LEN);
         return -EINVAL;
     }
     for (size_t i = 0; i < w->n_tensors; i++) {
         if (strcmp(w->tensors[i].name, name) == 0) {
-            core__seterr(err, errlen, "tensor '%s' added twice", name);
+            core_errf(err, errlen, "tensor '%s' added twice", name);
             return -EINVAL;
         }
     }
     size_t be = core_type_block_elems(type);
     if (be == 0) {
-        core__seterr(err, errlen, "tensor '%s': unsupported type %" PRIu32, name, type);
+        core_errf(err, errlen, "tensor '%s': unsupported type %" PRIu32, name, type);
         return -EINVAL;
     }
     if (n_dims < 1 || n_dims > CORE_GGUF_MAX_DIMS) {
-        core__seterr(err, errlen, "tensor '%s': n_dims %" PRIu32 " is not in 1..%d", name, n_dims,
-                     CORE_GGUF_MAX_DIMS);
+        core_errf(err, errlen, "tensor '%s': n_dims %" PRIu32 " is not in 1..%d", name, n_dims,
+                  CORE_GGUF_MAX_DIMS);
         return -EINVAL;
     }
     wtensor t = {.n_dims = n_dims, .type = type, .data = data, .size = size};
@@ -426,8 +412,8 @@ int core_gguf_writer_add_tensor(core_gguf_writer *w, const char *name, uint32_t 
     for (uint32_t d = 0; d < CORE_GGUF_MAX_DIMS; d++) {
         t.ne[d] = d < n_dims ? ne[d] : 1;
         if (t.ne[d] == 0 || t.ne[d] > (uint64_t)INT64_MAX / nel) {
-            core__seterr(err, errlen, "tensor '%s': dimension %" PRIu32 " is %" PRIu64, name, d,
-                         t.ne[d]);
+            core_errf(err, errlen, "tensor '%s': dimension %" PRIu32 " is %" PRIu64, name, d,
+                      t.ne[d]);
             return -EINVAL;
         }
         nel *= t.ne[d];
@@ -437,21 +423,21 @@ int core_gguf_writer_add_tensor(core_gguf_writer *w, const char *name, uint32_t 
     for (int d = 1; d < CORE_GGUF_MAX_DIMS && want; d++)
         want = want > UINT64_MAX / t.ne[d] ? 0 : want * t.ne[d];
     if (want == 0 || want > (uint64_t)INT64_MAX / 2) {
-        core__seterr(err, errlen,
-                     "tensor '%s': ne[0] = %" PRIu64 " is not a multiple of the %s block size "
-                     "%zu, or the size overflows",
-                     name, t.ne[0], core_type_name(type), be);
+        core_errf(err, errlen,
+                  "tensor '%s': ne[0] = %" PRIu64 " is not a multiple of the %s block size "
+                  "%zu, or the size overflows",
+                  name, t.ne[0], core_type_name(type), be);
         return -EINVAL;
     }
     if (size != want || !data) {
-        core__seterr(err, errlen,
-                     "tensor '%s': %" PRIu64
-                     " bytes of data given, its shape and type %s need %" PRIu64,
-                     name, data ? size : 0, core_type_name(type), want);
+        core_errf(err, errlen,
+                  "tensor '%s': %" PRIu64
+                  " bytes of data given, its shape and type %s need %" PRIu64,
+                  name, data ? size : 0, core_type_name(type), want);
         return -EINVAL;
     }
-    if (grow((void **)&w->tensors, &w->cap_tensors, w->n_tensors, sizeof *w->tensors) != 0) {
-        core__seterr(err, errlen, "out of memory");
+    if (core_grow(&w->tensors, &w->cap_tensors, w->n_tensors + 1, sizeof *w->tensors) != 0) {
+        core_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     w->tensors[w->n_tensors++] = t;
@@ -515,11 +501,11 @@ static int wf_fail(wfile *f, int e, const char *what)
 {
     if (f->rc == 0 && f->written == 0) {
         f->rc = -e;
-        core__seterr(f->err, f->errlen, "%s %s: %s", what, f->path, strerror(e));
+        core_errf(f->err, f->errlen, "%s %s: %s", what, f->path, strerror(e));
     } else if (f->rc == 0) {
         f->rc = -e;
-        core__seterr(f->err, f->errlen, "%s %s: %s (after %" PRIu64 " of %" PRIu64 " bytes)", what,
-                     f->path, strerror(e), f->written, f->total);
+        core_errf(f->err, f->errlen, "%s %s: %s (after %" PRIu64 " of %" PRIu64 " bytes)", what,
+                  f->path, strerror(e), f->written, f->total);
     }
     return f->rc;
 }
@@ -640,7 +626,7 @@ int core_gguf_writer_write(const core_gguf_writer *w, const char *path, char *er
 {
     uint64_t data = 0;
     if (data_layout(w, &data) != 0) {
-        core__seterr(err, errlen, "%s: the tensors' total size overflows", path);
+        core_errf(err, errlen, "%s: the tensors' total size overflows", path);
         return -EFBIG;
     }
     size_t plen = strlen(path);
@@ -649,7 +635,7 @@ int core_gguf_writer_write(const core_gguf_writer *w, const char *path, char *er
     if (!tmp || !buf) {
         free(tmp);
         free(buf);
-        core__seterr(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     memcpy(tmp, path, plen);
@@ -681,7 +667,7 @@ int core_gguf_writer_write(const core_gguf_writer *w, const char *path, char *er
     if (rename(tmp, path) != 0) {
         int e = errno;
         f.rc = -e;
-        core__seterr(err, errlen, "cannot rename %s to %s: %s", tmp, path, strerror(e));
+        core_errf(err, errlen, "cannot rename %s to %s: %s", tmp, path, strerror(e));
         goto out;
     }
     sync_dir(path);

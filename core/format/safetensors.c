@@ -34,7 +34,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/error_internal.h"
+#include "core/base.h"
 #include "core/format/types.h"
 
 #define ST_LEN_BYTES 8 /* the little-endian header length in front of the header */
@@ -172,8 +172,8 @@ static void fail_msg(parser *ps, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    core__seterr(ps->err, ps->errlen, "%s%s%s (header byte %zu)", ps->ctx, ps->ctx[0] ? ": " : "",
-                 msg, ps->pos);
+    core_errf(ps->err, ps->errlen, "%s%s%s (header byte %zu)", ps->ctx, ps->ctx[0] ? ": " : "", msg,
+              ps->pos);
 }
 
 /* Sets a semantic error about the current entry: "<ctx>: <message>". */
@@ -185,7 +185,7 @@ static void fail_entry_msg(parser *ps, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    core__seterr(ps->err, ps->errlen, "%s: %s", ps->ctx, msg);
+    core_errf(ps->err, ps->errlen, "%s: %s", ps->ctx, msg);
 }
 
 /* `return fail(ps, fmt, ...);` sets the message and returns -EINVAL. These are macros so that
@@ -197,7 +197,7 @@ static void fail_entry_msg(parser *ps, const char *fmt, ...)
 
 static int fail_nomem(parser *ps)
 {
-    core__seterr(ps->err, ps->errlen, "out of memory parsing the safetensors header");
+    core_errf(ps->err, ps->errlen, "out of memory parsing the safetensors header");
     return -ENOMEM;
 }
 
@@ -580,21 +580,6 @@ static int parse_tensor(parser *ps, core_st_tensor *t)
     return 0;
 }
 
-static int grow(void **arr, size_t *cap, size_t n, size_t elem)
-{
-    if (n < *cap)
-        return 0;
-    size_t nc = *cap ? *cap * 2 : 16;
-    if (nc > SIZE_MAX / elem)
-        return -ENOMEM;
-    void *p = realloc(*arr, nc * elem);
-    if (!p)
-        return -ENOMEM;
-    *arr = p;
-    *cap = nc;
-    return 0;
-}
-
 /* The "__metadata__" value: null, or an object of string to string. */
 static int parse_metadata(parser *ps)
 {
@@ -624,8 +609,8 @@ static int parse_metadata(parser *ps)
                         found(ps));
         if ((rc = parse_string(ps, &val, "a string")) != 0)
             return rc;
-        if (grow((void **)&st->meta_keys, &impl->cap_keys, st->n_meta, sizeof(char *)) != 0 ||
-            grow((void **)&st->meta_vals, &impl->cap_vals, st->n_meta, sizeof(char *)) != 0)
+        if (core_grow(&st->meta_keys, &impl->cap_keys, st->n_meta + 1, sizeof(char *)) != 0 ||
+            core_grow(&st->meta_vals, &impl->cap_vals, st->n_meta + 1, sizeof(char *)) != 0)
             return fail_nomem(ps);
         st->meta_keys[st->n_meta] = key;
         st->meta_vals[st->n_meta] = val;
@@ -660,7 +645,7 @@ static int parse_entry(parser *ps, size_t index, bool *have_meta)
         return parse_metadata(ps);
     }
     snprintf(ps->ctx, sizeof ps->ctx, "tensor '%s'", printable(shown, name));
-    if (grow((void **)&st->tensors, &impl->cap_tensors, st->n_tensors, sizeof *st->tensors))
+    if (core_grow(&st->tensors, &impl->cap_tensors, st->n_tensors + 1, sizeof *st->tensors))
         return fail_nomem(ps);
     core_st_tensor *t = &st->tensors[st->n_tensors++];
     memset(t, 0, sizeof *t);
@@ -733,7 +718,7 @@ static int check_names(st_impl *impl, char *err, size_t errlen)
     char **keys = malloc((st->n_meta ? st->n_meta : 1) * sizeof *keys);
     if (!impl->by_name || !keys) {
         free(keys);
-        core__seterr(err, errlen, "out of memory indexing tensor names");
+        core_errf(err, errlen, "out of memory indexing tensor names");
         return -ENOMEM;
     }
     for (size_t i = 0; i < n; i++)
@@ -741,8 +726,8 @@ static int check_names(st_impl *impl, char *err, size_t errlen)
     qsort(impl->by_name, n, sizeof(const core_st_tensor *), cmp_name);
     for (size_t i = 1; i < n; i++) {
         if (strcmp(impl->by_name[i - 1]->name, impl->by_name[i]->name) == 0) {
-            core__seterr(err, errlen, "tensor name '%s' appears twice in the header",
-                         printable(shown, impl->by_name[i]->name));
+            core_errf(err, errlen, "tensor name '%s' appears twice in the header",
+                      printable(shown, impl->by_name[i]->name));
             free(keys);
             return -EINVAL;
         }
@@ -752,8 +737,8 @@ static int check_names(st_impl *impl, char *err, size_t errlen)
     qsort(keys, st->n_meta, sizeof *keys, cmp_str);
     for (size_t i = 1; i < st->n_meta; i++) {
         if (strcmp(keys[i - 1], keys[i]) == 0) {
-            core__seterr(err, errlen, "__metadata__: key \"%s\" appears twice",
-                         printable(shown, keys[i]));
+            core_errf(err, errlen, "__metadata__: key \"%s\" appears twice",
+                      printable(shown, keys[i]));
             free(keys);
             return -EINVAL;
         }
@@ -770,7 +755,7 @@ static int check_layout(const core_st *st, uint64_t body_len, char *err, size_t 
     size_t n = st->n_tensors;
     const core_st_tensor **v = malloc((n ? n : 1) * sizeof(const core_st_tensor *));
     if (!v) {
-        core__seterr(err, errlen, "out of memory checking the tensor layout");
+        core_errf(err, errlen, "out of memory checking the tensor layout");
         return -ENOMEM;
     }
     for (size_t i = 0; i < n; i++)
@@ -782,30 +767,30 @@ static int check_layout(const core_st *st, uint64_t body_len, char *err, size_t 
         const core_st_tensor *t = v[i], *prev = i ? v[i - 1] : NULL;
         uint64_t end = t->offset + t->nbytes;
         if (t->offset > at && !prev)
-            core__seterr(err, errlen,
-                         "hole in the data: bytes [0, %" PRIu64 ") belong to no tensor (the first, "
-                         "'%s', starts at %" PRIu64 ")",
-                         t->offset, printable(a, t->name), t->offset);
+            core_errf(err, errlen,
+                      "hole in the data: bytes [0, %" PRIu64 ") belong to no tensor (the first, "
+                      "'%s', starts at %" PRIu64 ")",
+                      t->offset, printable(a, t->name), t->offset);
         else if (t->offset > at)
-            core__seterr(err, errlen,
-                         "hole in the data: bytes [%" PRIu64 ", %" PRIu64 ") between tensor '%s' "
-                         "and tensor '%s' belong to no tensor",
-                         at, t->offset, printable(a, prev->name), printable(b, t->name));
+            core_errf(err, errlen,
+                      "hole in the data: bytes [%" PRIu64 ", %" PRIu64 ") between tensor '%s' "
+                      "and tensor '%s' belong to no tensor",
+                      at, t->offset, printable(a, prev->name), printable(b, t->name));
         else if (t->offset < at)
-            core__seterr(err, errlen,
-                         "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor '%s' "
-                         "[%" PRIu64 ", %" PRIu64 "]",
-                         printable(a, t->name), t->offset, end, printable(b, prev->name),
-                         prev->offset, prev->offset + prev->nbytes);
+            core_errf(err, errlen,
+                      "tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] overlap tensor '%s' "
+                      "[%" PRIu64 ", %" PRIu64 "]",
+                      printable(a, t->name), t->offset, end, printable(b, prev->name), prev->offset,
+                      prev->offset + prev->nbytes);
         rc = t->offset == at ? 0 : -EINVAL;
         at = end;
     }
     free(v);
     if (rc == 0 && at != body_len) {
-        core__seterr(err, errlen,
-                     "data has %" PRIu64 " bytes but the tensors cover only %" PRIu64
-                     " (bytes [%" PRIu64 ", %" PRIu64 ") belong to no tensor)",
-                     body_len, at, at, body_len);
+        core_errf(err, errlen,
+                  "data has %" PRIu64 " bytes but the tensors cover only %" PRIu64
+                  " (bytes [%" PRIu64 ", %" PRIu64 ") belong to no tensor)",
+                  body_len, at, at, body_len);
         rc = -EINVAL;
     }
     return rc;
@@ -819,48 +804,48 @@ static int parse(st_impl *impl, uint64_t file_size, bool header_only, uint64_t *
 {
     core_st *st = &impl->st;
     if (file_size < ST_LEN_BYTES) {
-        core__seterr(err, errlen,
-                     "truncated file: %" PRIu64 " bytes, the header length alone needs %d",
-                     file_size, ST_LEN_BYTES);
+        core_errf(err, errlen,
+                  "truncated file: %" PRIu64 " bytes, the header length alone needs %d", file_size,
+                  ST_LEN_BYTES);
         return -EINVAL;
     }
     if (st->size < ST_LEN_BYTES) {
         *need = ST_LEN_BYTES;
-        core__seterr(err, errlen, "the header length needs %d bytes, %zu were read", ST_LEN_BYTES,
-                     st->size);
+        core_errf(err, errlen, "the header length needs %d bytes, %zu were read", ST_LEN_BYTES,
+                  st->size);
         return -EINVAL;
     }
     uint64_t n = 0;
     for (int i = 0; i < ST_LEN_BYTES; i++)
         n |= (uint64_t)st->base[i] << (8 * i);
     if (n > CORE_ST_MAX_HEADER) {
-        core__seterr(err, errlen, "header length %" PRIu64 " exceeds the limit of %u bytes", n,
-                     CORE_ST_MAX_HEADER);
+        core_errf(err, errlen, "header length %" PRIu64 " exceeds the limit of %u bytes", n,
+                  CORE_ST_MAX_HEADER);
         return -EINVAL;
     }
     if (n > file_size - ST_LEN_BYTES) {
-        core__seterr(err, errlen,
-                     "header length %" PRIu64 " runs past the end of the file (%" PRIu64
-                     " bytes follow the length field)",
-                     n, file_size - ST_LEN_BYTES);
+        core_errf(err, errlen,
+                  "header length %" PRIu64 " runs past the end of the file (%" PRIu64
+                  " bytes follow the length field)",
+                  n, file_size - ST_LEN_BYTES);
         return -EINVAL;
     }
     if (n > st->size - ST_LEN_BYTES) {
         *need = ST_LEN_BYTES + n;
-        core__seterr(err, errlen, "the header ends at byte %" PRIu64 ", %zu bytes were read",
-                     ST_LEN_BYTES + n, st->size);
+        core_errf(err, errlen, "the header ends at byte %" PRIu64 ", %zu bytes were read",
+                  ST_LEN_BYTES + n, st->size);
         return -EINVAL;
     }
     const uint8_t *hdr = st->base + ST_LEN_BYTES;
     size_t bad = utf8_valid_prefix(hdr, (size_t)n);
     if (bad < n) {
-        core__seterr(err, errlen, "header is not valid UTF-8 at header byte %zu (byte 0x%02x)", bad,
-                     hdr[bad]);
+        core_errf(err, errlen, "header is not valid UTF-8 at header byte %zu (byte 0x%02x)", bad,
+                  hdr[bad]);
         return -EINVAL;
     }
     impl->arena = malloc((size_t)n + 1);
     if (!impl->arena) {
-        core__seterr(err, errlen, "out of memory for a %" PRIu64 "-byte header", n);
+        core_errf(err, errlen, "out of memory for a %" PRIu64 "-byte header", n);
         return -ENOMEM;
     }
     parser ps = {
@@ -895,7 +880,7 @@ static core_st *open_base(const uint8_t *base, size_t size, uint64_t file_size, 
 {
     st_impl *impl = calloc(1, sizeof *impl);
     if (!impl) {
-        core__seterr(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         if (mapped)
             munmap((void *)base, size);
         return NULL;
@@ -935,19 +920,18 @@ core_st *core_st_open(const char *path, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        core__seterr(err, errlen, "%s: %s", path, strerror(errno));
+        core_errf(err, errlen, "%s: %s", path, strerror(errno));
         return NULL;
     }
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        core__seterr(err, errlen, "%s: not a regular file", path);
+        core_errf(err, errlen, "%s: not a regular file", path);
         close(fd);
         return NULL;
     }
     if (sb.st_size < ST_LEN_BYTES) {
-        core__seterr(err, errlen,
-                     "%s: truncated file: %lld bytes, the header length alone needs %d", path,
-                     (long long)sb.st_size, ST_LEN_BYTES);
+        core_errf(err, errlen, "%s: truncated file: %lld bytes, the header length alone needs %d",
+                  path, (long long)sb.st_size, ST_LEN_BYTES);
         close(fd);
         return NULL;
     }
@@ -955,14 +939,14 @@ core_st *core_st_open(const char *path, char *err, size_t errlen)
     void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (p == MAP_FAILED) {
-        core__seterr(err, errlen, "%s: mmap: %s", path, strerror(errno));
+        core_errf(err, errlen, "%s: mmap: %s", path, strerror(errno));
         return NULL;
     }
     char msg[512] = "";
     uint64_t need;
     core_st *st = open_base(p, size, size, true, false, &need, msg, sizeof msg);
     if (!st)
-        core__seterr(err, errlen, "%s: %s", path, msg);
+        core_errf(err, errlen, "%s: %s", path, msg);
     return st;
 }
 

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/error_internal.h"
+#include "core/base.h"
 #include "core/kernels/attention_internal.h"
 #include "core/kernels/dequant.h"
 #include "core/kernels/lora_internal.h"
@@ -60,20 +60,6 @@ struct core_ctx {
     uint8_t *xq; /* (rows, core__q8x_row_bytes(max_in)) X quantized for the int8 kernels */
     size_t cap_xq;
 };
-
-/* Grows *p to at least n elements of size sz; 0 or -ENOMEM. */
-static int grow(void *pp, size_t *cap, size_t n, size_t sz)
-{
-    void **p = pp;
-    if (n <= *cap)
-        return 0;
-    void *q = realloc(*p, n * sz);
-    if (!q)
-        return -ENOMEM;
-    *p = q;
-    *cap = n;
-    return 0;
-}
 
 core_ctx *core_ctx_new(const core_model *m)
 {
@@ -163,42 +149,41 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
 {
     const core_config *cfg = &c->m->cfg;
     int n_keys = cfg->n_layer * CORE_MOD_COUNT;
-    if (grow(&c->grp_start, &c->cap_start, (size_t)n_keys + 1, sizeof(int)))
+    if (core_grow(&c->grp_start, &c->cap_start, (size_t)n_keys + 1, sizeof(int)))
         return -ENOMEM;
     memset(c->grp_start, 0, ((size_t)n_keys + 1) * sizeof(int));
     if (!plan || plan->n_groups == 0)
         return 0;
     if (plan->n_groups < 0 || !plan->groups) {
-        core__seterr(err, errlen, "lora plan: bad group count %d", plan->n_groups);
+        core_errf(err, errlen, "lora plan: bad group count %d", plan->n_groups);
         return -EINVAL;
     }
-    if (grow(&c->grp_order, &c->cap_order, (size_t)plan->n_groups, sizeof(int)))
+    if (core_grow(&c->grp_order, &c->cap_order, (size_t)plan->n_groups, sizeof(int)))
         return -ENOMEM;
     for (int i = 0; i < plan->n_groups; i++) {
         const core_lora_group *g = &plan->groups[i];
         if (g->layer < 0 || g->layer >= cfg->n_layer || g->module < 0 ||
             g->module >= CORE_MOD_COUNT) {
-            core__seterr(err, errlen, "lora plan: group %d names layer %d module %d", i, g->layer,
-                         g->module);
+            core_errf(err, errlen, "lora plan: group %d names layer %d module %d", i, g->layer,
+                      g->module);
             return -EINVAL;
         }
         if (g->rank <= 0 || g->rank > MAX_LORA_RANK || !g->A || !g->Bt ||
             (g->dtype != CORE_TYPE_F32 && g->dtype != CORE_TYPE_F16 &&
              g->dtype != CORE_TYPE_BF16)) {
-            core__seterr(err, errlen, "lora plan: group %d has rank %d, dtype %u or no weights", i,
-                         g->rank, g->dtype);
+            core_errf(err, errlen, "lora plan: group %d has rank %d, dtype %u or no weights", i,
+                      g->rank, g->dtype);
             return -EINVAL;
         }
         if (g->n_rows < 0 || g->n_rows > n_rows || (g->n_rows && (!g->rows || !g->scales))) {
-            core__seterr(err, errlen, "lora plan: group %d has %d rows for a batch of %d", i,
-                         g->n_rows, n_rows);
+            core_errf(err, errlen, "lora plan: group %d has %d rows for a batch of %d", i,
+                      g->n_rows, n_rows);
             return -EINVAL;
         }
         for (int r = 0; r < g->n_rows; r++) {
             if (g->rows[r] < 0 || g->rows[r] >= n_rows || !isfinite(g->scales[r])) {
-                core__seterr(err, errlen,
-                             "lora plan: group %d row %d (index %d, scale %g) is invalid", i, r,
-                             g->rows[r], (double)g->scales[r]);
+                core_errf(err, errlen, "lora plan: group %d row %d (index %d, scale %g) is invalid",
+                          i, r, g->rows[r], (double)g->scales[r]);
                 return -EINVAL;
             }
         }
@@ -207,7 +192,7 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
     for (int k = 0; k < n_keys; k++)
         c->grp_start[k + 1] += c->grp_start[k];
     /* Stable placement, so groups apply in plan order within a (layer, module). */
-    if (grow(&c->grp_fill, &c->cap_fill, (size_t)n_keys, sizeof(int)))
+    if (core_grow(&c->grp_fill, &c->cap_fill, (size_t)n_keys, sizeof(int)))
         return -ENOMEM;
     int *fill = c->grp_fill;
     memcpy(fill, c->grp_start, (size_t)n_keys * sizeof(int));
@@ -307,9 +292,9 @@ static int lora_groups(core_ctx *c, lora_job *j)
     if (!any)
         return 0;
     for (int t = 0; t < n_tasks; t++)
-        if (grow(&c->ls[t], &c->cap_ls[t], scratch, sizeof(float)) ||
-            grow(&c->lrows[t], &c->cap_lrows[t], rows, sizeof(int32_t)) ||
-            grow(&c->lscales[t], &c->cap_lscales[t], rows, sizeof(float)))
+        if (core_grow(&c->ls[t], &c->cap_ls[t], scratch, sizeof(float)) ||
+            core_grow(&c->lrows[t], &c->cap_lrows[t], rows, sizeof(int32_t)) ||
+            core_grow(&c->lscales[t], &c->cap_lscales[t], rows, sizeof(float)))
             return -ENOMEM;
     j->c = c;
     j->n_tasks = n_tasks;
@@ -375,27 +360,23 @@ const char *core_matmul_kernels(char *buf, size_t len)
     return buf;
 }
 
-/* Y = X · Wᵀ. X (n, in), W (out, in) in f32, Wq the same weights as the GGUF stores them (type
- * qtype) or NULL, Y (n, out). */
-static void matmul(const float *W, const void *Wq, uint32_t qtype, int in, int out, const float *X,
-                   int n, float *Y)
+/* Y = X · Wᵀ on the f32 copy: OpenBLAS. */
+static void matmul_f32(const float *W, int in, int out, const float *X, int n, float *Y)
 {
-    if (Wq && (n <= qmatmul_rows() || !W) && core__qmatmul_supports(qtype)) {
-        qmm_job j = {.Wq = Wq, .qtype = qtype, .in = in, .out = out, .n = n, .X = X, .Y = Y};
-        core__pool_run(split_outputs(out, &j.per), qmm_task, &j);
-        if (!atomic_load_explicit(&j.failed, memory_order_relaxed))
-            return;
-    }
-    if (!W) { /* cannot happen: a matrix stays quantized only where qmatmul reads it at any n */
-        for (size_t i = 0; i < (size_t)n * out; i++)
-            Y[i] = NAN;
-        return;
-    }
     if (n == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, in, X, 1, 0.0f, Y, 1);
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, X, in, W, in, 0.0f,
                     Y, out);
+}
+
+/* Y = X · Wᵀ from the stored blocks, on the pool; false when the kernels refused. */
+static bool matmul_stored(const core_weight *w, const float *X, int n, float *Y)
+{
+    qmm_job j = {
+        .Wq = w->data, .qtype = w->type, .in = w->cols, .out = w->rows, .n = n, .X = X, .Y = Y};
+    core__pool_run(split_outputs(w->rows, &j.per), qmm_task, &j);
+    return !atomic_load_explicit(&j.failed, memory_order_relaxed);
 }
 
 /* The int8 product of one quantized X with repacked weights, split over the pool by groups of 16
@@ -419,7 +400,7 @@ static void q8_task(void *arg, int t)
 static int quantize_x(core_ctx *c, const float *X, int in, int n)
 {
     size_t rb = core__q8x_row_bytes(in);
-    if (grow(&c->xq, &c->cap_xq, rb * (size_t)n, 1))
+    if (core_grow(&c->xq, &c->cap_xq, rb * (size_t)n, 1))
         return -ENOMEM;
     core__q8x_quantize(X, in, n, c->xq);
     return 0;
@@ -429,6 +410,27 @@ static void matmul_q8(const core_ctx *c, const core_q8w *w, int out, int n, floa
 {
     q8_job j = {.w = w, .Xq = c->xq, .out = out, .n = n, .Y = Y};
     core__pool_run(split_outputs(out, &j.per), q8_task, &j);
+}
+
+/* Y = X · Wᵀ, X (n, w->cols), Y (n, w->rows): the one place that picks the kernel of a product.
+ * The int8 kernels when w has a repack (X quantized into c->xq once for every product of the
+ * same X: *x_quantized says it is done); else core's quantized kernels on the stored blocks when
+ * they read the type at this many rows (or there is no f32 copy); else OpenBLAS on the f32 copy.
+ */
+static void product(core_ctx *c, const core_weight *w, const float *X, int n, float *Y,
+                    bool *x_quantized)
+{
+    if (w->q8 && (*x_quantized || quantize_x(c, X, w->cols, n) == 0)) {
+        *x_quantized = true;
+        matmul_q8(c, w->q8, w->rows, n, Y);
+        return;
+    }
+    if (w->data && (n <= qmatmul_rows() || !w->f32) && core__qmatmul_supports(w->type) &&
+        matmul_stored(w, X, n, Y))
+        return;
+    CORE_ASSERT(w->f32, "a %dx%d %s weight with neither an f32 copy nor kernels that read it",
+                w->rows, w->cols, core_type_name(w->type));
+    matmul_f32(w->f32, w->cols, w->rows, X, n, Y);
 }
 
 /* Y[k] = X · W[k]ᵀ plus the plan's LoRA groups, for n_mods modules of one layer that share the
@@ -444,12 +446,7 @@ static int linear_n(core_ctx *c, const core_lora_plan *plan, int layer, const co
     bool quantized = false; /* X in c->xq, once for all modules that have int8 weights */
     for (int k = 0; k < n_mods; k++) {
         int out = core_module_out(cfg, mods[k]);
-        if (L->q8[mods[k]] && (quantized || quantize_x(c, X, in, n) == 0)) {
-            quantized = true;
-            matmul_q8(c, L->q8[mods[k]], out, n, Y[k]);
-        } else {
-            matmul(L->w[mods[k]], L->q[mods[k]], L->qtype[mods[k]], in, out, X, n, Y[k]);
-        }
+        product(c, &L->w[mods[k]], X, n, Y[k], &quantized);
         j.key[k] = layer * CORE_MOD_COUNT + mods[k];
         j.out[k] = out;
         j.Y[k] = Y[k];
@@ -553,7 +550,7 @@ static void swiglu_task(void *arg, int t)
 static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err, size_t errlen)
 {
     const core_config *cfg = &c->m->cfg;
-    if (grow(&c->slot_n, &c->cap_slots, (size_t)kv->n_slots, sizeof(int)))
+    if (core_grow(&c->slot_n, &c->cap_slots, (size_t)kv->n_slots, sizeof(int)))
         return -ENOMEM;
     for (int s = 0; s < kv->n_slots; s++)
         c->slot_n[s] = kv->slots[s].n;
@@ -561,24 +558,23 @@ static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err,
     for (int i = 0; i < b->n_rows; i++) {
         int tok = b->tokens[i], slot = b->slot[i], pos = b->pos[i];
         if (tok < 0 || tok >= cfg->n_vocab) {
-            core__seterr(err, errlen, "row %d: token id %d out of range [0, %d)", i, tok,
-                         cfg->n_vocab);
+            core_errf(err, errlen, "row %d: token id %d out of range [0, %d)", i, tok,
+                      cfg->n_vocab);
             return -EINVAL;
         }
         if (slot < 0 || slot >= kv->n_slots) {
-            core__seterr(err, errlen, "row %d: kv slot %d out of range [0, %d)", i, slot,
-                         kv->n_slots);
+            core_errf(err, errlen, "row %d: kv slot %d out of range [0, %d)", i, slot, kv->n_slots);
             return -EINVAL;
         }
         if (pos < 0 || pos >= kv->n_ctx) {
-            core__seterr(err, errlen, "row %d: position %d outside the context of %d", i, pos,
-                         kv->n_ctx);
+            core_errf(err, errlen, "row %d: position %d outside the context of %d", i, pos,
+                      kv->n_ctx);
             return -ERANGE;
         }
         if (pos > c->slot_n[slot]) {
-            core__seterr(err, errlen,
-                         "row %d: position %d skips ahead of slot %d's %d filled positions", i, pos,
-                         slot, c->slot_n[slot]);
+            core_errf(err, errlen,
+                      "row %d: position %d skips ahead of slot %d's %d filled positions", i, pos,
+                      slot, c->slot_n[slot]);
             return -EINVAL;
         }
         c->slot_n[slot] = pos + 1;
@@ -586,14 +582,15 @@ static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err,
             max_pos = pos;
         int rc = core__kv_reserve(kv, slot, pos + 1);
         if (rc) {
-            core__seterr(err, errlen, "row %d: cannot grow kv slot %d to %d positions", i, slot,
-                         pos + 1);
+            core_errf(err, errlen, "row %d: cannot grow kv slot %d to %d positions", i, slot,
+                      pos + 1);
             return rc;
         }
     }
     for (int t = 0; t < core__pool_threads(); t++)
-        if (grow(&c->scores[t], &c->cap_scores[t],
-                 ((size_t)max_pos + 1) * (size_t)(cfg->n_head / cfg->n_head_kv), sizeof(float)))
+        if (core_grow(&c->scores[t], &c->cap_scores[t],
+                      ((size_t)max_pos + 1) * (size_t)(cfg->n_head / cfg->n_head_kv),
+                      sizeof(float)))
             return -ENOMEM;
     return 0;
 }
@@ -661,11 +658,11 @@ int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_
     if (n <= 0)
         return 0;
     if (!b->tokens || !b->pos || !b->slot) {
-        core__seterr(err, errlen, "batch without tokens, positions or slots");
+        core_errf(err, errlen, "batch without tokens, positions or slots");
         return -EINVAL;
     }
     if (kv->n_layer != cfg->n_layer || kv->kv_dim != cfg->n_head_kv * cfg->head_dim) {
-        core__seterr(err, errlen, "kv cache was made for another model");
+        core_errf(err, errlen, "kv cache was made for another model");
         return -EINVAL;
     }
     int rc = ensure_rows(c, n);
@@ -675,24 +672,25 @@ int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_
         rc = index_plan(c, plan, n, err, errlen);
     if (rc) {
         if (rc == -ENOMEM)
-            core__seterr(err, errlen, "out of memory for a batch of %d rows", n);
+            core_errf(err, errlen, "out of memory for a batch of %d rows", n);
         return rc;
     }
 
-    size_t emb_rb = core_type_row_bytes(m->tok_embd_qtype, (uint64_t)e);
+    size_t emb_rb = core_type_row_bytes(m->tok_embd.type, (uint64_t)e);
     for (int i = 0; i < n; i++) {
         float *x = c->x + (size_t)i * e;
-        if (m->tok_embd)
-            memcpy(x, m->tok_embd + (size_t)b->tokens[i] * e, (size_t)e * sizeof(float));
+        if (m->tok_embd.f32)
+            memcpy(x, m->tok_embd.f32 + (size_t)b->tokens[i] * e, (size_t)e * sizeof(float));
         else /* the same bits as the slab would hold */
-            core_dequant_row(m->tok_embd_qtype,
-                             (const uint8_t *)m->tok_embd_q + (size_t)b->tokens[i] * emb_rb, x, e);
+            core_dequant_row(m->tok_embd.type,
+                             (const uint8_t *)m->tok_embd.data + (size_t)b->tokens[i] * emb_rb, x,
+                             e);
     }
     for (int i = 0; i < n; i++)
         rope_angles(c->rope_cs + (size_t)i * cfg->head_dim, cfg->head_dim, b->pos[i], c->inv_freq);
     for (int l = 0; l < cfg->n_layer; l++) {
         if ((rc = layer_forward(c, kv, b, plan, l))) {
-            core__seterr(err, errlen, "out of memory in layer %d", l);
+            core_errf(err, errlen, "out of memory in layer %d", l);
             return rc;
         }
     }
@@ -707,9 +705,8 @@ int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_
             n_out++;
         }
     }
-    if (n_out > 0 && m->output_q8 && quantize_x(c, c->xn, e, n_out) == 0)
-        matmul_q8(c, m->output_q8, cfg->n_vocab, n_out, logits);
-    else if (n_out > 0)
-        matmul(m->output, m->output_q, m->output_qtype, e, cfg->n_vocab, c->xn, n_out, logits);
+    bool quantized = false;
+    if (n_out > 0)
+        product(c, &m->output, c->xn, n_out, logits, &quantized);
     return 0;
 }

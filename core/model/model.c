@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/error_internal.h"
+#include "core/base.h"
 #include "core/kernels/dequant.h"
 #include "core/kernels/qmatmul_internal.h"
 #include "core/kernels/qmatmul_q8_internal.h"
@@ -70,11 +70,11 @@ static int get_dim(const core_gguf *g, const char *arch, const char *suffix, int
     if (rc == -ENOENT && !need)
         return 0;
     if (rc == -ENOENT) {
-        core__seterr(err, errlen, "missing metadata key '%s'", key);
+        core_errf(err, errlen, "missing metadata key '%s'", key);
         return -EINVAL;
     }
     if (rc < 0 || v == 0 || v > (uint32_t)max) {
-        core__seterr(err, errlen, "metadata key '%s' must be an integer in 1..%d", key, max);
+        core_errf(err, errlen, "metadata key '%s' must be an integer in 1..%d", key, max);
         return -EINVAL;
     }
     *out = (int)v;
@@ -90,7 +90,7 @@ static int get_float(const core_gguf *g, const char *arch, const char *suffix, f
     if (rc == -ENOENT)
         return 0;
     if (rc < 0 || !isfinite(*out) || *out <= 0) {
-        core__seterr(err, errlen, "metadata key '%s' must be a positive float", key);
+        core_errf(err, errlen, "metadata key '%s' must be a positive float", key);
         return -EINVAL;
     }
     return 0;
@@ -100,11 +100,11 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
 {
     memset(c, 0, sizeof *c);
     if (core_gguf_get_str(g, "general.architecture", c->arch, sizeof c->arch) < 0) {
-        core__seterr(err, errlen, "missing or invalid general.architecture");
+        core_errf(err, errlen, "missing or invalid general.architecture");
         return -EINVAL;
     }
     if (strcmp(c->arch, "llama") != 0) {
-        core__seterr(err, errlen, "architecture '%s' is not supported (only 'llama')", c->arch);
+        core_errf(err, errlen, "architecture '%s' is not supported (only 'llama')", c->arch);
         return -EINVAL;
     }
     const char *a = c->arch;
@@ -118,8 +118,8 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
     c->rope_theta = 10000.0f;
     c->rms_eps = 1e-5f;
     if (c->n_embd % c->n_head) {
-        core__seterr(err, errlen, "embedding_length %d is not a multiple of head_count %d",
-                     c->n_embd, c->n_head);
+        core_errf(err, errlen, "embedding_length %d is not a multiple of head_count %d", c->n_embd,
+                  c->n_head);
         return -EINVAL;
     }
     c->head_dim = c->n_embd / c->n_head;
@@ -135,38 +135,38 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
     if (get_dim(g, a, "rope.dimension_count", &c->rope_dim, false, 4096, err, errlen))
         return -EINVAL;
     if (vlen && vlen != c->head_dim) {
-        core__seterr(err, errlen, "key_length %d != value_length %d is not supported", c->head_dim,
-                     vlen);
+        core_errf(err, errlen, "key_length %d != value_length %d is not supported", c->head_dim,
+                  vlen);
         return -EINVAL;
     }
     if (c->n_head % c->n_head_kv) {
-        core__seterr(err, errlen, "head_count %d is not a multiple of head_count_kv %d", c->n_head,
-                     c->n_head_kv);
+        core_errf(err, errlen, "head_count %d is not a multiple of head_count_kv %d", c->n_head,
+                  c->n_head_kv);
         return -EINVAL;
     }
     if (c->rope_dim != c->head_dim || c->head_dim % 2) {
-        core__seterr(err, errlen,
-                     "partial rotary embeddings (rope.dimension_count %d, head dim %d) are "
-                     "not supported",
-                     c->rope_dim, c->head_dim);
+        core_errf(err, errlen,
+                  "partial rotary embeddings (rope.dimension_count %d, head dim %d) are "
+                  "not supported",
+                  c->rope_dim, c->head_dim);
         return -EINVAL;
     }
     char key[128], scaling[32];
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);
     if (core_gguf_get_str(g, key, scaling, sizeof scaling) == 0 && strcmp(scaling, "none") != 0) {
-        core__seterr(err, errlen, "rope scaling '%s' is not supported", scaling);
+        core_errf(err, errlen, "rope scaling '%s' is not supported", scaling);
         return -EINVAL;
     }
     const core_gguf_tensor *emb = core_gguf_find_tensor(g, "token_embd.weight");
     if (!emb || emb->n_dims != 2 || emb->ne[0] != (uint64_t)c->n_embd || emb->ne[1] > (1u << 24)) {
-        core__seterr(err, errlen, "tensor token_embd.weight is missing or not (%d, n_vocab)",
-                     c->n_embd);
+        core_errf(err, errlen, "tensor token_embd.weight is missing or not (%d, n_vocab)",
+                  c->n_embd);
         return -EINVAL;
     }
     c->n_vocab = (int)emb->ne[1];
     uint32_t nv;
     if (core_gguf_get_u32(g, "llama.vocab_size", &nv) == 0 && nv != (uint32_t)c->n_vocab) {
-        core__seterr(err, errlen, "llama.vocab_size %u != token_embd rows %d", nv, c->n_vocab);
+        core_errf(err, errlen, "llama.vocab_size %u != token_embd rows %d", nv, c->n_vocab);
         return -EINVAL;
     }
     c->tied_output = core_gguf_find_tensor(g, "output.weight") == NULL;
@@ -180,21 +180,21 @@ static const core_gguf_tensor *want_tensor(const core_gguf *g, const char *name,
 {
     const core_gguf_tensor *t = core_gguf_find_tensor(g, name);
     if (!t) {
-        core__seterr(err, errlen, "tensor '%s' is missing", name);
+        core_errf(err, errlen, "tensor '%s' is missing", name);
         return NULL;
     }
     bool ok = rows ? (t->n_dims == 2 && t->ne[0] == (uint64_t)cols && t->ne[1] == (uint64_t)rows)
                    : (t->n_dims == 1 && t->ne[0] == (uint64_t)cols);
     if (!ok) {
-        core__seterr(err, errlen,
-                     "tensor '%s' has shape [%llu, %llu], expected [%d, %d] (ne0 = input features)",
-                     name, (unsigned long long)t->ne[0],
-                     (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), cols, rows ? rows : 1);
+        core_errf(err, errlen,
+                  "tensor '%s' has shape [%llu, %llu], expected [%d, %d] (ne0 = input features)",
+                  name, (unsigned long long)t->ne[0],
+                  (unsigned long long)(t->n_dims > 1 ? t->ne[1] : 1), cols, rows ? rows : 1);
         return NULL;
     }
     if (!core_type_can_dequant(t->type)) {
-        core__seterr(err, errlen, "tensor '%s' has type %s, which adaptree cannot dequantize", name,
-                     core_type_name(t->type));
+        core_errf(err, errlen, "tensor '%s' has type %s, which adaptree cannot dequantize", name,
+                  core_type_name(t->type));
         return NULL;
     }
     return t;
@@ -208,14 +208,13 @@ static int load_tensor(const core_gguf *g, const char *name, int cols, int rows,
         return -EINVAL;
     int64_t n = (int64_t)cols * (rows ? rows : 1);
     if (core_dequant_row(t->type, t->data, dst, n) < 0) {
-        core__seterr(err, errlen, "tensor '%s': cannot dequantize %s", name,
-                     core_type_name(t->type));
+        core_errf(err, errlen, "tensor '%s': cannot dequantize %s", name, core_type_name(t->type));
         return -EINVAL;
     }
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(dst[i])) {
-            core__seterr(err, errlen, "tensor '%s' holds a non-finite value at element %lld", name,
-                         (long long)i);
+            core_errf(err, errlen, "tensor '%s' holds a non-finite value at element %lld", name,
+                      (long long)i);
             return -EINVAL;
         }
     }
@@ -235,11 +234,11 @@ static void free_q8(core_model *m)
 {
     for (int l = 0; l < m->cfg.n_layer; l++)
         for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
-            core__q8w_free(m->layers[l].q8[mod]);
-            m->layers[l].q8[mod] = NULL;
+            core__q8w_free(m->layers[l].w[mod].q8);
+            m->layers[l].w[mod].q8 = NULL;
         }
-    core__q8w_free(m->output_q8);
-    m->output_q8 = NULL;
+    core__q8w_free(m->output.q8);
+    m->output.q8 = NULL;
 }
 
 static int fill_slab(core_model *m, core_slab_mode mode, char *err, size_t errlen);
@@ -266,17 +265,17 @@ int core_model_set_int8(core_model *m, int on, char *err, size_t errlen)
         return 0;
     }
     if (m->slab_mode == CORE_SLAB_INT8) { /* on already, without the f32 copies to go back to */
-        int packed = m->output_q8 != NULL;
+        int packed = m->output.q8 != NULL;
         for (int l = 0; l < c->n_layer; l++)
             for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
-                packed += m->layers[l].q8[mod] != NULL;
+                packed += m->layers[l].w[mod].q8 != NULL;
         return packed;
     }
     free_q8(m);
     if (!core__q8_available()) {
-        core__seterr(err, errlen,
-                     "int8 activations need AVX2 with FMA and F16C, or AVX-512 VNNI; this CPU "
-                     "has neither");
+        core_errf(err, errlen,
+                  "int8 activations need AVX2 with FMA and F16C, or AVX-512 VNNI; this CPU "
+                  "has neither");
         return -ENOTSUP;
     }
     int packed = 0;
@@ -285,14 +284,14 @@ int core_model_set_int8(core_model *m, int on, char *err, size_t errlen)
             core_layer *L = &m->layers[l];
             int in = core_module_in(c, (core_module)mod),
                 out = core_module_out(c, (core_module)mod);
-            if (!L->q[mod] || !core__q8w_supports(L->qtype[mod], in, out))
+            if (!L->w[mod].data || !core__q8w_supports(L->w[mod].type, in, out))
                 continue;
-            if (!(L->q8[mod] = core__q8w_pack(L->qtype[mod], L->q[mod], in, out)))
+            if (!(L->w[mod].q8 = core__q8w_pack(L->w[mod].type, L->w[mod].data, in, out)))
                 goto oom;
             packed++;
         }
-    if (m->output_q && core__q8w_supports(m->output_qtype, c->n_embd, c->n_vocab)) {
-        if (!(m->output_q8 = core__q8w_pack(m->output_qtype, m->output_q, c->n_embd, c->n_vocab)))
+    if (m->output.data && core__q8w_supports(m->output.type, c->n_embd, c->n_vocab)) {
+        if (!(m->output.q8 = core__q8w_pack(m->output.type, m->output.data, c->n_embd, c->n_vocab)))
             goto oom;
         packed++;
     }
@@ -304,7 +303,7 @@ int core_model_set_int8(core_model *m, int on, char *err, size_t errlen)
     return packed;
 oom:
     free_q8(m);
-    core__seterr(err, errlen, "out of memory repacking the weights for int8");
+    core_errf(err, errlen, "out of memory repacking the weights for int8");
     return -ENOMEM;
 }
 
@@ -351,14 +350,14 @@ static int check_tensor(const core_gguf *g, const char *name, int cols, int rows
     for (int r = 0; r < rows; r++) {
         const uint8_t *src = (const uint8_t *)t->data + (size_t)r * rb;
         if (core_dequant_row(t->type, src, scratch, cols) < 0) {
-            core__seterr(err, errlen, "tensor '%s': cannot dequantize %s", name,
-                         core_type_name(t->type));
+            core_errf(err, errlen, "tensor '%s': cannot dequantize %s", name,
+                      core_type_name(t->type));
             return -EINVAL;
         }
         for (int i = 0; i < cols; i++)
             if (!isfinite(scratch[i])) {
-                core__seterr(err, errlen, "tensor '%s' holds a non-finite value at element %lld",
-                             name, (long long)r * cols + i);
+                core_errf(err, errlen, "tensor '%s' holds a non-finite value at element %lld", name,
+                          (long long)r * cols + i);
                 return -EINVAL;
             }
     }
@@ -420,19 +419,21 @@ static int load_weights(core_model *m, core_slab_mode mode, float *p, char *err,
     const core_config *c = &m->cfg;
     float *scratch = malloc(sizeof(float) * (size_t)(c->n_embd > c->n_ff ? c->n_embd : c->n_ff));
     if (!scratch) {
-        core__seterr(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    m->tok_embd.rows = m->output.rows = c->n_vocab;
+    m->tok_embd.cols = m->output.cols = c->n_embd;
     int rc = load_matrix(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, mode, &p,
-                         &m->tok_embd, scratch, err, errlen);
-    m->tok_embd_q = quantized(m->gguf, "token_embd.weight", &m->tok_embd_qtype);
-    m->output = m->tok_embd;
-    m->output_q = m->tok_embd_q;
-    m->output_qtype = m->tok_embd_qtype;
+                         &m->tok_embd.f32, scratch, err, errlen);
+    m->tok_embd.data = quantized(m->gguf, "token_embd.weight", &m->tok_embd.type);
+    m->output.f32 = m->tok_embd.f32;
+    m->output.data = m->tok_embd.data;
+    m->output.type = m->tok_embd.type;
     if (!rc && !c->tied_output) {
-        rc = load_matrix(m->gguf, "output.weight", c->n_embd, c->n_vocab, mode, &p, &m->output,
+        rc = load_matrix(m->gguf, "output.weight", c->n_embd, c->n_vocab, mode, &p, &m->output.f32,
                          scratch, err, errlen);
-        m->output_q = quantized(m->gguf, "output.weight", &m->output_qtype);
+        m->output.data = quantized(m->gguf, "output.weight", &m->output.type);
     }
     if (!rc)
         rc = load_norm(m->gguf, "output_norm.weight", c->n_embd, &p, &m->output_norm, err, errlen);
@@ -447,8 +448,11 @@ static int load_weights(core_model *m, core_slab_mode mode, float *p, char *err,
         for (int mod = 0; !rc && mod < CORE_MOD_COUNT; mod++) {
             int in = core_module_in(c, mod), out = core_module_out(c, mod);
             matrix_name(name, sizeof name, l, mod);
-            rc = load_matrix(m->gguf, name, in, out, mode, &p, &L->w[mod], scratch, err, errlen);
-            L->q[mod] = quantized(m->gguf, name, &L->qtype[mod]);
+            L->w[mod].rows = out;
+            L->w[mod].cols = in;
+            rc =
+                load_matrix(m->gguf, name, in, out, mode, &p, &L->w[mod].f32, scratch, err, errlen);
+            L->w[mod].data = quantized(m->gguf, name, &L->w[mod].type);
         }
     }
     free(scratch);
@@ -465,8 +469,8 @@ static int fill_slab(core_model *m, core_slab_mode mode, char *err, size_t errle
     if (!slab || !layers) {
         free(slab);
         free(layers);
-        core__seterr(err, errlen, "out of memory allocating %zu MB of weights",
-                     floats * sizeof(float) >> 20);
+        core_errf(err, errlen, "out of memory allocating %zu MB of weights",
+                  floats * sizeof(float) >> 20);
         return -ENOMEM;
     }
     memcpy(layers, m->layers, (size_t)m->cfg.n_layer * sizeof *layers);
@@ -485,10 +489,10 @@ static int fill_slab(core_model *m, core_slab_mode mode, char *err, size_t errle
     next.slab = slab;
     next.slab_floats = floats;
     next.slab_mode = mode;
-    next.all_f32 = next.tok_embd && next.output;
+    next.all_f32 = next.tok_embd.f32 && next.output.f32;
     for (int l = 0; l < next.cfg.n_layer; l++)
         for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
-            next.all_f32 = next.all_f32 && next.layers[l].w[mod];
+            next.all_f32 = next.all_f32 && next.layers[l].w[mod].f32;
     *m = next;
     return 0;
 }
@@ -502,7 +506,7 @@ core_model *core_model_load(const char *path, char *err, size_t errlen)
 {
     core_model *m = calloc(1, sizeof *m);
     if (!m) {
-        core__seterr(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         return NULL;
     }
     m->gguf = core_gguf_open(path, err, errlen);
@@ -513,7 +517,7 @@ core_model *core_model_load(const char *path, char *err, size_t errlen)
         goto fail;
     m->layers = calloc(c->n_layer, sizeof *m->layers);
     if (!m->layers) {
-        core__seterr(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         goto fail;
     }
     if (fill_slab(m, CORE_SLAB_LAZY, err, errlen))

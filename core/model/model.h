@@ -45,24 +45,30 @@ typedef enum core_module {
     CORE_MOD_COUNT
 } core_module;
 
+/* One weight matrix of rows x cols (out x in): the form its file stores and the forms made from
+ * it. core_forward picks the kernel for each product from what is there (forward.c, product()):
+ * the int8 repack when set, else the stored blocks when core's quantized kernels read them at
+ * that batch size, else the f32 copy. */
+typedef struct core_weight {
+    int rows, cols;
+    uint32_t type;       /* the ggml type the file stores it in */
+    const void *data;    /* the stored rows in the mapping of core_model.gguf; NULL when core's
+                            quantized kernels cannot read the type. Whoever changes f32 must set
+                            data (and q8) to NULL, or core_forward keeps using the original weights */
+    float *f32;          /* (rows, cols) in the model's slab, or NULL while the matrix stays
+                            quantized (core_model.slab) */
+    struct core_q8w *q8; /* owned, repacked for the int8 kernels by core_model_set_int8, or NULL;
+                            when set, core_forward uses it at every batch size */
+} core_weight;
+
 typedef struct core_layer {
     float *attn_norm; /* (n_embd) */
-    float *w[CORE_MOD_COUNT];
+    core_weight w[CORE_MOD_COUNT];
     /* w[Q]    (n_head * head_dim, n_embd)
      * w[K],V  (n_head_kv * head_dim, n_embd)
      * w[O]    (n_embd, n_head * head_dim)
      * w[GATE], w[UP] (n_ff, n_embd)
      * w[DOWN] (n_embd, n_ff) */
-    /* The same weights as the GGUF stores them, read directly by decode steps of few rows
-     * (qmatmul.h): q[mod] points into the mapping of core_model.gguf, qtype[mod] is its ggml type.
-     * NULL when core__qmatmul cannot read the type. Whoever changes w[mod] must set q[mod] to
-     * NULL, or core_forward keeps using the original weights for small batches. */
-    const void *q[CORE_MOD_COUNT];
-    uint32_t qtype[CORE_MOD_COUNT];
-    /* w[mod] is NULL while the matrix stays quantized (core_model.slab). */
-    /* Owned repacked copies for the int8 kernels (qmatmul_q8.h), NULL unless core_model_set_int8
-     * made them; when set, core_forward uses them at every batch size. */
-    struct core_q8w *q8[CORE_MOD_COUNT];
     float *ffn_norm; /* (n_embd) */
 } core_layer;
 
@@ -82,18 +88,13 @@ typedef struct core_model {
     float *slab;
     size_t slab_floats;
     core_slab_mode slab_mode;
-    bool all_f32;    /* every matrix is in the slab */
-    float *tok_embd; /* (n_vocab, n_embd), or NULL (see slab) */
-    float *output;   /* (n_vocab, n_embd); == tok_embd when tied; or NULL */
-    /* token_embd as the GGUF stores it (rows dequantized one at a time when tok_embd is NULL) */
-    const void *tok_embd_q;
-    uint32_t tok_embd_qtype;
-    /* output (tok_embd when tied) as the GGUF stores it, like core_layer.q; or NULL */
-    const void *output_q;
-    uint32_t output_qtype;
-    struct core_q8w *output_q8; /* like core_layer.q8 */
-    float *output_norm;         /* (n_embd) */
-    core_layer *layers;         /* (n_layer) */
+    bool all_f32;         /* every matrix is in the slab */
+    core_weight tok_embd; /* (n_vocab, n_embd); rows are dequantized one at a time from data
+                             when f32 is NULL. Its q8 is never set */
+    core_weight output;   /* (n_vocab, n_embd): the head; when tied, tok_embd's stored and f32
+                             forms (output.f32 == tok_embd.f32), with its own q8 */
+    float *output_norm;   /* (n_embd) */
+    core_layer *layers;   /* (n_layer) */
 } core_model;
 
 /* Loads a Llama-architecture GGUF: reads and checks the hyperparameters, every tensor shape and

@@ -10,7 +10,7 @@
  * bucket places the cut, and only the tokens of the bucket it falls in get sorted.
  */
 #include "core/model/sampler.h"
-#include "core/error_internal.h"
+#include "core/base.h"
 #include "core/kernels/pool_internal.h"
 
 #include <errno.h>
@@ -136,34 +136,34 @@ void core_sampler_params_default(core_sampler_params *p)
 static int params_check(const core_sampler_params *p, int32_t n_vocab, char *err, size_t errlen)
 {
     if (n_vocab <= 0) {
-        core__seterr(err, errlen, "n_vocab must be > 0 (got %d)", (int)n_vocab);
+        core_errf(err, errlen, "n_vocab must be > 0 (got %d)", (int)n_vocab);
         return -EINVAL;
     }
     if (!isfinite(p->temperature) || p->temperature < 0) {
-        core__seterr(err, errlen, "temperature must be finite and >= 0, 0 = greedy (got %g)",
-                     (double)p->temperature);
+        core_errf(err, errlen, "temperature must be finite and >= 0, 0 = greedy (got %g)",
+                  (double)p->temperature);
         return -EINVAL;
     }
     if (p->top_k < 0) {
-        core__seterr(err, errlen, "top_k must be >= 0, 0 = off (got %d)", p->top_k);
+        core_errf(err, errlen, "top_k must be >= 0, 0 = off (got %d)", p->top_k);
         return -EINVAL;
     }
     if (!(p->top_p > 0 && p->top_p <= 1)) {
-        core__seterr(err, errlen, "top_p must be in (0, 1], 1 = off (got %g)", (double)p->top_p);
+        core_errf(err, errlen, "top_p must be in (0, 1], 1 = off (got %g)", (double)p->top_p);
         return -EINVAL;
     }
     if (!(p->min_p >= 0 && p->min_p <= 1)) {
-        core__seterr(err, errlen, "min_p must be in [0, 1], 0 = off (got %g)", (double)p->min_p);
+        core_errf(err, errlen, "min_p must be in [0, 1], 0 = off (got %g)", (double)p->min_p);
         return -EINVAL;
     }
     if (!isfinite(p->repeat_penalty) || !(p->repeat_penalty > 0)) {
-        core__seterr(err, errlen, "repeat_penalty must be finite and > 0, 1 = off (got %g)",
-                     (double)p->repeat_penalty);
+        core_errf(err, errlen, "repeat_penalty must be finite and > 0, 1 = off (got %g)",
+                  (double)p->repeat_penalty);
         return -EINVAL;
     }
     if (p->repeat_last_n < 0) {
-        core__seterr(err, errlen, "repeat_last_n must be >= 0, 0 = whole history (got %d)",
-                     p->repeat_last_n);
+        core_errf(err, errlen, "repeat_last_n must be >= 0, 0 = whole history (got %d)",
+                  p->repeat_last_n);
         return -EINVAL;
     }
     return 0;
@@ -185,12 +185,12 @@ core_sampler *core_sampler_new(const core_sampler_params *p, int32_t n_vocab, ch
     size_t per_token = sizeof(struct cand) + 2 * sizeof(float) + 1;
     size_t fixed = sizeof(core_sampler) + n_blocks * sizeof(float) + HEAP_MAX_K * sizeof(int32_t);
     if (n > (SIZE_MAX - fixed) / per_token) {
-        core__seterr(err, errlen, "n_vocab %d is too large", (int)n_vocab);
+        core_errf(err, errlen, "n_vocab %d is too large", (int)n_vocab);
         return NULL;
     }
     core_sampler *s = calloc(1, fixed + n * per_token);
     if (!s) {
-        core__seterr(err, errlen, "out of memory for a sampler over %d tokens", (int)n_vocab);
+        core_errf(err, errlen, "out of memory for a sampler over %d tokens", (int)n_vocab);
         return NULL;
     }
     s->p = *p;

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/error_internal.h"
+#include "core/base.h"
 #include "core/text/unicode_internal.h"
 
 /* A merge rule keyed by its pair of token ids. key == 0 marks an empty slot, which is safe
@@ -82,11 +82,7 @@ typedef struct vocab_map {
 
 static uint64_t hash_bytes(const char *s, size_t n)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) {
-        h ^= (uint8_t)s[i];
-        h *= 1099511628211ull;
-    }
+    uint64_t h = core_hash64(CORE_HASH_INIT, s, n);
     return h ^ (h >> 29);
 }
 
@@ -173,8 +169,8 @@ static int load_merges(core_tokenizer *t, const vocab_map *vm, const core_gguf_s
                        char *err, size_t errlen)
 {
     if (n > (uint64_t)INT32_MAX) {
-        core__seterr(err, errlen, "tokenizer.ggml.merges has %llu entries (too many)",
-                     (unsigned long long)n);
+        core_errf(err, errlen, "tokenizer.ggml.merges has %llu entries (too many)",
+                  (unsigned long long)n);
         return -EINVAL;
     }
     size_t cap = 64, maxlen = 0;
@@ -196,8 +192,8 @@ static int load_merges(core_tokenizer *t, const vocab_map *vm, const core_gguf_s
         size_t len = m[r].len;
         const char *sp = len > 1 ? memchr(s + 1, ' ', len - 1) : NULL;
         if (!sp) {
-            core__seterr(err, errlen, "tokenizer.ggml.merges[%llu] \"%.*s\" is not \"LEFT RIGHT\"",
-                         (unsigned long long)r, (int)(len > 60 ? 60 : len), s);
+            core_errf(err, errlen, "tokenizer.ggml.merges[%llu] \"%.*s\" is not \"LEFT RIGHT\"",
+                      (unsigned long long)r, (int)(len > 60 ? 60 : len), s);
             rc = -EINVAL;
             break;
         }
@@ -207,10 +203,10 @@ static int load_merges(core_tokenizer *t, const vocab_map *vm, const core_gguf_s
         int32_t a = vocab_map_find(vm, s, ln), b = vocab_map_find(vm, sp + 1, rn);
         int32_t c = vocab_map_find(vm, cat, ln + rn);
         if (a < 0 || b < 0 || c < 0) {
-            core__seterr(err, errlen,
-                         "tokenizer.ggml.merges[%llu] \"%.*s\" names a token that is not in "
-                         "tokenizer.ggml.tokens",
-                         (unsigned long long)r, (int)(len > 60 ? 60 : len), s);
+            core_errf(err, errlen,
+                      "tokenizer.ggml.merges[%llu] \"%.*s\" names a token that is not in "
+                      "tokenizer.ggml.tokens",
+                      (unsigned long long)r, (int)(len > 60 ? 60 : len), s);
             rc = -EINVAL;
             break;
         }
@@ -250,13 +246,13 @@ static int load_vocab(core_tokenizer *t, const core_gguf_str *toks, const int32_
     for (size_t i = 0; i < n; i++) {
         total += toks[i].len + 1;
         if (toks[i].len > (1u << 20) || total > UINT32_MAX) {
-            core__seterr(err, errlen, "tokenizer.ggml.tokens is too large (token %zu: %llu bytes)",
-                         i, (unsigned long long)toks[i].len);
+            core_errf(err, errlen, "tokenizer.ggml.tokens is too large (token %zu: %llu bytes)", i,
+                      (unsigned long long)toks[i].len);
             return -EINVAL;
         }
         if (types[i] < CORE_TOKEN_NORMAL || types[i] > CORE_TOKEN_BYTE) {
-            core__seterr(err, errlen, "tokenizer.ggml.token_type[%zu] = %d is not a token type", i,
-                         (int)types[i]);
+            core_errf(err, errlen, "tokenizer.ggml.token_type[%zu] = %d is not a token type", i,
+                      (int)types[i]);
             return -EINVAL;
         }
     }
@@ -361,7 +357,7 @@ static int load_id(const core_gguf *g, const char *key, int32_t n_vocab, int32_t
         return 0;
     }
     if (rc < 0 || *out < 0 || *out >= n_vocab) {
-        core__seterr(err, errlen, "%s is not a token id below %d", key, (int)n_vocab);
+        core_errf(err, errlen, "%s is not a token id below %d", key, (int)n_vocab);
         return -EINVAL;
     }
     return 0;
@@ -392,10 +388,10 @@ static int resolve_ids(core_tokenizer *t, const core_gguf_str *merges, uint64_t 
         n_bytes += t->byte_tok[b] >= 0;
     }
     if (n_bytes < 128) { /* SmolLM2's lacks 21 (never-used control and lead bytes) */
-        core__seterr(err, errlen,
-                     "tokenizer.ggml.tokens has only %d of the 256 byte-level tokens (not a "
-                     "byte-level BPE vocabulary?)",
-                     n_bytes);
+        core_errf(err, errlen,
+                  "tokenizer.ggml.tokens has only %d of the 256 byte-level tokens (not a "
+                  "byte-level BPE vocabulary?)",
+                  n_bytes);
         rc = -EINVAL;
     }
     if (rc == 0)
@@ -415,10 +411,9 @@ static int load_config(core_tokenizer *t, const core_gguf *g, char *err, size_t 
 {
     core_gguf_str s = {NULL, 0};
     if (core_gguf_get_strv(g, "tokenizer.ggml.model", &s) < 0 || !core_gguf_str_eq(s, "gpt2")) {
-        core__seterr(
-            err, errlen,
-            "tokenizer.ggml.model \"%.*s\" is not supported (only \"gpt2\", byte-level BPE)",
-            s.ptr ? (int)(s.len > 40 ? 40 : s.len) : 0, s.ptr ? s.ptr : "");
+        core_errf(err, errlen,
+                  "tokenizer.ggml.model \"%.*s\" is not supported (only \"gpt2\", byte-level BPE)",
+                  s.ptr ? (int)(s.len > 40 ? 40 : s.len) : 0, s.ptr ? s.ptr : "");
         return -ENOTSUP;
     }
     s = (core_gguf_str){NULL, 0};
@@ -427,10 +422,9 @@ static int load_config(core_tokenizer *t, const core_gguf *g, char *err, size_t 
     } else if (s.ptr && core_gguf_str_eq(s, "gpt2")) {
         t->pre = CORE__PRETOK_GPT2;
     } else {
-        core__seterr(
-            err, errlen,
-            "tokenizer.ggml.pre \"%.*s\" is not supported (supported: \"smollm\", \"gpt2\")",
-            s.ptr ? (int)(s.len > 40 ? 40 : s.len) : 0, s.ptr ? s.ptr : "");
+        core_errf(err, errlen,
+                  "tokenizer.ggml.pre \"%.*s\" is not supported (supported: \"smollm\", \"gpt2\")",
+                  s.ptr ? (int)(s.len > 40 ? 40 : s.len) : 0, s.ptr ? s.ptr : "");
         return -ENOTSUP;
     }
     int rc = load_id(g, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos, err, errlen);
@@ -441,7 +435,7 @@ static int load_config(core_tokenizer *t, const core_gguf *g, char *err, size_t 
     t->add_bos = false;
     if (core_gguf_find(g, "tokenizer.ggml.add_bos_token") &&
         core_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos) < 0) {
-        core__seterr(err, errlen, "tokenizer.ggml.add_bos_token is not a bool");
+        core_errf(err, errlen, "tokenizer.ggml.add_bos_token is not a bool");
         return -EINVAL;
     }
     if (core_gguf_get_strv(g, "tokenizer.chat_template", &s) == 0) {
@@ -463,27 +457,27 @@ core_tokenizer *core_tokenizer_new(const core_gguf *g, char *err, size_t errlen)
         err[0] = '\0';
     core_tokenizer *t = calloc(1, sizeof *t);
     if (!t) {
-        core__seterr(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
         return NULL;
     }
     int rc = core_gguf_get_str_array(g, "tokenizer.ggml.tokens", &toks, &n_toks);
     if (rc < 0 || n_toks == 0 || n_toks >= (uint64_t)INT32_MAX) {
-        core__seterr(err, errlen, "tokenizer.ggml.tokens is %s",
-                     rc == -ENOENT ? "absent" : "not a non-empty array of strings");
+        core_errf(err, errlen, "tokenizer.ggml.tokens is %s",
+                  rc == -ENOENT ? "absent" : "not a non-empty array of strings");
         goto fail;
     }
     t->n_vocab = (int32_t)n_toks;
     rc = core_gguf_get_i32_array(g, "tokenizer.ggml.token_type", &types, &n_types);
     if (rc < 0 || n_types != n_toks) {
-        core__seterr(err, errlen, "tokenizer.ggml.token_type is %s (tokens: %llu)",
-                     rc == -ENOENT ? "absent" : "not an integer array with one entry per token",
-                     (unsigned long long)n_toks);
+        core_errf(err, errlen, "tokenizer.ggml.token_type is %s (tokens: %llu)",
+                  rc == -ENOENT ? "absent" : "not an integer array with one entry per token",
+                  (unsigned long long)n_toks);
         goto fail;
     }
     rc = core_gguf_get_str_array(g, "tokenizer.ggml.merges", &merges, &n_merges);
     if (rc < 0) {
-        core__seterr(err, errlen, "tokenizer.ggml.merges is %s",
-                     rc == -ENOENT ? "absent" : "not an array of strings");
+        core_errf(err, errlen, "tokenizer.ggml.merges is %s",
+                  rc == -ENOENT ? "absent" : "not an array of strings");
         goto fail;
     }
     if (load_config(t, g, err, errlen) < 0 || load_vocab(t, toks, types, err, errlen) < 0 ||
@@ -495,7 +489,7 @@ core_tokenizer *core_tokenizer_new(const core_gguf *g, char *err, size_t errlen)
     return t;
 fail:
     if (err && errlen && !err[0])
-        core__seterr(err, errlen, "out of memory");
+        core_errf(err, errlen, "out of memory");
     free(toks);
     free(types);
     free(merges);

@@ -17,6 +17,7 @@
 #include "adapter_testutil.h"
 #include "adapters/adapter.h"
 #include "adapters/adapter_internal.h"
+#include "core/base.h"
 #include "tests/test.h"
 
 #define CHANGED "file changed while reading, will retry"
@@ -142,7 +143,7 @@ TEST(adapter_hash_covers_the_file_bytes)
     unsigned char *c = slurp(p, &n1);
     snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
     unsigned char *w = slurp(p, &n2);
-    uint64_t want = c && w ? adapter__hash(adapter__hash(ADAPTER_HASH_INIT, c, n1), w, n2) : 0;
+    uint64_t want = c && w ? core_hash64(core_hash64(CORE_HASH_INIT, c, n1), w, n2) : 0;
     uint64_t got = a->hash;
     free(c);
     free(w);
@@ -153,7 +154,7 @@ TEST(adapter_hash_covers_the_file_bytes)
     a = adapter_load(gguf, &smol, err, sizeof err);
     CHECK_MSG(a, "%s", err);
     unsigned char *g = slurp(gguf, &n1);
-    want = g ? adapter__hash(ADAPTER_HASH_INIT, g, n1) : 0;
+    want = g ? core_hash64(CORE_HASH_INIT, g, n1) : 0;
     got = a->hash;
     free(g);
     adapter_unref(a);

@@ -165,7 +165,7 @@ static void reference_row(const core_model *m, const adapter_set *set, int l, in
                           double *ref, double *mag)
 {
     int in = core_module_in(&m->cfg, mod);
-    const float *W = m->layers[l].w[mod] + (size_t)o * in;
+    const float *W = m->layers[l].w[mod].f32 + (size_t)o * in;
     for (int i = 0; i < in; i++) {
         ref[i] = W[i];
         mag[i] = fabs((double)W[i]);

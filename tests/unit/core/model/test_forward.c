@@ -45,7 +45,7 @@ static core_model *tiny_model(uint64_t seed)
     m->layers = calloc(c->n_layer, sizeof *m->layers);
     rng_state = seed;
     float *p = m->slab;
-    m->tok_embd = m->output = p;
+    m->tok_embd = m->output = (core_weight){.rows = c->n_vocab, .cols = c->n_embd, .f32 = p};
     for (int i = 0; i < c->n_vocab * c->n_embd; i++)
         *p++ = frand();
     m->output_norm = p;
@@ -60,7 +60,7 @@ static core_model *tiny_model(uint64_t seed)
             *p++ = 1.0f + 0.1f * frand();
         for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
             int in = core_module_in(c, mod), out = core_module_out(c, mod);
-            m->layers[l].w[mod] = p;
+            m->layers[l].w[mod] = (core_weight){.rows = out, .cols = in, .f32 = p};
             for (int i = 0; i < in * out; i++)
                 *p++ = frand() * 0.3f;
         }
@@ -77,14 +77,16 @@ static core_model *clone_model(const core_model *src)
     memcpy(m->slab, src->slab, src->slab_floats * sizeof(float));
     m->layers = calloc(src->cfg.n_layer, sizeof *m->layers);
     ptrdiff_t d = m->slab - src->slab;
-    m->tok_embd = src->tok_embd + d;
-    m->output = src->output + d;
+    m->tok_embd.f32 = src->tok_embd.f32 + d;
+    m->output.f32 = src->output.f32 + d;
     m->output_norm = src->output_norm + d;
     for (int l = 0; l < src->cfg.n_layer; l++) {
         m->layers[l].attn_norm = src->layers[l].attn_norm + d;
         m->layers[l].ffn_norm = src->layers[l].ffn_norm + d;
-        for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
-            m->layers[l].w[mod] = src->layers[l].w[mod] + d;
+        for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+            m->layers[l].w[mod] = src->layers[l].w[mod];
+            m->layers[l].w[mod].f32 = src->layers[l].w[mod].f32 + d;
+        }
     }
     return m;
 }
@@ -160,7 +162,7 @@ static void merge(core_model *m, const test_adapter *a, float s)
             if (!(a->modules & (1u << mod)))
                 continue;
             int in = core_module_in(c, mod), out = core_module_out(c, mod);
-            float *W = m->layers[l].w[mod];
+            float *W = m->layers[l].w[mod].f32;
             for (int o = 0; o < out; o++)
                 for (int i = 0; i < in; i++) {
                     double d = 0;

@@ -32,7 +32,7 @@ TEST(model_real_config)
     CHECK_NEAR(c->rope_theta, 100000.0, 0);
     CHECK_NEAR(c->rms_eps, 1e-5, 1e-12);
     CHECK(c->tied_output);
-    CHECK(m->output == m->tok_embd);
+    CHECK(m->output.f32 == m->tok_embd.f32);
 }
 
 TEST(model_missing_file_gives_error)
@@ -202,10 +202,10 @@ TEST(model_lazy_f32_weights)
         if (k == 0) {
             if (!m->all_f32) {
                 CHECK_EQ_INT((long long)m->slab_floats, (long long)norms);
-                CHECK(m->tok_embd == NULL && m->layers[3].w[CORE_MOD_GATE] == NULL);
+                CHECK(m->tok_embd.f32 == NULL && m->layers[3].w[CORE_MOD_GATE].f32 == NULL);
             }
             CHECK(core_model_dequantize(m, err, sizeof err) == 0);
-            CHECK(m->all_f32 && m->tok_embd && m->output == m->tok_embd);
+            CHECK(m->all_f32 && m->tok_embd.f32 && m->output.f32 == m->tok_embd.f32);
         }
     }
     CHECK_MSG(memcmp(before, after, sizeof(float) * 3 * (size_t)c->n_vocab) == 0,
@@ -216,7 +216,7 @@ TEST(model_lazy_f32_weights)
     size_t rb = core_type_row_bytes(t->type, (uint64_t)c->n_embd);
     for (int r = 0; r < c->n_ff; r += 511) {
         core_dequant_row(t->type, (const uint8_t *)t->data + (size_t)r * rb, row, c->n_embd);
-        CHECK(memcmp(row, m->layers[3].w[CORE_MOD_GATE] + (size_t)r * c->n_embd,
+        CHECK(memcmp(row, m->layers[3].w[CORE_MOD_GATE].f32 + (size_t)r * c->n_embd,
                      sizeof(float) * (size_t)c->n_embd) == 0);
     }
     free(before);
@@ -267,7 +267,8 @@ TEST(model_int8_drops_f32_copies)
     printf("    f32 slab: %.1f MB after load, %.1f MB with int8 on\n", lazy * 4.0 / 1e6,
            m->slab_floats * 4.0 / 1e6);
     CHECK_EQ_INT((long long)m->slab_floats, (long long)norms);
-    CHECK(m->tok_embd == NULL && m->output == NULL && m->layers[5].w[CORE_MOD_DOWN] == NULL);
+    CHECK(m->tok_embd.f32 == NULL && m->output.f32 == NULL &&
+          m->layers[5].w[CORE_MOD_DOWN].f32 == NULL);
     forward_rows(m, q8a, ROWS);
     CHECK(core_model_set_int8(m, 1, err, sizeof err) > 0); /* again: a no-op */
     forward_rows(m, q8b, ROWS);

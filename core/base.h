@@ -1,0 +1,39 @@
+/* The few primitives every module of adaptree shares, so that each exists once: the error-message
+ * formatter, the assert for internal invariants, a monotonic clock, a 64-bit hash and a growing
+ * array. Pure functions (and the clock); any thread.
+ */
+#ifndef ADAPTREE_CORE_BASE_H
+#define ADAPTREE_CORE_BASE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* printf-style message into err (errlen bytes, always NUL-terminated); nothing when err is NULL
+ * or errlen is 0. Functions that fail fill a caller's buffer through it. */
+void core_errf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* An internal invariant that does not hold is a defect: report where and why on stderr, and
+ * abort. Never for input, which gets an error. */
+#define CORE_ASSERT(cond, ...)                                                                     \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            core__assert_failed(__FILE__, __LINE__, #cond, __VA_ARGS__);                           \
+    } while (0)
+_Noreturn void core__assert_failed(const char *file, int line, const char *cond, const char *fmt,
+                                   ...) __attribute__((format(printf, 4, 5)));
+
+/* Seconds on a monotonic clock (CLOCK_MONOTONIC): for durations and deadlines. */
+double core_now(void);
+
+/* FNV-1a, 64 bits, over n bytes, chained through h: core_hash64(CORE_HASH_INIT, ...) starts one.
+ * Not for secrets (hash tables, content versions, keys of sets). */
+#define CORE_HASH_INIT 0xcbf29ce484222325ULL
+uint64_t core_hash64(uint64_t h, const void *p, size_t n);
+
+/* Makes the array *pp (of elem-byte items, capacity *cap items) hold at least need items: to
+ * need, or to twice its capacity when that is more, so that appending one at a time costs
+ * amortized O(1). 0, or -ENOMEM (the array is unchanged). */
+int core_grow(void *pp, size_t *cap, size_t need, size_t elem);
+
+#endif
