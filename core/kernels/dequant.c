@@ -4,6 +4,7 @@
  * Python package), so with -ffp-contract=off the results are bit-identical to both.
  */
 #include "core/kernels/dequant.h"
+#include "core/kernels/traits_internal.h"
 
 #include <errno.h>
 #include <string.h>
@@ -19,7 +20,7 @@ static float load_f16(const uint8_t *p)
 }
 
 /* Q4_0: d, qs[16]; low nibbles are elements 0..15, high nibbles 16..31. */
-static void dequant_q4_0(const uint8_t *b, float *y, int64_t nb)
+void core__dequant_q4_0(const uint8_t *b, float *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, b += 18, y += QK) {
         float d = load_f16(b);
@@ -32,7 +33,7 @@ static void dequant_q4_0(const uint8_t *b, float *y, int64_t nb)
 }
 
 /* Q4_1: d, m, qs[16]. */
-static void dequant_q4_1(const uint8_t *b, float *y, int64_t nb)
+void core__dequant_q4_1(const uint8_t *b, float *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, b += 20, y += QK) {
         float d = load_f16(b);
@@ -46,7 +47,7 @@ static void dequant_q4_1(const uint8_t *b, float *y, int64_t nb)
 }
 
 /* Q5_0: d, qh (uint32 LE: bit j is the fifth bit of element j), qs[16]. */
-static void dequant_q5_0(const uint8_t *b, float *y, int64_t nb)
+void core__dequant_q5_0(const uint8_t *b, float *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, b += 22, y += QK) {
         float d = load_f16(b);
@@ -63,7 +64,7 @@ static void dequant_q5_0(const uint8_t *b, float *y, int64_t nb)
 }
 
 /* Q5_1: d, m, qh, qs[16]. */
-static void dequant_q5_1(const uint8_t *b, float *y, int64_t nb)
+void core__dequant_q5_1(const uint8_t *b, float *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, b += 24, y += QK) {
         float d = load_f16(b);
@@ -81,7 +82,7 @@ static void dequant_q5_1(const uint8_t *b, float *y, int64_t nb)
 }
 
 /* Q8_0: d, qs[32] int8. */
-static void dequant_q8_0(const uint8_t *b, float *y, int64_t nb)
+void core__dequant_q8_0(const uint8_t *b, float *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, b += 34, y += QK) {
         float d = load_f16(b);
@@ -105,7 +106,7 @@ static void q4k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn)
 
 /* Q4_K: d, dmin, scales[12], qs[128]; each 32 bytes of qs give 64 outputs (low nibbles for
  * sub-block 2c, high nibbles for 2c+1). */
-static void dequant_q4_k(const uint8_t *b, float *y, int64_t nb)
+void core__dequant_q4_k(const uint8_t *b, float *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, b += 144) {
         float d = load_f16(b);
@@ -127,7 +128,7 @@ static void dequant_q4_k(const uint8_t *b, float *y, int64_t nb)
 }
 
 /* Q6_K: ql[128], qh[64], scales[16] int8, d last. Two halves of 128 outputs. */
-static void dequant_q6_k(const uint8_t *b, float *y, int64_t nb)
+void core__dequant_q6_k(const uint8_t *b, float *y, int64_t nb)
 {
     for (int64_t i = 0; i < nb; i++, b += 210) {
         float d = load_f16(b + 208);
@@ -150,18 +151,18 @@ static void dequant_q6_k(const uint8_t *b, float *y, int64_t nb)
     }
 }
 
-static void dequant_f32(const uint8_t *b, float *y, int64_t n)
+void core__dequant_f32(const uint8_t *b, float *y, int64_t n)
 {
     memcpy(y, b, (size_t)n * sizeof(float));
 }
 
-static void dequant_f16(const uint8_t *b, float *y, int64_t n)
+void core__dequant_f16(const uint8_t *b, float *y, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
         y[i] = load_f16(b + 2 * i);
 }
 
-static void dequant_bf16(const uint8_t *b, float *y, int64_t n)
+void core__dequant_bf16(const uint8_t *b, float *y, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
         uint16_t h;
@@ -170,20 +171,9 @@ static void dequant_bf16(const uint8_t *b, float *y, int64_t n)
     }
 }
 
-/* A type's dequantizer, over nb blocks; NULL where there is none. */
-typedef void (*dequant_fn)(const uint8_t *b, float *y, int64_t nb);
-
-static const dequant_fn dequant_of[CORE_TYPE_COUNT] = {
-    [CORE_TYPE_F32] = dequant_f32,   [CORE_TYPE_F16] = dequant_f16,
-    [CORE_TYPE_BF16] = dequant_bf16, [CORE_TYPE_Q4_0] = dequant_q4_0,
-    [CORE_TYPE_Q4_1] = dequant_q4_1, [CORE_TYPE_Q5_0] = dequant_q5_0,
-    [CORE_TYPE_Q5_1] = dequant_q5_1, [CORE_TYPE_Q8_0] = dequant_q8_0,
-    [CORE_TYPE_Q4_K] = dequant_q4_k, [CORE_TYPE_Q6_K] = dequant_q6_k,
-};
-
 int core_type_can_dequant(uint32_t type)
 {
-    return type < CORE_TYPE_COUNT && dequant_of[type] != NULL;
+    return core__traits_of(type)->dequant != NULL;
 }
 
 int core_dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
@@ -194,6 +184,6 @@ int core_dequant_row(uint32_t type, const void *src, float *dst, int64_t n)
     if (n % be != 0)
         return -EINVAL;
     if (n > 0)
-        dequant_of[type](src, dst, n / be);
+        core__traits_of(type)->dequant(src, dst, n / be);
     return 0;
 }

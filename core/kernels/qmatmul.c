@@ -22,6 +22,7 @@
 
 #include "core/kernels/cpu_internal.h"
 #include "core/kernels/dequant.h"
+#include "core/kernels/traits_internal.h"
 #include "core/model/model.h"
 
 #define WR 4    /* weight rows rebuilt and used together */
@@ -38,21 +39,7 @@
 
 int core__qmatmul_supports(uint32_t type)
 {
-    switch (type) {
-    case CORE_TYPE_F32:
-    case CORE_TYPE_F16:
-    case CORE_TYPE_BF16:
-    case CORE_TYPE_Q4_0:
-    case CORE_TYPE_Q4_1:
-    case CORE_TYPE_Q5_0:
-    case CORE_TYPE_Q5_1:
-    case CORE_TYPE_Q8_0:
-    case CORE_TYPE_Q4_K:
-    case CORE_TYPE_Q6_K:
-        return 1;
-    default:
-        return 0;
-    }
+    return core__traits_of(type)->dequant != NULL;
 }
 
 /* ---- portable ----------------------------------------------------------------------------- */
@@ -319,11 +306,12 @@ AVX2_INLINE static void fused(void (*block)(const uint8_t *, __m256 *), size_t b
     }
 }
 
-/* For each legacy type: dq_<type> rebuilds nb blocks into y, and gemv_<type> runs fused() with
+/* For each legacy type: core__rebuild_avx2_<type> rebuilds nb blocks into y, and
+ * core__gemv8_avx2_<type> runs fused() with
  * the tile for n rows of X (n <= 8): eight weight rows for one row of X, four for two, two for
  * three or four, one for five to eight. */
 #define LEGACY_KERNELS(type, bytes)                                                                \
-    AVX2 static void dq_##type(const uint8_t *b, float *y, int nb)                                 \
+    AVX2 void core__rebuild_avx2_##type(const uint8_t *b, float *y, int nb)                        \
     {                                                                                              \
         for (int i = 0; i < nb; i++, b += (bytes), y += 32) {                                      \
             __m256 w[4];                                                                           \
@@ -334,8 +322,8 @@ AVX2_INLINE static void fused(void (*block)(const uint8_t *, __m256 *), size_t b
             _mm256_storeu_ps(y + 24, w[3]);                                                        \
         }                                                                                          \
     }                                                                                              \
-    AVX2 static void gemv_##type(const uint8_t *W, size_t row_bytes, int nb, int out,              \
-                                 const float *const *x, int n, float *Y, int ldy)                  \
+    AVX2 void core__gemv8_avx2_##type(const uint8_t *W, size_t row_bytes, int nb, int out,         \
+                                      const float *const *x, int n, float *Y, int ldy)             \
     {                                                                                              \
         if (n == 1)                                                                                \
             fused(block_##type, (bytes), W, row_bytes, nb, out, x, n, Y, ldy, 8, 1);               \
@@ -375,7 +363,7 @@ AVX2_INLINE static void put_q4k(float *y, const __m256i q[4], float d, float m)
 
 /* Q4_K: d, dmin, scales[12], qs[128]; each 32 bytes of qs hold sub-block 2c in their low nibbles
  * and 2c + 1 in their high nibbles. */
-AVX2 static void dq_q4_k(const uint8_t *b, float *y, int nb)
+AVX2 void core__rebuild_avx2_q4_k(const uint8_t *b, float *y, int nb)
 {
     const __m256i m4 = _mm256_set1_epi32(0x0f);
     for (int i = 0; i < nb; i++, b += 144) {
@@ -410,7 +398,7 @@ AVX2_INLINE static void put_q6k(float *y, __m256i v, float d, int8_t sc)
 
 /* Q6_K: ql[128], qh[64], scales[16] int8, d last; two halves of 128 outputs. Output l of a
  * quarter c (32 outputs) combines 4 bits of ql with 2 bits of qh and has scale sc[2c + l / 16]. */
-AVX2 static void dq_q6_k(const uint8_t *b, float *y, int nb)
+AVX2 void core__rebuild_avx2_q6_k(const uint8_t *b, float *y, int nb)
 {
     const __m128i m4 = _mm_set1_epi8(0x0f), m3 = _mm_set1_epi8(3), k32 = _mm_set1_epi8(32);
     for (int i = 0; i < nb; i++, b += 210) {
@@ -438,47 +426,35 @@ AVX2 static void dq_q6_k(const uint8_t *b, float *y, int nb)
     }
 }
 
-AVX2 static void dequant_avx2(uint32_t type, const uint8_t *src, float *dst, int n)
+/* F16 and BF16 eight elements at a time; "blocks" of these types are single elements. */
+AVX2 void core__rebuild_avx2_f16(const uint8_t *src, float *dst, int nb)
 {
     int i = 0;
-    switch (type) {
-    case CORE_TYPE_F16:
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(dst + i,
-                             _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
-        break;
-    case CORE_TYPE_BF16:
-        for (; i + 8 <= n; i += 8) {
-            __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + 2 * i)));
-            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
-        }
-        break;
-    case CORE_TYPE_Q4_0:
-        dq_q4_0(src, dst, n / 32);
-        return;
-    case CORE_TYPE_Q4_1:
-        dq_q4_1(src, dst, n / 32);
-        return;
-    case CORE_TYPE_Q5_0:
-        dq_q5_0(src, dst, n / 32);
-        return;
-    case CORE_TYPE_Q5_1:
-        dq_q5_1(src, dst, n / 32);
-        return;
-    case CORE_TYPE_Q8_0:
-        dq_q8_0(src, dst, n / 32);
-        return;
-    case CORE_TYPE_Q4_K:
-        dq_q4_k(src, dst, n / 256);
-        return;
-    case CORE_TYPE_Q6_K:
-        dq_q6_k(src, dst, n / 256);
-        return;
-    default: /* F32 */
-        break;
+    for (; i + 8 <= nb; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
+    if (i < nb)
+        core__dequant_f16(src + 2 * i, dst + i, nb - i);
+}
+
+AVX2 void core__rebuild_avx2_bf16(const uint8_t *src, float *dst, int nb)
+{
+    int i = 0;
+    for (; i + 8 <= nb; i += 8) {
+        __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + 2 * i)));
+        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
     }
-    if (i < n)
-        core_dequant_row(type, src + (size_t)i * core_type_block_bytes(type), dst + i, n - i);
+    if (i < nb)
+        core__dequant_bf16(src + 2 * i, dst + i, nb - i);
+}
+
+/* n elements (whole blocks) of a row: the type's AVX2 rebuild, else the scalar one. */
+static void dequant_avx2(uint32_t type, const uint8_t *src, float *dst, int n)
+{
+    core__rebuild_fn *rebuild = core__traits_of(type)->rebuild_avx2;
+    if (rebuild)
+        rebuild(src, dst, n / (int)core_type_block_elems(type));
+    else
+        core_dequant_row(type, src, dst, n);
 }
 
 /* ---- AVX2 + FMA + F16C: dot products --------------------------------------------------------- */
@@ -551,40 +527,19 @@ AVX2 static void dots_avx2(const float *const *w, int kc, const float *X, int ld
     }
 }
 
-/* 1 for the types the fused kernels rebuild in registers (the legacy 32-element blocks). */
-static bool fused_type(uint32_t type)
-{
-    return type == CORE_TYPE_Q4_0 || type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q5_0 ||
-           type == CORE_TYPE_Q5_1 || type == CORE_TYPE_Q8_0;
-}
-
 /* Up to eight rows of X against every row of W straight from the blocks, without the buffer;
- * the same bits as dequant_avx2 + dots_avx2. -ENOTSUP for other types. */
-AVX2 static int gemv8_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
-                           const float *X, int n, float *Y, int ldy)
+ * the same bits as dequant_avx2 + dots_avx2. -ENOTSUP for a type without a fused kernel. */
+static int gemv8_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
+                      const float *X, int n, float *Y, int ldy)
 {
+    core__gemv8_fn *k = core__traits_of(type)->gemv8_avx2;
+    if (!k)
+        return -ENOTSUP;
     const float *x[8];
     for (int j = 0; j < 8; j++)
         x[j] = X + (size_t)(j < n ? j : n - 1) * in;
-    switch (type) {
-    case CORE_TYPE_Q4_0:
-        gemv_q4_0(W, row_bytes, in / 32, out, x, n, Y, ldy);
-        return 0;
-    case CORE_TYPE_Q4_1:
-        gemv_q4_1(W, row_bytes, in / 32, out, x, n, Y, ldy);
-        return 0;
-    case CORE_TYPE_Q5_0:
-        gemv_q5_0(W, row_bytes, in / 32, out, x, n, Y, ldy);
-        return 0;
-    case CORE_TYPE_Q5_1:
-        gemv_q5_1(W, row_bytes, in / 32, out, x, n, Y, ldy);
-        return 0;
-    case CORE_TYPE_Q8_0:
-        gemv_q8_0(W, row_bytes, in / 32, out, x, n, Y, ldy);
-        return 0;
-    default:
-        return -ENOTSUP;
-    }
+    k(W, row_bytes, in / 32, out, x, n, Y, ldy);
+    return 0;
 }
 
 /* gemv8_avx2 for any n: more than eight rows go eight at a time against OC weight rows, which
@@ -592,10 +547,8 @@ AVX2 static int gemv8_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, in
 AVX2 static int gemv_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
                           const float *X, int n, float *Y, int ldy)
 {
-    if (n <= 8)
+    if (n <= 8 || !core__traits_of(type)->gemv8_avx2)
         return gemv8_avx2(type, W, row_bytes, in, out, X, n, Y, ldy);
-    if (!fused_type(type))
-        return -ENOTSUP;
     for (int o0 = 0; o0 < out; o0 += OC)
         for (int r0 = 0; r0 < n; r0 += 8)
             gemv8_avx2(type, W + (size_t)o0 * row_bytes, row_bytes, in,
@@ -837,17 +790,17 @@ AVX512_INLINE static void fused_x2(void (*block)(const uint8_t *, const uint8_t 
     }
 }
 
-/* gemv_<type>_x2: packs n rows of X (n <= 16) into xp (-n: xp already holds them, packed
- * for the same n) and runs fused_x2 with the tile for n
- * (pairs of weight rows, rows of X): (4, 1) for one row, which needs no packing; (3, 4) up to
- * four; (3, 8) up to eight; (2, 16) up to sixteen, 32 accumulators, the weights then read from
- * L1 by the FMAs. Measured on a Zen 5 core, Q4_1 576 x 1536 from L2, GFLOP/s: 55 at one row (it
- * is bound by the weights), 131 at four, 170 at eight, 175-180 at 16 and 32 (AVX2: 32, 79, 94,
- * 93); the FMA peak is about 258. NP <= 4 and NP * NX <= 32 (b[] and acc[] in fused_x2). */
+/* core__gemv16_avx512_<type>: packs n rows of X (n <= 16) into xp (-n: xp already holds them,
+ * packed for the same n) and runs fused_x2 with the tile for n (pairs of weight rows, rows of X):
+ * (4, 1) for one row, which needs no packing; (3, 4) up to four; (3, 8) up to eight; (2, 16) up to
+ * sixteen, 32 accumulators, the weights then read from L1 by the FMAs. Measured on a Zen 5 core,
+ * Q4_1 576 x 1536 from L2, GFLOP/s: 55 at one row (it is bound by the weights), 131 at four, 170 at
+ * eight, 175-180 at 16 and 32 (AVX2: 32, 79, 94, 93); the FMA peak is about 258. NP <= 4 and NP *
+ * NX <= 32 (b[] and acc[] in fused_x2). */
 #define LEGACY_KERNELS_X2(type, bytes)                                                             \
-    AVX512 static void gemv_##type##_x2(const uint8_t *W, size_t row_bytes, int nb, int out,       \
-                                        const float *X, int ldx, int n, float *xp, float *Y,       \
-                                        int ldy)                                                   \
+    AVX512 void core__gemv16_avx512_##type(const uint8_t *W, size_t row_bytes, int nb, int out,    \
+                                           const float *X, int ldx, int n, float *xp, float *Y,    \
+                                           int ldy)                                                \
     {                                                                                              \
         bool packed = n < 0;                                                                       \
         n = packed ? -n : n;                                                                       \
@@ -889,26 +842,9 @@ LEGACY_KERNELS_X2(q8_0, 34)
 AVX512 static int gemv_avx512(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
                               const float *X, int n, float *Y, int ldy)
 {
-    void (*k)(const uint8_t *, size_t, int, int, const float *, int, int, float *, float *, int);
-    switch (type) {
-    case CORE_TYPE_Q4_0:
-        k = gemv_q4_0_x2;
-        break;
-    case CORE_TYPE_Q4_1:
-        k = gemv_q4_1_x2;
-        break;
-    case CORE_TYPE_Q5_0:
-        k = gemv_q5_0_x2;
-        break;
-    case CORE_TYPE_Q5_1:
-        k = gemv_q5_1_x2;
-        break;
-    case CORE_TYPE_Q8_0:
-        k = gemv_q8_0_x2;
-        break;
-    default:
+    core__gemv16_fn *k = core__traits_of(type)->gemv16_avx512;
+    if (!k)
         return -ENOTSUP;
-    }
     int groups = (n + 15) / 16;
     size_t per = (size_t)in * 16; /* floats of one packed group */
     /* whole tiles of weight rows (every tile height divides 12) */

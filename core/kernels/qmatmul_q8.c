@@ -21,6 +21,7 @@
 
 #include "core/format/types.h"
 #include "core/kernels/cpu_internal.h"
+#include "core/kernels/traits_internal.h"
 #include "core/model/model.h"
 
 #define QK 32
@@ -39,8 +40,7 @@ struct core_q8w {
 
 int core__q8w_supports(uint32_t type, int in, int out)
 {
-    return (type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q8_0) && in > 0 && in % QK == 0 &&
-           out > 0 && out % GROUP == 0;
+    return core__traits_of(type)->int8 && in > 0 && in % QK == 0 && out > 0 && out % GROUP == 0;
 }
 
 core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
