@@ -4,6 +4,7 @@
 
 #include "core/format/types.h"
 #include "core/kernels/cpu_internal.h"
+#include "core/kernels/simd_internal.h"
 
 #include <cpuid.h>
 #include <immintrin.h>
@@ -75,30 +76,47 @@ static void attend_generic(const float *q, const void *K, const void *V, int f16
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define AVX2_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
-/* exp(x) for 8 lanes: x = n ln2 + r with |r| <= ln2/2, e^r by a degree-7 polynomial (Cephes
- * expf's coefficients), scaled by 2^n through the exponent bits. Inputs below the smallest normal
- * result give 0 (expf would give a subnormal), above 88.37 give about 2.4e38. */
-AVX2_INLINE __m256 exp8(__m256 x)
-{
-    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365478515625f);
-    __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_max_ps(_mm256_min_ps(x, hi), lo);
-    __m256 n = _mm256_floor_ps(
-        _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    return _mm256_andnot_ps(under, y);
-}
+/* exp(x) per lane, at either width (core/kernels/simd_internal.h): x = n ln2 + r with
+ * |r| <= ln2/2, e^r by a degree-7 polynomial (Cephes expf's coefficients), scaled by 2^n through
+ * the exponent bits. Inputs below the smallest normal result give 0 (expf would give a
+ * subnormal), above 88.37 give about 2.4e38. */
+#define DEFINE_EXP(NAME, ATTR, W)                                                                  \
+    ATTR SIMD_OP(W, F32) NAME(SIMD_OP(W, F32) x)                                                   \
+    {                                                                                              \
+        const SIMD_OP(W, F32) hi = SIMD_OP(W, SET1)(88.3762626647949f);                            \
+        const SIMD_OP(W, F32) lo = SIMD_OP(W, SET1)(-87.3365478515625f);                           \
+        SIMD_OP(W, MASK) under = SIMD_OP(W, LT)(x, lo);                                            \
+        x = SIMD_OP(W, MAX)(SIMD_OP(W, MIN)(x, hi), lo);                                           \
+        SIMD_OP(W, F32)                                                                            \
+        n = SIMD_OP(W, FLOOR)(                                                                     \
+            SIMD_OP(W, FMADD)(x, SIMD_OP(W, SET1)(1.44269504088896341f), SIMD_OP(W, SET1)(0.5f))); \
+        SIMD_OP(W, F32) r = SIMD_OP(W, FNMADD)(n, SIMD_OP(W, SET1)(0.693359375f), x);              \
+        r = SIMD_OP(W, FNMADD)(n, SIMD_OP(W, SET1)(-2.12194440e-4f), r);                           \
+        SIMD_OP(W, F32) p = SIMD_OP(W, SET1)(1.9875691500e-4f);                                    \
+        p = SIMD_OP(W, FMADD)(p, r, SIMD_OP(W, SET1)(1.3981999507e-3f));                           \
+        p = SIMD_OP(W, FMADD)(p, r, SIMD_OP(W, SET1)(8.3334519073e-3f));                           \
+        p = SIMD_OP(W, FMADD)(p, r, SIMD_OP(W, SET1)(4.1665795894e-2f));                           \
+        p = SIMD_OP(W, FMADD)(p, r, SIMD_OP(W, SET1)(1.6666665459e-1f));                           \
+        p = SIMD_OP(W, FMADD)(p, r, SIMD_OP(W, SET1)(5.0000001201e-1f));                           \
+        p = SIMD_OP(W, FMADD)(p, SIMD_OP(W, MUL)(r, r),                                            \
+                              SIMD_OP(W, ADD)(r, SIMD_OP(W, SET1)(1.0f)));                         \
+        SIMD_OP(W, I32)                                                                            \
+        e = SIMD_OP(W, SLLI_I32)(                                                                  \
+            SIMD_OP(W, ADD_I32)(SIMD_OP(W, CVT_I32)(n), SIMD_OP(W, SET1_I32)(127)), 23);           \
+        return SIMD_OP(W, ZERO_WHERE)(under, SIMD_OP(W, MUL)(p, SIMD_OP(W, AS_F32)(e)));           \
+    }
+
+/* LANES floats of a K or V array (f32 or f16) from element i, at either width. */
+#define DEFINE_LOAD_KV(NAME, ATTR, W)                                                              \
+    ATTR SIMD_OP(W, F32) NAME(const void *base, size_t i, int f16)                                 \
+    {                                                                                              \
+        if (f16)                                                                                   \
+            return SIMD_OP(W, LOAD_F16)((const uint16_t *)base + i);                               \
+        return SIMD_OP(W, LOADU)((const float *)base + i);                                         \
+    }
+
+DEFINE_EXP(exp8, AVX2_INLINE, SIMD8)
+DEFINE_LOAD_KV(load8, AVX2_INLINE, SIMD8)
 
 AVX2_INLINE float hsum8(__m256 s)
 {
@@ -108,45 +126,45 @@ AVX2_INLINE float hsum8(__m256 s)
     return _mm_cvtss_f32(q);
 }
 
-AVX2 static void vexp_avx2(const float *x, float *y, int n)
-{
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, exp8(_mm256_loadu_ps(x + i)));
-    if (i < n) {
-        float tx[8] = {0}, ty[8];
-        memcpy(tx, x + i, (size_t)(n - i) * sizeof(float));
-        _mm256_storeu_ps(ty, exp8(_mm256_loadu_ps(tx)));
-        memcpy(y + i, ty, (size_t)(n - i) * sizeof(float));
+/* y = exp(x) and gate = silu(gate) * up, LANES at a time (EXP: exp8 or exp16); the last
+ * partial vector goes through a zero-padded copy. */
+#define DEFINE_VEXP(NAME, ATTR, W, EXP)                                                            \
+    ATTR static void NAME(const float *x, float *y, int n)                                         \
+    {                                                                                              \
+        enum { L = SIMD_OP(W, LANES) };                                                            \
+        int i = 0;                                                                                 \
+        for (; i + L <= n; i += L)                                                                 \
+            SIMD_OP(W, STOREU)(y + i, EXP(SIMD_OP(W, LOADU)(x + i)));                              \
+        if (i < n) {                                                                               \
+            float tx[L] = {0}, ty[L];                                                              \
+            memcpy(tx, x + i, (size_t)(n - i) * sizeof(float));                                    \
+            SIMD_OP(W, STOREU)(ty, EXP(SIMD_OP(W, LOADU)(tx)));                                    \
+            memcpy(y + i, ty, (size_t)(n - i) * sizeof(float));                                    \
+        }                                                                                          \
     }
-}
+#define DEFINE_SWIGLU(NAME, ATTR, W, EXP)                                                          \
+    ATTR static void NAME(float *gate, const float *up, long n)                                    \
+    {                                                                                              \
+        enum { L = SIMD_OP(W, LANES) };                                                            \
+        const SIMD_OP(W, F32) one = SIMD_OP(W, SET1)(1.0f), zero = SIMD_OP(W, ZERO)();             \
+        long i = 0;                                                                                \
+        for (; i + L <= n; i += L) {                                                               \
+            SIMD_OP(W, F32) g = SIMD_OP(W, LOADU)(gate + i);                                       \
+            SIMD_OP(W, F32) e = EXP(SIMD_OP(W, SUB)(zero, g));                                     \
+            SIMD_OP(W, F32) s = SIMD_OP(W, DIV)(g, SIMD_OP(W, ADD)(one, e));                       \
+            SIMD_OP(W, STOREU)(gate + i, SIMD_OP(W, MUL)(s, SIMD_OP(W, LOADU)(up + i)));           \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            float tg[L] = {0}, tu[L] = {0};                                                        \
+            memcpy(tg, gate + i, (size_t)(n - i) * sizeof(float));                                 \
+            memcpy(tu, up + i, (size_t)(n - i) * sizeof(float));                                   \
+            NAME(tg, tu, L);                                                                       \
+            memcpy(gate + i, tg, (size_t)(n - i) * sizeof(float));                                 \
+        }                                                                                          \
+    }
 
-AVX2 static void swiglu_avx2(float *gate, const float *up, long n)
-{
-    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
-    long i = 0;
-    for (; i + 8 <= n; i += 8) {
-        __m256 g = _mm256_loadu_ps(gate + i);
-        __m256 e = exp8(_mm256_sub_ps(zero, g));
-        __m256 s = _mm256_div_ps(g, _mm256_add_ps(one, e));
-        _mm256_storeu_ps(gate + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
-    }
-    if (i < n) {
-        float tg[8] = {0}, tu[8] = {0};
-        memcpy(tg, gate + i, (size_t)(n - i) * sizeof(float));
-        memcpy(tu, up + i, (size_t)(n - i) * sizeof(float));
-        swiglu_avx2(tg, tu, 8);
-        memcpy(gate + i, tg, (size_t)(n - i) * sizeof(float));
-    }
-}
-
-/* Eight floats of a K or V array (f32 or f16) from element i. */
-AVX2_INLINE __m256 load8(const void *base, size_t i, int f16)
-{
-    if (f16)
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + i)));
-    return _mm256_loadu_ps((const float *)base + i);
-}
+DEFINE_VEXP(vexp_avx2, AVX2, SIMD8, exp8)
+DEFINE_SWIGLU(swiglu_avx2, AVX2, SIMD8, exp8)
 
 /* hd a multiple of 8, at most 256. Scores one key at a time (the head's query in registers is
  * reloaded from L1), exp over the whole row of scores, then the weighted sum of values with
@@ -405,28 +423,10 @@ static const attend_fn attend8[2][17] = {
 #define AVX512_INLINE                                                                              \
     __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma,f16c"), always_inline)) static inline
 
-/* exp8's arithmetic on 16 lanes. */
-AVX512_INLINE __m512 exp16(__m512 x)
-{
-    const __m512 hi = _mm512_set1_ps(88.3762626647949f), lo = _mm512_set1_ps(-87.3365478515625f);
-    __mmask16 under = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
-    x = _mm512_max_ps(_mm512_min_ps(x, hi), lo);
-    __m512 n = _mm512_roundscale_ps(
-        _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    __m512i e =
-        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_maskz_mul_ps((__mmask16)~under, p, _mm512_castsi512_ps(e));
-}
+DEFINE_EXP(exp16, AVX512_INLINE, SIMD16)
+DEFINE_LOAD_KV(load16, AVX512_INLINE, SIMD16)
+DEFINE_VEXP(vexp_avx512, AVX512, SIMD16, exp16)
+DEFINE_SWIGLU(swiglu_avx512, AVX512, SIMD16, exp16)
 
 /* The 16 lane sums of a[0..15], as one vector (lane j = sum of a[j]): pairwise transposing adds,
  * 45 instructions instead of 16 horizontal sums. */
@@ -456,14 +456,6 @@ AVX512_INLINE __m512 hsum16x16(const __m512 *a)
 AVX512_INLINE __mmask16 first_lanes(int n)
 {
     return (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
-}
-
-/* Sixteen floats of a K or V array (f32 or f16) from element i. */
-AVX512_INLINE __m512 load16(const void *base, size_t i, int f16)
-{
-    if (f16)
-        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)));
-    return _mm512_loadu_ps((const float *)base + i);
 }
 
 /* Scores of one head against keys t0..t0+nk-1 (nk <= 16; lanes past nk are garbage): NZ
@@ -630,7 +622,9 @@ void core__to_f16(const float *x, uint16_t *y, int n)
 
 void core__swiglu(float *gate, const float *up, long n)
 {
-    if (use_avx2())
+    if (use_avx512())
+        swiglu_avx512(gate, up, n);
+    else if (use_avx2())
         swiglu_avx2(gate, up, n);
     else
         swiglu_generic(gate, up, n);
@@ -638,7 +632,9 @@ void core__swiglu(float *gate, const float *up, long n)
 
 void core__vexp(const float *x, float *y, int n)
 {
-    if (use_avx2())
+    if (use_avx512())
+        vexp_avx512(x, y, n);
+    else if (use_avx2())
         vexp_avx2(x, y, n);
     else
         vexp_generic(x, y, n);

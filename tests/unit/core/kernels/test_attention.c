@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/format/types.h"
 #include "core/kernels/attention_internal.h"
@@ -53,6 +54,35 @@ TEST(vmath_exp_and_swiglu_match_libm)
            worst, sw);
     CHECK(worst < 3e-7);
     CHECK(sw < 1e-6);
+}
+
+/* exp and SwiGLU are one source at two widths (core/kernels/simd_internal.h): AVX-512 and AVX2
+ * give the same bits, element for element, over lengths with and without a partial vector. */
+TEST(vmath_widths_give_the_same_bits)
+{
+    if (core__cpu_force(CORE_CPU_AVX512) != 0)
+        TEST_SKIP("no AVX-512 on this CPU");
+    enum { N = 1003 };
+    static float x[N], y16[N], y8[N], g16[N], g8[N], up[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = frand() * 100.0f; /* past both ends of the clamped range */
+        g16[i] = g8[i] = frand() * 30.0f;
+        up[i] = frand();
+    }
+    int diff = 0;
+    for (int n = 1; n <= N; n += n < 40 ? 1 : 97) {
+        core__cpu_force(CORE_CPU_AVX512);
+        core__vexp(x, y16, n);
+        core__swiglu(g16, up, n);
+        core__cpu_force(CORE_CPU_AVX2);
+        core__vexp(x, y8, n);
+        core__swiglu(g8, up, n);
+        diff += memcmp(y16, y8, sizeof(float) * (size_t)n) != 0;
+        diff += memcmp(g16, g8, sizeof(float) * (size_t)n) != 0;
+    }
+    core__cpu_force(-1);
+    printf("    lengths whose AVX-512 and AVX2 bits differ: %d (must be 0)\n", diff);
+    CHECK(diff == 0);
 }
 
 /* Attention of one row with n_head 9 over n_kv 3 heads (SmolLM2's grouping); with f16, K and V
