@@ -29,9 +29,17 @@
 #define MAX_LORA_RANK CORE_LORA_MAX_RANK
 /* Bytes of the next group's A and of its Bt prefetched while a group computes. */
 #define LORA_PREFETCH 4096
+/* The scratch of a step is one allocation, laid out by lay_out() from the batch and the plan
+ * before the step runs: the row buffers, the attention scores of each pool task, the plan's
+ * index, the LoRA kernels' scratch of each task and the int8 copy of X. It only grows, so after
+ * the first steps of the longest batch a step allocates nothing; and a step that cannot have its
+ * memory fails before it has touched the caches. Nothing in it outlives a step. */
 struct core_ctx {
     const core_model *m;
-    int cap_rows;
+    float *inv_freq; /* (head_dim / 2), for the context's life */
+    char *arena;     /* the step's scratch, 64-byte aligned regions */
+    size_t arena_cap;
+    /* regions of the arena, set by lay_out for the current step */
     float *x;                     /* (rows, n_embd) residual stream */
     float *xn;                    /* (rows, max(n_embd, q_dim)) normed input of a linear */
     float *q;                     /* (rows, q_dim) */
@@ -41,24 +49,17 @@ struct core_ctx {
     float *gate;                  /* (rows, n_ff) */
     float *up;                    /* (rows, n_ff) */
     float *tmp;                   /* (rows, n_embd) */
-    float *rope_cs;               /* (rows, head_dim) cos, sin of each row's angles, per step */
-    float *inv_freq;              /* (head_dim / 2) */
-    float *scores[CORE_POOL_MAX]; /* (cap_ctx * group) attention scratch per pool task */
-    size_t cap_scores[CORE_POOL_MAX];
-    int *slot_n; /* (n_slots) positions filled, simulated during validation */
-    size_t cap_slots;
-    /* LoRA scratch */
-    int *grp_order; /* (n_groups) group indices sorted by (layer, module) */
-    int *grp_start; /* (n_layer * CORE_MOD_COUNT + 1) */
-    int *grp_fill;  /* (n_layer * CORE_MOD_COUNT) placement cursors of the counting sort */
-    size_t cap_order, cap_start, cap_fill;
+    float *rope_cs;               /* (rows, head_dim) cos, sin of each row's angles */
+    float *scores[CORE_POOL_MAX]; /* (longest sequence, heads per KV head) per pool task */
+    int *slot_n;                  /* (n_slots) positions filled, simulated during validation */
+    int *grp_order;               /* (n_groups) group indices sorted by (layer, module) */
+    int *grp_start;               /* (n_layer * CORE_MOD_COUNT + 1) */
+    int *grp_fill; /* (n_layer * CORE_MOD_COUNT) placement cursors of the counting sort */
     /* LoRA groups, per pool task: kernel scratch and the task's share of a group's rows */
     float *ls[CORE_POOL_MAX];
     int32_t *lrows[CORE_POOL_MAX];
     float *lscales[CORE_POOL_MAX];
-    size_t cap_ls[CORE_POOL_MAX], cap_lrows[CORE_POOL_MAX], cap_lscales[CORE_POOL_MAX];
-    uint8_t *xq; /* (rows, core__q8x_row_bytes(max_in)) X quantized for the int8 kernels */
-    size_t cap_xq;
+    uint8_t *xq; /* (rows, core__q8x_row_bytes(widest input)) X quantized for the int8 kernels */
 };
 
 core_ctx *core_ctx_new(const core_model *m)
@@ -81,63 +82,113 @@ core_ctx *core_ctx_new(const core_model *m)
     return c;
 }
 
-static void free_rows(core_ctx *c)
-{
-    float **bufs[] = {&c->x,   &c->xn,   &c->q,  &c->k,   &c->v,
-                      &c->att, &c->gate, &c->up, &c->tmp, &c->rope_cs};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
-        free(*bufs[i]);
-        *bufs[i] = NULL;
-    }
-    c->cap_rows = 0;
-}
-
 void core_ctx_free(core_ctx *c)
 {
     if (!c)
         return;
-    free_rows(c);
     free(c->inv_freq);
-    for (int t = 0; t < CORE_POOL_MAX; t++)
-        free(c->scores[t]);
-    free(c->slot_n);
-    free(c->grp_order);
-    free(c->grp_start);
-    free(c->grp_fill);
-    free(c->xq);
-    for (int t = 0; t < CORE_POOL_MAX; t++) {
-        free(c->ls[t]);
-        free(c->lrows[t]);
-        free(c->lscales[t]);
-    }
+    free(c->arena);
     free(c);
 }
 
-static int ensure_rows(core_ctx *c, int n)
+/* ---- the step's scratch ---------------------------------------------------------------------- */
+
+/* What the scratch of a step depends on. */
+typedef struct step_dims {
+    size_t rows, longest, slots, groups, lora_floats, lora_rows;
+    int tasks;
+} step_dims;
+
+/* Carves count elements of size bytes at the next 64-byte boundary; with no base, only counts. */
+typedef struct carver {
+    char *base;
+    size_t off;
+} carver;
+
+static void *take(carver *k, size_t count, size_t size)
 {
-    if (n <= c->cap_rows)
-        return 0;
+    size_t at = (k->off + 63) & ~(size_t)63;
+    k->off = at + count * size;
+    return k->base ? k->base + at : NULL;
+}
+
+/* The layout, in one place: run once to size the arena, once to point the regions into it. */
+static void lay_out(core_ctx *c, carver *k, const step_dims *d)
+{
     const core_config *cfg = &c->m->cfg;
-    size_t q_dim = (size_t)cfg->n_head * cfg->head_dim;
-    size_t kv_dim = (size_t)cfg->n_head_kv * cfg->head_dim;
-    size_t e = (size_t)cfg->n_embd, w = e > q_dim ? e : q_dim;
-    free_rows(c);
-    c->x = malloc(n * e * sizeof(float));
-    c->xn = malloc(n * w * sizeof(float));
-    c->q = malloc(n * q_dim * sizeof(float));
-    c->k = malloc(n * kv_dim * sizeof(float));
-    c->v = malloc(n * kv_dim * sizeof(float));
-    c->att = malloc(n * q_dim * sizeof(float));
-    c->gate = malloc(n * (size_t)cfg->n_ff * sizeof(float));
-    c->up = malloc(n * (size_t)cfg->n_ff * sizeof(float));
-    c->tmp = malloc(n * e * sizeof(float));
-    c->rope_cs = malloc(n * (size_t)cfg->head_dim * sizeof(float));
-    if (!c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->gate || !c->up || !c->tmp ||
-        !c->rope_cs) {
-        free_rows(c);
-        return -ENOMEM;
+    size_t n = d->rows, e = (size_t)cfg->n_embd, hd = (size_t)cfg->head_dim;
+    size_t q_dim = (size_t)cfg->n_head * hd, kv_dim = (size_t)cfg->n_head_kv * hd;
+    size_t ff = (size_t)cfg->n_ff, keys = (size_t)cfg->n_layer * CORE_MOD_COUNT;
+    size_t wide = e > q_dim ? e : q_dim, in_max = wide > ff ? wide : ff;
+    c->x = take(k, n * e, sizeof(float));
+    c->xn = take(k, n * wide, sizeof(float));
+    c->q = take(k, n * q_dim, sizeof(float));
+    c->k = take(k, n * kv_dim, sizeof(float));
+    c->v = take(k, n * kv_dim, sizeof(float));
+    c->att = take(k, n * q_dim, sizeof(float));
+    c->gate = take(k, n * ff, sizeof(float));
+    c->up = take(k, n * ff, sizeof(float));
+    c->tmp = take(k, n * e, sizeof(float));
+    c->rope_cs = take(k, n * hd, sizeof(float));
+    c->xq = take(k, n * core__q8x_row_bytes((int)in_max), 1);
+    c->slot_n = take(k, d->slots, sizeof(int));
+    c->grp_start = take(k, keys + 1, sizeof(int));
+    c->grp_fill = take(k, keys, sizeof(int));
+    c->grp_order = take(k, d->groups, sizeof(int));
+    size_t group = (size_t)(cfg->n_head / cfg->n_head_kv);
+    for (int t = 0; t < d->tasks; t++) {
+        c->scores[t] = take(k, d->longest * group, sizeof(float));
+        c->ls[t] = take(k, d->lora_floats, sizeof(float));
+        c->lrows[t] = take(k, d->lora_rows, sizeof(int32_t));
+        c->lscales[t] = take(k, d->lora_rows, sizeof(float));
     }
-    c->cap_rows = n;
+}
+
+/* Sizes the step from the batch and the plan, before either is checked: a position or a group
+ * that check_batch or index_plan will refuse counts as nothing (or as the whole context), so a
+ * hostile batch cannot ask for more than the largest valid one. */
+static step_dims step_dims_of(const core_ctx *c, const core_kv *kv, const core_batch *b,
+                              const core_lora_plan *plan)
+{
+    const core_config *cfg = &c->m->cfg;
+    step_dims d = {
+        .rows = (size_t)b->n_rows, .slots = (size_t)kv->n_slots, .tasks = core__pool_threads()};
+    for (int i = 0; i < b->n_rows; i++) {
+        int p = b->pos[i];
+        size_t len = p < 0 ? 0 : p >= kv->n_ctx ? (size_t)kv->n_ctx : (size_t)p + 1;
+        d.longest = len > d.longest ? len : d.longest;
+    }
+    if (plan && plan->n_groups > 0 && plan->groups) {
+        d.groups = (size_t)plan->n_groups;
+        for (int i = 0; i < plan->n_groups; i++) {
+            const core_lora_group *g = &plan->groups[i];
+            if (g->module < 0 || g->module >= CORE_MOD_COUNT || g->rank <= 0 ||
+                g->rank > MAX_LORA_RANK || g->n_rows <= 0 || g->n_rows > b->n_rows)
+                continue;
+            size_t fl = core__lora_scratch_floats(g->rank, core_module_out(cfg, g->module));
+            d.lora_floats = fl > d.lora_floats ? fl : d.lora_floats;
+            d.lora_rows = (size_t)g->n_rows > d.lora_rows ? (size_t)g->n_rows : d.lora_rows;
+        }
+    }
+    return d;
+}
+
+/* Points the regions into an arena large enough for d, growing it if needed; -ENOMEM. */
+static int scratch_for(core_ctx *c, const step_dims *d)
+{
+    carver k = {0};
+    lay_out(c, &k, d);
+    if (k.off > c->arena_cap) {
+        size_t cap = (k.off + 63) & ~(size_t)63;
+        char *a = aligned_alloc(64, cap);
+        if (!a)
+            return -ENOMEM;
+        free(c->arena);
+        c->arena = a;
+        c->arena_cap = cap;
+    }
+    k = (carver){.base = c->arena};
+    lay_out(c, &k, d);
     return 0;
 }
 
@@ -149,8 +200,6 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
 {
     const core_config *cfg = &c->m->cfg;
     int n_keys = cfg->n_layer * CORE_MOD_COUNT;
-    if (core_grow(&c->grp_start, &c->cap_start, (size_t)n_keys + 1, sizeof(int)))
-        return -ENOMEM;
     memset(c->grp_start, 0, ((size_t)n_keys + 1) * sizeof(int));
     if (!plan || plan->n_groups == 0)
         return 0;
@@ -158,8 +207,6 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
         core_errf(err, errlen, "lora plan: bad group count %d", plan->n_groups);
         return -EINVAL;
     }
-    if (core_grow(&c->grp_order, &c->cap_order, (size_t)plan->n_groups, sizeof(int)))
-        return -ENOMEM;
     for (int i = 0; i < plan->n_groups; i++) {
         const core_lora_group *g = &plan->groups[i];
         if (g->layer < 0 || g->layer >= cfg->n_layer || g->module < 0 ||
@@ -192,8 +239,6 @@ static int index_plan(core_ctx *c, const core_lora_plan *plan, int n_rows, char 
     for (int k = 0; k < n_keys; k++)
         c->grp_start[k + 1] += c->grp_start[k];
     /* Stable placement, so groups apply in plan order within a (layer, module). */
-    if (core_grow(&c->grp_fill, &c->cap_fill, (size_t)n_keys, sizeof(int)))
-        return -ENOMEM;
     int *fill = c->grp_fill;
     memcpy(fill, c->grp_start, (size_t)n_keys * sizeof(int));
     for (int i = 0; i < plan->n_groups; i++) {
@@ -278,24 +323,11 @@ static void lora_groups_task(void *arg, int t)
 static int lora_groups(core_ctx *c, lora_job *j)
 {
     int n_tasks = core__pool_threads(), any = 0;
-    size_t scratch = 0, rows = 0;
-    for (int k = 0; k < j->n_mods; k++)
-        for (int i = c->grp_start[j->key[k]]; i < c->grp_start[j->key[k] + 1]; i++) {
-            const core_lora_group *g = &j->plan->groups[c->grp_order[i]];
-            if (g->n_rows == 0)
-                continue;
-            size_t need = core__lora_scratch_floats(g->rank, j->out[k]);
-            scratch = need > scratch ? need : scratch;
-            rows = (size_t)g->n_rows > rows ? (size_t)g->n_rows : rows;
-            any = 1;
-        }
+    for (int k = 0; k < j->n_mods && !any; k++)
+        for (int i = c->grp_start[j->key[k]]; i < c->grp_start[j->key[k] + 1] && !any; i++)
+            any = j->plan->groups[c->grp_order[i]].n_rows > 0;
     if (!any)
         return 0;
-    for (int t = 0; t < n_tasks; t++)
-        if (core_grow(&c->ls[t], &c->cap_ls[t], scratch, sizeof(float)) ||
-            core_grow(&c->lrows[t], &c->cap_lrows[t], rows, sizeof(int32_t)) ||
-            core_grow(&c->lscales[t], &c->cap_lscales[t], rows, sizeof(float)))
-            return -ENOMEM;
     j->c = c;
     j->n_tasks = n_tasks;
     core__pool_run(n_tasks, lora_groups_task, j);
@@ -396,16 +428,6 @@ static void q8_task(void *arg, int t)
         core__q8_matmul_part(j->w, j->Xq, j->n, o0, o1, j->Y, j->out);
 }
 
-/* Quantizes X (n, in) into c->xq for the int8 kernels; 0 or -ENOMEM. */
-static int quantize_x(core_ctx *c, const float *X, int in, int n)
-{
-    size_t rb = core__q8x_row_bytes(in);
-    if (core_grow(&c->xq, &c->cap_xq, rb * (size_t)n, 1))
-        return -ENOMEM;
-    core__q8x_quantize(X, in, n, c->xq);
-    return 0;
-}
-
 static void matmul_q8(const core_ctx *c, const core_q8w *w, int out, int n, float *Y)
 {
     q8_job j = {.w = w, .Xq = c->xq, .out = out, .n = n, .Y = Y};
@@ -420,7 +442,9 @@ static void matmul_q8(const core_ctx *c, const core_q8w *w, int out, int n, floa
 static void product(core_ctx *c, const core_weight *w, const float *X, int n, float *Y,
                     bool *x_quantized)
 {
-    if (w->q8 && (*x_quantized || quantize_x(c, X, w->cols, n) == 0)) {
+    if (w->q8) {
+        if (!*x_quantized)
+            core__q8x_quantize(X, w->cols, n, c->xq);
         *x_quantized = true;
         matmul_q8(c, w->q8, w->rows, n, Y);
         return;
@@ -550,11 +574,8 @@ static void swiglu_task(void *arg, int t)
 static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err, size_t errlen)
 {
     const core_config *cfg = &c->m->cfg;
-    if (core_grow(&c->slot_n, &c->cap_slots, (size_t)kv->n_slots, sizeof(int)))
-        return -ENOMEM;
     for (int s = 0; s < kv->n_slots; s++)
         c->slot_n[s] = kv->slots[s].n;
-    int max_pos = 0;
     for (int i = 0; i < b->n_rows; i++) {
         int tok = b->tokens[i], slot = b->slot[i], pos = b->pos[i];
         if (tok < 0 || tok >= cfg->n_vocab) {
@@ -578,8 +599,6 @@ static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err,
             return -EINVAL;
         }
         c->slot_n[slot] = pos + 1;
-        if (pos > max_pos)
-            max_pos = pos;
         int rc = core__kv_reserve(kv, slot, pos + 1);
         if (rc) {
             core_errf(err, errlen, "row %d: cannot grow kv slot %d to %d positions", i, slot,
@@ -587,11 +606,6 @@ static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err,
             return rc;
         }
     }
-    for (int t = 0; t < core__pool_threads(); t++)
-        if (core_grow(&c->scores[t], &c->cap_scores[t],
-                      ((size_t)max_pos + 1) * (size_t)(cfg->n_head / cfg->n_head_kv),
-                      sizeof(float)))
-            return -ENOMEM;
     return 0;
 }
 
@@ -665,7 +679,8 @@ int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_
         core_errf(err, errlen, "kv cache was made for another model");
         return -EINVAL;
     }
-    int rc = ensure_rows(c, n);
+    step_dims d = step_dims_of(c, kv, b, plan);
+    int rc = scratch_for(c, &d);
     if (rc == 0)
         rc = check_batch(c, kv, b, err, errlen);
     if (rc == 0)
