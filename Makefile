@@ -6,6 +6,7 @@ CLANG   ?= clang
 PYTHON  ?= python3
 BUILD   ?= build
 VENV    ?= .venv
+PLOT_VENV ?= .venv-plot
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 WERROR  := $(if $(CI),-Werror,)
@@ -30,8 +31,8 @@ TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d \
            $(PROBE_SRC:%.c=$(BUILD)/obj/%.d)
 
-.PHONY: all test unit run bench bench-server asan tsan fuzz format lint clean deps venv model help \
-        docker-check
+.PHONY: all test unit run bench bench-server plots asan tsan fuzz format lint clean deps venv \
+        model help docker-check
 
 all: $(BUILD)/adaptree
 
@@ -41,6 +42,7 @@ help:
 	@echo "make test       fetch what is missing, build, run every test"
 	@echo "make bench      measure throughput against this machine's own limits"
 	@echo "make bench-server  server throughput: 32 streams over many different adapters"
+	@echo "make plots      the PNGs of docs/PERF.md from docs/perf/data/*.txt (own venv, .venv-plot)"
 	@echo "make asan|tsan  tests under sanitizers;  make fuzz  bounded fuzzing"
 	@echo "make lint       clang-tidy + module-direction check;  make format"
 	@echo "make docker-check  build the Dockerfile in debootstrapped roots, check the image (root)"
@@ -86,6 +88,10 @@ $(VENV)/.ok: tools/requirements-test.txt
 
 venv: $(VENV)/.ok
 
+$(PLOT_VENV)/.ok: tools/requirements-plot.txt
+	@tools/venv.sh $(PLOT_VENV) tools/requirements-plot.txt
+	@touch $@
+
 model: $(MODEL)
 
 $(MODEL):
@@ -114,6 +120,12 @@ bench: deps model
 bench-server: deps model venv
 	@$(MAKE) --no-print-directory all $(BUILD)/bench_core
 	BUILD=$(BUILD) MODEL=$(MODEL) tools/bench_server.sh $(BENCH_ARGS)
+
+# The PNGs of docs/PERF.md from the saved bench outputs in docs/perf/data (matplotlib in its own
+# venv, .venv-plot; not part of `make test`). Add a run with
+# `make -s bench > docs/perf/data/<date>-<cpu>-bench.txt`, then `make plots`.
+plots: $(PLOT_VENV)/.ok
+	$(PLOT_VENV)/bin/python -B tools/plot_bench.py docs/perf/data/*.txt -o docs/perf/
 
 asan: deps model venv
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(CLANG) OPT="-O1 -g -fno-omit-frame-pointer" \

@@ -1,12 +1,12 @@
 /* One LoRA adapter, loaded from a PEFT directory or a GGUF-LoRA file and validated against a
- * base model, in the form the forward pass reads (DESIGN.md §3):
+ * base model, in the form the forward pass reads (docs/ARCHITECTURE.md §3):
  *
  *   for every (layer, module) it targets: A (rank, in), Bt = Bᵀ (rank, out) and a scale
  *   (lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA, after rank_pattern/alpha_pattern).
  *
  * All weights live in one slab in the dtype the file stored (f32, f16 or bf16), q/k lora_B rows
- * already in the base GGUF's row order (FORMATS.md §2.6). An adapter is immutable once loaded and
- * may be read from any thread; its lifetime is managed by reference counts (adapter_ref /
+ * already in the base GGUF's row order (docs/FORMATS.md §2.6). An adapter is immutable once loaded
+ * and may be read from any thread; its lifetime is managed by reference counts (adapter_ref /
  * adapter_unref), which are atomic.
  *
  * This header is the public API. The files behind it (the object, file reading, one file per

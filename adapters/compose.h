@@ -1,4 +1,4 @@
-/* Composition: lora sets and the per-batch LoRA plan (DESIGN.md §3).
+/* Composition: lora sets and the per-batch LoRA plan (docs/ARCHITECTURE.md §3).
  *
  * A lora set is an ordered list of (adapter, weight); a row applies every adapter of its set
  * additively, W x + Σ weight·scale·B·A x, which is PEFT's exact "cat" combination. The plan

@@ -5,7 +5,7 @@
  * accumulated in f32 over the dequantized base (in place in the caller's model) and written as f32
  * or f16. Every other tensor is copied byte for byte in its stored type, so a q/v adapter on a
  * Q4_1 model leaves the rest of the file Q4_1. Rows stay in the base GGUF's order: the adapters'
- * q/k lora_B rows are already permuted to it (FORMATS.md §2.6).
+ * q/k lora_B rows are already permuted to it (docs/FORMATS.md §2.6).
  */
 #include "adapters/merge.h"
 

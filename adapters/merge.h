@@ -1,4 +1,5 @@
-/* Merge-export of an adapter set into a standalone GGUF (DESIGN.md §1: adapters/ owns it). */
+/* Merge-export of an adapter set into a standalone GGUF (docs/ARCHITECTURE.md §1: adapters/ owns
+ * it). */
 #ifndef ADAPTREE_ADAPTERS_MERGE_H
 #define ADAPTREE_ADAPTERS_MERGE_H
 

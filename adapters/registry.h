@@ -1,4 +1,4 @@
-/* The adapter registry: a directory tree of adapters (DESIGN.md §4) and their residency.
+/* The adapter registry: a directory tree of adapters (docs/ARCHITECTURE.md §4) and their residency.
  *
  * Every directory under the root that holds an adapter is a node; its id is its path relative to
  * the root ("fr", "fr/legal", "fr/legal/alice"). Directories without one are namespaces. A

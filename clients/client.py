@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A small client for adaptree's HTTP API (DESIGN.md §5), standard library only.
+"""A small client for adaptree's HTTP API (docs/ARCHITECTURE.md §5), standard library only.
 
 As a library:
 

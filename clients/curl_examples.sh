@@ -1,5 +1,5 @@
 #!/bin/sh
-# One curl call per adaptree endpoint (DESIGN.md §5), each checked against the status it should
+# One curl call per adaptree endpoint (docs/ARCHITECTURE.md §5), each checked against the status it should
 # get; exits non-zero if any call does not. The e2e tests run it against a real server.
 #
 # usage: [ADAPTREE_URL=http://127.0.0.1:8080] [ADAPTREE_API_KEY=K] [ADAPTREE_ADMIN_KEY=A] \

@@ -1,8 +1,8 @@
 /* The request bodies of the admin routes POST /v1/adapters/{load,unload,pin}: one JSON object
  * {"id": string, "pin": bool, "wait": bool} ("wait" matters to load only). Only the syntax is
  * checked here; what the id names (and whether it is a well-formed adapter id at all, "../x"
- * included) is the registry's to say (adapter_id_check, DESIGN.md §4), so server/routes.c answers
- * 400 or 404 from its result.
+ * included) is the registry's to say (adapter_id_check, docs/ARCHITECTURE.md §4), so
+ * server/routes.c answers 400 or 404 from its result.
  *
  * Thread-safety: a pure function of its arguments; any thread (the HTTP threads call it).
  */

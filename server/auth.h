@@ -1,7 +1,7 @@
-/* API keys (DESIGN.md §5): --api-key protects every route but /health; --admin-key additionally
- * guards /v1/adapters*. Keys arrive as "Authorization: Bearer KEY" and are compared in constant
- * time: every comparison reads the same fixed number of bytes whatever the lengths, so the time
- * a wrong key takes says nothing about the right one.
+/* API keys (docs/ARCHITECTURE.md §5): --api-key protects every route but /health; --admin-key
+ * additionally guards /v1/adapters*. Keys arrive as "Authorization: Bearer KEY" and are compared in
+ * constant time: every comparison reads the same fixed number of bytes whatever the lengths, so the
+ * time a wrong key takes says nothing about the right one.
  *
  * A srv_auth is filled once at startup and read-only afterwards; any thread may check keys.
  */

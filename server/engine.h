@@ -1,5 +1,5 @@
-/* The engine (DESIGN.md §2): one thread running a libuv loop that owns the scheduler, every
- * sequence and its KV slot, and the registry's residency. HTTP threads turn a request into a
+/* The engine (docs/ARCHITECTURE.md §2): one thread running a libuv loop that owns the scheduler,
+ * every sequence and its KV slot, and the registry's residency. HTTP threads turn a request into a
  * job (tokenized prompt, resolved adapter selection, sampling), submit it, and read its output
  * as the engine produces it; nothing else crosses between them.
  *

@@ -1,5 +1,5 @@
-/* adaptree: one binary, several subcommands (DESIGN.md §1). main() makes sure OpenBLAS runs its
- * real kernels (re-executing itself if needed) and dispatches. */
+/* adaptree: one binary, several subcommands (docs/ARCHITECTURE.md §1). main() makes sure OpenBLAS
+ * runs its real kernels (re-executing itself if needed) and dispatches. */
 #include <stdio.h>
 #include <string.h>
 

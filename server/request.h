@@ -6,8 +6,8 @@
  * range-checked; fields it does not know are ignored; fields that would change the result and are
  * not implemented (n > 1, logit_bias, tools, penalties other than 0, ...) are refused by name
  * rather than silently dropped. What "model" and "adapters" name is only checked for syntax here:
- * the server resolves them against the registry (DESIGN.md §4). The grammar check in front of
- * cJSON is server/json_check.h.
+ * the server resolves them against the registry (docs/ARCHITECTURE.md §4). The grammar check in
+ * front of cJSON is server/json_check.h.
  *
  * The body should already be capped by the HTTP layer (413): cJSON builds its whole tree before
  * the limits below are looked at, about 64 bytes per JSON value.

@@ -1,5 +1,5 @@
-/* The routes of the HTTP API (DESIGN.md §5): what each one checks and answers. The transport
- * (server/http.h) calls them through a srv_http_handler filled by srv_routes_handler.
+/* The routes of the HTTP API (docs/ARCHITECTURE.md §5): what each one checks and answers. The
+ * transport (server/http.h) calls them through a srv_http_handler filled by srv_routes_handler.
  *
  * A srv_app holds what the routes share: the engine, the keys, the metrics and the limits. It is
  * set up before the HTTP threads start and read-only afterwards, except the metrics (locked) and

@@ -55,6 +55,8 @@ void srv_text_deinit(srv_text *t)
 
 static int pend_add(srv_text *t, const char *b, size_t n)
 {
+    if (n == 0) /* a token whose bytes are all held (or none): pend may still be NULL */
+        return 0;
     if (t->n_pend + n > t->cap_pend) {
         size_t cap = t->cap_pend ? 2 * t->cap_pend : 256;
         while (cap < t->n_pend + n)

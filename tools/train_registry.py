@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train adaptree's example adapter registry (registry/) for the default model and measure it.
 
-The tree (DESIGN.md §4: a chain is applied additively, every node at scale 1):
+The tree (docs/ARCHITECTURE.md §4: a chain is applied additively, every node at scale 1):
 
   fr                    French, trained on the base
   fr/manpages           French manual pages, trained on base + fr (merged)

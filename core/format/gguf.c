@@ -1,5 +1,5 @@
 /* GGUF v2/v3 reader: parses and validates the header, metadata and tensor table of a mapped
- * file (FORMATS.md §2), and answers lookups by name.
+ * file (docs/FORMATS.md §2), and answers lookups by name.
  *
  * Everything in the file is untrusted. The parser walks a cursor over the mapping and checks
  * each length, count and offset against the bytes that remain before reading; counts are

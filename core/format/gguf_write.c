@@ -1,4 +1,4 @@
-/* GGUF v3 writer (FORMATS.md §2): metadata kept encoded as it will appear in the file, tensors
+/* GGUF v3 writer (docs/FORMATS.md §2): metadata kept encoded as it will appear in the file, tensors
  * as borrowed pointers, and one write pass through a buffer into "<path>.tmp", fsync, rename.
  *
  * Every value is checked when it is set, with the reader's own limits, so the file written is

@@ -1,4 +1,5 @@
-/* GGUF v3 writer: collect metadata key/values and tensors, then write one file (FORMATS.md §2).
+/* GGUF v3 writer: collect metadata key/values and tensors, then write one file
+ * (docs/FORMATS.md §2).
  *
  * Metadata is copied into the writer when it is set; tensor data is borrowed and read only by
  * core_gguf_writer_write. Everything the writer accepts is something core_gguf_open (and ggml's

@@ -1,6 +1,6 @@
 /* safetensors reader: checks the 8-byte header length, parses the JSON header with a strict
  * purpose-built parser, then checks every tensor's dtype, shape and byte range and the layout
- * of the body (FORMATS.md §5).
+ * of the body (docs/FORMATS.md §5).
  *
  * core/ has no JSON library, and a general one would accept far more than a safetensors header
  * may hold. The parser below knows the one grammar allowed (ws = JSON whitespace):

@@ -1,4 +1,4 @@
-/* safetensors reader: the tensor table and metadata of a .safetensors file (FORMATS.md §5).
+/* safetensors reader: the tensor table and metadata of a .safetensors file (docs/FORMATS.md §5).
  *
  * The file is mmapped read-only (or a caller buffer is borrowed) and validated completely
  * before anything is returned (core_st_open_header validates all but the data, from the header

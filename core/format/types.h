@@ -1,5 +1,5 @@
 /* ggml tensor types: the type ids, their block geometry and names, and the fp16/bf16 scalar
- * conversions the formats need (FORMATS.md §2.3, §3). What a kernel does with each type is in
+ * conversions the formats need (docs/FORMATS.md §2.3, §3). What a kernel does with each type is in
  * core/kernels/ (dequant.h, the type traits).
  *
  * Blocks in a mapped file are not naturally aligned, so every multi-byte field is read with
@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* ggml type ids (a subset; see FORMATS.md §2.3). */
+/* ggml type ids (a subset; see docs/FORMATS.md §2.3). */
 enum core_type {
     CORE_TYPE_F32 = 0,
     CORE_TYPE_F16 = 1,

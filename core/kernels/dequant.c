@@ -1,4 +1,4 @@
-/* Scalar dequantization (core/kernels/dequant.h) of the block formats in FORMATS.md §3.
+/* Scalar dequantization (core/kernels/dequant.h) of the block formats in docs/FORMATS.md §3.
  *
  * Every product is computed in float in the same order as ggml's reference code (and the gguf
  * Python package), so with -ffp-contract=off the results are bit-identical to both.

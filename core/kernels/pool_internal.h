@@ -3,8 +3,8 @@
  * Why core has threads at all: a decode step of up to a few dozen rows is fastest on core's own
  * kernels (quantized matmul straight from the GGUF blocks, the LoRA shrink/expand), which are
  * single-threaded code; OpenBLAS's threads only help the large steps. Splitting those kernels
- * over the machine's cores doubles a step on two cores. DESIGN.md §2 still holds in its intent:
- * one layer of parallelism at a time (a step runs either OpenBLAS or this pool, never both
+ * over the machine's cores doubles a step on two cores. docs/ARCHITECTURE.md §2 still holds in its
+ * intent: one layer of parallelism at a time (a step runs either OpenBLAS or this pool, never both
  * computing at once), and idle workers block instead of spinning for long (a short bounded spin
  * between the back-to-back calls of one forward pass, then a condition variable).
  *

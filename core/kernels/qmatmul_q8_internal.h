@@ -8,7 +8,7 @@
  * consecutive weights of sixteen rows: an instruction's sixteen int32 lanes are sixteen outputs
  * (eight per 256-bit half on AVX2), and no horizontal sums are needed.
  *
- * This is not exact against the f32 reference (DESIGN.md §6 asks logits within 1e-3 of
+ * This is not exact against the f32 reference (docs/ARCHITECTURE.md §6 asks logits within 1e-3 of
  * transformers): rounding SmolLM2's outlier-heavy activations to 8 bits moves the logits by up
  * to ~2 (1.87 measured by the golden test, mean ~0.15). It is therefore off unless asked for
  * (core_model_set_int8, `serve --int8`).

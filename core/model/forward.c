@@ -1,4 +1,4 @@
-/* The batched Llama forward pass (DESIGN.md §3, FORMATS.md §8).
+/* The batched Llama forward pass (docs/ARCHITECTURE.md §3, docs/FORMATS.md §8).
  *
  * A step takes rows, not sequences: every linear layer is one sgemm over all rows (the shared
  * base matmul), followed by the LoRA groups of the plan, each a gather / shrink / scale /

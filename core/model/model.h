@@ -1,8 +1,8 @@
 /* Llama-family model: hyperparameters from GGUF metadata, f32 weights in one slab, per-sequence
- * KV caches, and the batched forward pass with an optional LoRA plan (DESIGN.md §3).
+ * KV caches, and the batched forward pass with an optional LoRA plan (docs/ARCHITECTURE.md §3).
  *
  * Weights keep the GGUF row layout: attn_q/attn_k rows are in llama.cpp's permuted order, so
- * RoPE rotates adjacent pairs (2j, 2j+1) (FORMATS.md §2.6). Adapters trained on Hugging Face
+ * RoPE rotates adjacent pairs (2j, 2j+1) (docs/FORMATS.md §2.6). Adapters trained on Hugging Face
  * weights must have their q/k lora_B rows permuted the same way before they reach core_forward.
  *
  * Nothing here is thread-safe on its own: a core_model is immutable after load and may be shared,
@@ -156,7 +156,7 @@ int core_kv_is_f16(const core_kv *kv);
  * contexts, which then need not prefill. 0, -EINVAL, -ERANGE past the context, -ENOMEM. */
 int core_kv_fill_random(core_kv *kv, int slot, int n, uint32_t seed);
 
-/* ---- LoRA plan (DESIGN.md §3) --------------------------------------------------------------- */
+/* ---- LoRA plan (docs/ARCHITECTURE.md §3) ----------------------------------------------------- */
 
 /* One adapter's low-rank update for one (layer, module), applied to some rows of the batch:
  * Y[rows[i]] += scales[i] * B · (A · X[rows[i]]), with B given transposed (Bt = Bᵀ, so both

@@ -195,8 +195,8 @@ static int write_adapter(const char *dir, const core_config *c, int r, unsigned 
     return tu_write_peft_layers(dir, cfg, c, modules, r, "F16", seed);
 }
 
-/* The LoRA numbers of DESIGN.md §6: load time, resident bytes, and the decode-step cost of
- * 1, 8 and 32 distinct adapters over 32 rows against base-only rows. */
+/* The LoRA numbers of docs/ARCHITECTURE.md §6: load time, resident bytes, and the decode-step cost
+ * of 1, 8 and 32 distinct adapters over 32 rows against base-only rows. */
 static void bench_lora(bench *b)
 {
     const core_config *c = &b->m->cfg;

@@ -198,7 +198,7 @@ def hostile_ids_400():
                 got.append(f"{json.dumps(body)[:60]} -> {r.status}")
             else:
                 check_error(r, 400, what=json.dumps(body)[:60])
-    check(not got, "malformed ids not refused with 400 (DESIGN.md §4):\n    " + "\n    ".join(got))
+    check(not got, "malformed ids not refused with 400 (docs/ARCHITECTURE.md §4):\n    " + "\n    ".join(got))
     healthy()
 
 

@@ -1,4 +1,4 @@
-"""End-to-end batch invariance (DESIGN.md §6): greedy requests over different adapters, tree
+"""End-to-end batch invariance (docs/ARCHITECTURE.md §6): greedy requests over different adapters, tree
 chains, weighted lists and the base model, sent concurrently, return exactly the text each
 returns when sent alone — all at once, twice over with duplicates, and staggered so that prompt
 chunks share steps with other requests' decode rows."""
@@ -126,7 +126,7 @@ def staggered():
 
 @suite.test
 def logprobs_batched_close_to_alone():
-    """Same tokens and logprobs within 1e-3 (DESIGN.md: logits within 1e-4) in a batch."""
+    """Same tokens and logprobs within 1e-3 (docs/ARCHITECTURE.md: logits within 1e-4) in a batch."""
     body = {"model": "fr/manpages/alice", "prompt": "grep :", "max_tokens": 12,
             "temperature": 0, "logprobs": 1}
     alone = S.post("/v1/completions", body).json()["choices"][0]["logprobs"]

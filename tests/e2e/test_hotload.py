@@ -1,4 +1,4 @@
-"""End-to-end hot-loading (DESIGN.md §4) against a temporary copy of the registry, while
+"""End-to-end hot-loading (docs/ARCHITECTURE.md §4) against a temporary copy of the registry, while
 background traffic runs the whole time:
   - an adapter moved into the registry becomes servable without a restart (so does one written
     in place file by file, slowly);

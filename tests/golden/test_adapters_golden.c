@@ -1,7 +1,7 @@
 /* Adapters against Hugging Face PEFT (fp32 model, the same dequantized base): single adapters of
  * several ranks, targets and options, the stacked tree chain, a weighted list, a mixed batch
  * (PEFT adapter_names) and llama.cpp's GGUF-LoRA conversion of one of them. Logits within 1e-3
- * max-abs (DESIGN.md §6). Fixtures: tests/reference/make_adapter_fixtures.py. */
+ * max-abs (docs/ARCHITECTURE.md §6). Fixtures: tests/reference/make_adapter_fixtures.py. */
 #include <cJSON.h>
 #include <stdlib.h>
 #include <string.h>

@@ -290,7 +290,7 @@ def base_config_from_gguf(reader):
 
 
 def permute_rows(w, n_head):
-    """FORMATS §2.6: GGUF row h*d + 2j + s <- HF row h*d + s*half + j."""
+    """docs/FORMATS.md §2.6: GGUF row h*d + 2j + s <- HF row h*d + s*half + j."""
     out_f = w.shape[0]
     d = out_f // n_head
     half = d // 2

@@ -51,7 +51,7 @@ GREEDY_STEPS = 32
 # Tokenizer battery. (name, text). Order is the fixture order.
 # --------------------------------------------------------------------------------------------
 TOKEN_CASES = [
-    # FORMATS.md §4.4 smoke strings
+    # docs/FORMATS.md §4.4 smoke strings
     ("smoke_capital_france", "The capital of France is"),
     ("smoke_hello_we_can_use", "Hello, we can use"),
     ("smoke_newline", "\n"),
@@ -421,7 +421,7 @@ def main():
             case["note"] = "; ".join(notes)
         cases.append(case)
 
-    # smoke vectors from FORMATS.md §4.4 (third-party, [U])
+    # smoke vectors from docs/FORMATS.md §4.4 (third-party; reproduced exactly, see NOTES.md)
     smoke_expected = {
         "smoke_capital_france": [504, 3575, 282, 4649, 314],
         "smoke_hello_we_can_use": [19556, 28, 392, 416, 722],
@@ -743,7 +743,7 @@ def main():
         print(f"  {kind} {name} {text!r}\n    ref   {a}\n    other {b}")
     if chat_notes:
         print("chat render notes:", chat_notes)
-    print("FORMATS.md §4.4 smoke vectors:", "all match" if not smoke_mismatch else f"MISMATCH {smoke_mismatch}")
+    print("docs/FORMATS.md §4.4 smoke vectors:", "all match" if not smoke_mismatch else f"MISMATCH {smoke_mismatch}")
     for name, g in greedy_summary:
         print(f"greedy[{name}]: first_eos={g['first_eos']} min_gap={min(g['top2_gap'])} "
               f"nocache_match={g['matches_no_cache_recompute']} generate_prefix={g['generate_is_prefix']}")

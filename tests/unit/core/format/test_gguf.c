@@ -282,7 +282,7 @@ TEST(gguf_real_model_parses)
     CHECK_EQ_INT(count[CORE_TYPE_Q4_1], 210);
     CHECK_EQ_INT(count[CORE_TYPE_Q8_0], 1);
     CHECK_EQ_INT(count[CORE_TYPE_F32], 61);
-    CHECK_EQ_INT(end, 96576768); /* FORMATS.md §3.3 */
+    CHECK_EQ_INT(end, 96576768); /* docs/FORMATS.md §3.3 */
     CHECK_EQ_INT(g->data_offset + end, g->size);
 
     const core_gguf_tensor *e = core_gguf_find_tensor(g, "token_embd.weight");

@@ -20,7 +20,7 @@ TEST(blas_pick_coretype_table)
         int avx512, avx2, user_set;
         const char *want;
     } cases[] = {
-        {"Prescott", 1, 1, 0, "SkylakeX"}, /* the Xeon case of DESIGN.md §6 */
+        {"Prescott", 1, 1, 0, "SkylakeX"}, /* the Xeon case of docs/ARCHITECTURE.md §6 */
         {"Prescott", 0, 1, 0, "Haswell"},  /* AVX2 without AVX-512 */
         {"prescott", 0, 1, 0, "Haswell"},  /* names compare without case */
         {"Core2", 0, 1, 0, "Haswell"},     /* Penryn/Dunnington/Opteron/Bobcat report Core2 */

@@ -1,5 +1,5 @@
 /* Tests on the real default model: loading, config, and batch invariance (a sequence's logits
- * do not depend on what else is in the batch, DESIGN.md §6: ≤ 1e-4). */
+ * do not depend on what else is in the batch, docs/ARCHITECTURE.md §6: ≤ 1e-4). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>

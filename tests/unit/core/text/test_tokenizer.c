@@ -143,7 +143,7 @@ static int roundtrip(const core_tokenizer *t, const char *s, size_t len, bool sp
 
 /* --- the real SmolLM2 vocabulary ----------------------------------------------------------- */
 
-/* FORMATS.md §4.4's vectors; each one re-derived with HF tokenizers (Digits + ByteLevel, the
+/* docs/FORMATS.md §4.4's vectors; each one re-derived with HF tokenizers (Digits + ByteLevel, the
  * GGUF's vocab and merges) and identical. */
 TEST(tok_smoke_vectors)
 {
