@@ -144,20 +144,19 @@ static void lay_out(core_ctx *c, carver *k, const step_dims *d)
     }
 }
 
-/* Sizes the step from the batch and the plan, before either is checked: a position or a group
- * that check_batch or index_plan will refuse counts as nothing (or as the whole context), so a
- * hostile batch cannot ask for more than the largest valid one. */
+/* Sizes the step from the batch and the plan, before either is checked: a group that
+ * index_plan will refuse counts as nothing, so a hostile plan cannot ask for more than the
+ * largest valid one. */
 static step_dims step_dims_of(const core_ctx *c, const core_kv *kv, const core_batch *b,
                               const core_lora_plan *plan)
 {
     const core_config *cfg = &c->m->cfg;
-    step_dims d = {
-        .rows = (size_t)b->n_rows, .slots = (size_t)kv->n_slots, .tasks = core__pool_threads()};
-    for (int i = 0; i < b->n_rows; i++) {
-        int p = b->pos[i];
-        size_t len = p < 0 ? 0 : p >= kv->n_ctx ? (size_t)kv->n_ctx : (size_t)p + 1;
-        d.longest = len > d.longest ? len : d.longest;
-    }
+    /* scores for the whole context: a few KB per task, and the arena does not grow with every
+     * position a sequence reaches */
+    step_dims d = {.rows = (size_t)b->n_rows,
+                   .slots = (size_t)kv->n_slots,
+                   .longest = (size_t)kv->n_ctx,
+                   .tasks = core__pool_threads()};
     if (plan && plan->n_groups > 0 && plan->groups) {
         d.groups = (size_t)plan->n_groups;
         for (int i = 0; i < plan->n_groups; i++) {
@@ -179,7 +178,9 @@ static int scratch_for(core_ctx *c, const step_dims *d)
     carver k = {0};
     lay_out(c, &k, d);
     if (k.off > c->arena_cap) {
-        size_t cap = (k.off + 63) & ~(size_t)63;
+        /* half again what it had, so that steps of slowly growing size reallocate rarely */
+        size_t cap = c->arena_cap + c->arena_cap / 2;
+        cap = (k.off > cap ? k.off + 63 : cap + 63) & ~(size_t)63;
         char *a = aligned_alloc(64, cap);
         if (!a)
             return -ENOMEM;
