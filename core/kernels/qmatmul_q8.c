@@ -26,8 +26,8 @@
 
 #define QK 32
 #define GROUP 16
-#define UNIT_Q4_1 320
-#define UNIT_Q8_0 576
+#define UNIT_Q4_1 CORE_Q8_UNIT_Q4_1
+#define UNIT_Q8_0 CORE_Q8_UNIT_Q8_0
 #define XR 8 /* rows of X per pass over a group's weights (from L1 after the first) */
 
 struct core_q8w {
@@ -40,13 +40,31 @@ struct core_q8w {
 
 int core__q8w_supports(uint32_t type, int in, int out)
 {
-    return core__traits_of(type)->int8 && in > 0 && in % QK == 0 && out > 0 && out % GROUP == 0;
+    return core__traits_of(type)->repack8 && in > 0 && in % QK == 0 && out > 0 && out % GROUP == 0;
+}
+
+/* Row j's block into its group's unit, in the layouts above (the traits table's repack8). */
+void core__repack8_q4_1(const uint8_t *blk, uint8_t *u, int j)
+{
+    for (int g = 0; g < 4; g++)
+        memcpy(u + 64 * g + 4 * j, blk + 4 + 4 * g, 4);
+    memcpy(u + 256 + 2 * j, blk, 2);     /* d */
+    memcpy(u + 288 + 2 * j, blk + 2, 2); /* m */
+}
+
+void core__repack8_q8_0(const uint8_t *blk, uint8_t *u, int j)
+{
+    for (int g = 0; g < 8; g++)
+        for (int t = 0; t < 4; t++)
+            u[64 * g + 4 * j + t] = (uint8_t)(blk[2 + 4 * g + t] ^ 0x80u);
+    memcpy(u + 512 + 2 * j, blk, 2); /* d */
 }
 
 core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
 {
     if (!core__q8w_supports(type, in, out))
         return NULL;
+    const core__traits *tr = core__traits_of(type);
     core_q8w *w = calloc(1, sizeof *w);
     if (!w)
         return NULL;
@@ -54,7 +72,7 @@ core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
     w->in = in;
     w->out = out;
     w->nb = in / QK;
-    w->unit = type == CORE_TYPE_Q4_1 ? UNIT_Q4_1 : UNIT_Q8_0;
+    w->unit = (size_t)tr->unit8;
     w->bytes = (size_t)(out / GROUP) * (size_t)w->nb * w->unit;
     w->data = aligned_alloc(64, w->bytes);
     if (!w->data) {
@@ -62,25 +80,13 @@ core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
         return NULL;
     }
     memset(w->data, 0, w->bytes);
-    size_t src_block = type == CORE_TYPE_Q4_1 ? 20 : 34;
+    size_t src_block = core_type_block_bytes(type);
     const uint8_t *src = W;
     for (int o = 0; o < out; o++) {
         int grp = o / GROUP, j = o % GROUP;
-        for (int b = 0; b < w->nb; b++) {
-            const uint8_t *blk = src + ((size_t)o * (size_t)w->nb + (size_t)b) * src_block;
-            uint8_t *u = w->data + ((size_t)grp * (size_t)w->nb + (size_t)b) * w->unit;
-            if (type == CORE_TYPE_Q4_1) {
-                for (int g = 0; g < 4; g++)
-                    memcpy(u + 64 * g + 4 * j, blk + 4 + 4 * g, 4);
-                memcpy(u + 256 + 2 * j, blk, 2);     /* d */
-                memcpy(u + 288 + 2 * j, blk + 2, 2); /* m */
-            } else {
-                for (int g = 0; g < 8; g++)
-                    for (int t = 0; t < 4; t++)
-                        u[64 * g + 4 * j + t] = (uint8_t)(blk[2 + 4 * g + t] ^ 0x80u);
-                memcpy(u + 512 + 2 * j, blk, 2); /* d */
-            }
-        }
+        for (int b = 0; b < w->nb; b++)
+            tr->repack8(src + ((size_t)o * (size_t)w->nb + (size_t)b) * src_block,
+                        w->data + ((size_t)grp * (size_t)w->nb + (size_t)b) * w->unit, j);
     }
     return w;
 }

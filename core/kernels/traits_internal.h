@@ -11,7 +11,6 @@
 #ifndef ADAPTREE_CORE_KERNELS_TRAITS_INTERNAL_H
 #define ADAPTREE_CORE_KERNELS_TRAITS_INTERNAL_H
 
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -29,12 +28,22 @@ typedef void core__gemv8_fn(const uint8_t *W, size_t row_bytes, int nb, int out,
 typedef void core__gemv16_fn(const uint8_t *W, size_t row_bytes, int nb, int out, const float *X,
                              int ldx, int n, float *xp, float *Y, int ldy);
 
+/* Block b of weight row j (j < 16) of a group of sixteen rows, copied into that group's repacked
+ * unit for block b (qmatmul_q8.c): the int8 kernels' layout. */
+typedef void core__repack8_fn(const uint8_t *blk, uint8_t *unit, int j);
+
+/* Bytes of one repacked unit (sixteen rows' block b): Q4_1 16 x 16 nibble bytes + 16 d + 16 m
+ * (f16); Q8_0 16 x 32 int8 + 16 d. */
+#define CORE_Q8_UNIT_Q4_1 320
+#define CORE_Q8_UNIT_Q8_0 576
+
 typedef struct core__traits {
     core__dequant_fn *dequant;      /* the reference (dequant.c); NULL: the type is only sized */
     core__rebuild_fn *rebuild_avx2; /* AVX2 rebuild of whole blocks (qmatmul.c); NULL: scalar */
     core__gemv8_fn *gemv8_avx2;     /* AVX2 fused product (qmatmul.c); NULL: rebuild + dots */
     core__gemv16_fn *gemv16_avx512; /* AVX-512 fused product (qmatmul.c); NULL: as gemv8_avx2 */
-    bool int8;                      /* the int8-activation kernels take it (qmatmul_q8.c) */
+    core__repack8_fn *repack8;      /* int8-activation kernels (qmatmul_q8.c); NULL: none */
+    int unit8;                      /* bytes of a repacked unit (with repack8) */
 } core__traits;
 
 /* The row of a type; a row of NULLs for a type the table does not know. Pure. */
@@ -49,6 +58,7 @@ core__rebuild_fn core__rebuild_avx2_f16, core__rebuild_avx2_bf16, core__rebuild_
     core__rebuild_avx2_q8_0, core__rebuild_avx2_q4_k, core__rebuild_avx2_q6_k;
 core__gemv8_fn core__gemv8_avx2_q4_0, core__gemv8_avx2_q4_1, core__gemv8_avx2_q5_0,
     core__gemv8_avx2_q5_1, core__gemv8_avx2_q8_0;
+core__repack8_fn core__repack8_q4_1, core__repack8_q8_0;
 core__gemv16_fn core__gemv16_avx512_q4_0, core__gemv16_avx512_q4_1, core__gemv16_avx512_q5_0,
     core__gemv16_avx512_q5_1, core__gemv16_avx512_q8_0;
 
