@@ -31,7 +31,7 @@ TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d \
            $(PROBE_SRC:%.c=$(BUILD)/obj/%.d)
 
-.PHONY: all test unit run bench bench-server plots asan tsan fuzz format lint clean deps venv \
+.PHONY: all test unit run cluster bench bench-server plots asan tsan fuzz format lint clean deps venv \
         model help docker-check
 
 all: $(BUILD)/adaptree
@@ -39,6 +39,7 @@ all: $(BUILD)/adaptree
 help:
 	@echo "make            build build/adaptree"
 	@echo "make run        fetch what is missing, then serve the default model"
+	@echo "make cluster    3 replicas behind HAProxy on 127.0.0.1:8080 (CLUSTER_PORT=N)"
 	@echo "make test       fetch what is missing, build, run every test"
 	@echo "make bench      measure throughput against this machine's own limits"
 	@echo "make bench-server  server throughput: 32 streams over many different adapters"
@@ -101,6 +102,12 @@ $(MODEL):
 
 run: deps model all
 	$(BUILD)/adaptree serve -m $(MODEL)
+
+# Three replicas + HAProxy on 127.0.0.1 (deploy/haproxy/haproxy.cfg); Ctrl-C stops them all.
+CLUSTER_PORT ?= 8080
+CLUSTER_REPLICAS ?= 3
+cluster: deps model all
+	@BUILD=$(BUILD) tools/cluster.sh -n $(CLUSTER_REPLICAS) -p $(CLUSTER_PORT) -m $(MODEL)
 
 # Unit + golden tests (C), then the end-to-end suites (tests/e2e, a real server; need .venv).
 test: deps model venv

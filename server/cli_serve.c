@@ -16,6 +16,7 @@
  * woken and answered 503. Then libmicrohttpd stops, the engine is freed, and the process exits 0,
  * or SRV_EXIT_CUT when requests were cut, so that a supervisor can tell.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -89,6 +90,10 @@ static void serve_usage(FILE *out)
             "                            30; 0 = no limit); later gets 408\n"
             "      --drain-timeout S     on SIGINT/SIGTERM, wait at most S seconds for running\n"
             "                            requests (default 30)\n"
+            "      --replica-name NAME   this server's name among replicas, in every answer's\n"
+            "                            X-Adaptree-Replica header, system_fingerprint and\n"
+            "                            /health (default: the host name; letters, digits and\n"
+            "                            . _ : -, at most 63)\n"
             "SIGINT or SIGTERM drains: running requests finish, then it exits 0; requests still\n"
             "running after --drain-timeout (or at a second signal) end with an error (a 503, or\n"
             "an error event and [DONE] in a stream) and it exits %d.\n",
@@ -139,6 +144,33 @@ static void defaults(srv_serve_opts *o)
     o->watch = true;
 }
 
+int srv_replica_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 63)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr("._:-", s[i]))
+            return 0;
+    return 1;
+}
+
+/* --replica-name, else the host name (cut at the first character a name may not hold), else
+ * "adaptree". */
+static const char *replica_name(const srv_serve_opts *o, char *buf, size_t cap)
+{
+    if (o->replica)
+        return o->replica;
+    if (gethostname(buf, cap) < 0)
+        buf[0] = 0;
+    buf[cap - 1] = 0;
+    size_t n = 0;
+    while (buf[n] && n < 63 && (isalnum((unsigned char)buf[n]) || strchr("._:-", buf[n])))
+        n++;
+    buf[n] = 0;
+    return n ? buf : "adaptree";
+}
+
 /* A flag with a value: 1 taken, 0 not one of these, -1 bad value (message in err). */
 static int value_flag(srv_serve_opts *o, const char *a, const char *v, char *err, size_t errlen)
 {
@@ -164,6 +196,15 @@ static int value_flag(srv_serve_opts *o, const char *a, const char *v, char *err
         o->api_key = v;
     } else if (!strcmp(a, "--admin-key")) {
         o->admin_key = v;
+    } else if (!strcmp(a, "--replica-name")) {
+        if (v[0] && !srv_replica_name_ok(v)) {
+            snprintf(err, errlen,
+                     "bad value '%s' for --replica-name: expected 1 to 63 letters, digits, '.', "
+                     "'_', ':' or '-'",
+                     v);
+            return -1;
+        }
+        o->replica = v;
     } else if (!strcmp(a, "--log-level")) {
         o->log_level = srv_log_parse(v);
         if (o->log_level < 0) {
@@ -445,6 +486,8 @@ int srv_cli_serve(int argc, char **argv)
     if (!e)
         goto out;
     srv_app_init(&app, e, &auth, (size_t)o.max_body_kb << 10);
+    char host[256];
+    app.replica = replica_name(&o, host, sizeof host);
     srv_http_handler h;
     srv_routes_handler(&app, &h);
     srv_http_opts ho = {.host = o.host,
@@ -454,7 +497,8 @@ int srv_cli_serve(int argc, char **argv)
                         .per_ip_conns = (unsigned)o.per_ip_conns,
                         .header_timeout_s = (double)o.header_timeout,
                         .body_timeout_s = (double)o.body_timeout,
-                        .idle_timeout_s = (unsigned)o.idle_timeout};
+                        .idle_timeout_s = (unsigned)o.idle_timeout,
+                        .replica = app.replica};
     fit_fd_limit(&ho);
     http = srv_http_new(&ho, &h, err, sizeof err);
     if (!http) {
@@ -468,9 +512,9 @@ int srv_cli_serve(int argc, char **argv)
     if (reg)
         adapter_registry_stats_get(reg, &rs);
     bool v6 = strchr(o.host, ':') != NULL;
-    fprintf(stderr, "adaptree: serving %s (%d registry nodes) on http://%s%s%s:%d\n",
+    fprintf(stderr, "adaptree: serving %s (%d registry nodes) on http://%s%s%s:%d as replica %s\n",
             srv_engine_model_id(e), rs.nodes, v6 ? "[" : "", o.host, v6 ? "]" : "",
-            srv_http_port(http));
+            srv_http_port(http), app.replica);
     int sig;
     while (!(sig = signal_wait(sfd, SWEEP_MS)))
         srv_http_sweep(http);

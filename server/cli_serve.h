@@ -31,6 +31,7 @@ typedef struct srv_serve_opts {
     long header_timeout;   /* seconds to receive a request head, 10; 0 = no limit */
     long body_timeout;     /* seconds to receive a body after its head, 30; 0 = no limit */
     long drain_timeout;    /* seconds a drain waits for running requests, 30 */
+    const char *replica;   /* --replica-name; NULL = the host name (srv_serve_replica) */
     bool watch;            /* watch the registry (--no-watch turns it off) */
     bool int8;             /* --int8: int8 activations */
     bool kv_f16;           /* --kv-f16: f16 KV cache */
@@ -38,6 +39,9 @@ typedef struct srv_serve_opts {
 
 /* Parses argv (argv[0] = "serve"); keys missing from the flags come from getenv. Returns 0, 1
  * for --help (usage printed to stdout), or 2 with a message in err. Main thread. */
+/* 1 if s can name a replica (--replica-name): 1 to 63 of [A-Za-z0-9._:-]. Pure. */
+int srv_replica_name_ok(const char *s);
+
 int srv_serve_parse(int argc, char **argv, srv_serve_opts *o, char *err, size_t errlen);
 
 #endif

@@ -45,6 +45,7 @@ static srv_resp resp_of(srv_app *a, const srv_call *c)
                   .id = c->id,
                   .created = c->created,
                   .model = c->model,
+                  .fingerprint = a->replica,
                   .logprobs = c->logprobs,
                   .include_usage = c->include_usage,
                   .piece = piece,

@@ -152,6 +152,8 @@ static void queue(srv_http_req *r, int status, struct MHD_Response *resp,
     }
     for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2)
         MHD_add_response_header(resp, headers[i], headers[i + 1]);
+    if (r->h->o.replica)
+        MHD_add_response_header(resp, "X-Adaptree-Replica", r->h->o.replica);
     if (MHD_queue_response(r->conn, (unsigned)status, resp) != MHD_YES) {
         srv_log(SRV_LOG_ERROR, "%s %s: libmicrohttpd refused the response", r->method, r->url);
         r->queue_failed = true;

@@ -67,6 +67,8 @@ typedef struct srv_http_opts {
     unsigned idle_timeout_s; /* a connection idle this long is closed; 0 = never */
     size_t hard_body_limit;  /* a chunked body past its cap is discarded up to this many bytes,
                                 then the connection is cut; 0 = 64 MiB */
+    const char *replica;     /* sent as X-Adaptree-Replica on every answer; NULL = none.
+                                Borrowed: outlives the server */
 } srv_http_opts;
 
 /* The descriptors a server with these options may hold open for connections (what the process's

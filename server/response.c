@@ -101,6 +101,10 @@ static void head(srv_buf *b, const srv_resp *r, const char *object)
     srv_buf_json_cstr(b, r->id ? r->id : "");
     srv_buf_printf(b, ",\"object\":\"%s\",\"created\":%lld,\"model\":", object, r->created);
     srv_buf_json_cstr(b, r->model ? r->model : "");
+    if (r->fingerprint) {
+        srv_buf_puts(b, ",\"system_fingerprint\":");
+        srv_buf_json_cstr(b, r->fingerprint);
+    }
 }
 
 static void usage_json(srv_buf *b, const srv_resp_usage *u)

@@ -29,6 +29,7 @@ typedef struct srv_resp {
     const char *id;          /* "cmpl-…" or "chatcmpl-…" */
     long long created;       /* Unix seconds */
     const char *model;       /* echoed: the request's "model", or the base model id */
+    const char *fingerprint; /* "system_fingerprint": the replica that answers; NULL = none */
     int logprobs;            /* -1: "logprobs": null; k >= 0: logprobs with k alternatives */
     bool include_usage;      /* streaming: "usage": null in every chunk (OpenAI does so) */
     srv_resp_piece_fn piece; /* token text for logprobs; required when logprobs >= 0 */

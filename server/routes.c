@@ -404,14 +404,24 @@ static void route_health(srv_app *a, srv_http_req *req, srv_call *c)
     srv_buf b;
     srv_buf_init(&b);
     if (atomic_load(&a->draining)) {
-        srv_buf_puts(&b, "{\"status\":\"draining\"}");
+        srv_buf_puts(&b, "{\"status\":\"draining\"");
+        if (a->replica) {
+            srv_buf_puts(&b, ",\"replica\":");
+            srv_buf_json_cstr(&b, a->replica);
+        }
+        srv_buf_putc(&b, '}');
         srv_http_reply_json(req, 503, &b, NULL);
     } else {
         srv_engine_stats s;
         srv_engine_stats_get(a->engine, &s);
         srv_buf_puts(&b, "{\"status\":\"ok\",\"model\":");
         srv_buf_json_cstr(&b, a->model_id);
-        srv_buf_printf(&b, ",\"running\":%d,\"waiting\":%d}", s.running, s.waiting);
+        srv_buf_printf(&b, ",\"running\":%d,\"waiting\":%d", s.running, s.waiting);
+        if (a->replica) {
+            srv_buf_puts(&b, ",\"replica\":");
+            srv_buf_json_cstr(&b, a->replica);
+        }
+        srv_buf_putc(&b, '}');
         srv_http_reply_json(req, 200, &b, NULL);
     }
     srv_buf_deinit(&b);

@@ -28,6 +28,8 @@ typedef struct srv_app {
     srv_request_limits limits;
     size_t max_body;          /* request body bytes accepted */
     long long started;        /* Unix seconds: "created" of the models */
+    const char *replica;      /* --replica-name (system_fingerprint, /health); NULL = none.
+                                 Borrowed: outlives the app */
     atomic_bool draining;     /* shutting down: generation routes answer 503 */
     _Atomic(srv_http *) http; /* the transport once it runs (its connection counters); set
                                  while the HTTP threads may read it */

@@ -110,8 +110,11 @@ class Server:
         self.exit_code = None
         self.ready = False  # answered /health once; a server refused at start-up never is
 
-    def start(self, timeout=60):
-        self.port = free_port()
+    def start(self, timeout=60, port=None):
+        """Starts the server (on port, e.g. its old one for a restart; else a free one) and waits
+        for /health."""
+        self.port = port or free_port()
+        self.exit_code = None
         fd, self.log_path = tempfile.mkstemp(prefix=f"adaptree-e2e-{self.name}-", suffix=".log")
         cmd = [ADAPTREE, "serve", "--host", "127.0.0.1", "--port", str(self.port), "-m", MODEL]
         cmd += ["--registry", self.registry] if self.registry else ["--no-registry"]

@@ -46,6 +46,7 @@ TEST(serve_flags_defaults)
     CHECK_EQ_INT(o.header_timeout, 10);
     CHECK_EQ_INT(o.body_timeout, 30);
     CHECK_EQ_INT(o.drain_timeout, 30);
+    CHECK(o.replica == NULL); /* the host name, chosen at start */
     CHECK_EQ_INT(parse(&o, err, "--max-connections", "100", NULL), 0);
     CHECK_EQ_INT(o.per_ip_conns, 50);
     CHECK_EQ_INT(parse(&o, err, "--max-connections", "1", NULL), 0);
@@ -57,13 +58,14 @@ TEST(serve_flags_all)
     unsetenv("ADAPTREE_API_KEY");
     srv_serve_opts o;
     char err[256];
-    int rc = parse(&o, err, "--host", "0.0.0.0", "--port=9000", "-m", "m.gguf", "--registry", "/r",
-                   "--threads", "2", "--max-batch-tokens", "64", "--max-seqs", "4", "--ctx", "512",
-                   "--adapter-cache-mb", "100", "--queue-limit", "8", "--api-key", "k1",
-                   "--admin-key=k2", "--log-level", "debug", "--max-body-kb", "16",
-                   "--idle-timeout", "5", "--http-threads", "3", "--no-watch", "--int8", "--kv-f16",
-                   "--max-connections", "64", "--max-connections-per-ip=0", "--header-timeout", "3",
-                   "--body-timeout", "4", "--drain-timeout", "0", NULL);
+    int rc =
+        parse(&o, err, "--host", "0.0.0.0", "--port=9000", "-m", "m.gguf", "--registry", "/r",
+              "--threads", "2", "--max-batch-tokens", "64", "--max-seqs", "4", "--ctx", "512",
+              "--adapter-cache-mb", "100", "--queue-limit", "8", "--api-key", "k1",
+              "--admin-key=k2", "--log-level", "debug", "--max-body-kb", "16", "--idle-timeout",
+              "5", "--http-threads", "3", "--no-watch", "--int8", "--kv-f16", "--max-connections",
+              "64", "--max-connections-per-ip=0", "--header-timeout", "3", "--body-timeout", "4",
+              "--drain-timeout", "0", "--replica-name", "pod-7.zone_a:1", NULL);
     CHECK_MSG(rc == 0, "rc %d: %s", rc, err);
     CHECK_EQ_STR(o.host, "0.0.0.0");
     CHECK_EQ_INT(o.port, 9000);
@@ -89,6 +91,7 @@ TEST(serve_flags_all)
     CHECK_EQ_INT(o.header_timeout, 3);
     CHECK_EQ_INT(o.body_timeout, 4);
     CHECK_EQ_INT(o.drain_timeout, 0);
+    CHECK_EQ_STR(o.replica, "pod-7.zone_a:1");
     CHECK_EQ_INT(parse(&o, err, "--no-registry", NULL), 0);
     CHECK(o.registry == NULL);
 }
@@ -121,6 +124,12 @@ TEST(serve_flags_refused)
         {"--frobnicate", NULL, "unknown option '--frobnicate'"},
         {"--port", NULL, "--port needs a value"},
         {"--model", "", "--model needs a non-empty value"},
+        {"--replica-name", "a b", "bad value 'a b' for --replica-name"},
+        {"--replica-name", "r\"1", "bad value 'r\"1' for --replica-name"},
+        {"--replica-name", "x\r\nSet-Cookie:1", "for --replica-name"},
+        {"--replica-name", "0123456789012345678901234567890123456789012345678901234567890123",
+         "for --replica-name"},
+        {"--replica-name", "", "--replica-name needs a non-empty value"},
         {"--registry", "r", NULL}, /* with --no-registry below */
     };
     srv_serve_opts o;

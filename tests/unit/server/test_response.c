@@ -77,6 +77,15 @@ TEST(response_completion_full)
                          "\"model\":\"base\",\"choices\":[{\"index\":0,\"text\":\" Paris.\","
                          "\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":"
                          "{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}");
+    /* Behind a router: the replica that answered, as system_fingerprint after "model". */
+    srv_buf_reset(&b);
+    r.fingerprint = "replica-2";
+    srv_resp_full(&b, &r, NULL, 0, " Paris.", 7, NULL, 0, "length", &u);
+    CHECK_MSG(strstr(b.data, "\"model\":\"base\",\"system_fingerprint\":\"replica-2\",") != NULL,
+              "%s", b.data);
+    srv_buf_reset(&b);
+    srv_resp_chunk(&b, &r, true, "", 0, NULL, 0, 0, 0, NULL);
+    CHECK_MSG(strstr(b.data, "\"system_fingerprint\":\"replica-2\"") != NULL, "%s", b.data);
     srv_buf_deinit(&b);
 }
 
