@@ -80,6 +80,16 @@ class HAProxy:
                 out[f[1]] = f[17].split()[0]
         return out
 
+    def idle(self):
+        """True when HAProxy holds no request on any backend (stats CSV, scur)."""
+        r = e2e.request(self.stats_port, "GET", "/;csv", timeout=5)
+        for line in r.data.decode().splitlines():
+            f = line.split(",")
+            if len(f) > 4 and f[1] == "BACKEND" and f[0] in ("by_adapter", "least_loaded"):
+                if f[4] != "0":
+                    return False
+        return True
+
     def wait_state(self, want, timeout):
         return e2e.wait_until(lambda: all(self.states().get(k) == v for k, v in want.items()),
                               timeout, f"HAProxy to see {want} (log {self.log_path})")
@@ -155,14 +165,18 @@ def unload_all():
             check(r.status == 200, f"unload {a} on {s.name}: {r}")
 
 
-def affinity_run(port):
-    """Every adapter 3 times through the proxy on port, one request at a time; returns
-    ({adapter: {replicas that answered}}, loads it caused on all replicas together)."""
+def affinity_run(proxy):
+    """Every adapter 3 times through proxy, one request at a time; returns ({adapter: {replicas
+    that answered}}, loads it caused on all replicas together). One at a time means HAProxy has
+    let go of the previous one: a request that arrives while HAProxy still counts the last one
+    as in flight on the owner may spill (bounded load at 1 in flight leaves one slot a
+    replica; README, Scale out)."""
     before = sum(loads(s) for s in REPLICAS)
     seen = {a: set() for a in ADAPTERS}
     for a in ADAPTERS:
         for rep in range(3):
-            r = e2e.request(port, "POST", "/v1/completions", body(a, PROMPTS[rep], 2))
+            e2e.wait_until(proxy.idle, 5, "HAProxy to let go of the previous request", 0.01)
+            r = e2e.request(proxy.port, "POST", "/v1/completions", body(a, PROMPTS[rep], 2))
             check(r.status == 200, f"{a} through HAProxy: {r}")
             eq(r.json().get("system_fingerprint"), replica_of(r), "system_fingerprint vs header")
             seen[a].add(replica_of(r))
@@ -172,7 +186,7 @@ def affinity_run(port):
 @suite.test
 def affinity_each_adapter_on_one_replica():
     unload_all()
-    seen, n_hash = affinity_run(PROXY.port)
+    seen, n_hash = affinity_run(PROXY)
     where = {a: [s.name for s in REPLICAS if a in resident(s)] for a in ADAPTERS}
     for a in ADAPTERS:
         eq(len(seen[a]), 1, f"replicas that answered {a} (hash)")
@@ -180,6 +194,27 @@ def affinity_each_adapter_on_one_replica():
         OWNER[a] = where[a][0]
     used = sorted(set(OWNER.values()))
     eq(len(used), N_REPLICAS, f"replicas the {N_ADAPTERS} adapters hashed to")
+    # The other ways to name an adapter reach the same owner: the first "adapters" id, and the
+    # admin actions on an id. The base model goes to whichever replica is least loaded.
+    for a in ADAPTERS[:4]:
+        e2e.wait_until(PROXY.idle, 5, "HAProxy to let go of the previous request", 0.01)
+        r = e2e.request(PROXY.port, "POST", "/v1/completions",
+                        {"prompt": "x", "max_tokens": 1,
+                         "adapters": [{"id": a, "scale": 0.5}, {"id": ADAPTERS[-1], "scale": 0.5}]})
+        check(r.status == 200, f"adapters=[{a}, ...]: {r}")
+        eq(replica_of(r), OWNER[a], f"replica for adapters=[{a}, ...]")
+        for action, extra in (("pin", {"pin": True}), ("pin", {"pin": False}), ("load", {})):
+            e2e.wait_until(PROXY.idle, 5, "HAProxy to let go of the previous request", 0.01)
+            r = e2e.request(PROXY.port, "POST", f"/v1/adapters/{action}", dict(id=a, **extra))
+            check(r.status == 200, f"{action} {a} through HAProxy: {r}")
+            eq(replica_of(r), OWNER[a], f"replica for POST /v1/adapters/{action} {a}")
+    base = set()
+    for i in range(6):
+        r = e2e.request(PROXY.port, "POST", "/v1/chat/completions",
+                        {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1})
+        check(r.status == 200, f"base chat through HAProxy: {r}")
+        base.add(replica_of(r))
+    check(len(base) >= 2, f"6 base-model requests all went to {base}")
     # The same load with round robin: the policy file with only its balance line changed.
     cfg = open(PROXY.cfg).read()
     check("balance hash var(txn.adapter)" in cfg, "haproxy.cfg no longer hashes on the adapter")
@@ -189,7 +224,7 @@ def affinity_each_adapter_on_one_replica():
     unload_all()
     rr = HAProxy(REPLICAS, cfg=rr_cfg, name="haproxy-rr").start()
     try:
-        seen_rr, n_rr = affinity_run(rr.port)
+        seen_rr, n_rr = affinity_run(rr)
     finally:
         rr.stop()
     spread = sum(sum(a in resident(s) for s in REPLICAS) for a in ADAPTERS)
