@@ -8,7 +8,10 @@
  * handler writes its number into a pipe the main thread also polls. SIGPIPE is ignored (a client
  * that closes mid-answer must not kill the server).
  *
- * Shutdown. The first signal drains: the engine stops admitting (new generation requests get
+ * Shutdown. The first signal drains. With --drain-delay S, /health first answers 503 for S
+ * seconds while every request is still served, so that a load balancer's health checks take the
+ * replica out of rotation before it refuses anything (a second signal skips the rest). Then the
+ * engine stops admitting (new generation requests get
  * 503, /health says "draining"), in-flight requests finish and are answered, for at most
  * --drain-timeout seconds (a second signal cuts the wait short). Requests still running then are
  * not dropped silently: the engine ends their jobs with an error (srv_engine_abort), which the
@@ -90,6 +93,10 @@ static void serve_usage(FILE *out)
             "                            30; 0 = no limit); later gets 408\n"
             "      --drain-timeout S     on SIGINT/SIGTERM, wait at most S seconds for running\n"
             "                            requests (default 30)\n"
+            "      --drain-delay S       on SIGINT/SIGTERM, first answer /health with 503 for S\n"
+            "                            seconds while still serving everything, so that load\n"
+            "                            balancers take this replica out of rotation before it\n"
+            "                            refuses anything; then drain (default 0)\n"
             "      --replica-name NAME   this server's name among replicas, in every answer's\n"
             "                            X-Adaptree-Replica header, system_fingerprint and\n"
             "                            /health (default: the host name; letters, digits and\n"
@@ -120,6 +127,7 @@ static const struct {
     {"--header-timeout", 0, 86400, offsetof(srv_serve_opts, header_timeout)},
     {"--body-timeout", 0, 86400, offsetof(srv_serve_opts, body_timeout)},
     {"--drain-timeout", 0, 86400, offsetof(srv_serve_opts, drain_timeout)},
+    {"--drain-delay", 0, 3600, offsetof(srv_serve_opts, drain_delay)},
 };
 
 static void defaults(srv_serve_opts *o)
@@ -421,8 +429,24 @@ static bool wait_requests(srv_http *http, int ms)
 /* Drains (see the top of the file) once the first signal has come. Returns the number of
  * requests that were still running when the drain ran out of time (or a second signal came),
  * each of which got an error answer. */
-static int drain(srv_app *app, srv_engine *e, srv_http *http, int sfd, long seconds)
+static int drain(srv_app *app, srv_engine *e, srv_http *http, int sfd, long delay, long seconds)
 {
+    if (delay > 0) {
+        /* Out of rotation first: /health says "draining" while every request is still served. */
+        srv_log(SRV_LOG_INFO,
+                "leaving rotation: /health answers 503 for %ld s, requests are still "
+                "served; then the drain",
+                delay);
+        atomic_store(&app->unready, true);
+        double t0 = core_now();
+        while (core_now() - t0 < (double)delay) {
+            if (signal_wait(sfd, SWEEP_MS)) {
+                srv_log(SRV_LOG_WARN, "second signal: draining now");
+                break;
+            }
+            srv_http_sweep(http);
+        }
+    }
     srv_log(SRV_LOG_INFO, "draining: %d request(s) in progress; at most %ld s",
             srv_http_active(http), seconds);
     atomic_store(&app->draining, true);
@@ -519,7 +543,7 @@ int srv_cli_serve(int argc, char **argv)
     while (!(sig = signal_wait(sfd, SWEEP_MS)))
         srv_http_sweep(http);
     srv_log(SRV_LOG_INFO, "%s received", strsignal(sig));
-    int cut = drain(&app, e, http, sfd, o.drain_timeout);
+    int cut = drain(&app, e, http, sfd, o.drain_delay, o.drain_timeout);
     srv_http_free(http);
     srv_engine_free(e);
     e = NULL;

@@ -31,6 +31,7 @@ typedef struct srv_serve_opts {
     long header_timeout;   /* seconds to receive a request head, 10; 0 = no limit */
     long body_timeout;     /* seconds to receive a body after its head, 30; 0 = no limit */
     long drain_timeout;    /* seconds a drain waits for running requests, 30 */
+    long drain_delay;      /* seconds /health says 503 before the drain starts, 0 */
     const char *replica;   /* --replica-name; NULL = the host name (srv_serve_replica) */
     bool watch;            /* watch the registry (--no-watch turns it off) */
     bool int8;             /* --int8: int8 activations */

@@ -397,13 +397,13 @@ static void route_admin(srv_app *a, srv_http_req *req, srv_call *c)
     reply_node(a, req, id, c->route == SRV_ROUTE_ADAPTERS_LOAD ? 202 : 200, NULL);
 }
 
-/* GET /health: 200 while serving, 503 while draining. */
+/* GET /health: 200 while serving, 503 while draining or about to (--drain-delay). */
 static void route_health(srv_app *a, srv_http_req *req, srv_call *c)
 {
     (void)c;
     srv_buf b;
     srv_buf_init(&b);
-    if (atomic_load(&a->draining)) {
+    if (atomic_load(&a->draining) || atomic_load(&a->unready)) {
         srv_buf_puts(&b, "{\"status\":\"draining\"");
         if (a->replica) {
             srv_buf_puts(&b, ",\"replica\":");
@@ -615,6 +615,7 @@ void srv_app_init(srv_app *a, srv_engine *e, const srv_auth *auth, size_t max_bo
     a->max_body = max_body;
     a->started = (long long)time(NULL);
     atomic_init(&a->draining, false);
+    atomic_init(&a->unready, false);
 }
 
 void srv_app_deinit(srv_app *a)

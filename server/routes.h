@@ -31,6 +31,7 @@ typedef struct srv_app {
     const char *replica;      /* --replica-name (system_fingerprint, /health); NULL = none.
                                  Borrowed: outlives the app */
     atomic_bool draining;     /* shutting down: generation routes answer 503 */
+    atomic_bool unready;      /* shutting down soon (--drain-delay): /health answers 503 */
     _Atomic(srv_http *) http; /* the transport once it runs (its connection counters); set
                                  while the HTTP threads may read it */
 } srv_app;

@@ -84,40 +84,34 @@ for p in $ports; do
     i=$((i + 1))
     name=replica-$i
     "$bin" serve --host 127.0.0.1 --port "$p" -m "$model" --registry "$registry" \
-        --replica-name "$name" --max-connections-per-ip 0 --threads 1 "$@" \
+        --replica-name "$name" --max-connections-per-ip 0 --threads 1 --drain-delay 3 "$@" \
         >"$dir/$name.log" 2>&1 &
     pids="$pids $!"
     servers="$servers $name=127.0.0.1:$p"
     echo "cluster: $name on 127.0.0.1:$p (log $dir/$name.log)"
 done
-for s in $servers; do
-    addr=${s#*=}
+# Waits up to $2 tenths of a second for $1/health to answer 200; else shows log $4 of $3 and fails.
+wait_healthy() {
     t=0
-    until curl -fsS "http://$addr/health" >/dev/null 2>&1; do
+    until curl -fsS "$1/health" >/dev/null 2>&1; do
         t=$((t + 1))
-        if [ $t -gt 600 ]; then
-            echo "cluster: ${s%%=*} did not become healthy; its log:" >&2
-            tail -n 20 "$dir/${s%%=*}.log" >&2
+        if [ $t -gt "$2" ]; then
+            echo "cluster: $3 did not become healthy; its log:" >&2
+            tail -n 20 "$4" >&2
             exit 1
         fi
         sleep 0.1
     done
+}
+for s in $servers; do
+    wait_healthy "http://${s#*=}" 600 "${s%%=*}" "$dir/${s%%=*}.log"
 done
 # shellcheck disable=SC2086
 write_replicas "$dir/replicas-local.cfg" $servers
 export ADAPTREE_LISTEN="127.0.0.1:$port" ADAPTREE_STATS="127.0.0.1:$((port + 324))"
 haproxy -W -db -f deploy/haproxy/haproxy.cfg -f "$dir/replicas-local.cfg" >"$dir/haproxy.log" 2>&1 &
 hpid=$!
-t=0
-until curl -fsS "http://127.0.0.1:$port/health" >/dev/null 2>&1; do
-    t=$((t + 1))
-    if [ $t -gt 100 ]; then
-        echo "cluster: HAProxy did not start; its log:" >&2
-        tail -n 20 "$dir/haproxy.log" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
+wait_healthy "http://127.0.0.1:$port" 100 HAProxy "$dir/haproxy.log"
 echo "cluster: serving on http://127.0.0.1:$port ($n replicas; HAProxy stats on" \
     "http://$ADAPTREE_STATS/, log $dir/haproxy.log); Ctrl-C stops"
 while :; do

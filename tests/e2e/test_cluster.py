@@ -5,6 +5,7 @@ adapters. What a user of the cluster relies on:
     GET /v1/adapters), where round robin loads it everywhere (both counts printed);
   - a hot adapter (80% of the requests) spills over: the busiest replica's share of requests stays
     within what hash-balance-factor allows;
+  - --drain-delay: a replica told to stop leaves HAProxy's rotation while it still serves;
   - rolling restart under streaming load (SIGTERM a replica, wait for it to exit, start it again,
     one at a time): every request completes and every greedy text equals a single server's;
   - crash (kill -9) under load: requests in flight on it fail with a clear status or a cut
@@ -27,6 +28,7 @@ from e2e import Fail, check, eq
 suite = e2e.Suite("cluster", budget=420)
 N_REPLICAS = 3
 N_ADAPTERS = 12
+DRAIN_DELAY = 3  # s of /health 503 before a replica refuses anything; HAProxy needs 2 checks, 1 s apart
 FACTOR = 150  # hash-balance-factor: a replica takes at most 150% of the mean load in flight
 ADAPTERS = [f"user{i:02d}" for i in range(N_ADAPTERS)]
 PROMPTS = ["The capital of France is", "Once upon a time", "def fib(n):"]
@@ -90,6 +92,16 @@ class HAProxy:
                     return False
         return True
 
+    def retries(self):
+        """Retries and redispatches HAProxy has made on the hash backend (stats CSV)."""
+        r = e2e.request(self.stats_port, "GET", "/;csv", timeout=5)
+        head = r.data.decode().splitlines()[0].lstrip("# ").split(",")
+        for line in r.data.decode().splitlines()[1:]:
+            f = line.split(",")
+            if f[0] == "by_adapter" and f[1] == "BACKEND":
+                return int(f[head.index("wretr")] or 0) + int(f[head.index("wredis")] or 0)
+        return 0
+
     def wait_state(self, want, timeout):
         return e2e.wait_until(lambda: all(self.states().get(k) == v for k, v in want.items()),
                               timeout, f"HAProxy to see {want} (log {self.log_path})")
@@ -129,7 +141,8 @@ def setup():
         mbr.write_adapter(os.path.join(REG, a), dims, 8, mbr.QV, rng)
     for i in range(N_REPLICAS):
         s = suite.server(["--replica-name", f"replica-{i + 1}", "--max-connections-per-ip", "0",
-                          "--threads", "1", "--drain-timeout", "30"], registry=REG,
+                          "--threads", "1", "--drain-timeout", "30", "--drain-delay",
+                          str(DRAIN_DELAY)], registry=REG,
                          name=f"replica-{i + 1}")
         REPLICAS.append(s.start())
     PROXY = HAProxy(REPLICAS).start()
@@ -375,11 +388,41 @@ def restart(s):
 
 
 @suite.test
+def drain_delay_leaves_rotation_before_refusing():
+    s = REPLICAS[2]
+    name = s.args[s.args.index("--replica-name") + 1]
+    t0 = time.time()
+    s.proc.send_signal(signal.SIGTERM)
+    h = e2e.wait_until(lambda: s.req("GET", "/health").status == 503, 2,
+                       "/health to answer 503 after SIGTERM")
+    eq(s.req("GET", "/health").json().get("status"), "draining", "/health status")
+    r = s.post("/v1/completions", body(ADAPTERS[0], PROMPTS[0], 2))
+    eq(r.status, 200, "a request sent straight to the replica during --drain-delay")
+    PROXY.wait_state({name: "DOWN"}, DRAIN_DELAY + 5)
+    t_down = time.time() - t0
+    r = s.post("/v1/completions", body(ADAPTERS[0], PROMPTS[0], 2))
+    still = r.status
+    s.proc.wait(60 * e2e.SLOW)
+    t_exit = time.time() - t0
+    eq(s.proc.returncode, 0, f"{name}'s exit code")
+    s.exit_code = None
+    print(f"     SIGTERM {name}: /health 503 at once, HAProxy marked it down after {t_down:.1f} s "
+          f"while it still served (HTTP {still}), exit 0 after {t_exit:.1f} s "
+          f"(--drain-delay {DRAIN_DELAY})", flush=True)
+    check(h, "no 503")
+    check(t_down < DRAIN_DELAY, f"HAProxy took {t_down:.1f} s, longer than --drain-delay")
+    eq(still, 200, "a request straight to the replica once HAProxy had marked it down")
+    s.start(port=s.port)
+    PROXY.wait_state({name: "UP"}, 30)
+
+
+@suite.test
 def rolling_restart_loses_nothing():
     for a in ADAPTERS + [None]:
         for p in PROMPTS:
             reference(a, p)
     times = []
+    retries0 = PROXY.retries()
     with Load(6, stream=True) as load:
         time.sleep(2)
         for s in REPLICAS:
@@ -393,7 +436,8 @@ def rolling_restart_loses_nothing():
         by[r["replica"]] = by.get(r["replica"], 0) + 1
     print(f"     {len(load.done)} streams during 3 restarts (drain, restart, HAProxy sees it up: "
           f"{', '.join(f'{d:.1f}+{u:.1f}s' for d, u in times)}); served by {by}; "
-          f"{len(bad)} failed, {len(wrong)} differ from a single server", flush=True)
+          f"{len(bad)} failed, {len(wrong)} differ from a single server; HAProxy retried "
+          f"{PROXY.retries() - retries0}", flush=True)
     check(len(load.done) >= 30, f"only {len(load.done)} requests ran")
     check(not bad, f"{len(bad)} requests failed: {[r['error'] for r in bad[:3]]}")
     check(not wrong, f"{len(wrong)} texts differ, e.g. {wrong[:1]}")

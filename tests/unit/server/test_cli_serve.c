@@ -46,6 +46,7 @@ TEST(serve_flags_defaults)
     CHECK_EQ_INT(o.header_timeout, 10);
     CHECK_EQ_INT(o.body_timeout, 30);
     CHECK_EQ_INT(o.drain_timeout, 30);
+    CHECK_EQ_INT(o.drain_delay, 0);
     CHECK(o.replica == NULL); /* the host name, chosen at start */
     CHECK_EQ_INT(parse(&o, err, "--max-connections", "100", NULL), 0);
     CHECK_EQ_INT(o.per_ip_conns, 50);
@@ -58,14 +59,14 @@ TEST(serve_flags_all)
     unsetenv("ADAPTREE_API_KEY");
     srv_serve_opts o;
     char err[256];
-    int rc =
-        parse(&o, err, "--host", "0.0.0.0", "--port=9000", "-m", "m.gguf", "--registry", "/r",
-              "--threads", "2", "--max-batch-tokens", "64", "--max-seqs", "4", "--ctx", "512",
-              "--adapter-cache-mb", "100", "--queue-limit", "8", "--api-key", "k1",
-              "--admin-key=k2", "--log-level", "debug", "--max-body-kb", "16", "--idle-timeout",
-              "5", "--http-threads", "3", "--no-watch", "--int8", "--kv-f16", "--max-connections",
-              "64", "--max-connections-per-ip=0", "--header-timeout", "3", "--body-timeout", "4",
-              "--drain-timeout", "0", "--replica-name", "pod-7.zone_a:1", NULL);
+    int rc = parse(&o, err, "--host", "0.0.0.0", "--port=9000", "-m", "m.gguf", "--registry", "/r",
+                   "--threads", "2", "--max-batch-tokens", "64", "--max-seqs", "4", "--ctx", "512",
+                   "--adapter-cache-mb", "100", "--queue-limit", "8", "--api-key", "k1",
+                   "--admin-key=k2", "--log-level", "debug", "--max-body-kb", "16",
+                   "--idle-timeout", "5", "--http-threads", "3", "--no-watch", "--int8", "--kv-f16",
+                   "--max-connections", "64", "--max-connections-per-ip=0", "--header-timeout", "3",
+                   "--body-timeout", "4", "--drain-timeout", "0", "--drain-delay", "3",
+                   "--replica-name", "pod-7.zone_a:1", NULL);
     CHECK_MSG(rc == 0, "rc %d: %s", rc, err);
     CHECK_EQ_STR(o.host, "0.0.0.0");
     CHECK_EQ_INT(o.port, 9000);
@@ -91,6 +92,7 @@ TEST(serve_flags_all)
     CHECK_EQ_INT(o.header_timeout, 3);
     CHECK_EQ_INT(o.body_timeout, 4);
     CHECK_EQ_INT(o.drain_timeout, 0);
+    CHECK_EQ_INT(o.drain_delay, 3);
     CHECK_EQ_STR(o.replica, "pod-7.zone_a:1");
     CHECK_EQ_INT(parse(&o, err, "--no-registry", NULL), 0);
     CHECK(o.registry == NULL);
@@ -120,6 +122,7 @@ TEST(serve_flags_refused)
         {"--port", "80x", "bad value '80x' for --port"},
         {"--max-seqs", "0", "bad value '0' for --max-seqs"},
         {"--max-body-kb", "-1", "bad value '-1' for --max-body-kb"},
+        {"--drain-delay", "3601", "bad value '3601' for --drain-delay"},
         {"--log-level", "loud", "bad value 'loud' for --log-level"},
         {"--frobnicate", NULL, "unknown option '--frobnicate'"},
         {"--port", NULL, "--port needs a value"},
