@@ -31,7 +31,7 @@ TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d \
            $(PROBE_SRC:%.c=$(BUILD)/obj/%.d)
 
-.PHONY: all test unit run cluster bench bench-server plots asan tsan fuzz format lint clean deps venv \
+.PHONY: all test unit run cluster vocab bench bench-server plots asan tsan fuzz format lint clean deps venv \
         model help docker-check
 
 all: $(BUILD)/adaptree
@@ -94,6 +94,13 @@ $(PLOT_VENV)/.ok: tools/requirements-plot.txt
 	@touch $@
 
 model: $(MODEL)
+
+# llama.cpp's tokenizer test vocabularies (.gguf + .inp/.out) and real chat templates, from the
+# llama-cpp-python sdist on PyPI, into models/vocab (a cache; not in git).
+vocab: models/vocab/.ok
+
+models/vocab/.ok: tools/fetch_vocab.sh
+	@tools/fetch_vocab.sh models/vocab
 
 $(MODEL):
 	@tools/fetch_model.sh $@
