@@ -2,11 +2,13 @@
  * adaptree derives from it, and the OpenBLAS core in use. Exit status 1 when it cannot be
  * loaded as a model. */
 #include <cJSON.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "adapters/adapter.h"
 #include "core/format/gguf.h"
@@ -32,9 +34,22 @@ static void print_peft_config(const char *dir)
 {
     char p[4096];
     snprintf(p, sizeof p, "%s/adapter_config.json", dir);
-    FILE *f = fopen(p, "rb");
-    if (!f)
+    /* Non-blocking and regular files only: a FIFO or device named adapter_config.json must not
+     * hang `inspect` (the registry's loader refuses them the same way). */
+    int fd = open(p, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0)
         return;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        fprintf(stderr, "inspect: %s is not a regular file; not read\n", p);
+        close(fd);
+        return;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return;
+    }
     char *buf = malloc(1 << 20);
     size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
     fclose(f);

@@ -90,6 +90,25 @@ def healthy():
 
 
 @suite.test
+def inspect_does_not_hang_on_a_fifo():
+    """`adaptree inspect` on an adapter whose adapter_config.json is a FIFO answers at once."""
+    import subprocess
+
+    d = os.path.join(suite.tmp, "fifo_adapter")
+    os.makedirs(d)
+    shutil.copyfile(os.path.join(e2e.REGISTRY, "fr", "adapter_model.safetensors"),
+                    os.path.join(d, "adapter_model.safetensors"))
+    os.mkfifo(os.path.join(d, "adapter_config.json"))
+    try:
+        p = subprocess.run([e2e.ADAPTREE, "inspect", d, "--model", e2e.MODEL],
+                           capture_output=True, text=True, timeout=20 * e2e.SLOW)
+    except subprocess.TimeoutExpired:
+        raise e2e.Fail("adaptree inspect hung on a FIFO adapter_config.json")
+    eq(p.returncode, 1, f"inspect's exit status (stderr {p.stderr[-300:]!r})")
+    check("not a regular file" in p.stdout + p.stderr, f"no reason given: {p.stdout + p.stderr!r}")
+
+
+@suite.test
 def malformed_json():
     for body in [b"{", b"not json", b'{"prompt": "x",}', b"[]", b'"x"', b"", b"null",
                  b'{"prompt": "x"} {"prompt": "y"}', b'{"prompt": "x" "max_tokens": 1}',
