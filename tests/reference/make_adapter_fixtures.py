@@ -810,7 +810,7 @@ def main():
         "new_scaling": rs_scaling,
         "norm_ratio_new_delta_over_original_delta": float(f"{rs_ratio:.6g}"),
         "meaning": "the combined adapter keeps use_rslora=True with r = lora_alpha = 8, so its scaling is "
-                   "8/sqrt(8) = 2.83 instead of 1: the merged delta is sqrt(8)x too large (FORMATS §7 pitfall, "
+                   "8/sqrt(8) = 2.83 instead of 1: the merged delta is sqrt(8)x too large (docs/FORMATS.md §7 pitfall, "
                    "still present in 0.21.2). adaptree never builds merged adapters, it applies Σ w_i s_i B_i A_i.",
     }
 
@@ -888,7 +888,7 @@ def main():
         "algorithms, no BOS (same as core_logits.json; max abs diff of the base last logits vs logits_capital.f32: "
         f"{base_vs_core}). q_proj/k_proj "
         "are in the HF (rotate-half) row order, so PEFT lora_B of q/k applies unpermuted here; a server keeping the "
-        "GGUF row order must permute q/k lora_B rows (FORMATS §2.6), as qv_r4.gguf shows.",
+        "GGUF row order must permute q/k lora_B rows (docs/FORMATS.md §2.6), as qv_r4.gguf shows.",
         "Adapters: get_peft_model(base, LoraConfig(task_type=CAUSAL_LM, lora_dropout=0, init_lora_weights=False, ...)), "
         "A/B overwritten with seeded random values, rounded to the stored dtype and the lora_A/lora_B modules cast to "
         "it, base_model_name_or_path set to HuggingFaceTB/SmolLM2-135M-Instruct, PeftModel.save_pretrained(dir); the "
