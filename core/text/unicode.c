@@ -1,6 +1,7 @@
-/* UTF-8 decoding, code-point classes and the GPT-2 / smollm pre-tokenizer split.
+/* UTF-8 decoding, code-point classes and the pre-tokenizer splits (GPT-2 / smollm, and the
+ * GPT-4-style family of Llama 3, Qwen2 and Qwen3.5).
  *
- * The pre-tokenizer is a hand-written matcher for the GPT-2 regex (see unicode.h) with the
+ * Each pre-tokenizer is a hand-written matcher for its regex (see unicode_internal.h) with the
  * leftmost-first alternation and backtracking semantics of the regex engines Hugging Face and
  * llama.cpp use. It works one piece at a time from a byte offset, so it needs no allocation.
  */
@@ -9,6 +10,12 @@
 #include <stdbool.h>
 
 int core__unicode_class(uint32_t cp)
+{
+    int c = core__unicode_class_mark(cp);
+    return c == CORE__UCAT_MARK ? CORE__UCAT_OTHER : c;
+}
+
+int core__unicode_class_mark(uint32_t cp)
 {
     if (cp < 256)
         return core__unicode_latin1[cp];
@@ -140,9 +147,8 @@ static size_t contraction_len(const uint8_t *s, size_t len, size_t pos)
     return 0;
 }
 
-size_t core__pretok_next(const char *text, size_t len, size_t pos, enum core__pretok pre)
+static size_t gpt2_next(const uint8_t *s, size_t len, size_t pos, enum core__pretok pre)
 {
-    const uint8_t *s = (const uint8_t *)text;
     bool smollm = pre == CORE__PRETOK_SMOLLM;
     size_t n;
     int c = class_at(s, len, pos, smollm, &n);
@@ -189,4 +195,128 @@ size_t core__pretok_next(const char *text, size_t len, size_t pos, enum core__pr
         count++;
     }
     return count > 1 ? last : p;
+}
+
+/* --- the GPT-4-style family (llama3, qwen2, qwen35) ------------------------------------------ */
+
+/* Class of the code point at pos and its length in *n (CLS_END at the end); marks are their own
+ * class only with marks, and an ill-formed byte is one "other" code point. */
+static int class4_at(const uint8_t *s, size_t len, size_t pos, bool marks, size_t *n)
+{
+    if (pos >= len) {
+        *n = 0;
+        return CLS_END;
+    }
+    if (s[pos] < 0x80) {
+        *n = 1;
+        return core__unicode_latin1[s[pos]];
+    }
+    uint32_t cp;
+    int k = core__utf8_check(s + pos, len - pos, &cp);
+    if (k <= 0) {
+        *n = 1;
+        return CORE__UCAT_OTHER;
+    }
+    *n = (size_t)k;
+    return marks ? core__unicode_class_mark(cp) : core__unicode_class(cp);
+}
+
+static bool is_crlf(const uint8_t *s, size_t len, size_t pos)
+{
+    return pos < len && (s[pos] == '\r' || s[pos] == '\n');
+}
+
+/* (?i:'s|'t|'re|'ve|'m|'ll|'d): the length of the one at pos, or 0. */
+static size_t contraction_len_ci(const uint8_t *s, size_t len, size_t pos)
+{
+    if (s[pos] != '\'' || pos + 1 >= len)
+        return 0;
+    uint8_t a = s[pos + 1] | 0x20, b = pos + 2 < len ? s[pos + 2] | 0x20 : 0;
+    if (a == 's' || a == 't' || a == 'm' || a == 'd')
+        return 2;
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
+        return 3;
+    return 0;
+}
+
+/* The end of the run of code points of class c (LETTER also takes marks when marks) from pos. */
+static size_t run_end(const uint8_t *s, size_t len, size_t pos, int c, bool marks)
+{
+    size_t n;
+    for (;;) {
+        int ci = class4_at(s, len, pos, marks, &n);
+        if (ci != c && !(c == CORE__UCAT_LETTER && ci == CORE__UCAT_MARK))
+            return pos;
+        pos += n;
+    }
+}
+
+/* '\s*[\r\n]+|\s+(?!\S)|\s+' on the whitespace run at pos: up to its last CR/LF if it has one;
+ * else the whole run at the end of the text, all but its last code point before anything else
+ * (which the next piece may take as its prefix), or the lone code point. */
+static size_t space_run_end(const uint8_t *s, size_t len, size_t pos)
+{
+    size_t p = pos, last = pos, n, after_nl = 0;
+    int count = 0;
+    while (class4_at(s, len, p, false, &n) == CORE__UCAT_SPACE) {
+        if (is_crlf(s, len, p))
+            after_nl = p + 1;
+        last = p;
+        p += n;
+        count++;
+    }
+    if (after_nl)
+        return after_nl;
+    if (p >= len || count == 1)
+        return p;
+    return last;
+}
+
+static size_t gpt4_next(const uint8_t *s, size_t len, size_t pos, int max_digits, bool marks)
+{
+    size_t k = contraction_len_ci(s, len, pos);
+    if (k)
+        return pos + k;
+    size_t n0, n1;
+    int c0 = class4_at(s, len, pos, marks, &n0);
+    /* [^\r\n\p{L}\p{N}]?\p{L}+ (a mark counts as a letter with marks) */
+    if (c0 == CORE__UCAT_LETTER || c0 == CORE__UCAT_MARK)
+        return run_end(s, len, pos, CORE__UCAT_LETTER, marks);
+    int c1 = class4_at(s, len, pos + n0, marks, &n1);
+    if (c0 != CORE__UCAT_NUMBER && !is_crlf(s, len, pos) &&
+        (c1 == CORE__UCAT_LETTER || c1 == CORE__UCAT_MARK))
+        return run_end(s, len, pos + n0, CORE__UCAT_LETTER, marks);
+    /* \p{N}{1,max_digits} */
+    if (c0 == CORE__UCAT_NUMBER) {
+        size_t p = pos + n0;
+        for (int i = 1; i < max_digits && class4_at(s, len, p, marks, &n1) == CORE__UCAT_NUMBER;
+             i++)
+            p += n1;
+        return p;
+    }
+    /*  ?[^\s\p{L}\p{N}]+[\r\n]* */
+    size_t p = pos;
+    if (s[pos] == ' ' && c1 == CORE__UCAT_OTHER)
+        p = pos + n0;
+    else if (c0 != CORE__UCAT_OTHER)
+        return space_run_end(s, len, pos);
+    p = run_end(s, len, p, CORE__UCAT_OTHER, marks);
+    while (is_crlf(s, len, p))
+        p++;
+    return p;
+}
+
+size_t core__pretok_next(const char *text, size_t len, size_t pos, enum core__pretok pre)
+{
+    const uint8_t *s = (const uint8_t *)text;
+    switch (pre) {
+    case CORE__PRETOK_LLAMA3:
+        return gpt4_next(s, len, pos, 3, false);
+    case CORE__PRETOK_QWEN2:
+        return gpt4_next(s, len, pos, 1, false);
+    case CORE__PRETOK_QWEN35:
+        return gpt4_next(s, len, pos, 1, true);
+    default:
+        return gpt2_next(s, len, pos, pre);
+    }
 }

@@ -608,8 +608,9 @@ TEST(tok_load_errors)
         synth_opts o;
         const char *want;
     } cases[] = {
-        {{.model = "llama"}, "tokenizer.ggml.model \"llama\" is not supported"},
-        {{.pre = "qwen2"}, "tokenizer.ggml.pre \"qwen2\" is not supported"},
+        {{.model = "bert"}, "tokenizer.ggml.model \"bert\" is not supported"},
+        {{.model = "llama"}, "tokenizer.ggml.scores is absent"},
+        {{.pre = "falcon"}, "tokenizer.ggml.pre \"falcon\" is not supported"},
         {{.bad_merge = "a zz"}, "tokenizer.ggml.merges[4] \"a zz\" names a token"},
         {{.bad_merge = "abc"}, "tokenizer.ggml.merges[4] \"abc\" is not \"LEFT RIGHT\""},
         {{.n_types = 10}, "tokenizer.ggml.token_type"},
