@@ -542,12 +542,19 @@ static const struct {
     const char *name;
     enum core__pretok pre;
 } pretok_names[] = {
-    {"smollm", CORE__PRETOK_SMOLLM}, {"starcoder", CORE__PRETOK_SMOLLM},
-    {"refact", CORE__PRETOK_SMOLLM}, {"command-r", CORE__PRETOK_SMOLLM},
-    {"gpt2", CORE__PRETOK_GPT2},     {"gpt-2", CORE__PRETOK_GPT2},
-    {"mpt", CORE__PRETOK_GPT2},      {"llama-bpe", CORE__PRETOK_LLAMA3},
-    {"llama3", CORE__PRETOK_LLAMA3}, {"qwen2", CORE__PRETOK_QWEN2},
+    {"smollm", CORE__PRETOK_SMOLLM},
+    {"starcoder", CORE__PRETOK_SMOLLM},
+    {"refact", CORE__PRETOK_SMOLLM},
+    {"command-r", CORE__PRETOK_SMOLLM},
+    {"gpt2", CORE__PRETOK_GPT2},
+    {"gpt-2", CORE__PRETOK_GPT2},
+    {"mpt", CORE__PRETOK_GPT2},
+    {"llama-bpe", CORE__PRETOK_LLAMA3},
+    {"llama3", CORE__PRETOK_LLAMA3},
+    {"qwen2", CORE__PRETOK_QWEN2},
     {"qwen35", CORE__PRETOK_QWEN35},
+    {"falcon", CORE__PRETOK_FALCON},
+    {"deepseek-coder", CORE__PRETOK_DEEPSEEK_CODER},
 };
 
 /* A "%.*s" view of a GGUF string for messages (cut at 40 bytes). */
@@ -908,24 +915,34 @@ static int32_t match_special(const core_tokenizer *t, const char *s, size_t n, b
     return -1;
 }
 
+/* Where the pieces of one stretch of text go. */
+typedef struct piece_sink {
+    const core_tokenizer *t;
+    bpe_work *w;
+    const char *s;
+    int32_t *out;
+    size_t *n_out;
+} piece_sink;
+
+/* BPE-encodes one piece (core__piece_fn). */
+static int encode_piece(void *ctx, size_t start, size_t end)
+{
+    const piece_sink *k = ctx;
+    const core_tokenizer *t = k->t;
+    const char *p = k->s + start;
+    int32_t whole = t->ignore_merges ? vocab_map_find(&t->bytes_map, p, end - start) : -1;
+    if (whole < 0)
+        return bpe_piece(t, k->w, (const uint8_t *)p, end - start, k->out, k->n_out);
+    k->out[(*k->n_out)++] = whole;
+    return 0;
+}
+
 /* Pre-tokenizes and BPE-encodes text that holds no special token. */
 static int encode_plain(const core_tokenizer *t, bpe_work *w, const char *s, size_t n, int32_t *out,
                         size_t *n_out)
 {
-    size_t pos = 0;
-    while (pos < n) {
-        size_t end = core__pretok_next(s, n, pos, t->pre);
-        int32_t whole = t->ignore_merges ? vocab_map_find(&t->bytes_map, s + pos, end - pos) : -1;
-        int rc = 0;
-        if (whole >= 0)
-            out[(*n_out)++] = whole;
-        else
-            rc = bpe_piece(t, w, (const uint8_t *)s + pos, end - pos, out, n_out);
-        if (rc < 0)
-            return rc;
-        pos = end;
-    }
-    return 0;
+    piece_sink k = {t, w, s, out, n_out};
+    return core__pretok_split(s, n, t->pre, encode_piece, &k);
 }
 
 /* --- SPM encoding ------------------------------------------------------------------------- */

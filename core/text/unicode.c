@@ -8,17 +8,18 @@
 #include "core/text/unicode_internal.h"
 
 #include <stdbool.h>
+#include <string.h>
 
 int core__unicode_class(uint32_t cp)
 {
-    int c = core__unicode_class_mark(cp);
-    return c == CORE__UCAT_MARK ? CORE__UCAT_OTHER : c;
+    int c = core__unicode_class_full(cp);
+    return c == CORE__UCAT_MARK || c == CORE__UCAT_PUNCT ? CORE__UCAT_OTHER : c;
 }
 
-int core__unicode_class_mark(uint32_t cp)
+int core__unicode_class_full(uint32_t cp)
 {
     if (cp < 256)
-        return core__unicode_latin1[cp];
+        return core__unicode_latin1_full[cp];
     size_t lo = 0, hi = core__unicode_n_ranges;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -218,7 +219,10 @@ static int class4_at(const uint8_t *s, size_t len, size_t pos, bool marks, size_
         return CORE__UCAT_OTHER;
     }
     *n = (size_t)k;
-    return marks ? core__unicode_class_mark(cp) : core__unicode_class(cp);
+    int c = core__unicode_class_full(cp);
+    if (c == CORE__UCAT_PUNCT || (c == CORE__UCAT_MARK && !marks))
+        return CORE__UCAT_OTHER;
+    return c;
 }
 
 static bool is_crlf(const uint8_t *s, size_t len, size_t pos)
@@ -319,4 +323,184 @@ size_t core__pretok_next(const char *text, size_t len, size_t pos, enum core__pr
     default:
         return gpt2_next(s, len, pos, pre);
     }
+}
+
+/* --- sequences of patterns (falcon, deepseek-coder) ------------------------------------------ */
+
+/* A pattern of a sequence: the end of its match at pos within s[0..len), or pos for none. */
+typedef size_t (*stage_fn)(const uint8_t *s, size_t len, size_t pos);
+
+/* The code point at pos: its full class (punctuation and marks apart), value and length. An
+ * ill-formed byte is one "other" code point. */
+static int cp_at(const uint8_t *s, size_t len, size_t pos, uint32_t *cp, size_t *n)
+{
+    if (pos >= len) {
+        *n = 0;
+        return CLS_END;
+    }
+    int k = core__utf8_check(s + pos, len - pos, cp);
+    if (k <= 0) {
+        *cp = s[pos];
+        *n = 1;
+        return CORE__UCAT_OTHER;
+    }
+    *n = (size_t)k;
+    return *cp < 256 ? core__unicode_latin1_full[*cp] : core__unicode_class_full(*cp);
+}
+
+/* The end of the run of code points at pos that in_set accepts. */
+static size_t run_while(const uint8_t *s, size_t len, size_t pos, bool (*in_set)(int, uint32_t))
+{
+    uint32_t cp;
+    size_t n;
+    for (;;) {
+        int c = cp_at(s, len, pos, &cp, &n);
+        if (c == CLS_END || !in_set(c, cp))
+            return pos;
+        pos += n;
+    }
+}
+
+static bool is_falcon_punct(int c, uint32_t cp)
+{
+    return c == CORE__UCAT_PUNCT || (cp != 0 && cp < 0x80 && strchr("$+<=>^~|`", (int)cp));
+}
+
+static bool is_letter(int c, uint32_t cp)
+{
+    (void)cp;
+    return c == CORE__UCAT_LETTER;
+}
+
+static bool is_punct(int c, uint32_t cp)
+{
+    (void)cp;
+    return c == CORE__UCAT_PUNCT;
+}
+
+static bool is_deepseek_cjk(int c, uint32_t cp)
+{
+    (void)c;
+    return (cp >= 0x0800 && cp <= 0x9FA5) || (cp >= 0xAC00 && cp <= 0xD7FF);
+}
+
+/* [\p{P}$+<=>^~|`]+ */
+static size_t falcon_punct(const uint8_t *s, size_t len, size_t pos)
+{
+    return run_while(s, len, pos, is_falcon_punct);
+}
+
+static size_t gpt2_stage(const uint8_t *s, size_t len, size_t pos)
+{
+    return gpt2_next(s, len, pos, CORE__PRETOK_GPT2);
+}
+
+/* [0-9][0-9][0-9] */
+static size_t three_digits(const uint8_t *s, size_t len, size_t pos)
+{
+    for (size_t i = 0; i < 3; i++)
+        if (pos + i >= len || s[pos + i] < '0' || s[pos + i] > '9')
+            return pos;
+    return pos + 3;
+}
+
+/* [\r\n] */
+static size_t one_crlf(const uint8_t *s, size_t len, size_t pos)
+{
+    return is_crlf(s, len, pos) ? pos + 1 : pos;
+}
+
+/* \s?X+ for the class set in_set. */
+static size_t space_opt_run(const uint8_t *s, size_t len, size_t pos, bool (*in_set)(int, uint32_t))
+{
+    uint32_t cp;
+    size_t n;
+    int c = cp_at(s, len, pos, &cp, &n);
+    size_t p = c == CORE__UCAT_SPACE ? pos + n : pos;
+    size_t e = run_while(s, len, p, in_set);
+    return e > p ? e : pos;
+}
+
+static size_t space_letters(const uint8_t *s, size_t len, size_t pos)
+{
+    return space_opt_run(s, len, pos, is_letter);
+}
+
+static size_t space_puncts(const uint8_t *s, size_t len, size_t pos)
+{
+    return space_opt_run(s, len, pos, is_punct);
+}
+
+static size_t deepseek_cjk(const uint8_t *s, size_t len, size_t pos)
+{
+    return run_while(s, len, pos, is_deepseek_cjk);
+}
+
+/* \p{N} */
+static size_t one_number(const uint8_t *s, size_t len, size_t pos)
+{
+    uint32_t cp;
+    size_t n;
+    return cp_at(s, len, pos, &cp, &n) == CORE__UCAT_NUMBER ? pos + n : pos;
+}
+
+typedef struct cascade {
+    const uint8_t *s;
+    const stage_fn *stages;
+    int n_stages;
+    core__piece_fn fn;
+    void *ctx;
+} cascade;
+
+/* Splits s[a..b) by stage k into its matches and the text between them, each split further by
+ * the stages after k; the last stage's pieces go to fn. */
+static int cascade_split(const cascade *c, int k, size_t a, size_t b)
+{
+    if (k == c->n_stages)
+        return c->fn(c->ctx, a, b);
+    size_t gap = a, p = a;
+    int rc = 0;
+    while (p < b && rc == 0) {
+        size_t e = c->stages[k](c->s, b, p);
+        if (e == p) {
+            uint32_t cp;
+            size_t n;
+            cp_at(c->s, b, p, &cp, &n);
+            p += n;
+            continue;
+        }
+        if (gap < p)
+            rc = cascade_split(c, k + 1, gap, p);
+        if (rc == 0)
+            rc = cascade_split(c, k + 1, p, e);
+        p = gap = e;
+    }
+    if (rc == 0 && gap < b)
+        rc = cascade_split(c, k + 1, gap, b);
+    return rc;
+}
+
+int core__pretok_split(const char *text, size_t len, enum core__pretok pre, core__piece_fn fn,
+                       void *ctx)
+{
+    static const stage_fn falcon[] = {falcon_punct, gpt2_stage, three_digits};
+    static const stage_fn deepseek_coder[] = {one_crlf, space_letters, space_puncts, deepseek_cjk,
+                                              one_number};
+    cascade c = {(const uint8_t *)text, NULL, 0, fn, ctx};
+    if (pre == CORE__PRETOK_FALCON) {
+        c.stages = falcon;
+        c.n_stages = 3;
+    } else if (pre == CORE__PRETOK_DEEPSEEK_CODER) {
+        c.stages = deepseek_coder;
+        c.n_stages = 5;
+    } else {
+        for (size_t pos = 0, end; pos < len; pos = end) {
+            end = core__pretok_next(text, len, pos, pre);
+            int rc = fn(ctx, pos, end);
+            if (rc < 0)
+                return rc;
+        }
+        return 0;
+    }
+    return cascade_split(&c, 0, 0, len);
 }

@@ -15,7 +15,8 @@ enum core__ucat {
     CORE__UCAT_LETTER = 1, /* general category L* */
     CORE__UCAT_NUMBER = 2, /* general category Nd, Nl, No */
     CORE__UCAT_SPACE = 3,  /* property White_Space */
-    CORE__UCAT_MARK = 4    /* general category M* (only core__unicode_class_mark reports it) */
+    CORE__UCAT_MARK = 4,   /* general category M* (only core__unicode_class_full reports it) */
+    CORE__UCAT_PUNCT = 5   /* general category P* (only core__unicode_class_full reports it) */
 };
 
 typedef struct core__urange {
@@ -24,15 +25,16 @@ typedef struct core__urange {
 } core__urange;
 
 extern const char core__unicode_version[];
-extern const uint8_t core__unicode_latin1[256];
+extern const uint8_t core__unicode_latin1[256];      /* punctuation as "other" */
+extern const uint8_t core__unicode_latin1_full[256]; /* with punctuation */
 extern const core__urange core__unicode_ranges[];
 extern const size_t core__unicode_n_ranges;
 
-/* Class of a code point (CORE__UCAT_OTHER for unassigned ones, for values past U+10FFFF and for
- * marks). */
+/* Class of a code point (CORE__UCAT_OTHER for unassigned ones, for values past U+10FFFF, and for
+ * marks and punctuation). */
 int core__unicode_class(uint32_t cp);
-/* The same, but marks are CORE__UCAT_MARK. */
-int core__unicode_class_mark(uint32_t cp);
+/* The same, but marks are CORE__UCAT_MARK and punctuation CORE__UCAT_PUNCT. */
+int core__unicode_class_full(uint32_t cp);
 
 /* Checks the UTF-8 sequence that starts at s[0] (n bytes available, n >= 1). Returns its length
  * (1..4) and sets *cp when it is a complete well-formed character; 0 when the n bytes are a
@@ -60,12 +62,26 @@ enum core__pretok {
     CORE__PRETOK_QWEN2,
     /* Qwen3.5's: Qwen2's with marks joining letters: [^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+ and
      *  ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*. */
-    CORE__PRETOK_QWEN35
+    CORE__PRETOK_QWEN35,
+    /* Falcon's: patterns applied in sequence, each splitting the pieces of the one before into
+     * its matches and the text between them: [\p{P}$+<=>^~|`]+, then the GPT-2 pattern, then
+     * [0-9][0-9][0-9]. */
+    CORE__PRETOK_FALCON,
+    /* DeepSeek Coder's, in sequence: [\r\n], \s?\p{L}+, \s?\p{P}+, [U+4E00-U+9FA5 U+0800-U+4E00
+     * U+AC00-U+D7FF]+, \p{N}. */
+    CORE__PRETOK_DEEPSEEK_CODER
 };
 
-/* Returns the end (exclusive byte offset) of the piece that starts at pos (pos < len). Pieces
- * tile the text: call again from the returned offset until it reaches len. Invalid UTF-8 bytes
- * are single "other" code points, so any byte string is split, and every piece is non-empty. */
+/* Returns the end (exclusive byte offset) of the piece that starts at pos (pos < len), for the
+ * single-pattern pre-tokenizers (all but FALCON and DEEPSEEK_CODER). Pieces tile the text: call
+ * again from the returned offset until it reaches len. Invalid UTF-8 bytes are single "other"
+ * code points, so any byte string is split, and every piece is non-empty. */
 size_t core__pretok_next(const char *text, size_t len, size_t pos, enum core__pretok pre);
+
+/* Calls fn(ctx, start, end) for every piece of text, in order, for any pre-tokenizer. Returns 0,
+ * or the first negative value fn returns (which stops the split). */
+typedef int (*core__piece_fn)(void *ctx, size_t start, size_t end);
+int core__pretok_split(const char *text, size_t len, enum core__pretok pre, core__piece_fn fn,
+                       void *ctx);
 
 #endif

@@ -610,7 +610,7 @@ TEST(tok_load_errors)
     } cases[] = {
         {{.model = "bert"}, "tokenizer.ggml.model \"bert\" is not supported"},
         {{.model = "llama"}, "tokenizer.ggml.scores is absent"},
-        {{.pre = "falcon"}, "tokenizer.ggml.pre \"falcon\" is not supported"},
+        {{.pre = "chatglm-bpe"}, "tokenizer.ggml.pre \"chatglm-bpe\" is not supported"},
         {{.bad_merge = "a zz"}, "tokenizer.ggml.merges[4] \"a zz\" names a token"},
         {{.bad_merge = "abc"}, "tokenizer.ggml.merges[4] \"abc\" is not \"LEFT RIGHT\""},
         {{.n_types = 10}, "tokenizer.ggml.token_type"},
