@@ -17,7 +17,9 @@
  * same heap merges the adjacent pair whose concatenation is the token with the highest score
  * (scores are turned into ranks at load, so ties stay ties: leftmost first); the concatenation
  * is looked up in the string -> id map kept for that. A final symbol that is no token becomes
- * its bytes' <0xXX> tokens (byte_tok).
+ * its bytes' <0xXX> tokens (byte_tok). gemma4 ("raw" BPE) escapes spaces the same way (no
+ * prefix), cuts the text into newline / non-newline runs and merges each run's characters by
+ * the merge ranks, with the same byte fallback.
  *
  * Decoding uses the bytes of every token, precomputed into one slab. The object is immutable
  * after core_tokenizer_new, so any number of threads may share it; each call allocates its own
@@ -41,7 +43,9 @@ typedef struct vocab_map {
     size_t mask;
 } vocab_map;
 
-enum tok_model { TOK_BPE, TOK_SPM };
+/* BPE: byte-level ("gpt2"); SPM: SentencePiece ("llama"); RAW: gemma4's BPE merges over raw
+ * UTF-8 characters with SPM's U+2581 spaces and <0xXX> byte fallback. */
+enum tok_model { TOK_BPE, TOK_SPM, TOK_RAW };
 
 /* A merge rule keyed by its pair of token ids. key == 0 marks an empty slot, which is safe
  * because id pairs are stored + 1. */
@@ -333,7 +337,7 @@ static int load_vocab(core_tokenizer *t, const core_gguf_str *toks, const int32_
         if (types[i] == CORE_TOKEN_BYTE && hi >= 0 && lo >= 0 && memcmp(s, "<0x", 3) == 0 &&
             s[5] == '>') {
             out[k++] = (uint8_t)(hi << 4 | lo);
-        } else if (t->model == TOK_SPM && types[i] != CORE_TOKEN_CONTROL) {
+        } else if (t->model != TOK_BPE && types[i] != CORE_TOKEN_CONTROL) {
             k = spm_unescape(s, len, out);
         } else if (types[i] == CORE_TOKEN_NORMAL || types[i] == CORE_TOKEN_UNKNOWN ||
                    types[i] == CORE_TOKEN_UNUSED || types[i] == CORE_TOKEN_BYTE) {
@@ -518,10 +522,13 @@ static int resolve_ids(core_tokenizer *t, const core_gguf_str *merges, uint64_t 
     int rc = vocab_map_build(&vm, t, false);
     if (rc < 0)
         return rc;
-    if (t->model == TOK_SPM)
-        spm_byte_tokens(t, &vm);
-    else
+    if (t->model == TOK_BPE) {
         rc = bpe_resolve(t, &vm, merges, n_merges, err, errlen);
+    } else {
+        spm_byte_tokens(t, &vm);
+        if (t->model == TOK_RAW)
+            rc = load_merges(t, &vm, merges, n_merges, err, errlen);
+    }
     static const char *const eog_text[] = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>"};
     add_eog(t, t->eos);
     for (size_t i = 0; i < sizeof eog_text / sizeof eog_text[0] && rc == 0; i++) {
@@ -529,10 +536,10 @@ static int resolve_ids(core_tokenizer *t, const core_gguf_str *merges, uint64_t 
         if (id >= 0 && t->types[id] == CORE_TOKEN_CONTROL)
             add_eog(t, id);
     }
-    if (t->model == TOK_SPM)
-        t->str_map = vm;
-    else
+    if (t->model == TOK_BPE)
         free(vm.slots);
+    else
+        t->str_map = vm;
     return rc;
 }
 
@@ -596,9 +603,13 @@ static int load_model(core_tokenizer *t, const core_gguf *g, char *err, size_t e
         t->model = TOK_BPE;
         return load_pretok(t, g, err, errlen);
     }
+    if (s.ptr && core_gguf_str_eq(s, "gemma4")) {
+        t->model = TOK_RAW;
+        return 0;
+    }
     core_errf(err, errlen,
               "tokenizer.ggml.model \"%.*s\" is not supported (supported: \"gpt2\", byte-level "
-              "BPE; \"llama\", SentencePiece)",
+              "BPE; \"llama\", SentencePiece; \"gemma4\")",
               STR_ARGS(s));
     return -ENOTSUP;
 }
@@ -667,7 +678,7 @@ core_tokenizer *core_tokenizer_new(const core_gguf *g, char *err, size_t errlen)
     }
     if (load_config(t, g, err, errlen) < 0)
         goto fail;
-    if (t->model == TOK_BPE) {
+    if (t->model != TOK_SPM) {
         rc = core_gguf_get_str_array(g, "tokenizer.ggml.merges", &merges, &n_merges);
         if (rc < 0) {
             core_errf(err, errlen, "tokenizer.ggml.merges is %s",
@@ -954,62 +965,102 @@ static size_t spm_char_len(uint8_t b)
     return b < 0xC0 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
 }
 
-/* Queues the merge of the symbols at pos and mid if their concatenation is a token. */
-static void spm_try(const core_tokenizer *t, bpe_work *w, const uint8_t *s, uint32_t pos,
-                    uint32_t mid)
-{
-    uint32_t end = w->next[mid];
-    int32_t id = vocab_map_find(&t->str_map, (const char *)s + pos, end - pos);
-    if (id >= 0)
-        heap_push(w, (bpe_cand){t->spm_rank[id], pos, mid, end});
-}
-
-/* Merges the escaped text s (n bytes) by score and appends the tokens. Symbols are indexed by
- * their first byte; a merged-away symbol has next == UINT32_MAX. */
-static void spm_merge(const core_tokenizer *t, bpe_work *w, const uint8_t *s, uint32_t n,
-                      int32_t *out, size_t *n_out)
+/* Character symbols (SPM and gemma4): symbols start as the UTF-8 characters of s (n bytes),
+ * indexed by their first byte, each with its token id or -1. A merged-away symbol has next ==
+ * UINT32_MAX. */
+static void chars_init(const core_tokenizer *t, bpe_work *w, const uint8_t *s, uint32_t n)
 {
     uint32_t last = 0;
     for (uint32_t i = 0; i < n; i = w->next[i]) {
         size_t l = spm_char_len(s[i]);
         w->next[i] = i + l < n ? (uint32_t)(i + l) : n;
         w->prev[i] = last;
+        w->id[i] = vocab_map_find(&t->str_map, (const char *)s + i, w->next[i] - i);
         last = i;
     }
     w->n_heap = 0;
-    for (uint32_t i = 0; w->next[i] < n; i = w->next[i])
-        spm_try(t, w, s, i, w->next[i]);
-    while (w->n_heap) {
-        bpe_cand c = heap_pop(w);
-        if (w->next[c.pos] != c.mid || w->next[c.mid] != c.end)
-            continue; /* stale */
-        w->next[c.pos] = c.end;
-        w->next[c.mid] = UINT32_MAX;
-        if (c.end < n)
-            w->prev[c.end] = c.pos;
-        if (c.pos > 0)
-            spm_try(t, w, s, w->prev[c.pos], c.pos);
-        if (c.end < n)
-            spm_try(t, w, s, c.pos, c.end);
-    }
+}
+
+/* Appends the symbols' ids; one without a token becomes its bytes' tokens (byte fallback). */
+static void chars_emit(const core_tokenizer *t, const bpe_work *w, const uint8_t *s, uint32_t n,
+                       int32_t *out, size_t *n_out)
+{
     for (uint32_t i = 0; i < n; i = w->next[i]) {
-        int32_t id = vocab_map_find(&t->str_map, (const char *)s + i, w->next[i] - i);
-        if (id >= 0) {
-            out[(*n_out)++] = id;
+        if (w->id[i] >= 0) {
+            out[(*n_out)++] = w->id[i];
             continue;
         }
-        for (uint32_t j = i; j < w->next[i]; j++) /* byte fallback */
+        for (uint32_t j = i; j < w->next[i]; j++)
             if (t->byte_tok[s[j]] >= 0)
                 out[(*n_out)++] = t->byte_tok[s[j]];
     }
 }
 
-/* SPM-encodes a fragment without special tokens: optional leading space, spaces to U+2581. */
-static int encode_spm(const core_tokenizer *t, bpe_work *w, const char *s, size_t n, bool prefix,
-                      int32_t *out, size_t *n_out)
+/* Queues the merge of the symbols at pos and mid: SPM when their concatenation is a token (by
+ * its score rank), gemma4 when a merge rule joins their tokens. */
+static void chars_try(const core_tokenizer *t, bpe_work *w, const uint8_t *s, uint32_t pos,
+                      uint32_t mid)
 {
-    if (n == 0)
-        return 0;
+    uint32_t end = w->next[mid];
+    if (t->model == TOK_SPM) {
+        int32_t id = vocab_map_find(&t->str_map, (const char *)s + pos, end - pos);
+        if (id >= 0)
+            heap_push(w, (bpe_cand){t->spm_rank[id], pos, mid, end});
+    } else if (w->id[pos] >= 0 && w->id[mid] >= 0) {
+        const merge_slot *m = merge_find(t, w->id[pos], w->id[mid]);
+        if (m)
+            heap_push(w, (bpe_cand){m->rank, pos, mid, end});
+    }
+}
+
+/* The token of the merged symbols at pos and mid (chars_try queued them, so it exists). */
+static int32_t chars_merged(const core_tokenizer *t, const bpe_work *w, const uint8_t *s,
+                            const bpe_cand *c)
+{
+    if (t->model == TOK_SPM)
+        return vocab_map_find(&t->str_map, (const char *)s + c->pos, c->end - c->pos);
+    return merge_find(t, w->id[c->pos], w->id[c->mid])->id;
+}
+
+/* Merges the character symbols of s (n bytes; work reserved) best candidate first and appends
+ * the tokens. */
+static void chars_merge(const core_tokenizer *t, bpe_work *w, const uint8_t *s, uint32_t n,
+                        int32_t *out, size_t *n_out)
+{
+    chars_init(t, w, s, n);
+    for (uint32_t i = 0; w->next[i] < n; i = w->next[i])
+        chars_try(t, w, s, i, w->next[i]);
+    while (w->n_heap) {
+        bpe_cand c = heap_pop(w);
+        if (w->next[c.pos] != c.mid || w->next[c.mid] != c.end)
+            continue; /* stale: next only grows, or becomes UINT32_MAX */
+        w->id[c.pos] = chars_merged(t, w, s, &c);
+        w->next[c.pos] = c.end;
+        w->next[c.mid] = UINT32_MAX;
+        if (c.end < n)
+            w->prev[c.end] = c.pos;
+        if (c.pos > 0)
+            chars_try(t, w, s, w->prev[c.pos], c.pos);
+        if (c.end < n)
+            chars_try(t, w, s, c.pos, c.end);
+    }
+    chars_emit(t, w, s, n, out, n_out);
+}
+
+/* gemma4: merges each newline / non-newline run of the escaped text (core__piece_fn). */
+static int raw_piece(void *ctx, size_t start, size_t end)
+{
+    const piece_sink *k = ctx;
+    chars_merge(k->t, k->w, (const uint8_t *)k->s + start, (uint32_t)(end - start), k->out,
+                k->n_out);
+    return 0;
+}
+
+/* SPM and gemma4: escapes a fragment without special tokens (optional leading space, spaces to
+ * U+2581), then merges it whole (SPM) or per newline / non-newline run (gemma4). */
+static int encode_chars(const core_tokenizer *t, bpe_work *w, const char *s, size_t n, bool prefix,
+                        int32_t *out, size_t *n_out)
+{
     size_t m = prefix;
     for (size_t i = 0; i < n; i++)
         m += s[i] == ' ';
@@ -1030,7 +1081,11 @@ static int encode_spm(const core_tokenizer *t, bpe_work *w, const char *s, size_
             e[k++] = b;
         }
     }
-    spm_merge(t, w, e, (uint32_t)k, out, n_out);
+    piece_sink sink = {t, w, (const char *)e, out, n_out};
+    if (t->model == TOK_SPM)
+        chars_merge(t, w, e, (uint32_t)k, out, n_out);
+    else
+        core__pretok_split((const char *)e, k, CORE__PRETOK_NEWLINES, raw_piece, &sink);
     free(e);
     return 0;
 }
@@ -1040,19 +1095,20 @@ static int encode_spm(const core_tokenizer *t, bpe_work *w, const char *s, size_
 static int encode_fragment(const core_tokenizer *t, bpe_work *w, const char *s, size_t n,
                            int32_t *out, size_t *n_out)
 {
-    if (t->model == TOK_SPM)
-        return encode_spm(t, w, s, n, t->add_space_prefix, out, n_out);
-    return encode_plain(t, w, s, n, out, n_out);
+    if (t->model == TOK_BPE)
+        return encode_plain(t, w, s, n, out, n_out);
+    return encode_chars(t, w, s, n, t->model == TOK_SPM && t->add_space_prefix, out, n_out);
 }
 
 int core_tokenize(const core_tokenizer *t, const char *text, size_t len, bool parse_special,
                   int32_t **out, size_t *n)
 {
-    /* BPE: every token covers at least one byte. SPM: at most 3 byte tokens per byte of text
-     * and of each fragment's prefix space, and fragments are at most one more than specials. */
+    /* BPE: every token covers at least one byte. SPM and gemma4: at most 3 byte tokens per
+     * byte of text (a U+2581 without a token) and of each fragment's prefix space, and fragments
+     * are at most one more than specials. */
     if (len > SIZE_MAX / sizeof(int32_t) / 8)
         return -ENOMEM;
-    size_t cap = t->model == TOK_SPM ? 6 * len + 3 : len ? len : 1;
+    size_t cap = t->model != TOK_BPE ? 6 * len + 3 : len ? len : 1;
     int32_t *ids = malloc(cap * sizeof *ids);
     if (!ids)
         return -ENOMEM;

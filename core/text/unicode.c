@@ -320,6 +320,12 @@ size_t core__pretok_next(const char *text, size_t len, size_t pos, enum core__pr
         return gpt4_next(s, len, pos, 1, false);
     case CORE__PRETOK_QWEN35:
         return gpt4_next(s, len, pos, 1, true);
+    case CORE__PRETOK_NEWLINES: {
+        bool nl = s[pos] == '\n';
+        while (++pos < len && (s[pos] == '\n') == nl)
+            ;
+        return pos;
+    }
     default:
         return gpt2_next(s, len, pos, pre);
     }

@@ -69,7 +69,9 @@ enum core__pretok {
     CORE__PRETOK_FALCON,
     /* DeepSeek Coder's, in sequence: [\r\n], \s?\p{L}+, \s?\p{P}+, [U+4E00-U+9FA5 U+0800-U+4E00
      * U+AC00-U+D7FF]+, \p{N}. */
-    CORE__PRETOK_DEEPSEEK_CODER
+    CORE__PRETOK_DEEPSEEK_CODER,
+    /* [^\n]+|[\n]+: runs of newlines and runs of everything else (gemma4). */
+    CORE__PRETOK_NEWLINES
 };
 
 /* Returns the end (exclusive byte offset) of the piece that starts at pos (pos < len), for the

@@ -38,13 +38,19 @@ static char *read_all(const char *path, size_t *len)
     return buf;
 }
 
-/* Cuts the .inp text in place into cases (each ends with SEP); returns their number. */
+/* Cuts the .inp text into cases (each ends with SEP, except perhaps a last one, as in
+ * gemma-4's file); returns their number. */
 static size_t split_cases(char *inp, char **cases, size_t *lens, size_t max)
 {
     size_t n = 0;
-    for (char *p = inp, *q; n < max && (q = strstr(p, SEP)); p = q + strlen(SEP)) {
+    char *p = inp, *q;
+    for (; n < max && (q = strstr(p, SEP)); p = q + strlen(SEP)) {
         cases[n] = p;
         lens[n++] = (size_t)(q - p);
+    }
+    if (*p && n < max) {
+        cases[n] = p;
+        lens[n++] = strlen(p);
     }
     return n;
 }
