@@ -1061,13 +1061,15 @@ static int raw_piece(void *ctx, size_t start, size_t end)
 static int encode_chars(const core_tokenizer *t, bpe_work *w, const char *s, size_t n, bool prefix,
                         int32_t *out, size_t *n_out)
 {
+    if (n == 0)
+        return 0; /* llama.cpp gives an empty fragment nothing, not a lone U+2581 */
     size_t m = prefix;
     for (size_t i = 0; i < n; i++)
         m += s[i] == ' ';
     m = n + 2 * m + prefix;
     if (m > UINT32_MAX / 2 || work_reserve(w, m) < 0)
         return -ENOMEM;
-    uint8_t *e = malloc(m);
+    uint8_t *e = calloc(m + 1, 1);
     if (!e)
         return -ENOMEM;
     size_t k = 0;
