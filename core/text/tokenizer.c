@@ -562,6 +562,7 @@ static const struct {
     {"qwen35", CORE__PRETOK_QWEN35},
     {"falcon", CORE__PRETOK_FALCON},
     {"deepseek-coder", CORE__PRETOK_DEEPSEEK_CODER},
+    {"deepseek-llm", CORE__PRETOK_DEEPSEEK_LLM},
 };
 
 /* A "%.*s" view of a GGUF string for messages (cut at 40 bytes). */

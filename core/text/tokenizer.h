@@ -1,6 +1,6 @@
 /* Tokenizer built from GGUF metadata (tokenizer.ggml.*): byte-level BPE (model "gpt2") with the
  * pre-tokenizers of SmolLM2/StarCoder, GPT-2, Llama 3, Qwen2, Qwen3.5, Falcon and DeepSeek
- * Coder, SentencePiece (model "llama": Llama 2, Mistral, Phi-3) and Gemma 4's raw-UTF-8 BPE
+ * (Coder, LLM), SentencePiece (model "llama": Llama 2, Mistral, Phi-3) and Gemma 4's raw-UTF-8 BPE
  * (model "gemma4"); special-token matching, UTF-8-safe streaming decode
  * and chat-template rendering for ChatML-style templates.
  *

@@ -416,15 +416,17 @@ static size_t one_crlf(const uint8_t *s, size_t len, size_t pos)
     return is_crlf(s, len, pos) ? pos + 1 : pos;
 }
 
-/* \s?X+ for the class set in_set. */
+/* \s?X+ for the class set in_set (without the space when only that way X+ matches). */
 static size_t space_opt_run(const uint8_t *s, size_t len, size_t pos, bool (*in_set)(int, uint32_t))
 {
     uint32_t cp;
     size_t n;
-    int c = cp_at(s, len, pos, &cp, &n);
-    size_t p = c == CORE__UCAT_SPACE ? pos + n : pos;
-    size_t e = run_while(s, len, p, in_set);
-    return e > p ? e : pos;
+    if (cp_at(s, len, pos, &cp, &n) == CORE__UCAT_SPACE) {
+        size_t e = run_while(s, len, pos + n, in_set);
+        if (e > pos + n)
+            return e;
+    }
+    return run_while(s, len, pos, in_set);
 }
 
 static size_t space_letters(const uint8_t *s, size_t len, size_t pos)
@@ -440,6 +442,93 @@ static size_t space_puncts(const uint8_t *s, size_t len, size_t pos)
 static size_t deepseek_cjk(const uint8_t *s, size_t len, size_t pos)
 {
     return run_while(s, len, pos, is_deepseek_cjk);
+}
+
+/* DeepSeek LLM's letter class: the explicit ranges of its tokenizer.json pattern (the cased
+ * letters of Latin, Greek, Cyrillic, Armenian, Georgian, Cherokee, Glagolitic, Coptic, fullwidth
+ * Latin, Deseret, Osage, Old Hungarian, Warang Citi, Adlam, and letterlike symbols). */
+static const uint32_t deepseek_letters[][2] = {
+    {0x0041, 0x005A},   {0x0061, 0x007A},   {0x00B5, 0x00B5},   {0x00C0, 0x00D6},
+    {0x00D8, 0x00F6},   {0x00F8, 0x01BA},   {0x01BC, 0x01BF},   {0x01C4, 0x0293},
+    {0x0295, 0x02AF},   {0x0370, 0x0373},   {0x0376, 0x0377},   {0x037B, 0x037D},
+    {0x037F, 0x037F},   {0x0386, 0x0386},   {0x0388, 0x038A},   {0x038C, 0x038C},
+    {0x038E, 0x03A1},   {0x03A3, 0x03F5},   {0x03F7, 0x0481},   {0x048A, 0x052F},
+    {0x0531, 0x0556},   {0x10A0, 0x10C5},   {0x13A0, 0x13F5},   {0x13F8, 0x13FD},
+    {0x1C90, 0x1CBA},   {0x1CBD, 0x1CBF},   {0x1D00, 0x1D2B},   {0x1D6B, 0x1D77},
+    {0x1D79, 0x1D9A},   {0x1E00, 0x1F15},   {0x1F18, 0x1F1D},   {0x1F20, 0x1F45},
+    {0x1F48, 0x1F4D},   {0x1F50, 0x1F57},   {0x1F59, 0x1F59},   {0x1F5B, 0x1F5B},
+    {0x1F5D, 0x1F5D},   {0x1F5F, 0x1F7D},   {0x1F80, 0x1FB4},   {0x1FB6, 0x1FBC},
+    {0x1FBE, 0x1FBE},   {0x1FC2, 0x1FC4},   {0x1FC6, 0x1FCC},   {0x1FD0, 0x1FD3},
+    {0x1FD6, 0x1FDB},   {0x1FE0, 0x1FEC},   {0x1FF2, 0x1FF4},   {0x1FF6, 0x1FFC},
+    {0x2102, 0x2102},   {0x2107, 0x2107},   {0x210A, 0x2113},   {0x2115, 0x2115},
+    {0x2119, 0x211D},   {0x2124, 0x2124},   {0x2126, 0x2126},   {0x2128, 0x2128},
+    {0x212A, 0x212D},   {0x212F, 0x2134},   {0x2139, 0x2139},   {0x213C, 0x213F},
+    {0x2145, 0x2149},   {0x214E, 0x214E},   {0x2183, 0x2184},   {0x2C00, 0x2C7B},
+    {0x2C7E, 0x2CE4},   {0x2CEB, 0x2CEE},   {0x2CF2, 0x2CF3},   {0xA640, 0xA66D},
+    {0xA680, 0xA69B},   {0xA722, 0xA76F},   {0xA771, 0xA787},   {0xA78B, 0xA78E},
+    {0xAB70, 0xABBF},   {0xFB00, 0xFB06},   {0xFB13, 0xFB17},   {0xFF21, 0xFF3A},
+    {0xFF41, 0xFF5A},   {0x10400, 0x1044F}, {0x104B0, 0x104D3}, {0x104D8, 0x104FB},
+    {0x10C80, 0x10CB2}, {0x10CC0, 0x10CF2}, {0x118A0, 0x118DF}, {0x1E900, 0x1E943},
+};
+
+static bool is_deepseek_letter(int c, uint32_t cp)
+{
+    (void)c;
+    size_t lo = 0, hi = sizeof deepseek_letters / sizeof deepseek_letters[0];
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (cp < deepseek_letters[mid][0])
+            hi = mid;
+        else if (cp > deepseek_letters[mid][1])
+            lo = mid + 1;
+        else
+            return true;
+    }
+    return false;
+}
+
+/* [!-/:-~\uFF01-\uFF0F\uFF1A-\uFF5E\u2018-\u201F\u3000-\u3002] */
+static bool is_deepseek_punct(int c, uint32_t cp)
+{
+    (void)c;
+    return (cp >= 0x21 && cp <= 0x2F) || (cp >= 0x3A && cp <= 0x7E) ||
+           (cp >= 0xFF01 && cp <= 0xFF0F) || (cp >= 0xFF1A && cp <= 0xFF5E) ||
+           (cp >= 0x2018 && cp <= 0x201F) || (cp >= 0x3000 && cp <= 0x3002);
+}
+
+static bool is_space(int c, uint32_t cp)
+{
+    (void)cp;
+    return c == CORE__UCAT_SPACE;
+}
+
+static bool is_number(int c, uint32_t cp)
+{
+    (void)cp;
+    return c == CORE__UCAT_NUMBER;
+}
+
+static size_t deepseek_words(const uint8_t *s, size_t len, size_t pos)
+{
+    return space_opt_run(s, len, pos, is_deepseek_letter);
+}
+
+static size_t deepseek_puncts(const uint8_t *s, size_t len, size_t pos)
+{
+    return space_opt_run(s, len, pos, is_deepseek_punct);
+}
+
+/* \s+$ (up to the end of the piece) */
+static size_t trailing_spaces(const uint8_t *s, size_t len, size_t pos)
+{
+    size_t e = run_while(s, len, pos, is_space);
+    return e > pos && e == len ? len : pos;
+}
+
+/* \p{N}+ */
+static size_t numbers(const uint8_t *s, size_t len, size_t pos)
+{
+    return run_while(s, len, pos, is_number);
 }
 
 /* \p{N} */
@@ -492,6 +581,8 @@ int core__pretok_split(const char *text, size_t len, enum core__pretok pre, core
     static const stage_fn falcon[] = {falcon_punct, gpt2_stage, three_digits};
     static const stage_fn deepseek_coder[] = {one_crlf, space_letters, space_puncts, deepseek_cjk,
                                               one_number};
+    static const stage_fn deepseek_llm[] = {one_crlf,        deepseek_words, deepseek_puncts,
+                                            trailing_spaces, deepseek_cjk,   numbers};
     cascade c = {(const uint8_t *)text, NULL, 0, fn, ctx};
     if (pre == CORE__PRETOK_FALCON) {
         c.stages = falcon;
@@ -499,6 +590,9 @@ int core__pretok_split(const char *text, size_t len, enum core__pretok pre, core
     } else if (pre == CORE__PRETOK_DEEPSEEK_CODER) {
         c.stages = deepseek_coder;
         c.n_stages = 5;
+    } else if (pre == CORE__PRETOK_DEEPSEEK_LLM) {
+        c.stages = deepseek_llm;
+        c.n_stages = 6;
     } else {
         for (size_t pos = 0, end; pos < len; pos = end) {
             end = core__pretok_next(text, len, pos, pre);

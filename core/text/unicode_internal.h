@@ -70,12 +70,16 @@ enum core__pretok {
     /* DeepSeek Coder's, in sequence: [\r\n], \s?\p{L}+, \s?\p{P}+, [U+4E00-U+9FA5 U+0800-U+4E00
      * U+AC00-U+D7FF]+, \p{N}. */
     CORE__PRETOK_DEEPSEEK_CODER,
+    /* DeepSeek LLM's, in sequence: [\r\n], \s?[its cased-letter ranges]+, \s?[ASCII and
+     * fullwidth punctuation and symbols, U+2018-U+201F, U+3000-U+3002]+, \s+$, the CJK ranges
+     * above, \p{N}+. */
+    CORE__PRETOK_DEEPSEEK_LLM,
     /* [^\n]+|[\n]+: runs of newlines and runs of everything else (gemma4). */
     CORE__PRETOK_NEWLINES
 };
 
 /* Returns the end (exclusive byte offset) of the piece that starts at pos (pos < len), for the
- * single-pattern pre-tokenizers (all but FALCON and DEEPSEEK_CODER). Pieces tile the text: call
+ * single-pattern pre-tokenizers (all but FALCON and the DEEPSEEK ones). Pieces tile the text: call
  * again from the returned offset until it reaches len. Invalid UTF-8 bytes are single "other"
  * code points, so any byte string is split, and every piece is non-empty. */
 size_t core__pretok_next(const char *text, size_t len, size_t pos, enum core__pretok pre);
