@@ -35,10 +35,12 @@
 #include "core/base.h"
 #include "core/text/unicode_internal.h"
 
-/* String -> id table over the token strings (or, by_bytes, over their decoded bytes). */
+/* String -> id table over the token strings (or over their decoded bytes): key i is
+ * base[off[i] .. off[i + 1] - trail). */
 typedef struct vocab_map {
-    const struct core_tokenizer *t;
-    bool by_bytes;
+    const char *base;
+    const uint32_t *off;
+    uint32_t trail; /* 1: the keys are NUL-terminated */
     int32_t *slots; /* (mask + 1) id, or -1 */
     size_t mask;
 } vocab_map;
@@ -120,10 +122,8 @@ static const char *tok_str(const core_tokenizer *t, int32_t id, size_t *n)
 
 static const char *map_key(const vocab_map *m, int32_t id, size_t *n)
 {
-    if (!m->by_bytes)
-        return tok_str(m->t, id, n);
-    *n = m->t->byte_off[id + 1] - m->t->byte_off[id];
-    return (const char *)m->t->bytes + m->t->byte_off[id];
+    *n = m->off[id + 1] - m->off[id] - m->trail;
+    return m->base + m->off[id];
 }
 
 /* Builds the map over all tokens; the lowest id wins for duplicate strings. */
@@ -132,8 +132,9 @@ static int vocab_map_build(vocab_map *m, const core_tokenizer *t, bool by_bytes)
     size_t cap = 64;
     while (cap < (size_t)t->n_vocab * 2)
         cap *= 2;
-    m->t = t;
-    m->by_bytes = by_bytes;
+    m->base = by_bytes ? (const char *)t->bytes : t->strs;
+    m->off = by_bytes ? t->byte_off : t->str_off;
+    m->trail = !by_bytes;
     m->mask = cap - 1;
     m->slots = malloc(cap * sizeof *m->slots);
     if (!m->slots)
