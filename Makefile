@@ -117,7 +117,8 @@ cluster: deps model all
 	@BUILD=$(BUILD) tools/cluster.sh -n $(CLUSTER_REPLICAS) -p $(CLUSTER_PORT) -m $(MODEL)
 
 # Unit + golden tests (C), then the end-to-end suites (tests/e2e, a real server; need .venv).
-test: deps model venv
+# vocab: the golden tokenizer suite (tests/golden/test_vocab_suite.c) reads models/vocab.
+test: deps model venv vocab
 	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(PROBES)
 	@ADAPTREE_BUILD=$(BUILD) tools/run_tests.sh $(BUILD)
 
@@ -141,7 +142,7 @@ bench-server: deps model venv
 plots: $(PLOT_VENV)/.ok
 	$(PLOT_VENV)/bin/python -B tools/plot_bench.py docs/perf/data/*.txt -o docs/perf/
 
-asan: deps model venv
+asan: deps model venv vocab
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(CLANG) OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" build/asan/adaptree build/asan/test_unit \
@@ -149,7 +150,7 @@ asan: deps model venv
 	ADAPTREE_BUILD=build/asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    tools/run_tests.sh build/asan
 
-tsan: deps model venv
+tsan: deps model venv vocab
 	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(CLANG) OPT="-O1 -g" SAN="-fsanitize=thread" \
 	    LDFLAGS="-fsanitize=thread" \
 	    build/tsan/adaptree build/tsan/test_unit build/tsan/blas_probe build/tsan/runner_probe

@@ -919,6 +919,22 @@ int core_gguf_get_i32_array(const core_gguf *g, const char *key, int32_t **out, 
     return 0;
 }
 
+int core_gguf_get_f32_array(const core_gguf *g, const char *key, float **out, uint64_t *n)
+{
+    const core_gguf_kv *kv = core_gguf_find(g, key);
+    if (!kv)
+        return -ENOENT;
+    if (kv->type != CORE_GGUF_ARRAY || kv->v.arr.type != CORE_GGUF_FLOAT32)
+        return -EINVAL;
+    float *v = malloc((size_t)(kv->v.arr.n ? kv->v.arr.n : 1) * sizeof *v);
+    if (!v)
+        return -ENOMEM;
+    memcpy(v, kv->v.arr.data, (size_t)kv->v.arr.n * sizeof *v); /* little-endian host */
+    *out = v;
+    *n = kv->v.arr.n;
+    return 0;
+}
+
 /* --- printing ------------------------------------------------------------------------------- */
 
 #define PRINT_STR_LIMIT 120

@@ -124,6 +124,8 @@ int core_gguf_get_str_array(const core_gguf *g, const char *key, core_gguf_str *
 /* An array of integers converted to int32 (each element must fit): *out malloc'd, caller
  * frees. */
 int core_gguf_get_i32_array(const core_gguf *g, const char *key, int32_t **out, uint64_t *n);
+/* An array of float32 values: *out malloc'd, caller frees. -EINVAL for any other element type. */
+int core_gguf_get_f32_array(const core_gguf *g, const char *key, float **out, uint64_t *n);
 
 /* Number of elements of a tensor. */
 uint64_t core_gguf_tensor_nelements(const core_gguf_tensor *t);

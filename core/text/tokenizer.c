@@ -1,16 +1,29 @@
-/* Byte-level BPE tokenizer (GPT-2 style) built from GGUF metadata: vocabulary, merges,
- * special-token matching, encoding and UTF-8-safe streaming decoding.
+/* Tokenizers built from GGUF metadata: byte-level BPE (tokenizer.ggml.model "gpt2") and
+ * SentencePiece (model "llama"): vocabulary, merges or scores, special-token matching, encoding
+ * and UTF-8-safe streaming decoding.
  *
- * Design. Everything is resolved to token ids at load time so encoding never touches strings:
- * each of the 256 bytes has its byte-level token (byte_tok; -1 for the few a vocabulary may
- * lack, and such bytes are dropped like HF does), and the merges become a hash table from an
+ * Design. BPE: everything is resolved to token ids at load time so encoding never touches
+ * strings: each of the 256 bytes has its byte-level token (byte_tok; -1 for the few a vocabulary
+ * may lack, and such bytes are dropped like HF does), and the merges become a hash table from an
  * (left id, right id) pair to (rank, merged id). Text is first cut at special tokens (when
- * asked), then into pieces by the pre-tokenizer (unicode.c). Encoding a piece starts from one
- * symbol per byte and repeatedly applies the lowest-ranked adjacent merge (ties: leftmost),
- * using a binary heap of candidate merges that are checked for staleness when popped, so a
- * piece of n bytes costs O(n log n). Decoding uses the bytes of every token, precomputed into
- * one slab. The object is immutable after core_tokenizer_new, so any number of threads may
- * share it; each call allocates its own scratch.
+ * asked; USER_DEFINED ones always, as llama.cpp and HF do), then into pieces by the
+ * pre-tokenizer (unicode.c). Encoding a piece starts from one symbol per byte and repeatedly
+ * applies the lowest-ranked adjacent merge (ties: leftmost), using a binary heap of candidate
+ * merges that are checked for staleness when popped, so a piece of n bytes costs O(n log n).
+ * With ignore_merges (Llama 3) a piece that is a token as a whole is that token.
+ *
+ * SPM: no pre-tokenizer; a text fragment gets a leading space (add_space_prefix, at the start
+ * and after a special token), spaces become U+2581, and symbols start as UTF-8 characters. The
+ * same heap merges the adjacent pair whose concatenation is the token with the highest score
+ * (scores are turned into ranks at load, so ties stay ties: leftmost first); the concatenation
+ * is looked up in the string -> id map kept for that. A final symbol that is no token becomes
+ * its bytes' <0xXX> tokens (byte_tok). gemma4 ("raw" BPE) escapes spaces the same way (no
+ * prefix), cuts the text into newline / non-newline runs and merges each run's characters by
+ * the merge ranks, with the same byte fallback.
+ *
+ * Decoding uses the bytes of every token, precomputed into one slab. The object is immutable
+ * after core_tokenizer_new, so any number of threads may share it; each call allocates its own
+ * scratch.
  */
 #include "core/text/tokenizer.h"
 
@@ -22,6 +35,20 @@
 #include "core/base.h"
 #include "core/text/unicode_internal.h"
 
+/* String -> id table over the token strings (or over their decoded bytes): key i is
+ * base[off[i] .. off[i + 1] - trail). */
+typedef struct vocab_map {
+    const char *base;
+    const uint32_t *off;
+    uint32_t trail; /* 1: the keys are NUL-terminated */
+    int32_t *slots; /* (mask + 1) id, or -1 */
+    size_t mask;
+} vocab_map;
+
+/* BPE: byte-level ("gpt2"); SPM: SentencePiece ("llama"); RAW: gemma4's BPE merges over raw
+ * UTF-8 characters with SPM's U+2581 spaces and <0xXX> byte fallback. */
+enum tok_model { TOK_BPE, TOK_SPM, TOK_RAW };
+
 /* A merge rule keyed by its pair of token ids. key == 0 marks an empty slot, which is safe
  * because id pairs are stored + 1. */
 typedef struct merge_slot {
@@ -32,8 +59,14 @@ typedef struct merge_slot {
 
 struct core_tokenizer {
     int32_t n_vocab;
-    enum core__pretok pre;
-    int32_t bos, eos; /* -1 if none */
+    enum tok_model model;
+    enum core__pretok pre; /* BPE only */
+    bool ignore_merges;    /* BPE: a piece that is a token is that token (bytes_map) */
+    bool add_space_prefix; /* SPM */
+    int32_t *spm_rank;     /* SPM (n_vocab): 0 for the highest score; equal scores, equal ranks */
+    vocab_map str_map;     /* SPM: token string -> id */
+    vocab_map bytes_map;   /* ignore_merges: decoded bytes -> id */
+    int32_t bos, eos;      /* -1 if none */
     bool add_bos;
     uint8_t *types;     /* (n_vocab) enum core_token_type */
     uint32_t *str_off;  /* (n_vocab + 1) offsets into strs */
@@ -44,8 +77,9 @@ struct core_tokenizer {
     merge_slot *merges; /* (merge_mask + 1) open addressing */
     size_t merge_mask;
     int32_t *special; /* (n_special) CONTROL/USER_DEFINED ids, longest text first */
-    size_t n_special;
+    size_t n_special, n_user;
     uint8_t special_first[32]; /* bitmap: bytes that start some special token */
+    uint8_t user_first[32];    /* bitmap: bytes that start some USER_DEFINED token */
     int32_t eog[8];
     int n_eog;
     char *chat_template; /* NULL if the GGUF has none */
@@ -74,12 +108,6 @@ static int cp_to_byte(const int16_t *inv, uint32_t cp)
 
 /* --- load-time string -> id table ---------------------------------------------------------- */
 
-typedef struct vocab_map {
-    const core_tokenizer *t;
-    int32_t *slots; /* (mask + 1) id, or -1 */
-    size_t mask;
-} vocab_map;
-
 static uint64_t hash_bytes(const char *s, size_t n)
 {
     uint64_t h = core_hash64(CORE_HASH_INIT, s, n);
@@ -92,13 +120,21 @@ static const char *tok_str(const core_tokenizer *t, int32_t id, size_t *n)
     return t->strs + t->str_off[id];
 }
 
+static const char *map_key(const vocab_map *m, int32_t id, size_t *n)
+{
+    *n = m->off[id + 1] - m->off[id] - m->trail;
+    return m->base + m->off[id];
+}
+
 /* Builds the map over all tokens; the lowest id wins for duplicate strings. */
-static int vocab_map_build(vocab_map *m, const core_tokenizer *t)
+static int vocab_map_build(vocab_map *m, const core_tokenizer *t, bool by_bytes)
 {
     size_t cap = 64;
     while (cap < (size_t)t->n_vocab * 2)
         cap *= 2;
-    m->t = t;
+    m->base = by_bytes ? (const char *)t->bytes : t->strs;
+    m->off = by_bytes ? t->byte_off : t->str_off;
+    m->trail = !by_bytes;
     m->mask = cap - 1;
     m->slots = malloc(cap * sizeof *m->slots);
     if (!m->slots)
@@ -106,7 +142,7 @@ static int vocab_map_build(vocab_map *m, const core_tokenizer *t)
     memset(m->slots, 0xff, cap * sizeof *m->slots);
     for (int32_t id = 0; id < t->n_vocab; id++) {
         size_t n;
-        const char *s = tok_str(t, id, &n);
+        const char *s = map_key(m, id, &n);
         size_t i = hash_bytes(s, n) & m->mask;
         for (;; i = (i + 1) & m->mask) {
             int32_t o = m->slots[i];
@@ -115,7 +151,7 @@ static int vocab_map_build(vocab_map *m, const core_tokenizer *t)
                 break;
             }
             size_t on;
-            const char *os = tok_str(t, o, &on);
+            const char *os = map_key(m, o, &on);
             if (on == n && memcmp(os, s, n) == 0)
                 break;
         }
@@ -130,7 +166,7 @@ static int32_t vocab_map_find(const vocab_map *m, const char *s, size_t n)
         if (o < 0)
             return -1;
         size_t on;
-        const char *os = tok_str(m->t, o, &on);
+        const char *os = map_key(m, o, &on);
         if (on == n && memcmp(os, s, n) == 0)
             return o;
     }
@@ -238,6 +274,21 @@ static int hexval(uint8_t c)
     return -1;
 }
 
+/* SentencePiece's escaped text: U+2581 stands for a space. Returns the unescaped length. */
+static size_t spm_unescape(const uint8_t *s, size_t len, uint8_t *out)
+{
+    size_t k = 0;
+    for (size_t p = 0; p < len; p++) {
+        if (p + 2 < len && s[p] == 0xE2 && s[p + 1] == 0x96 && s[p + 2] == 0x81) {
+            out[k++] = ' ';
+            p += 2;
+        } else {
+            out[k++] = s[p];
+        }
+    }
+    return k;
+}
+
 /* Copies the token strings and types, and precomputes every token's decoded bytes. */
 static int load_vocab(core_tokenizer *t, const core_gguf_str *toks, const int32_t *types, char *err,
                       size_t errlen)
@@ -287,6 +338,8 @@ static int load_vocab(core_tokenizer *t, const core_gguf_str *toks, const int32_
         if (types[i] == CORE_TOKEN_BYTE && hi >= 0 && lo >= 0 && memcmp(s, "<0x", 3) == 0 &&
             s[5] == '>') {
             out[k++] = (uint8_t)(hi << 4 | lo);
+        } else if (t->model != TOK_BPE && types[i] != CORE_TOKEN_CONTROL) {
+            k = spm_unescape(s, len, out);
         } else if (types[i] == CORE_TOKEN_NORMAL || types[i] == CORE_TOKEN_UNKNOWN ||
                    types[i] == CORE_TOKEN_UNUSED || types[i] == CORE_TOKEN_BYTE) {
             /* Byte-level decode; a token with a code point outside the byte alphabet is taken
@@ -343,8 +396,60 @@ static int load_specials(core_tokenizer *t)
         t->special[j] = i;
         uint8_t b0 = (uint8_t)t->strs[t->str_off[i]];
         t->special_first[b0 >> 3] |= (uint8_t)(1u << (b0 & 7));
+        if (t->types[i] == CORE_TOKEN_USER_DEFINED) {
+            t->user_first[b0 >> 3] |= (uint8_t)(1u << (b0 & 7));
+            t->n_user++;
+        }
     }
     return 0;
+}
+
+typedef struct score_id {
+    float score;
+    int32_t id;
+} score_id;
+
+static int cmp_score_desc(const void *a, const void *b)
+{
+    float x = ((const score_id *)a)->score, y = ((const score_id *)b)->score;
+    return (x < y) - (x > y);
+}
+
+/* SPM: tokenizer.ggml.scores as dense ranks, 0 for the highest score (equal scores share one, so
+ * the merge order is exactly score order with ties to the leftmost pair). */
+static int load_spm_ranks(core_tokenizer *t, const core_gguf *g, char *err, size_t errlen)
+{
+    float *sc = NULL;
+    uint64_t n = 0;
+    int rc = core_gguf_get_f32_array(g, "tokenizer.ggml.scores", &sc, &n);
+    if (rc < 0 || n != (uint64_t)t->n_vocab) {
+        core_errf(err, errlen, "tokenizer.ggml.scores is %s (tokens: %d)",
+                  rc == -ENOENT ? "absent" : "not a float32 array with one entry per token",
+                  (int)t->n_vocab);
+        free(sc);
+        return rc == -ENOMEM ? rc : -EINVAL;
+    }
+    score_id *v = malloc((size_t)n * sizeof *v);
+    t->spm_rank = malloc((size_t)n * sizeof *t->spm_rank);
+    for (uint64_t i = 0; v && i < n; i++) {
+        v[i] = (score_id){sc[i], (int32_t)i};
+        if (sc[i] != sc[i]) {
+            core_errf(err, errlen, "tokenizer.ggml.scores[%llu] is NaN", (unsigned long long)i);
+            rc = -EINVAL;
+        }
+    }
+    if (v && t->spm_rank && rc == 0) {
+        qsort(v, (size_t)n, sizeof *v, cmp_score_desc);
+        int32_t r = 0;
+        for (uint64_t i = 0; i < n; i++) {
+            r += i > 0 && v[i].score != v[i - 1].score;
+            t->spm_rank[v[i].id] = r;
+        }
+    }
+    bool ok = v && t->spm_rank;
+    free(sc);
+    free(v);
+    return rc < 0 ? rc : ok ? 0 : -ENOMEM;
 }
 
 /* Reads a token id key (any integer type); absent -> -1. */
@@ -372,19 +477,28 @@ static void add_eog(core_tokenizer *t, int32_t id)
         t->eog[t->n_eog++] = id;
 }
 
-/* Everything that needs the string -> id map: byte tokens, merges, end-of-generation set. */
-static int resolve_ids(core_tokenizer *t, const core_gguf_str *merges, uint64_t n_merges, char *err,
-                       size_t errlen)
+/* SPM byte tokens: <0xXX>, else the byte itself as a token, else none (-1: dropped). */
+static void spm_byte_tokens(core_tokenizer *t, const vocab_map *vm)
 {
-    vocab_map vm;
-    int rc = vocab_map_build(&vm, t);
-    if (rc < 0)
-        return rc;
+    static const char hex[] = "0123456789ABCDEF";
+    for (int b = 0; b < 256; b++) {
+        char name[6] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
+        char one = (char)b;
+        t->byte_tok[b] = vocab_map_find(vm, name, sizeof name);
+        if (t->byte_tok[b] < 0)
+            t->byte_tok[b] = vocab_map_find(vm, &one, 1);
+    }
+}
+
+/* BPE byte tokens (byte-level symbols) and merges. */
+static int bpe_resolve(core_tokenizer *t, const vocab_map *vm, const core_gguf_str *merges,
+                       uint64_t n_merges, char *err, size_t errlen)
+{
     int n_bytes = 0;
     for (int b = 0; b < 256; b++) {
         uint8_t u[4];
         int l = core__utf8_encode(byte_to_cp((uint8_t)b), u);
-        t->byte_tok[b] = vocab_map_find(&vm, (const char *)u, (size_t)l);
+        t->byte_tok[b] = vocab_map_find(vm, (const char *)u, (size_t)l);
         n_bytes += t->byte_tok[b] >= 0;
     }
     if (n_bytes < 128) { /* SmolLM2's lacks 21 (never-used control and lead bytes) */
@@ -392,10 +506,30 @@ static int resolve_ids(core_tokenizer *t, const core_gguf_str *merges, uint64_t 
                   "tokenizer.ggml.tokens has only %d of the 256 byte-level tokens (not a "
                   "byte-level BPE vocabulary?)",
                   n_bytes);
-        rc = -EINVAL;
+        return -EINVAL;
     }
-    if (rc == 0)
-        rc = load_merges(t, &vm, merges, n_merges, err, errlen);
+    int rc = load_merges(t, vm, merges, n_merges, err, errlen);
+    if (rc == 0 && t->ignore_merges)
+        rc = vocab_map_build(&t->bytes_map, t, true);
+    return rc;
+}
+
+/* Everything that needs the string -> id map: byte tokens, merges, end-of-generation set. SPM
+ * keeps the map for encoding. */
+static int resolve_ids(core_tokenizer *t, const core_gguf_str *merges, uint64_t n_merges, char *err,
+                       size_t errlen)
+{
+    vocab_map vm;
+    int rc = vocab_map_build(&vm, t, false);
+    if (rc < 0)
+        return rc;
+    if (t->model == TOK_BPE) {
+        rc = bpe_resolve(t, &vm, merges, n_merges, err, errlen);
+    } else {
+        spm_byte_tokens(t, &vm);
+        if (t->model == TOK_RAW)
+            rc = load_merges(t, &vm, merges, n_merges, err, errlen);
+    }
     static const char *const eog_text[] = {"<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end|>"};
     add_eog(t, t->eos);
     for (size_t i = 0; i < sizeof eog_text / sizeof eog_text[0] && rc == 0; i++) {
@@ -403,41 +537,111 @@ static int resolve_ids(core_tokenizer *t, const core_gguf_str *merges, uint64_t 
         if (id >= 0 && t->types[id] == CORE_TOKEN_CONTROL)
             add_eog(t, id);
     }
-    free(vm.slots);
+    if (t->model == TOK_BPE)
+        free(vm.slots);
+    else
+        t->str_map = vm;
     return rc;
+}
+
+/* The tokenizer.ggml.pre values of byte-level BPE vocabularies and the split each stands for
+ * (llama.cpp's names; the ones that share a regex share a split). */
+static const struct {
+    const char *name;
+    enum core__pretok pre;
+} pretok_names[] = {
+    {"smollm", CORE__PRETOK_SMOLLM},
+    {"starcoder", CORE__PRETOK_SMOLLM},
+    {"refact", CORE__PRETOK_SMOLLM},
+    {"command-r", CORE__PRETOK_SMOLLM},
+    {"gpt2", CORE__PRETOK_GPT2},
+    {"gpt-2", CORE__PRETOK_GPT2},
+    {"mpt", CORE__PRETOK_GPT2},
+    {"llama-bpe", CORE__PRETOK_LLAMA3},
+    {"llama3", CORE__PRETOK_LLAMA3},
+    {"qwen2", CORE__PRETOK_QWEN2},
+    {"qwen35", CORE__PRETOK_QWEN35},
+    {"falcon", CORE__PRETOK_FALCON},
+    {"deepseek-coder", CORE__PRETOK_DEEPSEEK_CODER},
+    {"deepseek-llm", CORE__PRETOK_DEEPSEEK_LLM},
+};
+
+/* A "%.*s" view of a GGUF string for messages (cut at 40 bytes). */
+#define STR_ARGS(s) (s).ptr ? (int)((s).len > 40 ? 40 : (s).len) : 0, (s).ptr ? (s).ptr : ""
+
+static int load_pretok(core_tokenizer *t, const core_gguf *g, char *err, size_t errlen)
+{
+    core_gguf_str s = {NULL, 0};
+    core_gguf_get_strv(g, "tokenizer.ggml.pre", &s);
+    size_t n = sizeof pretok_names / sizeof pretok_names[0];
+    for (size_t i = 0; i < n && s.ptr; i++) {
+        if (core_gguf_str_eq(s, pretok_names[i].name)) {
+            t->pre = pretok_names[i].pre;
+            t->ignore_merges = t->pre == CORE__PRETOK_LLAMA3;
+            return 0;
+        }
+    }
+    char list[256];
+    size_t k = 0;
+    for (size_t i = 0; i < n && k < sizeof list; i++)
+        k += (size_t)snprintf(list + k, sizeof list - k, "%s\"%s\"", i ? ", " : "",
+                              pretok_names[i].name);
+    core_errf(err, errlen, "tokenizer.ggml.pre \"%.*s\" is not supported (supported: %s)",
+              STR_ARGS(s), list);
+    return -ENOTSUP;
+}
+
+/* tokenizer.ggml.model: "gpt2" (byte-level BPE, with its pre-tokenizer) or "llama" (SPM). */
+static int load_model(core_tokenizer *t, const core_gguf *g, char *err, size_t errlen)
+{
+    core_gguf_str s = {NULL, 0};
+    core_gguf_get_strv(g, "tokenizer.ggml.model", &s);
+    if (s.ptr && core_gguf_str_eq(s, "llama")) {
+        t->model = TOK_SPM;
+        t->add_space_prefix = true;
+        return 0;
+    }
+    if (s.ptr && core_gguf_str_eq(s, "gpt2")) {
+        t->model = TOK_BPE;
+        return load_pretok(t, g, err, errlen);
+    }
+    if (s.ptr && core_gguf_str_eq(s, "gemma4")) {
+        t->model = TOK_RAW;
+        return 0;
+    }
+    core_errf(err, errlen,
+              "tokenizer.ggml.model \"%.*s\" is not supported (supported: \"gpt2\", byte-level "
+              "BPE; \"llama\", SentencePiece; \"gemma4\")",
+              STR_ARGS(s));
+    return -ENOTSUP;
+}
+
+/* An optional bool key: *out keeps its default when the key is absent. */
+static int load_bool(const core_gguf *g, const char *key, bool *out, char *err, size_t errlen)
+{
+    if (core_gguf_find(g, key) && core_gguf_get_bool(g, key, out) < 0) {
+        core_errf(err, errlen, "%s is not a bool", key);
+        return -EINVAL;
+    }
+    return 0;
 }
 
 static int load_config(core_tokenizer *t, const core_gguf *g, char *err, size_t errlen)
 {
-    core_gguf_str s = {NULL, 0};
-    if (core_gguf_get_strv(g, "tokenizer.ggml.model", &s) < 0 || !core_gguf_str_eq(s, "gpt2")) {
-        core_errf(err, errlen,
-                  "tokenizer.ggml.model \"%.*s\" is not supported (only \"gpt2\", byte-level BPE)",
-                  s.ptr ? (int)(s.len > 40 ? 40 : s.len) : 0, s.ptr ? s.ptr : "");
-        return -ENOTSUP;
-    }
-    s = (core_gguf_str){NULL, 0};
-    if (core_gguf_get_strv(g, "tokenizer.ggml.pre", &s) == 0 && core_gguf_str_eq(s, "smollm")) {
-        t->pre = CORE__PRETOK_SMOLLM;
-    } else if (s.ptr && core_gguf_str_eq(s, "gpt2")) {
-        t->pre = CORE__PRETOK_GPT2;
-    } else {
-        core_errf(err, errlen,
-                  "tokenizer.ggml.pre \"%.*s\" is not supported (supported: \"smollm\", \"gpt2\")",
-                  s.ptr ? (int)(s.len > 40 ? 40 : s.len) : 0, s.ptr ? s.ptr : "");
-        return -ENOTSUP;
-    }
-    int rc = load_id(g, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos, err, errlen);
+    int rc = load_model(t, g, err, errlen);
+    if (rc == 0)
+        rc = load_id(g, "tokenizer.ggml.bos_token_id", t->n_vocab, &t->bos, err, errlen);
     if (rc == 0)
         rc = load_id(g, "tokenizer.ggml.eos_token_id", t->n_vocab, &t->eos, err, errlen);
+    /* llama.cpp's defaults when the key is absent: BOS for SPM and Llama 3 */
+    t->add_bos = t->model == TOK_SPM || (t->model == TOK_BPE && t->pre == CORE__PRETOK_LLAMA3);
+    if (rc == 0)
+        rc = load_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos, err, errlen);
+    if (rc == 0 && t->model == TOK_SPM)
+        rc = load_bool(g, "tokenizer.ggml.add_space_prefix", &t->add_space_prefix, err, errlen);
     if (rc < 0)
         return rc;
-    t->add_bos = false;
-    if (core_gguf_find(g, "tokenizer.ggml.add_bos_token") &&
-        core_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &t->add_bos) < 0) {
-        core_errf(err, errlen, "tokenizer.ggml.add_bos_token is not a bool");
-        return -EINVAL;
-    }
+    core_gguf_str s;
     if (core_gguf_get_strv(g, "tokenizer.chat_template", &s) == 0) {
         t->chat_template = malloc(s.len + 1);
         if (!t->chat_template)
@@ -474,14 +678,20 @@ core_tokenizer *core_tokenizer_new(const core_gguf *g, char *err, size_t errlen)
                   (unsigned long long)n_toks);
         goto fail;
     }
-    rc = core_gguf_get_str_array(g, "tokenizer.ggml.merges", &merges, &n_merges);
-    if (rc < 0) {
-        core_errf(err, errlen, "tokenizer.ggml.merges is %s",
-                  rc == -ENOENT ? "absent" : "not an array of strings");
+    if (load_config(t, g, err, errlen) < 0)
+        goto fail;
+    if (t->model != TOK_SPM) {
+        rc = core_gguf_get_str_array(g, "tokenizer.ggml.merges", &merges, &n_merges);
+        if (rc < 0) {
+            core_errf(err, errlen, "tokenizer.ggml.merges is %s",
+                      rc == -ENOENT ? "absent" : "not an array of strings");
+            goto fail;
+        }
+    } else if (load_spm_ranks(t, g, err, errlen) < 0) {
         goto fail;
     }
-    if (load_config(t, g, err, errlen) < 0 || load_vocab(t, toks, types, err, errlen) < 0 ||
-        load_specials(t) < 0 || resolve_ids(t, merges, n_merges, err, errlen) < 0)
+    if (load_vocab(t, toks, types, err, errlen) < 0 || load_specials(t) < 0 ||
+        resolve_ids(t, merges, n_merges, err, errlen) < 0)
         goto fail;
     free(toks);
     free(types);
@@ -507,6 +717,9 @@ void core_tokenizer_free(core_tokenizer *t)
     free(t->byte_off);
     free(t->bytes);
     free(t->merges);
+    free(t->spm_rank);
+    free(t->str_map.slots);
+    free(t->bytes_map.slots);
     free(t->special);
     free(t->chat_template);
     free(t);
@@ -696,14 +909,18 @@ static int bpe_piece(const core_tokenizer *t, bpe_work *w, const uint8_t *s, siz
     return 0;
 }
 
-/* The special token whose text starts at s (the longest), or -1. */
-static int32_t match_special(const core_tokenizer *t, const char *s, size_t n)
+/* The special token whose text starts at s (the longest), or -1. Without parse_special only
+ * USER_DEFINED tokens count. */
+static int32_t match_special(const core_tokenizer *t, const char *s, size_t n, bool parse_special)
 {
     uint8_t b0 = (uint8_t)s[0];
-    if (!(t->special_first[b0 >> 3] & (1u << (b0 & 7))))
+    const uint8_t *first = parse_special ? t->special_first : t->user_first;
+    if (!(first[b0 >> 3] & (1u << (b0 & 7))))
         return -1;
     for (size_t i = 0; i < t->n_special; i++) {
         int32_t id = t->special[i];
+        if (!parse_special && t->types[id] != CORE_TOKEN_USER_DEFINED)
+            continue;
         size_t len = t->str_off[id + 1] - t->str_off[id] - 1;
         if (len <= n && memcmp(t->strs + t->str_off[id], s, len) == 0)
             return id;
@@ -711,46 +928,211 @@ static int32_t match_special(const core_tokenizer *t, const char *s, size_t n)
     return -1;
 }
 
+/* Where the pieces of one stretch of text go. */
+typedef struct piece_sink {
+    const core_tokenizer *t;
+    bpe_work *w;
+    const char *s;
+    int32_t *out;
+    size_t *n_out;
+} piece_sink;
+
+/* BPE-encodes one piece (core__piece_fn). */
+static int encode_piece(void *ctx, size_t start, size_t end)
+{
+    const piece_sink *k = ctx;
+    const core_tokenizer *t = k->t;
+    const char *p = k->s + start;
+    int32_t whole = t->ignore_merges ? vocab_map_find(&t->bytes_map, p, end - start) : -1;
+    if (whole < 0)
+        return bpe_piece(t, k->w, (const uint8_t *)p, end - start, k->out, k->n_out);
+    k->out[(*k->n_out)++] = whole;
+    return 0;
+}
+
 /* Pre-tokenizes and BPE-encodes text that holds no special token. */
 static int encode_plain(const core_tokenizer *t, bpe_work *w, const char *s, size_t n, int32_t *out,
                         size_t *n_out)
 {
-    size_t pos = 0;
-    while (pos < n) {
-        size_t end = core__pretok_next(s, n, pos, t->pre);
-        int rc = bpe_piece(t, w, (const uint8_t *)s + pos, end - pos, out, n_out);
-        if (rc < 0)
-            return rc;
-        pos = end;
+    piece_sink k = {t, w, s, out, n_out};
+    return core__pretok_split(s, n, t->pre, encode_piece, &k);
+}
+
+/* --- SPM encoding ------------------------------------------------------------------------- */
+
+/* The length of the UTF-8 character led by b as llama.cpp counts it (by the lead byte alone; a
+ * stray continuation byte is 1). */
+static size_t spm_char_len(uint8_t b)
+{
+    return b < 0xC0 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
+}
+
+/* Character symbols (SPM and gemma4): symbols start as the UTF-8 characters of s (n bytes),
+ * indexed by their first byte, each with its token id or -1. A merged-away symbol has next ==
+ * UINT32_MAX. */
+static void chars_init(const core_tokenizer *t, bpe_work *w, const uint8_t *s, uint32_t n)
+{
+    uint32_t last = 0;
+    for (uint32_t i = 0; i < n; i = w->next[i]) {
+        size_t l = spm_char_len(s[i]);
+        w->next[i] = i + l < n ? (uint32_t)(i + l) : n;
+        w->prev[i] = last;
+        w->id[i] = vocab_map_find(&t->str_map, (const char *)s + i, w->next[i] - i);
+        last = i;
     }
+    w->n_heap = 0;
+}
+
+/* Appends the symbols' ids; one without a token becomes its bytes' tokens (byte fallback). */
+static void chars_emit(const core_tokenizer *t, const bpe_work *w, const uint8_t *s, uint32_t n,
+                       int32_t *out, size_t *n_out)
+{
+    for (uint32_t i = 0; i < n; i = w->next[i]) {
+        if (w->id[i] >= 0) {
+            out[(*n_out)++] = w->id[i];
+            continue;
+        }
+        for (uint32_t j = i; j < w->next[i]; j++)
+            if (t->byte_tok[s[j]] >= 0)
+                out[(*n_out)++] = t->byte_tok[s[j]];
+    }
+}
+
+/* Queues the merge of the symbols at pos and mid: SPM when their concatenation is a token (by
+ * its score rank), gemma4 when a merge rule joins their tokens. */
+static void chars_try(const core_tokenizer *t, bpe_work *w, const uint8_t *s, uint32_t pos,
+                      uint32_t mid)
+{
+    uint32_t end = w->next[mid];
+    if (t->model == TOK_SPM) {
+        int32_t id = vocab_map_find(&t->str_map, (const char *)s + pos, end - pos);
+        if (id >= 0)
+            heap_push(w, (bpe_cand){t->spm_rank[id], pos, mid, end});
+    } else if (w->id[pos] >= 0 && w->id[mid] >= 0) {
+        const merge_slot *m = merge_find(t, w->id[pos], w->id[mid]);
+        if (m)
+            heap_push(w, (bpe_cand){m->rank, pos, mid, end});
+    }
+}
+
+/* The token of the merged symbols at pos and mid (chars_try queued them, so it exists). */
+static int32_t chars_merged(const core_tokenizer *t, const bpe_work *w, const uint8_t *s,
+                            const bpe_cand *c)
+{
+    if (t->model == TOK_SPM)
+        return vocab_map_find(&t->str_map, (const char *)s + c->pos, c->end - c->pos);
+    return merge_find(t, w->id[c->pos], w->id[c->mid])->id;
+}
+
+/* Merges the character symbols of s (n bytes; work reserved) best candidate first and appends
+ * the tokens. */
+static void chars_merge(const core_tokenizer *t, bpe_work *w, const uint8_t *s, uint32_t n,
+                        int32_t *out, size_t *n_out)
+{
+    chars_init(t, w, s, n);
+    for (uint32_t i = 0; w->next[i] < n; i = w->next[i])
+        chars_try(t, w, s, i, w->next[i]);
+    while (w->n_heap) {
+        bpe_cand c = heap_pop(w);
+        if (w->next[c.pos] != c.mid || w->next[c.mid] != c.end)
+            continue; /* stale: next only grows, or becomes UINT32_MAX */
+        w->id[c.pos] = chars_merged(t, w, s, &c);
+        w->next[c.pos] = c.end;
+        w->next[c.mid] = UINT32_MAX;
+        if (c.end < n)
+            w->prev[c.end] = c.pos;
+        if (c.pos > 0)
+            chars_try(t, w, s, w->prev[c.pos], c.pos);
+        if (c.end < n)
+            chars_try(t, w, s, c.pos, c.end);
+    }
+    chars_emit(t, w, s, n, out, n_out);
+}
+
+/* gemma4: merges each newline / non-newline run of the escaped text (core__piece_fn). */
+static int raw_piece(void *ctx, size_t start, size_t end)
+{
+    const piece_sink *k = ctx;
+    chars_merge(k->t, k->w, (const uint8_t *)k->s + start, (uint32_t)(end - start), k->out,
+                k->n_out);
     return 0;
+}
+
+/* SPM and gemma4: escapes a fragment without special tokens (optional leading space, spaces to
+ * U+2581), then merges it whole (SPM) or per newline / non-newline run (gemma4). */
+static int encode_chars(const core_tokenizer *t, bpe_work *w, const char *s, size_t n, bool prefix,
+                        int32_t *out, size_t *n_out)
+{
+    if (n == 0)
+        return 0; /* llama.cpp gives an empty fragment nothing, not a lone U+2581 */
+    size_t m = prefix;
+    for (size_t i = 0; i < n; i++)
+        m += s[i] == ' ';
+    m = n + 2 * m + prefix;
+    if (m > UINT32_MAX / 2 || work_reserve(w, m) < 0)
+        return -ENOMEM;
+    uint8_t *e = calloc(m + 1, 1);
+    if (!e)
+        return -ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < n + prefix; i++) {
+        uint8_t b = i < prefix ? ' ' : (uint8_t)s[i - prefix];
+        if (b == ' ') { /* U+2581 */
+            e[k++] = 0xE2;
+            e[k++] = 0x96;
+            e[k++] = 0x81;
+        } else {
+            e[k++] = b;
+        }
+    }
+    piece_sink sink = {t, w, (const char *)e, out, n_out};
+    if (t->model == TOK_SPM)
+        chars_merge(t, w, e, (uint32_t)k, out, n_out);
+    else
+        core__pretok_split((const char *)e, k, CORE__PRETOK_NEWLINES, raw_piece, &sink);
+    free(e);
+    return 0;
+}
+
+/* Encodes text between special tokens. Such a fragment always starts the text or follows a
+ * special token, which is where llama.cpp gives SPM its prefix space. */
+static int encode_fragment(const core_tokenizer *t, bpe_work *w, const char *s, size_t n,
+                           int32_t *out, size_t *n_out)
+{
+    if (t->model == TOK_BPE)
+        return encode_plain(t, w, s, n, out, n_out);
+    return encode_chars(t, w, s, n, t->model == TOK_SPM && t->add_space_prefix, out, n_out);
 }
 
 int core_tokenize(const core_tokenizer *t, const char *text, size_t len, bool parse_special,
                   int32_t **out, size_t *n)
 {
-    /* every token covers at least one byte, so len ids always suffice */
-    if (len > SIZE_MAX / sizeof(int32_t))
+    /* BPE: every token covers at least one byte. SPM and gemma4: at most 3 byte tokens per
+     * byte of text (a U+2581 without a token) and of each fragment's prefix space, and fragments
+     * are at most one more than specials. */
+    if (len > SIZE_MAX / sizeof(int32_t) / 8)
         return -ENOMEM;
-    int32_t *ids = malloc((len ? len : 1) * sizeof *ids);
+    size_t cap = t->model != TOK_BPE ? 6 * len + 3 : len ? len : 1;
+    int32_t *ids = malloc(cap * sizeof *ids);
     if (!ids)
         return -ENOMEM;
     bpe_work w = {0};
     size_t n_ids = 0, start = 0;
     int rc = 0;
-    if (parse_special && t->n_special) {
+    if (parse_special ? t->n_special : t->n_user) {
         for (size_t i = 0; i < len && rc == 0; i++) {
-            int32_t id = match_special(t, text + i, len - i);
+            int32_t id = match_special(t, text + i, len - i, parse_special);
             if (id < 0)
                 continue;
-            rc = encode_plain(t, &w, text + start, i - start, ids, &n_ids);
+            if (i > start)
+                rc = encode_fragment(t, &w, text + start, i - start, ids, &n_ids);
             ids[n_ids++] = id;
             i += t->str_off[id + 1] - t->str_off[id] - 2;
             start = i + 1;
         }
     }
-    if (rc == 0)
-        rc = encode_plain(t, &w, text + start, len - start, ids, &n_ids);
+    if (rc == 0 && len > start)
+        rc = encode_fragment(t, &w, text + start, len - start, ids, &n_ids);
     work_free(&w);
     if (rc < 0) {
         free(ids);
@@ -793,6 +1175,35 @@ int core_token_to_bytes(const core_tokenizer *t, int32_t id, bool show_special, 
     if (cap)
         memcpy(buf, b, n < cap ? n : cap);
     return (int)n;
+}
+
+int core_detokenize(const core_tokenizer *t, const int32_t *ids, size_t n, bool show_special,
+                    char **out, size_t *len)
+{
+    size_t total = 0, len_i;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= t->n_vocab)
+            return -EINVAL;
+        token_bytes(t, ids[i], show_special, &len_i);
+        total += len_i;
+    }
+    char *s = malloc(total + 1);
+    if (!s)
+        return -ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *b = token_bytes(t, ids[i], show_special, &len_i);
+        if (i == 0 && t->model == TOK_SPM && t->add_space_prefix && len_i && b[0] == ' ') {
+            b++; /* the prefix space encoding added */
+            len_i--;
+        }
+        memcpy(s + k, b, len_i);
+        k += len_i;
+    }
+    s[k] = '\0';
+    *out = s;
+    *len = k;
+    return 0;
 }
 
 void core_detok_init(core_detok *d, const core_tokenizer *t, bool show_special)

@@ -1,6 +1,8 @@
-/* Byte-level BPE tokenizer built from GGUF metadata (tokenizer.ggml.*), with the "smollm"
- * and plain "gpt2" pre-tokenizers, special-token matching, UTF-8-safe streaming decode and
- * chat-template rendering for ChatML-style templates.
+/* Tokenizer built from GGUF metadata (tokenizer.ggml.*): byte-level BPE (model "gpt2") with the
+ * pre-tokenizers of SmolLM2/StarCoder, GPT-2, Llama 3, Qwen2, Qwen3.5, Falcon and DeepSeek
+ * (Coder, LLM), SentencePiece (model "llama": Llama 2, Mistral, Phi-3) and Gemma 4's raw-UTF-8 BPE
+ * (model "gemma4"); special-token matching, UTF-8-safe streaming decode
+ * and chat-template rendering for ChatML-style templates.
  *
  * A core_tokenizer is immutable after construction and may be used from any thread. It copies
  * what it needs out of the GGUF, so it does not borrow the core_gguf.
@@ -47,7 +49,10 @@ int core_tokenizer_token_type(const core_tokenizer *t, int32_t id);
  * tokens; a byte whose byte-level token is missing from the vocabulary is dropped, as HF
  * tokenizers does: SmolLM2's lacks 21, e.g. 0x04, 0xC0, 0xF1, 0xFF). With parse_special, the
  * text of CONTROL and USER_DEFINED tokens (e.g. "<|im_end|>") is matched (longest match first)
- * and becomes that token; without, it is tokenized as plain text.
+ * and becomes that token; without, only USER_DEFINED ones are (as llama.cpp and HF do), the
+ * rest is tokenized as plain text. SentencePiece: each stretch of text between special tokens
+ * gets a leading space when tokenizer.ggml.add_space_prefix (default true), spaces become
+ * U+2581, and characters without a token become their <0xXX> byte tokens.
  * Does not add BOS. On success returns 0 and sets *out (malloc'd, caller frees) and *n. */
 int core_tokenize(const core_tokenizer *t, const char *text, size_t len, bool parse_special,
                   int32_t **out, size_t *n);
@@ -56,6 +61,12 @@ int core_tokenize(const core_tokenizer *t, const char *text, size_t len, bool pa
  * Writes at most cap bytes, returns the full length, or -EINVAL for a bad id. */
 int core_token_to_bytes(const core_tokenizer *t, int32_t id, bool show_special, char *buf,
                         size_t cap);
+
+/* Decodes a whole sequence into *out (malloc'd, NUL-terminated, *len bytes; need not be valid
+ * UTF-8): the tokens' bytes, less the space SentencePiece's add_space_prefix put before the first
+ * one (as llama.cpp's detokenize). 0, -EINVAL for a bad id, or -ENOMEM. */
+int core_detokenize(const core_tokenizer *t, const int32_t *ids, size_t n, bool show_special,
+                    char **out, size_t *len);
 
 /* Streaming decoder: feeds token ids, emits only complete UTF-8 characters; bytes of an
  * incomplete sequence are held until the next token completes them (an invalid sequence is

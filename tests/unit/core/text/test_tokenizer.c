@@ -391,6 +391,49 @@ TEST(tok_pretokenizer)
     CHECK_PIECES("x٣٤", G, "x|٣٤");
 }
 
+/* Collects the pieces of core__pretok_split as "a|b|c". */
+typedef struct split_buf {
+    const char *s;
+    char got[512];
+    size_t k;
+} split_buf;
+
+static int collect_piece(void *ctx, size_t start, size_t end)
+{
+    split_buf *b = ctx;
+    if (b->k && b->k + 1 < sizeof b->got)
+        b->got[b->k++] = '|';
+    for (size_t i = start; i < end && b->k + 1 < sizeof b->got; i++)
+        b->got[b->k++] = b->s[i];
+    b->got[b->k] = '\0';
+    return 0;
+}
+
+#define CHECK_SPLIT(str, pre, want)                                                                \
+    do {                                                                                           \
+        split_buf sb_ = {.s = (str)};                                                              \
+        CHECK_EQ_INT(core__pretok_split(str, strlen(str), pre, collect_piece, &sb_), 0);           \
+        CHECK_EQ_STR(sb_.got, want);                                                               \
+    } while (0)
+
+/* The other pre-tokenizers (llama.cpp's suite checks them on real vocabularies too). */
+TEST(tok_pretokenizer_families)
+{
+    CHECK_SPLIT("Hello\n\n  world  12345 it's IT'S \t\tx", CORE__PRETOK_LLAMA3,
+                "Hello|\n\n| | world| | |123|45| it|'s| IT|'S| \t|\tx");
+    CHECK_SPLIT("a 12345!!\n\nb", CORE__PRETOK_QWEN2, "a| |1|2|3|4|5|!!\n\n|b");
+    CHECK_SPLIT("re\xcc\x81sume\xcc\x81 ok", CORE__PRETOK_QWEN2, "re|\xcc\x81sume|\xcc\x81| ok");
+    CHECK_SPLIT("re\xcc\x81sume\xcc\x81 ok", CORE__PRETOK_QWEN35, "re\xcc\x81sume\xcc\x81| ok");
+    CHECK_SPLIT("a+b=1234;", CORE__PRETOK_FALCON, "a|+|b|=|123|4|;");
+    CHECK_SPLIT("Hi, \xe4\xb8\x96\xe7\x95\x8c"
+                "42\n",
+                CORE__PRETOK_DEEPSEEK_CODER, "Hi|,| |\xe4\xb8\x96\xe7\x95\x8c|4|2|\n");
+    CHECK_SPLIT("Hello \xe4\xb8\x96\xe7\x95\x8c  ", CORE__PRETOK_DEEPSEEK_LLM,
+                "Hello| |\xe4\xb8\x96\xe7\x95\x8c|  ");
+    CHECK_SPLIT("a b\n\nc", CORE__PRETOK_NEWLINES, "a b|\n\n|c");
+    CHECK_SPLIT("Hello world! 123", CORE__PRETOK_SMOLLM, "Hello| world|!| |1|2|3");
+}
+
 TEST(tok_unicode_classes)
 {
     CHECK_EQ_INT(core__unicode_class('a'), CORE__UCAT_LETTER);
@@ -608,8 +651,9 @@ TEST(tok_load_errors)
         synth_opts o;
         const char *want;
     } cases[] = {
-        {{.model = "llama"}, "tokenizer.ggml.model \"llama\" is not supported"},
-        {{.pre = "qwen2"}, "tokenizer.ggml.pre \"qwen2\" is not supported"},
+        {{.model = "bert"}, "tokenizer.ggml.model \"bert\" is not supported"},
+        {{.model = "llama"}, "tokenizer.ggml.scores is absent"},
+        {{.pre = "chatglm-bpe"}, "tokenizer.ggml.pre \"chatglm-bpe\" is not supported"},
         {{.bad_merge = "a zz"}, "tokenizer.ggml.merges[4] \"a zz\" names a token"},
         {{.bad_merge = "abc"}, "tokenizer.ggml.merges[4] \"abc\" is not \"LEFT RIGHT\""},
         {{.n_types = 10}, "tokenizer.ggml.token_type"},
