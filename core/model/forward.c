@@ -1,4 +1,5 @@
-/* The batched Llama forward pass (docs/ARCHITECTURE.md §3, docs/FORMATS.md §8).
+/* The batched forward pass of Llama and Gemma 3 (docs/ARCHITECTURE.md §3, docs/FORMATS.md §8,
+ * §2.7).
  *
  * A step takes rows, not sequences: every linear layer is one sgemm over all rows (the shared
  * base matmul), followed by the LoRA groups of the plan, each a gather / shrink / scale /
