@@ -4,6 +4,7 @@
  * max-abs, and identical 16-token greedy continuations, one of them past the 512-position sliding
  * window. Fixtures: tests/reference/make_gemma_fixtures.py. Skipped when the model is absent. */
 #include <cJSON.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -83,16 +84,25 @@ TEST(gemma_config_from_gguf)
     CHECK(m->layers[0].q_norm && m->layers[17].post_ffn_norm);
 }
 
-TEST(gemma_logits_match_transformers)
+/* What one pass over the fixture measured. */
+typedef struct gemma_stats {
+    int n_prompts, positions, argmax_same;
+    double worst_top, worst_last;
+} gemma_stats;
+
+/* Runs every fixture prompt through m (K and V cached as f16 when kv_f16) and compares with
+ * transformers: the top-20 at the checked positions, the sampled logits at the last one. 0, or -1
+ * when a fixture or a forward pass failed (printed). No CHECKs, so that a caller can restore the
+ * model first. */
+static int compare_logits(core_model *m, int kv_f16, const char *what, gemma_stats *st)
 {
-    NEED_GEMMA();
-    core_model *m = gemma();
-    CHECK(m != NULL);
+    memset(st, 0, sizeof *st);
     cJSON *j = fixture();
-    CHECK_MSG(j != NULL, "cannot read " FIXTURES "gemma_logits.json");
-    int nv = m->cfg.n_vocab, stride = cJSON_GetObjectItem(j, "stride")->valueint;
-    int n_prompts = 0, positions = 0, argmax_same = 0;
-    double worst_top = 0, worst_last = 0;
+    if (!j) {
+        printf("    cannot read " FIXTURES "gemma_logits.json\n");
+        return -1;
+    }
+    int nv = m->cfg.n_vocab, stride = cJSON_GetObjectItem(j, "stride")->valueint, rc = 0;
     char err[256];
     const cJSON *p;
     cJSON_ArrayForEach(p, cJSON_GetObjectItem(j, "prompts"))
@@ -102,7 +112,11 @@ TEST(gemma_logits_match_transformers)
         uint8_t want[MAX_IDS] = {0};
         int n = ints(cJSON_GetObjectItem(p, "ids"), ids, MAX_IDS);
         int nc = ints(cJSON_GetObjectItem(p, "checked"), checked, MAX_IDS);
-        CHECK(n > 0 && n <= MAX_IDS && nc > 0 && nc <= n);
+        if (n <= 0 || n > MAX_IDS || nc <= 0 || nc > n) {
+            printf("    %s: bad fixture (%d ids, %d checked)\n", name, n, nc);
+            rc = -1;
+            break;
+        }
         for (int i = 0; i < n; i++)
             pos[i] = i;
         for (int k = 0; k < nc; k++)
@@ -113,19 +127,27 @@ TEST(gemma_logits_match_transformers)
             n_out += want[i];
         core_ctx *c = core_ctx_new(m);
         core_kv *kv = core_kv_new(&m->cfg, 1, n, err, sizeof err);
+        if (kv && kv_f16)
+            core_kv_set_f16(kv, 1);
         float *lg = malloc(sizeof(float) * (size_t)n_out * nv);
-        CHECK(c && kv && lg);
         core_batch b = {.n_rows = n, .tokens = ids, .pos = pos, .slot = slot, .want_logits = want};
-        int rc = core_forward(c, kv, &b, NULL, lg, err, sizeof err);
+        int frc = c && kv && lg ? core_forward(c, kv, &b, NULL, lg, err, sizeof err) : -1;
         core_kv_free(kv);
         core_ctx_free(c);
-        CHECK_MSG(rc == 0, "forward: %s", err);
-        /* the output rows are the wanted positions in order */
+        if (frc) {
+            printf("    %s: forward: %s\n", name, err);
+            free(lg);
+            rc = -1;
+            break;
+        }
+        /* the output rows are the wanted positions, in order */
         double worst = 0;
         int k = 0;
         const cJSON *top;
         cJSON_ArrayForEach(top, cJSON_GetObjectItem(p, "top20"))
         {
+            if (k >= nc)
+                break;
             int out_row = 0;
             for (int i = 0; i < checked[k]; i++)
                 out_row += want[i];
@@ -141,20 +163,25 @@ TEST(gemma_logits_match_transformers)
                 double d = fabs(r[id] - cJSON_GetArrayItem(pair, 1)->valuedouble);
                 worst = d > worst ? d : worst;
                 if (first && id == best)
-                    argmax_same++;
+                    st->argmax_same++;
                 first = 0;
             }
-            positions++;
+            st->positions++;
             k++;
         }
-        CHECK_EQ_INT(k, nc);
         char path[256];
         size_t len = 0;
         snprintf(path, sizeof path, FIXTURES "%s",
                  cJSON_GetObjectItem(p, "last_logits_file")->valuestring);
         float *ref = (float *)test_read_file(path, &len);
         int n_ref = (nv + stride - 1) / stride;
-        CHECK_MSG(ref && len == sizeof(float) * (size_t)n_ref, "bad fixture %s", path);
+        if (k != nc || !ref || len != sizeof(float) * (size_t)n_ref) {
+            printf("    %s: bad fixture (%d of %d top-20 rows, %s)\n", name, k, nc, path);
+            free(ref);
+            free(lg);
+            rc = -1;
+            break;
+        }
         const float *last = lg + (size_t)(n_out - 1) * nv;
         double wl = 0;
         for (int v = 0; v < n_ref; v++) {
@@ -163,21 +190,77 @@ TEST(gemma_logits_match_transformers)
         }
         free(ref);
         free(lg);
-        printf("    %-8s %3d tokens: top-20 at %d positions max |diff| %.3g, every %dth logit at "
-               "the last position (%d) max |diff| %.3g\n",
-               name, n, nc, worst, stride, n_ref, wl);
-        worst_top = worst > worst_top ? worst : worst_top;
-        worst_last = wl > worst_last ? wl : worst_last;
-        n_prompts++;
+        printf("    %-8s %3d tokens%s: top-20 at %d positions max |diff| %.3g, every %dth logit "
+               "at the last position (%d) max |diff| %.3g\n",
+               name, n, what, nc, worst, stride, n_ref, wl);
+        st->worst_top = worst > st->worst_top ? worst : st->worst_top;
+        st->worst_last = wl > st->worst_last ? wl : st->worst_last;
+        st->n_prompts++;
     }
     cJSON_Delete(j);
+    return rc;
+}
+
+TEST(gemma_logits_match_transformers)
+{
+    NEED_GEMMA();
+    core_model *m = gemma();
+    CHECK(m != NULL);
+    gemma_stats st;
+    CHECK(compare_logits(m, 0, "", &st) == 0);
     printf("    gemma3: %d prompts, %d positions: top-20 max |diff| %.3g, sampled last-position "
            "max |diff| %.3g (tol %g); argmax equal at %d/%d positions\n",
-           n_prompts, positions, worst_top, worst_last, LOGIT_TOL, argmax_same, positions);
-    CHECK(n_prompts >= 4);
-    CHECK(worst_top <= LOGIT_TOL);
-    CHECK(worst_last <= LOGIT_TOL);
-    CHECK_EQ_INT(argmax_same, positions);
+           st.n_prompts, st.positions, st.worst_top, st.worst_last, LOGIT_TOL, st.argmax_same,
+           st.positions);
+    CHECK(st.n_prompts >= 4);
+    CHECK(st.worst_top <= LOGIT_TOL);
+    CHECK(st.worst_last <= LOGIT_TOL);
+    CHECK_EQ_INT(st.argmax_same, st.positions);
+}
+
+/* K and V cached as f16 (serve --kv-f16), and int8 activations (serve --int8; in this file only
+ * the Q8_0 matrices are repacked, 9 attn_v and the head: the Q5_0, Q4_K and Q6_K ones keep f32
+ * activations). Measured here (2026-12-06): f16 KV top-20 max |diff| 0.0264, sampled last
+ * position 0.0052, argmax 64/64; int8 0.319 / 0.339, argmax 63/64 (a near-tie). The tolerances
+ * hold that with a margin of 3-4x. */
+#define KV_F16_TOL 0.1
+#define INT8_TOL 1.0
+
+TEST(gemma_logits_kv_f16_close_to_transformers)
+{
+    NEED_GEMMA();
+    core_model *m = gemma();
+    CHECK(m != NULL);
+    gemma_stats st;
+    CHECK(compare_logits(m, 1, " (f16 KV)", &st) == 0);
+    printf("    gemma3 f16 KV: top-20 max |diff| %.3g, sampled last-position %.3g (tol %g); argmax "
+           "equal at %d/%d positions\n",
+           st.worst_top, st.worst_last, KV_F16_TOL, st.argmax_same, st.positions);
+    CHECK(st.n_prompts >= 4);
+    CHECK(st.worst_top <= KV_F16_TOL && st.worst_last <= KV_F16_TOL);
+    CHECK(st.argmax_same >= st.positions - 1);
+}
+
+TEST(gemma_logits_int8_close_to_transformers)
+{
+    NEED_GEMMA();
+    core_model *m = gemma();
+    CHECK(m != NULL);
+    char err[256];
+    int packed = core_model_set_int8(m, 1, err, sizeof err);
+    if (packed == -ENOTSUP)
+        TEST_SKIP("%s", err);
+    CHECK_MSG(packed > 0, "core_model_set_int8: %s", err);
+    gemma_stats st;
+    int rc = compare_logits(m, 0, " (int8)", &st);
+    core_model_set_int8(m, 0, NULL, 0);
+    CHECK(rc == 0);
+    printf("    gemma3 int8 (%d weights repacked): top-20 max |diff| %.3g, sampled last-position "
+           "%.3g (tol %g); argmax equal at %d/%d positions\n",
+           packed, st.worst_top, st.worst_last, INT8_TOL, st.argmax_same, st.positions);
+    CHECK(st.n_prompts >= 4);
+    CHECK(st.worst_top <= INT8_TOL && st.worst_last <= INT8_TOL);
+    CHECK(st.argmax_same >= 0.95 * st.positions);
 }
 
 /* Prefill, then one token per step through the KV cache (transformers recomputed the whole
