@@ -52,14 +52,17 @@ const core__traits *core__traits_of(uint32_t type);
 /* The kernels the rows name (dequant.c, qmatmul.c). */
 core__dequant_fn core__dequant_f32, core__dequant_f16, core__dequant_bf16, core__dequant_q4_0,
     core__dequant_q4_1, core__dequant_q5_0, core__dequant_q5_1, core__dequant_q8_0,
-    core__dequant_q4_k, core__dequant_q6_k;
+    core__dequant_q4_k, core__dequant_q5_k, core__dequant_q6_k;
 core__rebuild_fn core__rebuild_avx2_f16, core__rebuild_avx2_bf16, core__rebuild_avx2_q4_0,
     core__rebuild_avx2_q4_1, core__rebuild_avx2_q5_0, core__rebuild_avx2_q5_1,
-    core__rebuild_avx2_q8_0, core__rebuild_avx2_q4_k, core__rebuild_avx2_q6_k;
+    core__rebuild_avx2_q8_0, core__rebuild_avx2_q4_k, core__rebuild_avx2_q5_k,
+    core__rebuild_avx2_q6_k;
 core__gemv8_fn core__gemv8_avx2_q4_0, core__gemv8_avx2_q4_1, core__gemv8_avx2_q5_0,
-    core__gemv8_avx2_q5_1, core__gemv8_avx2_q8_0;
+    core__gemv8_avx2_q5_1, core__gemv8_avx2_q8_0, core__gemv8_avx2_q4_k, core__gemv8_avx2_q5_k,
+    core__gemv8_avx2_q6_k;
 core__repack8_fn core__repack8_q4_1, core__repack8_q8_0;
 core__gemv16_fn core__gemv16_avx512_q4_0, core__gemv16_avx512_q4_1, core__gemv16_avx512_q5_0,
-    core__gemv16_avx512_q5_1, core__gemv16_avx512_q8_0;
+    core__gemv16_avx512_q5_1, core__gemv16_avx512_q8_0, core__gemv16_avx512_q4_k,
+    core__gemv16_avx512_q5_k, core__gemv16_avx512_q6_k;
 
 #endif
