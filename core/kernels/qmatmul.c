@@ -245,12 +245,13 @@ AVX2_INLINE static __m128 hsum4(__m256 s0, __m256 s1, __m256 s2, __m256 s3)
 }
 
 /* Y = X · Wᵀ for NX rows of X straight from the blocks, NW weight rows at a time: every block
- * is rebuilt once, in registers, a sub-block of 32 elements at a time (block(b, s, w) rebuilds
- * sub-block s of the block at b; SUB per block, nb counts them), and used for all NX rows, each
+ * is rebuilt once, in registers, a sub-block of 32 elements at a time (block(b, s, ks, w)
+ * rebuilds sub-block s of the block at b; SUB per block, nb counts them; ks is the row's scratch
+ * for what sub-block 0 decodes for the others), and used for all NX rows, each
  * (weight row, X row) pair its own chain, NW * NX = 8 chains in flight (an FMA's latency times the
  * two FMA pipes). x[j] is row j of X; the caller repeats the last row to fill NX and ignores those
  * sums. Y[j * ldy + o] for j < nx. */
-AVX2_INLINE static void fused(void (*block)(const uint8_t *, int, __m256 *), size_t bytes,
+AVX2_INLINE static void fused(void (*block)(const uint8_t *, int, float *, __m256 *), size_t bytes,
                               const int SUB, const uint8_t *W, size_t row_bytes, int nb, int out,
                               const float *const *x, int nx, float *Y, int ldy, const int NW,
                               const int NX)
@@ -264,6 +265,7 @@ AVX2_INLINE static void fused(void (*block)(const uint8_t *, int, __m256 *), siz
         UNROLL
         for (int t = 0; t < NW * NX; t++)
             acc[t] = _mm256_setzero_ps();
+        _Alignas(32) float ks[8][16];
         for (int i = 0; i < nb; i++) {
             size_t at = (size_t)(i / SUB) * bytes;
             int s = i % SUB;
@@ -274,7 +276,7 @@ AVX2_INLINE static void fused(void (*block)(const uint8_t *, int, __m256 *), siz
                  * interleaved streams, which the hardware prefetchers follow poorly */
                 _mm_prefetch((const char *)(b[r] + ahead), _MM_HINT_T0);
                 __m256 w[4];
-                block(b[r] + at, s, w);
+                block(b[r] + at, s, ks[r], w);
                 UNROLL
                 for (int q = 0; q < 4; q++) {
                     UNROLL
@@ -315,9 +317,10 @@ AVX2_INLINE static void fused(void (*block)(const uint8_t *, int, __m256 *), siz
 #define KERNELS(type, bytes, SUB)                                                                  \
     AVX2 void core__rebuild_avx2_##type(const uint8_t *b, float *y, int nb)                        \
     {                                                                                              \
+        _Alignas(32) float ks[16];                                                                 \
         for (int i = 0; i < nb * (SUB); i++, y += 32) {                                            \
             __m256 w[4];                                                                           \
-            sub_##type(b + (size_t)(i / (SUB)) * (bytes), i % (SUB), w);                           \
+            sub_##type(b + (size_t)(i / (SUB)) * (bytes), i % (SUB), ks, w);                       \
             _mm256_storeu_ps(y, w[0]);                                                             \
             _mm256_storeu_ps(y + 8, w[1]);                                                         \
             _mm256_storeu_ps(y + 16, w[2]);                                                        \
@@ -339,9 +342,9 @@ AVX2_INLINE static void fused(void (*block)(const uint8_t *, int, __m256 *), siz
 
 /* A legacy block is its only sub-block. */
 #define LEGACY_KERNELS(type, bytes)                                                                \
-    AVX2_INLINE static void sub_##type(const uint8_t *b, int s, __m256 w[4])                       \
+    AVX2_INLINE static void sub_##type(const uint8_t *b, int s, float *ks, __m256 w[4])            \
     {                                                                                              \
-        (void)s;                                                                                   \
+        (void)s, (void)ks;                                                                         \
         block_##type(b, w);                                                                        \
     }                                                                                              \
     KERNELS(type, bytes, 1)
@@ -354,26 +357,34 @@ LEGACY_KERNELS(q8_0, 34)
 
 /* ---- K-quants: blocks of 256 elements, rebuilt 32 at a time (sub-block s = 0..7) ------------ */
 
-/* The 6-bit scale and min of Q4_K sub-block j (as dequant.c). */
-static void q4k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn)
+/* The scales d * sc (ks[0..8)) and mins dmin * mn (ks[8..16)) of the eight sub-blocks of a Q4_K
+ * or Q5_K block (d, dmin, scales[12] first), in float as dequant.c: the 6-bit fields unpacked
+ * four at a time, as ggml does. */
+AVX2_INLINE static void kscales(const uint8_t *b, float ks[16])
 {
-    if (j < 4) {
-        *sc = s[j] & 63;
-        *mn = s[j + 4] & 63;
-    } else {
-        *sc = (uint8_t)((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4));
-        *mn = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
-    }
+    uint32_t a, m, c; /* scales[0..4), [4..8), [8..12) */
+    memcpy(&a, b + 4, 4);
+    memcpy(&m, b + 8, 4);
+    memcpy(&c, b + 12, 4);
+    uint64_t sc = (a & 0x3f3f3f3fu) | (uint64_t)((c & 0x0f0f0f0fu) | (a >> 2 & 0x30303030u)) << 32;
+    uint64_t mn = (m & 0x3f3f3f3fu) | (uint64_t)((c >> 4 & 0x0f0f0f0fu) | (m >> 2 & 0x30303030u))
+                                          << 32;
+    __m256 d = _mm256_set1_ps(f16_avx2(b)), dmin = _mm256_set1_ps(f16_avx2(b + 2));
+    _mm256_store_ps(ks, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                             _mm_cvtsi64_si128((long long)sc)))));
+    _mm256_store_ps(ks + 8, _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
+                                                    _mm_cvtsi64_si128((long long)mn)))));
 }
 
-/* Scale d * sc and min dmin * mn of sub-block s of a Q4_K or Q5_K block (d, dmin, scales[12]
- * first), computed in float as dequant.c does. */
-AVX2_INLINE static void kscale(const uint8_t *b, int s, float *d, float *m)
+/* d * scales[k] of a Q6_K block in ks[k], k < 16 (that product first, as dequant.c). */
+AVX2_INLINE static void q6k_scales(const uint8_t *b, float ks[16])
 {
-    uint8_t sc, mn;
-    q4k_scale_min(s, b + 4, &sc, &mn);
-    *d = f16_avx2(b) * (float)sc;
-    *m = f16_avx2(b + 2) * (float)mn;
+    __m256 d = _mm256_set1_ps(f16_avx2(b + 208));
+    __m128i sc = _mm_loadu_si128((const __m128i *)(b + 192));
+    _mm256_store_ps(ks, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc))));
+    _mm256_store_ps(
+        ks + 8,
+        _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(sc, sc)))));
 }
 
 /* The 32 bytes at p as 32-bit lanes, in order: bytes 8j..8j+7 in q[j]. */
@@ -390,34 +401,33 @@ AVX2_INLINE static __m256i bits(__m256i q, int sh, int mask)
 }
 
 /* d * (float)q - m for the four quarters (Q4_K's and Q5_K's order: multiply, then subtract). */
-AVX2_INLINE static void scale_sub(const __m256i q[4], float d, float m, __m256 w[4])
+AVX2_INLINE static void scale_sub(const __m256i q[4], __m256 d, __m256 m, __m256 w[4])
 {
-    __m256 dv = _mm256_set1_ps(d), mv = _mm256_set1_ps(m);
     UNROLL
     for (int j = 0; j < 4; j++)
-        w[j] = _mm256_sub_ps(_mm256_mul_ps(dv, _mm256_cvtepi32_ps(q[j])), mv);
+        w[j] = _mm256_sub_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(q[j])), m);
 }
 
 /* Q4_K: d, dmin, scales[12], qs[128]; sub-block s is in the low (s even) or high (s odd)
- * nibbles of the 32 bytes of qs at 32 (s / 2). */
-AVX2_INLINE static void sub_q4_k(const uint8_t *b, int s, __m256 w[4])
+ * nibbles of the 32 bytes of qs at 32 (s / 2). Sub-block 0 unpacks the scales into ks. */
+AVX2_INLINE static void sub_q4_k(const uint8_t *b, int s, float *ks, __m256 w[4])
 {
-    float d, m;
-    kscale(b, s, &d, &m);
+    if (s == 0)
+        kscales(b, ks);
     __m256i q[4];
     widen32(b + 16 + 32 * (s / 2), q);
     UNROLL
     for (int j = 0; j < 4; j++)
         q[j] = bits(q[j], 4 * (s & 1), 0x0f);
-    scale_sub(q, d, m, w);
+    scale_sub(q, _mm256_broadcast_ss(ks + s), _mm256_broadcast_ss(ks + 8 + s), w);
 }
 
 /* Q5_K: d, dmin, scales[12], qh[32], qs[128]; as Q4_K, with bit s of qh[l] the fifth bit of
  * element l of sub-block s. */
-AVX2_INLINE static void sub_q5_k(const uint8_t *b, int s, __m256 w[4])
+AVX2_INLINE static void sub_q5_k(const uint8_t *b, int s, float *ks, __m256 w[4])
 {
-    float d, m;
-    kscale(b, s, &d, &m);
+    if (s == 0)
+        kscales(b, ks);
     __m256i q[4], h[4];
     widen32(b + 48 + 32 * (s / 2), q);
     widen32(b + 16, h);
@@ -425,18 +435,18 @@ AVX2_INLINE static void sub_q5_k(const uint8_t *b, int s, __m256 w[4])
     for (int j = 0; j < 4; j++)
         q[j] =
             _mm256_or_si256(bits(q[j], 4 * (s & 1), 0x0f), _mm256_slli_epi32(bits(h[j], s, 1), 4));
-    scale_sub(q, d, m, w);
+    scale_sub(q, _mm256_broadcast_ss(ks + s), _mm256_broadcast_ss(ks + 8 + s), w);
 }
 
 /* Q6_K: ql[128], qh[64], scales[16] int8, d last. Sub-block s is quarter c = s % 4 of half
  * s / 4: its element l is the low (c < 2) or high nibble of ql[64 (s / 4) + 32 (c % 2) + l] with
  * bits 2c, 2c + 1 of qh[32 (s / 4) + l] above it, minus 32, times d * scales[8 (s / 4) + 2c +
- * l / 16] (that product first, as dequant.c). */
-AVX2_INLINE static void sub_q6_k(const uint8_t *b, int s, __m256 w[4])
+ * l / 16] (2s + l / 16 in all: ks, which sub-block 0 fills). */
+AVX2_INLINE static void sub_q6_k(const uint8_t *b, int s, float *ks, __m256 w[4])
 {
+    if (s == 0)
+        q6k_scales(b, ks);
     int half = s / 4, c = s % 4;
-    const int8_t *sc = (const int8_t *)(b + 192 + 8 * half + 2 * c);
-    float d = f16_avx2(b + 208);
     __m256i q[4], h[4];
     widen32(b + 64 * half + 32 * (c % 2), q);
     widen32(b + 128 + 32 * half, h);
@@ -445,7 +455,7 @@ AVX2_INLINE static void sub_q6_k(const uint8_t *b, int s, __m256 w[4])
         q[j] = _mm256_sub_epi32(_mm256_or_si256(bits(q[j], 4 * (c / 2), 0x0f),
                                                 _mm256_slli_epi32(bits(h[j], 2 * c, 3), 4)),
                                 _mm256_set1_epi32(32));
-    __m256 d0 = _mm256_set1_ps(d * (float)sc[0]), d1 = _mm256_set1_ps(d * (float)sc[1]);
+    __m256 d0 = _mm256_broadcast_ss(ks + 2 * s), d1 = _mm256_broadcast_ss(ks + 2 * s + 1);
     w[0] = _mm256_mul_ps(d0, _mm256_cvtepi32_ps(q[0]));
     w[1] = _mm256_mul_ps(d0, _mm256_cvtepi32_ps(q[1]));
     w[2] = _mm256_mul_ps(d1, _mm256_cvtepi32_ps(q[2]));
@@ -763,10 +773,10 @@ AVX512_INLINE static void pack_x(const float *X, int ldx, int nx, int nb, float 
 
 /* As fused(), with NP pairs of weight rows (2 * NP rows) against NX packed rows of X: NP * NX
  * registers of two chains each. */
-AVX512_INLINE static void fused_x2(void (*block)(const uint8_t *, const uint8_t *, int, __m512 *),
-                                   size_t bytes, const int SUB, const uint8_t *W, size_t row_bytes,
-                                   int nb, int out, const float *xp, int nx, float *Y, int ldy,
-                                   const int NP, const int NX)
+AVX512_INLINE static void
+fused_x2(void (*block)(const uint8_t *, const uint8_t *, int, float *, __m512 *), size_t bytes,
+         const int SUB, const uint8_t *W, size_t row_bytes, int nb, int out, const float *xp,
+         int nx, float *Y, int ldy, const int NP, const int NX)
 {
     for (int o = 0; o < out; o += 2 * NP) {
         const uint8_t *b[8]; /* rows past the end repeat the last row; their sums are dropped */
@@ -778,6 +788,7 @@ AVX512_INLINE static void fused_x2(void (*block)(const uint8_t *, const uint8_t 
         for (int t = 0; t < NP * NX; t++)
             acc[t] = _mm512_setzero_ps();
         const float *xi = xp;
+        _Alignas(32) float ks[4][32];
         for (int i = 0; i < nb; i++, xi += 32 * NX) {
             size_t at = (size_t)(i / SUB) * bytes;
             int s = i % SUB;
@@ -787,7 +798,7 @@ AVX512_INLINE static void fused_x2(void (*block)(const uint8_t *, const uint8_t 
             for (int p = 0; p < NP; p++) {
                 _mm_prefetch((const char *)(b[2 * p] + ahead), _MM_HINT_T0);
                 _mm_prefetch((const char *)(b[2 * p + 1] + ahead), _MM_HINT_T0);
-                block(b[2 * p] + at, b[2 * p + 1] + at, s, w[p]);
+                block(b[2 * p] + at, b[2 * p + 1] + at, s, ks[p], w[p]);
             }
             UNROLL
             for (int q = 0; q < 4; q++) {
@@ -857,9 +868,9 @@ AVX512_INLINE static void fused_x2(void (*block)(const uint8_t *, const uint8_t 
 /* A legacy block is its only sub-block. */
 #define LEGACY_KERNELS_X2(type, bytes)                                                             \
     AVX512_INLINE static void sub_##type##_x2(const uint8_t *a, const uint8_t *b, int s,           \
-                                              __m512 w[4])                                         \
+                                              float *ks, __m512 w[4])                              \
     {                                                                                              \
-        (void)s;                                                                                   \
+        (void)s, (void)ks;                                                                         \
         block_##type##_x2(a, b, w);                                                                \
     }                                                                                              \
     KERNELS_X2(type, bytes, 1)
@@ -883,36 +894,40 @@ AVX512_INLINE static __m512i bits_x2(__m512i q, int sh, int mask)
     return _mm512_and_si512(_mm512_srl_epi32(q, _mm_cvtsi32_si128(sh)), _mm512_set1_epi32(mask));
 }
 
-/* a in the low half, b in the high half. */
-AVX512_INLINE static __m512 set1_x2(float a, float b)
+/* The float at a in the low half, the one at b in the high half. */
+AVX512_INLINE static __m512 bcast_x2(const float *a, const float *b)
 {
-    return _mm512_insertf32x8(_mm512_set1_ps(a), _mm256_set1_ps(b), 1);
+    return _mm512_insertf32x8(_mm512_set1_ps(*a), _mm256_broadcast_ss(b), 1);
 }
 
-/* scale_sub with sub-block s's scale and min of the Q4_K/Q5_K blocks at a and b. */
-AVX512_INLINE static void kscale_sub_x2(const uint8_t *a, const uint8_t *b, int s,
+/* scale_sub with sub-block s's scale and min of the Q4_K/Q5_K blocks at a and b: ks holds a's
+ * kscales, then b's, filled by sub-block 0. */
+AVX512_INLINE static void kscale_sub_x2(const uint8_t *a, const uint8_t *b, int s, float *ks,
                                         const __m512i q[4], __m512 w[4])
 {
-    float da, ma, db, mb;
-    kscale(a, s, &da, &ma);
-    kscale(b, s, &db, &mb);
-    __m512 d = set1_x2(da, db), m = set1_x2(ma, mb);
+    if (s == 0) {
+        kscales(a, ks);
+        kscales(b, ks + 16);
+    }
+    __m512 d = bcast_x2(ks + s, ks + 16 + s), m = bcast_x2(ks + 8 + s, ks + 24 + s);
     UNROLL
     for (int j = 0; j < 4; j++)
         w[j] = _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(q[j])), m);
 }
 
-AVX512_INLINE static void sub_q4_k_x2(const uint8_t *a, const uint8_t *b, int s, __m512 w[4])
+AVX512_INLINE static void sub_q4_k_x2(const uint8_t *a, const uint8_t *b, int s, float *ks,
+                                      __m512 w[4])
 {
     __m512i q[4];
     widen32x2(a + 16 + 32 * (s / 2), b + 16 + 32 * (s / 2), q);
     UNROLL
     for (int j = 0; j < 4; j++)
         q[j] = bits_x2(q[j], 4 * (s & 1), 0x0f);
-    kscale_sub_x2(a, b, s, q, w);
+    kscale_sub_x2(a, b, s, ks, q, w);
 }
 
-AVX512_INLINE static void sub_q5_k_x2(const uint8_t *a, const uint8_t *b, int s, __m512 w[4])
+AVX512_INLINE static void sub_q5_k_x2(const uint8_t *a, const uint8_t *b, int s, float *ks,
+                                      __m512 w[4])
 {
     __m512i q[4], h[4];
     widen32x2(a + 48 + 32 * (s / 2), b + 48 + 32 * (s / 2), q);
@@ -921,15 +936,17 @@ AVX512_INLINE static void sub_q5_k_x2(const uint8_t *a, const uint8_t *b, int s,
     for (int j = 0; j < 4; j++)
         q[j] = _mm512_or_si512(bits_x2(q[j], 4 * (s & 1), 0x0f),
                                _mm512_slli_epi32(bits_x2(h[j], s, 1), 4));
-    kscale_sub_x2(a, b, s, q, w);
+    kscale_sub_x2(a, b, s, ks, q, w);
 }
 
-AVX512_INLINE static void sub_q6_k_x2(const uint8_t *a, const uint8_t *b, int s, __m512 w[4])
+AVX512_INLINE static void sub_q6_k_x2(const uint8_t *a, const uint8_t *b, int s, float *ks,
+                                      __m512 w[4])
 {
+    if (s == 0) {
+        q6k_scales(a, ks);
+        q6k_scales(b, ks + 16);
+    }
     int half = s / 4, c = s % 4;
-    const int8_t *sa = (const int8_t *)(a + 192 + 8 * half + 2 * c);
-    const int8_t *sb = (const int8_t *)(b + 192 + 8 * half + 2 * c);
-    float da = f16_avx2(a + 208), db = f16_avx2(b + 208);
     __m512i q[4], h[4];
     widen32x2(a + 64 * half + 32 * (c % 2), b + 64 * half + 32 * (c % 2), q);
     widen32x2(a + 128 + 32 * half, b + 128 + 32 * half, h);
@@ -938,8 +955,8 @@ AVX512_INLINE static void sub_q6_k_x2(const uint8_t *a, const uint8_t *b, int s,
         q[j] = _mm512_sub_epi32(_mm512_or_si512(bits_x2(q[j], 4 * (c / 2), 0x0f),
                                                 _mm512_slli_epi32(bits_x2(h[j], 2 * c, 3), 4)),
                                 _mm512_set1_epi32(32));
-    __m512 d0 = set1_x2(da * (float)sa[0], db * (float)sb[0]);
-    __m512 d1 = set1_x2(da * (float)sa[1], db * (float)sb[1]);
+    __m512 d0 = bcast_x2(ks + 2 * s, ks + 16 + 2 * s);
+    __m512 d1 = bcast_x2(ks + 2 * s + 1, ks + 17 + 2 * s);
     w[0] = _mm512_mul_ps(d0, _mm512_cvtepi32_ps(q[0]));
     w[1] = _mm512_mul_ps(d0, _mm512_cvtepi32_ps(q[1]));
     w[2] = _mm512_mul_ps(d1, _mm512_cvtepi32_ps(q[2]));

@@ -8,6 +8,9 @@
  *         16 rows' d (f16) and the 16 rows' m (f16): 320 bytes.
  *   Q8_0: eight 64-byte vectors, vector g holding inputs 4g..4g+3 of the 16 rows as q + 128
  *         (unsigned, for VPDPBUSD), then the 16 rows' d (f16), padded: 576 bytes.
+ *   Q4_K: a unit per 32-element sub-block, its nibbles re-paired as Q4_1's, then the 16 rows'
+ *         d · sc (f32) and -(dmin · mn) (f32): 384 bytes. A sub-block is then a Q4_1 block whose
+ *         scale and min are f32 (w = d·sc·q - dmin·mn), and runs through Q4_1's kernels.
  * A quantized row of X: in int8 values, then per block d (f32), s = d·Σq (f32) and Σq (int32).
  */
 #include "core/kernels/qmatmul_q8_internal.h"
@@ -16,6 +19,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,10 +32,13 @@
 #define GROUP 16
 #define UNIT_Q4_1 CORE_Q8_UNIT_Q4_1
 #define UNIT_Q8_0 CORE_Q8_UNIT_Q8_0
+#define UNIT_Q4_K CORE_Q8_UNIT_Q4_K
 #define XR 8 /* rows of X per pass over a group's weights (from L1 after the first) */
 
 struct core_q8w {
     uint32_t type;
+    bool nib;        /* Q4_1 or Q4_K: the nibble kernels */
+    bool f32;        /* Q4_K: f32 scales and mins */
     int in, out, nb; /* nb = in / QK */
     size_t unit;     /* bytes of one group's block */
     size_t bytes;
@@ -44,20 +51,40 @@ int core__q8w_supports(uint32_t type, int in, int out)
 }
 
 /* Row j's block into its group's unit, in the layouts above (the traits table's repack8). */
-void core__repack8_q4_1(const uint8_t *blk, uint8_t *u, int j)
+void core__repack8_q4_1(const uint8_t *blk, int s, uint8_t *u, int j)
 {
+    (void)s;
     for (int g = 0; g < 4; g++)
         memcpy(u + 64 * g + 4 * j, blk + 4 + 4 * g, 4);
     memcpy(u + 256 + 2 * j, blk, 2);     /* d */
     memcpy(u + 288 + 2 * j, blk + 2, 2); /* m */
 }
 
-void core__repack8_q8_0(const uint8_t *blk, uint8_t *u, int j)
+void core__repack8_q8_0(const uint8_t *blk, int s, uint8_t *u, int j)
 {
+    (void)s;
     for (int g = 0; g < 8; g++)
         for (int t = 0; t < 4; t++)
             u[64 * g + 4 * j + t] = (uint8_t)(blk[2 + 4 * g + t] ^ 0x80u);
     memcpy(u + 512 + 2 * j, blk, 2); /* d */
+}
+
+/* Sub-block s of a Q4_K block: element l is nibble s % 2 of qs[32 (s / 2) + l]; byte t of the
+ * unit's row pairs elements t (low) and 16 + t (high), as Q4_1. The scale and min are the
+ * dequantizer's float products. */
+void core__repack8_q4_k(const uint8_t *blk, int s, uint8_t *u, int j)
+{
+    const uint8_t *qs = blk + 16 + 32 * (s / 2);
+    int sh = 4 * (s % 2);
+    for (int t = 0; t < 16; t++)
+        u[64 * (t / 4) + 4 * j + t % 4] =
+            (uint8_t)((qs[t] >> sh & 15) | (qs[16 + t] >> sh & 15) << 4);
+    uint8_t sc, mn;
+    core__q4k_scale_min(s, blk + 4, &sc, &mn);
+    float d = core_fp16_to_fp32((uint16_t)(blk[0] | blk[1] << 8)) * (float)sc;
+    float m = -(core_fp16_to_fp32((uint16_t)(blk[2] | blk[3] << 8)) * (float)mn);
+    memcpy(u + 256 + 4 * j, &d, 4);
+    memcpy(u + 320 + 4 * j, &m, 4);
 }
 
 core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
@@ -69,6 +96,8 @@ core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
     if (!w)
         return NULL;
     w->type = type;
+    w->nib = type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q4_K;
+    w->f32 = type == CORE_TYPE_Q4_K;
     w->in = in;
     w->out = out;
     w->nb = in / QK;
@@ -81,12 +110,13 @@ core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
     }
     memset(w->data, 0, w->bytes);
     size_t src_block = core_type_block_bytes(type);
+    int per = (int)core_type_block_elems(type) / QK; /* units per source block */
     const uint8_t *src = W;
     for (int o = 0; o < out; o++) {
         int grp = o / GROUP, j = o % GROUP;
         for (int b = 0; b < w->nb; b++)
-            tr->repack8(src + ((size_t)o * (size_t)w->nb + (size_t)b) * src_block,
-                        w->data + ((size_t)grp * (size_t)w->nb + (size_t)b) * w->unit, j);
+            tr->repack8(src + ((size_t)o * (size_t)(w->nb / per) + (size_t)(b / per)) * src_block,
+                        b % per, w->data + ((size_t)grp * (size_t)w->nb + (size_t)b) * w->unit, j);
     }
     return w;
 }
@@ -355,18 +385,25 @@ static void part_portable(const core_q8w *w, const uint8_t *Xq, int n, int g0, i
                     const int8_t *xb = xq + (size_t)b * QK;
                     int32_t isum = 0;
                     uint16_t h;
-                    if (w->type == CORE_TYPE_Q4_1) {
+                    if (w->nib) {
                         for (int g = 0; g < 4; g++)
                             for (int t = 0; t < 4; t++) {
                                 uint8_t byte = u[64 * g + 4 * j + t];
                                 isum +=
                                     (byte & 15) * xb[4 * g + t] + (byte >> 4) * xb[16 + 4 * g + t];
                             }
-                        memcpy(&h, u + 256 + 2 * j, 2);
-                        float tt = core_fp16_to_fp32(h) * dx[b];
-                        acc = fmaf((float)isum, tt, acc);
-                        memcpy(&h, u + 288 + 2 * j, 2);
-                        acc = fmaf(core_fp16_to_fp32(h), sx[b], acc);
+                        float dw, mw;
+                        if (w->f32) {
+                            memcpy(&dw, u + 256 + 4 * j, 4);
+                            memcpy(&mw, u + 320 + 4 * j, 4);
+                        } else {
+                            memcpy(&h, u + 256 + 2 * j, 2);
+                            dw = core_fp16_to_fp32(h);
+                            memcpy(&h, u + 288 + 2 * j, 2);
+                            mw = core_fp16_to_fp32(h);
+                        }
+                        acc = fmaf((float)isum, dw * dx[b], acc);
+                        acc = fmaf(mw, sx[b], acc);
                     } else {
                         isum = -128 * sumx[b];
                         for (int g = 0; g < 8; g++)
@@ -397,9 +434,9 @@ VNNI_INLINE __m512i bcast4(const int8_t *p)
     return _mm512_set1_epi32(v);
 }
 
-/* One group (16 outputs) against R rows of X. */
+/* One group (16 outputs) against R rows of X; F32: Q4_K's units (f32 scales and mins). */
 VNNI_INLINE void tile_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
-                           float *const *yr)
+                           float *const *yr, const bool F32)
 {
     __m512 acc[XR];
     UNROLL
@@ -407,7 +444,7 @@ VNNI_INLINE void tile_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *con
         acc[r] = _mm512_setzero_ps();
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int b = 0; b < nb; b++) {
-        const uint8_t *u = wg + (size_t)b * UNIT_Q4_1;
+        const uint8_t *u = wg + (size_t)b * (F32 ? UNIT_Q4_K : UNIT_Q4_1);
         __m512i ai[XR];
         UNROLL
         for (int r = 0; r < R; r++)
@@ -424,8 +461,10 @@ VNNI_INLINE void tile_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *con
                 ai[r] = _mm512_dpbusd_epi32(ai[r], hi, bcast4(xb + 16 + 4 * g));
             }
         }
-        __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(u + 256)));
-        __m512 mw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(u + 288)));
+        __m512 dw = F32 ? _mm512_load_ps(u + 256)
+                        : _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(u + 256)));
+        __m512 mw = F32 ? _mm512_load_ps(u + 320)
+                        : _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(u + 288)));
         UNROLL
         for (int r = 0; r < R; r++) {
             __m512 t = _mm512_mul_ps(dw, _mm512_set1_ps(xq_d(xr[r], in)[b]));
@@ -475,8 +514,10 @@ VNNI_INLINE void tile_q8_0(const uint8_t *wg, int nb, int in, const uint8_t *con
     VNNI static void tile_##R(const core_q8w *w, const uint8_t *wg, const uint8_t *const *xr,      \
                               float *const *yr)                                                    \
     {                                                                                              \
-        if (w->type == CORE_TYPE_Q4_1)                                                             \
-            tile_q4_1(wg, w->nb, w->in, xr, R, yr);                                                \
+        if (w->f32)                                                                                \
+            tile_q4_1(wg, w->nb, w->in, xr, R, yr, true);                                          \
+        else if (w->nib)                                                                           \
+            tile_q4_1(wg, w->nb, w->in, xr, R, yr, false);                                         \
         else                                                                                       \
             tile_q8_0(wg, w->nb, w->in, xr, R, yr);                                                \
     }
@@ -539,7 +580,7 @@ AVX2_INLINE __m256i bcast4_256(const int8_t *p)
 
 /* Half h (outputs 8h..8h+7) of one group against R rows of X. */
 AVX2_INLINE void tile2_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
-                            float *const *yr, int h)
+                            float *const *yr, int h, const bool F32)
 {
     __m256 acc[XR2];
     UNROLL
@@ -547,7 +588,7 @@ AVX2_INLINE void tile2_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *co
         acc[r] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     for (int b = 0; b < nb; b++) {
-        const uint8_t *u = wg + (size_t)b * UNIT_Q4_1;
+        const uint8_t *u = wg + (size_t)b * (F32 ? UNIT_Q4_K : UNIT_Q4_1);
         __m256i s16[XR2];
         UNROLL
         for (int r = 0; r < R; r++)
@@ -567,8 +608,10 @@ AVX2_INLINE void tile2_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *co
                 PIN(s16[r]);
             }
         }
-        __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(u + 256 + 16 * h)));
-        __m256 mw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(u + 288 + 16 * h)));
+        __m256 dw = F32 ? _mm256_load_ps((const float *)(u + 256) + 8 * h)
+                        : _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(u + 256 + 16 * h)));
+        __m256 mw = F32 ? _mm256_load_ps((const float *)(u + 320) + 8 * h)
+                        : _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(u + 288 + 16 * h)));
         UNROLL
         for (int r = 0; r < R; r++) {
             __m256i isum = _mm256_madd_epi16(s16[r], ones);
@@ -627,8 +670,10 @@ AVX2_INLINE void tile2_q8_0(const uint8_t *wg, int nb, int in, const uint8_t *co
                                float *const *yr)                                                   \
     {                                                                                              \
         for (int h = 0; h < 2; h++) {                                                              \
-            if (w->type == CORE_TYPE_Q4_1)                                                         \
-                tile2_q4_1(wg, w->nb, w->in, xr, R, yr, h);                                        \
+            if (w->f32)                                                                            \
+                tile2_q4_1(wg, w->nb, w->in, xr, R, yr, h, true);                                  \
+            else if (w->nib)                                                                       \
+                tile2_q4_1(wg, w->nb, w->in, xr, R, yr, h, false);                                 \
             else                                                                                   \
                 tile2_q8_0(wg, w->nb, w->in, xr, R, yr, h);                                        \
         }                                                                                          \

@@ -19,7 +19,8 @@ static const core__traits table[CORE_TYPE_COUNT] = {
     [CORE_TYPE_Q5_1] = FUSED(q5_1),
     [CORE_TYPE_Q8_0] = {core__dequant_q8_0, core__rebuild_avx2_q8_0, core__gemv8_avx2_q8_0,
                         core__gemv16_avx512_q8_0, core__repack8_q8_0, CORE_Q8_UNIT_Q8_0},
-    [CORE_TYPE_Q4_K] = FUSED(q4_k),
+    [CORE_TYPE_Q4_K] = {core__dequant_q4_k, core__rebuild_avx2_q4_k, core__gemv8_avx2_q4_k,
+                        core__gemv16_avx512_q4_k, core__repack8_q4_k, CORE_Q8_UNIT_Q4_K},
     [CORE_TYPE_Q5_K] = FUSED(q5_k),
     [CORE_TYPE_Q6_K] = FUSED(q6_k),
 };

@@ -88,6 +88,34 @@ static void report(const bench *b, const char *what, double toks, double secs, d
            rows_per_step);
 }
 
+/* The int8 kernels on W (when they take its type), X quantized beforehand, as bench_kernels. */
+static void bench_kernels_int8(uint32_t type, const uint8_t *w, int in, int out, const float *x,
+                               const int *ns, int count, float *y)
+{
+    core_q8w *p = core__q8_available() ? core__q8w_pack(type, w, in, out) : NULL;
+    if (!p)
+        return;
+    size_t rb = core__q8x_row_bytes(in);
+    uint8_t *xq = aligned_alloc(64, rb * (size_t)ns[count - 1]);
+    core__q8x_quantize(x, in, ns[count - 1], xq);
+    printf("  %-5s int8 %-12s", core_type_name(type), core__q8_kernels());
+    for (int k = 0; k < count; k++) {
+        double best = 1e9;
+        for (int r = 0; r < 15; r++) {
+            double t0 = now_s();
+            core__q8_matmul_part(p, xq, ns[k], 0, out, y, out);
+            double dt = now_s() - t0;
+            best = dt < best ? dt : best;
+        }
+        printf("   n=%-2d %5.1f GB/s %6.1f GFLOP/s", ns[k],
+               (double)core_type_row_bytes(type, (uint64_t)in) * out / best / 1e9,
+               2.0 * in * out * ns[k] / best / 1e9);
+    }
+    printf("  (stored-size GB/s)\n");
+    free(xq);
+    core__q8w_free(p);
+}
+
 /* One weight matrix of each type that has fused kernels, in x out as a 1B model's feed-forward
  * (Llama 3.2 1B: 2048 x 8192), random quants with f16 scales of 0.01 (no subnormals), against n
  * rows of X on each kernel family: the best of a few runs, as GB/s of stored weights read and
@@ -128,7 +156,7 @@ static void bench_kernels(void)
             printf("  %-5s %-7s", core_type_name(type), core__qmatmul_kernels());
             for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
                 double best = 1e9;
-                for (int r = 0; r < 7; r++) {
+                for (int r = 0; r < 15; r++) {
                     double t0 = now_s();
                     core__qmatmul(type, w, in, out, x, ns[k], y);
                     double dt = now_s() - t0;
@@ -140,6 +168,7 @@ static void bench_kernels(void)
             printf("\n");
         }
         core__cpu_force(-1);
+        bench_kernels_int8(type, w, in, out, x, ns, (int)(sizeof ns / sizeof ns[0]), y);
         free(w);
     }
     free(x);
