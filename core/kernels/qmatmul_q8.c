@@ -11,6 +11,10 @@
  *   Q4_K: a unit per 32-element sub-block, its nibbles re-paired as Q4_1's, then the 16 rows'
  *         d · sc (f32) and -(dmin · mn) (f32): 384 bytes. A sub-block is then a Q4_1 block whose
  *         scale and min are f32 (w = d·sc·q - dmin·mn), and runs through Q4_1's kernels.
+ *   Q6_K: a unit per 32-element sub-block: eight 64-byte vectors as Q8_0's, holding q - 32
+ *         (signed), then per half of 16 inputs (one scale each) the 16 rows' d · sc (f32) and
+ *         -128 · Σ(q - 32) (int32): 768 bytes. X goes in as x + 128 (unsigned, for VPDPBUSD),
+ *         and the stored sums take the 128 back out: each half's integer sum is exact.
  * A quantized row of X: in int8 values, then per block d (f32), s = d·Σq (f32) and Σq (int32).
  */
 #include "core/kernels/qmatmul_q8_internal.h"
@@ -33,12 +37,14 @@
 #define UNIT_Q4_1 CORE_Q8_UNIT_Q4_1
 #define UNIT_Q8_0 CORE_Q8_UNIT_Q8_0
 #define UNIT_Q4_K CORE_Q8_UNIT_Q4_K
+#define UNIT_Q6_K CORE_Q8_UNIT_Q6_K
 #define XR 8 /* rows of X per pass over a group's weights (from L1 after the first) */
 
 struct core_q8w {
     uint32_t type;
     bool nib;        /* Q4_1 or Q4_K: the nibble kernels */
     bool f32;        /* Q4_K: f32 scales and mins */
+    bool q6;         /* Q6_K: two scales per unit */
     int in, out, nb; /* nb = in / QK */
     size_t unit;     /* bytes of one group's block */
     size_t bytes;
@@ -87,6 +93,27 @@ void core__repack8_q4_k(const uint8_t *blk, int s, uint8_t *u, int j)
     memcpy(u + 320 + 4 * j, &m, 4);
 }
 
+/* Sub-block s of a Q6_K block: quarter s % 4 of half s / 4, as dequant.c reads it. */
+void core__repack8_q6_k(const uint8_t *blk, int s, uint8_t *u, int j)
+{
+    int half = s / 4, c = s % 4;
+    const uint8_t *ql = blk + 64 * half + 32 * (c % 2), *qh = blk + 128 + 32 * half;
+    const int8_t *sc = (const int8_t *)(blk + 192);
+    float d = core_fp16_to_fp32((uint16_t)(blk[208] | blk[209] << 8));
+    int32_t sum[2] = {0, 0};
+    for (int l = 0; l < 32; l++) {
+        int q = ((ql[l] >> 4 * (c / 2)) & 15) | ((qh[l] >> 2 * c) & 3) << 4;
+        u[64 * (l / 4) + 4 * j + l % 4] = (uint8_t)(int8_t)(q - 32);
+        sum[l / 16] += q - 32;
+    }
+    for (int h = 0; h < 2; h++) {
+        float dh = d * (float)sc[2 * s + h];
+        int32_t corr = -128 * sum[h];
+        memcpy(u + 512 + 64 * h + 4 * j, &dh, 4);
+        memcpy(u + 640 + 64 * h + 4 * j, &corr, 4);
+    }
+}
+
 core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
 {
     if (!core__q8w_supports(type, in, out))
@@ -98,6 +125,7 @@ core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
     w->type = type;
     w->nib = type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q4_K;
     w->f32 = type == CORE_TYPE_Q4_K;
+    w->q6 = type == CORE_TYPE_Q6_K;
     w->in = in;
     w->out = out;
     w->nb = in / QK;
@@ -385,7 +413,19 @@ static void part_portable(const core_q8w *w, const uint8_t *Xq, int n, int g0, i
                     const int8_t *xb = xq + (size_t)b * QK;
                     int32_t isum = 0;
                     uint16_t h;
-                    if (w->nib) {
+                    if (w->q6) {
+                        for (int hh = 0; hh < 2; hh++) {
+                            int32_t corr;
+                            float dw;
+                            memcpy(&corr, u + 640 + 64 * hh + 4 * j, 4);
+                            memcpy(&dw, u + 512 + 64 * hh + 4 * j, 4);
+                            isum = corr;
+                            for (int g = 4 * hh; g < 4 * hh + 4; g++)
+                                for (int t = 0; t < 4; t++)
+                                    isum += (int8_t)u[64 * g + 4 * j + t] * (xb[4 * g + t] + 128);
+                            acc = fmaf((float)isum, dw * dx[b], acc);
+                        }
+                    } else if (w->nib) {
                         for (int g = 0; g < 4; g++)
                             for (int t = 0; t < 4; t++) {
                                 uint8_t byte = u[64 * g + 4 * j + t];
@@ -510,11 +550,53 @@ VNNI_INLINE void tile_q8_0(const uint8_t *wg, int nb, int in, const uint8_t *con
         _mm512_storeu_ps(yr[r], acc[r]);
 }
 
+/* Q6_K: each half's sum starts at its stored -128 · Σ(q - 32), then x + 128 against q - 32. */
+VNNI_INLINE void tile_q6_k(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
+                           float *const *yr)
+{
+    __m512 acc[XR];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        acc[r] = _mm512_setzero_ps();
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *u = wg + (size_t)b * UNIT_Q6_K;
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m512i ai[XR];
+            UNROLL
+            for (int r = 0; r < R; r++)
+                ai[r] = _mm512_load_si512((const void *)(u + 640 + 64 * h));
+            UNROLL
+            for (int g = 4 * h; g < 4 * h + 4; g++) {
+                __m512i wv = _mm512_load_si512((const void *)(u + 64 * g));
+                UNROLL
+                for (int r = 0; r < R; r++) {
+                    __m512i xv = _mm512_xor_si512(
+                        bcast4((const int8_t *)xr[r] + (size_t)b * QK + 4 * g), flip);
+                    ai[r] = _mm512_dpbusd_epi32(ai[r], xv, wv);
+                }
+            }
+            __m512 dw = _mm512_load_ps(u + 512 + 64 * h);
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                __m512 t = _mm512_mul_ps(dw, _mm512_set1_ps(xq_d(xr[r], in)[b]));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai[r]), t, acc[r]);
+            }
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        _mm512_storeu_ps(yr[r], acc[r]);
+}
+
 #define TILE_FN(R)                                                                                 \
     VNNI static void tile_##R(const core_q8w *w, const uint8_t *wg, const uint8_t *const *xr,      \
                               float *const *yr)                                                    \
     {                                                                                              \
-        if (w->f32)                                                                                \
+        if (w->q6)                                                                                 \
+            tile_q6_k(wg, w->nb, w->in, xr, R, yr);                                                \
+        else if (w->f32)                                                                           \
             tile_q4_1(wg, w->nb, w->in, xr, R, yr, true);                                          \
         else if (w->nib)                                                                           \
             tile_q4_1(wg, w->nb, w->in, xr, R, yr, false);                                         \
@@ -665,12 +747,57 @@ AVX2_INLINE void tile2_q8_0(const uint8_t *wg, int nb, int in, const uint8_t *co
         _mm256_storeu_ps(yr[r] + 8 * h, acc[r]);
 }
 
+/* Q6_K: x + 128 (unsigned) against q - 32 (signed) in VPMADDUBSW, a pair at most 2·255·32 =
+ * 16320, then VPMADDWD into int32 from the stored -128 · Σ(q - 32). */
+AVX2_INLINE void tile2_q6_k(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
+                            float *const *yr, int h)
+{
+    __m256 acc[XR2];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        acc[r] = _mm256_setzero_ps();
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *u = wg + (size_t)b * UNIT_Q6_K;
+        UNROLL
+        for (int hf = 0; hf < 2; hf++) {
+            __m256i s32[XR2];
+            UNROLL
+            for (int r = 0; r < R; r++)
+                s32[r] = _mm256_load_si256((const __m256i *)(u + 640 + 64 * hf + 32 * h));
+            UNROLL
+            for (int g = 4 * hf; g < 4 * hf + 4; g++) {
+                __m256i wv = _mm256_load_si256((const __m256i *)(u + 64 * g + 32 * h));
+                UNROLL
+                for (int r = 0; r < R; r++) {
+                    __m256i xv = _mm256_xor_si256(
+                        bcast4_256((const int8_t *)xr[r] + (size_t)b * QK + 4 * g), flip);
+                    s32[r] = _mm256_add_epi32(
+                        s32[r], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv), ones));
+                    PIN(s32[r]);
+                }
+            }
+            __m256 dw = _mm256_load_ps((const float *)(u + 512 + 64 * hf) + 8 * h);
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                __m256 t = _mm256_mul_ps(dw, _mm256_set1_ps(xq_d(xr[r], in)[b]));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[r]), t, acc[r]);
+            }
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        _mm256_storeu_ps(yr[r] + 8 * h, acc[r]);
+}
+
 #define TILE2_FN(R)                                                                                \
     AVX2 static void tile2_##R(const core_q8w *w, const uint8_t *wg, const uint8_t *const *xr,     \
                                float *const *yr)                                                   \
     {                                                                                              \
         for (int h = 0; h < 2; h++) {                                                              \
-            if (w->f32)                                                                            \
+            if (w->q6)                                                                             \
+                tile2_q6_k(wg, w->nb, w->in, xr, R, yr, h);                                        \
+            else if (w->f32)                                                                       \
                 tile2_q4_1(wg, w->nb, w->in, xr, R, yr, h, true);                                  \
             else if (w->nib)                                                                       \
                 tile2_q4_1(wg, w->nb, w->in, xr, R, yr, h, false);                                 \

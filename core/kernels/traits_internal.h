@@ -38,6 +38,9 @@ typedef void core__repack8_fn(const uint8_t *blk, int s, uint8_t *unit, int j);
 #define CORE_Q8_UNIT_Q4_1 320
 #define CORE_Q8_UNIT_Q8_0 576
 #define CORE_Q8_UNIT_Q4_K 384
+/* Q6_K: 16 x 32 int8 (q - 32), 16 d · sc of each half (f32), 16 -128 · Σ(q - 32) of each half
+ * (int32) */
+#define CORE_Q8_UNIT_Q6_K 768
 
 typedef struct core__traits {
     core__dequant_fn *dequant;      /* the reference (dequant.c); NULL: the type is only sized */
@@ -62,7 +65,7 @@ core__rebuild_fn core__rebuild_avx2_f16, core__rebuild_avx2_bf16, core__rebuild_
 core__gemv8_fn core__gemv8_avx2_q4_0, core__gemv8_avx2_q4_1, core__gemv8_avx2_q5_0,
     core__gemv8_avx2_q5_1, core__gemv8_avx2_q8_0, core__gemv8_avx2_q4_k, core__gemv8_avx2_q5_k,
     core__gemv8_avx2_q6_k;
-core__repack8_fn core__repack8_q4_1, core__repack8_q8_0, core__repack8_q4_k;
+core__repack8_fn core__repack8_q4_1, core__repack8_q8_0, core__repack8_q4_k, core__repack8_q6_k;
 
 /* The 6-bit scale and min of sub-block j (0..7) of a Q4_K or Q5_K block, from its scales[12]
  * (dequant.c). */
