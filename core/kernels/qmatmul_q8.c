@@ -11,6 +11,9 @@
  *   Q4_K: a unit per 32-element sub-block, its nibbles re-paired as Q4_1's, then the 16 rows'
  *         d · sc (f32) and -(dmin · mn) (f32): 384 bytes. A sub-block is then a Q4_1 block whose
  *         scale and min are f32 (w = d·sc·q - dmin·mn), and runs through Q4_1's kernels.
+ *   Q5_K: a unit per 32-element sub-block: eight 64-byte vectors as Q8_0's holding q (0..31,
+ *         unsigned as it is), then the 16 rows' d · sc and -(dmin · mn) (f32): 640 bytes; the
+ *         min term is Q4_1's (m · s_x).
  *   Q6_K: a unit per 32-element sub-block: eight 64-byte vectors as Q8_0's, holding q - 32
  *         (signed), then per half of 16 inputs (one scale each) the 16 rows' d · sc (f32) and
  *         -128 · Σ(q - 32) (int32): 768 bytes. X goes in as x + 128 (unsigned, for VPDPBUSD),
@@ -38,6 +41,7 @@
 #define UNIT_Q8_0 CORE_Q8_UNIT_Q8_0
 #define UNIT_Q4_K CORE_Q8_UNIT_Q4_K
 #define UNIT_Q6_K CORE_Q8_UNIT_Q6_K
+#define UNIT_Q5_K CORE_Q8_UNIT_Q5_K
 #define XR 8 /* rows of X per pass over a group's weights (from L1 after the first) */
 
 struct core_q8w {
@@ -45,6 +49,7 @@ struct core_q8w {
     bool nib;        /* Q4_1 or Q4_K: the nibble kernels */
     bool f32;        /* Q4_K: f32 scales and mins */
     bool q6;         /* Q6_K: two scales per unit */
+    bool q5;         /* Q5_K: unsigned bytes, f32 scale and min */
     int in, out, nb; /* nb = in / QK */
     size_t unit;     /* bytes of one group's block */
     size_t bytes;
@@ -93,6 +98,21 @@ void core__repack8_q4_k(const uint8_t *blk, int s, uint8_t *u, int j)
     memcpy(u + 320 + 4 * j, &m, 4);
 }
 
+/* Sub-block s of a Q5_K block: nibble s % 2 of qs[32 (s / 2) + l] with bit s of qh[l] above it. */
+void core__repack8_q5_k(const uint8_t *blk, int s, uint8_t *u, int j)
+{
+    const uint8_t *qh = blk + 16, *qs = blk + 48 + 32 * (s / 2);
+    for (int l = 0; l < 32; l++)
+        u[64 * (l / 4) + 4 * j + l % 4] =
+            (uint8_t)((qs[l] >> 4 * (s % 2) & 15) | (qh[l] >> s & 1) << 4);
+    uint8_t sc, mn;
+    core__q4k_scale_min(s, blk + 4, &sc, &mn);
+    float d = core_fp16_to_fp32((uint16_t)(blk[0] | blk[1] << 8)) * (float)sc;
+    float m = -(core_fp16_to_fp32((uint16_t)(blk[2] | blk[3] << 8)) * (float)mn);
+    memcpy(u + 512 + 4 * j, &d, 4);
+    memcpy(u + 576 + 4 * j, &m, 4);
+}
+
 /* Sub-block s of a Q6_K block: quarter s % 4 of half s / 4, as dequant.c reads it. */
 void core__repack8_q6_k(const uint8_t *blk, int s, uint8_t *u, int j)
 {
@@ -126,6 +146,7 @@ core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
     w->nib = type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q4_K;
     w->f32 = type == CORE_TYPE_Q4_K;
     w->q6 = type == CORE_TYPE_Q6_K;
+    w->q5 = type == CORE_TYPE_Q5_K;
     w->in = in;
     w->out = out;
     w->nb = in / QK;
@@ -413,7 +434,16 @@ static void part_portable(const core_q8w *w, const uint8_t *Xq, int n, int g0, i
                     const int8_t *xb = xq + (size_t)b * QK;
                     int32_t isum = 0;
                     uint16_t h;
-                    if (w->q6) {
+                    if (w->q5) {
+                        for (int g = 0; g < 8; g++)
+                            for (int t = 0; t < 4; t++)
+                                isum += u[64 * g + 4 * j + t] * xb[4 * g + t];
+                        float dw, mw;
+                        memcpy(&dw, u + 512 + 4 * j, 4);
+                        memcpy(&mw, u + 576 + 4 * j, 4);
+                        acc = fmaf((float)isum, dw * dx[b], acc);
+                        acc = fmaf(mw, sx[b], acc);
+                    } else if (w->q6) {
                         for (int hh = 0; hh < 2; hh++) {
                             int32_t corr;
                             float dw;
@@ -550,6 +580,41 @@ VNNI_INLINE void tile_q8_0(const uint8_t *wg, int nb, int in, const uint8_t *con
         _mm512_storeu_ps(yr[r], acc[r]);
 }
 
+/* Q5_K: the unsigned q against x, then Q4_1's two steps with f32 scale and min. */
+VNNI_INLINE void tile_q5_k(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
+                           float *const *yr)
+{
+    __m512 acc[XR];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        acc[r] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *u = wg + (size_t)b * UNIT_Q5_K;
+        __m512i ai[XR];
+        UNROLL
+        for (int r = 0; r < R; r++)
+            ai[r] = _mm512_setzero_si512();
+        UNROLL
+        for (int g = 0; g < 8; g++) {
+            __m512i wv = _mm512_load_si512((const void *)(u + 64 * g));
+            UNROLL
+            for (int r = 0; r < R; r++)
+                ai[r] = _mm512_dpbusd_epi32(ai[r], wv,
+                                            bcast4((const int8_t *)xr[r] + (size_t)b * QK + 4 * g));
+        }
+        __m512 dw = _mm512_load_ps(u + 512), mw = _mm512_load_ps(u + 576);
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m512 t = _mm512_mul_ps(dw, _mm512_set1_ps(xq_d(xr[r], in)[b]));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai[r]), t, acc[r]);
+            acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xq_s(xr[r], in)[b]), acc[r]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        _mm512_storeu_ps(yr[r], acc[r]);
+}
+
 /* Q6_K: each half's sum starts at its stored -128 · Σ(q - 32), then x + 128 against q - 32. */
 VNNI_INLINE void tile_q6_k(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
                            float *const *yr)
@@ -594,7 +659,9 @@ VNNI_INLINE void tile_q6_k(const uint8_t *wg, int nb, int in, const uint8_t *con
     VNNI static void tile_##R(const core_q8w *w, const uint8_t *wg, const uint8_t *const *xr,      \
                               float *const *yr)                                                    \
     {                                                                                              \
-        if (w->q6)                                                                                 \
+        if (w->q5)                                                                                 \
+            tile_q5_k(wg, w->nb, w->in, xr, R, yr);                                                \
+        else if (w->q6)                                                                            \
             tile_q6_k(wg, w->nb, w->in, xr, R, yr);                                                \
         else if (w->f32)                                                                           \
             tile_q4_1(wg, w->nb, w->in, xr, R, yr, true);                                          \
@@ -747,6 +814,47 @@ AVX2_INLINE void tile2_q8_0(const uint8_t *wg, int nb, int in, const uint8_t *co
         _mm256_storeu_ps(yr[r] + 8 * h, acc[r]);
 }
 
+/* Q5_K: q (at most 31) against x in VPMADDUBSW, a pair at most 2·31·128 = 7936, into int32 by
+ * VPMADDWD per vector (eight pairs could overflow int16). */
+AVX2_INLINE void tile2_q5_k(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
+                            float *const *yr, int h)
+{
+    __m256 acc[XR2];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        acc[r] = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *u = wg + (size_t)b * UNIT_Q5_K;
+        __m256i s32[XR2];
+        UNROLL
+        for (int r = 0; r < R; r++)
+            s32[r] = _mm256_setzero_si256();
+        UNROLL
+        for (int g = 0; g < 8; g++) {
+            __m256i wv = _mm256_load_si256((const __m256i *)(u + 64 * g + 32 * h));
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                __m256i xv = bcast4_256((const int8_t *)xr[r] + (size_t)b * QK + 4 * g);
+                s32[r] =
+                    _mm256_add_epi32(s32[r], _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones));
+                PIN(s32[r]);
+            }
+        }
+        __m256 dw = _mm256_load_ps((const float *)(u + 512) + 8 * h);
+        __m256 mw = _mm256_load_ps((const float *)(u + 576) + 8 * h);
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m256 t = _mm256_mul_ps(dw, _mm256_set1_ps(xq_d(xr[r], in)[b]));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[r]), t, acc[r]);
+            acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xq_s(xr[r], in)[b]), acc[r]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        _mm256_storeu_ps(yr[r] + 8 * h, acc[r]);
+}
+
 /* Q6_K: x + 128 (unsigned) against q - 32 (signed) in VPMADDUBSW, a pair at most 2·255·32 =
  * 16320, then VPMADDWD into int32 from the stored -128 · Σ(q - 32). */
 AVX2_INLINE void tile2_q6_k(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
@@ -795,7 +903,9 @@ AVX2_INLINE void tile2_q6_k(const uint8_t *wg, int nb, int in, const uint8_t *co
                                float *const *yr)                                                   \
     {                                                                                              \
         for (int h = 0; h < 2; h++) {                                                              \
-            if (w->q6)                                                                             \
+            if (w->q5)                                                                             \
+                tile2_q5_k(wg, w->nb, w->in, xr, R, yr, h);                                        \
+            else if (w->q6)                                                                        \
                 tile2_q6_k(wg, w->nb, w->in, xr, R, yr, h);                                        \
             else if (w->f32)                                                                       \
                 tile2_q4_1(wg, w->nb, w->in, xr, R, yr, h, true);                                  \

@@ -21,7 +21,8 @@ static const core__traits table[CORE_TYPE_COUNT] = {
                         core__gemv16_avx512_q8_0, core__repack8_q8_0, CORE_Q8_UNIT_Q8_0},
     [CORE_TYPE_Q4_K] = {core__dequant_q4_k, core__rebuild_avx2_q4_k, core__gemv8_avx2_q4_k,
                         core__gemv16_avx512_q4_k, core__repack8_q4_k, CORE_Q8_UNIT_Q4_K},
-    [CORE_TYPE_Q5_K] = FUSED(q5_k),
+    [CORE_TYPE_Q5_K] = {core__dequant_q5_k, core__rebuild_avx2_q5_k, core__gemv8_avx2_q5_k,
+                        core__gemv16_avx512_q5_k, core__repack8_q5_k, CORE_Q8_UNIT_Q5_K},
     [CORE_TYPE_Q6_K] = {core__dequant_q6_k, core__rebuild_avx2_q6_k, core__gemv8_avx2_q6_k,
                         core__gemv16_avx512_q6_k, core__repack8_q6_k, CORE_Q8_UNIT_Q6_K},
 };

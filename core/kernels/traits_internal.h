@@ -41,6 +41,8 @@ typedef void core__repack8_fn(const uint8_t *blk, int s, uint8_t *unit, int j);
 /* Q6_K: 16 x 32 int8 (q - 32), 16 d · sc of each half (f32), 16 -128 · Σ(q - 32) of each half
  * (int32) */
 #define CORE_Q8_UNIT_Q6_K 768
+/* Q5_K: 16 x 32 uint8 q, 16 d · sc (f32), 16 -(dmin · mn) (f32) */
+#define CORE_Q8_UNIT_Q5_K 640
 
 typedef struct core__traits {
     core__dequant_fn *dequant;      /* the reference (dequant.c); NULL: the type is only sized */
@@ -65,7 +67,8 @@ core__rebuild_fn core__rebuild_avx2_f16, core__rebuild_avx2_bf16, core__rebuild_
 core__gemv8_fn core__gemv8_avx2_q4_0, core__gemv8_avx2_q4_1, core__gemv8_avx2_q5_0,
     core__gemv8_avx2_q5_1, core__gemv8_avx2_q8_0, core__gemv8_avx2_q4_k, core__gemv8_avx2_q5_k,
     core__gemv8_avx2_q6_k;
-core__repack8_fn core__repack8_q4_1, core__repack8_q8_0, core__repack8_q4_k, core__repack8_q6_k;
+core__repack8_fn core__repack8_q4_1, core__repack8_q8_0, core__repack8_q4_k, core__repack8_q5_k,
+    core__repack8_q6_k;
 
 /* The 6-bit scale and min of sub-block j (0..7) of a Q4_K or Q5_K block, from its scales[12]
  * (dequant.c). */

@@ -43,7 +43,7 @@ static uint8_t *rand_weights(uint32_t type, int in, int out)
         w[i] = (uint8_t)urand();
     for (size_t i = 0; i < nb; i++) {
         put_f16(w + i * bb + (type == CORE_TYPE_Q6_K ? 208 : 0), frand() * 0.05f);
-        if (type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q4_K)
+        if (type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q4_K || type == CORE_TYPE_Q5_K)
             put_f16(w + i * bb + 2, frand() * 0.05f);
     }
     return w;
@@ -201,8 +201,9 @@ TEST(q8_matmul_avx2_and_vnni_give_portable_bits_within_bound)
         printf("    neither AVX2 nor AVX-512 VNNI here: only the portable kernels run\n");
     int compared = 0;
     double worst = 0;
-    const uint32_t types[] = {CORE_TYPE_Q4_1, CORE_TYPE_Q8_0, CORE_TYPE_Q4_K, CORE_TYPE_Q6_K};
-    for (int t = 0; t < 4; t++) {
+    const uint32_t types[] = {CORE_TYPE_Q4_1, CORE_TYPE_Q8_0, CORE_TYPE_Q4_K, CORE_TYPE_Q5_K,
+                              CORE_TYPE_Q6_K};
+    for (int t = 0; t < 5; t++) {
         bool k = core_type_block_elems(types[t]) == 256;
         const shape *sh = k ? kquant_shapes : shapes;
         size_t count =
