@@ -56,7 +56,7 @@ static void serve_usage(FILE *out)
             "                            with a warning when the default is missing)\n"
             "      --no-registry         serve the base model only\n"
             "      --no-watch            do not watch the registry for changes\n"
-            "      --int8                int8 activations for Q4_1/Q8_0 weights, as llama.cpp\n"
+            "      --int8                int8 activations (Q4_1, Q8_0, Q4_K-Q6_K), as llama.cpp\n"
             "                            (AVX2 or AVX-512 VNNI): faster, logits further from\n"
             "                            the f32 reference (README, 'int8 activations')\n"
             "      --kv-f16              cache K and V as f16: half the KV memory, faster long\n"

@@ -730,8 +730,9 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
         }
         e->int8_weights = rc;
         if (rc == 0)
-            fprintf(stderr, "engine: --int8: the model has no Q4_1 or Q8_0 weights; every layer "
-                            "keeps f32 activations\n");
+            fprintf(stderr,
+                    "engine: --int8: the model has no Q4_1, Q8_0 or K-quant weights; every layer "
+                    "keeps f32 activations\n");
     }
     e->tok = core_tokenizer_new(e->model->gguf, err, errlen);
     if (!e->tok)
@@ -770,7 +771,7 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
             adapter_registry_stats_get(e->reg, &rs);
         if (e->int8_weights)
             snprintf(int8, sizeof int8,
-                     "int8 activations (%s) where the weights are Q4_1/Q8_0, else ",
+                     "int8 activations (%s) where the weights are Q4_1/Q8_0/Q4_K-Q6_K, else ",
                      core_int8_kernels());
         fprintf(stderr,
                 "engine: model %s (%d layers, vocab %d), %d slots x %d positions, batch %d rows, "

@@ -126,6 +126,7 @@ LORA_SHORT = re.compile(r"(?P<n>\d+) distinct: (?P<pct>" + SNUM + r")%")
 LORA_ONE_LINE = re.compile(r"^LoRA, (?P<rows>\d+) rows per decode step, (?P<n>\d+) distinct "
                            r"adapters: (?P<rest>.+)$")
 BENCH_QUIET = re.compile(r"^(openblas core:|model:|a step reads|int8 activations|LoRA \(|\(|"
+                         r"kernels: |  (q\d_[01k]|f16|bf16) |"
                          r"cc |build/bench_core |make(\[\d+\])?:)")
 
 

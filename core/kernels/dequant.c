@@ -92,8 +92,7 @@ void core__dequant_q8_0(const uint8_t *b, float *y, int64_t nb)
     }
 }
 
-/* The 6-bit scale and min of Q4_K sub-block j, packed in scales[12]. */
-static void q4k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn)
+void core__q4k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn)
 {
     if (j < 4) {
         *sc = s[j] & 63;
@@ -115,14 +114,38 @@ void core__dequant_q4_k(const uint8_t *b, float *y, int64_t nb)
         const uint8_t *qs = b + 16;
         for (int c = 0; c < 4; c++, qs += 32) {
             uint8_t sc, mn;
-            q4k_scale_min(2 * c, scales, &sc, &mn);
+            core__q4k_scale_min(2 * c, scales, &sc, &mn);
             float d1 = d * (float)sc, m1 = dmin * (float)mn;
-            q4k_scale_min(2 * c + 1, scales, &sc, &mn);
+            core__q4k_scale_min(2 * c + 1, scales, &sc, &mn);
             float d2 = d * (float)sc, m2 = dmin * (float)mn;
             for (int l = 0; l < 32; l++)
                 *y++ = d1 * (float)(qs[l] & 0x0f) - m1;
             for (int l = 0; l < 32; l++)
                 *y++ = d2 * (float)(qs[l] >> 4) - m2;
+        }
+    }
+}
+
+/* Q5_K: d, dmin, scales[12] (as Q4_K), qh[32], qs[128]; as Q4_K, with bit 2c of qh[l] the fifth
+ * bit of output l of sub-block 2c and bit 2c + 1 that of sub-block 2c + 1. */
+void core__dequant_q5_k(const uint8_t *b, float *y, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, b += 176) {
+        float d = load_f16(b);
+        float dmin = load_f16(b + 2);
+        const uint8_t *scales = b + 4;
+        const uint8_t *qh = b + 16;
+        const uint8_t *qs = b + 48;
+        for (int c = 0; c < 4; c++, qs += 32) {
+            uint8_t sc, mn;
+            core__q4k_scale_min(2 * c, scales, &sc, &mn);
+            float d1 = d * (float)sc, m1 = dmin * (float)mn;
+            core__q4k_scale_min(2 * c + 1, scales, &sc, &mn);
+            float d2 = d * (float)sc, m2 = dmin * (float)mn;
+            for (int l = 0; l < 32; l++)
+                *y++ = d1 * (float)((qs[l] & 0x0f) | ((qh[l] >> 2 * c) & 1) << 4) - m1;
+            for (int l = 0; l < 32; l++)
+                *y++ = d2 * (float)((qs[l] >> 4) | ((qh[l] >> (2 * c + 1)) & 1) << 4) - m2;
         }
     }
 }

@@ -1,5 +1,5 @@
 /* Scalar dequantization of the block formats in docs/FORMATS.md §3 to f32 (F32, F16, BF16, Q4_0,
- * Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K): the reference every faster kernel is checked against.
+ * Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K): the reference every faster kernel is checked against.
  * The other K-quants and Q8_1 are only sized (core/format/types.h), so that a GGUF holding them
  * still opens. Pure and thread-safe.
  */

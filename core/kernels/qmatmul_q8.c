@@ -8,6 +8,16 @@
  *         16 rows' d (f16) and the 16 rows' m (f16): 320 bytes.
  *   Q8_0: eight 64-byte vectors, vector g holding inputs 4g..4g+3 of the 16 rows as q + 128
  *         (unsigned, for VPDPBUSD), then the 16 rows' d (f16), padded: 576 bytes.
+ *   Q4_K: a unit per 32-element sub-block, its nibbles re-paired as Q4_1's, then the 16 rows'
+ *         d · sc (f32) and -(dmin · mn) (f32): 384 bytes. A sub-block is then a Q4_1 block whose
+ *         scale and min are f32 (w = d·sc·q - dmin·mn), and runs through Q4_1's kernels.
+ *   Q5_K: a unit per 32-element sub-block: eight 64-byte vectors as Q8_0's holding q (0..31,
+ *         unsigned as it is), then the 16 rows' d · sc and -(dmin · mn) (f32): 640 bytes; the
+ *         min term is Q4_1's (m · s_x).
+ *   Q6_K: a unit per 32-element sub-block: eight 64-byte vectors as Q8_0's, holding q - 32
+ *         (signed), then per half of 16 inputs (one scale each) the 16 rows' d · sc (f32) and
+ *         -128 · Σ(q - 32) (int32): 768 bytes. X goes in as x + 128 (unsigned, for VPDPBUSD),
+ *         and the stored sums take the 128 back out: each half's integer sum is exact.
  * A quantized row of X: in int8 values, then per block d (f32), s = d·Σq (f32) and Σq (int32).
  */
 #include "core/kernels/qmatmul_q8_internal.h"
@@ -16,6 +26,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,10 +39,17 @@
 #define GROUP 16
 #define UNIT_Q4_1 CORE_Q8_UNIT_Q4_1
 #define UNIT_Q8_0 CORE_Q8_UNIT_Q8_0
+#define UNIT_Q4_K CORE_Q8_UNIT_Q4_K
+#define UNIT_Q6_K CORE_Q8_UNIT_Q6_K
+#define UNIT_Q5_K CORE_Q8_UNIT_Q5_K
 #define XR 8 /* rows of X per pass over a group's weights (from L1 after the first) */
 
 struct core_q8w {
     uint32_t type;
+    bool nib;        /* Q4_1 or Q4_K: the nibble kernels */
+    bool f32;        /* Q4_K: f32 scales and mins */
+    bool q6;         /* Q6_K: two scales per unit */
+    bool q5;         /* Q5_K: unsigned bytes, f32 scale and min */
     int in, out, nb; /* nb = in / QK */
     size_t unit;     /* bytes of one group's block */
     size_t bytes;
@@ -44,20 +62,76 @@ int core__q8w_supports(uint32_t type, int in, int out)
 }
 
 /* Row j's block into its group's unit, in the layouts above (the traits table's repack8). */
-void core__repack8_q4_1(const uint8_t *blk, uint8_t *u, int j)
+void core__repack8_q4_1(const uint8_t *blk, int s, uint8_t *u, int j)
 {
+    (void)s;
     for (int g = 0; g < 4; g++)
         memcpy(u + 64 * g + 4 * j, blk + 4 + 4 * g, 4);
     memcpy(u + 256 + 2 * j, blk, 2);     /* d */
     memcpy(u + 288 + 2 * j, blk + 2, 2); /* m */
 }
 
-void core__repack8_q8_0(const uint8_t *blk, uint8_t *u, int j)
+void core__repack8_q8_0(const uint8_t *blk, int s, uint8_t *u, int j)
 {
+    (void)s;
     for (int g = 0; g < 8; g++)
         for (int t = 0; t < 4; t++)
             u[64 * g + 4 * j + t] = (uint8_t)(blk[2 + 4 * g + t] ^ 0x80u);
     memcpy(u + 512 + 2 * j, blk, 2); /* d */
+}
+
+/* Sub-block s of a Q4_K block: element l is nibble s % 2 of qs[32 (s / 2) + l]; byte t of the
+ * unit's row pairs elements t (low) and 16 + t (high), as Q4_1. The scale and min are the
+ * dequantizer's float products. */
+void core__repack8_q4_k(const uint8_t *blk, int s, uint8_t *u, int j)
+{
+    const uint8_t *qs = blk + 16 + 32 * (s / 2);
+    int sh = 4 * (s % 2);
+    for (int t = 0; t < 16; t++)
+        u[64 * (t / 4) + 4 * j + t % 4] =
+            (uint8_t)((qs[t] >> sh & 15) | (qs[16 + t] >> sh & 15) << 4);
+    uint8_t sc, mn;
+    core__q4k_scale_min(s, blk + 4, &sc, &mn);
+    float d = core_fp16_to_fp32((uint16_t)(blk[0] | blk[1] << 8)) * (float)sc;
+    float m = -(core_fp16_to_fp32((uint16_t)(blk[2] | blk[3] << 8)) * (float)mn);
+    memcpy(u + 256 + 4 * j, &d, 4);
+    memcpy(u + 320 + 4 * j, &m, 4);
+}
+
+/* Sub-block s of a Q5_K block: nibble s % 2 of qs[32 (s / 2) + l] with bit s of qh[l] above it. */
+void core__repack8_q5_k(const uint8_t *blk, int s, uint8_t *u, int j)
+{
+    const uint8_t *qh = blk + 16, *qs = blk + 48 + 32 * (s / 2);
+    for (int l = 0; l < 32; l++)
+        u[64 * (l / 4) + 4 * j + l % 4] =
+            (uint8_t)((qs[l] >> 4 * (s % 2) & 15) | (qh[l] >> s & 1) << 4);
+    uint8_t sc, mn;
+    core__q4k_scale_min(s, blk + 4, &sc, &mn);
+    float d = core_fp16_to_fp32((uint16_t)(blk[0] | blk[1] << 8)) * (float)sc;
+    float m = -(core_fp16_to_fp32((uint16_t)(blk[2] | blk[3] << 8)) * (float)mn);
+    memcpy(u + 512 + 4 * j, &d, 4);
+    memcpy(u + 576 + 4 * j, &m, 4);
+}
+
+/* Sub-block s of a Q6_K block: quarter s % 4 of half s / 4, as dequant.c reads it. */
+void core__repack8_q6_k(const uint8_t *blk, int s, uint8_t *u, int j)
+{
+    int half = s / 4, c = s % 4;
+    const uint8_t *ql = blk + 64 * half + 32 * (c % 2), *qh = blk + 128 + 32 * half;
+    const int8_t *sc = (const int8_t *)(blk + 192);
+    float d = core_fp16_to_fp32((uint16_t)(blk[208] | blk[209] << 8));
+    int32_t sum[2] = {0, 0};
+    for (int l = 0; l < 32; l++) {
+        int q = ((ql[l] >> 4 * (c / 2)) & 15) | ((qh[l] >> 2 * c) & 3) << 4;
+        u[64 * (l / 4) + 4 * j + l % 4] = (uint8_t)(int8_t)(q - 32);
+        sum[l / 16] += q - 32;
+    }
+    for (int h = 0; h < 2; h++) {
+        float dh = d * (float)sc[2 * s + h];
+        int32_t corr = -128 * sum[h];
+        memcpy(u + 512 + 64 * h + 4 * j, &dh, 4);
+        memcpy(u + 640 + 64 * h + 4 * j, &corr, 4);
+    }
 }
 
 core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
@@ -69,6 +143,10 @@ core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
     if (!w)
         return NULL;
     w->type = type;
+    w->nib = type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q4_K;
+    w->f32 = type == CORE_TYPE_Q4_K;
+    w->q6 = type == CORE_TYPE_Q6_K;
+    w->q5 = type == CORE_TYPE_Q5_K;
     w->in = in;
     w->out = out;
     w->nb = in / QK;
@@ -81,12 +159,13 @@ core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
     }
     memset(w->data, 0, w->bytes);
     size_t src_block = core_type_block_bytes(type);
+    int per = (int)core_type_block_elems(type) / QK; /* units per source block */
     const uint8_t *src = W;
     for (int o = 0; o < out; o++) {
         int grp = o / GROUP, j = o % GROUP;
         for (int b = 0; b < w->nb; b++)
-            tr->repack8(src + ((size_t)o * (size_t)w->nb + (size_t)b) * src_block,
-                        w->data + ((size_t)grp * (size_t)w->nb + (size_t)b) * w->unit, j);
+            tr->repack8(src + ((size_t)o * (size_t)(w->nb / per) + (size_t)(b / per)) * src_block,
+                        b % per, w->data + ((size_t)grp * (size_t)w->nb + (size_t)b) * w->unit, j);
     }
     return w;
 }
@@ -355,18 +434,46 @@ static void part_portable(const core_q8w *w, const uint8_t *Xq, int n, int g0, i
                     const int8_t *xb = xq + (size_t)b * QK;
                     int32_t isum = 0;
                     uint16_t h;
-                    if (w->type == CORE_TYPE_Q4_1) {
+                    if (w->q5) {
+                        for (int g = 0; g < 8; g++)
+                            for (int t = 0; t < 4; t++)
+                                isum += u[64 * g + 4 * j + t] * xb[4 * g + t];
+                        float dw, mw;
+                        memcpy(&dw, u + 512 + 4 * j, 4);
+                        memcpy(&mw, u + 576 + 4 * j, 4);
+                        acc = fmaf((float)isum, dw * dx[b], acc);
+                        acc = fmaf(mw, sx[b], acc);
+                    } else if (w->q6) {
+                        for (int hh = 0; hh < 2; hh++) {
+                            int32_t corr;
+                            float dw;
+                            memcpy(&corr, u + 640 + 64 * hh + 4 * j, 4);
+                            memcpy(&dw, u + 512 + 64 * hh + 4 * j, 4);
+                            isum = corr;
+                            for (int g = 4 * hh; g < 4 * hh + 4; g++)
+                                for (int t = 0; t < 4; t++)
+                                    isum += (int8_t)u[64 * g + 4 * j + t] * (xb[4 * g + t] + 128);
+                            acc = fmaf((float)isum, dw * dx[b], acc);
+                        }
+                    } else if (w->nib) {
                         for (int g = 0; g < 4; g++)
                             for (int t = 0; t < 4; t++) {
                                 uint8_t byte = u[64 * g + 4 * j + t];
                                 isum +=
                                     (byte & 15) * xb[4 * g + t] + (byte >> 4) * xb[16 + 4 * g + t];
                             }
-                        memcpy(&h, u + 256 + 2 * j, 2);
-                        float tt = core_fp16_to_fp32(h) * dx[b];
-                        acc = fmaf((float)isum, tt, acc);
-                        memcpy(&h, u + 288 + 2 * j, 2);
-                        acc = fmaf(core_fp16_to_fp32(h), sx[b], acc);
+                        float dw, mw;
+                        if (w->f32) {
+                            memcpy(&dw, u + 256 + 4 * j, 4);
+                            memcpy(&mw, u + 320 + 4 * j, 4);
+                        } else {
+                            memcpy(&h, u + 256 + 2 * j, 2);
+                            dw = core_fp16_to_fp32(h);
+                            memcpy(&h, u + 288 + 2 * j, 2);
+                            mw = core_fp16_to_fp32(h);
+                        }
+                        acc = fmaf((float)isum, dw * dx[b], acc);
+                        acc = fmaf(mw, sx[b], acc);
                     } else {
                         isum = -128 * sumx[b];
                         for (int g = 0; g < 8; g++)
@@ -397,9 +504,9 @@ VNNI_INLINE __m512i bcast4(const int8_t *p)
     return _mm512_set1_epi32(v);
 }
 
-/* One group (16 outputs) against R rows of X. */
+/* One group (16 outputs) against R rows of X; F32: Q4_K's units (f32 scales and mins). */
 VNNI_INLINE void tile_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
-                           float *const *yr)
+                           float *const *yr, const bool F32)
 {
     __m512 acc[XR];
     UNROLL
@@ -407,7 +514,7 @@ VNNI_INLINE void tile_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *con
         acc[r] = _mm512_setzero_ps();
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int b = 0; b < nb; b++) {
-        const uint8_t *u = wg + (size_t)b * UNIT_Q4_1;
+        const uint8_t *u = wg + (size_t)b * (F32 ? UNIT_Q4_K : UNIT_Q4_1);
         __m512i ai[XR];
         UNROLL
         for (int r = 0; r < R; r++)
@@ -424,8 +531,10 @@ VNNI_INLINE void tile_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *con
                 ai[r] = _mm512_dpbusd_epi32(ai[r], hi, bcast4(xb + 16 + 4 * g));
             }
         }
-        __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(u + 256)));
-        __m512 mw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(u + 288)));
+        __m512 dw = F32 ? _mm512_load_ps(u + 256)
+                        : _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(u + 256)));
+        __m512 mw = F32 ? _mm512_load_ps(u + 320)
+                        : _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(u + 288)));
         UNROLL
         for (int r = 0; r < R; r++) {
             __m512 t = _mm512_mul_ps(dw, _mm512_set1_ps(xq_d(xr[r], in)[b]));
@@ -471,12 +580,93 @@ VNNI_INLINE void tile_q8_0(const uint8_t *wg, int nb, int in, const uint8_t *con
         _mm512_storeu_ps(yr[r], acc[r]);
 }
 
+/* Q5_K: the unsigned q against x, then Q4_1's two steps with f32 scale and min. */
+VNNI_INLINE void tile_q5_k(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
+                           float *const *yr)
+{
+    __m512 acc[XR];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        acc[r] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *u = wg + (size_t)b * UNIT_Q5_K;
+        __m512i ai[XR];
+        UNROLL
+        for (int r = 0; r < R; r++)
+            ai[r] = _mm512_setzero_si512();
+        UNROLL
+        for (int g = 0; g < 8; g++) {
+            __m512i wv = _mm512_load_si512((const void *)(u + 64 * g));
+            UNROLL
+            for (int r = 0; r < R; r++)
+                ai[r] = _mm512_dpbusd_epi32(ai[r], wv,
+                                            bcast4((const int8_t *)xr[r] + (size_t)b * QK + 4 * g));
+        }
+        __m512 dw = _mm512_load_ps(u + 512), mw = _mm512_load_ps(u + 576);
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m512 t = _mm512_mul_ps(dw, _mm512_set1_ps(xq_d(xr[r], in)[b]));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai[r]), t, acc[r]);
+            acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xq_s(xr[r], in)[b]), acc[r]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        _mm512_storeu_ps(yr[r], acc[r]);
+}
+
+/* Q6_K: each half's sum starts at its stored -128 · Σ(q - 32), then x + 128 against q - 32. */
+VNNI_INLINE void tile_q6_k(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
+                           float *const *yr)
+{
+    __m512 acc[XR];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        acc[r] = _mm512_setzero_ps();
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *u = wg + (size_t)b * UNIT_Q6_K;
+        UNROLL
+        for (int h = 0; h < 2; h++) {
+            __m512i ai[XR];
+            UNROLL
+            for (int r = 0; r < R; r++)
+                ai[r] = _mm512_load_si512((const void *)(u + 640 + 64 * h));
+            UNROLL
+            for (int g = 4 * h; g < 4 * h + 4; g++) {
+                __m512i wv = _mm512_load_si512((const void *)(u + 64 * g));
+                UNROLL
+                for (int r = 0; r < R; r++) {
+                    __m512i xv = _mm512_xor_si512(
+                        bcast4((const int8_t *)xr[r] + (size_t)b * QK + 4 * g), flip);
+                    ai[r] = _mm512_dpbusd_epi32(ai[r], xv, wv);
+                }
+            }
+            __m512 dw = _mm512_load_ps(u + 512 + 64 * h);
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                __m512 t = _mm512_mul_ps(dw, _mm512_set1_ps(xq_d(xr[r], in)[b]));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai[r]), t, acc[r]);
+            }
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        _mm512_storeu_ps(yr[r], acc[r]);
+}
+
 #define TILE_FN(R)                                                                                 \
     VNNI static void tile_##R(const core_q8w *w, const uint8_t *wg, const uint8_t *const *xr,      \
                               float *const *yr)                                                    \
     {                                                                                              \
-        if (w->type == CORE_TYPE_Q4_1)                                                             \
-            tile_q4_1(wg, w->nb, w->in, xr, R, yr);                                                \
+        if (w->q5)                                                                                 \
+            tile_q5_k(wg, w->nb, w->in, xr, R, yr);                                                \
+        else if (w->q6)                                                                            \
+            tile_q6_k(wg, w->nb, w->in, xr, R, yr);                                                \
+        else if (w->f32)                                                                           \
+            tile_q4_1(wg, w->nb, w->in, xr, R, yr, true);                                          \
+        else if (w->nib)                                                                           \
+            tile_q4_1(wg, w->nb, w->in, xr, R, yr, false);                                         \
         else                                                                                       \
             tile_q8_0(wg, w->nb, w->in, xr, R, yr);                                                \
     }
@@ -539,7 +729,7 @@ AVX2_INLINE __m256i bcast4_256(const int8_t *p)
 
 /* Half h (outputs 8h..8h+7) of one group against R rows of X. */
 AVX2_INLINE void tile2_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
-                            float *const *yr, int h)
+                            float *const *yr, int h, const bool F32)
 {
     __m256 acc[XR2];
     UNROLL
@@ -547,7 +737,7 @@ AVX2_INLINE void tile2_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *co
         acc[r] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     for (int b = 0; b < nb; b++) {
-        const uint8_t *u = wg + (size_t)b * UNIT_Q4_1;
+        const uint8_t *u = wg + (size_t)b * (F32 ? UNIT_Q4_K : UNIT_Q4_1);
         __m256i s16[XR2];
         UNROLL
         for (int r = 0; r < R; r++)
@@ -567,8 +757,10 @@ AVX2_INLINE void tile2_q4_1(const uint8_t *wg, int nb, int in, const uint8_t *co
                 PIN(s16[r]);
             }
         }
-        __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(u + 256 + 16 * h)));
-        __m256 mw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(u + 288 + 16 * h)));
+        __m256 dw = F32 ? _mm256_load_ps((const float *)(u + 256) + 8 * h)
+                        : _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(u + 256 + 16 * h)));
+        __m256 mw = F32 ? _mm256_load_ps((const float *)(u + 320) + 8 * h)
+                        : _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(u + 288 + 16 * h)));
         UNROLL
         for (int r = 0; r < R; r++) {
             __m256i isum = _mm256_madd_epi16(s16[r], ones);
@@ -622,13 +814,103 @@ AVX2_INLINE void tile2_q8_0(const uint8_t *wg, int nb, int in, const uint8_t *co
         _mm256_storeu_ps(yr[r] + 8 * h, acc[r]);
 }
 
+/* Q5_K: q (at most 31) against x in VPMADDUBSW, a pair at most 2·31·128 = 7936, into int32 by
+ * VPMADDWD per vector (eight pairs could overflow int16). */
+AVX2_INLINE void tile2_q5_k(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
+                            float *const *yr, int h)
+{
+    __m256 acc[XR2];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        acc[r] = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *u = wg + (size_t)b * UNIT_Q5_K;
+        __m256i s32[XR2];
+        UNROLL
+        for (int r = 0; r < R; r++)
+            s32[r] = _mm256_setzero_si256();
+        UNROLL
+        for (int g = 0; g < 8; g++) {
+            __m256i wv = _mm256_load_si256((const __m256i *)(u + 64 * g + 32 * h));
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                __m256i xv = bcast4_256((const int8_t *)xr[r] + (size_t)b * QK + 4 * g);
+                s32[r] =
+                    _mm256_add_epi32(s32[r], _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones));
+                PIN(s32[r]);
+            }
+        }
+        __m256 dw = _mm256_load_ps((const float *)(u + 512) + 8 * h);
+        __m256 mw = _mm256_load_ps((const float *)(u + 576) + 8 * h);
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            __m256 t = _mm256_mul_ps(dw, _mm256_set1_ps(xq_d(xr[r], in)[b]));
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[r]), t, acc[r]);
+            acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xq_s(xr[r], in)[b]), acc[r]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        _mm256_storeu_ps(yr[r] + 8 * h, acc[r]);
+}
+
+/* Q6_K: x + 128 (unsigned) against q - 32 (signed) in VPMADDUBSW, a pair at most 2·255·32 =
+ * 16320, then VPMADDWD into int32 from the stored -128 · Σ(q - 32). */
+AVX2_INLINE void tile2_q6_k(const uint8_t *wg, int nb, int in, const uint8_t *const *xr, int R,
+                            float *const *yr, int h)
+{
+    __m256 acc[XR2];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        acc[r] = _mm256_setzero_ps();
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    for (int b = 0; b < nb; b++) {
+        const uint8_t *u = wg + (size_t)b * UNIT_Q6_K;
+        UNROLL
+        for (int hf = 0; hf < 2; hf++) {
+            __m256i s32[XR2];
+            UNROLL
+            for (int r = 0; r < R; r++)
+                s32[r] = _mm256_load_si256((const __m256i *)(u + 640 + 64 * hf + 32 * h));
+            UNROLL
+            for (int g = 4 * hf; g < 4 * hf + 4; g++) {
+                __m256i wv = _mm256_load_si256((const __m256i *)(u + 64 * g + 32 * h));
+                UNROLL
+                for (int r = 0; r < R; r++) {
+                    __m256i xv = _mm256_xor_si256(
+                        bcast4_256((const int8_t *)xr[r] + (size_t)b * QK + 4 * g), flip);
+                    s32[r] = _mm256_add_epi32(
+                        s32[r], _mm256_madd_epi16(_mm256_maddubs_epi16(xv, wv), ones));
+                    PIN(s32[r]);
+                }
+            }
+            __m256 dw = _mm256_load_ps((const float *)(u + 512 + 64 * hf) + 8 * h);
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                __m256 t = _mm256_mul_ps(dw, _mm256_set1_ps(xq_d(xr[r], in)[b]));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32[r]), t, acc[r]);
+            }
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        _mm256_storeu_ps(yr[r] + 8 * h, acc[r]);
+}
+
 #define TILE2_FN(R)                                                                                \
     AVX2 static void tile2_##R(const core_q8w *w, const uint8_t *wg, const uint8_t *const *xr,     \
                                float *const *yr)                                                   \
     {                                                                                              \
         for (int h = 0; h < 2; h++) {                                                              \
-            if (w->type == CORE_TYPE_Q4_1)                                                         \
-                tile2_q4_1(wg, w->nb, w->in, xr, R, yr, h);                                        \
+            if (w->q5)                                                                             \
+                tile2_q5_k(wg, w->nb, w->in, xr, R, yr, h);                                        \
+            else if (w->q6)                                                                        \
+                tile2_q6_k(wg, w->nb, w->in, xr, R, yr, h);                                        \
+            else if (w->f32)                                                                       \
+                tile2_q4_1(wg, w->nb, w->in, xr, R, yr, h, true);                                  \
+            else if (w->nib)                                                                       \
+                tile2_q4_1(wg, w->nb, w->in, xr, R, yr, h, false);                                 \
             else                                                                                   \
                 tile2_q8_0(wg, w->nb, w->in, xr, R, yr, h);                                        \
         }                                                                                          \

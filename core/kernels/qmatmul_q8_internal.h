@@ -27,8 +27,8 @@
 /* Weights repacked for the int8 kernels (opaque). */
 typedef struct core_q8w core_q8w;
 
-/* 1 when the int8 kernels take weights of this type and shape: Q4_1 or Q8_0, in a multiple of
- * 32, out a multiple of 16. */
+/* 1 when the int8 kernels take weights of this type and shape: Q4_1, Q8_0, Q4_K or Q6_K, in a
+ * multiple of 32, out a multiple of 16. */
 int core__q8w_supports(uint32_t type, int in, int out);
 
 /* The repacked copy of W (out, in) as the GGUF stores it; NULL when unsupported (see above) or

@@ -28,14 +28,21 @@ typedef void core__gemv8_fn(const uint8_t *W, size_t row_bytes, int nb, int out,
 typedef void core__gemv16_fn(const uint8_t *W, size_t row_bytes, int nb, int out, const float *X,
                              int ldx, int n, float *xp, float *Y, int ldy);
 
-/* Block b of weight row j (j < 16) of a group of sixteen rows, copied into that group's repacked
- * unit for block b (qmatmul_q8.c): the int8 kernels' layout. */
-typedef void core__repack8_fn(const uint8_t *blk, uint8_t *unit, int j);
+/* Part s (elements 32s..32s+31; s is 0 for the 32-element types) of a block of weight row j
+ * (j < 16) of a group of sixteen rows, copied into that group's repacked unit for those 32
+ * elements (qmatmul_q8.c): the int8 kernels' layout. */
+typedef void core__repack8_fn(const uint8_t *blk, int s, uint8_t *unit, int j);
 
-/* Bytes of one repacked unit (sixteen rows' block b): Q4_1 16 x 16 nibble bytes + 16 d + 16 m
- * (f16); Q8_0 16 x 32 int8 + 16 d. */
+/* Bytes of one repacked unit (sixteen rows' 32 elements): Q4_1 16 x 16 nibble bytes + 16 d + 16 m
+ * (f16); Q8_0 16 x 32 int8 + 16 d; Q4_K as Q4_1 with f32 scales and mins. */
 #define CORE_Q8_UNIT_Q4_1 320
 #define CORE_Q8_UNIT_Q8_0 576
+#define CORE_Q8_UNIT_Q4_K 384
+/* Q6_K: 16 x 32 int8 (q - 32), 16 d · sc of each half (f32), 16 -128 · Σ(q - 32) of each half
+ * (int32) */
+#define CORE_Q8_UNIT_Q6_K 768
+/* Q5_K: 16 x 32 uint8 q, 16 d · sc (f32), 16 -(dmin · mn) (f32) */
+#define CORE_Q8_UNIT_Q5_K 640
 
 typedef struct core__traits {
     core__dequant_fn *dequant;      /* the reference (dequant.c); NULL: the type is only sized */
@@ -52,14 +59,22 @@ const core__traits *core__traits_of(uint32_t type);
 /* The kernels the rows name (dequant.c, qmatmul.c). */
 core__dequant_fn core__dequant_f32, core__dequant_f16, core__dequant_bf16, core__dequant_q4_0,
     core__dequant_q4_1, core__dequant_q5_0, core__dequant_q5_1, core__dequant_q8_0,
-    core__dequant_q4_k, core__dequant_q6_k;
+    core__dequant_q4_k, core__dequant_q5_k, core__dequant_q6_k;
 core__rebuild_fn core__rebuild_avx2_f16, core__rebuild_avx2_bf16, core__rebuild_avx2_q4_0,
     core__rebuild_avx2_q4_1, core__rebuild_avx2_q5_0, core__rebuild_avx2_q5_1,
-    core__rebuild_avx2_q8_0, core__rebuild_avx2_q4_k, core__rebuild_avx2_q6_k;
+    core__rebuild_avx2_q8_0, core__rebuild_avx2_q4_k, core__rebuild_avx2_q5_k,
+    core__rebuild_avx2_q6_k;
 core__gemv8_fn core__gemv8_avx2_q4_0, core__gemv8_avx2_q4_1, core__gemv8_avx2_q5_0,
-    core__gemv8_avx2_q5_1, core__gemv8_avx2_q8_0;
-core__repack8_fn core__repack8_q4_1, core__repack8_q8_0;
+    core__gemv8_avx2_q5_1, core__gemv8_avx2_q8_0, core__gemv8_avx2_q4_k, core__gemv8_avx2_q5_k,
+    core__gemv8_avx2_q6_k;
+core__repack8_fn core__repack8_q4_1, core__repack8_q8_0, core__repack8_q4_k, core__repack8_q5_k,
+    core__repack8_q6_k;
+
+/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K or Q5_K block, from its scales[12]
+ * (dequant.c). */
+void core__q4k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn);
 core__gemv16_fn core__gemv16_avx512_q4_0, core__gemv16_avx512_q4_1, core__gemv16_avx512_q5_0,
-    core__gemv16_avx512_q5_1, core__gemv16_avx512_q8_0;
+    core__gemv16_avx512_q5_1, core__gemv16_avx512_q8_0, core__gemv16_avx512_q4_k,
+    core__gemv16_avx512_q5_k, core__gemv16_avx512_q6_k;
 
 #endif

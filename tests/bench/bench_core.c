@@ -11,6 +11,7 @@
 #include "adapters/compose.h"
 #include "core/format/types.h"
 #include "core/kernels/blas.h"
+#include "core/kernels/cpu_internal.h"
 #include "core/kernels/qmatmul_internal.h"
 #include "core/kernels/qmatmul_q8_internal.h"
 #include "core/model/model.h"
@@ -85,6 +86,93 @@ static void report(const bench *b, const char *what, double toks, double secs, d
            "   [%.0f rows/step]\n",
            what, toks / secs, gflops, 100 * gflops / b->peak, gbs, 100 * gbs / b->bw,
            rows_per_step);
+}
+
+/* The int8 kernels on W (when they take its type), X quantized beforehand, as bench_kernels. */
+static void bench_kernels_int8(uint32_t type, const uint8_t *w, int in, int out, const float *x,
+                               const int *ns, int count, float *y)
+{
+    core_q8w *p = core__q8_available() ? core__q8w_pack(type, w, in, out) : NULL;
+    if (!p)
+        return;
+    size_t rb = core__q8x_row_bytes(in);
+    uint8_t *xq = aligned_alloc(64, rb * (size_t)ns[count - 1]);
+    core__q8x_quantize(x, in, ns[count - 1], xq);
+    printf("  %-5s int8 %-12s", core_type_name(type), core__q8_kernels());
+    for (int k = 0; k < count; k++) {
+        double best = 1e9;
+        for (int r = 0; r < 15; r++) {
+            double t0 = now_s();
+            core__q8_matmul_part(p, xq, ns[k], 0, out, y, out);
+            double dt = now_s() - t0;
+            best = dt < best ? dt : best;
+        }
+        printf("   n=%-2d %5.1f GB/s %6.1f GFLOP/s", ns[k],
+               (double)core_type_row_bytes(type, (uint64_t)in) * out / best / 1e9,
+               2.0 * in * out * ns[k] / best / 1e9);
+    }
+    printf("  (stored-size GB/s)\n");
+    free(xq);
+    core__q8w_free(p);
+}
+
+/* One weight matrix of each type that has fused kernels, in x out as a 1B model's feed-forward
+ * (Llama 3.2 1B: 2048 x 8192), random quants with f16 scales of 0.01 (no subnormals), against n
+ * rows of X on each kernel family: the best of a few runs, as GB/s of stored weights read and
+ * GFLOP/s. A Q4_K_M model's matrices are Q4_K and Q6_K; Q4_1 is the default model's. */
+static void bench_kernels(void)
+{
+    static const struct {
+        uint32_t type;
+        int scales[2]; /* byte offsets of f16 scales in a block; -1: none */
+    } types[] = {{CORE_TYPE_Q4_1, {0, 2}},
+                 {CORE_TYPE_Q8_0, {0, -1}},
+                 {CORE_TYPE_Q4_K, {0, 2}},
+                 {CORE_TYPE_Q5_K, {0, 2}},
+                 {CORE_TYPE_Q6_K, {208, -1}}};
+    static const int ns[] = {1, 4, 16};
+    static const core_cpu_level levels[] = {CORE_CPU_AVX512, CORE_CPU_AVX2};
+    const int in = 2048, out = 8192, nmax = 16;
+    float *x = malloc(sizeof(float) * (size_t)in * nmax), *y = malloc(sizeof(float) * out * nmax);
+    for (int i = 0; i < in * nmax; i++)
+        x[i] = (float)(i % 17) / 8.0f - 1.0f;
+    printf("\nkernels: Y = X W^T, W %d x %d stored, X n x %d (GB/s of stored weights, GFLOP/s)\n",
+           out, in, in);
+    for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
+        uint32_t type = types[t].type;
+        size_t bb = core_type_block_bytes(type), rb = core_type_row_bytes(type, (uint64_t)in);
+        size_t bytes = rb * out;
+        uint8_t *w = malloc(bytes);
+        for (size_t i = 0; i < bytes; i++)
+            w[i] = (uint8_t)(i * 2654435761u >> 13);
+        uint16_t h = core_fp32_to_fp16(0.01f);
+        for (size_t b = 0; b < bytes / bb; b++)
+            for (int k = 0; k < 2; k++)
+                if (types[t].scales[k] >= 0)
+                    memcpy(w + b * bb + types[t].scales[k], &h, sizeof h);
+        for (size_t l = 0; l < sizeof levels / sizeof levels[0]; l++) {
+            if (core__cpu_force(levels[l]) != 0)
+                continue;
+            printf("  %-5s %-7s", core_type_name(type), core__qmatmul_kernels());
+            for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+                double best = 1e9;
+                for (int r = 0; r < 15; r++) {
+                    double t0 = now_s();
+                    core__qmatmul(type, w, in, out, x, ns[k], y);
+                    double dt = now_s() - t0;
+                    best = dt < best ? dt : best;
+                }
+                printf("   n=%-2d %5.1f GB/s %6.1f GFLOP/s", ns[k], bytes / best / 1e9,
+                       2.0 * in * out * ns[k] / best / 1e9);
+            }
+            printf("\n");
+        }
+        core__cpu_force(-1);
+        bench_kernels_int8(type, w, in, out, x, ns, (int)(sizeof ns / sizeof ns[0]), y);
+        free(w);
+    }
+    free(x);
+    free(y);
 }
 
 /* Prefills n_seq sequences of plen tokens, then decodes steps tokens for all of them. */
@@ -355,7 +443,7 @@ int main(int argc, char **argv)
     char msg[256] = "";
     core_blas_ensure_kernel(argc, argv, msg, sizeof msg);
     const char *path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    int only_sgemm = 0, only_lora = 0;
+    int only_sgemm = 0, only_lora = 0, only_kernels = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc)
             path = argv[++i];
@@ -363,13 +451,20 @@ int main(int argc, char **argv)
             only_sgemm = 1; /* for tools/bench_server.sh: one line, "sgemm_gflops X" */
         else if (!strcmp(argv[i], "--lora-only"))
             only_lora = 1;
+        else if (!strcmp(argv[i], "--kernels-only"))
+            only_kernels = 1;
         else {
-            fprintf(stderr, "usage: bench_core [-m MODEL] [--sgemm-only | --lora-only]\n");
+            fprintf(stderr,
+                    "usage: bench_core [-m MODEL] [--sgemm-only | --lora-only | --kernels-only]\n");
             return 2;
         }
     }
     if (only_sgemm) {
         printf("sgemm_gflops %.1f\n", sgemm_peak());
+        return 0;
+    }
+    if (only_kernels) {
+        bench_kernels();
         return 0;
     }
     printf("openblas core: %s, %d threads%s%s\n", core_blas_corename(), core_blas_threads(),
@@ -421,6 +516,8 @@ int main(int argc, char **argv)
     } else if (!only_lora) {
         printf("\nint8 activations: neither AVX2 nor AVX-512 VNNI on this CPU\n");
     }
+    if (!only_lora)
+        bench_kernels();
     bench_lora(&b);
     free(b.logits);
     core_kv_free(b.kv);

@@ -44,7 +44,7 @@ def raw_tensor(w, rng, name, qtype, shape):
     rows, cols = shape
     nb = rows * cols // be
     raw = rng.integers(0, 256, size=nb * bb, dtype=np.uint8)
-    scale_off = {T.Q6_K: [208], T.Q4_K: [0, 2], T.Q2_K: [80, 82]}.get(qtype, [0])
+    scale_off = {T.Q6_K: [208], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q2_K: [80, 82]}.get(qtype, [0])
     for b in range(nb):
         for off in scale_off:
             raw[b * bb + off:b * bb + off + 2] = np.frombuffer(
@@ -102,6 +102,7 @@ def all_types(w):
     w.add_array("t.floats", [0.5, -1.0])
     raw_tensor(w, rng, "k4", T.Q4_K, (2, 256))
     raw_tensor(w, rng, "k6", T.Q6_K, (1, 256))
+    raw_tensor(w, rng, "k5", T.Q5_K, (2, 256))
     raw_tensor(w, rng, "k2", T.Q2_K, (1, 256))
     bf = (rng.standard_normal(32).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
     w.add_tensor("bf", bf.view(np.uint8), raw_dtype=T.BF16)

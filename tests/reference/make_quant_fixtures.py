@@ -2,7 +2,7 @@
 """Reference dequantization vectors for tests/unit/core/kernels/test_dequant.c.
 
 For each tensor type the C code dequantizes (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-Q4_K, Q6_K) this makes a few blocks of random bytes whose f16 scale fields are overwritten with
+Q4_K, Q5_K, Q6_K) this makes a few blocks of random bytes whose f16 scale fields are overwritten with
 finite, sane values (|d| <= 0.1, plus one subnormal scale per type), and dequantizes them with
 gguf.quants.dequantize from the `gguf` Python package (llama.cpp's own gguf-py: an implementation
 independent of ours, in numpy float32). F16/BF16/F32 inputs also include the special values
@@ -48,6 +48,7 @@ CASES = [
     (T.Q8_0, 8, [0]),
     (T.Q4_K, 4, [0, 2]),
     (T.Q6_K, 4, [208]),
+    (T.Q5_K, 4, [0, 2]),  # last: the cases above keep the bytes they had before it was added
 ]
 
 F16_SPECIALS = [0x0000, 0x8000, 0x0001, 0x8001, 0x03FF, 0x0400, 0x7BFF, 0xFBFF,

@@ -114,7 +114,7 @@ TEST(quant_dequant_reference)
     free(buf);
     CHECK_MSG(ok, "malformed fixture %s", FIXTURE);
     printf("    max |diff| over all types: %g\n", max_diff);
-    CHECK_EQ_INT(types_seen, 10);
+    CHECK_EQ_INT(types_seen, 11);
 }
 
 TEST(quant_geometry)

@@ -67,6 +67,7 @@ static uint8_t *rand_weights(uint32_t type, int in, int rows, size_t *row_bytes)
         case CORE_TYPE_Q4_1:
         case CORE_TYPE_Q5_1:
         case CORE_TYPE_Q4_K:
+        case CORE_TYPE_Q5_K:
             put_f16(b, rand_scale());
             put_f16(b + 2, rand_scale());
             break;
@@ -93,8 +94,8 @@ static const shape kquant_shapes[] = {{256, 7}, {512, 11}, {1280, 5}};
 static const shape float_shapes[] = {{1, 3}, {7, 5}, {13, 9}, {29, 13}, {576, 11}, {1037, 3}};
 
 static const uint32_t all_types[] = {CORE_TYPE_Q4_0, CORE_TYPE_Q4_1, CORE_TYPE_Q5_0, CORE_TYPE_Q5_1,
-                                     CORE_TYPE_Q8_0, CORE_TYPE_Q4_K, CORE_TYPE_Q6_K, CORE_TYPE_F32,
-                                     CORE_TYPE_F16,  CORE_TYPE_BF16};
+                                     CORE_TYPE_Q8_0, CORE_TYPE_Q4_K, CORE_TYPE_Q5_K, CORE_TYPE_Q6_K,
+                                     CORE_TYPE_F32,  CORE_TYPE_F16,  CORE_TYPE_BF16};
 
 static const shape *shapes_of(uint32_t type, int *count)
 {
@@ -321,7 +322,7 @@ static void rejects(void)
     CHECK_EQ_INT(core__qmatmul(CORE_TYPE_Q8_1, w, 32, 1, x, 1, y), -ENOTSUP);
     CHECK_EQ_INT(core__qmatmul(CORE_TYPE_Q2_K, w, 256, 1, x, 1, y), -ENOTSUP);
     CHECK_EQ_INT(core__qmatmul(999, w, 32, 1, x, 1, y), -ENOTSUP);
-    CHECK(!core__qmatmul_supports(CORE_TYPE_Q5_K));
+    CHECK(!core__qmatmul_supports(CORE_TYPE_Q3_K));
     CHECK_EQ_INT(core__qmatmul(CORE_TYPE_Q4_1, w, 48, 1, x, 1, y), -EINVAL);
     CHECK_EQ_INT(core__qmatmul(CORE_TYPE_Q4_1, w, 0, 1, x, 1, y), -EINVAL);
     CHECK_EQ_INT(core__qmatmul(CORE_TYPE_Q4_1, w, 32, 0, x, 1, y), 0);

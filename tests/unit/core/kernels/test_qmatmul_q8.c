@@ -4,6 +4,7 @@
  * rounding X to 8 bits allows, against dequantize-then-multiply in double. */
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,8 +42,8 @@ static uint8_t *rand_weights(uint32_t type, int in, int out)
     for (size_t i = 0; i < (size_t)out * rb; i++)
         w[i] = (uint8_t)urand();
     for (size_t i = 0; i < nb; i++) {
-        put_f16(w + i * bb, frand() * 0.05f);
-        if (type == CORE_TYPE_Q4_1)
+        put_f16(w + i * bb + (type == CORE_TYPE_Q6_K ? 208 : 0), frand() * 0.05f);
+        if (type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q4_K || type == CORE_TYPE_Q5_K)
             put_f16(w + i * bb + 2, frand() * 0.05f);
     }
     return w;
@@ -120,6 +121,7 @@ typedef struct shape {
 } shape;
 
 static const shape shapes[] = {{32, 16}, {96, 48}, {576, 64}, {1536, 32}, {576, 208}};
+static const shape kquant_shapes[] = {{256, 16}, {512, 48}, {1536, 32}, {2048, 208}};
 
 /* The CPU's kernels (AVX2, VNNI) vs portable for one type and shape, every n in ns, whole and split
  * over output groups; and each result within the bound of 8-bit activations against double. */
@@ -199,12 +201,18 @@ TEST(q8_matmul_avx2_and_vnni_give_portable_bits_within_bound)
         printf("    neither AVX2 nor AVX-512 VNNI here: only the portable kernels run\n");
     int compared = 0;
     double worst = 0;
-    const uint32_t types[] = {CORE_TYPE_Q4_1, CORE_TYPE_Q8_0};
-    for (int t = 0; t < 2; t++)
-        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    const uint32_t types[] = {CORE_TYPE_Q4_1, CORE_TYPE_Q8_0, CORE_TYPE_Q4_K, CORE_TYPE_Q5_K,
+                              CORE_TYPE_Q6_K};
+    for (int t = 0; t < 5; t++) {
+        bool k = core_type_block_elems(types[t]) == 256;
+        const shape *sh = k ? kquant_shapes : shapes;
+        size_t count =
+            k ? sizeof kquant_shapes / sizeof kquant_shapes[0] : sizeof shapes / sizeof shapes[0];
+        for (size_t s = 0; s < count; s++) {
             rng = 100 * (uint64_t)t + s;
-            check_shape(types[t], shapes[s].in, shapes[s].out, &compared, &worst);
+            check_shape(types[t], sh[s].in, sh[s].out, &compared, &worst);
         }
+    }
     printf("    %d products bit-identical to portable (%s); worst error %.2f of the 8-bit bound\n",
            compared, core__q8_level() == CORE_Q8_VNNI ? "AVX2 and AVX-512 VNNI" : "AVX2", worst);
 }
