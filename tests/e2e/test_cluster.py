@@ -478,6 +478,7 @@ def crash_fails_only_what_was_in_flight():
     check(not wrong, f"{len(wrong)} texts differ, e.g. {wrong[:1]}")
     # Back up: its adapters go to it again.
     for a in owned:
+        e2e.wait_until(PROXY.idle, 10, "HAProxy to let go of the previous request", 0.01)
         r = e2e.request(PROXY.port, "POST", "/v1/completions", body(a, PROMPTS[0], 2))
         check(r.status == 200, f"{a} after the restart: {r}")
         eq(replica_of(r), vname, f"replica serving {a} once {vname} is back")
