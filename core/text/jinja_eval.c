@@ -88,8 +88,8 @@ static jv defined(run *r, const jnode *at, jv v)
 
 static const char *type_name(jv v)
 {
-    static const char *const names[] = {"Undefined", "NoneType", "bool", "int",        "float",
-                                        "str",       "list",     "dict", "LoopContext"};
+    static const char *const names[] = {"Undefined", "NoneType", "bool", "int",         "float",
+                                        "str",       "list",     "dict", "LoopContext", "Macro"};
     if (v.kind == JV_DICT && v.d->is_namespace)
         return "Namespace";
     return names[v.kind];
@@ -506,6 +506,7 @@ static jv dict_items(run *r, jv d)
     jv out = jv_list(&r->c, d.d->n);
     for (size_t i = 0; i < d.d->n; i++) {
         jv pair = jv_list(&r->c, 2);
+        pair.l->tuple = true;
         pair.l->v[0] = d.d->keys[i];
         pair.l->v[1] = d.d->vals[i];
         out.l->v[i] = pair;
@@ -569,9 +570,15 @@ static int test_by_name(run *r, const jnode *e, jv name)
 
 /* --- filters -------------------------------------------------------------------------------- */
 
+/* jinja2's select/reject/map read nothing from a false value (none included). */
+static jlist *items_if_any(run *r, const jnode *e, jv v)
+{
+    return jv_truthy(v) ? items_of(r, e, v) : jv_list(&r->c, 0).l;
+}
+
 static jv f_select(run *r, const jnode *e, jv v, bool attr, bool keep)
 {
-    jlist *in = items_of(r, e, v);
+    jlist *in = items_if_any(r, e, v);
     jv name = attr ? str_arg(r, e, 0, NULL, "selectattr") : undef(NULL);
     size_t t = attr ? 1 : 0;
     const jnode *tn = arg_node(e, t, NULL);
@@ -612,7 +619,7 @@ static jv f_map(run *r, const jnode *e, jv v)
     if (arg_node(e, 0, NULL) || attr.kind != JV_STR)
         fail(r, e, "only map(attribute='name') is supported");
     jv dflt = arg(r, e, 1, "default", undef(NULL));
-    jlist *in = items_of(r, e, v);
+    jlist *in = items_if_any(r, e, v);
     jv out = jv_list(&r->c, in->n);
     for (size_t i = 0; i < in->n; i++) {
         jv x = get_item(r, e, in->v[i], attr);
@@ -727,6 +734,66 @@ static jv to_int(jv v)
     return jv_int(0);
 }
 
+/* A sort key as jinja2 makes it: the item (or its attribute / pair member), strings lowered
+ * unless case_sensitive (ASCII only). */
+static jv sort_key(run *r, const jnode *e, jv x, jv attr, int member, bool case_sensitive)
+{
+    if (member >= 0)
+        x = x.l->v[member];
+    else if (attr.kind == JV_STR)
+        x = get_item(r, e, x, attr);
+    if (case_sensitive || x.kind != JV_STR)
+        return x;
+    jv low = jv_copy_str(&r->c, x.s, x.n);
+    for (size_t i = 0; i < low.n; i++)
+        if (low.s[i] >= 'A' && low.s[i] <= 'Z')
+            ((char *)low.s)[i] = (char)(low.s[i] + 32);
+    return low;
+}
+
+/* Python's sorted(): stable (an insertion sort, bounded by the step count). */
+static void sort_items(run *r, const jnode *e, jv *v, jv *keys, size_t n, bool reverse)
+{
+    for (size_t i = 1; i < n; i++) {
+        jv x = v[i], k = keys[i];
+        size_t j = i;
+        for (; j > 0; j--) {
+            step(r, e);
+            int c = jv_cmp(keys[j - 1], k);
+            if (c == -2)
+                fail(r, e, "sort: items that cannot be ordered");
+            if (reverse ? c >= 0 : c <= 0)
+                break;
+            v[j] = v[j - 1];
+            keys[j] = keys[j - 1];
+        }
+        v[j] = x;
+        keys[j] = k;
+    }
+}
+
+/* sort(reverse, case_sensitive, attribute) and dictsort(case_sensitive, by, reverse). */
+static jv f_sort(run *r, const jnode *e, jv v)
+{
+    bool dict = e->op == F_DICTSORT;
+    if (dict && v.kind != JV_DICT)
+        type_error(r, e, "dictsort", v);
+    jlist *in = dict ? dict_items(r, v).l : items_of(r, e, defined(r, e, v));
+    bool reverse = jv_truthy(arg(r, e, dict ? 2 : 0, "reverse", jv_bool(false)));
+    bool cs = jv_truthy(arg(r, e, dict ? 0 : 1, "case_sensitive", jv_bool(false)));
+    jv attr = dict ? undef(NULL) : arg(r, e, 2, "attribute", undef(NULL));
+    jv by = dict ? arg(r, e, 1, "by", jv_str("key", 3)) : undef(NULL);
+    int member = !dict ? -1 : by.kind == JV_STR && by.n == 5 && !memcmp(by.s, "value", 5) ? 1 : 0;
+    jv out = jv_list(&r->c, in->n);
+    jv *keys = jalloc(&r->c, (in->n + 1) * sizeof *keys);
+    for (size_t i = 0; i < in->n; i++) {
+        out.l->v[i] = in->v[i];
+        keys[i] = sort_key(r, e, in->v[i], attr, member, cs);
+    }
+    sort_items(r, e, out.l->v, keys, in->n, reverse);
+    return out;
+}
+
 static jv eval_filter(run *r, const jnode *e)
 {
     jv v = eval(r, e->a);
@@ -790,6 +857,11 @@ static jv eval_filter(run *r, const jnode *e)
                            to_int(arg(r, e, 2, "count", jv_int(-1))).i);
     case F_INT:
         return to_int(v);
+    case F_SAFE: /* no autoescaping: markup is plain text */
+        return v;
+    case F_SORT:
+    case F_DICTSORT:
+        return f_sort(r, e, v);
     case F_UNIQUE:
         return f_unique(r, e, v);
     case F_REVERSE: {
@@ -977,9 +1049,74 @@ static jv fn_range(run *r, const jnode *e)
     return out;
 }
 
+static int exec_body(run *r, const jnode *body);
+
+/* Runs body, returning what it output instead of emitting it (macros, {% set x %}). */
+static jv captured(run *r, const jnode *body)
+{
+    size_t start = r->out_n;
+    exec_body(r, body);
+    jv v = jv_copy_str(&r->c, r->out + start, r->out_n - start);
+    r->out_n = start;
+    r->out[start] = '\0';
+    return v;
+}
+
+/* The values of a macro's parameters at a call: positional, by keyword, else the default
+ * (evaluated later, in the macro's scope; NULL here). */
+static jv *macro_args(run *r, const jnode *e, const jnode *def, bool *given)
+{
+    jv *vals = jalloc(&r->c, (def->n_kids + 1) * sizeof *vals);
+    size_t pos = 0;
+    for (size_t k = 0; k < e->n_kids; k++) {
+        size_t i = 0;
+        if (e->kw[k])
+            while (i < def->n_kids && strcmp(def->kw[i], e->kw[k]) != 0)
+                i++;
+        else
+            i = pos++;
+        if (i >= def->n_kids) {
+            char msg[128];
+            snprintf(msg, sizeof msg, "macro '%s' takes %zu arguments%s%s", def->name, def->n_kids,
+                     e->kw[k] ? ", none named " : "", e->kw[k] ? e->kw[k] : "");
+            fail(r, e, msg);
+        }
+        vals[i] = eval(r, e->kids[k]);
+        given[i] = true;
+    }
+    return vals;
+}
+
+/* A macro runs in a scope of its own over the template's (not the caller's loop scopes), and
+ * returns its output. */
+static jv call_macro(run *r, const jnode *e)
+{
+    jv m = defined(r, e, lookup(r, e->name));
+    if (m.kind != JV_MACRO)
+        type_error(r, e, "a call", m);
+    const jnode *def = m.macro;
+    bool *given = jalloc(&r->c, def->n_kids + 1);
+    jv *vals = macro_args(r, e, def, given);
+    jdict *saved[MAX_SCOPES];
+    int n_saved = r->n_scopes;
+    memcpy(saved, r->scopes, sizeof saved);
+    r->n_scopes = 2;
+    push_scope(r, e);
+    for (size_t i = 0; i < def->n_kids; i++) {
+        jv v = given[i] ? vals[i] : def->kids[i] ? eval(r, def->kids[i]) : undef(def->kw[i]);
+        assign(r, def->kw[i], v);
+    }
+    jv out = captured(r, def->c);
+    memcpy(r->scopes, saved, sizeof saved);
+    r->n_scopes = n_saved;
+    return out;
+}
+
 static jv eval_call(run *r, const jnode *e)
 {
     step(r, e);
+    if (e->op == FN_MACRO)
+        return call_macro(r, e);
     if (e->op == FN_RAISE) {
         jv msg = jv_to_str(&r->c, arg(r, e, 0, NULL, jv_str("", 0)));
         jfail(&r->c, -EINVAL, 0, "%.*s", (int)(msg.n > 200 ? 200 : msg.n), msg.s);
@@ -997,6 +1134,7 @@ static jv eval_collection(run *r, const jnode *e)
 {
     if (e->kind == JN_LIST) {
         jv out = jv_list(&r->c, e->n_kids);
+        out.l->tuple = e->neg;
         for (size_t i = 0; i < e->n_kids; i++)
             out.l->v[i] = eval(r, e->kids[i]);
         return out;
@@ -1148,7 +1286,7 @@ static int exec_for(run *r, const jnode *s)
 
 static void exec_set(run *r, const jnode *s)
 {
-    jv v = eval(r, s->a);
+    jv v = s->b ? captured(r, s->b) : eval(r, s->a);
     if (!s->name2) {
         assign(r, s->name, v);
         return;
@@ -1187,6 +1325,9 @@ static int exec(run *r, const jnode *s)
         return exec_for(r, s);
     case JN_SET:
         exec_set(r, s);
+        return FLOW_NEXT;
+    case JN_MACRO:
+        assign(r, s->name, (jv){.kind = JV_MACRO, .macro = s});
         return FLOW_NEXT;
     case JN_BREAK:
         return FLOW_BREAK;

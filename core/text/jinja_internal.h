@@ -43,11 +43,23 @@ _Noreturn void jfail(jctx *c, int rc, int line, const char *fmt, ...)
 
 /* --- values --------------------------------------------------------------------------------- */
 
-enum jv_kind { JV_UNDEF, JV_NONE, JV_BOOL, JV_INT, JV_FLOAT, JV_STR, JV_LIST, JV_DICT, JV_LOOP };
+enum jv_kind {
+    JV_UNDEF,
+    JV_NONE,
+    JV_BOOL,
+    JV_INT,
+    JV_FLOAT,
+    JV_STR,
+    JV_LIST,
+    JV_DICT,
+    JV_LOOP,
+    JV_MACRO
+};
 
 typedef struct jlist jlist;
 typedef struct jdict jdict;
 typedef struct jloop jloop;
+typedef struct jnode jnode;
 
 typedef struct jv {
     int kind;
@@ -60,12 +72,14 @@ typedef struct jv {
         jlist *l;
         jdict *d;
         jloop *loop;
+        const jnode *macro; /* JV_MACRO: its JN_MACRO statement */
     };
 } jv;
 
 struct jlist {
     size_t n;
     jv *v;
+    bool tuple; /* a tuple to Python: printed in parentheses */
 };
 
 struct jdict {
@@ -96,24 +110,24 @@ enum jn_kind {
     JN_AND,
     JN_OR,
     JN_COND,   /* b if a else c */
-    JN_LIST,   /* kids */
+    JN_LIST,   /* kids; neg: a tuple */
     JN_DICT,   /* kids: key, value, key, value, ... */
     JN_CALL,   /* function op(kids) */
     JN_METHOD, /* a.method op(kids) */
     JN_FILTER, /* a | filter op(kids) */
     JN_TEST,   /* a is [not] test op(kids); neg */
     /* statements */
-    JN_BODY, /* kids, in order */
-    JN_TEXT, /* val */
-    JN_OUT,  /* {{ a }} */
-    JN_IF,   /* if a: b else c (c: a body, an elif JN_IF, or NULL) */
-    JN_FOR,  /* for name[, name2] in a [if b]: c else d */
-    JN_SET,  /* set name[.name2] = a */
+    JN_BODY,  /* kids, in order */
+    JN_TEXT,  /* val */
+    JN_OUT,   /* {{ a }} */
+    JN_IF,    /* if a: b else c (c: a body, an elif JN_IF, or NULL) */
+    JN_FOR,   /* for name[, name2] in a [if b]: c else d */
+    JN_SET,   /* set name[.name2] = a, or set name: the output of body b */
+    JN_MACRO, /* macro name(kw[i] = kids[i] or NULL, ...): body c */
     JN_BREAK,
     JN_CONTINUE,
 };
 
-typedef struct jnode jnode;
 struct jnode {
     int kind, op, line;
     bool neg;
@@ -146,7 +160,7 @@ enum jop {
 };
 
 /* Functions, methods, filters and tests (jnode.op), one table each in jinja_parse.c. */
-enum jfunc { FN_RAISE, FN_NAMESPACE, FN_STRFTIME_NOW, FN_RANGE };
+enum jfunc { FN_RAISE, FN_NAMESPACE, FN_STRFTIME_NOW, FN_RANGE, FN_MACRO /* by name */ };
 enum jmethod {
     M_ITEMS,
     M_KEYS,
@@ -188,6 +202,9 @@ enum jfilter {
     F_CAPITALIZE,
     F_UNIQUE,
     F_REVERSE,
+    F_SAFE,
+    F_SORT,
+    F_DICTSORT,
     F_ABS
 };
 enum jtest {

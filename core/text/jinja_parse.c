@@ -108,6 +108,8 @@ typedef struct parser {
     tok *toks;
     size_t n_toks, cap_toks, at;
     int depth;
+    jnode *macros; /* JN_MACRO statements, linked through their d */
+    jnode *calls;  /* calls of names that are not functions (macros?), linked through d */
 } parser;
 
 static const char WS[] = " \t\n\r\f\v";
@@ -593,7 +595,10 @@ static const named FILTERS[] = {{"trim", F_TRIM},
                                 {"capitalize", F_CAPITALIZE},
                                 {"unique", F_UNIQUE},
                                 {"reverse", F_REVERSE},
-                                {"abs", F_ABS}};
+                                {"abs", F_ABS},
+                                {"safe", F_SAFE},
+                                {"sort", F_SORT},
+                                {"dictsort", F_DICTSORT}};
 
 static const named TESTS[] = {{"defined", T_DEFINED},
                               {"undefined", T_UNDEFINED},
@@ -666,11 +671,13 @@ static jnode *parse_call(parser *p, jnode *callee)
     jnode *n;
     if (callee->kind == JN_NAME) {
         int id = LOOKUP(FUNCS, callee->name, strlen(callee->name));
-        if (id < 0)
-            jfail(&p->c, -ENOTSUP, line, "unsupported function '%s()'", callee->name);
         n = node(p, JN_CALL, line);
-        n->op = id;
+        n->op = id < 0 ? FN_MACRO : id;
         n->name = callee->name;
+        if (id < 0) { /* a macro, checked once the whole template is read */
+            n->d = p->calls;
+            p->calls = n;
+        }
     } else if (callee->kind == JN_ATTR) {
         int id = LOOKUP(METHODS, callee->name, strlen(callee->name));
         if (id < 0)
@@ -878,6 +885,7 @@ static jnode *parse_primary(parser *p)
             nodes_push(p, &l, parse_expr(p), NULL);
         expect_op(p, ")");
         jnode *tup = node(p, JN_LIST, line);
+        tup->neg = true;
         set_kids(tup, &l);
         return tup;
     }
@@ -1112,28 +1120,70 @@ static jnode *parse_for(parser *p, int line)
     return n;
 }
 
+/* {% set x = expr %}, {% set ns.x = expr %}, or {% set x %}body{% endset %}. */
 static jnode *parse_set(parser *p, int line)
 {
+    static const char *const endset[] = {"endset", NULL};
     jnode *n = node(p, JN_SET, line);
     n->name = expect_name(p);
     if (skip_op(p, "."))
         n->name2 = expect_name(p);
     if (is_op(cur(p), ","))
         jfail(&p->c, -ENOTSUP, line, "unsupported tuple assignment {%% set a, b = ... %%}");
-    if (cur(p)->kind == TK_BLOCK_END)
-        jfail(&p->c, -ENOTSUP, line, "unsupported block assignment {%% set %s %%}...{%% endset %%}",
-              n->name);
+    if (!n->name2 && cur(p)->kind == TK_BLOCK_END) {
+        end_tag(p);
+        n->b = parse_body(p, endset);
+        if (!at_tag(p, "endset"))
+            unexpected(p, "{% endset %}");
+        return n;
+    }
     expect_op(p, "=");
     n->a = parse_expr(p);
     return n;
+}
+
+/* {% macro name(a, b=default) %}body{% endmacro %} */
+static jnode *parse_macro(parser *p, int line)
+{
+    static const char *const endmacro[] = {"endmacro", NULL};
+    jnode *n = node(p, JN_MACRO, line);
+    n->name = expect_name(p);
+    expect_op(p, "(");
+    nodes l = {0};
+    while (!skip_op(p, ")")) {
+        if (l.n)
+            expect_op(p, ",");
+        const char *param = expect_name(p);
+        nodes_push(p, &l, skip_op(p, "=") ? parse_expr(p) : NULL, param);
+    }
+    set_kids(n, &l);
+    end_tag(p);
+    n->c = parse_body(p, endmacro);
+    if (!at_tag(p, "endmacro"))
+        unexpected(p, "{% endmacro %}");
+    n->d = p->macros;
+    p->macros = n;
+    return n;
+}
+
+/* Every call of a name that is not a function must name a macro of the template. */
+static void check_calls(parser *p)
+{
+    for (const jnode *c = p->calls; c; c = c->d) {
+        const jnode *m = p->macros;
+        while (m && strcmp(m->name, c->name) != 0)
+            m = m->d;
+        if (!m)
+            jfail(&p->c, -ENOTSUP, c->line, "unsupported function '%s()'", c->name);
+    }
 }
 
 /* One {% ... %} statement after its '{%'. */
 static jnode *parse_stmt(parser *p)
 {
     static const char *const unsupported[] = {
-        "macro", "call", "filter",     "block",      "extends", "include", "import", "from",
-        "with",  "raw",  "autoescape", "generation", "do",      "trans",   NULL};
+        "call", "filter", "block",      "extends",    "include", "import", "from",
+        "with", "raw",    "autoescape", "generation", "do",      "trans",  NULL};
     const tok *t = cur(p);
     int line = t->line;
     char buf[64];
@@ -1145,7 +1195,9 @@ static jnode *parse_stmt(parser *p)
     if (is_name(t, "for"))
         return parse_for(p, line);
     jnode *n;
-    if (is_name(t, "set"))
+    if (is_name(t, "macro"))
+        n = parse_macro(p, line);
+    else if (is_name(t, "set"))
         n = parse_set(p, line);
     else if (is_name(t, "break") || is_name(t, "continue"))
         n = node(p, is_name(t, "break") ? JN_BREAK : JN_CONTINUE, line);
@@ -1195,7 +1247,7 @@ static jnode *parse_body(parser *p, const char *const *ends)
                 if (is_name(kw, ends[i]))
                     goto done;
             if (is_name(kw, "endif") || is_name(kw, "endfor") || is_name(kw, "else") ||
-                is_name(kw, "elif"))
+                is_name(kw, "elif") || is_name(kw, "endset") || is_name(kw, "endmacro"))
                 jfail(&p->c, -ENOTSUP, kw->line, "unexpected {%% %.*s %%}", (int)kw->n, kw->p);
             p->at++;
             nodes_push(p, &l, parse_stmt(p), NULL);
@@ -1254,6 +1306,7 @@ int jinja_parse(const char *src, size_t len, jinja_tmpl **out, char *err, size_t
     p->src = normalize(&p->c, src, len, &p->len);
     lex(p);
     jnode *body = parse_body(p, NULL);
+    check_calls(p);
     jinja_tmpl *t = jalloc(&p->c, sizeof *t);
     t->body = body;
     /* the tree stays in the parser's arena, which the template now owns; the tokens and the

@@ -168,6 +168,7 @@ bool jv_truthy(jv v)
     case JV_DICT:
         return v.d->n > 0 || v.d->is_namespace;
     case JV_LOOP:
+    case JV_MACRO:
         return true;
     default:
         return false;
@@ -216,6 +217,8 @@ bool jv_eq(jv a, jv b)
         return true;
     case JV_LOOP:
         return a.loop == b.loop;
+    case JV_MACRO:
+        return a.macro == b.macro;
     default:
         return true; /* none == none, undefined == undefined */
     }
@@ -343,13 +346,13 @@ static void put_repr(jctx *c, jsb *b, jv v);
 static void put_container(jctx *c, jsb *b, jv v)
 {
     if (v.kind == JV_LIST) {
-        sb_puts(c, b, "[");
+        sb_puts(c, b, v.l->tuple ? "(" : "[");
         for (size_t i = 0; i < v.l->n; i++) {
             if (i)
                 sb_puts(c, b, ", ");
             put_repr(c, b, v.l->v[i]);
         }
-        sb_puts(c, b, "]");
+        sb_puts(c, b, !v.l->tuple ? "]" : v.l->n == 1 ? ",)" : ")");
         return;
     }
     if (v.d->is_namespace) {
@@ -403,6 +406,9 @@ void jv_put_str(jctx *c, jsb *b, jv v)
         break;
     case JV_LOOP:
         sb_puts(c, b, "<LoopContext>");
+        break;
+    case JV_MACRO:
+        sb_puts(c, b, "<Macro>");
         break;
     default: /* undefined prints as nothing */
         break;
@@ -487,7 +493,10 @@ static bool json_put(jctx *c, jsb *b, jv v, int indent, int level, const char **
             json_newline(c, b, indent, level);
         sb_puts(c, b, v.kind == JV_LIST ? "]" : "}");
     } else {
-        *bad = v.kind == JV_UNDEF ? "Undefined" : v.kind == JV_LOOP ? "LoopContext" : "Namespace";
+        *bad = v.kind == JV_UNDEF   ? "Undefined"
+               : v.kind == JV_LOOP  ? "LoopContext"
+               : v.kind == JV_MACRO ? "Macro"
+                                    : "Namespace";
         return false;
     }
     return true;

@@ -121,8 +121,8 @@ def bad_chat_template_refused_at_start_up():
     bad = write("bad.jinja", "{% for m in messages %}\n{{ m.content | wordcount }}\n{% endfor %}")
     refused_start(["--chat-template", bad], f"--chat-template {bad}: chat template not "
                   "supported: line 2: unsupported filter '|wordcount'")
-    refused_start(["--chat-template", write("macro.jinja", "{% macro m() %}{% endmacro %}")],
-                  "line 1: unsupported statement {% macro %}")
+    refused_start(["--chat-template", write("call.jinja", "{% call m() %}{% endcall %}")],
+                  "line 1: unsupported statement {% call %}")
 
 
 @suite.test

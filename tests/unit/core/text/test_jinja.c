@@ -159,6 +159,30 @@ static const struct {
      "{{ {'a': 1}['a'] }}{{ [[1, 2]][0][1] }}{{ messages.0.role }}{{ (1, 2)[1] }}{{ ('x',) | "
      "length }}",
      "12user21"},
+    {/* macros: positional, keyword, defaults; output is their value */
+     "{% macro turn(role, text='none', end='|') %}[{{ role }}:{{ text | trim }}]{{ end }}{% "
+     "endmacro %}{% for m in messages %}{{ turn(m.role, m.content) }}{% endfor %}{{ turn('x', "
+     "end='!') }}{{ turn('y') | length }}",
+     "[user:Hi]|[assistant:Hello]|[x:none]!9"},
+    {/* macros see the template's variables and recurse */
+     "{% set top = 'T' %}{% macro f(n) %}{{ top }}{{ n }}{% if n > 0 %}{{ f(n - 1) }}{% endif %}{% "
+     "endmacro %}{% for i in [1] %}{{ f(2) }}{% endfor %}",
+     "T2T1T0"},
+    {/* block assignment */
+     "{% set block %}\n  {{ messages | length }} messages\n{% endset %}[{{ block }}]{% for m in "
+     "messages %}{% set inner %}{{ m.role }}!{% endset %}{{ inner }}{% endfor %}",
+     "[  2 messages\n]user!assistant!"},
+    {/* sort, dictsort, safe */
+     "{{ ['b', 'A', 'c'] | sort }} {{ [3, 1, 2] | sort(reverse=true) }} {{ messages | "
+     "sort(attribute='role') | map(attribute='role') | join(',') }} {{ ['b', 'A'] | "
+     "sort(case_sensitive=true) }} {{ {'b': 1, 'A': 2} | dictsort }} {{ {'a': 2, 'b': 1} | "
+     "dictsort(by='value') }} {{ '<x>' | safe }}",
+     "['A', 'b', 'c'] [3, 2, 1] assistant,user ['A', 'b'] [('A', 2), ('b', 1)] [('b', 1), ('a', "
+     "2)] <x>"},
+    {/* select and map read nothing from none */
+     "{{ none | selectattr('type', 'equalto', 'x') | list | length }} {{ none | map(attribute='a') "
+     "| list }} {{ '' | select | list }}",
+     "0 [] []"},
 };
 
 TEST(jinja_language)
@@ -179,14 +203,16 @@ static const struct {
     const char *msg;
 } ERRORS[] = {
     /* outside the subset or malformed: refused when compiled, with the line */
-    {"{% macro x() %}{% endmacro %}", -ENOTSUP,
-     "chat template not supported: line 1: unsupported statement {% macro %}"},
+    {"{% call x() %}{% endcall %}", -ENOTSUP,
+     "chat template not supported: line 1: unsupported statement {% call %}"},
     {"a\n\n{{ x | wordcount }}", -ENOTSUP, "line 3: unsupported filter '|wordcount'"},
     {"{{ x is divisibleby 3 }}", -ENOTSUP, "line 1: unsupported test 'is divisibleby'"},
     {"{{ cycler() }}", -ENOTSUP, "line 1: unsupported function 'cycler()'"},
     {"{{ 'a'.zfill(3) }}", -ENOTSUP, "line 1: unsupported method '.zfill()'"},
     {"{% generation %}x{% endgeneration %}", -ENOTSUP, "unsupported statement {% generation %}"},
-    {"{% set x %}a{% endset %}", -ENOTSUP, "unsupported block assignment {% set x %}"},
+    {"{% macro m() %}\n{{ undefined_macro() }}{% endmacro %}", -ENOTSUP,
+     "line 2: unsupported function 'undefined_macro()'"},
+    {"{% set x %}a", -ENOTSUP, "missing {% endset %}"},
     {"{% set a, b = 1, 2 %}", -ENOTSUP, "unsupported tuple assignment"},
     {"{% for x in y recursive %}{% endfor %}", -ENOTSUP, "unsupported recursive for loop"},
     {"{% for m in messages %}\n{{ m }}", -ENOTSUP, "line 2: missing {% endfor %}"},
@@ -198,7 +224,7 @@ static const struct {
     {"{# x", -ENOTSUP, "unclosed comment"},
     {"{{ a ! b }}", -ENOTSUP, "unexpected character '!'"},
     {"{{ }}", -ENOTSUP, "expected an expression, found '}}'"},
-    {"{{ f(x=1, 2) }}", -ENOTSUP, "unsupported function 'f()'"},
+    {"{{ f(x=1, 2) }}", -ENOTSUP, "positional argument after a keyword argument"},
     {"{{ (1)(2) }}", -ENOTSUP, "only named functions and methods can be called"},
     {"{{ 99999999999999999999 }}", -ENOTSUP, "integer literal too large"},
     {NULL, -ENOTSUP, "no tokenizer.chat_template"},
@@ -215,6 +241,10 @@ static const struct {
     {"{{ 1 < 'a' }}", -EINVAL, "cannot order int and str"},
     {"{{ messages | tojson }}{{ x | tojson }}", -EINVAL, "Object of type Undefined"},
     {"{{ messages.items() }}", -EINVAL, "'list' object has no method 'items'"},
+    {"{% macro m(a) %}{% endmacro %}{{ m(1, 2) }}", -EINVAL, "macro 'm' takes 1 arguments"},
+    {"{% macro m(a) %}{% endmacro %}{{ m(b=1) }}", -EINVAL, "none named b"},
+    {"{{ m() }}{% macro m() %}{% endmacro %}", -EINVAL, "'m' is undefined"},
+    {"{% macro m(n) %}{{ m(n + 1) }}{% endmacro %}{{ m(0) }}", -E2BIG, "nested deeper than"},
     /* bounds: a hostile template fails fast */
     {"{% for i in range(1500000) %}{% if i %}{% endif %}{% endfor %}", -E2BIG,
      "ran more than 4000000 steps"},

@@ -759,8 +759,8 @@ TEST(tok_chat_templates)
     const core_chat_msg m = {"user", "  hi "};
     CHECK_RENDER(llama3, &m, 1, true, "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>");
     CHECK_RENDER_FAILS(NULL, -ENOTSUP, "no tokenizer.chat_template");
-    CHECK_RENDER_FAILS("{% macro x() %}<|im_start|><|im_end|>{% endmacro %}", -ENOTSUP,
-                       "chat template not supported: line 1: unsupported statement {% macro %}");
+    CHECK_RENDER_FAILS("{% call x() %}<|im_start|><|im_end|>{% endcall %}", -ENOTSUP,
+                       "chat template not supported: line 1: unsupported statement {% call %}");
     CHECK_RENDER_FAILS("<|im_start|><|im_end|>{{ 'abc }}", -ENOTSUP, "unterminated string");
     CHECK_RENDER_FAILS("{% for message in messages %}\n{{ message.content }}", -ENOTSUP,
                        "line 2: missing {% endfor %}");
@@ -771,15 +771,15 @@ TEST(tok_chat_templates)
 TEST(tok_chat_tokenizer_template)
 {
     char err[256] = "", *out = NULL;
-    synth_opts o = {.tmpl = "{% macro m() %}{% endmacro %}"};
+    synth_opts o = {.tmpl = "{% call m() %}{% endcall %}"};
     core_tokenizer *t = synth_tok(&o, err, sizeof err);
     CHECK_MSG(t, "synthetic tokenizer: %s", err);
     /* a template outside the subset leaves the tokenizer usable; chat says why */
     CHECK_EQ_INT(core_tokenizer_chat_template_status(t, err, sizeof err), -ENOTSUP);
-    CHECK(strstr(err, "unsupported statement {% macro %}"));
+    CHECK(strstr(err, "unsupported statement {% call %}"));
     core_chat_msg m = {"user", "hi"};
     CHECK_EQ_INT(core_chat_render(t, &m, 1, true, &out, err, sizeof err), -ENOTSUP);
-    CHECK(strstr(err, "line 1: unsupported statement {% macro %}"));
+    CHECK(strstr(err, "line 1: unsupported statement {% call %}"));
     /* an override; a bad one keeps what was there. bos_token is the BOS token's text (byte 5
      * here); the synthetic vocabulary has no EOS */
     CHECK_EQ_INT(
