@@ -369,10 +369,11 @@ static jv arith(run *r, const jnode *e, jv a, jv b)
     defined(r, e, a);
     defined(r, e, b);
     if (jv_is_num(a) && jv_is_num(b)) {
-        bool ints = a.kind != JV_FLOAT && b.kind != JV_FLOAT;
-        int64_t x = a.kind == JV_INT ? a.i : a.b, y = b.kind == JV_INT ? b.i : b.b;
-        if (ints && e->op != OP_DIV && !(e->op == OP_POW && y < 0))
-            return int_op(r, e, x, y);
+        if (a.kind != JV_FLOAT && b.kind != JV_FLOAT) { /* ints and bools */
+            int64_t x = a.kind == JV_INT ? a.i : a.b, y = b.kind == JV_INT ? b.i : b.b;
+            if (e->op != OP_DIV && !(e->op == OP_POW && y < 0))
+                return int_op(r, e, x, y);
+        }
         return float_op(r, e, jv_num(a), jv_num(b));
     }
     if (e->op == OP_ADD && a.kind == JV_STR && b.kind == JV_STR) {
