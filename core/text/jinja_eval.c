@@ -1118,8 +1118,12 @@ static jv eval_call(run *r, const jnode *e)
     step(r, e);
     if (e->op == FN_MACRO)
         return call_macro(r, e);
-    if (e->op == FN_RAISE) {
-        jv msg = jv_to_str(&r->c, arg(r, e, 0, NULL, jv_str("", 0)));
+    if (e->op == FN_RAISE) { /* the message verbatim, so that clients see the template's words */
+        if (e->n_kids != 1 || e->kw[0])
+            fail(r, e, "raise_exception() takes one positional argument");
+        jv msg = jv_to_str(&r->c, eval(r, e->kids[0]));
+        if (!msg.n)
+            fail(r, e, "raise_exception('') (the template raised an empty message)");
         jfail(&r->c, -EINVAL, 0, "%.*s", (int)(msg.n > 200 ? 200 : msg.n), msg.s);
     }
     if (e->op == FN_NAMESPACE)

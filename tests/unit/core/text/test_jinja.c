@@ -231,6 +231,8 @@ static const struct {
     /* errors of the template's logic, at render time */
     {"{{ raise_exception('Roles must alternate user/assistant') }}", -EINVAL,
      "Roles must alternate user/assistant"},
+    {"{{ raise_exception(msg='x') }}", -EINVAL, "raise_exception() takes one positional argument"},
+    {"{{ raise_exception('') }}", -EINVAL, "the template raised an empty message"},
     {"{{ messages[9].role }}", -EINVAL, "line 1: a value is undefined"},
     {"\n{{ nothing + 1 }}", -EINVAL, "line 2: 'nothing' is undefined"},
     {"{{ 1 + 'a' }}", -EINVAL, "unsupported operand types for an operator: int and str"},
