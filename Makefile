@@ -125,8 +125,8 @@ cluster: deps model all
 	@BUILD=$(BUILD) tools/cluster.sh -n $(CLUSTER_REPLICAS) -p $(CLUSTER_PORT) -m $(MODEL)
 
 # Unit + golden tests (C), then the end-to-end suites (tests/e2e, a real server; need .venv).
-# vocab: the golden tokenizer suite (tests/golden/test_vocab_suite.c) reads models/vocab;
-# gemma: the Gemma 3 golden tests read models/gemma-3-270m-q4_k_m.gguf.
+# vocab: the golden tokenizer suite (tests/golden/test_vocab_suite.c) and the chat-template
+# tests read models/vocab; gemma: the Gemma 3 golden tests read models/gemma-3-270m-q4_k_m.gguf.
 test: deps model gemma venv vocab
 	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(PROBES)
 	@ADAPTREE_BUILD=$(BUILD) tools/run_tests.sh $(BUILD)
@@ -172,8 +172,10 @@ fuzz: deps
 	@for f in $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%); do n=$$(basename $$f); \
 	    mkdir -p tests/fuzz/corpus/$$n $(BUILD)/fuzz/new/$$n; \
 	    echo "== $$n ($(FUZZ_TIME)s)"; \
+	    seeds=; if [ $$n = fuzz_chat_template ] && [ -d models/vocab/templates ]; then \
+	        seeds=models/vocab/templates; fi; \
 	    $$f -max_total_time=$(FUZZ_TIME) -max_len=65536 -print_final_stats=1 \
-	        -artifact_prefix=$(BUILD)/fuzz/$$n- $(BUILD)/fuzz/new/$$n tests/fuzz/corpus/$$n \
+	        -artifact_prefix=$(BUILD)/fuzz/$$n- $(BUILD)/fuzz/new/$$n tests/fuzz/corpus/$$n $$seeds \
 	        > $(BUILD)/fuzz/$$n.log 2>&1; rc=$$?; \
 	    grep -E 'stat::number_of_executed_units|Done' $(BUILD)/fuzz/$$n.log; \
 	    if [ $$rc -ne 0 ]; then tail -n 40 $(BUILD)/fuzz/$$n.log; \

@@ -189,7 +189,7 @@ static int prompt_tokens(const core_tokenizer *tok, const gen_opts *o, int32_t *
         fprintf(stderr, "generate: cannot tokenize the prompt (%d)\n", rc);
         return -1;
     }
-    if (core_tokenizer_add_bos(tok) && core_tokenizer_bos(tok) >= 0) {
+    if (core_tokenizer_prepend_bos(tok, *ids, *n, o->chat)) {
         int32_t *t = realloc(*ids, (*n + 1) * sizeof(int32_t));
         if (!t)
             return -1;

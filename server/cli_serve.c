@@ -44,67 +44,73 @@
 #include "server/routes.h"
 
 #define SWEEP_MS 250
-#define SRV_EXIT_CUT 3 /* exit status when the drain cut requests */
+#define SRV_EXIT_CUT 3              /* exit status when the drain cut requests */
+#define CHAT_TEMPLATE_MAX (1 << 20) /* the interpreter's own limit (core/text/jinja_internal.h) */
 
 static void serve_usage(FILE *out)
 {
-    fprintf(out,
-            "usage: adaptree serve [options]\n"
-            "  -m, --model PATH          GGUF base model (default " SRV_DEFAULT_MODEL ")\n"
-            "      --registry DIR        adapter registry root (default " SRV_DEFAULT_REGISTRY
-            "; skipped\n"
-            "                            with a warning when the default is missing)\n"
-            "      --no-registry         serve the base model only\n"
-            "      --no-watch            do not watch the registry for changes\n"
-            "      --int8                int8 activations (Q4_1, Q8_0, Q4_K-Q6_K), as llama.cpp\n"
-            "                            (AVX2 or AVX-512 VNNI): faster, logits further from\n"
-            "                            the f32 reference (README, 'int8 activations')\n"
-            "      --kv-f16              cache K and V as f16: half the KV memory, faster long\n"
-            "                            contexts, logits slightly further from the reference\n"
-            "      --host HOST           address to listen on (default 127.0.0.1)\n"
-            "      --port PORT           port (default 8080; 0 = any free port)\n"
-            "      --threads N           OpenBLAS threads (default 0 = all cores)\n"
-            "      --http-threads N      HTTP polling threads (default 2)\n"
-            "      --max-batch-tokens N  rows per forward step (default 512)\n"
-            "      --max-seqs N          sequences running at once (default 32)\n"
-            "      --ctx N               context per sequence (default: the model's, at most "
-            "2048)\n"
-            "      --adapter-cache-mb N  memory for resident adapters (default 0 = unlimited)\n"
-            "      --queue-limit N       requests waiting beyond the running ones (default "
-            "256);\n"
-            "                            more get 429\n"
-            "      --api-key KEY         require 'Authorization: Bearer KEY' on every route but\n"
-            "                            /health (default $ADAPTREE_API_KEY, else none)\n"
-            "      --admin-key KEY       require this key on /v1/adapters* (default\n"
-            "                            $ADAPTREE_ADMIN_KEY, else the api key)\n"
-            "      --log-level LEVEL     error, warn, info or debug (default info)\n"
-            "      --max-body-kb N       largest request body in KiB (default 1024); more gets "
-            "413\n"
-            "      --idle-timeout S      close connections idle for S seconds (default 60; 0 = "
-            "never)\n"
-            "      --max-connections N   connections for requests (default 1024); past it the one\n"
-            "                            that has waited longest for a request head is closed,\n"
-            "                            then N/16 (>= 8) more serve /health and keyed requests\n"
-            "      --max-connections-per-ip N  connections from one address (default half of\n"
-            "                            --max-connections; 0 = no cap)\n"
-            "      --header-timeout S    a request head must arrive within S seconds, however\n"
-            "                            slowly its bytes come (default 10; 0 = no limit)\n"
-            "      --body-timeout S      a body must arrive within S seconds of its head (default\n"
-            "                            30; 0 = no limit); later gets 408\n"
-            "      --drain-timeout S     on SIGINT/SIGTERM, wait at most S seconds for running\n"
-            "                            requests (default 30)\n"
-            "      --drain-delay S       on SIGINT/SIGTERM, first answer /health with 503 for S\n"
-            "                            seconds while still serving everything, so that load\n"
-            "                            balancers take this replica out of rotation before it\n"
-            "                            refuses anything; then drain (default 0)\n"
-            "      --replica-name NAME   this server's name among replicas, in every answer's\n"
-            "                            X-Adaptree-Replica header, system_fingerprint and\n"
-            "                            /health (default: the host name; letters, digits and\n"
-            "                            . _ : -, at most 63)\n"
-            "SIGINT or SIGTERM drains: running requests finish, then it exits 0; requests still\n"
-            "running after --drain-timeout (or at a second signal) end with an error (a 503, or\n"
-            "an error event and [DONE] in a stream) and it exits %d.\n",
-            SRV_EXIT_CUT);
+    fprintf(
+        out,
+        "usage: adaptree serve [options]\n"
+        "  -m, --model PATH          GGUF base model (default " SRV_DEFAULT_MODEL ")\n"
+        "      --registry DIR        adapter registry root (default " SRV_DEFAULT_REGISTRY
+        "; skipped\n"
+        "                            with a warning when the default is missing)\n"
+        "      --no-registry         serve the base model only\n"
+        "      --no-watch            do not watch the registry for changes\n"
+        "      --int8                int8 activations (Q4_1, Q8_0, Q4_K-Q6_K), as llama.cpp\n"
+        "                            (AVX2 or AVX-512 VNNI): faster, logits further from\n"
+        "                            the f32 reference (README, 'int8 activations')\n"
+        "      --kv-f16              cache K and V as f16: half the KV memory, faster long\n"
+        "                            contexts, logits slightly further from the reference\n"
+        "      --host HOST           address to listen on (default 127.0.0.1)\n"
+        "      --port PORT           port (default 8080; 0 = any free port)\n"
+        "      --threads N           OpenBLAS threads (default 0 = all cores)\n"
+        "      --http-threads N      HTTP polling threads (default 2)\n"
+        "      --max-batch-tokens N  rows per forward step (default 512)\n"
+        "      --max-seqs N          sequences running at once (default 32)\n"
+        "      --ctx N               context per sequence (default: the model's, at most "
+        "2048)\n"
+        "      --adapter-cache-mb N  memory for resident adapters (default 0 = unlimited)\n"
+        "      --queue-limit N       requests waiting beyond the running ones (default "
+        "256);\n"
+        "                            more get 429\n"
+        "      --api-key KEY         require 'Authorization: Bearer KEY' on every route but\n"
+        "                            /health (default $ADAPTREE_API_KEY, else none)\n"
+        "      --admin-key KEY       require this key on /v1/adapters* (default\n"
+        "                            $ADAPTREE_ADMIN_KEY, else the api key)\n"
+        "      --chat-template FILE  render /v1/chat/completions with this Jinja chat template\n"
+        "                            instead of the GGUF's tokenizer.chat_template; one\n"
+        "                            outside the supported subset (README, 'Chat templates')\n"
+        "                            or unreadable stops the start-up with the reason\n"
+        "      --log-level LEVEL     error, warn, info or debug (default info)\n"
+        "      --max-body-kb N       largest request body in KiB (default 1024); more gets "
+        "413\n"
+        "      --idle-timeout S      close connections idle for S seconds (default 60; 0 = "
+        "never)\n"
+        "      --max-connections N   connections for requests (default 1024); past it the one\n"
+        "                            that has waited longest for a request head is closed,\n"
+        "                            then N/16 (>= 8) more serve /health and keyed requests\n"
+        "      --max-connections-per-ip N  connections from one address (default half of\n"
+        "                            --max-connections; 0 = no cap)\n"
+        "      --header-timeout S    a request head must arrive within S seconds, however\n"
+        "                            slowly its bytes come (default 10; 0 = no limit)\n"
+        "      --body-timeout S      a body must arrive within S seconds of its head (default\n"
+        "                            30; 0 = no limit); later gets 408\n"
+        "      --drain-timeout S     on SIGINT/SIGTERM, wait at most S seconds for running\n"
+        "                            requests (default 30)\n"
+        "      --drain-delay S       on SIGINT/SIGTERM, first answer /health with 503 for S\n"
+        "                            seconds while still serving everything, so that load\n"
+        "                            balancers take this replica out of rotation before it\n"
+        "                            refuses anything; then drain (default 0)\n"
+        "      --replica-name NAME   this server's name among replicas, in every answer's\n"
+        "                            X-Adaptree-Replica header, system_fingerprint and\n"
+        "                            /health (default: the host name; letters, digits and\n"
+        "                            . _ : -, at most 63)\n"
+        "SIGINT or SIGTERM drains: running requests finish, then it exits 0; requests still\n"
+        "running after --drain-timeout (or at a second signal) end with an error (a 503, or\n"
+        "an error event and [DONE] in a stream) and it exits %d.\n",
+        SRV_EXIT_CUT);
 }
 
 static const struct {
@@ -204,6 +210,8 @@ static int value_flag(srv_serve_opts *o, const char *a, const char *v, char *err
         o->api_key = v;
     } else if (!strcmp(a, "--admin-key")) {
         o->admin_key = v;
+    } else if (!strcmp(a, "--chat-template")) {
+        o->chat_template = v;
     } else if (!strcmp(a, "--replica-name")) {
         if (v[0] && !srv_replica_name_ok(v)) {
             snprintf(err, errlen,
@@ -357,6 +365,36 @@ static int signal_wait(int sfd, int ms)
 
 /* ---- the command ---------------------------------------------------------------------------- */
 
+/* The text of --chat-template FILE (malloc'd), or NULL with the reason printed. */
+static char *read_chat_template(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "serve: --chat-template %s: cannot read it: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    char *s = malloc(CHAT_TEMPLATE_MAX + 1);
+    size_t n = s ? fread(s, 1, CHAT_TEMPLATE_MAX + 1, f) : 0;
+    int bad = !s ? ENOMEM : ferror(f) ? EIO : 0;
+    fclose(f);
+    if (!s || bad || n > CHAT_TEMPLATE_MAX) {
+        if (bad)
+            fprintf(stderr, "serve: --chat-template %s: cannot read it: %s\n", path, strerror(bad));
+        else
+            fprintf(stderr, "serve: --chat-template %s: larger than %d KiB\n", path,
+                    CHAT_TEMPLATE_MAX >> 10);
+        free(s);
+        return NULL;
+    }
+    s[n] = '\0';
+    if (strlen(s) != n) {
+        fprintf(stderr, "serve: --chat-template %s: holds a NUL byte\n", path);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
 static srv_engine *start_engine(const srv_serve_opts *o)
 {
     srv_engine_opts eo;
@@ -378,8 +416,13 @@ static srv_engine *start_engine(const srv_serve_opts *o)
     eo.int8 = o->int8;
     eo.kv_f16 = o->kv_f16;
     eo.verbose = o->log_level >= SRV_LOG_DEBUG ? 2 : o->log_level >= SRV_LOG_INFO ? 1 : 0;
-    char err[512];
+    char err[512], *tmpl = NULL;
+    if (o->chat_template && !(tmpl = read_chat_template(o->chat_template)))
+        return NULL;
+    eo.chat_template = tmpl;
+    eo.chat_template_name = o->chat_template;
     srv_engine *e = srv_engine_new(&eo, err, sizeof err);
+    free(tmpl);
     if (!e)
         fprintf(stderr, "serve: %s\n", err);
     return e;

@@ -170,14 +170,13 @@ static int prompt_ids(srv_app *a, srv_http_req *req, srv_call *c, const srv_requ
         if (!c->echo)
             goto nomem;
     }
-    bool bos = core_tokenizer_add_bos(tok) && core_tokenizer_bos(tok) >= 0;
     int32_t *t = NULL;
     size_t k = 0;
     int rc = core_tokenize(tok, p, strlen(p), true, &t, &k);
     free(text);
     if (rc < 0)
         goto nomem;
-    if (bos) {
+    if (core_tokenizer_prepend_bos(tok, t, k, rq->kind == SRV_REQ_CHAT)) {
         int32_t *v = realloc(t, (k + 1) * sizeof *v);
         if (!v) {
             free(t);

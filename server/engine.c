@@ -691,6 +691,26 @@ static void opts_apply(srv_engine *e, const srv_engine_opts *o)
     e->kv_f16 = o->kv_f16;
 }
 
+/* The chat template: the one given instead of the GGUF's must compile (a start-up error
+ * otherwise); the GGUF's may fail, with a warning, since completions still work. */
+static int chat_template_setup(srv_engine *e, const srv_engine_opts *o, char *err, size_t errlen)
+{
+    char msg[256];
+    if (o->chat_template) {
+        if (core_tokenizer_set_chat_template(e->tok, o->chat_template, msg, sizeof msg) < 0) {
+            core_errf(err, errlen, "--chat-template %s: %s",
+                      o->chat_template_name ? o->chat_template_name : "", msg);
+            return -1;
+        }
+    } else if (core_tokenizer_chat_template_status(e->tok, msg, sizeof msg) < 0) {
+        fprintf(stderr,
+                "engine: warning: the model's chat template cannot be rendered (%s); "
+                "/v1/chat/completions will answer 400 (give one with --chat-template FILE)\n",
+                msg);
+    }
+    return 0;
+}
+
 srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
 {
     if (!o || (!o->model && (!o->model_path || !o->model_path[0]))) {
@@ -735,7 +755,7 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
                     "keeps f32 activations\n");
     }
     e->tok = core_tokenizer_new(e->model->gguf, err, errlen);
-    if (!e->tok)
+    if (!e->tok || chat_template_setup(e, o, err, errlen) < 0)
         goto fail;
     e->n_vocab = e->model->cfg.n_vocab;
     model_id_init(e, o->model_path);

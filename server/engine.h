@@ -41,22 +41,26 @@ typedef struct srv_job srv_job;
 /* ---- the engine ----------------------------------------------------------------------------- */
 
 typedef struct srv_engine_opts {
-    const char *model_path;   /* GGUF base model (required) */
-    const char *registry_dir; /* adapter registry root; NULL or "" = base model only */
-    int n_threads;            /* OpenBLAS threads; 0 = leave OpenBLAS's default (all cores) */
-    int max_batch_tokens;     /* rows per forward step, decode + prompt chunks; 0 = 512 */
-    int max_seqs;             /* running sequences (= KV slots); 0 = 32 */
-    int n_ctx;                /* positions per sequence; 0 = min(model's trained context, 2048) */
-    size_t cache_bytes;       /* adapter residency budget; 0 = unlimited */
-    int queue_limit;          /* jobs waiting to be admitted, beyond the running ones; 0 = 256 */
-    int prefill_chunk;        /* most prompt rows of one sequence per step; 0 = 256 */
-    bool watch;               /* watch the registry for changes (default on in `serve`) */
-    bool int8;                /* int8 activations (core_model_set_int8); needs model_path */
-    bool kv_f16;              /* K and V cached as f16 (core_kv_set_f16) */
-    int verbose;              /* 0 quiet, 1 info (default), 2 debug: one line per step */
-    const core_model *model;  /* optional: an already loaded base to borrow instead of loading
-                                 model_path (tests, tools); must outlive the engine. model_path
-                                 then only names it (srv_engine_model_id) and may be NULL */
+    const char *model_path;    /* GGUF base model (required) */
+    const char *registry_dir;  /* adapter registry root; NULL or "" = base model only */
+    int n_threads;             /* OpenBLAS threads; 0 = leave OpenBLAS's default (all cores) */
+    int max_batch_tokens;      /* rows per forward step, decode + prompt chunks; 0 = 512 */
+    int max_seqs;              /* running sequences (= KV slots); 0 = 32 */
+    int n_ctx;                 /* positions per sequence; 0 = min(model's trained context, 2048) */
+    size_t cache_bytes;        /* adapter residency budget; 0 = unlimited */
+    int queue_limit;           /* jobs waiting to be admitted, beyond the running ones; 0 = 256 */
+    int prefill_chunk;         /* most prompt rows of one sequence per step; 0 = 256 */
+    bool watch;                /* watch the registry for changes (default on in `serve`) */
+    bool int8;                 /* int8 activations (core_model_set_int8); needs model_path */
+    bool kv_f16;               /* K and V cached as f16 (core_kv_set_f16) */
+    int verbose;               /* 0 quiet, 1 info (default), 2 debug: one line per step */
+    const char *chat_template; /* template text replacing the GGUF's (--chat-template); refused
+                                  with a message when outside the Jinja subset. NULL: the GGUF's
+                                  (a warning at start-up when it cannot be rendered) */
+    const char *chat_template_name; /* where chat_template came from, for messages */
+    const core_model *model;        /* optional: an already loaded base to borrow instead of loading
+                                       model_path (tests, tools); must outlive the engine. model_path
+                                       then only names it (srv_engine_model_id) and may be NULL */
 } srv_engine_opts;
 
 /* Zeroes *o, then: max_batch_tokens 512, max_seqs 32, queue_limit 256, prefill_chunk 256,
@@ -64,7 +68,7 @@ typedef struct srv_engine_opts {
 void srv_engine_opts_default(srv_engine_opts *o);
 
 /* Loads the model, tokenizer and registry and starts the engine thread. NULL with a message on
- * failure (missing model, bad registry root, no memory). */
+ * failure (missing model, bad registry root, a chat_template outside the subset, no memory). */
 srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen);
 
 /* Stops admitting new jobs (submit returns -ESHUTDOWN) and lets running and waiting ones finish.

@@ -82,7 +82,9 @@ struct core_tokenizer {
     uint8_t user_first[32];    /* bitmap: bytes that start some USER_DEFINED token */
     int32_t eog[8];
     int n_eog;
-    char *chat_template; /* NULL if the GGUF has none */
+    core_chat_template *chat; /* NULL if the GGUF has none or it does not compile */
+    int chat_rc;              /* why chat is NULL: -ENOTSUP, -ENOMEM */
+    char chat_err[256];
 };
 
 /* --- byte-level mapping ------------------------------------------------------------------ */
@@ -642,14 +644,18 @@ static int load_config(core_tokenizer *t, const core_gguf *g, char *err, size_t 
     if (rc < 0)
         return rc;
     core_gguf_str s;
+    char *src = NULL;
     if (core_gguf_get_strv(g, "tokenizer.chat_template", &s) == 0) {
-        t->chat_template = malloc(s.len + 1);
-        if (!t->chat_template)
+        src = malloc(s.len + 1);
+        if (!src)
             return -ENOMEM;
-        memcpy(t->chat_template, s.ptr, s.len);
-        t->chat_template[s.len] = '\0';
+        memcpy(src, s.ptr, s.len);
+        src[s.len] = '\0';
     }
-    return 0;
+    /* a template outside the subset leaves a usable tokenizer; chat rendering reports why */
+    t->chat_rc = core_chat_template_new(src, &t->chat, t->chat_err, sizeof t->chat_err);
+    free(src);
+    return t->chat_rc == -ENOMEM ? -ENOMEM : 0;
 }
 
 core_tokenizer *core_tokenizer_new(const core_gguf *g, char *err, size_t errlen)
@@ -721,7 +727,7 @@ void core_tokenizer_free(core_tokenizer *t)
     free(t->str_map.slots);
     free(t->bytes_map.slots);
     free(t->special);
-    free(t->chat_template);
+    core_chat_template_free(t->chat);
     free(t);
 }
 
@@ -740,6 +746,14 @@ int32_t core_tokenizer_eos(const core_tokenizer *t)
 bool core_tokenizer_add_bos(const core_tokenizer *t)
 {
     return t->add_bos;
+}
+
+bool core_tokenizer_prepend_bos(const core_tokenizer *t, const int32_t *ids, size_t n,
+                                bool templated)
+{
+    if (!t->add_bos || t->bos < 0)
+        return false;
+    return !(templated && n > 0 && ids[0] == t->bos);
 }
 
 bool core_tokenizer_is_eog(const core_tokenizer *t, int32_t id)
@@ -764,11 +778,48 @@ int core_tokenizer_token_type(const core_tokenizer *t, int32_t id)
     return t->types[id];
 }
 
+int core_tokenizer_set_chat_template(core_tokenizer *t, const char *src, char *err, size_t errlen)
+{
+    core_chat_template *ct;
+    int rc = core_chat_template_new(src, &ct, err, errlen);
+    if (rc < 0)
+        return rc;
+    core_chat_template_free(t->chat);
+    t->chat = ct;
+    t->chat_rc = 0;
+    t->chat_err[0] = '\0';
+    return 0;
+}
+
+int core_tokenizer_chat_template_status(const core_tokenizer *t, char *err, size_t errlen)
+{
+    if (!t->chat)
+        core_errf(err, errlen, "%s", t->chat_err);
+    return t->chat ? 0 : t->chat_rc;
+}
+
+/* The text of a special token for bos_token/eos_token ("" when absent). */
+static void token_text(const core_tokenizer *t, int32_t id, char *buf, size_t cap)
+{
+    int n = id >= 0 ? core_token_to_bytes(t, id, true, buf, cap - 1) : 0;
+    buf[n > 0 && (size_t)n < cap ? n : 0] = '\0';
+}
+
 int core_chat_render(const core_tokenizer *t, const core_chat_msg *msgs, size_t n,
                      bool add_generation_prompt, char **out, char *err, size_t errlen)
 {
-    return core_chat_render_template(t->chat_template, msgs, n, add_generation_prompt, out, err,
-                                     errlen);
+    *out = NULL;
+    if (!t->chat) {
+        core_errf(err, errlen, "%s", t->chat_err);
+        return t->chat_rc;
+    }
+    char bos[128], eos[128];
+    token_text(t, t->bos, bos, sizeof bos);
+    token_text(t, t->eos, eos, sizeof eos);
+    core_chat_opts o = {.add_generation_prompt = add_generation_prompt,
+                        .bos_token = t->bos >= 0 ? bos : NULL,
+                        .eos_token = t->eos >= 0 ? eos : NULL};
+    return core_chat_template_render(t->chat, msgs, n, &o, out, err, errlen);
 }
 
 /* --- encoding -------------------------------------------------------------------------- */

@@ -1,8 +1,8 @@
 /* Tokenizer built from GGUF metadata (tokenizer.ggml.*): byte-level BPE (model "gpt2") with the
  * pre-tokenizers of SmolLM2/StarCoder, GPT-2, Llama 3, Qwen2, Qwen3.5, Falcon and DeepSeek
  * (Coder, LLM), SentencePiece (model "llama": Llama 2, Mistral, Phi-3) and Gemma 4's raw-UTF-8 BPE
- * (model "gemma4"); special-token matching, UTF-8-safe streaming decode
- * and chat-template rendering for ChatML-style templates.
+ * (model "gemma4"); special-token matching, UTF-8-safe streaming decode and chat-template
+ * rendering (chat_template.c, through the Jinja-subset interpreter).
  *
  * A core_tokenizer is immutable after construction and may be used from any thread. It copies
  * what it needs out of the GGUF, so it does not borrow the core_gguf.
@@ -38,6 +38,11 @@ int32_t core_tokenizer_n_vocab(const core_tokenizer *t);
 int32_t core_tokenizer_bos(const core_tokenizer *t); /* -1 if none */
 int32_t core_tokenizer_eos(const core_tokenizer *t); /* -1 if none */
 bool core_tokenizer_add_bos(const core_tokenizer *t);
+/* Whether BOS goes in front of ids, a tokenized prompt: when the model asks for it
+ * (tokenizer.ggml.add_bos_token), unless the prompt is a rendered chat template (templated) that
+ * already begins with BOS (Llama 3's, Gemma's and Mistral's templates write bos_token). */
+bool core_tokenizer_prepend_bos(const core_tokenizer *t, const int32_t *ids, size_t n,
+                                bool templated);
 /* True for tokens that end a generation (EOS, and <|endoftext|>-like end tokens). */
 bool core_tokenizer_is_eog(const core_tokenizer *t, int32_t id);
 /* The token's raw vocabulary string (byte-level encoded), NUL-terminated; NULL if out of
@@ -91,21 +96,50 @@ typedef struct core_chat_msg {
     const char *content;
 } core_chat_msg;
 
-/* Renders msgs with the GGUF's tokenizer.chat_template (ChatML family: <|im_start|>role\n
- * content<|im_end|>\n, with the template's default system turn when the first message is not
- * a system message). *out is malloc'd, NUL-terminated. Returns 0, or -ENOTSUP with a message
- * when the template is absent or not one it can render. */
+/* A chat template (Jinja text, as in tokenizer.chat_template) compiled by the Jinja-subset
+ * interpreter (core/text/jinja_*.c; README "Chat templates" lists what it covers). Immutable
+ * once built: any thread may render with it. */
+typedef struct core_chat_template core_chat_template;
+
+/* Compiles src. Returns 0 and *out, -ENOTSUP with "chat template not supported: line N: ..."
+ * naming the construct outside the subset (or "no tokenizer.chat_template" for NULL), or
+ * -ENOMEM. */
+int core_chat_template_new(const char *src, core_chat_template **out, char *err, size_t errlen);
+void core_chat_template_free(core_chat_template *ct);
+
+/* What transformers' apply_chat_template passes besides the messages (tools and documents are
+ * always None). */
+typedef struct core_chat_opts {
+    bool add_generation_prompt;
+    const char *bos_token, *eos_token; /* NULL: undefined in the template */
+    int64_t now; /* strftime_now's clock, seconds since the epoch, UTC; 0: the current time */
+} core_chat_opts;
+
+/* Renders msgs. Roles must be non-NULL strings without control characters, contents any
+ * non-NULL strings (-EINVAL otherwise). *out is malloc'd, NUL-terminated. Errors: -EINVAL with
+ * the template's raise_exception message verbatim (e.g. "Conversation roles must alternate
+ * user/assistant/user/assistant/...") or "line N: ..." for a failure of its logic; -E2BIG when
+ * a resource bound is reached (output size, steps, nesting); -ENOMEM. */
+int core_chat_template_render(const core_chat_template *ct, const core_chat_msg *msgs, size_t n,
+                              const core_chat_opts *o, char **out, char *err, size_t errlen);
+
+/* Replaces the tokenizer's chat template (the GGUF's) with src, e.g. serve --chat-template.
+ * Call before the tokenizer is shared between threads. On an error the tokenizer keeps its
+ * template. */
+int core_tokenizer_set_chat_template(core_tokenizer *t, const char *src, char *err, size_t errlen);
+
+/* 0 if the tokenizer has a usable chat template, else the error its compilation gave (-ENOTSUP:
+ * none, or outside the subset), with the message. */
+int core_tokenizer_chat_template_status(const core_tokenizer *t, char *err, size_t errlen);
+
+/* Renders msgs with the tokenizer's chat template, bos_token and eos_token being the text of the
+ * BOS and EOS tokens, strftime_now the current time. Errors as core_chat_template_render, and
+ * -ENOTSUP with the compilation's message when there is no usable template. */
 int core_chat_render(const core_tokenizer *t, const core_chat_msg *msgs, size_t n,
                      bool add_generation_prompt, char **out, char *err, size_t errlen);
 
-/* The same for a template given as text (NULL: no template), so a template can be checked
- * without a GGUF. Pure; any thread. Roles must be non-NULL strings without control characters
- * (-EINVAL otherwise); contents any non-NULL strings. The ChatML family recognised: one
- * per-message output '<|im_start|>' + role + '\n' + content + '<|im_end|>\n' directly inside
- * `for m in messages`; optionally a literal default system turn under
- * `messages[0]['role'] != 'system'` (optionally `loop.first and ...`, or the else branch of
- * `== 'system'`); the generation prompt '<|im_start|>assistant\n' under
- * `if add_generation_prompt`. Other output, filters, macros or BOS/EOS references: -ENOTSUP. */
+/* Compiles tmpl and renders msgs once, without BOS/EOS tokens (tests, fuzzing). Pure; any
+ * thread. */
 int core_chat_render_template(const char *tmpl, const core_chat_msg *msgs, size_t n,
                               bool add_generation_prompt, char **out, char *err, size_t errlen);
 

@@ -1,5 +1,5 @@
 /* libFuzzer target for the tokenizer: the input is text to encode (with and without special
- * tokens), decode whole and stream back, and also a chat template to render.
+ * tokens), decode whole and stream back (chat templates: fuzz_chat_template.c).
  *
  * Invariants checked (abort() on violation): decoding reproduces the input whenever every byte
  * of it has a byte-level token (both with parse_special off, and on with specials shown); the
@@ -125,21 +125,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_stream(ids, n, special, data, size, all_bytes && utf8);
         free(ids);
     }
-
-    /* the same bytes as a chat template */
-    char *tmpl = malloc(size + 1);
-    memcpy(tmpl, data, size);
-    tmpl[size] = '\0';
-    const core_chat_msg msgs[] = {{"user", "hi"}, {"assistant", "hello"}};
-    char err[256], *out = NULL;
-    int rc = core_chat_render_template(tmpl, msgs, 2, true, &out, err, sizeof err);
-    if (rc == 0) {
-        if (!out || !strstr(out, "<|im_start|>assistant\n"))
-            abort();
-        free(out);
-    } else if (!memchr(err, '\0', sizeof err) || err[0] == '\0') {
-        abort(); /* every refusal says why */
-    }
-    free(tmpl);
     return 0;
 }

@@ -47,7 +47,8 @@ TEST(serve_flags_defaults)
     CHECK_EQ_INT(o.body_timeout, 30);
     CHECK_EQ_INT(o.drain_timeout, 30);
     CHECK_EQ_INT(o.drain_delay, 0);
-    CHECK(o.replica == NULL); /* the host name, chosen at start */
+    CHECK(o.replica == NULL);       /* the host name, chosen at start */
+    CHECK(o.chat_template == NULL); /* the GGUF's */
     CHECK_EQ_INT(parse(&o, err, "--max-connections", "100", NULL), 0);
     CHECK_EQ_INT(o.per_ip_conns, 50);
     CHECK_EQ_INT(parse(&o, err, "--max-connections", "1", NULL), 0);
@@ -66,7 +67,7 @@ TEST(serve_flags_all)
                    "--idle-timeout", "5", "--http-threads", "3", "--no-watch", "--int8", "--kv-f16",
                    "--max-connections", "64", "--max-connections-per-ip=0", "--header-timeout", "3",
                    "--body-timeout", "4", "--drain-timeout", "0", "--drain-delay", "3",
-                   "--replica-name", "pod-7.zone_a:1", NULL);
+                   "--replica-name", "pod-7.zone_a:1", "--chat-template", "t.jinja", NULL);
     CHECK_MSG(rc == 0, "rc %d: %s", rc, err);
     CHECK_EQ_STR(o.host, "0.0.0.0");
     CHECK_EQ_INT(o.port, 9000);
@@ -94,6 +95,7 @@ TEST(serve_flags_all)
     CHECK_EQ_INT(o.drain_timeout, 0);
     CHECK_EQ_INT(o.drain_delay, 3);
     CHECK_EQ_STR(o.replica, "pod-7.zone_a:1");
+    CHECK_EQ_STR(o.chat_template, "t.jinja");
     CHECK_EQ_INT(parse(&o, err, "--no-registry", NULL), 0);
     CHECK(o.registry == NULL);
 }

@@ -791,58 +791,56 @@ TEST(tok_chat_render)
     CHECK(strstr(err, "control character"));
 }
 
-TEST(tok_chat_unsupported)
+/* Every template goes through the Jinja-subset interpreter now (tests/unit/core/text/test_jinja.c
+ * tests the language, tests/golden/test_chat_templates_golden.c the real templates); here, what
+ * the chat API adds: the error wording, and the tokenizer's own template. */
+TEST(tok_chat_templates)
 {
     static const char llama3[] =
         "{% set loop_messages = messages %}{% for message in loop_messages %}"
         "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + "
         "message['content'] | trim + '<|eot_id|>' %}{{ content }}{% endfor %}";
-    CHECK_RENDER_FAILS(llama3, -ENOTSUP,
-                       "chat template not supported: not a ChatML template (first 60 chars: "
-                       "{% set loop_messages = messages %}{% for message in loop_mes)");
+    const core_chat_msg m = {"user", "  hi "};
+    CHECK_RENDER(llama3, &m, 1, true, "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>");
     CHECK_RENDER_FAILS(NULL, -ENOTSUP, "no tokenizer.chat_template");
-    /* ChatML markers, but output we do not model */
-    CHECK_RENDER_FAILS("{{ bos_token }}{% for message in messages %}{{'<|im_start|>' + "
-                       "message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-                       "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-                       "{% endif %}",
-                       -ENOTSUP, "output that is not a ChatML turn at offset 0");
-    CHECK_RENDER_FAILS("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' "
-                       "+ message['content'] | trim + '<|im_end|>' + '\n'}}{% endfor %}",
-                       -ENOTSUP, "not a ChatML turn");
-    CHECK_RENDER_FAILS("{% for message in messages %}{% if message['role'] == 'user' %}"
-                       "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-                       "'<|im_end|>' + '\n'}}{% endif %}{% endfor %}",
-                       -ENOTSUP, "message turn outside");
-    CHECK_RENDER_FAILS("{% for message in messages %}{% if messages[0]['role'] != 'system' %}"
-                       "{{ '<|im_start|>system\nX<|im_end|>\n' }}{% endif %}"
-                       "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-                       "'<|im_end|>' + '\n'}}{% endfor %}",
-                       -ENOTSUP, "default system turn not under");
-    CHECK_RENDER_FAILS("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' "
-                       "+ message['content'] + '<|im_end|>' + '\n'}}{% endfor %}",
-                       -ENOTSUP, "no generation prompt");
-    CHECK_RENDER_FAILS("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' "
-                       "+ message['content'] + '<|im_end|>' + '\n'}}",
-                       -ENOTSUP, "unclosed {% for %}");
-    CHECK_RENDER_FAILS("{% macro x() %}<|im_start|><|im_end|>{% endmacro %}", -ENOTSUP,
-                       "unsupported statement {% macro %}");
+    CHECK_RENDER_FAILS("{% call x() %}<|im_start|><|im_end|>{% endcall %}", -ENOTSUP,
+                       "chat template not supported: line 1: unsupported statement {% call %}");
     CHECK_RENDER_FAILS("<|im_start|><|im_end|>{{ 'abc }}", -ENOTSUP, "unterminated string");
+    CHECK_RENDER_FAILS("{% for message in messages %}\n{{ message.content }}", -ENOTSUP,
+                       "line 2: missing {% endfor %}");
+    CHECK_RENDER_FAILS("{{ raise_exception('No ' + messages[0].role + ' please') }}", -EINVAL,
+                       "No user please");
 }
 
-TEST(tok_chat_unsupported_structure)
+TEST(tok_chat_tokenizer_template)
 {
-    /* the message loop must run unconditionally, and its variable must not be rebound */
-    CHECK_RENDER_FAILS("{% if false %}{% for message in messages %}{{'<|im_start|>' + "
-                       "message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-                       "{% endfor %}{% endif %}{% if add_generation_prompt %}"
-                       "{{ '<|im_start|>assistant\n' }}{% endif %}",
-                       -ENOTSUP, "output that is not a ChatML turn at offset 43");
-    CHECK_RENDER_FAILS("{% for message in messages %}{% set message = messages[0] %}"
-                       "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-                       "'<|im_end|>' + '\n'}}{% endfor %}",
-                       -ENOTSUP, "assignment to message");
-    CHECK_RENDER_FAILS("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
-                       "message['content'] + '<|im_end|>' + '\n'}}\n{% endfor %}",
-                       -ENOTSUP, "not a ChatML turn"); /* the raw "\n" is output too */
+    char err[256] = "", *out = NULL;
+    synth_opts o = {.tmpl = "{% call m() %}{% endcall %}"};
+    core_tokenizer *t = synth_tok(&o, err, sizeof err);
+    CHECK_MSG(t, "synthetic tokenizer: %s", err);
+    /* a template outside the subset leaves the tokenizer usable; chat says why */
+    CHECK_EQ_INT(core_tokenizer_chat_template_status(t, err, sizeof err), -ENOTSUP);
+    CHECK(strstr(err, "unsupported statement {% call %}"));
+    core_chat_msg m = {"user", "hi"};
+    CHECK_EQ_INT(core_chat_render(t, &m, 1, true, &out, err, sizeof err), -ENOTSUP);
+    CHECK(strstr(err, "line 1: unsupported statement {% call %}"));
+    /* an override; a bad one keeps what was there. bos_token is the BOS token's text (byte 5
+     * here); the synthetic vocabulary has no EOS */
+    CHECK_EQ_INT(
+        core_tokenizer_set_chat_template(
+            t, "{{ bos_token | length }}|{{ eos_token is defined }}|{{ messages[0].content }}", err,
+            sizeof err),
+        0);
+    CHECK_EQ_INT(core_tokenizer_set_chat_template(t, "{{ x | nope }}", err, sizeof err), -ENOTSUP);
+    CHECK(strstr(err, "unsupported filter '|nope'"));
+    CHECK_EQ_INT(core_tokenizer_chat_template_status(t, err, sizeof err), 0);
+    CHECK_EQ_INT(core_chat_render(t, &m, 1, true, &out, err, sizeof err), 0);
+    CHECK_EQ_STR(out, "1|False|hi");
+    free(out);
+    /* add_bos is set: BOS goes first, unless a rendered template already put it there */
+    const int32_t with_bos[] = {5, 'h'}, without[] = {'h'};
+    CHECK(core_tokenizer_prepend_bos(t, with_bos, 2, false));
+    CHECK(!core_tokenizer_prepend_bos(t, with_bos, 2, true));
+    CHECK(core_tokenizer_prepend_bos(t, without, 1, true));
+    core_tokenizer_free(t);
 }
