@@ -166,7 +166,9 @@ tsan: deps model gemma venv vocab
 	ADAPTREE_BUILD=build/tsan TSAN_OPTIONS=suppressions=$(CURDIR)/tools/tsan.supp tools/run_tests.sh build/tsan
 
 FUZZ_TIME ?= 30
-FUZZ_CFLAGS = -O1 -g -std=c11 -D_GNU_SOURCE -Wno-pass-failed -I. -I/usr/include/cjson
+# UBSan is fatal (-fno-sanitize-recover): undefined behaviour fails the run with its input.
+FUZZ_CFLAGS = -O1 -g -std=c11 -D_GNU_SOURCE -Wno-pass-failed -fno-sanitize-recover=undefined \
+              -I. -I/usr/include/cjson
 fuzz: deps
 	@$(MAKE) --no-print-directory $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 	@for f in $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%); do n=$$(basename $$f); \

@@ -329,16 +329,23 @@ static bool selects(const selector *s, const char *name)
     return false;
 }
 
+/* A layers_to_transform entry names layer l: compared as doubles, so a huge or fractional value
+ * names no layer (converting it to int first would be undefined: fuzz_adapter_config). */
+static bool names_layer(const cJSON *v, int l)
+{
+    return cJSON_IsNumber(v) && v->valuedouble == (double)l;
+}
+
 static bool layer_selected(const cJSON *layers, int l)
 {
     if (is_null(layers))
         return true;
     if (cJSON_IsNumber(layers))
-        return (int)layers->valuedouble == l;
+        return names_layer(layers, l);
     const cJSON *it;
     cJSON_ArrayForEach(it, layers)
     {
-        if (cJSON_IsNumber(it) && (int)it->valuedouble == l)
+        if (names_layer(it, l))
             return true;
     }
     return false;
