@@ -20,6 +20,9 @@ void test_skip(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *test_model_path(void);
 /* Nonzero when the default model file is present (tests that need it call TEST_NEED_MODEL). */
 int test_have_model(void);
+/* The whole file, NUL-terminated (malloc'd; the caller frees), its length in *len (may be NULL);
+ * NULL when it cannot be read. */
+char *test_read_file(const char *path, size_t *len);
 
 #define TEST(name)                                                                                 \
     static void name(void);                                                                        \

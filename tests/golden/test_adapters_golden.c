@@ -15,8 +15,6 @@
 #define FIX "tests/golden/fixtures/"
 #define TOL 1e-3
 
-char *test_read_file(const char *path, size_t *len);
-
 typedef struct golden {
     cJSON *j;
     uv_loop_t loop;

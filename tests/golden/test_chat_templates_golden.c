@@ -19,24 +19,6 @@
 #define FIXTURE "tests/golden/fixtures/chat_templates.json"
 #define MAX_MSGS 32
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
-        (buf = malloc((size_t)n + 1)) && fread(buf, 1, (size_t)n, f) == (size_t)n)
-        buf[n] = '\0';
-    else {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    return buf;
-}
-
 /* --- sha256 (FIPS 180-4), to check a template is the fixture's ------------------------------ */
 
 static const uint32_t K[64] = {
@@ -110,7 +92,7 @@ static char *template_text(const cJSON *t, const char **why)
         return *why = "no text or path", NULL;
     size_t n = strlen(path);
     if (n < 5 || strcmp(path + n - 5, ".gguf") != 0) {
-        char *s = slurp(path);
+        char *s = test_read_file(path, NULL);
         *why = "absent: run make vocab";
         return s;
     }
@@ -225,7 +207,7 @@ static int run_template(const cJSON *j, const cJSON *tmpl, int64_t now, int *pas
 
 TEST(golden_chat_templates)
 {
-    char *buf = slurp(FIXTURE);
+    char *buf = test_read_file(FIXTURE, NULL);
     cJSON *j = buf ? cJSON_Parse(buf) : NULL;
     free(buf);
     CHECK_MSG(j, "cannot read %s", FIXTURE);

@@ -13,30 +13,6 @@
 #define FIXTURES "tests/golden/fixtures/"
 #define LOGIT_TOL 1e-3
 
-char *test_read_file(const char *path, size_t *len);
-
-char *test_read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) {
-        buf[n] = 0;
-        if (len)
-            *len = (size_t)n;
-    }
-    return buf;
-}
-
 static cJSON *load_json(const char *path)
 {
     char *s = test_read_file(path, NULL);

@@ -17,8 +17,6 @@
 #define LOGIT_TOL 1e-3
 #define MAX_IDS 1024
 
-char *test_read_file(const char *path, size_t *len); /* test_core_golden.c */
-
 static core_model *gemma(void)
 {
     static core_model *m;

@@ -16,18 +16,8 @@
 
 static cJSON *load_fixture(void)
 {
-    FILE *f = fopen(FIXTURE, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
-        (buf = malloc((size_t)n + 1)) && fread(buf, 1, (size_t)n, f) == (size_t)n)
-        buf[n] = '\0';
-    else
-        n = -1;
-    fclose(f);
-    cJSON *j = n >= 0 ? cJSON_Parse(buf) : NULL;
+    char *buf = test_read_file(FIXTURE, NULL);
+    cJSON *j = buf ? cJSON_Parse(buf) : NULL;
     free(buf);
     return j;
 }

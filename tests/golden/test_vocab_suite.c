@@ -19,25 +19,6 @@
 #define VOCAB_DIR "models/vocab"
 #define SEP "\n__ggml_vocab_test__\n"
 
-static char *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
-        (buf = malloc((size_t)n + 1)) && fread(buf, 1, (size_t)n, f) == (size_t)n) {
-        buf[n] = '\0';
-        *len = (size_t)n;
-    } else {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    return buf;
-}
-
 /* Cuts the .inp text into cases (each ends with SEP, except perhaps a last one, as in
  * gemma-4's file); returns their number. */
 static size_t split_cases(char *inp, char **cases, size_t *lens, size_t max)
@@ -142,7 +123,7 @@ static void run_vocab(const char *name)
     CHECK_MSG(t, "%s: %s", name, err);
 
     size_t inp_len = 0, out_len = 0, n_lines = 0;
-    char *inp = read_all(inp_path, &inp_len), *out = read_all(out_path, &out_len);
+    char *inp = test_read_file(inp_path, &inp_len), *out = test_read_file(out_path, &out_len);
     char *cases[512], *lines[512];
     size_t lens[512];
     size_t n = inp ? split_cases(inp, cases, lens, 512) : 0;
