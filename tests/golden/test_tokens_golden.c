@@ -4,12 +4,12 @@
  * the same text and tokenize to the same ids. The same for Gemma 3's SentencePiece tokenizer and
  * tests/golden/fixtures/gemma_tokens.json (transformers' GGUF tokenizer, cross-checked with
  * llama.cpp; tests/reference/make_gemma_tokens.py). Mismatches print both sides. */
-#include <unistd.h>
 #include <cJSON.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/format/gguf.h"
 #include "core/text/tokenizer.h"
