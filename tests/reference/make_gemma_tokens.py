@@ -83,7 +83,7 @@ def llama_cpp_ids(texts):
             f = Path(d) / f"{i}.txt"
             f.write_bytes(t.encode("utf-8"))
             r = subprocess.run([str(LLAMA_TOKENIZE), "-m", str(MODEL), "-f", str(f), "--ids",
-                                "--no-bos", "--log-disable"],
+                                "--no-bos", "--no-escape", "--log-disable"],
                                capture_output=True, text=True, check=True)
             line = [x for x in r.stdout.splitlines() if x.startswith("[")][-1]
             out.append(json.loads(line))
@@ -129,7 +129,7 @@ def main():
                   "USER_DEFINED tokens added back as normalized non-special added tokens (as in "
                   "Hugging Face's tokenizer.json), .encode(text, add_special_tokens=False); special-"
                   "token text is matched, no BOS. transformers_gguf_ids (the loader as is: space "
-                  "runs left to BPE merges) and llama_cpp_ids (llama-tokenize --ids --no-bos) appear "
+                  "runs left to BPE merges) and llama_cpp_ids (llama-tokenize --ids --no-bos --no-escape) appear "
                   "only where they differ from ids."),
         "cases": out_cases,
     }
