@@ -21,6 +21,7 @@ Run:  .venv/bin/python tools/make_tiny_models.py [--out models/tiny] [FAMILY...]
 import argparse
 import hashlib
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -224,7 +225,7 @@ def write_family(name, f, out_dir):
     if not vocab_path.exists():
         raise SystemExit(f"{vocab_path} is missing (run make vocab)")
     path = out_dir / f"{name}.gguf"
-    tmp = path.with_suffix(".gguf.tmp")
+    tmp = path.with_suffix(f".gguf.{os.getpid()}.tmp")  # runs in parallel do not collide
     a = f["arch"]
     w = gguf.GGUFWriter(str(tmp), a)
     w.add_name(f"adaptree tiny {name}")
