@@ -31,7 +31,7 @@ TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d \
            $(PROBE_SRC:%.c=$(BUILD)/obj/%.d)
 
-.PHONY: all test unit run cluster vocab bench bench-server plots asan tsan fuzz format lint clean deps venv \
+.PHONY: all test unit run cluster vocab bench bench-peer bench-server plots asan tsan fuzz format lint clean deps venv \
         model gemma tiny help docker-check
 
 all: $(BUILD)/adaptree
@@ -146,9 +146,21 @@ test: deps model gemma venv vocab tiny
 unit: $(BUILD)/test_unit $(PROBES)
 	ADAPTREE_BUILD=$(BUILD) $(BUILD)/test_unit $(T)
 
-bench: deps model
+# The default model in full (forward f32 and int8, kernels, LoRA), then Gemma 3 270M's forward.
+bench: deps model gemma
 	@$(MAKE) --no-print-directory $(BUILD)/bench_core
 	$(BUILD)/bench_core -m $(MODEL)
+	@echo
+	$(BUILD)/bench_core -m $(GEMMA_MODEL) --forward-only
+
+# The peer in the same run: llama.cpp's llama-bench (built once from the source the
+# llama-cpp-python sdist vendors, build/llama.cpp) on both models, prefill 128 and 64 decoded
+# tokens with the same thread count as make bench. Not part of make test.
+LLAMA_BENCH := build/llama.cpp/bin/llama-bench
+bench-peer: deps model gemma vocab
+	@tools/build_llamacpp.sh build/llama.cpp
+	$(LLAMA_BENCH) -m $(MODEL) -p 128 -n 64 -t $$(nproc) -r 3
+	$(LLAMA_BENCH) -m $(GEMMA_MODEL) -p 128 -n 64 -t $$(nproc) -r 3
 
 # The server under 32 concurrent streams: no adapter, one adapter, 32 different rank-8 q,v and
 # rank-16 all-linear adapters, 32 different three-level chains, and the same requests one by one.
