@@ -235,8 +235,10 @@ static adapter *build(const adapter__peft_cfg *c, const adapter__peft_plan *plan
                 }
                 src = tmp;
             }
-            /* q and k lora_B rows move to the GGUF row order: llama.cpp permuted Llama's q/k
-             * rows, not Gemma 3's (neox_rope), whose rows are Hugging Face's. */
+            /* q and k lora_B rows move to the GGUF row order: llama.cpp permuted the q/k rows
+             * of the llama architecture (SmolLM2, Llama 3, Mistral), not those of the
+             * architectures with NeoX RoPE (Qwen2, Qwen3, Gemma 3: neox_rope), whose rows are
+             * Hugging Face's. */
             int heads = 0;
             if (w == 1 && m == CORE_MOD_Q && !cfg->neox_rope)
                 heads = cfg->n_head;
