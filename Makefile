@@ -117,8 +117,7 @@ $(MODEL):
 # Tiny random-weight models of every architecture core loads (llama with Llama 3's rope scaling,
 # Mistral, qwen2, qwen3, phi3), with the real vocabularies of models/vocab, into models/tiny (a
 # cache, not in git; deterministic, their sha256 are in tests/golden/fixtures/tiny.json) for
-# tests/golden/test_tiny_models.c and test_tiny_phi3.c. Written by tools/make_tiny_models.py
-# (numpy + gguf, the venv).
+# tests/golden/test_tiny_models.c. Written by tools/make_tiny_models.py (numpy + gguf, the venv).
 tiny: models/tiny/.ok
 
 models/tiny/.ok: tools/make_tiny_models.py models/vocab/.ok $(VENV)/.ok

@@ -121,8 +121,10 @@ int adapter__put_pair(adapter *a, const core_config *cfg, int layer, int first, 
     for (int m = first; m < first + core_module_span(cfg, (core_module)first); m++) {
         int row0, out = core_module_out(cfg, (core_module)m), heads = 0;
         core_module_tensor(cfg, (core_module)m, &row0);
-        /* q and k lora_B rows move to the GGUF row order: llama.cpp permuted Llama's q/k rows,
-         * not Gemma 3's or Phi-3's (neox_rope), whose rows are Hugging Face's. */
+        /* q and k lora_B rows move to the GGUF row order: llama.cpp permuted the q/k rows of
+         * the llama architecture (SmolLM2, Llama 3, Mistral), not those of the architectures
+         * with NeoX RoPE (Qwen2, Qwen3, Gemma 3, Phi-3: neox_rope), whose rows are Hugging
+         * Face's. */
         if (hf_rows && !cfg->neox_rope && m == CORE_MOD_Q)
             heads = cfg->n_head;
         else if (hf_rows && !cfg->neox_rope && m == CORE_MOD_K)

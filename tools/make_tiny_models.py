@@ -7,8 +7,9 @@ matching llama.cpp test vocabulary (models/vocab, `make vocab`), and weights lai
 llama.cpp's convert_hf_to_gguf.py would write them: for the llama architecture the q and k rows
 permuted (LlamaModel.permute), for Llama 3 the rope_freqs tensor of its rope scaling
 (LlamaModel.generate_extra_tensors), for qwen2 the q/k/v biases, for qwen3 the per-head q/k
-norms, for phi3 q, k, v fused into attn_qkv and gate, up into ffn_up (Phi3MiniModel). The weights are drawn from numpy's PCG64 with the row's seed, in Hugging Face's layout,
-so the same script gives byte-identical files; tests/golden/fixtures/tiny.json records the sha256
+norms, for phi3 q, k, v fused into attn_qkv and gate, up into ffn_up (Phi3MiniModel). The
+weights are drawn from numpy's PCG64 with the row's seed, in Hugging Face's layout, so the same
+script gives byte-identical files; tests/golden/fixtures/tiny.json records the sha256
 of each file and the C test (tests/golden/test_tiny_models.c) refuses a file that differs.
 
 The reference logits come from tests/reference/make_tiny_fixtures.py, which reads these files
@@ -21,6 +22,7 @@ Run:  .venv/bin/python tools/make_tiny_models.py [--out models/tiny] [FAMILY...]
 import argparse
 import hashlib
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -197,9 +199,8 @@ LAYER_NAMES = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
-FUSED_LAYER_NAMES = {k: v for k, v in LAYER_NAMES.items()
-                     if not k.startswith(("self_attn.q_", "self_attn.k_", "self_attn.v_", "mlp.gate_",
-                                          "mlp.up_"))}
+FUSED_LAYER_NAMES = {k: v for k, v in LAYER_NAMES.items() if not k.startswith(
+    ("self_attn.q_", "self_attn.k_", "self_attn.v_", "mlp.gate_", "mlp.up_"))}
 FUSED_LAYER_NAMES.update({"self_attn.qkv_proj.weight": "attn_qkv.weight",
                           "mlp.gate_up_proj.weight": "ffn_up.weight"})
 TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight",
@@ -252,7 +253,7 @@ def write_family(name, f, out_dir):
     if not vocab_path.exists():
         raise SystemExit(f"{vocab_path} is missing (run make vocab)")
     path = out_dir / f"{name}.gguf"
-    tmp = path.with_suffix(".gguf.tmp")
+    tmp = path.with_suffix(f".gguf.{os.getpid()}.tmp")  # runs in parallel do not collide
     a = f["arch"]
     w = gguf.GGUFWriter(str(tmp), a)
     w.add_name(f"adaptree tiny {name}")
