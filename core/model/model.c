@@ -260,10 +260,8 @@ static const struct arch_row {
     core_arch kind;
     int (*config)(const core_gguf *g, core_config *c, char *err, size_t errlen);
 } arch_table[] = {
-    {"llama", CORE_ARCH_LLAMA, llama_config},
-    {"gemma3", CORE_ARCH_GEMMA3, gemma3_config},
-    {"qwen2", CORE_ARCH_QWEN2, qwen2_config},
-    {"qwen3", CORE_ARCH_QWEN3, qwen3_config},
+    {"llama", CORE_ARCH_LLAMA, llama_config}, {"gemma3", CORE_ARCH_GEMMA3, gemma3_config},
+    {"qwen2", CORE_ARCH_QWEN2, qwen2_config}, {"qwen3", CORE_ARCH_QWEN3, qwen3_config},
     {"phi3", CORE_ARCH_PHI3, phi3_config},
 };
 #define N_ARCH (sizeof arch_table / sizeof arch_table[0])

@@ -152,9 +152,9 @@ typedef struct core_model {
 /* Loads a GGUF of an architecture in core_arch: reads and checks the hyperparameters (refusing,
  * with a message that names it, any option core_forward does not do: rope scaling, mixture of
  * experts, a sliding window outside Gemma 3 and Phi-3, a tensor it would not read), every tensor
- * shape and every weight (dequantized and checked finite), and keeps as f32 those that core_forward needs
- * in f32 (see core_model.slab). Returns a new model (free with core_model_free) or NULL with a
- * message in err naming what is wrong. */
+ * shape and every weight (dequantized and checked finite), and keeps as f32 those that core_forward
+ * needs in f32 (see core_model.slab). Returns a new model (free with core_model_free) or NULL with
+ * a message in err naming what is wrong. */
 core_model *core_model_load(const char *path, char *err, size_t errlen);
 
 /* Makes every weight available as f32 (w[mod], tok_embd, output non-NULL), for code that reads or
