@@ -260,9 +260,11 @@ static const struct arch_row {
     core_arch kind;
     int (*config)(const core_gguf *g, core_config *c, char *err, size_t errlen);
 } arch_table[] = {
-    {"llama", CORE_ARCH_LLAMA, llama_config}, {"gemma3", CORE_ARCH_GEMMA3, gemma3_config},
-    {"qwen2", CORE_ARCH_QWEN2, qwen2_config}, {"qwen3", CORE_ARCH_QWEN3, qwen3_config},
-    {"phi3", CORE_ARCH_PHI3, phi3_config},
+    {"llama", CORE_ARCH_LLAMA, llama_config},    /* SmolLM2, Llama 2/3, Mistral */
+    {"gemma3", CORE_ARCH_GEMMA3, gemma3_config}, /* Gemma 3 (text) */
+    {"qwen2", CORE_ARCH_QWEN2, qwen2_config},    /* Qwen2, Qwen2.5 */
+    {"qwen3", CORE_ARCH_QWEN3, qwen3_config},    /* Qwen3 dense */
+    {"phi3", CORE_ARCH_PHI3, phi3_config},       /* Phi-3 mini / medium, 4k context */
 };
 #define N_ARCH (sizeof arch_table / sizeof arch_table[0])
 
