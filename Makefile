@@ -115,8 +115,8 @@ $(MODEL):
 	@tools/fetch_model.sh $@
 
 # Tiny random-weight models of every architecture core loads (llama with Llama 3's rope scaling,
-# Mistral, qwen2, qwen3), with the real vocabularies of models/vocab, into models/tiny (a cache,
-# not in git; deterministic, their sha256 are in tests/golden/fixtures/tiny.json) for
+# Mistral, qwen2, qwen3, phi3), with the real vocabularies of models/vocab, into models/tiny (a
+# cache, not in git; deterministic, their sha256 are in tests/golden/fixtures/tiny.json) for
 # tests/golden/test_tiny_models.c. Written by tools/make_tiny_models.py (numpy + gguf, the venv).
 tiny: models/tiny/.ok
 

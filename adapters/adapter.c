@@ -99,6 +99,52 @@ int adapter__copy_rows(uint32_t dtype, const void *src, void *dst, size_t rows, 
     return 0;
 }
 
+int adapter__unit_out(const core_config *cfg, int first)
+{
+    int out = 0;
+    for (int m = first; m < first + core_module_span(cfg, (core_module)first); m++)
+        out += core_module_out(cfg, (core_module)m);
+    return out;
+}
+
+int adapter__put_pair(adapter *a, const core_config *cfg, int layer, int first, int rank,
+                      float scale, const void *A, const void *B, bool hf_rows, unsigned char **at,
+                      const char **bad)
+{
+    size_t es = a->dtype == CORE_TYPE_F32 ? 4 : 2, in = (size_t)core_module_in(cfg, first);
+    *bad = "lora_A";
+    if (adapter__copy_rows(a->dtype, A, *at, (size_t)rank, in, 0, 0, false))
+        return -EINVAL;
+    const void *shared_a = *at;
+    *at += (size_t)rank * in * es;
+    *bad = "lora_B";
+    for (int m = first; m < first + core_module_span(cfg, (core_module)first); m++) {
+        int row0, out = core_module_out(cfg, (core_module)m), heads = 0;
+        core_module_tensor(cfg, (core_module)m, &row0);
+        /* q and k lora_B rows move to the GGUF row order: llama.cpp permuted the q/k rows of
+         * the llama architecture (SmolLM2, Llama 3, Mistral), not those of the architectures
+         * with NeoX RoPE (Qwen2, Qwen3, Gemma 3, Phi-3: neox_rope), whose rows are Hugging
+         * Face's. */
+        if (hf_rows && !cfg->neox_rope && m == CORE_MOD_Q)
+            heads = cfg->n_head;
+        else if (hf_rows && !cfg->neox_rope && m == CORE_MOD_K)
+            heads = cfg->n_head_kv;
+        const unsigned char *rows = (const unsigned char *)B + (size_t)row0 * rank * es;
+        if (adapter__copy_rows(a->dtype, rows, *at, (size_t)out, (size_t)rank, heads, cfg->head_dim,
+                               true))
+            return -EINVAL;
+        adapter_mod *am = &a->mods[layer * CORE_MOD_COUNT + m];
+        am->rank = rank;
+        am->scale = scale;
+        am->A = shared_a;
+        am->Bt = *at;
+        *at += (size_t)out * rank * es;
+        a->targets |= 1u << m;
+        a->n_mods++;
+    }
+    return 0;
+}
+
 const char *adapter_targets_str(unsigned targets, char *buf, size_t cap)
 {
     size_t k = 0;

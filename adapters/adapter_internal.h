@@ -91,6 +91,20 @@ adapter *adapter__new(int n_layer, uint32_t dtype, size_t slab_bytes);
 int adapter__copy_rows(uint32_t dtype, const void *src, void *dst, size_t rows, size_t row_len,
                        int perm_heads, int head_dim, bool transpose);
 
+/* The output rows of the Linear whose first module is first: core_module_out, or for a fused
+ * tensor (Phi-3's qkv_proj, gate_up_proj; core_module_span) the sum over its modules. */
+int adapter__unit_out(const core_config *cfg, int first);
+/* Puts one LoRA pair of layer's Linear whose first module is first into a's slab at *at
+ * (advanced): A (rank, in) once, then each module's rows of B (adapter__unit_out rows, rank),
+ * transposed into its Bt; every module of the Linear gets an entry (rank, scale, the shared A,
+ * its Bt) and its bit in a->targets. A fused Linear thus becomes one LoRA per module, with the
+ * same A and its rows of B: the forward pass never sees the fusion. A and B are in a->dtype;
+ * hf_rows: B's rows are Hugging Face's, and Llama's q/k rows move to the GGUF order. 0, or
+ * -EINVAL on a non-finite value (*bad = "lora_A" or "lora_B"). */
+int adapter__put_pair(adapter *a, const core_config *cfg, int layer, int first, int rank,
+                      float scale, const void *A, const void *B, bool hf_rows, unsigned char **at,
+                      const char **bad);
+
 /* ---- adapter files (adapter_io.c) ---------------------------------------------------------- */
 
 /* How messages say that a file leads out of the root ("fr/adapter.gguf: " ADAPTER__ESCAPES). */

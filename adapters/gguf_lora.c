@@ -2,8 +2,9 @@
  * row adapter__loader_gguf: a .gguf file, or a directory holding adapter.gguf. general.type
  * "adapter", adapter.type "lora", adapter.lora.alpha, and per targeted weight
  * "<base tensor>.lora_a" (ne [in, r]) and "<base tensor>.lora_b" (ne [r, out]). Their q/k lora_b
- * rows are already in the GGUF order. Scale per module: alpha / r, or 1 when alpha is 0
- * (llama.cpp's rule). A load and a probe share the header and shape checks (plan_tensors); only
+ * rows are already in the GGUF order. A fused base tensor (Phi-3's attn_qkv, ffn_up) has one pair,
+ * which adapter__put_pair splits into its modules. Scale per module: alpha / r, or 1 when alpha is
+ * 0 (llama.cpp's rule). A load and a probe share the header and shape checks (plan_tensors); only
  * the load reads the weights. A load reads the file whole into memory, a probe only as much of it
  * as the header and tensor infos take (adapter_io.c says why files are never mapped). */
 #include <errno.h>
@@ -20,9 +21,12 @@
 
 #define HEADER_FIRST_READ (1 << 20) /* a probe's first read; most headers fit */
 
-/* Splits "blk.L.<module>.weight.lora_a" into layer, module and which (0 = a, 1 = b). */
-static int parse_name(const core_gguf_str *s, int n_layer, int *layer, int *mod, int *which)
+/* Splits "blk.L.<tensor>.weight.lora_a" into layer, module (the first of a fused tensor's:
+ * Phi-3's attn_qkv is q) and which (0 = a, 1 = b). */
+static int parse_name(const core_gguf_str *s, const core_config *cfg, int *layer, int *mod,
+                      int *which)
 {
+    int n_layer = cfg->n_layer, row0;
     char name[160];
     if (s->len >= sizeof name)
         return -1;
@@ -35,7 +39,9 @@ static int parse_name(const core_gguf_str *s, int n_layer, int *layer, int *mod,
     if (end == name + 4 || *end != '.' || l < 0 || l >= n_layer)
         return -1;
     for (int m = 0; m < CORE_MOD_COUNT; m++) {
-        const char *g = core_module_gguf_name((core_module)m);
+        if (core_module_span(cfg, (core_module)m) == 0)
+            continue;
+        const char *g = core_module_tensor(cfg, (core_module)m, &row0);
         size_t n = strlen(g);
         if (strncmp(end + 1, g, n) != 0)
             continue;
@@ -110,11 +116,12 @@ static int plan_tensors(const core_gguf *g, const char *file, const core_config 
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         const core_gguf_tensor *t = &g->tensors[i];
         int l, m, w;
-        if (parse_name(&t->name, cfg->n_layer, &l, &m, &w)) {
+        if (parse_name(&t->name, cfg, &l, &m, &w)) {
             snprintf(err, errlen,
-                     "tensor '%.*s' is not the lora_a/lora_b of a Llama linear weight (embedding "
+                     "tensor '%.*s' is not the lora_a/lora_b of a %s linear weight (embedding "
                      "and output-head LoRA are not supported; %d layers)",
-                     (int)(t->name.len < 120 ? t->name.len : 120), t->name.ptr, cfg->n_layer);
+                     (int)(t->name.len < 120 ? t->name.len : 120), t->name.ptr, cfg->arch,
+                     cfg->n_layer);
             return -EINVAL;
         }
         if (t->type != CORE_TYPE_F32 && t->type != CORE_TYPE_F16 && t->type != CORE_TYPE_BF16) {
@@ -138,11 +145,11 @@ static int plan_tensors(const core_gguf *g, const char *file, const core_config 
         const core_gguf_tensor *A = ab[2 * k], *B = ab[2 * k + 1];
         if (!A && !B)
             continue;
-        int m = k % CORE_MOD_COUNT, l = k / CORE_MOD_COUNT;
-        uint64_t in = (uint64_t)core_module_in(cfg, m), out = (uint64_t)core_module_out(cfg, m);
+        int m = k % CORE_MOD_COUNT, l = k / CORE_MOD_COUNT, row0;
+        uint64_t in = (uint64_t)core_module_in(cfg, m), out = (uint64_t)adapter__unit_out(cfg, m);
+        const char *tn = core_module_tensor(cfg, m, &row0);
         if (!A || !B) {
-            snprintf(err, errlen, "blk.%d.%s: lora_%c is missing", l, core_module_gguf_name(m),
-                     A ? 'b' : 'a');
+            snprintf(err, errlen, "blk.%d.%s: lora_%c is missing", l, tn, A ? 'b' : 'a');
             return -EINVAL;
         }
         if (A->n_dims != 2 || B->n_dims != 2 || A->ne[0] != in || B->ne[1] != out ||
@@ -150,9 +157,9 @@ static int plan_tensors(const core_gguf *g, const char *file, const core_config 
             snprintf(err, errlen,
                      "blk.%d.%s: lora_a ne [%llu, %llu] and lora_b ne [%llu, %llu] do not fit the "
                      "base weight (%llu -> %llu); is this adapter for another base model?",
-                     l, core_module_gguf_name(m), (unsigned long long)A->ne[0],
-                     (unsigned long long)A->ne[1], (unsigned long long)B->ne[0],
-                     (unsigned long long)B->ne[1], (unsigned long long)in, (unsigned long long)out);
+                     l, tn, (unsigned long long)A->ne[0], (unsigned long long)A->ne[1],
+                     (unsigned long long)B->ne[0], (unsigned long long)B->ne[1],
+                     (unsigned long long)in, (unsigned long long)out);
             return -EINVAL;
         }
         total += (size_t)A->ne[1] * (in + out) * (dtype == CORE_TYPE_F32 ? 4 : 2);
@@ -183,7 +190,7 @@ static adapter *load_gguf(const char *root, const char *file, const core_config 
         return NULL;
     }
     adapter *a = NULL;
-    float *tmp = NULL;
+    float *tmp[2] = {NULL, NULL};
     gguf_plan p;
     if (plan_tensors(g, file, cfg, &p, err, errlen))
         goto out;
@@ -198,36 +205,34 @@ static adapter *load_gguf(const char *root, const char *file, const core_config 
     for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++) {
         if (!p.ab[2 * k])
             continue;
-        adapter_mod *am = &a->mods[k];
-        am->rank = (int)p.ab[2 * k]->ne[1];
-        am->scale = p.alpha != 0 ? p.alpha / (float)am->rank : 1.0f;
-        a->r = am->rank > a->r ? am->rank : a->r;
+        int rank = (int)p.ab[2 * k]->ne[1];
+        a->r = rank > a->r ? rank : a->r;
+        const void *src[2];
         for (int w = 0; w < 2; w++) {
             const core_gguf_tensor *t = p.ab[2 * k + w];
-            size_t rows = (size_t)t->ne[1], cols = (size_t)t->ne[0];
-            const void *src = t->data;
+            size_t n = (size_t)t->ne[1] * (size_t)t->ne[0];
+            src[w] = t->data;
             if (t->type != p.dtype) {
-                free(tmp);
-                tmp = malloc(rows * cols * sizeof(float));
-                if (!tmp || core_dequant_row(t->type, t->data, tmp, (int64_t)(rows * cols))) {
+                free(tmp[w]);
+                tmp[w] = malloc(n * sizeof(float));
+                if (!tmp[w] || core_dequant_row(t->type, t->data, tmp[w], (int64_t)n)) {
                     snprintf(err, errlen, "out of memory");
                     goto fail;
                 }
-                src = tmp;
+                src[w] = tmp[w];
             }
-            if (adapter__copy_rows(p.dtype, src, at, rows, cols, 0, 0, w == 1)) {
-                snprintf(err, errlen, "tensor '%.*s' holds NaN or infinite values",
-                         (int)t->name.len, t->name.ptr);
-                goto fail;
-            }
-            if (w == 0)
-                am->A = at;
-            else
-                am->Bt = at;
-            at += rows * cols * (p.dtype == CORE_TYPE_F32 ? 4 : 2);
         }
-        a->targets |= 1u << (k % CORE_MOD_COUNT);
-        a->n_mods++;
+        /* lora_a ne [in, r] is A (r, in), lora_b ne [r, out] is B (out, r), rows already in
+         * the GGUF order */
+        const char *bad;
+        if (adapter__put_pair(a, cfg, k / CORE_MOD_COUNT, k % CORE_MOD_COUNT, rank,
+                              p.alpha != 0 ? p.alpha / (float)rank : 1.0f, src[0], src[1], false,
+                              &at, &bad)) {
+            const core_gguf_tensor *t = p.ab[2 * k + (bad[5] == 'B')];
+            snprintf(err, errlen, "tensor '%.*s' holds NaN or infinite values", (int)t->name.len,
+                     t->name.ptr);
+            goto fail;
+        }
     }
     a->hash = core_hash64(CORE_HASH_INIT, g->base, g->size);
     core_gguf_get_str(g, "general.name", a->base_model, sizeof a->base_model);
@@ -236,7 +241,8 @@ fail:
     adapter_unref(a);
     a = NULL;
 out:
-    free(tmp);
+    free(tmp[0]);
+    free(tmp[1]);
     free(p.ab);
     core_gguf_close(g);
     free(buf); /* after g, which borrows it */
@@ -295,10 +301,12 @@ static int probe_gguf(const char *root, const char *file, const core_config *cfg
         for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++) {
             if (!p.ab[2 * k])
                 continue;
-            int rank = (int)p.ab[2 * k]->ne[1];
+            int rank = (int)p.ab[2 * k]->ne[1], first = k % CORE_MOD_COUNT;
             out->r = rank > out->r ? rank : out->r;
-            out->targets |= 1u << (k % CORE_MOD_COUNT);
-            out->n_mods++;
+            for (int m = first; m < first + core_module_span(cfg, first); m++) {
+                out->targets |= 1u << m; /* as adapter__put_pair fills them */
+                out->n_mods++;
+            }
         }
     }
     free(p.ab);

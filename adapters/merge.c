@@ -1,5 +1,6 @@
 /* Merge-export: bakes a set of LoRA adapters into the base weights and writes a GGUF that any
- * GGUF runtime can load without adapter support.
+ * GGUF runtime can load without adapter support. A fused tensor (Phi-3's attn_qkv, ffn_up) is
+ * written whole when any of its modules is touched.
  *
  * Every (layer, module) that an adapter of the set targets becomes W' = W + Σ weight·scale·B·A,
  * accumulated in f32 over the dequantized base (in place in the caller's model) and written as f32
@@ -79,10 +80,12 @@ static int merge_weights(core_model *m, const adapter_set *set, unsigned char *t
         size_t n = (size_t)core_module_in(c, mod) * (size_t)core_module_out(c, mod);
         for (size_t j = 0; touched[i] && j < n; j++) {
             if (!isfinite(m->layers[l].w[mod].f32[j])) {
+                int row0;
+                const char *tn = core_module_tensor(c, mod, &row0);
                 snprintf(err, errlen,
                          "merged blk.%d.%s.weight is not finite at element %zu "
                          "(adapter weights too large?)",
-                         l, core_module_gguf_name(mod), j);
+                         l, tn, (size_t)row0 * core_module_in(c, mod) + j);
                 return -ERANGE;
             }
         }
@@ -173,11 +176,16 @@ static int write_merged(const core_model *m, const adapter_set *set, const char 
     for (int i = 0; i < c->n_layer * CORE_MOD_COUNT; i++) {
         int l = i / CORE_MOD_COUNT, mod = i % CORE_MOD_COUNT;
         char name[96];
+        int row0;
         if (!touched[i])
             continue;
-        snprintf(name, sizeof name, "blk.%d.%s.weight", l, core_module_gguf_name(mod));
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l, core_module_tensor(c, mod, &row0));
         const core_gguf_tensor *t = core_gguf_find_tensor(g, name); /* checked by the load */
-        merged[t - g->tensors] = m->layers[l].w[mod].f32;
+        if (merged[t - g->tensors])
+            continue; /* another module of the same fused tensor */
+        /* a fused tensor's modules follow each other in the slab (core_model.slab): the whole
+         * tensor starts row0 rows before this module's */
+        merged[t - g->tensors] = m->layers[l].w[mod].f32 - (size_t)row0 * core_module_in(c, mod);
         n_half += core_gguf_tensor_nelements(t);
         rep->n_merged++;
     }

@@ -63,10 +63,12 @@ static int read_small(const char *root, const char *path, size_t cap, char **out
     return 0;
 }
 
-/* Parses a safetensors key of a Llama LoRA weight: base_model.model.model.layers.L.<block>.<m>.
- * lora_{A,B}[.<adapter name>].weight. Returns 0 with layer, module and which (0 = A, 1 = B). */
-static int parse_key(const char *key, int n_layer, int *layer, int *mod, int *which)
+/* Parses a safetensors key of a LoRA weight of cfg's models: base_model.model.model.layers.L.
+ * <block>.<m>.lora_{A,B}[.<adapter name>].weight. Returns 0 with layer, module (the first of a
+ * fused Linear's) and which (0 = A, 1 = B). */
+static int parse_key(const char *key, const core_config *cfg, int *layer, int *mod, int *which)
 {
+    int n_layer = cfg->n_layer;
     const char *pre = "base_model.model.model.layers.";
     size_t np = strlen(pre);
     if (strncmp(key, pre, np) != 0)
@@ -79,8 +81,10 @@ static int parse_key(const char *key, int n_layer, int *layer, int *mod, int *wh
     p = end + 1;
     for (int m = 0; m < CORE_MOD_COUNT; m++) {
         char want[64];
+        if (core_module_span(cfg, m) == 0)
+            continue;
         int w = snprintf(want, sizeof want, "%s.%s.lora_", adapter__peft_module_block(m),
-                         adapter__peft_module_name(m));
+                         adapter__peft_module_name(cfg, m));
         if (strncmp(p, want, (size_t)w) != 0)
             continue;
         const char *q = p + w;
@@ -110,12 +114,12 @@ static int plan_modules(const adapter__peft_cfg *c, const core_st *st, const cor
     for (size_t i = 0; i < st->n_tensors; i++) {
         const core_st_tensor *t = &st->tensors[i];
         int l, m, which;
-        if (parse_key(t->name, cfg->n_layer, &l, &m, &which)) {
+        if (parse_key(t->name, cfg, &l, &m, &which)) {
             snprintf(err, errlen,
-                     "adapter_model.safetensors: tensor '%s' is not a LoRA A/B weight of a Llama "
-                     "linear layer (DoRA, lora bias, embedding or head LoRA and modules_to_save "
-                     "are not supported; %d layers)",
-                     t->name, cfg->n_layer);
+                     "adapter_model.safetensors: tensor '%s' is not a LoRA A/B weight of a %s "
+                     "linear layer (%s; DoRA, lora bias, embedding or head LoRA and "
+                     "modules_to_save are not supported; %d layers)",
+                     t->name, cfg->arch, adapter__peft_linears(cfg), cfg->n_layer);
             return -EINVAL;
         }
         adapter__peft_plan *p = &plan[l * CORE_MOD_COUNT + m];
@@ -123,12 +127,12 @@ static int plan_modules(const adapter__peft_cfg *c, const core_st *st, const cor
             snprintf(err, errlen,
                      "tensor '%s': layer %d %s is not targeted by adapter_config.json "
                      "(target_modules / exclude_modules / layers_to_transform)",
-                     t->name, l, adapter__peft_module_name(m));
+                     t->name, l, adapter__peft_module_name(cfg, m));
             return -EINVAL;
         }
         if (p->ab[which]) {
             snprintf(err, errlen, "tensor '%s': layer %d %s has two lora_%c weights", t->name, l,
-                     adapter__peft_module_name(m), which ? 'B' : 'A');
+                     adapter__peft_module_name(cfg, m), which ? 'B' : 'A');
             return -EINVAL;
         }
         if (t->dtype != CORE_TYPE_F32 && t->dtype != CORE_TYPE_F16 && t->dtype != CORE_TYPE_BF16) {
@@ -136,7 +140,7 @@ static int plan_modules(const adapter__peft_cfg *c, const core_st *st, const cor
                      t->name, t->dtype_name);
             return -EINVAL;
         }
-        uint64_t in = (uint64_t)core_module_in(cfg, m), out = (uint64_t)core_module_out(cfg, m);
+        uint64_t in = (uint64_t)core_module_in(cfg, m), out = (uint64_t)adapter__unit_out(cfg, m);
         uint64_t want0 = which ? out : (uint64_t)p->rank, want1 = which ? (uint64_t)p->rank : in;
         if (t->n_dims != 2 || t->shape[0] != want0 || t->shape[1] != want1) {
             snprintf(err, errlen,
@@ -146,7 +150,7 @@ static int plan_modules(const adapter__peft_cfg *c, const core_st *st, const cor
                      t->name, (unsigned long long)t->shape[0],
                      (unsigned long long)(t->n_dims > 1 ? t->shape[1] : 0),
                      (unsigned long long)want0, (unsigned long long)want1, p->rank,
-                     adapter__peft_module_name(m), l, (unsigned long long)in,
+                     adapter__peft_module_name(cfg, m), l, (unsigned long long)in,
                      (unsigned long long)out);
             return -EINVAL;
         }
@@ -158,7 +162,7 @@ static int plan_modules(const adapter__peft_cfg *c, const core_st *st, const cor
             snprintf(err, errlen,
                      "adapter_config.json targets layer %d %s but adapter_model.safetensors has "
                      "no lora_%c weight for it",
-                     k / CORE_MOD_COUNT, adapter__peft_module_name(k % CORE_MOD_COUNT),
+                     k / CORE_MOD_COUNT, adapter__peft_module_name(cfg, k % CORE_MOD_COUNT),
                      p->ab[0] ? 'B' : 'A');
             return -EINVAL;
         }
@@ -187,7 +191,7 @@ static int plan_slab(const adapter__peft_plan *plan, const core_config *cfg, uin
         if (plan[k].ab[0])
             total += (size_t)plan[k].rank *
                      (core_module_in(cfg, k % CORE_MOD_COUNT) +
-                      core_module_out(cfg, k % CORE_MOD_COUNT)) *
+                      adapter__unit_out(cfg, k % CORE_MOD_COUNT)) *
                      es;
     *dtype = dt;
     *bytes = total;
@@ -202,7 +206,6 @@ static adapter *build(const adapter__peft_cfg *c, const adapter__peft_plan *plan
     size_t total;
     if (plan_slab(plan, cfg, &dtype, &total, err, errlen))
         return NULL;
-    size_t es = dtype == CORE_TYPE_F32 ? 4 : 2;
     adapter *a = adapter__new(cfg->n_layer, dtype, total);
     if (!a) {
         snprintf(err, errlen, "out of memory for %zu bytes of adapter weights", total);
@@ -213,54 +216,42 @@ static adapter *build(const adapter__peft_cfg *c, const adapter__peft_plan *plan
     a->alpha = (float)c->alpha;
     a->rslora = c->rslora;
     unsigned char *at = a->slab;
-    float *tmp = NULL;
+    float *tmp[2] = {NULL, NULL};
     for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++) {
         const adapter__peft_plan *p = &plan[k];
         if (!p->ab[0])
             continue;
-        int m = k % CORE_MOD_COUNT, r = p->rank;
-        adapter_mod *am = &a->mods[k];
-        am->rank = r;
-        am->scale = (float)(p->alpha / (c->rslora ? sqrt((double)r) : (double)r));
+        int r = p->rank;
+        const void *src[2];
         for (int w = 0; w < 2; w++) {
             const core_st_tensor *t = p->ab[w];
-            size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
-            const void *src = t->data;
+            size_t n = (size_t)t->shape[0] * (size_t)t->shape[1];
+            src[w] = t->data;
             if (t->dtype != dtype) { /* mixed dtypes: widen this tensor to f32 */
-                free(tmp);
-                tmp = malloc(rows * cols * sizeof(float));
-                if (!tmp || core_st_to_f32(t, tmp)) {
+                free(tmp[w]);
+                tmp[w] = malloc(n * sizeof(float));
+                if (!tmp[w] || core_st_to_f32(t, tmp[w])) {
                     snprintf(err, errlen, "tensor '%s': cannot convert to f32", t->name);
                     goto fail;
                 }
-                src = tmp;
+                src[w] = tmp[w];
             }
-            /* q and k lora_B rows move to the GGUF row order: llama.cpp permuted the q/k rows
-             * of the llama architecture (SmolLM2, Llama 3, Mistral), not those of the
-             * architectures with NeoX RoPE (Qwen2, Qwen3, Gemma 3: neox_rope), whose rows are
-             * Hugging Face's. */
-            int heads = 0;
-            if (w == 1 && m == CORE_MOD_Q && !cfg->neox_rope)
-                heads = cfg->n_head;
-            else if (w == 1 && m == CORE_MOD_K && !cfg->neox_rope)
-                heads = cfg->n_head_kv;
-            if (adapter__copy_rows(dtype, src, at, rows, cols, heads, cfg->head_dim, w == 1)) {
-                snprintf(err, errlen, "tensor '%s' holds NaN or infinite values", t->name);
-                goto fail;
-            }
-            if (w == 0)
-                am->A = at;
-            else
-                am->Bt = at;
-            at += rows * cols * es;
         }
-        a->targets |= 1u << m;
-        a->n_mods++;
+        const char *bad;
+        float scale = (float)(p->alpha / (c->rslora ? sqrt((double)r) : (double)r));
+        if (adapter__put_pair(a, cfg, k / CORE_MOD_COUNT, k % CORE_MOD_COUNT, r, scale, src[0],
+                              src[1], true, &at, &bad)) {
+            snprintf(err, errlen, "tensor '%s' holds NaN or infinite values",
+                     p->ab[bad[5] == 'B']->name);
+            goto fail;
+        }
     }
-    free(tmp);
+    free(tmp[0]);
+    free(tmp[1]);
     return a;
 fail:
-    free(tmp);
+    free(tmp[0]);
+    free(tmp[1]);
     adapter_unref(a);
     return NULL;
 }
@@ -429,11 +420,13 @@ static int probe_peft(const char *root, const char *dir, const core_config *cfg,
     adapter_probe_info p = {
         .format = ADAPTER_PEFT, .r = s.c.r, .alpha = (float)s.c.alpha, .rslora = s.c.rslora};
     rc = plan_slab(s.plan, cfg, &p.dtype, &p.bytes, err, errlen);
-    for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT && !rc; k++)
-        if (s.plan[k].ab[0]) {
-            p.targets |= 1u << (k % CORE_MOD_COUNT);
+    for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT && !rc; k++) {
+        int first = k % CORE_MOD_COUNT, span = s.plan[k].ab[0] ? core_module_span(cfg, first) : 0;
+        for (int m = first; m < first + span; m++) { /* as adapter__put_pair fills them */
+            p.targets |= 1u << m;
             p.n_mods++;
         }
+    }
     if (!rc)
         *out = p;
     peft_close(&s);

@@ -26,10 +26,20 @@
 
 static const char *const hf_names[CORE_MOD_COUNT] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                      "gate_proj", "up_proj", "down_proj"};
+/* Phi-3's Linears: q, k, v in qkv_proj, gate and up in gate_up_proj (core_module_span). */
+static const char *const hf_names_fused[CORE_MOD_COUNT] = {
+    "qkv_proj", "qkv_proj", "qkv_proj", "o_proj", "gate_up_proj", "gate_up_proj", "down_proj"};
 
-const char *adapter__peft_module_name(int mod)
+const char *adapter__peft_module_name(const core_config *cfg, int mod)
 {
-    return hf_names[mod];
+    return cfg->kind == CORE_ARCH_PHI3 ? hf_names_fused[mod] : hf_names[mod];
+}
+
+const char *adapter__peft_linears(const core_config *cfg)
+{
+    return cfg->kind == CORE_ARCH_PHI3 ? "qkv_proj, o_proj, gate_up_proj, down_proj"
+                                       : "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+                                         "down_proj";
 }
 
 static const char *hf_block(int mod)
@@ -430,9 +440,46 @@ int adapter__peft_config_parse(const cJSON *j, adapter__peft_cfg *c, char *err, 
     return parse_config(j, c, err, errlen) || check_head_targets(c, err, errlen) ? -EINVAL : 0;
 }
 
+/* Refuses a target_modules list entry that names a Linear of the other layout: q_proj on a
+ * Phi-3 (whose attention is the fused qkv_proj), qkv_proj on a Llama. PEFT would only fail when
+ * no entry matched; such an adapter was trained for another architecture either way. */
+static int check_layout_names(const cJSON *targets, const core_config *cfg, char *err,
+                              size_t errlen)
+{
+    if (!cJSON_IsArray(targets))
+        return 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, targets)
+    {
+        const char *dot = strrchr(it->valuestring, '.');
+        const char *leaf = dot ? dot + 1 : it->valuestring;
+        bool known = false, here = false;
+        for (int m = 0; m < CORE_MOD_COUNT; m++) {
+            known = known || !strcmp(leaf, hf_names[m]) || !strcmp(leaf, hf_names_fused[m]);
+            here = here || !strcmp(leaf, adapter__peft_module_name(cfg, m));
+        }
+        if (known && !here) {
+            snprintf(err, errlen,
+                     "target_modules: '%s' is not a module of %s models, whose linear layers are "
+                     "%s; was this adapter trained for another architecture?",
+                     it->valuestring, cfg->arch, adapter__peft_linears(cfg));
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
 int adapter__peft_plan_targets(const adapter__peft_cfg *c, const core_config *cfg,
                                adapter__peft_plan *plan, char *err, size_t errlen)
 {
+    if (check_layout_names(c->targets, cfg, err, errlen))
+        return -EINVAL;
+    if (is_null(c->targets) && cfg->kind == CORE_ARCH_PHI3) {
+        snprintf(err, errlen,
+                 "target_modules: null, and PEFT has no default for %s models; list them (%s)",
+                 cfg->arch, adapter__peft_linears(cfg));
+        return -EINVAL;
+    }
     const cJSON *targets = c->targets;
     cJSON *dflt = NULL;
     if (is_null(targets)) /* PEFT's default for Llama */
@@ -458,7 +505,10 @@ int adapter__peft_plan_targets(const adapter__peft_cfg *c, const core_config *cf
     for (int l = 0; l < cfg->n_layer && !rc; l++) {
         for (int m = 0; m < CORE_MOD_COUNT && !rc; m++) {
             char name[128];
-            snprintf(name, sizeof name, "model.layers.%d.%s.%s", l, hf_block(m), hf_names[m]);
+            if (core_module_span(cfg, m) == 0) /* planned with the first module of its Linear */
+                continue;
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s", l, hf_block(m),
+                     adapter__peft_module_name(cfg, m));
             adapter__peft_plan *p = &plan[l * CORE_MOD_COUNT + m];
             p->targeted =
                 selects(&tsel, name) && !selects(&xsel, name) && layer_selected(c->layers, l);
@@ -480,5 +530,17 @@ int adapter__peft_plan_targets(const adapter__peft_cfg *c, const core_config *cf
     pattern_deinit(&rp);
     pattern_deinit(&ap);
     cJSON_Delete(dflt);
+    if (rc == 0 && cfg->kind == CORE_ARCH_PHI3) {
+        bool any = false;
+        for (int k = 0; k < cfg->n_layer * CORE_MOD_COUNT; k++)
+            any = any || plan[k].targeted;
+        if (!any) {
+            snprintf(err, errlen,
+                     "target_modules selects no linear layer of this %s model (its linear layers "
+                     "are %s)",
+                     cfg->arch, adapter__peft_linears(cfg));
+            rc = -EINVAL;
+        }
+    }
     return rc;
 }

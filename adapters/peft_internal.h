@@ -25,7 +25,8 @@ typedef struct adapter__peft_cfg {
     const cJSON *alpha_pattern;
 } adapter__peft_cfg;
 
-/* One (layer, module) of a planned load. */
+/* One (layer, module) of a planned load. A fused Linear (Phi-3's qkv_proj, gate_up_proj) is
+ * planned at its first module (core_module_span); the entries of the others stay zero. */
 typedef struct adapter__peft_plan {
     const core_st_tensor *ab[2]; /* A, B: matched from the weights file (peft.c) */
     int rank;                    /* from the config (r, rank_pattern) */
@@ -33,10 +34,13 @@ typedef struct adapter__peft_plan {
     bool targeted;
 } adapter__peft_plan;
 
-/* The Hugging Face name of a core_module ("q_proj") and of the block holding it ("self_attn" or
- * "mlp"), as module names and safetensors keys spell them. */
-const char *adapter__peft_module_name(int mod);
+/* The Hugging Face name of the Linear that holds a core_module in cfg's models ("q_proj"; Phi-3:
+ * "qkv_proj" for q, k and v, "gate_up_proj" for gate and up) and of the block holding it
+ * ("self_attn" or "mlp"), as module names and safetensors keys spell them. */
+const char *adapter__peft_module_name(const core_config *cfg, int mod);
 const char *adapter__peft_module_block(int mod);
+/* cfg's Linears as a message lists them: "q_proj, k_proj, ..." or Phi-3's four. */
+const char *adapter__peft_linears(const core_config *cfg);
 
 /* Reads the parsed adapter_config.json j into *c (borrowing j) and refuses what adaptree does not
  * implement, naming the field: 0, or -EINVAL with a message. */
@@ -44,7 +48,8 @@ int adapter__peft_config_parse(const cJSON *j, adapter__peft_cfg *c, char *err, 
 
 /* Decides from c which (layer, module) pairs are targeted and their rank and alpha:
  * plan[layer * CORE_MOD_COUNT + module] for every layer of cfg (ab is left alone). 0, or -EINVAL
- * with a message (a regex that cannot be compiled, a rank out of range). */
+ * with a message (a regex that cannot be compiled, a rank out of range, a target_modules entry
+ * naming a Linear of another architecture's layout, a Phi-3 config that targets nothing). */
 int adapter__peft_plan_targets(const adapter__peft_cfg *c, const core_config *cfg,
                                adapter__peft_plan *plan, char *err, size_t errlen);
 

@@ -27,6 +27,13 @@ static void print_config(const core_config *c)
            c->arch, c->n_layer, c->n_embd, c->n_ff, c->n_head, c->n_head_kv, c->head_dim,
            (double)c->rope_theta, (double)c->rms_eps, c->n_vocab, c->n_ctx_train,
            c->tied_output ? "tied to token_embd" : "output.weight");
+    if (c->sliding_window > 0 && c->swa_pattern == 0)
+        printf("  sliding window %d on every layer\n", c->sliding_window);
+    else if (c->sliding_window > 0)
+        printf("  sliding window %d, every %d-th layer global (rope theta %g on the others)\n",
+               c->sliding_window, c->swa_pattern, (double)c->rope_theta_swa);
+    if (c->kind == CORE_ARCH_PHI3)
+        printf("  fused tensors: attn_qkv (q, k, v), ffn_up (gate, up)\n");
 }
 
 /* Prints the fields of adapter_config.json that decide the math, as written. */

@@ -7,8 +7,9 @@ matching llama.cpp test vocabulary (models/vocab, `make vocab`), and weights lai
 llama.cpp's convert_hf_to_gguf.py would write them: for the llama architecture the q and k rows
 permuted (LlamaModel.permute), for Llama 3 the rope_freqs tensor of its rope scaling
 (LlamaModel.generate_extra_tensors), for qwen2 the q/k/v biases, for qwen3 the per-head q/k
-norms. The weights are drawn from numpy's PCG64 with the row's seed, in Hugging Face's layout,
-so the same script gives byte-identical files; tests/golden/fixtures/tiny.json records the sha256
+norms, for phi3 q, k, v fused into attn_qkv and gate, up into ffn_up (Phi3MiniModel). The
+weights are drawn from numpy's PCG64 with the row's seed, in Hugging Face's layout, so the same
+script gives byte-identical files; tests/golden/fixtures/tiny.json records the sha256
 of each file and the C test (tests/golden/test_tiny_models.c) refuses a file that differs.
 
 The reference logits come from tests/reference/make_tiny_fixtures.py, which reads these files
@@ -43,6 +44,9 @@ VOCAB_DIR = REPO / "models" / "vocab"
 #   qkv_bias    q, k and v have biases (Qwen2)
 #   qk_norm     per-head RMSNorm of q and k before RoPE (Qwen3)
 #   rope_scaling  Hugging Face's rope_scaling; "llama3" becomes rope_freqs.weight
+#   fused       Phi-3's layout: qkv_proj (q, k, v rows) and gate_up_proj (gate, up rows), in the
+#               GGUF attn_qkv and ffn_up (optional; False)
+#   sliding_window  phi3.attention.sliding_window (optional; phi3 only)
 #   wtype       the type of the layers' matrices (and of output.weight); embd_type: token_embd's
 #   seed        numpy.random.default_rng(seed)
 FAMILIES = {
@@ -75,6 +79,14 @@ FAMILIES = {
         rope_theta=1000000.0, rms_eps=1e-6, n_ctx=40960, tied=False, permute_qk=False,
         qkv_bias=False, qk_norm=True, rope_scaling=None,
         wtype="BF16", embd_type="F16", seed=4),
+    # Phi-3 mini's layout at a tiny size, with GQA (as Phi-3 medium) so that q and k/v slices
+    # differ, and a sliding window shorter than the story prompt (Phi-3 mini: 2047 of 4096)
+    "phi3": dict(
+        arch="phi3", vocab="ggml-vocab-phi-3.gguf", hf="Phi3ForCausalLM",
+        n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, head_dim=None,
+        rope_theta=10000.0, rms_eps=1e-5, n_ctx=4096, tied=False, permute_qk=False,
+        qkv_bias=False, qk_norm=False, rope_scaling=None, fused=True, sliding_window=16,
+        wtype="Q8_0", embd_type="F16", seed=6),
 }
 
 # Standard deviations of the random weights: matrices N(0, 1/sqrt(fan_in)) keep the residual
@@ -156,6 +168,13 @@ def hf_weights(f, n_vocab):
         w[p + "mlp.gate_proj.weight"] = mat(ff, e)
         w[p + "mlp.up_proj.weight"] = mat(ff, e)
         w[p + "mlp.down_proj.weight"] = mat(e, ff)
+    if f.get("fused"):  # Phi3Attention.qkv_proj, Phi3MLP.gate_up_proj
+        for layer in range(f["n_layer"]):
+            p = f"model.layers.{layer}."
+            w[p + "self_attn.qkv_proj.weight"] = np.concatenate(
+                [w.pop(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
+            w[p + "mlp.gate_up_proj.weight"] = np.concatenate(
+                [w.pop(p + f"mlp.{x}_proj.weight") for x in ("gate", "up")])
     w["model.norm.weight"] = norm(e)
     if not f["tied"]:
         w["lm_head.weight"] = (rng.standard_normal((n_vocab, e), dtype=np.float32) *
@@ -180,15 +199,24 @@ LAYER_NAMES = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
+FUSED_LAYER_NAMES = {k: v for k, v in LAYER_NAMES.items() if not k.startswith(
+    ("self_attn.q_", "self_attn.k_", "self_attn.v_", "mlp.gate_", "mlp.up_"))}
+FUSED_LAYER_NAMES.update({"self_attn.qkv_proj.weight": "attn_qkv.weight",
+                          "mlp.gate_up_proj.weight": "ffn_up.weight"})
 TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight",
              "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
 
 
-def gguf_name(hf):
+def layer_names(f):
+    """The family's Hugging Face -> GGUF names of a layer's tensors."""
+    return FUSED_LAYER_NAMES if f.get("fused") else LAYER_NAMES
+
+
+def gguf_name(hf, f=None):
     if hf in TOP_NAMES:
         return TOP_NAMES[hf]
     parts = hf.split(".", 3)  # model, layers, N, rest
-    return f"blk.{parts[2]}.{LAYER_NAMES[parts[3]]}"
+    return f"blk.{parts[2]}.{layer_names(f or {})[parts[3]]}"
 
 
 def add_tensor(writer, name, a, type_name):
@@ -240,8 +268,11 @@ def write_family(name, f, out_dir):
     if f["head_dim"]:
         w.add_uint32(f"{a}.attention.key_length", f["head_dim"])
         w.add_uint32(f"{a}.attention.value_length", f["head_dim"])
-    if a == "llama":
+    if a in ("llama", "phi3"):
         w.add_uint32(f"{a}.rope.dimension_count", head_dim(f))
+    if a == "phi3":  # as Phi3MiniModel.set_gguf_parameters
+        w.add_uint32(f"{a}.rope.scaling.original_context_length", f["n_ctx"])
+        w.add_uint32(f"{a}.attention.sliding_window", f.get("sliding_window") or 0)
     n_vocab = copy_tokenizer(w, vocab_path)
     if a == "llama":
         w.add_uint32(f"{a}.vocab_size", n_vocab)
@@ -254,7 +285,7 @@ def write_family(name, f, out_dir):
     elif rs:
         raise SystemExit(f"{name}: rope_scaling {rs['rope_type']} has no GGUF form here")
     for hf, a32 in weights.items():
-        g = gguf_name(hf)
+        g = gguf_name(hf, f)
         if f["permute_qk"] and g.endswith("attn_q.weight"):
             a32 = permute(a32, f["n_head"], f["n_head"])
         elif f["permute_qk"] and g.endswith("attn_k.weight"):

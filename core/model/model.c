@@ -2,7 +2,9 @@
  * architectures, each with its own config function), tensor shape checks, and
  * dequantization of every weight into one f32 slab (pointers into it, llm.c style). The linear
  * weights and the head also keep pointers to their quantized data in the mapping, which decode
- * steps of few rows read instead (qmatmul.h). */
+ * steps of few rows read instead (qmatmul.h). A module stored in a fused tensor (Phi-3's
+ * attn_qkv, ffn_up) is its rows of it: GGUF rows are contiguous whatever the type, so its
+ * quantized data is the tensor's plus row0 rows, and the kernels never know. */
 #include "core/model/model.h"
 
 #include <errno.h>
@@ -30,6 +32,48 @@ const char *core_module_name(core_module mod)
 const char *core_module_gguf_name(core_module mod)
 {
     return (unsigned)mod < CORE_MOD_COUNT ? module_gguf[mod] : "?";
+}
+
+const char *core_module_tensor(const core_config *c, core_module mod, int *row0)
+{
+    *row0 = 0;
+    if (c->kind != CORE_ARCH_PHI3 || (unsigned)mod >= CORE_MOD_COUNT)
+        return core_module_gguf_name(mod);
+    switch (mod) {
+    case CORE_MOD_V:
+        *row0 = c->n_head_kv * c->head_dim;
+        /* fall through */
+    case CORE_MOD_K:
+        *row0 += c->n_head * c->head_dim;
+        /* fall through */
+    case CORE_MOD_Q:
+        return "attn_qkv";
+    case CORE_MOD_UP:
+        *row0 = c->n_ff;
+        /* fall through */
+    case CORE_MOD_GATE:
+        return "ffn_up";
+    default:
+        return core_module_gguf_name(mod);
+    }
+}
+
+int core_module_span(const core_config *c, core_module mod)
+{
+    if (c->kind != CORE_ARCH_PHI3)
+        return 1;
+    switch (mod) {
+    case CORE_MOD_Q:
+        return 3;
+    case CORE_MOD_GATE:
+        return 2;
+    case CORE_MOD_K:
+    case CORE_MOD_V:
+    case CORE_MOD_UP:
+        return 0;
+    default:
+        return 1;
+    }
 }
 
 int core_module_in(const core_config *c, core_module mod)
@@ -180,6 +224,35 @@ static int qwen3_config(const core_gguf *g, core_config *c, char *err, size_t er
     return no_sliding_window(g, c, err, errlen);
 }
 
+/* Phi-3's own hyperparameters (llama.cpp's converter, Phi3MiniModel): RoPE on halves, a sliding
+ * window over every layer when phi3.attention.sliding_window is above 0 (Phi-3 mini: 2047; 0 for
+ * Phi-4), as transformers' Phi3 applies it (llama.cpp ignores it). The 128k models' LongRoPE
+ * ("su"/"longrope": rope_factors_long/short tensors, rope.scaling.attn_factor) is refused. */
+static int phi3_config(const core_gguf *g, core_config *c, char *err, size_t errlen)
+{
+    const char *a = c->arch;
+    c->neox_rope = true;
+    if (core_gguf_find_tensor(g, "rope_factors_long.weight") ||
+        core_gguf_find_tensor(g, "rope_factors_short.weight") ||
+        refuse_key(g, a, "rope.scaling.attn_factor", "rope scaling", err, errlen)) {
+        core_errf(err, errlen,
+                  "rope scaling 'longrope' (Phi-3 128k: rope_factors_long/short) is not "
+                  "supported; use a 4k-context Phi-3 model");
+        return -EINVAL;
+    }
+    uint32_t sw = 0;
+    char key[128];
+    snprintf(key, sizeof key, "%s.attention.sliding_window", a);
+    if (core_gguf_find(g, key) && (core_gguf_get_u32(g, key, &sw) < 0 || sw > (1u << 24))) {
+        core_errf(err, errlen, "metadata key '%s' must be an integer in 0..%d", key, 1 << 24);
+        return -EINVAL;
+    }
+    c->sliding_window = (int)sw;
+    c->swa_pattern = 0; /* every layer */
+    c->rope_theta_swa = c->rope_theta;
+    return 0;
+}
+
 /* The architectures core_forward runs: general.architecture, the recipe, and the function that
  * reads what is particular to it once the common hyperparameters are in. */
 static const struct arch_row {
@@ -187,10 +260,11 @@ static const struct arch_row {
     core_arch kind;
     int (*config)(const core_gguf *g, core_config *c, char *err, size_t errlen);
 } arch_table[] = {
-    {"llama", CORE_ARCH_LLAMA, llama_config},
-    {"gemma3", CORE_ARCH_GEMMA3, gemma3_config},
-    {"qwen2", CORE_ARCH_QWEN2, qwen2_config},
-    {"qwen3", CORE_ARCH_QWEN3, qwen3_config},
+    {"llama", CORE_ARCH_LLAMA, llama_config},    /* SmolLM2, Llama 2/3, Mistral */
+    {"gemma3", CORE_ARCH_GEMMA3, gemma3_config}, /* Gemma 3 (text) */
+    {"qwen2", CORE_ARCH_QWEN2, qwen2_config},    /* Qwen2, Qwen2.5 */
+    {"qwen3", CORE_ARCH_QWEN3, qwen3_config},    /* Qwen3 dense */
+    {"phi3", CORE_ARCH_PHI3, phi3_config},       /* Phi-3 mini / medium, 4k context */
 };
 #define N_ARCH (sizeof arch_table / sizeof arch_table[0])
 
@@ -334,8 +408,10 @@ static bool layer_tensor_known(const core_config *c, const char *rest)
         if (c->qkv_bias && !strcmp(rest, bias[i]))
             return true;
     for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
-        size_t n = strlen(module_gguf[mod]);
-        if (!strncmp(rest, module_gguf[mod], n) && !strcmp(rest + n, ".weight"))
+        int row0;
+        const char *t = core_module_tensor(c, (core_module)mod, &row0);
+        size_t n = strlen(t);
+        if (!strncmp(rest, t, n) && !strcmp(rest + n, ".weight"))
             return true;
     }
     return false;
@@ -377,6 +453,40 @@ static int check_tensor_names(const core_gguf *g, const core_config *c, char *er
     return 0;
 }
 
+/* A weight as its GGUF stores it: rows row0 .. row0 + rows of the tensor name, whose shape is
+ * (total, cols); rows == total and row0 == 0 unless the tensor is fused (core_module_tensor), and
+ * rows == total == 0 for a vector of cols. */
+typedef struct mat_src {
+    char name[96];
+    int cols, rows, row0, total;
+} mat_src;
+
+static mat_src whole(const char *name, int cols, int rows)
+{
+    mat_src s = {.cols = cols, .rows = rows, .total = rows};
+    snprintf(s.name, sizeof s.name, "%s", name);
+    return s;
+}
+
+/* Module mod of layer l: "blk.L.attn_q.weight" and the like, or its rows of a fused tensor. */
+static mat_src matrix_src(const core_config *c, int l, int mod)
+{
+    mat_src s = {.cols = core_module_in(c, mod), .rows = core_module_out(c, mod)};
+    snprintf(s.name, sizeof s.name, "blk.%d.%s.weight", l, core_module_tensor(c, mod, &s.row0));
+    int first = mod;
+    while (core_module_span(c, first) == 0)
+        first--;
+    for (int k = first; k < first + core_module_span(c, first); k++)
+        s.total += core_module_out(c, k);
+    return s;
+}
+
+/* The first byte of s's rows in the tensor t (whose shape was checked). */
+static const uint8_t *src_rows(const core_gguf_tensor *t, const mat_src *s)
+{
+    return (const uint8_t *)t->data + (size_t)s->row0 * core_type_row_bytes(t->type, s->cols);
+}
+
 /* Checks one tensor's presence and shape (ne0 = cols, ne1 = rows; rows 0 for a vector) and
  * that its type can be dequantized. */
 static const core_gguf_tensor *want_tensor(const core_gguf *g, const char *name, int cols, int rows,
@@ -404,34 +514,34 @@ static const core_gguf_tensor *want_tensor(const core_gguf *g, const char *name,
     return t;
 }
 
-static int load_tensor(const core_gguf *g, const char *name, int cols, int rows, float *dst,
-                       char *err, size_t errlen)
+static int load_tensor(const core_gguf *g, const mat_src *s, float *dst, char *err, size_t errlen)
 {
-    const core_gguf_tensor *t = want_tensor(g, name, cols, rows, err, errlen);
+    const core_gguf_tensor *t = want_tensor(g, s->name, s->cols, s->total, err, errlen);
     if (!t)
         return -EINVAL;
-    int64_t n = (int64_t)cols * (rows ? rows : 1);
-    if (core_dequant_row(t->type, t->data, dst, n) < 0) {
-        core_errf(err, errlen, "tensor '%s': cannot dequantize %s", name, core_type_name(t->type));
+    int64_t n = (int64_t)s->cols * (s->rows ? s->rows : 1);
+    if (core_dequant_row(t->type, src_rows(t, s), dst, n) < 0) {
+        core_errf(err, errlen, "tensor '%s': cannot dequantize %s", s->name,
+                  core_type_name(t->type));
         return -EINVAL;
     }
     for (int64_t i = 0; i < n; i++) {
         if (!isfinite(dst[i])) {
-            core_errf(err, errlen, "tensor '%s' holds a non-finite value at element %lld", name,
-                      (long long)i);
+            core_errf(err, errlen, "tensor '%s' holds a non-finite value at element %lld", s->name,
+                      (long long)s->row0 * s->cols + i);
             return -EINVAL;
         }
     }
     return 0;
 }
 
-/* The tensor's data in the mapping when core__qmatmul can read its type, else NULL. Called after
+/* s's rows in the mapping when core__qmatmul can read their type, else NULL. Called after
  * load_tensor has checked the shape. */
-static const void *quantized(const core_gguf *g, const char *name, uint32_t *type)
+static const void *quantized(const core_gguf *g, const mat_src *s, uint32_t *type)
 {
-    const core_gguf_tensor *t = core_gguf_find_tensor(g, name);
+    const core_gguf_tensor *t = core_gguf_find_tensor(g, s->name);
     *type = t ? t->type : 0;
-    return t && core__qmatmul_supports(t->type) ? t->data : NULL;
+    return t && core__qmatmul_supports(t->type) ? src_rows(t, s) : NULL;
 }
 
 static void free_q8(core_model *m)
@@ -532,46 +642,40 @@ void core_model_free(core_model *m)
  * batch size (AVX-512 kernels; ADAPTREE_QMATMUL_ROWS or AVX2 put a limit on that), or
  * (CORE_SLAB_INT8) core_model_set_int8 repacked it, as it does every such matrix the int8 kernels
  * take. */
-static bool stays_quantized(const core_gguf *g, const char *name, int cols, int rows,
-                            core_slab_mode mode)
+static bool stays_quantized(const core_gguf *g, const mat_src *s, core_slab_mode mode)
 {
-    const core_gguf_tensor *t = core_gguf_find_tensor(g, name);
+    const core_gguf_tensor *t = core_gguf_find_tensor(g, s->name);
     if (mode == CORE_SLAB_ALL || !t || !core__qmatmul_supports(t->type))
         return false;
     return core__qmatmul_max_rows() == INT_MAX ||
-           (mode == CORE_SLAB_INT8 && core__q8w_supports(t->type, cols, rows));
+           (mode == CORE_SLAB_INT8 && core__q8w_supports(t->type, s->cols, s->rows));
 }
 
 /* Checks a tensor that stays quantized as load_tensor would (shape, type, every value finite),
  * a row at a time through scratch (cols floats), keeping nothing. */
-static int check_tensor(const core_gguf *g, const char *name, int cols, int rows, float *scratch,
-                        char *err, size_t errlen)
+static int check_tensor(const core_gguf *g, const mat_src *s, float *scratch, char *err,
+                        size_t errlen)
 {
-    const core_gguf_tensor *t = want_tensor(g, name, cols, rows, err, errlen);
+    const core_gguf_tensor *t = want_tensor(g, s->name, s->cols, s->total, err, errlen);
     if (!t)
         return -EINVAL;
+    int cols = s->cols;
     size_t rb = core_type_row_bytes(t->type, (uint64_t)cols);
-    for (int r = 0; r < rows; r++) {
+    for (int r = s->row0; r < s->row0 + s->rows; r++) {
         const uint8_t *src = (const uint8_t *)t->data + (size_t)r * rb;
         if (core_dequant_row(t->type, src, scratch, cols) < 0) {
-            core_errf(err, errlen, "tensor '%s': cannot dequantize %s", name,
+            core_errf(err, errlen, "tensor '%s': cannot dequantize %s", s->name,
                       core_type_name(t->type));
             return -EINVAL;
         }
         for (int i = 0; i < cols; i++)
             if (!isfinite(scratch[i])) {
-                core_errf(err, errlen, "tensor '%s' holds a non-finite value at element %lld", name,
-                          (long long)r * cols + i);
+                core_errf(err, errlen, "tensor '%s' holds a non-finite value at element %lld",
+                          s->name, (long long)r * cols + i);
                 return -EINVAL;
             }
     }
     return 0;
-}
-
-/* "blk.L.attn_q.weight" and the like. */
-static void matrix_name(char *buf, size_t len, int layer, int mod)
-{
-    snprintf(buf, len, "blk.%d.%s.weight", layer, module_gguf[mod]);
 }
 
 /* Floats of the slab: the norms, and every matrix that does not stay quantized. */
@@ -587,41 +691,41 @@ static size_t slab_floats(const core_model *m, core_slab_mode mode)
         n += (size_t)c->n_layer * (size_t)(c->n_head + 2 * c->n_head_kv) * (size_t)c->head_dim;
     if (c->rope_freqs)
         n += (size_t)c->head_dim / 2;
-    char name[96];
-    n += stays_quantized(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, mode) ? 0 : emb;
+    mat_src emb_src = whole("token_embd.weight", c->n_embd, c->n_vocab);
+    mat_src out_src = whole("output.weight", c->n_embd, c->n_vocab);
+    n += stays_quantized(m->gguf, &emb_src, mode) ? 0 : emb;
     if (!c->tied_output)
-        n += stays_quantized(m->gguf, "output.weight", c->n_embd, c->n_vocab, mode) ? 0 : emb;
+        n += stays_quantized(m->gguf, &out_src, mode) ? 0 : emb;
     for (int l = 0; l < c->n_layer; l++)
         for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
-            int in = core_module_in(c, mod), out = core_module_out(c, mod);
-            matrix_name(name, sizeof name, l, mod);
-            if (!stays_quantized(m->gguf, name, in, out, mode))
-                n += (size_t)in * out;
+            mat_src s = matrix_src(c, l, mod);
+            if (!stays_quantized(m->gguf, &s, mode))
+                n += (size_t)s.cols * s.rows;
         }
     return n;
 }
 
 /* One matrix: into the slab at *p (advanced) as f32, or checked and left quantized (*dst NULL). */
-static int load_matrix(const core_gguf *g, const char *name, int cols, int rows,
-                       core_slab_mode mode, float **p, float **dst, float *scratch, char *err,
-                       size_t errlen)
+static int load_matrix(const core_gguf *g, const mat_src *s, core_slab_mode mode, float **p,
+                       float **dst, float *scratch, char *err, size_t errlen)
 {
-    if (stays_quantized(g, name, cols, rows, mode)) {
+    if (stays_quantized(g, s, mode)) {
         *dst = NULL;
-        return check_tensor(g, name, cols, rows, scratch, err, errlen);
+        return check_tensor(g, s, scratch, err, errlen);
     }
     *dst = *p;
-    *p += (size_t)cols * rows;
-    return load_tensor(g, name, cols, rows, *dst, err, errlen);
+    *p += (size_t)s->cols * s->rows;
+    return load_tensor(g, s, *dst, err, errlen);
 }
 
 /* A norm vector into the slab at *p (advanced). */
 static int load_norm(const core_gguf *g, const char *name, int n, float **p, float **dst, char *err,
                      size_t errlen)
 {
+    mat_src s = whole(name, n, 0);
     *dst = *p;
     *p += n;
-    return load_tensor(g, name, n, 0, *dst, err, errlen);
+    return load_tensor(g, &s, *dst, err, errlen);
 }
 
 /* rope_freqs.weight into the slab at *p (advanced): head_dim / 2 divisors of the rotary
@@ -651,16 +755,16 @@ static int load_weights(core_model *m, core_slab_mode mode, float *p, char *err,
     }
     m->tok_embd.rows = m->output.rows = c->n_vocab;
     m->tok_embd.cols = m->output.cols = c->n_embd;
-    int rc = load_matrix(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, mode, &p,
-                         &m->tok_embd.f32, scratch, err, errlen);
-    m->tok_embd.data = quantized(m->gguf, "token_embd.weight", &m->tok_embd.type);
+    mat_src emb_src = whole("token_embd.weight", c->n_embd, c->n_vocab);
+    mat_src out_src = whole("output.weight", c->n_embd, c->n_vocab);
+    int rc = load_matrix(m->gguf, &emb_src, mode, &p, &m->tok_embd.f32, scratch, err, errlen);
+    m->tok_embd.data = quantized(m->gguf, &emb_src, &m->tok_embd.type);
     m->output.f32 = m->tok_embd.f32;
     m->output.data = m->tok_embd.data;
     m->output.type = m->tok_embd.type;
     if (!rc && !c->tied_output) {
-        rc = load_matrix(m->gguf, "output.weight", c->n_embd, c->n_vocab, mode, &p, &m->output.f32,
-                         scratch, err, errlen);
-        m->output.data = quantized(m->gguf, "output.weight", &m->output.type);
+        rc = load_matrix(m->gguf, &out_src, mode, &p, &m->output.f32, scratch, err, errlen);
+        m->output.data = quantized(m->gguf, &out_src, &m->output.type);
     }
     if (!rc)
         rc = load_norm(m->gguf, "output_norm.weight", c->n_embd, &p, &m->output_norm, err, errlen);
@@ -693,13 +797,11 @@ static int load_weights(core_model *m, core_slab_mode mode, float *p, char *err,
             rc = load_norm(m->gguf, name, core_module_out(c, mod), &p, &L->bias[mod], err, errlen);
         }
         for (int mod = 0; !rc && mod < CORE_MOD_COUNT; mod++) {
-            int in = core_module_in(c, mod), out = core_module_out(c, mod);
-            matrix_name(name, sizeof name, l, mod);
-            L->w[mod].rows = out;
-            L->w[mod].cols = in;
-            rc =
-                load_matrix(m->gguf, name, in, out, mode, &p, &L->w[mod].f32, scratch, err, errlen);
-            L->w[mod].data = quantized(m->gguf, name, &L->w[mod].type);
+            mat_src s = matrix_src(c, l, mod);
+            L->w[mod].rows = s.rows;
+            L->w[mod].cols = s.cols;
+            rc = load_matrix(m->gguf, &s, mode, &p, &L->w[mod].f32, scratch, err, errlen);
+            L->w[mod].data = quantized(m->gguf, &s, &L->w[mod].type);
         }
     }
     free(scratch);

@@ -1,13 +1,14 @@
-/* Llama-family (Llama 2/3, Mistral, SmolLM2), Qwen2, Qwen3 and Gemma 3 models: hyperparameters
- * from GGUF metadata, f32 weights in one slab,
- * per-sequence KV caches, and the batched forward pass with an optional LoRA plan
- * (docs/ARCHITECTURE.md §3).
+/* Llama-family (Llama 2/3, Mistral, SmolLM2), Qwen2, Qwen3, Gemma 3 and Phi-3 models:
+ * hyperparameters from GGUF metadata, f32 weights in one slab, per-sequence KV caches, and the
+ * batched forward pass with an optional LoRA plan (docs/ARCHITECTURE.md §3).
  *
  * Weights keep the GGUF row layout: for Llama, attn_q/attn_k rows are in llama.cpp's permuted
- * order, so RoPE rotates adjacent pairs (2j, 2j+1) (docs/FORMATS.md §2.6); Qwen2's, Qwen3's and
- * Gemma 3's are not permuted and RoPE rotates (j, j + head_dim/2) (core_config.neox_rope).
- * Adapters trained on Hugging Face weights must have their q/k lora_B rows permuted the same way
- * before they reach core_forward (only when !neox_rope).
+ * order, so RoPE rotates adjacent pairs (2j, 2j+1) (docs/FORMATS.md §2.6); Qwen2's, Qwen3's,
+ * Gemma 3's and Phi-3's are not permuted and RoPE rotates (j, j + head_dim/2)
+ * (core_config.neox_rope). Adapters trained on Hugging Face weights must have their q/k lora_B
+ * rows permuted the same way before they reach core_forward (only when !neox_rope). Phi-3 stores
+ * q, k, v in one tensor (attn_qkv) and gate, up in another (ffn_up): each module's core_weight is
+ * a slice of rows of it (core_module_tensor).
  *
  * Nothing here is thread-safe on its own: a core_model is immutable after load and may be shared,
  * but a core_ctx and a core_kv belong to one thread at a time (the engine thread).
@@ -30,6 +31,8 @@ typedef enum core_arch {
                          with their own RoPE base, every swa_pattern-th layer global */
     CORE_ARCH_QWEN2,  /* "qwen2": Llama's layer with q, k and v biases, NeoX RoPE */
     CORE_ARCH_QWEN3,  /* "qwen3": Llama's layer with per-head q/k RMSNorm, NeoX RoPE */
+    CORE_ARCH_PHI3,   /* "phi3": Llama's recipe with fused attn_qkv and ffn_up (gate, up) tensors,
+                         RoPE on halves, and (Phi-3 mini) a sliding window on every layer */
 } core_arch;
 
 typedef struct core_config {
@@ -55,8 +58,9 @@ typedef struct core_config {
     float embd_scale; /* the embedding rows are multiplied by this (Gemma 3: sqrt(n_embd)) */
     float q_scale;    /* q is multiplied by this before attention's 1/sqrt(head_dim), when
                          query_pre_attn_scalar != head_dim: sqrt(head_dim / that) */
-    /* Gemma 3 only (0 for Llama): layer l is a sliding-window (local) layer unless
-     * (l + 1) % swa_pattern == 0; a local layer's row at position p attends to positions
+    /* Gemma 3 and Phi-3 (0 for Llama): with sliding_window > 0, layer l is a sliding-window
+     * (local) layer unless (l + 1) % swa_pattern == 0 (Gemma 3), or every layer is when
+     * swa_pattern is 0 (Phi-3); a local layer's row at position p attends to positions
      * p - sliding_window + 1 .. p and uses RoPE base rope_theta_swa. */
     int sliding_window;
     int swa_pattern;
@@ -66,7 +70,7 @@ typedef struct core_config {
 /* 1 when layer l of c attends over a sliding window (Gemma 3's local layers). */
 static inline bool core_layer_is_swa(const core_config *c, int l)
 {
-    return c->sliding_window > 0 && c->swa_pattern > 0 && (l + 1) % c->swa_pattern != 0;
+    return c->sliding_window > 0 && (c->swa_pattern == 0 || (l + 1) % c->swa_pattern != 0);
 }
 
 /* The seven linear modules of a layer, in the order adapters and plans use. */
@@ -130,7 +134,8 @@ typedef struct core_model {
      * a type they take) stays in the mapping only: its w[mod] / tok_embd / output is NULL until
      * core_model_dequantize. That saves 540 MB for the default model. With int8 on, the matrices
      * repacked for it are left out as well, whatever the CPU (CORE_SLAB_INT8). */
-    float *slab;
+    float *slab; /* the modules of a fused tensor (core_module_span) follow each other in it,
+                    so with all_f32 w[first].f32 is the whole tensor, (its rows, cols) */
     size_t slab_floats;
     core_slab_mode slab_mode;
     bool all_f32;         /* every matrix is in the slab */
@@ -146,10 +151,10 @@ typedef struct core_model {
 
 /* Loads a GGUF of an architecture in core_arch: reads and checks the hyperparameters (refusing,
  * with a message that names it, any option core_forward does not do: rope scaling, mixture of
- * experts, a sliding window outside Gemma 3, a tensor it would not read), every tensor shape and
- * every weight (dequantized and checked finite), and keeps as f32 those that core_forward needs
- * in f32 (see core_model.slab). Returns a new model (free with core_model_free) or NULL with a
- * message in err naming what is wrong. */
+ * experts, a sliding window outside Gemma 3 and Phi-3, a tensor it would not read), every tensor
+ * shape and every weight (dequantized and checked finite), and keeps as f32 those that core_forward
+ * needs in f32 (see core_model.slab). Returns a new model (free with core_model_free) or NULL with
+ * a message in err naming what is wrong. */
 core_model *core_model_load(const char *path, char *err, size_t errlen);
 
 /* Makes every weight available as f32 (w[mod], tok_embd, output non-NULL), for code that reads or
@@ -177,9 +182,20 @@ int core_config_from_gguf(const core_gguf *g, core_config *cfg, char *err, size_
 /* Input and output width of a module's weight. */
 int core_module_in(const core_config *c, core_module mod);
 int core_module_out(const core_config *c, core_module mod);
-/* "q", "k", "v", "o", "gate", "up", "down" and the GGUF tensor suffix ("attn_q", ...). */
+/* "q", "k", "v", "o", "gate", "up", "down" and the GGUF tensor suffix ("attn_q", ...) of
+ * Llama and Gemma 3. */
 const char *core_module_name(core_module mod);
 const char *core_module_gguf_name(core_module mod);
+/* Where c's models store module mod of a layer: returns the tensor's suffix (blk.L.<it>.weight),
+ * and *row0 the first of its rows that the module takes, 0 unless the tensor is fused: Phi-3's
+ * attn_qkv holds q, k then v (rows 0, n_head * head_dim, + n_head_kv * head_dim), its ffn_up
+ * gate then up (rows 0, n_ff), as Hugging Face's qkv_proj and gate_up_proj. */
+const char *core_module_tensor(const core_config *c, core_module mod, int *row0);
+/* How many modules, mod first, share mod's tensor when mod is its first: 1 for an unfused
+ * module, 3 for Phi-3's q (q, k, v), 2 for its gate (gate, up); 0 when mod is stored in the
+ * tensor of an earlier module (Phi-3's k, v, up). The modules of a tensor follow each other in
+ * core_module order. */
+int core_module_span(const core_config *c, core_module mod);
 
 /* ---- KV cache ------------------------------------------------------------------------------ */
 

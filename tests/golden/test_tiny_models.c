@@ -1,6 +1,8 @@
 /* Every architecture family against Hugging Face transformers and PEFT, on the tiny random-weight
  * models of `make tiny` (tools/make_tiny_models.py: real vocabularies, llama.cpp's tensor
- * layout): Llama 3 (rope_freqs), Mistral (Q8_0), Qwen2 (q/k/v biases), Qwen3 (q/k norms). Per
+ * layout): Llama 3 (rope_freqs), Mistral (Q8_0), Qwen2 (q/k/v biases), Qwen3 (q/k norms), Phi-3
+ * (fused attn_qkv and ffn_up, a sliding window the long prompt runs past, its adapter on the
+ * fused Linears qkv_proj and gate_up_proj). Per
  * family: the file's sha256 is the fixture's, the top-20 logits at every position and every 16th
  * logit of the vocabulary at the last one within 1e-3 max-abs, 8-token greedy continuations
  * (through the KV cache) identical -- for the base and with the family's PEFT adapter loaded by
@@ -283,8 +285,14 @@ TEST(tiny_qwen3_matches_transformers)
     check_family("qwen3");
 }
 
+TEST(tiny_phi3_matches_transformers)
+{
+    check_family("phi3");
+}
+
 /* What each tiny model exercises, read back from its file: a change to the generator that drops
- * a feature (the rope_freqs tensor, the biases, the Q8_0 matrices, ...) fails here. */
+ * a feature (the rope_freqs tensor, the biases, the Q8_0 matrices, Phi-3's fused tensors and
+ * window, ...) fails here. */
 TEST(tiny_models_exercise_their_features)
 {
     static const struct {
@@ -292,11 +300,13 @@ TEST(tiny_models_exercise_their_features)
         core_arch kind;
         int neox, bias, qk_norm, rope_freqs, tied;
         uint32_t wtype;
+        int fused_swa; /* q, k, v in one tensor and a sliding window on every layer (Phi-3) */
     } want[] = {
-        {"llama3", CORE_ARCH_LLAMA, 0, 0, 0, 1, 1, CORE_TYPE_F16},
-        {"mistral", CORE_ARCH_LLAMA, 0, 0, 0, 0, 0, CORE_TYPE_Q8_0},
-        {"qwen2", CORE_ARCH_QWEN2, 1, 1, 0, 0, 1, CORE_TYPE_F32},
-        {"qwen3", CORE_ARCH_QWEN3, 1, 0, 1, 0, 0, CORE_TYPE_BF16},
+        {"llama3", CORE_ARCH_LLAMA, 0, 0, 0, 1, 1, CORE_TYPE_F16, 0},
+        {"mistral", CORE_ARCH_LLAMA, 0, 0, 0, 0, 0, CORE_TYPE_Q8_0, 0},
+        {"qwen2", CORE_ARCH_QWEN2, 1, 1, 0, 0, 1, CORE_TYPE_F32, 0},
+        {"qwen3", CORE_ARCH_QWEN3, 1, 0, 1, 0, 0, CORE_TYPE_BF16, 0},
+        {"phi3", CORE_ARCH_PHI3, 1, 0, 0, 0, 0, CORE_TYPE_Q8_0, 1},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         cJSON *root;
@@ -318,6 +328,12 @@ TEST(tiny_models_exercise_their_features)
                  c->rope_freqs == want[i].rope_freqs &&
                  (m->rope_freqs != NULL) == want[i].rope_freqs && c->tied_output == want[i].tied &&
                  m->layers[0].w[CORE_MOD_DOWN].type == want[i].wtype && c->n_head_kv < c->n_head;
+        int row0;
+        ok = ok && (core_module_span(c, CORE_MOD_Q) == 3) == want[i].fused_swa &&
+             (c->sliding_window > 0 && core_layer_is_swa(c, 0) && core_layer_is_swa(c, 1)) ==
+                 want[i].fused_swa &&
+             !strcmp(core_module_tensor(c, CORE_MOD_K, &row0),
+                     want[i].fused_swa ? "attn_qkv" : "attn_k");
         core_model_free(m);
         CHECK_MSG(ok, "%s does not have the features its test is for", want[i].name);
     }

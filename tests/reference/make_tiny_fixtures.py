@@ -3,14 +3,16 @@
 
 For each family of tools/make_tiny_models.py (llama3, mistral, qwen2, qwen3, ...) the reference is
 transformers' own class for it (FAMILIES below: LlamaForCausalLM with Llama 3's rope scaling,
-MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM) built by hand: the config filled from the
+MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM with its sliding window)
+built by hand: the config filled from the
 GGUF metadata (and, for the rope scaling, from the generator's table, whose factors the GGUF's
 rope_freqs.weight must match), every weight dequantized from the GGUF by the gguf package (F32,
 F16, BF16, Q8_0) to fp32, the q/k rows of the llama architecture un-permuted as transformers'
 GGUF loader does. fp32, eager attention, CPU, no cache (greedy steps recompute the sequence).
 
-Then a PEFT LoRA adapter per family (rank 4, lora_alpha 12, all seven linear modules, A and B
-seeded random values rounded to the stored dtype) saved with save_pretrained, and the logits
+Then a PEFT LoRA adapter per family (rank 4, lora_alpha 12, every linear module: the seven of
+Llama, Phi-3's four fused and unfused ones, A and B seeded random values rounded to the stored
+dtype) saved with save_pretrained, and the logits
 with it applied.
 
 No tokenizer: the prompt ids come from a greedy longest match of the text on the GGUF
@@ -110,6 +112,14 @@ FAMILIES = {
                       rope_parameters={"rope_type": "default", "rope_theta": m("rope.freq_base")},
                       use_sliding_window=False, attention_bias=False, hidden_act="silu"),
                   bos=None, adapter_dtype=torch.float32, seed=104),
+    # Phi-3's fused Linears are what a Phi-3 PEFT adapter targets (there are no q_proj ...)
+    "phi3": dict(model=transformers.Phi3ForCausalLM, config=transformers.Phi3Config,
+                 extra=lambda m, f: dict(
+                     rope_parameters={"rope_type": "default", "rope_theta": m("rope.freq_base")},
+                     sliding_window=m("attention.sliding_window") or None, hidden_act="silu",
+                     pad_token_id=32000),
+                 bos=1, adapter_dtype=torch.float16, seed=105, window_check=True,
+                 targets=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]),
 }
 
 
@@ -185,6 +195,7 @@ def build(name, f, fam, path):
         return np.ascontiguousarray(a.reshape(shape))
 
     names = {v: k for k, v in gen.TOP_NAMES.items()}
+    layer_names = {v: k for k, v in gen.layer_names(f).items()}
     sd, types = {}, {}
     for tname, t in tensors.items():
         if tname == "rope_freqs.weight":
@@ -193,7 +204,7 @@ def build(name, f, fam, path):
             hf = names[tname]
         else:
             _, layer, rest = tname.split(".", 2)
-            hf = f"model.layers.{layer}." + {v: k for k, v in gen.LAYER_NAMES.items()}[rest]
+            hf = f"model.layers.{layer}." + layer_names[rest]
         a = deq(tname)
         if f["permute_qk"] and tname.endswith("attn_q.weight"):
             a = reverse_permute(a, n_head, n_head)
@@ -211,7 +222,10 @@ def build(name, f, fam, path):
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     # the weights the generator drew, through the GGUF and back: the un-permutation is right
     hf = gen.hf_weights(f, n_vocab)
-    for k in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"):
+    for k in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+              "model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.mlp.gate_up_proj.weight"):
+        if k not in hf:
+            continue
         d = float(np.abs(sd[k].numpy() - hf[k]).max())
         assert d < 0.05, (k, d)  # the stored type's rounding only
     rope_check = None
@@ -260,7 +274,8 @@ def make_adapter(model, name, fam, adir):
     """A PEFT LoRA on every linear module, A ~ N(0, 1/in), B ~ N(0, B_STD^2) from a seeded
     generator, rounded to the stored dtype; saved, then loaded back with from_pretrained."""
     cfg = LoraConfig(task_type="CAUSAL_LM", lora_dropout=0.0, bias="none",
-                     init_lora_weights=False, **LORA)
+                     init_lora_weights=False,
+                     **dict(LORA, target_modules=fam.get("targets", LORA["target_modules"])))
     pm = get_peft_model(model, cfg)
     g = torch.Generator().manual_seed(fam["seed"])
     with torch.no_grad():
@@ -358,8 +373,22 @@ def main():
             ids = rec["prompts"][-1]["ids"]
             rope_check["unscaled_max_abs_logit_change"] = sig7(
                 (logits_of(pm, ids) - base_last[PROMPTS[-1][0]]).abs().max())
+        if fam.get("window_check"):  # how much the sliding window matters at these positions
+            full = fam["config"](**{**cfg.to_dict(), "sliding_window": None})
+            full._attn_implementation = "eager"
+            fm = fam["model"](full).eval()
+            fm.load_state_dict(model.state_dict())
+            ids = rec["prompts"][-1]["ids"]
+            change = sig7((logits_of(fm, ids) - base_last[PROMPTS[-1][0]]).abs().max())
+            assert len(ids) > cfg.sliding_window and change > 0.1, (len(ids), change)
+            rec["sliding_window_check"] = {"prompt": PROMPTS[-1][0], "tokens": len(ids),
+                                           "window": cfg.sliding_window,
+                                           "unwindowed_max_abs_logit_change": change}
         lora_model, files = make_adapter(model, name, fam, fdir / "adapter")
+        if fam.get("window_check"):
+            rec["config"]["sliding_window"] = cfg.sliding_window
         rec["adapter"] = {"id": "adapter", "dir": f"tiny/{name}/adapter",
+                          "target_modules": fam.get("targets", LORA["target_modules"]),
                           "dtype": str(fam["adapter_dtype"]).replace("torch.", ""),
                           "seed": fam["seed"], "files": files}
         for p in rec["prompts"]:
