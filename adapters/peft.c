@@ -235,13 +235,9 @@ static adapter *build(const adapter__peft_cfg *c, const adapter__peft_plan *plan
                 }
                 src = tmp;
             }
-            /* q and k lora_B rows move to the GGUF row order: llama.cpp permuted Llama's q/k
-             * rows, not Gemma 3's (neox_rope), whose rows are Hugging Face's. */
-            int heads = 0;
-            if (w == 1 && m == CORE_MOD_Q && !cfg->neox_rope)
-                heads = cfg->n_head;
-            else if (w == 1 && m == CORE_MOD_K && !cfg->neox_rope)
-                heads = cfg->n_head_kv;
+            /* q and k lora_B rows move to the GGUF row order where the converter permuted
+             * them (Llama); Gemma 3's rows are Hugging Face's and stay as they are. */
+            int heads = w == 1 ? core_qk_perm_heads(cfg, (core_module)m) : 0;
             if (adapter__copy_rows(dtype, src, at, rows, cols, heads, cfg->head_dim, w == 1)) {
                 snprintf(err, errlen, "tensor '%s' holds NaN or infinite values", t->name);
                 goto fail;

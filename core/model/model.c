@@ -151,11 +151,12 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
         core_errf(err, errlen, "missing or invalid general.architecture");
         return -EINVAL;
     }
-    if (strcmp(c->arch, "llama") == 0)
+    if (strcmp(c->arch, "llama") == 0) {
         c->kind = CORE_ARCH_LLAMA;
-    else if (strcmp(c->arch, "gemma3") == 0)
-        c->kind = CORE_ARCH_GEMMA3;
-    else {
+        c->permuted_qk = true; /* convert_hf_to_gguf.py's LlamaModel permutes q/k rows */
+    } else if (strcmp(c->arch, "gemma3") == 0) {
+        c->kind = CORE_ARCH_GEMMA3; /* convert_hf_to_gguf.py's Gemma3Model keeps HF's rows */
+    } else {
         core_errf(err, errlen, "architecture '%s' is not supported (only 'llama' and 'gemma3')",
                   c->arch);
         return -EINVAL;

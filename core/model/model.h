@@ -44,6 +44,8 @@ typedef struct core_config {
     float rms_eps;
     bool tied_output; /* no output.weight: the head is token_embd */
     bool neox_rope;   /* RoPE rotates (j, j + head_dim/2), not (2j, 2j+1) */
+    bool permuted_qk; /* attn_q/attn_k rows are in llama.cpp's permuted order (Llama only; see
+                         core_qk_perm_heads) */
     /* 0 for Llama (and any config made by hand), which means "none" */
     float embd_scale; /* the embedding rows are multiplied by this (Gemma 3: sqrt(n_embd)) */
     float q_scale;    /* q is multiplied by this before attention's 1/sqrt(head_dim), when
@@ -73,6 +75,17 @@ typedef enum core_module {
     CORE_MOD_DOWN,
     CORE_MOD_COUNT
 } core_module;
+
+/* How many heads of head_dim rows a Hugging Face lora_B of module mod must have its rows permuted
+ * over to match c's weights (docs/FORMATS.md §2.6): n_head for q and n_head_kv for k when the
+ * GGUF converter permuted them (Llama), else 0 (Gemma 3 and every other architecture keep
+ * Hugging Face's row order). The one place this decision is made. */
+static inline int core_qk_perm_heads(const core_config *c, core_module mod)
+{
+    if (!c->permuted_qk)
+        return 0;
+    return mod == CORE_MOD_Q ? c->n_head : mod == CORE_MOD_K ? c->n_head_kv : 0;
+}
 
 /* One weight matrix of rows x cols (out x in): the form its file stores and the forms made from
  * it. core_forward picks the kernel for each product from what is there (forward.c, product()):
