@@ -31,8 +31,8 @@ TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d \
            $(PROBE_SRC:%.c=$(BUILD)/obj/%.d)
 
-.PHONY: all test unit run cluster vocab bench bench-server plots asan tsan fuzz format lint clean deps venv \
-        model gemma help docker-check
+.PHONY: all test unit run cluster vocab bench bench-peer bench-server plots asan tsan fuzz format lint clean deps venv \
+        model gemma tiny help docker-check
 
 all: $(BUILD)/adaptree
 
@@ -42,6 +42,7 @@ help:
 	@echo "make cluster    3 replicas behind HAProxy on 127.0.0.1:8080 (CLUSTER_PORT=N)"
 	@echo "make test       fetch what is missing, build, run every test"
 	@echo "make gemma      fetch models/gemma-3-270m-q4_k_m.gguf (Gemma 3 270M, for its golden test)"
+	@echo "make tiny       write models/tiny/*.gguf (tiny random models of each architecture)"
 	@echo "make bench      measure throughput against this machine's own limits"
 	@echo "make bench-server  server throughput: 32 streams over many different adapters"
 	@echo "make plots      the PNGs of docs/PERF.md from docs/perf/data/*.txt (own venv, .venv-plot)"
@@ -113,6 +114,16 @@ models/vocab/.ok: tools/fetch_vocab.sh
 $(MODEL):
 	@tools/fetch_model.sh $@
 
+# Tiny random-weight models of every architecture core loads (llama with Llama 3's rope scaling,
+# Mistral, qwen2, qwen3), with the real vocabularies of models/vocab, into models/tiny (a cache,
+# not in git; deterministic, their sha256 are in tests/golden/fixtures/tiny.json) for
+# tests/golden/test_tiny_models.c. Written by tools/make_tiny_models.py (numpy + gguf, the venv).
+tiny: models/tiny/.ok
+
+models/tiny/.ok: tools/make_tiny_models.py models/vocab/.ok $(VENV)/.ok
+	@$(VENV)/bin/python -B tools/make_tiny_models.py --out models/tiny
+	@touch $@
+
 # --- use -------------------------------------------------------------------------------------
 
 run: deps model all
@@ -126,17 +137,30 @@ cluster: deps model all
 
 # Unit + golden tests (C), then the end-to-end suites (tests/e2e, a real server; need .venv).
 # vocab: the golden tokenizer suite (tests/golden/test_vocab_suite.c) and the chat-template
-# tests read models/vocab; gemma: the Gemma 3 golden tests read models/gemma-3-270m-q4_k_m.gguf.
-test: deps model gemma venv vocab
+# tests read models/vocab; gemma: the Gemma 3 golden tests read models/gemma-3-270m-q4_k_m.gguf;
+# tiny: the architecture tests read models/tiny.
+test: deps model gemma venv vocab tiny
 	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(PROBES)
 	@ADAPTREE_BUILD=$(BUILD) tools/run_tests.sh $(BUILD)
 
 unit: $(BUILD)/test_unit $(PROBES)
 	ADAPTREE_BUILD=$(BUILD) $(BUILD)/test_unit $(T)
 
-bench: deps model
+# The default model in full (forward f32 and int8, kernels, LoRA), then Gemma 3 270M's forward.
+bench: deps model gemma
 	@$(MAKE) --no-print-directory $(BUILD)/bench_core
 	$(BUILD)/bench_core -m $(MODEL)
+	@echo
+	$(BUILD)/bench_core -m $(GEMMA_MODEL) --forward-only
+
+# The peer in the same run: llama.cpp's llama-bench (built once from the source the
+# llama-cpp-python sdist vendors, build/llama.cpp) on both models, prefill 128 and 64 decoded
+# tokens with the same thread count as make bench. Not part of make test.
+LLAMA_BENCH := build/llama.cpp/bin/llama-bench
+bench-peer: deps model gemma vocab
+	@tools/build_llamacpp.sh build/llama.cpp
+	$(LLAMA_BENCH) -m $(MODEL) -p 128 -n 64 -t $$(nproc) -r 3
+	$(LLAMA_BENCH) -m $(GEMMA_MODEL) -p 128 -n 64 -t $$(nproc) -r 3
 
 # The server under 32 concurrent streams: no adapter, one adapter, 32 different rank-8 q,v and
 # rank-16 all-linear adapters, 32 different three-level chains, and the same requests one by one.
@@ -151,7 +175,7 @@ bench-server: deps model venv
 plots: $(PLOT_VENV)/.ok
 	$(PLOT_VENV)/bin/python -B tools/plot_bench.py docs/perf/data/*.txt -o docs/perf/
 
-asan: deps model gemma venv vocab
+asan: deps model gemma venv vocab tiny
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(CLANG) OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" build/asan/adaptree build/asan/test_unit \
@@ -159,7 +183,7 @@ asan: deps model gemma venv vocab
 	ADAPTREE_BUILD=build/asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    tools/run_tests.sh build/asan
 
-tsan: deps model gemma venv vocab
+tsan: deps model gemma venv vocab tiny
 	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(CLANG) OPT="-O1 -g" SAN="-fsanitize=thread" \
 	    LDFLAGS="-fsanitize=thread" \
 	    build/tsan/adaptree build/tsan/test_unit build/tsan/blas_probe build/tsan/runner_probe

@@ -237,7 +237,8 @@ static adapter *build(const adapter__peft_cfg *c, const adapter__peft_plan *plan
                 src = tmp;
             }
             /* q and k lora_B rows move to the GGUF row order where the converter permuted
-             * them (Llama); Gemma 3's rows are Hugging Face's and stay as they are. */
+             * them (the llama architecture: SmolLM2, Llama 3, Mistral); Qwen2's, Qwen3's and
+             * Gemma 3's rows are Hugging Face's and stay as they are. */
             int heads = w == 1 ? core_qk_perm_heads(cfg, (core_module)m) : 0;
             if (adapter__copy_rows(dtype, src, at, rows, cols, heads, cfg->head_dim, w == 1)) {
                 snprintf(err, errlen, "tensor '%s' holds NaN or infinite values", t->name);

@@ -23,6 +23,8 @@ int test_have_model(void);
 /* The whole file, NUL-terminated (malloc'd; the caller frees), its length in *len (may be NULL);
  * NULL when it cannot be read. */
 char *test_read_file(const char *path, size_t *len);
+/* The sha256 of n bytes as 64 lowercase hex digits and a NUL. */
+void test_sha256_hex(const void *data, size_t n, char hex[65]);
 
 #define TEST(name)                                                                                 \
     static void name(void);                                                                        \

@@ -1,5 +1,5 @@
-/* The batched forward pass of Llama and Gemma 3 (docs/ARCHITECTURE.md §3, docs/FORMATS.md §8,
- * §2.7).
+/* The batched forward pass of Llama, Qwen2, Qwen3 and Gemma 3 (docs/ARCHITECTURE.md §3,
+ * docs/FORMATS.md §8, §2.7).
  *
  * A step takes rows, not sequences: every linear layer is one sgemm over all rows (the shared
  * base matmul), followed by the LoRA groups of the plan, each a gather / shrink / scale /
@@ -81,10 +81,13 @@ core_ctx *core_ctx_new(const core_model *m)
         free(c);
         return NULL;
     }
-    /* As transformers: inv_freq = 1 / base^(2j/d), all in f32. */
+    /* As transformers: inv_freq = 1 / base^(2j/d), all in f32; as llama.cpp, divided by the
+     * model's rope_freqs (Llama 3: transformers' llama3 inv_freq to ~1e-7 relative). */
     for (int j = 0; j < half; j++) {
         float e = (float)(2 * j) / (float)m->cfg.head_dim;
         c->inv_freq[j] = 1.0f / powf(m->cfg.rope_theta, e);
+        if (m->rope_freqs)
+            c->inv_freq[j] /= m->rope_freqs[j];
         if (swa)
             c->inv_freq_swa[j] = 1.0f / powf(m->cfg.rope_theta_swa, e);
     }
@@ -483,6 +486,10 @@ static int linear_n(core_ctx *c, const core_lora_plan *plan, int layer, const co
     for (int k = 0; k < n_mods; k++) {
         int out = core_module_out(cfg, mods[k]);
         product(c, &L->w[mods[k]], X, n, Y[k], &quantized);
+        const float *bias = L->bias[mods[k]];
+        for (int i = 0; bias && i < n; i++) /* as nn.Linear: the bias before LoRA's update */
+            for (int o = 0; o < out; o++)
+                Y[k][(size_t)i * out + o] += bias[o];
         j.key[k] = layer * CORE_MOD_COUNT + mods[k];
         j.out[k] = out;
         j.Y[k] = Y[k];
@@ -672,7 +679,7 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
     for (int i = 0; i < n; i++) {
         float *qi = c->q + (size_t)i * q_dim, *ki = c->k + (size_t)i * kv_dim;
         const float *cs = cs_all + (size_t)i * hd;
-        if (L->q_norm) { /* Gemma 3: per-head RMSNorm of q and k, RoPE on halves */
+        if (L->q_norm) { /* Gemma 3, Qwen3: per-head RMSNorm of q and k */
             for (int h = 0; h < cfg->n_head; h++)
                 rmsnorm(qi + h * hd, qi + h * hd, L->q_norm, hd, cfg->rms_eps);
             for (int h = 0; h < cfg->n_head_kv; h++)

@@ -1,4 +1,5 @@
-/* Model loading: Llama hyperparameters from GGUF metadata, tensor shape checks, and
+/* Model loading: the hyperparameters of each architecture from GGUF metadata (a table of
+ * architectures, each with its own config function), tensor shape checks, and
  * dequantization of every weight into one f32 slab (pointers into it, llm.c style). The linear
  * weights and the head also keep pointers to their quantized data in the mapping, which decode
  * steps of few rows read instead (qmatmul.h). */
@@ -126,6 +127,7 @@ static int gemma3_config(const core_gguf *g, core_config *c, char *err, size_t e
 {
     const char *a = c->arch;
     c->neox_rope = true;
+    c->qk_norm = true;
     /* as transformers: hidden_size**0.5 in Python (double), a float32 tensor */
     c->embd_scale = (float)sqrt((double)c->n_embd);
     c->swa_pattern = 6;
@@ -144,6 +146,95 @@ static int gemma3_config(const core_gguf *g, core_config *c, char *err, size_t e
     return 0;
 }
 
+/* A sliding window is Gemma 3's alone: a llama (Mistral 7B v0.1) or qwen2 GGUF that asks for
+ * one is refused rather than run with full attention. */
+static int no_sliding_window(const core_gguf *g, const core_config *c, char *err, size_t errlen)
+{
+    return refuse_key(g, c->arch, "attention.sliding_window", "a sliding attention window", err,
+                      errlen);
+}
+
+/* Llama (SmolLM2, Llama 2/3, Mistral): q/k rows permuted by llama.cpp's converter, so RoPE on
+ * adjacent pairs; Llama 3's rope scaling comes as rope_freqs.weight, llama.cpp's per-frequency
+ * divisors (its converter computes them from rope_scaling "llama3"). */
+static int llama_config(const core_gguf *g, core_config *c, char *err, size_t errlen)
+{
+    c->rope_freqs = core_gguf_find_tensor(g, "rope_freqs.weight") != NULL;
+    return no_sliding_window(g, c, err, errlen);
+}
+
+/* Qwen2 (Qwen2, Qwen2.5): q, k and v biases, q/k rows not permuted (NeoX RoPE). */
+static int qwen2_config(const core_gguf *g, core_config *c, char *err, size_t errlen)
+{
+    c->neox_rope = true;
+    c->qkv_bias = true;
+    return no_sliding_window(g, c, err, errlen);
+}
+
+/* Qwen3 (dense): per-head RMSNorm of q and k before RoPE, no biases, NeoX RoPE; head_dim from
+ * attention.key_length (128 for every size, whatever n_embd / n_head). */
+static int qwen3_config(const core_gguf *g, core_config *c, char *err, size_t errlen)
+{
+    c->neox_rope = true;
+    c->qk_norm = true;
+    return no_sliding_window(g, c, err, errlen);
+}
+
+/* The architectures core_forward runs: general.architecture, the recipe, and the function that
+ * reads what is particular to it once the common hyperparameters are in. */
+static const struct arch_row {
+    const char *name;
+    core_arch kind;
+    bool permuted_qk; /* convert_hf_to_gguf.py permuted the q/k rows (its LlamaModel does) */
+    int (*config)(const core_gguf *g, core_config *c, char *err, size_t errlen);
+} arch_table[] = {
+    {"llama", CORE_ARCH_LLAMA, true, llama_config},
+    {"gemma3", CORE_ARCH_GEMMA3, false, gemma3_config},
+    {"qwen2", CORE_ARCH_QWEN2, false, qwen2_config},
+    {"qwen3", CORE_ARCH_QWEN3, false, qwen3_config},
+};
+#define N_ARCH (sizeof arch_table / sizeof arch_table[0])
+
+static const struct arch_row *find_arch(const char *name)
+{
+    for (size_t i = 0; i < N_ARCH; i++)
+        if (strcmp(arch_table[i].name, name) == 0)
+            return &arch_table[i];
+    return NULL;
+}
+
+/* Rope scaling that changes the positions: refused. "none", or a factor of 1 with any type
+ * (llama.cpp's converter writes linear 1.0 for some models), changes nothing. llama.cpp reads a
+ * factor without a type as linear, and an old rope.scale_linear key as the same. Llama 3's
+ * scaling is not here: it is the rope_freqs tensor. */
+static int check_rope_scaling(const core_gguf *g, const char *a, char *err, size_t errlen)
+{
+    char key[128], type[32] = "";
+    float factor = 0.0f;
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    bool has_type = core_gguf_get_str(g, key, type, sizeof type) == 0;
+    if (has_type && strcmp(type, "none") == 0)
+        return 0;
+    snprintf(key, sizeof key, "%s.rope.scaling.factor", a);
+    bool has_factor = core_gguf_get_f32(g, key, &factor) == 0;
+    if (!has_factor) {
+        snprintf(key, sizeof key, "%s.rope.scale_linear", a);
+        has_factor = core_gguf_get_f32(g, key, &factor) == 0;
+    }
+    if (!has_type && !has_factor)
+        return 0;
+    bool known = !has_type || strcmp(type, "linear") == 0 || strcmp(type, "yarn") == 0 ||
+                 strcmp(type, "longrope") == 0;
+    if (known && has_factor && (factor == 1.0f || (factor == 0.0f && !has_type)))
+        return 0;
+    if (has_factor)
+        core_errf(err, errlen, "rope scaling '%s' with factor %g is not supported",
+                  has_type ? type : "linear", (double)factor);
+    else
+        core_errf(err, errlen, "rope scaling '%s' is not supported", type);
+    return -EINVAL;
+}
+
 int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
@@ -151,17 +242,21 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
         core_errf(err, errlen, "missing or invalid general.architecture");
         return -EINVAL;
     }
-    if (strcmp(c->arch, "llama") == 0) {
-        c->kind = CORE_ARCH_LLAMA;
-        c->permuted_qk = true; /* convert_hf_to_gguf.py's LlamaModel permutes q/k rows */
-    } else if (strcmp(c->arch, "gemma3") == 0) {
-        c->kind = CORE_ARCH_GEMMA3; /* convert_hf_to_gguf.py's Gemma3Model keeps HF's rows */
-    } else {
-        core_errf(err, errlen, "architecture '%s' is not supported (only 'llama' and 'gemma3')",
-                  c->arch);
+    const struct arch_row *row = find_arch(c->arch);
+    if (!row) {
+        char names[128] = "";
+        for (size_t i = 0; i < N_ARCH; i++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s'%s'", i ? ", " : "",
+                     arch_table[i].name);
+        core_errf(err, errlen, "architecture '%s' is not supported (only %s)", c->arch, names);
         return -EINVAL;
     }
+    c->kind = row->kind;
+    c->permuted_qk = row->permuted_qk;
     const char *a = c->arch;
+    if (refuse_key(g, a, "expert_count", "mixture of experts", err, errlen) ||
+        refuse_key(g, a, "expert_used_count", "mixture of experts", err, errlen))
+        return -EINVAL;
     if (get_dim(g, a, "block_count", &c->n_layer, true, 1024, err, errlen) ||
         get_dim(g, a, "embedding_length", &c->n_embd, true, 65536, err, errlen) ||
         get_dim(g, a, "feed_forward_length", &c->n_ff, true, 1 << 20, err, errlen) ||
@@ -205,12 +300,9 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
                   c->rope_dim, c->head_dim);
         return -EINVAL;
     }
-    char key[128], scaling[32];
-    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
-    if (core_gguf_get_str(g, key, scaling, sizeof scaling) == 0 && strcmp(scaling, "none") != 0) {
-        core_errf(err, errlen, "rope scaling '%s' is not supported", scaling);
+    if (check_rope_scaling(g, a, err, errlen))
         return -EINVAL;
-    }
+    char key[128];
     const core_gguf_tensor *emb = core_gguf_find_tensor(g, "token_embd.weight");
     if (!emb || emb->n_dims != 2 || emb->ne[0] != (uint64_t)c->n_embd || emb->ne[1] > (1u << 24)) {
         core_errf(err, errlen, "tensor token_embd.weight is missing or not (%d, n_vocab)",
@@ -225,7 +317,66 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
         return -EINVAL;
     }
     c->tied_output = core_gguf_find_tensor(g, "output.weight") == NULL;
-    return c->kind == CORE_ARCH_GEMMA3 ? gemma3_config(g, c, err, errlen) : 0;
+    return row->config(g, c, err, errlen);
+}
+
+/* The per-layer tensors of c's recipe, after "blk.N.": the norms, the seven matrices, and what
+ * the architecture adds. */
+static bool layer_tensor_known(const core_config *c, const char *rest)
+{
+    static const char *const common[] = {"attn_norm.weight", "ffn_norm.weight"};
+    static const char *const gemma[] = {"post_attention_norm.weight", "post_ffw_norm.weight"};
+    static const char *const qk_norm[] = {"attn_q_norm.weight", "attn_k_norm.weight"};
+    static const char *const bias[] = {"attn_q.bias", "attn_k.bias", "attn_v.bias"};
+    for (int i = 0; i < 2; i++)
+        if (!strcmp(rest, common[i]) || (c->kind == CORE_ARCH_GEMMA3 && !strcmp(rest, gemma[i])) ||
+            (c->qk_norm && !strcmp(rest, qk_norm[i])))
+            return true;
+    for (int i = 0; i < 3; i++)
+        if (c->qkv_bias && !strcmp(rest, bias[i]))
+            return true;
+    for (int mod = 0; mod < CORE_MOD_COUNT; mod++) {
+        size_t n = strlen(module_gguf[mod]);
+        if (!strncmp(rest, module_gguf[mod], n) && !strcmp(rest + n, ".weight"))
+            return true;
+    }
+    return false;
+}
+
+/* Refuses a file with a tensor the recipe would not read (an output bias, a fused qkv, experts,
+ * LongRoPE's factors, ...): running without it would give other logits than the model's. */
+static int check_tensor_names(const core_gguf *g, const core_config *c, char *err, size_t errlen)
+{
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const core_gguf_str *s = &g->tensors[i].name;
+        char name[96];
+        if (s->len >= sizeof name || memchr(s->ptr, '\0', s->len)) {
+            core_errf(err, errlen,
+                      "tensor '%.*s...' is not part of the '%s' architecture (not "
+                      "supported)",
+                      48, s->ptr, c->arch);
+            return -EINVAL;
+        }
+        memcpy(name, s->ptr, s->len);
+        name[s->len] = '\0';
+        bool known = !strcmp(name, "token_embd.weight") || !strcmp(name, "output_norm.weight") ||
+                     !strcmp(name, "output.weight") ||
+                     (c->rope_freqs && !strcmp(name, "rope_freqs.weight"));
+        if (!known && !strncmp(name, "blk.", 4) && name[4] >= '0' && name[4] <= '9') {
+            char *end;
+            long layer = strtol(name + 4, &end, 10);
+            if (*end == '.' && layer < c->n_layer)
+                known = layer_tensor_known(c, end + 1);
+        }
+        if (!known) {
+            core_errf(err, errlen,
+                      "tensor '%s' is not part of the '%s' architecture as adaptree "
+                      "runs it (not supported)",
+                      name, c->arch);
+            return -EINVAL;
+        }
+    }
+    return 0;
 }
 
 /* Checks one tensor's presence and shape (ne0 = cols, ne1 = rows; rows 0 for a vector) and
@@ -430,8 +581,14 @@ static size_t slab_floats(const core_model *m, core_slab_mode mode)
 {
     const core_config *c = &m->cfg;
     size_t n = (size_t)(2 * c->n_layer + 1) * c->n_embd, emb = (size_t)c->n_vocab * c->n_embd;
-    if (c->kind == CORE_ARCH_GEMMA3) /* post-attention, post-FFN, q and k norms */
-        n += (size_t)c->n_layer * (2 * (size_t)c->n_embd + 2 * (size_t)c->head_dim);
+    if (c->kind == CORE_ARCH_GEMMA3) /* post-attention and post-FFN norms */
+        n += (size_t)c->n_layer * 2 * (size_t)c->n_embd;
+    if (c->qk_norm)
+        n += (size_t)c->n_layer * 2 * (size_t)c->head_dim;
+    if (c->qkv_bias)
+        n += (size_t)c->n_layer * (size_t)(c->n_head + 2 * c->n_head_kv) * (size_t)c->head_dim;
+    if (c->rope_freqs)
+        n += (size_t)c->head_dim / 2;
     char name[96];
     n += stays_quantized(m->gguf, "token_embd.weight", c->n_embd, c->n_vocab, mode) ? 0 : emb;
     if (!c->tied_output)
@@ -469,6 +626,21 @@ static int load_norm(const core_gguf *g, const char *name, int n, float **p, flo
     return load_tensor(g, name, n, 0, *dst, err, errlen);
 }
 
+/* rope_freqs.weight into the slab at *p (advanced): head_dim / 2 divisors of the rotary
+ * frequencies, which must be positive. */
+static int load_rope_freqs(core_model *m, float **p, char *err, size_t errlen)
+{
+    int half = m->cfg.head_dim / 2;
+    int rc = load_norm(m->gguf, "rope_freqs.weight", half, p, &m->rope_freqs, err, errlen);
+    for (int j = 0; !rc && j < half; j++)
+        if (!(m->rope_freqs[j] > 0.0f)) {
+            core_errf(err, errlen, "rope_freqs.weight[%d] = %g: the factors must be positive", j,
+                      (double)m->rope_freqs[j]);
+            rc = -EINVAL;
+        }
+    return rc;
+}
+
 /* Fills m's weight pointers from the slab p (slab_floats(m, mode) floats): the norms always as
  * f32, the matrices as f32 unless they stay quantized (see stays_quantized). */
 static int load_weights(core_model *m, core_slab_mode mode, float *p, char *err, size_t errlen)
@@ -494,6 +666,8 @@ static int load_weights(core_model *m, core_slab_mode mode, float *p, char *err,
     }
     if (!rc)
         rc = load_norm(m->gguf, "output_norm.weight", c->n_embd, &p, &m->output_norm, err, errlen);
+    if (!rc && c->rope_freqs)
+        rc = load_rope_freqs(m, &p, err, errlen);
     for (int l = 0; !rc && l < c->n_layer; l++) {
         core_layer *L = &m->layers[l];
         char name[96];
@@ -508,12 +682,17 @@ static int load_weights(core_model *m, core_slab_mode mode, float *p, char *err,
             snprintf(name, sizeof name, "blk.%d.post_ffw_norm.weight", l);
             if (!rc)
                 rc = load_norm(m->gguf, name, c->n_embd, &p, &L->post_ffn_norm, err, errlen);
+        }
+        if (!rc && c->qk_norm) {
             snprintf(name, sizeof name, "blk.%d.attn_q_norm.weight", l);
-            if (!rc)
-                rc = load_norm(m->gguf, name, c->head_dim, &p, &L->q_norm, err, errlen);
+            rc = load_norm(m->gguf, name, c->head_dim, &p, &L->q_norm, err, errlen);
             snprintf(name, sizeof name, "blk.%d.attn_k_norm.weight", l);
             if (!rc)
                 rc = load_norm(m->gguf, name, c->head_dim, &p, &L->k_norm, err, errlen);
+        }
+        for (int mod = 0; !rc && c->qkv_bias && mod <= CORE_MOD_V; mod++) {
+            snprintf(name, sizeof name, "blk.%d.%s.bias", l, module_gguf[mod]);
+            rc = load_norm(m->gguf, name, core_module_out(c, mod), &p, &L->bias[mod], err, errlen);
         }
         for (int mod = 0; !rc && mod < CORE_MOD_COUNT; mod++) {
             int in = core_module_in(c, mod), out = core_module_out(c, mod);
@@ -583,7 +762,8 @@ core_model *core_model_load(const char *path, char *err, size_t errlen)
     if (!m->gguf)
         goto fail;
     core_config *c = &m->cfg;
-    if (core_config_from_gguf(m->gguf, c, err, errlen) < 0)
+    if (core_config_from_gguf(m->gguf, c, err, errlen) < 0 ||
+        check_tensor_names(m->gguf, c, err, errlen) < 0)
         goto fail;
     m->layers = calloc(c->n_layer, sizeof *m->layers);
     if (!m->layers) {

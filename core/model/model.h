@@ -1,12 +1,13 @@
-/* Llama-family and Gemma 3 models: hyperparameters from GGUF metadata, f32 weights in one slab,
+/* Llama-family (Llama 2/3, Mistral, SmolLM2), Qwen2, Qwen3 and Gemma 3 models: hyperparameters
+ * from GGUF metadata, f32 weights in one slab,
  * per-sequence KV caches, and the batched forward pass with an optional LoRA plan
  * (docs/ARCHITECTURE.md §3).
  *
  * Weights keep the GGUF row layout: for Llama, attn_q/attn_k rows are in llama.cpp's permuted
- * order, so RoPE rotates adjacent pairs (2j, 2j+1) (docs/FORMATS.md §2.6); Gemma 3's are not
- * permuted and RoPE rotates (j, j + head_dim/2) (core_config.neox_rope). Adapters trained on
- * Hugging Face weights must have their q/k lora_B rows permuted the same way before they reach
- * core_forward.
+ * order, so RoPE rotates adjacent pairs (2j, 2j+1) (docs/FORMATS.md §2.6); Qwen2's, Qwen3's and
+ * Gemma 3's are not permuted and RoPE rotates (j, j + head_dim/2) (core_config.neox_rope).
+ * Adapters trained on Hugging Face weights must have their q/k lora_B rows permuted the same way
+ * before they reach core_forward where the rows were permuted (core_qk_perm_heads).
  *
  * Nothing here is thread-safe on its own: a core_model is immutable after load and may be shared,
  * but a core_ctx and a core_kv belong to one thread at a time (the engine thread).
@@ -22,10 +23,13 @@
 
 /* The layer recipes core_forward knows. */
 typedef enum core_arch {
-    CORE_ARCH_LLAMA,  /* "llama": RMSNorm, SwiGLU, one RoPE base */
+    CORE_ARCH_LLAMA,  /* "llama": RMSNorm, SwiGLU, one RoPE base, optionally divided per frequency
+                         by rope_freqs.weight (Llama 3's rope scaling) */
     CORE_ARCH_GEMMA3, /* "gemma3": embeddings x sqrt(n_embd); RMSNorms before and after attention
                          and the FFN, per-head q/k RMSNorm, GeGLU (tanh), sliding-window layers
                          with their own RoPE base, every swa_pattern-th layer global */
+    CORE_ARCH_QWEN2,  /* "qwen2": Llama's layer with q, k and v biases, NeoX RoPE */
+    CORE_ARCH_QWEN3,  /* "qwen3": Llama's layer with per-head q/k RMSNorm, NeoX RoPE */
 } core_arch;
 
 typedef struct core_config {
@@ -44,8 +48,11 @@ typedef struct core_config {
     float rms_eps;
     bool tied_output; /* no output.weight: the head is token_embd */
     bool neox_rope;   /* RoPE rotates (j, j + head_dim/2), not (2j, 2j+1) */
-    bool permuted_qk; /* attn_q/attn_k rows are in llama.cpp's permuted order (Llama only; see
-                         core_qk_perm_heads) */
+    bool qkv_bias;    /* q, k and v have biases (Qwen2): core_layer.bias */
+    bool qk_norm;     /* per-head RMSNorm of q and k before RoPE (Gemma 3, Qwen3) */
+    bool rope_freqs;  /* rope_freqs.weight divides each rotary frequency (Llama 3) */
+    bool permuted_qk; /* attn_q/attn_k rows are in llama.cpp's permuted order (the llama
+                         architecture only; see core_qk_perm_heads) */
     /* 0 for Llama (and any config made by hand), which means "none" */
     float embd_scale; /* the embedding rows are multiplied by this (Gemma 3: sqrt(n_embd)) */
     float q_scale;    /* q is multiplied by this before attention's 1/sqrt(head_dim), when
@@ -111,13 +118,16 @@ typedef struct core_layer {
      * w[O]    (n_embd, n_head * head_dim)
      * w[GATE], w[UP] (n_ff, n_embd)
      * w[DOWN] (n_embd, n_ff) */
-    float *ffn_norm; /* (n_embd) */
-    /* Gemma 3 only (NULL for Llama); the stored norm weights, which llama.cpp's converter made
-     * 1 + w of Hugging Face's w, so every RMSNorm multiplies by the stored weight */
+    float *ffn_norm;             /* (n_embd) */
+    float *bias[CORE_MOD_COUNT]; /* (core_module_out) added to the product, or NULL (Qwen2: q, k,
+                                    v) */
+    /* Gemma 3 only (NULL for the others); the stored norm weights, which llama.cpp's converter
+     * made 1 + w of Hugging Face's w, so every RMSNorm multiplies by the stored weight */
     float *post_attn_norm; /* (n_embd) on the attention output, before the residual add */
     float *post_ffn_norm;  /* (n_embd) on the FFN output, before the residual add */
-    float *q_norm;         /* (head_dim) on each query head, before RoPE */
-    float *k_norm;         /* (head_dim) on each key head, before RoPE */
+    /* Gemma 3 and Qwen3 (core_config.qk_norm), else NULL */
+    float *q_norm; /* (head_dim) on each query head, before RoPE */
+    float *k_norm; /* (head_dim) on each key head, before RoPE */
 } core_layer;
 
 /* What the slab holds besides the norms: the matrices core_forward may read as f32 (LAZY, after
@@ -142,10 +152,14 @@ typedef struct core_model {
     core_weight output;   /* (n_vocab, n_embd): the head; when tied, tok_embd's stored and f32
                              forms (output.f32 == tok_embd.f32), with its own q8 */
     float *output_norm;   /* (n_embd) */
+    float *rope_freqs;    /* (head_dim / 2) llama.cpp's rope frequency factors: frequency j is
+                             divided by rope_freqs[j] (Llama 3), or NULL */
     core_layer *layers;   /* (n_layer) */
 } core_model;
 
-/* Loads a Llama or Gemma 3 GGUF: reads and checks the hyperparameters, every tensor shape and
+/* Loads a GGUF of an architecture in core_arch: reads and checks the hyperparameters (refusing,
+ * with a message that names it, any option core_forward does not do: rope scaling, mixture of
+ * experts, a sliding window outside Gemma 3, a tensor it would not read), every tensor shape and
  * every weight (dequantized and checked finite), and keeps as f32 those that core_forward needs
  * in f32 (see core_model.slab). Returns a new model (free with core_model_free) or NULL with a
  * message in err naming what is wrong. */

@@ -443,7 +443,7 @@ int main(int argc, char **argv)
     char msg[256] = "";
     core_blas_ensure_kernel(argc, argv, msg, sizeof msg);
     const char *path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    int only_sgemm = 0, only_lora = 0, only_kernels = 0;
+    int only_sgemm = 0, only_lora = 0, only_kernels = 0, only_forward = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc)
             path = argv[++i];
@@ -453,9 +453,11 @@ int main(int argc, char **argv)
             only_lora = 1;
         else if (!strcmp(argv[i], "--kernels-only"))
             only_kernels = 1;
+        else if (!strcmp(argv[i], "--forward-only"))
+            only_forward = 1; /* the model's forward passes, f32 and int8: no kernels, no LoRA */
         else {
-            fprintf(stderr,
-                    "usage: bench_core [-m MODEL] [--sgemm-only | --lora-only | --kernels-only]\n");
+            fprintf(stderr, "usage: bench_core [-m MODEL] [--sgemm-only | --lora-only | "
+                            "--kernels-only | --forward-only]\n");
             return 2;
         }
     }
@@ -516,9 +518,10 @@ int main(int argc, char **argv)
     } else if (!only_lora) {
         printf("\nint8 activations: neither AVX2 nor AVX-512 VNNI on this CPU\n");
     }
-    if (!only_lora)
+    if (!only_lora && !only_forward)
         bench_kernels();
-    bench_lora(&b);
+    if (!only_forward)
+        bench_lora(&b);
     free(b.logits);
     core_kv_free(b.kv);
     core_ctx_free(b.ctx);

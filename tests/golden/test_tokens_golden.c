@@ -1,36 +1,51 @@
 /* Golden tokenizer test: every case of tests/golden/fixtures/core_tokens.json (ids from a Hugging
  * Face tokenizers.Tokenizer rebuilt from the GGUF, made by tests/reference/make_core_fixtures.py)
  * must tokenize to identical ids and decode back to its text; every chat render must render to
- * the same text and tokenize to the same ids. Mismatches print both sides. */
+ * the same text and tokenize to the same ids. The same for Gemma 3's SentencePiece tokenizer and
+ * tests/golden/fixtures/gemma_tokens.json (transformers' GGUF tokenizer, cross-checked with
+ * llama.cpp; tests/reference/make_gemma_tokens.py). Mismatches print both sides. */
 #include <cJSON.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/format/gguf.h"
 #include "core/text/tokenizer.h"
 #include "tests/test.h"
 
 #define FIXTURE "tests/golden/fixtures/core_tokens.json"
+#define GEMMA_FIXTURE "tests/golden/fixtures/gemma_tokens.json"
+#define GEMMA_MODEL "models/gemma-3-270m-q4_k_m.gguf"
 
-static cJSON *load_fixture(void)
+static cJSON *load_json(const char *path)
 {
-    char *buf = test_read_file(FIXTURE, NULL);
+    char *buf = test_read_file(path, NULL);
     cJSON *j = buf ? cJSON_Parse(buf) : NULL;
     free(buf);
     return j;
 }
 
-static core_tokenizer *golden_tok(void)
+static cJSON *load_fixture(void)
+{
+    return load_json(FIXTURE);
+}
+
+static core_tokenizer *golden_tok_of(const char *path)
 {
     char err[256] = "";
-    core_gguf *g = core_gguf_open(test_model_path(), err, sizeof err);
+    core_gguf *g = core_gguf_open(path, err, sizeof err);
     core_tokenizer *t = g ? core_tokenizer_new(g, err, sizeof err) : NULL;
     if (!t)
         printf("    load failed: %s\n", err);
     core_gguf_close(g);
     return t;
+}
+
+static core_tokenizer *golden_tok(void)
+{
+    return golden_tok_of(test_model_path());
 }
 
 /* The exact input bytes of a case, from its hex field (malloc'd). */
@@ -136,12 +151,10 @@ static int decodes_to(const core_tokenizer *t, const char *name, const char *tex
     return ok;
 }
 
-TEST(tok_golden_cases)
+/* Every case of the fixture j: the ids, and decode back to the text (less the bytes the
+ * vocabulary lacks). */
+static void check_cases(const cJSON *j, const core_tokenizer *t)
 {
-    TEST_NEED_MODEL();
-    cJSON *j = load_fixture();
-    CHECK_MSG(j, "cannot read %s", FIXTURE);
-    core_tokenizer *t = golden_tok();
     int n_cases = 0, n_ok = 0;
     const cJSON *c;
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "cases"))
@@ -171,10 +184,32 @@ TEST(tok_golden_cases)
         free(text);
     }
     printf("    %d/%d cases identical\n", n_ok, n_cases);
-    core_tokenizer_free(t);
-    cJSON_Delete(j);
     CHECK(n_cases > 0);
     CHECK_EQ_INT(n_ok, n_cases);
+}
+
+TEST(tok_golden_cases)
+{
+    TEST_NEED_MODEL();
+    cJSON *j = load_fixture();
+    CHECK_MSG(j, "cannot read %s", FIXTURE);
+    core_tokenizer *t = golden_tok();
+    check_cases(j, t);
+    core_tokenizer_free(t);
+    cJSON_Delete(j);
+}
+
+/* Gemma 3's SentencePiece (262k pieces, byte fallback, no dummy prefix) against transformers. */
+TEST(tok_golden_gemma3_cases)
+{
+    if (access(GEMMA_MODEL, R_OK) != 0)
+        TEST_SKIP("%s missing (run make gemma)", GEMMA_MODEL);
+    cJSON *j = load_json(GEMMA_FIXTURE);
+    CHECK_MSG(j, "cannot read %s", GEMMA_FIXTURE);
+    core_tokenizer *t = golden_tok_of(GEMMA_MODEL);
+    check_cases(j, t);
+    core_tokenizer_free(t);
+    cJSON_Delete(j);
 }
 
 TEST(tok_golden_chat_renders)
