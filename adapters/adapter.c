@@ -121,14 +121,11 @@ int adapter__put_pair(adapter *a, const core_config *cfg, int layer, int first, 
     for (int m = first; m < first + core_module_span(cfg, (core_module)first); m++) {
         int row0, out = core_module_out(cfg, (core_module)m), heads = 0;
         core_module_tensor(cfg, (core_module)m, &row0);
-        /* q and k lora_B rows move to the GGUF row order: llama.cpp permuted the q/k rows of
-         * the llama architecture (SmolLM2, Llama 3, Mistral), not those of the architectures
-         * with NeoX RoPE (Qwen2, Qwen3, Gemma 3, Phi-3: neox_rope), whose rows are Hugging
-         * Face's. */
-        if (hf_rows && !cfg->neox_rope && m == CORE_MOD_Q)
-            heads = cfg->n_head;
-        else if (hf_rows && !cfg->neox_rope && m == CORE_MOD_K)
-            heads = cfg->n_head_kv;
+        /* q and k lora_B rows move to the GGUF row order where llama.cpp's converter permuted
+         * them (the llama architecture: SmolLM2, Llama 3, Mistral); Qwen2's, Qwen3's, Gemma 3's
+         * and Phi-3's rows are Hugging Face's and stay as they are. */
+        if (hf_rows)
+            heads = core_qk_perm_heads(cfg, (core_module)m);
         const unsigned char *rows = (const unsigned char *)B + (size_t)row0 * rank * es;
         if (adapter__copy_rows(a->dtype, rows, *at, (size_t)out, (size_t)rank, heads, cfg->head_dim,
                                true))

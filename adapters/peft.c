@@ -143,15 +143,17 @@ static int plan_modules(const adapter__peft_cfg *c, const core_st *st, const cor
         uint64_t in = (uint64_t)core_module_in(cfg, m), out = (uint64_t)adapter__unit_out(cfg, m);
         uint64_t want0 = which ? out : (uint64_t)p->rank, want1 = which ? (uint64_t)p->rank : in;
         if (t->n_dims != 2 || t->shape[0] != want0 || t->shape[1] != want1) {
+            /* what to do first: the server passes on only the start of a long reason */
             snprintf(err, errlen,
-                     "tensor '%s': shape [%llu, %llu], expected [%llu, %llu] (rank %d from "
-                     "adapter_config.json; the base %s of layer %d is %llu -> %llu); is this "
-                     "adapter for another base model?",
-                     t->name, (unsigned long long)t->shape[0],
+                     "layer %d %s lora_%c: shape [%llu, %llu], expected [%llu, %llu]: is this "
+                     "adapter for another base model? (the base %s is %llu -> %llu; rank %d "
+                     "from adapter_config.json; tensor '%s')",
+                     l, adapter__peft_module_name(cfg, m), which ? 'B' : 'A',
+                     (unsigned long long)t->shape[0],
                      (unsigned long long)(t->n_dims > 1 ? t->shape[1] : 0),
-                     (unsigned long long)want0, (unsigned long long)want1, p->rank,
-                     adapter__peft_module_name(cfg, m), l, (unsigned long long)in,
-                     (unsigned long long)out);
+                     (unsigned long long)want0, (unsigned long long)want1,
+                     adapter__peft_module_name(cfg, m), (unsigned long long)in,
+                     (unsigned long long)out, p->rank, t->name);
             return -EINVAL;
         }
         p->ab[which] = t;

@@ -2,9 +2,23 @@
 #ifndef ADAPTREE_TEST_SHARED_MODEL_H
 #define ADAPTREE_TEST_SHARED_MODEL_H
 
+#include <unistd.h>
+
 #include "core/model/model.h"
 
 /* NULL (after printing why) when the model cannot be loaded. */
 core_model *test_shared_model(void);
+
+/* Gemma 3 270M (`make gemma`), loaded once for the Gemma golden tests; NULL (after printing why)
+ * when it cannot be loaded. A test that changes it (core_model_set_int8) restores it. */
+#define TEST_GEMMA_MODEL "models/gemma-3-270m-q4_k_m.gguf"
+core_model *test_gemma_model(void);
+
+/* Skips the calling test when the Gemma model file is absent. */
+#define TEST_NEED_GEMMA()                                                                          \
+    do {                                                                                           \
+        if (access(TEST_GEMMA_MODEL, R_OK) != 0)                                                   \
+            TEST_SKIP("%s missing (run make gemma)", TEST_GEMMA_MODEL);                            \
+    } while (0)
 
 #endif

@@ -1,5 +1,11 @@
 #!/usr/bin/env python3
-"""Train adaptree's example adapter registry (registry/) for the default model and measure it.
+"""Train adaptree's example adapter registries with PEFT and measure them.
+
+  --model smollm2 (default)  registry/         for models/SmolLM2-135M-Instruct.Q4_1.gguf
+  --model gemma              registry-gemma/   for models/gemma-3-270m-q4_k_m.gguf (fr,
+                             fr/manpages, de only; see GEMMA below)
+
+The SmolLM2 registry:
 
 The tree (docs/ARCHITECTURE.md §4: a chain is applied additively, every node at scale 1):
 
@@ -28,6 +34,13 @@ Setup:  apt-get install -y fortunes-de debian-faq-fr debian-reference-fr manpage
         .venv-ref/bin/pip install -r tools/requirements-train.txt
 Run:    .venv-ref/bin/python tools/train_registry.py            (train all, measure, README)
         .venv-ref/bin/python tools/train_registry.py --eval-only (measure the committed files)
+        nice .venv-ref/bin/python tools/train_registry.py --model gemma   (registry-gemma/)
+
+Gemma 3 270M: the base is tests/reference/make_gemma_fixtures.py's load_reference() (the GGUF
+dequantized to fp32 into a hand-built Gemma3ForCausalLM, q/k rows as stored, which for Gemma are
+Hugging Face's), the tokenizer transformers' GemmaTokenizer read from the same GGUF, every block
+starts with BOS (Gemma is trained that way), shorter blocks and fewer steps (its 262144-entry
+vocabulary makes each step ~6x SmolLM2's cost), a smaller tree.
 """
 
 import argparse
@@ -77,7 +90,7 @@ WARMUP = 10
 EVAL_BLOCKS = 16   # held-out blocks per corpus (<= 16 x 128 tokens)
 
 # Training order matters: a child is trained on its parent's merged chain.
-ADAPTERS = [
+ADAPTERS_SMOLLM2 = [
     dict(id="fr", data="fr", r=4, alpha=8, targets=ALL_LINEAR, dtype="float16",
          steps=140, lr=1e-3, seed=11),
     dict(id="fr/manpages", data="fr_man", r=4, alpha=8, targets=ALL_LINEAR, dtype="float16",
@@ -89,7 +102,16 @@ ADAPTERS = [
     dict(id="de/witze", data="de_witze", r=4, alpha=8, targets=ALL_LINEAR, dtype="bfloat16",
          steps=100, lr=1e-3, seed=22),
 ]
-BY_ID = {a["id"]: a for a in ADAPTERS}
+
+GEMMA_QV = ["q_proj", "v_proj"]
+ADAPTERS_GEMMA = [
+    dict(id="fr", data="fr", r=8, alpha=16, targets=GEMMA_QV, dtype="bfloat16",
+         steps=100, lr=2e-3, seed=31),
+    dict(id="fr/manpages", data="fr_man", r=8, alpha=16, targets=GEMMA_QV, dtype="bfloat16",
+         steps=80, lr=2e-3, seed=32),
+    dict(id="de", data="de", r=8, alpha=16, targets=GEMMA_QV, dtype="bfloat16",
+         steps=80, lr=2e-3, seed=41),
+]
 
 CORPORA = {  # name -> (description, document separator)
     "fr": ("French prose: Debian FAQ + Debian Reference (fr)", "\n\n"),
@@ -99,7 +121,7 @@ CORPORA = {  # name -> (description, document separator)
     "de_witze": ("German jokes (fortunes-de: witze)", "\n\n"),
 }
 
-SAMPLES = [  # (label, prompt, chains)
+SAMPLES_SMOLLM2 = [  # (label, prompt, chains)
     ("French prompt", "Debian est", ["base", "fr"]),
     ("Man-page prompt", "La commande", ["fr", "fr/manpages"]),
     ("User prompt", "grep :", ["fr/manpages", "fr/manpages/alice"]),
@@ -107,6 +129,43 @@ SAMPLES = [  # (label, prompt, chains)
     ("Joke prompt", "Ein Mann", ["de", "de/witze"]),
     ("Chat prompt (fr)", "@chat:Qu'est-ce qu'un paquet Debian ?", ["base", "fr"]),
 ]
+SAMPLES_GEMMA = [
+    ("French prompt", "Debian est", ["base", "fr"]),
+    ("Man-page prompt", "La commande", ["fr", "fr/manpages"]),
+    ("German prompt", "Die", ["base", "de"]),
+]
+
+# What differs between the two registries. use_model() installs one profile into the module
+# globals the rest of the script reads.
+PROFILES = {
+    "smollm2": dict(model_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+                    base_id="HuggingFaceTB/SmolLM2-135M-Instruct", registry="registry",
+                    base_desc="the Q4_1 GGUF dequantized", adapters=ADAPTERS_SMOLLM2,
+                    samples=SAMPLES_SMOLLM2, seq=128, bos=False,
+                    stats="/tmp/train_registry_stats.json"),
+    "gemma": dict(model_name="gemma-3-270m-q4_k_m.gguf", base_id="google/gemma-3-270m",
+                  registry="registry-gemma", base_desc="the Q4_K_M GGUF dequantized",
+                  adapters=ADAPTERS_GEMMA, samples=SAMPLES_GEMMA, seq=64, bos=True,
+                  stats="/tmp/train_registry_gemma_stats.json"),
+}
+PROFILE = None
+ADAPTERS, BY_ID, SAMPLES = [], {}, []
+
+
+def use_model(name):
+    global PROFILE, MODEL_NAME, BASE_ID, ADAPTERS, BY_ID, SAMPLES, SEQ
+    PROFILE = PROFILES[name]
+    MODEL_NAME, BASE_ID = PROFILE["model_name"], PROFILE["base_id"]
+    ADAPTERS = PROFILE["adapters"]
+    BY_ID = {a["id"]: a for a in ADAPTERS}
+    SAMPLES = PROFILE["samples"]
+    SEQ = PROFILE["seq"]
+
+
+def corpora_used():
+    """The corpora the installed profile's adapters train on, in CORPORA's order."""
+    used = {a["data"] for a in ADAPTERS}
+    return [n for n in CORPORA if n in used]
 
 
 def log(*a):
@@ -274,12 +333,14 @@ def load_corpus(name, tok):
     for key, text in uniq:
         parts["heldout" if held_out(key) else "train"].append(text)
     res = {"docs": {k: len(v) for k, v in parts.items()}}
+    bos = [tok.bos_token_id] if PROFILE["bos"] else []
+    n = SEQ - len(bos)  # text tokens per block
     for split, texts in parts.items():
         stream = []
         for t in texts:
             stream += tok(t + sep, add_special_tokens=False)["input_ids"]
         res[split + "_tokens"] = len(stream)
-        blocks = [stream[i:i + SEQ] for i in range(0, len(stream), SEQ)]
+        blocks = [bos + stream[i:i + n] for i in range(0, len(stream), n)]
         if split == "train":
             blocks = [b for b in blocks if len(b) == SEQ]
         else:
@@ -295,8 +356,13 @@ def load_corpus(name, tok):
 
 def load_base():
     t = time.time()
-    m = AutoModelForCausalLM.from_pretrained(str(MODEL_DIR), gguf_file=MODEL_NAME,
-                                             dtype=torch.float32)
+    if PROFILE is PROFILES["gemma"]:
+        sys.path.insert(0, str(REPO / "tests" / "reference"))
+        import make_gemma_fixtures
+        m = make_gemma_fixtures.load_reference().model
+    else:
+        m = AutoModelForCausalLM.from_pretrained(str(MODEL_DIR), gguf_file=MODEL_NAME,
+                                                 dtype=torch.float32)
     m.eval()
     log(f"base loaded from {MODEL_NAME} in {time.time() - t:.1f}s")
     return m
@@ -426,6 +492,8 @@ def generate(model, tok, prompt, n_new=40):
     else:
         text = prompt
     ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    if PROFILE["bos"]:
+        ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], 1)
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_new,
                          do_sample=False, pad_token_id=tok.eos_token_id)
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
@@ -481,10 +549,10 @@ def js(text):
 
 def fmt_md(meas, stats, data_stats, registry):
     ppl, lines = meas["ppl"], []
-    names = list(CORPORA)
+    names = corpora_used()
     lines.append("Generated by `tools/train_registry.py` (transformers "
                  f"{transformers.__version__}, peft {peft.__version__}, torch {torch.__version__.split('+')[0]}; "
-                 "fp32, base = the Q4_1 GGUF dequantized).\n")
+                 f"fp32, base = {PROFILE['base_desc']}).\n")
     lines.append("### Data\n")
     lines.append("| corpus | source | docs train / held-out | tokens train / held-out | eval tokens |")
     lines.append("|---|---|---|---|---|")
@@ -523,8 +591,9 @@ def fmt_md(meas, stats, data_stats, registry):
         lines.append(f"| `{ch}` | `{o}` | {b1:.2f} | {a1:.2f} | {100 * (a1 / b1 - 1):+.1f}% | `{x}` | "
                      f"{b2:.2f} | {a2:.2f} | {100 * (a2 / b2 - 1):+.1f}% |")
     lines.append("\n### Sample generations (greedy, 40 new tokens)\n")
-    lines.append("Leaf applied with PEFT on top of its merged ancestors. Prompts are raw text except the "
-                 "chat one (SmolLM2 chat template, default system prompt).\n")
+    lines.append("Leaf applied with PEFT on top of its merged ancestors. Prompts are raw text"
+                 + (", BOS first" if PROFILE["bos"] else " except the chat one (SmolLM2 chat "
+                    "template, default system prompt)") + ".\n")
     for label, prompt, outs in meas["samples"]:
         shown = prompt[6:] if prompt.startswith("@chat:") else prompt
         lines.append(f"**{label}**: `{js(shown)}`\n")
@@ -547,15 +616,20 @@ def write_readme(registry, section):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--registry", type=Path, default=REPO / "registry")
+    ap.add_argument("--model", choices=sorted(PROFILES), default="smollm2",
+                    help="which base and registry (smollm2: registry/, gemma: registry-gemma/)")
+    ap.add_argument("--registry", type=Path, help="default: the model's (registry/ or registry-gemma/)")
     ap.add_argument("--only", default="", help="comma-separated adapter ids to (re)train")
     ap.add_argument("--eval-only", action="store_true", help="measure the saved adapters only")
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="2 steps per adapter, 1 eval block (pipeline check)")
     ap.add_argument("--eval-blocks", type=int, default=EVAL_BLOCKS)
-    ap.add_argument("--stats", type=Path, default=Path("/tmp/train_registry_stats.json"),
-                    help="training stats kept between runs (outside the registry)")
+    ap.add_argument("--stats", type=Path, help="training stats kept between runs (outside the "
+                    "registry; default /tmp/train_registry[_gemma]_stats.json)")
     args = ap.parse_args()
+    use_model(args.model)
+    args.registry = args.registry or REPO / PROFILE["registry"]
+    args.stats = args.stats or Path(PROFILE["stats"])
     t_all = time.time()
     log(f"torch {torch.__version__} transformers {transformers.__version__} peft {peft.__version__} "
         f"threads {torch.get_num_threads()}")
@@ -565,7 +639,7 @@ def main():
         args.eval_blocks = 1
     tok = AutoTokenizer.from_pretrained(str(MODEL_DIR), gguf_file=MODEL_NAME)
     corpora, data_stats = {}, {}
-    for name in CORPORA:
+    for name in corpora_used():
         t = time.time()
         corpora[name] = load_corpus(name, tok)
         c = corpora[name]
@@ -584,7 +658,7 @@ def main():
             args.stats.write_text(json.dumps(stats, indent=1))
     if not args.no_eval:
         meas = measure(base, tok, corpora, args.registry, args.eval_blocks)
-        Path("/tmp/train_registry_results.json").write_text(json.dumps(meas, indent=1, ensure_ascii=False))
+        Path(PROFILE["stats"].replace("stats", "results")).write_text(json.dumps(meas, indent=1, ensure_ascii=False))
         write_readme(args.registry, fmt_md(meas, stats, data_stats, args.registry))
     log(f"done in {time.time() - t_all:.0f}s")
 

@@ -258,13 +258,14 @@ static int phi3_config(const core_gguf *g, core_config *c, char *err, size_t err
 static const struct arch_row {
     const char *name;
     core_arch kind;
+    bool permuted_qk; /* convert_hf_to_gguf.py permuted the q/k rows (its LlamaModel does) */
     int (*config)(const core_gguf *g, core_config *c, char *err, size_t errlen);
 } arch_table[] = {
-    {"llama", CORE_ARCH_LLAMA, llama_config},    /* SmolLM2, Llama 2/3, Mistral */
-    {"gemma3", CORE_ARCH_GEMMA3, gemma3_config}, /* Gemma 3 (text) */
-    {"qwen2", CORE_ARCH_QWEN2, qwen2_config},    /* Qwen2, Qwen2.5 */
-    {"qwen3", CORE_ARCH_QWEN3, qwen3_config},    /* Qwen3 dense */
-    {"phi3", CORE_ARCH_PHI3, phi3_config},       /* Phi-3 mini / medium, 4k context */
+    {"llama", CORE_ARCH_LLAMA, true, llama_config},     /* SmolLM2, Llama 2/3, Mistral */
+    {"gemma3", CORE_ARCH_GEMMA3, false, gemma3_config}, /* Gemma 3 (text) */
+    {"qwen2", CORE_ARCH_QWEN2, false, qwen2_config},    /* Qwen2, Qwen2.5 */
+    {"qwen3", CORE_ARCH_QWEN3, false, qwen3_config},    /* Qwen3 dense */
+    {"phi3", CORE_ARCH_PHI3, false, phi3_config},       /* Phi-3 mini / medium, 4k context */
 };
 #define N_ARCH (sizeof arch_table / sizeof arch_table[0])
 
@@ -325,6 +326,7 @@ int core_config_from_gguf(const core_gguf *g, core_config *c, char *err, size_t 
         return -EINVAL;
     }
     c->kind = row->kind;
+    c->permuted_qk = row->permuted_qk;
     const char *a = c->arch;
     if (refuse_key(g, a, "expert_count", "mixture of experts", err, errlen) ||
         refuse_key(g, a, "expert_used_count", "mixture of experts", err, errlen))

@@ -6,9 +6,9 @@
  * order, so RoPE rotates adjacent pairs (2j, 2j+1) (docs/FORMATS.md §2.6); Qwen2's, Qwen3's,
  * Gemma 3's and Phi-3's are not permuted and RoPE rotates (j, j + head_dim/2)
  * (core_config.neox_rope). Adapters trained on Hugging Face weights must have their q/k lora_B
- * rows permuted the same way before they reach core_forward (only when !neox_rope). Phi-3 stores
- * q, k, v in one tensor (attn_qkv) and gate, up in another (ffn_up): each module's core_weight is
- * a slice of rows of it (core_module_tensor).
+ * rows permuted the same way before they reach core_forward where the rows were permuted
+ * (core_qk_perm_heads). Phi-3 stores q, k, v in one tensor (attn_qkv) and gate, up in another
+ * (ffn_up): each module's core_weight is a slice of rows of it (core_module_tensor).
  *
  * Nothing here is thread-safe on its own: a core_model is immutable after load and may be shared,
  * but a core_ctx and a core_kv belong to one thread at a time (the engine thread).
@@ -54,6 +54,8 @@ typedef struct core_config {
     bool qkv_bias;    /* q, k and v have biases (Qwen2): core_layer.bias */
     bool qk_norm;     /* per-head RMSNorm of q and k before RoPE (Gemma 3, Qwen3) */
     bool rope_freqs;  /* rope_freqs.weight divides each rotary frequency (Llama 3) */
+    bool permuted_qk; /* attn_q/attn_k rows are in llama.cpp's permuted order (the llama
+                         architecture only; see core_qk_perm_heads) */
     /* 0 for Llama (and any config made by hand), which means "none" */
     float embd_scale; /* the embedding rows are multiplied by this (Gemma 3: sqrt(n_embd)) */
     float q_scale;    /* q is multiplied by this before attention's 1/sqrt(head_dim), when
@@ -84,6 +86,17 @@ typedef enum core_module {
     CORE_MOD_DOWN,
     CORE_MOD_COUNT
 } core_module;
+
+/* How many heads of head_dim rows a Hugging Face lora_B of module mod must have its rows permuted
+ * over to match c's weights (docs/FORMATS.md §2.6): n_head for q and n_head_kv for k when the
+ * GGUF converter permuted them (Llama), else 0 (Gemma 3 and every other architecture keep
+ * Hugging Face's row order). The one place this decision is made. */
+static inline int core_qk_perm_heads(const core_config *c, core_module mod)
+{
+    if (!c->permuted_qk)
+        return 0;
+    return mod == CORE_MOD_Q ? c->n_head : mod == CORE_MOD_K ? c->n_head_kv : 0;
+}
 
 /* One weight matrix of rows x cols (out x in): the form its file stores and the forms made from
  * it. core_forward picks the kernel for each product from what is there (forward.c, product()):

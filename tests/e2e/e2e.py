@@ -99,8 +99,9 @@ def make_registry(tmp, fixtures=True):
 
 
 class Server:
-    def __init__(self, args=(), registry=None, name="server", env=None):
+    def __init__(self, args=(), registry=None, name="server", env=None, model=None):
         self.args = list(args)
+        self.model = model or MODEL
         self.registry = registry
         self.name = name
         self.env = env
@@ -116,7 +117,7 @@ class Server:
         self.port = port or free_port()
         self.exit_code = None
         fd, self.log_path = tempfile.mkstemp(prefix=f"adaptree-e2e-{self.name}-", suffix=".log")
-        cmd = [ADAPTREE, "serve", "--host", "127.0.0.1", "--port", str(self.port), "-m", MODEL]
+        cmd = [ADAPTREE, "serve", "--host", "127.0.0.1", "--port", str(self.port), "-m", self.model]
         cmd += ["--registry", self.registry] if self.registry else ["--no-registry"]
         cmd += self.args
         env = {k: v for k, v in os.environ.items()

@@ -17,7 +17,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                        .head_dim = 64,
                        .n_ff = 1536,
                        .n_vocab = 49152,
-                       .rope_dim = 64};
+                       .rope_dim = 64,
+                       .permuted_qk = true};
     strcpy(cfg.arch, "llama");
     char err[512] = "";
     int rc = adapter__peft_config_check((const char *)data, size, &cfg, err, sizeof err);

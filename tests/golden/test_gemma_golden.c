@@ -10,32 +10,12 @@
 #include <unistd.h>
 
 #include "core/model/model.h"
+#include "tests/shared_model.h"
 #include "tests/test.h"
 
 #define FIXTURES "tests/golden/fixtures/"
-#define GEMMA_MODEL "models/gemma-3-270m-q4_k_m.gguf"
 #define LOGIT_TOL 1e-3
 #define MAX_IDS 1024
-
-static core_model *gemma(void)
-{
-    static core_model *m;
-    static int tried;
-    if (!tried) {
-        char err[512];
-        tried = 1;
-        m = core_model_load(GEMMA_MODEL, err, sizeof err);
-        if (!m)
-            printf("    load failed: %s\n", err);
-    }
-    return m;
-}
-
-#define NEED_GEMMA()                                                                               \
-    do {                                                                                           \
-        if (access(GEMMA_MODEL, R_OK) != 0)                                                        \
-            TEST_SKIP("%s missing (run make gemma)", GEMMA_MODEL);                                 \
-    } while (0)
 
 static cJSON *fixture(void)
 {
@@ -60,8 +40,8 @@ static int ints(const cJSON *arr, int32_t *out, int cap)
 
 TEST(gemma_config_from_gguf)
 {
-    NEED_GEMMA();
-    core_model *m = gemma();
+    TEST_NEED_GEMMA();
+    core_model *m = test_gemma_model();
     CHECK(m != NULL);
     const core_config *c = &m->cfg;
     CHECK_EQ_INT(c->kind, CORE_ARCH_GEMMA3);
@@ -201,8 +181,8 @@ static int compare_logits(core_model *m, int kv_f16, const char *what, gemma_sta
 
 TEST(gemma_logits_match_transformers)
 {
-    NEED_GEMMA();
-    core_model *m = gemma();
+    TEST_NEED_GEMMA();
+    core_model *m = test_gemma_model();
     CHECK(m != NULL);
     gemma_stats st;
     CHECK(compare_logits(m, 0, "", &st) == 0);
@@ -226,8 +206,8 @@ TEST(gemma_logits_match_transformers)
 
 TEST(gemma_logits_kv_f16_close_to_transformers)
 {
-    NEED_GEMMA();
-    core_model *m = gemma();
+    TEST_NEED_GEMMA();
+    core_model *m = test_gemma_model();
     CHECK(m != NULL);
     gemma_stats st;
     CHECK(compare_logits(m, 1, " (f16 KV)", &st) == 0);
@@ -241,8 +221,8 @@ TEST(gemma_logits_kv_f16_close_to_transformers)
 
 TEST(gemma_logits_int8_close_to_transformers)
 {
-    NEED_GEMMA();
-    core_model *m = gemma();
+    TEST_NEED_GEMMA();
+    core_model *m = test_gemma_model();
     CHECK(m != NULL);
     char err[256];
     int packed = core_model_set_int8(m, 1, err, sizeof err);
@@ -265,8 +245,8 @@ TEST(gemma_logits_int8_close_to_transformers)
  * sequence at every step): the long prompt's steps run past the sliding window. */
 TEST(gemma_greedy_continuations_match_transformers)
 {
-    NEED_GEMMA();
-    core_model *m = gemma();
+    TEST_NEED_GEMMA();
+    core_model *m = test_gemma_model();
     CHECK(m != NULL);
     cJSON *j = fixture();
     CHECK(j != NULL);

@@ -1,7 +1,8 @@
-/* The example registry shipped in registry/: every node loads and validates against the default
- * model, and each language adapter moves the model its way, measured with adaptree itself:
- * the perplexity of text in its language (written for this test, not training data) drops with
- * the adapter applied, and text in the other language does not gain as much. */
+/* The example registries shipped in registry/ (for the default model) and registry-gemma/ (for
+ * Gemma 3 270M): every node loads and validates against its model, and each language adapter
+ * moves the model its way, measured with adaptree itself: the perplexity of text in its language
+ * (written for this test, not training data) drops with the adapter applied, and text in the
+ * other language does not gain as much. */
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -9,6 +10,7 @@
 #include "adapters/registry.h"
 #include "core/model/model.h"
 #include "core/text/tokenizer.h"
+#include "tests/shared_model.h"
 #include "tests/test.h"
 
 static const char *const french =
@@ -20,15 +22,39 @@ static const char *const german =
     "Nachbarn holen ihr frisches Brot und erzählen sich Neuigkeiten über das Wetter, die Ernte "
     "und das Fest, das am Samstag auf dem Marktplatz stattfindet.";
 
-/* Mean negative log-likelihood per token of text under the model with set (NULL = base). */
+/* Gemma 3 already writes everyday French and German well, and its adapters learnt the style of
+ * their corpora (Debian documentation, fortunes) rather than the languages, so its texts are in
+ * those styles (also written for this test, not training data). */
+static const char *const french_debian =
+    "Pour installer un paquet, utilisez la commande apt install suivie du nom du paquet. Le "
+    "système télécharge alors le paquet et ses dépendances depuis les dépôts indiqués dans le "
+    "fichier sources.list, puis les configure dans le bon ordre. Pensez à lancer apt update "
+    "auparavant afin que la liste des paquets disponibles soit à jour.";
+static const char *const german_fortune =
+    "Wer morgens zu spät aufsteht, dem läuft der ganze Tag davon.\n"
+    "Wer aber gar nicht erst schlafen geht, der hat am Abend nichts mehr zu erzählen.\n"
+    "Und wer immer nur erzählt, dem hört am Ende keiner mehr zu.";
+
+/* Mean negative log-likelihood per token of text under the model with set (NULL = base); BOS
+ * first when the model's tokenizer asks for it (Gemma), as the server does. */
 static double nll(core_model *m, const core_tokenizer *tok, const adapter_set *set,
                   const char *text)
 {
     char err[256];
     int32_t *ids = NULL;
     size_t n = 0;
-    if (core_tokenize(tok, text, strlen(text), false, &ids, &n) || n < 2 || n > 256)
+    if (core_tokenize(tok, text, strlen(text), false, &ids, &n) || n < 2 || n > 255)
         return NAN;
+    if (core_tokenizer_add_bos(tok) && core_tokenizer_bos(tok) >= 0) {
+        int32_t *b = realloc(ids, sizeof(int32_t) * (n + 1));
+        if (!b) {
+            free(ids);
+            return NAN;
+        }
+        ids = b;
+        memmove(ids + 1, ids, sizeof(int32_t) * n++);
+        ids[0] = core_tokenizer_bos(tok);
+    }
     int nv = m->cfg.n_vocab;
     float *lg = malloc(sizeof(float) * n * nv);
     int32_t pos[256], slot[256] = {0};
@@ -65,17 +91,17 @@ static double nll(core_model *m, const core_tokenizer *tok, const adapter_set *s
     return sum;
 }
 
-TEST(registry_shipped_loads_and_moves_the_model)
+/* Every node of the registry at root loads on m (at least min_adapters of them); fr and de each
+ * lower the loss of text in their language (fr_text, de_text), by more than the other's. */
+static void check_registry(core_model *m, const char *root, int min_adapters, const char *fr_text,
+                           const char *de_text)
 {
-    TEST_NEED_MODEL();
     char err[512];
-    core_model *m = core_model_load(test_model_path(), err, sizeof err);
-    CHECK_MSG(m, "%s", err);
     core_tokenizer *tok = core_tokenizer_new(m->gguf, err, sizeof err);
     CHECK(tok != NULL);
     uv_loop_t loop;
     uv_loop_init(&loop);
-    adapter_registry_opts o = {.root = "registry", .cfg = &m->cfg, .loop = &loop, .rescan_ms = -1};
+    adapter_registry_opts o = {.root = root, .cfg = &m->cfg, .loop = &loop, .rescan_ms = -1};
     adapter_registry *reg = adapter_registry_new(&o, err, sizeof err);
     CHECK_MSG(reg, "%s", err);
     adapter_node_info *info;
@@ -97,11 +123,12 @@ TEST(registry_shipped_loads_and_moves_the_model)
         n_adapters++;
     }
     free(info);
-    CHECK_MSG(n_adapters >= 4, "the example registry has %d adapters (want >= 4)", n_adapters);
+    CHECK_MSG(n_adapters >= min_adapters, "%s has %d adapters (want >= %d)", root, n_adapters,
+              min_adapters);
 
     const char *langs[2] = {"fr", "de"};
-    const char *texts[2] = {french, german};
-    double base[2] = {nll(m, tok, NULL, french), nll(m, tok, NULL, german)};
+    const char *texts[2] = {fr_text, de_text};
+    double base[2] = {nll(m, tok, NULL, fr_text), nll(m, tok, NULL, de_text)};
     for (int l = 0; l < 2; l++) {
         adapter_selection sel;
         adapter_set *set = NULL;
@@ -121,5 +148,22 @@ TEST(registry_shipped_loads_and_moves_the_model)
     adapter_registry_free(reg);
     uv_loop_close(&loop);
     core_tokenizer_free(tok);
+}
+
+TEST(registry_shipped_loads_and_moves_the_model)
+{
+    TEST_NEED_MODEL();
+    char err[512];
+    core_model *m = core_model_load(test_model_path(), err, sizeof err);
+    CHECK_MSG(m, "%s", err);
+    check_registry(m, "registry", 4, french, german);
     core_model_free(m);
+}
+
+TEST(registry_gemma_shipped_loads_and_moves_the_model)
+{
+    TEST_NEED_GEMMA();
+    core_model *m = test_gemma_model();
+    CHECK(m != NULL);
+    check_registry(m, "registry-gemma", 3, french_debian, german_fortune);
 }

@@ -108,10 +108,14 @@ def encode(text, piece_to_id, max_len):
     return ids
 
 
-def main():
-    t0 = time.time()
-    torch.manual_seed(0)
-    torch.set_num_threads(int(os.environ.get("REF_THREADS", "2")))
+class Reference:
+    """The hand-built fp32 Gemma3ForCausalLM and what was read to build it (load_reference)."""
+
+
+def load_reference():
+    """Builds the reference model from MODEL_PATH. Returns a Reference with: model (fp32, eval),
+    cfg, tokens (the GGUF vocabulary), tensor_types, norm_stats, encode(text) -> ids (BOS first).
+    Also used by make_gemma_adapter_fixtures.py and tools/train_registry.py --model gemma."""
     assert sha256_file(MODEL_PATH) == MODEL_SHA256, "wrong model file (run make gemma)"
     r = gguf.GGUFReader(str(MODEL_PATH))
     arch = field(r, "general.architecture")
@@ -202,6 +206,20 @@ def main():
     for i, p in enumerate(tokens):
         piece_to_id.setdefault(p, i)
     max_len = max(len(p) for p in tokens[:n_vocab] if p)
+    ref = Reference()
+    ref.model, ref.cfg, ref.tokens, ref.tensor_types = model, cfg, tokens, types
+    ref.norm_stats = norm_stats
+    ref.encode = lambda text: encode(text, piece_to_id, max_len)
+    return ref
+
+
+def main():
+    t0 = time.time()
+    torch.manual_seed(0)
+    torch.set_num_threads(int(os.environ.get("REF_THREADS", "2")))
+    ref = load_reference()
+    model, cfg, tokens, types, norm_stats = (ref.model, ref.cfg, ref.tokens, ref.tensor_types,
+                                             ref.norm_stats)
 
     def logits_of(ids):
         with torch.no_grad():
@@ -224,7 +242,7 @@ def main():
         "prompts": [],
     }
     for name, text, which in PROMPTS:
-        ids = encode(text, piece_to_id, max_len)
+        ids = ref.encode(text)
         lg = logits_of(ids)
         n = len(ids)
         checked = list(range(n)) if which == "all" else [cfg.sliding_window - 2, cfg.sliding_window - 1, cfg.sliding_window, cfg.sliding_window + 1] + list(range(n - 4, n))

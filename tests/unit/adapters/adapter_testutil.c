@@ -33,7 +33,8 @@ core_config tu_config(void)
                      .rope_dim = 64,
                      .rope_theta = 100000.0f,
                      .rms_eps = 1e-5f,
-                     .tied_output = true};
+                     .tied_output = true,
+                     .permuted_qk = true};
     strcpy(c.arch, "llama");
     return c;
 }

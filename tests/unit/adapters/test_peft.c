@@ -121,6 +121,56 @@ TEST(peft_loads_qv_and_permutes_q_rows)
     tu_rmrf(tmp);
 }
 
+/* Gemma 3 270M's shapes (head_dim 256 with n_embd 640: q is 640 -> 1024, o 1024 -> 640, k and v
+ * 640 -> 256): every module loads, and q/k lora_B keep Hugging Face's row order, since Gemma 3's
+ * GGUF q/k rows are not permuted. */
+TEST(peft_gemma3_shapes_and_unpermuted_qk)
+{
+    core_config cfg = tu_config();
+    strcpy(cfg.arch, "gemma3");
+    cfg.kind = CORE_ARCH_GEMMA3;
+    cfg.permuted_qk = false;
+    cfg.neox_rope = true;
+    cfg.n_embd = 640;
+    cfg.n_head = 4;
+    cfg.n_head_kv = 1;
+    cfg.head_dim = cfg.rope_dim = 256;
+    cfg.n_ff = 2048;
+    char dir[128], tmp[64];
+    snprintf(tmp, sizeof tmp, "%s", tu_tmpdir());
+    snprintf(dir, sizeof dir, "%s/all", tmp);
+    const char *c = "{\"r\":2,\"lora_alpha\":4,\"target_modules\":[\"q_proj\",\"k_proj\","
+                    "\"v_proj\",\"o_proj\",\"gate_proj\",\"up_proj\",\"down_proj\"]}";
+    CHECK(tu_write_peft_layers(dir, c, &cfg, 0x7f, 2, "F32", 7) == 0);
+    char err[512];
+    adapter *a = load_probed(dir, &cfg, err, sizeof err);
+    CHECK_MSG(a, "load: %s", err);
+    CHECK_EQ_INT(a->n_mods, 2 * CORE_MOD_COUNT);
+    char p[256];
+    snprintf(p, sizeof p, "%s/adapter_model.safetensors", dir);
+    static const char *const key[2] = {"q_proj", "k_proj"};
+    static const int mod[2] = {CORE_MOD_Q, CORE_MOD_K}, out[2] = {1024, 256};
+    static float src[1024 * 2];
+    for (int i = 0; i < 2; i++) {
+        char name[128];
+        snprintf(name, sizeof name, "base_model.model.model.layers.1.self_attn.%s.lora_B.weight",
+                 key[i]);
+        CHECK(tu_read_st_tensor(p, name, src, (size_t)out[i] * 2) == 0);
+        const float *bt = adapter_mod_at(a, 1, mod[i])->Bt; /* (2, out): the file's transposed */
+        for (int o = 0; o < out[i]; o++)
+            for (int j = 0; j < 2; j++)
+                CHECK_MSG(bt[j * out[i] + o] == src[o * 2 + j], "%s lora_B (%d, %d) moved", key[i],
+                          o, j);
+    }
+    const adapter_mod *o = adapter_mod_at(a, 0, CORE_MOD_O);
+    CHECK_EQ_INT(o->rank, 2);
+    adapter_unref(a);
+    /* the same file against SmolLM2's shapes: refused, naming the shapes */
+    core_config smol = tu_config();
+    CHECK(expect_refusal(dir, &smol, "is this adapter for another base model?"));
+    tu_rmrf(tmp);
+}
+
 TEST(peft_scaling_rslora_and_patterns)
 {
     core_config cfg = tu_config();

@@ -307,7 +307,8 @@ TEST(phi3_lora_forward_and_merge)
     core_model *m = core_model_load(path, err, sizeof err);
     core_model *t = core_model_load(twin, err, sizeof err);
     CHECK_MSG(m && t, "%s", err);
-    t->cfg.neox_rope = true; /* Phi-3's RoPE and window on the Llama layout */
+    t->cfg.neox_rope = true;    /* Phi-3's RoPE and window on the Llama layout */
+    t->cfg.permuted_qk = false; /* and its q/k rows in Hugging Face order */
     t->cfg.sliding_window = 6;
     t->cfg.swa_pattern = 0;
     t->cfg.rope_theta_swa = t->cfg.rope_theta;

@@ -85,13 +85,16 @@ TEST(arch_config_llama_qwen2_qwen3)
     CHECK_MSG(try_arch("llama", NULL, 0, NULL, 0, &c, err, sizeof err) == 0, "%s", err);
     CHECK_EQ_INT(c.kind, CORE_ARCH_LLAMA);
     CHECK(!c.neox_rope && !c.qkv_bias && !c.qk_norm && !c.rope_freqs && c.tied_output);
+    CHECK(c.permuted_qk && core_qk_perm_heads(&c, CORE_MOD_K) == c.n_head_kv);
     CHECK_MSG(try_arch("qwen2", NULL, 0, NULL, 0, &c, err, sizeof err) == 0, "%s", err);
     CHECK_EQ_INT(c.kind, CORE_ARCH_QWEN2);
     CHECK(c.neox_rope && c.qkv_bias && !c.qk_norm);
+    CHECK(!c.permuted_qk && core_qk_perm_heads(&c, CORE_MOD_Q) == 0);
     extra_key hd = {.key = "qwen3.attention.key_length", .uval = 32};
     CHECK_MSG(try_arch("qwen3", &hd, 1, NULL, 0, &c, err, sizeof err) == 0, "%s", err);
     CHECK_EQ_INT(c.kind, CORE_ARCH_QWEN3);
     CHECK(c.neox_rope && !c.qkv_bias && c.qk_norm);
+    CHECK(!c.permuted_qk && core_qk_perm_heads(&c, CORE_MOD_K) == 0);
     CHECK_EQ_INT(c.head_dim, 32); /* not 64 / 4 */
     CHECK_EQ_INT(core_module_out(&c, CORE_MOD_Q), 128);
     /* scaling that changes nothing: "none", or a factor of 1 */

@@ -70,6 +70,8 @@ TEST(gemma_config_defaults_and_keys)
     CHECK_EQ_INT(c.swa_pattern, 6);
     CHECK(c.rope_theta == 1e6f && c.rope_theta_swa == 1e4f);
     CHECK(c.neox_rope && c.embd_scale == 8.0f && c.q_scale == 0.0f);
+    CHECK(!c.permuted_qk && core_qk_perm_heads(&c, CORE_MOD_Q) == 0 &&
+          core_qk_perm_heads(&c, CORE_MOD_K) == 0);
     CHECK(!core_layer_is_swa(&c, 5) && core_layer_is_swa(&c, 4) && !core_layer_is_swa(&c, 17));
     CHECK_MSG(config_with("gemma3.attention.sliding_window_pattern", 4, 0, NULL, &c, err,
                           sizeof err) == 0,

@@ -32,6 +32,10 @@ TEST(model_real_config)
     CHECK_NEAR(c->rope_theta, 100000.0, 0);
     CHECK_NEAR(c->rms_eps, 1e-5, 1e-12);
     CHECK(c->tied_output);
+    CHECK(c->permuted_qk && !c->neox_rope);
+    CHECK_EQ_INT(core_qk_perm_heads(c, CORE_MOD_Q), 9);
+    CHECK_EQ_INT(core_qk_perm_heads(c, CORE_MOD_K), 3);
+    CHECK_EQ_INT(core_qk_perm_heads(c, CORE_MOD_V), 0);
     CHECK(m->output.f32 == m->tok_embd.f32);
 }
 

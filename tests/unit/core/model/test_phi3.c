@@ -115,6 +115,7 @@ static void same_as_twin(uint32_t type, int window, bool int8)
     core_model *tw = load(dir, "t.gguf", &t, err, sizeof err);
     CHECK_MSG(tw, "%s", err);
     tw->cfg.neox_rope = true;
+    tw->cfg.permuted_qk = false;
     tw->cfg.sliding_window = window;
     tw->cfg.swa_pattern = 0;
     tw->cfg.rope_theta_swa = tw->cfg.rope_theta;
