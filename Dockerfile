@@ -41,6 +41,8 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=build /src/models/SmolLM2-135M-Instruct.Q4_1.gguf models/
 COPY registry registry/
+# chat templates for models whose GGUF has none (serve --chat-template templates/gemma-3.jinja)
+COPY templates templates/
 COPY --from=build /src/build/adaptree /app/adaptree
 # Numeric, so that orchestrators (Kubernetes runAsNonRoot) can tell it is not root.
 USER 10001:10001

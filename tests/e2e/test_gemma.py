@@ -2,7 +2,9 @@
 --registry <copy of registry-gemma/>` answers with an adapter, with a tree chain (the same tokens
 and logprobs as the chain's nodes listed explicitly), and with the OpenAI SDK, each different from
 the base; an adapter trained for SmolLM2 (registry/fr, copied in as smol/fr) is refused with a
-message naming the shape mismatch, and the server keeps serving. Few tokens: fast."""
+message naming the shape mismatch, and the server keeps serving. The chat route renders Gemma 3's
+template (templates/gemma-3.jinja, --chat-template: the base GGUF has none) exactly as a completion
+of the rendered text sees it. Few tokens: fast."""
 
 import os
 import shutil
@@ -13,6 +15,7 @@ from e2e import check, check_error, eq
 
 GEMMA = os.path.join(e2e.ROOT, "models", "gemma-3-270m-q4_k_m.gguf")
 GEMMA_REGISTRY = os.path.join(e2e.ROOT, "registry-gemma")
+GEMMA_TEMPLATE = os.path.join(e2e.ROOT, "templates", "gemma-3.jinja")
 
 suite = e2e.Suite("gemma", budget=240)
 S = None
@@ -27,7 +30,7 @@ def setup():
     shutil.copytree(GEMMA_REGISTRY, reg, ignore=shutil.ignore_patterns("*.md"))
     shutil.copytree(os.path.join(e2e.REGISTRY, "fr"), os.path.join(reg, "smol", "fr"),
                     ignore=shutil.ignore_patterns("manpages"))
-    S = suite.server(registry=reg, model=GEMMA, name="gemma")
+    S = suite.server(["--chat-template", GEMMA_TEMPLATE], registry=reg, model=GEMMA, name="gemma")
     S.start(timeout=120)
 
 
@@ -101,6 +104,27 @@ def smollm2_adapter_refused_with_shape_mismatch():
     check_error(r, r.status, what="a request on smol/fr")
     text, _ = complete()
     eq(text, BASE["text"], "the base after the refusal")
+
+
+@suite.test
+def chat_renders_gemma3_template():
+    msgs = [{"role": "system", "content": "Réponds en français."},
+            {"role": "user", "content": "  Qu'est-ce que Debian ?  "}]
+    r = S.post("/v1/chat/completions", {"model": "fr", "messages": msgs, "max_tokens": N,
+                                        "temperature": 0}, timeout=120)
+    eq(r.status, 200, f"chat: {r}")
+    chat = r.json()
+    # The template's text (the BOS is the tokenizer's, as for every completion prompt).
+    prompt = ("<start_of_turn>user\nRéponds en français.\n\nQu'est-ce que Debian ?<end_of_turn>\n"
+              "<start_of_turn>model\n")
+    text, _ = complete(model="fr", prompt=prompt)
+    eq(chat["choices"][0]["message"]["content"], text, "chat vs the rendered prompt completed")
+    r = S.post("/v1/completions", {"model": "fr", "prompt": prompt, "max_tokens": 1}, timeout=120)
+    eq(chat["usage"]["prompt_tokens"], r.json()["usage"]["prompt_tokens"], "prompt tokens")
+    r = S.post("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "x"}],
+                                        "max_tokens": 1}, timeout=120)
+    e = check_error(r, 400, what="a conversation starting with the model")
+    check("alternate" in e["message"], f"raise_exception's message: {e['message']!r}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ way Hugging Face transformers' apply_chat_template renders them, for the C inter
 
 Templates: the files of llama.cpp's collection that `make vocab` puts in models/vocab/templates
 (not committed; the fixture records each file's sha256), SmolLM2's from the default model's GGUF
-metadata, and the Llama 2 chat template (below; ggml-vocab-llama-spm.gguf carries none).
+metadata, the Llama 2 chat template (below; ggml-vocab-llama-spm.gguf carries none) and Gemma 3's
+(templates/gemma-3.jinja in this repository: the Gemma 3 270M base GGUF carries none, and
+llama.cpp's collection has Gemma 2's and Gemma 4's only).
 
 The environment is transformers' (chat_template_utils.py, _compile_jinja_template):
 ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]),
@@ -65,6 +67,7 @@ TARGETS = [
     ("google-gemma-2-2b-it", "file", "<bos>", "<eos>"),
     ("HuggingFaceTB-SmolLM3-3B", "file", None, "<|im_end|>"),
     ("Llama-2-chat", "inline", "<s>", "</s>"),
+    ("gemma-3", "repo", "<bos>", "<eos>"),
 ]
 
 
@@ -163,6 +166,9 @@ def source(name, kind):
         return gguf_string(SMOLLM2, "tokenizer.chat_template"), str(SMOLLM2.relative_to(REPO))
     if kind == "inline":
         return LLAMA2_CHAT, None
+    if kind == "repo":
+        path = REPO / "templates" / f"{name}.jinja"
+        return path.read_text(encoding="utf-8"), str(path.relative_to(REPO))
     path = TEMPLATES / f"{name}.jinja"
     return path.read_text(encoding="utf-8"), str(path.relative_to(REPO))
 
