@@ -29,7 +29,7 @@ FUZZ_SRC     := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d \
-           $(PROBE_SRC:%.c=$(BUILD)/obj/%.d)
+           $(PROBE_SRC:%.c=$(BUILD)/obj/%.d) $(BUILD)/obj/tests/bench/bench_core.d
 
 .PHONY: all test unit run cluster vocab bench bench-peer bench-server plots asan tsan fuzz format lint clean deps venv \
         model gemma tiny help docker-check
