@@ -8,6 +8,9 @@
  *         16 rows' d (f16) and the 16 rows' m (f16): 320 bytes.
  *   Q8_0: eight 64-byte vectors, vector g holding inputs 4g..4g+3 of the 16 rows as q + 128
  *         (unsigned, for VPDPBUSD), then the 16 rows' d (f16), padded: 576 bytes.
+ *   Q4_0, Q5_0: Q8_0's unit, holding q - 8 (Q4_0) or q - 16 (Q5_0) and d: every weight is d
+ *         times a small integer, so the repack is exact and runs through Q8_0's kernels.
+ *   Q5_1: Q5_K's unit (below) with d and m as f32: w = d·q + m.
  *   Q4_K: a unit per 32-element sub-block, its nibbles re-paired as Q4_1's, then the 16 rows'
  *         d · sc (f32) and -(dmin · mn) (f32): 384 bytes. A sub-block is then a Q4_1 block whose
  *         scale and min are f32 (w = d·sc·q - dmin·mn), and runs through Q4_1's kernels.
@@ -80,6 +83,45 @@ void core__repack8_q8_0(const uint8_t *blk, int s, uint8_t *u, int j)
     memcpy(u + 512 + 2 * j, blk, 2); /* d */
 }
 
+/* Q4_0 (d, qs[16]: element l the low nibble of qs[l], 16 + l the high one, minus 8) and Q5_0
+ * (d, qh, qs[16]: the same nibbles with bit l of qh above them, minus 16) as Q8_0's unit. */
+void core__repack8_q4_0(const uint8_t *blk, int s, uint8_t *u, int j)
+{
+    (void)s;
+    for (int l = 0; l < 32; l++) {
+        int q = (l < 16 ? blk[2 + l] & 15 : blk[2 + l - 16] >> 4) - 8;
+        u[64 * (l / 4) + 4 * j + l % 4] = (uint8_t)((uint8_t)(int8_t)q ^ 0x80u);
+    }
+    memcpy(u + 512 + 2 * j, blk, 2); /* d */
+}
+
+void core__repack8_q5_0(const uint8_t *blk, int s, uint8_t *u, int j)
+{
+    (void)s;
+    uint32_t qh;
+    memcpy(&qh, blk + 2, sizeof qh);
+    for (int l = 0; l < 32; l++) {
+        int q = ((l < 16 ? blk[6 + l] & 15 : blk[6 + l - 16] >> 4) | (int)(qh >> l & 1) << 4) - 16;
+        u[64 * (l / 4) + 4 * j + l % 4] = (uint8_t)((uint8_t)(int8_t)q ^ 0x80u);
+    }
+    memcpy(u + 512 + 2 * j, blk, 2); /* d */
+}
+
+/* Q5_1 (d, m, qh, qs[16]; q as Q5_0's without the 16) as Q5_K's unit: q unsigned, d and m f32. */
+void core__repack8_q5_1(const uint8_t *blk, int s, uint8_t *u, int j)
+{
+    (void)s;
+    uint32_t qh;
+    memcpy(&qh, blk + 4, sizeof qh);
+    for (int l = 0; l < 32; l++)
+        u[64 * (l / 4) + 4 * j + l % 4] =
+            (uint8_t)((l < 16 ? blk[8 + l] & 15 : blk[8 + l - 16] >> 4) | (int)(qh >> l & 1) << 4);
+    float d = core_fp16_to_fp32((uint16_t)(blk[0] | blk[1] << 8));
+    float m = core_fp16_to_fp32((uint16_t)(blk[2] | blk[3] << 8));
+    memcpy(u + 512 + 4 * j, &d, 4);
+    memcpy(u + 576 + 4 * j, &m, 4);
+}
+
 /* Sub-block s of a Q4_K block: element l is nibble s % 2 of qs[32 (s / 2) + l]; byte t of the
  * unit's row pairs elements t (low) and 16 + t (high), as Q4_1. The scale and min are the
  * dequantizer's float products. */
@@ -146,7 +188,7 @@ core_q8w *core__q8w_pack(uint32_t type, const void *W, int in, int out)
     w->nib = type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q4_K;
     w->f32 = type == CORE_TYPE_Q4_K;
     w->q6 = type == CORE_TYPE_Q6_K;
-    w->q5 = type == CORE_TYPE_Q5_K;
+    w->q5 = type == CORE_TYPE_Q5_K || type == CORE_TYPE_Q5_1;
     w->in = in;
     w->out = out;
     w->nb = in / QK;

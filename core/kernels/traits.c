@@ -1,22 +1,18 @@
 /* The table of kernels per weight type (core/kernels/traits_internal.h). */
 #include "core/kernels/traits_internal.h"
 
-/* A type with the rebuild and both fused products, no int8 kernels. */
-#define FUSED(t)                                                                                   \
-    {                                                                                              \
-        core__dequant_##t, core__rebuild_avx2_##t, core__gemv8_avx2_##t, core__gemv16_avx512_##t,  \
-            NULL, 0                                                                                \
-    }
-
 static const core__traits table[CORE_TYPE_COUNT] = {
     [CORE_TYPE_F32] = {core__dequant_f32, NULL, NULL, NULL, NULL, 0},
     [CORE_TYPE_F16] = {core__dequant_f16, core__rebuild_avx2_f16, NULL, NULL, NULL, 0},
     [CORE_TYPE_BF16] = {core__dequant_bf16, core__rebuild_avx2_bf16, NULL, NULL, NULL, 0},
-    [CORE_TYPE_Q4_0] = FUSED(q4_0),
+    [CORE_TYPE_Q4_0] = {core__dequant_q4_0, core__rebuild_avx2_q4_0, core__gemv8_avx2_q4_0,
+                        core__gemv16_avx512_q4_0, core__repack8_q4_0, CORE_Q8_UNIT_Q8_0},
     [CORE_TYPE_Q4_1] = {core__dequant_q4_1, core__rebuild_avx2_q4_1, core__gemv8_avx2_q4_1,
                         core__gemv16_avx512_q4_1, core__repack8_q4_1, CORE_Q8_UNIT_Q4_1},
-    [CORE_TYPE_Q5_0] = FUSED(q5_0),
-    [CORE_TYPE_Q5_1] = FUSED(q5_1),
+    [CORE_TYPE_Q5_0] = {core__dequant_q5_0, core__rebuild_avx2_q5_0, core__gemv8_avx2_q5_0,
+                        core__gemv16_avx512_q5_0, core__repack8_q5_0, CORE_Q8_UNIT_Q8_0},
+    [CORE_TYPE_Q5_1] = {core__dequant_q5_1, core__rebuild_avx2_q5_1, core__gemv8_avx2_q5_1,
+                        core__gemv16_avx512_q5_1, core__repack8_q5_1, CORE_Q8_UNIT_Q5_K},
     [CORE_TYPE_Q8_0] = {core__dequant_q8_0, core__rebuild_avx2_q8_0, core__gemv8_avx2_q8_0,
                         core__gemv16_avx512_q8_0, core__repack8_q8_0, CORE_Q8_UNIT_Q8_0},
     [CORE_TYPE_Q4_K] = {core__dequant_q4_k, core__rebuild_avx2_q4_k, core__gemv8_avx2_q4_k,

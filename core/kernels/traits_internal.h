@@ -67,8 +67,8 @@ core__rebuild_fn core__rebuild_avx2_f16, core__rebuild_avx2_bf16, core__rebuild_
 core__gemv8_fn core__gemv8_avx2_q4_0, core__gemv8_avx2_q4_1, core__gemv8_avx2_q5_0,
     core__gemv8_avx2_q5_1, core__gemv8_avx2_q8_0, core__gemv8_avx2_q4_k, core__gemv8_avx2_q5_k,
     core__gemv8_avx2_q6_k;
-core__repack8_fn core__repack8_q4_1, core__repack8_q8_0, core__repack8_q4_k, core__repack8_q5_k,
-    core__repack8_q6_k;
+core__repack8_fn core__repack8_q4_0, core__repack8_q4_1, core__repack8_q5_0, core__repack8_q5_1,
+    core__repack8_q8_0, core__repack8_q4_k, core__repack8_q5_k, core__repack8_q6_k;
 
 /* The 6-bit scale and min of sub-block j (0..7) of a Q4_K or Q5_K block, from its scales[12]
  * (dequant.c). */

@@ -176,13 +176,13 @@ core_model *core_model_load(const char *path, char *err, size_t errlen);
 int core_model_dequantize(core_model *m, char *err, size_t errlen);
 void core_model_free(core_model *m);
 
-/* on: repacks every Q4_1, Q8_0, Q4_K, Q5_K, Q6_K linear weight (and the output head) for the
- * int8-activation kernels (qmatmul_q8.h), which core_forward then uses: llama.cpp's CPU numerics,
- * about 3.5x faster matmuls on AVX-512 VNNI and 3x on AVX2 (Zen 3), logits up to ~2 away from the
- * f32 reference (golden test). off: frees them, back to f32 activations. Returns the number of
- * weights repacked (0 when the model has none of those types), -ENOTSUP on a CPU with neither
- * AVX2 (with FMA and F16C) nor AVX-512 VNNI, or -ENOMEM, with a message. Not while a core_forward
- * runs on the model. */
+/* on: repacks every Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K linear weight (and the output
+ * head) for the int8-activation kernels (qmatmul_q8.h), which core_forward then uses: llama.cpp's
+ * CPU numerics, about 3.5x faster matmuls on AVX-512 VNNI and 3x on AVX2 (Zen 3), logits up to ~2
+ * away from the f32 reference (golden test). off: frees them, back to f32 activations. Returns the
+ * number of weights repacked (0 when the model has none of those types), -ENOTSUP on a CPU with
+ * neither AVX2 (with FMA and F16C) nor AVX-512 VNNI, or -ENOMEM, with a message. Not while a
+ * core_forward runs on the model. */
 int core_model_set_int8(core_model *m, int on, char *err, size_t errlen);
 
 /* The int8 kernels this CPU runs ("AVX-512 VNNI" or "AVX2"), for logs; NULL when it has none. */

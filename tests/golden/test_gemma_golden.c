@@ -196,13 +196,17 @@ TEST(gemma_logits_match_transformers)
     CHECK_EQ_INT(st.argmax_same, st.positions);
 }
 
-/* K and V cached as f16 (serve --kv-f16), and int8 activations (serve --int8; in this file only
- * the Q8_0 matrices are repacked, 9 attn_v and the head: the Q5_0, Q4_K and Q6_K ones keep f32
- * activations). Measured here (2026-12-06): f16 KV top-20 max |diff| 0.0264, sampled last
- * position 0.0052, argmax 64/64; int8 0.319 / 0.339, argmax 63/64 (a near-tie). The tolerances
- * hold that with a margin of 3-4x. */
+/* K and V cached as f16 (serve --kv-f16), and int8 activations (serve --int8: every matrix of
+ * this file is repacked, 127: the Q5_0 q, k, gate and up, Q4_K, Q6_K, the Q8_0 attn_v and the
+ * head, so every linear layer's input is rounded to 8 bits per block of 32, as llama.cpp does).
+ * Measured here (2026-12-06): f16 KV top-20 max |diff| 0.0264, sampled last position 0.0052,
+ * argmax 64/64; int8 1.39 (the 591-token prompt; 0.33-0.62 on the others) / 0.686, argmax 61/64
+ * (near-ties). The int8 tolerance is SmolLM2's (test_core_golden.c: 2.5, same reasoning); a
+ * wrong scale or block order gives errors of 10 and more, and the kernels' arithmetic is checked
+ * exactly in test_qmatmul_q8.c. */
 #define KV_F16_TOL 0.1
-#define INT8_TOL 1.0
+#define INT8_TOL 2.5
+#define INT8_ARGMAX_MIN 0.9
 
 TEST(gemma_logits_kv_f16_close_to_transformers)
 {
@@ -238,7 +242,7 @@ TEST(gemma_logits_int8_close_to_transformers)
            packed, st.worst_top, st.worst_last, INT8_TOL, st.argmax_same, st.positions);
     CHECK(st.n_prompts >= 4);
     CHECK(st.worst_top <= INT8_TOL && st.worst_last <= INT8_TOL);
-    CHECK(st.argmax_same >= 0.95 * st.positions);
+    CHECK(st.argmax_same >= INT8_ARGMAX_MIN * st.positions);
 }
 
 /* Prefill, then one token per step through the KV cache (transformers recomputed the whole

@@ -43,7 +43,8 @@ static uint8_t *rand_weights(uint32_t type, int in, int out)
         w[i] = (uint8_t)urand();
     for (size_t i = 0; i < nb; i++) {
         put_f16(w + i * bb + (type == CORE_TYPE_Q6_K ? 208 : 0), frand() * 0.05f);
-        if (type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q4_K || type == CORE_TYPE_Q5_K)
+        if (type == CORE_TYPE_Q4_1 || type == CORE_TYPE_Q5_1 || type == CORE_TYPE_Q4_K ||
+            type == CORE_TYPE_Q5_K)
             put_f16(w + i * bb + 2, frand() * 0.05f);
     }
     return w;
@@ -202,8 +203,8 @@ TEST(q8_matmul_avx2_and_vnni_give_portable_bits_within_bound)
     int compared = 0;
     double worst = 0;
     const uint32_t types[] = {CORE_TYPE_Q4_1, CORE_TYPE_Q8_0, CORE_TYPE_Q4_K, CORE_TYPE_Q5_K,
-                              CORE_TYPE_Q6_K};
-    for (int t = 0; t < 5; t++) {
+                              CORE_TYPE_Q6_K, CORE_TYPE_Q4_0, CORE_TYPE_Q5_0, CORE_TYPE_Q5_1};
+    for (int t = 0; t < (int)(sizeof types / sizeof types[0]); t++) {
         bool k = core_type_block_elems(types[t]) == 256;
         const shape *sh = k ? kquant_shapes : shapes;
         size_t count =
@@ -244,7 +245,7 @@ TEST(q8_matmul_row_independent_of_batch)
 TEST(q8_rejects_what_it_cannot_do)
 {
     uint8_t w[34 * 32] = {0};
-    CHECK(core__q8w_pack(CORE_TYPE_Q4_0, w, 32, 16) == NULL);
+    CHECK(core__q8w_pack(CORE_TYPE_F16, w, 32, 16) == NULL);
     CHECK(core__q8w_pack(CORE_TYPE_Q4_1, w, 48, 16) == NULL);
     CHECK(core__q8w_pack(CORE_TYPE_Q8_0, w, 32, 15) == NULL);
     CHECK(!core__q8w_supports(CORE_TYPE_F32, 32, 16));
