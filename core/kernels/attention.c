@@ -30,6 +30,21 @@ static void swiglu_generic(float *gate, const float *up, long n)
     }
 }
 
+/* GeGLU, gate[i] = gelu_tanh(gate[i]) * up[i], as torch's gelu(approximate="tanh"):
+ * 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), in f32. The vector kernels use
+ * 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)), SwiGLU's form with their exp. */
+#define GELU_BETA ((float)(M_SQRT2 * M_2_SQRTPI * 0.5))
+#define GELU_KAPPA 0.044715f
+
+static void geglu_generic(float *gate, const float *up, long n)
+{
+    for (long i = 0; i < n; i++) {
+        float x = gate[i];
+        float inner = GELU_BETA * (x + GELU_KAPPA * (x * x * x));
+        gate[i] = 0.5f * x * (1.0f + tanhf(inner)) * up[i];
+    }
+}
+
 /* Element i of a K or V row stored as f32 or f16. */
 static inline float kv_at(const void *row, int i, int f16)
 {
@@ -163,8 +178,34 @@ AVX2_INLINE float hsum8(__m256 s)
         }                                                                                          \
     }
 
+/* -2u = x (c1 + c3 x^2), c1 = -2 beta, c3 = -2 beta kappa */
+#define DEFINE_GEGLU(NAME, ATTR, W, EXP)                                                           \
+    ATTR static void NAME(float *gate, const float *up, long n)                                    \
+    {                                                                                              \
+        enum { L = SIMD_OP(W, LANES) };                                                            \
+        const SIMD_OP(W, F32) one = SIMD_OP(W, SET1)(1.0f);                                        \
+        const SIMD_OP(W, F32) c1 = SIMD_OP(W, SET1)(-2.0f * GELU_BETA);                            \
+        const SIMD_OP(W, F32) c3 = SIMD_OP(W, SET1)(-2.0f * GELU_BETA * GELU_KAPPA);               \
+        long i = 0;                                                                                \
+        for (; i + L <= n; i += L) {                                                               \
+            SIMD_OP(W, F32) x = SIMD_OP(W, LOADU)(gate + i);                                       \
+            SIMD_OP(W, F32) x2 = SIMD_OP(W, MUL)(x, x);                                            \
+            SIMD_OP(W, F32) m2u = SIMD_OP(W, MUL)(x, SIMD_OP(W, FMADD)(c3, x2, c1));               \
+            SIMD_OP(W, F32) s = SIMD_OP(W, DIV)(x, SIMD_OP(W, ADD)(one, EXP(m2u)));                \
+            SIMD_OP(W, STOREU)(gate + i, SIMD_OP(W, MUL)(s, SIMD_OP(W, LOADU)(up + i)));           \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            float tg[L] = {0}, tu[L] = {0};                                                        \
+            memcpy(tg, gate + i, (size_t)(n - i) * sizeof(float));                                 \
+            memcpy(tu, up + i, (size_t)(n - i) * sizeof(float));                                   \
+            NAME(tg, tu, L);                                                                       \
+            memcpy(gate + i, tg, (size_t)(n - i) * sizeof(float));                                 \
+        }                                                                                          \
+    }
+
 DEFINE_VEXP(vexp_avx2, AVX2, SIMD8, exp8)
 DEFINE_SWIGLU(swiglu_avx2, AVX2, SIMD8, exp8)
+DEFINE_GEGLU(geglu_avx2, AVX2, SIMD8, exp8)
 
 /* hd a multiple of 8, at most 256. Scores one key at a time (the head's query in registers is
  * reloaded from L1), exp over the whole row of scores, then the weighted sum of values with
@@ -427,6 +468,7 @@ DEFINE_EXP(exp16, AVX512_INLINE, SIMD16)
 DEFINE_LOAD_KV(load16, AVX512_INLINE, SIMD16)
 DEFINE_VEXP(vexp_avx512, AVX512, SIMD16, exp16)
 DEFINE_SWIGLU(swiglu_avx512, AVX512, SIMD16, exp16)
+DEFINE_GEGLU(geglu_avx512, AVX512, SIMD16, exp16)
 
 /* The 16 lane sums of a[0..15], as one vector (lane j = sum of a[j]): pairwise transposing adds,
  * 45 instructions instead of 16 horizontal sums. */
@@ -628,6 +670,16 @@ void core__swiglu(float *gate, const float *up, long n)
         swiglu_avx2(gate, up, n);
     else
         swiglu_generic(gate, up, n);
+}
+
+void core__geglu(float *gate, const float *up, long n)
+{
+    if (use_avx512())
+        geglu_avx512(gate, up, n);
+    else if (use_avx2())
+        geglu_avx2(gate, up, n);
+    else
+        geglu_generic(gate, up, n);
 }
 
 void core__vexp(const float *x, float *y, int n)

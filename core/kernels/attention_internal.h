@@ -22,6 +22,8 @@ void core__to_f16(const float *x, uint16_t *y, int n);
 
 /* gate[i] = silu(gate[i]) * up[i] for i < n. */
 void core__swiglu(float *gate, const float *up, long n);
+/* gate[i] = gelu_tanh(gate[i]) * up[i] (GeGLU, Gemma), torch's tanh approximation. */
+void core__geglu(float *gate, const float *up, long n);
 
 /* y[i] = exp(x[i]) for i < n (y may be x). Within 2 ulp of expf; exp(-inf) = 0. */
 void core__vexp(const float *x, float *y, int n);

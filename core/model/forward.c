@@ -560,18 +560,6 @@ static void rope_neox(float *v, int n_heads, int head_dim, const float *csv)
     }
 }
 
-/* gate[i] = gelu_tanh(gate[i]) * up[i] (GeGLU), as torch's gelu(approximate="tanh"):
- * 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) in f32. */
-static void geglu(float *gate, const float *up, long n)
-{
-    const float beta = (float)(M_SQRT2 * M_2_SQRTPI * 0.5), kappa = 0.044715f;
-    for (long i = 0; i < n; i++) {
-        float x = gate[i];
-        float inner = beta * (x + kappa * (x * x * x));
-        gate[i] = 0.5f * x * (1.0f + tanhf(inner)) * up[i];
-    }
-}
-
 /* Attention for the batch's rows, split over the pool by row (task t takes rows t, t + T, ...):
  * each row attends over positions 0..pos of its own slot, which every row of this step has
  * already written. */
@@ -614,8 +602,8 @@ static void swiglu_task(void *arg, int t)
     swiglu_job *j = arg;
     int r0 = t * j->per, r1 = r0 + j->per < j->n ? r0 + j->per : j->n;
     if (r0 < r1)
-        (j->gelu ? geglu : core__swiglu)(j->gate + (size_t)r0 * j->ff, j->up + (size_t)r0 * j->ff,
-                                         (long)(r1 - r0) * j->ff);
+        (j->gelu ? core__geglu : core__swiglu)(j->gate + (size_t)r0 * j->ff,
+                                               j->up + (size_t)r0 * j->ff, (long)(r1 - r0) * j->ff);
 }
 
 /* ---- the step -------------------------------------------------------------------------------- */

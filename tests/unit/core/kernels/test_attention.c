@@ -56,17 +56,53 @@ TEST(vmath_exp_and_swiglu_match_libm)
     CHECK(sw < 1e-6);
 }
 
-/* exp and SwiGLU are one source at two widths (core/kernels/simd_internal.h): AVX-512 and AVX2
- * give the same bits, element for element, over lengths with and without a partial vector. */
+/* GeGLU's vector kernels (x / (1 + exp(-2u))) against torch's formula in double,
+ * 0.5 x (1 + tanh(u)): relative error, or absolute where the result is near 0 (large negative x,
+ * where gelu underflows to -0 in the f32 tanh form as well). The portable kernel is torch's f32
+ * formula itself, whose 1 + tanh(u) cancels for negative u: 3e-5 relative, hence its 1e-4. */
+TEST(vmath_geglu_matches_the_tanh_formula)
+{
+    enum { N = 1003 };
+    float g[N], up[N], x[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = g[i] = frand() * (i % 5 ? 4.0f : 30.0f);
+        up[i] = frand();
+    }
+    x[0] = g[0] = 0.0f;
+    x[1] = g[1] = -12.0f;
+    x[2] = g[2] = 12.0f;
+    core__geglu(g, up, N);
+    double rel = 0, abs_err = 0;
+    for (int i = 0; i < N; i++) {
+        double xv = x[i], u = sqrt(2.0 / M_PI) * (xv + 0.044715 * xv * xv * xv);
+        double ref = 0.5 * xv * (1.0 + tanh(u)) * up[i];
+        double e = fabs(g[i] - ref);
+        if (fabs(ref) > 1e-3)
+            rel = fmax(rel, e / fabs(ref));
+        else
+            abs_err = fmax(abs_err, e);
+    }
+    double tol = core__cpu_level() < CORE_CPU_AVX2 ? 1e-4 : 1e-6;
+    printf("    geglu (%s): max rel error %.3g vs double (tol %g), max abs error near 0 %.3g "
+           "(tol 1e-7)\n",
+           core__cpu_level_name(core__cpu_level()), rel, tol, abs_err);
+    CHECK(rel < tol);
+    CHECK(abs_err < 1e-7);
+    CHECK(g[0] == 0.0f);
+}
+
+/* exp, SwiGLU and GeGLU are one source at two widths (core/kernels/simd_internal.h): AVX-512 and
+ * AVX2 give the same bits, element for element, over lengths with and without a partial vector. */
 TEST(vmath_widths_give_the_same_bits)
 {
     if (core__cpu_force(CORE_CPU_AVX512) != 0)
         TEST_SKIP("no AVX-512 on this CPU");
     enum { N = 1003 };
-    static float x[N], y16[N], y8[N], g16[N], g8[N], up[N];
+    static float x[N], y16[N], y8[N], g16[N], g8[N], e16[N], e8[N], up[N];
     for (int i = 0; i < N; i++) {
         x[i] = frand() * 100.0f; /* past both ends of the clamped range */
         g16[i] = g8[i] = frand() * 30.0f;
+        e16[i] = e8[i] = frand() * 12.0f;
         up[i] = frand();
     }
     int diff = 0;
@@ -74,11 +110,14 @@ TEST(vmath_widths_give_the_same_bits)
         core__cpu_force(CORE_CPU_AVX512);
         core__vexp(x, y16, n);
         core__swiglu(g16, up, n);
+        core__geglu(e16, up, n);
         core__cpu_force(CORE_CPU_AVX2);
         core__vexp(x, y8, n);
         core__swiglu(g8, up, n);
+        core__geglu(e8, up, n);
         diff += memcmp(y16, y8, sizeof(float) * (size_t)n) != 0;
         diff += memcmp(g16, g8, sizeof(float) * (size_t)n) != 0;
+        diff += memcmp(e16, e8, sizeof(float) * (size_t)n) != 0;
     }
     core__cpu_force(-1);
     printf("    lengths whose AVX-512 and AVX2 bits differ: %d (must be 0)\n", diff);
