@@ -9,12 +9,15 @@
  * the registry. Fixtures: tests/reference/make_tiny_fixtures.py (tests/golden/fixtures/tiny.json).
  * A missing model fails (run make tiny). */
 #include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "adapters/registry.h"
+#include "core/format/gguf.h"
 #include "core/format/types.h"
 #include "core/model/model.h"
 #include "tests/test.h"
@@ -337,4 +340,47 @@ TEST(tiny_models_exercise_their_features)
         core_model_free(m);
         CHECK_MSG(ok, "%s does not have the features its test is for", want[i].name);
     }
+}
+
+/* A copy of the Llama 3 model whose rope_freqs.weight holds 0, a negative factor or NaN at some
+ * index is refused at load, naming the tensor and the index (a factor divides a frequency; NaN
+ * is caught by the finite check every weight gets). */
+TEST(tiny_llama3_bad_rope_freqs_refused)
+{
+    const char *src = "models/tiny/llama3.gguf";
+    if (access(src, R_OK) != 0)
+        CHECK_MSG(0, "%s is missing (run make tiny)", src);
+    size_t n = 0;
+    char *bytes = test_read_file(src, &n);
+    CHECK_MSG(bytes, "cannot read %s", src);
+    char err[256] = "";
+    core_gguf *g = core_gguf_open(src, err, sizeof err);
+    CHECK_MSG(g, "%s", err);
+    const core_gguf_tensor *t = core_gguf_find_tensor(g, "rope_freqs.weight");
+    CHECK(t && t->type == CORE_TYPE_F32 && t->ne[0] >= 4);
+    size_t at = (size_t)(g->data_offset + t->offset);
+    core_gguf_close(g);
+    const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    char path[256];
+    snprintf(path, sizeof path, "%s/adaptree-bad-rope-freqs-%d.gguf", dir, (int)getpid());
+    static const float bad[] = {0.0f, -2.0f, NAN};
+    for (int k = 0; k < 3; k++) {
+        char *copy = malloc(n);
+        CHECK(copy != NULL);
+        memcpy(copy, bytes, n);
+        memcpy(copy + at + 3 * sizeof(float), &bad[k], sizeof(float)); /* index 3 */
+        FILE *f = fopen(path, "wb");
+        CHECK(f && fwrite(copy, 1, n, f) == n);
+        fclose(f);
+        free(copy);
+        core_model *m = core_model_load(path, err, sizeof err);
+        printf("    factor %g: %s\n", (double)bad[k], m ? "loaded" : err);
+        core_model_free(m);
+        CHECK_MSG(!m, "a rope_freqs factor of %g was accepted", (double)bad[k]);
+        CHECK_MSG(strstr(err, "rope_freqs.weight") &&
+                      (strstr(err, "[3]") || strstr(err, "element 3")),
+                  "the refusal does not name the tensor and the index: %s", err);
+    }
+    unlink(path);
+    free(bytes);
 }
