@@ -157,41 +157,23 @@ AVX2_INLINE float hsum8(__m256 s)
             memcpy(y + i, ty, (size_t)(n - i) * sizeof(float));                                    \
         }                                                                                          \
     }
-#define DEFINE_SWIGLU(NAME, ATTR, W, EXP)                                                          \
-    ATTR static void NAME(float *gate, const float *up, long n)                                    \
-    {                                                                                              \
-        enum { L = SIMD_OP(W, LANES) };                                                            \
-        const SIMD_OP(W, F32) one = SIMD_OP(W, SET1)(1.0f), zero = SIMD_OP(W, ZERO)();             \
-        long i = 0;                                                                                \
-        for (; i + L <= n; i += L) {                                                               \
-            SIMD_OP(W, F32) g = SIMD_OP(W, LOADU)(gate + i);                                       \
-            SIMD_OP(W, F32) e = EXP(SIMD_OP(W, SUB)(zero, g));                                     \
-            SIMD_OP(W, F32) s = SIMD_OP(W, DIV)(g, SIMD_OP(W, ADD)(one, e));                       \
-            SIMD_OP(W, STOREU)(gate + i, SIMD_OP(W, MUL)(s, SIMD_OP(W, LOADU)(up + i)));           \
-        }                                                                                          \
-        if (i < n) {                                                                               \
-            float tg[L] = {0}, tu[L] = {0};                                                        \
-            memcpy(tg, gate + i, (size_t)(n - i) * sizeof(float));                                 \
-            memcpy(tu, up + i, (size_t)(n - i) * sizeof(float));                                   \
-            NAME(tg, tu, L);                                                                       \
-            memcpy(gate + i, tg, (size_t)(n - i) * sizeof(float));                                 \
-        }                                                                                          \
-    }
-
-/* -2u = x (c1 + c3 x^2), c1 = -2 beta, c3 = -2 beta kappa */
-#define DEFINE_GEGLU(NAME, ATTR, W, EXP)                                                           \
+/* The gated units: gate[i] = gate[i] / (1 + exp(ARG(gate[i]))) * up[i]. SwiGLU: ARG(g) = -g
+ * (silu). GeGLU: ARG(x) = -2u = x (c3 x^2 + c1), c1 = -2 beta, c3 = -2 beta kappa, since
+ * 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)). */
+#define SILU_ARG(W, g) SIMD_OP(W, SUB)(SIMD_OP(W, ZERO)(), g)
+#define GELU_ARG(W, x)                                                                             \
+    SIMD_OP(W, MUL)                                                                                \
+    (x, SIMD_OP(W, FMADD)(SIMD_OP(W, SET1)(-2.0f * GELU_BETA * GELU_KAPPA), SIMD_OP(W, MUL)(x, x), \
+                          SIMD_OP(W, SET1)(-2.0f * GELU_BETA)))
+#define DEFINE_GLU(NAME, ATTR, W, EXP, ARG)                                                        \
     ATTR static void NAME(float *gate, const float *up, long n)                                    \
     {                                                                                              \
         enum { L = SIMD_OP(W, LANES) };                                                            \
         const SIMD_OP(W, F32) one = SIMD_OP(W, SET1)(1.0f);                                        \
-        const SIMD_OP(W, F32) c1 = SIMD_OP(W, SET1)(-2.0f * GELU_BETA);                            \
-        const SIMD_OP(W, F32) c3 = SIMD_OP(W, SET1)(-2.0f * GELU_BETA * GELU_KAPPA);               \
         long i = 0;                                                                                \
         for (; i + L <= n; i += L) {                                                               \
-            SIMD_OP(W, F32) x = SIMD_OP(W, LOADU)(gate + i);                                       \
-            SIMD_OP(W, F32) x2 = SIMD_OP(W, MUL)(x, x);                                            \
-            SIMD_OP(W, F32) m2u = SIMD_OP(W, MUL)(x, SIMD_OP(W, FMADD)(c3, x2, c1));               \
-            SIMD_OP(W, F32) s = SIMD_OP(W, DIV)(x, SIMD_OP(W, ADD)(one, EXP(m2u)));                \
+            SIMD_OP(W, F32) g = SIMD_OP(W, LOADU)(gate + i);                                       \
+            SIMD_OP(W, F32) s = SIMD_OP(W, DIV)(g, SIMD_OP(W, ADD)(one, EXP(ARG(W, g))));          \
             SIMD_OP(W, STOREU)(gate + i, SIMD_OP(W, MUL)(s, SIMD_OP(W, LOADU)(up + i)));           \
         }                                                                                          \
         if (i < n) {                                                                               \
@@ -204,8 +186,8 @@ AVX2_INLINE float hsum8(__m256 s)
     }
 
 DEFINE_VEXP(vexp_avx2, AVX2, SIMD8, exp8)
-DEFINE_SWIGLU(swiglu_avx2, AVX2, SIMD8, exp8)
-DEFINE_GEGLU(geglu_avx2, AVX2, SIMD8, exp8)
+DEFINE_GLU(swiglu_avx2, AVX2, SIMD8, exp8, SILU_ARG)
+DEFINE_GLU(geglu_avx2, AVX2, SIMD8, exp8, GELU_ARG)
 
 /* hd a multiple of 8, at most 256. Scores one key at a time (the head's query in registers is
  * reloaded from L1), exp over the whole row of scores, then the weighted sum of values with
@@ -467,8 +449,8 @@ static const attend_fn attend8[2][17] = {
 DEFINE_EXP(exp16, AVX512_INLINE, SIMD16)
 DEFINE_LOAD_KV(load16, AVX512_INLINE, SIMD16)
 DEFINE_VEXP(vexp_avx512, AVX512, SIMD16, exp16)
-DEFINE_SWIGLU(swiglu_avx512, AVX512, SIMD16, exp16)
-DEFINE_GEGLU(geglu_avx512, AVX512, SIMD16, exp16)
+DEFINE_GLU(swiglu_avx512, AVX512, SIMD16, exp16, SILU_ARG)
+DEFINE_GLU(geglu_avx512, AVX512, SIMD16, exp16, GELU_ARG)
 
 /* The 16 lane sums of a[0..15], as one vector (lane j = sum of a[j]): pairwise transposing adds,
  * 45 instructions instead of 16 horizontal sums. */
