@@ -51,10 +51,10 @@ static inline float kv_at(const void *row, int i, int f16)
     return f16 ? core_fp16_to_fp32(((const uint16_t *)row)[i]) : ((const float *)row)[i];
 }
 
-static void attend_generic(const float *q, const void *K, const void *V, int f16, int n_head,
-                           int n_kv, int hd, int pos, float *sc, float *out)
+static void attend_generic(const float *q, const core__kv_view *K, const core__kv_view *V, int f16,
+                           int n_head, int n_kv, int hd, int pos, float *sc, float *out)
 {
-    int kv_dim = n_kv * hd, group = n_head / n_kv;
+    int group = n_head / n_kv;
     size_t es = f16 ? 2 : 4;
     float scale = 1.0f / sqrtf((float)hd);
     for (int h = 0; h < n_head; h++) {
@@ -62,7 +62,7 @@ static void attend_generic(const float *q, const void *K, const void *V, int f16
         int off = (h / group) * hd;
         float mx = -INFINITY;
         for (int t = 0; t <= pos; t++) {
-            const char *kt = (const char *)K + ((size_t)t * kv_dim + off) * es;
+            const char *kt = core__kv_row(K, t) + (size_t)off * es;
             float d = 0.0f;
             for (int i = 0; i < hd; i++)
                 d += qh[i] * kv_at(kt, i, f16);
@@ -78,7 +78,7 @@ static void attend_generic(const float *q, const void *K, const void *V, int f16
         float *oh = out + h * hd;
         memset(oh, 0, (size_t)hd * sizeof(float));
         for (int t = 0; t <= pos; t++) {
-            const char *vt = (const char *)V + ((size_t)t * kv_dim + off) * es;
+            const char *vt = core__kv_row(V, t) + (size_t)off * es;
             float p = sc[t] * inv;
             for (int i = 0; i < hd; i++)
                 oh[i] += p * kv_at(vt, i, f16);
@@ -192,20 +192,23 @@ DEFINE_GLU(geglu_avx2, AVX2, SIMD8, exp8, GELU_ARG)
 /* hd a multiple of 8, at most 256. Scores one key at a time (the head's query in registers is
  * reloaded from L1), exp over the whole row of scores, then the weighted sum of values with
  * hd / 8 independent accumulators. */
-AVX2_INLINE void attend_avx2_t(const float *q, const void *K, const void *V, int f16, int n_head,
-                               int n_kv, int hd, int pos, float *sc, float *out)
+AVX2_INLINE void attend_avx2_t(const float *q, const core__kv_view *K, const core__kv_view *V,
+                               int f16, int n_head, int n_kv, int hd, int pos, float *sc,
+                               float *out)
 {
-    int kv_dim = n_kv * hd, group = n_head / n_kv, nv = hd / 8;
+    int group = n_head / n_kv, nv = hd / 8;
+    size_t es = f16 ? 2 : 4;
     float scale = 1.0f / sqrtf((float)hd);
     for (int h = 0; h < n_head; h++) {
         const float *qh = q + h * hd;
         int off = (h / group) * hd;
         __m256 mxv = _mm256_set1_ps(-INFINITY);
         for (int t = 0; t <= pos; t++) {
-            size_t kt = (size_t)t * kv_dim + off;
+            const char *kt = core__kv_row(K, t) + (size_t)off * es;
             __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(); /* even, odd chunks */
             for (int v = 0; v < nv; v++) {
-                __m256 d = _mm256_mul_ps(_mm256_loadu_ps(qh + 8 * v), load8(K, kt + 8 * v, f16));
+                __m256 d =
+                    _mm256_mul_ps(_mm256_loadu_ps(qh + 8 * v), load8(kt, 8 * (size_t)v, f16));
                 if (v & 1)
                     s1 = _mm256_add_ps(s1, d);
                 else
@@ -235,24 +238,24 @@ AVX2_INLINE void attend_avx2_t(const float *q, const void *K, const void *V, int
         for (int v = 0; v < nv; v++)
             acc[v] = _mm256_setzero_ps();
         for (t = 0; t <= pos; t++) {
-            size_t vt = (size_t)t * kv_dim + off;
+            const char *vt = core__kv_row(V, t) + (size_t)off * es;
             __m256 p = _mm256_mul_ps(_mm256_set1_ps(sc[t]), inv);
             for (int v = 0; v < nv; v++)
-                acc[v] = _mm256_fmadd_ps(p, load8(V, vt + 8 * v, f16), acc[v]);
+                acc[v] = _mm256_fmadd_ps(p, load8(vt, 8 * (size_t)v, f16), acc[v]);
         }
         for (int v = 0; v < nv; v++)
             _mm256_storeu_ps(out + h * hd + 8 * v, acc[v]);
     }
 }
 
-AVX2 static void attend_avx2_f32(const float *q, const void *K, const void *V, int n_head, int n_kv,
-                                 int hd, int pos, float *sc, float *out)
+AVX2 static void attend_avx2_f32(const float *q, const core__kv_view *K, const core__kv_view *V,
+                                 int n_head, int n_kv, int hd, int pos, float *sc, float *out)
 {
     attend_avx2_t(q, K, V, 0, n_head, n_kv, hd, pos, sc, out);
 }
 
-AVX2 static void attend_avx2_f16(const float *q, const void *K, const void *V, int n_head, int n_kv,
-                                 int hd, int pos, float *sc, float *out)
+AVX2 static void attend_avx2_f16(const float *q, const core__kv_view *K, const core__kv_view *V,
+                                 int n_head, int n_kv, int hd, int pos, float *sc, float *out)
 {
     attend_avx2_t(q, K, V, 1, n_head, n_kv, hd, pos, sc, out);
 }
@@ -283,22 +286,22 @@ AVX2_INLINE __m256i first8(int n)
 
 /* Scores of the (scaled) query qs against keys t0..t0+nk-1 (nk <= 8; lanes past nk are garbage):
  * NZ 8-float chunks per key, the query chunk shared by the eight keys' chains. */
-AVX2_INLINE __m256 score8(const float *qs, int NZ, const void *K, int f16, int kv_dim, int t0,
-                          int nk)
+AVX2_INLINE __m256 score8(const float *qs, int NZ, const core__kv_view *K, size_t off, int f16,
+                          int t0, int nk)
 {
     __m256 acc[8];
-    size_t kt[8];
+    const char *kt[8];
     UNROLL8
     for (int j = 0; j < 8; j++) {
-        kt[j] = (size_t)(j < nk ? t0 + j : t0) * kv_dim;
-        acc[j] = _mm256_mul_ps(_mm256_loadu_ps(qs), load8(K, kt[j], f16));
+        kt[j] = core__kv_row(K, j < nk ? t0 + j : t0) + off;
+        acc[j] = _mm256_mul_ps(_mm256_loadu_ps(qs), load8(kt[j], 0, f16));
     }
     UNROLL8
     for (int v = 1; v < NZ; v++) {
         __m256 qv = _mm256_loadu_ps(qs + 8 * v);
         UNROLL8
         for (int j = 0; j < 8; j++)
-            acc[j] = _mm256_fmadd_ps(qv, load8(K, kt[j] + 8 * v, f16), acc[j]);
+            acc[j] = _mm256_fmadd_ps(qv, load8(kt[j], 8 * (size_t)v, f16), acc[j]);
     }
     return hsum8x8(acc);
 }
@@ -306,8 +309,9 @@ AVX2_INLINE __m256 score8(const float *qs, int NZ, const void *K, int f16, int k
 /* attend_group16's plan on 8 lanes: the G (<= 8) query heads sharing one KV head score, then
  * weigh, each 64-key tile while it is in L1. sc holds G rows of pos + 1 scores. */
 #define TILE8 64
-AVX2_INLINE void attend_group8(const float *qg, const void *K, const void *V, int f16, int kv_dim,
-                               int NZ, int G, int pos, float scale, float *sc, float *og)
+AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const core__kv_view *V,
+                               size_t off, int f16, int NZ, int G, int pos, float scale, float *sc,
+                               float *og)
 {
     int T = pos + 1, hd = 8 * NZ;
     float mx[8], inv[8], qs[8 * 128];
@@ -323,7 +327,7 @@ AVX2_INLINE void attend_group8(const float *qg, const void *K, const void *V, in
             __m256 mxv = _mm256_set1_ps(mx[h]);
             for (int b = t0; b < t1; b += 8) {
                 int nk = t1 - b < 8 ? t1 - b : 8;
-                __m256 s = score8(qs + h * hd, NZ, K, f16, kv_dim, b, nk);
+                __m256 s = score8(qs + h * hd, NZ, K, off, f16, b, nk);
                 if (nk == 8) {
                     _mm256_storeu_ps(sc + (size_t)h * T + b, s);
                 } else {
@@ -371,12 +375,12 @@ AVX2_INLINE void attend_group8(const float *qg, const void *K, const void *V, in
                     if (v0 + v < NZ)
                         a[v] = _mm256_loadu_ps(oh + 8 * (v0 + v));
                 for (int t = t0; t < t1; t++) {
-                    size_t vt = (size_t)t * kv_dim + 8 * (size_t)v0;
+                    const char *vt = core__kv_row(V, t) + off;
                     __m256 p = _mm256_set1_ps(sh[t] * inv[h]);
                     UNROLL8
                     for (int v = 0; v < 8; v++)
                         if (v0 + v < NZ)
-                            a[v] = _mm256_fmadd_ps(p, load8(V, vt + 8 * v, f16), a[v]);
+                            a[v] = _mm256_fmadd_ps(p, load8(vt, 8 * (size_t)(v0 + v), f16), a[v]);
                 }
                 UNROLL8
                 for (int v = 0; v < 8; v++)
@@ -390,17 +394,16 @@ AVX2_INLINE void attend_group8(const float *qg, const void *K, const void *V, in
 /* Heads one KV group at a time (GROUP_FN: attend_group8 or attend_group16), at most 8 heads of a
  * group together; hd = LANES * NZ. */
 #define ATTEND_GROUPED(NAME, TARGET, LANES, GROUP_FN, NZ, F16)                                     \
-    TARGET static void NAME(const float *q, const void *K, const void *V, int n_head, int n_kv,    \
-                            int pos, float *sc, float *out)                                        \
+    TARGET static void NAME(const float *q, const core__kv_view *K, const core__kv_view *V,        \
+                            int n_head, int n_kv, int pos, float *sc, float *out)                  \
     {                                                                                              \
-        int hd = (LANES) * (NZ), kv_dim = n_kv * hd, group = n_head / n_kv;                        \
+        int hd = (LANES) * (NZ), group = n_head / n_kv;                                            \
         float scale = 1.0f / sqrtf((float)hd);                                                     \
         size_t es = (F16) ? 2 : 4;                                                                 \
         for (int h = 0; h < n_head;) {                                                             \
             int g = h / group, G = (g + 1) * group - h < 8 ? (g + 1) * group - h : 8;              \
             size_t off = (size_t)g * hd * es;                                                      \
-            GROUP_FN(q + h * hd, (const char *)K + off, (const char *)V + off, F16, kv_dim, NZ, G, \
-                     pos, scale, sc, out + h * hd);                                                \
+            GROUP_FN(q + h * hd, K, V, off, F16, NZ, G, pos, scale, sc, out + h * hd);             \
             h += G;                                                                                \
         }                                                                                          \
     }
@@ -423,8 +426,8 @@ ATTEND8_BOTH(14)
 ATTEND8_BOTH(15)
 ATTEND8_BOTH(16)
 
-typedef void (*attend_fn)(const float *, const void *, const void *, int, int, int, float *,
-                          float *);
+typedef void (*attend_fn)(const float *, const core__kv_view *, const core__kv_view *, int, int,
+                          int, float *, float *);
 static const attend_fn attend8[2][17] = {
     {NULL, attend8_1_0, attend8_2_0, attend8_3_0, attend8_4_0, attend8_5_0, attend8_6_0,
      attend8_7_0, attend8_8_0, attend8_9_0, attend8_10_0, attend8_11_0, attend8_12_0, attend8_13_0,
@@ -484,17 +487,17 @@ AVX512_INLINE __mmask16 first_lanes(int n)
 
 /* Scores of one head against keys t0..t0+nk-1 (nk <= 16; lanes past nk are garbage): NZ
  * 16-float chunks per key. */
-AVX512_INLINE __m512 score16(const __m512 *qv, int NZ, const void *K, int f16, int kv_dim, int t0,
-                             int nk)
+AVX512_INLINE __m512 score16(const __m512 *qv, int NZ, const core__kv_view *K, size_t off, int f16,
+                             int t0, int nk)
 {
     __m512 acc[16];
     UNROLL16
     for (int j = 0; j < 16; j++) {
-        size_t kt = (size_t)(j < nk ? t0 + j : t0) * kv_dim;
-        __m512 s = _mm512_mul_ps(qv[0], load16(K, kt, f16));
+        const char *kt = core__kv_row(K, j < nk ? t0 + j : t0) + off;
+        __m512 s = _mm512_mul_ps(qv[0], load16(kt, 0, f16));
         UNROLL16
         for (int v = 1; v < NZ; v++)
-            s = _mm512_fmadd_ps(qv[v], load16(K, kt + 16 * v, f16), s);
+            s = _mm512_fmadd_ps(qv[v], load16(kt, 16 * (size_t)v, f16), s);
         acc[j] = s;
     }
     return hsum16x16(acc);
@@ -504,9 +507,9 @@ AVX512_INLINE __m512 score16(const __m512 *qv, int NZ, const void *K, int f16, i
  * weighs) a tile of keys while it is in L1, instead of each head streaming the whole cache from
  * L2 or memory. sc holds G rows of pos + 1 scores. */
 #define TILE 64
-AVX512_INLINE void attend_group16(const float *qg, const void *K, const void *V, int f16,
-                                  int kv_dim, int NZ, int G, int pos, float scale, float *sc,
-                                  float *og)
+AVX512_INLINE void attend_group16(const float *qg, const core__kv_view *K, const core__kv_view *V,
+                                  size_t off, int f16, int NZ, int G, int pos, float scale,
+                                  float *sc, float *og)
 {
     int T = pos + 1, hd = 16 * NZ;
     float mx[8], inv[8];
@@ -523,7 +526,7 @@ AVX512_INLINE void attend_group16(const float *qg, const void *K, const void *V,
             for (int b = t0; b < t1; b += 16) {
                 int nk = t1 - b < 16 ? t1 - b : 16;
                 __mmask16 m = first_lanes(nk);
-                __m512 s = score16(qv, NZ, K, f16, kv_dim, b, nk);
+                __m512 s = score16(qv, NZ, K, off, f16, b, nk);
                 _mm512_mask_storeu_ps(sc + (size_t)h * T + b, m, s);
                 mxv = _mm512_mask_max_ps(mxv, m, mxv, s);
             }
@@ -556,20 +559,20 @@ AVX512_INLINE void attend_group16(const float *qg, const void *K, const void *V,
             }
             int t = t0;
             for (; t + 2 <= t1; t += 2) {
-                size_t v0 = (size_t)t * kv_dim, v1 = v0 + kv_dim;
+                const char *v0 = core__kv_row(V, t) + off, *v1 = core__kv_row(V, t + 1) + off;
                 __m512 p0 = _mm512_set1_ps(sh[t] * inv[h]), p1 = _mm512_set1_ps(sh[t + 1] * inv[h]);
                 UNROLL16
                 for (int v = 0; v < NZ; v++) {
-                    a0[v] = _mm512_fmadd_ps(p0, load16(V, v0 + 16 * v, f16), a0[v]);
-                    a1[v] = _mm512_fmadd_ps(p1, load16(V, v1 + 16 * v, f16), a1[v]);
+                    a0[v] = _mm512_fmadd_ps(p0, load16(v0, 16 * (size_t)v, f16), a0[v]);
+                    a1[v] = _mm512_fmadd_ps(p1, load16(v1, 16 * (size_t)v, f16), a1[v]);
                 }
             }
             if (t < t1) {
-                size_t v0 = (size_t)t * kv_dim;
+                const char *v0 = core__kv_row(V, t) + off;
                 __m512 p0 = _mm512_set1_ps(sh[t] * inv[h]);
                 UNROLL16
                 for (int v = 0; v < NZ; v++)
-                    a0[v] = _mm512_fmadd_ps(p0, load16(V, v0 + 16 * v, f16), a0[v]);
+                    a0[v] = _mm512_fmadd_ps(p0, load16(v0, 16 * (size_t)v, f16), a0[v]);
             }
             UNROLL16
             for (int v = 0; v < NZ; v++)
@@ -609,10 +612,10 @@ static bool use_avx512(void)
     return core__cpu_level() >= CORE_CPU_AVX512;
 }
 
-void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, int n_head,
-                      int n_kv, int hd, int pos, float *scores, float *out)
+void core__attend_view(const float *q, const core__kv_view *K, const core__kv_view *V, int kv_f16,
+                       int n_head, int n_kv, int hd, int n_keys, float *scores, float *out)
 {
-    int f16 = kv_f16 != 0;
+    int f16 = kv_f16 != 0, pos = n_keys - 1;
     if (use_avx512() && hd % 16 == 0 && hd <= 128)
         attend16[f16][hd / 16](q, K, V, n_head, n_kv, pos, scores, out);
     else if (use_avx2() && hd % 8 == 0 && hd <= 128)
@@ -621,6 +624,17 @@ void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, 
         (f16 ? attend_avx2_f16 : attend_avx2_f32)(q, K, V, n_head, n_kv, hd, pos, scores, out);
     else
         attend_generic(q, K, V, f16, n_head, n_kv, hd, pos, scores, out);
+}
+
+void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, int n_head,
+                      int n_kv, int hd, int pos, float *scores, float *out)
+{
+    static const int32_t one_block[1] = {0};
+    size_t row = (size_t)n_kv * hd * (kv_f16 ? 2 : 4);
+    core__kv_view kv = {.base = K, .table = one_block, .row_stride = row, .shift = 30};
+    core__kv_view vv = kv;
+    vv.base = V;
+    core__attend_view(q, &kv, &vv, kv_f16, n_head, n_kv, hd, pos + 1, scores, out);
 }
 
 /* n floats to f16, round to nearest even (F16C, or core_fp32_to_fp16: the same bits). */

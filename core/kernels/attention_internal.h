@@ -8,12 +8,36 @@
 #ifndef ADAPTREE_CORE_KERNELS_ATTENTION_INTERNAL_H
 #define ADAPTREE_CORE_KERNELS_ATTENTION_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
-/* Attention of one query row at position pos over positions 0..pos of one layer's cache.
- * q (n_head * hd), K and V (pos + 1, kv_dim) f32, or f16 (uint16_t) when kv_f16, with kv_dim =
- * n_kv * hd (head h reads kv head h / (n_head / n_kv)), out (n_head * hd); scores is scratch of
- * (pos + 1) * (n_head / n_kv) floats. softmax(q·k / sqrt(hd)) · V per head. */
+/* Where one layer's K (or V) rows of a sequence live: position first + t at
+ *   base + table[(first + t) >> shift] * block_stride + ((first + t) & (2^shift - 1)) * row_stride
+ * bytes. The paged cache (core/model/kv.c) is blocks of 2^shift positions from one pool; a
+ * contiguous cache is one block (table {0}, shift 30). */
+typedef struct core__kv_view {
+    const char *base;
+    const int32_t *table;
+    size_t block_stride, row_stride;
+    int shift, first;
+} core__kv_view;
+
+static inline const char *core__kv_row(const core__kv_view *v, int t)
+{
+    int p = v->first + t;
+    return v->base + (size_t)v->table[p >> v->shift] * v->block_stride +
+           (size_t)(p & ((1 << v->shift) - 1)) * v->row_stride;
+}
+
+/* Attention of one query row over keys t = 0..n_keys-1 of one layer's cache (positions
+ * K->first.., the last one the row's own). q (n_head * hd); K and V rows of kv_dim = n_kv * hd
+ * f32, or f16 (uint16_t) when kv_f16 (head h reads kv head h / (n_head / n_kv)); out
+ * (n_head * hd); scores is scratch of n_keys * (n_head / n_kv) floats. softmax(q·k / sqrt(hd)) · V
+ * per head. The same bits whatever the blocks' layout. */
+void core__attend_view(const float *q, const core__kv_view *K, const core__kv_view *V, int kv_f16,
+                       int n_head, int n_kv, int hd, int n_keys, float *scores, float *out);
+
+/* core__attend_view over a contiguous cache: K and V (pos + 1, kv_dim), keys 0..pos. */
 void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, int n_head,
                       int n_kv, int hd, int pos, float *scores, float *out);
 

@@ -575,17 +575,17 @@ static void attn_task(void *arg, int t)
     attn_job *j = arg;
     core_ctx *c = j->c;
     const core_config *cfg = &c->m->cfg;
-    int hd = cfg->head_dim, q_dim = cfg->n_head * hd, kv_dim = cfg->n_head_kv * hd;
+    int hd = cfg->head_dim, q_dim = cfg->n_head * hd;
     int window = core_layer_is_swa(cfg, j->layer) ? cfg->sliding_window : 0;
     for (int i = t; i < j->b->n_rows; i += j->n_tasks) {
         const core_kv_slot *s = &j->kv->slots[j->b->slot[i]];
         int pos = j->b->pos[i];
         /* a sliding-window layer sees positions pos - window + 1 .. pos: the cache from there */
         int first = window && pos >= window ? pos - window + 1 : 0;
-        size_t at = ((size_t)j->layer * s->cap + (size_t)first) * kv_dim;
-        core__attend_row(c->q + (size_t)i * q_dim, (const char *)s->k + at * j->kv->es,
-                         (const char *)s->v + at * j->kv->es, j->kv->f16, cfg->n_head,
-                         cfg->n_head_kv, hd, pos - first, c->scores[t], c->att + (size_t)i * q_dim);
+        core__kv_view K = core__kv_view_of(j->kv, s, j->layer, 0, first);
+        core__kv_view V = core__kv_view_of(j->kv, s, j->layer, 1, first);
+        core__attend_view(c->q + (size_t)i * q_dim, &K, &V, j->kv->f16, cfg->n_head, cfg->n_head_kv,
+                          hd, pos - first + 1, c->scores[t], c->att + (size_t)i * q_dim);
     }
 }
 
@@ -638,10 +638,10 @@ static int check_batch(core_ctx *c, core_kv *kv, const core_batch *b, char *err,
             return -EINVAL;
         }
         c->slot_n[slot] = pos + 1;
-        int rc = core__kv_reserve(kv, slot, pos + 1);
+        int rc = core_kv_reserve(kv, slot, pos + 1);
         if (rc) {
-            core_errf(err, errlen, "row %d: cannot grow kv slot %d to %d positions", i, slot,
-                      pos + 1);
+            core_errf(err, errlen, "row %d: no room in the kv cache for slot %d at %d positions%s",
+                      i, slot, pos + 1, rc == -ENOSPC ? " (the pool is full)" : "");
             return rc;
         }
     }
@@ -683,15 +683,15 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
         if (cfg->q_scale != 0.0f)
             for (int d = 0; d < q_dim; d++)
                 qi[d] *= cfg->q_scale;
-        core_kv_slot *s = &kv->slots[b->slot[i]];
-        size_t at = ((size_t)l * s->cap + b->pos[i]) * kv_dim;
+        const core_kv_slot *s = &kv->slots[b->slot[i]];
+        char *kd = core__kv_at(kv, s, l, 0, b->pos[i]), *vd = core__kv_at(kv, s, l, 1, b->pos[i]);
         const float *vi = c->v + (size_t)i * kv_dim;
         if (kv->f16) {
-            core__to_f16(ki, (uint16_t *)s->k + at, kv_dim);
-            core__to_f16(vi, (uint16_t *)s->v + at, kv_dim);
+            core__to_f16(ki, (uint16_t *)kd, kv_dim);
+            core__to_f16(vi, (uint16_t *)vd, kv_dim);
         } else {
-            memcpy((float *)s->k + at, ki, (size_t)kv_dim * sizeof(float));
-            memcpy((float *)s->v + at, vi, (size_t)kv_dim * sizeof(float));
+            memcpy(kd, ki, (size_t)kv_dim * sizeof(float));
+            memcpy(vd, vi, (size_t)kv_dim * sizeof(float));
         }
     }
     attn_job aj = {.c = c, .kv = kv, .b = b, .layer = l, .n_tasks = core__pool_threads()};

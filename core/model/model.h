@@ -212,26 +212,65 @@ int core_module_span(const core_config *c, core_module mod);
 
 /* ---- KV cache ------------------------------------------------------------------------------ */
 
-/* A pool of n_slots sequence caches, each holding up to n_ctx positions. Memory for a slot grows
- * on demand; core_kv_clear releases it. */
+/* Paged KV. Every sequence (slot) holds a table of blocks of CORE_KV_BLOCK positions taken from
+ * one pool; attention reads through the table, so memory follows the positions in use, not
+ * n_slots × n_ctx. A block can be shared by several slots and held by others (the server's
+ * prefix cache): writing into a shared block first copies it (copy on write), so a holder never
+ * sees its block change. The pool is mapped, not committed: a block's memory is touched the
+ * first time it is handed out, and freed blocks are reused most recent first. */
+#define CORE_KV_BLOCK_SHIFT 4
+#define CORE_KV_BLOCK (1 << CORE_KV_BLOCK_SHIFT)
 typedef struct core_kv core_kv;
+/* Called when a block is needed and none is free: releases what it can (core_kv_block_release)
+ * and returns how many blocks it freed, 0 when it has nothing left to give. */
+typedef int (*core_kv_reclaim_fn)(void *arg, core_kv *kv);
 
+/* n_slots sequences of up to n_ctx positions, with a pool big enough for all of them full. */
 core_kv *core_kv_new(const core_config *cfg, int n_slots, int n_ctx, char *err, size_t errlen);
+/* The same with a pool of pool_bytes (at least one block; f16 fits twice as many blocks). */
+core_kv *core_kv_new_pool(const core_config *cfg, int n_slots, int n_ctx, size_t pool_bytes,
+                          char *err, size_t errlen);
 void core_kv_free(core_kv *kv);
 int core_kv_n_slots(const core_kv *kv);
 int core_kv_n_ctx(const core_kv *kv);
-/* Forgets the slot's contents (positions restart at 0) and frees its memory. */
+/* Forgets the slot's contents (positions restart at 0) and releases its blocks. */
 void core_kv_clear(core_kv *kv, int slot);
-/* Bytes currently allocated by all slots. */
+/* Bytes of the blocks in use (held by slots or holders). */
 size_t core_kv_bytes(const core_kv *kv);
+/* Bytes of one block (K and V of every layer, CORE_KV_BLOCK positions). */
+size_t core_kv_block_bytes(const core_kv *kv);
+/* Blocks in the pool, and free ones. */
+int core_kv_blocks_total(const core_kv *kv);
+int core_kv_blocks_free(const core_kv *kv);
+/* Blocks ever handed out: the pool's memory that is resident. */
+int core_kv_blocks_touched(const core_kv *kv);
+/* Positions the slot holds. */
+int core_kv_slot_len(const core_kv *kv, int slot);
+/* The slot's block table: *ids gets its blocks in order, the count is returned. */
+int core_kv_slot_blocks(const core_kv *kv, int slot, const int32_t **ids);
+/* Free blocks the slot must take to hold n positions: new blocks and copies of shared ones. */
+int core_kv_blocks_needed(const core_kv *kv, int slot, int n);
+/* Makes the slot able to hold n positions, taking blocks (asking the reclaim callback when the
+ * pool is empty) and copying shared blocks it will write into. 0; -ERANGE past n_ctx; -ENOSPC
+ * when the pool has too few blocks (the slot keeps what it got); -EINVAL for a bad slot. */
+int core_kv_reserve(core_kv *kv, int slot, int n);
+/* An empty slot starts with the n_ids blocks ids (one reference each) holding its first n
+ * positions (n <= n_ids * CORE_KV_BLOCK): a cached prefix. 0, -EINVAL, -EBUSY if not empty. */
+int core_kv_share(core_kv *kv, int slot, const int32_t *ids, int n_ids, int n);
+/* References on a block outside the slot tables; a block whose last reference goes is free. */
+void core_kv_block_hold(core_kv *kv, int32_t id);
+void core_kv_block_release(core_kv *kv, int32_t id);
+int core_kv_block_refs(const core_kv *kv, int32_t id);
+/* The reclaim callback (NULL: none). */
+void core_kv_set_reclaim(core_kv *kv, core_kv_reclaim_fn fn, void *arg);
 /* on: K and V are stored as f16 from now on (half the memory and half the bytes attention reads
- * per position; logits move by up to ~0.02 against f32, see the golden test). Only while
- * every slot is empty: 0, or -EBUSY. */
+ * per position, twice the blocks in the same pool; logits move by up to ~0.02 against f32, see
+ * the golden test). Only while no block is in use: 0, or -EBUSY. */
 int core_kv_set_f16(core_kv *kv, int on);
 int core_kv_is_f16(const core_kv *kv);
 /* Fills positions 0..n-1 of a slot with pseudo-random K and V (values in [-1, 1), V half of K;
  * the same seed gives the same cache), as if a prompt of n tokens had run: for benchmarks of long
- * contexts, which then need not prefill. 0, -EINVAL, -ERANGE past the context, -ENOMEM. */
+ * contexts, which then need not prefill. 0, -EINVAL, -ERANGE past the context, -ENOSPC. */
 int core_kv_fill_random(core_kv *kv, int slot, int n, uint32_t seed);
 
 /* ---- LoRA plan (docs/ARCHITECTURE.md §3) ----------------------------------------------------- */

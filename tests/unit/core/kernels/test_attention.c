@@ -221,3 +221,69 @@ TEST(vmath_attention_matches_double)
     attend_all("portable");
     core__cpu_force(-1);
 }
+
+/* Attention through a block table (paged KV) gives the bits of the same rows stored contiguously,
+ * for every kernel family, f32 and f16, from position 0 and from a later first key (a sliding
+ * window): the blocks are laid out in reverse, 16 positions each, with a gap between them. */
+static void paged_vs_contiguous(const char *which, int hd, int f16)
+{
+    enum { N_KV = 3, N_HEAD = 9, POS = 70, BLK = 16, NB = (POS + BLK) / BLK };
+    size_t es = f16 ? 2 : 4, row = (size_t)N_KV * hd * es;
+    size_t block = (BLK + 3) * row; /* a gap of three rows after every block */
+    char *K = malloc((POS + 1) * row), *V = malloc((POS + 1) * row);
+    char *pk = calloc(NB, block), *pv = calloc(NB, block);
+    float q[N_HEAD * 256], a[N_HEAD * 256], b[N_HEAD * 256], sc[8 * (POS + 1)];
+    for (int i = 0; i < N_HEAD * hd; i++)
+        q[i] = frand();
+    for (size_t i = 0; i < (POS + 1) * row / es; i++) {
+        float k = frand(), v = frand();
+        if (f16) {
+            ((uint16_t *)K)[i] = core_fp32_to_fp16(k);
+            ((uint16_t *)V)[i] = core_fp32_to_fp16(v);
+        } else {
+            ((float *)K)[i] = k;
+            ((float *)V)[i] = v;
+        }
+    }
+    int32_t table[NB];
+    for (int p = 0; p <= POS; p++) {
+        table[p / BLK] = NB - 1 - p / BLK;
+        memcpy(pk + (size_t)table[p / BLK] * block + (size_t)(p % BLK) * row, K + p * row, row);
+        memcpy(pv + (size_t)table[p / BLK] * block + (size_t)(p % BLK) * row, V + p * row, row);
+    }
+    for (int first = 0; first <= 37; first += 37) {
+        core__attend_row(q, K + first * row, V + first * row, f16, N_HEAD, N_KV, hd, POS - first,
+                         sc, a);
+        core__kv_view kv = {.base = pk,
+                            .table = table,
+                            .block_stride = block,
+                            .row_stride = row,
+                            .shift = 4,
+                            .first = first};
+        core__kv_view vv = kv;
+        vv.base = pv;
+        core__attend_view(q, &kv, &vv, f16, N_HEAD, N_KV, hd, POS - first + 1, sc, b);
+        CHECK_MSG(memcmp(a, b, (size_t)N_HEAD * hd * sizeof(float)) == 0,
+                  "%s attention hd %d %s from %d: paged differs from contiguous", which, hd,
+                  f16 ? "f16" : "f32", first);
+    }
+    free(K);
+    free(V);
+    free(pk);
+    free(pv);
+}
+
+TEST(vmath_attention_paged_equals_contiguous)
+{
+    static const int hds[] = {64, 8, 48, 128, 256, 12};
+    const char *names[] = {"AVX-512", "AVX2", "portable"};
+    int levels[] = {CORE_CPU_AVX512, CORE_CPU_AVX2, CORE_CPU_PORTABLE};
+    for (int l = 0; l < 3; l++) {
+        if (core__cpu_force(levels[l]) != 0)
+            continue;
+        for (size_t h = 0; h < sizeof hds / sizeof hds[0]; h++)
+            for (int f16 = 0; f16 < 2; f16++)
+                paged_vs_contiguous(names[l], hds[h], f16);
+    }
+    core__cpu_force(-1);
+}
