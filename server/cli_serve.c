@@ -72,6 +72,12 @@ static void serve_usage(FILE *out)
         "      --ctx N               context per sequence (default: the model's, at most "
         "2048)\n"
         "      --adapter-cache-mb N  memory for resident adapters (default 0 = unlimited)\n"
+        "      --kv-cache-mb N       the KV cache's pool of 16-position blocks, shared by the\n"
+        "                            running sequences and the prefix cache (default: every\n"
+        "                            sequence at full context, at most a quarter of RAM;\n"
+        "                            printed at start-up); at least one --ctx sequence\n"
+        "      --no-prefix-cache     do not reuse the KV of earlier prompts (same tokens\n"
+        "                            under the same adapters)\n"
         "      --queue-limit N       requests waiting beyond the running ones (default "
         "256);\n"
         "                            more get 429\n"
@@ -125,6 +131,7 @@ static const struct {
     {"--max-seqs", 1, 4096, offsetof(srv_serve_opts, max_seqs)},
     {"--ctx", 0, 1 << 20, offsetof(srv_serve_opts, n_ctx)},
     {"--adapter-cache-mb", 0, 1L << 30, offsetof(srv_serve_opts, adapter_cache_mb)},
+    {"--kv-cache-mb", 0, 1L << 30, offsetof(srv_serve_opts, kv_cache_mb)},
     {"--queue-limit", 1, 1 << 20, offsetof(srv_serve_opts, queue_limit)},
     {"--max-body-kb", 1, 1 << 20, offsetof(srv_serve_opts, max_body_kb)},
     {"--idle-timeout", 0, 86400, offsetof(srv_serve_opts, idle_timeout)},
@@ -264,6 +271,10 @@ int srv_serve_parse(int argc, char **argv, srv_serve_opts *o, char *err, size_t 
         }
         if (!strcmp(a, "--kv-f16")) {
             o->kv_f16 = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-prefix-cache")) {
+            o->no_prefix_cache = true;
             continue;
         }
         /* --flag=value as well as --flag value */
@@ -415,6 +426,8 @@ static srv_engine *start_engine(const srv_serve_opts *o)
     eo.watch = o->watch;
     eo.int8 = o->int8;
     eo.kv_f16 = o->kv_f16;
+    eo.kv_cache_bytes = (size_t)o->kv_cache_mb << 20;
+    eo.no_prefix_cache = o->no_prefix_cache;
     eo.verbose = o->log_level >= SRV_LOG_DEBUG ? 2 : o->log_level >= SRV_LOG_INFO ? 1 : 0;
     char err[512], *tmpl = NULL;
     if (o->chat_template && !(tmpl = read_chat_template(o->chat_template)))

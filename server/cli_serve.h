@@ -20,6 +20,7 @@ typedef struct srv_serve_opts {
     long max_seqs;             /* 32 */
     long n_ctx;                /* 0 = the model's, at most 2048 */
     long adapter_cache_mb;     /* 0 = unlimited */
+    long kv_cache_mb;          /* the KV pool; 0 = the engine's default */
     long queue_limit;          /* 256 */
     const char *api_key;       /* --api-key, else $ADAPTREE_API_KEY; NULL = none */
     const char *admin_key;     /* --admin-key, else $ADAPTREE_ADMIN_KEY; NULL = none */
@@ -37,6 +38,7 @@ typedef struct srv_serve_opts {
     bool watch;                /* watch the registry (--no-watch turns it off) */
     bool int8;                 /* --int8: int8 activations */
     bool kv_f16;               /* --kv-f16: f16 KV cache */
+    bool no_prefix_cache;      /* --no-prefix-cache */
 } srv_serve_opts;
 
 /* Parses argv (argv[0] = "serve"); keys missing from the flags come from getenv. Returns 0, 1

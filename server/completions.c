@@ -361,7 +361,7 @@ static void answer_full(srv_app *a, srv_http_req *req, srv_call *c, const srv_jo
     srv_resp r = resp_of(a, c);
     r.prompt_toks = ptoks;
     r.n_prompt_toks = np;
-    srv_resp_usage u = {st->prompt_tokens, st->completion_tokens};
+    srv_resp_usage u = {st->prompt_tokens, st->completion_tokens, st->cached_tokens};
     srv_buf b;
     srv_buf_init(&b);
     srv_resp_full(&b, &r, c->echo, c->echo_len, text, len, toks, n, srv_finish_name(st->finish),
@@ -469,7 +469,7 @@ int srv__gen_stream(srv_app *a, srv_http_req *req, srv_call *c, srv_buf *out)
     if (stream_text(a, c, &st, out, srv_finish_name(st.finish)) < 0)
         return -1;
     if (c->include_usage) {
-        srv_resp_usage u = {st.prompt_tokens, st.completion_tokens};
+        srv_resp_usage u = {st.prompt_tokens, st.completion_tokens, st.cached_tokens};
         srv_resp_usage_chunk(out, &r, &u);
     }
     srv_resp_done(out);

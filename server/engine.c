@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/kernels/blas.h"
 #include "server/engine_internal.h"
@@ -540,7 +541,16 @@ static void update_gauges(srv_engine *e)
     int waiting, loading;
     srv__sched_counts(&e->sched, &waiting, &loading);
     size_t kvb = core_kv_bytes(e->sched.kv);
+    srv_prefix_stats ps = {0};
+    if (e->sched.prefix)
+        srv_prefix_stats_get(e->sched.prefix, &ps);
     pthread_mutex_lock(&e->sh.mu);
+    e->sh.stats.kv_blocks_total = core_kv_blocks_total(e->sched.kv);
+    e->sh.stats.kv_blocks_used =
+        core_kv_blocks_total(e->sched.kv) - core_kv_blocks_free(e->sched.kv);
+    e->sh.stats.kv_blocks_cached = ps.entries;
+    e->sh.stats.kv_block_bytes = core_kv_block_bytes(e->sched.kv);
+    e->sh.stats.prefix_evictions = ps.evicted;
     e->sh.stats.running = e->sched.n_running;
     e->sh.stats.waiting = e->sh.queued;
     e->sh.stats.loading = loading;
@@ -676,6 +686,35 @@ static void model_id_init(srv_engine *e, const char *path)
     e->model_id[n] = 0;
 }
 
+/* The KV pool: what was asked, else every sequence at full context, at most a quarter of the
+ * machine's memory; never less than one sequence of n_ctx positions (and a block to spare).
+ * 0, or -EINVAL with a message when the pool asked for is too small. */
+static int kv_pool_size(srv_engine *e, const srv_engine_opts *o, char *err, size_t errlen)
+{
+    const core_config *c = &e->model->cfg;
+    size_t block = 2 * (size_t)c->n_layer * CORE_KV_BLOCK * (size_t)c->n_head_kv *
+                   (size_t)c->head_dim * (e->kv_f16 ? 2 : 4);
+    size_t per_seq = (size_t)(e->n_ctx + CORE_KV_BLOCK - 1) / CORE_KV_BLOCK;
+    size_t least = (per_seq + 1) * block;
+    if (o->kv_cache_bytes > 0) {
+        if (o->kv_cache_bytes < least) {
+            core_errf(err, errlen,
+                      "--kv-cache-mb %zu holds less than one sequence of %d positions (--ctx): "
+                      "at least %zu MB",
+                      o->kv_cache_bytes >> 20, e->n_ctx, (least + (1 << 20) - 1) >> 20);
+            return -EINVAL;
+        }
+        e->kv_pool_bytes = o->kv_cache_bytes;
+        return 0;
+    }
+    size_t all = (size_t)e->max_seqs * per_seq * block;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    size_t quarter = pages > 0 && page > 0 ? (size_t)pages * (size_t)page / 4 : all;
+    size_t pool = all < quarter ? all : quarter;
+    e->kv_pool_bytes = pool > least ? pool : least;
+    return 0;
+}
+
 static void opts_apply(srv_engine *e, const srv_engine_opts *o)
 {
     const core_config *c = &e->model->cfg;
@@ -689,6 +728,7 @@ static void opts_apply(srv_engine *e, const srv_engine_opts *o)
     e->watch = o->watch;
     e->cache_bytes = o->cache_bytes;
     e->kv_f16 = o->kv_f16;
+    e->prefix_cache = !o->no_prefix_cache;
 }
 
 /* The chat template: the one given instead of the GGUF's must compile (a start-up error
@@ -760,6 +800,8 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
     e->n_vocab = e->model->cfg.n_vocab;
     model_id_init(e, o->model_path);
     opts_apply(e, o);
+    if (kv_pool_size(e, o, err, errlen) < 0)
+        goto fail;
     if (o->n_threads > 0)
         core_blas_set_threads(o->n_threads);
     e->sh.verbose = e->verbose;
@@ -771,6 +813,8 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
                          .prefill_chunk = e->prefill_chunk,
                          .verbose = e->verbose,
                          .kv_f16 = e->kv_f16,
+                         .kv_pool_bytes = e->kv_pool_bytes,
+                         .prefix_cache = e->prefix_cache,
                          .sh = &e->sh};
     if (srv__sched_init(&e->sched, &sc, err, errlen) < 0)
         goto fail;
@@ -796,11 +840,14 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
         fprintf(stderr,
                 "engine: model %s (%d layers, vocab %d), %d slots x %d positions, batch %d rows, "
                 "prefill chunk %d, queue %d, registry %s (%d nodes%s)\n"
-                "engine: linear layers on %s%s; KV cache %s\n",
+                "engine: linear layers on %s%s; KV cache %s, %zu MB pool (%d blocks of %d "
+                "positions, %zu KB each), prefix cache %s\n",
                 e->model_id, e->model->cfg.n_layer, e->n_vocab, e->max_seqs, e->n_ctx, e->max_batch,
                 e->prefill_chunk, e->queue_limit, e->registry_dir ? e->registry_dir : "none",
                 rs.nodes, e->reg && e->watch ? ", watched" : "", int8,
-                core_matmul_kernels(kernels, sizeof kernels), e->kv_f16 ? "f16" : "f32");
+                core_matmul_kernels(kernels, sizeof kernels), e->kv_f16 ? "f16" : "f32",
+                e->kv_pool_bytes >> 20, core_kv_blocks_total(e->sched.kv), CORE_KV_BLOCK,
+                core_kv_block_bytes(e->sched.kv) >> 10, e->prefix_cache ? "on" : "off");
     }
     return e;
 fail_sched:

@@ -53,6 +53,9 @@ typedef struct srv_engine_opts {
     bool watch;                /* watch the registry for changes (default on in `serve`) */
     bool int8;                 /* int8 activations (core_model_set_int8); needs model_path */
     bool kv_f16;               /* K and V cached as f16 (core_kv_set_f16) */
+    size_t kv_cache_bytes;     /* the KV pool; 0 = every sequence at full context, at most a
+                                  quarter of the machine's memory (at least one sequence) */
+    bool no_prefix_cache;      /* do not reuse the KV of earlier prompts */
     int verbose;               /* 0 quiet, 1 info (default), 2 debug: one line per step */
     const char *chat_template; /* template text replacing the GGUF's (--chat-template); refused
                                   with a message when outside the Jinja subset. NULL: the GGUF's
@@ -115,6 +118,15 @@ typedef struct srv_engine_stats {
     int waiting; /* jobs queued (inbox included), also those waiting for a load */
     int loading; /* of those, jobs waiting for an adapter load */
     size_t kv_bytes;
+    /* the paged KV pool (blocks of CORE_KV_BLOCK positions): its blocks, those in use (by
+       sequences or the prefix cache) and those the prefix cache holds */
+    int kv_blocks_total, kv_blocks_used, kv_blocks_cached;
+    size_t kv_block_bytes;
+    uint64_t kv_preemptions;     /* sequences whose blocks were taken for older ones */
+    uint64_t kv_admission_waits; /* admissions put off until blocks free up (once per job) */
+    /* the prefix cache: lookups made, those that found blocks, positions they skipped, blocks
+       evicted */
+    uint64_t prefix_lookups, prefix_hits, prefix_hit_tokens, prefix_evictions;
 } srv_engine_stats;
 
 void srv_engine_stats_get(srv_engine *e, srv_engine_stats *out);
@@ -124,6 +136,7 @@ void srv_engine_stats_get(srv_engine *e, srv_engine_stats *out);
 typedef struct srv_label_stats {
     char label[ADAPTER_ID_MAX + 1];
     uint64_t requests, prompt_tokens, generated_tokens, failures;
+    uint64_t cached_tokens; /* prompt positions taken from the prefix cache */
 } srv_label_stats;
 
 int srv_engine_label_stats(srv_engine *e, srv_label_stats **out, size_t *n);
@@ -242,6 +255,7 @@ typedef struct srv_job_status {
     char error[256];   /* for ERROR: the message */
     int prompt_tokens;
     int completion_tokens;
+    int cached_tokens;     /* of the prompt, tokens whose KV came from the prefix cache */
     size_t text_len;       /* bytes of text released so far (valid UTF-8 at every length) */
     int n_tokens;          /* tokens recorded so far (== completion_tokens). A token is recorded
                               once its bytes are released; at the end every sampled token is,

@@ -19,6 +19,8 @@ struct srv_engine {
     core_model *own_model; /* loaded by the engine, or NULL when borrowed */
     int int8_weights;      /* weights repacked for int8 activations (srv_engine_opts.int8) */
     bool kv_f16;           /* srv_engine_opts.kv_f16 */
+    size_t kv_pool_bytes;  /* the KV pool, resolved from srv_engine_opts.kv_cache_bytes */
+    bool prefix_cache;
     const core_model *model;
     core_tokenizer *tok;
     int32_t n_vocab;

@@ -71,6 +71,7 @@ struct srv_job {
     struct srv__seq *seq;   /* while running */
     bool in_queue;          /* counted in srv__shared.queued (set under its mu) */
     bool done;              /* finished; the engine still holds its reference */
+    bool kv_waited;         /* its admission was put off for KV blocks (counted once) */
 };
 
 /* What the engine thread shares with the threads that submit jobs and read statistics: all

@@ -193,8 +193,38 @@ static void render_engine(srv_buf *b, const srv_engine_stats *e)
     family(b, "adaptree_queue_rejected_total", "counter",
            "Requests refused because the queue was full (HTTP 429).");
     sample_u64(b, "adaptree_queue_rejected_total", e->jobs_rejected);
-    family(b, "adaptree_kv_bytes", "gauge", "Bytes of KV cache allocated.");
+    family(b, "adaptree_kv_bytes", "gauge",
+           "Bytes of the KV pool in use (running sequences and the prefix cache).");
     sample_u64(b, "adaptree_kv_bytes", e->kv_bytes);
+    family(b, "adaptree_kv_block_bytes", "gauge", "Bytes of one KV block (16 positions).");
+    sample_u64(b, "adaptree_kv_block_bytes", e->kv_block_bytes);
+    family(b, "adaptree_kv_blocks", "gauge", "Blocks of the KV pool (--kv-cache-mb).");
+    sample_u64(b, "adaptree_kv_blocks", (uint64_t)e->kv_blocks_total);
+    family(b, "adaptree_kv_blocks_used", "gauge",
+           "KV blocks in use by running sequences or the prefix cache.");
+    sample_u64(b, "adaptree_kv_blocks_used", (uint64_t)e->kv_blocks_used);
+    family(b, "adaptree_prefix_cache_blocks", "gauge", "KV blocks held by the prefix cache.");
+    sample_u64(b, "adaptree_prefix_cache_blocks", (uint64_t)e->kv_blocks_cached);
+    family(b, "adaptree_kv_preemptions_total", "counter",
+           "Sequences whose KV blocks were taken for older ones (recomputed later).");
+    sample_u64(b, "adaptree_kv_preemptions_total", e->kv_preemptions);
+    family(b, "adaptree_kv_admission_waits_total", "counter",
+           "Requests whose admission waited for free KV blocks.");
+    sample_u64(b, "adaptree_kv_admission_waits_total", e->kv_admission_waits);
+    family(b, "adaptree_prefix_cache_lookups_total", "counter",
+           "Admitted requests that looked up the prefix cache.");
+    sample_u64(b, "adaptree_prefix_cache_lookups_total", e->prefix_lookups);
+    family(b, "adaptree_prefix_cache_hits_total", "counter",
+           "Lookups that found cached blocks (same tokens under the same adapters).");
+    sample_u64(b, "adaptree_prefix_cache_hits_total", e->prefix_hits);
+    family(b, "adaptree_prefix_cache_misses_total", "counter", "Lookups that found nothing.");
+    sample_u64(b, "adaptree_prefix_cache_misses_total", e->prefix_lookups - e->prefix_hits);
+    family(b, "adaptree_prefix_cache_hit_tokens_total", "counter",
+           "Prompt tokens whose KV came from the prefix cache (not computed).");
+    sample_u64(b, "adaptree_prefix_cache_hit_tokens_total", e->prefix_hit_tokens);
+    family(b, "adaptree_prefix_cache_evictions_total", "counter",
+           "Prefix cache blocks evicted (least recently used, unread).");
+    sample_u64(b, "adaptree_prefix_cache_evictions_total", e->prefix_evictions);
 }
 
 static void render_conns(srv_buf *b, const srv_conns_stats *c)
@@ -236,6 +266,11 @@ static void render_labels(srv_buf *b, const srv_label_stats *l, size_t n)
     for (size_t i = 0; i < n; i++)
         labeled_u64(b, "adaptree_adapter_generated_tokens_total", "adapter", l[i].label,
                     l[i].generated_tokens);
+    family(b, "adaptree_adapter_cached_tokens_total", "counter",
+           "Prompt tokens taken from the prefix cache, by adapter selection.");
+    for (size_t i = 0; i < n; i++)
+        labeled_u64(b, "adaptree_adapter_cached_tokens_total", "adapter", l[i].label,
+                    l[i].cached_tokens);
 }
 
 static void render_nodes(srv_buf *b, const adapter_node_info *nodes, size_t n)

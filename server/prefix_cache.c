@@ -90,7 +90,7 @@ static int32_t find(const srv_prefix *p, uint64_t h, int32_t parent, const int32
         const entry *x = &p->e[i];
         if (x->hash != h || x->parent != parent || memcmp(x->tokens, tokens, sizeof x->tokens) != 0)
             continue;
-        if (parent < 0 && (x->ctx_len != ctx_len || (ctx_len && memcmp(x->ctx, ctx, ctx_len))))
+        if (parent < 0 && (x->ctx_len != ctx_len || (ctx_len && memcmp(x->ctx, ctx, ctx_len) != 0)))
             continue;
         return i;
     }

@@ -109,8 +109,11 @@ static void head(srv_buf *b, const srv_resp *r, const char *object)
 
 static void usage_json(srv_buf *b, const srv_resp_usage *u)
 {
-    srv_buf_printf(b, "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}",
-                   u->prompt_tokens, u->completion_tokens, u->prompt_tokens + u->completion_tokens);
+    srv_buf_printf(b,
+                   "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d,"
+                   "\"prompt_tokens_details\":{\"cached_tokens\":%d}}",
+                   u->prompt_tokens, u->completion_tokens, u->prompt_tokens + u->completion_tokens,
+                   u->cached_tokens);
 }
 
 /* Legacy completions logprobs: {"tokens","token_logprobs","top_logprobs","text_offset"}, for

@@ -43,6 +43,7 @@ typedef struct srv_resp {
 
 typedef struct srv_resp_usage {
     int prompt_tokens, completion_tokens;
+    int cached_tokens; /* of the prompt, from the prefix cache: prompt_tokens_details */
 } srv_resp_usage;
 
 /* {"error":{"message","type","param","code"}}; param and code may be NULL (null). */

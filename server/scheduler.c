@@ -45,11 +45,20 @@ int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t
     sc->verbose = cfg->verbose;
     sc->reg = cfg->reg;
     sc->sh = cfg->sh;
-    sc->kv = core_kv_new(&sc->model->cfg, sc->max_seqs, sc->n_ctx, err, errlen);
+    sc->kv = cfg->kv_pool_bytes
+                 ? core_kv_new_pool(&sc->model->cfg, sc->max_seqs, sc->n_ctx, cfg->kv_pool_bytes,
+                                    err, errlen)
+                 : core_kv_new(&sc->model->cfg, sc->max_seqs, sc->n_ctx, err, errlen);
     if (!sc->kv)
         return -ENOMEM;
     if (cfg->kv_f16)
         core_kv_set_f16(sc->kv, 1); /* every slot is empty: cannot fail */
+    sc->ids = malloc((size_t)(sc->n_ctx / CORE_KV_BLOCK + 1) * sizeof *sc->ids);
+    if (cfg->prefix_cache && sc->ids && !(sc->prefix = srv_prefix_new(sc->kv))) {
+        snprintf(err, errlen, "out of memory");
+        srv__sched_deinit(sc);
+        return -ENOMEM;
+    }
     size_t nb = (size_t)sc->max_batch, ns = (size_t)sc->max_seqs;
     sc->max_out = sc->max_seqs < sc->max_batch ? sc->max_seqs : sc->max_batch;
     sc->ctx = core_ctx_new(sc->model);
@@ -67,7 +76,7 @@ int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t
     sc->pre = malloc(ns * sizeof(srv__seq *));
     sc->changed = malloc(ns * sizeof(srv_job *));
     sc->text_scratch = srv_text_scratch_cap(sc->tok);
-    bool ok = sc->ctx && sc->plan && sc->seqs && sc->logits && sc->b_tok && sc->b_pos &&
+    bool ok = sc->ids && sc->ctx && sc->plan && sc->seqs && sc->logits && sc->b_tok && sc->b_pos &&
               sc->b_slot && sc->b_want && sc->b_sets && sc->parts && sc->sreq && sc->pre &&
               sc->changed;
     for (int i = 0; ok && i < sc->max_seqs; i++) {
@@ -91,6 +100,7 @@ void srv__sched_deinit(srv__sched *sc)
         adapter_set_free(s->set);
         core_sampler_free(s->smp);
         free(s->hist);
+        free(s->ctx);
         srv_text_deinit(&s->text);
     }
     free(sc->seqs);
@@ -120,6 +130,10 @@ void srv__sched_deinit(srv__sched *sc)
     sc->changed = NULL;
     adapter_plan_free(sc->plan);
     core_ctx_free(sc->ctx);
+    srv_prefix_free(sc->prefix);
+    sc->prefix = NULL;
+    free(sc->ids);
+    sc->ids = NULL;
     core_kv_free(sc->kv);
     sc->plan = NULL;
     sc->ctx = NULL;
@@ -243,6 +257,70 @@ void srv__sched_counts(const srv__sched *sc, int *waiting, int *loading)
 
 /* ---- sequences ------------------------------------------------------------------------------ */
 
+/* The prefix cache's context of a set: each adapter's content hash and weight, in order (empty
+ * for the base model). 0 or -ENOMEM. */
+static int seq_set_ctx(srv__seq *s, const adapter_set *set)
+{
+    enum { ITEM = sizeof(uint64_t) + sizeof(float) };
+    size_t len = set ? (size_t)set->n * ITEM : 0;
+    if (len > s->ctx_cap) {
+        uint8_t *v = realloc(s->ctx, len);
+        if (!v)
+            return -ENOMEM;
+        s->ctx = v;
+        s->ctx_cap = len;
+    }
+    for (int i = 0; set && i < set->n; i++) {
+        memcpy(s->ctx + (size_t)i * ITEM, &set->items[i].a->hash, sizeof(uint64_t));
+        memcpy(s->ctx + (size_t)i * ITEM + sizeof(uint64_t), &set->items[i].weight, sizeof(float));
+    }
+    s->ctx_len = len;
+    return 0;
+}
+
+/* Hands the prefix cache the full blocks s has computed (prompt and generated tokens). */
+static void cache_blocks(srv__sched *sc, srv__seq *s)
+{
+    int nb = s->n_past / CORE_KV_BLOCK;
+    if (!sc->prefix || nb <= s->n_inserted)
+        return;
+    const int32_t *ids;
+    int held = core_kv_slot_blocks(sc->kv, s->slot, &ids);
+    nb = nb < held ? nb : held;
+    if (srv_prefix_insert(sc->prefix, s->ctx, s->ctx_len, s->hist, nb, ids) >= 0)
+        s->n_inserted = nb;
+}
+
+/* The KV side of admitting job j into the free sequence s: its prefix from the cache (not when
+ * it records prompt logprobs: those need every prompt row computed), then room for the rest of
+ * the prompt and one block of growth per running sequence. 0; -ENOSPC when the pool is short
+ * (nothing held: the job waits); -ENOMEM. */
+static int kv_start(srv__sched *sc, srv__seq *s, srv_job *j, const adapter_set *set)
+{
+    s->n_past = s->n_cached = s->n_inserted = 0;
+    if (seq_set_ctx(s, set) < 0)
+        return -ENOMEM;
+    if (sc->prefix && !j->prompt_logprobs) {
+        int k = srv_prefix_lookup(sc->prefix, s->ctx, s->ctx_len, j->prompt, j->n_prompt, sc->ids,
+                                  sc->n_ctx / CORE_KV_BLOCK + 1);
+        /* the last prompt token is always computed: its logits give the first token */
+        int use = k * CORE_KV_BLOCK < j->n_prompt - 1 ? k * CORE_KV_BLOCK : j->n_prompt - 1;
+        if (use > 0 && core_kv_share(sc->kv, s->slot, sc->ids, k, use) == 0)
+            s->n_past = s->n_cached = use;
+    }
+    int need = core_kv_blocks_needed(sc->kv, s->slot, j->n_prompt + 1) + sc->n_running;
+    int short_by = need - core_kv_blocks_free(sc->kv);
+    if (short_by > 0 && sc->prefix)
+        srv_prefix_evict(sc->prefix, short_by);
+    /* the prompt's blocks are taken now, so that the next admission sees them gone */
+    if (need > core_kv_blocks_free(sc->kv) || core_kv_reserve(sc->kv, s->slot, j->n_prompt + 1)) {
+        core_kv_clear(sc->kv, s->slot);
+        s->n_past = s->n_cached = 0;
+        return -ENOSPC;
+    }
+    return 0;
+}
+
 /* Gives job j the free sequence s: acquires its adapters and makes its sampler. 0 when it runs,
  * -EAGAIN when an adapter is loading (nothing changed), another negative errno when the job
  * ended with an error (the caller notifies). */
@@ -273,12 +351,21 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
         srv__job_finish(sc->sh, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, err);
         return -EINVAL;
     }
+    int rc = kv_start(sc, s, j, set);
+    if (rc < 0) {
+        core_sampler_free(smp);
+        adapter_set_free(set);
+        if (rc == -ENOSPC)
+            return rc;
+        srv__job_finish(sc->sh, j, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
+        return rc;
+    }
     s->job = j;
     s->set = set;
     s->smp = smp;
     memcpy(s->hist, j->prompt, (size_t)j->n_prompt * sizeof(int32_t));
     s->n_hist = j->n_prompt;
-    s->n_past = 0;
+    s->n_fill = j->n_prompt;
     s->n_gen = 0;
     srv_text_reset(&s->text, sc->tok, (const char *const *)j->stop, j->stop_len, j->n_stop);
     s->order = sc->n_admitted++;
@@ -287,10 +374,17 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
     double now = core_now();
     pthread_mutex_lock(&j->mu);
     j->st.queue_ms = (now - j->t_submit) * 1e3;
+    j->st.cached_tokens = s->n_cached;
     pthread_mutex_unlock(&j->mu);
     pthread_mutex_lock(&sc->sh->mu);
     sc->sh->queued--;
     j->in_queue = false;
+    if (sc->prefix && !j->prompt_logprobs) {
+        sc->sh->stats.prefix_lookups++;
+        sc->sh->stats.prefix_hits += s->n_cached > 0;
+        sc->sh->stats.prefix_hit_tokens += (uint64_t)s->n_cached;
+        j->lstat->cached_tokens += (uint64_t)s->n_cached;
+    }
     pthread_mutex_unlock(&sc->sh->mu);
     return 0;
 }
@@ -370,6 +464,8 @@ static void seq_end(srv__sched *sc, srv__seq *s, srv_finish f, srv_err err, cons
         pthread_mutex_unlock(&j->mu);
     }
     srv__job_finish(sc->sh, j, f, err, msg);
+    if (f != SRV_FINISH_ERROR)
+        cache_blocks(sc, s);
     adapter_set_free(s->set);
     core_sampler_free(s->smp);
     core_kv_clear(sc->kv, s->slot);
@@ -409,6 +505,15 @@ static bool admit_one(srv__sched *sc)
             if (rc == -EAGAIN) {
                 g->loading = true;
                 continue;
+            }
+            if (rc == -ENOSPC) { /* the next job waits for KV blocks, and so do those after it */
+                if (!g->head->kv_waited) {
+                    g->head->kv_waited = true;
+                    pthread_mutex_lock(&sc->sh->mu);
+                    sc->sh->stats.kv_admission_waits++;
+                    pthread_mutex_unlock(&sc->sh->mu);
+                }
+                return false;
             }
             srv_job *j = group_pop(g);
             c->rr = (gi + 1) % c->n_groups;
@@ -633,22 +738,111 @@ static int cmp_part(const void *a, const void *b)
     return x->s->order < y->s->order ? -1 : x->s->order > y->s->order;
 }
 
+/* ---- KV blocks for the step ------------------------------------------------------------------ */
+
+/* Takes s's blocks back for the pool: it starts again from its first token, its prompt and what
+ * it generated so far computed again when it next runs (the same tokens: its text so far stays
+ * as it was sent). */
+static void preempt(srv__sched *sc, srv__seq *s)
+{
+    core_kv_clear(sc->kv, s->slot);
+    s->n_past = 0;
+    s->n_fill = s->n_hist;
+    s->n_inserted = 0;
+    pthread_mutex_lock(&sc->sh->mu);
+    sc->sh->stats.kv_preemptions++;
+    pthread_mutex_unlock(&sc->sh->mu);
+    if (sc->verbose >= 2)
+        fprintf(stderr, "engine: KV pool full: sequence %d preempted at %d tokens\n", s->slot,
+                s->n_hist);
+}
+
+/* The running sequence admitted last after s that holds blocks and has no part in this step. */
+static srv__seq *youngest_after(srv__sched *sc, const srv__seq *s)
+{
+    srv__seq *v = NULL;
+    const int32_t *ids;
+    for (int i = 0; i < sc->max_seqs; i++) {
+        srv__seq *t = &sc->seqs[i];
+        if (t->job && t->order > s->order && !t->in_step &&
+            core_kv_slot_blocks(sc->kv, t->slot, &ids) > 0 && (!v || t->order > v->order))
+            v = t;
+    }
+    return v;
+}
+
+/* Positions s can write up to without taking a block: those of its blocks, unless the one it
+ * writes next is shared (to be copied first). */
+static int held_positions(const srv__sched *sc, const srv__seq *s)
+{
+    const int32_t *ids;
+    int h = core_kv_slot_blocks(sc->kv, s->slot, &ids) * CORE_KV_BLOCK;
+    return h > s->n_past && core_kv_blocks_needed(sc->kv, s->slot, h) == 0 ? h : s->n_past;
+}
+
+/* Room for s to hold n positions, at least `least`: from the free blocks (the prefix cache gives
+ * back unread ones through the pool's reclaim), then from the sequences admitted after s, which
+ * are preempted youngest first. Returns the positions s can hold (>= least), 0 if not even
+ * that. */
+static int make_room(srv__sched *sc, srv__seq *s, int least, int n)
+{
+    for (;;) {
+        int rc = core_kv_reserve(sc->kv, s->slot, n);
+        if (rc == 0)
+            return n;
+        if (rc != -ENOSPC)
+            return 0;
+        int held = held_positions(sc, s);
+        if (held >= least)
+            return held;
+        srv__seq *v = youngest_after(sc, s);
+        if (!v)
+            return 0;
+        preempt(sc, v);
+    }
+}
+
+/* Every decoding sequence's next position, oldest first (older ones preempt younger ones when
+ * the pool is short); a sequence that gets none is stalled for this step. The oldest running
+ * sequence always gets room: the pool holds one whole context and the others can all be
+ * preempted. */
+static void reserve_decode_rows(srv__sched *sc)
+{
+    int nd = 0;
+    for (int i = 0; i < sc->max_seqs; i++) {
+        srv__seq *s = &sc->seqs[i];
+        s->in_step = s->stalled = false;
+        if (s->job && s->n_past >= s->n_fill)
+            sc->pre[nd++] = s;
+    }
+    qsort(sc->pre, (size_t)nd, sizeof(srv__seq *), cmp_order);
+    for (int k = 0; k < nd; k++) {
+        srv__seq *s = sc->pre[k];
+        if (s->n_past < s->n_fill) /* preempted by an older one just now */
+            continue;
+        s->stalled = make_room(sc, s, s->n_past + 1, s->n_past + 1) == 0;
+    }
+}
+
 /* Chooses this step's share of every sequence: decode rows first, then prompt chunks, oldest
- * first, within max_batch rows. Returns the number of parts; *n_dec of them are decode rows. */
+ * first, within max_batch rows and the KV blocks there are. Returns the number of parts; *n_dec
+ * of them are decode rows. */
 static int plan_parts(srv__sched *sc, int *n_dec)
 {
+    reserve_decode_rows(sc);
     int budget = sc->max_batch, n = 0, last = -1;
     bool full = false;
     for (int k = 0; k < sc->max_seqs; k++) {
         int i = (sc->decode_rr + k) % sc->max_seqs;
         srv__seq *s = &sc->seqs[i];
-        if (!s->job || s->n_past < s->job->n_prompt)
+        if (!s->job || s->n_past < s->n_fill || s->stalled)
             continue;
         if (budget == 0) {
             full = true;
             break;
         }
         sc->parts[n++] = (srv__part){.s = s, .j = s->job, .n = 1, .want = true};
+        s->in_step = true;
         budget--;
         last = i;
     }
@@ -657,19 +851,26 @@ static int plan_parts(srv__sched *sc, int *n_dec)
     *n_dec = n;
     int np = 0, extra = PROMPT_LOGIT_ROWS;
     for (int i = 0; i < sc->max_seqs; i++)
-        if (sc->seqs[i].job && sc->seqs[i].n_past < sc->seqs[i].job->n_prompt)
+        if (sc->seqs[i].job && sc->seqs[i].n_past < sc->seqs[i].n_fill)
             sc->pre[np++] = &sc->seqs[i];
     qsort(sc->pre, (size_t)np, sizeof(srv__seq *), cmp_order);
     for (int i = 0; i < np && budget > 0; i++) {
         srv__seq *s = sc->pre[i];
-        int left = s->job->n_prompt - s->n_past;
+        if (s->n_past >= s->n_fill) /* preempted, and not yet planned again */
+            continue;
+        int left = s->n_fill - s->n_past;
         int m = left < sc->prefill_chunk ? left : sc->prefill_chunk;
         m = m < budget ? m : budget;
         bool all = s->job->prompt_logprobs;
-        if (all) {
+        if (all)
             m = m < 1 + extra ? m : 1 + extra;
+        int room = make_room(sc, s, s->n_past + 1, s->n_past + m);
+        if (room == 0)
+            continue;
+        m = room - s->n_past;
+        if (all)
             extra -= m - 1;
-        }
+        s->in_step = true;
         sc->parts[n++] = (srv__part){
             .s = s, .j = s->job, .n = m, .want = m == left, .prefill = true, .all = all};
         budget -= m;
@@ -753,8 +954,11 @@ void srv__sched_step(srv__sched *sc)
     double t0 = core_now();
     int n_dec = 0;
     int n_parts = plan_parts(sc, &n_dec);
-    if (n_parts == 0)
+    if (n_parts == 0) {
+        if (sc->n_running > 0) /* cannot happen (see reserve_decode_rows); never spin on it */
+            srv__sched_fail_all(sc, SRV_ERR_UNAVAILABLE, "the KV cache has no room to go on");
         return;
+    }
     bool any_set;
     int n_rows = fill_rows(sc, n_parts, &any_set);
     core_batch b = {.n_rows = n_rows,
@@ -804,6 +1008,8 @@ void srv__sched_step(srv__sched *sc)
                 prompt_logprob(sc, pt->j, s->n_past + k,
                                sc->logits + (size_t)out++ * (size_t)sc->n_vocab);
         s->n_past += pt->n;
+        if (pt->prefill && s->n_past >= s->n_fill)
+            cache_blocks(sc, s);
         if (pt->want) {
             const float *lg = sc->logits + (size_t)out++ * (size_t)sc->n_vocab;
             if (pt->all)

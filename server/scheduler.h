@@ -8,6 +8,7 @@
 #define ADAPTREE_SERVER_SCHEDULER_H
 
 #include "server/job_internal.h"
+#include "server/prefix_cache.h"
 
 /* A running sequence: one KV slot, the job's adapters, sampler and undelivered text. */
 typedef struct srv__seq {
@@ -16,9 +17,17 @@ typedef struct srv__seq {
     uint64_t order;   /* admission order: prefill goes oldest first */
     adapter_set *set; /* NULL: base model only */
     core_sampler *smp;
-    int32_t *hist; /* (n_ctx) prompt then generated tokens */
-    int n_hist;    /* tokens known */
-    int n_past;    /* positions in the KV cache */
+    int32_t *hist;  /* (n_ctx) prompt then generated tokens */
+    int n_hist;     /* tokens known */
+    int n_past;     /* positions in the KV cache */
+    int n_fill;     /* positions to compute before the next sample: the prompt, or after a
+                       preemption every token known */
+    int n_cached;   /* of the prompt, positions that came from the prefix cache */
+    int n_inserted; /* full blocks handed to the prefix cache */
+    bool in_step;   /* has a part in the step being planned: not to be preempted */
+    bool stalled;   /* no KV block for its decode row this step */
+    uint8_t *ctx;   /* the prefix cache's context: the set's (content hash, weight) items */
+    size_t ctx_len, ctx_cap;
     int n_gen;     /* tokens sampled and kept (EOG excluded) */
     srv_text text; /* sampled tokens and decoded bytes not yet handed to the job */
 } srv__seq;
@@ -59,6 +68,9 @@ typedef struct srv__sched {
 
     /* engine thread */
     core_kv *kv;
+    srv_prefix *prefix; /* NULL: no prefix cache */
+    int32_t *ids;       /* (blocks per sequence) scratch for lookups */
+    bool kv_waiting;    /* the next job to admit waits for KV blocks */
     core_ctx *ctx;
     adapter_plan *plan;
     srv__seq *seqs; /* (max_seqs) */
@@ -88,6 +100,8 @@ typedef struct srv__sched_cfg {
     const core_tokenizer *tok;
     int n_ctx, max_seqs, max_batch, prefill_chunk, verbose;
     bool kv_f16;
+    size_t kv_pool_bytes; /* the KV pool (at least one sequence of n_ctx positions) */
+    bool prefix_cache;
     adapter_registry *reg;
     srv__shared *sh;
 } srv__sched_cfg;

@@ -71,12 +71,13 @@ TEST(response_completion_full)
     srv_buf b;
     srv_buf_init(&b);
     srv_resp r = resp(SRV_REQ_COMPLETION, -1);
-    srv_resp_usage u = {5, 2};
+    srv_resp_usage u = {5, 2, 0};
     srv_resp_full(&b, &r, NULL, 0, " Paris.", 7, NULL, 0, "length", &u);
     CHECK_EQ_STR(b.data, "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,"
                          "\"model\":\"base\",\"choices\":[{\"index\":0,\"text\":\" Paris.\","
                          "\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":"
-                         "{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}");
+                         "{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7,\"prompt_"
+                         "tokens_details\":{\"cached_tokens\":0}}}");
     /* Behind a router: the replica that answered, as system_fingerprint after "model". */
     srv_buf_reset(&b);
     r.fingerprint = "replica-2";
@@ -98,7 +99,7 @@ TEST(response_completion_echo_logprobs)
     srv_job_token t[3] = {tok(0, -0.25f, 6, 6, -2.0f), tok(1, -0.5f, 7, 2, -1.5f),
                           tok(5, -0.125f, 7, 5, -0.125f)};
     t[2].n_top = 1;
-    srv_resp_usage u = {3, 3};
+    srv_resp_usage u = {3, 3, 2};
     srv_resp_full(&b, &r, "The capital is", 14, " Paris.", 7, t, 3, "stop", &u);
     CHECK_EQ_STR(b.data,
                  "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,"
@@ -107,7 +108,8 @@ TEST(response_completion_echo_logprobs)
                  "\"token_logprobs\":[-0.25,-0.5,-0.125],\"top_logprobs\":[{\" Paris\":-0.25,"
                  "\" Lyon\":-2},{\".\":-0.5,\"\\n\":-1.5},{\"<|im_end|>\":-0.125}],"
                  "\"text_offset\":[14,20,21]},\"finish_reason\":\"stop\"}],\"usage\":"
-                 "{\"prompt_tokens\":3,\"completion_tokens\":3,\"total_tokens\":6}}");
+                 "{\"prompt_tokens\":3,\"completion_tokens\":3,\"total_tokens\":6,\"prompt_tokens_"
+                 "details\":{\"cached_tokens\":2}}}");
     CHECK(valid_json(b.data, b.len));
     srv_buf_deinit(&b);
 }
@@ -124,7 +126,7 @@ TEST(response_completion_prompt_logprobs)
     srv_job_token t[1] = {tok(0, -0.25f, 6, 6, -2.0f)};
     r.prompt_toks = p;
     r.n_prompt_toks = 2;
-    srv_resp_usage u = {2, 1};
+    srv_resp_usage u = {2, 1, 0};
     srv_resp_full(&b, &r, " Lyon.", 6, " Paris", 6, t, 1, "length", &u);
     CHECK_EQ_STR(b.data, "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,"
                          "\"model\":\"base\",\"choices\":[{\"index\":0,\"text\":\" Lyon. Paris\","
@@ -132,7 +134,8 @@ TEST(response_completion_prompt_logprobs)
                          "\"token_logprobs\":[null,-3,-0.25],\"top_logprobs\":[null,{\".\":-3,"
                          "\"\\n\":-0.5},{\" Paris\":-0.25,\" Lyon\":-2}],"
                          "\"text_offset\":[0,5,6]},\"finish_reason\":\"length\"}],\"usage\":"
-                         "{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3}}");
+                         "{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3,\"prompt_"
+                         "tokens_details\":{\"cached_tokens\":0}}}");
     CHECK(valid_json(b.data, b.len));
     srv_buf_reset(&b);
     srv_resp_chunk(&b, &r, false, " Lyon.", 6, NULL, 0, 0, 0, NULL);
@@ -151,7 +154,7 @@ TEST(response_chat_full_logprobs_bytes)
     /* "é" split over two byte tokens: the first shows as bytes:, both give their bytes. */
     srv_job_token t[2] = {tok(3, -1.0f, 0, 0, 0), tok(4, -0.5f, 2, 0, 0)};
     t[0].n_top = t[1].n_top = 0;
-    srv_resp_usage u = {4, 2};
+    srv_resp_usage u = {4, 2, 0};
     srv_resp_full(&b, &r, "ignored", 7, "\xc3\xa9", 2, t, 2, "stop", &u);
     CHECK_EQ_STR(b.data,
                  "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1700000000,"
@@ -160,7 +163,8 @@ TEST(response_chat_full_logprobs_bytes)
                  "{\"token\":\"bytes:\\\\xc3\",\"logprob\":-1,\"bytes\":[195],\"top_logprobs\":[]},"
                  "{\"token\":\"bytes:\\\\xa9\",\"logprob\":-0.5,\"bytes\":[169],"
                  "\"top_logprobs\":[]}],\"refusal\":null},\"finish_reason\":\"stop\"}],"
-                 "\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2,\"total_tokens\":6}}");
+                 "\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":2,\"total_tokens\":6,"
+                 "\"prompt_tokens_details\":{\"cached_tokens\":0}}}");
     CHECK(valid_json(b.data, b.len));
     srv_buf_deinit(&b);
 }
@@ -174,7 +178,7 @@ TEST(response_chat_stream_chunks)
     srv_resp_chunk(&b, &r, true, "", 0, NULL, 0, 0, 0, NULL);
     srv_resp_chunk(&b, &r, false, "a\n\nb", 4, NULL, 0, 0, 0, NULL);
     srv_resp_chunk(&b, &r, false, "", 0, NULL, 0, 0, 0, "stop");
-    srv_resp_usage u = {3, 2};
+    srv_resp_usage u = {3, 2, 0};
     srv_resp_usage_chunk(&b, &r, &u);
     srv_resp_done(&b);
     const char *head = "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\","
@@ -189,7 +193,7 @@ TEST(response_chat_stream_chunks)
         "data: %s\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,"
         "\"finish_reason\":\"stop\"}],\"usage\":null}\n\n"
         "data: %s\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,"
-        "\"total_tokens\":5}}\n\n"
+        "\"total_tokens\":5,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n"
         "data: [DONE]\n\n",
         head, head, head, head);
     CHECK_EQ_STR(b.data, want);
