@@ -163,11 +163,14 @@ bench-peer: deps model gemma vocab
 	$(LLAMA_BENCH) -m $(GEMMA_MODEL) -p 128 -n 64 -t $$(nproc) -r 3
 
 # The server under 32 concurrent streams: no adapter, one adapter, 32 different rank-8 q,v and
-# rank-16 all-linear adapters, 32 different three-level chains, and the same requests one by one.
+# rank-16 all-linear adapters, 32 different three-level chains, and the same requests one by one;
+# then the KV side (tools/bench_kv.py): a shared system prompt with and without the prefix cache,
+# KV memory at 32 streams, 1k-token streams per GB.
 # BENCH_ARGS=--int8 (and/or --kv-f16) measures serve with those flags.
 bench-server: deps model venv
 	@$(MAKE) --no-print-directory all $(BUILD)/bench_core
 	BUILD=$(BUILD) MODEL=$(MODEL) tools/bench_server.sh $(BENCH_ARGS)
+	.venv/bin/python -B tools/bench_kv.py --build $(BUILD) -m $(MODEL) $(BENCH_ARGS)
 
 # The PNGs of docs/PERF.md from the saved bench outputs in docs/perf/data (matplotlib in its own
 # venv, .venv-plot; not part of `make test`). Add a run with
