@@ -437,6 +437,63 @@ TEST(engine_concurrent_jobs_match_alone)
     srv_engine_free(e);
 }
 
+/* Preemption and re-prefill: a pool of 18 blocks (17 hold one --ctx 256 sequence) for four jobs
+ * that each grow past 4 blocks. Admission waits, the youngest sequences are preempted and
+ * recompute their prompt and generated tokens, and every job gives its tokens alone. */
+TEST(engine_kv_pool_preempts_and_recomputes)
+{
+    TEST_NEED_MODEL();
+    core_model *m = test_shared_model();
+    CHECK(m);
+    srv_engine_opts o;
+    srv_engine_opts_default(&o);
+    o.model = m;
+    o.model_path = test_model_path();
+    o.watch = false;
+    o.n_ctx = 256;
+    o.max_seqs = 4;
+    o.no_prefix_cache = true;
+    o.verbose = 0;
+    size_t block = 2 * (size_t)m->cfg.n_layer * CORE_KV_BLOCK * (size_t)m->cfg.n_head_kv *
+                   (size_t)m->cfg.head_dim * sizeof(float);
+    o.kv_cache_bytes = 18 * block;
+    char err[256] = "";
+    srv_engine *e = srv_engine_new(&o, err, sizeof err);
+    CHECK_MSG(e != NULL, "%s", err);
+    enum { N = 4, GEN = 60 };
+    const char *prompts[N] = {"1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "Once upon a time, there was",
+                              "The first ten prime numbers are", "a b c d e f g h i j k"};
+    jobspec specs[N];
+    int32_t alone[N][MAXTOK];
+    int n_alone[N];
+    for (int i = 0; i < N; i++) {
+        specs[i] = (jobspec){.prompt = prompts[i], .client = "a", .max_tokens = GEN};
+        n_alone[i] = run_alone(e, &specs[i], alone[i], NULL);
+        CHECK(n_alone[i] > 0);
+    }
+    jobrun r[N];
+    for (int i = 0; i < N; i++) {
+        CHECK(job_make(e, &specs[i], &r[i]));
+        CHECK_EQ_INT(srv_engine_submit(e, r[i].j), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        srv_job_status st;
+        CHECK(wait_done(r[i].j, &st) == SRV_FINISH_LENGTH || st.finish == SRV_FINISH_STOP);
+        int32_t got[MAXTOK];
+        int ng = job_ids(r[i].j, got, MAXTOK);
+        CHECK_MSG(same_ids(alone[i], n_alone[i], got, ng), "job %d under pressure differs", i);
+        job_drop(&r[i]);
+    }
+    srv_engine_stats s;
+    srv_engine_stats_get(e, &s);
+    printf("    18-block pool, 4 jobs of %d tokens: %llu preemptions, %llu admission waits\n", GEN,
+           (unsigned long long)s.kv_preemptions, (unsigned long long)s.kv_admission_waits);
+    CHECK(s.kv_preemptions + s.kv_admission_waits > 0);
+    CHECK_EQ_INT(s.kv_blocks_used, 0);
+    CHECK_EQ_INT(s.kv_blocks_total, 18);
+    srv_engine_free(e);
+}
+
 TEST(engine_stop_strings)
 {
     TEST_NEED_MODEL();
