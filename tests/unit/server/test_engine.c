@@ -437,6 +437,11 @@ TEST(engine_concurrent_jobs_match_alone)
     srv_engine_free(e);
 }
 
+static int kv_used_is(const srv_engine_stats *s, int n)
+{
+    return s->kv_blocks_used == n;
+}
+
 /* Preemption and re-prefill: a pool of 18 blocks (17 hold one --ctx 256 sequence) for four jobs
  * that each grow past 4 blocks. Admission waits, the youngest sequences are preempted and
  * recompute their prompt and generated tokens, and every job gives its tokens alone. */
@@ -484,6 +489,7 @@ TEST(engine_kv_pool_preempts_and_recomputes)
         CHECK_MSG(same_ids(alone[i], n_alone[i], got, ng), "job %d under pressure differs", i);
         job_drop(&r[i]);
     }
+    CHECK_EQ_INT(wait_stats(e, kv_used_is, 0), 0); /* the gauges follow the step */
     srv_engine_stats s;
     srv_engine_stats_get(e, &s);
     printf("    18-block pool, 4 jobs of %d tokens: %llu preemptions, %llu admission waits\n", GEN,
