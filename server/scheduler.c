@@ -10,7 +10,10 @@
  *
  * Steps. Every running sequence advances every step: one decode row each (rotating which ones
  * come first in the rare case they do not all fit), then prompt chunks of at most prefill_chunk
- * rows, oldest admission first, up to max_batch rows. The rows are ordered by lora set so that a
+ * rows, oldest admission first, up to the step budget (server/step_budget.h): with decode rows in
+ * the step, as many prompt rows as keep the step within its latency target by the costs learned
+ * from the steps before (at least a minimum, so that a prompt always progresses); with none, or
+ * with --max-step-ms 0, up to max_batch rows. The rows are ordered by lora set so that a
  * set's rows are contiguous; all sets share one core_forward call.
  *
  * Text. Each sequence's sampled tokens go through its srv_text (server/text_release.h), which
@@ -43,6 +46,7 @@ int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t
     sc->max_batch = cfg->max_batch;
     sc->prefill_chunk = cfg->prefill_chunk;
     sc->verbose = cfg->verbose;
+    srv__step_budget_init(&sc->budget, cfg->max_step_ms, cfg->max_batch);
     sc->reg = cfg->reg;
     sc->sh = cfg->sh;
     sc->kv = core_kv_new(&sc->model->cfg, sc->max_seqs, sc->n_ctx, err, errlen);
@@ -633,8 +637,9 @@ static int cmp_part(const void *a, const void *b)
     return x->s->order < y->s->order ? -1 : x->s->order > y->s->order;
 }
 
-/* Chooses this step's share of every sequence: decode rows first, then prompt chunks, oldest
- * first, within max_batch rows. Returns the number of parts; *n_dec of them are decode rows. */
+/* Chooses this step's share of every sequence: decode rows first, within max_batch rows, then
+ * prompt chunks, oldest first, within the step budget. Returns the number of parts; *n_dec of them
+ * are decode rows. */
 static int plan_parts(srv__sched *sc, int *n_dec)
 {
     int budget = sc->max_batch, n = 0, last = -1;
@@ -655,6 +660,7 @@ static int plan_parts(srv__sched *sc, int *n_dec)
     if (full)
         sc->decode_rr = (last + 1) % sc->max_seqs;
     *n_dec = n;
+    budget = srv__step_budget_prompt_rows(&sc->budget, n);
     int np = 0, extra = PROMPT_LOGIT_ROWS;
     for (int i = 0; i < sc->max_seqs; i++)
         if (sc->seqs[i].job && sc->seqs[i].n_past < sc->seqs[i].job->n_prompt)
@@ -739,10 +745,19 @@ static void step_done(srv__sched *sc, int n_parts, int n_rows, int n_dec, bool o
     }
     st->prompt_tokens += (uint64_t)prompt_rows;
     st->generated_tokens += (uint64_t)sampled;
+    double target = sc->budget.step_target_ms;
+    if (ok && srv__step_budget_observe(&sc->budget, n_dec, prompt_rows, dt * 1e3))
+        st->steps_over_target++;
+    if (target > 0)
+        st->step_target_ms = target;
+    st->prompt_row_ms = sc->budget.prompt_row_ms;
     pthread_mutex_unlock(&sc->sh->mu);
     if (sc->verbose >= 2)
-        fprintf(stderr, "engine: step %llu: %d rows (%d decode, %d prefill), %d running, %.1f ms\n",
-                (unsigned long long)st->steps, n_rows, n_dec, prompt_rows, sc->n_running, dt * 1e3);
+        fprintf(stderr,
+                "engine: step %llu: %d rows (%d decode, %d prefill), %d running, %.1f ms "
+                "(target %.1f ms)\n",
+                (unsigned long long)st->steps, n_rows, n_dec, prompt_rows, sc->n_running, dt * 1e3,
+                target);
     for (int i = 0; i < sc->n_changed; i++)
         srv__job_notify(sc->changed[i]);
     sc->n_changed = 0;

@@ -8,6 +8,7 @@
 #define ADAPTREE_SERVER_SCHEDULER_H
 
 #include "server/job_internal.h"
+#include "server/step_budget.h"
 
 /* A running sequence: one KV slot, the job's adapters, sampler and undelivered text. */
 typedef struct srv__seq {
@@ -58,6 +59,7 @@ typedef struct srv__sched {
     srv__shared *sh;       /* the engine's counters and their lock */
 
     /* engine thread */
+    srv__step_budget budget; /* prompt rows per step, from the latency target */
     core_kv *kv;
     core_ctx *ctx;
     adapter_plan *plan;
@@ -87,6 +89,7 @@ typedef struct srv__sched_cfg {
     const core_model *model;
     const core_tokenizer *tok;
     int n_ctx, max_seqs, max_batch, prefill_chunk, verbose;
+    double max_step_ms; /* step latency target: > 0 ms, 0 none (max_batch rows), < 0 the default */
     bool kv_f16;
     adapter_registry *reg;
     srv__shared *sh;
