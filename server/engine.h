@@ -11,11 +11,11 @@
  *      are not resident asks the registry to load them (adapter_registry_acquire -> -EAGAIN) and
  *      stays waiting without holding a slot or blocking the jobs behind it;
  *   3. builds one batch: one decode row for every running sequence that has its prompt in the
- *      cache, then prompt chunks of prefilling sequences (oldest first) within the step budget: as
- *      many rows as keep the step within max_step_ms by the step costs learned so far (at least
- *      a few), or up to max_batch_tokens rows when no sequence decodes; every row carries its
- * sequence's lora set, so rows of different adapters share the step (adapter_plan_build, one
- * core_forward);
+ *      cache, then prompt chunks of prefilling sequences (each client's oldest first, the
+ *      clients taking turns) within the step budget: as many rows as keep the step within
+ *      max_step_ms by the step costs learned so far (at least a few), or up to
+ *      max_batch_tokens rows when no sequence decodes; every row carries its sequence's lora
+ *      set, so rows of different adapters share the step (adapter_plan_build, one core_forward);
  *   4. samples each decode row (and the last prompt row), runs stop checks (EOG token, stop
  *      strings, max_tokens, end of context), appends the released text and tokens to the job and
  *      calls the job's notify callback.

@@ -15,6 +15,7 @@ typedef struct srv__seq {
     srv_job *job; /* NULL: the slot is free */
     int slot;
     uint64_t order;   /* admission order: prefill goes oldest first */
+    int client_rank;  /* older prefilling sequences of the same client (plan_parts' scratch) */
     adapter_set *set; /* NULL: base model only */
     core_sampler *smp;
     int32_t *hist; /* (n_ctx) prompt then generated tokens */
@@ -78,10 +79,11 @@ typedef struct srv__sched {
     const adapter_set **b_sets;      /* (max_batch) */
     srv__part *parts;                /* (max_seqs) */
     core_sample_req *sreq;           /* (max_seqs) the step's sampling, on core's pool */
-    srv__seq **pre;                  /* (max_seqs) prefilling sequences, oldest first */
+    srv__seq **pre;                  /* (max_seqs) prefilling sequences, in prefill order */
     size_t text_scratch;             /* srv_text_scratch_cap of the tokenizer */
     srv_job **changed;               /* (n_changed) to notify after the step; capacity max_seqs */
     int n_changed;
+    unsigned prefill_rr; /* turns the clients whose oldest prompt is prefilled first */
 } srv__sched;
 
 /* What srv__sched_init takes. */

@@ -4,7 +4,8 @@
 beside a running stream: the minimum chunk every step), and the budget shapes the steps: under the
 tiny target the prompt is spread over one step per minimum chunk, none of them large, and every
 step is counted over its target; with --max-step-ms 0 it takes a few full chunks and nothing is
-counted. Structure (rows and steps from /metrics), never wall-clock times."""
+counted; under the tiny target another client's short prompt is not held back by a long one.
+Structure (rows and steps from /metrics, which request ends first), never wall-clock times."""
 
 import math
 
@@ -127,6 +128,48 @@ def no_target_takes_full_chunks():
     eq(mixed, math.ceil(n / CHUNK), f"steps with prompt rows for {n} rows in {CHUNK}-row chunks")
     eq(delta(before, after, "adaptree_steps_over_target_total"), 0, "steps over a target")
     eq(after[("adaptree_step_target_ms", ())], 0.0, "adaptree_step_target_ms with no target")
+
+
+@suite.test
+def another_clients_short_prompt_is_not_held_back():
+    """Under the 1 ms target every step has room for one 8-row chunk: client B's 8-token prompt,
+    sent while client A's ~750-token prompt is being prefilled, gets it within a step or two
+    (the clients take turns), not after A's ~90 chunks."""
+    s = SERVERS["tiny"]
+    state = {"stop": False}
+
+    def on_event(i, ev):
+        if state["stop"]:
+            raise StopStream()
+
+    def run():
+        try:
+            e2e.stream(s.port, "/v1/completions", COUNT, timeout=180, on_event=on_event)
+        except StopStream:
+            pass
+
+    bg = e2e.Background(run)
+    base = e2e.metrics(s)[("adaptree_prompt_tokens_total", ())]
+    a_prompt = LONG[:len(LONG) // 2]
+    a = e2e.Background(s.post, "/v1/completions", {"prompt": a_prompt, "max_tokens": 1,
+                                                   "temperature": 0, "user": "A"}, timeout=180)
+    e2e.wait_until(lambda: e2e.metrics(s)[("adaptree_prompt_tokens_total", ())] >= base + 64,
+                   60, "A's prefill under way")
+    r = s.post("/v1/completions", {"prompt": "1, 2, 3, 4, 5, 6, 7,", "max_tokens": 1,
+                                   "temperature": 0, "user": "B"}, timeout=180)
+    check(r.status == 200, f"B: {r}")
+    a_done = not a.t.is_alive()
+    left = None
+    if not a_done:
+        left = e2e.metrics(s)[("adaptree_prompt_tokens_total", ())] - base
+    ra = a.result(180)
+    state["stop"] = True
+    bg.result(60)
+    check(ra.status == 200, f"A: {ra}")
+    n_a = ra.json()["usage"]["prompt_tokens"]
+    check(not a_done, f"A's {n_a}-token prompt finished before B's 8-token one")
+    check(left is not None and left < n_a, f"{left} prompt rows computed when B finished, "
+          f"A's prompt has {n_a}: B waited for the whole of A's prefill")
 
 
 @suite.test
