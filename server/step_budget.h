@@ -3,9 +3,10 @@
  * over a cost model learned online from the steps the scheduler runs; no clock, no threads. The
  * scheduler owns one and uses it on the engine thread only.
  *
- * The model: a decode-only step of n rows costs a + b n ms (a least-squares line through the
- * recent decode-only steps, exponentially forgotten); a prompt row costs c ms on top of the
- * decode rows it shares a step with (an EWMA over steps with prompt rows). The target is given
+ * The model: n decode rows cost a + b n ms (a least-squares line, exponentially forgotten,
+ * through the recent steps' decode parts: a decode-only step's time, a mixed step's time less
+ * its prompt rows' cost); a prompt row costs c ms on top of the decode rows it shares a step
+ * with (an EWMA over steps with prompt rows of what they took beyond the line). The target is given
  * (--max-step-ms X), or by default SRV_STEP_AUTO_MULT times the predicted decode-only step of
  * this step's decode rows, at least SRV_STEP_AUTO_FLOOR_MS.
  */
@@ -31,8 +32,8 @@ typedef struct srv__step_budget {
     int max_batch;      /* rows per step */
     int min_prompt_rows;
     /* learned */
-    int n_decode_seen;                   /* decode-only steps observed */
-    double dec_n, dec_nn, dec_t, dec_nt; /* EWMA moments of (rows, ms) of decode-only steps */
+    int n_decode_seen;                   /* steps observed (with decode rows or not) */
+    double dec_n, dec_nn, dec_t, dec_nt; /* EWMA moments of (decode rows, their part in ms) */
     double prompt_row_ms;                /* EWMA cost of one prompt row; 0 until one is seen */
     /* the plan of the step in flight */
     double step_target_ms; /* the target the last planned step was sized for; 0 for none */
@@ -41,7 +42,7 @@ typedef struct srv__step_budget {
 /* max_step_ms as srv__step_budget.max_step_ms says; max_batch >= 1. Nothing allocated. */
 void srv__step_budget_init(srv__step_budget *b, double max_step_ms, int max_batch);
 
-/* The predicted time of a decode-only step of n rows; 0 before any decode-only step ran. */
+/* The predicted time of a decode-only step of n rows; 0 before any step ran. */
 double srv__step_budget_decode_ms(const srv__step_budget *b, int n);
 
 /* The target for a step with n_dec decode rows (0 with no target: max_step_ms 0, or no decode
