@@ -68,6 +68,11 @@ static void serve_usage(FILE *out)
         "      --threads N           OpenBLAS threads (default 0 = all cores)\n"
         "      --http-threads N      HTTP polling threads (default 2)\n"
         "      --max-batch-tokens N  rows per forward step (default 512)\n"
+        "      --max-step-ms MS      while streams decode, size prompt chunks so that a step\n"
+        "                            takes about MS ms, by step costs learned as it runs\n"
+        "                            (default: 2x the decode-only step, at least 25 ms; 0 =\n"
+        "                            no target, prompt chunks fill --max-batch-tokens)\n"
+        "      --prefill-chunk N     most prompt rows of one request per step (default 256)\n"
         "      --max-seqs N          sequences running at once (default 32)\n"
         "      --ctx N               context per sequence (default: the model's, at most "
         "2048)\n"
@@ -128,6 +133,8 @@ static const struct {
     {"--threads", 0, 1024, offsetof(srv_serve_opts, threads)},
     {"--http-threads", 1, 64, offsetof(srv_serve_opts, http_threads)},
     {"--max-batch-tokens", 1, 1 << 16, offsetof(srv_serve_opts, max_batch_tokens)},
+    {"--max-step-ms", 0, 600000, offsetof(srv_serve_opts, max_step_ms)},
+    {"--prefill-chunk", 1, 1 << 16, offsetof(srv_serve_opts, prefill_chunk)},
     {"--max-seqs", 1, 4096, offsetof(srv_serve_opts, max_seqs)},
     {"--ctx", 0, 1 << 20, offsetof(srv_serve_opts, n_ctx)},
     {"--adapter-cache-mb", 0, 1L << 30, offsetof(srv_serve_opts, adapter_cache_mb)},
@@ -152,6 +159,8 @@ static void defaults(srv_serve_opts *o)
     o->registry = SRV_DEFAULT_REGISTRY;
     o->http_threads = 2;
     o->max_batch_tokens = 512;
+    o->max_step_ms = -1;
+    o->prefill_chunk = 256;
     o->max_seqs = 32;
     o->queue_limit = 256;
     o->log_level = SRV_LOG_INFO;
@@ -419,6 +428,8 @@ static srv_engine *start_engine(const srv_serve_opts *o)
     }
     eo.n_threads = (int)o->threads;
     eo.max_batch_tokens = (int)o->max_batch_tokens;
+    eo.max_step_ms = (double)o->max_step_ms;
+    eo.prefill_chunk = (int)o->prefill_chunk;
     eo.max_seqs = (int)o->max_seqs;
     eo.n_ctx = (int)o->n_ctx;
     eo.cache_bytes = (size_t)o->adapter_cache_mb << 20;

@@ -17,6 +17,8 @@ typedef struct srv_serve_opts {
     long threads;              /* OpenBLAS threads, 0 = OpenBLAS's default */
     long http_threads;         /* libmicrohttpd polling threads, 2 */
     long max_batch_tokens;     /* 512 */
+    long max_step_ms;          /* step latency target, ms; 0 = none; -1 (default) = learned */
+    long prefill_chunk;        /* most prompt rows of one sequence per step, 256 */
     long max_seqs;             /* 32 */
     long n_ctx;                /* 0 = the model's, at most 2048 */
     long adapter_cache_mb;     /* 0 = unlimited */

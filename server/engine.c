@@ -34,6 +34,7 @@ void srv_engine_opts_default(srv_engine_opts *o)
     o->max_seqs = 32;
     o->queue_limit = 256;
     o->prefill_chunk = 256;
+    o->max_step_ms = -1;
     o->watch = true;
     o->verbose = 1;
 }
@@ -723,6 +724,7 @@ static void opts_apply(srv_engine *e, const srv_engine_opts *o)
     e->max_seqs = o->max_seqs > 0 ? o->max_seqs : 32;
     e->max_batch = o->max_batch_tokens > 0 ? o->max_batch_tokens : 512;
     e->prefill_chunk = o->prefill_chunk > 0 ? o->prefill_chunk : 256;
+    e->max_step_ms = o->max_step_ms;
     e->queue_limit = o->queue_limit > 0 ? o->queue_limit : 256;
     e->verbose = o->verbose;
     e->watch = o->watch;
@@ -749,6 +751,27 @@ static int chat_template_setup(srv_engine *e, const srv_engine_opts *o, char *er
                 msg);
     }
     return 0;
+}
+
+/* The start-up line that says how prompt chunks are sized beside decode rows. */
+static void step_budget_print(const srv_engine *e)
+{
+    if (e->max_step_ms > 0)
+        fprintf(stderr,
+                "engine: step budget: prompt chunks sized for steps of %.4g ms while streams "
+                "decode (at least %d prompt rows a step); %d rows when none does\n",
+                e->max_step_ms, SRV_STEP_MIN_PROMPT_ROWS, e->max_batch);
+    else if (e->max_step_ms == 0)
+        fprintf(stderr,
+                "engine: step budget: fixed, %d rows a step (--max-step-ms 0); no latency "
+                "target\n",
+                e->max_batch);
+    else
+        fprintf(stderr,
+                "engine: step budget: prompt chunks sized for steps of %.4gx the learned "
+                "decode-only step, at least %.4g ms, while streams decode (at least %d prompt "
+                "rows a step); %d rows when none does (--max-step-ms X to fix the target)\n",
+                SRV_STEP_AUTO_MULT, SRV_STEP_AUTO_FLOOR_MS, SRV_STEP_MIN_PROMPT_ROWS, e->max_batch);
 }
 
 srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
@@ -811,6 +834,7 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
                          .max_seqs = e->max_seqs,
                          .max_batch = e->max_batch,
                          .prefill_chunk = e->prefill_chunk,
+                         .max_step_ms = e->max_step_ms,
                          .verbose = e->verbose,
                          .kv_f16 = e->kv_f16,
                          .kv_pool_bytes = e->kv_pool_bytes,
@@ -848,6 +872,7 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
                 core_matmul_kernels(kernels, sizeof kernels), e->kv_f16 ? "f16" : "f32",
                 e->kv_pool_bytes >> 20, core_kv_blocks_total(e->sched.kv), CORE_KV_BLOCK,
                 core_kv_block_bytes(e->sched.kv) >> 10, e->prefix_cache ? "on" : "off");
+        step_budget_print(e);
     }
     return e;
 fail_sched:

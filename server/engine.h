@@ -11,9 +11,11 @@
  *      are not resident asks the registry to load them (adapter_registry_acquire -> -EAGAIN) and
  *      stays waiting without holding a slot or blocking the jobs behind it;
  *   3. builds one batch: one decode row for every running sequence that has its prompt in the
- *      cache, then prompt chunks of prefilling sequences (oldest first) until max_batch_tokens
- *      rows; every row carries its sequence's lora set, so rows of different adapters share the
- *      step (adapter_plan_build, one core_forward);
+ *      cache, then prompt chunks of prefilling sequences (each client's oldest first, the
+ *      clients taking turns) within the step budget: as many rows as keep the step within
+ *      max_step_ms by the step costs learned so far (at least a few), or up to
+ *      max_batch_tokens rows when no sequence decodes; every row carries its sequence's lora
+ *      set, so rows of different adapters share the step (adapter_plan_build, one core_forward);
  *   4. samples each decode row (and the last prompt row), runs stop checks (EOG token, stop
  *      strings, max_tokens, end of context), appends the released text and tokens to the job and
  *      calls the job's notify callback.
@@ -50,6 +52,10 @@ typedef struct srv_engine_opts {
     size_t cache_bytes;        /* adapter residency budget; 0 = unlimited */
     int queue_limit;           /* jobs waiting to be admitted, beyond the running ones; 0 = 256 */
     int prefill_chunk;         /* most prompt rows of one sequence per step; 0 = 256 */
+    double max_step_ms;        /* latency target of a step with decode rows, for sizing its
+                                  prompt chunks (server/step_budget.h): > 0 ms; 0 none (prompt
+                                  chunks up to max_batch_tokens rows, the old fixed budget);
+                                  < 0 (default) 2x the learned decode-only step, >= 25 ms */
     bool watch;                /* watch the registry for changes (default on in `serve`) */
     bool int8;                 /* int8 activations (core_model_set_int8); needs model_path */
     bool kv_f16;               /* K and V cached as f16 (core_kv_set_f16) */
@@ -67,7 +73,7 @@ typedef struct srv_engine_opts {
 } srv_engine_opts;
 
 /* Zeroes *o, then: max_batch_tokens 512, max_seqs 32, queue_limit 256, prefill_chunk 256,
- * watch on, verbose 1. */
+ * max_step_ms -1 (the default target), watch on, verbose 1. */
 void srv_engine_opts_default(srv_engine_opts *o);
 
 /* Loads the model, tokenizer and registry and starts the engine thread. NULL with a message on
@@ -114,6 +120,11 @@ typedef struct srv_engine_stats {
        step's own speed, rows / seconds, whatever prefill and HTTP cost around it */
     uint64_t decode_steps, decode_rows;
     double decode_seconds;
+    /* The step budget: the target of the last step that had one (ms; 0 before any), the
+       learned cost of a prompt row beside decode rows (ms; 0 before any), and the steps that
+       had a target and took longer */
+    double step_target_ms, prompt_row_ms;
+    uint64_t steps_over_target;
     int running; /* jobs holding a slot */
     int waiting; /* jobs queued (inbox included), also those waiting for a load */
     int loading; /* of those, jobs waiting for an adapter load */

@@ -13,6 +13,7 @@
 struct srv_engine {
     /* fixed after srv_engine_new */
     int n_ctx, max_seqs, max_batch, prefill_chunk, queue_limit, verbose;
+    double max_step_ms; /* srv_engine_opts.max_step_ms */
     bool watch;
     size_t cache_bytes;
     char *registry_dir;

@@ -176,6 +176,16 @@ static void render_engine(srv_buf *b, const srv_engine_stats *e)
     family(b, "adaptree_decode_step_seconds_total", "counter",
            "Time spent in decode-only steps and their sampling.");
     srv_buf_printf(b, "adaptree_decode_step_seconds_total %.9g\n", e->decode_seconds);
+    family(b, "adaptree_step_target_ms", "gauge",
+           "Latency target of the last step with decode rows, for which its prompt chunks were "
+           "sized (--max-step-ms; 0 before any, or with --max-step-ms 0).");
+    srv_buf_printf(b, "adaptree_step_target_ms %.6g\n", e->step_target_ms);
+    family(b, "adaptree_prompt_row_ms", "gauge",
+           "Learned cost of one prompt row beside decode rows, in ms (0 before any).");
+    srv_buf_printf(b, "adaptree_prompt_row_ms %.6g\n", e->prompt_row_ms);
+    family(b, "adaptree_steps_over_target_total", "counter",
+           "Steps planned for a latency target that took longer.");
+    sample_u64(b, "adaptree_steps_over_target_total", e->steps_over_target);
     render_batch_rows(b, e);
     family(b, "adaptree_jobs_total", "counter", "Generation jobs by how they ended.");
     srv_buf_printf(b,

@@ -10,8 +10,12 @@
  *
  * Steps. Every running sequence advances every step: one decode row each (rotating which ones
  * come first in the rare case they do not all fit), then prompt chunks of at most prefill_chunk
- * rows, oldest admission first, up to max_batch rows. The rows are ordered by lora set so that a
- * set's rows are contiguous; all sets share one core_forward call.
+ * rows (each client's oldest prompt first, the client that starts turning every step, then
+ * their second ones, ..., oldest admission first within a round), up to the step budget
+ * (server/step_budget.h): with decode rows in the step, as many prompt rows as keep the step within
+ * its latency target by the costs learned from the steps before (at least a minimum, so that a
+ * prompt always progresses); with none, or with --max-step-ms 0, up to max_batch rows. The rows are
+ * ordered by lora set so that a set's rows are contiguous; all sets share one core_forward call.
  *
  * Text. Each sequence's sampled tokens go through its srv_text (server/text_release.h), which
  * says how many decoded bytes may be released and whether a stop string ended the text; the
@@ -43,6 +47,7 @@ int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t
     sc->max_batch = cfg->max_batch;
     sc->prefill_chunk = cfg->prefill_chunk;
     sc->verbose = cfg->verbose;
+    srv__step_budget_init(&sc->budget, cfg->max_step_ms, cfg->max_batch);
     sc->reg = cfg->reg;
     sc->sh = cfg->sh;
     sc->kv = cfg->kv_pool_bytes
@@ -730,6 +735,50 @@ static int cmp_order(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Prefill order: a client's oldest prompt first, then every other client's oldest, then their
+ * second ones..., oldest admission first within a round. */
+static int cmp_prefill(const void *a, const void *b)
+{
+    const srv__seq *x = *(srv__seq *const *)a, *y = *(srv__seq *const *)b;
+    if (x->client_rank != y->client_rank)
+        return x->client_rank < y->client_rank ? -1 : 1;
+    return x->order < y->order ? -1 : x->order > y->order;
+}
+
+static void reverse(srv__seq **v, int n)
+{
+    for (int i = 0, k = n - 1; i < k; i++, k--) {
+        srv__seq *t = v[i];
+        v[i] = v[k];
+        v[k] = t;
+    }
+}
+
+/* Sorts the n prefilling sequences in pre as cmp_prefill says, so that a client that sent many
+ * prompts at once does not hold back another's prompt, admitted round-robin after them, for
+ * all of its own chunks; and rotates the clients' oldest prompts by one every step, so that
+ * under a small step budget, which the first prompt's chunk may use up, a long prompt does not
+ * hold back another client's short one for all of its chunks either. */
+static void order_prefill(srv__sched *sc, srv__seq **pre, int n)
+{
+    qsort(pre, (size_t)n, sizeof(srv__seq *), cmp_order);
+    int n_first = 0;
+    for (int i = 0; i < n; i++) {
+        pre[i]->client_rank = 0;
+        for (int k = 0; k < i; k++)
+            if (!strcmp(pre[k]->job->client, pre[i]->job->client))
+                pre[i]->client_rank++;
+        n_first += pre[i]->client_rank == 0;
+    }
+    qsort(pre, (size_t)n, sizeof(srv__seq *), cmp_prefill);
+    if (n_first > 1) {
+        int r = (int)(sc->prefill_rr++ % (unsigned)n_first);
+        reverse(pre, r);
+        reverse(pre + r, n_first - r);
+        reverse(pre, n_first);
+    }
+}
+
 static int cmp_part(const void *a, const void *b)
 {
     const srv__part *x = a, *y = b;
@@ -824,9 +873,9 @@ static void reserve_decode_rows(srv__sched *sc)
     }
 }
 
-/* Chooses this step's share of every sequence: decode rows first, then prompt chunks, oldest
- * first, within max_batch rows and the KV blocks there are. Returns the number of parts; *n_dec
- * of them are decode rows. */
+/* Chooses this step's share of every sequence: decode rows first, within max_batch rows, then
+ * prompt chunks, round-robin over clients and oldest first, within the step budget and the KV
+ * blocks there are. Returns the number of parts; *n_dec of them are decode rows. */
 static int plan_parts(srv__sched *sc, int *n_dec)
 {
     reserve_decode_rows(sc);
@@ -849,15 +898,14 @@ static int plan_parts(srv__sched *sc, int *n_dec)
     if (full)
         sc->decode_rr = (last + 1) % sc->max_seqs;
     *n_dec = n;
+    budget = srv__step_budget_prompt_rows(&sc->budget, n);
     int np = 0, extra = PROMPT_LOGIT_ROWS;
     for (int i = 0; i < sc->max_seqs; i++)
         if (sc->seqs[i].job && sc->seqs[i].n_past < sc->seqs[i].n_fill)
             sc->pre[np++] = &sc->seqs[i];
-    qsort(sc->pre, (size_t)np, sizeof(srv__seq *), cmp_order);
+    order_prefill(sc, sc->pre, np);
     for (int i = 0; i < np && budget > 0; i++) {
         srv__seq *s = sc->pre[i];
-        if (s->n_past >= s->n_fill) /* preempted, and not yet planned again */
-            continue;
         int left = s->n_fill - s->n_past;
         int m = left < sc->prefill_chunk ? left : sc->prefill_chunk;
         m = m < budget ? m : budget;
@@ -940,10 +988,19 @@ static void step_done(srv__sched *sc, int n_parts, int n_rows, int n_dec, bool o
     }
     st->prompt_tokens += (uint64_t)prompt_rows;
     st->generated_tokens += (uint64_t)sampled;
+    double target = sc->budget.step_target_ms;
+    if (ok && srv__step_budget_observe(&sc->budget, n_dec, prompt_rows, dt * 1e3))
+        st->steps_over_target++;
+    if (target > 0)
+        st->step_target_ms = target;
+    st->prompt_row_ms = sc->budget.prompt_row_ms;
     pthread_mutex_unlock(&sc->sh->mu);
     if (sc->verbose >= 2)
-        fprintf(stderr, "engine: step %llu: %d rows (%d decode, %d prefill), %d running, %.1f ms\n",
-                (unsigned long long)st->steps, n_rows, n_dec, prompt_rows, sc->n_running, dt * 1e3);
+        fprintf(stderr,
+                "engine: step %llu: %d rows (%d decode, %d prefill), %d running, %.1f ms "
+                "(target %.1f ms)\n",
+                (unsigned long long)st->steps, n_rows, n_dec, prompt_rows, sc->n_running, dt * 1e3,
+                target);
     for (int i = 0; i < sc->n_changed; i++)
         srv__job_notify(sc->changed[i]);
     sc->n_changed = 0;

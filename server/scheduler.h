@@ -9,12 +9,14 @@
 
 #include "server/job_internal.h"
 #include "server/prefix_cache.h"
+#include "server/step_budget.h"
 
 /* A running sequence: one KV slot, the job's adapters, sampler and undelivered text. */
 typedef struct srv__seq {
     srv_job *job; /* NULL: the slot is free */
     int slot;
     uint64_t order;   /* admission order: prefill goes oldest first */
+    int client_rank;  /* older prefilling sequences of the same client (plan_parts' scratch) */
     adapter_set *set; /* NULL: base model only */
     core_sampler *smp;
     int32_t *hist;  /* (n_ctx) prompt then generated tokens */
@@ -67,10 +69,10 @@ typedef struct srv__sched {
     srv__shared *sh;       /* the engine's counters and their lock */
 
     /* engine thread */
+    srv__step_budget budget; /* prompt rows per step, from the latency target */
     core_kv *kv;
     srv_prefix *prefix; /* NULL: no prefix cache */
     int32_t *ids;       /* (blocks per sequence) scratch for lookups */
-    bool kv_waiting;    /* the next job to admit waits for KV blocks */
     core_ctx *ctx;
     adapter_plan *plan;
     srv__seq *seqs; /* (max_seqs) */
@@ -88,10 +90,11 @@ typedef struct srv__sched {
     const adapter_set **b_sets;      /* (max_batch) */
     srv__part *parts;                /* (max_seqs) */
     core_sample_req *sreq;           /* (max_seqs) the step's sampling, on core's pool */
-    srv__seq **pre;                  /* (max_seqs) prefilling sequences, oldest first */
+    srv__seq **pre;                  /* (max_seqs) prefilling sequences, in prefill order */
     size_t text_scratch;             /* srv_text_scratch_cap of the tokenizer */
     srv_job **changed;               /* (n_changed) to notify after the step; capacity max_seqs */
     int n_changed;
+    unsigned prefill_rr; /* turns the clients whose oldest prompt is prefilled first */
 } srv__sched;
 
 /* What srv__sched_init takes. */
@@ -99,6 +102,7 @@ typedef struct srv__sched_cfg {
     const core_model *model;
     const core_tokenizer *tok;
     int n_ctx, max_seqs, max_batch, prefill_chunk, verbose;
+    double max_step_ms; /* step latency target: > 0 ms, 0 none (max_batch rows), < 0 the default */
     bool kv_f16;
     size_t kv_pool_bytes; /* the KV pool (at least one sequence of n_ctx positions) */
     bool prefix_cache;

@@ -23,8 +23,13 @@ something failed to run (a MISS is a measurement, not an error).
 With --int8 the server runs with int8 activations (serve --int8); the ceiling is still the f32
 sgemm one, so its ratio there says how far int8 gets past what f32 arithmetic could reach.
 
+After the table, tools/bench_step.py's latency scenarios (16 running streams + 4 arriving
+2000-token prompts: inter-token latency; a flood of 64 requests from one client and one from
+another: the other's time to first token), each with the default step budget and with
+--max-step-ms 0. --scenarios picks among throughput, latency and flood.
+
 usage: tools/bench_server.py [--build build] [-m MODEL] [-c 32] [-n 64] [--rounds 3] [--int8]
-                             [--kv-f16] [--json F]
+                             [--kv-f16] [--json F] [--scenarios throughput,latency,flood]
 """
 
 import argparse
@@ -43,6 +48,7 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
+import bench_step as bs  # noqa: E402
 import make_bench_registry as mbr  # noqa: E402
 
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
@@ -147,7 +153,8 @@ class Server:
         self.logf = tempfile.NamedTemporaryFile(prefix="adaptree-bench-", suffix=".log",
                                                 delete=False)
         cmd = [os.path.join(build, "adaptree"), "serve", "--host", "127.0.0.1", "--port",
-               str(self.port), "-m", model, "--registry", registry] + args
+               str(self.port), "-m", model] + (["--registry", registry] if registry
+                                                else ["--no-registry"]) + args
         log("$ " + " ".join(cmd))
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=ROOT,
@@ -267,6 +274,109 @@ def fmt(x, spec=".1f"):
     return "-" if x is None else format(x, spec)
 
 
+def latency(a, build):
+    """bench_step's latency scenario with the default budget and with --max-step-ms 0."""
+    res = {}
+    for label, extra in (("default budget", []), ("--max-step-ms 0", ["--max-step-ms", "0"])):
+        srv = Server(build, a.model, None, ["--max-seqs", "32", "--ctx", "2304",
+                                            "--log-level", "warn"] + step_args(a) + extra)
+        try:
+            log(f"bench: latency, {label} ...")
+            bs.warm(srv.port)
+            res[label] = bs.latency_run(srv.port, log)
+            res[label]["metrics"] = step_metrics(srv)
+        finally:
+            srv.stop()
+    print()
+    print(f"{bs.STREAMS} running streams (max_tokens {bs.STREAM_TOKENS}, SSE) + "
+          f"{bs.LONG_PROMPTS} arriving prompts of "
+          f"{res['default budget']['long_tokens'][0] if res['default budget']['long_tokens'] else '?'}"
+          f" tokens; machine load average {os.getloadavg()[0]:.2f}")
+    print(f"{'budget':18} {'ITL p50':>8} {'p99':>8} {'max':>8} {'p99/p50':>8} "
+          f"{'during p50':>11} {'p99':>8} {'long prompts s':>16} {'steps>target':>13} "
+          f"{'target ms':>10} {'row ms':>7}")
+    for label, r in res.items():
+        m = r["metrics"]
+        ratio = r["itl_p99"] / r["itl_p50"] if r["itl_p50"] else None
+        longs = "/".join(f"{x:.0f}" for x in sorted(r["long_s"]))
+        print(f"{label:18} {fmt(r['itl_p50']):>8} {fmt(r['itl_p99']):>8} {fmt(r['itl_max']):>8} "
+              f"{fmt(ratio, '.2f'):>8} {fmt(r['during_p50']):>11} {fmt(r['during_p99']):>8} "
+              f"{longs:>16} {m.get('adaptree_steps_over_target_total', 0):13.0f} "
+              f"{m.get('adaptree_step_target_ms', 0):10.1f} {m.get('adaptree_prompt_row_ms', 0):7.2f}")
+    print("(inter-token latency of the running streams in ms over their whole run; 'during': the "
+          "gaps that end while the long prompts are in flight; long prompts: seconds each took)")
+    d = res["default budget"]
+    ok = d["itl_p50"] and d["itl_p99"] <= 2 * d["itl_p50"]
+    print(f"{'PASS' if ok else 'MISS'}  running streams' ITL p99 <= 2x median with the default "
+          f"budget: {fmt(d['itl_p99'])} vs {fmt(d['itl_p50'])} ms")
+    return 1 if any(r["errors"] for r in res.values()) else 0
+
+
+def flood(a, build):
+    """bench_step's flood scenario with the default budget and with --max-step-ms 0."""
+    res = {}
+    for label, extra in (("default budget", []), ("--max-step-ms 0", ["--max-step-ms", "0"])):
+        srv = Server(build, a.model, None, ["--max-seqs", str(bs.FLOOD + 8), "--queue-limit",
+                                            "256", "--log-level", "warn"] + step_args(a) + extra)
+        try:
+            bs.warm(srv.port)
+            runs = []
+            for rnd in range(FLOOD_ROUNDS):
+                log(f"bench: flood, {label}, round {rnd + 1}/{FLOOD_ROUNDS} ...")
+                runs.append(bs.flood_run(srv.port, log))
+            # one B request per flood: the round with the median B TTFT stands for the runs
+            runs.sort(key=lambda r: r["b_ms"] if r["b_ms"] is not None else float("inf"))
+            res[label] = dict(runs[len(runs) // 2], all_b=[r["b_ms"] for r in runs],
+                              errors=sum(r["errors"] for r in runs))
+        finally:
+            srv.stop()
+    print()
+    print(f"flood: client A sends {bs.FLOOD} requests at once (max_tokens {bs.FLOOD_TOKENS}), "
+          f"client B one 50 ms later; --max-seqs {bs.FLOOD + 8} (every request gets a slot: the "
+          f"steps are measured, not the slots); machine load average {os.getloadavg()[0]:.2f}")
+    print(f"{'budget':18} {'B idle TTFT':>12} {'B TTFT':>8} {'ratio':>6} {'A TTFT p50':>11} "
+          f"{'A max':>8}  B TTFT of each round")
+    for label, r in res.items():
+        ratio = r["b_ms"] / r["idle_ms"] if r["b_ms"] and r["idle_ms"] else None
+        print(f"{label:18} {fmt(r['idle_ms']):>12} {fmt(r['b_ms']):>8} {fmt(ratio, '.1f'):>6} "
+              f"{fmt(r['a_ttft_p50']):>11} {fmt(r['a_ttft_max']):>8}  "
+              + " ".join(fmt(x, ".0f") for x in r["all_b"]))
+    print(f"(times to first token in ms; the round with the median B TTFT of {FLOOD_ROUNDS}; B "
+          f"idle: the median of 3 on the idle server before that round)")
+    d = res["default budget"]
+    ok = d["b_ms"] is not None and d["idle_ms"] and d["b_ms"] <= 3 * d["idle_ms"]
+    print(f"{'PASS' if ok else 'MISS'}  B's TTFT under A's flood <= 3x idle with the default "
+          f"budget: {fmt(d['b_ms'])} vs {fmt(d['idle_ms'])} ms")
+    return 1 if any(r["errors"] for r in res.values()) else 0
+
+
+def step_args(a):
+    out = []
+    if a.threads:
+        out += ["--threads", str(a.threads)]
+    if a.int8:
+        out += ["--int8"]
+    if a.kv_f16:
+        out += ["--kv-f16"]
+    return out
+
+
+FLOOD_ROUNDS = 3
+
+STEP_METRICS = ("adaptree_steps_over_target_total", "adaptree_step_target_ms",
+                "adaptree_prompt_row_ms", "adaptree_steps_total")
+
+
+def step_metrics(srv):
+    status, body = http(srv.url + "/metrics", timeout=30)
+    vals = {}
+    for line in body.decode().splitlines() if status == 200 else []:
+        name, _, val = line.partition(" ")
+        if name in STEP_METRICS:
+            vals[name] = float(val)
+    return vals
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--build", default=os.environ.get("BUILD", "build"))
@@ -282,8 +392,26 @@ def main(argv=None):
     p.add_argument("--kv-f16", action="store_true", help="serve --kv-f16 (f16 KV cache)")
     p.add_argument("--keep-registry", help="write the registry here and keep it")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--scenarios", default="throughput,latency,flood",
+                   help="comma-separated, run in this order: throughput (the adapter table), "
+                        "latency (16 streams + 4 long prompts), flood (64 requests of A, one of "
+                        "B); tools/bench_step.py")
     a = p.parse_args(argv)
     build = a.build if os.path.isabs(a.build) else os.path.join(ROOT, a.build)
+    which = [w.strip() for w in a.scenarios.split(",") if w.strip()]
+    bad = [w for w in which if w not in ("throughput", "latency", "flood")]
+    if bad:
+        p.error(f"unknown scenario {bad[0]!r}")
+    rc = throughput(a, build) if "throughput" in which else 0
+    if "latency" in which:
+        rc |= latency(a, build)
+    if "flood" in which:
+        rc |= flood(a, build)
+    return rc
+
+
+def throughput(a, build):
+    """The adapter throughput table; 0 unless a request failed."""
     n = a.concurrency
 
     load_before = os.getloadavg()[0]

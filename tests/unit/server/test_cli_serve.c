@@ -60,14 +60,15 @@ TEST(serve_flags_all)
     unsetenv("ADAPTREE_API_KEY");
     srv_serve_opts o;
     char err[256];
-    int rc = parse(&o, err, "--host", "0.0.0.0", "--port=9000", "-m", "m.gguf", "--registry", "/r",
-                   "--threads", "2", "--max-batch-tokens", "64", "--max-seqs", "4", "--ctx", "512",
-                   "--adapter-cache-mb", "100", "--queue-limit", "8", "--api-key", "k1",
-                   "--admin-key=k2", "--log-level", "debug", "--max-body-kb", "16",
-                   "--idle-timeout", "5", "--http-threads", "3", "--no-watch", "--int8", "--kv-f16",
-                   "--max-connections", "64", "--max-connections-per-ip=0", "--header-timeout", "3",
-                   "--body-timeout", "4", "--drain-timeout", "0", "--drain-delay", "3",
-                   "--replica-name", "pod-7.zone_a:1", "--chat-template", "t.jinja", NULL);
+    int rc =
+        parse(&o, err, "--host", "0.0.0.0", "--port=9000", "-m", "m.gguf", "--registry", "/r",
+              "--threads", "2", "--max-batch-tokens", "64", "--max-seqs", "4", "--ctx", "512",
+              "--adapter-cache-mb", "100", "--queue-limit", "8", "--api-key", "k1",
+              "--admin-key=k2", "--log-level", "debug", "--max-body-kb", "16", "--idle-timeout",
+              "5", "--http-threads", "3", "--no-watch", "--int8", "--kv-f16", "--max-connections",
+              "64", "--max-connections-per-ip=0", "--header-timeout", "3", "--body-timeout", "4",
+              "--drain-timeout", "0", "--drain-delay", "3", "--replica-name", "pod-7.zone_a:1",
+              "--chat-template", "t.jinja", "--max-step-ms", "40", "--prefill-chunk", "64", NULL);
     CHECK_MSG(rc == 0, "rc %d: %s", rc, err);
     CHECK_EQ_STR(o.host, "0.0.0.0");
     CHECK_EQ_INT(o.port, 9000);
@@ -96,8 +97,16 @@ TEST(serve_flags_all)
     CHECK_EQ_INT(o.drain_delay, 3);
     CHECK_EQ_STR(o.replica, "pod-7.zone_a:1");
     CHECK_EQ_STR(o.chat_template, "t.jinja");
+    CHECK_EQ_INT(o.max_step_ms, 40);
+    CHECK_EQ_INT(o.prefill_chunk, 64);
     CHECK_EQ_INT(parse(&o, err, "--no-registry", NULL), 0);
     CHECK(o.registry == NULL);
+    CHECK_EQ_INT(o.max_step_ms, -1); /* the learned default */
+    CHECK_EQ_INT(o.prefill_chunk, 256);
+    CHECK_EQ_INT(parse(&o, err, "--max-step-ms", "0", NULL), 0);
+    CHECK_EQ_INT(o.max_step_ms, 0);
+    CHECK_EQ_INT(parse(&o, err, "--max-step-ms", "-1", NULL), 2);
+    CHECK_EQ_INT(parse(&o, err, "--prefill-chunk", "0", NULL), 2);
 }
 
 TEST(serve_flags_env_keys)
