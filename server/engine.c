@@ -770,8 +770,9 @@ static void step_budget_print(const srv_engine *e)
         fprintf(stderr,
                 "engine: step budget: prompt chunks sized for steps of %.4gx the learned "
                 "decode-only step, at least %.4g ms, while streams decode (at least %d prompt "
-                "rows a step); %d rows when none does (--max-step-ms X to fix the target)\n",
-                SRV_STEP_AUTO_MULT, SRV_STEP_AUTO_FLOOR_MS, SRV_STEP_MIN_PROMPT_ROWS, e->max_batch);
+                "rows a step); %.4g ms when none does (--max-step-ms X to fix the target)\n",
+                SRV_STEP_AUTO_MULT, SRV_STEP_AUTO_FLOOR_MS, SRV_STEP_MIN_PROMPT_ROWS,
+                SRV_STEP_PROMPT_ONLY_MS);
 }
 
 srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)

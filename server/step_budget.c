@@ -41,8 +41,10 @@ double srv__step_budget_decode_ms(const srv__step_budget *b, int n)
 
 double srv__step_budget_target_ms(const srv__step_budget *b, int n_dec)
 {
-    if (b->max_step_ms == 0 || n_dec <= 0)
+    if (b->max_step_ms == 0 || (n_dec <= 0 && b->max_step_ms > 0))
         return 0;
+    if (n_dec <= 0)
+        return SRV_STEP_PROMPT_ONLY_MS;
     if (b->max_step_ms > 0)
         return b->max_step_ms;
     double t = SRV_STEP_AUTO_MULT * srv__step_budget_decode_ms(b, n_dec);

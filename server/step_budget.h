@@ -22,6 +22,11 @@
 /* ... and never less than this: below it a small batch's prompt chunks would shrink to the
  * minimum and a long prompt would take hundreds of steps, for latencies nobody reads. */
 #define SRV_STEP_AUTO_FLOOR_MS 25.0
+/* With no stream decoding, the default target of a prompt-only step: a request that arrives
+ * waits about this long for the step in flight before its own prompt gets a turn. 100 ms of
+ * prompt rows is some 70-130 rows on a 2-vCPU machine, where the matmuls are already at their
+ * best speed (from 48 rows), so a lone long prompt loses little. */
+#define SRV_STEP_PROMPT_ONLY_MS 100.0
 /* Prompt rows every step with a prompt to advance may take, whatever the target: a prompt
  * always progresses. */
 #define SRV_STEP_MIN_PROMPT_ROWS 8
@@ -46,7 +51,8 @@ void srv__step_budget_init(srv__step_budget *b, double max_step_ms, int max_batc
 double srv__step_budget_decode_ms(const srv__step_budget *b, int n);
 
 /* The target for a step with n_dec decode rows (0 with no target: max_step_ms 0, or no decode
- * row, where nobody waits for the step). */
+ * row under a fixed target). With the default target and no decode row: SRV_STEP_PROMPT_ONLY_MS,
+ * for the requests that may arrive during the step. */
 double srv__step_budget_target_ms(const srv__step_budget *b, int n_dec);
 
 /* The prompt rows the next step may take beside its n_dec decode rows: max_batch - n_dec with no

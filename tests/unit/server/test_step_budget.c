@@ -41,7 +41,8 @@ TEST(step_budget_default_target_is_a_multiple_with_a_floor)
     srv__step_budget b;
     srv__step_budget_init(&b, -1, 512);
     CHECK_NEAR(srv__step_budget_target_ms(&b, 4), SRV_STEP_AUTO_FLOOR_MS, 0); /* nothing learned */
-    CHECK_NEAR(srv__step_budget_target_ms(&b, 0), 0, 0); /* no decode row: nobody waits */
+    /* no decode row: a bound for who may arrive during the step */
+    CHECK_NEAR(srv__step_budget_target_ms(&b, 0), SRV_STEP_PROMPT_ONLY_MS, 0);
     for (int i = 0; i < 10; i++)
         srv__step_budget_observe(&b, 16, 0, 40);
     CHECK_NEAR(srv__step_budget_target_ms(&b, 16), SRV_STEP_AUTO_MULT * 40, 1e-9);
