@@ -211,8 +211,8 @@ def main(argv=None):
               f"(target >= 1): {'PASS' if on['tok_s'] >= off['tok_s'] * 0.97 else 'MISS'}")
         print(f"KV memory, 32 streams x {mem['positions_mean']:.0f} positions: paged "
               f"{mem['paged_mb']:.0f} MB (adaptree_kv_bytes peak {mem['kv_peak_mb']:.0f} MB, "
-              f"server RSS +{mem['rss_growth_mb']:.0f} MB) vs {mem['contiguous_mb']:.0f} MB in "
-              f"contiguous per-sequence caches (before paging)")
+              f"server RSS +{mem['rss_growth_mb']:.0f} MB) vs {mem['contiguous_mb']:.0f} MB allocated "
+              f"by contiguous per-sequence caches (before paging; resident only where written)")
         print(f"1k-token streams whose KV fits in 1 GB: {fit['f32']} (f32 KV), {fit['f16']} "
               f"(--kv-f16); blocks of 16 positions, {block / 1024:.0f} KB each at f32")
         if a.json:
