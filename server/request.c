@@ -892,27 +892,31 @@ static int parse_adapters(pctx *c)
 
 /* ---- token-level controls: logit_bias, min_tokens, ignore_eos, stop_token_ids ------------- */
 
-/* A token id from a logit_bias key: the decimal digits of an integer in [0, n_vocab). */
+/* A token id from a logit_bias key: the decimal digits of an integer in [0, n_vocab). A key that
+ * is not one is refused with param "logit_bias" (the key may be anything, even invalid UTF-8,
+ * and is quoted only when it is valid). */
 static int bias_key(pctx *c, const char *key, const char *path, int32_t *out)
 {
     char q[QUOTE_BYTES + 8];
     long long id = 0;
-    const char *k = key;
-    if (!*k || strlen(k) > 10)
-        goto bad;
-    for (; *k; k++) {
-        if (*k < '0' || *k > '9')
-            goto bad;
-        id = id * 10 + (*k - '0');
+    size_t n = strlen(key);
+    bool digits = n > 0 && n <= 10;
+    for (size_t i = 0; digits && i < n; i++) {
+        digits = key[i] >= '0' && key[i] <= '9';
+        id = id * 10 + (key[i] - '0');
+    }
+    if (!digits) {
+        if (srv_utf8_check(key, n) != n)
+            return fail(c, -EINVAL, "logit_bias", "a key is not a token id (nor valid UTF-8)");
+        return fail(c, -EINVAL, "logit_bias",
+                    "the key '%s' is not a token id (a non-negative integer)",
+                    quote(key, q, sizeof q));
     }
     if (id > INT32_MAX || (c->lim->n_vocab > 0 && id >= c->lim->n_vocab))
         return fail(c, -EINVAL, path, "token id %lld is outside the vocabulary (%d tokens)", id,
                     (int)c->lim->n_vocab);
     *out = (int32_t)id;
     return 0;
-bad:
-    return fail(c, -EINVAL, path, "the key '%s' is not a token id (a non-negative integer)",
-                quote(key, q, sizeof q));
 }
 
 /* "logit_bias": {"15339": -100, ...}, values in [-100, 100]. */
