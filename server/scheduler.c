@@ -379,19 +379,21 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
             brc = -EINVAL;
     if (smp && !brc)
         brc = set_bans(sc, smp, j, 0);
-    if (brc) {
+    if (brc == -EINVAL)
         snprintf(err, sizeof err,
-                 brc == -EINVAL ? "logit_bias or stop_token_ids: a token id outside the "
-                                  "vocabulary of %d tokens"
-                                : "out of memory",
+                 "logit_bias or stop_token_ids: a token id outside the vocabulary of %d tokens",
                  (int)sc->n_vocab);
+    if (brc) {
         core_sampler_free(smp);
         smp = NULL;
     }
     if (!smp) {
         adapter_set_free(set);
-        srv__job_finish(sc->sh, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, err);
-        return -EINVAL;
+        if (brc == -ENOMEM)
+            srv__job_finish(sc->sh, j, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
+        else
+            srv__job_finish(sc->sh, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, err);
+        return brc == -ENOMEM ? brc : -EINVAL;
     }
     int rc = kv_start(sc, s, j, set);
     if (rc < 0) {
