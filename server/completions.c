@@ -244,7 +244,14 @@ static int submit(srv_app *a, srv_http_req *req, srv_call *c, const srv_request 
                         .n_stop = rq->n_stop,
                         .logprobs = rq->logprobs,
                         .prompt_logprobs =
-                            c->kind == SRV_REQ_COMPLETION && rq->echo && rq->logprobs >= 0};
+                            c->kind == SRV_REQ_COMPLETION && rq->echo && rq->logprobs >= 0,
+                        .bias_ids = rq->bias_ids,
+                        .bias = rq->bias,
+                        .n_bias = rq->n_bias,
+                        .min_tokens = rq->min_tokens,
+                        .ignore_eos = rq->ignore_eos,
+                        .stop_ids = rq->stop_ids,
+                        .n_stop_ids = rq->n_stop_ids};
     p.sampling.seed = seed;
     for (int i = 0; i < rq->n_stop && i < SRV_JOB_STOP_MAX; i++)
         p.stop[i] = rq->stop[i];

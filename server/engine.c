@@ -17,6 +17,7 @@
 #include "core/base.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,6 +73,8 @@ static void job_free(srv_job *j)
     free(j->text);
     free(j->tokens);
     free(j->ptokens);
+    free(j->bias_ids);
+    free(j->bias);
     pthread_mutex_destroy(&j->notify_mu);
     pthread_mutex_destroy(&j->mu);
     free(j);
@@ -101,6 +104,25 @@ static int job_params_check(const srv_job_params *p, char *err, size_t errlen)
         }
     if (p->logprobs < -1 || p->logprobs > SRV_JOB_TOP_MAX) {
         core_errf(err, errlen, "logprobs must be in [0, %d], got %d", SRV_JOB_TOP_MAX, p->logprobs);
+        return -EINVAL;
+    }
+    if (p->n_bias < 0 || p->n_bias > SRV_JOB_BIAS_MAX ||
+        (p->n_bias > 0 && !(p->bias_ids && p->bias))) {
+        core_errf(err, errlen, "at most %d logit_bias entries", SRV_JOB_BIAS_MAX);
+        return -EINVAL;
+    }
+    for (int i = 0; i < p->n_bias; i++)
+        if (!isfinite(p->bias[i])) {
+            core_errf(err, errlen, "logit_bias values must be finite");
+            return -EINVAL;
+        }
+    if (p->n_stop_ids < 0 || p->n_stop_ids > SRV_JOB_STOP_IDS_MAX ||
+        (p->n_stop_ids > 0 && !p->stop_ids)) {
+        core_errf(err, errlen, "at most %d stop_token_ids", SRV_JOB_STOP_IDS_MAX);
+        return -EINVAL;
+    }
+    if (p->min_tokens < 0) {
+        core_errf(err, errlen, "min_tokens must be >= 0, got %d", p->min_tokens);
         return -EINVAL;
     }
     if (p->sel.n < 0 || p->sel.n > ADAPTER_SEL_MAX) {
@@ -151,6 +173,7 @@ srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud
     j->max_tokens = p->max_tokens;
     j->sampling = p->sampling;
     j->sampling.seed = p->seed;
+    j->sampling.count_from = (size_t)p->n_prompt; /* the penalties count generated tokens */
     for (int i = 0; i < p->n_stop; i++) {
         j->stop[i] = strdup(p->stop[i]);
         if (!j->stop[i])
@@ -162,6 +185,20 @@ srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud
     j->prompt_logprobs = p->prompt_logprobs && p->logprobs >= 0;
     if (j->prompt_logprobs && !(j->ptokens = calloc((size_t)p->n_prompt, sizeof *j->ptokens)))
         goto fail;
+    if (p->n_bias > 0) {
+        j->bias_ids = malloc((size_t)p->n_bias * sizeof(int32_t));
+        j->bias = malloc((size_t)p->n_bias * sizeof(float));
+        if (!j->bias_ids || !j->bias)
+            goto fail;
+        memcpy(j->bias_ids, p->bias_ids, (size_t)p->n_bias * sizeof(int32_t));
+        memcpy(j->bias, p->bias, (size_t)p->n_bias * sizeof(float));
+        j->n_bias = p->n_bias;
+    }
+    j->min_tokens = p->min_tokens;
+    j->ignore_eos = p->ignore_eos;
+    if (p->n_stop_ids > 0)
+        memcpy(j->stop_ids, p->stop_ids, (size_t)p->n_stop_ids * sizeof(int32_t));
+    j->n_stop_ids = p->n_stop_ids;
     j->notify = notify;
     j->ud = ud;
     j->st.prompt_tokens = p->n_prompt;

@@ -187,6 +187,8 @@ const char *srv_finish_name(srv_finish f);
 #define SRV_JOB_STOP_MAX 4
 #define SRV_JOB_TOP_MAX 20
 #define SRV_CLIENT_MAX 64
+#define SRV_JOB_BIAS_MAX 1024   /* logit_bias entries */
+#define SRV_JOB_STOP_IDS_MAX 64 /* stop_token_ids */
 
 typedef struct srv_job_params {
     const int32_t *prompt; /* (n_prompt) token ids, copied by srv_job_new */
@@ -204,9 +206,20 @@ typedef struct srv_job_params {
     int n_stop;
     int logprobs; /* -1 none; k in 0..SRV_JOB_TOP_MAX: record each token's logprob (log-softmax
                      of the raw logits) and the k most likely alternatives */
-    bool prompt_logprobs; /* with logprobs >= 0: also record every prompt token's logprob given
-                             the tokens before it (completions' echo); the first has none (NaN).
-                             max_tokens 0 then still runs the prompt */
+    bool prompt_logprobs;    /* with logprobs >= 0: also record every prompt token's logprob given
+                                the tokens before it (completions' echo); the first has none (NaN).
+                                max_tokens 0 then still runs the prompt */
+    const int32_t *bias_ids; /* (n_bias) logit_bias: bias[i] added to the logit of bias_ids[i]
+                                before sampling; copied. Ids are checked against the vocabulary
+                                when the job starts (error BAD_INPUT) */
+    const float *bias;       /* (n_bias) finite */
+    int n_bias;              /* 0 .. SRV_JOB_BIAS_MAX */
+    int min_tokens;          /* EOG tokens and stop_ids are masked until this many were made */
+    bool ignore_eos;         /* EOG tokens are masked throughout: only max_tokens, stop strings
+                                and stop_ids end the job */
+    const int32_t *stop_ids; /* (n_stop_ids) sampling one ends the job (finish "stop"); the token
+                                is not part of the text; copied */
+    int n_stop_ids;          /* 0 .. SRV_JOB_STOP_IDS_MAX */
 } srv_job_params;
 
 /* One generated token as recorded for logprobs. */

@@ -47,6 +47,13 @@ struct srv_job {
     int n_stop;
     int logprobs;
     bool prompt_logprobs;
+    int32_t *bias_ids; /* (n_bias) */
+    float *bias;       /* (n_bias) */
+    int n_bias;
+    int min_tokens;
+    bool ignore_eos;
+    int32_t stop_ids[SRV_JOB_STOP_IDS_MAX]; /* (n_stop_ids) */
+    int n_stop_ids;
     void (*notify)(void *ud); /* notify_mu; NULL once detached */
     void *ud;
     /* SRV__JOB_LOAD: the node and whether to pin it */

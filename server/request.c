@@ -655,6 +655,10 @@ static int parse_sampling(pctx *c)
         rc = top_float(c, "min_p", 0.0f, 1.0f, false, &s->min_p);
     if (!rc)
         rc = top_float(c, "repetition_penalty", 0.0f, INFINITY, true, &s->repeat_penalty);
+    if (!rc)
+        rc = top_float(c, "presence_penalty", -2.0f, 2.0f, false, &s->presence_penalty);
+    if (!rc)
+        rc = top_float(c, "frequency_penalty", -2.0f, 2.0f, false, &s->frequency_penalty);
     if (!rc && !(rc = top(c, "top_k", &v)) && (rc = get_int(c, v, "top_k", 0, INT_MAX, &k)) > 0)
         s->top_k = (int)k;
     if (rc < 0)
@@ -765,11 +769,6 @@ static const struct unsupported {
 } unsupported[] = {
     {"n", K_CMPL | K_CHAT, NEUTRAL_ONE, "only 1 is supported", "one choice per request"},
     {"best_of", K_CMPL, NEUTRAL_ONE, "only 1 is supported", "one candidate per request"},
-    {"frequency_penalty", K_CMPL | K_CHAT, NEUTRAL_ZERO, "only 0 is supported",
-     "use \"repetition_penalty\" instead"},
-    {"presence_penalty", K_CMPL | K_CHAT, NEUTRAL_ZERO, "only 0 is supported",
-     "use \"repetition_penalty\" instead"},
-    {"logit_bias", K_CMPL | K_CHAT, NEUTRAL_EMPTY, "not supported", "only an empty object"},
     {"suffix", K_CMPL, NEUTRAL_EMPTY, "not supported", "no insertion; only \"\" or null"},
     {"tools", K_CHAT, NEUTRAL_EMPTY, "tool calling is not supported", NULL},
     {"functions", K_CHAT, NEUTRAL_EMPTY, "tool calling is not supported", NULL},
@@ -891,6 +890,125 @@ static int parse_adapters(pctx *c)
     return 0;
 }
 
+/* ---- token-level controls: logit_bias, min_tokens, ignore_eos, stop_token_ids ------------- */
+
+/* A token id from a logit_bias key: the decimal digits of an integer in [0, n_vocab). A key that
+ * is not one is refused with param "logit_bias" (the key may be anything, even invalid UTF-8,
+ * and is quoted only when it is valid). */
+static int bias_key(pctx *c, const char *key, const char *path, int32_t *out)
+{
+    char q[QUOTE_BYTES + 8];
+    long long id = 0;
+    size_t n = strlen(key);
+    bool digits = n > 0 && n <= 10;
+    for (size_t i = 0; digits && i < n; i++) {
+        digits = key[i] >= '0' && key[i] <= '9';
+        id = id * 10 + (key[i] - '0');
+    }
+    if (!digits) {
+        if (srv_utf8_check(key, n) != n)
+            return fail(c, -EINVAL, "logit_bias", "a key is not a token id (nor valid UTF-8)");
+        return fail(c, -EINVAL, "logit_bias",
+                    "the key '%s' is not a token id (a non-negative integer)",
+                    quote(key, q, sizeof q));
+    }
+    if (id > INT32_MAX || (c->lim->n_vocab > 0 && id >= c->lim->n_vocab))
+        return fail(c, -EINVAL, path, "token id %lld is outside the vocabulary (%d tokens)", id,
+                    (int)c->lim->n_vocab);
+    *out = (int32_t)id;
+    return 0;
+}
+
+/* "logit_bias": {"15339": -100, ...}, values in [-100, 100]. */
+static int parse_logit_bias(pctx *c)
+{
+    srv_request *r = c->r;
+    const cJSON *v;
+    int rc = top(c, "logit_bias", &v), n = 0;
+    if (rc || absent(v) || (cJSON_IsArray(v) && !v->child)) /* [] from some clients: none */
+        return rc;
+    if (!cJSON_IsObject(v))
+        return fail(c, -EINVAL, "logit_bias", "expected an object of token id -> bias, got %s",
+                    jtype(v));
+    int count = cJSON_GetArraySize(v);
+    if (count > SRV_BIAS_MAX)
+        return fail(c, -E2BIG, "logit_bias", "%d entries, more than the limit of %d", count,
+                    SRV_BIAS_MAX);
+    if (count == 0)
+        return 0;
+    r->bias_ids = arena_alloc(&r->arena, (size_t)count * sizeof(int32_t));
+    r->bias = arena_alloc(&r->arena, (size_t)count * sizeof(float));
+    if (!r->bias_ids || !r->bias)
+        return nomem(c);
+    for (const cJSON *it = v->child; it; it = it->next, n++) {
+        char p[PATH_MAX_];
+        path_join(p, "logit_bias", it->string ? it->string : "");
+        if ((rc = bias_key(c, it->string ? it->string : "", p, &r->bias_ids[n])) < 0)
+            return rc;
+        if (!cJSON_IsNumber(it))
+            return fail(c, -EINVAL, p, "expected a number, got %s", jtype(it));
+        if ((rc = get_float(c, it, p, -100.0f, 100.0f, false, &r->bias[n])) < 0)
+            return rc;
+        for (int i = 0; i < n; i++)
+            if (r->bias_ids[i] == r->bias_ids[n])
+                return fail(c, -EINVAL, p, "token id %d is given twice", (int)r->bias_ids[n]);
+    }
+    r->n_bias = n;
+    return 0;
+}
+
+/* "stop_token_ids": [ids], "min_tokens", "ignore_eos". */
+static int parse_token_stops(pctx *c)
+{
+    srv_request *r = c->r;
+    const cJSON *v;
+    long long k = 0;
+    int rc = top(c, "min_tokens", &v), n = 0;
+    if (!rc && (rc = get_int(c, v, "min_tokens", 0, INT_MAX, &k)) > 0) {
+        if (r->max_tokens_set && k > r->max_tokens)
+            return fail(c, -EINVAL, "min_tokens", "%lld is more than max_tokens %d", k,
+                        r->max_tokens);
+        r->min_tokens = (int)k;
+    }
+    if (rc < 0 || (rc = top(c, "ignore_eos", &v)) ||
+        (rc = get_bool(c, v, "ignore_eos", &r->ignore_eos)) < 0)
+        return rc < 0 ? rc : -EINVAL;
+    if ((rc = top(c, "stop_token_ids", &v)) || absent(v))
+        return rc;
+    if (!cJSON_IsArray(v))
+        return fail(c, -EINVAL, "stop_token_ids", "expected an array of token ids, got %s",
+                    jtype(v));
+    int count = cJSON_GetArraySize(v);
+    if (count > SRV_STOP_IDS_MAX)
+        return fail(c, -E2BIG, "stop_token_ids", "%d ids, more than the limit of %d", count,
+                    SRV_STOP_IDS_MAX);
+    if (count > 0 && !(r->stop_ids = arena_alloc(&r->arena, (size_t)count * sizeof(int32_t))))
+        return nomem(c);
+    long long hi = c->lim->n_vocab > 0 ? c->lim->n_vocab - 1 : INT32_MAX;
+    for (const cJSON *it = v->child; it; it = it->next, n++) {
+        char p[PATH_MAX_];
+        pathf(p, "stop_token_ids[%d]", n);
+        if ((rc = get_int(c, it, p, 0, hi, &k)) <= 0)
+            return rc < 0 ? rc : fail(c, -EINVAL, p, "expected an integer, got null");
+        r->stop_ids[n] = (int32_t)k;
+    }
+    r->n_stop_ids = n;
+    return 0;
+}
+
+/* "metadata": OpenAI's tags for a stored request (an object of strings); nothing is stored here,
+ * so it is only checked to be an object (clients send nested values too) and ignored. */
+static int parse_metadata(pctx *c)
+{
+    const cJSON *v;
+    int rc = top(c, "metadata", &v);
+    if (rc || absent(v))
+        return rc;
+    if (!cJSON_IsObject(v))
+        return fail(c, -EINVAL, "metadata", "expected an object, got %s", jtype(v));
+    return 0;
+}
+
 /* ---- entry points -------------------------------------------------------------------------- */
 
 static int parse_root(pctx *c, const cJSON *root, srv_request_kind kind)
@@ -923,6 +1041,12 @@ static int parse_root(pctx *c, const cJSON *root, srv_request_kind kind)
         rc = get_bool(c, v, "echo", &r->echo) < 0 ? -EINVAL : 0;
     if (!rc)
         rc = parse_adapters(c);
+    if (!rc)
+        rc = parse_logit_bias(c);
+    if (!rc)
+        rc = parse_token_stops(c);
+    if (!rc)
+        rc = parse_metadata(c);
     return rc;
 }
 

@@ -4,7 +4,7 @@
  * The parse is strict where it matters and lenient where OpenAI clients are noisy: the body must
  * be one RFC 8259 JSON object in valid UTF-8; every field this server reads is type-checked and
  * range-checked; fields it does not know are ignored; fields that would change the result and are
- * not implemented (n > 1, logit_bias, tools, penalties other than 0, ...) are refused by name
+ * not implemented (n > 1, tools, structured outputs, ...) are refused by name
  * rather than silently dropped. What "model" and "adapters" name is only checked for syntax here:
  * the server resolves them against the registry (docs/ARCHITECTURE.md §4). The grammar check in
  * front of cJSON is server/json_check.h.
@@ -36,6 +36,8 @@ typedef enum srv_request_kind {
 #define SRV_USER_BYTES_MAX 256  /* bytes of "user" */
 #define SRV_LOGPROBS_MAX 5      /* completions "logprobs" (OpenAI's legacy limit) */
 #define SRV_TOP_LOGPROBS_MAX 20 /* chat "top_logprobs" */
+#define SRV_BIAS_MAX 1024       /* logit_bias entries (SRV_JOB_BIAS_MAX) */
+#define SRV_STOP_IDS_MAX 64     /* stop_token_ids (SRV_JOB_STOP_IDS_MAX) */
 #define SRV_PARAM_MAX 64        /* a param buffer of this size holds every param name */
 #define SRV_COMPLETION_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for /v1/completions */
 
@@ -94,6 +96,16 @@ typedef struct srv_request {
                          (completions "logprobs": k; chat "logprobs": true + "top_logprobs": k) */
     int n;            /* always 1: other values are refused */
     const char *user; /* NULL if absent */
+    /* sampling.presence_penalty / frequency_penalty: in [-2, 2] (OpenAI's formulas) */
+    int32_t *bias_ids; /* (n_bias) "logit_bias" keys: ids in [0, n_vocab), each at most once */
+    float *bias;       /* (n_bias) its values, in [-100, 100] */
+    int n_bias;        /* 0 .. SRV_BIAS_MAX */
+    int min_tokens;    /* EOG and stop_token_ids cannot end the generation before; <= max_tokens
+                          when max_tokens was given */
+    bool ignore_eos;   /* EOG never ends the generation */
+    int32_t *stop_ids; /* (n_stop_ids) "stop_token_ids", in [0, n_vocab) */
+    int n_stop_ids;    /* 0 .. SRV_STOP_IDS_MAX */
+    /* "metadata" must be an object and is otherwise ignored */
 
     struct srv_request_arena *arena; /* private: owns everything above */
 } srv_request;

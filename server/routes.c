@@ -128,15 +128,17 @@ static void model_entry(srv_buf *b, const srv_app *a, const adapter_node_info *n
     srv_node_desc_json(b, n);
     srv_buf_puts(b, ",\"state\":");
     srv_buf_json_cstr(b, adapter_state_name(n->state));
-    srv_buf_printf(b, ",\"bytes\":%zu}", n->bytes);
+    srv_buf_printf(b, ",\"bytes\":%zu,\"max_model_len\":%d}", n->bytes, a->n_ctx);
 }
 
 static void base_entry(srv_buf *b, const srv_app *a)
 {
     srv_buf_puts(b, "{\"id\":");
     srv_buf_json_cstr(b, a->model_id);
-    srv_buf_printf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"adaptree\"}",
-                   a->started);
+    srv_buf_printf(b,
+                   ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"adaptree\","
+                   "\"max_model_len\":%d}",
+                   a->started, a->n_ctx);
 }
 
 /* The registry's nodes (*n of them, caller frees), or NULL with *n = 0 without a registry. -1

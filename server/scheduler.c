@@ -81,6 +81,11 @@ int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t
     sc->pre = malloc(ns * sizeof(srv__seq *));
     sc->changed = malloc(ns * sizeof(srv_job *));
     sc->text_scratch = srv_text_scratch_cap(sc->tok);
+    /* The tokenizer keeps its EOG set private; one pass over the vocabulary lists it. */
+    for (int32_t t = 0; t < sc->n_vocab && sc->n_eog < (int)(sizeof sc->eog / sizeof sc->eog[0]);
+         t++)
+        if (core_tokenizer_is_eog(sc->tok, t))
+            sc->eog[sc->n_eog++] = t;
     bool ok = sc->ids && sc->ctx && sc->plan && sc->seqs && sc->logits && sc->b_tok && sc->b_pos &&
               sc->b_slot && sc->b_want && sc->b_sets && sc->parts && sc->sreq && sc->pre &&
               sc->changed;
@@ -326,6 +331,23 @@ static int kv_start(srv__sched *sc, srv__seq *s, srv_job *j, const adapter_set *
     return 0;
 }
 
+/* Sets the tokens a job's sampler masks after n_gen tokens: before min_tokens were made, EOG and
+ * the stop ids (neither may end the job yet); after, EOG with ignore_eos; else none. 0 or a
+ * negative errno. */
+static int set_bans(const srv__sched *sc, core_sampler *smp, const srv_job *j, int n_gen)
+{
+    int32_t ids[sizeof sc->eog / sizeof sc->eog[0] + SRV_JOB_STOP_IDS_MAX];
+    int n = 0;
+    bool early = n_gen < j->min_tokens;
+    if (early || j->ignore_eos)
+        for (int i = 0; i < sc->n_eog; i++)
+            ids[n++] = sc->eog[i];
+    if (early)
+        for (int i = 0; i < j->n_stop_ids; i++)
+            ids[n++] = j->stop_ids[i];
+    return core_sampler_set_banned(smp, ids, n);
+}
+
 /* Gives job j the free sequence s: acquires its adapters and makes its sampler. 0 when it runs,
  * -EAGAIN when an adapter is loading (nothing changed), another negative errno when the job
  * ended with an error (the caller notifies). */
@@ -351,10 +373,27 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
         }
     }
     core_sampler *smp = core_sampler_new(&j->sampling, sc->n_vocab, err, sizeof err);
+    int brc = smp ? core_sampler_set_bias(smp, j->bias_ids, j->bias, j->n_bias) : 0;
+    for (int i = 0; smp && !brc && i < j->n_stop_ids; i++)
+        if (j->stop_ids[i] < 0 || j->stop_ids[i] >= sc->n_vocab)
+            brc = -EINVAL;
+    if (smp && !brc)
+        brc = set_bans(sc, smp, j, 0);
+    if (brc == -EINVAL)
+        snprintf(err, sizeof err,
+                 "logit_bias or stop_token_ids: a token id outside the vocabulary of %d tokens",
+                 (int)sc->n_vocab);
+    if (brc) {
+        core_sampler_free(smp);
+        smp = NULL;
+    }
     if (!smp) {
         adapter_set_free(set);
-        srv__job_finish(sc->sh, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, err);
-        return -EINVAL;
+        if (brc == -ENOMEM)
+            srv__job_finish(sc->sh, j, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
+        else
+            srv__job_finish(sc->sh, j, SRV_FINISH_ERROR, SRV_ERR_BAD_INPUT, err);
+        return brc == -ENOMEM ? brc : -EINVAL;
     }
     int rc = kv_start(sc, s, j, set);
     if (rc < 0) {
@@ -372,7 +411,9 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
     s->n_hist = j->n_prompt;
     s->n_fill = j->n_prompt;
     s->n_gen = 0;
-    srv_text_reset(&s->text, sc->tok, (const char *const *)j->stop, j->stop_len, j->n_stop);
+    /* Before min_tokens, stop strings are off too (as vLLM); seq_sample turns them on. */
+    srv_text_reset(&s->text, sc->tok, (const char *const *)j->stop, j->stop_len,
+                   j->min_tokens > 0 ? 0 : j->n_stop);
     s->order = sc->n_admitted++;
     j->seq = s;
     sc->n_running++;
@@ -694,7 +735,10 @@ static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
         seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, "the model produced no valid logits");
         return;
     }
-    if (core_tokenizer_is_eog(sc->tok, id)) {
+    bool stop_id = false;
+    for (int i = 0; i < j->n_stop_ids; i++)
+        stop_id = stop_id || j->stop_ids[i] == id;
+    if (stop_id || core_tokenizer_is_eog(sc->tok, id)) {
         seq_close(sc, s, SRV_FINISH_STOP);
         return;
     }
@@ -703,6 +747,8 @@ static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
         token_logprobs(sc, j, lg, &t);
     s->hist[s->n_hist++] = id;
     s->n_gen++;
+    if (s->n_gen == j->min_tokens && set_bans(sc, s->smp, j, s->n_gen) < 0)
+        goto nomem;
     int rc = srv_text_push(&s->text, &t);
     if (rc == -EINVAL) {
         seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, "cannot decode a sampled token");
@@ -722,6 +768,9 @@ static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
     }
     if (release(s, srv_text_ready(&s->text, false), false) < 0)
         goto nomem;
+    /* After the release: a stop string must lie wholly in text made past min_tokens. */
+    if (s->n_gen == j->min_tokens)
+        srv_text_set_stop_count(&s->text, j->n_stop);
     return;
 nomem:
     seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");

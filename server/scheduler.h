@@ -64,6 +64,9 @@ typedef struct srv__sched {
     const core_model *model;
     const core_tokenizer *tok;
     int32_t n_vocab;
+    int32_t eog[16]; /* (n_eog) the vocabulary's end-of-generation tokens, masked for min_tokens
+                        and ignore_eos */
+    int n_eog;
     int n_ctx, max_seqs, max_batch, prefill_chunk, verbose;
     adapter_registry *reg; /* may be NULL (base model only) */
     srv__shared *sh;       /* the engine's counters and their lock */

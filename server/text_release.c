@@ -33,6 +33,11 @@ void srv_text_reset(srv_text *t, const core_tokenizer *tok, const char *const *s
     t->n_tok = 0;
 }
 
+void srv_text_set_stop_count(srv_text *t, int n_stop)
+{
+    t->n_stop = n_stop;
+}
+
 int srv_text_init(srv_text *t, const core_tokenizer *tok, const char *const *stop,
                   const size_t *stop_len, int n_stop, size_t scratch_cap)
 {

@@ -49,6 +49,9 @@ int srv_text_init(srv_text *t, const core_tokenizer *tok, const char *const *sto
 void srv_text_reset(srv_text *t, const core_tokenizer *tok, const char *const *stop,
                     const size_t *stop_len, int n_stop);
 void srv_text_deinit(srv_text *t);
+/* Uses the first n_stop of the stop strings given to reset from now on (0: none): min_tokens
+ * turns them on once enough tokens were made. Bytes still held can then complete one. */
+void srv_text_set_stop_count(srv_text *t, int n_stop);
 
 /* The largest output one token can decode to, plus room: what srv_text_init's scratch_cap
  * should be for tokenizer tok. */

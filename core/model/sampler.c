@@ -45,6 +45,14 @@ struct core_sampler {
     float *bsum;         /* (n_vocab / BLOCK rounded up) sums of prob per block */
     int32_t *heap;       /* (HEAP_MAX_K) top-k selection */
     unsigned char *seen; /* (n_vocab) distinct-token marks; all zero between calls */
+    int32_t *count;      /* (n_vocab) with presence / frequency penalties: occurrences among
+                            the generated tokens; all zero between calls. NULL otherwise */
+    /* Request-given edits, applied first; a sampler without them pays one test each. */
+    int32_t *bias_id; /* (n_bias) */
+    float *bias;      /* (n_bias) */
+    int n_bias;
+    int32_t *ban_id; /* (n_ban) */
+    int n_ban;
     /* Top-p histogram: probability mass per bucket (prob_bucket). */
     double bucket_mass[N_BUCKETS];
 };
@@ -131,6 +139,9 @@ void core_sampler_params_default(core_sampler_params *p)
     p->repeat_penalty = 1.0f;
     p->repeat_last_n = 64;
     p->seed = 0;
+    p->presence_penalty = 0.0f;
+    p->frequency_penalty = 0.0f;
+    p->count_from = 0;
 }
 
 static int params_check(const core_sampler_params *p, int32_t n_vocab, char *err, size_t errlen)
@@ -164,6 +175,16 @@ static int params_check(const core_sampler_params *p, int32_t n_vocab, char *err
     if (p->repeat_last_n < 0) {
         core_errf(err, errlen, "repeat_last_n must be >= 0, 0 = whole history (got %d)",
                   p->repeat_last_n);
+        return -EINVAL;
+    }
+    if (!(p->presence_penalty >= -2 && p->presence_penalty <= 2)) {
+        core_errf(err, errlen, "presence_penalty must be in [-2, 2], 0 = off (got %g)",
+                  (double)p->presence_penalty);
+        return -EINVAL;
+    }
+    if (!(p->frequency_penalty >= -2 && p->frequency_penalty <= 2)) {
+        core_errf(err, errlen, "frequency_penalty must be in [-2, 2], 0 = off (got %g)",
+                  (double)p->frequency_penalty);
         return -EINVAL;
     }
     return 0;
@@ -201,13 +222,74 @@ core_sampler *core_sampler_new(const core_sampler_params *p, int32_t n_vocab, ch
     s->bsum = s->prob + n;
     s->heap = (int32_t *)(s->bsum + n_blocks);
     s->seen = (unsigned char *)(s->heap + HEAP_MAX_K);
+    if (p->presence_penalty != 0 || p->frequency_penalty != 0) {
+        s->count = calloc(n, sizeof(int32_t));
+        if (!s->count) {
+            free(s);
+            core_errf(err, errlen, "out of memory for a sampler over %d tokens", (int)n_vocab);
+            return NULL;
+        }
+    }
     core_sampler_reset(s, p->seed);
     return s;
 }
 
 void core_sampler_free(core_sampler *s)
 {
+    if (!s)
+        return;
+    free(s->count);
+    free(s->bias_id);
+    free(s->bias);
+    free(s->ban_id);
     free(s);
+}
+
+int core_sampler_set_bias(core_sampler *s, const int32_t *ids, const float *bias, int n)
+{
+    if (n < 0)
+        return -EINVAL;
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= s->n_vocab || !(bias[i] < INFINITY))
+            return -EINVAL;
+    int32_t *ni = NULL;
+    float *nb = NULL;
+    if (n > 0) {
+        ni = malloc((size_t)n * sizeof(*ni));
+        nb = malloc((size_t)n * sizeof(*nb));
+        if (!ni || !nb) {
+            free(ni);
+            free(nb);
+            return -ENOMEM;
+        }
+        memcpy(ni, ids, (size_t)n * sizeof(*ni));
+        memcpy(nb, bias, (size_t)n * sizeof(*nb));
+    }
+    free(s->bias_id);
+    free(s->bias);
+    s->bias_id = ni;
+    s->bias = nb;
+    s->n_bias = n;
+    return 0;
+}
+
+int core_sampler_set_banned(core_sampler *s, const int32_t *ids, int n)
+{
+    if (n < 0)
+        return -EINVAL;
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= s->n_vocab)
+            return -EINVAL;
+    int32_t *ni = NULL;
+    if (n > 0) {
+        if (!(ni = malloc((size_t)n * sizeof(*ni))))
+            return -ENOMEM;
+        memcpy(ni, ids, (size_t)n * sizeof(*ni));
+    }
+    free(s->ban_id);
+    s->ban_id = ni;
+    s->n_ban = n;
+    return 0;
 }
 
 void core_sampler_reset(core_sampler *s, uint64_t seed)
@@ -559,6 +641,34 @@ static int32_t apply_penalty(core_sampler *s, const int32_t *history, size_t n_h
     return changed;
 }
 
+/* Logit bias, bans, then OpenAI's presence and frequency penalties over the generated tokens
+ * (history[count_from..]) on s->work; returns how many edits were made. Each costs a test when
+ * unused. Bias adds before a ban so a ban wins. */
+static int32_t apply_edits(core_sampler *s, const int32_t *history, size_t n_history)
+{
+    int32_t changed = 0;
+    for (int i = 0; i < s->n_bias; i++)
+        s->work[s->bias_id[i]] = clean(s->work[s->bias_id[i]] + s->bias[i]);
+    for (int i = 0; i < s->n_ban; i++)
+        s->work[s->ban_id[i]] = -INFINITY;
+    changed += s->n_bias + s->n_ban;
+    if (!s->count || !history || n_history <= s->p.count_from)
+        return changed;
+    for (size_t i = s->p.count_from; i < n_history; i++)
+        if (history[i] >= 0 && history[i] < s->n_vocab)
+            s->count[history[i]]++;
+    float fp = s->p.frequency_penalty, pp = s->p.presence_penalty;
+    for (size_t i = s->p.count_from; i < n_history; i++) {
+        int32_t t = history[i];
+        if (t < 0 || t >= s->n_vocab || s->count[t] == 0)
+            continue;
+        s->work[t] -= (float)s->count[t] * fp + pp; /* -inf stays -inf */
+        s->count[t] = 0;
+        changed++;
+    }
+    return changed;
+}
+
 /* Argmax of the penalized logits, ties to the lowest id; the logprob is that of the input row
  * (when no penalty applied, the work row is the cleaned input and its max is already known). */
 static int32_t sample_greedy(core_sampler *s, const float *logits, int penalized,
@@ -708,7 +818,8 @@ int32_t core_sampler_sample(core_sampler *s, const float *logits, const int32_t 
 {
     int32_t n = s->n_vocab;
     clean_copy(s->work, logits, n);
-    int32_t penalized = apply_penalty(s, history, n_history);
+    int32_t penalized = apply_edits(s, history, n_history);
+    penalized += apply_penalty(s, history, n_history);
 
     int32_t pick;
     if (s->p.temperature == 0)

@@ -18,16 +18,23 @@ typedef struct core_sampler_params {
     float repeat_penalty; /* 1 = off; > 1 discourages tokens seen in the recent history */
     int repeat_last_n;    /* how many recent history tokens the penalty looks at; 0 = all given */
     uint64_t seed;        /* RNG seed; the same seed gives the same tokens */
+    /* OpenAI's penalties over history[count_from..] (the generated tokens, not the prompt):
+     * logit[t] -= count[t] * frequency_penalty + (count[t] > 0) * presence_penalty. 0 = off. */
+    float presence_penalty;  /* [-2, 2] */
+    float frequency_penalty; /* [-2, 2] */
+    size_t count_from;       /* where the generated tokens start in the history */
 } core_sampler_params;
 
 typedef struct core_sampler core_sampler;
 
 /* Fills *p with the defaults: temperature 1, top_k 0, top_p 1, min_p 0, repeat_penalty 1,
- * repeat_last_n 64, seed 0 (plain sampling from the model's distribution). */
+ * repeat_last_n 64, seed 0, no presence or frequency penalty (plain sampling from the model's
+ * distribution). */
 void core_sampler_params_default(core_sampler_params *p);
 
 /* Checks the parameters (temperature finite and >= 0, top_k >= 0, top_p in (0, 1], min_p in
- * [0, 1], repeat_penalty finite and > 0, repeat_last_n >= 0) and n_vocab > 0, then creates a
+ * [0, 1], repeat_penalty finite and > 0, repeat_last_n >= 0, presence and frequency penalties in
+ * [-2, 2]) and n_vocab > 0, then creates a
  * sampler with its RNG seeded from p->seed. p may be NULL for the defaults; it is copied.
  * Returns a sampler the caller owns (free with core_sampler_free), or NULL with a message in err
  * (err may be NULL; errlen bytes including the NUL). */
@@ -40,19 +47,32 @@ void core_sampler_free(core_sampler *s);
 /* Reseeds the RNG: the tokens drawn afterwards are those of a new sampler with this seed. */
 void core_sampler_reset(core_sampler *s, uint64_t seed);
 
+/* Sets the sampler's logit bias: bias[i] is added to the logit of ids[i] before anything else
+ * (for greedy too); -INFINITY bans the token. Replaces the previous bias; n = 0 clears it. The
+ * arrays are copied. Returns 0, -EINVAL for an id outside [0, n_vocab) or a NaN / +inf bias
+ * (nothing changed), -ENOMEM. */
+int core_sampler_set_bias(core_sampler *s, const int32_t *ids, const float *bias, int n);
+
+/* Sets the banned tokens (their logits become -inf after the bias: EOG before min_tokens, with
+ * ignore_eos), replacing the previous list; n = 0 clears it. Copied. Returns 0, -EINVAL for an
+ * id outside the vocabulary (nothing changed), -ENOMEM. */
+int core_sampler_set_banned(core_sampler *s, const int32_t *ids, int n);
+
 /* Picks the next token from logits (n_vocab floats, not modified; only read during the call).
  *
- * Order: repetition penalty (each distinct token among the last repeat_last_n entries of
- * history: logit > 0 ? logit / penalty : logit * penalty; ids outside [0, n_vocab) are ignored),
- * then greedy argmax when temperature is 0, otherwise top-k, temperature, softmax, top-p, min-p,
- * renormalization and one draw from the RNG. NaN and +inf logits are numerical faults upstream
- * and are treated as -inf. history may be NULL when n_history is 0.
+ * Order: logit bias and banned tokens (core_sampler_set_bias, core_sampler_set_banned),
+ * presence and frequency penalties, repetition penalty (each distinct token among the last
+ * repeat_last_n entries of history: logit > 0 ? logit / penalty : logit * penalty; ids outside [0,
+ * n_vocab) are ignored), then greedy argmax when temperature is 0, otherwise top-k, temperature,
+ * softmax, top-p, min-p, renormalization and one draw from the RNG. NaN and +inf logits are
+ * numerical faults upstream and are treated as -inf. history may be NULL when n_history is 0.
  *
  * Returns the token id, or -1 when every logit is -inf or NaN (the caller reports the error).
  * When logprob_out is not NULL it receives the log-probability of the chosen token under the
- * final distribution (after penalty, temperature and filters, renormalized); for greedy it is
- * the log-softmax of the input logits (no penalty) — what the model itself assigned; -inf when
- * -1 is returned. */
+ * final distribution (after bias, bans, penalties, temperature and filters, renormalized); for
+ * greedy it is the log-softmax of the input logits (no bias, ban or penalty) — what the model
+ * itself assigned; -inf when -1 is returned. The server reports neither: its logprobs are
+ * always the log-softmax of the model's raw logits (server/scheduler.c). */
 int32_t core_sampler_sample(core_sampler *s, const float *logits, const int32_t *history,
                             size_t n_history, float *logprob_out);
 

@@ -66,13 +66,16 @@ def api_key_required_everywhere_else():
     for method, path, body in [("GET", "/v1/models", None), ("GET", "/metrics", None),
                                ("POST", "/v1/completions", {"prompt": "x", "max_tokens": 1}),
                                ("POST", "/v1/chat/completions",
-                                {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1})]:
+                                {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}),
+                               ("POST", "/tokenize", {"prompt": "x"}),
+                               ("POST", "/detokenize", {"tokens": [1]})]:
         check_error(S.req(method, path, body), 401, what=f"{method} {path} without a key")
         check_error(S.req(method, path, body, key="wrong"), 401,
                     what=f"{method} {path} with a wrong key")
         check_error(S.req(method, path, body, headers={"Authorization": "Basic " + KEY}), 401,
                     what=f"{method} {path} with a Basic header")
     eq(S.req("GET", "/v1/models", key=KEY).status, 200, "GET /v1/models with the key")
+    eq(S.post("/tokenize", {"prompt": "x"}, key=KEY).status, 200, "POST /tokenize with the key")
 
 
 @suite.test

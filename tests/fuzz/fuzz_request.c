@@ -4,7 +4,8 @@
  * cannot happen here, so it would mean the strict scan and cJSON disagree), a failed parse leaves
  * anything behind, or an accepted request breaks its contract: strings valid UTF-8 without NUL,
  * the body valid UTF-8, counts within limits, sampling parameters the sampler accepts, adapter
- * ids that pass adapter_id_check. */
+ * ids that pass adapter_id_check, logit_bias and stop_token_ids in the vocabulary with biases
+ * in [-100, 100] and no id biased twice, min_tokens within an explicit max_tokens. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -110,9 +111,28 @@ static void check_ok(const srv_request *r, srv_request_kind kind, const srv_requ
         abort();
     if (r->stream_include_usage && !r->stream)
         abort();
+    int32_t vocab = l->n_vocab > 0 ? l->n_vocab : 49152;
+    if (r->n_bias < 0 || r->n_bias > SRV_BIAS_MAX || r->n_stop_ids < 0 ||
+        r->n_stop_ids > SRV_STOP_IDS_MAX || r->min_tokens < 0 ||
+        (r->max_tokens_set && r->min_tokens > r->max_tokens))
+        abort();
+    for (int i = 0; i < r->n_bias; i++) {
+        if (r->bias_ids[i] < 0 || (l->n_vocab > 0 && r->bias_ids[i] >= l->n_vocab) ||
+            !(r->bias[i] >= -100.0f && r->bias[i] <= 100.0f))
+            abort();
+        for (int k = 0; k < i; k++)
+            if (r->bias_ids[k] == r->bias_ids[i])
+                abort();
+    }
+    for (int i = 0; i < r->n_stop_ids; i++)
+        if (r->stop_ids[i] < 0 || (l->n_vocab > 0 && r->stop_ids[i] >= l->n_vocab))
+            abort();
     char err[256];
-    core_sampler *s = core_sampler_new(&r->sampling, 49152, err, sizeof err);
+    core_sampler *s = core_sampler_new(&r->sampling, vocab, err, sizeof err);
     if (!s)
+        abort();
+    /* The sampler takes what the parser let through (ids within its vocabulary). */
+    if (l->n_vocab > 0 && core_sampler_set_bias(s, r->bias_ids, r->bias, r->n_bias) != 0)
         abort();
     core_sampler_free(s);
 }

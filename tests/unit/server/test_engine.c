@@ -627,6 +627,87 @@ TEST(engine_max_tokens)
     srv_engine_free(e);
 }
 
+/* stop_ids, min_tokens, ignore_eos and logit_bias as the scheduler applies them, and the job
+ * parameters srv_job_new refuses. */
+TEST(engine_token_controls)
+{
+    TEST_NEED_MODEL();
+    srv_engine *e = engine_open(NULL, 2, 0);
+    CHECK(e);
+    int32_t ids[64];
+    int n = tokens_of(srv_engine_tokenizer(e), "Count with me: one, two, three,", ids, 64);
+    srv_job_params p = {.prompt = ids, .n_prompt = n, .max_tokens = 6, .logprobs = 0};
+    core_sampler_params_default(&p.sampling);
+    p.sampling.temperature = 0;
+    char err[160];
+    srv_job_status st;
+    /* The greedy tokens, then a stop id at the first occurrence of the third one. */
+    srv_job *j = srv_job_new(&p, NULL, NULL, err, sizeof err);
+    CHECK(j && srv_engine_submit(e, j) == 0);
+    CHECK_EQ_INT(wait_done(j, &st), SRV_FINISH_LENGTH);
+    srv_job_token tk[6];
+    CHECK_EQ_INT(srv_job_tokens(j, 0, tk, 6), 6);
+    srv_job_unref(j);
+    int k = 0;
+    while (tk[k].id != tk[2].id)
+        k++;
+    p.stop_ids = &tk[2].id;
+    p.n_stop_ids = 1;
+    j = srv_job_new(&p, NULL, NULL, err, sizeof err);
+    CHECK(j && srv_engine_submit(e, j) == 0);
+    CHECK_EQ_INT(wait_done(j, &st), SRV_FINISH_STOP);
+    CHECK_EQ_INT(st.completion_tokens, k); /* the stop token is not counted or emitted */
+    srv_job_unref(j);
+    /* min_tokens past it masks the stop id until then: no stop at k. */
+    p.min_tokens = 6;
+    j = srv_job_new(&p, NULL, NULL, err, sizeof err);
+    CHECK(j && srv_engine_submit(e, j) == 0);
+    CHECK_EQ_INT(wait_done(j, &st), SRV_FINISH_LENGTH);
+    CHECK_EQ_INT(st.completion_tokens, 6);
+    srv_job_unref(j);
+    /* A +100 bias makes greedy pick that token at every step, logprob still the model's. */
+    p.min_tokens = 0;
+    p.n_stop_ids = 0;
+    p.stop_ids = NULL;
+    int32_t bid = 504;
+    float bias = 100.0f;
+    p.bias_ids = &bid;
+    p.bias = &bias;
+    p.n_bias = 1;
+    p.max_tokens = 3;
+    j = srv_job_new(&p, NULL, NULL, err, sizeof err);
+    CHECK(j && srv_engine_submit(e, j) == 0);
+    CHECK_EQ_INT(wait_done(j, &st), SRV_FINISH_LENGTH);
+    CHECK_EQ_INT(srv_job_tokens(j, 0, tk, 6), 3);
+    for (int i = 0; i < 3; i++)
+        CHECK_MSG(tk[i].id == 504 && tk[i].logprob < -1.0f, "token %d: id %d logprob %g", i,
+                  (int)tk[i].id, (double)tk[i].logprob);
+    srv_job_unref(j);
+    /* An id outside the vocabulary ends the job with bad_input (the HTTP layer refuses it first).
+     */
+    bid = 1 << 30;
+    j = srv_job_new(&p, NULL, NULL, err, sizeof err);
+    CHECK(j && srv_engine_submit(e, j) == 0);
+    CHECK_EQ_INT(wait_done(j, &st), SRV_FINISH_ERROR);
+    CHECK_EQ_STR(srv_err_name(st.err), "bad_input");
+    srv_job_unref(j);
+    /* Refused before a job exists. */
+    bias = NAN;
+    bid = 5;
+    CHECK(!srv_job_new(&p, NULL, NULL, err, sizeof err));
+    bias = 1;
+    p.n_bias = SRV_JOB_BIAS_MAX + 1;
+    CHECK(!srv_job_new(&p, NULL, NULL, err, sizeof err));
+    p.n_bias = 0;
+    p.n_stop_ids = SRV_JOB_STOP_IDS_MAX + 1;
+    p.stop_ids = ids;
+    CHECK(!srv_job_new(&p, NULL, NULL, err, sizeof err));
+    p.n_stop_ids = 0;
+    p.min_tokens = -1;
+    CHECK(!srv_job_new(&p, NULL, NULL, err, sizeof err));
+    srv_engine_free(e);
+}
+
 TEST(engine_logprobs)
 {
     TEST_NEED_MODEL();

@@ -296,6 +296,56 @@ TEST(req_sdk_chat_multi_turn_logprobs)
     srv_request_deinit(&r);
 }
 
+TEST(req_token_controls)
+{
+    /* logit_bias keys arrive as strings (OpenAI's wire format), values as numbers. */
+    srv_request r;
+    PARSE_OK(C,
+             "{'prompt':'x','logit_bias':{'0':100,'49151':-100,'7':0.5},'presence_penalty':-2,"
+             "'frequency_penalty':1.5,'min_tokens':3,'max_tokens':3,'ignore_eos':true,"
+             "'stop_token_ids':[2,49151],'metadata':{'run':'a'},'user':'u1'}",
+             &r);
+    CHECK_EQ_INT(r.n_bias, 3);
+    CHECK(r.bias_ids[0] == 0 && r.bias[0] == 100.0f);
+    CHECK(r.bias_ids[1] == 49151 && r.bias[1] == -100.0f);
+    CHECK(r.bias_ids[2] == 7 && r.bias[2] == 0.5f);
+    CHECK(r.sampling.presence_penalty == -2.0f && r.sampling.frequency_penalty == 1.5f);
+    CHECK_EQ_INT(r.min_tokens, 3);
+    CHECK(r.ignore_eos);
+    CHECK_EQ_INT(r.n_stop_ids, 2);
+    CHECK(r.stop_ids[0] == 2 && r.stop_ids[1] == 49151);
+    CHECK_EQ_STR(r.user, "u1");
+    srv_request_deinit(&r);
+    /* Absent, null and empty mean off; a chat default max_tokens does not bound min_tokens. */
+    PARSE_OK(H,
+             "{'messages':[{'role':'user','content':'x'}],'logit_bias':{},'stop_token_ids':[],"
+             "'min_tokens':300,'ignore_eos':null,'metadata':null}",
+             &r);
+    CHECK(r.n_bias == 0 && r.n_stop_ids == 0 && !r.ignore_eos);
+    CHECK_EQ_INT(r.min_tokens, 300);
+    CHECK(r.sampling.presence_penalty == 0 && r.sampling.frequency_penalty == 0);
+    srv_request_deinit(&r);
+    /* 1024 entries are allowed, 1025 are not. */
+    char *b = malloc(20 * 1100 + 64);
+    CHECK(b);
+    for (int n = 1024; b && n <= 1025; n++) {
+        size_t len = (size_t)sprintf(b, "{\"prompt\":\"x\",\"logit_bias\":{");
+        for (int i = 0; i < n; i++)
+            len += (size_t)sprintf(b + len, "%s\"%d\":1", i ? "," : "", i);
+        len += (size_t)sprintf(b + len, "}}");
+        char err[256], param[SRV_PARAM_MAX];
+        int rc = parse_lim(C, b, len, &LIM, &r, err, param);
+        if (n == 1024) {
+            CHECK_MSG(rc == 0 && r.n_bias == 1024, "rc %d: %s", rc, err);
+            srv_request_deinit(&r);
+        } else {
+            CHECK_EQ_INT(rc, -E2BIG);
+            CHECK_EQ_STR(err, "logit_bias: 1025 entries, more than the limit of 1024");
+        }
+    }
+    free(b);
+}
+
 TEST(req_client_noise_is_accepted)
 {
     /* Neutral values of unsupported features, nulls and fields this server does not know. */
@@ -519,9 +569,11 @@ TEST(req_utf8_and_nul_in_strings)
         {C, "{\"prompt\":\"x\",\"adapters\":[{\"id\":\"fr\\u0000\"}]}",
          "adapters[0].id: contains a NUL character (\\u0000) at byte 2", "adapters[0].id"},
         /* Strings this server ignores, and keys, are checked on the raw body at the end. */
-        {C, "{\"prompt\":\"x\",\"metadata\":\"ok\xc3(\"}", "request body: invalid UTF-8 at byte 28",
-         ""},
+        {C, "{\"prompt\":\"x\",\"service_tier\":\"ok\xc3(\"}",
+         "request body: invalid UTF-8 at byte 32", ""},
         {C, "{\"prompt\":\"x\",\"k\xff\":1}", "request body: invalid UTF-8 at byte 16", ""},
+        {C, "{\"prompt\":\"x\",\"logit_bias\":{\"1\xff\":1}}",
+         "logit_bias: a key is not a token id (nor valid UTF-8)", "logit_bias"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         srv_request r;
@@ -802,16 +854,47 @@ static const refusal refusals[] = {
     {C, "{'prompt': 'x', 'n': '1'}", E, "n", "n: expected a number, got string"},
     {C, "{'prompt': 'x', 'best_of': 3}", E, "best_of",
      "best_of: only 1 is supported, got 3 (one candidate per request)"},
-    {C, "{'prompt': 'x', 'frequency_penalty': 0.5}", E, "frequency_penalty",
-     "frequency_penalty: only 0 is supported, got 0.5 (use \"repetition_penalty\" instead)"},
-    {H, MSG1 ", 'frequency_penalty': 0, 'presence_penalty': -1}", E, "presence_penalty",
-     "presence_penalty: only 0 is supported, got -1 (use \"repetition_penalty\" instead)"},
+    /* penalties, logit_bias, min_tokens, ignore_eos, stop_token_ids, metadata */
+    {C, "{'prompt': 'x', 'frequency_penalty': 2.5}", E, "frequency_penalty",
+     "frequency_penalty: must be in [-2, 2], got 2.5"},
+    {H, MSG1 ", 'frequency_penalty': 0, 'presence_penalty': -2.01}", E, "presence_penalty",
+     "presence_penalty: must be in [-2, 2], got -2.01"},
     {C, "{'prompt': 'x', 'frequency_penalty': 'x'}", E, "frequency_penalty",
      "frequency_penalty: expected a number, got string"},
-    {C, "{'prompt': 'x', 'logit_bias': {'50256': -100}}", E, "logit_bias",
-     "logit_bias: not supported (only an empty object)"},
     {H, MSG1 ", 'logit_bias': 5}", E, "logit_bias",
-     "logit_bias: not supported (only an empty object)"},
+     "logit_bias: expected an object of token id -> bias, got number"},
+    {C, "{'prompt': 'x', 'logit_bias': {'49152': 1}}", E, "logit_bias.49152",
+     "logit_bias.49152: token id 49152 is outside the vocabulary (49152 tokens)"},
+    {C, "{'prompt': 'x', 'logit_bias': {'-1': 1}}", E, "logit_bias",
+     "logit_bias: the key '-1' is not a token id (a non-negative integer)"},
+    {C, "{'prompt': 'x', 'logit_bias': {'abc': 1}}", E, "logit_bias",
+     "logit_bias: the key 'abc' is not a token id (a non-negative integer)"},
+    {C, "{'prompt': 'x', 'logit_bias': {'': 1}}", E, "logit_bias",
+     "logit_bias: the key '' is not a token id (a non-negative integer)"},
+    {C, "{'prompt': 'x', 'logit_bias': {'99999999999': 1}}", E, "logit_bias",
+     "logit_bias: the key '99999999999' is not a token id (a non-negative integer)"},
+    {C, "{'prompt': 'x', 'logit_bias': {'4294967295': 1}}", E, "logit_bias.4294967295",
+     "logit_bias.4294967295: token id 4294967295 is outside the vocabulary (49152 tokens)"},
+    {C, "{'prompt': 'x', 'logit_bias': {'12': 100.5}}", E, "logit_bias.12",
+     "logit_bias.12: must be in [-100, 100], got 100.5"},
+    {C, "{'prompt': 'x', 'logit_bias': {'12': '1'}}", E, "logit_bias.12",
+     "logit_bias.12: expected a number, got string"},
+    {C, "{'prompt': 'x', 'logit_bias': {'12': 1, '012': 2}}", E, "logit_bias.012",
+     "logit_bias.012: token id 12 is given twice"},
+    {C, "{'prompt': 'x', 'min_tokens': -1}", E, "min_tokens",
+     "min_tokens: must be an integer >= 0, got -1"},
+    {C, "{'prompt': 'x', 'min_tokens': 1.5}", E, "min_tokens",
+     "min_tokens: expected an integer, got 1.5"},
+    {C, "{'prompt': 'x', 'max_tokens': 4, 'min_tokens': 5}", E, "min_tokens",
+     "min_tokens: 5 is more than max_tokens 4"},
+    {H, MSG1 ", 'ignore_eos': 1}", E, "ignore_eos", "ignore_eos: expected a boolean, got number"},
+    {C, "{'prompt': 'x', 'stop_token_ids': 2}", E, "stop_token_ids",
+     "stop_token_ids: expected an array of token ids, got number"},
+    {C, "{'prompt': 'x', 'stop_token_ids': [1, 49152]}", E, "stop_token_ids[1]",
+     "stop_token_ids[1]: must be an integer in [0, 49151], got 49152"},
+    {C, "{'prompt': 'x', 'stop_token_ids': ['1']}", E, "stop_token_ids[0]",
+     "stop_token_ids[0]: expected an integer, got string"},
+    {H, MSG1 ", 'metadata': 'tag'}", E, "metadata", "metadata: expected an object, got string"},
     {C, "{'prompt': 'x', 'guided_json': {}}", E, "guided_json",
      "guided_json: constrained decoding is not supported"},
     {H, MSG1 ", 'grammar': 'root ::= x'}", E, "grammar",

@@ -392,6 +392,126 @@ TEST(sampler_repeat_penalty)
     core_sampler_free(s);
 }
 
+TEST(sampler_logit_bias_and_bans)
+{
+    enum { N = 6 };
+    const float x[N] = {-1.0f, 1.0f, 3.0f, 0.0f, 2.5f, -1.2f};
+    core_sampler *s = make(0, 0, 1, 0, 1, 0, N);
+    CHECK(s);
+    float lp = 0;
+    /* +100 on the least likely token makes greedy pick it; the logprob stays the model's. */
+    const int32_t id5[] = {5};
+    const float up[] = {100.0f};
+    CHECK_EQ_INT(core_sampler_set_bias(s, id5, up, 1), 0);
+    CHECK_EQ_INT(core_sampler_sample(s, x, NULL, 0, &lp), 5);
+    double lse = core_logits_log_sum_exp(x, N);
+    CHECK_NEAR(lp, x[5] - lse, 1e-5);
+    /* -100 on the argmax moves greedy to the runner-up. */
+    const int32_t id2[] = {2};
+    const float down[] = {-100.0f};
+    CHECK_EQ_INT(core_sampler_set_bias(s, id2, down, 1), 0);
+    CHECK_EQ_INT(core_sampler_sample(s, x, NULL, 0, NULL), 4);
+    /* A ban wins over a bias; clearing both restores the argmax. */
+    const int32_t ban[] = {4, 1};
+    CHECK_EQ_INT(core_sampler_set_banned(s, ban, 2), 0);
+    CHECK_EQ_INT(core_sampler_sample(s, x, NULL, 0, NULL), 3);
+    const int32_t b4[] = {4};
+    const float up4[] = {50.0f};
+    CHECK_EQ_INT(core_sampler_set_bias(s, b4, up4, 1), 0);
+    CHECK_EQ_INT(core_sampler_sample(s, x, NULL, 0, NULL), 2);
+    CHECK_EQ_INT(core_sampler_set_bias(s, NULL, NULL, 0), 0);
+    CHECK_EQ_INT(core_sampler_set_banned(s, NULL, 0), 0);
+    CHECK_EQ_INT(core_sampler_sample(s, x, NULL, 0, NULL), 2);
+    /* Bad ids and values are refused and change nothing. */
+    const int32_t out[] = {N}, neg[] = {-1};
+    const float inf[] = {INFINITY}, nan_[] = {NAN};
+    CHECK_EQ_INT(core_sampler_set_bias(s, out, up, 1), -EINVAL);
+    CHECK_EQ_INT(core_sampler_set_bias(s, neg, up, 1), -EINVAL);
+    CHECK_EQ_INT(core_sampler_set_bias(s, id5, inf, 1), -EINVAL);
+    CHECK_EQ_INT(core_sampler_set_bias(s, id5, nan_, 1), -EINVAL);
+    CHECK_EQ_INT(core_sampler_set_banned(s, out, 1), -EINVAL);
+    CHECK_EQ_INT(core_sampler_sample(s, x, NULL, 0, NULL), 2);
+    core_sampler_free(s);
+
+    /* Sampling mode: a banned token is never drawn, even when it holds almost all the mass. */
+    const float y[3] = {10.0f, 0.0f, 0.0f};
+    s = make(1, 0, 1, 0, 1, 7, 3);
+    CHECK(s);
+    const int32_t b0[] = {0};
+    CHECK_EQ_INT(core_sampler_set_banned(s, b0, 1), 0);
+    int zero = 0;
+    for (int i = 0; i < 200; i++)
+        zero += core_sampler_sample(s, y, NULL, 0, NULL) == 0;
+    CHECK_EQ_INT(zero, 0);
+    /* Everything banned: no token (the caller reports it). */
+    const int32_t all[] = {0, 1, 2};
+    CHECK_EQ_INT(core_sampler_set_banned(s, all, 3), 0);
+    CHECK_EQ_INT(core_sampler_sample(s, y, NULL, 0, NULL), -1);
+    core_sampler_free(s);
+}
+
+/* OpenAI's formula: logit[t] -= count[t] * frequency + (count[t] > 0) * presence, counted over
+ * history[count_from..] only. */
+TEST(sampler_presence_frequency_penalties)
+{
+    enum { N = 4 };
+    const float x[N] = {2.0f, 1.5f, 1.0f, 0.0f};
+    core_sampler_params p;
+    core_sampler_params_default(&p);
+    p.temperature = 0;
+    p.presence_penalty = 0.6f;
+    p.count_from = 2; /* history[0..2) is the prompt */
+    core_sampler *s = core_sampler_new(&p, N, NULL, 0);
+    CHECK(s);
+    /* The prompt's 0s do not count: 0 still wins. */
+    const int32_t h_prompt[] = {0, 0};
+    CHECK_EQ_INT(core_sampler_sample(s, x, h_prompt, 2, NULL), 0);
+    /* One generated 0: 2.0 - 0.6 = 1.4 < 1.5. */
+    const int32_t h1[] = {0, 0, 0};
+    CHECK_EQ_INT(core_sampler_sample(s, x, h1, 3, NULL), 1);
+    /* Presence is paid once however often: with 0 and 1 both seen, 1.4 vs 0.9 vs 1.0. */
+    const int32_t h2[] = {3, 3, 0, 0, 0, 1};
+    CHECK_EQ_INT(core_sampler_sample(s, x, h2, 6, NULL), 0);
+    core_sampler_free(s);
+
+    /* Frequency grows with the count: 0 seen twice at 0.3 -> 1.4 < 1.5; once -> 1.7 wins. */
+    core_sampler_params_default(&p);
+    p.temperature = 0;
+    p.frequency_penalty = 0.3f;
+    s = core_sampler_new(&p, N, NULL, 0);
+    CHECK(s);
+    const int32_t once[] = {0}, twice[] = {0, 2, 0};
+    CHECK_EQ_INT(core_sampler_sample(s, x, once, 1, NULL), 0);
+    CHECK_EQ_INT(core_sampler_sample(s, x, twice, 3, NULL), 1);
+    /* Counts are per call: the same history again gives the same answer. */
+    CHECK_EQ_INT(core_sampler_sample(s, x, twice, 3, NULL), 1);
+    CHECK_EQ_INT(core_sampler_sample(s, x, once, 1, NULL), 0);
+    core_sampler_free(s);
+
+    /* A negative penalty encourages repeats: 3 (0.0) seen once at -2 presence -> 2.0, tied with 0
+     * and the lower id wins; seen twice with frequency -1 as well -> 4.0. */
+    core_sampler_params_default(&p);
+    p.temperature = 0;
+    p.presence_penalty = -2.0f;
+    p.frequency_penalty = -1.0f;
+    s = core_sampler_new(&p, N, NULL, 0);
+    CHECK(s);
+    const int32_t h3[] = {3, 3};
+    CHECK_EQ_INT(core_sampler_sample(s, x, h3, 2, NULL), 3);
+    core_sampler_free(s);
+
+    /* Out of [-2, 2] is refused. */
+    core_sampler_params_default(&p);
+    p.frequency_penalty = 2.5f;
+    char err[128] = "";
+    CHECK(core_sampler_new(&p, N, err, sizeof err) == NULL);
+    CHECK_MSG(strstr(err, "frequency_penalty") != NULL, "err: %s", err);
+    core_sampler_params_default(&p);
+    p.presence_penalty = NAN;
+    CHECK(core_sampler_new(&p, N, err, sizeof err) == NULL);
+    CHECK_MSG(strstr(err, "presence_penalty") != NULL, "err: %s", err);
+}
+
 TEST(sampler_nan_logits)
 {
     enum { N = 5 };
