@@ -99,8 +99,10 @@ static void family(srv_buf *b, const char *name, const char *type, const char *h
     srv_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void sample_u64(srv_buf *b, const char *name, uint64_t v)
+/* A family of one unlabelled sample. */
+static void metric_u64(srv_buf *b, const char *name, const char *type, const char *help, uint64_t v)
 {
+    family(b, name, type, help);
     srv_buf_printf(b, "%s %llu\n", name, (unsigned long long)v);
 }
 
@@ -159,20 +161,18 @@ static void render_batch_rows(srv_buf *b, const srv_engine_stats *e)
 
 static void render_engine(srv_buf *b, const srv_engine_stats *e)
 {
-    family(b, "adaptree_prompt_tokens_total", "counter", "Prompt tokens computed.");
-    sample_u64(b, "adaptree_prompt_tokens_total", e->prompt_tokens);
-    family(b, "adaptree_generated_tokens_total", "counter", "Tokens generated.");
-    sample_u64(b, "adaptree_generated_tokens_total", e->generated_tokens);
-    family(b, "adaptree_steps_total", "counter", "Forward steps.");
-    sample_u64(b, "adaptree_steps_total", e->steps);
+    metric_u64(b, "adaptree_prompt_tokens_total", "counter", "Prompt tokens computed.",
+               e->prompt_tokens);
+    metric_u64(b, "adaptree_generated_tokens_total", "counter", "Tokens generated.",
+               e->generated_tokens);
+    metric_u64(b, "adaptree_steps_total", "counter", "Forward steps.", e->steps);
     family(b, "adaptree_step_seconds_total", "counter",
            "Time spent in forward steps and sampling.");
     srv_buf_printf(b, "adaptree_step_seconds_total %.9g\n", e->step_seconds);
-    family(b, "adaptree_decode_steps_total", "counter",
-           "Forward steps with decode rows only (no prompt rows).");
-    sample_u64(b, "adaptree_decode_steps_total", e->decode_steps);
-    family(b, "adaptree_decode_rows_total", "counter", "Rows of the decode-only steps.");
-    sample_u64(b, "adaptree_decode_rows_total", e->decode_rows);
+    metric_u64(b, "adaptree_decode_steps_total", "counter",
+               "Forward steps with decode rows only (no prompt rows).", e->decode_steps);
+    metric_u64(b, "adaptree_decode_rows_total", "counter", "Rows of the decode-only steps.",
+               e->decode_rows);
     family(b, "adaptree_decode_step_seconds_total", "counter",
            "Time spent in decode-only steps and their sampling.");
     srv_buf_printf(b, "adaptree_decode_step_seconds_total %.9g\n", e->decode_seconds);
@@ -183,9 +183,8 @@ static void render_engine(srv_buf *b, const srv_engine_stats *e)
     family(b, "adaptree_prompt_row_ms", "gauge",
            "Learned cost of one prompt row beside decode rows, in ms (0 before any).");
     srv_buf_printf(b, "adaptree_prompt_row_ms %.6g\n", e->prompt_row_ms);
-    family(b, "adaptree_steps_over_target_total", "counter",
-           "Steps planned for a latency target that took longer.");
-    sample_u64(b, "adaptree_steps_over_target_total", e->steps_over_target);
+    metric_u64(b, "adaptree_steps_over_target_total", "counter",
+               "Steps planned for a latency target that took longer.", e->steps_over_target);
     render_batch_rows(b, e);
     family(b, "adaptree_jobs_total", "counter", "Generation jobs by how they ended.");
     srv_buf_printf(b,
@@ -200,41 +199,37 @@ static void render_engine(srv_buf *b, const srv_engine_stats *e)
     srv_buf_printf(b, "adaptree_waiting %d\n", e->waiting);
     family(b, "adaptree_loading", "gauge", "Queued requests waiting for an adapter load.");
     srv_buf_printf(b, "adaptree_loading %d\n", e->loading);
-    family(b, "adaptree_queue_rejected_total", "counter",
-           "Requests refused because the queue was full (HTTP 429).");
-    sample_u64(b, "adaptree_queue_rejected_total", e->jobs_rejected);
-    family(b, "adaptree_kv_bytes", "gauge",
-           "Bytes of the KV pool in use (running sequences and the prefix cache).");
-    sample_u64(b, "adaptree_kv_bytes", e->kv_bytes);
-    family(b, "adaptree_kv_block_bytes", "gauge", "Bytes of one KV block (16 positions).");
-    sample_u64(b, "adaptree_kv_block_bytes", e->kv_block_bytes);
-    family(b, "adaptree_kv_blocks", "gauge", "Blocks of the KV pool (--kv-cache-mb).");
-    sample_u64(b, "adaptree_kv_blocks", (uint64_t)e->kv_blocks_total);
-    family(b, "adaptree_kv_blocks_used", "gauge",
-           "KV blocks in use by running sequences or the prefix cache.");
-    sample_u64(b, "adaptree_kv_blocks_used", (uint64_t)e->kv_blocks_used);
-    family(b, "adaptree_prefix_cache_blocks", "gauge", "KV blocks held by the prefix cache.");
-    sample_u64(b, "adaptree_prefix_cache_blocks", (uint64_t)e->kv_blocks_cached);
-    family(b, "adaptree_kv_preemptions_total", "counter",
-           "Sequences whose KV blocks were taken for older ones (recomputed later).");
-    sample_u64(b, "adaptree_kv_preemptions_total", e->kv_preemptions);
-    family(b, "adaptree_kv_admission_waits_total", "counter",
-           "Requests whose admission waited for free KV blocks.");
-    sample_u64(b, "adaptree_kv_admission_waits_total", e->kv_admission_waits);
-    family(b, "adaptree_prefix_cache_lookups_total", "counter",
-           "Admitted requests that looked up the prefix cache.");
-    sample_u64(b, "adaptree_prefix_cache_lookups_total", e->prefix_lookups);
-    family(b, "adaptree_prefix_cache_hits_total", "counter",
-           "Lookups that found cached blocks (same tokens under the same adapters).");
-    sample_u64(b, "adaptree_prefix_cache_hits_total", e->prefix_hits);
-    family(b, "adaptree_prefix_cache_misses_total", "counter", "Lookups that found nothing.");
-    sample_u64(b, "adaptree_prefix_cache_misses_total", e->prefix_lookups - e->prefix_hits);
-    family(b, "adaptree_prefix_cache_hit_tokens_total", "counter",
-           "Prompt tokens whose KV came from the prefix cache (not computed).");
-    sample_u64(b, "adaptree_prefix_cache_hit_tokens_total", e->prefix_hit_tokens);
-    family(b, "adaptree_prefix_cache_evictions_total", "counter",
-           "Prefix cache blocks evicted (least recently used, unread).");
-    sample_u64(b, "adaptree_prefix_cache_evictions_total", e->prefix_evictions);
+    metric_u64(b, "adaptree_queue_rejected_total", "counter",
+               "Requests refused because the queue was full (HTTP 429).", e->jobs_rejected);
+    metric_u64(b, "adaptree_kv_bytes", "gauge",
+               "Bytes of the KV pool in use (running sequences and the prefix cache).",
+               e->kv_bytes);
+    metric_u64(b, "adaptree_kv_block_bytes", "gauge", "Bytes of one KV block (16 positions).",
+               e->kv_block_bytes);
+    metric_u64(b, "adaptree_kv_blocks", "gauge", "Blocks of the KV pool (--kv-cache-mb).",
+               (uint64_t)e->kv_blocks_total);
+    metric_u64(b, "adaptree_kv_blocks_used", "gauge",
+               "KV blocks in use by running sequences or the prefix cache.",
+               (uint64_t)e->kv_blocks_used);
+    metric_u64(b, "adaptree_prefix_cache_blocks", "gauge", "KV blocks held by the prefix cache.",
+               (uint64_t)e->kv_blocks_cached);
+    metric_u64(b, "adaptree_kv_preemptions_total", "counter",
+               "Sequences whose KV blocks were taken for older ones (recomputed later).",
+               e->kv_preemptions);
+    metric_u64(b, "adaptree_kv_admission_waits_total", "counter",
+               "Requests whose admission waited for free KV blocks.", e->kv_admission_waits);
+    metric_u64(b, "adaptree_prefix_cache_lookups_total", "counter",
+               "Admitted requests that looked up the prefix cache.", e->prefix_lookups);
+    metric_u64(b, "adaptree_prefix_cache_hits_total", "counter",
+               "Lookups that found cached blocks (same tokens under the same adapters).",
+               e->prefix_hits);
+    metric_u64(b, "adaptree_prefix_cache_misses_total", "counter", "Lookups that found nothing.",
+               e->prefix_lookups - e->prefix_hits);
+    metric_u64(b, "adaptree_prefix_cache_hit_tokens_total", "counter",
+               "Prompt tokens whose KV came from the prefix cache (not computed).",
+               e->prefix_hit_tokens);
+    metric_u64(b, "adaptree_prefix_cache_evictions_total", "counter",
+               "Prefix cache blocks evicted (least recently used, unread).", e->prefix_evictions);
 }
 
 static void render_conns(srv_buf *b, const srv_conns_stats *c)
@@ -247,8 +242,8 @@ static void render_conns(srv_buf *b, const srv_conns_stats *c)
     family(b, "adaptree_connections_reserve", "gauge",
            "Open connections admitted through the reserve (every ordinary one was busy).");
     srv_buf_printf(b, "adaptree_connections_reserve %u\n", c->reserve);
-    family(b, "adaptree_connections_accepted_total", "counter", "Connections accepted.");
-    sample_u64(b, "adaptree_connections_accepted_total", c->accepted);
+    metric_u64(b, "adaptree_connections_accepted_total", "counter", "Connections accepted.",
+               c->accepted);
     family(b, "adaptree_connections_closed_total", "counter",
            "Connections the server closed before their client did, by reason.");
     srv_buf_printf(b,
@@ -331,12 +326,11 @@ void srv_metrics_render(srv_buf *b, const srv_metrics_view *v)
     render_labels(b, v->labels, v->labels ? v->n_labels : 0);
     render_nodes(b, v->nodes, v->nodes ? v->n_nodes : 0);
     const adapter_registry_stats *r = v->registry;
-    family(b, "adaptree_adapter_cache_bytes", "gauge", "Bytes of resident adapters.");
-    sample_u64(b, "adaptree_adapter_cache_bytes", r ? r->resident_bytes : 0);
-    family(b, "adaptree_adapter_cache_budget_bytes", "gauge",
-           "Budget for resident adapters (--adapter-cache-mb; 0 = unlimited).");
-    sample_u64(b, "adaptree_adapter_cache_budget_bytes", r ? r->cache_bytes : 0);
-    family(b, "adaptree_adapter_cache_misses_total", "counter",
-           "Acquisitions that had to load an adapter.");
-    sample_u64(b, "adaptree_adapter_cache_misses_total", r ? r->misses : 0);
+    metric_u64(b, "adaptree_adapter_cache_bytes", "gauge", "Bytes of resident adapters.",
+               r ? r->resident_bytes : 0);
+    metric_u64(b, "adaptree_adapter_cache_budget_bytes", "gauge",
+               "Budget for resident adapters (--adapter-cache-mb; 0 = unlimited).",
+               r ? r->cache_bytes : 0);
+    metric_u64(b, "adaptree_adapter_cache_misses_total", "counter",
+               "Acquisitions that had to load an adapter.", r ? r->misses : 0);
 }
