@@ -730,8 +730,7 @@ static void model_id_init(srv_engine *e, const char *path)
 static int kv_pool_size(srv_engine *e, const srv_engine_opts *o, char *err, size_t errlen)
 {
     const core_config *c = &e->model->cfg;
-    size_t block = 2 * (size_t)c->n_layer * CORE_KV_BLOCK * (size_t)c->n_head_kv *
-                   (size_t)c->head_dim * (e->kv_f16 ? 2 : 4);
+    size_t block = core_kv_block_size(c, e->kv_f16);
     size_t per_seq = (size_t)(e->n_ctx + CORE_KV_BLOCK - 1) / CORE_KV_BLOCK;
     size_t least = (per_seq + 1) * block;
     if (o->kv_cache_bytes > 0) {

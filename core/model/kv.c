@@ -2,23 +2,25 @@
  * block tables, references for sharing, copy on write. */
 #include "core/model/kv_internal.h"
 
+#include "core/base.h"
 #include "core/format/types.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
-static void kv_errf(char *err, size_t errlen, const char *fmt, ...)
+/* K and V of every layer for CORE_KV_BLOCK positions of kv_dim elements of es bytes. */
+static size_t block_size(int n_layer, int kv_dim, size_t es)
 {
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
+    return 2 * (size_t)n_layer * CORE_KV_BLOCK * (size_t)kv_dim * es;
+}
+
+size_t core_kv_block_size(const core_config *cfg, int f16)
+{
+    return block_size(cfg->n_layer, cfg->n_head_kv * cfg->head_dim,
+                      f16 ? sizeof(uint16_t) : sizeof(float));
 }
 
 /* Sizes the blocks for the element size and refills the free stack: block 0 on top. Only with
@@ -26,7 +28,7 @@ static void kv_errf(char *err, size_t errlen, const char *fmt, ...)
 static void pool_reset(core_kv *kv)
 {
     kv->row_bytes = (size_t)kv->kv_dim * kv->es;
-    kv->block_bytes = 2 * (size_t)kv->n_layer * CORE_KV_BLOCK * kv->row_bytes;
+    kv->block_bytes = block_size(kv->n_layer, kv->kv_dim, kv->es);
     size_t n = kv->pool_bytes / kv->block_bytes;
     kv->n_blocks = n > (size_t)INT32_MAX ? INT32_MAX : (int)n;
     kv->n_free = kv->n_blocks;
@@ -40,20 +42,19 @@ core_kv *core_kv_new_pool(const core_config *cfg, int n_slots, int n_ctx, size_t
                           char *err, size_t errlen)
 {
     if (n_slots <= 0 || n_slots > (1 << 16) || n_ctx <= 0 || n_ctx > (1 << 24)) {
-        kv_errf(err, errlen, "kv cache: bad size (%d slots, %d positions)", n_slots, n_ctx);
+        core_errf(err, errlen, "kv cache: bad size (%d slots, %d positions)", n_slots, n_ctx);
         return NULL;
     }
-    size_t f32_block = 2 * (size_t)cfg->n_layer * CORE_KV_BLOCK * (size_t)cfg->n_head_kv *
-                       (size_t)cfg->head_dim * sizeof(float);
+    size_t f32_block = core_kv_block_size(cfg, 0);
     if (f32_block == 0 || pool_bytes < f32_block || pool_bytes / f32_block > (1u << 30)) {
-        kv_errf(err, errlen,
-                "kv cache: a pool of %zu bytes holds no block of %zu bytes (or too many)",
-                pool_bytes, f32_block);
+        core_errf(err, errlen,
+                  "kv cache: a pool of %zu bytes holds no block of %zu bytes (or too many)",
+                  pool_bytes, f32_block);
         return NULL;
     }
     core_kv *kv = calloc(1, sizeof *kv);
     if (!kv) {
-        kv_errf(err, errlen, "kv cache: out of memory");
+        core_errf(err, errlen, "kv cache: out of memory");
         return NULL;
     }
     kv->n_slots = n_slots;
@@ -75,7 +76,7 @@ core_kv *core_kv_new_pool(const core_config *cfg, int n_slots, int n_ctx, size_t
         ok = (kv->slots[s].table = malloc((size_t)kv->max_blocks * sizeof(int32_t))) != NULL;
     if (!ok) {
         core_kv_free(kv);
-        kv_errf(err, errlen, "kv cache: out of memory for a pool of %zu MB", pool_bytes >> 20);
+        core_errf(err, errlen, "kv cache: out of memory for a pool of %zu MB", pool_bytes >> 20);
         return NULL;
     }
     pool_reset(kv);
@@ -84,8 +85,7 @@ core_kv *core_kv_new_pool(const core_config *cfg, int n_slots, int n_ctx, size_t
 
 core_kv *core_kv_new(const core_config *cfg, int n_slots, int n_ctx, char *err, size_t errlen)
 {
-    size_t f32_block = 2 * (size_t)cfg->n_layer * CORE_KV_BLOCK * (size_t)cfg->n_head_kv *
-                       (size_t)cfg->head_dim * sizeof(float);
+    size_t f32_block = core_kv_block_size(cfg, 0);
     size_t per_slot = n_ctx > 0 ? (size_t)(n_ctx + CORE_KV_BLOCK - 1) / CORE_KV_BLOCK : 1;
     size_t slots = n_slots > 0 ? (size_t)n_slots : 1;
     return core_kv_new_pool(cfg, n_slots, n_ctx, slots * per_slot * f32_block, err, errlen);

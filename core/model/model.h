@@ -239,6 +239,8 @@ void core_kv_clear(core_kv *kv, int slot);
 size_t core_kv_bytes(const core_kv *kv);
 /* Bytes of one block (K and V of every layer, CORE_KV_BLOCK positions). */
 size_t core_kv_block_bytes(const core_kv *kv);
+/* The same for a model's config, f32 or (f16 != 0) f16 K and V. */
+size_t core_kv_block_size(const core_config *cfg, int f16);
 /* Blocks in the pool, and free ones. */
 int core_kv_blocks_total(const core_kv *kv);
 int core_kv_blocks_free(const core_kv *kv);

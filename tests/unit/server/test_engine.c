@@ -459,8 +459,7 @@ TEST(engine_kv_pool_preempts_and_recomputes)
     o.max_seqs = 4;
     o.no_prefix_cache = true;
     o.verbose = 0;
-    size_t block = 2 * (size_t)m->cfg.n_layer * CORE_KV_BLOCK * (size_t)m->cfg.n_head_kv *
-                   (size_t)m->cfg.head_dim * sizeof(float);
+    size_t block = core_kv_block_size(&m->cfg, 0);
     o.kv_cache_bytes = 18 * block;
     char err[256] = "";
     srv_engine *e = srv_engine_new(&o, err, sizeof err);

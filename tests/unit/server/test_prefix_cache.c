@@ -97,7 +97,7 @@ TEST(prefix_cache_evicts_unread_leaves_oldest_first)
     core_config cfg = small_cfg();
     char err[128];
     /* 8 blocks in the pool */
-    size_t bb = 2 * 1 * B * 4 * sizeof(float);
+    size_t bb = core_kv_block_size(&cfg, 0);
     core_kv *kv = core_kv_new_pool(&cfg, 3, 256, 8 * bb, err, sizeof err);
     CHECK_MSG(kv != NULL, "%s", err);
     srv_prefix *p = srv_prefix_new(kv);
