@@ -150,7 +150,6 @@ int srv_prefix_lookup(srv_prefix *p, const void *ctx, size_t ctx_len, const int3
 {
     int nb = n / CORE_KV_BLOCK;
     nb = nb < max_ids ? nb : max_ids;
-    p->st.lookups++;
     if (nb <= 0 || walk_room(p, nb))
         return 0;
     uint64_t h = ctx_hash(ctx, ctx_len);
@@ -166,10 +165,6 @@ int srv_prefix_lookup(srv_prefix *p, const void *ctx, size_t ctx_len, const int3
         p->walk[k] = parent = i;
     }
     touch_walk(p, k);
-    if (k > 0) {
-        p->st.hits++;
-        p->st.hit_blocks += (uint64_t)k;
-    }
     return k;
 }
 
@@ -259,7 +254,6 @@ int srv_prefix_insert(srv_prefix *p, const void *ctx, size_t ctx_len, const int3
         p->walk[k] = parent = i;
     }
     touch_walk(p, k);
-    p->st.inserted += (uint64_t)added;
     rehash(p);
     return rc ? rc : added;
 }

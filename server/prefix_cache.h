@@ -26,13 +26,11 @@
 
 typedef struct srv_prefix srv_prefix;
 
+/* Lookups and hits are the scheduler's to count: it looks up again for a job that waits for
+ * KV blocks, and counts the admission that used the lookup. */
 typedef struct srv_prefix_stats {
-    uint64_t lookups;    /* lookups made */
-    uint64_t hits;       /* of those, lookups that found at least one block */
-    uint64_t hit_blocks; /* blocks found */
-    uint64_t inserted;   /* entries added */
-    uint64_t evicted;    /* entries evicted */
-    int entries;         /* entries now (blocks the cache holds) */
+    uint64_t evicted; /* entries evicted */
+    int entries;      /* entries now (blocks the cache holds) */
 } srv_prefix_stats;
 
 /* A cache over kv's blocks; it installs itself as kv's reclaim callback. NULL on no memory. */
