@@ -46,9 +46,9 @@ class StopStream(Exception):
     pass
 
 
-def beside_a_stream(s):
-    """The long prompt sent while a stream decodes: its text, its prompt tokens, and the
-    /metrics before and after it. Checks that the stream ran all along, then cuts it."""
+def background_stream(s):
+    """Streams COUNT on s in the background until state["stop"] is set; state["started"] and
+    state["ended"] say whether a token came and whether the stream finished on its own."""
     state = {"started": False, "stop": False, "ended": False}
 
     def on_event(i, ev):
@@ -64,7 +64,13 @@ def beside_a_stream(s):
         except StopStream:
             pass
 
-    bg = e2e.Background(run)
+    return e2e.Background(run), state
+
+
+def beside_a_stream(s):
+    """The long prompt sent while a stream decodes: its text, its prompt tokens, and the
+    /metrics before and after it. Checks that the stream ran all along, then cuts it."""
+    bg, state = background_stream(s)
     e2e.wait_until(lambda: state["started"], 60, f"{s.name}: the stream's first token")
     before = e2e.metrics(s)
     text, n = long_prompt(s)
@@ -136,19 +142,7 @@ def another_clients_short_prompt_is_not_held_back():
     sent while client A's ~750-token prompt is being prefilled, gets it within a step or two
     (the clients take turns), not after A's ~90 chunks."""
     s = SERVERS["tiny"]
-    state = {"stop": False}
-
-    def on_event(i, ev):
-        if state["stop"]:
-            raise StopStream()
-
-    def run():
-        try:
-            e2e.stream(s.port, "/v1/completions", COUNT, timeout=180, on_event=on_event)
-        except StopStream:
-            pass
-
-    bg = e2e.Background(run)
+    bg, state = background_stream(s)
     base = e2e.metrics(s)[("adaptree_prompt_tokens_total", ())]
     a_prompt = "Client A. " + LONG[:len(LONG) // 2]  # not a prefix cached by earlier tests
     a = e2e.Background(s.post, "/v1/completions", {"prompt": a_prompt, "max_tokens": 1,
