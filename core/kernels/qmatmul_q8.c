@@ -83,13 +83,25 @@ void core__repack8_q8_0(const uint8_t *blk, int s, uint8_t *u, int j)
     memcpy(u + 512 + 2 * j, blk, 2); /* d */
 }
 
+/* Element l of a block of 32 4-bit values: the low nibble of qs[l], 16 + l the high one. */
+static inline int nibble(const uint8_t *qs, int l)
+{
+    return l < 16 ? qs[l] & 15 : qs[l - 16] >> 4;
+}
+
+/* ... with bit l of qh above it: a 5-bit value (Q5_0, Q5_1). */
+static inline int five_bits(const uint8_t *qs, uint32_t qh, int l)
+{
+    return nibble(qs, l) | (int)(qh >> l & 1) << 4;
+}
+
 /* Q4_0 (d, qs[16]: element l the low nibble of qs[l], 16 + l the high one, minus 8) and Q5_0
  * (d, qh, qs[16]: the same nibbles with bit l of qh above them, minus 16) as Q8_0's unit. */
 void core__repack8_q4_0(const uint8_t *blk, int s, uint8_t *u, int j)
 {
     (void)s;
     for (int l = 0; l < 32; l++) {
-        int q = (l < 16 ? blk[2 + l] & 15 : blk[2 + l - 16] >> 4) - 8;
+        int q = nibble(blk + 2, l) - 8;
         u[64 * (l / 4) + 4 * j + l % 4] = (uint8_t)((uint8_t)(int8_t)q ^ 0x80u);
     }
     memcpy(u + 512 + 2 * j, blk, 2); /* d */
@@ -101,7 +113,7 @@ void core__repack8_q5_0(const uint8_t *blk, int s, uint8_t *u, int j)
     uint32_t qh;
     memcpy(&qh, blk + 2, sizeof qh);
     for (int l = 0; l < 32; l++) {
-        int q = ((l < 16 ? blk[6 + l] & 15 : blk[6 + l - 16] >> 4) | (int)(qh >> l & 1) << 4) - 16;
+        int q = five_bits(blk + 6, qh, l) - 16;
         u[64 * (l / 4) + 4 * j + l % 4] = (uint8_t)((uint8_t)(int8_t)q ^ 0x80u);
     }
     memcpy(u + 512 + 2 * j, blk, 2); /* d */
@@ -114,8 +126,7 @@ void core__repack8_q5_1(const uint8_t *blk, int s, uint8_t *u, int j)
     uint32_t qh;
     memcpy(&qh, blk + 4, sizeof qh);
     for (int l = 0; l < 32; l++)
-        u[64 * (l / 4) + 4 * j + l % 4] =
-            (uint8_t)((l < 16 ? blk[8 + l] & 15 : blk[8 + l - 16] >> 4) | (int)(qh >> l & 1) << 4);
+        u[64 * (l / 4) + 4 * j + l % 4] = (uint8_t)five_bits(blk + 8, qh, l);
     float d = core_fp16_to_fp32((uint16_t)(blk[0] | blk[1] << 8));
     float m = core_fp16_to_fp32((uint16_t)(blk[2] | blk[3] << 8));
     memcpy(u + 512 + 4 * j, &d, 4);
