@@ -1,0 +1,755 @@
+/* Byte grammars, their pushdown matcher and token masks: see grammar.h for the approach. */
+#include "core/text/grammar.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/base.h"
+
+/* An element is one int32: kind in the low two bits, argument (a set or a rule) above. */
+enum { E_END = 0, E_SET = 1, E_REF = 2 };
+#define E_KIND(c) ((c)&3)
+#define E_ARG(c) ((c) >> 2)
+#define E_MAKE(k, a) ((int32_t)(((uint32_t)(a) << 2) | (uint32_t)(k)))
+
+/* Expansion levels (nested references and rule ends resolved while one byte is fed). */
+#define LEVELS_MAX 256
+#define MASK_CACHE 16
+
+/* --- building ------------------------------------------------------------------------------- */
+
+struct balt {
+    int32_t *e;
+    size_t n, cap;
+};
+
+struct brule {
+    struct balt *alt;
+    size_t n, cap;
+};
+
+struct core_gbuild {
+    struct brule *rule;
+    size_t n_rule, cap_rule;
+    core_gset *set;
+    size_t n_set, cap_set;
+    int32_t *set_slot; /* (set_slots) open addressing over set, -1 empty */
+    size_t set_slots;
+    size_t n_elems;
+    int err; /* the first error; sticks */
+};
+
+struct core_grammar {
+    int32_t *code; /* every alternative's elements, each followed by E_END */
+    int32_t *alt_start;
+    int32_t *rule_alt0; /* (n_rule) first alternative of each rule */
+    int32_t *rule_nalt;
+    int n_rule;
+    core_gset *set;
+    int root;
+};
+
+core_gbuild *core_gbuild_new(void)
+{
+    return calloc(1, sizeof(core_gbuild));
+}
+
+void core_gbuild_free(core_gbuild *b)
+{
+    if (!b)
+        return;
+    for (size_t r = 0; r < b->n_rule; r++) {
+        for (size_t a = 0; a < b->rule[r].n; a++)
+            free(b->rule[r].alt[a].e);
+        free(b->rule[r].alt);
+    }
+    free(b->rule);
+    free(b->set);
+    free(b->set_slot);
+    free(b);
+}
+
+static int stick(core_gbuild *b, int err)
+{
+    if (!b->err)
+        b->err = err;
+    return b->err;
+}
+
+int core_gbuild_rule(core_gbuild *b)
+{
+    if (b->err)
+        return b->err;
+    if (b->n_rule >= (size_t)INT32_MAX >> 3)
+        return stick(b, -E2BIG);
+    if (core_grow(&b->rule, &b->cap_rule, b->n_rule + 1, sizeof *b->rule))
+        return stick(b, -ENOMEM);
+    b->rule[b->n_rule] = (struct brule){0};
+    return (int)b->n_rule++;
+}
+
+int core_gbuild_alt(core_gbuild *b, int r)
+{
+    if (b->err)
+        return b->err;
+    if (r < 0 || (size_t)r >= b->n_rule)
+        return stick(b, -EINVAL);
+    struct brule *br = &b->rule[r];
+    if (core_grow(&br->alt, &br->cap, br->n + 1, sizeof *br->alt))
+        return stick(b, -ENOMEM);
+    br->alt[br->n++] = (struct balt){0};
+    if (++b->n_elems > CORE_GRAMMAR_ELEMS_MAX) /* its E_END */
+        return stick(b, -E2BIG);
+    return 0;
+}
+
+static int append(core_gbuild *b, int r, int32_t code)
+{
+    if (b->err)
+        return b->err;
+    if (r < 0 || (size_t)r >= b->n_rule || !b->rule[r].n)
+        return stick(b, -EINVAL);
+    if (++b->n_elems > CORE_GRAMMAR_ELEMS_MAX)
+        return stick(b, -E2BIG);
+    struct balt *a = &b->rule[r].alt[b->rule[r].n - 1];
+    if (core_grow(&a->e, &a->cap, a->n + 1, sizeof *a->e))
+        return stick(b, -ENOMEM);
+    a->e[a->n++] = code;
+    return 0;
+}
+
+static uint64_t set_hash(const core_gset *s)
+{
+    return core_hash64(CORE_HASH_INIT, s->w, sizeof s->w);
+}
+
+/* The index of set s in the builder's table, added when new; negative on error. */
+static int32_t set_index(core_gbuild *b, const core_gset *s)
+{
+    if (b->n_set * 2 >= b->set_slots) {
+        size_t slots = b->set_slots ? b->set_slots * 2 : 64;
+        int32_t *slot = malloc(slots * sizeof *slot);
+        if (!slot)
+            return -ENOMEM;
+        memset(slot, 0xff, slots * sizeof *slot);
+        for (size_t i = 0; i < b->n_set; i++) {
+            size_t h = set_hash(&b->set[i]) & (slots - 1);
+            while (slot[h] >= 0)
+                h = (h + 1) & (slots - 1);
+            slot[h] = (int32_t)i;
+        }
+        free(b->set_slot);
+        b->set_slot = slot;
+        b->set_slots = slots;
+    }
+    size_t h = set_hash(s) & (b->set_slots - 1);
+    for (; b->set_slot[h] >= 0; h = (h + 1) & (b->set_slots - 1))
+        if (!memcmp(&b->set[b->set_slot[h]], s, sizeof *s))
+            return b->set_slot[h];
+    if (core_grow(&b->set, &b->cap_set, b->n_set + 1, sizeof *b->set))
+        return -ENOMEM;
+    b->set[b->n_set] = *s;
+    b->set_slot[h] = (int32_t)b->n_set;
+    return (int32_t)b->n_set++;
+}
+
+int core_gbuild_set(core_gbuild *b, int r, const core_gset *s)
+{
+    if (b->err)
+        return b->err;
+    int32_t i = set_index(b, s);
+    return i < 0 ? stick(b, i) : append(b, r, E_MAKE(E_SET, i));
+}
+
+int core_gbuild_ref(core_gbuild *b, int r, int sub)
+{
+    if (b->err)
+        return b->err;
+    if (sub < 0 || (size_t)sub >= b->n_rule)
+        return stick(b, -EINVAL);
+    return append(b, r, E_MAKE(E_REF, sub));
+}
+
+int core_gbuild_lit(core_gbuild *b, int r, const char *lit, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        core_gset s = {{0}};
+        core_gset_add(&s, (unsigned char)lit[i], (unsigned char)lit[i]);
+        int rc = core_gbuild_set(b, r, &s);
+        if (rc)
+            return rc;
+    }
+    return b->err;
+}
+
+size_t core_gbuild_size(const core_gbuild *b)
+{
+    return b->n_elems;
+}
+
+void core_grammar_free(core_grammar *g)
+{
+    if (!g)
+        return;
+    free(g->code);
+    free(g->alt_start);
+    free(g->rule_alt0);
+    free(g->rule_nalt);
+    free(g->set);
+    free(g);
+}
+
+core_grammar *core_gbuild_finish(core_gbuild *b, int root, char *err, size_t errlen)
+{
+    if (b->err) {
+        core_errf(err, errlen, "grammar: %s",
+                  b->err == -E2BIG    ? "too large"
+                  : b->err == -ENOMEM ? "out of memory"
+                                      : "bad rule reference");
+        return NULL;
+    }
+    if (root < 0 || (size_t)root >= b->n_rule) {
+        core_errf(err, errlen, "grammar: no root rule");
+        return NULL;
+    }
+    size_t n_alt = 0;
+    for (size_t r = 0; r < b->n_rule; r++) {
+        if (!b->rule[r].n) {
+            core_errf(err, errlen, "grammar: rule %zu has no alternative", r);
+            return NULL;
+        }
+        n_alt += b->rule[r].n;
+    }
+    core_grammar *g = calloc(1, sizeof *g);
+    if (g) {
+        g->code = malloc((b->n_elems + 1) * sizeof *g->code);
+        g->alt_start = malloc(n_alt * sizeof *g->alt_start);
+        g->rule_alt0 = malloc(b->n_rule * sizeof *g->rule_alt0);
+        g->rule_nalt = malloc(b->n_rule * sizeof *g->rule_nalt);
+        g->set = malloc((b->n_set ? b->n_set : 1) * sizeof *g->set);
+    }
+    if (!g || !g->code || !g->alt_start || !g->rule_alt0 || !g->rule_nalt || !g->set) {
+        core_grammar_free(g);
+        core_errf(err, errlen, "grammar: out of memory");
+        return NULL;
+    }
+    size_t pos = 0, ai = 0;
+    for (size_t r = 0; r < b->n_rule; r++) {
+        g->rule_alt0[r] = (int32_t)ai;
+        g->rule_nalt[r] = (int32_t)b->rule[r].n;
+        for (size_t a = 0; a < b->rule[r].n; a++) {
+            g->alt_start[ai++] = (int32_t)pos;
+            memcpy(g->code + pos, b->rule[r].alt[a].e, b->rule[r].alt[a].n * sizeof *g->code);
+            pos += b->rule[r].alt[a].n;
+            g->code[pos++] = E_MAKE(E_END, 0);
+        }
+    }
+    memcpy(g->set, b->set, b->n_set * sizeof *g->set);
+    g->n_rule = (int)b->n_rule;
+    g->root = root;
+    return g;
+}
+
+/* --- states --------------------------------------------------------------------------------- */
+
+/* A set of stacks: d holds, for each, its length then its frames (bottom first). */
+typedef struct gstate {
+    int32_t *d;
+    size_t n, cap;
+    int n_stacks;
+    bool full; /* a stack was dropped at CORE_GRAMMAR_STACKS_MAX */
+} gstate;
+
+/* What one expansion needs: the grammar, the state it writes and a scratch area of LEVELS_MAX
+ * regions of CORE_GRAMMAR_DEPTH_MAX + 2 frames, one per nested level. */
+typedef struct gexp {
+    const core_grammar *g;
+    gstate *out;
+    int32_t *scratch;
+    int oom;
+} gexp;
+
+#define REGION (CORE_GRAMMAR_DEPTH_MAX + 2)
+
+static void state_clear(gstate *s)
+{
+    s->n = 0;
+    s->n_stacks = 0;
+    s->full = false;
+}
+
+static void state_add(gexp *x, const int32_t *fr, int n)
+{
+    gstate *s = x->out;
+    for (size_t i = 0; i < s->n; i += 1 + (size_t)s->d[i])
+        if (s->d[i] == n && !memcmp(s->d + i + 1, fr, (size_t)n * sizeof *fr))
+            return;
+    if (s->n_stacks >= CORE_GRAMMAR_STACKS_MAX) {
+        s->full = true;
+        return;
+    }
+    if (core_grow(&s->d, &s->cap, s->n + 1 + (size_t)n, sizeof *s->d)) {
+        x->oom = 1;
+        return;
+    }
+    s->d[s->n] = n;
+    memcpy(s->d + s->n + 1, fr, (size_t)n * sizeof *fr);
+    s->n += 1 + (size_t)n;
+    s->n_stacks++;
+}
+
+/* Resolves references and alternative ends at the top of buf[0..n) (a region at level lv)
+ * until every resulting stack's top is a byte set (or it is empty), adding them to x->out. */
+static void expand(gexp *x, int32_t *buf, int n, int lv)
+{
+    if (n == 0) {
+        state_add(x, buf, 0);
+        return;
+    }
+    if (lv + 1 >= LEVELS_MAX)
+        return; /* left recursion or a reference chain too deep: the branch dies */
+    const core_grammar *g = x->g;
+    int32_t top = buf[n - 1], c = g->code[top];
+    if (E_KIND(c) == E_SET) {
+        state_add(x, buf, n);
+    } else if (E_KIND(c) == E_END) {
+        if (n == 1) {
+            state_add(x, buf, 0);
+            return;
+        }
+        expand(x, buf, n - 1, lv); /* pop: the frame below is where the caller continues */
+    } else {
+        int32_t *nb = x->scratch + (size_t)(lv + 1) * REGION;
+        memcpy(nb, buf, (size_t)n * sizeof *buf);
+        int m = n;
+        nb[m - 1] = top + 1;
+        /* A reference last in its alternative is a tail call: pop the frames it would return
+         * to only to end them, so right recursion keeps the stack flat. Every frame below the
+         * top holds where its caller continues. */
+        while (m > 0 && E_KIND(g->code[nb[m - 1]]) == E_END)
+            m--;
+        if (m >= CORE_GRAMMAR_DEPTH_MAX)
+            return;
+        int r = E_ARG(c);
+        for (int a = 0; a < g->rule_nalt[r]; a++) {
+            nb[m] = g->alt_start[g->rule_alt0[r] + a];
+            expand(x, nb, m + 1, lv + 1);
+        }
+    }
+}
+
+/* out = the stacks of in that take byte c, advanced and expanded. */
+static void state_step(gexp *x, const gstate *in, unsigned c, gstate *out)
+{
+    const core_grammar *g = x->g;
+    x->out = out;
+    state_clear(out);
+    for (size_t i = 0; i < in->n; i += 1 + (size_t)in->d[i]) {
+        int n = in->d[i];
+        if (n == 0)
+            continue;
+        const int32_t *fr = in->d + i + 1;
+        int32_t top = fr[n - 1];
+        if (!core_gset_has(&g->set[E_ARG(g->code[top])], c))
+            continue;
+        memcpy(x->scratch, fr, (size_t)n * sizeof *fr);
+        x->scratch[n - 1] = top + 1;
+        expand(x, x->scratch, n, 0);
+    }
+}
+
+static void state_start(gexp *x, gstate *out)
+{
+    const core_grammar *g = x->g;
+    x->out = out;
+    state_clear(out);
+    for (int a = 0; a < g->rule_nalt[g->root]; a++) {
+        x->scratch[0] = g->alt_start[g->rule_alt0[g->root] + a];
+        expand(x, x->scratch, 1, 0);
+    }
+}
+
+static bool state_accepting(const gstate *s)
+{
+    for (size_t i = 0; i < s->n; i += 1 + (size_t)s->d[i])
+        if (s->d[i] == 0)
+            return true;
+    return false;
+}
+
+static bool state_done(const gstate *s)
+{
+    for (size_t i = 0; i < s->n; i += 1 + (size_t)s->d[i])
+        if (s->d[i] > 0)
+            return false;
+    return true;
+}
+
+static int32_t *new_scratch(void)
+{
+    return malloc((size_t)LEVELS_MAX * REGION * sizeof(int32_t));
+}
+
+bool core_grammar_viable(const core_grammar *g)
+{
+    gstate a = {0};
+    gexp x = {.g = g, .scratch = new_scratch()};
+    bool ok = false;
+    if (x.scratch) {
+        state_start(&x, &a);
+        ok = !x.oom && a.n_stacks > 0;
+    }
+    free(a.d);
+    free(x.scratch);
+    return ok;
+}
+
+bool core_grammar_matches(const core_grammar *g, const char *text, size_t n)
+{
+    gstate a = {0}, b = {0};
+    gexp x = {.g = g, .scratch = new_scratch()};
+    bool ok = false;
+    if (x.scratch) {
+        state_start(&x, &a);
+        for (size_t i = 0; i < n && a.n_stacks; i++) {
+            state_step(&x, &a, (unsigned char)text[i], &b);
+            gstate t = a;
+            a = b;
+            b = t;
+        }
+        ok = !x.oom && state_accepting(&a);
+    }
+    free(a.d);
+    free(b.d);
+    free(x.scratch);
+    return ok;
+}
+
+/* --- the vocabulary ----------------------------------------------------------------------------
+ */
+
+struct core_gvocab {
+    int32_t n_vocab;
+    int32_t n_sorted;
+    int32_t *order;   /* (n_sorted) ids of the tokens with bytes, sorted by their bytes */
+    uint32_t *lcp;    /* (n_sorted) bytes shared with the token before in order */
+    uint32_t *off;    /* (n_vocab + 1) each token's bytes in bytes[] */
+    uint8_t *bytes;   /* every token's bytes */
+    uint8_t *eog;     /* (n_vocab) 1 for end-of-generation tokens */
+    uint32_t max_len; /* longest token */
+};
+
+/* Merge sort by token bytes (no global context, so any thread may build a vocabulary). */
+static void sort_ids(const core_gvocab *v, int32_t *a, int32_t *tmp, int32_t n)
+{
+    if (n < 2)
+        return;
+    int32_t h = n / 2;
+    sort_ids(v, a, tmp, h);
+    sort_ids(v, a + h, tmp, n - h);
+    int32_t i = 0, j = h, k = 0;
+    while (i < h && j < n) {
+        int32_t x = a[i], y = a[j];
+        uint32_t lx = v->off[x + 1] - v->off[x], ly = v->off[y + 1] - v->off[y];
+        int c = memcmp(v->bytes + v->off[x], v->bytes + v->off[y], lx < ly ? lx : ly);
+        if (!c)
+            c = lx != ly ? (lx < ly ? -1 : 1) : (x < y ? -1 : 1);
+        tmp[k++] = c <= 0 ? a[i++] : a[j++];
+    }
+    while (i < h)
+        tmp[k++] = a[i++];
+    while (j < n)
+        tmp[k++] = a[j++];
+    memcpy(a, tmp, (size_t)n * sizeof *a);
+}
+
+void core_gvocab_free(core_gvocab *v)
+{
+    if (!v)
+        return;
+    free(v->order);
+    free(v->lcp);
+    free(v->off);
+    free(v->bytes);
+    free(v->eog);
+    free(v);
+}
+
+int32_t core_gvocab_n_vocab(const core_gvocab *v)
+{
+    return v->n_vocab;
+}
+
+core_gvocab *core_gvocab_new(const core_tokenizer *t, char *err, size_t errlen)
+{
+    int32_t n = core_tokenizer_n_vocab(t);
+    core_gvocab *v = calloc(1, sizeof *v);
+    size_t cap = 0, used = 0;
+    char buf[1024];
+    if (!v || n <= 0)
+        goto oom;
+    v->n_vocab = n;
+    v->off = malloc(((size_t)n + 1) * sizeof *v->off);
+    v->eog = calloc((size_t)n, 1);
+    v->order = malloc((size_t)n * sizeof *v->order);
+    v->lcp = malloc((size_t)n * sizeof *v->lcp);
+    if (!v->off || !v->eog || !v->order || !v->lcp)
+        goto oom;
+    for (int32_t id = 0; id < n; id++) {
+        v->off[id] = (uint32_t)used;
+        v->eog[id] = core_tokenizer_is_eog(t, id);
+        int len = v->eog[id] ? 0 : core_token_to_bytes(t, id, false, buf, sizeof buf);
+        if (len < 0 || (size_t)len > sizeof buf)
+            len = 0; /* a token longer than 1 KiB is never proposed */
+        if (core_grow(&v->bytes, &cap, used + (size_t)len + 1, 1))
+            goto oom;
+        memcpy(v->bytes + used, buf, (size_t)len);
+        used += (size_t)len;
+        if ((uint32_t)len > v->max_len)
+            v->max_len = (uint32_t)len;
+        if (len > 0)
+            v->order[v->n_sorted++] = id;
+    }
+    v->off[n] = (uint32_t)used;
+    int32_t *tmp = malloc((size_t)(v->n_sorted ? v->n_sorted : 1) * sizeof *tmp);
+    if (!tmp)
+        goto oom;
+    sort_ids(v, v->order, tmp, v->n_sorted);
+    free(tmp);
+    for (int32_t i = 0; i < v->n_sorted; i++) {
+        uint32_t l = 0;
+        if (i > 0) {
+            int32_t a = v->order[i - 1], b = v->order[i];
+            uint32_t la = v->off[a + 1] - v->off[a], lb = v->off[b + 1] - v->off[b];
+            while (l < la && l < lb && v->bytes[v->off[a] + l] == v->bytes[v->off[b] + l])
+                l++;
+        }
+        v->lcp[i] = l;
+    }
+    return v;
+oom:
+    core_gvocab_free(v);
+    core_errf(err, errlen, "grammar vocabulary: %s", n <= 0 ? "empty" : "out of memory");
+    return NULL;
+}
+
+/* --- matching ----------------------------------------------------------------------------------
+ */
+
+struct mask_entry {
+    int32_t *key; /* the state's d[] */
+    size_t n, cap;
+    uint64_t hash;
+    uint64_t *bits;
+    int32_t count;
+    uint64_t used; /* LRU clock; 0 = empty */
+};
+
+struct core_gmatch {
+    const core_grammar *g;
+    const core_gvocab *v;
+    gexp x;
+    gstate cur, tmp[2];
+    gstate *depth; /* (v->max_len + 1) states along the mask walk */
+    struct mask_entry cache[MASK_CACHE];
+    uint64_t clock, computed, cached;
+};
+
+void core_gmatch_free(core_gmatch *m)
+{
+    if (!m)
+        return;
+    free(m->x.scratch);
+    free(m->cur.d);
+    free(m->tmp[0].d);
+    free(m->tmp[1].d);
+    if (m->depth)
+        for (uint32_t i = 0; i <= m->v->max_len; i++)
+            free(m->depth[i].d);
+    free(m->depth);
+    for (int i = 0; i < MASK_CACHE; i++) {
+        free(m->cache[i].key);
+        free(m->cache[i].bits);
+    }
+    free(m);
+}
+
+core_gmatch *core_gmatch_new(const core_grammar *g, const core_gvocab *v, char *err, size_t errlen)
+{
+    core_gmatch *m = calloc(1, sizeof *m);
+    if (!m || !(m->x.scratch = new_scratch()) ||
+        !(m->depth = calloc((size_t)v->max_len + 1, sizeof *m->depth))) {
+        core_gmatch_free(m);
+        core_errf(err, errlen, "grammar matcher: out of memory");
+        return NULL;
+    }
+    m->g = g;
+    m->v = v;
+    m->x.g = g;
+    state_start(&m->x, &m->cur);
+    if (m->x.oom) {
+        core_gmatch_free(m);
+        core_errf(err, errlen, "grammar matcher: out of memory");
+        return NULL;
+    }
+    if (!m->cur.n_stacks) {
+        core_gmatch_free(m);
+        core_errf(err, errlen, "grammar matcher: the grammar matches nothing");
+        return NULL;
+    }
+    return m;
+}
+
+bool core_gmatch_accepting(const core_gmatch *m)
+{
+    return state_accepting(&m->cur);
+}
+
+bool core_gmatch_done(const core_gmatch *m)
+{
+    return state_done(&m->cur);
+}
+
+/* Feeds token id's bytes from the current state; the result is in *res (one of m->tmp). 1 when
+ * it survives, 0 when not, -ENOMEM. */
+static int feed_token(core_gmatch *m, int32_t id, gstate **res)
+{
+    const core_gvocab *v = m->v;
+    const uint8_t *p = v->bytes + v->off[id];
+    uint32_t len = v->off[id + 1] - v->off[id];
+    const gstate *in = &m->cur;
+    if (!len)
+        return 0;
+    for (uint32_t i = 0; i < len; i++) {
+        gstate *out = &m->tmp[i & 1];
+        m->x.oom = 0;
+        state_step(&m->x, in, p[i], out);
+        if (m->x.oom)
+            return -ENOMEM;
+        if (!out->n_stacks)
+            return 0;
+        in = out;
+    }
+    *res = (gstate *)in;
+    return 1;
+}
+
+bool core_gmatch_allows(core_gmatch *m, int32_t id)
+{
+    if (id < 0 || id >= m->v->n_vocab)
+        return false;
+    if (m->v->eog[id])
+        return state_accepting(&m->cur);
+    gstate *res;
+    return feed_token(m, id, &res) == 1;
+}
+
+int core_gmatch_accept(core_gmatch *m, int32_t id)
+{
+    if (id < 0 || id >= m->v->n_vocab)
+        return -EINVAL;
+    if (m->v->eog[id])
+        return state_accepting(&m->cur) ? 0 : -EINVAL;
+    gstate *res;
+    int rc = feed_token(m, id, &res);
+    if (rc <= 0)
+        return rc < 0 ? rc : -EINVAL;
+    gstate t = m->cur;
+    m->cur = *res;
+    *res = t;
+    return 0;
+}
+
+static int32_t walk_mask(core_gmatch *m, uint64_t *bits)
+{
+    const core_gvocab *v = m->v;
+    size_t words = ((size_t)v->n_vocab + 63) / 64;
+    memset(bits, 0, words * sizeof *bits);
+    int32_t count = 0;
+    gstate *st = m->depth;
+    /* depth[0] is the current state, borrowed for the walk */
+    gstate saved0 = st[0];
+    st[0] = m->cur;
+    uint32_t have = 0, dead = UINT32_MAX;
+    for (int32_t i = 0; i < v->n_sorted; i++) {
+        int32_t id = v->order[i];
+        uint32_t p = v->lcp[i];
+        if (dead <= p)
+            continue;
+        if (have > p)
+            have = p;
+        dead = UINT32_MAX;
+        const uint8_t *b = v->bytes + v->off[id];
+        uint32_t len = v->off[id + 1] - v->off[id];
+        for (uint32_t d = have + 1; d <= len; d++) {
+            state_step(&m->x, &st[d - 1], b[d - 1], &st[d]);
+            if (!st[d].n_stacks) {
+                dead = d;
+                break;
+            }
+        }
+        if (dead != UINT32_MAX) {
+            have = dead;
+            continue;
+        }
+        have = len;
+        bits[id >> 6] |= 1ULL << (id & 63);
+        count++;
+    }
+    st[0] = saved0;
+    if (state_accepting(&m->cur))
+        for (int32_t id = 0; id < v->n_vocab; id++)
+            if (v->eog[id]) {
+                bits[id >> 6] |= 1ULL << (id & 63);
+                count++;
+            }
+    return count;
+}
+
+int32_t core_gmatch_mask(core_gmatch *m, uint64_t *bits)
+{
+    size_t words = ((size_t)m->v->n_vocab + 63) / 64;
+    const gstate *s = &m->cur;
+    uint64_t h = core_hash64(CORE_HASH_INIT, s->d, s->n * sizeof *s->d);
+    struct mask_entry *e = NULL, *lru = &m->cache[0];
+    for (int i = 0; i < MASK_CACHE; i++) {
+        struct mask_entry *c = &m->cache[i];
+        if (c->used && c->hash == h && c->n == s->n && !memcmp(c->key, s->d, s->n * sizeof *s->d)) {
+            e = c;
+            break;
+        }
+        if (c->used < lru->used)
+            lru = c;
+    }
+    if (e) {
+        e->used = ++m->clock;
+        memcpy(bits, e->bits, words * sizeof *bits);
+        m->cached++;
+        return e->count;
+    }
+    m->x.oom = 0;
+    int32_t count = walk_mask(m, bits);
+    if (m->x.oom)
+        return -ENOMEM;
+    m->computed++;
+    e = lru;
+    if (!e->bits && !(e->bits = malloc(words * sizeof *e->bits)))
+        return count; /* not cached; the mask itself is right */
+    if (core_grow(&e->key, &e->cap, s->n ? s->n : 1, sizeof *e->key))
+        return count;
+    memcpy(e->key, s->d, s->n * sizeof *s->d);
+    e->n = s->n;
+    e->hash = h;
+    memcpy(e->bits, bits, words * sizeof *bits);
+    e->count = count;
+    e->used = ++m->clock;
+    return count;
+}
+
+void core_gmatch_counts(const core_gmatch *m, uint64_t *computed, uint64_t *cached)
+{
+    *computed = m->computed;
+    *cached = m->cached;
+}
