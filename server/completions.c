@@ -251,7 +251,8 @@ static int submit(srv_app *a, srv_http_req *req, srv_call *c, const srv_request 
                         .min_tokens = rq->min_tokens,
                         .ignore_eos = rq->ignore_eos,
                         .stop_ids = rq->stop_ids,
-                        .n_stop_ids = rq->n_stop_ids};
+                        .n_stop_ids = rq->n_stop_ids,
+                        .grammar = rq->grammar};
     p.sampling.seed = seed;
     for (int i = 0; i < rq->n_stop && i < SRV_JOB_STOP_MAX; i++)
         p.stop[i] = rq->stop[i];

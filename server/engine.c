@@ -75,6 +75,7 @@ static void job_free(srv_job *j)
     free(j->ptokens);
     free(j->bias_ids);
     free(j->bias);
+    core_grammar_free(j->grammar);
     pthread_mutex_destroy(&j->notify_mu);
     pthread_mutex_destroy(&j->mu);
     free(j);
@@ -199,6 +200,7 @@ srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud
     if (p->n_stop_ids > 0)
         memcpy(j->stop_ids, p->stop_ids, (size_t)p->n_stop_ids * sizeof(int32_t));
     j->n_stop_ids = p->n_stop_ids;
+    j->grammar = core_grammar_ref(p->grammar);
     j->notify = notify;
     j->ud = ud;
     j->st.prompt_tokens = p->n_prompt;

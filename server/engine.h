@@ -35,6 +35,7 @@
 #include "adapters/registry.h"
 #include "core/model/model.h"
 #include "core/model/sampler.h"
+#include "core/text/grammar.h"
 #include "core/text/tokenizer.h"
 
 typedef struct srv_engine srv_engine;
@@ -220,6 +221,9 @@ typedef struct srv_job_params {
     const int32_t *stop_ids; /* (n_stop_ids) sampling one ends the job (finish "stop"); the token
                                 is not part of the text; copied */
     int n_stop_ids;          /* 0 .. SRV_JOB_STOP_IDS_MAX */
+    core_grammar *grammar;   /* structured output: every token continues a match of it, EOG only
+                                where a match is complete, and the job stops (finish "stop") when
+                                nothing can follow; the job takes a reference. NULL: free text */
 } srv_job_params;
 
 /* One generated token as recorded for logprobs. */

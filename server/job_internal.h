@@ -54,6 +54,7 @@ struct srv_job {
     bool ignore_eos;
     int32_t stop_ids[SRV_JOB_STOP_IDS_MAX]; /* (n_stop_ids) */
     int n_stop_ids;
+    core_grammar *grammar;    /* a reference; NULL: free text */
     void (*notify)(void *ud); /* notify_mu; NULL once detached */
     void *ud;
     /* SRV__JOB_LOAD: the node and whether to pin it */

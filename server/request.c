@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "server/json_check.h"
+#include "server/json_schema.h"
 
 #define PATH_MAX_ 96   /* a field path: "messages[12].content[3].text" */
 #define QUOTE_BYTES 32 /* at most this much of a client's string is quoted in a message */
@@ -775,7 +776,6 @@ static const struct unsupported {
     {"tool_choice", K_CHAT, NEUTRAL_OFF, "tool calling is not supported", "only \"none\""},
     {"function_call", K_CHAT, NEUTRAL_OFF, "tool calling is not supported", "only \"none\""},
     {"audio", K_CHAT, NEUTRAL_NONE, "audio output is not supported", NULL},
-    {"guided_json", K_CMPL | K_CHAT, NEUTRAL_NONE, "constrained decoding is not supported", NULL},
     {"guided_regex", K_CMPL | K_CHAT, NEUTRAL_NONE, "constrained decoding is not supported", NULL},
     {"guided_choice", K_CMPL | K_CHAT, NEUTRAL_NONE, "constrained decoding is not supported", NULL},
     {"guided_grammar", K_CMPL | K_CHAT, NEUTRAL_NONE, "constrained decoding is not supported",
@@ -803,8 +803,7 @@ static bool is_neutral(const cJSON *v, enum neutral ok)
 
 static int parse_unsupported(pctx *c)
 {
-    const cJSON *v, *t;
-    char p[PATH_MAX_];
+    const cJSON *v;
     int rc;
     for (size_t i = 0; i < sizeof unsupported / sizeof unsupported[0]; i++) {
         const struct unsupported *u = &unsupported[i];
@@ -836,18 +835,64 @@ static int parse_unsupported(pctx *c)
         if (!ok)
             return fail(c, -EINVAL, "modalities", "only [\"text\"] is supported");
     }
+    return 0;
+}
+
+/* Compiles a schema (NULL: any JSON object) into r->grammar; path names the field. */
+static int compile_schema(pctx *c, const cJSON *schema, const char *path)
+{
+    char msg[300];
+    int rc = srv_schema_compile(schema, &c->r->grammar, msg, sizeof msg);
+    if (rc == -ENOMEM)
+        return nomem(c);
+    return rc ? fail(c, rc, path, "%s", msg) : 0;
+}
+
+/* Structured outputs: response_format {"type": "text" | "json_object" | "json_schema",
+ * "json_schema": {"name": ..., "schema": {...}, "strict": ...}}, or vLLM's "guided_json" (a
+ * schema, or a string holding one). */
+static int parse_response_format(pctx *c)
+{
+    const cJSON *v, *t, *js, *schema;
+    char p[PATH_MAX_], q[QUOTE_BYTES + 8];
+    int rc;
+    if ((rc = top(c, "guided_json", &v)))
+        return rc;
+    if (!absent(v)) {
+        cJSON *parsed = NULL;
+        if (cJSON_IsString(v) && !(v = parsed = cJSON_Parse(v->valuestring)))
+            return fail(c, -EINVAL, "guided_json", "the string is not a JSON schema");
+        rc = compile_schema(c, v, "guided_json");
+        cJSON_Delete(parsed);
+        if (rc)
+            return rc;
+    }
     if ((rc = top(c, "response_format", &v)) || absent(v))
         return rc;
     if (!cJSON_IsObject(v))
         return fail(c, -EINVAL, "response_format", "expected an object, got %s", jtype(v));
     if ((rc = text_member(c, v, "response_format", "type", p, &t)))
         return rc;
-    if (strcmp(t->valuestring, "text") != 0) {
-        char q[QUOTE_BYTES + 8];
-        return fail(c, -EINVAL, p, "only \"text\" is supported (no JSON mode or schemas), got '%s'",
+    bool json_object = !strcmp(t->valuestring, "json_object");
+    if (!strcmp(t->valuestring, "text"))
+        return 0;
+    if (c->r->grammar)
+        return fail(c, -EINVAL, "response_format", "give guided_json or response_format, not both");
+    if (json_object)
+        return compile_schema(c, NULL, "response_format");
+    if (strcmp(t->valuestring, "json_schema") != 0)
+        return fail(c, -EINVAL, p, "must be \"text\", \"json_object\" or \"json_schema\", got '%s'",
                     quote(t->valuestring, q, sizeof q));
-    }
-    return 0;
+    if ((rc = member(c, v, "response_format", "json_schema", &js)))
+        return rc;
+    if (!js || !cJSON_IsObject(js))
+        return fail(c, -EINVAL, "response_format.json_schema", "expected an object, got %s",
+                    jtype(js));
+    if ((rc = member(c, js, "response_format.json_schema", "schema", &schema)))
+        return rc;
+    if (!schema)
+        return fail(c, -EINVAL, "response_format.json_schema.schema", "required");
+    return compile_schema(c, schema, "response_format.json_schema.schema");
 }
 
 /* The adaptree extension "adapters": [{"id": "fr", "scale": 0.5}, ...]. */
@@ -1047,6 +1092,8 @@ static int parse_root(pctx *c, const cJSON *root, srv_request_kind kind)
         rc = parse_token_stops(c);
     if (!rc)
         rc = parse_metadata(c);
+    if (!rc)
+        rc = parse_response_format(c);
     return rc;
 }
 
@@ -1099,6 +1146,7 @@ int srv_request_parse(srv_request_kind kind, const char *body, size_t len,
         rc = fail(&c, -EINVAL, "", "invalid UTF-8 at byte %zu", bad);
     cJSON_Delete(root);
     if (rc) {
+        core_grammar_free(out->grammar);
         arena_free(out->arena);
         memset(out, 0, sizeof *out);
     }
@@ -1109,6 +1157,7 @@ void srv_request_deinit(srv_request *r)
 {
     if (!r)
         return;
+    core_grammar_free(r->grammar);
     arena_free(r->arena);
     memset(r, 0, sizeof *r);
 }

@@ -4,7 +4,7 @@
  * The parse is strict where it matters and lenient where OpenAI clients are noisy: the body must
  * be one RFC 8259 JSON object in valid UTF-8; every field this server reads is type-checked and
  * range-checked; fields it does not know are ignored; fields that would change the result and are
- * not implemented (n > 1, tools, structured outputs, ...) are refused by name
+ * not implemented (n > 1, tools, ...) are refused by name
  * rather than silently dropped. What "model" and "adapters" name is only checked for syntax here:
  * the server resolves them against the registry (docs/ARCHITECTURE.md §4). The grammar check in
  * front of cJSON is server/json_check.h.
@@ -23,6 +23,7 @@
 
 #include "adapters/registry.h"
 #include "core/model/sampler.h"
+#include "core/text/grammar.h"
 #include "core/text/tokenizer.h"
 
 typedef enum srv_request_kind {
@@ -106,6 +107,8 @@ typedef struct srv_request {
     int32_t *stop_ids; /* (n_stop_ids) "stop_token_ids", in [0, n_vocab) */
     int n_stop_ids;    /* 0 .. SRV_STOP_IDS_MAX */
     /* "metadata" must be an object and is otherwise ignored */
+    core_grammar *grammar; /* structured output (response_format json_object / json_schema, or
+                              guided_json), compiled; NULL: free text. Owned: deinit frees it */
 
     struct srv_request_arena *arena; /* private: owns everything above */
 } srv_request;

@@ -105,10 +105,12 @@ int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t
 
 void srv__sched_deinit(srv__sched *sc)
 {
+    core_gvocab_free(sc->gvocab);
     for (int i = 0; sc->seqs && i < sc->max_seqs; i++) {
         srv__seq *s = &sc->seqs[i];
         adapter_set_free(s->set);
         core_sampler_free(s->smp);
+        core_gmatch_free(s->gm);
         free(s->hist);
         free(s->ctx);
         srv_text_deinit(&s->text);
@@ -348,6 +350,37 @@ static int set_bans(const srv__sched *sc, core_sampler *smp, const srv_job *j, i
     return core_sampler_set_banned(smp, ids, n);
 }
 
+static bool gm_allows(void *ctx, int32_t id)
+{
+    return core_gmatch_allows(ctx, id);
+}
+
+static int32_t gm_mask(void *ctx, uint64_t *bits)
+{
+    return core_gmatch_mask(ctx, bits);
+}
+
+/* A matcher for a structured job's grammar, set as its sampler's constraint (the vocabulary's
+ * sorted copy is made for the first one). 0 when j has none; -ENOMEM with a message. */
+static int grammar_start(srv__sched *sc, const srv_job *j, core_sampler *smp, core_gmatch **out,
+                         char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!j->grammar)
+        return 0;
+    if (!sc->gvocab && !(sc->gvocab = core_gvocab_new(sc->tok, err, errlen)))
+        return -ENOMEM;
+    core_gmatch *gm = core_gmatch_new(j->grammar, sc->gvocab, err, errlen);
+    core_sampler_constraint con = {.ctx = gm, .allows = gm_allows, .mask = gm_mask};
+    if (!gm || core_sampler_set_constraint(smp, &con) < 0) {
+        core_gmatch_free(gm);
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    *out = gm;
+    return 0;
+}
+
 /* Gives job j the free sequence s: acquires its adapters and makes its sampler. 0 when it runs,
  * -EAGAIN when an adapter is loading (nothing changed), another negative errno when the job
  * ended with an error (the caller notifies). */
@@ -379,6 +412,9 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
             brc = -EINVAL;
     if (smp && !brc)
         brc = set_bans(sc, smp, j, 0);
+    core_gmatch *gm = NULL;
+    if (smp && !brc)
+        brc = grammar_start(sc, j, smp, &gm, err, sizeof err);
     if (brc == -EINVAL)
         snprintf(err, sizeof err,
                  "logit_bias or stop_token_ids: a token id outside the vocabulary of %d tokens",
@@ -397,6 +433,7 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
     }
     int rc = kv_start(sc, s, j, set);
     if (rc < 0) {
+        core_gmatch_free(gm);
         core_sampler_free(smp);
         adapter_set_free(set);
         if (rc == -ENOSPC)
@@ -407,6 +444,7 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
     s->job = j;
     s->set = set;
     s->smp = smp;
+    s->gm = gm;
     memcpy(s->hist, j->prompt, (size_t)j->n_prompt * sizeof(int32_t));
     s->n_hist = j->n_prompt;
     s->n_fill = j->n_prompt;
@@ -514,9 +552,11 @@ static void seq_end(srv__sched *sc, srv__seq *s, srv_finish f, srv_err err, cons
         cache_blocks(sc, s);
     adapter_set_free(s->set);
     core_sampler_free(s->smp);
+    core_gmatch_free(s->gm);
     core_kv_clear(sc->kv, s->slot);
     s->set = NULL;
     s->smp = NULL;
+    s->gm = NULL;
     s->job = NULL;
     srv_text_reset(&s->text, sc->tok, NULL, NULL, 0);
     j->seq = NULL;
@@ -732,7 +772,10 @@ static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
         pthread_mutex_unlock(&j->mu);
     }
     if (id < 0) {
-        seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, "the model produced no valid logits");
+        seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL,
+                s->gm ? "structured output: no token of the vocabulary can continue the text "
+                        "the schema requires"
+                      : "the model produced no valid logits");
         return;
     }
     bool stop_id = false;
@@ -740,6 +783,11 @@ static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
         stop_id = stop_id || j->stop_ids[i] == id;
     if (stop_id || core_tokenizer_is_eog(sc->tok, id)) {
         seq_close(sc, s, SRV_FINISH_STOP);
+        return;
+    }
+    if (s->gm && core_gmatch_accept(s->gm, id) < 0) { /* the sampler's mask let it through */
+        seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL,
+                "structured output: a sampled token does not continue the match");
         return;
     }
     srv_job_token t = {.id = id, .text_end = SIZE_MAX};
@@ -760,6 +808,10 @@ static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
         if (release(s, srv_text_ready(&s->text, true), true) < 0)
             goto nomem;
         seq_end(sc, s, SRV_FINISH_STOP, SRV_ERR_NONE, NULL);
+        return;
+    }
+    if (s->gm && core_gmatch_done(s->gm)) { /* the JSON is complete and nothing may follow */
+        seq_close(sc, s, SRV_FINISH_STOP);
         return;
     }
     if (s->n_gen >= j->max_tokens || s->n_hist >= sc->n_ctx) {

@@ -19,16 +19,17 @@ typedef struct srv__seq {
     int client_rank;  /* older prefilling sequences of the same client (plan_parts' scratch) */
     adapter_set *set; /* NULL: base model only */
     core_sampler *smp;
-    int32_t *hist;  /* (n_ctx) prompt then generated tokens */
-    int n_hist;     /* tokens known */
-    int n_past;     /* positions in the KV cache */
-    int n_fill;     /* positions to compute before the next sample: the prompt, or after a
-                       preemption every token known */
-    int n_cached;   /* of the prompt, positions that came from the prefix cache */
-    int n_inserted; /* full blocks handed to the prefix cache */
-    bool in_step;   /* has a part in the step being planned: not to be preempted */
-    bool stalled;   /* no KV block for its decode row this step */
-    uint8_t *ctx;   /* the prefix cache's context: the set's (content hash, weight) items */
+    core_gmatch *gm; /* structured output: the job's grammar matcher; NULL: free text */
+    int32_t *hist;   /* (n_ctx) prompt then generated tokens */
+    int n_hist;      /* tokens known */
+    int n_past;      /* positions in the KV cache */
+    int n_fill;      /* positions to compute before the next sample: the prompt, or after a
+                        preemption every token known */
+    int n_cached;    /* of the prompt, positions that came from the prefix cache */
+    int n_inserted;  /* full blocks handed to the prefix cache */
+    bool in_step;    /* has a part in the step being planned: not to be preempted */
+    bool stalled;    /* no KV block for its decode row this step */
+    uint8_t *ctx;    /* the prefix cache's context: the set's (content hash, weight) items */
     size_t ctx_len, ctx_cap;
     int n_gen;     /* tokens sampled and kept (EOG excluded) */
     srv_text text; /* sampled tokens and decoded bytes not yet handed to the job */
@@ -74,8 +75,9 @@ typedef struct srv__sched {
     /* engine thread */
     srv__step_budget budget; /* prompt rows per step, from the latency target */
     core_kv *kv;
-    srv_prefix *prefix; /* NULL: no prefix cache */
-    int32_t *ids;       /* (blocks per sequence) scratch for lookups */
+    srv_prefix *prefix;  /* NULL: no prefix cache */
+    core_gvocab *gvocab; /* the vocabulary for grammar masks, made for the first structured job */
+    int32_t *ids;        /* (blocks per sequence) scratch for lookups */
     core_ctx *ctx;
     adapter_plan *plan;
     srv__seq *seqs; /* (max_seqs) */

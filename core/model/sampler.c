@@ -53,6 +53,8 @@ struct core_sampler {
     int n_bias;
     int32_t *ban_id; /* (n_ban) */
     int n_ban;
+    core_sampler_constraint con; /* con.mask NULL: none */
+    uint64_t *allowed;           /* ((n_vocab + 63) / 64) the constraint's mask */
     /* Top-p histogram: probability mass per bucket (prob_bucket). */
     double bucket_mass[N_BUCKETS];
 };
@@ -242,6 +244,7 @@ void core_sampler_free(core_sampler *s)
     free(s->bias_id);
     free(s->bias);
     free(s->ban_id);
+    free(s->allowed);
     free(s);
 }
 
@@ -270,6 +273,18 @@ int core_sampler_set_bias(core_sampler *s, const int32_t *ids, const float *bias
     s->bias_id = ni;
     s->bias = nb;
     s->n_bias = n;
+    return 0;
+}
+
+int core_sampler_set_constraint(core_sampler *s, const core_sampler_constraint *c)
+{
+    if (!c || !c->mask || !c->allows) {
+        s->con = (core_sampler_constraint){0};
+        return 0;
+    }
+    if (!s->allowed && !(s->allowed = malloc(((size_t)s->n_vocab + 63) / 64 * sizeof(uint64_t))))
+        return -ENOMEM;
+    s->con = *c;
     return 0;
 }
 
@@ -813,22 +828,62 @@ static int32_t sample_vocab(core_sampler *s, float inv_t, float *logprob_out)
     return draw_from_vocab(s, total, xmax, inv_t, logprob_out);
 }
 
+/* Sets every token the constraint does not allow to -inf in s->work; the number allowed, 0 when
+ * none is (or no memory). */
+static int32_t apply_constraint(core_sampler *s)
+{
+    int32_t count = s->con.mask(s->con.ctx, s->allowed);
+    if (count <= 0)
+        return 0;
+    for (int32_t i = 0; i < s->n_vocab; i++)
+        if (!((s->allowed[i >> 6] >> (i & 63)) & 1))
+            s->work[i] = -INFINITY;
+    return count;
+}
+
+static int32_t draw(core_sampler *s, float *logprob_out)
+{
+    float inv_t = 1.0f / s->p.temperature;
+    if (s->p.top_k > 0 && s->p.top_k <= HEAP_MAX_K && s->p.top_k < s->n_vocab)
+        return sample_small_top_k(s, inv_t, logprob_out);
+    return sample_vocab(s, inv_t, logprob_out);
+}
+
+/* Sampling under a constraint (see core_sampler_set_constraint for the order). */
+static int32_t sample_constrained(core_sampler *s, const float *logits, int32_t penalized,
+                                  float *logprob_out)
+{
+    int32_t pick;
+    if (s->p.temperature == 0) {
+        pick = sample_greedy(s, logits, penalized > 0, logprob_out);
+        if (pick >= 0 && s->con.allows(s->con.ctx, pick))
+            return pick;
+        return apply_constraint(s) ? sample_greedy(s, logits, 1, logprob_out) : -1;
+    }
+    bool filters =
+        (s->p.top_k > 0 && s->p.top_k < s->n_vocab) || s->p.top_p < 1.0f || s->p.min_p > 0;
+    if (!filters) {
+        pick = draw(s, logprob_out);
+        if (pick >= 0 && s->con.allows(s->con.ctx, pick))
+            return pick;
+    }
+    return apply_constraint(s) ? draw(s, logprob_out) : -1;
+}
+
 int32_t core_sampler_sample(core_sampler *s, const float *logits, const int32_t *history,
                             size_t n_history, float *logprob_out)
 {
-    int32_t n = s->n_vocab;
-    clean_copy(s->work, logits, n);
+    clean_copy(s->work, logits, s->n_vocab);
     int32_t penalized = apply_edits(s, history, n_history);
     penalized += apply_penalty(s, history, n_history);
 
     int32_t pick;
-    if (s->p.temperature == 0)
+    if (s->con.mask)
+        pick = sample_constrained(s, logits, penalized, logprob_out);
+    else if (s->p.temperature == 0)
         return sample_greedy(s, logits, penalized > 0, logprob_out);
-    float inv_t = 1.0f / s->p.temperature;
-    if (s->p.top_k > 0 && s->p.top_k <= HEAP_MAX_K && s->p.top_k < n)
-        pick = sample_small_top_k(s, inv_t, logprob_out);
     else
-        pick = sample_vocab(s, inv_t, logprob_out);
+        pick = draw(s, logprob_out);
     if (pick < 0 && logprob_out)
         *logprob_out = -INFINITY;
     return pick;

@@ -7,6 +7,7 @@
 #ifndef ADAPTREE_CORE_MODEL_SAMPLER_H
 #define ADAPTREE_CORE_MODEL_SAMPLER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -58,6 +59,25 @@ int core_sampler_set_bias(core_sampler *s, const int32_t *ids, const float *bias
  * id outside the vocabulary (nothing changed), -ENOMEM. */
 int core_sampler_set_banned(core_sampler *s, const int32_t *ids, int n);
 
+/* A constraint on which tokens may come next (structured outputs: core/text/grammar.h's
+ * matcher): allows(ctx, id) says whether one token may; mask(ctx, bits) sets bit id of bits
+ * ((n_vocab + 63) / 64 words) for every token that may and returns how many (negative: no
+ * memory). Both are called from the thread that samples. */
+typedef struct core_sampler_constraint {
+    void *ctx;
+    bool (*allows)(void *ctx, int32_t id);
+    int32_t (*mask)(void *ctx, uint64_t *bits);
+} core_sampler_constraint;
+
+/* Sets the sampler's constraint (copied; NULL clears it). Disallowed tokens get -inf after the
+ * bias, bans and penalties. The full mask is only computed when needed: greedy sampling checks
+ * the argmax alone first, and sampling without top-k/top-p/min-p draws first and masks and draws
+ * again only when the draw was disallowed (which is exact: a rejected draw followed by a draw
+ * from the masked distribution picks each allowed token with its masked probability); with a
+ * truncation filter the mask comes first so the filters see the masked distribution. 0, or
+ * -ENOMEM. */
+int core_sampler_set_constraint(core_sampler *s, const core_sampler_constraint *c);
+
 /* Picks the next token from logits (n_vocab floats, not modified; only read during the call).
  *
  * Order: logit bias and banned tokens (core_sampler_set_bias, core_sampler_set_banned),
@@ -67,7 +87,8 @@ int core_sampler_set_banned(core_sampler *s, const int32_t *ids, int n);
  * softmax, top-p, min-p, renormalization and one draw from the RNG. NaN and +inf logits are
  * numerical faults upstream and are treated as -inf. history may be NULL when n_history is 0.
  *
- * Returns the token id, or -1 when every logit is -inf or NaN (the caller reports the error).
+ * Returns the token id, or -1 when every logit is -inf or NaN, or the constraint allows no token
+ * (the caller reports the error).
  * When logprob_out is not NULL it receives the log-probability of the chosen token under the
  * final distribution (after bias, bans, penalties, temperature and filters, renormalized); for
  * greedy it is the log-softmax of the input logits (no bias, ban or penalty) — what the model

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,6 +43,7 @@ struct core_gbuild {
 };
 
 struct core_grammar {
+    atomic_int refs;
     int32_t *code; /* every alternative's elements, each followed by E_END */
     int32_t *alt_start;
     int32_t *rule_alt0; /* (n_rule) first alternative of each rule */
@@ -189,9 +191,16 @@ size_t core_gbuild_size(const core_gbuild *b)
     return b->n_elems;
 }
 
+core_grammar *core_grammar_ref(core_grammar *g)
+{
+    if (g)
+        atomic_fetch_add(&g->refs, 1);
+    return g;
+}
+
 void core_grammar_free(core_grammar *g)
 {
-    if (!g)
+    if (!g || atomic_fetch_sub(&g->refs, 1) > 1)
         return;
     free(g->code);
     free(g->alt_start);
@@ -249,6 +258,7 @@ core_grammar *core_gbuild_finish(core_gbuild *b, int root, char *err, size_t err
     memcpy(g->set, b->set, b->n_set * sizeof *g->set);
     g->n_rule = (int)b->n_rule;
     g->root = root;
+    atomic_init(&g->refs, 1);
     return g;
 }
 

@@ -81,6 +81,9 @@ size_t core_gbuild_size(const core_gbuild *b);
  * a message in err for an error that stuck, a rule without alternatives, or no memory. */
 core_grammar *core_gbuild_finish(core_gbuild *b, int root, char *err, size_t errlen);
 
+/* Grammars are shared by reference (a request's choices, its jobs): ref adds one and returns g;
+ * free drops one and frees at zero. NULL is ignored. Any thread. */
+core_grammar *core_grammar_ref(core_grammar *g);
 void core_grammar_free(core_grammar *g);
 
 /* Whether any input can start a match (false when every path is cut: left recursion). */
