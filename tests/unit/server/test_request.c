@@ -296,6 +296,29 @@ TEST(req_sdk_chat_multi_turn_logprobs)
     srv_request_deinit(&r);
 }
 
+TEST(req_response_format_compiles_a_grammar)
+{
+    srv_request r;
+    PARSE_OK(H,
+             "{'messages':[{'role':'user','content':'x'}],'response_format':{'type':'json_schema',"
+             "'json_schema':{'name':'p','strict':true,'schema':{'type':'object','properties':"
+             "{'n':{'type':'integer'}},'required':['n'],'additionalProperties':false}}}}",
+             &r);
+    CHECK(r.grammar != NULL);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "{\"n\": 3}", 8));
+    CHECK(r.grammar && !core_grammar_matches(r.grammar, "{\"m\": 3}", 8));
+    srv_request_deinit(&r);
+    PARSE_OK(C, "{'prompt':'x','response_format':{'type':'json_object'}}", &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "{}", 2));
+    srv_request_deinit(&r);
+    PARSE_OK(C, "{'prompt':'x','guided_json':{'type':'boolean'}}", &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "true", 4));
+    srv_request_deinit(&r);
+    PARSE_OK(C, "{'prompt':'x','response_format':{'type':'text'}}", &r);
+    CHECK(r.grammar == NULL);
+    srv_request_deinit(&r);
+}
+
 TEST(req_token_controls)
 {
     /* logit_bias keys arrive as strings (OpenAI's wire format), values as numbers. */
@@ -895,8 +918,12 @@ static const refusal refusals[] = {
     {C, "{'prompt': 'x', 'stop_token_ids': ['1']}", E, "stop_token_ids[0]",
      "stop_token_ids[0]: expected an integer, got string"},
     {H, MSG1 ", 'metadata': 'tag'}", E, "metadata", "metadata: expected an object, got string"},
-    {C, "{'prompt': 'x', 'guided_json': {}}", E, "guided_json",
-     "guided_json: constrained decoding is not supported"},
+    {C, "{'prompt': 'x', 'guided_json': {'type': 'object', 'not': {}}}", E, "guided_json",
+     "guided_json: unsupported keyword 'not' at #"},
+    {C, "{'prompt': 'x', 'guided_json': '{nope'}", E, "guided_json",
+     "guided_json: the string is not a JSON schema"},
+    {C, "{'prompt': 'x', 'guided_json': {}, 'response_format': {'type': 'json_object'}}", E,
+     "response_format", "response_format: give guided_json or response_format, not both"},
     {H, MSG1 ", 'grammar': 'root ::= x'}", E, "grammar",
      "grammar: constrained decoding is not supported"},
     {C, "{'prompt': 'x', 'suffix': 'end'}", E, "suffix",
@@ -916,10 +943,25 @@ static const refusal refusals[] = {
      "function_call: tool calling is not supported (only \"none\")"},
     {H,
      "{'model':'SmolLM2-135M-Instruct','messages':[{'role':'user','content':'JSON please'}],"
-     "'response_format':{'type':'json_object'}}",
+     "'response_format':{'type':'json_objet'}}",
      E, "response_format.type",
-     "response_format.type: only \"text\" is supported (no JSON mode or schemas), got "
-     "'json_object'"},
+     "response_format.type: must be \"text\", \"json_object\" or \"json_schema\", got "
+     "'json_objet'"},
+    {H, MSG1 ", 'response_format': {'type': 'json_schema'}}", E, "response_format.json_schema",
+     "response_format.json_schema: expected an object, got null"},
+    {H, MSG1 ", 'response_format': {'type': 'json_schema', 'json_schema': {'name': 'x'}}}", E,
+     "response_format.json_schema.schema", "response_format.json_schema.schema: required"},
+    {C,
+     "{'prompt': 'x', 'response_format': {'type': 'json_schema', 'json_schema': {'name': 'x', "
+     "'schema': {'type': 'object', 'properties': {'a': {'type': 'string', 'format': 'ipv6'}}}}}}",
+     E, "response_format.json_schema.schema",
+     "response_format.json_schema.schema: unsupported keyword value 'format': 'ipv6' at "
+     "#/properties/a (supported: date, time, date-time, uuid, email)"},
+    {H,
+     MSG1 ", 'response_format': {'type': 'json_schema', 'json_schema': {'schema': {'type': "
+          "'integer', 'minimum': 3, 'maximum': 1}}}}",
+     E, "response_format.json_schema.schema",
+     "response_format.json_schema.schema: no integer at # is within its minimum and maximum"},
     {H, MSG1 ", 'response_format': {}}", E, "response_format.type",
      "response_format.type: required"},
     {H, MSG1 ", 'response_format': 'text'}", E, "response_format",

@@ -741,3 +741,106 @@ TEST(sampler_sample_many_equals_one_by_one)
         core_sampler_free(b[r]);
     }
 }
+
+/* A constraint allowing the ids that are multiples of ctx's modulus; counts mask calls. */
+struct mod_con {
+    int32_t mod, n_vocab;
+    int masks;
+    bool none; /* allow nothing */
+};
+
+static bool mod_allows(void *ctx, int32_t id)
+{
+    struct mod_con *c = ctx;
+    return !c->none && id % c->mod == 0;
+}
+
+static int32_t mod_mask(void *ctx, uint64_t *bits)
+{
+    struct mod_con *c = ctx;
+    int32_t n = 0;
+    c->masks++;
+    memset(bits, 0, ((size_t)c->n_vocab + 63) / 64 * sizeof *bits);
+    for (int32_t i = 0; i < c->n_vocab && !c->none; i++)
+        if (i % c->mod == 0) {
+            bits[i >> 6] |= 1ULL << (i & 63);
+            n++;
+        }
+    return n;
+}
+
+TEST(sampler_constraint_masks_and_stays_exact)
+{
+    enum { N = 300, DRAWS = 60000 };
+    float x[N];
+    fill_logits(x, N, 5);
+    struct mod_con mc = {.mod = 3, .n_vocab = N};
+    core_sampler_constraint con = {.ctx = &mc, .allows = mod_allows, .mask = mod_mask};
+    /* greedy: the best allowed id; no mask when the argmax is allowed */
+    core_sampler *g = make(0, 0, 1, 0, 1, 1, N);
+    CHECK_EQ_INT(core_sampler_set_constraint(g, &con), 0);
+    int32_t best = -1;
+    for (int32_t i = 0; i < N; i += 3)
+        if (best < 0 || x[i] > x[best])
+            best = i;
+    CHECK_EQ_INT(core_sampler_sample(g, x, NULL, 0, NULL), best);
+    int masks = mc.masks;
+    float y[N];
+    memcpy(y, x, sizeof y);
+    y[best] = 100; /* the argmax itself allowed: checked, not masked */
+    CHECK_EQ_INT(core_sampler_sample(g, y, NULL, 0, NULL), best);
+    CHECK_EQ_INT(mc.masks, masks);
+    /* sampling: the empirical distribution is the masked softmax (draw-first path and the
+     * mask-first path with top_k) */
+    for (int variant = 0; variant < 2; variant++) {
+        core_sampler *s = make(1, variant ? N / 2 : 0, 1, 0, 1, 42, N);
+        CHECK_EQ_INT(core_sampler_set_constraint(s, &con), 0);
+        static int hits[N];
+        memset(hits, 0, sizeof hits);
+        for (int d = 0; d < DRAWS; d++) {
+            int32_t id = core_sampler_sample(s, x, NULL, 0, NULL);
+            CHECK(id >= 0 && id % 3 == 0);
+            if (id >= 0)
+                hits[id]++;
+        }
+        /* expected: softmax over the allowed ids (within top-k for variant 1) */
+        float kth = 0;
+        if (variant) {
+            float sorted[N];
+            memcpy(sorted, x, sizeof sorted);
+            for (int i = 0; i < N; i++) /* selection of the (N/2)-th largest, O(N^2) is fine */
+                for (int j = i + 1; j < N; j++)
+                    if (sorted[j] > sorted[i]) {
+                        float t = sorted[i];
+                        sorted[i] = sorted[j];
+                        sorted[j] = t;
+                    }
+            kth = sorted[N / 2 - 1];
+        }
+        double z = 0, worst = 0;
+        for (int32_t i = 0; i < N; i += 3)
+            if (!variant || x[i] >= kth)
+                z += exp(x[i]);
+        for (int32_t i = 0; i < N; i++) {
+            double p = (i % 3 == 0 && (!variant || x[i] >= kth)) ? exp(x[i]) / z : 0;
+            double e = fabs(hits[i] / (double)DRAWS - p);
+            if (e > worst)
+                worst = e;
+        }
+        printf("    variant %d: max |empirical - masked softmax| = %.4f (tolerance 0.01)\n",
+               variant, worst);
+        CHECK(worst < 0.01);
+        core_sampler_free(s);
+    }
+    /* nothing allowed: -1, for greedy and sampling */
+    mc.none = true;
+    CHECK_EQ_INT(core_sampler_sample(g, x, NULL, 0, NULL), -1);
+    core_sampler *s = make(1, 0, 1, 0, 1, 7, N);
+    core_sampler_set_constraint(s, &con);
+    CHECK_EQ_INT(core_sampler_sample(s, x, NULL, 0, NULL), -1);
+    /* cleared: free sampling again */
+    CHECK_EQ_INT(core_sampler_set_constraint(s, NULL), 0);
+    CHECK(core_sampler_sample(s, x, NULL, 0, NULL) >= 0);
+    core_sampler_free(s);
+    core_sampler_free(g);
+}
