@@ -1,0 +1,279 @@
+"""End-to-end: structured outputs. response_format json_object and json_schema (and vLLM's
+guided_json) through the OpenAI Python SDK on /v1/chat/completions and /v1/completions, streamed
+and not, greedy and sampled, on the base model and with adapters, several requests at once in one
+batch; every output is parsed and validated by the jsonschema package (with its format checker).
+Also: a schema with one valid output gives exactly it, max_tokens mid-JSON ends with "length",
+unsupported keywords get a 400 naming them, and an unconstrained request batched with constrained
+ones gives the same text as alone. (Recursive schemas are covered by the C tests: a 135M model
+nests a recursive tree until max_tokens, valid but never finished.)"""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import e2e
+from e2e import check, eq
+
+suite = e2e.Suite("structured", budget=420)
+S = None
+C = None
+
+NAME = {"type": "string", "minLength": 1, "maxLength": 24}
+SCHEMAS = {
+    "person": {
+        "type": "object",
+        "properties": {"name": NAME, "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                       "email": {"type": "string", "format": "email"}},
+        "required": ["name", "age"], "additionalProperties": False},
+    "colors": {
+        "type": "object",
+        "properties": {"colors": {"type": "array", "items": {"enum": ["red", "green", "blue",
+                                                                     "yellow", "black"]},
+                                  "minItems": 1, "maxItems": 3}},
+        "required": ["colors"], "additionalProperties": False},
+    "order": {
+        "$defs": {"item": {"type": "object",
+                           "properties": {"sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{3}$"},
+                                          "qty": {"type": "integer", "minimum": 1, "maximum": 9}},
+                           "required": ["sku", "qty"], "additionalProperties": False}},
+        "type": "object",
+        "properties": {"id": {"type": "string", "format": "uuid"},
+                       "items": {"type": "array", "items": {"$ref": "#/$defs/item"},
+                                 "minItems": 1, "maxItems": 2},
+                       "paid": {"type": "boolean"}},
+        "required": ["id", "items", "paid"], "additionalProperties": False},
+    "measure": {
+        "type": "object",
+        "properties": {"value": {"type": "number", "minimum": -10, "maximum": 10},
+                       "unit": {"anyOf": [{"const": "cm"}, {"const": "kg"}, {"type": "null"}]},
+                       "date": {"type": "string", "format": "date"}},
+        "required": ["value", "unit", "date"], "additionalProperties": False},
+    "event": {
+        "type": "object",
+        "properties": {"title": {"type": "string", "maxLength": 30},
+                       "start": {"type": "string", "format": "date-time"},
+                       "tags": {"type": "array", "maxItems": 3,
+                                "items": {"type": "string", "pattern": "^#[a-z]{2,10}$"}}},
+        "required": ["title", "start", "tags"], "additionalProperties": False},
+    "flags": {
+        "type": "array", "items": {"type": ["boolean", "null", "integer"]}, "minItems": 2,
+        "maxItems": 4},
+}
+PROMPTS = ["Describe a customer as JSON.", "Reply in JSON about your favourite things."]
+SELS = [("base", None), ("fr/manpages", None), ("base", [{"id": "de", "scale": 1.0}])]
+
+
+def setup():
+    global S, C
+    import openai
+
+    reg = e2e.make_registry(suite.tmp, fixtures=False)
+    S = suite.server([], registry=reg, name="server")
+    S.start()
+    C = openai.OpenAI(base_url=S.url() + "/v1", api_key="none", max_retries=0,
+                      timeout=120 * e2e.SLOW)
+
+
+def validate(schema, text, what):
+    import jsonschema
+
+    try:
+        doc = json.loads(text)
+    except ValueError as e:
+        raise e2e.Fail(f"{what}: not JSON ({e}): {text!r}")
+    try:
+        jsonschema.validate(doc, schema, format_checker=jsonschema.FormatChecker())
+    except jsonschema.ValidationError as e:
+        raise e2e.Fail(f"{what}: does not validate ({e.message}): {text!r}")
+    return doc
+
+
+def rf(schema):
+    if schema is None:
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": "out", "schema": schema, "strict": True}}
+
+
+def chat(schema, prompt, model="base", adapters=None, stream=False, max_tokens=300, **kw):
+    """(text, finish_reason) of a chat completion under schema (None: json_object)."""
+    extra = {"adapters": adapters} if adapters else {}
+    args = dict(model=model, messages=[{"role": "user", "content": prompt}],
+                response_format=rf(schema), max_tokens=max_tokens, extra_body=extra, **kw)
+    if not stream:
+        r = C.chat.completions.create(**args)
+        return r.choices[0].message.content, r.choices[0].finish_reason
+    text, finish = "", None
+    for ch in C.chat.completions.create(stream=True, **args):
+        if ch.choices:
+            text += ch.choices[0].delta.content or ""
+            finish = ch.choices[0].finish_reason or finish
+    return text, finish
+
+
+def cmpl(schema, prompt, model="base", adapters=None, stream=False, max_tokens=300, **kw):
+    extra = {"response_format": rf(schema)}
+    if adapters:
+        extra["adapters"] = adapters
+    args = dict(model=model, prompt=prompt, max_tokens=max_tokens, extra_body=extra, **kw)
+    if not stream:
+        r = C.completions.create(**args)
+        return r.choices[0].text, r.choices[0].finish_reason
+    text, finish = "", None
+    for ch in C.completions.create(stream=True, **args):
+        if ch.choices:
+            text += ch.choices[0].text
+            finish = ch.choices[0].finish_reason or finish
+    return text, finish
+
+
+def run_all(jobs):
+    """Runs (what, schema, fn, kwargs) jobs 8 at a time (one shared batch on the server);
+    validates each output; returns the texts."""
+    def one(job):
+        what, schema, fn, kw = job
+        text, finish = fn(schema, **kw)
+        eq(finish, "stop", f"{what}: finish_reason (text {text!r})")
+        validate(schema if schema is not None else {"type": "object"}, text, what)
+        return text
+
+    with ThreadPoolExecutor(8) as ex:
+        return list(ex.map(one, jobs))
+
+
+@suite.test
+def schema_battery_greedy_chat():
+    jobs = [(f"chat {n} / {p!r}", s, chat, dict(prompt=p, temperature=0))
+            for n, s in SCHEMAS.items() for p in PROMPTS]
+    texts = run_all(jobs)
+    print(f"    e.g. {texts[0]}  |  {texts[4]}")
+
+
+@suite.test
+def schema_battery_sampled_completions_and_streams():
+    jobs = []
+    for i, (n, s) in enumerate(SCHEMAS.items()):
+        for seed in (1, 2):
+            jobs.append((f"completion {n} seed {seed}", s, cmpl,
+                         dict(prompt=PROMPTS[seed - 1], temperature=1.0, seed=seed,
+                              stream=(i + seed) % 2 == 0)))
+        jobs.append((f"chat {n} streamed top_p", s, chat,
+                     dict(prompt=PROMPTS[0], temperature=0.8, top_p=0.9, seed=i, stream=True)))
+    run_all(jobs)
+
+
+@suite.test
+def every_adapter_selection():
+    jobs = []
+    for model, adapters in SELS:
+        for n in ("person", "order", "measure"):
+            jobs.append((f"{model} {adapters} {n}", SCHEMAS[n], chat,
+                         dict(prompt=PROMPTS[0], model=model, adapters=adapters, temperature=0.7,
+                              seed=3)))
+            jobs.append((f"{model} {adapters} {n} streamed completion", SCHEMAS[n], cmpl,
+                         dict(prompt=PROMPTS[1], model=model, adapters=adapters, temperature=0,
+                              stream=True)))
+    run_all(jobs)
+
+
+@suite.test
+def json_object_mode_and_guided_json():
+    for stream in (False, True):
+        text, finish = chat(None, "List three fruits as JSON.", temperature=0, stream=stream,
+                            max_tokens=120)
+        if finish == "stop":
+            check(isinstance(json.loads(text), dict), f"json_object gave {text!r}")
+        else:  # a free-form object may run past max_tokens; what was made is still a prefix
+            eq(finish, "length", "json_object finish")
+            check(text.lstrip().startswith("{"), f"json_object gave {text!r}")
+    s = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+         "additionalProperties": False}
+    r = C.completions.create(model="base", prompt="Is water wet?", max_tokens=20, temperature=0,
+                             extra_body={"guided_json": s})
+    validate(s, r.choices[0].text, "guided_json")
+    eq(r.choices[0].finish_reason, "stop", "guided_json finish")
+
+
+@suite.test
+def a_schema_with_one_valid_output_gives_it():
+    fixed = {"answer": "forty-two", "ok": True, "n": [1, 2]}
+    for schema in ({"const": fixed},
+                   {"type": "object", "properties": {"answer": {"enum": ["forty-two"]},
+                                                     "ok": {"const": True},
+                                                     "n": {"const": [1, 2]}},
+                    "required": ["answer", "ok", "n"], "additionalProperties": False}):
+        for stream in (False, True):
+            text, finish = chat(schema, "Say anything.", temperature=1.0, seed=5, stream=stream)
+            eq(json.loads(text), fixed, f"fixed output of {schema}")
+            eq(finish, "stop", "finish")
+    text, _ = chat({"const": fixed}, "Say anything.", temperature=0)
+    eq(text, json.dumps(fixed, separators=(",", ":")), "the exact bytes")
+
+
+@suite.test
+def max_tokens_mid_json_is_length():
+    for stream in (False, True):
+        text, finish = chat(SCHEMAS["order"], PROMPTS[0], temperature=0, max_tokens=6,
+                            stream=stream)
+        eq(finish, "length", f"finish at max_tokens 6 ({text!r})")
+        try:
+            json.loads(text)
+            raise e2e.Fail(f"6 tokens made a whole order: {text!r}")
+        except ValueError:
+            pass
+        check(text.startswith("{"), f"a prefix of the JSON: {text!r}")
+
+
+@suite.test
+def unsupported_schemas_are_refused_by_name():
+    import openai
+
+    cases = [({"type": "string", "not": {"const": "x"}}, "'not'"),
+             ({"type": "object", "properties": {"a": {"oneOf": [{}]}}}, "'oneOf' at #/properties/a"),
+             ({"type": "string", "format": "hostname"}, "'format': 'hostname'"),
+             ({"type": "array", "uniqueItems": True}, "'uniqueItems'"),
+             ({"$ref": "#/$defs/none"}, "no such definition"),
+             ({"type": "string", "pattern": "(?<=a)b"}, "lookarounds")]
+    for schema, needle in cases:
+        for route in ("chat", "completions"):
+            try:
+                if route == "chat":
+                    chat(schema, "x", max_tokens=4)
+                else:
+                    cmpl(schema, "x", max_tokens=4)
+                raise e2e.Fail(f"{route} {schema} was accepted")
+            except openai.BadRequestError as e:
+                body = e.body or {}
+                check(needle in body.get("message", ""), f"{route} {schema}: message {body}")
+                check(body.get("param", "").startswith("response_format"),
+                      f"{route} {schema}: param {body.get('param')}")
+    r = S.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                        "response_format": {"type": "json_schema",
+                                                            "json_schema": {"name": "x"}}})
+    e2e.check_error(r, 400, what="json_schema without schema")
+    text, _ = chat(SCHEMAS["person"], PROMPTS[0], temperature=0, max_tokens=80)
+    validate(SCHEMAS["person"], text, "the server still serves")
+
+
+@suite.test
+def free_rows_in_a_structured_batch_are_unchanged():
+    """A greedy unconstrained completion gives the same text alone and beside 6 constrained
+    rows in the same steps: masking is per row."""
+    prompt = "The history of the bicycle begins"
+
+    def free():
+        r = C.completions.create(model="base", prompt=prompt, max_tokens=40, temperature=0)
+        return r.choices[0].text
+
+    alone = free()
+    with ThreadPoolExecutor(7) as ex:
+        busy = [ex.submit(chat, SCHEMAS["order"], PROMPTS[i % 2], temperature=0.9, seed=i)
+                for i in range(6)]
+        beside = ex.submit(free).result()
+        for f in busy:
+            f.result()
+    eq(beside, alone, "the free row's text beside structured rows")
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(suite.main(setup))
