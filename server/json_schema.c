@@ -47,6 +47,9 @@ static int refuse(sc *c, int rc, const char *fmt, ...)
             va_start(ap, fmt);
             vsnprintf(c->err, c->errlen, fmt, ap);
             va_end(ap);
+            for (char *q = c->err; *q; q++) /* names from the schema may hold control bytes */
+                if ((unsigned char)*q < 0x20 || *q == 0x7f)
+                    *q = '?';
         }
     }
     return -1;

@@ -250,12 +250,14 @@ core_grammar *core_gbuild_finish(core_gbuild *b, int root, char *err, size_t err
         g->rule_nalt[r] = (int32_t)b->rule[r].n;
         for (size_t a = 0; a < b->rule[r].n; a++) {
             g->alt_start[ai++] = (int32_t)pos;
-            memcpy(g->code + pos, b->rule[r].alt[a].e, b->rule[r].alt[a].n * sizeof *g->code);
+            if (b->rule[r].alt[a].n) /* an empty alternative has no array */
+                memcpy(g->code + pos, b->rule[r].alt[a].e, b->rule[r].alt[a].n * sizeof *g->code);
             pos += b->rule[r].alt[a].n;
             g->code[pos++] = E_MAKE(E_END, 0);
         }
     }
-    memcpy(g->set, b->set, b->n_set * sizeof *g->set);
+    if (b->n_set)
+        memcpy(g->set, b->set, b->n_set * sizeof *g->set);
     g->n_rule = (int)b->n_rule;
     g->root = root;
     atomic_init(&g->refs, 1);
@@ -722,11 +724,12 @@ int32_t core_gmatch_mask(core_gmatch *m, uint64_t *bits)
 {
     size_t words = ((size_t)m->v->n_vocab + 63) / 64;
     const gstate *s = &m->cur;
-    uint64_t h = core_hash64(CORE_HASH_INIT, s->d, s->n * sizeof *s->d);
+    uint64_t h = s->n ? core_hash64(CORE_HASH_INIT, s->d, s->n * sizeof *s->d) : 0;
     struct mask_entry *e = NULL, *lru = &m->cache[0];
     for (int i = 0; i < MASK_CACHE; i++) {
         struct mask_entry *c = &m->cache[i];
-        if (c->used && c->hash == h && c->n == s->n && !memcmp(c->key, s->d, s->n * sizeof *s->d)) {
+        if (c->used && c->hash == h && c->n == s->n &&
+            (!s->n || !memcmp(c->key, s->d, s->n * sizeof *s->d))) {
             e = c;
             break;
         }
@@ -749,7 +752,8 @@ int32_t core_gmatch_mask(core_gmatch *m, uint64_t *bits)
         return count; /* not cached; the mask itself is right */
     if (core_grow(&e->key, &e->cap, s->n ? s->n : 1, sizeof *e->key))
         return count;
-    memcpy(e->key, s->d, s->n * sizeof *s->d);
+    if (s->n)
+        memcpy(e->key, s->d, s->n * sizeof *s->d);
     e->n = s->n;
     e->hash = h;
     memcpy(e->bits, bits, words * sizeof *bits);
