@@ -41,6 +41,11 @@ typedef enum srv_request_kind {
 #define SRV_PARAM_MAX 64        /* a param buffer of this size holds every param name */
 #define SRV_COMPLETION_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for /v1/completions */
 
+/* "metadata" (OpenAI's limits): pairs, characters of a key, characters of a value. */
+#define SRV_METADATA_MAX 16
+#define SRV_METADATA_KEY_MAX 64
+#define SRV_METADATA_VALUE_MAX 512
+
 /* What the server allows; fixed for its lifetime. A zero means "no limit" (see each field). */
 typedef struct srv_request_limits {
     size_t max_prompt_bytes; /* the prompt text, or the sum of the chat contents; a token-id
@@ -105,7 +110,8 @@ typedef struct srv_request {
     bool ignore_eos;   /* EOG never ends the generation */
     int32_t *stop_ids; /* (n_stop_ids) "stop_token_ids", in [0, n_vocab) */
     int n_stop_ids;    /* 0 .. SRV_STOP_IDS_MAX */
-    /* "metadata" must be an object and is otherwise ignored */
+    /* "metadata" must be an object of at most SRV_METADATA_MAX string pairs (keys and values
+       within their limits) and is otherwise ignored */
 
     struct srv_request_arena *arena; /* private: owns everything above */
 } srv_request;

@@ -346,6 +346,77 @@ TEST(req_token_controls)
     free(b);
 }
 
+/* A completion body {"prompt":"x",<members>} with real quotes, parsed with LIM. */
+static int parse_members(const char *members, srv_request *r, char *err, char *param)
+{
+    size_t n = strlen(members) + 32;
+    char *b = malloc(n);
+    if (!b)
+        return -ENOMEM;
+    int len = snprintf(b, n, "{\"prompt\":\"x\",%s}", members);
+    int rc = parse_lim(C, b, (size_t)len, &LIM, r, err, param);
+    free(b);
+    return rc;
+}
+
+/* n copies of the UTF-8 character ch, NUL-terminated, in buf (large enough). */
+static char *repeat(char *buf, const char *ch, int n)
+{
+    size_t k = strlen(ch);
+    for (int i = 0; i < n; i++)
+        memcpy(buf + (size_t)i * k, ch, k);
+    buf[(size_t)n * k] = 0;
+    return buf;
+}
+
+TEST(req_metadata_limits)
+{
+    /* OpenAI's rules: at most 16 pairs, keys up to 64 characters, values up to 512, strings. */
+    srv_request r;
+    char err[256], param[SRV_PARAM_MAX], key[65 * 2 + 1], val[513 * 3 + 1];
+    char *m = malloc(16 * 700 + 64);
+    CHECK(m);
+    for (int pairs = 16; pairs <= 17; pairs++) {
+        size_t len = (size_t)sprintf(m, "\"metadata\":{");
+        for (int i = 0; i < pairs; i++)
+            len += (size_t)sprintf(m + len, "%s\"k%d\":\"v\"", i ? "," : "", i);
+        sprintf(m + len, "}");
+        int rc = parse_members(m, &r, err, param);
+        if (pairs == 16) {
+            CHECK_MSG(rc == 0, "16 pairs: rc %d: %s", rc, err);
+            srv_request_deinit(&r);
+        } else {
+            CHECK_EQ_INT(rc, -E2BIG);
+            CHECK_EQ_STR(err, "metadata: 17 pairs, more than the limit of 16");
+            CHECK_EQ_STR(param, "metadata");
+        }
+    }
+    /* Characters, not bytes: 64 two-byte keys and 512 three-byte values are within. */
+    sprintf(m, "\"metadata\":{\"%s\":\"%s\",\"\":\"\"}", repeat(key, "\xc3\xa9", 64),
+            repeat(val, "\xe2\x82\xac", 512));
+    int rc = parse_members(m, &r, err, param);
+    CHECK_MSG(rc == 0, "64-character key, 512-character value: rc %d: %s", rc, err);
+    srv_request_deinit(&r);
+    sprintf(m, "\"metadata\":{\"%s\":\"v\"}", repeat(key, "a", 65));
+    CHECK_EQ_INT(parse_members(m, &r, err, param), -E2BIG);
+    CHECK_EQ_STR(err, "metadata: the key 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' is 65 characters, "
+                      "more than the limit of 64");
+    CHECK_EQ_STR(param, "metadata");
+    sprintf(m, "\"metadata\":{\"run\":\"%s\"}", repeat(val, "\xe2\x82\xac", 513));
+    CHECK_EQ_INT(parse_members(m, &r, err, param), -E2BIG);
+    CHECK_EQ_STR(err, "metadata: the value of 'run' is 513 characters, more than the limit of 512");
+    CHECK_EQ_STR(param, "metadata");
+    /* A key or value with \u0000 or invalid UTF-8 is refused without being quoted. */
+    CHECK_EQ_INT(parse_members("\"metadata\":{\"a\\u0000\":\"v\"}", &r, err, param), -EINVAL);
+    CHECK_EQ_STR(err, "metadata: a key is not valid UTF-8 (or holds a NUL)");
+    CHECK_EQ_INT(parse_members("\"metadata\":{\"\xff\":\"v\"}", &r, err, param), -EINVAL);
+    CHECK_EQ_STR(err, "metadata: a key is not valid UTF-8 (or holds a NUL)");
+    CHECK_EQ_INT(parse_members("\"metadata\":{\"k\":\"\\u0000\"}", &r, err, param), -EINVAL);
+    CHECK_EQ_STR(err, "metadata: the value of 'k' is not valid UTF-8 (or holds a NUL)");
+    CHECK_EQ_STR(param, "metadata");
+    free(m);
+}
+
 TEST(req_client_noise_is_accepted)
 {
     /* Neutral values of unsupported features, nulls and fields this server does not know. */
@@ -355,7 +426,7 @@ TEST(req_client_noise_is_accepted)
              "'best_of':1,'suffix':null,'echo':false,'stream':false,'stream_options':{"
              "'include_usage':true},'logprobs':null,'user':null,'model':null,'seed':null,"
              "'stop':null,'temperature':null,'top_p':null,'max_tokens':null,'adapters':null,"
-             "'metadata':{'a':[1,{'b':null}]},'tools':[{'x':1}],'store':false}",
+             "'metadata':{},'tools':[{'x':1}],'store':false}",
              &r);
     CHECK(r.model == NULL && r.user == NULL);
     CHECK(!r.stream_include_usage); /* only meaningful when streaming */
@@ -895,6 +966,16 @@ static const refusal refusals[] = {
     {C, "{'prompt': 'x', 'stop_token_ids': ['1']}", E, "stop_token_ids[0]",
      "stop_token_ids[0]: expected an integer, got string"},
     {H, MSG1 ", 'metadata': 'tag'}", E, "metadata", "metadata: expected an object, got string"},
+    {C, "{'prompt': 'x', 'metadata': {'a': [1, {'b': null}]}}", E, "metadata",
+     "metadata: the value of 'a' must be a string, got array"},
+    {C, "{'prompt': 'x', 'metadata': {'run': 'a', 'n': 3}}", E, "metadata",
+     "metadata: the value of 'n' must be a string, got number"},
+    {H, MSG1 ", 'metadata': {'k': null}}", E, "metadata",
+     "metadata: the value of 'k' must be a string, got null"},
+    {C, "{'prompt': 'x', 'metadata': {'k': 'a', 'k': 'b'}}", E, "metadata",
+     "metadata: the key 'k' is given twice"},
+    {C, "{'prompt': 'x', 'metadata': []}", E, "metadata",
+     "metadata: expected an object, got array"},
     {C, "{'prompt': 'x', 'guided_json': {}}", E, "guided_json",
      "guided_json: constrained decoding is not supported"},
     {H, MSG1 ", 'grammar': 'root ::= x'}", E, "grammar",
