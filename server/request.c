@@ -965,9 +965,11 @@ static int parse_token_stops(pctx *c)
     long long k = 0;
     int rc = top(c, "min_tokens", &v), n = 0;
     if (!rc && (rc = get_int(c, v, "min_tokens", 0, INT_MAX, &k)) > 0) {
-        if (r->max_tokens_set && k > r->max_tokens)
-            return fail(c, -EINVAL, "min_tokens", "%lld is more than max_tokens %d", k,
-                        r->max_tokens);
+        /* Against the max_tokens in force, given or the default (as vLLM). */
+        if (k > r->max_tokens)
+            return fail(c, -EINVAL, "min_tokens", "%lld is more than max_tokens %d%s", k,
+                        r->max_tokens,
+                        r->max_tokens_set ? "" : " (the default; give max_tokens too)");
         r->min_tokens = (int)k;
     }
     if (rc < 0 || (rc = top(c, "ignore_eos", &v)) ||

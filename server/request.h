@@ -106,7 +106,7 @@ typedef struct srv_request {
     float *bias;       /* (n_bias) its values, in [-100, 100] */
     int n_bias;        /* 0 .. SRV_BIAS_MAX */
     int min_tokens;    /* EOG and stop_token_ids cannot end the generation before; <= max_tokens
-                          when max_tokens was given */
+                          (given or the default) */
     bool ignore_eos;   /* EOG never ends the generation */
     int32_t *stop_ids; /* (n_stop_ids) "stop_token_ids", in [0, n_vocab) */
     int n_stop_ids;    /* 0 .. SRV_STOP_IDS_MAX */

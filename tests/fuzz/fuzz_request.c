@@ -5,8 +5,8 @@
  * anything behind, or an accepted request breaks its contract: strings valid UTF-8 without NUL,
  * the body valid UTF-8, counts within limits, sampling parameters the sampler accepts, adapter
  * ids that pass adapter_id_check, logit_bias and stop_token_ids in the vocabulary with biases
- * in [-100, 100] and no id biased twice, min_tokens within an explicit max_tokens, metadata
- * within OpenAI's limits. */
+ * in [-100, 100] and no id biased twice, min_tokens within max_tokens (given or the default),
+ * metadata within OpenAI's limits. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -141,8 +141,7 @@ static void check_ok(const srv_request *r, srv_request_kind kind, const srv_requ
         abort();
     int32_t vocab = l->n_vocab > 0 ? l->n_vocab : 49152;
     if (r->n_bias < 0 || r->n_bias > SRV_BIAS_MAX || r->n_stop_ids < 0 ||
-        r->n_stop_ids > SRV_STOP_IDS_MAX || r->min_tokens < 0 ||
-        (r->max_tokens_set && r->min_tokens > r->max_tokens))
+        r->n_stop_ids > SRV_STOP_IDS_MAX || r->min_tokens < 0 || r->min_tokens > r->max_tokens)
         abort();
     for (int i = 0; i < r->n_bias; i++) {
         if (r->bias_ids[i] < 0 || (l->n_vocab > 0 && r->bias_ids[i] >= l->n_vocab) ||

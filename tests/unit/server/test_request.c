@@ -316,13 +316,15 @@ TEST(req_token_controls)
     CHECK(r.stop_ids[0] == 2 && r.stop_ids[1] == 49151);
     CHECK_EQ_STR(r.user, "u1");
     srv_request_deinit(&r);
-    /* Absent, null and empty mean off; a chat default max_tokens does not bound min_tokens. */
+    /* Absent, null and empty mean off; min_tokens up to the default max_tokens (LIM: 256 for
+     * chat) is taken. */
     PARSE_OK(H,
              "{'messages':[{'role':'user','content':'x'}],'logit_bias':{},'stop_token_ids':[],"
-             "'min_tokens':300,'ignore_eos':null,'metadata':null}",
+             "'min_tokens':256,'ignore_eos':null,'metadata':null}",
              &r);
     CHECK(r.n_bias == 0 && r.n_stop_ids == 0 && !r.ignore_eos);
-    CHECK_EQ_INT(r.min_tokens, 300);
+    CHECK_EQ_INT(r.min_tokens, 256);
+    CHECK(!r.max_tokens_set);
     CHECK(r.sampling.presence_penalty == 0 && r.sampling.frequency_penalty == 0);
     srv_request_deinit(&r);
     /* 1024 entries are allowed, 1025 are not. */
@@ -415,6 +417,34 @@ TEST(req_metadata_limits)
     CHECK_EQ_STR(err, "metadata: the value of 'k' is not valid UTF-8 (or holds a NUL)");
     CHECK_EQ_STR(param, "metadata");
     free(m);
+}
+
+TEST(req_min_tokens_against_the_max_in_force)
+{
+    /* min_tokens is checked against max_tokens given, else the default (as vLLM): 16 for
+     * completions, the server's default for chat (LIM: 256), or the limit when that is lower. */
+    srv_request r;
+    char err[256], param[SRV_PARAM_MAX];
+    PARSE_OK(C, "{'prompt':'x','min_tokens':16}", &r);
+    CHECK(r.min_tokens == 16 && r.max_tokens == 16 && !r.max_tokens_set);
+    srv_request_deinit(&r);
+    PARSE_OK(C, "{'prompt':'x','min_tokens':40,'max_tokens':40}", &r);
+    CHECK(r.min_tokens == 40 && r.max_tokens == 40);
+    srv_request_deinit(&r);
+    srv_request_limits lim = LIM;
+    lim.max_tokens_limit = 8;
+    const char *b = "{\"prompt\":\"x\",\"min_tokens\":9}";
+    CHECK_EQ_INT(parse_lim(C, b, strlen(b), &lim, &r, err, param), -EINVAL);
+    CHECK_EQ_STR(err, "min_tokens: 9 is more than max_tokens 8 (the default; give max_tokens too)");
+    CHECK_EQ_STR(param, "min_tokens");
+    /* No chat default and no limit: "until the context ends", so any min_tokens is within. */
+    lim = LIM;
+    lim.default_max_tokens = 0;
+    lim.max_tokens_limit = 0;
+    b = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"min_tokens\":100000}";
+    CHECK_EQ_INT(parse_lim(H, b, strlen(b), &lim, &r, err, param), 0);
+    CHECK_EQ_INT(r.min_tokens, 100000);
+    srv_request_deinit(&r);
 }
 
 TEST(req_client_noise_is_accepted)
@@ -966,6 +996,14 @@ static const refusal refusals[] = {
     {C, "{'prompt': 'x', 'stop_token_ids': ['1']}", E, "stop_token_ids[0]",
      "stop_token_ids[0]: expected an integer, got string"},
     {H, MSG1 ", 'metadata': 'tag'}", E, "metadata", "metadata: expected an object, got string"},
+    {C, "{'prompt': 'x', 'max_tokens': 0, 'min_tokens': 1}", E, "min_tokens",
+     "min_tokens: 1 is more than max_tokens 0"},
+    {C, "{'prompt': 'x', 'min_tokens': 17}", E, "min_tokens",
+     "min_tokens: 17 is more than max_tokens 16 (the default; give max_tokens too)"},
+    {H, MSG1 ", 'min_tokens': 257}", E, "min_tokens",
+     "min_tokens: 257 is more than max_tokens 256 (the default; give max_tokens too)"},
+    {H, MSG1 ", 'max_completion_tokens': 8, 'min_tokens': 9}", E, "min_tokens",
+     "min_tokens: 9 is more than max_tokens 8"},
     {C, "{'prompt': 'x', 'metadata': {'a': [1, {'b': null}]}}", E, "metadata",
      "metadata: the value of 'a' must be a string, got array"},
     {C, "{'prompt': 'x', 'metadata': {'run': 'a', 'n': 3}}", E, "metadata",
