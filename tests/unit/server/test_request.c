@@ -447,6 +447,28 @@ TEST(req_min_tokens_against_the_max_in_force)
     srv_request_deinit(&r);
 }
 
+TEST(req_user_limit)
+{
+    /* "user" (the scheduler's fairness key): a string of at most SRV_USER_BYTES_MAX bytes. */
+    srv_request r;
+    char err[256], param[SRV_PARAM_MAX], u[SRV_USER_BYTES_MAX + 2], m[SRV_USER_BYTES_MAX + 32];
+    memset(u, 'u', SRV_USER_BYTES_MAX);
+    u[SRV_USER_BYTES_MAX] = 0;
+    sprintf(m, "\"user\":\"%s\"", u);
+    CHECK_EQ_INT(parse_members(m, &r, err, param), 0);
+    CHECK_EQ_INT(strlen(r.user), SRV_USER_BYTES_MAX);
+    CHECK_EQ_STR(r.user, u);
+    srv_request_deinit(&r);
+    strcat(u, "u");
+    sprintf(m, "\"user\":\"%s\"", u);
+    CHECK_EQ_INT(parse_members(m, &r, err, param), -E2BIG);
+    CHECK_EQ_STR(err, "user: 257 bytes, more than the limit of 256 bytes");
+    CHECK_EQ_STR(param, "user");
+    PARSE_OK(C, "{'prompt':'x','user':''}", &r);
+    CHECK_EQ_STR(r.user, "");
+    srv_request_deinit(&r);
+}
+
 TEST(req_client_noise_is_accepted)
 {
     /* Neutral values of unsupported features, nulls and fields this server does not know. */
