@@ -1010,9 +1010,11 @@ static int parse_token_stops(pctx *c)
     long long k = 0;
     int rc = top(c, "min_tokens", &v), n = 0;
     if (!rc && (rc = get_int(c, v, "min_tokens", 0, INT_MAX, &k)) > 0) {
-        if (r->max_tokens_set && k > r->max_tokens)
-            return fail(c, -EINVAL, "min_tokens", "%lld is more than max_tokens %d", k,
-                        r->max_tokens);
+        /* Against the max_tokens in force, given or the default (as vLLM). */
+        if (k > r->max_tokens)
+            return fail(c, -EINVAL, "min_tokens", "%lld is more than max_tokens %d%s", k,
+                        r->max_tokens,
+                        r->max_tokens_set ? "" : " (the default; give max_tokens too)");
         r->min_tokens = (int)k;
     }
     if (rc < 0 || (rc = top(c, "ignore_eos", &v)) ||
@@ -1041,16 +1043,57 @@ static int parse_token_stops(pctx *c)
     return 0;
 }
 
-/* "metadata": OpenAI's tags for a stored request (an object of strings); nothing is stored here,
- * so it is only checked to be an object (clients send nested values too) and ignored. */
+/* The characters (code points) of valid UTF-8 s: OpenAI counts metadata in characters. */
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* "metadata": OpenAI's tags for a stored request, with OpenAI's rules: an object of at most
+ * SRV_METADATA_MAX string -> string pairs, keys up to SRV_METADATA_KEY_MAX characters, values up
+ * to SRV_METADATA_VALUE_MAX. Nothing is stored here, so it is checked and ignored. The param is
+ * always "metadata" (a key may be long or anything); the message quotes the key at fault. */
 static int parse_metadata(pctx *c)
 {
     const cJSON *v;
+    char q[QUOTE_BYTES + 8];
     int rc = top(c, "metadata", &v);
     if (rc || absent(v))
         return rc;
     if (!cJSON_IsObject(v))
         return fail(c, -EINVAL, "metadata", "expected an object, got %s", jtype(v));
+    int count = cJSON_GetArraySize(v);
+    if (count > SRV_METADATA_MAX)
+        return fail(c, -E2BIG, "metadata", "%d pairs, more than the limit of %d", count,
+                    SRV_METADATA_MAX);
+    for (const cJSON *it = v->child; it; it = it->next) {
+        const char *key = it->string ? it->string : "";
+        size_t n = strlen(key), chars;
+        if (srv_utf8_check(key, n) != n)
+            return fail(c, -EINVAL, "metadata", "a key is not valid UTF-8 (or holds a NUL)");
+        quote(key, q, sizeof q);
+        if ((chars = utf8_chars(key)) > SRV_METADATA_KEY_MAX)
+            return fail(c, -E2BIG, "metadata",
+                        "the key '%s' is %zu characters, more than the limit of %d", q, chars,
+                        SRV_METADATA_KEY_MAX);
+        for (const cJSON *k = v->child; k != it; k = k->next)
+            if (k->string && !strcmp(k->string, key))
+                return fail(c, -EINVAL, "metadata", "the key '%s' is given twice", q);
+        if (!cJSON_IsString(it))
+            return fail(c, -EINVAL, "metadata", "the value of '%s' must be a string, got %s", q,
+                        jtype(it));
+        n = strlen(it->valuestring);
+        if (srv_utf8_check(it->valuestring, n) != n)
+            return fail(c, -EINVAL, "metadata",
+                        "the value of '%s' is not valid UTF-8 (or holds a NUL)", q);
+        if ((chars = utf8_chars(it->valuestring)) > SRV_METADATA_VALUE_MAX)
+            return fail(c, -E2BIG, "metadata",
+                        "the value of '%s' is %zu characters, more than the limit of %d", q, chars,
+                        SRV_METADATA_VALUE_MAX);
+    }
     return 0;
 }
 

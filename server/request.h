@@ -42,6 +42,11 @@ typedef enum srv_request_kind {
 #define SRV_PARAM_MAX 64        /* a param buffer of this size holds every param name */
 #define SRV_COMPLETION_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for /v1/completions */
 
+/* "metadata" (OpenAI's limits): pairs, characters of a key, characters of a value. */
+#define SRV_METADATA_MAX 16
+#define SRV_METADATA_KEY_MAX 64
+#define SRV_METADATA_VALUE_MAX 512
+
 /* What the server allows; fixed for its lifetime. A zero means "no limit" (see each field). */
 typedef struct srv_request_limits {
     size_t max_prompt_bytes; /* the prompt text, or the sum of the chat contents; a token-id
@@ -102,11 +107,12 @@ typedef struct srv_request {
     float *bias;       /* (n_bias) its values, in [-100, 100] */
     int n_bias;        /* 0 .. SRV_BIAS_MAX */
     int min_tokens;    /* EOG and stop_token_ids cannot end the generation before; <= max_tokens
-                          when max_tokens was given */
+                          (given or the default) */
     bool ignore_eos;   /* EOG never ends the generation */
     int32_t *stop_ids; /* (n_stop_ids) "stop_token_ids", in [0, n_vocab) */
     int n_stop_ids;    /* 0 .. SRV_STOP_IDS_MAX */
-    /* "metadata" must be an object and is otherwise ignored */
+    /* "metadata" must be an object of at most SRV_METADATA_MAX string pairs (keys and values
+       within their limits) and is otherwise ignored */
     core_grammar *grammar; /* structured output (response_format json_object / json_schema, or
                               guided_json), compiled; NULL: free text. Owned: deinit frees it */
 

@@ -42,8 +42,7 @@ int srv__gen_stream(srv_app *a, srv_http_req *req, srv_call *c, srv_buf *out);
 /* Frees what a generation attached to c, counting it in the metrics. */
 void srv__gen_done(srv_app *a, srv_http_req *req, srv_call *c);
 
-/* POST /tokenize and /detokenize (server/tokenize.c): answered at once. */
-#define SRV_DETOKENIZE_MAX 65536 /* ids in one /detokenize body */
+/* POST /tokenize and /detokenize (server/tokenize.c, server/tokenize.h): answered at once. */
 void srv__route_tokenize(srv_app *a, srv_http_req *req, srv_call *c);
 void srv__route_detokenize(srv_app *a, srv_http_req *req, srv_call *c);
 

@@ -250,7 +250,11 @@ def generation_fields_refuse_bad_input():
                       ({"extra_body": {"min_tokens": 5}, "max_tokens": 2}, "min_tokens"),
                       ({"extra_body": {"stop_token_ids": [10 ** 7]}}, "stop_token_ids[0]"),
                       ({"extra_body": {"ignore_eos": "yes"}}, "ignore_eos"),
-                      ({"extra_body": {"metadata": "x"}}, "metadata")]:
+                      ({"extra_body": {"metadata": "x"}}, "metadata"),
+                      ({"extra_body": {"metadata": {"k": ["x"]}}}, "metadata"),
+                      ({"extra_body": {"metadata": {f"k{i}": "v" for i in range(17)}}},
+                       "metadata"),
+                      ({"extra_body": {"metadata": {"k" * 65: "v"}}}, "metadata")]:
         kw = dict(kw)
         kw.setdefault("max_tokens", 4)
         for route in ("completions", "chat"):
@@ -264,6 +268,13 @@ def generation_fields_refuse_bad_input():
             except openai.BadRequestError as e:
                 eq(e.status_code, 400, f"{route} {kw}")
                 eq((e.body or {}).get("param"), param, f"{route} {kw} param")
+    # min_tokens past the completions default max_tokens (16), max_tokens not given.
+    try:
+        C.completions.create(model="base", prompt="x", extra_body={"min_tokens": 17})
+        raise e2e.Fail("min_tokens 17 without max_tokens was accepted")
+    except openai.BadRequestError as e:
+        eq((e.status_code, (e.body or {}).get("param")), (400, "min_tokens"),
+           "min_tokens over the default max_tokens")
 
 
 @suite.test

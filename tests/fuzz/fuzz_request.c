@@ -5,11 +5,14 @@
  * anything behind, or an accepted request breaks its contract: strings valid UTF-8 without NUL,
  * the body valid UTF-8, counts within limits, sampling parameters the sampler accepts, adapter
  * ids that pass adapter_id_check, logit_bias and stop_token_ids in the vocabulary with biases
- * in [-100, 100] and no id biased twice, min_tokens within an explicit max_tokens. */
+ * in [-100, 100] and no id biased twice, min_tokens within max_tokens (given or the default),
+ * metadata within OpenAI's limits. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <cjson/cJSON.h>
 
 #include "adapters/registry.h"
 #include "core/model/sampler.h"
@@ -56,6 +59,31 @@ static void check_str(const char *s, size_t max)
     size_t n = strlen(s);
     if (!utf8_ok((const unsigned char *)s, n) || (max && n > max))
         abort();
+}
+
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* An accepted body's "metadata", read again with cJSON alone: absent, null, or an object of at
+ * most SRV_METADATA_MAX string values with keys and values within their character limits. */
+static void check_metadata(const uint8_t *data, size_t size)
+{
+    cJSON *root = cJSON_ParseWithLength((const char *)data, size);
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, "metadata");
+    if (m && !cJSON_IsNull(m)) {
+        if (!cJSON_IsObject(m) || cJSON_GetArraySize(m) > SRV_METADATA_MAX)
+            abort();
+        for (const cJSON *it = m->child; it; it = it->next)
+            if (!it->string || utf8_chars(it->string) > SRV_METADATA_KEY_MAX ||
+                !cJSON_IsString(it) || utf8_chars(it->valuestring) > SRV_METADATA_VALUE_MAX)
+                abort();
+    }
+    cJSON_Delete(root);
 }
 
 static void check_ok(const srv_request *r, srv_request_kind kind, const srv_request_limits *l,
@@ -113,8 +141,7 @@ static void check_ok(const srv_request *r, srv_request_kind kind, const srv_requ
         abort();
     int32_t vocab = l->n_vocab > 0 ? l->n_vocab : 49152;
     if (r->n_bias < 0 || r->n_bias > SRV_BIAS_MAX || r->n_stop_ids < 0 ||
-        r->n_stop_ids > SRV_STOP_IDS_MAX || r->min_tokens < 0 ||
-        (r->max_tokens_set && r->min_tokens > r->max_tokens))
+        r->n_stop_ids > SRV_STOP_IDS_MAX || r->min_tokens < 0 || r->min_tokens > r->max_tokens)
         abort();
     for (int i = 0; i < r->n_bias; i++) {
         if (r->bias_ids[i] < 0 || (l->n_vocab > 0 && r->bias_ids[i] >= l->n_vocab) ||
@@ -135,6 +162,7 @@ static void check_ok(const srv_request *r, srv_request_kind kind, const srv_requ
     if (l->n_vocab > 0 && core_sampler_set_bias(s, r->bias_ids, r->bias, r->n_bias) != 0)
         abort();
     core_sampler_free(s);
+    check_metadata(data, size);
 }
 
 static void run(srv_request_kind kind, const uint8_t *data, size_t size,

@@ -339,13 +339,15 @@ TEST(req_token_controls)
     CHECK(r.stop_ids[0] == 2 && r.stop_ids[1] == 49151);
     CHECK_EQ_STR(r.user, "u1");
     srv_request_deinit(&r);
-    /* Absent, null and empty mean off; a chat default max_tokens does not bound min_tokens. */
+    /* Absent, null and empty mean off; min_tokens up to the default max_tokens (LIM: 256 for
+     * chat) is taken. */
     PARSE_OK(H,
              "{'messages':[{'role':'user','content':'x'}],'logit_bias':{},'stop_token_ids':[],"
-             "'min_tokens':300,'ignore_eos':null,'metadata':null}",
+             "'min_tokens':256,'ignore_eos':null,'metadata':null}",
              &r);
     CHECK(r.n_bias == 0 && r.n_stop_ids == 0 && !r.ignore_eos);
-    CHECK_EQ_INT(r.min_tokens, 300);
+    CHECK_EQ_INT(r.min_tokens, 256);
+    CHECK(!r.max_tokens_set);
     CHECK(r.sampling.presence_penalty == 0 && r.sampling.frequency_penalty == 0);
     srv_request_deinit(&r);
     /* 1024 entries are allowed, 1025 are not. */
@@ -369,6 +371,127 @@ TEST(req_token_controls)
     free(b);
 }
 
+/* A completion body {"prompt":"x",<members>} with real quotes, parsed with LIM. */
+static int parse_members(const char *members, srv_request *r, char *err, char *param)
+{
+    size_t n = strlen(members) + 32;
+    char *b = malloc(n);
+    if (!b)
+        return -ENOMEM;
+    int len = snprintf(b, n, "{\"prompt\":\"x\",%s}", members);
+    int rc = parse_lim(C, b, (size_t)len, &LIM, r, err, param);
+    free(b);
+    return rc;
+}
+
+/* n copies of the UTF-8 character ch, NUL-terminated, in buf (large enough). */
+static char *repeat(char *buf, const char *ch, int n)
+{
+    size_t k = strlen(ch);
+    for (int i = 0; i < n; i++)
+        memcpy(buf + (size_t)i * k, ch, k);
+    buf[(size_t)n * k] = 0;
+    return buf;
+}
+
+TEST(req_metadata_limits)
+{
+    /* OpenAI's rules: at most 16 pairs, keys up to 64 characters, values up to 512, strings. */
+    srv_request r;
+    char err[256], param[SRV_PARAM_MAX], key[65 * 2 + 1], val[513 * 3 + 1];
+    char *m = malloc(16 * 700 + 64);
+    CHECK(m);
+    for (int pairs = 16; pairs <= 17; pairs++) {
+        size_t len = (size_t)sprintf(m, "\"metadata\":{");
+        for (int i = 0; i < pairs; i++)
+            len += (size_t)sprintf(m + len, "%s\"k%d\":\"v\"", i ? "," : "", i);
+        sprintf(m + len, "}");
+        int rc = parse_members(m, &r, err, param);
+        if (pairs == 16) {
+            CHECK_MSG(rc == 0, "16 pairs: rc %d: %s", rc, err);
+            srv_request_deinit(&r);
+        } else {
+            CHECK_EQ_INT(rc, -E2BIG);
+            CHECK_EQ_STR(err, "metadata: 17 pairs, more than the limit of 16");
+            CHECK_EQ_STR(param, "metadata");
+        }
+    }
+    /* Characters, not bytes: 64 two-byte keys and 512 three-byte values are within. */
+    sprintf(m, "\"metadata\":{\"%s\":\"%s\",\"\":\"\"}", repeat(key, "\xc3\xa9", 64),
+            repeat(val, "\xe2\x82\xac", 512));
+    int rc = parse_members(m, &r, err, param);
+    CHECK_MSG(rc == 0, "64-character key, 512-character value: rc %d: %s", rc, err);
+    srv_request_deinit(&r);
+    sprintf(m, "\"metadata\":{\"%s\":\"v\"}", repeat(key, "a", 65));
+    CHECK_EQ_INT(parse_members(m, &r, err, param), -E2BIG);
+    CHECK_EQ_STR(err, "metadata: the key 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' is 65 characters, "
+                      "more than the limit of 64");
+    CHECK_EQ_STR(param, "metadata");
+    sprintf(m, "\"metadata\":{\"run\":\"%s\"}", repeat(val, "\xe2\x82\xac", 513));
+    CHECK_EQ_INT(parse_members(m, &r, err, param), -E2BIG);
+    CHECK_EQ_STR(err, "metadata: the value of 'run' is 513 characters, more than the limit of 512");
+    CHECK_EQ_STR(param, "metadata");
+    /* A key or value with \u0000 or invalid UTF-8 is refused without being quoted. */
+    CHECK_EQ_INT(parse_members("\"metadata\":{\"a\\u0000\":\"v\"}", &r, err, param), -EINVAL);
+    CHECK_EQ_STR(err, "metadata: a key is not valid UTF-8 (or holds a NUL)");
+    CHECK_EQ_INT(parse_members("\"metadata\":{\"\xff\":\"v\"}", &r, err, param), -EINVAL);
+    CHECK_EQ_STR(err, "metadata: a key is not valid UTF-8 (or holds a NUL)");
+    CHECK_EQ_INT(parse_members("\"metadata\":{\"k\":\"\\u0000\"}", &r, err, param), -EINVAL);
+    CHECK_EQ_STR(err, "metadata: the value of 'k' is not valid UTF-8 (or holds a NUL)");
+    CHECK_EQ_STR(param, "metadata");
+    free(m);
+}
+
+TEST(req_min_tokens_against_the_max_in_force)
+{
+    /* min_tokens is checked against max_tokens given, else the default (as vLLM): 16 for
+     * completions, the server's default for chat (LIM: 256), or the limit when that is lower. */
+    srv_request r;
+    char err[256], param[SRV_PARAM_MAX];
+    PARSE_OK(C, "{'prompt':'x','min_tokens':16}", &r);
+    CHECK(r.min_tokens == 16 && r.max_tokens == 16 && !r.max_tokens_set);
+    srv_request_deinit(&r);
+    PARSE_OK(C, "{'prompt':'x','min_tokens':40,'max_tokens':40}", &r);
+    CHECK(r.min_tokens == 40 && r.max_tokens == 40);
+    srv_request_deinit(&r);
+    srv_request_limits lim = LIM;
+    lim.max_tokens_limit = 8;
+    const char *b = "{\"prompt\":\"x\",\"min_tokens\":9}";
+    CHECK_EQ_INT(parse_lim(C, b, strlen(b), &lim, &r, err, param), -EINVAL);
+    CHECK_EQ_STR(err, "min_tokens: 9 is more than max_tokens 8 (the default; give max_tokens too)");
+    CHECK_EQ_STR(param, "min_tokens");
+    /* No chat default and no limit: "until the context ends", so any min_tokens is within. */
+    lim = LIM;
+    lim.default_max_tokens = 0;
+    lim.max_tokens_limit = 0;
+    b = "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"min_tokens\":100000}";
+    CHECK_EQ_INT(parse_lim(H, b, strlen(b), &lim, &r, err, param), 0);
+    CHECK_EQ_INT(r.min_tokens, 100000);
+    srv_request_deinit(&r);
+}
+
+TEST(req_user_limit)
+{
+    /* "user" (the scheduler's fairness key): a string of at most SRV_USER_BYTES_MAX bytes. */
+    srv_request r;
+    char err[256], param[SRV_PARAM_MAX], u[SRV_USER_BYTES_MAX + 2], m[SRV_USER_BYTES_MAX + 32];
+    memset(u, 'u', SRV_USER_BYTES_MAX);
+    u[SRV_USER_BYTES_MAX] = 0;
+    sprintf(m, "\"user\":\"%s\"", u);
+    CHECK_EQ_INT(parse_members(m, &r, err, param), 0);
+    CHECK_EQ_INT(strlen(r.user), SRV_USER_BYTES_MAX);
+    CHECK_EQ_STR(r.user, u);
+    srv_request_deinit(&r);
+    strcat(u, "u");
+    sprintf(m, "\"user\":\"%s\"", u);
+    CHECK_EQ_INT(parse_members(m, &r, err, param), -E2BIG);
+    CHECK_EQ_STR(err, "user: 257 bytes, more than the limit of 256 bytes");
+    CHECK_EQ_STR(param, "user");
+    PARSE_OK(C, "{'prompt':'x','user':''}", &r);
+    CHECK_EQ_STR(r.user, "");
+    srv_request_deinit(&r);
+}
+
 TEST(req_client_noise_is_accepted)
 {
     /* Neutral values of unsupported features, nulls and fields this server does not know. */
@@ -378,7 +501,7 @@ TEST(req_client_noise_is_accepted)
              "'best_of':1,'suffix':null,'echo':false,'stream':false,'stream_options':{"
              "'include_usage':true},'logprobs':null,'user':null,'model':null,'seed':null,"
              "'stop':null,'temperature':null,'top_p':null,'max_tokens':null,'adapters':null,"
-             "'metadata':{'a':[1,{'b':null}]},'tools':[{'x':1}],'store':false}",
+             "'metadata':{},'tools':[{'x':1}],'store':false}",
              &r);
     CHECK(r.model == NULL && r.user == NULL);
     CHECK(!r.stream_include_usage); /* only meaningful when streaming */
@@ -918,6 +1041,24 @@ static const refusal refusals[] = {
     {C, "{'prompt': 'x', 'stop_token_ids': ['1']}", E, "stop_token_ids[0]",
      "stop_token_ids[0]: expected an integer, got string"},
     {H, MSG1 ", 'metadata': 'tag'}", E, "metadata", "metadata: expected an object, got string"},
+    {C, "{'prompt': 'x', 'max_tokens': 0, 'min_tokens': 1}", E, "min_tokens",
+     "min_tokens: 1 is more than max_tokens 0"},
+    {C, "{'prompt': 'x', 'min_tokens': 17}", E, "min_tokens",
+     "min_tokens: 17 is more than max_tokens 16 (the default; give max_tokens too)"},
+    {H, MSG1 ", 'min_tokens': 257}", E, "min_tokens",
+     "min_tokens: 257 is more than max_tokens 256 (the default; give max_tokens too)"},
+    {H, MSG1 ", 'max_completion_tokens': 8, 'min_tokens': 9}", E, "min_tokens",
+     "min_tokens: 9 is more than max_tokens 8"},
+    {C, "{'prompt': 'x', 'metadata': {'a': [1, {'b': null}]}}", E, "metadata",
+     "metadata: the value of 'a' must be a string, got array"},
+    {C, "{'prompt': 'x', 'metadata': {'run': 'a', 'n': 3}}", E, "metadata",
+     "metadata: the value of 'n' must be a string, got number"},
+    {H, MSG1 ", 'metadata': {'k': null}}", E, "metadata",
+     "metadata: the value of 'k' must be a string, got null"},
+    {C, "{'prompt': 'x', 'metadata': {'k': 'a', 'k': 'b'}}", E, "metadata",
+     "metadata: the key 'k' is given twice"},
+    {C, "{'prompt': 'x', 'metadata': []}", E, "metadata",
+     "metadata: expected an object, got array"},
     {C, "{'prompt': 'x', 'guided_json': {'type': 'object', 'not': {}}}", E, "guided_json",
      "guided_json: unsupported keyword 'not' at #"},
     {C, "{'prompt': 'x', 'guided_json': '{nope'}", E, "guided_json",
