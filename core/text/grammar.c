@@ -548,25 +548,54 @@ oom:
 }
 
 /* --- matching ----------------------------------------------------------------------------------
+ *
+ * A matcher interns the states it meets (each distinct set of stacks gets an id) and remembers
+ * every transition it computed, (state, byte) -> state: the pushdown automaton becomes, lazily, a
+ * DFA over the states this request reaches. A mask walk then costs a table lookup per trie edge
+ * once its states are known (inside a string, every letter leads to the same state), and the
+ * masks of the last MASK_CACHE states are kept whole. The tables are dropped and rebuilt from
+ * the current state when they grow past FLUSH_STATES or FLUSH_EDGES (checked between walks).
  */
 
-struct mask_entry {
-    int32_t *key; /* the state's d[] */
-    size_t n, cap;
+#define FLUSH_STATES 20000
+#define FLUSH_EDGES (1u << 21)
+#define DEAD (-1)
+
+struct sinfo {
+    size_t off; /* in sd */
+    uint32_t n; /* ints */
     uint64_t hash;
+    bool accepting, done;
+};
+
+struct mask_entry {
+    int32_t state; /* interned id; -1 = empty */
     uint64_t *bits;
     int32_t count;
-    uint64_t used; /* LRU clock; 0 = empty */
+    uint64_t used; /* LRU clock */
 };
 
 struct core_gmatch {
     const core_grammar *g;
     const core_gvocab *v;
     gexp x;
-    gstate cur, tmp[2];
-    gstate *depth; /* (v->max_len + 1) states along the mask walk */
+    gstate tmp;
+    /* interned states: contents, info, and an open-addressing index (-1 empty) */
+    int32_t *sd;
+    size_t sd_n, sd_cap;
+    struct sinfo *st;
+    size_t n_st, cap_st;
+    int32_t *sidx;
+    size_t sidx_cap;
+    /* transitions: key (state << 8 | byte) + 1 (0 = empty slot), value the next state or DEAD */
+    uint64_t *tkey;
+    int32_t *tval;
+    size_t t_n, t_cap;
+    int32_t cur;
+    int32_t *depth; /* (v->max_len + 1) state ids along the mask walk */
     struct mask_entry cache[MASK_CACHE];
     uint64_t clock, computed, cached;
+    int oom;
 };
 
 void core_gmatch_free(core_gmatch *m)
@@ -574,78 +603,213 @@ void core_gmatch_free(core_gmatch *m)
     if (!m)
         return;
     free(m->x.scratch);
-    free(m->cur.d);
-    free(m->tmp[0].d);
-    free(m->tmp[1].d);
-    if (m->depth)
-        for (uint32_t i = 0; i <= m->v->max_len; i++)
-            free(m->depth[i].d);
+    free(m->tmp.d);
+    free(m->sd);
+    free(m->st);
+    free(m->sidx);
+    free(m->tkey);
+    free(m->tval);
     free(m->depth);
-    for (int i = 0; i < MASK_CACHE; i++) {
-        free(m->cache[i].key);
+    for (int i = 0; i < MASK_CACHE; i++)
         free(m->cache[i].bits);
-    }
     free(m);
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    return x;
+}
+
+/* The id of state s (its contents copied in when new), or -1 with m->oom set. */
+static int32_t intern(core_gmatch *m, const gstate *s)
+{
+    uint64_t h = s->n ? core_hash64(CORE_HASH_INIT, s->d, s->n * sizeof *s->d) : 1;
+    if ((m->n_st + 1) * 2 > m->sidx_cap) {
+        size_t cap = m->sidx_cap ? m->sidx_cap * 2 : 1024;
+        int32_t *idx = malloc(cap * sizeof *idx);
+        if (!idx) {
+            m->oom = 1;
+            return -1;
+        }
+        memset(idx, 0xff, cap * sizeof *idx);
+        for (size_t i = 0; i < m->n_st; i++) {
+            size_t k = m->st[i].hash & (cap - 1);
+            while (idx[k] >= 0)
+                k = (k + 1) & (cap - 1);
+            idx[k] = (int32_t)i;
+        }
+        free(m->sidx);
+        m->sidx = idx;
+        m->sidx_cap = cap;
+    }
+    size_t k = h & (m->sidx_cap - 1);
+    for (; m->sidx[k] >= 0; k = (k + 1) & (m->sidx_cap - 1)) {
+        const struct sinfo *e = &m->st[m->sidx[k]];
+        if (e->hash == h && e->n == s->n &&
+            (!s->n || !memcmp(m->sd + e->off, s->d, s->n * sizeof *s->d)))
+            return m->sidx[k];
+    }
+    if (core_grow(&m->st, &m->cap_st, m->n_st + 1, sizeof *m->st) ||
+        core_grow(&m->sd, &m->sd_cap, m->sd_n + s->n + 1, sizeof *m->sd)) {
+        m->oom = 1;
+        return -1;
+    }
+    if (s->n)
+        memcpy(m->sd + m->sd_n, s->d, s->n * sizeof *s->d);
+    m->st[m->n_st] = (struct sinfo){.off = m->sd_n,
+                                    .n = (uint32_t)s->n,
+                                    .hash = h,
+                                    .accepting = state_accepting(s),
+                                    .done = state_done(s)};
+    m->sd_n += s->n;
+    m->sidx[k] = (int32_t)m->n_st;
+    return (int32_t)m->n_st++;
+}
+
+/* A read-only view of interned state id (valid until the next intern). */
+static gstate view(const core_gmatch *m, int32_t id)
+{
+    const struct sinfo *e = &m->st[id];
+    gstate s = {.d = m->sd + e->off, .n = e->n};
+    for (size_t i = 0; i < s.n; i += 1 + (size_t)s.d[i])
+        s.n_stacks++;
+    return s;
+}
+
+static int edge_grow(core_gmatch *m)
+{
+    size_t cap = m->t_cap ? m->t_cap * 2 : 4096;
+    uint64_t *key = calloc(cap, sizeof *key);
+    int32_t *val = malloc(cap * sizeof *val);
+    if (!key || !val) {
+        free(key);
+        free(val);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < m->t_cap; i++) {
+        if (!m->tkey[i])
+            continue;
+        size_t k = mix64(m->tkey[i]) & (cap - 1);
+        while (key[k])
+            k = (k + 1) & (cap - 1);
+        key[k] = m->tkey[i];
+        val[k] = m->tval[i];
+    }
+    free(m->tkey);
+    free(m->tval);
+    m->tkey = key;
+    m->tval = val;
+    m->t_cap = cap;
+    return 0;
+}
+
+/* The state after byte c from state id: DEAD when no stack takes it; -2 with m->oom on no
+ * memory. */
+static int32_t step(core_gmatch *m, int32_t id, unsigned c)
+{
+    uint64_t key = ((uint64_t)id << 8 | c) + 1;
+    if ((m->t_n + 1) * 2 > m->t_cap && edge_grow(m)) {
+        m->oom = 1;
+        return -2;
+    }
+    size_t k = mix64(key) & (m->t_cap - 1);
+    for (; m->tkey[k]; k = (k + 1) & (m->t_cap - 1))
+        if (m->tkey[k] == key)
+            return m->tval[k];
+    gstate in = view(m, id);
+    m->x.oom = 0;
+    state_step(&m->x, &in, c, &m->tmp);
+    if (m->x.oom) {
+        m->oom = 1;
+        return -2;
+    }
+    int32_t to = DEAD;
+    if (m->tmp.n_stacks && (to = intern(m, &m->tmp)) < 0)
+        return -2;
+    m->tkey[k] = key;
+    m->tval[k] = to;
+    m->t_n++;
+    return to;
+}
+
+/* Drops every interned state and transition but the current state (between walks, when the
+ * tables grew past their bounds). */
+static int flush(core_gmatch *m)
+{
+    gstate cur = view(m, m->cur), keep = {0};
+    if (core_grow(&keep.d, &keep.cap, cur.n ? cur.n : 1, sizeof *keep.d)) {
+        m->oom = 1;
+        return -ENOMEM;
+    }
+    if (cur.n)
+        memcpy(keep.d, cur.d, cur.n * sizeof *cur.d);
+    keep.n = cur.n;
+    keep.n_stacks = cur.n_stacks;
+    m->n_st = m->sd_n = m->t_n = 0;
+    memset(m->sidx, 0xff, m->sidx_cap * sizeof *m->sidx);
+    memset(m->tkey, 0, m->t_cap * sizeof *m->tkey);
+    for (int i = 0; i < MASK_CACHE; i++)
+        m->cache[i].state = -1;
+    m->cur = intern(m, &keep);
+    free(keep.d);
+    return m->cur < 0 ? -ENOMEM : 0;
 }
 
 core_gmatch *core_gmatch_new(const core_grammar *g, const core_gvocab *v, char *err, size_t errlen)
 {
     core_gmatch *m = calloc(1, sizeof *m);
+    gstate start = {0};
     if (!m || !(m->x.scratch = new_scratch()) ||
-        !(m->depth = calloc((size_t)v->max_len + 1, sizeof *m->depth))) {
-        core_gmatch_free(m);
-        core_errf(err, errlen, "grammar matcher: out of memory");
-        return NULL;
-    }
+        !(m->depth = calloc((size_t)v->max_len + 1, sizeof *m->depth)))
+        goto oom;
     m->g = g;
     m->v = v;
     m->x.g = g;
-    state_start(&m->x, &m->cur);
-    if (m->x.oom) {
-        core_gmatch_free(m);
-        core_errf(err, errlen, "grammar matcher: out of memory");
-        return NULL;
-    }
-    if (!m->cur.n_stacks) {
+    for (int i = 0; i < MASK_CACHE; i++)
+        m->cache[i].state = -1;
+    state_start(&m->x, &start);
+    if (m->x.oom)
+        goto oom;
+    if (!start.n_stacks) {
+        free(start.d);
         core_gmatch_free(m);
         core_errf(err, errlen, "grammar matcher: the grammar matches nothing");
         return NULL;
     }
+    if ((m->cur = intern(m, &start)) < 0 || edge_grow(m))
+        goto oom;
+    free(start.d);
     return m;
+oom:
+    free(start.d);
+    core_gmatch_free(m);
+    core_errf(err, errlen, "grammar matcher: out of memory");
+    return NULL;
 }
 
 bool core_gmatch_accepting(const core_gmatch *m)
 {
-    return state_accepting(&m->cur);
+    return m->st[m->cur].accepting;
 }
 
 bool core_gmatch_done(const core_gmatch *m)
 {
-    return state_done(&m->cur);
+    return m->st[m->cur].done;
 }
 
-/* Feeds token id's bytes from the current state; the result is in *res (one of m->tmp). 1 when
- * it survives, 0 when not, -ENOMEM. */
-static int feed_token(core_gmatch *m, int32_t id, gstate **res)
+/* The state after token id's bytes from the current one: DEAD, or -2 on no memory. */
+static int32_t feed_token(core_gmatch *m, int32_t id)
 {
     const core_gvocab *v = m->v;
     const uint8_t *p = v->bytes + v->off[id];
     uint32_t len = v->off[id + 1] - v->off[id];
-    const gstate *in = &m->cur;
-    if (!len)
-        return 0;
-    for (uint32_t i = 0; i < len; i++) {
-        gstate *out = &m->tmp[i & 1];
-        m->x.oom = 0;
-        state_step(&m->x, in, p[i], out);
-        if (m->x.oom)
-            return -ENOMEM;
-        if (!out->n_stacks)
-            return 0;
-        in = out;
-    }
-    *res = (gstate *)in;
-    return 1;
+    int32_t s = len ? m->cur : DEAD;
+    for (uint32_t i = 0; i < len && s >= 0; i++)
+        s = step(m, s, p[i]);
+    return s;
 }
 
 bool core_gmatch_allows(core_gmatch *m, int32_t id)
@@ -653,9 +817,8 @@ bool core_gmatch_allows(core_gmatch *m, int32_t id)
     if (id < 0 || id >= m->v->n_vocab)
         return false;
     if (m->v->eog[id])
-        return state_accepting(&m->cur);
-    gstate *res;
-    return feed_token(m, id, &res) == 1;
+        return core_gmatch_accepting(m);
+    return feed_token(m, id) >= 0;
 }
 
 int core_gmatch_accept(core_gmatch *m, int32_t id)
@@ -663,14 +826,15 @@ int core_gmatch_accept(core_gmatch *m, int32_t id)
     if (id < 0 || id >= m->v->n_vocab)
         return -EINVAL;
     if (m->v->eog[id])
-        return state_accepting(&m->cur) ? 0 : -EINVAL;
-    gstate *res;
-    int rc = feed_token(m, id, &res);
-    if (rc <= 0)
-        return rc < 0 ? rc : -EINVAL;
-    gstate t = m->cur;
-    m->cur = *res;
-    *res = t;
+        return core_gmatch_accepting(m) ? 0 : -EINVAL;
+    int32_t s = feed_token(m, id);
+    if (s == -2)
+        return -ENOMEM;
+    if (s < 0)
+        return -EINVAL;
+    m->cur = s;
+    if ((m->n_st > FLUSH_STATES || m->t_n > FLUSH_EDGES) && flush(m) < 0)
+        return -ENOMEM;
     return 0;
 }
 
@@ -679,10 +843,7 @@ static int32_t walk_mask(core_gmatch *m, uint64_t *bits)
     const core_gvocab *v = m->v;
     size_t words = ((size_t)v->n_vocab + 63) / 64;
     memset(bits, 0, words * sizeof *bits);
-    int32_t count = 0;
-    gstate *st = m->depth;
-    /* depth[0] is the current state, borrowed for the walk */
-    gstate saved0 = st[0];
+    int32_t count = 0, *st = m->depth;
     st[0] = m->cur;
     uint32_t have = 0, dead = UINT32_MAX;
     for (int32_t i = 0; i < v->n_sorted; i++) {
@@ -696,8 +857,10 @@ static int32_t walk_mask(core_gmatch *m, uint64_t *bits)
         const uint8_t *b = v->bytes + v->off[id];
         uint32_t len = v->off[id + 1] - v->off[id];
         for (uint32_t d = have + 1; d <= len; d++) {
-            state_step(&m->x, &st[d - 1], b[d - 1], &st[d]);
-            if (!st[d].n_stacks) {
+            st[d] = step(m, st[d - 1], b[d - 1]);
+            if (st[d] < 0) {
+                if (st[d] == -2)
+                    return -ENOMEM;
                 dead = d;
                 break;
             }
@@ -710,8 +873,7 @@ static int32_t walk_mask(core_gmatch *m, uint64_t *bits)
         bits[id >> 6] |= 1ULL << (id & 63);
         count++;
     }
-    st[0] = saved0;
-    if (state_accepting(&m->cur))
+    if (core_gmatch_accepting(m))
         for (int32_t id = 0; id < v->n_vocab; id++)
             if (v->eog[id]) {
                 bits[id >> 6] |= 1ULL << (id & 63);
@@ -723,17 +885,14 @@ static int32_t walk_mask(core_gmatch *m, uint64_t *bits)
 int32_t core_gmatch_mask(core_gmatch *m, uint64_t *bits)
 {
     size_t words = ((size_t)m->v->n_vocab + 63) / 64;
-    const gstate *s = &m->cur;
-    uint64_t h = s->n ? core_hash64(CORE_HASH_INIT, s->d, s->n * sizeof *s->d) : 0;
     struct mask_entry *e = NULL, *lru = &m->cache[0];
     for (int i = 0; i < MASK_CACHE; i++) {
         struct mask_entry *c = &m->cache[i];
-        if (c->used && c->hash == h && c->n == s->n &&
-            (!s->n || !memcmp(c->key, s->d, s->n * sizeof *s->d))) {
+        if (c->state == m->cur) {
             e = c;
             break;
         }
-        if (c->used < lru->used)
+        if (c->state < 0 || (lru->state >= 0 && c->used < lru->used))
             lru = c;
     }
     if (e) {
@@ -742,21 +901,15 @@ int32_t core_gmatch_mask(core_gmatch *m, uint64_t *bits)
         m->cached++;
         return e->count;
     }
-    m->x.oom = 0;
     int32_t count = walk_mask(m, bits);
-    if (m->x.oom)
-        return -ENOMEM;
+    if (count < 0)
+        return count;
     m->computed++;
     e = lru;
     if (!e->bits && !(e->bits = malloc(words * sizeof *e->bits)))
         return count; /* not cached; the mask itself is right */
-    if (core_grow(&e->key, &e->cap, s->n ? s->n : 1, sizeof *e->key))
-        return count;
-    if (s->n)
-        memcpy(e->key, s->d, s->n * sizeof *s->d);
-    e->n = s->n;
-    e->hash = h;
     memcpy(e->bits, bits, words * sizeof *bits);
+    e->state = m->cur;
     e->count = count;
     e->used = ++m->clock;
     return count;

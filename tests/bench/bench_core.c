@@ -1,6 +1,7 @@
 /* `make bench`: the core's speed next to this machine's own limits. It measures sgemm peak and
  * memory read bandwidth first, then single-stream prefill and decode and batched decode, and
  * prints for each the achieved GFLOP/s and GB/s and their ratio to the measured limits. */
+#include <cJSON.h>
 #include <cblas.h>
 #include <limits.h>
 #include <stdio.h>
@@ -15,6 +16,9 @@
 #include "core/kernels/qmatmul_internal.h"
 #include "core/kernels/qmatmul_q8_internal.h"
 #include "core/model/model.h"
+#include "core/model/sampler.h"
+#include "core/text/grammar.h"
+#include "server/json_schema.h"
 #include "tests/unit/adapters/adapter_testutil.h"
 
 static double now_s(void)
@@ -438,12 +442,142 @@ static int bench_forward(bench *b, const char *what_suffix)
     return bench_long_context(b, what_suffix);
 }
 
+static bool con_allows(void *ctx, int32_t id)
+{
+    return core_gmatch_allows(ctx, id);
+}
+
+static int32_t con_mask(void *ctx, uint64_t *bits)
+{
+    return core_gmatch_mask(ctx, bits);
+}
+
+/* Structured outputs: what a constrained row costs next to a free one. A JSON answer to a
+ * schema (nested object, $ref, pattern, format, integer range, enum) is walked token by token
+ * with a fresh matcher (every mask computed cold, as a new request sees them), then the same
+ * states again (cached); the sampler's cost free and constrained on logits whose argmax is never
+ * allowed (the full mask every token: the worst case); both next to a decode step. */
+static int bench_structured(bench *b)
+{
+    static const char schema_text[] =
+        "{\"$defs\":{\"item\":{\"type\":\"object\",\"properties\":{\"sku\":{\"type\":\"string\","
+        "\"pattern\":\"^[A-Z]{3}-[0-9]{3}$\"},\"qty\":{\"type\":\"integer\",\"minimum\":1,"
+        "\"maximum\":99},\"note\":{\"type\":\"string\",\"maxLength\":40}},\"required\":[\"sku\","
+        "\"qty\"],\"additionalProperties\":false}},\"type\":\"object\",\"properties\":{\"id\":"
+        "{\"type\":\"string\",\"format\":\"uuid\"},\"customer\":{\"type\":\"string\"},\"items\":"
+        "{\"type\":\"array\",\"items\":{\"$ref\":\"#/$defs/item\"},\"maxItems\":8},\"status\":"
+        "{\"enum\":[\"open\",\"paid\",\"shipped\"]}},\"required\":[\"id\",\"customer\",\"items\","
+        "\"status\"],\"additionalProperties\":false}";
+    static const char answer[] =
+        "{\"id\": \"3f2c1a9e-8b7d-4c6e-9f10-a1b2c3d4e5f6\", \"customer\": \"Ada Lovelace, "
+        "12 St James's Square, London\", \"items\": [{\"sku\": \"ABC-123\", \"qty\": 2, \"note\": "
+        "\"gift wrap, please\"}, {\"sku\": \"XYZ-987\", \"qty\": 14}], \"status\": \"paid\"}";
+    char err[256];
+    core_tokenizer *tok = core_tokenizer_new(b->m->gguf, err, sizeof err);
+    cJSON *js = cJSON_Parse(schema_text);
+    core_grammar *g = NULL;
+    if (!tok || !js || srv_schema_compile(js, &g, err, sizeof err)) {
+        fprintf(stderr, "bench: structured: %s\n", err);
+        return 1;
+    }
+    double t0 = now_s();
+    core_gvocab *v = core_gvocab_new(tok, err, sizeof err);
+    double t_vocab = now_s() - t0;
+    int32_t n = b->m->cfg.n_vocab, *ids = NULL;
+    size_t n_ids = 0;
+    if (!v || core_tokenize(tok, answer, strlen(answer), false, &ids, &n_ids)) {
+        fprintf(stderr, "bench: structured: %s\n", err);
+        return 1;
+    }
+    uint64_t *bits = malloc(((size_t)n + 63) / 64 * sizeof *bits);
+    double cold = 0, cold_max = 0, warm = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        core_gmatch *gm = core_gmatch_new(g, v, err, sizeof err);
+        for (size_t i = 0; i < n_ids && gm; i++) {
+            t0 = now_s();
+            core_gmatch_mask(gm, bits);
+            double t = now_s() - t0;
+            if (pass == 0) {
+                cold += t;
+                cold_max = t > cold_max ? t : cold_max;
+            }
+            t0 = now_s();
+            core_gmatch_mask(gm, bits); /* the same state: from the cache */
+            warm += now_s() - t0;
+            if (core_gmatch_accept(gm, ids[i]) < 0) {
+                fprintf(stderr, "bench: structured: token %zu of the answer refused\n", i);
+                return 1;
+            }
+        }
+        core_gmatch_free(gm);
+    }
+    /* the sampler, free and constrained, on logits favouring a token never allowed */
+    float *lg = malloc(sizeof(float) * (size_t)n);
+    for (int32_t i = 0; i < n; i++)
+        lg[i] = (float)((i * 7919) % 1000) / 250.0f;
+    lg[0] = 50; /* "<|endoftext|>"-like ids are never allowed mid-JSON */
+    core_sampler_params sp;
+    core_sampler_params_default(&sp);
+    double t_free = 0, t_con = 0;
+    for (int greedy = 1; greedy >= 0; greedy--) {
+        sp.temperature = greedy ? 0.0f : 0.8f;
+        core_sampler *fs = core_sampler_new(&sp, n, err, sizeof err);
+        core_sampler *cs = core_sampler_new(&sp, n, err, sizeof err);
+        core_gmatch *gm = core_gmatch_new(g, v, err, sizeof err);
+        core_sampler_constraint con = {.ctx = gm, .allows = con_allows, .mask = con_mask};
+        core_sampler_set_constraint(cs, &con);
+        t0 = now_s();
+        for (size_t i = 0; i < n_ids; i++)
+            core_sampler_sample(fs, lg, ids, i, NULL);
+        t_free += now_s() - t0;
+        t0 = now_s();
+        for (size_t i = 0; i < n_ids; i++) {
+            core_sampler_sample(cs, lg, ids, i, NULL);
+            core_gmatch_accept(gm, ids[i]);
+        }
+        t_con += now_s() - t0;
+        core_sampler_free(fs);
+        core_sampler_free(cs);
+        core_gmatch_free(gm);
+    }
+    t_free /= 2.0 * (double)n_ids;
+    t_con /= 2.0 * (double)n_ids;
+    double tp, t1, t32;
+    if (run(b, 1, 32, 16, &tp, &t1) || run(b, 32, 32, 8, &tp, &t32))
+        return 1;
+    t1 /= 16;
+    t32 /= 8;
+    double per = cold / (double)n_ids;
+    printf(
+        "\nstructured outputs (a %zu-token JSON answer to a nested schema, %d-token vocabulary):\n",
+        n_ids, n);
+    printf("%-35s %9.2f ms, once per server\n", "vocabulary sorted for masks", t_vocab * 1e3);
+    printf("%-35s %9.3f ms mean, %.3f ms max\n", "token mask, computed (cold)", per * 1e3,
+           cold_max * 1e3);
+    printf("%-35s %9.4f ms mean\n", "token mask, cached state", warm / (2.0 * (double)n_ids) * 1e3);
+    printf("%-35s %9.3f ms per token\n", "sampling a free row", t_free * 1e3);
+    printf("%-35s %9.3f ms per token (mask every token)\n", "sampling a constrained row",
+           t_con * 1e3);
+    printf("%-35s %9.2f ms; the constrained row adds %.1f%% (worst case, cold masks)\n",
+           "decode step, 1 stream", t1 * 1e3, 100 * (t_con - t_free) / t1);
+    printf("%-35s %9.2f ms; one constrained row adds %.1f%% to the step\n",
+           "decode step, 32 streams", t32 * 1e3, 100 * (t_con - t_free) / t32);
+    free(lg);
+    free(bits);
+    free(ids);
+    core_gvocab_free(v);
+    core_grammar_free(g);
+    cJSON_Delete(js);
+    core_tokenizer_free(tok);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     char msg[256] = "";
     core_blas_ensure_kernel(argc, argv, msg, sizeof msg);
     const char *path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    int only_sgemm = 0, only_lora = 0, only_kernels = 0, only_forward = 0;
+    int only_sgemm = 0, only_lora = 0, only_kernels = 0, only_forward = 0, only_structured = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc)
             path = argv[++i];
@@ -453,11 +587,13 @@ int main(int argc, char **argv)
             only_lora = 1;
         else if (!strcmp(argv[i], "--kernels-only"))
             only_kernels = 1;
+        else if (!strcmp(argv[i], "--structured-only"))
+            only_structured = 1; /* the constrained row's cost (needs the model) */
         else if (!strcmp(argv[i], "--forward-only"))
             only_forward = 1; /* the model's forward passes, f32 and int8: no kernels, no LoRA */
         else {
             fprintf(stderr, "usage: bench_core [-m MODEL] [--sgemm-only | --lora-only | "
-                            "--kernels-only | --forward-only]\n");
+                            "--kernels-only | --forward-only | --structured-only]\n");
             return 2;
         }
     }
@@ -504,6 +640,8 @@ int main(int argc, char **argv)
            path, (lin * c->n_layer + (double)c->n_vocab * c->n_embd) / 1e6, b.qweight_bytes / 1e6,
            rows, core__qmatmul_kernels(), b.weight_bytes / 1e6);
 
+    if (only_structured)
+        return bench_structured(&b);
     if (!only_lora && bench_forward(&b, ""))
         return 1;
     if (!only_lora && core__q8_available()) {
@@ -520,6 +658,8 @@ int main(int argc, char **argv)
     }
     if (!only_lora && !only_forward)
         bench_kernels();
+    if (!only_lora && !only_forward && bench_structured(&b))
+        return 1;
     if (!only_forward)
         bench_lora(&b);
     free(b.logits);
