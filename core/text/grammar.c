@@ -404,39 +404,37 @@ static int32_t *new_scratch(void)
     return malloc((size_t)LEVELS_MAX * REGION * sizeof(int32_t));
 }
 
+/* Runs g over text[0..n) from its start: whether it is a whole match (whole) or whether any
+ * stack is alive at the end. */
+static bool run_text(const core_grammar *g, const char *text, size_t n, bool whole)
+{
+    gstate st[2] = {{0}};
+    int32_t *scratch = new_scratch();
+    gexp x = {.g = g, .scratch = scratch};
+    bool ok = false;
+    int cur = 0;
+    if (scratch) {
+        state_start(&x, &st[0]);
+        for (size_t i = 0; i < n && st[cur].n_stacks; i++) {
+            state_step(&x, &st[cur], (unsigned char)text[i], &st[cur ^ 1]);
+            cur ^= 1;
+        }
+        ok = !x.oom && (whole ? state_accepting(&st[cur]) : st[cur].n_stacks > 0);
+    }
+    free(st[0].d);
+    free(st[1].d);
+    free(scratch);
+    return ok;
+}
+
 bool core_grammar_viable(const core_grammar *g)
 {
-    gstate a = {0};
-    gexp x = {.g = g, .scratch = new_scratch()};
-    bool ok = false;
-    if (x.scratch) {
-        state_start(&x, &a);
-        ok = !x.oom && a.n_stacks > 0;
-    }
-    free(a.d);
-    free(x.scratch);
-    return ok;
+    return run_text(g, "", 0, false);
 }
 
 bool core_grammar_matches(const core_grammar *g, const char *text, size_t n)
 {
-    gstate a = {0}, b = {0};
-    gexp x = {.g = g, .scratch = new_scratch()};
-    bool ok = false;
-    if (x.scratch) {
-        state_start(&x, &a);
-        for (size_t i = 0; i < n && a.n_stacks; i++) {
-            state_step(&x, &a, (unsigned char)text[i], &b);
-            gstate t = a;
-            a = b;
-            b = t;
-        }
-        ok = !x.oom && state_accepting(&a);
-    }
-    free(a.d);
-    free(b.d);
-    free(x.scratch);
-    return ok;
+    return run_text(g, text, n, true);
 }
 
 /* --- the vocabulary ----------------------------------------------------------------------------
