@@ -7,6 +7,7 @@
  * to finish; a stream waits only for the first output (or an early failure, which still gets its
  * own HTTP status), then streams chunks as the job notifies.
  */
+#include <cJSON.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdint.h>
@@ -22,6 +23,18 @@
 #include "server/log.h"
 #include "server/response.h"
 #include "server/routes_internal.h"
+
+/* Logs a request's "user" and "metadata" (OpenAI's tags; accepted, not acted on) as JSON, so a
+ * newline or a quote in them cannot forge a log line. */
+static void log_tags(const char *id, const srv_request *rq)
+{
+    cJSON *u = rq->user ? cJSON_CreateString(rq->user) : NULL;
+    char *us = u ? cJSON_PrintUnformatted(u) : NULL;
+    srv_log(SRV_LOG_INFO, "%s: user %s, metadata %s", id, us ? us : "null",
+            rq->metadata_json ? rq->metadata_json : "null");
+    cJSON_free(us);
+    cJSON_Delete(u);
+}
 
 static uint64_t random_u64(void)
 {
@@ -298,6 +311,8 @@ static void start(srv_app *a, srv_http_req *req, srv_call *c)
     snprintf(c->id, sizeof c->id, "%s%016llx%08llx",
              c->kind == SRV_REQ_CHAT ? "chatcmpl-" : "cmpl-", (unsigned long long)r1,
              (unsigned long long)(r2 & 0xffffffffu));
+    if (rq.user || rq.metadata_json)
+        log_tags(c->id, &rq);
 
     adapter_selection sel;
     char label[ADAPTER_ID_MAX + 1];

@@ -1094,6 +1094,16 @@ static int parse_metadata(pctx *c)
                         "the value of '%s' is %zu characters, more than the limit of %d", q, chars,
                         SRV_METADATA_VALUE_MAX);
     }
+    /* kept as compact JSON (control bytes escaped) for the log */
+    char *t = cJSON_PrintUnformatted(v);
+    size_t n_t = t ? strlen(t) : 0;
+    char *copy = t ? arena_alloc(&c->r->arena, n_t + 1) : NULL;
+    if (copy)
+        memcpy(copy, t, n_t + 1);
+    cJSON_free(t);
+    if (!copy)
+        return nomem(c);
+    c->r->metadata_json = copy;
     return 0;
 }
 

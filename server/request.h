@@ -113,8 +113,9 @@ typedef struct srv_request {
     int n_stop_ids;    /* 0 .. SRV_STOP_IDS_MAX */
     /* "metadata" must be an object of at most SRV_METADATA_MAX string pairs (keys and values
        within their limits) and is otherwise ignored */
-    core_grammar *grammar; /* structured output (response_format json_object / json_schema, or
-                              guided_json), compiled; NULL: free text. Owned: deinit frees it */
+    const char *metadata_json; /* "metadata" as compact JSON, for the log; NULL if absent */
+    core_grammar *grammar;     /* structured output (response_format json_object / json_schema, or
+                                  guided_json), compiled; NULL: free text. Owned: deinit frees it */
 
     struct srv_request_arena *arena; /* private: owns everything above */
 } srv_request;

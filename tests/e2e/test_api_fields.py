@@ -188,9 +188,16 @@ def user_and_metadata_accepted():
                                   max_tokens=2, user="alice",
                                   extra_body={"metadata": {"run": "e2e", "team": "api"}})
     check(r.choices[0].message.content is not None, "chat with user and metadata")
-    r = C.completions.create(model="fr", prompt="x", max_tokens=1, user="bob",
-                             extra_body={"metadata": {"k": "v"}})
+    r = C.completions.create(model="fr", prompt="x", max_tokens=1, user="bob\nadaptree: forged",
+                             extra_body={"metadata": {"k": "v\"\n"}})
     eq(r.choices[0].finish_reason in ("stop", "length"), True, "completion with metadata")
+    # both are logged, as JSON: a newline in them cannot make a line of its own
+    with open(S.log_path, encoding="utf-8", errors="replace") as f:
+        log = f.read()
+    check(': user "alice", metadata {"run":"e2e","team":"api"}' in log, "user and metadata logged")
+    check(': user "bob\\nadaptree: forged", metadata {"k":"v\\"\\n"}' in log,
+          "escaped user and metadata logged")
+    check("\nadaptree: forged" not in log, "a forged log line")
 
 
 @suite.test
