@@ -1131,6 +1131,40 @@ TEST(engine_group_shares_prefill)
     group_run("tree/fr/legal/alice", false);
 }
 
+/* A group whose leader ends first (cancelled before the engine takes it): the others do not
+ * wait for it, they compute the prompt themselves and give what they give alone. */
+TEST(engine_group_without_leader)
+{
+    TEST_NEED_MODEL();
+    srv_engine *e = engine_open(NULL, 4, 0);
+    CHECK(e);
+    jobspec sp = {.prompt = "The lighthouse keeper", .max_tokens = 6, .temperature = 1.0f};
+    jobrun r[3];
+    srv_job *jobs[3];
+    for (int i = 0; i < 3; i++) {
+        sp.seed = 100 + (uint64_t)i;
+        jobs[i] = job_make(e, &sp, &r[i]);
+        CHECK(jobs[i]);
+    }
+    srv_job_cancel(jobs[0]);
+    CHECK_EQ_INT(srv_engine_submit_group(e, jobs, 3), 0);
+    srv_job_status st;
+    CHECK_EQ_INT(wait_done(jobs[0], &st), SRV_FINISH_CANCELLED);
+    for (int i = 1; i < 3; i++) {
+        CHECK_EQ_INT(wait_done(jobs[i], &st), SRV_FINISH_LENGTH);
+        int32_t got[MAXTOK], alone[MAXTOK];
+        int n = job_ids(jobs[i], got, MAXTOK);
+        sp.seed = 100 + (uint64_t)i;
+        CHECK(same_ids(got, n, alone, run_alone(e, &sp, alone, NULL)));
+    }
+    srv_engine_stats s;
+    srv_engine_stats_get(e, &s);
+    CHECK_EQ_INT((int)s.shared_prompt_tokens, 0);
+    for (int i = 0; i < 3; i++)
+        job_drop(&r[i]);
+    srv_engine_free(e);
+}
+
 TEST(engine_new_errors)
 {
     srv_engine_opts o;
