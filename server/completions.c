@@ -238,7 +238,27 @@ static int check_context(srv_app *a, srv_http_req *req, const srv_call *c, const
     return rq->max_tokens < room ? rq->max_tokens : room;
 }
 
-/* Makes the job and hands it to the engine. 0, or -1 after answering. */
+/* Choice i's job: c->job for the first, then c->more. */
+static srv_job *choice_job(const srv_call *c, int i)
+{
+    return i ? c->more[i - 1] : c->job;
+}
+
+/* Drops the jobs of c (our references). */
+static void drop_jobs(srv_call *c)
+{
+    for (int i = 0; i < c->n_more; i++) {
+        srv_job_unref(c->more[i]);
+        c->more[i] = NULL;
+    }
+    c->n_more = 0;
+    srv_job_unref(c->job);
+    c->job = NULL;
+}
+
+/* Makes the request's jobs, one per choice (choice i seeded seed + i, or at random), and hands
+ * them to the engine as one group, which prefills the prompt once for all. 0, or -1 after
+ * answering. */
 static int submit(srv_app *a, srv_http_req *req, srv_call *c, const srv_request *rq,
                   const int32_t *ids, size_t n, int max_tokens, const adapter_selection *sel,
                   const char *label)
@@ -269,15 +289,27 @@ static int submit(srv_app *a, srv_http_req *req, srv_call *c, const srv_request 
     p.sampling.seed = seed;
     for (int i = 0; i < rq->n_stop && i < SRV_JOB_STOP_MAX; i++)
         p.stop[i] = rq->stop[i];
-    c->job = srv_job_new(&p, srv__call_notify, c, err, sizeof err);
-    if (!c->job) {
-        srv_reply_err(req, SRV_ERR_BAD_INPUT, NULL, "%s", err);
-        return -1;
+    srv_job *jobs[SRV_N_MAX];
+    int nj = rq->n >= 1 && rq->n <= SRV_N_MAX ? rq->n : 1;
+    for (int i = 0; i < nj; i++) {
+        if (i > 0) { /* the prompt's scores are the same for every choice: the first records them */
+            p.seed = p.sampling.seed = rq->seed_set ? seed + (uint64_t)i : random_u64();
+            p.prompt_logprobs = false;
+        }
+        jobs[i] = srv_job_new(&p, srv__call_notify, c, err, sizeof err);
+        if (!jobs[i]) {
+            drop_jobs(c);
+            srv_reply_err(req, SRV_ERR_BAD_INPUT, NULL, "%s", err);
+            return -1;
+        }
+        if (i)
+            c->more[c->n_more++] = jobs[i];
+        else
+            c->job = jobs[i];
     }
-    int rc = srv_engine_submit(a->engine, c->job);
+    int rc = srv_engine_submit_group(a->engine, jobs, nj);
     if (rc < 0) {
-        srv_job_unref(c->job);
-        c->job = NULL;
+        drop_jobs(c);
         srv_reply_err(req, srv_err_of_submit(rc), NULL, "%s",
                       rc == -EAGAIN      ? "the server's queue is full; retry in a moment"
                       : rc == -ESHUTDOWN ? "the server is shutting down"
@@ -357,42 +389,77 @@ static srv_job_token *prompt_tokens(srv_app *a, srv_call *c, int n_prompt, int *
     return t;
 }
 
-/* The whole answer of a finished job. */
+/* The status of every choice (st[0 .. n_more]); returns the index of the first that failed or
+ * was cancelled (-1: none), *done when every one has finished, *output when one has text or
+ * tokens, *lead when the first has output or has finished (its prompt has run). */
+static int choices_status(srv_call *c, srv_job_status *st, bool *done, bool *output, bool *lead)
+{
+    int bad = -1;
+    *done = true;
+    *output = *lead = false;
+    int i = 0;
+    do { /* the first choice always, then c->n_more others */
+        srv_job_status_get(choice_job(c, i), &st[i]);
+        bool out = st[i].text_len > 0 || st[i].n_tokens > 0;
+        *done = *done && st[i].finish != SRV_FINISH_NONE;
+        *output = *output || out;
+        if (i == 0)
+            *lead = out || st[0].finish != SRV_FINISH_NONE;
+        bool ended = st[i].finish == SRV_FINISH_ERROR || st[i].finish == SRV_FINISH_CANCELLED;
+        if (bad < 0 && ended)
+            bad = i;
+    } while (++i <= c->n_more);
+    return bad;
+}
+
+/* The usage of the whole request: the prompt once, the completions of every choice. */
+static srv_resp_usage usage_of(const srv_call *c, const srv_job_status *st)
+{
+    srv_resp_usage u = {st[0].prompt_tokens, 0, st[0].cached_tokens};
+    for (int i = 0; i <= c->n_more; i++)
+        u.completion_tokens += st[i].completion_tokens;
+    return u;
+}
+
+/* The whole answer once every choice has finished. */
 static void answer_full(srv_app *a, srv_http_req *req, srv_call *c, const srv_job_status *st)
 {
-    size_t len = st->text_len;
-    char *text = malloc(len + 1);
-    int n = c->logprobs >= 0 ? st->n_tokens : 0;
-    srv_job_token *toks = n > 0 ? malloc((size_t)n * sizeof *toks) : NULL;
-    if (!text || (n > 0 && !toks)) {
-        free(text);
-        free(toks);
-        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
-        return;
+    int n = c->n_more + 1, np;
+    srv_resp_choice ch[SRV_N_MAX];
+    char *texts[SRV_N_MAX] = {0};
+    srv_job_token *toks[SRV_N_MAX] = {0};
+    bool ok = true;
+    for (int i = 0; i < n; i++) {
+        size_t len = st[i].text_len;
+        int nt = c->logprobs >= 0 ? st[i].n_tokens : 0;
+        texts[i] = malloc(len + 1);
+        toks[i] = nt > 0 ? malloc((size_t)nt * sizeof *toks[i]) : NULL;
+        ok = ok && texts[i] && (nt == 0 || toks[i]);
+        if (!ok)
+            break;
+        len = srv_job_text(choice_job(c, i), 0, texts[i], len);
+        if (nt > 0)
+            nt = srv_job_tokens(choice_job(c, i), 0, toks[i], nt);
+        ch[i] = (srv_resp_choice){texts[i], len, toks[i], nt, srv_finish_name(st[i].finish)};
     }
-    len = srv_job_text(c->job, 0, text, len);
-    if (n > 0)
-        n = srv_job_tokens(c->job, 0, toks, n);
-    int np;
-    srv_job_token *ptoks = prompt_tokens(a, c, st->prompt_tokens, &np);
-    if (np < 0) {
-        free(text);
-        free(toks);
+    srv_job_token *ptoks = ok ? prompt_tokens(a, c, st[0].prompt_tokens, &np) : NULL;
+    if (!ok || np < 0) {
         srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
-        return;
+    } else {
+        srv_resp r = resp_of(a, c);
+        r.prompt_toks = ptoks;
+        r.n_prompt_toks = np;
+        srv_resp_usage u = usage_of(c, st);
+        srv_buf b;
+        srv_buf_init(&b);
+        srv_resp_full_n(&b, &r, c->echo, c->echo_len, ch, n, &u);
+        srv_http_reply_json(req, 200, &b, NULL);
+        srv_buf_deinit(&b);
     }
-    srv_resp r = resp_of(a, c);
-    r.prompt_toks = ptoks;
-    r.n_prompt_toks = np;
-    srv_resp_usage u = {st->prompt_tokens, st->completion_tokens, st->cached_tokens};
-    srv_buf b;
-    srv_buf_init(&b);
-    srv_resp_full(&b, &r, c->echo, c->echo_len, text, len, toks, n, srv_finish_name(st->finish),
-                  &u);
-    srv_http_reply_json(req, 200, &b, NULL);
-    srv_buf_deinit(&b);
-    free(text);
-    free(toks);
+    for (int i = 0; i < n; i++) {
+        free(texts[i]);
+        free(toks[i]);
+    }
     free(ptoks);
 }
 
@@ -402,30 +469,34 @@ void srv__gen_request(srv_app *a, srv_http_req *req, srv_call *c)
         start(a, req, c);
         return;
     }
-    srv_job_status st;
-    srv_job_status_get(c->job, &st);
-    bool output = st.text_len > 0 || st.n_tokens > 0;
-    if (st.finish == SRV_FINISH_ERROR && !(c->stream && output)) {
-        srv_reply_err(req, st.err, NULL, "%s", st.error);
-    } else if (st.finish == SRV_FINISH_CANCELLED && !(c->stream && output)) {
+    srv_job_status st[SRV_N_MAX];
+    bool done, output, lead;
+    int bad = choices_status(c, st, &done, &output, &lead);
+    if (bad >= 0 && st[bad].finish == SRV_FINISH_ERROR && !(c->stream && output)) {
+        srv_reply_err(req, st[bad].err, NULL, "%s", st[bad].error);
+    } else if (bad >= 0 && !(c->stream && output)) {
         srv_http_reply_error(req, 503, "server_error", "cancelled", NULL,
                              "the request was cancelled (the server is shutting down)");
-    } else if (c->stream && (output || st.finish != SRV_FINISH_NONE)) {
+    } else if (c->stream && (lead || bad >= 0)) {
+        /* the first choice's prompt has run: the stream can start with its echo and scores */
         srv_http_reply_stream(req);
-    } else if (!c->stream && st.finish != SRV_FINISH_NONE) {
-        answer_full(a, req, c, &st);
+    } else if (!c->stream && done) {
+        answer_full(a, req, c, st);
     } else {
         srv_http_wait(req);
     }
 }
 
-/* Appends a chunk with the text released since the last one and its tokens. */
-static int stream_text(srv_app *a, srv_call *c, const srv_job_status *st, srv_buf *out,
+/* Appends a chunk of choice i with the text released since its last one and its tokens. */
+static int stream_text(srv_app *a, srv_call *c, int i, const srv_job_status *st, srv_buf *out,
                        const char *finish)
 {
-    const srv_resp r = resp_of(a, c);
-    size_t n = st->text_len - c->sent_text;
-    int nt = c->logprobs >= 0 ? st->n_tokens - c->sent_toks : 0;
+    srv_resp r = resp_of(a, c);
+    struct srv_call_sent *sent = &c->sent[i];
+    srv_job *j = choice_job(c, i);
+    r.index = i;
+    size_t n = st->text_len - sent->text;
+    int nt = c->logprobs >= 0 ? st->n_tokens - sent->toks : 0;
     char *text = malloc(n + 1);
     srv_job_token *toks = nt > 0 ? malloc((size_t)nt * sizeof *toks) : NULL;
     if (!text || (nt > 0 && !toks)) {
@@ -433,66 +504,79 @@ static int stream_text(srv_app *a, srv_call *c, const srv_job_status *st, srv_bu
         free(toks);
         return -1;
     }
-    n = srv_job_text(c->job, c->sent_text, text, n);
+    n = srv_job_text(j, sent->text, text, n);
     if (nt > 0)
-        nt = srv_job_tokens(c->job, c->sent_toks, toks, nt);
+        nt = srv_job_tokens(j, sent->toks, toks, nt);
     int k = 0;
-    while (k < nt && toks[k].text_end <= c->sent_text + n)
+    while (k < nt && toks[k].text_end <= sent->text + n)
         k++;
-    srv_resp_chunk(out, &r, false, text, n, toks, k, c->echo_len, c->prev_end, finish);
-    c->sent_text += n;
-    c->sent_toks += k;
+    srv_resp_chunk(out, &r, false, text, n, toks, k, c->echo_len, sent->prev_end, finish);
+    sent->text += n;
+    sent->toks += k;
     if (k > 0)
-        c->prev_end = toks[k - 1].text_end;
+        sent->prev_end = toks[k - 1].text_end;
     free(text);
     free(toks);
+    return 0;
+}
+
+/* Choice i's first chunk: the chat role, or the echoed prompt with its scores (recorded by the
+ * first choice, whose prompt has run by now: the stream starts after its first output). */
+static int stream_first(srv_app *a, srv_call *c, int i, const srv_job_status *st0, srv_buf *out)
+{
+    srv_resp r = resp_of(a, c);
+    r.index = i;
+    if (c->kind == SRV_REQ_CHAT) {
+        srv_resp_chunk(out, &r, true, "", 0, NULL, 0, 0, 0, NULL);
+    } else if (c->echo_len) {
+        int np;
+        srv_job_token *ptoks = prompt_tokens(a, c, st0->prompt_tokens, &np);
+        if (np < 0)
+            return -1;
+        r.prompt_toks = ptoks;
+        r.n_prompt_toks = np;
+        srv_resp_chunk(out, &r, false, c->echo, c->echo_len, NULL, 0, 0, 0, NULL);
+        free(ptoks);
+    }
+    c->sent[i].first = true;
     return 0;
 }
 
 int srv__gen_stream(srv_app *a, srv_http_req *req, srv_call *c, srv_buf *out)
 {
     (void)req;
-    srv_job_status st;
-    srv_job_status_get(c->job, &st);
-    const srv_resp r = resp_of(a, c);
-    if (!c->sent_first) {
-        c->sent_first = true;
-        if (c->kind == SRV_REQ_CHAT)
-            srv_resp_chunk(out, &r, true, "", 0, NULL, 0, 0, 0, NULL);
-        else if (c->echo_len) {
-            /* the prompt has run by now (the first output follows it): its logprobs go with it */
-            int np;
-            srv_job_token *ptoks = prompt_tokens(a, c, st.prompt_tokens, &np);
-            if (np < 0)
-                return -1;
-            srv_resp er = r;
-            er.prompt_toks = ptoks;
-            er.n_prompt_toks = np;
-            srv_resp_chunk(out, &er, false, c->echo, c->echo_len, NULL, 0, 0, 0, NULL);
-            free(ptoks);
+    srv_job_status st[SRV_N_MAX];
+    bool done, output, lead;
+    choices_status(c, st, &done, &output, &lead);
+    for (int i = 0; i <= c->n_more; i++) {
+        struct srv_call_sent *sent = &c->sent[i];
+        if (!sent->first && stream_first(a, c, i, &st[0], out) < 0)
+            return -1;
+        if (st[i].text_len > sent->text && stream_text(a, c, i, &st[i], out, NULL) < 0)
+            return -1;
+        switch (st[i].finish) {
+        case SRV_FINISH_NONE:
+            continue;
+        case SRV_FINISH_ERROR:
+            srv_event_err(out, st[i].err, st[i].error);
+            srv_resp_done(out);
+            return 0;
+        case SRV_FINISH_CANCELLED:
+            return -1;
+        default:
+            break;
         }
+        /* The choice's last chunk carries finish_reason, and the tokens not sent yet (an
+         * end-of-generation token has no text of its own). */
+        if (!sent->finished && stream_text(a, c, i, &st[i], out, srv_finish_name(st[i].finish)) < 0)
+            return -1;
+        sent->finished = true;
     }
-    bool more_text = st.text_len > c->sent_text;
-    if (more_text && stream_text(a, c, &st, out, NULL) < 0)
-        return -1;
-    switch (st.finish) {
-    case SRV_FINISH_NONE:
+    if (!done)
         return 1;
-    case SRV_FINISH_ERROR:
-        srv_event_err(out, st.err, st.error);
-        srv_resp_done(out);
-        return 0;
-    case SRV_FINISH_CANCELLED:
-        return -1;
-    default:
-        break;
-    }
-    /* The last chunk carries finish_reason, and the tokens not sent yet (an end-of-generation
-     * token has no text of its own). */
-    if (stream_text(a, c, &st, out, srv_finish_name(st.finish)) < 0)
-        return -1;
     if (c->include_usage) {
-        srv_resp_usage u = {st.prompt_tokens, st.completion_tokens, st.cached_tokens};
+        srv_resp_usage u = usage_of(c, st);
+        srv_resp r = resp_of(a, c);
         srv_resp_usage_chunk(out, &r, &u);
     }
     srv_resp_done(out);
@@ -509,8 +593,7 @@ void srv__gen_done(srv_app *a, srv_http_req *req, srv_call *c)
         double now = (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
         srv_metrics_generation(&a->metrics, st.first_token_ms >= 0 ? st.first_token_ms / 1e3 : -1.0,
                                now - srv_http_start(req));
-        srv_job_unref(c->job);
-        c->job = NULL;
+        drop_jobs(c);
     }
     free(c->echo);
     c->echo = NULL;

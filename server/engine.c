@@ -67,6 +67,7 @@ const char *srv_finish_name(srv_finish f)
 
 static void job_free(srv_job *j)
 {
+    srv_job_unref(j->leader);
     for (int i = 0; i < j->n_stop; i++)
         free(j->stop[i]);
     free(j->prompt);
@@ -413,57 +414,107 @@ static srv_label_stats *label_get(srv_engine *e, const char *label)
     return s;
 }
 
-int srv_engine_submit(srv_engine *e, srv_job *j)
+/* Whether jobs a and b may form a group: the same prompt, selection and client. */
+static bool group_compatible(const srv_job *a, const srv_job *b)
 {
-    int rc = 0;
-    pthread_mutex_lock(&j->mu);
-    bool again = j->submitted;
-    j->submitted = true;
-    pthread_mutex_unlock(&j->mu);
-    if (again)
+    if (a->kind != SRV__JOB_GENERATE || b->kind != SRV__JOB_GENERATE ||
+        a->n_prompt != b->n_prompt || a->sel.n != b->sel.n || strcmp(a->client, b->client) != 0 ||
+        memcmp(a->prompt, b->prompt, (size_t)a->n_prompt * sizeof(int32_t)) != 0)
+        return false;
+    for (int i = 0; i < a->sel.n; i++)
+        if (strcmp(a->sel.items[i].id, b->sel.items[i].id) != 0 ||
+            a->sel.items[i].weight != b->sel.items[i].weight)
+            return false;
+    return true;
+}
+
+/* Marks the n jobs submitted; -EINVAL (none marked) when one already was. */
+static int mark_submitted(srv_job **jobs, int n, bool on)
+{
+    int k = 0;
+    for (; k < n; k++) {
+        pthread_mutex_lock(&jobs[k]->mu);
+        bool again = on && jobs[k]->submitted;
+        jobs[k]->submitted = on;
+        pthread_mutex_unlock(&jobs[k]->mu);
+        if (again)
+            break;
+    }
+    if (k == n)
+        return 0;
+    for (int i = 0; i < k; i++) {
+        pthread_mutex_lock(&jobs[i]->mu);
+        jobs[i]->submitted = false;
+        pthread_mutex_unlock(&jobs[i]->mu);
+    }
+    return -EINVAL;
+}
+
+int srv_engine_submit_group(srv_engine *e, srv_job **jobs, int n)
+{
+    if (n < 1 || n > SRV_JOB_GROUP_MAX)
         return -EINVAL;
+    for (int i = 1; i < n; i++)
+        if (!group_compatible(jobs[0], jobs[i]) || jobs[i]->leader)
+            return -EINVAL;
+    if (mark_submitted(jobs, n, true) < 0)
+        return -EINVAL;
+    int rc = 0;
     pthread_mutex_lock(&e->sh.mu);
     srv_label_stats *ls = NULL;
-    bool load = j->kind == SRV__JOB_LOAD;
+    bool load = jobs[0]->kind == SRV__JOB_LOAD;
     if (e->sh.draining || e->sh.stopping)
         rc = -ESHUTDOWN;
-    else if (!load && e->sh.active >= e->max_seqs + e->queue_limit)
+    else if (!load && e->sh.active + n > e->max_seqs + e->queue_limit &&
+             (e->sh.active > 0 || n == 1))
         rc = -EAGAIN; /* every slot taken and queue_limit jobs waiting (also those not yet
-                         moved from the inbox into free slots: they are not waiting) */
-    else if (!load && !(ls = label_get(e, j->label)))
+                         moved from the inbox into free slots: they are not waiting); a group
+                         larger than that still runs on an idle engine */
+    else if (!load && !(ls = label_get(e, jobs[0]->label)))
         rc = -ENOMEM;
     if (rc) {
-        e->sh.stats.jobs_rejected += !load;
+        e->sh.stats.jobs_rejected += !load; /* one request */
         pthread_mutex_unlock(&e->sh.mu);
-        pthread_mutex_lock(&j->mu);
-        j->submitted = false;
-        pthread_mutex_unlock(&j->mu);
+        mark_submitted(jobs, n, false);
         return rc;
     }
-    srv_job_ref(j); /* the engine's reference */
-    j->t_submit = core_now();
-    j->lstat = ls;
-    j->next = NULL;
-    if (e->sh.inbox_tail)
-        e->sh.inbox_tail->next = j;
-    else
-        e->sh.inbox_head = j;
-    e->sh.inbox_tail = j;
-    if (load) {
-        e->sh.loads++;
-    } else {
-        ls->requests++;
-        j->in_queue = true;
-        e->sh.queued++;
-        e->sh.active++;
-        e->sh.stats.jobs_submitted++;
+    double now = core_now();
+    for (int i = 0; i < n; i++) {
+        srv_job *j = jobs[i];
+        srv_job_ref(j); /* the engine's reference */
+        if (i > 0) {
+            srv_job_ref(jobs[0]);
+            j->leader = jobs[0];
+        }
+        j->t_submit = now;
+        j->lstat = ls;
+        j->next = NULL;
+        if (e->sh.inbox_tail)
+            e->sh.inbox_tail->next = j;
+        else
+            e->sh.inbox_head = j;
+        e->sh.inbox_tail = j;
+        if (load) {
+            e->sh.loads++;
+        } else {
+            ls->requests += i == 0; /* one request */
+            j->in_queue = true;
+            e->sh.queued++;
+            e->sh.active++;
+            e->sh.stats.jobs_submitted++;
+        }
+        pthread_mutex_lock(&j->mu);
+        j->engine = e;
+        pthread_mutex_unlock(&j->mu);
     }
-    pthread_mutex_lock(&j->mu);
-    j->engine = e;
-    pthread_mutex_unlock(&j->mu);
     uv_async_send(&e->wake);
     pthread_mutex_unlock(&e->sh.mu);
     return 0;
+}
+
+int srv_engine_submit(srv_engine *e, srv_job *j)
+{
+    return srv_engine_submit_group(e, &j, 1);
 }
 
 /* The registry finished the load an admin load job asked for: the job ends with its result. */

@@ -139,6 +139,9 @@ typedef struct srv_engine_stats {
     /* the prefix cache: lookups made, those that found blocks, positions they skipped, blocks
        evicted */
     uint64_t prefix_lookups, prefix_hits, prefix_hit_tokens, prefix_evictions;
+    /* groups (srv_engine_submit_group): prompt positions the other jobs took from their
+       leader's KV instead of computing them */
+    uint64_t shared_prompt_tokens;
 } srv_engine_stats;
 
 void srv_engine_stats_get(srv_engine *e, srv_engine_stats *out);
@@ -272,6 +275,24 @@ void srv_job_unref(srv_job *j); /* frees at zero; NULL ignored */
  * unknown (ERROR NOT_FOUND) or failed to load (ERROR UNAVAILABLE, "adapter 'X' failed to load:
  * ..."). */
 int srv_engine_submit(srv_engine *e, srv_job *j);
+
+#define SRV_JOB_GROUP_MAX 16
+
+/* Hands n jobs (1..SRV_JOB_GROUP_MAX) to the engine as one group: the choices of one request
+ * (OpenAI's "n"), made with the same prompt, adapter selection and client, and differing in
+ * their seeds. All of them or none are submitted: the same results as srv_engine_submit (the
+ * queue limit counts all n, but a group larger than max_seqs + queue_limit is taken when no
+ * job is waiting or running), and -EINVAL when they differ in prompt, selection or client. On
+ * failure every job is untouched. The group counts as one request in the label counters and in
+ * jobs_rejected, as n jobs everywhere else.
+ *
+ * jobs[0] leads: it runs as a job alone does. The others wait (without a slot) until its prompt
+ * is in the KV cache, then start from its blocks, computing only the last prompt position for
+ * their own first logits; so the group costs one prefill whatever n, with or without the prefix
+ * cache. One whose leader has ended (or was preempted, or whose adapters changed version since)
+ * computes its prompt as a job alone does. Each job then generates on its own, with its own
+ * sampler, stop rules and logprobs. Any thread. */
+int srv_engine_submit_group(srv_engine *e, srv_job **jobs, int n);
 
 /* Asks the engine to stop the job (client gone). Its sequence is freed at the next step; the job
  * ends with SRV_FINISH_CANCELLED unless it had already finished. Any thread, idempotent. */

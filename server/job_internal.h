@@ -55,6 +55,8 @@ struct srv_job {
     int32_t stop_ids[SRV_JOB_STOP_IDS_MAX]; /* (n_stop_ids) */
     int n_stop_ids;
     core_grammar *grammar;    /* a reference; NULL: free text */
+    struct srv_job *leader;   /* srv_engine_submit_group: the group's first job, referenced (its
+                                 prompt KV is shared); NULL for it and for a job alone */
     void (*notify)(void *ud); /* notify_mu; NULL once detached */
     void *ud;
     /* SRV__JOB_LOAD: the node and whether to pin it */

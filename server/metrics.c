@@ -230,6 +230,10 @@ static void render_engine(srv_buf *b, const srv_engine_stats *e)
                e->prefix_hit_tokens);
     metric_u64(b, "adaptree_prefix_cache_evictions_total", "counter",
                "Prefix cache blocks evicted (least recently used, unread).", e->prefix_evictions);
+    metric_u64(b, "adaptree_shared_prompt_tokens_total", "counter",
+               "Prompt tokens of a request's choices 2..n taken from its first choice's KV (not "
+               "computed).",
+               e->shared_prompt_tokens);
 }
 
 static void render_conns(srv_buf *b, const srv_conns_stats *c)

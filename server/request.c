@@ -768,7 +768,6 @@ static const struct unsupported {
     enum neutral ok;
     const char *why, *hint; /* hint may be NULL */
 } unsupported[] = {
-    {"n", K_CMPL | K_CHAT, NEUTRAL_ONE, "only 1 is supported", "one choice per request"},
     {"best_of", K_CMPL, NEUTRAL_ONE, "only 1 is supported", "one candidate per request"},
     {"suffix", K_CMPL, NEUTRAL_EMPTY, "not supported", "no insertion; only \"\" or null"},
     {"tools", K_CHAT, NEUTRAL_EMPTY, "tool calling is not supported", NULL},
@@ -1135,6 +1134,10 @@ static int parse_root(pctx *c, const cJSON *root, srv_request_kind kind)
     if (!rc)
         rc = parse_unsupported(c);
     const cJSON *v;
+    long long n = 1;
+    if (!rc && !(rc = top(c, "n", &v)) && get_int(c, v, "n", 1, SRV_N_MAX, &n) < 0)
+        rc = -EINVAL;
+    r->n = (int)n;
     if (!rc && kind == SRV_REQ_COMPLETION && !(rc = top(c, "echo", &v)))
         rc = get_bool(c, v, "echo", &r->echo) < 0 ? -EINVAL : 0;
     if (!rc)

@@ -4,7 +4,7 @@
  * The parse is strict where it matters and lenient where OpenAI clients are noisy: the body must
  * be one RFC 8259 JSON object in valid UTF-8; every field this server reads is type-checked and
  * range-checked; fields it does not know are ignored; fields that would change the result and are
- * not implemented (n > 1, tools, ...) are refused by name
+ * not implemented (best_of > 1, tools, ...) are refused by name
  * rather than silently dropped. What "model" and "adapters" name is only checked for syntax here:
  * the server resolves them against the registry (docs/ARCHITECTURE.md §4). The grammar check in
  * front of cJSON is server/json_check.h.
@@ -39,6 +39,7 @@ typedef enum srv_request_kind {
 #define SRV_TOP_LOGPROBS_MAX 20 /* chat "top_logprobs" */
 #define SRV_BIAS_MAX 1024       /* logit_bias entries (SRV_JOB_BIAS_MAX) */
 #define SRV_STOP_IDS_MAX 64     /* stop_token_ids (SRV_JOB_STOP_IDS_MAX) */
+#define SRV_N_MAX 16            /* choices per request ("n") */
 #define SRV_PARAM_MAX 64        /* a param buffer of this size holds every param name */
 #define SRV_COMPLETION_DEFAULT_MAX_TOKENS 16 /* OpenAI's default for /v1/completions */
 
@@ -100,7 +101,7 @@ typedef struct srv_request {
     bool stream_include_usage; /* stream_options.include_usage, and only when streaming */
     int logprobs;     /* -1: none; k >= 0: each token's logprob plus the k most likely alternatives
                          (completions "logprobs": k; chat "logprobs": true + "top_logprobs": k) */
-    int n;            /* always 1: other values are refused */
+    int n;            /* choices, 1..SRV_N_MAX: each its own generation of the same prompt */
     const char *user; /* NULL if absent */
     /* sampling.presence_penalty / frequency_penalty: in [-2, 2] (OpenAI's formulas) */
     int32_t *bias_ids; /* (n_bias) "logit_bias" keys: ids in [0, n_vocab), each at most once */

@@ -207,22 +207,19 @@ static void chat_logprobs(srv_buf *b, const srv_resp *r, const srv_job_token *to
     srv_buf_puts(b, "],\"refusal\":null}");
 }
 
-void srv_resp_full(srv_buf *b, const srv_resp *r, const char *echo, size_t echo_len,
-                   const char *text, size_t len, const srv_job_token *toks, int n_toks,
-                   const char *finish, const srv_resp_usage *u)
+/* One element of "choices" in a whole body. */
+static void choice_full(srv_buf *b, const srv_resp *r, int index, const char *echo, size_t echo_len,
+                        const srv_resp_choice *c)
 {
     bool chat = r->kind == SRV_REQ_CHAT;
-    int n = tokens_within(toks, n_toks, len);
-    if (chat || !echo)
-        echo_len = 0;
-    head(b, r, chat ? "chat.completion" : "text_completion");
-    srv_buf_puts(b, ",\"choices\":[{\"index\":0,");
+    int n = tokens_within(c->toks, c->n_toks, c->len);
+    srv_buf_printf(b, "{\"index\":%d,", index);
     if (chat) {
         srv_buf_puts(b, "\"message\":{\"role\":\"assistant\",\"content\":");
-        srv_buf_json_str(b, text, len);
+        srv_buf_json_str(b, c->text, c->len);
         srv_buf_puts(b, ",\"refusal\":null},\"logprobs\":");
         if (r->logprobs >= 0)
-            chat_logprobs(b, r, toks, n);
+            chat_logprobs(b, r, c->toks, n);
         else
             srv_buf_puts(b, "null");
     } else {
@@ -232,25 +229,49 @@ void srv_resp_full(srv_buf *b, const srv_resp *r, const char *echo, size_t echo_
             srv_buf e;
             srv_buf_init(&e);
             srv_buf_put(&e, echo, echo_len);
-            srv_buf_put(&e, text, len);
+            srv_buf_put(&e, c->text, c->len);
             if (!srv_buf_ok(&e))
                 b->oom = true;
             srv_buf_json_str(b, e.data ? e.data : "", e.len);
             srv_buf_deinit(&e);
         } else {
-            srv_buf_json_str(b, text, len);
+            srv_buf_json_str(b, c->text, c->len);
         }
         srv_buf_puts(b, ",\"logprobs\":");
         if (r->logprobs >= 0)
-            completion_logprobs(b, r, toks, n, echo_len, 0);
+            completion_logprobs(b, r, c->toks, n, echo_len, 0);
         else
             srv_buf_puts(b, "null");
     }
     srv_buf_puts(b, ",\"finish_reason\":");
-    srv_buf_json_cstr(b, finish);
-    srv_buf_puts(b, "}],\"usage\":");
+    srv_buf_json_cstr(b, c->finish);
+    srv_buf_putc(b, '}');
+}
+
+void srv_resp_full_n(srv_buf *b, const srv_resp *r, const char *echo, size_t echo_len,
+                     const srv_resp_choice *ch, int n, const srv_resp_usage *u)
+{
+    bool chat = r->kind == SRV_REQ_CHAT;
+    if (chat || !echo)
+        echo_len = 0;
+    head(b, r, chat ? "chat.completion" : "text_completion");
+    srv_buf_puts(b, ",\"choices\":[");
+    for (int i = 0; i < n; i++) {
+        if (i)
+            srv_buf_putc(b, ',');
+        choice_full(b, r, i, echo, echo_len, &ch[i]);
+    }
+    srv_buf_puts(b, "],\"usage\":");
     usage_json(b, u);
     srv_buf_putc(b, '}');
+}
+
+void srv_resp_full(srv_buf *b, const srv_resp *r, const char *echo, size_t echo_len,
+                   const char *text, size_t len, const srv_job_token *toks, int n_toks,
+                   const char *finish, const srv_resp_usage *u)
+{
+    srv_resp_choice c = {text, len, toks, n_toks, finish};
+    srv_resp_full_n(b, r, echo, echo_len, &c, 1, u);
 }
 
 void srv_resp_chunk(srv_buf *b, const srv_resp *r, bool first, const char *text, size_t len,
@@ -260,7 +281,7 @@ void srv_resp_chunk(srv_buf *b, const srv_resp *r, bool first, const char *text,
     bool chat = r->kind == SRV_REQ_CHAT;
     srv_buf_puts(b, "data: ");
     head(b, r, chat ? "chat.completion.chunk" : "text_completion");
-    srv_buf_puts(b, ",\"choices\":[{\"index\":0,");
+    srv_buf_printf(b, ",\"choices\":[{\"index\":%d,", r->index);
     if (chat) {
         srv_buf_puts(b, "\"delta\":{");
         if (first)

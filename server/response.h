@@ -39,6 +39,7 @@ typedef struct srv_resp {
      * text within the echoed prompt. NULL / 0: none. */
     const srv_job_token *prompt_toks;
     int n_prompt_toks;
+    int index; /* srv_resp_chunk: the choice the chunk belongs to ("index"), 0 .. n - 1 */
 } srv_resp;
 
 typedef struct srv_resp_usage {
@@ -59,9 +60,25 @@ void srv_resp_full(srv_buf *b, const srv_resp *r, const char *echo, size_t echo_
                    const char *text, size_t len, const srv_job_token *toks, int n_toks,
                    const char *finish, const srv_resp_usage *u);
 
-/* One SSE event "data: {chunk}\n\n" carrying text (len bytes; may be empty) and, with
- * logprobs, the tokens toks (n_toks). first: the first chat chunk, whose delta carries the role.
- * For text_offset (completions): echo_len is the length of the echoed prompt and prev_end the
+/* One choice of a whole body: its text (len bytes), recorded tokens and finish, as for
+ * srv_resp_full. */
+typedef struct srv_resp_choice {
+    const char *text;
+    size_t len;
+    const srv_job_token *toks; /* (n_toks) */
+    int n_toks;
+    const char *finish;
+} srv_resp_choice;
+
+/* srv_resp_full with n choices (OpenAI's "n"), "index" 0 .. n - 1 in order; each completion
+ * choice echoes the prompt (and its logprobs) when echo is given. u covers the whole request:
+ * the prompt once, the completion tokens of every choice. */
+void srv_resp_full_n(srv_buf *b, const srv_resp *r, const char *echo, size_t echo_len,
+                     const srv_resp_choice *ch, int n, const srv_resp_usage *u);
+
+/* One SSE event "data: {chunk}\n\n" of choice r->index carrying text (len bytes; may be empty) and,
+ * with logprobs, the tokens toks (n_toks). first: the first chat chunk, whose delta carries the
+ * role. For text_offset (completions): echo_len is the length of the echoed prompt and prev_end the
  * text_end of the token before toks[0] (0 for the first token). finish is NULL while the
  * generation goes on, else "stop" / "length". */
 void srv_resp_chunk(srv_buf *b, const srv_resp *r, bool first, const char *text, size_t len,

@@ -549,9 +549,9 @@ static int on_stream(void *ud, srv_http_req *req, srv_buf *out)
 void srv__call_notify(void *ud)
 {
     srv_call *c = ud;
-    if (!c->stream) {
+    for (int i = 0; !c->stream && i <= c->n_more; i++) {
         srv_job_status st;
-        srv_job_status_get(c->job, &st);
+        srv_job_status_get(i ? c->more[i - 1] : c->job, &st);
         if (st.finish == SRV_FINISH_NONE)
             return;
     }
@@ -566,6 +566,8 @@ static void on_gone(void *ud, srv_http_req *req)
     srv_call *c = srv_http_state(req);
     if (c && c->job)
         srv_job_cancel(c->job);
+    for (int i = 0; c && i < c->n_more; i++)
+        srv_job_cancel(c->more[i]);
 }
 
 static void on_done(void *ud, srv_http_req *req, int status, bool complete)
@@ -577,6 +579,10 @@ static void on_done(void *ud, srv_http_req *req, int status, bool complete)
     if (c && c->job) {
         srv_job_detach_notify(c->job);
         srv_job_cancel(c->job);
+    }
+    for (int i = 0; c && i < c->n_more; i++) {
+        srv_job_detach_notify(c->more[i]);
+        srv_job_cancel(c->more[i]);
     }
     srv_route_id route = c ? c->route : SRV_ROUTE_OTHER;
     /* An answer that never reached the client counts as 499 (client closed), as nginx does. */

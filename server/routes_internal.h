@@ -14,6 +14,9 @@ typedef struct srv_call {
     void *wake;   /* the request's wake token (srv_http_wake_token) */
     srv_job *job; /* our reference: the generation or admin load the request waits for; NULL
                      until made. Its notify (srv__call_notify) has c as argument */
+    srv_job *more[SRV_N_MAX - 1]; /* generations with "n": choices 1 .. n_more, our references,
+                                     the same notify; set before any job is submitted */
+    int n_more;
     /* generation routes */
     srv_request_kind kind;
     bool stream, include_usage;
@@ -23,15 +26,18 @@ typedef struct srv_call {
     long long created;
     char *echo; /* completions with echo: the prompt text (echo_len bytes) */
     size_t echo_len;
-    /* streaming progress */
-    bool sent_first;
-    size_t sent_text; /* text bytes sent */
-    int sent_toks;    /* tokens sent with logprobs */
-    size_t prev_end;  /* text_end of the last token sent */
+    /* streaming progress, per choice */
+    struct srv_call_sent {
+        bool first;      /* its first chunk (chat: the role; completions: the echo) went out */
+        bool finished;   /* its finish chunk went out */
+        size_t text;     /* text bytes sent */
+        int toks;        /* tokens sent with logprobs */
+        size_t prev_end; /* text_end of the last token sent */
+    } sent[SRV_N_MAX];
 } srv_call;
 
-/* The notify of c's job (engine thread): wakes the request, on every change when it streams,
- * else once the job has ended. */
+/* The notify of c's jobs (engine thread): wakes the request, on every change when it streams,
+ * else once every job has ended. */
 void srv__call_notify(void *ud);
 
 /* POST /v1/completions and /v1/chat/completions: the first call parses, tokenizes and submits,

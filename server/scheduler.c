@@ -17,6 +17,11 @@
  * prompt always progresses); with none, or with --max-step-ms 0, up to max_batch rows. The rows are
  * ordered by lora set so that a set's rows are contiguous; all sets share one core_forward call.
  *
+ * Groups. The choices of one request (srv_engine_submit_group) wait in one group, leader first.
+ * The others are admitted only once the leader's prompt is in the KV cache, and start from its
+ * blocks (copy on write), computing only their last prompt position: a request with n choices
+ * costs one prefill, with or without the prefix cache.
+ *
  * Text. Each sequence's sampled tokens go through its srv_text (server/text_release.h), which
  * says how many decoded bytes may be released and whether a stop string ended the text; the
  * released bytes and the tokens they complete are appended to the job under its lock.
@@ -303,16 +308,45 @@ static void cache_blocks(srv__sched *sc, srv__seq *s)
         s->n_inserted = nb;
 }
 
-/* The KV side of admitting job j into the free sequence s: its prefix from the cache (not when
- * it records prompt logprobs: those need every prompt row computed), then room for the rest of
- * the prompt and one block of growth per running sequence. 0; -ENOSPC when the pool is short
- * (nothing held: the job waits); -ENOMEM. */
+/* A job of a group waits while its leader is queued or computing its prompt (also again after
+ * a preemption): it then starts from the leader's KV (kv_start). A leader that has ended leaves
+ * it to run alone. */
+static bool waits_for_leader(const srv_job *j)
+{
+    const srv_job *ld = j->leader;
+    return ld && !ld->done && (!ld->seq || ld->seq->n_past < ld->n_prompt);
+}
+
+/* Starts the empty slot of s from the blocks of j's group leader that hold the prompt but its
+ * last position (whose logits s computes itself). Only when the leader runs with the same
+ * adapter versions (the prefix cache's context bytes) and has its prompt in the cache; its
+ * positions past the prompt, in the last shared block, are overwritten once s writes there
+ * (after the block's copy on write). Returns the positions shared (0: none). */
+static int share_leader(srv__sched *sc, srv__seq *s, const srv_job *j)
+{
+    const srv__seq *ls = j->leader && !j->leader->done ? j->leader->seq : NULL;
+    int use = j->n_prompt - 1, k = (use + CORE_KV_BLOCK - 1) / CORE_KV_BLOCK;
+    if (!ls || use <= 0 || ls->n_past < j->n_prompt || ls->ctx_len != s->ctx_len ||
+        (s->ctx_len && memcmp(ls->ctx, s->ctx, s->ctx_len) != 0))
+        return 0;
+    const int32_t *ids;
+    if (core_kv_slot_blocks(sc->kv, ls->slot, &ids) < k ||
+        core_kv_share(sc->kv, s->slot, ids, k, use) < 0)
+        return 0;
+    return use;
+}
+
+/* The KV side of admitting job j into the free sequence s: its group leader's prompt blocks, else
+ * its prefix from the cache (not when it records prompt logprobs: those need every prompt row
+ * computed), then room for the rest of the prompt and one block of growth per running sequence.
+ * 0; -ENOSPC when the pool is short (nothing held: the job waits); -ENOMEM. */
 static int kv_start(srv__sched *sc, srv__seq *s, srv_job *j, const adapter_set *set)
 {
-    s->n_past = s->n_cached = s->n_inserted = 0;
+    s->n_past = s->n_cached = s->n_shared = s->n_inserted = 0;
     if (seq_set_ctx(s, set) < 0)
         return -ENOMEM;
-    if (sc->prefix && !j->prompt_logprobs) {
+    s->n_past = s->n_shared = share_leader(sc, s, j);
+    if (sc->prefix && !j->prompt_logprobs && !s->n_shared) {
         int k = srv_prefix_lookup(sc->prefix, s->ctx, s->ctx_len, j->prompt, j->n_prompt, sc->ids,
                                   sc->n_ctx / CORE_KV_BLOCK + 1);
         /* the last prompt token is always computed: its logits give the first token */
@@ -327,7 +361,7 @@ static int kv_start(srv__sched *sc, srv__seq *s, srv_job *j, const adapter_set *
     /* the prompt's blocks are taken now, so that the next admission sees them gone */
     if (need > core_kv_blocks_free(sc->kv) || core_kv_reserve(sc->kv, s->slot, j->n_prompt + 1)) {
         core_kv_clear(sc->kv, s->slot);
-        s->n_past = s->n_cached = 0;
+        s->n_past = s->n_cached = s->n_shared = 0;
         return -ENOSPC;
     }
     return 0;
@@ -382,10 +416,13 @@ static int grammar_start(srv__sched *sc, const srv_job *j, core_sampler *smp, co
 }
 
 /* Gives job j the free sequence s: acquires its adapters and makes its sampler. 0 when it runs,
- * -EAGAIN when an adapter is loading (nothing changed), another negative errno when the job
- * ended with an error (the caller notifies). */
+ * -EAGAIN when an adapter is loading, -EINPROGRESS when it waits for its group leader's prompt
+ * (nothing changed in either case), another negative errno when the job ended with an error
+ * (the caller notifies). */
 static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
 {
+    if (waits_for_leader(j))
+        return -EINPROGRESS;
     char err[ADAPTER_ID_MAX + 128] = "";
     adapter_set *set = NULL;
     if (j->sel.n > 0) {
@@ -463,7 +500,8 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
     pthread_mutex_lock(&sc->sh->mu);
     sc->sh->queued--;
     j->in_queue = false;
-    if (sc->prefix && !j->prompt_logprobs) {
+    sc->sh->stats.shared_prompt_tokens += (uint64_t)s->n_shared;
+    if (sc->prefix && !j->prompt_logprobs && !s->n_shared) {
         sc->sh->stats.prefix_lookups++;
         sc->sh->stats.prefix_hits += s->n_cached > 0;
         sc->sh->stats.prefix_hit_tokens += (uint64_t)s->n_cached;
@@ -592,6 +630,8 @@ static bool admit_one(srv__sched *sc)
                 g->loading = true;
                 continue;
             }
+            if (rc == -EINPROGRESS) /* retried after the next step */
+                continue;
             if (rc == -ENOSPC) { /* the next job waits for KV blocks, and so do those after it */
                 if (!g->head->kv_waited) {
                     g->head->kv_waited = true;

@@ -26,6 +26,7 @@ typedef struct srv__seq {
     int n_fill;      /* positions to compute before the next sample: the prompt, or after a
                         preemption every token known */
     int n_cached;    /* of the prompt, positions that came from the prefix cache */
+    int n_shared;    /* of the prompt, positions shared from its group leader's KV */
     int n_inserted;  /* full blocks handed to the prefix cache */
     bool in_step;    /* has a part in the step being planned: not to be preempted */
     bool stalled;    /* no KV block for its decode row this step */

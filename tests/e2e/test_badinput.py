@@ -131,7 +131,7 @@ def wrong_types_and_ranges():
            ({"prompt": "x", "top_p": 2}, "top_p"), ({"prompt": "x", "stream": "yes"}, "stream"),
            ({"prompt": "x", "seed": "s"}, "seed"), ({"prompt": "x", "stop": 5}, "stop"),
            ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-           ({"prompt": "x", "n": 2}, "n"), ({"prompt": "x", "logprobs": 10}, "logprobs"),
+           ({"prompt": "x", "n": 17}, "n"), ({"prompt": "x", "logprobs": 10}, "logprobs"),
            ({"prompt": "x", "model": 7}, "model"), ({"prompt": "x", "adapters": "fr"}, "adapters"),
            ({"prompt": "x", "adapters": [{"scale": 1}]}, None),
            ({"prompt": "x", "adapters": [{"id": "fr", "scale": "x"}]}, None),

@@ -254,6 +254,34 @@ def unsupported_schemas_are_refused_by_name():
 
 
 @suite.test
+def n_choices_each_follow_the_schema():
+    schema = {"type": "object", "properties": {"name": NAME, "age": SCHEMAS["person"]["properties"]
+                                               ["age"]},
+              "required": ["name", "age"], "additionalProperties": False}
+    for stream in (False, True):
+        args = dict(model="base", messages=[{"role": "user", "content": PROMPTS[0]}],
+                    response_format=rf(schema), max_tokens=120, n=3, temperature=1.0,
+                    seed=11)
+        texts = ["", "", ""]
+        finish = [None] * 3
+        if stream:
+            for ch in C.chat.completions.create(stream=True, **args):
+                for c in ch.choices:
+                    texts[c.index] += c.delta.content or ""
+                    finish[c.index] = c.finish_reason or finish[c.index]
+        else:
+            r = C.chat.completions.create(**args)
+            eq(len(r.choices), 3, "choices")
+            for c in r.choices:
+                texts[c.index] = c.message.content
+                finish[c.index] = c.finish_reason
+        for i in range(3):
+            eq(finish[i], "stop", f"choice {i} finish ({texts[i]!r})")
+            validate(schema, texts[i], f"choice {i} streamed={stream}")
+        check(len(set(texts)) > 1, f"three sampled choices are all the same: {texts}")
+
+
+@suite.test
 def free_rows_in_a_structured_batch_are_unchanged():
     """A greedy unconstrained completion gives the same text alone and beside 6 constrained
     rows in the same steps: masking is per row."""

@@ -89,7 +89,7 @@ static void check_metadata(const uint8_t *data, size_t size)
 static void check_ok(const srv_request *r, srv_request_kind kind, const srv_request_limits *l,
                      const uint8_t *data, size_t size)
 {
-    if (r->kind != kind || r->n != 1 || !utf8_ok(data, size))
+    if (r->kind != kind || r->n < 1 || r->n > SRV_N_MAX || !utf8_ok(data, size))
         abort();
     if (kind == SRV_REQ_COMPLETION) {
         if (!r->prompt == !r->prompt_ids || r->messages)

@@ -1046,6 +1046,125 @@ TEST(engine_adapter_errors)
     tu_rmrf(root);
 }
 
+/* A group of n choices (srv_engine_submit_group): the prompt is computed once (the others
+ * compute only its last position, with or without the prefix cache), choice i gives what a job
+ * alone gives with seed + i, and a group whose jobs differ is refused. */
+static void group_run(const char *select, bool prefix_cache)
+{
+    core_model *m = test_shared_model();
+    srv_engine_opts o;
+    srv_engine_opts_default(&o);
+    o.model = m;
+    o.model_path = test_model_path();
+    o.registry_dir = select ? FIX : NULL;
+    o.watch = false;
+    o.verbose = 0;
+    o.n_ctx = 256;
+    o.max_seqs = 4;
+    o.no_prefix_cache = !prefix_cache;
+    char err[256] = "";
+    srv_engine *e = srv_engine_new(&o, err, sizeof err);
+    CHECK_MSG(e, "%s", err);
+    if (!e)
+        return;
+    enum { N = 4 };
+    jobspec sp = {.prompt = "The history of the city begins with a small village by the river, "
+                            "where fishermen and farmers traded their goods every week, and",
+                  .select = select,
+                  .max_tokens = 8,
+                  .temperature = 1.0f,
+                  .seed = 42};
+    jobrun r[N];
+    srv_job *jobs[N];
+    for (int i = 0; i < N; i++) {
+        sp.seed = 42 + (uint64_t)i;
+        jobs[i] = job_make(e, &sp, &r[i]);
+        CHECK(jobs[i]);
+    }
+    srv_job_status st;
+    srv_job_status_get(jobs[0], &st);
+    int n_prompt = st.prompt_tokens;
+    CHECK(n_prompt > 20);
+    CHECK_EQ_INT(srv_engine_submit_group(e, jobs, N), 0);
+    CHECK_EQ_INT(srv_engine_submit_group(e, jobs, N), -EINVAL); /* submitted already */
+    int32_t got[N][MAXTOK], n_got[N];
+    for (int i = 0; i < N; i++) {
+        CHECK(wait_done(jobs[i], &st) == SRV_FINISH_LENGTH || st.finish == SRV_FINISH_STOP);
+        n_got[i] = job_ids(jobs[i], got[i], MAXTOK);
+    }
+    srv_engine_stats s;
+    srv_engine_stats_get(e, &s);
+    CHECK_EQ_INT((int)s.prompt_tokens, n_prompt + N - 1);
+    CHECK_EQ_INT((int)s.shared_prompt_tokens, (N - 1) * (n_prompt - 1));
+    bool differ = false;
+    for (int i = 0; i < N; i++) {
+        int32_t alone[MAXTOK];
+        sp.seed = 42 + (uint64_t)i;
+        int n = run_alone(e, &sp, alone, NULL);
+        CHECK_MSG(same_ids(got[i], n_got[i], alone, n), "choice %d", i);
+        differ = differ || n_got[i] != n_got[0] ||
+                 memcmp(got[i], got[0], (size_t)n_got[0] * sizeof(int32_t)) != 0;
+        job_drop(&r[i]);
+    }
+    CHECK_MSG(differ, "4 choices at temperature 1 all gave the same tokens");
+    /* jobs that are not one request's choices */
+    jobspec other = sp;
+    other.prompt = "Another prompt";
+    jobrun ra, rb;
+    jobs[0] = job_make(e, &sp, &ra);
+    jobs[1] = job_make(e, &other, &rb);
+    CHECK(jobs[0] && jobs[1]);
+    CHECK_EQ_INT(srv_engine_submit_group(e, jobs, 2), -EINVAL);
+    CHECK_EQ_INT(srv_engine_submit_group(e, jobs, 0), -EINVAL);
+    CHECK_EQ_INT(srv_engine_submit(e, jobs[1]), 0); /* untouched by the refusal */
+    wait_done(jobs[1], &st);
+    job_drop(&ra);
+    job_drop(&rb);
+    srv_engine_free(e);
+}
+
+TEST(engine_group_shares_prefill)
+{
+    TEST_NEED_MODEL();
+    group_run(NULL, false);
+    group_run(NULL, true);
+    group_run("tree/fr/legal/alice", false);
+}
+
+/* A group whose leader ends first (cancelled before the engine takes it): the others do not
+ * wait for it, they compute the prompt themselves and give what they give alone. */
+TEST(engine_group_without_leader)
+{
+    TEST_NEED_MODEL();
+    srv_engine *e = engine_open(NULL, 4, 0);
+    CHECK(e);
+    jobspec sp = {.prompt = "The lighthouse keeper", .max_tokens = 6, .temperature = 1.0f};
+    jobrun r[3];
+    srv_job *jobs[3];
+    for (int i = 0; i < 3; i++) {
+        sp.seed = 100 + (uint64_t)i;
+        jobs[i] = job_make(e, &sp, &r[i]);
+        CHECK(jobs[i]);
+    }
+    srv_job_cancel(jobs[0]);
+    CHECK_EQ_INT(srv_engine_submit_group(e, jobs, 3), 0);
+    srv_job_status st;
+    CHECK_EQ_INT(wait_done(jobs[0], &st), SRV_FINISH_CANCELLED);
+    for (int i = 1; i < 3; i++) {
+        CHECK_EQ_INT(wait_done(jobs[i], &st), SRV_FINISH_LENGTH);
+        int32_t got[MAXTOK], alone[MAXTOK];
+        int n = job_ids(jobs[i], got, MAXTOK);
+        sp.seed = 100 + (uint64_t)i;
+        CHECK(same_ids(got, n, alone, run_alone(e, &sp, alone, NULL)));
+    }
+    srv_engine_stats s;
+    srv_engine_stats_get(e, &s);
+    CHECK_EQ_INT((int)s.shared_prompt_tokens, 0);
+    for (int i = 0; i < 3; i++)
+        job_drop(&r[i]);
+    srv_engine_free(e);
+}
+
 TEST(engine_new_errors)
 {
     srv_engine_opts o;

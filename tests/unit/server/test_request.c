@@ -125,6 +125,20 @@ TEST(req_sdk_completion_stream_usage)
     srv_request_deinit(&r);
 }
 
+TEST(req_n_choices)
+{
+    srv_request r;
+    PARSE_OK(C, "{'prompt':'x','n':3}", &r);
+    CHECK_EQ_INT(r.n, 3);
+    srv_request_deinit(&r);
+    PARSE_OK(H, "{'messages':[{'role':'user','content':'hi'}],'n':16}", &r);
+    CHECK_EQ_INT(r.n, 16);
+    srv_request_deinit(&r);
+    PARSE_OK(C, "{'prompt':'x','n':null}", &r);
+    CHECK_EQ_INT(r.n, 1);
+    srv_request_deinit(&r);
+}
+
 TEST(req_sdk_completion_every_field)
 {
     /* completions.create(prompt=[...], echo, logprobs=2, seed, stop, ..., extra_body=...) */
@@ -994,10 +1008,10 @@ static const refusal refusals[] = {
      "top_logprobs: requires \"logprobs\": true"},
     {C, "{'prompt': 'x', 'echo': 1}", E, "echo", "echo: expected a boolean, got number"},
     /* features that would change the result */
-    {C, "{'prompt': 'x', 'n': 2}", E, "n",
-     "n: only 1 is supported, got 2 (one choice per request)"},
-    {H, MSG1 ", 'n': 0}", E, "n", "n: only 1 is supported, got 0 (one choice per request)"},
-    {C, "{'prompt': 'x', 'n': '1'}", E, "n", "n: expected a number, got string"},
+    {C, "{'prompt': 'x', 'n': 17}", E, "n", "n: must be an integer in [1, 16], got 17"},
+    {H, MSG1 ", 'n': 0}", E, "n", "n: must be an integer in [1, 16], got 0"},
+    {C, "{'prompt': 'x', 'n': '1'}", E, "n", "n: expected an integer, got string"},
+    {C, "{'prompt': 'x', 'n': 2.5}", E, "n", "n: expected an integer, got 2.5"},
     {C, "{'prompt': 'x', 'best_of': 3}", E, "best_of",
      "best_of: only 1 is supported, got 3 (one candidate per request)"},
     /* penalties, logit_bias, min_tokens, ignore_eos, stop_token_ids, metadata */

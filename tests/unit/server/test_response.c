@@ -90,6 +90,42 @@ TEST(response_completion_full)
     srv_buf_deinit(&b);
 }
 
+/* n choices: one element each, index 0 .. n - 1, each its own finish (and echo for
+ * completions); usage as given (the prompt once); a chunk names its choice. */
+TEST(response_n_choices)
+{
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_resp r = resp(SRV_REQ_COMPLETION, -1);
+    srv_resp_usage u = {3, 3, 0};
+    srv_resp_choice ch[2] = {{" Paris.", 7, NULL, 0, "stop"}, {" Lyon", 5, NULL, 0, "length"}};
+    srv_resp_full_n(&b, &r, "Q:", 2, ch, 2, &u);
+    CHECK_EQ_STR(b.data, "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,"
+                         "\"model\":\"base\",\"choices\":[{\"index\":0,\"text\":\"Q: Paris.\","
+                         "\"logprobs\":null,\"finish_reason\":\"stop\"},{\"index\":1,\"text\":"
+                         "\"Q: Lyon\",\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":"
+                         "{\"prompt_tokens\":3,\"completion_tokens\":3,\"total_tokens\":6,\"prompt_"
+                         "tokens_details\":{\"cached_tokens\":0}}}");
+    CHECK(valid_json(b.data, b.len));
+    srv_buf_reset(&b);
+    r = resp(SRV_REQ_CHAT, -1);
+    srv_resp_full_n(&b, &r, NULL, 0, ch, 2, &u);
+    CHECK_MSG(strstr(b.data, "[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":"
+                             "\" Paris.\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":"
+                             "\"stop\"},{\"index\":1,\"message\":{\"role\":\"assistant\","
+                             "\"content\":\" Lyon\",") != NULL,
+              "%s", b.data);
+    CHECK(valid_json(b.data, b.len));
+    srv_buf_reset(&b);
+    r.index = 3;
+    srv_resp_chunk(&b, &r, false, " Lyon", 5, NULL, 0, 0, 0, "length");
+    CHECK_EQ_STR(b.data, "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\","
+                         "\"created\":1700000000,\"model\":\"base\",\"choices\":[{\"index\":3,"
+                         "\"delta\":{\"content\":\" Lyon\"},\"logprobs\":null,\"finish_reason\":"
+                         "\"length\"}]}\n\n");
+    srv_buf_deinit(&b);
+}
+
 TEST(response_completion_echo_logprobs)
 {
     srv_buf b;
