@@ -27,6 +27,7 @@
 
 #include "core/kernels/blas.h"
 #include "server/engine_internal.h"
+#include "server/log.h"
 
 void srv_engine_opts_default(srv_engine_opts *o)
 {
@@ -352,8 +353,8 @@ void srv__job_finish(srv__shared *sh, srv_job *j, srv_finish f, srv_err err, con
     }
     pthread_mutex_unlock(&sh->mu);
     if (sh->verbose >= 2 || (sh->verbose >= 1 && f == SRV_FINISH_ERROR))
-        fprintf(stderr, "engine: job %s (%s) ended %s%s%s\n", j->label,
-                j->client[0] ? j->client : "-", srv_finish_name(f),
+        srv_log(f == SRV_FINISH_ERROR ? SRV_LOG_WARN : SRV_LOG_DEBUG, "job %s (%s) ended %s%s%s",
+                j->label, j->client[0] ? j->client : "-", srv_finish_name(f),
                 f == SRV_FINISH_ERROR ? ": " : "", f == SRV_FINISH_ERROR && msg ? msg : "");
 }
 
@@ -621,9 +622,9 @@ static void on_loaded(void *ud, const char *id, bool ok, const char *err, const 
     srv_engine *e = ud;
     e->sched.loads_changed = true;
     if (!ok && e->verbose >= 1)
-        fprintf(stderr, "engine: adapter %s failed to load from %s: %s\n", id, abs_dir, err);
+        srv_log(SRV_LOG_WARN, "adapter %s failed to load from %s: %s", id, abs_dir, err);
     else if (e->verbose >= 2)
-        fprintf(stderr, "engine: adapter %s loaded from %s\n", id, abs_dir);
+        srv_log(SRV_LOG_DEBUG, "adapter %s loaded from %s", id, abs_dir);
 }
 
 /* Publishes the gauges of srv_engine_stats. */
@@ -834,9 +835,9 @@ static int chat_template_setup(srv_engine *e, const srv_engine_opts *o, char *er
             return -1;
         }
     } else if (core_tokenizer_chat_template_status(e->tok, msg, sizeof msg) < 0) {
-        fprintf(stderr,
-                "engine: warning: the model's chat template cannot be rendered (%s); "
-                "/v1/chat/completions will answer 400 (give one with --chat-template FILE)\n",
+        srv_log(SRV_LOG_WARN,
+                "the model's chat template cannot be rendered (%s); "
+                "/v1/chat/completions will answer 400 (give one with --chat-template FILE)",
                 msg);
     }
     return 0;
@@ -846,20 +847,20 @@ static int chat_template_setup(srv_engine *e, const srv_engine_opts *o, char *er
 static void step_budget_print(const srv_engine *e)
 {
     if (e->max_step_ms > 0)
-        fprintf(stderr,
-                "engine: step budget: prompt chunks sized for steps of %.4g ms while streams "
-                "decode (at least %d prompt rows a step); %d rows when none does\n",
+        srv_log(SRV_LOG_INFO,
+                "step budget: prompt chunks sized for steps of %.4g ms while streams "
+                "decode (at least %d prompt rows a step); %d rows when none does",
                 e->max_step_ms, SRV_STEP_MIN_PROMPT_ROWS, e->max_batch);
     else if (e->max_step_ms == 0)
-        fprintf(stderr,
-                "engine: step budget: fixed, %d rows a step (--max-step-ms 0); no latency "
-                "target\n",
+        srv_log(SRV_LOG_INFO,
+                "step budget: fixed, %d rows a step (--max-step-ms 0); no latency "
+                "target",
                 e->max_batch);
     else
-        fprintf(stderr,
-                "engine: step budget: prompt chunks sized for steps of %.4gx the learned "
+        srv_log(SRV_LOG_INFO,
+                "step budget: prompt chunks sized for steps of %.4gx the learned "
                 "decode-only step, at least %.4g ms, while streams decode (at least %d prompt "
-                "rows a step); %.4g ms when none does (--max-step-ms X to fix the target)\n",
+                "rows a step); %.4g ms when none does (--max-step-ms X to fix the target)",
                 SRV_STEP_AUTO_MULT, SRV_STEP_AUTO_FLOOR_MS, SRV_STEP_MIN_PROMPT_ROWS,
                 SRV_STEP_PROMPT_ONLY_MS);
 }
@@ -903,9 +904,9 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
         }
         e->int8_weights = rc;
         if (rc == 0)
-            fprintf(stderr,
-                    "engine: --int8: the model has no Q4_1, Q8_0 or K-quant weights; every layer "
-                    "keeps f32 activations\n");
+            srv_log(SRV_LOG_WARN,
+                    "--int8: the model has no Q4_1, Q8_0 or K-quant weights; every layer "
+                    "keeps f32 activations");
     }
     e->tok = core_tokenizer_new(e->model->gguf, err, errlen);
     if (!e->tok || chat_template_setup(e, o, err, errlen) < 0)
@@ -951,15 +952,16 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
             snprintf(int8, sizeof int8,
                      "int8 activations (%s) where the weights are Q4_1/Q8_0/Q4_K-Q6_K, else ",
                      core_int8_kernels());
-        fprintf(stderr,
-                "engine: model %s (%d layers, vocab %d), %d slots x %d positions, batch %d rows, "
-                "prefill chunk %d, queue %d, registry %s (%d nodes%s)\n"
-                "engine: linear layers on %s%s; KV cache %s, %zu MB pool (%d blocks of %d "
-                "positions, %zu KB each), prefix cache %s\n",
+        srv_log(SRV_LOG_INFO,
+                "model %s (%d layers, vocab %d), %d slots x %d positions, batch %d rows, "
+                "prefill chunk %d, queue %d, registry %s (%d nodes%s)",
                 e->model_id, e->model->cfg.n_layer, e->n_vocab, e->max_seqs, e->n_ctx, e->max_batch,
                 e->prefill_chunk, e->queue_limit, e->registry_dir ? e->registry_dir : "none",
-                rs.nodes, e->reg && e->watch ? ", watched" : "", int8,
-                core_matmul_kernels(kernels, sizeof kernels), e->kv_f16 ? "f16" : "f32",
+                rs.nodes, e->reg && e->watch ? ", watched" : "");
+        srv_log(SRV_LOG_INFO,
+                "linear layers on %s%s; KV cache %s, %zu MB pool (%d blocks of %d "
+                "positions, %zu KB each), prefix cache %s",
+                int8, core_matmul_kernels(kernels, sizeof kernels), e->kv_f16 ? "f16" : "f32",
                 e->kv_pool_bytes >> 20, core_kv_blocks_total(e->sched.kv), CORE_KV_BLOCK,
                 core_kv_block_bytes(e->sched.kv) >> 10, e->prefix_cache ? "on" : "off");
         step_budget_print(e);
