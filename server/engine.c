@@ -615,16 +615,48 @@ static void on_wake(uv_async_t *h)
     (void)h; /* the loop below looks at the inbox and the flags after every turn */
 }
 
-/* A load finished. Clients see a failure's message with file names relative to the registry;
- * the log also gets the directory's absolute path, for the operator. */
+/* A load finished: the scheduler looks at the jobs that wait for loads again (on_registry_event
+ * logs it). */
 static void on_loaded(void *ud, const char *id, bool ok, const char *err, const char *abs_dir)
 {
+    (void)id, (void)ok, (void)err, (void)abs_dir; /* on_event logs them */
     srv_engine *e = ud;
     e->sched.loads_changed = true;
-    if (!ok && e->verbose >= 1)
-        srv_log(SRV_LOG_WARN, "adapter %s failed to load from %s: %s", id, abs_dir, err);
-    else if (e->verbose >= 2)
-        srv_log(SRV_LOG_DEBUG, "adapter %s loaded from %s", id, abs_dir);
+}
+
+/* The registry's loads, failures, evictions and discoveries, in the log (info; failures warn).
+ * Under the registry's lock: logs and nothing else. */
+static void on_registry_event(void *ud, const adapter_event *ev)
+{
+    static const char *const what[] = {
+        [ADAPTER_EVENT_LOADED] = "loaded",       [ADAPTER_EVENT_RELOADED] = "reloaded",
+        [ADAPTER_EVENT_UNCHANGED] = "unchanged", [ADAPTER_EVENT_FAILED] = "failed",
+        [ADAPTER_EVENT_EVICTED] = "evicted",     [ADAPTER_EVENT_DISCOVERED] = "discovered",
+        [ADAPTER_EVENT_REMOVED] = "removed"};
+    const srv_engine *e = ud;
+    if (e->verbose < 1)
+        return;
+    char version[17] = "", old[17] = "";
+    if (ev->version)
+        snprintf(version, sizeof version, "%016llx", (unsigned long long)ev->version);
+    if (ev->old_version)
+        snprintf(old, sizeof old, "%016llx", (unsigned long long)ev->old_version);
+    srv_log_field f[6];
+    int n = 0;
+    f[n++] = SRV_LOG_STR("event", what[ev->kind]);
+    f[n++] = SRV_LOG_STR("node", ev->id);
+    f[0].json_only = f[1].json_only = true; /* the text message says them */
+    f[n++] = SRV_LOG_STR("version", version[0] ? version : NULL);
+    f[n++] = SRV_LOG_STR("old_version", old[0] ? old : NULL);
+    if (ev->bytes)
+        f[n++] = SRV_LOG_INT("bytes", (long long)ev->bytes);
+    if (ev->kind <= ADAPTER_EVENT_FAILED) /* a load */
+        f[n++] = SRV_LOG_MS("ms", ev->ms);
+    if (ev->kind == ADAPTER_EVENT_FAILED)
+        srv_log_with(SRV_LOG_WARN, f, n, "adapter %s failed to load from %s: %s", ev->id,
+                     ev->abs_dir, ev->err);
+    else
+        srv_log_with(SRV_LOG_INFO, f, n, "adapter %s %s", ev->id, what[ev->kind]);
 }
 
 /* Publishes the gauges of srv_engine_stats. */
@@ -720,6 +752,7 @@ static void *engine_main(void *arg)
                                     .rescan_ms = e->watch ? 0 : -1,
                                     .watch = e->watch,
                                     .on_loaded = on_loaded,
+                                    .on_event = on_registry_event,
                                     .ud = e};
         e->reg = adapter_registry_new(&ro, e->ready_err, sizeof e->ready_err);
         if (!e->reg) {

@@ -5,21 +5,24 @@ generation carries the id, status, adapter selection, tokens and time to first t
 loads are logged with the node, version, bytes and milliseconds."""
 
 import json
+import os
 import re
+import shutil
 
 import e2e
 from e2e import check, eq
 
 suite = e2e.Suite("logs", budget=180)
 S = None
+REG = None
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
 def setup():
-    global S
-    reg = e2e.make_registry(suite.tmp, fixtures=False)
-    S = suite.server(["--log-format", "json"], registry=reg, name="server")
+    global S, REG
+    REG = e2e.make_registry(suite.tmp, fixtures=False)
+    S = suite.server(["--log-format", "json"], registry=REG, name="server")
     S.start()
 
 
@@ -105,6 +108,30 @@ def bad_id_replaced_and_errors_carry_it():
                headers={"X-Request-Id": "caf\u00e9".encode("latin-1").decode("latin-1")})
     check(HEX32.match(r.headers.get("x-request-id", "")),
           f"a non-ASCII id is replaced: {r.headers.get('x-request-id')!r}")
+
+
+def event(kind, node):
+    return e2e.wait_until(
+        lambda: next((x for x in records() if x.get("event") == kind and x.get("node") == node),
+                     None), 10, f"a log line: adapter {node} {kind}")
+
+
+@suite.test
+def adapter_events_logged():
+    """Discoveries (at start-up and by the watcher) and loads, with version, bytes and ms."""
+    d = event("discovered", "de")
+    eq((d["level"], d["msg"]), ("info", "adapter de discovered"), "a discovery at start-up")
+    r = S.post("/v1/adapters/load", {"id": "de"}, headers={"X-Request-Id": "load-de"})
+    eq(r.status, 200, f"load de: {r}")
+    version = r.json().get("version")
+    a = event("loaded", "de")
+    eq((a["level"], a.get("version")), ("info", version), f"the load's version: {a}")
+    check(a.get("bytes", 0) > 0 and a.get("ms", -1) >= 0, f"bytes and ms: {a}")
+    check(any(x.get("request_id") == "load-de" and "adapter de" in x["msg"] for x in records()),
+          "the admin route's line carries the request id")
+    shutil.copytree(os.path.join(REG, "de"), os.path.join(REG, "de2"),
+                    ignore=shutil.ignore_patterns("witze"))
+    event("discovered", "de2")
 
 
 @suite.test
