@@ -271,6 +271,7 @@ static int submit(srv_app *a, srv_http_req *req, srv_call *c, const srv_request 
                         .sel = *sel,
                         .label = label,
                         .client = client,
+                        .request_id = srv_http_request_id(req),
                         .max_tokens = max_tokens,
                         .sampling = rq->sampling,
                         .seed = seed,

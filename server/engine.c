@@ -173,6 +173,7 @@ srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud
     j->sel = p->sel;
     snprintf(j->label, sizeof j->label, "%s", p->label ? p->label : "base");
     snprintf(j->client, sizeof j->client, "%s", p->client ? p->client : "");
+    snprintf(j->request_id, sizeof j->request_id, "%s", p->request_id ? p->request_id : "");
     j->max_tokens = p->max_tokens;
     j->sampling = p->sampling;
     j->sampling.seed = p->seed;
@@ -353,9 +354,10 @@ void srv__job_finish(srv__shared *sh, srv_job *j, srv_finish f, srv_err err, con
     }
     pthread_mutex_unlock(&sh->mu);
     if (sh->verbose >= 2 || (sh->verbose >= 1 && f == SRV_FINISH_ERROR))
-        srv_log(f == SRV_FINISH_ERROR ? SRV_LOG_WARN : SRV_LOG_DEBUG, "job %s (%s) ended %s%s%s",
-                j->label, j->client[0] ? j->client : "-", srv_finish_name(f),
-                f == SRV_FINISH_ERROR ? ": " : "", f == SRV_FINISH_ERROR && msg ? msg : "");
+        srv_log_req(f == SRV_FINISH_ERROR ? SRV_LOG_WARN : SRV_LOG_DEBUG,
+                    j->request_id[0] ? j->request_id : NULL, "job %s (%s) ended %s%s%s", j->label,
+                    j->client[0] ? j->client : "-", srv_finish_name(f),
+                    f == SRV_FINISH_ERROR ? ": " : "", f == SRV_FINISH_ERROR && msg ? msg : "");
 }
 
 void srv__job_notify(srv_job *j)
