@@ -24,7 +24,7 @@
  * Loads and probes apply the rule again at every open (adapter_load_beneath), on the descriptor
  * actually opened, so a file swapped for a symlink after the scan cannot lead out either. Their
  * messages, kept as the node's error and shown to clients, name files relative to the root; the
- * server learns the absolute directory from on_loaded, for its log.
+ * server learns the absolute directory from on_loaded and on_event, for its log.
  */
 #include "adapters/registry.h"
 #include "core/base.h"
@@ -115,6 +115,7 @@ typedef struct load_job {
     uint64_t gen; /* the node's load number */
     uint64_t sig; /* the node's files' signature when the load started */
     adapter *result;
+    double ms; /* reading and validating */
     char err[256];
 } load_job;
 
@@ -372,6 +373,18 @@ static void drop_current(adapter_registry *r, reg_node *n)
     n->current = NULL;
 }
 
+/* Tells the server about ev (adapter_registry_opts.on_event). Lock held. */
+static void emit(const adapter_registry *r, adapter_event ev)
+{
+    if (!r->o.on_event)
+        return;
+    if (!ev.err)
+        ev.err = "";
+    if (!ev.abs_dir)
+        ev.abs_dir = "";
+    r->o.on_event(r->o.ud, &ev);
+}
+
 /* Evicts least recently used, unpinned, unused versions until the budget holds. Lock held.
  * It runs only after an acquire has taken its references, never when a load finishes: a request
  * whose chain is being assembled would otherwise see its first members evicted by the later ones
@@ -390,6 +403,10 @@ static void evict(adapter_registry *r, const reg_node *keep)
         }
         if (!victim)
             break;
+        emit(r, (adapter_event){.kind = ADAPTER_EVENT_EVICTED,
+                                .id = victim->id,
+                                .version = victim->current->hash,
+                                .bytes = victim->current->bytes});
         drop_current(r, victim);
         victim->evictions++;
     }
@@ -462,7 +479,9 @@ static uint64_t sig_now(const adapter_registry *r, const reg_node *n, bool *ok)
 static void load_work(uv_work_t *req)
 {
     load_job *j = req->data;
+    double t0 = core_now();
     j->result = adapter_load_beneath(j->r->root, j->id, &j->r->cfg, j->err, sizeof j->err);
+    j->ms = (core_now() - t0) * 1e3;
 }
 
 static void start_load(adapter_registry *r, reg_node *n);
@@ -482,6 +501,16 @@ static void load_done(uv_work_t *req, int status)
             /* The same content as the resident version: keep that one (its requests, its
              * identity); the copy just read is dropped below. */
             bool same = n->current && n->current->hash == j->result->hash;
+            adapter_event ev = {.kind = same         ? ADAPTER_EVENT_UNCHANGED
+                                        : n->current ? ADAPTER_EVENT_RELOADED
+                                                     : ADAPTER_EVENT_LOADED,
+                                .id = n->id,
+                                .version = j->result->hash,
+                                .old_version = n->current && !same ? n->current->hash : 0,
+                                .bytes = j->result->bytes,
+                                .ms = j->ms,
+                                .abs_dir = j->path};
+            emit(r, ev);
             if (!same) {
                 drop_current(r, n);
                 n->current = j->result;
@@ -499,6 +528,11 @@ static void load_done(uv_work_t *req, int status)
             n->failed = true;
             snprintf(n->error, sizeof n->error, "%s", j->err);
             n->load_failures++;
+            emit(r, (adapter_event){.kind = ADAPTER_EVENT_FAILED,
+                                    .id = n->id,
+                                    .ms = j->ms,
+                                    .err = j->err,
+                                    .abs_dir = j->path});
             answer(r, n, UP_TO, j->gen, -EIO, false, 0, j->err);
         }
         if (n->reload) {
@@ -641,6 +675,10 @@ static void merge_scan(adapter_registry *r, scan_list *l)
                 continue;
             snprintf(n->id, sizeof n->id, "%s", e->id);
         }
+        if (e->has_adapter && !n->has_adapter)
+            emit(r, (adapter_event){.kind = ADAPTER_EVENT_DISCOVERED, .id = n->id});
+        else if (!e->has_adapter && n->has_adapter)
+            emit(r, (adapter_event){.kind = ADAPTER_EVENT_REMOVED, .id = n->id});
         bool changed = n->sig != e->sig || n->has_adapter != e->has_adapter;
         snprintf(n->path, sizeof n->path, "%s", e->path);
         n->has_adapter = e->has_adapter;
@@ -666,6 +704,8 @@ static void merge_scan(adapter_registry *r, scan_list *l)
     for (int i = 0; i < r->n_nodes; i++) {
         reg_node *n = r->nodes[i];
         if (!n->kept) {
+            if (n->has_adapter)
+                emit(r, (adapter_event){.kind = ADAPTER_EVENT_REMOVED, .id = n->id});
             drop_current(r, n);
             answer(r, n, EVERY, 0, -ENOENT, false, 0, "the node no longer exists");
             free(n);

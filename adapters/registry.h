@@ -47,6 +47,28 @@
 
 typedef struct adapter_registry adapter_registry;
 
+/* What happened to a node, for the server's log (adapter_registry_opts.on_event). */
+typedef enum adapter_event_kind {
+    ADAPTER_EVENT_LOADED,     /* a load made the node's first resident version */
+    ADAPTER_EVENT_RELOADED,   /* a load replaced the resident version with a new one */
+    ADAPTER_EVENT_UNCHANGED,  /* a load read files whose content is the resident version's */
+    ADAPTER_EVENT_FAILED,     /* a load failed; a previous good version, if any, serves on */
+    ADAPTER_EVENT_EVICTED,    /* the resident version was dropped to fit the cache budget */
+    ADAPTER_EVENT_DISCOVERED, /* a scan found a new adapter node (the first scan: every one) */
+    ADAPTER_EVENT_REMOVED     /* an adapter node left the tree, or no longer holds an adapter */
+} adapter_event_kind;
+
+typedef struct adapter_event {
+    adapter_event_kind kind;
+    const char *id;
+    uint64_t version;     /* the content hash of the version loaded, kept or evicted; else 0 */
+    uint64_t old_version; /* RELOADED: the version replaced; else 0 */
+    size_t bytes;         /* the resident bytes of that version; else 0 */
+    double ms;            /* loads (and failures): reading and validating the files; else 0 */
+    const char *err;      /* FAILED: why, files named relative to the root; else "" */
+    const char *abs_dir;  /* loads: the node directory's real path (for the log only); else "" */
+} adapter_event;
+
 typedef struct adapter_registry_opts {
     const char *root;
     const core_config *cfg; /* the base every adapter is validated against; borrowed */
@@ -59,7 +81,11 @@ typedef struct adapter_registry_opts {
      * the node directory's real path as the last scan saw it, for the server's log only (never
      * for clients). Both are valid during the call only. */
     void (*on_loaded)(void *ud, const char *id, bool ok, const char *err, const char *abs_dir);
-    void *ud;
+    /* Called for each adapter_event, with the registry's lock held, on the thread that caused it
+     * (the loop thread but for evictions, which follow acquires): it must be quick and must not
+     * call the registry. The event's strings are valid during the call only. May be NULL. */
+    void (*on_event)(void *ud, const adapter_event *ev);
+    void *ud; /* for on_loaded and on_event */
 } adapter_registry_opts;
 
 /* Scans the root and starts watching it. Returns NULL with a message in err when the root is

@@ -95,6 +95,7 @@ static void serve_usage(FILE *out)
         "                            outside the supported subset (README, 'Chat templates')\n"
         "                            or unreadable stops the start-up with the reason\n"
         "      --log-level LEVEL     error, warn, info or debug (default info)\n"
+        "      --log-format FORMAT   text or json: one JSON object per line (default text)\n"
         "      --max-body-kb N       largest request body in KiB (default 1024); more gets "
         "413\n"
         "      --idle-timeout S      close connections idle for S seconds (default 60; 0 = "
@@ -237,6 +238,12 @@ static int value_flag(srv_serve_opts *o, const char *a, const char *v, char *err
             return -1;
         }
         o->replica = v;
+    } else if (!strcmp(a, "--log-format")) {
+        o->log_format = srv_log_parse_format(v);
+        if (o->log_format < 0) {
+            snprintf(err, errlen, "bad value '%s' for --log-format: expected text or json", v);
+            return -1;
+        }
     } else if (!strcmp(a, "--log-level")) {
         o->log_level = srv_log_parse(v);
         if (o->log_level < 0) {
@@ -390,7 +397,8 @@ static char *read_chat_template(const char *path)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        fprintf(stderr, "serve: --chat-template %s: cannot read it: %s\n", path, strerror(errno));
+        srv_log(SRV_LOG_ERROR, "serve: --chat-template %s: cannot read it: %s", path,
+                strerror(errno));
         return NULL;
     }
     char *s = malloc(CHAT_TEMPLATE_MAX + 1);
@@ -399,16 +407,17 @@ static char *read_chat_template(const char *path)
     fclose(f);
     if (!s || bad || n > CHAT_TEMPLATE_MAX) {
         if (bad)
-            fprintf(stderr, "serve: --chat-template %s: cannot read it: %s\n", path, strerror(bad));
+            srv_log(SRV_LOG_ERROR, "serve: --chat-template %s: cannot read it: %s", path,
+                    strerror(bad));
         else
-            fprintf(stderr, "serve: --chat-template %s: larger than %d KiB\n", path,
+            srv_log(SRV_LOG_ERROR, "serve: --chat-template %s: larger than %d KiB", path,
                     CHAT_TEMPLATE_MAX >> 10);
         free(s);
         return NULL;
     }
     s[n] = '\0';
     if (strlen(s) != n) {
-        fprintf(stderr, "serve: --chat-template %s: holds a NUL byte\n", path);
+        srv_log(SRV_LOG_ERROR, "serve: --chat-template %s: holds a NUL byte", path);
         free(s);
         return NULL;
     }
@@ -448,7 +457,7 @@ static srv_engine *start_engine(const srv_serve_opts *o)
     srv_engine *e = srv_engine_new(&eo, err, sizeof err);
     free(tmpl);
     if (!e)
-        fprintf(stderr, "serve: %s\n", err);
+        srv_log(SRV_LOG_ERROR, "serve: %s", err);
     return e;
 }
 
@@ -560,14 +569,15 @@ int srv_cli_serve(int argc, char **argv)
         return rc == 1 ? 0 : 2;
     }
     srv_log_threshold = (srv_log_level)o.log_level;
+    srv_log_fmt = (srv_log_format)o.log_format;
     srv_auth auth;
     if (srv_auth_init(&auth, o.api_key, o.admin_key, err, sizeof err) < 0) {
-        fprintf(stderr, "serve: %s\n", err);
+        srv_log(SRV_LOG_ERROR, "serve: %s", err);
         return 2;
     }
     int sfd = -1;
     if (signals_setup(&sfd) < 0) {
-        fprintf(stderr, "serve: cannot set up signal handling: %s\n", strerror(errno));
+        srv_log(SRV_LOG_ERROR, "serve: cannot set up signal handling: %s", strerror(errno));
         return 1;
     }
     int status = 1;
@@ -593,7 +603,7 @@ int srv_cli_serve(int argc, char **argv)
     fit_fd_limit(&ho);
     http = srv_http_new(&ho, &h, err, sizeof err);
     if (!http) {
-        fprintf(stderr, "serve: %s\n", err);
+        srv_log(SRV_LOG_ERROR, "serve: %s", err);
         srv_app_deinit(&app);
         goto out;
     }
@@ -603,7 +613,7 @@ int srv_cli_serve(int argc, char **argv)
     if (reg)
         adapter_registry_stats_get(reg, &rs);
     bool v6 = strchr(o.host, ':') != NULL;
-    fprintf(stderr, "adaptree: serving %s (%d registry nodes) on http://%s%s%s:%d as replica %s\n",
+    srv_log(SRV_LOG_INFO, "serving %s (%d registry nodes) on http://%s%s%s:%d as replica %s",
             srv_engine_model_id(e), rs.nodes, v6 ? "[" : "", o.host, v6 ? "]" : "",
             srv_http_port(http), app.replica);
     int sig;

@@ -27,6 +27,7 @@ typedef struct srv_serve_opts {
     const char *api_key;       /* --api-key, else $ADAPTREE_API_KEY; NULL = none */
     const char *admin_key;     /* --admin-key, else $ADAPTREE_ADMIN_KEY; NULL = none */
     int log_level;             /* srv_log_level, info */
+    int log_format;            /* srv_log_format, text */
     long max_body_kb;          /* 1024 */
     long idle_timeout;         /* seconds, 60 */
     long max_conns;            /* --max-connections, 1024 */

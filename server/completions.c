@@ -26,12 +26,12 @@
 
 /* Logs a request's "user" and "metadata" (OpenAI's tags; accepted, not acted on) as JSON, so a
  * newline or a quote in them cannot forge a log line. */
-static void log_tags(const char *id, const srv_request *rq)
+static void log_tags(const char *id, const char *request_id, const srv_request *rq)
 {
     cJSON *u = rq->user ? cJSON_CreateString(rq->user) : NULL;
     char *us = u ? cJSON_PrintUnformatted(u) : NULL;
-    srv_log(SRV_LOG_INFO, "%s: user %s, metadata %s", id, us ? us : "null",
-            rq->metadata_json ? rq->metadata_json : "null");
+    srv_log_req(SRV_LOG_INFO, request_id, "%s: user %s, metadata %s", id, us ? us : "null",
+                rq->metadata_json ? rq->metadata_json : "null");
     cJSON_free(us);
     cJSON_Delete(u);
 }
@@ -271,6 +271,7 @@ static int submit(srv_app *a, srv_http_req *req, srv_call *c, const srv_request 
                         .sel = *sel,
                         .label = label,
                         .client = client,
+                        .request_id = srv_http_request_id(req),
                         .max_tokens = max_tokens,
                         .sampling = rq->sampling,
                         .seed = seed,
@@ -344,15 +345,17 @@ static void start(srv_app *a, srv_http_req *req, srv_call *c)
              c->kind == SRV_REQ_CHAT ? "chatcmpl-" : "cmpl-", (unsigned long long)r1,
              (unsigned long long)(r2 & 0xffffffffu));
     if (rq.user || rq.metadata_json)
-        log_tags(c->id, &rq);
+        log_tags(c->id, srv_http_request_id(req), &rq);
 
     adapter_selection sel;
     char label[ADAPTER_ID_MAX + 1];
     int32_t *ids = NULL;
     size_t n = 0;
     int max_tokens;
-    if (select_adapters(a, req, &rq, &sel, label, sizeof label) == 0 &&
-        prompt_ids(a, req, c, &rq, &ids, &n) == 0 &&
+    bool selected = select_adapters(a, req, &rq, &sel, label, sizeof label) == 0;
+    if (selected)
+        srv_http_log_selection(req, label);
+    if (selected && prompt_ids(a, req, c, &rq, &ids, &n) == 0 &&
         (max_tokens = check_context(a, req, c, &rq, n)) >= 0 &&
         submit(a, req, c, &rq, ids, n, max_tokens, &sel, label) == 0)
         srv_http_wait(req);
@@ -593,6 +596,13 @@ void srv__gen_done(srv_app *a, srv_http_req *req, srv_call *c)
         double now = (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
         srv_metrics_generation(&a->metrics, st.first_token_ms >= 0 ? st.first_token_ms / 1e3 : -1.0,
                                now - srv_http_start(req));
+        long long completion = st.completion_tokens;
+        for (int i = 0; i < c->n_more; i++) {
+            srv_job_status more;
+            srv_job_status_get(c->more[i], &more);
+            completion += more.completion_tokens;
+        }
+        srv_http_log_usage(req, st.prompt_tokens, completion, st.first_token_ms);
         drop_jobs(c);
     }
     free(c->echo);

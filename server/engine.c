@@ -27,6 +27,7 @@
 
 #include "core/kernels/blas.h"
 #include "server/engine_internal.h"
+#include "server/log.h"
 
 void srv_engine_opts_default(srv_engine_opts *o)
 {
@@ -172,6 +173,7 @@ srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud
     j->sel = p->sel;
     snprintf(j->label, sizeof j->label, "%s", p->label ? p->label : "base");
     snprintf(j->client, sizeof j->client, "%s", p->client ? p->client : "");
+    snprintf(j->request_id, sizeof j->request_id, "%s", p->request_id ? p->request_id : "");
     j->max_tokens = p->max_tokens;
     j->sampling = p->sampling;
     j->sampling.seed = p->seed;
@@ -352,9 +354,10 @@ void srv__job_finish(srv__shared *sh, srv_job *j, srv_finish f, srv_err err, con
     }
     pthread_mutex_unlock(&sh->mu);
     if (sh->verbose >= 2 || (sh->verbose >= 1 && f == SRV_FINISH_ERROR))
-        fprintf(stderr, "engine: job %s (%s) ended %s%s%s\n", j->label,
-                j->client[0] ? j->client : "-", srv_finish_name(f),
-                f == SRV_FINISH_ERROR ? ": " : "", f == SRV_FINISH_ERROR && msg ? msg : "");
+        srv_log_req(f == SRV_FINISH_ERROR ? SRV_LOG_WARN : SRV_LOG_DEBUG,
+                    j->request_id[0] ? j->request_id : NULL, "job %s (%s) ended %s%s%s", j->label,
+                    j->client[0] ? j->client : "-", srv_finish_name(f),
+                    f == SRV_FINISH_ERROR ? ": " : "", f == SRV_FINISH_ERROR && msg ? msg : "");
 }
 
 void srv__job_notify(srv_job *j)
@@ -614,16 +617,48 @@ static void on_wake(uv_async_t *h)
     (void)h; /* the loop below looks at the inbox and the flags after every turn */
 }
 
-/* A load finished. Clients see a failure's message with file names relative to the registry;
- * the log also gets the directory's absolute path, for the operator. */
+/* A load finished: the scheduler looks at the jobs that wait for loads again (on_registry_event
+ * logs it). */
 static void on_loaded(void *ud, const char *id, bool ok, const char *err, const char *abs_dir)
 {
+    (void)id, (void)ok, (void)err, (void)abs_dir; /* on_event logs them */
     srv_engine *e = ud;
     e->sched.loads_changed = true;
-    if (!ok && e->verbose >= 1)
-        fprintf(stderr, "engine: adapter %s failed to load from %s: %s\n", id, abs_dir, err);
-    else if (e->verbose >= 2)
-        fprintf(stderr, "engine: adapter %s loaded from %s\n", id, abs_dir);
+}
+
+/* The registry's loads, failures, evictions and discoveries, in the log (info; failures warn).
+ * Under the registry's lock: logs and nothing else. */
+static void on_registry_event(void *ud, const adapter_event *ev)
+{
+    static const char *const what[] = {
+        [ADAPTER_EVENT_LOADED] = "loaded",       [ADAPTER_EVENT_RELOADED] = "reloaded",
+        [ADAPTER_EVENT_UNCHANGED] = "unchanged", [ADAPTER_EVENT_FAILED] = "failed",
+        [ADAPTER_EVENT_EVICTED] = "evicted",     [ADAPTER_EVENT_DISCOVERED] = "discovered",
+        [ADAPTER_EVENT_REMOVED] = "removed"};
+    const srv_engine *e = ud;
+    if (e->verbose < 1)
+        return;
+    char version[17] = "", old[17] = "";
+    if (ev->version)
+        snprintf(version, sizeof version, "%016llx", (unsigned long long)ev->version);
+    if (ev->old_version)
+        snprintf(old, sizeof old, "%016llx", (unsigned long long)ev->old_version);
+    srv_log_field f[6];
+    int n = 0;
+    f[n++] = SRV_LOG_STR("event", what[ev->kind]);
+    f[n++] = SRV_LOG_STR("node", ev->id);
+    f[0].json_only = f[1].json_only = true; /* the text message says them */
+    f[n++] = SRV_LOG_STR("version", version[0] ? version : NULL);
+    f[n++] = SRV_LOG_STR("old_version", old[0] ? old : NULL);
+    if (ev->bytes)
+        f[n++] = SRV_LOG_INT("bytes", (long long)ev->bytes);
+    if (ev->kind <= ADAPTER_EVENT_FAILED) /* a load */
+        f[n++] = SRV_LOG_MS("ms", ev->ms);
+    if (ev->kind == ADAPTER_EVENT_FAILED)
+        srv_log_with(SRV_LOG_WARN, f, n, "adapter %s failed to load from %s: %s", ev->id,
+                     ev->abs_dir, ev->err);
+    else
+        srv_log_with(SRV_LOG_INFO, f, n, "adapter %s %s", ev->id, what[ev->kind]);
 }
 
 /* Publishes the gauges of srv_engine_stats. */
@@ -719,6 +754,7 @@ static void *engine_main(void *arg)
                                     .rescan_ms = e->watch ? 0 : -1,
                                     .watch = e->watch,
                                     .on_loaded = on_loaded,
+                                    .on_event = on_registry_event,
                                     .ud = e};
         e->reg = adapter_registry_new(&ro, e->ready_err, sizeof e->ready_err);
         if (!e->reg) {
@@ -834,9 +870,9 @@ static int chat_template_setup(srv_engine *e, const srv_engine_opts *o, char *er
             return -1;
         }
     } else if (core_tokenizer_chat_template_status(e->tok, msg, sizeof msg) < 0) {
-        fprintf(stderr,
-                "engine: warning: the model's chat template cannot be rendered (%s); "
-                "/v1/chat/completions will answer 400 (give one with --chat-template FILE)\n",
+        srv_log(SRV_LOG_WARN,
+                "the model's chat template cannot be rendered (%s); "
+                "/v1/chat/completions will answer 400 (give one with --chat-template FILE)",
                 msg);
     }
     return 0;
@@ -846,20 +882,20 @@ static int chat_template_setup(srv_engine *e, const srv_engine_opts *o, char *er
 static void step_budget_print(const srv_engine *e)
 {
     if (e->max_step_ms > 0)
-        fprintf(stderr,
-                "engine: step budget: prompt chunks sized for steps of %.4g ms while streams "
-                "decode (at least %d prompt rows a step); %d rows when none does\n",
+        srv_log(SRV_LOG_INFO,
+                "step budget: prompt chunks sized for steps of %.4g ms while streams "
+                "decode (at least %d prompt rows a step); %d rows when none does",
                 e->max_step_ms, SRV_STEP_MIN_PROMPT_ROWS, e->max_batch);
     else if (e->max_step_ms == 0)
-        fprintf(stderr,
-                "engine: step budget: fixed, %d rows a step (--max-step-ms 0); no latency "
-                "target\n",
+        srv_log(SRV_LOG_INFO,
+                "step budget: fixed, %d rows a step (--max-step-ms 0); no latency "
+                "target",
                 e->max_batch);
     else
-        fprintf(stderr,
-                "engine: step budget: prompt chunks sized for steps of %.4gx the learned "
+        srv_log(SRV_LOG_INFO,
+                "step budget: prompt chunks sized for steps of %.4gx the learned "
                 "decode-only step, at least %.4g ms, while streams decode (at least %d prompt "
-                "rows a step); %.4g ms when none does (--max-step-ms X to fix the target)\n",
+                "rows a step); %.4g ms when none does (--max-step-ms X to fix the target)",
                 SRV_STEP_AUTO_MULT, SRV_STEP_AUTO_FLOOR_MS, SRV_STEP_MIN_PROMPT_ROWS,
                 SRV_STEP_PROMPT_ONLY_MS);
 }
@@ -903,9 +939,9 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
         }
         e->int8_weights = rc;
         if (rc == 0)
-            fprintf(stderr,
-                    "engine: --int8: the model has no Q4_1, Q8_0 or K-quant weights; every layer "
-                    "keeps f32 activations\n");
+            srv_log(SRV_LOG_WARN,
+                    "--int8: the model has no Q4_1, Q8_0 or K-quant weights; every layer "
+                    "keeps f32 activations");
     }
     e->tok = core_tokenizer_new(e->model->gguf, err, errlen);
     if (!e->tok || chat_template_setup(e, o, err, errlen) < 0)
@@ -951,15 +987,16 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
             snprintf(int8, sizeof int8,
                      "int8 activations (%s) where the weights are Q4_1/Q8_0/Q4_K-Q6_K, else ",
                      core_int8_kernels());
-        fprintf(stderr,
-                "engine: model %s (%d layers, vocab %d), %d slots x %d positions, batch %d rows, "
-                "prefill chunk %d, queue %d, registry %s (%d nodes%s)\n"
-                "engine: linear layers on %s%s; KV cache %s, %zu MB pool (%d blocks of %d "
-                "positions, %zu KB each), prefix cache %s\n",
+        srv_log(SRV_LOG_INFO,
+                "model %s (%d layers, vocab %d), %d slots x %d positions, batch %d rows, "
+                "prefill chunk %d, queue %d, registry %s (%d nodes%s)",
                 e->model_id, e->model->cfg.n_layer, e->n_vocab, e->max_seqs, e->n_ctx, e->max_batch,
                 e->prefill_chunk, e->queue_limit, e->registry_dir ? e->registry_dir : "none",
-                rs.nodes, e->reg && e->watch ? ", watched" : "", int8,
-                core_matmul_kernels(kernels, sizeof kernels), e->kv_f16 ? "f16" : "f32",
+                rs.nodes, e->reg && e->watch ? ", watched" : "");
+        srv_log(SRV_LOG_INFO,
+                "linear layers on %s%s; KV cache %s, %zu MB pool (%d blocks of %d "
+                "positions, %zu KB each), prefix cache %s",
+                int8, core_matmul_kernels(kernels, sizeof kernels), e->kv_f16 ? "f16" : "f32",
                 e->kv_pool_bytes >> 20, core_kv_blocks_total(e->sched.kv), CORE_KV_BLOCK,
                 core_kv_block_bytes(e->sched.kv) >> 10, e->prefix_cache ? "on" : "off");
         step_budget_print(e);

@@ -195,14 +195,16 @@ const char *srv_finish_name(srv_finish f);
 #define SRV_JOB_STOP_IDS_MAX 64 /* stop_token_ids */
 
 typedef struct srv_job_params {
-    const int32_t *prompt; /* (n_prompt) token ids, copied by srv_job_new */
-    int n_prompt;          /* 1 .. n_ctx - 1 (the HTTP layer refuses longer prompts) */
-    adapter_selection sel; /* resolved (adapter_registry_resolve); n = 0: base only */
-    const char *label;     /* metrics label for the selection, copied ("base", "fr/legal",
-                              "fr:0.5+de:0.5"); NULL = "base" */
-    const char *client;    /* fairness key, copied, <= SRV_CLIENT_MAX bytes ("user" field,
-                              else the key or peer address); NULL = "" */
-    int max_tokens;        /* >= 0; generation also stops at the end of the context */
+    const int32_t *prompt;  /* (n_prompt) token ids, copied by srv_job_new */
+    int n_prompt;           /* 1 .. n_ctx - 1 (the HTTP layer refuses longer prompts) */
+    adapter_selection sel;  /* resolved (adapter_registry_resolve); n = 0: base only */
+    const char *label;      /* metrics label for the selection, copied ("base", "fr/legal",
+                               "fr:0.5+de:0.5"); NULL = "base" */
+    const char *client;     /* fairness key, copied, <= SRV_CLIENT_MAX bytes ("user" field,
+                               else the key or peer address); NULL = "" */
+    const char *request_id; /* the HTTP request's id, for the job's log lines; copied, at most
+                               SRV_REQUEST_ID_MAX bytes (server/log.h); NULL = none */
+    int max_tokens;         /* >= 0; generation also stops at the end of the context */
     core_sampler_params sampling;
     uint64_t seed;
     const char *stop[SRV_JOB_STOP_MAX]; /* copied; text never contains a stop string: generation

@@ -108,6 +108,11 @@ struct srv_http_req {
     size_t out_off;
     bool stream_end;
     void *state;
+    /* for the access line of a generation (srv_http_log_*); log_prompt < 0: no usage */
+    long long log_prompt, log_completion;
+    double log_ttft_ms;
+    char log_label[255];             /* 255 + 129: no padding */
+    char id[SRV_REQUEST_ID_MAX + 1]; /* X-Request-Id */
 };
 
 static void req_unref(srv_http_req *r)
@@ -154,8 +159,10 @@ static void queue(srv_http_req *r, int status, struct MHD_Response *resp,
         MHD_add_response_header(resp, headers[i], headers[i + 1]);
     if (r->h->o.replica)
         MHD_add_response_header(resp, "X-Adaptree-Replica", r->h->o.replica);
+    MHD_add_response_header(resp, "X-Request-Id", r->id);
     if (MHD_queue_response(r->conn, (unsigned)status, resp) != MHD_YES) {
-        srv_log(SRV_LOG_ERROR, "%s %s: libmicrohttpd refused the response", r->method, r->url);
+        srv_log_req(SRV_LOG_ERROR, r->id, "%s %s: libmicrohttpd refused the response", r->method,
+                    r->url);
         r->queue_failed = true;
     }
     MHD_destroy_response(resp);
@@ -213,6 +220,24 @@ void srv_http_reply_error(srv_http_req *r, int status, const char *type, const c
     const char *const *hdr = status == 401 ? h401 : status == 429 ? h429 : NULL;
     srv_http_reply_json(r, status, &b, hdr);
     srv_buf_deinit(&b);
+}
+
+const char *srv_http_request_id(const srv_http_req *r)
+{
+    return r->id;
+}
+
+void srv_http_log_selection(srv_http_req *r, const char *label)
+{
+    snprintf(r->log_label, sizeof r->log_label, "%s", label);
+}
+
+void srv_http_log_usage(srv_http_req *r, long long prompt_tokens, long long completion_tokens,
+                        double ttft_ms)
+{
+    r->log_prompt = prompt_tokens;
+    r->log_completion = completion_tokens;
+    r->log_ttft_ms = ttft_ms;
 }
 
 int srv_http_status(const srv_http_req *r)
@@ -366,6 +391,9 @@ static srv_http_req *req_new(srv_http *h, struct MHD_Connection *conn, srv_conn 
     r->t0 = core_now();
     r->conn_rec = rec;
     r->reserve = srv_conns_is_reserve(h->conns, rec);
+    r->log_prompt = -1;
+    r->log_ttft_ms = -1;
+    srv_log_request_id(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"), r->id);
     atomic_init(&r->refs, 1);
     r->slot = slot_take(h, r);
     if (!r->slot) {
@@ -544,6 +572,27 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     return r->queue_failed ? MHD_NO : MHD_YES;
 }
 
+/* The access line: one per request, at its end. */
+static void log_access(const srv_http_req *r, int status, bool complete)
+{
+    srv_log_field f[] = {
+        SRV_LOG_STR("method", r->method),
+        SRV_LOG_STR("path", r->url),
+        SRV_LOG_INT("status", status),
+        SRV_LOG_MS("duration_ms", (core_now() - r->t0) * 1e3),
+        SRV_LOG_STR("client", r->peer[0] ? r->peer : "-"),
+        SRV_LOG_STR("request_id", r->id),
+        SRV_LOG_STR("adapters", r->log_label[0] ? r->log_label : NULL),
+        SRV_LOG_MS("ttft_ms", r->log_ttft_ms),
+        SRV_LOG_INT("prompt_tokens", r->log_prompt),
+        SRV_LOG_INT("completion_tokens", r->log_completion),
+    };
+    f[0].json_only = f[1].json_only = f[2].json_only = true; /* the text message says them */
+    int n = sizeof f / sizeof *f - (r->log_prompt >= 0 ? 0 : 2);
+    srv_log_with(SRV_LOG_INFO, f, n, "%s %s %d%s", r->method, r->url, status,
+                 complete ? "" : " (not completed)");
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -564,8 +613,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     /* The handler lets go of the wake token here, so the slot serves nobody else before. */
     h->h.on_done(h->h.ud, r, status, complete);
     slot_give(h, s);
-    srv_log(SRV_LOG_INFO, "%s %s %d%s %.1f ms", r->method, r->url, status,
-            complete ? "" : " (not completed)", (core_now() - r->t0) * 1e3);
+    log_access(r, status, complete);
     atomic_fetch_sub(&h->active, 1);
     req_unref(r);
 }
@@ -777,7 +825,7 @@ void srv_http_sweep(srv_http *s)
     log_conn_closes(s, now);
     for (unsigned i = 0; i < s->n_slots; i++) {
         slot *sl = &s->slots[i];
-        char what[128] = "";
+        char what[128] = "", id[SRV_REQUEST_ID_MAX + 1];
         pthread_mutex_lock(&sl->mu);
         srv_http_req *r = sl->req;
         /* A suspended connection's socket stays open until it is resumed, so peeking is safe;
@@ -785,12 +833,13 @@ void srv_http_sweep(srv_http *s)
         if (r && r->suspended && !r->peer_gone && r->fd >= 0 && socket_closed(r->fd)) {
             r->peer_gone = true;
             snprintf(what, sizeof what, "%s %s", r->method, r->url);
+            memcpy(id, r->id, sizeof id);
             if (s->h.on_gone)
                 s->h.on_gone(s->h.ud, r);
         }
         pthread_mutex_unlock(&sl->mu);
         if (what[0])
-            srv_log(SRV_LOG_INFO, "%s: the client went away; stopping its work", what);
+            srv_log_req(SRV_LOG_INFO, id, "%s: the client went away; stopping its work", what);
     }
 }
 

@@ -109,6 +109,16 @@ const char *srv_http_peer(const srv_http_req *r);
  * was busy): the handler serves it only if it is a health check or carries a valid key, and
  * answers 503 otherwise (server/http_conns.h). */
 bool srv_http_reserved(const srv_http_req *r);
+/* The request's id: the client's X-Request-Id when it is acceptable (srv_log_request_id), else
+ * one made up. Every answer carries it back as X-Request-Id, and every log line about the request
+ * should carry it (srv_log_req). Valid for the request. */
+const char *srv_http_request_id(const srv_http_req *r);
+/* What the access line of a generation request says beyond the transport's: the adapter
+ * selection's label (copied), the tokens of the prompt and of the completions, the time to the
+ * first token in ms (< 0: none). Call before on_done returns (the line is written after). */
+void srv_http_log_selection(srv_http_req *r, const char *label);
+void srv_http_log_usage(srv_http_req *r, long long prompt_tokens, long long completion_tokens,
+                        double ttft_ms);
 /* The body (NUL-terminated copy) and its length; "" before on_request. */
 const char *srv_http_body(const srv_http_req *r, size_t *len);
 /* Seconds on a monotonic clock when the headers arrived. */

@@ -20,6 +20,7 @@
 #include "core/model/sampler.h"
 #include "core/text/tokenizer.h"
 #include "server/engine.h"
+#include "server/log.h"
 #include "server/text_release.h"
 
 #define SRV__LABELS_MAX 1024 /* distinct metric labels; later ones count under "other" */
@@ -40,6 +41,7 @@ struct srv_job {
     adapter_selection sel;
     char label[ADAPTER_ID_MAX + 1];
     char client[SRV_CLIENT_MAX + 1];
+    char request_id[SRV_REQUEST_ID_MAX + 1]; /* "" = none */
     int max_tokens;
     core_sampler_params sampling; /* .seed is the job's seed */
     char *stop[SRV_JOB_STOP_MAX];

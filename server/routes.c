@@ -347,9 +347,9 @@ static void admin_load_wait(srv_app *a, srv_http_req *req, srv_call *c, const ch
         srv_http_reply_error(req, 503, "server_error", "shutting_down", NULL,
                              "the load was cancelled (the server is shutting down)");
     } else {
-        srv_log(SRV_LOG_INFO, "adapter %s: %s%s", id,
-                st.unchanged ? "load: unchanged, not reloaded" : "load: loaded",
-                pin == 1 ? " (pin)" : "");
+        srv_log_req(SRV_LOG_INFO, srv_http_request_id(req), "adapter %s: %s%s", id,
+                    st.unchanged ? "load: unchanged, not reloaded" : "load: loaded",
+                    pin == 1 ? " (pin)" : "");
         reply_node(a, req, id, 200, st.unchanged ? "\"unchanged\":true" : "\"unchanged\":false");
     }
 }
@@ -391,11 +391,11 @@ static void route_admin(srv_app *a, srv_http_req *req, srv_call *c)
         reply_admin_error(req, rc, err);
         return;
     }
-    srv_log(SRV_LOG_INFO, "adapter %s: %s%s", id,
-            srv_route_name(c->route) + strlen("/v1/adapters/"),
-            pin == 1   ? " (pin)"
-            : pin == 0 ? " (unpin)"
-                       : "");
+    srv_log_req(SRV_LOG_INFO, srv_http_request_id(req), "adapter %s: %s%s", id,
+                srv_route_name(c->route) + strlen("/v1/adapters/"),
+                pin == 1   ? " (pin)"
+                : pin == 0 ? " (unpin)"
+                           : "");
     reply_node(a, req, id, c->route == SRV_ROUTE_ADAPTERS_LOAD ? 202 : 200, NULL);
 }
 

@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "core/base.h"
+#include "server/log.h"
 #include "server/scheduler.h"
 
 /* ---- setup ---------------------------------------------------------------------------------- */
@@ -943,7 +944,7 @@ static void preempt(srv__sched *sc, srv__seq *s)
     sc->sh->stats.kv_preemptions++;
     pthread_mutex_unlock(&sc->sh->mu);
     if (sc->verbose >= 2)
-        fprintf(stderr, "engine: KV pool full: sequence %d preempted at %d tokens\n", s->slot,
+        srv_log(SRV_LOG_DEBUG, "KV pool full: sequence %d preempted at %d tokens", s->slot,
                 s->n_hist);
 }
 
@@ -1137,9 +1138,9 @@ static void step_done(srv__sched *sc, int n_parts, int n_rows, int n_dec, bool o
     st->prompt_row_ms = sc->budget.prompt_row_ms;
     pthread_mutex_unlock(&sc->sh->mu);
     if (sc->verbose >= 2)
-        fprintf(stderr,
-                "engine: step %llu: %d rows (%d decode, %d prefill), %d running, %.1f ms "
-                "(target %.1f ms)\n",
+        srv_log(SRV_LOG_DEBUG,
+                "step %llu: %d rows (%d decode, %d prefill), %d running, %.1f ms "
+                "(target %.1f ms)",
                 (unsigned long long)st->steps, n_rows, n_dec, prompt_rows, sc->n_running, dt * 1e3,
                 target);
     for (int i = 0; i < sc->n_changed; i++)

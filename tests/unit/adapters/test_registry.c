@@ -280,6 +280,94 @@ TEST(registry_lru_eviction_and_pinning)
     teardown(&f);
 }
 
+/* The events on_event told, in order. */
+static struct {
+    adapter_event_kind kind;
+    char id[ADAPTER_ID_MAX + 1];
+    uint64_t version;
+    size_t bytes;
+    double ms;
+} events[64];
+static int n_events;
+
+static void record_event(void *ud, const adapter_event *ev)
+{
+    (void)ud;
+    if (n_events == 64)
+        return;
+    events[n_events].kind = ev->kind;
+    snprintf(events[n_events].id, sizeof events[n_events].id, "%s", ev->id);
+    events[n_events].version = ev->version;
+    events[n_events].bytes = ev->bytes;
+    events[n_events].ms = ev->ms;
+    n_events++;
+}
+
+/* The index of the first event of kind about id at or after from, -1 if none. */
+static int find_event(int from, adapter_event_kind kind, const char *id)
+{
+    for (int i = from; i < n_events; i++)
+        if (events[i].kind == kind && !strcmp(events[i].id, id))
+            return i;
+    return -1;
+}
+
+TEST(registry_events_tell_discoveries_loads_evictions_removals)
+{
+    fixture f;
+    const size_t one = 30720; /* one adapter's bytes: the budget holds one */
+    CHECK(setup(&f, one) == 0);
+    adapter_registry_free(f.reg);
+    uv_loop_close(&f.loop);
+    uv_loop_init(&f.loop);
+    n_events = 0;
+    adapter_registry_opts o = {.root = f.root,
+                               .cfg = &f.cfg,
+                               .cache_bytes = one,
+                               .loop = &f.loop,
+                               .rescan_ms = -1,
+                               .on_event = record_event};
+    char err[256];
+    f.reg = adapter_registry_new(&o, err, sizeof err);
+    CHECK_MSG(f.reg != NULL, "%s", err);
+    /* The first scan discovers every adapter node, not the namespace. */
+    CHECK(find_event(0, ADAPTER_EVENT_DISCOVERED, "fr") >= 0);
+    CHECK(find_event(0, ADAPTER_EVENT_DISCOVERED, "de/medical") >= 0);
+    CHECK_EQ_INT(find_event(0, ADAPTER_EVENT_DISCOVERED, "fr/legal"), -1);
+    int from = n_events;
+    adapter_set *s = NULL;
+    CHECK(acquire(&f, "fr", &s, err, sizeof err) == 0);
+    int i = find_event(from, ADAPTER_EVENT_LOADED, "fr");
+    CHECK_MSG(i >= 0, "no load event among %d", n_events - from);
+    uint64_t fr_version = s->items[0].a->hash;
+    if (i >= 0) {
+        CHECK(events[i].version == fr_version);
+        CHECK_EQ_INT(events[i].bytes, one);
+        CHECK(events[i].ms >= 0);
+    }
+    adapter_set_free(s);
+    /* Loading de makes room: fr, unused, is evicted with its version and bytes. */
+    from = n_events;
+    CHECK(acquire(&f, "de", &s, err, sizeof err) == 0);
+    adapter_set_free(s);
+    CHECK(find_event(from, ADAPTER_EVENT_LOADED, "de") >= 0);
+    i = find_event(from, ADAPTER_EVENT_EVICTED, "fr");
+    CHECK_MSG(i >= 0, "no eviction of fr among %d events", n_events - from);
+    if (i >= 0) {
+        CHECK(events[i].version == fr_version);
+        CHECK_EQ_INT(events[i].bytes, one);
+    }
+    /* A node gone from disk is told at the next scan. */
+    char p[512];
+    snprintf(p, sizeof p, "%s/de/medical", f.root);
+    tu_rmrf(p);
+    from = n_events;
+    adapter_registry_rescan(f.reg);
+    CHECK(find_event(from, ADAPTER_EVENT_REMOVED, "de/medical") >= 0);
+    CHECK_EQ_INT(find_event(from, ADAPTER_EVENT_REMOVED, "de"), -1);
+    teardown(&f);
+}
+
 /* What on_loaded said last. */
 static int n_loaded;
 static char loaded_err[256], loaded_dir[PATH_MAX];

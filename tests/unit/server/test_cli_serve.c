@@ -38,6 +38,7 @@ TEST(serve_flags_defaults)
     CHECK_EQ_INT(o.max_seqs, 32);
     CHECK_EQ_INT(o.queue_limit, 256);
     CHECK_EQ_INT(o.log_level, SRV_LOG_INFO);
+    CHECK_EQ_INT(o.log_format, SRV_LOG_TEXT);
     CHECK(o.api_key == NULL && o.admin_key == NULL);
     CHECK(o.watch);
     CHECK(!o.int8 && !o.kv_f16);
@@ -109,6 +110,15 @@ TEST(serve_flags_all)
     CHECK_EQ_INT(parse(&o, err, "--prefill-chunk", "0", NULL), 2);
 }
 
+TEST(serve_flags_log_format)
+{
+    srv_serve_opts o;
+    char err[256];
+    int rc = parse(&o, err, "-m", "m.gguf", "--log-format", "json", NULL);
+    CHECK_MSG(rc == 0, "rc %d: %s", rc, err);
+    CHECK_EQ_INT(o.log_format, SRV_LOG_JSON);
+}
+
 TEST(serve_flags_env_keys)
 {
     setenv("ADAPTREE_API_KEY", "envkey", 1);
@@ -135,6 +145,7 @@ TEST(serve_flags_refused)
         {"--max-body-kb", "-1", "bad value '-1' for --max-body-kb"},
         {"--drain-delay", "3601", "bad value '3601' for --drain-delay"},
         {"--log-level", "loud", "bad value 'loud' for --log-level"},
+        {"--log-format", "xml", "bad value 'xml' for --log-format"},
         {"--frobnicate", NULL, "unknown option '--frobnicate'"},
         {"--port", NULL, "--port needs a value"},
         {"--model", "", "--model needs a non-empty value"},
