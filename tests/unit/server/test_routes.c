@@ -31,6 +31,12 @@ TEST(routes_match)
     CHECK_EQ_INT(srv_route_match("POST", "/v1/adapters/unload", &ok, NULL),
                  SRV_ROUTE_ADAPTERS_UNLOAD);
     CHECK_EQ_INT(srv_route_match("POST", "/v1/adapters/pin", &ok, NULL), SRV_ROUTE_ADAPTERS_PIN);
+    CHECK_EQ_INT(srv_route_match("POST", "/v1/load_lora_adapter", &ok, NULL), SRV_ROUTE_LORA_LOAD);
+    CHECK_EQ_INT(srv_route_match("POST", "/v1/unload_lora_adapter", &ok, NULL),
+                 SRV_ROUTE_LORA_UNLOAD);
+    CHECK_EQ_INT(srv_route_match("GET", "/v1/load_lora_adapter", &ok, &allow), SRV_ROUTE_LORA_LOAD);
+    CHECK(!ok);
+    CHECK_EQ_STR(allow, "POST");
     CHECK_EQ_INT(srv_route_match("GET", "/health", &ok, NULL), SRV_ROUTE_HEALTH);
     CHECK_EQ_INT(srv_route_match("GET", "/metrics", &ok, NULL), SRV_ROUTE_METRICS);
     CHECK_EQ_INT(srv_route_match("GET", "/", &ok, &allow), SRV_ROUTE_OTHER);
