@@ -16,7 +16,7 @@ FROM debian:12 AS build
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         build-essential ca-certificates python3 python3-pip unzip \
-        libopenblas-dev libmicrohttpd-dev libcjson-dev libuv1-dev \
+        libopenblas-dev libmicrohttpd-dev libcjson-dev libuv1-dev libpcre2-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # The model first: this layer stays cached while the sources change.
@@ -30,10 +30,10 @@ RUN make -j"$(nproc)" build/adaptree
 
 FROM debian:12-slim
 # Runtime libraries only (the SONAMEs build/adaptree links: libopenblas.so.0, libmicrohttpd.so.12,
-# libcjson.so.1, libuv.so.1), and curl for the HEALTHCHECK.
+# libcjson.so.1, libuv.so.1, libpcre2-8.so.0), and curl for the HEALTHCHECK.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libopenblas0-pthread libmicrohttpd12 libcjson1 libuv1 curl \
+        libopenblas0-pthread libmicrohttpd12 libcjson1 libuv1 libpcre2-8-0 curl \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 adaptree \
     && useradd --system --uid 10001 --gid adaptree --home-dir /app --no-create-home \

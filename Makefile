@@ -15,7 +15,9 @@ SAN     ?=
 CFLAGS  := $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wstrict-prototypes \
            -Wmissing-prototypes -Wformat=2 -ffp-contract=off -pthread $(WERROR) $(EXTRA_CFLAGS)
 CPPFLAGS += -I. -I/usr/include/cjson
-LDLIBS  += -lopenblas -lmicrohttpd -lcjson -luv -lm -lpthread
+# PCRE2 (8-bit) for PEFT's target_modules regexes; -lpcre2-8 when pkg-config is missing.
+PCRE2_LIBS := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
+LDLIBS  += -lopenblas -lmicrohttpd -lcjson -luv $(PCRE2_LIBS) -lm -lpthread
 
 CORE_SRC     := $(sort $(wildcard core/*.c core/*/*.c))
 ADAPTERS_SRC := $(sort $(wildcard adapters/*.c))
@@ -230,7 +232,7 @@ $(BUILD)/fuzz/libfuzzdeps.a: $(FUZZ_LIB_OBJ)
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(BUILD)/fuzz/libfuzzdeps.a
 	@mkdir -p $(dir $@)
 	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined $< $(BUILD)/fuzz/libfuzzdeps.a \
-	    -o $@ -lopenblas -lcjson -luv -lm -lpthread
+	    -o $@ -lopenblas -lcjson -luv $(PCRE2_LIBS) -lm -lpthread
 
 -include $(FUZZ_LIB_OBJ:.o=.d)
 

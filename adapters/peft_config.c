@@ -8,13 +8,14 @@
  * modules_to_save, embedding or head LoRA, ...) are refused with the field's name; nothing is
  * silently ignored. Pattern matching follows PEFT 0.21: list entries match the module name
  * exactly or as a dotted suffix, a string is a regex that must match the whole name, and pattern
- * keys K match names of the form (.*\.)?K. Regexes are compiled as POSIX ERE after a check that
- * their compilation cannot take unbounded memory or time (regex_too_costly).
+ * keys K match names of the form (.*\.)?K. Regexes are Python re syntax as PCRE2 understands it
+ * (\d, (?:...), lookarounds), compiled for full matches and run under match limits (regex).
  */
 #include <cJSON.h>
 #include <errno.h>
 #include <math.h>
-#include <regex.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -205,87 +206,114 @@ static int parse_config(const cJSON *j, adapter__peft_cfg *c, char *err, size_t 
 
 #define PATTERN_KEYS_MAX 1024 /* keys of rank_pattern / alpha_pattern */
 #define REGEX_MAX_BYTES 256
-#define REGEX_MAX_DEPTH 8   /* nested groups */
-#define REGEX_MAX_BOUND 32  /* n in {n} / {m,n} */
-#define REGEX_MAX_BOUNDED 2 /* {..} repetitions in one pattern */
+#define REGEX_MAX_NEST 32         /* nested parentheses */
+#define REGEX_MATCH_LIMIT 100000  /* backtracking steps per module name */
+#define REGEX_DEPTH_LIMIT 1000    /* nested backtracking points */
+#define REGEX_HEAP_LIMIT_KIB 1024 /* backtracking memory */
 
-/* Refuses the patterns whose compilation could take unbounded memory or time: glibc's regcomp
- * copies a repeated subexpression for every repetition (a+ becomes aa*, a{n} n copies), so a
- * repetition of a repetition (a++++, which is no valid ERE but glibc takes it) or large nested
- * bounds multiply, and a back-reference makes matching exponential. Real PEFT patterns
- * (".*\\.(q_proj|v_proj)") are far inside these limits. NULL when fine, else why not. */
-static const char *regex_too_costly(const char *p)
+/* A regex compiled with PCRE2 for Python's re.fullmatch: PCRE2_ANCHORED | PCRE2_ENDANCHORED
+ * make it match the whole name, as if followed by \z, and UTF | UCP give \d and \w Python 3's
+ * Unicode meaning. PCRE2 compiles in bounded memory and time (its own size limit plus the length
+ * and nesting caps below), so glibc regcomp's blow-up on repeated repetitions is gone; matching
+ * is bounded by the match, depth and heap limits, and a name that hits one is an error, not a
+ * miss: treating it as "not targeted" would silently drop a module from the adapter. */
+typedef struct regex {
+    const char *src; /* the pattern as written, borrowed from the config */
+    pcre2_code *code;
+    pcre2_match_context *mctx;
+    pcre2_match_data *md;
+} regex;
+
+static void regex_deinit(regex *r)
 {
-    if (strlen(p) > REGEX_MAX_BYTES)
-        return "longer than 256 bytes";
-    int depth = 0, bounded = 0;
-    bool after_atom = false, after_rep = false;
-    for (const char *c = p; *c; c++) {
-        bool rep = false;
-        if (*c == '\\') {
-            if (c[1] >= '1' && c[1] <= '9')
-                return "back-references are not supported";
-            if (c[1])
-                c++;
-        } else if (*c == '[') { /* a bracket expression is one atom; ']' first is literal */
-            const char *e = c + 1 + (c[1] == '^');
-            e += *e == ']';
-            while (*e && *e != ']')
-                e++;
-            if (!*e)
-                break; /* regcomp refuses it */
-            c = e;
-        } else if (*c == '(') {
-            if (++depth > REGEX_MAX_DEPTH)
-                return "groups nested deeper than 8";
-            after_atom = after_rep = false;
-            continue;
-        } else if (*c == ')') {
-            depth -= depth > 0;
-        } else if (*c == '*' || *c == '+' || *c == '?' || *c == '{') {
-            if (after_rep)
-                return "a repetition of a repetition (such as a++ or a*?) is not supported";
-            rep = after_atom;
-            if (*c == '{') {
-                char *end;
-                long lo = strtol(c + 1, &end, 10), hi = lo;
-                if (*end == ',')
-                    hi = end[1] == '}' ? 0 : strtol(end + 1, &end, 10);
-                else
-                    end--;
-                if (lo > REGEX_MAX_BOUND || hi > REGEX_MAX_BOUND || ++bounded > REGEX_MAX_BOUNDED)
-                    return "bounded repetitions are limited to two of at most {32}";
-                while (*c && *c != '}')
-                    c++;
-                if (!*c)
-                    break;
-            }
-        } else if (*c == '|') {
-            after_atom = after_rep = false;
-            continue;
-        }
-        after_rep = rep;
-        after_atom = !rep || after_atom;
-    }
-    return NULL;
+    pcre2_match_data_free(r->md);
+    pcre2_match_context_free(r->mctx);
+    pcre2_code_free(r->code);
+    memset(r, 0, sizeof *r);
 }
 
-/* Compiles "^prefix(pattern)$" as POSIX ERE: Python's re.fullmatch for the patterns ERE can
- * express. 0, or -1 with the reason in *why when it does not compile (Python-only syntax such as
- * (?i) or \\d) or would cost too much (regex_too_costly). */
-static int compile_full(regex_t *re, const char *prefix, const char *pattern, const char **why)
+/* Compiles prefix(?:pattern) (just pattern when prefix is "") for full matches. 0, or -1 with the
+ * reason (PCRE2's message and the offset in pattern) in why[whylen]. */
+static int regex_init(regex *r, const char *prefix, const char *pattern, char *why, size_t whylen)
 {
-    if ((*why = regex_too_costly(pattern)))
+    memset(r, 0, sizeof *r);
+    r->src = pattern;
+    if (strlen(pattern) > REGEX_MAX_BYTES) {
+        snprintf(why, whylen, "longer than %d bytes", REGEX_MAX_BYTES);
         return -1;
-    *why = "syntax adaptree cannot compile (POSIX extended regular expressions only)";
-    size_t n = strlen(pattern) + strlen(prefix) + 8;
-    char *anchored = malloc(n);
-    if (!anchored)
+    }
+    char full[REGEX_MAX_BYTES + 64];
+    size_t skip = 0;
+    if (*prefix) {
+        int n = snprintf(full, sizeof full, "%s(?:", prefix);
+        skip = (size_t)n;
+        snprintf(full + n, sizeof full - (size_t)n, "%s)", pattern);
+    } else {
+        snprintf(full, sizeof full, "%s", pattern);
+    }
+    pcre2_compile_context *cctx = pcre2_compile_context_create(NULL);
+    r->mctx = pcre2_match_context_create(NULL);
+    if (!cctx || !r->mctx) {
+        pcre2_compile_context_free(cctx);
+        snprintf(why, whylen, "out of memory");
         return -1;
-    snprintf(anchored, n, "^%s(%s)$", prefix, pattern);
-    int rc = regcomp(re, anchored, REG_EXTENDED | REG_NOSUB);
-    free(anchored);
-    return rc ? -1 : 0;
+    }
+    pcre2_set_max_pattern_length(cctx, sizeof full);
+    pcre2_set_parens_nest_limit(cctx, REGEX_MAX_NEST);
+    int code = 0;
+    PCRE2_SIZE at = 0;
+    r->code = pcre2_compile((PCRE2_SPTR)full, PCRE2_ZERO_TERMINATED,
+                            PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_UTF | PCRE2_UCP |
+                                PCRE2_NEVER_BACKSLASH_C,
+                            &code, &at, cctx);
+    pcre2_compile_context_free(cctx);
+    if (!r->code) {
+        PCRE2_UCHAR msg[160];
+        if (pcre2_get_error_message(code, msg, sizeof msg) < 0)
+            snprintf((char *)msg, sizeof msg, "error %d", code);
+        at = at > skip ? at - skip : 0;
+        snprintf(why, whylen, "%s at offset %zu", (const char *)msg, (size_t)at);
+        return -1;
+    }
+    pcre2_set_match_limit(r->mctx, REGEX_MATCH_LIMIT);
+    pcre2_set_depth_limit(r->mctx, REGEX_DEPTH_LIMIT);
+    pcre2_set_heap_limit(r->mctx, REGEX_HEAP_LIMIT_KIB);
+    r->md = pcre2_match_data_create_from_pattern(r->code, NULL);
+    if (!r->md) {
+        snprintf(why, whylen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* Does r match all of name? 1 or 0, or -1 with the reason in why[whylen] when a match limit was
+ * hit (or PCRE2 failed otherwise). */
+static int regex_match(const regex *r, const char *name, char *why, size_t whylen)
+{
+    int rc = pcre2_match(r->code, (PCRE2_SPTR)name, strlen(name), 0, 0, r->md, r->mctx);
+    if (rc >= 0)
+        return 1;
+    if (rc == PCRE2_ERROR_NOMATCH)
+        return 0;
+    PCRE2_UCHAR msg[160];
+    if (pcre2_get_error_message(rc, msg, sizeof msg) < 0)
+        snprintf((char *)msg, sizeof msg, "error %d", rc);
+    snprintf(why, whylen, "matching '%.80s': %.120s; simplify the pattern", name,
+             (const char *)msg);
+    return -1;
+}
+
+int adapter__peft_regex_fullmatch(const char *pattern, const char *name, char *err, size_t errlen)
+{
+    regex r;
+    char why[256];
+    int rc = regex_init(&r, "", pattern, why, sizeof why);
+    if (rc == 0)
+        rc = regex_match(&r, name, why, sizeof why);
+    regex_deinit(&r);
+    if (rc < 0)
+        snprintf(err, errlen, "regex \"%.80s\": %s", pattern, why);
+    return rc < 0 ? -EINVAL : rc;
 }
 
 /* A target_modules / exclude_modules value, ready to match module names. */
@@ -293,10 +321,10 @@ typedef struct selector {
     const cJSON *spec; /* NULL, list of names, or string */
     bool all_linear;
     bool has_re;
-    regex_t re;
+    regex re;
 } selector;
 
-static int selector_init(selector *s, const cJSON *spec, const char **why)
+static int selector_init(selector *s, const cJSON *spec, char *why, size_t whylen)
 {
     memset(s, 0, sizeof *s);
     s->spec = is_null(spec) ? NULL : spec;
@@ -306,8 +334,10 @@ static int selector_init(selector *s, const cJSON *spec, const char **why)
         s->all_linear = true;
         return 0;
     }
-    if (compile_full(&s->re, "", spec->valuestring, why))
+    if (regex_init(&s->re, "", spec->valuestring, why, whylen)) {
+        regex_deinit(&s->re);
         return -1;
+    }
     s->has_re = true;
     return 0;
 }
@@ -315,18 +345,19 @@ static int selector_init(selector *s, const cJSON *spec, const char **why)
 static void selector_deinit(selector *s)
 {
     if (s->has_re)
-        regfree(&s->re);
+        regex_deinit(&s->re);
 }
 
-/* Does the selector pick the module name? */
-static bool selects(const selector *s, const char *name)
+/* Does the selector pick the module name? 1 or 0, or -1 with the reason in why (a regex hit its
+ * match limit). */
+static int selects(const selector *s, const char *name, char *why, size_t whylen)
 {
     if (!s->spec)
-        return false;
+        return 0;
     if (s->all_linear)
         return strstr(name, "lm_head") == NULL && strstr(name, "embed_tokens") == NULL;
     if (s->has_re)
-        return regexec(&s->re, name, 0, NULL, 0) == 0;
+        return regex_match(&s->re, name, why, whylen);
     size_t n = strlen(name);
     const cJSON *it;
     cJSON_ArrayForEach(it, s->spec)
@@ -334,9 +365,9 @@ static bool selects(const selector *s, const char *name)
         size_t m = strlen(it->valuestring);
         if (!strcmp(name, it->valuestring) ||
             (n > m && name[n - m - 1] == '.' && !strcmp(name + n - m, it->valuestring)))
-            return true;
+            return 1;
     }
-    return false;
+    return 0;
 }
 
 /* A layers_to_transform entry names layer l: compared as doubles, so a huge or fractional value
@@ -365,11 +396,11 @@ static bool layer_selected(const cJSON *layers, int l)
  * in file order wins. */
 typedef struct pattern {
     int n;
-    regex_t *re;
+    regex *re;
     double *value;
 } pattern;
 
-static int pattern_init(pattern *p, const cJSON *spec, const char **bad, const char **why)
+static int pattern_init(pattern *p, const cJSON *spec, const char **bad, char *why, size_t whylen)
 {
     memset(p, 0, sizeof *p);
     int n = is_null(spec) ? 0 : cJSON_GetArraySize(spec);
@@ -377,17 +408,20 @@ static int pattern_init(pattern *p, const cJSON *spec, const char **bad, const c
         return 0;
     if (n > PATTERN_KEYS_MAX) {
         *bad = spec->child->string;
-        *why = "more than 1024 keys";
+        snprintf(why, whylen, "more than %d keys", PATTERN_KEYS_MAX);
         return -1;
     }
     p->re = calloc((size_t)n, sizeof *p->re);
     p->value = calloc((size_t)n, sizeof *p->value);
-    if (!p->re || !p->value)
+    if (!p->re || !p->value) {
+        snprintf(why, whylen, "out of memory");
         return -1;
+    }
     const cJSON *it;
     cJSON_ArrayForEach(it, spec)
     {
-        if (compile_full(&p->re[p->n], "(.*\\.)?", it->string, why)) {
+        if (regex_init(&p->re[p->n], "(?:.*\\.)?", it->string, why, whylen)) {
+            regex_deinit(&p->re[p->n]);
             *bad = it->string;
             return -1;
         }
@@ -399,32 +433,48 @@ static int pattern_init(pattern *p, const cJSON *spec, const char **bad, const c
 static void pattern_deinit(pattern *p)
 {
     for (int i = 0; i < p->n; i++)
-        regfree(&p->re[i]);
+        regex_deinit(&p->re[i]);
     free(p->re);
     free(p->value);
 }
 
-static double pattern_value(const pattern *p, const char *name, double dflt)
+/* The value of the first key that matches name, else dflt; -1 with the key in *bad and the reason
+ * in why when a match limit was hit. */
+static int pattern_value(const pattern *p, const char *name, double dflt, double *out,
+                         const char **bad, char *why, size_t whylen)
 {
-    for (int i = 0; i < p->n; i++)
-        if (regexec(&p->re[i], name, 0, NULL, 0) == 0)
-            return p->value[i];
-    return dflt;
+    *out = dflt;
+    for (int i = 0; i < p->n; i++) {
+        int m = regex_match(&p->re[i], name, why, whylen);
+        if (m < 0) {
+            *bad = p->re[i].src;
+            return -1;
+        }
+        if (m) {
+            *out = p->value[i];
+            return 0;
+        }
+    }
+    return 0;
 }
 
 /* Refuses targets adaptree cannot apply: the embedding and the output head. */
 static int check_head_targets(const adapter__peft_cfg *c, char *err, size_t errlen)
 {
     selector t;
-    const char *why = NULL;
-    if (selector_init(&t, c->targets, &why)) {
+    char why[256];
+    if (selector_init(&t, c->targets, why, sizeof why)) {
         snprintf(err, errlen, "target_modules: regex \"%.80s\": %s", c->targets->valuestring, why);
         return -EINVAL;
     }
     static const char *const heads[] = {"lm_head", "model.embed_tokens"};
     int rc = 0;
     for (size_t i = 0; i < 2 && !rc; i++) {
-        if (selects(&t, heads[i]) && !t.all_linear) {
+        int m = t.all_linear ? 0 : selects(&t, heads[i], why, sizeof why);
+        if (m < 0) {
+            snprintf(err, errlen, "target_modules: regex \"%.80s\": %s", t.re.src, why);
+            rc = -EINVAL;
+        } else if (m) {
             snprintf(err, errlen,
                      "target_modules: LoRA on '%s' (embedding / output head) is not supported",
                      heads[i]);
@@ -469,6 +519,39 @@ static int check_layout_names(const cJSON *targets, const core_config *cfg, char
     return 0;
 }
 
+/* Plans one (layer l, module name) pair into *p: targeted, rank and alpha. 0, or -EINVAL with a
+ * message (a rank out of range, a regex that hit its match limit). */
+static int plan_one(const adapter__peft_cfg *c, const selector *tsel, const selector *xsel,
+                    const pattern *rp, const pattern *ap, const char *name, int l,
+                    adapter__peft_plan *p, char *err, size_t errlen)
+{
+    char why[256];
+    const char *bad = NULL;
+    int t = selects(tsel, name, why, sizeof why);
+    int x = t > 0 ? selects(xsel, name, why, sizeof why) : 0;
+    if (t < 0 || x < 0) {
+        const selector *s = t < 0 ? tsel : xsel;
+        snprintf(err, errlen, "%s: regex \"%.80s\": %s",
+                 t < 0 ? "target_modules" : "exclude_modules", s->re.src, why);
+        return -EINVAL;
+    }
+    p->targeted = t && !x && layer_selected(c->layers, l);
+    double r, alpha;
+    if (pattern_value(rp, name, c->r, &r, &bad, why, sizeof why) ||
+        pattern_value(ap, name, c->alpha, &alpha, &bad, why, sizeof why)) {
+        snprintf(err, errlen, "rank_pattern/alpha_pattern: key \"%.80s\": %s", bad, why);
+        return -EINVAL;
+    }
+    if (r < 1 || r > MAX_RANK || r != (int)r) {
+        snprintf(err, errlen, "rank_pattern: rank %g for %s is not an integer in 1..%d", r, name,
+                 MAX_RANK);
+        return -EINVAL;
+    }
+    p->rank = (int)r;
+    p->alpha = alpha;
+    return 0;
+}
+
 int adapter__peft_plan_targets(const adapter__peft_cfg *c, const core_config *cfg,
                                adapter__peft_plan *plan, char *err, size_t errlen)
 {
@@ -486,20 +569,22 @@ int adapter__peft_plan_targets(const adapter__peft_cfg *c, const core_config *cf
         targets = dflt = cJSON_CreateStringArray((const char *[]){"q_proj", "v_proj"}, 2);
     selector tsel, xsel;
     pattern rp, ap;
-    const char *bad = NULL, *why_t = NULL, *why_x = NULL, *why = NULL;
+    const char *bad = NULL;
+    char why[256] = "";
     int rc = 0;
     memset(&rp, 0, sizeof rp);
     memset(&ap, 0, sizeof ap);
-    bool t_ok = selector_init(&tsel, targets, &why_t) == 0;
-    bool x_ok = selector_init(&xsel, c->excludes, &why_x) == 0;
+    bool t_ok = selector_init(&tsel, targets, why, sizeof why) == 0;
+    bool x_ok = t_ok && selector_init(&xsel, c->excludes, why, sizeof why) == 0;
     if (!t_ok || !x_ok) {
-        snprintf(err, errlen, "%s: regex: %s", !t_ok ? "target_modules" : "exclude_modules",
-                 !t_ok ? why_t : why_x);
+        const cJSON *spec = !t_ok ? targets : c->excludes;
+        snprintf(err, errlen, "%s: regex \"%.80s\": %s",
+                 !t_ok ? "target_modules" : "exclude_modules", spec->valuestring, why);
         rc = -EINVAL;
-    } else if (pattern_init(&rp, c->rank_pattern, &bad, &why) ||
-               pattern_init(&ap, c->alpha_pattern, &bad, &why)) {
+    } else if (pattern_init(&rp, c->rank_pattern, &bad, why, sizeof why) ||
+               pattern_init(&ap, c->alpha_pattern, &bad, why, sizeof why)) {
         snprintf(err, errlen, "rank_pattern/alpha_pattern: key \"%.80s\": %s", bad ? bad : "?",
-                 why ? why : "out of memory");
+                 why);
         rc = -EINVAL;
     }
     for (int l = 0; l < cfg->n_layer && !rc; l++) {
@@ -510,17 +595,7 @@ int adapter__peft_plan_targets(const adapter__peft_cfg *c, const core_config *cf
             snprintf(name, sizeof name, "model.layers.%d.%s.%s", l, hf_block(m),
                      adapter__peft_module_name(cfg, m));
             adapter__peft_plan *p = &plan[l * CORE_MOD_COUNT + m];
-            p->targeted =
-                selects(&tsel, name) && !selects(&xsel, name) && layer_selected(c->layers, l);
-            double r = pattern_value(&rp, name, c->r);
-            if (r < 1 || r > MAX_RANK || r != (int)r) {
-                snprintf(err, errlen, "rank_pattern: rank %g for %s is not an integer in 1..%d", r,
-                         name, MAX_RANK);
-                rc = -EINVAL;
-                break;
-            }
-            p->rank = (int)r;
-            p->alpha = pattern_value(&ap, name, c->alpha);
+            rc = plan_one(c, &tsel, &xsel, &rp, &ap, name, l, p, err, errlen);
         }
     }
     if (t_ok)

@@ -42,6 +42,12 @@ const char *adapter__peft_module_block(int mod);
 /* cfg's Linears as a message lists them: "q_proj, k_proj, ..." or Phi-3's four. */
 const char *adapter__peft_linears(const core_config *cfg);
 
+/* Python's re.fullmatch(pattern, name) as a target_modules string matches module names (PCRE2,
+ * UTF, under the match limits): 1 when it matches, 0 when not, -EINVAL with PCRE2's message (and
+ * the offset, for a pattern that does not compile; "match limit exceeded" and the like for one
+ * that backtracks too much) in err. */
+int adapter__peft_regex_fullmatch(const char *pattern, const char *name, char *err, size_t errlen);
+
 /* Reads the parsed adapter_config.json j into *c (borrowing j) and refuses what adaptree does not
  * implement, naming the field: 0, or -EINVAL with a message. */
 int adapter__peft_config_parse(const cJSON *j, adapter__peft_cfg *c, char *err, size_t errlen);

@@ -1068,6 +1068,31 @@ int adapter_registry_check(adapter_registry *r, const char *id, char *err, size_
     return rc;
 }
 
+int adapter_registry_check_path(adapter_registry *r, const char *id, const char *path, char *err,
+                                size_t errlen)
+{
+    char real[PATH_MAX], node[2 * PATH_MAX], want[PATH_MAX];
+    int rc = adapter_id_check(id, err, errlen);
+    if (rc)
+        return rc;
+    if (!realpath(path, real)) {
+        snprintf(err, errlen, "'%.200s': %s", path, strerror(errno));
+        return -EINVAL;
+    }
+    /* r->root is a realpath set once by adapter_registry_new: no lock needed. */
+    size_t n = strlen(r->root);
+    if (strncmp(real, r->root, n) != 0 || real[n] != '/') {
+        snprintf(err, errlen, "'%.200s' is not inside the adapter registry", path);
+        return -EINVAL;
+    }
+    snprintf(node, sizeof node, "%s/%s", r->root, id);
+    if (!realpath(node, want) || strcmp(real, want) != 0) {
+        snprintf(err, errlen, "'%.200s' is not the directory of adapter '%s'", path, id);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 int adapter_registry_unload(adapter_registry *r, const char *id, char *err, size_t errlen)
 {
     int rc;

@@ -158,6 +158,13 @@ int adapter_registry_load_then(adapter_registry *r, const char *id, bool pin, ad
 /* The refusals of adapter_registry_load, without loading: 0 when id names an adapter node, else
  * -EINVAL (malformed id, a namespace) or -ENOENT with a message. Any thread. */
 int adapter_registry_check(adapter_registry *r, const char *id, char *err, size_t errlen);
+/* Is path (absolute, or relative to the working directory) the directory of node id? Both are
+ * resolved with realpath, so symlinks and ".." count where they lead. 0 when path leads inside
+ * the root to the directory id names; else -EINVAL with a message naming path as given (never the
+ * root), or adapter_id_check's refusal. Whether id is a node is adapter_registry_check's to say.
+ * Any thread; reads the file system. */
+int adapter_registry_check_path(adapter_registry *r, const char *id, const char *path, char *err,
+                                size_t errlen);
 int adapter_registry_unload(adapter_registry *r, const char *id, char *err, size_t errlen);
 int adapter_registry_pin(adapter_registry *r, const char *id, bool pin, char *err, size_t errlen);
 

@@ -102,6 +102,12 @@ with_key "$ADMIN" check "POST /v1/adapters/pin (off)" 200 - -H "$J" "$URL/v1/ada
     -d "{\"id\": \"$OTHER\", \"pin\": false}"
 with_key "$ADMIN" check "POST /v1/adapters/unload" 200 - -H "$J" "$URL/v1/adapters/unload" \
     -d "{\"id\": \"$OTHER\"}"
+# The same through vLLM's routes: lora_name is the registry id (a lora_path, when given, must be
+# that node's directory in the server's registry).
+with_key "$ADMIN" check "POST /v1/load_lora_adapter" 200 'added successfully' -H "$J" \
+    "$URL/v1/load_lora_adapter" -d "{\"lora_name\": \"$OTHER\"}"
+with_key "$ADMIN" check "POST /v1/unload_lora_adapter" 200 'removed successfully' -H "$J" \
+    "$URL/v1/unload_lora_adapter" -d "{\"lora_name\": \"$OTHER\"}"
 
 # Prometheus metrics (adaptree_* series, per adapter with {adapter="..."}).
 with_key "$KEY" check "GET /metrics" 200 'adaptree_' "$URL/metrics"

@@ -5,6 +5,7 @@
 #include "server/routes.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +32,7 @@ enum {
 };
 
 typedef void route_fn(srv_app *a, srv_http_req *req, srv_call *c);
-static route_fn route_models, route_adapters, route_admin, route_health, route_metrics;
+static route_fn route_models, route_adapters, route_admin, route_lora, route_health, route_metrics;
 
 static const struct route {
     const char *method, *path;
@@ -299,11 +300,12 @@ static void reply_node(srv_app *a, srv_http_req *req, const char *id, int status
     free(nodes);
 }
 
-/* Answers a registry refusal (unknown id, a namespace, bad id). */
-static void reply_admin_error(srv_http_req *req, int rc, const char *err)
+/* Answers a registry refusal (unknown id, a namespace, bad id); param names the field ("id",
+ * vLLM's "lora_name" or "lora_path"). */
+static void reply_admin_error(srv_http_req *req, int rc, const char *param, const char *err)
 {
     if (rc == -ENOENT) {
-        srv_http_reply_error(req, 404, "invalid_request_error", "model_not_found", "id", "%s",
+        srv_http_reply_error(req, 404, "invalid_request_error", "model_not_found", param, "%s",
                              err[0] ? err : "unknown adapter");
         return;
     }
@@ -312,7 +314,16 @@ static void reply_admin_error(srv_http_req *req, int rc, const char *err)
                          : rc == -EBUSY ? 409
                                         : 500,
                          rc == -EINVAL || rc == -EBUSY ? "invalid_request_error" : "server_error",
-                         NULL, "id", "%s", err[0] ? err : strerror(-rc));
+                         NULL, param, "%s", err[0] ? err : strerror(-rc));
+}
+
+/* vLLM's success answer: 200, a line of text. */
+static void reply_lora_ok(srv_http_req *req, const char *id, const char *what)
+{
+    char msg[ADAPTER_ID_MAX + 64];
+    int n = snprintf(msg, sizeof msg, "Success: LoRA adapter '%s' %s successfully.", id, what);
+    srv_http_reply(req, 200, "text/plain; charset=utf-8", msg,
+                   n > 0 && (size_t)n < sizeof msg ? (size_t)n : strlen(msg), NULL);
 }
 
 /* POST /v1/adapters/load, waiting (the default): the load runs as an engine job (so the
@@ -342,7 +353,8 @@ static void admin_load_wait(srv_app *a, srv_http_req *req, srv_call *c, const ch
     if (st.finish == SRV_FINISH_NONE) {
         srv_http_wait(req);
     } else if (st.finish == SRV_FINISH_ERROR) {
-        srv_reply_err(req, st.err, "id", "%s", st.error);
+        srv_reply_err(req, st.err, c->route == SRV_ROUTE_LORA_LOAD ? "lora_name" : "id", "%s",
+                      st.error);
     } else if (st.finish == SRV_FINISH_CANCELLED) {
         srv_http_reply_error(req, 503, "server_error", "shutting_down", NULL,
                              "the load was cancelled (the server is shutting down)");
@@ -350,7 +362,11 @@ static void admin_load_wait(srv_app *a, srv_http_req *req, srv_call *c, const ch
         srv_log_req(SRV_LOG_INFO, srv_http_request_id(req), "adapter %s: %s%s", id,
                     st.unchanged ? "load: unchanged, not reloaded" : "load: loaded",
                     pin == 1 ? " (pin)" : "");
-        reply_node(a, req, id, 200, st.unchanged ? "\"unchanged\":true" : "\"unchanged\":false");
+        if (c->route == SRV_ROUTE_LORA_LOAD)
+            reply_lora_ok(req, id, "added");
+        else
+            reply_node(a, req, id, 200,
+                       st.unchanged ? "\"unchanged\":true" : "\"unchanged\":false");
     }
 }
 
@@ -372,7 +388,7 @@ static void route_admin(srv_app *a, srv_http_req *req, srv_call *c)
         /* Refusals the registry can tell at once (unknown id, a namespace) before queueing. */
         int rc = c->job ? 0 : adapter_registry_check(reg, id, err, sizeof err);
         if (rc < 0)
-            reply_admin_error(req, rc, err);
+            reply_admin_error(req, rc, "id", err);
         else
             admin_load_wait(a, req, c, id, pin);
         return;
@@ -388,7 +404,7 @@ static void route_admin(srv_app *a, srv_http_req *req, srv_call *c)
         rc = adapter_registry_pin(reg, id, pin == 1, err, sizeof err);
     }
     if (rc < 0) {
-        reply_admin_error(req, rc, err);
+        reply_admin_error(req, rc, "id", err);
         return;
     }
     srv_log_req(SRV_LOG_INFO, srv_http_request_id(req), "adapter %s: %s%s", id,
@@ -397,6 +413,71 @@ static void route_admin(srv_app *a, srv_http_req *req, srv_call *c)
                 : pin == 0 ? " (unpin)"
                            : "");
     reply_node(a, req, id, c->route == SRV_ROUTE_ADAPTERS_LOAD ? 202 : 200, NULL);
+}
+
+/* Reads a vLLM LoRA body (server/admin_body.h): 0, or -1 after answering. */
+static int lora_body(srv_http_req *req, char *id, size_t idcap, char *path, size_t pathcap)
+{
+    size_t len;
+    const char *body = srv_http_body(req, &len);
+    char err[160], param[SRV_PARAM_MAX];
+    int rc = srv_lora_body_parse(body, len, id, idcap, path, pathcap, err, sizeof err, param,
+                                 sizeof param);
+    if (rc == -ENOMEM) {
+        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "%s", err);
+        return -1;
+    }
+    if (rc < 0) {
+        srv_http_reply_error(req, 400, "invalid_request_error", NULL, param[0] ? param : NULL, "%s",
+                             err);
+        return -1;
+    }
+    return 0;
+}
+
+/* POST /v1/load_lora_adapter and /v1/unload_lora_adapter, vLLM's names for load and unload:
+ * lora_name is a registry node id, and lora_path, when given, must lead (realpath) to that
+ * node's directory inside the registry root: adaptree serves what its registry holds, so a path
+ * elsewhere is refused (400) rather than loaded from. A load waits for its result, as vLLM's
+ * does; loading a resident adapter is not an error here (vLLM says 400), it reloads if the files
+ * changed. Answers 200 with vLLM's line of text; errors in the server's JSON shape. The checks
+ * run on the HTTP thread (realpath reads the file system; admin routes are rare). */
+static void route_lora(srv_app *a, srv_http_req *req, srv_call *c)
+{
+    char id[ADAPTER_ID_MAX + 1], path[PATH_MAX], err[300] = "";
+    adapter_registry *reg = srv_engine_registry(a->engine);
+    if (lora_body(req, id, sizeof id, path, sizeof path) < 0)
+        return;
+    if (!reg) {
+        srv_http_reply_error(req, 404, "invalid_request_error", "model_not_found", "lora_name",
+                             "this server has no adapter registry");
+        return;
+    }
+    if (!c->job) {
+        int rc = adapter_registry_check(reg, id, err, sizeof err);
+        if (rc < 0) {
+            reply_admin_error(req, rc, "lora_name", err);
+            return;
+        }
+        if (path[0] && adapter_registry_check_path(reg, id, path, err, sizeof err) < 0) {
+            srv_http_reply_error(req, 400, "invalid_request_error", NULL, "lora_path",
+                                 "lora_path: %s; lora_path, when given, must be the directory of "
+                                 "the registry adapter lora_name names",
+                                 err);
+            return;
+        }
+    }
+    if (c->route == SRV_ROUTE_LORA_LOAD) {
+        admin_load_wait(a, req, c, id, -1);
+        return;
+    }
+    int rc = adapter_registry_unload(reg, id, err, sizeof err);
+    if (rc < 0) {
+        reply_admin_error(req, rc, "lora_name", err);
+        return;
+    }
+    srv_log_req(SRV_LOG_INFO, srv_http_request_id(req), "adapter %s: unload", id);
+    reply_lora_ok(req, id, "removed");
 }
 
 /* GET /health: 200 while serving, 503 while draining or about to (--drain-delay). */

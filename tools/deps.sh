@@ -4,7 +4,7 @@
 set -eu
 PKGS="build-essential clang libclang-rt-14-dev clang-tidy clang-format pkg-config curl unzip
 python3 python3-venv python3-pip libopenblas-dev libmicrohttpd-dev libcjson-dev libuv1-dev
-unicode-data haproxy"
+libpcre2-dev unicode-data haproxy"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

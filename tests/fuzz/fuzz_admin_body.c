@@ -9,7 +9,10 @@
  * not UTF-8, or a pin or wait out of {-1, 0, 1}. The result is also derived again, independently,
  * from cJSON on the raw input once srv_json_check has passed it (a body that is strict JSON parses
  * the same either way), and the calls must agree with each other: the pin route accepts exactly the
- * load bodies that give a pin, and a smaller id buffer refuses exactly the ids that do not fit. */
+ * load bodies that give a pin, and a smaller id buffer refuses exactly the ids that do not fit.
+ * The same input is parsed as a vLLM LoRA body (srv_lora_body_parse), with a full path buffer and
+ * a small one, and checked the same ways (lora_name as id; lora_path absent, null or a string
+ * that fits). */
 #include <cJSON.h>
 #include <errno.h>
 #include <stdbool.h>
@@ -185,6 +188,128 @@ static void check_against_cjson(const uint8_t *data, size_t size, const result *
     cJSON_Delete(root);
 }
 
+#define LORA_PARAMLEN 10 /* "lora_name" and its NUL */
+#define LORA_PATHCAP 4096
+
+typedef struct lora_result {
+    int rc;
+    char name[ADAPTER_ID_MAX + 1], path[LORA_PATHCAP], err[160], param[16];
+} lora_result;
+
+/* srv_lora_body_parse with exact-size heap buffers, and what holds for every call. */
+static void run_lora(const uint8_t *data, size_t size, size_t pathcap, lora_result *out)
+{
+    size_t namecap = ADAPTER_ID_MAX + 1;
+    char *name = malloc(namecap), *path = malloc(pathcap), *err = malloc(160);
+    char *param = malloc(LORA_PARAMLEN);
+    if (!name || !path || !err || !param)
+        abort();
+    memset(name, SENTINEL, namecap);
+    memset(path, SENTINEL, pathcap);
+    memset(err, 0, 160);
+    int rc = srv_lora_body_parse((const char *)data, size, name, namecap, path, pathcap, err, 160,
+                                 param, LORA_PARAMLEN);
+    if ((rc != 0 && rc != -EINVAL && rc != -E2BIG) || !memchr(err, 0, 160) ||
+        !memchr(param, 0, LORA_PARAMLEN))
+        abort();
+    out->rc = rc;
+    snprintf(out->param, sizeof out->param, "%s", param);
+    out->name[0] = out->path[0] = 0;
+    if (rc) {
+        snprintf(out->err, sizeof out->err, "%s", err);
+        if (!err[0] || !printable_ascii(err) || (rc == -E2BIG && param[0]))
+            abort();
+        if (strcmp(param, "") != 0 && strcmp(param, "lora_name") != 0 &&
+            strcmp(param, "lora_path") != 0)
+            abort();
+        for (size_t i = 0; i < namecap; i++)
+            if ((unsigned char)name[i] != SENTINEL)
+                abort();
+        for (size_t i = 0; i < pathcap; i++)
+            if ((unsigned char)path[i] != SENTINEL)
+                abort();
+    } else {
+        size_t n = strnlen(name, namecap), m = strnlen(path, pathcap);
+        if (n == 0 || n >= namecap || !utf8_ok((const unsigned char *)name, n) || param[0] ||
+            m >= pathcap || !utf8_ok((const unsigned char *)path, m))
+            abort();
+        memcpy(out->name, name, n + 1);
+        memcpy(out->path, path, m + 1);
+    }
+    free(name);
+    free(path);
+    free(err);
+    free(param);
+}
+
+/* The LoRA parse against srv_json_check and cJSON on the raw bytes, as check_against_cjson does
+ * for the admin body. */
+static void check_lora_against_cjson(const uint8_t *data, size_t size, const lora_result *l)
+{
+    if (size == 0) {
+        if (l->rc != -EINVAL || l->param[0])
+            abort();
+        return;
+    }
+    char *checked = malloc(size + 1), msg[160];
+    size_t n;
+    if (!checked)
+        abort();
+    int jc = srv_json_check((const char *)data, size, checked, &n, msg, sizeof msg);
+    free(checked);
+    if (jc) {
+        if (l->rc != jc || strcmp(l->err, msg) != 0 || l->param[0])
+            abort();
+        return;
+    }
+    if (memmem(data, size, "\\u0000", 6))
+        return;
+    char *copy = malloc(size + 1);
+    if (!copy)
+        abort();
+    memcpy(copy, data, size);
+    copy[size] = 0;
+    cJSON *root = cJSON_ParseWithLength(copy, size);
+    free(copy);
+    if (!root)
+        abort();
+    const cJSON *jn = cJSON_GetObjectItemCaseSensitive(root, "lora_name");
+    const cJSON *jp = cJSON_GetObjectItemCaseSensitive(root, "lora_path");
+    const char *want_param = NULL;
+    if (!cJSON_IsObject(root))
+        want_param = "";
+    else if (!cJSON_IsString(jn) || !jn->valuestring[0] ||
+             strlen(jn->valuestring) > ADAPTER_ID_MAX ||
+             !utf8_ok((const unsigned char *)jn->valuestring, strlen(jn->valuestring)))
+        want_param = "lora_name";
+    else if (jp && !cJSON_IsNull(jp) &&
+             (!cJSON_IsString(jp) || !jp->valuestring[0] ||
+              strlen(jp->valuestring) >= LORA_PATHCAP ||
+              !utf8_ok((const unsigned char *)jp->valuestring, strlen(jp->valuestring))))
+        want_param = "lora_path";
+    if (want_param ? l->rc != -EINVAL || strcmp(l->param, want_param) != 0 : l->rc != 0)
+        abort();
+    if (!want_param && (strcmp(l->name, jn->valuestring) != 0 ||
+                        strcmp(l->path, cJSON_IsString(jp) ? jp->valuestring : "") != 0))
+        abort();
+    cJSON_Delete(root);
+}
+
+/* A small path buffer refuses exactly the paths that do not fit, naming lora_path. */
+static void check_lora_small(const lora_result *full, const lora_result *small, size_t pathcap)
+{
+    if (full->rc) {
+        if (small->rc != full->rc || strcmp(small->param, full->param) != 0)
+            abort();
+        return;
+    }
+    bool fits = strlen(full->path) < pathcap;
+    if (fits ? small->rc != 0 || strcmp(small->name, full->name) != 0 ||
+                   strcmp(small->path, full->path) != 0
+             : small->rc != -EINVAL || strcmp(small->param, "lora_path") != 0)
+        abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     result load, pin, small, cut;
@@ -228,5 +353,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         strlen(cut.err) != (strlen(pin.err) < errlen - 1 ? strlen(pin.err) : errlen - 1))
         abort();
     check_against_cjson(data, size, &load, &pin);
+
+    static lora_result lora, lora_small; /* 4 KiB paths: off the stack */
+    size_t pathcap = size ? 1 + data[size - 1] % 32 : 1;
+    run_lora(data, size, LORA_PATHCAP, &lora);
+    run_lora(data, size, pathcap, &lora_small);
+    check_lora_small(&lora, &lora_small, pathcap);
+    check_lora_against_cjson(data, size, &lora);
     return 0;
 }

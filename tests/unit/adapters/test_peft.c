@@ -249,6 +249,21 @@ TEST(peft_target_forms)
     CHECK_EQ_INT(a->targets, (1u << CORE_MOD_GATE) | (1u << CORE_MOD_UP));
     adapter_unref(a);
 
+    /* Python re syntax (\d, a lookahead), full match: layer 1's q_proj and v_proj only. */
+    uint64_t qv1 = BIT(1, CORE_MOD_Q) | BIT(1, CORE_MOD_V);
+    snprintf(dir, sizeof dir, "%s/pyre", tmp);
+    CHECK(tu_write_peft(
+              dir,
+              "{\"r\":2,\"lora_alpha\":4,\"target_modules\":"
+              "\"^model\\\\.layers\\\\.(?!0\\\\.)\\\\d+\\\\.self_attn\\\\.(q_proj|v_proj)$\"}",
+              &cfg, qv1, 2, "F32", 6) == 0);
+    a = load_probed(dir, &cfg, err, sizeof err);
+    CHECK_MSG(a, "python regex: %s", err);
+    CHECK_EQ_INT(a->n_mods, 2);
+    CHECK(adapter_mod_at(a, 0, CORE_MOD_Q)->rank == 0);
+    CHECK_EQ_INT(adapter_mod_at(a, 1, CORE_MOD_V)->rank, 2);
+    adapter_unref(a);
+
     /* Default targets (null) are q_proj and v_proj, as PEFT's Llama default. */
     snprintf(dir, sizeof dir, "%s/dflt", tmp);
     CHECK(tu_write_peft(dir, "{\"r\":4,\"lora_alpha\":4,\"target_modules\":null}", &cfg, QV, 4,
@@ -290,21 +305,23 @@ TEST(peft_refusals_name_the_problem)
         {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\",\"k_proj\"]}",
          "no lora_A"},
         {"{\"r\":8,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"]}", "rank 8"},
-        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"(?i)q_proj\"}", "regex"},
-        /* Patterns whose compilation would take unbounded memory (found by fuzz_adapter_config:
-         * glibc's regcomp took over 2 GB for "all-++++...linear") or matching exponential time. */
-        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"q-++++++++++++++++++++++++++\"}",
-         "a repetition of a repetition"},
-        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\".*(q|v)_proj*?\"}",
-         "a repetition of a repetition"},
-        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"(((q){2}){2}){40}_proj\"}",
-         "bounded repetitions"},
-        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"(q)\\\\1_proj\"}", "back-references"},
-        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"((((((((((q))))))))))_proj\"}",
-         "nested deeper"},
+        /* Patterns PCRE2 refuses: the message names the field, PCRE2's reason and the offset. */
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"q_(proj\"}",
+         "target_modules: regex \"q_(proj\": missing closing parenthesis at offset 7"},
         {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"],"
-         "\"rank_pattern\":{\"q_proj++\":2}}",
-         "rank_pattern/alpha_pattern: key \"q_proj++\": a repetition of a repetition"},
+         "\"exclude_modules\":\"[q\"}",
+         "exclude_modules: regex \"[q\": missing terminating ] for character class at offset 2"},
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"],"
+         "\"rank_pattern\":{\"q_proj)\":2}}",
+         "rank_pattern/alpha_pattern: key \"q_proj)\": unmatched closing parenthesis at offset 7"},
+        /* Compilation is bounded: length and nesting caps (glibc's regcomp took over 2 GB for
+         * "all-++++...linear", found by fuzz_adapter_config; PCRE2 reads a++ as possessive). */
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"((((((((((((((((((((((((((((((((((q))))))"
+         "))))))))))))))))))))))))))))_proj\"}",
+         "parentheses are too deeply nested"},
+        /* Matching is bounded: (.+)+\d backtracks exponentially over a module name; the match
+         * limit stops it and the adapter is refused rather than loaded without that module. */
+        {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":\"(.+)+\\\\d\"}", "limit exceeded"},
         {"{\"r\":4,\"lora_alpha\":8,\"target_modules\":[\"q_proj\",\"v_proj\"]", "invalid JSON"},
         {"[1,2]", "not a JSON object"},
     };

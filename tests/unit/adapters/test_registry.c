@@ -150,6 +150,47 @@ TEST(registry_ids_chains_and_confinement)
     teardown(&f);
 }
 
+/* adapter_registry_check_path (vLLM's lora_path): the path must lead to the node's own directory
+ * inside the root, wherever symlinks and ".." take it. */
+TEST(registry_check_path)
+{
+    fixture f;
+    CHECK(setup(&f, 0) == 0);
+    char err[256], p[512];
+    static const struct {
+        const char *id, *rel; /* rel: under the root, or an absolute path when it starts with / */
+        int rc;
+        const char *want; /* in err */
+    } cases[] = {
+        {"fr", "fr", 0, ""},
+        {"fr", "fr/", 0, ""},
+        {"fr", "de/../fr", 0, ""},
+        {"fr/legal/alice", "fr/legal/alice", 0, ""},
+        {"fr", "fr_alias", 0, ""}, /* a symlink inside the root to fr's directory */
+        {"fr", "de", -EINVAL, "is not the directory of adapter 'fr'"},
+        {"fr", "fr/legal/alice", -EINVAL, "is not the directory of adapter 'fr'"},
+        {"fr", "", -EINVAL, "is not inside the adapter registry"}, /* the root itself */
+        {"fr", "evil", -EINVAL, "is not inside the adapter registry"},
+        {"fr", "fr/..", -EINVAL, "is not inside the adapter registry"},
+        {"fr", "nope", -EINVAL, "No such file or directory"},
+        {"fr", "/etc", -EINVAL, "is not inside the adapter registry"},
+        {"../fr", "fr", -EINVAL, ""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        if (cases[i].rel[0] == '/')
+            snprintf(p, sizeof p, "%s", cases[i].rel);
+        else
+            snprintf(p, sizeof p, "%s/%s", f.root, cases[i].rel);
+        err[0] = 0;
+        int rc = adapter_registry_check_path(f.reg, cases[i].id, p, err, sizeof err);
+        CHECK_MSG(rc == cases[i].rc && strstr(err, cases[i].want), "case %zu (%s, %s): %d '%s'", i,
+                  cases[i].id, cases[i].rel, rc, err);
+        /* the message names the path as given, never the root alone */
+        CHECK_MSG(rc == 0 || !cases[i].want[0] || strstr(err, p), "case %zu: '%s'", i, err);
+    }
+    teardown(&f);
+}
+
 TEST(registry_loads_versions_and_failures)
 {
     fixture f;

@@ -31,6 +31,12 @@ TEST(routes_match)
     CHECK_EQ_INT(srv_route_match("POST", "/v1/adapters/unload", &ok, NULL),
                  SRV_ROUTE_ADAPTERS_UNLOAD);
     CHECK_EQ_INT(srv_route_match("POST", "/v1/adapters/pin", &ok, NULL), SRV_ROUTE_ADAPTERS_PIN);
+    CHECK_EQ_INT(srv_route_match("POST", "/v1/load_lora_adapter", &ok, NULL), SRV_ROUTE_LORA_LOAD);
+    CHECK_EQ_INT(srv_route_match("POST", "/v1/unload_lora_adapter", &ok, NULL),
+                 SRV_ROUTE_LORA_UNLOAD);
+    CHECK_EQ_INT(srv_route_match("GET", "/v1/load_lora_adapter", &ok, &allow), SRV_ROUTE_LORA_LOAD);
+    CHECK(!ok);
+    CHECK_EQ_STR(allow, "POST");
     CHECK_EQ_INT(srv_route_match("GET", "/health", &ok, NULL), SRV_ROUTE_HEALTH);
     CHECK_EQ_INT(srv_route_match("GET", "/metrics", &ok, NULL), SRV_ROUTE_METRICS);
     CHECK_EQ_INT(srv_route_match("GET", "/", &ok, &allow), SRV_ROUTE_OTHER);
@@ -254,4 +260,91 @@ TEST(routes_node_description)
     CHECK_EQ_STR(b.data, ",\"format\":null,\"rank\":null,\"alpha\":null,\"rslora\":null,"
                          "\"targets\":null,\"weight_bytes\":null");
     srv_buf_deinit(&b);
+}
+
+/* One vLLM LoRA body parsed as routes.c does; name and path start at "-". */
+typedef struct lora_case {
+    int rc;
+    char name[ADAPTER_ID_MAX + 1], path[4096], err[160], param[SRV_PARAM_MAX];
+} lora_case;
+
+static lora_case lora_parse(const char *body)
+{
+    lora_case c = {.name = "-", .path = "-"};
+    c.rc = srv_lora_body_parse(body, strlen(body), c.name, sizeof c.name, c.path, sizeof c.path,
+                               c.err, sizeof c.err, c.param, sizeof c.param);
+    return c;
+}
+
+TEST(routes_lora_body_valid)
+{
+    lora_case c = lora_parse("{\"lora_name\": \"fr/legal\", \"lora_path\": \"registry/fr/legal\"}");
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_STR(c.name, "fr/legal");
+    CHECK_EQ_STR(c.path, "registry/fr/legal");
+    CHECK_EQ_STR(c.param, "");
+    /* lora_path is optional (unload never needs it); null is absent; vLLM's other members are
+     * ignored. */
+    c = lora_parse("{\"lora_name\": \"fr\"}");
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_STR(c.name, "fr");
+    CHECK_EQ_STR(c.path, "");
+    c = lora_parse("{\"lora_name\": \"fr\", \"lora_path\": null, \"lora_int_id\": 3, "
+                   "\"load_inplace\": true}");
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_STR(c.path, "");
+    /* Hostile names pass through: adapter_id_check (the registry) refuses them, with a 400. */
+    c = lora_parse("{\"lora_name\": \"../x\", \"lora_path\": \"/etc\"}");
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_STR(c.name, "../x");
+    CHECK_EQ_STR(c.path, "/etc");
+}
+
+TEST(routes_lora_body_refused)
+{
+    static const struct {
+        const char *body, *param, *err;
+    } cases[] = {
+        {"", "", "empty body; expected a JSON object such as {\"lora_name\": \"fr\"}"},
+        {"[1]", "", "expected a JSON object such as {\"lora_name\": \"fr\"}"},
+        {"{\"lora_name\": \"fr\"", "",
+         "invalid JSON: the body ends at byte 18 where ',' or '}' was expected"},
+        {"{}", "lora_name", "lora_name: expected a non-empty string (a registry adapter id)"},
+        {"{\"id\": \"fr\"}", "lora_name",
+         "lora_name: expected a non-empty string (a registry adapter id)"},
+        {"{\"lora_name\": \"\"}", "lora_name",
+         "lora_name: expected a non-empty string (a registry adapter id)"},
+        {"{\"lora_name\": 7}", "lora_name",
+         "lora_name: expected a non-empty string (a registry adapter id)"},
+        {"{\"lora_name\": \"fr\\u0000\"}", "lora_name", "lora_name: not a valid adapter id"},
+        {"{\"lora_name\": \"fr\xff\"}", "lora_name", "lora_name: not a valid adapter id"},
+        {"{\"lora_name\": \"fr\", \"lora_path\": \"\"}", "lora_path",
+         "lora_path: expected a non-empty string"},
+        {"{\"lora_name\": \"fr\", \"lora_path\": [\"a\"]}", "lora_path",
+         "lora_path: expected a non-empty string"},
+        {"{\"lora_name\": \"fr\", \"lora_path\": \"a\\u0000b\"}", "lora_path",
+         "lora_path: too long or not valid UTF-8"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        lora_case c = lora_parse(cases[i].body);
+        CHECK_MSG(c.rc == -EINVAL && !strcmp(c.param, cases[i].param) &&
+                      !strcmp(c.err, cases[i].err),
+                  "case %zu: rc %d param \"%s\" err \"%s\"; want \"%s\" \"%s\"", i, c.rc, c.param,
+                  c.err, cases[i].param, cases[i].err);
+        CHECK_EQ_STR(c.name, "-");
+        CHECK_EQ_STR(c.path, "-");
+    }
+    /* A path as long as the buffer is refused, one byte shorter taken. */
+    static char body[4096 + 64];
+    char path[4097];
+    memset(path, 'p', 4095);
+    path[4095] = 0;
+    snprintf(body, sizeof body, "{\"lora_name\":\"fr\",\"lora_path\":\"%s\"}", path);
+    lora_case c = lora_parse(body);
+    CHECK_EQ_INT(c.rc, 0);
+    CHECK_EQ_INT(strlen(c.path), 4095);
+    snprintf(body, sizeof body, "{\"lora_name\":\"fr\",\"lora_path\":\"%sp\"}", path);
+    c = lora_parse(body);
+    CHECK_EQ_INT(c.rc, -EINVAL);
+    CHECK_EQ_STR(c.param, "lora_path");
 }
