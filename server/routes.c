@@ -17,6 +17,7 @@
 #include "server/log.h"
 #include "server/response.h"
 #include "server/routes_internal.h"
+#include "server/version.h"
 
 /* ---- the table ------------------------------------------------------------------------------ */
 
@@ -31,7 +32,8 @@ enum {
 };
 
 typedef void route_fn(srv_app *a, srv_http_req *req, srv_call *c);
-static route_fn route_models, route_adapters, route_admin, route_health, route_metrics;
+static route_fn route_models, route_adapters, route_admin, route_health, route_metrics,
+    route_version;
 
 static const struct route {
     const char *method, *path;
@@ -475,6 +477,18 @@ static void route_metrics(srv_app *a, srv_http_req *req, srv_call *c)
     free(http);
     free(labels);
     free(nodes);
+}
+
+/* GET /version: the build (server/version.h); a key is needed as for /metrics. */
+static void route_version(srv_app *a, srv_http_req *req, srv_call *c)
+{
+    (void)a;
+    (void)c;
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_version_json(&b);
+    srv_http_reply_json(req, 200, &b, NULL);
+    srv_buf_deinit(&b);
 }
 
 /* ---- the handler ---------------------------------------------------------------------------- */
