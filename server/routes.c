@@ -458,7 +458,12 @@ static void route_metrics(srv_app *a, srv_http_req *req, srv_call *c)
     srv_http *transport = atomic_load(&a->http);
     if (transport)
         srv_http_conn_stats(transport, &cs);
+    srv_process_stats ps;
+    srv_process_stats_get(&ps); /* what it could read; zeros for the rest */
+    srv_build_labels bl = {srv_build_version, srv_build_commit, srv_version_kernels()};
     srv_metrics_view v = {.http = http,
+                          .build = &bl,
+                          .process = &ps,
                           .conns = transport ? &cs : NULL,
                           .engine = &es,
                           .labels = labels,

@@ -1,7 +1,9 @@
 """End-to-end: the operations side of a real server: `adaptree --version` and GET /version (the
-build and the kernels in use)."""
+build and the kernels in use), adaptree_build_info and process_* in /metrics."""
 
+import re
 import subprocess
+import time
 
 import e2e
 from e2e import check, eq
@@ -9,10 +11,12 @@ from e2e import check, eq
 suite = e2e.Suite("ops", budget=180)
 KEY = "ops-key"
 S = None  # --api-key KEY
+STARTED = 0.0
 
 
 def setup():
-    global S
+    global S, STARTED
+    STARTED = time.time()
     S = suite.server(["--api-key", KEY], name="server")
     S.start()
 
@@ -50,6 +54,57 @@ def version_route():
     eq(j["kernels"], f["kernels"], "kernels")
     check(j["cpu"] in ("none", "AVX2", "AVX-512", "AVX-512 VNNI"), f"cpu {j['cpu']!r}")
     check(j["kernels"].startswith(j["cpu"] + ", OpenBLAS "), f"kernels {j['kernels']!r}")
+
+
+def lint_exposition(text):
+    """What promtool's parser would refuse, for the exposition we write: every sample after its
+    family's HELP and TYPE, each family declared once, counters named *_total, values numbers."""
+    helped, typed = set(), {}
+    for line in text.splitlines():
+        m = re.match(r"# (HELP|TYPE) ([a-zA-Z_:][a-zA-Z0-9_:]*) (.+)$", line)
+        if m:
+            kind, name, rest = m.groups()
+            seen = helped if kind == "HELP" else typed
+            check(name not in seen, f"{kind} twice for {name}")
+            if kind == "HELP":
+                helped.add(name)
+            else:
+                check(rest in ("counter", "gauge", "histogram"), f"type of {name}: {rest}")
+                check(rest != "counter" or name.endswith("_total"), f"counter {name} not *_total")
+                typed[name] = rest
+            continue
+        m = re.match(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$', line)
+        check(m, f"bad line {line!r}")
+        name = m.group(1)
+        fam = re.sub(r"_(bucket|sum|count)$", "", name) if name not in typed else name
+        check(fam in typed and fam in helped, f"sample before its HELP/TYPE: {line!r}")
+        float(m.group(3))
+
+
+@suite.test
+def metrics_build_info_and_process():
+    r = S.req("GET", "/metrics", key=KEY)
+    eq(r.status, 200, "GET /metrics")
+    text = r.data.decode()
+    lint_exposition(text)
+    v = S.req("GET", "/version", key=KEY).json()
+    m = e2e.metrics(S, key=KEY)
+    info = [labels for (name, labels), val in m.items() if name == "adaptree_build_info"]
+    eq(len(info), 1, "adaptree_build_info series")
+    eq(dict(info[0]), {"version": v["version"], "commit": v["commit"], "kernels": v["kernels"]},
+       "adaptree_build_info labels")
+    eq(m[("adaptree_build_info", info[0])], 1.0, "adaptree_build_info value")
+    p = {name: val for (name, labels), val in m.items() if name.startswith("process_")}
+    eq(sorted(p), ["process_cpu_seconds_total", "process_max_fds", "process_open_fds",
+                   "process_resident_memory_bytes", "process_start_time_seconds",
+                   "process_virtual_memory_bytes"], "process_* families")
+    # the model is mapped: more than 50 MB resident, more virtual than resident
+    check(p["process_resident_memory_bytes"] > 50e6, f"rss {p['process_resident_memory_bytes']}")
+    check(p["process_virtual_memory_bytes"] >= p["process_resident_memory_bytes"], f"{p}")
+    check(3 <= p["process_open_fds"] <= p["process_max_fds"], f"{p}")
+    check(p["process_cpu_seconds_total"] > 0, f"{p}")
+    check(STARTED - 5 <= p["process_start_time_seconds"] <= time.time(),
+          f"start {p['process_start_time_seconds']}, spawned at {STARTED}")
 
 
 if __name__ == "__main__":
