@@ -1,7 +1,11 @@
 """End-to-end: the operations side of a real server: `adaptree --version` and GET /version (the
-build and the kernels in use), adaptree_build_info and process_* in /metrics."""
+build and the kernels in use), adaptree_build_info and process_* in /metrics; settings from a
+--config file, the environment and flags (flag > env > file > default) as --print-config shows
+them and as the server listens."""
 
+import os
 import re
+import signal
 import subprocess
 import time
 
@@ -105,6 +109,84 @@ def metrics_build_info_and_process():
     check(p["process_cpu_seconds_total"] > 0, f"{p}")
     check(STARTED - 5 <= p["process_start_time_seconds"] <= time.time(),
           f"start {p['process_start_time_seconds']}, spawned at {STARTED}")
+
+
+def serve_env(extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTREE_")}
+    env.update(extra)
+    return env
+
+
+def print_config(args, env):
+    r = subprocess.run([e2e.ADAPTREE, "serve", "--print-config"] + args, capture_output=True,
+                       text=True, timeout=30, env=serve_env(env), cwd=e2e.ROOT)
+    eq(r.returncode, 0, f"--print-config exit status ({r.stderr})")
+    out = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"(\S+) += (.*?) +# (.*)$", line)
+        check(m, f"--print-config line {line!r}")
+        out[m.group(1)] = (m.group(2), m.group(3))
+    return out
+
+
+@suite.test
+def config_precedence():
+    p_file, p_env, p_flag = e2e.free_port(), e2e.free_port(), e2e.free_port()
+    conf = os.path.join(suite.tmp, "adaptree.conf")
+    with open(conf, "w") as f:
+        f.write(f"# ops test\nport = {p_file}\nmax-seqs = 3\nqueue-limit = 7\n"
+                f"model = {e2e.MODEL}\nno-registry = true\n")
+    env = {"ADAPTREE_PORT": str(p_env), "ADAPTREE_MAX_SEQS": "5"}
+    c = print_config(["--config", conf, "--port", str(p_flag)], env)
+    eq(c["port"], (str(p_flag), "flag"), "port")
+    eq(c["max-seqs"], ("5", "env ADAPTREE_MAX_SEQS"), "max-seqs")
+    eq(c["queue-limit"], ("7", f"file {conf}:4"), "queue-limit")
+    eq(c["prefill-chunk"], ("256", "default"), "prefill-chunk")
+    c = print_config(["--config", conf], env)
+    eq(c["port"], (str(p_env), "env ADAPTREE_PORT"), "port without the flag")
+    # the real server: the environment's port beats the file's
+    log = open(os.path.join(suite.tmp, "precedence.log"), "wb")
+    proc = subprocess.Popen([e2e.ADAPTREE, "serve", "--config", conf, "--host", "127.0.0.1"],
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            cwd=e2e.ROOT, env=serve_env(env))
+    try:
+        def healthy():
+            check(proc.poll() is None, f"serve exited with {proc.returncode}")
+            try:
+                return e2e.request(p_env, "GET", "/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        e2e.wait_until(healthy, 60, "the server on the environment's port")
+        try:
+            e2e.request(p_file, "GET", "/health", timeout=2)
+            raise e2e.Fail(f"something answers on the file's port {p_file}")
+        except OSError:
+            pass
+        proc.send_signal(signal.SIGTERM)
+        eq(proc.wait(30 * e2e.SLOW), 0, "exit status on SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@suite.test
+def config_refusals_name_their_source():
+    conf = os.path.join(suite.tmp, "bad.conf")
+    with open(conf, "w") as f:
+        f.write("port = 80\n\nmax-seqs = many\n")
+    for args, env, want in (
+            (["--config", conf], {}, f"serve: {conf}:3: bad value 'many' for --max-seqs"),
+            ([], {"ADAPTREE_PORT": "abc"}, "serve: ADAPTREE_PORT=abc: bad value 'abc' for --port"),
+            (["--port", "abc"], {}, "serve: bad value 'abc' for --port")):
+        r = subprocess.run([e2e.ADAPTREE, "serve", "--print-config"] + args, capture_output=True,
+                           text=True, timeout=30, env=serve_env(env), cwd=e2e.ROOT)
+        eq(r.returncode, 2, f"exit status of {args} {env}")
+        check(r.stderr.startswith(want), f"stderr {r.stderr!r} does not start with {want!r}")
 
 
 if __name__ == "__main__":
