@@ -309,6 +309,11 @@ static int serve(const srv_serve_opts *o)
 {
     char err[512];
     srv_log_threshold = (srv_log_level)o->log_level;
+    srv_cors cors;
+    if (srv_cors_init(&cors, o->cors_origins, o->n_cors_origins, err, sizeof err) < 0) {
+        fprintf(stderr, "serve: %s\n", err);
+        return 2;
+    }
     srv_auth auth;
     if (srv_auth_init(&auth, o->api_key, o->admin_key, err, sizeof err) < 0) {
         fprintf(stderr, "serve: %s\n", err);
@@ -326,6 +331,7 @@ static int serve(const srv_serve_opts *o)
     if (!e)
         goto out;
     srv_app_init(&app, e, &auth, (size_t)o->max_body_kb << 10);
+    app.cors = cors.n ? &cors : NULL;
     char host[256];
     app.replica = replica_name(o, host, sizeof host);
     srv_http_handler h;
@@ -338,7 +344,8 @@ static int serve(const srv_serve_opts *o)
                         .header_timeout_s = (double)o->header_timeout,
                         .body_timeout_s = (double)o->body_timeout,
                         .idle_timeout_s = (unsigned)o->idle_timeout,
-                        .replica = app.replica};
+                        .replica = app.replica,
+                        .cors = app.cors};
     fit_fd_limit(&ho);
     http = srv_http_new(&ho, &h, err, sizeof err);
     if (!http) {

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "server/cors.h"
+
 #define SRV_DEFAULT_REGISTRY "registry/"
 #define SRV_EXIT_CUT 3        /* serve's exit status when the drain cut requests */
 #define SRV_SERVE_MAX_OPTS 48 /* settings in the option table */
@@ -54,9 +56,12 @@ typedef struct srv_serve_opts {
     bool kv_f16;               /* --kv-f16: f16 KV cache */
     bool no_prefix_cache;      /* --no-prefix-cache */
     bool no_registry;          /* --no-registry (registry is then NULL) */
-    bool print_config;         /* --print-config: print the settings, do not serve */
-    const char *config;        /* --config FILE or $ADAPTREE_CONFIG; NULL = none */
-    char *file_text;           /* the config file's text, owned: its values point into it */
+    const char *cors_origins[SRV_CORS_MAX]; /* --cors-origin, each "*", an origin or a
+                                               comma-separated list of them */
+    int n_cors_origins;                     /* 0: CORS off */
+    bool print_config;                      /* --print-config: print the settings, do not serve */
+    const char *config;                     /* --config FILE or $ADAPTREE_CONFIG; NULL = none */
+    char *file_text; /* the config file's text, owned: its values point into it */
     unsigned char source[SRV_SERVE_MAX_OPTS]; /* srv_opt_source of each table row */
     int line[SRV_SERVE_MAX_OPTS];             /* its line in the config file, when from there */
 } srv_serve_opts;

@@ -517,6 +517,24 @@ static size_t on_headers(void *ud, srv_http_req *req)
                              "Invalid URL (%s %s)", method, url);
         return 0;
     }
+    if (!strcmp(method, "OPTIONS") && a->cors && a->cors->n) {
+        /* a CORS preflight (before the key check: browsers send none); the transport adds
+         * Access-Control-Allow-Origin when the Origin is one of --cors-origin */
+        char methods[40];
+        snprintf(methods, sizeof methods, "%s%s, OPTIONS", allow,
+                 !strcmp(allow, "GET") ? ", HEAD" : "");
+        const char *h[] = {"Allow",
+                           methods,
+                           "Access-Control-Allow-Methods",
+                           methods,
+                           "Access-Control-Allow-Headers",
+                           SRV_CORS_ALLOW_HEADERS,
+                           "Access-Control-Max-Age",
+                           SRV_CORS_MAX_AGE,
+                           NULL};
+        srv_http_reply(req, 204, NULL, "", 0, h);
+        return 0;
+    }
     if (!method_ok) {
         const char *h[] = {"Allow", allow, NULL};
         srv_buf b;

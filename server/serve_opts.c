@@ -93,6 +93,10 @@ static void serve_usage(FILE *out)
         "                            X-Adaptree-Replica header, system_fingerprint and\n"
         "                            /health (default: the host name; letters, digits and\n"
         "                            . _ : -, at most 63)\n"
+        "      --cors-origin ORIGIN  let pages from ORIGIN (https://app.example.com, or *) read\n"
+        "                            the answers: Access-Control-Allow-Origin on answers to\n"
+        "                            a matching Origin, OPTIONS preflights answered 204;\n"
+        "                            repeatable, or comma-separated (default: CORS off)\n"
         "Every option also comes from the environment (--max-seqs 4: ADAPTREE_MAX_SEQS=4;\n"
         "switches: ADAPTREE_INT8=true) and from --config FILE (max-seqs = 4; int8 = true);\n"
         "a flag beats the environment, which beats the file, which beats the default.\n"
@@ -109,6 +113,7 @@ enum opt_kind {
     K_LOG,     /* int, srv_log_parse */
     K_SWITCH,  /* bool: a flag without a value; true, false, 1, 0, yes, no, on, off elsewhere */
     K_NOT,     /* K_SWITCH stored negated (--no-watch -> watch = false) */
+    K_CORS,    /* repeatable: appended to cors_origins (a stronger source replaces the list) */
 };
 
 /* The options, in --help's order. name is the flag without "--" and the file's key. */
@@ -155,6 +160,7 @@ static const struct serve_opt {
     {"drain-timeout", NULL, 0, 86400, offsetof(srv_serve_opts, drain_timeout), K_INT, false},
     {"drain-delay", NULL, 0, 3600, offsetof(srv_serve_opts, drain_delay), K_INT, false},
     {"replica-name", NULL, 0, 0, offsetof(srv_serve_opts, replica), K_REPLICA, false},
+    {"cors-origin", NULL, 0, 0, offsetof(srv_serve_opts, cors_origins), K_CORS, false},
 };
 #define N_OPTS (sizeof opts / sizeof *opts)
 _Static_assert(N_OPTS <= SRV_SERVE_MAX_OPTS, "raise SRV_SERVE_MAX_OPTS");
@@ -252,6 +258,17 @@ static int set_opt(srv_serve_opts *o, const struct serve_opt *p, const char *v, 
                      p->name, p->min, p->max);
             return -1;
         }
+    } else if (p->kind == K_CORS) {
+        srv_cors check;
+        if (srv_cors_init(&check, &v, 1, e, elen) < 0)
+            return -1;
+        if (o->source[idx] != (unsigned char)src)
+            o->n_cors_origins = 0;
+        if (o->n_cors_origins == SRV_CORS_MAX) {
+            snprintf(e, elen, "--%s: at most %d", p->name, SRV_CORS_MAX);
+            return -1;
+        }
+        o->cors_origins[o->n_cors_origins++] = v;
     } else if (p->kind == K_LOG) {
         int l = srv_log_parse(v);
         if (l < 0) {
@@ -378,7 +395,7 @@ static int apply_env(srv_serve_opts *o, char *err, size_t errlen)
  * --print-config. Looks at argv before anything is applied. */
 static int scan_meta(int argc, char **argv, const char **config, bool *print)
 {
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc && argv[i]; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help"))
             return 1;
@@ -396,7 +413,7 @@ static int scan_meta(int argc, char **argv, const char **config, bool *print)
 
 static int apply_flags(srv_serve_opts *o, int argc, char **argv, char *err, size_t errlen)
 {
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc && argv[i]; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--print-config"))
             continue;
@@ -509,6 +526,13 @@ void srv_serve_print_config(const srv_serve_opts *o, FILE *out)
         } else if (p->kind == K_SWITCH || p->kind == K_NOT) {
             bool b = *(const bool *)src;
             snprintf(val, sizeof val, "%s", (p->kind == K_NOT ? !b : b) ? "true" : "false");
+        } else if (p->kind == K_CORS) {
+            size_t k = 0;
+            val[0] = 0;
+            for (int j = 0; j < o->n_cors_origins && k < sizeof val; j++) {
+                int w = snprintf(val + k, sizeof val - k, "%s%s", j ? "," : "", o->cors_origins[j]);
+                k += w > 0 ? (size_t)w : 0;
+            }
         } else if (p->kind == K_LOG) {
             int l = *(const int *)src;
             snprintf(val, sizeof val, "%s", l >= 0 && l < 4 ? levels[l] : "?");

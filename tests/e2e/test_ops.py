@@ -1,7 +1,7 @@
 """End-to-end: the operations side of a real server: `adaptree --version` and GET /version (the
 build and the kernels in use), adaptree_build_info and process_* in /metrics; settings from a
 --config file, the environment and flags (flag > env > file > default) as --print-config shows
-them and as the server listens."""
+them and as the server listens; CORS with --cors-origin (answers and preflights) and without."""
 
 import os
 import re
@@ -14,15 +14,20 @@ from e2e import check, eq
 
 suite = e2e.Suite("ops", budget=180)
 KEY = "ops-key"
-S = None  # --api-key KEY
+S = None  # --api-key KEY --cors-origin ORIGIN
+T = None  # no flags: no CORS
+ORIGIN = "http://app.example:3000"
 STARTED = 0.0
 
 
 def setup():
-    global S, STARTED
+    global S, T, STARTED
     STARTED = time.time()
-    S = suite.server(["--api-key", KEY], name="server")
+    S = suite.server(["--api-key", KEY, "--cors-origin", ORIGIN, "--cors-origin",
+                      "https://other.example"], name="server")
     S.start()
+    T = suite.server([], name="nocors")
+    T.start()
 
 
 def version_lines(args):
@@ -187,6 +192,59 @@ def config_refusals_name_their_source():
                            text=True, timeout=30, env=serve_env(env), cwd=e2e.ROOT)
         eq(r.returncode, 2, f"exit status of {args} {env}")
         check(r.stderr.startswith(want), f"stderr {r.stderr!r} does not start with {want!r}")
+
+
+PREFLIGHT = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+             "Access-Control-Request-Headers": "authorization, content-type"}
+
+
+@suite.test
+def cors_answers():
+    for path, key, status in (("/version", KEY, 200), ("/version", None, 401),
+                              ("/health", None, 200)):
+        r = S.req("GET", path, key=key, headers={"Origin": ORIGIN})
+        eq(r.status, status, f"GET {path}")
+        eq(r.headers.get("access-control-allow-origin"), ORIGIN, f"ACAO of GET {path}")
+        check("origin" in r.headers.get("vary", "").lower(), f"Vary of GET {path}: {r.headers}")
+    r = S.req("GET", "/health", headers={"Origin": "https://evil.example"})
+    check("access-control-allow-origin" not in r.headers, f"ACAO for another origin: {r.headers}")
+    r = S.req("GET", "/health")
+    check("access-control-allow-origin" not in r.headers, f"ACAO without Origin: {r.headers}")
+    # a completion from the page, as a browser's fetch sends it after the preflight
+    r = S.post("/v1/completions", {"prompt": "Hi", "max_tokens": 2}, key=KEY,
+               headers={"Origin": "https://other.example"})
+    eq(r.status, 200, "POST /v1/completions")
+    eq(r.headers.get("access-control-allow-origin"), "https://other.example", "ACAO")
+
+
+@suite.test
+def cors_preflight():
+    for path, method in (("/v1/completions", "POST"), ("/v1/chat/completions", "POST"),
+                         ("/metrics", "GET"), ("/v1/models/base", "GET")):
+        r = S.req("OPTIONS", path, headers=PREFLIGHT)  # no key: browsers send none
+        eq(r.status, 204, f"OPTIONS {path}")
+        eq(r.data, b"", f"body of OPTIONS {path}")
+        eq(r.headers.get("access-control-allow-origin"), ORIGIN, f"ACAO of OPTIONS {path}")
+        methods = [m.strip() for m in r.headers.get("access-control-allow-methods", "").split(",")]
+        check(method in methods and "OPTIONS" in methods, f"Allow-Methods of {path}: {methods}")
+        hdrs = r.headers.get("access-control-allow-headers", "").lower()
+        for h in ("authorization", "content-type", "x-request-id"):
+            check(h in hdrs, f"Allow-Headers of {path} lacks {h}: {hdrs}")
+        check(int(r.headers.get("access-control-max-age", "0")) > 0, f"Max-Age: {r.headers}")
+    r = S.req("OPTIONS", "/v1/completions", headers=dict(PREFLIGHT, Origin="https://evil.example"))
+    check("access-control-allow-origin" not in r.headers, f"preflight of another origin: {r.headers}")
+    eq(S.req("OPTIONS", "/nowhere", headers=PREFLIGHT).status, 404, "OPTIONS of an unknown path")
+
+
+@suite.test
+def no_cors_without_the_flag():
+    r = T.req("GET", "/health", headers={"Origin": ORIGIN})
+    eq(r.status, 200, "GET /health")
+    check(not any(k.startswith("access-control-") for k in r.headers), f"{r.headers}")
+    r = T.req("OPTIONS", "/v1/completions", headers=PREFLIGHT)
+    eq(r.status, 405, "OPTIONS without --cors-origin (as before)")
+    eq(r.headers.get("allow"), "POST", "Allow")
+    check(not any(k.startswith("access-control-") for k in r.headers), f"{r.headers}")
 
 
 if __name__ == "__main__":

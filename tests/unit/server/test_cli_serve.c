@@ -325,4 +325,18 @@ TEST(serve_env_validation)
     CHECK_EQ_STR(o.registry, "/r");
     CHECK(o.registry_given);
     unset_all();
+    /* --cors-origin: repeatable; the flags' list replaces the environment's */
+    setenv("ADAPTREE_CORS_ORIGIN", "http://a.example,http://b.example", 1);
+    CHECK_EQ_INT(parse(&o, err, NULL), 0);
+    CHECK_EQ_INT(o.n_cors_origins, 1);
+    CHECK_EQ_STR(o.cors_origins[0], "http://a.example,http://b.example");
+    CHECK_EQ_INT(parse(&o, err, "--cors-origin", "*", "--cors-origin=https://c.example", NULL), 0);
+    CHECK_EQ_INT(o.n_cors_origins, 2);
+    CHECK_EQ_STR(o.cors_origins[1], "https://c.example");
+    setenv("ADAPTREE_CORS_ORIGIN", "http://a.example/x", 1);
+    CHECK_EQ_INT(parse(&o, err, NULL), 2);
+    CHECK_MSG(strstr(err, "ADAPTREE_CORS_ORIGIN=http://a.example/x: bad value 'http://a.example/x' "
+                          "for --cors-origin") == err,
+              "%s", err);
+    unsetenv("ADAPTREE_CORS_ORIGIN");
 }
