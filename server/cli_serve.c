@@ -44,148 +44,7 @@
 #include "server/routes.h"
 
 #define SWEEP_MS 250
-#define SRV_EXIT_CUT 3              /* exit status when the drain cut requests */
 #define CHAT_TEMPLATE_MAX (1 << 20) /* the interpreter's own limit (core/text/jinja_internal.h) */
-
-static void serve_usage(FILE *out)
-{
-    fprintf(
-        out,
-        "usage: adaptree serve [options]\n"
-        "  -m, --model PATH          GGUF base model (default " SRV_DEFAULT_MODEL ")\n"
-        "      --registry DIR        adapter registry root (default " SRV_DEFAULT_REGISTRY
-        "; skipped\n"
-        "                            with a warning when the default is missing)\n"
-        "      --no-registry         serve the base model only\n"
-        "      --no-watch            do not watch the registry for changes\n"
-        "      --int8                int8 activations (Q4_1, Q8_0, Q4_K-Q6_K), as llama.cpp\n"
-        "                            (AVX2 or AVX-512 VNNI): faster, logits further from\n"
-        "                            the f32 reference (README, 'int8 activations')\n"
-        "      --kv-f16              cache K and V as f16: half the KV memory, faster long\n"
-        "                            contexts, logits slightly further from the reference\n"
-        "      --host HOST           address to listen on (default 127.0.0.1)\n"
-        "      --port PORT           port (default 8080; 0 = any free port)\n"
-        "      --threads N           OpenBLAS threads (default 0 = all cores)\n"
-        "      --http-threads N      HTTP polling threads (default 2)\n"
-        "      --max-batch-tokens N  rows per forward step (default 512)\n"
-        "      --max-step-ms MS      while streams decode, size prompt chunks so that a step\n"
-        "                            takes about MS ms, by step costs learned as it runs\n"
-        "                            (default: 2x the decode-only step, at least 25 ms; 0 =\n"
-        "                            no target, prompt chunks fill --max-batch-tokens)\n"
-        "      --prefill-chunk N     most prompt rows of one request per step (default 256)\n"
-        "      --max-seqs N          sequences running at once (default 32)\n"
-        "      --ctx N               context per sequence (default: the model's, at most "
-        "2048)\n"
-        "      --adapter-cache-mb N  memory for resident adapters (default 0 = unlimited)\n"
-        "      --kv-cache-mb N       the KV cache's pool of 16-position blocks, shared by the\n"
-        "                            running sequences and the prefix cache (default: every\n"
-        "                            sequence at full context, at most a quarter of RAM;\n"
-        "                            printed at start-up); at least one --ctx sequence\n"
-        "      --no-prefix-cache     do not reuse the KV of earlier prompts (same tokens\n"
-        "                            under the same adapters)\n"
-        "      --queue-limit N       requests waiting beyond the running ones (default "
-        "256);\n"
-        "                            more get 429\n"
-        "      --api-key KEY         require 'Authorization: Bearer KEY' on every route but\n"
-        "                            /health (default $ADAPTREE_API_KEY, else none)\n"
-        "      --admin-key KEY       require this key on /v1/adapters* and\n"
-        "                            /v1/{load,unload}_lora_adapter (default\n"
-        "                            $ADAPTREE_ADMIN_KEY, else the api key)\n"
-        "      --chat-template FILE  render /v1/chat/completions with this Jinja chat template\n"
-        "                            instead of the GGUF's tokenizer.chat_template; one\n"
-        "                            outside the supported subset (README, 'Chat templates')\n"
-        "                            or unreadable stops the start-up with the reason\n"
-        "      --log-level LEVEL     error, warn, info or debug (default info)\n"
-        "      --log-format FORMAT   text or json: one JSON object per line (default text)\n"
-        "      --max-body-kb N       largest request body in KiB (default 1024); more gets "
-        "413\n"
-        "      --idle-timeout S      close connections idle for S seconds (default 60; 0 = "
-        "never)\n"
-        "      --max-connections N   connections for requests (default 1024); past it the one\n"
-        "                            that has waited longest for a request head is closed,\n"
-        "                            then N/16 (>= 8) more serve /health and keyed requests\n"
-        "      --max-connections-per-ip N  connections from one address (default half of\n"
-        "                            --max-connections; 0 = no cap)\n"
-        "      --header-timeout S    a request head must arrive within S seconds, however\n"
-        "                            slowly its bytes come (default 10; 0 = no limit)\n"
-        "      --body-timeout S      a body must arrive within S seconds of its head (default\n"
-        "                            30; 0 = no limit); later gets 408\n"
-        "      --drain-timeout S     on SIGINT/SIGTERM, wait at most S seconds for running\n"
-        "                            requests (default 30)\n"
-        "      --drain-delay S       on SIGINT/SIGTERM, first answer /health with 503 for S\n"
-        "                            seconds while still serving everything, so that load\n"
-        "                            balancers take this replica out of rotation before it\n"
-        "                            refuses anything; then drain (default 0)\n"
-        "      --replica-name NAME   this server's name among replicas, in every answer's\n"
-        "                            X-Adaptree-Replica header, system_fingerprint and\n"
-        "                            /health (default: the host name; letters, digits and\n"
-        "                            . _ : -, at most 63)\n"
-        "SIGINT or SIGTERM drains: running requests finish, then it exits 0; requests still\n"
-        "running after --drain-timeout (or at a second signal) end with an error (a 503, or\n"
-        "an error event and [DONE] in a stream) and it exits %d.\n",
-        SRV_EXIT_CUT);
-}
-
-static const struct {
-    const char *flag;
-    long min, max;
-    size_t off;
-} int_flags[] = {
-    {"--port", 0, 65535, offsetof(srv_serve_opts, port)},
-    {"--threads", 0, 1024, offsetof(srv_serve_opts, threads)},
-    {"--http-threads", 1, 64, offsetof(srv_serve_opts, http_threads)},
-    {"--max-batch-tokens", 1, 1 << 16, offsetof(srv_serve_opts, max_batch_tokens)},
-    {"--max-step-ms", 0, 600000, offsetof(srv_serve_opts, max_step_ms)},
-    {"--prefill-chunk", 1, 1 << 16, offsetof(srv_serve_opts, prefill_chunk)},
-    {"--max-seqs", 1, 4096, offsetof(srv_serve_opts, max_seqs)},
-    {"--ctx", 0, 1 << 20, offsetof(srv_serve_opts, n_ctx)},
-    {"--adapter-cache-mb", 0, 1L << 30, offsetof(srv_serve_opts, adapter_cache_mb)},
-    {"--kv-cache-mb", 0, 1L << 30, offsetof(srv_serve_opts, kv_cache_mb)},
-    {"--queue-limit", 1, 1 << 20, offsetof(srv_serve_opts, queue_limit)},
-    {"--max-body-kb", 1, 1 << 20, offsetof(srv_serve_opts, max_body_kb)},
-    {"--idle-timeout", 0, 86400, offsetof(srv_serve_opts, idle_timeout)},
-    {"--max-connections", 1, 1 << 16, offsetof(srv_serve_opts, max_conns)},
-    {"--max-connections-per-ip", 0, 1 << 16, offsetof(srv_serve_opts, per_ip_conns)},
-    {"--header-timeout", 0, 86400, offsetof(srv_serve_opts, header_timeout)},
-    {"--body-timeout", 0, 86400, offsetof(srv_serve_opts, body_timeout)},
-    {"--drain-timeout", 0, 86400, offsetof(srv_serve_opts, drain_timeout)},
-    {"--drain-delay", 0, 3600, offsetof(srv_serve_opts, drain_delay)},
-};
-
-static void defaults(srv_serve_opts *o)
-{
-    memset(o, 0, sizeof *o);
-    o->host = "127.0.0.1";
-    o->port = 8080;
-    o->model = SRV_DEFAULT_MODEL;
-    o->registry = SRV_DEFAULT_REGISTRY;
-    o->http_threads = 2;
-    o->max_batch_tokens = 512;
-    o->max_step_ms = -1;
-    o->prefill_chunk = 256;
-    o->max_seqs = 32;
-    o->queue_limit = 256;
-    o->log_level = SRV_LOG_INFO;
-    o->max_body_kb = 1024;
-    o->idle_timeout = 60;
-    o->max_conns = 1024;
-    o->per_ip_conns = -1; /* half of max_conns unless given */
-    o->header_timeout = 10;
-    o->body_timeout = 30;
-    o->drain_timeout = 30;
-    o->watch = true;
-}
-
-int srv_replica_name_ok(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 63)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)s[i]) && !strchr("._:-", s[i]))
-            return 0;
-    return 1;
-}
 
 /* --replica-name, else the host name (cut at the first character a name may not hold), else
  * "adaptree". */
@@ -201,138 +60,6 @@ static const char *replica_name(const srv_serve_opts *o, char *buf, size_t cap)
         n++;
     buf[n] = 0;
     return n ? buf : "adaptree";
-}
-
-/* A flag with a value: 1 taken, 0 not one of these, -1 bad value (message in err). */
-static int value_flag(srv_serve_opts *o, const char *a, const char *v, char *err, size_t errlen)
-{
-    for (size_t i = 0; i < sizeof int_flags / sizeof *int_flags; i++) {
-        if (strcmp(a, int_flags[i].flag) != 0)
-            continue;
-        long *dst = (long *)(void *)((char *)o + int_flags[i].off);
-        if (srv_parse_int(v, int_flags[i].min, int_flags[i].max, dst) < 0) {
-            snprintf(err, errlen, "bad value '%s' for %s: expected an integer in [%ld, %ld]", v, a,
-                     int_flags[i].min, int_flags[i].max);
-            return -1;
-        }
-        return 1;
-    }
-    if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-        o->model = v;
-    } else if (!strcmp(a, "--registry")) {
-        o->registry = v;
-        o->registry_given = true;
-    } else if (!strcmp(a, "--host")) {
-        o->host = v;
-    } else if (!strcmp(a, "--api-key")) {
-        o->api_key = v;
-    } else if (!strcmp(a, "--admin-key")) {
-        o->admin_key = v;
-    } else if (!strcmp(a, "--chat-template")) {
-        o->chat_template = v;
-    } else if (!strcmp(a, "--replica-name")) {
-        if (v[0] && !srv_replica_name_ok(v)) {
-            snprintf(err, errlen,
-                     "bad value '%s' for --replica-name: expected 1 to 63 letters, digits, '.', "
-                     "'_', ':' or '-'",
-                     v);
-            return -1;
-        }
-        o->replica = v;
-    } else if (!strcmp(a, "--log-format")) {
-        o->log_format = srv_log_parse_format(v);
-        if (o->log_format < 0) {
-            snprintf(err, errlen, "bad value '%s' for --log-format: expected text or json", v);
-            return -1;
-        }
-    } else if (!strcmp(a, "--log-level")) {
-        o->log_level = srv_log_parse(v);
-        if (o->log_level < 0) {
-            snprintf(err, errlen,
-                     "bad value '%s' for --log-level: expected error, warn, info or "
-                     "debug",
-                     v);
-            return -1;
-        }
-    } else {
-        return 0;
-    }
-    if (!v[0]) {
-        snprintf(err, errlen, "%s needs a non-empty value", a);
-        return -1;
-    }
-    return 1;
-}
-
-int srv_serve_parse(int argc, char **argv, srv_serve_opts *o, char *err, size_t errlen)
-{
-    defaults(o);
-    bool no_registry = false;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            serve_usage(stdout);
-            return 1;
-        }
-        if (!strcmp(a, "--no-registry")) {
-            no_registry = true;
-            continue;
-        }
-        if (!strcmp(a, "--no-watch")) {
-            o->watch = false;
-            continue;
-        }
-        if (!strcmp(a, "--int8")) {
-            o->int8 = true;
-            continue;
-        }
-        if (!strcmp(a, "--kv-f16")) {
-            o->kv_f16 = true;
-            continue;
-        }
-        if (!strcmp(a, "--no-prefix-cache")) {
-            o->no_prefix_cache = true;
-            continue;
-        }
-        /* --flag=value as well as --flag value */
-        char name[64];
-        const char *v = NULL, *eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
-        if (eq && (size_t)(eq - a) < sizeof name) {
-            memcpy(name, a, (size_t)(eq - a));
-            name[eq - a] = 0;
-            a = name;
-            v = eq + 1;
-        } else if (i + 1 < argc) {
-            v = argv[i + 1];
-        }
-        int rc = v ? value_flag(o, a, v, err, errlen) : 0;
-        if (rc < 0)
-            return 2;
-        if (rc == 0) {
-            if (!v && value_flag(o, a, "", err, errlen) != 0)
-                snprintf(err, errlen, "%s needs a value", a);
-            else
-                snprintf(err, errlen, "unknown option '%s' (see adaptree serve --help)", argv[i]);
-            return 2;
-        }
-        if (!eq)
-            i++;
-    }
-    if (no_registry && o->registry_given) {
-        snprintf(err, errlen, "--registry and --no-registry contradict each other");
-        return 2;
-    }
-    if (no_registry)
-        o->registry = NULL;
-    if (o->per_ip_conns < 0)
-        o->per_ip_conns = o->max_conns / 2 > 0 ? o->max_conns / 2 : 1;
-    const char *env = getenv("ADAPTREE_API_KEY");
-    if (!o->api_key && env && env[0])
-        o->api_key = env;
-    env = getenv("ADAPTREE_ADMIN_KEY");
-    if (!o->admin_key && env && env[0])
-        o->admin_key = env;
-    return 0;
 }
 
 /* ---- signals -------------------------------------------------------------------------------- */
@@ -559,20 +286,39 @@ static int drain(srv_app *app, srv_engine *e, srv_http *http, int sfd, long dela
     return cut;
 }
 
+static int serve(const srv_serve_opts *o);
+
 int srv_cli_serve(int argc, char **argv)
 {
     srv_serve_opts o;
     char err[512];
     int rc = srv_serve_parse(argc, argv, &o, err, sizeof err);
-    if (rc) {
+    if (rc || o.print_config) {
         if (rc == 2)
             fprintf(stderr, "serve: %s\n", err);
-        return rc == 1 ? 0 : 2;
+        else if (o.print_config)
+            srv_serve_print_config(&o, stdout);
+        srv_serve_opts_deinit(&o);
+        return rc == 2 ? 2 : 0;
     }
-    srv_log_threshold = (srv_log_level)o.log_level;
-    srv_log_fmt = (srv_log_format)o.log_format;
+    int status = serve(&o);
+    srv_serve_opts_deinit(&o);
+    return status;
+}
+
+/* Runs the server with options o until a signal and the drain; the exit status. */
+static int serve(const srv_serve_opts *o)
+{
+    char err[512];
+    srv_log_threshold = (srv_log_level)o->log_level;
+    srv_log_fmt = (srv_log_format)o->log_format;
+    srv_cors cors;
+    if (srv_cors_init(&cors, o->cors_origins, o->n_cors_origins, err, sizeof err) < 0) {
+        srv_log(SRV_LOG_ERROR, "serve: %s", err);
+        return 2;
+    }
     srv_auth auth;
-    if (srv_auth_init(&auth, o.api_key, o.admin_key, err, sizeof err) < 0) {
+    if (srv_auth_init(&auth, o->api_key, o->admin_key, err, sizeof err) < 0) {
         srv_log(SRV_LOG_ERROR, "serve: %s", err);
         return 2;
     }
@@ -584,23 +330,25 @@ int srv_cli_serve(int argc, char **argv)
     int status = 1;
     srv_app app;
     srv_http *http = NULL;
-    srv_engine *e = start_engine(&o);
+    srv_engine *e = start_engine(o);
     if (!e)
         goto out;
-    srv_app_init(&app, e, &auth, (size_t)o.max_body_kb << 10);
+    srv_app_init(&app, e, &auth, (size_t)o->max_body_kb << 10);
+    app.cors = cors.n ? &cors : NULL;
     char host[256];
-    app.replica = replica_name(&o, host, sizeof host);
+    app.replica = replica_name(o, host, sizeof host);
     srv_http_handler h;
     srv_routes_handler(&app, &h);
-    srv_http_opts ho = {.host = o.host,
-                        .port = (int)o.port,
-                        .threads = (int)o.http_threads,
-                        .max_conns = (unsigned)o.max_conns,
-                        .per_ip_conns = (unsigned)o.per_ip_conns,
-                        .header_timeout_s = (double)o.header_timeout,
-                        .body_timeout_s = (double)o.body_timeout,
-                        .idle_timeout_s = (unsigned)o.idle_timeout,
-                        .replica = app.replica};
+    srv_http_opts ho = {.host = o->host,
+                        .port = (int)o->port,
+                        .threads = (int)o->http_threads,
+                        .max_conns = (unsigned)o->max_conns,
+                        .per_ip_conns = (unsigned)o->per_ip_conns,
+                        .header_timeout_s = (double)o->header_timeout,
+                        .body_timeout_s = (double)o->body_timeout,
+                        .idle_timeout_s = (unsigned)o->idle_timeout,
+                        .replica = app.replica,
+                        .cors = app.cors};
     fit_fd_limit(&ho);
     http = srv_http_new(&ho, &h, err, sizeof err);
     if (!http) {
@@ -613,15 +361,15 @@ int srv_cli_serve(int argc, char **argv)
     adapter_registry_stats rs = {0};
     if (reg)
         adapter_registry_stats_get(reg, &rs);
-    bool v6 = strchr(o.host, ':') != NULL;
+    bool v6 = strchr(o->host, ':') != NULL;
     srv_log(SRV_LOG_INFO, "serving %s (%d registry nodes) on http://%s%s%s:%d as replica %s",
-            srv_engine_model_id(e), rs.nodes, v6 ? "[" : "", o.host, v6 ? "]" : "",
+            srv_engine_model_id(e), rs.nodes, v6 ? "[" : "", o->host, v6 ? "]" : "",
             srv_http_port(http), app.replica);
     int sig;
     while (!(sig = signal_wait(sfd, SWEEP_MS)))
         srv_http_sweep(http);
     srv_log(SRV_LOG_INFO, "%s received", strsignal(sig));
-    int cut = drain(&app, e, http, sfd, o.drain_delay, o.drain_timeout);
+    int cut = drain(&app, e, http, sfd, o->drain_delay, o->drain_timeout);
     srv_http_free(http);
     srv_engine_free(e);
     e = NULL;

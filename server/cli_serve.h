@@ -1,12 +1,26 @@
-/* `adaptree serve` options: what the flags and the environment say, parsed without side
- * effects so that the parsing can be tested. */
+/* `adaptree serve` options: what the flags, the environment and the config file say, parsed
+ * without side effects (but reading the file) so that the parsing can be tested
+ * (server/serve_opts.c). */
 #ifndef ADAPTREE_SERVER_CLI_SERVE_H
 #define ADAPTREE_SERVER_CLI_SERVE_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
+
+#include "server/cors.h"
 
 #define SRV_DEFAULT_REGISTRY "registry/"
+#define SRV_EXIT_CUT 3        /* serve's exit status when the drain cut requests */
+#define SRV_SERVE_MAX_OPTS 48 /* settings in the option table */
+
+/* Where a setting came from, weakest first: a stronger source overrides a weaker one. */
+typedef enum srv_opt_source {
+    SRV_OPT_DEFAULT = 0,
+    SRV_OPT_FILE = 1, /* --config FILE (or $ADAPTREE_CONFIG) */
+    SRV_OPT_ENV = 2,  /* ADAPTREE_<FLAG> */
+    SRV_OPT_FLAG = 3,
+} srv_opt_source;
 
 typedef struct srv_serve_opts {
     const char *host;          /* "127.0.0.1" */
@@ -24,8 +38,8 @@ typedef struct srv_serve_opts {
     long adapter_cache_mb;     /* 0 = unlimited */
     long kv_cache_mb;          /* the KV pool; 0 = the engine's default */
     long queue_limit;          /* 256 */
-    const char *api_key;       /* --api-key, else $ADAPTREE_API_KEY; NULL = none */
-    const char *admin_key;     /* --admin-key, else $ADAPTREE_ADMIN_KEY; NULL = none */
+    const char *api_key;       /* --api-key; NULL = none */
+    const char *admin_key;     /* --admin-key; NULL = none */
     int log_level;             /* srv_log_level, info */
     int log_format;            /* srv_log_format, text */
     long max_body_kb;          /* 1024 */
@@ -42,13 +56,30 @@ typedef struct srv_serve_opts {
     bool int8;                 /* --int8: int8 activations */
     bool kv_f16;               /* --kv-f16: f16 KV cache */
     bool no_prefix_cache;      /* --no-prefix-cache */
+    bool no_registry;          /* --no-registry (registry is then NULL) */
+    const char *cors_origins[SRV_CORS_MAX]; /* --cors-origin, each "*", an origin or a
+                                               comma-separated list of them */
+    int n_cors_origins;                     /* 0: CORS off */
+    bool print_config;                      /* --print-config: print the settings, do not serve */
+    const char *config;                     /* --config FILE or $ADAPTREE_CONFIG; NULL = none */
+    char *file_text; /* the config file's text, owned: its values point into it */
+    unsigned char source[SRV_SERVE_MAX_OPTS]; /* srv_opt_source of each table row */
+    int line[SRV_SERVE_MAX_OPTS];             /* its line in the config file, when from there */
 } srv_serve_opts;
 
-/* Parses argv (argv[0] = "serve"); keys missing from the flags come from getenv. Returns 0, 1
- * for --help (usage printed to stdout), or 2 with a message in err. Main thread. */
 /* 1 if s can name a replica (--replica-name): 1 to 63 of [A-Za-z0-9._:-]. Pure. */
 int srv_replica_name_ok(const char *s);
 
+/* Fills o from, weakest first, the defaults, the config file (--config FILE, else
+ * $ADAPTREE_CONFIG), the environment (ADAPTREE_ + the flag name upper-cased, '-' -> '_'; empty
+ * means unset) and argv (argv[0] = "serve"). Returns 0, 1 for --help (usage printed to stdout),
+ * or 2 with a message in err that starts with the source of a bad value ("ADAPTREE_PORT=abc: ",
+ * "FILE:LINE: "). o's strings point into argv, the environment and o->file_text: call
+ * srv_serve_opts_deinit when done (also after an error). Main thread (reads the environment). */
 int srv_serve_parse(int argc, char **argv, srv_serve_opts *o, char *err, size_t errlen);
+/* Frees what srv_serve_parse read from the config file; o's strings from it die with it. */
+void srv_serve_opts_deinit(srv_serve_opts *o);
+/* Prints every setting as "key = value  # source" (keys hidden), for --print-config. */
+void srv_serve_print_config(const srv_serve_opts *o, FILE *out);
 
 #endif

@@ -52,6 +52,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "server/cors.h"
 #include "server/log.h"
 #include "server/response.h"
 
@@ -160,6 +161,11 @@ static void queue(srv_http_req *r, int status, struct MHD_Response *resp,
     if (r->h->o.replica)
         MHD_add_response_header(resp, "X-Adaptree-Replica", r->h->o.replica);
     MHD_add_response_header(resp, "X-Request-Id", r->id);
+    const char *cors = srv_cors_allow(r->h->o.cors, srv_http_header(r, "Origin"));
+    if (cors) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", cors);
+        MHD_add_response_header(resp, "Vary", "Origin");
+    }
     if (MHD_queue_response(r->conn, (unsigned)status, resp) != MHD_YES) {
         srv_log_req(SRV_LOG_ERROR, r->id, "%s %s: libmicrohttpd refused the response", r->method,
                     r->url);

@@ -54,21 +54,23 @@ typedef struct srv_http_handler {
 } srv_http_handler;
 
 typedef struct srv_http_opts {
-    const char *host;        /* numeric address or name to bind; "127.0.0.1" */
-    int port;                /* 0 = any free port (see srv_http_port) */
-    int threads;             /* polling threads; 0 = 2 */
-    unsigned max_conns;      /* connections for ordinary requests; 0 = 1024 */
-    unsigned reserve_conns;  /* more for /health and keyed requests (srv_http_reserved); 0 =
-                                max_conns / 16, at least 8 */
-    unsigned per_ip_conns;   /* connections from one address; 0 = no cap */
-    double header_timeout_s; /* a request head must be complete this long after the server
-                                starts waiting for it, whatever trickles in; 0 = no limit */
-    double body_timeout_s;   /* a body must be complete this long after its head; 0 = none */
-    unsigned idle_timeout_s; /* a connection idle this long is closed; 0 = never */
-    size_t hard_body_limit;  /* a chunked body past its cap is discarded up to this many bytes,
-                                then the connection is cut; 0 = 64 MiB */
-    const char *replica;     /* sent as X-Adaptree-Replica on every answer; NULL = none.
-                                Borrowed: outlives the server */
+    const char *host;            /* numeric address or name to bind; "127.0.0.1" */
+    int port;                    /* 0 = any free port (see srv_http_port) */
+    int threads;                 /* polling threads; 0 = 2 */
+    unsigned max_conns;          /* connections for ordinary requests; 0 = 1024 */
+    unsigned reserve_conns;      /* more for /health and keyed requests (srv_http_reserved); 0 =
+                                    max_conns / 16, at least 8 */
+    unsigned per_ip_conns;       /* connections from one address; 0 = no cap */
+    double header_timeout_s;     /* a request head must be complete this long after the server
+                                    starts waiting for it, whatever trickles in; 0 = no limit */
+    double body_timeout_s;       /* a body must be complete this long after its head; 0 = none */
+    unsigned idle_timeout_s;     /* a connection idle this long is closed; 0 = never */
+    size_t hard_body_limit;      /* a chunked body past its cap is discarded up to this many bytes,
+                                    then the connection is cut; 0 = 64 MiB */
+    const char *replica;         /* sent as X-Adaptree-Replica on every answer; NULL = none.
+                                    Borrowed: outlives the server */
+    const struct srv_cors *cors; /* --cors-origin: Access-Control-Allow-Origin on answers to a
+                                    matching Origin; NULL = off. Borrowed: outlives the server */
 } srv_http_opts;
 
 /* The descriptors a server with these options may hold open for connections (what the process's

@@ -5,6 +5,8 @@
 
 #include "core/kernels/blas.h"
 #include "server/cli.h"
+#include "server/strbuf.h"
+#include "server/version.h"
 
 static void usage(FILE *out)
 {
@@ -20,6 +22,8 @@ static void usage(FILE *out)
             "  inspect   MODEL.gguf            print metadata, tensor types and the BLAS core\n"
             "  merge     -m MODEL --registry DIR (--select ID | --adapter ID[:S]...) -o OUT.gguf\n"
             "            [--outtype f32|f16]   write a GGUF with the adapters merged in\n"
+            "  version                         version, git commit, build flags and the CPU\n"
+            "                                  kernels in use (also --version)\n"
             "\n"
             "'adaptree COMMAND --help' lists a command's options.\n");
 }
@@ -31,6 +35,14 @@ int main(int argc, char **argv)
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        srv_buf b;
+        srv_buf_init(&b);
+        srv_version_text(&b);
+        int ok = srv_buf_ok(&b) && fputs(b.data, stdout) >= 0;
+        srv_buf_deinit(&b);
+        return ok ? 0 : 1;
     }
     /* Say what happened to the BLAS core only when something did (or failed). */
     if (rc <= 0 && msg[0])

@@ -1,7 +1,12 @@
 /* Prometheus metrics: the HTTP layer's counters and the text exposition (server/metrics.h). */
 #include "server/metrics.h"
 
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 static const char *const route_names[SRV_ROUTE_COUNT] = {
 #define ROUTE(id, method, path, flags, handler) [SRV_ROUTE_##id] = (path),
@@ -76,6 +81,82 @@ void srv_metrics_snapshot(srv_metrics *m, srv_metrics_data *out)
     pthread_mutex_lock(&m->mu);
     *out = m->d;
     pthread_mutex_unlock(&m->mu);
+}
+
+/* ---- the process ---------------------------------------------------------------------------- */
+
+/* The boot time (Unix seconds) from /proc/stat's btime line; 0 when unknown. */
+static long long boot_time(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    long long bt = 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "btime ", 6)) {
+            bt = strtoll(line + 6, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return bt;
+}
+
+/* Reads /proc/self/stat's times and sizes into out: 0 or -1. Fields are counted after the
+ * command name (which may hold spaces and parentheses, hence the last ')'), from 3 (the state):
+ * utime is field 14, stime 15, starttime 22 (clock ticks after boot), vsize 23 (bytes), rss 24
+ * (pages). */
+static int read_stat(srv_process_stats *out)
+{
+    char buf[1024];
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')');
+    if (!p)
+        return -1;
+    unsigned long long v[25] = {0}; /* by field number; 14, 15, 22, 23, 24 are read */
+    int field = 3;
+    for (p++; field <= 24; field++) {
+        while (*p == ' ')
+            p++;
+        if (!*p)
+            return -1;
+        v[field] = field == 3 ? 0 : strtoull(p, NULL, 10);
+        p += strcspn(p, " ");
+    }
+    long tick = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+    if (tick <= 0 || page <= 0)
+        return -1;
+    out->cpu_seconds = (double)(v[14] + v[15]) / (double)tick;
+    out->virtual_bytes = v[23];
+    out->resident_bytes = v[24] * (uint64_t)page;
+    long long bt = boot_time();
+    out->start_time_seconds = bt ? (double)bt + (double)v[22] / (double)tick : 0;
+    return 0;
+}
+
+int srv_process_stats_get(srv_process_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = read_stat(out);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        out->max_fds = rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            out->open_fds++;
+    closedir(d);
+    if (out->open_fds)
+        out->open_fds--; /* the directory's own descriptor */
+    return rc;
 }
 
 /* ---- rendering ------------------------------------------------------------------------------ */
@@ -314,8 +395,43 @@ static void render_nodes(srv_buf *b, const adapter_node_info *nodes, size_t n)
                         nodes[i].bytes);
 }
 
+static void render_build(srv_buf *b, const srv_build_labels *l)
+{
+    family(b, "adaptree_build_info", "gauge",
+           "Always 1: the build (version, git commit) and the CPU kernels in use, as labels.");
+    srv_buf_puts(b, "adaptree_build_info{version=\"");
+    srv_prom_escape(b, l->version);
+    srv_buf_puts(b, "\",commit=\"");
+    srv_prom_escape(b, l->commit);
+    srv_buf_puts(b, "\",kernels=\"");
+    srv_prom_escape(b, l->kernels);
+    srv_buf_puts(b, "\"} 1\n");
+}
+
+/* The names and meanings of Prometheus' client libraries (process collector). */
+static void render_process(srv_buf *b, const srv_process_stats *p)
+{
+    family(b, "process_cpu_seconds_total", "counter",
+           "Total user and system CPU time spent in seconds.");
+    srv_buf_printf(b, "process_cpu_seconds_total %.9g\n", p->cpu_seconds);
+    metric_u64(b, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+               p->resident_bytes);
+    metric_u64(b, "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
+               p->virtual_bytes);
+    metric_u64(b, "process_open_fds", "gauge", "Number of open file descriptors.", p->open_fds);
+    metric_u64(b, "process_max_fds", "gauge", "Maximum number of open file descriptors.",
+               p->max_fds);
+    family(b, "process_start_time_seconds", "gauge",
+           "Start time of the process since unix epoch in seconds.");
+    srv_buf_printf(b, "process_start_time_seconds %.3f\n", p->start_time_seconds);
+}
+
 void srv_metrics_render(srv_buf *b, const srv_metrics_view *v)
 {
+    if (v->build)
+        render_build(b, v->build);
+    if (v->process)
+        render_process(b, v->process);
     if (v->http) {
         render_requests(b, v->http);
         histogram(b, "adaptree_time_to_first_token_seconds",

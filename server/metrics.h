@@ -71,6 +71,25 @@ void srv_metrics_snapshot(srv_metrics *m, srv_metrics_data *out);
 void srv_hist_init(srv_hist *h, const double *bounds, int n);
 void srv_hist_observe(srv_hist *h, double v);
 
+/* The process, as Prometheus' client libraries export it (process_* families). */
+typedef struct srv_process_stats {
+    double cpu_seconds;        /* user + system CPU time */
+    uint64_t resident_bytes;   /* resident set size */
+    uint64_t virtual_bytes;    /* virtual memory size */
+    uint64_t open_fds;         /* entries of /proc/self/fd */
+    uint64_t max_fds;          /* the soft RLIMIT_NOFILE */
+    double start_time_seconds; /* Unix time the process started */
+} srv_process_stats;
+
+/* Reads the process stats from /proc/self (Linux). 0, or -1 when /proc cannot be read (then
+ * the fields it could not read are 0). Any thread. */
+int srv_process_stats_get(srv_process_stats *out);
+
+/* What adaptree_build_info labels (server/version.h). */
+typedef struct srv_build_labels {
+    const char *version, *commit, *kernels;
+} srv_build_labels;
+
 /* Everything one scrape shows. Pointers may be NULL (labels/nodes with n = 0, registry NULL
  * when serving the base model only). */
 typedef struct srv_metrics_view {
@@ -81,7 +100,9 @@ typedef struct srv_metrics_view {
     const adapter_node_info *nodes;
     size_t n_nodes;
     const adapter_registry_stats *registry;
-    const srv_conns_stats *conns; /* the transport's connection table, NULL if none */
+    const srv_conns_stats *conns;     /* the transport's connection table, NULL if none */
+    const srv_build_labels *build;    /* adaptree_build_info, NULL: not rendered */
+    const srv_process_stats *process; /* process_*, NULL: not rendered */
 } srv_metrics_view;
 
 /* Appends the exposition: # HELP and # TYPE before every family, label values escaped. */

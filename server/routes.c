@@ -18,6 +18,7 @@
 #include "server/log.h"
 #include "server/response.h"
 #include "server/routes_internal.h"
+#include "server/version.h"
 
 /* ---- the table ------------------------------------------------------------------------------ */
 
@@ -32,7 +33,8 @@ enum {
 };
 
 typedef void route_fn(srv_app *a, srv_http_req *req, srv_call *c);
-static route_fn route_models, route_adapters, route_admin, route_lora, route_health, route_metrics;
+static route_fn route_models, route_adapters, route_admin, route_lora, route_health, route_metrics,
+    route_version;
 
 static const struct route {
     const char *method, *path;
@@ -537,7 +539,12 @@ static void route_metrics(srv_app *a, srv_http_req *req, srv_call *c)
     srv_http *transport = atomic_load(&a->http);
     if (transport)
         srv_http_conn_stats(transport, &cs);
+    srv_process_stats ps;
+    srv_process_stats_get(&ps); /* what it could read; zeros for the rest */
+    srv_build_labels bl = {srv_build_version, srv_build_commit, srv_version_kernels()};
     srv_metrics_view v = {.http = http,
+                          .build = &bl,
+                          .process = &ps,
                           .conns = transport ? &cs : NULL,
                           .engine = &es,
                           .labels = labels,
@@ -556,6 +563,18 @@ static void route_metrics(srv_app *a, srv_http_req *req, srv_call *c)
     free(http);
     free(labels);
     free(nodes);
+}
+
+/* GET /version: the build (server/version.h); a key is needed as for /metrics. */
+static void route_version(srv_app *a, srv_http_req *req, srv_call *c)
+{
+    (void)a;
+    (void)c;
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_version_json(&b);
+    srv_http_reply_json(req, 200, &b, NULL);
+    srv_buf_deinit(&b);
 }
 
 /* ---- the handler ---------------------------------------------------------------------------- */
@@ -577,6 +596,24 @@ static size_t on_headers(void *ud, srv_http_req *req)
     if (c->route == SRV_ROUTE_OTHER) {
         srv_http_reply_error(req, 404, "invalid_request_error", "not_found", NULL,
                              "Invalid URL (%s %s)", method, url);
+        return 0;
+    }
+    if (!strcmp(method, "OPTIONS") && a->cors && a->cors->n) {
+        /* a CORS preflight (before the key check: browsers send none); the transport adds
+         * Access-Control-Allow-Origin when the Origin is one of --cors-origin */
+        char methods[40];
+        snprintf(methods, sizeof methods, "%s%s, OPTIONS", allow,
+                 !strcmp(allow, "GET") ? ", HEAD" : "");
+        const char *h[] = {"Allow",
+                           methods,
+                           "Access-Control-Allow-Methods",
+                           methods,
+                           "Access-Control-Allow-Headers",
+                           SRV_CORS_ALLOW_HEADERS,
+                           "Access-Control-Max-Age",
+                           SRV_CORS_MAX_AGE,
+                           NULL};
+        srv_http_reply(req, 204, NULL, "", 0, h);
         return 0;
     }
     if (!method_ok) {

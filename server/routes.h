@@ -14,6 +14,7 @@
 
 #include "adapters/registry.h"
 #include "server/auth.h"
+#include "server/cors.h"
 #include "server/engine.h"
 #include "server/http.h"
 #include "server/metrics.h"
@@ -28,6 +29,7 @@ typedef struct srv_app {
     srv_request_limits limits;
     size_t max_body;          /* request body bytes accepted */
     long long started;        /* Unix seconds: "created" of the models */
+    const srv_cors *cors;     /* --cors-origin (preflights); NULL = off. Borrowed */
     const char *replica;      /* --replica-name (system_fingerprint, /health); NULL = none.
                                  Borrowed: outlives the app */
     atomic_bool draining;     /* shutting down: generation routes answer 503 */

@@ -1,6 +1,7 @@
 /* The one CPU dispatcher (core/kernels/cpu_internal.h). Detection asks the compiler's runtime
  * (which also checks, through XGETBV, that the OS saves the wider registers) and cpuid for F16C,
  * which the runtime does not report. */
+#include "core/kernels/cpu.h"
 #include "core/kernels/cpu_internal.h"
 
 #include <cpuid.h>
@@ -69,4 +70,9 @@ const char *core__cpu_level_name(core_cpu_level l)
 {
     static const char *const names[] = {"none", "portable", "AVX2", "AVX-512", "AVX-512 VNNI"};
     return (unsigned)l < sizeof names / sizeof *names ? names[l] : "?";
+}
+
+const char *core_cpu_kernels(void)
+{
+    return core__cpu_level_name(core__cpu_level());
 }

@@ -2,6 +2,7 @@
  * (HELP and TYPE before each family, cumulative buckets, per-adapter series). */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "server/metrics.h"
 #include "tests/test.h"
@@ -37,7 +38,7 @@ TEST(metrics_histogram_buckets)
  * with HELP and TYPE before it. */
 static int well_formed(const char *text, char *why, size_t cap)
 {
-    char declared[64][80];
+    char declared[128][80];
     int n_decl = 0;
     const char *p = text;
     while (*p) {
@@ -54,7 +55,7 @@ static int well_formed(const char *text, char *why, size_t cap)
         if (!strncmp(line, "# HELP ", 7))
             continue;
         if (!strncmp(line, "# TYPE ", 7)) {
-            if (n_decl < 64)
+            if (n_decl < 128)
                 sscanf(line + 7, "%79s", declared[n_decl++]);
             continue;
         }
@@ -194,4 +195,56 @@ TEST(metrics_render_minimal)
     srv_metrics_render(&b, &v);
     CHECK_MSG(strstr(b.data, "adaptree_adapter_cache_bytes 0\n") != NULL, "%s", b.data);
     srv_buf_deinit(&b);
+}
+
+/* adaptree_build_info and the process_* families, under the names Prometheus' client libraries
+ * use, well formed beside everything else. */
+TEST(metrics_render_build_and_process)
+{
+    srv_build_labels bl = {"0.1.0", "abc\"1", "AVX2, OpenBLAS Haswell"};
+    srv_process_stats ps = {.cpu_seconds = 1.5,
+                            .resident_bytes = 4096,
+                            .virtual_bytes = 8192,
+                            .open_fds = 7,
+                            .max_fds = 1024,
+                            .start_time_seconds = 1700000000.25};
+    srv_engine_stats es = {0};
+    srv_metrics_view v = {.build = &bl, .process = &ps, .engine = &es};
+    srv_buf b;
+    srv_buf_init(&b);
+    srv_metrics_render(&b, &v);
+    CHECK(srv_buf_ok(&b));
+    char why[600];
+    CHECK_MSG(well_formed(b.data, why, sizeof why), "%s", why);
+    static const char *const want[] = {
+        "# TYPE adaptree_build_info gauge\n",
+        "adaptree_build_info{version=\"0.1.0\",commit=\"abc\\\"1\",kernels=\"AVX2, OpenBLAS "
+        "Haswell\"} 1\n",
+        "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total 1.5\n",
+        "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes 4096\n",
+        "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes 8192\n",
+        "# TYPE process_open_fds gauge\nprocess_open_fds 7\n",
+        "# TYPE process_max_fds gauge\nprocess_max_fds 1024\n",
+        "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 1700000000.250\n",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        CHECK_MSG(strstr(b.data, want[i]) != NULL, "missing: %s\nin:\n%s", want[i], b.data);
+    srv_buf_deinit(&b);
+}
+
+/* The stats of this very process are plausible: it has memory, descriptors (0, 1, 2 at least)
+ * under its limit, and started before now and after a day ago. */
+TEST(metrics_process_stats_of_this_process)
+{
+    srv_process_stats ps;
+    CHECK_EQ_INT(srv_process_stats_get(&ps), 0);
+    CHECK_MSG(ps.resident_bytes > 0, "rss %llu", (unsigned long long)ps.resident_bytes);
+    CHECK_MSG(ps.virtual_bytes >= ps.resident_bytes, "vsize %llu < rss %llu",
+              (unsigned long long)ps.virtual_bytes, (unsigned long long)ps.resident_bytes);
+    CHECK_MSG(ps.open_fds >= 3 && ps.open_fds <= ps.max_fds, "open %llu, max %llu",
+              (unsigned long long)ps.open_fds, (unsigned long long)ps.max_fds);
+    double now = (double)time(NULL);
+    CHECK_MSG(ps.start_time_seconds <= now + 1 && ps.start_time_seconds > now - 86400,
+              "start %.3f, now %.0f", ps.start_time_seconds, now);
+    CHECK_MSG(ps.cpu_seconds >= 0, "cpu %g", ps.cpu_seconds);
 }
