@@ -156,8 +156,9 @@ models/tiny/.ok: tools/make_tiny_models.py models/vocab/.ok $(VENV)/.ok
 
 # --- use -------------------------------------------------------------------------------------
 
+# make run ARGS="--port 9000 --int8": flags go through to serve.
 run: deps model all
-	$(BUILD)/adaptree serve -m $(MODEL)
+	$(BUILD)/adaptree serve -m $(MODEL) $(ARGS)
 
 # Three replicas + HAProxy on 127.0.0.1 (deploy/haproxy/haproxy.cfg); Ctrl-C stops them all.
 CLUSTER_PORT ?= 8080

@@ -164,6 +164,9 @@ static void queue(srv_http_req *r, int status, struct MHD_Response *resp,
     const char *cors = srv_cors_allow(r->h->o.cors, srv_http_header(r, "Origin"));
     if (cors) {
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", cors);
+        /* a page's script may read these (the request id, the replica that answered) */
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers",
+                                "X-Request-Id, X-Adaptree-Replica");
         MHD_add_response_header(resp, "Vary", "Origin");
     }
     if (MHD_queue_response(r->conn, (unsigned)status, resp) != MHD_YES) {

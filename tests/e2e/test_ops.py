@@ -215,6 +215,8 @@ def cors_answers():
                headers={"Origin": "https://other.example"})
     eq(r.status, 200, "POST /v1/completions")
     eq(r.headers.get("access-control-allow-origin"), "https://other.example", "ACAO")
+    check("x-request-id" in r.headers.get("access-control-expose-headers", "").lower(),
+          f"the page may read X-Request-Id: {r.headers}")
 
 
 @suite.test
