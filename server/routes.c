@@ -254,6 +254,20 @@ static void route_adapters(srv_app *a, srv_http_req *req, srv_call *c)
     free(nodes);
 }
 
+/* The answer to a body parser's rc: 0 when it took the body, else -1 after a 503 (no memory)
+ * or a 400 naming param. */
+static int body_refused(srv_http_req *req, int rc, const char *err, const char *param)
+{
+    if (rc >= 0)
+        return 0;
+    if (rc == -ENOMEM)
+        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "%s", err);
+    else
+        srv_http_reply_error(req, 400, "invalid_request_error", NULL, param[0] ? param : NULL, "%s",
+                             err);
+    return -1;
+}
+
 /* Reads an admin body (server/admin_body.h): 0, or -1 after answering. */
 static int admin_body(srv_http_req *req, bool pin_required, char *id, size_t idcap, int *pin,
                       int *wait)
@@ -263,16 +277,7 @@ static int admin_body(srv_http_req *req, bool pin_required, char *id, size_t idc
     char err[160], param[SRV_PARAM_MAX];
     int rc = srv_admin_body_parse(body, len, pin_required, id, idcap, pin, wait, err, sizeof err,
                                   param, sizeof param);
-    if (rc == -ENOMEM) {
-        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "%s", err);
-        return -1;
-    }
-    if (rc < 0) {
-        srv_http_reply_error(req, 400, "invalid_request_error", NULL, param[0] ? param : NULL, "%s",
-                             err);
-        return -1;
-    }
-    return 0;
+    return body_refused(req, rc, err, param);
 }
 
 /* Answers with node id as GET /v1/adapters shows it (status 200 or 202); extra: more members
@@ -425,16 +430,7 @@ static int lora_body(srv_http_req *req, char *id, size_t idcap, char *path, size
     char err[160], param[SRV_PARAM_MAX];
     int rc = srv_lora_body_parse(body, len, id, idcap, path, pathcap, err, sizeof err, param,
                                  sizeof param);
-    if (rc == -ENOMEM) {
-        srv_http_reply_error(req, 503, "server_error", NULL, NULL, "%s", err);
-        return -1;
-    }
-    if (rc < 0) {
-        srv_http_reply_error(req, 400, "invalid_request_error", NULL, param[0] ? param : NULL, "%s",
-                             err);
-        return -1;
-    }
-    return 0;
+    return body_refused(req, rc, err, param);
 }
 
 /* POST /v1/load_lora_adapter and /v1/unload_lora_adapter, vLLM's names for load and unload:

@@ -270,8 +270,7 @@ core_grammar *core_gbuild_finish(core_gbuild *b, int root, char *err, size_t err
 typedef struct gstate {
     int32_t *d;
     size_t n, cap;
-    int n_stacks;
-    bool full; /* a stack was dropped at CORE_GRAMMAR_STACKS_MAX */
+    int n_stacks; /* more are dropped at CORE_GRAMMAR_STACKS_MAX */
 } gstate;
 
 /* What one expansion needs: the grammar, the state it writes and a scratch area of LEVELS_MAX
@@ -289,7 +288,6 @@ static void state_clear(gstate *s)
 {
     s->n = 0;
     s->n_stacks = 0;
-    s->full = false;
 }
 
 static void state_add(gexp *x, const int32_t *fr, int n)
@@ -298,10 +296,8 @@ static void state_add(gexp *x, const int32_t *fr, int n)
     for (size_t i = 0; i < s->n; i += 1 + (size_t)s->d[i])
         if (s->d[i] == n && !memcmp(s->d + i + 1, fr, (size_t)n * sizeof *fr))
             return;
-    if (s->n_stacks >= CORE_GRAMMAR_STACKS_MAX) {
-        s->full = true;
+    if (s->n_stacks >= CORE_GRAMMAR_STACKS_MAX)
         return;
-    }
     if (core_grow(&s->d, &s->cap, s->n + 1 + (size_t)n, sizeof *s->d)) {
         x->oom = 1;
         return;
@@ -671,10 +667,7 @@ static int32_t intern(core_gmatch *m, const gstate *s)
 static gstate view(const core_gmatch *m, int32_t id)
 {
     const struct sinfo *e = &m->st[id];
-    gstate s = {.d = m->sd + e->off, .n = e->n};
-    for (size_t i = 0; i < s.n; i += 1 + (size_t)s.d[i])
-        s.n_stacks++;
-    return s;
+    return (gstate){.d = m->sd + e->off, .n = e->n}; /* n_stacks unused: stepping reads d, n */
 }
 
 static int edge_grow(core_gmatch *m)
@@ -745,7 +738,6 @@ static int flush(core_gmatch *m)
     if (cur.n)
         memcpy(keep.d, cur.d, cur.n * sizeof *cur.d);
     keep.n = cur.n;
-    keep.n_stacks = cur.n_stacks;
     m->n_st = m->sd_n = m->t_n = 0;
     memset(m->sidx, 0xff, m->sidx_cap * sizeof *m->sidx);
     memset(m->tkey, 0, m->t_cap * sizeof *m->tkey);
