@@ -90,14 +90,16 @@ static void client_key(srv_http_req *req, const srv_request *rq, char *out, size
     }
 }
 
-/* Resolves "model" and "adapters" into sel and its metrics label. 0, or -1 after answering. */
-static int select_adapters(srv_app *a, srv_http_req *req, const srv_request *rq,
+/* Resolves "model" and "adapters" into sel, the selection in full for the log (label) and its
+ * bounded metrics label (c->label). 0, or -1 after answering. */
+static int select_adapters(srv_app *a, srv_http_req *req, srv_call *c, const srv_request *rq,
                            adapter_selection *sel, char *label, size_t labcap)
 {
     const char *m = rq->model;
     const char *select = m && strcmp(m, a->model_id) != 0 && strcmp(m, "base") != 0 ? m : NULL;
     memset(sel, 0, sizeof *sel);
     srv_selection_label(select, rq->adapters, rq->n_adapters, label, labcap);
+    snprintf(c->label, sizeof c->label, "%s", srv_metric_label(select, rq->n_adapters));
     if (!select && rq->n_adapters == 0)
         return 0;
     adapter_registry *reg = srv_engine_registry(a->engine);
@@ -352,12 +354,12 @@ static void start(srv_app *a, srv_http_req *req, srv_call *c)
     int32_t *ids = NULL;
     size_t n = 0;
     int max_tokens;
-    bool selected = select_adapters(a, req, &rq, &sel, label, sizeof label) == 0;
+    bool selected = select_adapters(a, req, c, &rq, &sel, label, sizeof label) == 0;
     if (selected)
         srv_http_log_selection(req, label);
     if (selected && prompt_ids(a, req, c, &rq, &ids, &n) == 0 &&
         (max_tokens = check_context(a, req, c, &rq, n)) >= 0 &&
-        submit(a, req, c, &rq, ids, n, max_tokens, &sel, label) == 0)
+        submit(a, req, c, &rq, ids, n, max_tokens, &sel, c->label) == 0)
         srv_http_wait(req);
     free(ids);
     srv_request_deinit(&rq);
@@ -594,13 +596,18 @@ void srv__gen_done(srv_app *a, srv_http_req *req, srv_call *c)
         struct timespec t;
         clock_gettime(CLOCK_MONOTONIC, &t);
         double now = (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-        srv_metrics_generation(&a->metrics, st.first_token_ms >= 0 ? st.first_token_ms / 1e3 : -1.0,
-                               now - srv_http_start(req));
+        srv_gen_obs o = {.ttft = st.first_token_ms >= 0 ? st.first_token_ms / 1e3 : -1.0,
+                         .queue = st.queue_ms > 0 ? st.queue_ms / 1e3 : -1.0,
+                         .duration = now - srv_http_start(req),
+                         .itl = st.itl,
+                         .itl_sum = st.itl_sum};
+        srv_metrics_generation(&a->metrics, c->label, &o);
         long long completion = st.completion_tokens;
         for (int i = 0; i < c->n_more; i++) {
             srv_job_status more;
             srv_job_status_get(c->more[i], &more);
             completion += more.completion_tokens;
+            srv_metrics_itl(&a->metrics, c->label, more.itl, more.itl_sum);
         }
         srv_http_log_usage(req, st.prompt_tokens, completion, st.first_token_ms);
         drop_jobs(c);

@@ -66,6 +66,13 @@ const char *srv_finish_name(srv_finish f)
 
 /* ---- jobs ----------------------------------------------------------------------------------- */
 
+/* Inter-token gaps from 5 ms (a batch-of-one step on a fast host) to 5 s (a step held up by
+ * long prompts on a loaded one); step times from 2 ms to 5 s. */
+const double srv_itl_bounds[SRV_ITL_BUCKETS] = {0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+                                                0.1,   0.15, 0.25,  0.5,  1,    2.5,  5};
+const double srv_step_bounds[SRV_STEP_BUCKETS] = {0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05,
+                                                  0.075, 0.1,   0.15, 0.25,  0.5,  1,    5};
+
 static void job_free(srv_job *j)
 {
     srv_job_unref(j->leader);

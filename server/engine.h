@@ -106,6 +106,15 @@ int srv_engine_n_ctx(const srv_engine *e); /* positions per sequence */
  * list, stats, load, unload, pin) may be called from HTTP threads. */
 adapter_registry *srv_engine_registry(srv_engine *e);
 
+/* The latency buckets the engine counts (seconds, ascending): a count array c[N + 1] holds in
+ * c[i] the observations in (bounds[i-1], bounds[i]] and in c[N] those above the last bound.
+ * Inter-token latency: the gap between two tokens sampled for one job (per job, in
+ * srv_job_status); step time: one forward step with its sampling (srv_engine_stats). */
+#define SRV_ITL_BUCKETS 14
+extern const double srv_itl_bounds[SRV_ITL_BUCKETS];
+#define SRV_STEP_BUCKETS 14
+extern const double srv_step_bounds[SRV_STEP_BUCKETS];
+
 typedef struct srv_engine_stats {
     /* submitted: accepted by submit; finished: ended "stop" or "length"; failed: "error";
        cancelled: "cancelled"; rejected: refused by submit (-EAGAIN, -ESHUTDOWN) */
@@ -117,6 +126,7 @@ typedef struct srv_engine_stats {
     uint64_t rows;             /* rows over all steps (rows / steps = mean batch) */
     uint64_t step_hist[8];     /* steps with rows in (0,1], (1,2], (2,4], ..., (32,64], >64 */
     double step_seconds;       /* time inside core_forward + sampling */
+    uint64_t step_time[SRV_STEP_BUCKETS + 1]; /* steps by that time (srv_step_bounds) */
     /* Steps with no prompt rows (every row a decode row), their rows and time: the decode
        step's own speed, rows / seconds, whatever prefill and HTTP cost around it */
     uint64_t decode_steps, decode_rows;
@@ -198,8 +208,8 @@ typedef struct srv_job_params {
     const int32_t *prompt;  /* (n_prompt) token ids, copied by srv_job_new */
     int n_prompt;           /* 1 .. n_ctx - 1 (the HTTP layer refuses longer prompts) */
     adapter_selection sel;  /* resolved (adapter_registry_resolve); n = 0: base only */
-    const char *label;      /* metrics label for the selection, copied ("base", "fr/legal",
-                               "fr:0.5+de:0.5"); NULL = "base" */
+    const char *label;      /* metrics label for the selection, copied, bounded by the caller
+                               ("base", a node id, "_list_": srv_metric_label); NULL = "base" */
     const char *client;     /* fairness key, copied, <= SRV_CLIENT_MAX bytes ("user" field,
                                else the key or peer address); NULL = "" */
     const char *request_id; /* the HTTP request's id, for the job's log lines; copied, at most
@@ -319,6 +329,10 @@ typedef struct srv_job_status {
     double queue_ms;       /* submit -> admitted (slot taken) */
     double first_token_ms; /* submit -> first token sampled; < 0 until then */
     double total_ms;       /* submit -> done; < 0 until then */
+    /* the gaps between its sampled tokens (n_tokens - 1 of them once it ended), bucketed by
+       srv_itl_bounds, and their sum in seconds */
+    uint32_t itl[SRV_ITL_BUCKETS + 1];
+    double itl_sum;
 } srv_job_status;
 
 void srv_job_status_get(srv_job *j, srv_job_status *out);

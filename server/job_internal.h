@@ -78,6 +78,7 @@ struct srv_job {
 
     /* engine bookkeeping: written under srv__shared.mu at submit, then engine thread only */
     double t_submit;        /* monotonic seconds */
+    double t_token;         /* when its last token was sampled (0: none yet) */
     srv_label_stats *lstat; /* this job's label counters (srv__shared.labels; under its mu) */
     struct srv_job *next;   /* link in the inbox or a waiting group */
     struct srv__seq *seq;   /* while running */

@@ -22,6 +22,8 @@ const char *srv_route_name(srv_route_id r)
 
 static const double ttft_bounds[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 static const double duration_bounds[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300};
+static const double queue_bounds[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                      0.5,   1,     2.5,  5,     10,   30,  60};
 
 void srv_hist_init(srv_hist *h, const double *bounds, int n)
 {
@@ -46,15 +48,14 @@ void srv_metrics_init(srv_metrics *m)
 {
     memset(m, 0, sizeof *m);
     pthread_mutex_init(&m->mu, NULL);
-    srv_hist_init(&m->d.ttft, ttft_bounds, (int)(sizeof ttft_bounds / sizeof *ttft_bounds));
-    srv_hist_init(&m->d.duration, duration_bounds,
-                  (int)(sizeof duration_bounds / sizeof *duration_bounds));
 }
 
 void srv_metrics_deinit(srv_metrics *m)
 {
-    if (m)
+    if (m) {
         pthread_mutex_destroy(&m->mu);
+        srv_metrics_data_free(&m->d);
+    }
 }
 
 void srv_metrics_request(srv_metrics *m, srv_route_id route, int status)
@@ -67,20 +68,105 @@ void srv_metrics_request(srv_metrics *m, srv_route_id route, int status)
     pthread_mutex_unlock(&m->mu);
 }
 
-void srv_metrics_generation(srv_metrics *m, double ttft_s, double duration_s)
+const char *srv_metric_label(const char *model, int n_adapters)
+{
+    if (n_adapters > 0)
+        return "_list_";
+    return model ? model : "base";
+}
+
+/* The histograms of a label, made on first use ("other" past SRV_METRIC_LABELS_MAX). NULL
+ * only without memory. m->mu held. */
+static srv_latency *latency_get(srv_metrics *m, const char *label)
+{
+    srv_metrics_data *d = &m->d;
+    if (d->n_lat >= SRV_METRIC_LABELS_MAX)
+        label = "other";
+    size_t lo = 0, hi = d->n_lat;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(label, d->lat[mid].adapter);
+        if (!c)
+            return &d->lat[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    if (d->n_lat >= SRV_METRIC_LABELS_MAX + 1) /* "other" sorts somewhere: it exists already */
+        return NULL;
+    srv_latency *v = realloc(d->lat, (d->n_lat + 1) * sizeof *v);
+    if (!v)
+        return NULL;
+    d->lat = v;
+    memmove(v + lo + 1, v + lo, (d->n_lat - lo) * sizeof *v);
+    srv_latency *l = &v[lo];
+    memset(l, 0, sizeof *l);
+    snprintf(l->adapter, sizeof l->adapter, "%s", label);
+    srv_hist_init(&l->ttft, ttft_bounds, (int)(sizeof ttft_bounds / sizeof *ttft_bounds));
+    srv_hist_init(&l->itl, srv_itl_bounds, SRV_ITL_BUCKETS);
+    srv_hist_init(&l->queue, queue_bounds, (int)(sizeof queue_bounds / sizeof *queue_bounds));
+    srv_hist_init(&l->duration, duration_bounds,
+                  (int)(sizeof duration_bounds / sizeof *duration_bounds));
+    d->n_lat++;
+    return l;
+}
+
+/* Adds counts (h->n_bounds + 1 of them, bucketed by the same bounds) and their sum to h. */
+static void hist_add_counts(srv_hist *h, const uint32_t *counts, double sum)
+{
+    for (int i = 0; i <= h->n_bounds; i++) {
+        h->counts[i] += counts[i];
+        h->count += counts[i];
+    }
+    h->sum += sum;
+}
+
+void srv_metrics_generation(srv_metrics *m, const char *label, const srv_gen_obs *o)
 {
     pthread_mutex_lock(&m->mu);
-    if (ttft_s >= 0)
-        srv_hist_observe(&m->d.ttft, ttft_s);
-    srv_hist_observe(&m->d.duration, duration_s);
+    srv_latency *l = latency_get(m, label);
+    if (l) {
+        if (o->ttft >= 0)
+            srv_hist_observe(&l->ttft, o->ttft);
+        if (o->queue >= 0)
+            srv_hist_observe(&l->queue, o->queue);
+        srv_hist_observe(&l->duration, o->duration);
+        if (o->itl)
+            hist_add_counts(&l->itl, o->itl, o->itl_sum);
+    }
     pthread_mutex_unlock(&m->mu);
 }
 
-void srv_metrics_snapshot(srv_metrics *m, srv_metrics_data *out)
+void srv_metrics_itl(srv_metrics *m, const char *label, const uint32_t *itl, double itl_sum)
+{
+    pthread_mutex_lock(&m->mu);
+    srv_latency *l = latency_get(m, label);
+    if (l)
+        hist_add_counts(&l->itl, itl, itl_sum);
+    pthread_mutex_unlock(&m->mu);
+}
+
+int srv_metrics_snapshot(srv_metrics *m, srv_metrics_data *out)
 {
     pthread_mutex_lock(&m->mu);
     *out = m->d;
+    out->lat = m->d.n_lat ? malloc(m->d.n_lat * sizeof *out->lat) : NULL;
+    if (out->lat)
+        memcpy(out->lat, m->d.lat, m->d.n_lat * sizeof *out->lat);
     pthread_mutex_unlock(&m->mu);
+    if (out->n_lat && !out->lat) {
+        out->n_lat = 0;
+        return -1;
+    }
+    return 0;
+}
+
+void srv_metrics_data_free(srv_metrics_data *d)
+{
+    free(d->lat);
+    d->lat = NULL;
+    d->n_lat = 0;
 }
 
 /* ---- the process ---------------------------------------------------------------------------- */
@@ -195,19 +281,42 @@ static void labeled_u64(srv_buf *b, const char *name, const char *label, const c
     srv_buf_printf(b, "\"} %llu\n", (unsigned long long)v);
 }
 
-static void histogram(srv_buf *b, const char *name, const char *help, const srv_hist *h)
+/* One histogram's series: buckets, sum and count; label is "" or 'name="value",' (escaped). */
+static void hist_series(srv_buf *b, const char *name, const char *label, const srv_hist *h)
 {
-    family(b, name, "histogram", help);
     uint64_t cum = 0;
     for (int i = 0; i < h->n_bounds; i++) {
         cum += h->counts[i];
-        srv_buf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, h->bounds[i],
+        srv_buf_printf(b, "%s_bucket{%sle=\"%g\"} %llu\n", name, label, h->bounds[i],
                        (unsigned long long)cum);
     }
     cum += h->counts[h->n_bounds];
-    srv_buf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
-    srv_buf_printf(b, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name,
-                   (unsigned long long)h->count);
+    srv_buf_printf(b, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, label, (unsigned long long)cum);
+    size_t n = strlen(label);
+    if (n) /* 'adapter="x",' -> '{adapter="x"}' */
+        srv_buf_printf(b, "%s_sum{%.*s} %.9g\n%s_count{%.*s} %llu\n", name, (int)n - 1, label,
+                       h->sum, name, (int)n - 1, label, (unsigned long long)h->count);
+    else
+        srv_buf_printf(b, "%s_sum %.9g\n%s_count %llu\n", name, h->sum, name,
+                       (unsigned long long)h->count);
+}
+
+/* A latency histogram family with a series per adapter label; off: the srv_hist in
+ * srv_latency. */
+static void latency_family(srv_buf *b, const char *name, const char *help,
+                           const srv_metrics_data *d, size_t off)
+{
+    family(b, name, "histogram", help);
+    for (size_t i = 0; i < d->n_lat; i++) {
+        srv_buf lab;
+        srv_buf_init(&lab);
+        srv_buf_puts(&lab, "adapter=\"");
+        srv_prom_escape(&lab, d->lat[i].adapter);
+        srv_buf_puts(&lab, "\",");
+        if (srv_buf_ok(&lab))
+            hist_series(b, name, lab.data, (const srv_hist *)((const char *)&d->lat[i] + off));
+        srv_buf_deinit(&lab);
+    }
 }
 
 static void render_requests(srv_buf *b, const srv_metrics_data *d)
@@ -267,6 +376,15 @@ static void render_engine(srv_buf *b, const srv_engine_stats *e)
     metric_u64(b, "adaptree_steps_over_target_total", "counter",
                "Steps planned for a latency target that took longer.", e->steps_over_target);
     render_batch_rows(b, e);
+    family(b, "adaptree_step_duration_seconds", "histogram",
+           "Time of one forward step with its sampling, whatever its rows.");
+    srv_hist st = {.n_bounds = SRV_STEP_BUCKETS, .sum = e->step_seconds};
+    memcpy(st.bounds, srv_step_bounds, sizeof srv_step_bounds);
+    for (int i = 0; i <= SRV_STEP_BUCKETS; i++) {
+        st.counts[i] = e->step_time[i];
+        st.count += e->step_time[i];
+    }
+    hist_series(b, "adaptree_step_duration_seconds", "", &st);
     family(b, "adaptree_jobs_total", "counter", "Generation jobs by how they ended.");
     srv_buf_printf(b,
                    "adaptree_jobs_total{result=\"finished\"} %llu\n"
@@ -434,10 +552,21 @@ void srv_metrics_render(srv_buf *b, const srv_metrics_view *v)
         render_process(b, v->process);
     if (v->http) {
         render_requests(b, v->http);
-        histogram(b, "adaptree_time_to_first_token_seconds",
-                  "Time from submission to the first generated token.", &v->http->ttft);
-        histogram(b, "adaptree_request_duration_seconds",
-                  "Time from a generation request's arrival to its end.", &v->http->duration);
+        latency_family(b, "adaptree_time_to_first_token_seconds",
+                       "Time from a generation request's arrival at the engine to its first "
+                       "token, by adapter selection.",
+                       v->http, offsetof(srv_latency, ttft));
+        latency_family(b, "adaptree_inter_token_latency_seconds",
+                       "Time between two consecutive tokens of a choice, by adapter selection.",
+                       v->http, offsetof(srv_latency, itl));
+        latency_family(b, "adaptree_queue_time_seconds",
+                       "Time a generation request waited for a sequence slot (and its "
+                       "adapters' load), by adapter selection.",
+                       v->http, offsetof(srv_latency, queue));
+        latency_family(b, "adaptree_request_duration_seconds",
+                       "Time from a generation request's arrival to its end, by adapter "
+                       "selection.",
+                       v->http, offsetof(srv_latency, duration));
     }
     if (v->engine)
         render_engine(b, v->engine);

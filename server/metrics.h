@@ -47,11 +47,24 @@ typedef struct srv_hist {
     uint64_t count;
 } srv_hist;
 
-/* The counters the HTTP layer keeps: plain values, copied as a whole by a snapshot. */
+/* Distinct adapter labels the latency histograms keep; later ones count under "other". The
+ * labels are bounded already (registry node ids, "base", "_list_": srv_metric_label); this is
+ * the backstop. */
+#define SRV_METRIC_LABELS_MAX 1024
+
+/* The latency histograms of one adapter label, in seconds, of generation requests: time to
+ * first token, inter-token latency (every gap between two tokens of a choice), queue time
+ * (arrival at the engine to admission) and end-to-end duration (arrival to the end). */
+typedef struct srv_latency {
+    char adapter[ADAPTER_ID_MAX + 1];
+    srv_hist ttft, itl, queue, duration;
+} srv_latency;
+
+/* The counters the HTTP layer keeps. A snapshot owns its copy of lat (srv_metrics_data_free). */
 typedef struct srv_metrics_data {
     uint64_t requests[SRV_ROUTE_COUNT][SRV_STATUS_N]; /* by route and status - SRV_STATUS_MIN */
-    srv_hist ttft;                                    /* seconds, generation requests */
-    srv_hist duration;                                /* seconds, generation requests */
+    srv_latency *lat;                                 /* (n_lat) sorted by adapter */
+    size_t n_lat;
 } srv_metrics_data;
 
 typedef struct srv_metrics {
@@ -59,13 +72,34 @@ typedef struct srv_metrics {
     srv_metrics_data d;
 } srv_metrics;
 
+/* One generation request's latencies (seconds). */
+typedef struct srv_gen_obs {
+    double ttft;         /* < 0: it produced no token */
+    double queue;        /* < 0: it was never admitted */
+    double duration;     /* arrival to the end */
+    const uint32_t *itl; /* NULL, or SRV_ITL_BUCKETS + 1 gap counts (srv_job_status.itl) */
+    double itl_sum;
+} srv_gen_obs;
+
 void srv_metrics_init(srv_metrics *m);
 void srv_metrics_deinit(srv_metrics *m);
 /* Counts one answered request; statuses outside 100..599 are ignored. Any thread. */
 void srv_metrics_request(srv_metrics *m, srv_route_id route, int status);
-/* Observes a generation request's time to first token (< 0: none) and duration. Any thread. */
-void srv_metrics_generation(srv_metrics *m, double ttft_s, double duration_s);
-void srv_metrics_snapshot(srv_metrics *m, srv_metrics_data *out);
+/* Observes a generation request's latencies under its adapter label (srv_metric_label), and
+ * adds the inter-token gaps of more choices with srv_metrics_itl. Without memory for a new
+ * label the request is not observed. Any thread. */
+void srv_metrics_generation(srv_metrics *m, const char *label, const srv_gen_obs *o);
+void srv_metrics_itl(srv_metrics *m, const char *label, const uint32_t *itl, double itl_sum);
+/* Copies the counters into *out (its own lat). 0, or -1 without memory (*out then empty).
+ * Any thread. */
+int srv_metrics_snapshot(srv_metrics *m, srv_metrics_data *out);
+void srv_metrics_data_free(srv_metrics_data *d);
+
+/* The bounded adapter label of a selection, for metrics (unlike srv_selection_label, which logs
+ * it in full): "base" for none, the node id for "model" alone (the registry resolved it, so it
+ * names a node), "_list_" for anything with an "adapters" list, whose ids and weights a client
+ * picks at will. */
+const char *srv_metric_label(const char *model, int n_adapters);
 
 /* Sets the bounds of a histogram (ascending, at most SRV_HIST_MAX) and zeroes it. */
 void srv_hist_init(srv_hist *h, const double *bounds, int n);

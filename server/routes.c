@@ -512,7 +512,7 @@ static void route_health(srv_app *a, srv_http_req *req, srv_call *c)
 static void route_metrics(srv_app *a, srv_http_req *req, srv_call *c)
 {
     (void)c;
-    srv_metrics_data *http = malloc(sizeof *http);
+    srv_metrics_data *http = calloc(1, sizeof *http);
     srv_engine_stats es;
     srv_label_stats *labels = NULL;
     size_t n_labels = 0;
@@ -520,14 +520,16 @@ static void route_metrics(srv_app *a, srv_http_req *req, srv_call *c)
     size_t n_nodes = 0;
     adapter_registry_stats rs;
     adapter_registry *reg = srv_engine_registry(a->engine);
-    if (!http || srv_engine_label_stats(a->engine, &labels, &n_labels) < 0 ||
+    if (!http || srv_metrics_snapshot(&a->metrics, http) < 0 ||
+        srv_engine_label_stats(a->engine, &labels, &n_labels) < 0 ||
         (reg && adapter_registry_list(reg, &nodes, &n_nodes) < 0)) {
+        if (http)
+            srv_metrics_data_free(http);
         free(http);
         free(labels);
         srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
         return;
     }
-    srv_metrics_snapshot(&a->metrics, http);
     srv_engine_stats_get(a->engine, &es);
     if (reg)
         adapter_registry_stats_get(reg, &rs);
@@ -556,6 +558,7 @@ static void route_metrics(srv_app *a, srv_http_req *req, srv_call *c)
     else
         srv_http_reply_error(req, 503, "server_error", NULL, NULL, "out of memory");
     srv_buf_deinit(&b);
+    srv_metrics_data_free(http);
     free(http);
     free(labels);
     free(nodes);

@@ -23,6 +23,7 @@ typedef struct srv_call {
     int logprobs;
     char id[40]; /* "cmpl-…" / "chatcmpl-…" */
     char model[SRV_MODEL_BYTES_MAX + 1];
+    char label[ADAPTER_ID_MAX + 1]; /* the bounded adapter label of metrics (srv_metric_label) */
     long long created;
     char *echo; /* completions with echo: the prompt text (echo_len bytes) */
     size_t echo_len;

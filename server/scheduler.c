@@ -801,17 +801,37 @@ static void prompt_logprob(srv__sched *sc, srv_job *j, int pos, const float *lg)
     pthread_mutex_unlock(&j->mu);
 }
 
+/* The bucket of v among n ascending bounds: the first bound >= v, n above the last. */
+static int bucket(const double *bounds, int n, double v)
+{
+    int i = 0;
+    while (i < n && v > bounds[i])
+        i++;
+    return i;
+}
+
+/* Counts one inter-token gap of dt seconds in a job's status. j->mu held. */
+static void itl_observe(srv_job_status *st, double dt)
+{
+    st->itl[bucket(srv_itl_bounds, SRV_ITL_BUCKETS, dt)]++;
+    st->itl_sum += dt;
+}
+
 /* The rest of a step for a sequence whose next token id was sampled (from lg) in the step's
  * core_sampler_sample_many. */
 static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
 {
     srv_job *j = s->job;
-    if (s->n_hist == j->n_prompt) {
-        double now = core_now();
+    double now = core_now();
+    if (s->n_hist == j->n_prompt || j->t_token > 0) {
         pthread_mutex_lock(&j->mu);
-        j->st.first_token_ms = (now - j->t_submit) * 1e3;
+        if (s->n_hist == j->n_prompt)
+            j->st.first_token_ms = (now - j->t_submit) * 1e3;
+        else
+            itl_observe(&j->st, now - j->t_token);
         pthread_mutex_unlock(&j->mu);
     }
+    j->t_token = now;
     if (id < 0) {
         seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL,
                 s->gm ? "structured output: no token of the vocabulary can continue the text "
@@ -1123,6 +1143,7 @@ static void step_done(srv__sched *sc, int n_parts, int n_rows, int n_dec, bool o
     st->rows += (uint64_t)n_rows;
     st->step_hist[hist_bin(n_rows)]++;
     st->step_seconds += dt;
+    st->step_time[bucket(srv_step_bounds, SRV_STEP_BUCKETS, dt)]++;
     if (ok && prompt_rows == 0) {
         st->decode_steps++;
         st->decode_rows += (uint64_t)n_rows;

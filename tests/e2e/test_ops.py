@@ -3,6 +3,7 @@ build and the kernels in use), adaptree_build_info and process_* in /metrics; se
 --config file, the environment and flags (flag > env > file > default) as --print-config shows
 them and as the server listens; CORS with --cors-origin (answers and preflights) and without."""
 
+import json
 import os
 import re
 import signal
@@ -16,18 +17,21 @@ suite = e2e.Suite("ops", budget=180)
 KEY = "ops-key"
 S = None  # --api-key KEY --cors-origin ORIGIN
 T = None  # no flags: no CORS
+R = None  # a registry: the latency histograms by adapter
 ORIGIN = "http://app.example:3000"
 STARTED = 0.0
 
 
 def setup():
-    global S, T, STARTED
+    global S, T, R, STARTED
     STARTED = time.time()
     S = suite.server(["--api-key", KEY, "--cors-origin", ORIGIN, "--cors-origin",
                       "https://other.example"], name="server")
     S.start()
     T = suite.server([], name="nocors")
     T.start()
+    R = suite.server([], registry=e2e.make_registry(suite.tmp, fixtures=False), name="registry")
+    R.start()
 
 
 def version_lines(args):
@@ -114,6 +118,102 @@ def metrics_build_info_and_process():
     check(p["process_cpu_seconds_total"] > 0, f"{p}")
     check(STARTED - 5 <= p["process_start_time_seconds"] <= time.time(),
           f"start {p['process_start_time_seconds']}, spawned at {STARTED}")
+
+
+@suite.test
+def latency_histograms_by_bounded_adapter_label():
+    """TTFT, inter-token latency, queue time and duration by adapter label: the node id of
+    "model", "base", and "_list_" for any weighted list whatever its ids and weights (a client
+    cannot make series); the step time histogram counts every step."""
+    sels = [({"model": "base"}, "base"), ({"model": "fr/manpages"}, "fr/manpages"),
+            ({"adapters": [{"id": "fr", "scale": 0.5}, {"id": "de", "scale": 0.5}]}, "_list_"),
+            ({"adapters": [{"id": "de", "scale": 0.3}]}, "_list_")]
+    for sel, _ in sels:
+        body = {"prompt": "Bonjour", "max_tokens": 5, "temperature": 0, "ignore_eos": True}
+        body.update(sel)
+        r = R.post("/v1/completions", body)
+        eq(r.status, 200, f"completion with {sel}")
+    text = R.req("GET", "/metrics").data.decode()
+    lint_exposition(text)
+    m = e2e.metrics(R)
+
+    def val(name, adapter, le=None):
+        labels = (("adapter", adapter),) if le is None else (("adapter", adapter), ("le", le))
+        return m.get((name, labels))
+
+    ids = {dict(lab).get("adapter") for (name, lab) in m
+           if name.startswith(("adaptree_time_to_first_token", "adaptree_inter_token_latency",
+                               "adaptree_queue_time", "adaptree_request_duration"))}
+    eq(ids, {"base", "fr/manpages", "_list_"}, "adapter labels of the latency histograms")
+    for _, lab in sels[:2]:
+        eq(val("adaptree_time_to_first_token_seconds_count", lab), 1.0, f"TTFT count of {lab}")
+        eq(val("adaptree_queue_time_seconds_count", lab), 1.0, f"queue count of {lab}")
+        eq(val("adaptree_request_duration_seconds_count", lab), 1.0, f"duration count of {lab}")
+        # 5 tokens: 4 gaps, each inside the request's time
+        eq(val("adaptree_inter_token_latency_seconds_count", lab), 4.0, f"ITL count of {lab}")
+        eq(val("adaptree_inter_token_latency_seconds_bucket", lab, "+Inf"), 4.0,
+           f"ITL +Inf bucket of {lab}")
+        check(0 < val("adaptree_inter_token_latency_seconds_sum", lab)
+              < val("adaptree_request_duration_seconds_sum", lab), f"ITL sum of {lab}")
+    eq(val("adaptree_time_to_first_token_seconds_count", "_list_"), 2.0, "TTFT count of lists")
+    eq(val("adaptree_inter_token_latency_seconds_count", "_list_"), 8.0, "ITL count of lists")
+    reqs = {dict(lab)["adapter"] for (name, lab) in m
+            if name == "adaptree_adapter_requests_total"}
+    eq(reqs, {"base", "fr/manpages", "_list_"}, "adaptree_adapter_requests_total labels")
+    steps = m.get(("adaptree_steps_total", ()))
+    eq(m.get(("adaptree_step_duration_seconds_count", ())), steps, "step histogram count")
+    eq(m.get(("adaptree_step_duration_seconds_bucket", (("le", "+Inf"),))), steps,
+       "step histogram +Inf bucket")
+
+
+def exported_names(text):
+    """Every series name the exposition can hold: each family, with _bucket/_sum/_count for
+    histograms."""
+    names = set()
+    for line in text.splitlines():
+        m = re.match(r"# TYPE (\S+) (\S+)$", line)
+        if m:
+            names.add(m.group(1))
+            if m.group(2) == "histogram":
+                names.update(m.group(1) + s for s in ("_bucket", "_sum", "_count"))
+    return names
+
+
+@suite.test
+def grafana_dashboard_valid_and_uses_exported_metrics():
+    """deploy/grafana/adaptree.json is JSON Grafana imports (panels with unique ids, a grid
+    position, targets with PromQL) and every metric name it queries is one the server exports."""
+    path = os.path.join(e2e.ROOT, "deploy", "grafana", "adaptree.json")
+    with open(path) as f:
+        dash = json.load(f)
+    check(dash.get("title") and dash.get("uid") and isinstance(dash.get("panels"), list),
+          "dashboard title, uid, panels")
+    ids, exprs = set(), []
+    for p in dash["panels"]:
+        check(p.get("id") not in ids, f"panel id {p.get('id')} repeated")
+        ids.add(p.get("id"))
+        check(all(k in p.get("gridPos", {}) for k in "xywh"), f"panel {p.get('title')} gridPos")
+        if p["type"] == "row":
+            continue
+        check(p.get("targets"), f"panel {p.get('title')} has no target")
+        for t in p["targets"]:
+            exprs.append(t["expr"])
+    for v in dash.get("templating", {}).get("list", []):
+        if v.get("type") == "query":
+            exprs.append(v["definition"])
+    for e in exprs:
+        for a, b in ("()", "{}", "[]"):
+            eq(e.count(a), e.count(b), f"balanced {a}{b} in {e}")
+    used = set()
+    for e in exprs:
+        e = re.sub(r'"[^"]*"', '""', e)  # label values are not metric names
+        used.update(re.findall(r"\b((?:adaptree|process)_[a-z0-9_]+)\b", e))
+    check(len(used) >= 25, f"only {len(used)} metric names in the dashboard")
+    text = R.req("GET", "/metrics").data.decode()
+    missing = sorted(used - exported_names(text))
+    eq(missing, [], "metric names the dashboard queries that /metrics does not export")
+    print(f"  dashboard: {len(dash['panels'])} panels, {len(exprs)} queries over "
+          f"{len(used)} metric names, all exported")
 
 
 def serve_env(extra):

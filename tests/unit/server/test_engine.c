@@ -325,6 +325,15 @@ TEST(engine_greedy_matches_reference)
         CHECK(st.prompt_tokens > 0);
         CHECK(st.queue_ms >= 0 && st.first_token_ms >= st.queue_ms &&
               st.total_ms >= st.first_token_ms);
+        /* One inter-token gap per sampled token after the first (the end-of-generation token
+           of a stop is sampled too), and they fit between the first token and the end. */
+        uint32_t gaps = 0;
+        for (int i = 0; i <= SRV_ITL_BUCKETS; i++)
+            gaps += st.itl[i];
+        CHECK_EQ_INT((int)gaps, st.finish == SRV_FINISH_LENGTH ? ng - 1 : ng);
+        CHECK_MSG(st.itl_sum > 0 && st.itl_sum * 1e3 <= st.total_ms - st.first_token_ms + 1e-6,
+                  "gaps sum to %.3f ms, first token to end %.3f ms", st.itl_sum * 1e3,
+                  st.total_ms - st.first_token_ms);
     }
     /* The text is the streaming decode of the tokens. */
     jobrun r;

@@ -94,10 +94,17 @@ TEST(metrics_render)
     srv_metrics_request(&m, SRV_ROUTE_CHAT, 429);
     srv_metrics_request(&m, SRV_ROUTE_OTHER, 404);
     srv_metrics_request(&m, SRV_ROUTE_OTHER, 99); /* ignored */
-    srv_metrics_generation(&m, 0.02, 0.3);
-    srv_metrics_generation(&m, -1, 0.04); /* no first token */
-    srv_metrics_data *d = malloc(sizeof *d);
-    srv_metrics_snapshot(&m, d);
+    uint32_t itl[SRV_ITL_BUCKETS + 1] = {0};
+    itl[1] = 3;               /* (5, 10] ms */
+    itl[SRV_ITL_BUCKETS] = 1; /* above 5 s */
+    srv_gen_obs o1 = {.ttft = 0.02, .queue = 0.003, .duration = 0.3, .itl = itl, .itl_sum = 6.5};
+    srv_gen_obs o2 = {.ttft = -1, .queue = -1, .duration = 0.04}; /* never admitted */
+    srv_metrics_generation(&m, "base", &o1);
+    srv_metrics_generation(&m, "base", &o2);
+    srv_metrics_generation(&m, "fr/legal", &o1);
+    srv_metrics_itl(&m, "fr/legal", itl, 6.5); /* a second choice */
+    srv_metrics_data *d = calloc(1, sizeof *d);
+    CHECK(srv_metrics_snapshot(&m, d) == 0);
     srv_engine_stats es = {.prompt_tokens = 40,
                            .generated_tokens = 9,
                            .steps = 10,
@@ -110,6 +117,9 @@ TEST(metrics_render)
                            .jobs_rejected = 3,
                            .kv_bytes = 4096};
     es.step_hist[0] = 8; /* 1 row */
+    es.step_seconds = 0.5;
+    es.step_time[2] = 9; /* (5, 10] ms */
+    es.step_time[SRV_STEP_BUCKETS] = 1;
     es.step_hist[5] = 1; /* (16, 32] */
     es.step_hist[7] = 1; /* > 64 */
     srv_label_stats ls[2] = {{.label = "base", .requests = 2, .generated_tokens = 7},
@@ -142,11 +152,27 @@ TEST(metrics_render)
         "adaptree_requests_total{route=\"/v1/completions\",status=\"200\"} 2\n",
         "adaptree_requests_total{route=\"/v1/chat/completions\",status=\"429\"} 1\n",
         "adaptree_requests_total{route=\"other\",status=\"404\"} 1\n",
-        "adaptree_time_to_first_token_seconds_bucket{le=\"0.025\"} 1\n",
-        "adaptree_time_to_first_token_seconds_count 1\n",
-        "adaptree_request_duration_seconds_bucket{le=\"0.05\"} 1\n",
-        "adaptree_request_duration_seconds_bucket{le=\"0.5\"} 2\n",
-        "adaptree_request_duration_seconds_count 2\n",
+        "adaptree_time_to_first_token_seconds_bucket{adapter=\"base\",le=\"0.025\"} 1\n",
+        "adaptree_time_to_first_token_seconds_count{adapter=\"base\"} 1\n",
+        "adaptree_time_to_first_token_seconds_count{adapter=\"fr/legal\"} 1\n",
+        "adaptree_request_duration_seconds_bucket{adapter=\"base\",le=\"0.05\"} 1\n",
+        "adaptree_request_duration_seconds_bucket{adapter=\"base\",le=\"0.5\"} 2\n",
+        "adaptree_request_duration_seconds_count{adapter=\"base\"} 2\n",
+        "adaptree_queue_time_seconds_bucket{adapter=\"base\",le=\"0.001\"} 0\n",
+        "adaptree_queue_time_seconds_bucket{adapter=\"base\",le=\"0.005\"} 1\n",
+        "adaptree_queue_time_seconds_count{adapter=\"base\"} 1\n",
+        "adaptree_inter_token_latency_seconds_bucket{adapter=\"base\",le=\"0.005\"} 0\n",
+        "adaptree_inter_token_latency_seconds_bucket{adapter=\"base\",le=\"0.01\"} 3\n",
+        "adaptree_inter_token_latency_seconds_bucket{adapter=\"base\",le=\"5\"} 3\n",
+        "adaptree_inter_token_latency_seconds_bucket{adapter=\"base\",le=\"+Inf\"} 4\n",
+        "adaptree_inter_token_latency_seconds_sum{adapter=\"base\"} 6.5\n",
+        "adaptree_inter_token_latency_seconds_count{adapter=\"fr/legal\"} 8\n",
+        "adaptree_inter_token_latency_seconds_sum{adapter=\"fr/legal\"} 13\n",
+        "# TYPE adaptree_inter_token_latency_seconds histogram\n",
+        "adaptree_step_duration_seconds_bucket{le=\"0.01\"} 9\n",
+        "adaptree_step_duration_seconds_bucket{le=\"+Inf\"} 10\n",
+        "adaptree_step_duration_seconds_sum 0.5\n",
+        "adaptree_step_duration_seconds_count 10\n",
         "adaptree_prompt_tokens_total 40\n",
         "adaptree_generated_tokens_total 9\n",
         "adaptree_steps_total 10\n",
@@ -182,7 +208,38 @@ TEST(metrics_render)
     CHECK_MSG(strstr(b.data, "adapter=\"ns\"") == NULL, "a namespace has adapter series");
     CHECK_MSG(strstr(b.data, "status=\"99\"") == NULL, "status 99 counted");
     srv_buf_deinit(&b);
+    srv_metrics_data_free(d);
     free(d);
+    srv_metrics_deinit(&m);
+}
+
+/* The metric label is bounded: a node id or "base" as given, any list one "_list_"; past
+ * SRV_METRIC_LABELS_MAX labels the histograms count under "other". */
+TEST(metrics_labels_bounded)
+{
+    CHECK_EQ_STR(srv_metric_label(NULL, 0), "base");
+    CHECK_EQ_STR(srv_metric_label("fr/legal", 0), "fr/legal");
+    CHECK_EQ_STR(srv_metric_label("fr/legal", 1), "_list_");
+    CHECK_EQ_STR(srv_metric_label(NULL, 3), "_list_");
+    srv_metrics m;
+    srv_metrics_init(&m);
+    srv_gen_obs o = {.ttft = 0.1, .queue = 0.01, .duration = 1};
+    char id[32];
+    for (int i = 0; i < SRV_METRIC_LABELS_MAX + 50; i++) {
+        snprintf(id, sizeof id, "n%05d", i);
+        srv_metrics_generation(&m, id, &o);
+    }
+    srv_metrics_data d = {0};
+    CHECK(srv_metrics_snapshot(&m, &d) == 0);
+    CHECK_MSG(d.n_lat == SRV_METRIC_LABELS_MAX + 1, "%zu labels", d.n_lat);
+    uint64_t other = 0;
+    for (size_t i = 0; i < d.n_lat; i++)
+        if (!strcmp(d.lat[i].adapter, "other"))
+            other = d.lat[i].duration.count;
+    CHECK_MSG(other == 50, "other counted %llu", (unsigned long long)other);
+    for (size_t i = 1; i < d.n_lat; i++)
+        CHECK(strcmp(d.lat[i - 1].adapter, d.lat[i].adapter) < 0);
+    srv_metrics_data_free(&d);
     srv_metrics_deinit(&m);
 }
 
