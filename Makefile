@@ -1,5 +1,8 @@
 # adaptree — plain Makefile. `make` builds build/adaptree; `make run` and `make test` pull in
 # everything they need (Debian packages, the Python test venv, the default model).
+#
+# Parallel by default (one job per CPU; `make -jN` overrides), quiet by default (one line per
+# step; `make V=1` shows the commands). Include and link flags come from pkg-config.
 
 CC      ?= cc
 CLANG   ?= clang
@@ -8,16 +11,44 @@ BUILD   ?= build
 VENV    ?= .venv
 PLOT_VENV ?= .venv-plot
 MODEL   ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+PREFIX  ?= /usr/local
+DESTDIR ?=
+PKG_CONFIG ?= pkg-config
+
+ifeq ($(filter -j%,$(MAKEFLAGS)),)
+MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
+endif
+# The setup steps (apt, downloads, venvs) run one after the other: `$(MAKE) SERIAL=1 ...`.
+ifdef SERIAL
+.NOTPARALLEL:
+endif
+
+ifeq ($(V),1)
+Q :=
+say = @true
+else
+Q := @
+say = @printf '  %-6s %s\n' '$(1)' '$(2)'
+endif
 
 WERROR  := $(if $(CI),-Werror,)
 OPT     ?= -O2 -g
 SAN     ?=
 CFLAGS  := $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wstrict-prototypes \
            -Wmissing-prototypes -Wformat=2 -ffp-contract=off -pthread $(WERROR) $(EXTRA_CFLAGS)
-CPPFLAGS += -I. -I/usr/include/cjson
-# PCRE2 (8-bit) for PEFT's target_modules regexes; -lpcre2-8 when pkg-config is missing.
-PCRE2_LIBS := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
-LDLIBS  += -lopenblas -lmicrohttpd -lcjson -luv $(PCRE2_LIBS) -lm -lpthread
+
+# The C libraries, as pkg-config describes them (Debian's -dev packages ship the .pc files); the
+# plain flags when pkg-config or a .pc file is missing. $(call pc,--cflags|--libs,MODULE,FALLBACK)
+pc = $(or $(shell $(PKG_CONFIG) $(1) $(2) 2>/dev/null),$(3))
+LIB_CFLAGS := $(call pc,--cflags,libcjson,-I/usr/include/cjson) $(call pc,--cflags,openblas,) \
+              $(call pc,--cflags,libmicrohttpd,) $(call pc,--cflags,libuv,) \
+              $(call pc,--cflags,libpcre2-8,)
+# OpenBLAS, libcjson, libuv and PCRE2 (8-bit, for PEFT's target_modules regexes): what the core,
+# the adapters and the fuzz targets link; the server adds libmicrohttpd.
+CORE_LIBS  := $(call pc,--libs,openblas,-lopenblas) $(call pc,--libs,libcjson,-lcjson) \
+              $(call pc,--libs,libuv,-luv) $(call pc,--libs,libpcre2-8,-lpcre2-8)
+CPPFLAGS += -I. $(sort $(LIB_CFLAGS))
+LDLIBS  += $(call pc,--libs,libmicrohttpd,-lmicrohttpd) $(CORE_LIBS) -lm -lpthread
 
 CORE_SRC     := $(sort $(wildcard core/*.c core/*/*.c))
 ADAPTERS_SRC := $(sort $(wildcard adapters/*.c))
@@ -33,7 +64,7 @@ TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d \
            $(PROBE_SRC:%.c=$(BUILD)/obj/%.d) $(BUILD)/obj/tests/bench/bench_core.d
 
-.PHONY: all test unit run cluster vocab bench bench-peer bench-server plots asan tsan fuzz format lint clean deps venv \
+.PHONY: install uninstall all test unit run cluster vocab bench bench-peer bench-server plots asan tsan fuzz format lint clean deps venv \
         model gemma tiny help docker-check FORCE
 
 comma := ,
@@ -53,11 +84,14 @@ help:
 	@echo "make plots      the PNGs of docs/PERF.md from docs/perf/data/*.txt (own venv, .venv-plot)"
 	@echo "make asan|tsan  tests under sanitizers;  make fuzz  bounded fuzzing"
 	@echo "make lint       clang-tidy + module-direction check;  make format"
+	@echo "make install    PREFIX=/usr/local DESTDIR=: bin/adaptree, share/adaptree, share/doc"
+	@echo "make V=1        show the commands; make -jN: N jobs (default: one per CPU)"
 	@echo "make docker-check  build the Dockerfile in debootstrapped roots, check the image (root)"
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+	$(call say,CC,$<)
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
 # What `adaptree --version` and GET /version say about this build (server/version.h): one small
 # generated file, rewritten only when its content changes (a new commit, other flags), so a
@@ -82,35 +116,45 @@ $(BUILD)/build_info.c: FORCE
 
 $(BUILD)/obj/build_info.o: $(BUILD)/build_info.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+	$(call say,CC,$<)
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/libadaptree.a: $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	$(call say,AR,$@)
+	$(Q)ar rcs $@ $^
 
 $(BUILD)/adaptree: $(BUILD)/obj/server/main.o $(BUILD)/libadaptree.a
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+	$(call say,LINK,$@)
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/test_unit: $(TEST_OBJ) $(BUILD)/libadaptree.a
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+	$(call say,LINK,$@)
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/bench_core: $(BUILD)/obj/tests/bench/bench_core.o \
     $(BUILD)/obj/tests/unit/adapters/adapter_testutil.o $(BUILD)/libadaptree.a
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+	$(call say,LINK,$@)
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
 # Probe for the OpenBLAS re-exec test (its own main).
 $(BUILD)/blas_probe: $(BUILD)/obj/tests/tools/blas_probe.o $(BUILD)/libadaptree.a
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+	$(call say,LINK,$@)
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
 # Probe for the runner's own test: the runner over tests that crash, hang and exit.
 $(BUILD)/runner_probe: $(BUILD)/obj/tests/runner.o $(BUILD)/obj/tests/tools/runner_probe.o
-	$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS)
+	$(call say,LINK,$@)
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS)
 
 PROBES = $(BUILD)/blas_probe $(BUILD)/runner_probe
 
 -include $(DEPS)
 
 # --- setup -----------------------------------------------------------------------------------
+
+# Runs setup targets one after the other (apt before the venvs, the downloads' progress legible).
+SETUP = $(MAKE) --no-print-directory SERIAL=1
 
 deps:
 	@tools/deps.sh
@@ -157,20 +201,25 @@ models/tiny/.ok: tools/make_tiny_models.py models/vocab/.ok $(VENV)/.ok
 # --- use -------------------------------------------------------------------------------------
 
 # make run ARGS="--port 9000 --int8": flags go through to serve.
-run: deps model all
+run:
+	@$(SETUP) deps model
+	@$(MAKE) --no-print-directory all
 	$(BUILD)/adaptree serve -m $(MODEL) $(ARGS)
 
 # Three replicas + HAProxy on 127.0.0.1 (deploy/haproxy/haproxy.cfg); Ctrl-C stops them all.
 CLUSTER_PORT ?= 8080
 CLUSTER_REPLICAS ?= 3
-cluster: deps model all
+cluster:
+	@$(SETUP) deps model
+	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) tools/cluster.sh -n $(CLUSTER_REPLICAS) -p $(CLUSTER_PORT) -m $(MODEL)
 
 # Unit + golden tests (C), then the end-to-end suites (tests/e2e, a real server; need .venv).
 # vocab: the golden tokenizer suite (tests/golden/test_vocab_suite.c) and the chat-template
 # tests read models/vocab; gemma: the Gemma 3 golden tests read models/gemma-3-270m-q4_k_m.gguf;
 # tiny: the architecture tests read models/tiny.
-test: deps model gemma venv vocab tiny
+test:
+	@$(SETUP) deps model gemma venv vocab tiny
 	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(PROBES)
 	@ADAPTREE_BUILD=$(BUILD) tools/run_tests.sh $(BUILD)
 
@@ -178,7 +227,8 @@ unit: $(BUILD)/test_unit $(PROBES)
 	ADAPTREE_BUILD=$(BUILD) $(BUILD)/test_unit $(T)
 
 # The default model in full (forward f32 and int8, kernels, LoRA), then Gemma 3 270M's forward.
-bench: deps model gemma
+bench:
+	@$(SETUP) deps model gemma
 	@$(MAKE) --no-print-directory $(BUILD)/bench_core
 	$(BUILD)/bench_core -m $(MODEL)
 	@echo
@@ -188,7 +238,8 @@ bench: deps model gemma
 # llama-cpp-python sdist vendors, build/llama.cpp) on both models, prefill 128 and 64 decoded
 # tokens with the same thread count as make bench. Not part of make test.
 LLAMA_BENCH := build/llama.cpp/bin/llama-bench
-bench-peer: deps model gemma vocab
+bench-peer:
+	@$(SETUP) deps model gemma vocab
 	@tools/build_llamacpp.sh build/llama.cpp
 	$(LLAMA_BENCH) -m $(MODEL) -p 128 -n 64 -t $$(nproc) -r 3
 	$(LLAMA_BENCH) -m $(GEMMA_MODEL) -p 128 -n 64 -t $$(nproc) -r 3
@@ -198,7 +249,8 @@ bench-peer: deps model gemma vocab
 # then the KV side (tools/bench_kv.py): a shared system prompt with and without the prefix cache,
 # KV memory at 32 streams, 1k-token streams per GB.
 # BENCH_ARGS=--int8 (and/or --kv-f16) measures serve with those flags.
-bench-server: deps model venv
+bench-server:
+	@$(SETUP) deps model venv
 	@$(MAKE) --no-print-directory all $(BUILD)/bench_core
 	BUILD=$(BUILD) MODEL=$(MODEL) tools/bench_server.sh $(BENCH_ARGS)
 	.venv/bin/python -B tools/bench_kv.py --build $(BUILD) -m $(MODEL) $(BENCH_ARGS)
@@ -209,7 +261,8 @@ bench-server: deps model venv
 plots: $(PLOT_VENV)/.ok
 	$(PLOT_VENV)/bin/python -B tools/plot_bench.py docs/perf/data/*.txt -o docs/perf/
 
-asan: deps model gemma venv vocab tiny
+asan:
+	@$(SETUP) deps model gemma venv vocab tiny
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(CLANG) OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" build/asan/adaptree build/asan/test_unit \
@@ -217,7 +270,8 @@ asan: deps model gemma venv vocab tiny
 	ADAPTREE_BUILD=build/asan ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	    tools/run_tests.sh build/asan
 
-tsan: deps model gemma venv vocab tiny
+tsan:
+	@$(SETUP) deps model gemma venv vocab tiny
 	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(CLANG) OPT="-O1 -g" SAN="-fsanitize=thread" \
 	    LDFLAGS="-fsanitize=thread" \
 	    build/tsan/adaptree build/tsan/test_unit build/tsan/blas_probe build/tsan/runner_probe
@@ -226,7 +280,7 @@ tsan: deps model gemma venv vocab tiny
 FUZZ_TIME ?= 30
 # UBSan is fatal (-fno-sanitize-recover): undefined behaviour fails the run with its input.
 FUZZ_CFLAGS = -O1 -g -std=c11 -D_GNU_SOURCE -Wno-pass-failed -fno-sanitize-recover=undefined \
-              -I. -I/usr/include/cjson
+              $(CPPFLAGS)
 fuzz: deps
 	@$(MAKE) --no-print-directory $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 	@for f in $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%); do n=$$(basename $$f); \
@@ -251,7 +305,8 @@ FUZZ_LIB_OBJ := $(FUZZ_LIB_SRC:%.c=$(BUILD)/fuzzobj/%.o)
 
 $(BUILD)/fuzzobj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -MMD -MP -c $< -o $@
+	$(call say,CC,$< (fuzz))
+	$(Q)$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -MMD -MP -c $< -o $@
 
 $(BUILD)/fuzz/libfuzzdeps.a: $(FUZZ_LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -261,7 +316,7 @@ $(BUILD)/fuzz/libfuzzdeps.a: $(FUZZ_LIB_OBJ)
 $(BUILD)/fuzz/%: tests/fuzz/%.c $(BUILD)/fuzz/libfuzzdeps.a
 	@mkdir -p $(dir $@)
 	$(CLANG) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined $< $(BUILD)/fuzz/libfuzzdeps.a \
-	    -o $@ -lopenblas -lcjson -luv $(PCRE2_LIBS) -lm -lpthread
+	    -o $@ $(CORE_LIBS) -lm -lpthread
 
 -include $(FUZZ_LIB_OBJ:.o=.d)
 
@@ -270,6 +325,25 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(BUILD)/fuzz/libfuzzdeps.a
 # committed tree, "--fresh" debootstraps the cached base again, "-v" shows every RUN's output.
 docker-check:
 	@tools/docker_check.sh $(DOCKER_CHECK_ARGS)
+
+# make install [PREFIX=/usr/local] [DESTDIR=staging]: the binary, the chat templates the README
+# names (templates/), the Grafana dashboard, README and LICENSE. Models and the registry are
+# data, not installed: serve -m FILE --registry DIR. make uninstall removes what install wrote.
+BINDIR   = $(DESTDIR)$(PREFIX)/bin
+SHAREDIR = $(DESTDIR)$(PREFIX)/share/adaptree
+DOCDIR   = $(DESTDIR)$(PREFIX)/share/doc/adaptree
+install: $(BUILD)/adaptree
+	$(call say,INSTALL,$(BINDIR)/adaptree)
+	$(Q)install -d $(BINDIR) $(SHAREDIR)/templates $(SHAREDIR)/grafana $(DOCDIR)
+	$(Q)install -m 755 $(BUILD)/adaptree $(BINDIR)/adaptree
+	$(Q)install -m 644 templates/*.jinja $(SHAREDIR)/templates/
+	$(Q)install -m 644 deploy/grafana/adaptree.json $(SHAREDIR)/grafana/
+	$(Q)install -m 644 README.md LICENSE $(DOCDIR)/
+
+uninstall:
+	rm -f $(BINDIR)/adaptree $(DOCDIR)/README.md $(DOCDIR)/LICENSE \
+	    $(SHAREDIR)/grafana/adaptree.json $(addprefix $(SHAREDIR)/,$(wildcard templates/*.jinja))
+	-rmdir $(SHAREDIR)/templates $(SHAREDIR)/grafana $(SHAREDIR) $(DOCDIR) 2>/dev/null
 
 FORMAT_SRC = $(LIB_SRC) server/main.c $(wildcard */*.h */*/*.h tests/*.c tests/*.h tests/*/*.c \
              tests/*/*/*.c tests/*/*/*/*.c)

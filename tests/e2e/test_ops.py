@@ -133,9 +133,13 @@ def latency_histograms_by_bounded_adapter_label():
         body.update(sel)
         r = R.post("/v1/completions", body)
         eq(r.status, 200, f"completion with {sel}")
-    text = R.req("GET", "/metrics").data.decode()
-    lint_exposition(text)
-    m = e2e.metrics(R)
+    # a request is observed once its answer is out: wait for the last one
+    def observed():
+        m = e2e.metrics(R)
+        n = sum(v for (name, _), v in m.items() if name == "adaptree_request_duration_seconds_count")
+        return m if n == len(sels) else None
+    m = e2e.wait_until(observed, 10, "the four requests observed")
+    lint_exposition(R.req("GET", "/metrics").data.decode())
 
     def val(name, adapter, le=None):
         labels = (("adapter", adapter),) if le is None else (("adapter", adapter), ("le", le))
@@ -214,6 +218,30 @@ def grafana_dashboard_valid_and_uses_exported_metrics():
     eq(missing, [], "metric names the dashboard queries that /metrics does not export")
     print(f"  dashboard: {len(dash['panels'])} panels, {len(exprs)} queries over "
           f"{len(used)} metric names, all exported")
+
+
+@suite.test
+def make_install_destdir():
+    """make install with PREFIX and DESTDIR puts the binary (which runs), the templates, the
+    dashboard and the docs under the staging root; make uninstall takes them away again."""
+    dest = os.path.join(suite.tmp, "stage")
+    mk = ["make", "--no-print-directory", "-C", e2e.ROOT, f"BUILD={e2e.BUILD}", "PREFIX=/usr",
+          f"DESTDIR={dest}", "-o", os.path.join(e2e.BUILD, "adaptree")]
+    r = subprocess.run(mk + ["install"], capture_output=True, text=True, timeout=120)
+    eq(r.returncode, 0, f"make install ({r.stdout}{r.stderr})")
+    for f in ("usr/bin/adaptree", "usr/share/adaptree/templates/gemma-3.jinja",
+              "usr/share/adaptree/grafana/adaptree.json", "usr/share/doc/adaptree/LICENSE",
+              "usr/share/doc/adaptree/README.md"):
+        check(os.path.isfile(os.path.join(dest, f)), f"{f} installed")
+    binary = os.path.join(dest, "usr/bin/adaptree")
+    check(os.access(binary, os.X_OK), "the installed binary is executable")
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    eq(out.returncode, 0, "installed adaptree --version")
+    check(out.stdout.startswith("adaptree "), f"--version says {out.stdout!r}")
+    r = subprocess.run(mk + ["uninstall"], capture_output=True, text=True, timeout=60)
+    eq(r.returncode, 0, f"make uninstall ({r.stdout}{r.stderr})")
+    left = [os.path.join(d, f) for d, _, fs in os.walk(dest) for f in fs]
+    eq(left, [], "files left after make uninstall")
 
 
 def serve_env(extra):
