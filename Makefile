@@ -62,7 +62,8 @@ FUZZ_SRC     := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/build_info.o
 TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d \
-           $(PROBE_SRC:%.c=$(BUILD)/obj/%.d) $(BUILD)/obj/tests/bench/bench_core.d
+           $(PROBE_SRC:%.c=$(BUILD)/obj/%.d) $(BUILD)/obj/tests/bench/bench_core.d \
+           $(BUILD)/obj/tests/bench/bench_spec.d
 
 .PHONY: install uninstall all test unit run cluster vocab bench bench-peer bench-server plots asan tsan fuzz format lint clean deps venv \
         model gemma tiny help docker-check FORCE
@@ -134,6 +135,10 @@ $(BUILD)/test_unit: $(TEST_OBJ) $(BUILD)/libadaptree.a
 
 $(BUILD)/bench_core: $(BUILD)/obj/tests/bench/bench_core.o \
     $(BUILD)/obj/tests/unit/adapters/adapter_testutil.o $(BUILD)/libadaptree.a
+	$(call say,LINK,$@)
+	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/bench_spec: $(BUILD)/obj/tests/bench/bench_spec.o $(BUILD)/libadaptree.a
 	$(call say,LINK,$@)
 	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
@@ -226,13 +231,16 @@ test:
 unit: $(BUILD)/test_unit $(PROBES)
 	ADAPTREE_BUILD=$(BUILD) $(BUILD)/test_unit $(T)
 
-# The default model in full (forward f32 and int8, kernels, LoRA), then Gemma 3 270M's forward.
+# The default model in full (forward f32 and int8, kernels, LoRA), then Gemma 3 270M's forward,
+# then speculative decoding through the engine (tests/bench/bench_spec.c).
 bench:
 	@$(SETUP) deps model gemma
-	@$(MAKE) --no-print-directory $(BUILD)/bench_core
+	@$(MAKE) --no-print-directory $(BUILD)/bench_core $(BUILD)/bench_spec
 	$(BUILD)/bench_core -m $(MODEL)
 	@echo
 	$(BUILD)/bench_core -m $(GEMMA_MODEL) --forward-only
+	@echo
+	$(BUILD)/bench_spec -m $(MODEL)
 
 # The peer in the same run: llama.cpp's llama-bench (built once from the source the
 # llama-cpp-python sdist vendors, build/llama.cpp) on both models, prefill 128 and 64 decoded

@@ -176,6 +176,8 @@ static srv_engine *start_engine(const srv_serve_opts *o)
     eo.kv_f16 = o->kv_f16;
     eo.kv_cache_bytes = (size_t)o->kv_cache_mb << 20;
     eo.no_prefix_cache = o->no_prefix_cache;
+    eo.spec_k = (int)o->spec_k;
+    eo.spec_ngram = (int)o->spec_ngram;
     eo.verbose = o->log_level >= SRV_LOG_DEBUG ? 2 : o->log_level >= SRV_LOG_INFO ? 1 : 0;
     char err[512], *tmpl = NULL;
     if (o->chat_template && !(tmpl = read_chat_template(o->chat_template)))

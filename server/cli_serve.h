@@ -56,6 +56,8 @@ typedef struct srv_serve_opts {
     bool int8;                 /* --int8: int8 activations */
     bool kv_f16;               /* --kv-f16: f16 KV cache */
     bool no_prefix_cache;      /* --no-prefix-cache */
+    long spec_k;               /* --spec-k: draft tokens per step for every request, 0 = off */
+    long spec_ngram;           /* --spec-ngram: n-gram length of the prompt lookup */
     bool no_registry;          /* --no-registry (registry is then NULL) */
     const char *cors_origins[SRV_CORS_MAX]; /* --cors-origin, each "*", an origin or a
                                                comma-separated list of them */

@@ -90,6 +90,9 @@ static void client_key(srv_http_req *req, const srv_request *rq, char *out, size
     }
 }
 
+_Static_assert(SRV_REQ_SPEC_K_MAX == SRV_SPEC_K_MAX && SRV_REQ_SPEC_NGRAM_MAX == SRV_SPEC_NGRAM_MAX,
+               "the request's speculative limits are the engine's");
+
 /* Resolves "model" and "adapters" into sel, the selection in full for the log (label) and its
  * bounded metrics label (c->label). 0, or -1 after answering. */
 static int select_adapters(srv_app *a, srv_http_req *req, srv_call *c, const srv_request *rq,
@@ -286,6 +289,8 @@ static int submit(srv_app *a, srv_http_req *req, srv_call *c, const srv_request 
                         .n_bias = rq->n_bias,
                         .min_tokens = rq->min_tokens,
                         .ignore_eos = rq->ignore_eos,
+                        .spec_k = rq->spec_k,
+                        .spec_ngram = rq->spec_ngram,
                         .stop_ids = rq->stop_ids,
                         .n_stop_ids = rq->n_stop_ids,
                         .grammar = rq->grammar};

@@ -135,6 +135,11 @@ static int job_params_check(const srv_job_params *p, char *err, size_t errlen)
         core_errf(err, errlen, "min_tokens must be >= 0, got %d", p->min_tokens);
         return -EINVAL;
     }
+    if (p->spec_k > SRV_SPEC_K_MAX || p->spec_ngram < 0 || p->spec_ngram > SRV_SPEC_NGRAM_MAX) {
+        core_errf(err, errlen, "speculative: k must be at most %d and ngram in [1, %d]",
+                  SRV_SPEC_K_MAX, SRV_SPEC_NGRAM_MAX);
+        return -EINVAL;
+    }
     if (p->sel.n < 0 || p->sel.n > ADAPTER_SEL_MAX) {
         core_errf(err, errlen, "at most %d adapters", ADAPTER_SEL_MAX);
         return -EINVAL;
@@ -207,6 +212,8 @@ srv_job *srv_job_new(const srv_job_params *p, void (*notify)(void *ud), void *ud
     }
     j->min_tokens = p->min_tokens;
     j->ignore_eos = p->ignore_eos;
+    j->spec_k = p->spec_k;
+    j->spec_ngram = p->spec_ngram;
     if (p->n_stop_ids > 0)
         memcpy(j->stop_ids, p->stop_ids, (size_t)p->n_stop_ids * sizeof(int32_t));
     j->n_stop_ids = p->n_stop_ids;
@@ -863,6 +870,8 @@ static void opts_apply(srv_engine *e, const srv_engine_opts *o)
     e->cache_bytes = o->cache_bytes;
     e->kv_f16 = o->kv_f16;
     e->prefix_cache = !o->no_prefix_cache;
+    e->spec_k = o->spec_k < 0 ? 0 : o->spec_k > SRV_SPEC_K_MAX ? SRV_SPEC_K_MAX : o->spec_k;
+    e->spec_ngram = o->spec_ngram > 0 ? o->spec_ngram : 3;
 }
 
 /* The chat template: the one given instead of the GGUF's must compile (a start-up error
@@ -972,6 +981,8 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
                          .kv_f16 = e->kv_f16,
                          .kv_pool_bytes = e->kv_pool_bytes,
                          .prefix_cache = e->prefix_cache,
+                         .spec_k = e->spec_k,
+                         .spec_ngram = e->spec_ngram,
                          .sh = &e->sh};
     if (srv__sched_init(&e->sched, &sc, err, errlen) < 0)
         goto fail;
@@ -987,7 +998,9 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
     }
     if (e->verbose >= 1) {
         adapter_registry_stats rs = {0};
-        char kernels[128], int8[96] = "";
+        char kernels[128], int8[96] = "", spec[64] = "off";
+        if (e->spec_k > 0)
+            snprintf(spec, sizeof spec, "%d drafts, %d-gram lookup", e->spec_k, e->spec_ngram);
         if (e->reg)
             adapter_registry_stats_get(e->reg, &rs);
         if (e->int8_weights)
@@ -1002,10 +1015,10 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
                 rs.nodes, e->reg && e->watch ? ", watched" : "");
         srv_log(SRV_LOG_INFO,
                 "linear layers on %s%s; KV cache %s, %zu MB pool (%d blocks of %d "
-                "positions, %zu KB each), prefix cache %s",
+                "positions, %zu KB each), prefix cache %s, speculative decoding %s",
                 int8, core_matmul_kernels(kernels, sizeof kernels), e->kv_f16 ? "f16" : "f32",
                 e->kv_pool_bytes >> 20, core_kv_blocks_total(e->sched.kv), CORE_KV_BLOCK,
-                core_kv_block_bytes(e->sched.kv) >> 10, e->prefix_cache ? "on" : "off");
+                core_kv_block_bytes(e->sched.kv) >> 10, e->prefix_cache ? "on" : "off", spec);
         step_budget_print(e);
     }
     return e;

@@ -63,6 +63,9 @@ typedef struct srv_engine_opts {
     size_t kv_cache_bytes;     /* the KV pool; 0 = every sequence at full context, at most a
                                   quarter of the machine's memory (at least one sequence) */
     bool no_prefix_cache;      /* do not reuse the KV of earlier prompts */
+    int spec_k;                /* speculative decoding for jobs that do not choose: draft tokens
+                                  per step, 0 = off (0..SRV_SPEC_K_MAX) */
+    int spec_ngram;            /* n-gram length of its prompt lookup; 0 = 3 */
     int verbose;               /* 0 quiet, 1 info (default), 2 debug: one line per step */
     const char *chat_template; /* template text replacing the GGUF's (--chat-template); refused
                                   with a message when outside the Jinja subset. NULL: the GGUF's
@@ -110,6 +113,10 @@ adapter_registry *srv_engine_registry(srv_engine *e);
  * c[i] the observations in (bounds[i-1], bounds[i]] and in c[N] those above the last bound.
  * Inter-token latency: the gap between two tokens sampled for one job (per job, in
  * srv_job_status); step time: one forward step with its sampling (srv_engine_stats). */
+/* Speculative decoding by prompt lookup: the most draft tokens a step, the longest n-gram. */
+#define SRV_SPEC_K_MAX 16
+#define SRV_SPEC_NGRAM_MAX 8
+
 #define SRV_ITL_BUCKETS 14
 extern const double srv_itl_bounds[SRV_ITL_BUCKETS];
 #define SRV_STEP_BUCKETS 14
@@ -152,6 +159,8 @@ typedef struct srv_engine_stats {
     /* groups (srv_engine_submit_group): prompt positions the other jobs took from their
        leader's KV instead of computing them */
     uint64_t shared_prompt_tokens;
+    /* speculative decoding: draft tokens verified, and those accepted */
+    uint64_t spec_draft_tokens, spec_accepted_tokens;
 } srv_engine_stats;
 
 void srv_engine_stats_get(srv_engine *e, srv_engine_stats *out);
@@ -233,6 +242,10 @@ typedef struct srv_job_params {
     int min_tokens;          /* EOG tokens and stop_ids are masked until this many were made */
     bool ignore_eos;         /* EOG tokens are masked throughout: only max_tokens, stop strings
                                 and stop_ids end the job */
+    int spec_k;              /* speculative decoding: at most this many draft tokens a step
+                                (1..SRV_SPEC_K_MAX); 0 the engine's default; < 0 off */
+    int spec_ngram;          /* n-gram length of the prompt lookup (1..SRV_SPEC_NGRAM_MAX); 0 the
+                                engine's default */
     const int32_t *stop_ids; /* (n_stop_ids) sampling one ends the job (finish "stop"); the token
                                 is not part of the text; copied */
     int n_stop_ids;          /* 0 .. SRV_JOB_STOP_IDS_MAX */

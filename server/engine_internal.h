@@ -22,6 +22,7 @@ struct srv_engine {
     bool kv_f16;           /* srv_engine_opts.kv_f16 */
     size_t kv_pool_bytes;  /* the KV pool, resolved from srv_engine_opts.kv_cache_bytes */
     bool prefix_cache;
+    int spec_k, spec_ngram;
     const core_model *model;
     core_tokenizer *tok;
     int32_t n_vocab;

@@ -54,6 +54,7 @@ struct srv_job {
     int n_bias;
     int min_tokens;
     bool ignore_eos;
+    int spec_k, spec_ngram;                 /* srv_job_params' */
     int32_t stop_ids[SRV_JOB_STOP_IDS_MAX]; /* (n_stop_ids) */
     int n_stop_ids;
     core_grammar *grammar;    /* a reference; NULL: free text */

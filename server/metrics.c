@@ -433,6 +433,12 @@ static void render_engine(srv_buf *b, const srv_engine_stats *e)
                "Prompt tokens of a request's choices 2..n taken from its first choice's KV (not "
                "computed).",
                e->shared_prompt_tokens);
+    metric_u64(b, "adaptree_spec_draft_tokens_total", "counter",
+               "Draft tokens of speculative decoding (prompt lookup) verified in a step.",
+               e->spec_draft_tokens);
+    metric_u64(b, "adaptree_spec_accepted_tokens_total", "counter",
+               "Draft tokens that matched the token sampled (each saves a step).",
+               e->spec_accepted_tokens);
 }
 
 static void render_conns(srv_buf *b, const srv_conns_stats *c)

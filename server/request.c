@@ -1001,6 +1001,41 @@ static int parse_logit_bias(pctx *c)
     return 0;
 }
 
+/* "speculative": false (off), true (on, the server's k and n-gram, 8 and 3 when the server has
+ * it off), null (the server's setting), or {"k": 0..SRV_SPEC_K_MAX (0: off), "ngram":
+ * 1..SRV_SPEC_NGRAM_MAX} (each optional, nothing else). */
+static int parse_speculative(pctx *c)
+{
+    srv_request *r = c->r;
+    const cJSON *v, *f;
+    int rc = top(c, "speculative", &v);
+    if (rc || absent(v))
+        return rc;
+    if (cJSON_IsBool(v)) {
+        r->spec_k = cJSON_IsTrue(v) ? SRV_REQ_SPEC_DEFAULT_K : -1;
+        return 0;
+    }
+    if (!cJSON_IsObject(v))
+        return fail(c, -EINVAL, "speculative",
+                    "expected an object {\"k\": K, \"ngram\": N} or a boolean, got %s", jtype(v));
+    for (const cJSON *it = v->child; it; it = it->next)
+        if (strcmp(it->string, "k") != 0 && strcmp(it->string, "ngram") != 0) {
+            char p[PATH_MAX_];
+            return fail(c, -EINVAL, path_join(p, "speculative", it->string),
+                        "unknown field (expected k and ngram)");
+        }
+    long long k = SRV_REQ_SPEC_DEFAULT_K, n = 0;
+    if ((rc = member(c, v, "speculative", "k", &f)) ||
+        (rc = get_int(c, f, "speculative.k", 0, SRV_REQ_SPEC_K_MAX, &k)) < 0)
+        return rc < 0 ? rc : -EINVAL;
+    if ((rc = member(c, v, "speculative", "ngram", &f)) ||
+        (rc = get_int(c, f, "speculative.ngram", 1, SRV_REQ_SPEC_NGRAM_MAX, &n)) < 0)
+        return rc < 0 ? rc : -EINVAL;
+    r->spec_k = k > 0 ? (int)k : -1;
+    r->spec_ngram = (int)n;
+    return 0;
+}
+
 /* "stop_token_ids": [ids], "min_tokens", "ignore_eos". */
 static int parse_token_stops(pctx *c)
 {
@@ -1146,6 +1181,8 @@ static int parse_root(pctx *c, const cJSON *root, srv_request_kind kind)
         rc = parse_logit_bias(c);
     if (!rc)
         rc = parse_token_stops(c);
+    if (!rc)
+        rc = parse_speculative(c);
     if (!rc)
         rc = parse_metadata(c);
     if (!rc)

@@ -68,6 +68,12 @@ struct srv_request_arena;
 
 /* One parsed request. Every pointer points into memory owned by the request (one arena), valid
  * until srv_request_deinit; all strings are NUL-terminated, valid UTF-8 and contain no NUL. */
+/* "speculative": the most draft tokens a step, the longest n-gram (as the engine's
+ * SRV_SPEC_K_MAX and SRV_SPEC_NGRAM_MAX), the draft tokens of "speculative": true. */
+#define SRV_REQ_SPEC_K_MAX 16
+#define SRV_REQ_SPEC_NGRAM_MAX 8
+#define SRV_REQ_SPEC_DEFAULT_K 8
+
 typedef struct srv_request {
     srv_request_kind kind;
 
@@ -110,6 +116,10 @@ typedef struct srv_request {
     int min_tokens;    /* EOG and stop_token_ids cannot end the generation before; <= max_tokens
                           (given or the default) */
     bool ignore_eos;   /* EOG never ends the generation */
+    /* "speculative": {"k": K, "ngram": N} (or true: the server's default, on; false: off):
+       draft tokens per step and the prompt lookup's n-gram; spec_k 0 = the server's setting,
+       < 0 = off; spec_ngram 0 = the server's */
+    int spec_k, spec_ngram;
     int32_t *stop_ids; /* (n_stop_ids) "stop_token_ids", in [0, n_vocab) */
     int n_stop_ids;    /* 0 .. SRV_STOP_IDS_MAX */
     /* "metadata" must be an object of at most SRV_METADATA_MAX string pairs (keys and values

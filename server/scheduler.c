@@ -42,6 +42,13 @@
  * logprobs (echo). Their prefill goes at most this many rows per step beyond the first. */
 #define PROMPT_LOGIT_ROWS 32
 
+/* Speculative decoding: draft rows a step may hold (with logits, beyond one per part), and the
+ * decoding sequences above which a step drafts nothing: the rows are nearly free while a step
+ * reads the weights for few rows (bandwidth-bound) and cost their full compute in a wide batch.
+ * SPEC_K_MAX: the most drafts of one sequence; SPEC_NGRAM_MAX: the longest n-gram looked up. */
+#define SPEC_ROWS 16
+#define SPEC_MAX_DECODE 4
+
 int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t errlen)
 {
     memset(sc, 0, sizeof *sc);
@@ -53,6 +60,8 @@ int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t
     sc->max_batch = cfg->max_batch;
     sc->prefill_chunk = cfg->prefill_chunk;
     sc->verbose = cfg->verbose;
+    sc->spec_k = cfg->spec_k;
+    sc->spec_ngram = cfg->spec_ngram;
     srv__step_budget_init(&sc->budget, cfg->max_step_ms, cfg->max_batch);
     sc->reg = cfg->reg;
     sc->sh = cfg->sh;
@@ -75,8 +84,8 @@ int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t
     sc->ctx = core_ctx_new(sc->model);
     sc->plan = adapter_plan_new();
     sc->seqs = calloc(ns, sizeof *sc->seqs);
-    sc->logits =
-        malloc((size_t)(sc->max_out + PROMPT_LOGIT_ROWS) * (size_t)sc->n_vocab * sizeof(float));
+    sc->logits = malloc((size_t)(sc->max_out + PROMPT_LOGIT_ROWS + SPEC_ROWS) *
+                        (size_t)sc->n_vocab * sizeof(float));
     sc->b_tok = malloc(nb * sizeof(int32_t));
     sc->b_pos = malloc(nb * sizeof(int32_t));
     sc->b_slot = malloc(nb * sizeof(int32_t));
@@ -487,6 +496,11 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
     s->n_hist = j->n_prompt;
     s->n_fill = j->n_prompt;
     s->n_gen = 0;
+    /* Speculative decoding: the job's choice, else the server's; never under a grammar (its
+       matcher would have to follow every draft) */
+    s->spec_max = gm || j->spec_k < 0 ? 0 : j->spec_k > 0 ? j->spec_k : sc->spec_k;
+    s->spec_k = s->spec_max;
+    s->spec_wait = s->spec_misses = 0;
     /* Before min_tokens, stop strings are off too (as vLLM); seq_sample turns them on. */
     srv_text_reset(&s->text, sc->tok, (const char *const *)j->stop, j->stop_len,
                    j->min_tokens > 0 ? 0 : j->n_stop);
@@ -889,6 +903,48 @@ nomem:
     seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_UNAVAILABLE, "out of memory");
 }
 
+/* A decode part with drafts, after the forward pass: lg holds a logits row per row of the part
+ * (the last token, then each draft). Samples from the rows in order, exactly as decoding one
+ * token a step would (the same sampler, history and random stream), and goes on while the token
+ * sampled is the draft the next row was computed with: the KV of that row is then the one plain
+ * decoding would have written. So greedy output is the same token for token, and sampled output
+ * has the same distribution (with a seed, the same tokens). The KV past the last accepted row is
+ * left to be overwritten. Adapts the sequence's draft length to what was accepted. */
+static void spec_verify(srv__sched *sc, srv__part *pt, const float *lg)
+{
+    srv__seq *s = pt->s;
+    int k = pt->spec, acc = 0;
+    s->n_past++; /* the last token's row */
+    pt->made = 0;
+    for (int i = 0; i <= k && s->job; i++) {
+        const float *row = lg + (size_t)i * (size_t)sc->n_vocab;
+        int32_t draft = i < k ? s->hist[s->n_hist] : -1;
+        int32_t id = core_sampler_sample(s->smp, row, s->hist, (size_t)s->n_hist, NULL);
+        seq_sample(sc, s, row, id);
+        pt->made++;
+        if (id != draft)
+            break;
+        acc++;
+        s->n_past++; /* draft i's row computed the right token */
+    }
+    pt->accepted = acc;
+    if (!s->job)
+        return;
+    if (acc == k) {
+        s->spec_k *= 2;
+        s->spec_misses = 0;
+    } else if (acc == 0) {
+        s->spec_misses++;
+        s->spec_wait = (1 << (s->spec_misses < 4 ? s->spec_misses : 4)) - 1;
+        s->spec_k = s->spec_k / 2 > 1 ? s->spec_k / 2 : 1;
+    } else {
+        s->spec_k = acc + 1;
+        s->spec_misses = 0;
+    }
+    if (s->spec_k > s->spec_max)
+        s->spec_k = s->spec_max;
+}
+
 /* ---- the step ------------------------------------------------------------------------------- */
 
 static int cmp_order(const void *a, const void *b)
@@ -1035,6 +1091,65 @@ static void reserve_decode_rows(srv__sched *sc)
     }
 }
 
+/* Prompt lookup: the tokens that followed the latest earlier occurrence of the last g tokens of
+ * h[0..n), for g from ngram down to 1; up to k of them into out. Returns how many. */
+static int lookup_draft(const int32_t *h, int n, int ngram, int k, int32_t *out)
+{
+    for (int g = ngram < n - 1 ? ngram : n - 1; g >= 1; g--) {
+        const int32_t *tail = h + n - g;
+        for (int i = n - g - 1; i >= 0; i--) {
+            if (h[i] != tail[0] || memcmp(h + i, tail, (size_t)g * sizeof *h) != 0)
+                continue;
+            int m = n - (i + g);
+            m = m < k ? m : k;
+            memmove(out, h + i + g, (size_t)m * sizeof *h);
+            return m;
+        }
+    }
+    return 0;
+}
+
+/* Speculative decoding for the n decode parts (at most SPEC_MAX_DECODE of them): each sequence
+ * that opted in gets the tokens prompt lookup proposes (written into its hist after n_hist) as
+ * extra rows of its part, within SPEC_ROWS rows, the rows left in the step and the KV blocks it
+ * already holds or can take free (no one is preempted for a guess). Returns the draft rows. */
+static int plan_drafts(srv__sched *sc, int n, int rows_left)
+{
+    int total = 0;
+    for (int p = 0; p < n; p++) {
+        srv__part *pt = &sc->parts[p];
+        srv__seq *s = pt->s;
+        const srv_job *j = s->job;
+        int k = s->spec_k;
+        if (k <= 0)
+            continue;
+        if (s->spec_wait > 0) {
+            s->spec_wait--;
+            continue;
+        }
+        int room = SPEC_ROWS - total;
+        room = room < rows_left ? room : rows_left;
+        k = k < room ? k : room;
+        k = k < j->max_tokens - s->n_gen - 1 ? k : j->max_tokens - s->n_gen - 1;
+        k = k < sc->n_ctx - s->n_hist - 1 ? k : sc->n_ctx - s->n_hist - 1;
+        int ngram = j->spec_ngram > 0 ? j->spec_ngram : sc->spec_ngram;
+        if (k <= 0 || ngram <= 0)
+            continue;
+        k = lookup_draft(s->hist, s->n_hist, ngram, k, s->hist + s->n_hist);
+        if (k > 0 && core_kv_reserve(sc->kv, s->slot, s->n_past + 1 + k) != 0) {
+            int held = held_positions(sc, s);
+            k = held - s->n_past - 1 < k ? held - s->n_past - 1 : k;
+        }
+        if (k <= 0)
+            continue;
+        pt->n = 1 + k;
+        pt->spec = k;
+        total += k;
+        rows_left -= k;
+    }
+    return total;
+}
+
 /* Chooses this step's share of every sequence: decode rows first, within max_batch rows, then
  * prompt chunks, round-robin over clients and oldest first, within the step budget and the KV
  * blocks there are. Returns the number of parts; *n_dec of them are decode rows. */
@@ -1060,7 +1175,8 @@ static int plan_parts(srv__sched *sc, int *n_dec)
     if (full)
         sc->decode_rr = (last + 1) % sc->max_seqs;
     *n_dec = n;
-    budget = srv__step_budget_prompt_rows(&sc->budget, n);
+    int drafts = n <= SPEC_MAX_DECODE ? plan_drafts(sc, n, budget) : 0;
+    budget = srv__step_budget_prompt_rows(&sc->budget, n) - drafts;
     int np = 0, extra = PROMPT_LOGIT_ROWS;
     for (int i = 0; i < sc->max_seqs; i++)
         if (sc->seqs[i].job && sc->seqs[i].n_past < sc->seqs[i].n_fill)
@@ -1105,7 +1221,7 @@ static int fill_rows(srv__sched *sc, int n_parts, bool *any_set)
             sc->b_tok[r] = s->hist[pos];
             sc->b_pos[r] = pos;
             sc->b_slot[r] = s->slot;
-            sc->b_want[r] = pt->all || (pt->want && k == pt->n - 1);
+            sc->b_want[r] = pt->all || pt->spec || (pt->want && k == pt->n - 1);
             sc->b_sets[r] = s->set;
         }
     }
@@ -1125,7 +1241,7 @@ static int hist_bin(int rows)
 static void step_done(srv__sched *sc, int n_parts, int n_rows, int n_dec, bool ok, double t0)
 {
     double dt = core_now() - t0;
-    int prompt_rows = 0, sampled = 0;
+    int prompt_rows = 0, sampled = 0, draft_rows = 0;
     pthread_mutex_lock(&sc->sh->mu);
     for (int p = 0; ok && p < n_parts; p++) {
         const srv__part *pt = &sc->parts[p];
@@ -1133,7 +1249,13 @@ static void step_done(srv__sched *sc, int n_parts, int n_rows, int n_dec, bool o
             prompt_rows += pt->n;
             pt->j->lstat->prompt_tokens += (uint64_t)pt->n;
         }
-        if (pt->want) {
+        if (pt->spec) {
+            sampled += pt->made;
+            pt->j->lstat->generated_tokens += (uint64_t)pt->made;
+            draft_rows += pt->spec;
+            sc->sh->stats.spec_draft_tokens += (uint64_t)pt->spec;
+            sc->sh->stats.spec_accepted_tokens += (uint64_t)pt->accepted;
+        } else if (pt->want) {
             sampled++;
             pt->j->lstat->generated_tokens++;
         }
@@ -1152,7 +1274,8 @@ static void step_done(srv__sched *sc, int n_parts, int n_rows, int n_dec, bool o
     st->prompt_tokens += (uint64_t)prompt_rows;
     st->generated_tokens += (uint64_t)sampled;
     double target = sc->budget.step_target_ms;
-    if (ok && srv__step_budget_observe(&sc->budget, n_dec, prompt_rows, dt * 1e3))
+    /* a draft row costs what a prompt row beside decode rows does */
+    if (ok && srv__step_budget_observe(&sc->budget, n_dec, prompt_rows + draft_rows, dt * 1e3))
         st->steps_over_target++;
     if (target > 0)
         st->step_target_ms = target;
@@ -1200,8 +1323,8 @@ void srv__sched_step(srv__sched *sc)
     int n_req = 0;
     for (int p = 0, row = 0; p < n_parts && rc == 0; p++) {
         srv__part *pt = &sc->parts[p];
-        row += pt->all ? pt->n : pt->want ? 1 : 0;
-        if (!pt->want || pt->j->max_tokens == 0)
+        row += pt->all || pt->spec ? pt->n : pt->want ? 1 : 0;
+        if (!pt->want || pt->j->max_tokens == 0 || pt->spec) /* drafts: verified in order */
             continue;
         srv__seq *s = pt->s;
         sc->sreq[n_req++] =
@@ -1220,6 +1343,12 @@ void srv__sched_step(srv__sched *sc)
             char msg[300];
             snprintf(msg, sizeof msg, "forward pass failed: %s", err);
             seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, msg);
+            sc->changed[sc->n_changed++] = pt->j;
+            continue;
+        }
+        if (pt->spec) {
+            spec_verify(sc, pt, sc->logits + (size_t)out * (size_t)sc->n_vocab);
+            out += pt->n;
             sc->changed[sc->n_changed++] = pt->j;
             continue;
         }

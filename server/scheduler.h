@@ -32,7 +32,11 @@ typedef struct srv__seq {
     bool stalled;    /* no KV block for its decode row this step */
     uint8_t *ctx;    /* the prefix cache's context: the set's (content hash, weight) items */
     size_t ctx_len, ctx_cap;
-    int n_gen;     /* tokens sampled and kept (EOG excluded) */
+    int n_gen; /* tokens sampled and kept (EOG excluded) */
+    /* speculative decoding (prompt lookup): the most drafts a step (0: off), how many it may
+       propose next (adapts to what was accepted), steps to wait before drafting again after
+       drafts were all rejected, and such rejections in a row. Drafts go into hist after n_hist */
+    int spec_max, spec_k, spec_wait, spec_misses;
     srv_text text; /* sampled tokens and decoded bytes not yet handed to the job */
 } srv__seq;
 
@@ -58,6 +62,9 @@ typedef struct srv__part {
     bool want;    /* the last row needs logits */
     bool prefill; /* prompt rows (else one decode row) */
     bool all;     /* every row needs logits (the job records prompt logprobs) */
+    int spec;     /* decode row plus this many draft tokens, each with logits */
+    int made;     /* with spec: tokens sampled (1 + drafts accepted, fewer if it ended) */
+    int accepted; /* with spec: drafts accepted */
     uint64_t key; /* set key, for ordering rows by lora set */
 } srv__part;
 
@@ -100,7 +107,8 @@ typedef struct srv__sched {
     size_t text_scratch;             /* srv_text_scratch_cap of the tokenizer */
     srv_job **changed;               /* (n_changed) to notify after the step; capacity max_seqs */
     int n_changed;
-    unsigned prefill_rr; /* turns the clients whose oldest prompt is prefilled first */
+    unsigned prefill_rr;    /* turns the clients whose oldest prompt is prefilled first */
+    int spec_k, spec_ngram; /* the server's speculative decoding default (0: off) */
 } srv__sched;
 
 /* What srv__sched_init takes. */
@@ -112,6 +120,8 @@ typedef struct srv__sched_cfg {
     bool kv_f16;
     size_t kv_pool_bytes; /* the KV pool (at least one sequence of n_ctx positions) */
     bool prefix_cache;
+    int spec_k, spec_ngram; /* speculative decoding for jobs that do not choose: draft tokens
+                               per step (0: off), n-gram length of the prompt lookup */
     adapter_registry *reg;
     srv__shared *sh;
 } srv__sched_cfg;

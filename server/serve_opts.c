@@ -13,6 +13,7 @@
 
 #include "server/cli.h"
 #include "server/cli_serve.h"
+#include "server/engine.h"
 #include "server/log.h"
 
 #define CONFIG_MAX (1 << 20) /* bytes of a config file */
@@ -58,6 +59,11 @@ static void serve_usage(FILE *out)
         "                            printed at start-up); at least one --ctx sequence\n"
         "      --no-prefix-cache     do not reuse the KV of earlier prompts (same tokens\n"
         "                            under the same adapters)\n"
+        "      --spec-k K            speculative decoding for every request that does not\n"
+        "                            choose: up to K draft tokens a step from prompt lookup\n"
+        "                            (0-16; default 0 = off; a request's \"speculative\"\n"
+        "                            turns it on or off for itself)\n"
+        "      --spec-ngram N        n-gram length the lookup matches (1-8, default 3)\n"
         "      --queue-limit N       requests waiting beyond the running ones (default "
         "256);\n"
         "                            more get 429\n"
@@ -148,6 +154,8 @@ static const struct serve_opt {
      false},
     {"kv-cache-mb", NULL, 0, 1L << 30, offsetof(srv_serve_opts, kv_cache_mb), K_INT, false},
     {"no-prefix-cache", NULL, 0, 0, offsetof(srv_serve_opts, no_prefix_cache), K_SWITCH, false},
+    {"spec-k", NULL, 0, SRV_SPEC_K_MAX, offsetof(srv_serve_opts, spec_k), K_INT, false},
+    {"spec-ngram", NULL, 1, SRV_SPEC_NGRAM_MAX, offsetof(srv_serve_opts, spec_ngram), K_INT, false},
     {"queue-limit", NULL, 1, 1 << 20, offsetof(srv_serve_opts, queue_limit), K_INT, false},
     {"api-key", NULL, 0, 0, offsetof(srv_serve_opts, api_key), K_STR, true},
     {"admin-key", NULL, 0, 0, offsetof(srv_serve_opts, admin_key), K_STR, true},
@@ -179,6 +187,7 @@ static void defaults(srv_serve_opts *o)
     o->http_threads = 2;
     o->max_batch_tokens = 512;
     o->max_step_ms = -1;
+    o->spec_ngram = 3;
     o->prefill_chunk = 256;
     o->max_seqs = 32;
     o->queue_limit = 256;

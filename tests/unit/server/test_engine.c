@@ -93,6 +93,7 @@ typedef struct jobspec {
     int max_tokens;
     int logprobs;
     int n_stop;
+    int spec_k, spec_ngram; /* speculative decoding (srv_job_params) */
 } jobspec;
 
 static void on_notify(void *ud)
@@ -124,6 +125,8 @@ static srv_job *job_make(srv_engine *e, const jobspec *sp, jobrun *r)
     for (int i = 0; i < sp->n_stop; i++)
         p.stop[i] = sp->stop[i];
     p.n_stop = sp->n_stop;
+    p.spec_k = sp->spec_k;
+    p.spec_ngram = sp->spec_ngram;
     char err[256] = "";
     if (sp->select || sp->item) {
         adapter_sel_item it = {.weight = sp->item_w ? sp->item_w : 1.0f};
@@ -1191,4 +1194,58 @@ TEST(engine_new_errors)
     o.registry_dir = "/nonexistent/registry";
     CHECK(!srv_engine_new(&o, err, sizeof err));
     CHECK_MSG(strstr(err, "/nonexistent/registry"), "message: %s", err);
+}
+
+/* Speculative decoding (prompt lookup) changes no token: greedy and seeded sampling give the
+ * same tokens with and without drafts, with and without adapters, alone and three at once in
+ * one batch; on a prompt that repeats itself most drafts are accepted. */
+TEST(engine_speculative_same_tokens)
+{
+    TEST_NEED_MODEL();
+    srv_engine *e = engine_open(FIX, 4, 0);
+    CHECK(e);
+    const char *prompt = "one two three four five six seven eight nine ten, one two three four "
+                         "five six seven eight nine ten, one two three four";
+    const char *selects[2] = {NULL, "tree/fr/legal/alice"};
+    float temps[2] = {0.0f, 0.8f};
+    srv_engine_stats s0, s1;
+    srv_engine_stats_get(e, &s0);
+    for (int c = 0; c < 4; c++) {
+        jobspec off = {.prompt = prompt,
+                       .select = selects[c & 1],
+                       .temperature = temps[c >> 1],
+                       .seed = 11,
+                       .max_tokens = 32,
+                       .spec_k = -1};
+        jobspec on = off;
+        on.spec_k = 8;
+        on.spec_ngram = 2;
+        int32_t a[MAXTOK], b[MAXTOK];
+        int na = run_alone(e, &off, a, NULL), nb = run_alone(e, &on, b, NULL);
+        CHECK_MSG(na > 0 && same_ids(a, na, b, nb),
+                  "%s, temperature %.1f: %d tokens without drafts, %d with, not the same",
+                  selects[c & 1] ? selects[c & 1] : "base", (double)temps[c >> 1], na, nb);
+        /* three at once, in one batch (each with its own drafts) */
+        jobrun r[3];
+        for (int i = 0; i < 3; i++)
+            CHECK(job_make(e, &on, &r[i]));
+        for (int i = 0; i < 3; i++)
+            CHECK_EQ_INT(srv_engine_submit(e, r[i].j), 0);
+        for (int i = 0; i < 3; i++) {
+            srv_job_status st;
+            wait_done(r[i].j, &st);
+            int32_t t[MAXTOK];
+            int nt = job_ids(r[i].j, t, MAXTOK);
+            CHECK_MSG(same_ids(a, na, t, nt), "batched job %d differs from plain decoding", i);
+            job_drop(&r[i]);
+        }
+    }
+    srv_engine_stats_get(e, &s1);
+    uint64_t drafted = s1.spec_draft_tokens - s0.spec_draft_tokens,
+             accepted = s1.spec_accepted_tokens - s0.spec_accepted_tokens;
+    printf("    drafts: %llu verified, %llu accepted\n", (unsigned long long)drafted,
+           (unsigned long long)accepted);
+    CHECK_MSG(drafted > 0 && accepted * 2 > drafted, "%llu of %llu drafts accepted",
+              (unsigned long long)accepted, (unsigned long long)drafted);
+    srv_engine_free(e);
 }

@@ -484,6 +484,52 @@ TEST(req_min_tokens_against_the_max_in_force)
     srv_request_deinit(&r);
 }
 
+TEST(req_speculative)
+{
+    /* absent or null: the server's setting; false: off; true: on with 8 drafts and the
+       server's n-gram; an object: each field optional, k 0 = off. */
+    static const struct {
+        const char *body;
+        int k, ngram;
+    } ok[] = {
+        {"{'prompt':'x'}", 0, 0},
+        {"{'prompt':'x','speculative':null}", 0, 0},
+        {"{'prompt':'x','speculative':false}", -1, 0},
+        {"{'prompt':'x','speculative':true}", 8, 0},
+        {"{'prompt':'x','speculative':{}}", 8, 0},
+        {"{'prompt':'x','speculative':{'k':16,'ngram':8}}", 16, 8},
+        {"{'prompt':'x','speculative':{'k':0}}", -1, 0},
+        {"{'prompt':'x','speculative':{'ngram':1}}", 8, 1},
+    };
+    srv_request r;
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        PARSE_OK(C, ok[i].body, &r);
+        CHECK_MSG(r.spec_k == ok[i].k && r.spec_ngram == ok[i].ngram, "%s: k %d ngram %d",
+                  ok[i].body, r.spec_k, r.spec_ngram);
+        srv_request_deinit(&r);
+    }
+    static const struct {
+        const char *body, *param, *msg;
+    } bad[] = {
+        {"{'prompt':'x','speculative':3}", "speculative",
+         "speculative: expected an object {\"k\": K, \"ngram\": N} or a boolean, got number"},
+        {"{'prompt':'x','speculative':{'k':17}}", "speculative.k",
+         "speculative.k: must be an integer in [0, 16], got 17"},
+        {"{'prompt':'x','speculative':{'ngram':0}}", "speculative.ngram",
+         "speculative.ngram: must be an integer in [1, 8], got 0"},
+        {"{'prompt':'x','speculative':{'k':2.5}}", "speculative.k",
+         "speculative.k: expected an integer, got 2.5"},
+        {"{'prompt':'x','speculative':{'draft':4}}", "speculative.draft",
+         "speculative.draft: unknown field (expected k and ngram)"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char err[256], param[SRV_PARAM_MAX];
+        CHECK_EQ_INT(parse_q(C, bad[i].body, &r, err, param), -EINVAL);
+        CHECK_EQ_STR(param, bad[i].param);
+        CHECK_EQ_STR(err, bad[i].msg);
+    }
+}
+
 TEST(req_user_limit)
 {
     /* "user" (the scheduler's fairness key): a string of at most SRV_USER_BYTES_MAX bytes. */

@@ -1,0 +1,205 @@
+/* `make bench`, speculative decoding: the engine (no HTTP) decoding with and without prompt-lookup
+ * drafts, on a copy task (the answer repeats the prompt: most drafts are accepted) and on free
+ * generation (few are), one stream and several at once, up to a full batch where the scheduler
+ * drafts nothing (the rows would cost their full compute). Plain and speculative runs alternate
+ * and each figure is the median of three, so the host's drift hits both alike. tok/s are end to
+ * end: every stream's tokens over the time from submission to the last one's end.
+ *
+ * usage: bench_spec [-m MODEL] [-n TOKENS] */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/kernels/blas.h"
+#include "core/text/tokenizer.h"
+#include "server/engine.h"
+
+#define MAX_JOBS 16
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static const char *const COPY =
+    "<|im_start|>user\nCopy this text exactly, word for word:\n\nAdapters are small low-rank "
+    "matrices added to the frozen weights of a base model. The server keeps one base model in "
+    "memory and loads many adapters from a tree of languages, domains and users. Every request "
+    "names its adapters, and all the requests of a step share one matrix product per layer, "
+    "whatever adapters they use. Loading an adapter takes milliseconds, and evicting one frees "
+    "its memory at once.<|im_end|>\n<|im_start|>assistant\n";
+static const char *const FREE = "<|im_start|>user\nWrite a short story about a cat who learns "
+                                "to fly.<|im_end|>\n<|im_start|>assistant\n";
+
+typedef struct run {
+    double tok_s;          /* generated tokens / wall time from submission to the last end */
+    uint64_t drafted, acc; /* draft tokens verified and accepted during the run */
+} run;
+
+static void cpu_name(char *out, size_t cap)
+{
+    snprintf(out, cap, "unknown CPU");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return;
+    char line[256];
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "model name", 10)) {
+            char *p = strchr(line, ':');
+            if (p) {
+                p += 1 + (p[1] == ' ');
+                p[strcspn(p, "\n")] = 0;
+                snprintf(out, cap, "%s", p);
+            }
+            break;
+        }
+    fclose(f);
+}
+
+/* n_jobs streams of prompt, each max_tokens tokens (EOG ignored, so every run makes as many),
+ * greedy, with spec_k drafts a step (-1: off). 0, or -1 on failure. */
+static int measure(srv_engine *e, const int32_t *ids, int n_ids, int n_jobs, int max_tokens,
+                   int spec_k, run *out)
+{
+    srv_job *jobs[MAX_JOBS];
+    srv_engine_stats s0, s1;
+    srv_engine_stats_get(e, &s0);
+    char err[256] = "";
+    for (int i = 0; i < n_jobs; i++) {
+        srv_job_params p = {.prompt = ids,
+                            .n_prompt = n_ids,
+                            .max_tokens = max_tokens,
+                            .ignore_eos = true,
+                            .spec_k = spec_k,
+                            .logprobs = -1};
+        core_sampler_params_default(&p.sampling);
+        p.sampling.temperature = 0;
+        jobs[i] = srv_job_new(&p, NULL, NULL, err, sizeof err);
+        if (!jobs[i]) {
+            fprintf(stderr, "bench_spec: %s\n", err);
+            return -1;
+        }
+    }
+    double t0 = now_s();
+    for (int i = 0; i < n_jobs; i++)
+        if (srv_engine_submit(e, jobs[i]) != 0) {
+            fprintf(stderr, "bench_spec: submit refused\n");
+            return -1;
+        }
+    int done = 0, tokens = 0;
+    double end = 0;
+    while (done < n_jobs) {
+        usleep(200);
+        done = 0;
+        for (int i = 0; i < n_jobs; i++) {
+            srv_job_status st;
+            srv_job_status_get(jobs[i], &st);
+            done += st.finish != SRV_FINISH_NONE;
+        }
+    }
+    end = now_s() - t0;
+    for (int i = 0; i < n_jobs; i++) {
+        srv_job_status st;
+        srv_job_status_get(jobs[i], &st);
+        if (st.finish != SRV_FINISH_LENGTH) {
+            fprintf(stderr, "bench_spec: a job ended %d: %s\n", (int)st.finish, st.error);
+            return -1;
+        }
+        tokens += st.completion_tokens;
+        srv_job_unref(jobs[i]);
+    }
+    srv_engine_stats_get(e, &s1);
+    out->tok_s = (double)tokens / end;
+    out->drafted = s1.spec_draft_tokens - s0.spec_draft_tokens;
+    out->acc = s1.spec_accepted_tokens - s0.spec_accepted_tokens;
+    return 0;
+}
+
+static int cmp_run(const void *a, const void *b)
+{
+    double x = ((const run *)a)->tok_s, y = ((const run *)b)->tok_s;
+    return (x > y) - (x < y);
+}
+
+static int scenario(srv_engine *e, const char *name, const char *text, int n_jobs, int max_tokens,
+                    int k)
+{
+    const core_tokenizer *tok = srv_engine_tokenizer(e);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (core_tokenize(tok, text, strlen(text), true, &ids, &n) < 0)
+        return -1;
+    run plain[3], spec[3];
+    int rc = measure(e, ids, (int)n, 1, 8, -1, &plain[0]); /* warm up */
+    for (int r = 0; r < 3 && rc == 0; r++) {
+        rc = measure(e, ids, (int)n, n_jobs, max_tokens, -1, &plain[r]);
+        if (rc == 0)
+            rc = measure(e, ids, (int)n, n_jobs, max_tokens, k, &spec[r]);
+    }
+    free(ids);
+    if (rc)
+        return rc;
+    qsort(plain, 3, sizeof *plain, cmp_run);
+    qsort(spec, 3, sizeof *spec, cmp_run);
+    const run *p = &plain[1], *s = &spec[1];
+    printf("  %-24s %2d stream%s: plain %7.1f tok/s, speculative %7.1f tok/s (%.2fx); drafts %llu, "
+           "%.0f%% accepted\n",
+           name, n_jobs, n_jobs > 1 ? "s" : " ", p->tok_s, s->tok_s, s->tok_s / p->tok_s,
+           (unsigned long long)s->drafted,
+           s->drafted ? 100.0 * (double)s->acc / (double)s->drafted : 0.0);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    char msg[256] = "";
+    core_blas_ensure_kernel(argc, argv, msg, sizeof msg);
+    const char *path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    int max_tokens = 128;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-m") && i + 1 < argc)
+            path = argv[++i];
+        else if (!strcmp(argv[i], "-n") && i + 1 < argc)
+            max_tokens = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: bench_spec [-m MODEL] [-n TOKENS]\n");
+            return 2;
+        }
+    }
+    srv_engine_opts o;
+    srv_engine_opts_default(&o);
+    o.model_path = path;
+    o.watch = false;
+    o.verbose = 0;
+    o.max_seqs = MAX_JOBS;
+    o.n_ctx = 1024;
+    o.no_prefix_cache = true; /* every run computes its prompt */
+    o.max_step_ms = 0;        /* prompts prefilled in full steps: the streams decode together */
+    o.spec_ngram = 3;
+    char err[256] = "";
+    srv_engine *e = srv_engine_new(&o, err, sizeof err);
+    if (!e) {
+        fprintf(stderr, "bench_spec: %s\n", err);
+        return 1;
+    }
+    char cpu[128];
+    cpu_name(cpu, sizeof cpu);
+    int k = 8;
+    printf("speculative decoding (prompt lookup, up to %d drafts, 3-gram), greedy, %d tokens a "
+           "stream, %s:\n",
+           k, max_tokens, cpu);
+    int rc = scenario(e, "copy task", COPY, 1, max_tokens, k);
+    if (!rc)
+        rc = scenario(e, "free generation", FREE, 1, max_tokens, k);
+    if (!rc)
+        rc = scenario(e, "copy task", COPY, 4, max_tokens, k);
+    if (!rc)
+        rc = scenario(e, "copy task (full batch)", COPY, MAX_JOBS, max_tokens, k);
+    srv_engine_free(e);
+    return rc ? 1 : 0;
+}
