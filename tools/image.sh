@@ -121,6 +121,10 @@ EOF
         find "$r/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
 }
 
+umount_under() { # DIR: what debootstrap may have left mounted below DIR (an interrupted run)
+    findmnt -rn -o TARGET | { grep "^$1/" || true; } | sort -r | xargs -r umount -l
+}
+
 ensure_bases() { # debian:12 and debian:12-slim in local storage, debootstrapped once
     local names=() n missing=0 t mirror root=$WORK/rootfs ctr mnt
     mapfile -t names < <(awk 'toupper($1) == "FROM" { print $2 }' Dockerfile | sort -u)
@@ -140,6 +144,7 @@ ensure_bases() { # debian:12 and debian:12-slim in local storage, debootstrapped
     mirror=${mirror:-http://deb.debian.org/debian}
     t=$(now)
     echo "image: debootstrap --variant=minbase bookworm from $mirror (log: $WORK/debootstrap.log)"
+    umount_under "$root"
     rm -rf "$root"
     if ! nice -n 10 debootstrap --variant=minbase bookworm "$root" "$mirror" \
         >"$WORK/debootstrap.log" 2>&1; then
@@ -147,16 +152,17 @@ ensure_bases() { # debian:12 and debian:12-slim in local storage, debootstrapped
         echo "image: debootstrap failed (can this machine reach $mirror?)" >&2
         exit 1
     fi
-    findmnt -rn -o TARGET | { grep "^$root/" || true; } | sort -r | xargs -r umount -l
+    umount_under "$root"
     configure_root "$root" "$mirror"
     echo "image: debootstrap done in $(($(now) - t)) s, $(du -sm "$root" | cut -f1) MB"
     for variant in full slim; do
+        bh rm "adaptree-base-$variant" >/dev/null 2>&1 || true # left by an interrupted run
         ctr=$(bh from --pull=never --name "adaptree-base-$variant" scratch)
         mnt=$(bh mount "$ctr")
         cp -a "$root/." "$mnt/"
         [ "$variant" = full ] || slimify "$mnt"
         bh umount "$ctr" >/dev/null
-        bh config --os linux --arch amd64 --cmd bash \
+        bh config --os linux --arch "$(dpkg --print-architecture)" --cmd bash \
             --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
             --label "org.adaptree.base=debootstrap minbase bookworm $(date -u +%Y-%m-%d) $mirror" \
             "$ctr"
