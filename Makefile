@@ -66,7 +66,7 @@ DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d \
            $(BUILD)/obj/tests/bench/bench_spec.d
 
 .PHONY: install uninstall all test unit run cluster vocab bench bench-peer bench-server plots asan tsan fuzz format lint clean deps venv \
-        model gemma tiny help docker-check FORCE
+        model gemma tiny help image docker-check FORCE
 
 comma := ,
 space := $(subst ,, )
@@ -87,7 +87,8 @@ help:
 	@echo "make lint       clang-tidy + module-direction check;  make format"
 	@echo "make install    PREFIX=/usr/local DESTDIR=: bin/adaptree, share/adaptree, share/doc"
 	@echo "make V=1        show the commands; make -jN: N jobs (default: one per CPU)"
-	@echo "make docker-check  build the Dockerfile in debootstrapped roots, check the image (root)"
+	@echo "make image      build the Dockerfile with buildah (adaptree:latest; root)"
+	@echo "make docker-check  make image, then check the built image (uid, ldd, health, stop...)"
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -328,11 +329,16 @@ $(BUILD)/fuzz/%: tests/fuzz/%.c $(BUILD)/fuzz/libfuzzdeps.a
 
 -include $(FUZZ_LIB_OBJ:.o=.d)
 
-# Replays the Dockerfile in debootstrapped Debian 12 roots and checks the image (as root; no
-# Docker engine needed). Not part of `make test`. DOCKER_CHECK_ARGS="--ref HEAD" checks the
-# committed tree, "--fresh" debootstraps the cached base again, "-v" shows every RUN's output.
-docker-check:
-	@tools/docker_check.sh $(DOCKER_CHECK_ARGS)
+# The Dockerfile built with buildah (installed if missing; no Docker engine, no registry: the
+# debian:12 and debian:12-slim bases are debootstrapped once from the Debian mirror), then the
+# built image checked. As root; not part of `make test`. Variables (environment or make
+# command line): IMAGE (adaptree:latest), BUILDAH_ISOLATION (chroot), BUILDAH_STORAGE_DRIVER
+# (overlay), IMAGE_FRESH=1 (debootstrap the bases again), DEBIAN_MIRROR, HEALTH_WAIT (90).
+image:
+	@tools/image.sh build
+
+docker-check: image
+	@tools/image.sh check
 
 # make install [PREFIX=/usr/local] [DESTDIR=staging]: the binary, the chat templates the README
 # names (templates/), the Grafana dashboard, README and LICENSE. Models and the registry are
