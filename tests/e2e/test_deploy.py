@@ -881,4 +881,4 @@ def haproxy_accepts_the_shared_config():
 
 
 if __name__ == "__main__":
-    sys.exit(suite.main())
+    sys.exit(e2e.run_file(__file__))
