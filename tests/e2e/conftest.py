@@ -10,9 +10,8 @@ written, README "Tests" how to run one).
   the module failed, printed after the failures (E2E_VERBOSE=1: whole logs).
 - The budget: SIGALRM after suite.budget * SLOW seconds raises TimeoutError in the test (or
   setup, or teardown) running then; the tests left fail as not run (their bodies are not called;
-  the suite's shutdown test still runs). If the run
-  is still not done 60 * SLOW seconds later it prints its counts and exits 1 (the servers die
-  with it: PR_SET_PDEATHSIG). SIGTERM interrupts the run like ^C (teardowns still run).
+  the suite's shutdown test still runs). If the run is still not done 60 * SLOW seconds later,
+  it prints its counts and exits 1 (the servers die with it: PR_SET_PDEATHSIG). SIGTERM interrupts the run like ^C (teardowns still run).
 - e2e.Skip in a test is a pytest skip; e2e.Fail an ordinary failure with its message.
 - Fixtures: registry / registry_factory (a private copy of registry/ for one test) and
   server_factory (servers for one test, stopped and checked at its teardown).
@@ -24,7 +23,6 @@ written, README "Tests" how to run one).
 import os
 import signal
 import sys
-import time
 
 import pytest
 
@@ -168,7 +166,6 @@ def e2e_suite(request):
     STATE.suite = suite
     STATE.suites.append(suite)
     suite.expired = False
-    suite.t0 = time.time()
     signal.alarm(max(1, int(suite.budget * e2e.SLOW)))
     try:
         setup = getattr(mod, "setup", None)
@@ -311,7 +308,6 @@ def pytest_unconfigure(config):
     if config.option.collectonly:
         return
     # Interrupted (SIGTERM, ^C) or an internal error: that is one failure more.
-    broken = STATE.exitstatus in (pytest.ExitCode.INTERRUPTED,
-                                                  pytest.ExitCode.INTERNAL_ERROR)
+    broken = STATE.exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
     sys.stdout.write(STATE.last_line(extra_failed=int(broken)) + "\n")
     sys.stdout.flush()
