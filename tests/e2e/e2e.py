@@ -1,16 +1,31 @@
-"""The end-to-end harness: starts a real `$BUILD/adaptree serve` on a free 127.0.0.1 port, talks
-to it with plain http.client (so every byte sent is under the test's control), and runs a list of
-test functions with a tiny runner whose last line is "N passed, N failed, N skipped"
-(tools/run_tests.sh).
+"""The end-to-end harness: helpers for the pytest suites tests/e2e/test_*.py. A Server starts a
+real `$BUILD/adaptree serve` on a free 127.0.0.1 port; request() and stream() talk to it with plain
+http.client (so every byte sent is under the test's control); check(), eq(), wait_until() and
+friends fail a test with a message (Fail); Skip skips it.
 
-Every suite is bounded: each HTTP call has a timeout, the whole suite has an alarm, and the
-server is always stopped (try/finally, plus PR_SET_PDEATHSIG so it dies with the runner even if
-the runner is killed). Under a sanitizer build (BUILD contains "asan"/"tsan") every timeout is
-multiplied by SLOW. Stopping the server is itself a test: SIGTERM must make it exit 0 without
-a sanitizer report.
+A suite module makes `suite = e2e.Suite("name", budget=...)`, may define setup() that starts its
+shared servers with suite.server([...]).start() into module globals, and registers its tests in
+order with @suite.test. tests/e2e/conftest.py turns that into pytest: the registered functions
+(only those) are collected in their order, so -k selects them and --junitxml reports them; a
+module fixture runs setup() once (a setup that fails fails every test of the module; Skip in it
+skips them), arms the suite's budget, and one more test per module that has a setup(),
+`servers_exit_0_on_sigterm`, checks that SIGTERM makes every server still running exit 0 without
+a sanitizer report. Tests may also take the fixtures `registry`, `registry_factory` and
+`server_factory` (a server started for that test alone, checked the same way at its teardown).
+The run's last line is "N passed, N failed, N skipped" (tools/run_tests.sh sums it).
+
+Every suite is bounded: each HTTP call has a timeout, the whole suite has an alarm (the test
+running then fails, the ones left fail as not run; past a further grace the run exits), and every
+server is always stopped (fixture teardown, plus PR_SET_PDEATHSIG so it dies with the runner even
+if the runner is killed). Under a sanitizer build (BUILD contains "asan"/"tsan") every timeout is
+multiplied by SLOW.
+
+Run one suite: sh tests/e2e/run_NAME.sh [pytest args, e.g. -k expr] (or E2E_K=expr), or
+.venv/bin/python -m pytest tests/e2e/test_NAME.py; the run_*.sh scripts write JUnit XML to
+$BUILD/e2e-junit/NAME.xml. `python tests/e2e/test_NAME.py` runs that file under pytest too.
 
 Environment: BUILD (default build), ADAPTREE_MODEL (default models/SmolLM2-135M-Instruct.Q4_1.gguf),
-E2E_VERBOSE=1 prints the server log of failing suites in full.
+E2E_VERBOSE=1 prints the server logs of failing suites in full (else their last 80 lines).
 """
 
 import ctypes
@@ -25,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.environ.get("BUILD", "build")
@@ -114,6 +128,10 @@ class Server:
     def start(self, timeout=60, port=None):
         """Starts the server (on port, e.g. its old one for a restart; else a free one) and waits
         for /health."""
+        if not os.access(ADAPTREE, os.X_OK):
+            raise Fail(f"{ADAPTREE} is missing: build it first (make BUILD={BUILD})")
+        if not os.path.exists(self.model):
+            raise Fail(f"{self.model} is missing: make model")
         self.port = port or free_port()
         self.exit_code = None
         fd, self.log_path = tempfile.mkstemp(prefix=f"adaptree-e2e-{self.name}-", suffix=".log")
@@ -381,24 +399,49 @@ class Background:
         return self.value
 
 
-# ---- the runner ----------------------------------------------------------------------------
+# ---- the suite ---------------------------------------------------------------------------
+
+
+def shutdown_check(s):
+    """SIGTERM must make a server exit 0 with no sanitizer report. Returns None when there is
+    nothing to check (never started, refused at start-up: that is the failure of the test that
+    started it; already stopped by its test), else (ok, what it found)."""
+    if s.proc is None or not s.ready or s.exit_code is not None:
+        return None
+    if s.proc.poll() is not None:
+        s.exit_code = s.proc.returncode
+        return False, f"{s.name} is not running at the end: it had exited with {s.exit_code}\n" \
+            + s.log_tail()
+    rc = s.stop()
+    san = s.sanitizer_report()
+    if rc == 0 and san is None:
+        return True, f"{s.name} exits 0 on SIGTERM, no sanitizer report"
+    return False, f"{s.name}: exit {rc} on SIGTERM, sanitizer: {san}\n{s.log_tail(60)}"
 
 
 class Suite:
-    """Tests run in order; a failing test prints why and the run goes on. The last line is
-    "N passed, N failed, N skipped". budget: seconds for the whole suite (times SLOW)."""
+    """One suite module's state: its name, its budget (seconds for the whole suite, times SLOW),
+    its tests in order (@suite.test), the servers it started (suite.server: their logs are
+    printed when a test fails, and they are stopped at the end) and a temporary directory
+    (suite.tmp, made on first use, removed at the end). tests/e2e/conftest.py runs it."""
 
     def __init__(self, name, budget=120):
         self.name = name
         self.budget = budget
         self.tests = []
-        self.passed = 0
-        self.failed = 0
-        self.skipped = 0
         self.servers = []
-        self.tmp = tempfile.mkdtemp(prefix=f"adaptree-e2e-{name}-")
+        self._tmp = None
+        self.expired = False  # the budget ran out: the tests left fail as not run
+
+    @property
+    def tmp(self):
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix=f"adaptree-e2e-{self.name}-")
+        return self._tmp
 
     def test(self, fn):
+        """Registers fn as the suite's next test: pytest collects it (by its name) in this order."""
+        fn._e2e_test = True
         self.tests.append(fn)
         return fn
 
@@ -407,85 +450,17 @@ class Suite:
         self.servers.append(s)
         return s
 
-    def record(self, name, ok, detail="", t=0.0):
-        if ok:
-            self.passed += 1
-            print(f"ok   {self.name}: {name} ({t:.1f}s)", flush=True)
-        else:
-            self.failed += 1
-            print(f"FAIL {self.name}: {name}: {detail}", flush=True)
+    def cleanup(self):
+        """Kills what is still running, removes the logs and the temporary directory."""
+        for s in self.servers:
+            s.cleanup()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
-    def run_one(self, fn):
-        t0 = time.time()
-        try:
-            fn()
-            self.record(fn.__name__, True, t=time.time() - t0)
-        except Skip as e:
-            self.skipped += 1
-            print(f"skip {self.name}: {fn.__name__}: {e}", flush=True)
-        except Fail as e:
-            self.record(fn.__name__, False, str(e))
-        except Exception as e:  # a test that crashes is a failed test, with its traceback
-            self.record(fn.__name__, False,
-                        f"{type(e).__name__}: {e}\n" + traceback.format_exc(limit=4))
 
-    def check_shutdown(self, s):
-        """SIGTERM exits 0 with no sanitizer report: a test of its own."""
-        t0 = time.time()
-        if s.proc is None or not s.ready:  # a failed start is the failure of the test that made it
-            return
-        if s.proc.poll() is not None and s.exit_code is None:
-            s.exit_code = s.proc.returncode
-            self.record(f"{s.name} still running at the end", False,
-                        f"it had exited with {s.exit_code}\n{s.log_tail()}")
-            return
-        rc = s.stop()
-        san = s.sanitizer_report()
-        ok = rc == 0 and san is None
-        self.record(f"{s.name} exits 0 on SIGTERM, no sanitizer report", ok,
-                    f"exit {rc}, sanitizer: {san}\n{s.log_tail(60)}", time.time() - t0)
+def run_file(path):
+    """`python tests/e2e/test_x.py [pytest args]`: runs that one file under pytest."""
+    import pytest
 
-    def main(self, setup=None):
-        """setup() starts the servers (via self.server(...).start()); then every test runs."""
-
-        def on_alarm(signum, frame):
-            raise TimeoutError(f"suite budget of {self.budget * SLOW:.0f} s exceeded")
-
-        def on_term(signum, frame):
-            raise KeyboardInterrupt("terminated")
-
-        signal.signal(signal.SIGALRM, on_alarm)
-        signal.signal(signal.SIGTERM, on_term)
-        signal.alarm(int(self.budget * SLOW))
-        done = 0
-        t0 = time.time()
-        try:
-            if not os.access(ADAPTREE, os.X_OK):
-                raise Fail(f"{ADAPTREE} is missing: build it first (make BUILD={BUILD})")
-            if not os.path.exists(MODEL):
-                raise Fail(f"{MODEL} is missing: make model")
-            if setup:
-                setup()
-            for fn in self.tests:
-                self.run_one(fn)
-                done += 1
-            for s in self.servers:
-                if s.exit_code is None:
-                    self.check_shutdown(s)
-        except (Fail, TimeoutError, KeyboardInterrupt) as e:
-            self.record("suite", False, f"{e}")
-            left = len(self.tests) - done
-            if left > 0:
-                print(f"FAIL {self.name}: {left} test(s) not run", flush=True)
-        finally:
-            signal.alarm(0)
-            bad = self.failed > 0
-            n_log = 100000 if os.environ.get("E2E_VERBOSE") else 80
-            for s in self.servers:
-                if bad and s.log_path:
-                    print(f"--- {s.name} log (tail) ---\n{s.log_tail(n_log)}")
-                s.cleanup()
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        print(f"{self.name}: {time.time() - t0:.1f} s")
-        print(f"{self.passed} passed, {self.failed} failed, {self.skipped} skipped", flush=True)
-        return 0 if self.failed == 0 else 1
+    return pytest.main([path, "-v", *sys.argv[1:]])

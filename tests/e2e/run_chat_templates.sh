@@ -1,4 +1,4 @@
 #!/bin/sh
 # End-to-end suite 'chat_templates' (tests/e2e/test_chat_templates.py) against a real $BUILD/adaptree serve.
 . "$(dirname "$0")/lib.sh"
-run_suite test_chat_templates.py
+run_suite test_chat_templates.py "$@"

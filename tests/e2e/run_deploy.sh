@@ -3,4 +3,4 @@
 # manifests against the API schemas, deploy/compose.yaml against the Compose specification, their
 # semantics, and `haproxy -c` on deploy/haproxy/. Needs no server, engine or cluster.
 . "$(dirname "$0")/lib.sh"
-run_suite test_deploy.py
+run_suite test_deploy.py "$@"

@@ -1,4 +1,4 @@
 #!/bin/sh
 # End-to-end suite 'structured' (tests/e2e/test_structured.py) against a real $BUILD/adaptree serve.
 . "$(dirname "$0")/lib.sh"
-run_suite test_structured.py
+run_suite test_structured.py "$@"

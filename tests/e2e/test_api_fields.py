@@ -298,4 +298,4 @@ def models_report_max_model_len():
 if __name__ == "__main__":
     import sys
 
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

@@ -397,4 +397,4 @@ def many_bad_requests_concurrently():
 
 
 if __name__ == "__main__":
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

@@ -226,4 +226,4 @@ def int8_server_batch_invariant():
 
 
 if __name__ == "__main__":
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

@@ -132,4 +132,4 @@ def help_documents_the_flag():
 
 
 if __name__ == "__main__":
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

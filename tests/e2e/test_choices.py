@@ -288,4 +288,4 @@ def disconnect_cancels_every_choice():
 if __name__ == "__main__":
     import sys
 
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

@@ -638,4 +638,4 @@ def locustfile_tasks():
 
 
 if __name__ == "__main__":
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

@@ -14,10 +14,8 @@ measured parameters are:
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import e2e
 from e2e import check, eq
@@ -109,24 +107,5 @@ def bad_flags_are_refused_clearly():
         eq(p.stdout, "", f"{args}: stdout")
 
 
-def main():
-    def on_alarm(signum, frame):
-        raise TimeoutError(f"suite budget of {suite.budget} s exceeded")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(suite.budget)
-    t0 = time.time()
-    try:
-        for fn in suite.tests:
-            suite.run_one(fn)
-    except TimeoutError as e:
-        suite.record("suite", False, str(e))
-    finally:
-        signal.alarm(0)
-    print(f"{suite.name}: {time.time() - t0:.1f} s")
-    print(f"{suite.passed} passed, {suite.failed} failed, {suite.skipped} skipped", flush=True)
-    return 0 if suite.failed == 0 else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(e2e.run_file(__file__))

@@ -348,4 +348,4 @@ def one_address_at_its_cap_evicts_its_own_waiting_connections():
 
 
 if __name__ == "__main__":
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

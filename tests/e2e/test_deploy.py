@@ -17,8 +17,8 @@ needed (they are used when present):
 - with kubectl on PATH, `kubectl kustomize deploy/` renders, and its output passes the same
   schema check and carries the .cfg files byte for byte.
 
-The last line is "N passed, N failed, N skipped" (tools/run_tests.sh). Run alone:
-  .venv/bin/python -B tests/e2e/test_deploy.py        (or: sh tests/e2e/run_deploy.sh)
+Run alone: sh tests/e2e/run_deploy.sh [-k expr] (pytest, like every e2e suite; the last line is
+"N passed, N failed, N skipped", for tools/run_tests.sh).
 """
 
 import copy
@@ -28,10 +28,8 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import zipfile
 
 import e2e
@@ -59,32 +57,7 @@ else:
     IMPORT_ERROR = None
 
 
-class Suite(e2e.Suite):
-    """e2e.Suite's runner without a server: no binary or model is needed."""
-
-    def main(self, setup=None):
-        def on_alarm(signum, frame):
-            raise TimeoutError(f"suite budget of {self.budget:.0f} s exceeded")
-
-        signal.signal(signal.SIGALRM, on_alarm)
-        signal.alarm(int(self.budget))
-        t0, done = time.time(), 0
-        try:
-            for fn in self.tests:
-                self.run_one(fn)
-                done += 1
-        except TimeoutError as e:
-            self.record("suite", False, str(e))
-            print(f"FAIL {self.name}: {len(self.tests) - done} test(s) not run", flush=True)
-        finally:
-            signal.alarm(0)
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        print(f"{self.name}: {time.time() - t0:.1f} s")
-        print(f"{self.passed} passed, {self.failed} failed, {self.skipped} skipped", flush=True)
-        return 0 if self.failed == 0 else 1
-
-
-suite = Suite("deploy", budget=60)
+suite = e2e.Suite("deploy", budget=60)  # no setup(): no binary, model or server needed
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -881,4 +854,4 @@ def haproxy_accepts_the_shared_config():
 
 
 if __name__ == "__main__":
-    sys.exit(suite.main())
+    sys.exit(e2e.run_file(__file__))

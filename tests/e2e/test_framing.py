@@ -262,4 +262,4 @@ def fuzzed_broken_framings_never_get_a_2xx():
 
 
 if __name__ == "__main__":
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

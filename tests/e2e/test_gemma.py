@@ -128,4 +128,4 @@ def chat_renders_gemma3_template():
 
 
 if __name__ == "__main__":
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

@@ -430,4 +430,4 @@ def background_traffic_never_failed():
 
 
 if __name__ == "__main__":
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

@@ -297,4 +297,4 @@ def tiny_adapter_cache_evicts_but_serves_exactly():
 
 
 if __name__ == "__main__":
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

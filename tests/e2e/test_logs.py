@@ -147,27 +147,23 @@ def every_line_is_json():
 
 
 @suite.test
-def text_format_lines():
+def text_format_lines(server_factory, registry):
     """The default format: every line starts with the timestamp; fields follow the message as
     key=value, a value with a space quoted."""
-    srv = suite.server([], registry=REG, name="text")
-    srv.start()
-    try:
-        r = srv.post("/v1/completions", {"model": "de", "prompt": "Hallo", "max_tokens": 2},
-                     headers={"X-Request-Id": "two words"})
-        eq((r.status, r.headers.get("x-request-id")), (200, "two words"), "text: the id echoed")
-        want = re.compile(r' adaptree: info: POST /v1/completions 200 duration_ms=[0-9.]+ '
-                          r'client=127\.0\.0\.1 request_id="two words" adapters=de '
-                          r'ttft_ms=[0-9.]+ prompt_tokens=\d+ completion_tokens=\d+$')
-        e2e.wait_until(lambda: any(want.search(x) for x in srv.log().splitlines()), 10,
-                       "the text access line")
-        for line in srv.log().splitlines()[1:]:
-            check(TS.match(line[:24]) and line[24:35] == " adaptree: ", f"a text line: {line!r}")
-    finally:
-        srv.stop()
+    srv = server_factory([], registry=registry, name="text")
+    r = srv.post("/v1/completions", {"model": "de", "prompt": "Hallo", "max_tokens": 2},
+                 headers={"X-Request-Id": "two words"})
+    eq((r.status, r.headers.get("x-request-id")), (200, "two words"), "text: the id echoed")
+    want = re.compile(r' adaptree: info: POST /v1/completions 200 duration_ms=[0-9.]+ '
+                      r'client=127\.0\.0\.1 request_id="two words" adapters=de '
+                      r'ttft_ms=[0-9.]+ prompt_tokens=\d+ completion_tokens=\d+$')
+    e2e.wait_until(lambda: any(want.search(x) for x in srv.log().splitlines()), 10,
+                   "the text access line")
+    for line in srv.log().splitlines()[1:]:
+        check(TS.match(line[:24]) and line[24:35] == " adaptree: ", f"a text line: {line!r}")
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

@@ -265,9 +265,9 @@ def print_config(args, env):
 
 
 @suite.test
-def config_precedence():
+def config_precedence(tmp_path):
     p_file, p_env, p_flag = e2e.free_port(), e2e.free_port(), e2e.free_port()
-    conf = os.path.join(suite.tmp, "adaptree.conf")
+    conf = str(tmp_path / "adaptree.conf")
     with open(conf, "w") as f:
         f.write(f"# ops test\nport = {p_file}\nmax-seqs = 3\nqueue-limit = 7\n"
                 f"model = {e2e.MODEL}\nno-registry = true\n")
@@ -280,7 +280,7 @@ def config_precedence():
     c = print_config(["--config", conf], env)
     eq(c["port"], (str(p_env), "env ADAPTREE_PORT"), "port without the flag")
     # the real server: the environment's port beats the file's
-    log = open(os.path.join(suite.tmp, "precedence.log"), "wb")
+    log = open(tmp_path / "precedence.log", "wb")
     proc = subprocess.Popen([e2e.ADAPTREE, "serve", "--config", conf, "--host", "127.0.0.1"],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             cwd=e2e.ROOT, env=serve_env(env))
@@ -308,8 +308,8 @@ def config_precedence():
 
 
 @suite.test
-def config_refusals_name_their_source():
-    conf = os.path.join(suite.tmp, "bad.conf")
+def config_refusals_name_their_source(tmp_path):
+    conf = str(tmp_path / "bad.conf")
     with open(conf, "w") as f:
         f.write("port = 80\n\nmax-seqs = many\n")
     for args, env, want in (
@@ -380,4 +380,4 @@ def no_cors_without_the_flag():
 if __name__ == "__main__":
     import sys
 
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

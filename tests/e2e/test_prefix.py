@@ -141,8 +141,8 @@ def metrics_count_hits_misses_and_blocks():
 
 
 @suite.test
-def no_prefix_cache_flag():
-    s = suite.server(registry=REG, name="nocache", args=["--no-prefix-cache"]).start()
+def no_prefix_cache_flag(server_factory):
+    s = server_factory(["--no-prefix-cache"], registry=REG, name="nocache")
     body = {"prompt": TEXT * 3, "max_tokens": 12, "logprobs": 1}
     a = complete(body, s)
     b = complete(body, s)
@@ -153,13 +153,12 @@ def no_prefix_cache_flag():
 
 
 @suite.test
-def small_pool_waits_and_preempts_with_the_same_texts():
+def small_pool_waits_and_preempts_with_the_same_texts(server_factory):
     """--ctx 256 and a pool of 14 MB (19 blocks of 16 positions): six requests that grow to
     about 150 positions each (10 blocks) cannot all run; they wait or are preempted and
     recomputed, and each text is the one it gives alone."""
-    s = suite.server(registry=REG, name="smallpool",
-                     args=["--ctx", "256", "--kv-cache-mb", "14", "--max-seqs", "8",
-                           "--no-prefix-cache"]).start()
+    s = server_factory(["--ctx", "256", "--kv-cache-mb", "14", "--max-seqs", "8",
+                        "--no-prefix-cache"], registry=REG, name="smallpool")
     prompts = [f"{TEXT} Story number {i}: once upon a time" for i in range(6)]
     bodies = [{"prompt": p, "max_tokens": 100} for p in prompts]
     alone = [complete(b, s)[0] for b in bodies[:3]]
@@ -196,4 +195,6 @@ def pool_smaller_than_one_context_is_refused():
 
 
 if __name__ == "__main__":
-    suite.main(setup)
+    import sys
+
+    sys.exit(e2e.run_file(__file__))

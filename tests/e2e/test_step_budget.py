@@ -178,4 +178,6 @@ def default_target_is_learned():
 
 
 if __name__ == "__main__":
-    suite.main(setup)
+    import sys
+
+    sys.exit(e2e.run_file(__file__))

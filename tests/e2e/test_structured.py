@@ -304,4 +304,4 @@ def free_rows_in_a_structured_batch_are_unchanged():
 if __name__ == "__main__":
     import sys
 
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))

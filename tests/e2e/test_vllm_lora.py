@@ -133,4 +133,6 @@ def the_admin_key_is_needed():
 
 
 if __name__ == "__main__":
-    suite.main(setup)
+    import sys
+
+    sys.exit(e2e.run_file(__file__))
