@@ -114,4 +114,4 @@ def bad_speculative_refused():
 if __name__ == "__main__":
     import sys
 
-    sys.exit(suite.main(setup))
+    sys.exit(e2e.run_file(__file__))
