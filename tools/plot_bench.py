@@ -728,7 +728,18 @@ def plot_server(plt, machine, runs, borrowed, out_dir, written):
     plt.close(fig)
 
 
-def plot_server_all(plt, machines, borrowed, out_dir, written):
+def is_busy(load):
+    return load is not None and load >= 1.0
+
+
+def left_out_note(runs):
+    if not runs:
+        return ""
+    return (" Left out, started on a busy machine (load average >= 1 on 2 vCPUs): "
+            + "; ".join(runs) + ".")
+
+
+def plot_server_all(plt, machines, borrowed, out_dir, written, note=""):
     labels, series = [], []
     hatches = [None, "//", "..", "xx", "\\\\"]
     for mi, (mach, runs) in enumerate(machines):
@@ -736,7 +747,8 @@ def plot_server_all(plt, machines, borrowed, out_dir, written):
             for lab in runs[md]["order"]:
                 if lab not in labels:
                     labels.append(lab)
-            series.append((f"{short_cpu(mach['cpu'])} ({mach['date']}), {md}",
+            series.append((f"{short_cpu(mach['cpu'])} ({mach['date']}), {md}"
+                           + busy_tag(runs[md].get("start_load")),
                            MODE_COLOR.get(md, "0.5"), hatches[mi % len(hatches)],
                            {lab: r["ratio"] for lab, r in runs[md]["rows"].items()}))
     fig, ax = plt.subplots(figsize=(12, 5.8))
@@ -745,9 +757,10 @@ def plot_server_all(plt, machines, borrowed, out_dir, written):
     cpus = ", ".join(f"{short_cpu(m['cpu'])} ({m['date']})" for m, _ in machines)
     ax.set_title("make bench-server ratios (no adapter = 1.0) across machines\n" + cpus,
                  fontsize=10.5)
-    fig.text(0.01, -0.02, "Ratios compare across hosts; tok/s do not. Targets as "
-             f"{borrowed['source']} states them." if borrowed["targets"] else
-             "Ratios compare across hosts; tok/s do not.", fontsize=8, va="top")
+    fig.text(0.01, -0.02, ("Ratios compare across hosts; tok/s do not. Targets as "
+                           f"{borrowed['source']} states them." if borrowed["targets"] else
+                           "Ratios compare across hosts; tok/s do not.") + note, fontsize=8,
+             va="top", wrap=True)
     save(fig, out_dir, "server-ratios-all.png", written)
     plt.close(fig)
 
@@ -799,21 +812,23 @@ def plot_lora(plt, machine, bench, borrowed, out_dir, written):
     plt.close(fig)
 
 
-def plot_lora_all(plt, machines, borrowed, out_dir, written):
+def plot_lora_all(plt, machines, borrowed, out_dir, written, note=""):
     fig, ax = plt.subplots(figsize=(9, 5.5))
     styles = ["-", "--", ":", "-."]
     series = []
     for i, (mach, bench) in enumerate(machines):
         for k, pts in bench["lora"].items():
             series.append((k, MACHINE_MARK[i % len(MACHINE_MARK)], styles[i % len(styles)],
-                           f", {short_cpu(mach['cpu'])} ({mach['date']})", pts))
+                           f", {short_cpu(mach['cpu'])} ({mach['date']})"
+                           + busy_tag(bench.get("load")), pts))
     lora_axes(ax, series, borrowed["lora_targets"], values=False)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     cpus = ", ".join(f"{short_cpu(m['cpu'])} ({m['date']})" for m, _ in machines)
     ax.set_title("make bench: LoRA overhead across machines\n" + cpus, fontsize=10.5)
-    if borrowed["lora_targets"]:
-        fig.text(0.01, -0.02, f"targets as {borrowed['lora_source']} states them", fontsize=8,
-                 va="top")
+    if borrowed["lora_targets"] or note:
+        fig.text(0.01, -0.02, (f"targets as {borrowed['lora_source']} states them."
+                               if borrowed["lora_targets"] else "") + note, fontsize=8,
+                 va="top", wrap=True)
     save(fig, out_dir, "lora-overhead-all.png", written)
     plt.close(fig)
 
@@ -834,6 +849,11 @@ def machine_load(machine):
     loads += [r.get("start_load") for r in machine["server"].values()]
     loads = [x for x in loads if x is not None]
     return max(loads) if loads else None
+
+
+def busy_tag(load):
+    """A legend suffix for a run that started with the machine busy (JSON runs record it)."""
+    return f", shared cores (load {load:.1f})" if load is not None and load >= 1.0 else ""
 
 
 DISTINCT_X = {0: 0, 1: 1, 8: 2, 32: 3}
@@ -914,8 +934,8 @@ def plot_adapters_tokps(plt, machine, out_dir, written):
             "runs (dotted: the paired no-adapter steps, showing the machine's drift). Server: a "
             "chain counts its 3 distinct nodes per stream; the x position is the "
             "number of streams with their own chain.")
-    fig.text(0.01, -0.02, note + load_note(machine_load(machine), several=True), fontsize=8, va="top",
-             wrap=True)
+    fig.text(0.01, -0.02, note + load_note(machine_load(machine), several=True), fontsize=8,
+             va="top", wrap=True)
     fig.tight_layout()
     save(fig, out_dir, f"adapters-tokps-{machine['date']}-{machine['slug']}.png", written)
     plt.close(fig)
@@ -1221,15 +1241,31 @@ def main(argv=None):
         if any(r.get("sweep") for r in m["server"].values()):
             plot_latency(plt, m, a.out, written)
         plot_f32_int8(plt, m, a.out, written)
-    with_server = [(machines[k], {md: r for md, r in machines[k]["server"].items() if r["rows"]})
-                   for k in keys]
-    with_server = [(m, runs) for m, runs in with_server if runs]
+    # The figures across machines leave out the runs that started on a busy machine (the JSON
+    # ones record the load average): their ratios say more about the other work than the code.
+    out_s, out_l = [], []
+    with_server = []
+    for k in keys:
+        m, runs = machines[k], {}
+        for md, r in m["server"].items():
+            if r["rows"] and is_busy(r.get("start_load")):
+                out_s.append(f"{short_cpu(m['cpu'])} ({m['date']}) {md}, "
+                             f"load {r['start_load']:.1f}")
+            elif r["rows"]:
+                runs[md] = r
+        if runs:
+            with_server.append((m, runs))
     if len(with_server) > 1:
-        plot_server_all(plt, with_server, b, a.out, written)
+        plot_server_all(plt, with_server, b, a.out, written, left_out_note(out_s))
+    for k in keys:
+        m = machines[k]
+        if m["bench"] and m["bench"]["lora"] and is_busy(m["bench"].get("load")):
+            out_l.append(f"{short_cpu(m['cpu'])} ({m['date']}), load {m['bench']['load']:.1f}")
     with_lora = [(machines[k], machines[k]["bench"]) for k in keys
-                 if machines[k]["bench"] and machines[k]["bench"]["lora"]]
+                 if not (machines[k]["bench"] and is_busy(machines[k]["bench"].get("load")))]
+    with_lora = [(m, bench) for m, bench in with_lora if bench and bench["lora"]]
     if len(with_lora) > 1:
-        plot_lora_all(plt, with_lora, b, a.out, written)
+        plot_lora_all(plt, with_lora, b, a.out, written, left_out_note(out_l))
     if not written:
         print("plot_bench: nothing to plot", file=sys.stderr)
         return 1
