@@ -42,6 +42,7 @@ nothing is ever plotted from a guess.
 
 import argparse
 import json
+import textwrap
 import os
 import re
 import sys
@@ -961,7 +962,7 @@ def plot_adapter_overhead(plt, machine, out_dir, written):
     srv = [(md, r) for md, r in sorted(machine["server"].items()) if r["rows"]]
     nbar = len(ns) + len(srv)
     w = 0.8 / nbar
-    fig, ax = plt.subplots(figsize=(8.5, 5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     shades = ["#bbddaa", "#77bb66", "#228833", "#115511"]
     for j, kind in enumerate(kinds):
         bars = [(f"make bench, {n} distinct", shades[min(i, 3)], None, bench["lora"][kind].get(n))
@@ -986,7 +987,10 @@ def plot_adapter_overhead(plt, machine, out_dir, written):
                     fontsize=7.5)
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=7.5, loc="upper left")
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7.5, loc="upper left",
+              bbox_to_anchor=(1.01, 1))
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.08 * (hi - lo))  # room for the value labels
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set_xticks(range(len(kinds)), [kind_label(k, bench["lora_meta"].get(k)) for k in kinds])
     ax.set_ylabel("time over the no-adapter step / run (%)")
@@ -1005,6 +1009,7 @@ def plot_latency(plt, machine, out_dir, written):
     """TTFT and inter-token latency (p50, p95) against the number of concurrent streams."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
     loads = []
+    modes = [md for md, run in machine["server"].items() if run.get("sweep")]
     for md, run in sorted(machine["server"].items()):
         lv = run.get("sweep") or []
         if not lv:
@@ -1016,7 +1021,7 @@ def plot_latency(plt, machine, out_dir, written):
                 ys = [r.get(f"{key}_ms_{q}") for r in lv]
                 ax.plot(cs, ys, marker="o", ls=ls, color=color, label=f"{md} {q}")
             for c, y in zip(cs, [r.get(f"{key}_ms_p50") for r in lv]):
-                if y is not None:
+                if y is not None and len(modes) == 1:  # two modes' labels would overlap
                     ax.annotate(f"{y:.0f}", (c, y), textcoords="offset points", xytext=(3, -10),
                                 fontsize=7)
         axes[2].plot(cs, [r["tok_per_s"] for r in lv], marker="o", color=color, label=md)
@@ -1041,7 +1046,8 @@ def plot_latency(plt, machine, out_dir, written):
                  fontsize=11)
     fig.text(0.01, -0.02, f"Closed-loop streaming requests, max_tokens {toks}, greedy, two "
              "requests per stream (at least 8 per level); p50 solid, p95 dashed."
-             + load_note(max(loads) if loads else None), fontsize=8, va="top", wrap=True)
+             + load_note(max(loads) if loads else None, several=len(loads) > 1), fontsize=8,
+             va="top", wrap=True)
     fig.tight_layout()
     save(fig, out_dir, f"latency-concurrency-{machine['date']}-{machine['slug']}.png", written)
     plt.close(fig)
@@ -1080,14 +1086,16 @@ def plot_f32_int8(plt, machine, out_dir, written):
         for x, (_, v) in zip(xs, vals):
             ax.text(x, v + 0.02, f"{v:.2f}x", ha="center", va="bottom", fontsize=7.5)
         ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
-        ax.set_xticks(list(xs), [lab for lab, _ in vals], fontsize=7.5)
+        ax.set_xticks(list(xs), [textwrap.fill(lab.replace("\n", " "), 11,
+                                                 break_on_hyphens=False) for lab, _ in vals],
+                      fontsize=7.5)
         ax.set_ylabel("int8 tok/s over f32 tok/s")
         ax.set_title(title, fontsize=9.5)
         ax.grid(axis="y", alpha=0.3)
-    missing = [] if server or sweep else ["make bench-server --int8 not run for this date and CPU"
-                                          if srv else "no make bench-server run"]
+    missing = [] if server or sweep else ["No make bench-server --int8 run for this date and CPU"
+                                          if srv else "No make bench-server run"]
     fig.suptitle(f"int8 activations (serve --int8) against f32\n{title_of(machine)}", fontsize=11)
-    fig.text(0.01, -0.02, "; ".join(missing + ["ratios of two runs on one machine"])
+    fig.text(0.01, -0.02, ". ".join(missing + ["Ratios of two runs on one machine"])
              + "." + load_note(machine_load(machine), several=True), fontsize=8, va="top",
              wrap=True)
     fig.tight_layout()
@@ -1168,20 +1176,26 @@ def collect(paths):
 
 
 def borrowed_targets(machines):
-    """The thresholds the input files state, newest first wins: for files that state none."""
+    """The thresholds the input files state, newest first wins (a run on a busy machine only if
+    no other states them): for files that state none."""
     b = {"targets": {}, "source": None, "lora_targets": {}, "lora_source": None}
-    for key in sorted(machines, reverse=True):
-        m = machines[key]
-        for mode, run in sorted(m["server"].items()):
-            if run["targets"] and not b["targets"]:
-                b["targets"], b["source"] = run["targets"], m["files"]["server " + mode]
-            for what, t in run["targets"].items():
-                if b["targets"].get(what) != t:
-                    warn(f"{m['files']['server ' + mode]} states '{what} {t[0]} {t[1]:g}{t[2]}', "
-                         f"{b['source']} '{b['targets'].get(what)}'; plots of files without "
-                         "targets use the latter")
-        if m["bench"] and m["bench"]["lora_targets"] and not b["lora_targets"]:
-            b["lora_targets"], b["lora_source"] = m["bench"]["lora_targets"], m["files"]["bench"]
+    order = sorted(machines, reverse=True)
+    servers = [(k, md) for k in order for md in sorted(machines[k]["server"])]
+    servers.sort(key=lambda x: is_busy(machines[x[0]]["server"][x[1]].get("start_load")))
+    for key, mode in servers:
+        m, run = machines[key], machines[key]["server"][mode]
+        if run["targets"] and not b["targets"]:
+            b["targets"], b["source"] = run["targets"], m["files"]["server " + mode]
+        for what, t in run["targets"].items():
+            if b["targets"].get(what) != t:
+                warn(f"{m['files']['server ' + mode]} states '{what} {t[0]} {t[1]:g}{t[2]}', "
+                     f"{b['source']} '{b['targets'].get(what)}'; plots of files without "
+                     "targets use the latter")
+    benches = [k for k in order if machines[k]["bench"] and machines[k]["bench"]["lora_targets"]]
+    benches.sort(key=lambda k: is_busy(machines[k]["bench"].get("load")))
+    if benches:
+        m = machines[benches[0]]
+        b["lora_targets"], b["lora_source"] = m["bench"]["lora_targets"], m["files"]["bench"]
     return b
 
 
