@@ -2,7 +2,7 @@
  * memory read bandwidth first, then single-stream prefill and decode and batched decode, and
  * prints for each the achieved GFLOP/s and GB/s and their ratio to the measured limits. With
  * --json FILE it also writes every printed result as one JSON document (schema
- * "adaptree-bench-core/1", docs/PERF.md §5), once the run is over. */
+ * "adaptree-bench-core/1", docs/PERF.md §1.3), once the run is over. */
 #include <cJSON.h>
 #include <cblas.h>
 #include <errno.h>
