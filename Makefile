@@ -234,14 +234,30 @@ unit: $(BUILD)/test_unit $(PROBES)
 
 # The default model in full (forward f32 and int8, kernels, LoRA), then Gemma 3 270M's forward,
 # then speculative decoding through the engine (tests/bench/bench_spec.c).
+# Both benches also write their results as JSON, build/bench/<date>-<cpu>-bench*.json (<cpu>:
+# tools/bench_machine.py --slug, e.g. intel-xeon-f6m167), then the PNGs of that machine's runs of
+# the day into build/bench (tools/plot_bench.py in .venv-plot); the JSON is written first, so a
+# plot that fails loses nothing. docs/PERF.md §5: how a run goes into docs/perf.
+BENCH_DIR  ?= build/bench
+BENCH_DATE := $(shell date -u +%F)
+BENCH_STEM  = $(BENCH_DIR)/$(BENCH_DATE)-$(shell python3 -B tools/bench_machine.py --slug)
+BENCH_MODE  = $(if $(findstring --int8,$(BENCH_ARGS)),-int8)$(if \
+              $(findstring --kv-f16,$(BENCH_ARGS)),-kvf16)
+BENCH_SRV   = $(BENCH_STEM)-bench-server$(strip $(BENCH_MODE)).json
+BENCH_PLOT  = $(PLOT_VENV)/bin/python -B tools/plot_bench.py $(BENCH_STEM)-bench*.json \
+              -o $(BENCH_DIR) || { echo "bench: plotting failed; the JSON is kept" >&2; exit 1; }
+
 bench:
-	@$(SETUP) deps model gemma
+	@$(SETUP) deps model gemma $(PLOT_VENV)/.ok
 	@$(MAKE) --no-print-directory $(BUILD)/bench_core $(BUILD)/bench_spec
-	$(BUILD)/bench_core -m $(MODEL)
+	@mkdir -p $(BENCH_DIR)
+	$(BUILD)/bench_core -m $(MODEL) --json $(BENCH_STEM)-bench.json
 	@echo
-	$(BUILD)/bench_core -m $(GEMMA_MODEL) --forward-only
+	$(BUILD)/bench_core -m $(GEMMA_MODEL) --forward-only --json $(BENCH_STEM)-bench-gemma.json
 	@echo
-	$(BUILD)/bench_spec -m $(MODEL)
+	$(BUILD)/bench_spec -m $(MODEL) --json $(BENCH_STEM)-spec.json
+	@echo; echo "bench: wrote $(BENCH_STEM)-bench.json $(BENCH_STEM)-bench-gemma.json $(BENCH_STEM)-spec.json"
+	@$(BENCH_PLOT)
 
 # The peer in the same run: llama.cpp's llama-bench (built once from the source the
 # llama-cpp-python sdist vendors, build/llama.cpp) on both models, prefill 128 and 64 decoded
@@ -257,18 +273,29 @@ bench-peer:
 # rank-16 all-linear adapters, 32 different three-level chains, and the same requests one by one;
 # then the KV side (tools/bench_kv.py): a shared system prompt with and without the prefix cache,
 # KV memory at 32 streams, 1k-token streams per GB.
-# BENCH_ARGS=--int8 (and/or --kv-f16) measures serve with those flags.
+# BENCH_ARGS=--int8 (and/or --kv-f16) measures serve with those flags. The JSON goes to
+# build/bench/<date>-<cpu>-bench-server[-int8][-kvf16].json (bench_kv.py adds its part under
+# "kv"). BENCH_SERVER_ARGS goes to bench_server.py only (e.g. "--rounds 1 --scenarios
+# sweep,throughput" for a short run); BENCH_KV=0 skips the KV part.
+BENCH_SERVER_ARGS ?=
+BENCH_KV ?= 1
 bench-server:
-	@$(SETUP) deps model venv
+	@$(SETUP) deps model venv $(PLOT_VENV)/.ok
 	@$(MAKE) --no-print-directory all $(BUILD)/bench_core
-	BUILD=$(BUILD) MODEL=$(MODEL) tools/bench_server.sh $(BENCH_ARGS)
-	.venv/bin/python -B tools/bench_kv.py --build $(BUILD) -m $(MODEL) $(BENCH_ARGS)
+	@mkdir -p $(BENCH_DIR)
+	BUILD=$(BUILD) MODEL=$(MODEL) tools/bench_server.sh --json $(BENCH_SRV) $(BENCH_ARGS) \
+	    $(BENCH_SERVER_ARGS)
+	$(if $(filter 1,$(BENCH_KV)),.venv/bin/python -B tools/bench_kv.py --build $(BUILD) \
+	    -m $(MODEL) --json $(BENCH_SRV) $(BENCH_ARGS))
+	@echo; echo "bench-server: wrote $(BENCH_SRV)"
+	@$(BENCH_PLOT)
 
-# The PNGs of docs/PERF.md from the saved bench outputs in docs/perf/data (matplotlib in its own
-# venv, .venv-plot; not part of `make test`). Add a run with
-# `make -s bench > docs/perf/data/<date>-<cpu>-bench.txt`, then `make plots`.
+# The PNGs of docs/PERF.md from the saved bench outputs in docs/perf/data: the JSON make bench
+# and make bench-server write (copy build/bench/*.json there) and the older text outputs
+# (matplotlib in its own venv, .venv-plot; not part of `make test`).
 plots: $(PLOT_VENV)/.ok
-	$(PLOT_VENV)/bin/python -B tools/plot_bench.py docs/perf/data/*.txt -o docs/perf/
+	$(PLOT_VENV)/bin/python -B tools/plot_bench.py \
+	    $(wildcard docs/perf/data/*.txt docs/perf/data/*.json) -o docs/perf/
 
 asan:
 	@$(SETUP) deps model gemma venv vocab tiny

@@ -23,13 +23,23 @@ something failed to run (a MISS is a measurement, not an error).
 With --int8 the server runs with int8 activations (serve --int8); the ceiling is still the f32
 sgemm one, so its ratio there says how far int8 gets past what f32 arithmetic could reach.
 
-After the table, tools/bench_step.py's latency scenarios (16 running streams + 4 arriving
+Then the latency sweep (scenario "sweep"): a server without adapters, closed-loop streams at
+concurrency 1, 2, 4, 8, 16 and 32 (each stream sends its next request when one ends, two waves:
+max(8, 2 x concurrency) requests of --sweep-tokens tokens), TTFT and inter-token latency p50 and
+p95 and the aggregate tok/s at each level.
+
+After that, tools/bench_step.py's latency scenarios (16 running streams + 4 arriving
 2000-token prompts: inter-token latency; a flood of 64 requests from one client and one from
 another: the other's time to first token), each with the default step budget and with
---max-step-ms 0. --scenarios picks among throughput, latency and flood.
+--max-step-ms 0. --scenarios picks among throughput, sweep, latency and flood.
+
+--json F writes every result as one JSON document (schema "adaptree-bench-server/1": machine,
+mode f32/int8, and one section per scenario that ran; rewritten after each scenario, so an
+interrupted run keeps what it measured). tools/bench_kv.py --json F adds its part under "kv".
 
 usage: tools/bench_server.py [--build build] [-m MODEL] [-c 32] [-n 64] [--rounds 3] [--int8]
-                             [--kv-f16] [--json F] [--scenarios throughput,latency,flood]
+                             [--kv-f16] [--json F] [--sweep 1,2,4,8,16,32] [--sweep-tokens 32]
+                             [--scenarios throughput,sweep,latency,flood]
 """
 
 import argparse
@@ -48,6 +58,7 @@ import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
+import bench_machine  # noqa: E402
 import bench_step as bs  # noqa: E402
 import make_bench_registry as mbr  # noqa: E402
 
@@ -249,12 +260,13 @@ def children_cpu_s():
     return r.ru_utime + r.ru_stime
 
 
-def load_py(srv, a, label, concurrency, requests, extra):
+def load_py(srv, a, label, concurrency, requests, extra, max_tokens=None):
     """Runs clients/load.py --json; adds the server's and the client's CPU use (cores) over the
     run, since both share this machine's cores."""
     srv0, cli0, t0 = proc_cpu_s(srv.proc.pid), children_cpu_s(), time.time()
     cmd = [sys.executable, os.path.join(ROOT, "clients", "load.py"), "--url", srv.url, "-c",
-           str(concurrency), "-r", str(requests), "-n", str(a.max_tokens), "-p", PROMPT,
+           str(concurrency), "-r", str(requests), "-n", str(max_tokens or a.max_tokens), "-p",
+           PROMPT,
            "--temperature", "0", "--json", "--label", label] + extra
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     wall = time.time() - t0
@@ -309,7 +321,10 @@ def latency(a, build):
     ok = d["itl_p50"] and d["itl_p99"] <= 2 * d["itl_p50"]
     print(f"{'PASS' if ok else 'MISS'}  running streams' ITL p99 <= 2x median with the default "
           f"budget: {fmt(d['itl_p99'])} vs {fmt(d['itl_p50'])} ms")
-    return 1 if any(r["errors"] for r in res.values()) else 0
+    res = {"budgets": res, "targets": [target(
+        "running streams' ITL p99 <= 2x median with the default budget", bool(ok),
+        d["itl_p99"] / d["itl_p50"] if d["itl_p50"] else None, "<=", 2, "x")]}
+    return (1 if any(r["errors"] for r in res["budgets"].values()) else 0), res
 
 
 def flood(a, build):
@@ -347,7 +362,77 @@ def flood(a, build):
     ok = d["b_ms"] is not None and d["idle_ms"] and d["b_ms"] <= 3 * d["idle_ms"]
     print(f"{'PASS' if ok else 'MISS'}  B's TTFT under A's flood <= 3x idle with the default "
           f"budget: {fmt(d['b_ms'])} vs {fmt(d['idle_ms'])} ms")
-    return 1 if any(r["errors"] for r in res.values()) else 0
+    res = {"budgets": res, "targets": [target(
+        "B's TTFT under A's flood <= 3x idle with the default budget", bool(ok),
+        d["b_ms"] / d["idle_ms"] if d["b_ms"] and d["idle_ms"] else None, "<=", 3, "x")]}
+    return (1 if any(r["errors"] for r in res["budgets"].values()) else 0), res
+
+
+def target(what, ok, value, op, threshold, unit):
+    """One PASS/MISS target as the JSON holds it."""
+    return {"what": what, "pass": ok, "verdict": "PASS" if ok else "MISS", "value": value,
+            "op": op, "threshold": threshold, "unit": unit}
+
+
+SWEEP_KEYS = ("tok_per_s", "ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99", "itl_ms_p50",
+              "itl_ms_p95", "itl_ms_p99", "requests", "errors", "generated_tokens", "wall_s",
+              "server_cores", "client_cores")
+
+
+def sweep(a, build):
+    """TTFT and inter-token latency against the number of concurrent streams, no adapter."""
+    levels = [int(x) for x in a.sweep.split(",") if x.strip()]
+    srv = Server(build, a.model, None, ["--max-seqs", str(max(levels + [32])), "--queue-limit",
+                                        str(4 * max(levels)), "--log-level", "warn"]
+                 + step_args(a))
+    rows = []
+    try:
+        load_py(srv, a, "sweep warm-up", 1, 1, ["--warmup"])
+        for c in levels:
+            n = max(8, 2 * c)
+            log(f"bench: sweep, concurrency {c}, {n} requests ...")
+            d = load_py(srv, a, f"concurrency {c}", c, n, [], max_tokens=a.sweep_tokens)
+            rows.append(dict({k: d.get(k) for k in SWEEP_KEYS}, concurrency=c))
+    finally:
+        srv.stop()
+    print()
+    print(f"latency against concurrency: adaptree serve{flags_text(a)}, no adapter, closed-loop "
+          f"streams (max(8, 2 x c) requests of max_tokens {a.sweep_tokens}), greedy; machine "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"{'streams':>7} {'tok/s':>8} {'TTFT p50':>9} {'p95':>8} {'ITL p50':>8} {'p95':>8} "
+          f"{'requests':>8} {'err':>4} {'srv CPU':>7} {'cli CPU':>7}")
+    for r in rows:
+        print(f"{r['concurrency']:7d} {r['tok_per_s']:8.1f} {fmt(r['ttft_ms_p50']):>9} "
+              f"{fmt(r['ttft_ms_p95']):>8} {fmt(r['itl_ms_p50']):>8} {fmt(r['itl_ms_p95']):>8} "
+              f"{r['requests']:8d} {r['errors']:4d} {fmt(r['server_cores'], '.2f'):>7} "
+              f"{fmt(r['client_cores'], '.2f'):>7}")
+    print("(latencies in ms: TTFT from send to the first token, ITL the gaps between streamed "
+          "tokens; CPU in cores used during the level)")
+    res = {"max_tokens": a.sweep_tokens, "prompt": PROMPT, "levels": rows}
+    return (1 if any(r["errors"] for r in rows) else 0), res
+
+
+def flags_text(a):
+    return f"{' --int8' if a.int8 else ''}{' --kv-f16' if a.kv_f16 else ''}"
+
+
+def write_json(path, doc):
+    """Writes doc to path through a temporary file renamed into place."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def build_commit(build):
+    try:
+        p = subprocess.run([os.path.join(build, "adaptree"), "--version"], capture_output=True,
+                           text=True, timeout=30)
+        return next((ln.split(":", 1)[1].strip() for ln in p.stdout.splitlines()
+                     if ln.startswith("commit:")), None)
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def step_args(a):
@@ -392,22 +477,56 @@ def main(argv=None):
     p.add_argument("--kv-f16", action="store_true", help="serve --kv-f16 (f16 KV cache)")
     p.add_argument("--keep-registry", help="write the registry here and keep it")
     p.add_argument("--json", help="also write the results to this file")
-    p.add_argument("--scenarios", default="throughput,latency,flood",
-                   help="comma-separated, run in this order: throughput (the adapter table), "
-                        "latency (16 streams + 4 long prompts), flood (64 requests of A, one of "
-                        "B); tools/bench_step.py")
+    p.add_argument("--sweep", default="1,2,4,8,16,32",
+                   help="the concurrency levels of the latency sweep")
+    p.add_argument("--sweep-tokens", type=int, default=32, help="max_tokens in the sweep")
+    p.add_argument("--scenarios", default="throughput,sweep,latency,flood",
+                   help="comma-separated; they run in this order whatever the order given: "
+                        "throughput (the adapter table), "
+                        "sweep (TTFT and ITL against concurrency), latency (16 streams + 4 long "
+                        "prompts), flood (64 requests of A, one of B); tools/bench_step.py")
     a = p.parse_args(argv)
     build = a.build if os.path.isabs(a.build) else os.path.join(ROOT, a.build)
     which = [w.strip() for w in a.scenarios.split(",") if w.strip()]
-    bad = [w for w in which if w not in ("throughput", "latency", "flood")]
+    bad = [w for w in which if w not in SCENARIOS]
     if bad:
         p.error(f"unknown scenario {bad[0]!r}")
-    rc = throughput(a, build) if "throughput" in which else 0
-    if "latency" in which:
-        rc |= latency(a, build)
-    if "flood" in which:
-        rc |= flood(a, build)
+    which = [w for w in SCENARIOS if w in which]  # always in this order
+    doc = {"schema": "adaptree-bench-server/1", "tool": "bench_server",
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "commit": build_commit(build), "model_path": os.path.relpath(a.model, ROOT),
+           "machine": dict(bench_machine.cpu_info(), load_average_1m=os.getloadavg()[0]),
+           "mode": "int8" if a.int8 else "f32", "kv_cache": "f16" if a.kv_f16 else "f32",
+           "serve_flags": step_args(a),
+           "config": {"concurrency": a.concurrency, "max_tokens": a.max_tokens,
+                      "rounds": a.rounds, "prompt": PROMPT, "scenarios": which}}
+    rc = 0
+    for w in which:
+        r, doc[w] = SCENARIOS[w](a, build)
+        rc |= r
+        if a.json:
+            doc["machine"]["load_average_1m_end"] = os.getloadavg()[0]
+            write_json(a.json, doc)
+    if a.json:
+        print(f"bench: wrote {a.json}")
     return rc
+
+
+QV, ALL = ["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                  "down_proj"]
+# What each throughput scenario (in their order) puts in the batch, for the JSON.
+SCENARIO_ADAPTERS = [
+    lambda n: {"distinct_adapters": 0, "adapter_kind": None},
+    lambda n: {"distinct_adapters": 1, "adapter_kind": "rank-16 all-linear", "rank": 16,
+               "target_modules": ALL},
+    lambda n: {"distinct_adapters": n, "adapter_kind": "rank-8 q,v", "rank": 8,
+               "target_modules": QV},
+    lambda n: {"distinct_adapters": n, "adapter_kind": "rank-16 all-linear", "rank": 16,
+               "target_modules": ALL},
+    lambda n: {"distinct_adapters": 3 * n, "distinct_chains": n,
+               "adapter_kind": "three-level chain (rank-8 all-linear / rank-8 q,k,v,o / "
+                               "rank-4 q,v)"},
+]
 
 
 def throughput(a, build):
@@ -475,10 +594,13 @@ def throughput(a, build):
                             for r, b in zip(runs[label], runs[scenarios[0][0]]))
             med["ratio"] = ratios[len(ratios) // 2]
             med["ratios"] = ratios
+            med.update(SCENARIO_ADAPTERS[scenarios.index(next(x for x in scenarios
+                                                             if x[0] == label))](n))
             results.append(med)
         log("bench: measuring the sequential baseline ...")
         seq = load_py(srv, a, f"{n} no-adapter requests one at a time", 1, n, [])
         seq["ratio"] = seq["tok_per_s"] / results[0]["tok_per_s"]
+        seq.update(distinct_adapters=0, adapter_kind=None, sequential=True)
     finally:
         if srv:
             srv.stop()
@@ -537,19 +659,25 @@ def throughput(a, build):
     for what, ok, val in targets:
         print(f"{'PASS' if ok else 'MISS'}  {what}: {val}")
     errors = sum(r["errors"] for r in rows)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"results": rows, "sgemm_gflops": peak, "n_params_nonembedding": n_params,
-                       "ceiling_tok_per_s": ceiling, "speedup": speedup,
-                       "decode_step": {"steps": dec[0], "rows": dec[1], "seconds": dec[2],
-                                       "tok_per_s": step_rate, "ceiling_fraction": step_frac},
-                       "targets": [{"what": w, "pass": ok, "value": v} for w, ok, v in targets]},
-                      f, indent=2)
+    tvals = [("x", r8, 0.9), ("x", r16, 0.7), ("x", speedup, 6),
+             ("%", None if step_frac is None else 100 * step_frac, 50)]
+    res = {"results": rows, "sgemm_gflops": peak, "sgemm_source": peak_src,
+           "sgemm_runs": [{"label": lab, "gflops": g} for lab, g in peak_runs],
+           "n_params_nonembedding": n_params, "n_params_head": n_head,
+           "ceiling_tok_per_s": ceiling, "end_to_end_ceiling_fraction": frac,
+           "speedup": speedup, "load_average_before": load_before,
+           "load_average_after": os.getloadavg()[0],
+           "decode_step": {"steps": dec[0], "rows": dec[1], "seconds": dec[2],
+                           "tok_per_s": step_rate, "ceiling_fraction": step_frac},
+           "targets": [target(w, bool(ok), v, ">=", thr, unit)
+                       for (w, ok, _), (unit, v, thr) in zip(targets, tvals)]}
     if errors:
         print(f"bench: {errors} requests failed (see above)")
-        return 1
-    return 0
+        return 1, res
+    return 0, res
 
+
+SCENARIOS = {"throughput": throughput, "sweep": sweep, "latency": latency, "flood": flood}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,13 +1,18 @@
 /* `make bench`: the core's speed next to this machine's own limits. It measures sgemm peak and
  * memory read bandwidth first, then single-stream prefill and decode and batched decode, and
- * prints for each the achieved GFLOP/s and GB/s and their ratio to the measured limits. */
+ * prints for each the achieved GFLOP/s and GB/s and their ratio to the measured limits. With
+ * --json FILE it also writes every printed result as one JSON document (schema
+ * "adaptree-bench-core/1", docs/PERF.md §1.3), once the run is over. */
 #include <cJSON.h>
 #include <cblas.h>
+#include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "adapters/compose.h"
 #include "core/format/types.h"
@@ -19,7 +24,104 @@
 #include "core/model/sampler.h"
 #include "core/text/grammar.h"
 #include "server/json_schema.h"
+#include "server/version.h"
 #include "tests/unit/adapters/adapter_testutil.h"
+
+/* The JSON document --json writes (NULL without --json): every printer adds what it prints. */
+static cJSON *json_doc;
+
+/* A number, or null when it is not finite (JSON has no NaN or infinity). */
+static void jnum(cJSON *o, const char *key, double v)
+{
+    char t[32];
+    if (!o)
+        return;
+    if (!isfinite(v)) {
+        cJSON_AddItemToObject(o, key, cJSON_CreateNull());
+        return;
+    }
+    snprintf(t, sizeof t, "%.6g", v); /* six significant digits: more than any probe resolves */
+    cJSON_AddItemToObject(o, key, cJSON_CreateNumber(strtod(t, NULL)));
+}
+
+static void jstr(cJSON *o, const char *key, const char *v)
+{
+    if (o)
+        cJSON_AddItemToObject(o, key, v ? cJSON_CreateString(v) : cJSON_CreateNull());
+}
+
+/* The object or array under key of the document (created on first use); NULL without --json. */
+static cJSON *jsection(const char *key, bool array)
+{
+    if (!json_doc)
+        return NULL;
+    cJSON *o = cJSON_GetObjectItemCaseSensitive(json_doc, key);
+    if (!o) {
+        o = array ? cJSON_CreateArray() : cJSON_CreateObject();
+        cJSON_AddItemToObject(json_doc, key, o);
+    }
+    return o;
+}
+
+/* A new object appended to the array under key; NULL without --json. */
+static cJSON *jrow(const char *key)
+{
+    cJSON *a = jsection(key, true), *o = a ? cJSON_CreateObject() : NULL;
+    if (o)
+        cJSON_AddItemToArray(a, o);
+    return o;
+}
+
+/* The CPU's "model name", family and model from /proc/cpuinfo into the machine object. */
+static void json_cpu(cJSON *machine)
+{
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[512];
+    bool name = false, family = false, model = false;
+    while (f && fgets(line, sizeof line, f) && !(name && family && model)) {
+        char *colon = strchr(line, ':');
+        if (!colon)
+            continue;
+        char *v = colon + 1 + strspn(colon + 1, " \t");
+        v[strcspn(v, "\n")] = 0;
+        if (!name && !strncmp(line, "model name", 10)) {
+            jstr(machine, "cpu", v);
+            name = true;
+        } else if (!family && !strncmp(line, "cpu family", 10)) {
+            jnum(machine, "cpu_family", strtod(v, NULL));
+            family = true;
+        } else if (!model && !strncmp(line, "model\t", 6)) {
+            jnum(machine, "cpu_model", strtod(v, NULL));
+            model = true;
+        }
+    }
+    if (f)
+        fclose(f);
+    if (!name)
+        jstr(machine, "cpu", "unknown");
+    jnum(machine, "online_cpus", (double)sysconf(_SC_NPROCESSORS_ONLN));
+}
+
+/* Writes the document to path (through a temporary file, renamed when complete); 0 or -1. */
+static int json_write(const char *path)
+{
+    char *text = cJSON_Print(json_doc), tmp[4096];
+    if (!text || snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        fprintf(stderr, "bench: cannot print the JSON for %s\n", path);
+        free(text);
+        return -1;
+    }
+    FILE *f = fopen(tmp, "w");
+    int rc = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF ? 0 : -1;
+    if (f && fclose(f))
+        rc = -1;
+    if (rc == 0 && rename(tmp, path))
+        rc = -1;
+    if (rc)
+        fprintf(stderr, "bench: cannot write %s: %s\n", path, strerror(errno));
+    free(text);
+    return rc;
+}
 
 static double now_s(void)
 {
@@ -78,10 +180,12 @@ typedef struct bench {
     double weight_bytes;  /* f32 weights read per step (more than core__qmatmul_max_rows()) */
     double qweight_bytes; /* stored (quantized) weights read per step (small steps) */
     double peak, bw;
+    const char *mode; /* "f32" or "int8": the activations of the forward passes */
 } bench;
 
-static void report(const bench *b, const char *what, double toks, double secs, double rows_per_step,
-                   double steps)
+/* One line of tok/s, GFLOP/s and GB/s; scenario and sequences are its JSON key and batch. */
+static void report(const bench *b, const char *what, const char *scenario, int sequences,
+                   double toks, double secs, double rows_per_step, double steps)
 {
     double gflops = b->flops_per_row * toks / secs / 1e9;
     double bytes = rows_per_step <= core__qmatmul_max_rows() ? b->qweight_bytes : b->weight_bytes;
@@ -90,6 +194,17 @@ static void report(const bench *b, const char *what, double toks, double secs, d
            "   [%.0f rows/step]\n",
            what, toks / secs, gflops, 100 * gflops / b->peak, gbs, 100 * gbs / b->bw,
            rows_per_step);
+    cJSON *j = jrow("forward");
+    jstr(j, "scenario", scenario);
+    jstr(j, "mode", b->mode);
+    jstr(j, "label", what);
+    jnum(j, "sequences", sequences);
+    jnum(j, "rows_per_step", rows_per_step);
+    jnum(j, "tok_s", toks / secs);
+    jnum(j, "gflops", gflops);
+    jnum(j, "pct_of_peak", 100 * gflops / b->peak);
+    jnum(j, "weight_gbs", gbs);
+    jnum(j, "pct_of_bw", 100 * gbs / b->bw);
 }
 
 /* The int8 kernels on W (when they take its type), X quantized beforehand, as bench_kernels. */
@@ -104,6 +219,7 @@ static void bench_kernels_int8(uint32_t type, const uint8_t *w, int in, int out,
     core__q8x_quantize(x, in, ns[count - 1], xq);
     printf("  %-5s int8 %-12s", core_type_name(type), core__q8_kernels());
     for (int k = 0; k < count; k++) {
+        cJSON *j = jrow("kernels");
         double best = 1e9;
         for (int r = 0; r < 15; r++) {
             double t0 = now_s();
@@ -111,9 +227,17 @@ static void bench_kernels_int8(uint32_t type, const uint8_t *w, int in, int out,
             double dt = now_s() - t0;
             best = dt < best ? dt : best;
         }
-        printf("   n=%-2d %5.1f GB/s %6.1f GFLOP/s", ns[k],
-               (double)core_type_row_bytes(type, (uint64_t)in) * out / best / 1e9,
+        double gbs = (double)core_type_row_bytes(type, (uint64_t)in) * out / best / 1e9;
+        printf("   n=%-2d %5.1f GB/s %6.1f GFLOP/s", ns[k], gbs,
                2.0 * in * out * ns[k] / best / 1e9);
+        jstr(j, "type", core_type_name(type));
+        jstr(j, "mode", "int8");
+        jstr(j, "kernels", core__q8_kernels());
+        jnum(j, "rows", ns[k]);
+        jnum(j, "in", in);
+        jnum(j, "out", out);
+        jnum(j, "stored_gbs", gbs);
+        jnum(j, "gflops", 2.0 * in * out * ns[k] / best / 1e9);
     }
     printf("  (stored-size GB/s)\n");
     free(xq);
@@ -168,6 +292,15 @@ static void bench_kernels(void)
                 }
                 printf("   n=%-2d %5.1f GB/s %6.1f GFLOP/s", ns[k], bytes / best / 1e9,
                        2.0 * in * out * ns[k] / best / 1e9);
+                cJSON *j = jrow("kernels");
+                jstr(j, "type", core_type_name(type));
+                jstr(j, "mode", "f32");
+                jstr(j, "kernels", core__qmatmul_kernels());
+                jnum(j, "rows", ns[k]);
+                jnum(j, "in", in);
+                jnum(j, "out", out);
+                jnum(j, "stored_gbs", bytes / best / 1e9);
+                jnum(j, "gflops", 2.0 * in * out * ns[k] / best / 1e9);
             }
             printf("\n");
         }
@@ -271,17 +404,19 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* PEFT's names of the modules, in core's order (CORE_MOD_Q ...). */
+static const char *const mod_names[] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                        "gate_proj", "up_proj", "down_proj"};
+
 /* Writes a rank-r adapter over every layer of the masked modules, f16. */
 static int write_adapter(const char *dir, const core_config *c, int r, unsigned modules,
                          uint32_t seed)
 {
     char cfg[256], targets[128] = "";
-    static const char *const names[] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                        "gate_proj", "up_proj", "down_proj"};
     for (int m = 0; m < CORE_MOD_COUNT; m++)
         if (modules & (1u << m))
             snprintf(targets + strlen(targets), sizeof targets - strlen(targets), "%s\"%s\"",
-                     targets[0] ? "," : "", names[m]);
+                     targets[0] ? "," : "", mod_names[m]);
     snprintf(cfg, sizeof cfg, "{\"r\":%d,\"lora_alpha\":%d,\"target_modules\":[%s]}", r, 2 * r,
              targets);
     return tu_write_peft_layers(dir, cfg, c, modules, r, "F16", seed);
@@ -305,6 +440,14 @@ static void bench_lora(bench *b)
     double base = lora_step(b, n_rows, NULL, steps);
     printf("\nLoRA (f16 adapters, %d rows per decode step; base-only step %.1f ms)\n", n_rows,
            base * 1e3);
+    cJSON *jl = jsection("lora", false), *jkinds = jl ? cJSON_CreateArray() : NULL;
+    jnum(jl, "rows_per_step", n_rows);
+    jnum(jl, "base_step_ms", base * 1e3);
+    jnum(jl, "base_tok_s", n_rows / base);
+    jnum(jl, "rounds", ROUNDS);
+    jstr(jl, "dtype", "F16");
+    if (jl)
+        cJSON_AddItemToObject(jl, "kinds", jkinds);
     for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
         adapter *ads[32];
         double load = 1e9;
@@ -325,6 +468,22 @@ static void bench_lora(bench *b)
         }
         printf("  %-20s load %.1f ms, %.2f MB resident per adapter\n", kinds[k].what, load * 1e3,
                ads[0]->bytes / 1e6);
+        cJSON *jk = jkinds ? cJSON_CreateObject() : NULL, *jd = jk ? cJSON_CreateArray() : NULL;
+        if (jk) {
+            cJSON *tm = cJSON_AddArrayToObject(jk, "target_modules");
+            for (int mod = 0; mod < CORE_MOD_COUNT; mod++)
+                if (kinds[k].mods & (1u << mod))
+                    cJSON_AddItemToArray(tm, cJSON_CreateString(mod_names[mod]));
+            cJSON_AddItemToArray(jkinds, jk);
+        }
+        jstr(jk, "kind", kinds[k].what);
+        jnum(jk, "rank", kinds[k].r);
+        jnum(jk, "load_ms", load * 1e3);
+        jnum(jk, "resident_mb", ads[0]->bytes / 1e6);
+        jnum(jk, "target_pct", kinds[k].target);
+        jnum(jk, "target_at_distinct", 32);
+        if (jk)
+            cJSON_AddItemToObject(jk, "distinct", jd);
         int distinct[] = {1, 8, 32};
         for (size_t d = 0; d < 3; d++) {
             adapter_set *sets[32];
@@ -353,6 +512,21 @@ static void bench_lora(bench *b)
                    "over the extra time)\n",
                    distinct[d], t * 1e3, base * 1e3, 100 * (ratio[ROUNDS / 2] - 1), ROUNDS,
                    kinds[k].target, extra_mb, t > base ? extra_mb / 1e3 / (t - base) : 0.0);
+            cJSON *jr = jd ? cJSON_CreateObject() : NULL;
+            if (jr) {
+                cJSON_AddItemToArray(jd, jr);
+                cJSON *rs = cJSON_AddArrayToObject(jr, "paired_ratios");
+                for (int rr = 0; rr < ROUNDS; rr++)
+                    cJSON_AddItemToArray(rs, cJSON_CreateNumber(round(ratio[rr] * 1e5) / 1e5));
+            }
+            jnum(jr, "adapters", distinct[d]);
+            jnum(jr, "step_ms", t * 1e3);
+            jnum(jr, "base_step_ms", base * 1e3);
+            jnum(jr, "tok_s", n_rows / t);
+            jnum(jr, "base_tok_s", n_rows / base);
+            jnum(jr, "overhead_pct", 100 * (ratio[ROUNDS / 2] - 1));
+            jnum(jr, "adapter_mb_read", extra_mb);
+            jnum(jr, "extra_gbs", t > base ? extra_mb / 1e3 / (t - base) : 0.0);
             for (int i = 0; i < 32; i++)
                 adapter_set_free(sets[i]);
         }
@@ -407,6 +581,18 @@ static int bench_long_context(bench *b, const char *what_suffix)
         printf("%-35s %9.1f tok/s   %6.1f ms/step (best of %d); the KV cache read: %.0f MB/step, "
                "%.1f GB/s\n",
                what, ROWS / best, best * 1e3, STEPS, kv_bytes / 1e6, kv_bytes / best / 1e9);
+        cJSON *j = jrow("forward");
+        jstr(j, "scenario", "long_context");
+        jstr(j, "mode", b->mode);
+        jstr(j, "label", what);
+        jstr(j, "kv", f16 ? "f16" : "f32");
+        jnum(j, "sequences", ROWS);
+        jnum(j, "rows_per_step", ROWS);
+        jnum(j, "position", POS);
+        jnum(j, "tok_s", ROWS / best);
+        jnum(j, "step_ms", best * 1e3);
+        jnum(j, "kv_mb_per_step", kv_bytes / 1e6);
+        jnum(j, "kv_gbs", kv_bytes / best / 1e9);
         core_kv_free(kv);
     }
     return 0;
@@ -430,14 +616,24 @@ static int bench_forward(bench *b, const char *what_suffix)
     snprintf(what, sizeof what, "prefill, 1 x 128 tokens%s", what_suffix);
     printf("%-35s %9.1f tok/s   %7.1f GFLOP/s (%3.0f%% of peak)\n", what, plen / tp, pf,
            100 * pf / b->peak);
+    cJSON *j = jrow("forward");
+    jstr(j, "scenario", "prefill");
+    jstr(j, "mode", b->mode);
+    jstr(j, "label", what);
+    jnum(j, "sequences", 1);
+    jnum(j, "rows_per_step", plen);
+    jnum(j, "tok_s", plen / tp);
+    jnum(j, "gflops", pf);
+    jnum(j, "pct_of_peak", 100 * pf / b->peak);
     snprintf(what, sizeof what, "decode, 1 stream%s", what_suffix);
-    report(b, what, steps, td, 1, steps);
+    report(b, what, "decode_1_stream", 1, steps, td, 1, steps);
     int batches[] = {1, 8, 32, 64};
     for (size_t i = 0; i < sizeof batches / sizeof batches[0]; i++) {
         if (run(b, batches[i], 32, steps, &tp, &td))
             return 1;
         snprintf(what, sizeof what, "batched decode, batch %d%s", batches[i], what_suffix);
-        report(b, what, (double)batches[i] * steps, td, batches[i], steps);
+        report(b, what, "batched_decode", batches[i], (double)batches[i] * steps, td, batches[i],
+               steps);
     }
     return bench_long_context(b, what_suffix);
 }
@@ -562,6 +758,19 @@ static int bench_structured(bench *b)
            "decode step, 1 stream", t1 * 1e3, 100 * (t_con - t_free) / t1);
     printf("%-35s %9.2f ms; one constrained row adds %.1f%% to the step\n",
            "decode step, 32 streams", t32 * 1e3, 100 * (t_con - t_free) / t32);
+    cJSON *j = jsection("structured", false);
+    jnum(j, "answer_tokens", (double)n_ids);
+    jnum(j, "vocab", n);
+    jnum(j, "vocab_sort_ms", t_vocab * 1e3);
+    jnum(j, "mask_cold_ms_mean", per * 1e3);
+    jnum(j, "mask_cold_ms_max", cold_max * 1e3);
+    jnum(j, "mask_cached_ms_mean", warm / (2.0 * (double)n_ids) * 1e3);
+    jnum(j, "sample_free_ms", t_free * 1e3);
+    jnum(j, "sample_constrained_ms", t_con * 1e3);
+    jnum(j, "decode_step_1_ms", t1 * 1e3);
+    jnum(j, "decode_step_32_ms", t32 * 1e3);
+    jnum(j, "constrained_pct_of_step_1", 100 * (t_con - t_free) / t1);
+    jnum(j, "constrained_pct_of_step_32", 100 * (t_con - t_free) / t32);
     free(lg);
     free(bits);
     free(ids);
@@ -572,15 +781,22 @@ static int bench_structured(bench *b)
     return 0;
 }
 
+static int run_bench(const char *path, const char *msg, int only_sgemm, int only_lora,
+                     int only_kernels, int only_forward, int only_structured,
+                     const char *json_path);
+
 int main(int argc, char **argv)
 {
     char msg[256] = "";
     core_blas_ensure_kernel(argc, argv, msg, sizeof msg);
     const char *path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    const char *json_path = NULL;
     int only_sgemm = 0, only_lora = 0, only_kernels = 0, only_forward = 0, only_structured = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc)
             path = argv[++i];
+        else if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            json_path = argv[++i]; /* also write every result as JSON there */
         else if (!strcmp(argv[i], "--sgemm-only"))
             only_sgemm = 1; /* for tools/bench_server.sh: one line, "sgemm_gflops X" */
         else if (!strcmp(argv[i], "--lora-only"))
@@ -592,13 +808,62 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--forward-only"))
             only_forward = 1; /* the model's forward passes, f32 and int8: no kernels, no LoRA */
         else {
-            fprintf(stderr, "usage: bench_core [-m MODEL] [--sgemm-only | --lora-only | "
-                            "--kernels-only | --forward-only | --structured-only]\n");
+            fprintf(stderr, "usage: bench_core [-m MODEL] [--json FILE] [--sgemm-only | "
+                            "--lora-only | --kernels-only | --forward-only | --structured-only]\n");
             return 2;
         }
     }
+    int rc = run_bench(path, msg, only_sgemm, only_lora, only_kernels, only_forward,
+                       only_structured, json_path);
+    if (json_doc && rc == 0)
+        rc = json_write(json_path) ? 1 : 0;
+    cJSON_Delete(json_doc);
+    return rc;
+}
+
+/* The document's head: what ran, where and when. */
+static void json_head(const char *path, const char *blas_msg, const char *parts)
+{
+    char date[32];
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    cJSON_AddStringToObject(json_doc, "schema", "adaptree-bench-core/1");
+    cJSON_AddStringToObject(json_doc, "tool", "bench_core");
+    cJSON_AddStringToObject(json_doc, "date", date);
+    cJSON_AddStringToObject(json_doc, "commit", srv_build_commit);
+    cJSON_AddStringToObject(json_doc, "parts", parts);
+    jstr(json_doc, "model_path", path);
+    cJSON *mc = jsection("machine", false);
+    json_cpu(mc);
+    jstr(mc, "kernels", core__qmatmul_kernels());
+    jstr(mc, "int8_kernels", core__q8_available() ? core__q8_kernels() : NULL);
+    jstr(mc, "openblas_core", core_blas_corename());
+    jnum(mc, "openblas_threads", core_blas_threads());
+    jstr(mc, "openblas_note", blas_msg);
+    double load[3];
+    if (getloadavg(load, 3) == 3)
+        jnum(mc, "load_average_1m", load[0]);
+}
+
+static int run_bench(const char *path, const char *msg, int only_sgemm, int only_lora,
+                     int only_kernels, int only_forward, int only_structured, const char *json_path)
+{
+    if (json_path) {
+        json_doc = cJSON_CreateObject();
+        json_head(path, msg,
+                  only_sgemm        ? "sgemm"
+                  : only_kernels    ? "kernels"
+                  : only_structured ? "structured"
+                  : only_lora       ? "lora"
+                  : only_forward    ? "forward"
+                                    : "all");
+    }
     if (only_sgemm) {
-        printf("sgemm_gflops %.1f\n", sgemm_peak());
+        double g = sgemm_peak();
+        printf("sgemm_gflops %.1f\n", g);
+        jnum(jsection("machine", false), "sgemm_gflops", g);
         return 0;
     }
     if (only_kernels) {
@@ -611,6 +876,9 @@ int main(int argc, char **argv)
     b.peak = sgemm_peak();
     b.bw = read_bandwidth();
     printf("machine: sgemm peak %.1f GFLOP/s, read bandwidth %.1f GB/s\n\n", b.peak, b.bw);
+    jnum(jsection("machine", false), "sgemm_gflops", b.peak);
+    jnum(jsection("machine", false), "read_gbs", b.bw);
+    b.mode = "f32";
 
     char err[512];
     core_model *m = core_model_load(path, err, sizeof err);
@@ -639,6 +907,18 @@ int main(int argc, char **argv)
            "%s kernels) or %.0f MB of f32 weights\n\n",
            path, (lin * c->n_layer + (double)c->n_vocab * c->n_embd) / 1e6, b.qweight_bytes / 1e6,
            rows, core__qmatmul_kernels(), b.weight_bytes / 1e6);
+    cJSON *jm = jsection("model", false);
+    jstr(jm, "path", path);
+    jstr(jm, "architecture", c->arch);
+    jnum(jm, "layers", c->n_layer);
+    jnum(jm, "embedding", c->n_embd);
+    jnum(jm, "linear_params_m", (lin * c->n_layer + (double)c->n_vocab * c->n_embd) / 1e6);
+    jnum(jm, "stored_weight_mb_per_step", b.qweight_bytes / 1e6);
+    jnum(jm, "f32_weight_mb_per_step", b.weight_bytes / 1e6);
+    if (qrows == INT_MAX)
+        jstr(jm, "stored_kernel_rows", "any");
+    else
+        jnum(jm, "stored_kernel_rows", qrows);
 
     if (only_structured)
         return bench_structured(&b);
@@ -648,13 +928,20 @@ int main(int argc, char **argv)
         int packed = core_model_set_int8(m, 1, err, sizeof err);
         printf("\nint8 activations (serve --int8; %d weights repacked for the %s kernels):\n",
                packed, core__q8_kernels());
+        cJSON *ji = jsection("int8", false);
+        cJSON_AddBoolToObject(ji, "available", true);
+        jnum(ji, "weights_repacked", packed);
+        jstr(ji, "kernels", core__q8_kernels());
+        b.mode = "int8";
         if (packed < 0)
             printf("bench: %s\n", err);
         else if (bench_forward(&b, " (int8)"))
             return 1;
         core_model_set_int8(m, 0, NULL, 0);
+        b.mode = "f32";
     } else if (!only_lora) {
         printf("\nint8 activations: neither AVX2 nor AVX-512 VNNI on this CPU\n");
+        cJSON_AddBoolToObject(jsection("int8", false), "available", false);
     }
     if (!only_lora && !only_forward)
         bench_kernels();

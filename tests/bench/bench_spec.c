@@ -2,10 +2,14 @@
  * drafts, on a copy task (the answer repeats the prompt: most drafts are accepted) and on free
  * generation (few are), one stream and several at once, up to a full batch where the scheduler
  * drafts nothing (the rows would cost their full compute). Plain and speculative runs alternate
- * and each figure is the median of three, so the host's drift hits both alike. tok/s are end to
- * end: every stream's tokens over the time from submission to the last one's end.
+ * and each figure is the median of three, so the host's drift hits both alike. tok/s are of the
+ * decode phase: the tokens after each stream's first over the time from the last stream's first
+ * token to the last end (the prompts are prefilled in full steps, so the streams start
+ * together).
  *
- * usage: bench_spec [-m MODEL] [-n TOKENS] */
+ * usage: bench_spec [-m MODEL] [-n TOKENS] [--json FILE]
+ * --json: the results as one JSON document (schema adaptree-bench-spec/1), written at the end. */
+#include <cJSON.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,7 +41,8 @@ static const char *const FREE = "<|im_start|>user\nWrite a short story about a c
                                 "to fly.<|im_end|>\n<|im_start|>assistant\n";
 
 typedef struct run {
-    double tok_s;          /* generated tokens / wall time from submission to the last end */
+    double tok_s;          /* tokens after each stream's first / time from the last first token
+                              to the last end: the decode phase, all streams together */
     uint64_t drafted, acc; /* draft tokens verified and accepted during the run */
 } run;
 
@@ -92,7 +97,7 @@ static int measure(srv_engine *e, const int32_t *ids, int n_ids, int n_jobs, int
             return -1;
         }
     int done = 0, tokens = 0;
-    double end = 0;
+    double first = 0, end = 0;
     while (done < n_jobs) {
         usleep(200);
         done = 0;
@@ -110,11 +115,12 @@ static int measure(srv_engine *e, const int32_t *ids, int n_ids, int n_jobs, int
             fprintf(stderr, "bench_spec: a job ended %d: %s\n", (int)st.finish, st.error);
             return -1;
         }
-        tokens += st.completion_tokens;
+        tokens += st.completion_tokens - 1;
+        first = st.first_token_ms / 1e3 > first ? st.first_token_ms / 1e3 : first;
         srv_job_unref(jobs[i]);
     }
     srv_engine_stats_get(e, &s1);
-    out->tok_s = (double)tokens / end;
+    out->tok_s = (double)tokens / (end - first);
     out->drafted = s1.spec_draft_tokens - s0.spec_draft_tokens;
     out->acc = s1.spec_accepted_tokens - s0.spec_accepted_tokens;
     return 0;
@@ -127,7 +133,7 @@ static int cmp_run(const void *a, const void *b)
 }
 
 static int scenario(srv_engine *e, const char *name, const char *text, int n_jobs, int max_tokens,
-                    int k)
+                    int k, cJSON *arr)
 {
     const core_tokenizer *tok = srv_engine_tokenizer(e);
     int32_t *ids = NULL;
@@ -152,6 +158,36 @@ static int scenario(srv_engine *e, const char *name, const char *text, int n_job
            name, n_jobs, n_jobs > 1 ? "s" : " ", p->tok_s, s->tok_s, s->tok_s / p->tok_s,
            (unsigned long long)s->drafted,
            s->drafted ? 100.0 * (double)s->acc / (double)s->drafted : 0.0);
+    cJSON *o = cJSON_CreateObject();
+    if (o) {
+        cJSON_AddStringToObject(o, "scenario", name);
+        cJSON_AddNumberToObject(o, "streams", n_jobs);
+        cJSON_AddNumberToObject(o, "plain_tok_s", p->tok_s);
+        cJSON_AddNumberToObject(o, "spec_tok_s", s->tok_s);
+        cJSON_AddNumberToObject(o, "ratio", s->tok_s / p->tok_s);
+        cJSON_AddNumberToObject(o, "drafted", (double)s->drafted);
+        cJSON_AddNumberToObject(o, "accepted", (double)s->acc);
+        cJSON_AddItemToArray(arr, o);
+    }
+    return 0;
+}
+
+/* Writes doc to path through a temporary file renamed into place. 0 or -1. */
+static int write_json(const char *path, const cJSON *doc)
+{
+    char *text = cJSON_Print(doc);
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = text ? fopen(tmp, "w") : NULL;
+    int ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+    if (f)
+        ok = fclose(f) == 0 && ok;
+    free(text);
+    if (!ok || rename(tmp, path) != 0) {
+        fprintf(stderr, "bench_spec: cannot write %s\n", path);
+        remove(tmp);
+        return -1;
+    }
     return 0;
 }
 
@@ -160,14 +196,17 @@ int main(int argc, char **argv)
     char msg[256] = "";
     core_blas_ensure_kernel(argc, argv, msg, sizeof msg);
     const char *path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    const char *json = NULL;
     int max_tokens = 128;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc)
             path = argv[++i];
         else if (!strcmp(argv[i], "-n") && i + 1 < argc)
             max_tokens = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--json") && i + 1 < argc)
+            json = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_spec [-m MODEL] [-n TOKENS]\n");
+            fprintf(stderr, "usage: bench_spec [-m MODEL] [-n TOKENS] [--json FILE]\n");
             return 2;
         }
     }
@@ -193,13 +232,32 @@ int main(int argc, char **argv)
     printf("speculative decoding (prompt lookup, up to %d drafts, 3-gram), greedy, %d tokens a "
            "stream, %s:\n",
            k, max_tokens, cpu);
-    int rc = scenario(e, "copy task", COPY, 1, max_tokens, k);
+    cJSON *doc = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+    if (!doc || !arr) {
+        fprintf(stderr, "bench_spec: out of memory\n");
+        return 1;
+    }
+    time_t now = time(NULL);
+    char date[32];
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    cJSON_AddStringToObject(doc, "schema", "adaptree-bench-spec/1");
+    cJSON_AddStringToObject(doc, "date", date);
+    cJSON_AddStringToObject(doc, "cpu", cpu);
+    cJSON_AddStringToObject(doc, "model", path);
+    cJSON_AddNumberToObject(doc, "k", k);
+    cJSON_AddNumberToObject(doc, "ngram", o.spec_ngram);
+    cJSON_AddNumberToObject(doc, "tokens_per_stream", max_tokens);
+    cJSON_AddItemToObject(doc, "scenarios", arr);
+    int rc = scenario(e, "copy task", COPY, 1, max_tokens, k, arr);
     if (!rc)
-        rc = scenario(e, "free generation", FREE, 1, max_tokens, k);
+        rc = scenario(e, "free generation", FREE, 1, max_tokens, k, arr);
     if (!rc)
-        rc = scenario(e, "copy task", COPY, 4, max_tokens, k);
+        rc = scenario(e, "copy task", COPY, 4, max_tokens, k, arr);
     if (!rc)
-        rc = scenario(e, "copy task (full batch)", COPY, MAX_JOBS, max_tokens, k);
+        rc = scenario(e, "copy task (full batch)", COPY, MAX_JOBS, max_tokens, k, arr);
     srv_engine_free(e);
+    if (!rc && json)
+        rc = write_json(json, doc);
+    cJSON_Delete(doc);
     return rc ? 1 : 0;
 }
