@@ -160,7 +160,7 @@ PROBES = $(BUILD)/blas_probe $(BUILD)/runner_probe
 # --- setup -----------------------------------------------------------------------------------
 
 # Runs setup targets one after the other (apt before the venvs, the downloads' progress legible).
-SETUP = $(MAKE) --no-print-directory SERIAL=1
+SETUP = $(MAKE) --no-print-directory -s SERIAL=1
 
 deps:
 	@tools/deps.sh

@@ -61,8 +61,9 @@ static void serve_usage(FILE *out)
         "                            under the same adapters)\n"
         "      --spec-k K            speculative decoding for every request that does not\n"
         "                            choose: up to K draft tokens a step from prompt lookup\n"
-        "                            (0-16; default 0 = off; a request's \"speculative\"\n"
-        "                            turns it on or off for itself)\n"
+        "                            (0-16, 0 = off; default 8; exact: the output is the\n"
+        "                            same as without; none while more than 4 streams\n"
+        "                            decode; a request's \"speculative\" decides for itself)\n"
         "      --spec-ngram N        n-gram length the lookup matches (1-8, default 3)\n"
         "      --queue-limit N       requests waiting beyond the running ones (default "
         "256);\n"
@@ -187,6 +188,7 @@ static void defaults(srv_serve_opts *o)
     o->http_threads = 2;
     o->max_batch_tokens = 512;
     o->max_step_ms = -1;
+    o->spec_k = 8;
     o->spec_ngram = 3;
     o->prefill_chunk = 256;
     o->max_seqs = 32;
