@@ -1085,7 +1085,10 @@ int core__qmatmul_max_rows(void)
         return (int)v;
     if (!ops())
         return 0;
-    return core__cpu_level() >= CORE_CPU_AVX512 ? INT_MAX : CORE_QMATMUL_ROWS;
+    /* AVX-512 and AVX2 read the stored blocks at every batch size: a row's result is then the
+     * same bits whatever else is in the step, and no f32 copy of the weights is kept. Forced
+     * portable kernels stop at CORE_QMATMUL_ROWS (sgemm above: they are slow, for tests). */
+    return core__cpu_level() >= CORE_CPU_AVX2 ? INT_MAX : CORE_QMATMUL_ROWS;
 }
 
 const char *core__qmatmul_kernels(void)

@@ -42,7 +42,8 @@ int core__qmatmul_part(uint32_t type, const void *W, int in, int out, int o_begi
 
 /* The most rows a step may have and still go through core__qmatmul rather than sgemm on f32
  * weights: ADAPTREE_QMATMUL_ROWS from the environment (1..1000000) if set, else unlimited
- * (INT_MAX) on the AVX-512 kernels, CORE_QMATMUL_ROWS on the AVX2 ones, 0 without kernels. */
+ * (INT_MAX) on the AVX-512 and AVX2 kernels, CORE_QMATMUL_ROWS on the portable ones (forced),
+ * 0 without kernels; ADAPTREE_QMATMUL_ROWS=N sets it (then with f32 copies for sgemm above). */
 int core__qmatmul_max_rows(void);
 
 /* The family in use, for logs and benches: "AVX-512", "AVX2", "portable" or "none (...)". */

@@ -381,7 +381,8 @@ static void qmm_task(void *arg, int t)
 }
 
 /* Matmuls of at most this many rows read the quantized weights (core__qmatmul on the pool);
- * larger ones use sgemm on the f32 slab (see CORE_QMATMUL_ROWS for the measurements). Read once:
+ * larger ones use sgemm on the f32 slab: INT_MAX (never) on AVX-512 and AVX2 (see
+ * CORE_QMATMUL_ROWS for the measurements). Read once:
  * the kernels and the environment do not change while the process runs. */
 static int qmatmul_rows(void)
 {

@@ -611,8 +611,9 @@ int core_model_set_int8(core_model *m, int on, char *err, size_t errlen)
             goto oom;
         packed++;
     }
-    /* The packed matrices' f32 copies are no longer read (AVX2 CPUs kept them for steps above
-     * CORE_QMATMUL_ROWS rows): 538 MB for the default model. Kept if the smaller slab cannot be
+    /* The packed matrices' f32 copies are no longer read (kept only with a row limit,
+     * ADAPTREE_QMATMUL_ROWS or the portable kernels, for sgemm above it): 538 MB for the default
+     * model. Kept if the smaller slab cannot be
      * allocated, which changes nothing but memory. */
     if (m->slab_mode == CORE_SLAB_LAZY)
         set_slab(m, CORE_SLAB_INT8, NULL, 0);
@@ -641,7 +642,7 @@ void core_model_free(core_model *m)
 }
 
 /* 1 when core_forward never needs this tensor as f32: core__qmatmul reads its type at every
- * batch size (AVX-512 kernels; ADAPTREE_QMATMUL_ROWS or AVX2 put a limit on that), or
+ * batch size (AVX-512 and AVX2 kernels; ADAPTREE_QMATMUL_ROWS puts a limit on that), or
  * (CORE_SLAB_INT8) core_model_set_int8 repacked it, as it does every such matrix the int8 kernels
  * take. */
 static bool stays_quantized(const core_gguf *g, const mat_src *s, core_slab_mode mode)

@@ -311,14 +311,17 @@ typedef struct core_batch {
     const uint8_t *want_logits; /* (n_rows) 1 = produce logits for this row; NULL = every row */
 } core_batch;
 
-/* With the AVX2 kernels, steps of at most this many rows read the weights in their stored
- * (quantized) type; larger ones use OpenBLAS sgemm on the f32 copies. Measured on one core of a
- * Zen 4 EPYC (CPU time per decode step, qmatmul vs sgemm): 76 vs 115 ms at 16 rows, 134 vs 158
- * at 32, equal at 48, sgemm ahead by 6% at 64; on two cores qmatmul splits its weights between
- * the threads while sgemm's packing is bandwidth-bound, so the crossover only moves up. With the
- * AVX-512 kernels every step reads the quantized weights: on a Zen 5 EPYC (2 threads) a 64-row
- * decode step took 64-69 ms against 71 (SkylakeX sgemm) and 105 (Haswell), a 256-row prefill
- * 221 ms against 239 and 322. core__qmatmul_max_rows() gives the limit in force. */
+/* With the portable kernels (forced, for tests), steps of at most this many rows read the weights
+ * in their stored (quantized) type; larger ones use OpenBLAS sgemm on f32 copies. The AVX-512
+ * and AVX2 kernels read the stored blocks at every step size (core__qmatmul_max_rows), so a
+ * row's logits do not depend on the other rows, to the bit, and no f32 copies are kept. AVX2
+ * used to stop here too: measured on one core of a Zen 4 EPYC (CPU time per decode step,
+ * qmatmul vs sgemm) 76 vs 115 ms at 16 rows, 134 vs 158 at 32, equal at 48, sgemm ahead by 6%
+ * at 64; on an Intel Xeon (family 6 model 167) held to AVX2 with OpenBLAS's Haswell kernels
+ * (2 threads, 2026-12-07) quantized at every size against sgemm above 48 rows: prefill of 128
+ * tokens 576 vs 635 tok/s (0.91x), a 64-row decode step 439 vs 422 tok/s (1.04x), for
+ * bit-exact batches and 538 MB less memory. ADAPTREE_QMATMUL_ROWS=48 brings the old split back
+ * for comparison. */
 #define CORE_QMATMUL_ROWS 48
 
 /* The kernels the linear layers run on, for logs, written to buf (e.g. "AVX-512 quantized matmul

@@ -8,6 +8,7 @@
 
 #include "core/format/gguf.h"
 #include "core/kernels/blas.h"
+#include "core/kernels/cpu_internal.h"
 #include "core/kernels/dequant.h"
 #include "core/model/model.h"
 #include "tests/shared_model.h"
@@ -141,6 +142,89 @@ TEST(model_batch_invariance)
     CHECK(worst <= 1e-4);
 }
 
+/* Bit-exact batch invariance at every step size, on every kernel level this CPU has (AVX-512,
+ * AVX2): one sequence's decode row gives the same logits, to the bit, alone and in a step of N
+ * rows (the others another sequence's prompt rows, the decode row in the middle), for N from 1
+ * to 256 — across the quantized kernels' row tiles and the sizes where a step used to switch
+ * kernels. Returns the number of step sizes whose logits differ; -1 on failure. */
+static int bit_exact_steps(core_model *m, const char *level)
+{
+    static const int sizes[] = {1,  2,  3,  7,  8,  15, 16,  17,  31,  32,  33,
+                                47, 48, 49, 63, 64, 65, 100, 128, 129, 255, 256};
+    char err[256];
+    int nv = m->cfg.n_vocab, bad = 0, rc = 0;
+    core_ctx *c = core_ctx_new(m);
+    core_kv *kv = core_kv_new(&m->cfg, 2, 320, err, sizeof err);
+    float *alone = malloc(sizeof(float) * (size_t)nv), *lg = malloc(sizeof(float) * (size_t)nv);
+    int32_t tok[256], pos[256], slot[256];
+    uint8_t want[256];
+    if (!c || !kv || !alone || !lg)
+        rc = -1;
+    /* the target: 5 prompt tokens in slot 0 */
+    for (int i = 0; i < 5; i++) {
+        tok[i] = 504 + 97 * i;
+        pos[i] = i;
+        slot[i] = 0;
+        want[i] = i == 4;
+    }
+    core_batch b = {.n_rows = 5, .tokens = tok, .pos = pos, .slot = slot, .want_logits = want};
+    if (!rc)
+        rc = core_forward(c, kv, &b, NULL, lg, err, sizeof err);
+    for (size_t k = 0; !rc && k < sizeof sizes / sizeof *sizes; k++) {
+        int n = sizes[k], t = (n - 1) / 2; /* the decode row's index */
+        core_kv_clear(kv, 1);
+        for (int r = 0, f = 0; r < n; r++) {
+            bool target = r == t;
+            tok[r] = target ? 4649 : 300 + 13 * f;
+            pos[r] = target ? 5 : f;
+            slot[r] = target ? 0 : 1;
+            want[r] = target;
+            f += !target;
+        }
+        b = (core_batch){.n_rows = n, .tokens = tok, .pos = pos, .slot = slot, .want_logits = want};
+        rc = core_forward(c, kv, &b, NULL, n == 1 ? alone : lg, err, sizeof err);
+        if (!rc && n > 1 && memcmp(alone, lg, sizeof(float) * (size_t)nv) != 0) {
+            double worst = 0;
+            for (int v = 0; v < nv; v++)
+                worst = fabs(alone[v] - lg[v]) > worst ? fabs(alone[v] - lg[v]) : worst;
+            printf("    %s: a step of %d rows moves the row's logits by up to %.3g\n", level, n,
+                   worst);
+            bad++;
+        }
+    }
+    if (rc)
+        printf("    %s: forward: %s\n", level, err);
+    free(alone);
+    free(lg);
+    core_kv_free(kv);
+    core_ctx_free(c);
+    return rc ? -1 : bad;
+}
+
+TEST(model_batch_bit_exact_1_to_256_rows)
+{
+    TEST_NEED_MODEL();
+    core_model *m = test_shared_model();
+    CHECK(m != NULL);
+    static const struct {
+        int level;
+        const char *name;
+    } levels[] = {{CORE_CPU_AVX512, "AVX-512"}, {CORE_CPU_AVX2, "AVX2"}};
+    int ran = 0;
+    for (size_t i = 0; i < sizeof levels / sizeof *levels; i++) {
+        if (core__cpu_force(levels[i].level) != 0)
+            continue; /* this CPU lacks it */
+        int bad = bit_exact_steps(m, levels[i].name);
+        printf("    %s kernels: %d of 21 step sizes (2-256 rows) change the decode row's logits "
+               "(want 0)\n",
+               levels[i].name, bad);
+        CHECK_EQ_INT(bad, 0);
+        ran++;
+    }
+    core__cpu_force(-1);
+    CHECK(ran > 0);
+}
+
 /* One decode-sized batch (rows of four sequences at different positions) on 1 and on 2 threads:
  * core's own kernels split their work by output rows, so the logits must be the same bits. */
 TEST(model_threads_do_not_change_results)
@@ -262,7 +346,7 @@ TEST(model_int8_drops_f32_copies)
     }
     const core_config *c = &m->cfg;
     size_t norms = (size_t)(2 * c->n_layer + 1) * c->n_embd, nl = (size_t)c->n_vocab;
-    enum { ROWS = 56 }; /* one step above CORE_QMATMUL_ROWS: AVX2's sgemm path in f32 */
+    enum { ROWS = 56 }; /* past CORE_QMATMUL_ROWS, where AVX2 once switched to sgemm */
     float *f32a = malloc(sizeof(float) * nl * ROWS), *f32b = malloc(sizeof(float) * nl * ROWS);
     float *q8a = malloc(sizeof(float) * nl * ROWS), *q8b = malloc(sizeof(float) * nl * ROWS);
     forward_rows(m, f32a, ROWS);
