@@ -31,7 +31,11 @@ p95 and the aggregate tok/s at each level.
 After that, tools/bench_step.py's latency scenarios (16 running streams + 4 arriving
 2000-token prompts: inter-token latency; a flood of 64 requests from one client and one from
 another: the other's time to first token), each with the default step budget and with
---max-step-ms 0. --scenarios picks among throughput, sweep, latency and flood.
+--max-step-ms 0. --scenarios picks among throughput, sweep, many, latency and flood.
+
+Scenario "many": --many (256) distinct resident rank-8 q,v adapters, every request another one,
+32 streams (each decode step holds 32 distinct adapters), against the same load on one adapter:
+the target is >= 0.8x; it prints the adapter bytes such a step reads.
 
 --json F writes every result as one JSON document (schema "adaptree-bench-server/1": machine,
 mode f32/int8, and one section per scenario that ran; rewritten after each scenario, so an
@@ -39,7 +43,7 @@ interrupted run keeps what it measured). tools/bench_kv.py --json F adds its par
 
 usage: tools/bench_server.py [--build build] [-m MODEL] [-c 32] [-n 64] [--rounds 3] [--int8]
                              [--kv-f16] [--json F] [--sweep 1,2,4,8,16,32] [--sweep-tokens 32]
-                             [--scenarios throughput,sweep,latency,flood]
+                             [--many 256] [--scenarios throughput,sweep,many,latency,flood]
 """
 
 import argparse
@@ -480,10 +484,13 @@ def main(argv=None):
     p.add_argument("--sweep", default="1,2,4,8,16,32",
                    help="the concurrency levels of the latency sweep")
     p.add_argument("--sweep-tokens", type=int, default=32, help="max_tokens in the sweep")
-    p.add_argument("--scenarios", default="throughput,sweep,latency,flood",
+    p.add_argument("--many", type=int, default=256,
+                   help="distinct adapters of the 'many' scenario")
+    p.add_argument("--scenarios", default="throughput,sweep,many,latency,flood",
                    help="comma-separated; they run in this order whatever the order given: "
                         "throughput (the adapter table), "
-                        "sweep (TTFT and ITL against concurrency), latency (16 streams + 4 long "
+                        "sweep (TTFT and ITL against concurrency), many (--many distinct "
+                        "adapters, one per request, against one), latency (16 streams + 4 long "
                         "prompts), flood (64 requests of A, one of B); tools/bench_step.py")
     a = p.parse_args(argv)
     build = a.build if os.path.isabs(a.build) else os.path.join(ROOT, a.build)
@@ -677,7 +684,79 @@ def throughput(a, build):
     return 0, res
 
 
-SCENARIOS = {"throughput": throughput, "sweep": sweep, "latency": latency, "flood": flood}
+def resident_bytes(srv, node):
+    """adaptree_adapter_resident_bytes of one node, from /metrics (None if absent)."""
+    st, body = http(srv.url + "/metrics")
+    if st != 200:
+        return None
+    want = f'adaptree_adapter_resident_bytes{{adapter="{node}"}} '
+    for line in body.decode().splitlines():
+        if line.startswith(want):
+            return float(line.split()[-1])
+    return None
+
+
+def many(a, build):
+    """Many adapters: a.many distinct resident rank-8 q,v adapters, every request another one,
+    a.concurrency streams (so every decode step holds as many distinct adapters as rows),
+    against the same load on one adapter; and the adapter bytes such a step reads."""
+    n, c = a.many, a.concurrency
+    tmp = tempfile.mkdtemp(prefix="adaptree-bench-many-")
+    reg = os.path.join(tmp, "reg")
+    srv = None
+    try:
+        t0 = time.time()
+        mbr.main(["-o", reg, "-m", a.model, "-n", str(n), "--groups", "qv8"])
+        log(f"bench: {n}-adapter registry written in {time.time() - t0:.1f} s")
+        srv = Server(build, a.model, reg, ["--max-seqs", str(c), "--adapter-cache-mb", "8192",
+                                           "--queue-limit", str(4 * n), "--log-level", "warn"]
+                     + (["--threads", str(a.threads)] if a.threads else [])
+                     + (["--int8"] if a.int8 else []) + (["--kv-f16"] if a.kv_f16 else []))
+        ids = [g[0] for g in mbr.groups(n)["qv8"]]
+        dt = preload(srv, ids)
+        log(f"bench: pre-loaded and pinned {n} adapters in {dt:.1f} s")
+        one = ["--model", ids[0]]
+        every = ["--model", "qv8/a{i:02d}", "--n-models", str(n)]
+        load_py(srv, a, "warm-up", c, c, one + ["--warmup"])
+        load_py(srv, a, "warm-up", c, n, every + ["--warmup"])
+        runs = {"one": [], "many": []}
+        for rnd in range(a.rounds):
+            log(f"bench: round {rnd + 1}/{a.rounds}: one adapter, then {n} ...")
+            runs["one"].append(load_py(srv, a, "one adapter", c, n, one))
+            runs["many"].append(load_py(srv, a, f"{n} adapters", c, n, every))
+        per = resident_bytes(srv, ids[0])
+    finally:
+        if srv:
+            srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratios = sorted(m["tok_per_s"] / o["tok_per_s"] for m, o in zip(runs["many"], runs["one"]))
+    ratio = ratios[len(ratios) // 2]
+    med = {k: sorted(runs[k], key=lambda r: r["tok_per_s"])[len(runs[k]) // 2] for k in runs}
+    step_bytes = per * c if per else None
+    base_bytes = 96e6  # the default model's stored blocks a step reads (make bench)
+    print()
+    print(f"many adapters: adaptree serve{flags_text(a)}, {c} concurrent greedy streams, "
+          f"{n} requests a run, max_tokens {a.max_tokens}")
+    print(f"  one rank-8 q,v adapter:           {med['one']['tok_per_s']:8.1f} tok/s")
+    print(f"  {n} different rank-8 q,v adapters: {med['many']['tok_per_s']:8.1f} tok/s  "
+          f"ratio {ratio:.3f} (median of per-round ratios " +
+          ", ".join(f"{x:.3f}" for x in ratios) + ")")
+    if per:
+        print(f"  adapter bytes a {c}-row decode step reads: {c} adapters x {per / 1e3:.0f} KB "
+              f"= {step_bytes / 1e6:.1f} MB (the base weights: {base_bytes / 1e6:.0f} MB)")
+    ok = ratio >= 0.8
+    print(f"  {'PASS' if ok else 'MISS'}  {n} distinct adapters >= 0.8x one adapter")
+    res = {"adapters": n, "concurrency": c, "one": med["one"], "many": med["many"],
+           "ratio": ratio, "ratios": ratios, "adapter_bytes": per,
+           "adapter_bytes_per_step": step_bytes,
+           "targets": [target(f"{n} distinct adapters / one adapter", ok, ratio, ">=", 0.8,
+                              "ratio")]}
+    errors = med["one"]["errors"] + med["many"]["errors"]
+    return (1 if errors else 0), res
+
+
+SCENARIOS = {"throughput": throughput, "sweep": sweep, "many": many, "latency": latency,
+             "flood": flood}
 
 if __name__ == "__main__":
     sys.exit(main())

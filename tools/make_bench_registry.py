@@ -12,6 +12,7 @@ lora_A ~ U(-1/sqrt(in), 1/sqrt(in)), lora_B ~ N(0, 0.01) (non-zero, small: outpu
 lora_alpha = 2r. Deterministic for a given --seed.
 
 usage: tools/make_bench_registry.py -o DIR [-m MODEL.gguf] [-n 32] [--seed 1]
+                                   [--groups qv8,all16,chain]
 """
 
 import argparse
@@ -176,18 +177,24 @@ def main(argv=None):
     p.add_argument("-m", "--model", help="GGUF to take the shapes from (default: SmolLM2-135M's)")
     p.add_argument("-n", type=int, default=32, help="adapters per group")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--groups", default="qv8,all16,chain",
+                   help="which groups to write (comma-separated), e.g. qv8 alone for -n 256")
     a = p.parse_args(argv)
+    want = {g.strip() for g in a.groups.split(",") if g.strip()}
     dims = model_dims(a.model)
     seed = a.seed
-    total = 0
-    for nodes in groups(a.n).values():
+    total = count = 0
+    for name, nodes in groups(a.n).items():
+        if name not in want:
+            continue
         for node_id, r, modules in nodes:
             rng = np.random.default_rng(seed)
             seed += 1
             d = os.path.join(a.out, *node_id.split("/"))
             write_adapter(d, dims, r, modules, rng)
             total += os.path.getsize(os.path.join(d, "adapter_model.safetensors"))
-    print(f"bench registry: {a.out}: {3 * a.n + 2 * a.n} adapters, {total / 1e6:.0f} MB "
+            count += 1
+    print(f"bench registry: {a.out}: {count} adapters, {total / 1e6:.0f} MB "
           f"(dims {dims})", file=sys.stderr)
     return 0
 

@@ -554,10 +554,11 @@ def parse_server_json(path, doc):
     run["sweep"] = sorted(sw.get("levels", []), key=lambda r: r["concurrency"]) if sw else []
     run["sweep_tokens"] = sw.get("max_tokens") if sw else None
     run["kv"] = doc.get("kv")
+    run["many"] = doc.get("many")
     run["start_load"] = (doc.get("machine") or {}).get("load_average_1m")
-    if not run["rows"] and not run["sweep"]:
-        raise ParseError(f"{path}: a bench_server document with neither 'throughput' nor "
-                         "'sweep' results")
+    if not run["rows"] and not run["sweep"] and not run["many"]:
+        raise ParseError(f"{path}: a bench_server document with neither 'throughput', 'sweep' "
+                         "nor 'many' results")
     return {mode: run}
 
 
@@ -887,6 +888,10 @@ def server_points(run):
         if kind.startswith("three-level chain") or kind.endswith("chains"):
             kind, n = "three-level chains", int(re.match(r"^(\d+)", label).group(1))
         pts.setdefault(kind, {0: base} if base else {})[n] = r["tps"]
+    many = run.get("many")
+    if many and many.get("many"):  # scenario "many": N distinct rank-8 q,v adapters, 32 streams
+        pts.setdefault("rank-8 q,v", {0: base} if base else {})[many["adapters"]] = \
+            many["many"]["tok_per_s"]
     return pts
 
 
@@ -895,7 +900,8 @@ def plot_adapters_tokps(plt, machine, out_dir, written):
     decode step (make bench) and the server's 32 streams (make bench-server), per kind."""
     bench = machine["bench"]
     core = bench["lora_tokps"] if bench and bench.get("lora_tokps") else {}
-    server = {md: server_points(r) for md, r in machine["server"].items() if r["rows"]}
+    server = {md: server_points(r) for md, r in machine["server"].items()
+              if r["rows"] or r.get("many")}
     if not core and not any(server.values()):
         return
     panels = (["core"] if core else []) + (["server"] if any(server.values()) else [])
