@@ -15,7 +15,7 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 PKG_CONFIG ?= pkg-config
 
-ifeq ($(filter -j%,$(MAKEFLAGS)),)
+ifeq ($(MAKELEVEL)$(filter -j%,$(MAKEFLAGS)),0)
 MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
 endif
 # The setup steps (apt, downloads, venvs) run one after the other: `$(MAKE) SERIAL=1 ...`.
@@ -208,7 +208,7 @@ models/tiny/.ok: tools/make_tiny_models.py models/vocab/.ok $(VENV)/.ok
 
 # make run ARGS="--port 9000 --int8": flags go through to serve.
 run:
-	@$(SETUP) deps model
+	@+$(SETUP) deps model
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/adaptree serve -m $(MODEL) $(ARGS)
 
@@ -216,7 +216,7 @@ run:
 CLUSTER_PORT ?= 8080
 CLUSTER_REPLICAS ?= 3
 cluster:
-	@$(SETUP) deps model
+	@+$(SETUP) deps model
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) tools/cluster.sh -n $(CLUSTER_REPLICAS) -p $(CLUSTER_PORT) -m $(MODEL)
 
@@ -225,7 +225,7 @@ cluster:
 # tests read models/vocab; gemma: the Gemma 3 golden tests read models/gemma-3-270m-q4_k_m.gguf;
 # tiny: the architecture tests read models/tiny.
 test:
-	@$(SETUP) deps model gemma venv vocab tiny
+	@+$(SETUP) deps model gemma venv vocab tiny
 	@$(MAKE) --no-print-directory all $(BUILD)/test_unit $(PROBES)
 	@ADAPTREE_BUILD=$(BUILD) tools/run_tests.sh $(BUILD)
 
@@ -248,7 +248,7 @@ BENCH_PLOT  = $(PLOT_VENV)/bin/python -B tools/plot_bench.py $(BENCH_STEM)-bench
               -o $(BENCH_DIR) || { echo "bench: plotting failed; the JSON is kept" >&2; exit 1; }
 
 bench:
-	@$(SETUP) deps model gemma $(PLOT_VENV)/.ok
+	@+$(SETUP) deps model gemma $(PLOT_VENV)/.ok
 	@$(MAKE) --no-print-directory $(BUILD)/bench_core $(BUILD)/bench_spec
 	@mkdir -p $(BENCH_DIR)
 	$(BUILD)/bench_core -m $(MODEL) --json $(BENCH_STEM)-bench.json
@@ -264,7 +264,7 @@ bench:
 # tokens with the same thread count as make bench. Not part of make test.
 LLAMA_BENCH := build/llama.cpp/bin/llama-bench
 bench-peer:
-	@$(SETUP) deps model gemma vocab
+	@+$(SETUP) deps model gemma vocab
 	@tools/build_llamacpp.sh build/llama.cpp
 	$(LLAMA_BENCH) -m $(MODEL) -p 128 -n 64 -t $$(nproc) -r 3
 	$(LLAMA_BENCH) -m $(GEMMA_MODEL) -p 128 -n 64 -t $$(nproc) -r 3
@@ -280,7 +280,7 @@ bench-peer:
 BENCH_SERVER_ARGS ?=
 BENCH_KV ?= 1
 bench-server:
-	@$(SETUP) deps model venv $(PLOT_VENV)/.ok
+	@+$(SETUP) deps model venv $(PLOT_VENV)/.ok
 	@$(MAKE) --no-print-directory all $(BUILD)/bench_core
 	@mkdir -p $(BENCH_DIR)
 	BUILD=$(BUILD) MODEL=$(MODEL) tools/bench_server.sh --json $(BENCH_SRV) $(BENCH_ARGS) \
@@ -298,7 +298,7 @@ plots: $(PLOT_VENV)/.ok
 	    $(wildcard docs/perf/data/*.txt docs/perf/data/*.json) -o docs/perf/
 
 asan:
-	@$(SETUP) deps model gemma venv vocab tiny
+	@+$(SETUP) deps model gemma venv vocab tiny
 	@$(MAKE) --no-print-directory BUILD=build/asan CC=$(CLANG) OPT="-O1 -g -fno-omit-frame-pointer" \
 	    SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	    LDFLAGS="-fsanitize=address,undefined" build/asan/adaptree build/asan/test_unit \
@@ -307,7 +307,7 @@ asan:
 	    tools/run_tests.sh build/asan
 
 tsan:
-	@$(SETUP) deps model gemma venv vocab tiny
+	@+$(SETUP) deps model gemma venv vocab tiny
 	@$(MAKE) --no-print-directory BUILD=build/tsan CC=$(CLANG) OPT="-O1 -g" SAN="-fsanitize=thread" \
 	    LDFLAGS="-fsanitize=thread" \
 	    build/tsan/adaptree build/tsan/test_unit build/tsan/blas_probe build/tsan/runner_probe

@@ -62,7 +62,7 @@ static void serve_usage(FILE *out)
         "      --spec-k K            speculative decoding for every request that does not\n"
         "                            choose: up to K draft tokens a step from prompt lookup\n"
         "                            (0-16, 0 = off; default 8; exact: the output is the\n"
-        "                            same as without; none while more than 4 streams\n"
+        "                            same as without; none while more than 2 streams\n"
         "                            decode; a request's \"speculative\" decides for itself)\n"
         "      --spec-ngram N        n-gram length the lookup matches (1-8, default 3)\n"
         "      --queue-limit N       requests waiting beyond the running ones (default "

@@ -1121,6 +1121,10 @@ def collect_json(machines, p):
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise ParseError(f"{p}: cannot read as JSON: {e}")
     tool = doc.get("tool") if isinstance(doc, dict) else None
+    if isinstance(doc, dict) and doc.get("schema") == "adaptree-bench-spec/1":
+        print(f"plot_bench: {p}: speculative decoding (bench_spec): a table, not plotted",
+              file=sys.stderr)
+        return
     if tool not in JSON_TOOLS:
         raise ParseError(f"{p}: not a bench document (its 'tool' is {tool!r}, not one of "
                          f"{', '.join(JSON_TOOLS)})")

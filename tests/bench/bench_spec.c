@@ -252,6 +252,8 @@ int main(int argc, char **argv)
     if (!rc)
         rc = scenario(e, "free generation", FREE, 1, max_tokens, k, arr);
     if (!rc)
+        rc = scenario(e, "copy task", COPY, 2, max_tokens, k, arr);
+    if (!rc)
         rc = scenario(e, "copy task", COPY, 4, max_tokens, k, arr);
     if (!rc)
         rc = scenario(e, "copy task (full batch)", COPY, MAX_JOBS, max_tokens, k, arr);
