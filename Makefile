@@ -261,13 +261,17 @@ bench:
 
 # The peer in the same run: llama.cpp's llama-bench (built once from the source the
 # llama-cpp-python sdist vendors, build/llama.cpp) on both models, prefill 128 and 64 decoded
-# tokens with the same thread count as make bench. Not part of make test.
+# tokens with the same thread count as make bench; then the numerics of both (tools/peer_numerics.py:
+# llama.cpp's, adaptree's f32 and int8 last-position logits against the transformers fixtures).
+# Not part of make test.
 LLAMA_BENCH := build/llama.cpp/bin/llama-bench
 bench-peer:
-	@+$(SETUP) deps model gemma vocab
+	@+$(SETUP) deps model gemma vocab venv
 	@tools/build_llamacpp.sh build/llama.cpp
+	@$(MAKE) --no-print-directory all
 	$(LLAMA_BENCH) -m $(MODEL) -p 128 -n 64 -t $$(nproc) -r 3
 	$(LLAMA_BENCH) -m $(GEMMA_MODEL) -p 128 -n 64 -t $$(nproc) -r 3
+	$(VENV)/bin/python -B tools/peer_numerics.py --build $(BUILD) -m $(MODEL)
 
 # The server under 32 concurrent streams: no adapter, one adapter, 32 different rank-8 q,v and
 # rank-16 all-linear adapters, 32 different three-level chains, and the same requests one by one;
