@@ -73,6 +73,14 @@ const double srv_itl_bounds[SRV_ITL_BUCKETS] = {0.005, 0.01, 0.015, 0.02, 0.03, 
 const double srv_step_bounds[SRV_STEP_BUCKETS] = {0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05,
                                                   0.075, 0.1,   0.15, 0.25,  0.5,  1,    5};
 
+int srv_bucket_of(const double *bounds, int n, double v)
+{
+    int i = 0;
+    while (i < n && v > bounds[i])
+        i++;
+    return i;
+}
+
 static void job_free(srv_job *j)
 {
     srv_job_unref(j->leader);

@@ -122,6 +122,10 @@ extern const double srv_itl_bounds[SRV_ITL_BUCKETS];
 #define SRV_STEP_BUCKETS 14
 extern const double srv_step_bounds[SRV_STEP_BUCKETS];
 
+/* The bucket of v among n ascending bounds: the first i with v <= bounds[i], n above the last
+ * (what every histogram here counts by: the engine's and server/metrics.h's). */
+int srv_bucket_of(const double *bounds, int n, double v);
+
 typedef struct srv_engine_stats {
     /* submitted: accepted by submit; finished: ended "stop" or "length"; failed: "error";
        cancelled: "cancelled"; rejected: refused by submit (-EAGAIN, -ESHUTDOWN) */

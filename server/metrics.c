@@ -36,10 +36,7 @@ void srv_hist_init(srv_hist *h, const double *bounds, int n)
 
 void srv_hist_observe(srv_hist *h, double v)
 {
-    int i = 0;
-    while (i < h->n_bounds && v > h->bounds[i])
-        i++;
-    h->counts[i]++;
+    h->counts[srv_bucket_of(h->bounds, h->n_bounds, v)]++;
     h->sum += v;
     h->count++;
 }
@@ -75,8 +72,8 @@ const char *srv_metric_label(const char *model, int n_adapters)
     return model ? model : "base";
 }
 
-/* The histograms of a label, made on first use ("other" past SRV_METRIC_LABELS_MAX). NULL
- * only without memory. m->mu held. */
+/* The histograms of a label, made on first use ("other" past SRV_METRIC_LABELS_MAX: made once,
+ * as label SRV_METRIC_LABELS_MAX + 1, then found). NULL only without memory. m->mu held. */
 static srv_latency *latency_get(srv_metrics *m, const char *label)
 {
     srv_metrics_data *d = &m->d;
@@ -93,8 +90,6 @@ static srv_latency *latency_get(srv_metrics *m, const char *label)
         else
             lo = mid + 1;
     }
-    if (d->n_lat >= SRV_METRIC_LABELS_MAX + 1) /* "other" sorts somewhere: it exists already */
-        return NULL;
     srv_latency *v = realloc(d->lat, (d->n_lat + 1) * sizeof *v);
     if (!v)
         return NULL;

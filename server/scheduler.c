@@ -817,19 +817,10 @@ static void prompt_logprob(srv__sched *sc, srv_job *j, int pos, const float *lg)
     pthread_mutex_unlock(&j->mu);
 }
 
-/* The bucket of v among n ascending bounds: the first bound >= v, n above the last. */
-static int bucket(const double *bounds, int n, double v)
-{
-    int i = 0;
-    while (i < n && v > bounds[i])
-        i++;
-    return i;
-}
-
 /* Counts one inter-token gap of dt seconds in a job's status. j->mu held. */
 static void itl_observe(srv_job_status *st, double dt)
 {
-    st->itl[bucket(srv_itl_bounds, SRV_ITL_BUCKETS, dt)]++;
+    st->itl[srv_bucket_of(srv_itl_bounds, SRV_ITL_BUCKETS, dt)]++;
     st->itl_sum += dt;
 }
 
@@ -1267,7 +1258,7 @@ static void step_done(srv__sched *sc, int n_parts, int n_rows, int n_dec, bool o
     st->rows += (uint64_t)n_rows;
     st->step_hist[hist_bin(n_rows)]++;
     st->step_seconds += dt;
-    st->step_time[bucket(srv_step_bounds, SRV_STEP_BUCKETS, dt)]++;
+    st->step_time[srv_bucket_of(srv_step_bounds, SRV_STEP_BUCKETS, dt)]++;
     if (ok && prompt_rows == 0) {
         st->decode_steps++;
         st->decode_rows += (uint64_t)n_rows;
