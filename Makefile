@@ -63,7 +63,7 @@ LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/build_info.o
 TEST_OBJ = $(TEST_SRC:%.c=$(BUILD)/obj/%.o)
 DEPS     = $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/obj/server/main.d \
            $(PROBE_SRC:%.c=$(BUILD)/obj/%.d) $(BUILD)/obj/tests/bench/bench_core.d \
-           $(BUILD)/obj/tests/bench/bench_spec.d
+           $(BUILD)/obj/tests/bench/bench_spec.d $(BUILD)/obj/tests/bench/bench_util.d
 
 .PHONY: install uninstall all test unit run cluster vocab bench bench-peer bench-server plots asan tsan fuzz format lint clean deps venv \
         model gemma tiny help image docker-check FORCE
@@ -134,12 +134,13 @@ $(BUILD)/test_unit: $(TEST_OBJ) $(BUILD)/libadaptree.a
 	$(call say,LINK,$@)
 	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/bench_core: $(BUILD)/obj/tests/bench/bench_core.o \
+$(BUILD)/bench_core: $(BUILD)/obj/tests/bench/bench_core.o $(BUILD)/obj/tests/bench/bench_util.o \
     $(BUILD)/obj/tests/unit/adapters/adapter_testutil.o $(BUILD)/libadaptree.a
 	$(call say,LINK,$@)
 	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/bench_spec: $(BUILD)/obj/tests/bench/bench_spec.o $(BUILD)/libadaptree.a
+$(BUILD)/bench_spec: $(BUILD)/obj/tests/bench/bench_spec.o $(BUILD)/obj/tests/bench/bench_util.o \
+    $(BUILD)/libadaptree.a
 	$(call say,LINK,$@)
 	$(Q)$(CC) $(CFLAGS) $^ -o $@ $(LDFLAGS) $(LDLIBS)
 

@@ -5,7 +5,6 @@
  * "adaptree-bench-core/1", docs/PERF.md §1.3), once the run is over. */
 #include <cJSON.h>
 #include <cblas.h>
-#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -25,6 +24,7 @@
 #include "core/text/grammar.h"
 #include "server/json_schema.h"
 #include "server/version.h"
+#include "tests/bench/bench_util.h"
 #include "tests/unit/adapters/adapter_testutil.h"
 
 /* The JSON document --json writes (NULL without --json): every printer adds what it prints. */
@@ -75,59 +75,15 @@ static cJSON *jrow(const char *key)
 /* The CPU's "model name", family and model from /proc/cpuinfo into the machine object. */
 static void json_cpu(cJSON *machine)
 {
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    char line[512];
-    bool name = false, family = false, model = false;
-    while (f && fgets(line, sizeof line, f) && !(name && family && model)) {
-        char *colon = strchr(line, ':');
-        if (!colon)
-            continue;
-        char *v = colon + 1 + strspn(colon + 1, " \t");
-        v[strcspn(v, "\n")] = 0;
-        if (!name && !strncmp(line, "model name", 10)) {
-            jstr(machine, "cpu", v);
-            name = true;
-        } else if (!family && !strncmp(line, "cpu family", 10)) {
-            jnum(machine, "cpu_family", strtod(v, NULL));
-            family = true;
-        } else if (!model && !strncmp(line, "model\t", 6)) {
-            jnum(machine, "cpu_model", strtod(v, NULL));
-            model = true;
-        }
-    }
-    if (f)
-        fclose(f);
-    if (!name)
-        jstr(machine, "cpu", "unknown");
+    char name[256];
+    int family, model;
+    bench_cpu(name, sizeof name, &family, &model);
+    jstr(machine, "cpu", name);
+    if (family >= 0)
+        jnum(machine, "cpu_family", family);
+    if (model >= 0)
+        jnum(machine, "cpu_model", model);
     jnum(machine, "online_cpus", (double)sysconf(_SC_NPROCESSORS_ONLN));
-}
-
-/* Writes the document to path (through a temporary file, renamed when complete); 0 or -1. */
-static int json_write(const char *path)
-{
-    char *text = cJSON_Print(json_doc), tmp[4096];
-    if (!text || snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
-        fprintf(stderr, "bench: cannot print the JSON for %s\n", path);
-        free(text);
-        return -1;
-    }
-    FILE *f = fopen(tmp, "w");
-    int rc = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF ? 0 : -1;
-    if (f && fclose(f))
-        rc = -1;
-    if (rc == 0 && rename(tmp, path))
-        rc = -1;
-    if (rc)
-        fprintf(stderr, "bench: cannot write %s: %s\n", path, strerror(errno));
-    free(text);
-    return rc;
-}
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
 /* Best of a few n×n×n sgemm runs. */
@@ -140,9 +96,9 @@ static double sgemm_peak(void)
         a[i] = b[i] = 1.0f / (float)(1 + i % 7);
     double best = 0;
     for (int r = 0; r < 5; r++) {
-        double t = now_s();
+        double t = bench_now();
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n, 1, a, n, b, n, 0, c, n);
-        double g = 2.0 * n * n * n / (now_s() - t) / 1e9;
+        double g = 2.0 * n * n * n / (bench_now() - t) / 1e9;
         best = g > best ? g : best;
     }
     free(a);
@@ -161,9 +117,9 @@ static double read_bandwidth(void)
     double best = 0;
     volatile float sink = 0;
     for (int r = 0; r < 5; r++) {
-        double t = now_s();
+        double t = bench_now();
         sink += cblas_sasum((blasint)n, a, 1);
-        double g = (double)n * sizeof(float) / (now_s() - t) / 1e9;
+        double g = (double)n * sizeof(float) / (bench_now() - t) / 1e9;
         best = g > best ? g : best;
     }
     (void)sink;
@@ -207,6 +163,24 @@ static void report(const bench *b, const char *what, const char *scenario, int s
     jnum(j, "pct_of_bw", 100 * gbs / b->bw);
 }
 
+/* One product's result, printed on the kernel line and kept as a "kernels" row: rows x in by in x
+ * out, best seconds, GB/s of the stored weights read. */
+static void kernel_result(uint32_t type, const char *mode, const char *kernels, int rows, int in,
+                          int out, double best, double gbs)
+{
+    double gflops = 2.0 * in * out * rows / best / 1e9;
+    printf("   n=%-2d %5.1f GB/s %6.1f GFLOP/s", rows, gbs, gflops);
+    cJSON *j = jrow("kernels");
+    jstr(j, "type", core_type_name(type));
+    jstr(j, "mode", mode);
+    jstr(j, "kernels", kernels);
+    jnum(j, "rows", rows);
+    jnum(j, "in", in);
+    jnum(j, "out", out);
+    jnum(j, "stored_gbs", gbs);
+    jnum(j, "gflops", gflops);
+}
+
 /* The int8 kernels on W (when they take its type), X quantized beforehand, as bench_kernels. */
 static void bench_kernels_int8(uint32_t type, const uint8_t *w, int in, int out, const float *x,
                                const int *ns, int count, float *y)
@@ -219,25 +193,15 @@ static void bench_kernels_int8(uint32_t type, const uint8_t *w, int in, int out,
     core__q8x_quantize(x, in, ns[count - 1], xq);
     printf("  %-5s int8 %-12s", core_type_name(type), core__q8_kernels());
     for (int k = 0; k < count; k++) {
-        cJSON *j = jrow("kernels");
         double best = 1e9;
         for (int r = 0; r < 15; r++) {
-            double t0 = now_s();
+            double t0 = bench_now();
             core__q8_matmul_part(p, xq, ns[k], 0, out, y, out);
-            double dt = now_s() - t0;
+            double dt = bench_now() - t0;
             best = dt < best ? dt : best;
         }
         double gbs = (double)core_type_row_bytes(type, (uint64_t)in) * out / best / 1e9;
-        printf("   n=%-2d %5.1f GB/s %6.1f GFLOP/s", ns[k], gbs,
-               2.0 * in * out * ns[k] / best / 1e9);
-        jstr(j, "type", core_type_name(type));
-        jstr(j, "mode", "int8");
-        jstr(j, "kernels", core__q8_kernels());
-        jnum(j, "rows", ns[k]);
-        jnum(j, "in", in);
-        jnum(j, "out", out);
-        jnum(j, "stored_gbs", gbs);
-        jnum(j, "gflops", 2.0 * in * out * ns[k] / best / 1e9);
+        kernel_result(type, "int8", core__q8_kernels(), ns[k], in, out, best, gbs);
     }
     printf("  (stored-size GB/s)\n");
     free(xq);
@@ -285,22 +249,13 @@ static void bench_kernels(void)
             for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
                 double best = 1e9;
                 for (int r = 0; r < 15; r++) {
-                    double t0 = now_s();
+                    double t0 = bench_now();
                     core__qmatmul(type, w, in, out, x, ns[k], y);
-                    double dt = now_s() - t0;
+                    double dt = bench_now() - t0;
                     best = dt < best ? dt : best;
                 }
-                printf("   n=%-2d %5.1f GB/s %6.1f GFLOP/s", ns[k], bytes / best / 1e9,
-                       2.0 * in * out * ns[k] / best / 1e9);
-                cJSON *j = jrow("kernels");
-                jstr(j, "type", core_type_name(type));
-                jstr(j, "mode", "f32");
-                jstr(j, "kernels", core__qmatmul_kernels());
-                jnum(j, "rows", ns[k]);
-                jnum(j, "in", in);
-                jnum(j, "out", out);
-                jnum(j, "stored_gbs", bytes / best / 1e9);
-                jnum(j, "gflops", 2.0 * in * out * ns[k] / best / 1e9);
+                kernel_result(type, "f32", core__qmatmul_kernels(), ns[k], in, out, best,
+                              bytes / best / 1e9);
             }
             printf("\n");
         }
@@ -330,10 +285,10 @@ static int run(bench *b, int n_seq, int plen, int steps, double *t_prefill, doub
             want[r] = i == plen - 1;
         }
     }
-    double t0 = now_s();
+    double t0 = bench_now();
     core_batch pb = {.n_rows = n, .tokens = tok, .pos = pos, .slot = slot, .want_logits = want};
     int rc = core_forward(b->ctx, b->kv, &pb, NULL, b->logits, err, sizeof err);
-    double t1 = now_s();
+    double t1 = bench_now();
     for (int st = 0; st < steps && rc == 0; st++) {
         for (int s = 0; s < n_seq; s++) {
             tok[s] = 100 + (st * 31 + s) % 20000;
@@ -343,7 +298,7 @@ static int run(bench *b, int n_seq, int plen, int steps, double *t_prefill, doub
         core_batch db = {.n_rows = n_seq, .tokens = tok, .pos = pos, .slot = slot};
         rc = core_forward(b->ctx, b->kv, &db, NULL, b->logits, err, sizeof err);
     }
-    double t2 = now_s();
+    double t2 = bench_now();
     if (rc)
         fprintf(stderr, "bench: %s\n", err);
     *t_prefill = t1 - t0;
@@ -383,13 +338,13 @@ static double lora_step(bench *b, int n_seq, const adapter_set *const *sets, int
             pos[s] = plen + st;
         }
         core_batch db = {.n_rows = n_seq, .tokens = tok, .pos = pos, .slot = slot};
-        double t = now_s();
+        double t = bench_now();
         adapter_plan_build(p, b->m->cfg.n_layer, n_seq, sets, &plan);
         if (core_forward(b->ctx, b->kv, &db, sets ? plan : NULL, b->logits, err, sizeof err)) {
             fprintf(stderr, "bench: %s\n", err);
             break;
         }
-        double dt = now_s() - t;
+        double dt = bench_now() - t;
         best = dt < best ? dt : best;
     }
     adapter_plan_free(p);
@@ -457,9 +412,9 @@ static void bench_lora(bench *b)
                 printf("bench: cannot write %s\n", dir);
                 return;
             }
-            double t = now_s();
+            double t = bench_now();
             ads[i] = adapter_load(dir, c, err, sizeof err);
-            double dt = now_s() - t;
+            double dt = bench_now() - t;
             load = dt < load ? dt : load;
             if (!ads[i]) {
                 printf("bench: %s\n", err);
@@ -566,12 +521,12 @@ static int bench_long_context(bench *b, const char *what_suffix)
                 slot[s] = s;
             }
             core_batch db = {.n_rows = ROWS, .tokens = tok, .pos = pos, .slot = slot};
-            double t = now_s();
+            double t = bench_now();
             if (core_forward(b->ctx, kv, &db, NULL, b->logits, err, sizeof err)) {
                 fprintf(stderr, "bench: %s\n", err);
                 return 1;
             }
-            t = now_s() - t;
+            t = bench_now() - t;
             best = t < best ? t : best;
         }
         double kv_bytes =
@@ -676,9 +631,9 @@ static int bench_structured(bench *b)
         fprintf(stderr, "bench: structured: %s\n", err);
         return 1;
     }
-    double t0 = now_s();
+    double t0 = bench_now();
     core_gvocab *v = core_gvocab_new(tok, err, sizeof err);
-    double t_vocab = now_s() - t0;
+    double t_vocab = bench_now() - t0;
     int32_t n = b->m->cfg.n_vocab, *ids = NULL;
     size_t n_ids = 0;
     if (!v || core_tokenize(tok, answer, strlen(answer), false, &ids, &n_ids)) {
@@ -690,16 +645,16 @@ static int bench_structured(bench *b)
     for (int pass = 0; pass < 2; pass++) {
         core_gmatch *gm = core_gmatch_new(g, v, err, sizeof err);
         for (size_t i = 0; i < n_ids && gm; i++) {
-            t0 = now_s();
+            t0 = bench_now();
             core_gmatch_mask(gm, bits);
-            double t = now_s() - t0;
+            double t = bench_now() - t0;
             if (pass == 0) {
                 cold += t;
                 cold_max = t > cold_max ? t : cold_max;
             }
-            t0 = now_s();
+            t0 = bench_now();
             core_gmatch_mask(gm, bits); /* the same state: from the cache */
-            warm += now_s() - t0;
+            warm += bench_now() - t0;
             if (core_gmatch_accept(gm, ids[i]) < 0) {
                 fprintf(stderr, "bench: structured: token %zu of the answer refused\n", i);
                 return 1;
@@ -722,16 +677,16 @@ static int bench_structured(bench *b)
         core_gmatch *gm = core_gmatch_new(g, v, err, sizeof err);
         core_sampler_constraint con = {.ctx = gm, .allows = con_allows, .mask = con_mask};
         core_sampler_set_constraint(cs, &con);
-        t0 = now_s();
+        t0 = bench_now();
         for (size_t i = 0; i < n_ids; i++)
             core_sampler_sample(fs, lg, ids, i, NULL);
-        t_free += now_s() - t0;
-        t0 = now_s();
+        t_free += bench_now() - t0;
+        t0 = bench_now();
         for (size_t i = 0; i < n_ids; i++) {
             core_sampler_sample(cs, lg, ids, i, NULL);
             core_gmatch_accept(gm, ids[i]);
         }
-        t_con += now_s() - t0;
+        t_con += bench_now() - t0;
         core_sampler_free(fs);
         core_sampler_free(cs);
         core_gmatch_free(gm);
@@ -816,7 +771,7 @@ int main(int argc, char **argv)
     int rc = run_bench(path, msg, only_sgemm, only_lora, only_kernels, only_forward,
                        only_structured, json_path);
     if (json_doc && rc == 0)
-        rc = json_write(json_path) ? 1 : 0;
+        rc = bench_json_write(json_path, json_doc) ? 1 : 0;
     cJSON_Delete(json_doc);
     return rc;
 }

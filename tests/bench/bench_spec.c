@@ -10,7 +10,6 @@
  * usage: bench_spec [-m MODEL] [-n TOKENS] [--json FILE]
  * --json: the results as one JSON document (schema adaptree-bench-spec/1), written at the end. */
 #include <cJSON.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,15 +19,9 @@
 #include "core/kernels/blas.h"
 #include "core/text/tokenizer.h"
 #include "server/engine.h"
+#include "tests/bench/bench_util.h"
 
 #define MAX_JOBS 16
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 static const char *const COPY =
     "<|im_start|>user\nCopy this text exactly, word for word:\n\nAdapters are small low-rank "
@@ -45,26 +38,6 @@ typedef struct run {
                               to the last end: the decode phase, all streams together */
     uint64_t drafted, acc; /* draft tokens verified and accepted during the run */
 } run;
-
-static void cpu_name(char *out, size_t cap)
-{
-    snprintf(out, cap, "unknown CPU");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    char line[256];
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, "model name", 10)) {
-            char *p = strchr(line, ':');
-            if (p) {
-                p += 1 + (p[1] == ' ');
-                p[strcspn(p, "\n")] = 0;
-                snprintf(out, cap, "%s", p);
-            }
-            break;
-        }
-    fclose(f);
-}
 
 /* n_jobs streams of prompt, each max_tokens tokens (EOG ignored, so every run makes as many),
  * greedy, with spec_k drafts a step (-1: off). 0, or -1 on failure. */
@@ -90,7 +63,7 @@ static int measure(srv_engine *e, const int32_t *ids, int n_ids, int n_jobs, int
             return -1;
         }
     }
-    double t0 = now_s();
+    double t0 = bench_now();
     for (int i = 0; i < n_jobs; i++)
         if (srv_engine_submit(e, jobs[i]) != 0) {
             fprintf(stderr, "bench_spec: submit refused\n");
@@ -107,7 +80,7 @@ static int measure(srv_engine *e, const int32_t *ids, int n_ids, int n_jobs, int
             done += st.finish != SRV_FINISH_NONE;
         }
     }
-    end = now_s() - t0;
+    end = bench_now() - t0;
     for (int i = 0; i < n_jobs; i++) {
         srv_job_status st;
         srv_job_status_get(jobs[i], &st);
@@ -172,25 +145,6 @@ static int scenario(srv_engine *e, const char *name, const char *text, int n_job
     return 0;
 }
 
-/* Writes doc to path through a temporary file renamed into place. 0 or -1. */
-static int write_json(const char *path, const cJSON *doc)
-{
-    char *text = cJSON_Print(doc);
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = text ? fopen(tmp, "w") : NULL;
-    int ok = f && fputs(text, f) >= 0 && fputc('\n', f) != EOF;
-    if (f)
-        ok = fclose(f) == 0 && ok;
-    free(text);
-    if (!ok || rename(tmp, path) != 0) {
-        fprintf(stderr, "bench_spec: cannot write %s\n", path);
-        remove(tmp);
-        return -1;
-    }
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     char msg[256] = "";
@@ -227,7 +181,7 @@ int main(int argc, char **argv)
         return 1;
     }
     char cpu[128];
-    cpu_name(cpu, sizeof cpu);
+    bench_cpu(cpu, sizeof cpu, NULL, NULL);
     int k = 8;
     printf("speculative decoding (prompt lookup, up to %d drafts, 3-gram), greedy, %d tokens a "
            "stream, %s:\n",
@@ -259,7 +213,7 @@ int main(int argc, char **argv)
         rc = scenario(e, "copy task (full batch)", COPY, MAX_JOBS, max_tokens, k, arr);
     srv_engine_free(e);
     if (!rc && json)
-        rc = write_json(json, doc);
+        rc = bench_json_write(json, doc);
     cJSON_Delete(doc);
     return rc ? 1 : 0;
 }
