@@ -346,6 +346,17 @@ def running_gauge(m):
     return metric_sum(m, lambda n: n.startswith("adaptree_") and ("running" in n))
 
 
+def adapter_node(server, node_id, key=None, must_exist=True):
+    """The node's entry in the server's GET /v1/adapters (key: the admin key when it has one). A
+    node not listed fails the test, or is None when must_exist is False."""
+    r = server.req("GET", "/v1/adapters", key=key)
+    eq(r.status, 200, "GET /v1/adapters")
+    n = find_node(r.json(), node_id)
+    check(n is not None or not must_exist,
+          f"{node_id} not in /v1/adapters: {r.data[:400]!r}")
+    return n
+
+
 def find_node(obj, node_id):
     """The object with "id" == node_id anywhere in a JSON tree (lists, dicts, children)."""
     if isinstance(obj, dict):

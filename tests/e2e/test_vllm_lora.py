@@ -27,11 +27,7 @@ def setup():
 
 
 def node(node_id):
-    r = S.req("GET", "/v1/adapters", key=ADMIN)
-    eq(r.status, 200, "GET /v1/adapters")
-    n = e2e.find_node(r.json(), node_id)
-    check(n is not None, f"{node_id} not in /v1/adapters: {r.data[:400]!r}")
-    return n
+    return e2e.adapter_node(S, node_id, key=ADMIN)
 
 
 def load(body, key=ADMIN):
