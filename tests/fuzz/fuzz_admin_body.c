@@ -128,6 +128,34 @@ static void run(const uint8_t *data, size_t size, bool pin_required, size_t idca
     free(param);
 }
 
+/* srv_json_check on the raw bytes (size > 0): 0 or its error, with its message in msg. */
+static int raw_check(const uint8_t *data, size_t size, char *msg, size_t cap)
+{
+    char *copy = malloc(size + 1);
+    size_t n;
+    if (!copy)
+        abort();
+    int jc = srv_json_check((const char *)data, size, copy, &n, msg, cap);
+    free(copy);
+    return jc;
+}
+
+/* The raw bytes as cJSON parses them (NUL-terminated; srv_json_check refused raw NULs, so there
+ * is none inside); aborts when cJSON refuses what the check passed. */
+static cJSON *raw_tree(const uint8_t *data, size_t size)
+{
+    char *copy = malloc(size + 1);
+    if (!copy)
+        abort();
+    memcpy(copy, data, size);
+    copy[size] = 0;
+    cJSON *root = cJSON_ParseWithLength(copy, size);
+    free(copy);
+    if (!root)
+        abort();
+    return root;
+}
+
 /* What the parse must give, from srv_json_check and cJSON on the raw bytes. The raw tree differs
  * from the parser's only where the client escaped a NUL (cJSON cuts the string there, the parser
  * sees SRV_JSON_NUL and refuses), so with a \u0000 in the body only the grammar is compared. */
@@ -139,12 +167,8 @@ static void check_against_cjson(const uint8_t *data, size_t size, const result *
             abort();
         return;
     }
-    char *copy = malloc(size + 1), msg[160];
-    size_t n;
-    if (!copy)
-        abort();
-    int jc = srv_json_check((const char *)data, size, copy, &n, msg, sizeof msg);
-    free(copy);
+    char msg[160];
+    int jc = raw_check(data, size, msg, sizeof msg);
     if (jc) {
         if (load->rc != jc || pin->rc != jc || strcmp(load->err, msg) != 0 || load->param[0])
             abort();
@@ -152,16 +176,7 @@ static void check_against_cjson(const uint8_t *data, size_t size, const result *
     }
     if (memmem(data, size, "\\u0000", 6))
         return;
-    /* NUL-terminated for cJSON; the check refused raw NULs, so there is none inside. */
-    copy = malloc(size + 1);
-    if (!copy)
-        abort();
-    memcpy(copy, data, size);
-    copy[size] = 0;
-    cJSON *root = cJSON_ParseWithLength(copy, size);
-    free(copy);
-    if (!root)
-        abort();
+    cJSON *root = raw_tree(data, size);
     const cJSON *jid = cJSON_GetObjectItemCaseSensitive(root, "id");
     const cJSON *jpin = cJSON_GetObjectItemCaseSensitive(root, "pin");
     const cJSON *jwait = cJSON_GetObjectItemCaseSensitive(root, "wait");
@@ -251,12 +266,8 @@ static void check_lora_against_cjson(const uint8_t *data, size_t size, const lor
             abort();
         return;
     }
-    char *checked = malloc(size + 1), msg[160];
-    size_t n;
-    if (!checked)
-        abort();
-    int jc = srv_json_check((const char *)data, size, checked, &n, msg, sizeof msg);
-    free(checked);
+    char msg[160];
+    int jc = raw_check(data, size, msg, sizeof msg);
     if (jc) {
         if (l->rc != jc || strcmp(l->err, msg) != 0 || l->param[0])
             abort();
@@ -264,15 +275,7 @@ static void check_lora_against_cjson(const uint8_t *data, size_t size, const lor
     }
     if (memmem(data, size, "\\u0000", 6))
         return;
-    char *copy = malloc(size + 1);
-    if (!copy)
-        abort();
-    memcpy(copy, data, size);
-    copy[size] = 0;
-    cJSON *root = cJSON_ParseWithLength(copy, size);
-    free(copy);
-    if (!root)
-        abort();
+    cJSON *root = raw_tree(data, size);
     const cJSON *jn = cJSON_GetObjectItemCaseSensitive(root, "lora_name");
     const cJSON *jp = cJSON_GetObjectItemCaseSensitive(root, "lora_path");
     const char *want_param = NULL;
