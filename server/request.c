@@ -116,12 +116,14 @@ typedef struct pctx {
 } pctx;
 
 /* Records a refusal: param = path, err = "path: message" ("request body: ..." when the path is
- * empty). Returns rc. */
+ * empty), both valid UTF-8 whatever bytes a client's key put in the path. Returns rc. */
 __attribute__((format(printf, 4, 5))) static int fail(pctx *c, int rc, const char *path,
                                                       const char *fmt, ...)
 {
-    if (c->paramlen)
+    if (c->paramlen) {
         snprintf(c->param, c->paramlen, "%s", path);
+        utf8_sanitize(c->param);
+    }
     if (c->errlen) {
         int k = snprintf(c->err, c->errlen, "%s: ", path[0] ? path : "request body");
         if (k >= 0 && (size_t)k < c->errlen) {

@@ -528,6 +528,12 @@ TEST(req_speculative)
         CHECK_EQ_STR(param, bad[i].param);
         CHECK_EQ_STR(err, bad[i].msg);
     }
+    /* A key that is not UTF-8 (found by fuzz_request): param and message stay valid UTF-8. */
+    const char *b = "{\"prompt\":\"x\",\"speculative\":{\"k\xff\":1}}";
+    char err[256], param[SRV_PARAM_MAX];
+    CHECK_EQ_INT(parse_lim(C, b, strlen(b), &LIM, &r, err, param), -EINVAL);
+    CHECK_EQ_STR(param, "speculative.k?");
+    CHECK_EQ_STR(err, "speculative.k?: unknown field (expected k and ngram)");
 }
 
 TEST(req_user_limit)
