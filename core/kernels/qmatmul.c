@@ -152,9 +152,12 @@ AVX2_INLINE static __m256i q5_high(uint32_t qh, int j)
     return _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(1)), 4);
 }
 
-/* (float)q * d, and (float)q * d + m: the multiply, then the add, as core_dequant_row. The
- * loops over the four quarters below are written out: compilers keep arrays of vectors in
- * memory unless they unroll them. */
+/* (float)q * d, and (float)q * d + m as one FMA. core_dequant_row multiplies, then adds; the
+ * FMA gives the same bits: q has at most 5 significant bits (Q4_1, Q5_1) and d, an f16, at most
+ * 11, so q * d is exact in a float and the FMA's one rounding is the add's. It saves one of the
+ * three operations per rebuilt vector, which is what bounds one row of X (the weights are read
+ * faster than they are rebuilt). The loops over the four quarters below are written out:
+ * compilers keep arrays of vectors in memory unless they unroll them. */
 AVX2_INLINE static __m256 scale(__m256i q, __m256 d)
 {
     return _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
@@ -162,7 +165,7 @@ AVX2_INLINE static __m256 scale(__m256i q, __m256 d)
 
 AVX2_INLINE static __m256 scale_add(__m256i q, __m256 d, __m256 m)
 {
-    return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), d), m);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), d, m);
 }
 
 /* Q4_0: d, qs[16]; (q - 8) * d. */
@@ -400,12 +403,14 @@ AVX2_INLINE static __m256i bits(__m256i q, int sh, int mask)
     return _mm256_and_si256(_mm256_srl_epi32(q, _mm_cvtsi32_si128(sh)), _mm256_set1_epi32(mask));
 }
 
-/* d * (float)q - m for the four quarters (Q4_K's and Q5_K's order: multiply, then subtract). */
+/* d * (float)q - m for the four quarters (Q4_K's and Q5_K's order: multiply, then subtract), as
+ * one FMA with the same bits: d = d16 * sc (11 and 6 significant bits, exact) times q (4 or 5
+ * bits) has at most 22 bits, so the product is exact and the one rounding is the subtract's. */
 AVX2_INLINE static void scale_sub(const __m256i q[4], __m256 d, __m256 m, __m256 w[4])
 {
     UNROLL
     for (int j = 0; j < 4; j++)
-        w[j] = _mm256_sub_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(q[j])), m);
+        w[j] = _mm256_fmsub_ps(d, _mm256_cvtepi32_ps(q[j]), m);
 }
 
 /* Q4_K and Q5_K are rebuilt 64 elements (a chunk, eight vectors) at a time, SUB = 4 chunks per
@@ -697,7 +702,7 @@ AVX512_INLINE static __m512 scale_x2(__m512i q, __m512 d)
 
 AVX512_INLINE static __m512 scale_add_x2(__m512i q, __m512 d, __m512 m)
 {
-    return _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), d), m);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), d, m); /* exact product: see scale_add */
 }
 
 /* block_<type>_x2(a, b, w): block_<type> of the block at a in the low halves of w[0..4), of the
@@ -929,7 +934,7 @@ AVX512_INLINE static void kscale_sub_x2(const uint8_t *a, const uint8_t *b, int 
     __m512 d = bcast_x2(ks + s, ks + 16 + s), m = bcast_x2(ks + 8 + s, ks + 24 + s);
     UNROLL
     for (int j = 0; j < 4; j++)
-        w[j] = _mm512_sub_ps(_mm512_mul_ps(d, _mm512_cvtepi32_ps(q[j])), m);
+        w[j] = _mm512_fmsub_ps(d, _mm512_cvtepi32_ps(q[j]), m); /* exact product: scale_sub */
 }
 
 /* As sub_q4_k and sub_q5_k: chunk c of the blocks at a and b, both sub-blocks. */
