@@ -260,18 +260,20 @@ bench:
 	@echo; echo "bench: wrote $(BENCH_STEM)-bench.json $(BENCH_STEM)-bench-gemma.json $(BENCH_STEM)-spec.json"
 	@$(BENCH_PLOT)
 
-# The peer in the same run: llama.cpp's llama-bench (built once from the source the
-# llama-cpp-python sdist vendors, build/llama.cpp) on both models, prefill 128 and 64 decoded
-# tokens with the same thread count as make bench; then the numerics of both (tools/peer_numerics.py:
+# The peer in the same run (tools/peer_bench.py): llama.cpp's llama-bench and
+# llama-batched-bench (built once from the source the llama-cpp-python sdist vendors,
+# build/llama.cpp), then bench_core --peer, on both models with the same thread count: prefill
+# 128 and 512, one stream of 128 tokens, 16 sequences of 128 + 128; the ratios, and the JSON in
+# $(BENCH_STEM)-peer.json. Then the numerics of both (tools/peer_numerics.py:
 # llama.cpp's, adaptree's f32 and int8 last-position logits against the transformers fixtures).
 # Not part of make test.
-LLAMA_BENCH := build/llama.cpp/bin/llama-bench
 bench-peer:
 	@+$(SETUP) deps model gemma vocab venv
 	@tools/build_llamacpp.sh build/llama.cpp
-	@$(MAKE) --no-print-directory all
-	$(LLAMA_BENCH) -m $(MODEL) -p 128 -n 64 -t $$(nproc) -r 3
-	$(LLAMA_BENCH) -m $(GEMMA_MODEL) -p 128 -n 64 -t $$(nproc) -r 3
+	@$(MAKE) --no-print-directory all $(BUILD)/bench_core
+	@mkdir -p $(BENCH_DIR)
+	$(VENV)/bin/python -B tools/peer_bench.py --build $(BUILD) -m $(MODEL) -m $(GEMMA_MODEL) \
+		--out $(BENCH_STEM)-peer.json
 	$(VENV)/bin/python -B tools/peer_numerics.py --build $(BUILD) -m $(MODEL)
 
 # The server under 32 concurrent streams: no adapter, one adapter, 32 different rank-8 q,v and

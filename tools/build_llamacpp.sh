@@ -1,8 +1,9 @@
 #!/bin/sh
-# Builds llama.cpp's llama-bench and llama-tokenize from the source the llama-cpp-python 0.3.36
-# sdist vendors (the tarball `make vocab` caches in models/cache, sha256 checked there), for
-# `make bench-peer`: the peer measured in the same run on the same machine. CPU only, no network
-# code. Not part of `make test`; about 10 minutes on an idle 2-core machine, once.
+# Builds llama.cpp's llama-bench, llama-batched-bench and llama-tokenize from the source the
+# llama-cpp-python 0.3.36 sdist vendors (the tarball `make vocab` caches in models/cache, sha256
+# checked there), for `make bench-peer`: the peer measured in the same run on the same machine.
+# CPU only, no network code. Not part of `make test`; about 10 minutes on an idle 2-core machine,
+# once.
 # ISA: -march=native (GGML_NATIVE), except on a CPU with AMX: there this llama.cpp's AMX matmul
 # crashed (SIGSEGV in ggml_backend_amx_mul_mat, Intel Xeon family 6 model 167 VM, 2026-12-06), so
 # the build names the host's AVX/AVX2/AVX-512 features itself and leaves AMX out.
@@ -12,7 +13,8 @@ out=${1:-build/llama.cpp}
 SDIST="models/cache/llama_cpp_python-0.3.36.tar.gz"
 SRC="llama_cpp_python-0.3.36/vendor/llama.cpp"
 
-[ -x "$out/bin/llama-bench" ] && [ -x "$out/bin/llama-tokenize" ] && exit 0
+[ -x "$out/bin/llama-bench" ] && [ -x "$out/bin/llama-batched-bench" ] && [ -x "$out/bin/llama-tokenize" ] &&
+    exit 0
 if [ ! -f "$SDIST" ]; then
     echo "llama.cpp: $SDIST is missing; run make vocab first" >&2
     exit 1
@@ -40,14 +42,14 @@ if [ "$(has amx_int8)" = ON ]; then
  -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
     echo "llama.cpp: this CPU has AMX; building with its AVX-512 features and without AMX"
 fi
-echo "llama.cpp: building llama-bench and llama-tokenize (CPU; once)"
+echo "llama.cpp: building llama-bench, llama-batched-bench and llama-tokenize (CPU; once)"
 # shellcheck disable=SC2086
 cmake -S "$out/src" -B "$out/cmake" -DCMAKE_BUILD_TYPE=Release $isa \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DGGML_OPENMP=ON -DBUILD_SHARED_LIBS=OFF >"$out/cmake.log" 2>&1 ||
     { tail -20 "$out/cmake.log" >&2; exit 1; }
-cmake --build "$out/cmake" -j "$(nproc)" --target llama-bench llama-tokenize >>"$out/cmake.log" 2>&1 ||
+cmake --build "$out/cmake" -j "$(nproc)" --target llama-bench llama-batched-bench llama-tokenize >>"$out/cmake.log" 2>&1 ||
     { tail -20 "$out/cmake.log" >&2; exit 1; }
 mkdir -p "$out/bin"
-cp "$out/cmake/bin/llama-bench" "$out/cmake/bin/llama-tokenize" "$out/bin/"
-echo "llama.cpp: $out/bin/llama-bench, $out/bin/llama-tokenize"
+cp "$out/cmake/bin/llama-bench" "$out/cmake/bin/llama-batched-bench" "$out/cmake/bin/llama-tokenize" "$out/bin/"
+echo "llama.cpp: $out/bin/llama-bench, $out/bin/llama-batched-bench, $out/bin/llama-tokenize"

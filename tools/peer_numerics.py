@@ -39,15 +39,24 @@ def pkg_libs():
         return ["-lopenblas", "-lcjson", "-luv", "-lpcre2-8", "-lmicrohttpd"]
 
 
+def stale(binary, *sources):
+    """True when binary is missing or older than one of its sources."""
+    if not os.path.exists(binary):
+        return True
+    t = os.path.getmtime(binary)
+    return any(os.path.getmtime(x) > t for x in sources if os.path.exists(x))
+
+
 def build_tools(build, lc):
     out = os.path.join(build, "peer")
     os.makedirs(out, exist_ok=True)
     at, lcb = os.path.join(out, "adaptree_logits"), os.path.join(out, "llamacpp_logits")
-    if not os.path.exists(at):
+    peer = os.path.join(ROOT, "tools", "peer")
+    if stale(at, os.path.join(peer, "adaptree_logits.c"), os.path.join(build, "libadaptree.a")):
         sh(["cc", "-O2", "-std=c11", "-D_GNU_SOURCE", "-I" + ROOT,
             os.path.join(ROOT, "tools", "peer", "adaptree_logits.c"),
             os.path.join(build, "libadaptree.a")] + pkg_libs() + ["-lm", "-lpthread", "-o", at])
-    if not os.path.exists(lcb):
+    if stale(lcb, os.path.join(peer, "llamacpp_logits.c")):
         cm = os.path.join(lc, "cmake")
         libs = [os.path.join(cm, "src", "libllama.a")] + [
             os.path.join(cm, "ggml", "src", f"libggml{s}.a") for s in ("", "-cpu", "-base")]
@@ -94,6 +103,30 @@ def main(argv=None):
             cells.append(f"{d.max():8.4f} / {d.mean():7.4f} / {'same' if got.argmax() == ref.argmax() else 'DIFF'}")
         print(f"{pr['name']:10} {pr['n_tokens']:6d}  " + "  ".join(f"{c:>26}" for c in cells))
     print("worst max |d|: " + ", ".join(f"{s} {v:.4f}" for s, v in worst.items()))
+
+    # Every position of every prompt, at the reference's top-20 ids there (core_logits.json):
+    # many more samples than three last positions, so that the sides' errors can be told apart.
+    diffs = {s: [] for s, _ in sides}
+    agree = {s: 0 for s, _ in sides}
+    npos = 0
+    for pr in fx["prompts"]:
+        ids = [str(i) for i in pr["ids"]]
+        for name, cmd in sides:
+            out = os.path.join(build, "peer", f"{pr['name']}-{name.split()[-1].strip('-')}-all.f32")
+            sh(cmd[:1] + ["--all"] + cmd[1:] + [a.model, out] + ids)
+            got = np.fromfile(out, dtype="<f4").reshape(len(ids), -1)
+            for p, top in enumerate(pr["top20"]):
+                tid = np.array([t[0] for t in top])
+                tv = np.array([t[1] for t in top], dtype=np.float64)
+                diffs[name].append(np.abs(got[p, tid].astype(np.float64) - tv))
+                agree[name] += int(got[p].argmax() == tid[0])
+        npos += len(pr["top20"])
+    print(f"\nevery position ({npos} positions of {len(fx['prompts'])} prompts), at the "
+          "reference's top-20 ids: |logit difference| mean / p99 / max, argmax agreement")
+    for name, _ in sides:
+        d = np.concatenate(diffs[name])
+        print(f"  {name:16} {d.mean():.4f} / {np.percentile(d, 99):.4f} / {d.max():.4f}   "
+              f"argmax {agree[name]}/{npos}")
     return 0
 
 

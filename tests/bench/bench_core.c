@@ -5,8 +5,10 @@
  * "adaptree-bench-core/1", docs/PERF.md §1.3), once the run is over. */
 #include <cJSON.h>
 #include <cblas.h>
+#include <immintrin.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,6 +129,78 @@ static double read_bandwidth(void)
     return best;
 }
 
+/* FMA peak: every online CPU runs a loop of independent FMAs (twelve chains, enough to cover the
+ * latency on every core the project runs on) on 256-bit (AVX2) or 512-bit (AVX-512) vectors; the
+ * best of three, in GFLOP/s (an FMA is two flops per lane). The bound the kernels' arithmetic is
+ * held to, unlike the sgemm probe, which is OpenBLAS's best on this machine. */
+#define FMA_ITERS 20000000L
+#define FMA12(op) op(0) op(1) op(2) op(3) op(4) op(5) op(6) op(7) op(8) op(9) op(10) op(11)
+
+__attribute__((target("avx2,fma"))) static void *fma_loop_avx2(void *out)
+{
+    __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
+#define FMA_INIT(i) __m256 a##i = _mm256_set1_ps((float)(i)*1e-3f);
+#define FMA_STEP(i) a##i = _mm256_fmadd_ps(a##i, m, c);
+#define FMA_SUM(i) t = _mm256_add_ps(t, a##i);
+    FMA12(FMA_INIT)
+    for (long it = 0; it < FMA_ITERS; it++) {
+        FMA12(FMA_STEP)
+    }
+    __m256 t = _mm256_setzero_ps();
+    FMA12(FMA_SUM)
+    *(float *)out = _mm256_cvtss_f32(t);
+    return NULL;
+#undef FMA_INIT
+#undef FMA_STEP
+#undef FMA_SUM
+}
+
+__attribute__((target("avx512f"))) static void *fma_loop_avx512(void *out)
+{
+    __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
+#define FMA_INIT(i) __m512 a##i = _mm512_set1_ps((float)(i)*1e-3f);
+#define FMA_STEP(i) a##i = _mm512_fmadd_ps(a##i, m, c);
+#define FMA_SUM(i) t = _mm512_add_ps(t, a##i);
+    FMA12(FMA_INIT)
+    for (long it = 0; it < FMA_ITERS; it++) {
+        FMA12(FMA_STEP)
+    }
+    __m512 t = _mm512_setzero_ps();
+    FMA12(FMA_SUM)
+    *(float *)out = _mm512_cvtss_f32(t);
+    return NULL;
+#undef FMA_INIT
+#undef FMA_STEP
+#undef FMA_SUM
+}
+
+/* 0 when the CPU lacks the ISA or a thread cannot start. */
+static double fma_peak(bool avx512)
+{
+    if (avx512 ? !__builtin_cpu_supports("avx512f")
+               : !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+        return 0;
+    long nt = sysconf(_SC_NPROCESSORS_ONLN);
+    nt = nt < 1 ? 1 : nt > 64 ? 64 : nt;
+    pthread_t th[64];
+    float out[64];
+    double best = 0;
+    for (int r = 0; r < 3; r++) {
+        double t0 = bench_now();
+        long started = 0;
+        for (long i = 0; i < nt; i++)
+            started += pthread_create(&th[i], NULL, avx512 ? fma_loop_avx512 : fma_loop_avx2,
+                                      &out[i]) == 0;
+        for (long i = 0; i < started; i++)
+            pthread_join(th[i], NULL);
+        if (started < nt)
+            return 0;
+        double g = (double)nt * FMA_ITERS * 12 * (avx512 ? 16 : 8) * 2 / (bench_now() - t0) / 1e9;
+        best = g > best ? g : best;
+    }
+    return best;
+}
+
 typedef struct bench {
     const core_model *m;
     core_ctx *ctx;
@@ -136,6 +210,7 @@ typedef struct bench {
     double weight_bytes;  /* f32 weights read per step (more than core__qmatmul_max_rows()) */
     double qweight_bytes; /* stored (quantized) weights read per step (small steps) */
     double peak, bw;
+    double fma;       /* FMA peak of the vector width the kernels in use run (0: none) */
     const char *mode; /* "f32" or "int8": the activations of the forward passes */
 } bench;
 
@@ -589,8 +664,68 @@ static int bench_forward(bench *b, const char *what_suffix)
         snprintf(what, sizeof what, "batched decode, batch %d%s", batches[i], what_suffix);
         report(b, what, "batched_decode", batches[i], (double)batches[i] * steps, td, batches[i],
                steps);
+        if (batches[i] == 32 && b->fma > 0) {
+            double g = b->flops_per_row * batches[i] * steps / td / 1e9;
+            printf("  the 32-row step: %.1f GFLOP/s%s = %.0f%% of the %s FMA peak (%.1f)\n", g,
+                   strcmp(b->mode, "int8") ? "" : "-equivalent", 100 * g / b->fma,
+                   core__qmatmul_kernels(), b->fma);
+            cJSON *jf = jrow("step32_fma");
+            jstr(jf, "mode", b->mode);
+            jstr(jf, "kernels", core__qmatmul_kernels());
+            jnum(jf, "gflops", g);
+            jnum(jf, "fma_gflops", b->fma);
+            jnum(jf, "pct_of_fma_peak", 100 * g / b->fma);
+        }
     }
     return bench_long_context(b, what_suffix);
+}
+
+/* --peer: the scenarios of llama.cpp's llama-bench (pp128, pp512, tg128) and llama-batched-bench
+ * (-npp 128 -ntg 128 -npl 16) on the same model, for tools/peer_bench.py, which runs both and
+ * prints the ratios. Each is the median of three runs; the 16 sequences give their prefill (16 x
+ * 128 rows in one forward pass) and decode (128 steps of 16 rows) apart, as batched-bench does. */
+static int cmp_double(const void *a, const void *b);
+static int peer_only; /* --peer */
+
+static int bench_peer(bench *b)
+{
+    struct {
+        const char *name, *label;
+        int n_seq, plen, steps;
+        bool prefill; /* the result is the prefill's tok/s, else the decode's */
+    } sc[] = {
+        {"pp128", "prefill 128", 1, 128, 0, true},
+        {"pp512", "prefill 512", 1, 512, 0, true},
+        {"tg128", "one stream, 128 tokens", 1, 1, 128, false},
+        {"pp128_x16", "16 sequences, prefill 16 x 128", 16, 128, 0, true},
+        {"tg128_x16", "16 sequences, 128 steps of 16", 16, 128, 128, false},
+    };
+    for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) {
+        double r[3];
+        for (int k = 0; k < 3; k++) {
+            double tp, td;
+            if (run(b, sc[i].n_seq, sc[i].plen, sc[i].steps, &tp, &td))
+                return 1;
+            r[k] = sc[i].prefill ? sc[i].n_seq * sc[i].plen / tp : sc[i].n_seq * sc[i].steps / td;
+        }
+        qsort(r, 3, sizeof r[0], cmp_double);
+        printf("%-35s %9.1f tok/s   (runs %.1f .. %.1f)\n", sc[i].label, r[1], r[0], r[2]);
+        fflush(stdout);
+        cJSON *j = jrow("peer");
+        jstr(j, "scenario", sc[i].name);
+        jstr(j, "mode", b->mode);
+        jstr(j, "label", sc[i].label);
+        jnum(j, "tok_s", r[1]);
+        jnum(j, "tok_s_min", r[0]);
+        jnum(j, "tok_s_max", r[2]);
+    }
+    return 0;
+}
+
+/* The forward passes of one activation mode: make bench's, or --peer's. */
+static int bench_mode(bench *b, const char *what_suffix)
+{
+    return peer_only ? bench_peer(b) : bench_forward(b, what_suffix);
 }
 
 static bool con_allows(void *ctx, int32_t id)
@@ -762,9 +897,14 @@ int main(int argc, char **argv)
             only_structured = 1; /* the constrained row's cost (needs the model) */
         else if (!strcmp(argv[i], "--forward-only"))
             only_forward = 1; /* the model's forward passes, f32 and int8: no kernels, no LoRA */
+        else if (!strcmp(argv[i], "--peer"))
+            peer_only = only_forward =
+                1; /* llama-bench's scenarios, f32 and int8 (peer_bench.py) */
         else {
-            fprintf(stderr, "usage: bench_core [-m MODEL] [--json FILE] [--sgemm-only | "
-                            "--lora-only | --kernels-only | --forward-only | --structured-only]\n");
+            fprintf(
+                stderr,
+                "usage: bench_core [-m MODEL] [--json FILE] [--sgemm-only | "
+                "--lora-only | --kernels-only | --forward-only | --structured-only | --peer]\n");
             return 2;
         }
     }
@@ -812,6 +952,7 @@ static int run_bench(const char *path, const char *msg, int only_sgemm, int only
                   : only_kernels    ? "kernels"
                   : only_structured ? "structured"
                   : only_lora       ? "lora"
+                  : peer_only       ? "peer"
                   : only_forward    ? "forward"
                                     : "all");
     }
@@ -830,9 +971,15 @@ static int run_bench(const char *path, const char *msg, int only_sgemm, int only
     bench b = {0};
     b.peak = sgemm_peak();
     b.bw = read_bandwidth();
-    printf("machine: sgemm peak %.1f GFLOP/s, read bandwidth %.1f GB/s\n\n", b.peak, b.bw);
+    double fma2 = fma_peak(false), fma5 = fma_peak(true);
+    b.fma = core__cpu_level() >= CORE_CPU_AVX512 ? fma5 : fma2;
+    printf("machine: sgemm peak %.1f GFLOP/s, read bandwidth %.1f GB/s, FMA peak %.1f GFLOP/s "
+           "(AVX2) / %.1f (AVX-512), all cores\n\n",
+           b.peak, b.bw, fma2, fma5);
     jnum(jsection("machine", false), "sgemm_gflops", b.peak);
     jnum(jsection("machine", false), "read_gbs", b.bw);
+    jnum(jsection("machine", false), "fma_avx2_gflops", fma2);
+    jnum(jsection("machine", false), "fma_avx512_gflops", fma5);
     b.mode = "f32";
 
     char err[512];
@@ -877,7 +1024,7 @@ static int run_bench(const char *path, const char *msg, int only_sgemm, int only
 
     if (only_structured)
         return bench_structured(&b);
-    if (!only_lora && bench_forward(&b, ""))
+    if (!only_lora && bench_mode(&b, ""))
         return 1;
     if (!only_lora && core__q8_available()) {
         int packed = core_model_set_int8(m, 1, err, sizeof err);
@@ -890,7 +1037,7 @@ static int run_bench(const char *path, const char *msg, int only_sgemm, int only
         b.mode = "int8";
         if (packed < 0)
             printf("bench: %s\n", err);
-        else if (bench_forward(&b, " (int8)"))
+        else if (bench_mode(&b, " (int8)"))
             return 1;
         core_model_set_int8(m, 0, NULL, 0);
         b.mode = "f32";

@@ -1,6 +1,7 @@
 /* adaptree's side of tools/peer_numerics.py: evaluates one prompt's token ids with core_forward
- * (f32 activations, or int8 with --int8) and writes the last position's logits as little-endian
- * float32.  usage: adaptree_logits [--int8] MODEL.gguf OUT.f32 ID... */
+ * (f32 activations, or int8 with --int8) and writes the last position's logits (with --all every
+ * position's, in order) as little-endian float32.
+ * usage: adaptree_logits [--int8] [--all] MODEL.gguf OUT.f32 ID... */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,13 +13,17 @@ int main(int argc, char **argv)
 {
     char err[256] = "";
     core_blas_ensure_kernel(argc, argv, err, sizeof err);
-    int a = 1, int8 = 0;
-    if (a < argc && !strcmp(argv[a], "--int8")) {
-        int8 = 1;
-        a++;
+    int a = 1, int8 = 0, all = 0;
+    for (; a < argc && argv[a][0] == '-' && argv[a][1] == '-'; a++) {
+        if (!strcmp(argv[a], "--int8"))
+            int8 = 1;
+        else if (!strcmp(argv[a], "--all"))
+            all = 1;
+        else
+            break;
     }
     if (argc - a < 3) {
-        fprintf(stderr, "usage: adaptree_logits [--int8] MODEL.gguf OUT.f32 ID...\n");
+        fprintf(stderr, "usage: adaptree_logits [--int8] [--all] MODEL.gguf OUT.f32 ID...\n");
         return 2;
     }
     int n = argc - a - 2;
@@ -28,8 +33,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++) {
         tok[i] = (int32_t)atoi(argv[a + 2 + i]);
         pos[i] = i;
+        want[i] = all || i == n - 1;
     }
-    want[n - 1] = 1;
     core_model *m = core_model_load(argv[a], err, sizeof err);
     if (!m || (int8 && core_model_set_int8(m, 1, err, sizeof err) < 0)) {
         fprintf(stderr, "adaptree_logits: %s\n", err);
@@ -37,14 +42,15 @@ int main(int argc, char **argv)
     }
     core_ctx *c = core_ctx_new(m);
     core_kv *kv = core_kv_new(&m->cfg, 1, n < 16 ? 16 : n, err, sizeof err);
-    float *lg = malloc((size_t)m->cfg.n_vocab * sizeof *lg);
+    size_t rows = all ? (size_t)n : 1;
+    float *lg = malloc(rows * (size_t)m->cfg.n_vocab * sizeof *lg);
     core_batch b = {.n_rows = n, .tokens = tok, .pos = pos, .slot = slot, .want_logits = want};
     if (!c || !kv || !lg || core_forward(c, kv, &b, NULL, lg, err, sizeof err) != 0) {
         fprintf(stderr, "adaptree_logits: %s\n", err[0] ? err : "out of memory");
         return 1;
     }
     FILE *f = fopen(argv[a + 1], "wb");
-    size_t nv = (size_t)m->cfg.n_vocab;
+    size_t nv = rows * (size_t)m->cfg.n_vocab;
     if (!f || fwrite(lg, sizeof(float), nv, f) != nv || fclose(f) != 0) {
         fprintf(stderr, "adaptree_logits: cannot write %s\n", argv[a + 1]);
         return 1;
