@@ -7,7 +7,9 @@
 # ISA: -march=native (GGML_NATIVE), except on a CPU with AMX: there this llama.cpp's AMX matmul
 # crashed (SIGSEGV in ggml_backend_amx_mul_mat, Intel Xeon family 6 model 167 VM, 2026-12-06), so
 # the build names the host's AVX/AVX2/AVX-512 features itself and leaves AMX out.
-# usage: tools/build_llamacpp.sh [DIR]        (default build/llama.cpp)
+# LLAMACPP_ISA=avx2 builds llama.cpp's AVX2 kernels only (no AVX-512, VNNI or AMX): on an AVX-512
+# host, the peer of adaptree held to its AVX2 kernels (ADAPTREE_CPU=avx2), as on a Zen 3.
+# usage: [LLAMACPP_ISA=avx2] tools/build_llamacpp.sh [DIR]        (default build/llama.cpp)
 set -eu
 out=${1:-build/llama.cpp}
 SDIST="models/cache/llama_cpp_python-0.3.36.tar.gz"
@@ -41,6 +43,12 @@ if [ "$(has amx_int8)" = ON ]; then
  -DGGML_AVX512_VNNI=$(has avx512_vnni) -DGGML_AVX512_BF16=$(has avx512_bf16) -DGGML_AMX_TILE=OFF
  -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
     echo "llama.cpp: this CPU has AMX; building with its AVX-512 features and without AMX"
+fi
+if [ "${LLAMACPP_ISA:-native}" = avx2 ]; then
+    isa="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+ -DGGML_BMI2=$(has bmi2) -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF
+ -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+    echo "llama.cpp: LLAMACPP_ISA=avx2: AVX2 kernels only, to compare with ADAPTREE_CPU=avx2"
 fi
 echo "llama.cpp: building llama-bench, llama-batched-bench and llama-tokenize (CPU; once)"
 # shellcheck disable=SC2086

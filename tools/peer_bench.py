@@ -9,7 +9,10 @@ tokens, logits for each). adaptree: `bench_core --peer`, the same five scenarios
 with f32 activations (the default, exact) and with int8 ones (`serve --int8`), each the median of
 three runs. Both are built by `make bench-peer` (llama.cpp once, tools/build_llamacpp.sh).
 
-Prints one table per model and writes everything to BENCH_DIR/<date>-<cpu>-peer.json.
+Prints one table per model and writes everything to BENCH_DIR/<date>-<cpu>-peer.json. On an
+AVX-512 host, `ADAPTREE_CPU=avx2 tools/peer_bench.py --llamacpp build/llama.cpp-avx2` (that
+llama.cpp built with LLAMACPP_ISA=avx2 tools/build_llamacpp.sh build/llama.cpp-avx2) compares
+both sides' AVX2 kernels, as on an AVX2-only CPU.
 
 usage: tools/peer_bench.py [--build build] [--llamacpp build/llama.cpp] [-m MODEL]... [--out F]
 """
@@ -130,9 +133,11 @@ def main():
         load = -1
     doc = {"schema": "adaptree-bench-peer/1", "cpu": cpu_name(), "threads": threads,
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-           "load_average_1m_before": load, "models": []}
+           "load_average_1m_before": load, "llamacpp_dir": a.llamacpp,
+           "adaptree_cpu": os.environ.get("ADAPTREE_CPU", "detected"), "models": []}
     os.makedirs(os.path.join(a.build, "bench"), exist_ok=True)
-    print(f"peer_bench: {doc['cpu']}, {threads} threads on both sides, load {load:.2f}")
+    print(f"peer_bench: {doc['cpu']}, {threads} threads on both sides, load {load:.2f}; "
+          f"llama.cpp from {a.llamacpp}, adaptree kernels {doc['adaptree_cpu']} (ADAPTREE_CPU)")
     for model in models:
         name = os.path.basename(model)
         peer = llamacpp(bindir, model, threads)

@@ -27,6 +27,10 @@ typedef void core__gemv8_fn(const uint8_t *W, size_t row_bytes, int nb, int out,
  * xp is scratch for the packed X (-n: already packed there for this n). */
 typedef void core__gemv16_fn(const uint8_t *W, size_t row_bytes, int nb, int out, const float *X,
                              int ldx, int n, float *xp, float *Y, int ldy);
+/* Weight rows a and b (nb blocks each) rebuilt for the AVX-512 panels: for each step kk of eight
+ * elements, a's elements 8kk..8kk+7 then b's, sixteen floats at dst + 16 kk (dst 64-byte
+ * aligned). */
+typedef void core__rebuild2_fn(const uint8_t *a, const uint8_t *b, int nb, float *dst);
 
 /* Part s (elements 32s..32s+31; s is 0 for the 32-element types) of a block of weight row j
  * (j < 16) of a group of sixteen rows, copied into that group's repacked unit for those 32
@@ -51,6 +55,7 @@ typedef struct core__traits {
     core__gemv16_fn *gemv16_avx512; /* AVX-512 fused product (qmatmul.c); NULL: as gemv8_avx2 */
     core__repack8_fn *repack8;      /* int8-activation kernels (qmatmul_q8.c); NULL: none */
     int unit8;                      /* bytes of a repacked unit (with repack8) */
+    core__rebuild2_fn *rebuild2_avx512; /* AVX-512 rebuild of two rows (qmatmul.c); NULL: none */
 } core__traits;
 
 /* The row of a type; a row of NULLs for a type the table does not know. Pure. */
@@ -76,5 +81,8 @@ void core__q4k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn);
 core__gemv16_fn core__gemv16_avx512_q4_0, core__gemv16_avx512_q4_1, core__gemv16_avx512_q5_0,
     core__gemv16_avx512_q5_1, core__gemv16_avx512_q8_0, core__gemv16_avx512_q4_k,
     core__gemv16_avx512_q5_k, core__gemv16_avx512_q6_k;
+core__rebuild2_fn core__rebuild2_avx512_q4_0, core__rebuild2_avx512_q4_1,
+    core__rebuild2_avx512_q5_0, core__rebuild2_avx512_q5_1, core__rebuild2_avx512_q8_0,
+    core__rebuild2_avx512_q4_k, core__rebuild2_avx512_q5_k, core__rebuild2_avx512_q6_k;
 
 #endif
