@@ -646,6 +646,16 @@ AVX2 static void panel_tile_avx2(const float *w0, const float *w1, int nkk, cons
     }
 }
 
+/* Rows of X the panel kernels take at a time: about 512 KiB of them (whole tiles of six), so that
+ * X stays in L2 while the weights' panels run against it; a long prefill (16 x 128 rows: 4.7 MB
+ * of X at 576) otherwise streams X from memory once per panel. Each chunk rebuilds the weights
+ * again, which costs little against that many rows. Rows are independent: same bits. */
+static int panel_chunk(int in)
+{
+    int rows = (int)((512 * 1024) / ((size_t)in * sizeof(float))) / 6 * 6;
+    return rows < 48 ? 48 : rows;
+}
+
 /* Y = X · Wᵀ for n > 8 through the panels: PANEL_BLOCK weight rows are rebuilt (into L2), then
  * each tile of X, which stays in L1 while it runs, goes against every pair of them. -ENOTSUP
  * without an AVX2 rebuild for the type, -ENOMEM without the buffer (the caller then runs the
@@ -683,7 +693,11 @@ AVX2 static int gemv_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, int
 {
     if (n <= 8 || !core__traits_of(type)->gemv8_avx2)
         return gemv8_avx2(type, W, row_bytes, in, out, X, n, Y, ldy);
-    if (gemv_panels_avx2(type, W, row_bytes, in, out, X, n, Y, ldy) == 0)
+    int rc = 0, chunk = panel_chunk(in);
+    for (int r0 = 0; r0 < n && rc == 0; r0 += chunk)
+        rc = gemv_panels_avx2(type, W, row_bytes, in, out, X + (size_t)r0 * in,
+                              n - r0 < chunk ? n - r0 : chunk, Y + (size_t)r0 * ldy, ldy);
+    if (rc == 0)
         return 0;
     for (int o0 = 0; o0 < out; o0 += OC)
         for (int r0 = 0; r0 < n; r0 += 8)
@@ -1200,8 +1214,14 @@ AVX512 static int gemv_avx512(uint32_t type, const uint8_t *W, size_t row_bytes,
     core__gemv16_fn *k = core__traits_of(type)->gemv16_avx512;
     if (!k)
         return -ENOTSUP;
-    if (n >= PANEL_ROWS && gemv_panels(type, W, row_bytes, in, out, X, n, Y, ldy) == 0)
-        return 0;
+    if (n >= PANEL_ROWS) {
+        int rc = 0, chunk = panel_chunk(in);
+        for (int r0 = 0; r0 < n && rc == 0; r0 += chunk)
+            rc = gemv_panels(type, W, row_bytes, in, out, X + (size_t)r0 * in,
+                             n - r0 < chunk ? n - r0 : chunk, Y + (size_t)r0 * ldy, ldy);
+        if (rc == 0)
+            return 0;
+    }
     int groups = (n + 15) / 16;
     size_t per = (size_t)in * 16; /* floats of one packed group */
     /* whole tiles of weight rows (every tile height divides 12) */
