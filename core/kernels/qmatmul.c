@@ -601,44 +601,49 @@ static int gemv8_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, int in,
     return 0;
 }
 
-/* More than eight rows of X on AVX2: two weight rows at a time are rebuilt into a buffer in L1 and
- * every tile of six rows of X runs against them, both operands loaded (twelve accumulators, two
- * weight vectors and one of X in the sixteen registers): the rebuild is paid once for all the rows
- * instead of once per group of eight. The chains and their sums are those of fused(): same bits.
- * Measured on an Intel Xeon (family 6, model 167) held to AVX2, one core, Q4_1 576 x 1536,
- * GFLOP/s at 16 / 32 / 64 / 128 rows: groups of eight 53 / 52 / 53 / 54; panels 72-76 / 74-80 /
- * 82-90 / 84-90 (the AVX2 FMA loop's peak: about 120). X's load has to be kept in a register: GCC
- * folds it into both FMAs, and the doubled loads cost a quarter of the speed. */
-#define AVX2_NW 2
-#define AVX2_NX 6
+/* More than eight rows of X on AVX2: weight rows are rebuilt once into a buffer and every tile of
+ * rows of X runs against them, both operands loaded: 3 weight rows x 4 rows of X or 2 x 6 (twelve
+ * accumulators, the weight vectors and one of X in the sixteen registers), whichever wastes fewer
+ * rows; the rebuild is paid once for all the rows instead of once per group of eight. The chains
+ * and their sums are those of fused(): same bits. Measured on an Intel Xeon (family 6, model 167)
+ * held to AVX2, one core, Q4_1 576 x 1536, GFLOP/s at 16 / 32 / 64 / 128 rows: groups of eight
+ * 53 / 52 / 53 / 54; panels (2, 6) 72-76 / 74-80 / 82-90 / 84-90 (the AVX2 FMA loop's peak: about
+ * 120); at 9 / 16 / 24 / 32 / 48 / 64 rows (3, 4) 60 / 83 / 85 / 88 / 91 / 92, (2, 6) 63 / 81 /
+ * 91 / 85 / 97 / 95. X's load has to be kept in a register: GCC folds it into every FMA, and the
+ * extra loads cost a quarter of the speed. */
 
-AVX2 static void panel_tile_avx2(const float *w0, const float *w1, int nkk, const float *X, int ldx,
-                                 int nx, float *Y, int ldy, int nr)
+AVX2_INLINE static void panel_tile_avx2(const float *const *w, int nkk, const float *X, int ldx,
+                                        int nx, float *Y, int ldy, int nr, const int NW,
+                                        const int NX)
 {
-    const float *x[AVX2_NX]; /* rows past nx repeat the last; their sums are dropped */
-    for (int j = 0; j < AVX2_NX; j++)
+    const float *x[6]; /* rows past nx repeat the last; their sums are dropped */
+    for (int j = 0; j < NX; j++)
         x[j] = X + (size_t)(j < nx ? j : nx - 1) * ldx;
-    __m256 acc[AVX2_NW * AVX2_NX];
+    __m256 acc[12]; /* NW * NX */
     UNROLL
-    for (int t = 0; t < AVX2_NW * AVX2_NX; t++)
+    for (int t = 0; t < NW * NX; t++)
         acc[t] = _mm256_setzero_ps();
     for (int kk = 0; kk < nkk; kk++) {
-        __m256 a = _mm256_load_ps(w0 + (size_t)kk * 8), b = _mm256_load_ps(w1 + (size_t)kk * 8);
+        __m256 wv[3];
         UNROLL
-        for (int j = 0; j < AVX2_NX; j++) {
+        for (int r = 0; r < NW; r++)
+            wv[r] = _mm256_load_ps(w[r] + (size_t)kk * 8);
+        UNROLL
+        for (int j = 0; j < NX; j++) {
             __m256 xv = _mm256_loadu_ps(x[j] + (size_t)kk * 8);
-            __asm__("" : "+x"(xv)); /* one load for both FMAs: compilers fold it into each */
-            acc[j] = _mm256_fmadd_ps(a, xv, acc[j]);
-            acc[AVX2_NX + j] = _mm256_fmadd_ps(b, xv, acc[AVX2_NX + j]);
+            __asm__("" : "+x"(xv)); /* one load for all the FMAs: compilers fold it into each */
+            UNROLL
+            for (int r = 0; r < NW; r++)
+                acc[r * NX + j] = _mm256_fmadd_ps(wv[r], xv, acc[r * NX + j]);
         }
     }
     float t[4];
     for (int r = 0; r < nr; r++) {
         UNROLL
-        for (int j = 0; j < AVX2_NX; j += 4) { /* lanes: four rows of X */
-            const __m256 *v = acc + r * AVX2_NX;
-            int k1 = j + 1 < AVX2_NX ? j + 1 : j, k2 = j + 2 < AVX2_NX ? j + 2 : j,
-                k3 = j + 3 < AVX2_NX ? j + 3 : j;
+        for (int j = 0; j < NX; j += 4) { /* lanes: four rows of X */
+            const __m256 *v = acc + r * NX;
+            int k1 = j + 1 < NX ? j + 1 : j, k2 = j + 2 < NX ? j + 2 : j,
+                k3 = j + 3 < NX ? j + 3 : j;
             _mm_storeu_ps(t, hsum4(v[j], v[k1], v[k2], v[k3]));
             for (int k = 0; k < 4 && j + k < nx; k++)
                 Y[(size_t)(j + k) * ldy + r] = t[k];
@@ -646,13 +651,13 @@ AVX2 static void panel_tile_avx2(const float *w0, const float *w1, int nkk, cons
     }
 }
 
-/* Rows of X the panel kernels take at a time: about 512 KiB of them (whole tiles of six), so that
- * X stays in L2 while the weights' panels run against it; a long prefill (16 x 128 rows: 4.7 MB
- * of X at 576) otherwise streams X from memory once per panel. Each chunk rebuilds the weights
+/* Rows of X the panel kernels take at a time: about 512 KiB of them (whole tiles of 6 and 8), so
+ * that X stays in L2 while the weights' panels run against it; a long prefill (16 x 128 rows: 4.7
+ * MB of X at 576) otherwise streams X from memory once per panel. Each chunk rebuilds the weights
  * again, which costs little against that many rows. Rows are independent: same bits. */
 static int panel_chunk(int in)
 {
-    int rows = (int)((512 * 1024) / ((size_t)in * sizeof(float))) / 6 * 6;
+    int rows = (int)((512 * 1024) / ((size_t)in * sizeof(float))) / 24 * 24;
     return rows < 48 ? 48 : rows;
 }
 
@@ -671,16 +676,25 @@ AVX2 static int gemv_panels_avx2(uint32_t type, const uint8_t *W, size_t row_byt
     if (!wp)
         return -ENOMEM;
     int nkk = in / 8, nb = in / (int)core_type_block_elems(type);
+    /* the tile: 3 weight rows x 4 of X (fewer loads a FMA) unless tiles of 6 waste less */
+    bool t34 = (n + 3) / 4 * 4 * 21 < (n + 5) / 6 * 6 * 20;
+    int nw = t34 ? 3 : 2, nx = t34 ? 4 : 6;
     for (int o0 = 0; o0 < out; o0 += PANEL_BLOCK) {
         int rows = out - o0 < PANEL_BLOCK ? out - o0 : PANEL_BLOCK;
         for (int r = 0; r < rows; r++)
             rebuild(W + (size_t)(o0 + r) * row_bytes, wp + (size_t)r * in, nb);
-        for (int r0 = 0; r0 < n; r0 += AVX2_NX)
-            for (int r = 0; r < rows; r += AVX2_NW) /* an odd last row runs against itself */
-                panel_tile_avx2(wp + (size_t)r * in, wp + (size_t)(r + 1 < rows ? r + 1 : r) * in,
-                                nkk, X + (size_t)r0 * in, in, n - r0 < AVX2_NX ? n - r0 : AVX2_NX,
-                                Y + (size_t)r0 * ldy + o0 + r, ldy,
-                                rows - r < AVX2_NW ? rows - r : AVX2_NW);
+        for (int r0 = 0; r0 < n; r0 += nx)
+            for (int r = 0; r < rows; r += nw) { /* past the last row: it again, dropped */
+                const float *w[3];
+                for (int q = 0; q < nw; q++)
+                    w[q] = wp + (size_t)(r + q < rows ? r + q : rows - 1) * in;
+                int tx = n - r0 < nx ? n - r0 : nx, tr = rows - r < nw ? rows - r : nw;
+                float *y = Y + (size_t)r0 * ldy + o0 + r;
+                if (nw == 3)
+                    panel_tile_avx2(w, nkk, X + (size_t)r0 * in, in, tx, y, ldy, tr, 3, 4);
+                else
+                    panel_tile_avx2(w, nkk, X + (size_t)r0 * in, in, tx, y, ldy, tr, 2, 6);
+            }
     }
     free(wp);
     return 0;
@@ -1115,30 +1129,28 @@ KERNELS_X2(q6_k, 210, 8, 4)
 /* From PANEL_ROWS rows of X on, weights are rebuilt once per call into panels of 2 * PNP rows in
  * L1 and every tile of PNX rows of X runs against them with both operands loaded, as an sgemm
  * micro-kernel: the rebuild's cost is shared by all the rows instead of paid again per group of
- * sixteen, and the 24 accumulators, four weight vectors and one of X fit the 32 registers (the
- * fused (2, 16) tile spills). Each (weight row, X row) chain still runs k = 0, 8, 16, ... with
- * lane l holding k % 8 == l, summed by hsum4: the same bits as every other path. Weight rows stay
- * in L1 (a panel) and the packed X streams from L2; the other order (a block of panels in L2, a
- * tile of X in L1) measured 10-15% slower here. Measured on an Intel Xeon (family 6, model 167),
- * one core, Q4_1 576 x 1536, GFLOP/s at 16 / 32 / 64 / 128 rows: fused (2, 16) 86 / 105 / 126 /
- * 133, panels 117 / 131 / 146 / 151 (the FMA loop's peak: about 230); the tile alone, without the
- * rebuild, 150-165. */
-#define PNP 4
-#define PNX 6
+ * sixteen, and the accumulators (24: 4 pairs x 6 rows of X, or 3 x 8), the weight vectors and one
+ * of X fit the 32 registers (the fused (2, 16) tile spills). Each (weight row, X row) chain still
+ * runs k = 0, 8, 16, ... with lane l holding k % 8 == l, summed by hsum4: the same bits as every
+ * other path. Weight rows stay in L1 (a panel) and the packed X streams from L2; the other order
+ * (a block of panels in L2, a tile of X in L1) measured 10-15% slower here. Measured on an Intel
+ * Xeon (family 6, model 167), one core, Q4_1 576 x 1536, GFLOP/s at 16 / 32 / 64 / 128 rows:
+ * fused (2, 16) 86 / 105 / 126 / 133, panels (4, 6) 117 / 131 / 146 / 151 (the FMA loop's peak:
+ * about 230); the tile alone, without the rebuild, 150-165. */
 #define PANEL_ROWS 9
 
 /* Y[j * ldy + r] for j < nx, r < nr: the nx rows of X packed in xp (pack_x for PNX) against the
  * panel wp (for pair p and step kk, rows 2p and 2p + 1's elements 8kk..8kk+7 in the low and high
  * halves of the 16 floats at wp + (p * nkk + kk) * 16). */
-AVX512 static void panel_tile(const float *wp, int nkk, const float *xp, int nx, float *Y, int ldy,
-                              int nr)
+AVX512_INLINE static void panel_tile(const float *wp, int nkk, const float *xp, int nx, float *Y,
+                                     int ldy, int nr, const int PNP, const int PNX)
 {
-    __m512 acc[PNP * PNX];
+    __m512 acc[24]; /* PNP * PNX */
     UNROLL
     for (int t = 0; t < PNP * PNX; t++)
         acc[t] = _mm512_setzero_ps();
     for (int kk = 0; kk < nkk; kk++) {
-        __m512 w[PNP];
+        __m512 w[4]; /* PNP */
         UNROLL
         for (int p = 0; p < PNP; p++)
             w[p] = _mm512_load_ps(wp + ((size_t)p * nkk + kk) * 16);
@@ -1170,8 +1182,9 @@ AVX512 static void panel_tile(const float *wp, int nkk, const float *xp, int nx,
 
 /* Y = X · Wᵀ for n >= PANEL_ROWS through panels; -ENOTSUP for a type without a two-row rebuild,
  * -ENOMEM when the buffer cannot be had (the caller then runs the fused kernels, same bits). */
-AVX512 static int gemv_panels(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
-                              const float *X, int n, float *Y, int ldy)
+AVX512_INLINE static int gemv_panels(uint32_t type, const uint8_t *W, size_t row_bytes, int in,
+                                     int out, const float *X, int n, float *Y, int ldy,
+                                     const int PNP, const int PNX)
 {
     core__rebuild2_fn *rebuild = core__traits_of(type)->rebuild2_avx512;
     if (!rebuild)
@@ -1198,11 +1211,22 @@ AVX512 static int gemv_panels(uint32_t type, const uint8_t *W, size_t row_bytes,
         for (int g = 0; g < groups; g++) {
             int nx = n - g * PNX < PNX ? n - g * PNX : PNX;
             panel_tile(wp, nkk, xp + (size_t)g * PNX * in, nx, Y + (size_t)g * PNX * ldy + o, ldy,
-                       nr);
+                       nr, PNP, PNX);
         }
     }
     free(xp);
     return 0;
+}
+
+/* The tile for n rows: (3 pairs, 8 rows of X), about 9% faster a row, unless tiles of 6 waste
+ * fewer rows (9-12 rows, 17-18, ...). One core, Q4_1 576 x 1536, GFLOP/s at 9 / 16 / 32 / 64 rows:
+ * (4, 6) 103 / 127 / 141 / 161, (3, 8) 79 / 140 / 154 / 164. */
+AVX512 static int gemv_panels_n(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
+                                const float *X, int n, float *Y, int ldy)
+{
+    if ((n + 7) / 8 * 8 <= (n + 5) / 6 * 6)
+        return gemv_panels(type, W, row_bytes, in, out, X, n, Y, ldy, 3, 8);
+    return gemv_panels(type, W, row_bytes, in, out, X, n, Y, ldy, 4, 6);
 }
 
 /* Y = X · Wᵀ for any n: X is packed once, sixteen rows per group, then each block of WBLOCK
@@ -1217,8 +1241,8 @@ AVX512 static int gemv_avx512(uint32_t type, const uint8_t *W, size_t row_bytes,
     if (n >= PANEL_ROWS) {
         int rc = 0, chunk = panel_chunk(in);
         for (int r0 = 0; r0 < n && rc == 0; r0 += chunk)
-            rc = gemv_panels(type, W, row_bytes, in, out, X + (size_t)r0 * in,
-                             n - r0 < chunk ? n - r0 : chunk, Y + (size_t)r0 * ldy, ldy);
+            rc = gemv_panels_n(type, W, row_bytes, in, out, X + (size_t)r0 * in,
+                               n - r0 < chunk ? n - r0 : chunk, Y + (size_t)r0 * ldy, ldy);
         if (rc == 0)
             return 0;
     }

@@ -256,8 +256,8 @@ TEST(qmatmul_matches_reference)
 }
 
 /* Random weights of the type (in, out) against up to 48 rows of X on the AVX-512 and AVX2
- * kernels: the same bits for every n tried, and at 17 rows (the panels) each row's bits those of
- * the row alone (the fused kernels). Adds the number of products compared to *compared. */
+ * kernels: the same bits for every n tried, and at 16 and 17 rows (the panels) each row's bits
+ * those of the row alone (the fused kernels). Adds the number of products compared to *compared. */
 static void compare_families(uint32_t type, int in, int out, const char *what, int *compared)
 {
     static const int ns[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 48};
@@ -279,18 +279,19 @@ static void compare_families(uint32_t type, int in, int out, const char *what, i
                   "%s in %d out %d n %d%s: AVX-512 and AVX2 results differ", core_type_name(type),
                   in, out, n, what);
         (*compared)++;
-        if (n != 17)
+        if (n != 16 && n != 17)
             continue;
-        /* 17 rows run through the panels (9 rows and up), one row through the fused kernels:
-         * each row of the 17 is the bits of that row alone, on both families */
+        /* 16 and 17 rows run through the panels (9 rows and up; AVX-512: tiles of 8 and of 6
+         * rows of X), one row through the fused kernels: each row is the bits of that row alone,
+         * on both families */
         for (int l = 0; l < 2; l++) {
             core__cpu_force(l ? CORE_CPU_AVX2 : CORE_CPU_AVX512);
             CHECK_EQ_INT(core__qmatmul(type, w, in, out, x, n, ya), 0);
             for (int i = 0; i < n; i++) {
                 CHECK_EQ_INT(core__qmatmul(type, w, in, out, x + (size_t)i * in, 1, yb), 0);
                 CHECK_MSG(memcmp(ya + (size_t)i * out, yb, sizeof(float) * (size_t)out) == 0,
-                          "%s in %d out %d%s, %s: row %d of 17 differs from that row alone",
-                          core_type_name(type), in, out, what, l ? "AVX2" : "AVX-512", i);
+                          "%s in %d out %d%s, %s: row %d of %d differs from that row alone",
+                          core_type_name(type), in, out, what, l ? "AVX2" : "AVX-512", i, n);
             }
         }
     }
