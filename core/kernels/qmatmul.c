@@ -1208,6 +1208,17 @@ AVX512_INLINE static int gemv_panels(uint32_t type, const uint8_t *W, size_t row
                     wp + (size_t)p * nkk * 16);
         }
         int nr = out - o < 2 * PNP ? out - o : 2 * PNP;
+        /* the next panel's rows (contiguous) into the cache while this one runs: its rebuild
+         * then does not wait on memory. Intel Xeon (family 6, model 167), make bench, 32 rows:
+         * 681 -> 701-718 tok/s (noisy; the same for AVX2's blocks measured 3-5% slower, so
+         * they have none) */
+        if (o + 2 * PNP < out) {
+            const char *next = (const char *)(W + (size_t)(o + 2 * PNP) * row_bytes);
+            size_t len =
+                (size_t)(out - o - 2 * PNP < 2 * PNP ? out - o - 2 * PNP : 2 * PNP) * row_bytes;
+            for (size_t off = 0; off < len; off += 64)
+                _mm_prefetch(next + off, _MM_HINT_T1);
+        }
         for (int g = 0; g < groups; g++) {
             int nx = n - g * PNX < PNX ? n - g * PNX : PNX;
             panel_tile(wp, nkk, xp + (size_t)g * PNX * in, nx, Y + (size_t)g * PNX * ldy + o, ldy,
