@@ -661,6 +661,21 @@ static int panel_chunk(int in)
     return rows < 48 ? 48 : rows;
 }
 
+/* A panel kernel: Y = X · Wᵀ for n rows of X; 0, or -ENOTSUP / -ENOMEM (nothing usable in Y). */
+typedef int panels_fn(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
+                      const float *X, int n, float *Y, int ldy);
+
+/* fn on X panel_chunk(in) rows at a time; its first failure. */
+static int panels_chunked(panels_fn *fn, uint32_t type, const uint8_t *W, size_t row_bytes, int in,
+                          int out, const float *X, int n, float *Y, int ldy)
+{
+    int rc = 0, chunk = panel_chunk(in);
+    for (int r0 = 0; r0 < n && rc == 0; r0 += chunk)
+        rc = fn(type, W, row_bytes, in, out, X + (size_t)r0 * in, n - r0 < chunk ? n - r0 : chunk,
+                Y + (size_t)r0 * ldy, ldy);
+    return rc;
+}
+
 /* Y = X · Wᵀ for n > 8 through the panels: PANEL_BLOCK weight rows are rebuilt (into L2), then
  * each tile of X, which stays in L1 while it runs, goes against every pair of them. -ENOTSUP
  * without an AVX2 rebuild for the type, -ENOMEM without the buffer (the caller then runs the
@@ -700,18 +715,15 @@ AVX2 static int gemv_panels_avx2(uint32_t type, const uint8_t *W, size_t row_byt
     return 0;
 }
 
-/* gemv8_avx2 for any n: more than eight rows go eight at a time against OC weight rows, which
- * stay in L1/L2 while every group of eight uses them (the same bits as any other path). */
+/* gemv8_avx2 for any n: more than eight rows through the panels; without their buffer, eight at
+ * a time against OC weight rows, which stay in L1/L2 while every group of eight uses them (the
+ * same bits as any other path). */
 AVX2 static int gemv_avx2(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
                           const float *X, int n, float *Y, int ldy)
 {
     if (n <= 8 || !core__traits_of(type)->gemv8_avx2)
         return gemv8_avx2(type, W, row_bytes, in, out, X, n, Y, ldy);
-    int rc = 0, chunk = panel_chunk(in);
-    for (int r0 = 0; r0 < n && rc == 0; r0 += chunk)
-        rc = gemv_panels_avx2(type, W, row_bytes, in, out, X + (size_t)r0 * in,
-                              n - r0 < chunk ? n - r0 : chunk, Y + (size_t)r0 * ldy, ldy);
-    if (rc == 0)
+    if (panels_chunked(gemv_panels_avx2, type, W, row_bytes, in, out, X, n, Y, ldy) == 0)
         return 0;
     for (int o0 = 0; o0 < out; o0 += OC)
         for (int r0 = 0; r0 < n; r0 += 8)
@@ -1240,23 +1252,19 @@ AVX512 static int gemv_panels_n(uint32_t type, const uint8_t *W, size_t row_byte
     return gemv_panels(type, W, row_bytes, in, out, X, n, Y, ldy, 4, 6);
 }
 
-/* Y = X · Wᵀ for any n: X is packed once, sixteen rows per group, then each block of WBLOCK
- * bytes of weight rows runs against every group (when the weights are one block, each group is
- * packed just before its run, into one group's buffer). -ENOTSUP for other types. */
+/* Y = X · Wᵀ for any n: from PANEL_ROWS rows through the panels; below, or without the panels'
+ * buffer, X is packed once, sixteen rows per group, then each block of WBLOCK bytes of weight rows
+ * runs against every group (when the weights are one block, each group is packed just before its
+ * run, into one group's buffer). -ENOTSUP for other types. */
 AVX512 static int gemv_avx512(uint32_t type, const uint8_t *W, size_t row_bytes, int in, int out,
                               const float *X, int n, float *Y, int ldy)
 {
     core__gemv16_fn *k = core__traits_of(type)->gemv16_avx512;
     if (!k)
         return -ENOTSUP;
-    if (n >= PANEL_ROWS) {
-        int rc = 0, chunk = panel_chunk(in);
-        for (int r0 = 0; r0 < n && rc == 0; r0 += chunk)
-            rc = gemv_panels_n(type, W, row_bytes, in, out, X + (size_t)r0 * in,
-                               n - r0 < chunk ? n - r0 : chunk, Y + (size_t)r0 * ldy, ldy);
-        if (rc == 0)
-            return 0;
-    }
+    if (n >= PANEL_ROWS &&
+        panels_chunked(gemv_panels_n, type, W, row_bytes, in, out, X, n, Y, ldy) == 0)
+        return 0;
     int groups = (n + 15) / 16;
     size_t per = (size_t)in * 16; /* floats of one packed group */
     /* whole tiles of weight rows (every tile height divides 12) */
