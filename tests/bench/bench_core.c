@@ -134,45 +134,29 @@ static double read_bandwidth(void)
  * best of three, in GFLOP/s (an FMA is two flops per lane). The bound the kernels' arithmetic is
  * held to, unlike the sgemm probe, which is OpenBLAS's best on this machine. */
 #define FMA_ITERS 20000000L
-#define FMA12(op) op(0) op(1) op(2) op(3) op(4) op(5) op(6) op(7) op(8) op(9) op(10) op(11)
-
-__attribute__((target("avx2,fma"))) static void *fma_loop_avx2(void *out)
-{
-    __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
-#define FMA_INIT(i) __m256 a##i = _mm256_set1_ps((float)(i)*1e-3f);
-#define FMA_STEP(i) a##i = _mm256_fmadd_ps(a##i, m, c);
-#define FMA_SUM(i) t = _mm256_add_ps(t, a##i);
-    FMA12(FMA_INIT)
-    for (long it = 0; it < FMA_ITERS; it++) {
-        FMA12(FMA_STEP)
+#define FMA12(op, V, P)                                                                            \
+    op(0, V, P) op(1, V, P) op(2, V, P) op(3, V, P) op(4, V, P) op(5, V, P) op(6, V, P)            \
+        op(7, V, P) op(8, V, P) op(9, V, P) op(10, V, P) op(11, V, P)
+#define FMA_INIT(i, V, P) V a##i = P##_set1_ps((float)(i)*1e-3f);
+#define FMA_STEP(i, V, P) a##i = P##_fmadd_ps(a##i, m, c);
+#define FMA_SUM(i, V, P) t = P##_add_ps(t, a##i);
+/* The loop on one vector width: V the vector type, P its intrinsics' prefix. */
+#define FMA_LOOP(name, isa, V, P)                                                                  \
+    __attribute__((target(isa))) static void *name(void *out)                                      \
+    {                                                                                              \
+        V m = P##_set1_ps(0.9999999f), c = P##_set1_ps(1e-7f);                                     \
+        FMA12(FMA_INIT, V, P)                                                                      \
+        for (long it = 0; it < FMA_ITERS; it++) {                                                  \
+            FMA12(FMA_STEP, V, P)                                                                  \
+        }                                                                                          \
+        V t = P##_setzero_ps();                                                                    \
+        FMA12(FMA_SUM, V, P)                                                                       \
+        *(float *)out = P##_cvtss_f32(t);                                                          \
+        return NULL;                                                                               \
     }
-    __m256 t = _mm256_setzero_ps();
-    FMA12(FMA_SUM)
-    *(float *)out = _mm256_cvtss_f32(t);
-    return NULL;
-#undef FMA_INIT
-#undef FMA_STEP
-#undef FMA_SUM
-}
 
-__attribute__((target("avx512f"))) static void *fma_loop_avx512(void *out)
-{
-    __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
-#define FMA_INIT(i) __m512 a##i = _mm512_set1_ps((float)(i)*1e-3f);
-#define FMA_STEP(i) a##i = _mm512_fmadd_ps(a##i, m, c);
-#define FMA_SUM(i) t = _mm512_add_ps(t, a##i);
-    FMA12(FMA_INIT)
-    for (long it = 0; it < FMA_ITERS; it++) {
-        FMA12(FMA_STEP)
-    }
-    __m512 t = _mm512_setzero_ps();
-    FMA12(FMA_SUM)
-    *(float *)out = _mm512_cvtss_f32(t);
-    return NULL;
-#undef FMA_INIT
-#undef FMA_STEP
-#undef FMA_SUM
-}
+FMA_LOOP(fma_loop_avx2, "avx2,fma", __m256, _mm256)
+FMA_LOOP(fma_loop_avx512, "avx512f", __m512, _mm512)
 
 /* 0 when the CPU lacks the ISA or a thread cannot start. */
 static double fma_peak(bool avx512)
