@@ -24,6 +24,7 @@
 #include "adapters/registry.h"
 #include "server/admin_body.h"
 #include "server/json_check.h"
+#include "tests/fuzz/fuzz_util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -144,11 +145,7 @@ static int raw_check(const uint8_t *data, size_t size, char *msg, size_t cap)
  * is none inside); aborts when cJSON refuses what the check passed. */
 static cJSON *raw_tree(const uint8_t *data, size_t size)
 {
-    char *copy = malloc(size + 1);
-    if (!copy)
-        abort();
-    memcpy(copy, data, size);
-    copy[size] = 0;
+    char *copy = fuzz_dup(data, size);
     cJSON *root = cJSON_ParseWithLength(copy, size);
     free(copy);
     if (!root)

@@ -18,18 +18,9 @@
 #include <string.h>
 
 #include "server/auth.h"
+#include "tests/fuzz/fuzz_util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static char *dup_n(const void *p, size_t n)
-{
-    char *s = malloc(n + 1);
-    if (!s)
-        abort();
-    memcpy(s, p, n);
-    s[n] = 0;
-    return s;
-}
 
 static char *concat(const char *a, const char *b)
 {
@@ -202,7 +193,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int i = 0; i < 3; i++) {
         const uint8_t *z = p < end ? memchr(p, 0, (size_t)(end - p)) : NULL;
         const uint8_t *stop = z ? z : end;
-        part[i] = dup_n(p, (size_t)(stop - p));
+        part[i] = fuzz_dup(p, (size_t)(stop - p));
         p = z ? z + 1 : end;
     }
     char *api = part[1], *admin = part[2];
@@ -213,7 +204,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *header = mode == 1   ? concat(part[0], api)
                    : mode == 2 ? concat(part[0], admin)
                    : mode == 3 ? NULL
-                               : dup_n(part[0], strlen(part[0]));
+                               : fuzz_dup(part[0], strlen(part[0]));
     bool admin_route = flags & 1;
     size_t msglen = 1 + (flags >> 3) * 7;
 
@@ -226,7 +217,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         const char *mk;
         size_t mn;
         if (model_bearer(header, &mk, &mn)) {
-            char *key = dup_n(mk, mn);
+            char *key = fuzz_dup(mk, mn);
             check_equal(key, a.api_key, a.api_len);
             check_equal(key, a.admin_key, a.admin_len);
             free(key);
