@@ -264,8 +264,9 @@ bench:
 # llama-batched-bench (built once from the source the llama-cpp-python sdist vendors,
 # build/llama.cpp), then bench_core --peer, on both models with the same thread count: prefill
 # 128 and 512, one stream of 128 tokens, 16 sequences of 128 + 128; the ratios, and the JSON in
-# $(BENCH_STEM)-peer.json. Then the numerics of both (tools/peer_numerics.py:
-# llama.cpp's, adaptree's f32 and int8 last-position logits against the transformers fixtures).
+# $(BENCH_STEM)-peer.json. Then the numerics of both (tools/peer_numerics.py: llama.cpp's,
+# adaptree's f32 and int8 logits against the transformers fixtures, at the last position and at
+# every position of the golden prompts).
 # Not part of make test.
 bench-peer:
 	@+$(SETUP) deps model gemma vocab venv

@@ -15,8 +15,10 @@ out=${1:-build/llama.cpp}
 SDIST="models/cache/llama_cpp_python-0.3.36.tar.gz"
 SRC="llama_cpp_python-0.3.36/vendor/llama.cpp"
 
+# A directory holds one ISA's build (bin/isa; none: the native one): asking it for another rebuilds.
+isa_want=${LLAMACPP_ISA:-native}
 [ -x "$out/bin/llama-bench" ] && [ -x "$out/bin/llama-batched-bench" ] && [ -x "$out/bin/llama-tokenize" ] &&
-    exit 0
+    [ "$(cat "$out/bin/isa" 2>/dev/null || echo native)" = "$isa_want" ] && exit 0
 if [ ! -f "$SDIST" ]; then
     echo "llama.cpp: $SDIST is missing; run make vocab first" >&2
     exit 1
@@ -37,18 +39,17 @@ fi
 isa="-DGGML_NATIVE=ON"
 flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
 has() { case " $flags " in *" $1 "*) echo ON ;; *) echo OFF ;; esac; }
-if [ "$(has amx_int8)" = ON ]; then
+if [ "$isa_want" = avx2 ]; then
+    isa="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+ -DGGML_BMI2=$(has bmi2) -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF
+ -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+    echo "llama.cpp: LLAMACPP_ISA=avx2: AVX2 kernels only, to compare with ADAPTREE_CPU=avx2"
+elif [ "$(has amx_int8)" = ON ]; then
     isa="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=$(has bmi2)
  -DGGML_AVX_VNNI=$(has avx_vnni) -DGGML_AVX512=$(has avx512f) -DGGML_AVX512_VBMI=$(has avx512vbmi)
  -DGGML_AVX512_VNNI=$(has avx512_vnni) -DGGML_AVX512_BF16=$(has avx512_bf16) -DGGML_AMX_TILE=OFF
  -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
     echo "llama.cpp: this CPU has AMX; building with its AVX-512 features and without AMX"
-fi
-if [ "${LLAMACPP_ISA:-native}" = avx2 ]; then
-    isa="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
- -DGGML_BMI2=$(has bmi2) -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF
- -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
-    echo "llama.cpp: LLAMACPP_ISA=avx2: AVX2 kernels only, to compare with ADAPTREE_CPU=avx2"
 fi
 echo "llama.cpp: building llama-bench, llama-batched-bench and llama-tokenize (CPU; once)"
 # shellcheck disable=SC2086
@@ -60,4 +61,5 @@ cmake --build "$out/cmake" -j "$(nproc)" --target llama-bench llama-batched-benc
     { tail -20 "$out/cmake.log" >&2; exit 1; }
 mkdir -p "$out/bin"
 cp "$out/cmake/bin/llama-bench" "$out/cmake/bin/llama-batched-bench" "$out/cmake/bin/llama-tokenize" "$out/bin/"
+echo "$isa_want" >"$out/bin/isa"
 echo "llama.cpp: $out/bin/llama-bench, $out/bin/llama-batched-bench, $out/bin/llama-tokenize"

@@ -25,6 +25,8 @@ import subprocess
 import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import bench_machine  # noqa: E402
 
 SCENARIOS = [  # key, label
     ("pp128", "prefill 128"),
@@ -41,21 +43,6 @@ def run(cmd, what):
     if r.returncode != 0:
         sys.exit(f"peer_bench: {what} failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
     return r.stdout
-
-
-def cpu_name():
-    fam = model = name = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            k, v = k.strip(), v.strip()
-            if k == "model name" and not name:
-                name = v
-            elif k == "cpu family" and not fam:
-                fam = v
-            elif k == "model" and not model:
-                model = v
-    return f"{name} (family {fam}, model {model})"
 
 
 def llamacpp(bindir, model, threads):
@@ -131,7 +118,8 @@ def main():
         load = os.getloadavg()[0]
     except OSError:
         load = -1
-    doc = {"schema": "adaptree-bench-peer/1", "cpu": cpu_name(), "threads": threads,
+    machine = bench_machine.cpu_info()
+    doc = {"schema": "adaptree-bench-peer/1", "cpu": machine["cpu_pretty"], "threads": threads,
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "load_average_1m_before": load, "llamacpp_dir": a.llamacpp,
            "adaptree_cpu": os.environ.get("ADAPTREE_CPU", "detected"), "models": []}
@@ -147,9 +135,8 @@ def main():
                               "adaptree_int8": ours["int8"], "machine": ours["machine"]})
     out = a.out
     if not out:
-        slug = run([sys.executable, "-B", os.path.join(ROOT, "tools", "bench_machine.py"),
-                    "--slug"], "bench_machine.py").strip()
-        out = os.path.join(a.build, "bench", f"{doc['date'][:10]}-{slug}-peer.json")
+        name = f"{doc['date'][:10]}-{machine['cpu_slug']}-peer.json"
+        out = os.path.join(a.build, "bench", name)
     with open(out, "w") as f:
         json.dump(doc, f, indent=1)
     print(f"\npeer_bench: wrote {out}")

@@ -2,12 +2,14 @@
 """`make bench-peer`, numerics: the last-position logits of llama.cpp and of adaptree (f32 and
 int8 activations) on the golden prompts that have full transformers fp32 logits committed
 (tests/golden/fixtures/logits_{capital,paragraph,chat}.f32, core_logits.json), each against
-them: max |logit difference|, mean |difference| and whether the argmax agrees.
+them: max |logit difference|, mean |difference| and whether the argmax agrees; then every
+position of the five golden prompts at the reference's top-20 ids there (core_logits.json):
+mean / p99 / max |difference| and argmax agreement.
 
 Both sides evaluate the same token ids in one batch on the same GGUF: llama.cpp through
 tools/peer/llamacpp_logits.c (linked to the static libraries tools/build_llamacpp.sh built),
 adaptree through tools/peer/adaptree_logits.c (core_forward). The two programs are compiled
-here into BUILD/peer/ when missing.
+here into BUILD/peer/ when missing or older than their sources.
 
 usage: tools/peer_numerics.py [--build build] [--llamacpp build/llama.cpp] [-m MODEL]
 """
@@ -83,6 +85,16 @@ def main(argv=None):
     with open(os.path.join(FIX, "core_logits.json")) as f:
         fx = json.load(f)
     sides = [("llama.cpp", [lcb]), ("adaptree f32", [at]), ("adaptree --int8", [at, "--int8"])]
+    # Every position's logits, once per prompt and side; the last row is the last position's
+    # (the same bits as asking for it alone, on both sides).
+    logits = {}
+    for pr in fx["prompts"]:
+        ids = [str(i) for i in pr["ids"]]
+        for name, cmd in sides:
+            out = os.path.join(build, "peer", f"{pr['name']}-{name.split()[-1].strip('-')}-all.f32")
+            sh(cmd[:1] + ["--all"] + cmd[1:] + [a.model, out] + ids)
+            logits[pr["name"], name] = np.fromfile(out, dtype="<f4").reshape(len(ids), -1)
+
     print(f"numerics against transformers fp32 (tests/golden/fixtures), last position, {a.model}:")
     print(f"{'prompt':10} {'tokens':>6}  " + "  ".join(f"{s:>26}" for s, _ in sides))
     print(f"{'':10} {'':>6}  " + "  ".join(f"{'max |d| / mean |d| / top1':>26}" for _ in sides))
@@ -91,16 +103,13 @@ def main(argv=None):
         if not pr.get("last_logits_file"):
             continue
         ref = np.fromfile(os.path.join(FIX, pr["last_logits_file"]), dtype="<f4")
-        ids = [str(i) for i in pr["ids"]]
         cells = []
-        for name, cmd in sides:
-            out = os.path.join(build, "peer", f"{pr['name']}-{name.split()[-1].strip('-')}.f32")
-            argv_ = cmd[:1] + cmd[1:] + [a.model, out] + ids
-            sh(argv_)
-            got = np.fromfile(out, dtype="<f4")
+        for name, _ in sides:
+            got = logits[pr["name"], name][-1]
             d = np.abs(got.astype(np.float64) - ref)
             worst[name] = max(worst[name], float(d.max()))
-            cells.append(f"{d.max():8.4f} / {d.mean():7.4f} / {'same' if got.argmax() == ref.argmax() else 'DIFF'}")
+            top1 = "same" if got.argmax() == ref.argmax() else "DIFF"
+            cells.append(f"{d.max():8.4f} / {d.mean():7.4f} / {top1}")
         print(f"{pr['name']:10} {pr['n_tokens']:6d}  " + "  ".join(f"{c:>26}" for c in cells))
     print("worst max |d|: " + ", ".join(f"{s} {v:.4f}" for s, v in worst.items()))
 
@@ -110,11 +119,8 @@ def main(argv=None):
     agree = {s: 0 for s, _ in sides}
     npos = 0
     for pr in fx["prompts"]:
-        ids = [str(i) for i in pr["ids"]]
-        for name, cmd in sides:
-            out = os.path.join(build, "peer", f"{pr['name']}-{name.split()[-1].strip('-')}-all.f32")
-            sh(cmd[:1] + ["--all"] + cmd[1:] + [a.model, out] + ids)
-            got = np.fromfile(out, dtype="<f4").reshape(len(ids), -1)
+        for name, _ in sides:
+            got = logits[pr["name"], name]
             for p, top in enumerate(pr["top20"]):
                 tid = np.array([t[0] for t in top])
                 tv = np.array([t[1] for t in top], dtype=np.float64)
