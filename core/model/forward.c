@@ -473,9 +473,85 @@ static void product(core_ctx *c, const core_weight *w, const float *X, int n, fl
     matmul_f32(w->f32, w->cols, w->rows, X, n, Y);
 }
 
+/* The products of up to three modules that share X (q, k, v or gate, up) in one pool run: each
+ * module's outputs split as split_outputs() would split their sum, in proportion to its rows
+ * (at least one task each). One run instead of one per module: a one-row step makes about seven
+ * runs a layer, each a wake-up and a wait for the slower thread, and the small k and v products
+ * (192 rows for SmolLM2) leave a thread idle at the end of their own runs. Every output is
+ * computed by the same code whatever the split: the bits do not change. */
+typedef struct multi_job {
+    const core_ctx *c;
+    const core_weight *w[3];
+    float *Y[3];
+    int first[4]; /* tasks of module k: first[k] .. first[k + 1] - 1 */
+    int per[3];
+    int in, n;
+    const float *X;
+    _Atomic int failed[3];
+} multi_job;
+
+static void multi_task(void *arg, int t)
+{
+    multi_job *j = arg;
+    int k = 0;
+    while (t >= j->first[k + 1])
+        k++;
+    const core_weight *w = j->w[k];
+    int o0 = (t - j->first[k]) * j->per[k],
+        o1 = o0 + j->per[k] < w->rows ? o0 + j->per[k] : w->rows;
+    if (o0 >= o1)
+        return;
+    if (w->q8)
+        core__q8_matmul_part(w->q8, j->c->xq, j->n, o0, o1, j->Y[k], w->rows);
+    else if (core__qmatmul_part(w->type, w->data, j->in, w->rows, o0, o1, j->X, j->n, j->Y[k]))
+        atomic_store_explicit(&j->failed[k], 1, memory_order_relaxed);
+}
+
+/* Whether product() would run w on the pool: int8 repacks, or the stored blocks. */
+static bool on_pool(const core_weight *w, int n)
+{
+    return w->q8 ||
+           (w->data && (n <= qmatmul_rows() || !w->f32) && core__qmatmul_supports(w->type));
+}
+
+/* product() for n_mods modules sharing X in one pool run when all of them run on the pool the
+ * same way (int8 or not); false when they do not (the caller runs product() on each). A module
+ * whose kernels refused goes through product() after the run. */
+static bool products(core_ctx *c, const core_weight *const *w, int n_mods, const float *X, int n,
+                     float *const *Y)
+{
+    if (n_mods < 2)
+        return false;
+    int total = 0;
+    for (int k = 0; k < n_mods; k++) {
+        if (!on_pool(w[k], n) || !w[k]->q8 != !w[0]->q8)
+            return false;
+        total += w[k]->rows;
+    }
+    multi_job j = {.c = c, .in = w[0]->cols, .n = n, .X = X};
+    int per, tasks = split_outputs(total, &per);
+    for (int k = 0; k < n_mods; k++) {
+        int want = (int)((double)tasks * w[k]->rows / total + 0.5);
+        want = want < 1 ? 1 : want;
+        j.w[k] = w[k];
+        j.Y[k] = Y[k];
+        j.per[k] = ((w[k]->rows + want - 1) / want + 15) & ~15;
+        j.first[k + 1] = j.first[k] + (w[k]->rows + j.per[k] - 1) / j.per[k];
+    }
+    if (w[0]->q8)
+        core__q8x_quantize(X, j.in, n, c->xq);
+    core__pool_run(j.first[n_mods], multi_task, &j);
+    for (int k = 0; k < n_mods; k++) {
+        bool quantized = true;
+        if (atomic_load_explicit(&j.failed[k], memory_order_relaxed))
+            product(c, w[k], X, n, Y[k], &quantized);
+    }
+    return true;
+}
+
 /* Y[k] = X · W[k]ᵀ plus the plan's LoRA groups, for n_mods modules of one layer that share the
- * input X (n, in): q, k, v, or gate, up, or one alone. Their LoRA groups go through the pool in
- * one run. */
+ * input X (n, in): q, k, v, or gate, up, or one alone. Their products go through the pool in one
+ * run when they can (products()), and their LoRA groups in another. */
 static int linear_n(core_ctx *c, const core_lora_plan *plan, int layer, const core_module *mods,
                     int n_mods, const float *X, int n, float *const *Y)
 {
@@ -484,9 +560,14 @@ static int linear_n(core_ctx *c, const core_lora_plan *plan, int layer, const co
     int in = core_module_in(cfg, mods[0]);
     lora_job j = {.plan = plan, .n_mods = n_mods, .in = in, .X = X};
     bool quantized = false; /* X in c->xq, once for all modules that have int8 weights */
+    const core_weight *w[3];
+    for (int k = 0; k < n_mods; k++)
+        w[k] = &L->w[mods[k]];
+    bool done = products(c, w, n_mods, X, n, Y);
     for (int k = 0; k < n_mods; k++) {
         int out = core_module_out(cfg, mods[k]);
-        product(c, &L->w[mods[k]], X, n, Y[k], &quantized);
+        if (!done)
+            product(c, w[k], X, n, Y[k], &quantized);
         const float *bias = L->bias[mods[k]];
         for (int i = 0; bias && i < n; i++) /* as nn.Linear: the bias before LoRA's update */
             for (int o = 0; o < out; o++)
