@@ -790,16 +790,6 @@ AVX512_INLINE static void nibbles_x2(const uint8_t *a, const uint8_t *b, __m512i
     q[3] = _mm512_srli_epi32(e1, 4);
 }
 
-/* q5_high() for each half: qa's bits in the low half, qb's in the high. */
-AVX512_INLINE static __m512i q5_high_x2(uint32_t qa, uint32_t qb, int j)
-{
-    const __m512i sh = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7);
-    __m512i v = _mm512_inserti64x4(_mm512_set1_epi32((int)(qa >> 8 * j)),
-                                   _mm256_set1_epi32((int)(qb >> 8 * j)), 1);
-    v = _mm512_srlv_epi32(v, sh);
-    return _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(1)), 4);
-}
-
 /* The f16 at a in the low half, the one at b in the high half, as floats. */
 AVX512_INLINE static __m512 f16_x2(const uint8_t *a, const uint8_t *b)
 {
@@ -854,6 +844,16 @@ AVX512_INLINE static void block_q4_1_x2(const uint8_t *a, const uint8_t *b, __m5
         w[j] = scale_add_x2(q[j], d, m);
 }
 
+/* The fifth bits of elements 8j..8j+7 of the blocks whose qh are qa (low half) and qb (high
+ * half), as a lane mask: the integer unit builds it and one masked add or subtract applies it,
+ * where spreading the bits over the lanes (q5_high's broadcast, variable shift, and, shift, or)
+ * took five vector operations a vector, and one row of X is bound by the vector operations. */
+AVX512_INLINE static __mmask16 q5_mask_x2(uint32_t qa, uint32_t qb, int j)
+{
+    return (__mmask16)(((qa >> 8 * j) & 0xffu) | ((qb >> 8 * j) & 0xffu) << 8);
+}
+
+/* (q | h << 4) - 16: q where h is set, q - 16 where it is not. */
 AVX512_INLINE static void block_q5_0_x2(const uint8_t *a, const uint8_t *b, __m512 w[4])
 {
     uint32_t qa, qb;
@@ -865,9 +865,11 @@ AVX512_INLINE static void block_q5_0_x2(const uint8_t *a, const uint8_t *b, __m5
     __m512 d = f16_x2(a, b);
     UNROLL
     for (int j = 0; j < 4; j++)
-        w[j] = scale_x2(_mm512_sub_epi32(_mm512_or_si512(q[j], q5_high_x2(qa, qb, j)), k16), d);
+        w[j] =
+            scale_x2(_mm512_mask_sub_epi32(q[j], (__mmask16)~q5_mask_x2(qa, qb, j), q[j], k16), d);
 }
 
+/* q | h << 4: q + 16 where h is set. */
 AVX512_INLINE static void block_q5_1_x2(const uint8_t *a, const uint8_t *b, __m512 w[4])
 {
     uint32_t qa, qb;
@@ -875,10 +877,11 @@ AVX512_INLINE static void block_q5_1_x2(const uint8_t *a, const uint8_t *b, __m5
     memcpy(&qb, b + 4, sizeof qb);
     __m512i q[4];
     nibbles_x2(a + 8, b + 8, q);
+    const __m512i k16 = _mm512_set1_epi32(16);
     __m512 d = f16_x2(a, b), m = f16_x2(a + 2, b + 2);
     UNROLL
     for (int j = 0; j < 4; j++)
-        w[j] = scale_add_x2(_mm512_or_si512(q[j], q5_high_x2(qa, qb, j)), d, m);
+        w[j] = scale_add_x2(_mm512_mask_add_epi32(q[j], q5_mask_x2(qa, qb, j), q[j], k16), d, m);
 }
 
 AVX512_INLINE static void block_q8_0_x2(const uint8_t *a, const uint8_t *b, __m512 w[4])

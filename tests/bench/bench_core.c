@@ -276,14 +276,13 @@ static void bench_kernels(void)
     static const struct {
         uint32_t type;
         int scales[2]; /* byte offsets of f16 scales in a block; -1: none */
-    } types[] = {{CORE_TYPE_Q4_1, {0, 2}},
-                 {CORE_TYPE_Q8_0, {0, -1}},
-                 {CORE_TYPE_Q4_K, {0, 2}},
-                 {CORE_TYPE_Q5_K, {0, 2}},
-                 {CORE_TYPE_Q6_K, {208, -1}}};
-    static const int ns[] = {1, 4, 16};
+    } types[] = {{CORE_TYPE_Q4_1, {0, 2}}, {CORE_TYPE_Q5_0, {0, -1}}, /* Gemma 3 270M Q4_K_M's q, k,
+                                                                         gate, up */
+                 {CORE_TYPE_Q5_1, {0, 2}}, {CORE_TYPE_Q8_0, {0, -1}},  {CORE_TYPE_Q4_K, {0, 2}},
+                 {CORE_TYPE_Q5_K, {0, 2}}, {CORE_TYPE_Q6_K, {208, -1}}};
+    static const int ns[] = {1, 4, 16, 32}; /* 32: the panels (from 9 rows) */
     static const core_cpu_level levels[] = {CORE_CPU_AVX512, CORE_CPU_AVX2};
-    const int in = 2048, out = 8192, nmax = 16;
+    const int in = 2048, out = 8192, nmax = 32;
     float *x = malloc(sizeof(float) * (size_t)in * nmax), *y = malloc(sizeof(float) * out * nmax);
     for (int i = 0; i < in * nmax; i++)
         x[i] = (float)(i % 17) / 8.0f - 1.0f;
