@@ -144,12 +144,25 @@ AVX2_INLINE static void nibbles(const uint8_t *qs, __m256i q[4])
     q[3] = _mm256_srli_epi32(e1, 4);
 }
 
-/* The fifth bit of elements 8j..8j+7 (bits 8j.. of the little-endian qh at p), at bit 4. */
+/* 16 times bit l of b, for every byte value b and lane l: the fifth bits of eight elements,
+ * one byte of qh, by one load from this 8 KiB table, where spreading them over the lanes took
+ * five vector operations a vector (a broadcast, a variable shift, an and, a shift, the
+ * broadcast's move), and one row of X is bound by the vector operations. */
+#define Q5B(b)                                                                                     \
+    {                                                                                              \
+        ((b)&1) << 4, ((b) >> 1 & 1) << 4, ((b) >> 2 & 1) << 4, ((b) >> 3 & 1) << 4,               \
+            ((b) >> 4 & 1) << 4, ((b) >> 5 & 1) << 4, ((b) >> 6 & 1) << 4, ((b) >> 7 & 1) << 4     \
+    }
+#define Q5B4(b) Q5B(b), Q5B((b) + 1), Q5B((b) + 2), Q5B((b) + 3)
+#define Q5B16(b) Q5B4(b), Q5B4((b) + 4), Q5B4((b) + 8), Q5B4((b) + 12)
+#define Q5B64(b) Q5B16(b), Q5B16((b) + 16), Q5B16((b) + 32), Q5B16((b) + 48)
+static const int32_t q5_bits[256][8]
+    __attribute__((aligned(32))) = {Q5B64(0), Q5B64(64), Q5B64(128), Q5B64(192)};
+
+/* The fifth bit of elements 8j..8j+7 (bits 8j.. of the little-endian qh), at bit 4. */
 AVX2_INLINE static __m256i q5_high(uint32_t qh, int j)
 {
-    const __m256i sh = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32((int)(qh >> 8 * j)), sh);
-    return _mm256_slli_epi32(_mm256_and_si256(v, _mm256_set1_epi32(1)), 4);
+    return _mm256_load_si256((const __m256i *)q5_bits[qh >> 8 * j & 0xff]);
 }
 
 /* (float)q * d, and (float)q * d + m as one FMA. core_dequant_row multiplies, then adds; the
