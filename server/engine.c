@@ -879,7 +879,7 @@ static void opts_apply(srv_engine *e, const srv_engine_opts *o)
     e->kv_f16 = o->kv_f16;
     e->prefix_cache = !o->no_prefix_cache;
     e->spec_k = o->spec_k < 0 ? 0 : o->spec_k > SRV_SPEC_K_MAX ? SRV_SPEC_K_MAX : o->spec_k;
-    e->spec_ngram = o->spec_ngram > 0 ? o->spec_ngram : 3;
+    e->spec_ngram = o->spec_ngram > 0 ? o->spec_ngram : SRV_SPEC_NGRAM_DEFAULT;
 }
 
 /* The chat template: the one given instead of the GGUF's must compile (a start-up error

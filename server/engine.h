@@ -65,7 +65,7 @@ typedef struct srv_engine_opts {
     bool no_prefix_cache;      /* do not reuse the KV of earlier prompts */
     int spec_k;                /* speculative decoding for jobs that do not choose: draft tokens
                                   per step, 0 = off (0..SRV_SPEC_K_MAX) */
-    int spec_ngram;            /* n-gram length of its prompt lookup; 0 = 3 */
+    int spec_ngram;            /* n-gram length of its prompt lookup; 0 = SRV_SPEC_NGRAM_DEFAULT */
     int verbose;               /* 0 quiet, 1 info (default), 2 debug: one line per step */
     const char *chat_template; /* template text replacing the GGUF's (--chat-template); refused
                                   with a message when outside the Jinja subset. NULL: the GGUF's
@@ -109,13 +109,16 @@ int srv_engine_n_ctx(const srv_engine *e); /* positions per sequence */
  * list, stats, load, unload, pin) may be called from HTTP threads. */
 adapter_registry *srv_engine_registry(srv_engine *e);
 
+/* Speculative decoding by prompt lookup: the most draft tokens a step, the longest n-gram, and
+ * the n-gram length when neither the server nor the request chooses one. */
+#define SRV_SPEC_K_MAX 16
+#define SRV_SPEC_NGRAM_MAX 8
+#define SRV_SPEC_NGRAM_DEFAULT 3
+
 /* The latency buckets the engine counts (seconds, ascending): a count array c[N + 1] holds in
  * c[i] the observations in (bounds[i-1], bounds[i]] and in c[N] those above the last bound.
  * Inter-token latency: the gap between two tokens sampled for one job (per job, in
  * srv_job_status); step time: one forward step with its sampling (srv_engine_stats). */
-/* Speculative decoding by prompt lookup: the most draft tokens a step, the longest n-gram. */
-#define SRV_SPEC_K_MAX 16
-#define SRV_SPEC_NGRAM_MAX 8
 
 #define SRV_ITL_BUCKETS 14
 extern const double srv_itl_bounds[SRV_ITL_BUCKETS];

@@ -64,7 +64,7 @@ static void serve_usage(FILE *out)
         "                            (0-16, 0 = off; default 8; exact: the output is the\n"
         "                            same as without; none while more than 2 streams\n"
         "                            decode; a request's \"speculative\" decides for itself)\n"
-        "      --spec-ngram N        n-gram length the lookup matches (1-8, default 3)\n"
+        "      --spec-ngram N        n-gram length the lookup matches (1-8, default %d)\n"
         "      --queue-limit N       requests waiting beyond the running ones (default "
         "256);\n"
         "                            more get 429\n"
@@ -112,7 +112,7 @@ static void serve_usage(FILE *out)
         "SIGINT or SIGTERM drains: running requests finish, then it exits 0; requests still\n"
         "running after --drain-timeout (or at a second signal) end with an error (a 503, or\n"
         "an error event and [DONE] in a stream) and it exits %d.\n",
-        SRV_EXIT_CUT);
+        SRV_SPEC_NGRAM_DEFAULT, SRV_EXIT_CUT);
 }
 
 enum opt_kind {
@@ -189,7 +189,7 @@ static void defaults(srv_serve_opts *o)
     o->max_batch_tokens = 512;
     o->max_step_ms = -1;
     o->spec_k = 8;
-    o->spec_ngram = 3;
+    o->spec_ngram = SRV_SPEC_NGRAM_DEFAULT;
     o->prefill_chunk = 256;
     o->max_seqs = 32;
     o->queue_limit = 256;
