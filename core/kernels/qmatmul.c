@@ -474,19 +474,32 @@ AVX2_INLINE static void sub_q5_k(const uint8_t *b, int c, float *ks, __m256 w[8]
  * s / 4: its element l is the low (c < 2) or high nibble of ql[64 (s / 4) + 32 (c % 2) + l] with
  * bits 2c, 2c + 1 of qh[32 (s / 4) + l] above it, minus 32, times d * scales[8 (s / 4) + 2c +
  * l / 16] (2s + l / 16 in all: ks, which sub-block 0 fills). */
+/* The 6-bit quants of sub-block s (32 elements) of the Q6_K block at b, less 32, as signed bytes
+ * in element order: the low or high nibbles of 32 ql bytes and two bits of 32 qh bytes, done on
+ * all 32 bytes at once (the 16-bit shifts carry bits across bytes; the masks drop them) and
+ * widened after, where doing it on 32-bit lanes took seven operations for every eight. */
+AVX2_INLINE static __m256i q6k_bytes(const uint8_t *b, int s)
+{
+    int half = s / 4, c = s % 4;
+    __m256i ql = _mm256_loadu_si256((const __m256i *)(b + 64 * half + 32 * (c % 2)));
+    __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * half));
+    __m256i lo = _mm256_and_si256(_mm256_srl_epi16(ql, _mm_cvtsi32_si128(4 * (c / 2))),
+                                  _mm256_set1_epi8(0x0f));
+    __m256i hi =
+        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c)), _mm256_set1_epi8(3));
+    return _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
+}
+
 AVX2_INLINE static void sub_q6_k(const uint8_t *b, int s, float *ks, __m256 w[4])
 {
     if (s == 0)
         q6k_scales(b, ks);
-    int half = s / 4, c = s % 4;
-    __m256i q[4], h[4];
-    widen32(b + 64 * half + 32 * (c % 2), q);
-    widen32(b + 128 + 32 * half, h);
+    _Alignas(32) int8_t v[32];
+    _mm256_store_si256((__m256i *)v, q6k_bytes(b, s));
+    __m256i q[4];
     UNROLL
     for (int j = 0; j < 4; j++)
-        q[j] = _mm256_sub_epi32(_mm256_or_si256(bits(q[j], 4 * (c / 2), 0x0f),
-                                                _mm256_slli_epi32(bits(h[j], 2 * c, 3), 4)),
-                                _mm256_set1_epi32(32));
+        q[j] = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(v + 8 * j)));
     __m256 d0 = _mm256_broadcast_ss(ks + 2 * s), d1 = _mm256_broadcast_ss(ks + 2 * s + 1);
     w[0] = _mm256_mul_ps(d0, _mm256_cvtepi32_ps(q[0]));
     w[1] = _mm256_mul_ps(d0, _mm256_cvtepi32_ps(q[1]));
@@ -1122,15 +1135,17 @@ AVX512_INLINE static void sub_q6_k_x2(const uint8_t *a, const uint8_t *b, int s,
         q6k_scales(a, ks);
         q6k_scales(b, ks + 16);
     }
-    int half = s / 4, c = s % 4;
-    __m512i q[4], h[4];
-    widen32x2(a + 64 * half + 32 * (c % 2), b + 64 * half + 32 * (c % 2), q);
-    widen32x2(a + 128 + 32 * half, b + 128 + 32 * half, h);
+    /* q6k_bytes of both, the eight bytes of a and then of b for each quarter j: one 128-bit
+     * lane of v widens to q[j], a's elements 8j..8j+7 in the low half, b's in the high */
+    const __m512i il = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+    __m512i v = _mm512_permutex2var_epi64(_mm512_castsi256_si512(q6k_bytes(a, s)), il,
+                                          _mm512_castsi256_si512(q6k_bytes(b, s)));
+    _Alignas(64) int8_t t[64];
+    _mm512_store_si512(t, v);
+    __m512i q[4];
     UNROLL
     for (int j = 0; j < 4; j++)
-        q[j] = _mm512_sub_epi32(_mm512_or_si512(bits_x2(q[j], 4 * (c / 2), 0x0f),
-                                                _mm512_slli_epi32(bits_x2(h[j], 2 * c, 3), 4)),
-                                _mm512_set1_epi32(32));
+        q[j] = _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(t + 16 * j)));
     __m512 d0 = bcast_x2(ks + 2 * s, ks + 16 + 2 * s);
     __m512 d1 = bcast_x2(ks + 2 * s + 1, ks + 17 + 2 * s);
     w[0] = _mm512_mul_ps(d0, _mm512_cvtepi32_ps(q[0]));
