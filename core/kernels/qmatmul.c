@@ -410,12 +410,6 @@ AVX2_INLINE static void widen32(const uint8_t *p, __m256i q[4])
     widen_u8(bcast16(p + 16), &q[2], &q[3]);
 }
 
-/* (q >> sh) & mask in each lane, for a shift known only at run time. */
-AVX2_INLINE static __m256i bits(__m256i q, int sh, int mask)
-{
-    return _mm256_and_si256(_mm256_srl_epi32(q, _mm_cvtsi32_si128(sh)), _mm256_set1_epi32(mask));
-}
-
 /* d * (float)q - m for the four quarters (Q4_K's and Q5_K's order: multiply, then subtract), as
  * one FMA with the same bits: d = d16 * sc (11 and 6 significant bits, exact) times q (4 or 5
  * bits) has at most 22 bits, so the product is exact and the one rounding is the subtract's. */
@@ -452,19 +446,36 @@ AVX2_INLINE static void sub_q4_k(const uint8_t *b, int c, float *ks, __m256 w[8]
 
 /* Q5_K: d, dmin, scales[12], qh[32], qs[128]; as Q4_K, with bits 2c and 2c + 1 of qh[l] the
  * fifth bits of element l of sub-blocks 2c and 2c + 1. */
+/* Chunk c of the Q5_K block at b as bytes in element order: sub-block 2c (low nibbles, bit 2c
+ * of qh above) in *lo, 2c + 1 (high nibbles, bit 2c + 1) in *hi, done on the 32 bytes at once
+ * and widened after (as q6k_bytes), where the bit fields took five operations for every eight
+ * lanes on 32-bit lanes. */
+AVX2_INLINE static void q5k_bytes(const uint8_t *b, int c, __m256i *lo, __m256i *hi)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256i qs = _mm256_loadu_si256((const __m256i *)(b + 48 + 32 * c));
+    __m256i h =
+        _mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(b + 16)), _mm_cvtsi32_si128(2 * c));
+    *lo = _mm256_or_si256(_mm256_and_si256(qs, m4),
+                          _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(1)), 4));
+    *hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(qs, 4), m4),
+                          _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(2)), 3));
+}
+
 AVX2_INLINE static void sub_q5_k(const uint8_t *b, int c, float *ks, __m256 w[8])
 {
     if (c == 0)
         kscales(b, ks);
-    __m256i q[4], h[4], lo[4], hi[4];
-    widen32(b + 48 + 32 * c, q);
-    widen32(b + 16, h);
+    _Alignas(32) uint8_t v[64];
+    __m256i l8, h8;
+    q5k_bytes(b, c, &l8, &h8);
+    _mm256_store_si256((__m256i *)v, l8);
+    _mm256_store_si256((__m256i *)(v + 32), h8);
+    __m256i lo[4], hi[4];
     UNROLL
     for (int j = 0; j < 4; j++) {
-        lo[j] = _mm256_or_si256(_mm256_and_si256(q[j], _mm256_set1_epi32(0x0f)),
-                                _mm256_slli_epi32(bits(h[j], 2 * c, 1), 4));
-        hi[j] = _mm256_or_si256(_mm256_srli_epi32(q[j], 4),
-                                _mm256_slli_epi32(bits(h[j], 2 * c + 1, 1), 4));
+        lo[j] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(v + 8 * j)));
+        hi[j] = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(v + 32 + 8 * j)));
     }
     scale_sub(lo, _mm256_broadcast_ss(ks + 2 * c), _mm256_broadcast_ss(ks + 8 + 2 * c), w);
     scale_sub(hi, _mm256_broadcast_ss(ks + 2 * c + 1), _mm256_broadcast_ss(ks + 9 + 2 * c), w + 4);
@@ -1070,11 +1081,6 @@ AVX512_INLINE static void widen32x2(const uint8_t *a, const uint8_t *b, __m512i 
     widen_u8x2(bcast16x2(a + 16, b + 16), &q[2], &q[3]);
 }
 
-AVX512_INLINE static __m512i bits_x2(__m512i q, int sh, int mask)
-{
-    return _mm512_and_si512(_mm512_srl_epi32(q, _mm_cvtsi32_si128(sh)), _mm512_set1_epi32(mask));
-}
-
 /* The float at a in the low half, the one at b in the high half. */
 AVX512_INLINE static __m512 bcast_x2(const float *a, const float *b)
 {
@@ -1114,15 +1120,21 @@ AVX512_INLINE static void sub_q4_k_x2(const uint8_t *a, const uint8_t *b, int c,
 AVX512_INLINE static void sub_q5_k_x2(const uint8_t *a, const uint8_t *b, int c, float *ks,
                                       __m512 w[8])
 {
-    __m512i q[4], h[4], lo[4], hi[4];
-    widen32x2(a + 48 + 32 * c, b + 48 + 32 * c, q);
-    widen32x2(a + 16, b + 16, h);
+    /* q5k_bytes of both, interleaved by eight bytes as in sub_q6_k_x2 */
+    const __m512i il = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+    __m256i la, ha, lb, hb;
+    q5k_bytes(a, c, &la, &ha);
+    q5k_bytes(b, c, &lb, &hb);
+    _Alignas(64) uint8_t t[128];
+    _mm512_store_si512(
+        t, _mm512_permutex2var_epi64(_mm512_castsi256_si512(la), il, _mm512_castsi256_si512(lb)));
+    _mm512_store_si512(t + 64, _mm512_permutex2var_epi64(_mm512_castsi256_si512(ha), il,
+                                                         _mm512_castsi256_si512(hb)));
+    __m512i lo[4], hi[4];
     UNROLL
     for (int j = 0; j < 4; j++) {
-        lo[j] = _mm512_or_si512(_mm512_and_si512(q[j], _mm512_set1_epi32(0x0f)),
-                                _mm512_slli_epi32(bits_x2(h[j], 2 * c, 1), 4));
-        hi[j] = _mm512_or_si512(_mm512_srli_epi32(q[j], 4),
-                                _mm512_slli_epi32(bits_x2(h[j], 2 * c + 1, 1), 4));
+        lo[j] = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(t + 16 * j)));
+        hi[j] = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(t + 64 + 16 * j)));
     }
     kscale_sub_x2(a, b, 2 * c, ks, lo, w);
     kscale_sub_x2(a, b, 2 * c + 1, ks, hi, w + 4);
