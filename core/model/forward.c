@@ -361,25 +361,6 @@ static int split_outputs(int out, int *per)
     return (out + *per - 1) / *per;
 }
 
-/* One quantized product split over the pool by output rows; every output is computed by the
- * same code whatever the split, so the result does not depend on the thread count. */
-typedef struct qmm_job {
-    const void *Wq;
-    uint32_t qtype;
-    int in, out, n, per;
-    const float *X;
-    float *Y;
-    _Atomic int failed;
-} qmm_job;
-
-static void qmm_task(void *arg, int t)
-{
-    qmm_job *j = arg;
-    int o0 = t * j->per, o1 = o0 + j->per < j->out ? o0 + j->per : j->out;
-    if (o0 < o1 && core__qmatmul_part(j->qtype, j->Wq, j->in, j->out, o0, o1, j->X, j->n, j->Y))
-        atomic_store_explicit(&j->failed, 1, memory_order_relaxed);
-}
-
 /* Matmuls of at most this many rows read the quantized weights (core__qmatmul on the pool);
  * larger ones use sgemm on the f32 slab: INT_MAX (never) on AVX-512 and AVX2 (see
  * CORE_QMATMUL_ROWS for the measurements). Read once:
@@ -418,68 +399,31 @@ static void matmul_f32(const float *W, int in, int out, const float *X, int n, f
                     Y, out);
 }
 
-/* Y = X · Wᵀ from the stored blocks, on the pool; false when the kernels refused. */
-static bool matmul_stored(const core_weight *w, const float *X, int n, float *Y)
+/* Y = X · Wᵀ on the f32 copy, which a weight must have when no kernel reads it. */
+static void product_f32(const core_weight *w, const float *X, int n, float *Y)
 {
-    qmm_job j = {
-        .Wq = w->data, .qtype = w->type, .in = w->cols, .out = w->rows, .n = n, .X = X, .Y = Y};
-    core__pool_run(split_outputs(w->rows, &j.per), qmm_task, &j);
-    return !atomic_load_explicit(&j.failed, memory_order_relaxed);
-}
-
-/* The int8 product of one quantized X with repacked weights, split over the pool by groups of 16
- * outputs; like qmm_job, the split does not change any result. */
-typedef struct q8_job {
-    const core_q8w *w;
-    const uint8_t *Xq;
-    int out, n, per;
-    float *Y;
-} q8_job;
-
-static void q8_task(void *arg, int t)
-{
-    q8_job *j = arg;
-    int o0 = t * j->per, o1 = o0 + j->per < j->out ? o0 + j->per : j->out;
-    if (o0 < o1)
-        core__q8_matmul_part(j->w, j->Xq, j->n, o0, o1, j->Y, j->out);
-}
-
-static void matmul_q8(const core_ctx *c, const core_q8w *w, int out, int n, float *Y)
-{
-    q8_job j = {.w = w, .Xq = c->xq, .out = out, .n = n, .Y = Y};
-    core__pool_run(split_outputs(out, &j.per), q8_task, &j);
-}
-
-/* Y = X · Wᵀ, X (n, w->cols), Y (n, w->rows): the one place that picks the kernel of a product.
- * The int8 kernels when w has a repack (X quantized into c->xq once for every product of the
- * same X: *x_quantized says it is done); else core's quantized kernels on the stored blocks when
- * they read the type at this many rows (or there is no f32 copy); else OpenBLAS on the f32 copy.
- */
-static void product(core_ctx *c, const core_weight *w, const float *X, int n, float *Y,
-                    bool *x_quantized)
-{
-    if (w->q8) {
-        if (!*x_quantized)
-            core__q8x_quantize(X, w->cols, n, c->xq);
-        *x_quantized = true;
-        matmul_q8(c, w->q8, w->rows, n, Y);
-        return;
-    }
-    if (w->data && (n <= qmatmul_rows() || !w->f32) && core__qmatmul_supports(w->type) &&
-        matmul_stored(w, X, n, Y))
-        return;
     CORE_ASSERT(w->f32, "a %dx%d %s weight with neither an f32 copy nor kernels that read it",
                 w->rows, w->cols, core_type_name(w->type));
     matmul_f32(w->f32, w->cols, w->rows, X, n, Y);
 }
 
-/* The products of up to three modules that share X (q, k, v or gate, up) in one pool run: each
- * module's outputs split as split_outputs() would split their sum, in proportion to its rows
- * (at least one task each). One run instead of one per module: a one-row step makes about seven
- * runs a layer, each a wake-up and a wait for the slower thread, and the small k and v products
- * (192 rows for SmolLM2) leave a thread idle at the end of their own runs. Every output is
- * computed by the same code whatever the split: the bits do not change. */
-typedef struct multi_job {
+/* Whether a product of n rows with w runs on the pool: the int8 kernels when w has a repack,
+ * else core's quantized kernels on the stored blocks when they read the type at this many rows
+ * (or there is no f32 copy); else it is OpenBLAS's on the f32 copy. */
+static bool on_pool(const core_weight *w, int n)
+{
+    return w->q8 ||
+           (w->data && (n <= qmatmul_rows() || !w->f32) && core__qmatmul_supports(w->type));
+}
+
+/* The products of up to three modules that share X, all on_pool() and all int8 or none, in one
+ * pool run: each module's outputs split as split_outputs() would split their sum, in proportion
+ * to its rows (at least one task each; one module alone is split as split_outputs() splits it).
+ * One run for q, k, v (or gate, up) instead of one each: a one-row step makes about seven runs a
+ * layer, each a wake-up and a wait for the slower thread, and the small k and v products (192
+ * rows for SmolLM2) left a thread idle at the end of their own runs. Every output is computed by
+ * the same code whatever the split, so no result depends on it or on the thread count. */
+typedef struct pool_job {
     const core_ctx *c;
     const core_weight *w[3];
     float *Y[3];
@@ -488,11 +432,11 @@ typedef struct multi_job {
     int in, n;
     const float *X;
     _Atomic int failed[3];
-} multi_job;
+} pool_job;
 
-static void multi_task(void *arg, int t)
+static void pool_task(void *arg, int t)
 {
-    multi_job *j = arg;
+    pool_job *j = arg;
     int k = 0;
     while (t >= j->first[k + 1])
         k++;
@@ -507,28 +451,15 @@ static void multi_task(void *arg, int t)
         atomic_store_explicit(&j->failed[k], 1, memory_order_relaxed);
 }
 
-/* Whether product() would run w on the pool: int8 repacks, or the stored blocks. */
-static bool on_pool(const core_weight *w, int n)
+/* pool_job's run for w[0..n_mods); X quantized into c->xq for int8 weights unless *x_quantized
+ * says it is already there. A module whose kernels refused goes to its f32 copy after the run. */
+static void pool_products(core_ctx *c, const core_weight *const *w, int n_mods, const float *X,
+                          int n, float *const *Y, bool *x_quantized)
 {
-    return w->q8 ||
-           (w->data && (n <= qmatmul_rows() || !w->f32) && core__qmatmul_supports(w->type));
-}
-
-/* product() for n_mods modules sharing X in one pool run when all of them run on the pool the
- * same way (int8 or not); false when they do not (the caller runs product() on each). A module
- * whose kernels refused goes through product() after the run. */
-static bool products(core_ctx *c, const core_weight *const *w, int n_mods, const float *X, int n,
-                     float *const *Y)
-{
-    if (n_mods < 2)
-        return false;
     int total = 0;
-    for (int k = 0; k < n_mods; k++) {
-        if (!on_pool(w[k], n) || !w[k]->q8 != !w[0]->q8)
-            return false;
+    for (int k = 0; k < n_mods; k++)
         total += w[k]->rows;
-    }
-    multi_job j = {.c = c, .in = w[0]->cols, .n = n, .X = X};
+    pool_job j = {.c = c, .in = w[0]->cols, .n = n, .X = X};
     int per, tasks = split_outputs(total, &per);
     for (int k = 0; k < n_mods; k++) {
         int want = (int)((double)tasks * w[k]->rows / total + 0.5);
@@ -538,15 +469,36 @@ static bool products(core_ctx *c, const core_weight *const *w, int n_mods, const
         j.per[k] = ((w[k]->rows + want - 1) / want + 15) & ~15;
         j.first[k + 1] = j.first[k] + (w[k]->rows + j.per[k] - 1) / j.per[k];
     }
-    if (w[0]->q8)
+    if (w[0]->q8 && !*x_quantized) {
         core__q8x_quantize(X, j.in, n, c->xq);
-    core__pool_run(j.first[n_mods], multi_task, &j);
-    for (int k = 0; k < n_mods; k++) {
-        bool quantized = true;
-        if (atomic_load_explicit(&j.failed[k], memory_order_relaxed))
-            product(c, w[k], X, n, Y[k], &quantized);
+        *x_quantized = true;
     }
-    return true;
+    core__pool_run(j.first[n_mods], pool_task, &j);
+    for (int k = 0; k < n_mods; k++)
+        if (atomic_load_explicit(&j.failed[k], memory_order_relaxed))
+            product_f32(w[k], X, n, Y[k]);
+}
+
+/* Y[k] = X · W[k]ᵀ, X (n, w[k]->cols), Y[k] (n, w[k]->rows), for up to three modules sharing X:
+ * the one place that picks the kernel of a product (on_pool()). Together in one pool run when
+ * all of them run on the pool the same way, else each on its own. *x_quantized: X is already in
+ * c->xq (int8), quantized once for every product of the same X. */
+static void products(core_ctx *c, const core_weight *const *w, int n_mods, const float *X, int n,
+                     float *const *Y, bool *x_quantized)
+{
+    bool together = true;
+    for (int k = 0; k < n_mods; k++)
+        together = together && on_pool(w[k], n) && !w[k]->q8 == !w[0]->q8;
+    if (together) {
+        pool_products(c, w, n_mods, X, n, Y, x_quantized);
+        return;
+    }
+    for (int k = 0; k < n_mods; k++) {
+        if (on_pool(w[k], n))
+            pool_products(c, &w[k], 1, X, n, &Y[k], x_quantized);
+        else
+            product_f32(w[k], X, n, Y[k]);
+    }
 }
 
 /* Y[k] = X · W[k]ᵀ plus the plan's LoRA groups, for n_mods modules of one layer that share the
@@ -559,15 +511,13 @@ static int linear_n(core_ctx *c, const core_lora_plan *plan, int layer, const co
     const core_layer *L = &c->m->layers[layer];
     int in = core_module_in(cfg, mods[0]);
     lora_job j = {.plan = plan, .n_mods = n_mods, .in = in, .X = X};
-    bool quantized = false; /* X in c->xq, once for all modules that have int8 weights */
+    bool quantized = false;
     const core_weight *w[3];
     for (int k = 0; k < n_mods; k++)
         w[k] = &L->w[mods[k]];
-    bool done = products(c, w, n_mods, X, n, Y);
+    products(c, w, n_mods, X, n, Y, &quantized);
     for (int k = 0; k < n_mods; k++) {
         int out = core_module_out(cfg, mods[k]);
-        if (!done)
-            product(c, w[k], X, n, Y[k], &quantized);
         const float *bias = L->bias[mods[k]];
         for (int i = 0; bias && i < n; i++) /* as nn.Linear: the bias before LoRA's update */
             for (int o = 0; o < out; o++)
@@ -877,7 +827,8 @@ int core_forward(core_ctx *c, core_kv *kv, const core_batch *b, const core_lora_
         }
     }
     bool quantized = false;
+    const core_weight *head = &m->output;
     if (n_out > 0)
-        product(c, &m->output, c->xn, n_out, logits, &quantized);
+        products(c, &head, 1, c->xn, n_out, &logits, &quantized);
     return 0;
 }
