@@ -445,11 +445,10 @@ AVX2_INLINE static void sub_q4_k(const uint8_t *b, int c, float *ks, __m256 w[8]
 }
 
 /* Q5_K: d, dmin, scales[12], qh[32], qs[128]; as Q4_K, with bits 2c and 2c + 1 of qh[l] the
- * fifth bits of element l of sub-blocks 2c and 2c + 1. */
-/* Chunk c of the Q5_K block at b as bytes in element order: sub-block 2c (low nibbles, bit 2c
- * of qh above) in *lo, 2c + 1 (high nibbles, bit 2c + 1) in *hi, done on the 32 bytes at once
- * and widened after (as q6k_bytes), where the bit fields took five operations for every eight
- * lanes on 32-bit lanes. */
+ * fifth bits of element l of sub-blocks 2c and 2c + 1. q5k_bytes gives chunk c of the block at
+ * b as bytes in element order: sub-block 2c (low nibbles, bit 2c of qh above) in *lo, 2c + 1
+ * (high nibbles, bit 2c + 1) in *hi, done on the 32 bytes at once and widened after (as
+ * q6k_bytes), where the bit fields took five operations for every eight lanes on 32-bit lanes. */
 AVX2_INLINE static void q5k_bytes(const uint8_t *b, int c, __m256i *lo, __m256i *hi)
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
@@ -484,11 +483,11 @@ AVX2_INLINE static void sub_q5_k(const uint8_t *b, int c, float *ks, __m256 w[8]
 /* Q6_K: ql[128], qh[64], scales[16] int8, d last. Sub-block s is quarter c = s % 4 of half
  * s / 4: its element l is the low (c < 2) or high nibble of ql[64 (s / 4) + 32 (c % 2) + l] with
  * bits 2c, 2c + 1 of qh[32 (s / 4) + l] above it, minus 32, times d * scales[8 (s / 4) + 2c +
- * l / 16] (2s + l / 16 in all: ks, which sub-block 0 fills). */
-/* The 6-bit quants of sub-block s (32 elements) of the Q6_K block at b, less 32, as signed bytes
- * in element order: the low or high nibbles of 32 ql bytes and two bits of 32 qh bytes, done on
- * all 32 bytes at once (the 16-bit shifts carry bits across bytes; the masks drop them) and
- * widened after, where doing it on 32-bit lanes took seven operations for every eight. */
+ * l / 16] (2s + l / 16 in all: ks, which sub-block 0 fills). q6k_bytes gives the 6-bit quants
+ * of sub-block s of the block at b, less 32, as signed bytes in element order: the low or high
+ * nibbles of 32 ql bytes and two bits of 32 qh bytes, done on all 32 bytes at once (the 16-bit
+ * shifts carry bits across bytes; the masks drop them) and widened after, where doing it on 32-bit
+ * lanes took seven operations for every eight. */
 AVX2_INLINE static __m256i q6k_bytes(const uint8_t *b, int s)
 {
     int half = s / 4, c = s % 4;
@@ -1117,19 +1116,25 @@ AVX512_INLINE static void sub_q4_k_x2(const uint8_t *a, const uint8_t *b, int c,
     kscale_sub_x2(a, b, 2 * c + 1, ks, hi, w + 4);
 }
 
+/* The 32 bytes of a and of b (q5k_bytes, q6k_bytes of two rows) into t, for each quarter j
+ * eight of a then eight of b: the 16 bytes at t + 16j widen to one two-row vector, a's elements
+ * 8j..8j+7 in the low half, b's in the high. */
+AVX512_INLINE static void interleave8x2(__m256i a, __m256i b, uint8_t *t)
+{
+    const __m512i il = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
+    _mm512_store_si512(
+        t, _mm512_permutex2var_epi64(_mm512_castsi256_si512(a), il, _mm512_castsi256_si512(b)));
+}
+
 AVX512_INLINE static void sub_q5_k_x2(const uint8_t *a, const uint8_t *b, int c, float *ks,
                                       __m512 w[8])
 {
-    /* q5k_bytes of both, interleaved by eight bytes as in sub_q6_k_x2 */
-    const __m512i il = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
     __m256i la, ha, lb, hb;
     q5k_bytes(a, c, &la, &ha);
     q5k_bytes(b, c, &lb, &hb);
     _Alignas(64) uint8_t t[128];
-    _mm512_store_si512(
-        t, _mm512_permutex2var_epi64(_mm512_castsi256_si512(la), il, _mm512_castsi256_si512(lb)));
-    _mm512_store_si512(t + 64, _mm512_permutex2var_epi64(_mm512_castsi256_si512(ha), il,
-                                                         _mm512_castsi256_si512(hb)));
+    interleave8x2(la, lb, t);
+    interleave8x2(ha, hb, t + 64);
     __m512i lo[4], hi[4];
     UNROLL
     for (int j = 0; j < 4; j++) {
@@ -1147,13 +1152,8 @@ AVX512_INLINE static void sub_q6_k_x2(const uint8_t *a, const uint8_t *b, int s,
         q6k_scales(a, ks);
         q6k_scales(b, ks + 16);
     }
-    /* q6k_bytes of both, the eight bytes of a and then of b for each quarter j: one 128-bit
-     * lane of v widens to q[j], a's elements 8j..8j+7 in the low half, b's in the high */
-    const __m512i il = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11);
-    __m512i v = _mm512_permutex2var_epi64(_mm512_castsi256_si512(q6k_bytes(a, s)), il,
-                                          _mm512_castsi256_si512(q6k_bytes(b, s)));
-    _Alignas(64) int8_t t[64];
-    _mm512_store_si512(t, v);
+    _Alignas(64) uint8_t t[64];
+    interleave8x2(q6k_bytes(a, s), q6k_bytes(b, s), t);
     __m512i q[4];
     UNROLL
     for (int j = 0; j < 4; j++)
