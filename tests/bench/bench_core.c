@@ -270,16 +270,16 @@ static void bench_kernels_int8(uint32_t type, const uint8_t *w, int in, int out,
 /* One weight matrix of each type that has fused kernels, in x out as a 1B model's feed-forward
  * (Llama 3.2 1B: 2048 x 8192), random quants with f16 scales of 0.01 (no subnormals), against n
  * rows of X on each kernel family: the best of a few runs, as GB/s of stored weights read and
- * GFLOP/s. A Q4_K_M model's matrices are Q4_K and Q6_K; Q4_1 is the default model's. */
+ * GFLOP/s. A Q4_K_M model's matrices are Q4_K and Q6_K (Gemma 3 270M's also Q5_0); Q4_1 is the
+ * default model's. */
 static void bench_kernels(void)
 {
     static const struct {
         uint32_t type;
         int scales[2]; /* byte offsets of f16 scales in a block; -1: none */
-    } types[] = {{CORE_TYPE_Q4_1, {0, 2}}, {CORE_TYPE_Q5_0, {0, -1}}, /* Gemma 3 270M Q4_K_M's q, k,
-                                                                         gate, up */
-                 {CORE_TYPE_Q5_1, {0, 2}}, {CORE_TYPE_Q8_0, {0, -1}},  {CORE_TYPE_Q4_K, {0, 2}},
-                 {CORE_TYPE_Q5_K, {0, 2}}, {CORE_TYPE_Q6_K, {208, -1}}};
+    } types[] = {{CORE_TYPE_Q4_1, {0, 2}},   {CORE_TYPE_Q5_0, {0, -1}}, {CORE_TYPE_Q5_1, {0, 2}},
+                 {CORE_TYPE_Q8_0, {0, -1}},  {CORE_TYPE_Q4_K, {0, 2}},  {CORE_TYPE_Q5_K, {0, 2}},
+                 {CORE_TYPE_Q6_K, {208, -1}}};
     static const int ns[] = {1, 4, 16, 32}; /* 32: the panels (from 9 rows) */
     static const core_cpu_level levels[] = {CORE_CPU_AVX512, CORE_CPU_AVX2};
     const int in = 2048, out = 8192, nmax = 32;
