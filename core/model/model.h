@@ -99,7 +99,7 @@ static inline int core_qk_perm_heads(const core_config *c, core_module mod)
 }
 
 /* One weight matrix of rows x cols (out x in): the form its file stores and the forms made from
- * it. core_forward picks the kernel for each product from what is there (forward.c, product()):
+ * it. core_forward picks the kernel for each product from what is there (forward.c, products()):
  * the int8 repack when set, else the stored blocks when core's quantized kernels read them at
  * that batch size, else the f32 copy. */
 typedef struct core_weight {
