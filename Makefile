@@ -234,7 +234,7 @@ unit: $(BUILD)/test_unit $(PROBES)
 	ADAPTREE_BUILD=$(BUILD) $(BUILD)/test_unit $(T)
 
 # The default model in full (forward f32 and int8, kernels, LoRA), then Gemma 3 270M's forward,
-# then speculative decoding through the engine (tests/bench/bench_spec.c).
+# then speculative decoding through the engine (tests/bench/bench_spec.c), f32 and int8.
 # Both benches also write their results as JSON, build/bench/<date>-<cpu>-bench*.json (<cpu>:
 # tools/bench_machine.py --slug, e.g. intel-xeon-f6m167), then the PNGs of that machine's runs of
 # the day into build/bench (tools/plot_bench.py in .venv-plot); the JSON is written first, so a
@@ -257,7 +257,9 @@ bench:
 	$(BUILD)/bench_core -m $(GEMMA_MODEL) --forward-only --json $(BENCH_STEM)-bench-gemma.json
 	@echo
 	$(BUILD)/bench_spec -m $(MODEL) --json $(BENCH_STEM)-spec.json
-	@echo; echo "bench: wrote $(BENCH_STEM)-bench.json $(BENCH_STEM)-bench-gemma.json $(BENCH_STEM)-spec.json"
+	@echo
+	$(BUILD)/bench_spec -m $(MODEL) --int8 --json $(BENCH_STEM)-spec-int8.json
+	@echo; echo "bench: wrote $(BENCH_STEM)-bench.json $(BENCH_STEM)-bench-gemma.json $(BENCH_STEM)-spec.json $(BENCH_STEM)-spec-int8.json"
 	@$(BENCH_PLOT)
 
 # The peer in the same run (tools/peer_bench.py): llama.cpp's llama-bench and

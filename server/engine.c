@@ -991,6 +991,7 @@ srv_engine *srv_engine_new(const srv_engine_opts *o, char *err, size_t errlen)
                          .prefix_cache = e->prefix_cache,
                          .spec_k = e->spec_k,
                          .spec_ngram = e->spec_ngram,
+                         .int8 = e->int8_weights > 0,
                          .sh = &e->sh};
     if (srv__sched_init(&e->sched, &sc, err, errlen) < 0)
         goto fail;

@@ -42,14 +42,9 @@
  * logprobs (echo). Their prefill goes at most this many rows per step beyond the first. */
 #define PROMPT_LOGIT_ROWS 32
 
-/* Speculative decoding: draft rows a step may hold (with logits, beyond one per part), and the
- * decoding sequences above which a step drafts nothing: the rows are nearly free while a step
- * reads the weights for few rows (bandwidth-bound) and cost their full compute in a wide batch.
- * Measured (make bench, bench_spec, copy task, Intel Xeon 2 vCPUs): 1.5x at 1 stream, 1.34x at
- * 2, 0.92-0.99x at 4 when 4 drafted. (A sequence's own bounds are SRV_SPEC_K_MAX drafts and
- * SRV_SPEC_NGRAM_MAX tokens of n-gram, engine.h.) */
+/* Speculative decoding: draft rows a step may hold (with logits, beyond one per part); which
+ * sequences draft and how many: server/spec_gate.h. */
 #define SPEC_ROWS 16
-#define SPEC_MAX_DECODE 2
 
 int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t errlen)
 {
@@ -64,6 +59,9 @@ int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t
     sc->verbose = cfg->verbose;
     sc->spec_k = cfg->spec_k;
     sc->spec_ngram = cfg->spec_ngram;
+    sc->spec_decode = cfg->int8 ? SRV_SPEC_GATED_DECODE_INT8 : SRV_SPEC_GATED_DECODE;
+    if (sc->spec_decode < SRV_SPEC_FREE_DECODE)
+        sc->spec_decode = SRV_SPEC_FREE_DECODE;
     srv__step_budget_init(&sc->budget, cfg->max_step_ms, cfg->max_batch);
     sc->reg = cfg->reg;
     sc->sh = cfg->sh;
@@ -500,9 +498,7 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
     s->n_gen = 0;
     /* Speculative decoding: the job's choice, else the server's; never under a grammar (its
        matcher would have to follow every draft) */
-    s->spec_max = gm || j->spec_k < 0 ? 0 : j->spec_k > 0 ? j->spec_k : sc->spec_k;
-    s->spec_k = s->spec_max;
-    s->spec_wait = s->spec_misses = 0;
+    srv__spec_start(&s->spec, gm || j->spec_k < 0 ? 0 : j->spec_k > 0 ? j->spec_k : sc->spec_k);
     /* Before min_tokens, stop strings are off too (as vLLM); seq_sample turns them on. */
     srv_text_reset(&s->text, sc->tok, (const char *const *)j->stop, j->stop_len,
                    j->min_tokens > 0 ? 0 : j->n_stop);
@@ -923,19 +919,7 @@ static void spec_verify(srv__sched *sc, srv__part *pt, const float *lg)
     pt->accepted = acc;
     if (!s->job)
         return;
-    if (acc == k) {
-        s->spec_k *= 2;
-        s->spec_misses = 0;
-    } else if (acc == 0) {
-        s->spec_misses++;
-        s->spec_wait = (1 << (s->spec_misses < 4 ? s->spec_misses : 4)) - 1;
-        s->spec_k = s->spec_k / 2 > 1 ? s->spec_k / 2 : 1;
-    } else {
-        s->spec_k = acc + 1;
-        s->spec_misses = 0;
-    }
-    if (s->spec_k > s->spec_max)
-        s->spec_k = s->spec_max;
+    srv__spec_learn(&s->spec, k, acc);
 }
 
 /* ---- the step ------------------------------------------------------------------------------- */
@@ -1102,10 +1086,10 @@ static int lookup_draft(const int32_t *h, int n, int ngram, int k, int32_t *out)
     return 0;
 }
 
-/* Speculative decoding for the n decode parts (at most SPEC_MAX_DECODE of them): each sequence
- * that opted in gets the tokens prompt lookup proposes (written into its hist after n_hist) as
- * extra rows of its part, within SPEC_ROWS rows, the rows left in the step and the KV blocks it
- * already holds or can take free (no one is preempted for a guess). Returns the draft rows. */
+/* Speculative decoding for the n decode parts: each sequence that may draft (srv__spec_allow)
+ * gets the tokens prompt lookup proposes (written into its hist after n_hist) as extra rows of
+ * its part, within SPEC_ROWS rows, the rows left in the step and the KV blocks it already holds
+ * or can take free (no one is preempted for a guess). Returns the draft rows. */
 static int plan_drafts(srv__sched *sc, int n, int rows_left)
 {
     int total = 0;
@@ -1113,13 +1097,9 @@ static int plan_drafts(srv__sched *sc, int n, int rows_left)
         srv__part *pt = &sc->parts[p];
         srv__seq *s = pt->s;
         const srv_job *j = s->job;
-        int k = s->spec_k;
+        int k = srv__spec_allow(&s->spec, n, sc->spec_decode);
         if (k <= 0)
             continue;
-        if (s->spec_wait > 0) {
-            s->spec_wait--;
-            continue;
-        }
         int room = SPEC_ROWS - total;
         room = room < rows_left ? room : rows_left;
         k = k < room ? k : room;
@@ -1168,7 +1148,7 @@ static int plan_parts(srv__sched *sc, int *n_dec)
     if (full)
         sc->decode_rr = (last + 1) % sc->max_seqs;
     *n_dec = n;
-    int drafts = n <= SPEC_MAX_DECODE ? plan_drafts(sc, n, budget) : 0;
+    int drafts = plan_drafts(sc, n, budget);
     budget = srv__step_budget_prompt_rows(&sc->budget, n) - drafts;
     int np = 0, extra = PROMPT_LOGIT_ROWS;
     for (int i = 0; i < sc->max_seqs; i++)

@@ -9,6 +9,7 @@
 
 #include "server/job_internal.h"
 #include "server/prefix_cache.h"
+#include "server/spec_gate.h"
 #include "server/step_budget.h"
 
 /* A running sequence: one KV slot, the job's adapters, sampler and undelivered text. */
@@ -32,12 +33,9 @@ typedef struct srv__seq {
     bool stalled;    /* no KV block for its decode row this step */
     uint8_t *ctx;    /* the prefix cache's context: the set's (content hash, weight) items */
     size_t ctx_len, ctx_cap;
-    int n_gen; /* tokens sampled and kept (EOG excluded) */
-    /* speculative decoding (prompt lookup): the most drafts a step (0: off), how many it may
-       propose next (adapts to what was accepted), steps to wait before drafting again after
-       drafts were all rejected, and such rejections in a row. Drafts go into hist after n_hist */
-    int spec_max, spec_k, spec_wait, spec_misses;
-    srv_text text; /* sampled tokens and decoded bytes not yet handed to the job */
+    int n_gen;      /* tokens sampled and kept (EOG excluded) */
+    srv__spec spec; /* speculative decoding (prompt lookup): drafts go into hist after n_hist */
+    srv_text text;  /* sampled tokens and decoded bytes not yet handed to the job */
 } srv__seq;
 
 /* Jobs of one client with one adapter selection, FIFO. */
@@ -109,6 +107,8 @@ typedef struct srv__sched {
     int n_changed;
     unsigned prefill_rr;    /* turns the clients whose oldest prompt is prefilled first */
     int spec_k, spec_ngram; /* the server's speculative decoding default (0: off) */
+    int spec_decode;        /* gated limit of srv__spec_allow: decoding sequences up to which
+                               the ones whose drafts are accepted draft */
 } srv__sched;
 
 /* What srv__sched_init takes. */
@@ -122,6 +122,7 @@ typedef struct srv__sched_cfg {
     bool prefix_cache;
     int spec_k, spec_ngram; /* speculative decoding for jobs that do not choose: draft tokens
                                per step (0: off), n-gram length of the prompt lookup */
+    bool int8;              /* int8 activations: rows cost less, drafts pay in wider steps */
     adapter_registry *reg;
     srv__shared *sh;
 } srv__sched_cfg;

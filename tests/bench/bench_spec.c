@@ -1,15 +1,19 @@
 /* `make bench`, speculative decoding: the engine (no HTTP) decoding with and without prompt-lookup
  * drafts, on a copy task (the answer repeats the prompt: most drafts are accepted) and on free
  * generation (few are), one stream and several at once, up to a full batch where the scheduler
- * drafts nothing (the rows would cost their full compute). Plain and speculative runs alternate
- * and each figure is the median of three, so the host's drift hits both alike. tok/s are of the
- * decode phase: the tokens after each stream's first over the time from the last stream's first
- * token to the last end (the prompts are prefilled in full steps, so the streams start
- * together).
+ * drafts nothing (the rows would cost their full compute; server/spec_gate.h). Plain and
+ * speculative runs alternate and each figure is the median of three, so the host's drift hits
+ * both alike. tok/s are of the decode phase: the tokens after each stream's first over the time
+ * from the last stream's first token to the last end (the prompts are prefilled in full steps,
+ * so the streams start together).
  *
- * usage: bench_spec [-m MODEL] [-n TOKENS] [--json FILE]
+ * usage: bench_spec [-m MODEL] [-n TOKENS] [--streams N] [--int8] [--json FILE]
+ * --int8: int8 activations (the server's --int8);
+ * --streams: only the copy task and free generation, at N streams (to place spec_gate.h's limits:
+ * build with EXTRA_CFLAGS=-DSRV_SPEC_FREE_DECODE=N to let every sequence draft there);
  * --json: the results as one JSON document (schema adaptree-bench-spec/1), written at the end. */
 #include <cJSON.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,18 +155,29 @@ int main(int argc, char **argv)
     core_blas_ensure_kernel(argc, argv, msg, sizeof msg);
     const char *path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
     const char *json = NULL;
-    int max_tokens = 128;
+    int max_tokens = 128, streams = 0;
+    bool int8 = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-m") && i + 1 < argc)
             path = argv[++i];
         else if (!strcmp(argv[i], "-n") && i + 1 < argc)
             max_tokens = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--streams") && i + 1 < argc)
+            streams = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--int8"))
+            int8 = true;
         else if (!strcmp(argv[i], "--json") && i + 1 < argc)
             json = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_spec [-m MODEL] [-n TOKENS] [--json FILE]\n");
+            fprintf(
+                stderr,
+                "usage: bench_spec [-m MODEL] [-n TOKENS] [--streams N] [--int8] [--json FILE]\n");
             return 2;
         }
+    }
+    if (streams < 0 || streams > MAX_JOBS || max_tokens < 2) {
+        fprintf(stderr, "bench_spec: --streams takes 1 to %d, -n at least 2\n", MAX_JOBS);
+        return 2;
     }
     srv_engine_opts o;
     srv_engine_opts_default(&o);
@@ -174,6 +189,7 @@ int main(int argc, char **argv)
     o.no_prefix_cache = true; /* every run computes its prompt */
     o.max_step_ms = 0;        /* prompts prefilled in full steps: the streams decode together */
     o.spec_ngram = 3;
+    o.int8 = int8;
     char err[256] = "";
     srv_engine *e = srv_engine_new(&o, err, sizeof err);
     if (!e) {
@@ -184,8 +200,8 @@ int main(int argc, char **argv)
     bench_cpu(cpu, sizeof cpu, NULL, NULL);
     int k = 8;
     printf("speculative decoding (prompt lookup, up to %d drafts, 3-gram), greedy, %d tokens a "
-           "stream, %s:\n",
-           k, max_tokens, cpu);
+           "stream, %s activations, %s:\n",
+           k, max_tokens, int8 ? "int8" : "f32", cpu);
     cJSON *doc = cJSON_CreateObject(), *arr = cJSON_CreateArray();
     if (!doc || !arr) {
         fprintf(stderr, "bench_spec: out of memory\n");
@@ -198,19 +214,29 @@ int main(int argc, char **argv)
     cJSON_AddStringToObject(doc, "date", date);
     cJSON_AddStringToObject(doc, "cpu", cpu);
     cJSON_AddStringToObject(doc, "model", path);
+    cJSON_AddBoolToObject(doc, "int8", int8);
     cJSON_AddNumberToObject(doc, "k", k);
     cJSON_AddNumberToObject(doc, "ngram", o.spec_ngram);
     cJSON_AddNumberToObject(doc, "tokens_per_stream", max_tokens);
     cJSON_AddItemToObject(doc, "scenarios", arr);
-    int rc = scenario(e, "copy task", COPY, 1, max_tokens, k, arr);
-    if (!rc)
-        rc = scenario(e, "free generation", FREE, 1, max_tokens, k, arr);
-    if (!rc)
-        rc = scenario(e, "copy task", COPY, 2, max_tokens, k, arr);
-    if (!rc)
-        rc = scenario(e, "copy task", COPY, 4, max_tokens, k, arr);
-    if (!rc)
-        rc = scenario(e, "copy task (full batch)", COPY, MAX_JOBS, max_tokens, k, arr);
+    int rc;
+    if (streams > 0) { /* one stream count: both tasks */
+        rc = scenario(e, "copy task", COPY, streams, max_tokens, k, arr);
+        if (!rc)
+            rc = scenario(e, "free generation", FREE, streams, max_tokens, k, arr);
+    } else {
+        rc = scenario(e, "copy task", COPY, 1, max_tokens, k, arr);
+        if (!rc)
+            rc = scenario(e, "free generation", FREE, 1, max_tokens, k, arr);
+        if (!rc)
+            rc = scenario(e, "copy task", COPY, 2, max_tokens, k, arr);
+        if (!rc)
+            rc = scenario(e, "copy task", COPY, 4, max_tokens, k, arr);
+        if (!rc)
+            rc = scenario(e, "free generation", FREE, 4, max_tokens, k, arr);
+        if (!rc)
+            rc = scenario(e, "copy task (full batch)", COPY, MAX_JOBS, max_tokens, k, arr);
+    }
     srv_engine_free(e);
     if (!rc && json)
         rc = bench_json_write(json, doc);
