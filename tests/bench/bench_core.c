@@ -549,65 +549,77 @@ static void bench_lora(bench *b)
     tu_rmrf(tmp);
 }
 
-/* 32 rows decoding at position ~1024 over caches filled with random K and V (no prefill: the
- * attention's cost does not depend on the values), with f32 and with f16 KV: where a step is
- * bound by reading the KV cache, not the weights. */
-static int bench_long_context(bench *b, const char *what_suffix)
+/* rows decoding at position ~1024 over caches filled with random K and V (no prefill: the
+ * attention's cost does not depend on the values), f32 or f16 KV. */
+static int long_context_run(bench *b, const char *what_suffix, int rows, int f16)
 {
-    enum { ROWS = 32, POS = 1024, STEPS = 8 };
+    enum { MAX_ROWS = 32, POS = 1024 };
     const core_config *c = &b->m->cfg;
+    int steps = rows == 1 ? 32 : 8;
     char err[256], what[96];
     int kv_dim = c->n_head_kv * c->head_dim;
-    int32_t tok[ROWS], pos[ROWS], slot[ROWS];
-    for (int f16 = 0; f16 < 2; f16++) {
-        core_kv *kv = core_kv_new(c, ROWS, POS + STEPS + 1, err, sizeof err);
-        if (!kv || core_kv_set_f16(kv, f16)) {
-            fprintf(stderr, "bench: %s\n", err);
+    int32_t tok[MAX_ROWS], pos[MAX_ROWS], slot[MAX_ROWS];
+    core_kv *kv = core_kv_new(c, rows, POS + steps + 1, err, sizeof err);
+    if (!kv || core_kv_set_f16(kv, f16)) {
+        fprintf(stderr, "bench: %s\n", err);
+        core_kv_free(kv);
+        return 1;
+    }
+    for (int s = 0; s < rows; s++) {
+        if (core_kv_fill_random(kv, s, POS, 12345u + (uint32_t)s)) {
+            fprintf(stderr, "bench: out of memory for the KV cache\n");
+            core_kv_free(kv);
             return 1;
         }
-        for (int s = 0; s < ROWS; s++) {
-            if (core_kv_fill_random(kv, s, POS, 12345u + (uint32_t)s)) {
-                fprintf(stderr, "bench: out of memory for the KV cache\n");
-                return 1;
-            }
-        }
-        double best = 1e9;
-        for (int st = 0; st < STEPS; st++) {
-            for (int s = 0; s < ROWS; s++) {
-                tok[s] = 100 + (st * 31 + s) % 20000;
-                pos[s] = POS + st;
-                slot[s] = s;
-            }
-            core_batch db = {.n_rows = ROWS, .tokens = tok, .pos = pos, .slot = slot};
-            double t = bench_now();
-            if (core_forward(b->ctx, kv, &db, NULL, b->logits, err, sizeof err)) {
-                fprintf(stderr, "bench: %s\n", err);
-                return 1;
-            }
-            t = bench_now() - t;
-            best = t < best ? t : best;
-        }
-        double kv_bytes =
-            (double)c->n_layer * ROWS * (POS + STEPS / 2) * kv_dim * 2 * (f16 ? 2 : 4);
-        snprintf(what, sizeof what, "decode 32 rows at pos %d, %s KV%s", POS, f16 ? "f16" : "f32",
-                 what_suffix);
-        printf("%-35s %9.1f tok/s   %6.1f ms/step (best of %d); the KV cache read: %.0f MB/step, "
-               "%.1f GB/s\n",
-               what, ROWS / best, best * 1e3, STEPS, kv_bytes / 1e6, kv_bytes / best / 1e9);
-        cJSON *j = jrow("forward");
-        jstr(j, "scenario", "long_context");
-        jstr(j, "mode", b->mode);
-        jstr(j, "label", what);
-        jstr(j, "kv", f16 ? "f16" : "f32");
-        jnum(j, "sequences", ROWS);
-        jnum(j, "rows_per_step", ROWS);
-        jnum(j, "position", POS);
-        jnum(j, "tok_s", ROWS / best);
-        jnum(j, "step_ms", best * 1e3);
-        jnum(j, "kv_mb_per_step", kv_bytes / 1e6);
-        jnum(j, "kv_gbs", kv_bytes / best / 1e9);
-        core_kv_free(kv);
     }
+    double best = 1e9;
+    for (int st = 0; st < steps; st++) {
+        for (int s = 0; s < rows; s++) {
+            tok[s] = 100 + (st * 31 + s) % 20000;
+            pos[s] = POS + st;
+            slot[s] = s;
+        }
+        core_batch db = {.n_rows = rows, .tokens = tok, .pos = pos, .slot = slot};
+        double t = bench_now();
+        if (core_forward(b->ctx, kv, &db, NULL, b->logits, err, sizeof err)) {
+            fprintf(stderr, "bench: %s\n", err);
+            core_kv_free(kv);
+            return 1;
+        }
+        t = bench_now() - t;
+        best = t < best ? t : best;
+    }
+    double kv_bytes = (double)c->n_layer * rows * (POS + steps / 2) * kv_dim * 2 * (f16 ? 2 : 4);
+    snprintf(what, sizeof what, "decode %d row%s at pos %d, %s KV%s", rows, rows > 1 ? "s" : "",
+             POS, f16 ? "f16" : "f32", what_suffix);
+    printf("%-35s %9.1f tok/s   %6.1f ms/step (best of %d); the KV cache read: %.0f MB/step, "
+           "%.1f GB/s\n",
+           what, rows / best, best * 1e3, steps, kv_bytes / 1e6, kv_bytes / best / 1e9);
+    cJSON *j = jrow("forward");
+    jstr(j, "scenario", "long_context");
+    jstr(j, "mode", b->mode);
+    jstr(j, "label", what);
+    jstr(j, "kv", f16 ? "f16" : "f32");
+    jnum(j, "sequences", rows);
+    jnum(j, "rows_per_step", rows);
+    jnum(j, "position", POS);
+    jnum(j, "tok_s", rows / best);
+    jnum(j, "step_ms", best * 1e3);
+    jnum(j, "kv_mb_per_step", kv_bytes / 1e6);
+    jnum(j, "kv_gbs", kv_bytes / best / 1e9);
+    core_kv_free(kv);
+    return 0;
+}
+
+/* One row and 32 rows decoding at position ~1024, with f32 and with f16 KV: where a step reads as
+ * much KV cache as weights (one stream of a long chat) or far more (32 of them). */
+static int bench_long_context(bench *b, const char *what_suffix)
+{
+    static const int rows[] = {1, 32};
+    for (int r = 0; r < 2; r++)
+        for (int f16 = 0; f16 < 2; f16++)
+            if (long_context_run(b, what_suffix, rows[r], f16))
+                return 1;
     return 0;
 }
 
