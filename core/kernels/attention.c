@@ -133,6 +133,31 @@ static void attend_generic(const float *q, const core__kv_view *K, const core__k
 DEFINE_EXP(exp8, AVX2_INLINE, SIMD8)
 DEFINE_LOAD_KV(load8, AVX2_INLINE, SIMD8)
 
+/* The grouped kernels' f16 caches: rows t0..t1-1 of a view (hd f16 from byte off) widened to f32
+ * in buf (rows of hd floats), once for all the query heads of the group that read them (they
+ * used to widen every row once per head), and the view of buf in place of the cache's. Widening
+ * is exact: the same bits as reading the f16 directly. */
+AVX2_INLINE void widen_tile(const core__kv_view *X, size_t off, int t0, int t1, int hd, float *buf)
+{
+    for (int t = t0; t < t1; t++) {
+        const uint16_t *x = (const uint16_t *)(core__kv_row(X, t) + off);
+        float *y = buf + (size_t)(t - t0) * hd;
+        for (int i = 0; i < hd; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    }
+}
+
+static const int32_t tile_table[1] = {0};
+
+static inline core__kv_view tile_view(const float *buf, int hd, int t0)
+{
+    return (core__kv_view){.base = (const char *)buf,
+                           .table = tile_table,
+                           .row_stride = (size_t)hd * sizeof(float),
+                           .shift = 30,
+                           .first = -t0};
+}
+
 AVX2_INLINE float hsum8(__m256 s)
 {
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
@@ -314,7 +339,7 @@ AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const co
                                float *og)
 {
     int T = pos + 1, hd = 8 * NZ;
-    float mx[8], inv[8], qs[8 * 128];
+    float mx[8], inv[8], qs[8 * 128], tb[TILE8 * 128];
     for (int h = 0; h < G; h++) {
         mx[h] = -INFINITY;
         for (int i = 0; i < hd; i++)
@@ -323,11 +348,15 @@ AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const co
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     for (int t0 = 0; t0 < T; t0 += TILE8) {
         int t1 = t0 + TILE8 < T ? t0 + TILE8 : T;
+        core__kv_view Kt = f16 ? tile_view(tb, hd, t0) : *K;
+        size_t koff = f16 ? 0 : off;
+        if (f16)
+            widen_tile(K, off, t0, t1, hd, tb);
         for (int h = 0; h < G; h++) {
             __m256 mxv = _mm256_set1_ps(mx[h]);
             for (int b = t0; b < t1; b += 8) {
                 int nk = t1 - b < 8 ? t1 - b : 8;
-                __m256 s = score8(qs + h * hd, NZ, K, off, f16, b, nk);
+                __m256 s = score8(qs + h * hd, NZ, &Kt, koff, 0, b, nk);
                 if (nk == 8) {
                     _mm256_storeu_ps(sc + (size_t)h * T + b, s);
                 } else {
@@ -363,6 +392,10 @@ AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const co
     }
     for (int t0 = 0; t0 < T; t0 += TILE8) {
         int t1 = t0 + TILE8 < T ? t0 + TILE8 : T;
+        core__kv_view Vt = f16 ? tile_view(tb, hd, t0) : *V;
+        size_t voff = f16 ? 0 : off;
+        if (f16)
+            widen_tile(V, off, t0, t1, hd, tb);
         for (int h = 0; h < G; h++) {
             const float *sh = sc + (size_t)h * T;
             float *oh = og + h * hd;
@@ -375,12 +408,12 @@ AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const co
                     if (v0 + v < NZ)
                         a[v] = _mm256_loadu_ps(oh + 8 * (v0 + v));
                 for (int t = t0; t < t1; t++) {
-                    const char *vt = core__kv_row(V, t) + off;
+                    const char *vt = core__kv_row(&Vt, t) + voff;
                     __m256 p = _mm256_set1_ps(sh[t] * inv[h]);
                     UNROLL8
                     for (int v = 0; v < 8; v++)
                         if (v0 + v < NZ)
-                            a[v] = _mm256_fmadd_ps(p, load8(vt, 8 * (size_t)(v0 + v), f16), a[v]);
+                            a[v] = _mm256_fmadd_ps(p, load8(vt, 8 * (size_t)(v0 + v), 0), a[v]);
                 }
                 UNROLL8
                 for (int v = 0; v < 8; v++)
@@ -512,11 +545,15 @@ AVX512_INLINE void attend_group16(const float *qg, const core__kv_view *K, const
                                   float *sc, float *og)
 {
     int T = pos + 1, hd = 16 * NZ;
-    float mx[8], inv[8];
+    float mx[8], inv[8], tb[TILE * 128];
     for (int h = 0; h < G; h++)
         mx[h] = -INFINITY;
     for (int t0 = 0; t0 < T; t0 += TILE) {
         int t1 = t0 + TILE < T ? t0 + TILE : T;
+        core__kv_view Kt = f16 ? tile_view(tb, hd, t0) : *K;
+        size_t koff = f16 ? 0 : off;
+        if (f16)
+            widen_tile(K, off, t0, t1, hd, tb);
         for (int h = 0; h < G; h++) {
             __m512 qv[8];
             UNROLL16
@@ -526,7 +563,7 @@ AVX512_INLINE void attend_group16(const float *qg, const core__kv_view *K, const
             for (int b = t0; b < t1; b += 16) {
                 int nk = t1 - b < 16 ? t1 - b : 16;
                 __mmask16 m = first_lanes(nk);
-                __m512 s = score16(qv, NZ, K, off, f16, b, nk);
+                __m512 s = score16(qv, NZ, &Kt, koff, 0, b, nk);
                 _mm512_mask_storeu_ps(sc + (size_t)h * T + b, m, s);
                 mxv = _mm512_mask_max_ps(mxv, m, mxv, s);
             }
@@ -548,6 +585,10 @@ AVX512_INLINE void attend_group16(const float *qg, const core__kv_view *K, const
     }
     for (int t0 = 0; t0 < T; t0 += TILE) {
         int t1 = t0 + TILE < T ? t0 + TILE : T;
+        core__kv_view Vt = f16 ? tile_view(tb, hd, t0) : *V;
+        size_t voff = f16 ? 0 : off;
+        if (f16)
+            widen_tile(V, off, t0, t1, hd, tb);
         for (int h = 0; h < G; h++) {
             const float *sh = sc + (size_t)h * T;
             float *oh = og + h * hd;
@@ -559,20 +600,20 @@ AVX512_INLINE void attend_group16(const float *qg, const core__kv_view *K, const
             }
             int t = t0;
             for (; t + 2 <= t1; t += 2) {
-                const char *v0 = core__kv_row(V, t) + off, *v1 = core__kv_row(V, t + 1) + off;
+                const char *v0 = core__kv_row(&Vt, t) + voff, *v1 = core__kv_row(&Vt, t + 1) + voff;
                 __m512 p0 = _mm512_set1_ps(sh[t] * inv[h]), p1 = _mm512_set1_ps(sh[t + 1] * inv[h]);
                 UNROLL16
                 for (int v = 0; v < NZ; v++) {
-                    a0[v] = _mm512_fmadd_ps(p0, load16(v0, 16 * (size_t)v, f16), a0[v]);
-                    a1[v] = _mm512_fmadd_ps(p1, load16(v1, 16 * (size_t)v, f16), a1[v]);
+                    a0[v] = _mm512_fmadd_ps(p0, load16(v0, 16 * (size_t)v, 0), a0[v]);
+                    a1[v] = _mm512_fmadd_ps(p1, load16(v1, 16 * (size_t)v, 0), a1[v]);
                 }
             }
             if (t < t1) {
-                const char *v0 = core__kv_row(V, t) + off;
+                const char *v0 = core__kv_row(&Vt, t) + voff;
                 __m512 p0 = _mm512_set1_ps(sh[t] * inv[h]);
                 UNROLL16
                 for (int v = 0; v < NZ; v++)
-                    a0[v] = _mm512_fmadd_ps(p0, load16(v0, 16 * (size_t)v, f16), a0[v]);
+                    a0[v] = _mm512_fmadd_ps(p0, load16(v0, 16 * (size_t)v, 0), a0[v]);
             }
             UNROLL16
             for (int v = 0; v < NZ; v++)
