@@ -356,8 +356,8 @@ static void render_engine(srv_buf *b, const srv_engine_stats *e)
     srv_buf_printf(b, "adaptree_step_seconds_total %.9g\n", e->step_seconds);
     metric_u64(b, "adaptree_decode_steps_total", "counter",
                "Forward steps with decode rows only (no prompt rows).", e->decode_steps);
-    metric_u64(b, "adaptree_decode_rows_total", "counter", "Rows of the decode-only steps.",
-               e->decode_rows);
+    metric_u64(b, "adaptree_decode_rows_total", "counter",
+               "Rows of the decode-only steps (draft rows included).", e->decode_rows);
     family(b, "adaptree_decode_step_seconds_total", "counter",
            "Time spent in decode-only steps and their sampling.");
     srv_buf_printf(b, "adaptree_decode_step_seconds_total %.9g\n", e->decode_seconds);

@@ -592,15 +592,16 @@ static void rope_neox(float *v, int n_heads, int head_dim, const float *csv)
     }
 }
 
-/* Attention for the batch's rows, split over the pool: item it is row it / per's KV heads
- * [it % per * n_kv / per, (it % per + 1) * n_kv / per) with the query heads that read them, and
- * task t takes items t, t + T, ... With fewer rows than threads each KV head is an item (per =
- * n_kv), so that one stream's attention, which reads its whole context, runs on every thread
- * (at position 1000 a one-row step took 9.5 ms with it on one thread, 7.6 with SmolLM2's three
- * KV heads on two); with more rows each row is one (a row's cache read in one piece). A head
- * gives the same bits either way: the kernels take the heads one KV group at a time. Each row
- * attends over positions 0..pos of its own slot, which every row of this step has already
- * written. */
+/* Attention for the batch's rows, split over the pool: item it is row it / per's query heads
+ * [r * n_head / per, (r + 1) * n_head / per) for r = it % per, and task t takes items t, t + T,
+ * ... With fewer rows than threads a row is split into per = T head ranges, so that one stream's
+ * attention, which reads its whole context, runs on every thread (one-row steps at position
+ * 1000-1024, ms: SmolLM2 9.0-9.5 with it on one thread, 7.2-7.6 with its three KV heads two and
+ * one on two threads, 6.9-7.7 with its nine query heads five and four; Gemma 3, one KV head for
+ * four query heads, 18.5 -> 16.1-16.7); with more rows each row is one item (its cache read in
+ * one piece). A range is run one KV group (or part of one) at a time, and a head gives the same
+ * bits however its group is cut: the kernels compute each head on its own. Each row attends over
+ * positions 0..pos of its own slot, which every row of this step has already written. */
 typedef struct attn_job {
     core_ctx *c;
     const core_kv *kv;
@@ -613,24 +614,29 @@ static void attn_task(void *arg, int t)
     attn_job *j = arg;
     core_ctx *c = j->c;
     const core_config *cfg = &c->m->cfg;
-    int hd = cfg->head_dim, q_dim = cfg->n_head * hd, n_kv = cfg->n_head_kv;
-    int group = cfg->n_head / n_kv;
+    int hd = cfg->head_dim, n_head = cfg->n_head, q_dim = n_head * hd;
+    int group = n_head / cfg->n_head_kv;
     size_t head_bytes = (size_t)hd * (j->kv->f16 ? 2 : 4);
     int window = core_layer_is_swa(cfg, j->layer) ? cfg->sliding_window : 0;
     for (int it = t; it < j->b->n_rows * j->per; it += j->n_tasks) {
-        int i = it / j->per, g0 = it % j->per * n_kv / j->per,
-            g1 = (it % j->per + 1) * n_kv / j->per;
+        int i = it / j->per, r = it % j->per;
+        int h1 = (r + 1) * n_head / j->per;
         const core_kv_slot *s = &j->kv->slots[j->b->slot[i]];
         int pos = j->b->pos[i];
         /* a sliding-window layer sees positions pos - window + 1 .. pos: the cache from there */
         int first = window && pos >= window ? pos - window + 1 : 0;
         core__kv_view K = core__kv_view_of(j->kv, s, j->layer, 0, first);
         core__kv_view V = core__kv_view_of(j->kv, s, j->layer, 1, first);
-        K.base += (size_t)g0 * head_bytes;
-        V.base += (size_t)g0 * head_bytes;
-        size_t h0 = (size_t)i * q_dim + (size_t)g0 * group * hd;
-        core__attend_view(c->q + h0, &K, &V, j->kv->f16, (g1 - g0) * group, g1 - g0, hd,
-                          pos - first + 1, c->scores[t], c->att + h0);
+        for (int h = r * n_head / j->per; h < h1;) {
+            int g = h / group, end = (g + 1) * group < h1 ? (g + 1) * group : h1;
+            core__kv_view Kg = K, Vg = V;
+            Kg.base += (size_t)g * head_bytes;
+            Vg.base += (size_t)g * head_bytes;
+            size_t q0 = (size_t)i * q_dim + (size_t)h * hd;
+            core__attend_view(c->q + q0, &Kg, &Vg, j->kv->f16, end - h, 1, hd, pos - first + 1,
+                              c->scores[t], c->att + q0);
+            h = end;
+        }
     }
 }
 
@@ -740,7 +746,7 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
         }
     }
     attn_job aj = {.c = c, .kv = kv, .b = b, .layer = l, .n_tasks = core__pool_threads()};
-    aj.per = n < aj.n_tasks ? cfg->n_head_kv : 1;
+    aj.per = n < aj.n_tasks ? (aj.n_tasks < cfg->n_head ? aj.n_tasks : cfg->n_head) : 1;
     core__pool_run(n * aj.per < aj.n_tasks ? n * aj.per : aj.n_tasks, attn_task, &aj);
     if ((rc = linear(c, plan, l, CORE_MOD_O, c->att, n, c->tmp)))
         return rc;
