@@ -135,7 +135,7 @@ DEFINE_LOAD_KV(load8, AVX2_INLINE, SIMD8)
 
 /* The grouped kernels' f16 caches: rows t0..t1-1 of a view (hd f16 from byte off) widened to f32
  * in buf (rows of hd floats), once for all the query heads of the group that read them (they
- * used to widen every row once per head), and the view of buf in place of the cache's. Widening
+ * used to widen every row once per head); tile_source reads buf in place of the cache. Widening
  * is exact: the same bits as reading the f16 directly. */
 AVX2_INLINE void widen_tile(const core__kv_view *X, size_t off, int t0, int t1, int hd, float *buf)
 {
@@ -149,13 +149,23 @@ AVX2_INLINE void widen_tile(const core__kv_view *X, size_t off, int t0, int t1, 
 
 static const int32_t tile_table[1] = {0};
 
-static inline core__kv_view tile_view(const float *buf, int hd, int t0)
+/* The view a grouped kernel reads rows t0..t1-1 of X through, into *out, and the byte offset to
+ * read each row from: X itself from off, or with an f16 cache the rows widened into buf (rows of
+ * hd floats, from 0). */
+AVX2_INLINE size_t tile_source(const core__kv_view *X, size_t off, int f16, int t0, int t1, int hd,
+                               float *buf, core__kv_view *out)
 {
-    return (core__kv_view){.base = (const char *)buf,
+    if (!f16) {
+        *out = *X;
+        return off;
+    }
+    widen_tile(X, off, t0, t1, hd, buf);
+    *out = (core__kv_view){.base = (const char *)buf,
                            .table = tile_table,
                            .row_stride = (size_t)hd * sizeof(float),
                            .shift = 30,
                            .first = -t0};
+    return 0;
 }
 
 AVX2_INLINE float hsum8(__m256 s)
@@ -348,10 +358,8 @@ AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const co
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     for (int t0 = 0; t0 < T; t0 += TILE8) {
         int t1 = t0 + TILE8 < T ? t0 + TILE8 : T;
-        core__kv_view Kt = f16 ? tile_view(tb, hd, t0) : *K;
-        size_t koff = f16 ? 0 : off;
-        if (f16)
-            widen_tile(K, off, t0, t1, hd, tb);
+        core__kv_view Kt;
+        size_t koff = tile_source(K, off, f16, t0, t1, hd, tb, &Kt);
         for (int h = 0; h < G; h++) {
             __m256 mxv = _mm256_set1_ps(mx[h]);
             for (int b = t0; b < t1; b += 8) {
@@ -392,10 +400,8 @@ AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const co
     }
     for (int t0 = 0; t0 < T; t0 += TILE8) {
         int t1 = t0 + TILE8 < T ? t0 + TILE8 : T;
-        core__kv_view Vt = f16 ? tile_view(tb, hd, t0) : *V;
-        size_t voff = f16 ? 0 : off;
-        if (f16)
-            widen_tile(V, off, t0, t1, hd, tb);
+        core__kv_view Vt;
+        size_t voff = tile_source(V, off, f16, t0, t1, hd, tb, &Vt);
         for (int h = 0; h < G; h++) {
             const float *sh = sc + (size_t)h * T;
             float *oh = og + h * hd;
@@ -550,10 +556,8 @@ AVX512_INLINE void attend_group16(const float *qg, const core__kv_view *K, const
         mx[h] = -INFINITY;
     for (int t0 = 0; t0 < T; t0 += TILE) {
         int t1 = t0 + TILE < T ? t0 + TILE : T;
-        core__kv_view Kt = f16 ? tile_view(tb, hd, t0) : *K;
-        size_t koff = f16 ? 0 : off;
-        if (f16)
-            widen_tile(K, off, t0, t1, hd, tb);
+        core__kv_view Kt;
+        size_t koff = tile_source(K, off, f16, t0, t1, hd, tb, &Kt);
         for (int h = 0; h < G; h++) {
             __m512 qv[8];
             UNROLL16
@@ -585,10 +589,8 @@ AVX512_INLINE void attend_group16(const float *qg, const core__kv_view *K, const
     }
     for (int t0 = 0; t0 < T; t0 += TILE) {
         int t1 = t0 + TILE < T ? t0 + TILE : T;
-        core__kv_view Vt = f16 ? tile_view(tb, hd, t0) : *V;
-        size_t voff = f16 ? 0 : off;
-        if (f16)
-            widen_tile(V, off, t0, t1, hd, tb);
+        core__kv_view Vt;
+        size_t voff = tile_source(V, off, f16, t0, t1, hd, tb, &Vt);
         for (int h = 0; h < G; h++) {
             const float *sh = sc + (size_t)h * T;
             float *oh = og + h * hd;
