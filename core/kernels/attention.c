@@ -143,7 +143,7 @@ AVX2_INLINE void widen_tile(const core__kv_view *X, size_t off, int t0, int t1, 
         const uint16_t *x = (const uint16_t *)(core__kv_row(X, t) + off);
         float *y = buf + (size_t)(t - t0) * hd;
         for (int i = 0; i < hd; i += 8)
-            _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+            _mm256_storeu_ps(y + i, SIMD8_LOAD_F16(x + i));
     }
 }
 
@@ -319,24 +319,25 @@ AVX2_INLINE __m256i first8(int n)
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* Scores of the (scaled) query qs against keys t0..t0+nk-1 (nk <= 8; lanes past nk are garbage):
- * NZ 8-float chunks per key, the query chunk shared by the eight keys' chains. */
-AVX2_INLINE __m256 score8(const float *qs, int NZ, const core__kv_view *K, size_t off, int f16,
-                          int t0, int nk)
+/* Scores of the (scaled) query qs against keys t0..t0+nk-1 (nk <= 8; lanes past nk are garbage)
+ * of an f32 view (tile_source's): NZ 8-float chunks per key, the query chunk shared by the eight
+ * keys' chains. */
+AVX2_INLINE __m256 score8(const float *qs, int NZ, const core__kv_view *K, size_t off, int t0,
+                          int nk)
 {
     __m256 acc[8];
-    const char *kt[8];
+    const float *kt[8];
     UNROLL8
     for (int j = 0; j < 8; j++) {
-        kt[j] = core__kv_row(K, j < nk ? t0 + j : t0) + off;
-        acc[j] = _mm256_mul_ps(_mm256_loadu_ps(qs), load8(kt[j], 0, f16));
+        kt[j] = (const float *)(core__kv_row(K, j < nk ? t0 + j : t0) + off);
+        acc[j] = _mm256_mul_ps(_mm256_loadu_ps(qs), _mm256_loadu_ps(kt[j]));
     }
     UNROLL8
     for (int v = 1; v < NZ; v++) {
         __m256 qv = _mm256_loadu_ps(qs + 8 * v);
         UNROLL8
         for (int j = 0; j < 8; j++)
-            acc[j] = _mm256_fmadd_ps(qv, load8(kt[j], 8 * (size_t)v, f16), acc[j]);
+            acc[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kt[j] + 8 * v), acc[j]);
     }
     return hsum8x8(acc);
 }
@@ -364,7 +365,7 @@ AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const co
             __m256 mxv = _mm256_set1_ps(mx[h]);
             for (int b = t0; b < t1; b += 8) {
                 int nk = t1 - b < 8 ? t1 - b : 8;
-                __m256 s = score8(qs + h * hd, NZ, &Kt, koff, 0, b, nk);
+                __m256 s = score8(qs + h * hd, NZ, &Kt, koff, b, nk);
                 if (nk == 8) {
                     _mm256_storeu_ps(sc + (size_t)h * T + b, s);
                 } else {
@@ -414,12 +415,12 @@ AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const co
                     if (v0 + v < NZ)
                         a[v] = _mm256_loadu_ps(oh + 8 * (v0 + v));
                 for (int t = t0; t < t1; t++) {
-                    const char *vt = core__kv_row(&Vt, t) + voff;
+                    const float *vt = (const float *)(core__kv_row(&Vt, t) + voff);
                     __m256 p = _mm256_set1_ps(sh[t] * inv[h]);
                     UNROLL8
                     for (int v = 0; v < 8; v++)
                         if (v0 + v < NZ)
-                            a[v] = _mm256_fmadd_ps(p, load8(vt, 8 * (size_t)(v0 + v), 0), a[v]);
+                            a[v] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vt + 8 * (v0 + v)), a[v]);
                 }
                 UNROLL8
                 for (int v = 0; v < 8; v++)
@@ -489,7 +490,6 @@ static const attend_fn attend8[2][17] = {
     __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma,f16c"), always_inline)) static inline
 
 DEFINE_EXP(exp16, AVX512_INLINE, SIMD16)
-DEFINE_LOAD_KV(load16, AVX512_INLINE, SIMD16)
 DEFINE_VEXP(vexp_avx512, AVX512, SIMD16, exp16)
 DEFINE_GLU(swiglu_avx512, AVX512, SIMD16, exp16, SILU_ARG)
 DEFINE_GLU(geglu_avx512, AVX512, SIMD16, exp16, GELU_ARG)
@@ -524,19 +524,19 @@ AVX512_INLINE __mmask16 first_lanes(int n)
     return (__mmask16)(n >= 16 ? 0xFFFF : (1u << n) - 1);
 }
 
-/* Scores of one head against keys t0..t0+nk-1 (nk <= 16; lanes past nk are garbage): NZ
- * 16-float chunks per key. */
-AVX512_INLINE __m512 score16(const __m512 *qv, int NZ, const core__kv_view *K, size_t off, int f16,
-                             int t0, int nk)
+/* Scores of one head against keys t0..t0+nk-1 (nk <= 16; lanes past nk are garbage) of an f32
+ * view (tile_source's): NZ 16-float chunks per key. */
+AVX512_INLINE __m512 score16(const __m512 *qv, int NZ, const core__kv_view *K, size_t off, int t0,
+                             int nk)
 {
     __m512 acc[16];
     UNROLL16
     for (int j = 0; j < 16; j++) {
-        const char *kt = core__kv_row(K, j < nk ? t0 + j : t0) + off;
-        __m512 s = _mm512_mul_ps(qv[0], load16(kt, 0, f16));
+        const float *kt = (const float *)(core__kv_row(K, j < nk ? t0 + j : t0) + off);
+        __m512 s = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kt));
         UNROLL16
         for (int v = 1; v < NZ; v++)
-            s = _mm512_fmadd_ps(qv[v], load16(kt, 16 * (size_t)v, f16), s);
+            s = _mm512_fmadd_ps(qv[v], _mm512_loadu_ps(kt + 16 * v), s);
         acc[j] = s;
     }
     return hsum16x16(acc);
@@ -567,7 +567,7 @@ AVX512_INLINE void attend_group16(const float *qg, const core__kv_view *K, const
             for (int b = t0; b < t1; b += 16) {
                 int nk = t1 - b < 16 ? t1 - b : 16;
                 __mmask16 m = first_lanes(nk);
-                __m512 s = score16(qv, NZ, &Kt, koff, 0, b, nk);
+                __m512 s = score16(qv, NZ, &Kt, koff, b, nk);
                 _mm512_mask_storeu_ps(sc + (size_t)h * T + b, m, s);
                 mxv = _mm512_mask_max_ps(mxv, m, mxv, s);
             }
@@ -602,20 +602,21 @@ AVX512_INLINE void attend_group16(const float *qg, const core__kv_view *K, const
             }
             int t = t0;
             for (; t + 2 <= t1; t += 2) {
-                const char *v0 = core__kv_row(&Vt, t) + voff, *v1 = core__kv_row(&Vt, t + 1) + voff;
+                const float *v0 = (const float *)(core__kv_row(&Vt, t) + voff),
+                            *v1 = (const float *)(core__kv_row(&Vt, t + 1) + voff);
                 __m512 p0 = _mm512_set1_ps(sh[t] * inv[h]), p1 = _mm512_set1_ps(sh[t + 1] * inv[h]);
                 UNROLL16
                 for (int v = 0; v < NZ; v++) {
-                    a0[v] = _mm512_fmadd_ps(p0, load16(v0, 16 * (size_t)v, 0), a0[v]);
-                    a1[v] = _mm512_fmadd_ps(p1, load16(v1, 16 * (size_t)v, 0), a1[v]);
+                    a0[v] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * v), a0[v]);
+                    a1[v] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * v), a1[v]);
                 }
             }
             if (t < t1) {
-                const char *v0 = core__kv_row(&Vt, t) + voff;
+                const float *v0 = (const float *)(core__kv_row(&Vt, t) + voff);
                 __m512 p0 = _mm512_set1_ps(sh[t] * inv[h]);
                 UNROLL16
                 for (int v = 0; v < NZ; v++)
-                    a0[v] = _mm512_fmadd_ps(p0, load16(v0, 16 * (size_t)v, 0), a0[v]);
+                    a0[v] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * v), a0[v]);
             }
             UNROLL16
             for (int v = 0; v < NZ; v++)
