@@ -59,9 +59,7 @@ int srv__sched_init(srv__sched *sc, const srv__sched_cfg *cfg, char *err, size_t
     sc->verbose = cfg->verbose;
     sc->spec_k = cfg->spec_k;
     sc->spec_ngram = cfg->spec_ngram;
-    sc->spec_decode = cfg->int8 ? SRV_SPEC_GATED_DECODE_INT8 : SRV_SPEC_GATED_DECODE;
-    if (sc->spec_decode < SRV_SPEC_FREE_DECODE)
-        sc->spec_decode = SRV_SPEC_FREE_DECODE;
+    sc->spec_decode = srv__spec_gated_limit(cfg->int8);
     srv__step_budget_init(&sc->budget, cfg->max_step_ms, cfg->max_batch);
     sc->reg = cfg->reg;
     sc->sh = cfg->sh;

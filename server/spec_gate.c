@@ -1,6 +1,12 @@
 /* Speculative decoding's policy for one sequence (server/spec_gate.h). */
 #include "server/spec_gate.h"
 
+int srv__spec_gated_limit(bool int8)
+{
+    int n = int8 ? SRV_SPEC_GATED_DECODE_INT8 : SRV_SPEC_GATED_DECODE;
+    return n > SRV_SPEC_FREE_DECODE ? n : SRV_SPEC_FREE_DECODE;
+}
+
 void srv__spec_start(srv__spec *sp, int max)
 {
     *sp = (srv__spec){.max = max > 0 ? max : 0,

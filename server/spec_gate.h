@@ -60,6 +60,10 @@ typedef struct srv__spec {
     bool tried;    /* a draft was verified */
 } srv__spec;
 
+/* The gated limit of srv__spec_allow for a server with int8 activations or not:
+ * SRV_SPEC_GATED_DECODE(_INT8), at least SRV_SPEC_FREE_DECODE. */
+int srv__spec_gated_limit(bool int8);
+
 /* A sequence starting, with at most max drafts a step (0: none). */
 void srv__spec_start(srv__spec *sp, int max);
 

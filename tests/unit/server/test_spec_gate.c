@@ -28,7 +28,9 @@ TEST(spec_gate_off_and_wide_steps_draft_nothing)
     CHECK_EQ_INT(srv__spec_allow(&sp, 1, SRV_SPEC_GATED_DECODE), 8);
     CHECK_EQ_INT(srv__spec_allow(&sp, SRV_SPEC_FREE_DECODE, SRV_SPEC_GATED_DECODE), 8);
     /* int8's wider gated limit */
-    CHECK_EQ_INT(srv__spec_allow(&sp, SRV_SPEC_GATED_DECODE_INT8, SRV_SPEC_GATED_DECODE_INT8),
+    CHECK_EQ_INT(srv__spec_gated_limit(false), SRV_SPEC_GATED_DECODE);
+    CHECK_EQ_INT(srv__spec_gated_limit(true), SRV_SPEC_GATED_DECODE_INT8);
+    CHECK_EQ_INT(srv__spec_allow(&sp, SRV_SPEC_GATED_DECODE_INT8, srv__spec_gated_limit(true)),
                  SRV_SPEC_GATE_K0);
 }
 
