@@ -219,24 +219,17 @@ int main(int argc, char **argv)
     cJSON_AddNumberToObject(doc, "ngram", o.spec_ngram);
     cJSON_AddNumberToObject(doc, "tokens_per_stream", max_tokens);
     cJSON_AddItemToObject(doc, "scenarios", arr);
-    int rc;
-    if (streams > 0) { /* one stream count: both tasks */
-        rc = scenario(e, "copy task", COPY, streams, max_tokens, k, arr);
-        if (!rc)
-            rc = scenario(e, "free generation", FREE, streams, max_tokens, k, arr);
-    } else {
-        rc = scenario(e, "copy task", COPY, 1, max_tokens, k, arr);
-        if (!rc)
-            rc = scenario(e, "free generation", FREE, 1, max_tokens, k, arr);
-        if (!rc)
-            rc = scenario(e, "copy task", COPY, 2, max_tokens, k, arr);
-        if (!rc)
-            rc = scenario(e, "copy task", COPY, 4, max_tokens, k, arr);
-        if (!rc)
-            rc = scenario(e, "free generation", FREE, 4, max_tokens, k, arr);
-        if (!rc)
-            rc = scenario(e, "copy task (full batch)", COPY, MAX_JOBS, max_tokens, k, arr);
-    }
+    static const struct {
+        const char *name, *text;
+        int streams;
+    } sc[] = {{"copy task", COPY, 1},       {"free generation", FREE, 1},
+              {"copy task", COPY, 2},       {"copy task", COPY, 4},
+              {"free generation", FREE, 4}, {"copy task (full batch)", COPY, MAX_JOBS}};
+    /* --streams N: the first two (the copy task and free generation) at N streams */
+    int rc = 0, n_sc = streams > 0 ? 2 : (int)(sizeof sc / sizeof sc[0]);
+    for (int i = 0; i < n_sc && !rc; i++)
+        rc = scenario(e, sc[i].name, sc[i].text, streams > 0 ? streams : sc[i].streams, max_tokens,
+                      k, arr);
     srv_engine_free(e);
     if (!rc && json)
         rc = bench_json_write(json, doc);
