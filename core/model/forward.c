@@ -616,7 +616,6 @@ static void attn_task(void *arg, int t)
     const core_config *cfg = &c->m->cfg;
     int hd = cfg->head_dim, n_head = cfg->n_head, q_dim = n_head * hd;
     int group = n_head / cfg->n_head_kv;
-    size_t head_bytes = (size_t)hd * (j->kv->f16 ? 2 : 4);
     int window = core_layer_is_swa(cfg, j->layer) ? cfg->sliding_window : 0;
     for (int it = t; it < j->b->n_rows * j->per; it += j->n_tasks) {
         int i = it / j->per, r = it % j->per;
@@ -625,13 +624,10 @@ static void attn_task(void *arg, int t)
         int pos = j->b->pos[i];
         /* a sliding-window layer sees positions pos - window + 1 .. pos: the cache from there */
         int first = window && pos >= window ? pos - window + 1 : 0;
-        core__kv_view K = core__kv_view_of(j->kv, s, j->layer, 0, first);
-        core__kv_view V = core__kv_view_of(j->kv, s, j->layer, 1, first);
         for (int h = r * n_head / j->per; h < h1;) {
             int g = h / group, end = (g + 1) * group < h1 ? (g + 1) * group : h1;
-            core__kv_view Kg = K, Vg = V;
-            Kg.base += (size_t)g * head_bytes;
-            Vg.base += (size_t)g * head_bytes;
+            core__kv_view Kg = core__kv_view_of(j->kv, s, j->layer, 0, g, first);
+            core__kv_view Vg = core__kv_view_of(j->kv, s, j->layer, 1, g, first);
             size_t q0 = (size_t)i * q_dim + (size_t)h * hd;
             core__attend_view(c->q + q0, &Kg, &Vg, j->kv->f16, end - h, 1, hd, pos - first + 1,
                               c->scores[t], c->att + q0);
@@ -735,14 +731,17 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
             for (int d = 0; d < q_dim; d++)
                 qi[d] *= cfg->q_scale;
         const core_kv_slot *s = &kv->slots[b->slot[i]];
-        char *kd = core__kv_at(kv, s, l, 0, b->pos[i]), *vd = core__kv_at(kv, s, l, 1, b->pos[i]);
         const float *vi = c->v + (size_t)i * kv_dim;
-        if (kv->f16) {
-            core__to_f16(ki, (uint16_t *)kd, kv_dim);
-            core__to_f16(vi, (uint16_t *)vd, kv_dim);
-        } else {
-            memcpy(kd, ki, (size_t)kv_dim * sizeof(float));
-            memcpy(vd, vi, (size_t)kv_dim * sizeof(float));
+        for (int g = 0; g < cfg->n_head_kv; g++) {
+            char *kd = core__kv_at(kv, s, l, 0, g, b->pos[i]);
+            char *vd = core__kv_at(kv, s, l, 1, g, b->pos[i]);
+            if (kv->f16) {
+                core__to_f16(ki + g * hd, (uint16_t *)kd, hd);
+                core__to_f16(vi + g * hd, (uint16_t *)vd, hd);
+            } else {
+                memcpy(kd, ki + g * hd, (size_t)hd * sizeof(float));
+                memcpy(vd, vi + g * hd, (size_t)hd * sizeof(float));
+            }
         }
     }
     attn_job aj = {.c = c, .kv = kv, .b = b, .layer = l, .n_tasks = core__pool_threads()};

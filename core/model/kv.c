@@ -28,9 +28,12 @@ size_t core_kv_block_size(const core_config *cfg, int f16)
 static void pool_reset(core_kv *kv)
 {
     kv->row_bytes = (size_t)kv->kv_dim * kv->es;
+    kv->head_bytes = kv->row_bytes / (size_t)kv->n_kv;
     kv->block_bytes = block_size(kv->n_layer, kv->kv_dim, kv->es);
     size_t n = kv->pool_bytes / kv->block_bytes;
     kv->n_blocks = n > (size_t)INT32_MAX ? INT32_MAX : (int)n;
+    kv->piece = (size_t)CORE_KV_BLOCK * kv->head_bytes;
+    kv->plane = (size_t)kv->n_blocks * kv->piece;
     kv->n_free = kv->n_blocks;
     for (int i = 0; i < kv->n_blocks; i++)
         kv->free_ids[i] = kv->n_blocks - 1 - i;
@@ -61,6 +64,7 @@ core_kv *core_kv_new_pool(const core_config *cfg, int n_slots, int n_ctx, size_t
     kv->n_ctx = n_ctx;
     kv->n_layer = cfg->n_layer;
     kv->kv_dim = cfg->n_head_kv * cfg->head_dim;
+    kv->n_kv = cfg->n_head_kv;
     kv->es = sizeof(float);
     kv->max_blocks = (n_ctx + CORE_KV_BLOCK - 1) / CORE_KV_BLOCK;
     kv->pool_bytes = pool_bytes / f32_block * f32_block;
@@ -252,8 +256,8 @@ int core_kv_reserve(core_kv *kv, int slot, int n)
         int32_t id = block_take(kv);
         if (id < 0)
             return -ENOSPC;
-        memcpy(kv->arena + (size_t)id * kv->block_bytes, kv->arena + (size_t)old * kv->block_bytes,
-               kv->block_bytes);
+        for (int p = 0; p < 2 * kv->n_layer * kv->n_kv; p++)
+            memcpy(core__kv_piece(kv, p, id), core__kv_piece(kv, p, old), kv->piece);
         s->table[b] = id;
         core_kv_block_release(kv, old);
     }
@@ -294,22 +298,23 @@ int core_kv_fill_random(core_kv *kv, int slot, int n, uint32_t seed)
     if (rc)
         return rc;
     core_kv_slot *sl = &kv->slots[slot];
+    int hd = kv->kv_dim / kv->n_kv;
     uint32_t x = seed;
     for (int l = 0; l < kv->n_layer; l++)
-        for (int p = 0; p < n; p++) {
-            char *k = core__kv_at(kv, sl, l, 0, p), *v = core__kv_at(kv, sl, l, 1, p);
+        for (int p = 0; p < n; p++)
             for (int i = 0; i < kv->kv_dim; i++) {
+                int g = i / hd, e = i % hd;
+                char *k = core__kv_at(kv, sl, l, 0, g, p), *v = core__kv_at(kv, sl, l, 1, g, p);
                 x = x * 1664525u + 1013904223u;
                 float f = (float)((int32_t)x >> 8) / (float)(1 << 23);
                 if (kv->f16) {
-                    ((uint16_t *)k)[i] = core_fp32_to_fp16(f);
-                    ((uint16_t *)v)[i] = core_fp32_to_fp16(f * 0.5f);
+                    ((uint16_t *)k)[e] = core_fp32_to_fp16(f);
+                    ((uint16_t *)v)[e] = core_fp32_to_fp16(f * 0.5f);
                 } else {
-                    ((float *)k)[i] = f;
-                    ((float *)v)[i] = f * 0.5f;
+                    ((float *)k)[e] = f;
+                    ((float *)v)[e] = f * 0.5f;
                 }
             }
-        }
     sl->n = n;
     return 0;
 }

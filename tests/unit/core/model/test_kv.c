@@ -8,10 +8,10 @@
 #include "core/model/kv_internal.h"
 #include "tests/test.h"
 
-/* 2 layers, 1 KV head of 8: a block is 2 x 2 x 16 x 8 floats = 2 KiB. */
+/* 2 layers, 2 KV heads of 4: a block is 2 x 2 x 16 x 8 floats = 2 KiB, in 8 planes. */
 static core_config small_cfg(void)
 {
-    return (core_config){.n_layer = 2, .n_head = 2, .n_head_kv = 1, .head_dim = 8};
+    return (core_config){.n_layer = 2, .n_head = 2, .n_head_kv = 2, .head_dim = 4};
 }
 
 TEST(kv_pool_counts_blocks_and_runs_out_cleanly)
@@ -68,17 +68,22 @@ TEST(kv_shared_blocks_are_copied_before_a_write)
     CHECK_EQ_INT(core_kv_share(kv, 1, ids, 2, 20), -EBUSY);
     CHECK_EQ_INT(core_kv_slot_len(kv, 1), 20);
     CHECK_EQ_INT(core_kv_block_refs(kv, b), 2);
-    char before[2048];
-    memcpy(before, kv->arena + (size_t)b * 2048, 2048);
+    char before[2048], now[2048];
+    CHECK_EQ_INT(kv->piece, 256);
+    core__kv_block_read(kv, b, before);
     /* slot 1 writes position 20: into b, shared, so b is copied first; a stays shared */
     CHECK_EQ_INT(core_kv_blocks_needed(kv, 1, 21), 1);
     CHECK_EQ_INT(core_kv_reserve(kv, 1, 21), 0);
     CHECK_EQ_INT(core_kv_slot_blocks(kv, 1, &ids), 2);
     CHECK(ids[0] == a && ids[1] != b);
     CHECK_EQ_INT(core_kv_block_refs(kv, b), 1);
-    CHECK(memcmp(kv->arena + (size_t)ids[1] * 2048, before, 2048) == 0);
-    memset(core__kv_at(kv, &kv->slots[1], 1, 1, 20), 0x55, kv->row_bytes);
-    CHECK(memcmp(kv->arena + (size_t)b * 2048, before, 2048) == 0);
+    core__kv_block_read(kv, ids[1], now);
+    CHECK(memcmp(now, before, 2048) == 0);
+    memset(core__kv_at(kv, &kv->slots[1], 1, 1, 1, 20), 0x55, kv->head_bytes);
+    core__kv_block_read(kv, b, now);
+    CHECK(memcmp(now, before, 2048) == 0);
+    core__kv_block_read(kv, ids[1], now);
+    CHECK(memcmp(now, before, 2048) != 0);
     /* the holder's reference outlives both slots */
     core_kv_clear(kv, 0);
     core_kv_clear(kv, 1);
