@@ -52,7 +52,7 @@ static inline float kv_at(const void *row, int i, int f16)
 }
 
 static void attend_generic(const float *q, const core__kv_view *K, const core__kv_view *V, int f16,
-                           int n_head, int n_kv, int hd, int pos, float *sc, float *out)
+                           int n_head, int n_kv, int hd, int pos, float *sc, float *out, float *ml)
 {
     int group = n_head / n_kv;
     size_t es = f16 ? 2 : 4;
@@ -75,6 +75,8 @@ static void attend_generic(const float *q, const core__kv_view *K, const core__k
             sum += sc[t];
         }
         float inv = (float)(1.0 / sum);
+        if (ml)
+            ml[2 * h] = mx, ml[2 * h + 1] = (float)sum;
         float *oh = out + h * hd;
         memset(oh, 0, (size_t)hd * sizeof(float));
         for (int t = 0; t <= pos; t++) {
@@ -242,7 +244,7 @@ DEFINE_GLU(geglu_avx2, AVX2, SIMD8, exp8, GELU_ARG)
  * hd / 8 independent accumulators. */
 AVX2_INLINE void attend_avx2_t(const float *q, const core__kv_view *K, const core__kv_view *V,
                                int f16, int n_head, int n_kv, int hd, int pos, float *sc,
-                               float *out)
+                               float *out, float *ml)
 {
     int group = n_head / n_kv, nv = hd / 8;
     size_t es = f16 ? 2 : 4;
@@ -282,6 +284,8 @@ AVX2_INLINE void attend_avx2_t(const float *q, const core__kv_view *K, const cor
             sum += e[0];
         }
         __m256 inv = _mm256_set1_ps(1.0f / sum);
+        if (ml)
+            ml[2 * h] = mxs, ml[2 * h + 1] = sum;
         __m256 acc[32];
         for (int v = 0; v < nv; v++)
             acc[v] = _mm256_setzero_ps();
@@ -297,15 +301,17 @@ AVX2_INLINE void attend_avx2_t(const float *q, const core__kv_view *K, const cor
 }
 
 AVX2 static void attend_avx2_f32(const float *q, const core__kv_view *K, const core__kv_view *V,
-                                 int n_head, int n_kv, int hd, int pos, float *sc, float *out)
+                                 int n_head, int n_kv, int hd, int pos, float *sc, float *out,
+                                 float *ml)
 {
-    attend_avx2_t(q, K, V, 0, n_head, n_kv, hd, pos, sc, out);
+    attend_avx2_t(q, K, V, 0, n_head, n_kv, hd, pos, sc, out, ml);
 }
 
 AVX2 static void attend_avx2_f16(const float *q, const core__kv_view *K, const core__kv_view *V,
-                                 int n_head, int n_kv, int hd, int pos, float *sc, float *out)
+                                 int n_head, int n_kv, int hd, int pos, float *sc, float *out,
+                                 float *ml)
 {
-    attend_avx2_t(q, K, V, 1, n_head, n_kv, hd, pos, sc, out);
+    attend_avx2_t(q, K, V, 1, n_head, n_kv, hd, pos, sc, out, ml);
 }
 
 /* ---- AVX2, grouped (hd a multiple of 8, at most 128) --------------------------------------- */
@@ -360,7 +366,7 @@ AVX2_INLINE __m256 score8(const float *qs, int NZ, const core__kv_view *K, size_
 #define TILE8 64
 AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const core__kv_view *V,
                                size_t off, int f16, int NZ, int G, int pos, float scale, float *sc,
-                               float *og)
+                               float *og, float *ml)
 {
     int T = pos + 1, hd = 8 * NZ;
     float mx[8], inv[8], qs[8 * 128], tb[TILE8 * 128];
@@ -409,7 +415,10 @@ AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const co
             _mm256_maskstore_ps(sh + t, m, e);
             sumv = _mm256_add_ps(sumv, e);
         }
-        inv[h] = 1.0f / hsum8(sumv);
+        float sum = hsum8(sumv);
+        inv[h] = 1.0f / sum;
+        if (ml)
+            ml[2 * h] = mx[h], ml[2 * h + 1] = sum;
         memset(og + h * hd, 0, sizeof(float) * (size_t)hd);
     }
     for (int t0 = 0; t0 < T; t0 += TILE8) {
@@ -448,7 +457,7 @@ AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const co
  * group together; hd = LANES * NZ. */
 #define ATTEND_GROUPED(NAME, TARGET, LANES, GROUP_FN, NZ, F16)                                     \
     TARGET static void NAME(const float *q, const core__kv_view *K, const core__kv_view *V,        \
-                            int n_head, int n_kv, int pos, float *sc, float *out)                  \
+                            int n_head, int n_kv, int pos, float *sc, float *out, float *ml)       \
     {                                                                                              \
         int hd = (LANES) * (NZ), group = n_head / n_kv;                                            \
         float scale = 1.0f / sqrtf((float)hd);                                                     \
@@ -456,7 +465,8 @@ AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const co
         for (int h = 0; h < n_head;) {                                                             \
             int g = h / group, G = (g + 1) * group - h < 8 ? (g + 1) * group - h : 8;              \
             size_t off = (size_t)g * hd * es;                                                      \
-            GROUP_FN(q + h * hd, K, V, off, F16, NZ, G, pos, scale, sc, out + h * hd);             \
+            GROUP_FN(q + h * hd, K, V, off, F16, NZ, G, pos, scale, sc, out + h * hd,              \
+                     ml ? ml + 2 * h : NULL);                                                      \
             h += G;                                                                                \
         }                                                                                          \
     }
@@ -480,7 +490,7 @@ ATTEND8_BOTH(15)
 ATTEND8_BOTH(16)
 
 typedef void (*attend_fn)(const float *, const core__kv_view *, const core__kv_view *, int, int,
-                          int, float *, float *);
+                          int, float *, float *, float *);
 static const attend_fn attend8[2][17] = {
     {NULL, attend8_1_0, attend8_2_0, attend8_3_0, attend8_4_0, attend8_5_0, attend8_6_0,
      attend8_7_0, attend8_8_0, attend8_9_0, attend8_10_0, attend8_11_0, attend8_12_0, attend8_13_0,
@@ -561,7 +571,7 @@ AVX512_INLINE __m512 score16(const __m512 *qv, int NZ, const core__kv_view *K, s
 #define TILE 64
 AVX512_INLINE void attend_group16(const float *qg, const core__kv_view *K, const core__kv_view *V,
                                   size_t off, int f16, int NZ, int G, int pos, float scale,
-                                  float *sc, float *og)
+                                  float *sc, float *og, float *ml)
 {
     int T = pos + 1, hd = 16 * NZ;
     float mx[8], inv[8], tb[TILE * 128];
@@ -597,7 +607,10 @@ AVX512_INLINE void attend_group16(const float *qg, const core__kv_view *K, const
             _mm512_mask_storeu_ps(sh + t0, m, e);
             sumv = _mm512_add_ps(sumv, e);
         }
-        inv[h] = 1.0f / _mm512_reduce_add_ps(sumv);
+        float sum = _mm512_reduce_add_ps(sumv);
+        inv[h] = 1.0f / sum;
+        if (ml)
+            ml[2 * h] = mx[h], ml[2 * h + 1] = sum;
         memset(og + h * hd, 0, sizeof(float) * (size_t)hd);
     }
     for (int t0 = 0; t0 < T; t0 += TILE) {
@@ -670,17 +683,50 @@ static bool use_avx512(void)
 }
 
 void core__attend_view(const float *q, const core__kv_view *K, const core__kv_view *V, int kv_f16,
-                       int n_head, int n_kv, int hd, int n_keys, float *scores, float *out)
+                       int n_head, int n_kv, int hd, int n_keys, float *scores, float *out,
+                       float *ml)
 {
     int f16 = kv_f16 != 0, pos = n_keys - 1;
     if (use_avx512() && hd % 16 == 0 && hd <= 128)
-        attend16[f16][hd / 16](q, K, V, n_head, n_kv, pos, scores, out);
+        attend16[f16][hd / 16](q, K, V, n_head, n_kv, pos, scores, out, ml);
     else if (use_avx2() && hd % 8 == 0 && hd <= 128)
-        attend8[f16][hd / 8](q, K, V, n_head, n_kv, pos, scores, out);
+        attend8[f16][hd / 8](q, K, V, n_head, n_kv, pos, scores, out, ml);
     else if (use_avx2() && hd % 8 == 0 && hd <= 256)
-        (f16 ? attend_avx2_f16 : attend_avx2_f32)(q, K, V, n_head, n_kv, hd, pos, scores, out);
+        (f16 ? attend_avx2_f16 : attend_avx2_f32)(q, K, V, n_head, n_kv, hd, pos, scores, out, ml);
     else
-        attend_generic(q, K, V, f16, n_head, n_kv, hd, pos, scores, out);
+        attend_generic(q, K, V, f16, n_head, n_kv, hd, pos, scores, out, ml);
+}
+
+void core__attend_chunk(const float *q, const core__kv_view *K, const core__kv_view *V, int kv_f16,
+                        int n_head, int n_kv, int hd, int n_keys, int c, float *scores, float *out,
+                        float *ml)
+{
+    int t0 = c * CORE_ATT_CHUNK, n = n_keys - t0 < CORE_ATT_CHUNK ? n_keys - t0 : CORE_ATT_CHUNK;
+    core__kv_view Kc = *K, Vc = *V;
+    Kc.first += t0;
+    Vc.first += t0;
+    core__attend_view(q, &Kc, &Vc, kv_f16, n_head, n_kv, hd, n, scores, out, ml);
+}
+
+void core__attend_merge(const float *o, const float *ml, int nc, int n_head, int hd, float *out)
+{
+    size_t row = (size_t)n_head * hd;
+    for (int h = 0; h < n_head; h++) {
+        float m = -INFINITY, wsum = 0.0f, *oh = out + (size_t)h * hd;
+        for (int c = 0; c < nc; c++)
+            m = fmaxf(m, ml[2 * ((size_t)c * n_head + h)]);
+        memset(oh, 0, (size_t)hd * sizeof(float));
+        for (int c = 0; c < nc; c++) {
+            const float *mc = ml + 2 * ((size_t)c * n_head + h), *oc = o + c * row + (size_t)h * hd;
+            float w = mc[1] * expf(mc[0] - m);
+            wsum += w;
+            for (int i = 0; i < hd; i++)
+                oh[i] += w * oc[i];
+        }
+        float inv = 1.0f / wsum;
+        for (int i = 0; i < hd; i++)
+            oh[i] *= inv;
+    }
 }
 
 void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, int n_head,
@@ -691,7 +737,7 @@ void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, 
     core__kv_view kv = {.base = K, .table = one_block, .row_stride = row, .shift = 30};
     core__kv_view vv = kv;
     vv.base = V;
-    core__attend_view(q, &kv, &vv, kv_f16, n_head, n_kv, hd, pos + 1, scores, out);
+    core__attend_view(q, &kv, &vv, kv_f16, n_head, n_kv, hd, pos + 1, scores, out, NULL);
 }
 
 /* n floats to f16, round to nearest even (F16C, or core_fp32_to_fp16: the same bits). */

@@ -33,9 +33,33 @@ static inline const char *core__kv_row(const core__kv_view *v, int t)
  * K->first.., the last one the row's own). q (n_head * hd); K and V rows of kv_dim = n_kv * hd
  * f32, or f16 (uint16_t) when kv_f16 (head h reads kv head h / (n_head / n_kv)); out
  * (n_head * hd); scores is scratch of n_keys * (n_head / n_kv) floats. softmax(q·k / sqrt(hd)) · V
- * per head. The same bits whatever the blocks' layout. */
+ * per head. The same bits whatever the blocks' layout. ml, unless NULL, gets each head's largest
+ * score and its sum of exp(score - largest): ml[2h], ml[2h + 1]. */
 void core__attend_view(const float *q, const core__kv_view *K, const core__kv_view *V, int kv_f16,
-                       int n_head, int n_kv, int hd, int n_keys, float *scores, float *out);
+                       int n_head, int n_kv, int hd, int n_keys, float *scores, float *out,
+                       float *ml);
+
+/* A row with more than CORE_ATT_CHUNK keys is attended in chunks of that many keys, each on its
+ * own (core__attend_chunk), then merged (core__attend_merge): the chunks of one row can run on
+ * different threads, so one long stream's attention is spread over the cores without reading a
+ * KV head twice, and a row gets the same bits however its chunks were scheduled, alone or in a
+ * batch. A row with fewer keys is one core__attend_view, as before. */
+#define CORE_ATT_CHUNK 256
+
+static inline int core__attend_chunks(int n_keys)
+{
+    return n_keys <= CORE_ATT_CHUNK ? 1 : (n_keys + CORE_ATT_CHUNK - 1) / CORE_ATT_CHUNK;
+}
+
+/* core__attend_view over chunk c of the row's n_keys keys: keys c * CORE_ATT_CHUNK.. (at most
+ * CORE_ATT_CHUNK); out normalised within the chunk, ml as core__attend_view's. */
+void core__attend_chunk(const float *q, const core__kv_view *K, const core__kv_view *V, int kv_f16,
+                        int n_head, int n_kv, int hd, int n_keys, int c, float *scores, float *out,
+                        float *ml);
+
+/* out (n_head * hd) from a row's nc chunks: o (nc, n_head * hd) and ml (nc, 2 * n_head) as the
+ * chunks left them; each chunk weighs sum * exp(largest - the row's largest). */
+void core__attend_merge(const float *o, const float *ml, int nc, int n_head, int hd, float *out);
 
 /* core__attend_view over a contiguous cache: K and V (pos + 1, kv_dim), keys 0..pos. */
 void core__attend_row(const float *q, const void *K, const void *V, int kv_f16, int n_head,

@@ -54,10 +54,15 @@ struct core_ctx {
     float *rope_cs;               /* (rows, head_dim) cos, sin of each row's angles */
     float *rope_cs_swa;           /* (rows, head_dim) the same for the sliding-window layers */
     float *scores[CORE_POOL_MAX]; /* (longest sequence, heads per KV head) per pool task */
-    int *slot_n;                  /* (n_slots) positions filled, simulated during validation */
-    int *grp_order;               /* (n_groups) group indices sorted by (layer, module) */
-    int *grp_start;               /* (n_layer * CORE_MOD_COUNT + 1) */
-    int *grp_fill; /* (n_layer * CORE_MOD_COUNT) placement cursors of the counting sort */
+    /* chunked attention (core__attend_chunk): each task's chunks of the row it attends whole,
+     * and the chunks of the rows split over the tasks (fewer rows than tasks), each
+     * (most chunks, q_dim) outputs then (most chunks, 2 * n_head) maxima and sums */
+    float *chunks[CORE_POOL_MAX];
+    float *split_chunks[CORE_POOL_MAX];
+    int *slot_n;    /* (n_slots) positions filled, simulated during validation */
+    int *grp_order; /* (n_groups) group indices sorted by (layer, module) */
+    int *grp_start; /* (n_layer * CORE_MOD_COUNT + 1) */
+    int *grp_fill;  /* (n_layer * CORE_MOD_COUNT) placement cursors of the counting sort */
     /* LoRA groups, per pool task: kernel scratch and the task's share of a group's rows */
     float *ls[CORE_POOL_MAX];
     int32_t *lrows[CORE_POOL_MAX];
@@ -150,8 +155,11 @@ static void lay_out(core_ctx *c, carver *k, const step_dims *d)
     c->grp_fill = take(k, keys, sizeof(int));
     c->grp_order = take(k, d->groups, sizeof(int));
     size_t group = (size_t)(cfg->n_head / cfg->n_head_kv);
+    size_t nc = (size_t)core__attend_chunks((int)d->longest) * (q_dim + 2 * (size_t)cfg->n_head);
     for (int t = 0; t < d->tasks; t++) {
         c->scores[t] = take(k, d->longest * group, sizeof(float));
+        c->chunks[t] = take(k, nc, sizeof(float));
+        c->split_chunks[t] = take(k, nc, sizeof(float));
         c->ls[t] = take(k, d->lora_floats, sizeof(float));
         c->lrows[t] = take(k, d->lora_rows, sizeof(int32_t));
         c->lscales[t] = take(k, d->lora_rows, sizeof(float));
@@ -592,47 +600,130 @@ static void rope_neox(float *v, int n_heads, int head_dim, const float *csv)
     }
 }
 
-/* Attention for the batch's rows, split over the pool: item it is row it / per's query heads
- * [r * n_head / per, (r + 1) * n_head / per) for r = it % per, and task t takes items t, t + T,
- * ... With fewer rows than threads a row is split into per = T head ranges, so that one stream's
- * attention, which reads its whole context, runs on every thread (one-row steps at position
- * 1000-1024, ms: SmolLM2 9.0-9.5 with it on one thread, 7.2-7.6 with its three KV heads two and
- * one on two threads, 6.9-7.7 with its nine query heads five and four; Gemma 3, one KV head for
- * four query heads, 18.5 -> 16.1-16.7); with more rows each row is one item (its cache read in
- * one piece). A range is run one KV group (or part of one) at a time, and a head gives the same
- * bits however its group is cut: the kernels compute each head on its own. Each row attends over
- * positions 0..pos of its own slot, which every row of this step has already written. */
+/* Attention for the batch's rows, split over the pool. With as many rows as tasks or more, each
+ * row is one item (its cache read in one piece), items t, t + T, ... to task t. With fewer, a
+ * row is spread over the tasks so that one stream's attention, which reads its whole context,
+ * runs on every thread: a row of more than CORE_ATT_CHUNK keys as (KV head, chunk) items, each
+ * head's cache read once (one row at position 2048 with nine query heads five and four on two
+ * threads read the KV head they shared twice), merged once every item is done; a shorter row as
+ * per = T ranges of query heads (one-row steps at position 1000-1024, ms: SmolLM2 9.0-9.5 on one
+ * thread, 6.9-7.7 with its nine heads five and four). A row's bits do not depend on the split:
+ * the kernels compute each head on its own, and a long row's chunks and their merge are the same
+ * whoever runs them (core/kernels/attention_internal.h). Each row attends over positions 0..pos
+ * of its own slot, which every row of this step has already written. */
 typedef struct attn_job {
     core_ctx *c;
     const core_kv *kv;
     const core_batch *b;
     int layer, n_tasks, per;
+    bool split;                   /* fewer rows than tasks: rows spread over the tasks */
+    int item0[CORE_POOL_MAX + 1]; /* split: row i's items are item0[i] .. item0[i + 1] - 1 */
 } attn_job;
+
+/* Row i's first attended position and its number of keys at this layer. */
+static int row_keys(const attn_job *j, int i, int *first)
+{
+    const core_config *cfg = &j->c->m->cfg;
+    int window = core_layer_is_swa(cfg, j->layer) ? cfg->sliding_window : 0;
+    int pos = j->b->pos[i];
+    /* a sliding-window layer sees positions pos - window + 1 .. pos: the cache from there */
+    *first = window && pos >= window ? pos - window + 1 : 0;
+    return pos - *first + 1;
+}
+
+/* Query heads [h0, h1) of row i (whole KV groups or parts of one at a time) over its n_keys keys,
+ * into att, or chunk c of them into o and ml (chunk < 0: not chunked). */
+static void attend_heads(const attn_job *j, int t, int i, int h0, int h1, int first, int n_keys,
+                         int chunk, float *o, float *ml)
+{
+    core_ctx *c = j->c;
+    const core_config *cfg = &c->m->cfg;
+    int hd = cfg->head_dim, q_dim = cfg->n_head * hd, group = cfg->n_head / cfg->n_head_kv;
+    const core_kv_slot *s = &j->kv->slots[j->b->slot[i]];
+    for (int h = h0; h < h1;) {
+        int g = h / group, end = (g + 1) * group < h1 ? (g + 1) * group : h1;
+        core__kv_view K = core__kv_view_of(j->kv, s, j->layer, 0, g, first);
+        core__kv_view V = core__kv_view_of(j->kv, s, j->layer, 1, g, first);
+        const float *q = c->q + (size_t)i * q_dim + (size_t)h * hd;
+        if (chunk < 0)
+            core__attend_view(q, &K, &V, j->kv->f16, end - h, 1, hd, n_keys, c->scores[t],
+                              c->att + (size_t)i * q_dim + (size_t)h * hd, NULL);
+        else
+            core__attend_chunk(q, &K, &V, j->kv->f16, end - h, 1, hd, n_keys, chunk, c->scores[t],
+                               o + (size_t)chunk * q_dim + (size_t)h * hd,
+                               ml + 2 * ((size_t)chunk * cfg->n_head + h));
+        h = end;
+    }
+}
+
+/* Where a row's chunks go: nc chunks' outputs, then their maxima and sums. */
+static float *chunk_ml(const core_config *cfg, float *o, int nc)
+{
+    return o + (size_t)nc * cfg->n_head * cfg->head_dim;
+}
 
 static void attn_task(void *arg, int t)
 {
     attn_job *j = arg;
     core_ctx *c = j->c;
     const core_config *cfg = &c->m->cfg;
-    int hd = cfg->head_dim, n_head = cfg->n_head, q_dim = n_head * hd;
-    int group = n_head / cfg->n_head_kv;
-    int window = core_layer_is_swa(cfg, j->layer) ? cfg->sliding_window : 0;
-    for (int it = t; it < j->b->n_rows * j->per; it += j->n_tasks) {
-        int i = it / j->per, r = it % j->per;
-        int h1 = (r + 1) * n_head / j->per;
-        const core_kv_slot *s = &j->kv->slots[j->b->slot[i]];
-        int pos = j->b->pos[i];
-        /* a sliding-window layer sees positions pos - window + 1 .. pos: the cache from there */
-        int first = window && pos >= window ? pos - window + 1 : 0;
-        for (int h = r * n_head / j->per; h < h1;) {
-            int g = h / group, end = (g + 1) * group < h1 ? (g + 1) * group : h1;
-            core__kv_view Kg = core__kv_view_of(j->kv, s, j->layer, 0, g, first);
-            core__kv_view Vg = core__kv_view_of(j->kv, s, j->layer, 1, g, first);
-            size_t q0 = (size_t)i * q_dim + (size_t)h * hd;
-            core__attend_view(c->q + q0, &Kg, &Vg, j->kv->f16, end - h, 1, hd, pos - first + 1,
-                              c->scores[t], c->att + q0);
-            h = end;
+    int n_head = cfg->n_head, q_dim = n_head * cfg->head_dim;
+    if (!j->split) {
+        for (int i = t; i < j->b->n_rows; i += j->n_tasks) {
+            int first, n_keys = row_keys(j, i, &first), nc = core__attend_chunks(n_keys);
+            if (nc == 1) {
+                attend_heads(j, t, i, 0, n_head, first, n_keys, -1, NULL, NULL);
+                continue;
+            }
+            float *o = c->chunks[t], *ml = chunk_ml(cfg, o, nc);
+            for (int ch = 0; ch < nc; ch++)
+                attend_heads(j, t, i, 0, n_head, first, n_keys, ch, o, ml);
+            core__attend_merge(o, ml, nc, n_head, cfg->head_dim, c->att + (size_t)i * q_dim);
         }
+        return;
+    }
+    int group = n_head / cfg->n_head_kv;
+    for (int i = 0; i < j->b->n_rows; i++)
+        for (int it = j->item0[i]; it < j->item0[i + 1]; it++) {
+            if (it % j->n_tasks != t)
+                continue;
+            int first, n_keys = row_keys(j, i, &first), nc = core__attend_chunks(n_keys);
+            int r = it - j->item0[i];
+            if (nc == 1) {
+                attend_heads(j, t, i, r * n_head / j->per, (r + 1) * n_head / j->per, first, n_keys,
+                             -1, NULL, NULL);
+            } else {
+                int g = r / nc, ch = r % nc;
+                float *o = c->split_chunks[i];
+                attend_heads(j, t, i, g * group, (g + 1) * group, first, n_keys, ch, o,
+                             chunk_ml(cfg, o, nc));
+            }
+        }
+}
+
+/* Attention of layer l for the batch's rows into c->att. */
+static void attention(core_ctx *c, const core_kv *kv, const core_batch *b, int l)
+{
+    const core_config *cfg = &c->m->cfg;
+    int n = b->n_rows;
+    attn_job aj = {.c = c, .kv = kv, .b = b, .layer = l, .n_tasks = core__pool_threads()};
+    aj.split = n < aj.n_tasks;
+    if (!aj.split) {
+        core__pool_run(aj.n_tasks, attn_task, &aj);
+        return;
+    }
+    aj.per = aj.n_tasks < cfg->n_head ? aj.n_tasks : cfg->n_head;
+    for (int i = 0; i < n; i++) {
+        int first, nc = core__attend_chunks(row_keys(&aj, i, &first));
+        aj.item0[i + 1] = aj.item0[i] + (nc == 1 ? aj.per : cfg->n_head_kv * nc);
+    }
+    core__pool_run(aj.item0[n] < aj.n_tasks ? aj.item0[n] : aj.n_tasks, attn_task, &aj);
+    for (int i = 0; i < n; i++) {
+        int first, nc = core__attend_chunks(row_keys(&aj, i, &first));
+        if (nc > 1)
+            core__attend_merge(c->split_chunks[i], chunk_ml(cfg, c->split_chunks[i], nc), nc,
+                               cfg->n_head, cfg->head_dim,
+                               c->att + (size_t)i * cfg->n_head * cfg->head_dim);
     }
 }
 
@@ -744,9 +835,7 @@ static int layer_forward(core_ctx *c, core_kv *kv, const core_batch *b, const co
             }
         }
     }
-    attn_job aj = {.c = c, .kv = kv, .b = b, .layer = l, .n_tasks = core__pool_threads()};
-    aj.per = n < aj.n_tasks ? (aj.n_tasks < cfg->n_head ? aj.n_tasks : cfg->n_head) : 1;
-    core__pool_run(n * aj.per < aj.n_tasks ? n * aj.per : aj.n_tasks, attn_task, &aj);
+    attention(c, kv, b, l);
     if ((rc = linear(c, plan, l, CORE_MOD_O, c->att, n, c->tmp)))
         return rc;
     if (L->post_attn_norm)

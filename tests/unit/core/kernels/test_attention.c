@@ -127,6 +127,7 @@ TEST(vmath_widths_give_the_same_bits)
 /* Attention of one row with n_head 9 over n_kv 3 heads (SmolLM2's grouping); with f16, K and V
  * are handed over as f16 and the reference uses their f16 values. */
 static int case_n_kv = 3; /* 1: one KV head for all nine (a group above the grouped kernel's 8) */
+static int case_chunked;  /* through core__attend_chunk (last chunk first) and core__attend_merge */
 
 static double attend_case(int hd, int pos, int f16)
 {
@@ -150,10 +151,27 @@ static double attend_case(int hd, int pos, int f16)
             V[i] = core_fp16_to_fp32(V16[i]);
         }
     }
-    if (f16)
+    if (case_chunked) {
+        static const int32_t one_block[1] = {0};
+        core__kv_view kv = {.base = f16 ? (const char *)K16 : (const char *)K,
+                            .table = one_block,
+                            .row_stride = (size_t)kv_dim * (f16 ? 2 : 4),
+                            .shift = 30};
+        core__kv_view vv = kv;
+        vv.base = f16 ? (const char *)V16 : (const char *)V;
+        int nc = core__attend_chunks(pos + 1);
+        float *o = malloc(sizeof(float) * (size_t)nc * n_head * (hd + 2)),
+              *ml = o + (size_t)nc * n_head * hd;
+        for (int c = nc - 1; c >= 0; c--)
+            core__attend_chunk(q, &kv, &vv, f16, n_head, n_kv, hd, pos + 1, c, sc,
+                               o + (size_t)c * n_head * hd, ml + 2 * (size_t)c * n_head);
+        core__attend_merge(o, ml, nc, n_head, hd, out);
+        free(o);
+    } else if (f16) {
         core__attend_row(q, K16, V16, 1, n_head, n_kv, hd, pos, sc, out);
-    else
+    } else {
         core__attend_row(q, K, V, 0, n_head, n_kv, hd, pos, sc, out);
+    }
     free(K16);
     free(V16);
     double worst = 0;
@@ -207,6 +225,22 @@ static void attend_all(const char *which)
     case_n_kv = 3;
     printf("    %s attention: max abs error %.3g (f32 KV), %.3g (f16 KV) vs double (tol 2e-6)\n",
            which, worst[0], worst[1]);
+    /* in chunks of CORE_ATT_CHUNK keys: one, a whole one and a key, several and a partial last */
+    static const int chunked[] = {100, CORE_ATT_CHUNK, 3 * CORE_ATT_CHUNK - 1, 1500};
+    double cw = 0;
+    case_chunked = 1;
+    for (int f16 = 0; f16 < 2; f16++)
+        for (size_t a = 0; a < 3; a++)
+            for (size_t b = 0; b < sizeof chunked / sizeof chunked[0]; b++) {
+                double e = attend_case(hds[a], chunked[b], f16);
+                CHECK_MSG(e < 2e-6, "%s chunked attention (%s KV) hd %d pos %d: max abs error %.3g",
+                          which, f16 ? "f16" : "f32", hds[a], chunked[b], e);
+                cw = fmax(cw, e);
+            }
+    case_chunked = 0;
+    printf(
+        "    %s attention in chunks of %d keys, merged: max abs error %.3g vs double (tol 2e-6)\n",
+        which, CORE_ATT_CHUNK, cw);
 }
 
 TEST(vmath_attention_matches_double)
@@ -262,7 +296,7 @@ static void paged_vs_contiguous(const char *which, int hd, int f16)
                             .first = first};
         core__kv_view vv = kv;
         vv.base = pv;
-        core__attend_view(q, &kv, &vv, f16, N_HEAD, N_KV, hd, POS - first + 1, sc, b);
+        core__attend_view(q, &kv, &vv, f16, N_HEAD, N_KV, hd, POS - first + 1, sc, b, NULL);
         CHECK_MSG(memcmp(a, b, (size_t)N_HEAD * hd * sizeof(float)) == 0,
                   "%s attention hd %d %s from %d: paged differs from contiguous", which, hd,
                   f16 ? "f16" : "f32", first);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/format/gguf.h"
+#include "core/kernels/attention_internal.h"
 #include "core/kernels/blas.h"
 #include "core/kernels/cpu_internal.h"
 #include "core/kernels/dequant.h"
@@ -218,6 +219,72 @@ TEST(model_batch_bit_exact_1_to_256_rows)
         printf("    %s kernels: %d of 21 step sizes (2-256 rows) change the decode row's logits "
                "(want 0)\n",
                levels[i].name, bad);
+        CHECK_EQ_INT(bad, 0);
+        ran++;
+    }
+    core__cpu_force(-1);
+    CHECK(ran > 0);
+}
+
+/* A decode row with more keys than CORE_ATT_CHUNK (position 1000 of a cache filled at random):
+ * alone its chunks are spread over the threads, in a step of more rows than threads one task runs
+ * them all; the logits must be the same bits either way, on every kernel level. */
+static int long_row_steps(core_model *m, const char *level)
+{
+    static const int sizes[] = {2, 3, 8, 33};
+    enum { POS = 1000 };
+    char err[256];
+    int nv = m->cfg.n_vocab, bad = 0, rc = 0;
+    core_ctx *c = core_ctx_new(m);
+    core_kv *kv = core_kv_new(&m->cfg, 2, POS + 1, err, sizeof err);
+    float *alone = malloc(sizeof(float) * (size_t)nv), *lg = malloc(sizeof(float) * (size_t)nv);
+    int32_t tok[33], pos[33], slot[33];
+    uint8_t want[33];
+    if (!c || !kv || !alone || !lg || core_kv_fill_random(kv, 0, POS, 99))
+        rc = -1;
+    for (int k = -1; !rc && k < (int)(sizeof sizes / sizeof *sizes); k++) {
+        int n = k < 0 ? 1 : sizes[k], t = n / 2;
+        core_kv_clear(kv, 1);
+        for (int r = 0, f = 0; r < n; r++) {
+            bool target = r == t;
+            tok[r] = target ? 4649 : 300 + 13 * f;
+            pos[r] = target ? POS : f;
+            slot[r] = target ? 0 : 1;
+            want[r] = target;
+            f += !target;
+        }
+        core_batch b = {.n_rows = n, .tokens = tok, .pos = pos, .slot = slot, .want_logits = want};
+        rc = core_forward(c, kv, &b, NULL, n == 1 ? alone : lg, err, sizeof err);
+        if (!rc && n > 1 && memcmp(alone, lg, sizeof(float) * (size_t)nv) != 0) {
+            printf("    %s: the row at position %d differs alone and in a step of %d rows\n", level,
+                   POS, n);
+            bad++;
+        }
+    }
+    if (rc)
+        printf("    %s: forward: %s\n", level, rc == -1 ? "no memory" : err);
+    free(alone);
+    free(lg);
+    core_kv_free(kv);
+    core_ctx_free(c);
+    return rc ? -1 : bad;
+}
+
+TEST(model_long_row_bit_exact_alone_and_batched)
+{
+    TEST_NEED_MODEL();
+    core_model *m = test_shared_model();
+    CHECK(m != NULL);
+    static const int levels[] = {CORE_CPU_AVX512, CORE_CPU_AVX2};
+    static const char *names[] = {"AVX-512", "AVX2"};
+    int ran = 0;
+    for (int i = 0; i < 2; i++) {
+        if (core__cpu_force(levels[i]) != 0)
+            continue;
+        int bad = long_row_steps(m, names[i]);
+        printf("    %s: a row at position 1000 (%d chunks of attention) in steps of 2, 3, 8, 33 "
+               "rows: %d differ from it alone (want 0)\n",
+               names[i], core__attend_chunks(1001), bad);
         CHECK_EQ_INT(bad, 0);
         ran++;
     }
