@@ -53,10 +53,10 @@ struct core_ctx {
     float *tmp;                   /* (rows, n_embd) */
     float *rope_cs;               /* (rows, head_dim) cos, sin of each row's angles */
     float *rope_cs_swa;           /* (rows, head_dim) the same for the sliding-window layers */
-    float *scores[CORE_POOL_MAX]; /* (longest sequence, heads per KV head) per pool task */
+    float *scores[CORE_POOL_MAX]; /* (CORE_ATT_CHUNK keys, heads per KV head) per pool task */
     /* chunked attention (core__attend_chunk): each task's chunks of the row it attends whole,
-     * and the chunks of the rows split over the tasks (fewer rows than tasks), each
-     * (most chunks, q_dim) outputs then (most chunks, 2 * n_head) maxima and sums */
+     * and the chunks of the rows split over the tasks (fewer rows than tasks, one buffer a row),
+     * each (most chunks, q_dim) outputs then (most chunks, 2 * n_head) maxima and sums */
     float *chunks[CORE_POOL_MAX];
     float *split_chunks[CORE_POOL_MAX];
     int *slot_n;    /* (n_slots) positions filled, simulated during validation */
@@ -155,9 +155,11 @@ static void lay_out(core_ctx *c, carver *k, const step_dims *d)
     c->grp_fill = take(k, keys, sizeof(int));
     c->grp_order = take(k, d->groups, sizeof(int));
     size_t group = (size_t)(cfg->n_head / cfg->n_head_kv);
+    /* the kernels see at most CORE_ATT_CHUNK keys at a time: longer rows go in chunks */
+    size_t keys_at_once = d->longest < CORE_ATT_CHUNK ? d->longest : CORE_ATT_CHUNK;
     size_t nc = (size_t)core__attend_chunks((int)d->longest) * (q_dim + 2 * (size_t)cfg->n_head);
     for (int t = 0; t < d->tasks; t++) {
-        c->scores[t] = take(k, d->longest * group, sizeof(float));
+        c->scores[t] = take(k, keys_at_once * group, sizeof(float));
         c->chunks[t] = take(k, nc, sizeof(float));
         c->split_chunks[t] = take(k, nc, sizeof(float));
         c->ls[t] = take(k, d->lora_floats, sizeof(float));
@@ -173,7 +175,7 @@ static step_dims step_dims_of(const core_ctx *c, const core_kv *kv, const core_b
                               const core_lora_plan *plan)
 {
     const core_config *cfg = &c->m->cfg;
-    /* scores for the whole context: a few KB per task, and the arena does not grow with every
+    /* chunks for the whole context: a few KB per task, and the arena does not grow with every
      * position a sequence reaches */
     step_dims d = {.rows = (size_t)b->n_rows,
                    .slots = (size_t)kv->n_slots,

@@ -270,25 +270,45 @@ static int long_row_steps(core_model *m, const char *level)
     return rc ? -1 : bad;
 }
 
+/* long_row_steps on each kernel level this CPU has (*ran of them): the steps that differ. */
+static int long_rows_each_level(core_model *m, const char *model, int *ran)
+{
+    static const int levels[] = {CORE_CPU_AVX512, CORE_CPU_AVX2};
+    static const char *names[] = {"AVX-512", "AVX2"};
+    int all = 0;
+    *ran = 0;
+    for (int i = 0; i < 2; i++) {
+        if (core__cpu_force(levels[i]) != 0)
+            continue;
+        int bad = long_row_steps(m, names[i]);
+        printf("    %s, %s: a row at position 1000 (%d chunks of attention) in steps of 2, 3, 8, "
+               "33 rows: %d differ from it alone (want 0)\n",
+               model, names[i], core__attend_chunks(1001), bad);
+        all += bad ? 1 : 0;
+        (*ran)++;
+    }
+    core__cpu_force(-1);
+    return all;
+}
+
 TEST(model_long_row_bit_exact_alone_and_batched)
 {
     TEST_NEED_MODEL();
     core_model *m = test_shared_model();
     CHECK(m != NULL);
-    static const int levels[] = {CORE_CPU_AVX512, CORE_CPU_AVX2};
-    static const char *names[] = {"AVX-512", "AVX2"};
-    int ran = 0;
-    for (int i = 0; i < 2; i++) {
-        if (core__cpu_force(levels[i]) != 0)
-            continue;
-        int bad = long_row_steps(m, names[i]);
-        printf("    %s: a row at position 1000 (%d chunks of attention) in steps of 2, 3, 8, 33 "
-               "rows: %d differ from it alone (want 0)\n",
-               names[i], core__attend_chunks(1001), bad);
-        CHECK_EQ_INT(bad, 0);
-        ran++;
-    }
-    core__cpu_force(-1);
+    int ran;
+    CHECK_EQ_INT(long_rows_each_level(m, "SmolLM2", &ran), 0);
+    CHECK(ran > 0);
+}
+
+/* The same for Gemma 3, whose sliding-window layers attend from position 1000 - 511 on. */
+TEST(gemma_long_row_bit_exact_alone_and_batched)
+{
+    TEST_NEED_GEMMA();
+    core_model *m = test_gemma_model();
+    CHECK(m != NULL);
+    int ran;
+    CHECK_EQ_INT(long_rows_each_level(m, "Gemma 3", &ran), 0);
     CHECK(ran > 0);
 }
 
