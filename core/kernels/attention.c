@@ -239,9 +239,9 @@ DEFINE_VEXP(vexp_avx2, AVX2, SIMD8, exp8)
 DEFINE_GLU(swiglu_avx2, AVX2, SIMD8, exp8, SILU_ARG)
 DEFINE_GLU(geglu_avx2, AVX2, SIMD8, exp8, GELU_ARG)
 
-/* hd a multiple of 8, at most 256. Scores one key at a time (the head's query in registers is
- * reloaded from L1), exp over the whole row of scores, then the weighted sum of values with
- * hd / 8 independent accumulators. */
+/* hd a multiple of 8 between 136 and 248 (the grouped kernels take the rest up to 128, and 256).
+ * Scores one key at a time (the head's query in registers is reloaded from L1), exp over the
+ * whole row of scores, then the weighted sum of values with hd / 8 independent accumulators. */
 AVX2_INLINE void attend_avx2_t(const float *q, const core__kv_view *K, const core__kv_view *V,
                                int f16, int n_head, int n_kv, int hd, int pos, float *sc,
                                float *out, float *ml)
@@ -314,7 +314,7 @@ AVX2 static void attend_avx2_f16(const float *q, const core__kv_view *K, const c
     attend_avx2_t(q, K, V, 1, n_head, n_kv, hd, pos, sc, out, ml);
 }
 
-/* ---- AVX2, grouped (hd a multiple of 8, at most 128) --------------------------------------- */
+/* ---- AVX2, grouped (hd a multiple of 8, at most 128, or 256) ------------------------------ */
 
 #if defined(__clang__)
 #define UNROLL8 _Pragma("clang loop unroll(full)")
@@ -369,7 +369,7 @@ AVX2_INLINE void attend_group8(const float *qg, const core__kv_view *K, const co
                                float *og, float *ml)
 {
     int T = pos + 1, hd = 8 * NZ;
-    float mx[8], inv[8], qs[8 * 128], tb[TILE8 * 128];
+    float mx[8], inv[8], qs[8 * 256], tb[TILE8 * 256];
     for (int h = 0; h < G; h++) {
         mx[h] = -INFINITY;
         for (int i = 0; i < hd; i++)
@@ -488,6 +488,7 @@ ATTEND8_BOTH(13)
 ATTEND8_BOTH(14)
 ATTEND8_BOTH(15)
 ATTEND8_BOTH(16)
+ATTEND8_BOTH(32) /* head_dim 256 (Gemma 3) */
 
 typedef void (*attend_fn)(const float *, const core__kv_view *, const core__kv_view *, int, int,
                           int, float *, float *, float *);
@@ -691,6 +692,8 @@ void core__attend_view(const float *q, const core__kv_view *K, const core__kv_vi
         attend16[f16][hd / 16](q, K, V, n_head, n_kv, pos, scores, out, ml);
     else if (use_avx2() && hd % 8 == 0 && hd <= 128)
         attend8[f16][hd / 8](q, K, V, n_head, n_kv, pos, scores, out, ml);
+    else if (use_avx2() && hd == 256)
+        (f16 ? attend8_32_1 : attend8_32_0)(q, K, V, n_head, n_kv, pos, scores, out, ml);
     else if (use_avx2() && hd % 8 == 0 && hd <= 256)
         (f16 ? attend_avx2_f16 : attend_avx2_f32)(q, K, V, n_head, n_kv, hd, pos, scores, out, ml);
     else

@@ -77,6 +77,7 @@ void core__geglu(float *gate, const float *up, long n);
 void core__vexp(const float *x, float *y, int n);
 
 /* The kernels follow core__cpu_level (cpu_internal.h): only attention has AVX-512 code (hd a
- * multiple of 16, at most 128); the rest runs AVX2 from that level up, portable below it. */
+ * multiple of 16, at most 128; head_dim 256 runs the grouped AVX2 kernel); the rest runs AVX2
+ * from that level up, portable below it. */
 
 #endif

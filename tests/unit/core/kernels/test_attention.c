@@ -205,7 +205,7 @@ static double attend_case(int hd, int pos, int f16)
 
 static void attend_all(const char *which)
 {
-    static const int hds[] = {64, 8, 12, 128, 16, 48};
+    static const int hds[] = {64, 8, 12, 128, 16, 48, 256, 200};
     static const int poss[] = {0, 1, 7, 8, 14, 15, 16, 31, 100, 777};
     double worst[2] = {0, 0};
     for (int f16 = 0; f16 < 2; f16++)
