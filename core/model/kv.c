@@ -302,17 +302,18 @@ int core_kv_fill_random(core_kv *kv, int slot, int n, uint32_t seed)
     uint32_t x = seed;
     for (int l = 0; l < kv->n_layer; l++)
         for (int p = 0; p < n; p++)
-            for (int i = 0; i < kv->kv_dim; i++) {
-                int g = i / hd, e = i % hd;
+            for (int g = 0; g < kv->n_kv; g++) { /* a position's row, KV head by KV head */
                 char *k = core__kv_at(kv, sl, l, 0, g, p), *v = core__kv_at(kv, sl, l, 1, g, p);
-                x = x * 1664525u + 1013904223u;
-                float f = (float)((int32_t)x >> 8) / (float)(1 << 23);
-                if (kv->f16) {
-                    ((uint16_t *)k)[e] = core_fp32_to_fp16(f);
-                    ((uint16_t *)v)[e] = core_fp32_to_fp16(f * 0.5f);
-                } else {
-                    ((float *)k)[e] = f;
-                    ((float *)v)[e] = f * 0.5f;
+                for (int e = 0; e < hd; e++) {
+                    x = x * 1664525u + 1013904223u;
+                    float f = (float)((int32_t)x >> 8) / (float)(1 << 23);
+                    if (kv->f16) {
+                        ((uint16_t *)k)[e] = core_fp32_to_fp16(f);
+                        ((uint16_t *)v)[e] = core_fp32_to_fp16(f * 0.5f);
+                    } else {
+                        ((float *)k)[e] = f;
+                        ((float *)v)[e] = f * 0.5f;
+                    }
                 }
             }
     sl->n = n;
