@@ -7,6 +7,7 @@
 #include "core/kernels/traits_internal.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <string.h>
 
 #define QK 32    /* elements per block of the legacy quants */
@@ -104,50 +105,44 @@ void core__q4k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *mn)
 }
 
 /* Q4_K: d, dmin, scales[12], qs[128]; each 32 bytes of qs give 64 outputs (low nibbles for
- * sub-block 2c, high nibbles for 2c+1). */
-void core__dequant_q4_k(const uint8_t *b, float *y, int64_t nb)
+ * sub-block 2c, high nibbles for 2c+1). Q5_K: d, dmin, scales[12] (as Q4_K), qh[32], qs[128]; as
+ * Q4_K, with bit 2c of qh[l] the fifth bit of output l of sub-block 2c and bit 2c + 1 that of
+ * sub-block 2c + 1. qh is NULL for Q4_K. */
+static void dequant_k(const uint8_t *b, float *y, int64_t nb, bool five)
 {
-    for (int64_t i = 0; i < nb; i++, b += 144) {
+    size_t block = five ? 176 : 144;
+    for (int64_t i = 0; i < nb; i++, b += block) {
         float d = load_f16(b);
         float dmin = load_f16(b + 2);
         const uint8_t *scales = b + 4;
-        const uint8_t *qs = b + 16;
+        const uint8_t *qh = five ? b + 16 : NULL;
+        const uint8_t *qs = b + (five ? 48 : 16);
         for (int c = 0; c < 4; c++, qs += 32) {
             uint8_t sc, mn;
             core__q4k_scale_min(2 * c, scales, &sc, &mn);
             float d1 = d * (float)sc, m1 = dmin * (float)mn;
             core__q4k_scale_min(2 * c + 1, scales, &sc, &mn);
             float d2 = d * (float)sc, m2 = dmin * (float)mn;
-            for (int l = 0; l < 32; l++)
-                *y++ = d1 * (float)(qs[l] & 0x0f) - m1;
-            for (int l = 0; l < 32; l++)
-                *y++ = d2 * (float)(qs[l] >> 4) - m2;
+            for (int l = 0; l < 32; l++) {
+                int h = qh ? ((qh[l] >> 2 * c) & 1) << 4 : 0;
+                *y++ = d1 * (float)((qs[l] & 0x0f) | h) - m1;
+            }
+            for (int l = 0; l < 32; l++) {
+                int h = qh ? ((qh[l] >> (2 * c + 1)) & 1) << 4 : 0;
+                *y++ = d2 * (float)((qs[l] >> 4) | h) - m2;
+            }
         }
     }
 }
 
-/* Q5_K: d, dmin, scales[12] (as Q4_K), qh[32], qs[128]; as Q4_K, with bit 2c of qh[l] the fifth
- * bit of output l of sub-block 2c and bit 2c + 1 that of sub-block 2c + 1. */
+void core__dequant_q4_k(const uint8_t *b, float *y, int64_t nb)
+{
+    dequant_k(b, y, nb, false);
+}
+
 void core__dequant_q5_k(const uint8_t *b, float *y, int64_t nb)
 {
-    for (int64_t i = 0; i < nb; i++, b += 176) {
-        float d = load_f16(b);
-        float dmin = load_f16(b + 2);
-        const uint8_t *scales = b + 4;
-        const uint8_t *qh = b + 16;
-        const uint8_t *qs = b + 48;
-        for (int c = 0; c < 4; c++, qs += 32) {
-            uint8_t sc, mn;
-            core__q4k_scale_min(2 * c, scales, &sc, &mn);
-            float d1 = d * (float)sc, m1 = dmin * (float)mn;
-            core__q4k_scale_min(2 * c + 1, scales, &sc, &mn);
-            float d2 = d * (float)sc, m2 = dmin * (float)mn;
-            for (int l = 0; l < 32; l++)
-                *y++ = d1 * (float)((qs[l] & 0x0f) | ((qh[l] >> 2 * c) & 1) << 4) - m1;
-            for (int l = 0; l < 32; l++)
-                *y++ = d2 * (float)((qs[l] >> 4) | ((qh[l] >> (2 * c + 1)) & 1) << 4) - m2;
-        }
-    }
+    dequant_k(b, y, nb, true);
 }
 
 /* Q6_K: ql[128], qh[64], scales[16] int8, d last. Two halves of 128 outputs. */
