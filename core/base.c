@@ -2,10 +2,15 @@
 #include "core/base.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 void core_errf(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -60,4 +65,34 @@ int core_grow(void *pp, size_t *cap, size_t need, size_t elem)
     *p = q;
     *cap = n;
     return 0;
+}
+
+void *core_map_file(const char *path, uint64_t min_bytes, const char *needs, size_t *size,
+                    char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        core_errf(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        core_errf(err, errlen, "%s: not a regular file", path);
+        close(fd);
+        return NULL;
+    }
+    if ((uint64_t)st.st_size < min_bytes) {
+        core_errf(err, errlen, "%s: truncated file: %lld bytes, %s %llu", path,
+                  (long long)st.st_size, needs, (unsigned long long)min_bytes);
+        close(fd);
+        return NULL;
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) {
+        core_errf(err, errlen, "%s: mmap: %s", path, strerror(errno));
+        return NULL;
+    }
+    *size = (size_t)st.st_size;
+    return p;
 }

@@ -1,6 +1,6 @@
 /* The few primitives every module of adaptree shares, so that each exists once: the error-message
- * formatter, the assert for internal invariants, a monotonic clock, a 64-bit hash and a growing
- * array. Pure functions (and the clock); any thread.
+ * formatter, the assert for internal invariants, a monotonic clock, a 64-bit hash, a growing
+ * array and a read-only file mapping. Pure functions (and the clock and the mapping); any thread.
  */
 #ifndef ADAPTREE_CORE_BASE_H
 #define ADAPTREE_CORE_BASE_H
@@ -35,5 +35,12 @@ uint64_t core_hash64(uint64_t h, const void *p, size_t n);
  * need, or to twice its capacity when that is more, so that appending one at a time costs
  * amortized O(1). 0, or -ENOMEM (the array is unchanged). */
 int core_grow(void *pp, size_t *cap, size_t need, size_t elem);
+
+/* Maps the regular file at path read-only (private), *size its bytes: the file parsers' open.
+ * NULL with "path: reason" in err when it cannot be opened, is not a regular file, or holds
+ * fewer than min_bytes ("path: truncated file: N bytes, <needs> <min_bytes>"). munmap(p, *size)
+ * releases it. */
+void *core_map_file(const char *path, uint64_t min_bytes, const char *needs, size_t *size,
+                    char *err, size_t errlen);
 
 #endif

@@ -15,13 +15,10 @@
 #include "core/format/gguf.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "core/base.h"
 #include "core/format/types.h"
@@ -718,30 +715,10 @@ core_gguf *core_gguf_open_header(const void *buf, size_t len, uint64_t file_size
 
 core_gguf *core_gguf_open(const char *path, char *err, size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        core_errf(err, errlen, "%s: %s", path, strerror(errno));
+    size_t size;
+    void *p = core_map_file(path, GGUF_HEADER_BYTES, "a GGUF header needs", &size, err, errlen);
+    if (!p)
         return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        core_errf(err, errlen, "%s: not a regular file", path);
-        close(fd);
-        return NULL;
-    }
-    if (st.st_size < GGUF_HEADER_BYTES) {
-        core_errf(err, errlen, "%s: truncated file: %lld bytes, a GGUF header needs %d", path,
-                  (long long)st.st_size, GGUF_HEADER_BYTES);
-        close(fd);
-        return NULL;
-    }
-    size_t size = (size_t)st.st_size;
-    void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (p == MAP_FAILED) {
-        core_errf(err, errlen, "%s: mmap: %s", path, strerror(errno));
-        return NULL;
-    }
     uint64_t need;
     return open_base(p, size, size, true, false, &need, err, errlen);
 }

@@ -24,15 +24,12 @@
 
 #include <assert.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "core/base.h"
 #include "core/format/types.h"
@@ -918,30 +915,11 @@ core_st *core_st_open_header(const void *buf, size_t len, uint64_t file_size, ui
 
 core_st *core_st_open(const char *path, char *err, size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        core_errf(err, errlen, "%s: %s", path, strerror(errno));
+    size_t size;
+    void *p =
+        core_map_file(path, ST_LEN_BYTES, "the header length alone needs", &size, err, errlen);
+    if (!p)
         return NULL;
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        core_errf(err, errlen, "%s: not a regular file", path);
-        close(fd);
-        return NULL;
-    }
-    if (sb.st_size < ST_LEN_BYTES) {
-        core_errf(err, errlen, "%s: truncated file: %lld bytes, the header length alone needs %d",
-                  path, (long long)sb.st_size, ST_LEN_BYTES);
-        close(fd);
-        return NULL;
-    }
-    size_t size = (size_t)sb.st_size;
-    void *p = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (p == MAP_FAILED) {
-        core_errf(err, errlen, "%s: mmap: %s", path, strerror(errno));
-        return NULL;
-    }
     char msg[512] = "";
     uint64_t need;
     core_st *st = open_base(p, size, size, true, false, &need, msg, sizeof msg);
