@@ -54,7 +54,7 @@ CORE_SRC     := $(sort $(wildcard core/*.c core/*/*.c))
 ADAPTERS_SRC := $(sort $(wildcard adapters/*.c))
 SERVER_SRC   := $(sort $(filter-out server/main.c,$(wildcard server/*.c)))
 LIB_SRC      := $(CORE_SRC) $(ADAPTERS_SRC) $(SERVER_SRC)
-TEST_SRC     := tests/runner.c tests/shared_model.c \
+TEST_SRC     := tests/runner.c tests/fixtures.c tests/shared_model.c \
                 $(sort $(wildcard tests/unit/*/*.c tests/unit/*/*/*.c tests/golden/*.c))
 PROBE_SRC    := $(wildcard tests/tools/*.c)
 FUZZ_SRC     := $(sort $(wildcard tests/fuzz/fuzz_*.c))

@@ -6,6 +6,7 @@
 #define ADAPTREE_TEST_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -23,6 +24,12 @@ int test_have_model(void);
 /* The whole file, NUL-terminated (malloc'd; the caller frees), its length in *len (may be NULL);
  * NULL when it cannot be read. */
 char *test_read_file(const char *path, size_t *len);
+/* The JSON document in the file at path (cJSON_Delete it), NULL when it cannot be read or parsed:
+ * the golden tests' fixtures. */
+struct cJSON *test_read_json(const char *path);
+/* The integers of the JSON array arr into out: how many, or -1 when arr is not an array, holds
+ * more than cap items or an item that is not an int32 (a fixture the test cannot use). */
+int test_json_ids(const struct cJSON *arr, int32_t *out, int cap);
 /* The sha256 of n bytes as 64 lowercase hex digits and a NUL. */
 void test_sha256_hex(const void *data, size_t n, char hex[65]);
 

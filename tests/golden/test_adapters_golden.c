@@ -112,14 +112,6 @@ static float *run_batch(core_model *m, int n_seq, const int32_t *const *ids, int
     return out;
 }
 
-static int ids_of(const cJSON *a, int32_t *out, int cap)
-{
-    int n = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, a) if (n < cap) out[n++] = (int32_t)it->valuedouble;
-    return n;
-}
-
 /* Max |ours - theirs| over a top20 list of every position. */
 static double top20_diff(const float *lg, int nv, const cJSON *top20)
 {
@@ -171,7 +163,8 @@ TEST(golden_adapters_match_peft)
         if (!list || cJSON_GetObjectItem(c, "sequences"))
             continue;
         int32_t ids[64];
-        int n = ids_of(cJSON_GetObjectItem(c, "ids"), ids, 64);
+        int n = test_json_ids(cJSON_GetObjectItem(c, "ids"), ids, 64);
+        CHECK_MSG(n > 0, "%s: no usable ids in the fixture", name);
         adapter_set *set = case_set(&g, list);
         CHECK_MSG(set, "%s: cannot build the adapter set", name);
         const int32_t *pid = ids;
@@ -216,7 +209,8 @@ TEST(golden_adapters_mixed_batch_matches_peft)
     const cJSON *seq;
     cJSON_ArrayForEach(seq, cJSON_GetObjectItem(mixed, "sequences"))
     {
-        n = ids_of(cJSON_GetObjectItem(seq, "ids"), ids[k], 16);
+        n = test_json_ids(cJSON_GetObjectItem(seq, "ids"), ids[k], 16);
+        CHECK(n > 0);
         pids[k] = ids[k];
         const char *ad = cJSON_GetObjectItem(seq, "adapter")->valuestring;
         if (strcmp(ad, "__base__")) {
@@ -270,7 +264,8 @@ TEST(golden_gguf_lora_matches_peft)
                                                        "single_qv_r4")) want = c;
     CHECK(want != NULL);
     int32_t ids[64];
-    int n = ids_of(cJSON_GetObjectItem(want, "ids"), ids, 64);
+    int n = test_json_ids(cJSON_GetObjectItem(want, "ids"), ids, 64);
+    CHECK(n > 0);
     const int32_t *pid = ids;
     const adapter_set *sets[1] = {set};
     float *lg = run_batch(m, 1, &pid, n, sets);

@@ -13,27 +13,6 @@
 #define FIXTURES "tests/golden/fixtures/"
 #define LOGIT_TOL 1e-3
 
-static cJSON *load_json(const char *path)
-{
-    char *s = test_read_file(path, NULL);
-    cJSON *j = s ? cJSON_Parse(s) : NULL;
-    free(s);
-    return j;
-}
-
-static int ids_from_json(const cJSON *arr, int32_t *out, int cap)
-{
-    int n = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, arr)
-    {
-        if (n < cap)
-            out[n] = (int32_t)it->valuedouble;
-        n++;
-    }
-    return n;
-}
-
 static int kv_f16; /* all_logits caches K and V as f16 */
 
 /* Runs ids through a fresh cache, logits for every position. */
@@ -71,7 +50,7 @@ typedef struct logit_stats {
 static int compare_logits(core_model *m, const char *what, logit_stats *st)
 {
     memset(st, 0, sizeof *st);
-    cJSON *j = load_json(FIXTURES "core_logits.json");
+    cJSON *j = test_read_json(FIXTURES "core_logits.json");
     if (!j) {
         printf("    cannot read " FIXTURES "core_logits.json\n");
         return -1;
@@ -82,7 +61,7 @@ static int compare_logits(core_model *m, const char *what, logit_stats *st)
     {
         int32_t ids[512];
         const char *name = cJSON_GetObjectItem(p, "name")->valuestring;
-        int n = ids_from_json(cJSON_GetObjectItem(p, "ids"), ids, 512);
+        int n = test_json_ids(cJSON_GetObjectItem(p, "ids"), ids, 512);
         float *lg = n > 0 && n <= 512 ? all_logits(m, ids, n) : NULL;
         if (!lg) {
             rc = -1;
@@ -231,7 +210,7 @@ TEST(golden_greedy_continuations_match_transformers)
     TEST_NEED_MODEL();
     core_model *m = test_shared_model();
     CHECK(m != NULL);
-    cJSON *j = load_json(FIXTURES "core_logits.json");
+    cJSON *j = test_read_json(FIXTURES "core_logits.json");
     CHECK(j != NULL);
     int nv = m->cfg.n_vocab, n_checked = 0;
     char err[256];
@@ -242,8 +221,8 @@ TEST(golden_greedy_continuations_match_transformers)
         if (!g)
             continue;
         int32_t ids[512], want[64];
-        int n = ids_from_json(cJSON_GetObjectItem(p, "ids"), ids, 512);
-        int n_new = ids_from_json(cJSON_GetObjectItem(g, "ids"), want, 64);
+        int n = test_json_ids(cJSON_GetObjectItem(p, "ids"), ids, 512);
+        int n_new = test_json_ids(cJSON_GetObjectItem(g, "ids"), want, 64);
         CHECK(n > 0 && n_new == 32);
         core_ctx *c = core_ctx_new(m);
         core_kv *kv = core_kv_new(&m->cfg, 1, 512, err, sizeof err);

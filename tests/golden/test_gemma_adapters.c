@@ -74,14 +74,6 @@ static adapter_set *selection_set(golden *g, const char *select, const cJSON *li
     return set;
 }
 
-static int ids_of(const cJSON *a, int32_t *out, int cap)
-{
-    int n = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, a) if (n < cap) out[n++] = (int32_t)it->valuedouble;
-    return n;
-}
-
 /* Runs n_seq sequences of n tokens each in one batch, rows interleaved, sequence s with sets[s]
  * (NULL: the base). Returns the logits of every row in (sequence, position) order, or NULL. */
 static float *run_batch(core_model *m, int n_seq, int32_t (*ids)[MAX_IDS], int n,
@@ -168,8 +160,8 @@ static double check_case(core_model *m, golden *g, const cJSON *c, const char *s
 {
     int nv = m->cfg.n_vocab, stride = cJSON_GetObjectItem(g->j, "stride")->valueint;
     int32_t ids[1][MAX_IDS];
-    int n = ids_of(cJSON_GetObjectItem(c, "ids"), ids[0], MAX_IDS);
-    adapter_set *set = selection_set(g, select, list);
+    int n = test_json_ids(cJSON_GetObjectItem(c, "ids"), ids[0], MAX_IDS);
+    adapter_set *set = n > 0 ? selection_set(g, select, list) : NULL;
     if (!set)
         return INFINITY;
     float *lg = run_batch(m, 1, ids, n, &set);
@@ -242,7 +234,8 @@ TEST(gemma_adapters_mixed_batch_matches_peft)
     cJSON_ArrayForEach(seq, cJSON_GetObjectItem(mixed, "sequences"))
     {
         CHECK(k < 3);
-        n = ids_of(cJSON_GetObjectItem(seq, "ids"), ids[k], MAX_IDS);
+        n = test_json_ids(cJSON_GetObjectItem(seq, "ids"), ids[k], MAX_IDS);
+        CHECK(n > 0);
         const char *ad = cJSON_GetObjectItem(seq, "adapter")->valuestring;
         if (strcmp(ad, "__base__")) {
             cJSON *list = cJSON_Parse("[{\"id\":\"\",\"scale\":1}]");

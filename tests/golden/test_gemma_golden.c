@@ -17,27 +17,6 @@
 #define LOGIT_TOL 1e-3
 #define MAX_IDS 1024
 
-static cJSON *fixture(void)
-{
-    char *s = test_read_file(FIXTURES "gemma_logits.json", NULL);
-    cJSON *j = s ? cJSON_Parse(s) : NULL;
-    free(s);
-    return j;
-}
-
-static int ints(const cJSON *arr, int32_t *out, int cap)
-{
-    int n = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, arr)
-    {
-        if (n < cap)
-            out[n] = (int32_t)it->valuedouble;
-        n++;
-    }
-    return n;
-}
-
 TEST(gemma_config_from_gguf)
 {
     TEST_NEED_GEMMA();
@@ -75,7 +54,7 @@ typedef struct gemma_stats {
 static int compare_logits(core_model *m, int kv_f16, const char *what, gemma_stats *st)
 {
     memset(st, 0, sizeof *st);
-    cJSON *j = fixture();
+    cJSON *j = test_read_json(FIXTURES "gemma_logits.json");
     if (!j) {
         printf("    cannot read " FIXTURES "gemma_logits.json\n");
         return -1;
@@ -88,8 +67,8 @@ static int compare_logits(core_model *m, int kv_f16, const char *what, gemma_sta
         const char *name = cJSON_GetObjectItem(p, "name")->valuestring;
         int32_t ids[MAX_IDS], checked[MAX_IDS], pos[MAX_IDS], slot[MAX_IDS] = {0};
         uint8_t want[MAX_IDS] = {0};
-        int n = ints(cJSON_GetObjectItem(p, "ids"), ids, MAX_IDS);
-        int nc = ints(cJSON_GetObjectItem(p, "checked"), checked, MAX_IDS);
+        int n = test_json_ids(cJSON_GetObjectItem(p, "ids"), ids, MAX_IDS);
+        int nc = test_json_ids(cJSON_GetObjectItem(p, "checked"), checked, MAX_IDS);
         if (n <= 0 || n > MAX_IDS || nc <= 0 || nc > n) {
             printf("    %s: bad fixture (%d ids, %d checked)\n", name, n, nc);
             rc = -1;
@@ -252,7 +231,7 @@ TEST(gemma_greedy_continuations_match_transformers)
     TEST_NEED_GEMMA();
     core_model *m = test_gemma_model();
     CHECK(m != NULL);
-    cJSON *j = fixture();
+    cJSON *j = test_read_json(FIXTURES "gemma_logits.json");
     CHECK(j != NULL);
     int nv = m->cfg.n_vocab, n_checked = 0;
     char err[256];
@@ -263,8 +242,8 @@ TEST(gemma_greedy_continuations_match_transformers)
         const cJSON *g = cJSON_GetObjectItem(p, "greedy");
         int32_t ids[MAX_IDS], wantg[64], pos[MAX_IDS], slot[MAX_IDS] = {0};
         uint8_t wl[MAX_IDS] = {0};
-        int n = ints(cJSON_GetObjectItem(p, "ids"), ids, MAX_IDS);
-        int n_new = ints(cJSON_GetObjectItem(g, "ids"), wantg, 64);
+        int n = test_json_ids(cJSON_GetObjectItem(p, "ids"), ids, MAX_IDS);
+        int n_new = test_json_ids(cJSON_GetObjectItem(g, "ids"), wantg, 64);
         CHECK(n > 0 && n <= MAX_IDS && n_new == 16);
         for (int i = 0; i < n; i++)
             pos[i] = i;

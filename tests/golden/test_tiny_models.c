@@ -66,14 +66,6 @@ static core_model *load_tiny(const char *name, const cJSON *fam, char *why, size
     return m;
 }
 
-static int ids_of(const cJSON *a, int32_t *out, int cap)
-{
-    int n = 0;
-    const cJSON *it;
-    cJSON_ArrayForEach(it, a) if (n < cap) out[n++] = (int32_t)it->valuedouble;
-    return n;
-}
-
 static int argmax(const float *r, int nv)
 {
     int best = 0;
@@ -120,7 +112,7 @@ static int compare(core_model *m, const adapter_set *set, const int32_t *ids, in
     char err[256];
     int32_t want[MAX_IDS];
     int n_greedy =
-        ids_of(cJSON_GetObjectItem(cJSON_GetObjectItem(r, "greedy"), "ids"), want, MAX_IDS);
+        test_json_ids(cJSON_GetObjectItem(cJSON_GetObjectItem(r, "greedy"), "ids"), want, MAX_IDS);
     core_ctx *c = core_ctx_new(m);
     core_kv *kv = core_kv_new(&m->cfg, 1, n + n_greedy + 1, err, sizeof err);
     adapter_plan *p = adapter_plan_new();
@@ -234,7 +226,7 @@ static void check_family(const char *name)
     cJSON_ArrayForEach(pr, cJSON_GetObjectItem(fam, "prompts"))
     {
         int32_t ids[MAX_IDS];
-        int n = ids_of(cJSON_GetObjectItem(pr, "ids"), ids, MAX_IDS);
+        int n = test_json_ids(cJSON_GetObjectItem(pr, "ids"), ids, MAX_IDS);
         const char *pname = cJSON_GetStringValue(cJSON_GetObjectItem(pr, "name"));
         for (int k = 0; ok && k < 2; k++) {
             const cJSON *r = cJSON_GetObjectItem(pr, k ? "lora" : "base");

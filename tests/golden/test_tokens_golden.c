@@ -19,17 +19,9 @@
 #define GEMMA_FIXTURE "tests/golden/fixtures/gemma_tokens.json"
 #define GEMMA_MODEL "models/gemma-3-270m-q4_k_m.gguf"
 
-static cJSON *load_json(const char *path)
-{
-    char *buf = test_read_file(path, NULL);
-    cJSON *j = buf ? cJSON_Parse(buf) : NULL;
-    free(buf);
-    return j;
-}
-
 static cJSON *load_fixture(void)
 {
-    return load_json(FIXTURE);
+    return test_read_json(FIXTURE);
 }
 
 static core_tokenizer *golden_tok_of(const char *path)
@@ -204,7 +196,7 @@ TEST(tok_golden_gemma3_cases)
 {
     if (access(GEMMA_MODEL, R_OK) != 0)
         TEST_SKIP("%s missing (run make gemma)", GEMMA_MODEL);
-    cJSON *j = load_json(GEMMA_FIXTURE);
+    cJSON *j = test_read_json(GEMMA_FIXTURE);
     CHECK_MSG(j, "cannot read %s", GEMMA_FIXTURE);
     core_tokenizer *t = golden_tok_of(GEMMA_MODEL);
     check_cases(j, t);
