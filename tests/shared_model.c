@@ -2,6 +2,8 @@
 #include "tests/shared_model.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "tests/test.h"
 
@@ -31,4 +33,30 @@ core_model *test_gemma_model(void)
             printf("    load failed: %s\n", err);
     }
     return m;
+}
+
+core_tokenizer *test_shared_tokenizer(void)
+{
+    static core_tokenizer *t;
+    core_model *m = test_shared_model();
+    if (!t && m) {
+        char err[256];
+        t = core_tokenizer_new(m->gguf, err, sizeof err);
+        if (!t)
+            printf("    tokenizer: %s\n", err);
+    }
+    return t;
+}
+
+int test_tokenize(const core_tokenizer *tok, const char *text, bool special, int32_t *ids, int cap)
+{
+    int32_t *v = NULL;
+    size_t n = 0;
+    if (core_tokenize(tok, text, strlen(text), special, &v, &n) || n > (size_t)cap) {
+        free(v);
+        return -1;
+    }
+    memcpy(ids, v, n * sizeof *ids);
+    free(v);
+    return (int)n;
 }

@@ -9,38 +9,13 @@
 #include "tests/shared_model.h"
 #include "tests/test.h"
 
-static core_tokenizer *tok_get(void)
-{
-    static core_tokenizer *t;
-    core_model *m = test_shared_model();
-    if (!t && m) {
-        char err[256];
-        t = core_tokenizer_new(m->gguf, err, sizeof err);
-    }
-    return t;
-}
-
-/* The token ids of text into ids (at most cap); their count, or -1. */
-static int tokenize(const core_tokenizer *tok, const char *text, int32_t *ids, int cap)
-{
-    int32_t *v = NULL;
-    size_t n = 0;
-    if (core_tokenize(tok, text, strlen(text), false, &v, &n) || (int)n > cap) {
-        free(v);
-        return -1;
-    }
-    memcpy(ids, v, n * sizeof *ids);
-    free(v);
-    return (int)n;
-}
-
 /* Feeds the tokens of text one by one, releasing what is ready after each; returns what was
  * released (malloc'd) and whether a stop string ended it; *n_done gets the tokens handed over. */
 static char *run(srv_text *t, const core_tokenizer *tok, const char *text, bool *stopped,
                  int *n_done)
 {
     int32_t ids[256];
-    int n = tokenize(tok, text, ids, 256);
+    int n = test_tokenize(tok, text, false, ids, 256);
     char *out = calloc(1, 4096);
     size_t len = 0;
     *stopped = false;
@@ -74,7 +49,7 @@ static char *run(srv_text *t, const core_tokenizer *tok, const char *text, bool 
 TEST(text_release_stops_and_holds_back)
 {
     TEST_NEED_MODEL();
-    core_tokenizer *tok = tok_get();
+    core_tokenizer *tok = test_shared_tokenizer();
     CHECK(tok);
     const char *stop[] = {"STOP", "\n\n"};
     size_t stop_len[] = {4, 2};
@@ -90,7 +65,7 @@ TEST(text_release_stops_and_holds_back)
      * out; it is released once the text ends without completing it. */
     srv_text_reset(&t, tok, stop, stop_len, 2);
     int32_t ids[16];
-    int n = tokenize(tok, "one ST", ids, 16);
+    int n = test_tokenize(tok, "one ST", false, ids, 16);
     size_t got = 0;
     for (int i = 0; i < n; i++) {
         srv_job_token rec = {.id = ids[i]};
@@ -105,7 +80,7 @@ TEST(text_release_stops_and_holds_back)
     out = run(&t, tok, "Bonjour, ça va? 漢字 🙂", &stopped, &done);
     CHECK_EQ_STR(out, "Bonjour, ça va? 漢字 🙂");
     CHECK(!stopped);
-    n = tokenize(tok, "Bonjour, ça va? 漢字 🙂", ids, 16);
+    n = test_tokenize(tok, "Bonjour, ça va? 漢字 🙂", false, ids, 16);
     CHECK_EQ_INT(done, n);
     free(out);
     srv_text_deinit(&t);
@@ -114,14 +89,14 @@ TEST(text_release_stops_and_holds_back)
 TEST(text_release_holds_a_split_character_whole)
 {
     TEST_NEED_MODEL();
-    core_tokenizer *tok = tok_get();
+    core_tokenizer *tok = test_shared_tokenizer();
     CHECK(tok);
     srv_text t;
     CHECK_EQ_INT(srv_text_init(&t, tok, NULL, NULL, 0, srv_text_scratch_cap(tok)), 0);
     /* 🙂 is four byte tokens: nothing is ready until the fourth, and the four tokens end at
      * the character's end. */
     int32_t ids[16];
-    int n = tokenize(tok, "🙂", ids, 16);
+    int n = test_tokenize(tok, "🙂", false, ids, 16);
     CHECK_MSG(n >= 2, "the emoji is %d token(s); pick a character that is split", n);
     for (int i = 0; i < n; i++) {
         srv_job_token rec = {.id = ids[i]};

@@ -16,17 +16,6 @@
 #define IM_END 2     /* <|im_end|> */
 #define BANANA 21285 /* " banana" */
 
-static core_tokenizer *tok_get(void)
-{
-    static core_tokenizer *t;
-    core_model *m = test_shared_model();
-    if (!t && m) {
-        char err[256];
-        t = core_tokenizer_new(m->gguf, err, sizeof err);
-    }
-    return t;
-}
-
 /* One answer: status, message, param and body (malloc'd, "" when refused). */
 typedef struct ans {
     int status;
@@ -80,20 +69,6 @@ static int answer_ids(const char *body, int32_t *ids, int cap)
     return n;
 }
 
-/* The ids of text tokenized with special tokens recognised (at most cap); their count, or -1. */
-static int direct_ids(const core_tokenizer *tok, const char *text, int32_t *ids, int cap)
-{
-    int32_t *v = NULL;
-    size_t n = 0;
-    if (core_tokenize(tok, text, strlen(text), true, &v, &n) || (int)n > cap) {
-        free(v);
-        return -1;
-    }
-    memcpy(ids, v, n * sizeof *ids);
-    free(v);
-    return (int)n;
-}
-
 #define CHECK_ANSWER(a, want_status, want_body)                                                    \
     do {                                                                                           \
         CHECK_MSG((a).status == (want_status), "status %d (want %d): %s [param %s]", (a).status,   \
@@ -104,7 +79,7 @@ static int direct_ids(const core_tokenizer *tok, const char *text, int32_t *ids,
 TEST(tokenize_prompt)
 {
     TEST_NEED_MODEL();
-    const core_tokenizer *tok = tok_get();
+    const core_tokenizer *tok = test_shared_tokenizer();
     CHECK(tok);
     ans a = call(tok, false, "{'prompt': ' banana', 'add_special_tokens': false}");
     CHECK_ANSWER(a, 200, "{\"tokens\":[21285],\"count\":1,\"max_model_len\":2048}");
@@ -139,7 +114,7 @@ TEST(tokenize_chat_messages)
     /* The messages rendered with the model's template, as /v1/chat/completions does: the same
      * ids as rendering and tokenizing directly, the generation prompt at the end by default. */
     TEST_NEED_MODEL();
-    const core_tokenizer *tok = tok_get();
+    const core_tokenizer *tok = test_shared_tokenizer();
     CHECK(tok);
     static int32_t got[512], want[512], tail[16];
     core_chat_msg msgs[] = {{.role = "system", .content = "Be brief."},
@@ -149,7 +124,7 @@ TEST(tokenize_chat_messages)
     const char *bodies[] = {BODY "}", BODY ", 'add_generation_prompt': true}",
                             BODY ", 'add_generation_prompt': false}"};
 #undef BODY
-    int n_tail = direct_ids(tok, "<|im_start|>assistant\n", tail, 16);
+    int n_tail = test_tokenize(tok, "<|im_start|>assistant\n", true, tail, 16);
     CHECK(n_tail >= 2 && tail[0] == IM_START);
     int n_with = 0;
     for (int g = 0; g < 3; g++) {
@@ -161,7 +136,7 @@ TEST(tokenize_chat_messages)
         int n = answer_ids(a.body, got, 512);
         free(a.body);
         CHECK_MSG(core_chat_render(tok, msgs, 2, add, &text, err, sizeof err) == 0, "%s", err);
-        int nw = direct_ids(tok, text, want, 512);
+        int nw = test_tokenize(tok, text, true, want, 512);
         free(text);
         CHECK_MSG(n == nw && n > 0 && !memcmp(got, want, (size_t)n * sizeof *got),
                   "%s: %d ids, %d rendered and tokenized directly", b, n, nw);
@@ -187,7 +162,7 @@ TEST(tokenize_chat_messages)
 TEST(detokenize_ids)
 {
     TEST_NEED_MODEL();
-    const core_tokenizer *tok = tok_get();
+    const core_tokenizer *tok = test_shared_tokenizer();
     CHECK(tok);
     ans a = call(tok, true, "{'tokens': [21285]}");
     CHECK_ANSWER(a, 200, "{\"prompt\":\" banana\"}");
@@ -234,7 +209,7 @@ TEST(detokenize_the_largest_array)
 {
     /* SRV_DETOKENIZE_MAX ids are taken, each checked; one more is refused before any is read. */
     TEST_NEED_MODEL();
-    const core_tokenizer *tok = tok_get();
+    const core_tokenizer *tok = test_shared_tokenizer();
     CHECK(tok);
     char *b = malloc(16 + (SRV_DETOKENIZE_MAX + 1) * 7);
     CHECK(b);
@@ -331,7 +306,7 @@ static const refusal refusals[] = {
 TEST(tokenize_refusals)
 {
     TEST_NEED_MODEL();
-    const core_tokenizer *tok = tok_get();
+    const core_tokenizer *tok = test_shared_tokenizer();
     CHECK(tok);
     for (size_t i = 0; i < sizeof refusals / sizeof refusals[0]; i++) {
         const refusal *t = &refusals[i];
@@ -350,7 +325,7 @@ TEST(tokenize_refusals)
 TEST(tokenize_limits_and_template_errors)
 {
     TEST_NEED_MODEL();
-    const core_tokenizer *tok = tok_get();
+    const core_tokenizer *tok = test_shared_tokenizer();
     CHECK(tok);
     /* The generation routes' limits hold here too. */
     srv_request_limits lim;
