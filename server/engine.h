@@ -160,6 +160,7 @@ typedef struct srv_engine_stats {
     size_t kv_block_bytes;
     uint64_t kv_preemptions;     /* sequences whose blocks were taken for older ones */
     uint64_t kv_admission_waits; /* admissions put off until blocks free up (once per job) */
+    uint64_t kv_resumed_tokens;  /* positions preempted sequences took back from the prefix cache */
     /* the prefix cache: lookups made, those that found blocks, positions they skipped, blocks
        evicted */
     uint64_t prefix_lookups, prefix_hits, prefix_hit_tokens, prefix_evictions;

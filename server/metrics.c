@@ -412,6 +412,10 @@ static void render_engine(srv_buf *b, const srv_engine_stats *e)
                e->kv_preemptions);
     metric_u64(b, "adaptree_kv_admission_waits_total", "counter",
                "Requests whose admission waited for free KV blocks.", e->kv_admission_waits);
+    metric_u64(b, "adaptree_kv_resumed_tokens_total", "counter",
+               "Positions preempted sequences took back from the prefix cache instead of "
+               "computing them again.",
+               e->kv_resumed_tokens);
     metric_u64(b, "adaptree_prefix_cache_lookups_total", "counter",
                "Admitted requests that looked up the prefix cache.", e->prefix_lookups);
     metric_u64(b, "adaptree_prefix_cache_hits_total", "counter",

@@ -494,6 +494,7 @@ static int job_start(srv__sched *sc, srv_job *j, srv__seq *s)
     s->n_hist = j->n_prompt;
     s->n_fill = j->n_prompt;
     s->n_gen = 0;
+    s->resume = false;
     /* Speculative decoding: the job's choice, else the server's; never under a grammar (its
        matcher would have to follow every draft) */
     srv__spec_start(&s->spec, gm || j->spec_k < 0 ? 0 : j->spec_k > 0 ? j->spec_k : sc->spec_k);
@@ -984,19 +985,54 @@ static int cmp_part(const void *a, const void *b)
 
 /* Takes s's blocks back for the pool: it starts again from its first token, its prompt and what
  * it generated so far computed again when it next runs (the same tokens: its text so far stays
- * as it was sent). */
+ * as it was sent). Its full blocks go to the prefix cache first, which gives them to the pool
+ * only as they are needed, least recently used first: what is left of them when s runs again
+ * is not computed again (resume_cached). */
 static void preempt(srv__sched *sc, srv__seq *s)
 {
+    cache_blocks(sc, s);
     core_kv_clear(sc->kv, s->slot);
     s->n_past = 0;
     s->n_fill = s->n_hist;
     s->n_inserted = 0;
+    s->resume = true;
     pthread_mutex_lock(&sc->sh->mu);
     sc->sh->stats.kv_preemptions++;
     pthread_mutex_unlock(&sc->sh->mu);
     if (sc->verbose >= 2)
         srv_log(SRV_LOG_DEBUG, "KV pool full: sequence %d preempted at %d tokens", s->slot,
                 s->n_hist);
+}
+
+/* A preempted sequence about to compute its tokens again starts from the blocks of them the
+ * prefix cache still holds (its own, cached when it was preempted, or another sequence's with
+ * the same tokens and adapters), all but the last token, whose logits give its next one. The
+ * blocks hold the bits a computation would give (a row's bits do not depend on its step). Not
+ * for a job that records prompt logprobs: those need every prompt row computed. Returns the
+ * positions taken. */
+static int resume_cached(srv__sched *sc, srv__seq *s)
+{
+    s->resume = false;
+    if (!sc->prefix || s->job->prompt_logprobs || s->n_past != 0 || s->n_fill < 2)
+        return 0;
+    int k = srv_prefix_lookup(sc->prefix, s->ctx, s->ctx_len, s->hist, s->n_fill, sc->ids,
+                              sc->n_ctx / CORE_KV_BLOCK + 1);
+    int use = k * CORE_KV_BLOCK < s->n_fill - 1 ? k * CORE_KV_BLOCK : s->n_fill - 1;
+    if (use <= 0 || core_kv_share(sc->kv, s->slot, sc->ids, k, use) != 0)
+        return 0;
+    s->n_past = use;
+    s->n_inserted = use / CORE_KV_BLOCK;
+    return use;
+}
+
+/* A resumed sequence that gets no room this step lets its blocks go again (the prefix cache
+ * keeps them while they last), so that it holds nothing while it waits. */
+static void unresume(srv__sched *sc, srv__seq *s)
+{
+    core_kv_clear(sc->kv, s->slot);
+    s->n_past = 0;
+    s->n_inserted = 0;
+    s->resume = true;
 }
 
 /* The running sequence admitted last after s that holds blocks and has no part in this step. */
@@ -1155,6 +1191,7 @@ static int plan_parts(srv__sched *sc, int *n_dec)
     order_prefill(sc, sc->pre, np);
     for (int i = 0; i < np && budget > 0; i++) {
         srv__seq *s = sc->pre[i];
+        int resumed = s->resume ? resume_cached(sc, s) : 0;
         int left = s->n_fill - s->n_past;
         int m = left < sc->prefill_chunk ? left : sc->prefill_chunk;
         m = m < budget ? m : budget;
@@ -1162,8 +1199,16 @@ static int plan_parts(srv__sched *sc, int *n_dec)
         if (all)
             m = m < 1 + extra ? m : 1 + extra;
         int room = make_room(sc, s, s->n_past + 1, s->n_past + m);
-        if (room == 0)
+        if (room == 0) {
+            if (resumed)
+                unresume(sc, s);
             continue;
+        }
+        if (resumed) {
+            pthread_mutex_lock(&sc->sh->mu);
+            sc->sh->stats.kv_resumed_tokens += (uint64_t)resumed;
+            pthread_mutex_unlock(&sc->sh->mu);
+        }
         m = room - s->n_past;
         if (all)
             extra -= m - 1;

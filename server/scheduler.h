@@ -31,6 +31,7 @@ typedef struct srv__seq {
     int n_inserted;  /* full blocks handed to the prefix cache */
     bool in_step;    /* has a part in the step being planned: not to be preempted */
     bool stalled;    /* no KV block for its decode row this step */
+    bool resume;     /* preempted: takes back what the prefix cache kept before computing */
     uint8_t *ctx;    /* the prefix cache's context: the set's (content hash, weight) items */
     size_t ctx_len, ctx_cap;
     int n_gen;      /* tokens sampled and kept (EOG excluded) */

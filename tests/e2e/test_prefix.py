@@ -3,8 +3,8 @@ skips the prefill of its cached blocks (usage.prompt_tokens_details.cached_token
 same greedy tokens and logprobs within the batch-invariance tolerance, also when the hit covers
 the whole prompt; the cache key is the adapter set's content, so another set, another scale or a
 reloaded adapter version never hits; a KV pool too small for the load makes requests wait or be
-preempted and recomputed, with the same texts; a pool smaller than one context is refused at
-start-up."""
+preempted and recomputed, with the same texts, and with the prefix cache a preempted request takes
+back its cached blocks; a pool smaller than one context is refused at start-up."""
 
 import os
 import shutil
@@ -152,13 +152,13 @@ def no_prefix_cache_flag(server_factory):
     eq(m.get(("adaptree_prefix_cache_blocks", ())), 0, "cached blocks without the cache")
 
 
-@suite.test
-def small_pool_waits_and_preempts_with_the_same_texts(server_factory):
+def small_pool(server_factory, prefix):
     """--ctx 256 and a pool of 14 MB (19 blocks of 16 positions): six requests that grow to
     about 150 positions each (10 blocks) cannot all run; they wait or are preempted and
-    recomputed, and each text is the one it gives alone."""
-    s = server_factory(["--ctx", "256", "--kv-cache-mb", "14", "--max-seqs", "8",
-                        "--no-prefix-cache"], registry=REG, name="smallpool")
+    computed again, and each text is the one it gives alone. Returns the metrics."""
+    args = ["--ctx", "256", "--kv-cache-mb", "14", "--max-seqs", "8"]
+    s = server_factory(args + ([] if prefix else ["--no-prefix-cache"]), registry=REG,
+                       name="smallpool-prefix" if prefix else "smallpool")
     prompts = [f"{TEXT} Story number {i}: once upon a time" for i in range(6)]
     bodies = [{"prompt": p, "max_tokens": 100} for p in prompts]
     alone = [complete(b, s)[0] for b in bodies[:3]]
@@ -177,11 +177,33 @@ def small_pool_waits_and_preempts_with_the_same_texts(server_factory):
     m = e2e.metrics(s)
     pre = m.get(("adaptree_kv_preemptions_total", ()))
     waits = m.get(("adaptree_kv_admission_waits_total", ()))
-    print(f"    preemptions {pre}, admission waits {waits}")
+    resumed = m.get(("adaptree_kv_resumed_tokens_total", ()))
+    print(f"    preemptions {pre}, admission waits {waits}, positions resumed {resumed}")
     check(pre + waits > 0, "the pool was never short: the test proves nothing")
+
     # the gauges follow the engine's step, which may end after the last answer went out
-    e2e.wait_until(lambda: e2e.metrics(s).get(("adaptree_kv_blocks_used", ())) == 0, 10,
-                   "no KV block in use after the requests")
+    def only_cached():
+        g = e2e.metrics(s)
+        return g.get(("adaptree_kv_blocks_used", ())) == g.get(("adaptree_prefix_cache_blocks", ()))
+
+    e2e.wait_until(only_cached, 10, "no KV block in use but the prefix cache's after the requests")
+    return m
+
+
+@suite.test
+def small_pool_waits_and_preempts_with_the_same_texts(server_factory):
+    m = small_pool(server_factory, prefix=False)
+    eq(m.get(("adaptree_kv_resumed_tokens_total", ())), 0, "resumed without a prefix cache")
+
+
+@suite.test
+def preempted_requests_resume_from_the_prefix_cache(server_factory):
+    """With the prefix cache, a preempted request's full blocks are cached as it is preempted;
+    those still there when it runs again are not computed again, and its text is the same."""
+    m = small_pool(server_factory, prefix=True)
+    if m.get(("adaptree_kv_preemptions_total", ())) > 0:
+        check(m.get(("adaptree_kv_resumed_tokens_total", ())) > 0,
+              "preempted, but nothing taken back from the prefix cache")
 
 
 @suite.test

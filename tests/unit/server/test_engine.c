@@ -25,7 +25,7 @@
 #include "tests/unit/adapters/adapter_testutil.h"
 
 #define FIX "tests/golden/fixtures/adapters"
-#define MAXTOK 64
+#define MAXTOK 128
 #define WAIT_S 60.0
 
 /* ---- helpers -------------------------------------------------------------------------------- */
@@ -449,17 +449,20 @@ TEST(engine_concurrent_jobs_match_alone)
     srv_engine_free(e);
 }
 
-static int kv_used_is(const srv_engine_stats *s, int n)
+/* No job runs and every block in use is the prefix cache's. */
+static int kv_only_cached(const srv_engine_stats *s, int unused)
 {
-    return s->kv_blocks_used == n;
+    (void)unused;
+    return s->running == 0 && s->kv_blocks_used == s->kv_blocks_cached;
 }
 
 /* Preemption and re-prefill: a pool of 18 blocks (17 hold one --ctx 256 sequence) for four jobs
- * that each grow past 4 blocks. Admission waits, the youngest sequences are preempted and
- * recompute their prompt and generated tokens, and every job gives its tokens alone. */
-TEST(engine_kv_pool_preempts_and_recomputes)
+ * that each grow past 4 blocks (gen tokens each). Admission waits, the youngest sequences are
+ * preempted and compute their prompt and generated tokens again (with the prefix cache, only
+ * those of the blocks it no longer holds), and every job gives its tokens alone. */
+static void kv_pressure(bool prefix, int gen, srv_engine_stats *out)
 {
-    TEST_NEED_MODEL();
+    memset(out, 0, sizeof *out);
     core_model *m = test_shared_model();
     CHECK(m);
     srv_engine_opts o;
@@ -469,21 +472,21 @@ TEST(engine_kv_pool_preempts_and_recomputes)
     o.watch = false;
     o.n_ctx = 256;
     o.max_seqs = 4;
-    o.no_prefix_cache = true;
+    o.no_prefix_cache = !prefix;
     o.verbose = 0;
     size_t block = core_kv_block_size(&m->cfg, 0);
     o.kv_cache_bytes = 18 * block;
     char err[256] = "";
     srv_engine *e = srv_engine_new(&o, err, sizeof err);
     CHECK_MSG(e != NULL, "%s", err);
-    enum { N = 4, GEN = 60 };
+    enum { N = 4 };
     const char *prompts[N] = {"1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "Once upon a time, there was",
                               "The first ten prime numbers are", "a b c d e f g h i j k"};
     jobspec specs[N];
     int32_t alone[N][MAXTOK];
     int n_alone[N];
     for (int i = 0; i < N; i++) {
-        specs[i] = (jobspec){.prompt = prompts[i], .client = "a", .max_tokens = GEN};
+        specs[i] = (jobspec){.prompt = prompts[i], .client = "a", .max_tokens = gen};
         n_alone[i] = run_alone(e, &specs[i], alone[i], NULL);
         CHECK(n_alone[i] > 0);
     }
@@ -500,15 +503,36 @@ TEST(engine_kv_pool_preempts_and_recomputes)
         CHECK_MSG(same_ids(alone[i], n_alone[i], got, ng), "job %d under pressure differs", i);
         job_drop(&r[i]);
     }
-    CHECK_EQ_INT(wait_stats(e, kv_used_is, 0), 0); /* the gauges follow the step */
-    srv_engine_stats s;
-    srv_engine_stats_get(e, &s);
-    printf("    18-block pool, 4 jobs of %d tokens: %llu preemptions, %llu admission waits\n", GEN,
-           (unsigned long long)s.kv_preemptions, (unsigned long long)s.kv_admission_waits);
-    CHECK(s.kv_preemptions + s.kv_admission_waits > 0);
-    CHECK_EQ_INT(s.kv_blocks_used, 0);
-    CHECK_EQ_INT(s.kv_blocks_total, 18);
+    CHECK_EQ_INT(wait_stats(e, kv_only_cached, 0), 0); /* the gauges follow the step */
+    srv_engine_stats_get(e, out);
+    printf("    18-block pool, 4 jobs of %d tokens, %s: %llu preemptions, %llu admission waits, "
+           "%llu positions resumed from the prefix cache\n",
+           gen, prefix ? "prefix cache" : "no prefix cache",
+           (unsigned long long)out->kv_preemptions, (unsigned long long)out->kv_admission_waits,
+           (unsigned long long)out->kv_resumed_tokens);
+    CHECK(out->kv_preemptions + out->kv_admission_waits > 0);
+    CHECK_EQ_INT(out->kv_blocks_used, out->kv_blocks_cached);
+    CHECK_EQ_INT(out->kv_blocks_total, 18);
     srv_engine_free(e);
+}
+
+TEST(engine_kv_pool_preempts_and_recomputes)
+{
+    TEST_NEED_MODEL();
+    srv_engine_stats s;
+    kv_pressure(false, 60, &s);
+    CHECK_EQ_INT(s.kv_resumed_tokens, 0);
+}
+
+/* With the prefix cache, a preempted sequence's full blocks are cached as it is preempted, and
+ * those still there when it runs again are not computed again: the same tokens. */
+TEST(engine_kv_preempted_resume_from_prefix_cache)
+{
+    TEST_NEED_MODEL();
+    srv_engine_stats s;
+    kv_pressure(true, 100, &s);
+    CHECK_MSG(s.kv_preemptions > 0, "no preemption: the test did not test resuming");
+    CHECK(s.kv_resumed_tokens > 0);
 }
 
 TEST(engine_stop_strings)

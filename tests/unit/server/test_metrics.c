@@ -115,7 +115,8 @@ TEST(metrics_render)
                            .running = 1,
                            .waiting = 2,
                            .jobs_rejected = 3,
-                           .kv_bytes = 4096};
+                           .kv_bytes = 4096,
+                           .kv_resumed_tokens = 48};
     es.step_hist[0] = 8; /* 1 row */
     es.step_seconds = 0.5;
     es.step_time[2] = 9; /* (5, 10] ms */
@@ -190,6 +191,7 @@ TEST(metrics_render)
         "adaptree_waiting 2\n",
         "adaptree_queue_rejected_total 3\n",
         "adaptree_kv_bytes 4096\n",
+        "# TYPE adaptree_kv_resumed_tokens_total counter\nadaptree_kv_resumed_tokens_total 48\n",
         "adaptree_adapter_requests_total{adapter=\"base\"} 2\n",
         "adaptree_adapter_requests_total{adapter=\"fr\\\"x\"} 1\n",
         "adaptree_adapter_generated_tokens_total{adapter=\"base\"} 7\n",
