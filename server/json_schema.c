@@ -34,6 +34,8 @@ typedef struct sc {
     size_t n_memo, cap_memo;
     /* shared rules, made on first use; -1 until then */
     int ws, ch, str, num, value, object, array, utf8, digit, frac, zfrac;
+    bool raw; /* regular expressions over raw text (guided_regex), not JSON string content */
+    const char *what; /* what is compiled, for messages: "schema", "regex", "choice list" */
 } sc;
 
 static int refuse(sc *c, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -61,7 +63,7 @@ static int rule(sc *c)
 {
     int r = core_gbuild_rule(c->b);
     if (r < 0)
-        refuse(c, r, "the schema is too large");
+        refuse(c, r, "the %s is too large", c->what);
     return r;
 }
 
@@ -545,7 +547,7 @@ static bool aset_has(const aset *s, unsigned x)
 }
 
 /* A rule for one character of class s (negated: any character but those, non-ASCII included),
- * written as JSON writes it inside a string. */
+ * written as JSON writes it inside a string, or as itself in raw mode. */
 static int class_rule(sc *c, aset s, bool neg)
 {
     if (neg) {
@@ -555,6 +557,12 @@ static int class_rule(sc *c, aset s, bool neg)
     int r = rule(c);
     core_gset plain = {{0}};
     bool any = false;
+    if (c->raw) { /* the characters themselves (never NUL) */
+        s.w[0] &= ~1ULL;
+        plain.w[0] = s.w[0];
+        plain.w[1] = s.w[1];
+        s.w[0] = s.w[1] = 0;
+    }
     for (unsigned x = 0; x < 128; x++) {
         if (!aset_has(&s, x))
             continue;
@@ -604,13 +612,15 @@ static int class_rule(sc *c, aset s, bool neg)
         any = true;
     }
     if (!any)
-        return refuse(c, -EINVAL, "pattern: an empty character class matches nothing");
+        return refuse(c, -EINVAL, "%s: an empty character class matches nothing",
+                      c->raw ? "regex" : "pattern");
     return r;
 }
 
 static int rx_fail(rx *x, const char *what)
 {
-    return refuse(x->c, -EINVAL, "pattern: %s at offset %d", what, (int)(x->p - x->base));
+    return refuse(x->c, -EINVAL, "%s: %s at offset %d", x->c->raw ? "regex" : "pattern", what,
+                  (int)(x->p - x->base));
 }
 
 /* \d \w \s (upper case: negated) into s; false for another letter */
@@ -873,7 +883,8 @@ static int rx_alt(rx *x, int depth)
     }
 }
 
-/* The content rule of a string matching pattern re (unanchored unless ^ / $ say so). */
+/* The content rule of a string matching pattern re (unanchored unless ^ / $ say so); in raw
+ * mode, the text matching re whole (anchored whether or not ^ / $ say so). */
 static int pattern(sc *c, const char *re)
 {
     size_t n = strlen(re);
@@ -890,6 +901,8 @@ static int pattern(sc *c, const char *re)
         return -1;
     if (x.p != x.end)
         return rx_fail(&x, "an unmatched ')'");
+    if (c->raw)
+        return body;
     int any = rep(c, ch(c), 0, -1), r = rule(c);
     alt(c, r);
     if (!start)
@@ -1384,7 +1397,10 @@ static int schema(sc *c, const cJSON *s, const char *path)
     return r;
 }
 
-static void sc_init(sc *c, const cJSON *root, char *err, size_t errlen)
+/* Starts compiling what ("schema", "regex", "choice list"; raw: over raw text) into *out (NULL
+ * until finish). 0, or -ENOMEM. */
+static int sc_open(sc *c, const cJSON *root, const char *what, bool raw, core_grammar **out,
+                   char *err, size_t errlen)
 {
     memset(c, 0, sizeof *c);
     c->root = root;
@@ -1392,8 +1408,12 @@ static void sc_init(sc *c, const cJSON *root, char *err, size_t errlen)
     c->errlen = errlen;
     c->ws = c->ch = c->str = c->num = c->value = c->object = c->array = c->utf8 = c->digit =
         c->frac = c->zfrac = -1;
+    c->what = what;
+    c->raw = raw;
     if (err && errlen)
         err[0] = 0;
+    *out = NULL;
+    return (c->b = core_gbuild_new()) ? 0 : -ENOMEM;
 }
 
 static int finish(sc *c, int root, core_grammar **out)
@@ -1407,17 +1427,21 @@ static int finish(sc *c, int root, core_grammar **out)
                    strstr(e, "large")    ? -E2BIG
                    : strstr(e, "memory") ? -ENOMEM
                                          : -EINVAL,
-                   "%s", strstr(e, "large") ? "the schema is too large" : e);
+                   "%s%s%s", strstr(e, "large") ? "the " : e, strstr(e, "large") ? c->what : "",
+                   strstr(e, "large") ? " is too large" : "");
     }
     if (g && !core_grammar_viable(g)) {
         core_grammar_free(g);
         g = NULL;
-        refuse(c, -EINVAL, "the schema matches nothing (a $ref that only refers to itself?)");
+        if (c->raw)
+            refuse(c, -EINVAL, "the %s matches nothing", c->what);
+        else
+            refuse(c, -EINVAL, "the schema matches nothing (a $ref that only refers to itself?)");
     }
     core_gbuild_free(c->b);
     free(c->memo);
     if (!g && !c->rc)
-        refuse(c, -EINVAL, "the schema could not be compiled");
+        refuse(c, -EINVAL, "the %s could not be compiled", c->what);
     *out = g;
     return g ? 0 : c->rc;
 }
@@ -1425,20 +1449,37 @@ static int finish(sc *c, int root, core_grammar **out)
 int srv_schema_compile(const cJSON *s, core_grammar **out, char *err, size_t errlen)
 {
     sc c;
-    sc_init(&c, s, err, errlen);
-    *out = NULL;
-    if (!(c.b = core_gbuild_new()))
+    if (sc_open(&c, s, "schema", false, out, err, errlen))
         return -ENOMEM;
-    int root = s ? schema(&c, s, "#") : object_any(&c);
-    return finish(&c, root, out);
+    return finish(&c, s ? schema(&c, s, "#") : object_any(&c), out);
 }
 
 int srv_regex_compile(const char *re, core_grammar **out, char *err, size_t errlen)
 {
     sc c;
-    sc_init(&c, NULL, err, errlen);
-    *out = NULL;
-    if (!(c.b = core_gbuild_new()))
+    if (sc_open(&c, NULL, "schema", false, out, err, errlen))
         return -ENOMEM;
     return finish(&c, pattern(&c, re), out);
+}
+
+int srv_regex_text_compile(const char *re, core_grammar **out, char *err, size_t errlen)
+{
+    sc c;
+    if (sc_open(&c, NULL, "regex", true, out, err, errlen))
+        return -ENOMEM;
+    return finish(&c, pattern(&c, re), out);
+}
+
+int srv_choice_compile(const char *const *choices, int n, core_grammar **out, char *err,
+                       size_t errlen)
+{
+    sc c;
+    if (sc_open(&c, NULL, "choice list", true, out, err, errlen))
+        return -ENOMEM;
+    int r = rule(&c);
+    for (int i = 0; i < n && r >= 0; i++) {
+        alt(&c, r);
+        lit(&c, r, choices[i]);
+    }
+    return finish(&c, n > 0 ? r : -1, out);
 }

@@ -41,4 +41,14 @@ int srv_schema_compile(const cJSON *schema, core_grammar **out, char *err, size_
  * string content it describes (between the quotes, escaped as JSON). For tests and tools. */
 int srv_regex_compile(const char *re, core_grammar **out, char *err, size_t errlen);
 
+/* vLLM's guided_regex: a grammar matching the text that re (the same subset) matches whole, as
+ * Python's re.fullmatch would: anchored whether or not it starts with ^ and ends with $; its
+ * classes, '.' and literals stand for the characters themselves ('.' and negated classes: any
+ * UTF-8 character but those, never NUL, '.' not \n or \r). Errors as srv_schema_compile. */
+int srv_regex_text_compile(const char *re, core_grammar **out, char *err, size_t errlen);
+
+/* vLLM's guided_choice: a grammar matching exactly one of the n strings (n >= 1). */
+int srv_choice_compile(const char *const *choices, int n, core_grammar **out, char *err,
+                       size_t errlen);
+
 #endif

@@ -113,6 +113,7 @@ typedef struct pctx {
     size_t errlen;
     char *param;
     size_t paramlen;
+    const char *guided; /* the field that gave r->grammar (guided_json, guided_regex, ...) */
 } pctx;
 
 /* Records a refusal: param = path, err = "path: message" ("request body: ..." when the path is
@@ -777,8 +778,6 @@ static const struct unsupported {
     {"tool_choice", K_CHAT, NEUTRAL_OFF, "tool calling is not supported", "only \"none\""},
     {"function_call", K_CHAT, NEUTRAL_OFF, "tool calling is not supported", "only \"none\""},
     {"audio", K_CHAT, NEUTRAL_NONE, "audio output is not supported", NULL},
-    {"guided_regex", K_CMPL | K_CHAT, NEUTRAL_NONE, "constrained decoding is not supported", NULL},
-    {"guided_choice", K_CMPL | K_CHAT, NEUTRAL_NONE, "constrained decoding is not supported", NULL},
     {"guided_grammar", K_CMPL | K_CHAT, NEUTRAL_NONE, "constrained decoding is not supported",
      NULL},
     {"grammar", K_CMPL | K_CHAT, NEUTRAL_NONE, "constrained decoding is not supported", NULL},
@@ -849,17 +848,63 @@ static int compile_schema(pctx *c, const cJSON *schema, const char *path)
     return rc ? fail(c, rc, path, "%s", msg) : 0;
 }
 
+/* vLLM's guided_regex (the text matches it whole) and guided_choice (exactly one of 1 to
+ * SRV_REQ_CHOICES_MAX strings), each into r->grammar. */
+static int parse_guided_text(pctx *c)
+{
+    const cJSON *re, *ch, *it;
+    char msg[300], p[PATH_MAX_];
+    int rc;
+    if ((rc = top(c, "guided_regex", &re)) || (rc = top(c, "guided_choice", &ch)))
+        return rc;
+    if (!absent(re) && !absent(ch))
+        return fail(c, -EINVAL, "guided_choice", "give guided_regex or guided_choice, not both");
+    if (!absent(re)) {
+        if (!cJSON_IsString(re))
+            return fail(c, -EINVAL, "guided_regex", "expected a string, got %s", jtype(re));
+        rc = srv_regex_text_compile(re->valuestring, &c->r->grammar, msg, sizeof msg);
+        c->guided = "guided_regex";
+    } else if (!absent(ch)) {
+        int n = cJSON_GetArraySize(ch), i = 0;
+        if (!cJSON_IsArray(ch) || n < 1 || n > SRV_REQ_CHOICES_MAX)
+            return fail(c, -EINVAL, "guided_choice", "expected an array of 1 to %d strings",
+                        SRV_REQ_CHOICES_MAX);
+        const char **v = malloc((size_t)n * sizeof *v);
+        if (!v)
+            return nomem(c);
+        cJSON_ArrayForEach(it, ch)
+        {
+            if (!cJSON_IsString(it)) {
+                free(v);
+                return fail(c, -EINVAL, pathf(p, "guided_choice[%d]", i),
+                            "expected a string, got %s", jtype(it));
+            }
+            v[i++] = it->valuestring;
+        }
+        rc = srv_choice_compile(v, n, &c->r->grammar, msg, sizeof msg);
+        free(v);
+        c->guided = "guided_choice";
+    }
+    if (rc == -ENOMEM)
+        return nomem(c);
+    return rc ? fail(c, rc, c->guided, "%s", msg) : 0;
+}
+
 /* Structured outputs: response_format {"type": "text" | "json_object" | "json_schema",
  * "json_schema": {"name": ..., "schema": {...}, "strict": ...}}, or vLLM's "guided_json" (a
- * schema, or a string holding one). */
+ * schema, or a string holding one), "guided_regex" or "guided_choice"; one of them. */
 static int parse_response_format(pctx *c)
 {
     const cJSON *v, *t, *js, *schema;
     char p[PATH_MAX_], q[QUOTE_BYTES + 8];
     int rc;
-    if ((rc = top(c, "guided_json", &v)))
+    if ((rc = parse_guided_text(c)) || (rc = top(c, "guided_json", &v)))
         return rc;
+    if (!absent(v) && c->guided)
+        return fail(c, -EINVAL, "guided_json", "give one of guided_json and %s, not both",
+                    c->guided);
     if (!absent(v)) {
+        c->guided = "guided_json";
         cJSON *parsed = NULL;
         if (cJSON_IsString(v) && !(v = parsed = cJSON_Parse(v->valuestring)))
             return fail(c, -EINVAL, "guided_json", "the string is not a JSON schema");
@@ -878,7 +923,8 @@ static int parse_response_format(pctx *c)
     if (!strcmp(t->valuestring, "text"))
         return 0;
     if (c->r->grammar)
-        return fail(c, -EINVAL, "response_format", "give guided_json or response_format, not both");
+        return fail(c, -EINVAL, "response_format", "give %s or response_format, not both",
+                    c->guided);
     if (json_object)
         return compile_schema(c, NULL, "response_format");
     if (strcmp(t->valuestring, "json_schema") != 0)

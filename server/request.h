@@ -73,6 +73,8 @@ struct srv_request_arena;
 #define SRV_REQ_SPEC_K_MAX 16
 #define SRV_REQ_SPEC_NGRAM_MAX 8
 #define SRV_REQ_SPEC_DEFAULT_K 8
+/* "guided_choice": the most strings it may list. */
+#define SRV_REQ_CHOICES_MAX 1024
 
 typedef struct srv_request {
     srv_request_kind kind;

@@ -1,5 +1,5 @@
 """End-to-end: structured outputs. response_format json_object and json_schema (and vLLM's
-guided_json) through the OpenAI Python SDK on /v1/chat/completions and /v1/completions, streamed
+guided_json, guided_regex and guided_choice) through the OpenAI Python SDK on /v1/chat/completions and /v1/completions, streamed
 and not, greedy and sampled, on the base model and with adapters, several requests at once in one
 batch; every output is parsed and validated by the jsonschema package (with its format checker).
 Also: a schema with one valid output gives exactly it, max_tokens mid-JSON ends with "length",
@@ -190,6 +190,85 @@ def json_object_mode_and_guided_json():
                              extra_body={"guided_json": s})
     validate(s, r.choices[0].text, "guided_json")
     eq(r.choices[0].finish_reason, "stop", "guided_json finish")
+
+
+REGEXES = [r"\(\d{3}\) \d{3}-\d{4}", r"20\d\d-(0[1-9]|1[0-2])-[0-3]\d",
+           r'"[A-Z][a-z]{1,10}" said (yes|no)[.!]', r"[^\n]{3,12}\n[A-Z]{2}"]
+CHOICES = ["Paris", "London", "Berlin", "Madrid", "Par"]
+
+
+def guided(extra, prompt, route, model="base", adapters=None, stream=False, **kw):
+    """(text, finish_reason) with vLLM's guided_* field(s) in extra_body."""
+    extra = dict(extra, **({"adapters": adapters} if adapters else {}))
+    if route == "chat":
+        args = dict(model=model, messages=[{"role": "user", "content": prompt}], extra_body=extra,
+                    **kw)
+        make, piece = C.chat.completions.create, lambda c: c.delta.content or ""
+        whole = lambda c: c.message.content
+    else:
+        args = dict(model=model, prompt=prompt, extra_body=extra, **kw)
+        make, piece, whole = C.completions.create, lambda c: c.text, lambda c: c.text
+    if not stream:
+        r = make(**args)
+        return whole(r.choices[0]), r.choices[0].finish_reason
+    text, finish = "", None
+    for ch in make(stream=True, **args):
+        if ch.choices:
+            text += piece(ch.choices[0])
+            finish = ch.choices[0].finish_reason or finish
+    return text, finish
+
+
+@suite.test
+def guided_regex_and_guided_choice():
+    """vLLM's guided_regex (the text matches it whole, as re.fullmatch) and guided_choice (the
+    text is one of the strings), chat and completions, greedy and sampled, streamed, with
+    adapters, eight at a time; bad ones are 400s naming the field."""
+    import re
+
+    import openai
+
+    jobs = []
+    for i, rx in enumerate(REGEXES):
+        for route, (model, adapters) in (("chat", SELS[i % 3]), ("completions", SELS[(i + 1) % 3])):
+            for kw in (dict(temperature=0), dict(temperature=1.0, seed=11 + i, stream=True)):
+                jobs.append((rx, None, route, model, adapters, kw))
+    for route in ("chat", "completions"):
+        for kw in (dict(temperature=0), dict(temperature=1.0, seed=3, stream=True)):
+            jobs.append((None, CHOICES, route, "fr/manpages", None, kw))
+
+    def one(job):
+        rx, choices, route, model, adapters, kw = job
+        extra = {"guided_regex": rx} if rx else {"guided_choice": choices}
+        return guided(extra, "Write something short.", route, model, adapters, max_tokens=60,
+                      **kw)
+
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(one, jobs))
+    for (rx, choices, route, model, adapters, kw), (text, finish) in zip(jobs, outs):
+        what = f"{route} {model} {adapters} {kw} {rx or choices}"
+        if rx:
+            check(re.fullmatch(rx, text) is not None, f"{what}: {text!r} does not match")
+        else:
+            check(text in choices, f"{what}: {text!r} is not a choice")
+        eq(finish, "stop", f"{what}: finish")
+    print(f"    {len(jobs)} guided requests, e.g. {outs[0][0]!r}, {outs[-1][0]!r}")
+    for extra, param, needle in (({"guided_regex": "(a"}, "guided_regex", "a group without ')'"),
+                                 ({"guided_regex": "a(?=b)"}, "guided_regex", "lookarounds"),
+                                 ({"guided_choice": []}, "guided_choice", "1 to 1024 strings"),
+                                 ({"guided_choice": ["a"], "guided_regex": "a"}, "guided_choice",
+                                  "not both")):
+        for route in ("chat", "completions"):
+            try:
+                guided(extra, "x", route, max_tokens=4)
+                raise e2e.Fail(f"{route} {extra} was accepted")
+            except openai.BadRequestError as e:
+                body = e.body or {}
+                check(needle in body.get("message", ""), f"{route} {extra}: message {body}")
+                eq(body.get("param"), param, f"{route} {extra}: param")
+    text, _ = guided({"guided_choice": CHOICES}, "The capital of France is", "completions",
+                     temperature=0, max_tokens=8)
+    check(text in CHOICES, f"the server still serves: {text!r}")
 
 
 @suite.test

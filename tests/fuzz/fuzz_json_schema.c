@@ -1,7 +1,9 @@
 /* libFuzzer target: the JSON Schema compiler (server/json_schema.c) and the grammar it builds
  * (core/text/grammar.c). An input starting with "re:" is a regular expression for
- * srv_regex_compile; anything else is parsed by cJSON as a schema (an input cJSON refuses is
- * compiled as the json_object mode, schema NULL, and the input used as text to match).
+ * srv_regex_compile, "rt:" one for srv_regex_text_compile (guided_regex), "ch:" a list of
+ * choices, one a line, for srv_choice_compile (guided_choice); anything else is parsed by cJSON
+ * as a schema (an input cJSON refuses is compiled as the json_object mode, schema NULL, and the
+ * input used as text to match).
  *
  * Aborts when the return code is not one of 0, -EINVAL, -E2BIG, -ENOMEM; when a refusal has no
  * message, a message that is not printable, or a grammar; when a success has a message or no
@@ -21,11 +23,35 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* The choices of a "ch:" input: its lines after the prefix (text is modified). */
+static int choices(char *text, const char **v, int cap)
+{
+    int n = 0;
+    for (char *p = text + 3; n < cap;) {
+        v[n++] = p;
+        char *nl = strchr(p, '\n');
+        if (!nl)
+            break;
+        *nl = 0;
+        p = nl + 1;
+    }
+    return n;
+}
+
 static int compile(const char *text, bool regex, bool schema_null, core_grammar **g, char *err,
                    size_t errlen)
 {
-    if (regex)
+    if (regex && !memcmp(text, "re:", 3))
         return srv_regex_compile(text + 3, g, err, errlen);
+    if (regex && !memcmp(text, "rt:", 3))
+        return srv_regex_text_compile(text + 3, g, err, errlen);
+    if (regex) {
+        char *copy = strdup(text);
+        const char *v[64];
+        int rc = copy ? srv_choice_compile(v, choices(copy, v, 64), g, err, errlen) : -ENOMEM;
+        free(copy);
+        return rc;
+    }
     cJSON *s = schema_null ? NULL : cJSON_Parse(text);
     int rc = srv_schema_compile(s, g, err, errlen);
     cJSON_Delete(s);
@@ -41,7 +67,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     memcpy(text, data, size);
     text[size] = 0;
-    bool regex = size >= 3 && !memcmp(text, "re:", 3);
+    bool regex = size >= 3 &&
+                 (!memcmp(text, "re:", 3) || !memcmp(text, "rt:", 3) || !memcmp(text, "ch:", 3));
     cJSON *probe = regex ? NULL : cJSON_Parse(text);
     bool schema_null = !regex && !probe;
     cJSON_Delete(probe);

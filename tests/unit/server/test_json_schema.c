@@ -245,3 +245,60 @@ TEST(schema_regex_direct)
     CHECK(!core_grammar_matches(g, "ab@x.net", 8));
     core_grammar_free(g);
 }
+
+/* guided_regex: the raw text matching the expression whole (Python's re.fullmatch), its
+ * characters as themselves (quotes and backslashes unescaped, '.' any UTF-8 character but a line
+ * break). */
+TEST(schema_regex_text_whole_and_raw)
+{
+    core_grammar *g;
+    char err[160];
+    CHECK_EQ_INT(srv_regex_text_compile("\\d{3}-\\d{4}", &g, err, sizeof err), 0);
+    CHECK(core_grammar_matches(g, "555-1234", 8));
+    CHECK(!core_grammar_matches(g, "x555-1234", 9)); /* anchored without ^ */
+    CHECK(!core_grammar_matches(g, "555-12345", 9)); /* and without $ */
+    core_grammar_free(g);
+    CHECK_EQ_INT(srv_regex_text_compile("^\"[a-z]+\\\\\"$", &g, err, sizeof err), 0);
+    CHECK(core_grammar_matches(g, "\"ab\\\"", 5));        /* "ab\" as raw bytes */
+    CHECK(!core_grammar_matches(g, "\\\"ab\\\\\\\"", 8)); /* not JSON-escaped */
+    core_grammar_free(g);
+    CHECK_EQ_INT(srv_regex_text_compile("(yes|no)\\.[^a-z]", &g, err, sizeof err), 0);
+    CHECK(core_grammar_matches(g, "no.\xc3\xa9", 5)); /* a negated class takes non-ASCII */
+    CHECK(core_grammar_matches(g, "yes.\t", 5));
+    CHECK(!core_grammar_matches(g, "yes.e", 5));
+    core_grammar_free(g);
+    CHECK_EQ_INT(srv_regex_text_compile("a.b", &g, err, sizeof err), 0);
+    CHECK(core_grammar_matches(g,
+                               "a\xe2\x82\xac"
+                               "b",
+                               5));
+    CHECK(!core_grammar_matches(g, "a\nb", 3));
+    CHECK(!core_grammar_matches(g, "a\0b", 3)); /* never NUL */
+    core_grammar_free(g);
+    CHECK_EQ_INT(srv_regex_text_compile("(a", &g, err, sizeof err), -EINVAL);
+    CHECK_MSG(!strcmp(err, "regex: a group without ')' at offset 2"), "%s", err);
+    CHECK(g == NULL);
+    CHECK_EQ_INT(srv_regex_text_compile("[^\\x00-\\x7f]{2}(?=x)", &g, err, sizeof err), -EINVAL);
+    CHECK_MSG(strstr(err, "lookarounds"), "%s", err);
+    CHECK_EQ_INT(srv_regex_text_compile("a{2}{3}", &g, err, sizeof err), -EINVAL);
+    CHECK_MSG(!strcmp(err, "regex: nothing to repeat at offset 4"), "%s", err);
+    CHECK_EQ_INT(srv_regex_text_compile("[\\x00]", &g, err, sizeof err), -EINVAL); /* NUL only */
+    CHECK_MSG(!strcmp(err, "regex: an empty character class matches nothing"), "%s", err);
+}
+
+TEST(schema_choice_exactly_one)
+{
+    core_grammar *g;
+    char err[160];
+    const char *c3[] = {"Paris", "London", "Par"};
+    CHECK_EQ_INT(srv_choice_compile(c3, 3, &g, err, sizeof err), 0);
+    CHECK(core_grammar_matches(g, "Paris", 5));
+    CHECK(core_grammar_matches(g, "Par", 3));
+    CHECK(core_grammar_matches(g, "London", 6));
+    CHECK(!core_grammar_matches(g, "Pari", 4));
+    CHECK(!core_grammar_matches(g, "ParisLondon", 11));
+    CHECK(!core_grammar_matches(g, "", 0));
+    core_grammar_free(g);
+    CHECK_EQ_INT(srv_choice_compile(c3, 0, &g, err, sizeof err), -EINVAL);
+    CHECK(g == NULL);
+}

@@ -331,6 +331,18 @@ TEST(req_response_format_compiles_a_grammar)
     PARSE_OK(C, "{'prompt':'x','response_format':{'type':'text'}}", &r);
     CHECK(r.grammar == NULL);
     srv_request_deinit(&r);
+    /* vLLM's guided_regex (the whole text) and guided_choice */
+    PARSE_OK(C, "{'prompt':'x','guided_regex':'\\\\d{2}-[a-z]+'}", &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "42-ab", 5));
+    CHECK(r.grammar && !core_grammar_matches(r.grammar, "42-ab!", 6));
+    srv_request_deinit(&r);
+    PARSE_OK(H,
+             "{'messages':[{'role':'user','content':'x'}],'guided_choice':['yes','no'],"
+             "'response_format':{'type':'text'}}",
+             &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "no", 2));
+    CHECK(r.grammar && !core_grammar_matches(r.grammar, "yesno", 5));
+    srv_request_deinit(&r);
 }
 
 TEST(req_token_controls)
@@ -1131,6 +1143,22 @@ static const refusal refusals[] = {
      "guided_json: the string is not a JSON schema"},
     {C, "{'prompt': 'x', 'guided_json': {}, 'response_format': {'type': 'json_object'}}", E,
      "response_format", "response_format: give guided_json or response_format, not both"},
+    {C, "{'prompt': 'x', 'guided_regex': '(a'}", E, "guided_regex",
+     "guided_regex: regex: a group without ')' at offset 2"},
+    {C, "{'prompt': 'x', 'guided_regex': 3}", E, "guided_regex",
+     "guided_regex: expected a string, got number"},
+    {C, "{'prompt': 'x', 'guided_choice': []}", E, "guided_choice",
+     "guided_choice: expected an array of 1 to 1024 strings"},
+    {C, "{'prompt': 'x', 'guided_choice': 'yes'}", E, "guided_choice",
+     "guided_choice: expected an array of 1 to 1024 strings"},
+    {H, MSG1 ", 'guided_choice': ['a', 2]}", E, "guided_choice[1]",
+     "guided_choice[1]: expected a string, got number"},
+    {C, "{'prompt': 'x', 'guided_choice': ['a'], 'guided_regex': 'a'}", E, "guided_choice",
+     "guided_choice: give guided_regex or guided_choice, not both"},
+    {C, "{'prompt': 'x', 'guided_choice': ['a'], 'guided_json': {}}", E, "guided_json",
+     "guided_json: give one of guided_json and guided_choice, not both"},
+    {C, "{'prompt': 'x', 'guided_regex': 'a', 'response_format': {'type': 'json_object'}}", E,
+     "response_format", "response_format: give guided_regex or response_format, not both"},
     {H, MSG1 ", 'grammar': 'root ::= x'}", E, "grammar",
      "grammar: constrained decoding is not supported"},
     {C, "{'prompt': 'x', 'suffix': 'end'}", E, "suffix",
