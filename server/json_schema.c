@@ -33,7 +33,7 @@ typedef struct sc {
     memo *memo;
     size_t n_memo, cap_memo;
     /* shared rules, made on first use; -1 until then */
-    int ws, ch, str, num, value, object, array, utf8, digit, frac, zfrac;
+    int ws, ch, str, num, value, object, array, utf8, digit, frac;
     bool raw; /* regular expressions over raw text (guided_regex), not JSON string content */
     const char *what; /* what is compiled, for messages: "schema", "regex", "choice list" */
 } sc;
@@ -244,19 +244,6 @@ static int frac(sc *c)
     alt(c, r);
     lit(c, r, ".");
     ref(c, r, rep(c, digit(c), 1, DIGITS_MAX));
-    return r;
-}
-
-/* optional "." then 1..DIGITS_MAX zeros: how an integral number may be written */
-static int zfrac(sc *c)
-{
-    if (c->zfrac >= 0)
-        return c->zfrac;
-    int r = c->zfrac = rule(c), z = one_span(c, '0', '0');
-    alt(c, r);
-    alt(c, r);
-    lit(c, r, ".");
-    ref(c, r, rep(c, z, 1, DIGITS_MAX));
     return r;
 }
 
@@ -492,34 +479,158 @@ static int int_range(sc *c, long long lo, long long hi)
     return r;
 }
 
-/* Numbers in [lo, hi] (integral bounds), without exponent: an integer part below the upper
- * magnitude with any fraction, or the bound itself with a zero fraction. */
-static int number_range(sc *c, long long lo, long long hi)
+/* Bounded numbers are written without exponent, at most DIGITS_MAX digits on each side of the
+ * point, so their values are exactly the multiples of 10^-DIGITS_MAX below 10^DIGITS_MAX: bounds
+ * are such fixed-point counts (|x| < 10^32 fits in 128 bits). */
+typedef __int128 fix;
+#define FIX_ONE ((fix)10000000000000000LL) /* 10^DIGITS_MAX */
+#define FIX_MAX ((fix)INT_MAG_MAX * FIX_ONE + (FIX_ONE - 1))
+
+/* v (finite) as a fixed-point count, rounded up (toward +inf) or down, from its shortest decimal
+ * writing that reads back as v (0.1 is 0.1, not the binary value's 55 digits); *exact when no
+ * rounding was needed. Clamped to +-FIX_MAX. */
+static fix to_fix(double v, bool up, bool *exact)
+{
+    *exact = false;
+    if (v >= 1e16)
+        return FIX_MAX;
+    if (v <= -1e16)
+        return -FIX_MAX;
+    char buf[40];
+    for (int p = 0; p < 17; p++) {
+        snprintf(buf, sizeof buf, "%.*e", p, v);
+        if (strtod(buf, NULL) == v)
+            break;
+    }
+    bool neg = buf[0] == '-';
+    fix m = 0;
+    int nd = 0;
+    const char *q = buf + neg;
+    for (; *q && *q != 'e'; q++)
+        if (*q >= '0' && *q <= '9')
+            m = m * 10 + (*q - '0'), nd++;
+    int shift =
+        (*q ? (int)strtol(q + 1, NULL, 10) : 0) + DIGITS_MAX - (nd - 1); /* v = m 10^(shift - 16) */
+    if (shift >= 0) {
+        for (int i = 0; i < shift; i++)
+            m *= 10;
+        *exact = true;
+    } else if (shift < -(nd + 1)) { /* |v| < 10^-17: below one unit */
+        *exact = m == 0;
+        m = !*exact && up != neg;
+    } else {
+        fix d = 1;
+        for (int i = 0; i < -shift; i++)
+            d *= 10;
+        *exact = m % d == 0;
+        m = m / d + (!*exact && up != neg); /* the magnitude rounds away from 0 when v moves out */
+    }
+    return neg ? -m : m;
+}
+
+/* The DIGITS_MAX fraction digits of v >= 0, and a NUL. */
+static void frac_digits(fix v, char f[DIGITS_MAX + 1])
+{
+    fix r = v % FIX_ONE;
+    for (int i = DIGITS_MAX - 1; i >= 0; i--, r /= 10)
+        f[i] = (char)('0' + (int)(r % 10));
+    f[DIGITS_MAX] = 0;
+}
+
+static bool zeros_from(const char *f, int i)
+{
+    for (; f && f[i]; i++)
+        if (f[i] != '0')
+            return false;
+    return true;
+}
+
+/* Fraction digits s, from digit i on (0 to DIGITS_MAX - i of them, compared as if padded with
+ * zeros), with lo[i..] <= s <= hi[i..]; lo NULL: no lower bound, hi NULL: no upper bound;
+ * nonempty: at least one digit. */
+static int frac_range(sc *c, const char *lo, const char *hi, int i, bool nonempty)
+{
+    int rem = DIGITS_MAX - i, r = rule(c);
+    if (zeros_from(lo, i) && !hi) {
+        alt(c, r);
+        ref(c, r, rep(c, digit(c), nonempty, rem));
+        return r;
+    }
+    if (!nonempty && zeros_from(lo, i)) /* no more digits: zeros, within hi */
+        alt(c, r);
+    if (rem == 0)
+        return r;
+    unsigned a = lo ? (unsigned char)lo[i] : '0', b = hi ? (unsigned char)hi[i] : '9';
+    if (a + 1 < b) {
+        alt(c, r);
+        span(c, r, a + 1, b - 1);
+        ref(c, r, rep(c, digit(c), 0, rem - 1));
+    }
+    if (a == b) {
+        alt(c, r);
+        span(c, r, a, a);
+        ref(c, r, frac_range(c, lo, hi, i + 1, false));
+    } else {
+        alt(c, r);
+        span(c, r, a, a);
+        ref(c, r, frac_range(c, lo, NULL, i + 1, false));
+        alt(c, r);
+        span(c, r, b, b);
+        ref(c, r, frac_range(c, NULL, hi, i + 1, false));
+    }
+    return r;
+}
+
+/* A fraction (none, or "." and 1 to DIGITS_MAX digits) within [lo, hi] (NULL: unbounded). */
+static int fraction(sc *c, const char *lo, const char *hi)
+{
+    int r = rule(c);
+    if (zeros_from(lo, 0))
+        alt(c, r);
+    alt(c, r);
+    lit(c, r, ".");
+    ref(c, r, frac_range(c, lo, hi, 0, true));
+    return r;
+}
+
+/* Writings of the numbers in [lo, hi], 0 <= lo <= hi <= FIX_MAX: by integer part, those strictly
+ * between the bounds' with any fraction, the bounds' own with the fractions within them. */
+static int nonneg_range(sc *c, fix lo, fix hi)
+{
+    uint64_t ia = (uint64_t)(lo / FIX_ONE), ib = (uint64_t)(hi / FIX_ONE);
+    char fa[DIGITS_MAX + 1], fb[DIGITS_MAX + 1];
+    frac_digits(lo, fa);
+    frac_digits(hi, fb);
+    int r = rule(c);
+    if (ib >= ia + 2) {
+        alt(c, r);
+        ref(c, r, uint_range(c, ia + 1, ib - 1));
+        ref(c, r, fraction(c, NULL, NULL));
+    }
+    alt(c, r);
+    ref(c, r, uint_range(c, ia, ia));
+    ref(c, r, fraction(c, fa, ia == ib ? fb : NULL));
+    if (ib != ia) {
+        alt(c, r);
+        ref(c, r, uint_range(c, ib, ib));
+        ref(c, r, fraction(c, NULL, fb));
+    }
+    return r;
+}
+
+/* Numbers in [lo, hi], without exponent: the non-negative ones, then "-" and the magnitudes of
+ * the negative ones ("-0" is 0, within any range that holds 0 and a negative number). */
+static int number_range(sc *c, fix lo, fix hi)
 {
     int r = rule(c);
     if (hi >= 0) {
-        uint64_t a = lo > 0 ? (uint64_t)lo : 0, b = (uint64_t)hi;
-        if (a + 1 <= b) {
-            alt(c, r);
-            ref(c, r, uint_range(c, a, b - 1));
-            ref(c, r, opt(c, frac(c)));
-        }
         alt(c, r);
-        ref(c, r, uint_range(c, b, b));
-        ref(c, r, zfrac(c));
+        ref(c, r, nonneg_range(c, lo > 0 ? lo : 0, hi));
     }
     if (lo < 0) {
-        uint64_t a = hi < 0 ? (uint64_t)-hi : 0, b = (uint64_t)-lo;
-        if (a + 1 <= b) {
-            alt(c, r);
-            lit(c, r, "-");
-            ref(c, r, uint_range(c, a, b - 1));
-            ref(c, r, opt(c, frac(c)));
-        }
         alt(c, r);
         lit(c, r, "-");
-        ref(c, r, uint_range(c, b, b));
-        ref(c, r, zfrac(c));
+        ref(c, r, nonneg_range(c, hi < 0 ? -hi : 0, -lo));
     }
     return r;
 }
@@ -1146,14 +1257,22 @@ static int array_schema(sc *c, const cJSON *s, const char *path)
     return x < 0 ? x : array_of(c, x, min, max);
 }
 
+/* A calendar date: years 0001-9999, each month's days, February 29 in leap years only (what
+ * Python's date.fromisoformat, behind jsonschema's "date" check, accepts). */
+#define RE_DATE                                                                                    \
+    "(([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-((0[13578]|1[02])-(0[1-9]|[12][0-9]|"   \
+    "3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8]))|([0-9]{2}(0[48]|"         \
+    "[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)-02-29)"
+#define RE_TIME                                                                                    \
+    "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]" \
+    ")"
+
 static const struct {
     const char *name, *re;
 } formats[] = {
-    {"date", "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"},
-    {"time", "^([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):"
-             "[0-5][0-9])$"},
-    {"date-time", "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5]"
-                  "[0-9]:[0-5][0-9](\\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"},
+    {"date", "^" RE_DATE "$"},
+    {"time", "^" RE_TIME "$"},
+    {"date-time", "^" RE_DATE "T" RE_TIME "$"},
     {"uuid", "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"},
     {"email", "^[a-zA-Z0-9._%+-]{1,64}@[a-zA-Z0-9-]{1,63}(\\.[a-zA-Z0-9-]{1,63}){0,8}\\.[a-zA-Z]"
               "{2,24}$"},
@@ -1196,30 +1315,36 @@ static int string_schema(sc *c, const cJSON *s, const char *path)
     return bounded ? quoted(c, rep(c, ch(c), min, max)) : str_any(c);
 }
 
-/* Reads minimum/maximum/exclusive* into [lo, hi] for integers (round inward). -1 on refusal. */
-static int int_bounds(sc *c, const cJSON *s, bool integer, long long *lo, long long *hi,
-                      const char *path)
+static const char *const bound_keys[] = {"minimum", "exclusiveMinimum", "maximum",
+                                         "exclusiveMaximum"};
+
+/* Bound keyword i of s into *x: 1, 0 when absent, -1 (refused) when it is not a finite number. */
+static int bound_of(sc *c, const cJSON *s, int i, const char *path, double *x)
 {
-    static const char *const k[] = {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"};
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(s, bound_keys[i]);
+    if (!v)
+        return 0;
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) {
+        refuse(c, -EINVAL, "'%s' at %s must be a number", bound_keys[i], path);
+        return -1;
+    }
+    *x = v->valuedouble;
+    return 1;
+}
+
+/* Reads minimum/maximum/exclusive* into [lo, hi] for integers (round inward). -1 on refusal. */
+static int int_bounds(sc *c, const cJSON *s, long long *lo, long long *hi, const char *path)
+{
     *lo = -INT_MAG_MAX;
     *hi = INT_MAG_MAX;
     for (int i = 0; i < 4; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(s, k[i]);
-        if (!v)
+        double x;
+        int rc = bound_of(c, s, i, path, &x);
+        if (rc <= 0) {
+            if (rc < 0)
+                return -1;
             continue;
-        if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
-            return refuse(c, -EINVAL, "'%s' at %s must be a number", k[i], path);
-        double x = v->valuedouble;
-        if (!integer && (i & 1))
-            return refuse(c, -EINVAL,
-                          "unsupported keyword '%s' at %s (for numbers; integers "
-                          "support it)",
-                          k[i], path);
-        if (!integer && x != floor(x))
-            return refuse(c, -EINVAL,
-                          "'%s' at %s: only integral bounds are supported for "
-                          "numbers, got %g",
-                          k[i], path, x);
+        }
         if (x < -(double)INT_MAG_MAX)
             x = -(double)INT_MAG_MAX;
         if (x > (double)INT_MAG_MAX)
@@ -1239,8 +1364,38 @@ static int int_bounds(sc *c, const cJSON *s, bool integer, long long *lo, long l
             *hi = b;
     }
     if (*lo > *hi)
-        return refuse(c, -EINVAL, "no %s at %s is within its minimum and maximum",
-                      integer ? "integer" : "number", path);
+        return refuse(c, -EINVAL, "no integer at %s is within its minimum and maximum", path);
+    return 0;
+}
+
+/* Reads minimum/maximum/exclusive* into [lo, hi] for numbers, as fixed-point counts rounded
+ * inward (an exclusive bound that is exact moves in by one unit). -1 on refusal. */
+static int num_bounds(sc *c, const cJSON *s, fix *lo, fix *hi, const char *path)
+{
+    *lo = -FIX_MAX;
+    *hi = FIX_MAX;
+    for (int i = 0; i < 4; i++) {
+        double x;
+        int rc = bound_of(c, s, i, path, &x);
+        if (rc <= 0) {
+            if (rc < 0)
+                return -1;
+            continue;
+        }
+        bool exact, lower = i < 2;
+        fix b = to_fix(x, lower, &exact);
+        if (exact && i == 1)
+            b++;
+        if (exact && i == 3)
+            b--;
+        b = b > FIX_MAX ? FIX_MAX : b < -FIX_MAX ? -FIX_MAX : b;
+        if (lower && b > *lo)
+            *lo = b;
+        if (!lower && b < *hi)
+            *hi = b;
+    }
+    if (*lo > *hi)
+        return refuse(c, -EINVAL, "no number at %s is within its minimum and maximum", path);
     return 0;
 }
 
@@ -1255,16 +1410,16 @@ static int typed(sc *c, const cJSON *s, const char *t, const char *path)
     if (!strcmp(t, "integer") || !strcmp(t, "number")) {
         bool integer = t[0] == 'i';
         bool bounded = false;
-        static const char *const k[] = {"minimum", "exclusiveMinimum", "maximum",
-                                        "exclusiveMaximum"};
         for (int i = 0; i < 4; i++)
-            bounded = bounded || cJSON_GetObjectItemCaseSensitive(s, k[i]);
+            bounded = bounded || cJSON_GetObjectItemCaseSensitive(s, bound_keys[i]);
         if (!bounded)
             return integer ? int_any(c) : num_any(c);
-        long long lo, hi;
-        if (int_bounds(c, s, integer, &lo, &hi, path) < 0)
-            return -1;
-        return integer ? int_range(c, lo, hi) : number_range(c, lo, hi);
+        if (integer) {
+            long long lo, hi;
+            return int_bounds(c, s, &lo, &hi, path) < 0 ? -1 : int_range(c, lo, hi);
+        }
+        fix lo, hi;
+        return num_bounds(c, s, &lo, &hi, path) < 0 ? -1 : number_range(c, lo, hi);
     }
     int r = rule(c);
     if (!strcmp(t, "boolean")) {
@@ -1407,7 +1562,7 @@ static int sc_open(sc *c, const cJSON *root, const char *what, bool raw, core_gr
     c->err = err;
     c->errlen = errlen;
     c->ws = c->ch = c->str = c->num = c->value = c->object = c->array = c->utf8 = c->digit =
-        c->frac = c->zfrac = -1;
+        c->frac = -1;
     c->what = what;
     c->raw = raw;
     if (err && errlen)

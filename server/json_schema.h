@@ -12,7 +12,8 @@
  *   characters, \d \w \s and their negations, groups, |, ?, *, +, {n,m}, ^ and $ at the ends;
  *   unanchored as JSON Schema says), format date, time, date-time, uuid, email;
  *   integer: minimum, maximum, exclusiveMinimum, exclusiveMaximum;
- *   number: minimum, maximum with integral values;
+ *   number: minimum, maximum, exclusiveMinimum, exclusiveMaximum (any values, read as their
+ *   shortest decimal writing; a bounded number is written without exponent);
  *   boolean, null; and the annotations title, description, default, examples, $schema, $id,
  *   $comment, deprecated, readOnly, writeOnly.
  * Generated JSON: at most 16 whitespace bytes between tokens, integers of at most 16 digits,

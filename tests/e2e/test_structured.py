@@ -44,9 +44,10 @@ SCHEMAS = {
     "measure": {
         "type": "object",
         "properties": {"value": {"type": "number", "minimum": -10, "maximum": 10},
+                       "ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.75},
                        "unit": {"anyOf": [{"const": "cm"}, {"const": "kg"}, {"type": "null"}]},
                        "date": {"type": "string", "format": "date"}},
-        "required": ["value", "unit", "date"], "additionalProperties": False},
+        "required": ["value", "ratio", "unit", "date"], "additionalProperties": False},
     "event": {
         "type": "object",
         "properties": {"title": {"type": "string", "maxLength": 30},

@@ -181,6 +181,94 @@ TEST(schema_any_of_refs_recursion)
            L("1"));
 }
 
+/* Numbers between decimal bounds, inclusive and exclusive: every multiple of 10^-4 in a range
+ * and around it, written with four decimals and with its trailing zeros cut, against exact
+ * integer comparison. */
+TEST(schema_number_decimal_bounds)
+{
+    static const struct {
+        const char *schema;
+        int lo, hi; /* in units of 10^-4, inclusive */
+    } cases[] = {
+        {"{\"type\":\"number\",\"minimum\":-1.25,\"exclusiveMaximum\":3.5}", -12500, 34999},
+        {"{\"type\":\"number\",\"exclusiveMinimum\":0,\"maximum\":1}", 1, 10000},
+        {"{\"type\":\"number\",\"minimum\":0.1,\"maximum\":0.1003}", 1000, 1003},
+        {"{\"type\":\"number\",\"minimum\":-10,\"maximum\":10}", -100000, 100000},
+        {"{\"type\":\"number\",\"exclusiveMinimum\":-2.5,\"exclusiveMaximum\":-0.75}", -24999,
+         -7501},
+    };
+    char err[256], t[32];
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        cJSON *s = cJSON_Parse(cases[k].schema);
+        core_grammar *g = NULL;
+        CHECK_MSG(srv_schema_compile(s, &g, err, sizeof err) == 0, "%s: %s", cases[k].schema, err);
+        cJSON_Delete(s);
+        int bad = 0;
+        for (int v = cases[k].lo - 20000; v <= cases[k].hi + 20000 && bad < 3; v++) {
+            int a = v < 0 ? -v : v;
+            int n = snprintf(t, sizeof t, "%s%d.%04d", v < 0 ? "-" : "", a / 10000, a % 10000);
+            bool want = v >= cases[k].lo && v <= cases[k].hi;
+            for (int cut = 0; cut < 2; cut++) {
+                if (cut) { /* "1.2500" -> "1.25", "3.0000" -> "3" */
+                    while (t[n - 1] == '0')
+                        t[--n] = 0;
+                    if (t[n - 1] == '.')
+                        t[--n] = 0;
+                }
+                if (core_grammar_matches(g, t, (size_t)n) != want) {
+                    test_fail(__FILE__, __LINE__, "%s: '%s' %s", cases[k].schema, t,
+                              want ? "refused" : "matched");
+                    bad++;
+                }
+            }
+        }
+        core_grammar_free(g);
+        CHECK(bad == 0);
+    }
+    /* the smallest step: 16 decimals; "-0" is 0; no exponent, no leading zeros */
+    expect("{\"type\":\"number\",\"exclusiveMinimum\":0,\"maximum\":0.5}",
+           L("0.0000000000000001", "0.5", "0.5000000000000000", "0.25"),
+           L("0", "0.0", "-0", "0.5000000000000001", "0.00000000000000001", "1e-3", "00.25"));
+    expect("{\"type\":\"number\",\"minimum\":-0.1,\"maximum\":0}", L("-0", "-0.1", "0.0", "-0.05"),
+           L("-0.1000000000000001", "0.0000000000000001", "-.1"));
+    expect("{\"type\":\"number\",\"minimum\":0.3333333333333333}",
+           L("0.3333333333333333", "0.34", "12"), L("0.3333333333333332", "0.3"));
+}
+
+/* "date" and the date of "date-time": exactly the calendar dates (years 0001-9999, each month's
+ * days, February 29 in leap years), as Python's date.fromisoformat behind jsonschema's check. */
+TEST(schema_format_date_is_a_calendar_date)
+{
+    static const int years[] = {0, 1, 4, 100, 400, 1900, 1996, 2000, 2023, 2024, 2100, 2400, 9999};
+    const char *schemas[2] = {"{\"type\":\"string\",\"format\":\"date\"}",
+                              "{\"type\":\"string\",\"format\":\"date-time\"}"};
+    char err[256], t[64];
+    for (int f = 0; f < 2; f++) {
+        cJSON *s = cJSON_Parse(schemas[f]);
+        core_grammar *g = NULL;
+        CHECK_MSG(srv_schema_compile(s, &g, err, sizeof err) == 0, "%s", err);
+        cJSON_Delete(s);
+        int bad = 0, valid = 0;
+        for (size_t i = 0; i < sizeof years / sizeof years[0]; i++)
+            for (int m = 0; m <= 13; m++)
+                for (int d = 0; d <= 32; d++) {
+                    int y = years[i];
+                    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+                    static const int days[13] = {0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+                    bool want =
+                        y >= 1 && m >= 1 && m <= 12 && d >= 1 && d <= days[m] + (m == 2 && leap);
+                    int n = snprintf(t, sizeof t, "\"%04d-%02d-%02d%s\"", y, m, d,
+                                     f ? "T10:20:30Z" : "");
+                    valid += want;
+                    if (core_grammar_matches(g, t, (size_t)n) != want && bad++ < 3)
+                        test_fail(__FILE__, __LINE__, "%s %s", t, want ? "refused" : "matched");
+                }
+        core_grammar_free(g);
+        CHECK(bad == 0);
+        CHECK_EQ_INT(valid, 12 * 365 + 6); /* leap days: 4, 400, 1996, 2000, 2024, 2400 */
+    }
+}
+
 TEST(schema_refusals_name_the_keyword)
 {
     refused("{\"type\":\"string\",\"not\":{}}", "unsupported keyword 'not' at #");
@@ -188,8 +276,9 @@ TEST(schema_refusals_name_the_keyword)
             "unsupported keyword 'oneOf' at #/properties/a");
     refused("{\"type\":\"array\",\"uniqueItems\":true}", "'uniqueItems'");
     refused("{\"type\":\"string\",\"format\":\"ipv4\"}", "'format': 'ipv4'");
-    refused("{\"type\":\"number\",\"minimum\":0.5}", "only integral bounds");
-    refused("{\"type\":\"number\",\"exclusiveMaximum\":3}", "'exclusiveMaximum'");
+    refused("{\"type\":\"number\",\"minimum\":1.5,\"maximum\":1.25}", "no number");
+    refused("{\"type\":\"number\",\"exclusiveMinimum\":2,\"exclusiveMaximum\":2}", "no number");
+    refused("{\"type\":\"number\",\"maximum\":\"3\"}", "'maximum' at # must be a number");
     refused("{\"type\":\"integer\",\"minimum\":5,\"maximum\":4}", "no integer");
     refused("{\"type\":\"string\",\"pattern\":\"(?=a)\"}", "lookarounds");
     refused("{\"type\":\"string\",\"pattern\":\"a\\\\b\"}", "unsupported escape");
