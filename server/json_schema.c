@@ -1340,11 +1340,10 @@ static int int_bounds(sc *c, const cJSON *s, long long *lo, long long *hi, const
     for (int i = 0; i < 4; i++) {
         double x;
         int rc = bound_of(c, s, i, path, &x);
-        if (rc <= 0) {
-            if (rc < 0)
-                return -1;
+        if (rc < 0)
+            return -1;
+        if (rc == 0)
             continue;
-        }
         if (x < -(double)INT_MAG_MAX)
             x = -(double)INT_MAG_MAX;
         if (x > (double)INT_MAG_MAX)
@@ -1377,11 +1376,10 @@ static int num_bounds(sc *c, const cJSON *s, fix *lo, fix *hi, const char *path)
     for (int i = 0; i < 4; i++) {
         double x;
         int rc = bound_of(c, s, i, path, &x);
-        if (rc <= 0) {
-            if (rc < 0)
-                return -1;
+        if (rc < 0)
+            return -1;
+        if (rc == 0)
             continue;
-        }
         bool exact, lower = i < 2;
         fix b = to_fix(x, lower, &exact);
         if (exact && i == 1)

@@ -344,6 +344,17 @@ static int share_leader(srv__sched *sc, srv__seq *s, const srv_job *j)
     return use;
 }
 
+/* Starts the empty slot of s from the prefix cache's blocks for tokens[0..n): the positions of
+ * the longest cached run, but the last token, which is always computed (its logits give the next
+ * token). Returns the positions shared (0: none). */
+static int share_cached(srv__sched *sc, srv__seq *s, const int32_t *tokens, int n)
+{
+    int k = srv_prefix_lookup(sc->prefix, s->ctx, s->ctx_len, tokens, n, sc->ids,
+                              sc->n_ctx / CORE_KV_BLOCK + 1);
+    int use = k * CORE_KV_BLOCK < n - 1 ? k * CORE_KV_BLOCK : n - 1;
+    return use > 0 && core_kv_share(sc->kv, s->slot, sc->ids, k, use) == 0 ? use : 0;
+}
+
 /* The KV side of admitting job j into the free sequence s: its group leader's prompt blocks, else
  * its prefix from the cache (not when it records prompt logprobs: those need every prompt row
  * computed), then room for the rest of the prompt and one block of growth per running sequence.
@@ -354,14 +365,8 @@ static int kv_start(srv__sched *sc, srv__seq *s, srv_job *j, const adapter_set *
     if (seq_set_ctx(s, set) < 0)
         return -ENOMEM;
     s->n_past = s->n_shared = share_leader(sc, s, j);
-    if (sc->prefix && !j->prompt_logprobs && !s->n_shared) {
-        int k = srv_prefix_lookup(sc->prefix, s->ctx, s->ctx_len, j->prompt, j->n_prompt, sc->ids,
-                                  sc->n_ctx / CORE_KV_BLOCK + 1);
-        /* the last prompt token is always computed: its logits give the first token */
-        int use = k * CORE_KV_BLOCK < j->n_prompt - 1 ? k * CORE_KV_BLOCK : j->n_prompt - 1;
-        if (use > 0 && core_kv_share(sc->kv, s->slot, sc->ids, k, use) == 0)
-            s->n_past = s->n_cached = use;
-    }
+    if (sc->prefix && !j->prompt_logprobs && !s->n_shared)
+        s->n_past = s->n_cached = share_cached(sc, s, j->prompt, j->n_prompt);
     int need = core_kv_blocks_needed(sc->kv, s->slot, j->n_prompt + 1) + sc->n_running;
     int short_by = need - core_kv_blocks_free(sc->kv);
     if (short_by > 0 && sc->prefix)
@@ -983,6 +988,16 @@ static int cmp_part(const void *a, const void *b)
 
 /* ---- KV blocks for the step ------------------------------------------------------------------ */
 
+/* Lets s's blocks go: it starts again from its first token when it next runs, taking back first
+ * what the prefix cache still holds of them (resume_cached). */
+static void release_blocks(srv__sched *sc, srv__seq *s)
+{
+    core_kv_clear(sc->kv, s->slot);
+    s->n_past = 0;
+    s->n_inserted = 0;
+    s->resume = true;
+}
+
 /* Takes s's blocks back for the pool: it starts again from its first token, its prompt and what
  * it generated so far computed again when it next runs (the same tokens: its text so far stays
  * as it was sent). Its full blocks go to the prefix cache first, which gives them to the pool
@@ -991,11 +1006,8 @@ static int cmp_part(const void *a, const void *b)
 static void preempt(srv__sched *sc, srv__seq *s)
 {
     cache_blocks(sc, s);
-    core_kv_clear(sc->kv, s->slot);
-    s->n_past = 0;
+    release_blocks(sc, s);
     s->n_fill = s->n_hist;
-    s->n_inserted = 0;
-    s->resume = true;
     pthread_mutex_lock(&sc->sh->mu);
     sc->sh->stats.kv_preemptions++;
     pthread_mutex_unlock(&sc->sh->mu);
@@ -1006,33 +1018,17 @@ static void preempt(srv__sched *sc, srv__seq *s)
 
 /* A preempted sequence about to compute its tokens again starts from the blocks of them the
  * prefix cache still holds (its own, cached when it was preempted, or another sequence's with
- * the same tokens and adapters), all but the last token, whose logits give its next one. The
- * blocks hold the bits a computation would give (a row's bits do not depend on its step). Not
- * for a job that records prompt logprobs: those need every prompt row computed. Returns the
- * positions taken. */
+ * the same tokens and adapters). The blocks hold the bits a computation would give (a row's
+ * bits do not depend on its step). Not for a job that records prompt logprobs: those need every
+ * prompt row computed. Returns the positions taken. */
 static int resume_cached(srv__sched *sc, srv__seq *s)
 {
     s->resume = false;
-    if (!sc->prefix || s->job->prompt_logprobs || s->n_past != 0 || s->n_fill < 2)
+    if (!sc->prefix || s->job->prompt_logprobs || s->n_past != 0)
         return 0;
-    int k = srv_prefix_lookup(sc->prefix, s->ctx, s->ctx_len, s->hist, s->n_fill, sc->ids,
-                              sc->n_ctx / CORE_KV_BLOCK + 1);
-    int use = k * CORE_KV_BLOCK < s->n_fill - 1 ? k * CORE_KV_BLOCK : s->n_fill - 1;
-    if (use <= 0 || core_kv_share(sc->kv, s->slot, sc->ids, k, use) != 0)
-        return 0;
-    s->n_past = use;
-    s->n_inserted = use / CORE_KV_BLOCK;
-    return use;
-}
-
-/* A resumed sequence that gets no room this step lets its blocks go again (the prefix cache
- * keeps them while they last), so that it holds nothing while it waits. */
-static void unresume(srv__sched *sc, srv__seq *s)
-{
-    core_kv_clear(sc->kv, s->slot);
-    s->n_past = 0;
-    s->n_inserted = 0;
-    s->resume = true;
+    s->n_past = share_cached(sc, s, s->hist, s->n_fill);
+    s->n_inserted = s->n_past / CORE_KV_BLOCK;
+    return s->n_past;
 }
 
 /* The running sequence admitted last after s that holds blocks and has no part in this step. */
@@ -1200,8 +1196,8 @@ static int plan_parts(srv__sched *sc, int *n_dec)
             m = m < 1 + extra ? m : 1 + extra;
         int room = make_room(sc, s, s->n_past + 1, s->n_past + m);
         if (room == 0) {
-            if (resumed)
-                unresume(sc, s);
+            if (resumed) /* it holds nothing while it waits */
+                release_blocks(sc, s);
             continue;
         }
         if (resumed) {
