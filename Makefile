@@ -342,7 +342,7 @@ fuzz: deps
 	        echo "fuzz: $$n failed; the input is in $(BUILD)/fuzz/$$n-*"; exit 1; fi; done
 
 # server/ sources a fuzz target may use (no HTTP, no main).
-FUZZ_SERVER_SRC := server/request.c server/json_check.c server/json_schema.c server/admin_body.c server/auth.c server/strbuf.c
+FUZZ_SERVER_SRC := server/request.c server/json_check.c server/json_schema.c server/gbnf.c server/admin_body.c server/auth.c server/strbuf.c
 
 # The sources every target may call are compiled once, instrumented for coverage and the
 # sanitizers, into one archive; each target links its own file against it.

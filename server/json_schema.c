@@ -95,32 +95,11 @@ static void span(sc *c, int r, unsigned lo, unsigned hi)
 /* A rule matching x repeated min..max times (max < 0: no limit). */
 static int rep(sc *c, int x, long min, long max)
 {
-    int r = rule(c);
+    if (x < 0)
+        return refuse(c, -EINVAL, "internal: a rule failed");
+    int r = core_gbuild_repeat(c->b, x, min, max);
     if (r < 0)
-        return r;
-    alt(c, r);
-    for (long i = 0; i < min; i++)
-        ref(c, r, x);
-    if (max < 0) {
-        int star = rule(c); /* star ::= ε | x star */
-        alt(c, star);
-        alt(c, star);
-        ref(c, star, x);
-        ref(c, star, star);
-        ref(c, r, star);
-    } else if (max > min) {
-        int t = rule(c); /* t_0 ::= ε; t_k ::= ε | x t_(k-1) */
-        alt(c, t);
-        for (long k = 1; k <= max - min; k++) {
-            int u = rule(c);
-            alt(c, u);
-            alt(c, u);
-            ref(c, u, x);
-            ref(c, u, t);
-            t = u;
-        }
-        ref(c, r, t);
-    }
+        refuse(c, r, "the %s is too large", c->what);
     return r;
 }
 
@@ -1134,6 +1113,34 @@ static int literal_value(sc *c, int r, const cJSON *v)
     return 0;
 }
 
+/* A rule for one of an enum's values, each as cJSON writes it, as a trie (any number of values;
+ * a rule of plain alternatives would hold a stack per value). */
+static int enum_values(sc *c, const cJSON *v)
+{
+    int n = cJSON_GetArraySize(v), k = 0, r = -1;
+    char **text = calloc((size_t)n, sizeof *text);
+    size_t *len = calloc((size_t)n, sizeof *len);
+    if (!text || !len) {
+        r = refuse(c, -ENOMEM, "out of memory");
+        goto out;
+    }
+    for (const cJSON *it = v->child; it; it = it->next, k++) {
+        if (!(text[k] = cJSON_PrintUnformatted(it))) {
+            r = refuse(c, -ENOMEM, "out of memory");
+            goto out;
+        }
+        len[k] = strlen(text[k]);
+    }
+    if ((r = core_gbuild_one_of(c->b, (const char *const *)text, len, (size_t)k)) < 0)
+        refuse(c, r, "the %s is too large", c->what);
+out:
+    for (int i = 0; text && i < k; i++)
+        free(text[i]);
+    free(text);
+    free(len);
+    return r;
+}
+
 /* Reads a non-negative integer keyword (absent: def). -1 after a refusal. */
 static long count_kw(sc *c, const cJSON *s, const char *k, long def, const char *path)
 {
@@ -1512,13 +1519,10 @@ static int schema(sc *c, const cJSON *s, const char *path)
             return refuse(c, -EINVAL, "'%s' at %s must be a non-empty array", alone[i], path);
         if (i == 2 && v->child->next)
             return refuse(c, -EINVAL, "'allOf' at %s: only one member is supported", path);
+        if (i == 3)
+            return enum_values(c, v);
         int r = rule(c), n = 0;
         for (const cJSON *it = v->child; it; it = it->next, n++) {
-            if (i == 3) {
-                if (literal_value(c, r, it) < 0)
-                    return -1;
-                continue;
-            }
             snprintf(p, sizeof p, "%s/%s/%d", path, alone[i], n);
             int sub = schema(c, it, p);
             if (sub < 0)
@@ -1629,10 +1633,16 @@ int srv_choice_compile(const char *const *choices, int n, core_grammar **out, ch
     sc c;
     if (sc_open(&c, NULL, "choice list", true, out, err, errlen))
         return -ENOMEM;
-    int r = rule(&c);
-    for (int i = 0; i < n && r >= 0; i++) {
-        alt(&c, r);
-        lit(&c, r, choices[i]);
+    size_t *len = malloc((n > 0 ? (size_t)n : 1) * sizeof *len);
+    if (!len) {
+        finish(&c, -1, out);
+        return -ENOMEM;
     }
-    return finish(&c, n > 0 ? r : -1, out);
+    for (int i = 0; i < n; i++)
+        len[i] = strlen(choices[i]);
+    int r = n > 0 ? core_gbuild_one_of(c.b, choices, len, (size_t)n) : -1;
+    free(len);
+    if (r < 0 && n > 0)
+        refuse(&c, r, "the %s is too large", c.what);
+    return finish(&c, r, out);
 }

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "server/gbnf.h"
 #include "server/json_check.h"
 #include "server/json_schema.h"
 
@@ -778,10 +779,6 @@ static const struct unsupported {
     {"tool_choice", K_CHAT, NEUTRAL_OFF, "tool calling is not supported", "only \"none\""},
     {"function_call", K_CHAT, NEUTRAL_OFF, "tool calling is not supported", "only \"none\""},
     {"audio", K_CHAT, NEUTRAL_NONE, "audio output is not supported", NULL},
-    {"guided_grammar", K_CMPL | K_CHAT, NEUTRAL_NONE, "constrained decoding is not supported",
-     NULL},
-    {"grammar", K_CMPL | K_CHAT, NEUTRAL_NONE, "constrained decoding is not supported", NULL},
-    {"json_schema", K_CMPL | K_CHAT, NEUTRAL_NONE, "constrained decoding is not supported", NULL},
 };
 
 static bool is_neutral(const cJSON *v, enum neutral ok)
@@ -848,72 +845,163 @@ static int compile_schema(pctx *c, const cJSON *schema, const char *path)
     return rc ? fail(c, rc, path, "%s", msg) : 0;
 }
 
-/* vLLM's guided_regex (the text matches it whole) and guided_choice (exactly one of 1 to
- * SRV_REQ_CHOICES_MAX strings), each into r->grammar. */
-static int parse_guided_text(pctx *c)
+/* Compiles one constraint into r->grammar: kind "regex" (the text matches it whole), "choice"
+ * (exactly one of 1 to SRV_REQ_CHOICES_MAX strings), "grammar" (GBNF) or "json" (a schema, or a
+ * string holding one); path names the field in messages. */
+static int compile_guided(pctx *c, const char *kind, const cJSON *v, const char *path)
 {
-    const cJSON *re, *ch, *it;
+    const cJSON *it;
     char msg[300], p[PATH_MAX_];
     int rc;
-    if ((rc = top(c, "guided_regex", &re)) || (rc = top(c, "guided_choice", &ch)))
+    if (!strcmp(kind, "json")) {
+        cJSON *parsed = NULL;
+        if (cJSON_IsString(v) && !(v = parsed = cJSON_Parse(v->valuestring)))
+            return fail(c, -EINVAL, path, "the string is not a JSON schema");
+        if (!cJSON_IsObject(v) && !cJSON_IsBool(v))
+            rc = fail(c, -EINVAL, path, "expected a JSON schema, got %s", jtype(v));
+        else
+            rc = compile_schema(c, v, path);
+        cJSON_Delete(parsed);
         return rc;
-    if (!absent(re) && !absent(ch))
-        return fail(c, -EINVAL, "guided_choice", "give guided_regex or guided_choice, not both");
-    if (!absent(re)) {
-        if (!cJSON_IsString(re))
-            return fail(c, -EINVAL, "guided_regex", "expected a string, got %s", jtype(re));
-        rc = srv_regex_text_compile(re->valuestring, &c->r->grammar, msg, sizeof msg);
-        c->guided = "guided_regex";
-    } else if (!absent(ch)) {
-        int n = cJSON_GetArraySize(ch), i = 0;
-        if (!cJSON_IsArray(ch) || n < 1 || n > SRV_REQ_CHOICES_MAX)
-            return fail(c, -EINVAL, "guided_choice", "expected an array of 1 to %d strings",
+    }
+    if (!strcmp(kind, "choice")) {
+        int n = cJSON_GetArraySize(v), i = 0;
+        if (!cJSON_IsArray(v) || n < 1 || n > SRV_REQ_CHOICES_MAX)
+            return fail(c, -EINVAL, path, "expected an array of 1 to %d strings",
                         SRV_REQ_CHOICES_MAX);
-        const char **v = malloc((size_t)n * sizeof *v);
-        if (!v)
+        const char **list = malloc((size_t)n * sizeof *list);
+        if (!list)
             return nomem(c);
-        cJSON_ArrayForEach(it, ch)
+        cJSON_ArrayForEach(it, v)
         {
             if (!cJSON_IsString(it)) {
-                free(v);
-                return fail(c, -EINVAL, pathf(p, "guided_choice[%d]", i),
-                            "expected a string, got %s", jtype(it));
+                free(list);
+                return fail(c, -EINVAL, pathf(p, "%s[%d]", path, i), "expected a string, got %s",
+                            jtype(it));
             }
-            v[i++] = it->valuestring;
+            list[i++] = it->valuestring;
         }
-        rc = srv_choice_compile(v, n, &c->r->grammar, msg, sizeof msg);
-        free(v);
-        c->guided = "guided_choice";
+        rc = srv_choice_compile(list, n, &c->r->grammar, msg, sizeof msg);
+        free(list);
+    } else if (!cJSON_IsString(v)) {
+        return fail(c, -EINVAL, path, "expected a string, got %s", jtype(v));
+    } else if (!strcmp(kind, "regex")) {
+        rc = srv_regex_text_compile(v->valuestring, &c->r->grammar, msg, sizeof msg);
+    } else {
+        rc = srv_gbnf_compile(v->valuestring, strlen(v->valuestring), &c->r->grammar, msg,
+                              sizeof msg);
     }
     if (rc == -ENOMEM)
         return nomem(c);
-    return rc ? fail(c, rc, c->guided, "%s", msg) : 0;
+    return rc ? fail(c, rc, path, "%s", msg) : 0;
+}
+
+/* The constraints given as one top-level field each (vLLM's guided_* up to v0.11, llama.cpp's
+ * grammar and json_schema) and the members of vLLM's structured_outputs object. */
+static const struct guided_field {
+    const char *name, *kind;
+} guided_fields[] = {{"guided_regex", "regex"},     {"guided_choice", "choice"},
+                     {"guided_grammar", "grammar"}, {"grammar", "grammar"},
+                     {"json_schema", "json"},       {"guided_json", "json"}},
+  structured_fields[] = {{"structured_outputs.json", "json"},
+                         {"structured_outputs.regex", "regex"},
+                         {"structured_outputs.choice", "choice"},
+                         {"structured_outputs.grammar", "grammar"},
+                         {"structured_outputs.json_object", "object"}};
+
+/* Records that field gives the constraint; a second one is refused. */
+static int guided_once(pctx *c, const char *field)
+{
+    if (c->guided)
+        return fail(c, -EINVAL, field, "give one of %s and %s, not both", c->guided, field);
+    c->guided = field;
+    return 0;
+}
+
+/* vLLM's structured_outputs: {"json" | "regex" | "choice" | "grammar" | "json_object": ...}, one
+ * of them, with the options that change nothing here. */
+static int parse_structured_outputs(pctx *c, const cJSON *so)
+{
+    static const char *const neutral[] = {"disable_fallback", "disable_additional_properties",
+                                          "whitespace_pattern", "structural_tag",
+                                          "disable_any_whitespace"};
+    const cJSON *it, *give = NULL;
+    const struct guided_field *f = NULL;
+    char p[PATH_MAX_];
+    int rc;
+    if (!cJSON_IsObject(so))
+        return fail(c, -EINVAL, "structured_outputs", "expected an object, got %s", jtype(so));
+    cJSON_ArrayForEach(it, so)
+    {
+        bool known = false;
+        pathf(p, "structured_outputs.%s", it->string);
+        for (size_t i = 0; i < sizeof structured_fields / sizeof structured_fields[0]; i++)
+            if (!strcmp(structured_fields[i].name + 19, it->string)) {
+                known = true;
+                if (absent(it) ||
+                    (!strcmp(structured_fields[i].kind, "object") && cJSON_IsFalse(it)))
+                    break;
+                if ((rc = guided_once(c, structured_fields[i].name)))
+                    return rc;
+                f = &structured_fields[i];
+                give = it;
+            }
+        for (size_t i = 0; !known && i < sizeof neutral / sizeof neutral[0]; i++)
+            if (!strcmp(neutral[i], it->string)) {
+                known = true;
+                /* the first two change nothing (no fallback; only listed properties are
+                 * generated); the others only when null or false */
+                if (i >= 2 && !absent(it) && !cJSON_IsFalse(it))
+                    return fail(c, -EINVAL, p, "not supported (only null%s)",
+                                i == 4 ? " or false" : "");
+            }
+        if (!known)
+            return fail(c, -EINVAL, p,
+                        "unknown field (json, regex, choice, grammar and json_object are "
+                        "supported)");
+    }
+    if (!f)
+        return 0;
+    if (!strcmp(f->kind, "object")) {
+        if (!cJSON_IsTrue(give))
+            return fail(c, -EINVAL, f->name, "expected true, got %s", jtype(give));
+        return compile_schema(c, NULL, f->name);
+    }
+    return compile_guided(c, f->kind, give, f->name);
+}
+
+static int parse_guided(pctx *c)
+{
+    const cJSON *v = NULL, *so;
+    const struct guided_field *f = NULL;
+    int rc;
+    for (size_t i = 0; i < sizeof guided_fields / sizeof guided_fields[0]; i++) {
+        const cJSON *x;
+        if ((rc = top(c, guided_fields[i].name, &x)))
+            return rc;
+        if (absent(x))
+            continue;
+        if ((rc = guided_once(c, guided_fields[i].name)))
+            return rc;
+        f = &guided_fields[i];
+        v = x;
+    }
+    if (f && (rc = compile_guided(c, f->kind, v, f->name)))
+        return rc;
+    if ((rc = top(c, "structured_outputs", &so)) || absent(so))
+        return rc;
+    return parse_structured_outputs(c, so);
 }
 
 /* Structured outputs: response_format {"type": "text" | "json_object" | "json_schema",
- * "json_schema": {"name": ..., "schema": {...}, "strict": ...}}, or vLLM's "guided_json" (a
- * schema, or a string holding one), "guided_regex" or "guided_choice"; one of them. */
+ * "json_schema": {"name": ..., "schema": {...}, "strict": ...}}, or one of parse_guided's
+ * fields; one of them. */
 static int parse_response_format(pctx *c)
 {
     const cJSON *v, *t, *js, *schema;
     char p[PATH_MAX_], q[QUOTE_BYTES + 8];
     int rc;
-    if ((rc = parse_guided_text(c)) || (rc = top(c, "guided_json", &v)))
-        return rc;
-    if (!absent(v) && c->guided)
-        return fail(c, -EINVAL, "guided_json", "give one of guided_json and %s, not both",
-                    c->guided);
-    if (!absent(v)) {
-        c->guided = "guided_json";
-        cJSON *parsed = NULL;
-        if (cJSON_IsString(v) && !(v = parsed = cJSON_Parse(v->valuestring)))
-            return fail(c, -EINVAL, "guided_json", "the string is not a JSON schema");
-        rc = compile_schema(c, v, "guided_json");
-        cJSON_Delete(parsed);
-        if (rc)
-            return rc;
-    }
-    if ((rc = top(c, "response_format", &v)) || absent(v))
+    if ((rc = parse_guided(c)) || (rc = top(c, "response_format", &v)) || absent(v))
         return rc;
     if (!cJSON_IsObject(v))
         return fail(c, -EINVAL, "response_format", "expected an object, got %s", jtype(v));

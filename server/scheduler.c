@@ -841,21 +841,28 @@ static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
     j->t_token = now;
     if (id < 0) {
         seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL,
-                s->gm ? "structured output: no token of the vocabulary can continue the text "
-                        "the schema requires"
-                      : "the model produced no valid logits");
+                !s->gm ? "the model produced no valid logits"
+                : core_gmatch_error(s->gm) == -E2BIG
+                    ? "structured output: the grammar is too ambiguous to follow (more than "
+                      "256 ways open at once, or one text derived in too many ways)"
+                : core_gmatch_error(s->gm) ? "structured output: out of memory"
+                                           : "structured output: no token of the vocabulary can "
+                                             "continue the text the schema requires");
         return;
     }
     bool stop_id = false;
+    int rc;
     for (int i = 0; i < j->n_stop_ids; i++)
         stop_id = stop_id || j->stop_ids[i] == id;
     if (stop_id || core_tokenizer_is_eog(sc->tok, id)) {
         seq_close(sc, s, SRV_FINISH_STOP);
         return;
     }
-    if (s->gm && core_gmatch_accept(s->gm, id) < 0) { /* the sampler's mask let it through */
+    if (s->gm && (rc = core_gmatch_accept(s->gm, id)) < 0) { /* the mask let it through */
         seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL,
-                "structured output: a sampled token does not continue the match");
+                rc == -E2BIG    ? "structured output: the grammar is too ambiguous to follow"
+                : rc == -ENOMEM ? "structured output: out of memory"
+                                : "structured output: a sampled token does not continue the match");
         return;
     }
     srv_job_token t = {.id = id, .text_end = SIZE_MAX};
@@ -865,7 +872,7 @@ static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
     s->n_gen++;
     if (s->n_gen == j->min_tokens && set_bans(sc, s->smp, j, s->n_gen) < 0)
         goto nomem;
-    int rc = srv_text_push(&s->text, &t);
+    rc = srv_text_push(&s->text, &t);
     if (rc == -EINVAL) {
         seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, "cannot decode a sampled token");
         return;

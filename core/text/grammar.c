@@ -18,6 +18,12 @@ enum { E_END = 0, E_SET = 1, E_REF = 2 };
 /* Expansion levels (nested references and rule ends resolved while one byte is fed). */
 #define LEVELS_MAX 256
 #define MASK_CACHE 16
+/* Work bounds (expansion calls): for one byte fed to a state, and for one token mask or one token
+ * fed. A grammar that can derive the empty text in exponentially many ways (a ::= "" | "", root
+ * ::= a a a ... a) would otherwise hang the matcher; past a bound the matcher fails (-E2BIG) and
+ * the sequence ends with an error. JSON Schema grammars stay under a hundred per byte. */
+#define EXPAND_MAX (1L << 14)
+#define WALK_WORK_MAX (1L << 25)
 
 /* --- building ------------------------------------------------------------------------------- */
 
@@ -186,9 +192,256 @@ int core_gbuild_lit(core_gbuild *b, int r, const char *lit, size_t n)
     return b->err;
 }
 
+int core_gbuild_repeat(core_gbuild *b, int x, long min, long max)
+{
+    int r = core_gbuild_rule(b);
+    if (r < 0)
+        return r;
+    core_gbuild_alt(b, r);
+    for (long i = 0; i < min && !b->err; i++)
+        core_gbuild_ref(b, r, x);
+    if (max < 0) {
+        int star = core_gbuild_rule(b); /* star ::= ε | x star */
+        core_gbuild_alt(b, star);
+        core_gbuild_alt(b, star);
+        core_gbuild_ref(b, star, x);
+        core_gbuild_ref(b, star, star);
+        core_gbuild_ref(b, r, star);
+    } else if (max > min) {
+        int t = core_gbuild_rule(b); /* t_0 ::= ε; t_k ::= ε | x t_(k-1) */
+        core_gbuild_alt(b, t);
+        for (long k = 1; k <= max - min && !b->err; k++) {
+            int u = core_gbuild_rule(b);
+            core_gbuild_alt(b, u);
+            core_gbuild_alt(b, u);
+            core_gbuild_ref(b, u, x);
+            core_gbuild_ref(b, u, t);
+            t = u;
+        }
+        core_gbuild_ref(b, r, t);
+    }
+    return b->err ? b->err : r;
+}
+
+typedef struct bstr {
+    const char *s;
+    size_t n;
+} bstr;
+
+static int bstr_cmp(const void *x, const void *y)
+{
+    const bstr *a = x, *b = y;
+    size_t n = a->n < b->n ? a->n : b->n;
+    int c = n ? memcmp(a->s, b->s, n) : 0;
+    return c ? c : (a->n > b->n) - (a->n < b->n);
+}
+
+/* The trie rule for v[0..k) (sorted, sharing their first d bytes) from byte d on. Recursion
+ * depth is bounded by the branch points, at most k. */
+static int trie(core_gbuild *b, const bstr *v, size_t k, size_t d)
+{
+    int r = core_gbuild_rule(b);
+    if (r < 0)
+        return r;
+    size_t i = 0;
+    if (v[0].n == d) { /* sorted: the strings that end here come first */
+        core_gbuild_alt(b, r);
+        while (i < k && v[i].n == d)
+            i++;
+    }
+    while (i < k && !b->err) {
+        unsigned char c = (unsigned char)v[i].s[d];
+        size_t j = i, e = d + 1;
+        while (j < k && (unsigned char)v[j].s[d] == c)
+            j++;
+        /* sorted: what the first and last of the group share, all of it shares */
+        while (e < v[i].n && e < v[j - 1].n && v[i].s[e] == v[j - 1].s[e])
+            e++;
+        core_gbuild_alt(b, r);
+        core_gbuild_lit(b, r, v[i].s + d, e - d);
+        if (v[j - 1].n > e) {
+            int sub = trie(b, v + i, j - i, e);
+            if (sub < 0)
+                return sub;
+            core_gbuild_ref(b, r, sub);
+        }
+        i = j;
+    }
+    return b->err ? b->err : r;
+}
+
+int core_gbuild_one_of(core_gbuild *b, const char *const *s, const size_t *len, size_t n)
+{
+    if (b->err)
+        return b->err;
+    if (n < 1)
+        return stick(b, -EINVAL);
+    bstr *v = malloc(n * sizeof *v);
+    if (!v)
+        return stick(b, -ENOMEM);
+    for (size_t i = 0; i < n; i++)
+        v[i] = (bstr){s[i], len[i]};
+    qsort(v, n, sizeof *v, bstr_cmp);
+    int r = trie(b, v, n, 0);
+    free(v);
+    return r;
+}
+
 size_t core_gbuild_size(const core_gbuild *b)
 {
     return b->n_elems;
+}
+
+size_t core_gbuild_rules(const core_gbuild *b)
+{
+    return b->n_rule;
+}
+
+/* Which rules derive a string of bytes (sets_ok) or the empty string (!sets_ok), into yes[] (one
+ * per rule), by a worklist: an alternative holds when its count of references not yet known to
+ * hold drops to 0 (never, without sets_ok, when it holds a byte set). 0 or -ENOMEM. */
+static int derives(const core_gbuild *b, bool sets_ok, bool *yes)
+{
+    size_t nr = b->n_rule, n_alt = 0, n_ref = 0;
+    for (size_t r = 0; r < nr; r++) {
+        n_alt += b->rule[r].n;
+        for (size_t a = 0; a < b->rule[r].n; a++)
+            n_ref += b->rule[r].alt[a].n;
+    }
+    int32_t *left = malloc((n_alt + 1) * sizeof *left);
+    int32_t *alt_rule = malloc((n_alt + 1) * sizeof *alt_rule);
+    int32_t *occ0 = calloc(nr + 1, sizeof *occ0), *occ = malloc((n_ref + 1) * sizeof *occ);
+    int32_t *work = malloc((nr + 1) * sizeof *work);
+    int rc = -ENOMEM;
+    if (!left || !alt_rule || !occ0 || !occ || !work)
+        goto out;
+    memset(yes, 0, nr * sizeof *yes);
+    size_t ai = 0, nw = 0;
+    for (size_t r = 0; r < nr; r++)
+        for (size_t a = 0; a < b->rule[r].n; a++, ai++) {
+            const struct balt *al = &b->rule[r].alt[a];
+            alt_rule[ai] = (int32_t)r;
+            left[ai] = 0;
+            for (size_t i = 0; i < al->n && left[ai] >= 0; i++)
+                if (E_KIND(al->e[i]) == E_REF)
+                    left[ai]++;
+                else if (!sets_ok)
+                    left[ai] = -1;
+            for (size_t i = 0; i < al->n && left[ai] > 0; i++)
+                if (E_KIND(al->e[i]) == E_REF)
+                    occ0[E_ARG(al->e[i])]++;
+            if (left[ai] == 0 && !yes[r]) {
+                yes[r] = true;
+                work[nw++] = (int32_t)r;
+            }
+        }
+    for (size_t r = 0, sum = 0; r <= nr; r++) { /* occ0[r]: the end of r's uses, filled down */
+        sum += r < nr ? (size_t)occ0[r] : 0;
+        occ0[r] = (int32_t)sum;
+    }
+    ai = 0;
+    for (size_t r = 0; r < nr; r++)
+        for (size_t a = 0; a < b->rule[r].n; a++, ai++)
+            for (size_t i = 0; i < b->rule[r].alt[a].n && left[ai] > 0; i++)
+                if (E_KIND(b->rule[r].alt[a].e[i]) == E_REF)
+                    occ[--occ0[E_ARG(b->rule[r].alt[a].e[i])]] = (int32_t)ai;
+    for (size_t w = 0; w < nw; w++)
+        for (int32_t k = occ0[work[w]]; k < occ0[work[w] + 1]; k++) {
+            int32_t al = occ[k], r = alt_rule[al];
+            if (--left[al] == 0 && !yes[r]) {
+                yes[r] = true;
+                work[nw++] = r;
+            }
+        }
+    rc = 0;
+out:
+    free(left);
+    free(alt_rule);
+    free(occ0);
+    free(occ);
+    free(work);
+    return rc;
+}
+
+int core_gbuild_left_recursive(const core_gbuild *b)
+{
+    size_t nr = b->n_rule, n_ref = 0;
+    for (size_t r = 0; r < nr; r++)
+        for (size_t a = 0; a < b->rule[r].n; a++)
+            n_ref += b->rule[r].alt[a].n;
+    bool *null = malloc((nr + 1) * sizeof *null);
+    int32_t *work = malloc((nr + 1) * sizeof *work), *deg = calloc(nr + 1, sizeof *deg);
+    int32_t *edge0 = calloc(nr + 1, sizeof *edge0), *edge = malloc((n_ref + 1) * sizeof *edge);
+    int32_t *pred0 = calloc(nr + 1, sizeof *pred0), *pred = malloc((n_ref + 1) * sizeof *pred);
+    int found = -ENOMEM;
+    if (!null || !work || !deg || !edge0 || !edge || !pred0 || !pred || derives(b, false, null))
+        goto out;
+    /* the left graph: r -> s when an alternative of r can reach s before reading a byte; rules
+     * with no way out of it (out-degree dropping to 0) are peeled off; what stays reaches a
+     * cycle */
+    size_t ne = 0;
+    for (size_t r = 0; r < nr; r++) {
+        edge0[r] = (int32_t)ne;
+        for (size_t a = 0; a < b->rule[r].n; a++) {
+            const struct balt *al = &b->rule[r].alt[a];
+            for (size_t i = 0; i < al->n && E_KIND(al->e[i]) == E_REF; i++) {
+                edge[ne++] = E_ARG(al->e[i]);
+                if (!null[E_ARG(al->e[i])])
+                    break;
+            }
+        }
+        deg[r] = (int32_t)(ne - (size_t)edge0[r]);
+    }
+    edge0[nr] = (int32_t)ne;
+    for (size_t e = 0; e < ne; e++)
+        pred0[edge[e]]++;
+    for (size_t r = 0, sum = 0; r <= nr; r++) {
+        sum += r < nr ? (size_t)pred0[r] : 0;
+        pred0[r] = (int32_t)sum;
+    }
+    for (size_t r = 0; r < nr; r++)
+        for (int32_t e = edge0[r]; e < edge0[r + 1]; e++)
+            pred[--pred0[edge[e]]] = (int32_t)r;
+    size_t nw = 0;
+    for (size_t r = 0; r < nr; r++)
+        if (!deg[r])
+            work[nw++] = (int32_t)r;
+    for (size_t w = 0; w < nw; w++)
+        for (int32_t k = pred0[work[w]]; k < pred0[work[w] + 1]; k++)
+            if (--deg[pred[k]] == 0)
+                work[nw++] = pred[k];
+    found = -1;
+    for (size_t r = 0; r < nr && found < 0; r++)
+        if (deg[r] > 0)
+            found = (int)r;
+    if (found >= 0) /* walk inside the remaining rules until on the cycle itself */
+        for (size_t step = 0; step < nr; step++)
+            for (int32_t e = edge0[found]; e < edge0[found + 1]; e++)
+                if (deg[edge[e]] > 0) {
+                    found = edge[e];
+                    break;
+                }
+out:
+    free(null);
+    free(work);
+    free(deg);
+    free(edge0);
+    free(edge);
+    free(pred0);
+    free(pred);
+    return found;
+}
+
+int core_gbuild_productive(const core_gbuild *b, int root)
+{
+    if (root < 0 || (size_t)root >= b->n_rule)
+        return 0;
+    bool *yes = malloc((b->n_rule + 1) * sizeof *yes);
+    int rc = !yes ? -ENOMEM : derives(b, true, yes);
+    if (!rc)
+        rc = yes[root];
+    free(yes);
+    return rc;
 }
 
 core_grammar *core_grammar_ref(core_grammar *g)
@@ -279,7 +532,9 @@ typedef struct gexp {
     const core_grammar *g;
     gstate *out;
     int32_t *scratch;
+    long work; /* expansion calls since the state step began */
     int oom;
+    int over; /* work passed EXPAND_MAX: the state is incomplete */
 } gexp;
 
 #define REGION (CORE_GRAMMAR_DEPTH_MAX + 2)
@@ -296,8 +551,10 @@ static void state_add(gexp *x, const int32_t *fr, int n)
     for (size_t i = 0; i < s->n; i += 1 + (size_t)s->d[i])
         if (s->d[i] == n && !memcmp(s->d + i + 1, fr, (size_t)n * sizeof *fr))
             return;
-    if (s->n_stacks >= CORE_GRAMMAR_STACKS_MAX)
+    if (s->n_stacks >= CORE_GRAMMAR_STACKS_MAX) { /* dropping it would change the language */
+        x->over = 1;
         return;
+    }
     if (core_grow(&s->d, &s->cap, s->n + 1 + (size_t)n, sizeof *s->d)) {
         x->oom = 1;
         return;
@@ -312,6 +569,10 @@ static void state_add(gexp *x, const int32_t *fr, int n)
  * until every resulting stack's top is a byte set (or it is empty), adding them to x->out. */
 static void expand(gexp *x, int32_t *buf, int n, int lv)
 {
+    if (++x->work > EXPAND_MAX) {
+        x->over = 1;
+        return;
+    }
     if (n == 0) {
         state_add(x, buf, 0);
         return;
@@ -353,6 +614,8 @@ static void state_step(gexp *x, const gstate *in, unsigned c, gstate *out)
 {
     const core_grammar *g = x->g;
     x->out = out;
+    x->work = 0;
+    x->over = 0;
     state_clear(out);
     for (size_t i = 0; i < in->n; i += 1 + (size_t)in->d[i]) {
         int n = in->d[i];
@@ -372,6 +635,8 @@ static void state_start(gexp *x, gstate *out)
 {
     const core_grammar *g = x->g;
     x->out = out;
+    x->work = 0;
+    x->over = 0;
     state_clear(out);
     for (int a = 0; a < g->rule_nalt[g->root]; a++) {
         x->scratch[0] = g->alt_start[g->rule_alt0[g->root] + a];
@@ -400,37 +665,43 @@ static int32_t *new_scratch(void)
     return malloc((size_t)LEVELS_MAX * REGION * sizeof(int32_t));
 }
 
-/* Runs g over text[0..n) from its start: whether it is a whole match (whole) or whether any
- * stack is alive at the end. */
-static bool run_text(const core_grammar *g, const char *text, size_t n, bool whole)
+/* Runs g over text[0..n) from its start: 1 when it is a whole match (whole) or any stack is
+ * alive at the end, else 0; -E2BIG when a step passed the work bound, -ENOMEM. */
+static int run_text(const core_grammar *g, const char *text, size_t n, bool whole)
 {
     gstate st[2] = {{0}};
     int32_t *scratch = new_scratch();
     gexp x = {.g = g, .scratch = scratch};
-    bool ok = false;
-    int cur = 0;
+    int rc = -ENOMEM, cur = 0;
     if (scratch) {
         state_start(&x, &st[0]);
-        for (size_t i = 0; i < n && st[cur].n_stacks; i++) {
+        for (size_t i = 0; i < n && st[cur].n_stacks && !x.over; i++) {
             state_step(&x, &st[cur], (unsigned char)text[i], &st[cur ^ 1]);
             cur ^= 1;
         }
-        ok = !x.oom && (whole ? state_accepting(&st[cur]) : st[cur].n_stacks > 0);
+        rc = x.oom    ? -ENOMEM
+             : x.over ? -E2BIG
+                      : (whole ? state_accepting(&st[cur]) : st[cur].n_stacks > 0);
     }
     free(st[0].d);
     free(st[1].d);
     free(scratch);
-    return ok;
+    return rc;
 }
 
-bool core_grammar_viable(const core_grammar *g)
+int core_grammar_start(const core_grammar *g)
 {
     return run_text(g, "", 0, false);
 }
 
+bool core_grammar_viable(const core_grammar *g)
+{
+    return run_text(g, "", 0, false) == 1;
+}
+
 bool core_grammar_matches(const core_grammar *g, const char *text, size_t n)
 {
-    return run_text(g, text, n, true);
+    return run_text(g, text, n, true) == 1;
 }
 
 /* --- the vocabulary ----------------------------------------------------------------------------
@@ -589,7 +860,9 @@ struct core_gmatch {
     int32_t *depth; /* (v->max_len + 1) state ids along the mask walk */
     struct mask_entry cache[MASK_CACHE];
     uint64_t clock, computed, cached;
+    long walk_work; /* expansion calls in this mask walk or token feed */
     int oom;
+    int over; /* a step passed a work bound: the matcher is unusable (sticky) */
 };
 
 void core_gmatch_free(core_gmatch *m)
@@ -717,6 +990,10 @@ static int32_t step(core_gmatch *m, int32_t id, unsigned c)
         m->oom = 1;
         return -2;
     }
+    if (m->x.over || (m->walk_work += m->x.work) > WALK_WORK_MAX) {
+        m->over = 1;
+        return -2;
+    }
     int32_t to = DEAD;
     if (m->tmp.n_stacks && (to = intern(m, &m->tmp)) < 0)
         return -2;
@@ -763,10 +1040,11 @@ core_gmatch *core_gmatch_new(const core_grammar *g, const core_gvocab *v, char *
     state_start(&m->x, &start);
     if (m->x.oom)
         goto oom;
-    if (!start.n_stacks) {
+    if (!start.n_stacks || m->x.over) {
         free(start.d);
         core_gmatch_free(m);
-        core_errf(err, errlen, "grammar matcher: the grammar matches nothing");
+        core_errf(err, errlen, "grammar matcher: the grammar %s",
+                  m->x.over ? "is too ambiguous to follow" : "matches nothing");
         return NULL;
     }
     if ((m->cur = intern(m, &start)) < 0 || edge_grow(m))
@@ -797,6 +1075,7 @@ static int32_t feed_token(core_gmatch *m, int32_t id)
     const uint8_t *p = v->bytes + v->off[id];
     uint32_t len = v->off[id + 1] - v->off[id];
     int32_t s = len ? m->cur : DEAD;
+    m->walk_work = 0;
     for (uint32_t i = 0; i < len && s >= 0; i++)
         s = step(m, s, p[i]);
     return s;
@@ -819,7 +1098,7 @@ int core_gmatch_accept(core_gmatch *m, int32_t id)
         return core_gmatch_accepting(m) ? 0 : -EINVAL;
     int32_t s = feed_token(m, id);
     if (s == -2)
-        return -ENOMEM;
+        return m->over ? -E2BIG : -ENOMEM;
     if (s < 0)
         return -EINVAL;
     m->cur = s;
@@ -835,6 +1114,7 @@ static int32_t walk_mask(core_gmatch *m, uint64_t *bits)
     memset(bits, 0, words * sizeof *bits);
     int32_t count = 0, *st = m->depth;
     st[0] = m->cur;
+    m->walk_work = 0;
     uint32_t have = 0, dead = UINT32_MAX;
     for (int32_t i = 0; i < v->n_sorted; i++) {
         int32_t id = v->order[i];
@@ -850,7 +1130,7 @@ static int32_t walk_mask(core_gmatch *m, uint64_t *bits)
             st[d] = step(m, st[d - 1], b[d - 1]);
             if (st[d] < 0) {
                 if (st[d] == -2)
-                    return -ENOMEM;
+                    return m->over ? -E2BIG : -ENOMEM;
                 dead = d;
                 break;
             }
@@ -903,6 +1183,11 @@ int32_t core_gmatch_mask(core_gmatch *m, uint64_t *bits)
     e->count = count;
     e->used = ++m->clock;
     return count;
+}
+
+int core_gmatch_error(const core_gmatch *m)
+{
+    return m->over ? -E2BIG : m->oom ? -ENOMEM : 0;
 }
 
 void core_gmatch_counts(const core_gmatch *m, uint64_t *computed, uint64_t *cached)

@@ -33,7 +33,7 @@
 #include "core/text/tokenizer.h"
 
 #define CORE_GRAMMAR_DEPTH_MAX 128    /* frames on one stack */
-#define CORE_GRAMMAR_STACKS_MAX 256   /* stacks in one state */
+#define CORE_GRAMMAR_STACKS_MAX 256   /* stacks in one state (more: the matcher fails, -E2BIG) */
 #define CORE_GRAMMAR_ELEMS_MAX 400000 /* elements in one grammar (a compiled schema's size) */
 
 /* --- building ------------------------------------------------------------------------------- */
@@ -74,8 +74,29 @@ int core_gbuild_alt(core_gbuild *b, int r);
 int core_gbuild_set(core_gbuild *b, int r, const core_gset *s);
 int core_gbuild_ref(core_gbuild *b, int r, int sub);
 int core_gbuild_lit(core_gbuild *b, int r, const char *lit, size_t n);
+/* A new rule matching x repeated min..max times (max < 0: no limit), written by right recursion
+ * (x* is star ::= ε | x star) so a match does not grow the stack; its id, or a negative error as
+ * core_gbuild_rule. */
+int core_gbuild_repeat(core_gbuild *b, int x, long min, long max);
+/* A new rule matching exactly one of the n >= 1 byte strings s[i] (lengths len[i]; repeats
+ * allowed), written as a trie: alternatives factored by their common prefixes, so a state holds
+ * one stack per distinct next byte however many strings there are (a rule of n plain
+ * alternatives needs n, and CORE_GRAMMAR_STACKS_MAX bounds them). Its id, or a negative error as
+ * core_gbuild_rule (-EINVAL for n < 1). */
+int core_gbuild_one_of(core_gbuild *b, const char *const *s, const size_t *len, size_t n);
 /* Number of elements so far (for size limits in compilers). */
 size_t core_gbuild_size(const core_gbuild *b);
+/* Number of rules so far (the next rule's id). */
+size_t core_gbuild_rules(const core_gbuild *b);
+
+/* A rule on a left-recursive cycle (one that can reach itself before reading a byte: r ::= r "a",
+ * or through rules that match the empty string), or -1 when there is none; -ENOMEM. Matching cuts
+ * such branches, so compilers of grammars users write refuse them with this. Linear in the size. */
+int core_gbuild_left_recursive(const core_gbuild *b);
+
+/* 1 when rule root matches some (finite) text, 0 when every way through it needs itself again
+ * (root ::= "a" root), -ENOMEM. Linear in the size. */
+int core_gbuild_productive(const core_gbuild *b, int root);
 
 /* Makes the grammar whose start is rule root; the builder is left as it was (free it). NULL with
  * a message in err for an error that stuck, a rule without alternatives, or no memory. */
@@ -88,6 +109,9 @@ void core_grammar_free(core_grammar *g);
 
 /* Whether any input can start a match (false when every path is cut: left recursion). */
 bool core_grammar_viable(const core_grammar *g);
+/* The same with the reason: 1 viable, 0 not, -E2BIG when the start state passes the matcher's
+ * bounds (see core_gmatch_error), -ENOMEM. */
+int core_grammar_start(const core_grammar *g);
 
 /* Whether the grammar matches the whole of text[0..n) (for tests and tools). */
 bool core_grammar_matches(const core_grammar *g, const char *text, size_t n);
@@ -124,13 +148,19 @@ bool core_gmatch_allows(core_gmatch *m, int32_t id);
 
 /* Sets bit id of bits (n_vocab bits, (n_vocab + 63) / 64 words) for every token that may come
  * next, clears the others; returns how many are set (0: nothing can follow, a dead end), or
- * -ENOMEM. */
+ * -ENOMEM / -E2BIG (core_gmatch_error). */
 int32_t core_gmatch_mask(core_gmatch *m, uint64_t *bits);
 
 /* Advances past token id. 0, or -EINVAL when the token may not come next (the state is
- * unchanged), -ENOMEM. An end-of-generation token is accepted when the state is accepting and
- * changes nothing. */
+ * unchanged), -ENOMEM / -E2BIG (core_gmatch_error). An end-of-generation token is accepted when the
+ * state is accepting and changes nothing. */
 int core_gmatch_accept(core_gmatch *m, int32_t id);
+
+/* Why the matcher failed: 0 (it has not), -ENOMEM, or -E2BIG when a state needed more than
+ * CORE_GRAMMAR_STACKS_MAX stacks, or one byte's expansion, or one mask or token, passed the
+ * matcher's work bounds (a grammar that derives the empty text in exponentially many ways); the
+ * matcher stays failed. core_gmatch_mask returns the same. */
+int core_gmatch_error(const core_gmatch *m);
 
 /* Masks computed and masks found in the cache (statistics, for benchmarks). */
 void core_gmatch_counts(const core_gmatch *m, uint64_t *computed, uint64_t *cached);

@@ -1,5 +1,6 @@
 """End-to-end: structured outputs. response_format json_object and json_schema (and vLLM's
-guided_json, guided_regex and guided_choice) through the OpenAI Python SDK on /v1/chat/completions and /v1/completions, streamed
+guided_json, guided_regex, guided_choice and guided_grammar, and their structured_outputs
+successor; llama.cpp's GBNF grammar and json_schema) through the OpenAI Python SDK on /v1/chat/completions and /v1/completions, streamed
 and not, greedy and sampled, on the base model and with adapters, several requests at once in one
 batch; every output is parsed and validated by the jsonschema package (with its format checker).
 Also: a schema with one valid output gives exactly it, max_tokens mid-JSON ends with "length",
@@ -220,14 +221,26 @@ def guided(extra, prompt, route, model="base", adapters=None, stream=False, **kw
     return text, finish
 
 
+def refused_guided(extra, param, needle):
+    """extra is a 400 on both routes, its message holding needle, its param param."""
+    import openai
+
+    for route in ("chat", "completions"):
+        try:
+            guided(extra, "x", route, max_tokens=4)
+            raise e2e.Fail(f"{route} {extra} was accepted")
+        except openai.BadRequestError as e:
+            body = e.body or {}
+            check(needle in body.get("message", ""), f"{route} {extra}: message {body}")
+            eq(body.get("param"), param, f"{route} {extra}: param")
+
+
 @suite.test
 def guided_regex_and_guided_choice():
     """vLLM's guided_regex (the text matches it whole, as re.fullmatch) and guided_choice (the
     text is one of the strings), chat and completions, greedy and sampled, streamed, with
     adapters, eight at a time; bad ones are 400s naming the field."""
     import re
-
-    import openai
 
     jobs = []
     for i, rx in enumerate(REGEXES):
@@ -237,10 +250,17 @@ def guided_regex_and_guided_choice():
     for route in ("chat", "completions"):
         for kw in (dict(temperature=0), dict(temperature=1.0, seed=3, stream=True)):
             jobs.append((None, CHOICES, route, "fr/manpages", None, kw))
+    # vLLM's structured_outputs, which replaced the guided_* fields in v0.12
+    jobs.append((REGEXES[0], None, "chat", "base", None, dict(temperature=0, so=True)))
+    jobs.append((None, CHOICES, "completions", "base", None, dict(temperature=0, so=True)))
 
     def one(job):
         rx, choices, route, model, adapters, kw = job
-        extra = {"guided_regex": rx} if rx else {"guided_choice": choices}
+        kw = dict(kw)
+        if kw.pop("so", False):
+            extra = {"structured_outputs": {"regex": rx} if rx else {"choice": choices}}
+        else:
+            extra = {"guided_regex": rx} if rx else {"guided_choice": choices}
         return guided(extra, "Write something short.", route, model, adapters, max_tokens=60,
                       **kw)
 
@@ -259,17 +279,121 @@ def guided_regex_and_guided_choice():
                                  ({"guided_choice": []}, "guided_choice", "1 to 1024 strings"),
                                  ({"guided_choice": ["a"], "guided_regex": "a"}, "guided_choice",
                                   "not both")):
-        for route in ("chat", "completions"):
-            try:
-                guided(extra, "x", route, max_tokens=4)
-                raise e2e.Fail(f"{route} {extra} was accepted")
-            except openai.BadRequestError as e:
-                body = e.body or {}
-                check(needle in body.get("message", ""), f"{route} {extra}: message {body}")
-                eq(body.get("param"), param, f"{route} {extra}: param")
+        refused_guided(extra, param, needle)
     text, _ = guided({"guided_choice": CHOICES}, "The capital of France is", "completions",
                      temperature=0, max_tokens=8)
     check(text in CHOICES, f"the server still serves: {text!r}")
+
+
+# GBNF grammars (llama.cpp's "grammar", vLLM's "guided_grammar"), each with a Python check of
+# the language it describes: a regular expression, or a small parser for the recursive one.
+def arith_ok(text):
+    """root ::= expr " = " [0-9]{1,4}; expr ::= term ([-+*] term){0,3}; term ::= [0-9]{1,3} |
+    "(" expr ")" -- by recursive descent."""
+    import re
+
+    def expr(i, depth):
+        i = term(i, depth)
+        for _ in range(3):
+            if i is None or i >= len(text) or text[i] not in "-+*":
+                break
+            j = term(i + 1, depth)
+            if j is None:
+                break
+            i = j
+        return i
+
+    def term(i, depth):
+        m = re.match(r"[0-9]{1,3}", text[i:])
+        if m:
+            return i + m.end()
+        if depth < 8 and text[i:i + 1] == "(":
+            j = expr(i + 1, depth + 1)
+            if j is not None and text[j:j + 1] == ")":
+                return j + 1
+        return None
+
+    # the grammar is ambiguous only in where expr ends; try every split at " = "
+    for k in range(len(text)):
+        if text.startswith(" = ", k) and re.fullmatch(r"[0-9]{1,4}", text[k + 3:]) \
+                and expr(0, 0) == k:
+            return True
+    return False
+
+
+GRAMMARS = [
+    ('root ::= ("Yes" | "No") ", because " reason "."\nreason ::= [a-z ]{3,40}',
+     r"(Yes|No), because [a-z ]{3,40}\."),
+    ('root ::= item ("\\n" item){1,3}\n# one item a line\nitem ::= "- " [A-Z] [a-z]{1,12}',
+     r"- [A-Z][a-z]{1,12}(\n- [A-Z][a-z]{1,12}){1,3}"),
+    ('root ::= "{\\"name\\": \\"" [A-Za-z ]{1,20} "\\", \\"age\\": " [1-9] [0-9]? "}"',
+     r'\{"name": "[A-Za-z ]{1,20}", "age": [1-9][0-9]?\}'),
+    ("root ::= [\u00e0-\u00ff]{2,5} [!?]", r"[\u00e0-\u00ff]{2,5}[!?]"),
+    ('root ::= expr " = " [0-9]{1,4}\nexpr ::= term ([-+*] term){0,3}\n'
+     'term ::= [0-9]{1,3} | "(" expr ")"', arith_ok),
+]
+
+
+@suite.test
+def gbnf_grammar_and_guided_grammar():
+    """GBNF through llama.cpp's "grammar", vLLM's "guided_grammar" and its "structured_outputs"
+    {"grammar": ...} (extra_body of the OpenAI SDK), chat and completions, greedy and sampled, streamed, with adapters, eight at a time:
+    every text is in the grammar's language (checked by a regular expression or a parser);
+    grammars with errors are 400s naming the field, the line and the column."""
+    import re
+
+    jobs = []
+    for i, (gram, lang) in enumerate(GRAMMARS):
+        for field, route, (model, adapters) in (("grammar", "chat", SELS[i % 3]),
+                                                ("guided_grammar", "completions",
+                                                 SELS[(i + 1) % 3]),
+                                                ("structured_outputs",
+                                                 ("chat", "completions")[i % 2], SELS[i % 3])):
+            for kw in (dict(temperature=0), dict(temperature=1.0, seed=21 + i, stream=True)):
+                jobs.append((field, gram, lang, route, model, adapters, kw))
+
+    def one(job):
+        field, gram, _, route, model, adapters, kw = job
+        extra = {field: {"grammar": gram} if field == "structured_outputs" else gram}
+        return guided(extra, "Answer briefly.", route, model, adapters, max_tokens=80, **kw)
+
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(one, jobs))
+    for (field, gram, lang, route, model, adapters, kw), (text, finish) in zip(jobs, outs):
+        what = f"{field} {route} {model} {adapters} {kw} {gram!r}"
+        ok = lang(text) if callable(lang) else re.fullmatch(lang, text) is not None
+        check(ok, f"{what}: {text!r} is not in the language")
+        eq(finish, "stop", f"{what}: finish")
+    print(f"    {len(jobs)} grammar requests, e.g. {outs[0][0]!r}, {outs[-2][0]!r}")
+    for extra, param, needle in (
+            ({"grammar": "root ::= digits"}, "grammar",
+             "line 1, column 10: rule 'digits' is used but not defined"),
+            ({"guided_grammar": "root ::= root \"a\" | \"b\""}, "guided_grammar",
+             "rule 'root' is left-recursive"),
+            ({"grammar": "root ::= \"a\"\nroot ::= \"b\""}, "grammar",
+             "line 2, column 1: rule 'root' is defined twice"),
+            ({"grammar": "root ::= [a]", "guided_regex": "a"}, "grammar", "not both"),
+            ({"structured_outputs": {"grammar": "root ::= [a"}}, "structured_outputs.grammar",
+             "line 1, column 10: unterminated class")):
+        refused_guided(extra, param, needle)
+    # ambiguity that shows only after the first byte (2^40 ways to read nothing between "x" and
+    # "y"): the request ends with an error in milliseconds, the server goes on
+    amb = 'root ::= "x" ' + "e " * 40 + '"y"\ne ::= "" | "a"?'
+    r = S.post("/v1/completions", {"prompt": "x", "max_tokens": 5, "grammar": amb})
+    eq(r.status, 500, f"an ambiguous grammar: {r}")
+    check("too ambiguous" in r.json()["error"]["message"], f"ambiguous grammar message {r}")
+    # curl-style raw JSON, llama.cpp's json_schema field too
+    r = S.post("/v1/completions", {"prompt": "Weight:", "max_tokens": 12, "temperature": 0,
+                                   "grammar": 'root ::= " " [1-9] [0-9]{0,2} ("kg" | "g")'})
+    eq(r.status, 200, f"raw grammar request: {r}")
+    text = r.json()["choices"][0]["text"]
+    check(re.fullmatch(r" [1-9][0-9]{0,2}(kg|g)", text), f"raw grammar text {text!r}")
+    r = S.post("/v1/completions", {"prompt": "Age:", "max_tokens": 8, "temperature": 0,
+                                   "json_schema": {"type": "integer", "minimum": 1,
+                                                   "maximum": 99}})
+    eq(r.status, 200, f"json_schema request: {r}")
+    age = int(r.json()["choices"][0]["text"])
+    check(1 <= age <= 99, f"json_schema integer {age}")
 
 
 @suite.test

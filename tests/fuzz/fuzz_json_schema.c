@@ -1,9 +1,10 @@
-/* libFuzzer target: the JSON Schema compiler (server/json_schema.c) and the grammar it builds
- * (core/text/grammar.c). An input starting with "re:" is a regular expression for
- * srv_regex_compile, "rt:" one for srv_regex_text_compile (guided_regex), "ch:" a list of
- * choices, one a line, for srv_choice_compile (guided_choice); anything else is parsed by cJSON
- * as a schema (an input cJSON refuses is compiled as the json_object mode, schema NULL, and the
- * input used as text to match).
+/* libFuzzer target: the JSON Schema compiler (server/json_schema.c), the GBNF compiler
+ * (server/gbnf.c) and the grammar they build (core/text/grammar.c). An input starting with "re:"
+ * is a regular expression for srv_regex_compile, "rt:" one for srv_regex_text_compile
+ * (guided_regex), "ch:" a list of choices, one a line, for srv_choice_compile (guided_choice),
+ * "gb:" a GBNF grammar for srv_gbnf_compile (grammar, guided_grammar); anything else is parsed by
+ * cJSON as a schema (an input cJSON refuses is compiled as the json_object mode, schema NULL, and
+ * the input used as text to match).
  *
  * Aborts when the return code is not one of 0, -EINVAL, -E2BIG, -ENOMEM; when a refusal has no
  * message, a message that is not printable, or a grammar; when a success has a message or no
@@ -19,6 +20,7 @@
 #include <string.h>
 
 #include "core/text/grammar.h"
+#include "server/gbnf.h"
 #include "server/json_schema.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -45,6 +47,8 @@ static int compile(const char *text, bool regex, bool schema_null, core_grammar 
         return srv_regex_compile(text + 3, g, err, errlen);
     if (regex && !memcmp(text, "rt:", 3))
         return srv_regex_text_compile(text + 3, g, err, errlen);
+    if (regex && !memcmp(text, "gb:", 3))
+        return srv_gbnf_compile(text + 3, strlen(text + 3), g, err, errlen);
     if (regex) {
         char *copy = strdup(text);
         const char *v[64];
@@ -67,8 +71,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     memcpy(text, data, size);
     text[size] = 0;
-    bool regex = size >= 3 &&
-                 (!memcmp(text, "re:", 3) || !memcmp(text, "rt:", 3) || !memcmp(text, "ch:", 3));
+    bool regex = size >= 3 && (!memcmp(text, "re:", 3) || !memcmp(text, "rt:", 3) ||
+                               !memcmp(text, "ch:", 3) || !memcmp(text, "gb:", 3));
     cJSON *probe = regex ? NULL : cJSON_Parse(text);
     bool schema_null = !regex && !probe;
     cJSON_Delete(probe);

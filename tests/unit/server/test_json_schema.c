@@ -391,3 +391,42 @@ TEST(schema_choice_exactly_one)
     CHECK_EQ_INT(srv_choice_compile(c3, 0, &g, err, sizeof err), -EINVAL);
     CHECK(g == NULL);
 }
+
+/* enum and guided_choice are tries: a thousand values all stay reachable (plain alternatives
+ * would need a matcher stack each, over CORE_GRAMMAR_STACKS_MAX) */
+TEST(schema_wide_enum_and_choice)
+{
+    static char buf[1024][16];
+    const char *v[1024];
+    char *schema = malloc(1024 * 12 + 32);
+    CHECK(schema != NULL);
+    if (!schema)
+        return;
+    size_t n = (size_t)sprintf(schema, "{\"enum\": [");
+    for (int i = 0; i < 1024; i++) {
+        snprintf(buf[i], sizeof buf[i], "w%d", i * 3);
+        v[i] = buf[i];
+        n += (size_t)sprintf(schema + n, "%s\"%s\"", i ? "," : "", buf[i]);
+    }
+    sprintf(schema + n, ", 5, null]}");
+    cJSON *s = cJSON_Parse(schema);
+    core_grammar *g = NULL, *c = NULL;
+    char err[256];
+    CHECK_MSG(srv_schema_compile(s, &g, err, sizeof err) == 0, "%s", err);
+    CHECK_MSG(srv_choice_compile(v, 1024, &c, err, sizeof err) == 0, "%s", err);
+    int ok = 0;
+    for (int i = 0; g && c && i < 1024 * 3; i++) {
+        char q[32], w[24];
+        int k = snprintf(w, sizeof w, "w%d", i);
+        snprintf(q, sizeof q, "\"%s\"", w);
+        ok += core_grammar_matches(g, q, (size_t)k + 2) == (i % 3 == 0);
+        ok += core_grammar_matches(c, w, (size_t)k) == (i % 3 == 0);
+    }
+    CHECK_EQ_INT(ok, 2 * 1024 * 3);
+    CHECK(g && core_grammar_matches(g, "5", 1) && core_grammar_matches(g, "null", 4));
+    CHECK(g && !core_grammar_matches(g, "\"w\"", 3) && !core_grammar_matches(g, "\"w4\"", 4));
+    core_grammar_free(g);
+    core_grammar_free(c);
+    cJSON_Delete(s);
+    free(schema);
+}

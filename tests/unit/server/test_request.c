@@ -343,6 +343,52 @@ TEST(req_response_format_compiles_a_grammar)
     CHECK(r.grammar && core_grammar_matches(r.grammar, "no", 2));
     CHECK(r.grammar && !core_grammar_matches(r.grammar, "yesno", 5));
     srv_request_deinit(&r);
+    /* GBNF: llama.cpp's grammar and vLLM's guided_grammar; llama.cpp's json_schema */
+    PARSE_OK(C, "{'prompt':'x','grammar':'root ::= [0-9]+ unit\\nunit ::= \\'kg\\' | \\'g\\''}",
+             &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "12kg", 4));
+    CHECK(r.grammar && !core_grammar_matches(r.grammar, "12", 2));
+    srv_request_deinit(&r);
+    PARSE_OK(H,
+             "{'messages':[{'role':'user','content':'x'}],'guided_grammar':'root ::= (\\'a\\' | "
+             "\\'b\\'){2}'}",
+             &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "ab", 2));
+    CHECK(r.grammar && !core_grammar_matches(r.grammar, "a", 1));
+    srv_request_deinit(&r);
+    PARSE_OK(C, "{'prompt':'x','json_schema':{'type':'integer','maximum':9}}", &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "7", 1));
+    CHECK(r.grammar && !core_grammar_matches(r.grammar, "10", 2));
+    srv_request_deinit(&r);
+    /* vLLM's structured_outputs (v0.10.2 on; the guided_* fields were removed in v0.12) */
+    PARSE_OK(C,
+             "{'prompt':'x','structured_outputs':{'choice':['yes','no'],'disable_fallback':true}}",
+             &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "yes", 3));
+    CHECK(r.grammar && !core_grammar_matches(r.grammar, "y", 1));
+    srv_request_deinit(&r);
+    PARSE_OK(H,
+             "{'messages':[{'role':'user','content':'x'}],'structured_outputs':{'regex':'[a-c]{2}',"
+             "'json_object':false,'whitespace_pattern':null}}",
+             &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "ab", 2));
+    CHECK(r.grammar && !core_grammar_matches(r.grammar, "abc", 3));
+    srv_request_deinit(&r);
+    PARSE_OK(C, "{'prompt':'x','structured_outputs':{'json':{'type':'boolean'}}}", &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "false", 5));
+    srv_request_deinit(&r);
+    PARSE_OK(C, "{'prompt':'x','structured_outputs':{'json':'{\\'enum\\':[1,2]}'}}", &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "2", 1));
+    srv_request_deinit(&r);
+    PARSE_OK(C, "{'prompt':'x','structured_outputs':{'json_object':true}}", &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "{}", 2));
+    srv_request_deinit(&r);
+    PARSE_OK(C, "{'prompt':'x','structured_outputs':{'grammar':'root ::= \\'ok\\''}}", &r);
+    CHECK(r.grammar && core_grammar_matches(r.grammar, "ok", 2));
+    srv_request_deinit(&r);
+    PARSE_OK(C, "{'prompt':'x','structured_outputs':{}}", &r);
+    CHECK(r.grammar == NULL);
+    srv_request_deinit(&r);
 }
 
 TEST(req_token_controls)
@@ -1154,13 +1200,60 @@ static const refusal refusals[] = {
     {H, MSG1 ", 'guided_choice': ['a', 2]}", E, "guided_choice[1]",
      "guided_choice[1]: expected a string, got number"},
     {C, "{'prompt': 'x', 'guided_choice': ['a'], 'guided_regex': 'a'}", E, "guided_choice",
-     "guided_choice: give guided_regex or guided_choice, not both"},
+     "guided_choice: give one of guided_regex and guided_choice, not both"},
     {C, "{'prompt': 'x', 'guided_choice': ['a'], 'guided_json': {}}", E, "guided_json",
-     "guided_json: give one of guided_json and guided_choice, not both"},
+     "guided_json: give one of guided_choice and guided_json, not both"},
     {C, "{'prompt': 'x', 'guided_regex': 'a', 'response_format': {'type': 'json_object'}}", E,
      "response_format", "response_format: give guided_regex or response_format, not both"},
     {H, MSG1 ", 'grammar': 'root ::= x'}", E, "grammar",
-     "grammar: constrained decoding is not supported"},
+     "grammar: line 1, column 10: rule 'x' is used but not defined"},
+    {C, "{'prompt': 'x', 'guided_grammar': 'root ::= root [a] | [b]'}", E, "guided_grammar",
+     "guided_grammar: line 1, column 1: rule 'root' is left-recursive: it can reach itself before "
+     "reading a character (directly, through rules that may match nothing, or by repeating "
+     "something that may, as (\"a\"?)*)"},
+    {C, "{'prompt': 'x', 'grammar': ['root ::= [a]']}", E, "grammar",
+     "grammar: expected a string, got array"},
+    {C, "{'prompt': 'x', 'grammar': 'root ::= [a]', 'guided_regex': 'a'}", E, "grammar",
+     "grammar: give one of guided_regex and grammar, not both"},
+    {C, "{'prompt': 'x', 'grammar': 'root ::= [a]', 'guided_json': {}}", E, "guided_json",
+     "guided_json: give one of grammar and guided_json, not both"},
+    {C, "{'prompt': 'x', 'json_schema': 'object'}", E, "json_schema",
+     "json_schema: the string is not a JSON schema"},
+    {C, "{'prompt': 'x', 'json_schema': 3}", E, "json_schema",
+     "json_schema: expected a JSON schema, got number"},
+    {C, "{'prompt': 'x', 'structured_outputs': {'regex': 'a', 'choice': ['a']}}", E,
+     "structured_outputs.choice",
+     "structured_outputs.choice: give one of structured_outputs.regex and "
+     "structured_outputs.choice, not both"},
+    {C, "{'prompt': 'x', 'guided_regex': 'a', 'structured_outputs': {'grammar': 'root ::= [a]'}}",
+     E, "structured_outputs.grammar",
+     "structured_outputs.grammar: give one of guided_regex and structured_outputs.grammar, not "
+     "both"},
+    {C, "{'prompt': 'x', 'structured_outputs': {'grammar': 'root ::= b'}}", E,
+     "structured_outputs.grammar",
+     "structured_outputs.grammar: line 1, column 10: rule 'b' is used but not defined"},
+    {C, "{'prompt': 'x', 'structured_outputs': {'choice': ['a', 1]}}", E,
+     "structured_outputs.choice[1]", "structured_outputs.choice[1]: expected a string, got number"},
+    {C, "{'prompt': 'x', 'structured_outputs': {'json_object': 1}}", E,
+     "structured_outputs.json_object", "structured_outputs.json_object: expected true, got number"},
+    {C, "{'prompt': 'x', 'structured_outputs': {'structural_tag': {'a': 1}}}", E,
+     "structured_outputs.structural_tag",
+     "structured_outputs.structural_tag: not supported (only null)"},
+    {C, "{'prompt': 'x', 'structured_outputs': {'disable_any_whitespace': true}}", E,
+     "structured_outputs.disable_any_whitespace",
+     "structured_outputs.disable_any_whitespace: not supported (only null or false)"},
+    {C, "{'prompt': 'x', 'structured_outputs': {'jsn': {}}}", E, "structured_outputs.jsn",
+     "structured_outputs.jsn: unknown field (json, regex, choice, grammar and json_object are "
+     "supported)"},
+    {C, "{'prompt': 'x', 'structured_outputs': ['regex']}", E, "structured_outputs",
+     "structured_outputs: expected an object, got array"},
+    {C,
+     "{'prompt': 'x', 'structured_outputs': {'json': {}}, 'response_format': {'type': "
+     "'json_object'}}",
+     E, "response_format",
+     "response_format: give structured_outputs.json or response_format, not both"},
+    {C, "{'prompt': 'x', 'json_schema': {'not': {}}}", E, "json_schema",
+     "json_schema: unsupported keyword 'not' at #"},
     {C, "{'prompt': 'x', 'suffix': 'end'}", E, "suffix",
      "suffix: not supported (no insertion; only \"\" or null)"},
     {C, "{'prompt': 'x', 'suffix': 1}", E, "suffix",

@@ -1,6 +1,7 @@
 /* Tests for core/text/grammar.c: the pushdown matcher on small grammars (alternatives, nesting,
- * right recursion kept flat, left recursion cut), and token masks over the real SmolLM2
- * vocabulary checked token by token against core_gmatch_allows, with EOS only when accepting. */
+ * right recursion kept flat, left recursion cut and found, ambiguity bounded), and token masks over
+ * the real SmolLM2 vocabulary checked token by token against core_gmatch_allows, with EOS only when
+ * accepting. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -201,4 +202,100 @@ TEST(grammar_masks_agree_with_allows_on_the_real_vocab)
     core_grammar_free(g);
     core_gvocab_free(v);
     core_tokenizer_free(t);
+}
+
+/* root ::= pre e e ... e (k times) "y";  e ::= ε | ε  -- 2^k ways to derive the empty text
+ * between pre and "y" */
+static core_grammar *ambiguous(const char *pre, int k)
+{
+    core_gbuild *b = core_gbuild_new();
+    int root = core_gbuild_rule(b), e = core_gbuild_rule(b);
+    core_gbuild_alt(b, e);
+    core_gbuild_alt(b, e);
+    core_gbuild_alt(b, root);
+    core_gbuild_lit(b, root, pre, strlen(pre));
+    for (int i = 0; i < k; i++)
+        core_gbuild_ref(b, root, e);
+    core_gbuild_lit(b, root, "y", 1);
+    char err[128];
+    core_grammar *g = core_gbuild_finish(b, root, err, sizeof err);
+    core_gbuild_free(b);
+    return g;
+}
+
+TEST(grammar_ambiguity_is_bounded)
+{
+    TEST_NEED_MODEL();
+    core_grammar *g = ambiguous("", 8); /* 256 ways: well within the bound */
+    CHECK(g && core_grammar_start(g) == 1 && core_grammar_matches(g, "y", 1));
+    core_grammar_free(g);
+    g = ambiguous("", 48);
+    CHECK(g && core_grammar_start(g) == -E2BIG && !core_grammar_viable(g));
+    core_grammar_free(g);
+    /* the start is fine, the blow-up comes after "x": the mask fails fast with -E2BIG */
+    core_model *m = test_shared_model();
+    char err[256];
+    core_tokenizer *t = core_tokenizer_new(m->gguf, err, sizeof err);
+    core_gvocab *v = t ? core_gvocab_new(t, err, sizeof err) : NULL;
+    CHECK_MSG(v != NULL, "%s", err);
+    g = ambiguous("x", 48);
+    CHECK(g && core_grammar_start(g) == 1);
+    core_gmatch *gm = core_gmatch_new(g, v, err, sizeof err);
+    CHECK_MSG(gm != NULL, "%s", err);
+    uint64_t *bits = malloc(((size_t)core_gvocab_n_vocab(v) + 63) / 64 * sizeof *bits);
+    double t0 = core_now();
+    int32_t count = core_gmatch_mask(gm, bits);
+    double dt = core_now() - t0;
+    CHECK_EQ_INT(count, -E2BIG);
+    CHECK_EQ_INT(core_gmatch_error(gm), -E2BIG);
+    CHECK_MSG(dt < 2.0, "the failing mask took %.2f s", dt);
+    printf("    2^48 derivations of the empty text: the mask fails after %.1f ms\n", dt * 1e3);
+    free(bits);
+    core_gmatch_free(gm);
+    core_grammar_free(g);
+    core_gvocab_free(v);
+    core_tokenizer_free(t);
+}
+
+TEST(grammar_left_recursion_and_productivity_found)
+{
+    /* 0 ::= 1 "a" | "b";  1 ::= 2;  2 ::= ε | 0   -- 0 reaches itself through nullable 2 */
+    core_gbuild *b = core_gbuild_new();
+    int r0 = core_gbuild_rule(b), r1 = core_gbuild_rule(b), r2 = core_gbuild_rule(b);
+    core_gbuild_alt(b, r0);
+    core_gbuild_ref(b, r0, r1);
+    core_gbuild_lit(b, r0, "a", 1);
+    core_gbuild_alt(b, r0);
+    core_gbuild_lit(b, r0, "b", 1);
+    core_gbuild_alt(b, r1);
+    core_gbuild_ref(b, r1, r2);
+    core_gbuild_alt(b, r2);
+    core_gbuild_alt(b, r2);
+    core_gbuild_ref(b, r2, r0);
+    int lr = core_gbuild_left_recursive(b);
+    CHECK_MSG(lr >= 0 && lr <= 2, "left recursion at %d", lr);
+    CHECK_EQ_INT(core_gbuild_productive(b, r0), 1);
+    core_gbuild_free(b);
+    /* 0 ::= "(" 0 ")" | 1 1 "x";  1 ::= ε   -- recursion after a byte: none; 3 ::= "a" 3 never ends
+     */
+    b = core_gbuild_new();
+    r0 = core_gbuild_rule(b);
+    r1 = core_gbuild_rule(b);
+    int r3 = core_gbuild_rule(b);
+    core_gbuild_alt(b, r0);
+    core_gbuild_lit(b, r0, "(", 1);
+    core_gbuild_ref(b, r0, r0);
+    core_gbuild_lit(b, r0, ")", 1);
+    core_gbuild_alt(b, r0);
+    core_gbuild_ref(b, r0, r1);
+    core_gbuild_ref(b, r0, r1);
+    core_gbuild_lit(b, r0, "x", 1);
+    core_gbuild_alt(b, r1);
+    core_gbuild_alt(b, r3);
+    core_gbuild_lit(b, r3, "a", 1);
+    core_gbuild_ref(b, r3, r3);
+    CHECK_EQ_INT(core_gbuild_left_recursive(b), -1);
+    CHECK_EQ_INT(core_gbuild_productive(b, r0), 1);
+    CHECK_EQ_INT(core_gbuild_productive(b, r3), 0);
+    core_gbuild_free(b);
 }
