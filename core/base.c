@@ -96,3 +96,35 @@ void *core_map_file(const char *path, uint64_t min_bytes, const char *needs, siz
     *size = (size_t)st.st_size;
     return p;
 }
+
+char *core_read_text(const char *path, size_t max, size_t *len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        core_errf(err, errlen, "cannot read it: %s", strerror(errno));
+        return NULL;
+    }
+    char *s = malloc(max + 1);
+    size_t n = s ? fread(s, 1, max + 1, f) : 0;
+    int bad = !s ? ENOMEM : ferror(f) ? EIO : 0;
+    fclose(f);
+    if (bad || n > max) {
+        if (bad)
+            core_errf(err, errlen, "cannot read it: %s", strerror(bad));
+        else if (max >= 1 << 20)
+            core_errf(err, errlen, "larger than %zu MiB", max >> 20);
+        else
+            core_errf(err, errlen, "larger than %zu KiB", max >> 10);
+        free(s);
+        return NULL;
+    }
+    s[n] = 0;
+    if (strlen(s) != n) {
+        core_errf(err, errlen, "holds a NUL byte");
+        free(s);
+        return NULL;
+    }
+    if (len)
+        *len = n;
+    return s;
+}

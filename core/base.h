@@ -43,4 +43,10 @@ int core_grow(void *pp, size_t *cap, size_t need, size_t elem);
 void *core_map_file(const char *path, uint64_t min_bytes, const char *needs, size_t *size,
                     char *err, size_t errlen);
 
+/* The text of the file at path, NUL-terminated (malloc'd), *len its bytes (len may be NULL).
+ * NULL with the reason in err ("cannot read it: No such file or directory", "larger than 64
+ * KiB", "holds a NUL byte"; the caller names the file) when it cannot be read, holds more than
+ * max bytes or holds a NUL. For configuration-sized files. */
+char *core_read_text(const char *path, size_t max, size_t *len, char *err, size_t errlen);
+
 #endif

@@ -1,5 +1,7 @@
 /* `adaptree generate`: one prompt through the model, text streamed to stdout, prompt and
- * generation speed to stderr. */
+ * generation speed to stderr; optionally constrained by a GBNF grammar or a JSON Schema (the
+ * server's structured-output compilers and matcher). */
+#include <cJSON.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,11 +13,15 @@
 #include "core/base.h"
 #include "core/model/model.h"
 #include "core/model/sampler.h"
+#include "core/text/grammar.h"
 #include "core/text/tokenizer.h"
 #include "server/cli.h"
 #include "server/cli_select.h"
+#include "server/gbnf.h"
+#include "server/json_schema.h"
 
 #define PREFILL_CHUNK 256
+#define GRAMMAR_FILE_MAX (1 << 20) /* bytes of a --grammar-file */
 
 typedef struct gen_opts {
     const char *model;
@@ -28,6 +34,9 @@ typedef struct gen_opts {
     int kv_f16;
     core_sampler_params sp;
     srv_cli_sel sel;
+    const char *grammar;      /* --grammar TEXT */
+    const char *grammar_file; /* --grammar-file PATH */
+    const char *json_schema;  /* --json-schema JSON */
 } gen_opts;
 
 /* The model, its cache and the adapters applied to every row. */
@@ -59,7 +68,11 @@ static void gen_usage(FILE *out)
             "      --special           print control tokens such as <|im_end|>\n"
             "      --registry DIR      adapter registry (default registry/)\n"
             "      --select ID         apply the tree chain of node ID (e.g. fr/legal/alice)\n"
-            "      --adapter ID[:S]    apply exactly node ID at scale S (default 1); repeatable\n");
+            "      --adapter ID[:S]    apply exactly node ID at scale S (default 1); repeatable\n"
+            "      --grammar TEXT      constrain the output to a GBNF grammar (as the server's\n"
+            "                          \"grammar\" field)\n"
+            "      --grammar-file PATH the same, the grammar read from a file\n"
+            "      --json-schema JSON  constrain the output to JSON valid against the schema\n");
 }
 
 int srv_parse_int(const char *s, long min, long max, long *out)
@@ -144,6 +157,12 @@ static int parse_opts(int argc, char **argv, gen_opts *o)
         } else if (!strcmp(a, "--top-k")) {
             bad = srv_parse_int(v, 0, 1 << 24, &n);
             o->sp.top_k = (int)n;
+        } else if (!strcmp(a, "--grammar")) {
+            o->grammar = v;
+        } else if (!strcmp(a, "--grammar-file")) {
+            o->grammar_file = v;
+        } else if (!strcmp(a, "--json-schema")) {
+            o->json_schema = v;
         } else if (!strcmp(a, "--seed")) {
             bad = srv_parse_int(v, 0, __LONG_MAX__, &n);
             o->sp.seed = (uint64_t)n;
@@ -167,7 +186,66 @@ static int parse_opts(int argc, char **argv, gen_opts *o)
         gen_usage(stderr);
         return 2;
     }
+    if (!!o->grammar + !!o->grammar_file + !!o->json_schema > 1) {
+        fprintf(stderr, "generate: give one of --grammar, --grammar-file and --json-schema\n");
+        return 2;
+    }
     return 0;
+}
+
+/* The constraint of --grammar, --grammar-file or --json-schema compiled into *out (NULL when
+ * none is given). 0, or -1 with the reason printed. */
+static int compile_constraint(const gen_opts *o, core_grammar **out)
+{
+    char err[320];
+    int rc = 0;
+    *out = NULL;
+    if (o->json_schema) {
+        cJSON *s = cJSON_Parse(o->json_schema);
+        if (!s) {
+            fprintf(stderr, "generate: --json-schema: not JSON\n");
+            return -1;
+        }
+        rc = srv_schema_compile(s, out, err, sizeof err);
+        cJSON_Delete(s);
+        if (rc)
+            fprintf(stderr, "generate: --json-schema: %s\n", err);
+    } else if (o->grammar || o->grammar_file) {
+        size_t n = 0;
+        char *text = o->grammar_file
+                         ? core_read_text(o->grammar_file, GRAMMAR_FILE_MAX, &n, err, sizeof err)
+                         : NULL;
+        if (o->grammar_file && !text) {
+            fprintf(stderr, "generate: --grammar-file %s: %s\n", o->grammar_file, err);
+            return -1;
+        }
+        const char *g = text ? text : o->grammar;
+        rc = srv_gbnf_compile(g, text ? n : strlen(g), out, err, sizeof err);
+        if (rc)
+            fprintf(stderr, "generate: %s%s: %s\n", text ? "--grammar-file " : "--grammar",
+                    text ? o->grammar_file : "", err);
+        free(text);
+    }
+    return rc ? -1 : 0;
+}
+
+static bool gm_allows(void *ctx, int32_t id)
+{
+    return core_gmatch_allows(ctx, id);
+}
+
+static int32_t gm_mask(void *ctx, uint64_t *bits)
+{
+    return core_gmatch_mask(ctx, bits);
+}
+
+/* Why a constrained generation cannot go on (nothing sampled, or the token refused). */
+static const char *constraint_failure(const core_gmatch *gm)
+{
+    int e = core_gmatch_error(gm);
+    return e == -E2BIG ? "the grammar is too ambiguous to follow"
+           : e         ? "out of memory"
+                       : "no token of the vocabulary can continue the text the grammar requires";
 }
 
 /* Tokenizes the prompt, rendering the chat template first with --chat. */
@@ -239,7 +317,7 @@ static int prefill(gen_run *g, const int32_t *ids, size_t n, float *logits)
     return 0;
 }
 
-static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o)
+static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o, const core_grammar *gr)
 {
     int status = 1;
     char err[256];
@@ -247,6 +325,8 @@ static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o)
     size_t n_prompt = 0;
     core_sampler *smp = NULL;
     float *logits = NULL;
+    core_gvocab *gv = NULL;
+    core_gmatch *gm = NULL;
     gen_run g = {.m = m};
     if (srv_cli_sel_wanted(&o->sel)) {
         if (srv_cli_sel_open(&o->sel, &m->cfg, err, sizeof err) < 0) {
@@ -272,6 +352,18 @@ static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o)
     if (!smp) {
         fprintf(stderr, "generate: %s\n", err);
         goto out;
+    }
+    if (gr) {
+        if (!(gv = core_gvocab_new(tok, err, sizeof err)) ||
+            !(gm = core_gmatch_new(gr, gv, err, sizeof err))) {
+            fprintf(stderr, "generate: %s\n", err);
+            goto out;
+        }
+        core_sampler_constraint con = {.ctx = gm, .allows = gm_allows, .mask = gm_mask};
+        if (core_sampler_set_constraint(smp, &con) < 0) {
+            fprintf(stderr, "generate: out of memory\n");
+            goto out;
+        }
     }
     g.ctx = core_ctx_new(m);
     g.kv = core_kv_new(&m->cfg, 1, (int)n_ctx, err, sizeof err);
@@ -299,17 +391,24 @@ static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o)
     while (produced < o->n_predict && (long)n < n_ctx) {
         int32_t id = core_sampler_sample(smp, logits, ids, n, NULL);
         if (id < 0) {
-            fprintf(stderr, "\ngenerate: the model produced no valid logits\n");
+            fprintf(stderr, "\ngenerate: %s\n",
+                    gm ? constraint_failure(gm) : "the model produced no valid logits");
             goto out;
         }
         ids[n++] = id;
         produced++;
         if (core_tokenizer_is_eog(tok, id))
             break;
+        if (gm && core_gmatch_accept(gm, id) < 0) {
+            fprintf(stderr, "\ngenerate: %s\n", constraint_failure(gm));
+            goto out;
+        }
         if (core_detok_push(&dt, id, text, sizeof text) > 0) {
             fputs(text, stdout);
             fflush(stdout);
         }
+        if (gm && core_gmatch_done(gm)) /* the grammar's text is complete and cannot grow */
+            break;
         int32_t pos = (int32_t)n - 1, slot = 0;
         core_batch b = {.n_rows = 1, .tokens = &id, .pos = &pos, .slot = &slot};
         if (step(&g, &b, logits) < 0)
@@ -328,6 +427,8 @@ static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o)
 out:
     free(ids);
     free(logits);
+    core_gmatch_free(gm);
+    core_gvocab_free(gv);
     adapter_plan_free(g.plan);
     core_kv_free(g.kv);
     core_ctx_free(g.ctx);
@@ -342,25 +443,26 @@ int srv_cli_generate(int argc, char **argv)
     int rc = parse_opts(argc, argv, &o);
     if (rc)
         return rc == 1 ? 0 : 2;
+    core_grammar *gr = NULL;
+    if (compile_constraint(&o, &gr) < 0)
+        return 2;
     char err[512];
     core_model *m = core_model_load(o.model, err, sizeof err);
     if (!m) {
         fprintf(stderr, "generate: cannot load %s: %s\n", o.model, err);
+        core_grammar_free(gr);
         return 1;
     }
-    if (o.int8 && core_model_set_int8(m, 1, err, sizeof err) < 0) {
+    core_tokenizer *tok = NULL;
+    int status = 1;
+    if (o.int8 && core_model_set_int8(m, 1, err, sizeof err) < 0)
         fprintf(stderr, "generate: --int8: %s\n", err);
-        core_model_free(m);
-        return 1;
-    }
-    core_tokenizer *tok = core_tokenizer_new(m->gguf, err, sizeof err);
-    if (!tok) {
+    else if (!(tok = core_tokenizer_new(m->gguf, err, sizeof err)))
         fprintf(stderr, "generate: tokenizer of %s: %s\n", o.model, err);
-        core_model_free(m);
-        return 1;
-    }
-    int status = generate(m, tok, &o);
+    else
+        status = generate(m, tok, &o, gr);
     core_tokenizer_free(tok);
     core_model_free(m);
+    core_grammar_free(gr);
     return status;
 }

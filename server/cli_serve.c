@@ -123,32 +123,10 @@ static int signal_wait(int sfd, int ms)
 /* The text of --chat-template FILE (malloc'd), or NULL with the reason printed. */
 static char *read_chat_template(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        srv_log(SRV_LOG_ERROR, "serve: --chat-template %s: cannot read it: %s", path,
-                strerror(errno));
-        return NULL;
-    }
-    char *s = malloc(CHAT_TEMPLATE_MAX + 1);
-    size_t n = s ? fread(s, 1, CHAT_TEMPLATE_MAX + 1, f) : 0;
-    int bad = !s ? ENOMEM : ferror(f) ? EIO : 0;
-    fclose(f);
-    if (!s || bad || n > CHAT_TEMPLATE_MAX) {
-        if (bad)
-            srv_log(SRV_LOG_ERROR, "serve: --chat-template %s: cannot read it: %s", path,
-                    strerror(bad));
-        else
-            srv_log(SRV_LOG_ERROR, "serve: --chat-template %s: larger than %d KiB", path,
-                    CHAT_TEMPLATE_MAX >> 10);
-        free(s);
-        return NULL;
-    }
-    s[n] = '\0';
-    if (strlen(s) != n) {
-        srv_log(SRV_LOG_ERROR, "serve: --chat-template %s: holds a NUL byte", path);
-        free(s);
-        return NULL;
-    }
+    char err[160];
+    char *s = core_read_text(path, CHAT_TEMPLATE_MAX, NULL, err, sizeof err);
+    if (!s)
+        srv_log(SRV_LOG_ERROR, "serve: --chat-template %s: %s", path, err);
     return s;
 }
 

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/base.h"
 #include "server/cli.h"
 #include "server/cli_serve.h"
 #include "server/engine.h"
@@ -330,21 +331,12 @@ static char *trim(char *s)
 /* Reads the file at path into o->file_text and applies its lines. 0, or -1 with the message. */
 static int apply_file(srv_serve_opts *o, const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "--config %s: cannot read it: %s", path, strerror(errno));
+    char why[160];
+    char *text = core_read_text(path, CONFIG_MAX, NULL, why, sizeof why);
+    if (!text) {
+        snprintf(err, errlen, "--config %s: %s", path, why);
         return -1;
     }
-    char *text = malloc(CONFIG_MAX + 1);
-    size_t n = text ? fread(text, 1, CONFIG_MAX + 1, f) : 0;
-    int bad = !text ? ENOMEM : ferror(f) ? EIO : 0;
-    fclose(f);
-    if (bad || n > CONFIG_MAX) {
-        snprintf(err, errlen, "--config %s: %s", path, bad ? strerror(bad) : "larger than 1 MiB");
-        free(text);
-        return -1;
-    }
-    text[n] = 0;
     o->file_text = text;
     o->config = path;
     char prefix[300];

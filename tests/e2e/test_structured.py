@@ -397,6 +397,44 @@ def gbnf_grammar_and_guided_grammar():
 
 
 @suite.test
+def generate_command_takes_a_grammar_or_a_schema():
+    """`adaptree generate` with --grammar, --grammar-file and --json-schema: the printed text is
+    in the grammar's language or validates against the schema; errors exit 2 with the reason."""
+    import re
+    import subprocess
+    import tempfile
+
+    def gen(*args):
+        r = subprocess.run([e2e.ADAPTREE, "generate", "-m", e2e.MODEL, "--temperature", "0",
+                            *args], capture_output=True, text=True, timeout=120)
+        return r.returncode, r.stdout.rstrip("\n"), r.stderr
+
+    gram, lang = GRAMMARS[1]
+    rc, out, err = gen("-p", "A shopping list:\n", "-n", "40", "--grammar", gram)
+    eq(rc, 0, f"--grammar: {err}")
+    check(re.fullmatch(lang, out), f"--grammar text {out!r}")
+    with tempfile.NamedTemporaryFile("w", suffix=".gbnf") as f:
+        f.write(GRAMMARS[4][0] + "\n")
+        f.flush()
+        rc, out, err = gen("-p", "Arithmetic:", "-n", "40", "--grammar-file", f.name)
+    eq(rc, 0, f"--grammar-file: {err}")
+    check(arith_ok(out), f"--grammar-file text {out!r}")
+    rc, out, err = gen("--chat", "-p", PROMPTS[0], "-n", "120", "--json-schema",
+                       json.dumps(SCHEMAS["person"]))
+    eq(rc, 0, f"--json-schema: {err}")
+    validate(SCHEMAS["person"], out, "--json-schema")
+    print(f"    generate: {out!r}")
+    for args, needle in ((("--grammar", "root ::= x"), "rule 'x' is used but not defined"),
+                         (("--grammar-file", "/nonexistent.gbnf"), "cannot read it"),
+                         (("--json-schema", "{"), "not JSON"),
+                         (("--json-schema", '{"not": {}}'), "unsupported keyword 'not'"),
+                         (("--grammar", "root ::= [a]", "--json-schema", "{}"), "give one of")):
+        rc, _, err = gen("-p", "x", *args)
+        eq(rc, 2, f"{args}: exit code ({err})")
+        check(needle in err, f"{args}: {err!r}")
+
+
+@suite.test
 def a_schema_with_one_valid_output_gives_it():
     fixed = {"answer": "forty-two", "ok": True, "n": [1, 2]}
     for schema in ({"const": fixed},

@@ -351,3 +351,35 @@ TEST(serve_env_validation)
               "%s", err);
     unsetenv("ADAPTREE_CORS_ORIGIN");
 }
+
+/* The config file is read through core_read_text: a NUL byte and more than 1 MiB are refused
+ * with the file named, before any line is applied. */
+TEST(serve_config_file_read_limits)
+{
+    unset_all();
+    char path[64] = "/tmp/adaptree-test-conf-XXXXXX", err[256] = "", want[128];
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd < 0)
+        return;
+    CHECK_EQ_INT((int)write(fd, "port = 8081\n\0x\n", 15), 15);
+    srv_serve_opts o;
+    CHECK_EQ_INT(parse(&o, err, "--config", path, NULL), 2);
+    srv_serve_opts_deinit(&o);
+    snprintf(want, sizeof want, "--config %s: holds a NUL byte", path);
+    CHECK_MSG(strstr(err, want) == err, "'%s' is not '%s'", err, want);
+    CHECK_EQ_INT(ftruncate(fd, 0), 0);
+    char *big = malloc((1 << 20) + 2);
+    CHECK(big != NULL);
+    if (big) {
+        memset(big, '#', (1 << 20) + 1);
+        CHECK_EQ_INT((int)pwrite(fd, big, (1 << 20) + 1, 0), (1 << 20) + 1);
+        free(big);
+    }
+    CHECK_EQ_INT(parse(&o, err, "--config", path, NULL), 2);
+    srv_serve_opts_deinit(&o);
+    snprintf(want, sizeof want, "--config %s: larger than 1 MiB", path);
+    CHECK_MSG(strstr(err, want) == err, "'%s' is not '%s'", err, want);
+    close(fd);
+    unlink(path);
+}
