@@ -59,12 +59,20 @@ static int refuse(sc *c, int rc, const char *fmt, ...)
 
 /* --- building helpers (errors stick in the builder; core_gbuild_finish reports them) --------- */
 
+/* Refuses for a builder error r (-ENOMEM, or -E2BIG: too large); returns r. */
+static int builder_failed(sc *c, int r)
+{
+    if (r == -ENOMEM)
+        refuse(c, r, "out of memory");
+    else
+        refuse(c, r, "the %s is too large", c->what);
+    return r;
+}
+
 static int rule(sc *c)
 {
     int r = core_gbuild_rule(c->b);
-    if (r < 0)
-        refuse(c, r, "the %s is too large", c->what);
-    return r;
+    return r < 0 ? builder_failed(c, r) : r;
 }
 
 static void alt(sc *c, int r)
@@ -98,9 +106,7 @@ static int rep(sc *c, int x, long min, long max)
     if (x < 0)
         return refuse(c, -EINVAL, "internal: a rule failed");
     int r = core_gbuild_repeat(c->b, x, min, max);
-    if (r < 0)
-        refuse(c, r, "the %s is too large", c->what);
-    return r;
+    return r < 0 ? builder_failed(c, r) : r;
 }
 
 static int one_span(sc *c, unsigned lo, unsigned hi)
@@ -1132,7 +1138,7 @@ static int enum_values(sc *c, const cJSON *v)
         len[k] = strlen(text[k]);
     }
     if ((r = core_gbuild_one_of(c->b, (const char *const *)text, len, (size_t)k)) < 0)
-        refuse(c, r, "the %s is too large", c->what);
+        builder_failed(c, r);
 out:
     for (int i = 0; text && i < k; i++)
         free(text[i]);
@@ -1634,15 +1640,11 @@ int srv_choice_compile(const char *const *choices, int n, core_grammar **out, ch
     if (sc_open(&c, NULL, "choice list", true, out, err, errlen))
         return -ENOMEM;
     size_t *len = malloc((n > 0 ? (size_t)n : 1) * sizeof *len);
-    if (!len) {
-        finish(&c, -1, out);
-        return -ENOMEM;
-    }
-    for (int i = 0; i < n; i++)
+    int r = len ? -1 : builder_failed(&c, -ENOMEM);
+    for (int i = 0; len && i < n; i++)
         len[i] = strlen(choices[i]);
-    int r = n > 0 ? core_gbuild_one_of(c.b, choices, len, (size_t)n) : -1;
+    if (len && n > 0 && (r = core_gbuild_one_of(c.b, choices, len, (size_t)n)) < 0)
+        builder_failed(&c, r);
     free(len);
-    if (r < 0 && n > 0)
-        refuse(&c, r, "the %s is too large", c.what);
     return finish(&c, r, out);
 }
