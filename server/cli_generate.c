@@ -229,23 +229,11 @@ static int compile_constraint(const gen_opts *o, core_grammar **out)
     return rc ? -1 : 0;
 }
 
-static bool gm_allows(void *ctx, int32_t id)
-{
-    return core_gmatch_allows(ctx, id);
-}
-
-static int32_t gm_mask(void *ctx, uint64_t *bits)
-{
-    return core_gmatch_mask(ctx, bits);
-}
-
 /* Why a constrained generation cannot go on (nothing sampled, or the token refused). */
 static const char *constraint_failure(const core_gmatch *gm)
 {
-    int e = core_gmatch_error(gm);
-    return e == -E2BIG ? "the grammar is too ambiguous to follow"
-           : e         ? "out of memory"
-                       : "no token of the vocabulary can continue the text the grammar requires";
+    const char *why = core_gmatch_failure(gm);
+    return why ? why : "no token of the vocabulary can continue the text the grammar requires";
 }
 
 /* Tokenizes the prompt, rendering the chat template first with --chat. */
@@ -359,8 +347,7 @@ static int generate(core_model *m, const core_tokenizer *tok, gen_opts *o, const
             fprintf(stderr, "generate: %s\n", err);
             goto out;
         }
-        core_sampler_constraint con = {.ctx = gm, .allows = gm_allows, .mask = gm_mask};
-        if (core_sampler_set_constraint(smp, &con) < 0) {
+        if (core_sampler_set_grammar(smp, gm) < 0) {
             fprintf(stderr, "generate: out of memory\n");
             goto out;
         }

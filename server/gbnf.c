@@ -458,8 +458,6 @@ static int parse_class(gp *g, atom *out)
             return -1;
     }
     g->p++;
-    if (!g->n_cls && !neg)
-        return refuse_at(g, at, -EINVAL, "the class matches no character");
     return class_atom(g, neg, at, out);
 }
 

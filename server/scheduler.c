@@ -397,16 +397,6 @@ static int set_bans(const srv__sched *sc, core_sampler *smp, const srv_job *j, i
     return core_sampler_set_banned(smp, ids, n);
 }
 
-static bool gm_allows(void *ctx, int32_t id)
-{
-    return core_gmatch_allows(ctx, id);
-}
-
-static int32_t gm_mask(void *ctx, uint64_t *bits)
-{
-    return core_gmatch_mask(ctx, bits);
-}
-
 /* A matcher for a structured job's grammar, set as its sampler's constraint (the vocabulary's
  * sorted copy is made for the first one). 0 when j has none; -ENOMEM with a message. */
 static int grammar_start(srv__sched *sc, const srv_job *j, core_sampler *smp, core_gmatch **out,
@@ -418,8 +408,9 @@ static int grammar_start(srv__sched *sc, const srv_job *j, core_sampler *smp, co
     if (!sc->gvocab && !(sc->gvocab = core_gvocab_new(sc->tok, err, errlen)))
         return -ENOMEM;
     core_gmatch *gm = core_gmatch_new(j->grammar, sc->gvocab, err, errlen);
-    core_sampler_constraint con = {.ctx = gm, .allows = gm_allows, .mask = gm_mask};
-    if (!gm || core_sampler_set_constraint(smp, &con) < 0) {
+    if (!gm)
+        return -ENOMEM;
+    if (core_sampler_set_grammar(smp, gm) < 0) {
         core_gmatch_free(gm);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
@@ -824,6 +815,20 @@ static void itl_observe(srv_job_status *st, double dt)
     st->itl_sum += dt;
 }
 
+/* Ends s with an error when its sampler gave nothing or its matcher refused the token: without a
+ * constraint the logits were bad; with one, the matcher's failure when it has one, else what. */
+static void sample_failed(srv__sched *sc, srv__seq *s, const char *what)
+{
+    char msg[200];
+    if (!s->gm) {
+        seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, "the model produced no valid logits");
+        return;
+    }
+    const char *why = core_gmatch_failure(s->gm);
+    snprintf(msg, sizeof msg, "structured output: %s", why ? why : what);
+    seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, msg);
+}
+
 /* The rest of a step for a sequence whose next token id was sampled (from lg) in the step's
  * core_sampler_sample_many. */
 static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
@@ -840,29 +845,19 @@ static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
     }
     j->t_token = now;
     if (id < 0) {
-        seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL,
-                !s->gm ? "the model produced no valid logits"
-                : core_gmatch_error(s->gm) == -E2BIG
-                    ? "structured output: the grammar is too ambiguous to follow (more than "
-                      "256 ways open at once, or one text derived in too many ways)"
-                : core_gmatch_error(s->gm) ? "structured output: out of memory"
-                                           : "structured output: no token of the vocabulary can "
-                                             "continue the text the schema requires");
+        sample_failed(sc, s,
+                      "no token of the vocabulary can continue the text the schema requires");
         return;
     }
     bool stop_id = false;
-    int rc;
     for (int i = 0; i < j->n_stop_ids; i++)
         stop_id = stop_id || j->stop_ids[i] == id;
     if (stop_id || core_tokenizer_is_eog(sc->tok, id)) {
         seq_close(sc, s, SRV_FINISH_STOP);
         return;
     }
-    if (s->gm && (rc = core_gmatch_accept(s->gm, id)) < 0) { /* the mask let it through */
-        seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL,
-                rc == -E2BIG    ? "structured output: the grammar is too ambiguous to follow"
-                : rc == -ENOMEM ? "structured output: out of memory"
-                                : "structured output: a sampled token does not continue the match");
+    if (s->gm && core_gmatch_accept(s->gm, id) < 0) { /* the mask let it through */
+        sample_failed(sc, s, "a sampled token does not continue the match");
         return;
     }
     srv_job_token t = {.id = id, .text_end = SIZE_MAX};
@@ -872,7 +867,7 @@ static void seq_sample(srv__sched *sc, srv__seq *s, const float *lg, int32_t id)
     s->n_gen++;
     if (s->n_gen == j->min_tokens && set_bans(sc, s->smp, j, s->n_gen) < 0)
         goto nomem;
-    rc = srv_text_push(&s->text, &t);
+    int rc = srv_text_push(&s->text, &t);
     if (rc == -EINVAL) {
         seq_end(sc, s, SRV_FINISH_ERROR, SRV_ERR_INTERNAL, "cannot decode a sampled token");
         return;

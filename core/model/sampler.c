@@ -12,6 +12,7 @@
 #include "core/model/sampler.h"
 #include "core/base.h"
 #include "core/kernels/pool_internal.h"
+#include "core/text/grammar.h"
 
 #include <errno.h>
 #include <math.h>
@@ -286,6 +287,22 @@ int core_sampler_set_constraint(core_sampler *s, const core_sampler_constraint *
         return -ENOMEM;
     s->con = *c;
     return 0;
+}
+
+static bool gmatch_allows(void *ctx, int32_t id)
+{
+    return core_gmatch_allows(ctx, id);
+}
+
+static int32_t gmatch_mask(void *ctx, uint64_t *bits)
+{
+    return core_gmatch_mask(ctx, bits);
+}
+
+int core_sampler_set_grammar(core_sampler *s, core_gmatch *m)
+{
+    core_sampler_constraint c = {.ctx = m, .allows = gmatch_allows, .mask = gmatch_mask};
+    return core_sampler_set_constraint(s, m ? &c : NULL);
 }
 
 int core_sampler_set_banned(core_sampler *s, const int32_t *ids, int n)

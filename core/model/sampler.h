@@ -78,6 +78,11 @@ typedef struct core_sampler_constraint {
  * -ENOMEM. */
 int core_sampler_set_constraint(core_sampler *s, const core_sampler_constraint *c);
 
+/* Sets grammar matcher m (core/text/grammar.h) as the constraint (NULL clears it); m must outlive
+ * its use. 0, or -ENOMEM. */
+struct core_gmatch;
+int core_sampler_set_grammar(core_sampler *s, struct core_gmatch *m);
+
 /* Picks the next token from logits (n_vocab floats, not modified; only read during the call).
  *
  * Order: logit bias and banned tokens (core_sampler_set_bias, core_sampler_set_banned),

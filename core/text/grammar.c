@@ -1190,6 +1190,18 @@ int core_gmatch_error(const core_gmatch *m)
     return m->over ? -E2BIG : m->oom ? -ENOMEM : 0;
 }
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+const char *core_gmatch_failure(const core_gmatch *m)
+{
+    return m->over ? "the grammar is too ambiguous to follow (more than " STR(
+                         CORE_GRAMMAR_STACKS_MAX) " ways open at once, or one text derived in "
+                                                  "too many ways)"
+           : m->oom ? "out of memory"
+                    : NULL;
+}
+
 void core_gmatch_counts(const core_gmatch *m, uint64_t *computed, uint64_t *cached)
 {
     *computed = m->computed;

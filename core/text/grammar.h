@@ -161,6 +161,9 @@ int core_gmatch_accept(core_gmatch *m, int32_t id);
  * matcher's work bounds (a grammar that derives the empty text in exponentially many ways); the
  * matcher stays failed. core_gmatch_mask returns the same. */
 int core_gmatch_error(const core_gmatch *m);
+/* The same as a phrase for messages ("the grammar is too ambiguous to follow (...)", "out of
+ * memory"), or NULL when the matcher has not failed. */
+const char *core_gmatch_failure(const core_gmatch *m);
 
 /* Masks computed and masks found in the cache (statistics, for benchmarks). */
 void core_gmatch_counts(const core_gmatch *m, uint64_t *computed, uint64_t *cached);
