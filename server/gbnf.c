@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "core/base.h"
+#include "core/text/utf8.h"
 
 typedef struct gname {
     const char *s;
@@ -235,49 +236,11 @@ static int character(gp *g, uint32_t *cp)
         }
         return 0;
     }
-    int n = s[0] < 0x80                    ? 1
-            : s[0] >= 0xC2 && s[0] <= 0xDF ? 2
-            : s[0] >= 0xE0 && s[0] <= 0xEF ? 3
-            : s[0] >= 0xF0 && s[0] <= 0xF4 ? 4
-                                           : 0;
-    uint32_t v = n == 1 ? s[0] : n == 2 ? s[0] & 0x1Fu : n == 3 ? s[0] & 0x0Fu : s[0] & 0x07u;
-    for (int i = 1; i < n; i++) {
-        if ((size_t)i >= left || (s[i] & 0xC0) != 0x80) {
-            n = 0;
-            break;
-        }
-        v = v << 6 | (s[i] & 0x3Fu);
-    }
-    static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (!n || v < least[n] || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF))
+    int n = core_utf8_check(s, left, cp);
+    if (n <= 0)
         return FAIL(g, "invalid UTF-8");
     g->p += n;
-    *cp = v;
     return 0;
-}
-
-static int encode(uint32_t cp, unsigned char o[4])
-{
-    if (cp < 0x80) {
-        o[0] = (unsigned char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        o[0] = (unsigned char)(0xC0 | cp >> 6);
-        o[1] = (unsigned char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (unsigned char)(0xE0 | cp >> 12);
-        o[1] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
-        o[2] = (unsigned char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    o[0] = (unsigned char)(0xF0 | cp >> 18);
-    o[1] = (unsigned char)(0x80 | (cp >> 12 & 0x3F));
-    o[2] = (unsigned char)(0x80 | (cp >> 6 & 0x3F));
-    o[3] = (unsigned char)(0x80 | (cp & 0x3F));
-    return 4;
 }
 
 /* --- classes --------------------------------------------------------------------------------- */
@@ -300,8 +263,8 @@ static int utf8_span(gp *g, uint32_t lo, uint32_t hi, int n)
         return refuse_at(g, NULL, -ENOMEM, "out of memory");
     struct useq *q = &g->seq[g->n_seq++];
     q->n = (unsigned char)n;
-    encode(lo, q->lo);
-    encode(hi, q->hi);
+    core_utf8_encode(lo, q->lo);
+    core_utf8_encode(hi, q->hi);
     return 0;
 }
 
@@ -476,7 +439,7 @@ static int parse_literal(gp *g, atom *out)
             return -1;
         if (core_grow(&g->buf, &g->cap_buf, g->n_buf + 4, 1))
             return refuse_at(g, NULL, -ENOMEM, "out of memory");
-        g->n_buf += (size_t)encode(cp, (unsigned char *)g->buf + g->n_buf);
+        g->n_buf += (size_t)core_utf8_encode(cp, (uint8_t *)g->buf + g->n_buf);
     }
     g->p++;
     out->kind = A_BYTES;

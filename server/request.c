@@ -936,7 +936,7 @@ static int parse_structured_outputs(pctx *c, const cJSON *so)
         bool known = false;
         pathf(p, "structured_outputs.%s", it->string);
         for (size_t i = 0; i < sizeof structured_fields / sizeof structured_fields[0]; i++)
-            if (!strcmp(structured_fields[i].name + 19, it->string)) {
+            if (!strcmp(structured_fields[i].name + sizeof "structured_outputs." - 1, it->string)) {
                 known = true;
                 if (absent(it) ||
                     (!strcmp(structured_fields[i].kind, "object") && cJSON_IsFalse(it)))

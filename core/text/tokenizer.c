@@ -349,7 +349,7 @@ static int load_vocab(core_tokenizer *t, const core_gguf_str *toks, const int32_
             size_t p = 0;
             while (p < len) {
                 uint32_t cp;
-                int l = core__utf8_check(s + p, len - p, &cp);
+                int l = core_utf8_check(s + p, len - p, &cp);
                 int b = l > 0 ? cp_to_byte(inv, cp) : -1;
                 if (b < 0)
                     break;
@@ -499,7 +499,7 @@ static int bpe_resolve(core_tokenizer *t, const vocab_map *vm, const core_gguf_s
     int n_bytes = 0;
     for (int b = 0; b < 256; b++) {
         uint8_t u[4];
-        int l = core__utf8_encode(byte_to_cp((uint8_t)b), u);
+        int l = core_utf8_encode(byte_to_cp((uint8_t)b), u);
         t->byte_tok[b] = vocab_map_find(vm, (const char *)u, (size_t)l);
         n_bytes += t->byte_tok[b] >= 0;
     }
@@ -1276,7 +1276,7 @@ static size_t detok_feed(uint8_t *pending, int *n_pending, const uint8_t *b, siz
         while (np < 4 && i < n)
             pending[np++] = b[i++];
         uint32_t cp;
-        int r = core__utf8_check(pending, (size_t)np, &cp);
+        int r = core_utf8_check(pending, (size_t)np, &cp);
         int used;
         if (r == 0) {
             if (i == n)

@@ -34,7 +34,7 @@ int core__unicode_class_full(uint32_t cp)
     return CORE__UCAT_OTHER;
 }
 
-int core__utf8_check(const uint8_t *s, size_t n, uint32_t *cp)
+int core_utf8_check(const uint8_t *s, size_t n, uint32_t *cp)
 {
     uint8_t b0 = s[0];
     int need;
@@ -78,7 +78,7 @@ int core__utf8_check(const uint8_t *s, size_t n, uint32_t *cp)
     return need;
 }
 
-int core__utf8_encode(uint32_t cp, uint8_t *out)
+int core_utf8_encode(uint32_t cp, uint8_t *out)
 {
     if (cp < 0x80) {
         out[0] = (uint8_t)cp;
@@ -120,7 +120,7 @@ static int class_at(const uint8_t *s, size_t len, size_t pos, bool smollm, size_
         c = core__unicode_latin1[s[pos]];
     } else {
         uint32_t cp;
-        int k = core__utf8_check(s + pos, len - pos, &cp);
+        int k = core_utf8_check(s + pos, len - pos, &cp);
         if (k > 0) {
             *n = (size_t)k;
             c = core__unicode_class(cp);
@@ -213,7 +213,7 @@ static int class4_at(const uint8_t *s, size_t len, size_t pos, bool marks, size_
         return core__unicode_latin1[s[pos]];
     }
     uint32_t cp;
-    int k = core__utf8_check(s + pos, len - pos, &cp);
+    int k = core_utf8_check(s + pos, len - pos, &cp);
     if (k <= 0) {
         *n = 1;
         return CORE__UCAT_OTHER;
@@ -344,7 +344,7 @@ static int cp_at(const uint8_t *s, size_t len, size_t pos, uint32_t *cp, size_t 
         *n = 0;
         return CLS_END;
     }
-    int k = core__utf8_check(s + pos, len - pos, cp);
+    int k = core_utf8_check(s + pos, len - pos, cp);
     if (k <= 0) {
         *cp = s[pos];
         *n = 1;

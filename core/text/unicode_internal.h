@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/text/utf8.h"
+
 /* Code-point classes. The values are used in the generated tables. */
 enum core__ucat {
     CORE__UCAT_OTHER = 0,  /* neither of the below, and any invalid UTF-8 byte */
@@ -35,15 +37,6 @@ extern const size_t core__unicode_n_ranges;
 int core__unicode_class(uint32_t cp);
 /* The same, but marks are CORE__UCAT_MARK and punctuation CORE__UCAT_PUNCT. */
 int core__unicode_class_full(uint32_t cp);
-
-/* Checks the UTF-8 sequence that starts at s[0] (n bytes available, n >= 1). Returns its length
- * (1..4) and sets *cp when it is a complete well-formed character; 0 when the n bytes are a
- * valid but incomplete prefix of one; or minus the length of the maximal ill-formed subpart
- * (Unicode §3.9: the bytes that a decoder replaces by one U+FFFD) when it can never be valid. */
-int core__utf8_check(const uint8_t *s, size_t n, uint32_t *cp);
-
-/* Encodes cp (<= U+10FFFF) as UTF-8 into out (4 bytes of room); returns the length. */
-int core__utf8_encode(uint32_t cp, uint8_t *out);
 
 /* Pre-tokenizers: how text is cut into pieces before BPE. */
 enum core__pretok {

@@ -53,7 +53,7 @@ static bool valid_utf8(const uint8_t *s, size_t n)
 {
     for (size_t i = 0; i < n;) {
         uint32_t cp;
-        int l = core__utf8_check(s + i, n - i, &cp);
+        int l = core_utf8_check(s + i, n - i, &cp);
         if (l <= 0)
             return false;
         i += (size_t)l;

@@ -119,7 +119,7 @@ static int roundtrip(const core_tokenizer *t, const char *s, size_t len, bool sp
     bool valid = true;
     for (size_t i = 0; i < len;) {
         uint32_t cp;
-        int l = core__utf8_check((const uint8_t *)s + i, len - i, &cp);
+        int l = core_utf8_check((const uint8_t *)s + i, len - i, &cp);
         if (l <= 0) {
             valid = false;
             break;
@@ -452,13 +452,13 @@ TEST(tok_unicode_classes)
     CHECK_EQ_INT(core__unicode_class(0x14279), CORE__UCAT_LETTER); /* Unicode 16.0 */
     CHECK_EQ_INT(core__unicode_class(0x110000), CORE__UCAT_OTHER);
     uint32_t cp = 0;
-    CHECK_EQ_INT(core__utf8_check((const uint8_t *)"\xf0\x9f\x98\x80", 4, &cp), 4);
+    CHECK_EQ_INT(core_utf8_check((const uint8_t *)"\xf0\x9f\x98\x80", 4, &cp), 4);
     CHECK_EQ_INT(cp, 0x1F600);
-    CHECK_EQ_INT(core__utf8_check((const uint8_t *)"\xf0\x9f", 2, &cp), 0);
-    CHECK_EQ_INT(core__utf8_check((const uint8_t *)"\xf0\x9f\x41", 3, &cp), -2);
-    CHECK_EQ_INT(core__utf8_check((const uint8_t *)"\xed\xa0\x80", 3, &cp), -1);
-    CHECK_EQ_INT(core__utf8_check((const uint8_t *)"\xc0\x80", 2, &cp), -1);
-    CHECK_EQ_INT(core__utf8_check((const uint8_t *)"\xf4\x90\x80\x80", 4, &cp), -1);
+    CHECK_EQ_INT(core_utf8_check((const uint8_t *)"\xf0\x9f", 2, &cp), 0);
+    CHECK_EQ_INT(core_utf8_check((const uint8_t *)"\xf0\x9f\x41", 3, &cp), -2);
+    CHECK_EQ_INT(core_utf8_check((const uint8_t *)"\xed\xa0\x80", 3, &cp), -1);
+    CHECK_EQ_INT(core_utf8_check((const uint8_t *)"\xc0\x80", 2, &cp), -1);
+    CHECK_EQ_INT(core_utf8_check((const uint8_t *)"\xf4\x90\x80\x80", 4, &cp), -1);
 }
 
 /* --- a synthetic vocabulary in an in-memory GGUF ------------------------------------------- */
